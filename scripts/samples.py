@@ -1,0 +1,352 @@
+"""Sample media and tables with known ground truth, for the unit tests and the demo.
+
+Every generator writes exactly one file, the path it is given, and nothing else. What a generator puts
+in the file is fully determined by its arguments, so a test can assert exact values:
+
+* `make_video` — an MP4 (or any container PyAV infers from the suffix) of `round(duration_s * fps)`
+  frames in `segments` solid-colour segments, each with a small white square moving across it, and
+  optionally a sine-tone audio track. The container records the frame count and duration.
+* `make_audio` — a sine tone at a known frequency and peak level; the codec follows the suffix.
+* `make_csv` — a table of integers, floats (with nulls), strings and dates; returns its statistics.
+* `truncate` and `corrupt` — damaged copies of a file. Which damage the probes (open + decode the
+  first frame) notice:
+
+  ======================================  ===========================  ==========================
+  damage                                  MP4 (`make_video`)           WAV (`make_audio`)
+  ======================================  ===========================  ==========================
+  `truncate` (any fraction < 1)           cannot open: decode error    opens; shorter duration
+  `corrupt()` (middle 25-75 %)            opens and decodes: no error  opens and decodes: no error
+  `corrupt(start_fraction=0.0)`           first frame: decode error    opens (samples are noise)
+  `corrupt(start_fraction=0.0,            —                            cannot open: decode error
+  keep_head_bytes=12)`
+  ======================================  ===========================  ==========================
+
+  The MP4 keeps its `moov` index at the end (PyAV does not move it to the front), so any cut loses
+  it. PCM has no structure beyond its 78-byte header, so garbage in the samples is just noise.
+
+Generation is fast (well under a second for the defaults) and uses only PyAV's bundled FFmpeg, which
+ships libx264, mpeg4, aac, libmp3lame, flac and pcm_s16le encoders.
+"""
+
+from __future__ import annotations
+
+import csv
+import random
+import statistics
+from datetime import date, timedelta
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+import numpy.typing as npt
+from av.container import OutputContainer
+
+#: Audio codec chosen for each file suffix by `make_audio`.
+AUDIO_CODECS: dict[str, str] = {
+    ".wav": "pcm_s16le",
+    ".flac": "flac",
+    ".mp3": "libmp3lame",
+    ".m4a": "aac",
+}
+
+#: RGB colours of the video segments, in order (repeated when there are more segments).
+SEGMENT_COLOURS: tuple[tuple[int, int, int], ...] = (
+    (200, 30, 30),
+    (30, 160, 40),
+    (30, 60, 200),
+    (220, 200, 40),
+    (160, 40, 180),
+    (40, 190, 190),
+)
+
+_LAYOUTS = {1: "mono", 2: "stereo", 3: "2.1", 4: "quad", 5: "5.0", 6: "5.1", 8: "7.1"}
+_CSV_CATEGORIES = ("alpha", "beta", "gamma", "delta")
+_CSV_FIRST_DAY = date(2024, 1, 1)
+
+
+def segment_starts(frame_count: int, segments: int) -> list[int]:
+    """The first frame index of each colour segment `make_video` writes (the known scene cuts)."""
+    segments = max(1, min(segments, frame_count))
+    return [round(k * frame_count / segments) for k in range(segments)]
+
+
+def make_video(
+    path: Path,
+    *,
+    duration_s: float = 2.0,
+    fps: int = 25,
+    width: int = 320,
+    height: int = 240,
+    codec: str = "libx264",
+    pix_fmt: str = "yuv420p",
+    segments: int = 4,
+    rotation: int = 0,
+    vfr: bool = False,
+    with_audio: bool = False,
+    audio_sample_rate: int = 48000,
+    audio_channels: int = 2,
+    audio_codec: str = "aac",
+) -> None:
+    """Write a constant-frame-rate video of exactly `round(duration_s * fps)` frames to `path`.
+
+    The frames fall into `segments` solid-colour segments (`SEGMENT_COLOURS`, starting at
+    `segment_starts(...)`), each with a white square moving left to right so consecutive frames differ.
+    `rotation` is the clockwise display rotation (0, 90, 180 or 270) stored as the stream's display
+    matrix — the pixels themselves are not rotated. With `vfr`, frames from the middle on each last
+    three frame intervals, so the stream stays nominally `fps` but its average rate is well below it
+    (the frame count is unchanged; the clip lasts about twice as long). With `with_audio`, a 1 kHz sine
+    at -23 dBFS lasting `frame_count / fps` seconds is muxed alongside with `audio_codec`.
+    The container format follows the suffix (`.mp4`, `.mkv`, `.mov`, ...).
+    """
+    frame_count = round(duration_s * fps)
+    if frame_count < 1:
+        raise ValueError("a video needs at least one frame")
+    if width % 2 or height % 2:
+        raise ValueError("width and height must be even for 4:2:0 chroma subsampling")
+    if rotation % 90:
+        raise ValueError("rotation must be a multiple of 90 degrees")
+    starts = segment_starts(frame_count, segments)
+    half = frame_count // 2
+    square = max(4, min(width, height) // 8)
+    with av.open(str(path), mode="w") as container:
+        video = container.add_stream(codec, rate=fps)
+        if not isinstance(video, av.VideoStream):
+            raise TypeError(f"{codec!r} is not a video codec")
+        video.width = width
+        video.height = height
+        video.pix_fmt = pix_fmt
+        if codec in ("libx264", "h264"):
+            video.options = {"preset": "veryfast"}
+        if rotation % 360:
+            # PyAV's degrees are counter-clockwise; ours (like the old `rotate` tag) are clockwise.
+            video.set_display_rotation(-float(rotation % 360))
+        audio = None
+        if with_audio:
+            audio = _add_audio_stream(container, audio_codec, audio_sample_rate)
+            audio.layout = _layout(audio_channels)
+        for index in range(frame_count):
+            segment = sum(1 for start in starts if start <= index) - 1
+            image = np.empty((height, width, 3), dtype=np.uint8)
+            image[:] = SEGMENT_COLOURS[segment % len(SEGMENT_COLOURS)]
+            x = (index * (width - square)) // max(1, frame_count - 1)
+            y = (height - square) // 2
+            image[y : y + square, x : x + square] = 255
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts = half + 3 * (index - half) if vfr and index > half else index
+            frame.time_base = Fraction(1, fps)
+            container.mux(video.encode(frame))
+        container.mux(video.encode(None))
+        if audio is not None:
+            _encode_sine(
+                container,
+                audio,
+                total_samples=round(frame_count / fps * audio_sample_rate),
+                sample_rate=audio_sample_rate,
+                channels=audio_channels,
+                freq_hz=1000.0,
+                level_dbfs=-23.0,
+            )
+
+
+def make_audio(
+    path: Path,
+    *,
+    duration_s: float = 2.0,
+    sample_rate: int = 48000,
+    channels: int = 2,
+    freq_hz: float = 1000.0,
+    level_dbfs: float = -23.0,
+) -> None:
+    """Write `round(duration_s * sample_rate)` samples of a sine tone to `path`, the same on every channel.
+
+    `level_dbfs` is the sine's peak level relative to full scale (its RMS is 3.01 dB lower).
+    The codec follows the suffix (`AUDIO_CODECS`): `.wav` PCM s16le, `.flac` FLAC, `.mp3` MP3
+    (libmp3lame, with a Xing/LAME header so the duration is exact), `.m4a` AAC. Raw ADTS `.aac` is left
+    out: it has no index, so FFmpeg only estimates its duration from the bit rate. Lossy codecs add
+    encoder delay and padding, so their decoded length may differ from the request by up to one codec
+    frame (1024 AAC / 1152 MP3 samples).
+    """
+    suffix = Path(path).suffix.lower()
+    codec = AUDIO_CODECS.get(suffix)
+    if codec is None:
+        raise ValueError(f"no audio codec for suffix {suffix!r}; use one of {sorted(AUDIO_CODECS)}")
+    total = round(duration_s * sample_rate)
+    if total < 1:
+        raise ValueError("audio needs at least one sample")
+    options = {"write_xing": "1"} if codec == "libmp3lame" else None
+    with av.open(str(path), mode="w", options=options) as container:
+        stream = _add_audio_stream(container, codec, sample_rate)
+        stream.layout = _layout(channels)
+        _encode_sine(
+            container,
+            stream,
+            total_samples=total,
+            sample_rate=sample_rate,
+            channels=channels,
+            freq_hz=freq_hz,
+            level_dbfs=level_dbfs,
+        )
+
+
+def make_csv(path: Path, *, rows: int = 100, seed: int = 0) -> dict[str, Any]:
+    """Write a CSV table of `rows` rows to `path` and return the statistics it is known to have.
+
+    Columns: `id` (int, 1..rows), `quantity` (int, 0..1000), `price` (float with three decimals,
+    `max(1, rows // 10)` empty cells when rows > 0), `category` (one of alpha/beta/gamma/delta) and
+    `day` (ISO date in 2024). The returned dict holds `row_count`, `column_count`, `columns` (names in
+    order) and `stats`: per column its `dtype` ("int", "float", "str", "date"), `null_count`,
+    `distinct_count`, and `min`/`max` (plus `mean` for numbers, computed from the values as written;
+    ISO strings for dates), and for `category` the `value_counts`.
+    """
+    rng = random.Random(seed)
+    null_rows = set(rng.sample(range(rows), k=max(1, rows // 10))) if rows > 0 else set()
+    ids = list(range(1, rows + 1))
+    quantities = [rng.randint(0, 1000) for _ in range(rows)]
+    prices: list[float | None] = [
+        None if i in null_rows else round(rng.uniform(-50.0, 500.0), 3) for i in range(rows)
+    ]
+    categories = [rng.choice(_CSV_CATEGORIES) for _ in range(rows)]
+    days = [_CSV_FIRST_DAY + timedelta(days=rng.randint(0, 365)) for _ in range(rows)]
+
+    columns = ["id", "quantity", "price", "category", "day"]
+    with Path(path).open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(columns)
+        for i in range(rows):
+            price = prices[i]
+            writer.writerow(
+                [ids[i], quantities[i], "" if price is None else repr(price), categories[i], days[i]]
+            )
+
+    present_prices = [p for p in prices if p is not None]
+    counts: dict[str, int] = {}
+    for category in categories:
+        counts[category] = counts.get(category, 0) + 1
+    return {
+        "row_count": rows,
+        "column_count": len(columns),
+        "columns": columns,
+        "stats": {
+            "id": _numeric_stats("int", ids, nulls=0),
+            "quantity": _numeric_stats("int", quantities, nulls=0),
+            "price": _numeric_stats("float", present_prices, nulls=rows - len(present_prices)),
+            "category": {
+                "dtype": "str",
+                "null_count": 0,
+                "distinct_count": len(counts),
+                "min": min(categories, default=None),
+                "max": max(categories, default=None),
+                "value_counts": dict(sorted(counts.items(), key=lambda item: (-item[1], item[0]))),
+            },
+            "day": {
+                "dtype": "date",
+                "null_count": 0,
+                "distinct_count": len(set(days)),
+                "min": min(days).isoformat() if days else None,
+                "max": max(days).isoformat() if days else None,
+            },
+        },
+    }
+
+
+def truncate(src: Path, dst: Path, *, keep_fraction: float = 0.5) -> None:
+    """Copy the first `keep_fraction` of `src`'s bytes to `dst`, as an interrupted upload would.
+
+    An MP4 from `make_video` keeps its `moov` index at the end, so any truncation loses it and PyAV
+    cannot open the copy (the probes raise `MediaDecodeError`). A truncated WAV still opens and
+    decodes: its header merely over-states the data size.
+    """
+    if not 0.0 <= keep_fraction <= 1.0:
+        raise ValueError("keep_fraction must lie between 0 and 1")
+    data = Path(src).read_bytes()
+    Path(dst).write_bytes(data[: int(len(data) * keep_fraction)])
+
+
+def corrupt(
+    src: Path,
+    dst: Path,
+    *,
+    start_fraction: float = 0.25,
+    end_fraction: float = 0.75,
+    keep_head_bytes: int = 128,
+    seed: int = 0,
+) -> None:
+    """Copy `src` to `dst` with the bytes from `start_fraction` to `end_fraction` replaced by garbage.
+
+    The first `keep_head_bytes` are always kept (the default covers the 48-byte MP4 head and the 78-byte
+    WAV header PyAV writes), so the file still sniffs as what it was; the length is unchanged, and the
+    garbage is the same for the same `seed`.
+    With the defaults an MP4 from `make_video` still opens (its `moov` index is at the end) and its
+    first frame still decodes: the damage only shows later, which a probe that decodes one frame does
+    not see. With `start_fraction=0.0` the garbage reaches into the first video packet and decoding it
+    fails (`MediaDecodeError`). A WAV decodes either way — every byte pattern is a valid sample — unless
+    `keep_head_bytes` is small enough (e.g. 12) to garble its chunk headers: then it no longer opens
+    (`MediaDecodeError`, since it still sniffs as audio).
+    """
+    if not 0.0 <= start_fraction <= end_fraction <= 1.0:
+        raise ValueError("need 0 <= start_fraction <= end_fraction <= 1")
+    data = bytearray(Path(src).read_bytes())
+    start = max(keep_head_bytes, int(len(data) * start_fraction))
+    end = max(start, int(len(data) * end_fraction))
+    data[start:end] = random.Random(seed).randbytes(end - start)
+    Path(dst).write_bytes(bytes(data))
+
+
+def _layout(channels: int) -> str:
+    try:
+        return _LAYOUTS[channels]
+    except KeyError:
+        raise ValueError(f"unsupported channel count {channels}; use one of {sorted(_LAYOUTS)}") from None
+
+
+def _add_audio_stream(container: OutputContainer, codec: str, sample_rate: int) -> av.AudioStream:
+    stream = container.add_stream(codec, rate=sample_rate)
+    if not isinstance(stream, av.AudioStream):
+        raise TypeError(f"{codec!r} is not an audio codec")
+    return stream
+
+
+def _encode_sine(
+    container: OutputContainer,
+    stream: av.AudioStream,
+    *,
+    total_samples: int,
+    sample_rate: int,
+    channels: int,
+    freq_hz: float,
+    level_dbfs: float,
+) -> None:
+    """Encode `total_samples` of a sine into `stream` in 1024-sample frames and flush the encoder."""
+    amplitude = 10.0 ** (level_dbfs / 20.0)
+    layout = _layout(channels)
+    chunk = 1024
+    for offset in range(0, total_samples, chunk):
+        count = min(chunk, total_samples - offset)
+        samples = _sine(offset, count, sample_rate, freq_hz, amplitude)
+        planes = np.ascontiguousarray(np.broadcast_to(samples, (channels, count)))
+        frame = av.AudioFrame.from_ndarray(planes, format="fltp", layout=layout)
+        frame.sample_rate = sample_rate
+        frame.pts = offset
+        frame.time_base = Fraction(1, sample_rate)
+        container.mux(stream.encode(frame))
+    container.mux(stream.encode(None))
+
+
+def _sine(
+    offset: int, count: int, sample_rate: int, freq_hz: float, amplitude: float
+) -> npt.NDArray[np.float32]:
+    t = np.arange(offset, offset + count, dtype=np.float64) / sample_rate
+    return (amplitude * np.sin(2.0 * np.pi * freq_hz * t)).astype(np.float32)
+
+
+def _numeric_stats(dtype: str, values: list[int] | list[float], *, nulls: int) -> dict[str, Any]:
+    return {
+        "dtype": dtype,
+        "null_count": nulls,
+        "distinct_count": len(set(values)),
+        "min": min(values, default=None),
+        "max": max(values, default=None),
+        "mean": statistics.fmean(values) if values else None,
+    }

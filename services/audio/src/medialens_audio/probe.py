@@ -1,0 +1,94 @@
+"""`audio.probe`: codec, sample rate, channels, duration and bit rate of the first audio stream.
+
+The values come from the stream's and container's metadata; only the first audio frame is decoded, to
+catch damaged media cheaply. A video file with an audio track is probed like any audio file.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import av
+import av.error
+
+from medialens_shared.contracts import AudioProbeResult, FileKind
+from medialens_shared.errors import InputNotFound, MediaDecodeError, UnsupportedInput
+from medialens_shared.sniff import SNIFF_BYTES, sniff
+
+
+def probe_audio(path: Path) -> AudioProbeResult:
+    """Describe the first audio stream of the file at `path`.
+
+    Raises `UnsupportedInput` when the file has no audio (empty, a table, a silent video, ...),
+    `MediaDecodeError` when it is damaged media (cannot be opened, or its first audio frame does not
+    decode) and `InputNotFound` when there is no file.
+    """
+    path = Path(path)
+    kind = _inspect(path)
+    try:
+        container = av.open(str(path), mode="r")
+    except av.error.FFmpegError as exc:
+        if kind in (FileKind.VIDEO, FileKind.AUDIO):
+            raise MediaDecodeError(
+                f"The file looks like {kind.value} but cannot be read; it is probably damaged or "
+                f"truncated ({_reason(exc)})."
+            ) from exc
+        raise UnsupportedInput("The file is not audio or video in any format this service can read.") from exc
+
+    with container:
+        if not container.streams.audio:
+            raise UnsupportedInput(
+                "The file has no audio stream"
+                + (" (it holds only video or pictures)." if container.streams.video else ".")
+            )
+        stream = container.streams.audio[0]
+        _decode_first_frame(container, stream)
+        codec_context = stream.codec_context
+        container_duration_s = container.duration / av.time_base if container.duration else None
+        return AudioProbeResult(
+            codec=str(codec_context.codec.canonical_name),
+            sample_rate=codec_context.sample_rate,
+            channels=codec_context.channels,
+            duration_s=_seconds(stream.duration, stream.time_base) or container_duration_s,
+            bit_rate=stream.bit_rate or container.bit_rate or None,
+        )
+
+
+def _inspect(path: Path) -> FileKind:
+    """The file's sniffed kind; rejects missing, empty and tabular files up front."""
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(SNIFF_BYTES)
+    except FileNotFoundError as exc:
+        raise InputNotFound(f"The input file {path.name} does not exist.") from exc
+    if not head:
+        raise UnsupportedInput("The file is empty; it is not audio.")
+    kind = sniff(head)
+    if kind is FileKind.TABLE:
+        raise UnsupportedInput("The file is plain text or a table (CSV, JSON lines, Parquet), not audio.")
+    return kind
+
+
+def _decode_first_frame(container: Any, stream: Any) -> None:
+    """Decode the first frame of `stream`; `MediaDecodeError` when that fails or there is none."""
+    try:
+        for _frame in container.decode(stream):
+            return
+    except av.error.FFmpegError as exc:
+        raise MediaDecodeError(
+            f"The audio stream cannot be decoded; the file is probably damaged ({_reason(exc)})."
+        ) from exc
+    raise MediaDecodeError("The audio stream holds no decodable frame; the file is probably damaged.")
+
+
+def _seconds(ticks: int | None, time_base: Fraction | None) -> float | None:
+    if not ticks or time_base is None:
+        return None
+    return float(ticks * time_base)
+
+
+def _reason(exc: Exception) -> str:
+    """FFmpeg's own words for an error, without the errno and file path PyAV adds."""
+    return str(getattr(exc, "strerror", None) or exc).rstrip(".").lower()

@@ -1,0 +1,123 @@
+"""Unit tests of `probe_audio` against generated media whose properties are known exactly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from medialens_audio.probe import probe_audio
+from medialens_shared.errors import InputNotFound, MediaDecodeError, UnsupportedInput
+from scripts.samples import corrupt, make_audio, make_csv, make_video, truncate
+
+#: Samples per frame of each codec: the tolerance on a lossy file's duration.
+FRAME = {"pcm_s16le": 1, "flac": 4608, "mp3": 1152, "aac": 1024}
+
+
+@pytest.mark.parametrize(
+    ("name", "codec", "sample_rate", "channels"),
+    [
+        ("a.wav", "pcm_s16le", 48000, 2),
+        ("a.flac", "flac", 44100, 1),
+        ("a.mp3", "mp3", 44100, 2),
+        ("a.m4a", "aac", 48000, 2),
+        ("mono.m4a", "aac", 22050, 1),
+    ],
+)
+def test_reads_exact_audio_metadata(
+    tmp_path: Path, name: str, codec: str, sample_rate: int, channels: int
+) -> None:
+    """Each audio format reports its exact codec, rate and channels, and its duration to a frame."""
+    path = tmp_path / name
+    make_audio(path, duration_s=1.5, sample_rate=sample_rate, channels=channels)
+    result = probe_audio(path)
+    assert (result.codec, result.sample_rate, result.channels) == (codec, sample_rate, channels)
+    assert result.duration_s == pytest.approx(1.5, abs=FRAME[codec] / sample_rate)
+    assert result.bit_rate is not None
+    assert result.bit_rate > 0
+
+
+def test_wav_bit_rate_is_exact(tmp_path: Path) -> None:
+    """A 16-bit PCM WAV's bit rate is sample rate x channels x 16."""
+    path = tmp_path / "a.wav"
+    make_audio(path, duration_s=0.5, sample_rate=16000, channels=1)
+    assert probe_audio(path).bit_rate == 16000 * 16
+
+
+def test_audio_track_of_a_video(tmp_path: Path) -> None:
+    """A video file with an audio track is probed through its first audio stream."""
+    path = tmp_path / "v.mp4"
+    make_video(path, duration_s=1.0, with_audio=True, audio_sample_rate=44100, audio_channels=1)
+    result = probe_audio(path)
+    assert (result.codec, result.sample_rate, result.channels) == ("aac", 44100, 1)
+    assert result.duration_s == pytest.approx(1.0, abs=1024 / 44100)
+
+
+def test_silent_video_is_unsupported(tmp_path: Path) -> None:
+    """A video without an audio track is rejected as unsupported input."""
+    path = tmp_path / "v.mp4"
+    make_video(path, duration_s=0.4)
+    with pytest.raises(UnsupportedInput, match="no audio stream"):
+        probe_audio(path)
+
+
+def test_csv_is_unsupported(tmp_path: Path) -> None:
+    """A CSV table is rejected as unsupported input."""
+    path = tmp_path / "t.csv"
+    make_csv(path, rows=20)
+    with pytest.raises(UnsupportedInput):
+        probe_audio(path)
+
+
+def test_empty_file_is_unsupported(tmp_path: Path) -> None:
+    """An empty file is rejected as unsupported input, not as damaged media."""
+    path = tmp_path / "empty.wav"
+    path.write_bytes(b"")
+    with pytest.raises(UnsupportedInput, match="empty"):
+        probe_audio(path)
+
+
+def test_truncated_m4a_is_a_decode_error(tmp_path: Path) -> None:
+    """An M4A cut short loses its index and is reported as damaged media."""
+    path = tmp_path / "a.m4a"
+    make_audio(path, duration_s=1.0)
+    damaged = tmp_path / "cut.m4a"
+    truncate(path, damaged, keep_fraction=0.5)
+    with pytest.raises(MediaDecodeError):
+        probe_audio(damaged)
+
+
+def test_truncated_wav_still_probes(tmp_path: Path) -> None:
+    """A WAV cut in half still opens; its duration follows the bytes that are left."""
+    path = tmp_path / "a.wav"
+    make_audio(path, duration_s=2.0)
+    damaged = tmp_path / "cut.wav"
+    truncate(path, damaged, keep_fraction=0.5)
+    assert probe_audio(damaged).duration_s == pytest.approx(1.0, abs=0.01)
+
+
+def test_corrupted_wav_still_probes(tmp_path: Path) -> None:
+    """Garbage in a PCM WAV's samples is just noise: the probe succeeds with the original values."""
+    path = tmp_path / "a.wav"
+    make_audio(path, duration_s=1.0)
+    damaged = tmp_path / "garbled.wav"
+    corrupt(path, damaged, start_fraction=0.0)
+    result = probe_audio(damaged)
+    assert (result.codec, result.sample_rate, result.channels) == ("pcm_s16le", 48000, 2)
+    assert result.duration_s == pytest.approx(1.0)
+
+
+def test_wav_with_garbled_header_is_a_decode_error(tmp_path: Path) -> None:
+    """A WAV whose chunk headers are garbage still sniffs as audio, so it is reported as damaged media."""
+    path = tmp_path / "a.wav"
+    make_audio(path, duration_s=1.0)
+    damaged = tmp_path / "garbled.wav"
+    corrupt(path, damaged, start_fraction=0.0, keep_head_bytes=12)
+    with pytest.raises(MediaDecodeError, match="damaged"):
+        probe_audio(damaged)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    """A path with no file behind it raises InputNotFound."""
+    with pytest.raises(InputNotFound):
+        probe_audio(tmp_path / "nothing.wav")

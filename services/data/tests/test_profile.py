@@ -1,0 +1,336 @@
+"""Unit tests of `profile_table`: tables written and expected statistics computed with the stdlib."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import gzip
+import json
+import math
+import os
+import statistics
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from medialens_data.profile import profile_table
+from medialens_shared.contracts import ColumnProfile, DataProfileParams, DataProfileResult
+from medialens_shared.errors import InvalidParams, UnsupportedInput
+
+AUTO = DataProfileParams()
+
+
+def write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> Path:
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(["" if value is None else value for value in row] for row in rows)
+    return path
+
+
+def write_jsonl(path: Path, records: list[dict[str, Any]]) -> Path:
+    with path.open("w", encoding="utf-8") as handle:
+        for record in records:
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+    return path
+
+
+def expected_top(values: list[Any]) -> list[tuple[Any, int]]:
+    counts = Counter(value for value in values if value is not None)
+    return sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:10]
+
+
+def quartiles_cont(values: list[float]) -> list[float]:
+    return statistics.quantiles(values, n=4, method="inclusive")
+
+
+def quantile_disc(values: list[Any], q: float) -> Any:
+    ordered = sorted(values)
+    return ordered[max(math.ceil(len(ordered) * q) - 1, 0)]
+
+
+def column(result: DataProfileResult, name: str) -> ColumnProfile:
+    return next(col for col in result.columns if col.name == name)
+
+
+def assert_common(col: ColumnProfile, values: list[Any]) -> None:
+    present = [value for value in values if value is not None]
+    assert col.null_count == len(values) - len(present)
+    assert col.distinct_count == len(set(present))
+    assert col.distinct_approx is False
+    assert [(top.value, top.count) for top in col.top_values] == expected_top(values)
+
+
+def assert_numeric(col: ColumnProfile, values: list[Any]) -> None:
+    assert_common(col, values)
+    present = [value for value in values if value is not None]
+    assert col.min == min(present)
+    assert col.max == max(present)
+    assert col.mean == pytest.approx(statistics.mean(present))
+    assert col.std == pytest.approx(statistics.stdev(present))
+    assert [col.p25, col.p50, col.p75] == pytest.approx(quartiles_cont(present))
+
+
+def mixed_rows() -> tuple[list[str], list[list[Any]]]:
+    """Integers, floats with gaps, unicode text with quoted separators, dates and booleans."""
+    header = ["id", "price", "name", "day", "flag"]
+    names = ["Zoë", "a, b", "naïve", "東京", 'say "hi"', "a, b", "Zoë", "a, b"]
+    rows = []
+    for i in range(40):
+        price = None if i % 7 == 3 else round((i * 37 % 101) / 4, 2)
+        name = None if i % 11 == 5 else names[i % len(names)]
+        day = (dt.date(2024, 1, 1) + dt.timedelta(days=i * 3 % 50)).isoformat()
+        rows.append([i * 3 % 17, price, name, day, "true" if i % 3 else "false"])
+    return header, rows
+
+
+def test_mixed_csv_matches_stdlib_statistics(tmp_path: Path) -> None:
+    """A CSV of mixed types with nulls, unicode and quoted separators profiles to the stdlib's statistics."""
+    header, rows = mixed_rows()
+    result = profile_table(write_csv(tmp_path / "mixed.csv", header, rows), params=AUTO)
+
+    assert result.row_count == 40
+    assert result.column_count == 5
+    assert [(col.name, col.dtype) for col in result.columns] == [
+        ("id", "BIGINT"),
+        ("price", "DOUBLE"),
+        ("name", "VARCHAR"),
+        ("day", "DATE"),
+        ("flag", "BOOLEAN"),
+    ]
+    assert_numeric(column(result, "id"), [row[0] for row in rows])
+    assert_numeric(column(result, "price"), [row[1] for row in rows])
+
+    names = [row[2] for row in rows]
+    name = column(result, "name")
+    assert_common(name, names)
+    assert name.min == min(n for n in names if n is not None)
+    assert name.max == max(n for n in names if n is not None)
+    assert (name.mean, name.std, name.p25, name.p50, name.p75) == (None, None, None, None, None)
+    assert name.top_values[0].value == "a, b"
+
+    days = [row[3] for row in rows]
+    day = column(result, "day")
+    assert_common(day, days)
+    assert (day.min, day.max) == (min(days), max(days))
+    assert [day.p25, day.p50, day.p75] == [quantile_disc(days, q) for q in (0.25, 0.5, 0.75)]
+    assert day.mean is None
+
+    flags = [row[4] == "true" for row in rows]
+    flag = column(result, "flag")
+    assert_common(flag, flags)
+    assert (flag.min, flag.max) == (False, True)
+
+
+def test_result_is_json_serialisable(tmp_path: Path) -> None:
+    """The result dumps to strict JSON: dates as ISO strings and no NaN or infinity anywhere."""
+    header, rows = mixed_rows()
+    result = profile_table(write_csv(tmp_path / "mixed.csv", header, rows), params=AUTO)
+    json.dumps(result.model_dump(mode="json"), allow_nan=False)
+
+
+def test_nan_and_infinity_become_none(tmp_path: Path) -> None:
+    """NaN and infinite floats come back as None instead of breaking JSON."""
+    path = write_csv(tmp_path / "nan.csv", ["x"], [["1.5"], ["nan"], ["inf"], ["2.5"]])
+    col = profile_table(path, params=AUTO).columns[0]
+    assert col.dtype == "DOUBLE"
+    assert col.min == 1.5
+    assert col.max is None  # NaN sorts last in DuckDB
+    assert col.mean is None
+    assert col.std is None
+    json.dumps(col.model_dump(mode="json"), allow_nan=False)
+
+
+def test_header_only_file_has_zero_rows_and_no_stats(tmp_path: Path) -> None:
+    """A header-only CSV gives zero rows, its column names and types, zero nulls and no statistics."""
+    path = tmp_path / "empty.csv"
+    path.write_text("a,b,c\n", encoding="utf-8")
+    result = profile_table(path, params=AUTO)
+    assert (result.row_count, result.column_count) == (0, 3)
+    for col, name in zip(result.columns, "abc", strict=True):
+        assert col.name == name
+        assert col.dtype == "VARCHAR"
+        assert col.null_count == 0
+        assert col.distinct_count == 0
+        assert (col.min, col.max, col.mean, col.std, col.p25, col.p50, col.p75) == (None,) * 7
+        assert col.top_values == []
+
+
+def test_single_column_file(tmp_path: Path) -> None:
+    """A one-column CSV (values holding commas, quoted) is one column, not a ragged table."""
+    values = ["x, y", "plain", "x, y", "ünïcode", "plain", "x, y"]
+    path = write_csv(tmp_path / "one.csv", ["label, full"], [[value] for value in values])
+    result = profile_table(path, params=AUTO)
+    assert (result.row_count, result.column_count) == (6, 1)
+    col = result.columns[0]
+    assert (col.name, col.dtype) == ("label, full", "VARCHAR")
+    assert_common(col, values)
+
+
+def test_top_values_keep_ten_and_break_ties_by_value(tmp_path: Path) -> None:
+    """Top values are the ten most frequent, equal counts ordered by value ascending."""
+    values = [n for n in range(15) for _ in range(1 + (n % 3))]
+    path = write_csv(tmp_path / "top.csv", ["n"], [[value] for value in values])
+    col = profile_table(path, params=AUTO).columns[0]
+    assert len(col.top_values) == 10
+    assert [(top.value, top.count) for top in col.top_values] == expected_top(values)
+
+
+def test_wide_file_finishes_quickly(tmp_path: Path) -> None:
+    """A 500-column, 5-row CSV is profiled column by column within a few seconds."""
+    header = [f"c{i}" for i in range(500)]
+    rows = [[(r * 7 + i) % 5 for i in range(500)] for r in range(5)]
+    path = write_csv(tmp_path / "wide.csv", header, rows)
+    started = time.monotonic()
+    result = profile_table(path, params=AUTO)
+    assert time.monotonic() - started < 20
+    assert (result.row_count, result.column_count) == (5, 500)
+    for i in (0, 123, 499):
+        assert_numeric(column(result, f"c{i}"), [row[i] for row in rows])
+
+
+def test_ragged_file_fails_naming_the_line(tmp_path: Path) -> None:
+    """A CSV whose third line has a missing field fails with UnsupportedInput naming line 3."""
+    path = tmp_path / "ragged.csv"
+    path.write_text("a,b,c\n1,2,3\n4,5\n6,7,8\n", encoding="utf-8")
+    with pytest.raises(UnsupportedInput, match=r"line 3\b.*expected 3 fields, found 2"):
+        profile_table(path, params=AUTO)
+
+
+def test_ragged_line_beyond_the_sniff_sample_fails(tmp_path: Path) -> None:
+    """A row with an extra field far past DuckDB's sniffing sample still fails, naming its line."""
+    rows = [[i, i * 2, f"x{i}"] for i in range(30_000)]
+    path = write_csv(tmp_path / "late.csv", ["a", "b", "c"], rows)
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write("1,2,3,4\r\n")  # csv.writer ends lines with CRLF
+    with pytest.raises(UnsupportedInput, match=r"line 30002\b"):
+        profile_table(path, params=AUTO)
+
+
+def test_late_type_change_widens_the_column(tmp_path: Path) -> None:
+    """A text value after the sampled integers makes the column VARCHAR rather than failing."""
+    rows: list[list[Any]] = [[i] for i in range(30_000)] + [["oops"]]
+    path = write_csv(tmp_path / "late_type.csv", ["a"], rows)
+    result = profile_table(path, params=AUTO)
+    assert result.row_count == 30_001
+    assert result.columns[0].dtype == "VARCHAR"
+
+
+def test_binary_garbage_is_unsupported(tmp_path: Path) -> None:
+    """Random bytes are not a table: UnsupportedInput."""
+    path = tmp_path / "garbage.bin"
+    path.write_bytes(os.urandom(4096))
+    with pytest.raises(UnsupportedInput):
+        profile_table(path, params=AUTO)
+
+
+def test_binary_garbage_without_nul_bytes_is_unsupported(tmp_path: Path) -> None:
+    """Undecodable bytes without NULs reach DuckDB, whose refusal becomes UnsupportedInput."""
+    path = tmp_path / "garbage.bin"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(1, 256)) * 20)
+    with pytest.raises(UnsupportedInput, match="not a readable csv table"):
+        profile_table(path, params=AUTO)
+
+
+def test_jsonl_is_detected_and_profiled(tmp_path: Path) -> None:
+    """JSON lines are detected by their leading brace and profiled like any table, missing keys as nulls."""
+    records: list[dict[str, Any]] = [
+        {"n": i % 4, "s": f"é{i % 3}", "x": i / 2} if i % 5 else {"n": i % 4, "s": None} for i in range(23)
+    ]
+    result = profile_table(write_jsonl(tmp_path / "rows.data", records), params=AUTO)
+    assert (result.row_count, result.column_count) == (23, 3)
+    assert [(c.name, c.dtype) for c in result.columns] == [("n", "BIGINT"), ("s", "VARCHAR"), ("x", "DOUBLE")]
+    assert_numeric(column(result, "n"), [r["n"] for r in records])
+    assert_common(column(result, "s"), [r["s"] for r in records])
+    assert_numeric(column(result, "x"), [r.get("x") for r in records])
+
+
+def test_parquet_is_detected_and_profiled(tmp_path: Path) -> None:
+    """A Parquet file written by DuckDB's COPY is detected by its magic and profiled."""
+    duckdb = pytest.importorskip("duckdb")
+    header, rows = mixed_rows()
+    source = write_csv(tmp_path / "mixed.csv", header, rows)
+    target = tmp_path / "mixed.bin"
+    with duckdb.connect() as con:
+        con.execute(f"COPY (SELECT * FROM read_csv('{source}')) TO '{target}' (FORMAT parquet)")
+    result = profile_table(target, params=AUTO)
+    assert (result.row_count, result.column_count) == (40, 5)
+    assert column(result, "day").dtype == "DATE"
+    assert_numeric(column(result, "id"), [row[0] for row in rows])
+    assert_numeric(column(result, "price"), [row[1] for row in rows])
+    assert_common(column(result, "name"), [row[2] for row in rows])
+
+
+def test_gzip_csv_is_detected_and_profiled(tmp_path: Path) -> None:
+    """A gzip-compressed CSV without a telling file name is decompressed and profiled."""
+    header, rows = mixed_rows()
+    plain = write_csv(tmp_path / "mixed.csv", header, rows)
+    packed = tmp_path / "upload"
+    packed.write_bytes(gzip.compress(plain.read_bytes()))
+    result = profile_table(packed, params=AUTO)
+    assert (result.row_count, result.column_count) == (40, 5)
+    assert_numeric(column(result, "price"), [row[1] for row in rows])
+    assert_common(column(result, "name"), [row[2] for row in rows])
+
+
+def test_gzip_jsonl_is_detected(tmp_path: Path) -> None:
+    """A gzip-compressed JSON-lines file is recognised as JSON lines by peeking inside the stream."""
+    records = [{"k": i % 3} for i in range(9)]
+    packed = tmp_path / "upload"
+    packed.write_bytes(gzip.compress(write_jsonl(tmp_path / "r.jsonl", records).read_bytes()))
+    result = profile_table(packed, params=AUTO)
+    assert (result.row_count, result.column_count) == (9, 1)
+    assert_numeric(result.columns[0], [r["k"] for r in records])
+
+
+def test_forced_parquet_on_csv_is_unsupported(tmp_path: Path) -> None:
+    """Forcing format=parquet on a CSV fails with UnsupportedInput that names the format."""
+    header, rows = mixed_rows()
+    path = write_csv(tmp_path / "mixed.csv", header, rows)
+    with pytest.raises(UnsupportedInput, match="not a readable parquet table"):
+        profile_table(path, params=DataProfileParams(format="parquet"))
+
+
+def test_error_does_not_leak_the_directory(tmp_path: Path) -> None:
+    """Error messages name the file but not the directory it is stored in."""
+    path = tmp_path / "mixed.csv"
+    path.write_text("a,b\n1,2\n", encoding="utf-8")
+    with pytest.raises(UnsupportedInput) as caught:
+        profile_table(path, params=DataProfileParams(format="parquet"))
+    assert str(tmp_path) not in caught.value.message
+
+
+def test_bad_settings_are_invalid_params(tmp_path: Path) -> None:
+    """A nonsense memory limit or thread count raises InvalidParams."""
+    path = write_csv(tmp_path / "t.csv", ["a"], [[1]])
+    with pytest.raises(InvalidParams):
+        profile_table(path, params=AUTO, memory_limit="lots")
+    with pytest.raises(InvalidParams):
+        profile_table(path, params=AUTO, threads=0)
+
+
+def test_connection_reads_nothing_but_the_input(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The DuckDB connection is locked to the input file: reading another path is refused."""
+    duckdb = pytest.importorskip("duckdb")
+    from medialens_data import profile as module
+
+    other = write_csv(tmp_path / "secret.csv", ["s"], [["x"]])
+    path = write_csv(tmp_path / "t.csv", ["a"], [[1]])
+    seen: list[Any] = []
+    real_connect = module._connect
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        con = real_connect(*args, **kwargs)
+        seen.append(con)
+        with pytest.raises(duckdb.PermissionException):
+            con.execute(f"SELECT * FROM read_csv('{other}')")
+        with pytest.raises(duckdb.InvalidInputException):
+            con.execute("SET enable_external_access = true")
+        return con
+
+    monkeypatch.setattr(module, "_connect", spy)
+    assert profile_table(path, params=AUTO, temp_dir=tmp_path / "spill").row_count == 1
+    assert len(seen) == 1

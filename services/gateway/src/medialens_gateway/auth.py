@@ -1,0 +1,67 @@
+"""API keys: who is calling, and the development tenants the gateway ensures at start.
+
+A key is a long random token, stored only as its SHA-256; a request names it as `Authorization: Bearer
+<key>` or `X-API-Key: <key>` and is answered for the key's tenant alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+
+from fastapi import Request
+from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from medialens_shared.errors import Unauthorized
+from medialens_shared.tables import api_keys, tenants
+
+
+@dataclass(frozen=True, slots=True)
+class Tenant:
+    id: str
+    webhook_secret: str
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def presented_key(request: Request) -> str | None:
+    authorization = request.headers.get("authorization", "")
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    return request.headers.get("x-api-key") or None
+
+
+async def authenticate(session: AsyncSession, *, key: str | None) -> Tenant:
+    if not key:
+        raise Unauthorized("No API key: send `Authorization: Bearer <key>` or `X-API-Key: <key>`.")
+    query = (
+        select(tenants.c.id, tenants.c.webhook_secret)
+        .join(api_keys, api_keys.c.tenant_id == tenants.c.id)
+        .where(api_keys.c.key_hash == hash_key(key), api_keys.c.revoked_at.is_(None))
+    )
+    row = (await session.execute(query)).one_or_none()
+    if row is None:
+        raise Unauthorized("The API key is unknown or revoked.")
+    return Tenant(id=row.id, webhook_secret=row.webhook_secret)
+
+
+async def ensure_keys(session: AsyncSession, *, pairs: list[tuple[str, str]]) -> None:
+    """Create the tenants and keys of `pairs` that do not exist yet (idempotent, race-safe)."""
+    for tenant_id, key in pairs:
+        await session.execute(
+            insert(tenants)
+            .values(id=tenant_id, name=tenant_id, webhook_secret=secrets.token_hex(32))
+            .on_conflict_do_nothing(index_elements=["id"])
+        )
+        await session.execute(
+            insert(api_keys)
+            .values(tenant_id=tenant_id, key_hash=hash_key(key))
+            .on_conflict_do_nothing(index_elements=["key_hash"])
+        )
+    await session.commit()

@@ -1,0 +1,163 @@
+"""Every answer of the gateway as the envelope: the request id, and the one place errors are rendered.
+
+`RequestIdMiddleware` gives each request an id (the client's `X-Request-ID` when it sent one) and echoes it
+as a header; `install_error_handlers` renders every error, from a domain `ApiError` to an unknown route, a
+wrong method, a validation failure or a bug, as the envelope with its API error code.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from contextvars import ContextVar
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from medialens_shared.envelope import failure, success
+from medialens_shared.errors import ApiError, InternalError
+
+log = logging.getLogger(__name__)
+
+request_id_var: ContextVar[str] = ContextVar("request_id", default="")
+_CLIENT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+_STATUS_CODES = {
+    400: "VALIDATION_ERROR",
+    401: "UNAUTHORIZED",
+    404: "NOT_FOUND",
+    405: "NOT_FOUND",
+    409: "CONFLICT",
+    413: "PAYLOAD_TOO_LARGE",
+    415: "UNSUPPORTED_MEDIA_TYPE",
+    422: "VALIDATION_ERROR",
+    429: "RATE_LIMITED",
+    503: "SERVICE_UNAVAILABLE",
+}
+
+
+class RequestIdMiddleware:
+    """Gives every request its id and renders a bug as the 500 envelope (with the id, without a trace).
+
+    Pure ASGI (no BaseHTTPMiddleware) so streaming bodies pass through untouched. It is the outermost
+    layer of our own, so it also catches what Starlette's exception middleware lets through.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        sent = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
+        request_id = sent if _CLIENT_ID.match(sent) else uuid.uuid4().hex
+        token = request_id_var.set(request_id)
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"x-request-id"]
+                headers.append((b"x-request-id", request_id.encode()))
+                message["headers"] = headers
+            await send(message)
+
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send_with_id(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception:
+            log.exception("unhandled error in request %s", request_id)
+            if started:
+                raise  # the client already has a status line; all we can do is drop the connection
+            response = error_response(
+                status_code=500,
+                error_code=InternalError.error_code,
+                message=f"An internal error occurred; quote request id {request_id} when reporting it.",
+            )
+            await response(scope, receive, send_with_id)
+        finally:
+            request_id_var.reset(token)
+
+
+def ok(
+    data: Any, *, status_code: int = 200, message: str = "", headers: dict[str, str] | None = None
+) -> JSONResponse:
+    """A success envelope response."""
+    body = success(data, request_id=request_id_var.get(), message=message)
+    return JSONResponse(body, status_code=status_code, headers=headers)
+
+
+def error_response(
+    *,
+    status_code: int,
+    error_code: str,
+    message: str,
+    details: list[Any] | None = None,
+    data: dict[str, Any] | None = None,
+    retry_after: int | None = None,
+) -> JSONResponse:
+    """An error envelope response; `data` replaces the default `{"details": [...]}` when given."""
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+    body = failure(error_code=error_code, message=message, request_id=request_id_var.get(), details=details)
+    if data is not None:
+        body["data"] = data
+    return JSONResponse(body, status_code=status_code, headers=headers)
+
+
+async def _api_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ApiError)
+    return error_response(
+        status_code=exc.http_status,
+        error_code=exc.error_code,
+        message=exc.message,
+        details=exc.details,
+        retry_after=exc.retry_after,
+    )
+
+
+async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    details = [
+        {"loc": list(err.get("loc", ())), "msg": err.get("msg", ""), "type": err.get("type", "")}
+        for err in exc.errors()
+    ]
+    where = ", ".join(".".join(str(part) for part in d["loc"]) for d in details[:3])
+    return error_response(
+        status_code=422,
+        error_code="VALIDATION_ERROR",
+        message=f"The request does not fit the schema ({where}); see data.details.",
+        details=details,
+    )
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    code = _STATUS_CODES.get(
+        exc.status_code, "INTERNAL_ERROR" if exc.status_code >= 500 else "VALIDATION_ERROR"
+    )
+    if exc.status_code == 404:
+        message = f"No route {request.url.path}; see /docs for the API."
+    elif exc.status_code == 405:
+        message = f"{request.method} is not allowed on {request.url.path}."
+    else:
+        message = str(exc.detail)
+    response = error_response(status_code=exc.status_code, error_code=code, message=message)
+    if exc.headers:
+        response.headers.update(exc.headers)
+    return response
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)

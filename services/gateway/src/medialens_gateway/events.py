@@ -1,0 +1,88 @@
+"""Job events for SSE: one Redis pattern subscription per gateway process, fanned out to listeners.
+
+A stream per client would hold one Redis connection each; the hub holds one for the whole process and
+hands each listener an in-memory queue of the job objects published for the job it follows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from typing import Any
+
+from medialens_shared.signals import JobSignals
+
+log = logging.getLogger(__name__)
+
+#: Events a slow listener may fall behind by before older ones are dropped (the last one always counts).
+QUEUE_SIZE = 64
+
+
+class EventHub:
+    def __init__(self, signals: JobSignals) -> None:
+        self.signals = signals
+        self._listeners: dict[str, set[asyncio.Queue[dict[str, Any]]]] = defaultdict(set)
+        self._task: asyncio.Task[None] | None = None
+        self._ready = asyncio.Event()
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="event-hub")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        """Keep the subscription alive across Redis restarts, backing off while Redis is away."""
+        delay = 0.2
+        while True:
+            pubsub = self.signals.redis.pubsub()
+            try:
+                await pubsub.psubscribe(self.signals.all_channels)
+                self._ready.set()
+                delay = 0.2
+                async for message in pubsub.listen():
+                    if message["type"] == "pmessage":
+                        self._dispatch(message["channel"], message["data"])
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self._ready.clear()
+                log.warning("job event subscription lost (%s); retrying in %.1f s", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    def _dispatch(self, channel: bytes | str, data: bytes | str) -> None:
+        name = channel.decode() if isinstance(channel, bytes) else channel
+        queues = self._listeners.get(self.signals.job_id_of(name))
+        if not queues:
+            return
+        job = json.loads(data)
+        for queue in queues:
+            if queue.full():
+                queue.get_nowait()
+            queue.put_nowait(job)
+
+    @contextlib.asynccontextmanager
+    async def listen(self, job_id: str) -> AsyncIterator[asyncio.Queue[dict[str, Any]]]:
+        """A queue of the job objects published for `job_id` while the context is open."""
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(QUEUE_SIZE)
+        self._listeners[job_id].add(queue)
+        try:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(2.0):
+                    await self._ready.wait()
+            yield queue
+        finally:
+            self._listeners[job_id].discard(queue)
+            if not self._listeners[job_id]:
+                del self._listeners[job_id]

@@ -1,0 +1,116 @@
+"""`/v1/files`: upload, read, download (with Range), delete and list a tenant's files."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from medialens_gateway.deps import AppSettings, CurrentTenant, DbSession, Files
+from medialens_gateway.envelope import ok
+from medialens_gateway.files import service
+from medialens_gateway.files.uploads import read_upload
+from medialens_gateway.pagination import Cursor, Limit, next_cursor
+from medialens_shared.errors import PayloadTooLarge, RangeNotSatisfiable
+
+router = APIRouter(prefix="/v1/files", tags=["files"])
+
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+UPLOAD_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "description": "The file: a multipart form with the field `file`, or the raw bytes with their "
+        "Content-Type (and an optional `X-Filename` header).",
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"file": {"type": "string", "format": "binary"}},
+                    "required": ["file"],
+                }
+            },
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+
+
+@router.post("", status_code=201, openapi_extra=UPLOAD_BODY, summary="Upload a file (streamed)")
+async def upload_file(
+    request: Request, tenant: CurrentTenant, session: DbSession, store: Files, settings: AppSettings
+) -> JSONResponse:
+    limit = settings.gateway.max_upload_bytes
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit + 64 * 1024:  # room for multipart framing
+        raise PayloadTooLarge(f"The upload is larger than the limit of {limit} bytes; send a smaller file.")
+    upload = await read_upload(request)
+    row = await service.store_upload(
+        session, store=store, tenant_id=tenant.id, upload=upload, max_bytes=limit
+    )
+    return ok(service.file_view(row), status_code=201, headers={"Location": f"/v1/files/{row['id']}"})
+
+
+@router.get("", summary="List the tenant's files, newest first")
+async def list_files(
+    tenant: CurrentTenant, session: DbSession, limit: Limit = 50, cursor: Cursor = None
+) -> JSONResponse:
+    rows = await service.list_files(session, tenant_id=tenant.id, limit=limit, cursor=cursor)
+    items = [service.file_view(row) for row in rows[:limit]]
+    return ok({"items": items, "next_cursor": next_cursor(rows, limit=limit)})
+
+
+@router.get("/{file_id}", summary="The file object")
+async def get_file(file_id: str, tenant: CurrentTenant, session: DbSession) -> JSONResponse:
+    return ok(service.file_view(await service.get_file(session, tenant_id=tenant.id, file_id=file_id)))
+
+
+@router.get(
+    "/{file_id}/content",
+    summary="The file's bytes, streamed; honours Range",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"application/octet-stream": {}}}, 206: {"description": "Partial content"}},
+)
+async def get_content(
+    file_id: str, request: Request, tenant: CurrentTenant, session: DbSession, store: Files
+) -> StreamingResponse:
+    row = await service.get_file(session, tenant_id=tenant.id, file_id=file_id)
+    size = row["size_bytes"]
+    start, end, status = 0, size - 1, 200
+    headers = {"Accept-Ranges": "bytes", "Content-Disposition": f'attachment; filename="{row["filename"]}"'}
+    if spec := request.headers.get("range"):
+        start, end = _parse_range(spec, size)
+        status = 206
+        headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+    headers["Content-Length"] = str(max(end - start + 1, 0))
+    body = store.read(row["storage_id"], start=start, end=end) if size else _empty()
+    return StreamingResponse(body, status_code=status, media_type=row["content_type"], headers=headers)
+
+
+async def _empty() -> Any:
+    return
+    yield
+
+
+def _parse_range(spec: str, size: int) -> tuple[int, int]:
+    match = _RANGE.match(spec.strip())
+    if match and (match[1] or match[2]):
+        if match[1]:
+            start = int(match[1])
+            end = min(int(match[2]), size - 1) if match[2] else size - 1
+        else:
+            start, end = max(size - int(match[2]), 0), size - 1
+        if start <= end < size:
+            return start, end
+    raise RangeNotSatisfiable(
+        f"Range {spec!r} cannot be served from a file of {size} bytes; use bytes=start-end.",
+        details=[{"loc": ["header", "range"], "msg": "unsatisfiable range", "type": "value_error"}],
+    )
+
+
+@router.delete("/{file_id}", summary="Delete a file")
+async def delete_file(file_id: str, tenant: CurrentTenant, session: DbSession, store: Files) -> JSONResponse:
+    await service.delete_file(session, store=store, tenant_id=tenant.id, file_id=file_id)
+    return ok({"id": file_id, "deleted": True})

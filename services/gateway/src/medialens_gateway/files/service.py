@@ -1,0 +1,95 @@
+"""Files of a tenant: metadata rows in PostgreSQL, bytes in GridFS."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from sqlalchemy import RowMapping, func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from medialens_gateway.files.uploads import Upload
+from medialens_gateway.pagination import page
+from medialens_shared.envelope import iso
+from medialens_shared.errors import NotFound
+from medialens_shared.filestore import FileStore
+from medialens_shared.sniff import sniff
+from medialens_shared.tables import files
+
+
+def file_view(row: RowMapping) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "filename": row["filename"],
+        "content_type": row["content_type"],
+        "size_bytes": row["size_bytes"],
+        "sha256": row["sha256"],
+        "kind": row["kind"],
+        "job_id": row["job_id"],
+        "created_at": iso(row["created_at"]),
+    }
+
+
+async def store_upload(
+    session: AsyncSession, *, store: FileStore, tenant_id: str, upload: Upload, max_bytes: int
+) -> RowMapping:
+    """Stream `upload` into GridFS, then record it; the bytes are removed again if recording fails."""
+    file_id = uuid.uuid4().hex
+    stored = await store.save(
+        upload.chunks,
+        filename=upload.filename,
+        max_bytes=max_bytes,
+        metadata={"tenant_id": tenant_id, "file_id": file_id},
+    )
+    try:
+        row = (
+            (
+                await session.execute(
+                    files.insert()
+                    .values(
+                        id=file_id,
+                        tenant_id=tenant_id,
+                        filename=upload.filename,
+                        content_type=upload.content_type,
+                        size_bytes=stored.size_bytes,
+                        sha256=stored.sha256,
+                        kind=sniff(stored.head).value,
+                        storage_id=stored.storage_id,
+                    )
+                    .returning(*files.c)
+                )
+            )
+            .mappings()
+            .one()
+        )
+        await session.commit()
+    except BaseException:
+        await store.delete(stored.storage_id)
+        raise
+    return row
+
+
+async def get_file(session: AsyncSession, *, tenant_id: str, file_id: str) -> RowMapping:
+    query = select(files).where(
+        files.c.id == file_id, files.c.tenant_id == tenant_id, files.c.deleted_at.is_(None)
+    )
+    row = (await session.execute(query)).mappings().one_or_none()
+    if row is None:
+        raise NotFound(f"No file {file_id} for this API key's tenant.")
+    return row
+
+
+async def list_files(
+    session: AsyncSession, *, tenant_id: str, limit: int, cursor: str | None
+) -> list[RowMapping]:
+    query = select(files).where(files.c.tenant_id == tenant_id, files.c.deleted_at.is_(None))
+    query = page(query, created_at=files.c.created_at, item_id=files.c.id, limit=limit, cursor=cursor)
+    return list((await session.execute(query)).mappings().all())
+
+
+async def delete_file(session: AsyncSession, *, store: FileStore, tenant_id: str, file_id: str) -> None:
+    """Mark the file deleted (jobs keep their reference), then drop its bytes."""
+    row = await get_file(session, tenant_id=tenant_id, file_id=file_id)
+    await session.execute(update(files).where(files.c.id == file_id).values(deleted_at=func.now()))
+    await session.commit()
+    await store.delete(row["storage_id"])

@@ -1,0 +1,48 @@
+"""Checks on a job's `callback_url` at submission: `https://` only, and never a private address.
+
+The host is resolved here, so a public name pointing at a private, loopback, link-local or metadata address
+is refused too (delivery resolves again and checks again: a name can change between the two).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+from urllib.parse import urlsplit
+
+from medialens_shared.errors import RequestValidationFailed
+
+
+def _refuse(message: str) -> RequestValidationFailed:
+    return RequestValidationFailed(
+        message, details=[{"loc": ["body", "callback_url"], "msg": message, "type": "value_error"}]
+    )
+
+
+def is_public(address: str) -> bool:
+    ip = ipaddress.ip_address(address)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_global and not ip.is_multicast
+
+
+async def check_callback_url(url: str, *, allow_http: bool, allow_private: bool) -> None:
+    parts = urlsplit(url)
+    schemes = ("https", "http") if allow_http else ("https",)
+    if parts.scheme not in schemes or not parts.hostname:
+        raise _refuse(f"callback_url must be an absolute {' or '.join(schemes)}:// URL.")
+    if allow_private:
+        return
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(
+            parts.hostname, parts.port or 443, type=socket.SOCK_STREAM
+        )
+    except socket.gaierror as exc:
+        raise _refuse(f"callback_url's host {parts.hostname!r} does not resolve.") from exc
+    for *_, sockaddr in infos:
+        if not is_public(str(sockaddr[0])):
+            raise _refuse(
+                f"callback_url's host {parts.hostname!r} is or resolves to a non-public address; "
+                "webhooks are only sent to public addresses."
+            )

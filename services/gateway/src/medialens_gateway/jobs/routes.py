@@ -1,0 +1,163 @@
+"""`/v1/jobs`: submit, read, list, cancel, result, and live events (SSE)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from medialens_gateway.deps import AppSettings, CurrentTenant, Databases, DbSession, Events, Mongo, Signals
+from medialens_gateway.envelope import ok
+from medialens_gateway.jobs import service
+from medialens_gateway.jobs.callbacks import check_callback_url
+from medialens_gateway.jobs.schemas import JobRequest
+from medialens_gateway.pagination import Cursor, Limit, next_cursor
+from medialens_shared import jobstore
+from medialens_shared.contracts import JobStatus
+from medialens_shared.envelope import iso
+from medialens_shared.errors import JobNotFinished, RequestValidationFailed
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+#: Seconds of silence after which an SSE stream sends a comment and re-reads the job.
+KEEP_ALIVE_S = 10.0
+
+IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=255)]
+
+
+@router.post("", status_code=202, summary="Submit a job")
+async def submit_job(
+    body: JobRequest,
+    tenant: CurrentTenant,
+    session: DbSession,
+    signals: Signals,
+    settings: AppSettings,
+    idempotency_key: IdempotencyKey = None,
+) -> JSONResponse:
+    if body.callback_url is not None:
+        await check_callback_url(
+            body.callback_url,
+            allow_http=settings.gateway.callback_allow_http,
+            allow_private=settings.gateway.callback_allow_private,
+        )
+    submitted = await service.submit(
+        session,
+        tenant_id=tenant.id,
+        body=body,
+        idempotency_key=idempotency_key,
+        ttl_s=settings.gateway.idempotency_ttl_s,
+    )
+    job = await service.view(session, signals, submitted.job)
+    return ok(
+        job,
+        status_code=202 if submitted.created else 200,
+        headers={"Location": f"/v1/jobs/{job['id']}"},
+        message="" if submitted.created else "an earlier submission with this Idempotency-Key",
+    )
+
+
+@router.get("", summary="List the tenant's jobs, newest first")
+async def list_jobs(
+    tenant: CurrentTenant,
+    session: DbSession,
+    limit: Limit = 50,
+    cursor: Cursor = None,
+    status: JobStatus | None = None,
+    type: Annotated[str | None, Query(description="A job type, e.g. `video.probe`.")] = None,  # noqa: A002
+    label: Annotated[list[str] | None, Query(description="`key:value`; repeat to require several.")] = None,
+) -> JSONResponse:
+    labels: dict[str, str] = {}
+    for item in label or []:
+        key, sep, value = item.partition(":")
+        if not sep or not key:
+            raise RequestValidationFailed(
+                f"label filter {item!r} is not of the form key:value.",
+                details=[{"loc": ["query", "label"], "msg": "expected key:value", "type": "value_error"}],
+            )
+        labels[key] = value
+    rows = await service.list_jobs(
+        session, tenant_id=tenant.id, limit=limit, cursor=cursor, status=status, type_=type, labels=labels
+    )
+    items = [jobstore.job_view(row) for row in rows[:limit]]
+    return ok({"items": items, "next_cursor": next_cursor(rows, limit=limit)})
+
+
+@router.get("/{job_id}", summary="The job object")
+async def get_job(job_id: str, tenant: CurrentTenant, session: DbSession, signals: Signals) -> JSONResponse:
+    job = await service.get_job(session, tenant_id=tenant.id, job_id=job_id)
+    return ok(await service.view(session, signals, job))
+
+
+@router.post("/{job_id}/cancel", status_code=202, summary="Cancel a job")
+async def cancel_job(
+    job_id: str, tenant: CurrentTenant, session: DbSession, signals: Signals
+) -> JSONResponse:
+    job = await service.cancel(session, signals, tenant_id=tenant.id, job_id=job_id)
+    view = await service.view(session, signals, job)
+    note = "cancelled" if view["status"] == JobStatus.CANCELLED else "asked to stop at its next checkpoint"
+    return ok(view, status_code=202, message=note)
+
+
+@router.get("/{job_id}/result", summary="The result of a succeeded job")
+async def get_result(job_id: str, tenant: CurrentTenant, session: DbSession, mongo: Mongo) -> JSONResponse:
+    job = await service.get_job(session, tenant_id=tenant.id, job_id=job_id)
+    if job["status"] != JobStatus.SUCCEEDED:
+        raise JobNotFinished(f"Job {job_id} is {job['status']}; its result exists once it has succeeded.")
+    document = await mongo["results"].find_one({"_id": job_id})
+    if document is None:
+        raise JobNotFinished(f"Job {job_id} succeeded but its result is not readable yet; retry shortly.")
+    return ok(_result_view(document))
+
+
+def _result_view(document: dict[str, Any]) -> dict[str, Any]:
+    result = {key: value for key, value in document.items() if key not in ("_id", "tenant_id")}
+    result["created_at"] = iso(result["created_at"]) if result.get("created_at") else None
+    return result
+
+
+@router.get(
+    "/{job_id}/events",
+    summary="Live progress as Server-Sent Events",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}}},
+)
+async def job_events(
+    job_id: str, tenant: CurrentTenant, session: DbSession, signals: Signals, events: Events, db: Databases
+) -> StreamingResponse:
+    await service.get_job(session, tenant_id=tenant.id, job_id=job_id)  # 404 before the stream starts
+    await session.close()  # a stream can last long; it must not hold a pooled connection meanwhile
+
+    async def fresh() -> dict[str, Any]:
+        async with db.session() as s:
+            return await service.view(
+                s, signals, await service.get_job(s, tenant_id=tenant.id, job_id=job_id)
+            )
+
+    async def stream() -> AsyncIterator[str]:
+        async with events.listen(job_id) as queue:
+            current = await fresh()  # read after subscribing, so no change falls between the two
+            last: dict[str, Any] | None = None
+            while not JobStatus(current["status"]).terminal:
+                if current != last:
+                    yield _sse("progress", current)
+                    last = current
+                try:
+                    current = await asyncio.wait_for(queue.get(), timeout=KEEP_ALIVE_S)
+                except TimeoutError:
+                    yield ": keep-alive\n\n"
+                    current = await fresh()  # pub/sub may drop a message; the row never lies
+            yield _sse("done", current)
+
+    return StreamingResponse(
+        stream(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+def _sse(event: str, data: dict[str, Any]) -> str:
+    return f"event: {event}\ndata: {json.dumps(data)}\n\n"

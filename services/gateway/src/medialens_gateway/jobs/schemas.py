@@ -1,0 +1,21 @@
+"""Request bodies of `/v1/jobs`."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+LabelKey = Annotated[str, StringConstraints(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9._/-]+$")]
+LabelValue = Annotated[str, StringConstraints(max_length=255)]
+
+
+class JobRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: str = Field(description="A job type of /v1/job-types, e.g. `video.probe`.")
+    file_id: str = Field(description="The input: a file of this tenant.")
+    params: dict[str, Any] = Field(default_factory=dict, description="Checked against the type's schema.")
+    labels: dict[LabelKey, LabelValue] = Field(default_factory=dict, max_length=32)
+    priority: int = Field(5, ge=0, le=9)
+    callback_url: str | None = Field(None, max_length=2048)

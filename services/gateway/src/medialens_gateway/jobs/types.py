@@ -1,0 +1,28 @@
+"""`/v1/job-types`: the catalogue of job types, with the JSON Schemas of their params and results."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from medialens_gateway.deps import CurrentTenant
+from medialens_gateway.envelope import ok
+from medialens_shared.contracts import JOB_TYPES
+
+router = APIRouter(prefix="/v1/job-types", tags=["jobs"])
+
+
+@router.get("", summary="The job types, their services and their schemas")
+async def list_job_types(_: CurrentTenant) -> JSONResponse:
+    items = [
+        {
+            "name": spec.name,
+            "service": spec.service,
+            "description": spec.description,
+            "accepts": sorted(kind.value for kind in spec.accepts),
+            "params_schema": spec.params.model_json_schema(),
+            "result_schema": spec.result.model_json_schema(),
+        }
+        for spec in JOB_TYPES.values()
+    ]
+    return ok({"items": items, "next_cursor": None})

@@ -1,0 +1,74 @@
+"""The gateway's assembly: settings, lifespan (pools, bus, event hub), middleware, error handlers, routes."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+
+import svcs.fastapi
+import uvicorn
+from fastapi import FastAPI
+
+from medialens_gateway.auth import ensure_keys
+from medialens_gateway.bus import GatewayBus
+from medialens_gateway.envelope import RequestIdMiddleware, install_error_handlers
+from medialens_gateway.events import EventHub
+from medialens_gateway.files.routes import router as files_router
+from medialens_gateway.jobs.routes import router as jobs_router
+from medialens_gateway.jobs.types import router as job_types_router
+from medialens_gateway.metrics import MetricsMiddleware
+from medialens_gateway.ops.routes import router as ops_router
+from medialens_shared.db import DatabaseManager
+from medialens_shared.logs import configure_logging
+from medialens_shared.registry import register_core
+from medialens_shared.settings import Settings
+from medialens_shared.signals import JobSignals
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @svcs.fastapi.lifespan
+    async def lifespan(_: FastAPI, registry: svcs.Registry) -> AsyncGenerator[None]:
+        db = DatabaseManager(settings, name="gateway")
+        register_core(registry, settings=settings, db=db)
+        await db.initialize_all()
+        if settings.is_development:
+            async with db.session() as session:
+                await ensure_keys(session, pairs=settings.dev.pairs())
+        hub = EventHub(JobSignals(db.redis, prefix=settings.redis.prefix))
+        registry.register_value(EventHub, hub, on_registry_close=hub.stop)
+        await hub.start()
+        bus = GatewayBus(settings)
+        registry.register_value(GatewayBus, bus, ping=bus.ping, on_registry_close=bus.close)
+        await bus.connect()
+        yield
+
+    app = FastAPI(
+        title="MediaLens",
+        version="1.0.0",
+        summary="Media and data analysis jobs over REST.",
+        lifespan=lifespan,
+    )
+    app.add_middleware(MetricsMiddleware)
+    app.add_middleware(RequestIdMiddleware)
+    install_error_handlers(app)
+    for router in (files_router, jobs_router, job_types_router, ops_router):
+        app.include_router(router)
+    return app
+
+
+def main() -> None:
+    settings = Settings()
+    configure_logging(settings, service="gateway")
+    uvicorn.run(
+        create_app(settings),
+        host=settings.gateway.host,
+        port=settings.gateway.port,
+        log_config=None,
+        proxy_headers=True,
+        timeout_graceful_shutdown=10,
+    )
+
+
+if __name__ == "__main__":
+    main()

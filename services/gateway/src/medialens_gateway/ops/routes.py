@@ -1,0 +1,53 @@
+"""Operations, outside `/v1` and without a key: liveness, readiness, Prometheus metrics."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import asdict
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from medialens_gateway.deps import AppSettings, Bus, Databases
+from medialens_gateway.envelope import error_response, ok
+from medialens_shared.db import timed_check
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/health/live", summary="The process is up")
+async def live() -> JSONResponse:
+    return ok({"status": "ok"})
+
+
+@router.get(
+    "/health/ready",
+    summary="Every dependency answered within its budget (503 when one did not)",
+    responses={503: {"description": "A dependency is down; `Retry-After` is set."}},
+)
+async def ready(db: Databases, bus: Bus, settings: AppSettings) -> JSONResponse:
+    checks, rabbit = await asyncio.gather(
+        db.health_check_all(),
+        timed_check(bus.ping, timeout=settings.gateway.health_timeout_s),
+    )
+    checks["rabbitmq"] = rabbit
+    data = {
+        "status": "ok" if all(check.ok for check in checks.values()) else "unavailable",
+        "checks": {name: asdict(check) for name, check in checks.items()},
+    }
+    if data["status"] == "ok":
+        return ok(data)
+    down = ", ".join(name for name, check in checks.items() if not check.ok)
+    return error_response(
+        status_code=503,
+        error_code="SERVICE_UNAVAILABLE",
+        message=f"Not ready: {down} did not answer; see data.checks.",
+        data=data,
+        retry_after=5,
+    )
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+async def metrics() -> Response:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

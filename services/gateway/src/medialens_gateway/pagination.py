@@ -1,0 +1,52 @@
+"""Keyset pagination, newest first: an opaque cursor holding the last item's (created_at, id)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import Query
+from sqlalchemy import Column, Select, and_, or_
+
+from medialens_shared.errors import RequestValidationFailed
+
+Limit = Annotated[int, Query(ge=1, le=200, description="Items per page (1..200).")]
+Cursor = Annotated[str | None, Query(description="`next_cursor` of the previous page.")]
+
+
+def encode(created_at: datetime, item_id: str) -> str:
+    return base64.urlsafe_b64encode(f"{created_at.isoformat()}|{item_id}".encode()).decode().rstrip("=")
+
+
+def decode(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        created, _, item_id = raw.partition("|")
+        return datetime.fromisoformat(created), item_id
+    except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
+        raise RequestValidationFailed(
+            "The cursor is not one this API gave out; pass `next_cursor` unchanged.",
+            details=[{"loc": ["query", "cursor"], "msg": "invalid cursor", "type": "value_error"}],
+        ) from exc
+
+
+def page(
+    query: Select[Any], *, created_at: Column[Any], item_id: Column[Any], limit: int, cursor: str | None
+) -> Select[Any]:
+    """`query` restricted to the page after `cursor`, newest first, one row more than `limit`."""
+    if cursor:
+        after_created, after_id = decode(cursor)
+        query = query.where(
+            or_(created_at < after_created, and_(created_at == after_created, item_id < after_id))
+        )
+    return query.order_by(created_at.desc(), item_id.desc()).limit(limit + 1)
+
+
+def next_cursor(rows: list[Any], *, limit: int) -> str | None:
+    """The cursor of the page after `rows` (fetched with one extra row), or None on the last page."""
+    if len(rows) <= limit:
+        return None
+    last = rows[limit - 1]
+    return encode(last["created_at"], last["id"])

@@ -1,0 +1,170 @@
+"""`video.probe`: container and stream metadata of a video, read without decoding it.
+
+Everything comes from the container's and streams' metadata; only the first video frame is decoded, to
+catch damaged media cheaply (and to read the display rotation FFmpeg attaches to decoded frames).
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import av
+import av.error
+
+from medialens_shared.contracts import (
+    FileKind,
+    ProbeAudioStream,
+    ProbeFormat,
+    ProbeVideoStream,
+    VideoProbeResult,
+)
+from medialens_shared.errors import InputNotFound, MediaDecodeError, UnsupportedInput
+from medialens_shared.sniff import SNIFF_BYTES, sniff
+
+#: Relative difference between the nominal and average frame rates above which a stream counts as VFR.
+VFR_TOLERANCE = 0.01
+
+#: Demuxers that open files which are not video: text and binary "art" (ANSI, BIN, XBIN, ADF, IDF —
+#: FFmpeg picks `bin` for any `.bin` file, `tty` for any `.txt`) and still images (`image2`, `*_pipe`).
+_NOT_VIDEO_FORMATS = frozenset({"tty", "bin", "xbin", "adf", "idf", "image2"})
+
+
+def probe_video(path: Path) -> VideoProbeResult:
+    """Describe the container, the first video stream and every audio stream of the file at `path`.
+
+    Raises `UnsupportedInput` when the file is not a video (empty, a table, audio only, ...),
+    `MediaDecodeError` when it is a damaged video (cannot be opened, or its first frame does not decode)
+    and `InputNotFound` when there is no file.
+    """
+    path = Path(path)
+    size_bytes, kind = _inspect(path)
+    try:
+        container = av.open(str(path), mode="r")
+    except av.error.FFmpegError as exc:
+        if kind in (FileKind.VIDEO, FileKind.AUDIO):
+            raise MediaDecodeError(
+                f"The file looks like {kind.value} but cannot be read; it is probably damaged or "
+                f"truncated ({_reason(exc)})."
+            ) from exc
+        raise UnsupportedInput("The file is not a video in any format this service can read.") from exc
+
+    with container:
+        format_name = container.format.name
+        if format_name in _NOT_VIDEO_FORMATS or format_name.endswith("_pipe"):
+            raise UnsupportedInput(
+                f"The file is not a video: it was read as {container.format.long_name or format_name}."
+            )
+        video = next(
+            (s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic),
+            None,
+        )
+        if video is None:
+            raise UnsupportedInput(
+                "The file has no video stream" + (" (it is audio only)." if container.streams.audio else ".")
+            )
+        first_frame = _decode_first_frame(container, video)
+
+        duration_s = container.duration / av.time_base if container.duration else None
+        stream_duration_s = _seconds(video.duration, video.time_base)
+        fps = _rate(video.guessed_rate)
+        avg_fps = _rate(video.average_rate)
+        frame_count: int | None = video.frames or None
+        if frame_count is None and avg_fps:
+            span = stream_duration_s if stream_duration_s is not None else duration_s
+            frame_count = round(span * avg_fps) if span else None
+        codec_context = video.codec_context
+        return VideoProbeResult(
+            format=ProbeFormat(
+                name=format_name,
+                duration_s=duration_s,
+                size_bytes=size_bytes,
+                bit_rate=container.bit_rate or None,
+            ),
+            video=ProbeVideoStream(
+                codec=_codec_name(video),
+                width=codec_context.width,
+                height=codec_context.height,
+                fps=fps,
+                avg_fps=avg_fps,
+                is_vfr=bool(fps and avg_fps and abs(fps - avg_fps) > VFR_TOLERANCE * fps),
+                frame_count=frame_count,
+                pix_fmt=codec_context.pix_fmt,
+                rotation=_rotation(first_frame, video.metadata),
+            ),
+            audio=[
+                ProbeAudioStream(
+                    codec=_codec_name(stream),
+                    sample_rate=stream.codec_context.sample_rate,
+                    channels=stream.codec_context.channels,
+                    duration_s=_seconds(stream.duration, stream.time_base) or duration_s,
+                )
+                for stream in container.streams.audio
+            ],
+        )
+
+
+def _inspect(path: Path) -> tuple[int, FileKind]:
+    """The file's size and sniffed kind; rejects missing, empty and tabular files up front."""
+    try:
+        size_bytes = path.stat().st_size
+        with path.open("rb") as handle:
+            head = handle.read(SNIFF_BYTES)
+    except FileNotFoundError as exc:
+        raise InputNotFound(f"The input file {path.name} does not exist.") from exc
+    if size_bytes == 0:
+        raise UnsupportedInput("The file is empty; it is not a video.")
+    kind = sniff(head)
+    if kind is FileKind.TABLE:
+        raise UnsupportedInput("The file is plain text or a table (CSV, JSON lines, Parquet), not a video.")
+    return size_bytes, kind
+
+
+def _decode_first_frame(container: Any, stream: Any) -> Any:
+    """The first decoded frame of `stream`; `MediaDecodeError` when there is none."""
+    try:
+        for frame in container.decode(stream):
+            return frame
+    except av.error.FFmpegError as exc:
+        raise MediaDecodeError(
+            f"The video stream cannot be decoded; the file is probably damaged ({_reason(exc)})."
+        ) from exc
+    raise MediaDecodeError("The video stream holds no decodable frame; the file is probably damaged.")
+
+
+def _codec_name(stream: Any) -> str:
+    """The codec's canonical name (`h264`, `mp3`), not the decoder's (`mp3float`)."""
+    return str(stream.codec_context.codec.canonical_name)
+
+
+def _rotation(frame: Any, metadata: dict[str, str]) -> int:
+    """Clockwise display rotation (0/90/180/270), as the legacy `rotate` tag and phones state it.
+
+    FFmpeg attaches the container's display matrix to every decoded frame; PyAV's `VideoFrame.rotation`
+    reads it counter-clockwise (a portrait phone clip says -90), so it is negated here.
+    """
+    degrees: float = 0.0
+    if frame.rotation:
+        degrees = -float(frame.rotation)
+    else:
+        try:
+            degrees = float(metadata.get("rotate", "0"))
+        except ValueError:
+            degrees = 0.0
+    return (round(degrees / 90.0) * 90) % 360
+
+
+def _seconds(ticks: int | None, time_base: Fraction | None) -> float | None:
+    if not ticks or time_base is None:
+        return None
+    return float(ticks * time_base)
+
+
+def _rate(rate: Fraction | None) -> float | None:
+    return float(rate) if rate else None
+
+
+def _reason(exc: Exception) -> str:
+    """FFmpeg's own words for an error, without the errno and file path PyAV adds."""
+    return str(getattr(exc, "strerror", None) or exc).rstrip(".").lower()

@@ -1,0 +1,151 @@
+"""Unit tests of `probe_video` against generated media whose properties are known exactly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from medialens_shared.errors import InputNotFound, MediaDecodeError, UnsupportedInput
+from medialens_video.probe import probe_video
+from scripts.samples import corrupt, make_audio, make_csv, make_video, truncate
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("video") / "clip.mp4"
+    make_video(path, duration_s=2.0, fps=25, width=320, height=240, with_audio=True)
+    return path
+
+
+def test_reads_exact_video_metadata(tmp_path: Path) -> None:
+    """A generated H.264 MP4 reports its exact codec, size, rate, frame count and duration."""
+    path = tmp_path / "v.mp4"
+    make_video(path, duration_s=1.6, fps=30, width=160, height=96)
+    result = probe_video(path)
+    assert result.format.name.startswith("mov,mp4")
+    assert result.format.size_bytes == path.stat().st_size
+    assert result.format.duration_s == pytest.approx(1.6, abs=1 / 30)
+    assert result.format.bit_rate is not None
+    assert result.format.bit_rate > 0
+    video = result.video
+    assert (video.codec, video.width, video.height) == ("h264", 160, 96)
+    assert video.fps == 30.0
+    assert video.avg_fps == 30.0
+    assert video.is_vfr is False
+    assert video.frame_count == 48
+    assert video.pix_fmt == "yuv420p"
+    assert video.rotation == 0
+    assert result.audio == []
+
+
+def test_lists_the_audio_track(clip: Path) -> None:
+    """A video with an AAC track lists it with its sample rate, channels and duration."""
+    result = probe_video(clip)
+    assert result.video.frame_count == 50
+    assert len(result.audio) == 1
+    audio = result.audio[0]
+    assert (audio.codec, audio.sample_rate, audio.channels) == ("aac", 48000, 2)
+    assert audio.duration_s == pytest.approx(2.0, abs=1024 / 48000)
+
+
+def test_mpeg4_codec(tmp_path: Path) -> None:
+    """An MPEG-4 Part 2 clip reports codec `mpeg4` and its frame count."""
+    path = tmp_path / "v.mp4"
+    make_video(path, duration_s=1.0, fps=25, codec="mpeg4")
+    result = probe_video(path)
+    assert result.video.codec == "mpeg4"
+    assert result.video.frame_count == 25
+
+
+def test_frame_count_without_container_count(tmp_path: Path) -> None:
+    """A Matroska clip, whose stream holds no frame count, gets one from duration times rate."""
+    path = tmp_path / "v.mkv"
+    make_video(path, duration_s=2.0, fps=25)
+    result = probe_video(path)
+    assert result.format.name.startswith("matroska")
+    assert result.video.frame_count == 50
+    assert result.format.duration_s == pytest.approx(2.0, abs=1 / 25)
+
+
+@pytest.mark.parametrize("rotation", [90, 180, 270])
+def test_rotation(tmp_path: Path, rotation: int) -> None:
+    """A clip whose display matrix rotates it clockwise reports that rotation in degrees."""
+    path = tmp_path / "r.mp4"
+    make_video(path, duration_s=0.4, rotation=rotation)
+    result = probe_video(path)
+    assert result.video.rotation == rotation
+    assert (result.video.width, result.video.height) == (320, 240)
+
+
+def test_variable_frame_rate(tmp_path: Path) -> None:
+    """A clip whose later frames last longer is flagged VFR with an average rate below the nominal one."""
+    path = tmp_path / "vfr.mp4"
+    make_video(path, duration_s=2.0, fps=25, vfr=True)
+    video = probe_video(path).video
+    assert video.fps == 25.0
+    assert video.avg_fps is not None
+    assert video.avg_fps < 20.0
+    assert video.is_vfr is True
+    assert video.frame_count == 50
+
+
+def test_audio_only_is_unsupported(tmp_path: Path) -> None:
+    """A WAV has no video stream, so the probe rejects it as unsupported input."""
+    path = tmp_path / "a.wav"
+    make_audio(path, duration_s=0.5)
+    with pytest.raises(UnsupportedInput, match="no video stream"):
+        probe_video(path)
+
+
+def test_csv_is_unsupported(tmp_path: Path) -> None:
+    """A CSV table is rejected as unsupported input."""
+    path = tmp_path / "t.csv"
+    make_csv(path, rows=20)
+    with pytest.raises(UnsupportedInput):
+        probe_video(path)
+
+
+def test_empty_file_is_unsupported(tmp_path: Path) -> None:
+    """An empty file is rejected as unsupported input, not as damaged media."""
+    path = tmp_path / "empty.mp4"
+    path.write_bytes(b"")
+    with pytest.raises(UnsupportedInput, match="empty"):
+        probe_video(path)
+
+
+def test_random_bytes_are_unsupported(tmp_path: Path) -> None:
+    """Bytes no demuxer recognises and that do not sniff as media are unsupported input."""
+    path = tmp_path / "noise.bin"
+    path.write_bytes(bytes(range(256)) * 20)
+    with pytest.raises(UnsupportedInput):
+        probe_video(path)
+
+
+def test_truncated_mp4_is_a_decode_error(clip: Path, tmp_path: Path) -> None:
+    """An MP4 cut in half loses its index and is reported as damaged media."""
+    damaged = tmp_path / "cut.mp4"
+    truncate(clip, damaged, keep_fraction=0.5)
+    with pytest.raises(MediaDecodeError, match="damaged or truncated"):
+        probe_video(damaged)
+
+
+def test_corrupted_first_frame_is_a_decode_error(clip: Path, tmp_path: Path) -> None:
+    """An MP4 whose first frame is overwritten with garbage is reported as damaged media."""
+    damaged = tmp_path / "garbled.mp4"
+    corrupt(clip, damaged, start_fraction=0.0, end_fraction=0.5)
+    with pytest.raises(MediaDecodeError, match="cannot be decoded"):
+        probe_video(damaged)
+
+
+def test_corrupted_middle_still_probes(clip: Path, tmp_path: Path) -> None:
+    """Garbage in the middle of an MP4 leaves the index and first frame intact, so the probe succeeds."""
+    damaged = tmp_path / "middle.mp4"
+    corrupt(clip, damaged)
+    assert probe_video(damaged).video.frame_count == 50
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    """A path with no file behind it raises InputNotFound."""
+    with pytest.raises(InputNotFound):
+        probe_video(tmp_path / "nothing.mp4")

@@ -1,0 +1,205 @@
+"""The database manager: one object per process that owns the PostgreSQL, MongoDB and Redis pools.
+
+It opens them together (`initialize_all`, waiting with backoff for servers that are not up yet and warming
+the pools), checks them together (`health_check_all`) and closes them together (`close_all`), so no
+request or task ever opens a connection of its own. Every connection is tagged with the process's name
+(`application_name`, `appname`, `CLIENT SETNAME`), which is how tests and operators count them on the
+servers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from gridfs import AsyncGridFSBucket
+from pymongo import AsyncMongoClient
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.asynchronous.database import AsyncDatabase
+from redis.asyncio import ConnectionPool, Redis
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.pool import QueuePool
+
+from medialens_shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+MongoDoc = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """The answer of one dependency to a health check."""
+
+    ok: bool
+    latency_ms: float
+    error: str | None = None
+
+
+async def timed_check(probe: Callable[[], Awaitable[object]], *, timeout: float) -> Check:
+    """Run `probe` within `timeout` seconds and report how it went; never raises."""
+    start = time.perf_counter()
+    try:
+        async with asyncio.timeout(timeout):
+            await probe()
+    except Exception as exc:
+        reason = "timed out" if isinstance(exc, TimeoutError) else f"{type(exc).__name__}: {exc}"
+        return Check(ok=False, latency_ms=_ms_since(start), error=reason[:300])
+    return Check(ok=True, latency_ms=_ms_since(start))
+
+
+def _ms_since(start: float) -> float:
+    return round((time.perf_counter() - start) * 1000, 2)
+
+
+class DatabaseManager:
+    """Owns this process's pools of PostgreSQL (SQLAlchemy + asyncpg), MongoDB and Redis connections."""
+
+    def __init__(self, settings: Settings, *, name: str) -> None:
+        self.settings = settings
+        self.name = name
+        pg = settings.postgres
+        self.engine: AsyncEngine = create_async_engine(
+            pg.url.get_secret_value(),
+            pool_size=pg.pool_size,
+            max_overflow=pg.max_overflow,
+            pool_timeout=pg.pool_timeout,
+            pool_recycle=pg.pool_recycle,
+            pool_pre_ping=pg.pool_pre_ping,
+            connect_args={
+                "timeout": pg.connect_timeout,
+                "server_settings": {"application_name": f"medialens-{name}"},
+            },
+        )
+        self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        mongo = settings.mongodb
+        self.mongo: AsyncMongoClient[MongoDoc] = AsyncMongoClient(
+            mongo.url.get_secret_value(),
+            maxPoolSize=mongo.max_pool_size,
+            minPoolSize=mongo.min_pool_size,
+            serverSelectionTimeoutMS=mongo.timeout_ms,
+            connectTimeoutMS=mongo.timeout_ms,
+            appname=f"medialens-{name}",
+            tz_aware=True,
+            connect=False,
+        )
+        self.mongo_db: AsyncDatabase[MongoDoc] = self.mongo[mongo.database]
+        self.gridfs = AsyncGridFSBucket(self.mongo_db, bucket_name="fs")
+        rd = settings.redis
+        self.redis_pool: ConnectionPool = ConnectionPool.from_url(
+            rd.url.get_secret_value(),
+            max_connections=rd.max_connections,
+            socket_timeout=rd.socket_timeout,
+            socket_connect_timeout=rd.socket_timeout,
+            health_check_interval=30,
+            client_name=f"medialens-{name}",
+            decode_responses=False,
+        )
+        self.redis: Redis = Redis(connection_pool=self.redis_pool)
+
+    # --- lifecycle ----------------------------------------------------------------------------------
+
+    async def initialize_all(self, *, wait_s: float = 30.0) -> None:
+        """Wait (with backoff, up to `wait_s`) until every server answers, then warm the pools."""
+        await asyncio.gather(
+            _retry("postgres", self.ping_postgres, wait_s=wait_s),
+            _retry("mongodb", self.ping_mongodb, wait_s=wait_s),
+            _retry("redis", self.ping_redis, wait_s=wait_s),
+        )
+        await self._warm_up()
+        log.info("database pools ready for %s", self.name)
+
+    async def _warm_up(self) -> None:
+        """Open a few connections of each pool ahead of the first request, so it pays no connect."""
+        warm = min(self.settings.postgres.pool_size, 4)
+
+        async def hold_one() -> None:
+            async with self.engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+
+        await asyncio.gather(*(hold_one() for _ in range(warm)))
+        await asyncio.gather(*(self.redis.ping() for _ in range(min(warm, 2))))
+
+    async def health_check_all(self) -> dict[str, Check]:
+        """Ping every resource concurrently within the configured budget."""
+        timeout = self.settings.gateway.health_timeout_s
+        names = ("postgres", "mongodb", "redis")
+        probes = (self.ping_postgres, self.ping_mongodb, self.ping_redis)
+        checks = await asyncio.gather(*(timed_check(probe, timeout=timeout) for probe in probes))
+        return dict(zip(names, checks, strict=True))
+
+    async def close_all(self) -> None:
+        """Close every pool; safe to call twice."""
+        await self.engine.dispose()
+        await self.mongo.close()
+        await self.redis.aclose()
+        await self.redis_pool.disconnect()
+        log.info("database pools closed for %s", self.name)
+
+    # --- pings --------------------------------------------------------------------------------------
+
+    async def ping_postgres(self) -> None:
+        async with self.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+
+    async def ping_mongodb(self) -> None:
+        await self.mongo.admin.command("ping")
+
+    async def ping_redis(self) -> None:
+        await self.redis.ping()
+
+    # --- accessors ----------------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def session(self) -> AsyncIterator[AsyncSession]:
+        """A PostgreSQL session from the pool, returned to it on exit (rolled back if not committed)."""
+        async with self.sessions() as session:
+            yield session
+
+    def collection(self, name: str) -> AsyncCollection[MongoDoc]:
+        return self.mongo_db[name]
+
+    def redis_key(self, *parts: str) -> str:
+        """A Redis key or channel under this stack's prefix."""
+        return ":".join((self.settings.redis.prefix, *parts))
+
+    def pool_stats(self) -> dict[str, dict[str, int]]:
+        """Pool figures for metrics: PostgreSQL size/checked out/overflow, Redis connections."""
+        pool = self.engine.pool
+        postgres = {"size": 0, "checked_out": 0, "overflow": 0, "checked_in": 0}
+        if isinstance(pool, QueuePool):
+            postgres = {
+                "size": pool.size(),
+                "checked_out": pool.checkedout(),
+                "overflow": max(pool.overflow(), 0),
+                "checked_in": pool.checkedin(),
+            }
+        redis = {
+            "max": self.redis_pool.max_connections,
+            "created": len(self.redis_pool._available_connections) + len(self.redis_pool._in_use_connections),
+            "in_use": len(self.redis_pool._in_use_connections),
+        }
+        return {"postgres": postgres, "redis": redis}
+
+
+async def _retry(name: str, ping: Callable[[], Awaitable[None]], *, wait_s: float) -> None:
+    """Call `ping` until it succeeds, backing off from 0.2 s to 5 s, for at most `wait_s` seconds."""
+    deadline = time.monotonic() + wait_s
+    delay = 0.2
+    while True:
+        try:
+            await ping()
+        except Exception as exc:
+            if time.monotonic() + delay > deadline:
+                raise ConnectionError(f"{name} did not answer within {wait_s:.0f} s: {exc}") from exc
+            log.warning("%s not ready (%s); retrying in %.1f s", name, exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+        else:
+            return

@@ -1,0 +1,123 @@
+"""File bytes in GridFS, always streamed: uploads in, ranges out, copies to a worker's scratch space.
+
+Nothing here holds a whole file in memory: uploads are written chunk by chunk while their size is counted
+and their SHA-256 computed, and reads come back as an async iterator of chunks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterable, AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bson import ObjectId
+from bson.errors import InvalidId
+from gridfs import AsyncGridFSBucket
+from gridfs.errors import NoFile
+from pymongo.errors import OperationFailure
+
+from medialens_shared.errors import InputNotFound, PayloadTooLarge
+from medialens_shared.sniff import SNIFF_BYTES
+
+#: GridFS chunk size: large enough to keep the chunk count low, small enough to stream.
+CHUNK_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class StoredFile:
+    storage_id: str
+    size_bytes: int
+    sha256: str
+    head: bytes
+
+
+class FileStore:
+    def __init__(self, bucket: AsyncGridFSBucket) -> None:
+        self.bucket = bucket
+
+    async def save(
+        self,
+        chunks: AsyncIterable[bytes],
+        *,
+        filename: str,
+        max_bytes: int,
+        metadata: dict[str, Any] | None = None,
+    ) -> StoredFile:
+        """Store `chunks` as one file; over `max_bytes` the partial file is removed and 413 raised."""
+        digest = hashlib.sha256()
+        size = 0
+        head = bytearray()
+        upload = self.bucket.open_upload_stream(filename, chunk_size_bytes=CHUNK_BYTES, metadata=metadata)
+        try:
+            async for chunk in chunks:
+                size += len(chunk)
+                if size > max_bytes:
+                    raise PayloadTooLarge(
+                        f"The upload is larger than the limit of {max_bytes} bytes; send a smaller file."
+                    )
+                if len(head) < SNIFF_BYTES:
+                    head += chunk[: SNIFF_BYTES - len(head)]
+                digest.update(chunk)
+                await upload.write(chunk)
+        except BaseException:
+            await upload.abort()
+            raise
+        await upload.close()
+        return StoredFile(
+            storage_id=str(upload._id), size_bytes=size, sha256=digest.hexdigest(), head=bytes(head)
+        )
+
+    async def save_bytes(
+        self, data: bytes, *, filename: str, metadata: dict[str, Any] | None = None
+    ) -> StoredFile:
+        """Store a small artifact (a thumbnail) made in memory."""
+
+        async def one_chunk() -> AsyncIterator[bytes]:
+            yield data
+
+        return await self.save(one_chunk(), filename=filename, max_bytes=len(data), metadata=metadata)
+
+    async def read(self, storage_id: str, *, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        """The bytes `start..end` (inclusive, as in HTTP ranges) of a stored file, chunk by chunk."""
+        stream = await self.bucket.open_download_stream(_object_id(storage_id))
+        try:
+            last = stream.length - 1 if end is None else min(end, stream.length - 1)
+            if start:
+                await stream.seek(start)
+            remaining = last - start + 1
+            while remaining > 0:
+                chunk = await stream.read(min(CHUNK_BYTES, remaining))
+                if not chunk:
+                    break
+                remaining -= len(chunk)
+                yield chunk
+        finally:
+            await stream.close()
+
+    async def copy_to(self, storage_id: str, path: Path) -> int:
+        """Write a stored file to `path` (a worker's scratch copy); its size. InputNotFound if it is gone."""
+        size = 0
+        try:
+            with path.open("wb") as out:
+                async for chunk in self.read(storage_id):
+                    out.write(chunk)
+                    size += len(chunk)
+        except NoFile as exc:
+            raise InputNotFound("The input file's content is no longer stored.") from exc
+        return size
+
+    async def delete(self, storage_id: str) -> None:
+        """Remove a stored file; removing one already gone is not an error."""
+        try:
+            await self.bucket.delete(_object_id(storage_id))
+        except (NoFile, OperationFailure):  # MongoDB says NoFile; some wire-compatible servers fail the op
+            return
+
+
+def _object_id(storage_id: str) -> ObjectId:
+    try:
+        return ObjectId(storage_id)
+    except InvalidId as exc:
+        raise NoFile(f"no stored file {storage_id!r}") from exc

@@ -1,0 +1,89 @@
+"""Job rows in PostgreSQL: the public job object, and status changes as compare-and-set.
+
+Every status change is one `UPDATE ... WHERE status IN (<allowed from>)`: when two deliveries of one job
+race, exactly one wins, and a terminal job never changes again. Live progress lives in Redis
+(`medialens_shared.progress`) and is laid over the row when a job is read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from sqlalchemy import RowMapping, func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from medialens_shared.contracts import TERMINAL_STATUSES, JobStatus
+from medialens_shared.envelope import iso
+from medialens_shared.tables import jobs
+
+JobRow = RowMapping
+
+
+def job_view(
+    row: JobRow, *, children: Iterable[str] = (), live: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The job object of API.md from its row (plus live progress for a job still running)."""
+    progress, message = float(row["progress"]), row["message"]
+    if live and row["status"] == JobStatus.RUNNING:
+        progress, message = float(live.get("progress", progress)), str(live.get("message", message))
+    return {
+        "id": row["id"],
+        "type": row["type"],
+        "status": row["status"],
+        "progress": progress,
+        "message": message,
+        "file_id": row["file_id"],
+        "params": row["params"],
+        "labels": row["labels"],
+        "priority": row["priority"],
+        "attempts": row["attempts"],
+        "error_code": row["error_code"],
+        "error_message": row["error_message"],
+        "created_at": iso(row["created_at"]),
+        "started_at": iso(row["started_at"]),
+        "finished_at": iso(row["finished_at"]),
+        "parent_id": row["parent_id"],
+        "children": list(children),
+    }
+
+
+async def get(session: AsyncSession, *, job_id: str) -> JobRow | None:
+    return (await session.execute(select(jobs).where(jobs.c.id == job_id))).mappings().one_or_none()
+
+
+async def children_of(session: AsyncSession, *, job_id: str) -> list[str]:
+    query = select(jobs.c.id).where(jobs.c.parent_id == job_id).order_by(jobs.c.created_at)
+    return list((await session.scalars(query)).all())
+
+
+async def transition(
+    session: AsyncSession,
+    *,
+    job_id: str,
+    from_statuses: Iterable[JobStatus],
+    to: JobStatus,
+    count_attempt: bool = False,
+    **values: Any,
+) -> JobRow | None:
+    """Move a job to `to` if it is in one of `from_statuses`; the new row, or None if it was not.
+
+    Terminal statuses are never left: asking to move out of one is a programming error.
+    """
+    allowed = set(from_statuses)
+    if allowed & TERMINAL_STATUSES:
+        raise ValueError(f"a terminal job never changes again (asked to leave {sorted(allowed)})")
+    changes: dict[str, Any] = {"status": to.value, "updated_at": func.now(), **values}
+    if count_attempt:
+        changes["attempts"] = jobs.c.attempts + 1
+    if to == JobStatus.RUNNING:
+        changes.setdefault("started_at", func.coalesce(jobs.c.started_at, func.now()))
+    if to in TERMINAL_STATUSES:
+        changes.setdefault("finished_at", func.now())
+    statement = (
+        update(jobs)
+        .where(jobs.c.id == job_id, jobs.c.status.in_([status.value for status in allowed]))
+        .values(changes)
+        .returning(*jobs.c)
+    )
+    return (await session.execute(statement)).mappings().one_or_none()

@@ -1,0 +1,43 @@
+"""The service registry (svcs): what a process owns, registered once in its lifespan.
+
+Lifecycles: a *value* is a singleton for the whole process (the database manager, the file store, the job
+signals); a *factory* makes a fresh instance for each container, that is for each request or job, and
+disposes of it when the container closes (a PostgreSQL session goes back to the pool). Closing the
+registry at shutdown closes the pools (`DatabaseManager.close_all`). Every registration carries a health
+ping, so readiness is driven by what is registered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import svcs
+from pymongo.asynchronous.database import AsyncDatabase
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from medialens_shared.db import DatabaseManager, MongoDoc
+from medialens_shared.filestore import FileStore
+from medialens_shared.settings import Settings
+from medialens_shared.signals import JobSignals
+
+
+def register_core(registry: svcs.Registry, *, settings: Settings, db: DatabaseManager) -> None:
+    """Register the settings, the pools and what is built on them."""
+
+    async def session() -> AsyncIterator[AsyncSession]:
+        async with db.session() as s:
+            yield s
+
+    registry.register_value(Settings, settings)
+    registry.register_value(DatabaseManager, db, ping=db.ping_postgres, on_registry_close=db.close_all)
+    registry.register_factory(AsyncSession, session, ping=db.ping_postgres)
+    registry.register_value(AsyncDatabase, db.mongo_db, ping=db.ping_mongodb)
+    registry.register_value(Redis, db.redis, ping=db.ping_redis)
+    registry.register_value(FileStore, FileStore(db.gridfs), ping=db.ping_mongodb)
+    registry.register_value(
+        JobSignals, JobSignals(db.redis, prefix=settings.redis.prefix), ping=db.ping_redis
+    )
+
+
+__all__ = ["MongoDoc", "register_core"]

@@ -1,0 +1,148 @@
+"""The one settings model of MediaLens, read from `MEDIALENS_*` environment variables.
+
+Variables are named `MEDIALENS_<GROUP>_<FIELD>`: `MEDIALENS_POSTGRES_POOL_SIZE`, `MEDIALENS_MONGODB_URL`,
+`MEDIALENS_DEV_API_KEYS`. Each group is a resource; nothing else in the code base reads the environment.
+
+Sizing the PostgreSQL pools: every process (gateway, relay, video, audio, data) holds its own pool of at
+most `pool_size + max_overflow` connections, so the stack needs at most
+`sum over processes (pool_size + max_overflow)` server connections. The defaults (8 + 4 = 12 per process,
+60 for five processes) fit PostgreSQL's default `max_connections = 100` with room for migrations and psql.
+Raise `MEDIALENS_POSTGRES_POOL_SIZE` only together with the server's `max_connections`.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Self
+
+from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Environment = Literal["development", "test", "production"]
+
+
+class PostgresSettings(BaseModel):
+    url: SecretStr = SecretStr("postgresql+asyncpg://postgres@127.0.0.1:5432/medialens")
+    pool_size: int = Field(8, ge=1, le=200)
+    max_overflow: int = Field(4, ge=0, le=200)
+    pool_timeout: float = Field(30.0, gt=0)
+    pool_recycle: int = Field(3600, ge=-1)
+    pool_pre_ping: bool = True
+    connect_timeout: float = Field(5.0, gt=0)
+
+
+class MongoSettings(BaseModel):
+    url: SecretStr = SecretStr("mongodb://127.0.0.1:27017")
+    database: str = "medialens"
+    max_pool_size: int = Field(20, ge=1)
+    min_pool_size: int = Field(1, ge=0)
+    timeout_ms: int = Field(5000, ge=100)
+
+
+class RedisSettings(BaseModel):
+    url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
+    max_connections: int = Field(32, ge=1)
+    socket_timeout: float = Field(5.0, gt=0)
+    #: Prefix of every key and channel, so several stacks (or test runs) can share one server.
+    prefix: str = "medialens"
+
+
+class RabbitSettings(BaseModel):
+    url: SecretStr = SecretStr("amqp://guest:guest@127.0.0.1:5672/")
+    exchange: str = "medialens.jobs"
+    #: Deliveries after which a message that keeps failing goes to the dead-letter queue.
+    delivery_limit: int = Field(5, ge=1)
+    prefetch: int = Field(2, ge=1, le=1000)
+    publish_timeout: float = Field(10.0, gt=0)
+
+
+class GatewaySettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    max_upload_bytes: int = Field(1024**3, ge=1)
+    upload_chunk_bytes: int = Field(1024 * 1024, ge=4096)
+    #: How long an Idempotency-Key is remembered.
+    idempotency_ttl_s: int = Field(24 * 3600, ge=60)
+    #: Allow `http://` callback URLs (development against a local receiver).
+    callback_allow_http: bool = False
+    #: Allow callback URLs on private, loopback or link-local addresses (never in production).
+    callback_allow_private: bool = False
+    #: Budget of each readiness check.
+    health_timeout_s: float = Field(2.0, gt=0)
+
+
+class RelaySettings(BaseModel):
+    batch_size: int = Field(100, ge=1)
+    poll_interval_s: float = Field(0.2, gt=0)
+
+
+class WorkerSettings(BaseModel):
+    #: Minimum seconds between two progress writes of one job.
+    progress_interval_s: float = Field(0.5, ge=0)
+    #: Where a job's input is copied from GridFS while it runs; removed afterwards.
+    scratch_dir: str | None = None
+    #: Tries of a job that keeps meeting passing faults before it fails with RETRIES_EXHAUSTED.
+    max_attempts: int = Field(3, ge=1)
+    #: Memory a table job's engine (DuckDB) may use before it spills to `scratch_dir`.
+    table_memory_limit: str = "512MB"
+    #: Threads a table job's engine may use.
+    table_threads: int = Field(2, ge=1)
+    #: A job running longer than this fails with TIMEOUT.
+    job_timeout_s: float = Field(3600.0, gt=0)
+
+
+class DevSettings(BaseModel):
+    #: `tenant:key,tenant:key` pairs the gateway ensures exist at start (development and test only).
+    api_keys: str = "dev:dev-key"
+
+    def pairs(self) -> list[tuple[str, str]]:
+        pairs = []
+        for item in filter(None, (part.strip() for part in self.api_keys.split(","))):
+            tenant, sep, key = item.partition(":")
+            if not sep or not tenant or not key:
+                raise ValueError(f"MEDIALENS_DEV_API_KEYS: {item!r} is not of the form tenant:key")
+            pairs.append((tenant, key))
+        return pairs
+
+
+class LogSettings(BaseModel):
+    level: str = "INFO"
+    format: Literal["text", "json"] = "text"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="MEDIALENS_",
+        env_nested_delimiter="_",
+        env_nested_max_split=1,
+        extra="ignore",
+        frozen=True,
+    )
+
+    environment: Environment = "development"
+    postgres: PostgresSettings = PostgresSettings()
+    mongodb: MongoSettings = MongoSettings()
+    redis: RedisSettings = RedisSettings()
+    rabbitmq: RabbitSettings = RabbitSettings()
+    gateway: GatewaySettings = GatewaySettings()
+    relay: RelaySettings = RelaySettings()
+    worker: WorkerSettings = WorkerSettings()
+    dev: DevSettings = DevSettings()
+    log: LogSettings = LogSettings()
+
+    @model_validator(mode="after")
+    def _refuse_unsafe_production(self) -> Self:
+        if self.environment != "production":
+            self.dev.pairs()  # validates the format early
+            return self
+        unsafe = []
+        if "guest:guest@" in self.rabbitmq.url.get_secret_value():
+            unsafe.append("MEDIALENS_RABBITMQ_URL uses the guest account")
+        if self.postgres.url == PostgresSettings().url:
+            unsafe.append("MEDIALENS_POSTGRES_URL is the development default")
+        if unsafe:
+            raise ValueError("unsafe settings for production: " + "; ".join(unsafe))
+        return self
+
+    @property
+    def is_development(self) -> bool:
+        return self.environment != "production"

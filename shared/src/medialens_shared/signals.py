@@ -1,0 +1,62 @@
+"""The Redis side of jobs: live progress, job events for listeners, and cancellation requests.
+
+PostgreSQL keeps the truth about a job; Redis carries what changes many times a second or must reach a
+listener at once. Keys live under the stack's prefix: `<prefix>:job:<id>:live` (a hash of progress and
+message), `<prefix>:job:<id>:cancel` (present once a cancel was asked for) and the pub/sub channel
+`<prefix>:job:<id>:events`, on which every change of the job object is published as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from redis.asyncio import Redis
+
+#: Live data outlives a job by a day: long enough for late readers, short enough not to pile up.
+LIVE_TTL_S = 24 * 3600
+
+
+class JobSignals:
+    def __init__(self, redis: Redis, *, prefix: str) -> None:
+        self.redis = redis
+        self.prefix = prefix
+
+    def _key(self, job_id: str, what: str) -> str:
+        return f"{self.prefix}:job:{job_id}:{what}"
+
+    def channel(self, job_id: str) -> str:
+        return self._key(job_id, "events")
+
+    @property
+    def all_channels(self) -> str:
+        """The pattern matching every job's events channel (one subscription per gateway process)."""
+        return self._key("*", "events")
+
+    def job_id_of(self, channel: str) -> str:
+        return channel.removeprefix(f"{self.prefix}:job:").removesuffix(":events")
+
+    async def set_progress(self, job_id: str, *, progress: float, message: str) -> None:
+        key = self._key(job_id, "live")
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hset(key, mapping={"progress": f"{progress:.4f}", "message": message})
+            pipe.expire(key, LIVE_TTL_S)
+            await pipe.execute()
+
+    async def live(self, job_id: str) -> dict[str, str] | None:
+        raw = await self.redis.hgetall(self._key(job_id, "live"))
+        return {_text(k): _text(v) for k, v in raw.items()} or None
+
+    async def announce(self, job: dict[str, Any]) -> None:
+        """Publish the job object to whoever follows this job (SSE streams)."""
+        await self.redis.publish(self.channel(job["id"]), json.dumps(job))
+
+    async def request_cancel(self, job_id: str) -> None:
+        await self.redis.set(self._key(job_id, "cancel"), b"1", ex=LIVE_TTL_S)
+
+    async def cancel_requested(self, job_id: str) -> bool:
+        return bool(await self.redis.exists(self._key(job_id, "cancel")))
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -1,0 +1,78 @@
+"""Tell what kind of file an upload is from its first bytes, not from its name.
+
+The gateway uses this to answer 415 before queueing a job its type cannot take; the services use it to
+tell damaged media (`MEDIA_DECODE_ERROR`) from a file that was never media (`UNSUPPORTED_INPUT`).
+Signatures are the containers' own magic numbers; plain text is told apart as CSV or JSON lines.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+
+from medialens_shared.contracts import FileKind
+
+#: How many leading bytes `sniff` looks at; callers read this much.
+SNIFF_BYTES = 8192
+
+_AUDIO_FTYP_BRANDS = (b"M4A ", b"M4B ", b"M4P ", b"F4A ", b"F4B ")
+
+
+def sniff(head: bytes) -> FileKind:
+    """The kind of a file whose first bytes are `head` (up to `SNIFF_BYTES` of them)."""
+    if not head:
+        return FileKind.UNKNOWN
+    media = _sniff_media(head)
+    if media is not None:
+        return media
+    if head.startswith((b"PAR1", b"\x1f\x8b", b"\x28\xb5\x2f\xfd")):
+        return FileKind.TABLE  # Parquet, gzip or zstd (compressed tables are all we accept)
+    if _looks_like_table_text(head):
+        return FileKind.TABLE
+    return FileKind.UNKNOWN
+
+
+def _sniff_media(head: bytes) -> FileKind | None:
+    if head[4:8] == b"ftyp":
+        return FileKind.AUDIO if head[8:12] in _AUDIO_FTYP_BRANDS else FileKind.VIDEO
+    if head[4:8] in (b"moov", b"mdat", b"free", b"wide"):
+        return FileKind.VIDEO  # QuickTime without an ftyp box
+    if head.startswith(b"\x1a\x45\xdf\xa3"):
+        return FileKind.VIDEO  # Matroska / WebM
+    if head.startswith(b"RIFF") and head[8:12] == b"AVI ":
+        return FileKind.VIDEO
+    if head.startswith(b"RIFF") and head[8:12] == b"WAVE":
+        return FileKind.AUDIO
+    if head.startswith((b"FLV\x01", b"\x00\x00\x01\xba", b"\x00\x00\x01\xb3")):
+        return FileKind.VIDEO  # FLV, MPEG program stream, MPEG video
+    if len(head) > 188 * 2 and head[0] == 0x47 and head[188] == 0x47 and head[376] == 0x47:
+        return FileKind.VIDEO  # MPEG transport stream
+    if head.startswith((b"ID3", b"fLaC", b"OggS", b"FORM", b"#!AMR", b"MAC ", b"wvpk")):
+        return FileKind.AUDIO  # MP3 with tag, FLAC, Ogg (Vorbis/Opus), AIFF, AMR, APE, WavPack
+    if len(head) > 1 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0:
+        return FileKind.AUDIO  # MPEG audio or ADTS AAC frame sync
+    return None
+
+
+def _looks_like_table_text(head: bytes) -> bool:
+    """Decodable text whose first lines are JSON objects or rows of a consistent CSV dialect."""
+    if b"\x00" in head:
+        return False
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="strict")
+    try:
+        text = decoder.decode(head.removeprefix(codecs.BOM_UTF8))
+    except UnicodeDecodeError:
+        return False
+    lines = [line for line in text.splitlines() if line.strip()]
+    if len(head) == SNIFF_BYTES and len(lines) > 1:
+        lines = lines[:-1]  # the last line may be cut in the middle
+    if not lines:
+        return False
+    if all(line.lstrip().startswith("{") for line in lines):
+        return True
+    try:
+        dialect = csv.Sniffer().sniff("\n".join(lines[:20]), delimiters=",;\t|")
+    except csv.Error:
+        return len(lines) > 1  # one column: no delimiter for the sniffer to find
+    rows = list(csv.reader(lines[:20], dialect))
+    return len({len(row) for row in rows}) == 1

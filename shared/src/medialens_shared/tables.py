@@ -1,0 +1,129 @@
+"""The PostgreSQL tables, as SQLAlchemy Core metadata; Alembic's migrations create them.
+
+PostgreSQL holds what must be transactional: tenants and keys, file metadata, jobs and their status, the
+outbox and idempotency keys. File bytes live in GridFS and results in MongoDB.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    SmallInteger,
+    Table,
+    Text,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(column_0_label)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+
+def _created_at() -> Column[object]:
+    return Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now())
+
+
+tenants = Table(
+    "tenants",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("name", Text, nullable=False),
+    Column("webhook_secret", Text, nullable=False),
+    _created_at(),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("tenant_id", Text, ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False),
+    # SHA-256 of the key: keys are long random tokens, so a fast hash is enough and lookups stay O(1).
+    Column("key_hash", Text, nullable=False, unique=True),
+    Column("revoked_at", DateTime(timezone=True)),
+    _created_at(),
+)
+
+files = Table(
+    "files",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("tenant_id", Text, ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False),
+    Column("filename", Text, nullable=False),
+    Column("content_type", Text, nullable=False),
+    Column("size_bytes", BigInteger, nullable=False),
+    Column("sha256", Text, nullable=False),
+    Column("kind", Text, nullable=False),
+    Column("storage_id", Text, nullable=False),
+    Column("job_id", Text),
+    Column("deleted_at", DateTime(timezone=True)),
+    _created_at(),
+    Index("ix_files_tenant_created", "tenant_id", text("created_at DESC"), text("id DESC")),
+)
+
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("tenant_id", Text, ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False),
+    Column("type", Text, nullable=False),
+    Column("status", Text, nullable=False),
+    Column("progress", Float, nullable=False, server_default=text("0")),
+    Column("message", Text, nullable=False, server_default=text("''")),
+    Column("file_id", Text),
+    Column("params", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Column("labels", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Column("priority", SmallInteger, nullable=False, server_default=text("5")),
+    Column("attempts", Integer, nullable=False, server_default=text("0")),
+    Column("error_code", Text),
+    Column("error_message", Text),
+    Column("callback_url", Text),
+    Column("parent_id", Text, ForeignKey("jobs.id", ondelete="SET NULL")),
+    _created_at(),
+    Column("started_at", DateTime(timezone=True)),
+    Column("finished_at", DateTime(timezone=True)),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Index("ix_jobs_tenant_created", "tenant_id", text("created_at DESC"), text("id DESC")),
+    Index("ix_jobs_parent", "parent_id"),
+)
+
+outbox = Table(
+    "outbox",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("job_id", Text, nullable=False),
+    Column("routing_key", Text, nullable=False),
+    Column("payload", JSONB, nullable=False),
+    Column("headers", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Column("attempts", Integer, nullable=False, server_default=text("0")),
+    Column("last_error", Text),
+    Column("sent_at", DateTime(timezone=True)),
+    _created_at(),
+    Index("ix_outbox_unsent", "id", postgresql_where=text("sent_at IS NULL")),
+)
+
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    Column("tenant_id", Text, ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False),
+    Column("key", Text, nullable=False),
+    Column("request_hash", Text, nullable=False),
+    Column("job_id", Text, ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False),
+    _created_at(),
+    PrimaryKeyConstraint("tenant_id", "key"),
+)

@@ -1,0 +1,352 @@
+"""The task base: what a job handler is given (`JobContext`) and the one policy that runs it (`JobRunner`).
+
+A handler is a plain async function `(ctx) -> result model`. The context lets it report progress
+(throttled, stored in Redis and published to listeners), check for cancellation (also from a worker
+thread), run CPU-heavy work off the event loop that talks to RabbitMQ, log with the job's context, and
+register cleanups. Its input file is already copied from GridFS to a scratch directory that is removed
+afterwards.
+
+`JobRunner.handle` decides everything around the handler in one place, and answers what to do with the
+message:
+
+    body unreadable                     -> REJECT   (dead-lettered for an operator)
+    job unknown, or already terminal    -> ACK      (a duplicate delivery changes nothing)
+    claimed (queued -> running, CAS)    -> run the handler
+      result                            -> result upserted by job id, then running -> succeeded, ACK
+      PermanentJobError                 -> running -> failed with its error_code, ACK
+      JobCancelled                      -> running -> cancelled, ACK
+      TransientJobError / lost database -> running -> queued and REQUEUE, until max_attempts:
+                                           then failed with RETRIES_EXHAUSTED, ACK
+      any other exception (a bug)       -> failed with INTERNAL_ERROR, ACK (a bug does not heal by retrying)
+
+The message is settled only after the result and the terminal status are stored, so a worker that dies
+mid-job loses nothing: the broker redelivers the unacked message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+from medialens_shared import jobstore
+from medialens_shared.contracts import JOB_TYPES, JobMessage, JobStatus, ResultBase
+from medialens_shared.db import DatabaseManager
+from medialens_shared.envelope import utc_now
+from medialens_shared.errors import (
+    InputNotFound,
+    InvalidParams,
+    JobCancelled,
+    JobTimeout,
+    PermanentJobError,
+    RetriesExhausted,
+    TransientJobError,
+)
+from medialens_shared.filestore import FileStore
+from medialens_shared.settings import Settings
+from medialens_shared.signals import JobSignals
+from medialens_shared.tables import files
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Handler = Callable[["JobContext"], Awaitable[BaseModel]]
+
+#: Errors of the infrastructure that a later try may not meet: the job is retried, not failed.
+PASSING_FAULTS: tuple[type[BaseException], ...] = (
+    TransientJobError,
+    OperationalError,
+    DBAPIError,
+    PoolTimeout,
+    ConnectionError,
+    TimeoutError,
+)
+
+
+class Outcome(enum.Enum):
+    ACK = "ack"
+    REQUEUE = "requeue"
+    REJECT = "reject"
+
+
+@dataclass(eq=False)
+class JobContext:
+    """What a handler gets: the job, its input, and the means to report, check and clean up."""
+
+    job_id: str
+    job_type: str
+    tenant_id: str
+    attempt: int
+    params: BaseModel
+    input_path: Path | None
+    scratch: Path
+    log: logging.LoggerAdapter[logging.Logger]
+    _runner: JobRunner
+    _row: jobstore.JobRow
+    _last_progress: float = 0.0
+    _cancel: threading.Event = field(default_factory=threading.Event)
+    _cleanups: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
+
+    async def progress(self, fraction: float, message: str, *, force: bool = False) -> None:
+        """Report progress (0..1) and a short note; writes at most every `progress_interval_s`."""
+        now = time.monotonic()
+        if not force and now - self._last_progress < self._runner.settings.worker.progress_interval_s:
+            return
+        self._last_progress = now
+        fraction = min(max(fraction, 0.0), 1.0)
+        signals = self._runner.signals
+        await signals.set_progress(self.job_id, progress=fraction, message=message)
+        live = {"progress": fraction, "message": message}
+        await signals.announce(jobstore.job_view(self._row, live=live))
+
+    @property
+    def settings(self) -> Settings:
+        return self._runner.settings
+
+    def require_input(self) -> Path:
+        """The local copy of the job's input file."""
+        if self.input_path is None:
+            raise InputNotFound(f"{self.job_type} needs an input file, and this job has none")
+        return self.input_path
+
+    @property
+    def cancelled(self) -> bool:
+        """True once a cancel was asked for; safe to read from a worker thread."""
+        return self._cancel.is_set()
+
+    def check_cancelled(self) -> None:
+        """Raise `JobCancelled` if a cancel was asked for (call it at least every 2 s of media)."""
+        if self._cancel.is_set():
+            raise JobCancelled("cancelled on request")
+
+    async def run_cpu(self, func: Callable[..., T], /, *args: Any) -> T:
+        """Run CPU-heavy `func` in a thread, so the event loop keeps the broker's heartbeats going."""
+        return await asyncio.to_thread(func, *args)
+
+    def add_cleanup(self, callback: Callable[[], Awaitable[None]]) -> None:
+        self._cleanups.push_async_callback(callback)
+
+
+class JobRunner:
+    """Runs the jobs of one service through their handlers, applying the policy above."""
+
+    def __init__(
+        self,
+        *,
+        service: str,
+        handlers: dict[str, Handler],
+        settings: Settings,
+        db: DatabaseManager,
+        store: FileStore,
+        signals: JobSignals,
+    ) -> None:
+        unknown = set(handlers) - set(JOB_TYPES)
+        if unknown:
+            raise ValueError(f"handlers for job types not in the catalogue: {sorted(unknown)}")
+        self.service = service
+        self.handlers = handlers
+        self.settings = settings
+        self.db = db
+        self.store = store
+        self.signals = signals
+
+    async def handle(self, body: Any, *, redelivered: bool) -> Outcome:
+        try:
+            message = JobMessage.model_validate(body)
+        except ValidationError:
+            log.exception("unreadable job message; dead-lettering it")
+            return Outcome.REJECT
+        jlog = logging.LoggerAdapter(log, {"job_id": message.job_id, "job_type": message.type})
+        try:
+            return await self._handle(message, redelivered=redelivered, jlog=jlog)
+        except PASSING_FAULTS as exc:
+            jlog.warning(
+                "job %s hit a passing fault outside its handler (%s); requeueing", message.job_id, exc
+            )
+            return Outcome.REQUEUE
+
+    async def _handle(
+        self, message: JobMessage, *, redelivered: bool, jlog: logging.LoggerAdapter[logging.Logger]
+    ) -> Outcome:
+        async with self.db.session() as session:
+            # A redelivered message whose job is still `running` means its worker died: take it over.
+            from_statuses = [JobStatus.QUEUED, JobStatus.RUNNING] if redelivered else [JobStatus.QUEUED]
+            row = await jobstore.transition(
+                session,
+                job_id=message.job_id,
+                from_statuses=from_statuses,
+                to=JobStatus.RUNNING,
+                count_attempt=True,
+                message="started",
+            )
+            await session.commit()
+        if row is None:
+            jlog.info("job %s is not claimable (unknown, finished or taken); skipping", message.job_id)
+            return Outcome.ACK
+        handler = self.handlers.get(message.type)
+        await self.signals.announce(jobstore.job_view(row))
+        jlog.info("job %s started (attempt %d)", message.job_id, row["attempts"])
+        try:
+            if handler is None:
+                raise InvalidParams(f"the {self.service} service does not run {message.type} jobs")
+            result = await self._run(handler, message, row, jlog)
+        except JobCancelled:
+            return await self._finish(row, JobStatus.CANCELLED, message="cancelled", jlog=jlog)
+        except PermanentJobError as exc:
+            return await self._finish(
+                row, JobStatus.FAILED, message="failed", error=(exc.error_code, exc.message), jlog=jlog
+            )
+        except PASSING_FAULTS as exc:
+            return await self._retry_or_give_up(row, exc, jlog)
+        except Exception as exc:
+            jlog.exception("job %s failed with a bug", message.job_id)
+            error = ("INTERNAL_ERROR", f"internal error ({type(exc).__name__}); the team has the log")
+            return await self._finish(row, JobStatus.FAILED, message="failed", error=error, jlog=jlog)
+        await self._store_result(message, result)
+        return await self._finish(row, JobStatus.SUCCEEDED, message="done", progress=1.0, jlog=jlog)
+
+    async def _run(
+        self,
+        handler: Handler,
+        message: JobMessage,
+        row: jobstore.JobRow,
+        jlog: logging.LoggerAdapter[logging.Logger],
+    ) -> BaseModel:
+        spec = JOB_TYPES[message.type]
+        try:
+            params = spec.params.model_validate(message.params)
+        except ValidationError as exc:
+            raise InvalidParams(f"params do not fit {message.type}: {exc.errors()[0]['msg']}") from exc
+        scratch = Path(
+            tempfile.mkdtemp(prefix=f"job-{message.job_id}-", dir=self.settings.worker.scratch_dir)
+        )
+        ctx = JobContext(
+            job_id=message.job_id,
+            job_type=message.type,
+            tenant_id=message.tenant_id,
+            attempt=row["attempts"],
+            params=params,
+            input_path=None,
+            scratch=scratch,
+            log=jlog,
+            _runner=self,
+            _row=row,
+        )
+        watcher = asyncio.create_task(self._watch_cancel(ctx))
+        limit = self.settings.worker.job_timeout_s
+        deadline = asyncio.timeout(limit)
+        try:
+            async with ctx._cleanups:
+                if message.file_id is not None:
+                    ctx.input_path = await self._fetch_input(message, scratch)
+                await ctx.progress(0.0, "input ready", force=True)
+                async with deadline:
+                    result = await handler(ctx)
+        except TimeoutError as exc:
+            if deadline.expired():
+                raise JobTimeout(f"the job ran past its limit of {limit:.0f} s") from exc
+            raise
+        finally:
+            watcher.cancel()
+            await asyncio.to_thread(shutil.rmtree, scratch, True)
+        return spec.result.model_validate(result.model_dump())
+
+    async def _fetch_input(self, message: JobMessage, scratch: Path) -> Path:
+        async with self.db.session() as session:
+            query = select(files.c.storage_id, files.c.filename).where(
+                files.c.id == message.file_id,
+                files.c.tenant_id == message.tenant_id,
+                files.c.deleted_at.is_(None),
+            )
+            stored = (await session.execute(query)).one_or_none()
+        if stored is None:
+            raise InputNotFound(f"the input file {message.file_id} was deleted before the job ran")
+        suffix = Path(stored.filename).suffix[:16]
+        path = scratch / f"input{suffix}"
+        await self.store.copy_to(stored.storage_id, path)
+        return path
+
+    async def _watch_cancel(self, ctx: JobContext) -> None:
+        """Mirror the Redis cancel flag into a thread-safe event, so worker threads can see it."""
+        while not ctx.cancelled:
+            with contextlib.suppress(*PASSING_FAULTS):
+                if await self.signals.cancel_requested(ctx.job_id):
+                    ctx._cancel.set()
+            await asyncio.sleep(0.5)
+
+    async def _store_result(self, message: JobMessage, result: BaseModel) -> None:
+        base = ResultBase(
+            job_id=message.job_id, type=message.type, input_file_id=message.file_id, created_at=utc_now()
+        )
+        document = {
+            "_id": message.job_id,
+            "tenant_id": message.tenant_id,
+            **base.model_dump(),
+            **result.model_dump(mode="json"),
+        }
+        document["created_at"] = base.created_at
+        # Upserted by job id with the id in the document too: a redelivery rewrites, never duplicates.
+        await self.db.collection("results").replace_one({"_id": message.job_id}, document, upsert=True)
+
+    async def _finish(
+        self,
+        row: jobstore.JobRow,
+        status: JobStatus,
+        *,
+        message: str,
+        jlog: logging.LoggerAdapter[logging.Logger],
+        error: tuple[str, str] | None = None,
+        progress: float | None = None,
+    ) -> Outcome:
+        values: dict[str, Any] = {"message": message}
+        if error is not None:
+            values["error_code"], values["error_message"] = error
+        if progress is not None:
+            values["progress"] = progress
+        async with self.db.session() as session:
+            done = await jobstore.transition(
+                session, job_id=row["id"], from_statuses=[JobStatus.RUNNING], to=status, **values
+            )
+            await session.commit()
+        if done is None:
+            jlog.warning("job %s changed while it ran (cancelled or taken over); keeping that", row["id"])
+            return Outcome.ACK
+        jlog.info("job %s %s", row["id"], status.value, extra={"error_code": values.get("error_code")})
+        await self.signals.announce(jobstore.job_view(done))
+        return Outcome.ACK
+
+    async def _retry_or_give_up(
+        self, row: jobstore.JobRow, exc: BaseException, jlog: logging.LoggerAdapter[logging.Logger]
+    ) -> Outcome:
+        if row["attempts"] >= self.settings.worker.max_attempts:
+            error = RetriesExhausted(f"gave up after {row['attempts']} attempts; last error: {exc}")
+            return await self._finish(
+                row, JobStatus.FAILED, message="failed", error=(error.error_code, error.message), jlog=jlog
+            )
+        jlog.warning(
+            "job %s attempt %d hit a passing fault (%s); requeueing", row["id"], row["attempts"], exc
+        )
+        async with self.db.session() as session:
+            await jobstore.transition(
+                session,
+                job_id=row["id"],
+                from_statuses=[JobStatus.RUNNING],
+                to=JobStatus.QUEUED,
+                message=f"retrying after: {exc}"[:200],
+            )
+            await session.commit()
+        return Outcome.REQUEUE
