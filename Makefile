@@ -1,0 +1,49 @@
+# MediaLens: the few commands a person types. `make help` lists them.
+
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+
+UV ?= uv
+#: Extra pytest arguments, e.g. `make test PYTEST_ARGS="-k upload -x"`.
+PYTEST_ARGS ?=
+
+.PHONY: help install dev demo test lint typecheck check migrate up down clean
+
+help: ## List the targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
+
+install: ## Install uv if missing, then the workspace and its dev tools into .venv
+	@command -v $(UV) >/dev/null || python3 -m pip install --quiet uv
+	@if [ -f uv.lock ]; then $(UV) sync --frozen; else $(UV) sync; fi
+
+dev: install ## Run the whole stack locally (needs PostgreSQL, Redis, RabbitMQ); Ctrl-C stops it
+	$(UV) run python -m scripts.dev
+
+demo: ## Run a video, an audio and a data job through the stack (starts it if it is not up)
+	$(UV) run python -m scripts.demo
+
+test: ## Run every test against the real local servers, with coverage
+	$(UV) run pytest --cov --cov-report=term-missing:skip-covered --cov-report=xml $(PYTEST_ARGS)
+
+lint: ## ruff: lint and formatting
+	$(UV) run ruff check .
+	$(UV) run ruff format --check .
+
+typecheck: ## mypy (strict) on all packages and scripts
+	$(UV) run mypy shared/src services/*/src scripts
+
+check: lint typecheck test ## lint, typecheck and test, as CI does
+
+migrate: ## Apply the database migrations (MEDIALENS_POSTGRES_URL)
+	$(UV) run medialens-migrate
+
+up: ## Build and start the whole stack in Docker (docker compose)
+	docker compose up -d --build
+
+down: ## Stop the Docker stack
+	docker compose down
+
+clean: ## Remove caches, coverage data and the dev MongoDB data (.dev/)
+	rm -rf .pytest_cache .mypy_cache .ruff_cache htmlcov coverage.xml .coverage .coverage.* .dev
+	find . -path ./.venv -prune -o -type d -name __pycache__ -exec rm -rf {} +
