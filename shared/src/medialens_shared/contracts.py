@@ -1,8 +1,9 @@
 """The contracts every service shares: job statuses, the bus message, and each job type's params and result.
 
 The gateway validates `params` against these models before anything is queued and publishes the JSON
-Schemas at `/v1/job-types`; the services parse the same models and return the same result models. A job
-type exists here only once a service runs it, so the catalogue never offers what nothing consumes.
+Schemas at `/v1/job-types`; the services parse the same models and return the same result models. Every
+job type of API.md has its models here; `JOB_TYPES`, the catalogue, lists a type only once a service runs
+it, so the API never offers what nothing consumes.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class JobStatus(enum.StrEnum):
@@ -65,6 +66,55 @@ class DataProfileParams(Strict):
     format: Literal["auto", "csv", "parquet", "jsonl"] = Field(
         "auto", description="Table format; `auto` detects it from the content."
     )
+
+
+class VideoScenesParams(Strict):
+    threshold: float | None = Field(
+        None, gt=0, description="Cut threshold of the detector; None uses the detector's default."
+    )
+    min_scene_len_s: float = Field(0.5, ge=0, description="Shortest scene; closer cuts are merged.")
+    thumbnails: bool = Field(True, description="Store one JPEG per scene as a file.")
+    flash_suppression: bool = Field(False, description="Ignore a cut that returns to the same shot at once.")
+
+
+class VideoQualityParams(Strict):
+    black_threshold: float = Field(0.1, ge=0, le=1, description="Luma (0..1) under which a frame is black.")
+    min_black_s: float = Field(0.5, ge=0, description="Shortest black segment reported.")
+    freeze_min_s: float = Field(2.0, ge=0, description="Shortest frozen segment reported.")
+
+
+class VideoThumbnailsParams(Strict):
+    count: int | None = Field(None, ge=1, le=1000, description="Evenly spaced thumbnails (default 10).")
+    every_s: float | None = Field(None, gt=0, description="One thumbnail every this many seconds instead.")
+    width: int = Field(320, ge=16, le=3840, description="Width in pixels; the height keeps the aspect.")
+
+    @model_validator(mode="after")
+    def _one_spacing(self) -> VideoThumbnailsParams:
+        if self.count is not None and self.every_s is not None:
+            raise ValueError("give either count or every_s, not both")
+        return self
+
+
+class AudioSilenceParams(Strict):
+    threshold_db: float = Field(-50.0, le=0, description="Level (dBFS) under which audio is silent.")
+    min_duration_s: float = Field(0.5, gt=0, description="Shortest silence reported.")
+
+
+class AudioWaveformParams(Strict):
+    points_per_second: int = Field(10, ge=1, le=1000, description="Min/max pairs per second of audio.")
+
+
+class DataConvertParams(Strict):
+    to: Literal["parquet", "csv", "jsonl"] = Field(description="The output format.")
+    format: Literal["auto", "csv", "parquet", "jsonl"] = Field("auto", description="The input format.")
+
+
+class DataQueryParams(Strict):
+    sql: str = Field(
+        min_length=1, max_length=100_000, description="One read-only SELECT over the table `data`."
+    )
+    limit: int = Field(1000, ge=1, le=100_000, description="Rows returned in the result document.")
+    format: Literal["auto", "csv", "parquet", "jsonl"] = Field("auto", description="The input format.")
 
 
 # --- results ----------------------------------------------------------------------------------------
@@ -146,6 +196,90 @@ class DataProfileResult(BaseModel):
     columns: list[ColumnProfile]
 
 
+class Scene(BaseModel):
+    index: int
+    start_s: float
+    end_s: float
+    start_frame: int
+    end_frame: int
+    thumbnail_file_id: str | None = None
+
+
+class VideoScenesResult(BaseModel):
+    scenes: list[Scene]
+    cut_count: int
+    frames_analyzed: int
+
+
+class Segment(BaseModel):
+    start_s: float
+    end_s: float
+
+
+class VideoQualityResult(BaseModel):
+    black_segments: list[Segment]
+    frozen_segments: list[Segment]
+
+
+class Thumbnail(BaseModel):
+    t_s: float
+    file_id: str
+    width: int
+    height: int
+
+
+class VideoThumbnailsResult(BaseModel):
+    thumbnails: list[Thumbnail]
+
+
+class ShortTermPoint(BaseModel):
+    t_s: float
+    lufs: float | None
+
+
+class AudioLoudnessResult(BaseModel):
+    integrated_lufs: float | None
+    loudness_range_lu: float | None
+    true_peak_dbtp: float | None
+    sample_peak_dbfs: float | None
+    short_term: list[ShortTermPoint]
+
+
+class SilenceSegment(BaseModel):
+    start_s: float
+    end_s: float
+    duration_s: float
+
+
+class AudioSilenceResult(BaseModel):
+    segments: list[SilenceSegment]
+    total_silence_s: float
+
+
+class AudioWaveformResult(BaseModel):
+    points_per_second: int
+    duration_s: float
+    peaks: list[tuple[float, float]]
+
+
+class DataConvertResult(BaseModel):
+    file_id: str
+    row_count: int
+    size_bytes: int
+
+
+class QueryColumn(BaseModel):
+    name: str
+    dtype: str
+
+
+class DataQueryResult(BaseModel):
+    columns: list[QueryColumn]
+    rows: list[list[Any]]
+    row_count: int
+    file_id: str
+
+
 # --- the catalogue ----------------------------------------------------------------------------------
 
 
@@ -173,11 +307,59 @@ JOB_TYPES: dict[str, JobTypeSpec] = {
             accepts=frozenset({FileKind.VIDEO}),
         ),
         JobTypeSpec(
+            name="video.scenes",
+            service="video",
+            description="Hard cuts between scenes, timed by the decoder's pts, with a thumbnail per scene.",
+            params=VideoScenesParams,
+            result=VideoScenesResult,
+            accepts=frozenset({FileKind.VIDEO}),
+        ),
+        JobTypeSpec(
+            name="video.quality",
+            service="video",
+            description="Black and frozen segments of a video.",
+            params=VideoQualityParams,
+            result=VideoQualityResult,
+            accepts=frozenset({FileKind.VIDEO}),
+        ),
+        JobTypeSpec(
+            name="video.thumbnails",
+            service="video",
+            description="Evenly spaced (or periodic) JPEG thumbnails of a video, stored as files.",
+            params=VideoThumbnailsParams,
+            result=VideoThumbnailsResult,
+            accepts=frozenset({FileKind.VIDEO}),
+        ),
+        JobTypeSpec(
             name="audio.probe",
             service="audio",
             description="Codec, sample rate, channels, duration and bit rate of the first audio stream.",
             params=NoParams,
             result=AudioProbeResult,
+            accepts=_MEDIA,
+        ),
+        JobTypeSpec(
+            name="audio.loudness",
+            service="audio",
+            description="EBU R128 / BS.1770-4 loudness: integrated, range, true peak, short-term series.",
+            params=NoParams,
+            result=AudioLoudnessResult,
+            accepts=_MEDIA,
+        ),
+        JobTypeSpec(
+            name="audio.silence",
+            service="audio",
+            description="Intervals quieter than a threshold for at least a minimum duration.",
+            params=AudioSilenceParams,
+            result=AudioSilenceResult,
+            accepts=_MEDIA,
+        ),
+        JobTypeSpec(
+            name="audio.waveform",
+            service="audio",
+            description="Min/max peak pairs of the mono mix, the data a web player draws.",
+            params=AudioWaveformParams,
+            result=AudioWaveformResult,
             accepts=_MEDIA,
         ),
         JobTypeSpec(
@@ -187,6 +369,22 @@ JOB_TYPES: dict[str, JobTypeSpec] = {
             "table.",
             params=DataProfileParams,
             result=DataProfileResult,
+            accepts=frozenset({FileKind.TABLE}),
+        ),
+        JobTypeSpec(
+            name="data.convert",
+            service="data",
+            description="The table in another format (zstd Parquet, CSV or JSON lines), stored as a file.",
+            params=DataConvertParams,
+            result=DataConvertResult,
+            accepts=frozenset({FileKind.TABLE}),
+        ),
+        JobTypeSpec(
+            name="data.query",
+            service="data",
+            description="One read-only SQL query over the table `data`, in a sandbox; the answer as Parquet.",
+            params=DataQueryParams,
+            result=DataQueryResult,
             accepts=frozenset({FileKind.TABLE}),
         ),
     )

@@ -33,7 +33,8 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Awaitable, Callable
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -59,9 +60,13 @@ from medialens_shared.errors import (
 from medialens_shared.filestore import FileStore
 from medialens_shared.settings import Settings
 from medialens_shared.signals import JobSignals
+from medialens_shared.sniff import sniff
 from medialens_shared.tables import files
 
 log = logging.getLogger(__name__)
+
+#: Bytes read from disk per chunk when a job stores a file it made.
+ARTIFACT_CHUNK_BYTES = 1024 * 1024
 
 T = TypeVar("T")
 Handler = Callable[["JobContext"], Awaitable[BaseModel]]
@@ -100,6 +105,7 @@ class JobContext:
     _last_progress: float = 0.0
     _cancel: threading.Event = field(default_factory=threading.Event)
     _cleanups: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
+    _loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.get_running_loop)
 
     async def progress(self, fraction: float, message: str, *, force: bool = False) -> None:
         """Report progress (0..1) and a short note; writes at most every `progress_interval_s`."""
@@ -112,6 +118,16 @@ class JobContext:
         await signals.set_progress(self.job_id, progress=fraction, message=message)
         live = {"progress": fraction, "message": message}
         await signals.announce(jobstore.job_view(self._row, live=live))
+
+    def report(self, fraction: float, message: str) -> None:
+        """`progress` for code running in a worker thread (see `run_cpu`): never blocks the caller.
+
+        Raises `JobCancelled` when a cancel was asked for, so a thread's loop has one call per step.
+        """
+        self.check_cancelled()
+        if time.monotonic() - self._last_progress < self._runner.settings.worker.progress_interval_s:
+            return
+        asyncio.run_coroutine_threadsafe(self.progress(fraction, message), self._loop)
 
     @property
     def settings(self) -> Settings:
@@ -139,6 +155,19 @@ class JobContext:
 
     def add_cleanup(self, callback: Callable[[], Awaitable[None]]) -> None:
         self._cleanups.push_async_callback(callback)
+
+    async def save_artifact(self, content: bytes | Path, *, filename: str, content_type: str) -> str:
+        """Store a file this job made (a thumbnail, a converted table) for the job's tenant; its file id.
+
+        A `Path` is streamed from disk in chunks; bytes are for small artifacts made in memory.
+        """
+        return await self._runner.save_artifact(
+            content,
+            tenant_id=self.tenant_id,
+            job_id=self.job_id,
+            filename=filename,
+            content_type=content_type,
+        )
 
 
 class JobRunner:
@@ -280,6 +309,37 @@ class JobRunner:
         await self.store.copy_to(stored.storage_id, path)
         return path
 
+    async def save_artifact(
+        self, content: bytes | Path, *, tenant_id: str, job_id: str, filename: str, content_type: str
+    ) -> str:
+        file_id = uuid.uuid4().hex
+        metadata = {"tenant_id": tenant_id, "file_id": file_id, "job_id": job_id}
+        if isinstance(content, bytes):
+            stored = await self.store.save_bytes(content, filename=filename, metadata=metadata)
+        else:
+            stored = await self.store.save(
+                _file_chunks(content),
+                filename=filename,
+                max_bytes=(await asyncio.to_thread(content.stat)).st_size,
+                metadata=metadata,
+            )
+        async with self.db.session() as session:
+            await session.execute(
+                files.insert().values(
+                    id=file_id,
+                    tenant_id=tenant_id,
+                    filename=filename,
+                    content_type=content_type,
+                    size_bytes=stored.size_bytes,
+                    sha256=stored.sha256,
+                    kind=sniff(stored.head).value,
+                    storage_id=stored.storage_id,
+                    job_id=job_id,
+                )
+            )
+            await session.commit()
+        return file_id
+
     async def _watch_cancel(self, ctx: JobContext) -> None:
         """Mirror the Redis cancel flag into a thread-safe event, so worker threads can see it."""
         while not ctx.cancelled:
@@ -350,3 +410,9 @@ class JobRunner:
             )
             await session.commit()
         return Outcome.REQUEUE
+
+
+async def _file_chunks(path: Path) -> AsyncIterator[bytes]:
+    with path.open("rb") as handle:
+        while chunk := await asyncio.to_thread(handle.read, ARTIFACT_CHUNK_BYTES):
+            yield chunk

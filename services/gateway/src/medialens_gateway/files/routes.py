@@ -12,10 +12,11 @@ from medialens_gateway.deps import AppSettings, CurrentTenant, DbSession, Files
 from medialens_gateway.envelope import ok
 from medialens_gateway.files import service
 from medialens_gateway.files.uploads import read_upload
+from medialens_gateway.openapi import Envelope, FileObject, Page, errors
 from medialens_gateway.pagination import Cursor, Limit, next_cursor
 from medialens_shared.errors import PayloadTooLarge, RangeNotSatisfiable
 
-router = APIRouter(prefix="/v1/files", tags=["files"])
+router = APIRouter(prefix="/v1/files", tags=["files"], responses=errors(401, 404, 422, 500))
 
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
@@ -38,7 +39,14 @@ UPLOAD_BODY: dict[str, Any] = {
 }
 
 
-@router.post("", status_code=201, openapi_extra=UPLOAD_BODY, summary="Upload a file (streamed)")
+@router.post(
+    "",
+    status_code=201,
+    openapi_extra=UPLOAD_BODY,
+    summary="Upload a file (streamed)",
+    response_model=Envelope[FileObject],
+    responses=errors(413),
+)
 async def upload_file(
     request: Request, tenant: CurrentTenant, session: DbSession, store: Files, settings: AppSettings
 ) -> JSONResponse:
@@ -53,7 +61,7 @@ async def upload_file(
     return ok(service.file_view(row), status_code=201, headers={"Location": f"/v1/files/{row['id']}"})
 
 
-@router.get("", summary="List the tenant's files, newest first")
+@router.get("", summary="List the tenant's files, newest first", response_model=Envelope[Page[FileObject]])
 async def list_files(
     tenant: CurrentTenant, session: DbSession, limit: Limit = 50, cursor: Cursor = None
 ) -> JSONResponse:
@@ -62,7 +70,7 @@ async def list_files(
     return ok({"items": items, "next_cursor": next_cursor(rows, limit=limit)})
 
 
-@router.get("/{file_id}", summary="The file object")
+@router.get("/{file_id}", summary="The file object", response_model=Envelope[FileObject])
 async def get_file(file_id: str, tenant: CurrentTenant, session: DbSession) -> JSONResponse:
     return ok(service.file_view(await service.get_file(session, tenant_id=tenant.id, file_id=file_id)))
 
@@ -110,7 +118,7 @@ def _parse_range(spec: str, size: int) -> tuple[int, int]:
     )
 
 
-@router.delete("/{file_id}", summary="Delete a file")
+@router.delete("/{file_id}", summary="Delete a file", response_model=Envelope[dict[str, Any]])
 async def delete_file(file_id: str, tenant: CurrentTenant, session: DbSession, store: Files) -> JSONResponse:
     await service.delete_file(session, store=store, tenant_id=tenant.id, file_id=file_id)
     return ok({"id": file_id, "deleted": True})

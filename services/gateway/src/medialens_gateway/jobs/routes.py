@@ -15,13 +15,14 @@ from medialens_gateway.envelope import ok
 from medialens_gateway.jobs import service
 from medialens_gateway.jobs.callbacks import check_callback_url
 from medialens_gateway.jobs.schemas import JobRequest
+from medialens_gateway.openapi import Envelope, JobObject, Page, Result, errors
 from medialens_gateway.pagination import Cursor, Limit, next_cursor
 from medialens_shared import jobstore
 from medialens_shared.contracts import JobStatus
 from medialens_shared.envelope import iso
 from medialens_shared.errors import JobNotFinished, RequestValidationFailed
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=errors(401, 404, 422, 500))
 
 #: Seconds of silence after which an SSE stream sends a comment and re-reads the job.
 KEEP_ALIVE_S = 10.0
@@ -29,7 +30,13 @@ KEEP_ALIVE_S = 10.0
 IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=255)]
 
 
-@router.post("", status_code=202, summary="Submit a job")
+@router.post(
+    "",
+    status_code=202,
+    summary="Submit a job",
+    response_model=Envelope[JobObject],
+    responses={200: {"description": "An earlier submission with this Idempotency-Key"}, **errors(409, 415)},
+)
 async def submit_job(
     body: JobRequest,
     tenant: CurrentTenant,
@@ -60,7 +67,7 @@ async def submit_job(
     )
 
 
-@router.get("", summary="List the tenant's jobs, newest first")
+@router.get("", summary="List the tenant's jobs, newest first", response_model=Envelope[Page[JobObject]])
 async def list_jobs(
     tenant: CurrentTenant,
     session: DbSession,
@@ -86,13 +93,19 @@ async def list_jobs(
     return ok({"items": items, "next_cursor": next_cursor(rows, limit=limit)})
 
 
-@router.get("/{job_id}", summary="The job object")
+@router.get("/{job_id}", summary="The job object", response_model=Envelope[JobObject])
 async def get_job(job_id: str, tenant: CurrentTenant, session: DbSession, signals: Signals) -> JSONResponse:
     job = await service.get_job(session, tenant_id=tenant.id, job_id=job_id)
     return ok(await service.view(session, signals, job))
 
 
-@router.post("/{job_id}/cancel", status_code=202, summary="Cancel a job")
+@router.post(
+    "/{job_id}/cancel",
+    status_code=202,
+    summary="Cancel a job",
+    response_model=Envelope[JobObject],
+    responses=errors(409),
+)
 async def cancel_job(
     job_id: str, tenant: CurrentTenant, session: DbSession, signals: Signals
 ) -> JSONResponse:
@@ -102,7 +115,12 @@ async def cancel_job(
     return ok(view, status_code=202, message=note)
 
 
-@router.get("/{job_id}/result", summary="The result of a succeeded job")
+@router.get(
+    "/{job_id}/result",
+    summary="The result of a succeeded job",
+    response_model=Envelope[Result],
+    responses=errors(409),
+)
 async def get_result(job_id: str, tenant: CurrentTenant, session: DbSession, mongo: Mongo) -> JSONResponse:
     job = await service.get_job(session, tenant_id=tenant.id, job_id=job_id)
     if job["status"] != JobStatus.SUCCEEDED:

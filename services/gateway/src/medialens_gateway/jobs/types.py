@@ -7,12 +7,15 @@ from fastapi.responses import JSONResponse
 
 from medialens_gateway.deps import CurrentTenant
 from medialens_gateway.envelope import ok
+from medialens_gateway.openapi import Envelope, JobType, Page, errors
 from medialens_shared.contracts import JOB_TYPES
 
-router = APIRouter(prefix="/v1/job-types", tags=["jobs"])
+router = APIRouter(prefix="/v1/job-types", tags=["jobs"], responses=errors(401, 500))
 
 
-@router.get("", summary="The job types, their services and their schemas")
+@router.get(
+    "", summary="The job types, their services and their schemas", response_model=Envelope[Page[JobType]]
+)
 async def list_job_types(_: CurrentTenant) -> JSONResponse:
     items = [
         {

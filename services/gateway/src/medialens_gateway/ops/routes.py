@@ -11,12 +11,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from medialens_gateway.deps import AppSettings, Bus, Databases
 from medialens_gateway.envelope import error_response, ok
+from medialens_gateway.metrics import observe_pools
+from medialens_gateway.openapi import Envelope, Readiness
 from medialens_shared.db import timed_check
 
 router = APIRouter(tags=["operations"])
 
 
-@router.get("/health/live", summary="The process is up")
+@router.get("/health/live", summary="The process is up", response_model=Envelope[dict[str, str]])
 async def live() -> JSONResponse:
     return ok({"status": "ok"})
 
@@ -24,6 +26,7 @@ async def live() -> JSONResponse:
 @router.get(
     "/health/ready",
     summary="Every dependency answered within its budget (503 when one did not)",
+    response_model=Envelope[Readiness],
     responses={503: {"description": "A dependency is down; `Retry-After` is set."}},
 )
 async def ready(db: Databases, bus: Bus, settings: AppSettings) -> JSONResponse:
@@ -49,5 +52,6 @@ async def ready(db: Databases, bus: Bus, settings: AppSettings) -> JSONResponse:
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
-async def metrics() -> Response:
+async def metrics(db: Databases) -> Response:
+    observe_pools(db.pool_stats())
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

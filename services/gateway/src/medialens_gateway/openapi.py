@@ -1,0 +1,108 @@
+"""Models that document the gateway's answers in `/openapi.json`.
+
+Routes answer with `JSONResponse` built from the envelope, so these models are used for documentation only:
+every success is `Envelope[<object>]`, and every route lists the error envelope for the statuses it can
+answer.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Generic, TypeVar
+
+from pydantic import BaseModel, Field
+
+from medialens_shared.contracts import JobStatus
+from medialens_shared.envelope import Envelope
+
+T = TypeVar("T")
+
+
+class FileObject(BaseModel):
+    id: str
+    filename: str
+    content_type: str
+    size_bytes: int
+    sha256: str
+    kind: str = Field(description="What the content is: video, audio, table or unknown.")
+    job_id: str | None = Field(description="The job that made this file, for artifacts.")
+    created_at: str
+
+
+class JobObject(BaseModel):
+    id: str
+    type: str
+    status: JobStatus
+    progress: float = Field(ge=0, le=1)
+    message: str
+    file_id: str | None
+    params: dict[str, Any]
+    labels: dict[str, str]
+    priority: int = Field(ge=0, le=9)
+    attempts: int
+    error_code: str | None
+    error_message: str | None
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+    parent_id: str | None
+    children: list[str]
+
+
+class Page(BaseModel, Generic[T]):
+    items: list[T]
+    next_cursor: str | None
+
+
+class Check(BaseModel):
+    ok: bool
+    latency_ms: float
+    error: str | None
+
+
+class Readiness(BaseModel):
+    status: str
+    checks: dict[str, Check]
+
+
+class JobType(BaseModel):
+    name: str
+    service: str
+    description: str
+    accepts: list[str]
+    params_schema: dict[str, Any]
+    result_schema: dict[str, Any]
+
+
+class Result(BaseModel):
+    """The result document: these common fields plus the job type's own (see /v1/job-types)."""
+
+    model_config = {"extra": "allow"}
+
+    job_id: str
+    type: str
+    input_file_id: str | None
+    created_at: str
+
+
+class ErrorData(BaseModel):
+    details: list[dict[str, Any]] = Field(default_factory=list)
+
+
+def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The `responses=` entry documenting the error envelope for `statuses`."""
+    return {
+        status: {"model": Envelope[ErrorData], "description": "The error envelope."} for status in statuses
+    }
+
+
+__all__ = [
+    "Check",
+    "Envelope",
+    "FileObject",
+    "JobObject",
+    "JobType",
+    "Page",
+    "Readiness",
+    "Result",
+    "errors",
+]
