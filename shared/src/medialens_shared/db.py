@@ -65,10 +65,11 @@ class DatabaseManager:
         self.settings = settings
         self.name = name
         pg = settings.postgres
+        self.pool_size, self.max_overflow = pg.pool_for(name)
         self.engine: AsyncEngine = create_async_engine(
             pg.url.get_secret_value(),
-            pool_size=pg.pool_size,
-            max_overflow=pg.max_overflow,
+            pool_size=self.pool_size,
+            max_overflow=self.max_overflow,
             pool_timeout=pg.pool_timeout,
             pool_recycle=pg.pool_recycle,
             pool_pre_ping=pg.pool_pre_ping,
@@ -117,7 +118,7 @@ class DatabaseManager:
 
     async def _warm_up(self) -> None:
         """Open a few connections of each pool ahead of the first request, so it pays no connect."""
-        warm = min(self.settings.postgres.pool_size, 4)
+        warm = min(self.pool_size, 4)
 
         async def hold_one() -> None:
             async with self.engine.connect() as conn:

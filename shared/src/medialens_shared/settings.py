@@ -3,11 +3,13 @@
 Variables are named `MEDIALENS_<GROUP>_<FIELD>`: `MEDIALENS_POSTGRES_POOL_SIZE`, `MEDIALENS_MONGODB_URL`,
 `MEDIALENS_DEV_API_KEYS`. Each group is a resource; nothing else in the code base reads the environment.
 
-Sizing the PostgreSQL pools: every process (gateway, relay, video, audio, data) holds its own pool of at
-most `pool_size + max_overflow` connections, so the stack needs at most
-`sum over processes (pool_size + max_overflow)` server connections. The defaults (8 + 4 = 12 per process,
-60 for five processes) fit PostgreSQL's default `max_connections = 100` with room for migrations and psql.
-Raise `MEDIALENS_POSTGRES_POOL_SIZE` only together with the server's `max_connections`.
+Sizing the PostgreSQL pools: every process holds its own pool of at most `pool_size + max_overflow`
+connections, so the stack needs `sum over processes (pool_size + max_overflow)` server connections. The
+gateway, which serves the requests, has the seed's 20 + 10; the relay needs 2 + 2 and each analysis service
+4 + 2 (a job holds a connection only for its status changes). One of each: 30 + 4 + 3 * 6 = 52, within
+PostgreSQL's default `max_connections = 100`, leaving room for migrations, psql and a second gateway.
+`MEDIALENS_POSTGRES_POOL_SIZE` / `_MAX_OVERFLOW` set one size for every process that reads them; with
+replicas, keep `replicas * (pool_size + max_overflow)` summed over all deployments below `max_connections`.
 """
 
 from __future__ import annotations
@@ -20,14 +22,29 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 Environment = Literal["development", "test", "production"]
 
 
+#: Default (pool_size, max_overflow) of each process, when the settings do not fix them.
+POOL_DEFAULTS: dict[str, tuple[int, int]] = {"gateway": (20, 10), "relay": (2, 2)}
+WORKER_POOL_DEFAULT = (4, 2)
+
+
 class PostgresSettings(BaseModel):
     url: SecretStr = SecretStr("postgresql+asyncpg://postgres@127.0.0.1:5432/medialens")
-    pool_size: int = Field(8, ge=1, le=200)
-    max_overflow: int = Field(4, ge=0, le=200)
+    #: None: the process's default from POOL_DEFAULTS (gateway 20, relay 2, each service 4).
+    pool_size: int | None = Field(None, ge=1, le=200)
+    #: None: the process's default from POOL_DEFAULTS (gateway 10, relay 2, each service 2).
+    max_overflow: int | None = Field(None, ge=0, le=200)
     pool_timeout: float = Field(30.0, gt=0)
     pool_recycle: int = Field(3600, ge=-1)
     pool_pre_ping: bool = True
     connect_timeout: float = Field(5.0, gt=0)
+
+    def pool_for(self, process: str) -> tuple[int, int]:
+        """(pool_size, max_overflow) of `process`: the settings' values, else that process's default."""
+        size, overflow = POOL_DEFAULTS.get(process, WORKER_POOL_DEFAULT)
+        return (
+            size if self.pool_size is None else self.pool_size,
+            overflow if self.max_overflow is None else self.max_overflow,
+        )
 
 
 class MongoSettings(BaseModel):
