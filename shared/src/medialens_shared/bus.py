@@ -7,6 +7,11 @@ Topology, declared by whoever connects first (all declarations are idempotent):
                                                    letters go to the DLX as "<service>.dead"
     exchange  <prefix>.dlx        topic, durable
     queue     <prefix>.dead       quorum, durable  bound to "#": every dead letter, for an operator to read
+    queue     <prefix>.dead.watch quorum, durable  bound to "#": the same letters, for the relay to mark their
+                                                   jobs failed
+    exchange  <prefix>.delay.<N>s fanout, durable  one per delay tier (outbox.DELAY_TIERS_S)
+    queue     <prefix>.delay.<N>s classic, durable x-message-ttl N s, dead-letters to <prefix>: a retry waits
+                                                   here, then reaches its service with its routing key kept
 
 Messages are persistent, published with publisher confirms and `mandatory`, with `on_return_raises`
 so an unroutable message is an error, never a silent drop, and every publish has a timeout.
@@ -25,6 +30,7 @@ from typing import TYPE_CHECKING, Any, cast
 from faststream.rabbit import Channel, ExchangeType, QueueType, RabbitBroker, RabbitExchange, RabbitQueue
 
 from medialens_shared.contracts import JOB_TYPES
+from medialens_shared.outbox import DELAY_TIERS_S
 from medialens_shared.settings import Settings
 
 if TYPE_CHECKING:
@@ -47,6 +53,19 @@ class Topology:
         self.dlx = RabbitExchange(f"{rabbit.exchange}.dlx", type=ExchangeType.TOPIC, durable=True)
         self.dead = RabbitQueue(
             f"{rabbit.exchange}.dead", queue_type=QueueType.QUORUM, durable=True, routing_key="#"
+        )
+        self.dead_watch = RabbitQueue(
+            f"{rabbit.exchange}.dead.watch", queue_type=QueueType.QUORUM, durable=True, routing_key="#"
+        )
+
+    def delay_exchange(self, delay_s: int) -> RabbitExchange:
+        return RabbitExchange(f"{self.jobs.name}.delay.{delay_s}s", type=ExchangeType.FANOUT, durable=True)
+
+    def delay_queue(self, delay_s: int) -> RabbitQueue:
+        return RabbitQueue(
+            f"{self.jobs.name}.delay.{delay_s}s",
+            durable=True,
+            arguments={"x-message-ttl": delay_s * 1000, "x-dead-letter-exchange": self.jobs.name},
         )
 
     def work_queue(self, service: str) -> RabbitQueue:
@@ -86,8 +105,13 @@ async def declare(broker: RabbitBroker, topology: Topology, *, services: tuple[s
     """Declare the exchanges, the dead-letter queue and the work queues of `services` (idempotent)."""
     jobs = await broker.declare_exchange(topology.jobs)
     dlx = await broker.declare_exchange(topology.dlx)
-    dead = await broker.declare_queue(topology.dead)
-    await dead.bind(dlx, routing_key="#")
+    for letters in (topology.dead, topology.dead_watch):
+        queue = await broker.declare_queue(letters)
+        await queue.bind(dlx, routing_key="#")
+    for delay_s in DELAY_TIERS_S:
+        exchange = await broker.declare_exchange(topology.delay_exchange(delay_s))
+        queue = await broker.declare_queue(topology.delay_queue(delay_s))
+        await queue.bind(exchange)
     for service in services:
         queue = await broker.declare_queue(topology.work_queue(service))
         await queue.bind(jobs, routing_key=f"{service}.#")
@@ -102,11 +126,21 @@ async def publish_job(
     message_id: str,
     timeout: float,
     headers: dict[str, Any] | None = None,
+    delay_s: int = 0,
+    dead: bool = False,
 ) -> None:
-    """Publish one job message and wait for the broker's confirm; raises if it is not confirmed."""
+    """Publish one job message and wait for the broker's confirm; raises if it is not confirmed.
+
+    With `delay_s` the message goes through that delay queue first; with `dead`, to the dead letters.
+    """
+    exchange = topology.jobs
+    if dead:
+        exchange = topology.dlx
+    elif delay_s:
+        exchange = topology.delay_exchange(delay_s)
     await broker.publish(
         payload,
-        exchange=topology.jobs,
+        exchange=exchange,
         routing_key=topology.routing_key(job_type),
         persist=True,
         mandatory=True,

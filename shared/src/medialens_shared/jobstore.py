@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import RowMapping, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from medialens_shared.contracts import TERMINAL_STATUSES, JobStatus
+from medialens_shared.contracts import TERMINAL_STATUSES, JobMessage, JobStatus
 from medialens_shared.envelope import iso
 from medialens_shared.tables import jobs
 
@@ -48,6 +48,18 @@ def job_view(
     }
 
 
+def message_of(row: JobRow) -> JobMessage:
+    """The bus message that runs the job of `row`."""
+    return JobMessage(
+        job_id=row["id"],
+        type=row["type"],
+        tenant_id=row["tenant_id"],
+        file_id=row["file_id"],
+        params=row["params"],
+        priority=row["priority"],
+    )
+
+
 async def get(session: AsyncSession, *, job_id: str) -> JobRow | None:
     return (await session.execute(select(jobs).where(jobs.c.id == job_id))).mappings().one_or_none()
 
@@ -64,9 +76,11 @@ async def transition(
     from_statuses: Iterable[JobStatus],
     to: JobStatus,
     count_attempt: bool = False,
+    owner: str | None = None,
     **values: Any,
 ) -> JobRow | None:
-    """Move a job to `to` if it is in one of `from_statuses`; the new row, or None if it was not.
+    """Move a job to `to` if it is in one of `from_statuses` (and, with `owner`, still claimed by that
+    worker); the new row, or None if it was not.
 
     Terminal statuses are never left: asking to move out of one is a programming error.
     """
@@ -86,4 +100,6 @@ async def transition(
         .values(changes)
         .returning(*jobs.c)
     )
+    if owner is not None:
+        statement = statement.where(jobs.c.worker == owner)
     return (await session.execute(statement)).mappings().one_or_none()

@@ -90,6 +90,8 @@ class GatewaySettings(BaseModel):
 class RelaySettings(BaseModel):
     batch_size: int = Field(100, ge=1)
     poll_interval_s: float = Field(0.2, gt=0)
+    #: How often the relay looks for running jobs whose lease ran out.
+    reap_interval_s: float = Field(2.0, gt=0)
 
 
 class WorkerSettings(BaseModel):
@@ -97,6 +99,9 @@ class WorkerSettings(BaseModel):
     progress_interval_s: float = Field(0.5, ge=0)
     #: Where a job's input is copied from GridFS while it runs; removed afterwards.
     scratch_dir: str | None = None
+    #: How long a claimed job stays its worker's without a heartbeat (beats come every third of it);
+    #: a job whose worker died runs again within this plus the relay's reap interval.
+    lease_s: float = Field(15.0, ge=1)
     #: Tries of a job that keeps meeting passing faults before it fails with RETRIES_EXHAUSTED.
     max_attempts: int = Field(3, ge=1)
     #: Memory a table job's engine (DuckDB) may use before it spills to `scratch_dir`.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     Float,
@@ -19,6 +20,7 @@ from sqlalchemy import (
     SmallInteger,
     Table,
     Text,
+    false,
     func,
     text,
 )
@@ -94,12 +96,17 @@ jobs = Table(
     Column("error_message", Text),
     Column("callback_url", Text),
     Column("parent_id", Text, ForeignKey("jobs.id", ondelete="SET NULL")),
+    # The worker that claimed the running job, and until when its claim holds unless its heartbeat extends
+    # it; the reaper requeues a running job whose lease ran out (its worker died or hung).
+    Column("worker", Text),
+    Column("lease_expires_at", DateTime(timezone=True)),
     _created_at(),
     Column("started_at", DateTime(timezone=True)),
     Column("finished_at", DateTime(timezone=True)),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Index("ix_jobs_tenant_created", "tenant_id", text("created_at DESC"), text("id DESC")),
     Index("ix_jobs_parent", "parent_id"),
+    Index("ix_jobs_running_lease", "lease_expires_at", postgresql_where=text("status = 'running'")),
 )
 
 outbox = Table(
@@ -110,6 +117,10 @@ outbox = Table(
     Column("routing_key", Text, nullable=False),
     Column("payload", JSONB, nullable=False),
     Column("headers", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    # Seconds the message waits in a delay queue before it reaches its service (a retry's backoff).
+    Column("delay_s", Integer, nullable=False, server_default=text("0")),
+    # True: the message goes to the dead-letter exchange (a job given up on), for operators to see.
+    Column("dead", Boolean, nullable=False, server_default=false()),
     Column("attempts", Integer, nullable=False, server_default=text("0")),
     Column("last_error", Text),
     Column("sent_at", DateTime(timezone=True)),

@@ -6,45 +6,51 @@ thread), run CPU-heavy work off the event loop that talks to RabbitMQ, log with 
 register cleanups. Its input file is already copied from GridFS to a scratch directory that is removed
 afterwards.
 
-`JobRunner.handle` decides everything around the handler in one place, and answers what to do with the
-message:
+`JobRunner.handle` decides everything around the handler in one place:
 
-    body unreadable                     -> REJECT   (dead-lettered for an operator)
-    job unknown, or already terminal    -> ACK      (a duplicate delivery changes nothing)
-    claimed (queued -> running, CAS)    -> run the handler
-      result                            -> result upserted by job id, then running -> succeeded, ACK
-      PermanentJobError                 -> running -> failed with its error_code, ACK
-      JobCancelled                      -> running -> cancelled, ACK
-      TransientJobError / lost database -> running -> queued and REQUEUE, until max_attempts:
-                                           then failed with RETRIES_EXHAUSTED, ACK
-      any other exception (a bug)       -> failed with INTERNAL_ERROR, ACK (a bug does not heal by retrying)
+    body unreadable                       -> delivery rejected (dead-lettered; the relay fails its job)
+    database away while claiming          -> delivery requeued (the queue's delivery limit bounds it)
+    job unknown, finished or claimed      -> delivery acked, nothing else (a duplicate changes nothing)
+    claimed: queued -> running (CAS), with this worker's lease; THEN the delivery is acked, and the
+    lease, extended by a heartbeat while the job runs, guards it: if the worker dies, the relay's reaper
+    requeues the job when the lease runs out (the crash counted as an attempt). Then:
+      result                              -> result upserted by job id, then running -> succeeded
+      PermanentJobError                   -> running -> failed with its error_code
+      JobCancelled (asked, or lease lost) -> running -> cancelled
+      TransientJobError / a lost database -> running -> queued, and the message back through the outbox
+                                             after an exponential backoff with jitter (a delay queue,
+                                             never a sleep in the consumer); after max_attempts: failed
+                                             with RETRIES_EXHAUSTED
+      any other exception (a bug)         -> failed with INTERNAL_ERROR (a bug does not heal by retrying)
 
-The message is settled only after the result and the terminal status are stored, so a worker that dies
-mid-job loses nothing: the broker redelivers the unacked message.
+Each terminal change is a compare-and-set on (status running, this worker), so a worker whose job was
+taken from it cannot overwrite the new owner's outcome.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import logging
+import os
 import shutil
+import socket
 import tempfile
 import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from pydantic import BaseModel, ValidationError
-from sqlalchemy import select
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from medialens_shared import jobstore
+from medialens_shared import jobstore, outbox
 from medialens_shared.contracts import JOB_TYPES, JobMessage, JobStatus, ResultBase
 from medialens_shared.db import DatabaseManager
 from medialens_shared.envelope import utc_now
@@ -61,7 +67,7 @@ from medialens_shared.filestore import FileStore
 from medialens_shared.settings import Settings
 from medialens_shared.signals import JobSignals
 from medialens_shared.sniff import sniff
-from medialens_shared.tables import files
+from medialens_shared.tables import files, jobs
 
 log = logging.getLogger(__name__)
 
@@ -82,10 +88,12 @@ PASSING_FAULTS: tuple[type[BaseException], ...] = (
 )
 
 
-class Outcome(enum.Enum):
-    ACK = "ack"
-    REQUEUE = "requeue"
-    REJECT = "reject"
+class Delivery(Protocol):
+    """What the runner does with a delivery (FastStream's RabbitMessage is one)."""
+
+    async def ack(self) -> None: ...
+    async def nack(self, *, requeue: bool = True) -> None: ...
+    async def reject(self) -> None: ...
 
 
 @dataclass(eq=False)
@@ -192,40 +200,50 @@ class JobRunner:
         self.db = db
         self.store = store
         self.signals = signals
+        self.worker_id = f"{service}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.lease = timedelta(seconds=settings.worker.lease_s)
 
-    async def handle(self, body: Any, *, redelivered: bool) -> Outcome:
+    async def handle(self, body: Any, delivery: Delivery) -> None:
+        """Run the job of one delivery, settling the delivery as soon as the job's claim is stored."""
         try:
             message = JobMessage.model_validate(body)
         except ValidationError:
             log.exception("unreadable job message; dead-lettering it")
-            return Outcome.REJECT
+            await delivery.reject()
+            return
         jlog = logging.LoggerAdapter(log, {"job_id": message.job_id, "job_type": message.type})
         try:
-            return await self._handle(message, redelivered=redelivered, jlog=jlog)
+            row = await self._claim(message)
         except PASSING_FAULTS as exc:
-            jlog.warning(
-                "job %s hit a passing fault outside its handler (%s); requeueing", message.job_id, exc
-            )
-            return Outcome.REQUEUE
+            jlog.warning("job %s not claimable now (%s); requeueing its message", message.job_id, exc)
+            await delivery.nack(requeue=True)  # the queue's delivery limit bounds these
+            return
+        # The claim is the truth from here on: the lease, not the unacked delivery, guards the job, so a
+        # job may outlive the broker's consumer timeout, and a crash is caught by the reaper.
+        await delivery.ack()
+        if row is None:
+            jlog.info("job %s is not claimable (unknown, finished or taken); skipped", message.job_id)
+            return
+        await self._execute(message, row, jlog)
 
-    async def _handle(
-        self, message: JobMessage, *, redelivered: bool, jlog: logging.LoggerAdapter[logging.Logger]
-    ) -> Outcome:
+    async def _claim(self, message: JobMessage) -> jobstore.JobRow | None:
         async with self.db.session() as session:
-            # A redelivered message whose job is still `running` means its worker died: take it over.
-            from_statuses = [JobStatus.QUEUED, JobStatus.RUNNING] if redelivered else [JobStatus.QUEUED]
             row = await jobstore.transition(
                 session,
                 job_id=message.job_id,
-                from_statuses=from_statuses,
+                from_statuses=[JobStatus.QUEUED],
                 to=JobStatus.RUNNING,
                 count_attempt=True,
                 message="started",
+                worker=self.worker_id,
+                lease_expires_at=func.now() + self.lease,
             )
             await session.commit()
-        if row is None:
-            jlog.info("job %s is not claimable (unknown, finished or taken); skipping", message.job_id)
-            return Outcome.ACK
+        return row
+
+    async def _execute(
+        self, message: JobMessage, row: jobstore.JobRow, jlog: logging.LoggerAdapter[logging.Logger]
+    ) -> None:
         handler = self.handlers.get(message.type)
         await self.signals.announce(jobstore.job_view(row))
         jlog.info("job %s started (attempt %d)", message.job_id, row["attempts"])
@@ -233,20 +251,20 @@ class JobRunner:
             if handler is None:
                 raise InvalidParams(f"the {self.service} service does not run {message.type} jobs")
             result = await self._run(handler, message, row, jlog)
+            await self._store_result(message, result)
         except JobCancelled:
-            return await self._finish(row, JobStatus.CANCELLED, message="cancelled", jlog=jlog)
+            await self._finish(row, JobStatus.CANCELLED, message="cancelled", jlog=jlog)
         except PermanentJobError as exc:
-            return await self._finish(
-                row, JobStatus.FAILED, message="failed", error=(exc.error_code, exc.message), jlog=jlog
-            )
+            error = (exc.error_code, exc.message)
+            await self._finish(row, JobStatus.FAILED, message="failed", error=error, jlog=jlog)
         except PASSING_FAULTS as exc:
-            return await self._retry_or_give_up(row, exc, jlog)
+            await self._retry_or_give_up(row, message, exc, jlog)
         except Exception as exc:
             jlog.exception("job %s failed with a bug", message.job_id)
             error = ("INTERNAL_ERROR", f"internal error ({type(exc).__name__}); the team has the log")
-            return await self._finish(row, JobStatus.FAILED, message="failed", error=error, jlog=jlog)
-        await self._store_result(message, result)
-        return await self._finish(row, JobStatus.SUCCEEDED, message="done", progress=1.0, jlog=jlog)
+            await self._finish(row, JobStatus.FAILED, message="failed", error=error, jlog=jlog)
+        else:
+            await self._finish(row, JobStatus.SUCCEEDED, message="done", progress=1.0, jlog=jlog)
 
     async def _run(
         self,
@@ -275,7 +293,7 @@ class JobRunner:
             _runner=self,
             _row=row,
         )
-        watcher = asyncio.create_task(self._watch_cancel(ctx))
+        watcher = asyncio.create_task(self._watch(ctx))
         limit = self.settings.worker.job_timeout_s
         deadline = asyncio.timeout(limit)
         try:
@@ -340,13 +358,39 @@ class JobRunner:
             await session.commit()
         return file_id
 
-    async def _watch_cancel(self, ctx: JobContext) -> None:
-        """Mirror the Redis cancel flag into a thread-safe event, so worker threads can see it."""
+    async def _watch(self, ctx: JobContext) -> None:
+        """While the job runs: extend its lease (its heartbeat), and mirror a cancel into the context.
+
+        A cancel asked through the API, or a lease this worker lost (the reaper gave the job to another
+        worker), sets the context's thread-safe cancel event, which the handler sees at its next checkpoint.
+        """
+        beat = self.lease.total_seconds() / 3
+        last_beat = time.monotonic()
         while not ctx.cancelled:
             with contextlib.suppress(*PASSING_FAULTS):
                 if await self.signals.cancel_requested(ctx.job_id):
                     ctx._cancel.set()
-            await asyncio.sleep(0.5)
+                if time.monotonic() - last_beat >= beat:
+                    if not await self._extend_lease(ctx.job_id):
+                        ctx.log.warning("job %s: lease lost; stopping", ctx.job_id)
+                        ctx._cancel.set()
+                    last_beat = time.monotonic()
+            await asyncio.sleep(min(0.5, beat))
+
+    async def _extend_lease(self, job_id: str) -> bool:
+        async with self.db.session() as session:
+            extended = await session.scalar(
+                update(jobs)
+                .where(
+                    jobs.c.id == job_id,
+                    jobs.c.status == JobStatus.RUNNING.value,
+                    jobs.c.worker == self.worker_id,
+                )
+                .values(lease_expires_at=func.now() + self.lease)
+                .returning(jobs.c.id)
+            )
+            await session.commit()
+        return extended is not None
 
     async def _store_result(self, message: JobMessage, result: BaseModel) -> None:
         base = ResultBase(
@@ -371,45 +415,66 @@ class JobRunner:
         jlog: logging.LoggerAdapter[logging.Logger],
         error: tuple[str, str] | None = None,
         progress: float | None = None,
-    ) -> Outcome:
-        values: dict[str, Any] = {"message": message}
+    ) -> None:
+        values: dict[str, Any] = {"message": message, "worker": None, "lease_expires_at": None}
         if error is not None:
             values["error_code"], values["error_message"] = error
         if progress is not None:
             values["progress"] = progress
         async with self.db.session() as session:
             done = await jobstore.transition(
-                session, job_id=row["id"], from_statuses=[JobStatus.RUNNING], to=status, **values
+                session,
+                job_id=row["id"],
+                from_statuses=[JobStatus.RUNNING],
+                to=status,
+                owner=self.worker_id,
+                **values,
             )
             await session.commit()
         if done is None:
-            jlog.warning("job %s changed while it ran (cancelled or taken over); keeping that", row["id"])
-            return Outcome.ACK
+            jlog.warning("job %s was taken from this worker while it ran; leaving it be", row["id"])
+            return
         jlog.info("job %s %s", row["id"], status.value, extra={"error_code": values.get("error_code")})
         await self.signals.announce(jobstore.job_view(done))
-        return Outcome.ACK
 
     async def _retry_or_give_up(
-        self, row: jobstore.JobRow, exc: BaseException, jlog: logging.LoggerAdapter[logging.Logger]
-    ) -> Outcome:
+        self,
+        row: jobstore.JobRow,
+        message: JobMessage,
+        exc: BaseException,
+        jlog: logging.LoggerAdapter[logging.Logger],
+    ) -> None:
+        """A passing fault: the job goes back to the queue after a backoff, through the outbox."""
         if row["attempts"] >= self.settings.worker.max_attempts:
             error = RetriesExhausted(f"gave up after {row['attempts']} attempts; last error: {exc}")
-            return await self._finish(
+            await self._finish(
                 row, JobStatus.FAILED, message="failed", error=(error.error_code, error.message), jlog=jlog
             )
+            return
+        delay_s = outbox.backoff_s(row["attempts"])
         jlog.warning(
-            "job %s attempt %d hit a passing fault (%s); requeueing", row["id"], row["attempts"], exc
+            "job %s attempt %d hit a passing fault (%s); retrying in %d s",
+            row["id"],
+            row["attempts"],
+            exc,
+            delay_s,
         )
         async with self.db.session() as session:
-            await jobstore.transition(
+            requeued = await jobstore.transition(
                 session,
                 job_id=row["id"],
                 from_statuses=[JobStatus.RUNNING],
                 to=JobStatus.QUEUED,
-                message=f"retrying after: {exc}"[:200],
+                owner=self.worker_id,
+                message=f"retrying in {delay_s} s after: {exc}"[:200],
+                worker=None,
+                lease_expires_at=None,
             )
+            if requeued is not None:
+                await outbox.enqueue(session, message, delay_s=delay_s)
             await session.commit()
-        return Outcome.REQUEUE
+        if requeued is not None:
+            await self.signals.announce(jobstore.job_view(requeued))
 
 
 async def _file_chunks(path: Path) -> AsyncIterator[bytes]:

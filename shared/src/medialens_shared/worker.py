@@ -1,8 +1,8 @@
 """Run one analysis service: its pools, its queue's consumer, and a clean stop on SIGTERM or SIGINT.
 
-Every service's entry point is `serve("<name>", handlers)`. The consumer settles each message as the
-task base's policy says (`medialens_shared.tasks`), with manual acknowledgement so that nothing is acked
-before the job's outcome is stored.
+Every service's entry point is `serve("<name>", handlers)`. The consumer hands each delivery to the task
+base (`medialens_shared.tasks`), which settles it by its policy, with manual acknowledgement: a delivery
+is acked once its job's claim is stored, never before.
 """
 
 from __future__ import annotations
@@ -24,19 +24,9 @@ from medialens_shared.logs import configure_logging
 from medialens_shared.registry import register_core
 from medialens_shared.settings import Settings
 from medialens_shared.signals import JobSignals
-from medialens_shared.tasks import Handler, JobRunner, Outcome
+from medialens_shared.tasks import Handler, JobRunner
 
 log = logging.getLogger(__name__)
-
-
-async def settle(message: RabbitMessage, outcome: Outcome) -> None:
-    """Acknowledge, requeue or dead-letter a delivery: the only place that does."""
-    if outcome is Outcome.ACK:
-        await message.ack()
-    elif outcome is Outcome.REQUEUE:
-        await message.nack(requeue=True)
-    else:
-        await message.reject()
 
 
 async def run(service: str, handlers: dict[str, Handler], *, settings: Settings, stop: asyncio.Event) -> None:
@@ -65,11 +55,11 @@ async def run(service: str, handlers: dict[str, Handler], *, settings: Settings,
 
         @subscriber
         async def on_job(body: Any, message: RabbitMessage) -> None:
-            outcome = Outcome.REQUEUE
             try:
-                outcome = await runner.handle(body, redelivered=bool(message.raw_message.redelivered))
+                await runner.handle(body, message)
             finally:  # whatever happened, the delivery is settled: an unsettled one blocks a prefetch slot
-                await settle(message, outcome)
+                if not message.committed:
+                    await message.nack(requeue=True)
 
         await broker.start()
         await declare(broker, topology)

@@ -1,10 +1,16 @@
-"""`medialens-relay`: publishes the outbox to RabbitMQ, with confirms, and marks what went out.
+"""`medialens-relay`: keeps the bus in step with PostgreSQL.
 
-Each round takes a batch of unsent entries with `FOR UPDATE SKIP LOCKED` (so several relays share the work
-and never publish one entry at the same time), publishes each and waits for the broker's confirm, and marks
-the batch sent in the same transaction. A crash between the confirm and the commit publishes an entry
-twice, which the consumers absorb (a duplicate of a claimed or finished job is skipped); an entry is never
-lost. While the broker is away the entries wait and their `attempts` and `last_error` say why.
+Three duties, each safe to run in several relays at once:
+- Outbox: each round takes a batch of unsent entries with `FOR UPDATE SKIP LOCKED`, publishes them with
+  publisher confirms (pipelined, then awaited), and marks the confirmed ones sent in the same
+  transaction. A crash between a confirm and the commit publishes an entry twice, which the consumers
+  absorb (a duplicate of a claimed or finished job is skipped); an entry is never lost. While the broker is
+  away the entries wait, and their `attempts` and `last_error` say why.
+- Reaper: a running job whose lease ran out (its worker died, hung, or lost its database) is requeued
+  through the outbox, its crash counted as an attempt; after `max_attempts` it fails with
+  RETRIES_EXHAUSTED and its message goes to the dead letters.
+- Dead letters: every message the broker dead-letters (past the delivery limit, or rejected as
+  unreadable) marks its job failed with RETRIES_EXHAUSTED, so nothing stays queued or running forever.
 """
 
 from __future__ import annotations
@@ -13,16 +19,25 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
+from typing import Any
 
+from faststream import AckPolicy
 from faststream.rabbit import RabbitBroker
+from faststream.rabbit.annotations import RabbitMessage
+from pydantic import ValidationError
 from sqlalchemy import func, select, update
 
+from medialens_shared import jobstore, outbox
 from medialens_shared.bus import Topology, declare, make_broker, publish_job
-from medialens_shared.contracts import SERVICES
+from medialens_shared.contracts import SERVICES, JobMessage, JobStatus
 from medialens_shared.db import DatabaseManager
+from medialens_shared.errors import RetriesExhausted
 from medialens_shared.logs import configure_logging
 from medialens_shared.settings import Settings
-from medialens_shared.tables import outbox
+from medialens_shared.signals import JobSignals
+from medialens_shared.tables import jobs
+from medialens_shared.tables import outbox as outbox_table
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +48,7 @@ class Relay:
         self.db = db
         self.broker = broker
         self.topology = Topology(settings)
+        self.signals = JobSignals(db.redis, prefix=settings.redis.prefix)
         self._declared = False
 
     async def publish_batch(self) -> int:
@@ -43,47 +59,137 @@ class Relay:
             self._declared = True
         async with self.db.session() as session:
             rows = (
-                await session.execute(
-                    select(
-                        outbox.c.id, outbox.c.job_id, outbox.c.routing_key, outbox.c.payload, outbox.c.headers
-                    )
-                    .where(outbox.c.sent_at.is_(None))
-                    .order_by(outbox.c.id)
-                    .limit(self.settings.relay.batch_size)
-                    .with_for_update(skip_locked=True)
-                )
-            ).all()
-            sent: list[int] = []
-            for row in rows:
-                try:
-                    await publish_job(
-                        self.broker,
-                        self.topology,
-                        job_type=row.routing_key,
-                        payload=row.payload,
-                        message_id=f"outbox-{row.id}",
-                        headers=row.headers,
-                        timeout=self.settings.rabbitmq.publish_timeout,
-                    )
-                except Exception as exc:
-                    log.warning("outbox entry %s not published (%s); will retry", row.id, exc)
+                (
                     await session.execute(
-                        update(outbox)
-                        .where(outbox.c.id == row.id)
-                        .values(attempts=outbox.c.attempts + 1, last_error=str(exc)[:500])
+                        select(outbox_table)
+                        .where(outbox_table.c.sent_at.is_(None))
+                        .order_by(outbox_table.c.id)
+                        .limit(self.settings.relay.batch_size)
+                        .with_for_update(skip_locked=True)
                     )
-                    break  # keep order, and do not hammer a broker that just failed
-                sent.append(row.id)
+                )
+                .mappings()
+                .all()
+            )
+            results = await asyncio.gather(*(self._publish(row) for row in rows), return_exceptions=True)
+            sent = [row["id"] for row, failure in zip(rows, results, strict=True) if failure is None]
+            failed = [(row["id"], failure) for row, failure in zip(rows, results, strict=True) if failure]
             if sent:
-                await session.execute(update(outbox).where(outbox.c.id.in_(sent)).values(sent_at=func.now()))
+                await session.execute(
+                    update(outbox_table).where(outbox_table.c.id.in_(sent)).values(sent_at=func.now())
+                )
+            for entry_id, failure in failed:
+                log.warning("outbox entry %s not published (%s); will retry", entry_id, failure)
+                await session.execute(
+                    update(outbox_table)
+                    .where(outbox_table.c.id == entry_id)
+                    .values(attempts=outbox_table.c.attempts + 1, last_error=str(failure)[:500])
+                )
             await session.commit()
         return len(sent)
 
+    async def _publish(self, row: Any) -> None:
+        await publish_job(
+            self.broker,
+            self.topology,
+            job_type=row["routing_key"],
+            payload=row["payload"],
+            message_id=f"outbox-{row['id']}",
+            headers=row["headers"],
+            delay_s=row["delay_s"],
+            dead=row["dead"],
+            timeout=self.settings.rabbitmq.publish_timeout,
+        )
+
+    async def reap(self) -> int:
+        """Requeue (or give up on) running jobs whose lease ran out; how many."""
+        expired = (
+            select(jobs.c.id)
+            .where(jobs.c.status == JobStatus.RUNNING.value, jobs.c.lease_expires_at < func.now())
+            .limit(100)
+            .with_for_update(skip_locked=True)
+        )
+        announced: list[jobstore.JobRow] = []
+        async with self.db.session() as session:
+            for job_id in (await session.scalars(expired)).all():
+                row = await self._reap_one(session, job_id=job_id)
+                if row is not None:
+                    announced.append(row)
+            await session.commit()
+        for row in announced:
+            log.warning("job %s lost its worker; now %s", row["id"], row["status"])
+            await self.signals.announce(jobstore.job_view(row))
+        return len(announced)
+
+    async def _reap_one(self, session: Any, *, job_id: str) -> jobstore.JobRow | None:
+        current = await jobstore.get(session, job_id=job_id)
+        if current is None:
+            return None
+        message = jobstore.message_of(current)
+        if current["attempts"] >= self.settings.worker.max_attempts:
+            error = RetriesExhausted(
+                f"gave up after {current['attempts']} attempts: its worker stopped each time (crash or hang)"
+            )
+            row = await jobstore.transition(
+                session,
+                job_id=job_id,
+                from_statuses=[JobStatus.RUNNING],
+                to=JobStatus.FAILED,
+                message="failed",
+                error_code=error.error_code,
+                error_message=error.message,
+                worker=None,
+                lease_expires_at=None,
+            )
+            await outbox.enqueue(session, message, dead=True)
+            return row
+        row = await jobstore.transition(
+            session,
+            job_id=job_id,
+            from_statuses=[JobStatus.RUNNING],
+            to=JobStatus.QUEUED,
+            message="requeued: its worker stopped heart-beating",
+            worker=None,
+            lease_expires_at=None,
+        )
+        await outbox.enqueue(session, message)
+        return row
+
+    async def on_dead_letter(self, body: Any) -> None:
+        """A message the broker gave up on: its job fails, unless it already ended."""
+        try:
+            message = JobMessage.model_validate(body)
+        except ValidationError:
+            log.warning("an unreadable message was dead-lettered; it stays in the dead-letter queue")
+            return
+        error = RetriesExhausted("its message was dead-lettered after repeated failed deliveries")
+        async with self.db.session() as session:
+            row = await jobstore.transition(
+                session,
+                job_id=message.job_id,
+                from_statuses=[JobStatus.QUEUED, JobStatus.RUNNING],
+                to=JobStatus.FAILED,
+                message="failed",
+                error_code=error.error_code,
+                error_message=error.message,
+                worker=None,
+                lease_expires_at=None,
+            )
+            await session.commit()
+        if row is not None:
+            log.warning("job %s dead-lettered; marked failed", message.job_id)
+            await self.signals.announce(jobstore.job_view(row))
+
     async def run(self, stop: asyncio.Event) -> None:
         delay = self.settings.relay.poll_interval_s
+        reap_every = max(1, round(self.settings.relay.reap_interval_s / delay))
+        rounds = 0
         while not stop.is_set():
+            rounds += 1
             try:
                 sent = await self.publish_batch()
+                if rounds % reap_every == 0:
+                    await self.reap()
             except Exception as exc:
                 log.warning("relay round failed (%s); retrying", exc)
                 self._declared = False
@@ -96,11 +202,23 @@ class Relay:
 
 async def run_relay(settings: Settings, stop: asyncio.Event) -> None:
     db = DatabaseManager(settings, name="relay")
-    broker = make_broker(settings, name="relay")
+    broker = make_broker(settings, name=f"relay-{socket.gethostname()}")
+    relay = Relay(settings=settings, db=db, broker=broker)
+    topology = Topology(settings)
+
+    @broker.subscriber(topology.dead_watch, topology.dlx, ack_policy=AckPolicy.MANUAL)
+    async def on_dead_letter(body: Any, message: RabbitMessage) -> None:
+        try:
+            await relay.on_dead_letter(body)
+        except Exception:
+            await message.nack(requeue=True)  # the database is away: try this letter again
+            raise
+        await message.ack()
+
     try:
         await db.initialize_all()
-        await broker.connect()
-        await Relay(settings=settings, db=db, broker=broker).run(stop)
+        await broker.start()
+        await relay.run(stop)
     finally:
         await broker.stop()
         await db.close_all()

@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from medialens_gateway.jobs.schemas import JobRequest
 from medialens_gateway.pagination import page
-from medialens_shared import jobstore
+from medialens_shared import jobstore, outbox
 from medialens_shared.contracts import JOB_TYPES, FileKind, JobMessage, JobStatus
 from medialens_shared.errors import (
     Conflict,
@@ -31,7 +31,7 @@ from medialens_shared.errors import (
     UnsupportedMediaType,
 )
 from medialens_shared.signals import JobSignals
-from medialens_shared.tables import files, idempotency_keys, jobs, outbox
+from medialens_shared.tables import files, idempotency_keys, jobs
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,9 +128,7 @@ async def submit(
         params=params,
         priority=body.priority,
     )
-    await session.execute(
-        outbox.insert().values(job_id=job_id, routing_key=body.type, payload=message.model_dump(mode="json"))
-    )
+    await outbox.enqueue(session, message)
     if idempotency_key:
         claimed = await session.execute(
             insert(idempotency_keys)
