@@ -95,7 +95,7 @@ def make_broker(settings: Settings, *, name: str) -> RabbitBroker:
         # aio-pika passes every client property on; FastStream's TypedDict only lists a few of them.
         client_properties=cast("RabbitClientProperties", {"connection_name": f"medialens-{name}"}),
         reconnect_interval=1.0,
-        graceful_timeout=30.0,
+        graceful_timeout=settings.worker.shutdown_grace_s,
         app_id=f"medialens-{name}",
         fail_fast=False,
     )

@@ -68,7 +68,9 @@ class RabbitSettings(BaseModel):
     exchange: str = "medialens.jobs"
     #: Deliveries after which a message that keeps failing goes to the dead-letter queue.
     delivery_limit: int = Field(5, ge=1)
-    prefetch: int = Field(2, ge=1, le=1000)
+    #: Deliveries a consumer holds at once. Keep 1 for media queues: a delivery buffered behind a long
+    #: job would outlast the broker's consumer timeout (30 min) unacked.
+    prefetch: int = Field(1, ge=1, le=1000)
     publish_timeout: float = Field(10.0, gt=0)
 
 
@@ -94,7 +96,16 @@ class RelaySettings(BaseModel):
     reap_interval_s: float = Field(2.0, gt=0)
 
 
+#: Default port of each process's operations endpoints (health, metrics), when the settings do not fix one.
+OPS_PORTS: dict[str, int] = {"video": 8101, "audio": 8102, "data": 8103, "relay": 8104}
+
+
 class WorkerSettings(BaseModel):
+    #: Port of /health/live, /health/ready and /metrics of a service or the relay (None: its default in
+    #: OPS_PORTS; 0: any free port).
+    http_port: int | None = Field(None, ge=0, le=65535)
+    #: Address those endpoints listen on (0.0.0.0 in a container, so probes reach them).
+    http_host: str = "127.0.0.1"
     #: Minimum seconds between two progress writes of one job.
     progress_interval_s: float = Field(0.5, ge=0)
     #: Where a job's input is copied from GridFS while it runs; removed afterwards.
@@ -110,6 +121,11 @@ class WorkerSettings(BaseModel):
     table_threads: int = Field(2, ge=1)
     #: A job running longer than this fails with TIMEOUT.
     job_timeout_s: float = Field(3600.0, gt=0)
+    #: Seconds a stopping service waits for its running job to finish before it releases the job's lease.
+    shutdown_grace_s: float = Field(30.0, ge=0)
+
+    def ops_port(self, process: str) -> int:
+        return OPS_PORTS.get(process, 8100) if self.http_port is None else self.http_port
 
 
 class DevSettings(BaseModel):

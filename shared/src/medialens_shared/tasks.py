@@ -266,6 +266,34 @@ class JobRunner:
         else:
             await self._finish(row, JobStatus.SUCCEEDED, message="done", progress=1.0, jlog=jlog)
 
+    async def release_unfinished(self) -> None:
+        """At shutdown: hand back the jobs this worker still runs, so another worker takes them at once."""
+        async with self.db.session() as session:
+            released = (
+                (
+                    await session.execute(
+                        update(jobs)
+                        .where(jobs.c.status == JobStatus.RUNNING.value, jobs.c.worker == self.worker_id)
+                        .values(
+                            status=JobStatus.QUEUED.value,
+                            worker=None,
+                            lease_expires_at=None,
+                            message="requeued: its worker stopped",
+                            updated_at=func.now(),
+                        )
+                        .returning(*jobs.c)
+                    )
+                )
+                .mappings()
+                .all()
+            )
+            for row in released:
+                await outbox.enqueue(session, jobstore.message_of(row))
+            await session.commit()
+        for row in released:
+            log.warning("job %s handed back at shutdown", row["id"])
+            await self.signals.announce(jobstore.job_view(row))
+
     async def _run(
         self,
         handler: Handler,

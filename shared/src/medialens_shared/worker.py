@@ -17,10 +17,11 @@ from faststream import AckPolicy
 from faststream.rabbit import Channel
 from faststream.rabbit.annotations import RabbitMessage
 
-from medialens_shared.bus import Topology, declare, make_broker
-from medialens_shared.db import DatabaseManager
+from medialens_shared.bus import Topology, declare, make_broker, queue_stats
+from medialens_shared.db import Check, DatabaseManager, timed_check
 from medialens_shared.filestore import FileStore
 from medialens_shared.logs import configure_logging
+from medialens_shared.opsserver import ops_app, serving
 from medialens_shared.registry import register_core
 from medialens_shared.settings import Settings
 from medialens_shared.signals import JobSignals
@@ -30,7 +31,11 @@ log = logging.getLogger(__name__)
 
 
 async def run(service: str, handlers: dict[str, Handler], *, settings: Settings, stop: asyncio.Event) -> None:
-    """Consume `service`'s queue until `stop` is set, then finish the running job and close everything."""
+    """Consume `service`'s queue until `stop` is set, then finish or hand back the running job and close.
+
+    Shutdown (SIGTERM): stop taking messages, give the running job `shutdown_grace_s` to finish, release
+    the lease of what is still running (its job goes back to the queue at once), close every pool.
+    """
     async with svcs.Registry() as registry:
         db = DatabaseManager(settings, name=service)
         register_core(registry, settings=settings, db=db)
@@ -46,8 +51,9 @@ async def run(service: str, handlers: dict[str, Handler], *, settings: Settings,
             )
         broker = make_broker(settings, name=service)
         topology = Topology(settings)
+        queue = topology.work_queue(service)
         subscriber = broker.subscriber(
-            topology.work_queue(service),
+            queue,
             topology.jobs,
             ack_policy=AckPolicy.MANUAL,
             channel=Channel(prefetch_count=settings.rabbitmq.prefetch),
@@ -61,14 +67,29 @@ async def run(service: str, handlers: dict[str, Handler], *, settings: Settings,
                 if not message.committed:
                     await message.nack(requeue=True)
 
-        await broker.start()
-        await declare(broker, topology)
-        log.info("%s service consuming %s", service, topology.work_queue(service).name)
-        try:
-            await stop.wait()
-        finally:
-            log.info("%s service stopping: finishing the running job", service)
-            await broker.stop()  # stops consuming, waits up to graceful_timeout for the running handler
+        async def consuming() -> None:
+            # FastStream keeps the consumer tag privately; the broker's own count is the other half.
+            if subscriber._consumer_tag is None:
+                raise ConnectionError("this service has no consumer on its queue")
+            if (await queue_stats(broker, queue.name)).consumers < 1:
+                raise ConnectionError(f"the broker counts no consumer on {queue.name}")
+
+        async def rabbitmq() -> Check:
+            return await timed_check(consuming, timeout=settings.gateway.health_timeout_s)
+
+        worker = settings.worker
+        async with serving(
+            ops_app(db, {"rabbitmq": rabbitmq}), host=worker.http_host, port=worker.ops_port(service)
+        ):
+            await broker.start()
+            await declare(broker, topology)
+            log.info("%s service consuming %s", service, queue.name)
+            try:
+                await stop.wait()
+            finally:
+                log.info("%s service stopping: finishing the running job", service)
+                await broker.stop()  # stops consuming; waits up to the grace period for the running job
+                await runner.release_unfinished()
 
 
 def serve(service: str, handlers: dict[str, Handler]) -> None:

@@ -29,11 +29,12 @@ from pydantic import ValidationError
 from sqlalchemy import func, select, update
 
 from medialens_shared import jobstore, outbox
-from medialens_shared.bus import Topology, declare, make_broker, publish_job
+from medialens_shared.bus import Topology, declare, make_broker, ping, publish_job
 from medialens_shared.contracts import SERVICES, JobMessage, JobStatus
-from medialens_shared.db import DatabaseManager
+from medialens_shared.db import Check, DatabaseManager, timed_check
 from medialens_shared.errors import RetriesExhausted
 from medialens_shared.logs import configure_logging
+from medialens_shared.opsserver import ops_app, serving
 from medialens_shared.settings import Settings
 from medialens_shared.signals import JobSignals
 from medialens_shared.tables import jobs
@@ -215,10 +216,15 @@ async def run_relay(settings: Settings, stop: asyncio.Event) -> None:
             raise
         await message.ack()
 
+    async def rabbitmq() -> Check:
+        return await timed_check(lambda: ping(broker, topology), timeout=settings.gateway.health_timeout_s)
+
     try:
         await db.initialize_all()
         await broker.start()
-        await relay.run(stop)
+        ops = ops_app(db, {"rabbitmq": rabbitmq})
+        async with serving(ops, host=settings.worker.http_host, port=settings.worker.ops_port("relay")):
+            await relay.run(stop)
     finally:
         await broker.stop()
         await db.close_all()
