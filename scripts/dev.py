@@ -1,0 +1,166 @@
+"""`make dev`: run the whole stack as local processes, in the foreground, until Ctrl-C.
+
+Checks that PostgreSQL, Redis and RabbitMQ answer (naming the missing one and how to start it), finds or
+starts a MongoDB-wire server, applies the migrations, then runs the gateway, the relay and the three
+services under honcho with `name | line` prefixed logs. Ctrl-C or SIGTERM sends SIGTERM to each of them,
+waits up to 30 s for them to finish their running job, then kills what is left.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import FrameType
+from typing import Any, NamedTuple, TextIO
+from unittest import mock
+from urllib.parse import urlsplit
+
+import honcho.manager
+from honcho.manager import Manager
+
+from medialens_shared import devmongo
+from medialens_shared.migrate import upgrade
+from medialens_shared.settings import Settings
+
+PROCESSES = ("gateway", "relay", "video", "audio", "data")
+DEV_MONGO_PORT = 27017
+DEV_MONGO_DIR = Path(".dev/mongo")
+#: Seconds the processes get to finish their running job after SIGTERM before they are killed.
+STOP_GRACE_S = 30
+#: How to start each server on Debian (the packages' own scripts; no systemd in containers).
+START_COMMANDS = {
+    "PostgreSQL": "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start",
+    "Redis": 'redis-server --daemonize yes --port 6379 --save "" --appendonly no',
+    "RabbitMQ": "rabbitmq-server -detached",
+}
+
+
+class Server(NamedTuple):
+    name: str
+    host: str
+    port: int
+    how_to_start: str
+
+
+def required_servers(settings: Settings) -> list[Server]:
+    """PostgreSQL, Redis and RabbitMQ where the settings point, with the command that starts each."""
+    wanted = [
+        ("PostgreSQL", settings.postgres.url, 5432),
+        ("Redis", settings.redis.url, 6379),
+        ("RabbitMQ", settings.rabbitmq.url, 5672),
+    ]
+    servers = []
+    for name, url, default_port in wanted:
+        parts = urlsplit(url.get_secret_value())
+        host, port = parts.hostname or "127.0.0.1", parts.port or default_port
+        servers.append(Server(name, host, port, START_COMMANDS[name]))
+    return servers
+
+
+def answers(host: str, port: int, timeout: float = 1.0) -> bool:
+    """True when something accepts a TCP connection on host:port within `timeout` seconds."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def missing_servers_message(missing: list[Server]) -> str:
+    lines = [
+        f"{s.name} does not answer on {s.host}:{s.port}. Start it with:  {s.how_to_start}" for s in missing
+    ]
+    lines.append("or, with Docker:  docker compose up -d postgres redis rabbitmq")
+    return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def mongodb(settings: Settings) -> Iterator[str]:
+    """The MongoDB URL to use: MEDIALENS_MONGODB_URL, else a server on 127.0.0.1:27017, else a dev one."""
+    if "mongodb" in settings.model_fields_set and "url" in settings.mongodb.model_fields_set:
+        yield settings.mongodb.url.get_secret_value()
+        return
+    if answers("127.0.0.1", DEV_MONGO_PORT):
+        yield f"mongodb://127.0.0.1:{DEV_MONGO_PORT}"
+        return
+    # In its own session, so a Ctrl-C in the terminal does not stop it while the services still use it:
+    # it is stopped last, once they are down.
+    in_own_session = functools.partial(subprocess.Popen, start_new_session=True)
+    with mock.patch.object(subprocess, "Popen", in_own_session):
+        server = devmongo.start(port=DEV_MONGO_PORT, data_dir=DEV_MONGO_DIR)
+    print(f"started nx-27017 (MongoDB-wire, for development) on {server.url}, log: {server.log_path}")
+    try:
+        yield server.url
+    finally:
+        server.stop()
+        print("stopped nx-27017")
+
+
+class PrefixPrinter:
+    """honcho's printer, as `name | line` with the name coloured when the output is a terminal."""
+
+    def __init__(self, output: TextIO) -> None:
+        self.output = output
+        self.width = 0
+        self.colour = output.isatty() and "NO_COLOR" not in os.environ
+
+    def write(self, message: Any) -> None:
+        data = message.data.decode("utf-8", "replace") if isinstance(message.data, bytes) else message.data
+        prefix = f"{(message.name or '').ljust(self.width)} | "
+        if self.colour and message.colour:
+            prefix = f"\033[{message.colour}m{prefix}\033[0m"
+        for line in data.splitlines():
+            print(prefix + line, file=self.output, flush=True)
+
+
+def _interrupt(_signum: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def run(settings: Settings) -> int:
+    missing = [s for s in required_servers(settings) if not answers(s.host, s.port)]
+    if missing:
+        print(missing_servers_message(missing), file=sys.stderr)
+        return 1
+    with mongodb(settings) as mongo_url:
+        print("applying migrations")
+        upgrade(settings.postgres.url.get_secret_value())
+        env = os.environ | {"MEDIALENS_MONGODB_URL": mongo_url, "PYTHONUNBUFFERED": "1"}
+        bin_dir = Path(sys.executable).parent
+        manager = Manager(printer=PrefixPrinter(sys.stdout))
+        for name in PROCESSES:
+            manager.add_process(name, "exec " + shlex.quote(str(bin_dir / f"medialens-{name}")), env=env)
+        keys = ", ".join(key for _, key in settings.dev.pairs()) or "(none: MEDIALENS_DEV_API_KEYS is empty)"
+        print(f"API: http://{settings.gateway.host}:{settings.gateway.port}/docs   dev API key: {keys}")
+        print(f"MongoDB: {mongo_url}   Ctrl-C stops everything")
+        manager.loop()
+        if manager.returncode in (130, 143):  # honcho's codes for "stopped by SIGINT / SIGTERM"
+            print("all processes stopped")
+            return 0
+        print(
+            "a process exited by itself, so the stack was stopped (see its last lines above)", file=sys.stderr
+        )
+        return 1
+
+
+def main() -> None:
+    # Until honcho takes the signals over, SIGTERM unwinds like Ctrl-C so the dev MongoDB is stopped.
+    signal.signal(signal.SIGTERM, _interrupt)
+    honcho.manager.KILL_WAIT = STOP_GRACE_S
+    try:
+        code = run(Settings())
+    except KeyboardInterrupt:
+        code = 0
+    raise SystemExit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,185 @@
+"""The README's settings table, rendered from the settings model: `python -m scripts.settings_doc`.
+
+Writes the table between the `<!-- settings:start -->` and `<!-- settings:end -->` markers of README.md;
+with `--check` it changes nothing and exits 1 when the README is out of date (tests/test_readme.py runs
+that). Names, types and defaults come from `medialens_shared.settings`; the descriptions live here, and a
+setting without one (or a description of a setting that is gone) is an error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import types
+import typing
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import BaseModel, SecretStr
+from pydantic.fields import FieldInfo
+
+from medialens_shared.settings import POOL_DEFAULTS, WORKER_POOL_DEFAULT, Settings
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+START, END = "<!-- settings:start -->", "<!-- settings:end -->"
+
+_GATEWAY_POOL, _RELAY_POOL = POOL_DEFAULTS["gateway"], POOL_DEFAULTS["relay"]
+
+DESCRIPTIONS: dict[str, str] = {
+    "MEDIALENS_ENVIRONMENT": "`production` refuses development defaults (guest broker account, default "
+    "database URL) and skips the dev API keys.",
+    "MEDIALENS_POSTGRES_URL": "SQLAlchemy URL of the PostgreSQL database (asyncpg driver).",
+    "MEDIALENS_POSTGRES_POOL_SIZE": "Connections each process keeps open; unset: gateway "
+    f"{_GATEWAY_POOL[0]}, relay {_RELAY_POOL[0]}, each service {WORKER_POOL_DEFAULT[0]} "
+    "(see Sizing the PostgreSQL pools).",
+    "MEDIALENS_POSTGRES_MAX_OVERFLOW": "Extra connections a process may open under load; unset: gateway "
+    f"{_GATEWAY_POOL[1]}, relay {_RELAY_POOL[1]}, each service {WORKER_POOL_DEFAULT[1]}.",
+    "MEDIALENS_POSTGRES_POOL_TIMEOUT": "Seconds to wait for a free pooled connection before failing.",
+    "MEDIALENS_POSTGRES_POOL_RECYCLE": "Seconds after which a connection is replaced (-1: never).",
+    "MEDIALENS_POSTGRES_POOL_PRE_PING": "Check a connection before handing it out.",
+    "MEDIALENS_POSTGRES_CONNECT_TIMEOUT": "Seconds to wait for a new connection.",
+    "MEDIALENS_MONGODB_URL": "MongoDB URL (GridFS uploads and results); in development a local nx-27017 "
+    "server when nothing answers on 27017.",
+    "MEDIALENS_MONGODB_DATABASE": "MongoDB database name.",
+    "MEDIALENS_MONGODB_MAX_POOL_SIZE": "Most connections each process opens to MongoDB.",
+    "MEDIALENS_MONGODB_MIN_POOL_SIZE": "Connections each process keeps open to MongoDB.",
+    "MEDIALENS_MONGODB_TIMEOUT_MS": "Server selection and connect timeout, in milliseconds.",
+    "MEDIALENS_REDIS_URL": "Redis URL (progress, job events, cancellation).",
+    "MEDIALENS_REDIS_MAX_CONNECTIONS": "Most connections each process opens to Redis.",
+    "MEDIALENS_REDIS_SOCKET_TIMEOUT": "Seconds a Redis command may take.",
+    "MEDIALENS_REDIS_PREFIX": "Prefix of every key and channel, so several stacks (or test runs) can share "
+    "one server.",
+    "MEDIALENS_RABBITMQ_URL": "AMQP URL of RabbitMQ, vhost included.",
+    "MEDIALENS_RABBITMQ_EXCHANGE": "Topic exchange of the jobs; queues are named after it.",
+    "MEDIALENS_RABBITMQ_DELIVERY_LIMIT": "Deliveries after which a message that keeps failing goes to the "
+    "dead-letter queue.",
+    "MEDIALENS_RABBITMQ_PREFETCH": "Messages a service takes from its queue at once.",
+    "MEDIALENS_RABBITMQ_PUBLISH_TIMEOUT": "Seconds to wait for the broker to confirm a publish.",
+    "MEDIALENS_GATEWAY_HOST": "Address the gateway listens on (`0.0.0.0` in containers).",
+    "MEDIALENS_GATEWAY_PORT": "Port the gateway listens on.",
+    "MEDIALENS_GATEWAY_MAX_UPLOAD_BYTES": "Largest upload accepted (413 beyond, checked while streaming).",
+    "MEDIALENS_GATEWAY_UPLOAD_CHUNK_BYTES": "Size of the chunks uploads are streamed to storage in.",
+    "MEDIALENS_GATEWAY_IDEMPOTENCY_TTL_S": "How long an Idempotency-Key is remembered.",
+    "MEDIALENS_GATEWAY_CALLBACK_ALLOW_HTTP": "Allow `http://` callback URLs (development against a local "
+    "receiver).",
+    "MEDIALENS_GATEWAY_CALLBACK_ALLOW_PRIVATE": "Allow callback URLs on private, loopback or link-local "
+    "addresses (never in production).",
+    "MEDIALENS_GATEWAY_HEALTH_TIMEOUT_S": "Budget of each readiness check, in seconds.",
+    "MEDIALENS_RELAY_BATCH_SIZE": "Outbox entries the relay publishes per round.",
+    "MEDIALENS_RELAY_POLL_INTERVAL_S": "Seconds between two looks at the outbox when it is empty.",
+    "MEDIALENS_RELAY_REAP_INTERVAL_S": "How often the relay looks for running jobs whose lease ran out.",
+    "MEDIALENS_WORKER_HTTP_PORT": "Port of /health/live, /health/ready and /metrics of a service or the "
+    "relay (unset: video 8101, audio 8102, data 8103, relay 8104; 0: any free port).",
+    "MEDIALENS_WORKER_HTTP_HOST": "Address those endpoints listen on (`0.0.0.0` in a container, so probes "
+    "reach them).",
+    "MEDIALENS_WORKER_SHUTDOWN_GRACE_S": "Seconds a stopping service waits for its running job to finish "
+    "before it releases the job's lease.",
+    "MEDIALENS_WORKER_PROGRESS_INTERVAL_S": "Minimum seconds between two progress writes of one job.",
+    "MEDIALENS_WORKER_SCRATCH_DIR": "Where a job's input is copied while it runs (default: the system's "
+    "temporary directory); removed afterwards.",
+    "MEDIALENS_WORKER_LEASE_S": "How long a claimed job stays its worker's without a heartbeat (beats come "
+    "every third of it); a job whose worker died runs again within this plus the relay's reap interval.",
+    "MEDIALENS_WORKER_MAX_ATTEMPTS": "Tries of a job that keeps meeting passing faults before it fails with "
+    "RETRIES_EXHAUSTED.",
+    "MEDIALENS_WORKER_TABLE_MEMORY_LIMIT": "Memory a table job's engine (DuckDB) may use before it spills "
+    "to the scratch directory.",
+    "MEDIALENS_WORKER_TABLE_THREADS": "Threads a table job's engine may use.",
+    "MEDIALENS_WORKER_JOB_TIMEOUT_S": "A job running longer than this fails with TIMEOUT.",
+    "MEDIALENS_DEV_API_KEYS": "`tenant:key,tenant:key` pairs the gateway ensures exist at start "
+    "(development and test only).",
+    "MEDIALENS_LOG_LEVEL": "Log level of every process.",
+    "MEDIALENS_LOG_FORMAT": "`text` (readable lines) or `json` (one object per line, for log collectors).",
+}
+
+
+def type_name(annotation: object) -> str:
+    """`int`, `str | None`, `Literal['text', 'json']`..., as a reader would write them."""
+    if annotation is SecretStr:
+        return "str (secret)"
+    if annotation is type(None):
+        return "None"
+    if isinstance(annotation, type) and not typing.get_args(annotation):
+        return annotation.__name__
+    if isinstance(annotation, types.UnionType):
+        return " | ".join(type_name(arg) for arg in typing.get_args(annotation))
+    return str(annotation).replace("typing.", "")
+
+
+def default_text(value: object) -> str:
+    if isinstance(value, SecretStr):
+        value = mask_password(value.get_secret_value())
+    if value is None:
+        return "(unset)"
+    if isinstance(value, bool):
+        return f"`{str(value).lower()}`"
+    return f"`{value}`"
+
+
+def mask_password(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":****@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def settings_fields() -> list[tuple[str, FieldInfo]]:
+    """Every setting as (environment variable, field), in the model's order."""
+    fields: list[tuple[str, FieldInfo]] = []
+    for group, info in Settings.model_fields.items():
+        model = info.annotation
+        if isinstance(model, type) and issubclass(model, BaseModel):
+            fields += [(f"MEDIALENS_{group}_{name}".upper(), sub) for name, sub in model.model_fields.items()]
+        else:
+            fields.append((f"MEDIALENS_{group}".upper(), info))
+    return fields
+
+
+def render_table() -> str:
+    rows = ["| Variable | Type | Default | Description |", "|---|---|---|---|"]
+    for variable, info in settings_fields():
+        description = DESCRIPTIONS.get(variable, "")
+        cells = [f"`{variable}`", type_name(info.annotation), default_text(info.default), description]
+        rows.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
+    return "\n".join(rows)
+
+
+def problems() -> list[str]:
+    """Settings without a description, and descriptions of settings that no longer exist."""
+    names = [variable for variable, _ in settings_fields()]
+    found = [f"{name} is not described in DESCRIPTIONS" for name in names if name not in DESCRIPTIONS]
+    found += [f"{name} is described but is no setting" for name in DESCRIPTIONS if name not in names]
+    return found
+
+
+def render_readme(text: str) -> str:
+    """`text` with the table between the markers replaced by the current one."""
+    head, start, rest = text.partition(START)
+    _, end, tail = rest.partition(END)
+    if not start or not end:
+        raise ValueError(f"README.md needs the markers {START} and {END}")
+    return f"{head}{START}\n{render_table()}\n{END}{tail}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m scripts.settings_doc", description=__doc__)
+    parser.add_argument("--check", action="store_true", help="exit 1 if README.md is out of date")
+    args = parser.parse_args(argv)
+    text = README.read_text(encoding="utf-8")
+    wanted = render_readme(text)
+    found = problems()
+    for problem in found:
+        print(problem, file=sys.stderr)
+    if args.check:
+        if wanted != text:
+            print("README.md's settings table is out of date: run `uv run python -m scripts.settings_doc`")
+            return 1
+        return 1 if found else 0
+    if wanted != text:
+        README.write_text(wanted, encoding="utf-8")
+        print("README.md's settings table updated")
+    return 1 if found else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
