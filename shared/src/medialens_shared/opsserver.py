@@ -61,9 +61,10 @@ def _json(body: object, status: int, *, retry_after: int | None = None) -> Respo
     return Response(json.dumps(body), status_code=status, media_type="application/json", headers=headers)
 
 
-class _Server(uvicorn.Server):
-    """uvicorn's server, minus its signal handling: the service owns SIGTERM and SIGINT and stops this
-    server itself (uvicorn would otherwise take the signals and raise them again once it stopped)."""
+class QuietServer(uvicorn.Server):
+    """uvicorn's server, minus its signal handling: the process owns SIGTERM and SIGINT and stops this
+    server itself (uvicorn would otherwise take the signals and raise them again once it stopped, so a
+    clean shutdown would end with "killed by SIGTERM" instead of exit code 0)."""
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -73,7 +74,7 @@ class _Server(uvicorn.Server):
 @contextlib.asynccontextmanager
 async def serving(app: Starlette, *, host: str, port: int) -> AsyncIterator[uvicorn.Server]:
     """Serve `app` in this event loop while the context is open; port 0 picks a free port."""
-    server = _Server(uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False))
+    server = QuietServer(uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False))
     task = asyncio.create_task(server.serve(), name="ops-server")
     while not server.started and not task.done():  # noqa: ASYNC110 - uvicorn offers a flag, not an event
         await asyncio.sleep(0.01)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import signal
 from collections.abc import AsyncGenerator
 
 import svcs.fastapi
@@ -19,6 +21,7 @@ from medialens_gateway.metrics import MetricsMiddleware
 from medialens_gateway.ops.routes import router as ops_router
 from medialens_shared.db import DatabaseManager
 from medialens_shared.logs import configure_logging
+from medialens_shared.opsserver import QuietServer
 from medialens_shared.registry import register_core
 from medialens_shared.settings import Settings
 from medialens_shared.signals import JobSignals
@@ -58,9 +61,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 def main() -> None:
+    """Serve the gateway until SIGTERM or SIGINT, then drain and exit 0."""
     settings = Settings()
     configure_logging(settings, service="gateway")
-    uvicorn.run(
+    config = uvicorn.Config(
         create_app(settings),
         host=settings.gateway.host,
         port=settings.gateway.port,
@@ -68,6 +72,15 @@ def main() -> None:
         proxy_headers=True,
         timeout_graceful_shutdown=10,
     )
+
+    async def serve() -> None:
+        server = QuietServer(config)
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, server.handle_exit, signum, None)
+        await server.serve()
+
+    asyncio.run(serve())
 
 
 if __name__ == "__main__":

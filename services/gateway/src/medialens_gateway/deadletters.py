@@ -1,0 +1,146 @@
+"""`medialens-deadletters`: the operator's view of the dead-letter queue, and a way back for its jobs.
+
+    medialens-deadletters list                 every dead letter: job, type, why and how often it died
+    medialens-deadletters requeue JOB_ID...    run those jobs again, as new jobs
+    medialens-deadletters requeue --all
+
+A dead letter's job has already failed (RETRIES_EXHAUSTED): a terminal job never changes again, so
+"requeue" submits a copy of it (same tenant, type, input, params and labels, plus the label
+`requeued_from=<old id>`) through the outbox, and removes the letter from the queue. Letters are read with
+basic.get and put back untouched unless they are requeued.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import AbstractIncomingMessage
+from pydantic import ValidationError
+
+from medialens_shared import jobstore, outbox
+from medialens_shared.bus import Topology
+from medialens_shared.contracts import JobMessage, JobStatus
+from medialens_shared.db import DatabaseManager
+from medialens_shared.settings import Settings
+from medialens_shared.tables import jobs
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    message: AbstractIncomingMessage
+    job: JobMessage | None
+    reason: str
+    queue: str
+    deaths: int
+
+
+def _letter(message: AbstractIncomingMessage) -> DeadLetter:
+    try:
+        job: JobMessage | None = JobMessage.model_validate(json.loads(message.body))
+    except (ValidationError, ValueError):
+        job = None
+    deaths: list[dict[str, Any]] = list(message.headers.get("x-death") or [])  # type: ignore[arg-type]
+    first = deaths[0] if deaths else {}
+    return DeadLetter(
+        message=message,
+        job=job,
+        reason=str(message.headers.get("x-first-death-reason") or first.get("reason") or "published dead"),
+        queue=str(message.headers.get("x-first-death-queue") or first.get("queue") or "-"),
+        deaths=sum(int(death.get("count", 1)) for death in deaths),
+    )
+
+
+async def read_letters(channel: aio_pika.abc.AbstractChannel, queue_name: str) -> list[DeadLetter]:
+    """Every letter in the queue, fetched and held unacked (so each is read once)."""
+    queue = await channel.declare_queue(queue_name, passive=True)
+    letters = []
+    while (message := await queue.get(no_ack=False, fail=False)) is not None:
+        letters.append(_letter(message))
+    return letters
+
+
+async def requeue(db: DatabaseManager, letter: DeadLetter) -> str | None:
+    """Submit a copy of the letter's job through the outbox; the new job's id (None if unreadable)."""
+    if letter.job is None:
+        return None
+    async with db.session() as session:
+        old = await jobstore.get(session, job_id=letter.job.job_id)
+        if old is None:
+            return None
+        new_id = str(uuid.uuid4())
+        await session.execute(
+            jobs.insert().values(
+                id=new_id,
+                tenant_id=old["tenant_id"],
+                type=old["type"],
+                status=JobStatus.QUEUED.value,
+                file_id=old["file_id"],
+                params=old["params"],
+                labels={**old["labels"], "requeued_from": old["id"]},
+                priority=old["priority"],
+                callback_url=old["callback_url"],
+                message="queued (requeued from the dead letters)",
+            )
+        )
+        await outbox.enqueue(session, letter.job.model_copy(update={"job_id": new_id}))
+        await session.commit()
+    return new_id
+
+
+async def main_async(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="medialens-deadletters", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("list", help="list the dead letters")
+    again = commands.add_parser("requeue", help="run dead-lettered jobs again, as new jobs")
+    again.add_argument("job_ids", nargs="*")
+    again.add_argument("--all", action="store_true")
+    args = parser.parse_args(argv)
+    if args.command == "requeue" and not (args.all or args.job_ids):
+        parser.error("requeue needs job ids or --all")
+
+    settings = Settings()
+    topology = Topology(settings)
+    connection = await aio_pika.connect(settings.rabbitmq.url.get_secret_value())
+    db = DatabaseManager(settings, name="deadletters")
+    try:
+        channel = await connection.channel()
+        letters = await read_letters(channel, topology.dead.name)
+        if args.command == "list":
+            print(f"{len(letters)} dead letter(s) in {topology.dead.name}")
+            for letter in letters:
+                job = letter.job
+                print(
+                    f"{job.job_id if job else '?':36}  {job.type if job else '(unreadable)':16}  "
+                    f"{letter.reason:14}  deaths={letter.deaths}  from={letter.queue}"
+                )
+                await letter.message.nack(requeue=True)
+            return 0
+        await db.initialize_all(wait_s=10)
+        wanted = set(args.job_ids)
+        for letter in letters:
+            chosen = letter.job is not None and (args.all or letter.job.job_id in wanted)
+            new_id = await requeue(db, letter) if chosen else None
+            if new_id is None:
+                await letter.message.nack(requeue=True)
+                continue
+            await letter.message.ack()
+            print(f"requeued {letter.job.job_id if letter.job else '?'} as new job {new_id}")
+        return 0
+    finally:
+        await connection.close()
+        await db.close_all()
+
+
+def main() -> None:
+    sys.exit(asyncio.run(main_async(sys.argv[1:])))
+
+
+if __name__ == "__main__":
+    main()
