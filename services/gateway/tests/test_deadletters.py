@@ -1,0 +1,118 @@
+"""The operator's dead-letter command against the real broker: it lists the letters and requeues the
+chosen ones as new jobs, leaving the others in the queue."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import select, update
+
+from medialens_gateway.deadletters import main_async
+from medialens_shared.bus import Topology, make_broker, publish_job, queue_stats
+from medialens_shared.contracts import JobMessage
+from medialens_shared.db import DatabaseManager
+from medialens_shared.tables import jobs, outbox
+from scripts.samples import make_video
+from tests.fixtures.servers import settings_env
+from tests.fixtures.stack import Stack, submit, upload, wait_for
+
+
+async def _dead_job(stack: Stack, api: httpx.AsyncClient, db: DatabaseManager, tmp_path: Path) -> str:
+    """A job whose only message was dead-lettered (so the relay failed it): its id."""
+    path = tmp_path / "clip.mp4"
+    make_video(path, duration_s=1.0, fps=10, width=160, height=120)
+    file_id = await upload(api, path)
+    await stack.rabbit_proxy.cut()
+    try:
+        job = await submit(api, "video.probe", file_id)
+    finally:
+        await stack.rabbit_proxy.restore()
+    async with db.session() as session:
+        await session.execute(
+            update(outbox).where(outbox.c.job_id == job["id"]).values(sent_at=datetime.now(UTC))
+        )
+        await session.commit()
+    broker = make_broker(stack.settings, name="test-deadletters")
+    await broker.connect()
+    try:
+        message = JobMessage(job_id=job["id"], type="video.probe", tenant_id="tenant-a", file_id=file_id)
+        await publish_job(
+            broker,
+            Topology(stack.settings),
+            job_type="video.probe",
+            payload=message.model_dump(mode="json"),
+            message_id=f"dead-{uuid.uuid4().hex}",
+            dead=True,
+            timeout=5,
+        )
+    finally:
+        await broker.stop()
+    failed = await wait_for(api, job["id"])
+    assert failed["error_code"] == "RETRIES_EXHAUSTED"
+    return str(job["id"])
+
+
+async def _dead_count(stack: Stack) -> int:
+    broker = make_broker(stack.settings, name="test-deadletters")
+    await broker.connect()
+    try:
+        return (await queue_stats(broker, Topology(stack.settings).dead.name)).messages
+    finally:
+        await broker.stop()
+
+
+async def test_list_shows_each_dead_letter_and_keeps_it(
+    stack: Stack,
+    api: httpx.AsyncClient,
+    db: DatabaseManager,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`list` prints the dead job's id and type, and leaves every letter in the queue."""
+    job_id = await _dead_job(stack, api, db, tmp_path)
+    for key, value in settings_env(stack.settings).items():
+        monkeypatch.setenv(key, value)
+    before = await _dead_count(stack)
+    assert await main_async(["list"]) == 0
+    out = capsys.readouterr().out
+    assert job_id in out
+    assert "video.probe" in out
+    assert await _dead_count(stack) == before
+
+
+async def test_requeue_runs_the_job_again_as_a_new_job(
+    stack: Stack,
+    api: httpx.AsyncClient,
+    db: DatabaseManager,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`requeue ID` submits a copy labelled requeued_from, which succeeds; the letter leaves the queue."""
+    job_id = await _dead_job(stack, api, db, tmp_path)
+    for key, value in settings_env(stack.settings).items():
+        monkeypatch.setenv(key, value)
+    before = await _dead_count(stack)
+    assert await main_async(["requeue", job_id]) == 0
+    assert f"requeued {job_id} as new job" in capsys.readouterr().out
+    async with db.session() as session:
+        new_id = await session.scalar(
+            select(jobs.c.id).where(jobs.c.labels["requeued_from"].astext == job_id)
+        )
+    assert new_id is not None
+    done = await wait_for(api, new_id)
+    assert done["status"] == "succeeded"
+    assert done["labels"]["requeued_from"] == job_id
+    deadline = time.monotonic() + 5
+    while await _dead_count(stack) != before - 1:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.1)
+    old = await wait_for(api, job_id)
+    assert old["status"] == "failed"  # a terminal job never changes again
