@@ -1,0 +1,53 @@
+"""Fixtures of the gateway's tests: an envelope checker and a client of a tenant of its own."""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from medialens_gateway.auth import ensure_keys
+from medialens_shared.db import DatabaseManager
+from tests.fixtures.stack import Stack, api_client
+
+ENVELOPE_KEYS = {"success", "data", "message", "error_code", "timestamp", "request_id"}
+TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
+
+EnvelopeCheck = Callable[..., dict[str, Any]]
+
+
+def _check_envelope(
+    response: httpx.Response, *, status: int, error_code: str | None = None
+) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    body: dict[str, Any] = response.json()
+    assert set(body) == ENVELOPE_KEYS, body
+    assert TIMESTAMP.match(body["timestamp"]), body["timestamp"]
+    assert body["request_id"]
+    assert response.headers["x-request-id"] == body["request_id"]
+    assert body["success"] is (error_code is None), body
+    assert body["error_code"] == error_code, body
+    if error_code is not None:
+        assert body["message"], body
+    return body
+
+
+@pytest.fixture
+def envelope() -> EnvelopeCheck:
+    """Checks a response is the envelope with `status` (and `error_code` on errors); its body."""
+    return _check_envelope
+
+
+@pytest.fixture
+async def fresh_client(stack: Stack, db: DatabaseManager) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of a tenant made for this test alone, so its lists hold only what the test made."""
+    tenant, key = f"tenant-{secrets.token_hex(4)}", secrets.token_urlsafe(24)
+    async with db.session() as session:
+        await ensure_keys(session, pairs=[(tenant, key)])
+    client = api_client(stack.asgi, key=key)
+    async with client:
+        yield client

@@ -1,0 +1,205 @@
+"""Uploads are streamed: an oversized body is refused while streaming, without holding it in memory."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tracemalloc
+from collections.abc import AsyncIterator
+
+import httpx
+from pymongo import AsyncMongoClient
+
+from medialens_shared.settings import Settings
+
+from ..conftest import EnvelopeCheck
+
+MIB = 1024 * 1024
+BOUNDARY = "medialens-test-boundary"
+
+
+async def _ids(client: httpx.AsyncClient) -> list[str]:
+    response = await client.get("/v1/files", params={"limit": 200})
+    return [item["id"] for item in response.json()["data"]["items"]]
+
+
+async def _gridfs_counts(settings: Settings, client: httpx.AsyncClient, *, filename: str) -> tuple[int, int]:
+    """GridFS files named `filename`, and all GridFS files.
+
+    An upload first makes the bucket exist: the nx-27017 dev server breaks GridFS writes when `fs.files` is
+    queried before the bucket's first file, and it answers only plain finds on it.
+    """
+    warm = await client.post("/v1/files", content=b"warm-up", headers={"Content-Type": "text/plain"})
+    assert warm.status_code == 201, warm.text
+    assert (await client.delete(f"/v1/files/{warm.json()['data']['id']}")).status_code == 200
+    mongo: AsyncMongoClient = AsyncMongoClient(settings.mongodb.url.get_secret_value())
+    try:
+        database = mongo[settings.mongodb.database]
+        everything = await database["fs.files"].find({}).to_list()
+        return sum(doc.get("filename") == filename for doc in everything), len(everything)
+    finally:
+        await mongo.close()
+
+
+async def test_chunked_oversized_upload_is_413_without_buffering(
+    fresh_client: httpx.AsyncClient, settings: Settings, envelope: EnvelopeCheck
+) -> None:
+    """A 64 MiB chunked raw upload is refused with 413, memory stays far below 64 MiB, nothing is stored."""
+    piece = os.urandom(MIB)
+    sent = 0
+
+    async def body() -> AsyncIterator[bytes]:
+        nonlocal sent
+        for _ in range(64):
+            sent += 1
+            yield piece
+
+    before_files = await _ids(fresh_client)
+    name = f"huge-{os.urandom(4).hex()}.mp4"
+    before_gridfs = await _gridfs_counts(settings, fresh_client, filename=name)
+    assert before_gridfs[0] == 0
+    tracemalloc.start()
+    try:
+        response = await fresh_client.post(
+            "/v1/files", content=body(), headers={"Content-Type": "video/mp4", "X-Filename": name}
+        )
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert "content-length" not in response.request.headers
+    assert response.request.headers["transfer-encoding"] == "chunked"
+    body_ = envelope(response, status=413, error_code="PAYLOAD_TOO_LARGE")
+    assert str(settings.gateway.max_upload_bytes) in body_["message"]
+    assert peak < 24 * MIB, f"peak {peak / MIB:.1f} MiB"
+    assert sent < 64  # refused while streaming, not after reading everything
+    assert await _ids(fresh_client) == before_files
+    assert await _gridfs_counts(settings, fresh_client, filename=name) == before_gridfs
+
+
+async def test_chunked_oversized_multipart_upload_is_413(
+    fresh_client: httpx.AsyncClient, settings: Settings, envelope: EnvelopeCheck
+) -> None:
+    """A multipart upload streamed past the limit is refused with 413 and leaves no file behind."""
+    piece = b"\x00" * MIB
+    name = f"big-{os.urandom(4).hex()}.bin"
+
+    async def body() -> AsyncIterator[bytes]:
+        yield (
+            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n"
+        ).encode()
+        for _ in range(12):
+            yield piece
+        yield f"\r\n--{BOUNDARY}--\r\n".encode()
+
+    before_gridfs = await _gridfs_counts(settings, fresh_client, filename=name)
+    response = await fresh_client.post(
+        "/v1/files", content=body(), headers={"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
+    )
+    envelope(response, status=413, error_code="PAYLOAD_TOO_LARGE")
+    assert await _ids(fresh_client) == []
+    assert await _gridfs_counts(settings, fresh_client, filename=name) == before_gridfs
+
+
+async def test_declared_oversized_upload_is_refused_before_reading(
+    fresh_client: httpx.AsyncClient, envelope: EnvelopeCheck
+) -> None:
+    """A Content-Length over the limit is refused with 413 before a single body chunk is read."""
+    pulled = 0
+
+    async def body() -> AsyncIterator[bytes]:
+        nonlocal pulled
+        for _ in range(20):
+            pulled += 1
+            yield b"\x00" * MIB
+
+    response = await fresh_client.post(
+        "/v1/files",
+        content=body(),
+        headers={"Content-Type": "application/octet-stream", "Content-Length": str(20 * MIB)},
+    )
+    envelope(response, status=413, error_code="PAYLOAD_TOO_LARGE")
+    assert pulled == 0
+    assert await _ids(fresh_client) == []
+
+
+async def test_upload_at_the_limit_is_accepted(fresh_client: httpx.AsyncClient, settings: Settings) -> None:
+    """An upload of exactly the configured limit is stored whole."""
+    data = os.urandom(settings.gateway.max_upload_bytes)
+    response = await fresh_client.post(
+        "/v1/files", content=data, headers={"Content-Type": "application/octet-stream"}
+    )
+    assert response.status_code == 201, response.text
+    file = response.json()["data"]
+    assert file["size_bytes"] == len(data)
+    assert file["sha256"] == hashlib.sha256(data).hexdigest()
+
+
+async def test_chunked_multipart_upload_is_reassembled(fresh_client: httpx.AsyncClient) -> None:
+    """A multipart body arriving in odd-sized chunks is stored as the exact file bytes."""
+    data = os.urandom(300_000)
+    whole = (
+        (
+            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="odd.bin"\r\n'
+            "Content-Type: application/x-odd\r\n\r\n"
+        ).encode()
+        + data
+        + f"\r\n--{BOUNDARY}--\r\n".encode()
+    )
+
+    async def body() -> AsyncIterator[bytes]:
+        for start in range(0, len(whole), 7777):
+            yield whole[start : start + 7777]
+
+    response = await fresh_client.post(
+        "/v1/files", content=body(), headers={"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
+    )
+    assert response.status_code == 201, response.text
+    file = response.json()["data"]
+    assert (file["filename"], file["content_type"]) == ("odd.bin", "application/x-odd")
+    assert file["sha256"] == hashlib.sha256(data).hexdigest()
+
+
+async def test_multipart_without_boundary_is_422(api: httpx.AsyncClient, envelope: EnvelopeCheck) -> None:
+    """A multipart Content-Type without a boundary answers 422 naming the file field."""
+    response = await api.post("/v1/files", content=b"x", headers={"Content-Type": "multipart/form-data"})
+    body = envelope(response, status=422, error_code="VALIDATION_ERROR")
+    assert body["data"]["details"][0]["loc"] == ["body", "file"]
+
+
+async def test_multipart_without_file_field_is_422(
+    fresh_client: httpx.AsyncClient, envelope: EnvelopeCheck
+) -> None:
+    """A form without a `file` field answers 422 and stores nothing."""
+    response = await fresh_client.post("/v1/files", data={"other": "value"}, files={"doc": ("a.txt", b"a")})
+    body = envelope(response, status=422, error_code="VALIDATION_ERROR")
+    assert "`file`" in body["message"]
+    assert await _ids(fresh_client) == []
+
+
+async def test_truncated_multipart_is_422(fresh_client: httpx.AsyncClient, envelope: EnvelopeCheck) -> None:
+    """A multipart body that ends inside the file part answers 422 and stores nothing."""
+
+    async def body() -> AsyncIterator[bytes]:
+        yield (
+            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="cut.bin"\r\n\r\n'
+        ).encode()
+        yield b"partial data with no closing boundary"
+
+    response = await fresh_client.post(
+        "/v1/files", content=body(), headers={"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
+    )
+    body_ = envelope(response, status=422, error_code="VALIDATION_ERROR")
+    assert "ended" in body_["message"]
+    assert await _ids(fresh_client) == []
+
+
+async def test_malformed_multipart_is_422(fresh_client: httpx.AsyncClient, envelope: EnvelopeCheck) -> None:
+    """A multipart body that does not start with its boundary answers 422 as malformed."""
+    response = await fresh_client.post(
+        "/v1/files",
+        content=b"this is not multipart at all\r\n\r\n",
+        headers={"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"},
+    )
+    body = envelope(response, status=422, error_code="VALIDATION_ERROR")
+    assert "malformed" in body["message"]

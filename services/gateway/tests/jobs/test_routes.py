@@ -1,0 +1,475 @@
+"""`/v1/jobs`: submission checks, reads, filtered lists, results, cancellation, idempotency and SSE."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import text
+
+from medialens_shared.db import DatabaseManager
+from scripts.samples import make_audio, make_csv, make_video
+from tests.fixtures.stack import Stack, result_of, run_job, submit, upload, wait_for
+
+from ..conftest import TIMESTAMP, EnvelopeCheck
+
+JOB_KEYS = {
+    "id", "type", "status", "progress", "message", "file_id", "params", "labels", "priority", "attempts",
+    "error_code", "error_message", "created_at", "started_at", "finished_at", "parent_id", "children",
+}  # fmt: skip
+
+
+@pytest.fixture
+async def csv_file(api: httpx.AsyncClient, tmp_path: Path) -> str:
+    """A small CSV of tenant A: its file id."""
+    path = tmp_path / "table.csv"
+    make_csv(path, rows=30)
+    return await upload(api, path, content_type="text/csv")
+
+
+async def _outbox_sent(db: DatabaseManager, job_id: str) -> bool:
+    async with db.session() as session:
+        sent = await session.scalar(
+            text("select sent_at is not null from outbox where job_id = :id"), {"id": job_id}
+        )
+    return bool(sent)
+
+
+def _events(stream: str) -> list[tuple[str, dict[str, Any]]]:
+    events = []
+    for block in stream.strip().split("\n\n"):
+        lines = dict(line.split(": ", 1) for line in block.splitlines() if not line.startswith(":"))
+        if lines:
+            events.append((lines["event"], json.loads(lines["data"])))
+    return events
+
+
+# --- submission checks -------------------------------------------------------------------------------
+
+
+async def test_unknown_type_is_422_naming_the_known_types(
+    api: httpx.AsyncClient, csv_file: str, envelope: EnvelopeCheck
+) -> None:
+    """An unknown job type answers 422 whose message and details list the known types."""
+    response = await api.post("/v1/jobs", json={"type": "video.nope", "file_id": csv_file})
+    body = envelope(response, status=422, error_code="VALIDATION_ERROR")
+    for known in ("video.probe", "audio.probe", "data.profile"):
+        assert known in body["message"]
+    assert body["data"]["details"][0]["loc"] == ["body", "type"]
+
+
+@pytest.mark.parametrize(
+    ("job_type", "params", "loc"),
+    [
+        ("data.profile", {"format": "xls"}, ["body", "params", "format"]),
+        ("video.probe", {"depth": 3}, ["body", "params", "depth"]),
+        ("data.profile", {"format": "csv", "sep": ";"}, ["body", "params", "sep"]),
+    ],
+)
+async def test_params_not_fitting_the_schema_are_422(
+    api: httpx.AsyncClient,
+    csv_file: str,
+    envelope: EnvelopeCheck,
+    job_type: str,
+    params: dict[str, Any],
+    loc: list[str],
+) -> None:
+    """Params outside the type's schema, or unknown to it, answer 422 with details naming the param."""
+    response = await api.post("/v1/jobs", json={"type": job_type, "file_id": csv_file, "params": params})
+    body = envelope(response, status=422, error_code="VALIDATION_ERROR")
+    assert loc in [detail["loc"] for detail in body["data"]["details"]]
+    assert job_type in body["message"]
+
+
+@pytest.mark.parametrize("priority", [-1, 10, "high"])
+async def test_priority_out_of_range_is_422(
+    api: httpx.AsyncClient, csv_file: str, envelope: EnvelopeCheck, priority: object
+) -> None:
+    """A priority outside 0..9 answers 422 naming `priority`."""
+    response = await api.post(
+        "/v1/jobs", json={"type": "data.profile", "file_id": csv_file, "priority": priority}
+    )
+    body = envelope(response, status=422, error_code="VALIDATION_ERROR")
+    assert ["body", "priority"] in [detail["loc"] for detail in body["data"]["details"]]
+
+
+@pytest.mark.parametrize(
+    "labels", [{"team": 5}, {"": "x"}, {"bad key!": "x"}, ["a", "b"], {f"k{i}": "v" for i in range(33)}]
+)
+async def test_labels_must_be_a_flat_string_map(
+    api: httpx.AsyncClient, csv_file: str, envelope: EnvelopeCheck, labels: object
+) -> None:
+    """Labels that are not a flat map of valid keys to strings answer 422 naming `labels`."""
+    response = await api.post(
+        "/v1/jobs", json={"type": "data.profile", "file_id": csv_file, "labels": labels}
+    )
+    body = envelope(response, status=422, error_code="VALIDATION_ERROR")
+    assert all(detail["loc"][:2] == ["body", "labels"] for detail in body["data"]["details"])
+
+
+async def test_unknown_body_field_is_422(
+    api: httpx.AsyncClient, csv_file: str, envelope: EnvelopeCheck
+) -> None:
+    """A body field the API does not know answers 422 naming it."""
+    response = await api.post("/v1/jobs", json={"type": "data.profile", "file_id": csv_file, "colour": "red"})
+    body = envelope(response, status=422, error_code="VALIDATION_ERROR")
+    assert ["body", "colour"] in [detail["loc"] for detail in body["data"]["details"]]
+
+
+async def test_missing_file_is_404(api: httpx.AsyncClient, envelope: EnvelopeCheck) -> None:
+    """A file_id that does not exist answers 404 NOT_FOUND naming it."""
+    response = await api.post("/v1/jobs", json={"type": "data.profile", "file_id": "f" * 32})
+    body = envelope(response, status=404, error_code="NOT_FOUND")
+    assert "f" * 32 in body["message"]
+
+
+async def test_deleted_file_is_404(api: httpx.AsyncClient, csv_file: str, envelope: EnvelopeCheck) -> None:
+    """A job on a file deleted before submission answers 404."""
+    assert (await api.delete(f"/v1/files/{csv_file}")).status_code == 200
+    response = await api.post("/v1/jobs", json={"type": "data.profile", "file_id": csv_file})
+    envelope(response, status=404, error_code="NOT_FOUND")
+
+
+async def test_csv_named_mp4_is_415_for_video_probe(
+    api: httpx.AsyncClient, tmp_path: Path, envelope: EnvelopeCheck
+) -> None:
+    """A CSV uploaded as `clip.mp4` with a video type is refused for video.probe with 415, by its content."""
+    path = tmp_path / "clip.mp4"
+    make_csv(path, rows=10)
+    file_id = await upload(api, path, content_type="video/mp4")
+    response = await api.post("/v1/jobs", json={"type": "video.probe", "file_id": file_id})
+    body = envelope(response, status=415, error_code="UNSUPPORTED_MEDIA_TYPE")
+    assert "table" in body["message"]
+    assert "video" in body["message"]
+
+
+async def test_audio_file_is_415_for_data_profile(
+    api: httpx.AsyncClient, tmp_path: Path, envelope: EnvelopeCheck
+) -> None:
+    """A WAV file submitted for data.profile answers 415."""
+    path = tmp_path / "tone.csv"
+    make_audio(path.with_suffix(".wav"), duration_s=0.2)
+    path.write_bytes(path.with_suffix(".wav").read_bytes())
+    file_id = await upload(api, path, content_type="text/csv")
+    response = await api.post("/v1/jobs", json={"type": "data.profile", "file_id": file_id})
+    envelope(response, status=415, error_code="UNSUPPORTED_MEDIA_TYPE")
+
+
+# --- submission, reads, lists ------------------------------------------------------------------------
+
+
+async def test_submit_is_202_with_location_and_the_job_object(
+    api: httpx.AsyncClient, csv_file: str, envelope: EnvelopeCheck
+) -> None:
+    """A valid job answers 202 with the whole job object, defaults filled in, and a Location header."""
+    response = await api.post(
+        "/v1/jobs", json={"type": "data.profile", "file_id": csv_file, "labels": {"team": "qa"}}
+    )
+    job = envelope(response, status=202)["data"]
+    assert set(job) == JOB_KEYS
+    assert response.headers["location"] == f"/v1/jobs/{job['id']}"
+    assert (job["type"], job["file_id"], job["status"]) == ("data.profile", csv_file, "queued")
+    assert job["params"] == {"format": "auto"}
+    assert (job["labels"], job["priority"], job["attempts"], job["children"]) == ({"team": "qa"}, 5, 0, [])
+    assert TIMESTAMP.match(job["created_at"])
+    got = envelope(await api.get(f"/v1/jobs/{job['id']}"), status=200)["data"]
+    assert (got["id"], got["type"], got["labels"]) == (job["id"], "data.profile", {"team": "qa"})
+
+
+async def test_unknown_job_is_404(api: httpx.AsyncClient, envelope: EnvelopeCheck) -> None:
+    """A job id that never existed answers 404 on read, result, events and cancel."""
+    for method, url in [
+        ("GET", "/v1/jobs/nope"),
+        ("GET", "/v1/jobs/nope/result"),
+        ("GET", "/v1/jobs/nope/events"),
+        ("POST", "/v1/jobs/nope/cancel"),
+    ]:
+        envelope(await api.request(method, url), status=404, error_code="NOT_FOUND")
+
+
+async def test_finished_job_has_a_result_and_cannot_be_cancelled(
+    api: httpx.AsyncClient, tmp_path: Path, envelope: EnvelopeCheck
+) -> None:
+    """A succeeded job's result carries job_id, type, input_file_id and created_at; cancelling it is 409."""
+    path = tmp_path / "t.csv"
+    truth = make_csv(path, rows=40)
+    job = await run_job(api, "data.profile", path, priority=9)
+    assert job["status"] == "succeeded", job
+    assert job["progress"] == 1.0
+    assert TIMESTAMP.match(job["started_at"])
+    assert TIMESTAMP.match(job["finished_at"])
+    result = await result_of(api, job["id"])
+    assert (result["job_id"], result["type"], result["input_file_id"]) == (
+        job["id"],
+        "data.profile",
+        job["file_id"],
+    )
+    assert TIMESTAMP.match(result["created_at"])
+    assert result["row_count"] == 40
+    assert result["column_count"] == truth["column_count"]
+    assert "tenant_id" not in result
+    body = envelope(
+        await api.post(f"/v1/jobs/{job['id']}/cancel"), status=409, error_code="JOB_NOT_CANCELLABLE"
+    )
+    assert "succeeded" in body["message"]
+
+
+async def test_result_before_success_is_409(
+    stack: Stack, api: httpx.AsyncClient, csv_file: str, envelope: EnvelopeCheck
+) -> None:
+    """Asking for the result of a job not yet succeeded answers 409 JOB_NOT_FINISHED."""
+    await stack.rabbit_proxy.cut()
+    try:
+        job = await submit(api, "data.profile", csv_file)
+        body = envelope(
+            await api.get(f"/v1/jobs/{job['id']}/result"), status=409, error_code="JOB_NOT_FINISHED"
+        )
+        assert "queued" in body["message"]
+    finally:
+        await stack.rabbit_proxy.restore()
+    await wait_for(api, job["id"])
+
+
+async def test_failed_job_result_is_409(
+    api: httpx.AsyncClient, tmp_path: Path, envelope: EnvelopeCheck
+) -> None:
+    """A job that failed has no result: 409 JOB_NOT_FINISHED naming its status."""
+    path = tmp_path / "t.csv"
+    make_csv(path, rows=10)
+    job = await run_job(api, "data.profile", path, params={"format": "parquet"})
+    assert job["status"] == "failed", job
+    assert job["error_code"]
+    body = envelope(await api.get(f"/v1/jobs/{job['id']}/result"), status=409, error_code="JOB_NOT_FINISHED")
+    assert "failed" in body["message"]
+
+
+async def test_lists_filter_by_status_type_and_label(
+    fresh_client: httpx.AsyncClient, tmp_path: Path, envelope: EnvelopeCheck
+) -> None:
+    """Job lists filter by status, type and one or several key:value labels, newest first."""
+    csv_path, wav_path = tmp_path / "t.csv", tmp_path / "a.wav"
+    make_csv(csv_path, rows=10)
+    make_audio(wav_path, duration_s=0.3)
+    table, audio = await upload(fresh_client, csv_path), await upload(fresh_client, wav_path)
+    first = await submit(fresh_client, "data.profile", table, labels={"team": "red", "env": "ci"})
+    second = await submit(fresh_client, "audio.probe", audio, labels={"team": "blue", "env": "ci"})
+    third = await submit(fresh_client, "data.profile", table, labels={"team": "blue"})
+    for job in (first, second, third):
+        await wait_for(fresh_client, job["id"])
+    cancelled_file = await upload(fresh_client, csv_path)
+
+    async def ids(**params: Any) -> list[str]:
+        response = await fresh_client.get("/v1/jobs", params=params)
+        return [item["id"] for item in envelope(response, status=200)["data"]["items"]]
+
+    assert await ids() == [third["id"], second["id"], first["id"]]
+    assert await ids(type="data.profile") == [third["id"], first["id"]]
+    assert await ids(type="audio.probe") == [second["id"]]
+    assert await ids(label="team:blue") == [third["id"], second["id"]]
+    assert await ids(label=["team:blue", "env:ci"]) == [second["id"]]
+    assert await ids(label="team:green") == []
+    assert await ids(status="succeeded") == [third["id"], second["id"], first["id"]]
+    assert await ids(status="queued") == []
+    assert await ids(status="succeeded", type="audio.probe", label="env:ci") == [second["id"]]
+    page = (await fresh_client.get("/v1/jobs", params={"limit": 2})).json()["data"]
+    rest = (await fresh_client.get("/v1/jobs", params={"cursor": page["next_cursor"]})).json()["data"]
+    assert [j["id"] for j in page["items"] + rest["items"]] == [third["id"], second["id"], first["id"]]
+    assert rest["next_cursor"] is None
+    assert cancelled_file  # an uploaded file alone adds no job
+    assert len(await ids()) == 3
+
+
+@pytest.mark.parametrize(
+    "params", [{"label": "nocolon"}, {"label": ":value"}, {"status": "sleeping"}, {"limit": 500}]
+)
+async def test_malformed_list_filters_are_422(
+    api: httpx.AsyncClient, envelope: EnvelopeCheck, params: dict[str, Any]
+) -> None:
+    """A label filter without key:value, an unknown status or a limit over 200 answers 422."""
+    body = envelope(await api.get("/v1/jobs", params=params), status=422, error_code="VALIDATION_ERROR")
+    assert body["data"]["details"][0]["loc"][0] == "query"
+
+
+async def test_garbage_job_cursor_is_422(api: httpx.AsyncClient, envelope: EnvelopeCheck) -> None:
+    """A cursor not given out by the API answers 422 on the job list too."""
+    envelope(await api.get("/v1/jobs", params={"cursor": "zzzz"}), status=422, error_code="VALIDATION_ERROR")
+
+
+# --- cancellation ------------------------------------------------------------------------------------
+
+
+async def test_cancel_of_a_queued_job_is_immediate_and_final(
+    stack: Stack, api: httpx.AsyncClient, csv_file: str, db: DatabaseManager, envelope: EnvelopeCheck
+) -> None:
+    """A queued job cancelled while the broker is away is cancelled at once and stays so once published."""
+    await stack.rabbit_proxy.cut()
+    try:
+        job = await submit(api, "data.profile", csv_file)
+        await asyncio.sleep(0.3)  # the relay tries and fails to publish meanwhile
+        assert not await _outbox_sent(db, job["id"])
+        body = envelope(await api.post(f"/v1/jobs/{job['id']}/cancel"), status=202)
+        assert body["data"]["status"] == "cancelled"
+        assert body["message"] == "cancelled"
+        assert TIMESTAMP.match(body["data"]["finished_at"])
+    finally:
+        await stack.rabbit_proxy.restore()
+    deadline = time.monotonic() + 30
+    while not await _outbox_sent(db, job["id"]):
+        assert time.monotonic() < deadline, "the relay did not publish the entry after the broker came back"
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(2.0)  # time for a worker to (wrongly) pick it up
+    after = await wait_for(api, job["id"])
+    assert after["status"] == "cancelled"
+    assert after["started_at"] is None
+    assert after["attempts"] == 0
+    envelope(await api.get(f"/v1/jobs/{job['id']}/result"), status=409, error_code="JOB_NOT_FINISHED")
+    envelope(await api.post(f"/v1/jobs/{job['id']}/cancel"), status=409, error_code="JOB_NOT_CANCELLABLE")
+
+
+async def test_cancel_of_a_running_job_asks_it_to_stop(
+    api: httpx.AsyncClient, tmp_path: Path, envelope: EnvelopeCheck
+) -> None:
+    """Cancelling a running job answers 202 with a note that it stops at its next checkpoint."""
+    path = tmp_path / "t.csv"
+    make_csv(path, rows=200_000)
+    job = await submit(api, "data.profile", await upload(api, path))
+    running = await wait_for(api, job["id"], until=lambda j: j["status"] != "queued")
+    if running["status"] != "running":
+        pytest.skip(f"the job finished before it could be seen running ({running['status']})")
+    body = envelope(await api.post(f"/v1/jobs/{job['id']}/cancel"), status=202)
+    if body["data"]["status"] == "running":
+        assert body["message"] == "asked to stop at its next checkpoint"
+    final = await wait_for(api, job["id"])
+    assert final["status"] in {"cancelled", "succeeded"}
+
+
+# --- idempotency -------------------------------------------------------------------------------------
+
+
+async def test_idempotency_key_replays_the_first_job(
+    api: httpx.AsyncClient, csv_file: str, envelope: EnvelopeCheck
+) -> None:
+    """The same Idempotency-Key and body answers 200 with the first job; another body answers 409 CONFLICT."""
+    key = {"Idempotency-Key": f"idem-{csv_file}"}
+    job_body = {"type": "data.profile", "file_id": csv_file, "labels": {"a": "1"}}
+    first = envelope(await api.post("/v1/jobs", json=job_body, headers=key), status=202)["data"]
+    again = await api.post("/v1/jobs", json=job_body, headers=key)
+    replay = envelope(again, status=200)
+    assert replay["data"]["id"] == first["id"]
+    assert again.headers["location"] == f"/v1/jobs/{first['id']}"
+    assert "Idempotency-Key" in replay["message"]
+    other = await api.post("/v1/jobs", json={**job_body, "priority": 1}, headers=key)
+    body = envelope(other, status=409, error_code="CONFLICT")
+    assert "different body" in body["message"]
+
+
+async def test_idempotency_keys_are_per_tenant(
+    stack: Stack, api: httpx.AsyncClient, tmp_path: Path, csv_file: str
+) -> None:
+    """Tenant B using tenant A's Idempotency-Key gets a job of its own."""
+    key = {"Idempotency-Key": f"shared-{csv_file}"}
+    path = tmp_path / "b.csv"
+    make_csv(path, rows=5)
+    other = stack.client("tenant-b")
+    b_file = await upload(other, path)
+    a_job = await api.post("/v1/jobs", json={"type": "data.profile", "file_id": csv_file}, headers=key)
+    b_job = await other.post("/v1/jobs", json={"type": "data.profile", "file_id": b_file}, headers=key)
+    assert (a_job.status_code, b_job.status_code) == (202, 202)
+    assert a_job.json()["data"]["id"] != b_job.json()["data"]["id"]
+
+
+async def test_concurrent_submits_with_one_key_create_one_job(
+    api: httpx.AsyncClient, csv_file: str, db: DatabaseManager
+) -> None:
+    """Ten concurrent submissions with one Idempotency-Key create exactly one job, which all ten answer."""
+    key = f"race-{csv_file}"
+    job_body = {"type": "data.profile", "file_id": csv_file}
+    responses = await asyncio.gather(
+        *(api.post("/v1/jobs", json=job_body, headers={"Idempotency-Key": key}) for _ in range(10))
+    )
+    statuses = sorted(r.status_code for r in responses)
+    assert statuses == [200] * 9 + [202], [r.text for r in responses]
+    assert len({r.json()["data"]["id"] for r in responses}) == 1
+    async with db.session() as session:
+        count = await session.scalar(
+            text("select count(*) from jobs where file_id = :file and tenant_id = 'tenant-a'"),
+            {"file": csv_file},
+        )
+        outbox = await session.scalar(
+            text("select count(*) from outbox o join jobs j on j.id = o.job_id where j.file_id = :file"),
+            {"file": csv_file},
+        )
+    assert (count, outbox) == (1, 1)
+
+
+# --- events (SSE) ------------------------------------------------------------------------------------
+
+
+async def test_events_of_a_finished_job_are_one_done(api: httpx.AsyncClient, tmp_path: Path) -> None:
+    """Events of a finished job give exactly one `done` event with the terminal job object, then close."""
+    path = tmp_path / "t.csv"
+    make_csv(path, rows=10)
+    job = await run_job(api, "data.profile", path)
+    response = await api.get(f"/v1/jobs/{job['id']}/events")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/event-stream")
+    assert response.headers["cache-control"] == "no-cache"
+    events = _events(response.text)
+    assert [name for name, _ in events] == ["done"]
+    assert events[0][1]["id"] == job["id"]
+    assert events[0][1]["status"] == "succeeded"
+    assert set(events[0][1]) == JOB_KEYS
+
+
+async def test_events_of_a_live_job_are_progress_then_done(
+    stack: Stack, api: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    """Events of a job followed from queued give progress events, then one `done` with the terminal job."""
+    path = tmp_path / "clip.mp4"
+    make_video(path, duration_s=1.0)
+    file_id = await upload(api, path)
+    await stack.rabbit_proxy.cut()
+    try:
+        job = await submit(api, "video.probe", file_id)
+        listening = asyncio.create_task(api.get(f"/v1/jobs/{job['id']}/events"))
+        await asyncio.sleep(0.5)  # subscribed and the queued state sent
+        assert not listening.done()
+    finally:
+        await stack.rabbit_proxy.restore()
+    response = await asyncio.wait_for(listening, timeout=60)
+    events = _events(response.text)
+    names = [name for name, _ in events]
+    assert names[0] == "progress"
+    assert names.count("done") == 1
+    assert names[-1] == "done"
+    assert set(names[:-1]) == {"progress"}
+    assert events[0][1]["status"] == "queued"
+    assert all(data["id"] == job["id"] for _, data in events)
+    done = events[-1][1]
+    assert done["status"] == "succeeded"
+    assert done["progress"] == 1.0
+    progresses = [data["progress"] for _, data in events]
+    assert progresses == sorted(progresses)
+
+
+async def test_events_of_a_job_cancelled_while_followed_end_with_cancelled(
+    stack: Stack, api: httpx.AsyncClient, csv_file: str
+) -> None:
+    """A followed queued job that is cancelled ends its stream with `done` carrying status cancelled."""
+    await stack.rabbit_proxy.cut()
+    try:
+        job = await submit(api, "data.profile", csv_file)
+        listening = asyncio.create_task(api.get(f"/v1/jobs/{job['id']}/events"))
+        await asyncio.sleep(0.3)
+        assert (await api.post(f"/v1/jobs/{job['id']}/cancel")).status_code == 202
+        response = await asyncio.wait_for(listening, timeout=10)
+    finally:
+        await stack.rabbit_proxy.restore()
+    events = _events(response.text)
+    assert [name for name, _ in events] == ["progress", "done"]
+    assert events[-1][1]["status"] == "cancelled"

@@ -1,0 +1,43 @@
+"""`/v1/job-types`: the catalogue of job types with their services and JSON Schemas."""
+
+from __future__ import annotations
+
+import httpx
+
+from tests.fixtures.stack import Stack
+
+from ..conftest import EnvelopeCheck
+
+
+async def test_catalogue_lists_types_services_and_schemas(
+    api: httpx.AsyncClient, envelope: EnvelopeCheck
+) -> None:
+    """The catalogue lists video.probe, audio.probe and data.profile with their service and schemas."""
+    items = envelope(await api.get("/v1/job-types"), status=200)["data"]["items"]
+    by_name = {item["name"]: item for item in items}
+    assert {"video.probe", "audio.probe", "data.profile"} <= set(by_name)
+    assert by_name["video.probe"]["service"] == "video"
+    assert by_name["audio.probe"]["service"] == "audio"
+    assert by_name["data.profile"]["service"] == "data"
+    for item in items:
+        assert item["description"]
+        assert item["params_schema"]["type"] == "object"
+        assert item["result_schema"]["type"] == "object"
+    assert by_name["data.profile"]["params_schema"]["properties"]["format"]["enum"] == [
+        "auto", "csv", "parquet", "jsonl"
+    ]  # fmt: skip
+    assert by_name["video.probe"]["params_schema"]["additionalProperties"] is False
+    assert {"format", "video", "audio"} <= set(by_name["video.probe"]["result_schema"]["properties"])
+    assert {"row_count", "column_count", "columns"} <= set(
+        by_name["data.profile"]["result_schema"]["properties"]
+    )
+    assert by_name["video.probe"]["accepts"] == ["video"]
+    assert by_name["data.profile"]["accepts"] == ["table"]
+
+
+async def test_catalogue_needs_a_key(stack: Stack, envelope: EnvelopeCheck) -> None:
+    """The catalogue answers 401 without a key."""
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=stack.asgi), base_url="http://g"
+    ) as client:
+        envelope(await client.get("/v1/job-types"), status=401, error_code="UNAUTHORIZED")

@@ -1,0 +1,113 @@
+"""API keys: who may call, and a tenant never seeing another tenant's files or jobs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+
+from scripts.samples import make_csv
+from tests.fixtures.servers import TENANT_KEYS
+from tests.fixtures.stack import Stack, run_job, submit, upload
+
+from .conftest import EnvelopeCheck
+
+
+async def test_no_key_is_401(stack: Stack, envelope: EnvelopeCheck) -> None:
+    """A /v1 call without any key answers 401 UNAUTHORIZED, saying how to send one."""
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=stack.asgi), base_url="http://g") as c:
+        body = envelope(await c.get("/v1/files"), status=401, error_code="UNAUTHORIZED")
+    assert "Bearer" in body["message"]
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Authorization": "Bearer not-a-key"},
+        {"X-API-Key": "not-a-key"},
+        {"Authorization": "Basic a2V5LWE6"},
+        {"Authorization": "Bearer    "},
+    ],
+)
+async def test_unknown_or_malformed_key_is_401(
+    stack: Stack, envelope: EnvelopeCheck, headers: dict[str, str]
+) -> None:
+    """An unknown key, or no usable key, answers 401 UNAUTHORIZED on /v1 routes."""
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=stack.asgi), base_url="http://g", headers=headers
+    ) as client:
+        envelope(await client.get("/v1/jobs"), status=401, error_code="UNAUTHORIZED")
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Authorization": f"Bearer {TENANT_KEYS['tenant-a']}"},
+        {"Authorization": f"bearer {TENANT_KEYS['tenant-a']}"},
+        {"X-API-Key": TENANT_KEYS["tenant-a"]},
+    ],
+)
+async def test_bearer_and_x_api_key_are_both_accepted(
+    stack: Stack, envelope: EnvelopeCheck, headers: dict[str, str]
+) -> None:
+    """A valid key is accepted as a Bearer token (any case of the scheme) or as X-API-Key."""
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=stack.asgi), base_url="http://g", headers=headers
+    ) as client:
+        body = envelope(await client.get("/v1/files", params={"limit": 1}), status=200)
+    assert isinstance(body["data"]["items"], list)
+
+
+async def test_operations_need_no_key(stack: Stack) -> None:
+    """Health and metrics answer without a key."""
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=stack.asgi), base_url="http://g") as c:
+        assert (await c.get("/health/live")).status_code == 200
+        assert (await c.get("/metrics")).status_code == 200
+
+
+async def test_another_tenants_file_and_job_answer_404(
+    stack: Stack, api: httpx.AsyncClient, tmp_path: Path, envelope: EnvelopeCheck
+) -> None:
+    """Tenant B gets 404 (never 403) for every read, delete and action on tenant A's file and job."""
+    path = tmp_path / "a.csv"
+    make_csv(path, rows=20)
+    job = await run_job(api, "data.profile", path)
+    assert job["status"] == "succeeded", job
+    file_id = job["file_id"]
+    other = stack.client("tenant-b")
+    for method, url in [
+        ("GET", f"/v1/files/{file_id}"),
+        ("GET", f"/v1/files/{file_id}/content"),
+        ("DELETE", f"/v1/files/{file_id}"),
+        ("GET", f"/v1/jobs/{job['id']}"),
+        ("GET", f"/v1/jobs/{job['id']}/result"),
+        ("GET", f"/v1/jobs/{job['id']}/events"),
+        ("POST", f"/v1/jobs/{job['id']}/cancel"),
+    ]:
+        body = envelope(await other.request(method, url), status=404, error_code="NOT_FOUND")
+        assert "tenant" in body["message"], (method, url)
+    response = await other.post("/v1/jobs", json={"type": "data.profile", "file_id": file_id})
+    envelope(response, status=404, error_code="NOT_FOUND")
+    # A's things are untouched by B's attempts.
+    assert (await api.get(f"/v1/files/{file_id}")).status_code == 200
+    assert (await api.get(f"/v1/jobs/{job['id']}")).json()["data"]["status"] == "succeeded"
+
+
+async def test_another_tenants_lists_do_not_hold_my_items(
+    stack: Stack, api: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    """Files and jobs tenant A made never appear in tenant B's lists."""
+    path = tmp_path / "mine.csv"
+    make_csv(path, rows=5)
+    file_id = await upload(api, path)
+    job = await submit(api, "data.profile", file_id, labels={"owner": "a"})
+    other = stack.client("tenant-b")
+    b_files = (await other.get("/v1/files", params={"limit": 200})).json()["data"]["items"]
+    b_jobs = (await other.get("/v1/jobs", params={"limit": 200})).json()["data"]["items"]
+    assert file_id not in {item["id"] for item in b_files}
+    assert job["id"] not in {item["id"] for item in b_jobs}
+    b_labelled = (await other.get("/v1/jobs", params={"label": "owner:a"})).json()["data"]["items"]
+    assert b_labelled == []
+    a_files = (await api.get("/v1/files", params={"limit": 200})).json()["data"]["items"]
+    assert file_id in {item["id"] for item in a_files}

@@ -1,0 +1,103 @@
+"""The envelope on every answer of the gateway, the request id, and errors rendered in one place."""
+
+from __future__ import annotations
+
+import httpx
+from asgi_lifespan import LifespanManager
+
+from medialens_gateway.main import create_app
+from medialens_shared.settings import Settings
+from tests.fixtures.servers import TENANT_KEYS
+
+from .conftest import EnvelopeCheck
+
+
+async def test_success_is_the_envelope_with_the_request_id_header(
+    api: httpx.AsyncClient, envelope: EnvelopeCheck
+) -> None:
+    """A successful call answers the six envelope keys, success true, and the id also as a header."""
+    body = envelope(await api.get("/v1/files", params={"limit": 1}), status=200)
+    assert body["message"] == ""
+    assert set(body["data"]) == {"items", "next_cursor"}
+
+
+async def test_client_request_id_is_echoed(api: httpx.AsyncClient, envelope: EnvelopeCheck) -> None:
+    """A well-formed client X-Request-ID comes back in both the header and the body."""
+    response = await api.get("/v1/job-types", headers={"X-Request-ID": "trace-42.abc:x"})
+    body = envelope(response, status=200)
+    assert body["request_id"] == "trace-42.abc:x"
+
+
+async def test_malformed_client_request_id_is_replaced(
+    api: httpx.AsyncClient, envelope: EnvelopeCheck
+) -> None:
+    """A client X-Request-ID with forbidden characters is replaced by a fresh 32-hex id."""
+    response = await api.get("/v1/job-types", headers={"X-Request-ID": "bad id/<script>"})
+    body = envelope(response, status=200)
+    assert body["request_id"] != "bad id/<script>"
+    assert len(body["request_id"]) == 32
+    assert int(body["request_id"], 16) >= 0
+
+
+async def test_each_request_gets_its_own_id(api: httpx.AsyncClient, envelope: EnvelopeCheck) -> None:
+    """Two requests without a client id get two different request ids."""
+    first = envelope(await api.get("/health/live"), status=200)
+    second = envelope(await api.get("/health/live"), status=200)
+    assert first["request_id"] != second["request_id"]
+
+
+async def test_unknown_route_is_a_404_envelope(api: httpx.AsyncClient, envelope: EnvelopeCheck) -> None:
+    """An unknown path answers 404 NOT_FOUND in the envelope, naming the path."""
+    body = envelope(await api.get("/v1/no-such-thing"), status=404, error_code="NOT_FOUND")
+    assert "/v1/no-such-thing" in body["message"]
+    assert body["data"] is None
+
+
+async def test_wrong_method_is_a_405_envelope(api: httpx.AsyncClient, envelope: EnvelopeCheck) -> None:
+    """A method a route does not take answers 405 in the envelope with an Allow header of taken methods."""
+    response = await api.put("/v1/files")
+    body = envelope(response, status=405, error_code="NOT_FOUND")
+    assert body["message"] == "PUT is not allowed on /v1/files."
+    assert set(response.headers["allow"].split(", ")) <= {"GET", "POST"}
+
+
+async def test_body_validation_is_a_422_naming_the_field(
+    api: httpx.AsyncClient, envelope: EnvelopeCheck
+) -> None:
+    """A job body without `type` answers 422 VALIDATION_ERROR whose details name `type`."""
+    response = await api.post("/v1/jobs", json={"file_id": "abc"})
+    body = envelope(response, status=422, error_code="VALIDATION_ERROR")
+    locs = [detail["loc"] for detail in body["data"]["details"]]
+    assert ["body", "type"] in locs
+    assert "body.type" in body["message"]
+
+
+async def test_malformed_json_body_is_a_422(api: httpx.AsyncClient, envelope: EnvelopeCheck) -> None:
+    """A job body that is not JSON answers 422 VALIDATION_ERROR in the envelope."""
+    response = await api.post("/v1/jobs", content=b"{not json", headers={"Content-Type": "application/json"})
+    body = envelope(response, status=422, error_code="VALIDATION_ERROR")
+    assert body["data"]["details"][0]["type"] == "json_invalid"
+
+
+async def test_unhandled_exception_is_a_500_envelope_with_the_request_id(
+    settings: Settings, database: str, envelope: EnvelopeCheck
+) -> None:
+    """A bug in a route answers 500 INTERNAL_ERROR whose message quotes the request id, with no traceback."""
+    app = create_app(settings)
+
+    @app.get("/boom")
+    async def boom() -> None:
+        raise RuntimeError("secret internals: password=hunter2")
+
+    async with LifespanManager(app, startup_timeout=60, shutdown_timeout=60) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+            response = await client.get(
+                "/boom", headers={"X-Request-ID": "req-500", "X-API-Key": TENANT_KEYS["tenant-a"]}
+            )
+    body = envelope(response, status=500, error_code="INTERNAL_ERROR")
+    assert body["request_id"] == "req-500"
+    assert "req-500" in body["message"]
+    assert "Traceback" not in response.text
+    assert "hunter2" not in response.text
+    assert "RuntimeError" not in response.text
