@@ -8,7 +8,7 @@ UV ?= uv
 #: Extra pytest arguments, e.g. `make test PYTEST_ARGS="-k upload -x"`.
 PYTEST_ARGS ?=
 
-.PHONY: help install dev demo test lint typecheck check migrate up down clean
+.PHONY: help install dev demo test chaos deploy-check bench bench-video bench-audio bench-data lint typecheck check migrate up down clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -25,6 +25,23 @@ demo: ## Run a video, an audio and a data job through the stack (starts it if it
 
 test: ## Run every test against the real local servers, with coverage
 	$(UV) run pytest --cov --cov-report=term-missing:skip-covered --cov-report=xml $(PYTEST_ARGS)
+
+chaos: ## The chaos suite at full size (1,000 jobs, 30 kills, 3 broker cuts, a job past the consumer timeout)
+	CHAOS_JOBS=1000 CHAOS_KILLS=30 CHAOS_CUTS=3 CHAOS_LONG_S=75 $(UV) run pytest tests/chaos -p no:cacheprovider -s -q
+
+deploy-check: ## Validate compose, Kubernetes manifests, blue-green scripts, alert rules and dashboard offline
+	bash deploy/validate.sh
+
+bench: bench-video bench-audio bench-data ## Every benchmark (never part of `make test`); figures in bench/results/
+
+bench-video: ## Scene detection against PySceneDetect and a decode-only pass
+	$(UV) run --group bench python -m bench.video
+
+bench-audio: ## Loudness against FFmpeg's ebur128 and pyloudnorm
+	$(UV) run --group bench python -m bench.audio
+
+bench-data: ## Table profiling against ydata-profiling, pandas and Polars
+	$(UV) run --group bench python -m bench.data
 
 lint: ## ruff: lint and formatting
 	$(UV) run ruff check .

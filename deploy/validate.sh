@@ -181,6 +181,7 @@ step "policy rules (deploy/checks.py)" policy
 step "broken fixture is rejected" broken_fixture
 step "scripts: bash -n, shellcheck" scripts
 step "scripts: --dry-run behaviour" dry_runs
+step "Prometheus alerts, their tests, dashboard queries" bash deploy/prometheus/check.sh
 if [[ -f docker-compose.yml ]]; then
   step "docker-compose.yml" compose
 else

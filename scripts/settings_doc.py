@@ -68,6 +68,14 @@ DESCRIPTIONS: dict[str, str] = {
     "MEDIALENS_RELAY_BATCH_SIZE": "Outbox entries the relay publishes per round.",
     "MEDIALENS_RELAY_POLL_INTERVAL_S": "Seconds between two looks at the outbox when it is empty.",
     "MEDIALENS_RELAY_REAP_INTERVAL_S": "How often the relay looks for running jobs whose lease ran out.",
+    "MEDIALENS_WEBHOOK_MAX_ATTEMPTS": "Tries of a webhook delivery that keeps meeting 408, 429, 5xx or "
+    "network errors before it is marked failed (other 4xx fail at once).",
+    "MEDIALENS_WEBHOOK_TIMEOUT_S": "Budget of one delivery try, in seconds: resolving the host, connecting, "
+    "sending and reading the status.",
+    "MEDIALENS_WEBHOOK_BACKOFF_BASE_S": "Wait before a delivery's second try, in seconds; each later wait "
+    "doubles (with jitter) up to the cap.",
+    "MEDIALENS_WEBHOOK_BACKOFF_CAP_S": "Longest wait between two tries of a delivery, in seconds.",
+    "MEDIALENS_WEBHOOK_BATCH_SIZE": "Webhook deliveries one relay round sends at once.",
     "MEDIALENS_WORKER_HTTP_PORT": "Port of /health/live, /health/ready and /metrics of a service or the "
     "relay (unset: video 8101, audio 8102, data 8103, relay 8104; 0: any free port).",
     "MEDIALENS_WORKER_HTTP_HOST": "Address those endpoints listen on (`0.0.0.0` in a container, so probes "

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 from faststream.rabbit import Channel, ExchangeType, QueueType, RabbitBroker, RabbitExchange, RabbitQueue
+from faststream.rabbit.opentelemetry import RabbitTelemetryMiddleware
 
 from medialens_shared.contracts import JOB_TYPES
 from medialens_shared.outbox import DELAY_TIERS_S
@@ -98,6 +99,8 @@ def make_broker(settings: Settings, *, name: str) -> RabbitBroker:
         graceful_timeout=settings.worker.shutdown_grace_s,
         app_id=f"medialens-{name}",
         fail_fast=False,
+        # A span per publish and per consume, the W3C trace context in the headers (no-op when off).
+        middlewares=(RabbitTelemetryMiddleware(),),
     )
 
 

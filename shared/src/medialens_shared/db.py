@@ -26,6 +26,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import QueuePool
 
+from medialens_shared import metrics, telemetry
 from medialens_shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,9 @@ class DatabaseManager:
             },
         )
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        telemetry.instrument_engine(self.engine)
+        telemetry.instrument_clients()  # before the MongoDB client: PyMongo takes listeners at creation
+        metrics.track_pools(self)
         mongo = settings.mongodb
         self.mongo: AsyncMongoClient[MongoDoc] = AsyncMongoClient(
             mongo.url.get_secret_value(),

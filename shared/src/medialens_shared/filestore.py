@@ -6,6 +6,7 @@ and their SHA-256 computed, and reads come back as an async iterator of chunks.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
@@ -62,7 +63,10 @@ class FileStore:
                 digest.update(chunk)
                 await upload.write(chunk)
         except BaseException:
-            await upload.abort()
+            # The chunks go first; deleting the never-written files document fails on some wire-compatible
+            # servers (nx-27017), which must not turn a 413 into a 500.
+            with contextlib.suppress(OperationFailure):
+                await upload.abort()
             raise
         await upload.close()
         return StoredFile(

@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import RowMapping, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from medialens_shared import webhooks
 from medialens_shared.contracts import TERMINAL_STATUSES, JobMessage, JobStatus
 from medialens_shared.envelope import iso
 from medialens_shared.tables import jobs
@@ -82,7 +83,8 @@ async def transition(
     """Move a job to `to` if it is in one of `from_statuses` (and, with `owner`, still claimed by that
     worker); the new row, or None if it was not.
 
-    Terminal statuses are never left: asking to move out of one is a programming error.
+    Terminal statuses are never left: asking to move out of one is a programming error. Reaching one,
+    a job with a `callback_url` gets its webhook delivery row in the same transaction.
     """
     allowed = set(from_statuses)
     if allowed & TERMINAL_STATUSES:
@@ -102,4 +104,15 @@ async def transition(
     )
     if owner is not None:
         statement = statement.where(jobs.c.worker == owner)
-    return (await session.execute(statement)).mappings().one_or_none()
+    row = (await session.execute(statement)).mappings().one_or_none()
+    if row is not None and to in TERMINAL_STATUSES and row["callback_url"]:
+        # In the status change's own transaction: the webhook is owed if and only if the change commits.
+        children = await children_of(session, job_id=job_id)
+        await webhooks.enqueue(
+            session,
+            job_id=job_id,
+            tenant_id=row["tenant_id"],
+            url=row["callback_url"],
+            payload=job_view(row, children=children),
+        )
+    return row

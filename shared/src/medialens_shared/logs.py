@@ -12,8 +12,10 @@ import time
 from typing import Any
 
 from medialens_shared.settings import Settings
+from medialens_shared.telemetry import TraceContextFilter
 
-_CONTEXT = ("job_id", "job_type", "error_code", "request_id")
+# trace_id and span_id are set by TraceContextFilter inside a recording span.
+_CONTEXT = ("job_id", "job_type", "error_code", "request_id", "trace_id", "span_id")
 
 
 class _JsonFormatter(logging.Formatter):
@@ -51,4 +53,5 @@ def configure_logging(settings: Settings, *, service: str) -> None:
     formatter = handler.formatter
     assert formatter is not None
     formatter.converter = time.gmtime  # every time in MediaLens is UTC
+    handler.addFilter(TraceContextFilter())
     logging.basicConfig(level=settings.log.level.upper(), handlers=[handler], force=True)

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from medialens_shared.contracts import JobMessage
 from medialens_shared.tables import outbox
+from medialens_shared.telemetry import context_headers
 
 #: The delay queues' waits, in seconds; a backoff is rounded up to the next one.
 DELAY_TIERS_S = (1, 5, 30, 120, 600)
@@ -42,7 +43,8 @@ async def enqueue(
             job_id=message.job_id,
             routing_key=message.type,
             payload=message.model_dump(mode="json"),
-            headers=headers or {},
+            # By default the caller's trace context, which the relay publishes within (one trace per job).
+            headers=context_headers() if headers is None else headers,
             delay_s=delay_s,
             dead=dead,
         )

@@ -9,7 +9,7 @@ ping, so readiness is driven by what is registered.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import svcs
 from pymongo.asynchronous.database import AsyncDatabase
@@ -22,6 +22,15 @@ from medialens_shared.settings import Settings
 from medialens_shared.signals import JobSignals
 
 
+def _ping(probe: Callable[[], Awaitable[None]]) -> Callable[[object], Awaitable[None]]:
+    """svcs calls a ping with the service it checks; ours probe the pool behind the service instead."""
+
+    async def ping(_service: object) -> None:
+        await probe()
+
+    return ping
+
+
 def register_core(registry: svcs.Registry, *, settings: Settings, db: DatabaseManager) -> None:
     """Register the settings, the pools and what is built on them."""
 
@@ -30,13 +39,13 @@ def register_core(registry: svcs.Registry, *, settings: Settings, db: DatabaseMa
             yield s
 
     registry.register_value(Settings, settings)
-    registry.register_value(DatabaseManager, db, ping=db.ping_postgres, on_registry_close=db.close_all)
-    registry.register_factory(AsyncSession, session, ping=db.ping_postgres)
-    registry.register_value(AsyncDatabase, db.mongo_db, ping=db.ping_mongodb)
-    registry.register_value(Redis, db.redis, ping=db.ping_redis)
-    registry.register_value(FileStore, FileStore(db.gridfs), ping=db.ping_mongodb)
+    registry.register_value(DatabaseManager, db, ping=_ping(db.ping_postgres), on_registry_close=db.close_all)
+    registry.register_factory(AsyncSession, session, ping=_ping(db.ping_postgres))
+    registry.register_value(AsyncDatabase, db.mongo_db, ping=_ping(db.ping_mongodb))
+    registry.register_value(Redis, db.redis, ping=_ping(db.ping_redis))
+    registry.register_value(FileStore, FileStore(db.gridfs), ping=_ping(db.ping_mongodb))
     registry.register_value(
-        JobSignals, JobSignals(db.redis, prefix=settings.redis.prefix), ping=db.ping_redis
+        JobSignals, JobSignals(db.redis, prefix=settings.redis.prefix), ping=_ping(db.ping_redis)
     )
 
 

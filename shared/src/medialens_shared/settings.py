@@ -96,6 +96,19 @@ class RelaySettings(BaseModel):
     reap_interval_s: float = Field(2.0, gt=0)
 
 
+class WebhookSettings(BaseModel):
+    #: Tries of a delivery that keeps meeting 408, 429, 5xx or network errors before it is marked failed.
+    max_attempts: int = Field(8, ge=1, le=50)
+    #: Budget of one try, in seconds: resolving the host, connecting, sending and reading the status.
+    timeout_s: float = Field(10.0, gt=0)
+    #: Wait before the second try, in seconds; each later wait doubles (with jitter) up to the cap.
+    backoff_base_s: float = Field(10.0, gt=0)
+    #: Longest wait between two tries, in seconds.
+    backoff_cap_s: float = Field(3600.0, gt=0)
+    #: Deliveries one relay round sends at once.
+    batch_size: int = Field(20, ge=1, le=500)
+
+
 #: Default port of each process's operations endpoints (health, metrics), when the settings do not fix one.
 OPS_PORTS: dict[str, int] = {"video": 8101, "audio": 8102, "data": 8103, "relay": 8104}
 
@@ -163,6 +176,7 @@ class Settings(BaseSettings):
     rabbitmq: RabbitSettings = RabbitSettings()
     gateway: GatewaySettings = GatewaySettings()
     relay: RelaySettings = RelaySettings()
+    webhook: WebhookSettings = WebhookSettings()
     worker: WorkerSettings = WorkerSettings()
     dev: DevSettings = DevSettings()
     log: LogSettings = LogSettings()

@@ -1,7 +1,7 @@
 """The PostgreSQL tables, as SQLAlchemy Core metadata; Alembic's migrations create them.
 
 PostgreSQL holds what must be transactional: tenants and keys, file metadata, jobs and their status, the
-outbox and idempotency keys. File bytes live in GridFS and results in MongoDB.
+outbox, idempotency keys and webhook deliveries. File bytes live in GridFS and results in MongoDB.
 """
 
 from __future__ import annotations
@@ -137,4 +137,27 @@ idempotency_keys = Table(
     Column("job_id", Text, ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False),
     _created_at(),
     PrimaryKeyConstraint("tenant_id", "key"),
+)
+
+webhook_deliveries = Table(
+    "webhook_deliveries",
+    metadata,
+    # The delivery id, sent as X-MediaLens-Delivery: a receiver drops a delivery it has seen already.
+    Column("id", Text, primary_key=True),
+    Column("job_id", Text, ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False),
+    Column("tenant_id", Text, ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False),
+    Column("url", Text, nullable=False),
+    # pending -> delivering -> succeeded | failed, or back to pending for a retry. A `delivering` row whose
+    # next_attempt_at has passed was claimed by a relay that stopped mid-send: it is claimed again.
+    Column("status", Text, nullable=False, server_default=text("'pending'")),
+    Column("attempts", Integer, nullable=False, server_default=text("0")),
+    Column("next_attempt_at", DateTime(timezone=True), server_default=func.now()),
+    Column("last_status_code", Integer),
+    Column("last_error", Text),
+    # The job object at its terminal status: every try (and a redelivery) sends these same bytes.
+    Column("payload", JSONB, nullable=False),
+    _created_at(),
+    Column("delivered_at", DateTime(timezone=True)),
+    Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),
+    Index("ix_webhook_deliveries_job", "job_id", "created_at"),
 )

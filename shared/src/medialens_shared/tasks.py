@@ -50,7 +50,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from medialens_shared import jobstore, outbox
+from medialens_shared import jobstore, metrics, outbox
 from medialens_shared.contracts import JOB_TYPES, JobMessage, JobStatus, ResultBase
 from medialens_shared.db import DatabaseManager
 from medialens_shared.envelope import utc_now
@@ -68,8 +68,12 @@ from medialens_shared.settings import Settings
 from medialens_shared.signals import JobSignals
 from medialens_shared.sniff import sniff
 from medialens_shared.tables import files, jobs
+from medialens_shared.telemetry import job_phase, untraced
 
 log = logging.getLogger(__name__)
+
+#: The field of a result document counting how often it was written (1, unless a job ran twice).
+RESULT_WRITES = "writes"
 
 #: Bytes read from disk per chunk when a job stores a file it made.
 ARTIFACT_CHUNK_BYTES = 1024 * 1024
@@ -213,7 +217,9 @@ class JobRunner:
             return
         jlog = logging.LoggerAdapter(log, {"job_id": message.job_id, "job_type": message.type})
         try:
-            row = await self._claim(message)
+            with job_phase("claim", job_id=message.job_id, job_type=message.type) as span:
+                row = await self._claim(message)
+                span.set_attribute("job.attempt", row["attempts"] if row is not None else 0)
         except PASSING_FAULTS as exc:
             jlog.warning("job %s not claimable now (%s); requeueing its message", message.job_id, exc)
             await delivery.nack(requeue=True)  # the queue's delivery limit bounds these
@@ -224,7 +230,11 @@ class JobRunner:
         if row is None:
             jlog.info("job %s is not claimable (unknown, finished or taken); skipped", message.job_id)
             return
-        await self._execute(message, row, jlog)
+        metrics.job_started(
+            message.type, created_at=row["created_at"], started_at=row["started_at"], attempt=row["attempts"]
+        )
+        with metrics.job_running(message.type):
+            await self._execute(message, row, jlog)
 
     async def _claim(self, message: JobMessage) -> jobstore.JobRow | None:
         async with self.db.session() as session:
@@ -251,7 +261,10 @@ class JobRunner:
             if handler is None:
                 raise InvalidParams(f"the {self.service} service does not run {message.type} jobs")
             result = await self._run(handler, message, row, jlog)
-            await self._store_result(message, result)
+            with job_phase(
+                "store_result", job_id=message.job_id, job_type=message.type, attempt=row["attempts"]
+            ):
+                await self._store_result(message, result)
         except JobCancelled:
             await self._finish(row, JobStatus.CANCELLED, message="cancelled", jlog=jlog)
         except PermanentJobError as exc:
@@ -321,16 +334,20 @@ class JobRunner:
             _runner=self,
             _row=row,
         )
-        watcher = asyncio.create_task(self._watch(ctx))
+        with untraced():  # the heartbeat's Redis and MongoDB calls every 0.5 s would swamp the trace
+            watcher = asyncio.create_task(self._watch(ctx))
+        phase = {"job_id": message.job_id, "job_type": message.type, "attempt": row["attempts"]}
         limit = self.settings.worker.job_timeout_s
         deadline = asyncio.timeout(limit)
         try:
             async with ctx._cleanups:
                 if message.file_id is not None:
-                    ctx.input_path = await self._fetch_input(message, scratch)
+                    with job_phase("fetch_input", **phase):
+                        ctx.input_path = await self._fetch_input(message, scratch)
                 await ctx.progress(0.0, "input ready", force=True)
-                async with deadline:
-                    result = await handler(ctx)
+                with job_phase("handler", **phase):
+                    async with deadline:
+                        result = await handler(ctx)
         except TimeoutError as exc:
             if deadline.expired():
                 raise JobTimeout(f"the job ran past its limit of {limit:.0f} s") from exc
@@ -431,8 +448,12 @@ class JobRunner:
             **result.model_dump(mode="json"),
         }
         document["created_at"] = base.created_at
-        # Upserted by job id with the id in the document too: a redelivery rewrites, never duplicates.
-        await self.db.collection("results").replace_one({"_id": message.job_id}, document, upsert=True)
+        del document["_id"]
+        # Upserted by job id, so a second run rewrites and never duplicates; `writes` counts the runs that
+        # got this far (more than one is a duplicate effect, which the chaos suite's ledger counts).
+        await self.db.collection("results").update_one(
+            {"_id": message.job_id}, {"$set": document, "$inc": {RESULT_WRITES: 1}}, upsert=True
+        )
 
     async def _finish(
         self,
@@ -449,19 +470,21 @@ class JobRunner:
             values["error_code"], values["error_message"] = error
         if progress is not None:
             values["progress"] = progress
-        async with self.db.session() as session:
-            done = await jobstore.transition(
-                session,
-                job_id=row["id"],
-                from_statuses=[JobStatus.RUNNING],
-                to=status,
-                owner=self.worker_id,
-                **values,
-            )
-            await session.commit()
+        with job_phase("finish", job_id=row["id"], job_type=row["type"], attempt=row["attempts"]):
+            async with self.db.session() as session:
+                done = await jobstore.transition(
+                    session,
+                    job_id=row["id"],
+                    from_statuses=[JobStatus.RUNNING],
+                    to=status,
+                    owner=self.worker_id,
+                    **values,
+                )
+                await session.commit()
         if done is None:
             jlog.warning("job %s was taken from this worker while it ran; leaving it be", row["id"])
             return
+        metrics.job_finished(row["type"], status, error_code=values.get("error_code"))
         jlog.info("job %s %s", row["id"], status.value, extra={"error_code": values.get("error_code")})
         await self.signals.announce(jobstore.job_view(done))
 
@@ -502,6 +525,7 @@ class JobRunner:
                 await outbox.enqueue(session, message, delay_s=delay_s)
             await session.commit()
         if requeued is not None:
+            metrics.JOBS_RETRIED.labels(message.type).inc()
             await self.signals.announce(jobstore.job_view(requeued))
 
 

@@ -26,6 +26,7 @@ from medialens_shared.registry import register_core
 from medialens_shared.settings import Settings
 from medialens_shared.signals import JobSignals
 from medialens_shared.tasks import Handler, JobRunner
+from medialens_shared.telemetry import configure_tracing
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,7 @@ def serve(service: str, handlers: dict[str, Handler]) -> None:
     """Process entry point: run until SIGTERM or SIGINT."""
     settings = Settings()
     configure_logging(settings, service=service)
+    configure_tracing(service)
 
     async def main() -> None:
         stop = asyncio.Event()

@@ -16,11 +16,16 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pymongo.errors import ConnectionFailure
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from medialens_shared.envelope import failure, success
-from medialens_shared.errors import ApiError, InternalError
+from medialens_shared.errors import ApiError, InternalError, ServiceUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +44,21 @@ _STATUS_CODES = {
     429: "RATE_LIMITED",
     503: "SERVICE_UNAVAILABLE",
 }
+
+
+def dependency_outage(exc: BaseException) -> str | None:
+    """The dependency a failure shows to be away (a 503, not a bug's 500), or None."""
+    if isinstance(exc, OperationalError | InterfaceError | PoolTimeout) or (
+        isinstance(exc, DBAPIError) and exc.connection_invalidated
+    ):
+        return "PostgreSQL"
+    if isinstance(exc, ConnectionFailure):
+        return "MongoDB"
+    if isinstance(exc, RedisConnectionError | RedisTimeoutError):
+        return "Redis"
+    if isinstance(exc, ConnectionError | TimeoutError):
+        return "A dependency"
+    return None
 
 
 class RequestIdMiddleware:
@@ -75,15 +95,27 @@ class RequestIdMiddleware:
 
         try:
             await self.app(scope, receive, tracking_send)
-        except Exception:
-            log.exception("unhandled error in request %s", request_id)
+        except Exception as exc:
+            outage = dependency_outage(exc)
+            if outage:
+                log.warning("request %s: %s is unavailable (%s)", request_id, outage, exc)
+            else:
+                log.exception("unhandled error in request %s", request_id)
             if started:
                 raise  # the client already has a status line; all we can do is drop the connection
-            response = error_response(
-                status_code=500,
-                error_code=InternalError.error_code,
-                message=f"An internal error occurred; quote request id {request_id} when reporting it.",
-            )
+            if outage:
+                response = error_response(
+                    status_code=503,
+                    error_code=ServiceUnavailable.error_code,
+                    message=f"{outage} is unavailable right now; retry after a few seconds.",
+                    retry_after=5,
+                )
+            else:
+                response = error_response(
+                    status_code=500,
+                    error_code=InternalError.error_code,
+                    message=f"An internal error occurred; quote request id {request_id} when reporting it.",
+                )
             await response(scope, receive, send_with_id)
         finally:
             request_id_var.reset(token)

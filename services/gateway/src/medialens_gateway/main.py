@@ -25,6 +25,7 @@ from medialens_shared.opsserver import QuietServer
 from medialens_shared.registry import register_core
 from medialens_shared.settings import Settings
 from medialens_shared.signals import JobSignals
+from medialens_shared.telemetry import configure_tracing, instrument_app
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -53,6 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.add_middleware(MetricsMiddleware)
+    instrument_app(app)
     app.add_middleware(RequestIdMiddleware)
     install_error_handlers(app)
     for router in (files_router, jobs_router, job_types_router, ops_router):
@@ -64,6 +66,7 @@ def main() -> None:
     """Serve the gateway until SIGTERM or SIGINT, then drain and exit 0."""
     settings = Settings()
     configure_logging(settings, service="gateway")
+    configure_tracing("gateway")
     config = uvicorn.Config(
         create_app(settings),
         host=settings.gateway.host,

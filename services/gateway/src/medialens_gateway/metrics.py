@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 REQUESTS = Counter("medialens_http_requests_total", "HTTP requests answered", ["method", "route", "status"])
@@ -15,19 +15,8 @@ LATENCY = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 
-
-POOL = Gauge(
-    "medialens_db_pool_connections",
-    "Connections of this process's pools, by pool and state (read at scrape time)",
-    ["pool", "state"],
-)
-
-
-def observe_pools(stats: dict[str, dict[str, int]]) -> None:
-    """Copy `DatabaseManager.pool_stats()` into the pool gauge."""
-    for pool, figures in stats.items():
-        for state, value in figures.items():
-            POOL.labels(pool, state).set(value)
+# The pool gauge (medialens_db_pool_connections) and the job families live in medialens_shared.metrics,
+# which every process exports.
 
 
 class MetricsMiddleware:

@@ -7,7 +7,7 @@ answer.
 
 from __future__ import annotations
 
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, Field
 
@@ -46,6 +46,22 @@ class JobObject(BaseModel):
     finished_at: str | None
     parent_id: str | None
     children: list[str]
+
+
+class DeliveryObject(BaseModel):
+    """One webhook delivery of a job: the POST of its terminal job object to its callback_url."""
+
+    id: str = Field(description="The delivery id, sent as the X-MediaLens-Delivery header.")
+    job_id: str
+    url: str
+    event: str = Field(description="`job.<status>`, sent as the X-MediaLens-Event header.")
+    status: Literal["pending", "delivering", "succeeded", "failed"]
+    attempts: int
+    last_status_code: int | None = Field(description="The HTTP status of the last try, if it got one.")
+    last_error: str | None = Field(description="Why the last try did not succeed.")
+    created_at: str
+    delivered_at: str | None
+    next_attempt_at: str | None = Field(description="When the next try is due, while one is.")
 
 
 class Page(BaseModel, Generic[T]):
@@ -97,6 +113,7 @@ def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 __all__ = [
     "Check",
+    "DeliveryObject",
     "Envelope",
     "FileObject",
     "JobObject",

@@ -1,6 +1,6 @@
 """`medialens-relay`: keeps the bus in step with PostgreSQL.
 
-Three duties, each safe to run in several relays at once:
+Four duties, each safe to run in several relays at once:
 - Outbox: each round takes a batch of unsent entries with `FOR UPDATE SKIP LOCKED`, publishes them with
   publisher confirms (pipelined, then awaited), and marks the confirmed ones sent in the same
   transaction. A crash between a confirm and the commit publishes an entry twice, which the consumers
@@ -11,6 +11,8 @@ Three duties, each safe to run in several relays at once:
   RETRIES_EXHAUSTED and its message goes to the dead letters.
 - Dead letters: every message the broker dead-letters (past the delivery limit, or rejected as
   unreadable) marks its job failed with RETRIES_EXHAUSTED, so nothing stays queued or running forever.
+- Webhooks: the deliveries owed to jobs' `callback_url`s are sent each round, in the background (see
+  `medialens_gateway.webhooks`).
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from faststream.rabbit.annotations import RabbitMessage
 from pydantic import ValidationError
 from sqlalchemy import func, select, update
 
-from medialens_shared import jobstore, outbox
+from medialens_gateway.webhooks import Dispatcher
+from medialens_shared import jobstore, metrics, outbox
 from medialens_shared.bus import Topology, declare, make_broker, ping, publish_job
 from medialens_shared.contracts import SERVICES, JobMessage, JobStatus
 from medialens_shared.db import Check, DatabaseManager, timed_check
@@ -39,6 +42,7 @@ from medialens_shared.settings import Settings
 from medialens_shared.signals import JobSignals
 from medialens_shared.tables import jobs
 from medialens_shared.tables import outbox as outbox_table
+from medialens_shared.telemetry import attached, configure_tracing
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +54,7 @@ class Relay:
         self.broker = broker
         self.topology = Topology(settings)
         self.signals = JobSignals(db.redis, prefix=settings.redis.prefix)
+        self.webhooks = Dispatcher(settings=settings, db=db)
         self._declared = False
 
     async def publish_batch(self) -> int:
@@ -90,17 +95,19 @@ class Relay:
         return len(sent)
 
     async def _publish(self, row: Any) -> None:
-        await publish_job(
-            self.broker,
-            self.topology,
-            job_type=row["routing_key"],
-            payload=row["payload"],
-            message_id=f"outbox-{row['id']}",
-            headers=row["headers"],
-            delay_s=row["delay_s"],
-            dead=row["dead"],
-            timeout=self.settings.rabbitmq.publish_timeout,
-        )
+        # The publish span joins the trace of the request (or job) that wrote the entry.
+        with attached(row["headers"]):
+            await publish_job(
+                self.broker,
+                self.topology,
+                job_type=row["routing_key"],
+                payload=row["payload"],
+                message_id=f"outbox-{row['id']}",
+                headers=dict(row["headers"]),
+                delay_s=row["delay_s"],
+                dead=row["dead"],
+                timeout=self.settings.rabbitmq.publish_timeout,
+            )
 
     async def reap(self) -> int:
         """Requeue (or give up on) running jobs whose lease ran out; how many."""
@@ -119,6 +126,7 @@ class Relay:
             await session.commit()
         for row in announced:
             log.warning("job %s lost its worker; now %s", row["id"], row["status"])
+            metrics.JOBS_REAPED.labels(row["type"], row["status"]).inc()
             await self.signals.announce(jobstore.job_view(row))
         return len(announced)
 
@@ -162,7 +170,9 @@ class Relay:
             message = JobMessage.model_validate(body)
         except ValidationError:
             log.warning("an unreadable message was dead-lettered; it stays in the dead-letter queue")
+            metrics.JOBS_DEAD_LETTERED.labels("unknown").inc()
             return
+        metrics.JOBS_DEAD_LETTERED.labels(message.type).inc()
         error = RetriesExhausted("its message was dead-lettered after repeated failed deliveries")
         async with self.db.session() as session:
             row = await jobstore.transition(
@@ -187,10 +197,14 @@ class Relay:
         rounds = 0
         while not stop.is_set():
             rounds += 1
+            self.webhooks.kick()  # in the background: a slow receiver must not hold up the outbox
             try:
                 sent = await self.publish_batch()
                 if rounds % reap_every == 0:
                     await self.reap()
+                    await metrics.sample_backlog(
+                        broker=self.broker, topology=self.topology, db=self.db, services=SERVICES
+                    )
             except Exception as exc:
                 log.warning("relay round failed (%s); retrying", exc)
                 self._declared = False
@@ -199,6 +213,7 @@ class Relay:
                 continue  # more may be waiting: no pause
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=delay)
+        await self.webhooks.drain()
 
 
 async def run_relay(settings: Settings, stop: asyncio.Event) -> None:
@@ -233,6 +248,7 @@ async def run_relay(settings: Settings, stop: asyncio.Event) -> None:
 def main() -> None:
     settings = Settings()
     configure_logging(settings, service="relay")
+    configure_tracing("relay")
 
     async def _main() -> None:
         stop = asyncio.Event()

@@ -1,4 +1,4 @@
-"""`/v1/jobs`: submit, read, list, cancel, result, and live events (SSE)."""
+"""`/v1/jobs`: submit, read, list, cancel, result, live events (SSE), and webhook deliveries."""
 
 from __future__ import annotations
 
@@ -12,15 +12,16 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from medialens_gateway.deps import AppSettings, CurrentTenant, Databases, DbSession, Events, Mongo, Signals
 from medialens_gateway.envelope import ok
-from medialens_gateway.jobs import service
+from medialens_gateway.jobs import deliveries, service
 from medialens_gateway.jobs.callbacks import check_callback_url
 from medialens_gateway.jobs.schemas import JobRequest
-from medialens_gateway.openapi import Envelope, JobObject, Page, Result, errors
+from medialens_gateway.openapi import DeliveryObject, Envelope, JobObject, Page, Result, errors
 from medialens_gateway.pagination import Cursor, Limit, next_cursor
 from medialens_shared import jobstore
 from medialens_shared.contracts import JobStatus
 from medialens_shared.envelope import iso
 from medialens_shared.errors import JobNotFinished, RequestValidationFailed
+from medialens_shared.tasks import RESULT_WRITES
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=errors(401, 404, 422, 500))
 
@@ -132,7 +133,7 @@ async def get_result(job_id: str, tenant: CurrentTenant, session: DbSession, mon
 
 
 def _result_view(document: dict[str, Any]) -> dict[str, Any]:
-    result = {key: value for key, value in document.items() if key not in ("_id", "tenant_id")}
+    result = {key: value for key, value in document.items() if key not in ("_id", "tenant_id", RESULT_WRITES)}
     result["created_at"] = iso(result["created_at"]) if result.get("created_at") else None
     return result
 
@@ -179,3 +180,26 @@ async def job_events(
 
 def _sse(event: str, data: dict[str, Any]) -> str:
     return f"event: {event}\ndata: {json.dumps(data)}\n\n"
+
+
+@router.get(
+    "/{job_id}/deliveries",
+    summary="The job's webhook deliveries, oldest first",
+    response_model=Envelope[Page[DeliveryObject]],
+)
+async def list_deliveries(job_id: str, tenant: CurrentTenant, session: DbSession) -> JSONResponse:
+    await service.get_job(session, tenant_id=tenant.id, job_id=job_id)
+    rows = await deliveries.list_deliveries(session, tenant_id=tenant.id, job_id=job_id)
+    return ok({"items": [deliveries.delivery_view(row) for row in rows], "next_cursor": None})
+
+
+@router.post(
+    "/{job_id}/deliveries/{delivery_id}/redeliver",
+    status_code=202,
+    summary="Send a delivery's payload again, as a new delivery",
+    response_model=Envelope[DeliveryObject],
+)
+async def redeliver(job_id: str, delivery_id: str, tenant: CurrentTenant, session: DbSession) -> JSONResponse:
+    await service.get_job(session, tenant_id=tenant.id, job_id=job_id)
+    row = await deliveries.redeliver(session, tenant_id=tenant.id, job_id=job_id, delivery_id=delivery_id)
+    return ok(deliveries.delivery_view(row), status_code=202, message="a new delivery is on its way")

@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from medialens_gateway.jobs.schemas import JobRequest
 from medialens_gateway.pagination import page
-from medialens_shared import jobstore, outbox
+from medialens_shared import jobstore, metrics, outbox
 from medialens_shared.contracts import JOB_TYPES, FileKind, JobMessage, JobStatus
 from medialens_shared.errors import (
     Conflict,
@@ -140,6 +140,7 @@ async def submit(
             await session.rollback()
             return await _replay(session, tenant_id=tenant_id, key=idempotency_key, request_hash=request_hash)
     await session.commit()
+    metrics.JOBS_SUBMITTED.labels(body.type).inc()
     return Submitted(job=job, created=True)
 
 

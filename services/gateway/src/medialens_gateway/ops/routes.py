@@ -11,7 +11,6 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from medialens_gateway.deps import AppSettings, Bus, Databases
 from medialens_gateway.envelope import error_response, ok
-from medialens_gateway.metrics import observe_pools
 from medialens_gateway.openapi import Envelope, Readiness
 from medialens_shared.db import timed_check
 
@@ -52,6 +51,6 @@ async def ready(db: Databases, bus: Bus, settings: AppSettings) -> JSONResponse:
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
-async def metrics(db: Databases) -> Response:
-    observe_pools(db.pool_stats())
+async def metrics() -> Response:
+    # Pool figures are read at scrape time by medialens_shared.metrics' collector.
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

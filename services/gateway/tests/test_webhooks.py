@@ -1,0 +1,431 @@
+"""Webhooks on real servers: a terminal job owes one signed POST, the dispatcher retries what may heal and
+stops on what will not, never follows a redirect nor sends to a non-public address unless allowed, and the
+tenant reads and re-arms its deliveries through the API.
+
+These tests run on a gateway and database of their own, with no relay: the stack's relay refuses loopback
+callbacks (as production must), so it would fail the deliveries aimed at this test's receiver on
+127.0.0.1. Here the tests drive the dispatcher themselves, one `dispatch_once()` at a time. The last test
+uses the stack, to show its relay's loop dispatches (and refuses such a callback).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+from sqlalchemy import select
+
+from medialens_gateway.main import create_app
+from medialens_gateway.webhooks import Dispatcher
+from medialens_shared import jobstore, migrate, webhooks
+from medialens_shared.contracts import JobStatus
+from medialens_shared.db import DatabaseManager
+from medialens_shared.settings import Settings, WebhookSettings
+from medialens_shared.tables import jobs, tenants, webhook_deliveries
+from scripts.samples import make_csv
+from tests.fixtures.servers import POSTGRES_ADMIN, TENANT_KEYS, make_settings
+from tests.fixtures.stack import Stack, api_client, submit, upload
+
+
+@dataclass
+class Received:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass
+class Receiver:
+    """A tiny real HTTP/1.1 server on 127.0.0.1: records every request and answers each path with the
+    (status, headers) scripted for it, in turn (the last one repeats; 200 when none is scripted)."""
+
+    script: dict[str, list[tuple[int, dict[str, str]]]] = field(default_factory=dict)
+    requests: list[Received] = field(default_factory=list)
+    port: int = 0
+
+    def url(self, path: str, *, host: str = "127.0.0.1") -> str:
+        return f"http://{host}:{self.port}{path}"
+
+    def to(self, path: str) -> list[Received]:
+        return [request for request in self.requests if request.path == path]
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+            method, path, _ = head[0].split(" ", 2)
+            headers = {}
+            for line in filter(None, head[1:]):
+                name, _, value = line.partition(":")
+                headers[name.strip().lower()] = value.strip()
+            body = await reader.readexactly(int(headers.get("content-length", "0")))
+            self.requests.append(Received(method, path, headers, body))
+            answers = self.script.get(path, [])
+            status, extra = answers.pop(0) if len(answers) > 1 else (answers or [(200, {})])[0]
+            lines = [
+                f"HTTP/1.1 {status} {HTTPStatus(status).phrase}",
+                "Content-Length: 2",
+                "Connection: close",
+            ]
+            lines += [f"{name}: {value}" for name, value in extra.items()]
+            writer.write(("\r\n".join(lines) + "\r\n\r\nok").encode())
+            await writer.drain()
+        finally:
+            writer.close()
+
+
+@dataclass
+class Hooks:
+    settings: Settings
+    db: DatabaseManager
+    dispatcher: Dispatcher
+    clients: dict[str, httpx.AsyncClient]
+
+
+@pytest.fixture(scope="module")
+async def hooks(run_id: str, mongo_url: str, rabbit_vhost: str) -> AsyncIterator[Hooks]:
+    """A gateway on a database of its own that accepts loopback callbacks, and a dispatcher allowed to
+    send to them with a short backoff."""
+    name = f"{run_id}_hooks"
+    base = make_settings(run_id=name, mongo_url=mongo_url, vhost=rabbit_vhost)
+    settings = base.model_copy(
+        update={
+            "gateway": base.gateway.model_copy(update={"callback_allow_private": True}),
+            "webhook": WebhookSettings(
+                max_attempts=3, timeout_s=5.0, backoff_base_s=0.01, backoff_cap_s=0.02
+            ),
+        }
+    )
+    await asyncio.to_thread(migrate.upgrade, settings.postgres.url.get_secret_value())
+    app = create_app(settings)
+    db = DatabaseManager(settings, name="tests-webhooks")
+    try:
+        async with LifespanManager(app, startup_timeout=60, shutdown_timeout=60) as manager:
+            await db.initialize_all()
+            clients = {tenant: api_client(manager.app, key=key) for tenant, key in TENANT_KEYS.items()}
+            yield Hooks(settings, db, Dispatcher(settings=settings, db=db), clients)
+            for client in clients.values():
+                await client.aclose()
+    finally:
+        await db.close_all()
+        conn = await asyncpg.connect(POSTGRES_ADMIN)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "medialens_test_{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    receiver = Receiver()
+    server = await asyncio.start_server(receiver.serve, "127.0.0.1", 0)
+    receiver.port = server.sockets[0].getsockname()[1]
+    async with server:
+        yield receiver
+
+
+@pytest.fixture
+async def csv_id(hooks: Hooks, tmp_path: Path) -> str:
+    path = tmp_path / "t.csv"
+    make_csv(path, rows=5)
+    return await upload(hooks.clients["tenant-a"], path)
+
+
+async def job_with_callback(hooks: Hooks, file_id: str, url: str, *, tenant: str = "tenant-a") -> str:
+    """A job with `url` as its callback; it stays queued (no relay here) until the test ends it."""
+    job = await submit(hooks.clients[tenant], "data.profile", file_id, callback_url=url)
+    return str(job["id"])
+
+
+async def finish(hooks: Hooks, job_id: str, to: JobStatus = JobStatus.SUCCEEDED) -> None:
+    """End the job as a worker does: claimed (queued -> running), then a terminal compare-and-set."""
+    async with hooks.db.session() as session:
+        await jobstore.transition(
+            session, job_id=job_id, from_statuses=[JobStatus.QUEUED], to=JobStatus.RUNNING
+        )
+        await jobstore.transition(
+            session, job_id=job_id, from_statuses=[JobStatus.RUNNING], to=to, message="done"
+        )
+        await session.commit()
+
+
+async def deliveries_of(hooks: Hooks, job_id: str) -> list[dict[str, Any]]:
+    query = (
+        select(webhook_deliveries)
+        .where(webhook_deliveries.c.job_id == job_id)
+        .order_by(webhook_deliveries.c.created_at)
+    )
+    async with hooks.db.session() as session:
+        return [dict(row) for row in (await session.execute(query)).mappings().all()]
+
+
+async def dispatch_all(hooks: Hooks, dispatcher: Dispatcher | None = None) -> None:
+    """Run dispatcher rounds until no delivery is pending or being sent."""
+    dispatcher = dispatcher or hooks.dispatcher
+    open_ = select(webhook_deliveries.c.id).where(webhook_deliveries.c.status.in_(["pending", "delivering"]))
+    for _ in range(200):
+        await dispatcher.dispatch_once()
+        async with hooks.db.session() as session:
+            if not (await session.execute(open_)).first():
+                return
+        await asyncio.sleep(0.01)
+    pytest.fail("deliveries still open after 200 rounds")
+
+
+async def secret_of(hooks: Hooks, tenant: str) -> str:
+    async with hooks.db.session() as session:
+        secret = await session.scalar(select(tenants.c.webhook_secret).where(tenants.c.id == tenant))
+    assert secret
+    return str(secret)
+
+
+async def test_each_terminal_job_is_posted_once_with_a_valid_signature(
+    hooks: Hooks, receiver: Receiver, csv_id: str
+) -> None:
+    """A job that succeeds and one cancelled through the API each get exactly one signed POST of their job
+    object, with a unique delivery id and the event named after the status."""
+    api = hooks.clients["tenant-a"]
+    done = await job_with_callback(hooks, csv_id, receiver.url("/hook/done"))
+    cancelled = await job_with_callback(hooks, csv_id, receiver.url("/hook/cancelled"))
+    await finish(hooks, done)
+    assert (await api.post(f"/v1/jobs/{cancelled}/cancel")).status_code == 202
+
+    await dispatch_all(hooks)
+    await hooks.dispatcher.dispatch_once()  # a later round sends nothing again
+
+    secret = await secret_of(hooks, "tenant-a")
+    seen_ids = set()
+    for job_id, path, status in (
+        (done, "/hook/done", "succeeded"),
+        (cancelled, "/hook/cancelled", "cancelled"),
+    ):
+        [request] = receiver.to(path)
+        [delivery] = await deliveries_of(hooks, job_id)
+        assert request.method == "POST"
+        assert request.headers["content-type"] == "application/json"
+        assert request.headers["x-medialens-signature"] == webhooks.signature(secret, request.body)
+        assert request.headers["x-medialens-event"] == f"job.{status}"
+        assert request.headers["x-medialens-delivery"] == delivery["id"]
+        seen_ids.add(delivery["id"])
+        job = (await api.get(f"/v1/jobs/{job_id}")).json()["data"]
+        assert httpx.Response(200, content=request.body).json() == job
+        assert (delivery["status"], delivery["attempts"], delivery["last_status_code"]) == (
+            "succeeded",
+            1,
+            200,
+        )
+        assert delivery["delivered_at"] is not None
+    assert len(seen_ids) == 2
+
+
+async def test_a_job_owes_a_delivery_only_when_it_ends_with_a_callback(hooks: Hooks, csv_id: str) -> None:
+    """Running owes nothing; ending without a callback_url owes nothing."""
+    api = hooks.clients["tenant-a"]
+    job = await submit(api, "data.profile", csv_id)
+    async with hooks.db.session() as session:
+        await jobstore.transition(
+            session, job_id=job["id"], from_statuses=[JobStatus.QUEUED], to=JobStatus.RUNNING
+        )
+        await session.commit()
+    assert await deliveries_of(hooks, job["id"]) == []
+    await finish(hooks, job["id"], JobStatus.FAILED)  # already running: only the terminal step applies
+    assert await deliveries_of(hooks, job["id"]) == []
+
+
+async def test_a_server_error_is_retried_until_it_succeeds(
+    hooks: Hooks, receiver: Receiver, csv_id: str
+) -> None:
+    """A 500 answer is retried after a backoff, with the same delivery id and body; the 200 ends it."""
+    receiver.script["/flaky"] = [(500, {}), (200, {})]
+    job_id = await job_with_callback(hooks, csv_id, receiver.url("/flaky"))
+    await finish(hooks, job_id)
+    await dispatch_all(hooks)
+    [delivery] = await deliveries_of(hooks, job_id)
+    assert (delivery["status"], delivery["attempts"], delivery["last_status_code"]) == ("succeeded", 2, 200)
+    first, second = receiver.to("/flaky")
+    assert first.headers["x-medialens-delivery"] == second.headers["x-medialens-delivery"] == delivery["id"]
+    assert first.body == second.body
+
+
+async def test_a_client_error_stops_the_retries(hooks: Hooks, receiver: Receiver, csv_id: str) -> None:
+    """A 404 answer fails the delivery at once: one try, no more."""
+    receiver.script["/gone"] = [(404, {})]
+    job_id = await job_with_callback(hooks, csv_id, receiver.url("/gone"))
+    await finish(hooks, job_id)
+    await dispatch_all(hooks)
+    await hooks.dispatcher.dispatch_once()
+    [delivery] = await deliveries_of(hooks, job_id)
+    assert (delivery["status"], delivery["attempts"], delivery["last_status_code"]) == ("failed", 1, 404)
+    assert delivery["next_attempt_at"] is None
+    assert len(receiver.to("/gone")) == 1
+
+
+async def test_rate_limits_and_network_errors_are_retried_up_to_the_limit(
+    hooks: Hooks, receiver: Receiver, csv_id: str
+) -> None:
+    """429 is retried like a 5xx, and so is a refused connection; after max_attempts tries it fails."""
+    receiver.script["/busy"] = [(429, {})]
+    busy = await job_with_callback(hooks, csv_id, receiver.url("/busy"))
+    with contextlib.closing(socket.socket()) as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]  # bound but not listening: connections are refused
+        down = await job_with_callback(hooks, csv_id, f"http://127.0.0.1:{closed_port}/hook")
+        await finish(hooks, busy)
+        await finish(hooks, down)
+        await dispatch_all(hooks)
+    [busy_delivery] = await deliveries_of(hooks, busy)
+    [down_delivery] = await deliveries_of(hooks, down)
+    assert (busy_delivery["status"], busy_delivery["attempts"], busy_delivery["last_status_code"]) == (
+        "failed",
+        3,
+        429,
+    )
+    assert len(receiver.to("/busy")) == 3
+    assert (down_delivery["status"], down_delivery["attempts"]) == ("failed", 3)
+    assert down_delivery["last_status_code"] is None
+    assert "network error" in down_delivery["last_error"]
+
+
+async def test_a_redirect_is_not_followed(hooks: Hooks, receiver: Receiver, csv_id: str) -> None:
+    """A 302 fails the delivery; nothing is sent to where it points."""
+    receiver.script["/moved"] = [(302, {"Location": receiver.url("/elsewhere")})]
+    job_id = await job_with_callback(hooks, csv_id, receiver.url("/moved"))
+    await finish(hooks, job_id)
+    await dispatch_all(hooks)
+    [delivery] = await deliveries_of(hooks, job_id)
+    assert (delivery["status"], delivery["attempts"], delivery["last_status_code"]) == ("failed", 1, 302)
+    assert "not followed" in delivery["last_error"]
+    assert receiver.to("/elsewhere") == []
+
+
+@pytest.mark.parametrize("host", ["localhost", "127.0.0.1", "169.254.169.254"])
+async def test_a_non_public_address_is_refused_when_not_allowed(
+    hooks: Hooks, receiver: Receiver, csv_id: str, host: str
+) -> None:
+    """A dispatcher not allowed private addresses resolves the host and fails the delivery without
+    sending anything (the callback passed submission, as a name that later points inward would)."""
+    strict_settings = hooks.settings.model_copy(
+        update={"gateway": hooks.settings.gateway.model_copy(update={"callback_allow_private": False})}
+    )
+    strict = Dispatcher(settings=strict_settings, db=hooks.db)
+    job_id = await job_with_callback(hooks, csv_id, receiver.url("/inward", host=host))
+    await finish(hooks, job_id)
+    await dispatch_all(hooks, strict)
+    [delivery] = await deliveries_of(hooks, job_id)
+    assert (delivery["status"], delivery["attempts"], delivery["last_status_code"]) == ("failed", 1, None)
+    assert "non-public address" in delivery["last_error"]
+    assert receiver.requests == []
+
+
+async def test_the_tenant_lists_its_deliveries_and_redelivers_one(
+    hooks: Hooks, receiver: Receiver, csv_id: str
+) -> None:
+    """GET deliveries lists the log; redeliver makes a new pending delivery, sent with a new id."""
+    api = hooks.clients["tenant-a"]
+    job_id = await job_with_callback(hooks, csv_id, receiver.url("/log"))
+    await finish(hooks, job_id)
+    await dispatch_all(hooks)
+
+    listed = await api.get(f"/v1/jobs/{job_id}/deliveries")
+    assert listed.status_code == 200, listed.text
+    page = listed.json()["data"]
+    assert page["next_cursor"] is None
+    [first] = page["items"]
+    assert first["url"] == receiver.url("/log")
+    assert (first["status"], first["attempts"], first["last_status_code"]) == ("succeeded", 1, 200)
+    assert first["event"] == "job.succeeded"
+    assert first["created_at"].endswith("Z")
+    assert first["delivered_at"].endswith("Z")
+    assert (first["last_error"], first["next_attempt_at"]) == (None, None)
+
+    again = await api.post(f"/v1/jobs/{job_id}/deliveries/{first['id']}/redeliver")
+    assert again.status_code == 202, again.text
+    second = again.json()["data"]
+    assert second["id"] != first["id"]
+    assert (second["status"], second["attempts"]) == ("pending", 0)
+    await dispatch_all(hooks)
+
+    one, two = receiver.to("/log")
+    assert one.body == two.body
+    assert [one.headers["x-medialens-delivery"], two.headers["x-medialens-delivery"]] == [
+        first["id"],
+        second["id"],
+    ]
+    items = (await api.get(f"/v1/jobs/{job_id}/deliveries")).json()["data"]["items"]
+    assert [(item["id"], item["status"]) for item in items] == [
+        (first["id"], "succeeded"),
+        (second["id"], "succeeded"),
+    ]
+
+
+async def test_another_tenants_deliveries_answer_404(hooks: Hooks, receiver: Receiver, csv_id: str) -> None:
+    """Tenant B cannot list or redeliver tenant A's deliveries, nor redeliver an unknown one."""
+    job_id = await job_with_callback(hooks, csv_id, receiver.url("/private"))
+    await finish(hooks, job_id)
+    [delivery] = await deliveries_of(hooks, job_id)
+    other = hooks.clients["tenant-b"]
+    listed = await other.get(f"/v1/jobs/{job_id}/deliveries")
+    assert (listed.status_code, listed.json()["error_code"]) == (404, "NOT_FOUND")
+    redone = await other.post(f"/v1/jobs/{job_id}/deliveries/{delivery['id']}/redeliver")
+    assert (redone.status_code, redone.json()["error_code"]) == (404, "NOT_FOUND")
+    unknown = await hooks.clients["tenant-a"].post(f"/v1/jobs/{job_id}/deliveries/no-such-id/redeliver")
+    assert (unknown.status_code, unknown.json()["error_code"]) == (404, "NOT_FOUND")
+    await dispatch_all(hooks)
+
+
+async def test_a_name_is_sent_to_its_checked_address_with_its_own_host_header(
+    hooks: Hooks, receiver: Receiver, csv_id: str
+) -> None:
+    """A callback by name (allowed private here) connects to an address the name resolved to, and the
+    request still names the original host."""
+    job_id = await job_with_callback(hooks, csv_id, receiver.url("/named", host="localhost"))
+    await finish(hooks, job_id)
+    await dispatch_all(hooks)
+    [delivery] = await deliveries_of(hooks, job_id)
+    assert (delivery["status"], delivery["attempts"]) == ("succeeded", 1)
+    [request] = receiver.to("/named")
+    assert request.headers["host"] == f"localhost:{receiver.port}"
+
+
+async def test_the_stacks_relay_dispatches_and_refuses_an_inward_callback(
+    stack: Stack, api: httpx.AsyncClient, db: DatabaseManager, receiver: Receiver
+) -> None:
+    """The relay's own loop sends deliveries: on the stack (private addresses not allowed), a job whose
+    callback points at loopback (stored as if its name changed after submission) ends with its delivery
+    failed and nothing sent."""
+    job_id = str(uuid.uuid4())
+    async with db.session() as session:
+        await session.execute(
+            jobs.insert().values(
+                id=job_id,
+                tenant_id="tenant-a",
+                type="data.profile",
+                status="queued",
+                callback_url=receiver.url("/inward", host="localhost"),
+                message="queued",
+            )
+        )
+        await session.commit()
+    assert (await api.post(f"/v1/jobs/{job_id}/cancel")).status_code == 202
+    deadline = time.monotonic() + 20
+    while True:
+        [item] = (await api.get(f"/v1/jobs/{job_id}/deliveries")).json()["data"]["items"]
+        if item["status"] == "failed":
+            break
+        assert time.monotonic() < deadline, item
+        await asyncio.sleep(0.05)
+    assert "non-public address" in item["last_error"]
+    assert item["event"] == "job.cancelled"
+    assert receiver.requests == []

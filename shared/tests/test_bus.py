@@ -1,0 +1,135 @@
+"""The RabbitMQ topology, confirmed publishing and pings, on this run's real vhost."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+from faststream.rabbit import RabbitBroker
+from pydantic import SecretStr
+
+from medialens_shared.bus import QueueStats, Topology, declare, make_broker, ping, publish_job, queue_stats
+from medialens_shared.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+
+def isolated(settings: Settings, **rabbit: object) -> Settings:
+    """The settings with an exchange (hence queues) of this test's own, so nothing else consumes them."""
+    update = {"exchange": f"bustest-{uuid.uuid4().hex[:10]}", **rabbit}
+    return settings.model_copy(update={"rabbitmq": settings.rabbitmq.model_copy(update=update)})
+
+
+@pytest.fixture
+def bus_settings(settings: Settings) -> Settings:
+    return isolated(settings)
+
+
+@pytest.fixture
+async def broker(bus_settings: Settings) -> AsyncIterator[RabbitBroker]:
+    broker = make_broker(bus_settings, name="bus-tests")
+    await broker.connect()
+    yield broker
+    await broker.stop()
+
+
+def list_queues(vhost: str) -> dict[str, str]:
+    out = subprocess.run(
+        ["rabbitmqctl", "-q", "-p", vhost, "list_queues", "name", "type", "arguments"],
+        check=True, capture_output=True, text=True, timeout=60,
+    ).stdout  # fmt: skip
+    rows = [line.split("\t") for line in out.splitlines() if "\t" in line]
+    return {row[0]: "\t".join(row[1:]) for row in rows}
+
+
+async def wait_for_messages(broker: RabbitBroker, queue: str, count: int, timeout: float = 5.0) -> QueueStats:
+    deadline = time.monotonic() + timeout
+    stats = await queue_stats(broker, queue)
+    while stats.messages != count and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+        stats = await queue_stats(broker, queue)
+    return stats
+
+
+async def test_declare_creates_quorum_queues_with_delivery_limit_and_dlx(
+    broker: RabbitBroker, bus_settings: Settings, rabbit_vhost: str
+) -> None:
+    """declare makes a quorum work queue with x-delivery-limit and a DLX, plus a quorum dead queue."""
+    topology = Topology(bus_settings)
+    await declare(broker, topology, services=("video", "data"))
+    await declare(broker, topology, services=("video",))  # idempotent
+    exchange = bus_settings.rabbitmq.exchange
+    queues = await asyncio.to_thread(list_queues, rabbit_vhost)
+    work = queues[f"{exchange}.video"]
+    assert work.startswith("quorum")
+    assert f'{{"x-delivery-limit",{bus_settings.rabbitmq.delivery_limit}}}' in work
+    assert f'{{"x-dead-letter-exchange","{exchange}.dlx"}}' in work
+    assert '{"x-dead-letter-routing-key","video.dead"}' in work
+    assert queues[f"{exchange}.data"].startswith("quorum")
+    assert queues[f"{exchange}.dead"].startswith("quorum")
+    assert f"{exchange}.audio" not in queues
+    assert await queue_stats(broker, f"{exchange}.video") == QueueStats(messages=0, consumers=0)
+
+
+async def test_publish_job_lands_in_the_service_queue(broker: RabbitBroker, bus_settings: Settings) -> None:
+    """A confirmed publish of a video job is counted in the video queue and nowhere else."""
+    topology = Topology(bus_settings)
+    await declare(broker, topology, services=("video", "audio"))
+    for number in range(3):
+        await publish_job(
+            broker, topology, job_type="video.probe", payload={"job_id": f"j{number}"},
+            message_id=f"j{number}", timeout=5.0, headers={"attempt": 1},
+        )  # fmt: skip
+    exchange = bus_settings.rabbitmq.exchange
+    assert (await wait_for_messages(broker, f"{exchange}.video", 3)).messages == 3
+    assert (await queue_stats(broker, f"{exchange}.audio")).messages == 0
+    assert Topology.routing_key("audio.probe") == "audio.audio.probe"
+
+
+async def test_an_unroutable_job_raises_instead_of_vanishing(
+    broker: RabbitBroker, bus_settings: Settings
+) -> None:
+    """Publishing a job type whose service has no bound queue raises rather than dropping the message."""
+    topology = Topology(bus_settings)
+    await declare(broker, topology, services=("video",))
+    with pytest.raises(Exception, match=r"(?i)NO_ROUTE|unroutable|returned") as caught:
+        await publish_job(
+            broker,
+            topology,
+            job_type="data.profile",
+            payload={"job_id": "lost"},
+            message_id="lost",
+            timeout=5.0,
+        )
+    assert not isinstance(caught.value, TimeoutError)
+
+
+async def test_ping_succeeds_on_a_connected_broker(broker: RabbitBroker, bus_settings: Settings) -> None:
+    """ping round-trips to the broker once the exchange exists."""
+    topology = Topology(bus_settings)
+    await declare(broker, topology)
+    await ping(broker, topology)
+
+
+async def test_ping_fails_when_the_exchange_is_missing(broker: RabbitBroker, bus_settings: Settings) -> None:
+    """ping is a real round trip: a passive declare of an exchange never declared fails."""
+    with pytest.raises(Exception, match="NOT_FOUND"):
+        await ping(broker, Topology(bus_settings))
+
+
+async def test_ping_fails_against_a_closed_port(bus_settings: Settings) -> None:
+    """A broker whose URL points at a closed port fails its ping with ConnectionError."""
+    settings = bus_settings.model_copy(
+        update={
+            "rabbitmq": bus_settings.rabbitmq.model_copy(
+                update={"url": SecretStr("amqp://guest:guest@127.0.0.1:1/")}
+            )
+        }
+    )
+    broker = make_broker(settings, name="nowhere")
+    with pytest.raises(ConnectionError, match="not connected to RabbitMQ"):
+        await ping(broker, Topology(settings))

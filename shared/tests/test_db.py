@@ -1,0 +1,131 @@
+"""The database manager against the real PostgreSQL, MongoDB and Redis servers."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from pydantic import SecretStr
+from sqlalchemy import text
+
+from medialens_shared.db import Check, DatabaseManager, timed_check
+from medialens_shared.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+
+def with_redis_url(settings: Settings, url: str) -> Settings:
+    return settings.model_copy(update={"redis": settings.redis.model_copy(update={"url": SecretStr(url)})})
+
+
+async def test_health_check_all_reports_every_server_ok(db: DatabaseManager) -> None:
+    """Each of postgres, mongodb and redis answers ok with a positive latency and no error."""
+    checks = await db.health_check_all()
+    assert set(checks) == {"postgres", "mongodb", "redis"}
+    for check in checks.values():
+        assert check.ok is True
+        assert check.latency_ms > 0
+        assert check.error is None
+
+
+async def test_an_unreachable_redis_is_reported_not_raised(settings: Settings, database: str) -> None:
+    """With Redis on a closed port the health check says redis is not ok, with an error, and the rest ok."""
+    manager = DatabaseManager(with_redis_url(settings, "redis://127.0.0.1:1/0"), name="unreachable")
+    try:
+        checks = await manager.health_check_all()
+    finally:
+        await manager.close_all()
+    assert checks["redis"].ok is False
+    assert checks["redis"].error
+    assert "ConnectionError" in checks["redis"].error or "refused" in checks["redis"].error.lower()
+    assert checks["postgres"].ok is True
+    assert checks["mongodb"].ok is True
+
+
+async def test_initialize_all_gives_up_naming_the_server(settings: Settings, database: str) -> None:
+    """initialize_all with wait_s=1 against a closed Redis port raises ConnectionError naming redis."""
+    manager = DatabaseManager(with_redis_url(settings, "redis://127.0.0.1:1/0"), name="noredis")
+    start = time.monotonic()
+    try:
+        with pytest.raises(ConnectionError, match=r"redis did not answer within 1 s"):
+            await manager.initialize_all(wait_s=1)
+    finally:
+        await manager.close_all()
+    assert time.monotonic() - start < 5
+
+
+async def test_timed_check_reports_a_timeout() -> None:
+    """A probe slower than its budget is reported as timed out, not raised."""
+    check = await timed_check(lambda: asyncio.sleep(1), timeout=0.05)
+    assert check == Check(ok=False, latency_ms=check.latency_ms, error="timed out")
+    assert 40 <= check.latency_ms < 1000
+
+
+async def _server_side_counts(db: DatabaseManager, app_name: str) -> tuple[int, int]:
+    async with db.session() as session:
+        postgres = await session.scalar(
+            text("SELECT count(*) FROM pg_stat_activity WHERE application_name = :name"), {"name": app_name}
+        )
+    clients = await db.redis.client_list()
+    redis = sum(1 for client in clients if client.get("name") == app_name)
+    return int(postgres or 0), redis
+
+
+async def test_close_all_leaves_no_open_connection_on_the_servers(
+    settings: Settings, db: DatabaseManager, run_id: str
+) -> None:
+    """After close_all the servers count no PostgreSQL or Redis connection under the manager's name."""
+    name = f"closecheck-{run_id}"
+    app_name = f"medialens-{name}"
+    manager = DatabaseManager(settings, name=name)
+    await manager.initialize_all(wait_s=5)
+
+    async def use() -> None:
+        async with manager.session() as session:
+            await session.execute(text("SELECT pg_sleep(0.05)"))
+        await manager.redis.incr(manager.redis_key("closecheck", run_id))
+
+    await asyncio.gather(*(use() for _ in range(6)))
+    await manager.collection("closecheck").insert_one({"run": run_id})
+    before = await _server_side_counts(db, app_name)
+    assert before[0] > 0
+    assert before[1] > 0
+
+    await manager.close_all()
+    deadline = time.monotonic() + 2.0
+    after = await _server_side_counts(db, app_name)
+    while after != (0, 0) and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+        after = await _server_side_counts(db, app_name)
+    assert after == (0, 0)
+    await manager.close_all()  # a second close is harmless
+
+
+async def test_pool_stats_follow_a_held_session(settings: Settings, database: str) -> None:
+    """checked_out rises while a session holds a connection and falls back once it is returned."""
+    manager = DatabaseManager(settings, name="poolstats")
+    await manager.initialize_all(wait_s=5)
+    try:
+        idle = manager.pool_stats()
+        assert idle["postgres"]["size"] == settings.postgres.pool_size
+        assert idle["postgres"]["checked_out"] == 0
+        assert idle["postgres"]["checked_in"] >= 1  # warmed up
+        assert idle["redis"]["max"] == settings.redis.max_connections
+        assert idle["redis"]["created"] >= 1
+        assert idle["redis"]["in_use"] == 0
+        async with manager.session() as session:
+            await session.execute(text("SELECT 1"))
+            held = manager.pool_stats()
+            assert held["postgres"]["checked_out"] == 1
+        assert manager.pool_stats()["postgres"]["checked_out"] == 0
+    finally:
+        await manager.close_all()
+
+
+async def test_redis_key_and_collection(db: DatabaseManager, settings: Settings) -> None:
+    """redis_key prefixes the parts; collection() is a collection of the configured database."""
+    assert db.redis_key("job", "j1", "live") == f"{settings.redis.prefix}:job:j1:live"
+    collection = db.collection("results")
+    assert collection.name == "results"
+    assert collection.database.name == settings.mongodb.database

@@ -1,0 +1,68 @@
+"""The error tree: codes, HTTP statuses, retry hints and the permanent/transient split."""
+
+from __future__ import annotations
+
+import pytest
+
+from medialens_shared import errors
+
+
+@pytest.mark.parametrize(
+    ("error", "code", "status"),
+    [
+        (errors.RequestValidationFailed, "VALIDATION_ERROR", 422),
+        (errors.Unauthorized, "UNAUTHORIZED", 401),
+        (errors.NotFound, "NOT_FOUND", 404),
+        (errors.Conflict, "CONFLICT", 409),
+        (errors.JobNotFinished, "JOB_NOT_FINISHED", 409),
+        (errors.JobNotCancellable, "JOB_NOT_CANCELLABLE", 409),
+        (errors.PayloadTooLarge, "PAYLOAD_TOO_LARGE", 413),
+        (errors.RangeNotSatisfiable, "VALIDATION_ERROR", 416),
+        (errors.UnsupportedMediaType, "UNSUPPORTED_MEDIA_TYPE", 415),
+        (errors.InternalError, "INTERNAL_ERROR", 500),
+    ],
+)
+def test_api_errors_carry_their_code_and_status(error: type[errors.ApiError], code: str, status: int) -> None:
+    """Each API error has its stable error_code and HTTP status, and keeps message and details."""
+    raised = error("plain words", details=[{"field": "x"}])
+    assert (raised.error_code, raised.http_status) == (code, status)
+    assert raised.message == "plain words"
+    assert str(raised) == "plain words"
+    assert raised.details == [{"field": "x"}]
+    assert raised.retry_after is None
+
+
+def test_rate_limited_and_unavailable_carry_retry_after() -> None:
+    """RateLimited and ServiceUnavailable tell the client how long to wait."""
+    assert errors.RateLimited("slow down", retry_after=7).retry_after == 7
+    assert errors.RateLimited("slow down").retry_after == 1
+    unavailable = errors.ServiceUnavailable("redis is down")
+    assert (unavailable.retry_after, unavailable.http_status) == (5, 503)
+    assert unavailable.error_code == "SERVICE_UNAVAILABLE"
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (errors.UnsupportedInput, "UNSUPPORTED_INPUT"),
+        (errors.MediaDecodeError, "MEDIA_DECODE_ERROR"),
+        (errors.InvalidParams, "INVALID_PARAMS"),
+        (errors.InputNotFound, "INPUT_NOT_FOUND"),
+        (errors.JobTimeout, "TIMEOUT"),
+        (errors.RetriesExhausted, "RETRIES_EXHAUSTED"),
+    ],
+)
+def test_permanent_job_errors_carry_their_code(error: type[errors.PermanentJobError], code: str) -> None:
+    """Each permanent job error is a JobError with its own code, never transient."""
+    raised = error("bad input")
+    assert raised.error_code == code
+    assert isinstance(raised, errors.JobError)
+    assert not isinstance(raised, errors.TransientJobError)
+
+
+def test_transient_and_cancelled_are_not_permanent() -> None:
+    """Transient faults and cancellation sit beside the permanent errors, not under them."""
+    assert not issubclass(errors.TransientJobError, errors.PermanentJobError)
+    assert not issubclass(errors.JobCancelled, errors.PermanentJobError)
+    assert errors.JobCancelled("stop").error_code == "CANCELLED"
+    assert errors.TransientJobError("blip").error_code == "INTERNAL_ERROR"

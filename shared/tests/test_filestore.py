@@ -1,0 +1,91 @@
+"""File bytes in the real GridFS: streamed saves, ranged reads, scratch copies, deletes."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from bson import ObjectId
+
+from medialens_shared.db import DatabaseManager
+from medialens_shared.errors import InputNotFound, PayloadTooLarge
+from medialens_shared.filestore import CHUNK_BYTES, FileStore
+from medialens_shared.sniff import SNIFF_BYTES
+
+pytestmark = pytest.mark.integration
+
+
+async def chunked(data: bytes, size: int) -> AsyncIterator[bytes]:
+    for start in range(0, len(data), size):
+        yield data[start : start + size]
+
+
+async def read_all(store: FileStore, storage_id: str, **bounds: int) -> bytes:
+    return b"".join([chunk async for chunk in store.read(storage_id, **bounds)])
+
+
+@pytest.fixture(scope="module")
+def payload() -> bytes:
+    return os.urandom(CHUNK_BYTES * 2 + 12345)
+
+
+async def test_save_streams_many_chunks(store: FileStore, db: DatabaseManager, payload: bytes) -> None:
+    """Saving 300 small chunks stores every byte, with the right size, SHA-256 and head."""
+    name = f"many-{uuid.uuid4().hex}.bin"
+    stored = await store.save(
+        chunked(payload, 7001), filename=name, max_bytes=len(payload), metadata={"t": 1}
+    )
+    assert stored.size_bytes == len(payload)
+    assert stored.sha256 == hashlib.sha256(payload).hexdigest()
+    assert stored.head == payload[:SNIFF_BYTES]
+    document = await db.collection("fs.files").find_one({"_id": ObjectId(stored.storage_id)})
+    assert document is not None
+    assert (document["filename"], document["length"], document["metadata"]) == (name, len(payload), {"t": 1})
+    assert await read_all(store, stored.storage_id) == payload
+
+
+async def test_over_max_bytes_raises_and_leaves_nothing(store: FileStore, db: DatabaseManager) -> None:
+    """An upload past max_bytes raises PayloadTooLarge (not a server error) and leaves no GridFS file."""
+    name = f"toolarge-{uuid.uuid4().hex}.bin"
+    data = os.urandom(CHUNK_BYTES * 3)
+    with pytest.raises(PayloadTooLarge, match="larger than the limit of"):
+        await store.save(chunked(data, 256 * 1024), filename=name, max_bytes=CHUNK_BYTES * 2)
+    assert await db.collection("fs.files").find({"filename": name}).to_list() == []
+    assert await db.gridfs.find({"filename": name}).to_list() == []
+
+
+async def test_read_ranges(store: FileStore, payload: bytes) -> None:
+    """Ranged reads return exactly bytes start..end inclusive, clamped to the file's end."""
+    stored = await store.save_bytes(payload, filename="ranges.bin")
+    assert await read_all(store, stored.storage_id, start=10, end=99) == payload[10:100]
+    middle = CHUNK_BYTES - 5
+    assert (
+        await read_all(store, stored.storage_id, start=middle, end=middle + 10)
+        == payload[middle : middle + 11]
+    )
+    tail = len(payload) - 100
+    assert await read_all(store, stored.storage_id, start=tail, end=len(payload) + 5000) == payload[tail:]
+    assert await read_all(store, stored.storage_id, start=0, end=0) == payload[:1]
+
+
+async def test_copy_to_writes_the_file(store: FileStore, payload: bytes, tmp_path: Path) -> None:
+    """copy_to writes the stored bytes to a local path and returns the size."""
+    stored = await store.save_bytes(payload, filename="copy.bin")
+    target = tmp_path / "copy.bin"
+    assert await store.copy_to(stored.storage_id, target) == len(payload)
+    assert target.read_bytes() == payload
+
+
+async def test_delete_twice_and_copy_of_a_missing_file(store: FileStore, tmp_path: Path) -> None:
+    """Deleting twice is fine; copying a deleted, unknown or malformed id raises InputNotFound."""
+    stored = await store.save_bytes(b"short-lived", filename="gone.bin")
+    await store.delete(stored.storage_id)
+    await store.delete(stored.storage_id)
+    await store.delete("not-an-object-id")
+    for storage_id in (stored.storage_id, str(ObjectId()), "not-an-object-id"):
+        with pytest.raises(InputNotFound, match="no longer stored"):
+            await store.copy_to(storage_id, tmp_path / "missing.bin")

@@ -1,0 +1,175 @@
+"""Job rows: compare-and-set transitions on the real database, and the public job object."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime
+
+import pytest
+
+from medialens_shared import jobstore
+from medialens_shared.contracts import JobStatus
+from medialens_shared.db import DatabaseManager
+
+pytestmark = pytest.mark.integration
+
+JOB_KEYS = {
+    "id", "type", "status", "progress", "message", "file_id", "params", "labels", "priority", "attempts",
+    "error_code", "error_message", "created_at", "started_at", "finished_at", "parent_id", "children",
+}  # fmt: skip
+
+
+async def test_queued_to_running_happens_once(db: DatabaseManager, new_job) -> None:
+    """The first claim moves queued to running and stamps started_at; a second claim gets None."""
+    job_id = await new_job()
+    async with db.session() as session:
+        first = await jobstore.transition(
+            session, job_id=job_id, from_statuses=[JobStatus.QUEUED], to=JobStatus.RUNNING, count_attempt=True
+        )
+        second = await jobstore.transition(
+            session, job_id=job_id, from_statuses=[JobStatus.QUEUED], to=JobStatus.RUNNING, count_attempt=True
+        )
+        await session.commit()
+    assert first is not None
+    assert (first["status"], first["attempts"]) == ("running", 1)
+    assert isinstance(first["started_at"], datetime)
+    assert first["finished_at"] is None
+    assert second is None
+    async with db.session() as session:
+        row = await jobstore.get(session, job_id=job_id)
+    assert row is not None
+    assert (row["status"], row["attempts"]) == ("running", 1)
+
+
+async def test_two_concurrent_claims_exactly_one_wins(db: DatabaseManager, new_job) -> None:
+    """Two sessions claiming the same queued job at once: one gets the row, the other None."""
+    job_id = await new_job()
+
+    async def claim() -> jobstore.JobRow | None:
+        async with db.session() as session:
+            row = await jobstore.transition(
+                session, job_id=job_id, from_statuses=[JobStatus.QUEUED], to=JobStatus.RUNNING,
+                count_attempt=True,
+            )  # fmt: skip
+            await asyncio.sleep(0.05)  # hold the row lock so the other claim really waits on it
+            await session.commit()
+            return row
+
+    results = await asyncio.gather(claim(), claim())
+    winners = [row for row in results if row is not None]
+    assert len(winners) == 1
+    async with db.session() as session:
+        row = await jobstore.get(session, job_id=job_id)
+    assert row is not None
+    assert row["attempts"] == 1
+
+
+async def test_a_terminal_job_never_changes(db: DatabaseManager, new_job) -> None:
+    """Leaving a terminal status raises ValueError; running -> x on a succeeded job returns None."""
+    job_id = await new_job(status="running")
+    async with db.session() as session:
+        done = await jobstore.transition(
+            session, job_id=job_id, from_statuses=[JobStatus.RUNNING], to=JobStatus.SUCCEEDED, progress=1.0
+        )
+        await session.commit()
+    assert done is not None
+    assert done["status"] == "succeeded"
+    assert isinstance(done["finished_at"], datetime)
+    async with db.session() as session:
+        with pytest.raises(ValueError, match="terminal job never changes"):
+            await jobstore.transition(
+                session, job_id=job_id, from_statuses=[JobStatus.SUCCEEDED], to=JobStatus.QUEUED
+            )
+        again = await jobstore.transition(
+            session, job_id=job_id, from_statuses=[JobStatus.RUNNING], to=JobStatus.FAILED, error_code="X"
+        )
+        await session.commit()
+        row = await jobstore.get(session, job_id=job_id)
+    assert again is None
+    assert row is not None
+    assert (row["status"], row["error_code"], row["finished_at"]) == ("succeeded", None, done["finished_at"])
+
+
+async def test_count_attempt_increments_and_started_at_is_kept(db: DatabaseManager, new_job) -> None:
+    """Each counted claim adds one attempt; a second run keeps the first started_at."""
+    job_id = await new_job()
+    rows = []
+    async with db.session() as session:
+        for _ in range(3):
+            row = await jobstore.transition(
+                session, job_id=job_id, from_statuses=[JobStatus.QUEUED], to=JobStatus.RUNNING,
+                count_attempt=True,
+            )  # fmt: skip
+            assert row is not None
+            rows.append(row)
+            back = await jobstore.transition(
+                session, job_id=job_id, from_statuses=[JobStatus.RUNNING], to=JobStatus.QUEUED
+            )
+            assert back is not None
+            assert back["attempts"] == row["attempts"]
+        await session.commit()
+    assert [row["attempts"] for row in rows] == [1, 2, 3]
+    assert len({row["started_at"] for row in rows}) == 1
+
+
+async def test_get_of_an_unknown_job_is_none(db: DatabaseManager) -> None:
+    """Reading a job id that does not exist gives None; transitioning it gives None."""
+    async with db.session() as session:
+        assert await jobstore.get(session, job_id="no-such-job") is None
+        assert (
+            await jobstore.transition(
+                session, job_id="no-such-job", from_statuses=[JobStatus.QUEUED], to=JobStatus.RUNNING
+            )
+            is None
+        )
+
+
+async def test_job_view_shape_and_children(db: DatabaseManager, new_job) -> None:
+    """job_view has the API's keys, ISO times, and lists the children in creation order."""
+    parent = await new_job(params={"k": 1}, labels={"team": "a"}, priority=3)
+    first = await new_job(parent_id=parent)
+    second = await new_job(parent_id=parent)
+    async with db.session() as session:
+        row = await jobstore.get(session, job_id=parent)
+        children = await jobstore.children_of(session, job_id=parent)
+    assert row is not None
+    assert children == [first, second]
+    view = jobstore.job_view(row, children=children)
+    assert set(view) == JOB_KEYS
+    assert view["id"] == parent
+    assert (view["status"], view["progress"], view["message"]) == ("queued", 0.0, "")
+    assert (view["params"], view["labels"], view["priority"], view["attempts"]) == (
+        {"k": 1},
+        {"team": "a"},
+        3,
+        0,
+    )
+    assert view["created_at"].endswith("Z")
+    assert (view["started_at"], view["finished_at"]) == (None, None)
+    assert view["children"] == [first, second]
+
+
+async def test_live_progress_is_laid_over_a_running_job_only(db: DatabaseManager, new_job) -> None:
+    """Live progress replaces the row's progress and message while running, and is ignored otherwise."""
+    live = {"progress": "0.4200", "message": "decoding"}
+    running_id = await new_job(status="running", progress=0.1, message="started")
+    queued_id = await new_job(progress=0.0, message="waiting")
+    done_id = await new_job(status="succeeded", progress=1.0, message="done")
+    async with db.session() as session:
+        running = await jobstore.get(session, job_id=running_id)
+        queued = await jobstore.get(session, job_id=queued_id)
+        done = await jobstore.get(session, job_id=done_id)
+    assert running is not None
+    assert queued is not None
+    assert done is not None
+    view = jobstore.job_view(running, live=live)
+    assert (view["progress"], view["message"]) == (0.42, "decoding")
+    assert (jobstore.job_view(running)["progress"], jobstore.job_view(running)["message"]) == (0.1, "started")
+    assert (
+        jobstore.job_view(queued, live=live)["progress"],
+        jobstore.job_view(queued, live=live)["message"],
+    ) == (
+        0.0,
+        "waiting",
+    )
+    assert jobstore.job_view(done, live=live)["progress"] == 1.0

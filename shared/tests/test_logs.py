@@ -1,0 +1,65 @@
+"""Logging set up once per process: JSON lines or text, with the job's context."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+
+import pytest
+
+from medialens_shared.logs import configure_logging
+from medialens_shared.settings import LogSettings, Settings
+
+
+@pytest.fixture
+def restore_root_logging() -> Iterator[None]:
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+@pytest.mark.usefixtures("restore_root_logging")
+def test_json_lines_carry_service_and_job_extras(capsys: pytest.CaptureFixture[str]) -> None:
+    """A JSON log line names the service, level, logger, message and the job_id/job_type extras."""
+    configure_logging(Settings(log=LogSettings(format="json", level="debug")), service="video")
+    logging.getLogger("medialens.test").info(
+        "job %s started", "j-1", extra={"job_id": "j-1", "job_type": "t"}
+    )
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    entry = json.loads(line)
+    assert entry["service"] == "video"
+    assert entry["level"] == "info"
+    assert entry["logger"] == "medialens.test"
+    assert entry["message"] == "job j-1 started"
+    assert (entry["job_id"], entry["job_type"]) == ("j-1", "t")
+    assert "error_code" not in entry
+    assert entry["ts"].endswith("Z")
+    assert logging.getLogger().level == logging.DEBUG
+
+
+@pytest.mark.usefixtures("restore_root_logging")
+def test_json_lines_carry_the_exception(capsys: pytest.CaptureFixture[str]) -> None:
+    """A logged exception is in the JSON line's exception field."""
+    configure_logging(Settings(log=LogSettings(format="json")), service="data")
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError:
+        logging.getLogger("medialens.test").exception("failed")
+    entry = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
+    assert "RuntimeError: boom" in entry["exception"]
+
+
+@pytest.mark.usefixtures("restore_root_logging")
+def test_text_lines_append_the_extras(capsys: pytest.CaptureFixture[str]) -> None:
+    """A text log line ends with the context extras in brackets; a line without extras has none."""
+    configure_logging(Settings(log=LogSettings(format="text")), service="audio")
+    logger = logging.getLogger("medialens.test")
+    logger.warning("job failed", extra={"job_id": "j-2", "error_code": "TIMEOUT"})
+    logger.warning("plain")
+    first, second = capsys.readouterr().err.strip().splitlines()[-2:]
+    assert first.endswith("medialens.test: job failed [job_id=j-2 error_code=TIMEOUT]")
+    assert "WARNING" in first
+    assert second.endswith("medialens.test: plain")

@@ -1,0 +1,112 @@
+"""File kinds told from their first bytes."""
+
+from __future__ import annotations
+
+import codecs
+
+import pytest
+
+from medialens_shared.contracts import FileKind
+from medialens_shared.sniff import SNIFF_BYTES, sniff
+
+
+def ftyp(brand: bytes) -> bytes:
+    return b"\x00\x00\x00\x20ftyp" + brand + b"\x00\x00\x02\x00isomiso2mp41" + b"\x00" * 32
+
+
+TS_PACKET = b"\x47\x40\x00\x10" + b"\xff" * 184
+
+
+@pytest.mark.parametrize(
+    ("head", "kind"),
+    [
+        (ftyp(b"isom"), FileKind.VIDEO),
+        (ftyp(b"mp42"), FileKind.VIDEO),
+        (ftyp(b"qt  "), FileKind.VIDEO),
+        (ftyp(b"M4A "), FileKind.AUDIO),
+        (ftyp(b"M4B "), FileKind.AUDIO),
+        (b"\x00\x00\x00\x08moov" + b"\x00" * 16, FileKind.VIDEO),
+        (b"\x1a\x45\xdf\xa3\x9f\x42\x86\x81\x01webm", FileKind.VIDEO),
+        (b"RIFF\x24\x00\x00\x00AVI LIST", FileKind.VIDEO),
+        (b"RIFF\x24\x00\x00\x00WAVEfmt ", FileKind.AUDIO),
+        (b"FLV\x01\x05\x00\x00\x00\x09", FileKind.VIDEO),
+        (b"\x00\x00\x01\xba\x44\x00\x04", FileKind.VIDEO),
+        (TS_PACKET * 4, FileKind.VIDEO),
+        (b"ID3\x04\x00\x00\x00\x00\x00\x00", FileKind.AUDIO),
+        (b"\xff\xfb\x90\x64" + b"\x00" * 60, FileKind.AUDIO),
+        (b"\xff\xf1\x50\x80" + b"\x00" * 60, FileKind.AUDIO),
+        (b"fLaC\x00\x00\x00\x22", FileKind.AUDIO),
+        (b"OggS\x00\x02" + b"\x00" * 20, FileKind.AUDIO),
+        (b"FORM\x00\x00\x00\x00AIFF", FileKind.AUDIO),
+        (b"PAR1\x15\x04\x15", FileKind.TABLE),
+        (b"\x1f\x8b\x08\x00\x00\x00\x00\x00", FileKind.TABLE),
+        (b"\x28\xb5\x2f\xfd\x04\x58", FileKind.TABLE),
+    ],
+    ids=[
+        "mp4-isom",
+        "mp4-mp42",
+        "mov-qt",
+        "m4a",
+        "m4b",
+        "quicktime-moov",
+        "mkv",
+        "avi",
+        "wav",
+        "flv",
+        "mpeg-ps",
+        "mpeg-ts",
+        "mp3-id3",
+        "mp3-frame-sync",
+        "aac-adts",
+        "flac",
+        "ogg",
+        "aiff",
+        "parquet",
+        "gzip",
+        "zstd",
+    ],
+)
+def test_binary_signatures(head: bytes, kind: FileKind) -> None:
+    """Each container's magic number gives its kind."""
+    assert sniff(head) is kind
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        b"name,age,city\nada,36,london\nalan,41,wilmslow\n",
+        b"name\tage\nada\t36\nalan\t41\n",
+        b"name;age\nada;36\nalan;41\n",
+        b"value\n1\n2\n3\n",
+        b'{"a": 1, "b": "x"}\n{"a": 2, "b": "y"}\n',
+        codecs.BOM_UTF8 + b"col1,col2\n1,2\n3,4\n",
+    ],
+    ids=["csv", "tsv", "semicolon", "one-column", "jsonl", "bom-csv"],
+)
+def test_table_text_is_a_table(text: bytes) -> None:
+    """CSV, TSV, one-column CSV, JSON lines and BOM-prefixed CSV are tables."""
+    assert sniff(text) is FileKind.TABLE
+
+
+def test_a_head_cut_mid_line_is_still_a_table() -> None:
+    """A full SNIFF_BYTES head whose last row is cut short is judged on its complete rows."""
+    rows = b"id,name,score\n" + b"".join(b"%d,name%d,%d.5\n" % (i, i, i) for i in range(2000))
+    head = rows[:SNIFF_BYTES]
+    assert not head.endswith(b"\n")
+    assert sniff(head) is FileKind.TABLE
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"",
+        b"\x00\x01\x02\x03garbage\x00\xfe\xff",
+        b"\xc3\x28 not utf-8 \xa0\xa1",
+        b"just one line of prose",
+        b"   \n\t\n",
+    ],
+    ids=["empty", "binary-garbage", "bad-utf8", "one-line-prose", "blank"],
+)
+def test_unknown(head: bytes) -> None:
+    """Empty input, binary garbage, undecodable bytes and text that is no table are unknown."""
+    assert sniff(head) is FileKind.UNKNOWN

@@ -1,0 +1,682 @@
+"""The task base's policy, run on the real PostgreSQL, MongoDB (GridFS and results) and Redis.
+
+The delivery is a recording stand-in for FastStream's RabbitMessage (the `Delivery` protocol); the worker's
+tests settle real deliveries on the real broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+from sqlalchemy import select, update
+
+from medialens_shared import jobstore
+from medialens_shared.contracts import (
+    AudioProbeResult,
+    JobMessage,
+    ProbeFormat,
+    ProbeVideoStream,
+    VideoProbeResult,
+)
+from medialens_shared.db import DatabaseManager
+from medialens_shared.envelope import utc_now
+from medialens_shared.errors import MediaDecodeError, TransientJobError
+from medialens_shared.filestore import FileStore
+from medialens_shared.outbox import DELAY_TIERS_S
+from medialens_shared.settings import Settings
+from medialens_shared.signals import JobSignals
+from medialens_shared.tables import files, jobs, outbox
+from medialens_shared.tasks import Handler, JobContext, JobRunner
+
+pytestmark = pytest.mark.integration
+
+PROBE = VideoProbeResult(
+    format=ProbeFormat(name="mov,mp4", duration_s=2.5, size_bytes=1234, bit_rate=800_000),
+    video=ProbeVideoStream(codec="h264", width=320, height=240, fps=25.0, frame_count=62, pix_fmt="yuv420p"),
+    audio=[],
+)
+
+
+@pytest.fixture
+def scratch_root(tmp_path: Path) -> Path:
+    root = tmp_path / "scratch"
+    root.mkdir()
+    return root
+
+
+@pytest.fixture
+def make_runner(
+    settings: Settings, db: DatabaseManager, store: FileStore, signals: JobSignals, scratch_root: Path
+) -> Callable[..., JobRunner]:
+    def make(handlers: dict[str, Handler], **worker: Any) -> JobRunner:
+        worker_settings = settings.worker.model_copy(update={"scratch_dir": str(scratch_root), **worker})
+        return JobRunner(
+            service="video",
+            handlers=handlers,
+            settings=settings.model_copy(update={"worker": worker_settings}),
+            db=db,
+            store=store,
+            signals=signals,
+        )
+
+    return make
+
+
+class Calls:
+    """A handler that records each context it is given and then does `action`."""
+
+    def __init__(self, action: Callable[[JobContext], Any] | None = None) -> None:
+        self.contexts: list[JobContext] = []
+        self.action = action
+
+    async def __call__(self, ctx: JobContext) -> BaseModel:
+        self.contexts.append(ctx)
+        if self.action is not None:
+            outcome = self.action(ctx)
+            if asyncio.iscoroutine(outcome):
+                outcome = await outcome
+            if isinstance(outcome, BaseModel):
+                return outcome
+        return PROBE
+
+
+class Recorded:
+    """A delivery that records how it was settled."""
+
+    def __init__(self) -> None:
+        self.settled: list[str] = []
+
+    async def ack(self) -> None:
+        self.settled.append("ack")
+
+    async def nack(self, *, requeue: bool = True) -> None:
+        self.settled.append("requeue" if requeue else "nack")
+
+    async def reject(self) -> None:
+        self.settled.append("reject")
+
+
+async def deliver(runner: JobRunner, body: Any) -> list[str]:
+    """Hand `body` to the runner as one delivery; how the delivery was settled."""
+    delivery = Recorded()
+    await runner.handle(body, delivery)
+    return delivery.settled
+
+
+def body_of(job_id: str, tenant_id: str, *, job_type: str = "video.probe", file_id: str | None = None,
+            params: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+    message = JobMessage(
+        job_id=job_id, type=job_type, tenant_id=tenant_id, file_id=file_id, params=params or {}
+    )
+    return message.model_dump(mode="json")
+
+
+def entries(directory: Path) -> list[Path]:
+    return list(directory.iterdir())
+
+
+async def row_of(db: DatabaseManager, job_id: str) -> jobstore.JobRow:
+    async with db.session() as session:
+        row = await jobstore.get(session, job_id=job_id)
+    assert row is not None
+    return row
+
+
+def raiser(error: BaseException) -> Callable[[JobContext], None]:
+    def act(_ctx: JobContext) -> None:
+        raise error
+
+    return act
+
+
+async def test_success_stores_the_result_and_marks_succeeded(
+    make_runner, new_job, new_file, tenant_id: str, db: DatabaseManager, scratch_root: Path
+) -> None:
+    """A handler's result is upserted in `results` by job id, and the job ends succeeded at progress 1.0."""
+    content = b"\x00\x00\x00\x20ftypisom" + bytes(range(256)) * 40
+    file_id = await new_file(content, filename="clip.mp4")
+    job_id = await new_job(file_id=file_id)
+    seen: dict[str, Any] = {}
+
+    def act(ctx: JobContext) -> None:
+        seen["input"] = ctx.require_input().read_bytes()
+        seen["suffix"] = ctx.require_input().suffix
+        seen["scratch"] = ctx.scratch
+        seen["attempt"] = ctx.attempt
+        seen["params"] = ctx.params.model_dump()
+        assert ctx.settings.worker.scratch_dir == str(scratch_root)
+
+    handler = Calls(act)
+    runner = make_runner({"video.probe": handler})
+    before = utc_now()
+    assert await deliver(runner, body_of(job_id, tenant_id, file_id=file_id)) == ["ack"]
+
+    assert seen == {
+        "input": content,
+        "suffix": ".mp4",
+        "scratch": seen["scratch"],
+        "attempt": 1,
+        "params": {},
+    }
+    assert seen["scratch"] not in entries(seen["scratch"].parent)
+    assert entries(scratch_root) == []
+    row = await row_of(db, job_id)
+    assert (row["status"], row["progress"], row["message"], row["attempts"]) == ("succeeded", 1.0, "done", 1)
+    assert row["error_code"] is None
+    assert row["started_at"] is not None
+    assert row["finished_at"] >= row["started_at"]
+    document = await db.collection("results").find_one({"_id": job_id})
+    assert document is not None
+    assert (document["job_id"], document["type"], document["input_file_id"]) == (
+        job_id,
+        "video.probe",
+        file_id,
+    )
+    assert document["tenant_id"] == tenant_id
+    assert document["format"] == PROBE.model_dump(mode="json")["format"]
+    assert document["video"]["width"] == 320
+    assert document["audio"] == []
+    assert document["created_at"] >= before.replace(microsecond=0)
+
+
+async def test_a_duplicate_delivery_of_a_finished_job_changes_nothing(
+    make_runner, new_job, tenant_id: str, db: DatabaseManager
+) -> None:
+    """Delivering the same message again acks it, leaves row and result untouched, skips the handler."""
+    job_id = await new_job()
+    handler = Calls()
+    runner = make_runner({"video.probe": handler})
+    body = body_of(job_id, tenant_id)
+    assert await deliver(runner, body) == ["ack"]
+    row = await row_of(db, job_id)
+    document = await db.collection("results").find_one({"_id": job_id})
+
+    for _ in range(2):
+        assert await deliver(runner, body) == ["ack"]
+    again = await row_of(db, job_id)
+    assert len(handler.contexts) == 1
+    assert (again["status"], again["attempts"], again["finished_at"], again["updated_at"]) == (
+        "succeeded", 1, row["finished_at"], row["updated_at"],
+    )  # fmt: skip
+    assert await db.collection("results").find_one({"_id": job_id}) == document
+
+
+async def test_an_unknown_job_is_acked_and_skipped(make_runner, tenant_id: str) -> None:
+    """A message for a job id with no row is acked without running the handler."""
+    handler = Calls()
+    runner = make_runner({"video.probe": handler})
+    assert await deliver(runner, body_of("job-that-never-was", tenant_id)) == ["ack"]
+    assert handler.contexts == []
+
+
+async def test_a_permanent_error_fails_the_job_with_its_code(
+    make_runner, new_job, tenant_id: str, db: DatabaseManager
+) -> None:
+    """MediaDecodeError fails the job at once with MEDIA_DECODE_ERROR and the error's message."""
+    job_id = await new_job()
+    runner = make_runner({"video.probe": Calls(raiser(MediaDecodeError("the video stream is damaged")))})
+    assert await deliver(runner, body_of(job_id, tenant_id)) == ["ack"]
+    row = await row_of(db, job_id)
+    assert (row["status"], row["error_code"], row["error_message"]) == (
+        "failed", "MEDIA_DECODE_ERROR", "the video stream is damaged",
+    )  # fmt: skip
+    assert row["attempts"] == 1
+    assert row["finished_at"] is not None
+    assert await db.collection("results").find_one({"_id": job_id}) is None
+
+
+async def test_a_transient_error_requeues_until_attempts_run_out(
+    make_runner, new_job, tenant_id: str, db: DatabaseManager
+) -> None:
+    """A passing fault sends the job back to queued with a delayed outbox entry, and after max_attempts
+    fails it RETRIES_EXHAUSTED."""
+    job_id = await new_job()
+    handler = Calls(raiser(TransientJobError("mongo blinked")))
+    runner = make_runner({"video.probe": handler}, max_attempts=3)
+    body = body_of(job_id, tenant_id)
+    for attempt in (1, 2):
+        assert await deliver(runner, body) == ["ack"]
+        row = await row_of(db, job_id)
+        assert (row["status"], row["attempts"], row["finished_at"], row["worker"]) == (
+            "queued",
+            attempt,
+            None,
+            None,
+        )
+        assert row["message"].endswith("after: mongo blinked")
+        assert row["message"].startswith("retrying in ")
+    async with db.session() as session:
+        entries = (await session.execute(select(outbox).where(outbox.c.job_id == job_id))).mappings().all()
+    assert len(entries) == 2
+    assert all(entry["delay_s"] in DELAY_TIERS_S and not entry["dead"] for entry in entries)
+    assert all(entry["routing_key"] == "video.probe" and entry["payload"] == body for entry in entries)
+    assert await deliver(runner, body) == ["ack"]
+    row = await row_of(db, job_id)
+    assert (row["status"], row["attempts"], row["error_code"]) == ("failed", 3, "RETRIES_EXHAUSTED")
+    assert row["error_message"] == "gave up after 3 attempts; last error: mongo blinked"
+    assert [ctx.attempt for ctx in handler.contexts] == [1, 2, 3]
+
+
+async def test_an_unexpected_exception_is_an_internal_error(
+    make_runner, new_job, tenant_id: str, db: DatabaseManager
+) -> None:
+    """A bug in a handler fails the job with INTERNAL_ERROR naming the exception type, not its text."""
+    job_id = await new_job()
+    runner = make_runner({"video.probe": Calls(raiser(KeyError("secret detail")))})
+    assert await deliver(runner, body_of(job_id, tenant_id)) == ["ack"]
+    row = await row_of(db, job_id)
+    assert (row["status"], row["error_code"]) == ("failed", "INTERNAL_ERROR")
+    assert "KeyError" in row["error_message"]
+    assert "secret detail" not in row["error_message"]
+
+
+async def test_a_wrong_result_model_is_an_internal_error(
+    make_runner, new_job, tenant_id: str, db: DatabaseManager
+) -> None:
+    """A handler returning a model that does not fit its job type's result fails with INTERNAL_ERROR."""
+    job_id = await new_job()
+    wrong = AudioProbeResult(codec="aac", sample_rate=48000, channels=2, duration_s=1.0, bit_rate=None)
+    runner = make_runner({"video.probe": Calls(lambda _ctx: wrong)})
+    assert await deliver(runner, body_of(job_id, tenant_id)) == ["ack"]
+    row = await row_of(db, job_id)
+    assert (row["status"], row["error_code"]) == ("failed", "INTERNAL_ERROR")
+    assert "ValidationError" in row["error_message"]
+
+
+async def test_a_requested_cancel_reaches_a_looping_handler(
+    make_runner, new_job, tenant_id: str, db: DatabaseManager, signals: JobSignals
+) -> None:
+    """A handler looping on check_cancelled stops within about a second of request_cancel: cancelled."""
+    job_id = await new_job()
+    started = asyncio.Event()
+
+    async def loop(ctx: JobContext) -> None:
+        started.set()
+        while True:
+            ctx.check_cancelled()
+            await asyncio.sleep(0.02)
+
+    runner = make_runner({"video.probe": Calls(loop)})
+    delivery = Recorded()
+    task = asyncio.create_task(runner.handle(body_of(job_id, tenant_id), delivery))
+    await asyncio.wait_for(started.wait(), 5)
+    assert (await row_of(db, job_id))["status"] == "running"
+    await signals.request_cancel(job_id)
+    await asyncio.wait_for(task, 1.5)
+    assert delivery.settled == ["ack"]
+    row = await row_of(db, job_id)
+    assert (row["status"], row["message"], row["error_code"]) == ("cancelled", "cancelled", None)
+    assert row["finished_at"] is not None
+
+
+async def test_a_cancel_is_visible_to_a_worker_thread(
+    make_runner, new_job, tenant_id: str, db: DatabaseManager, signals: JobSignals
+) -> None:
+    """ctx.cancelled, read by CPU work in run_cpu's thread, turns True after request_cancel."""
+    job_id = await new_job()
+
+    def spin(ctx: JobContext) -> int:
+        import time
+
+        deadline = time.monotonic() + 5
+        while not ctx.cancelled and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return 1 if ctx.cancelled else 0
+
+    async def act(ctx: JobContext) -> None:
+        await signals.request_cancel(job_id)
+        assert await ctx.run_cpu(spin, ctx) == 1
+        ctx.check_cancelled()
+
+    runner = make_runner({"video.probe": Calls(act)})
+    assert await deliver(runner, body_of(job_id, tenant_id)) == ["ack"]
+    assert (await row_of(db, job_id))["status"] == "cancelled"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"nope": 1},
+        "not json at all",
+        None,
+        {"job_id": "j", "type": "video.probe", "tenant_id": "t", "file_id": None, "x": 1},
+    ],
+    ids=["missing-fields", "string", "none", "extra-field"],
+)
+async def test_an_unreadable_body_is_rejected(make_runner, body: Any) -> None:
+    """A body that is not a JobMessage is rejected, to be dead-lettered."""
+    handler = Calls()
+    assert await deliver(make_runner({"video.probe": handler}), body) == ["reject"]
+    assert handler.contexts == []
+
+
+async def test_a_delivery_of_a_job_running_elsewhere_is_skipped(
+    make_runner, new_job, tenant_id: str, db: DatabaseManager
+) -> None:
+    """A message for a job another worker holds is acked and skipped: the lease, not the runner, decides."""
+    job_id = await new_job(status="running", attempts=1, started_at=utc_now(), worker="video-elsewhere")
+    handler = Calls()
+    runner = make_runner({"video.probe": handler})
+    assert await deliver(runner, body_of(job_id, tenant_id)) == ["ack"]
+    assert handler.contexts == []
+    row = await row_of(db, job_id)
+    assert (row["status"], row["attempts"], row["worker"]) == ("running", 1, "video-elsewhere")
+
+
+async def test_a_claim_holds_this_workers_lease(
+    make_runner, new_job, tenant_id: str, db: DatabaseManager
+) -> None:
+    """While a job runs its row names this worker with a lease in the future; the end clears both."""
+    job_id = await new_job()
+    seen: list[jobstore.JobRow] = []
+
+    async def act(_ctx: JobContext) -> None:
+        seen.append(await row_of(db, job_id))
+
+    runner = make_runner({"video.probe": Calls(act)}, lease_s=30)
+    assert await deliver(runner, body_of(job_id, tenant_id)) == ["ack"]
+    assert seen[0]["worker"] == runner.worker_id
+    assert seen[0]["lease_expires_at"] > utc_now()
+    row = await row_of(db, job_id)
+    assert (row["status"], row["worker"], row["lease_expires_at"]) == ("succeeded", None, None)
+
+
+async def test_a_lost_lease_stops_the_job_and_keeps_the_new_owner(
+    make_runner, new_job, tenant_id: str, db: DatabaseManager
+) -> None:
+    """When the job is given to another worker, the heartbeat notices, the handler is cancelled and the
+    new owner's row is left as it is."""
+    job_id = await new_job()
+
+    async def act(ctx: JobContext) -> None:
+        async with db.session() as session:
+            await session.execute(update(jobs).where(jobs.c.id == job_id).values(worker="video-newowner"))
+            await session.commit()
+        while True:
+            ctx.check_cancelled()
+            await asyncio.sleep(0.02)
+
+    runner = make_runner({"video.probe": Calls(act)}, lease_s=1)
+    assert await asyncio.wait_for(deliver(runner, body_of(job_id, tenant_id)), 5) == ["ack"]
+    row = await row_of(db, job_id)
+    assert (row["status"], row["worker"]) == ("running", "video-newowner")
+
+
+async def test_a_claim_without_the_database_is_requeued(
+    settings: Settings, store: FileStore, signals: JobSignals, new_job, tenant_id: str
+) -> None:
+    """If PostgreSQL cannot be reached while claiming, the delivery is requeued, not acked or lost."""
+    from pydantic import SecretStr
+
+    dead_pg = settings.postgres.model_copy(
+        update={"url": SecretStr("postgresql+asyncpg://postgres@127.0.0.1:1/nowhere"), "connect_timeout": 1.0}
+    )
+    manager = DatabaseManager(settings.model_copy(update={"postgres": dead_pg}), name="nopg")
+    try:
+        runner = JobRunner(
+            service="video", handlers={"video.probe": Calls()}, settings=settings, db=manager, store=store,
+            signals=signals,
+        )  # fmt: skip
+        assert await deliver(runner, body_of(await new_job(), tenant_id)) == ["requeue"]
+    finally:
+        await manager.close_all()
+
+
+async def test_release_unfinished_hands_running_jobs_back(
+    make_runner, new_job, tenant_id: str, db: DatabaseManager
+) -> None:
+    """At shutdown this worker's running jobs go back to queued with a fresh outbox entry; others stay."""
+    runner = make_runner({"video.probe": Calls()})
+    mine = await new_job(status="running", attempts=1, worker=runner.worker_id)
+    theirs = await new_job(status="running", attempts=1, worker="video-someone-else")
+    await runner.release_unfinished()
+    row = await row_of(db, mine)
+    assert (row["status"], row["worker"], row["message"]) == ("queued", None, "requeued: its worker stopped")
+    assert (await row_of(db, theirs))["status"] == "running"
+    async with db.session() as session:
+        entries = (
+            (await session.execute(select(outbox).where(outbox.c.job_id.in_([mine, theirs]))))
+            .mappings()
+            .all()
+        )
+    assert [(entry["job_id"], entry["delay_s"]) for entry in entries] == [(mine, 0)]
+    assert entries[0]["payload"]["tenant_id"] == tenant_id
+
+
+async def test_artifacts_are_stored_as_files_of_the_tenant(
+    make_runner, new_job, tenant_id: str, db: DatabaseManager, store: FileStore, tmp_path: Path
+) -> None:
+    """save_artifact stores bytes and a streamed path in GridFS with a file row of the job's tenant."""
+    job_id = await new_job()
+    table = tmp_path / "out.csv"
+    table.write_bytes(b"a,b\n" + b"1,2\n" * 50_000)
+    ids: list[str] = []
+
+    async def act(ctx: JobContext) -> None:
+        ids.append(
+            await ctx.save_artifact(b"\x89PNG\r\n\x1a\nthumb", filename="t.png", content_type="image/png")
+        )
+        ids.append(await ctx.save_artifact(table, filename="out.csv", content_type="text/csv"))
+
+    runner = make_runner({"video.probe": Calls(act)})
+    assert await deliver(runner, body_of(job_id, tenant_id)) == ["ack"]
+    async with db.session() as session:
+        rows = {
+            r["id"]: r for r in (await session.execute(select(files).where(files.c.id.in_(ids)))).mappings()
+        }
+    thumb, csv_row = rows[ids[0]], rows[ids[1]]
+    assert (thumb["tenant_id"], thumb["job_id"], thumb["kind"], thumb["size_bytes"]) == (
+        tenant_id,
+        job_id,
+        "unknown",
+        13,
+    )
+    assert (csv_row["kind"], csv_row["size_bytes"]) == ("table", table.stat().st_size)
+    copy = tmp_path / "copy.csv"
+    await store.copy_to(csv_row["storage_id"], copy)
+    assert copy.read_bytes() == table.read_bytes()
+
+
+async def test_report_from_a_thread_publishes_progress(
+    make_runner, new_job, tenant_id: str, signals: JobSignals
+) -> None:
+    """ctx.report, called from run_cpu's thread, reaches Redis without blocking the thread."""
+    job_id = await new_job()
+    live: list[dict[str, str] | None] = []
+
+    def work(ctx: JobContext) -> None:
+        import time
+
+        time.sleep(0.1)
+        ctx.report(0.25, "a quarter")
+        ctx.report(0.3, "throttled")
+
+    async def act(ctx: JobContext) -> None:
+        await ctx.run_cpu(work, ctx)
+        await asyncio.sleep(0.1)
+        live.append(await signals.live(job_id))
+
+    runner = make_runner({"video.probe": Calls(act)}, progress_interval_s=0.05)
+    assert await deliver(runner, body_of(job_id, tenant_id)) == ["ack"]
+    assert live == [{"progress": "0.2500", "message": "a quarter"}]
+
+
+async def test_a_deleted_input_fails_input_not_found(
+    make_runner, new_job, new_file, tenant_id: str, db: DatabaseManager, store: FileStore
+) -> None:
+    """A file row marked deleted, or whose bytes are gone from GridFS, fails the job INPUT_NOT_FOUND."""
+    deleted_row = await new_file(b"\x1a\x45\xdf\xa3 mkv", filename="a.mkv", deleted_at=utc_now())
+    gone_bytes = await new_file(b"\x1a\x45\xdf\xa3 mkv", filename="b.mkv")
+    async with db.session() as session:
+        storage_id = (
+            (await session.execute(files.select().where(files.c.id == gone_bytes)))
+            .mappings()
+            .one()["storage_id"]
+        )
+    await store.delete(storage_id)
+    handler = Calls()
+    runner = make_runner({"video.probe": handler})
+    for file_id, message in (
+        (deleted_row, "was deleted before the job ran"),
+        (gone_bytes, "no longer stored"),
+    ):
+        job_id = await new_job(file_id=file_id)
+        assert await deliver(runner, body_of(job_id, tenant_id, file_id=file_id)) == ["ack"]
+        row = await row_of(db, job_id)
+        assert (row["status"], row["error_code"]) == ("failed", "INPUT_NOT_FOUND")
+        assert message in row["error_message"]
+    assert handler.contexts == []
+
+
+async def test_require_input_without_a_file_fails(
+    make_runner, new_job, tenant_id: str, db: DatabaseManager
+) -> None:
+    """A handler that needs an input on a job without one fails the job INPUT_NOT_FOUND."""
+    job_id = await new_job()
+    runner = make_runner({"video.probe": Calls(lambda ctx: ctx.require_input())})
+    assert await deliver(runner, body_of(job_id, tenant_id)) == ["ack"]
+    row = await row_of(db, job_id)
+    assert (row["error_code"], row["error_message"]) == (
+        "INPUT_NOT_FOUND",
+        "video.probe needs an input file, and this job has none",
+    )
+
+
+async def test_progress_is_throttled_stored_and_published(
+    make_runner, new_job, tenant_id: str, db: DatabaseManager, signals: JobSignals
+) -> None:
+    """Progress calls closer than progress_interval_s are dropped; the others reach Redis and the channel."""
+    job_id = await new_job()
+    live_seen: list[dict[str, str] | None] = []
+
+    async def act(ctx: JobContext) -> None:
+        await ctx.progress(0.3, "too soon")  # right after the forced "input ready": dropped
+        live_seen.append(await signals.live(job_id))
+        await asyncio.sleep(0.1)
+        await ctx.progress(0.5, "half")
+        await ctx.progress(0.6, "dropped")
+        live_seen.append(await signals.live(job_id))
+        await ctx.progress(7.0, "clamped", force=True)
+        live_seen.append(await signals.live(job_id))
+
+    pubsub = db.redis.pubsub()
+    await pubsub.subscribe(signals.channel(job_id))
+    try:
+        runner = make_runner({"video.probe": Calls(act)}, progress_interval_s=0.05)
+        assert await deliver(runner, body_of(job_id, tenant_id)) == ["ack"]
+        events: list[dict[str, Any]] = []
+        for _ in range(40):  # a None may just be the subscribe confirmation
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
+            if message is not None:
+                events.append(json.loads(message["data"]))
+            if events and events[-1]["status"] == "succeeded":
+                break
+    finally:
+        await pubsub.aclose()
+    assert live_seen == [
+        {"progress": "0.0000", "message": "input ready"},
+        {"progress": "0.5000", "message": "half"},
+        {"progress": "1.0000", "message": "clamped"},
+    ]
+    assert [(event["status"], event["progress"], event["message"]) for event in events] == [
+        ("running", 0.0, "started"),
+        ("running", 0.0, "input ready"),
+        ("running", 0.5, "half"),
+        ("running", 1.0, "clamped"),
+        ("succeeded", 1.0, "done"),
+    ]
+    assert all(event["id"] == job_id for event in events)
+
+
+async def test_cleanups_run_and_scratch_is_removed_after_a_failure(
+    make_runner, new_job, tenant_id: str, scratch_root: Path
+) -> None:
+    """Registered cleanups run and the scratch directory is gone even when the handler fails."""
+    job_id = await new_job()
+    cleaned: list[str] = []
+
+    async def act(ctx: JobContext) -> None:
+        (ctx.scratch / "partial.bin").write_bytes(b"x" * 100)
+
+        async def cleanup() -> None:
+            cleaned.append(ctx.job_id)
+
+        ctx.add_cleanup(cleanup)
+        raise MediaDecodeError("bad frame")
+
+    runner = make_runner({"video.probe": Calls(act)})
+    assert await deliver(runner, body_of(job_id, tenant_id)) == ["ack"]
+    assert cleaned == [job_id]
+    assert entries(scratch_root) == []
+
+
+async def test_a_job_past_its_time_limit_fails_timeout(
+    make_runner, new_job, tenant_id: str, db: DatabaseManager
+) -> None:
+    """A handler running past job_timeout_s is stopped and the job fails with TIMEOUT."""
+    job_id = await new_job()
+    runner = make_runner({"video.probe": Calls(lambda _ctx: asyncio.sleep(10))}, job_timeout_s=0.2)
+    assert await asyncio.wait_for(deliver(runner, body_of(job_id, tenant_id)), 5) == ["ack"]
+    row = await row_of(db, job_id)
+    assert (row["status"], row["error_code"]) == ("failed", "TIMEOUT")
+
+
+async def test_a_timeout_inside_the_handler_is_a_passing_fault(
+    make_runner, new_job, tenant_id: str, db: DatabaseManager
+) -> None:
+    """A TimeoutError of the handler's own (not the job limit) requeues the job."""
+    job_id = await new_job()
+    runner = make_runner({"video.probe": Calls(raiser(TimeoutError("redis read timed out")))})
+    assert await deliver(runner, body_of(job_id, tenant_id)) == ["ack"]
+    assert (await row_of(db, job_id))["status"] == "queued"
+
+
+async def test_bad_params_and_foreign_job_types_fail_invalid_params(
+    make_runner, new_job, tenant_id: str, db: DatabaseManager
+) -> None:
+    """Params that do not fit, and a job type this service does not run, fail INVALID_PARAMS."""
+    runner = make_runner({"video.probe": Calls(), "data.profile": Calls()})
+    bad_params = await new_job(job_type="data.profile")
+    body = body_of(bad_params, tenant_id, job_type="data.profile", params={"format": "xlsx"})
+    assert await deliver(runner, body) == ["ack"]
+    row = await row_of(db, bad_params)
+    assert (row["status"], row["error_code"]) == ("failed", "INVALID_PARAMS")
+    assert row["error_message"].startswith("params do not fit data.profile")
+
+    foreign = await new_job(job_type="audio.probe")
+    assert await deliver(runner, body_of(foreign, tenant_id, job_type="audio.probe")) == ["ack"]
+    row = await row_of(db, foreign)
+    assert (row["error_code"], row["error_message"]) == (
+        "INVALID_PARAMS",
+        "the video service does not run audio.probe jobs",
+    )
+
+
+async def test_a_job_changed_while_running_keeps_that_change(
+    make_runner, new_job, tenant_id: str, db: DatabaseManager
+) -> None:
+    """If the row leaves running while the handler works (cancelled by the API), the runner keeps it."""
+    job_id = await new_job()
+
+    async def act(_ctx: JobContext) -> None:
+        async with db.session() as session:
+            await session.execute(
+                update(jobstore.jobs).where(jobstore.jobs.c.id == job_id).values(status="cancelled")
+            )
+            await session.commit()
+
+    runner = make_runner({"video.probe": Calls(act)})
+    assert await deliver(runner, body_of(job_id, tenant_id)) == ["ack"]
+    assert (await row_of(db, job_id))["status"] == "cancelled"
+
+
+def test_handlers_must_be_catalogued_job_types(make_runner) -> None:
+    """A runner refuses handlers for job types the catalogue does not know."""
+    with pytest.raises(ValueError, match="not in the catalogue"):
+        make_runner({"video.transcode": Calls()})
