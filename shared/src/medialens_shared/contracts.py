@@ -280,17 +280,32 @@ class DataQueryResult(BaseModel):
     file_id: str
 
 
+class MediaAnalyzeResult(BaseModel):
+    """The results of a `media.analyze` job's children, each under its job type's name."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    video_probe: VideoProbeResult | None = Field(None, alias="video.probe")
+    video_scenes: VideoScenesResult | None = Field(None, alias="video.scenes")
+    video_quality: VideoQualityResult | None = Field(None, alias="video.quality")
+    audio_loudness: AudioLoudnessResult | None = Field(None, alias="audio.loudness")
+    audio_silence: AudioSilenceResult | None = Field(None, alias="audio.silence")
+
+
 # --- the catalogue ----------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
 class JobTypeSpec:
     name: str
-    service: Literal["video", "audio", "data"]
+    #: Who runs it; "gateway" for a composite job, which the gateway fans out into its `children`.
+    service: Literal["video", "audio", "data", "gateway"]
     description: str
     params: type[BaseModel]
     result: type[BaseModel]
     accepts: frozenset[FileKind]
+    #: The job types a composite job runs, one child job each, on the same input.
+    children: tuple[str, ...] = ()
 
 
 _MEDIA = frozenset({FileKind.VIDEO, FileKind.AUDIO})
@@ -386,6 +401,16 @@ JOB_TYPES: dict[str, JobTypeSpec] = {
             params=DataQueryParams,
             result=DataQueryResult,
             accepts=frozenset({FileKind.TABLE}),
+        ),
+        JobTypeSpec(
+            name="media.analyze",
+            service="gateway",
+            description="Probe, scenes, quality, loudness and silences of one video, as child jobs; the "
+            "result gathers theirs under their type names.",
+            params=NoParams,
+            result=MediaAnalyzeResult,
+            accepts=frozenset({FileKind.VIDEO}),
+            children=("video.probe", "video.scenes", "video.quality", "audio.loudness", "audio.silence"),
         ),
     )
 }

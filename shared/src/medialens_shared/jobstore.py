@@ -20,6 +20,9 @@ from medialens_shared.tables import jobs
 
 JobRow = RowMapping
 
+#: The error of a composite job's part that does not apply to the input; the other parts still count.
+PART_NOT_APPLICABLE = "UNSUPPORTED_INPUT"
+
 
 def job_view(
     row: JobRow, *, children: Iterable[str] = (), live: Mapping[str, Any] | None = None
@@ -105,6 +108,8 @@ async def transition(
     if owner is not None:
         statement = statement.where(jobs.c.worker == owner)
     row = (await session.execute(statement)).mappings().one_or_none()
+    if row is not None and row["parent_id"] is not None:
+        await _follow_children(session, parent_id=row["parent_id"])
     if row is not None and to in TERMINAL_STATUSES and row["callback_url"]:
         # In the status change's own transaction: the webhook is owed if and only if the change commits.
         children = await children_of(session, job_id=job_id)
@@ -116,3 +121,53 @@ async def transition(
             payload=job_view(row, children=children),
         )
     return row
+
+
+async def _follow_children(session: AsyncSession, *, parent_id: str) -> None:
+    """A composite job follows its children, in the transaction of the child's change: running once one
+    runs, its progress the share of children done, and terminal once all are — failed with the first
+    failure's code if a part failed, else cancelled if a part was cancelled, else succeeded. A part that
+    failed with UNSUPPORTED_INPUT (a video without an audio track, for the audio parts) is a gap in the
+    result, not a failure, as long as another part succeeded.
+    """
+    parent = (
+        (await session.execute(select(jobs).where(jobs.c.id == parent_id).with_for_update()))
+        .mappings()
+        .one_or_none()
+    )
+    if parent is None or JobStatus(parent["status"]).terminal:
+        return
+    query = select(jobs.c.type, jobs.c.status, jobs.c.error_code, jobs.c.error_message).where(
+        jobs.c.parent_id == parent_id
+    )
+    children = (await session.execute(query.order_by(jobs.c.created_at))).all()
+    done = [child for child in children if JobStatus(child.status).terminal]
+    values: dict[str, Any] = {
+        "progress": len(done) / len(children),
+        "message": f"{len(done)}/{len(children)} parts done",
+    }
+    # A part whose input lacks what it analyses (no audio track) leaves a gap, not a failure.
+    failed = [
+        child
+        for child in children
+        if child.status == JobStatus.FAILED and child.error_code != PART_NOT_APPLICABLE
+    ]
+    if not failed and not any(child.status == JobStatus.SUCCEEDED for child in children):
+        failed = [child for child in children if child.status == JobStatus.FAILED]
+    if len(done) < len(children):
+        if all(child.status == JobStatus.QUEUED for child in children):
+            return
+        to = JobStatus.RUNNING
+    elif failed:
+        to = JobStatus.FAILED
+        values |= {
+            "error_code": failed[0].error_code,
+            "error_message": f"{failed[0].type} failed: {failed[0].error_message}",
+        }
+    elif any(child.status == JobStatus.CANCELLED for child in children):
+        to = JobStatus.CANCELLED
+    else:
+        to = JobStatus.SUCCEEDED
+    await transition(
+        session, job_id=parent_id, from_statuses=[JobStatus.QUEUED, JobStatus.RUNNING], to=to, **values
+    )

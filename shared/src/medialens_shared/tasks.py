@@ -256,6 +256,7 @@ class JobRunner:
     ) -> None:
         handler = self.handlers.get(message.type)
         await self.signals.announce(jobstore.job_view(row))
+        await self._announce_parent(row)
         jlog.info("job %s started (attempt %d)", message.job_id, row["attempts"])
         try:
             if handler is None:
@@ -278,6 +279,16 @@ class JobRunner:
             await self._finish(row, JobStatus.FAILED, message="failed", error=error, jlog=jlog)
         else:
             await self._finish(row, JobStatus.SUCCEEDED, message="done", progress=1.0, jlog=jlog)
+
+    async def _announce_parent(self, row: jobstore.JobRow) -> None:
+        """A part's change may have moved its composite job: tell the composite job's listeners too."""
+        if row["parent_id"] is None:
+            return
+        async with self.db.session() as session:
+            parent = await jobstore.get(session, job_id=row["parent_id"])
+            children = await jobstore.children_of(session, job_id=row["parent_id"])
+        if parent is not None:
+            await self.signals.announce(jobstore.job_view(parent, children=children))
 
     async def release_unfinished(self) -> None:
         """At shutdown: hand back the jobs this worker still runs, so another worker takes them at once."""
@@ -487,6 +498,7 @@ class JobRunner:
         metrics.job_finished(row["type"], status, error_code=values.get("error_code"))
         jlog.info("job %s %s", row["id"], status.value, extra={"error_code": values.get("error_code")})
         await self.signals.announce(jobstore.job_view(done))
+        await self._announce_parent(done)
 
     async def _retry_or_give_up(
         self,

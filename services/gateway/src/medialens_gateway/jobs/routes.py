@@ -18,10 +18,9 @@ from medialens_gateway.jobs.schemas import JobRequest
 from medialens_gateway.openapi import DeliveryObject, Envelope, JobObject, Page, Result, errors
 from medialens_gateway.pagination import Cursor, Limit, next_cursor
 from medialens_shared import jobstore
-from medialens_shared.contracts import JobStatus
+from medialens_shared.contracts import JOB_TYPES, JobStatus
 from medialens_shared.envelope import iso
 from medialens_shared.errors import JobNotFinished, RequestValidationFailed
-from medialens_shared.tasks import RESULT_WRITES
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=errors(401, 404, 422, 500))
 
@@ -126,16 +125,13 @@ async def get_result(job_id: str, tenant: CurrentTenant, session: DbSession, mon
     job = await service.get_job(session, tenant_id=tenant.id, job_id=job_id)
     if job["status"] != JobStatus.SUCCEEDED:
         raise JobNotFinished(f"Job {job_id} is {job['status']}; its result exists once it has succeeded.")
+    if JOB_TYPES[job["type"]].children:
+        composite = await service.composite_result(session, mongo["results"], job=job)
+        return ok(composite | {"created_at": iso(composite["created_at"])})
     document = await mongo["results"].find_one({"_id": job_id})
     if document is None:
         raise JobNotFinished(f"Job {job_id} succeeded but its result is not readable yet; retry shortly.")
-    return ok(_result_view(document))
-
-
-def _result_view(document: dict[str, Any]) -> dict[str, Any]:
-    result = {key: value for key, value in document.items() if key not in ("_id", "tenant_id", RESULT_WRITES)}
-    result["created_at"] = iso(result["created_at"]) if result.get("created_at") else None
-    return result
+    return ok(service.part_view(document))
 
 
 @router.get(

@@ -22,7 +22,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from medialens_gateway.jobs.schemas import JobRequest
 from medialens_gateway.pagination import page
 from medialens_shared import jobstore, metrics, outbox
-from medialens_shared.contracts import JOB_TYPES, FileKind, JobMessage, JobStatus
+from medialens_shared.contracts import JOB_TYPES, FileKind, JobStatus
+from medialens_shared.envelope import iso
 from medialens_shared.errors import (
     Conflict,
     JobNotCancellable,
@@ -32,6 +33,7 @@ from medialens_shared.errors import (
 )
 from medialens_shared.signals import JobSignals
 from medialens_shared.tables import files, idempotency_keys, jobs
+from medialens_shared.tasks import RESULT_WRITES
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,38 +99,13 @@ async def submit(
                 idempotency_keys.c.created_at < func.now() - timedelta(seconds=ttl_s),
             )
         )
-    job_id = str(uuid.uuid4())
-    job = (
-        (
-            await session.execute(
-                jobs.insert()
-                .values(
-                    id=job_id,
-                    tenant_id=tenant_id,
-                    type=body.type,
-                    status=JobStatus.QUEUED.value,
-                    file_id=body.file_id,
-                    params=params,
-                    labels=body.labels,
-                    priority=body.priority,
-                    callback_url=body.callback_url,
-                    message="queued",
-                )
-                .returning(*jobs.c)
-            )
+    job = await _queue(session, tenant_id=tenant_id, body=body, job_type=body.type, params=params)
+    job_id = job["id"]
+    for child_type in JOB_TYPES[body.type].children:  # a composite job runs as one child job per part
+        child_params = JOB_TYPES[child_type].params().model_dump(mode="json")
+        await _queue(
+            session, tenant_id=tenant_id, body=body, job_type=child_type, params=child_params, parent=job_id
         )
-        .mappings()
-        .one()
-    )
-    message = JobMessage(
-        job_id=job_id,
-        type=body.type,
-        tenant_id=tenant_id,
-        file_id=body.file_id,
-        params=params,
-        priority=body.priority,
-    )
-    await outbox.enqueue(session, message)
     if idempotency_key:
         claimed = await session.execute(
             insert(idempotency_keys)
@@ -142,6 +119,44 @@ async def submit(
     await session.commit()
     metrics.JOBS_SUBMITTED.labels(body.type).inc()
     return Submitted(job=job, created=True)
+
+
+async def _queue(
+    session: AsyncSession,
+    *,
+    tenant_id: str,
+    body: JobRequest,
+    job_type: str,
+    params: dict[str, Any],
+    parent: str | None = None,
+) -> RowMapping:
+    """Insert a queued job and, unless it is composite, its outbox entry; the new row."""
+    row = (
+        (
+            await session.execute(
+                jobs.insert()
+                .values(
+                    id=str(uuid.uuid4()),
+                    tenant_id=tenant_id,
+                    type=job_type,
+                    status=JobStatus.QUEUED.value,
+                    file_id=body.file_id,
+                    params=params,
+                    labels=body.labels,
+                    priority=body.priority,
+                    callback_url=None if parent else body.callback_url,
+                    parent_id=parent,
+                    message="queued",
+                )
+                .returning(*jobs.c)
+            )
+        )
+        .mappings()
+        .one()
+    )
+    if not JOB_TYPES[job_type].children:
+        await outbox.enqueue(session, jobstore.message_of(row))
+    return row
 
 
 async def _replay(session: AsyncSession, *, tenant_id: str, key: str, request_hash: str) -> Submitted:
@@ -193,8 +208,13 @@ async def list_jobs(
 
 
 async def cancel(session: AsyncSession, signals: JobSignals, *, tenant_id: str, job_id: str) -> RowMapping:
-    """A queued job is cancelled at once; a running one is asked to stop at its next checkpoint."""
+    """A queued job is cancelled at once; a running one is asked to stop at its next checkpoint; a
+    composite job cancels its parts, and ends cancelled once they have."""
     job = await get_job(session, tenant_id=tenant_id, job_id=job_id)
+    if JOB_TYPES[job["type"]].children and not JobStatus(job["status"]).terminal:
+        for child in await jobstore.children_of(session, job_id=job_id):
+            await cancel_part(session, signals, job_id=child)
+        return await get_job(session, tenant_id=tenant_id, job_id=job_id)
     cancelled = await jobstore.transition(
         session,
         job_id=job_id,
@@ -212,3 +232,42 @@ async def cancel(session: AsyncSession, signals: JobSignals, *, tenant_id: str, 
         raise JobNotCancellable(f"Job {job_id} has already finished ({job['status']}); nothing to cancel.")
     await signals.request_cancel(job_id)
     return job
+
+
+async def cancel_part(session: AsyncSession, signals: JobSignals, *, job_id: str) -> None:
+    """Cancel one part of a composite job: at once if queued, at its next checkpoint if running."""
+    cancelled = await jobstore.transition(
+        session, job_id=job_id, from_statuses=[JobStatus.QUEUED], to=JobStatus.CANCELLED, message="cancelled"
+    )
+    await session.commit()
+    if cancelled is not None:
+        await signals.announce(jobstore.job_view(cancelled))
+    else:
+        await signals.request_cancel(job_id)
+
+
+async def composite_result(session: AsyncSession, results: Any, *, job: RowMapping) -> dict[str, Any]:
+    """A composite job's result: its parts' results under their type names (None for a part that did not
+    apply to the input)."""
+    query = select(jobs.c.id, jobs.c.type).where(jobs.c.parent_id == job["id"])
+    parts = (await session.execute(query)).all()
+    documents = {doc["_id"]: doc async for doc in results.find({"_id": {"$in": [part.id for part in parts]}})}
+    gathered: dict[str, Any] = {
+        "job_id": job["id"],
+        "type": job["type"],
+        "input_file_id": job["file_id"],
+        "created_at": job["finished_at"],
+    }
+    for part in parts:
+        document = documents.get(part.id)
+        gathered[part.type] = None if document is None else part_view(document)
+    return gathered
+
+
+def part_view(document: dict[str, Any]) -> dict[str, Any]:
+    """A result document as the API shows it (without its storage keys)."""
+    hidden = {"_id", "tenant_id", RESULT_WRITES}
+    view = {key: value for key, value in document.items() if key not in hidden}
+    if view.get("created_at") is not None:
+        view["created_at"] = iso(view["created_at"])
+    return view

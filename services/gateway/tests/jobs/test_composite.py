@@ -1,0 +1,67 @@
+"""`media.analyze`: one composite job fanned out into its parts on the real stack, following them to the
+end and gathering their results."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+
+from scripts.samples import make_video
+from tests.fixtures.stack import result_of, submit, upload, wait_for
+
+PARTS = {"video.probe", "video.scenes", "video.quality", "audio.loudness", "audio.silence"}
+
+
+async def test_media_analyze_runs_every_part_and_gathers_their_results(
+    api: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    """The parent lists one child per part, succeeds once they all have, and its result holds each part's."""
+    path = tmp_path / "clip.mp4"
+    make_video(path, duration_s=3.0, fps=25, width=160, height=120, with_audio=True, cuts_s=[1.0, 2.0])
+    job = await submit(api, "media.analyze", await upload(api, path))
+    assert len(job["children"]) == len(PARTS)
+    done = await wait_for(api, job["id"], timeout=120)
+    assert done["status"] == "succeeded", done
+    assert done["progress"] == 1.0
+    children = [await wait_for(api, child) for child in done["children"]]
+    assert {child["type"] for child in children} == PARTS
+    assert all(child["parent_id"] == job["id"] and child["status"] == "succeeded" for child in children)
+    result = await result_of(api, job["id"])
+    assert result["type"] == "media.analyze"
+    assert result["video.probe"]["video"]["width"] == 160
+    assert result["video.scenes"]["cut_count"] == 2
+    assert result["audio.loudness"]["integrated_lufs"] is not None
+    assert "segments" in result["audio.silence"]
+
+
+async def test_a_part_that_does_not_apply_leaves_a_gap_not_a_failure(
+    api: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    """On a video without sound the audio parts fail UNSUPPORTED_INPUT, the parent still succeeds, and
+    their results are null."""
+    path = tmp_path / "silent.mp4"
+    make_video(path, duration_s=1.0, fps=10, width=96, height=64)
+    job = await submit(api, "media.analyze", await upload(api, path))
+    done = await wait_for(api, job["id"], timeout=120)
+    assert done["status"] == "succeeded", done
+    result = await result_of(api, job["id"])
+    assert result["audio.loudness"] is None
+    assert result["audio.silence"] is None
+    assert result["video.probe"]["video"]["height"] == 64
+
+
+async def test_cancelling_the_parent_cancels_its_parts(
+    stack_proxy_cut: None, api: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    """A composite job whose parts are still queued is cancelled with all of them."""
+    path = tmp_path / "clip.mp4"
+    make_video(path, duration_s=1.0, fps=10, width=96, height=64)
+    file_id = await upload(api, path)
+    job = await submit(api, "media.analyze", file_id)
+    response = await api.post(f"/v1/jobs/{job['id']}/cancel")
+    assert response.status_code == 202, response.text
+    parent = await wait_for(api, job["id"], timeout=10)
+    assert parent["status"] == "cancelled"
+    for child in parent["children"]:
+        assert (await wait_for(api, child))["status"] == "cancelled"
