@@ -92,6 +92,7 @@ DESCRIPTIONS: dict[str, str] = {
     "MEDIALENS_WORKER_TABLE_MEMORY_LIMIT": "Memory a table job's engine (DuckDB) may use before it spills "
     "to the scratch directory.",
     "MEDIALENS_WORKER_TABLE_THREADS": "Threads a table job's engine may use.",
+    "MEDIALENS_WORKER_QUERY_TIME_LIMIT_S": "A data.query whose SQL runs longer than this fails with TIMEOUT.",
     "MEDIALENS_WORKER_JOB_TIMEOUT_S": "A job running longer than this fails with TIMEOUT.",
     "MEDIALENS_DEV_API_KEYS": "`tenant:key,tenant:key` pairs the gateway ensures exist at start "
     "(development and test only).",

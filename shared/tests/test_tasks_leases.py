@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from medialens_shared.tables import jobs, outbox
 from medialens_shared.tasks import Handler, JobContext, JobRunner
 from medialens_video.probe import probe_video
 from scripts.samples import make_video
-from tests.fixtures.stack import Stack, submit, upload, wait_for
+from tests.fixtures.stack import Stack, upload, wait_for
 
 
 class RecordedDelivery:
@@ -62,18 +62,7 @@ async def held_job(stack: Stack, api: httpx.AsyncClient, db: DatabaseManager, tm
     """A queued video.probe job whose own message is never published: only the test's runner sees it."""
     path = tmp_path / "clip.mp4"
     make_video(path, duration_s=1.0, fps=10, width=160, height=120)
-    file_id = await upload(api, path)
-    await stack.rabbit_proxy.cut()
-    try:
-        job = await submit(api, "video.probe", file_id)
-    finally:
-        await stack.rabbit_proxy.restore()
-    async with db.session() as session:
-        await session.execute(
-            update(outbox).where(outbox.c.job_id == job["id"]).values(sent_at=datetime.now(UTC))
-        )
-        await session.commit()
-    return JobMessage(job_id=job["id"], type="video.probe", tenant_id="tenant-a", file_id=file_id)
+    return await stack.held_job(api, "video.probe", await upload(api, path))
 
 
 async def _row(db: DatabaseManager, job_id: str) -> Any:

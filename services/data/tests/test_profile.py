@@ -320,7 +320,7 @@ def test_connection_reads_nothing_but_the_input(tmp_path: Path, monkeypatch: pyt
     other = write_csv(tmp_path / "secret.csv", ["s"], [["x"]])
     path = write_csv(tmp_path / "t.csv", ["a"], [[1]])
     seen: list[Any] = []
-    real_connect = module._connect
+    real_connect = module.connect
 
     def spy(*args: Any, **kwargs: Any) -> Any:
         con = real_connect(*args, **kwargs)
@@ -331,6 +331,127 @@ def test_connection_reads_nothing_but_the_input(tmp_path: Path, monkeypatch: pyt
             con.execute("SET enable_external_access = true")
         return con
 
-    monkeypatch.setattr(module, "_connect", spy)
+    monkeypatch.setattr(module, "connect", spy)
     assert profile_table(path, params=AUTO, temp_dir=tmp_path / "spill").row_count == 1
     assert len(seen) == 1
+
+
+# --- long tables, approximate distinct counts, progress and cancellation ------------------------------
+
+LONG_ROWS = 5_000_000
+
+
+@pytest.fixture(scope="module")
+def long_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """5,000,000 rows of three columns, written by DuckDB itself in about a second."""
+    duckdb = pytest.importorskip("duckdb")
+    path = tmp_path_factory.mktemp("long") / "long.csv"
+    with duckdb.connect() as con:
+        con.execute(
+            "COPY (SELECT range AS i, CASE WHEN range % 10 = 0 THEN NULL ELSE range % 7 END AS m, "
+            f"(range % 1000) / 8 AS x FROM range({LONG_ROWS})) TO '{path}' (HEADER)"
+        )
+    return path
+
+
+# The slowest unit test of the data service (~6-20 s on two busy cores): 5 million rows under 256 MB.
+def test_long_file_is_profiled_in_bounded_memory_with_progress(long_csv: Path, tmp_path: Path) -> None:
+    """Five million rows profile under a 256 MB limit to closed-form statistics, reporting rows read."""
+    notes: list[tuple[float, str]] = []
+    result = profile_table(
+        long_csv,
+        params=AUTO,
+        memory_limit="256MB",
+        temp_dir=tmp_path / "spill",
+        report=lambda fraction, message: notes.append((fraction, message)),
+    )
+    n = LONG_ROWS
+    assert (result.row_count, result.column_count) == (n, 3)
+
+    i = column(result, "i")
+    assert (i.min, i.max, i.null_count) == (0, n - 1, 0)
+    assert i.mean == pytest.approx((n - 1) / 2)
+    assert i.std == pytest.approx(math.sqrt(n * (n + 1) / 12))
+    assert i.p50 == pytest.approx((n - 1) / 2)
+    # Five million distinct values are past the exact limit: a HyperLogLog estimate, flagged as such.
+    assert i.distinct_approx is True
+    assert i.distinct_count == pytest.approx(n, rel=0.05)
+
+    m = column(result, "m")
+    counts = Counter(k % 7 for k in range(n) if k % 10)
+    assert m.null_count == n // 10
+    assert (m.distinct_count, m.distinct_approx) == (7, False)
+    assert [(t.value, t.count) for t in m.top_values] == sorted(
+        counts.items(), key=lambda kv: (-kv[1], kv[0])
+    )
+
+    x = column(result, "x")
+    assert (x.min, x.max) == (0.0, 999 / 8)
+    assert x.mean == pytest.approx(statistics.mean(range(1000)) / 8)
+    assert x.distinct_count == 1000
+
+    assert any(message.startswith("read ") and " of ~" in message for _, message in notes)
+    assert any(message.startswith("profiled ") for _, message in notes)
+    fractions = [fraction for fraction, _ in notes]
+    assert fractions == sorted(fractions)
+
+
+def test_distinct_count_is_approximate_past_the_limit(tmp_path: Path) -> None:
+    """Past a (small) exact limit the distinct count is estimated and flagged; top values stay exact."""
+    rows = [["hot", i % 3] for i in range(500)] + [[f"v{i}", i % 3] for i in range(3000)]
+    result = profile_table(
+        write_csv(tmp_path / "d.csv", ["s", "k"], rows), params=AUTO, distinct_exact_limit=100
+    )
+    s = column(result, "s")
+    assert s.distinct_approx is True
+    assert s.distinct_count == pytest.approx(3001, rel=0.05)
+    assert (s.top_values[0].value, s.top_values[0].count) == ("hot", 500)
+    assert all(top.count == 1 for top in s.top_values[1:])
+    k = column(result, "k")
+    assert (k.distinct_count, k.distinct_approx) == (3, False)
+
+
+def test_cancel_interrupts_a_running_profile(long_csv: Path) -> None:
+    """A cancel asked for while the table is being read stops the profile within two seconds."""
+    from medialens_shared.errors import JobCancelled
+
+    asked: list[float] = []
+
+    def cancelled() -> bool:
+        if not asked:
+            asked.append(time.monotonic() + 0.5)
+        return time.monotonic() > asked[0]
+
+    with pytest.raises(JobCancelled):
+        profile_table(long_csv, params=AUTO, cancelled=cancelled)
+    assert time.monotonic() - asked[0] < 2.0
+
+
+def test_report_raising_cancelled_interrupts_the_profile(long_csv: Path) -> None:
+    """A report callback that raises JobCancelled (as JobContext.report does) stops the profile."""
+    from medialens_shared.errors import JobCancelled
+
+    started = time.monotonic()
+
+    def report(fraction: float, message: str) -> None:
+        if time.monotonic() - started > 0.5:
+            raise JobCancelled("cancelled on request")
+
+    with pytest.raises(JobCancelled):
+        profile_table(long_csv, params=AUTO, report=report)
+    assert time.monotonic() - started < 2.5
+
+
+def test_zstd_csv_is_detected_and_profiled(tmp_path: Path) -> None:
+    """A zstd-compressed CSV (written by DuckDB) is decompressed and profiled."""
+    duckdb = pytest.importorskip("duckdb")
+    header, rows = mixed_rows()
+    plain = write_csv(tmp_path / "mixed.csv", header, rows)
+    packed = tmp_path / "upload"
+    with duckdb.connect() as con:
+        con.execute(f"COPY (FROM read_csv('{plain}')) TO '{packed}' (FORMAT csv, HEADER, COMPRESSION zstd)")
+    assert packed.read_bytes()[:4] == b"\x28\xb5\x2f\xfd"
+    result = profile_table(packed, params=AUTO)
+    assert (result.row_count, result.column_count) == (40, 5)
+    assert_numeric(column(result, "price"), [row[1] for row in rows])
+    assert_common(column(result, "name"), [row[2] for row in rows])

@@ -5,57 +5,30 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
-from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import select
 
 from medialens_gateway.deadletters import main_async
-from medialens_shared.bus import Topology, make_broker, publish_job, queue_stats
-from medialens_shared.contracts import JobMessage
+from medialens_shared.bus import Topology, make_broker, queue_stats
 from medialens_shared.db import DatabaseManager
-from medialens_shared.tables import jobs, outbox
+from medialens_shared.tables import jobs
 from scripts.samples import make_video
 from tests.fixtures.servers import settings_env
-from tests.fixtures.stack import Stack, submit, upload, wait_for
+from tests.fixtures.stack import Stack, upload, wait_for
 
 
 async def _dead_job(stack: Stack, api: httpx.AsyncClient, db: DatabaseManager, tmp_path: Path) -> str:
     """A job whose only message was dead-lettered (so the relay failed it): its id."""
     path = tmp_path / "clip.mp4"
     make_video(path, duration_s=1.0, fps=10, width=160, height=120)
-    file_id = await upload(api, path)
-    await stack.rabbit_proxy.cut()
-    try:
-        job = await submit(api, "video.probe", file_id)
-    finally:
-        await stack.rabbit_proxy.restore()
-    async with db.session() as session:
-        await session.execute(
-            update(outbox).where(outbox.c.job_id == job["id"]).values(sent_at=datetime.now(UTC))
-        )
-        await session.commit()
-    broker = make_broker(stack.settings, name="test-deadletters")
-    await broker.connect()
-    try:
-        message = JobMessage(job_id=job["id"], type="video.probe", tenant_id="tenant-a", file_id=file_id)
-        await publish_job(
-            broker,
-            Topology(stack.settings),
-            job_type="video.probe",
-            payload=message.model_dump(mode="json"),
-            message_id=f"dead-{uuid.uuid4().hex}",
-            dead=True,
-            timeout=5,
-        )
-    finally:
-        await broker.stop()
-    failed = await wait_for(api, job["id"])
+    job = await stack.held_job(api, "video.probe", await upload(api, path))
+    await stack.publish_dead(job)
+    failed = await wait_for(api, job.job_id)
     assert failed["error_code"] == "RETRIES_EXHAUSTED"
-    return str(job["id"])
+    return job.job_id
 
 
 async def _dead_count(stack: Stack) -> int:

@@ -5,17 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 from sqlalchemy import select, update
 
-from medialens_shared.bus import Topology, make_broker, publish_job, queue_stats
-from medialens_shared.contracts import JobMessage
+from medialens_shared.bus import Topology, make_broker, queue_stats
 from medialens_shared.db import DatabaseManager
 from medialens_shared.tables import jobs, outbox
 from scripts.samples import make_video
@@ -27,15 +24,6 @@ async def video_id(api: httpx.AsyncClient, tmp_path: Path) -> str:
     path = tmp_path / "clip.mp4"
     make_video(path, duration_s=1.0, fps=10, width=160, height=120)
     return await upload(api, path)
-
-
-async def _held_job(stack: Stack, api: httpx.AsyncClient, file_id: str) -> dict[str, Any]:
-    """A video.probe job that stays queued: the relay cannot reach the broker while it is submitted."""
-    await stack.rabbit_proxy.cut()
-    try:
-        return await submit(api, "video.probe", file_id)
-    finally:
-        await stack.rabbit_proxy.restore()
 
 
 async def _orphan(db: DatabaseManager, job_id: str, *, attempts: int) -> None:
@@ -62,14 +50,14 @@ async def test_a_job_whose_worker_died_runs_again(
     stack: Stack, api: httpx.AsyncClient, db: DatabaseManager, video_id: str
 ) -> None:
     """A running job whose lease ran out is requeued by the reaper and then succeeds, its crash counted."""
-    job = await _held_job(stack, api, video_id)
-    await _orphan(db, job["id"], attempts=1)
+    job = await stack.held_job(api, "video.probe", video_id)
+    await _orphan(db, job.job_id, attempts=1)
     started = time.monotonic()
-    done = await wait_for(api, job["id"], timeout=30)
+    done = await wait_for(api, job.job_id, timeout=30)
     assert done["status"] == "succeeded", done
     assert done["attempts"] == 2
     assert time.monotonic() - started < 30
-    assert (await result_of(api, job["id"]))["video"]["width"] == 160
+    assert (await result_of(api, job.job_id))["video"]["width"] == 160
 
 
 async def test_a_job_that_lost_its_worker_too_often_fails(
@@ -81,9 +69,9 @@ async def test_a_job_that_lost_its_worker_too_often_fails(
     dead = Topology(stack.settings).dead.name
     try:
         before = (await queue_stats(broker, dead)).messages
-        job = await _held_job(stack, api, video_id)
-        await _orphan(db, job["id"], attempts=stack.settings.worker.max_attempts)
-        done = await wait_for(api, job["id"], timeout=30)
+        job = await stack.held_job(api, "video.probe", video_id)
+        await _orphan(db, job.job_id, attempts=stack.settings.worker.max_attempts)
+        done = await wait_for(api, job.job_id, timeout=30)
         assert done["status"] == "failed"
         assert done["error_code"] == "RETRIES_EXHAUSTED"
         assert "worker stopped" in done["error_message"]
@@ -99,28 +87,9 @@ async def test_a_dead_lettered_message_fails_its_job(
     stack: Stack, api: httpx.AsyncClient, db: DatabaseManager, video_id: str
 ) -> None:
     """A message the broker dead-letters makes its still-queued job fail with RETRIES_EXHAUSTED."""
-    job = await _held_job(stack, api, video_id)
-    async with db.session() as session:  # its own message never goes out: only the dead letter moves it
-        await session.execute(
-            update(outbox).where(outbox.c.job_id == job["id"]).values(sent_at=datetime.now(UTC))
-        )
-        await session.commit()
-    broker = make_broker(stack.settings, name="test-relay")
-    await broker.connect()
-    try:
-        message = JobMessage(job_id=job["id"], type="video.probe", tenant_id="tenant-a", file_id=video_id)
-        await publish_job(
-            broker,
-            Topology(stack.settings),
-            job_type="video.probe",
-            payload=message.model_dump(mode="json"),
-            message_id=f"dead-{uuid.uuid4().hex}",
-            dead=True,
-            timeout=5,
-        )
-    finally:
-        await broker.stop()
-    done = await wait_for(api, job["id"], timeout=20)
+    job = await stack.held_job(api, "video.probe", video_id)
+    await stack.publish_dead(job)
+    done = await wait_for(api, job.job_id, timeout=20)
     assert done["status"] == "failed"
     assert done["error_code"] == "RETRIES_EXHAUSTED"
     assert "dead-lettered" in done["error_message"]

@@ -13,9 +13,10 @@ from typing import Any
 from sqlalchemy import RowMapping, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from medialens_shared import webhooks
+from medialens_shared import outbox, webhooks
 from medialens_shared.contracts import TERMINAL_STATUSES, JobMessage, JobStatus
 from medialens_shared.envelope import iso
+from medialens_shared.errors import MediaLensError
 from medialens_shared.tables import jobs
 
 JobRow = RowMapping
@@ -121,6 +122,50 @@ async def transition(
             payload=job_view(row, children=children),
         )
     return row
+
+
+async def requeue(
+    session: AsyncSession, *, job: JobRow, message: str, owner: str | None = None, delay_s: int = 0
+) -> JobRow | None:
+    """Hand a running job back to the queue (its lease cleared) and its message to the outbox, after
+    `delay_s`; the new row, or None if the job was no longer running (for `owner`)."""
+    row = await transition(
+        session,
+        job_id=job["id"],
+        from_statuses=[JobStatus.RUNNING],
+        to=JobStatus.QUEUED,
+        owner=owner,
+        message=message[:200],
+        worker=None,
+        lease_expires_at=None,
+    )
+    if row is not None:
+        await outbox.enqueue(session, message_of(row), delay_s=delay_s)
+    return row
+
+
+async def fail(
+    session: AsyncSession,
+    *,
+    job_id: str,
+    error: MediaLensError,
+    from_statuses: Iterable[JobStatus] = (JobStatus.RUNNING,),
+    owner: str | None = None,
+) -> JobRow | None:
+    """Fail a job with `error`'s code and message (its lease cleared); the new row, or None if it was not
+    in one of `from_statuses`."""
+    return await transition(
+        session,
+        job_id=job_id,
+        from_statuses=from_statuses,
+        to=JobStatus.FAILED,
+        owner=owner,
+        message="failed",
+        error_code=error.error_code,
+        error_message=error.message,
+        worker=None,
+        lease_expires_at=None,
+    )
 
 
 async def _follow_children(session: AsyncSession, *, parent_id: str) -> None:

@@ -132,6 +132,8 @@ class WorkerSettings(BaseModel):
     table_memory_limit: str = "512MB"
     #: Threads a table job's engine may use.
     table_threads: int = Field(2, ge=1)
+    #: A data.query whose SQL runs longer than this fails with TIMEOUT.
+    query_time_limit_s: float = Field(30.0, gt=0)
     #: A job running longer than this fails with TIMEOUT.
     job_timeout_s: float = Field(3600.0, gt=0)
     #: Seconds a stopping service waits for its running job to finish before it releases the job's lease.

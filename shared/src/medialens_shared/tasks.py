@@ -33,6 +33,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -74,6 +75,8 @@ log = logging.getLogger(__name__)
 
 #: The field of a result document counting how often it was written (1, unless a job ran twice).
 RESULT_WRITES = "writes"
+
+_UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
 
 #: Bytes read from disk per chunk when a job stores a file it made.
 ARTIFACT_CHUNK_BYTES = 1024 * 1024
@@ -378,8 +381,10 @@ class JobRunner:
             stored = (await session.execute(query)).one_or_none()
         if stored is None:
             raise InputNotFound(f"the input file {message.file_id} was deleted before the job ran")
-        suffix = Path(stored.filename).suffix[:16]
-        path = scratch / f"input{suffix}"
+        # The copy keeps the upload's name (made safe), so what a job names after its input reads well.
+        name = _UNSAFE_NAME.sub("_", Path(stored.filename).name)[-120:].lstrip(".") or "input"
+        (scratch / "in").mkdir()
+        path = scratch / "in" / name
         await self.store.copy_to(stored.storage_id, path)
         return path
 
@@ -523,18 +528,13 @@ class JobRunner:
             delay_s,
         )
         async with self.db.session() as session:
-            requeued = await jobstore.transition(
+            requeued = await jobstore.requeue(
                 session,
-                job_id=row["id"],
-                from_statuses=[JobStatus.RUNNING],
-                to=JobStatus.QUEUED,
+                job=row,
                 owner=self.worker_id,
-                message=f"retrying in {delay_s} s after: {exc}"[:200],
-                worker=None,
-                lease_expires_at=None,
+                message=f"retrying in {delay_s} s after: {exc}",
+                delay_s=delay_s,
             )
-            if requeued is not None:
-                await outbox.enqueue(session, message, delay_s=delay_s)
             await session.commit()
         if requeued is not None:
             metrics.JOBS_RETRIED.labels(message.type).inc()

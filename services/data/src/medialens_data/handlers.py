@@ -1,27 +1,93 @@
-"""The data service's job handlers: each turns a job's input into its result model."""
+"""The data service's job handlers: each turns a job's input into its result model.
+
+The work runs in a thread (`ctx.run_cpu`) on a DuckDB connection limited by the worker's settings
+(`table_memory_limit`, `table_threads`), spilling to the job's scratch directory, which the task base
+removes afterwards. Progress and cancellation reach the thread through `ctx.report`.
+"""
 
 from __future__ import annotations
 
 from functools import partial
+from pathlib import Path
+from typing import TypedDict
 
+from medialens_data.convert import convert_table
+from medialens_data.engine import Report
 from medialens_data.profile import profile_table
-from medialens_shared.contracts import DataProfileParams, DataProfileResult
+from medialens_data.query import run_query
+from medialens_shared.contracts import (
+    DataConvertParams,
+    DataConvertResult,
+    DataProfileParams,
+    DataProfileResult,
+    DataQueryParams,
+    DataQueryResult,
+)
 from medialens_shared.tasks import Handler, JobContext
+
+_PARQUET = "application/vnd.apache.parquet"
+
+
+class _EngineOptions(TypedDict):
+    memory_limit: str
+    threads: int
+    temp_dir: Path
+    report: Report
+
+
+def _engine_options(ctx: JobContext) -> _EngineOptions:
+    worker = ctx.settings.worker
+    return {
+        "memory_limit": worker.table_memory_limit,
+        "threads": worker.table_threads,
+        "temp_dir": ctx.scratch / "spill",
+        "report": ctx.report,
+    }
 
 
 async def profile(ctx: JobContext) -> DataProfileResult:
     assert isinstance(ctx.params, DataProfileParams)
-    worker = ctx.settings.worker
-    await ctx.progress(0.05, "profiling the table", force=True)
-    run = partial(
-        profile_table,
-        ctx.require_input(),
-        params=ctx.params,
-        memory_limit=worker.table_memory_limit,
-        threads=worker.table_threads,
-        temp_dir=ctx.scratch,
-    )
+    await ctx.progress(0.0, "profiling the table", force=True)
+    run = partial(profile_table, ctx.require_input(), params=ctx.params, **_engine_options(ctx))
     return await ctx.run_cpu(run)
 
 
-HANDLERS: dict[str, Handler] = {"data.profile": profile}
+async def convert(ctx: JobContext) -> DataConvertResult:
+    assert isinstance(ctx.params, DataConvertParams)
+    await ctx.progress(0.0, f"converting the table to {ctx.params.to}", force=True)
+    run = partial(
+        convert_table,
+        ctx.require_input(),
+        params=ctx.params,
+        out_dir=ctx.scratch / "out",
+        **_engine_options(ctx),
+    )
+    converted = await ctx.run_cpu(run)
+    await ctx.progress(0.99, f"storing {converted.row_count} rows", force=True)
+    file_id = await ctx.save_artifact(
+        converted.path, filename=converted.path.name, content_type=converted.content_type
+    )
+    return DataConvertResult(file_id=file_id, row_count=converted.row_count, size_bytes=converted.size_bytes)
+
+
+async def query(ctx: JobContext) -> DataQueryResult:
+    assert isinstance(ctx.params, DataQueryParams)
+    await ctx.progress(0.0, "loading the table", force=True)
+    out_path = ctx.scratch / "out" / "answer.parquet"
+    run = partial(
+        run_query,
+        ctx.require_input(),
+        params=ctx.params,
+        out_path=out_path,
+        time_limit_s=ctx.settings.worker.query_time_limit_s,
+        **_engine_options(ctx),
+    )
+    answer = await ctx.run_cpu(run)
+    await ctx.progress(0.99, f"storing the answer's {answer.row_count} rows", force=True)
+    file_id = await ctx.save_artifact(answer.path, filename=answer.path.name, content_type=_PARQUET)
+    return DataQueryResult(
+        columns=answer.columns, rows=answer.rows, row_count=answer.row_count, file_id=file_id
+    )
+
+
+HANDLERS: dict[str, Handler] = {"data.profile": profile, "data.convert": convert, "data.query": query}

@@ -1,53 +1,60 @@
 """`data.profile`: row and column counts and per-column statistics of a CSV, Parquet or JSON-lines table.
 
-Everything is computed inside DuckDB; Python only ever sees aggregates. Each call opens a fresh in-memory
-connection that may read the one input file and nothing else (`allowed_paths` plus
-`enable_external_access=false`, then `lock_configuration`), so a crafted file or column name cannot reach
-the rest of the disk. SQL is assembled from `_ident`/`_literal`-quoted names (DuckDB cannot bind
-identifiers or table-function arguments as parameters), hence the `S608` exemptions.
+Everything is computed inside DuckDB (see `engine`); Python only ever sees aggregates. SQL is assembled
+from `ident`/`literal`-quoted names (DuckDB cannot bind identifiers or table-function arguments), hence
+the `S608` exemptions.
 
 Passes over the data: CSV and JSON lines are parsed once into a DuckDB table (where parse errors surface,
-with the line); Parquet is queried in place. Then one query per batch of `AGGREGATE_BATCH` columns
-computes their counts, extremes, moments and quantiles (scanning only those columns), and one `GROUP BY`
-per column gives both its exact distinct count and its most frequent values.
+with the line; the table spills to the job's scratch directory past the memory limit); Parquet is queried
+in place. Then one query per batch of columns computes their counts, extremes, moments, quantiles and
+HyperLogLog distinct estimates (scanning only those columns; batches are narrower for longer tables, as
+quantiles hold every value of their column), and one `GROUP BY` per column gives both its distinct count
+and its most frequent values.
+
+Distinct counts: exact (`distinct_approx` false) for every column whose HyperLogLog estimate is at most
+`APPROX_MARGIN` above `DISTINCT_EXACT_LIMIT` (1,000,000), so any column with up to that many distinct
+values is counted exactly, whatever the estimate's error. Beyond, `distinct_count` is DuckDB's
+`approx_count_distinct` (HyperLogLog, typically within 2 %) with `distinct_approx` true, and the top values
+are the candidates of `approx_top_k` with their exact counts: exact whenever the frequent values stand out,
+arbitrary among ties (such as a column of unique ids, where every count is 1).
 """
 
 from __future__ import annotations
 
-import csv
-import datetime as dt
-import decimal
-import math
-import re
-import uuid
-import zlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-import duckdb
-
+from medialens_data.engine import (
+    Limits,
+    Report,
+    Watchdog,
+    connect,
+    count_label,
+    finite,
+    ident,
+    json_value,
+    lock,
+    reason,
+)
+from medialens_data.source import READ_ERRORS, expose, inspect
 from medialens_shared.contracts import ColumnProfile, DataProfileParams, DataProfileResult, TopValue
-from medialens_shared.errors import InputNotFound, InvalidParams, UnsupportedInput
+from medialens_shared.errors import UnsupportedInput
 
-Format = Literal["csv", "parquet", "jsonl"]
-Compression = Literal["none", "gzip", "zstd"]
-
-#: Leading bytes read to detect the format.
-HEAD_BYTES = 8192
 #: How many most frequent values each column reports.
 TOP_K = 10
-#: Columns per aggregate query: quantiles keep every value of their column, so a query over hundreds of
-#: columns could exceed the memory limit where a few passes over fewer columns do not.
+#: Distinct counts are exact up to this many distinct values (API.md), approximate beyond.
+DISTINCT_EXACT_LIMIT = 1_000_000
+#: Headroom over the limit for HyperLogLog's error, so no column within the limit is estimated.
+APPROX_MARGIN = 0.1
+#: Most columns per aggregate query.
 AGGREGATE_BATCH = 64
+#: Bytes a quantile holds per value (the value and its share of sort state), to size the batches.
+QUANTILE_BYTES_PER_VALUE = 16
 
-_GZIP_MAGIC = b"\x1f\x8b"
-_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
-_PARQUET_MAGIC = b"PAR1"
-_DELIMITERS = (",", ";", "\t", "|")
-#: A ragged or damaged CSV must fail, never lose or pad rows: no skipped leading lines, no null padding,
-#: no ignored errors, strict quoting.
-_CSV_STRICT = "skip=0, strict_mode=true, null_padding=false, ignore_errors=false"
 _TABLE = "t"
+#: Share of the job's progress that parsing a CSV or JSON-lines file takes.
+_READ_SHARE = 0.45
 
 _INT_TYPES = frozenset(
     {"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT",
@@ -60,6 +67,8 @@ _TEMPORAL_TYPES = frozenset(
 )  # fmt: skip
 _UNORDERED_PREFIXES = ("MAP", "UNION")
 
+Kind = Literal["int", "float", "decimal", "temporal", "unordered", "other"]
+
 
 def profile_table(
     path: Path,
@@ -68,174 +77,39 @@ def profile_table(
     memory_limit: str = "512MB",
     threads: int = 2,
     temp_dir: Path | None = None,
+    report: Report | None = None,
+    cancelled: Callable[[], bool] | None = None,
+    distinct_exact_limit: int = DISTINCT_EXACT_LIMIT,
 ) -> DataProfileResult:
-    """Profile the table at `path`; `UnsupportedInput` when it is not a readable table of `params.format`."""
-    if threads < 1:
-        raise InvalidParams(f"threads must be at least 1, not {threads}")
-    try:
-        with path.open("rb") as handle:
-            head = handle.read(HEAD_BYTES)
-    except FileNotFoundError as exc:
-        raise InputNotFound(f"input file {path.name} does not exist") from exc
-    compression: Compression = (
-        "gzip" if head.startswith(_GZIP_MAGIC) else "zstd" if head.startswith(_ZSTD_MAGIC) else "none"
-    )
-    fmt: Format = _detect_format(head, compression) if params.format == "auto" else params.format
-    if compression == "none" and fmt != "parquet" and b"\x00" in head:
-        raise UnsupportedInput("not a text table: the file contains NUL bytes")
+    """Profile the table at `path`; `UnsupportedInput` when it is not a readable table of `params.format`.
 
-    con = _connect(path, memory_limit=memory_limit, threads=threads, temp_dir=temp_dir)
+    `report` gets progress from a watchdog thread (and may raise `JobCancelled`); `cancelled` is polled
+    as well. Either one stops the running query within `WATCH_INTERVAL_S`, raising `JobCancelled`.
+    """
+    limits = Limits(memory_limit=memory_limit, threads=threads, temp_dir=temp_dir)
+    source = inspect(path, fmt=params.format)
+    con = connect(paths=[path], limits=limits, keep_order=False)
     try:
-        try:
-            _load(con, path, fmt, compression)
-            return _profile(con)
-        except (
-            duckdb.InvalidInputException,
-            duckdb.ConversionException,
-            duckdb.IOException,
-            duckdb.NotImplementedException,
-        ) as exc:
-            raise UnsupportedInput(f"not a readable {fmt} table: {_reason(exc, path)}") from exc
+        with Watchdog(con, report=report, cancelled=cancelled) as watch:
+            start = 0.0
+            if source.format != "parquet":
+                watch.stage(lambda p: (_READ_SHARE * (p or 0.0), source.describe_read(p)))
+                start = _READ_SHARE
+            expose(con, source, name=_TABLE, materialize=source.format != "parquet", watch=watch)
+            lock(con)
+            profiler = _Profiler(
+                watch, memory_bytes=limits.memory_bytes, exact_limit=distinct_exact_limit, start=start
+            )
+            try:
+                return profiler.run()
+            except READ_ERRORS as exc:
+                # Parquet is read in place, so a damaged page surfaces only now.
+                raise UnsupportedInput(f"not a readable {source.format} table: {reason(exc, path)}") from exc
     finally:
         con.close()
 
 
-# --- setup ------------------------------------------------------------------------------------------
-
-
-def _detect_format(head: bytes, compression: Compression) -> Format:
-    """Parquet by its magic, JSON lines when the first non-blank character is `{`, else CSV."""
-    if head.startswith(_PARQUET_MAGIC):
-        return "parquet"
-    text = head
-    if compression == "gzip":
-        # Peek inside: a gzip stream may hold JSON lines as well as CSV. (zstd has no stdlib decoder on
-        # Python 3.11, so zstd input is taken to be CSV.)
-        try:
-            text = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS).decompress(head, HEAD_BYTES)
-        except zlib.error:
-            return "csv"
-    elif compression == "zstd":
-        return "csv"
-    stripped = text.removeprefix(b"\xef\xbb\xbf").lstrip()
-    return "jsonl" if stripped.startswith(b"{") else "csv"
-
-
-def _connect(path: Path, *, memory_limit: str, threads: int, temp_dir: Path | None) -> Any:
-    """A fresh in-memory connection limited to reading `path`, its configuration locked."""
-    config: dict[str, Any] = {
-        "memory_limit": memory_limit,
-        "threads": threads,
-        "autoinstall_known_extensions": False,
-        "autoload_known_extensions": False,
-    }
-    if temp_dir is not None:
-        config["temp_directory"] = str(temp_dir)
-    try:
-        con = duckdb.connect(":memory:", config=config)
-    except duckdb.Error as exc:
-        raise InvalidParams(f"bad DuckDB settings: {_first_line(str(exc))}") from exc
-    try:
-        con.execute("SET allowed_paths = ?", [[str(path.resolve())]])
-        con.execute("SET enable_external_access = false")
-        con.execute("SET lock_configuration = true")
-    except BaseException:
-        con.close()
-        raise
-    return con
-
-
-def _literal(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
-
-
-def _ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-# --- reading ----------------------------------------------------------------------------------------
-
-
-def _load(con: Any, path: Path, fmt: Format, compression: Compression) -> None:
-    """Expose the table as `t`: a view over Parquet, a table parsed once from CSV or JSON lines."""
-    source = _literal(str(path.resolve()))
-    if fmt == "parquet":
-        con.execute(f"CREATE VIEW {_TABLE} AS SELECT * FROM read_parquet({source})")  # noqa: S608
-        # Binding reads the footer: a non-Parquet file fails here.
-        con.execute(f"DESCRIBE {_TABLE}").fetchall()
-        return
-    codec = "" if compression == "none" else f", compression='{compression}'"
-    if fmt == "jsonl":
-        reader = f"read_json({source}, format='newline_delimited'{codec}"
-    else:
-        reader = f"read_csv({source}, {_CSV_STRICT}{codec}"
-    try:
-        con.execute(f"CREATE TABLE {_TABLE} AS SELECT * FROM {reader})")  # noqa: S608
-    except duckdb.ConversionException:
-        # The types were guessed from a sample and a later row disagrees: guess from every row instead.
-        con.execute(f"CREATE OR REPLACE TABLE {_TABLE} AS SELECT * FROM {reader}, sample_size=-1)")  # noqa: S608
-    if fmt == "csv":
-        _reject_ragged_single_column(con, source, codec)
-
-
-def _reject_ragged_single_column(con: Any, source: str, codec: str) -> None:
-    """Fail on a delimited file whose rows disagree, which DuckDB's sniffer reads as one column of lines.
-
-    When no delimiter gives every sampled row the same field count, DuckDB 2.0 does not fail: it falls back
-    to a dialect where each whole line is one field. So a one-column result whose first lines split on
-    another delimiter is re-read strictly with that delimiter, which fails naming the first bad line.
-    """
-    columns = _describe(con)
-    if len(columns) != 1:
-        return
-    sniffed = con.execute(
-        f"SELECT Delimiter, HasHeader FROM sniff_csv({source}, {_CSV_STRICT}{codec})"  # noqa: S608
-    ).fetchall()[0]
-    delimiter, has_header = sniffed[0], bool(sniffed[1])
-    name = columns[0][0]
-    col = _ident(name)
-    sample = [
-        row[0]
-        for row in con.execute(
-            f"SELECT CAST({col} AS VARCHAR) FROM {_TABLE} WHERE {col} IS NOT NULL LIMIT 20"  # noqa: S608
-        ).fetchall()
-    ]
-    lines = ([name] if has_header else []) + sample
-    if not lines:
-        return
-    for candidate in _DELIMITERS:
-        if candidate == delimiter:
-            continue
-        widths = [len(next(csv.reader([line], delimiter=candidate), [])) for line in lines]
-        if widths[0] < 2 and sum(width > 1 for width in widths) < 2:
-            continue
-        try:
-            con.execute(
-                f"SELECT 1 FROM sniff_csv({source}, delim={_literal(candidate)}, {_CSV_STRICT}{codec})"  # noqa: S608
-            ).fetchall()
-        except duckdb.InvalidInputException:
-            pass  # no consistent dialect with this delimiter: the rows are ragged
-        else:
-            continue
-        expected = max(widths[0], 1)
-        columns_spec = "{" + ", ".join(f"'c{i}': 'VARCHAR'" for i in range(expected)) + "}"
-        con.execute(
-            f"SELECT count(*) FROM read_csv({source}, auto_detect=false, header=false, "  # noqa: S608
-            f"delim={_literal(candidate)}, quote='\"', escape='\"', columns={columns_spec}, "
-            f"{_CSV_STRICT}{codec})"
-        ).fetchall()
-        shown = "tab" if candidate == "\t" else repr(candidate)
-        raise UnsupportedInput(f"not a readable csv table: rows disagree on their number of {shown} fields")
-
-
-# --- statistics -------------------------------------------------------------------------------------
-
-
-def _describe(con: Any) -> list[tuple[str, str]]:
-    return [(str(row[0]), str(row[1])) for row in con.execute(f"DESCRIBE {_TABLE}").fetchall()]
-
-
-def _kind(dtype: str) -> Literal["int", "float", "decimal", "temporal", "unordered", "other"]:
+def _kind(dtype: str) -> Kind:
     if dtype in _INT_TYPES:
         return "int"
     if dtype in _FLOAT_TYPES:
@@ -249,140 +123,129 @@ def _kind(dtype: str) -> Literal["int", "float", "decimal", "temporal", "unorder
     return "other"
 
 
-def _profile(con: Any) -> DataProfileResult:
-    columns = _describe(con)
-    row_count = int(con.execute(f"SELECT count(*) FROM {_TABLE}").fetchall()[0][0])  # noqa: S608
-    profiles = []
-    for start in range(0, len(columns), AGGREGATE_BATCH):
-        profiles += _profile_batch(con, columns[start : start + AGGREGATE_BATCH], row_count)
-    return DataProfileResult(row_count=row_count, column_count=len(columns), columns=profiles)
+class _Profiler:
+    """The statistics passes over table `t`, reporting "profiled 3.2M of 10M rows" as they go."""
 
+    def __init__(self, watch: Watchdog, *, memory_bytes: int, exact_limit: int, start: float) -> None:
+        self.watch = watch
+        self.memory_bytes = memory_bytes
+        self.exact_limit = exact_limit
+        self.start = start
+        self.row_count = 0
+        self.column_count = 0
+        #: Steps done: a column's aggregates count one step, its frequencies another.
+        self.done = 0
 
-def _profile_batch(con: Any, columns: list[tuple[str, str]], row_count: int) -> list[ColumnProfile]:
-    """Profile some columns: one aggregate query for all of them, then one `GROUP BY` per column."""
-    select: list[str] = []
-    slots: list[dict[str, int]] = []
-    for name, dtype in columns:
-        col = _ident(name)
-        kind = _kind(dtype)
-        slot: dict[str, int] = {}
+    def run(self) -> DataProfileResult:
+        columns = [(str(row[0]), str(row[1])) for row in self.watch.fetch(f"DESCRIBE {_TABLE}")]
+        self.column_count = len(columns)
+        self.row_count = int(self.watch.fetch(f"SELECT count(*) FROM {_TABLE}")[0][0])  # noqa: S608
+        # Quantiles keep every value of their column: narrower batches for longer tables, so a batch's
+        # quantile state stays within a quarter of the memory limit.
+        per_column = max(self.row_count, 1) * QUANTILE_BYTES_PER_VALUE
+        batch = max(1, min(AGGREGATE_BATCH, self.memory_bytes // 4 // per_column))
+        profiles: list[ColumnProfile] = []
+        for first in range(0, len(columns), batch):
+            profiles += self._batch(columns[first : first + batch], first)
+        return DataProfileResult(row_count=self.row_count, column_count=len(columns), columns=profiles)
 
-        def add(expr: str, key: str, slot: dict[str, int] = slot) -> None:
-            slot[key] = len(select)
-            select.append(expr)
+    def _progress(self, steps: int, note: Callable[[float], str] | str) -> None:
+        """Describe the next `steps` steps to the watchdog, by a fixed note or one made from progress."""
+        total = max(2 * self.column_count, 1)
 
-        add(f"count({col})", "non_null")
-        if kind != "unordered":
-            add(f"min({col})", "min")
-            add(f"max({col})", "max")
-        if kind in ("int", "float", "decimal"):
-            add(f"avg({col}::DOUBLE)", "mean")
-            add(f"stddev_samp({col}::DOUBLE)", "std")
-            add(f"quantile_cont({col}::DOUBLE, [0.25, 0.5, 0.75])", "quantiles")
-        elif kind == "temporal":
-            add(f"quantile_disc({col}, [0.25, 0.5, 0.75])", "quantiles")
-        slots.append(slot)
-    row = con.execute(f"SELECT {', '.join(select)} FROM {_TABLE}").fetchall()[0]  # noqa: S608
+        def stage(p: float | None) -> tuple[float, str]:
+            share = (self.done + steps * (p or 0.0)) / total
+            return self.start + (1 - self.start) * share, note if isinstance(note, str) else note(p or 0.0)
 
-    profiles = []
-    for (name, dtype), slot in zip(columns, slots, strict=True):
-        non_null = int(row[slot["non_null"]])
-        distinct, top_values = _frequencies(con, name) if non_null else (0, [])
-        quantiles = row[slot["quantiles"]] if "quantiles" in slot else None
-        p25, p50, p75 = (_jsonable(q) for q in quantiles) if quantiles else (None, None, None)
-        profiles.append(
-            ColumnProfile(
-                name=name,
-                dtype=dtype,
-                null_count=row_count - non_null,
-                distinct_count=distinct,
-                distinct_approx=False,
-                min=_jsonable(row[slot["min"]]) if "min" in slot else None,
-                max=_jsonable(row[slot["max"]]) if "max" in slot else None,
-                mean=_finite(row[slot["mean"]]) if "mean" in slot else None,
-                std=_finite(row[slot["std"]]) if "std" in slot else None,
-                p25=p25,
-                p50=p50,
-                p75=p75,
-                top_values=top_values,
+        self.watch.stage(stage)
+
+    def _batch(self, columns: list[tuple[str, str]], first: int) -> list[ColumnProfile]:
+        """Profile some columns: one aggregate query for all of them, then one `GROUP BY` per column."""
+        select: list[str] = []
+        slots: list[dict[str, int]] = []
+        for name, dtype in columns:
+            col = ident(name)
+            kind = _kind(dtype)
+            slot: dict[str, int] = {}
+
+            def add(expr: str, key: str, slot: dict[str, int] = slot) -> None:
+                slot[key] = len(select)
+                select.append(expr)
+
+            add(f"count({col})", "non_null")
+            if kind != "unordered":
+                add(f"min({col})", "min")
+                add(f"max({col})", "max")
+                add(f"approx_count_distinct({col})", "approx")
+            if kind in ("int", "float", "decimal"):
+                add(f"avg({col}::DOUBLE)", "mean")
+                add(f"stddev_samp({col}::DOUBLE)", "std")
+                add(f"quantile_cont({col}::DOUBLE, [0.25, 0.5, 0.75])", "quantiles")
+            elif kind == "temporal":
+                add(f"quantile_disc({col}, [0.25, 0.5, 0.75])", "quantiles")
+            slots.append(slot)
+
+        rows, total, last = count_label(self.row_count), self.column_count, first + len(columns)
+        self._progress(
+            len(columns),
+            lambda p: (
+                f"profiled {count_label(p * self.row_count)} of {rows} rows (columns {first + 1}-{last} "
+                f"of {total})"
+            ),
+        )
+        row = self.watch.fetch(f"SELECT {', '.join(select)} FROM {_TABLE}")[0]  # noqa: S608
+        self.done += len(columns)
+
+        profiles = []
+        for index, ((name, dtype), slot) in enumerate(zip(columns, slots, strict=True), start=first + 1):
+            self._progress(1, f"counting the values of column {index} of {total}")
+            non_null = int(row[slot["non_null"]])
+            approx = int(row[slot["approx"]]) if "approx" in slot else None
+            distinct, estimated, top_values = self._frequencies(name, non_null, approx)
+            self.done += 1
+            quantiles = row[slot["quantiles"]] if "quantiles" in slot else None
+            p25, p50, p75 = (json_value(q) for q in quantiles) if quantiles else (None, None, None)
+            profiles.append(
+                ColumnProfile(
+                    name=name,
+                    dtype=dtype,
+                    null_count=self.row_count - non_null,
+                    distinct_count=distinct,
+                    distinct_approx=estimated,
+                    min=json_value(row[slot["min"]]) if "min" in slot else None,
+                    max=json_value(row[slot["max"]]) if "max" in slot else None,
+                    mean=finite(row[slot["mean"]]) if "mean" in slot else None,
+                    std=finite(row[slot["std"]]) if "std" in slot else None,
+                    p25=p25,
+                    p50=p50,
+                    p75=p75,
+                    top_values=top_values,
+                )
             )
+        return profiles
+
+    def _frequencies(
+        self, name: str, non_null: int, approx: int | None
+    ) -> tuple[int | None, bool, list[TopValue]]:
+        """The distinct count of a column, whether it is estimated, and its `TOP_K` most frequent values.
+
+        Exact: one `GROUP BY`, whose number of groups is the distinct count (a window over the groups) and
+        whose largest groups, ties broken by value ascending, are the top values. Past the limit: the
+        HyperLogLog estimate, and `approx_top_k`'s candidates counted exactly.
+        """
+        if non_null == 0:
+            return 0, False, []
+        col = ident(name)
+        if approx is not None and approx > self.exact_limit * (1 + APPROX_MARGIN):
+            rows = self.watch.fetch(
+                f"WITH top AS (SELECT unnest(approx_top_k({col}, {TOP_K})) AS v FROM {_TABLE}) "  # noqa: S608
+                f"SELECT {col}, count(*) FROM {_TABLE} WHERE {col} IN (SELECT v FROM top) "
+                f"GROUP BY {col} ORDER BY 2 DESC, 1 ASC LIMIT {TOP_K}"
+            )
+            return approx, True, [TopValue(value=json_value(v), count=int(n)) for v, n in rows]
+        rows = self.watch.fetch(
+            f"SELECT {col}, count(*), count(*) OVER () FROM {_TABLE} WHERE {col} IS NOT NULL "  # noqa: S608
+            f"GROUP BY {col} ORDER BY 2 DESC, 1 ASC LIMIT {TOP_K}"
         )
-    return profiles
-
-
-def _frequencies(con: Any, name: str) -> tuple[int, list[TopValue]]:
-    """The exact number of distinct non-null values, and the `TOP_K` most frequent of them.
-
-    One `GROUP BY`: its number of groups is the distinct count (a window over the groups), and its largest
-    groups, ties broken by value ascending, are the top values.
-    """
-    col = _ident(name)
-    rows = con.execute(
-        f"SELECT {col}, count(*), count(*) OVER () FROM {_TABLE} WHERE {col} IS NOT NULL "  # noqa: S608
-        f"GROUP BY {col} ORDER BY 2 DESC, 1 ASC LIMIT {TOP_K}"
-    ).fetchall()
-    if not rows:
-        return 0, []
-    return int(rows[0][2]), [TopValue(value=_jsonable(value), count=int(count)) for value, count, _ in rows]
-
-
-def _finite(value: Any) -> float | None:
-    if value is None:
-        return None
-    number = float(value)
-    return number if math.isfinite(number) else None
-
-
-def _jsonable(value: Any) -> Any:
-    """A DuckDB value as JSON: numbers, strings, ISO strings for temporal values; NaN and inf as None."""
-    if value is None or isinstance(value, bool | int | str):
-        return value
-    if isinstance(value, float | decimal.Decimal):
-        return _finite(value)
-    if isinstance(value, dt.datetime | dt.date | dt.time):
-        return value.isoformat()
-    if isinstance(value, bytes | bytearray | memoryview):
-        return bytes(value).hex()
-    if isinstance(value, list | tuple):
-        return [_jsonable(item) for item in value]
-    if isinstance(value, dict):
-        return {str(key): _jsonable(item) for key, item in value.items()}
-    if isinstance(value, uuid.UUID | dt.timedelta):
-        return str(value)
-    return str(value)
-
-
-# --- errors -----------------------------------------------------------------------------------------
-
-_ERROR_PREFIX = re.compile(r"^[A-Za-z ]*Error: ")
-_CSV_LINE = re.compile(r"CSV Error on Line: (\d+)")
-_COLUMNS = re.compile(r"Expected Number of Columns: (\d+) Found: (\d+)")
-
-
-def _first_line(message: str) -> str:
-    return message.strip().splitlines()[0] if message.strip() else "unknown error"
-
-
-def _reason(exc: Exception, path: Path) -> str:
-    """DuckDB's reason in one short sentence, naming the line when DuckDB gives one."""
-    message = _ERROR_PREFIX.sub("", str(exc).replace(str(path.resolve()), path.name).strip(), count=1)
-    lines = [line.strip() for line in message.splitlines() if line.strip()]
-    if not lines:
-        return "unknown error"
-    line_match = _CSV_LINE.match(lines[0])
-    if line_match:
-        detail = next(
-            (line for line in lines[1:] if not line.startswith(("Original Line", "Possible", "*"))), ""
-        )
-        columns = _COLUMNS.match(detail)
-        if columns:
-            detail = f"expected {columns[1]} field{'' if columns[1] == '1' else 's'}, found {columns[2]}"
-        return f"line {line_match[1]}: {_sentence(detail)}" if detail else f"line {line_match[1]}"
-    if lines[0].startswith("Error when sniffing file") and len(lines) > 1:
-        return _sentence(lines[1])
-    return _sentence(lines[0])
-
-
-def _sentence(text: str, limit: int = 200) -> str:
-    sentence = re.split(r"(?<=[.!?])\s", text, maxsplit=1)[0].rstrip(". ")
-    return sentence if len(sentence) <= limit else sentence[: limit - 1] + "…"
+        distinct = int(rows[0][2]) if rows else 0
+        return distinct, False, [TopValue(value=json_value(v), count=int(n)) for v, n, _ in rows]

@@ -134,35 +134,16 @@ class Relay:
         current = await jobstore.get(session, job_id=job_id)
         if current is None:
             return None
-        message = jobstore.message_of(current)
         if current["attempts"] >= self.settings.worker.max_attempts:
             error = RetriesExhausted(
                 f"gave up after {current['attempts']} attempts: its worker stopped each time (crash or hang)"
             )
-            row = await jobstore.transition(
-                session,
-                job_id=job_id,
-                from_statuses=[JobStatus.RUNNING],
-                to=JobStatus.FAILED,
-                message="failed",
-                error_code=error.error_code,
-                error_message=error.message,
-                worker=None,
-                lease_expires_at=None,
-            )
-            await outbox.enqueue(session, message, dead=True)
+            row = await jobstore.fail(session, job_id=job_id, error=error)
+            await outbox.enqueue(session, jobstore.message_of(current), dead=True)
             return row
-        row = await jobstore.transition(
-            session,
-            job_id=job_id,
-            from_statuses=[JobStatus.RUNNING],
-            to=JobStatus.QUEUED,
-            message="requeued: its worker stopped heart-beating",
-            worker=None,
-            lease_expires_at=None,
+        return await jobstore.requeue(
+            session, job=current, message="requeued: its worker stopped heart-beating"
         )
-        await outbox.enqueue(session, message)
-        return row
 
     async def on_dead_letter(self, body: Any) -> None:
         """A message the broker gave up on: its job fails, unless it already ended."""
@@ -175,16 +156,11 @@ class Relay:
         metrics.JOBS_DEAD_LETTERED.labels(message.type).inc()
         error = RetriesExhausted("its message was dead-lettered after repeated failed deliveries")
         async with self.db.session() as session:
-            row = await jobstore.transition(
+            row = await jobstore.fail(
                 session,
                 job_id=message.job_id,
+                error=error,
                 from_statuses=[JobStatus.QUEUED, JobStatus.RUNNING],
-                to=JobStatus.FAILED,
-                message="failed",
-                error_code=error.error_code,
-                error_message=error.message,
-                worker=None,
-                lease_expires_at=None,
             )
             await session.commit()
         if row is not None:

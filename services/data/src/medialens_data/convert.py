@@ -1,0 +1,114 @@
+"""`data.convert`: the input table in another format (zstd Parquet, CSV with a header, or JSON lines).
+
+One streamed `COPY` from the input, read as a view, to a file in the job's scratch directory; DuckDB keeps
+the rows in their order and spills past the memory limit. The handler stores the file as a new file of
+the job's tenant.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import duckdb
+
+from medialens_data.engine import Limits, Report, Watchdog, connect, count_label, literal, lock, reason
+from medialens_data.source import READ_ERRORS, Source, expose, inspect
+from medialens_shared.contracts import DataConvertParams
+from medialens_shared.errors import UnsupportedInput
+
+Target = Literal["parquet", "csv", "jsonl"]
+
+#: DuckDB's `COPY` options for each output format.
+COPY_OPTIONS: dict[Target, str] = {
+    "parquet": "FORMAT parquet, COMPRESSION zstd",
+    "csv": "FORMAT csv, HEADER true",
+    "jsonl": "FORMAT json",
+}
+CONTENT_TYPES: dict[Target, str] = {
+    "parquet": "application/vnd.apache.parquet",
+    "csv": "text/csv",
+    "jsonl": "application/x-ndjson",
+}
+_COMPRESSED_SUFFIXES = (".gz", ".gzip", ".zst", ".zstd")
+_VIEW = "data"
+
+
+@dataclass(frozen=True, slots=True)
+class Converted:
+    path: Path
+    row_count: int
+    size_bytes: int
+    content_type: str
+
+
+def output_name(input_name: str, to: Target) -> str:
+    """`sales.csv.gz` converted to Parquet is `sales.parquet`."""
+    name = Path(input_name)
+    if name.suffix.lower() in _COMPRESSED_SUFFIXES:
+        name = name.with_suffix("")
+    return f"{name.stem or 'table'}.{to}"
+
+
+def convert_table(
+    path: Path,
+    *,
+    params: DataConvertParams,
+    out_dir: Path,
+    memory_limit: str = "512MB",
+    threads: int = 2,
+    temp_dir: Path | None = None,
+    report: Report | None = None,
+    cancelled: Callable[[], bool] | None = None,
+) -> Converted:
+    """Write the table at `path` as `params.to` into `out_dir`; `UnsupportedInput` for an unreadable table."""
+    limits = Limits(memory_limit=memory_limit, threads=threads, temp_dir=temp_dir)
+    source = inspect(path, fmt=params.format)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / output_name(path.name, params.to)
+    con = connect(paths=[path, target], limits=limits)
+    try:
+        with Watchdog(con, report=report, cancelled=cancelled) as watch:
+            expose(con, source, name=_VIEW, materialize=False, watch=watch)
+            lock(con)
+            total = _row_estimate(watch, source)
+            watch.stage(lambda p: (p or 0.0, _note(p, total)))
+            copy = f"COPY {_VIEW} TO {literal(str(target.resolve()))} ({COPY_OPTIONS[params.to]})"
+            try:
+                try:
+                    row_count = int(watch.fetch(copy)[0][0])
+                except duckdb.ConversionException:
+                    # A row past the sniffed sample disagrees with the guessed types: guess from all rows.
+                    expose(con, source, name=_VIEW, materialize=False, full_sample=True, watch=watch)
+                    row_count = int(watch.fetch(copy)[0][0])
+            except READ_ERRORS as exc:
+                raise UnsupportedInput(
+                    f"not a readable {source.format} table: {reason(exc, path, target)}"
+                ) from exc
+    finally:
+        con.close()
+    return Converted(
+        path=target,
+        row_count=row_count,
+        size_bytes=target.stat().st_size,
+        content_type=CONTENT_TYPES[params.to],
+    )
+
+
+def _row_estimate(watch: Watchdog, source: Source) -> int | None:
+    if source.format != "parquet":
+        return source.estimated_rows
+    rows = watch.fetch(
+        f"SELECT sum(num_rows) FROM parquet_file_metadata({literal(str(source.path.resolve()))})"  # noqa: S608
+    )
+    return int(rows[0][0] or 0)
+
+
+def _note(progress: float | None, total: int | None) -> str:
+    if progress is None:
+        return "converting the table"
+    if total is None:
+        return f"converted {progress:.0%} of the table"
+    return f"converted {count_label(progress * total)} of ~{count_label(total)} rows"

@@ -1,0 +1,289 @@
+"""The DuckDB engine every data job runs on: a fenced connection, a watchdog, and DuckDB values as JSON.
+
+A job opens one fresh in-memory connection with `connect`. It may read and write only the paths it is
+given (`allowed_paths` with `enable_external_access=false`), it spills to the job's scratch directory
+when it passes its memory limit, it never installs or loads extensions, and its configuration is locked
+once the job's own setup is done, so neither a crafted file nor a user's SQL can reach the rest of the
+disk, the network or the settings.
+
+A `Watchdog` thread sits beside the thread that runs the queries: every `WATCH_INTERVAL_S` it reads the
+running query's progress and reports it, and it interrupts the query (`connection.interrupt()`, which
+DuckDB allows from another thread) once a cancel is asked for or a time limit passes. The interrupted
+query raises in the worker thread, and the watchdog turns that into `JobCancelled` or `JobTimeout`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import math
+import re
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal, NoReturn
+
+import duckdb
+
+from medialens_shared.errors import InvalidParams, JobCancelled, JobTimeout
+
+#: `(fraction 0..1, message)`; may raise `JobCancelled` (as `JobContext.report` does).
+Report = Callable[[float, str], None]
+#: Maps the running query's progress (0..1, None when DuckDB cannot tell) to `(fraction, message)`.
+Stage = Callable[[float | None], tuple[float, str]]
+
+#: How often the watchdog looks at the query: well inside the 2 s the API promises for cancellation.
+WATCH_INTERVAL_S = 0.2
+
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
+_UNITS |= {"KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+_MEMORY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]I?B|B)?\s*$", re.IGNORECASE)
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What one job's engine may use: memory before spilling, threads, and where it spills."""
+
+    memory_limit: str = "512MB"
+    threads: int = 2
+    temp_dir: Path | None = None
+
+    @property
+    def memory_bytes(self) -> int:
+        match = _MEMORY.match(self.memory_limit)
+        if match is None:
+            raise InvalidParams(f"bad memory limit {self.memory_limit!r}: give e.g. 512MB or 1GB")
+        return int(float(match[1]) * _UNITS[(match[2] or "").upper()])
+
+
+def connect(*, paths: Sequence[Path], limits: Limits, keep_order: bool = True) -> Any:
+    """A fresh in-memory connection that may touch only `paths` (and its spill directory).
+
+    The caller loads its input, then calls `lock`. `keep_order=False` lets DuckDB reorder rows, which
+    saves memory when loading a table whose row order does not matter.
+    """
+    if limits.threads < 1:
+        raise InvalidParams(f"threads must be at least 1, not {limits.threads}")
+    limits.memory_bytes  # noqa: B018 -- validates the limit before DuckDB sees it
+    config: dict[str, Any] = {
+        "memory_limit": limits.memory_limit,
+        "threads": limits.threads,
+        "autoinstall_known_extensions": False,
+        "autoload_known_extensions": False,
+        "allow_community_extensions": False,
+        "preserve_insertion_order": keep_order,
+    }
+    if limits.temp_dir is not None:
+        limits.temp_dir.mkdir(parents=True, exist_ok=True)
+        config["temp_directory"] = str(limits.temp_dir)
+    try:
+        con = duckdb.connect(":memory:", config=config)
+    except duckdb.Error as exc:
+        raise InvalidParams(f"bad DuckDB settings: {first_line(str(exc))}") from exc
+    try:
+        # Progress is what the watchdog reads; printing it would write to the worker's stdout.
+        con.execute("SET enable_progress_bar = true")
+        con.execute("SET enable_progress_bar_print = false")
+        con.execute("SET allowed_paths = ?", [[str(path.resolve()) for path in paths]])
+        con.execute("SET enable_external_access = false")
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
+def lock(con: Any) -> None:
+    """Freeze the connection's configuration: no later statement can widen its access or limits."""
+    con.execute("SET lock_configuration = true")
+
+
+class Watchdog:
+    """Reports a connection's progress from a thread, and interrupts it on cancel or past a time limit.
+
+    Use it as a context manager around the queries, and run them through `fetch` (or wrap them in
+    `guard`), so an interrupted query raises `JobCancelled` or `JobTimeout` rather than DuckDB's error.
+    """
+
+    def __init__(
+        self,
+        con: Any,
+        *,
+        report: Report | None = None,
+        cancelled: Callable[[], bool] | None = None,
+        interval_s: float = WATCH_INTERVAL_S,
+    ) -> None:
+        self._con = con
+        self._report = report
+        self._cancelled = cancelled
+        self._interval_s = interval_s
+        self._stage: Stage | None = None
+        self._deadline: float | None = None
+        self._time_limit_s = 0.0
+        self.reason: Literal["cancelled", "timeout"] | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="duckdb-watchdog", daemon=True)
+
+    def __enter__(self) -> Watchdog:
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def stage(self, stage: Stage) -> None:
+        """How to describe the queries that follow; the watchdog reports `stage(progress)`."""
+        self._stage = stage
+
+    def time_limit(self, seconds: float) -> None:
+        """Interrupt the queries that run more than `seconds` from now."""
+        self._time_limit_s = seconds
+        self._deadline = time.monotonic() + seconds
+
+    def checkpoint(self) -> None:
+        """Raise now if the job was cancelled or ran out of time (between queries)."""
+        if self.reason is not None:
+            self._raise()
+
+    def fetch(self, sql: str, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
+        """Run one query to its end under watch; its rows."""
+        with self.guard():
+            rows: list[tuple[Any, ...]] = self._con.execute(sql, params).fetchall()
+        return rows
+
+    @contextmanager
+    def guard(self) -> Iterator[None]:
+        """Turn an interruption of the queries inside into `JobCancelled` or `JobTimeout`."""
+        self.checkpoint()
+        try:
+            yield
+        except duckdb.InterruptException:
+            self._raise()
+
+    def _raise(self) -> NoReturn:
+        if self.reason == "timeout":
+            raise JobTimeout(f"the query ran past its time limit of {self._time_limit_s:g} s")
+        raise JobCancelled("cancelled on request")
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self._interval_s):
+            if self.reason is None:
+                self._look()
+            if self.reason is not None:
+                # Repeated on every tick: an interrupt between two queries would otherwise be lost.
+                self._con.interrupt()
+
+    def _look(self) -> None:
+        if self._cancelled is not None and self._cancelled():
+            self.reason = "cancelled"
+            return
+        if self._deadline is not None and time.monotonic() > self._deadline:
+            self.reason = "timeout"
+            return
+        if self._report is None or self._stage is None:
+            return
+        percent = float(self._con.query_progress())
+        fraction, message = self._stage(min(percent / 100, 1.0) if percent >= 0 else None)
+        try:
+            self._report(min(max(fraction, 0.0), 1.0), message)
+        except JobCancelled:
+            self.reason = "cancelled"
+
+
+# --- SQL text and values ----------------------------------------------------------------------------
+
+
+def literal(value: str) -> str:
+    """A SQL string literal (DuckDB cannot bind table-function arguments as parameters)."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+def ident(name: str) -> str:
+    """A quoted SQL identifier (DuckDB cannot bind identifiers as parameters)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def finite(value: Any) -> float | None:
+    """A float, or None for a missing, NaN or infinite number (JSON has none of those)."""
+    if value is None:
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None
+
+
+def json_value(value: Any) -> Any:
+    """A DuckDB value as JSON: numbers, strings, ISO strings for temporal values; NaN and inf as None."""
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float | decimal.Decimal):
+        return finite(value)
+    if isinstance(value, dt.datetime | dt.date | dt.time):
+        return value.isoformat()
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value).hex()
+    if isinstance(value, list | tuple):
+        return [json_value(item) for item in value]
+    if isinstance(value, dict):
+        return {str(key): json_value(item) for key, item in value.items()}
+    if isinstance(value, uuid.UUID | dt.timedelta):
+        return str(value)
+    return str(value)
+
+
+def count_label(count: float) -> str:
+    """A row count for a progress note: 950, 12k, 3.2M."""
+    if count >= 999_500:
+        return f"{count / 10**6:.1f}M".replace(".0M", "M")
+    if count >= 10**4:
+        return f"{count / 10**3:.0f}k"
+    return f"{count:.0f}"
+
+
+# --- DuckDB's errors in plain words -----------------------------------------------------------------
+
+_ERROR_PREFIX = re.compile(r"^[A-Za-z ]*Error: ")
+_CSV_LINE = re.compile(r"CSV Error on Line: (\d+)")
+_COLUMNS = re.compile(r"Expected Number of Columns: (\d+) Found: (\d+)")
+
+
+def first_line(message: str) -> str:
+    return message.strip().splitlines()[0] if message.strip() else "unknown error"
+
+
+def reason(exc: BaseException, *paths: Path) -> str:
+    """DuckDB's reason in one short sentence, naming the CSV line when DuckDB gives one.
+
+    `paths` are replaced by their names, so a message never shows the worker's directories.
+    """
+    message = str(exc)
+    for path in paths:
+        message = message.replace(str(path.resolve()), path.name)
+    message = _ERROR_PREFIX.sub("", message.strip(), count=1)
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    if not lines:
+        return "unknown error"
+    line_match = _CSV_LINE.match(lines[0])
+    if line_match:
+        detail = next(
+            (line for line in lines[1:] if not line.startswith(("Original Line", "Possible", "*"))), ""
+        )
+        columns = _COLUMNS.match(detail)
+        if columns:
+            detail = f"expected {columns[1]} field{'' if columns[1] == '1' else 's'}, found {columns[2]}"
+        return f"line {line_match[1]}: {sentence(detail)}" if detail else f"line {line_match[1]}"
+    if lines[0].startswith("Error when sniffing file") and len(lines) > 1:
+        return sentence(lines[1])
+    return sentence(lines[0])
+
+
+def sentence(text: str, limit: int = 200) -> str:
+    """The first sentence of `text`, at most `limit` characters."""
+    first = re.split(r"(?<=[.!?])\s", text, maxsplit=1)[0].rstrip(". ")
+    return first if len(first) <= limit else first[: limit - 1] + "…"

@@ -1,0 +1,128 @@
+"""`data.query`: one read-only SQL query over the input, exposed as the table `data`, in a sandbox.
+
+The sandbox, in the order it is built:
+
+1. The SQL must parse (`duckdb.extract_statements`) as exactly one statement of type SELECT, which covers
+   `SELECT`, `WITH`, `VALUES`, `FROM data`, `DESCRIBE`/`SUMMARIZE`/`SHOW`; anything else (`COPY`,
+   `ATTACH`, `INSTALL`/`LOAD`, `SET`/`RESET`, `PRAGMA`, `CALL`, `EXPLAIN`, DDL, DML, two statements) is
+   refused before any data is read.
+2. The engine's connection (`engine.connect`) may touch only the input and the answer's file: external
+   access is off, so a table function reading any other file (`read_csv('/etc/passwd')`, `glob`,
+   `read_text`), the network or an extension fails; configuration is locked after the input is loaded,
+   with the job's memory and thread limits.
+3. A watchdog interrupts the query after `QUERY_TIME_LIMIT_S` (the job fails with `TIMEOUT`) or on cancel.
+
+Errors of the query itself (a bad column, a refused file, a failed cast) fail with `INVALID_PARAMS` and
+DuckDB's reason. The whole answer is written once, to zstd Parquet; its first `limit` rows and its row
+count are read back from that file, so the query runs exactly once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from medialens_data.engine import Limits, Report, Watchdog, connect, json_value, literal, lock, reason
+from medialens_data.source import expose, inspect
+from medialens_shared.contracts import DataQueryParams, QueryColumn
+from medialens_shared.errors import InvalidParams
+
+#: How long the user's query may run (the input's loading is not counted).
+QUERY_TIME_LIMIT_S = 30.0
+#: The name the input has in the query.
+TABLE = "data"
+#: Share of the job's progress that loading the input takes.
+_LOAD_SHARE = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    columns: list[QueryColumn]
+    rows: list[list[Any]]
+    row_count: int
+    path: Path
+
+
+def check_sql(sql: str) -> str:
+    """The one read-only statement in `sql`; `InvalidParams` saying why when there is anything else."""
+    try:
+        statements = duckdb.extract_statements(sql)
+    except duckdb.Error as exc:
+        raise InvalidParams(f"the SQL does not parse: {reason(exc)}") from exc
+    if len(statements) != 1:
+        raise InvalidParams(
+            f"give exactly one SQL statement, a query over the table `{TABLE}`; found {len(statements)}"
+        )
+    kind = statements[0].type
+    if kind != duckdb.StatementType.SELECT:
+        raise InvalidParams(
+            f"only a read-only query (SELECT, WITH or VALUES) over the table `{TABLE}` is allowed, "
+            f"not a {kind.name} statement"
+        )
+    return sql
+
+
+def run_query(
+    path: Path,
+    *,
+    params: DataQueryParams,
+    out_path: Path,
+    memory_limit: str = "512MB",
+    threads: int = 2,
+    temp_dir: Path | None = None,
+    report: Report | None = None,
+    cancelled: Callable[[], bool] | None = None,
+    time_limit_s: float = QUERY_TIME_LIMIT_S,
+) -> Answer:
+    """Answer `params.sql` over the table at `path`; the whole answer is written to `out_path` as Parquet."""
+    sql = check_sql(params.sql)
+    limits = Limits(memory_limit=memory_limit, threads=threads, temp_dir=temp_dir)
+    source = inspect(path, fmt=params.format)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    con = connect(paths=[path, out_path], limits=limits)
+    try:
+        with Watchdog(con, report=report, cancelled=cancelled) as watch:
+            if source.format != "parquet":
+                watch.stage(lambda p: (_LOAD_SHARE * (p or 0.0), source.describe_read(p)))
+            expose(con, source, name=TABLE, materialize=True, watch=watch)
+            lock(con)
+            watch.stage(lambda p: (_LOAD_SHARE + (1 - _LOAD_SHARE) * (p or 0.0), "running the query"))
+            watch.time_limit(time_limit_s)
+            columns = _answer(con, watch, sql, out_path, path)
+            target = literal(str(out_path.resolve()))
+            row_count = int(
+                watch.fetch(f"SELECT sum(num_rows) FROM parquet_file_metadata({target})")[0][0] or 0  # noqa: S608
+            )
+            first = watch.fetch(f"SELECT * FROM read_parquet({target}) LIMIT {int(params.limit)}")  # noqa: S608
+    finally:
+        con.close()
+    rows = [[json_value(value) for value in row] for row in first]
+    return Answer(columns=columns, rows=rows, row_count=row_count, path=out_path)
+
+
+def _answer(con: Any, watch: Watchdog, sql: str, out_path: Path, path: Path) -> list[QueryColumn]:
+    """Run the query once, writing its whole answer to `out_path`; the answer's columns."""
+    try:
+        with watch.guard():
+            relation = con.sql(sql)
+            columns = [
+                QueryColumn(name=str(name), dtype=str(dtype))
+                for name, dtype in zip(relation.columns, relation.types, strict=True)
+            ]
+            relation.write_parquet(str(out_path.resolve()), compression="zstd")
+    except duckdb.PermissionException as exc:
+        raise InvalidParams(
+            f"the query may read only the table `{TABLE}`, no files, network or settings: "
+            f"{reason(exc, path, out_path)}"
+        ) from exc
+    except duckdb.OutOfMemoryException as exc:
+        raise InvalidParams(
+            f"the query needs more memory than this service allows: {reason(exc, path, out_path)}"
+        ) from exc
+    except duckdb.Error as exc:
+        raise InvalidParams(f"the query failed: {reason(exc, path, out_path)}") from exc
+    return columns

@@ -1,0 +1,216 @@
+"""A job's input table: its format and compression detected by content, its size estimated, and its rows
+exposed to DuckDB under a name.
+
+CSV and JSON lines are parsed by DuckDB in one streamed pass, either into a table (`materialize=True`:
+the jobs that read the rows several times, whose parse errors then surface before any work) or as a view
+read again by each query (a conversion reads it once). Parquet is always a view: it is read in place.
+A ragged or undecodable file fails with `UnsupportedInput`, naming the line when DuckDB does.
+"""
+
+from __future__ import annotations
+
+import csv
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import duckdb
+
+from medialens_data.engine import Watchdog, count_label, ident, literal, reason
+from medialens_shared.errors import InputNotFound, UnsupportedInput
+
+Format = Literal["csv", "parquet", "jsonl"]
+Compression = Literal["none", "gzip", "zstd"]
+
+#: Leading bytes read to detect the format and estimate the row count.
+HEAD_BYTES = 64 * 1024
+
+#: DuckDB's errors that mean "this file is not a readable table" (rather than a bug or a bad query).
+READ_ERRORS: tuple[type[Exception], ...] = (
+    duckdb.InvalidInputException,
+    duckdb.ConversionException,
+    duckdb.IOException,
+    duckdb.NotImplementedException,
+)
+
+_GZIP_MAGIC = b"\x1f\x8b"
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+_PARQUET_MAGIC = b"PAR1"
+_DELIMITERS = (",", ";", "\t", "|")
+#: A ragged or damaged CSV must fail, never lose or pad rows: no skipped leading lines, no null padding,
+#: no ignored errors, strict quoting.
+_CSV_STRICT = "skip=0, strict_mode=true, null_padding=false, ignore_errors=false"
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """The input file, what it holds, and roughly how many rows (None when that cannot be told early)."""
+
+    path: Path
+    format: Format
+    compression: Compression
+    estimated_rows: int | None
+
+    def describe_read(self, progress: float | None) -> str:
+        """A progress note while the rows are parsed: "read 3.2M of ~10M rows"."""
+        if progress is None:
+            return "reading the table"
+        if self.estimated_rows is None:
+            return f"read {progress:.0%} of the file"
+        return (
+            f"read {count_label(progress * self.estimated_rows)} of ~{count_label(self.estimated_rows)} rows"
+        )
+
+
+def inspect(path: Path, *, fmt: Literal["auto", "csv", "parquet", "jsonl"]) -> Source:
+    """Detect the input's format (when `fmt` is auto) and compression from its first bytes."""
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as handle:
+            head = handle.read(HEAD_BYTES)
+    except FileNotFoundError as exc:
+        raise InputNotFound(f"input file {path.name} does not exist") from exc
+    compression: Compression = (
+        "gzip" if head.startswith(_GZIP_MAGIC) else "zstd" if head.startswith(_ZSTD_MAGIC) else "none"
+    )
+    text, ratio = _peek(head, compression)
+    detected: Format = _detect_format(head, text)
+    chosen: Format = detected if fmt == "auto" else fmt
+    if compression == "none" and chosen != "parquet" and b"\x00" in head:
+        raise UnsupportedInput("not a text table: the file contains NUL bytes")
+    estimate = None
+    if chosen != "parquet" and text and ratio is not None:
+        lines = text.count(b"\n")
+        # Bytes per line in the sample, scaled to the whole (uncompressed) file, less a header.
+        if lines and len(text) < size * ratio:
+            estimate = max(round(size * ratio * lines / len(text)) - 1, 0)
+        else:
+            estimate = max(lines - (chosen == "csv"), 0)
+    return Source(path=path, format=chosen, compression=compression, estimated_rows=estimate)
+
+
+def _peek(head: bytes, compression: Compression) -> tuple[bytes, float | None]:
+    """The first bytes of the text, and how many text bytes one file byte holds (None: unknown)."""
+    if compression == "none":
+        return head, 1.0
+    if compression == "gzip":
+        inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+        try:
+            text = inflater.decompress(head, 16 * HEAD_BYTES)
+        except zlib.error:
+            return b"", None
+        used = len(head) - len(inflater.unconsumed_tail) - len(inflater.unused_data)
+        return text, (len(text) / used if used and text else None)
+    # zstd has no decoder in the standard library of Python 3.11: taken to be CSV, size unknown.
+    return b"", None
+
+
+def _detect_format(head: bytes, text: bytes) -> Format:
+    """Parquet by its magic, JSON lines when the first non-blank character is `{`, else CSV."""
+    if head.startswith(_PARQUET_MAGIC):
+        return "parquet"
+    stripped = text.removeprefix(b"\xef\xbb\xbf").lstrip()
+    return "jsonl" if stripped.startswith(b"{") else "csv"
+
+
+def expose(
+    con: Any,
+    source: Source,
+    *,
+    name: str,
+    materialize: bool,
+    full_sample: bool = False,
+    watch: Watchdog | None = None,
+) -> None:
+    """Make the input readable as `name`; `UnsupportedInput` when it is not a table of its format.
+
+    Column types are guessed from a sample of rows; when a later row disagrees, a table is parsed again
+    with types guessed from every row. A view fails only when it is read: its reader calls `expose` again
+    with `full_sample=True`.
+    """
+    path = literal(str(source.path.resolve()))
+    try:
+        if source.format == "parquet":
+            con.execute(f"CREATE OR REPLACE VIEW {ident(name)} AS SELECT * FROM read_parquet({path})")  # noqa: S608
+            # Binding reads the footer: a non-Parquet file fails here.
+            con.execute(f"DESCRIBE {ident(name)}").fetchall()
+            return
+        codec = "" if source.compression == "none" else f", compression='{source.compression}'"
+        if source.format == "jsonl":
+            reader = f"read_json({path}, format='newline_delimited'{codec}"
+        else:
+            reader = f"read_csv({path}, {_CSV_STRICT}{codec}"
+        kind = "TABLE" if materialize else "VIEW"
+        sample = ", sample_size=-1" if full_sample else ""
+        try:
+            _run(con, f"CREATE OR REPLACE {kind} {ident(name)} AS SELECT * FROM {reader}{sample})", watch)  # noqa: S608
+        except duckdb.ConversionException:
+            if full_sample:
+                raise
+            # The types were guessed from a sample and a later row disagrees: guess from every row.
+            _run(
+                con,
+                f"CREATE OR REPLACE {kind} {ident(name)} AS SELECT * FROM {reader}, sample_size=-1)",  # noqa: S608
+                watch,
+            )
+        if source.format == "csv":
+            _reject_ragged_single_column(con, name, path, codec)
+    except READ_ERRORS as exc:
+        raise UnsupportedInput(f"not a readable {source.format} table: {reason(exc, source.path)}") from exc
+
+
+def _run(con: Any, sql: str, watch: Watchdog | None) -> None:
+    if watch is None:
+        con.execute(sql)
+    else:
+        watch.fetch(sql)
+
+
+def _reject_ragged_single_column(con: Any, name: str, source: str, codec: str) -> None:
+    """Fail on a delimited file whose rows disagree, which DuckDB's sniffer reads as one column of lines.
+
+    When no delimiter gives every sampled row the same field count, DuckDB does not fail: it falls back to
+    a dialect where each whole line is one field. So a one-column result whose first lines split on
+    another delimiter is re-read strictly with that delimiter, which fails naming the first bad line.
+    """
+    columns = [str(row[0]) for row in con.execute(f"DESCRIBE {ident(name)}").fetchall()]
+    if len(columns) != 1:
+        return
+    sniffed = con.execute(
+        f"SELECT Delimiter, HasHeader FROM sniff_csv({source}, {_CSV_STRICT}{codec})"  # noqa: S608
+    ).fetchall()[0]
+    delimiter, has_header = sniffed[0], bool(sniffed[1])
+    col = ident(columns[0])
+    sample = [
+        row[0]
+        for row in con.execute(
+            f"SELECT CAST({col} AS VARCHAR) FROM {ident(name)} WHERE {col} IS NOT NULL LIMIT 20"  # noqa: S608
+        ).fetchall()
+    ]
+    lines = ([columns[0]] if has_header else []) + sample
+    if not lines:
+        return
+    for candidate in _DELIMITERS:
+        if candidate == delimiter:
+            continue
+        widths = [len(next(csv.reader([line], delimiter=candidate), [])) for line in lines]
+        if widths[0] < 2 and sum(width > 1 for width in widths) < 2:
+            continue
+        try:
+            con.execute(
+                f"SELECT 1 FROM sniff_csv({source}, delim={literal(candidate)}, {_CSV_STRICT}{codec})"  # noqa: S608
+            ).fetchall()
+        except duckdb.InvalidInputException:
+            pass  # no consistent dialect with this delimiter: the rows are ragged
+        else:
+            continue
+        expected = max(widths[0], 1)
+        columns_spec = "{" + ", ".join(f"'c{i}': 'VARCHAR'" for i in range(expected)) + "}"
+        con.execute(
+            f"SELECT count(*) FROM read_csv({source}, auto_detect=false, header=false, "  # noqa: S608
+            f"delim={literal(candidate)}, quote='\"', escape='\"', columns={columns_spec}, "
+            f"{_CSV_STRICT}{codec})"
+        ).fetchall()
+        shown = "tab" if candidate == "\t" else repr(candidate)
+        raise UnsupportedInput(f"not a readable csv table: rows disagree on their number of {shown} fields")

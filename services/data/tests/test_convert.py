@@ -1,0 +1,111 @@
+"""Unit tests of `convert_table`: outputs read back with the stdlib (CSV, JSON lines) or DuckDB (Parquet)."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+
+from medialens_data.convert import convert_table, output_name
+from medialens_shared.contracts import DataConvertParams
+from medialens_shared.errors import UnsupportedInput
+
+HEADER = ["id", "price", "name", "day"]
+ROWS: list[list[Any]] = [
+    [
+        i,
+        None if i % 4 == 1 else i * 1.25,
+        ["Zoë", "a, b", 'say "hi"', "東京"][i % 4],
+        f"2024-01-{i % 28 + 1:02d}",
+    ]
+    for i in range(50)
+]
+
+
+def write_source(path: Path) -> Path:
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(HEADER)
+        writer.writerows(["" if value is None else value for value in row] for row in ROWS)
+    return path
+
+
+def as_text(row: list[Any]) -> list[str]:
+    """A row as the CSV writer would spell it."""
+    return ["" if value is None else str(value) for value in row]
+
+
+def test_round_trip_parquet_csv_jsonl_keeps_every_row(tmp_path: Path) -> None:
+    """CSV to Parquet to CSV to JSON lines keeps the same rows, in order, with their nulls."""
+    source = write_source(tmp_path / "sales.csv")
+
+    parquet = convert_table(source, params=DataConvertParams(to="parquet"), out_dir=tmp_path / "p")
+    assert (parquet.path.name, parquet.row_count) == ("sales.parquet", 50)
+    assert parquet.size_bytes == parquet.path.stat().st_size
+    assert parquet.content_type == "application/vnd.apache.parquet"
+    with duckdb.connect() as con:
+        stored = con.execute(f"SELECT * FROM read_parquet('{parquet.path}')").fetchall()
+        codecs = {
+            c
+            for (c,) in con.execute(f"SELECT compression FROM parquet_metadata('{parquet.path}')").fetchall()
+        }
+    assert [as_text([v.isoformat() if hasattr(v, "isoformat") else v for v in row]) for row in stored] == [
+        as_text(row) for row in ROWS
+    ]
+    assert codecs == {"ZSTD"}
+
+    back = convert_table(parquet.path, params=DataConvertParams(to="csv"), out_dir=tmp_path / "c")
+    assert (back.path.name, back.row_count, back.content_type) == ("sales.csv", 50, "text/csv")
+    with back.path.open(newline="", encoding="utf-8") as handle:
+        lines = list(csv.reader(handle))
+    assert lines[0] == HEADER
+    assert lines[1:] == [as_text(row) for row in ROWS]
+
+    lines_out = convert_table(back.path, params=DataConvertParams(to="jsonl"), out_dir=tmp_path / "j")
+    assert (lines_out.path.name, lines_out.row_count) == ("sales.jsonl", 50)
+    records = [json.loads(line) for line in lines_out.path.read_text(encoding="utf-8").splitlines()]
+    assert [list(record) for record in records] == [HEADER] * 50
+    assert [list(record.values()) for record in records] == ROWS
+
+
+def test_gzip_csv_converts(tmp_path: Path) -> None:
+    """A gzip-compressed CSV converts to Parquet, its name losing the compression suffix."""
+    packed = tmp_path / "sales.csv.gz"
+    packed.write_bytes(gzip.compress(write_source(tmp_path / "plain.csv").read_bytes()))
+    converted = convert_table(packed, params=DataConvertParams(to="parquet"), out_dir=tmp_path / "out")
+    assert (converted.path.name, converted.row_count) == ("sales.parquet", 50)
+
+
+def test_late_type_change_is_read_with_all_rows(tmp_path: Path) -> None:
+    """A text value after 30,000 sampled integers makes the column text instead of failing the copy."""
+    path = tmp_path / "late.csv"
+    path.write_text("a\n" + "".join(f"{i}\n" for i in range(30_000)) + "oops\n", encoding="utf-8")
+    converted = convert_table(path, params=DataConvertParams(to="jsonl"), out_dir=tmp_path / "out")
+    assert converted.row_count == 30_001
+    assert converted.path.read_text(encoding="utf-8").splitlines()[-1] == '{"a":"oops"}'
+
+
+def test_ragged_file_fails_naming_the_line(tmp_path: Path) -> None:
+    """A CSV whose third line lacks a field fails with UnsupportedInput naming line 3."""
+    path = tmp_path / "ragged.csv"
+    path.write_text("a,b,c\n1,2,3\n4,5\n6,7,8\n", encoding="utf-8")
+    with pytest.raises(UnsupportedInput, match=r"line 3\b"):
+        convert_table(path, params=DataConvertParams(to="parquet"), out_dir=tmp_path / "out")
+
+
+@pytest.mark.parametrize(
+    ("name", "to", "expected"),
+    [
+        ("sales.csv", "parquet", "sales.parquet"),
+        ("a.b.jsonl.zst", "csv", "a.b.csv"),
+        ("upload.gz", "jsonl", "upload.jsonl"),
+    ],
+)
+def test_output_name_drops_format_and_compression(name: str, to: Any, expected: str) -> None:
+    """The output is named after the input's stem, without its compression suffix."""
+    assert output_name(name, to) == expected

@@ -1,0 +1,179 @@
+"""Unit tests of `run_query`: answers checked against Python, and the sandbox against escape attempts."""
+
+from __future__ import annotations
+
+import csv
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+
+from medialens_data.query import check_sql, run_query
+from medialens_shared.contracts import DataQueryParams
+from medialens_shared.errors import InvalidParams, JobCancelled, JobTimeout
+
+ROWS = [(i, ["north", "south", "east"][i % 3], i * 0.5) for i in range(300)]
+
+
+@pytest.fixture
+def table(tmp_path: Path) -> Path:
+    path = tmp_path / "input.csv"
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id", "region", "amount"])
+        writer.writerows(ROWS)
+    return path
+
+
+def ask(table: Path, sql: str, **kwargs: Any) -> Any:
+    out = table.parent / "out" / "answer.parquet"
+    return run_query(
+        table, params=DataQueryParams(sql=sql, limit=kwargs.pop("limit", 1000)), out_path=out, **kwargs
+    )
+
+
+def test_group_by_answer_matches_python(table: Path) -> None:
+    """A GROUP BY over `data` gives Python's sums, its columns typed, and the whole answer as Parquet."""
+    answer = ask(
+        table, "SELECT region, count(*) AS n, sum(amount) AS total FROM data GROUP BY region ORDER BY region"
+    )
+    totals: dict[str, list[float]] = defaultdict(list)
+    for _, region, amount in ROWS:
+        totals[region].append(amount)
+    expected = [[region, len(v), sum(v)] for region, v in sorted(totals.items())]
+    assert answer.rows == expected
+    assert answer.row_count == 3
+    assert [(c.name, c.dtype) for c in answer.columns] == [
+        ("region", "VARCHAR"),
+        ("n", "BIGINT"),
+        ("total", "DOUBLE"),
+    ]
+    with duckdb.connect() as con:
+        assert [
+            list(r) for r in con.execute(f"SELECT * FROM read_parquet('{answer.path}')").fetchall()
+        ] == expected
+
+
+def test_limit_caps_the_rows_not_the_count(table: Path) -> None:
+    """Only `limit` rows come back, while row_count and the Parquet file hold the whole answer."""
+    answer = ask(table, "SELECT id FROM data WHERE id % 2 = 0 ORDER BY id DESC", limit=5)
+    assert answer.rows == [[298], [296], [294], [292], [290]]
+    assert answer.row_count == 150
+    with duckdb.connect() as con:
+        assert con.execute(f"SELECT count(*) FROM read_parquet('{answer.path}')").fetchall() == [(150,)]
+
+
+@pytest.mark.parametrize(
+    ("sql", "rows"),
+    [
+        ("WITH big AS (SELECT * FROM data WHERE id >= 298) SELECT id FROM big ORDER BY id", [[298], [299]]),
+        ("VALUES (1, 'a'), (2, 'b')", [[1, "a"], [2, "b"]]),
+        ("FROM data SELECT max(id)", [[299]]),
+        ("SELECT DATE '2024-01-02' AS d, 'nan'::DOUBLE AS f;", [["2024-01-02", None]]),
+    ],
+)
+def test_read_only_query_forms_are_allowed(table: Path, sql: str, rows: list[list[Any]]) -> None:
+    """WITH, VALUES and FROM-first queries run; dates come back as ISO text and NaN as null."""
+    assert ask(table, sql).rows == rows
+
+
+@pytest.mark.parametrize(
+    ("sql", "why"),
+    [
+        ("COPY data TO '{dir}/leak.csv'", "not a COPY statement"),
+        ("ATTACH '{dir}/leak.db' AS other", "not a ATTACH statement"),
+        ("INSTALL httpfs", "not a LOAD statement"),
+        ("LOAD httpfs", "not a LOAD statement"),
+        ("SET threads = 64", "not a SET statement"),
+        ("RESET memory_limit", "not a"),
+        ("PRAGMA version", "not a PRAGMA statement"),
+        ("CREATE TABLE t AS SELECT 1", "not a CREATE"),
+        ("DROP TABLE data", "not a DROP statement"),
+        ("EXPLAIN SELECT 1", "not a EXPLAIN statement"),
+        ("SELECT 1; SELECT 2", r"exactly one SQL statement.*found 2"),
+        ("SELECT * FROM data; COPY data TO '{dir}/leak.csv'", r"exactly one SQL statement.*found 2"),
+        ("SELEC 1", "does not parse"),
+    ],
+)
+def test_statements_other_than_one_query_are_refused(table: Path, sql: str, why: str) -> None:
+    """Every statement but a single query is refused with INVALID_PARAMS before anything runs."""
+    with pytest.raises(InvalidParams, match=why) as caught:
+        ask(table, sql.format(dir=table.parent))
+    assert caught.value.error_code == "INVALID_PARAMS"
+    assert not list(table.parent.glob("leak*"))
+    assert not (table.parent / "out" / "answer.parquet").exists()
+
+
+def test_check_sql_returns_the_query() -> None:
+    """A single query passes the check unchanged."""
+    assert check_sql("SELECT 1") == "SELECT 1"
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT * FROM read_csv('/etc/passwd')",
+        "SELECT * FROM read_text('{dir}/secret.txt')",
+        "SELECT * FROM '{dir}/secret.txt'",
+        "SELECT * FROM glob('{dir}/*')",
+        "SELECT * FROM read_blob('/proc/self/environ')",
+        "SELECT * FROM query('SELECT * FROM read_text(''{dir}/secret.txt'')')",
+    ],
+)
+def test_queries_reading_other_files_are_refused(table: Path, sql: str) -> None:
+    """Table functions reading any file but the input fail with INVALID_PARAMS and reveal nothing."""
+    secret = table.parent / "secret.txt"
+    secret.write_text("TOP-SECRET-CONTENT", encoding="utf-8")
+    with pytest.raises(InvalidParams) as caught:
+        ask(table, sql.format(dir=table.parent))
+    assert "TOP-SECRET" not in caught.value.message
+    assert caught.value.error_code == "INVALID_PARAMS"
+
+
+def test_reading_etc_passwd_says_why(table: Path) -> None:
+    """`read_csv('/etc/passwd')` is refused with a message saying only `data` may be read."""
+    with pytest.raises(InvalidParams, match="may read only the table `data`, no files") as caught:
+        ask(table, "SELECT * FROM read_csv('/etc/passwd')")
+    assert "root:" not in caught.value.message
+
+
+def test_a_bad_column_is_invalid_params(table: Path) -> None:
+    """A query naming a missing column fails with INVALID_PARAMS and DuckDB's reason."""
+    with pytest.raises(InvalidParams, match=r"the query failed: .*nope"):
+        ask(table, "SELECT nope FROM data")
+
+
+def test_query_past_the_time_limit_times_out(table: Path) -> None:
+    """A query running past its time limit is interrupted and fails with TIMEOUT."""
+    started = time.monotonic()
+    with pytest.raises(JobTimeout, match=r"time limit of 0\.5 s") as caught:
+        ask(
+            table,
+            "SELECT sum(hash(a.range * b.range)) FROM range(1000000) a, range(1000000) b",
+            time_limit_s=0.5,
+        )
+    assert caught.value.error_code == "TIMEOUT"
+    assert time.monotonic() - started < 5
+
+
+def test_cancel_stops_a_running_query(table: Path) -> None:
+    """A cancel asked for while the query runs stops it with JobCancelled."""
+    deadline = time.monotonic() + 0.5
+    with pytest.raises(JobCancelled):
+        ask(
+            table,
+            "SELECT sum(hash(a.range * b.range)) FROM range(1000000) a, range(1000000) b",
+            cancelled=lambda: time.monotonic() > deadline,
+        )
+    assert time.monotonic() - deadline < 2
+
+
+def test_settings_cannot_be_changed_from_a_query(table: Path) -> None:
+    """The configuration is locked: a query sees the job's memory limit, and SET is refused anyway."""
+    answer = ask(
+        table, "SELECT current_setting('lock_configuration'), current_setting('enable_external_access')"
+    )
+    assert answer.rows == [[True, False]]

@@ -1,0 +1,63 @@
+"""Unit tests of `inspect`: formats and compression detected by content, and row counts estimated."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import pytest
+
+from medialens_data.source import inspect
+from medialens_shared.errors import InputNotFound, UnsupportedInput
+
+
+def write_rows(path: Path, rows: int) -> bytes:
+    text = "id,label\n" + "".join(f"{i},label number {i % 97}\n" for i in range(rows))
+    path.write_text(text, encoding="utf-8")
+    return text.encode()
+
+
+def test_plain_csv_row_estimate_is_close(tmp_path: Path) -> None:
+    """A CSV larger than the sample gets a row estimate within 10 % of its true row count."""
+    write_rows(tmp_path / "t.csv", 50_000)
+    source = inspect(tmp_path / "t.csv", fmt="auto")
+    assert (source.format, source.compression) == ("csv", "none")
+    assert source.estimated_rows == pytest.approx(50_000, rel=0.1)
+
+
+def test_small_csv_row_estimate_is_exact(tmp_path: Path) -> None:
+    """A CSV that fits in the sample is counted exactly, less its header."""
+    write_rows(tmp_path / "t.csv", 30)
+    assert inspect(tmp_path / "t.csv", fmt="auto").estimated_rows == 30
+
+
+def test_gzip_csv_row_estimate_uses_the_compression_ratio(tmp_path: Path) -> None:
+    """A gzip CSV's row estimate scales the sample by the compression ratio, within 25 %."""
+    packed = tmp_path / "upload"
+    packed.write_bytes(gzip.compress(write_rows(tmp_path / "t.csv", 200_000)))
+    source = inspect(packed, fmt="auto")
+    assert (source.format, source.compression) == ("csv", "gzip")
+    assert source.estimated_rows == pytest.approx(200_000, rel=0.25)
+
+
+def test_progress_note_counts_rows(tmp_path: Path) -> None:
+    """The read note says how many of the estimated rows were read."""
+    write_rows(tmp_path / "t.csv", 50_000)
+    source = inspect(tmp_path / "t.csv", fmt="auto")
+    assert source.describe_read(None) == "reading the table"
+    assert source.describe_read(0.5).startswith("read 2")
+    assert source.describe_read(0.5).endswith(" rows")
+
+
+def test_missing_file_is_input_not_found(tmp_path: Path) -> None:
+    """A missing input raises InputNotFound."""
+    with pytest.raises(InputNotFound):
+        inspect(tmp_path / "nope.csv", fmt="auto")
+
+
+def test_nul_bytes_are_not_a_text_table(tmp_path: Path) -> None:
+    """A file with NUL bytes that is not Parquet is refused as UnsupportedInput before DuckDB reads it."""
+    path = tmp_path / "bin"
+    path.write_bytes(b"a,b\n\x00\x01\n")
+    with pytest.raises(UnsupportedInput, match="NUL bytes"):
+        inspect(path, fmt="auto")
