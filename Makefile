@@ -8,7 +8,7 @@ UV ?= uv
 #: Extra pytest arguments, e.g. `make test PYTEST_ARGS="-k upload -x"`.
 PYTEST_ARGS ?=
 
-.PHONY: help install dev demo test chaos deploy-check bench bench-video bench-audio bench-data lint typecheck check migrate up down clean
+.PHONY: help install dev demo test chaos deploy-check bench bench-video bench-audio bench-data bench-platform lint typecheck check migrate up down clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -32,7 +32,7 @@ chaos: ## The chaos suite at full size (1,000 jobs, 30 kills, 3 broker cuts, a j
 deploy-check: ## Validate compose, Kubernetes manifests, blue-green scripts, alert rules and dashboard offline
 	bash deploy/validate.sh
 
-bench: bench-video bench-audio bench-data ## Every benchmark (never part of `make test`); figures in bench/results/
+bench: bench-video bench-audio bench-data bench-platform ## Every benchmark (never part of `make test`); figures in bench/results/
 
 bench-video: ## Scene detection against PySceneDetect and a decode-only pass
 	$(UV) run --group bench python -m bench.video
@@ -42,6 +42,12 @@ bench-audio: ## Loudness against FFmpeg's ebur128 and pyloudnorm
 
 bench-data: ## Table profiling against ydata-profiling, pandas and Polars
 	$(UV) run --group bench python -m bench.data
+
+#: Jobs of the pipeline (each system) and of the soak in `make bench-platform`; the issue's full soak is 20000.
+JOBS ?= 2000
+SOAK ?= 2000
+bench-platform: ## Gateway, pipeline, memory and pool against Celery and a bare FastAPI (SOAK=20000 for the full soak)
+	$(UV) run --group bench python -m bench.platform --jobs $(JOBS) --soak $(SOAK)
 
 lint: ## ruff: lint and formatting
 	$(UV) run ruff check .

@@ -22,6 +22,10 @@ from pymongo import AsyncMongoClient
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import QueuePool
@@ -103,6 +107,9 @@ class DatabaseManager:
             socket_timeout=rd.socket_timeout,
             socket_connect_timeout=rd.socket_timeout,
             health_check_interval=30,
+            # A connection the server dropped (a restart, CLIENT KILL) is replaced and the command retried.
+            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=3),
+            retry_on_error=[RedisConnectionError, RedisTimeoutError],
             client_name=f"medialens-{name}",
             decode_responses=False,
         )

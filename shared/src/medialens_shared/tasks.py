@@ -47,6 +47,9 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from pydantic import BaseModel, ValidationError
+from pymongo.errors import ConnectionFailure as MongoConnectionFailure
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -92,6 +95,9 @@ PASSING_FAULTS: tuple[type[BaseException], ...] = (
     PoolTimeout,
     ConnectionError,
     TimeoutError,
+    RedisConnectionError,
+    RedisTimeoutError,
+    MongoConnectionFailure,
 )
 
 
@@ -130,9 +136,12 @@ class JobContext:
         self._last_progress = now
         fraction = min(max(fraction, 0.0), 1.0)
         signals = self._runner.signals
-        await signals.set_progress(self.job_id, progress=fraction, message=message)
         live = {"progress": fraction, "message": message}
-        await signals.announce(jobstore.job_view(self._row, live=live))
+        try:
+            await signals.set_progress(self.job_id, progress=fraction, message=message)
+            await signals.announce(jobstore.job_view(self._row, live=live))
+        except PASSING_FAULTS as exc:  # progress is for watchers: losing one update never fails a job
+            self.log.warning("job %s: progress not stored (%s)", self.job_id, exc)
 
     def report(self, fraction: float, message: str) -> None:
         """`progress` for code running in a worker thread (see `run_cpu`): never blocks the caller.
@@ -265,6 +274,11 @@ class JobRunner:
             if handler is None:
                 raise InvalidParams(f"the {self.service} service does not run {message.type} jobs")
             result = await self._run(handler, message, row, jlog)
+            if not await self._extend_lease(message.job_id):
+                # Its lease ran out while it ran and the job went to another worker: storing this result
+                # too would be a second effect of one job.
+                jlog.warning("job %s was taken from this worker; its result is dropped", message.job_id)
+                return
             with job_phase(
                 "store_result", job_id=message.job_id, job_type=message.type, attempt=row["attempts"]
             ):

@@ -13,9 +13,9 @@ from typing import Any
 import av
 import av.error
 
-from medialens_shared.contracts import AudioProbeResult, FileKind
-from medialens_shared.errors import InputNotFound, MediaDecodeError, UnsupportedInput
-from medialens_shared.sniff import SNIFF_BYTES, sniff
+from medialens_audio.decode import ffmpeg_reason, open_container
+from medialens_shared.contracts import AudioProbeResult
+from medialens_shared.errors import MediaDecodeError
 
 
 def probe_audio(path: Path) -> AudioProbeResult:
@@ -25,25 +25,7 @@ def probe_audio(path: Path) -> AudioProbeResult:
     `MediaDecodeError` when it is damaged media (cannot be opened, or its first audio frame does not
     decode) and `InputNotFound` when there is no file.
     """
-    path = Path(path)
-    kind = _inspect(path)
-    try:
-        container = av.open(str(path), mode="r")
-    except av.error.FFmpegError as exc:
-        if kind in (FileKind.VIDEO, FileKind.AUDIO):
-            raise MediaDecodeError(
-                f"The file looks like {kind.value} but cannot be read; it is probably damaged or "
-                f"truncated ({_reason(exc)})."
-            ) from exc
-        raise UnsupportedInput("The file is not audio or video in any format this service can read.") from exc
-
-    with container:
-        if not container.streams.audio:
-            raise UnsupportedInput(
-                "The file has no audio stream"
-                + (" (it holds only video or pictures)." if container.streams.video else ".")
-            )
-        stream = container.streams.audio[0]
+    with open_container(path) as (container, stream):
         _decode_first_frame(container, stream)
         codec_context = stream.codec_context
         container_duration_s = container.duration / av.time_base if container.duration else None
@@ -56,21 +38,6 @@ def probe_audio(path: Path) -> AudioProbeResult:
         )
 
 
-def _inspect(path: Path) -> FileKind:
-    """The file's sniffed kind; rejects missing, empty and tabular files up front."""
-    try:
-        with path.open("rb") as handle:
-            head = handle.read(SNIFF_BYTES)
-    except FileNotFoundError as exc:
-        raise InputNotFound(f"The input file {path.name} does not exist.") from exc
-    if not head:
-        raise UnsupportedInput("The file is empty; it is not audio.")
-    kind = sniff(head)
-    if kind is FileKind.TABLE:
-        raise UnsupportedInput("The file is plain text or a table (CSV, JSON lines, Parquet), not audio.")
-    return kind
-
-
 def _decode_first_frame(container: Any, stream: Any) -> None:
     """Decode the first frame of `stream`; `MediaDecodeError` when that fails or there is none."""
     try:
@@ -78,7 +45,7 @@ def _decode_first_frame(container: Any, stream: Any) -> None:
             return
     except av.error.FFmpegError as exc:
         raise MediaDecodeError(
-            f"The audio stream cannot be decoded; the file is probably damaged ({_reason(exc)})."
+            f"The audio stream cannot be decoded; the file is probably damaged ({ffmpeg_reason(exc)})."
         ) from exc
     raise MediaDecodeError("The audio stream holds no decodable frame; the file is probably damaged.")
 
@@ -87,8 +54,3 @@ def _seconds(ticks: int | None, time_base: Fraction | None) -> float | None:
     if not ticks or time_base is None:
         return None
     return float(ticks * time_base)
-
-
-def _reason(exc: Exception) -> str:
-    """FFmpeg's own words for an error, without the errno and file path PyAV adds."""
-    return str(getattr(exc, "strerror", None) or exc).rstrip(".").lower()

@@ -1,0 +1,25 @@
+"""The platform benchmark: MediaLens against a Celery baseline and this machine's HTTP ceiling.
+
+    uv run --group bench python -m bench.platform [--jobs 2000] [--soak 2000] [--duration 10] [--only ...]
+    make bench-platform                      # the same, with the defaults below
+    make bench-platform SOAK=20000           # the issue's full soak (about 20,000 / pipeline jobs/s seconds)
+
+Scenarios, each printing one line of figures per measurement, all written to bench/results/platform.json
+and as a Markdown table to bench/results/platform.md:
+
+1. ceiling   a bare FastAPI endpoint returning the envelope, one uvicorn process, wrk at saturation.
+2. gateway   POST /v1/jobs, GET /v1/jobs/{id}, GET /v1/jobs?limit=50, uploads of 1 MB and 100 MB: wrk at
+             saturation, and an open-loop client at a fixed rate (400/s; uploads 10/s and 0.2/s), with
+             latency from each request's scheduled time. The workers are stopped meanwhile and the queues
+             purged afterwards, so the later scenarios start from empty queues.
+5. pool      500 requests at one moment against the gateway's default pool (20 + 10): errors, pool
+             timeouts, connections checked out afterwards (/metrics) and backends on the server.
+3. pipeline  N `audio.probe` jobs of a small WAV through the gateway until all are terminal (jobs/s,
+             created_at -> finished_at p50/p99), then the same probe as a Celery 5 task (RabbitMQ on its
+             own vhost, Redis results, acks_late, prefork 2) submitted from FastAPI writing a job row.
+4. memory    resident memory of every process idle, at its peak under scenario 3, and after a soak of M
+             more jobs (growth from after scenario 3), with server-side connection counts before/after.
+
+Needs the local PostgreSQL, Redis and RabbitMQ (rabbitmqctl, as root) and wrk (installed with apt-get
+when missing). MongoDB is MEDIALENS_MONGODB_URL or an nx-27017 dev server started here.
+"""

@@ -1,0 +1,44 @@
+"""The machine's HTTP ceiling: a bare FastAPI endpoint returning the envelope, served as the gateway is.
+
+    python -m bench.platform.ceiling PORT
+
+One uvicorn process started as the gateway's `main()` starts it (`asyncio.run(server.serve())`, so the
+standard library's event loop, not uvloop; httptools parses HTTP) with its options (`log_config=None`,
+`proxy_headers`), no middleware, no dependency, no database: what any FastAPI service on this machine can
+answer at most when served that way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import uuid
+
+import uvicorn
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+
+from medialens_shared.envelope import success
+
+SAMPLE = {"id": "00000000-0000-0000-0000-000000000000", "type": "audio.probe", "status": "queued"}
+
+
+def create_app() -> FastAPI:
+    app = FastAPI()
+
+    @app.get("/v1/ping")
+    async def ping() -> JSONResponse:
+        return JSONResponse(success(SAMPLE, request_id=uuid.uuid4().hex))
+
+    return app
+
+
+def main() -> None:
+    config = uvicorn.Config(
+        create_app(), host="127.0.0.1", port=int(sys.argv[1]), log_config=None, proxy_headers=True
+    )
+    asyncio.run(uvicorn.Server(config).serve())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,144 @@
+"""The Markdown tables of bench/results/platform.md, from the figures of platform.json."""
+
+from __future__ import annotations
+
+from typing import Any
+
+#: Endpoint -> (saturation share of the ceiling it must reach, p99 at the fixed rate it must stay under, ms).
+TARGETS: dict[str, tuple[float | None, float | None]] = {
+    "POST /v1/jobs": (0.25, 50.0),
+    "GET /v1/jobs/{id}": (0.50, 20.0),
+}
+
+
+def _mark(ok: bool) -> str:
+    return "met" if ok else "**missed**"
+
+
+def _ms(fig: dict[str, Any]) -> str:
+    return f"{fig['p50_ms']:.1f} / {fig['p99_ms']:.1f} / {fig['p999_ms']:.1f}"
+
+
+def http_table(results: dict[str, Any]) -> list[str]:
+    ceiling = results.get("ceiling", {}).get("bare FastAPI GET envelope")
+    lines = [
+        "| Endpoint | saturation req/s | x ceiling | sat. p50 / p99 / p99.9 ms | sat. errors "
+        "| fixed rate | p50 / p99 / p99.9 ms | errors | target |",
+        "|---|---:|---:|---|---:|---:|---|---:|---|",
+    ]
+    if ceiling:
+        lines.append(
+            f"| bare FastAPI GET (ceiling) | {ceiling['rps']:.0f} | 1.00 | {_ms(ceiling)} "
+            f"| {ceiling['errors']} | | | | issue: ≈3k req/s |"
+        )
+    for label, both in results.get("gateway", {}).items():
+        if label == "profiles":
+            continue
+        sat, held = both["saturation"], both["fixed_rate"]
+        ratio = sat.get("ratio_to_ceiling")
+        share, p99 = TARGETS.get(label, (None, None))
+        target = []
+        if share is not None and ratio is not None:
+            target.append(f"≥{share:.0%} of ceiling: {_mark(ratio >= share)}")
+        if p99 is not None:
+            target.append(f"p99<{p99:g} ms, 0 errors: {_mark(held['p99_ms'] < p99 and held['errors'] == 0)}")
+        lines.append(
+            f"| {label} | {sat['rps']:.1f} | {ratio if ratio is not None else '-'} | {_ms(sat)} "
+            f"| {sat['errors']} | {held['rate']:g}/s ({held['rps']:.1f} done/s) | {_ms(held)} "
+            f"| {held['errors']}/{held['requests']} "
+            f"| {'; '.join(target)} |"
+        )
+    return lines
+
+
+def pipeline_table(results: dict[str, Any]) -> list[str]:
+    pipe = results.get("pipeline")
+    if not pipe:
+        return []
+    ours, celery = pipe["medialens"], pipe["celery"]
+    return [
+        "| Pipeline (audio.probe) | jobs | jobs/s | p50 s | p99 s | statuses |",
+        "|---|---:|---:|---:|---:|---|",
+        *(
+            f"| {name} | {f['jobs']} | {f['jobs_per_s']} | {f['p50_s']} | {f['p99_s']} | {f['statuses']} |"
+            for name, f in (("MediaLens", ours), ("Celery 5 (prefork 2)", celery))
+        ),
+        f"| **ratio** MediaLens / Celery | | x{pipe['jobs_per_s_ratio']} | | x{pipe['p99_ratio']} "
+        f"| target ≥5x jobs/s: {_mark(pipe['jobs_per_s_ratio'] >= 5)}; "
+        f"p99 ≤ 1/5: {_mark(pipe['p99_ratio'] <= 0.2)} |",
+    ]
+
+
+def memory_table(results: dict[str, Any]) -> list[str]:
+    mem = results.get("memory")
+    if not mem:
+        return []
+    lines = [
+        "| Process (RSS, MB) | idle | peak, pipeline | after pipeline | peak, soak | after soak "
+        "| soak growth | PG / Redis / AMQP ch. before → after soak |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    before, after = mem.get("connections_before_soak", {}), mem.get("connections_after_soak", {})
+    for name, idle in mem["idle_mb"].items():
+        b, a = before.get(name, {}), after.get(name, {})
+        conns = (
+            f"{b.get('postgres', '-')}/{b.get('redis', '-')}/{b.get('amqp_channels', '-')} → "
+            f"{a.get('postgres', '-')}/{a.get('redis', '-')}/{a.get('amqp_channels', '-')}"
+        )
+        cells = [
+            idle,
+            mem["peak_under_pipeline_mb"].get(name, "-"),
+            mem["after_pipeline_mb"].get(name, "-"),
+            mem.get("peak_under_soak_mb", {}).get(name, "-"),
+            mem.get("after_soak_mb", {}).get(name, "-"),
+            f"{mem.get('soak_growth_pct', {}).get(name, '-')}%",
+            conns,
+        ]
+        lines.append(f"| {name} | " + " | ".join(str(cell) for cell in cells) + " |")
+    for name, idle in mem.get("celery_idle_mb", {}).items():
+        lines.append(
+            f"| {name} (baseline) | {idle} | {mem.get('celery_peak_mb', {}).get(name, '-')} | | | | | |"
+        )
+    soak = mem.get("soak")
+    if soak:
+        lines.append(
+            f"\nSoak: {soak['jobs']} jobs at {soak['jobs_per_s']} jobs/s, statuses {soak['statuses']}."
+        )
+    return lines
+
+
+def pool_lines(results: dict[str, Any]) -> list[str]:
+    pool = results.get("pool")
+    if not pool:
+        return []
+    rounds = "; ".join(
+        f"{r['requests']} at once: {r['errors']} errors, p99 {r['p99_ms']:.0f} ms, {r['seconds']} s"
+        for r in pool["rounds"]
+    )
+    return [
+        f"Pool stress ({pool['concurrency']} concurrent, pool 20 + 10): {rounds}. Pool timeouts in the log: "
+        f"{pool['pool_timeouts_in_log']}; checked out afterwards: {pool['checked_out_after']} "
+        f"(capacity {pool['pool_after'].get('capacity')}); gateway backends on the server afterwards: "
+        f"{pool['gateway_pg_backends_after']} "
+        f"({pool['gateway_idle_in_transaction_after']} idle in transaction).",
+    ]
+
+
+def markdown(results: dict[str, Any]) -> str:
+    meta = results.get("meta", {})
+    parts = [
+        "# Platform benchmark",
+        "",
+        f"Run {meta.get('started', '?')}; load average at start {meta.get('load_at_start', '?')}, at end "
+        f"{meta.get('load_at_end', '?')}. Command: `make bench-platform` ({meta.get('args', {})}).",
+        "",
+        *http_table(results),
+        "",
+        *pipeline_table(results),
+        "",
+        *memory_table(results),
+        "",
+        *pool_lines(results),
+        "",
+    ]
+    return "\n".join(parts)

@@ -1,0 +1,340 @@
+"""The five scenarios of the platform benchmark. Each returns its figures as a dict and prints one line."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import asyncpg
+import httpx
+import numpy as np
+from redis.asyncio import Redis
+
+from bench.platform.httpload import Client, Request, all_at_once, fixed_rate, wrk
+from bench.platform.stack import API_KEY, Baseline, PeakSampler, Stack
+
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+JSON = AUTH | {"Content-Type": "application/json"}
+TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+def client_for(base_url: str, *, limit: int = 2048) -> Client:
+    parts = urlsplit(base_url)
+    return Client(parts.hostname or "127.0.0.1", parts.port or 80, limit=limit)
+
+
+def _ratio(value: float, ceiling: float) -> float | None:
+    return round(value / ceiling, 3) if ceiling else None
+
+
+# --- 1. the ceiling -------------------------------------------------------------------------------------
+
+
+def ceiling(base_url: str, *, duration_s: float, connections: int) -> dict[str, Any]:
+    figures = wrk(base_url, Request("GET", "/v1/ping"), duration_s=duration_s, connections=connections)
+    print(figures.line("ceiling GET (bare FastAPI)"), flush=True)
+    return {"bare FastAPI GET envelope": asdict(figures)}
+
+
+# --- 2. the gateway ---------------------------------------------------------------------------------------
+
+
+def upload_request(size: int, name: str) -> Request:
+    headers = AUTH | {"Content-Type": "application/octet-stream", "X-Filename": name}
+    return Request("POST", "/v1/files", headers, os.urandom(size))
+
+
+async def seed(stack: Stack, wav: Path) -> tuple[str, str]:
+    """Upload the WAV and submit one job on it: (file_id, job_id)."""
+    async with httpx.AsyncClient(base_url=stack.base_url, headers=AUTH, timeout=60) as http:
+        headers = {"Content-Type": "audio/wav", "X-Filename": wav.name}
+        content = await asyncio.to_thread(wav.read_bytes)
+        response = await http.post("/v1/files", content=content, headers=headers)
+        response.raise_for_status()
+        file_id: str = response.json()["data"]["id"]
+        response = await http.post("/v1/jobs", json={"type": "audio.probe", "file_id": file_id})
+        response.raise_for_status()
+        return file_id, response.json()["data"]["id"]
+
+
+def gateway_cases(file_id: str, job_id: str) -> dict[str, tuple[Request, int, float, float]]:
+    """Label -> (request, wrk connections, fixed rate per s, fixed-rate duration factor)."""
+    job = json.dumps({"type": "audio.probe", "file_id": file_id, "labels": {"bench": "gateway"}}).encode()
+    return {
+        "POST /v1/jobs": (Request("POST", "/v1/jobs", JSON, job), 50, 400.0, 1.0),
+        "GET /v1/jobs/{id}": (Request("GET", f"/v1/jobs/{job_id}", AUTH), 50, 400.0, 1.0),
+        "GET /v1/jobs?limit=50": (Request("GET", "/v1/jobs?limit=50", AUTH), 50, 400.0, 1.0),
+        "POST /v1/files (1 MB)": (upload_request(2**20, "one.bin"), 4, 10.0, 1.0),
+        "POST /v1/files (100 MB)": (upload_request(100 * 2**20, "hundred.bin"), 1, 0.2, 1.5),
+    }
+
+
+def _always(request: Request) -> Callable[[int], Request]:
+    return lambda _index: request
+
+
+PROFILED = ("POST /v1/jobs", "GET /v1/jobs/{id}")
+
+
+def start_profile(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes]:
+    """py-spy sampling `pid` for `seconds` into collapsed stacks at `out` (py-spy from PyPI, via uv)."""
+    command = ["uv", "run", "--with", "py-spy", "py-spy", "record", "--pid", str(pid), "--nonblocking"]
+    command += ["--duration", str(max(1, round(seconds))), "--format", "raw", "--output", str(out)]
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def hot_frames(collapsed: Path, *, top: int = 12) -> list[tuple[str, float]]:
+    """The frames with the largest share of samples, counted once per stack (inclusive time)."""
+    total, inclusive = 0, Counter[str]()
+    for line in collapsed.read_text().splitlines():
+        stack_text, _, count_text = line.rpartition(" ")
+        if not count_text.isdigit():
+            continue
+        count = int(count_text)
+        total += count
+        for frame in set(stack_text.split(";")):
+            if "medialens" in frame or "sqlalchemy" in frame or "pydantic" in frame or "json" in frame:
+                inclusive[frame] += count
+    return [(frame, round(100 * n / total, 1)) for frame, n in inclusive.most_common(top)] if total else []
+
+
+async def gateway(
+    stack: Stack,
+    *,
+    file_id: str,
+    job_id: str,
+    duration_s: float,
+    rate: float,
+    ceiling_rps: float,
+    profile_dir: Path | None = None,
+) -> dict[str, Any]:
+    """Each endpoint at saturation (wrk) and at a fixed rate (400/s for the JSON endpoints)."""
+    out: dict[str, Any] = {}
+    client = client_for(stack.base_url)
+    try:
+        for label, (request, connections, case_rate, factor) in gateway_cases(file_id, job_id).items():
+            fixed = rate if case_rate == 400.0 else case_rate
+            seconds = duration_s if len(request.body) < 2**24 else max(duration_s, 30)  # 100 MB takes seconds
+            profiler, collapsed = None, None
+            if profile_dir is not None and label in PROFILED:
+                collapsed = profile_dir / f"profile-{label.split()[0].lower()}-{label.split('/')[-1][:4]}.txt"
+                profiler = start_profile(stack.pids()["gateway"], seconds, collapsed)
+            saturated = await asyncio.to_thread(
+                wrk, stack.base_url, request, duration_s=seconds, connections=connections, timeout_s=60
+            )
+            if profiler is not None and collapsed is not None:
+                await asyncio.to_thread(profiler.wait, 120)
+                if collapsed.exists():
+                    hot = hot_frames(collapsed)
+                    out.setdefault("profiles", {})[label] = hot
+                    print(f"profile {label}: " + "; ".join(f"{f} {p}%" for f, p in hot[:6]), flush=True)
+            print(saturated.line(f"gateway {label} saturation"), flush=True)
+            held = await fixed_rate(
+                client, _always(request), rate=fixed, duration_s=max(duration_s * factor, 3 / fixed)
+            )
+            print(held.line(f"gateway {label} @{fixed:g}/s"), flush=True)
+            out[label] = {
+                "saturation": asdict(saturated) | {"ratio_to_ceiling": _ratio(saturated.rps, ceiling_rps)},
+                "fixed_rate": asdict(held) | {"rate": fixed},
+            }
+    finally:
+        await client.close()
+    return out
+
+
+# --- 5. pool stress ---------------------------------------------------------------------------------------
+
+_POOL_LINE = re.compile(
+    r'^medialens_db_pool_connections\{(?=[^}]*process="gateway")(?=[^}]*pool="postgres")'
+    r'[^}]*state="(\w+)"[^}]*\}\s+([0-9.e+]+)',
+    re.MULTILINE,
+)
+
+
+async def gateway_pool(stack: Stack) -> dict[str, float]:
+    async with httpx.AsyncClient(base_url=stack.base_url, timeout=10) as http:
+        text = (await http.get("/metrics")).text
+    return {state: float(value) for state, value in _POOL_LINE.findall(text)}
+
+
+async def pool_stress(
+    stack: Stack, *, file_id: str, job_id: str, concurrency: int, rounds: int
+) -> dict[str, Any]:
+    """`concurrency` requests at one moment (reads, lists and submits), `rounds` times over; then the pool."""
+    job = json.dumps({"type": "audio.probe", "file_id": file_id, "labels": {"bench": "pool"}}).encode()
+    kinds = (
+        Request("GET", f"/v1/jobs/{job_id}", AUTH),
+        Request("GET", "/v1/jobs?limit=50", AUTH),
+        Request("POST", "/v1/jobs", JSON, job),
+    )
+    requests = [kinds[0 if i % 10 < 6 else 1 if i % 10 < 9 else 2] for i in range(concurrency)]
+    before = await gateway_pool(stack)
+    log_size = stack.log("gateway").stat().st_size
+    rounds_out = []
+    for _ in range(rounds):
+        client = client_for(stack.base_url, limit=concurrency)
+        try:
+            figures, answers = await all_at_once(client, requests, timeout_s=120)
+        finally:
+            await client.close()
+        codes = {json.loads(body).get("error_code") for status, body in answers if status >= 500}
+        rounds_out.append(asdict(figures) | {"error_codes": sorted(str(c) for c in codes)})
+        print(figures.line(f"pool stress {concurrency} at once"), flush=True)
+    await asyncio.sleep(1.0)
+    after = await gateway_pool(stack)
+    server = await stack.connections()
+    with stack.log("gateway").open("rb") as handle:
+        handle.seek(log_size)
+        new_log = handle.read().decode(errors="replace")
+    timeouts = len(re.findall(r"QueuePool limit|TimeoutError|pool timeout", new_log, flags=re.IGNORECASE))
+    result = {
+        "concurrency": concurrency,
+        "rounds": rounds_out,
+        "errors": sum(r["errors"] for r in rounds_out),
+        "pool_timeouts_in_log": timeouts,
+        "pool_before": before,
+        "pool_after": after,
+        "checked_out_after": after.get("checked_out"),
+        "gateway_pg_backends_after": server.get("gateway", {}).get("postgres"),
+        "gateway_idle_in_transaction_after": server.get("gateway", {}).get("postgres_idle_in_tx"),
+    }
+    print(
+        f"pool stress result: errors={result['errors']} pool_timeouts={timeouts} "
+        f"checked_out_after={after.get('checked_out')} capacity={after.get('capacity')} "
+        f"pg_backends_after={result['gateway_pg_backends_after']}",
+        flush=True,
+    )
+    return result
+
+
+# --- 3. the pipeline, ours and Celery's --------------------------------------------------------------------
+
+
+async def submit_all(base_url: str, requests: list[Request], *, concurrency: int) -> tuple[list[str], float]:
+    """Submit every request with `concurrency` in flight; the job ids and the seconds it took."""
+    client = client_for(base_url, limit=concurrency)
+    start = time.monotonic()
+    try:
+        _, answers = await all_at_once(client, requests, timeout_s=600)
+    finally:
+        await client.close()
+    seconds = time.monotonic() - start
+    bad = [(status, body[:200]) for status, body in answers if status not in (200, 202)]
+    if bad:
+        raise RuntimeError(f"{len(bad)} submissions failed, e.g. {bad[:3]}")
+    return [json.loads(body)["data"]["id"] for _, body in answers], seconds
+
+
+def pipeline_figures(
+    label: str, times: list[tuple[datetime, datetime, str]], *, submit_s: float
+) -> dict[str, Any]:
+    created = [c for c, _, _ in times]
+    done = [d for _, d, _ in times]
+    latencies = np.asarray([(d - c).total_seconds() for c, d, _ in times])
+    span = (max(done) - min(created)).total_seconds()
+    statuses: dict[str, int] = {}
+    for _, _, status in times:
+        statuses[status] = statuses.get(status, 0) + 1
+    result = {
+        "jobs": len(times),
+        "jobs_per_s": round(len(times) / span, 1) if span > 0 else 0.0,
+        "p50_s": round(float(np.percentile(latencies, 50)), 3),
+        "p99_s": round(float(np.percentile(latencies, 99)), 3),
+        "seconds": round(span, 2),
+        "submit_s": round(submit_s, 2),
+        "statuses": statuses,
+    }
+    print(
+        f"pipeline {label:<10} jobs={len(times)} jobs/s={result['jobs_per_s']:7.1f} "
+        f"p50={result['p50_s']:6.2f}s p99={result['p99_s']:6.2f}s statuses={statuses}",
+        flush=True,
+    )
+    return result
+
+
+async def wait_until(check: Callable[[], Any], *, timeout_s: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        done, value = await check()
+        if done:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: not done within {timeout_s:.0f} s ({value})")
+        await asyncio.sleep(0.25)
+
+
+async def pipeline_ours(
+    stack: Stack, *, file_id: str, jobs: int, concurrency: int, label: str = "medialens"
+) -> dict[str, Any]:
+    body = json.dumps({"type": "audio.probe", "file_id": file_id, "labels": {"bench": label}}).encode()
+    ids, submit_s = await submit_all(
+        stack.base_url, [Request("POST", "/v1/jobs", JSON, body)] * jobs, concurrency=concurrency
+    )
+    conn = await asyncpg.connect(stack.dsn)
+    try:
+
+        async def terminal() -> tuple[bool, int]:
+            count = await conn.fetchval(
+                "select count(*) from jobs where id = any($1) and status = any($2)", ids, list(TERMINAL)
+            )
+            return count == len(ids), count
+
+        await wait_until(terminal, timeout_s=max(600.0, jobs), what=f"{jobs} MediaLens jobs")
+        rows = await conn.fetch("select created_at, finished_at, status from jobs where id = any($1)", ids)
+    finally:
+        await conn.close()
+    return pipeline_figures(
+        label, [(r["created_at"], r["finished_at"], r["status"]) for r in rows], submit_s=submit_s
+    )
+
+
+async def pipeline_celery(baseline: Baseline, *, wav: Path, jobs: int, concurrency: int) -> dict[str, Any]:
+    body = json.dumps({"path": str(wav)}).encode()
+    ids, submit_s = await submit_all(
+        baseline.base_url,
+        [Request("POST", "/jobs", {"Content-Type": "application/json"}, body)] * jobs,
+        concurrency=concurrency,
+    )
+    redis = Redis()
+    keys = [f"{baseline.prefix}celery-task-meta-{job_id}" for job_id in ids]
+    try:
+
+        async def stored() -> tuple[bool, int]:
+            count = int(await redis.exists(*keys))
+            return count == len(keys), count
+
+        await wait_until(stored, timeout_s=max(600.0, jobs), what=f"{jobs} Celery tasks")
+        metas = [json.loads(raw or "{}") for raw in await redis.mget(keys)]
+    finally:
+        await redis.aclose()
+    conn = await asyncpg.connect(baseline.dsn)
+    try:
+        created = {r["id"]: r["created_at"] for r in await conn.fetch("select id, created_at from jobs")}
+    finally:
+        await conn.close()
+    times = []
+    for job_id, meta in zip(ids, metas, strict=True):
+        done = datetime.fromisoformat(meta["date_done"])
+        if done.tzinfo is None:
+            done = done.replace(tzinfo=created[job_id].tzinfo)
+        times.append((created[job_id], done, str(meta["status"]).lower()))
+    return pipeline_figures("celery", times, submit_s=submit_s)
+
+
+async def pipeline_with_memory(
+    run: Callable[[], Any], pids: dict[str, int]
+) -> tuple[dict[str, Any], dict[str, float]]:
+    with PeakSampler(pids) as sampler:
+        figures = await run()
+    return figures, sampler.peaks

@@ -1,0 +1,72 @@
+"""`audio.waveform`: min/max pairs of the mono mix (the mean of the channels) at `points_per_second`.
+
+Point i covers samples [i * rate // pps, (i + 1) * rate // pps), so there are ceil(duration * pps)
+points and none straddles two seconds unevenly. Blocks are reduced with `minimum.reduceat` and
+`maximum.reduceat`; only the point a block ends inside is carried over to the next.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel
+
+from medialens_audio.decode import Block, Report, open_audio
+from medialens_shared.contracts import AudioWaveformParams, AudioWaveformResult
+
+#: Decimals kept per value: finer than any screen draws, and it keeps the document small.
+DECIMALS = 4
+
+
+class PeakBinner:
+    """Min/max of the mono mix per point, for a stream fed block by block."""
+
+    def __init__(self, sample_rate: int, points_per_second: int) -> None:
+        self.sample_rate = sample_rate
+        self.points_per_second = points_per_second
+        self._samples = 0
+        self._mins: list[float] = []
+        self._maxs: list[float] = []
+
+    def _point_of(self, sample: int) -> int:
+        """The point whose span holds `sample`: the largest i with i * rate // pps <= sample."""
+        return -(-(sample + 1) * self.points_per_second // self.sample_rate) - 1
+
+    def feed(self, block: Block) -> None:
+        if not block.shape[1]:
+            return
+        mono = block.mean(axis=0)
+        offset = self._samples
+        first, last = self._point_of(offset), self._point_of(offset + mono.size - 1)
+        bounds = np.arange(first, last + 1, dtype=np.int64) * self.sample_rate // self.points_per_second
+        starts = np.maximum(bounds - offset, 0)
+        mins = np.minimum.reduceat(mono, starts).tolist()
+        maxs = np.maximum.reduceat(mono, starts).tolist()
+        if first < len(self._mins):  # the block continues the point the last one ended in
+            mins[0] = min(mins[0], self._mins.pop())
+            maxs[0] = max(maxs[0], self._maxs.pop())
+        self._mins.extend(mins)
+        self._maxs.extend(maxs)
+        self._samples += mono.size
+
+    def result(self) -> AudioWaveformResult:
+        peaks = [
+            (round(max(low, -1.0), DECIMALS), round(min(high, 1.0), DECIMALS))
+            for low, high in zip(self._mins, self._maxs, strict=True)
+        ]
+        return AudioWaveformResult(
+            points_per_second=self.points_per_second,
+            duration_s=round(self._samples / self.sample_rate, 6),
+            peaks=peaks,
+        )
+
+
+def compute_waveform(path: Path, params: BaseModel | None, report: Report) -> AudioWaveformResult:
+    """`audio.waveform` of the file at `path`, reporting progress through `report`."""
+    settings = params if isinstance(params, AudioWaveformParams) else AudioWaveformParams()
+    with open_audio(path) as audio:
+        binner = PeakBinner(audio.sample_rate, settings.points_per_second)
+        for block in audio.blocks(report, action="drawing the waveform"):
+            binner.feed(block)
+        return binner.result()

@@ -1,0 +1,78 @@
+"""Test signals with known loudness, peaks and silences, and a writer for any of them.
+
+Levels are peak levels in dBFS (a sine at -23 dBFS has amplitude 10 ** (-23 / 20)), as EBU Tech 3341 and
+3342 state their test signals.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import numpy.typing as npt
+
+Signal = npt.NDArray[np.float32]
+
+CODECS = {".wav": "pcm_s16le", ".flac": "flac", ".mp3": "libmp3lame", ".m4a": "aac"}
+
+
+def amplitude(level_dbfs: float) -> float:
+    return float(10.0 ** (level_dbfs / 20.0))
+
+
+def sine(
+    level_dbfs: float,
+    seconds: float,
+    *,
+    rate: int = 48000,
+    freq_hz: float = 1000.0,
+    channels: int = 2,
+    phase: float = 0.0,
+) -> Signal:
+    """A sine on every channel: shape (channels, round(seconds * rate))."""
+    t = np.arange(round(seconds * rate)) / rate
+    tone = amplitude(level_dbfs) * np.sin(2.0 * np.pi * freq_hz * t + phase)
+    return np.tile(tone.astype(np.float32), (channels, 1))
+
+
+def sequence(*parts: tuple[float, float], rate: int = 48000, channels: int = 2) -> Signal:
+    """1 kHz sines of (level_dbfs, seconds) one after the other, phase-continuous."""
+    total = sum(round(seconds * rate) for _, seconds in parts)
+    t = np.arange(total) / rate
+    levels = np.concatenate([np.full(round(seconds * rate), amplitude(level)) for level, seconds in parts])
+    tone = (levels * np.sin(2.0 * np.pi * 1000.0 * t)).astype(np.float32)
+    return np.tile(tone, (channels, 1))
+
+
+def noise(
+    level_dbfs: float, seconds: float, *, rate: int = 48000, channels: int = 2, seed: int = 0
+) -> Signal:
+    """Gaussian noise whose RMS is `level_dbfs`, clipped to full scale."""
+    rng = np.random.default_rng(seed)
+    values = rng.standard_normal((channels, round(seconds * rate))) * amplitude(level_dbfs)
+    return np.clip(values, -1.0, 1.0).astype(np.float32)
+
+
+def write(path: Path, samples: Signal, *, rate: int = 48000, layout: str | None = None) -> Path:
+    """Encode (channels, n) float samples to `path`; the codec follows the suffix (see `CODECS`)."""
+    codec = CODECS[path.suffix]
+    channels = samples.shape[0]
+    layout = layout or {1: "mono", 2: "stereo", 6: "5.1"}[channels]
+    options = {"write_xing": "1"} if codec == "libmp3lame" else None
+    with av.open(str(path), mode="w", options=options) as container:
+        stream = container.add_stream(codec, rate=rate)
+        stream.layout = layout
+        if codec in ("libmp3lame", "aac"):
+            stream.bit_rate = 192_000
+        chunk = rate  # one-second frames: PyAV re-cuts them to the codec's frame size
+        for offset in range(0, samples.shape[1], chunk):
+            part = np.ascontiguousarray(samples[:, offset : offset + chunk])
+            frame = av.AudioFrame.from_ndarray(part, format="fltp", layout=layout)
+            frame.sample_rate = rate
+            frame.pts = offset
+            frame.time_base = Fraction(1, rate)
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    return path

@@ -1,0 +1,200 @@
+"""`audio.loudness` against EBU Tech 3341 / 3342 cases and BS.1770-4, on signals with known truth."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medialens_audio.loudness import TRUE_PEAK_PHASES, LoudnessMeter, k_weighting, measure_loudness
+from medialens_shared.contracts import AudioLoudnessResult
+from medialens_shared.errors import MediaDecodeError, UnsupportedInput
+from scripts.samples import corrupt, make_audio, make_video, truncate
+
+from .signals import noise, sequence, sine, write
+
+
+def meter_result(samples: np.ndarray, *, rate: int = 48000, layout: str = "stereo") -> AudioLoudnessResult:
+    meter = LoudnessMeter(rate, layout)
+    for start in range(0, samples.shape[1], rate):
+        meter.feed(samples[:, start : start + rate])
+    return meter.result()
+
+
+def no_report(fraction: float, message: str) -> None:
+    """A progress callback that discards what it is told."""
+
+
+def test_k_weighting_matches_bs1770_coefficients() -> None:
+    """At 48 kHz the derived K-weighting filter has the coefficients BS.1770-4 publishes."""
+    expected = [
+        [1.53512485958697, -2.69169618940638, 1.19839281085285, 1.0, -1.69065929318241, 0.73248077421585],
+        [1.0, -2.0, 1.0, 1.0, -1.99004745483398, 0.99007225036621],
+    ]
+    assert k_weighting(48000) == pytest.approx(np.array(expected), abs=1e-8)
+
+
+@pytest.mark.parametrize(("level", "expected"), [(-23.0, -23.0), (-33.0, -33.0)])
+def test_tech3341_cases_1_and_2_steady_sine(level: float, expected: float) -> None:
+    """A stereo 1 kHz sine at -23 (-33) dBFS measures -23.0 (-33.0) LUFS, integrated and short-term."""
+    result = meter_result(sine(level, 10.0))
+    assert result.integrated_lufs == pytest.approx(expected, abs=0.1)
+    assert all(point.lufs == pytest.approx(expected, abs=0.1) for point in result.short_term)
+    assert result.loudness_range_lu == pytest.approx(0.0, abs=0.1)
+
+
+@pytest.mark.parametrize(
+    "parts",
+    [
+        pytest.param([(-36.0, 5.0), (-23.0, 30.0), (-36.0, 5.0)], id="case3-relative-gate"),
+        pytest.param(
+            [(-72.0, 5.0), (-36.0, 5.0), (-23.0, 30.0), (-36.0, 5.0), (-72.0, 5.0)], id="case4-both-gates"
+        ),
+        pytest.param([(-26.0, 10.0), (-20.0, 10.05), (-26.0, 10.0)], id="case5-no-gating"),
+    ],
+)
+def test_tech3341_gated_sequences(parts: list[tuple[float, float]]) -> None:
+    """Tech 3341 cases 3-5 (durations halved or shortened, proportions kept) measure -23.0 LUFS."""
+    assert meter_result(sequence(*parts)).integrated_lufs == pytest.approx(-23.0, abs=0.1)
+
+
+def test_tech3341_case6_surround_weights() -> None:
+    """Case 6 in 5.1: L, R at -28, C at -24, Ls, Rs at -30 dBFS (and a loud LFE, excluded) is -23.0 LUFS."""
+    levels = [-28.0, -28.0, -24.0, -6.0, -30.0, -30.0]  # FL FR FC LFE BL BR
+    samples = np.concatenate([sine(level, 6.0, channels=1) for level in levels])
+    assert meter_result(samples, layout="5.1").integrated_lufs == pytest.approx(-23.0, abs=0.1)
+
+
+def test_other_sample_rate() -> None:
+    """At 44.1 kHz the filters are re-derived: a -23 dBFS stereo sine still measures -23.0 LUFS."""
+    result = meter_result(sine(-23.0, 6.0, rate=44100), rate=44100)
+    assert result.integrated_lufs == pytest.approx(-23.0, abs=0.1)
+
+
+@pytest.mark.parametrize(
+    ("parts", "expected"),
+    [
+        pytest.param([(-20.0, 20.0), (-30.0, 20.0)], 10.0, id="case1"),
+        pytest.param([(-20.0, 20.0), (-15.0, 20.0)], 5.0, id="case2"),
+        pytest.param([(-40.0, 20.0), (-20.0, 20.0)], 20.0, id="case3"),
+        pytest.param(
+            [(-50.0, 20.0), (-35.0, 20.0), (-20.0, 20.0), (-35.0, 20.0), (-50.0, 20.0)], 15.0, id="case4"
+        ),
+    ],
+)
+def test_tech3342_loudness_range(parts: list[tuple[float, float]], expected: float) -> None:
+    """EBU Tech 3342 cases 1-4 give their loudness range within 1 LU (mono, which LRA does not depend on)."""
+    result = meter_result(sequence(*parts, channels=1), layout="mono")
+    assert result.loudness_range_lu == pytest.approx(expected, abs=1.0)
+
+
+def test_true_peak_above_sample_peak() -> None:
+    """A sine at fs/4 sampled 45 degrees off its crests: sample peak -9.0 dBFS, true peak -6.0 dBTP."""
+    result = meter_result(sine(-6.0, 2.0, freq_hz=12000.0, phase=np.pi / 4))
+    assert result.sample_peak_dbfs == pytest.approx(-9.01, abs=0.02)
+    assert result.true_peak_dbtp == pytest.approx(-6.0, abs=0.3)
+
+
+def test_true_peak_equals_dense_interpolation() -> None:
+    """The pruned true-peak search finds the maximum of the fully oversampled signal, wherever it lies."""
+    # Loud noise, quiet noise, then a sine whose true (not sample) peak beats the noise's peak.
+    samples = np.concatenate(
+        [noise(-20.0, 1.5, seed=7), noise(-40.0, 1.2), sine(-5.0, 1.0, freq_hz=12000.0, phase=np.pi / 4)],
+        axis=1,
+    )
+    padded = np.pad(samples.astype(np.float64), ((0, 0), (11, 11)))
+    dense = max(
+        np.abs(np.convolve(padded[channel], phase, mode="valid")).max()
+        for channel in range(2)
+        for phase in TRUE_PEAK_PHASES
+    )
+    expected = 20 * np.log10(max(dense, np.abs(samples).max()))
+    assert expected == pytest.approx(-5.0, abs=0.3)
+    assert meter_result(samples).true_peak_dbtp == pytest.approx(expected, abs=0.01)
+
+
+def test_short_term_series_steps_one_second() -> None:
+    """The short-term series has one 3 s value per whole second from 3 s on, tracking a level step."""
+    result = meter_result(sequence((-23.0, 6.0), (-33.0, 6.0)))
+    assert [point.t_s for point in result.short_term] == [float(t) for t in range(3, 13)]
+    assert result.short_term[2].lufs == pytest.approx(-23.0, abs=0.1)  # 2-5 s
+    assert result.short_term[-1].lufs == pytest.approx(-33.0, abs=0.1)  # 9-12 s
+
+
+def test_silence_has_no_integrated_loudness() -> None:
+    """Digital silence is below the absolute gate: integrated, range and peaks are null."""
+    result = meter_result(np.zeros((2, 48000 * 4), dtype=np.float32))
+    assert (result.integrated_lufs, result.loudness_range_lu, result.true_peak_dbtp) == (None, None, None)
+    assert [point.lufs for point in result.short_term] == [None, None]
+
+
+@pytest.mark.parametrize(
+    ("channels", "layout", "expected"), [(1, "mono", -26.0), (2, "stereo", -23.0), (6, "5.1", -18.36)]
+)
+def test_wav_channel_layouts(tmp_path: Path, channels: int, layout: str, expected: float) -> None:
+    """The same -23 dBFS sine on 1, 2 and 5.1 channels adds up as BS.1770 weighs the channels."""
+    path = write(tmp_path / "tone.wav", sine(-23.0, 4.0, channels=channels), layout=layout)
+    result = measure_loudness(path, None, no_report)
+    # One channel of it is -26.01 LUFS; 5.1 weighs FL, FR, FC 1, LFE 0, BL, BR 1.41: + 10 log10(5.82).
+    assert result.integrated_lufs == pytest.approx(expected, abs=0.1)
+
+
+@pytest.mark.parametrize("suffix", [".mp3", ".m4a"])
+def test_lossy_encodings_match_the_wav(tmp_path: Path, suffix: str) -> None:
+    """MP3 and AAC encodings of two tones over faint noise measure within 0.3 LU of the source WAV."""
+    # Loud white noise would not do: the encoders' low-pass removes high frequencies K-weighting boosts.
+    chord = sine(-26.0, 6.0, freq_hz=440.0) + sine(-26.0, 6.0) + noise(-50.0, 6.0)
+    reference = measure_loudness(write(tmp_path / "chord.wav", chord), None, no_report)
+    encoded = measure_loudness(write(tmp_path / f"chord{suffix}", chord), None, no_report)
+    assert reference.integrated_lufs is not None
+    assert encoded.integrated_lufs == pytest.approx(reference.integrated_lufs, abs=0.3)
+    # Lossy coding moves peaks (LAME here also lowers the level by 0.27 dB, as FFmpeg's meter confirms).
+    assert encoded.true_peak_dbtp == pytest.approx(reference.true_peak_dbtp, abs=1.0)
+
+
+def test_flac_is_lossless(tmp_path: Path) -> None:
+    """A FLAC of a signal measures what the in-memory signal measures, to a hundredth of a LU."""
+    chord = sine(-20.0, 4.0) + noise(-30.0, 4.0)
+    expected = meter_result(chord).integrated_lufs
+    assert expected is not None
+    result = measure_loudness(write(tmp_path / "chord.flac", chord), None, no_report)
+    assert result.integrated_lufs == pytest.approx(expected, abs=0.02)
+
+
+def test_progress_is_reported_per_second(tmp_path: Path) -> None:
+    """The analyser reports a rising fraction and a clock message about once per second of media."""
+    path = tmp_path / "tone.wav"
+    make_audio(path, duration_s=4.0)
+    seen: list[tuple[float, str]] = []
+    measure_loudness(path, None, lambda fraction, message: seen.append((fraction, message)))
+    assert len(seen) == 4
+    assert [fraction for fraction, _ in seen] == sorted(fraction for fraction, _ in seen)
+    assert seen[0][1] == "measuring loudness: 0:01 of 0:04"
+
+
+def test_empty_file_is_unsupported(tmp_path: Path) -> None:
+    """An empty file is unsupported input."""
+    path = tmp_path / "empty.wav"
+    path.write_bytes(b"")
+    with pytest.raises(UnsupportedInput):
+        measure_loudness(path, None, no_report)
+
+
+def test_damaged_files_are_decode_errors(tmp_path: Path) -> None:
+    """A WAV with garbled headers and an M4A cut in half are damaged media."""
+    wav, m4a = tmp_path / "a.wav", tmp_path / "a.m4a"
+    make_audio(wav, duration_s=1.0)
+    make_audio(m4a, duration_s=1.0)
+    corrupt(wav, tmp_path / "bad.wav", start_fraction=0.0, keep_head_bytes=12)
+    truncate(m4a, tmp_path / "cut.m4a", keep_fraction=0.5)
+    for damaged in (tmp_path / "bad.wav", tmp_path / "cut.m4a"):
+        with pytest.raises(MediaDecodeError):
+            measure_loudness(damaged, None, no_report)
+
+
+def test_audio_track_of_a_video(tmp_path: Path) -> None:
+    """The AAC track of an MP4 (a -23 dBFS stereo sine) measures -23.0 LUFS."""
+    path = tmp_path / "clip.mp4"
+    make_video(path, duration_s=4.0, width=64, height=48, with_audio=True)
+    assert measure_loudness(path, None, no_report).integrated_lufs == pytest.approx(-23.0, abs=0.1)

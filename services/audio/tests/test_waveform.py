@@ -1,0 +1,61 @@
+"""`audio.waveform` on signals whose min/max per point are known."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medialens_audio.waveform import PeakBinner, compute_waveform
+from medialens_shared.contracts import AudioWaveformParams
+
+from .signals import noise, write
+
+
+def no_report(fraction: float, message: str) -> None:
+    """A progress callback that discards what it is told."""
+
+
+def square(seconds: float, *, rate: int, hz: float, left: float, right: float) -> np.ndarray:
+    t = np.arange(round(seconds * rate)) / rate
+    wave = np.where(np.floor(2 * hz * t) % 2 == 0, 1.0, -1.0).astype(np.float32)
+    return np.stack([left * wave, right * wave])
+
+
+def test_square_wave_peaks(tmp_path: Path) -> None:
+    """A 2 Hz square of 0.6 and 0.2 on two channels gives mono peaks of +-0.4, both in the flipping points."""
+    path = write(tmp_path / "square.wav", square(2.05, rate=48000, hz=2.0, left=0.6, right=0.2))
+    result = compute_waveform(path, AudioWaveformParams(points_per_second=10), no_report)
+    assert result.points_per_second == 10
+    assert result.duration_s == pytest.approx(2.05)
+    assert len(result.peaks) == math.ceil(2.05 * 10)
+    assert result.peaks[0] == pytest.approx((0.4, 0.4), abs=1e-3)  # 0.0-0.1 s: high
+    assert result.peaks[2] == pytest.approx((-0.4, 0.4), abs=1e-3)  # 0.2-0.3 s: flips at 0.25 s
+    assert result.peaks[3] == pytest.approx((-0.4, -0.4), abs=1e-3)  # 0.3-0.4 s: low
+    assert result.peaks[-1] == pytest.approx((0.4, 0.4), abs=1e-3)  # 2.0-2.05 s: high again
+
+
+@pytest.mark.parametrize(("rate", "pps", "seconds"), [(44100, 7, 1.3), (48000, 1000, 0.5), (22050, 1, 2.5)])
+def test_point_count_and_range(tmp_path: Path, rate: int, pps: int, seconds: float) -> None:
+    """There are ceil(duration x pps) points, each a (min, max) pair within -1..1."""
+    path = write(tmp_path / "noise.wav", noise(-3.0, seconds, rate=rate), rate=rate)
+    result = compute_waveform(path, AudioWaveformParams(points_per_second=pps), no_report)
+    assert len(result.peaks) == math.ceil(seconds * pps)
+    assert all(-1.0 <= low <= high <= 1.0 for low, high in result.peaks)
+
+
+def test_streaming_equals_whole_signal() -> None:
+    """Points from odd-sized blocks equal the min/max computed on the whole mono mix at once."""
+    samples = noise(-10.0, 3.0, rate=44100)
+    binner = PeakBinner(44100, 7)
+    for start in range(0, samples.shape[1], 9999):
+        binner.feed(samples[:, start : start + 9999])
+    mono = samples.mean(axis=0)
+    edges = [i * 44100 // 7 for i in range(22)] + [mono.size]
+    expected = [(mono[a:b].min(), mono[a:b].max()) for a, b in itertools.pairwise(edges) if a < b]
+    got = np.array(binner.result().peaks)
+    assert got.shape == (21, 2)
+    assert got.ravel() == pytest.approx(np.array(expected).ravel(), abs=1e-4)
