@@ -111,3 +111,22 @@ async def test_another_tenants_lists_do_not_hold_my_items(
     assert b_labelled == []
     a_files = (await api.get("/v1/files", params={"limit": 200})).json()["data"]["items"]
     assert file_id in {item["id"] for item in a_files}
+
+
+def test_the_key_cache_forgets_a_key_after_its_ttl(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A verified key is served from the cache until its TTL ends, then looked up again."""
+    from medialens_gateway import auth
+
+    now = [1000.0]
+    monkeypatch.setattr(auth.time, "monotonic", lambda: now[0])
+    cache = auth.KeyCache(ttl_s=30, size=2)
+    tenant = auth.Tenant(id="t", webhook_secret="s")
+    cache.put("h1", tenant)
+    assert cache.get("h1") == tenant
+    now[0] += 31
+    assert cache.get("h1") is None
+    cache.put("h1", tenant)
+    cache.put("h2", tenant)
+    cache.put("h3", tenant)  # over its size the cache starts afresh
+    assert cache.get("h1") is None
+    assert cache.get("h3") == tenant

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import time
 from dataclasses import dataclass
 
 from fastapi import Request
@@ -37,18 +38,48 @@ def presented_key(request: Request) -> str | None:
     return request.headers.get("x-api-key") or None
 
 
-async def authenticate(session: AsyncSession, *, key: str | None) -> Tenant:
+class KeyCache:
+    """Recently verified keys, so a busy client does not cost a database round trip per request.
+
+    A revoked key keeps working for at most `ttl_s` seconds in each gateway process; unknown keys are not
+    cached (a client cannot fill the cache with guesses).
+    """
+
+    def __init__(self, *, ttl_s: float = 30.0, size: int = 10_000) -> None:
+        self.ttl_s = ttl_s
+        self.size = size
+        self._known: dict[str, tuple[Tenant, float]] = {}
+
+    def get(self, key_hash: str) -> Tenant | None:
+        found = self._known.get(key_hash)
+        if found is None or found[1] < time.monotonic():
+            return None
+        return found[0]
+
+    def put(self, key_hash: str, tenant: Tenant) -> None:
+        if len(self._known) >= self.size:
+            self._known.clear()  # crude, and rare: the next requests fill it again
+        self._known[key_hash] = (tenant, time.monotonic() + self.ttl_s)
+
+
+async def authenticate(session: AsyncSession, *, key: str | None, cache: KeyCache | None = None) -> Tenant:
     if not key:
         raise Unauthorized("No API key: send `Authorization: Bearer <key>` or `X-API-Key: <key>`.")
+    key_hash = hash_key(key)
+    if cache is not None and (tenant := cache.get(key_hash)) is not None:
+        return tenant
     query = (
         select(tenants.c.id, tenants.c.webhook_secret)
         .join(api_keys, api_keys.c.tenant_id == tenants.c.id)
-        .where(api_keys.c.key_hash == hash_key(key), api_keys.c.revoked_at.is_(None))
+        .where(api_keys.c.key_hash == key_hash, api_keys.c.revoked_at.is_(None))
     )
     row = (await session.execute(query)).one_or_none()
     if row is None:
         raise Unauthorized("The API key is unknown or revoked.")
-    return Tenant(id=row.id, webhook_secret=row.webhook_secret)
+    tenant = Tenant(id=row.id, webhook_secret=row.webhook_secret)
+    if cache is not None:
+        cache.put(key_hash, tenant)
+    return tenant
 
 
 async def ensure_keys(session: AsyncSession, *, pairs: list[tuple[str, str]]) -> None:

@@ -9,7 +9,7 @@ from fastapi import Depends, Request
 from pymongo.asynchronous.database import AsyncDatabase
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from medialens_gateway.auth import Tenant, authenticate, presented_key
+from medialens_gateway.auth import KeyCache, Tenant, authenticate, presented_key
 from medialens_gateway.bus import GatewayBus
 from medialens_gateway.events import EventHub
 from medialens_shared.db import DatabaseManager, MongoDoc
@@ -22,8 +22,10 @@ async def _session(services: svcs.fastapi.DepContainer) -> AsyncSession:
     return await services.aget(AsyncSession)
 
 
-async def _tenant(request: Request, session: Annotated[AsyncSession, Depends(_session)]) -> Tenant:
-    return await authenticate(session, key=presented_key(request))
+async def _tenant(
+    request: Request, services: svcs.fastapi.DepContainer, session: Annotated[AsyncSession, Depends(_session)]
+) -> Tenant:
+    return await authenticate(session, key=presented_key(request), cache=await services.aget(KeyCache))
 
 
 async def _settings(services: svcs.fastapi.DepContainer) -> Settings:

@@ -182,7 +182,8 @@ async def get_job(session: AsyncSession, *, tenant_id: str, job_id: str) -> RowM
 
 async def view(session: AsyncSession, signals: JobSignals, job: RowMapping) -> dict[str, Any]:
     live = await signals.live(job["id"]) if job["status"] == JobStatus.RUNNING else None
-    children = await jobstore.children_of(session, job_id=job["id"])
+    composite = bool(JOB_TYPES[job["type"]].children)
+    children = await jobstore.children_of(session, job_id=job["id"]) if composite else []
     return jobstore.job_view(job, children=children, live=live)
 
 
