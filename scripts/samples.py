@@ -4,8 +4,10 @@ Every generator writes exactly one file, the path it is given, and nothing else.
 in the file is fully determined by its arguments, so a test can assert exact values:
 
 * `make_video` — an MP4 (or any container PyAV infers from the suffix) of `round(duration_s * fps)`
-  frames in `segments` solid-colour segments, each with a small white square moving across it, and
-  optionally a sine-tone audio track. The container records the frame count and duration.
+  frames in `segments` solid-colour segments (or segments starting at the irregular times `cuts_s`),
+  each with a small white square moving across it — or, with `texture`, a distinct panning texture —
+  optionally a black and a frozen stretch, and optionally a sine-tone audio track. The container records
+  the frame count and duration.
 * `make_audio` — a sine tone at a known frequency and peak level; the codec follows the suffix.
 * `make_csv` — a table of integers, floats (with nulls), strings and dates; returns its statistics.
 * `truncate` and `corrupt` — damaged copies of a file. Which damage the probes (open + decode the
@@ -33,6 +35,7 @@ from __future__ import annotations
 import csv
 import random
 import statistics
+from collections.abc import Sequence
 from datetime import date, timedelta
 from fractions import Fraction
 from pathlib import Path
@@ -72,6 +75,12 @@ def segment_starts(frame_count: int, segments: int) -> list[int]:
     return [round(k * frame_count / segments) for k in range(segments)]
 
 
+def cut_frames(frame_count: int, fps: float, cuts_s: Sequence[float]) -> list[int]:
+    """The first frame index of each segment when segments start at the times `cuts_s` (plus frame 0)."""
+    starts = {0} | {round(t * fps) for t in cuts_s}
+    return sorted(start for start in starts if 0 <= start < frame_count)
+
+
 def make_video(
     path: Path,
     *,
@@ -88,6 +97,12 @@ def make_video(
     audio_sample_rate: int = 48000,
     audio_channels: int = 2,
     audio_codec: str = "aac",
+    cuts_s: Sequence[float] | None = None,
+    texture: bool = False,
+    black_s: tuple[float, float] | None = None,
+    frozen_s: tuple[float, float] | None = None,
+    keyint: int | None = None,
+    grain: int = 0,
 ) -> None:
     """Write a constant-frame-rate video of exactly `round(duration_s * fps)` frames to `path`.
 
@@ -99,6 +114,14 @@ def make_video(
     (the frame count is unchanged; the clip lasts about twice as long). With `with_audio`, a 1 kHz sine
     at -23 dBFS lasting `frame_count / fps` seconds is muxed alongside with `audio_codec`.
     The container format follows the suffix (`.mp4`, `.mkv`, `.mov`, ...).
+
+    `cuts_s` replaces `segments` with segments starting at these times (frames `cut_frames(...)`).
+    With `texture`, each segment is its own random texture tinted with its colour and panning a few
+    pixels per frame (content that moves like footage, for detectors and benchmarks) instead of the flat
+    colour and square. Frames from `black_s[0]` to `black_s[1]` (seconds, end excluded) are black (RGB 0);
+    frames from `frozen_s[0]` to `frozen_s[1]` repeat the frame at `frozen_s[0]`. `keyint` caps the H.264
+    keyframe interval (x264's default is 250 frames). `grain` adds film-grain-like noise of up to that
+    many levels, different on every frame (so the bit rate is closer to camera footage's).
     """
     frame_count = round(duration_s * fps)
     if frame_count < 1:
@@ -107,9 +130,14 @@ def make_video(
         raise ValueError("width and height must be even for 4:2:0 chroma subsampling")
     if rotation % 90:
         raise ValueError("rotation must be a multiple of 90 degrees")
-    starts = segment_starts(frame_count, segments)
+    starts = (
+        cut_frames(frame_count, fps, cuts_s) if cuts_s is not None else segment_starts(frame_count, segments)
+    )
+    black = _frame_span(black_s, fps)
+    frozen = _frame_span(frozen_s, fps)
+    textures = _Textures(width, height) if texture else None
+    noise = _grain_bank(width, height, grain) if grain else None
     half = frame_count // 2
-    square = max(4, min(width, height) // 8)
     with av.open(str(path), mode="w") as container:
         video = container.add_stream(codec, rate=fps)
         if not isinstance(video, av.VideoStream):
@@ -118,7 +146,7 @@ def make_video(
         video.height = height
         video.pix_fmt = pix_fmt
         if codec in ("libx264", "h264"):
-            video.options = {"preset": "veryfast"}
+            video.options = {"preset": "veryfast", **({"g": str(keyint)} if keyint else {})}
         if rotation % 360:
             # PyAV's degrees are counter-clockwise; ours (like the old `rotate` tag) are clockwise.
             video.set_display_rotation(-float(rotation % 360))
@@ -127,12 +155,14 @@ def make_video(
             audio = _add_audio_stream(container, audio_codec, audio_sample_rate)
             audio.layout = _layout(audio_channels)
         for index in range(frame_count):
-            segment = sum(1 for start in starts if start <= index) - 1
-            image = np.empty((height, width, 3), dtype=np.uint8)
-            image[:] = SEGMENT_COLOURS[segment % len(SEGMENT_COLOURS)]
-            x = (index * (width - square)) // max(1, frame_count - 1)
-            y = (height - square) // 2
-            image[y : y + square, x : x + square] = 255
+            shown = frozen[0] if frozen[0] <= index < frozen[1] else index
+            if black[0] <= index < black[1]:
+                image = np.zeros((height, width, 3), dtype=np.uint8)
+            else:
+                image = _picture(shown, starts, textures, width, height, frame_count)
+                if noise is not None:
+                    grained = image.astype(np.int16) + noise[(shown * 7) % len(noise)]
+                    image = np.clip(grained, 0, 255).astype(np.uint8)
             frame = av.VideoFrame.from_ndarray(image, format="rgb24")
             frame.pts = half + 3 * (index - half) if vfr and index > half else index
             frame.time_base = Fraction(1, fps)
@@ -148,6 +178,59 @@ def make_video(
                 freq_hz=1000.0,
                 level_dbfs=-23.0,
             )
+
+
+def _picture(
+    index: int, starts: list[int], textures: _Textures | None, width: int, height: int, frame_count: int
+) -> npt.NDArray[np.uint8]:
+    """Frame `index` of `make_video`: its segment's texture, or its colour with the moving square."""
+    segment = sum(1 for start in starts if start <= index) - 1
+    if textures is not None:
+        return textures.frame(segment, index - starts[segment])
+    image = np.empty((height, width, 3), dtype=np.uint8)
+    image[:] = SEGMENT_COLOURS[segment % len(SEGMENT_COLOURS)]
+    square = max(4, min(width, height) // 8)
+    x = (index * (width - square)) // max(1, frame_count - 1)
+    y = (height - square) // 2
+    image[y : y + square, x : x + square] = 255
+    return image
+
+
+def _grain_bank(width: int, height: int, grain: int) -> list[npt.NDArray[np.int16]]:
+    """Sixteen fields of uniform noise in -grain..grain, cycled so no frame repeats its neighbours'."""
+    rng = np.random.default_rng(0)
+    return [rng.integers(-grain, grain + 1, (height, width, 1), dtype=np.int16) for _ in range(16)]
+
+
+def _frame_span(span_s: tuple[float, float] | None, fps: float) -> tuple[int, int]:
+    if span_s is None:
+        return (-1, -1)
+    return (round(span_s[0] * fps), round(span_s[1] * fps))
+
+
+class _Textures:
+    """Per-segment panning textures: blocky random noise, smoothed, tinted with the segment's colour."""
+
+    def __init__(self, width: int, height: int) -> None:
+        self.width, self.height = width, height
+        self._segment = -1
+        self._texture = np.zeros((1, 1, 3), dtype=np.uint8)
+        self._step = (0, 0)
+
+    def frame(self, segment: int, offset: int) -> npt.NDArray[np.uint8]:
+        if segment != self._segment:
+            self._segment = segment
+            rng = np.random.default_rng(segment)
+            block = max(4, self.width // 40)
+            cells = (self.height * 2 // block + 2, self.width * 2 // block + 2, 3)
+            noise = rng.integers(0, 256, cells, dtype=np.uint8).repeat(block, 0).repeat(block, 1)
+            tint = np.array(SEGMENT_COLOURS[segment % len(SEGMENT_COLOURS)], dtype=np.uint16)
+            self._texture = ((noise.astype(np.uint16) + tint * 2) // 3).astype(np.uint8)
+            self._step = (1 + segment % 2, 2 + segment % 3)
+        rows, cols = self._texture.shape[0] - self.height, self._texture.shape[1] - self.width
+        y = (offset * self._step[0]) % rows
+        x = (offset * self._step[1]) % cols
+        return np.ascontiguousarray(self._texture[y : y + self.height, x : x + self.width])
 
 
 def make_audio(
@@ -249,6 +332,29 @@ def make_csv(path: Path, *, rows: int = 100, seed: int = 0) -> dict[str, Any]:
             },
         },
     }
+
+
+def loop_video(src: Path, dst: Path, *, times: int) -> None:
+    """Write `src`'s video stream `times` times over to `dst`, without re-encoding (a long clip, fast).
+
+    Every repeat starts with the keyframe `src` starts with, so `dst` decodes to `times` copies of its
+    frames, timed one after another.
+    """
+    with av.open(str(src)) as source, av.open(str(dst), mode="w") as target:
+        video = source.streams.video[0]
+        out = target.add_stream_from_template(video)
+        packets = [p for p in source.demux(video) if p.size]
+        span = max(p.pts + (p.duration or 0) for p in packets if p.pts is not None)
+        for repeat in range(times):
+            for packet in packets:
+                shifted = av.Packet(bytes(packet))
+                shifted.pts = None if packet.pts is None else packet.pts + repeat * span
+                shifted.dts = None if packet.dts is None else packet.dts + repeat * span
+                shifted.duration = packet.duration
+                shifted.is_keyframe = packet.is_keyframe
+                shifted.time_base = packet.time_base
+                shifted.stream = out
+                target.mux(shifted)
 
 
 def truncate(src: Path, dst: Path, *, keep_fraction: float = 0.5) -> None:

@@ -13,6 +13,8 @@ import pytest
 from scripts.samples import (
     SEGMENT_COLOURS,
     corrupt,
+    cut_frames,
+    loop_video,
     make_audio,
     make_csv,
     make_video,
@@ -76,3 +78,33 @@ def test_damage_helpers_keep_the_head(tmp_path: Path) -> None:
     assert bad[:250] == bytes(250)
     assert bad[750:] == bytes(250)
     assert bad[250:750] != bytes(500)
+
+
+def test_cut_frames_round_times_to_frames() -> None:
+    """Cut times become sorted frame indexes, with frame 0 first and times past the end dropped."""
+    assert cut_frames(100, 25, [2.0, 0.52, 9.0]) == [0, 13, 50]
+
+
+def test_black_frozen_and_looped_video(tmp_path: Path) -> None:
+    """Black frames are black, frozen frames repeat, and a looped clip holds the frames times over."""
+    path = tmp_path / "v.mp4"
+    make_video(
+        path,
+        duration_s=1.0,
+        fps=25,
+        width=64,
+        height=48,
+        texture=True,
+        black_s=(0.2, 0.4),
+        frozen_s=(0.6, 0.8),
+    )
+    with av.open(str(path)) as container:
+        frames = [frame.to_ndarray(format="gray") for frame in container.decode(video=0)]
+    assert frames[5].max() <= 20
+    assert frames[4].mean() > 40
+    assert np.abs(frames[16].astype(int) - frames[15]).mean() < 1.0
+    assert np.abs(frames[21].astype(int) - frames[19]).mean() > 5.0
+    looped = tmp_path / "loop.mp4"
+    loop_video(path, looped, times=3)
+    with av.open(str(looped)) as container:
+        assert sum(1 for _ in container.decode(video=0)) == 75

@@ -10,25 +10,19 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-import av
 import av.error
 
 from medialens_shared.contracts import (
-    FileKind,
     ProbeAudioStream,
     ProbeFormat,
     ProbeVideoStream,
     VideoProbeResult,
 )
-from medialens_shared.errors import InputNotFound, MediaDecodeError, UnsupportedInput
-from medialens_shared.sniff import SNIFF_BYTES, sniff
+from medialens_shared.errors import MediaDecodeError
+from medialens_video.frames import open_video, reason
 
 #: Relative difference between the nominal and average frame rates above which a stream counts as VFR.
 VFR_TOLERANCE = 0.01
-
-#: Demuxers that open files which are not video: text and binary "art" (ANSI, BIN, XBIN, ADF, IDF —
-#: FFmpeg picks `bin` for any `.bin` file, `tty` for any `.txt`) and still images (`image2`, `*_pipe`).
-_NOT_VIDEO_FORMATS = frozenset({"tty", "bin", "xbin", "adf", "idf", "image2"})
 
 
 def probe_video(path: Path) -> VideoProbeResult:
@@ -39,31 +33,9 @@ def probe_video(path: Path) -> VideoProbeResult:
     and `InputNotFound` when there is no file.
     """
     path = Path(path)
-    size_bytes, kind = _inspect(path)
-    try:
-        container = av.open(str(path), mode="r")
-    except av.error.FFmpegError as exc:
-        if kind in (FileKind.VIDEO, FileKind.AUDIO):
-            raise MediaDecodeError(
-                f"The file looks like {kind.value} but cannot be read; it is probably damaged or "
-                f"truncated ({_reason(exc)})."
-            ) from exc
-        raise UnsupportedInput("The file is not a video in any format this service can read.") from exc
-
-    with container:
+    with open_video(path) as (container, video):
+        size_bytes = path.stat().st_size
         format_name = container.format.name
-        if format_name in _NOT_VIDEO_FORMATS or format_name.endswith("_pipe"):
-            raise UnsupportedInput(
-                f"The file is not a video: it was read as {container.format.long_name or format_name}."
-            )
-        video = next(
-            (s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic),
-            None,
-        )
-        if video is None:
-            raise UnsupportedInput(
-                "The file has no video stream" + (" (it is audio only)." if container.streams.audio else ".")
-            )
         first_frame = _decode_first_frame(container, video)
 
         duration_s = container.duration / av.time_base if container.duration else None
@@ -105,22 +77,6 @@ def probe_video(path: Path) -> VideoProbeResult:
         )
 
 
-def _inspect(path: Path) -> tuple[int, FileKind]:
-    """The file's size and sniffed kind; rejects missing, empty and tabular files up front."""
-    try:
-        size_bytes = path.stat().st_size
-        with path.open("rb") as handle:
-            head = handle.read(SNIFF_BYTES)
-    except FileNotFoundError as exc:
-        raise InputNotFound(f"The input file {path.name} does not exist.") from exc
-    if size_bytes == 0:
-        raise UnsupportedInput("The file is empty; it is not a video.")
-    kind = sniff(head)
-    if kind is FileKind.TABLE:
-        raise UnsupportedInput("The file is plain text or a table (CSV, JSON lines, Parquet), not a video.")
-    return size_bytes, kind
-
-
 def _decode_first_frame(container: Any, stream: Any) -> Any:
     """The first decoded frame of `stream`; `MediaDecodeError` when there is none."""
     try:
@@ -128,7 +84,7 @@ def _decode_first_frame(container: Any, stream: Any) -> Any:
             return frame
     except av.error.FFmpegError as exc:
         raise MediaDecodeError(
-            f"The video stream cannot be decoded; the file is probably damaged ({_reason(exc)})."
+            f"The video stream cannot be decoded; the file is probably damaged ({reason(exc)})."
         ) from exc
     raise MediaDecodeError("The video stream holds no decodable frame; the file is probably damaged.")
 
@@ -163,8 +119,3 @@ def _seconds(ticks: int | None, time_base: Fraction | None) -> float | None:
 
 def _rate(rate: Fraction | None) -> float | None:
     return float(rate) if rate else None
-
-
-def _reason(exc: Exception) -> str:
-    """FFmpeg's own words for an error, without the errno and file path PyAV adds."""
-    return str(getattr(exc, "strerror", None) or exc).rstrip(".").lower()

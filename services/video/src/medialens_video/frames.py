@@ -1,0 +1,227 @@
+"""Opening a video and turning decoded frames into what the analysers compare: small planes, JPEGs.
+
+`open_video` is the one place that decides whether a file is a video at all (`UnsupportedInput`) or a
+damaged one (`MediaDecodeError`). `SmallFrame.of` reads the 8-bit Y, U and V planes of a decoded frame
+in place and keeps a downscaled copy (about 128 x 72 luma), so an analyser holds a few kilobytes per
+frame it looks at and nothing per frame it has passed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import av
+import av.error
+import numpy as np
+import numpy.typing as npt
+
+from medialens_shared.contracts import FileKind
+from medialens_shared.errors import InputNotFound, MediaDecodeError, UnsupportedInput
+from medialens_shared.sniff import SNIFF_BYTES, sniff
+
+#: `report(fraction, message)`: progress from an analyser; raises `JobCancelled` to stop it.
+Report = Callable[[float, str], None]
+
+#: Demuxers that open files which are not video: text and binary "art" (ANSI, BIN, XBIN, ADF, IDF —
+#: FFmpeg picks `bin` for any `.bin` file, `tty` for any `.txt`) and still images (`image2`, `*_pipe`).
+_NOT_VIDEO_FORMATS = frozenset({"tty", "bin", "xbin", "adf", "idf", "image2"})
+
+#: Width of the luma plane the analysers compare; chroma is half as wide.
+SMALL_WIDTH = 128
+
+#: 8-bit planar formats whose planes are read in place; anything else is converted first.
+_PLANAR_8BIT = frozenset({"yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "yuvj444p"})
+
+#: Share of packets that may fail to decode (concealed by skipping them) before a file counts as damaged.
+MAX_BAD_PACKET_SHARE = 0.05
+
+Array = npt.NDArray[np.int16]
+
+
+@contextmanager
+def open_video(path: Path) -> Iterator[tuple[Any, Any]]:
+    """The open container and its first real video stream (not a cover picture).
+
+    Raises `UnsupportedInput` when the file is not a video (empty, a table, audio only, ...),
+    `MediaDecodeError` when it looks like media but cannot be opened, and `InputNotFound` when there is
+    no file.
+    """
+    path = Path(path)
+    kind = _inspect(path)
+    try:
+        container = av.open(str(path), mode="r")
+    except av.error.FFmpegError as exc:
+        if kind in (FileKind.VIDEO, FileKind.AUDIO):
+            raise MediaDecodeError(
+                f"The file looks like {kind.value} but cannot be read; it is probably damaged or "
+                f"truncated ({reason(exc)})."
+            ) from exc
+        raise UnsupportedInput("The file is not a video in any format this service can read.") from exc
+    with container:
+        format_name = container.format.name
+        if format_name in _NOT_VIDEO_FORMATS or format_name.endswith("_pipe"):
+            raise UnsupportedInput(
+                f"The file is not a video: it was read as {container.format.long_name or format_name}."
+            )
+        video = next(
+            (s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic),
+            None,
+        )
+        if video is None:
+            raise UnsupportedInput(
+                "The file has no video stream" + (" (it is audio only)." if container.streams.audio else ".")
+            )
+        yield container, video
+
+
+def _inspect(path: Path) -> FileKind:
+    """The file's sniffed kind; rejects missing, empty and tabular files up front."""
+    try:
+        size_bytes = path.stat().st_size
+        with path.open("rb") as handle:
+            head = handle.read(SNIFF_BYTES)
+    except FileNotFoundError as exc:
+        raise InputNotFound(f"The input file {path.name} does not exist.") from exc
+    if size_bytes == 0:
+        raise UnsupportedInput("The file is empty; it is not a video.")
+    kind = sniff(head)
+    if kind is FileKind.TABLE:
+        raise UnsupportedInput("The file is plain text or a table (CSV, JSON lines, Parquet), not a video.")
+    return kind
+
+
+def reason(exc: Exception) -> str:
+    """FFmpeg's own words for an error, without the errno and file path PyAV adds."""
+    return str(getattr(exc, "strerror", None) or exc).rstrip(".").lower()
+
+
+def expected_frames(container: Any, stream: Any) -> int:
+    """The frame count the container states, or its duration times the average rate (at least 1)."""
+    if stream.frames:
+        return int(stream.frames)
+    rate = stream.average_rate or stream.guessed_rate
+    duration = (
+        float(stream.duration * stream.time_base)
+        if stream.duration
+        else (container.duration or 0) / av.time_base
+    )
+    return max(1, round(duration * float(rate))) if rate else 1
+
+
+def frame_ticks(stream: Any) -> int:
+    """One nominal frame interval in the stream's time base (at least one tick)."""
+    rate = stream.guessed_rate or stream.average_rate or Fraction(25)
+    return max(1, round(1 / (Fraction(rate) * Fraction(stream.time_base))))
+
+
+class DecodeGuard:
+    """Counts packets the decoder rejects: a few are skipped (as FFmpeg does), many mean damaged media."""
+
+    def __init__(self, expected_packets: int) -> None:
+        self.bad = 0
+        self.limit = max(3, int(expected_packets * MAX_BAD_PACKET_SHARE))
+
+    def decode(self, codec_context: Any, packet: Any) -> list[Any]:
+        try:
+            return list(codec_context.decode(packet))
+        except av.error.FFmpegError as exc:
+            self.bad += 1
+            if self.bad > self.limit:
+                raise MediaDecodeError(
+                    f"The video stream cannot be decoded: {self.bad} damaged packets "
+                    f"({reason(exc)}); the file is probably damaged."
+                ) from exc
+            return []
+
+    def require_frames(self, decoded: int) -> None:
+        if decoded == 0:
+            raise MediaDecodeError("The video stream holds no decodable frame; the file is probably damaged.")
+
+
+@dataclass(frozen=True, slots=True)
+class SmallFrame:
+    """A decoded frame's planes, downscaled: luma `y` about `SMALL_WIDTH` wide, chroma `u`, `v` half."""
+
+    y: Array
+    u: Array
+    v: Array
+    full_range: bool
+
+    @classmethod
+    def of(cls, frame: Any) -> SmallFrame:
+        if frame.format.name not in _PLANAR_8BIT:
+            frame = frame.reformat(format="yuv420p")
+        y = _shrink(_plane(frame, 0), SMALL_WIDTH)
+        u = _shrink(_plane(frame, 1), SMALL_WIDTH // 2)
+        v = _shrink(_plane(frame, 2), SMALL_WIDTH // 2)
+        return cls(y=y, u=u, v=v, full_range=frame.format.name.startswith("yuvj") or frame.color_range == 2)
+
+    def luma(self) -> float:
+        """Mean luma, 0 (black) to 1 (white), whatever the range the video uses."""
+        mean = float(self.y.mean())
+        return mean / 255.0 if self.full_range else min(max((mean - 16.0) / 219.0, 0.0), 1.0)
+
+    def difference(self, other: SmallFrame) -> float:
+        """Content change to `other`, 0..255: the mean absolute difference of Y, U and V, averaged.
+
+        Frames of different sizes (a stream that changes resolution) count as entirely different.
+        """
+        if self.y.shape != other.y.shape or self.u.shape != other.u.shape:
+            return 255.0
+        dy = np.abs(self.y - other.y).mean()
+        du = np.abs(self.u - other.u).mean()
+        dv = np.abs(self.v - other.v).mean()
+        return float(dy + du + dv) / 3.0
+
+    def luma_difference(self, other: SmallFrame) -> float:
+        """Mean absolute luma difference to `other`, 0..1 (1 for frames of different sizes)."""
+        if self.y.shape != other.y.shape:
+            return 1.0
+        return float(np.abs(self.y - other.y).mean()) / 255.0
+
+
+def _plane(frame: Any, index: int) -> npt.NDArray[np.uint8]:
+    plane = frame.planes[index]
+    rows = np.frombuffer(plane, dtype=np.uint8).reshape(plane.height, plane.line_size)
+    return rows[:, : plane.width]
+
+
+def _shrink(plane: npt.NDArray[np.uint8], width: int) -> Array:
+    """Pick every n-th pixel down to twice `width`, then average 2 x 2 blocks: cheap and alias-damped."""
+    step = max(1, plane.shape[1] // (2 * width))
+    picked = plane[::step, ::step].astype(np.int16)
+    rows, cols = (picked.shape[0] // 2) * 2, (picked.shape[1] // 2) * 2
+    if rows == 0 or cols == 0:
+        return picked
+    p = picked[:rows, :cols]
+    return (p[0::2, 0::2] + p[1::2, 0::2] + p[0::2, 1::2] + p[1::2, 1::2]) >> 2
+
+
+def thumbnail_size(frame: Any, width: int) -> tuple[int, int]:
+    """`width` and the height keeping the frame's aspect, both even (for 4:2:0 JPEG)."""
+    width = max(2, width - width % 2)
+    height = max(2, round(width * frame.height / frame.width / 2) * 2)
+    return width, height
+
+
+def encode_jpeg(frame: Any, width: int) -> tuple[bytes, int, int]:
+    """The frame resized to `width` (aspect kept) as JPEG bytes, with its width and height."""
+    out_w, out_h = thumbnail_size(frame, width)
+    scaled = frame.reformat(width=out_w, height=out_h, format="yuvj420p", interpolation="AREA")
+    scaled.pts = None
+    encoder = av.CodecContext.create("mjpeg", "w")
+    encoder.width, encoder.height = out_w, out_h
+    encoder.pix_fmt = "yuvj420p"
+    encoder.time_base = Fraction(1, 25)
+    encoder.qmin, encoder.qmax = 2, 4
+    data = b"".join(bytes(p) for p in [*encoder.encode(scaled), *encoder.encode(None)])
+    return data, out_w, out_h
+
+
+def seconds(ticks: int, time_base: Fraction) -> float:
+    return float(ticks * time_base)

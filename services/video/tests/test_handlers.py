@@ -1,0 +1,139 @@
+"""The video job types end to end through the gateway, the bus and the video service on real servers."""
+
+from __future__ import annotations
+
+import io
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import httpx
+import pytest
+
+from scripts.samples import cut_frames, loop_video, make_video, truncate
+from tests.fixtures.stack import result_of, run_job, submit, upload, wait_for
+
+pytestmark = pytest.mark.integration
+
+CUTS_S = [0.8, 2.36, 3.2]
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("handlers") / "clip.mp4"
+    make_video(
+        path,
+        duration_s=6.0,
+        fps=25,
+        width=320,
+        height=180,
+        cuts_s=CUTS_S,
+        texture=True,
+        black_s=(4.0, 4.6),
+        frozen_s=(4.6, 5.84),
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def long_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Enough frames that decoding them all takes several seconds on a busy machine."""
+    folder = tmp_path_factory.mktemp("handlers")
+    make_video(folder / "base.mp4", duration_s=8.0, fps=25, width=320, height=180, segments=4)
+    loop_video(folder / "base.mp4", folder / "long.mp4", times=50)
+    return folder / "long.mp4"
+
+
+async def _jpeg_size(api: httpx.AsyncClient, file_id: str) -> tuple[int, int]:
+    response = await api.get(f"/v1/files/{file_id}/content")
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "image/jpeg"
+    with av.open(io.BytesIO(response.content)) as jpeg:
+        frame = next(jpeg.decode(video=0))
+    return frame.width, frame.height
+
+
+async def test_scenes_end_to_end(api: httpx.AsyncClient, clip: Path) -> None:
+    """A scenes job finds the three cuts at their frames and stores a readable thumbnail per scene."""
+    job = await run_job(api, "video.scenes", clip, params={"min_scene_len_s": 0.3})
+    assert job["status"] == "succeeded", job
+    result = await result_of(api, job["id"])
+    starts = [scene["start_frame"] for scene in result["scenes"]]
+    assert starts[: len(CUTS_S) + 1] == cut_frames(150, 25, CUTS_S)
+    assert result["cut_count"] == len(result["scenes"]) - 1
+    assert result["frames_analyzed"] == 150
+    assert result["scenes"][1]["start_s"] == pytest.approx(0.8)
+    assert await _jpeg_size(api, result["scenes"][1]["thumbnail_file_id"]) == (320, 180)
+
+
+async def test_quality_end_to_end(api: httpx.AsyncClient, clip: Path) -> None:
+    """A quality job reports the black and the frozen stretch within 0.1 s."""
+    job = await run_job(api, "video.quality", clip, params={"freeze_min_s": 1.0})
+    assert job["status"] == "succeeded", job
+    result = await result_of(api, job["id"])
+    black = [(s["start_s"], s["end_s"]) for s in result["black_segments"]]
+    frozen = [(s["start_s"], s["end_s"]) for s in result["frozen_segments"]]
+    assert black == [pytest.approx((4.0, 4.6), abs=0.1)]
+    assert frozen == [pytest.approx((4.6, 5.84), abs=0.1)]
+
+
+async def test_thumbnails_end_to_end(api: httpx.AsyncClient, clip: Path) -> None:
+    """A thumbnails job stores three 200-pixel-wide JPEGs that the tenant can read."""
+    job = await run_job(api, "video.thumbnails", clip, params={"count": 3, "width": 200})
+    assert job["status"] == "succeeded", job
+    thumbnails = (await result_of(api, job["id"]))["thumbnails"]
+    assert [t["t_s"] for t in thumbnails] == pytest.approx([1.0, 3.0, 5.0], abs=0.04)
+    for thumbnail in thumbnails:
+        assert (thumbnail["width"], thumbnail["height"]) == (200, 112)
+        assert await _jpeg_size(api, thumbnail["file_id"]) == (200, 112)
+
+
+async def test_running_job_reports_frame_progress(api: httpx.AsyncClient, long_clip: Path) -> None:
+    """A running quality job shows progress between 0 and 1 with a "decoding n/total frames" message."""
+    job = await submit(api, "video.quality", await upload(api, long_clip))
+    seen = await wait_for(
+        api, job["id"], until=lambda j: j["status"] != "queued" and "decoding" in (j["message"] or "")
+    )
+    assert 0.0 < seen["progress"] < 1.0
+    assert seen["message"].endswith("/10000 frames")
+    await api.post(f"/v1/jobs/{job['id']}/cancel")
+    await wait_for(api, job["id"])
+
+
+async def test_cancel_stops_a_running_job_within_two_seconds(api: httpx.AsyncClient, long_clip: Path) -> None:
+    """A cancel asked while a scenes job decodes ends the job `cancelled` within 2 s."""
+    job = await submit(api, "video.scenes", await upload(api, long_clip), params={"thumbnails": False})
+    await wait_for(api, job["id"], until=lambda j: "decoding" in (j["message"] or ""))
+    asked = time.monotonic()
+    response = await api.post(f"/v1/jobs/{job['id']}/cancel")
+    assert response.status_code == 202, response.text
+    done = await wait_for(api, job["id"], timeout=10)
+    assert done["status"] == "cancelled", done
+    assert time.monotonic() - asked < 2.0
+
+
+async def test_damaged_video_fails_with_decode_error(
+    api: httpx.AsyncClient, clip: Path, tmp_path: Path
+) -> None:
+    """A truncated MP4 fails its scenes job with MEDIA_DECODE_ERROR."""
+    damaged = tmp_path / "cut.mp4"
+    truncate(clip, damaged, keep_fraction=0.5)
+    job = await run_job(api, "video.scenes", damaged)
+    assert (job["status"], job["error_code"]) == ("failed", "MEDIA_DECODE_ERROR"), job
+
+
+async def test_mp4_without_video_is_unsupported(api: httpx.AsyncClient, tmp_path: Path) -> None:
+    """An MP4 holding only audio fails its quality job with UNSUPPORTED_INPUT."""
+    path = tmp_path / "sound.mp4"
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("aac", rate=48000)
+        frame = av.AudioFrame(format="fltp", layout="stereo", samples=1024)
+        for plane in frame.planes:
+            plane.update(bytes(plane.buffer_size))
+        frame.sample_rate, frame.time_base, frame.pts = 48000, Fraction(1, 48000), 0
+        container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    job = await run_job(api, "video.quality", path)
+    assert (job["status"], job["error_code"]) == ("failed", "UNSUPPORTED_INPUT"), job
+    assert "no video stream" in job["error_message"]

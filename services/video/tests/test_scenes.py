@@ -1,0 +1,162 @@
+"""Unit tests of `detect_scenes` on generated clips whose cuts are known to the frame."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from medialens_shared.errors import MediaDecodeError, UnsupportedInput
+from medialens_video.scenes import detect_scenes
+from scripts.samples import corrupt, cut_frames, make_audio, make_video, truncate
+
+CUTS_S = [1.32, 2.2, 4.04, 5.68, 6.36]
+
+
+def _f1(found: list[int], truth: list[int], *, tolerance: int = 1) -> tuple[float, float]:
+    """Precision and recall of `found` cut frames against `truth`, matching each truth cut at most once."""
+    unmatched = list(truth)
+    hits = 0
+    for frame in found:
+        match = next((t for t in unmatched if abs(t - frame) <= tolerance), None)
+        if match is not None:
+            unmatched.remove(match)
+            hits += 1
+    return hits / max(len(found), 1), hits / max(len(truth), 1)
+
+
+@pytest.fixture(scope="module")
+def textured(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("scenes") / "textured.mp4"
+    make_video(path, duration_s=8.0, fps=25, width=320, height=180, cuts_s=CUTS_S, texture=True)
+    return path
+
+
+def test_finds_irregular_cuts_in_textured_video(textured: Path) -> None:
+    """Every cut of a panning-texture clip is found at its exact frame, with no extra cut."""
+    analysis = detect_scenes(textured)
+    truth = cut_frames(200, 25, CUTS_S)[1:]
+    found = [scene.start_frame for scene in analysis.scenes[1:]]
+    assert found == truth
+    assert _f1(found, truth) == (1.0, 1.0)
+    assert analysis.frames_analyzed == 200
+    assert analysis.frames_decoded < 200
+    assert [scene.start_s for scene in analysis.scenes[1:]] == pytest.approx([f / 25 for f in truth])
+    assert analysis.scenes[0].start_s == 0.0
+    assert analysis.scenes[-1].end_s == pytest.approx(8.0)
+    assert analysis.scenes[-1].end_frame == 200
+
+
+def test_finds_cuts_between_flat_colours(tmp_path: Path) -> None:
+    """Cuts between flat-colour segments with a moving square are found within one frame."""
+    path = tmp_path / "flat.mp4"
+    make_video(path, duration_s=6.0, fps=30, cuts_s=[0.9, 2.47, 3.1, 4.83])
+    found = [scene.start_frame for scene in detect_scenes(path).scenes[1:]]
+    assert _f1(found, cut_frames(180, 30, [0.9, 2.47, 3.1, 4.83])[1:], tolerance=1) == (1.0, 1.0)
+
+
+def test_cuts_long_gop_and_short_gop_alike(tmp_path: Path) -> None:
+    """A clip with a keyframe every 12 frames yields the same exact cuts as the default GOP."""
+    path = tmp_path / "gop.mp4"
+    make_video(path, duration_s=8.0, fps=25, width=320, height=180, cuts_s=CUTS_S, texture=True, keyint=12)
+    found = [scene.start_frame for scene in detect_scenes(path).scenes[1:]]
+    assert found == cut_frames(200, 25, CUTS_S)[1:]
+
+
+def test_variable_frame_rate_uses_pts(tmp_path: Path) -> None:
+    """On a VFR clip the cut times follow the decoder's timestamps, not frame index over rate."""
+    path = tmp_path / "vfr.mp4"
+    make_video(path, duration_s=4.0, fps=25, width=320, height=180, segments=4, vfr=True, texture=True)
+    analysis = detect_scenes(path)
+    # Frames after the middle (50) last three intervals each: frame k shows at 50 + 3 (k - 50) ticks.
+    assert [scene.start_frame for scene in analysis.scenes[1:]] == [25, 50, 75]
+    assert [scene.start_s for scene in analysis.scenes[1:]] == pytest.approx([1.0, 2.0, 5.0])
+    assert analysis.scenes[-1].end_s == pytest.approx(8.0)
+
+
+def test_min_scene_len_merges_close_cuts(textured: Path) -> None:
+    """With min_scene_len_s 1.0 the cuts 0.88 s and 0.68 s after the previous kept one are dropped."""
+    found = [scene.start_s for scene in detect_scenes(textured, min_scene_len_s=1.0).scenes[1:]]
+    assert found == pytest.approx([1.32, 4.04, 5.68])
+
+
+def _colour_clip(path: Path, colours: list[tuple[int, int, int]], fps: int = 25) -> None:
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = 160, 96, "yuv420p"
+        for index, colour in enumerate(colours):
+            image = np.empty((96, 160, 3), dtype=np.uint8)
+            image[:] = colour
+            image[40:56, index % 140 : index % 140 + 16] = 255
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts, frame.time_base = index, Fraction(1, fps)
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+
+
+def test_flash_suppression(tmp_path: Path) -> None:
+    """Two white frames inside a shot count as a cut without flash suppression and as none with it."""
+    path = tmp_path / "flash.mp4"
+    red, white, blue = (180, 40, 40), (255, 255, 255), (40, 40, 180)
+    _colour_clip(path, [red] * 30 + [white] * 2 + [red] * 28 + [blue] * 40)
+    plain = [scene.start_frame for scene in detect_scenes(path, min_scene_len_s=0.0).scenes[1:]]
+    assert plain == [30, 32, 60]
+    suppressed = detect_scenes(path, min_scene_len_s=0.0, flash_suppression=True).scenes[1:]
+    assert [scene.start_frame for scene in suppressed] == [60]
+
+
+def test_writes_a_thumbnail_per_scene(textured: Path, tmp_path: Path) -> None:
+    """Each scene gets a decodable 160-pixel-wide JPEG of its first frame."""
+    analysis = detect_scenes(textured, thumbnail_dir=tmp_path / "t", thumbnail_width=160)
+    assert len(analysis.scenes) == len(CUTS_S) + 1
+    for scene in analysis.scenes:
+        assert scene.thumbnail is not None
+        with av.open(str(scene.thumbnail)) as jpeg:
+            frame = next(jpeg.decode(video=0))
+        assert (frame.width, frame.height) == (160, 90)
+
+
+def test_reports_progress_and_stops_when_report_raises(textured: Path) -> None:
+    """Progress goes from 0 to 1 with frame counts, and an exception from report stops the analysis."""
+    notes: list[tuple[float, str]] = []
+    detect_scenes(textured, report=lambda f, m: notes.append((f, m)))
+    assert notes[0][1] == "decoding 1/200 frames"
+    assert all(0.0 <= f <= 1.0 for f, _ in notes)
+    assert "decoding 200/200 frames" in [m for _, m in notes]
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_half(fraction: float, _message: str) -> None:
+        if fraction >= 0.45:
+            raise Stop
+
+    with pytest.raises(Stop):
+        detect_scenes(textured, report=stop_at_half)
+
+
+def test_truncated_video_is_a_decode_error(textured: Path, tmp_path: Path) -> None:
+    """A truncated MP4 fails with MediaDecodeError."""
+    damaged = tmp_path / "cut.mp4"
+    truncate(textured, damaged, keep_fraction=0.6)
+    with pytest.raises(MediaDecodeError):
+        detect_scenes(damaged)
+
+
+def test_garbage_in_the_middle_is_a_decode_error(textured: Path, tmp_path: Path) -> None:
+    """An MP4 whose middle half is garbage opens, but fails with MediaDecodeError once decoding reaches it."""
+    damaged = tmp_path / "middle.mp4"
+    corrupt(textured, damaged)
+    with pytest.raises(MediaDecodeError, match="damaged packets"):
+        detect_scenes(damaged)
+
+
+def test_audio_is_unsupported(tmp_path: Path) -> None:
+    """A WAV file has no video stream and fails with UnsupportedInput."""
+    path = tmp_path / "a.wav"
+    make_audio(path, duration_s=0.3)
+    with pytest.raises(UnsupportedInput):
+        detect_scenes(path)
