@@ -40,15 +40,26 @@ class ErrorDetails(BaseModel):
 
 
 def success(data: Any, *, request_id: str, message: str = "") -> dict[str, Any]:
-    """A success envelope as a plain dict, ready for JSON."""
-    return Envelope[Any](data=data, request_id=request_id, message=message).model_dump(mode="json")
+    """A success envelope as a plain dict, ready for JSON (built directly: this runs on every request)."""
+    return {
+        "success": True,
+        "data": data,
+        "message": message,
+        "error_code": None,
+        "timestamp": iso(utc_now()),
+        "request_id": request_id,
+    }
 
 
 def failure(
     *, error_code: str, message: str, request_id: str, details: list[Any] | None = None
 ) -> dict[str, Any]:
     """An error envelope as a plain dict, ready for JSON."""
-    data = {"details": details} if details else None
-    return Envelope[Any](
-        success=False, data=data, message=message, error_code=error_code, request_id=request_id
-    ).model_dump(mode="json")
+    return {
+        "success": False,
+        "data": {"details": details} if details else None,
+        "message": message,
+        "error_code": error_code,
+        "timestamp": iso(utc_now()),
+        "request_id": request_id,
+    }
