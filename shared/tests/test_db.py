@@ -123,6 +123,21 @@ async def test_pool_stats_follow_a_held_session(settings: Settings, database: st
         await manager.close_all()
 
 
+async def test_pool_stats_count_mongodb_connections(settings: Settings, database: str) -> None:
+    """The MongoDB figures count the connections the driver opened, none in use once calls are done."""
+    manager = DatabaseManager(settings, name="mongostats")
+    await manager.initialize_all(wait_s=5)
+    try:
+        await asyncio.gather(*(manager.collection("poolstats").count_documents({}) for _ in range(4)))
+        stats = manager.pool_stats()["mongodb"]
+        assert stats["max"] == settings.mongodb.max_pool_size
+        assert 1 <= stats["open"] <= settings.mongodb.max_pool_size
+        assert stats["in_use"] == 0
+    finally:
+        await manager.close_all()
+    assert manager.pool_stats()["mongodb"]["open"] == 0
+
+
 async def test_redis_key_and_collection(db: DatabaseManager, settings: Settings) -> None:
     """redis_key prefixes the parts; collection() is a collection of the configured database."""
     assert db.redis_key("job", "j1", "live") == f"{settings.redis.prefix}:job:j1:live"

@@ -18,9 +18,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from gridfs import AsyncGridFSBucket
-from pymongo import AsyncMongoClient
+from pymongo import AsyncMongoClient, monitoring
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.monitoring import ConnectionPoolListener
 from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
@@ -63,6 +64,38 @@ def _ms_since(start: float) -> float:
     return round((time.perf_counter() - start) * 1000, 2)
 
 
+class MongoPoolCounter(ConnectionPoolListener):
+    """PyMongo's pool has no counters to read, only events: this keeps the open and checked-out counts.
+
+    Each handler takes the event PyMongo passes, though only its arrival matters.
+    """
+
+    def __init__(self) -> None:
+        self.open = 0
+        self.in_use = 0
+
+    def connection_created(self, event: monitoring.ConnectionCreatedEvent) -> None:  # noqa: ARG002
+        self.open += 1
+
+    def connection_closed(self, event: monitoring.ConnectionClosedEvent) -> None:  # noqa: ARG002
+        self.open = max(self.open - 1, 0)
+
+    def connection_checked_out(self, event: monitoring.ConnectionCheckedOutEvent) -> None:  # noqa: ARG002
+        self.in_use += 1
+
+    def connection_checked_in(self, event: monitoring.ConnectionCheckedInEvent) -> None:  # noqa: ARG002
+        self.in_use = max(self.in_use - 1, 0)
+
+    # The other events of the pool carry nothing these counts need.
+    def pool_created(self, event: monitoring.PoolCreatedEvent) -> None: ...
+    def pool_ready(self, event: monitoring.PoolReadyEvent) -> None: ...
+    def pool_cleared(self, event: monitoring.PoolClearedEvent) -> None: ...
+    def pool_closed(self, event: monitoring.PoolClosedEvent) -> None: ...
+    def connection_ready(self, event: monitoring.ConnectionReadyEvent) -> None: ...
+    def connection_check_out_started(self, event: monitoring.ConnectionCheckOutStartedEvent) -> None: ...
+    def connection_check_out_failed(self, event: monitoring.ConnectionCheckOutFailedEvent) -> None: ...
+
+
 class DatabaseManager:
     """Owns this process's pools of PostgreSQL (SQLAlchemy + asyncpg), MongoDB and Redis connections."""
 
@@ -88,8 +121,10 @@ class DatabaseManager:
         telemetry.instrument_clients()  # before the MongoDB client: PyMongo takes listeners at creation
         metrics.track_pools(self)
         mongo = settings.mongodb
+        self.mongo_pool = MongoPoolCounter()
         self.mongo: AsyncMongoClient[MongoDoc] = AsyncMongoClient(
             mongo.url.get_secret_value(),
+            event_listeners=[self.mongo_pool],
             maxPoolSize=mongo.max_pool_size,
             minPoolSize=mongo.min_pool_size,
             serverSelectionTimeoutMS=mongo.timeout_ms,
@@ -182,7 +217,7 @@ class DatabaseManager:
         return ":".join((self.settings.redis.prefix, *parts))
 
     def pool_stats(self) -> dict[str, dict[str, int]]:
-        """Pool figures for metrics: PostgreSQL size/checked out/overflow, Redis connections."""
+        """Pool figures for metrics: PostgreSQL size/checked out/overflow, Redis and MongoDB connections."""
         pool = self.engine.pool
         postgres = {"size": 0, "checked_out": 0, "overflow": 0, "checked_in": 0}
         if isinstance(pool, QueuePool):
@@ -197,7 +232,12 @@ class DatabaseManager:
             "created": len(self.redis_pool._available_connections) + len(self.redis_pool._in_use_connections),
             "in_use": len(self.redis_pool._in_use_connections),
         }
-        return {"postgres": postgres, "redis": redis}
+        mongodb = {
+            "max": self.settings.mongodb.max_pool_size,
+            "open": self.mongo_pool.open,
+            "in_use": self.mongo_pool.in_use,
+        }
+        return {"postgres": postgres, "redis": redis, "mongodb": mongodb}
 
 
 async def _retry(name: str, ping: Callable[[], Awaitable[None]], *, wait_s: float) -> None:
