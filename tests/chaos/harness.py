@@ -73,6 +73,8 @@ class ChaosStack:
     proxy: ThreadedProxy
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     exits: list[tuple[str, int | None, float]] = field(default_factory=list)
+    #: Each program's current log and when it was started.
+    started: dict[str, tuple[Path, float]] = field(default_factory=dict)
     _serial: int = 0
 
     # --- processes ----------------------------------------------------------------------------------
@@ -85,6 +87,27 @@ class ChaosStack:
             self.procs[name] = subprocess.Popen(
                 [sys.executable, "-m", module], env=self.env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT
             )
+        self.started[name] = (log, time.monotonic())
+
+    def restart_stuck_workers(self, *, after_s: float) -> list[str]:
+        """Restart the workers that have not started consuming `after_s` seconds after their start, as an
+        orchestrator's failing probe would; each first dumps its threads' stacks into its log (SIGABRT with
+        faulthandler on), so the cause stays on record. The names restarted."""
+        stuck = []
+        for name in self.workers:
+            log, since = self.started[name]
+            consuming = "service consuming" in log.read_text(errors="replace")
+            if self.procs[name].poll() is not None:  # it died (its watchdog, or a crash): start another
+                self.start(name)
+                stuck.append(name)
+            elif not consuming and time.monotonic() - since > after_s:
+                self.procs[name].send_signal(signal.SIGABRT)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.procs[name].wait(timeout=5)
+                self.kill9(name)
+                self.start(name)
+                stuck.append(name)
+        return stuck
 
     @property
     def workers(self) -> list[str]:
@@ -215,6 +238,7 @@ def chaos_env(settings: Settings, *, gateway_port: int, job_s: float, poison_sha
         "MEDIALENS_GATEWAY_PORT": str(gateway_port),
         "MEDIALENS_LOG_FORMAT": "text",
         "PYTHONUNBUFFERED": "1",
+        "PYTHONFAULTHANDLER": "1",
         "CHAOS_JOB_S": str(job_s),
         "CHAOS_POISON_SHA256": poison_sha256,
     }

@@ -16,7 +16,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from medialens_shared.db import DatabaseManager, MongoDoc
+from medialens_shared.db import DatabaseManager
 from medialens_shared.filestore import FileStore
 from medialens_shared.settings import Settings
 from medialens_shared.signals import JobSignals
@@ -48,5 +48,3 @@ def register_core(registry: svcs.Registry, *, settings: Settings, db: DatabaseMa
         JobSignals, JobSignals(db.redis, prefix=settings.redis.prefix), ping=_ping(db.ping_redis)
     )
 
-
-__all__ = ["MongoDoc", "register_core"]

@@ -70,6 +70,8 @@ async def run(service: str, handlers: dict[str, Handler], *, settings: Settings,
 
         async def consuming() -> None:
             # FastStream keeps the consumer tag privately; the broker's own count is the other half.
+            if not await broker.ping(timeout=1.0):
+                raise ConnectionError("this service is not connected to RabbitMQ")
             if subscriber._consumer_tag is None:
                 raise ConnectionError("this service has no consumer on its queue")
             if (await queue_stats(broker, queue.name)).consumers < 1:

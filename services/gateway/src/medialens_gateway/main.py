@@ -45,7 +45,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         registry.register_value(EventHub, hub, on_registry_close=hub.stop)
         await hub.start()
         bus = GatewayBus(settings)
-        registry.register_value(GatewayBus, bus, ping=bus.ping, on_registry_close=bus.close)
+        registry.register_value(GatewayBus, bus, ping=GatewayBus.ping, on_registry_close=bus.close)
         await bus.connect()
         yield
 
