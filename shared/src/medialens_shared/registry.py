@@ -47,4 +47,3 @@ def register_core(registry: svcs.Registry, *, settings: Settings, db: DatabaseMa
     registry.register_value(
         JobSignals, JobSignals(db.redis, prefix=settings.redis.prefix), ping=_ping(db.ping_redis)
     )
-
