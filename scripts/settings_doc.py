@@ -97,7 +97,8 @@ DESCRIPTIONS: dict[str, str] = {
     "MEDIALENS_DEV_API_KEYS": "`tenant:key,tenant:key` pairs the gateway ensures exist at start "
     "(development and test only).",
     "MEDIALENS_LOG_LEVEL": "Log level of every process.",
-    "MEDIALENS_LOG_FORMAT": "`text` (readable lines) or `json` (one object per line, for log collectors).",
+    "MEDIALENS_LOG_FORMAT": "`text` (readable lines) or `json` (one object per line, for log collectors); "
+    "unset: `json` in production, `text` elsewhere.",
 }
 
 

@@ -63,3 +63,11 @@ def test_text_lines_append_the_extras(capsys: pytest.CaptureFixture[str]) -> Non
     assert first.endswith("medialens.test: job failed [job_id=j-2 error_code=TIMEOUT]")
     assert "WARNING" in first
     assert second.endswith("medialens.test: plain")
+
+
+def test_logs_are_json_in_production_and_text_elsewhere_unless_set() -> None:
+    """With no format set, production logs JSON lines and development readable text; a set format wins."""
+    assert LogSettings().json_for("production")
+    assert not LogSettings().json_for("development")
+    assert not LogSettings(format="text").json_for("production")
+    assert LogSettings(format="json").json_for("development")

@@ -46,7 +46,7 @@ class _TextFormatter(logging.Formatter):
 
 def configure_logging(settings: Settings, *, service: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    if settings.log.format == "json":
+    if settings.log.json_for(settings.environment):
         handler.setFormatter(_JsonFormatter(service))
     else:
         handler.setFormatter(_TextFormatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S"))

@@ -159,7 +159,11 @@ class DevSettings(BaseModel):
 
 class LogSettings(BaseModel):
     level: str = "INFO"
-    format: Literal["text", "json"] = "text"
+    #: None: JSON lines in production, readable lines elsewhere.
+    format: Literal["text", "json"] | None = None
+
+    def json_for(self, environment: str) -> bool:
+        return self.format == "json" or (self.format is None and environment == "production")
 
 
 class Settings(BaseSettings):
