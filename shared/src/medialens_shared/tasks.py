@@ -76,6 +76,9 @@ from medialens_shared.telemetry import job_phase, untraced
 
 log = logging.getLogger(__name__)
 
+#: Pauses between tries to store a job's outcome through a database blip (3 s in all, within a lease).
+FINISH_RETRY_PAUSES_S = (0.2, 0.4, 0.8, 1.6)
+
 #: The field of a result document counting how often it was written (1, unless a job ran twice).
 RESULT_WRITES = "writes"
 
@@ -501,16 +504,26 @@ class JobRunner:
         if progress is not None:
             values["progress"] = progress
         with job_phase("finish", job_id=row["id"], job_type=row["type"], attempt=row["attempts"]):
-            async with self.db.session() as session:
-                done = await jobstore.transition(
-                    session,
-                    job_id=row["id"],
-                    from_statuses=[JobStatus.RUNNING],
-                    to=status,
-                    owner=self.worker_id,
-                    **values,
-                )
-                await session.commit()
+            # The outcome is already made (a result may be stored): a database blip here must not leave the
+            # job to the reaper, who would run it a second time. So retry while the lease still holds.
+            for pause in (*FINISH_RETRY_PAUSES_S, None):
+                try:
+                    async with self.db.session() as session:
+                        done = await jobstore.transition(
+                            session,
+                            job_id=row["id"],
+                            from_statuses=[JobStatus.RUNNING],
+                            to=status,
+                            owner=self.worker_id,
+                            **values,
+                        )
+                        await session.commit()
+                    break
+                except PASSING_FAULTS as exc:
+                    if pause is None:
+                        raise
+                    jlog.warning("job %s: storing its outcome failed (%s); retrying", row["id"], exc)
+                    await asyncio.sleep(pause)
         if done is None:
             jlog.warning("job %s was taken from this worker while it ran; leaving it be", row["id"])
             return
