@@ -15,7 +15,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -62,11 +61,7 @@ PRODUCT_DEFAULTS = (
 API_KEY: str = _servers.TENANT_KEYS["tenant-a"]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+free_port = _servers.free_port
 
 
 def rabbitmqctl(*args: str) -> str:

@@ -9,6 +9,7 @@ import asyncpg
 import pytest
 
 from medialens_shared import migrate
+from tests.fixtures.servers import drop_database
 
 pytestmark = pytest.mark.integration
 
@@ -26,19 +27,11 @@ async def _tables(name: str) -> set[str]:
     return {row["tablename"] for row in rows} | {f"version:{version}"}
 
 
-async def _drop(name: str) -> None:
-    conn = await asyncpg.connect(ADMIN)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
-
-
 @pytest.fixture
 def scratch_db(run_id: str) -> Iterator[str]:
     name = f"medialens_migrate_{run_id}"
     yield name
-    asyncio.run(_drop(name))
+    asyncio.run(drop_database(name))
 
 
 def test_upgrade_creates_the_database_and_is_idempotent(scratch_db: str) -> None:

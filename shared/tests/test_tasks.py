@@ -33,6 +33,7 @@ from medialens_shared.settings import Settings
 from medialens_shared.signals import JobSignals
 from medialens_shared.tables import files, jobs, outbox
 from medialens_shared.tasks import Handler, JobContext, JobRunner
+from tests.fixtures.stack import RecordedDelivery
 
 pytestmark = pytest.mark.integration
 
@@ -86,25 +87,9 @@ class Calls:
         return PROBE
 
 
-class Recorded:
-    """A delivery that records how it was settled."""
-
-    def __init__(self) -> None:
-        self.settled: list[str] = []
-
-    async def ack(self) -> None:
-        self.settled.append("ack")
-
-    async def nack(self, *, requeue: bool = True) -> None:
-        self.settled.append("requeue" if requeue else "nack")
-
-    async def reject(self) -> None:
-        self.settled.append("reject")
-
-
 async def deliver(runner: JobRunner, body: Any) -> list[str]:
     """Hand `body` to the runner as one delivery; how the delivery was settled."""
-    delivery = Recorded()
+    delivery = RecordedDelivery()
     await runner.handle(body, delivery)
     return delivery.settled
 
@@ -303,7 +288,7 @@ async def test_a_requested_cancel_reaches_a_looping_handler(
             await asyncio.sleep(0.02)
 
     runner = make_runner({"video.probe": Calls(loop)})
-    delivery = Recorded()
+    delivery = RecordedDelivery()
     task = asyncio.create_task(runner.handle(body_of(job_id, tenant_id), delivery))
     await asyncio.wait_for(started.wait(), 5)
     assert (await row_of(db, job_id))["status"] == "running"

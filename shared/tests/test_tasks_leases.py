@@ -24,23 +24,7 @@ from medialens_shared.tables import jobs, outbox
 from medialens_shared.tasks import Handler, JobContext, JobRunner
 from medialens_video.probe import probe_video
 from scripts.samples import make_video
-from tests.fixtures.stack import Stack, upload, wait_for
-
-
-class RecordedDelivery:
-    """Stands in for the broker's message object: records how the runner settled it."""
-
-    def __init__(self) -> None:
-        self.settled: list[str] = []
-
-    async def ack(self) -> None:
-        self.settled.append("ack")
-
-    async def nack(self, *, requeue: bool = True) -> None:
-        self.settled.append(f"nack(requeue={requeue})")
-
-    async def reject(self) -> None:
-        self.settled.append("reject")
+from tests.fixtures.stack import RecordedDelivery, Stack, upload, wait_for
 
 
 def runner_for(stack: Stack, db: DatabaseManager, handler: Handler, **worker: Any) -> JobRunner:

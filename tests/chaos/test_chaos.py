@@ -31,7 +31,14 @@ from medialens_shared.db import DatabaseManager
 from medialens_shared.settings import Settings
 from scripts.samples import make_video
 from tests.chaos.harness import ChaosStack, Ledger, ThreadedProxy, chaos_env, ledger, pick
-from tests.fixtures.servers import POSTGRES_ADMIN, RABBIT_HOST, TENANT_KEYS, make_settings
+from tests.fixtures.servers import (
+    POSTGRES_ADMIN,
+    RABBIT_HOST,
+    TENANT_KEYS,
+    drop_database,
+    free_port,
+    make_settings,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
 
@@ -67,14 +74,6 @@ async def _vhost(name: str) -> AsyncIterator[None]:
         await asyncio.to_thread(_rabbitmqctl, "delete_vhost", name)
 
 
-async def _drop_database(name: str) -> None:
-    conn = await asyncpg.connect(POSTGRES_ADMIN)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
-
-
 @pytest.fixture(scope="module")
 async def chaos(mongo_url: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ChaosStack]:
     run = "chaos" + secrets.token_hex(3)
@@ -98,7 +97,7 @@ async def chaos(mongo_url: str, tmp_path_factory: pytest.TempPathFactory) -> Asy
     )
     database = f"medialens_test_{run}"
     await asyncio.to_thread(migrate.upgrade, settings.postgres.url.get_secret_value())
-    port = _free_port()
+    port = free_port()
     stack = ChaosStack(
         settings=settings,
         env=chaos_env(settings, gateway_port=port, job_s=JOB_S, poison_sha256=poison_sha),
@@ -116,16 +115,7 @@ async def chaos(mongo_url: str, tmp_path_factory: pytest.TempPathFactory) -> Asy
         finally:
             await asyncio.to_thread(stack.stop_all)
             proxy.close()
-            await _drop_database(database)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+            await drop_database(database)
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,7 +21,7 @@ import pytest
 
 from medialens_shared.settings import Settings
 from scripts.samples import make_audio, make_csv, make_video
-from tests.fixtures.servers import POSTGRES_ADMIN, TENANT_KEYS, settings_env
+from tests.fixtures.servers import POSTGRES_ADMIN, TENANT_KEYS, free_port, settings_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
@@ -38,13 +37,6 @@ PROGRAMS = {
 READY_TIMEOUT_S = 90.0
 WARM_UP_TIMEOUT_S = 300.0
 STOP_TIMEOUT_S = 30.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass

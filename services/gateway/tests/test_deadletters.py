@@ -40,18 +40,22 @@ async def _dead_count(stack: Stack) -> int:
         await broker.stop()
 
 
-async def test_list_shows_each_dead_letter_and_keeps_it(
-    stack: Stack,
-    api: httpx.AsyncClient,
-    db: DatabaseManager,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    """`list` prints the dead job's id and type, and leaves every letter in the queue."""
+@pytest.fixture
+async def dead_job(
+    stack: Stack, api: httpx.AsyncClient, db: DatabaseManager, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> str:
+    """A job whose only message was dead-lettered, with the command's environment pointing at this run."""
     job_id = await _dead_job(stack, api, db, tmp_path)
     for key, value in settings_env(stack.settings).items():
         monkeypatch.setenv(key, value)
+    return job_id
+
+
+async def test_list_shows_each_dead_letter_and_keeps_it(
+    stack: Stack, dead_job: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`list` prints the dead job's id and type, and leaves every letter in the queue."""
+    job_id = dead_job
     before = await _dead_count(stack)
     assert await main_async(["list"]) == 0
     out = capsys.readouterr().out
@@ -64,14 +68,11 @@ async def test_requeue_runs_the_job_again_as_a_new_job(
     stack: Stack,
     api: httpx.AsyncClient,
     db: DatabaseManager,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    dead_job: str,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """`requeue ID` submits a copy labelled requeued_from, which succeeds; the letter leaves the queue."""
-    job_id = await _dead_job(stack, api, db, tmp_path)
-    for key, value in settings_env(stack.settings).items():
-        monkeypatch.setenv(key, value)
+    job_id = dead_job
     before = await _dead_count(stack)
     assert await main_async(["requeue", job_id]) == 0
     assert f"requeued {job_id} as new job" in capsys.readouterr().out

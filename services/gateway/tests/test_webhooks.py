@@ -21,7 +21,6 @@ from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import httpx
 import pytest
 from asgi_lifespan import LifespanManager
@@ -35,7 +34,7 @@ from medialens_shared.db import DatabaseManager
 from medialens_shared.settings import Settings, WebhookSettings
 from medialens_shared.tables import jobs, tenants, webhook_deliveries
 from scripts.samples import make_csv
-from tests.fixtures.servers import POSTGRES_ADMIN, TENANT_KEYS, make_settings
+from tests.fixtures.servers import TENANT_KEYS, drop_database, make_settings
 from tests.fixtures.stack import Stack, api_client, submit, upload
 
 
@@ -120,11 +119,7 @@ async def hooks(run_id: str, mongo_url: str, rabbit_vhost: str) -> AsyncIterator
                 await client.aclose()
     finally:
         await db.close_all()
-        conn = await asyncpg.connect(POSTGRES_ADMIN)
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "medialens_test_{name}" WITH (FORCE)')
-        finally:
-            await conn.close()
+        await drop_database(f"medialens_test_{name}")
 
 
 @pytest.fixture
