@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 
 import httpx
 import pytest
+from faststream import AckPolicy
 from faststream.rabbit import RabbitBroker
+from faststream.rabbit.annotations import RabbitMessage
+from pydantic import SecretStr
 
 from medialens_shared import jobstore
 from medialens_shared.bus import QueueStats, Topology, declare, make_broker, publish_job, queue_stats
@@ -18,7 +22,9 @@ from medialens_shared.db import DatabaseManager
 from medialens_shared.devmongo import free_port
 from medialens_shared.settings import Settings
 from medialens_shared.tasks import JobContext
-from medialens_shared.worker import run
+from medialens_shared.worker import EXIT_CONSUMER_LOST, ConsumerWatch, run
+from tests.fixtures.proxy import TcpProxy
+from tests.fixtures.servers import RABBIT_HOST
 
 pytestmark = pytest.mark.integration
 
@@ -41,16 +47,36 @@ async def stats(broker: RabbitBroker, queue: str) -> QueueStats:
     return await queue_stats(broker, queue)
 
 
+def isolated(settings: Settings, *, url: str | None = None, **worker: object) -> Settings:
+    """The settings with an exchange (hence queues) of this test's own, and `worker` overrides."""
+    rabbit: dict[str, object] = {"exchange": f"workertest-{uuid.uuid4().hex[:10]}"}
+    if url is not None:
+        rabbit["url"] = SecretStr(url)
+    return settings.model_copy(
+        update={
+            "rabbitmq": settings.rabbitmq.model_copy(update=rabbit),
+            "worker": settings.worker.model_copy(update=worker),
+        }
+    )
+
+
+async def watch_problem(watch: ConsumerWatch) -> str | None:
+    """What the watch's check finds wrong, or None when the broker confirms the consumer."""
+    try:
+        await watch.check()
+    except ConnectionError as exc:
+        return str(exc)
+    return None
+
+
 async def test_run_consumes_a_published_job_settles_deliveries_and_stops(
     settings: Settings, database: str, db: DatabaseManager, new_job, tenant_id: str
 ) -> None:
     """run() is ready once it consumes, takes a published job to succeeded (acked), dead-letters an
     unreadable body, and stops on the stop event."""
-    rabbit = settings.rabbitmq.model_copy(update={"exchange": f"workertest-{uuid.uuid4().hex[:10]}"})
     port = free_port()
-    worker_settings = settings.worker.model_copy(update={"shutdown_grace_s": 2.0, "http_port": port})
-    isolated = settings.model_copy(update={"rabbitmq": rabbit, "worker": worker_settings})
-    topology = Topology(isolated)
+    own = isolated(settings, shutdown_grace_s=2.0, http_port=port)
+    topology = Topology(own)
     work, dead, watch = topology.work_queue("video").name, topology.dead.name, topology.dead_watch.name
     handled: list[str] = []
 
@@ -59,8 +85,8 @@ async def test_run_consumes_a_published_job_settles_deliveries_and_stops(
         return PROBE
 
     stop = asyncio.Event()
-    service = asyncio.create_task(run("video", {"video.probe": probe}, settings=isolated, stop=stop))
-    publisher = make_broker(isolated, name="worker-tests")
+    service = asyncio.create_task(run("video", {"video.probe": probe}, settings=own, stop=stop))
+    publisher = make_broker(own, name="worker-tests")
     await publisher.connect()
     try:
         await declare(publisher, topology, services=("video",))
@@ -71,9 +97,17 @@ async def test_run_consumes_a_published_job_settles_deliveries_and_stops(
 
         await eventually(consuming)
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
-            ready = await client.get("/health/ready")
-        assert ready.status_code == 200, ready.text
-        assert ready.json()["data"]["checks"]["rabbitmq"]["ok"] is True
+
+            async def ready() -> bool:  # once its queues are declared too
+                return (await client.get("/health/ready")).status_code == 200
+
+            await eventually(ready)
+            checks = (await client.get("/health/ready")).json()["data"]["checks"]
+        assert checks["rabbitmq"] == {
+            "ok": True,
+            "latency_ms": checks["rabbitmq"]["latency_ms"],
+            "error": None,
+        }
         job_id = await new_job()
         message = JobMessage(job_id=job_id, type="video.probe", tenant_id=tenant_id, file_id=None)
         await publish_job(
@@ -114,3 +148,87 @@ async def test_run_consumes_a_published_job_settles_deliveries_and_stops(
         await asyncio.wait_for(service, 30)
         await publisher.stop()
     assert service.exception() is None
+    assert service.result() == 0
+
+
+async def test_the_consumer_watch_sees_a_consumer_the_broker_cancelled_and_its_return(
+    settings: Settings,
+) -> None:
+    """Deleting the queue makes the broker cancel the consumer while the connection stays fine: the watch
+    stops confirming it at once; the client then restores queue and consumer by itself, and the watch
+    confirms the consumer again, as does the broker's count."""
+    own = isolated(settings)
+    topology = Topology(own)
+    queue = topology.work_queue("video")
+    broker = make_broker(own, name="watch-tests")
+    subscriber = broker.subscriber(queue, topology.jobs, ack_policy=AckPolicy.MANUAL)
+
+    @subscriber
+    async def refuse(body: object, message: RabbitMessage) -> None:
+        await message.nack(requeue=True)
+
+    admin = make_broker(own, name="watch-admin")
+    await admin.connect()
+    try:
+        await declare(admin, topology, services=("video",))
+        await broker.start()
+        watch = ConsumerWatch(subscriber, queue.name, timeout_s=2.0)
+        assert await watch_problem(watch) is None
+
+        channel = await admin.config.channel_manager.get_channel()
+        await (await channel.get_underlay_channel()).queue_delete(queue.name)
+        problem = await watch_problem(watch)
+        assert problem is not None
+        assert "cancelled" in problem or "NOT_FOUND" in problem, problem
+
+        async def restored() -> bool:
+            return await watch_problem(watch) is None
+
+        await eventually(restored, timeout=30)
+        assert (await stats(admin, queue.name)).consumers == 1
+    finally:
+        await broker.stop()
+        await admin.stop()
+
+
+async def test_a_worker_whose_broker_falls_silent_is_unready_then_exits_to_be_restarted(
+    settings: Settings, database: str
+) -> None:
+    """A partition nobody is told about (the proxy swallows every byte, the socket stays open): readiness
+    fails within a check, and once the consumer has been gone for `consumer_lost_s`, run() stops and
+    returns EXIT_CONSUMER_LOST, for the orchestrator to start a fresh process."""
+    proxy = TcpProxy(*RABBIT_HOST)
+    await proxy.start()
+    port = free_port()
+    url = settings.rabbitmq.url.get_secret_value().replace(f":{RABBIT_HOST[1]}/", f":{proxy.port}/")
+    own = isolated(
+        settings, url=url, http_port=port, shutdown_grace_s=2.0, consumer_check_s=0.2, consumer_lost_s=2.0
+    )
+    own = own.model_copy(update={"gateway": own.gateway.model_copy(update={"health_timeout_s": 0.5})})
+    stop = asyncio.Event()
+    service = asyncio.create_task(run("video", {}, settings=own, stop=stop))
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+
+            async def ready() -> bool:
+                assert not service.done(), service
+                with contextlib.suppress(httpx.TransportError):
+                    return (await client.get("/health/ready")).status_code == 200
+                return False
+
+            await eventually(ready, timeout=30)
+            proxy.blackhole()
+            unready = await client.get("/health/ready")
+            assert unready.status_code == 503, unready.text
+            rabbitmq = unready.json()["data"]["checks"]["rabbitmq"]
+            assert rabbitmq["ok"] is False
+            assert "does not answer" in rabbitmq["error"]
+            started = time.monotonic()
+            code = await asyncio.wait_for(service, 60)
+        assert code == EXIT_CONSUMER_LOST
+        assert time.monotonic() - started >= 2.0
+    finally:
+        stop.set()
+        await proxy.cut()
+        if not service.done():
+            await asyncio.wait_for(service, 60)

@@ -138,6 +138,11 @@ class WorkerSettings(BaseModel):
     job_timeout_s: float = Field(3600.0, gt=0)
     #: Seconds a stopping service waits for its running job to finish before it releases the job's lease.
     shutdown_grace_s: float = Field(30.0, ge=0)
+    #: Seconds between two checks, on the broker, that this process's consumer is attached.
+    consumer_check_s: float = Field(5.0, gt=0)
+    #: A service whose consumer stays gone this long (RabbitMQ's client did not restore it) stops and
+    #: exits with code 75, for its orchestrator to start a fresh one.
+    consumer_lost_s: float = Field(30.0, gt=0)
 
     def ops_port(self, process: str) -> int:
         return OPS_PORTS.get(process, 8100) if self.http_port is None else self.http_port

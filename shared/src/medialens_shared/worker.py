@@ -3,21 +3,34 @@
 Every service's entry point is `serve("<name>", handlers)`. The consumer hands each delivery to the task
 base (`medialens_shared.tasks`), which settles it by its policy, with manual acknowledgement: a delivery
 is acked once its job's claim is stored, never before.
+
+The client's view of a consumer is not enough: the process may believe it consumes while the broker has
+dropped its channel or cancelled its consumer. `ConsumerWatch` asks the broker, on the consumer's own
+channel, every `consumer_check_s`; readiness fails while it cannot confirm, and a process whose consumer
+stays gone for `consumer_lost_s` (aio-pika's own recovery did not bring it back) stops like on SIGTERM and
+exits with `EXIT_CONSUMER_LOST`, so that its orchestrator starts a fresh one (crash-only: a restart is the
+one recovery that needs no knowledge of what went wrong).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
-from typing import Any
+import sys
+import time
+from collections.abc import Coroutine
+from typing import Any, cast
 
+import aiormq
 import svcs
 from faststream import AckPolicy
 from faststream.rabbit import Channel
 from faststream.rabbit.annotations import RabbitMessage
+from faststream.rabbit.subscriber.usecase import RabbitSubscriber
 
-from medialens_shared.bus import Topology, declare, make_broker, queue_stats
+from medialens_shared.bus import Topology, declare, make_broker
 from medialens_shared.db import Check, DatabaseManager, timed_check
 from medialens_shared.filestore import FileStore
 from medialens_shared.logs import configure_logging
@@ -30,12 +43,95 @@ from medialens_shared.telemetry import configure_tracing
 
 log = logging.getLogger(__name__)
 
+#: The exit code of a service whose consumer was lost and did not come back (EX_TEMPFAIL: start again).
+EXIT_CONSUMER_LOST = 75
+#: Seconds, beyond the shutdown grace, that closing the broker connection may take before it is left.
+BROKER_STOP_MARGIN_S = 10.0
 
-async def run(service: str, handlers: dict[str, Handler], *, settings: Settings, stop: asyncio.Event) -> None:
+
+class ConsumerWatch:
+    """Whether this process's consumer is attached to its queue as the broker sees it.
+
+    `check` proves three things: the subscriber holds a consumer tag, the channel it consumes on knows that
+    tag (aiormq drops it when the broker sends basic.cancel), and that very channel answers a round trip (a
+    passive declare of the queue, which also yields the broker's consumer count). A channel the broker closed
+    or a connection that silently died fails the round trip. The broker's count alone would not do: with
+    several replicas, another process's consumer keeps it above zero.
+    """
+
+    def __init__(self, subscriber: RabbitSubscriber, queue: str, *, timeout_s: float) -> None:
+        self.subscriber = subscriber
+        self.queue = queue
+        self.timeout_s = timeout_s
+        #: Set when the consumer stayed gone for the allowed time; the process then exits.
+        self.lost = False
+        self._probe: asyncio.Future[aiormq.spec.Queue.DeclareOk] | None = None
+
+    async def check(self) -> None:
+        """Raise ConnectionError saying what is missing, unless the broker holds this process's consumer."""
+        # FastStream keeps the queue object and the consumer tag privately; there is no public accessor.
+        queue, tag = self.subscriber._queue_obj, self.subscriber._consumer_tag
+        if queue is None or tag is None:
+            raise ConnectionError("this service has no consumer on its queue")
+        if queue.channel.is_closed:
+            raise ConnectionError("the channel of this service's consumer is closed")
+        try:
+            raw = cast(
+                "aiormq.Channel", await asyncio.wait_for(queue.channel.get_underlay_channel(), self.timeout_s)
+            )
+        except TimeoutError:
+            raise ConnectionError("the channel of this service's consumer is being restored") from None
+        if tag not in raw.consumers:
+            raise ConnectionError("the broker cancelled this service's consumer")
+        # The round trip is left running when it takes too long, never cancelled: aiormq closes a channel
+        # whose call is cancelled, and a slow broker must not cost the consumer its channel.
+        if self._probe is None or self._probe.done():
+            self._probe = asyncio.ensure_future(raw.queue_declare(self.queue, passive=True))
+        done, _ = await asyncio.wait({self._probe}, timeout=self.timeout_s)
+        if not done:
+            raise ConnectionError("the broker does not answer on this service's consumer channel")
+        try:
+            declared = self._probe.result()
+        except aiormq.exceptions.AMQPError as exc:  # e.g. the queue is gone (the channel then reopens)
+            raise ConnectionError(f"the broker refused the check on the consumer channel: {exc!r}") from exc
+        if (declared.consumer_count or 0) < 1:
+            raise ConnectionError(f"the broker counts no consumer on {self.queue}")
+
+    async def watch(self, stop: asyncio.Event, *, every_s: float, lost_after_s: float) -> None:
+        """Check every `every_s`; when the consumer stays gone `lost_after_s`, mark it lost and set `stop`."""
+        failing_since: float | None = None
+        while not stop.is_set():
+            try:
+                await self.check()
+                problem = None
+            except Exception as exc:  # any failure to confirm counts as "gone"
+                problem = str(exc) or type(exc).__name__
+            now = time.monotonic()
+            if problem is None:
+                if failing_since is not None:
+                    log.info("consumer confirmed by the broker again")
+                failing_since = None
+            elif failing_since is None:
+                failing_since = now
+                log.warning("consumer not confirmed by the broker: %s", problem)
+            elif now - failing_since >= lost_after_s:
+                log.error(
+                    "consumer gone for %.0f s (%s): stopping, to start afresh", now - failing_since, problem
+                )
+                self.lost = True
+                stop.set()
+                return
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(every_s):
+                    await stop.wait()
+
+
+async def run(service: str, handlers: dict[str, Handler], *, settings: Settings, stop: asyncio.Event) -> int:
     """Consume `service`'s queue until `stop` is set, then finish or hand back the running job and close.
 
     Shutdown (SIGTERM): stop taking messages, give the running job `shutdown_grace_s` to finish, release
     the lease of what is still running (its job goes back to the queue at once), close every pool.
+    Returns the process's exit code: 0, or EXIT_CONSUMER_LOST when the consumer watch stopped it.
     """
     async with svcs.Registry() as registry:
         db = DatabaseManager(settings, name=service)
@@ -68,31 +164,67 @@ async def run(service: str, handlers: dict[str, Handler], *, settings: Settings,
                 if not message.committed:
                     await message.nack(requeue=True)
 
-        async def consuming() -> None:
-            # FastStream keeps the consumer tag privately; the broker's own count is the other half.
-            if not await broker.ping(timeout=1.0):
-                raise ConnectionError("this service is not connected to RabbitMQ")
-            if subscriber._consumer_tag is None:
-                raise ConnectionError("this service has no consumer on its queue")
-            if (await queue_stats(broker, queue.name)).consumers < 1:
-                raise ConnectionError(f"the broker counts no consumer on {queue.name}")
+        consumer = ConsumerWatch(subscriber, queue.name, timeout_s=settings.gateway.health_timeout_s)
+        declared = False
 
         async def rabbitmq() -> Check:
-            return await timed_check(consuming, timeout=settings.gateway.health_timeout_s)
+            async def check() -> None:
+                if not declared:
+                    raise ConnectionError("this service is still declaring its queues")
+                await consumer.check()
+
+            return await timed_check(check, timeout=settings.gateway.health_timeout_s + 1)
+
+        async def start() -> None:
+            nonlocal declared
+            await broker.start()
+            await declare(broker, topology)
+            declared = True
 
         worker = settings.worker
         async with serving(
             ops_app(db, {"rabbitmq": rabbitmq}), host=worker.http_host, port=worker.ops_port(service)
         ):
-            await broker.start()
-            await declare(broker, topology)
-            log.info("%s service consuming %s", service, queue.name)
+            # Watched from the first moment: a start that hangs (a broker that accepts the connection and
+            # then falls silent) counts as a lost consumer too.
+            watching = asyncio.create_task(
+                consumer.watch(stop, every_s=worker.consumer_check_s, lost_after_s=worker.consumer_lost_s)
+            )
             try:
-                await stop.wait()
+                if await until_stopped(start(), stop):
+                    log.info("%s service consuming %s", service, queue.name)
+                    await stop.wait()
             finally:
                 log.info("%s service stopping: finishing the running job", service)
-                await broker.stop()  # stops consuming; waits up to the grace period for the running job
+                watching.cancel()
+                try:
+                    # Stops consuming and waits up to the grace period for the running job; bounded,
+                    # since cancelling a consumer over a dead connection would wait forever.
+                    async with asyncio.timeout(worker.shutdown_grace_s + BROKER_STOP_MARGIN_S):
+                        await broker.stop()
+                except TimeoutError:
+                    log.warning("the broker connection did not close in time; leaving it")
+                except Exception as exc:  # a consumer that cannot be cancelled over a broken connection
+                    log.warning("closing the broker connection failed: %s", exc)
                 await runner.release_unfinished()
+        return EXIT_CONSUMER_LOST if consumer.lost else 0
+
+
+async def until_stopped(work: Coroutine[Any, Any, None], stop: asyncio.Event) -> bool:
+    """Run `work` unless `stop` is set first (then cancel it); whether `work` completed."""
+    task = asyncio.ensure_future(work)
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+    if not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return False
+    task.result()
+    return True
 
 
 def serve(service: str, handlers: dict[str, Handler]) -> None:
@@ -101,11 +233,11 @@ def serve(service: str, handlers: dict[str, Handler]) -> None:
     configure_logging(settings, service=service)
     configure_tracing(service)
 
-    async def main() -> None:
+    async def main() -> int:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
-        await run(service, handlers, settings=settings, stop=stop)
+        return await run(service, handlers, settings=settings, stop=stop)
 
-    asyncio.run(main())
+    sys.exit(asyncio.run(main()))
