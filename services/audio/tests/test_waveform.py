@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medialens_audio.waveform import PeakBinner, compute_waveform
+from medialens_audio.waveform import MAX_POINTS, PeakBinner, compute_waveform, fitting_rate
 from medialens_shared.contracts import AudioWaveformParams
+from medialens_shared.errors import UnsupportedInput
 
 from .signals import noise, write
 
@@ -59,3 +60,33 @@ def test_streaming_equals_whole_signal() -> None:
     got = np.array(binner.result().peaks)
     assert got.shape == (21, 2)
     assert got.ravel() == pytest.approx(np.array(expected).ravel(), abs=1e-4)
+
+
+def test_a_rate_too_high_for_one_result_is_lowered_to_fit(tmp_path: Path) -> None:
+    """2.5 s at 1000 points per second would be 2,500 points; with room for 600, 240 per second are drawn
+    (the highest rate whose points fit) and the result says so."""
+    path = write(tmp_path / "noise.wav", noise(-3.0, 2.5, rate=48000))
+    result = compute_waveform(path, AudioWaveformParams(points_per_second=1000), no_report, max_points=600)
+    assert result.points_per_second == 240
+    assert len(result.peaks) == math.ceil(2.5 * 240) == 600
+
+
+def test_the_default_cap_keeps_a_result_inside_a_mongodb_document() -> None:
+    """Ten hours at 1000 points per second is lowered to 6 per second; at MAX_POINTS the encoded peaks
+    stay far below MongoDB's 16 MB limit."""
+    import bson
+
+    assert fitting_rate(1000, 36000.0) == 6
+    assert fitting_rate(10, 60.0) == 10
+    assert fitting_rate(10, None) == 10
+    assert fitting_rate(10, 10_000_000.0) == 1
+    size = len(bson.encode({"peaks": [(-0.1234, 0.5678)] * MAX_POINTS}))
+    assert size < 12 * 1024 * 1024, size
+
+
+def test_audio_longer_than_announced_fails_instead_of_overflowing() -> None:
+    """Points beyond the cap (the metadata announced less than there is) fail the job: UNSUPPORTED_INPUT."""
+    binner = PeakBinner(1000, 10, max_points=15)
+    binner.feed(noise(-3.0, 1.0, rate=1000))
+    with pytest.raises(UnsupportedInput, match="fewer points_per_second"):
+        binner.feed(noise(-3.0, 1.0, rate=1000))

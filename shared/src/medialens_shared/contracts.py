@@ -101,7 +101,13 @@ class AudioSilenceParams(Strict):
 
 
 class AudioWaveformParams(Strict):
-    points_per_second: int = Field(10, ge=1, le=1000, description="Min/max pairs per second of audio.")
+    points_per_second: int = Field(
+        10,
+        ge=1,
+        le=1000,
+        description="Min/max pairs per second of audio; lowered when the whole file would need more than "
+        "250,000 pairs (the result's points_per_second is the rate drawn).",
+    )
 
 
 class DataConvertParams(Strict):

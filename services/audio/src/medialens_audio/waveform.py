@@ -3,6 +3,11 @@
 Point i covers samples [i * rate // pps, (i + 1) * rate // pps), so there are ceil(duration * pps)
 points and none straddles two seconds unevenly. Blocks are reduced with `minimum.reduceat` and
 `maximum.reduceat`; only the point a block ends inside is carried over to the next.
+
+A result is one MongoDB document, which cannot pass 16 MB: at most `MAX_POINTS` pairs (about 9 MB) are
+drawn. When the announced duration at the asked rate would need more, the rate is lowered to fit (the
+result's `points_per_second` says which rate was drawn); audio found longer than announced fails with
+UNSUPPORTED_INPUT instead of producing a result that cannot be stored.
 """
 
 from __future__ import annotations
@@ -14,17 +19,28 @@ from pydantic import BaseModel
 
 from medialens_audio.decode import Block, Report, open_audio
 from medialens_shared.contracts import AudioWaveformParams, AudioWaveformResult
+from medialens_shared.errors import UnsupportedInput
 
 #: Decimals kept per value: finer than any screen draws, and it keeps the document small.
 DECIMALS = 4
+#: The most (min, max) pairs in one result: about 35 bytes each in BSON, well inside a 16 MB document.
+MAX_POINTS = 250_000
+
+
+def fitting_rate(points_per_second: int, duration_s: float | None, *, max_points: int = MAX_POINTS) -> int:
+    """The asked rate, or the highest lower one whose points for `duration_s` fit in `max_points`."""
+    if not duration_s:
+        return points_per_second
+    return max(1, min(points_per_second, int(max_points // duration_s)))
 
 
 class PeakBinner:
     """Min/max of the mono mix per point, for a stream fed block by block."""
 
-    def __init__(self, sample_rate: int, points_per_second: int) -> None:
+    def __init__(self, sample_rate: int, points_per_second: int, *, max_points: int = MAX_POINTS) -> None:
         self.sample_rate = sample_rate
         self.points_per_second = points_per_second
+        self.max_points = max_points
         self._samples = 0
         self._mins: list[float] = []
         self._maxs: list[float] = []
@@ -49,6 +65,11 @@ class PeakBinner:
         self._mins.extend(mins)
         self._maxs.extend(maxs)
         self._samples += mono.size
+        if len(self._mins) > self.max_points:
+            raise UnsupportedInput(
+                f"the audio is longer than its metadata says: more than {self.max_points} waveform points at "
+                f"{self.points_per_second} per second do not fit in a result; ask for fewer points_per_second"
+            )
 
     def result(self) -> AudioWaveformResult:
         peaks = [
@@ -62,11 +83,14 @@ class PeakBinner:
         )
 
 
-def compute_waveform(path: Path, params: BaseModel | None, report: Report) -> AudioWaveformResult:
+def compute_waveform(
+    path: Path, params: BaseModel | None, report: Report, *, max_points: int = MAX_POINTS
+) -> AudioWaveformResult:
     """`audio.waveform` of the file at `path`, reporting progress through `report`."""
     settings = params if isinstance(params, AudioWaveformParams) else AudioWaveformParams()
     with open_audio(path) as audio:
-        binner = PeakBinner(audio.sample_rate, settings.points_per_second)
+        rate = fitting_rate(settings.points_per_second, audio.duration_s, max_points=max_points)
+        binner = PeakBinner(audio.sample_rate, rate, max_points=max_points)
         for block in audio.blocks(report, action="drawing the waveform"):
             binner.feed(block)
         return binner.result()
