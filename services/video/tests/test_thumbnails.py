@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import av
+import numpy as np
 import pytest
 
 from medialens_shared.errors import InvalidParams, UnsupportedInput
@@ -55,3 +56,25 @@ def test_audio_is_unsupported(tmp_path: Path) -> None:
     make_audio(path, duration_s=0.3)
     with pytest.raises(UnsupportedInput):
         extract_thumbnails(path, out_dir=tmp_path / "t")
+
+
+@pytest.mark.parametrize(
+    ("rotation", "where"),
+    [(0, "left"), (90, "top"), (180, "right"), (270, "bottom")],
+)
+def test_thumbnails_are_turned_as_the_video_is_displayed(tmp_path: Path, rotation: int, where: str) -> None:
+    """A 96 x 64 clip whose display matrix turns it: its thumbnail has the displayed shape (64 wide gives
+    64 x 96 when turned a quarter), and the white square that starts at the picture's left edge is where
+    the turn puts it (top for 90 degrees clockwise)."""
+    path = tmp_path / f"turned-{rotation}.mp4"
+    make_video(path, duration_s=1.0, fps=10, width=96, height=64, segments=1, rotation=rotation)
+    (image,) = extract_thumbnails(path, out_dir=tmp_path / "t", every_s=5.0, width=64)
+    quarter = rotation in (90, 270)
+    assert (image.width, image.height) == ((64, 96) if quarter else (64, 42))
+    with av.open(str(image.path)) as jpeg:
+        rgb = next(jpeg.decode(video=0)).to_ndarray(format="rgb24")
+    assert rgb.shape == (image.height, image.width, 3)
+    rows, cols = np.nonzero(rgb.min(axis=2) > 200)  # the white square
+    y, x = rows.mean() / image.height, cols.mean() / image.width
+    centre = {"left": (0.5, 0.06), "right": (0.5, 0.94), "top": (0.06, 0.5), "bottom": (0.94, 0.5)}[where]
+    assert (y, x) == pytest.approx(centre, abs=0.08), (y, x)

@@ -202,17 +202,35 @@ def _shrink(plane: npt.NDArray[np.uint8], width: int) -> Array:
     return (p[0::2, 0::2] + p[1::2, 0::2] + p[0::2, 1::2] + p[1::2, 1::2]) >> 2
 
 
+def display_rotation(frame: Any) -> int:
+    """Clockwise degrees (0, 90, 180 or 270) the frame is to be shown turned by, from the display matrix
+    FFmpeg attaches to each decoded frame (PyAV's `rotation` counts counter-clockwise: a portrait phone clip
+    says -90)."""
+    return (round(-float(frame.rotation or 0) / 90.0) * 90) % 360
+
+
 def thumbnail_size(frame: Any, width: int) -> tuple[int, int]:
-    """`width` and the height keeping the frame's aspect, both even (for 4:2:0 JPEG)."""
+    """`width` and the height keeping the frame's aspect as displayed (turned), both even (for 4:2:0 JPEG)."""
+    shown_w, shown_h = frame.width, frame.height
+    if display_rotation(frame) in (90, 270):
+        shown_w, shown_h = shown_h, shown_w
     width = max(2, width - width % 2)
-    height = max(2, round(width * frame.height / frame.width / 2) * 2)
+    height = max(2, round(width * shown_h / shown_w / 2) * 2)
     return width, height
 
 
 def encode_jpeg(frame: Any, width: int) -> tuple[bytes, int, int]:
-    """The frame resized to `width` (aspect kept) as JPEG bytes, with its width and height."""
+    """The frame as displayed (turned by its display matrix), resized to `width` with its aspect kept,
+    as JPEG bytes, with its width and height."""
     out_w, out_h = thumbnail_size(frame, width)
-    scaled = frame.reformat(width=out_w, height=out_h, format="yuvj420p", interpolation="AREA")
+    turn = display_rotation(frame)
+    if turn:  # scale the stored picture, then turn the few pixels left
+        stored_w, stored_h = (out_h, out_w) if turn in (90, 270) else (out_w, out_h)
+        rgb = frame.reformat(width=stored_w, height=stored_h, format="rgb24", interpolation="AREA")
+        turned = np.ascontiguousarray(np.rot90(rgb.to_ndarray(), k=-turn // 90))
+        scaled = av.VideoFrame.from_ndarray(turned, format="rgb24").reformat(format="yuvj420p")
+    else:
+        scaled = frame.reformat(width=out_w, height=out_h, format="yuvj420p", interpolation="AREA")
     scaled.pts = None
     encoder = av.CodecContext.create("mjpeg", "w")
     encoder.width, encoder.height = out_w, out_h

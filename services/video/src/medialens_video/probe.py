@@ -19,7 +19,7 @@ from medialens_shared.contracts import (
     VideoProbeResult,
 )
 from medialens_shared.errors import MediaDecodeError
-from medialens_video.frames import open_video, reason
+from medialens_video.frames import display_rotation, open_video, reason
 
 #: Relative difference between the nominal and average frame rates above which a stream counts as VFR.
 VFR_TOLERANCE = 0.01
@@ -97,17 +97,15 @@ def _codec_name(stream: Any) -> str:
 def _rotation(frame: Any, metadata: dict[str, str]) -> int:
     """Clockwise display rotation (0/90/180/270), as the legacy `rotate` tag and phones state it.
 
-    FFmpeg attaches the container's display matrix to every decoded frame; PyAV's `VideoFrame.rotation`
-    reads it counter-clockwise (a portrait phone clip says -90), so it is negated here.
+    The display matrix FFmpeg attaches to every decoded frame first (`frames.display_rotation`), else
+    the legacy tag.
     """
-    degrees: float = 0.0
     if frame.rotation:
-        degrees = -float(frame.rotation)
-    else:
-        try:
-            degrees = float(metadata.get("rotate", "0"))
-        except ValueError:
-            degrees = 0.0
+        return display_rotation(frame)
+    try:
+        degrees = float(metadata.get("rotate", "0"))
+    except ValueError:
+        degrees = 0.0
     return (round(degrees / 90.0) * 90) % 360
 
 
