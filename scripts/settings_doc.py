@@ -53,7 +53,8 @@ DESCRIPTIONS: dict[str, str] = {
     "MEDIALENS_RABBITMQ_EXCHANGE": "Topic exchange of the jobs; queues are named after it.",
     "MEDIALENS_RABBITMQ_DELIVERY_LIMIT": "Deliveries after which a message that keeps failing goes to the "
     "dead-letter queue.",
-    "MEDIALENS_RABBITMQ_PREFETCH": "Messages a service takes from its queue at once.",
+    "MEDIALENS_RABBITMQ_PREFETCH": "Deliveries a service holds unacked: those waiting for one of its "
+    "`MEDIALENS_WORKER_CONCURRENCY` slots (a running job's delivery is acked at its claim).",
     "MEDIALENS_RABBITMQ_PUBLISH_TIMEOUT": "Seconds to wait for the broker to confirm a publish.",
     "MEDIALENS_GATEWAY_HOST": "Address the gateway listens on (`0.0.0.0` in containers).",
     "MEDIALENS_GATEWAY_PORT": "Port the gateway listens on.",
@@ -82,6 +83,12 @@ DESCRIPTIONS: dict[str, str] = {
     "reach them).",
     "MEDIALENS_WORKER_SHUTDOWN_GRACE_S": "Seconds a stopping service waits for its running job to finish "
     "before it releases the job's lease.",
+    "MEDIALENS_WORKER_CONCURRENCY": "Jobs a service runs at once (1 or 2 for the heavy media queues; each "
+    "service's process sets its own).",
+    "MEDIALENS_WORKER_CONSUMER_CHECK_S": "Seconds between two checks, on the broker, that the service's "
+    "consumer is attached (readiness runs the same check).",
+    "MEDIALENS_WORKER_CONSUMER_LOST_S": "A service whose consumer stays gone this long (the client did not "
+    "restore it) stops and exits with code 75, for its orchestrator to start a fresh one.",
     "MEDIALENS_WORKER_PROGRESS_INTERVAL_S": "Minimum seconds between two progress writes of one job.",
     "MEDIALENS_WORKER_SCRATCH_DIR": "Where a job's input is copied while it runs (default: the system's "
     "temporary directory); removed afterwards.",

@@ -232,3 +232,59 @@ async def test_a_worker_whose_broker_falls_silent_is_unready_then_exits_to_be_re
         await proxy.cut()
         if not service.done():
             await asyncio.wait_for(service, 60)
+
+
+@pytest.mark.parametrize("concurrency", [1, 2])
+async def test_a_service_runs_at_most_its_concurrency_of_jobs_at_once(
+    settings: Settings, database: str, db: DatabaseManager, new_job, tenant_id: str, concurrency: int
+) -> None:
+    """Deliveries are acked at the claim, so the prefetch alone would let a worker take every queued job:
+    with four jobs queued, exactly `concurrency` of them run side by side, and all complete."""
+    own = isolated(settings, shutdown_grace_s=2.0, http_port=free_port(), concurrency=concurrency)
+    topology = Topology(own)
+    running: list[str] = []
+    most = 0
+    all_started = asyncio.Event()
+
+    async def probe(ctx: JobContext) -> VideoProbeResult:
+        nonlocal most
+        running.append(ctx.job_id)
+        most = max(most, len(running))
+        if len(running) == concurrency:
+            all_started.set()
+        await asyncio.wait_for(all_started.wait(), 20)
+        await asyncio.sleep(0.3)  # time for a further delivery to start, were it allowed to
+        running.remove(ctx.job_id)
+        return PROBE
+
+    stop = asyncio.Event()
+    service = asyncio.create_task(run("video", {"video.probe": probe}, settings=own, stop=stop))
+    publisher = make_broker(own, name="worker-tests")
+    await publisher.connect()
+    try:
+        await declare(publisher, topology, services=("video",))
+
+        async def consuming() -> bool:
+            assert not service.done(), service
+            return (await stats(publisher, topology.work_queue("video").name)).consumers == 1
+
+        await eventually(consuming)
+        ids = [await new_job() for _ in range(4)]
+        for job_id in ids:
+            message = JobMessage(job_id=job_id, type="video.probe", tenant_id=tenant_id, file_id=None)
+            await publish_job(
+                publisher, topology, job_type="video.probe", payload=message.model_dump(mode="json"),
+                message_id=job_id, timeout=5.0,
+            )  # fmt: skip
+
+        async def all_succeeded() -> bool:
+            async with db.session() as session:
+                rows = [await jobstore.get(session, job_id=job_id) for job_id in ids]
+            return all(row is not None and row["status"] == "succeeded" for row in rows)
+
+        await eventually(all_succeeded, timeout=30)
+        assert most == concurrency
+    finally:
+        stop.set()
+        await asyncio.wait_for(service, 30)
+        await publisher.stop()

@@ -138,6 +138,9 @@ class WorkerSettings(BaseModel):
     job_timeout_s: float = Field(3600.0, gt=0)
     #: Seconds a stopping service waits for its running job to finish before it releases the job's lease.
     shutdown_grace_s: float = Field(30.0, ge=0)
+    #: Jobs a service runs at once. Deliveries are acked at the claim, so the broker's prefetch does not
+    #: bound this: without it a worker would take every queued job at once.
+    concurrency: int = Field(1, ge=1, le=64)
     #: Seconds between two checks, on the broker, that this process's consumer is attached.
     consumer_check_s: float = Field(5.0, gt=0)
     #: A service whose consumer stays gone this long (RabbitMQ's client did not restore it) stops and

@@ -26,7 +26,7 @@ from typing import Any, cast
 import aiormq
 import svcs
 from faststream import AckPolicy
-from faststream.rabbit import Channel
+from faststream.rabbit import Channel, RabbitBroker, RabbitQueue
 from faststream.rabbit.annotations import RabbitMessage
 from faststream.rabbit.subscriber.usecase import RabbitSubscriber
 
@@ -149,21 +149,7 @@ async def run(service: str, handlers: dict[str, Handler], *, settings: Settings,
         broker = make_broker(settings, name=service)
         topology = Topology(settings)
         queue = topology.work_queue(service)
-        subscriber = broker.subscriber(
-            queue,
-            topology.jobs,
-            ack_policy=AckPolicy.MANUAL,
-            channel=Channel(prefetch_count=settings.rabbitmq.prefetch),
-        )
-
-        @subscriber
-        async def on_job(body: Any, message: RabbitMessage) -> None:
-            try:
-                await runner.handle(body, message)
-            finally:  # whatever happened, the delivery is settled: an unsettled one blocks a prefetch slot
-                if not message.committed:
-                    await message.nack(requeue=True)
-
+        subscriber = subscribe(broker, topology, queue, runner, settings=settings, stop=stop)
         consumer = ConsumerWatch(subscriber, queue.name, timeout_s=settings.gateway.health_timeout_s)
         declared = False
 
@@ -197,17 +183,60 @@ async def run(service: str, handlers: dict[str, Handler], *, settings: Settings,
             finally:
                 log.info("%s service stopping: finishing the running job", service)
                 watching.cancel()
-                try:
-                    # Stops consuming and waits up to the grace period for the running job; bounded,
-                    # since cancelling a consumer over a dead connection would wait forever.
-                    async with asyncio.timeout(worker.shutdown_grace_s + BROKER_STOP_MARGIN_S):
-                        await broker.stop()
-                except TimeoutError:
-                    log.warning("the broker connection did not close in time; leaving it")
-                except Exception as exc:  # a consumer that cannot be cancelled over a broken connection
-                    log.warning("closing the broker connection failed: %s", exc)
+                await close_broker(broker, timeout_s=worker.shutdown_grace_s + BROKER_STOP_MARGIN_S)
                 await runner.release_unfinished()
         return EXIT_CONSUMER_LOST if consumer.lost else 0
+
+
+def subscribe(
+    broker: RabbitBroker,
+    topology: Topology,
+    queue: RabbitQueue,
+    runner: JobRunner,
+    *,
+    settings: Settings,
+    stop: asyncio.Event,
+) -> RabbitSubscriber:
+    """The consumer of `queue`: each delivery goes to `runner`, at most `worker.concurrency` at once.
+
+    A job's delivery is acked once its claim is stored, which frees its prefetch slot while the job still
+    runs: the slots, not the prefetch, bound how many jobs run at once. A delivery waiting for a slot stays
+    unacked, so the prefetch bounds how many wait (and other workers take the rest).
+    """
+    subscriber = broker.subscriber(
+        queue,
+        topology.jobs,
+        ack_policy=AckPolicy.MANUAL,
+        channel=Channel(prefetch_count=settings.rabbitmq.prefetch),
+    )
+    slots = asyncio.Semaphore(settings.worker.concurrency)
+
+    @subscriber
+    async def on_job(body: Any, message: RabbitMessage) -> None:
+        try:
+            async with slots:
+                if not stop.is_set():  # a stopping service starts nothing new: the delivery goes back
+                    await runner.handle(body, message)
+        finally:  # whatever happened, the delivery is settled: an unsettled one blocks a prefetch slot
+            if not message.committed:
+                await message.nack(requeue=True)
+
+    return subscriber
+
+
+async def close_broker(broker: RabbitBroker, *, timeout_s: float) -> None:
+    """Stop consuming, wait (within `timeout_s`) for the running jobs, close the connection.
+
+    Bounded, and never raising: cancelling a consumer over a dead connection would wait forever or fail,
+    and what follows (handing back unfinished jobs, closing the pools) must still happen.
+    """
+    try:
+        async with asyncio.timeout(timeout_s):
+            await broker.stop()
+    except TimeoutError:
+        log.warning("the broker connection did not close in time; leaving it")
+    except Exception as exc:  # e.g. an ExceptionGroup of consumers that could not be cancelled
+        log.warning("closing the broker connection failed: %s", exc)
 
 
 async def until_stopped(work: Coroutine[Any, Any, None], stop: asyncio.Event) -> bool:
