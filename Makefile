@@ -26,8 +26,8 @@ demo: ## Run a video, an audio and a data job through the stack (starts it if it
 test: ## Run every test against the real local servers, with coverage
 	$(UV) run pytest --cov --cov-report=term-missing:skip-covered --cov-report=xml $(PYTEST_ARGS)
 
-chaos: ## The chaos suite at full size (1,000 jobs, 30 kills, 3 broker cuts, a job past the consumer timeout)
-	CHAOS_FULL=1 CHAOS_JOBS=1000 CHAOS_KILLS=30 CHAOS_CUTS=3 CHAOS_LONG_S=75 $(UV) run pytest tests/chaos -p no:cacheprovider -s -q
+chaos: ## The chaos suite at full size (1,000 jobs, 30 kills, 3 broker cuts and 3 stops, a job past the consumer timeout)
+	CHAOS_JOBS=1000 CHAOS_KILLS=30 CHAOS_CUTS=3 CHAOS_BROKER_STOPS=3 CHAOS_BROKER_STOP_S=20 CHAOS_LONG_S=75 $(UV) run pytest tests/chaos -p no:cacheprovider -s -q
 
 deploy-check: ## Validate compose, Kubernetes manifests, blue-green scripts, alert rules and dashboard offline
 	bash deploy/validate.sh

@@ -66,6 +66,14 @@ def pipeline_table(results: dict[str, Any]) -> list[str]:
         f"| **ratio** MediaLens / Celery | | x{pipe['jobs_per_s_ratio']} | | x{pipe['p99_ratio']} "
         f"| target ≥5x jobs/s: {_mark(pipe['jobs_per_s_ratio'] >= 5)}; "
         f"p99 ≤ 1/5: {_mark(pipe['p99_ratio'] <= 0.2)} |",
+        *(
+            [
+                f"| MediaLens relay lag (submit to confirmed publish) | | | {ours['relay_lag_p50_s']} "
+                f"| {ours['relay_lag_p99_s']} | target p99 ≤ 2 s: {_mark(ours['relay_lag_p99_s'] <= 2)} |"
+            ]
+            if "relay_lag_p99_s" in ours
+            else []
+        ),
     ]
 
 

@@ -292,11 +292,23 @@ async def pipeline_ours(
 
         await wait_until(terminal, timeout_s=max(600.0, jobs), what=f"{jobs} MediaLens jobs")
         rows = await conn.fetch("select created_at, finished_at, status from jobs where id = any($1)", ids)
+        lag = await conn.fetchval(RELAY_LAG, ids)
     finally:
         await conn.close()
-    return pipeline_figures(
+    figures = pipeline_figures(
         label, [(r["created_at"], r["finished_at"], r["status"]) for r in rows], submit_s=submit_s
     )
+    # The relay's lag under this load: from the submit's commit to the broker's confirm of its message.
+    figures["relay_lag_p50_s"], figures["relay_lag_p99_s"] = (round(float(q), 3) for q in lag)
+    print(f"pipeline {label:<10} relay lag p50={lag[0]:.3f}s p99={lag[1]:.3f}s", flush=True)
+    return figures
+
+
+#: Percentiles 50 and 99 of the outbox's lag (created to sent) of the first message of each job.
+RELAY_LAG = """
+    select percentile_cont(array[0.5, 0.99]) within group (order by extract(epoch from sent_at - created_at))
+    from outbox where job_id = any($1) and delay_s = 0 and not dead and sent_at is not null
+"""
 
 
 async def pipeline_celery(baseline: Baseline, *, wav: Path, jobs: int, concurrency: int) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from medialens_shared.db import DatabaseManager
 from medialens_shared.settings import Settings
@@ -192,12 +192,14 @@ class Ledger:
     duplicates: int
     dead: int
     recover_s: float
+    #: The relay's lag (submit's commit to confirmed publish) of the jobs' first messages: p99, seconds.
+    relay_p99_s: float = 0.0
 
     def line(self) -> str:
         return (
             f"scenario={self.scenario} submitted={self.submitted} succeeded={self.succeeded} "
             f"failed={self.failed} lost={self.lost} dup={self.duplicates} dead={self.dead} "
-            f"recover_s={self.recover_s:.1f}"
+            f"recover_s={self.recover_s:.1f} relay_p99_s={self.relay_p99_s:.2f}"
         )
 
 
@@ -219,6 +221,8 @@ async def ledger(
         doc["_id"]: doc.get(RESULT_WRITES, 1)
         async for doc in db.collection("results").find({"_id": {"$in": ids}}, {RESULT_WRITES: 1})
     }
+    async with db.session() as session:
+        relay_p99 = await session.scalar(RELAY_P99, {"ids": ids})
     count = {status: sum(1 for row in rows if row["status"] == status) for status in ("succeeded", "failed")}
     return Ledger(
         scenario=scenario,
@@ -230,7 +234,14 @@ async def ledger(
         duplicates=sum(1 for value in writes.values() if value > 1),
         dead=sum(1 for row in rows if row["error_code"] == "RETRIES_EXHAUSTED"),
         recover_s=recover_s,
+        relay_p99_s=float(relay_p99 or 0.0),
     )
+
+
+RELAY_P99 = text("""
+    select percentile_cont(0.99) within group (order by extract(epoch from sent_at - created_at))
+    from outbox where job_id = any(:ids) and delay_s = 0 and not dead and sent_at is not null
+""")
 
 
 def chaos_env(settings: Settings, *, gateway_port: int, job_s: float, poison_sha256: str) -> dict[str, str]:
