@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -14,6 +13,7 @@ from pydantic import SecretStr
 
 from medialens_shared.bus import QueueStats, Topology, declare, make_broker, ping, publish_job, queue_stats
 from medialens_shared.settings import Settings
+from tests.fixtures.servers import SERVERS
 
 pytestmark = pytest.mark.integration
 
@@ -37,15 +37,6 @@ async def broker(bus_settings: Settings) -> AsyncIterator[RabbitBroker]:
     await broker.stop()
 
 
-def list_queues(vhost: str) -> dict[str, str]:
-    out = subprocess.run(
-        ["rabbitmqctl", "-q", "-p", vhost, "list_queues", "name", "type", "arguments"],
-        check=True, capture_output=True, text=True, timeout=60,
-    ).stdout  # fmt: skip
-    rows = [line.split("\t") for line in out.splitlines() if "\t" in line]
-    return {row[0]: "\t".join(row[1:]) for row in rows}
-
-
 async def wait_for_messages(broker: RabbitBroker, queue: str, count: int, timeout: float = 5.0) -> QueueStats:
     deadline = time.monotonic() + timeout
     stats = await queue_stats(broker, queue)
@@ -63,14 +54,14 @@ async def test_declare_creates_quorum_queues_with_delivery_limit_and_dlx(
     await declare(broker, topology, services=("video", "data"))
     await declare(broker, topology, services=("video",))  # idempotent
     exchange = bus_settings.rabbitmq.exchange
-    queues = await asyncio.to_thread(list_queues, rabbit_vhost)
-    work = queues[f"{exchange}.video"]
-    assert work.startswith("quorum")
-    assert f'{{"x-delivery-limit",{bus_settings.rabbitmq.delivery_limit}}}' in work
-    assert f'{{"x-dead-letter-exchange","{exchange}.dlx"}}' in work
-    assert '{"x-dead-letter-routing-key","video.dead"}' in work
-    assert queues[f"{exchange}.data"].startswith("quorum")
-    assert queues[f"{exchange}.dead"].startswith("quorum")
+    queues = await asyncio.to_thread(SERVERS.admin.queues, rabbit_vhost)
+    kind, arguments = queues[f"{exchange}.video"]
+    assert kind == "quorum"
+    assert arguments["x-delivery-limit"] == bus_settings.rabbitmq.delivery_limit
+    assert arguments["x-dead-letter-exchange"] == f"{exchange}.dlx"
+    assert arguments["x-dead-letter-routing-key"] == "video.dead"
+    assert queues[f"{exchange}.data"][0] == "quorum"
+    assert queues[f"{exchange}.dead"][0] == "quorum"
     assert f"{exchange}.audio" not in queues
     assert await queue_stats(broker, f"{exchange}.video") == QueueStats(messages=0, consumers=0)
 

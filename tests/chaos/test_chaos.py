@@ -34,6 +34,7 @@ from tests.chaos.harness import ChaosStack, Ledger, ThreadedProxy, chaos_env, le
 from tests.fixtures.servers import (
     POSTGRES_ADMIN,
     RABBIT_HOST,
+    SERVERS,
     TENANT_KEYS,
     drop_database,
     free_port,
@@ -56,6 +57,12 @@ LONG_S = float(os.environ.get("CHAOS_LONG_S", "0"))
 RESULTS = Path(__file__).parents[2] / "bench" / "results" / "chaos.json"
 
 
+#: Stopping the broker or changing its settings needs it on this machine (not in a container or compose).
+needs_local_broker = pytest.mark.skipif(
+    not SERVERS.admin.local, reason="stops or reconfigures RabbitMQ: needs the local broker and rabbitmqctl"
+)
+
+
 def _rabbitmqctl(*args: str) -> str:
     ctl = shutil.which("rabbitmqctl")
     assert ctl, "rabbitmqctl is needed by the chaos suite"
@@ -64,12 +71,11 @@ def _rabbitmqctl(*args: str) -> str:
 
 @contextlib.asynccontextmanager
 async def _vhost(name: str) -> AsyncIterator[None]:
-    await asyncio.to_thread(_rabbitmqctl, "add_vhost", name)
-    await asyncio.to_thread(_rabbitmqctl, "set_permissions", "-p", name, "guest", ".*", ".*", ".*")
+    await asyncio.to_thread(SERVERS.admin.add_vhost, name)
     try:
         yield
     finally:
-        await asyncio.to_thread(_rabbitmqctl, "delete_vhost", name)
+        await asyncio.to_thread(SERVERS.admin.delete_vhost, name)
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +94,8 @@ async def chaos(mongo_url: str, tmp_path_factory: pytest.TempPathFactory) -> Asy
         update={
             "rabbitmq": base.rabbitmq.model_copy(update={"url": SecretStr(rabbit_url)}),
             "worker": base.worker.model_copy(
-                update={"lease_s": 6.0, "max_attempts": 5, "shutdown_grace_s": GRACE_S - 5}
+                # The simulated jobs mostly wait, so each worker runs several (bounded) side by side.
+                update={"lease_s": 6.0, "max_attempts": 5, "shutdown_grace_s": GRACE_S - 5, "concurrency": 8}
             ),
             "relay": base.relay.model_copy(update={"reap_interval_s": 0.5}),
         }
@@ -279,6 +286,7 @@ async def test_broker_cut_longer_than_two_heartbeats_loses_nothing(
     assert result.recover_s <= 2 + 10
 
 
+@needs_local_broker
 async def test_broker_stopped_during_submissions_loses_nothing(
     chaos: ChaosStack, chaos_db: DatabaseManager, client: httpx.AsyncClient, clip: str
 ) -> None:
@@ -402,6 +410,7 @@ async def test_redis_losing_every_connection_and_key_loses_nothing(
     assert after.succeeded == 2
 
 
+@needs_local_broker
 @pytest.mark.skipif(not LONG_S, reason="set CHAOS_LONG_S (make chaos) to run a job past the consumer timeout")
 async def test_a_job_longer_than_the_consumer_timeout_completes_once(
     chaos: ChaosStack, chaos_db: DatabaseManager, client: httpx.AsyncClient
