@@ -32,7 +32,7 @@ from medialens_shared.outbox import DELAY_TIERS_S
 from medialens_shared.settings import Settings
 from medialens_shared.signals import JobSignals
 from medialens_shared.tables import files, jobs, outbox
-from medialens_shared.tasks import Handler, JobContext, JobRunner
+from medialens_shared.tasks import RESULT_WRITES, Handler, JobContext, JobRunner
 from tests.fixtures.stack import RecordedDelivery
 
 pytestmark = pytest.mark.integration
@@ -168,6 +168,39 @@ async def test_success_stores_the_result_and_marks_succeeded(
     assert document["video"]["width"] == 320
     assert document["audio"] == []
     assert document["created_at"] >= before.replace(microsecond=0)
+
+
+async def test_a_rerun_of_a_job_whose_result_was_stored_finishes_it_without_running_it_again(
+    make_runner, new_job, tenant_id: str, db: DatabaseManager
+) -> None:
+    """A worker killed between storing the result and marking the job succeeded: the job's next attempt
+    finds the result, finishes the job, and neither runs the handler nor writes the result again."""
+    job_id = await new_job(attempts=1, message="requeued: its worker's lease expired")
+    earlier = {"_id": job_id, "tenant_id": tenant_id, "type": "video.probe", "format": {"name": "x"}}
+    await db.collection("results").insert_one(earlier | {RESULT_WRITES: 1})
+    handler = Calls()
+    runner = make_runner({"video.probe": handler})
+    assert await deliver(runner, body_of(job_id, tenant_id)) == ["ack"]
+    assert handler.contexts == []
+    async with db.session() as session:
+        row = await jobstore.get(session, job_id=job_id)
+    assert row is not None
+    assert (row["status"], row["attempts"]) == ("succeeded", 2)
+    stored = await db.collection("results").find_one({"_id": job_id})
+    assert stored is not None
+    assert (stored[RESULT_WRITES], stored["format"]) == (1, {"name": "x"})
+
+
+async def test_a_first_attempt_never_looks_for_an_earlier_result(
+    make_runner, new_job, tenant_id: str, db: DatabaseManager
+) -> None:
+    """Only a rerun may skip its handler: a first attempt runs it (a stray document changes nothing)."""
+    job_id = await new_job()
+    await db.collection("results").insert_one({"_id": job_id, "tenant_id": tenant_id, RESULT_WRITES: 1})
+    handler = Calls()
+    runner = make_runner({"video.probe": handler})
+    assert await deliver(runner, body_of(job_id, tenant_id)) == ["ack"]
+    assert len(handler.contexts) == 1
 
 
 async def test_a_duplicate_delivery_of_a_finished_job_changes_nothing(

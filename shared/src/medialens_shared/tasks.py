@@ -276,16 +276,21 @@ class JobRunner:
         try:
             if handler is None:
                 raise InvalidParams(f"the {self.service} service does not run {message.type} jobs")
-            result = await self._run(handler, message, row, jlog)
-            if not await self._extend_lease(message.job_id):
-                # Its lease ran out while it ran and the job went to another worker: storing this result
-                # too would be a second effect of one job.
-                jlog.warning("job %s was taken from this worker; its result is dropped", message.job_id)
-                return
-            with job_phase(
-                "store_result", job_id=message.job_id, job_type=message.type, attempt=row["attempts"]
-            ):
-                await self._store_result(message, result)
+            if row["attempts"] > 1 and await self._stored_before(message.job_id):
+                # An earlier attempt stored the result and died before it could say so: the job is done,
+                # and running it again would be a second effect.
+                jlog.info("job %s: an earlier attempt stored its result; finishing it", message.job_id)
+            else:
+                result = await self._run(handler, message, row, jlog)
+                if not await self._extend_lease(message.job_id):
+                    # Its lease ran out while it ran and the job went to another worker: storing this
+                    # result too would be a second effect of one job.
+                    jlog.warning("job %s was taken from this worker; its result is dropped", message.job_id)
+                    return
+                with job_phase(
+                    "store_result", job_id=message.job_id, job_type=message.type, attempt=row["attempts"]
+                ):
+                    await self._store_result(message, result)
         except JobCancelled:
             await self._finish(row, JobStatus.CANCELLED, message="cancelled", jlog=jlog)
         except PermanentJobError as exc:
@@ -469,6 +474,10 @@ class JobRunner:
             )
             await session.commit()
         return extended is not None
+
+    async def _stored_before(self, job_id: str) -> bool:
+        """Whether a result of this job is stored already (by an attempt that died before finishing)."""
+        return await self.db.collection("results").find_one({"_id": job_id}, {"_id": 1}) is not None
 
     async def _store_result(self, message: JobMessage, result: BaseModel) -> None:
         base = ResultBase(
