@@ -83,6 +83,9 @@ DESCRIPTIONS: dict[str, str] = {
     "reach them).",
     "MEDIALENS_WORKER_SHUTDOWN_GRACE_S": "Seconds a stopping service waits for its running job to finish "
     "before it releases the job's lease.",
+    "MEDIALENS_WORKER_NAME": "A name the process keeps across restarts (in Kubernetes, the pod's name): "
+    "one started under the name of one that died hands back that one's running jobs at once instead of "
+    "after their leases. Unset: the host's name, and nothing is handed back at start.",
     "MEDIALENS_WORKER_CONCURRENCY": "Jobs a service runs at once (1 or 2 for the heavy media queues; each "
     "service's process sets its own).",
     "MEDIALENS_WORKER_CONSUMER_CHECK_S": "Seconds between two checks, on the broker, that the service's "

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -700,3 +701,29 @@ def test_handlers_must_be_catalogued_job_types(make_runner) -> None:
     """A runner refuses handlers for job types the catalogue does not know."""
     with pytest.raises(ValueError, match="not in the catalogue"):
         make_runner({"video.transcode": Calls()})
+
+
+async def test_a_named_worker_ends_the_leases_its_dead_predecessor_left(
+    make_runner, new_job, db: DatabaseManager
+) -> None:
+    """A worker started under the name of one that died ends the leases of that one's running jobs (for
+    the reaper to requeue them now); other names, other services, its own claims and finished jobs keep
+    theirs. An unnamed worker ends none."""
+    later = datetime.now(UTC) + timedelta(hours=1)
+    runner = make_runner({"video.probe": Calls()}, name="w1")
+    left = {
+        "predecessor": await new_job(status="running", worker="video-w1-41-aaaaaa", lease_expires_at=later),
+        "other name": await new_job(status="running", worker="video-w10-42-bbbbbb", lease_expires_at=later),
+        "other service": await new_job(status="running", worker="audio-w1-43-cccccc", lease_expires_at=later),
+        "its own": await new_job(status="running", worker=runner.worker_id, lease_expires_at=later),
+        "finished": await new_job(status="succeeded", worker="video-w1-44-dddddd", lease_expires_at=later),
+    }
+    assert await make_runner({"video.probe": Calls()}).release_predecessors() == 0
+    assert await runner.release_predecessors() == 1
+    async with db.session() as session:
+        leases = {
+            what: (await jobstore.get(session, job_id=job_id) or {})["lease_expires_at"]
+            for what, job_id in left.items()
+        }
+    assert leases.pop("predecessor") <= datetime.now(UTC)
+    assert all(lease == later for lease in leases.values()), leases

@@ -58,6 +58,9 @@ class ThreadedProxy:
     def restore(self) -> None:
         self._call(self.proxy.restore())
 
+    def blackhole(self) -> None:
+        self.loop.call_soon_threadsafe(self.proxy.blackhole)
+
     def close(self) -> None:
         self._call(self.proxy.cut())
         self.loop.call_soon_threadsafe(self.loop.stop)
@@ -83,9 +86,12 @@ class ChaosStack:
         module = PROGRAMS.get(name, WORKER_MODULE)
         self._serial += 1
         log = self.log_dir / f"{name}-{self._serial}.log"
+        # Each worker keeps its name across restarts, as a pod does, so a restarted one hands back at once
+        # what its killed predecessor was running.
+        env = self.env | {"MEDIALENS_WORKER_NAME": name}
         with log.open("wb") as out:
             self.procs[name] = subprocess.Popen(
-                [sys.executable, "-m", module], env=self.env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT
+                [sys.executable, "-m", module], env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT
             )
         self.started[name] = (log, time.monotonic())
 

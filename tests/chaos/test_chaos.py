@@ -265,24 +265,28 @@ async def test_rolling_sigterm_of_every_service_loses_nothing(
     assert result.succeeded == result.submitted
 
 
+@pytest.mark.parametrize("kind", ["closed", "silent"])
 async def test_broker_cut_longer_than_two_heartbeats_loses_nothing(
-    chaos: ChaosStack, chaos_db: DatabaseManager, client: httpx.AsyncClient, clip: str
+    chaos: ChaosStack, chaos_db: DatabaseManager, client: httpx.AsyncClient, clip: str, kind: str
 ) -> None:
-    """While the broker is unreachable, submissions still answer 202; afterwards consumers come back
-    within heartbeat + 10 s and every accepted job completes."""
+    """The network to the broker cut for four heartbeats, CUTS times: `closed`, every connection is dropped
+    (a host that went down); `silent`, no byte passes and nobody is told (a partition: only heartbeats can
+    tell). Submissions still answer 202; afterwards every consumer is back within heartbeat + 10 s and
+    every accepted job completes, once."""
     ids: list[str] = []
     recoveries = []
     for _ in range(CUTS):
-        await asyncio.to_thread(chaos.proxy.cut)
+        await asyncio.to_thread(chaos.proxy.cut if kind == "closed" else chaos.proxy.blackhole)
         ids += await chaos.submit(client, clip, 4)
-        await asyncio.sleep(6)  # three heartbeats of 2 s
+        await asyncio.sleep(8)  # four heartbeats of 2 s
         await asyncio.to_thread(chaos.proxy.restore)
         recoveries.append(await _all_consuming(chaos, within_s=30))
-    result = await ledger(chaos_db, "broker-cut", ids, since=time.monotonic(), timeout=60)
+    result = await ledger(chaos_db, f"broker-cut-{kind}", ids, since=time.monotonic(), timeout=60)
     result.recover_s = max(recoveries)
     _record(result)
     assert result.lost == 0, chaos.log_tails()
     assert result.duplicates == 0
+    assert result.succeeded == result.submitted
     assert result.recover_s <= 2 + 10
 
 
@@ -363,15 +367,23 @@ async def test_a_poison_job_is_dead_lettered_and_the_others_run(
     chaos: ChaosStack, chaos_db: DatabaseManager, client: httpx.AsyncClient, clip: str
 ) -> None:
     """A job that kills its worker every time ends failed (RETRIES_EXHAUSTED) after max_attempts tries,
-    while the healthy jobs around it all succeed."""
+    while the healthy jobs around it all succeed; their throughput is compared with a clean run of as many
+    jobs just before (the issue asks for 90% at full size; a short run is too noisy to hold to it)."""
     poison = await _upload(client, Path(chaos.env["CHAOS_MEDIA"]) / "poison.mp4")
+    started = time.monotonic()
+    clean = await chaos.submit(client, clip, JOBS // 2)
+    clean_s = (await ledger(chaos_db, "clean", clean, since=started, timeout=180)).recover_s
     async with supervised(chaos):
+        started = time.monotonic()
         (poison_id,) = await chaos.submit(client, poison, 1)
         healthy = await chaos.submit(client, clip, JOBS // 2)
+        healthy_s = (await ledger(chaos_db, "healthy", healthy, since=started, timeout=180)).recover_s
         result = await ledger(
             chaos_db, "poison-job", [poison_id, *healthy], since=time.monotonic(), timeout=180
         )
     _record(result)
+    ratio = clean_s / healthy_s
+    print(f"poison-job: healthy jobs at {ratio:.0%} of a clean run's rate ({healthy_s:.1f} s, {clean_s:.1f})")
     response = await client.get(f"/v1/jobs/{poison_id}")
     job = response.json()["data"]
     assert job["status"] == "failed", job
@@ -380,6 +392,8 @@ async def test_a_poison_job_is_dead_lettered_and_the_others_run(
     assert result.lost == 0
     assert result.succeeded == len(healthy)
     assert result.dead == 1
+    if JOBS >= 500:
+        assert ratio >= 0.9, f"healthy jobs ran at {ratio:.0%} of a clean run's rate"
 
 
 async def test_redis_losing_every_connection_and_key_loses_nothing(

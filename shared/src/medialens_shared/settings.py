@@ -138,6 +138,11 @@ class WorkerSettings(BaseModel):
     job_timeout_s: float = Field(3600.0, gt=0)
     #: Seconds a stopping service waits for its running job to finish before it releases the job's lease.
     shutdown_grace_s: float = Field(30.0, ge=0)
+    #: A name this process keeps across restarts (in Kubernetes, the pod's name). A process started under
+    #: the name of one that died hands that one's running jobs back at once, instead of after their
+    #: leases. Unset: the host's name, and nothing is handed back at start (several processes of a
+    #: service may share a host).
+    name: str | None = Field(None, min_length=1, max_length=100)
     #: Jobs a service runs at once. Deliveries are acked at the claim, so the broker's prefetch does not
     #: bound this: without it a worker would take every queued job at once.
     concurrency: int = Field(1, ge=1, le=64)

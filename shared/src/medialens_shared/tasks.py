@@ -219,7 +219,9 @@ class JobRunner:
         self.db = db
         self.store = store
         self.signals = signals
-        self.worker_id = f"{service}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        #: What this process's claims are stored under; `name_prefix` is shared by all its restarts.
+        self.name_prefix = f"{service}-{settings.worker.name or socket.gethostname()}-"
+        self.worker_id = f"{self.name_prefix}{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.lease = timedelta(seconds=settings.worker.lease_s)
 
     async def handle(self, body: Any, delivery: Delivery) -> None:
@@ -314,6 +316,30 @@ class JobRunner:
             children = await jobstore.children_of(session, job_id=row["parent_id"])
         if parent is not None:
             await self.signals.announce(jobstore.job_view(parent, children=children))
+
+    async def release_predecessors(self) -> int:
+        """At start, under a `worker.name`: end the leases of the jobs an earlier process of that name still
+        holds (it died: it is this one's predecessor), so the relay's reaper requeues them now, counting the
+        crash as an attempt, rather than when their leases run out. How many."""
+        if self.settings.worker.name is None:
+            return 0
+        async with self.db.session() as session:
+            ended = (
+                await session.scalars(
+                    update(jobs)
+                    .where(
+                        jobs.c.status == JobStatus.RUNNING.value,
+                        jobs.c.worker.startswith(self.name_prefix, autoescape=True),
+                        jobs.c.worker != self.worker_id,
+                    )
+                    .values(lease_expires_at=func.now())
+                    .returning(jobs.c.id)
+                )
+            ).all()
+            await session.commit()
+        for job_id in ended:
+            log.warning("job %s was left running by this worker's predecessor: its lease is ended", job_id)
+        return len(ended)
 
     async def release_unfinished(self) -> None:
         """At shutdown: hand back the jobs this worker still runs, so another worker takes them at once."""

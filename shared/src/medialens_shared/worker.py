@@ -146,6 +146,7 @@ async def run(service: str, handlers: dict[str, Handler], *, settings: Settings,
                 store=await services.aget(FileStore),
                 signals=await services.aget(JobSignals),
             )
+        await runner.release_predecessors()
         broker = make_broker(settings, name=service)
         topology = Topology(settings)
         queue = topology.work_queue(service)
