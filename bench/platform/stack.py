@@ -180,6 +180,9 @@ class Stack:
             "MEDIALENS_GATEWAY_MAX_UPLOAD_BYTES": str(200 * 2**20),
             "MEDIALENS_LOG_FORMAT": "text",
             "MEDIALENS_LOG_LEVEL": "INFO",
+            # The pipeline's probes mostly wait on the databases: a service overlaps several (the default,
+            # 1, is for heavy media jobs), as Celery's prefork pool runs 2 and prefetches 8.
+            "MEDIALENS_WORKER_CONCURRENCY": "8",
             "PYTHONUNBUFFERED": "1",
             "PYTHONPYCACHEPREFIX": str(self.workdir / "pycache"),
         }
