@@ -172,7 +172,7 @@ async def test_the_consumer_watch_sees_a_consumer_the_broker_cancelled_and_its_r
     try:
         await declare(admin, topology, services=("video",))
         await broker.start()
-        watch = ConsumerWatch(subscriber, queue.name, timeout_s=2.0)
+        watch = ConsumerWatch(broker, subscriber, queue.name, timeout_s=2.0)
         assert await watch_problem(watch) is None
 
         channel = await admin.config.channel_manager.get_channel()

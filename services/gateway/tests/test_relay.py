@@ -14,6 +14,7 @@ from sqlalchemy import select, update
 
 from medialens_shared.bus import Topology, make_broker, queue_stats
 from medialens_shared.db import DatabaseManager
+from medialens_shared.outbox import DELAY_TIERS_S
 from medialens_shared.tables import jobs, outbox
 from scripts.samples import make_video
 from tests.fixtures.stack import Stack, result_of, submit, upload, wait_for
@@ -49,7 +50,8 @@ async def _orphan(db: DatabaseManager, job_id: str, *, attempts: int) -> None:
 async def test_a_job_whose_worker_died_runs_again(
     stack: Stack, api: httpx.AsyncClient, db: DatabaseManager, video_id: str
 ) -> None:
-    """A running job whose lease ran out is requeued by the reaper and then succeeds, its crash counted."""
+    """A running job whose lease ran out is requeued by the reaper, through a delay queue (a backoff, so
+    a job that crashes its worker each time cannot loop), and then succeeds, its crash counted."""
     job = await stack.held_job(api, "video.probe", video_id)
     await _orphan(db, job.job_id, attempts=1)
     started = time.monotonic()
@@ -58,6 +60,10 @@ async def test_a_job_whose_worker_died_runs_again(
     assert done["attempts"] == 2
     assert time.monotonic() - started < 30
     assert (await result_of(api, job.job_id))["video"]["width"] == 160
+    async with db.session() as session:
+        delays = (await session.scalars(select(outbox.c.delay_s).where(outbox.c.job_id == job.job_id))).all()
+    assert sorted(delays)[0] == 0  # the submit's message
+    assert sorted(delays)[1] in DELAY_TIERS_S  # the requeue's, after a backoff
 
 
 async def test_a_job_that_lost_its_worker_too_often_fails(

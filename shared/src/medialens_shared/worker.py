@@ -21,7 +21,7 @@ import signal
 import sys
 import time
 from collections.abc import Coroutine
-from typing import Any, cast
+from typing import Any
 
 import aiormq
 import svcs
@@ -52,14 +52,18 @@ BROKER_STOP_MARGIN_S = 10.0
 class ConsumerWatch:
     """Whether this process's consumer is attached to its queue as the broker sees it.
 
-    `check` proves three things: the subscriber holds a consumer tag, the channel it consumes on knows that
-    tag (aiormq drops it when the broker sends basic.cancel), and that very channel answers a round trip (a
-    passive declare of the queue, which also yields the broker's consumer count). A channel the broker closed
-    or a connection that silently died fails the round trip. The broker's count alone would not do: with
+    `check` proves three things: the subscriber holds a consumer tag, a channel of the live connection
+    carries that tag (aiormq drops it when the broker sends basic.cancel, and the client restores it with
+    the same tag on a new channel after a reconnect), and that very channel answers a round trip (a passive
+    declare of the queue, which also yields the broker's consumer count). A channel the broker closed or a
+    connection that silently died fails the round trip. The broker's count alone would not do: with
     several replicas, another process's consumer keeps it above zero.
     """
 
-    def __init__(self, subscriber: RabbitSubscriber, queue: str, *, timeout_s: float) -> None:
+    def __init__(
+        self, broker: RabbitBroker, subscriber: RabbitSubscriber, queue: str, *, timeout_s: float
+    ) -> None:
+        self.broker = broker
         self.subscriber = subscriber
         self.queue = queue
         self.timeout_s = timeout_s
@@ -67,26 +71,27 @@ class ConsumerWatch:
         self.lost = False
         self._probe: asyncio.Future[aiormq.spec.Queue.DeclareOk] | None = None
 
+    def consuming_channel(self) -> aiormq.Channel:
+        """The open channel of the live connection that carries this process's consumer."""
+        # FastStream keeps the connection and the consumer tag privately; there is no public accessor.
+        tag, connection = self.subscriber._consumer_tag, self.broker._connection
+        if tag is None:
+            raise ConnectionError("this service has no consumer on its queue")
+        transport = connection.transport if connection is not None else None
+        if transport is None or transport.connection.is_closed:
+            raise ConnectionError("this service is not connected to RabbitMQ")
+        for channel in tuple(transport.connection.channels.values()):
+            if isinstance(channel, aiormq.Channel) and not channel.is_closed and tag in channel.consumers:
+                return channel
+        raise ConnectionError("no channel carries this service's consumer (cancelled, or not restored yet)")
+
     async def check(self) -> None:
         """Raise ConnectionError saying what is missing, unless the broker holds this process's consumer."""
-        # FastStream keeps the queue object and the consumer tag privately; there is no public accessor.
-        queue, tag = self.subscriber._queue_obj, self.subscriber._consumer_tag
-        if queue is None or tag is None:
-            raise ConnectionError("this service has no consumer on its queue")
-        if queue.channel.is_closed:
-            raise ConnectionError("the channel of this service's consumer is closed")
-        try:
-            raw = cast(
-                "aiormq.Channel", await asyncio.wait_for(queue.channel.get_underlay_channel(), self.timeout_s)
-            )
-        except TimeoutError:
-            raise ConnectionError("the channel of this service's consumer is being restored") from None
-        if tag not in raw.consumers:
-            raise ConnectionError("the broker cancelled this service's consumer")
+        channel = self.consuming_channel()
         # The round trip is left running when it takes too long, never cancelled: aiormq closes a channel
         # whose call is cancelled, and a slow broker must not cost the consumer its channel.
         if self._probe is None or self._probe.done():
-            self._probe = asyncio.ensure_future(raw.queue_declare(self.queue, passive=True))
+            self._probe = asyncio.ensure_future(channel.queue_declare(self.queue, passive=True))
         done, _ = await asyncio.wait({self._probe}, timeout=self.timeout_s)
         if not done:
             raise ConnectionError("the broker does not answer on this service's consumer channel")
@@ -151,7 +156,7 @@ async def run(service: str, handlers: dict[str, Handler], *, settings: Settings,
         topology = Topology(settings)
         queue = topology.work_queue(service)
         subscriber = subscribe(broker, topology, queue, runner, settings=settings, stop=stop)
-        consumer = ConsumerWatch(subscriber, queue.name, timeout_s=settings.gateway.health_timeout_s)
+        consumer = ConsumerWatch(broker, subscriber, queue.name, timeout_s=settings.gateway.health_timeout_s)
         declared = False
 
         async def rabbitmq() -> Check:

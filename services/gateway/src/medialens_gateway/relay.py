@@ -141,8 +141,13 @@ class Relay:
             row = await jobstore.fail(session, job_id=job_id, error=error)
             await outbox.enqueue(session, jobstore.message_of(current), dead=True)
             return row
+        # After a backoff, like any retry: a job that crashes its worker every time must not take down
+        # the workers in a tight loop (and the healthy jobs running beside it) before it is given up.
         return await jobstore.requeue(
-            session, job=current, message="requeued: its worker stopped heart-beating"
+            session,
+            job=current,
+            message="requeued: its worker stopped heart-beating",
+            delay_s=outbox.backoff_s(current["attempts"]),
         )
 
     async def on_dead_letter(self, body: Any) -> None:
