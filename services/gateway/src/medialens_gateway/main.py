@@ -73,6 +73,7 @@ def main() -> None:
         host=settings.gateway.host,
         port=settings.gateway.port,
         log_config=None,
+        access_log=settings.gateway.access_log,
         proxy_headers=True,
         timeout_graceful_shutdown=10,
     )
