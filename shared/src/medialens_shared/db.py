@@ -122,7 +122,6 @@ class DatabaseManager:
         if pg.pool_pre_ping:
             # SQLAlchemy's own pre-ping costs three round trips on every checkout with asyncpg (BEGIN, ping,
             # ROLLBACK); this check costs none for a connection in use a moment ago.
-            event.listen(self.engine.sync_engine, "checkin", _note_checkin)
             event.listen(self.engine.sync_engine, "checkout", _checking_alive(self.engine.dialect))
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
         telemetry.instrument_engine(self.engine)
@@ -268,13 +267,9 @@ class DatabaseManager:
         return {"postgres": postgres, "redis": redis, "mongodb": mongodb}
 
 
-#: A pooled connection idle for longer than this is pinged before use (a firewall may have dropped it
-#: silently); one used more recently is only checked for a close the server announced.
+#: A pooled connection last checked out longer ago than this is pinged before use (a firewall may have
+#: dropped it silently); one used more recently is only checked for a close the server announced.
 IDLE_PING_S = 5.0
-
-
-def _note_checkin(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:  # noqa: ARG001 - event signature
-    record.info["checked_in_at"] = time.monotonic()
 
 
 def _checking_alive(dialect: Dialect) -> Callable[[Any, ConnectionPoolEntry, PoolProxiedConnection], None]:
@@ -285,12 +280,14 @@ def _checking_alive(dialect: Dialect) -> Callable[[Any, ConnectionPoolEntry, Poo
         driver = record.driver_connection
         if driver is None or driver.is_closed():
             raise DisconnectionError("the server closed this connection")
-        idle_s = time.monotonic() - record.info.get("checked_in_at", time.monotonic())
+        now = time.monotonic()
+        idle_s = now - record.info.get("checked_out_at", now)
+        record.info["checked_out_at"] = now
         if idle_s > IDLE_PING_S:
             try:
                 dialect.do_ping(dbapi_connection)
             except Exception as exc:
-                raise DisconnectionError(f"no answer to a ping after {idle_s:.0f} s idle: {exc}") from exc
+                raise DisconnectionError(f"no answer to a ping after {idle_s:.0f} s unused: {exc}") from exc
 
     return check
 
