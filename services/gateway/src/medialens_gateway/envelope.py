@@ -10,6 +10,7 @@ from __future__ import annotations
 from contextvars import ContextVar
 from typing import Any
 
+import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -39,10 +40,24 @@ _STATUS_CODES = {
 }
 
 
+#: What asyncpg raises on a bare connection (`DatabaseManager.connection`) when the server is away.
+_POSTGRES_AWAY = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+)
+
+
 def dependency_outage(exc: BaseException) -> str | None:
     """The dependency a failure shows to be away (a 503, not a bug's 500), or None."""
     if isinstance(exc, OperationalError | InterfaceError | PoolTimeout) or (
         isinstance(exc, DBAPIError) and exc.connection_invalidated
+    ):
+        return "PostgreSQL"
+    if isinstance(exc, _POSTGRES_AWAY) or (
+        isinstance(exc, asyncpg.InterfaceError) and "closed" in str(exc)  # as SQLAlchemy's is_disconnect
     ):
         return "PostgreSQL"
     if isinstance(exc, ConnectionFailure):

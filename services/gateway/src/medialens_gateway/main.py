@@ -58,7 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(EdgeMiddleware)
     instrument_app(app)
     install_error_handlers(app)
-    for router in (files_router, jobs_router, job_types_router, ops_router):
+    for router in (jobs_router, files_router, job_types_router, ops_router):
         app.include_router(router)
     return app
 
