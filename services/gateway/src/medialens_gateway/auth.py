@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 
 from fastapi import Request
+from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -63,26 +64,24 @@ class KeyCache:
 
 
 async def authenticate(db: DatabaseManager, *, key: str | None, cache: KeyCache) -> Tenant:
-    """The tenant of `key`: from the cache, else from the database (one statement, no transaction)."""
+    """The tenant of `key`: from the cache, else from the database (a session only on a miss)."""
     if not key:
         raise Unauthorized("No API key: send `Authorization: Bearer <key>` or `X-API-Key: <key>`.")
     key_hash = hash_key(key)
     if (tenant := cache.get(key_hash)) is not None:
         return tenant
-    async with db.connection() as conn:
-        row = await conn.fetchrow(_TENANT_OF_KEY, key_hash)
+    query = (
+        select(tenants.c.id, tenants.c.webhook_secret)
+        .join(api_keys, api_keys.c.tenant_id == tenants.c.id)
+        .where(api_keys.c.key_hash == key_hash, api_keys.c.revoked_at.is_(None))
+    )
+    async with db.session() as session:
+        row = (await session.execute(query)).one_or_none()
     if row is None:
         raise Unauthorized("The API key is unknown or revoked.")
-    tenant = Tenant(id=row["id"], webhook_secret=row["webhook_secret"])
+    tenant = Tenant(id=row.id, webhook_secret=row.webhook_secret)
     cache.put(key_hash, tenant)
     return tenant
-
-
-_TENANT_OF_KEY = """
-SELECT tenants.id, tenants.webhook_secret
-FROM tenants JOIN api_keys ON api_keys.tenant_id = tenants.id
-WHERE api_keys.key_hash = $1 AND api_keys.revoked_at IS NULL
-"""
 
 
 async def ensure_keys(session: AsyncSession, *, pairs: list[tuple[str, str]]) -> None:
