@@ -81,28 +81,41 @@ async def _input_file(db: DatabaseManager, *, tenant_id: str, body: JobRequest) 
     """The input must be the tenant's, and of a kind the job type takes (checked by content)."""
     async with db.connection() as conn:
         row = await conn.fetchrow(_INPUT_FILE, body.file_id, tenant_id)
-    if row is None:
+    _check_input(body, None if row is None else (row["kind"], row["filename"]))
+
+
+def _check_input(body: JobRequest, found: tuple[str, str] | None) -> None:
+    """404 when the input file is not the tenant's; 415 when its kind is not one the job type takes."""
+    if found is None:
         raise NotFound(f"No file {body.file_id} for this API key's tenant.")
+    kind, filename = found
     accepts = JOB_TYPES[body.type].accepts
-    if FileKind(row["kind"]) not in accepts:
-        wanted = " or ".join(sorted(kind.value for kind in accepts))
+    if FileKind(kind) not in accepts:
+        wanted = " or ".join(sorted(accepted.value for accepted in accepts))
         raise UnsupportedMediaType(
-            f"{body.type} takes a {wanted} file; {row['filename']!r} looks like {row['kind']} by its content."
+            f"{body.type} takes a {wanted} file; {filename!r} looks like {kind} by its content."
         )
 
 
 _INPUT_FILE = "SELECT kind, filename FROM files WHERE id = $1 AND tenant_id = $2 AND deleted_at IS NULL"
 
-#: A queued job and its outbox entry in one statement, so they commit together without a transaction.
+#: The input file's check, the queued job and its outbox entry in one statement, so the job and the entry
+#: commit together without a transaction. No row: no such file; a row without a job: a file of a kind the
+#: type does not take (its kind and filename say which).
 _QUEUE_ONE = """
-WITH job AS (
+WITH input AS (
+    SELECT kind, filename FROM files WHERE id = $5 AND tenant_id = $2 AND deleted_at IS NULL
+), job AS (
     INSERT INTO jobs (id, tenant_id, type, status, file_id, params, labels, priority, callback_url, message)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'queued')
+    SELECT $1::text, $2::text, $3::text, $4::text, $5::text, $6::jsonb, $7::jsonb, $8::smallint, $9::text,
+           'queued'
+    FROM input WHERE input.kind = ANY($12::text[])
     RETURNING *
 ), entry AS (
-    INSERT INTO outbox (job_id, routing_key, payload, headers) VALUES ($1, $3, $10, $11)
+    INSERT INTO outbox (job_id, routing_key, payload, headers)
+    SELECT id, type, $10::jsonb, $11::jsonb FROM job
 )
-SELECT * FROM job
+SELECT input.kind AS input_kind, input.filename AS input_filename, job.* FROM input LEFT JOIN job ON true
 """
 
 
@@ -116,8 +129,8 @@ async def submit(
     ttl_s: int,
 ) -> Submitted:
     params = _checked_params(body)
-    await _input_file(db, tenant_id=tenant_id, body=body)
     if idempotency_key or JOB_TYPES[body.type].children:
+        await _input_file(db, tenant_id=tenant_id, body=body)
         async with db.session() as session:
             return await _submit_in_transaction(
                 session,
@@ -150,7 +163,11 @@ async def submit(
             body.callback_url,
             json.dumps(message.model_dump(mode="json")),
             json.dumps(context_headers()),  # the request's trace context, which the relay publishes within
+            [kind.value for kind in JOB_TYPES[body.type].accepts],
         )
+    if row is None or row["id"] is None:
+        _check_input(body, None if row is None else (row["input_kind"], row["input_filename"]))
+        raise AssertionError(f"no job inserted for an accepted {row['input_kind']} file")  # never reached
     metrics.JOBS_SUBMITTED.labels(body.type).inc()
     return Submitted(job=jobstore.job_view(row), created=True)
 
