@@ -27,7 +27,7 @@ Manifest = dict[str, Any]
 HERE = Path(__file__).resolve().parent
 KEDA_SCHEMA = HERE / "k8s" / "schemas" / "keda.json"
 #: The processes' default (pool_size, max_overflow), as in medialens_shared.settings.POOL_DEFAULTS.
-POOL_DEFAULTS = {"medialens-gateway": (20, 10), "medialens-relay": (2, 2)}
+POOL_DEFAULTS = {"medialens-gateway": (30, 0), "medialens-relay": (2, 2)}
 WORKER_POOL_DEFAULT = (4, 2)
 #: Shutdown grace of the services (the broker's graceful timeout); pods must be given longer.
 SERVICE_SHUTDOWN_S = 30

@@ -66,6 +66,8 @@ DESCRIPTIONS: dict[str, str] = {
     "MEDIALENS_GATEWAY_CALLBACK_ALLOW_PRIVATE": "Allow callback URLs on private, loopback or link-local "
     "addresses (never in production).",
     "MEDIALENS_GATEWAY_HEALTH_TIMEOUT_S": "Budget of each readiness check, in seconds.",
+    "MEDIALENS_GATEWAY_ACCESS_LOG": "Log one line per request (uvicorn's access log); off by default, the "
+    "HTTP metrics count requests.",
     "MEDIALENS_RELAY_BATCH_SIZE": "Outbox entries the relay publishes per round.",
     "MEDIALENS_RELAY_POLL_INTERVAL_S": "Seconds between two looks at the outbox when it is empty.",
     "MEDIALENS_RELAY_REAP_INTERVAL_S": "How often the relay looks for running jobs whose lease ran out.",

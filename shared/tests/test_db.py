@@ -138,6 +138,47 @@ async def test_pool_stats_count_mongodb_connections(settings: Settings, database
     assert manager.pool_stats()["mongodb"]["open"] == 0
 
 
+async def test_a_connection_the_server_terminated_is_replaced_at_checkout(
+    settings: Settings, db: DatabaseManager, run_id: str
+) -> None:
+    """Pooled connections whose backends were killed are replaced when next checked out: no error reaches
+    the caller, through a session or a bare connection."""
+    name = f"killcheck-{run_id}"
+    manager = DatabaseManager(settings, name=name)
+    await manager.initialize_all(wait_s=5)
+    try:
+        async with db.session() as admin:
+            kill = "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = :n"
+            killed = await admin.scalar(text(kill), {"n": f"medialens-{name}"})
+        assert killed
+        await asyncio.sleep(0.2)  # the servers' goodbyes reach the pooled connections
+        for _ in range(manager.pool_size + 1):
+            async with manager.connection() as conn:
+                assert await conn.fetchval("SELECT 1") == 1
+            async with manager.session() as session:
+                assert await session.scalar(text("SELECT 1")) == 1
+    finally:
+        await manager.close_all()
+
+
+async def test_a_bare_connection_commits_each_statement_and_decodes_jsonb(
+    db: DatabaseManager, run_id: str
+) -> None:
+    """A statement on `connection()` is committed on its own, and JSONB comes back as Python objects."""
+    table = f"bare_{run_id}".replace("-", "_")
+    async with db.connection() as conn:
+        await conn.execute(f"CREATE TABLE {table} (doc jsonb)")
+        await conn.execute(f"INSERT INTO {table} VALUES ($1)", '{"a": [1, 2]}')
+    try:
+        async with db.session() as session:
+            assert (await session.execute(text(f"SELECT doc FROM {table}"))).scalar_one() == {"a": [1, 2]}
+        async with db.connection() as conn:
+            assert await conn.fetchval(f"SELECT doc FROM {table}") == {"a": [1, 2]}
+    finally:
+        async with db.connection() as conn:
+            await conn.execute(f"DROP TABLE {table}")
+
+
 async def test_redis_key_and_collection(db: DatabaseManager, settings: Settings) -> None:
     """redis_key prefixes the parts; collection() is a collection of the configured database."""
     assert db.redis_key("job", "j1", "live") == f"{settings.redis.prefix}:job:j1:live"

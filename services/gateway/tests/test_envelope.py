@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncpg
 import httpx
+import pytest
 from asgi_lifespan import LifespanManager
 
 from medialens_gateway.main import create_app
@@ -101,3 +103,30 @@ async def test_unhandled_exception_is_a_500_envelope_with_the_request_id(
     assert "Traceback" not in response.text
     assert "hunter2" not in response.text
     assert "RuntimeError" not in response.text
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed in the middle of operation"),
+        asyncpg.InterfaceError("connection is closed"),
+        asyncpg.exceptions.AdminShutdownError("terminating connection due to administrator command"),
+    ],
+)
+async def test_postgres_gone_under_a_bare_connection_is_a_503(
+    settings: Settings, database: str, envelope: EnvelopeCheck, error: Exception
+) -> None:
+    """asyncpg's own errors for a server that went away answer 503 SERVICE_UNAVAILABLE, not a bug's 500."""
+    app = create_app(settings)
+
+    @app.get("/gone")
+    async def gone() -> None:
+        raise error
+
+    async with LifespanManager(app, startup_timeout=60, shutdown_timeout=60) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+            response = await client.get("/gone")
+    body = envelope(response, status=503, error_code="SERVICE_UNAVAILABLE")
+    assert "PostgreSQL" in body["message"]
+    assert response.headers["retry-after"] == "5"

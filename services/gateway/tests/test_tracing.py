@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -13,21 +12,12 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
-from medialens_shared.telemetry import configure_tracing
 from scripts.samples import make_video
 from tests.fixtures.stack import submit, upload, wait_for
 
 pytestmark = pytest.mark.integration
 
 PHASES = ("job claim", "job fetch_input", "job handler", "job store_result", "job finish")
-
-
-@pytest.fixture(scope="module")
-def spans() -> Iterator[InMemorySpanExporter]:
-    exporter = InMemorySpanExporter()
-    assert configure_tracing("tests", exporter=exporter)
-    yield exporter
-    exporter.shutdown()
 
 
 async def _trace_of(spans: InMemorySpanExporter, trace_id: int, *, needs: set[str]) -> list[ReadableSpan]:

@@ -23,15 +23,18 @@ Environment = Literal["development", "test", "production"]
 
 
 #: Default (pool_size, max_overflow) of each process, when the settings do not fix them.
-POOL_DEFAULTS: dict[str, tuple[int, int]] = {"gateway": (20, 10), "relay": (2, 2)}
+#: The gateway keeps all of its 30 connections rather than 20 plus 10 overflow: under a steady load above
+#: 20 requests in flight, overflow connections were opened and closed request after request (a server
+#: process forked for each), which its profile showed.
+POOL_DEFAULTS: dict[str, tuple[int, int]] = {"gateway": (30, 0), "relay": (2, 2)}
 WORKER_POOL_DEFAULT = (4, 2)
 
 
 class PostgresSettings(BaseModel):
     url: SecretStr = SecretStr("postgresql+asyncpg://postgres@127.0.0.1:5432/medialens")
-    #: None: the process's default from POOL_DEFAULTS (gateway 20, relay 2, each service 4).
+    #: None: the process's default from POOL_DEFAULTS (gateway 30, relay 2, each service 4).
     pool_size: int | None = Field(None, ge=1, le=200)
-    #: None: the process's default from POOL_DEFAULTS (gateway 10, relay 2, each service 2).
+    #: None: the process's default from POOL_DEFAULTS (gateway 0, relay 2, each service 2).
     max_overflow: int | None = Field(None, ge=0, le=200)
     pool_timeout: float = Field(30.0, gt=0)
     pool_recycle: int = Field(3600, ge=-1)
@@ -87,6 +90,9 @@ class GatewaySettings(BaseModel):
     callback_allow_private: bool = False
     #: Budget of each readiness check.
     health_timeout_s: float = Field(2.0, gt=0)
+    #: One log line per request (uvicorn's access log). Off by default: the HTTP metrics count requests,
+    #: and a formatted line per request cost a busy gateway a measurable share of its CPU.
+    access_log: bool = False
 
 
 class RelaySettings(BaseModel):

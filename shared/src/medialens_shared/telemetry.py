@@ -6,7 +6,9 @@
                                  no-op provider stays, every span below is a non-recording no-op, no thread
                                  runs and nothing is exported
     instrument_app / _engine /   the hooks the core and the gateway call where they build an app, an
-    instrument_clients           engine or a client (FastAPI, SQLAlchemy, Redis, PyMongo); cheap when off
+    instrument_clients           engine or a client (FastAPI, SQLAlchemy, Redis, PyMongo); they install
+                                 nothing unless tracing was configured first (`tracing_on`): even
+                                 non-recording spans cost a request a noticeable share of its CPU
     broker middleware            FastStream's RabbitTelemetryMiddleware (see `bus.make_broker`): a span per
                                  publish and per consume, the W3C context in the message headers
     context_headers / attached   the outbox carries the submitting request's context (`traceparent`) in its
@@ -84,8 +86,15 @@ def configure_tracing(service: str, *, exporter: SpanExporter | None = None) -> 
 # --- instrumentation hooks ---------------------------------------------------------------------------
 
 
+def tracing_on() -> bool:
+    """Whether a tracer provider is installed (by `configure_tracing`): only then do the hooks instrument."""
+    return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider | trace.NoOpTracerProvider)
+
+
 def instrument_app(app: FastAPI) -> None:
     """A server span per HTTP request (route template as its name); health and metrics are left out."""
+    if not tracing_on():
+        return
     from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
     FastAPIInstrumentor.instrument_app(app, excluded_urls="/health/.*,/metrics")
@@ -96,6 +105,8 @@ def instrument_clients() -> None:
 
     PyMongo takes its listeners when a client is made, so this runs before the database manager makes one.
     """
+    if not tracing_on():
+        return
     from opentelemetry.instrumentation.pymongo import PymongoInstrumentor
     from opentelemetry.instrumentation.redis import RedisInstrumentor
 
@@ -106,6 +117,8 @@ def instrument_clients() -> None:
 
 def instrument_engine(engine: AsyncEngine) -> None:
     """Spans for the SQL statements of one engine (its sync core, where SQLAlchemy's events fire)."""
+    if not tracing_on():
+        return
     from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
     from opentelemetry.instrumentation.sqlalchemy.engine import EngineTracer
     from opentelemetry.metrics import get_meter

@@ -16,6 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from medialens_shared.db import DatabaseManager
 from medialens_shared.errors import Unauthorized
 from medialens_shared.tables import api_keys, tenants
 
@@ -62,23 +63,24 @@ class KeyCache:
         self._known[key_hash] = (tenant, time.monotonic() + self.ttl_s)
 
 
-async def authenticate(session: AsyncSession, *, key: str | None, cache: KeyCache | None = None) -> Tenant:
+async def authenticate(db: DatabaseManager, *, key: str | None, cache: KeyCache) -> Tenant:
+    """The tenant of `key`: from the cache, else from the database (a session only on a miss)."""
     if not key:
         raise Unauthorized("No API key: send `Authorization: Bearer <key>` or `X-API-Key: <key>`.")
     key_hash = hash_key(key)
-    if cache is not None and (tenant := cache.get(key_hash)) is not None:
+    if (tenant := cache.get(key_hash)) is not None:
         return tenant
     query = (
         select(tenants.c.id, tenants.c.webhook_secret)
         .join(api_keys, api_keys.c.tenant_id == tenants.c.id)
         .where(api_keys.c.key_hash == key_hash, api_keys.c.revoked_at.is_(None))
     )
-    row = (await session.execute(query)).one_or_none()
+    async with db.session() as session:
+        row = (await session.execute(query)).one_or_none()
     if row is None:
         raise Unauthorized("The API key is unknown or revoked.")
     tenant = Tenant(id=row.id, webhook_secret=row.webhook_secret)
-    if cache is not None:
-        cache.put(key_hash, tenant)
+    cache.put(key_hash, tenant)
     return tenant
 
 

@@ -1,18 +1,16 @@
 """Every answer of the gateway as the envelope: the request id, and the one place errors are rendered.
 
-`RequestIdMiddleware` gives each request an id (the client's `X-Request-ID` when it sent one) and echoes it
-as a header; `install_error_handlers` renders every error, from a domain `ApiError` to an unknown route, a
-wrong method, a validation failure or a bug, as the envelope with its API error code.
+The edge middleware (`medialens_gateway.edge`) gives each request its id, which every envelope carries;
+`install_error_handlers` renders every error, from a domain `ApiError` to an unknown route, a wrong method
+or a validation failure, as the envelope with its API error code (and the edge renders a bug or an outage).
 """
 
 from __future__ import annotations
 
-import logging
-import re
-import uuid
 from contextvars import ContextVar
 from typing import Any
 
+import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -22,15 +20,11 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from medialens_shared.envelope import failure, success
-from medialens_shared.errors import ApiError, InternalError, ServiceUnavailable
-
-log = logging.getLogger(__name__)
+from medialens_shared.errors import ApiError
 
 request_id_var: ContextVar[str] = ContextVar("request_id", default="")
-_CLIENT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 _STATUS_CODES = {
     400: "VALIDATION_ERROR",
@@ -46,10 +40,24 @@ _STATUS_CODES = {
 }
 
 
+#: What asyncpg raises on a bare connection (`DatabaseManager.connection`) when the server is away.
+_POSTGRES_AWAY = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+)
+
+
 def dependency_outage(exc: BaseException) -> str | None:
     """The dependency a failure shows to be away (a 503, not a bug's 500), or None."""
     if isinstance(exc, OperationalError | InterfaceError | PoolTimeout) or (
         isinstance(exc, DBAPIError) and exc.connection_invalidated
+    ):
+        return "PostgreSQL"
+    if isinstance(exc, _POSTGRES_AWAY) or (
+        isinstance(exc, asyncpg.InterfaceError) and "closed" in str(exc)  # as SQLAlchemy's is_disconnect
     ):
         return "PostgreSQL"
     if isinstance(exc, ConnectionFailure):
@@ -59,66 +67,6 @@ def dependency_outage(exc: BaseException) -> str | None:
     if isinstance(exc, ConnectionError | TimeoutError):
         return "A dependency"
     return None
-
-
-class RequestIdMiddleware:
-    """Gives every request its id and renders a bug as the 500 envelope (with the id, without a trace).
-
-    Pure ASGI (no BaseHTTPMiddleware) so streaming bodies pass through untouched. It is the outermost
-    layer of our own, so it also catches what Starlette's exception middleware lets through.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        sent = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
-        request_id = sent if _CLIENT_ID.match(sent) else uuid.uuid4().hex
-        token = request_id_var.set(request_id)
-
-        async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"x-request-id"]
-                headers.append((b"x-request-id", request_id.encode()))
-                message["headers"] = headers
-            await send(message)
-
-        started = False
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send_with_id(message)
-
-        try:
-            await self.app(scope, receive, tracking_send)
-        except Exception as exc:
-            outage = dependency_outage(exc)
-            if outage:
-                log.warning("request %s: %s is unavailable (%s)", request_id, outage, exc)
-            else:
-                log.exception("unhandled error in request %s", request_id)
-            if started:
-                raise  # the client already has a status line; all we can do is drop the connection
-            if outage:
-                response = error_response(
-                    status_code=503,
-                    error_code=ServiceUnavailable.error_code,
-                    message=f"{outage} is unavailable right now; retry after a few seconds.",
-                    retry_after=5,
-                )
-            else:
-                response = error_response(
-                    status_code=500,
-                    error_code=InternalError.error_code,
-                    message=f"An internal error occurred; quote request id {request_id} when reporting it.",
-                )
-            await response(scope, receive, send_with_id)
-        finally:
-            request_id_var.reset(token)
 
 
 def ok(

@@ -13,12 +13,12 @@ from fastapi import FastAPI
 
 from medialens_gateway.auth import KeyCache, ensure_keys
 from medialens_gateway.bus import GatewayBus
-from medialens_gateway.envelope import RequestIdMiddleware, install_error_handlers
+from medialens_gateway.edge import EdgeMiddleware
+from medialens_gateway.envelope import install_error_handlers
 from medialens_gateway.events import EventHub
 from medialens_gateway.files.routes import router as files_router
 from medialens_gateway.jobs.routes import router as jobs_router
 from medialens_gateway.jobs.types import router as job_types_router
-from medialens_gateway.metrics import MetricsMiddleware
 from medialens_gateway.ops.routes import router as ops_router
 from medialens_shared.db import DatabaseManager
 from medialens_shared.logs import configure_logging
@@ -55,11 +55,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Media and data analysis jobs over REST.",
         lifespan=lifespan,
     )
-    app.add_middleware(MetricsMiddleware)
+    app.add_middleware(EdgeMiddleware)
     instrument_app(app)
-    app.add_middleware(RequestIdMiddleware)
     install_error_handlers(app)
-    for router in (files_router, jobs_router, job_types_router, ops_router):
+    for router in (jobs_router, files_router, job_types_router, ops_router):
         app.include_router(router)
     return app
 
@@ -74,6 +73,7 @@ def main() -> None:
         host=settings.gateway.host,
         port=settings.gateway.port,
         log_config=None,
+        access_log=settings.gateway.access_log,
         proxy_headers=True,
         timeout_graceful_shutdown=10,
     )

@@ -351,6 +351,30 @@ async def test_cancel_of_a_running_job_asks_it_to_stop(
 # --- idempotency -------------------------------------------------------------------------------------
 
 
+async def test_a_submission_commits_its_outbox_entry_with_the_job(
+    api: httpx.AsyncClient, csv_file: str, db: DatabaseManager
+) -> None:
+    """The job's outbox entry is written with it: routed by its type, carrying the message that runs it."""
+    job = await submit(api, "data.profile", csv_file, priority=7)
+    async with db.session() as session:
+        entry = (
+            await session.execute(
+                text("select routing_key, payload, delay_s, dead from outbox where job_id = :id"),
+                {"id": job["id"]},
+            )
+        ).one()
+    assert entry.routing_key == "data.profile"
+    assert (entry.delay_s, entry.dead) == (0, False)
+    assert entry.payload == {
+        "job_id": job["id"],
+        "type": "data.profile",
+        "tenant_id": "tenant-a",
+        "file_id": csv_file,
+        "params": job["params"],
+        "priority": 7,
+    }
+
+
 async def test_idempotency_key_replays_the_first_job(
     api: httpx.AsyncClient, csv_file: str, envelope: EnvelopeCheck
 ) -> None:

@@ -40,7 +40,7 @@ IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_lengt
 async def submit_job(
     body: JobRequest,
     tenant: CurrentTenant,
-    session: DbSession,
+    db: Databases,
     signals: Signals,
     settings: AppSettings,
     idempotency_key: IdempotencyKey = None,
@@ -52,13 +52,14 @@ async def submit_job(
             allow_private=settings.gateway.callback_allow_private,
         )
     submitted = await service.submit(
-        session,
+        db,
+        signals,
         tenant_id=tenant.id,
         body=body,
         idempotency_key=idempotency_key,
         ttl_s=settings.gateway.idempotency_ttl_s,
     )
-    job = await service.view(session, signals, submitted.job)
+    job = submitted.job
     return ok(
         job,
         status_code=202 if submitted.created else 200,
@@ -94,9 +95,8 @@ async def list_jobs(
 
 
 @router.get("/{job_id}", summary="The job object", response_model=Envelope[JobObject])
-async def get_job(job_id: str, tenant: CurrentTenant, session: DbSession, signals: Signals) -> JSONResponse:
-    job = await service.get_job(session, tenant_id=tenant.id, job_id=job_id)
-    return ok(await service.view(session, signals, job))
+async def get_job(job_id: str, tenant: CurrentTenant, db: Databases, signals: Signals) -> JSONResponse:
+    return ok(await service.read(db, signals, tenant_id=tenant.id, job_id=job_id))
 
 
 @router.post(

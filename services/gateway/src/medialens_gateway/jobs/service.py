@@ -1,8 +1,13 @@
 """Jobs of a tenant: submission (job row, outbox entry and idempotency key in one transaction), reads,
 lists and cancellation.
 
-A `202` is only answered once the transaction that holds the job row and its outbox entry has committed:
-the relay publishes the entry later, so a job accepted while the broker is down still runs.
+A `202` is only answered once the job row and its outbox entry have committed together: the relay
+publishes the entry later, so a job accepted while the broker is down still runs.
+
+The two busiest calls, reading a job and submitting a plain one, are each one SQL statement on a bare
+connection (`DatabaseManager.connection`): a session's unit of work, BEGIN and COMMIT round trips and
+result machinery were most of their cost. A submission with an Idempotency-Key, or of a composite job,
+takes the session and its transaction.
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from medialens_gateway.jobs.schemas import JobRequest
 from medialens_gateway.pagination import page
 from medialens_shared import jobstore, metrics, outbox
-from medialens_shared.contracts import JOB_TYPES, FileKind, JobStatus
+from medialens_shared.contracts import JOB_TYPES, FileKind, JobMessage, JobStatus
+from medialens_shared.db import DatabaseManager
 from medialens_shared.envelope import iso
 from medialens_shared.errors import (
     Conflict,
@@ -32,13 +38,15 @@ from medialens_shared.errors import (
     UnsupportedMediaType,
 )
 from medialens_shared.signals import JobSignals
-from medialens_shared.tables import files, idempotency_keys, jobs
+from medialens_shared.tables import idempotency_keys, jobs
 from medialens_shared.tasks import RESULT_WRITES
+from medialens_shared.telemetry import context_headers
 
 
 @dataclass(frozen=True, slots=True)
 class Submitted:
-    job: RowMapping
+    #: The job object of API.md.
+    job: dict[str, Any]
     created: bool
 
 
@@ -69,33 +77,119 @@ def _checked_params(body: JobRequest) -> dict[str, Any]:
     return params.model_dump(mode="json")
 
 
-async def _input_file(session: AsyncSession, *, tenant_id: str, body: JobRequest) -> None:
+async def _input_file(db: DatabaseManager, *, tenant_id: str, body: JobRequest) -> None:
     """The input must be the tenant's, and of a kind the job type takes (checked by content)."""
-    query = select(files.c.kind, files.c.filename).where(
-        files.c.id == body.file_id, files.c.tenant_id == tenant_id, files.c.deleted_at.is_(None)
-    )
-    row = (await session.execute(query)).one_or_none()
-    if row is None:
+    async with db.connection() as conn:
+        row = await conn.fetchrow(_INPUT_FILE, body.file_id, tenant_id)
+    _check_input(body, None if row is None else (row["kind"], row["filename"]))
+
+
+def _check_input(body: JobRequest, found: tuple[str, str] | None) -> None:
+    """404 when the input file is not the tenant's; 415 when its kind is not one the job type takes."""
+    if found is None:
         raise NotFound(f"No file {body.file_id} for this API key's tenant.")
+    kind, filename = found
     accepts = JOB_TYPES[body.type].accepts
-    if FileKind(row.kind) not in accepts:
-        wanted = " or ".join(sorted(kind.value for kind in accepts))
+    if FileKind(kind) not in accepts:
+        wanted = " or ".join(sorted(accepted.value for accepted in accepts))
         raise UnsupportedMediaType(
-            f"{body.type} takes a {wanted} file; {row.filename!r} looks like {row.kind} by its content."
+            f"{body.type} takes a {wanted} file; {filename!r} looks like {kind} by its content."
         )
 
 
+_INPUT_FILE = "SELECT kind, filename FROM files WHERE id = $1 AND tenant_id = $2 AND deleted_at IS NULL"
+
+#: The input file's check, the queued job and its outbox entry in one statement, so the job and the entry
+#: commit together without a transaction. No row: no such file; a row without a job: a file of a kind the
+#: type does not take (its kind and filename say which).
+_QUEUE_ONE = """
+WITH input AS (
+    SELECT kind, filename FROM files WHERE id = $5 AND tenant_id = $2 AND deleted_at IS NULL
+), job AS (
+    INSERT INTO jobs (id, tenant_id, type, status, file_id, params, labels, priority, callback_url, message)
+    SELECT $1::text, $2::text, $3::text, $4::text, $5::text, $6::jsonb, $7::jsonb, $8::smallint, $9::text,
+           'queued'
+    FROM input WHERE input.kind = ANY($12::text[])
+    RETURNING *
+), entry AS (
+    INSERT INTO outbox (job_id, routing_key, payload, headers)
+    SELECT id, type, $10::jsonb, $11::jsonb FROM job
+)
+SELECT input.kind AS input_kind, input.filename AS input_filename, job.* FROM input LEFT JOIN job ON true
+"""
+
+
 async def submit(
-    session: AsyncSession, *, tenant_id: str, body: JobRequest, idempotency_key: str | None, ttl_s: int
+    db: DatabaseManager,
+    signals: JobSignals,
+    *,
+    tenant_id: str,
+    body: JobRequest,
+    idempotency_key: str | None,
+    ttl_s: int,
 ) -> Submitted:
     params = _checked_params(body)
-    await _input_file(session, tenant_id=tenant_id, body=body)
+    if idempotency_key or JOB_TYPES[body.type].children:
+        await _input_file(db, tenant_id=tenant_id, body=body)
+        async with db.session() as session:
+            return await _submit_in_transaction(
+                session,
+                signals,
+                tenant_id=tenant_id,
+                body=body,
+                params=params,
+                key=idempotency_key,
+                ttl_s=ttl_s,
+            )
+    message = JobMessage(
+        job_id=str(uuid.uuid4()),
+        type=body.type,
+        tenant_id=tenant_id,
+        file_id=body.file_id,
+        params=params,
+        priority=body.priority,
+    )
+    async with db.connection() as conn:
+        row = await conn.fetchrow(
+            _QUEUE_ONE,
+            message.job_id,
+            tenant_id,
+            body.type,
+            JobStatus.QUEUED.value,
+            body.file_id,
+            json.dumps(params),
+            json.dumps(body.labels),
+            body.priority,
+            body.callback_url,
+            json.dumps(message.model_dump(mode="json")),
+            json.dumps(context_headers()),  # the request's trace context, which the relay publishes within
+            [kind.value for kind in JOB_TYPES[body.type].accepts],
+        )
+    if row is None or row["id"] is None:
+        _check_input(body, None if row is None else (row["input_kind"], row["input_filename"]))
+        raise AssertionError(f"no job inserted for an accepted {row['input_kind']} file")  # never reached
+    metrics.JOBS_SUBMITTED.labels(body.type).inc()
+    return Submitted(job=jobstore.job_view(row), created=True)
+
+
+async def _submit_in_transaction(
+    session: AsyncSession,
+    signals: JobSignals,
+    *,
+    tenant_id: str,
+    body: JobRequest,
+    params: dict[str, Any],
+    key: str | None,
+    ttl_s: int,
+) -> Submitted:
+    """A submission with an Idempotency-Key (an earlier one with the key answers instead), or of a composite
+    job (one child job per part), in one transaction."""
     request_hash = _request_hash(body)
-    if idempotency_key:
+    if key:
         await session.execute(
             delete(idempotency_keys).where(
                 idempotency_keys.c.tenant_id == tenant_id,
-                idempotency_keys.c.key == idempotency_key,
+                idempotency_keys.c.key == key,
                 idempotency_keys.c.created_at < func.now() - timedelta(seconds=ttl_s),
             )
         )
@@ -106,19 +200,20 @@ async def submit(
         await _queue(
             session, tenant_id=tenant_id, body=body, job_type=child_type, params=child_params, parent=job_id
         )
-    if idempotency_key:
+    if key:
         claimed = await session.execute(
             insert(idempotency_keys)
-            .values(tenant_id=tenant_id, key=idempotency_key, request_hash=request_hash, job_id=job_id)
+            .values(tenant_id=tenant_id, key=key, request_hash=request_hash, job_id=job_id)
             .on_conflict_do_nothing(index_elements=["tenant_id", "key"])
             .returning(idempotency_keys.c.job_id)
         )
         if claimed.first() is None:  # the key was taken first (perhaps by a concurrent request)
             await session.rollback()
-            return await _replay(session, tenant_id=tenant_id, key=idempotency_key, request_hash=request_hash)
+            earlier = await _replay(session, tenant_id=tenant_id, key=key, request_hash=request_hash)
+            return Submitted(job=await view(session, signals, earlier), created=False)
     await session.commit()
     metrics.JOBS_SUBMITTED.labels(body.type).inc()
-    return Submitted(job=job, created=True)
+    return Submitted(job=await view(session, signals, job), created=True)
 
 
 async def _queue(
@@ -159,7 +254,8 @@ async def _queue(
     return row
 
 
-async def _replay(session: AsyncSession, *, tenant_id: str, key: str, request_hash: str) -> Submitted:
+async def _replay(session: AsyncSession, *, tenant_id: str, key: str, request_hash: str) -> RowMapping:
+    """The job of an earlier submission with `key`, if it had the same body."""
     query = select(idempotency_keys.c.request_hash, idempotency_keys.c.job_id).where(
         idempotency_keys.c.tenant_id == tenant_id, idempotency_keys.c.key == key
     )
@@ -170,7 +266,7 @@ async def _replay(session: AsyncSession, *, tenant_id: str, key: str, request_ha
         )
     job = await jobstore.get(session, job_id=first.job_id)
     assert job is not None  # the key's row references the job (ON DELETE CASCADE)
-    return Submitted(job=job, created=False)
+    return job
 
 
 async def get_job(session: AsyncSession, *, tenant_id: str, job_id: str) -> RowMapping:
@@ -178,6 +274,26 @@ async def get_job(session: AsyncSession, *, tenant_id: str, job_id: str) -> RowM
     if job is None or job["tenant_id"] != tenant_id:
         raise NotFound(f"No job {job_id} for this API key's tenant.")
     return job
+
+
+async def read(db: DatabaseManager, signals: JobSignals, *, tenant_id: str, job_id: str) -> dict[str, Any]:
+    """The job object of one of the tenant's jobs (its parts' ids included) in one statement, with the live
+    progress of a running job laid over it."""
+    async with db.connection() as conn:
+        row = await conn.fetchrow(_JOB_WITH_PARTS, job_id, tenant_id)
+    if row is None:
+        raise NotFound(f"No job {job_id} for this API key's tenant.")
+    live = await signals.live(job_id) if row["status"] == JobStatus.RUNNING else None
+    return jobstore.job_view(row, children=row["children"], live=live)
+
+
+_JOB_WITH_PARTS = """
+SELECT jobs.*,
+       ARRAY(SELECT part.id FROM jobs AS part WHERE part.parent_id = jobs.id ORDER BY part.created_at)
+           AS children
+FROM jobs
+WHERE jobs.id = $1 AND jobs.tenant_id = $2
+"""
 
 
 async def view(session: AsyncSession, signals: JobSignals, job: RowMapping) -> dict[str, Any]:
