@@ -10,7 +10,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from medialens_data.engine import Limits, Watchdog, connect, count_label, json_value, lock
+from medialens_data.engine import Limits, Watchdog, connect, count_label, json_value, lock, open_lanes
 from medialens_shared.errors import InvalidParams, JobCancelled, JobTimeout
 
 SLOW = "SELECT sum(hash(a.range * b.range)) FROM range(1000000) a, range(1000000) b"
@@ -80,6 +80,60 @@ def test_watchdog_checkpoint_raises_between_queries() -> None:
         time.sleep(0.1)
         with pytest.raises(JobCancelled):
             watch.fetch("SELECT 1")
+
+
+def test_fetch_each_answers_in_the_order_asked() -> None:
+    """Queries spread over two lanes come back in the order they were given, each with its own rows."""
+    con = connect(paths=[], limits=Limits(threads=1))
+    with Watchdog(con, lanes=open_lanes(con, 2)) as watch:
+        answers = watch.fetch_each([f"SELECT {i}, sum(range) FROM range({i * 10_000})" for i in range(9)])
+    assert answers == [[(i, sum(range(i * 10_000)) or None)] for i in range(9)]
+
+
+def test_fetch_each_without_lanes_runs_on_the_connection() -> None:
+    """Without lanes, fetch_each runs its queries one after the other on the watched connection."""
+    con = connect(paths=[], limits=Limits())
+    with Watchdog(con) as watch:
+        assert watch.fetch_each(["SELECT 1", "SELECT 2"]) == [[(1,)], [(2,)]]
+
+
+def test_fetch_each_raises_the_first_failure_and_stops_the_rest() -> None:
+    """A failing query raises DuckDB's error, and the endless query on the other lane is interrupted."""
+    con = connect(paths=[], limits=Limits(threads=1))
+    started = time.monotonic()
+    with Watchdog(con, lanes=open_lanes(con, 2)) as watch, pytest.raises(duckdb.Error, match="boom"):
+        watch.fetch_each([SLOW, "SELECT error('boom') FROM range(1)"])
+    assert time.monotonic() - started < 3
+
+
+def test_cancel_interrupts_every_lane() -> None:
+    """A cancel stops the queries running on all lanes and raises JobCancelled."""
+    con = connect(paths=[], limits=Limits(threads=1))
+    deadline = time.monotonic() + 0.3
+    with (
+        Watchdog(con, lanes=open_lanes(con, 2), cancelled=lambda: time.monotonic() > deadline) as watch,
+        pytest.raises(JobCancelled),
+    ):
+        watch.fetch_each([SLOW, SLOW, SLOW])
+    assert time.monotonic() - deadline < 2
+
+
+def test_progress_never_goes_back() -> None:
+    """Reported fractions only grow, even when the stage's own estimate falls back."""
+    con = connect(paths=[], limits=Limits())
+    estimates = iter([0.5, 0.2, 0.7, 0.1])
+    seen: list[float] = []
+
+    def report(fraction: float, message: str) -> None:
+        seen.append(fraction)
+        if len(seen) == 4:
+            raise JobCancelled("cancelled on request")
+
+    with Watchdog(con, report=report, interval_s=0.01) as watch:
+        watch.stage(lambda p: (next(estimates), "crunching"))
+        with pytest.raises(JobCancelled):
+            watch.fetch(SLOW)
+    assert seen == [0.5, 0.5, 0.7, 0.7]
 
 
 @pytest.mark.parametrize(

@@ -132,6 +132,13 @@ def test_result_is_json_serialisable(tmp_path: Path) -> None:
     json.dumps(result.model_dump(mode="json"), allow_nan=False)
 
 
+def test_one_thread_profiles_as_two_do(tmp_path: Path) -> None:
+    """With one thread (one lane for the statistics) the profile is the same as with two."""
+    header, rows = mixed_rows()
+    path = write_csv(tmp_path / "mixed.csv", header, rows)
+    assert profile_table(path, params=AUTO, threads=1) == profile_table(path, params=AUTO, threads=2)
+
+
 def test_nan_and_infinity_become_none(tmp_path: Path) -> None:
     """NaN and infinite floats come back as None instead of breaking JSON."""
     path = write_csv(tmp_path / "nan.csv", ["x"], [["1.5"], ["nan"], ["inf"], ["2.5"]])

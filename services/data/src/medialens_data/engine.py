@@ -10,6 +10,9 @@ A `Watchdog` thread sits beside the thread that runs the queries: every `WATCH_I
 running query's progress and reports it, and it interrupts the query (`connection.interrupt()`, which
 DuckDB allows from another thread) once a cancel is asked for or a time limit passes. The interrupted
 query raises in the worker thread, and the watchdog turns that into `JobCancelled` or `JobTimeout`.
+
+Independent queries can also run side by side on `lanes`, more connections to the same database, one
+thread each (`Watchdog.fetch_each`); the watchdog then sums their progress and interrupts them all.
 """
 
 from __future__ import annotations
@@ -97,6 +100,20 @@ def connect(*, paths: Sequence[Path], limits: Limits, keep_order: bool = True) -
     return con
 
 
+def open_lanes(con: Any, count: int) -> list[Any]:
+    """`count` more connections to `con`'s database, for `Watchdog.fetch_each`.
+
+    Open them before `lock`: whether a connection tracks its queries' progress is its own setting.
+    """
+    lanes = []
+    for _ in range(count):
+        lane = con.cursor()
+        lanes.append(lane)
+        lane.execute("SET enable_progress_bar = true")
+        lane.execute("SET enable_progress_bar_print = false")
+    return lanes
+
+
 def lock(con: Any) -> None:
     """Freeze the connection's configuration: no later statement can widen its access or limits."""
     con.execute("SET lock_configuration = true")
@@ -116,8 +133,16 @@ class Watchdog:
         report: Report | None = None,
         cancelled: Callable[[], bool] | None = None,
         interval_s: float = WATCH_INTERVAL_S,
+        lanes: Sequence[Any] = (),
     ) -> None:
         self._con = con
+        self._lanes = list(lanes)
+        #: The running work's progress (0..1, None when unknown): the connection's query, or `fetch_each`'s.
+        self._progress: Callable[[], float | None] = lambda: _query_progress(con)
+        #: The last fraction reported: progress never goes back.
+        self._reported = 0.0
+        #: A query of `fetch_each` failed: the lanes' other queries are interrupted.
+        self._halting = False
         self._report = report
         self._cancelled = cancelled
         self._interval_s = interval_s
@@ -158,6 +183,69 @@ class Watchdog:
             rows: list[tuple[Any, ...]] = self._con.execute(sql, params).fetchall()
         return rows
 
+    def fetch_each(self, queries: Sequence[str]) -> list[list[tuple[Any, ...]]]:
+        """Run independent queries side by side, each lane taking the next one when it is free; their rows,
+        in the order of `queries`. Without lanes they run one after the other on the connection.
+
+        Their progress is the share of them done, the running ones counted by their own progress. The first
+        failure stops the others and is raised; an interruption raises as it does from `fetch`.
+        """
+        if not self._lanes:
+            return [self.fetch(sql) for sql in queries]
+        results: list[list[tuple[Any, ...]]] = [[] for _ in queries]
+        pending = list(enumerate(queries))[::-1]
+        busy: set[Any] = set()
+        failures: list[BaseException] = []
+        taking = threading.Lock()
+
+        def drain(lane: Any) -> None:
+            while True:
+                with taking:
+                    if failures or self.reason is not None or not pending:
+                        return
+                    index, sql = pending.pop()
+                    busy.add(lane)
+                try:
+                    results[index] = lane.execute(sql).fetchall()
+                except BaseException as exc:
+                    with taking:
+                        failures.append(exc)
+                        busy.discard(lane)
+                        others = list(busy)
+                    # Now for the running queries; the watchdog repeats it for any that had not started.
+                    self._halting = True
+                    for other in others:
+                        other.interrupt()
+                    return
+                with taking:
+                    busy.discard(lane)
+
+        def progress() -> float:
+            with taking:
+                running = [_query_progress(lane) or 0.0 for lane in busy]
+                done = len(queries) - len(pending) - len(busy)
+            return (done + sum(running)) / max(len(queries), 1)
+
+        self.checkpoint()
+        self._progress = progress
+        try:
+            workers = [
+                threading.Thread(target=drain, args=(lane,), name=f"duckdb-lane-{number}")
+                for number, lane in enumerate(self._lanes[: len(queries)])
+            ]
+            for worker in workers:
+                worker.start()
+            for worker in workers:
+                worker.join()
+        finally:
+            self._progress = lambda: _query_progress(self._con)
+            self._halting = False
+        with self.guard():
+            if failures:
+                raise failures[0]
+        self.checkpoint()
+        return results
+
     @contextmanager
     def guard(self) -> Iterator[None]:
         """Turn an interruption of the queries inside into `JobCancelled` or `JobTimeout`."""
@@ -176,9 +264,13 @@ class Watchdog:
         while not self._stop.wait(self._interval_s):
             if self.reason is None:
                 self._look()
+            # Repeated on every tick: an interrupt between two queries would otherwise be lost.
             if self.reason is not None:
-                # Repeated on every tick: an interrupt between two queries would otherwise be lost.
-                self._con.interrupt()
+                for con in (self._con, *self._lanes):
+                    con.interrupt()
+            elif self._halting:
+                for lane in self._lanes:
+                    lane.interrupt()
 
     def _look(self) -> None:
         if self._cancelled is not None and self._cancelled():
@@ -189,12 +281,19 @@ class Watchdog:
             return
         if self._report is None or self._stage is None:
             return
-        percent = float(self._con.query_progress())
-        fraction, message = self._stage(min(percent / 100, 1.0) if percent >= 0 else None)
+        progress = self._progress()
+        fraction, message = self._stage(None if progress is None else min(progress, 1.0))
+        self._reported = min(max(fraction, self._reported), 1.0)
         try:
-            self._report(min(max(fraction, 0.0), 1.0), message)
+            self._report(self._reported, message)
         except JobCancelled:
             self.reason = "cancelled"
+
+
+def _query_progress(con: Any) -> float | None:
+    """The share of its running query `con` has done, None when DuckDB cannot tell or none runs."""
+    percent = float(con.query_progress())
+    return percent / 100 if percent >= 0 else None
 
 
 # --- SQL text and values ----------------------------------------------------------------------------

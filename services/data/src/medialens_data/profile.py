@@ -5,15 +5,20 @@ from `ident`/`literal`-quoted names (DuckDB cannot bind identifiers or table-fun
 the `S608` exemptions.
 
 Passes over the data: CSV and JSON lines are parsed once into a DuckDB table (where parse errors surface,
-with the line; the table spills to the job's scratch directory past the memory limit); Parquet is queried
-in place. Then one query per batch of columns computes their counts, extremes, moments, quantiles and
-HyperLogLog distinct estimates (scanning only those columns; batches are narrower for longer tables, as
+with the line; the table spills to the job's scratch directory past the memory limit), on all the job's
+threads; Parquet is queried in place. Then the statistics are independent queries spread over `threads`
+lanes, one thread each (see `Watchdog.fetch_each`): one query per batch of columns computes their counts,
+extremes, moments and quantiles (scanning only those columns; batches are narrower for longer tables, as
 quantiles hold every value of their column), and one `GROUP BY` per column gives both its distinct count
-and its most frequent values.
+and its most frequent values. On one thread a `GROUP BY` skips the partitioning and merging of DuckDB's
+parallel hash aggregation, which on a 1M-row column costs more than the second thread gains; two such
+queries side by side use both threads without it. A table with more rows than the exact limit computes
+HyperLogLog estimates with the aggregates first, and counts its values only once they are known.
 
 Distinct counts: exact (`distinct_approx` false) for every column whose HyperLogLog estimate is at most
 `APPROX_MARGIN` above `DISTINCT_EXACT_LIMIT` (1,000,000), so any column with up to that many distinct
-values is counted exactly, whatever the estimate's error. Beyond, `distinct_count` is DuckDB's
+values is counted exactly, whatever the estimate's error (a table of at most that many rows is counted
+without estimates). Beyond, `distinct_count` is DuckDB's
 `approx_count_distinct` (HyperLogLog, typically within 2 %) with `distinct_approx` true, and the top values
 are the candidates of `approx_top_k` with their exact counts: exact whenever the frequent values stand out,
 arbitrary among ties (such as a column of unique ids, where every count is 1).
@@ -21,9 +26,11 @@ arbitrary among ties (such as a column of unique ids, where every count is 1).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from medialens_data.engine import (
     Limits,
@@ -35,6 +42,7 @@ from medialens_data.engine import (
     ident,
     json_value,
     lock,
+    open_lanes,
     reason,
 )
 from medialens_data.source import READ_ERRORS, expose, inspect
@@ -90,15 +98,23 @@ def profile_table(
     source = inspect(path, fmt=params.format)
     con = connect(paths=[path], limits=limits, keep_order=False)
     try:
-        with Watchdog(con, report=report, cancelled=cancelled) as watch:
+        lanes = open_lanes(con, limits.threads)
+        with Watchdog(con, report=report, cancelled=cancelled, lanes=lanes) as watch:
             start = 0.0
             if source.format != "parquet":
                 watch.stage(lambda p: (_READ_SHARE * (p or 0.0), source.describe_read(p)))
                 start = _READ_SHARE
             expose(con, source, name=_TABLE, materialize=source.format != "parquet", watch=watch)
+            # The statistics run as one-thread queries side by side on the lanes: DuckDB's parallel hash
+            # aggregation partitions and merges its tables, which costs more than a second thread gains.
+            con.execute("SET threads = 1")
             lock(con)
             profiler = _Profiler(
-                watch, memory_bytes=limits.memory_bytes, exact_limit=distinct_exact_limit, start=start
+                watch,
+                memory_bytes=limits.memory_bytes,
+                exact_limit=distinct_exact_limit,
+                lanes=len(lanes),
+                start=start,
             )
             try:
                 return profiler.run()
@@ -123,129 +139,200 @@ def _kind(dtype: str) -> Kind:
     return "other"
 
 
-class _Profiler:
-    """The statistics passes over table `t`, reporting "profiled 3.2M of 10M rows" as they go."""
+@dataclass(frozen=True, slots=True)
+class _Summary:
+    """One column's aggregates: everything but its distinct count and top values."""
 
-    def __init__(self, watch: Watchdog, *, memory_bytes: int, exact_limit: int, start: float) -> None:
+    name: str
+    dtype: str
+    non_null: int
+    min: Any = None
+    max: Any = None
+    mean: float | None = None
+    std: float | None = None
+    quartiles: tuple[Any, Any, Any] = (None, None, None)
+    #: The HyperLogLog estimate of the distinct count, computed only when it may pass the exact limit.
+    approx: int | None = None
+
+
+class _Profiler:
+    """The statistics passes over table `t`, reporting "profiled 3.2M of 10M rows" as they go.
+
+    Independent queries spread over the watchdog's lanes: the aggregates of batches of columns and one
+    frequency query per column, all in one round, or in two when the aggregates' estimates must first
+    choose between counting a column's values and estimating them.
+    """
+
+    def __init__(
+        self, watch: Watchdog, *, memory_bytes: int, exact_limit: int, lanes: int, start: float
+    ) -> None:
         self.watch = watch
         self.memory_bytes = memory_bytes
         self.exact_limit = exact_limit
+        self.lanes = max(lanes, 1)
         self.start = start
         self.row_count = 0
-        self.column_count = 0
-        #: Steps done: a column's aggregates count one step, its frequencies another.
-        self.done = 0
 
     def run(self) -> DataProfileResult:
         columns = [(str(row[0]), str(row[1])) for row in self.watch.fetch(f"DESCRIBE {_TABLE}")]
-        self.column_count = len(columns)
         self.row_count = int(self.watch.fetch(f"SELECT count(*) FROM {_TABLE}")[0][0])  # noqa: S608
-        # Quantiles keep every value of their column: narrower batches for longer tables, so a batch's
-        # quantile state stays within a quarter of the memory limit.
-        per_column = max(self.row_count, 1) * QUANTILE_BYTES_PER_VALUE
-        batch = max(1, min(AGGREGATE_BATCH, self.memory_bytes // 4 // per_column))
-        profiles: list[ColumnProfile] = []
-        for first in range(0, len(columns), batch):
-            profiles += self._batch(columns[first : first + batch], first)
-        return DataProfileResult(row_count=self.row_count, column_count=len(columns), columns=profiles)
+        # No column has more distinct values than rows: only a longer table needs estimates, and there each
+        # column's HyperLogLog sketch (an aggregate) decides how its values are counted.
+        estimate = self.row_count > self.exact_limit
+        batches = self._batches(columns)
+        built = [_aggregate_query(batch, estimate=estimate) for batch in batches]
+        aggregates = [sql for sql, _ in built]
+        rows, total = count_label(self.row_count), len(columns)
+        if estimate:
+            self._stage(0.0, 0.5, lambda p: f"profiled {count_label(p * self.row_count)} of {rows} rows")
+            summaries = _summaries(batches, built, self.watch.fetch_each(aggregates))
+            self._stage(0.5, 1.0, lambda p: f"counted the values of {round(p * total)} of {total} columns")
+            frequencies = self.watch.fetch_each(
+                [
+                    self._frequency_query(summary.name, estimated=self._estimated(summary))
+                    for summary in summaries
+                ]
+            )
+        else:
+            # Nothing to decide first: the aggregates and the counts run in one round.
+            self._stage(0.0, 1.0, lambda p: f"profiled {count_label(p * self.row_count)} of {rows} rows")
+            answers = self.watch.fetch_each(
+                aggregates + [self._frequency_query(name, estimated=False) for name, _ in columns]
+            )
+            summaries = _summaries(batches, built, answers[: len(aggregates)])
+            frequencies = answers[len(aggregates) :]
+        profiles = [
+            self._profile(summary, counted) for summary, counted in zip(summaries, frequencies, strict=True)
+        ]
+        return DataProfileResult(row_count=self.row_count, column_count=total, columns=profiles)
 
-    def _progress(self, steps: int, note: Callable[[float], str] | str) -> None:
-        """Describe the next `steps` steps to the watchdog, by a fixed note or one made from progress."""
-        total = max(2 * self.column_count, 1)
+    def _batches(self, columns: list[tuple[str, str]]) -> list[list[tuple[str, str]]]:
+        """The columns in batches, one aggregate query each: at least one batch per lane, so the lanes share
+        the work, and narrower batches for longer tables, so the quantile state of the batches running at
+        once (quantiles keep every value of their column) stays within a quarter of the memory limit."""
+        per_column = max(self.row_count, 1) * QUANTILE_BYTES_PER_VALUE
+        size = min(
+            AGGREGATE_BATCH,
+            self.memory_bytes // 4 // self.lanes // per_column,
+            math.ceil(len(columns) / self.lanes),
+        )
+        size = max(size, 1)
+        return [columns[first : first + size] for first in range(0, len(columns), size)]
+
+    def _stage(self, begin: float, end: float, note: Callable[[float], str]) -> None:
+        """Describe the queries that take the share `begin`..`end` of the work after the read."""
 
         def stage(p: float | None) -> tuple[float, str]:
-            share = (self.done + steps * (p or 0.0)) / total
-            return self.start + (1 - self.start) * share, note if isinstance(note, str) else note(p or 0.0)
+            share = begin + (end - begin) * (p or 0.0)
+            return self.start + (1 - self.start) * share, note(p or 0.0)
 
         self.watch.stage(stage)
 
-    def _batch(self, columns: list[tuple[str, str]], first: int) -> list[ColumnProfile]:
-        """Profile some columns: one aggregate query for all of them, then one `GROUP BY` per column."""
-        select: list[str] = []
-        slots: list[dict[str, int]] = []
-        for name, dtype in columns:
-            col = ident(name)
-            kind = _kind(dtype)
-            slot: dict[str, int] = {}
+    def _estimated(self, summary: _Summary) -> bool:
+        return summary.approx is not None and summary.approx > self.exact_limit * (1 + APPROX_MARGIN)
 
-            def add(expr: str, key: str, slot: dict[str, int] = slot) -> None:
-                slot[key] = len(select)
-                select.append(expr)
+    def _frequency_query(self, name: str, *, estimated: bool) -> str:
+        """The query of a column's `TOP_K` most frequent values (ties by value ascending), each with its
+        count, as rows `(false, value, count)`, and its distinct count as a row `(true, NULL, count)`.
 
-            add(f"count({col})", "non_null")
-            if kind != "unordered":
-                add(f"min({col})", "min")
-                add(f"max({col})", "max")
-                add(f"approx_count_distinct({col})", "approx")
-            if kind in ("int", "float", "decimal"):
-                add(f"avg({col}::DOUBLE)", "mean")
-                add(f"stddev_samp({col}::DOUBLE)", "std")
-                add(f"quantile_cont({col}::DOUBLE, [0.25, 0.5, 0.75])", "quantiles")
-            elif kind == "temporal":
-                add(f"quantile_disc({col}, [0.25, 0.5, 0.75])", "quantiles")
-            slots.append(slot)
-
-        rows, total, last = count_label(self.row_count), self.column_count, first + len(columns)
-        self._progress(
-            len(columns),
-            lambda p: (
-                f"profiled {count_label(p * self.row_count)} of {rows} rows (columns {first + 1}-{last} "
-                f"of {total})"
-            ),
-        )
-        row = self.watch.fetch(f"SELECT {', '.join(select)} FROM {_TABLE}")[0]  # noqa: S608
-        self.done += len(columns)
-
-        profiles = []
-        for index, ((name, dtype), slot) in enumerate(zip(columns, slots, strict=True), start=first + 1):
-            self._progress(1, f"counting the values of column {index} of {total}")
-            non_null = int(row[slot["non_null"]])
-            approx = int(row[slot["approx"]]) if "approx" in slot else None
-            distinct, estimated, top_values = self._frequencies(name, non_null, approx)
-            self.done += 1
-            quantiles = row[slot["quantiles"]] if "quantiles" in slot else None
-            p25, p50, p75 = (json_value(q) for q in quantiles) if quantiles else (None, None, None)
-            profiles.append(
-                ColumnProfile(
-                    name=name,
-                    dtype=dtype,
-                    null_count=self.row_count - non_null,
-                    distinct_count=distinct,
-                    distinct_approx=estimated,
-                    min=json_value(row[slot["min"]]) if "min" in slot else None,
-                    max=json_value(row[slot["max"]]) if "max" in slot else None,
-                    mean=finite(row[slot["mean"]]) if "mean" in slot else None,
-                    std=finite(row[slot["std"]]) if "std" in slot else None,
-                    p25=p25,
-                    p50=p50,
-                    p75=p75,
-                    top_values=top_values,
-                )
-            )
-        return profiles
-
-    def _frequencies(
-        self, name: str, non_null: int, approx: int | None
-    ) -> tuple[int | None, bool, list[TopValue]]:
-        """The distinct count of a column, whether it is estimated, and its `TOP_K` most frequent values.
-
-        Exact: one `GROUP BY`, whose number of groups is the distinct count (a window over the groups) and
-        whose largest groups, ties broken by value ascending, are the top values. Past the limit: the
-        HyperLogLog estimate, and `approx_top_k`'s candidates counted exactly.
+        Exact: one `GROUP BY`, whose groups are counted and whose largest ones are the top values. Past
+        the limit: `approx_top_k`'s candidates counted exactly (the distinct count is the estimate).
         """
-        if non_null == 0:
-            return 0, False, []
         col = ident(name)
-        if approx is not None and approx > self.exact_limit * (1 + APPROX_MARGIN):
-            rows = self.watch.fetch(
+        if estimated:
+            return (
                 f"WITH top AS (SELECT unnest(approx_top_k({col}, {TOP_K})) AS v FROM {_TABLE}) "  # noqa: S608
-                f"SELECT {col}, count(*) FROM {_TABLE} WHERE {col} IN (SELECT v FROM top) "
-                f"GROUP BY {col} ORDER BY 2 DESC, 1 ASC LIMIT {TOP_K}"
+                f"SELECT false AS total, {col} AS v, count(*) AS n FROM {_TABLE} "
+                f"WHERE {col} IN (SELECT v FROM top) GROUP BY {col} ORDER BY n DESC, v ASC LIMIT {TOP_K}"
             )
-            return approx, True, [TopValue(value=json_value(v), count=int(n)) for v, n in rows]
-        rows = self.watch.fetch(
-            f"SELECT {col}, count(*), count(*) OVER () FROM {_TABLE} WHERE {col} IS NOT NULL "  # noqa: S608
-            f"GROUP BY {col} ORDER BY 2 DESC, 1 ASC LIMIT {TOP_K}"
+        # The groups are kept (MATERIALIZED) and read twice, which costs less than a window over them.
+        return (
+            f"WITH groups AS MATERIALIZED (SELECT {col} AS v, count(*) AS n FROM {_TABLE} "  # noqa: S608
+            f"WHERE {col} IS NOT NULL GROUP BY {col}) "
+            f"SELECT * FROM (SELECT false AS total, v, n FROM groups ORDER BY n DESC, v ASC LIMIT {TOP_K}) "
+            "UNION ALL SELECT true, NULL, count(*) FROM groups "
+            "ORDER BY total, n DESC, v ASC"
         )
-        distinct = int(rows[0][2]) if rows else 0
-        return distinct, False, [TopValue(value=json_value(v), count=int(n)) for v, n, _ in rows]
+
+    def _profile(self, summary: _Summary, counted: list[tuple[Any, ...]]) -> ColumnProfile:
+        estimated = self._estimated(summary)
+        top_values = [TopValue(value=json_value(v), count=int(n)) for total, v, n in counted if not total]
+        distinct = summary.approx if estimated else next((int(n) for total, _, n in counted if total), 0)
+        p25, p50, p75 = summary.quartiles
+        return ColumnProfile(
+            name=summary.name,
+            dtype=summary.dtype,
+            null_count=self.row_count - summary.non_null,
+            distinct_count=distinct,
+            distinct_approx=estimated,
+            min=summary.min,
+            max=summary.max,
+            mean=summary.mean,
+            std=summary.std,
+            p25=p25,
+            p50=p50,
+            p75=p75,
+            top_values=top_values,
+        )
+
+
+def _aggregate_query(columns: list[tuple[str, str]], *, estimate: bool) -> tuple[str, list[dict[str, int]]]:
+    """One query of the aggregates of `columns`, and where each column's aggregates are in its row."""
+    select: list[str] = []
+    slots: list[dict[str, int]] = []
+    for name, dtype in columns:
+        col = ident(name)
+        kind = _kind(dtype)
+        slot: dict[str, int] = {}
+
+        def add(expr: str, key: str, slot: dict[str, int] = slot) -> None:
+            slot[key] = len(select)
+            select.append(expr)
+
+        add(f"count({col})", "non_null")
+        if kind != "unordered":
+            add(f"min({col})", "min")
+            add(f"max({col})", "max")
+            if estimate:
+                add(f"approx_count_distinct({col})", "approx")
+        if kind in ("int", "float", "decimal"):
+            add(f"avg({col}::DOUBLE)", "mean")
+            add(f"stddev_samp({col}::DOUBLE)", "std")
+            add(f"quantile_cont({col}::DOUBLE, [0.25, 0.5, 0.75])", "quartiles")
+        elif kind == "temporal":
+            add(f"quantile_disc({col}, [0.25, 0.5, 0.75])", "quartiles")
+        slots.append(slot)
+    return f"SELECT {', '.join(select)} FROM {_TABLE}", slots  # noqa: S608
+
+
+def _summaries(
+    batches: list[list[tuple[str, str]]],
+    built: list[tuple[str, list[dict[str, int]]]],
+    answers: list[list[tuple[Any, ...]]],
+) -> list[_Summary]:
+    """Each column's summary, from the answers to the batches' aggregate queries."""
+    return [
+        _summary(name, dtype, answer[0], slot)
+        for batch, (_, slots), answer in zip(batches, built, answers, strict=True)
+        for (name, dtype), slot in zip(batch, slots, strict=True)
+    ]
+
+
+def _summary(name: str, dtype: str, row: tuple[Any, ...], slot: dict[str, int]) -> _Summary:
+    def value(key: str) -> Any:
+        return row[slot[key]] if key in slot else None
+
+    quartiles = value("quartiles")
+    p25, p50, p75 = (json_value(q) for q in quartiles) if quartiles else (None, None, None)
+    approx = value("approx")
+    return _Summary(
+        name=name,
+        dtype=dtype,
+        non_null=int(value("non_null")),
+        min=json_value(value("min")),
+        max=json_value(value("max")),
+        mean=finite(value("mean")),
+        std=finite(value("std")),
+        quartiles=(p25, p50, p75),
+        approx=None if approx is None else int(approx),
+    )
