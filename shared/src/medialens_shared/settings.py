@@ -156,7 +156,7 @@ class WorkerSettings(BaseModel):
     consumer_check_s: float = Field(5.0, gt=0)
     #: A service whose consumer stays gone this long (RabbitMQ's client did not restore it) stops and
     #: exits with code 75, for its orchestrator to start a fresh one.
-    consumer_lost_s: float = Field(30.0, gt=0)
+    consumer_lost_s: float = Field(60.0, gt=0)
 
     def ops_port(self, process: str) -> int:
         return OPS_PORTS.get(process, 8100) if self.http_port is None else self.http_port

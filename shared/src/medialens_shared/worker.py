@@ -126,8 +126,10 @@ class ConsumerWatch:
                 self.lost = True
                 stop.set()
                 return
+            # While failing, look every second: a consumer back for a moment between two outages is back,
+            # and only one gone the whole time counts as lost.
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(every_s):
+                async with asyncio.timeout(every_s if failing_since is None else min(every_s, 1.0)):
                     await stop.wait()
 
 
