@@ -92,6 +92,8 @@ class ConsumerWatch:
         # whose call is cancelled, and a slow broker must not cost the consumer its channel.
         if self._probe is None or self._probe.done():
             self._probe = asyncio.ensure_future(channel.queue_declare(self.queue, passive=True))
+            # A round trip that ends after its check gave up still has its outcome read (no asyncio warning).
+            self._probe.add_done_callback(lambda probe: probe.cancelled() or probe.exception())
         done, _ = await asyncio.wait({self._probe}, timeout=self.timeout_s)
         if not done:
             raise ConnectionError("the broker does not answer on this service's consumer channel")
