@@ -6,7 +6,8 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 
 import httpx
 import pytest
@@ -21,7 +22,7 @@ from medialens_shared.contracts import JobMessage, ProbeFormat, ProbeVideoStream
 from medialens_shared.db import DatabaseManager
 from medialens_shared.devmongo import free_port
 from medialens_shared.settings import Settings
-from medialens_shared.tasks import JobContext
+from medialens_shared.tasks import Handler, JobContext
 from medialens_shared.worker import EXIT_CONSUMER_LOST, ConsumerWatch, run
 from tests.fixtures.proxy import TcpProxy
 from tests.fixtures.servers import RABBIT_HOST
@@ -69,6 +70,47 @@ async def watch_problem(watch: ConsumerWatch) -> str | None:
     return None
 
 
+@dataclass
+class Running:
+    """A service run by `run()` in this process, and a broker connection to feed its queue."""
+
+    service: asyncio.Task[int]
+    publisher: RabbitBroker
+    topology: Topology
+
+    async def publish(self, job_id: str, tenant_id: str) -> None:
+        message = JobMessage(job_id=job_id, type="video.probe", tenant_id=tenant_id, file_id=None)
+        await publish_job(
+            self.publisher, self.topology, job_type="video.probe", payload=message.model_dump(mode="json"),
+            message_id=job_id, timeout=5.0,
+        )  # fmt: skip
+
+
+@contextlib.asynccontextmanager
+async def running(settings: Settings, handlers: dict[str, Handler]) -> AsyncIterator[Running]:
+    """Run the video service with `handlers` until the block ends (then stop it and check it exited 0),
+    once the broker counts its consumer."""
+    topology = Topology(settings)
+    stop = asyncio.Event()
+    service = asyncio.create_task(run("video", handlers, settings=settings, stop=stop))
+    publisher = make_broker(settings, name="worker-tests")
+    await publisher.connect()
+    try:
+        await declare(publisher, topology, services=("video",))
+
+        async def consuming() -> bool:
+            assert not service.done(), service
+            return (await stats(publisher, topology.work_queue("video").name)).consumers == 1
+
+        await eventually(consuming)
+        yield Running(service, publisher, topology)
+    finally:
+        stop.set()
+        await asyncio.wait_for(service, 30)
+        await publisher.stop()
+    assert service.result() == 0
+
+
 async def test_run_consumes_a_published_job_settles_deliveries_and_stops(
     settings: Settings, database: str, db: DatabaseManager, new_job, tenant_id: str
 ) -> None:
@@ -84,18 +126,7 @@ async def test_run_consumes_a_published_job_settles_deliveries_and_stops(
         handled.append(ctx.job_id)
         return PROBE
 
-    stop = asyncio.Event()
-    service = asyncio.create_task(run("video", {"video.probe": probe}, settings=own, stop=stop))
-    publisher = make_broker(own, name="worker-tests")
-    await publisher.connect()
-    try:
-        await declare(publisher, topology, services=("video",))
-
-        async def consuming() -> bool:
-            assert not service.done(), service
-            return (await stats(publisher, work)).consumers == 1
-
-        await eventually(consuming)
+    async with running(own, {"video.probe": probe}) as service:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
 
             async def ready() -> bool:  # once its queues are declared too
@@ -109,11 +140,7 @@ async def test_run_consumes_a_published_job_settles_deliveries_and_stops(
             "error": None,
         }
         job_id = await new_job()
-        message = JobMessage(job_id=job_id, type="video.probe", tenant_id=tenant_id, file_id=None)
-        await publish_job(
-            publisher, topology, job_type="video.probe", payload=message.model_dump(mode="json"),
-            message_id=job_id, timeout=5.0,
-        )  # fmt: skip
+        await service.publish(job_id, tenant_id)
 
         async def succeeded() -> bool:
             async with db.session() as session:
@@ -127,7 +154,7 @@ async def test_run_consumes_a_published_job_settles_deliveries_and_stops(
         }  # fmt: skip
 
         await publish_job(
-            publisher,
+            service.publisher,
             topology,
             job_type="video.probe",
             payload={"not": "a job"},
@@ -136,19 +163,13 @@ async def test_run_consumes_a_published_job_settles_deliveries_and_stops(
         )
 
         async def dead_lettered() -> bool:
-            return (await stats(publisher, dead)).messages == 1 and (
-                await stats(publisher, watch)
+            return (await stats(service.publisher, dead)).messages == 1 and (
+                await stats(service.publisher, watch)
             ).messages == 1
 
         await eventually(dead_lettered)
-        assert (await stats(publisher, work)).messages == 0  # the job's delivery was acked
+        assert (await stats(service.publisher, work)).messages == 0  # the job's delivery was acked
         assert handled == [job_id]
-    finally:
-        stop.set()
-        await asyncio.wait_for(service, 30)
-        await publisher.stop()
-    assert service.exception() is None
-    assert service.result() == 0
 
 
 async def test_the_consumer_watch_sees_a_consumer_the_broker_cancelled_and_its_return(
@@ -241,41 +262,25 @@ async def test_a_service_runs_at_most_its_concurrency_of_jobs_at_once(
     """Deliveries are acked at the claim, so the prefetch alone would let a worker take every queued job:
     with four jobs queued, exactly `concurrency` of them run side by side, and all complete."""
     own = isolated(settings, shutdown_grace_s=2.0, http_port=free_port(), concurrency=concurrency)
-    topology = Topology(own)
-    running: list[str] = []
+    in_flight: list[str] = []
     most = 0
     all_started = asyncio.Event()
 
     async def probe(ctx: JobContext) -> VideoProbeResult:
         nonlocal most
-        running.append(ctx.job_id)
-        most = max(most, len(running))
-        if len(running) == concurrency:
+        in_flight.append(ctx.job_id)
+        most = max(most, len(in_flight))
+        if len(in_flight) == concurrency:
             all_started.set()
         await asyncio.wait_for(all_started.wait(), 20)
         await asyncio.sleep(0.3)  # time for a further delivery to start, were it allowed to
-        running.remove(ctx.job_id)
+        in_flight.remove(ctx.job_id)
         return PROBE
 
-    stop = asyncio.Event()
-    service = asyncio.create_task(run("video", {"video.probe": probe}, settings=own, stop=stop))
-    publisher = make_broker(own, name="worker-tests")
-    await publisher.connect()
-    try:
-        await declare(publisher, topology, services=("video",))
-
-        async def consuming() -> bool:
-            assert not service.done(), service
-            return (await stats(publisher, topology.work_queue("video").name)).consumers == 1
-
-        await eventually(consuming)
+    async with running(own, {"video.probe": probe}) as service:
         ids = [await new_job() for _ in range(4)]
         for job_id in ids:
-            message = JobMessage(job_id=job_id, type="video.probe", tenant_id=tenant_id, file_id=None)
-            await publish_job(
-                publisher, topology, job_type="video.probe", payload=message.model_dump(mode="json"),
-                message_id=job_id, timeout=5.0,
-            )  # fmt: skip
+            await service.publish(job_id, tenant_id)
 
         async def all_succeeded() -> bool:
             async with db.session() as session:
@@ -283,8 +288,4 @@ async def test_a_service_runs_at_most_its_concurrency_of_jobs_at_once(
             return all(row is not None and row["status"] == "succeeded" for row in rows)
 
         await eventually(all_succeeded, timeout=30)
-        assert most == concurrency
-    finally:
-        stop.set()
-        await asyncio.wait_for(service, 30)
-        await publisher.stop()
+    assert most == concurrency
