@@ -1,7 +1,8 @@
 """Tell what kind of file an upload is from its first bytes, not from its name.
 
 The gateway uses this to answer 415 before queueing a job its type cannot take; the services use it to
-tell damaged media (`MEDIA_DECODE_ERROR`) from a file that was never media (`UNSUPPORTED_INPUT`).
+tell damaged media (`MEDIA_DECODE_ERROR`) from a file that was never media (`UNSUPPORTED_INPUT`):
+`inspect_media` before they open a file, `unreadable_media` when FFmpeg cannot open it.
 Signatures are the containers' own magic numbers; plain text is told apart as CSV or JSON lines.
 """
 
@@ -9,8 +10,10 @@ from __future__ import annotations
 
 import codecs
 import csv
+from pathlib import Path
 
 from medialens_shared.contracts import FileKind
+from medialens_shared.errors import InputNotFound, MediaDecodeError, PermanentJobError, UnsupportedInput
 
 #: How many leading bytes `sniff` looks at; callers read this much.
 SNIFF_BYTES = 8192
@@ -30,6 +33,38 @@ def sniff(head: bytes) -> FileKind:
     if _looks_like_table_text(head):
         return FileKind.TABLE
     return FileKind.UNKNOWN
+
+
+def inspect_media(path: Path, *, noun: str) -> FileKind:
+    """The sniffed kind of a service's input file; a missing file is `InputNotFound`, an empty one or a
+    table `UnsupportedInput` (named as not `noun`: "audio", "a video")."""
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(SNIFF_BYTES)
+    except FileNotFoundError as exc:
+        raise InputNotFound(f"The input file {path.name} does not exist.") from exc
+    if not head:
+        raise UnsupportedInput(f"The file is empty; it is not {noun}.")
+    kind = sniff(head)
+    if kind is FileKind.TABLE:
+        raise UnsupportedInput(f"The file is plain text or a table (CSV, JSON lines, Parquet), not {noun}.")
+    return kind
+
+
+def ffmpeg_reason(exc: Exception) -> str:
+    """FFmpeg's own words for an error, without the errno and file path PyAV adds."""
+    return str(getattr(exc, "strerror", None) or exc).rstrip(".").lower()
+
+
+def unreadable_media(exc: Exception, kind: FileKind, *, not_readable_as: str) -> PermanentJobError:
+    """The error for a file FFmpeg cannot open: damaged media when its first bytes looked like media,
+    else a file that is not `not_readable_as` ("a video") in any format the service reads."""
+    if kind in (FileKind.VIDEO, FileKind.AUDIO):
+        return MediaDecodeError(
+            f"The file looks like {kind.value} but cannot be read; it is probably damaged or "
+            f"truncated ({ffmpeg_reason(exc)})."
+        )
+    return UnsupportedInput(f"The file is not {not_readable_as} in any format this service can read.")
 
 
 def _sniff_media(head: bytes) -> FileKind | None:

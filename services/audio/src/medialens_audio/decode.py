@@ -22,9 +22,8 @@ import av.error
 import numpy as np
 import numpy.typing as npt
 
-from medialens_shared.contracts import FileKind
-from medialens_shared.errors import InputNotFound, MediaDecodeError, UnsupportedInput
-from medialens_shared.sniff import SNIFF_BYTES, sniff
+from medialens_shared.errors import MediaDecodeError, UnsupportedInput
+from medialens_shared.sniff import ffmpeg_reason, inspect_media, unreadable_media
 
 Block = npt.NDArray[np.float32]
 #: `report(fraction, message)`: progress of a job from a worker thread; raises `JobCancelled` on cancel.
@@ -34,40 +33,15 @@ Report = Callable[[float, str], None]
 _INT_SCALE = {"s16": 2.0**15, "s32": 2.0**31, "s64": 2.0**63}
 
 
-def inspect_input(path: Path) -> FileKind:
-    """The file's sniffed kind; rejects missing, empty and tabular files up front."""
-    try:
-        with path.open("rb") as handle:
-            head = handle.read(SNIFF_BYTES)
-    except FileNotFoundError as exc:
-        raise InputNotFound(f"The input file {path.name} does not exist.") from exc
-    if not head:
-        raise UnsupportedInput("The file is empty; it is not audio.")
-    kind = sniff(head)
-    if kind is FileKind.TABLE:
-        raise UnsupportedInput("The file is plain text or a table (CSV, JSON lines, Parquet), not audio.")
-    return kind
-
-
-def ffmpeg_reason(exc: Exception) -> str:
-    """FFmpeg's own words for an error, without the errno and file path PyAV adds."""
-    return str(getattr(exc, "strerror", None) or exc).rstrip(".").lower()
-
-
 @contextlib.contextmanager
 def open_container(path: Path) -> Iterator[tuple[Any, Any]]:
     """The open container and its first audio stream; domain errors for files that are not audio."""
     path = Path(path)
-    kind = inspect_input(path)
+    kind = inspect_media(path, noun="audio")
     try:
         container = av.open(str(path), mode="r")
     except av.error.FFmpegError as exc:
-        if kind in (FileKind.VIDEO, FileKind.AUDIO):
-            raise MediaDecodeError(
-                f"The file looks like {kind.value} but cannot be read; it is probably damaged or "
-                f"truncated ({ffmpeg_reason(exc)})."
-            ) from exc
-        raise UnsupportedInput("The file is not audio or video in any format this service can read.") from exc
+        raise unreadable_media(exc, kind, not_readable_as="audio or video") from exc
     with container:
         if not container.streams.audio:
             raise UnsupportedInput(

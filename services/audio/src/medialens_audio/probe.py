@@ -13,9 +13,10 @@ from typing import Any
 import av
 import av.error
 
-from medialens_audio.decode import ffmpeg_reason, open_container
+from medialens_audio.decode import open_container
 from medialens_shared.contracts import AudioProbeResult
 from medialens_shared.errors import MediaDecodeError
+from medialens_shared.sniff import ffmpeg_reason
 
 
 def probe_audio(path: Path) -> AudioProbeResult:

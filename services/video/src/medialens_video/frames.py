@@ -20,9 +20,8 @@ import av.error
 import numpy as np
 import numpy.typing as npt
 
-from medialens_shared.contracts import FileKind
-from medialens_shared.errors import InputNotFound, MediaDecodeError, UnsupportedInput
-from medialens_shared.sniff import SNIFF_BYTES, sniff
+from medialens_shared.errors import MediaDecodeError, UnsupportedInput
+from medialens_shared.sniff import ffmpeg_reason, inspect_media, unreadable_media
 
 #: `report(fraction, message)`: progress from an analyser; raises `JobCancelled` to stop it.
 Report = Callable[[float, str], None]
@@ -52,16 +51,11 @@ def open_video(path: Path) -> Iterator[tuple[Any, Any]]:
     no file.
     """
     path = Path(path)
-    kind = _inspect(path)
+    kind = inspect_media(path, noun="a video")
     try:
         container = av.open(str(path), mode="r")
     except av.error.FFmpegError as exc:
-        if kind in (FileKind.VIDEO, FileKind.AUDIO):
-            raise MediaDecodeError(
-                f"The file looks like {kind.value} but cannot be read; it is probably damaged or "
-                f"truncated ({reason(exc)})."
-            ) from exc
-        raise UnsupportedInput("The file is not a video in any format this service can read.") from exc
+        raise unreadable_media(exc, kind, not_readable_as="a video") from exc
     with container:
         format_name = container.format.name
         if format_name in _NOT_VIDEO_FORMATS or format_name.endswith("_pipe"):
@@ -77,27 +71,6 @@ def open_video(path: Path) -> Iterator[tuple[Any, Any]]:
                 "The file has no video stream" + (" (it is audio only)." if container.streams.audio else ".")
             )
         yield container, video
-
-
-def _inspect(path: Path) -> FileKind:
-    """The file's sniffed kind; rejects missing, empty and tabular files up front."""
-    try:
-        size_bytes = path.stat().st_size
-        with path.open("rb") as handle:
-            head = handle.read(SNIFF_BYTES)
-    except FileNotFoundError as exc:
-        raise InputNotFound(f"The input file {path.name} does not exist.") from exc
-    if size_bytes == 0:
-        raise UnsupportedInput("The file is empty; it is not a video.")
-    kind = sniff(head)
-    if kind is FileKind.TABLE:
-        raise UnsupportedInput("The file is plain text or a table (CSV, JSON lines, Parquet), not a video.")
-    return kind
-
-
-def reason(exc: Exception) -> str:
-    """FFmpeg's own words for an error, without the errno and file path PyAV adds."""
-    return str(getattr(exc, "strerror", None) or exc).rstrip(".").lower()
 
 
 def expected_frames(container: Any, stream: Any) -> int:
@@ -134,7 +107,7 @@ class DecodeGuard:
             if self.bad > self.limit:
                 raise MediaDecodeError(
                     f"The video stream cannot be decoded: {self.bad} damaged packets "
-                    f"({reason(exc)}); the file is probably damaged."
+                    f"({ffmpeg_reason(exc)}); the file is probably damaged."
                 ) from exc
             return []
 

@@ -19,7 +19,8 @@ from medialens_shared.contracts import (
     VideoProbeResult,
 )
 from medialens_shared.errors import MediaDecodeError
-from medialens_video.frames import display_rotation, open_video, reason
+from medialens_shared.sniff import ffmpeg_reason
+from medialens_video.frames import display_rotation, open_video
 
 #: Relative difference between the nominal and average frame rates above which a stream counts as VFR.
 VFR_TOLERANCE = 0.01
@@ -84,7 +85,7 @@ def _decode_first_frame(container: Any, stream: Any) -> Any:
             return frame
     except av.error.FFmpegError as exc:
         raise MediaDecodeError(
-            f"The video stream cannot be decoded; the file is probably damaged ({reason(exc)})."
+            f"The video stream cannot be decoded; the file is probably damaged ({ffmpeg_reason(exc)})."
         ) from exc
     raise MediaDecodeError("The video stream holds no decodable frame; the file is probably damaged.")
 
