@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 import time
 import uuid
+from asyncio.subprocess import DEVNULL
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
@@ -25,7 +27,7 @@ from medialens_shared.settings import Settings
 from medialens_shared.tasks import Handler, JobContext
 from medialens_shared.worker import EXIT_CONSUMER_LOST, ConsumerWatch, run
 from tests.fixtures.proxy import TcpProxy
-from tests.fixtures.servers import RABBIT_HOST
+from tests.fixtures.servers import RABBIT_HOST, settings_env
 
 pytestmark = pytest.mark.integration
 
@@ -253,6 +255,28 @@ async def test_a_worker_whose_broker_falls_silent_is_unready_then_exits_to_be_re
         await proxy.cut()
         if not service.done():
             await asyncio.wait_for(service, 60)
+
+
+async def test_a_worker_whose_start_hangs_exits_to_be_restarted(settings: Settings, database: str) -> None:
+    """A broker that accepts the connection and then says nothing: the start never completes, and after
+    `consumer_lost_s` the service process gives it up and exits with EXIT_CONSUMER_LOST instead of waiting
+    forever (a process of its own: the abandoned client's reconnect task outlives the event loop's end)."""
+    proxy = TcpProxy(*RABBIT_HOST)
+    await proxy.start()
+    proxy.blackhole()
+    url = settings.rabbitmq.url.get_secret_value().replace(f":{RABBIT_HOST[1]}/", f":{proxy.port}/")
+    watch = {"consumer_check_s": 0.2, "consumer_lost_s": 2.0}
+    own = isolated(settings, url=url, http_port=free_port(), shutdown_grace_s=1.0, **watch)
+    code = "from medialens_shared.worker import serve; serve('video', {})"
+    started = time.monotonic()
+    try:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", code, env=settings_env(own), stdout=DEVNULL, stderr=DEVNULL
+        )
+        assert await asyncio.wait_for(process.wait(), 60) == EXIT_CONSUMER_LOST
+    finally:
+        await proxy.cut()
+    assert time.monotonic() - started >= 2.0
 
 
 @pytest.mark.parametrize("concurrency", [1, 2])

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 import time
@@ -277,6 +278,12 @@ def serve(service: str, handlers: dict[str, Handler]) -> None:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
-        return await run(service, handlers, settings=settings, stop=stop)
+        code = await run(service, handlers, settings=settings, stop=stop)
+        if code == EXIT_CONSUMER_LOST:
+            # Pools are closed and leases handed back. A start given up leaves aio-pika's reconnect task
+            # behind, which survives cancellation and would keep asyncio.run from ever returning.
+            logging.shutdown()
+            os._exit(code)
+        return code
 
     sys.exit(asyncio.run(main()))
