@@ -22,7 +22,7 @@ from medialens_shared.settings import Settings
 from medialens_shared.signals import JobSignals
 from medialens_shared.tasks import JobContext, JobRunner
 from scripts.samples import make_video
-from tests.fixtures.stack import Stack, run_job
+from tests.fixtures.stack import RecordedDelivery, Stack, run_job
 
 pytestmark = pytest.mark.integration
 
@@ -130,11 +130,6 @@ async def test_failures_and_retries_are_counted_by_type_and_error_code(
             signals=JobSignals(db.redis, prefix=settings.redis.prefix),
         )
 
-    class Delivery:
-        async def ack(self) -> None: ...
-        async def nack(self, *, requeue: bool = True) -> None: ...
-        async def reject(self) -> None: ...
-
     failed = sample("medialens_jobs_failed_total", type="video.probe", error_code="MEDIA_DECODE_ERROR")
     retried = sample("medialens_jobs_retried_total", type="video.probe")
     for error in (MediaDecodeError("damaged"), TransientJobError("blinked")):
@@ -142,7 +137,7 @@ async def test_failures_and_retries_are_counted_by_type_and_error_code(
         body = JobMessage(job_id=job_id, type="video.probe", tenant_id=tenant_id, file_id=None).model_dump(
             mode="json"
         )
-        await runner(error).handle(body, Delivery())
+        await runner(error).handle(body, RecordedDelivery())
     assert (
         sample("medialens_jobs_failed_total", type="video.probe", error_code="MEDIA_DECODE_ERROR")
         == failed + 1

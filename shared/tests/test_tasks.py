@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -727,3 +729,60 @@ async def test_a_named_worker_ends_the_leases_its_dead_predecessor_left(
         }
     assert leases.pop("predecessor") <= datetime.now(UTC)
     assert all(lease == later for lease in leases.values()), leases
+
+
+def _segfault() -> None:
+    os.kill(os.getpid(), signal.SIGSEGV)
+
+
+def _pid_and_report(report: Callable[[float, str], None]) -> int:
+    report(0.5, "half-way, in the child")
+    return os.getpid()
+
+
+async def test_the_rerun_of_a_job_whose_worker_died_runs_its_cpu_part_in_a_child(
+    make_runner, new_job, tenant_id: str, db: DatabaseManager, signals: JobSignals
+) -> None:
+    """A delivery marked by the reaper (its job's worker died) runs `run_cpu` in another process, with
+    progress; an unmarked one runs it in this process."""
+    pids: dict[str, int] = {}
+
+    async def act(ctx: JobContext) -> None:
+        pids[ctx.job_id] = await ctx.run_cpu(_pid_and_report, ctx.report)
+
+    runner = make_runner({"video.probe": Calls(act)}, progress_interval_s=0.0)
+    plain, rerun = await new_job(), await new_job()
+    assert await deliver(runner, body_of(plain, tenant_id)) == ["ack"]
+    marked = RecordedDelivery(headers={jobstore.WORKER_DIED_HEADER: "1"})
+    await runner.handle(body_of(rerun, tenant_id), marked)
+    assert marked.settled == ["ack"]
+    assert pids[plain] == os.getpid()
+    assert pids[rerun] != os.getpid()
+    assert (await row_of(db, rerun))["status"] == "succeeded"
+    assert await signals.live(rerun) == {"progress": "0.5000", "message": "half-way, in the child"}
+
+
+async def test_an_input_that_crashes_the_isolated_rerun_fails_it_and_spares_the_worker(
+    make_runner, new_job, tenant_id: str, db: DatabaseManager
+) -> None:
+    """The decoder dies by a signal in the child: the job fails at once with MEDIA_DECODE_ERROR (no further
+    attempt) and its message goes to the dead letters; this worker, which would have died with it, runs the
+    next job."""
+
+    async def act(ctx: JobContext) -> None:
+        await ctx.run_cpu(_segfault)
+
+    runner = make_runner({"video.probe": Calls(act)})
+    job_id = await new_job()
+    marked = RecordedDelivery(headers={jobstore.WORKER_DIED_HEADER: "1"})
+    await runner.handle(body_of(job_id, tenant_id), marked)
+    row = await row_of(db, job_id)
+    assert (row["status"], row["error_code"]) == ("failed", "MEDIA_DECODE_ERROR")
+    assert "SIGSEGV" in row["error_message"]
+    async with db.session() as session:
+        dead = await session.scalars(select(outbox.c.dead).where(outbox.c.job_id == job_id))
+        assert dead.all() == [True]  # its message, to the dead letters: visible, and requeued once mended
+    healthy = await new_job()
+    runner.handlers["video.probe"] = Calls()
+    assert await deliver(runner, body_of(healthy, tenant_id)) == ["ack"]
+    assert (await row_of(db, healthy))["status"] == "succeeded"

@@ -229,6 +229,7 @@ async def ledger(
     }
     async with db.session() as session:
         relay_p99 = await session.scalar(RELAY_P99, {"ids": ids})
+        dead = await session.scalar(DEAD_LETTERED, {"ids": ids})
     count = {status: sum(1 for row in rows if row["status"] == status) for status in ("succeeded", "failed")}
     return Ledger(
         scenario=scenario,
@@ -238,12 +239,13 @@ async def ledger(
         cancelled=sum(1 for row in rows if row["status"] == "cancelled"),
         lost=len(ids) - len(rows) + len(open_jobs),
         duplicates=sum(1 for value in writes.values() if value > 1),
-        dead=sum(1 for row in rows if row["error_code"] == "RETRIES_EXHAUSTED"),
+        dead=int(dead or 0),
         recover_s=recover_s,
         relay_p99_s=float(relay_p99 or 0.0),
     )
 
 
+DEAD_LETTERED = text("select count(distinct job_id) from outbox where job_id = any(:ids) and dead")
 RELAY_P99 = text("""
     select percentile_cont(0.99) within group (order by extract(epoch from sent_at - created_at))
     from outbox where job_id = any(:ids) and delay_s = 0 and not dead and sent_at is not null

@@ -2,8 +2,9 @@
 
 Each job works for `CHAOS_JOB_S` seconds in small steps (reporting progress, so it can be cancelled)
 before it probes its input for real; an input whose SHA-256 is `CHAOS_LONG_SHA256` works for
-`CHAOS_LONG_S` seconds instead; an input whose SHA-256 is `CHAOS_POISON_SHA256` kills the worker process
-outright (SIGKILL) every time it is tried, as a crashing decoder would.
+`CHAOS_LONG_S` seconds instead; an input whose SHA-256 is `CHAOS_POISON_SHA256` kills the process that
+decodes it (SIGKILL) every time, as a crashing decoder would: the worker on its first attempt, the child
+process its rerun decodes in (`medialens_shared.isolation`) after that.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import asyncio
 import hashlib
 import os
 import signal
+from pathlib import Path
 
 from medialens_shared.contracts import VideoProbeResult
 from medialens_shared.tasks import JobContext
@@ -19,10 +21,15 @@ from medialens_shared.worker import serve
 from medialens_video.probe import probe_video
 
 
-async def slow_probe(ctx: JobContext) -> VideoProbeResult:
-    path = ctx.require_input()
+def crashing_probe(path: Path) -> VideoProbeResult:
+    """`probe_video`, but the poison input crashes the process, as a decoder with a bug would."""
     if hashlib.sha256(path.read_bytes()).hexdigest() == os.environ.get("CHAOS_POISON_SHA256"):
         os.kill(os.getpid(), signal.SIGKILL)
+    return probe_video(path)
+
+
+async def slow_probe(ctx: JobContext) -> VideoProbeResult:
+    path = ctx.require_input()
     duration = float(os.environ.get("CHAOS_JOB_S", "1.0"))
     if hashlib.sha256(path.read_bytes()).hexdigest() == os.environ.get("CHAOS_LONG_SHA256"):
         duration = float(os.environ.get("CHAOS_LONG_S", "75"))
@@ -31,7 +38,7 @@ async def slow_probe(ctx: JobContext) -> VideoProbeResult:
         await asyncio.sleep(duration / steps)
         await ctx.progress(step / steps, f"working {step}/{steps}")
         ctx.check_cancelled()
-    return await ctx.run_cpu(probe_video, path)
+    return await ctx.run_cpu(crashing_probe, path)
 
 
 def main() -> None:

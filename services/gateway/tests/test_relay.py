@@ -14,6 +14,7 @@ from sqlalchemy import select, update
 
 from medialens_shared.bus import Topology, make_broker, queue_stats
 from medialens_shared.db import DatabaseManager
+from medialens_shared.jobstore import WORKER_DIED_HEADER
 from medialens_shared.outbox import DELAY_TIERS_S
 from medialens_shared.tables import jobs, outbox
 from scripts.samples import make_video
@@ -50,8 +51,9 @@ async def _orphan(db: DatabaseManager, job_id: str, *, attempts: int) -> None:
 async def test_a_job_whose_worker_died_runs_again(
     stack: Stack, api: httpx.AsyncClient, db: DatabaseManager, video_id: str
 ) -> None:
-    """A running job whose lease ran out is requeued by the reaper, through a delay queue (a backoff, so
-    a job that crashes its worker each time cannot loop), and then succeeds, its crash counted."""
+    """A running job whose lease ran out is requeued by the reaper, at once the first time (its rerun
+    decodes in a child process) and then succeeds, its crash counted; a second crash's rerun waits in a
+    delay queue (a backoff, so a job that crashes its worker each time cannot loop)."""
     job = await stack.held_job(api, "video.probe", video_id)
     await _orphan(db, job.job_id, attempts=1)
     started = time.monotonic()
@@ -61,9 +63,20 @@ async def test_a_job_whose_worker_died_runs_again(
     assert time.monotonic() - started < 30
     assert (await result_of(api, job.job_id))["video"]["width"] == 160
     async with db.session() as session:
-        delays = (await session.scalars(select(outbox.c.delay_s).where(outbox.c.job_id == job.job_id))).all()
-    assert sorted(delays)[0] == 0  # the submit's message
-    assert sorted(delays)[1] in DELAY_TIERS_S  # the requeue's, after a backoff
+        query = select(outbox.c.delay_s, outbox.c.headers).where(outbox.c.job_id == job.job_id)
+        sent = (await session.execute(query.order_by(outbox.c.id))).all()
+    assert WORKER_DIED_HEADER not in sent[0].headers  # the submit's message
+    # The requeue's: marked, so that the rerun's decoding ran in a child process.
+    assert sent[1].delay_s == 0
+    assert sent[1].headers[WORKER_DIED_HEADER] == "1"
+
+    second = await stack.held_job(api, "video.probe", video_id)
+    await _orphan(db, second.job_id, attempts=2)
+    assert (await wait_for(api, second.job_id, timeout=60))["status"] == "succeeded"
+    async with db.session() as session:
+        query = select(outbox.c.delay_s).where(outbox.c.job_id == second.job_id).order_by(outbox.c.id)
+        delays = (await session.scalars(query)).all()
+    assert delays[1] in DELAY_TIERS_S
 
 
 async def test_a_job_that_lost_its_worker_too_often_fails(

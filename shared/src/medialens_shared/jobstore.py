@@ -18,11 +18,14 @@ from medialens_shared.contracts import TERMINAL_STATUSES, JobMessage, JobStatus
 from medialens_shared.envelope import iso
 from medialens_shared.errors import MediaLensError
 from medialens_shared.tables import jobs
+from medialens_shared.telemetry import context_headers
 
 JobRow = RowMapping
 
 #: The error of a composite job's part that does not apply to the input; the other parts still count.
 PART_NOT_APPLICABLE = "UNSUPPORTED_INPUT"
+#: On a job's message: its previous attempt died with its worker (see `medialens_shared.isolation`).
+WORKER_DIED_HEADER = "x-medialens-worker-died"
 
 
 def job_view(
@@ -125,10 +128,17 @@ async def transition(
 
 
 async def requeue(
-    session: AsyncSession, *, job: JobRow, message: str, owner: str | None = None, delay_s: int = 0
+    session: AsyncSession,
+    *,
+    job: JobRow,
+    message: str,
+    owner: str | None = None,
+    delay_s: int = 0,
+    worker_died: bool = False,
 ) -> JobRow | None:
     """Hand a running job back to the queue (its lease cleared) and its message to the outbox, after
-    `delay_s`; the new row, or None if the job was no longer running (for `owner`)."""
+    `delay_s`; the new row, or None if the job was no longer running (for `owner`). `worker_died` marks
+    the message (`WORKER_DIED_HEADER`) so that the next attempt runs its CPU part isolated."""
     row = await transition(
         session,
         job_id=job["id"],
@@ -140,7 +150,8 @@ async def requeue(
         lease_expires_at=None,
     )
     if row is not None:
-        await outbox.enqueue(session, message_of(row), delay_s=delay_s)
+        headers = context_headers() | {WORKER_DIED_HEADER: "1"} if worker_died else None
+        await outbox.enqueue(session, message_of(row), delay_s=delay_s, headers=headers)
     return row
 
 

@@ -15,7 +15,8 @@ afterwards.
     lease, extended by a heartbeat while the job runs, guards it: if the worker dies, the relay's reaper
     requeues the job when the lease runs out (the crash counted as an attempt). Then:
       result                              -> result upserted by job id, then running -> succeeded
-      PermanentJobError                   -> running -> failed with its error_code
+      PermanentJobError                   -> running -> failed with its error_code (a decoder that crashed
+                                             its isolated rerun: MEDIA_DECODE_ERROR, message dead-lettered)
       JobCancelled (asked, or lease lost) -> running -> cancelled
       TransientJobError / a lost database -> running -> queued, and the message back through the outbox
                                              after an exponential backoff with jitter (a delay queue,
@@ -40,11 +41,11 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, cast
 
 from pydantic import BaseModel, ValidationError
 from pymongo.errors import ConnectionFailure as MongoConnectionFailure
@@ -54,7 +55,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from medialens_shared import jobstore, metrics, outbox
+from medialens_shared import isolation, jobstore, metrics, outbox
 from medialens_shared.contracts import JOB_TYPES, JobMessage, JobStatus, ResultBase
 from medialens_shared.db import DatabaseManager
 from medialens_shared.envelope import utc_now
@@ -105,7 +106,10 @@ PASSING_FAULTS: tuple[type[BaseException], ...] = (
 
 
 class Delivery(Protocol):
-    """What the runner does with a delivery (FastStream's RabbitMessage is one)."""
+    """What the runner reads of a delivery and does with it (FastStream's RabbitMessage is one)."""
+
+    @property
+    def headers(self) -> Mapping[str, Any]: ...
 
     async def ack(self) -> None: ...
     async def nack(self, *, requeue: bool = True) -> None: ...
@@ -126,6 +130,8 @@ class JobContext:
     log: logging.LoggerAdapter[logging.Logger]
     _runner: JobRunner
     _row: jobstore.JobRow
+    #: The previous attempt died with its worker: `run_cpu` runs in a child process (see `isolation`).
+    isolated: bool = False
     _last_progress: float = 0.0
     _cancel: threading.Event = field(default_factory=threading.Event)
     _cleanups: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
@@ -177,8 +183,25 @@ class JobContext:
             raise JobCancelled("cancelled on request")
 
     async def run_cpu(self, func: Callable[..., T], /, *args: Any) -> T:
-        """Run CPU-heavy `func` in a thread, so the event loop keeps the broker's heartbeats going."""
-        return await asyncio.to_thread(func, *args)
+        """Run CPU-heavy `func` in a thread, so the event loop keeps the broker's heartbeats going.
+
+        In a child process instead when the job is `isolated` (its previous attempt died with its worker):
+        then `func` and `args` must pickle, except for `ctx.report`, which works there too.
+        """
+        if not self.isolated:
+            return await asyncio.to_thread(func, *args)
+        ended = threading.Event()  # this call was given up (a timeout, a shutdown): the child must go
+        try:
+            result = await asyncio.to_thread(
+                isolation.run_in_child,
+                func,
+                args,
+                report=self.report,
+                abandoned=lambda: self.cancelled or ended.is_set(),
+            )
+        finally:
+            ended.set()
+        return cast(T, result)
 
     def add_cleanup(self, callback: Callable[[], Awaitable[None]]) -> None:
         self._cleanups.push_async_callback(callback)
@@ -250,8 +273,9 @@ class JobRunner:
         metrics.job_started(
             message.type, created_at=row["created_at"], started_at=row["started_at"], attempt=row["attempts"]
         )
+        isolated = delivery.headers.get(jobstore.WORKER_DIED_HEADER) is not None
         with metrics.job_running(message.type):
-            await self._execute(message, row, jlog)
+            await self._execute(message, row, jlog, isolated=isolated)
 
     async def _claim(self, message: JobMessage) -> jobstore.JobRow | None:
         async with self.db.session() as session:
@@ -269,12 +293,22 @@ class JobRunner:
         return row
 
     async def _execute(
-        self, message: JobMessage, row: jobstore.JobRow, jlog: logging.LoggerAdapter[logging.Logger]
+        self,
+        message: JobMessage,
+        row: jobstore.JobRow,
+        jlog: logging.LoggerAdapter[logging.Logger],
+        *,
+        isolated: bool = False,
     ) -> None:
         handler = self.handlers.get(message.type)
         await self.signals.announce(jobstore.job_view(row))
         await self._announce_parent(row)
-        jlog.info("job %s started (attempt %d)", message.job_id, row["attempts"])
+        jlog.info(
+            "job %s started (attempt %d%s)",
+            message.job_id,
+            row["attempts"],
+            ", isolated: its previous attempt died with its worker" if isolated else "",
+        )
         try:
             if handler is None:
                 raise InvalidParams(f"the {self.service} service does not run {message.type} jobs")
@@ -283,7 +317,7 @@ class JobRunner:
                 # and running it again would be a second effect.
                 jlog.info("job %s: an earlier attempt stored its result; finishing it", message.job_id)
             else:
-                result = await self._run(handler, message, row, jlog)
+                result = await self._run(handler, message, row, jlog, isolated=isolated)
                 if not await self._extend_lease(message.job_id):
                     # Its lease ran out while it ran and the job went to another worker: storing this
                     # result too would be a second effect of one job.
@@ -295,6 +329,9 @@ class JobRunner:
                     await self._store_result(message, result)
         except JobCancelled:
             await self._finish(row, JobStatus.CANCELLED, message="cancelled", jlog=jlog)
+        except isolation.DecoderCrashed as exc:  # visible to operators, who may requeue it once mended
+            error = (exc.error_code, exc.message)
+            await self._finish(row, JobStatus.FAILED, message="failed", error=error, jlog=jlog, dead=message)
         except PermanentJobError as exc:
             error = (exc.error_code, exc.message)
             await self._finish(row, JobStatus.FAILED, message="failed", error=error, jlog=jlog)
@@ -375,6 +412,8 @@ class JobRunner:
         message: JobMessage,
         row: jobstore.JobRow,
         jlog: logging.LoggerAdapter[logging.Logger],
+        *,
+        isolated: bool,
     ) -> BaseModel:
         spec = JOB_TYPES[message.type]
         try:
@@ -395,6 +434,7 @@ class JobRunner:
             log=jlog,
             _runner=self,
             _row=row,
+            isolated=isolated,
         )
         with untraced():  # the heartbeat's Redis and MongoDB calls every 0.5 s would swamp the trace
             watcher = asyncio.create_task(self._watch(ctx))
@@ -532,7 +572,10 @@ class JobRunner:
         jlog: logging.LoggerAdapter[logging.Logger],
         error: tuple[str, str] | None = None,
         progress: float | None = None,
+        dead: JobMessage | None = None,
     ) -> None:
+        """End the job (if this worker still owns it) and tell its listeners; `dead` goes to the dead letters
+        with the change."""
         values: dict[str, Any] = {"message": message, "worker": None, "lease_expires_at": None}
         if error is not None:
             values["error_code"], values["error_message"] = error
@@ -552,6 +595,8 @@ class JobRunner:
                             owner=self.worker_id,
                             **values,
                         )
+                        if done is not None and dead is not None:
+                            await outbox.enqueue(session, dead, dead=True)
                         await session.commit()
                     break
                 except PASSING_FAULTS as exc:

@@ -141,13 +141,17 @@ class Relay:
             row = await jobstore.fail(session, job_id=job_id, error=error)
             await outbox.enqueue(session, jobstore.message_of(current), dead=True)
             return row
-        # After a backoff, like any retry: a job that crashes its worker every time must not take down
-        # the workers in a tight loop (and the healthy jobs running beside it) before it is given up.
+        # The rerun decodes in a child process (`worker_died`), so an input that crashes its decoder
+        # cannot take down another worker: the first rerun may start at once, and the jobs that died beside
+        # a crashing one lose no more time. A job that crashes its worker outside the decoding (the child
+        # cannot help there) must not take the workers down in a tight loop: later reruns back off.
+        attempts = current["attempts"]
         return await jobstore.requeue(
             session,
             job=current,
             message="requeued: its worker stopped heart-beating",
-            delay_s=outbox.backoff_s(current["attempts"]),
+            delay_s=outbox.backoff_s(attempts) if attempts > 1 else 0,
+            worker_died=True,
         )
 
     async def on_dead_letter(self, body: Any) -> None:
