@@ -68,6 +68,10 @@ DESCRIPTIONS: dict[str, str] = {
     "MEDIALENS_GATEWAY_HEALTH_TIMEOUT_S": "Budget of each readiness check, in seconds.",
     "MEDIALENS_GATEWAY_ACCESS_LOG": "Log one line per request (uvicorn's access log); off by default, the "
     "HTTP metrics count requests.",
+    "MEDIALENS_GATEWAY_TENANT_RATE_LIMIT": "Each tenant's request rate per gateway process, e.g. "
+    "`100/second;3000/minute` (empty: no limit); past it, 429 RATE_LIMITED with Retry-After.",
+    "MEDIALENS_GATEWAY_MAX_IN_FLIGHT": "Requests one gateway process serves at once (health checks aside); "
+    "past it, 503 SERVICE_UNAVAILABLE with Retry-After (0: no bound).",
     "MEDIALENS_RELAY_BATCH_SIZE": "Outbox entries the relay publishes per round.",
     "MEDIALENS_RELAY_POLL_INTERVAL_S": "Seconds between two looks at the outbox when it is empty.",
     "MEDIALENS_RELAY_REAP_INTERVAL_S": "How often the relay looks for running jobs whose lease ran out.",

@@ -93,6 +93,12 @@ class GatewaySettings(BaseModel):
     #: One log line per request (uvicorn's access log). Off by default: the HTTP metrics count requests,
     #: and a formatted line per request cost a busy gateway a measurable share of its CPU.
     access_log: bool = False
+    #: Each tenant's request rate per gateway process, in the `limits` library's notation (one or more of
+    #: `N/second`, `N/minute`... joined by `;`); empty: no limit. Over it: 429 RATE_LIMITED.
+    tenant_rate_limit: str = ""
+    #: Requests one gateway process serves at once (health checks aside); past it the gateway sheds load
+    #: with 503 SERVICE_UNAVAILABLE and Retry-After rather than queueing without bound. 0: no bound.
+    max_in_flight: int = Field(1000, ge=0)
 
 
 class RelaySettings(BaseModel):

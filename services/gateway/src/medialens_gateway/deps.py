@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from medialens_gateway.auth import KeyCache, Tenant, authenticate, presented_key
 from medialens_gateway.bus import GatewayBus
 from medialens_gateway.events import EventHub
+from medialens_gateway.ratelimit import TenantRateLimit
 from medialens_shared.db import DatabaseManager, MongoDoc
 from medialens_shared.filestore import FileStore
 from medialens_shared.settings import Settings
@@ -36,8 +37,12 @@ async def _session(services: svcs.fastapi.DepContainer) -> AsyncSession:
 
 
 async def _tenant(request: Request) -> Tenant:
-    db, cache = svcs.Container(svcs.fastapi.get_registry(request.app)).get(DatabaseManager, KeyCache)
-    return await authenticate(db, key=presented_key(request), cache=cache)
+    """The caller's tenant, which must be within its request rate."""
+    registered = svcs.Container(svcs.fastapi.get_registry(request.app))
+    db, cache, rate = registered.get(DatabaseManager, KeyCache, TenantRateLimit)
+    tenant = await authenticate(db, key=presented_key(request), cache=cache)
+    rate.spend(tenant.id)
+    return tenant
 
 
 async def _settings(request: Request) -> Settings:

@@ -1,9 +1,10 @@
 """What every HTTP request of the gateway passes through first: one pure-ASGI layer.
 
 It gives the request its id (the client's `X-Request-ID` when it sent a sane one) and echoes it as a header,
-counts and times the request by route template, and renders a bug as the 500 envelope or a dependency
-outage as the 503 one. One layer rather than three: each ASGI middleware costs every request a wrapped
-`send` and a few frames, which showed in the gateway's profile.
+counts and times the request by route template, sheds load past `gateway.max_in_flight` requests at once
+(503 with Retry-After, before any work: a gateway that queues without bound answers everyone late), and
+renders a bug as the 500 envelope or a dependency outage as the 503 one. One layer rather than three: each
+ASGI middleware costs every request a wrapped `send` and a few frames, which showed in the gateway's profile.
 """
 
 from __future__ import annotations
@@ -39,8 +40,10 @@ class EdgeMiddleware:
     of our own, so it also catches what Starlette's exception middleware lets through.
     """
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, *, max_in_flight: int = 0) -> None:
         self.app = app
+        self.max_in_flight = max_in_flight
+        self.in_flight = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -51,6 +54,20 @@ class EdgeMiddleware:
         id_header = (b"x-request-id", request_id.encode())
         token = request_id_var.set(request_id)
         status = 0
+        app = self.app
+        # Health checks are never shed: an orchestrator must not restart a gateway for being busy.
+        if (
+            self.max_in_flight
+            and self.in_flight >= self.max_in_flight
+            and not scope["path"].startswith("/health")
+        ):
+            app = error_response(
+                status_code=503,
+                error_code=ServiceUnavailable.error_code,
+                message="The gateway is at its limit of requests in flight; retry after Retry-After seconds.",
+                retry_after=1,
+            )
+        self.in_flight += 1
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
@@ -62,13 +79,14 @@ class EdgeMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_id)
+            await app(scope, receive, send_with_id)
         except Exception as exc:
             response = self._render(exc, request_id)
             if status:
                 raise  # the client already has a status line; all we can do is drop the connection
             await response(scope, receive, send_with_id)
         finally:
+            self.in_flight -= 1
             request_id_var.reset(token)
             metrics.observe(
                 method=scope["method"],

@@ -20,6 +20,7 @@ from medialens_gateway.files.routes import router as files_router
 from medialens_gateway.jobs.routes import router as jobs_router
 from medialens_gateway.jobs.types import router as job_types_router
 from medialens_gateway.ops.routes import router as ops_router
+from medialens_gateway.ratelimit import TenantRateLimit
 from medialens_shared.db import DatabaseManager
 from medialens_shared.logs import configure_logging
 from medialens_shared.opsserver import QuietServer
@@ -37,6 +38,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         db = DatabaseManager(settings, name="gateway")
         register_core(registry, settings=settings, db=db)
         registry.register_value(KeyCache, KeyCache())
+        registry.register_value(TenantRateLimit, TenantRateLimit(settings.gateway.tenant_rate_limit))
         await db.initialize_all()
         if settings.is_development:
             async with db.session() as session:
@@ -55,7 +57,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Media and data analysis jobs over REST.",
         lifespan=lifespan,
     )
-    app.add_middleware(EdgeMiddleware)
+    app.add_middleware(EdgeMiddleware, max_in_flight=settings.gateway.max_in_flight)
     instrument_app(app)
     install_error_handlers(app)
     for router in (jobs_router, files_router, job_types_router, ops_router):
