@@ -73,7 +73,9 @@ async def get(session: AsyncSession, *, job_id: str) -> JobRow | None:
 
 
 async def children_of(session: AsyncSession, *, job_id: str) -> list[str]:
-    query = select(jobs.c.id).where(jobs.c.parent_id == job_id).order_by(jobs.c.created_at)
+    # The parts of one submission share their created_at (one transaction): the id breaks the tie, so that
+    # every answer lists them in the same order.
+    query = select(jobs.c.id).where(jobs.c.parent_id == job_id).order_by(jobs.c.created_at, jobs.c.id)
     return list((await session.scalars(query)).all())
 
 

@@ -35,6 +35,18 @@ async def test_only_https_when_http_is_not_allowed(url: str) -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    "url",
+    ["https://[::1/hook", "https://example.com:99999/hook", "https://example.com:abc/", "https://a..b/"],
+)
+async def test_a_malformed_callback_url_is_a_validation_error_not_a_crash(url: str) -> None:
+    """An unclosed IPv6 bracket, a port out of range or not a number, a name IDNA refuses: 422, not 500."""
+    with pytest.raises(RequestValidationFailed) as caught:
+        await check_callback_url(url, allow_http=False, allow_private=False)
+    assert caught.value.details is not None
+    assert caught.value.details[0]["loc"] == ["body", "callback_url"]
+
+
 async def test_https_public_literal_passes_the_checker() -> None:
     """An https:// URL on a public IP literal passes the checker."""
     await check_callback_url("https://93.184.216.34:8443/hook", allow_http=False, allow_private=False)

@@ -21,6 +21,8 @@ async def test_media_analyze_runs_every_part_and_gathers_their_results(
     make_video(path, duration_s=3.0, fps=25, width=160, height=120, with_audio=True, cuts_s=[1.0, 2.0])
     job = await submit(api, "media.analyze", await upload(api, path))
     assert len(job["children"]) == len(PARTS)
+    listed = (await api.get("/v1/jobs", params={"type": "media.analyze", "limit": 200})).json()["data"]
+    assert next(item for item in listed["items"] if item["id"] == job["id"])["children"] == job["children"]
     done = await wait_for(api, job["id"], timeout=120)
     assert done["status"] == "succeeded", done
     assert done["progress"] == 1.0

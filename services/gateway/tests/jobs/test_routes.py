@@ -392,6 +392,23 @@ async def test_idempotency_key_replays_the_first_job(
     assert "different body" in body["message"]
 
 
+async def test_a_replay_answers_even_after_the_input_file_was_deleted(
+    api: httpx.AsyncClient, tmp_path: Path, envelope: EnvelopeCheck
+) -> None:
+    """The first job of a key is the answer to its replay, whatever became of the input since."""
+    path = tmp_path / "gone.csv"
+    make_csv(path, rows=5)
+    file_id = await upload(api, path)
+    key = {"Idempotency-Key": f"deleted-{file_id}"}
+    job_body = {"type": "data.profile", "file_id": file_id}
+    first = envelope(await api.post("/v1/jobs", json=job_body, headers=key), status=202)["data"]
+    envelope(await api.delete(f"/v1/files/{file_id}"), status=200)
+    replay = envelope(await api.post("/v1/jobs", json=job_body, headers=key), status=200)
+    assert replay["data"]["id"] == first["id"]
+    fresh = await api.post("/v1/jobs", json=job_body, headers={"Idempotency-Key": f"new-{file_id}"})
+    envelope(fresh, status=404, error_code="NOT_FOUND")
+
+
 async def test_idempotency_keys_are_per_tenant(
     stack: Stack, api: httpx.AsyncClient, tmp_path: Path, csv_file: str
 ) -> None:

@@ -28,17 +28,20 @@ def is_public(address: str) -> bool:
 
 
 async def check_callback_url(url: str, *, allow_http: bool, allow_private: bool) -> None:
-    parts = urlsplit(url)
     schemes = ("https", "http") if allow_http else ("https",)
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # raises for a port that is not a number in 0..65535
+    except ValueError as exc:  # an unclosed IPv6 bracket, a bad port
+        raise _refuse(f"callback_url is not a valid URL ({exc}).") from exc
     if parts.scheme not in schemes or not parts.hostname:
         raise _refuse(f"callback_url must be an absolute {' or '.join(schemes)}:// URL.")
     if allow_private:
         return
     try:
-        infos = await asyncio.get_running_loop().getaddrinfo(
-            parts.hostname, parts.port or 443, type=socket.SOCK_STREAM
-        )
-    except socket.gaierror as exc:
+        loop = asyncio.get_running_loop()
+        infos = await loop.getaddrinfo(parts.hostname, port or 443, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:  # UnicodeError: a name IDNA refuses, e.g. "a..b"
         raise _refuse(f"callback_url's host {parts.hostname!r} does not resolve.") from exc
     for *_, sockaddr in infos:
         if not is_public(str(sockaddr[0])):

@@ -90,7 +90,7 @@ async def list_jobs(
     rows = await service.list_jobs(
         session, tenant_id=tenant.id, limit=limit, cursor=cursor, status=status, type_=type, labels=labels
     )
-    items = [jobstore.job_view(row) for row in rows[:limit]]
+    items = [jobstore.job_view(row, children=row["children"] or ()) for row in rows[:limit]]
     return ok({"items": items, "next_cursor": next_cursor(rows, limit=limit)})
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy import RowMapping, delete, func, select
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.dialects.postgresql import aggregate_order_by, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from medialens_gateway.jobs.schemas import JobRequest
@@ -130,8 +130,16 @@ async def submit(
 ) -> Submitted:
     params = _checked_params(body)
     if idempotency_key or JOB_TYPES[body.type].children:
-        await _input_file(db, tenant_id=tenant_id, body=body)
         async with db.session() as session:
+            if idempotency_key:  # a replay answers with the first job, even if its input was deleted since
+                request_hash = _request_hash(body)
+                earlier = await _replay(
+                    session, tenant_id=tenant_id, key=idempotency_key, request_hash=request_hash, ttl_s=ttl_s
+                )
+                if earlier is not None:
+                    return Submitted(job=await view(session, signals, earlier), created=False)
+                await session.rollback()
+            await _input_file(db, tenant_id=tenant_id, body=body)
             return await _submit_in_transaction(
                 session,
                 signals,
@@ -209,7 +217,10 @@ async def _submit_in_transaction(
         )
         if claimed.first() is None:  # the key was taken first (perhaps by a concurrent request)
             await session.rollback()
-            earlier = await _replay(session, tenant_id=tenant_id, key=key, request_hash=request_hash)
+            earlier = await _replay(
+                session, tenant_id=tenant_id, key=key, request_hash=request_hash, ttl_s=ttl_s
+            )
+            assert earlier is not None  # the key taken is within its TTL: the expired ones were deleted above
             return Submitted(job=await view(session, signals, earlier), created=False)
     await session.commit()
     metrics.JOBS_SUBMITTED.labels(body.type).inc()
@@ -254,19 +265,23 @@ async def _queue(
     return row
 
 
-async def _replay(session: AsyncSession, *, tenant_id: str, key: str, request_hash: str) -> RowMapping:
-    """The job of an earlier submission with `key`, if it had the same body."""
+async def _replay(
+    session: AsyncSession, *, tenant_id: str, key: str, request_hash: str, ttl_s: int
+) -> RowMapping | None:
+    """The job of an earlier submission with `key` within the TTL, if any; 409 if its body differed."""
     query = select(idempotency_keys.c.request_hash, idempotency_keys.c.job_id).where(
-        idempotency_keys.c.tenant_id == tenant_id, idempotency_keys.c.key == key
+        idempotency_keys.c.tenant_id == tenant_id,
+        idempotency_keys.c.key == key,
+        idempotency_keys.c.created_at >= func.now() - timedelta(seconds=ttl_s),
     )
-    first = (await session.execute(query)).one()
+    first = (await session.execute(query)).one_or_none()
+    if first is None:
+        return None
     if first.request_hash != request_hash:
         raise Conflict(
             "This Idempotency-Key was used with a different body; use a new key for a different job."
         )
-    job = await jobstore.get(session, job_id=first.job_id)
-    assert job is not None  # the key's row references the job (ON DELETE CASCADE)
-    return job
+    return await jobstore.get(session, job_id=first.job_id)
 
 
 async def get_job(session: AsyncSession, *, tenant_id: str, job_id: str) -> RowMapping:
@@ -289,8 +304,8 @@ async def read(db: DatabaseManager, signals: JobSignals, *, tenant_id: str, job_
 
 _JOB_WITH_PARTS = """
 SELECT jobs.*,
-       ARRAY(SELECT part.id FROM jobs AS part WHERE part.parent_id = jobs.id ORDER BY part.created_at)
-           AS children
+       ARRAY(SELECT part.id FROM jobs AS part WHERE part.parent_id = jobs.id
+             ORDER BY part.created_at, part.id) AS children
 FROM jobs
 WHERE jobs.id = $1 AND jobs.tenant_id = $2
 """
@@ -313,7 +328,15 @@ async def list_jobs(
     type_: str | None,
     labels: dict[str, str],
 ) -> list[RowMapping]:
-    query = select(jobs).where(jobs.c.tenant_id == tenant_id)
+    """A page of the tenant's jobs, newest first, each with its parts' ids (`children`, NULL for none)."""
+    part = jobs.alias("part")
+    children = (
+        select(func.array_agg(aggregate_order_by(part.c.id, part.c.created_at, part.c.id)))
+        .where(part.c.parent_id == jobs.c.id)
+        .scalar_subquery()
+        .label("children")
+    )
+    query = select(jobs, children).where(jobs.c.tenant_id == tenant_id)
     if status is not None:
         query = query.where(jobs.c.status == status.value)
     if type_ is not None:
