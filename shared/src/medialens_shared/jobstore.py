@@ -17,6 +17,7 @@ from medialens_shared import outbox, webhooks
 from medialens_shared.contracts import TERMINAL_STATUSES, JobMessage, JobStatus
 from medialens_shared.envelope import iso
 from medialens_shared.errors import MediaLensError
+from medialens_shared.signals import JobSignals
 from medialens_shared.tables import jobs
 from medialens_shared.telemetry import context_headers
 
@@ -77,6 +78,17 @@ async def children_of(session: AsyncSession, *, job_id: str) -> list[str]:
     # every answer lists them in the same order.
     query = select(jobs.c.id).where(jobs.c.parent_id == job_id).order_by(jobs.c.created_at, jobs.c.id)
     return list((await session.scalars(query)).all())
+
+
+async def announce(session: AsyncSession, signals: JobSignals, row: JobRow) -> None:
+    """Tell the job's listeners of its new state; for a part, its composite job's listeners too, since the
+    part's change may have moved it."""
+    await signals.announce(job_view(row))
+    if row["parent_id"] is None:
+        return
+    parent = await get(session, job_id=row["parent_id"])
+    if parent is not None:
+        await signals.announce(job_view(parent, children=await children_of(session, job_id=parent["id"])))
 
 
 async def transition(

@@ -124,10 +124,10 @@ class Relay:
                 if row is not None:
                     announced.append(row)
             await session.commit()
-        for row in announced:
-            log.warning("job %s lost its worker; now %s", row["id"], row["status"])
-            metrics.JOBS_REAPED.labels(row["type"], row["status"]).inc()
-            await self.signals.announce(jobstore.job_view(row))
+            for row in announced:
+                log.warning("job %s lost its worker; now %s", row["id"], row["status"])
+                metrics.JOBS_REAPED.labels(row["type"], row["status"]).inc()
+                await jobstore.announce(session, self.signals, row)
         return len(announced)
 
     async def _reap_one(self, session: Any, *, job_id: str) -> jobstore.JobRow | None:
@@ -172,9 +172,9 @@ class Relay:
                 from_statuses=[JobStatus.QUEUED, JobStatus.RUNNING],
             )
             await session.commit()
-        if row is not None:
-            log.warning("job %s dead-lettered; marked failed", message.job_id)
-            await self.signals.announce(jobstore.job_view(row))
+            if row is not None:
+                log.warning("job %s dead-lettered; marked failed", message.job_id)
+                await jobstore.announce(session, self.signals, row)
 
     async def run(self, stop: asyncio.Event) -> None:
         delay = self.settings.relay.poll_interval_s

@@ -3,12 +3,15 @@ end and gathering their results."""
 
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
 
 import httpx
 
+from medialens_shared.signals import JobSignals
 from scripts.samples import make_video
-from tests.fixtures.stack import result_of, submit, upload, wait_for
+from tests.fixtures.stack import Stack, result_of, submit, upload, wait_for
 
 PARTS = {"video.probe", "video.scenes", "video.quality", "audio.loudness", "audio.silence"}
 
@@ -54,15 +57,27 @@ async def test_a_part_that_does_not_apply_leaves_a_gap_not_a_failure(
 
 
 async def test_cancelling_the_parent_cancels_its_parts(
-    stack_proxy_cut: None, api: httpx.AsyncClient, tmp_path: Path
+    stack_proxy_cut: None, stack: Stack, api: httpx.AsyncClient, tmp_path: Path
 ) -> None:
-    """A composite job whose parts are still queued is cancelled with all of them."""
+    """A composite job whose parts are still queued is cancelled with all of them, and its followers hear
+    of it at once (not at their stream's next keep-alive)."""
     path = tmp_path / "clip.mp4"
     make_video(path, duration_s=1.0, fps=10, width=96, height=64)
     file_id = await upload(api, path)
     job = await submit(api, "media.analyze", file_id)
-    response = await api.post(f"/v1/jobs/{job['id']}/cancel")
-    assert response.status_code == 202, response.text
+    signals = JobSignals(stack.db.redis, prefix=stack.settings.redis.prefix)
+    async with stack.db.redis.pubsub() as pubsub:
+        await pubsub.subscribe(signals.channel(job["id"]))
+        response = await api.post(f"/v1/jobs/{job['id']}/cancel")
+        assert response.status_code == 202, response.text
+        heard: list[str] = []
+        deadline = time.monotonic() + 2.0
+        while "cancelled" not in heard:
+            assert time.monotonic() < deadline, f"the parent's followers heard {heard}, not its cancel"
+            # None for the subscription's own confirmation, or when nothing came within the timeout.
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.2)
+            if message is not None:
+                heard.append(json.loads(message["data"])["status"])
     parent = await wait_for(api, job["id"], timeout=10)
     assert parent["status"] == "cancelled"
     for child in parent["children"]:

@@ -381,7 +381,7 @@ async def cancel_part(session: AsyncSession, signals: JobSignals, *, job_id: str
     )
     await session.commit()
     if cancelled is not None:
-        await signals.announce(jobstore.job_view(cancelled))
+        await jobstore.announce(session, signals, cancelled)
     else:
         await signals.request_cancel(job_id)
 
