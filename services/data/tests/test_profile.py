@@ -419,15 +419,18 @@ def test_distinct_count_is_approximate_past_the_limit(tmp_path: Path) -> None:
 
 
 def test_cancel_interrupts_a_running_profile(long_csv: Path) -> None:
-    """A cancel asked for while the table is being read stops the profile within two seconds."""
+    """A cancel asked for while the table is being read stops the profile within two seconds.
+
+    The engine's watcher reads `cancelled` only while the profile runs, so the first look answers yes: a
+    later one could come after a quiet machine had finished the five million rows."""
     from medialens_shared.errors import JobCancelled
 
     asked: list[float] = []
 
     def cancelled() -> bool:
         if not asked:
-            asked.append(time.monotonic() + 0.5)
-        return time.monotonic() > asked[0]
+            asked.append(time.monotonic())
+        return True
 
     with pytest.raises(JobCancelled):
         profile_table(long_csv, params=AUTO, cancelled=cancelled)
