@@ -123,7 +123,7 @@ def test_reports_progress_and_stops_when_report_raises(textured: Path) -> None:
     """Progress goes from 0 to 1 with frame counts, and an exception from report stops the analysis."""
     notes: list[tuple[float, str]] = []
     detect_scenes(textured, report=lambda f, m: notes.append((f, m)))
-    assert notes[0][1] == "decoding 1/200 frames"
+    assert notes[0] == (0.0, "decoding 0/200 frames")
     assert all(0.0 <= f <= 1.0 for f, _ in notes)
     assert "decoding 200/200 frames" in [m for _, m in notes]
 
