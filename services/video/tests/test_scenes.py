@@ -71,7 +71,8 @@ def test_cuts_long_gop_and_short_gop_alike(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("suffix", [".mkv", ".ts"])
 def test_chunked_decoding_in_other_containers(tmp_path: Path, suffix: str) -> None:
-    """Matroska and MPEG-TS clips cut into many keyframe chunks yield the exact cuts (TS seeks by time)."""
+    """Matroska clips cut into keyframe chunks, and MPEG-TS ones (whose seeks by time miss the keyframes,
+    so they are decoded in one piece instead), yield the exact cuts."""
     path = tmp_path / f"gop{suffix}"
     make_video(path, duration_s=8.0, fps=25, width=320, height=180, cuts_s=CUTS_S, texture=True, keyint=12)
     analysis = detect_scenes(path)

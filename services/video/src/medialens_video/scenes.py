@@ -148,6 +148,10 @@ class _Changes:
         self.changes.append(change)
 
 
+class _Misaligned(Exception):
+    """A chunk's seek did not land on its keyframe, so the chunk would lose or repeat frames."""
+
+
 class _Stopped(Exception):
     """A decoding thread stops early because another one failed or the job was cancelled."""
 
@@ -218,24 +222,22 @@ def detect_scenes(
     with ThreadPoolExecutor(threads, thread_name_prefix="scenes") as pool:
         workers = _Workers(pool, report)
         decoder_threads = 1 if len(chunks) > 1 else threads
-        parts = workers.run(
-            [
-                _chunk_task(path, chunk, timeline, threshold, guard, workers, decoder_threads)
-                for chunk in chunks
-            ],
-            lambda n: (0.8 * min(n / total, 1.0), f"decoding {min(n, total)}/{total} frames"),
-        )
-        report(0.8, f"decoding {total}/{total} frames")
-        if any(
-            part.first is not None and chunk.start is not None and part.first[0] != chunk.start
-            for chunk, part in zip(chunks, parts, strict=True)
-        ):
-            # A container whose seeks miss the keyframe: decode it in one piece.
-            chunks = [_Chunk(0, None, None)]
+        try:
             parts = workers.run(
-                [_chunk_task(path, chunks[0], timeline, threshold, guard, workers, threads)],
+                [
+                    _chunk_task(path, chunk, timeline, threshold, guard, workers, decoder_threads)
+                    for chunk in chunks
+                ],
                 lambda n: (0.8 * min(n / total, 1.0), f"decoding {min(n, total)}/{total} frames"),
             )
+        except _Misaligned:
+            # A container whose seeks miss keyframes (MPEG-TS seeks by time): decode it in one piece.
+            workers.stop.clear()
+            parts = workers.run(
+                [_chunk_task(path, _Chunk(0, None, None), timeline, threshold, guard, workers, threads)],
+                lambda n: (0.8 * min(n / total, 1.0), f"decoding {min(n, total)}/{total} frames"),
+            )
+        report(0.8, f"decoding {total}/{total} frames")
         changes, decoded = _joined(parts, threshold)
         guard.require_frames(decoded)
         gaps = [_index(timeline.pts, c.after) - _index(timeline.pts, c.before) for c in changes]
@@ -370,7 +372,11 @@ def _chunk_task(
                         continue
                     if chunk.end is not None and frame.pts >= chunk.end:
                         return out
+                    if out.first is None and chunk.start is not None and frame.pts != chunk.start:
+                        raise _Misaligned
                     out.see(frame.pts, SmallFrame.of(frame))
+        if out.first is None and chunk.start is not None:
+            raise _Misaligned
         return out
 
     return run
