@@ -126,8 +126,18 @@ def measure(method: str, path: Path) -> dict[str, Any]:
         "wall_s": time.perf_counter() - start,
         "cpu_s": time.process_time() - cpu_start,
         "cuts": cuts,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": _peak_rss_mb(),
     }
+
+
+def _peak_rss_mb() -> float:
+    """This process's peak resident memory (VmHWM). Not `getrusage`'s ru_maxrss: Linux carries that over
+    from the parent through fork and exec, so a worker started after the parent generated a clip would
+    report the parent's peak."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _method(method: str) -> Callable[[Path], tuple[int, list[int]]]:

@@ -103,6 +103,7 @@ def make_video(
     frozen_s: tuple[float, float] | None = None,
     keyint: int | None = None,
     grain: int = 0,
+    x264_params: str | None = None,
 ) -> None:
     """Write a constant-frame-rate video of exactly `round(duration_s * fps)` frames to `path`.
 
@@ -122,6 +123,8 @@ def make_video(
     frames from `frozen_s[0]` to `frozen_s[1]` repeat the frame at `frozen_s[0]`. `keyint` caps the H.264
     keyframe interval (x264's default is 250 frames). `grain` adds film-grain-like noise of up to that
     many levels, different on every frame (so the bit rate is closer to camera footage's).
+    `x264_params` go to libx264 as they are (e.g. `"bframes=3:b-adapt=0:scenecut=0"` for a fixed
+    picture-type pattern whatever the content, so a test can put a cut on a B-frame).
     """
     frame_count = round(duration_s * fps)
     if frame_count < 1:
@@ -146,7 +149,11 @@ def make_video(
         video.height = height
         video.pix_fmt = pix_fmt
         if codec in ("libx264", "h264"):
-            video.options = {"preset": "veryfast", **({"g": str(keyint)} if keyint else {})}
+            video.options = {
+                "preset": "veryfast",
+                **({"g": str(keyint)} if keyint else {}),
+                **({"x264-params": x264_params} if x264_params else {}),
+            }
         if rotation % 360:
             # PyAV's degrees are counter-clockwise; ours (like the old `rotate` tag) are clockwise.
             video.set_display_rotation(-float(rotation % 360))

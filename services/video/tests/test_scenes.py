@@ -8,8 +8,11 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+from av.video.frame import PictureType
 
 from medialens_shared.errors import MediaDecodeError, UnsupportedInput
+from medialens_video import scenes
+from medialens_video.frames import encode_jpeg
 from medialens_video.scenes import detect_scenes
 from scripts.samples import corrupt, cut_frames, make_audio, make_video, truncate
 
@@ -66,6 +69,80 @@ def test_cuts_long_gop_and_short_gop_alike(tmp_path: Path) -> None:
     assert found == cut_frames(200, 25, CUTS_S)[1:]
 
 
+@pytest.mark.parametrize("suffix", [".mkv", ".ts"])
+def test_chunked_decoding_in_other_containers(tmp_path: Path, suffix: str) -> None:
+    """Matroska clips cut into keyframe chunks, and MPEG-TS ones (whose seeks by time miss the keyframes,
+    so they are decoded in one piece instead), yield the exact cuts."""
+    path = tmp_path / f"gop{suffix}"
+    make_video(path, duration_s=8.0, fps=25, width=320, height=180, cuts_s=CUTS_S, texture=True, keyint=12)
+    analysis = detect_scenes(path)
+    assert [scene.start_frame for scene in analysis.scenes[1:]] == cut_frames(200, 25, CUTS_S)[1:]
+    assert analysis.frames_analyzed == 200
+
+
+@pytest.mark.parametrize("cpus", [1, 2, 8])
+def test_same_cuts_whatever_the_thread_count(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cpus: int
+) -> None:
+    """One, two or eight decoding threads (as many chunks as that makes) find the same exact cuts."""
+    path = tmp_path / "gop.mp4"
+    make_video(path, duration_s=8.0, fps=25, width=320, height=180, cuts_s=CUTS_S, texture=True, keyint=12)
+    monkeypatch.setattr(scenes.os, "sched_getaffinity", lambda _pid: set(range(cpus)))
+    found = [scene.start_frame for scene in detect_scenes(path).scenes[1:]]
+    assert found == cut_frames(200, 25, CUTS_S)[1:]
+
+
+#: Cuts on non-reference B-frames (33, 97, 121), just before a keyframe (47) and on one (72), in a clip
+#: whose picture types follow a fixed pattern (IBBBP..., a keyframe every 24 frames) whatever the content.
+B_RUN_CUTS = [33, 47, 72, 97, 121]
+
+
+@pytest.fixture(scope="module")
+def fixed_pattern(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("scenes") / "fixed.mp4"
+    make_video(
+        path,
+        duration_s=6.0,
+        fps=25,
+        width=320,
+        height=180,
+        cuts_s=[f / 25 for f in B_RUN_CUTS],
+        texture=True,
+        keyint=24,
+        x264_params="bframes=3:b-adapt=0:scenecut=0",
+    )
+    return path
+
+
+def test_fixed_pattern_puts_cuts_on_b_frames_and_keyframes(fixed_pattern: Path) -> None:
+    """The clip below really has its cuts on B-frames, a P-frame before a keyframe and a keyframe."""
+    with av.open(str(fixed_pattern)) as container:
+        types = [PictureType(frame.pict_type).name for frame in container.decode(video=0)]
+    assert [types[f] for f in B_RUN_CUTS] == ["B", "P", "I", "B", "B"]
+
+
+@pytest.mark.parametrize("spikes", [True, False])
+def test_cuts_on_b_frames_and_beside_keyframes(
+    fixed_pattern: Path, monkeypatch: pytest.MonkeyPatch, spikes: bool
+) -> None:
+    """Cuts on skipped B-frames are exact: seen through packet-size suspects, or, with those turned off,
+    seen roughly between two reference frames and then refined by decoding that stretch in full."""
+    refined: list[int] = []
+    refine = scenes._refine_task
+
+    def spy(path: Path, change: scenes._Change, *args: object) -> object:
+        refined.append(change.after)
+        return refine(path, change, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(scenes, "_refine_task", spy)
+    if not spikes:
+        monkeypatch.setattr(scenes, "SPIKE_RATIO", float("inf"))
+    analysis = detect_scenes(fixed_pattern)
+    assert [scene.start_frame for scene in analysis.scenes[1:]] == B_RUN_CUTS
+    assert analysis.frames_decoded < 150
+    assert (len(refined) >= 3) is not spikes
+
+
 def test_variable_frame_rate_uses_pts(tmp_path: Path) -> None:
     """On a VFR clip the cut times follow the decoder's timestamps, not frame index over rate."""
     path = tmp_path / "vfr.mp4"
@@ -119,11 +196,26 @@ def test_writes_a_thumbnail_per_scene(textured: Path, tmp_path: Path) -> None:
         assert (frame.width, frame.height) == (160, 90)
 
 
+def test_thumbnails_are_decoded_with_deblocking(textured: Path, tmp_path: Path) -> None:
+    """Each scene's JPEG is byte for byte the JPEG of that frame from a plain full decode, and not the one
+    of the same frame decoded without deblocking (as the fast pass decodes it)."""
+    analysis = detect_scenes(textured, thumbnail_dir=tmp_path / "t", thumbnail_width=160)
+    starts = {scene.start_frame: scene.thumbnail for scene in analysis.scenes}
+    for options, same in (({}, True), ({"skip_loop_filter": "all"}, False)):
+        with av.open(str(textured)) as container:
+            stream = container.streams.video[0]
+            stream.codec_context.options = options
+            for index, frame in enumerate(container.decode(stream)):
+                thumbnail = starts.get(index)
+                if thumbnail is not None:
+                    assert (encode_jpeg(frame, 160)[0] == thumbnail.read_bytes()) is same, (index, options)
+
+
 def test_reports_progress_and_stops_when_report_raises(textured: Path) -> None:
     """Progress goes from 0 to 1 with frame counts, and an exception from report stops the analysis."""
     notes: list[tuple[float, str]] = []
     detect_scenes(textured, report=lambda f, m: notes.append((f, m)))
-    assert notes[0][1] == "decoding 1/200 frames"
+    assert notes[0] == (0.0, "decoding 0/200 frames")
     assert all(0.0 <= f <= 1.0 for f, _ in notes)
     assert "decoding 200/200 frames" in [m for _, m in notes]
 

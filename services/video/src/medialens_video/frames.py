@@ -8,6 +8,7 @@ frame it looks at and nothing per frame it has passed.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -93,17 +94,22 @@ def frame_ticks(stream: Any) -> int:
 
 
 class DecodeGuard:
-    """Counts packets the decoder rejects: a few are skipped (as FFmpeg does), many mean damaged media."""
+    """Counts packets the decoder rejects: a few are skipped (as FFmpeg does), many mean damaged media.
+
+    One guard may serve several decoders in threads (chunks of one file), so the count is locked.
+    """
 
     def __init__(self, expected_packets: int) -> None:
         self.bad = 0
         self.limit = max(3, int(expected_packets * MAX_BAD_PACKET_SHARE))
+        self._lock = threading.Lock()
 
     def decode(self, codec_context: Any, packet: Any) -> list[Any]:
         try:
             return list(codec_context.decode(packet))
         except av.error.FFmpegError as exc:
-            self.bad += 1
+            with self._lock:
+                self.bad += 1
             if self.bad > self.limit:
                 raise MediaDecodeError(
                     f"The video stream cannot be decoded: {self.bad} damaged packets "

@@ -1,41 +1,50 @@
 """`video.scenes`: hard cuts found from content change, exact to the frame, without decoding every frame.
 
-How it stays faster than decoding the whole video while finding every cut to the frame:
+How it stays well ahead of decoding the whole video while finding every cut to the frame:
 
-1. One pass decodes only the reference frames (FFmpeg's `skip_frame=nonref`, deblocking skipped), and
-   compares each with the previous one on small Y/U/V planes (`SmallFrame.difference`, 0..255).
-2. Every packet is seen before it is decoded, so the pass knows each frame's timestamp, decoded or not.
-   A packet much larger than its neighbours (an encoder starts a new shot with a nearly intra-coded
-   frame) or a keyframe marks a *suspect*: the few frames around it are decoded in full, so a cut there
-   is seen between two adjacent frames.
+1. A demux-only pass (no decoding) reads every packet's timestamp, size and keyframe flag: the timeline
+   of all frames, the keyframes, and the *suspects*: keyframes and packets much larger than their
+   neighbours (an encoder starts a new shot with a nearly intra-coded frame). The few frames before a
+   suspect (in display order) will be decoded in full, so a cut there is seen between adjacent frames.
+2. The video is split at keyframes into chunks that decode independently, and a pool of threads (one
+   per CPU; FFmpeg decodes without the GIL) decodes them side by side, each decoder single-threaded:
+   a chain of P-frames leaves FFmpeg's own frame threads little to overlap, separate chunks overlap
+   fully. A chunk decodes only its reference frames (`skip_frame=nonref`) and the suspects' stretches,
+   without deblocking, and compares each decoded frame with the previous one on small Y/U/V planes
+   (`SmallFrame.difference`, 0..255).
 3. A large change between two decoded frames with skipped frames between them is looked at again:
    a seek to the keyframe before it, then a decode of exactly that stretch (`_refine`).
 4. A change counts as a cut when it reaches `threshold` and stands `ADAPTIVE_RATIO` times above the
    typical change per frame around it (PySceneDetect's AdaptiveDetector idea: fast motion raises the
    bar). Optional flash suppression drops a pair of cuts that returns to the same picture within
    `FLASH_MAX_S`; then cuts closer than `min_scene_len_s` to the previous one are dropped.
+5. Each scene's thumbnail is its first frame decoded again exactly (deblocking on, from the keyframe
+   before it): frames of the fast pass drift from the true picture within a GOP, fine for comparing
+   small planes, not for showing.
 
-Timestamps are the decoder's pts (correct on variable frame rate), relative to the first frame. Each
-scene's thumbnail is its first frame, encoded when the cut is seen (no second pass over the video).
+Timestamps are the decoder's pts (correct on variable frame rate), relative to the first frame.
 Memory: a few numbers per frame and a few kilobytes per candidate cut; no frame is kept.
 """
 
 from __future__ import annotations
 
+import os
 import statistics
-from bisect import bisect_left
+import threading
+from bisect import bisect_left, bisect_right
 from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from medialens_video.frames import (
     DecodeGuard,
     Report,
     SmallFrame,
     encode_jpeg,
-    expected_frames,
     frame_ticks,
     open_video,
 )
@@ -54,6 +63,13 @@ SIZE_WINDOW = 31
 SUSPECT_FRAMES = 6
 #: A cut and a cut back to a picture like the one before it, this close together, are a flash.
 FLASH_MAX_S = 0.5
+#: Chunks per decoding thread: enough for an even share when one chunk decodes slower than another,
+#: few enough that opening and seeking each one costs little.
+CHUNKS_PER_THREAD = 4
+#: Seconds between two progress reports (and cancellation checks) while the threads decode.
+POLL_S = 0.1
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +86,8 @@ class SceneAnalysis:
     scenes: list[SceneSpan]
     #: Frames the analysis covered: every frame's timestamp is known, whether it was decoded or not.
     frames_analyzed: int
-    #: Frames actually decoded (the reference frames plus the stretches around suspects and cuts).
+    #: Frames decoded to find the cuts (reference frames, the stretches around suspects and cuts);
+    #: thumbnails are decoded on top of these.
     frames_decoded: int
 
 
@@ -83,44 +100,95 @@ class _Change:
     score: float
     small_before: SmallFrame | None = None
     small_after: SmallFrame | None = None
-    thumbnail: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Timeline:
+    """What the demux-only pass learns: every frame's pts, the keyframes, the frames to decode in full."""
+
+    #: Display timestamps of all frames, sorted.
+    pts: list[int]
+    #: (packets before it in decode order, pts) of each keyframe.
+    keyframes: list[tuple[int, int]]
+    #: Timestamps of the frames decoded in full (the stretches before suspects).
+    full: frozenset[int]
+
+
+@dataclass(frozen=True, slots=True)
+class _Chunk:
+    """Frames from the keyframe at `start` (None: the first packet) to the one at `end` (None: the end)."""
+
+    index: int
+    start: int | None
+    end: int | None
 
 
 @dataclass(slots=True)
-class _Pass:
+class _Changes:
+    """Consecutive decoded frames of one chunk compared: their changes, and its first and last frames."""
+
     threshold: float
-    thumbnail_dir: Path | None
-    thumbnail_width: int
-    all_pts: list[int] = field(default_factory=list)
     changes: list[_Change] = field(default_factory=list)
-    first_thumbnail: Path | None = None
+    first: tuple[int, SmallFrame] | None = None
+    last: tuple[int, SmallFrame] | None = None
     decoded: int = 0
-    _previous: tuple[int, SmallFrame] | None = None
 
-    def see(self, frame: Any) -> None:
-        if frame.pts is None:
-            return
-        small = SmallFrame.of(frame)
+    def see(self, pts: int, small: SmallFrame) -> None:
         self.decoded += 1
-        if self._previous is None:
-            self.first_thumbnail = self.thumbnail(frame)
+        if self.last is None:
+            self.first = (pts, small)
         else:
-            before, small_before = self._previous
-            change = _Change(before, frame.pts, small.difference(small_before))
-            if change.score >= self.threshold:
-                # Kept only for likely cuts: the planes for flash suppression, the scene's first frame.
-                change.small_before, change.small_after = small_before, small
-                change.thumbnail = self.thumbnail(frame)
-            self.changes.append(change)
-        self._previous = (frame.pts, small)
+            self.add(self.last, (pts, small))
+        self.last = (pts, small)
 
-    def thumbnail(self, frame: Any) -> Path | None:
-        if self.thumbnail_dir is None:
-            return None
-        data, _, _ = encode_jpeg(frame, self.thumbnail_width)
-        path = self.thumbnail_dir / f"frame-{frame.pts}.jpg"
-        path.write_bytes(data)
-        return path
+    def add(self, before: tuple[int, SmallFrame], after: tuple[int, SmallFrame]) -> None:
+        change = _Change(before[0], after[0], after[1].difference(before[1]))
+        if change.score >= self.threshold:  # planes kept only for likely cuts (flash suppression)
+            change.small_before, change.small_after = before[1], after[1]
+        self.changes.append(change)
+
+
+class _Misaligned(Exception):
+    """A chunk's seek did not land on its keyframe, so the chunk would lose or repeat frames."""
+
+
+class _Stopped(Exception):
+    """A decoding thread stops early because another one failed or the job was cancelled."""
+
+
+@dataclass(slots=True)
+class _Workers:
+    """The decoding threads of one analysis: shared stop flag, per-task counts for progress."""
+
+    pool: ThreadPoolExecutor
+    report: Report
+    stop: threading.Event = field(default_factory=threading.Event)
+    counts: list[int] = field(default_factory=list)
+
+    def check(self) -> None:
+        if self.stop.is_set():
+            raise _Stopped
+
+    def run(self, tasks: Sequence[Callable[[int], T]], note: Callable[[int], tuple[float, str]]) -> list[T]:
+        """Each task run on the pool with its index (to count its progress in `counts[index]`).
+
+        This thread reports `note(sum of counts)` every `POLL_S`; when the report raises (a cancel) or a
+        task fails, the other tasks stop at their next packet and the exception is raised here.
+        """
+        self.counts = [0] * len(tasks)
+        futures: list[Future[T]] = [self.pool.submit(task, i) for i, task in enumerate(tasks)]
+        try:
+            pending: set[Future[T]] = set(futures)
+            while pending:
+                done, pending = wait(pending, timeout=POLL_S, return_when=FIRST_EXCEPTION)
+                for future in done:
+                    future.result()  # a failed task's exception, at once
+                self.report(*note(sum(self.counts)))
+        except BaseException:
+            self.stop.set()
+            wait(futures)
+            raise
+        return [future.result() for future in futures]
 
 
 def _no_report(_fraction: float, _message: str) -> None:
@@ -139,81 +207,192 @@ def detect_scenes(
 ) -> SceneAnalysis:
     """The scenes of the video at `path`, with a JPEG of each scene's first frame in `thumbnail_dir`.
 
-    `report(fraction, message)` is called for every packet (it throttles itself) and may raise to stop.
+    `report(fraction, message)` is called about every `POLL_S` from this thread and may raise to stop.
     """
-    if thumbnail_dir is not None:
-        thumbnail_dir.mkdir(parents=True, exist_ok=True)
-    state = _Pass(
-        threshold=threshold or DEFAULT_THRESHOLD,
-        thumbnail_dir=thumbnail_dir,
-        thumbnail_width=thumbnail_width,
-    )
+    threshold = threshold or DEFAULT_THRESHOLD
     with open_video(path) as (container, stream):
-        total = expected_frames(container, stream)
         ticks = frame_ticks(stream)
         time_base = stream.time_base
-        stream.thread_type = "AUTO"
-        codec = stream.codec_context
-        # Without deblocking, small block edges drift within a GOP; on 128-pixel planes they stay far
-        # below a cut's change, and decoding gets a good deal cheaper.
-        codec.options = {"skip_loop_filter": "all"}
-        guard = DecodeGuard(total)
-        sizes: deque[int] = deque(maxlen=SIZE_WINDOW)
-        suspects: deque[tuple[int, int]] = deque()
-        for packet in container.demux(stream):
-            pts = packet.pts
-            if pts is not None:
-                state.all_pts.append(pts)
-                if packet.is_keyframe or (len(sizes) >= 5 and packet.size > SPIKE_RATIO * _high(sizes)):
-                    suspects.append((pts - SUSPECT_FRAMES * ticks, pts))
-                sizes.append(packet.size)
-                while suspects and suspects[0][1] < pts - 4 * SUSPECT_FRAMES * ticks:
-                    suspects.popleft()
-                in_full = any(low <= pts <= high for low, high in suspects)
-                codec.skip_frame = "DEFAULT" if in_full else "NONREF"
-            else:
-                codec.skip_frame = "DEFAULT"
-            for frame in guard.decode(codec, packet):
-                state.see(frame)
-            count = len(state.all_pts)
-            report(0.9 * min(count / total, 1.0), f"decoding {count}/{total} frames")
-        guard.require_frames(state.decoded)
-        timeline = sorted(state.all_pts)
-        gaps = [_index(timeline, c.after) - _index(timeline, c.before) for c in state.changes]
-        rough = [i for i in _standing_out(state.changes, gaps, state.threshold) if gaps[i] > 1]
-        for done, i in enumerate(rough):
-            report(0.9 + 0.1 * done / len(rough), f"refining {done + 1}/{len(rough)} possible cuts")
-            state.changes[i] = _refine(container, stream, state.changes[i], state, report)
-            gaps[i] = _index(timeline, state.changes[i].after) - _index(timeline, state.changes[i].before)
+        timeline = _scan(container, stream, ticks)
+    total = len(timeline.pts)
+    threads = len(os.sched_getaffinity(0))
+    chunks = _chunks(timeline, total // (threads * CHUNKS_PER_THREAD))
+    guard = DecodeGuard(total)
+    report(0.0, f"decoding 0/{total} frames")
+    with ThreadPoolExecutor(threads, thread_name_prefix="scenes") as pool:
+        workers = _Workers(pool, report)
+        decoder_threads = 1 if len(chunks) > 1 else threads
+        try:
+            parts = workers.run(
+                [
+                    _chunk_task(path, chunk, timeline, threshold, guard, workers, decoder_threads)
+                    for chunk in chunks
+                ],
+                lambda n: (0.8 * min(n / total, 1.0), f"decoding {min(n, total)}/{total} frames"),
+            )
+        except _Misaligned:
+            # A container whose seeks miss keyframes (MPEG-TS seeks by time): decode it in one piece.
+            workers.stop.clear()
+            parts = workers.run(
+                [_chunk_task(path, _Chunk(0, None, None), timeline, threshold, guard, workers, threads)],
+                lambda n: (0.8 * min(n / total, 1.0), f"decoding {min(n, total)}/{total} frames"),
+            )
+        report(0.8, f"decoding {total}/{total} frames")
+        changes, decoded = _joined(parts, threshold)
+        guard.require_frames(decoded)
+        gaps = [_index(timeline.pts, c.after) - _index(timeline.pts, c.before) for c in changes]
+        rough = [i for i in _standing_out(changes, gaps, threshold) if gaps[i] > 1]
+        refined = workers.run(
+            [_refine_task(path, changes[i], threshold, total, workers) for i in rough],
+            lambda n: (
+                0.8 + 0.05 * min(n / max(len(rough), 1), 1.0),
+                f"refining {n}/{len(rough)} possible cuts",
+            ),
+        )
+        for i, (change, count) in zip(rough, refined, strict=True):
+            changes[i] = change
+            gaps[i] = _index(timeline.pts, change.after) - _index(timeline.pts, change.before)
+            decoded += count
 
-    cuts = _cuts(state.changes, gaps, state.threshold)
-    first_pts = timeline[0]
+        cuts = _cuts(changes, gaps, threshold)
+        first_pts = timeline.pts[0]
 
-    def at(pts: int) -> float:
-        return float((pts - first_pts) * time_base)
+        def at(pts: int) -> float:
+            return float((pts - first_pts) * time_base)
 
-    if flash_suppression:
-        cuts = _without_flashes(cuts, state.threshold, at)
-    kept: list[_Change] = []
-    last_s = 0.0
-    for cut in cuts:
-        if at(cut.after) - last_s >= min_scene_len_s:
-            kept.append(cut)
-            last_s = at(cut.after)
-    last_interval = timeline[-1] - timeline[-2] if len(timeline) > 1 else ticks
-    end_pts = timeline[-1] + last_interval
-    starts = [(first_pts, state.first_thumbnail)] + [(c.after, c.thumbnail) for c in kept]
+        if flash_suppression:
+            cuts = _without_flashes(cuts, threshold, at)
+        kept: list[_Change] = []
+        last_s = 0.0
+        for cut in cuts:
+            if at(cut.after) - last_s >= min_scene_len_s:
+                kept.append(cut)
+                last_s = at(cut.after)
+        starts = [first_pts] + [c.after for c in kept]
+        thumbnails: dict[int, Path] = {}
+        if thumbnail_dir is not None:
+            thumbnail_dir.mkdir(parents=True, exist_ok=True)
+            groups = _by_keyframe(starts, timeline)
+            for part in workers.run(
+                [
+                    _thumbnail_task(path, group, thumbnail_dir, thumbnail_width, total, workers)
+                    for group in groups
+                ],
+                lambda n: (0.85 + 0.1 * n / len(starts), f"decoding thumbnail {n}/{len(starts)}"),
+            ):
+                thumbnails.update(part)
+
+    timeline_pts = timeline.pts
+    last_interval = timeline_pts[-1] - timeline_pts[-2] if total > 1 else ticks
+    ends = [*starts[1:], timeline_pts[-1] + last_interval]
     scenes = [
         SceneSpan(
-            start_s=at(pts),
-            end_s=at(starts[k + 1][0]) if k + 1 < len(starts) else at(end_pts),
-            start_frame=_index(timeline, pts),
-            end_frame=_index(timeline, starts[k + 1][0]) if k + 1 < len(starts) else len(timeline),
-            thumbnail=thumbnail,
+            start_s=at(start),
+            end_s=at(end),
+            start_frame=_index(timeline_pts, start),
+            end_frame=_index(timeline_pts, end) if k + 1 < len(starts) else total,
+            thumbnail=thumbnails.get(start),
         )
-        for k, (pts, thumbnail) in enumerate(starts)
+        for k, (start, end) in enumerate(zip(starts, ends, strict=True))
     ]
-    return SceneAnalysis(scenes=scenes, frames_analyzed=len(timeline), frames_decoded=state.decoded)
+    return SceneAnalysis(scenes=scenes, frames_analyzed=total, frames_decoded=decoded)
+
+
+def _scan(container: Any, stream: Any, ticks: int) -> _Timeline:
+    """Every packet's timestamp, size and keyframe flag, read without decoding anything."""
+    decode_order: list[int] = []
+    keyframes: list[tuple[int, int]] = []
+    suspects: list[int] = []
+    sizes: deque[int] = deque(maxlen=SIZE_WINDOW)
+    for packet in container.demux(stream):
+        pts = packet.pts
+        if pts is None:
+            continue
+        if packet.is_keyframe:
+            keyframes.append((len(decode_order), pts))
+        if packet.is_keyframe or (len(sizes) >= 5 and packet.size > SPIKE_RATIO * _high(sizes)):
+            suspects.append(pts)
+        decode_order.append(pts)
+        sizes.append(packet.size)
+    timeline = sorted(decode_order)
+    full: set[int] = set()
+    for pts in suspects:
+        low = bisect_left(timeline, pts - SUSPECT_FRAMES * ticks)
+        full.update(timeline[low : bisect_right(timeline, pts)])
+    return _Timeline(pts=timeline, keyframes=keyframes, full=frozenset(full))
+
+
+def _chunks(timeline: _Timeline, min_packets: int) -> list[_Chunk]:
+    """The video cut at keyframes into chunks of at least `min_packets` packets (one chunk if it has no
+    keyframe past its first packet)."""
+    bounds: list[int] = []
+    last = 0
+    for position, pts in timeline.keyframes:
+        if position - last >= max(min_packets, 1):
+            bounds.append(pts)
+            last = position
+    starts: list[int | None] = [None, *bounds]
+    ends: list[int | None] = [*bounds, None]
+    return [_Chunk(i, start, end) for i, (start, end) in enumerate(zip(starts, ends, strict=True))]
+
+
+def _chunk_task(
+    path: Path,
+    chunk: _Chunk,
+    timeline: _Timeline,
+    threshold: float,
+    guard: DecodeGuard,
+    workers: _Workers,
+    decoder_threads: int,
+) -> Callable[[int], _Changes]:
+    def run(task: int) -> _Changes:
+        """Decode the chunk's reference frames and suspects' stretches (no deblocking) and compare them."""
+        out = _Changes(threshold)
+        with open_video(path) as (container, stream):
+            codec = stream.codec_context
+            codec.thread_count = decoder_threads
+            if decoder_threads > 1:
+                stream.thread_type = "AUTO"
+            # Without deblocking, small block edges drift within a GOP; on 128-pixel planes they stay
+            # far below a cut's change, and decoding gets a good deal cheaper.
+            codec.options = {"skip_loop_filter": "all"}
+            if chunk.start is not None:
+                container.seek(chunk.start, stream=stream, backward=True)
+            counting = True
+            for packet in container.demux(stream):
+                workers.check()
+                pts = packet.pts
+                if counting and pts is not None and pts == chunk.end and packet.is_keyframe:
+                    counting = False  # the next chunk's packets: decoded only to finish this one's frames
+                if counting and pts is not None:
+                    workers.counts[task] += 1
+                codec.skip_frame = "NONREF" if pts is not None and pts not in timeline.full else "DEFAULT"
+                for frame in guard.decode(codec, packet):
+                    if frame.pts is None or (chunk.start is not None and frame.pts < chunk.start):
+                        continue
+                    if chunk.end is not None and frame.pts >= chunk.end:
+                        return out
+                    if out.first is None and chunk.start is not None and frame.pts != chunk.start:
+                        raise _Misaligned
+                    out.see(frame.pts, SmallFrame.of(frame))
+        if out.first is None and chunk.start is not None:
+            raise _Misaligned
+        return out
+
+    return run
+
+
+def _joined(parts: list[_Changes], threshold: float) -> tuple[list[_Change], int]:
+    """The chunks' changes in order, with the change across each boundary; and the frames decoded."""
+    joined = _Changes(threshold)
+    previous: tuple[int, SmallFrame] | None = None
+    for part in parts:
+        if previous is not None and part.first is not None:
+            joined.add(previous, part.first)
+        joined.changes.extend(part.changes)
+        joined.decoded += part.decoded
+        previous = part.last or previous
+    return joined.changes, joined.decoded
 
 
 def _high(values: deque[int]) -> int:
@@ -225,38 +404,81 @@ def _index(timeline: list[int], pts: int) -> int:
     return bisect_left(timeline, pts)
 
 
-def _refine(container: Any, stream: Any, change: _Change, state: _Pass, report: Report) -> _Change:
-    """The largest frame-to-frame change between `change.before` and `change.after`, decoding all of it."""
-    codec = stream.codec_context
-    container.seek(change.before, stream=stream, backward=True)
-    frames: list[tuple[int, SmallFrame, Any]] = []
-    done = False
-    for packet in container.demux(stream):
-        if packet.pts is not None:
-            codec.skip_frame = "NONREF" if packet.pts < change.before else "DEFAULT"
-        for frame in codec.decode(packet):
-            if frame.pts is None or frame.pts < change.before:
-                continue
-            if frame.pts > change.after:
-                done = True
-                break
-            frames.append((frame.pts, SmallFrame.of(frame), frame))
-        report(0.9, "refining a possible cut")
-        if done:
-            break
-    state.decoded += len(frames)
-    best: _Change | None = None
-    best_frame: Any = None
-    for (pts0, small0, _), (pts1, small1, frame1) in pairwise(frames):
-        score = small1.difference(small0)
-        if best is None or score > best.score:
-            best = _Change(pts0, pts1, score, small0, small1)
-            best_frame = frame1
-    if best is None:
-        return change
-    if best.score >= state.threshold:
-        best.thumbnail = state.thumbnail(best_frame)
-    return best
+def _refine_task(
+    path: Path, change: _Change, threshold: float, total: int, workers: _Workers
+) -> Callable[[int], tuple[_Change, int]]:
+    def stretch() -> list[tuple[int, SmallFrame]]:
+        """Every frame from `change.before` to `change.after`, decoded from the keyframe before."""
+        frames: list[tuple[int, SmallFrame]] = []
+        guard = DecodeGuard(total)
+        with open_video(path) as (container, stream):
+            codec = stream.codec_context
+            codec.options = {"skip_loop_filter": "all"}
+            container.seek(change.before, stream=stream, backward=True)
+            for packet in container.demux(stream):
+                workers.check()
+                if packet.pts is not None:
+                    codec.skip_frame = "NONREF" if packet.pts < change.before else "DEFAULT"
+                for frame in guard.decode(codec, packet):
+                    if frame.pts is None or frame.pts < change.before:
+                        continue
+                    if frame.pts > change.after:
+                        return frames
+                    frames.append((frame.pts, SmallFrame.of(frame)))
+        return frames
+
+    def run(task: int) -> tuple[_Change, int]:
+        """The largest frame-to-frame change of that stretch, and the frames decoded."""
+        frames = stretch()
+        workers.counts[task] = 1
+        found = _Changes(threshold)
+        for before, after in pairwise(frames):
+            found.add(before, after)
+        return max(found.changes, key=lambda c: c.score, default=change), len(frames)
+
+    return run
+
+
+def _by_keyframe(targets: list[int], timeline: _Timeline) -> list[tuple[int | None, list[int]]]:
+    """The `targets` (sorted pts) grouped by the keyframe at or before each (None: before the first)."""
+    keys = sorted(pts for _, pts in timeline.keyframes)
+    groups: dict[int | None, list[int]] = {}
+    for pts in targets:
+        k = bisect_right(keys, pts)
+        groups.setdefault(keys[k - 1] if k else None, []).append(pts)
+    return list(groups.items())
+
+
+def _thumbnail_task(
+    path: Path, group: tuple[int | None, list[int]], out_dir: Path, width: int, total: int, workers: _Workers
+) -> Callable[[int], dict[int, Path]]:
+    start, targets = group
+    wanted = set(targets)
+
+    def run(task: int) -> dict[int, Path]:
+        """JPEGs of the frames at `targets`, decoded exactly (deblocking on) from the keyframe at `start`."""
+        written: dict[int, Path] = {}
+        guard = DecodeGuard(total)
+        with open_video(path) as (container, stream):
+            codec = stream.codec_context
+            if start is not None:
+                container.seek(start, stream=stream, backward=True)
+            for packet in container.demux(stream):
+                workers.check()
+                if packet.pts is not None:
+                    codec.skip_frame = "DEFAULT" if packet.pts in wanted else "NONREF"
+                for frame in guard.decode(codec, packet):
+                    if frame.pts is None or frame.pts not in wanted or frame.pts in written:
+                        continue
+                    data, _, _ = encode_jpeg(frame, width)
+                    written[frame.pts] = out_dir / f"frame-{frame.pts}.jpg"
+                    written[frame.pts].write_bytes(data)
+                    workers.counts[task] += 1
+                    if len(written) == len(wanted):
+                        return written
+        return written
+
+    return run
 
 
 def _cuts(changes: list[_Change], gaps: list[int], threshold: float) -> list[_Change]:
