@@ -111,13 +111,14 @@ class KWeightingFilter:
     100 ms energy by less than 1e-7 dB and halves what the energies read.
     """
 
-    def __init__(self, sample_rate: int, layout: str, *, threads: int = 0) -> None:
+    def __init__(self, sample_rate: int, layout: str) -> None:
         # A named layout: FFmpeg's biquad leaves the channels of an unnamed one ("2 channels") untouched.
         self.sample_rate = sample_rate
         self._layout = layout
         self._pts = 0
         graph = av.filter.Graph()
-        graph.threads = threads
+        # One FFmpeg thread: the meter runs the filter on a helper thread, the second core already.
+        graph.threads = 1
         node = graph.add_abuffer(
             format="fltp", sample_rate=sample_rate, layout=self._layout, time_base=Fraction(1, sample_rate)
         )
@@ -272,8 +273,7 @@ class LoudnessMeter:
     def __init__(self, sample_rate: int, layout: str) -> None:
         channel_names = tuple(channel.name for channel in av.AudioLayout(layout).channels)
         self.sample_rate = sample_rate
-        # One FFmpeg thread: the helper thread is the filter's second core already.
-        self._k_weighting = KWeightingFilter(sample_rate, layout, threads=1)
+        self._k_weighting = KWeightingFilter(sample_rate, layout)
         self._weights = channel_weights(channel_names).astype(np.float32)
         self._step = max(1, round(sample_rate / _STEPS_PER_S))
         self._tail = np.zeros(0, dtype=np.float32)
