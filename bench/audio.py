@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import re
 import resource
 import shutil
@@ -171,6 +172,12 @@ def _decode(path: Path) -> dict[str, Any]:
     return {}
 
 
+def _cpu_s() -> float:
+    """CPU time of this process and its children (FFmpeg): steadier than wall time on a shared machine."""
+    used = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+    return sum(u.ru_utime + u.ru_stime for u in used)
+
+
 def run_child(tool: str, path: Path, out: Path) -> None:
     """Measure `path` with `tool`, writing wall time, peak memory and its values to `out`."""
     runners = {
@@ -183,6 +190,7 @@ def run_child(tool: str, path: Path, out: Path) -> None:
     # Imports happen before the clock starts: the wall time is the work alone.
     for module in ("av", "medialens_audio.loudness", *(("pyloudnorm",) if tool == "pyloudnorm" else ())):
         importlib.import_module(module)
+    cpu_before = _cpu_s()
     started = time.perf_counter()
     record: dict[str, Any] = {"tool": tool, "input": path.name}
     try:
@@ -190,6 +198,7 @@ def run_child(tool: str, path: Path, out: Path) -> None:
     except Exception as exc:
         record["error"] = f"{type(exc).__name__}: {exc}"[:300]
     record["wall_s"] = round(time.perf_counter() - started, 2)
+    record["cpu_s"] = round(_cpu_s() - cpu_before, 2)
     record["peak_mb"] = record.pop("peak_mb_child", None) or round(
         resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     )
@@ -233,8 +242,9 @@ def _duration_s(path: Path) -> float:
 
 def table(records: list[dict[str, Any]]) -> str:
     lines = [
-        "| input | tool | wall (s) | audio s/s | peak memory (MB) | I (LUFS) | LRA (LU) | true peak (dBTP) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| input | tool | wall (s) | CPU (s) | audio s/s | peak memory (MB) | I (LUFS) | LRA (LU) "
+        "| true peak (dBTP) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in records:
         if "error" in r:
@@ -243,7 +253,8 @@ def table(records: list[dict[str, Any]]) -> str:
         cells = [r.get(key) for key in ("integrated_lufs", "lra_lu", "true_peak_dbtp")]
         values = " | ".join("—" if cell is None else f"{cell:.2f}" for cell in cells)
         lines.append(
-            f"| {r['input']} | {r['tool']} | {r['wall_s']:.2f} | {r.get('speed', 0):.0f} | {r['peak_mb']} "
+            f"| {r['input']} | {r['tool']} | {r['wall_s']:.2f} | {r.get('cpu_s', 0):.2f} "
+            f"| {r.get('speed', 0):.0f} | {r['peak_mb']} "
             f"| {values} |"
         )
     return "\n".join(lines)
@@ -299,6 +310,7 @@ def main() -> None:
     wav = make_wav(args.data_dir / f"music-{args.minutes:g}min.wav", args.minutes)
     mp3 = make_mp3(wav, wav.with_suffix(".mp3"))
     records: list[dict[str, Any]] = []
+    load_before = os.getloadavg()
     for path in (wav, mp3):
         duration = _duration_s(path)
         for tool in tools:
@@ -324,7 +336,14 @@ def main() -> None:
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(
         json.dumps(
-            {"minutes": args.minutes, "runs": records, "compared": compared, "memory": memory}, indent=2
+            {
+                "minutes": args.minutes,
+                "load_average": {"before": load_before, "after": os.getloadavg()},
+                "runs": records,
+                "compared": compared,
+                "memory": memory,
+            },
+            indent=2,
         ),
         encoding="utf-8",
     )
@@ -340,6 +359,7 @@ def main() -> None:
             f"60 min {memory['peak_mb_60min']} MB "
             f"(x{memory['ratio_60_over_5']}); 60 min took {memory['wall_s_60min']} s"
         )
+    print(f"\nload average (1, 5, 15 min): before {load_before}, after {os.getloadavg()}")
     print(f"\nwritten to {RESULTS}")
 
 

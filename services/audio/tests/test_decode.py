@@ -43,3 +43,11 @@ def test_a_cancel_stops_the_decoding_thread(tmp_path: Path) -> None:
             pass
     assert 2 * 48000 <= audio.samples < 2 * (48000 + 4608)  # stopped after the second block
     assert not [thread for thread in threading.enumerate() if thread.name == "audio-decode"]
+
+
+def test_a_name_with_filter_syntax_decodes(tmp_path: Path) -> None:
+    """A file named with the characters of FFmpeg's filter syntax (: , ' [ ] ; =) decodes whole."""
+    path = write(tmp_path / "a:b,c'd[e];f=g h.wav", sine(-6.0, 1.5))
+    with open_audio(path) as audio:
+        blocks = list(audio.blocks(no_report, action="reading"))
+    assert sum(block.shape[1] for block in blocks) == 72000

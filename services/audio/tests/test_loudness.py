@@ -2,24 +2,31 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from medialens_audio.loudness import TRUE_PEAK_PHASES, LoudnessMeter, k_weighting, measure_loudness
+from medialens_audio.loudness import (
+    TRUE_PEAK_PHASES,
+    LoudnessMeter,
+    TruePeakMeter,
+    k_weighting,
+    measure_loudness,
+)
 from medialens_shared.contracts import AudioLoudnessResult
-from medialens_shared.errors import MediaDecodeError, UnsupportedInput
+from medialens_shared.errors import JobCancelled, MediaDecodeError, UnsupportedInput
 from scripts.samples import corrupt, make_audio, make_video, truncate
 
 from .signals import noise, sequence, sine, write
 
 
 def meter_result(samples: np.ndarray, *, rate: int = 48000, layout: str = "stereo") -> AudioLoudnessResult:
-    meter = LoudnessMeter(rate, layout)
-    for start in range(0, samples.shape[1], rate):
-        meter.feed(samples[:, start : start + rate])
-    return meter.result()
+    with LoudnessMeter(rate, layout) as meter:
+        for start in range(0, samples.shape[1], rate):
+            meter.feed(samples[:, start : start + rate])
+        return meter.result()
 
 
 def no_report(fraction: float, message: str) -> None:
@@ -96,6 +103,17 @@ def test_true_peak_above_sample_peak() -> None:
     assert result.true_peak_dbtp == pytest.approx(-6.0, abs=0.3)
 
 
+def dense_true_peak(samples: np.ndarray) -> float:
+    """The true peak (linear) by brute force: every phase of the interpolator at every sample."""
+    padded = np.pad(samples.astype(np.float64), ((0, 0), (11, 11)))
+    dense = max(
+        np.abs(np.convolve(padded[channel], phase, mode="valid")).max()
+        for channel in range(samples.shape[0])
+        for phase in TRUE_PEAK_PHASES
+    )
+    return float(max(dense, np.abs(samples).max()))
+
+
 def test_true_peak_equals_dense_interpolation() -> None:
     """The pruned true-peak search finds the maximum of the fully oversampled signal, wherever it lies."""
     # Loud noise, quiet noise, then a sine whose true (not sample) peak beats the noise's peak.
@@ -103,15 +121,58 @@ def test_true_peak_equals_dense_interpolation() -> None:
         [noise(-20.0, 1.5, seed=7), noise(-40.0, 1.2), sine(-5.0, 1.0, freq_hz=12000.0, phase=np.pi / 4)],
         axis=1,
     )
-    padded = np.pad(samples.astype(np.float64), ((0, 0), (11, 11)))
-    dense = max(
-        np.abs(np.convolve(padded[channel], phase, mode="valid")).max()
-        for channel in range(2)
-        for phase in TRUE_PEAK_PHASES
-    )
-    expected = 20 * np.log10(max(dense, np.abs(samples).max()))
+    expected = 20 * np.log10(dense_true_peak(samples))
     assert expected == pytest.approx(-5.0, abs=0.3)
     assert meter_result(samples).true_peak_dbtp == pytest.approx(expected, abs=0.01)
+
+
+@pytest.mark.parametrize(
+    "samples",
+    [
+        pytest.param(noise(-12.0, 1.0, seed=3), id="noise"),
+        pytest.param(sine(-3.0, 1.0, freq_hz=50.0), id="low-sine"),
+        pytest.param(sine(-6.0, 1.0, freq_hz=12000.0, phase=np.pi / 4), id="inter-sample-peak"),
+        pytest.param(
+            np.concatenate([noise(-40.0, 0.7, seed=4), sine(-9.0, 0.2, freq_hz=11025.0, phase=1.0)], axis=1),
+            id="peak-after-quiet",
+        ),
+        pytest.param(np.zeros((2, 1000), dtype=np.float32), id="silence"),
+        pytest.param(noise(-6.0, 5 / 48000, channels=1, seed=5), id="five-samples"),
+    ],
+)
+@pytest.mark.parametrize("block", [7, 255, 257, 4800, 48000])
+def test_pruned_true_peak_equals_brute_force(samples: np.ndarray, block: int) -> None:
+    """Whatever the signal and the block size (even under the filter's 11 samples of history), the
+    screened search equals the brute-force true peak."""
+    meter = TruePeakMeter(samples.shape[0])
+    for start in range(0, samples.shape[1], block):
+        meter.feed(samples[:, start : start + block])
+    assert meter.finish() == pytest.approx(dense_true_peak(samples), rel=1e-6, abs=1e-12)
+    assert meter.sample_peak == float(np.abs(samples).max())
+
+
+def test_k_weighting_thread_errors_reach_the_caller() -> None:
+    """An error on the K-weighting thread is raised by the next call, and leaving the meter stops it."""
+    with LoudnessMeter(48000, "stereo") as meter:
+        meter.feed(sine(-23.0, 1.0).astype(np.float64))  # the true peak takes it; the filter wants float32
+        with pytest.raises(ValueError, match="float32"):
+            meter.result()
+    assert not [t for t in threading.enumerate() if t.name.startswith("loudness-k-weighting")]
+
+
+def test_a_cancel_stops_the_k_weighting_thread(tmp_path: Path) -> None:
+    """A cancel raised by `report` ends the measurement, and no helper thread is left running."""
+    path = write(tmp_path / "tone.wav", sine(-23.0, 6.0))
+
+    def cancel_at_two_seconds(fraction: float, message: str) -> None:
+        if fraction > 0.3:
+            raise JobCancelled("cancelled on request")
+
+    with pytest.raises(JobCancelled):
+        measure_loudness(path, None, cancel_at_two_seconds)
+    assert not [
+        t for t in threading.enumerate() if t.name.startswith(("loudness-k-weighting", "audio-decode"))
+    ]
 
 
 def test_short_term_series_steps_one_second() -> None:
