@@ -370,15 +370,16 @@ async def test_a_poison_job_fails_and_the_others_run(
     which run again); the rerun decodes in a child process, which dies instead, and the job fails with
     MEDIA_DECODE_ERROR after two attempts, its message dead-lettered. The healthy jobs around it all
     succeed; their throughput is compared with a clean run of as many jobs just before (held to the issue's
-    90% at full size only: a short run is too noisy)."""
+    90% at full size only: a short run is too noisy, and the crash's cost is fixed, a worker's restart and
+    the reruns of the jobs that died with it, so the batch must be long enough to be about throughput)."""
     poison = await _upload(client, Path(chaos.env["CHAOS_MEDIA"]) / "poison.mp4")
     started = time.monotonic()
-    clean = await chaos.submit(client, clip, JOBS // 2)
+    clean = await chaos.submit(client, clip, JOBS)
     clean_s = (await ledger(chaos_db, "clean", clean, since=started, timeout=180)).recover_s
     async with supervised(chaos):
         started = time.monotonic()
         (poison_id,) = await chaos.submit(client, poison, 1)
-        healthy = await chaos.submit(client, clip, JOBS // 2)
+        healthy = await chaos.submit(client, clip, JOBS)
         healthy_s = (await ledger(chaos_db, "healthy", healthy, since=started, timeout=180)).recover_s
         result = await ledger(
             chaos_db, "poison-job", [poison_id, *healthy], since=time.monotonic(), timeout=180
@@ -394,7 +395,7 @@ async def test_a_poison_job_fails_and_the_others_run(
     assert result.lost == 0
     assert result.succeeded == len(healthy)
     assert result.dead == 1
-    if JOBS >= 500:
+    if JOBS >= 1000:
         assert ratio >= 0.9, f"healthy jobs ran at {ratio:.0%} of a clean run's rate"
 
 
