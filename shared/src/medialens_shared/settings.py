@@ -71,9 +71,11 @@ class RabbitSettings(BaseModel):
     exchange: str = "medialens.jobs"
     #: Deliveries after which a message that keeps failing goes to the dead-letter queue.
     delivery_limit: int = Field(5, ge=1)
-    #: Deliveries a consumer holds at once. Keep 1 for media queues: a delivery buffered behind a long
-    #: job would outlast the broker's consumer timeout (30 min) unacked.
-    prefetch: int = Field(1, ge=1, le=1000)
+    #: Deliveries a service's consumer holds at once; None: its `worker.concurrency`, one delivery ready
+    #: for each slot (with fewer, the claims of light jobs queue behind one another, a broker round trip
+    #: each). Keep it low for media queues: a delivery buffered behind a long job would outlast the
+    #: broker's consumer timeout (30 min) unacked.
+    prefetch: int | None = Field(None, ge=1, le=1000)
     publish_timeout: float = Field(10.0, gt=0)
 
 
@@ -129,6 +131,12 @@ class WorkerSettings(BaseModel):
     progress_interval_s: float = Field(0.5, ge=0)
     #: Where a job's input is copied from GridFS while it runs; removed afterwards.
     scratch_dir: str | None = None
+    #: Disk space for inputs kept by content hash, so that a file analysed again is not read from GridFS
+    #: again (`medialens_shared.inputcache`); 0 keeps none.
+    input_cache_bytes: int = Field(512 * 2**20, ge=0)
+    #: Where those inputs are kept (a directory of this process, removed at its stop); None: the system's
+    #: temporary directory. On the file system of `scratch_dir`, a job's copy is a hard link.
+    input_cache_dir: str | None = None
     #: How long a claimed job stays its worker's without a heartbeat (beats come every third of it);
     #: a job whose worker died runs again within this plus the relay's reap interval.
     lease_s: float = Field(15.0, ge=1)

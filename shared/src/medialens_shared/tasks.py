@@ -50,7 +50,7 @@ from pydantic import BaseModel, ValidationError
 from pymongo.errors import ConnectionFailure as MongoConnectionFailure
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from sqlalchemy import func, select, update
+from sqlalchemy import Label, func, select, update
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
@@ -68,6 +68,7 @@ from medialens_shared.errors import (
     TransientJobError,
 )
 from medialens_shared.filestore import FileStore
+from medialens_shared.inputcache import InputCache
 from medialens_shared.settings import Settings
 from medialens_shared.signals import JobSignals
 from medialens_shared.sniff import sniff
@@ -83,6 +84,9 @@ FINISH_RETRY_PAUSES_S = (0.2, 0.4, 0.8, 1.6)
 RESULT_WRITES = "writes"
 
 _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
+
+#: The column of a claimed row that describes its input file (see `_input_file`).
+INPUT_FILE = "input_file"
 
 #: Bytes read from disk per chunk when a job stores a file it made.
 ARTIFACT_CHUNK_BYTES = 1024 * 1024
@@ -126,7 +130,8 @@ class JobContext:
     log: logging.LoggerAdapter[logging.Logger]
     _runner: JobRunner
     _row: jobstore.JobRow
-    _last_progress: float = 0.0
+    #: The claim's "started" counts as the first report: a handler's next one within the interval waits.
+    _last_progress: float = field(default_factory=time.monotonic)
     _cancel: threading.Event = field(default_factory=threading.Event)
     _cleanups: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
     _loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.get_running_loop)
@@ -138,11 +143,9 @@ class JobContext:
             return
         self._last_progress = now
         fraction = min(max(fraction, 0.0), 1.0)
-        signals = self._runner.signals
         live = {"progress": fraction, "message": message}
         try:
-            await signals.set_progress(self.job_id, progress=fraction, message=message)
-            await signals.announce(jobstore.job_view(self._row, live=live))
+            await self._runner.signals.set_progress(jobstore.job_view(self._row, live=live))
         except PASSING_FAULTS as exc:  # progress is for watchers: losing one update never fails a job
             self.log.warning("job %s: progress not stored (%s)", self.job_id, exc)
 
@@ -223,6 +226,9 @@ class JobRunner:
         self.name_prefix = f"{service}-{settings.worker.name or socket.gethostname()}-"
         self.worker_id = f"{self.name_prefix}{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.lease = timedelta(seconds=settings.worker.lease_s)
+        self.inputs = InputCache(
+            store, max_bytes=settings.worker.input_cache_bytes, parent_dir=settings.worker.input_cache_dir
+        )
 
     async def handle(self, body: Any, delivery: Delivery) -> None:
         """Run the job of one delivery, settling the delivery as soon as the job's claim is stored."""
@@ -264,6 +270,7 @@ class JobRunner:
                 message="started",
                 worker=self.worker_id,
                 lease_expires_at=func.now() + self.lease,
+                returning=[_input_file()],
             )
             await session.commit()
         return row
@@ -405,8 +412,7 @@ class JobRunner:
             async with ctx._cleanups:
                 if message.file_id is not None:
                     with job_phase("fetch_input", **phase):
-                        ctx.input_path = await self._fetch_input(message, scratch)
-                await ctx.progress(0.0, "input ready", force=True)
+                        ctx.input_path = await self._fetch_input(message, row, scratch)
                 with job_phase("handler", **phase):
                     async with deadline:
                         result = await handler(ctx)
@@ -419,21 +425,20 @@ class JobRunner:
             await asyncio.to_thread(shutil.rmtree, scratch, True)
         return spec.result.model_validate(result.model_dump())
 
-    async def _fetch_input(self, message: JobMessage, scratch: Path) -> Path:
-        async with self.db.session() as session:
-            query = select(files.c.storage_id, files.c.filename).where(
-                files.c.id == message.file_id,
-                files.c.tenant_id == message.tenant_id,
-                files.c.deleted_at.is_(None),
-            )
-            stored = (await session.execute(query)).one_or_none()
+    async def _fetch_input(self, message: JobMessage, row: jobstore.JobRow, scratch: Path) -> Path:
+        stored = row[INPUT_FILE]
         if stored is None:
             raise InputNotFound(f"the input file {message.file_id} was deleted before the job ran")
         # The copy keeps the upload's name (made safe), so what a job names after its input reads well.
-        name = _UNSAFE_NAME.sub("_", Path(stored.filename).name)[-120:].lstrip(".") or "input"
+        name = _UNSAFE_NAME.sub("_", Path(stored["filename"]).name)[-120:].lstrip(".") or "input"
         (scratch / "in").mkdir()
         path = scratch / "in" / name
-        await self.store.copy_to(stored.storage_id, path)
+        await self.inputs.place(
+            storage_id=stored["storage_id"],
+            sha256=stored["sha256"],
+            size_bytes=stored["size_bytes"],
+            path=path,
+        )
         return path
 
     async def save_artifact(
@@ -476,6 +481,8 @@ class JobRunner:
         beat = self.lease.total_seconds() / 3
         last_beat = time.monotonic()
         while not ctx.cancelled:
+            # A pause first: most light jobs end within it, and need no look at Redis or PostgreSQL.
+            await asyncio.sleep(min(0.5, beat))
             with contextlib.suppress(*PASSING_FAULTS):
                 if await self.signals.cancel_requested(ctx.job_id):
                     ctx._cancel.set()
@@ -484,7 +491,6 @@ class JobRunner:
                         ctx.log.warning("job %s: lease lost; stopping", ctx.job_id)
                         ctx._cancel.set()
                     last_beat = time.monotonic()
-            await asyncio.sleep(min(0.5, beat))
 
     async def _extend_lease(self, job_id: str) -> bool:
         async with self.db.session() as session:
@@ -601,6 +607,24 @@ class JobRunner:
         if requeued is not None:
             metrics.JOBS_RETRIED.labels(message.type).inc()
             await self.signals.announce(jobstore.job_view(requeued))
+
+
+def _input_file() -> Label[Any]:
+    """The claimed job's input file, read by the claim's own statement: its storage id, hash, size and
+    name, or null when the job has none or it was deleted."""
+    described = func.json_build_object(
+        "storage_id", files.c.storage_id, "sha256", files.c.sha256,
+        "size_bytes", files.c.size_bytes, "filename", files.c.filename,
+    )  # fmt: skip
+    return (
+        select(described)
+        .where(
+            files.c.id == jobs.c.file_id, files.c.tenant_id == jobs.c.tenant_id, files.c.deleted_at.is_(None)
+        )
+        .correlate(jobs)
+        .scalar_subquery()
+        .label(INPUT_FILE)
+    )
 
 
 async def _file_chunks(path: Path) -> AsyncIterator[bytes]:
