@@ -728,6 +728,27 @@ async def test_a_job_changed_while_running_keeps_that_change(
     runner = make_runner({"video.probe": Calls(act)})
     assert await deliver(runner, body_of(job_id, tenant_id)) == ["ack"]
     assert (await row_of(db, job_id))["status"] == "cancelled"
+    assert await db.collection("results").find_one({"_id": job_id}) is None
+
+
+async def test_a_short_job_taken_from_its_worker_stores_no_result(
+    make_runner, new_job, tenant_id: str, db: DatabaseManager
+) -> None:
+    """A job given to another worker while its handler ran, well within the lease, ends with no result
+    stored by the first worker and the new owner's row untouched: the statement that ends the job checks
+    the owner, and holds the row while the result is written."""
+    job_id = await new_job()
+
+    async def act(_ctx: JobContext) -> None:
+        async with db.session() as session:
+            await session.execute(update(jobs).where(jobs.c.id == job_id).values(worker="video-newowner"))
+            await session.commit()
+
+    runner = make_runner({"video.probe": Calls(act)}, lease_s=60)
+    assert await deliver(runner, body_of(job_id, tenant_id)) == ["ack"]
+    row = await row_of(db, job_id)
+    assert (row["status"], row["worker"]) == ("running", "video-newowner")
+    assert await db.collection("results").find_one({"_id": job_id}) is None
 
 
 def test_handlers_must_be_catalogued_job_types(make_runner) -> None:

@@ -14,7 +14,8 @@ afterwards.
     claimed: queued -> running (CAS), with this worker's lease; THEN the delivery is acked, and the
     lease, extended by a heartbeat while the job runs, guards it: if the worker dies, the relay's reaper
     requeues the job when the lease runs out (the crash counted as an attempt). Then:
-      result                              -> result upserted by job id, then running -> succeeded
+      result                              -> running -> succeeded, and the result upserted by job id while
+                                             that change holds the row, before it commits
       PermanentJobError                   -> running -> failed with its error_code
       JobCancelled (asked, or lease lost) -> running -> cancelled
       TransientJobError / a lost database -> running -> queued, and the message back through the outbox
@@ -285,21 +286,16 @@ class JobRunner:
         try:
             if handler is None:
                 raise InvalidParams(f"the {self.service} service does not run {message.type} jobs")
+            result: tuple[JobMessage, BaseModel] | None = None
             if row["attempts"] > 1 and await self._stored_before(message.job_id):
                 # An earlier attempt stored the result and died before it could say so: the job is done,
                 # and running it again would be a second effect.
                 jlog.info("job %s: an earlier attempt stored its result; finishing it", message.job_id)
             else:
-                result = await self._run(handler, message, row, jlog)
-                if not await self._extend_lease(message.job_id):
-                    # Its lease ran out while it ran and the job went to another worker: storing this
-                    # result too would be a second effect of one job.
-                    jlog.warning("job %s was taken from this worker; its result is dropped", message.job_id)
-                    return
-                with job_phase(
-                    "store_result", job_id=message.job_id, job_type=message.type, attempt=row["attempts"]
-                ):
-                    await self._store_result(message, result)
+                result = (message, await self._run(handler, message, row, jlog))
+            await self._finish(
+                row, JobStatus.SUCCEEDED, message="done", progress=1.0, jlog=jlog, result=result
+            )
         except JobCancelled:
             await self._finish(row, JobStatus.CANCELLED, message="cancelled", jlog=jlog)
         except PermanentJobError as exc:
@@ -311,8 +307,6 @@ class JobRunner:
             jlog.exception("job %s failed with a bug", message.job_id)
             error = ("INTERNAL_ERROR", f"internal error ({type(exc).__name__}); the team has the log")
             await self._finish(row, JobStatus.FAILED, message="failed", error=error, jlog=jlog)
-        else:
-            await self._finish(row, JobStatus.SUCCEEDED, message="done", progress=1.0, jlog=jlog)
 
     async def _announce_parent(self, row: jobstore.JobRow) -> None:
         """A part's change may have moved its composite job: tell the composite job's listeners too."""
@@ -538,7 +532,16 @@ class JobRunner:
         jlog: logging.LoggerAdapter[logging.Logger],
         error: tuple[str, str] | None = None,
         progress: float | None = None,
+        result: tuple[JobMessage, BaseModel] | None = None,
     ) -> None:
+        """End the job in `status` if it is still running under this worker, and store its `result` (None:
+        stored by an earlier attempt) in the same go.
+
+        The result is written between the status change and its commit, while the change holds the job's
+        row: the job cannot be taken from this worker in between (the reaper skips locked rows), so a
+        result is stored only by the owner, and the status commits only once the result is stored. A
+        failure after the write retries the status change alone.
+        """
         values: dict[str, Any] = {"message": message, "worker": None, "lease_expires_at": None}
         if error is not None:
             values["error_code"], values["error_message"] = error
@@ -547,6 +550,7 @@ class JobRunner:
         with job_phase("finish", job_id=row["id"], job_type=row["type"], attempt=row["attempts"]):
             # The outcome is already made (a result may be stored): a database blip here must not leave the
             # job to the reaper, who would run it a second time. So retry while the lease still holds.
+            unstored = result
             for pause in (*FINISH_RETRY_PAUSES_S, None):
                 try:
                     async with self.db.session() as session:
@@ -558,6 +562,15 @@ class JobRunner:
                             owner=self.worker_id,
                             **values,
                         )
+                        if done is not None and unstored is not None:
+                            with job_phase(
+                                "store_result",
+                                job_id=row["id"],
+                                job_type=row["type"],
+                                attempt=row["attempts"],
+                            ):
+                                await self._store_result(*unstored)
+                            unstored = None
                         await session.commit()
                     break
                 except PASSING_FAULTS as exc:
@@ -566,6 +579,8 @@ class JobRunner:
                     jlog.warning("job %s: storing its outcome failed (%s); retrying", row["id"], exc)
                     await asyncio.sleep(pause)
         if done is None:
+            # Its lease ran out while it ran and the job went to another worker (or it was ended): storing a
+            # result too would be a second effect of one job.
             jlog.warning("job %s was taken from this worker while it ran; leaving it be", row["id"])
             return
         metrics.job_finished(row["type"], status, error_code=values.get("error_code"))
