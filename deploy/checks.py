@@ -28,7 +28,7 @@ HERE = Path(__file__).resolve().parent
 KEDA_SCHEMA = HERE / "k8s" / "schemas" / "keda.json"
 #: The processes' default (pool_size, max_overflow), as in medialens_shared.settings.POOL_DEFAULTS.
 POOL_DEFAULTS = {"medialens-gateway": (30, 0), "medialens-relay": (2, 2)}
-WORKER_POOL_DEFAULT = (4, 2)
+WORKER_POOL_DEFAULT = (6, 0)
 #: Shutdown grace of the services (the broker's graceful timeout); pods must be given longer.
 SERVICE_SHUTDOWN_S = 30
 SECRET_KEY = re.compile(r"(URL|PASSWORD|PASSWD|SECRET|TOKEN|API_KEYS?|CREDENTIALS?)$", re.IGNORECASE)

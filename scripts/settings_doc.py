@@ -54,7 +54,9 @@ DESCRIPTIONS: dict[str, str] = {
     "MEDIALENS_RABBITMQ_DELIVERY_LIMIT": "Deliveries after which a message that keeps failing goes to the "
     "dead-letter queue.",
     "MEDIALENS_RABBITMQ_PREFETCH": "Deliveries a service holds unacked: those waiting for one of its "
-    "`MEDIALENS_WORKER_CONCURRENCY` slots (a running job's delivery is acked at its claim).",
+    "`MEDIALENS_WORKER_CONCURRENCY` slots (a running job's delivery is acked at its claim); unset: one per "
+    "slot. Keep it low for long media jobs (a delivery waiting past the broker's consumer timeout closes "
+    "the channel).",
     "MEDIALENS_RABBITMQ_PUBLISH_TIMEOUT": "Seconds to wait for the broker to confirm a publish.",
     "MEDIALENS_GATEWAY_HOST": "Address the gateway listens on (`0.0.0.0` in containers).",
     "MEDIALENS_GATEWAY_PORT": "Port the gateway listens on.",
@@ -74,6 +76,8 @@ DESCRIPTIONS: dict[str, str] = {
     "past it, 503 SERVICE_UNAVAILABLE with Retry-After (0: no bound).",
     "MEDIALENS_RELAY_BATCH_SIZE": "Outbox entries the relay publishes per round.",
     "MEDIALENS_RELAY_POLL_INTERVAL_S": "Seconds between two looks at the outbox when it is empty.",
+    "MEDIALENS_RELAY_BUSY_POLL_INTERVAL_S": "Seconds between two looks at the outbox after a round that "
+    "published something (a burst of submissions is likely going on).",
     "MEDIALENS_RELAY_REAP_INTERVAL_S": "How often the relay looks for running jobs whose lease ran out.",
     "MEDIALENS_WEBHOOK_MAX_ATTEMPTS": "Tries of a webhook delivery that keeps meeting 408, 429, 5xx or "
     "network errors before it is marked failed (other 4xx fail at once).",
@@ -101,6 +105,11 @@ DESCRIPTIONS: dict[str, str] = {
     "MEDIALENS_WORKER_PROGRESS_INTERVAL_S": "Minimum seconds between two progress writes of one job.",
     "MEDIALENS_WORKER_SCRATCH_DIR": "Where a job's input is copied while it runs (default: the system's "
     "temporary directory); removed afterwards.",
+    "MEDIALENS_WORKER_INPUT_CACHE_BYTES": "Disk space for job inputs kept by content hash, so that a file "
+    "analysed again is not read from GridFS again (least recently used out); 0 keeps none.",
+    "MEDIALENS_WORKER_INPUT_CACHE_DIR": "Where those inputs are kept, in a directory of the process removed "
+    "at its stop (default: the system's temporary directory); on the scratch directory's file system a "
+    "job's copy is a hard link, elsewhere a copy.",
     "MEDIALENS_WORKER_LEASE_S": "How long a claimed job stays its worker's without a heartbeat (beats come "
     "every third of it); a job whose worker died runs again within this plus the relay's reap interval.",
     "MEDIALENS_WORKER_MAX_ATTEMPTS": "Tries of a job that keeps meeting passing faults before it fails with "

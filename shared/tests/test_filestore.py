@@ -73,10 +73,10 @@ async def test_read_ranges(store: FileStore, payload: bytes) -> None:
 
 
 async def test_copy_to_writes_the_file(store: FileStore, payload: bytes, tmp_path: Path) -> None:
-    """copy_to writes the stored bytes to a local path and returns the size."""
+    """copy_to writes the stored bytes to a local path and says what it wrote: size, SHA-256 and head."""
     stored = await store.save_bytes(payload, filename="copy.bin")
     target = tmp_path / "copy.bin"
-    assert await store.copy_to(stored.storage_id, target) == len(payload)
+    assert await store.copy_to(stored.storage_id, target) == stored
     assert target.read_bytes() == payload
 
 

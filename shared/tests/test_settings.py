@@ -101,7 +101,7 @@ def test_default_pools_fit_five_processes_under_max_connections() -> None:
     """The five processes at their default pool size and overflow stay within 90 of 100 connections."""
     pg = Settings().postgres
     sizes = {process: pg.pool_for(process) for process in ("gateway", "relay", "video", "audio", "data")}
-    assert sizes == {"gateway": (30, 0), "relay": (2, 2), "video": (4, 2), "audio": (4, 2), "data": (4, 2)}
+    assert sizes == {"gateway": (30, 0), "relay": (2, 2), "video": (6, 0), "audio": (6, 0), "data": (6, 0)}
     assert sum(size + overflow for size, overflow in sizes.values()) <= 90
 
 

@@ -13,12 +13,26 @@ from medialens_shared.signals import LIVE_TTL_S, JobSignals
 pytestmark = pytest.mark.integration
 
 
-async def test_progress_is_stored_and_read_back(signals: JobSignals, db: DatabaseManager) -> None:
-    """set_progress stores the fraction (4 decimals) and message, with a day's expiry; live reads them."""
+async def test_progress_is_stored_published_and_read_back(signals: JobSignals, db: DatabaseManager) -> None:
+    """set_progress stores the job's fraction (4 decimals) and message, with a day's expiry, and publishes
+    the job object on its channel; live reads them."""
     job_id = uuid.uuid4().hex
     assert await signals.live(job_id) is None
-    await signals.set_progress(job_id, progress=0.123456, message="decoding")
+    job = {"id": job_id, "status": "running", "progress": 0.123456, "message": "decoding"}
+    pubsub = db.redis.pubsub()
+    try:
+        await pubsub.subscribe(signals.channel(job_id))
+        await signals.set_progress(job)
+        published = None
+        for _ in range(20):
+            published = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
+            if published is not None:
+                break
+    finally:
+        await pubsub.aclose()
     assert await signals.live(job_id) == {"progress": "0.1235", "message": "decoding"}
+    assert published is not None
+    assert json.loads(published["data"]) == job
     ttl = await db.redis.ttl(f"{signals.prefix}:job:{job_id}:live")
     assert LIVE_TTL_S - 5 <= ttl <= LIVE_TTL_S
 

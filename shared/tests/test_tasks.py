@@ -56,10 +56,16 @@ def scratch_root(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def make_runner(
-    settings: Settings, db: DatabaseManager, store: FileStore, signals: JobSignals, scratch_root: Path
+    settings: Settings,
+    db: DatabaseManager,
+    store: FileStore,
+    signals: JobSignals,
+    scratch_root: Path,
+    tmp_path: Path,
 ) -> Callable[..., JobRunner]:
     def make(handlers: dict[str, Handler], **worker: Any) -> JobRunner:
-        worker_settings = settings.worker.model_copy(update={"scratch_dir": str(scratch_root), **worker})
+        places = {"scratch_dir": str(scratch_root), "input_cache_dir": str(tmp_path)}
+        worker_settings = settings.worker.model_copy(update={**places, **worker})
         return JobRunner(
             service="video",
             handlers=handlers,
@@ -556,6 +562,34 @@ async def test_a_deleted_input_fails_input_not_found(
     assert handler.contexts == []
 
 
+async def test_a_second_job_of_a_file_reads_it_from_the_cache_until_the_file_is_deleted(
+    make_runner, new_job, new_file, tenant_id: str, db: DatabaseManager, store: FileStore
+) -> None:
+    """A second job of the same file gets its bytes without GridFS (here gone from it); once the file is
+    deleted, a third job fails INPUT_NOT_FOUND though its bytes are still kept."""
+    content = b"\x1a\x45\xdf\xa3 cached mkv"
+    file_id = await new_file(content, filename="a.mkv")
+    seen: list[bytes] = []
+    runner = make_runner({"video.probe": Calls(lambda ctx: seen.append(ctx.require_input().read_bytes()))})
+    first = await new_job(file_id=file_id)
+    assert await deliver(runner, body_of(first, tenant_id, file_id=file_id)) == ["ack"]
+    async with db.session() as session:
+        storage_id = await session.scalar(select(files.c.storage_id).where(files.c.id == file_id))
+    assert storage_id is not None
+    await store.delete(storage_id)
+    second = await new_job(file_id=file_id)
+    assert await deliver(runner, body_of(second, tenant_id, file_id=file_id)) == ["ack"]
+    assert seen == [content, content]
+    async with db.session() as session:
+        await session.execute(update(files).where(files.c.id == file_id).values(deleted_at=utc_now()))
+        await session.commit()
+    third = await new_job(file_id=file_id)
+    assert await deliver(runner, body_of(third, tenant_id, file_id=file_id)) == ["ack"]
+    assert [(await row_of(db, job))["status"] for job in (first, second)] == ["succeeded", "succeeded"]
+    assert (await row_of(db, third))["error_code"] == "INPUT_NOT_FOUND"
+    assert len(seen) == 2
+
+
 async def test_require_input_without_a_file_fails(
     make_runner, new_job, tenant_id: str, db: DatabaseManager
 ) -> None:
@@ -578,7 +612,7 @@ async def test_progress_is_throttled_stored_and_published(
     live_seen: list[dict[str, str] | None] = []
 
     async def act(ctx: JobContext) -> None:
-        await ctx.progress(0.3, "too soon")  # right after the forced "input ready": dropped
+        await ctx.progress(0.3, "too soon")  # right after the claim's "started": dropped
         live_seen.append(await signals.live(job_id))
         await asyncio.sleep(1.05)
         await ctx.progress(0.5, "half")
@@ -603,13 +637,12 @@ async def test_progress_is_throttled_stored_and_published(
     finally:
         await pubsub.aclose()
     assert live_seen == [
-        {"progress": "0.0000", "message": "input ready"},
+        None,
         {"progress": "0.5000", "message": "half"},
         {"progress": "1.0000", "message": "clamped"},
     ]
     assert [(event["status"], event["progress"], event["message"]) for event in events] == [
         ("running", 0.0, "started"),
-        ("running", 0.0, "input ready"),
         ("running", 0.5, "half"),
         ("running", 1.0, "clamped"),
         ("succeeded", 1.0, "done"),
@@ -697,6 +730,27 @@ async def test_a_job_changed_while_running_keeps_that_change(
     runner = make_runner({"video.probe": Calls(act)})
     assert await deliver(runner, body_of(job_id, tenant_id)) == ["ack"]
     assert (await row_of(db, job_id))["status"] == "cancelled"
+    assert await db.collection("results").find_one({"_id": job_id}) is None
+
+
+async def test_a_short_job_taken_from_its_worker_stores_no_result(
+    make_runner, new_job, tenant_id: str, db: DatabaseManager
+) -> None:
+    """A job given to another worker while its handler ran, well within the lease, ends with no result
+    stored by the first worker and the new owner's row untouched: the statement that ends the job checks
+    the owner, and holds the row while the result is written."""
+    job_id = await new_job()
+
+    async def act(_ctx: JobContext) -> None:
+        async with db.session() as session:
+            await session.execute(update(jobs).where(jobs.c.id == job_id).values(worker="video-newowner"))
+            await session.commit()
+
+    runner = make_runner({"video.probe": Calls(act)}, lease_s=60)
+    assert await deliver(runner, body_of(job_id, tenant_id)) == ["ack"]
+    row = await row_of(db, job_id)
+    assert (row["status"], row["worker"]) == ("running", "video-newowner")
+    assert await db.collection("results").find_one({"_id": job_id}) is None
 
 
 def test_handlers_must_be_catalogued_job_types(make_runner) -> None:

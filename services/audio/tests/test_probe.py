@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import io
+import struct
 from pathlib import Path
 
+import av
+import numpy as np
 import pytest
 
+from medialens_audio.decode import WAV_PROBE_BYTES
 from medialens_audio.probe import probe_audio
 from medialens_shared.errors import InputNotFound, MediaDecodeError, UnsupportedInput
 from scripts.samples import corrupt, make_audio, make_csv, make_video, truncate
@@ -121,3 +126,36 @@ def test_missing_file(tmp_path: Path) -> None:
     """A path with no file behind it raises InputNotFound."""
     with pytest.raises(InputNotFound):
         probe_audio(tmp_path / "nothing.wav")
+
+
+def write_spdif_wav(path: Path, *, seconds: float) -> None:
+    """A WAV whose PCM samples carry an AC-3 stream as S/PDIF (IEC 61937) bursts, as DVD rips do."""
+    bitstream = io.BytesIO()
+    with av.open(bitstream, "w", format="spdif") as out:
+        stream = out.add_stream("ac3", rate=48000, layout="stereo")
+        samples = int(48000 * seconds)
+        tone = (0.3 * np.sin(2 * np.pi * 440 * np.arange(samples) / 48000)).astype(np.float32)
+        for start in range(0, samples, 1536):
+            frame = av.AudioFrame.from_ndarray(
+                np.tile(tone[start : start + 1536], (2, 1)), format="fltp", layout="stereo"
+            )
+            frame.sample_rate, frame.pts = 48000, start
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    data = bitstream.getvalue()
+    fmt = struct.pack("<IHHIIHH", 16, 1, 2, 48000, 48000 * 4, 4, 16)
+    path.write_bytes(
+        b"RIFF" + struct.pack("<I", 36 + len(data)) + b"WAVE" + b"fmt " + fmt
+        + b"data" + struct.pack("<I", len(data)) + data
+    )  # fmt: skip
+
+
+def test_ac3_carried_in_a_wav_is_found_within_the_shortened_probe(tmp_path: Path) -> None:
+    """A WAV is opened reading only WAV_PROBE_BYTES ahead, which still finds an S/PDIF stream in it."""
+    path = tmp_path / "dvd.wav"
+    write_spdif_wav(path, seconds=2.0)
+    assert path.stat().st_size > 10 * WAV_PROBE_BYTES
+    result = probe_audio(path)
+    assert (result.codec, result.sample_rate, result.channels) == ("ac3", 48000, 2)

@@ -100,17 +100,23 @@ class FileStore:
         finally:
             await stream.close()
 
-    async def copy_to(self, storage_id: str, path: Path) -> int:
-        """Write a stored file to `path` (a worker's scratch copy); its size. InputNotFound if it is gone."""
+    async def copy_to(self, storage_id: str, path: Path) -> StoredFile:
+        """Write a stored file to `path` (a worker's scratch copy); what was written (its size and SHA-256
+        as read, which the input cache checks against the file's row). InputNotFound if it is gone."""
+        digest = hashlib.sha256()
         size = 0
+        head = b""
         try:
             with path.open("wb") as out:
                 async for chunk in self.read(storage_id):
+                    if not size:
+                        head = chunk[:SNIFF_BYTES]
                     out.write(chunk)
+                    digest.update(chunk)
                     size += len(chunk)
         except NoFile as exc:
             raise InputNotFound("The input file's content is no longer stored.") from exc
-        return size
+        return StoredFile(storage_id=storage_id, size_bytes=size, sha256=digest.hexdigest(), head=head)
 
     async def delete(self, storage_id: str) -> None:
         """Remove a stored file; removing one already gone is not an error."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from sqlalchemy import RowMapping, func, select, update
+from sqlalchemy import ColumnElement, RowMapping, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from medialens_shared import outbox, webhooks
@@ -99,10 +99,11 @@ async def transition(
     to: JobStatus,
     count_attempt: bool = False,
     owner: str | None = None,
+    returning: Iterable[ColumnElement[Any]] = (),
     **values: Any,
 ) -> JobRow | None:
     """Move a job to `to` if it is in one of `from_statuses` (and, with `owner`, still claimed by that
-    worker); the new row, or None if it was not.
+    worker); the new row (with the further columns of `returning`), or None if it was not.
 
     Terminal statuses are never left: asking to move out of one is a programming error. Reaching one,
     a job with a `callback_url` gets its webhook delivery row in the same transaction.
@@ -121,7 +122,7 @@ async def transition(
         update(jobs)
         .where(jobs.c.id == job_id, jobs.c.status.in_([status.value for status in allowed]))
         .values(changes)
-        .returning(*jobs.c)
+        .returning(*jobs.c, *returning)
     )
     if owner is not None:
         statement = statement.where(jobs.c.worker == owner)

@@ -6,7 +6,7 @@ Variables are named `MEDIALENS_<GROUP>_<FIELD>`: `MEDIALENS_POSTGRES_POOL_SIZE`,
 Sizing the PostgreSQL pools: every process holds its own pool of at most `pool_size + max_overflow`
 connections, so the stack needs `sum over processes (pool_size + max_overflow)` server connections. The
 gateway, which serves the requests, has the seed's 20 + 10; the relay needs 2 + 2 and each analysis service
-4 + 2 (a job holds a connection only for its status changes). One of each: 30 + 4 + 3 * 6 = 52, within
+6 + 0 (a job holds a connection only for its status changes). One of each: 30 + 4 + 3 * 6 = 52, within
 PostgreSQL's default `max_connections = 100`, leaving room for migrations, psql and a second gateway.
 `MEDIALENS_POSTGRES_POOL_SIZE` / `_MAX_OVERFLOW` set one size for every process that reads them; with
 replicas, keep `replicas * (pool_size + max_overflow)` summed over all deployments below `max_connections`.
@@ -25,9 +25,10 @@ Environment = Literal["development", "test", "production"]
 #: Default (pool_size, max_overflow) of each process, when the settings do not fix them.
 #: The gateway keeps all of its 30 connections rather than 20 plus 10 overflow: under a steady load above
 #: 20 requests in flight, overflow connections were opened and closed request after request (a server
-#: process forked for each), which its profile showed.
+#: process forked for each), which its profile showed. A service keeps its 6 open for the same reason: running
+#: 8 light jobs at once, its 4 + 2 opened and closed an overflow connection every few jobs.
 POOL_DEFAULTS: dict[str, tuple[int, int]] = {"gateway": (30, 0), "relay": (2, 2)}
-WORKER_POOL_DEFAULT = (4, 2)
+WORKER_POOL_DEFAULT = (6, 0)
 
 
 class PostgresSettings(BaseModel):
@@ -71,9 +72,11 @@ class RabbitSettings(BaseModel):
     exchange: str = "medialens.jobs"
     #: Deliveries after which a message that keeps failing goes to the dead-letter queue.
     delivery_limit: int = Field(5, ge=1)
-    #: Deliveries a consumer holds at once. Keep 1 for media queues: a delivery buffered behind a long
-    #: job would outlast the broker's consumer timeout (30 min) unacked.
-    prefetch: int = Field(1, ge=1, le=1000)
+    #: Deliveries a service's consumer holds at once; None: its `worker.concurrency`, one delivery ready
+    #: for each slot (with fewer, the claims of light jobs queue behind one another, a broker round trip
+    #: each). Keep it low for media queues: a delivery buffered behind a long job would outlast the
+    #: broker's consumer timeout (30 min) unacked.
+    prefetch: int | None = Field(None, ge=1, le=1000)
     publish_timeout: float = Field(10.0, gt=0)
 
 
@@ -104,6 +107,8 @@ class GatewaySettings(BaseModel):
 class RelaySettings(BaseModel):
     batch_size: int = Field(100, ge=1)
     poll_interval_s: float = Field(0.2, gt=0)
+    #: Pause after a round that published something (more is likely on its way), instead of the above.
+    busy_poll_interval_s: float = Field(0.02, gt=0)
     #: How often the relay looks for running jobs whose lease ran out.
     reap_interval_s: float = Field(2.0, gt=0)
 
@@ -135,6 +140,12 @@ class WorkerSettings(BaseModel):
     progress_interval_s: float = Field(0.5, ge=0)
     #: Where a job's input is copied from GridFS while it runs; removed afterwards.
     scratch_dir: str | None = None
+    #: Disk space for inputs kept by content hash, so that a file analysed again is not read from GridFS
+    #: again (`medialens_shared.inputcache`); 0 keeps none.
+    input_cache_bytes: int = Field(512 * 2**20, ge=0)
+    #: Where those inputs are kept (a directory of this process, removed at its stop); None: the system's
+    #: temporary directory. On the file system of `scratch_dir`, a job's copy is a hard link.
+    input_cache_dir: str | None = None
     #: How long a claimed job stays its worker's without a heartbeat (beats come every third of it);
     #: a job whose worker died runs again within this plus the relay's reap interval.
     lease_s: float = Field(15.0, ge=1)

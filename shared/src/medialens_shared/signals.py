@@ -36,11 +36,13 @@ class JobSignals:
     def job_id_of(self, channel: str) -> str:
         return channel.removeprefix(f"{self.prefix}:job:").removesuffix(":events")
 
-    async def set_progress(self, job_id: str, *, progress: float, message: str) -> None:
-        key = self._key(job_id, "live")
+    async def set_progress(self, job: dict[str, Any]) -> None:
+        """Store the live progress and message of the job object `job` and publish it, in one round trip."""
+        key = self._key(job["id"], "live")
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hset(key, mapping={"progress": f"{progress:.4f}", "message": message})
+            pipe.hset(key, mapping={"progress": f"{job['progress']:.4f}", "message": job["message"]})
             pipe.expire(key, LIVE_TTL_S)
+            pipe.publish(self.channel(job["id"]), json.dumps(job))
             await pipe.execute()
 
     async def live(self, job_id: str) -> dict[str, str] | None:

@@ -14,7 +14,8 @@ afterwards.
     claimed: queued -> running (CAS), with this worker's lease; THEN the delivery is acked, and the
     lease, extended by a heartbeat while the job runs, guards it: if the worker dies, the relay's reaper
     requeues the job when the lease runs out (the crash counted as an attempt). Then:
-      result                              -> result upserted by job id, then running -> succeeded
+      result                              -> running -> succeeded, and the result upserted by job id while
+                                             that change holds the row, before it commits
       PermanentJobError                   -> running -> failed with its error_code (a decoder that crashed
                                              its isolated rerun: MEDIA_DECODE_ERROR, message dead-lettered)
       JobCancelled (asked, or lease lost) -> running -> cancelled
@@ -51,7 +52,7 @@ from pydantic import BaseModel, ValidationError
 from pymongo.errors import ConnectionFailure as MongoConnectionFailure
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from sqlalchemy import func, select, update
+from sqlalchemy import Label, func, select, update
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
@@ -69,6 +70,7 @@ from medialens_shared.errors import (
     TransientJobError,
 )
 from medialens_shared.filestore import FileStore
+from medialens_shared.inputcache import InputCache
 from medialens_shared.settings import Settings
 from medialens_shared.signals import JobSignals
 from medialens_shared.sniff import sniff
@@ -84,6 +86,9 @@ FINISH_RETRY_PAUSES_S = (0.2, 0.4, 0.8, 1.6)
 RESULT_WRITES = "writes"
 
 _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
+
+#: The column of a claimed row that describes its input file (see `_input_file`).
+INPUT_FILE = "input_file"
 
 #: Bytes read from disk per chunk when a job stores a file it made.
 ARTIFACT_CHUNK_BYTES = 1024 * 1024
@@ -132,7 +137,8 @@ class JobContext:
     _row: jobstore.JobRow
     #: The previous attempt died with its worker: `run_cpu` runs in a child process (see `isolation`).
     isolated: bool = False
-    _last_progress: float = 0.0
+    #: The claim's "started" counts as the first report: a handler's next one within the interval waits.
+    _last_progress: float = field(default_factory=time.monotonic)
     _cancel: threading.Event = field(default_factory=threading.Event)
     _cleanups: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
     _loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.get_running_loop)
@@ -144,11 +150,9 @@ class JobContext:
             return
         self._last_progress = now
         fraction = min(max(fraction, 0.0), 1.0)
-        signals = self._runner.signals
         live = {"progress": fraction, "message": message}
         try:
-            await signals.set_progress(self.job_id, progress=fraction, message=message)
-            await signals.announce(jobstore.job_view(self._row, live=live))
+            await self._runner.signals.set_progress(jobstore.job_view(self._row, live=live))
         except PASSING_FAULTS as exc:  # progress is for watchers: losing one update never fails a job
             self.log.warning("job %s: progress not stored (%s)", self.job_id, exc)
 
@@ -246,6 +250,9 @@ class JobRunner:
         self.name_prefix = f"{service}-{settings.worker.name or socket.gethostname()}-"
         self.worker_id = f"{self.name_prefix}{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.lease = timedelta(seconds=settings.worker.lease_s)
+        self.inputs = InputCache(
+            store, max_bytes=settings.worker.input_cache_bytes, parent_dir=settings.worker.input_cache_dir
+        )
 
     async def handle(self, body: Any, delivery: Delivery) -> None:
         """Run the job of one delivery, settling the delivery as soon as the job's claim is stored."""
@@ -288,6 +295,7 @@ class JobRunner:
                 message="started",
                 worker=self.worker_id,
                 lease_expires_at=func.now() + self.lease,
+                returning=[_input_file()],
             )
             await session.commit()
         return row
@@ -312,21 +320,16 @@ class JobRunner:
         try:
             if handler is None:
                 raise InvalidParams(f"the {self.service} service does not run {message.type} jobs")
+            result: tuple[JobMessage, BaseModel] | None = None
             if row["attempts"] > 1 and await self._stored_before(message.job_id):
                 # An earlier attempt stored the result and died before it could say so: the job is done,
                 # and running it again would be a second effect.
                 jlog.info("job %s: an earlier attempt stored its result; finishing it", message.job_id)
             else:
-                result = await self._run(handler, message, row, jlog, isolated=isolated)
-                if not await self._extend_lease(message.job_id):
-                    # Its lease ran out while it ran and the job went to another worker: storing this
-                    # result too would be a second effect of one job.
-                    jlog.warning("job %s was taken from this worker; its result is dropped", message.job_id)
-                    return
-                with job_phase(
-                    "store_result", job_id=message.job_id, job_type=message.type, attempt=row["attempts"]
-                ):
-                    await self._store_result(message, result)
+                result = (message, await self._run(handler, message, row, jlog, isolated=isolated))
+            await self._finish(
+                row, JobStatus.SUCCEEDED, message="done", progress=1.0, jlog=jlog, result=result
+            )
         except JobCancelled:
             await self._finish(row, JobStatus.CANCELLED, message="cancelled", jlog=jlog)
         except isolation.DecoderCrashed as exc:  # visible to operators, who may requeue it once mended
@@ -341,8 +344,6 @@ class JobRunner:
             jlog.exception("job %s failed with a bug", message.job_id)
             error = ("INTERNAL_ERROR", f"internal error ({type(exc).__name__}); the team has the log")
             await self._finish(row, JobStatus.FAILED, message="failed", error=error, jlog=jlog)
-        else:
-            await self._finish(row, JobStatus.SUCCEEDED, message="done", progress=1.0, jlog=jlog)
 
     async def _announce_parent(self, row: jobstore.JobRow) -> None:
         """A part's change may have moved its composite job: tell the composite job's listeners too."""
@@ -445,8 +446,7 @@ class JobRunner:
             async with ctx._cleanups:
                 if message.file_id is not None:
                     with job_phase("fetch_input", **phase):
-                        ctx.input_path = await self._fetch_input(message, scratch)
-                await ctx.progress(0.0, "input ready", force=True)
+                        ctx.input_path = await self._fetch_input(message, row, scratch)
                 with job_phase("handler", **phase):
                     async with deadline:
                         result = await handler(ctx)
@@ -459,21 +459,20 @@ class JobRunner:
             await asyncio.to_thread(shutil.rmtree, scratch, True)
         return spec.result.model_validate(result.model_dump())
 
-    async def _fetch_input(self, message: JobMessage, scratch: Path) -> Path:
-        async with self.db.session() as session:
-            query = select(files.c.storage_id, files.c.filename).where(
-                files.c.id == message.file_id,
-                files.c.tenant_id == message.tenant_id,
-                files.c.deleted_at.is_(None),
-            )
-            stored = (await session.execute(query)).one_or_none()
+    async def _fetch_input(self, message: JobMessage, row: jobstore.JobRow, scratch: Path) -> Path:
+        stored = row[INPUT_FILE]
         if stored is None:
             raise InputNotFound(f"the input file {message.file_id} was deleted before the job ran")
         # The copy keeps the upload's name (made safe), so what a job names after its input reads well.
-        name = _UNSAFE_NAME.sub("_", Path(stored.filename).name)[-120:].lstrip(".") or "input"
+        name = _UNSAFE_NAME.sub("_", Path(stored["filename"]).name)[-120:].lstrip(".") or "input"
         (scratch / "in").mkdir()
         path = scratch / "in" / name
-        await self.store.copy_to(stored.storage_id, path)
+        await self.inputs.place(
+            storage_id=stored["storage_id"],
+            sha256=stored["sha256"],
+            size_bytes=stored["size_bytes"],
+            path=path,
+        )
         return path
 
     async def save_artifact(
@@ -516,6 +515,8 @@ class JobRunner:
         beat = self.lease.total_seconds() / 3
         last_beat = time.monotonic()
         while not ctx.cancelled:
+            # A pause first: most light jobs end within it, and need no look at Redis or PostgreSQL.
+            await asyncio.sleep(min(0.5, beat))
             with contextlib.suppress(*PASSING_FAULTS):
                 if await self.signals.cancel_requested(ctx.job_id):
                     ctx._cancel.set()
@@ -524,7 +525,6 @@ class JobRunner:
                         ctx.log.warning("job %s: lease lost; stopping", ctx.job_id)
                         ctx._cancel.set()
                     last_beat = time.monotonic()
-            await asyncio.sleep(min(0.5, beat))
 
     async def _extend_lease(self, job_id: str) -> bool:
         async with self.db.session() as session:
@@ -572,10 +572,17 @@ class JobRunner:
         jlog: logging.LoggerAdapter[logging.Logger],
         error: tuple[str, str] | None = None,
         progress: float | None = None,
+        result: tuple[JobMessage, BaseModel] | None = None,
         dead: JobMessage | None = None,
     ) -> None:
-        """End the job (if this worker still owns it) and tell its listeners; `dead` goes to the dead letters
-        with the change."""
+        """End the job in `status` if it is still running under this worker, and store its `result` (None:
+        stored by an earlier attempt) in the same go; `dead` goes to the dead letters with the change.
+
+        The result is written between the status change and its commit, while the change holds the job's
+        row: the job cannot be taken from this worker in between (the reaper skips locked rows), so a
+        result is stored only by the owner, and the status commits only once the result is stored. A
+        failure after the write retries the status change alone.
+        """
         values: dict[str, Any] = {"message": message, "worker": None, "lease_expires_at": None}
         if error is not None:
             values["error_code"], values["error_message"] = error
@@ -584,6 +591,7 @@ class JobRunner:
         with job_phase("finish", job_id=row["id"], job_type=row["type"], attempt=row["attempts"]):
             # The outcome is already made (a result may be stored): a database blip here must not leave the
             # job to the reaper, who would run it a second time. So retry while the lease still holds.
+            unstored = result
             for pause in (*FINISH_RETRY_PAUSES_S, None):
                 try:
                     async with self.db.session() as session:
@@ -595,6 +603,15 @@ class JobRunner:
                             owner=self.worker_id,
                             **values,
                         )
+                        if done is not None and unstored is not None:
+                            with job_phase(
+                                "store_result",
+                                job_id=row["id"],
+                                job_type=row["type"],
+                                attempt=row["attempts"],
+                            ):
+                                await self._store_result(*unstored)
+                            unstored = None
                         if done is not None and dead is not None:
                             await outbox.enqueue(session, dead, dead=True)
                         await session.commit()
@@ -605,6 +622,8 @@ class JobRunner:
                     jlog.warning("job %s: storing its outcome failed (%s); retrying", row["id"], exc)
                     await asyncio.sleep(pause)
         if done is None:
+            # Its lease ran out while it ran and the job went to another worker (or it was ended): storing a
+            # result too would be a second effect of one job.
             jlog.warning("job %s was taken from this worker while it ran; leaving it be", row["id"])
             return
         metrics.job_finished(row["type"], status, error_code=values.get("error_code"))
@@ -646,6 +665,24 @@ class JobRunner:
         if requeued is not None:
             metrics.JOBS_RETRIED.labels(message.type).inc()
             await self.signals.announce(jobstore.job_view(requeued))
+
+
+def _input_file() -> Label[Any]:
+    """The claimed job's input file, read by the claim's own statement: its storage id, hash, size and
+    name, or null when the job has none or it was deleted."""
+    described = func.json_build_object(
+        "storage_id", files.c.storage_id, "sha256", files.c.sha256,
+        "size_bytes", files.c.size_bytes, "filename", files.c.filename,
+    )  # fmt: skip
+    return (
+        select(described)
+        .where(
+            files.c.id == jobs.c.file_id, files.c.tenant_id == jobs.c.tenant_id, files.c.deleted_at.is_(None)
+        )
+        .correlate(jobs)
+        .scalar_subquery()
+        .label(INPUT_FILE)
+    )
 
 
 async def _file_chunks(path: Path) -> AsyncIterator[bytes]:

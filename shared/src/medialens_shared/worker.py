@@ -196,6 +196,7 @@ async def run(service: str, handlers: dict[str, Handler], *, settings: Settings,
                 watching.cancel()
                 await close_broker(broker, timeout_s=worker.shutdown_grace_s + BROKER_STOP_MARGIN_S)
                 await runner.release_unfinished()
+                runner.inputs.clear()
         return EXIT_CONSUMER_LOST if consumer.lost else 0
 
 
@@ -212,13 +213,14 @@ def subscribe(
 
     A job's delivery is acked once its claim is stored, which frees its prefetch slot while the job still
     runs: the slots, not the prefetch, bound how many jobs run at once. A delivery waiting for a slot stays
-    unacked, so the prefetch bounds how many wait (and other workers take the rest).
+    unacked, so the prefetch (by default one per slot) bounds how many wait (and other workers take the
+    rest).
     """
     subscriber = broker.subscriber(
         queue,
         topology.jobs,
         ack_policy=AckPolicy.MANUAL,
-        channel=Channel(prefetch_count=settings.rabbitmq.prefetch),
+        channel=Channel(prefetch_count=settings.rabbitmq.prefetch or settings.worker.concurrency),
     )
     slots = asyncio.Semaphore(settings.worker.concurrency)
 

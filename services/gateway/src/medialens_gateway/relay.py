@@ -22,6 +22,7 @@ import contextlib
 import logging
 import signal
 import socket
+import time
 from typing import Any
 
 from faststream import AckPolicy
@@ -177,15 +178,14 @@ class Relay:
                 await jobstore.announce(session, self.signals, row)
 
     async def run(self, stop: asyncio.Event) -> None:
-        delay = self.settings.relay.poll_interval_s
-        reap_every = max(1, round(self.settings.relay.reap_interval_s / delay))
-        rounds = 0
+        relay = self.settings.relay
+        next_reap = time.monotonic() + relay.reap_interval_s
         while not stop.is_set():
-            rounds += 1
             self.webhooks.kick()  # in the background: a slow receiver must not hold up the outbox
             try:
                 sent = await self.publish_batch()
-                if rounds % reap_every == 0:
+                if time.monotonic() >= next_reap:
+                    next_reap = time.monotonic() + relay.reap_interval_s
                     await self.reap()
                     await metrics.sample_backlog(
                         broker=self.broker, topology=self.topology, db=self.db, services=SERVICES
@@ -194,10 +194,13 @@ class Relay:
                 log.warning("relay round failed (%s); retrying", exc)
                 self._declared = False
                 sent = 0
-            if sent >= self.settings.relay.batch_size:
+            if sent >= relay.batch_size:
                 continue  # more may be waiting: no pause
+            # A round that published something is likely amid a burst of submissions: the next look comes
+            # soon, so that a job waits a short pause for its publish rather than a whole poll interval.
+            pause = relay.busy_poll_interval_s if sent else relay.poll_interval_s
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=delay)
+                await asyncio.wait_for(stop.wait(), timeout=pause)
         await self.webhooks.drain()
 
 
