@@ -20,7 +20,7 @@ from datetime import timedelta
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import RowMapping, delete, func, select
+from sqlalchemy import RowMapping, case, delete, func, select
 from sqlalchemy.dialects.postgresql import aggregate_order_by, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -96,6 +96,9 @@ def _check_input(body: JobRequest, found: tuple[str, str] | None) -> None:
             f"{body.type} takes a {wanted} file; {filename!r} looks like {kind} by its content."
         )
 
+
+#: The job types made of parts (child jobs), whose job objects list them.
+COMPOSITE_TYPES = [name for name, spec in JOB_TYPES.items() if spec.children]
 
 _INPUT_FILE = "SELECT kind, filename FROM files WHERE id = $1 AND tenant_id = $2 AND deleted_at IS NULL"
 
@@ -330,12 +333,13 @@ async def list_jobs(
 ) -> list[RowMapping]:
     """A page of the tenant's jobs, newest first, each with its parts' ids (`children`, NULL for none)."""
     part = jobs.alias("part")
-    children = (
+    parts = (
         select(func.array_agg(aggregate_order_by(part.c.id, part.c.created_at, part.c.id)))
         .where(part.c.parent_id == jobs.c.id)
         .scalar_subquery()
-        .label("children")
     )
+    # Only a composite job has parts: the others skip the subquery (a quarter of a page's time otherwise).
+    children = case((jobs.c.type.in_(COMPOSITE_TYPES), parts), else_=None).label("children")
     query = select(jobs, children).where(jobs.c.tenant_id == tenant_id)
     if status is not None:
         query = query.where(jobs.c.status == status.value)
