@@ -50,6 +50,8 @@ class ApiError(MediaLensError):
 
     #: Seconds a client should wait before retrying; sent as `Retry-After` when set.
     retry_after: int | None = None
+    #: Other headers the answer carries.
+    headers: dict[str, str] | None = None
 
 
 class RequestValidationFailed(ApiError):
@@ -88,8 +90,15 @@ class PayloadTooLarge(ApiError):
 
 
 class RangeNotSatisfiable(ApiError):
+    """A Range the file cannot serve; the answer names the file's size (`Content-Range: bytes */size`)."""
+
     error_code = "VALIDATION_ERROR"
     http_status = 416
+
+    def __init__(self, message: str, *, size: int | None = None, details: list[Any] | None = None) -> None:
+        super().__init__(message, details=details)
+        if size is not None:
+            self.headers = {"Content-Range": f"bytes */{size}"}
 
 
 class UnsupportedMediaType(ApiError):

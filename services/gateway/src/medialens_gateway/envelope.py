@@ -85,9 +85,12 @@ def error_response(
     details: list[Any] | None = None,
     data: dict[str, Any] | None = None,
     retry_after: int | None = None,
+    headers: dict[str, str] | None = None,
 ) -> JSONResponse:
     """An error envelope response; `data` replaces the default `{"details": [...]}` when given."""
-    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+    headers = dict(headers or {})
+    if retry_after is not None:
+        headers["Retry-After"] = str(retry_after)
     body = failure(error_code=error_code, message=message, request_id=request_id_var.get(), details=details)
     if data is not None:
         body["data"] = data
@@ -102,6 +105,7 @@ async def _api_error(_: Request, exc: Exception) -> JSONResponse:
         message=exc.message,
         details=exc.details,
         retry_after=exc.retry_after,
+        headers=exc.headers,
     )
 
 

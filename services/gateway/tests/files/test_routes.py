@@ -128,6 +128,7 @@ async def test_unsatisfiable_range_is_416_in_the_envelope(
     body = envelope(response, status=416, error_code="VALIDATION_ERROR")
     assert body["data"]["details"][0]["loc"] == ["header", "range"]
     assert str(len(BLOB)) in body["message"]
+    assert response.headers["content-range"] == f"bytes */{len(BLOB)}"  # as RFC 9110 asks of a 416
 
 
 async def test_range_on_empty_file_is_416(api: httpx.AsyncClient, envelope: EnvelopeCheck) -> None:

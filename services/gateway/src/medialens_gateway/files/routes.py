@@ -114,6 +114,7 @@ def _parse_range(spec: str, size: int) -> tuple[int, int]:
             return start, end
     raise RangeNotSatisfiable(
         f"Range {spec!r} cannot be served from a file of {size} bytes; use bytes=start-end.",
+        size=size,
         details=[{"loc": ["header", "range"], "msg": "unsatisfiable range", "type": "value_error"}],
     )
 
