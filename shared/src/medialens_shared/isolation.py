@@ -7,8 +7,8 @@ the next, until `max_attempts`: one poison input would cost several workers and 
 them. So the rerun of a job whose worker died runs its CPU part (`JobContext.run_cpu`) here, in a child
 process: if the child dies by a signal the job fails at once with `MEDIA_DECODE_ERROR` and its message goes
 to the dead letters (for an operator to requeue once the decoder is mended); the worker and its other jobs
-carry on. A job whose worker died for another reason (a `kill -9`, a lost node) just runs
-again, one process start slower.
+carry on. A job whose worker died for another reason (a `kill -9`, a lost node) runs the same way and
+succeeds, a fork slower (and the first such job of a worker a fork server's start slower).
 
 Why `forkserver` children, and not forks of the worker nor `concurrent.futures.ProcessPoolExecutor`: the
 worker has threads (other jobs' decoders, database and broker clients), and a fork copies whatever lock one
