@@ -309,8 +309,7 @@ class JobRunner:
         isolated: bool = False,
     ) -> None:
         handler = self.handlers.get(message.type)
-        await self.signals.announce(jobstore.job_view(row))
-        await self._announce_parent(row)
+        await self._announce(row)
         jlog.info(
             "job %s started (attempt %d%s)",
             message.job_id,
@@ -345,15 +344,10 @@ class JobRunner:
             error = ("INTERNAL_ERROR", f"internal error ({type(exc).__name__}); the team has the log")
             await self._finish(row, JobStatus.FAILED, message="failed", error=error, jlog=jlog)
 
-    async def _announce_parent(self, row: jobstore.JobRow) -> None:
-        """A part's change may have moved its composite job: tell the composite job's listeners too."""
-        if row["parent_id"] is None:
-            return
+    async def _announce(self, row: jobstore.JobRow) -> None:
+        """Tell the job's listeners of its new state, and a part's composite job's listeners too."""
         async with self.db.session() as session:
-            parent = await jobstore.get(session, job_id=row["parent_id"])
-            children = await jobstore.children_of(session, job_id=row["parent_id"])
-        if parent is not None:
-            await self.signals.announce(jobstore.job_view(parent, children=children))
+            await jobstore.announce(session, self.signals, row)
 
     async def release_predecessors(self) -> int:
         """At start, under a `worker.name`: end the leases of the jobs an earlier process of that name still
@@ -628,8 +622,7 @@ class JobRunner:
             return
         metrics.job_finished(row["type"], status, error_code=values.get("error_code"))
         jlog.info("job %s %s", row["id"], status.value, extra={"error_code": values.get("error_code")})
-        await self.signals.announce(jobstore.job_view(done))
-        await self._announce_parent(done)
+        await self._announce(done)
 
     async def _retry_or_give_up(
         self,
