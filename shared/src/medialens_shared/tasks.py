@@ -52,7 +52,7 @@ from pydantic import BaseModel, ValidationError
 from pymongo.errors import ConnectionFailure as MongoConnectionFailure
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from sqlalchemy import Label, func, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
@@ -87,7 +87,7 @@ RESULT_WRITES = "writes"
 
 _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
 
-#: The column of a claimed row that describes its input file (see `_input_file`).
+#: The column of a claimed row that describes its input file (see `_INPUT_FILE`).
 INPUT_FILE = "input_file"
 
 #: Bytes read from disk per chunk when a job stores a file it made.
@@ -295,7 +295,7 @@ class JobRunner:
                 message="started",
                 worker=self.worker_id,
                 lease_expires_at=func.now() + self.lease,
-                returning=[_input_file()],
+                returning=[_INPUT_FILE],
             )
             await session.commit()
         return row
@@ -660,22 +660,19 @@ class JobRunner:
             await self.signals.announce(jobstore.job_view(requeued))
 
 
-def _input_file() -> Label[Any]:
-    """The claimed job's input file, read by the claim's own statement: its storage id, hash, size and
-    name, or null when the job has none or it was deleted."""
-    described = func.json_build_object(
-        "storage_id", files.c.storage_id, "sha256", files.c.sha256,
-        "size_bytes", files.c.size_bytes, "filename", files.c.filename,
-    )  # fmt: skip
-    return (
-        select(described)
-        .where(
-            files.c.id == jobs.c.file_id, files.c.tenant_id == jobs.c.tenant_id, files.c.deleted_at.is_(None)
-        )
-        .correlate(jobs)
-        .scalar_subquery()
-        .label(INPUT_FILE)
-    )
+#: The claimed job's input file, read by the claim's own statement: its storage id, hash, size and name, or
+#: null when the job has none or it was deleted. Built once: the claim runs for every job.
+_INPUT_FILE_OBJECT = func.json_build_object(
+    "storage_id", files.c.storage_id, "sha256", files.c.sha256,
+    "size_bytes", files.c.size_bytes, "filename", files.c.filename,
+)  # fmt: skip
+_INPUT_FILE = (
+    select(_INPUT_FILE_OBJECT)
+    .where(files.c.id == jobs.c.file_id, files.c.tenant_id == jobs.c.tenant_id, files.c.deleted_at.is_(None))
+    .correlate(jobs)
+    .scalar_subquery()
+    .label(INPUT_FILE)
+)
 
 
 async def _file_chunks(path: Path) -> AsyncIterator[bytes]:
