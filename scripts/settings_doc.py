@@ -98,6 +98,8 @@ DESCRIPTIONS: dict[str, str] = {
     "after their leases. Unset: the host's name, and nothing is handed back at start.",
     "MEDIALENS_WORKER_CONCURRENCY": "Jobs a service runs at once (1 or 2 for the heavy media queues; each "
     "service's process sets its own).",
+    "MEDIALENS_WORKER_MEMORY_TRIM_S": "At most this often, and only after a job ended, a service gives the "
+    "memory its decoders freed back to the system (glibc's `malloc_trim`); 0: never.",
     "MEDIALENS_WORKER_CONSUMER_CHECK_S": "Seconds between two checks, on the broker, that the service's "
     "consumer is attached (readiness runs the same check).",
     "MEDIALENS_WORKER_CONSUMER_LOST_S": "A service whose consumer stays gone this long (the client did not "

@@ -16,6 +16,7 @@ import pytest
 from faststream import AckPolicy
 from faststream.rabbit import RabbitBroker
 from faststream.rabbit.annotations import RabbitMessage
+from prometheus_client import REGISTRY
 from pydantic import SecretStr
 
 from medialens_shared import jobstore
@@ -48,6 +49,10 @@ async def eventually(check: Callable[[], Awaitable[bool]], *, timeout: float = 1
 
 async def stats(broker: RabbitBroker, queue: str) -> QueueStats:
     return await queue_stats(broker, queue)
+
+
+def trims() -> float:
+    return REGISTRY.get_sample_value("medialens_memory_trims_total") or 0.0
 
 
 def isolated(settings: Settings, *, url: str | None = None, **worker: object) -> Settings:
@@ -116,10 +121,10 @@ async def running(settings: Settings, handlers: dict[str, Handler]) -> AsyncIter
 async def test_run_consumes_a_published_job_settles_deliveries_and_stops(
     settings: Settings, database: str, db: DatabaseManager, new_job, tenant_id: str
 ) -> None:
-    """run() is ready once it consumes, takes a published job to succeeded (acked), dead-letters an
-    unreadable body, and stops on the stop event."""
+    """run() is ready once it consumes, takes a published job to succeeded (acked), gives freed memory
+    back after it, dead-letters an unreadable body, and stops on the stop event."""
     port = free_port()
-    own = isolated(settings, shutdown_grace_s=2.0, http_port=port)
+    own = isolated(settings, shutdown_grace_s=2.0, http_port=port, memory_trim_s=0.05)
     topology = Topology(own)
     work, dead, watch = topology.work_queue("video").name, topology.dead.name, topology.dead_watch.name
     handled: list[str] = []
@@ -149,8 +154,14 @@ async def test_run_consumes_a_published_job_settles_deliveries_and_stops(
                 row = await jobstore.get(session, job_id=job_id)
             return row is not None and row["status"] == "succeeded"
 
+        trims_before = trims()
         await eventually(succeeded)
         assert handled == [job_id]
+
+        async def trimmed() -> bool:
+            return trims() > trims_before
+
+        await eventually(trimmed, timeout=5)
         assert (await db.collection("results").find_one({"_id": job_id}) or {}).get("format") == {
             "name": "matroska", "duration_s": 1.0, "size_bytes": 10, "bit_rate": None,
         }  # fmt: skip

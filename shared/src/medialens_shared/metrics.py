@@ -7,7 +7,8 @@ operations port), which also holds prometheus-client's `process_*` (resident mem
     gateway   medialens_http_requests_total, medialens_http_request_duration_seconds (by route; gateway's
               metrics.py), medialens_jobs_submitted_total
     services  medialens_jobs_{started,succeeded,failed,cancelled,retried}_total,
-              medialens_job_duration_seconds, medialens_job_queue_wait_seconds, medialens_jobs_in_progress
+              medialens_job_duration_seconds, medialens_job_queue_wait_seconds, medialens_jobs_in_progress,
+              medialens_memory_trims_total, medialens_memory_trimmed_bytes_total (`memtrim`)
     relay     medialens_jobs_dead_lettered_total, medialens_jobs_reaped_total, medialens_queue_messages,
               medialens_queue_consumers, medialens_outbox_lag_seconds, medialens_outbox_pending,
               medialens_jobs_lease_expired (sampled every reap round by `sample_backlog`)
@@ -74,6 +75,10 @@ JOB_QUEUE_WAIT = Histogram(
     "Time from submission to the first start (started_at - created_at)",
     ["type"],
     buckets=_WAIT_SECONDS,
+)
+MEMORY_TRIMS = Counter("medialens_memory_trims", "Times this process gave freed memory back to the system")
+MEMORY_TRIMMED_BYTES = Counter(
+    "medialens_memory_trimmed_bytes", "Resident memory given back to the system by those trims"
 )
 JOBS_IN_PROGRESS = Gauge("medialens_jobs_in_progress", "Jobs this process runs now", ["type"])
 QUEUE_MESSAGES = Gauge(

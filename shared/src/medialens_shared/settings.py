@@ -169,6 +169,9 @@ class WorkerSettings(BaseModel):
     #: Jobs a service runs at once. Deliveries are acked at the claim, so the broker's prefetch does not
     #: bound this: without it a worker would take every queued job at once.
     concurrency: int = Field(1, ge=1, le=64)
+    #: At most this often, and only after a job ended, the service gives the memory its decoders freed
+    #: back to the system (glibc's malloc_trim; see `medialens_shared.memtrim`). 0: never.
+    memory_trim_s: float = Field(30.0, ge=0)
     #: Seconds between two checks, on the broker, that this process's consumer is attached.
     consumer_check_s: float = Field(5.0, gt=0)
     #: A service whose consumer stays gone this long (RabbitMQ's client did not restore it) stops and

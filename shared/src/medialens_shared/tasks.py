@@ -253,6 +253,8 @@ class JobRunner:
         self.inputs = InputCache(
             store, max_bytes=settings.worker.input_cache_bytes, parent_dir=settings.worker.input_cache_dir
         )
+        #: Jobs this runner claimed and then ended, whatever their outcome.
+        self.jobs_ended = 0
 
     async def handle(self, body: Any, delivery: Delivery) -> None:
         """Run the job of one delivery, settling the delivery as soon as the job's claim is stored."""
@@ -281,8 +283,11 @@ class JobRunner:
             message.type, created_at=row["created_at"], started_at=row["started_at"], attempt=row["attempts"]
         )
         isolated = delivery.headers.get(jobstore.WORKER_DIED_HEADER) is not None
-        with metrics.job_running(message.type):
-            await self._execute(message, row, jlog, isolated=isolated)
+        try:
+            with metrics.job_running(message.type):
+                await self._execute(message, row, jlog, isolated=isolated)
+        finally:
+            self.jobs_ended += 1
 
     async def _claim(self, message: JobMessage) -> jobstore.JobRow | None:
         async with self.db.session() as session:

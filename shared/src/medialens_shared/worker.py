@@ -35,6 +35,7 @@ from medialens_shared.bus import Topology, declare, make_broker
 from medialens_shared.db import Check, DatabaseManager, timed_check
 from medialens_shared.filestore import FileStore
 from medialens_shared.logs import configure_logging
+from medialens_shared.memtrim import MemoryTrimmer
 from medialens_shared.opsserver import ops_app, serving
 from medialens_shared.registry import register_core
 from medialens_shared.settings import Settings
@@ -187,6 +188,8 @@ async def run(service: str, handlers: dict[str, Handler], *, settings: Settings,
             watching = asyncio.create_task(
                 consumer.watch(stop, every_s=worker.consumer_check_s, lost_after_s=worker.consumer_lost_s)
             )
+            trimmer = MemoryTrimmer(lambda: runner.jobs_ended, interval_s=worker.memory_trim_s)
+            trimming = asyncio.create_task(trimmer.run(stop))
             try:
                 if await until_stopped(start(), stop):
                     log.info("%s service consuming %s", service, queue.name)
@@ -194,6 +197,7 @@ async def run(service: str, handlers: dict[str, Handler], *, settings: Settings,
             finally:
                 log.info("%s service stopping: finishing the running job", service)
                 watching.cancel()
+                trimming.cancel()
                 await close_broker(broker, timeout_s=worker.shutdown_grace_s + BROKER_STOP_MARGIN_S)
                 await runner.release_unfinished()
                 runner.inputs.clear()
