@@ -17,6 +17,8 @@ and as a Markdown table to bench/results/platform.md:
 3. pipeline  N `audio.probe` jobs of a small WAV through the gateway until all are terminal (jobs/s,
              created_at -> finished_at p50/p99), then the same probe as a Celery 5 task (RabbitMQ on its
              own vhost, Redis results, acks_late, prefork 2) submitted from FastAPI writing a job row.
+             Like Celery's two pool processes, the audio service runs as two processes (replicas, as a
+             deployment scales it; `--audio-processes`), each running up to 8 jobs at once.
 4. memory    resident memory of every process idle, at its peak under scenario 3, and after a soak of M
              more jobs (growth from after scenario 3), with server-side connection counts before/after.
 

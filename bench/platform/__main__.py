@@ -38,6 +38,12 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--submitters", type=int, default=32, help="submissions in flight in the pipeline")
     parser.add_argument("--pool-concurrency", type=int, default=500)
     parser.add_argument(
+        "--audio-processes",
+        type=int,
+        default=2,
+        help="processes of the audio service (replicas) in the pipeline; Celery's prefork pool runs 2",
+    )
+    parser.add_argument(
         "--profile", action=argparse.BooleanOptionalAction, default=True, help="py-spy the gateway"
     )
     parser.add_argument("--only", nargs="+", choices=SCENARIOS, default=list(SCENARIOS))
@@ -105,9 +111,10 @@ class Run:
     def pipeline(self) -> None:
         """Scenario 3 for both systems, and the memory figures taken meanwhile (scenario 4, first part)."""
         args, stack = self.args, self.stack
-        stack.start(*SERVICES)
+        replicas = [f"audio-{n}" for n in range(2, args.audio_processes + 1)]
+        stack.start(*SERVICES, *replicas)
         time.sleep(3)
-        self.idle |= {name: mb for name, mb in stack.rss().items() if name in SERVICES}
+        self.idle |= {name: mb for name, mb in stack.rss().items() if name in (*SERVICES, *replicas)}
         memory: dict[str, Any] = {"idle_mb": self.idle}
         asyncio.run(
             scenarios.pipeline_ours(

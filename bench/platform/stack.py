@@ -64,6 +64,11 @@ API_KEY: str = _servers.TENANT_KEYS["tenant-a"]
 free_port = _servers.free_port
 
 
+def program_of(name: str) -> str:
+    """The program a process name runs: `audio-2`, a second audio process, runs `audio`."""
+    return name if name in PROGRAMS else name.rpartition("-")[0]
+
+
 def rabbitmqctl(*args: str) -> str:
     ctl = shutil.which("rabbitmqctl")
     if ctl is None:
@@ -207,11 +212,9 @@ class Stack:
         return self.workdir / f"{name}.log"
 
     def start(self, *names: str) -> None:
+        """Start programs by name; `audio-2` is a second process of the audio service (a replica)."""
         for name in names:
-            with self.log(name).open("ab") as out:
-                self.procs[name] = subprocess.Popen(
-                    [sys.executable, "-m", PROGRAMS[name]], env=self.env, cwd=ROOT, stdout=out, stderr=out
-                )
+            self._spawn(name)
         deadline = time.monotonic() + READY_TIMEOUT_S
         waiting = set(names)
         while waiting:
@@ -223,19 +226,21 @@ class Stack:
                     # PostgreSQL is shared with other work on this machine; wait for a free slot.
                     print(f"{name}: PostgreSQL has no free connection slot; starting it again", flush=True)
                     time.sleep(5)
-                    with self.log(name).open("ab") as out:
-                        self.procs[name] = subprocess.Popen(
-                            [sys.executable, "-m", PROGRAMS[name]],
-                            env=self.env,
-                            cwd=ROOT,
-                            stdout=out,
-                            stderr=out,
-                        )
+                    self._spawn(name)
                 if self._ready(name):
                     waiting.discard(name)
             if time.monotonic() > deadline:
                 raise RuntimeError(f"not ready within {READY_TIMEOUT_S} s: {sorted(waiting)}")
             time.sleep(0.25)
+
+    def _spawn(self, name: str) -> None:
+        env = self.env
+        if name not in PROGRAMS:  # a replica: its own operations port
+            env = env | {"MEDIALENS_WORKER_HTTP_PORT": str(free_port())}
+        with self.log(name).open("ab") as out:
+            self.procs[name] = subprocess.Popen(
+                [sys.executable, "-m", PROGRAMS[program_of(name)]], env=env, cwd=ROOT, stdout=out, stderr=out
+            )
 
     def _ready(self, name: str) -> bool:
         if name == "gateway":
@@ -244,7 +249,7 @@ class Stack:
             except httpx.TransportError:
                 return False
         text = self.log(name).read_text(errors="replace")
-        return "service consuming" in text if name in SERVICES else "database pools ready" in text
+        return "service consuming" in text if program_of(name) in SERVICES else "database pools ready" in text
 
     def stop(self, *names: str) -> None:
         for name in names:
