@@ -6,10 +6,11 @@ Generates (once, cached in bench/results/clips/) 720p and 1080p H.264 clips of g
 textures with hard cuts at irregular known times (plus a grain-free, low-bit-rate 720p clip), then
 runs every method on every clip, each in a fresh subprocess (so peak memory is that method's alone):
 our analyser, PySceneDetect's ContentDetector and AdaptiveDetector at their defaults, and PyAV decoding
-every frame (threads on, like ours); with `--repeat N` the methods take turns, N rounds. It prints frames per second (wall, and per CPU second since the
-machine may be shared), peak resident memory, precision, recall and F1 against the known cuts (within
-one frame), and the ratios ours/PySceneDetect and ours/decode-only; a 10-minute clip (the 1-minute one
-looped, no re-encoding) checks that our memory does not grow with length. Results go to
+every frame (threads on, like ours); with `--repeat N` the methods take turns, N rounds. It prints
+frames per second (wall, and per CPU second since the machine may be shared), peak resident memory,
+precision, recall and F1 against the known cuts (within one frame), and the ratios ours/PySceneDetect
+and ours/decode-only; a 10-minute clip (the 1-minute one looped, no re-encoding) checks that our memory
+does not grow with length. Results go to
 bench/results/video.json and a Markdown table on stdout.
 """
 
