@@ -92,6 +92,51 @@ def test_same_cuts_whatever_the_thread_count(
     assert found == cut_frames(200, 25, CUTS_S)[1:]
 
 
+def test_chunks_stop_at_the_next_keyframe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In closed GOPs a chunk drains its decoder at the next chunk's keyframe instead of decoding it:
+    every keyframe is decoded once (by the chunk it starts), and the cuts stay exact."""
+    path = tmp_path / "gop.mp4"
+    make_video(path, duration_s=8.0, fps=25, width=320, height=180, cuts_s=CUTS_S, texture=True, keyint=12)
+    monkeypatch.setattr(scenes.os, "sched_getaffinity", lambda _pid: set(range(8)))
+    monkeypatch.setattr(scenes, "_refine_task", None)  # nothing to refine here: the suspects show every cut
+    keyframes: list[int] = []
+    decode = scenes.DecodeGuard.decode
+
+    def spy(guard: scenes.DecodeGuard, codec: object, packet: av.Packet | None) -> list[object]:
+        if packet is not None and packet.is_keyframe and packet.pts is not None:
+            keyframes.append(packet.pts)
+        return decode(guard, codec, packet)
+
+    monkeypatch.setattr(scenes.DecodeGuard, "decode", spy)
+    analysis = detect_scenes(path)
+    assert [scene.start_frame for scene in analysis.scenes[1:]] == cut_frames(200, 25, CUTS_S)[1:]
+    assert len(keyframes) >= 8
+    assert sorted(keyframes) == sorted(set(keyframes))
+
+
+def test_open_gop_chunks_decode_past_the_keyframe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In open GOPs the B-frames shown just before a keyframe come after it in decode order: the scan
+    marks those keyframes as not closed, so a chunk decodes on past them, and cuts there stay exact."""
+    path = tmp_path / "open.mp4"
+    make_video(
+        path,
+        duration_s=6.0,
+        fps=25,
+        width=320,
+        height=180,
+        cuts_s=[f / 25 for f in B_RUN_CUTS],
+        texture=True,
+        keyint=24,
+        x264_params="open-gop=1:bframes=3:b-adapt=0:scenecut=0",
+    )
+    with scenes.open_video(path) as (container, stream):
+        timeline = scenes._scan(container, stream, scenes.frame_ticks(stream))
+    assert len(timeline.keyframes) > 2
+    assert timeline.closed == {timeline.keyframes[0][1]}
+    monkeypatch.setattr(scenes.os, "sched_getaffinity", lambda _pid: set(range(8)))
+    assert [scene.start_frame for scene in detect_scenes(path).scenes[1:]] == B_RUN_CUTS
+
+
 #: Cuts on non-reference B-frames (33, 97, 121), just before a keyframe (47) and on one (72), in a clip
 #: whose picture types follow a fixed pattern (IBBBP..., a keyframe every 24 frames) whatever the content.
 B_RUN_CUTS = [33, 47, 72, 97, 121]

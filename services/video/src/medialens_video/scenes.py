@@ -11,7 +11,9 @@ How it stays well ahead of decoding the whole video while finding every cut to t
    a chain of P-frames leaves FFmpeg's own frame threads little to overlap, separate chunks overlap
    fully. A chunk decodes only its reference frames (`skip_frame=nonref`) and the suspects' stretches,
    without deblocking, and compares each decoded frame with the previous one on small Y/U/V planes
-   (`SmallFrame.difference`, 0..255).
+   (`SmallFrame.difference`, 0..255). A chunk ends at the next chunk's keyframe by draining its
+   decoder when that keyframe closes its GOP (nothing decoded after it shows before it), so no
+   keyframe is decoded twice; in open GOPs it decodes on until the keyframe comes out.
 3. A large change between two decoded frames with skipped frames between them is looked at again:
    a seek to the keyframe before it, then a decode of exactly that stretch (`_refine`).
 4. A change counts as a cut when it reaches `threshold` and stands `ADAPTIVE_RATIO` times above the
@@ -112,6 +114,9 @@ class _Timeline:
     keyframes: list[tuple[int, int]]
     #: Timestamps of the frames decoded in full (the stretches before suspects).
     full: frozenset[int]
+    #: Timestamps of the keyframes that no later packet (in decode order) shows before: those of
+    #: closed GOPs, where a chunk ending there can stop without decoding the keyframe.
+    closed: frozenset[int] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -319,7 +324,12 @@ def _scan(container: Any, stream: Any, ticks: int) -> _Timeline:
     for pts in suspects:
         low = bisect_left(timeline, pts - SUSPECT_FRAMES * ticks)
         full.update(timeline[low : bisect_right(timeline, pts)])
-    return _Timeline(pts=timeline, keyframes=keyframes, full=frozenset(full))
+    closed: set[int] = set()
+    for k, (position, pts) in enumerate(keyframes):
+        following = keyframes[k + 1][0] if k + 1 < len(keyframes) else len(decode_order)
+        if all(p >= pts for p in decode_order[position + 1 : following]):
+            closed.add(pts)
+    return _Timeline(pts=timeline, keyframes=keyframes, full=frozenset(full), closed=frozenset(closed))
 
 
 def _chunks(timeline: _Timeline, min_packets: int) -> list[_Chunk]:
@@ -359,22 +369,36 @@ def _chunk_task(
             if chunk.start is not None:
                 container.seek(chunk.start, stream=stream, backward=True)
             counting = True
+
+            def take(frames: list[Any]) -> bool:
+                """Compare the chunk's frames among `frames`; False once past the chunk's end."""
+                for frame in frames:
+                    if frame.pts is None or (chunk.start is not None and frame.pts < chunk.start):
+                        continue
+                    if chunk.end is not None and frame.pts >= chunk.end:
+                        return False
+                    if out.first is None and chunk.start is not None and frame.pts != chunk.start:
+                        raise _Misaligned
+                    out.see(frame.pts, SmallFrame.of(frame))
+                return True
+
             for packet in container.demux(stream):
                 workers.check()
                 pts = packet.pts
                 if counting and pts is not None and pts == chunk.end and packet.is_keyframe:
                     counting = False  # the next chunk's packets: decoded only to finish this one's frames
+                    if pts in timeline.closed:
+                        # No later packet shows before this keyframe: the decoder's delayed frames are
+                        # the last of the chunk, so drain them rather than decode the keyframe (an
+                        # intra frame, several P-frames' work, which the next chunk decodes anyway)
+                        # and the packets after it until the decoder outputs it.
+                        take(guard.decode(codec, None))
+                        break
                 if counting and pts is not None:
                     workers.counts[task] += 1
                 codec.skip_frame = "NONREF" if pts is not None and pts not in timeline.full else "DEFAULT"
-                for frame in guard.decode(codec, packet):
-                    if frame.pts is None or (chunk.start is not None and frame.pts < chunk.start):
-                        continue
-                    if chunk.end is not None and frame.pts >= chunk.end:
-                        return out
-                    if out.first is None and chunk.start is not None and frame.pts != chunk.start:
-                        raise _Misaligned
-                    out.see(frame.pts, SmallFrame.of(frame))
+                if not take(guard.decode(codec, packet)):
+                    break
         if out.first is None and chunk.start is not None:
             raise _Misaligned
         return out
