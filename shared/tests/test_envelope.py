@@ -62,3 +62,10 @@ def test_envelope_defaults() -> None:
     envelope = Envelope[int]()
     assert (envelope.success, envelope.data, envelope.error_code) == (True, None, None)
     assert len(envelope.timestamp) == len("2026-11-28T16:00:00.123Z")
+
+
+def test_iso_writes_any_zero_offset_zone_as_utc() -> None:
+    """A time in UTC itself (as PostgreSQL's arrive) and one in another zero-offset zone read the same."""
+    other_zero = timezone(timedelta(0), "GMT")
+    assert iso(datetime(2026, 11, 28, 16, 0, 0, 123456, tzinfo=other_zero)) == "2026-11-28T16:00:00.123Z"
+    assert iso(datetime(2026, 11, 28, 16, 0, 0, 123456, tzinfo=UTC)) == "2026-11-28T16:00:00.123Z"

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import gc
+
 import asyncpg
 import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 
+from medialens_gateway.envelope import EnvelopeResponse
 from medialens_gateway.main import create_app
 from medialens_shared.settings import Settings
 from tests.fixtures.servers import TENANT_KEYS
@@ -130,3 +133,19 @@ async def test_postgres_gone_under_a_bare_connection_is_a_503(
     body = envelope(response, status=503, error_code="SERVICE_UNAVAILABLE")
     assert "PostgreSQL" in body["message"]
     assert response.headers["retry-after"] == "5"
+
+
+def test_an_envelope_renders_utf8_json_and_a_nan_as_null() -> None:
+    """Envelopes are compact UTF-8 JSON; a NaN or an infinity, which JSON lacks, is written as null."""
+    content = {"name": "café", "progress": float("nan"), "size": float("inf"), "n": [1, 2.5]}
+    response = EnvelopeResponse(content)
+    assert response.body == '{"name":"café","progress":null,"size":null,"n":[1,2.5]}'.encode()
+    assert response.headers["content-type"] == "application/json"
+
+
+async def test_the_start_up_heap_is_frozen_while_the_app_runs(settings: Settings, database: str) -> None:
+    """The objects made at start-up are out of the cyclic collector's way while serving, and back after."""
+    app = create_app(settings)
+    async with LifespanManager(app, startup_timeout=60, shutdown_timeout=60):
+        assert gc.get_freeze_count() > 0
+    assert gc.get_freeze_count() == 0

@@ -92,3 +92,23 @@ async def test_past_its_bound_in_flight_the_gateway_sheds_load_but_not_health_ch
     assert shed.headers["retry-after"] == "1"
     assert live.status_code == 200
     envelope(after, status=200)
+
+
+async def test_reading_and_submitting_jobs_spend_the_same_budget_and_need_a_key(
+    settings: Settings, database: str, envelope: EnvelopeCheck
+) -> None:
+    """`GET /v1/jobs/{id}` and `POST /v1/jobs`, which take their tenant through one combined dependency,
+    are authenticated and counted against the tenant's rate like every other /v1 call."""
+    app = create_app(_with(settings, tenant_rate_limit="3/minute"))
+    async with gateway(app) as clients:
+        client = clients["tenant-a"]
+        anonymous = await client.get("/v1/jobs/no-such-job", headers={"X-API-Key": ""})
+        answers = [
+            await client.get("/v1/jobs/no-such-job"),
+            await client.post("/v1/jobs", json={"type": "audio.probe", "file_id": "no-such-file"}),
+            await client.get("/v1/jobs?limit=1"),
+            await client.post("/v1/jobs", json={"type": "audio.probe", "file_id": "no-such-file"}),
+        ]
+    envelope(anonymous, status=401, error_code="UNAUTHORIZED")
+    assert [answer.status_code for answer in answers] == [404, 404, 200, 429]
+    envelope(answers[-1], status=429, error_code="RATE_LIMITED")

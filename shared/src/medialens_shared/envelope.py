@@ -23,7 +23,10 @@ def iso(moment: datetime | None) -> str | None:
     if moment is None:
         return None
     # isoformat is C and ends in "+00:00" in UTC; strftime cost every job object a few microseconds per time.
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
+    # PostgreSQL's times arrive in UTC already (four per job object): no conversion for them.
+    if moment.tzinfo is not UTC:
+        moment = moment.astimezone(UTC)
+    return moment.isoformat(timespec="milliseconds")[:-6] + "Z"
 
 
 class Envelope(BaseModel, Generic[T]):

@@ -14,6 +14,7 @@ import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic_core import to_json
 from pymongo.errors import ConnectionFailure
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -69,12 +70,24 @@ def dependency_outage(exc: BaseException) -> str | None:
     return None
 
 
+class EnvelopeResponse(JSONResponse):
+    """A JSON response rendered by pydantic-core's serializer instead of the standard library's `json`.
+
+    The same JSON (UTF-8, no spaces), in a fraction of the time: for a job object `json.dumps` was a few
+    percent of a `GET /v1/jobs/{id}`'s CPU. One difference: a NaN or an infinity, which `json.dumps` refused
+    (the request then failed as a 500), is written as `null`, as JSON has no such numbers.
+    """
+
+    def render(self, content: Any) -> bytes:
+        return to_json(content, inf_nan_mode="null")
+
+
 def ok(
     data: Any, *, status_code: int = 200, message: str = "", headers: dict[str, str] | None = None
 ) -> JSONResponse:
     """A success envelope response."""
     body = success(data, request_id=request_id_var.get(), message=message)
-    return JSONResponse(body, status_code=status_code, headers=headers)
+    return EnvelopeResponse(body, status_code=status_code, headers=headers)
 
 
 def error_response(
@@ -94,7 +107,7 @@ def error_response(
     body = failure(error_code=error_code, message=message, request_id=request_id_var.get(), details=details)
     if data is not None:
         body["data"] = data
-    return JSONResponse(body, status_code=status_code, headers=headers)
+    return EnvelopeResponse(body, status_code=status_code, headers=headers)
 
 
 async def _api_error(_: Request, exc: Exception) -> JSONResponse:

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Query
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from medialens_gateway.deps import AppSettings, CurrentTenant, Databases, DbSession, Events, Mongo, Signals
+from medialens_gateway.deps import Caller, CurrentTenant, Databases, DbSession, Events, Mongo, Signals
 from medialens_gateway.envelope import ok
 from medialens_gateway.jobs import deliveries, service
 from medialens_gateway.jobs.callbacks import check_callback_url
@@ -38,13 +38,9 @@ IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_lengt
     responses={200: {"description": "An earlier submission with this Idempotency-Key"}, **errors(409, 415)},
 )
 async def submit_job(
-    body: JobRequest,
-    tenant: CurrentTenant,
-    db: Databases,
-    signals: Signals,
-    settings: AppSettings,
-    idempotency_key: IdempotencyKey = None,
+    body: JobRequest, caller: Caller, idempotency_key: IdempotencyKey = None
 ) -> JSONResponse:
+    settings = caller.settings
     if body.callback_url is not None:
         await check_callback_url(
             body.callback_url,
@@ -52,9 +48,9 @@ async def submit_job(
             allow_private=settings.gateway.callback_allow_private,
         )
     submitted = await service.submit(
-        db,
-        signals,
-        tenant_id=tenant.id,
+        caller.db,
+        caller.signals,
+        tenant_id=caller.tenant.id,
         body=body,
         idempotency_key=idempotency_key,
         ttl_s=settings.gateway.idempotency_ttl_s,
@@ -95,8 +91,8 @@ async def list_jobs(
 
 
 @router.get("/{job_id}", summary="The job object", response_model=Envelope[JobObject])
-async def get_job(job_id: str, tenant: CurrentTenant, db: Databases, signals: Signals) -> JSONResponse:
-    return ok(await service.read(db, signals, tenant_id=tenant.id, job_id=job_id))
+async def get_job(job_id: str, caller: Caller) -> JSONResponse:
+    return ok(await service.read(caller.db, caller.signals, tenant_id=caller.tenant.id, job_id=job_id))
 
 
 @router.post(

@@ -20,6 +20,7 @@ from datetime import timedelta
 from typing import Any
 
 from pydantic import ValidationError
+from pydantic_core import to_json
 from sqlalchemy import RowMapping, case, delete, func, select
 from sqlalchemy.dialects.postgresql import aggregate_order_by, insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -100,6 +101,9 @@ def _check_input(body: JobRequest, found: tuple[str, str] | None) -> None:
 #: The job types made of parts (child jobs), whose job objects list them.
 COMPOSITE_TYPES = [name for name, spec in JOB_TYPES.items() if spec.children]
 
+#: The file kinds each job type takes, as the text array `_QUEUE_ONE` compares with.
+_ACCEPTS = {name: sorted(kind.value for kind in spec.accepts) for name, spec in JOB_TYPES.items()}
+
 _INPUT_FILE = "SELECT kind, filename FROM files WHERE id = $1 AND tenant_id = $2 AND deleted_at IS NULL"
 
 #: The input file's check, the queued job and its outbox entry in one statement, so the job and the entry
@@ -168,13 +172,13 @@ async def submit(
             body.type,
             JobStatus.QUEUED.value,
             body.file_id,
-            json.dumps(params),
-            json.dumps(body.labels),
+            to_json(params).decode(),
+            to_json(body.labels).decode(),
             body.priority,
             body.callback_url,
-            json.dumps(message.model_dump(mode="json")),
-            json.dumps(context_headers()),  # the request's trace context, which the relay publishes within
-            [kind.value for kind in JOB_TYPES[body.type].accepts],
+            message.model_dump_json(),
+            to_json(context_headers()).decode(),  # the request's trace context, which the relay publishes in
+            _ACCEPTS[body.type],
         )
     if row is None or row["id"] is None:
         _check_input(body, None if row is None else (row["input_kind"], row["input_filename"]))
