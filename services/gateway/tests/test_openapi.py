@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import re
+
 import httpx
+
+from tests.fixtures.servers import TENANT_KEYS
+from tests.fixtures.stack import Stack, api_client
 
 EXPECTED = {
     "/v1/files": {"get", "post"},
@@ -49,3 +54,24 @@ async def test_docs_page_answers(api: httpx.AsyncClient) -> None:
     assert response.status_code == 200
     assert "text/html" in response.headers["content-type"]
     assert "/openapi.json" in response.text
+
+
+async def test_the_api_key_is_declared_exactly_where_it_is_enforced(
+    stack: Stack, api: httpx.AsyncClient
+) -> None:
+    """The document declares the bearer and X-API-Key schemes, and an operation requires one of them exactly
+    when calling it without a key answers 401."""
+    document = (await api.get("/openapi.json")).json()
+    schemes = document["components"]["securitySchemes"]
+    assert {"type": "http", "scheme": "bearer"}.items() <= schemes["bearerAuth"].items()
+    assert {"type": "apiKey", "in": "header", "name": "X-API-Key"}.items() <= schemes["apiKeyHeader"].items()
+    either_key = [{"bearerAuth": []}, {"apiKeyHeader": []}]
+    async with api_client(stack.asgi, key=None) as anonymous:
+        for path, operations in document["paths"].items():
+            for method, operation in operations.items():
+                response = await anonymous.request(method.upper(), re.sub(r"\{[^}]+\}", "x", path))
+                declared = operation.get("security") == either_key
+                assert declared is (response.status_code == 401), (method, path, response.status_code)
+        by_header = await anonymous.get("/v1/job-types", headers={"X-API-Key": TENANT_KEYS["tenant-a"]})
+    assert by_header.status_code == 200
+    assert (await api.get("/v1/job-types")).request.headers["authorization"].startswith("Bearer ")

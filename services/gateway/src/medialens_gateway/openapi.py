@@ -1,14 +1,16 @@
-"""Models that document the gateway's answers in `/openapi.json`.
+"""The gateway's `/openapi.json`: the models that document its answers, and what routes cannot say alone.
 
 Routes answer with `JSONResponse` built from the envelope, so these models are used for documentation only:
 every success is `Envelope[<object>]`, and every route lists the error envelope for the statuses it can
-answer.
+answer. `install_openapi` then adds to FastAPI's document what holds for whole groups of operations rather
+than for one route: the API key every `/v1` operation needs.
 """
 
 from __future__ import annotations
 
 from typing import Any, Generic, Literal, TypeVar
 
+from fastapi import FastAPI
 from pydantic import BaseModel, Field
 
 from medialens_shared.contracts import JobStatus
@@ -111,6 +113,47 @@ def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     }
 
 
+#: The two ways `medialens_gateway.auth.presented_key` accepts a key; either one is enough.
+SECURITY_SCHEMES: dict[str, dict[str, Any]] = {
+    "bearerAuth": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "The tenant's API key as `Authorization: Bearer <api key>`.",
+    },
+    "apiKeyHeader": {
+        "type": "apiKey",
+        "in": "header",
+        "name": "X-API-Key",
+        "description": "The tenant's API key as `X-API-Key: <api key>`.",
+    },
+}
+KEY_REQUIRED: list[dict[str, list[str]]] = [{name: []} for name in SECURITY_SCHEMES]
+
+
+def _needs_key(path: str) -> bool:
+    """API.md: every `/v1` call needs a key (every `/v1` route takes `CurrentTenant`); operations do not."""
+    return path == "/v1" or path.startswith("/v1/")
+
+
+def document(base: dict[str, Any]) -> dict[str, Any]:
+    """`base` (FastAPI's document of the app) with what holds for whole groups of its operations."""
+    base.setdefault("components", {})["securitySchemes"] = SECURITY_SCHEMES
+    for path, operations in base.get("paths", {}).items():
+        for operation in operations.values():
+            if _needs_key(path):
+                operation["security"] = KEY_REQUIRED
+    return base
+
+
+def install_openapi(app: FastAPI) -> None:
+    """Serve `document(...)` of FastAPI's own document at `/openapi.json` (and so in `/docs`)."""
+
+    def openapi() -> dict[str, Any]:
+        return document(FastAPI.openapi(app))  # FastAPI's is cached; adding to it again changes nothing
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 __all__ = [
     "Check",
     "DeliveryObject",
@@ -122,4 +165,5 @@ __all__ = [
     "Readiness",
     "Result",
     "errors",
+    "install_openapi",
 ]
