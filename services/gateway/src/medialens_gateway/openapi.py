@@ -106,11 +106,29 @@ class ErrorData(BaseModel):
     details: list[dict[str, Any]] = Field(default_factory=list)
 
 
+class ErrorEnvelope(BaseModel):
+    """Every error answer: the envelope with `success` false and one of API.md's error codes."""
+
+    success: Literal[False]
+    data: ErrorData | None = Field(description="`{details: [...]}` when there is more to say, else null.")
+    message: str = Field(description="What is wrong and what to do, in plain words.")
+    error_code: str = Field(description="One of API.md's error codes.", examples=["NOT_FOUND"])
+    timestamp: str
+    request_id: str = Field(description="Also sent as the X-Request-ID header.")
+
+
+#: The `Retry-After` header of a 429 or 503, as `headers=` of a response.
+RETRY_AFTER: dict[str, Any] = {
+    "Retry-After": {
+        "description": "Seconds to wait before trying again.",
+        "schema": {"type": "integer", "minimum": 1},
+    }
+}
+
+
 def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """The `responses=` entry documenting the error envelope for `statuses`."""
-    return {
-        status: {"model": Envelope[ErrorData], "description": "The error envelope."} for status in statuses
-    }
+    return {status: {"model": ErrorEnvelope, "description": "The error envelope."} for status in statuses}
 
 
 #: The two ways `medialens_gateway.auth.presented_key` accepts a key; either one is enough.
@@ -135,14 +153,52 @@ def _needs_key(path: str) -> bool:
     return path == "/v1" or path.startswith("/v1/")
 
 
+def _may_be_shed(path: str) -> bool:
+    """`medialens_gateway.edge` sheds every request past `gateway.max_in_flight` but health checks."""
+    return not path.startswith("/health")
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "headers": RETRY_AFTER,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorEnvelope"}}},
+    }
+
+
+#: The tenant's rate is spent by `CurrentTenant`, so on every operation that needs a key.
+RATE_LIMITED = _error(
+    "RATE_LIMITED: this tenant is over its request rate (`MEDIALENS_GATEWAY_TENANT_RATE_LIMIT`); "
+    "retry after `Retry-After` seconds."
+)
+UNAVAILABLE = _error(
+    "SERVICE_UNAVAILABLE: the gateway sheds load (more than `MEDIALENS_GATEWAY_MAX_IN_FLIGHT` requests in "
+    "flight) or a dependency is down; retry after `Retry-After` seconds."
+)
+
+
 def document(base: dict[str, Any]) -> dict[str, Any]:
     """`base` (FastAPI's document of the app) with what holds for whole groups of its operations."""
-    base.setdefault("components", {})["securitySchemes"] = SECURITY_SCHEMES
+    components = base.setdefault("components", {})
+    components["securitySchemes"] = SECURITY_SCHEMES
+    schemas = components.setdefault("schemas", {})
+    for name, schema in _schemas(ErrorEnvelope).items():
+        schemas.setdefault(name, schema)
     for path, operations in base.get("paths", {}).items():
         for operation in operations.values():
+            responses = operation.setdefault("responses", {})
             if _needs_key(path):
                 operation["security"] = KEY_REQUIRED
+                responses.setdefault("429", RATE_LIMITED)
+            if _may_be_shed(path):
+                responses.setdefault("503", UNAVAILABLE)
     return base
+
+
+def _schemas(model: type[BaseModel]) -> dict[str, Any]:
+    """The JSON Schema of `model` and of the models it holds, by name, as OpenAPI's components list them."""
+    schema = model.model_json_schema(ref_template="#/components/schemas/{model}", mode="serialization")
+    return {model.__name__: schema, **schema.pop("$defs", {})}
 
 
 def install_openapi(app: FastAPI) -> None:
@@ -155,9 +211,11 @@ def install_openapi(app: FastAPI) -> None:
 
 
 __all__ = [
+    "RETRY_AFTER",
     "Check",
     "DeliveryObject",
     "Envelope",
+    "ErrorEnvelope",
     "FileObject",
     "JobObject",
     "JobType",
