@@ -81,6 +81,25 @@ async def test_malformed_json_body_is_a_422(api: httpx.AsyncClient, envelope: En
     assert body["data"]["details"][0]["type"] == "json_invalid"
 
 
+@pytest.mark.parametrize(
+    ("content", "content_type"),
+    [
+        (b'\xff\xfe{"type": "video.probe"}', "application/json"),  # JSON, but not UTF-8
+        ('{"type": "caf\u00e9"}'.encode("latin-1"), "application/json; charset=latin-1"),
+    ],
+)
+async def test_unparsable_body_is_a_422(
+    api: httpx.AsyncClient, envelope: EnvelopeCheck, content: bytes, content_type: str
+) -> None:
+    """A body the framework cannot parse at all answers 422 VALIDATION_ERROR (API.md's status for the code),
+    with a detail on the body, not a bare 400."""
+    response = await api.post("/v1/jobs", content=content, headers={"Content-Type": content_type})
+    body = envelope(response, status=422, error_code="VALIDATION_ERROR")
+    assert body["data"]["details"] == [
+        {"loc": ["body"], "msg": "There was an error parsing the body", "type": "body_unparsable"}
+    ]
+
+
 async def test_unhandled_exception_is_a_500_envelope_with_the_request_id(
     settings: Settings, database: str, envelope: EnvelopeCheck
 ) -> None:

@@ -22,12 +22,11 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from medialens_shared.envelope import failure, success
-from medialens_shared.errors import ApiError
+from medialens_shared.errors import ApiError, RequestValidationFailed
 
 request_id_var: ContextVar[str] = ContextVar("request_id", default="")
 
 _STATUS_CODES = {
-    400: "VALIDATION_ERROR",
     401: "UNAUTHORIZED",
     404: "NOT_FOUND",
     405: "NOT_FOUND",
@@ -126,6 +125,13 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 400:  # FastAPI's "error parsing the body", e.g. JSON that is not UTF-8
+        return error_response(
+            status_code=RequestValidationFailed.http_status,
+            error_code=RequestValidationFailed.error_code,
+            message="The request body cannot be parsed as its Content-Type says; see data.details.",
+            details=[{"loc": ["body"], "msg": str(exc.detail), "type": "body_unparsable"}],
+        )
     code = _STATUS_CODES.get(
         exc.status_code, "INTERNAL_ERROR" if exc.status_code >= 500 else "VALIDATION_ERROR"
     )
