@@ -56,11 +56,16 @@ async def test_unknown_route_is_a_404_envelope(api: httpx.AsyncClient, envelope:
 
 
 async def test_wrong_method_is_a_405_envelope(api: httpx.AsyncClient, envelope: EnvelopeCheck) -> None:
-    """A method a route does not take answers 405 in the envelope with an Allow header of taken methods."""
-    response = await api.put("/v1/files")
-    body = envelope(response, status=405, error_code="NOT_FOUND")
-    assert body["message"] == "PUT is not allowed on /v1/files."
-    assert set(response.headers["allow"].split(", ")) <= {"GET", "POST"}
+    """A method a path does not take answers 405 METHOD_NOT_ALLOWED in the envelope, its Allow header (and
+    message) naming every method the path takes, not only those of its first route."""
+    for path in ("/v1/files", "/v1/jobs"):
+        response = await api.put(path)
+        body = envelope(response, status=405, error_code="METHOD_NOT_ALLOWED")
+        assert body["message"] == f"PUT is not allowed on {path}; it takes GET, POST."
+        assert response.headers["allow"] == "GET, POST"
+    response = await api.delete("/health/live")
+    envelope(response, status=405, error_code="METHOD_NOT_ALLOWED")
+    assert response.headers["allow"] == "GET"
 
 
 async def test_body_validation_is_a_422_naming_the_field(
