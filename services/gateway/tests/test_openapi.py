@@ -75,3 +75,21 @@ async def test_the_api_key_is_declared_exactly_where_it_is_enforced(
         by_header = await anonymous.get("/v1/job-types", headers={"X-API-Key": TENANT_KEYS["tenant-a"]})
     assert by_header.status_code == 200
     assert (await api.get("/v1/job-types")).request.headers["authorization"].startswith("Bearer ")
+
+
+async def test_the_document_describes_answers_as_they_are_sent(api: httpx.AsyncClient) -> None:
+    """Every envelope schema requires the six keys every answer has, every response carries X-Request-ID,
+    the content route documents its 416, and the metrics are text."""
+    document = (await api.get("/openapi.json")).json()
+    six = {"success", "data", "message", "error_code", "timestamp", "request_id"}
+    envelopes = {name: s for name, s in document["components"]["schemas"].items() if "Envelope" in name}
+    assert "ErrorEnvelope" in envelopes
+    for name, schema in envelopes.items():
+        assert set(schema.get("required", ())) == six, name
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            for status, response in operation["responses"].items():
+                assert "X-Request-ID" in response.get("headers", {}), (method, path, status)
+    content = document["paths"]["/v1/files/{file_id}/content"]["get"]["responses"]
+    assert content["416"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorEnvelope")
+    assert "text/plain" in document["paths"]["/metrics"]["get"]["responses"]["200"]["content"]

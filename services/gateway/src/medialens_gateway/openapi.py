@@ -11,12 +11,18 @@ from __future__ import annotations
 from typing import Any, Generic, Literal, TypeVar
 
 from fastapi import FastAPI
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from medialens_shared.contracts import JobStatus
-from medialens_shared.envelope import Envelope
+from medialens_shared.envelope import Envelope as AnyEnvelope
 
 T = TypeVar("T")
+
+
+class Envelope(AnyEnvelope[T], Generic[T]):
+    """The envelope as answered: all six keys, always (the defaults are for building one, not for reading)."""
+
+    model_config = ConfigDict(json_schema_serialization_defaults_required=True)
 
 
 class FileObject(BaseModel):
@@ -117,6 +123,12 @@ class ErrorEnvelope(BaseModel):
     request_id: str = Field(description="Also sent as the X-Request-ID header.")
 
 
+#: Every answer's request id (the client's `X-Request-ID` when it sent a sane one).
+REQUEST_ID: dict[str, Any] = {
+    "description": "The request id, as in the envelope's `request_id`.",
+    "schema": {"type": "string"},
+}
+
 #: The `Retry-After` header of a 429 or 503, as `headers=` of a response.
 RETRY_AFTER: dict[str, Any] = {
     "Retry-After": {
@@ -181,6 +193,7 @@ def document(base: dict[str, Any]) -> dict[str, Any]:
     """`base` (FastAPI's document of the app) with what holds for whole groups of its operations."""
     components = base.setdefault("components", {})
     components["securitySchemes"] = SECURITY_SCHEMES
+    components.setdefault("headers", {})["X-Request-ID"] = REQUEST_ID
     schemas = components.setdefault("schemas", {})
     for name, schema in _schemas(ErrorEnvelope).items():
         schemas.setdefault(name, schema)
@@ -192,6 +205,11 @@ def document(base: dict[str, Any]) -> dict[str, Any]:
                 responses.setdefault("429", RATE_LIMITED)
             if _may_be_shed(path):
                 responses.setdefault("503", UNAVAILABLE)
+            for status, response in responses.items():
+                responses[status] = response | {
+                    "headers": response.get("headers", {})
+                    | {"X-Request-ID": {"$ref": "#/components/headers/X-Request-ID"}}
+                }
     return base
 
 

@@ -57,7 +57,12 @@ async def ready(db: Databases, bus: Bus, settings: AppSettings) -> JSONResponse:
     )
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {"schema": {"type": "string"}}}}},
+)
 async def metrics() -> Response:
     # Pool figures are read at scrape time by medialens_shared.metrics' collector.
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
