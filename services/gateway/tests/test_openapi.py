@@ -93,3 +93,15 @@ async def test_the_document_describes_answers_as_they_are_sent(api: httpx.AsyncC
     content = document["paths"]["/v1/files/{file_id}/content"]["get"]["responses"]
     assert content["416"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorEnvelope")
     assert "text/plain" in document["paths"]["/metrics"]["get"]["responses"]["200"]["content"]
+
+
+async def test_params_schemas_are_the_ones_the_catalogue_serves(api: httpx.AsyncClient) -> None:
+    """Each job type's params schema is a component of the document, the same as /v1/job-types serves
+    (video.thumbnails' `count` defaulting to 10 in both), named from the job request's `params`."""
+    schemas = (await api.get("/openapi.json")).json()["components"]["schemas"]
+    catalogue = (await api.get("/v1/job-types")).json()["data"]["items"]
+    for item in catalogue:
+        name = item["params_schema"]["title"]
+        assert schemas[name] == item["params_schema"], item["name"]
+        assert f"`{item['name']}`: {name}" in schemas["JobRequest"]["properties"]["params"]["description"]
+    assert schemas["VideoThumbnailsParams"]["properties"]["count"]["default"] == 10

@@ -13,7 +13,7 @@ from typing import Any, Generic, Literal, TypeVar
 from fastapi import FastAPI
 from pydantic import BaseModel, ConfigDict, Field
 
-from medialens_shared.contracts import JobStatus
+from medialens_shared.contracts import JOB_TYPES, JobStatus
 from medialens_shared.envelope import Envelope as AnyEnvelope
 
 T = TypeVar("T")
@@ -197,6 +197,7 @@ def document(base: dict[str, Any]) -> dict[str, Any]:
     schemas = components.setdefault("schemas", {})
     for name, schema in _schemas(ErrorEnvelope).items():
         schemas.setdefault(name, schema)
+    _params_by_type(schemas)
     for path, operations in base.get("paths", {}).items():
         for operation in operations.values():
             responses = operation.setdefault("responses", {})
@@ -213,10 +214,24 @@ def document(base: dict[str, Any]) -> dict[str, Any]:
     return base
 
 
-def _schemas(model: type[BaseModel]) -> dict[str, Any]:
+def _schemas(
+    model: type[BaseModel], *, mode: Literal["validation", "serialization"] = "serialization"
+) -> dict[str, Any]:
     """The JSON Schema of `model` and of the models it holds, by name, as OpenAPI's components list them."""
-    schema = model.model_json_schema(ref_template="#/components/schemas/{model}", mode="serialization")
+    schema = model.model_json_schema(ref_template="#/components/schemas/{model}", mode=mode)
     return {model.__name__: schema, **schema.pop("$defs", {})}
+
+
+def _params_by_type(schemas: dict[str, Any]) -> None:
+    """Each job type's params schema as a component (the same as `/v1/job-types` serves), named from the
+    job request's `params`: which one applies depends on its `type`, which a schema alone cannot select."""
+    for spec in JOB_TYPES.values():
+        for name, schema in _schemas(spec.params, mode="validation").items():
+            schemas.setdefault(name, schema)
+    request = schemas.get("JobRequest", {}).get("properties", {}).get("params")
+    if request is not None:
+        by_type = "; ".join(f"`{name}`: {spec.params.__name__}" for name, spec in JOB_TYPES.items())
+        request["description"] = f"Checked against the type's schema (components): {by_type}."
 
 
 def install_openapi(app: FastAPI) -> None:
