@@ -59,11 +59,16 @@ async def test_unknown_route_is_a_404_envelope(api: httpx.AsyncClient, envelope:
 
 
 async def test_wrong_method_is_a_405_envelope(api: httpx.AsyncClient, envelope: EnvelopeCheck) -> None:
-    """A method a route does not take answers 405 in the envelope with an Allow header of taken methods."""
-    response = await api.put("/v1/files")
-    body = envelope(response, status=405, error_code="NOT_FOUND")
-    assert body["message"] == "PUT is not allowed on /v1/files."
-    assert set(response.headers["allow"].split(", ")) <= {"GET", "POST"}
+    """A method a path does not take answers 405 METHOD_NOT_ALLOWED in the envelope, its Allow header (and
+    message) naming every method the path takes, not only those of its first route."""
+    for path in ("/v1/files", "/v1/jobs"):
+        response = await api.put(path)
+        body = envelope(response, status=405, error_code="METHOD_NOT_ALLOWED")
+        assert body["message"] == f"PUT is not allowed on {path}; it takes GET, POST."
+        assert response.headers["allow"] == "GET, POST"
+    response = await api.delete("/health/live")
+    envelope(response, status=405, error_code="METHOD_NOT_ALLOWED")
+    assert response.headers["allow"] == "GET"
 
 
 async def test_body_validation_is_a_422_naming_the_field(
@@ -82,6 +87,25 @@ async def test_malformed_json_body_is_a_422(api: httpx.AsyncClient, envelope: En
     response = await api.post("/v1/jobs", content=b"{not json", headers={"Content-Type": "application/json"})
     body = envelope(response, status=422, error_code="VALIDATION_ERROR")
     assert body["data"]["details"][0]["type"] == "json_invalid"
+
+
+@pytest.mark.parametrize(
+    ("content", "content_type"),
+    [
+        (b'\xff\xfe{"type": "video.probe"}', "application/json"),  # JSON, but not UTF-8
+        ('{"type": "caf\u00e9"}'.encode("latin-1"), "application/json; charset=latin-1"),
+    ],
+)
+async def test_unparsable_body_is_a_422(
+    api: httpx.AsyncClient, envelope: EnvelopeCheck, content: bytes, content_type: str
+) -> None:
+    """A body the framework cannot parse at all answers 422 VALIDATION_ERROR (API.md's status for the code),
+    with a detail on the body, not a bare 400."""
+    response = await api.post("/v1/jobs", content=content, headers={"Content-Type": content_type})
+    body = envelope(response, status=422, error_code="VALIDATION_ERROR")
+    assert body["data"]["details"] == [
+        {"loc": ["body"], "msg": "There was an error parsing the body", "type": "body_unparsable"}
+    ]
 
 
 async def test_unhandled_exception_is_a_500_envelope_with_the_request_id(

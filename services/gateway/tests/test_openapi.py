@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import re
+
 import httpx
+
+from tests.fixtures.servers import TENANT_KEYS
+from tests.fixtures.stack import Stack, api_client
 
 EXPECTED = {
     "/v1/files": {"get", "post"},
@@ -49,3 +54,54 @@ async def test_docs_page_answers(api: httpx.AsyncClient) -> None:
     assert response.status_code == 200
     assert "text/html" in response.headers["content-type"]
     assert "/openapi.json" in response.text
+
+
+async def test_the_api_key_is_declared_exactly_where_it_is_enforced(
+    stack: Stack, api: httpx.AsyncClient
+) -> None:
+    """The document declares the bearer and X-API-Key schemes, and an operation requires one of them exactly
+    when calling it without a key answers 401."""
+    document = (await api.get("/openapi.json")).json()
+    schemes = document["components"]["securitySchemes"]
+    assert {"type": "http", "scheme": "bearer"}.items() <= schemes["bearerAuth"].items()
+    assert {"type": "apiKey", "in": "header", "name": "X-API-Key"}.items() <= schemes["apiKeyHeader"].items()
+    either_key = [{"bearerAuth": []}, {"apiKeyHeader": []}]
+    async with api_client(stack.asgi, key=None) as anonymous:
+        for path, operations in document["paths"].items():
+            for method, operation in operations.items():
+                response = await anonymous.request(method.upper(), re.sub(r"\{[^}]+\}", "x", path))
+                declared = operation.get("security") == either_key
+                assert declared is (response.status_code == 401), (method, path, response.status_code)
+        by_header = await anonymous.get("/v1/job-types", headers={"X-API-Key": TENANT_KEYS["tenant-a"]})
+    assert by_header.status_code == 200
+    assert (await api.get("/v1/job-types")).request.headers["authorization"].startswith("Bearer ")
+
+
+async def test_the_document_describes_answers_as_they_are_sent(api: httpx.AsyncClient) -> None:
+    """Every envelope schema requires the six keys every answer has, every response carries X-Request-ID,
+    the content route documents its 416, and the metrics are text."""
+    document = (await api.get("/openapi.json")).json()
+    six = {"success", "data", "message", "error_code", "timestamp", "request_id"}
+    envelopes = {name: s for name, s in document["components"]["schemas"].items() if "Envelope" in name}
+    assert "ErrorEnvelope" in envelopes
+    for name, schema in envelopes.items():
+        assert set(schema.get("required", ())) == six, name
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            for status, response in operation["responses"].items():
+                assert "X-Request-ID" in response.get("headers", {}), (method, path, status)
+    content = document["paths"]["/v1/files/{file_id}/content"]["get"]["responses"]
+    assert content["416"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorEnvelope")
+    assert "text/plain" in document["paths"]["/metrics"]["get"]["responses"]["200"]["content"]
+
+
+async def test_params_schemas_are_the_ones_the_catalogue_serves(api: httpx.AsyncClient) -> None:
+    """Each job type's params schema is a component of the document, the same as /v1/job-types serves
+    (video.thumbnails' `count` defaulting to 10 in both), named from the job request's `params`."""
+    schemas = (await api.get("/openapi.json")).json()["components"]["schemas"]
+    catalogue = (await api.get("/v1/job-types")).json()["data"]["items"]
+    for item in catalogue:
+        name = item["params_schema"]["title"]
+        assert schemas[name] == item["params_schema"], item["name"]
+        assert f"`{item['name']}`: {name}" in schemas["JobRequest"]["properties"]["params"]["description"]
+    assert schemas["VideoThumbnailsParams"]["properties"]["count"]["default"] == 10

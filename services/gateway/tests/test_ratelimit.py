@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import re
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import httpx
 from asgi_lifespan import LifespanManager
@@ -112,3 +114,66 @@ async def test_reading_and_submitting_jobs_spend_the_same_budget_and_need_a_key(
     envelope(anonymous, status=401, error_code="UNAUTHORIZED")
     assert [answer.status_code for answer in answers] == [404, 404, 200, 429]
     envelope(answers[-1], status=429, error_code="RATE_LIMITED")
+
+
+def _calls(document: dict[str, Any]) -> Iterator[tuple[str, str, str, dict[str, Any]]]:
+    """(method, url, path, documented responses) of each operation, its path parameters filled with `x`."""
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            yield method.upper(), re.sub(r"\{[^}]+\}", "x", path), path, operation["responses"]
+
+
+def _documents_the_brake(response: dict[str, Any]) -> None:
+    assert response["content"]["application/json"]["schema"]["$ref"].endswith("Envelope")
+    assert response["headers"]["Retry-After"]["schema"]["type"] == "integer"
+
+
+async def test_429_is_documented_on_exactly_the_operations_a_tenant_rate_applies_to(
+    settings: Settings, database: str
+) -> None:
+    """With a tenant's rate spent, an operation answers 429 exactly when the OpenAPI document lists a 429
+    (the error envelope, with Retry-After) for it."""
+    app = create_app(_with(settings, tenant_rate_limit="1/hour"))
+    async with gateway(app) as clients:
+        client = clients["tenant-a"]
+        document = (await client.get("/openapi.json")).json()
+        await client.get("/v1/job-types")  # spends the hour's one request
+        for method, url, path, responses in _calls(document):
+            answer = await client.request(method, url)
+            assert ("429" in responses) is (answer.status_code == 429), (method, path, answer.status_code)
+            if "429" in responses:
+                _documents_the_brake(responses["429"])
+
+
+async def test_503_is_documented_on_every_operation_the_gateway_sheds(
+    settings: Settings, database: str
+) -> None:
+    """With `max_in_flight` requests running, an operation answers 503 exactly when the OpenAPI document
+    lists a 503 (the error envelope, with Retry-After) for it; readiness lists its own 503 and is not shed."""
+    app = create_app(_with(settings, max_in_flight=1))
+    release = asyncio.Event()
+    entered = asyncio.Event()
+
+    @app.get("/v1/slow", include_in_schema=False)
+    async def slow() -> dict[str, str]:
+        entered.set()
+        await release.wait()
+        return {"done": "yes"}
+
+    async with gateway(app) as clients:
+        client = clients["tenant-a"]
+        document = (await client.get("/openapi.json")).json()
+        running = asyncio.create_task(client.get("/v1/slow"))
+        await asyncio.wait_for(entered.wait(), 10)
+        answers = [(call, await client.request(call[0], call[1])) for call in _calls(document)]
+        release.set()
+        await running
+    for (method, _, path, responses), answer in answers:
+        assert "503" in responses or answer.status_code != 503, (method, path)
+        if path == "/health/ready":
+            assert answer.status_code == 200, answer.text
+            assert responses["503"]["headers"]["Retry-After"]
+        else:
+            assert ("503" in responses) is (answer.status_code == 503), (method, path, answer.status_code)
+            if "503" in responses:
+                _documents_the_brake(responses["503"])

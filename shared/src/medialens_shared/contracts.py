@@ -83,8 +83,19 @@ class VideoQualityParams(Strict):
     freeze_min_s: float = Field(2.0, ge=0, description="Shortest frozen segment reported.")
 
 
+#: Thumbnails `video.thumbnails` makes when neither `count` nor `every_s` is given.
+THUMBNAILS_DEFAULT_COUNT = 10
+
+
 class VideoThumbnailsParams(Strict):
-    count: int | None = Field(None, ge=1, le=1000, description="Evenly spaced thumbnails (default 10).")
+    # None stays the value (a job's params read back as given), but the schema states the count applied.
+    count: int | None = Field(
+        None,
+        ge=1,
+        le=1000,
+        description=f"Evenly spaced thumbnails; {THUMBNAILS_DEFAULT_COUNT} unless `every_s` is given.",
+        json_schema_extra={"default": THUMBNAILS_DEFAULT_COUNT},
+    )
     every_s: float | None = Field(None, gt=0, description="One thumbnail every this many seconds instead.")
     width: int = Field(320, ge=16, le=3840, description="Width in pixels; the height keeps the aspect.")
 

@@ -5,6 +5,7 @@
     │   ├── RequestValidationFailed     422 VALIDATION_ERROR
     │   ├── Unauthorized                401 UNAUTHORIZED
     │   ├── NotFound                    404 NOT_FOUND
+    │   ├── MethodNotAllowed            405 METHOD_NOT_ALLOWED (Allow; a code API.md's table adds to)
     │   ├── Conflict                    409 CONFLICT
     │   ├── JobNotFinished              409 JOB_NOT_FINISHED
     │   ├── JobNotCancellable           409 JOB_NOT_CANCELLABLE
@@ -67,6 +68,13 @@ class Unauthorized(ApiError):
 class NotFound(ApiError):
     error_code = "NOT_FOUND"
     http_status = 404
+
+
+class MethodNotAllowed(ApiError):
+    """A method the path does not take; the answer's `Allow` header lists the ones it does."""
+
+    error_code = "METHOD_NOT_ALLOWED"
+    http_status = 405
 
 
 class Conflict(ApiError):

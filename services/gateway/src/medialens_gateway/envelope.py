@@ -21,17 +21,17 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from medialens_shared.envelope import failure, success
-from medialens_shared.errors import ApiError
+from medialens_shared.errors import ApiError, MethodNotAllowed, RequestValidationFailed
 
 request_id_var: ContextVar[str] = ContextVar("request_id", default="")
 
 _STATUS_CODES = {
-    400: "VALIDATION_ERROR",
     401: "UNAUTHORIZED",
     404: "NOT_FOUND",
-    405: "NOT_FOUND",
+    405: MethodNotAllowed.error_code,
     409: "CONFLICT",
     413: "PAYLOAD_TOO_LARGE",
     415: "UNSUPPORTED_MEDIA_TYPE",
@@ -137,21 +137,41 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     )
 
 
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method some route takes on the request's path (Starlette's 405 names only the first route's)."""
+    routes = request.app.router.routes
+    allowed = [
+        method
+        for method in _METHODS
+        if any(route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes)
+    ]
+    return ", ".join(allowed)
+
+
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 400:  # FastAPI's "error parsing the body", e.g. JSON that is not UTF-8
+        return error_response(
+            status_code=RequestValidationFailed.http_status,
+            error_code=RequestValidationFailed.error_code,
+            message="The request body cannot be parsed as its Content-Type says; see data.details.",
+            details=[{"loc": ["body"], "msg": str(exc.detail), "type": "body_unparsable"}],
+        )
     code = _STATUS_CODES.get(
         exc.status_code, "INTERNAL_ERROR" if exc.status_code >= 500 else "VALIDATION_ERROR"
     )
+    headers = dict(exc.headers or {})
     if exc.status_code == 404:
         message = f"No route {request.url.path}; see /docs for the API."
     elif exc.status_code == 405:
-        message = f"{request.method} is not allowed on {request.url.path}."
+        headers["Allow"] = _allowed_methods(request)
+        message = f"{request.method} is not allowed on {request.url.path}; it takes {headers['Allow']}."
     else:
         message = str(exc.detail)
-    response = error_response(status_code=exc.status_code, error_code=code, message=message)
-    if exc.headers:
-        response.headers.update(exc.headers)
-    return response
+    return error_response(status_code=exc.status_code, error_code=code, message=message, headers=headers)
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -21,6 +21,7 @@ from medialens_gateway.events import EventHub
 from medialens_gateway.files.routes import router as files_router
 from medialens_gateway.jobs.routes import router as jobs_router
 from medialens_gateway.jobs.types import router as job_types_router
+from medialens_gateway.openapi import install_openapi
 from medialens_gateway.ops.routes import router as ops_router
 from medialens_gateway.ratelimit import TenantRateLimit
 from medialens_shared.db import DatabaseManager
@@ -79,6 +80,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     for router in (jobs_router, files_router, job_types_router, ops_router):
         app.include_router(router)
+    install_openapi(app)
     return app
 
 

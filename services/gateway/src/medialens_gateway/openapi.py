@@ -1,20 +1,28 @@
-"""Models that document the gateway's answers in `/openapi.json`.
+"""The gateway's `/openapi.json`: the models that document its answers, and what routes cannot say alone.
 
 Routes answer with `JSONResponse` built from the envelope, so these models are used for documentation only:
 every success is `Envelope[<object>]`, and every route lists the error envelope for the statuses it can
-answer.
+answer. `install_openapi` then adds to FastAPI's document what holds for whole groups of operations rather
+than for one route: the API key every `/v1` operation needs.
 """
 
 from __future__ import annotations
 
 from typing import Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, Field
+from fastapi import FastAPI
+from pydantic import BaseModel, ConfigDict, Field
 
-from medialens_shared.contracts import JobStatus
-from medialens_shared.envelope import Envelope
+from medialens_shared.contracts import JOB_TYPES, JobStatus
+from medialens_shared.envelope import Envelope as AnyEnvelope
 
 T = TypeVar("T")
+
+
+class Envelope(AnyEnvelope[T], Generic[T]):
+    """The envelope as answered: all six keys, always (the defaults are for building one, not for reading)."""
+
+    model_config = ConfigDict(json_schema_serialization_defaults_required=True)
 
 
 class FileObject(BaseModel):
@@ -104,17 +112,143 @@ class ErrorData(BaseModel):
     details: list[dict[str, Any]] = Field(default_factory=list)
 
 
+class ErrorEnvelope(BaseModel):
+    """Every error answer: the envelope with `success` false and one of API.md's error codes."""
+
+    success: Literal[False]
+    data: ErrorData | None = Field(description="`{details: [...]}` when there is more to say, else null.")
+    message: str = Field(description="What is wrong and what to do, in plain words.")
+    error_code: str = Field(description="One of API.md's error codes.", examples=["NOT_FOUND"])
+    timestamp: str
+    request_id: str = Field(description="Also sent as the X-Request-ID header.")
+
+
+#: Every answer's request id (the client's `X-Request-ID` when it sent a sane one).
+REQUEST_ID: dict[str, Any] = {
+    "description": "The request id, as in the envelope's `request_id`.",
+    "schema": {"type": "string"},
+}
+
+#: The `Retry-After` header of a 429 or 503, as `headers=` of a response.
+RETRY_AFTER: dict[str, Any] = {
+    "Retry-After": {
+        "description": "Seconds to wait before trying again.",
+        "schema": {"type": "integer", "minimum": 1},
+    }
+}
+
+
 def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """The `responses=` entry documenting the error envelope for `statuses`."""
+    return {status: {"model": ErrorEnvelope, "description": "The error envelope."} for status in statuses}
+
+
+#: The two ways `medialens_gateway.auth.presented_key` accepts a key; either one is enough.
+SECURITY_SCHEMES: dict[str, dict[str, Any]] = {
+    "bearerAuth": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "The tenant's API key as `Authorization: Bearer <api key>`.",
+    },
+    "apiKeyHeader": {
+        "type": "apiKey",
+        "in": "header",
+        "name": "X-API-Key",
+        "description": "The tenant's API key as `X-API-Key: <api key>`.",
+    },
+}
+KEY_REQUIRED: list[dict[str, list[str]]] = [{name: []} for name in SECURITY_SCHEMES]
+
+
+def _needs_key(path: str) -> bool:
+    """API.md: every `/v1` call needs a key (every `/v1` route takes `CurrentTenant`); operations do not."""
+    return path == "/v1" or path.startswith("/v1/")
+
+
+def _may_be_shed(path: str) -> bool:
+    """`medialens_gateway.edge` sheds every request past `gateway.max_in_flight` but health checks."""
+    return not path.startswith("/health")
+
+
+def _error(description: str) -> dict[str, Any]:
     return {
-        status: {"model": Envelope[ErrorData], "description": "The error envelope."} for status in statuses
+        "description": description,
+        "headers": RETRY_AFTER,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorEnvelope"}}},
     }
 
 
+#: The tenant's rate is spent by `CurrentTenant`, so on every operation that needs a key.
+RATE_LIMITED = _error(
+    "RATE_LIMITED: this tenant is over its request rate (`MEDIALENS_GATEWAY_TENANT_RATE_LIMIT`); "
+    "retry after `Retry-After` seconds."
+)
+UNAVAILABLE = _error(
+    "SERVICE_UNAVAILABLE: the gateway sheds load (more than `MEDIALENS_GATEWAY_MAX_IN_FLIGHT` requests in "
+    "flight) or a dependency is down; retry after `Retry-After` seconds."
+)
+
+
+def document(base: dict[str, Any]) -> dict[str, Any]:
+    """`base` (FastAPI's document of the app) with what holds for whole groups of its operations."""
+    components = base.setdefault("components", {})
+    components["securitySchemes"] = SECURITY_SCHEMES
+    components.setdefault("headers", {})["X-Request-ID"] = REQUEST_ID
+    schemas = components.setdefault("schemas", {})
+    for name, schema in _schemas(ErrorEnvelope).items():
+        schemas.setdefault(name, schema)
+    _params_by_type(schemas)
+    for path, operations in base.get("paths", {}).items():
+        for operation in operations.values():
+            responses = operation.setdefault("responses", {})
+            if _needs_key(path):
+                operation["security"] = KEY_REQUIRED
+                responses.setdefault("429", RATE_LIMITED)
+            if _may_be_shed(path):
+                responses.setdefault("503", UNAVAILABLE)
+            for status, response in responses.items():
+                responses[status] = response | {
+                    "headers": response.get("headers", {})
+                    | {"X-Request-ID": {"$ref": "#/components/headers/X-Request-ID"}}
+                }
+    return base
+
+
+def _schemas(
+    model: type[BaseModel], *, mode: Literal["validation", "serialization"] = "serialization"
+) -> dict[str, Any]:
+    """The JSON Schema of `model` and of the models it holds, by name, as OpenAPI's components list them."""
+    schema = model.model_json_schema(ref_template="#/components/schemas/{model}", mode=mode)
+    return {model.__name__: schema, **schema.pop("$defs", {})}
+
+
+def _params_by_type(schemas: dict[str, Any]) -> None:
+    """Each job type's params schema as a component (the same as `/v1/job-types` serves), named from the
+    job request's `params`: which one applies depends on its `type`, which a schema alone cannot select."""
+    for spec in JOB_TYPES.values():
+        for name, schema in _schemas(spec.params, mode="validation").items():
+            schemas.setdefault(name, schema)
+    request = schemas.get("JobRequest", {}).get("properties", {}).get("params")
+    if request is not None:
+        by_type = "; ".join(f"`{name}`: {spec.params.__name__}" for name, spec in JOB_TYPES.items())
+        request["description"] = f"Checked against the type's schema (components): {by_type}."
+
+
+def install_openapi(app: FastAPI) -> None:
+    """Serve `document(...)` of FastAPI's own document at `/openapi.json` (and so in `/docs`)."""
+
+    def openapi() -> dict[str, Any]:
+        return document(FastAPI.openapi(app))  # FastAPI's is cached; adding to it again changes nothing
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 __all__ = [
+    "RETRY_AFTER",
     "Check",
     "DeliveryObject",
     "Envelope",
+    "ErrorEnvelope",
     "FileObject",
     "JobObject",
     "JobType",
@@ -122,4 +256,5 @@ __all__ = [
     "Readiness",
     "Result",
     "errors",
+    "install_openapi",
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import httpx
 
+from medialens_video.thumbnails import thumbnail_times
 from tests.fixtures.stack import Stack
 
 from ..conftest import EnvelopeCheck
@@ -41,3 +42,13 @@ async def test_catalogue_needs_a_key(stack: Stack, envelope: EnvelopeCheck) -> N
         transport=httpx.ASGITransport(app=stack.asgi), base_url="http://g"
     ) as client:
         envelope(await client.get("/v1/job-types"), status=401, error_code="UNAUTHORIZED")
+
+
+async def test_thumbnails_count_default_is_the_count_the_service_applies(
+    api: httpx.AsyncClient, envelope: EnvelopeCheck
+) -> None:
+    """video.thumbnails' params schema gives `count` the default the service applies without one (10)."""
+    items = envelope(await api.get("/v1/job-types"), status=200)["data"]["items"]
+    schema = next(item for item in items if item["name"] == "video.thumbnails")["params_schema"]
+    applied = len(thumbnail_times(60.0, count=None, every_s=None))
+    assert schema["properties"]["count"]["default"] == applied == 10

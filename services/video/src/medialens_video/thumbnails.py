@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from medialens_shared.contracts import THUMBNAILS_DEFAULT_COUNT
 from medialens_shared.errors import InvalidParams
 from medialens_video.frames import DecodeGuard, Report, encode_jpeg, expected_frames, frame_ticks, open_video
 
-DEFAULT_COUNT = 10
 MAX_THUMBNAILS = 1000
 #: A target less than this far ahead of the decoder is reached by decoding on, not by seeking.
 SEEK_AHEAD_S = 2.0
@@ -42,7 +42,7 @@ def thumbnail_times(duration_s: float, *, count: int | None, every_s: float | No
                 f"the most is {MAX_THUMBNAILS}"
             )
         return [k * every_s for k in range(n)]
-    n = count or DEFAULT_COUNT
+    n = count or THUMBNAILS_DEFAULT_COUNT
     return [duration_s * (k + 0.5) / n for k in range(n)]
 
 

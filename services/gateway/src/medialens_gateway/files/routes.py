@@ -12,7 +12,7 @@ from medialens_gateway.deps import AppSettings, CurrentTenant, DbSession, Files
 from medialens_gateway.envelope import ok
 from medialens_gateway.files import service
 from medialens_gateway.files.uploads import read_upload
-from medialens_gateway.openapi import Envelope, FileObject, Page, errors
+from medialens_gateway.openapi import Envelope, ErrorEnvelope, FileObject, Page, errors
 from medialens_gateway.pagination import Cursor, Limit, next_cursor
 from medialens_shared.errors import PayloadTooLarge, RangeNotSatisfiable
 
@@ -79,7 +79,14 @@ async def get_file(file_id: str, tenant: CurrentTenant, session: DbSession) -> J
     "/{file_id}/content",
     summary="The file's bytes, streamed; honours Range",
     response_class=StreamingResponse,
-    responses={200: {"content": {"application/octet-stream": {}}}, 206: {"description": "Partial content"}},
+    responses={
+        200: {"content": {"application/octet-stream": {}}},
+        206: {"description": "Partial content", "content": {"application/octet-stream": {}}},
+        416: {
+            "model": ErrorEnvelope,
+            "description": "VALIDATION_ERROR: a Range the file cannot serve (`Content-Range: bytes */size`).",
+        },
+    },
 )
 async def get_content(
     file_id: str, request: Request, tenant: CurrentTenant, session: DbSession, store: Files

@@ -11,7 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from medialens_gateway.deps import AppSettings, Bus, Databases
 from medialens_gateway.envelope import error_response, ok
-from medialens_gateway.openapi import Envelope, Readiness
+from medialens_gateway.openapi import RETRY_AFTER, Envelope, Readiness
 from medialens_shared.db import timed_check
 
 router = APIRouter(tags=["operations"])
@@ -26,7 +26,14 @@ async def live() -> JSONResponse:
     "/health/ready",
     summary="Every dependency answered within its budget (503 when one did not)",
     response_model=Envelope[Readiness],
-    responses={503: {"description": "A dependency is down; `Retry-After` is set."}},
+    responses={
+        503: {
+            "model": Envelope[Readiness],
+            "headers": RETRY_AFTER,
+            "description": "SERVICE_UNAVAILABLE: a dependency is down; the envelope (`success` false) holds "
+            "the checks in `data`.",
+        }
+    },
 )
 async def ready(db: Databases, bus: Bus, settings: AppSettings) -> JSONResponse:
     checks, rabbit = await asyncio.gather(
@@ -50,7 +57,12 @@ async def ready(db: Databases, bus: Bus, settings: AppSettings) -> JSONResponse:
     )
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {"schema": {"type": "string"}}}}},
+)
 async def metrics() -> Response:
     # Pool figures are read at scrape time by medialens_shared.metrics' collector.
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
