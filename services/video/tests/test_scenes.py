@@ -117,18 +117,7 @@ def test_chunks_stop_at_the_next_keyframe(tmp_path: Path, monkeypatch: pytest.Mo
 def test_open_gop_chunks_decode_past_the_keyframe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """In open GOPs the B-frames shown just before a keyframe come after it in decode order: the scan
     marks those keyframes as not closed, so a chunk decodes on past them, and cuts there stay exact."""
-    path = tmp_path / "open.mp4"
-    make_video(
-        path,
-        duration_s=6.0,
-        fps=25,
-        width=320,
-        height=180,
-        cuts_s=[f / 25 for f in B_RUN_CUTS],
-        texture=True,
-        keyint=24,
-        x264_params="open-gop=1:bframes=3:b-adapt=0:scenecut=0",
-    )
+    path = b_run_clip(tmp_path / "open.mp4", x264_params="open-gop=1:" + FIXED_PATTERN)
     with scenes.open_video(path) as (container, stream):
         timeline = scenes._scan(container, stream, scenes.frame_ticks(stream))
     assert len(timeline.keyframes) > 2
@@ -140,11 +129,17 @@ def test_open_gop_chunks_decode_past_the_keyframe(tmp_path: Path, monkeypatch: p
 #: Cuts on non-reference B-frames (33, 97, 121), just before a keyframe (47) and on one (72), in a clip
 #: whose picture types follow a fixed pattern (IBBBP..., a keyframe every 24 frames) whatever the content.
 B_RUN_CUTS = [33, 47, 72, 97, 121]
+#: x264 options that fix the picture types: three B-frames between references, no scene-cut keyframes.
+FIXED_PATTERN = "bframes=3:b-adapt=0:scenecut=0"
 
 
 @pytest.fixture(scope="module")
 def fixed_pattern(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("scenes") / "fixed.mp4"
+    return b_run_clip(tmp_path_factory.mktemp("scenes") / "fixed.mp4", x264_params=FIXED_PATTERN)
+
+
+def b_run_clip(path: Path, *, x264_params: str) -> Path:
+    """6 s at 25 fps with the B_RUN_CUTS, a keyframe every 24 frames, encoded with `x264_params`."""
     make_video(
         path,
         duration_s=6.0,
@@ -154,7 +149,7 @@ def fixed_pattern(tmp_path_factory: pytest.TempPathFactory) -> Path:
         cuts_s=[f / 25 for f in B_RUN_CUTS],
         texture=True,
         keyint=24,
-        x264_params="bframes=3:b-adapt=0:scenecut=0",
+        x264_params=x264_params,
     )
     return path
 
