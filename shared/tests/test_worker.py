@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import logging
 import sys
 import time
 import uuid
@@ -24,7 +26,8 @@ from medialens_shared.bus import QueueStats, Topology, declare, make_broker, pub
 from medialens_shared.contracts import JobMessage, ProbeFormat, ProbeVideoStream, VideoProbeResult
 from medialens_shared.db import DatabaseManager
 from medialens_shared.devmongo import free_port
-from medialens_shared.settings import Settings
+from medialens_shared.logs import configure_logging
+from medialens_shared.settings import LogSettings, Settings
 from medialens_shared.tasks import Handler, JobContext
 from medialens_shared.worker import EXIT_CONSUMER_LOST, ConsumerWatch, run
 from tests.fixtures.proxy import TcpProxy
@@ -324,3 +327,40 @@ async def test_a_service_runs_at_most_its_concurrency_of_jobs_at_once(
 
         await eventually(all_succeeded, timeout=30)
     assert most == concurrency
+
+
+async def test_with_json_logs_a_service_writes_json_lines_only(
+    settings: Settings,
+    database: str,
+    db: DatabaseManager,
+    new_job,
+    tenant_id: str,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """Everything a service logs while it consumes a job is a JSON line when logs are JSON (the broker
+    library's own lines too), and the job's start and end are there under its id."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    configure_logging(settings.model_copy(update={"log": LogSettings(format="json")}), service="video")
+    try:
+        async with running(isolated(settings, http_port=free_port()), {"video.probe": probe_ok}) as service:
+            job_id = await new_job()
+            await service.publish(job_id, tenant_id)
+
+            async def succeeded() -> bool:
+                async with db.session() as session:
+                    row = await jobstore.get(session, job_id=job_id)
+                return row is not None and row["status"] == "succeeded"
+
+            await eventually(succeeded)
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    out, err = capfd.readouterr()
+    entries = [json.loads(line) for line in (out + err).splitlines() if line.strip()]
+    mine = [entry["message"] for entry in entries if entry.get("job_id") == job_id]
+    assert mine == [f"job {job_id} started (attempt 1)", f"job {job_id} succeeded"]
+
+
+async def probe_ok(_: JobContext) -> VideoProbeResult:
+    return PROBE

@@ -24,6 +24,7 @@ and a subscriber binds one routing key, which the "<service>.#" pattern makes en
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
@@ -33,9 +34,12 @@ from faststream.rabbit.opentelemetry import RabbitTelemetryMiddleware
 from medialens_shared.contracts import JOB_TYPES
 from medialens_shared.outbox import DELAY_TIERS_S
 from medialens_shared.settings import Settings
+from medialens_shared.telemetry import tracing_on
 
 if TYPE_CHECKING:
     from faststream.rabbit.utils import RabbitClientProperties
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,8 +103,14 @@ def make_broker(settings: Settings, *, name: str) -> RabbitBroker:
         graceful_timeout=settings.worker.shutdown_grace_s,
         app_id=f"medialens-{name}",
         fail_fast=False,
-        # A span per publish and per consume, the W3C trace context in the headers (no-op when off).
-        middlewares=(RabbitTelemetryMiddleware(),),
+        # A span per publish and per consume, the W3C trace context in the headers; only when tracing is
+        # configured (otherwise its per-message work yields nothing).
+        middlewares=(RabbitTelemetryMiddleware(),) if tracing_on() else (),
+        # FastStream's own lines go through the process's logging (JSON lines in production), not the
+        # coloured text handler of its default logger; its "Received"/"Processed" per message are debug
+        # lines, as every job's start and end are logged with its id already.
+        logger=log,
+        log_level=logging.DEBUG,
     )
 
 
