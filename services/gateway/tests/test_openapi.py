@@ -105,3 +105,17 @@ async def test_params_schemas_are_the_ones_the_catalogue_serves(api: httpx.Async
         assert schemas[name] == item["params_schema"], item["name"]
         assert f"`{item['name']}`: {name}" in schemas["JobRequest"]["properties"]["params"]["description"]
     assert schemas["VideoThumbnailsParams"]["properties"]["count"]["default"] == 10
+
+
+async def test_created_and_accepted_answers_document_their_location(api: httpx.AsyncClient) -> None:
+    """A submission (202, or 200 for an Idempotency-Key's replay, a job object either way) and an upload
+    (201) name the new resource in a Location header, as they send it."""
+    document = (await api.get("/openapi.json")).json()
+    submit = document["paths"]["/v1/jobs"]["post"]["responses"]
+    upload = document["paths"]["/v1/files"]["post"]["responses"]
+    for response in (submit["202"], submit["200"], upload["201"]):
+        assert "Location" in response["headers"]
+    assert (
+        submit["200"]["content"]["application/json"]["schema"]
+        == submit["202"]["content"]["application/json"]["schema"]
+    )

@@ -129,6 +129,14 @@ REQUEST_ID: dict[str, Any] = {
     "schema": {"type": "string"},
 }
 
+#: The `Location` header of a created (or accepted) resource, as `headers=` of a response.
+LOCATION: dict[str, Any] = {
+    "Location": {
+        "description": "The path of the job or file this answer is about.",
+        "schema": {"type": "string"},
+    }
+}
+
 #: The `Retry-After` header of a 429 or 503, as `headers=` of a response.
 RETRY_AFTER: dict[str, Any] = {
     "Retry-After": {

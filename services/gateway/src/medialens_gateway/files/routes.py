@@ -12,7 +12,7 @@ from medialens_gateway.deps import AppSettings, CurrentTenant, DbSession, Files
 from medialens_gateway.envelope import ok
 from medialens_gateway.files import service
 from medialens_gateway.files.uploads import read_upload
-from medialens_gateway.openapi import Envelope, ErrorEnvelope, FileObject, Page, errors
+from medialens_gateway.openapi import LOCATION, Envelope, ErrorEnvelope, FileObject, Page, errors
 from medialens_gateway.pagination import Cursor, Limit, next_cursor
 from medialens_shared.errors import PayloadTooLarge, RangeNotSatisfiable
 
@@ -45,7 +45,7 @@ UPLOAD_BODY: dict[str, Any] = {
     openapi_extra=UPLOAD_BODY,
     summary="Upload a file (streamed)",
     response_model=Envelope[FileObject],
-    responses=errors(413),
+    responses={201: {"headers": LOCATION}, **errors(413)},
 )
 async def upload_file(
     request: Request, tenant: CurrentTenant, session: DbSession, store: Files, settings: AppSettings

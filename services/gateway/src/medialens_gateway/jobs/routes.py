@@ -15,7 +15,7 @@ from medialens_gateway.envelope import ok
 from medialens_gateway.jobs import deliveries, service
 from medialens_gateway.jobs.callbacks import check_callback_url
 from medialens_gateway.jobs.schemas import JobRequest
-from medialens_gateway.openapi import DeliveryObject, Envelope, JobObject, Page, Result, errors
+from medialens_gateway.openapi import LOCATION, DeliveryObject, Envelope, JobObject, Page, Result, errors
 from medialens_gateway.pagination import Cursor, Limit, next_cursor
 from medialens_shared import jobstore
 from medialens_shared.contracts import JOB_TYPES, JobStatus
@@ -35,7 +35,15 @@ IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_lengt
     status_code=202,
     summary="Submit a job",
     response_model=Envelope[JobObject],
-    responses={200: {"description": "An earlier submission with this Idempotency-Key"}, **errors(409, 415)},
+    responses={
+        202: {"headers": LOCATION},
+        200: {
+            "description": "An earlier submission with this Idempotency-Key",
+            "model": Envelope[JobObject],
+            "headers": LOCATION,
+        },
+        **errors(409, 415),
+    },
 )
 async def submit_job(
     body: JobRequest, caller: Caller, idempotency_key: IdempotencyKey = None
