@@ -246,7 +246,9 @@ def install_openapi(app: FastAPI) -> None:
     """Serve `document(...)` of FastAPI's own document at `/openapi.json` (and so in `/docs`)."""
 
     def openapi() -> dict[str, Any]:
-        return document(FastAPI.openapi(app))  # FastAPI's is cached; adding to it again changes nothing
+        if app.openapi_schema is None:  # built once, like FastAPI's own, not again for every request
+            app.openapi_schema = document(FastAPI.openapi(app))
+        return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
 
