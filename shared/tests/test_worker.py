@@ -54,6 +54,13 @@ async def stats(broker: RabbitBroker, queue: str) -> QueueStats:
     return await queue_stats(broker, queue)
 
 
+async def status_of(db: DatabaseManager, job_id: str) -> str | None:
+    """The job's status in the table (None: no such job)."""
+    async with db.session() as session:
+        row = await jobstore.get(session, job_id=job_id)
+    return None if row is None else str(row["status"])
+
+
 def trims() -> float:
     return REGISTRY.get_sample_value("medialens_memory_trims_total") or 0.0
 
@@ -153,9 +160,7 @@ async def test_run_consumes_a_published_job_settles_deliveries_and_stops(
         await service.publish(job_id, tenant_id)
 
         async def succeeded() -> bool:
-            async with db.session() as session:
-                row = await jobstore.get(session, job_id=job_id)
-            return row is not None and row["status"] == "succeeded"
+            return await status_of(db, job_id) == "succeeded"
 
         trims_before = trims()
         await eventually(succeeded)
@@ -348,9 +353,7 @@ async def test_with_json_logs_a_service_writes_json_lines_only(
             await service.publish(job_id, tenant_id)
 
             async def succeeded() -> bool:
-                async with db.session() as session:
-                    row = await jobstore.get(session, job_id=job_id)
-                return row is not None and row["status"] == "succeeded"
+                return await status_of(db, job_id) == "succeeded"
 
             await eventually(succeeded)
     finally:
