@@ -51,9 +51,12 @@ PROGRAMS = {
 }
 SERVICES = ("video", "audio", "data")
 READY_TIMEOUT_S = 120.0
-#: make_settings' test values we drop, so the product's defaults apply (pools 20+10, relay 0.2 s, ...).
+#: make_settings' test values we drop, so the product's defaults apply (each process's own pool size and
+#: overflow, relay 0.2 s, ...). The test overflow (6) once stayed: the gateway then ran 30 + 6, and under
+#: wrk opened and closed its overflow connections request after request (a dozen new ones a second).
 PRODUCT_DEFAULTS = (
     "MEDIALENS_POSTGRES_POOL_SIZE",
+    "MEDIALENS_POSTGRES_MAX_OVERFLOW",
     "MEDIALENS_RELAY_POLL_INTERVAL_S",
     "MEDIALENS_WORKER_PROGRESS_INTERVAL_S",
     "MEDIALENS_GATEWAY_MAX_UPLOAD_BYTES",
