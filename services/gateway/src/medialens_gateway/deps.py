@@ -9,6 +9,7 @@ with the few values those routes use (`GatewayCore`, registered once by the life
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, TypeVar
 
@@ -60,22 +61,22 @@ async def _session(services: svcs.fastapi.DepContainer) -> AsyncSession:
     return await services.aget(AsyncSession)
 
 
-async def _authenticated(core: GatewayCore, request: Request) -> Tenant:
-    tenant = await authenticate(core.db, key=presented_key(request), cache=core.keys)
+async def caller_of(core: GatewayCore, headers: Mapping[str, str]) -> CallerContext:
+    """The caller of a request with these headers: its tenant (authenticated, and charged one request of
+    its rate) and the core values. What `Caller` gives a route, and `HotPaths` an endpoint it calls."""
+    tenant = await authenticate(core.db, key=presented_key(headers), cache=core.keys)
     core.rate.spend(tenant.id)
-    return tenant
+    return CallerContext(tenant=tenant, db=core.db, signals=core.signals, settings=core.settings)
 
 
 async def _tenant(request: Request) -> Tenant:
     """The caller's tenant, which must be within its request rate."""
-    return await _authenticated(_registered(request, GatewayCore), request)
+    return (await caller_of(_registered(request, GatewayCore), request.headers)).tenant
 
 
 async def _caller(request: Request) -> CallerContext:
     """`_tenant` and the values a job route uses, in one dependency (FastAPI's cost is per dependency)."""
-    core = _registered(request, GatewayCore)
-    tenant = await _authenticated(core, request)
-    return CallerContext(tenant=tenant, db=core.db, signals=core.signals, settings=core.settings)
+    return await caller_of(_registered(request, GatewayCore), request.headers)
 
 
 async def _settings(request: Request) -> Settings:

@@ -110,8 +110,8 @@ def error_response(
     return EnvelopeResponse(body, status_code=status_code, headers=headers)
 
 
-async def _api_error(_: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, ApiError)
+def api_error_response(exc: ApiError) -> JSONResponse:
+    """The envelope of a domain error: its status, code, message, details and headers."""
     return error_response(
         status_code=exc.http_status,
         error_code=exc.error_code,
@@ -120,6 +120,11 @@ async def _api_error(_: Request, exc: Exception) -> JSONResponse:
         retry_after=exc.retry_after,
         headers=exc.headers,
     )
+
+
+async def _api_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ApiError)
+    return api_error_response(exc)
 
 
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:

@@ -19,6 +19,7 @@ from medialens_gateway.edge import EdgeMiddleware
 from medialens_gateway.envelope import install_error_handlers
 from medialens_gateway.events import EventHub
 from medialens_gateway.files.routes import router as files_router
+from medialens_gateway.jobs.hotpath import HotPaths
 from medialens_gateway.jobs.routes import router as jobs_router
 from medialens_gateway.jobs.types import router as job_types_router
 from medialens_gateway.openapi import install_openapi
@@ -75,6 +76,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # without tracing the answer is always no, so it is switched off here (with tracing, as before).
         telemetry=None if tracing_on() else {"tracing": False, "metrics": False, "logs": False},
     )
+    app.add_middleware(HotPaths)  # added first: the innermost layer, inside the edge
     app.add_middleware(EdgeMiddleware, max_in_flight=settings.gateway.max_in_flight)
     instrument_app(app)
     install_error_handlers(app)
