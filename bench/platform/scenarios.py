@@ -126,19 +126,9 @@ async def gateway(
         for label, (request, connections, case_rate, factor) in gateway_cases(file_id, job_id).items():
             fixed = rate if case_rate == 400.0 else case_rate
             seconds = duration_s if len(request.body) < 2**24 else max(duration_s, 30)  # 100 MB takes seconds
-            profiler, collapsed = None, None
-            if profile_dir is not None and label in PROFILED:
-                collapsed = profile_dir / f"profile-{label.split()[0].lower()}-{label.split('/')[-1][:4]}.txt"
-                profiler = start_profile(stack.pids()["gateway"], seconds, collapsed)
             saturated = await asyncio.to_thread(
                 wrk, stack.base_url, request, duration_s=seconds, connections=connections, timeout_s=60
             )
-            if profiler is not None and collapsed is not None:
-                await asyncio.to_thread(profiler.wait, 120)
-                if collapsed.exists():
-                    hot = hot_frames(collapsed)
-                    out.setdefault("profiles", {})[label] = hot
-                    print(f"profile {label}: " + "; ".join(f"{f} {p}%" for f, p in hot[:6]), flush=True)
             print(saturated.line(f"gateway {label} saturation"), flush=True)
             backlog, drained_s = await drain_outbox(stack)
             if backlog:
@@ -147,6 +137,9 @@ async def gateway(
                 client, _always(request), rate=fixed, duration_s=max(duration_s * factor, 3 / fixed)
             )
             print(held.line(f"gateway {label} @{fixed:g}/s"), flush=True)
+            if profile_dir is not None and label in PROFILED:
+                hot = await _profiled(stack, request, seconds, profile_dir / _profile_name(label))
+                out.setdefault("profiles", {})[label] = hot
             out[label] = {
                 "saturation": asdict(saturated) | {"ratio_to_ceiling": _ratio(saturated.rps, ceiling_rps)},
                 "fixed_rate": asdict(held) | {"rate": fixed},
@@ -155,6 +148,26 @@ async def gateway(
     finally:
         await client.close()
     return out
+
+
+def _profile_name(label: str) -> str:
+    method, path = label.split(maxsplit=1)
+    return f"profile-{method.lower()}-{path.rsplit('/', maxsplit=1)[-1][:4]}.txt"
+
+
+async def _profiled(
+    stack: Stack, request: Request, seconds: float, collapsed: Path
+) -> list[tuple[str, float]]:
+    """The gateway's hottest frames under wrk, in a pass of its own: py-spy takes CPU from the same two
+    cores, so the measured passes run without it."""
+    profiler = start_profile(stack.pids()["gateway"], seconds, collapsed)
+    await asyncio.to_thread(wrk, stack.base_url, request, duration_s=seconds, connections=50, timeout_s=60)
+    await asyncio.to_thread(profiler.wait, 120)
+    await drain_outbox(stack)
+    hot = await asyncio.to_thread(lambda: hot_frames(collapsed) if collapsed.exists() else [])
+    top = "; ".join(f"{frame} {share}%" for frame, share in hot[:6])
+    print(f"profile {request.method} {request.path}: {top}", flush=True)
+    return hot
 
 
 async def drain_outbox(stack: Stack, *, timeout_s: float = 300.0) -> tuple[int, float]:
