@@ -48,6 +48,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Protocol, TypeVar, cast
 
+import asyncpg
 from pydantic import BaseModel, ValidationError
 from pymongo.errors import ConnectionFailure as MongoConnectionFailure
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -96,11 +97,14 @@ ARTIFACT_CHUNK_BYTES = 1024 * 1024
 T = TypeVar("T")
 Handler = Callable[["JobContext"], Awaitable[BaseModel]]
 
-#: Errors of the infrastructure that a later try may not meet: the job is retried, not failed.
+#: Errors of the infrastructure that a later try may not meet: the job is retried, not failed. asyncpg's
+#: own are those of the bare-connection statements, which a session would have wrapped in DBAPIError.
 PASSING_FAULTS: tuple[type[BaseException], ...] = (
     TransientJobError,
     OperationalError,
     DBAPIError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
     PoolTimeout,
     ConnectionError,
     TimeoutError,
@@ -255,6 +259,16 @@ class JobRunner:
         )
         #: Jobs this runner claimed and then ended, whatever their outcome.
         self.jobs_ended = 0
+        self._claiming = jobstore.LoneTransition(
+            db.engine.dialect,
+            from_statuses=[JobStatus.QUEUED],
+            to=JobStatus.RUNNING,
+            count_attempt=True,
+            returning=[_INPUT_FILE],
+            message="started",
+            worker=self.worker_id,
+            lease_expires_at=func.now() + self.lease,
+        )
 
     async def handle(self, body: Any, delivery: Delivery) -> None:
         """Run the job of one delivery, settling the delivery as soon as the job's claim is stored."""
@@ -290,18 +304,15 @@ class JobRunner:
             self.jobs_ended += 1
 
     async def _claim(self, message: JobMessage) -> jobstore.JobRow | None:
-        async with self.db.session() as session:
-            row = await jobstore.transition(
-                session,
-                job_id=message.job_id,
-                from_statuses=[JobStatus.QUEUED],
-                to=JobStatus.RUNNING,
-                count_attempt=True,
-                message="started",
-                worker=self.worker_id,
-                lease_expires_at=func.now() + self.lease,
-                returning=[_INPUT_FILE],
-            )
+        """queued -> running under this worker's lease: one statement on a bare connection for a job that is
+        no part of a composite job (most are, and the message cannot tell), else `transition` in a session,
+        where the composite job follows its part in the same transaction."""
+        async with self.db.connection() as conn:
+            row = await self._claiming.run(conn, job_id=message.job_id)
+        if row is not None:
+            return row
+        async with self.db.session() as session:  # a part, or a job no longer queued (then: None again)
+            row = await self._claiming.in_session(session, job_id=message.job_id)
             await session.commit()
         return row
 
