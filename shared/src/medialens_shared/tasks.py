@@ -362,6 +362,9 @@ class JobRunner:
 
     async def _announce(self, row: jobstore.JobRow) -> None:
         """Tell the job's listeners of its new state, and a part's composite job's listeners too."""
+        if row["parent_id"] is None:  # no session: there is no composite job to read
+            await self.signals.announce(jobstore.job_view(row))
+            return
         async with self.db.session() as session:
             await jobstore.announce(session, self.signals, row)
 
