@@ -17,9 +17,10 @@ from typing import Any
 
 import pytest
 from pydantic import BaseModel
+from pymongo.errors import ConnectionFailure as MongoConnectionFailure
 from sqlalchemy import select, update
 
-from medialens_shared import jobstore
+from medialens_shared import jobstore, tasks
 from medialens_shared.contracts import (
     AudioProbeResult,
     JobMessage,
@@ -820,6 +821,54 @@ async def test_a_short_job_taken_from_its_worker_stores_no_result(
     row = await row_of(db, job_id)
     assert (row["status"], row["worker"]) == ("running", "video-newowner")
     assert await db.collection("results").find_one({"_id": job_id}) is None
+
+
+@pytest.mark.parametrize("callback_url", [None, "https://example.com/hook"])
+async def test_a_result_is_written_while_the_success_holds_the_row_uncommitted(
+    make_runner, new_job, tenant_id: str, db: DatabaseManager, callback_url: str | None
+) -> None:
+    """While a job's result is written, its row is locked (a reaper skips it) and still reads running
+    elsewhere: the success commits only after the write, on the lone path and the session's alike."""
+    job_id = await new_job(callback_url=callback_url)
+    runner = make_runner({"video.probe": Calls()})
+    store, seen = runner._store_result, []
+
+    async def look_then_store(message: JobMessage, result: BaseModel) -> None:
+        async with db.connection() as conn:
+            locked = "SELECT id FROM jobs WHERE id = $1 FOR UPDATE SKIP LOCKED"
+            seen.append((await conn.fetchval(locked, job_id), await conn.fetchval(STATUS, job_id)))
+        await store(message, result)
+
+    runner._store_result = look_then_store  # type: ignore[method-assign]
+    assert await deliver(runner, body_of(job_id, tenant_id)) == ["ack"]
+    assert seen == [(None, "running")]
+    assert (await row_of(db, job_id))["status"] == "succeeded"
+    assert await db.collection("results").find_one({"_id": job_id}) is not None
+
+
+async def test_a_result_that_cannot_be_written_leaves_the_job_unfinished(
+    make_runner, new_job, tenant_id: str, db: DatabaseManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When the result write keeps failing, the success never commits: the job goes back to the queue for
+    its retry, with no result, and is not succeeded."""
+    monkeypatch.setattr(tasks, "FINISH_RETRY_PAUSES_S", (0.01,))
+    job_id = await new_job()
+    runner = make_runner({"video.probe": Calls()})
+    writes: list[str] = []
+
+    async def fail_to_store(message: JobMessage, _result: BaseModel) -> None:
+        writes.append(message.job_id)
+        raise MongoConnectionFailure("MongoDB is away")
+
+    runner._store_result = fail_to_store  # type: ignore[method-assign]
+    assert await deliver(runner, body_of(job_id, tenant_id)) == ["ack"]
+    row = await row_of(db, job_id)
+    assert (row["status"], row["worker"], row["finished_at"]) == ("queued", None, None)
+    assert writes == [job_id, job_id]
+    assert await db.collection("results").find_one({"_id": job_id}) is None
+
+
+STATUS = "SELECT status FROM jobs WHERE id = $1"
 
 
 def test_handlers_must_be_catalogued_job_types(make_runner) -> None:
