@@ -20,7 +20,7 @@ from medialens_shared.envelope import iso
 from medialens_shared.errors import MediaLensError
 from medialens_shared.signals import JobSignals
 from medialens_shared.tables import jobs
-from medialens_shared.telemetry import context_headers
+from medialens_shared.telemetry import bare_statement, context_headers
 
 JobRow = RowMapping
 
@@ -226,7 +226,8 @@ class LoneTransition:
             args[self._slots["owner"]] = owner
         for name, value in values.items():
             args[self._slots[name]] = value
-        row: JobRow | None = await conn.fetchrow(self.sql, *args)
+        with bare_statement(self.sql):
+            row: JobRow | None = await conn.fetchrow(self.sql, *args)
         return row
 
     async def in_session(
