@@ -22,6 +22,8 @@ from medialens_shared.signals import JobSignals
 from medialens_shared.tables import jobs
 from medialens_shared.telemetry import bare_statement, context_headers
 
+#: A job's row, read by column name: a RowMapping from a session, an asyncpg Record from a bare connection
+#: (`LoneTransition`), which iterates its values rather than its names.
 JobRow = RowMapping
 
 #: The error of a composite job's part that does not apply to the input; the other parts still count.
