@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import pytest
+from sqlalchemy import func, select
 
 from medialens_shared import jobstore
 from medialens_shared.contracts import JobStatus
 from medialens_shared.db import DatabaseManager
+from medialens_shared.tables import webhook_deliveries
 
 pytestmark = pytest.mark.integration
 
@@ -173,3 +175,135 @@ async def test_live_progress_is_laid_over_a_running_job_only(db: DatabaseManager
         "waiting",
     )
     assert jobstore.job_view(done, live=live)["progress"] == 1.0
+
+
+def claim_of(db: DatabaseManager) -> jobstore.LoneTransition:
+    """The change a worker's claim makes, as `JobRunner` builds it."""
+    return jobstore.LoneTransition(
+        db.engine.dialect,
+        from_statuses=[JobStatus.QUEUED],
+        to=JobStatus.RUNNING,
+        count_attempt=True,
+        message="started",
+        worker="video-w1",
+        lease_expires_at=func.now() + timedelta(seconds=30),
+    )
+
+
+def end_of(db: DatabaseManager, to: JobStatus = JobStatus.SUCCEEDED) -> jobstore.LoneTransition:
+    """The end of a job that a worker owns, as `JobRunner._finish` builds it."""
+    return jobstore.LoneTransition(
+        db.engine.dialect,
+        from_statuses=[JobStatus.RUNNING],
+        to=to,
+        owned=True,
+        message="done",
+        progress=1.0,
+        worker=None,
+        lease_expires_at=None,
+    )
+
+
+async def row_of(db: DatabaseManager, job_id: str) -> jobstore.JobRow:
+    async with db.session() as session:
+        row = await jobstore.get(session, job_id=job_id)
+    assert row is not None
+    return row
+
+
+async def test_a_lone_claim_on_a_bare_connection_stores_what_transition_stores(
+    db: DatabaseManager, new_job
+) -> None:
+    """A lone job claimed in one statement on a bare connection gets the row `transition` gives another
+    job (status, attempt, worker, lease, started_at), committed at once; a second claim gets None."""
+    claim = claim_of(db)
+    lone, other = await new_job(), await new_job()
+    async with db.connection() as conn:
+        row = await claim.run(conn, job_id=lone)
+        again = await claim.run(conn, job_id=lone)
+    async with db.session() as session:
+        expected = await claim.in_session(session, job_id=other)
+        await session.commit()
+    assert row is not None
+    assert expected is not None
+    assert again is None
+    assert list(row.keys()) == list(expected.keys())
+    varying = {"id", "created_at", "started_at", "updated_at", "lease_expires_at"}
+    # (items(): an asyncpg Record iterates its values, a RowMapping its keys)
+    lone_values, other_values = dict(row.items()), dict(expected.items())
+    assert {k: v for k, v in lone_values.items() if k not in varying} == {
+        k: v for k, v in other_values.items() if k not in varying
+    }
+    assert (row["status"], row["attempts"], row["message"], row["worker"]) == (
+        "running", 1, "started", "video-w1",
+    )  # fmt: skip
+    assert row["started_at"] is not None
+    assert timedelta(seconds=25) < row["lease_expires_at"] - row["started_at"] <= timedelta(seconds=30)
+    stored = await row_of(db, lone)
+    assert dict(stored.items()) == lone_values
+
+
+async def test_a_lone_claim_leaves_a_part_to_the_session_where_its_parent_follows(
+    db: DatabaseManager, new_job
+) -> None:
+    """A part of a composite job is not changed by the bare statement; `in_session` claims it and moves
+    its parent to running in the same transaction."""
+    claim = claim_of(db)
+    parent = await new_job(job_type="media.analyze")
+    part, sibling = await new_job(parent_id=parent), await new_job(parent_id=parent)
+    async with db.connection() as conn:
+        assert await claim.run(conn, job_id=part) is None
+    assert (await row_of(db, part))["status"] == "queued"
+    async with db.session() as session:
+        row = await claim.in_session(session, job_id=part)
+        await session.commit()
+    assert row is not None
+    assert row["status"] == "running"
+    assert ((await row_of(db, parent))["status"], (await row_of(db, sibling))["status"]) == (
+        "running",
+        "queued",
+    )
+
+
+async def test_a_lone_end_checks_the_owner_and_takes_the_values_of_each_call(
+    db: DatabaseManager, new_job
+) -> None:
+    """An owned end changes nothing for another worker; for the owner it stores the values it is given,
+    not those it was built with."""
+    job_id = await new_job(status="running", worker="video-w1", attempts=1)
+    end = end_of(db, JobStatus.FAILED)
+    values = {"message": "failed", "progress": 0.5, "worker": None, "lease_expires_at": None}
+    async with db.connection() as conn:
+        assert await end.run(conn, job_id=job_id, owner="video-other", **values) is None
+        row = await end.run(conn, job_id=job_id, owner="video-w1", **values)
+    assert row is not None
+    assert (row["status"], row["message"], row["progress"], row["worker"]) == ("failed", "failed", 0.5, None)
+    assert row["finished_at"] is not None
+    with pytest.raises(ValueError, match="owner"):
+        async with db.connection() as conn:
+            await end.run(conn, job_id=job_id)
+
+
+async def test_a_lone_end_leaves_a_job_with_a_callback_url_to_the_session_that_owes_its_webhook(
+    db: DatabaseManager, new_job
+) -> None:
+    """A job with a callback_url is not ended by the bare statement; `in_session` ends it and enqueues its
+    webhook delivery in the same transaction."""
+    job_id = await new_job(status="running", worker="video-w1", callback_url="https://example.com/hook")
+    end = end_of(db)
+    async with db.connection() as conn:
+        assert await end.run(conn, job_id=job_id, owner="video-w1") is None
+    assert (await row_of(db, job_id))["status"] == "running"
+    async with db.session() as session:
+        row = await end.in_session(session, job_id=job_id, owner="video-w1")
+        await session.commit()
+        deliveries = (
+            (await session.execute(select(webhook_deliveries).where(webhook_deliveries.c.job_id == job_id)))
+            .mappings()
+            .all()
+        )
+    assert row is not None
+    assert row["status"] == "succeeded"
+    assert [(d["url"], d["payload"]["status"]) for d in deliveries] == [
+        ("https://example.com/hook", "succeeded")
+    ]

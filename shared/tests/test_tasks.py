@@ -17,9 +17,10 @@ from typing import Any
 
 import pytest
 from pydantic import BaseModel
+from pymongo.errors import ConnectionFailure as MongoConnectionFailure
 from sqlalchemy import select, update
 
-from medialens_shared import jobstore
+from medialens_shared import jobstore, tasks
 from medialens_shared.contracts import (
     AudioProbeResult,
     JobMessage,
@@ -34,7 +35,7 @@ from medialens_shared.filestore import FileStore
 from medialens_shared.outbox import DELAY_TIERS_S
 from medialens_shared.settings import Settings
 from medialens_shared.signals import JobSignals
-from medialens_shared.tables import files, jobs, outbox
+from medialens_shared.tables import files, jobs, outbox, webhook_deliveries
 from medialens_shared.tasks import RESULT_WRITES, Handler, JobContext, JobRunner
 from tests.fixtures.stack import RecordedDelivery
 
@@ -414,6 +415,75 @@ async def test_a_claim_holds_this_workers_lease(
     assert (row["status"], row["worker"], row["lease_expires_at"]) == ("succeeded", None, None)
 
 
+async def test_a_claimed_job_runs_under_its_claims_row(
+    make_runner, new_job, tenant_id: str, db: DatabaseManager
+) -> None:
+    """While its handler runs, a claimed job's row says running, "started", its attempt, this worker, a
+    lease in the future and started_at; the context carries the same attempt."""
+    job_id = await new_job(attempts=1, message="requeued: its worker's lease expired")
+    seen: list[jobstore.JobRow] = []
+
+    async def act(ctx: JobContext) -> None:
+        assert ctx.attempt == 2
+        seen.append(await row_of(db, job_id))
+
+    runner = make_runner({"video.probe": Calls(act)}, lease_s=30)
+    before = utc_now()
+    assert await deliver(runner, body_of(job_id, tenant_id)) == ["ack"]
+    row = seen[0]
+    assert (row["status"], row["message"], row["attempts"], row["worker"]) == (
+        "running", "started", 2, runner.worker_id,
+    )  # fmt: skip
+    assert row["started_at"] >= before - timedelta(seconds=1)
+    assert timedelta(seconds=25) < row["lease_expires_at"] - row["started_at"] <= timedelta(seconds=31)
+    assert (await row_of(db, job_id))["status"] == "succeeded"
+
+
+async def test_a_part_run_by_the_runner_moves_its_composite_job(
+    make_runner, new_job, tenant_id: str, db: DatabaseManager
+) -> None:
+    """The claim of a part moves its composite job to running, and the part's end moves it on: a parent
+    of two parts is half done after the first, succeeded after the second."""
+    parent = await new_job(job_type="media.analyze")
+    first, second = await new_job(parent_id=parent), await new_job(parent_id=parent)
+    seen: list[str] = []
+
+    async def act(_ctx: JobContext) -> None:
+        seen.append((await row_of(db, parent))["status"])
+
+    runner = make_runner({"video.probe": Calls(act)})
+    assert await deliver(runner, body_of(first, tenant_id)) == ["ack"]
+    halfway = await row_of(db, parent)
+    assert (halfway["status"], halfway["progress"], halfway["message"]) == ("running", 0.5, "1/2 parts done")
+    assert await deliver(runner, body_of(second, tenant_id)) == ["ack"]
+    done = await row_of(db, parent)
+    assert seen == ["running", "running"]
+    assert (done["status"], done["progress"]) == ("succeeded", 1.0)
+    assert [(await row_of(db, part))["status"] for part in (first, second)] == ["succeeded", "succeeded"]
+
+
+@pytest.mark.parametrize("outcome", ["succeeded", "failed"])
+async def test_a_job_with_a_callback_url_owes_its_webhook_when_the_runner_ends_it(
+    make_runner, new_job, tenant_id: str, db: DatabaseManager, outcome: str
+) -> None:
+    """A job with a callback_url, ended by the runner, has one pending webhook delivery of its final job
+    object, stored with its status."""
+    job_id = await new_job(callback_url="https://example.com/hook")
+    action = None if outcome == "succeeded" else raiser(MediaDecodeError("not a video"))
+    runner = make_runner({"video.probe": Calls(action)})
+    assert await deliver(runner, body_of(job_id, tenant_id)) == ["ack"]
+    assert (await row_of(db, job_id))["status"] == outcome
+    async with db.session() as session:
+        deliveries = (
+            (await session.execute(select(webhook_deliveries).where(webhook_deliveries.c.job_id == job_id)))
+            .mappings()
+            .all()
+        )
+    assert [(d["url"], d["status"], d["payload"]["status"]) for d in deliveries] == [
+        ("https://example.com/hook", "pending", outcome)
+    ]
+
+
 async def test_a_lost_lease_stops_the_job_and_keeps_the_new_owner(
     make_runner, new_job, tenant_id: str, db: DatabaseManager
 ) -> None:
@@ -751,6 +821,54 @@ async def test_a_short_job_taken_from_its_worker_stores_no_result(
     row = await row_of(db, job_id)
     assert (row["status"], row["worker"]) == ("running", "video-newowner")
     assert await db.collection("results").find_one({"_id": job_id}) is None
+
+
+@pytest.mark.parametrize("callback_url", [None, "https://example.com/hook"])
+async def test_a_result_is_written_while_the_success_holds_the_row_uncommitted(
+    make_runner, new_job, tenant_id: str, db: DatabaseManager, callback_url: str | None
+) -> None:
+    """While a job's result is written, its row is locked (a reaper skips it) and still reads running
+    elsewhere: the success commits only after the write, on the lone path and the session's alike."""
+    job_id = await new_job(callback_url=callback_url)
+    runner = make_runner({"video.probe": Calls()})
+    store, seen = runner._store_result, []
+
+    async def look_then_store(message: JobMessage, result: BaseModel) -> None:
+        async with db.connection() as conn:
+            locked = "SELECT id FROM jobs WHERE id = $1 FOR UPDATE SKIP LOCKED"
+            seen.append((await conn.fetchval(locked, job_id), await conn.fetchval(STATUS, job_id)))
+        await store(message, result)
+
+    runner._store_result = look_then_store  # type: ignore[method-assign]
+    assert await deliver(runner, body_of(job_id, tenant_id)) == ["ack"]
+    assert seen == [(None, "running")]
+    assert (await row_of(db, job_id))["status"] == "succeeded"
+    assert await db.collection("results").find_one({"_id": job_id}) is not None
+
+
+async def test_a_result_that_cannot_be_written_leaves_the_job_unfinished(
+    make_runner, new_job, tenant_id: str, db: DatabaseManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When the result write keeps failing, the success never commits: the job goes back to the queue for
+    its retry, with no result, and is not succeeded."""
+    monkeypatch.setattr(tasks, "FINISH_RETRY_PAUSES_S", (0.01,))
+    job_id = await new_job()
+    runner = make_runner({"video.probe": Calls()})
+    writes: list[str] = []
+
+    async def fail_to_store(message: JobMessage, _result: BaseModel) -> None:
+        writes.append(message.job_id)
+        raise MongoConnectionFailure("MongoDB is away")
+
+    runner._store_result = fail_to_store  # type: ignore[method-assign]
+    assert await deliver(runner, body_of(job_id, tenant_id)) == ["ack"]
+    row = await row_of(db, job_id)
+    assert (row["status"], row["worker"], row["finished_at"]) == ("queued", None, None)
+    assert writes == [job_id, job_id]
+    assert await db.collection("results").find_one({"_id": job_id}) is None
+
+
+STATUS = "SELECT status FROM jobs WHERE id = $1"
 
 
 def test_handlers_must_be_catalogued_job_types(make_runner) -> None:

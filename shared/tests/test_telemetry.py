@@ -23,6 +23,7 @@ from medialens_shared.logs import configure_logging
 from medialens_shared.settings import LogSettings, Settings
 from medialens_shared.telemetry import (
     TraceContextFilter,
+    bare_statement,
     configure_tracing,
     context_headers,
     current_trace_id,
@@ -31,6 +32,7 @@ from medialens_shared.telemetry import (
     instrument_engine,
     job_phase,
     tracing_on,
+    untraced,
 )
 from scripts.samples import make_video
 from tests.fixtures.stack import Stack, api_client, run_job, submit, upload, wait_for
@@ -98,6 +100,25 @@ def test_a_phase_span_carries_the_job_attributes(spans: InMemorySpanExporter) ->
     }
     assert span.context is not None
     assert headers["traceparent"].split("-")[1] == format(span.context.trace_id, "032x")
+
+
+def test_a_statement_on_a_bare_connection_is_a_postgresql_span(spans: InMemorySpanExporter) -> None:
+    """bare_statement makes a client span with the attributes of SQLAlchemy's (db.system, db.statement)
+    inside the current one, and none inside `untraced`."""
+    marker = secrets.token_hex(4)
+    with job_phase("claim", job_id=marker, job_type="video.probe"):
+        with bare_statement(f"UPDATE jobs SET message = '{marker}'"):
+            pass
+        with untraced(), bare_statement(f"UPDATE jobs SET message = '{marker}-untraced'"):
+            pass
+    found = [s for s in spans.get_finished_spans() if marker in str((s.attributes or {}).get("db.statement"))]
+    assert [(s.name, s.kind, (s.attributes or {}).get("db.system")) for s in found] == [
+        ("UPDATE", SpanKind.CLIENT, "postgresql")
+    ]
+    phase = next(s for s in spans.get_finished_spans() if (s.attributes or {}).get("job.id") == marker)
+    assert phase.context is not None
+    assert found[0].parent is not None
+    assert found[0].parent.span_id == phase.context.span_id
 
 
 @pytest.mark.usefixtures("restore_root_logging", "spans")

@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from sqlalchemy import ColumnElement, RowMapping, func, select, update
+from sqlalchemy import BindParameter, ColumnElement, RowMapping, Text, Update, bindparam, func, select, update
+from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from medialens_shared import outbox, webhooks
@@ -19,8 +20,10 @@ from medialens_shared.envelope import iso
 from medialens_shared.errors import MediaLensError
 from medialens_shared.signals import JobSignals
 from medialens_shared.tables import jobs
-from medialens_shared.telemetry import context_headers
+from medialens_shared.telemetry import bare_statement, context_headers
 
+#: A job's row, read by column name: a RowMapping from a session, an asyncpg Record from a bare connection
+#: (`LoneTransition`), which iterates its values rather than its names.
 JobRow = RowMapping
 
 #: The error of a composite job's part that does not apply to the input; the other parts still count.
@@ -108,24 +111,15 @@ async def transition(
     Terminal statuses are never left: asking to move out of one is a programming error. Reaching one,
     a job with a `callback_url` gets its webhook delivery row in the same transaction.
     """
-    allowed = set(from_statuses)
-    if allowed & TERMINAL_STATUSES:
-        raise ValueError(f"a terminal job never changes again (asked to leave {sorted(allowed)})")
-    changes: dict[str, Any] = {"status": to.value, "updated_at": func.now(), **values}
-    if count_attempt:
-        changes["attempts"] = jobs.c.attempts + 1
-    if to == JobStatus.RUNNING:
-        changes.setdefault("started_at", func.coalesce(jobs.c.started_at, func.now()))
-    if to in TERMINAL_STATUSES:
-        changes.setdefault("finished_at", func.now())
-    statement = (
-        update(jobs)
-        .where(jobs.c.id == job_id, jobs.c.status.in_([status.value for status in allowed]))
-        .values(changes)
-        .returning(*jobs.c, *returning)
+    statement = _transition_statement(
+        job_id=job_id,
+        from_statuses=from_statuses,
+        to=to,
+        count_attempt=count_attempt,
+        owner=owner,
+        returning=returning,
+        values=values,
     )
-    if owner is not None:
-        statement = statement.where(jobs.c.worker == owner)
     row = (await session.execute(statement)).mappings().one_or_none()
     if row is not None and row["parent_id"] is not None:
         await _follow_children(session, parent_id=row["parent_id"])
@@ -140,6 +134,118 @@ async def transition(
             payload=job_view(row, children=children),
         )
     return row
+
+
+def _transition_statement(
+    *,
+    job_id: str | BindParameter[str],
+    from_statuses: Iterable[JobStatus],
+    to: JobStatus,
+    count_attempt: bool,
+    owner: str | BindParameter[str] | None,
+    returning: Iterable[ColumnElement[Any]],
+    values: Mapping[str, Any],
+) -> Update:
+    """The UPDATE ... RETURNING of `transition` (without what follows it)."""
+    allowed = set(from_statuses)
+    if allowed & TERMINAL_STATUSES:
+        raise ValueError(f"a terminal job never changes again (asked to leave {sorted(allowed)})")
+    changes: dict[str, Any] = {"status": to.value, "updated_at": func.now(), **values}
+    if count_attempt:
+        changes["attempts"] = jobs.c.attempts + 1
+    if to == JobStatus.RUNNING:
+        changes.setdefault("started_at", func.coalesce(jobs.c.started_at, func.now()))
+    if to in TERMINAL_STATUSES:
+        changes.setdefault("finished_at", func.now())
+    statement = (
+        update(jobs)
+        .where(jobs.c.id == job_id, jobs.c.status.in_(sorted(status.value for status in allowed)))
+        .values(changes)
+        .returning(*jobs.c, *returning)
+    )
+    if owner is not None:
+        statement = statement.where(jobs.c.worker == owner)
+    return statement
+
+
+class LoneTransition:
+    """One kind of `transition`, compiled once into a statement for a bare asyncpg connection
+    (`DatabaseManager.connection`), for the jobs it is the whole of: a job that is no part of a composite
+    job and, when the change ends it, has no `callback_url`. For such a job the UPDATE is all `transition`
+    does (no parent to follow, no webhook owed), so on its own connection it commits by itself: no BEGIN
+    and COMMIT round trips, and none of a session's unit of work or SQLAlchemy's per-statement machinery,
+    which were most of a light job's bookkeeping in a worker (the claim and the end run for every job).
+
+    The statement matches only such jobs: None from `run` means this statement changed nothing, and the
+    job may still be one that `in_session` (the general path, `transition` itself) changes. The change's
+    plain values become parameters, so `run` and `in_session` take others of the same names (an end's
+    message or error); SQL expressions among them (a lease's `now() + interval`) are fixed.
+    """
+
+    def __init__(
+        self,
+        dialect: Dialect,
+        *,
+        from_statuses: Iterable[JobStatus],
+        to: JobStatus,
+        count_attempt: bool = False,
+        owned: bool = False,
+        returning: Iterable[ColumnElement[Any]] = (),
+        **values: Any,
+    ) -> None:
+        self.from_statuses = tuple(from_statuses)
+        self.to = to
+        self.count_attempt = count_attempt
+        self.returning = tuple(returning)
+        self.values = values
+        statement = _transition_statement(
+            job_id=bindparam("job_id", type_=Text),
+            from_statuses=self.from_statuses,
+            to=to,
+            count_attempt=count_attempt,
+            owner=bindparam("owner", type_=Text) if owned else None,
+            returning=self.returning,
+            values=values,
+        ).where(jobs.c.parent_id.is_(None))
+        if to in TERMINAL_STATUSES:
+            statement = statement.where(jobs.c.callback_url.is_(None))
+        state = statement.compile(dialect=dialect).construct_expanded_state({"job_id": "", "owner": ""})
+        if state.processors:  # asyncpg takes these columns' values as they are; one needing SQLAlchemy's
+            raise ValueError(f"values needing conversion for asyncpg: {sorted(state.processors)}")
+        self.sql = state.statement
+        self._args = list(state.positional_parameters)
+        #: Where each per-call parameter goes: the job, its owner and the change's plain values.
+        self._slots = {name: index for index, name in enumerate(state.positiontup or ())}
+        self._owned = owned
+
+    async def run(self, conn: Any, *, job_id: str, owner: str | None = None, **values: Any) -> JobRow | None:
+        """Change the job on `conn` (an asyncpg connection); its new row, or None (see the class)."""
+        if self._owned != (owner is not None):
+            raise ValueError("an owned change needs its owner, and only it does")
+        args = self._args.copy()
+        args[self._slots["job_id"]] = job_id
+        if owner is not None:
+            args[self._slots["owner"]] = owner
+        for name, value in values.items():
+            args[self._slots[name]] = value
+        with bare_statement(self.sql):
+            row: JobRow | None = await conn.fetchrow(self.sql, *args)
+        return row
+
+    async def in_session(
+        self, session: AsyncSession, *, job_id: str, owner: str | None = None, **values: Any
+    ) -> JobRow | None:
+        """The same change through `transition`, for any job, in the session's transaction."""
+        return await transition(
+            session,
+            job_id=job_id,
+            from_statuses=self.from_statuses,
+            to=self.to,
+            count_attempt=self.count_attempt,
+            owner=owner,
+            returning=self.returning,
+            **(self.values | values),
+        )
 
 
 async def requeue(

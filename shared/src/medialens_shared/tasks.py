@@ -48,6 +48,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Protocol, TypeVar, cast
 
+import asyncpg
 from pydantic import BaseModel, ValidationError
 from pymongo.errors import ConnectionFailure as MongoConnectionFailure
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -96,11 +97,14 @@ ARTIFACT_CHUNK_BYTES = 1024 * 1024
 T = TypeVar("T")
 Handler = Callable[["JobContext"], Awaitable[BaseModel]]
 
-#: Errors of the infrastructure that a later try may not meet: the job is retried, not failed.
+#: Errors of the infrastructure that a later try may not meet: the job is retried, not failed. asyncpg's
+#: own are those of the bare-connection statements, which a session would have wrapped in DBAPIError.
 PASSING_FAULTS: tuple[type[BaseException], ...] = (
     TransientJobError,
     OperationalError,
     DBAPIError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
     PoolTimeout,
     ConnectionError,
     TimeoutError,
@@ -255,6 +259,18 @@ class JobRunner:
         )
         #: Jobs this runner claimed and then ended, whatever their outcome.
         self.jobs_ended = 0
+        self._claiming = jobstore.LoneTransition(
+            db.engine.dialect,
+            from_statuses=[JobStatus.QUEUED],
+            to=JobStatus.RUNNING,
+            count_attempt=True,
+            returning=[_INPUT_FILE],
+            message="started",
+            worker=self.worker_id,
+            lease_expires_at=func.now() + self.lease,
+        )
+        #: The ends of lone jobs (see `_finish`), by status and the names of the values they set.
+        self._endings: dict[tuple[JobStatus, frozenset[str]], jobstore.LoneTransition] = {}
 
     async def handle(self, body: Any, delivery: Delivery) -> None:
         """Run the job of one delivery, settling the delivery as soon as the job's claim is stored."""
@@ -290,18 +306,15 @@ class JobRunner:
             self.jobs_ended += 1
 
     async def _claim(self, message: JobMessage) -> jobstore.JobRow | None:
-        async with self.db.session() as session:
-            row = await jobstore.transition(
-                session,
-                job_id=message.job_id,
-                from_statuses=[JobStatus.QUEUED],
-                to=JobStatus.RUNNING,
-                count_attempt=True,
-                message="started",
-                worker=self.worker_id,
-                lease_expires_at=func.now() + self.lease,
-                returning=[_INPUT_FILE],
-            )
+        """queued -> running under this worker's lease: one statement on a bare connection for a job that is
+        no part of a composite job (most are, and the message cannot tell), else `transition` in a session,
+        where the composite job follows its part in the same transaction."""
+        async with self.db.connection() as conn:
+            row = await self._claiming.run(conn, job_id=message.job_id)
+        if row is not None:
+            return row
+        async with self.db.session() as session:  # a part, or a job no longer queued (then: None again)
+            row = await self._claiming.in_session(session, job_id=message.job_id)
             await session.commit()
         return row
 
@@ -351,6 +364,9 @@ class JobRunner:
 
     async def _announce(self, row: jobstore.JobRow) -> None:
         """Tell the job's listeners of its new state, and a part's composite job's listeners too."""
+        if row["parent_id"] is None:  # no session: there is no composite job to read
+            await self.signals.announce(jobstore.job_view(row))
+            return
         async with self.db.session() as session:
             await jobstore.announce(session, self.signals, row)
 
@@ -581,6 +597,10 @@ class JobRunner:
         row: the job cannot be taken from this worker in between (the reaper skips locked rows), so a
         result is stored only by the owner, and the status commits only once the result is stored. A
         failure after the write retries the status change alone.
+
+        A lone job (no part of a composite job, no `callback_url`, nothing to dead-letter) ends on a bare
+        connection (`_end_lone`); any other, or a lone one that path did not change (taken from this
+        worker, mostly), through `transition` in a session.
         """
         values: dict[str, Any] = {"message": message, "worker": None, "lease_expires_at": None}
         if error is not None:
@@ -591,29 +611,38 @@ class JobRunner:
             # The outcome is already made (a result may be stored): a database blip here must not leave the
             # job to the reaper, who would run it a second time. So retry while the lease still holds.
             unstored = result
+
+            async def store() -> None:  # once: a failure after the write retries the status change alone
+                nonlocal unstored
+                if unstored is not None:
+                    with job_phase(
+                        "store_result", job_id=row["id"], job_type=row["type"], attempt=row["attempts"]
+                    ):
+                        await self._store_result(*unstored)
+                    unstored = None
+
+            lone = dead is None and row["parent_id"] is None and row["callback_url"] is None
             for pause in (*FINISH_RETRY_PAUSES_S, None):
                 try:
-                    async with self.db.session() as session:
-                        done = await jobstore.transition(
-                            session,
-                            job_id=row["id"],
-                            from_statuses=[JobStatus.RUNNING],
-                            to=status,
-                            owner=self.worker_id,
-                            **values,
-                        )
-                        if done is not None and unstored is not None:
-                            with job_phase(
-                                "store_result",
+                    done = None
+                    if lone:
+                        pending = store if unstored is not None else None
+                        done = await self._end_lone(row, status, values, store=pending)
+                    if done is None:  # not a lone job's end, or (mostly) one taken from this worker
+                        async with self.db.session() as session:
+                            done = await jobstore.transition(
+                                session,
                                 job_id=row["id"],
-                                job_type=row["type"],
-                                attempt=row["attempts"],
-                            ):
-                                await self._store_result(*unstored)
-                            unstored = None
-                        if done is not None and dead is not None:
-                            await outbox.enqueue(session, dead, dead=True)
-                        await session.commit()
+                                from_statuses=[JobStatus.RUNNING],
+                                to=status,
+                                owner=self.worker_id,
+                                **values,
+                            )
+                            if done is not None:
+                                await store()
+                            if done is not None and dead is not None:
+                                await outbox.enqueue(session, dead, dead=True)
+                            await session.commit()
                     break
                 except PASSING_FAULTS as exc:
                     if pause is None:
@@ -628,6 +657,38 @@ class JobRunner:
         metrics.job_finished(row["type"], status, error_code=values.get("error_code"))
         jlog.info("job %s %s", row["id"], status.value, extra={"error_code": values.get("error_code")})
         await self._announce(done)
+
+    async def _end_lone(
+        self,
+        row: jobstore.JobRow,
+        status: JobStatus,
+        values: Mapping[str, Any],
+        *,
+        store: Callable[[], Awaitable[None]] | None,
+    ) -> jobstore.JobRow | None:
+        """`_finish`'s change of a lone job (see `jobstore.LoneTransition`) on a bare connection: the one
+        statement, committing by itself; with a result to `store`, the statement and the write in one
+        explicit transaction, which holds the row while the result is written (as `_finish` requires).
+        None: the statement changed nothing."""
+        ending = self._ending(status, values)
+        async with self.db.connection() as conn:
+            if store is None:
+                return await ending.run(conn, job_id=row["id"], owner=self.worker_id, **values)
+            async with conn.transaction():
+                done = await ending.run(conn, job_id=row["id"], owner=self.worker_id, **values)
+                if done is not None:
+                    await store()
+            return done
+
+    def _ending(self, status: JobStatus, values: Mapping[str, Any]) -> jobstore.LoneTransition:
+        """The end of a lone job in `status` setting `values` (these as parameters), compiled once."""
+        key = (status, frozenset(values))
+        ending = self._endings.get(key)
+        if ending is None:
+            ending = self._endings[key] = jobstore.LoneTransition(
+                self.db.engine.dialect, from_statuses=[JobStatus.RUNNING], to=status, owned=True, **values
+            )
+        return ending
 
     async def _retry_or_give_up(
         self,

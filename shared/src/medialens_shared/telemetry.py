@@ -9,6 +9,8 @@
     instrument_clients           engine or a client (FastAPI, SQLAlchemy, Redis, PyMongo); they install
                                  nothing unless tracing was configured first (`tracing_on`): even
                                  non-recording spans cost a request a noticeable share of its CPU
+    bare_statement               the span of a statement sent on a bare asyncpg connection, which
+                                 SQLAlchemy's instrumentation does not see (a worker's claim and end)
     broker middleware            FastStream's RabbitTelemetryMiddleware (see `bus.make_broker`): a span per
                                  publish and per consume, the W3C context in the message headers
     context_headers / attached   the outbox carries the submitting request's context (`traceparent`) in its
@@ -128,6 +130,22 @@ def instrument_engine(engine: AsyncEngine) -> None:
     module = SQLAlchemyInstrumentor.__module__
     usage = get_meter(module).create_up_down_counter("db.client.connections.usage", unit="connections")
     EngineTracer(trace.get_tracer(module), engine.sync_engine, usage)  # type: ignore[no-untyped-call]
+
+
+def bare_statement(sql: str) -> contextlib.AbstractContextManager[object]:
+    """A client span for one statement on a bare asyncpg connection, with the attributes SQLAlchemy's
+    instrumentation gives its own (`db.system`, `db.statement`); nothing unless tracing is on."""
+    if not tracing_on():
+        return contextlib.nullcontext()
+    from opentelemetry.instrumentation.utils import is_instrumentation_enabled
+
+    if not is_instrumentation_enabled():  # inside `untraced`
+        return contextlib.nullcontext()
+    return trace.get_tracer(_TRACER_NAME).start_as_current_span(
+        sql.split(None, 1)[0],
+        kind=trace.SpanKind.CLIENT,
+        attributes={"db.system": "postgresql", "db.statement": sql},
+    )
 
 
 # --- context across the bus --------------------------------------------------------------------------
