@@ -48,6 +48,13 @@ def http_table(results: dict[str, Any]) -> list[str]:
             f"| {held['errors']}/{held['requests']} "
             f"| {'; '.join(target)} |"
         )
+        if alone := both.get("saturation_relay_stopped"):
+            alone_ratio = alone.get("ratio_to_ceiling")
+            lines.append(
+                f"| {label}, relay stopped (the gateway alone) | {alone['rps']:.1f} "
+                f"| {alone_ratio if alone_ratio is not None else '-'} | {_ms(alone)} | {alone['errors']} "
+                "| | | | for comparison: no relay or RabbitMQ work on the cores |"
+            )
     return lines
 
 
