@@ -280,6 +280,11 @@ async def test_lists_filter_by_status_type_and_label(
     rest = (await fresh_client.get("/v1/jobs", params={"cursor": page["next_cursor"]})).json()["data"]
     assert [j["id"] for j in page["items"] + rest["items"]] == [third["id"], second["id"], first["id"]]
     assert rest["next_cursor"] is None
+    by_type = (await fresh_client.get("/v1/jobs", params={"type": "data.profile", "limit": 1})).json()["data"]
+    assert [j["id"] for j in by_type["items"]] == [third["id"]]
+    assert await ids(type="data.profile", cursor=by_type["next_cursor"]) == [first["id"]]
+    # Filters hold past a cursor too (`first` is red).
+    assert await ids(type="data.profile", label="team:blue", cursor=by_type["next_cursor"]) == []
     assert cancelled_file  # an uploaded file alone adds no job
     assert len(await ids()) == 3
 

@@ -74,8 +74,7 @@ async def submit_job(
 
 @router.get("", summary="List the tenant's jobs, newest first", response_model=Envelope[Page[JobObject]])
 async def list_jobs(
-    tenant: CurrentTenant,
-    session: DbSession,
+    caller: Caller,
     limit: Limit = 50,
     cursor: Cursor = None,
     status: JobStatus | None = None,
@@ -92,7 +91,13 @@ async def list_jobs(
             )
         labels[key] = value
     rows = await service.list_jobs(
-        session, tenant_id=tenant.id, limit=limit, cursor=cursor, status=status, type_=type, labels=labels
+        caller.db,
+        tenant_id=caller.tenant.id,
+        limit=limit,
+        cursor=cursor,
+        status=status,
+        type_=type,
+        labels=labels,
     )
     items = [jobstore.job_view(row, children=row["children"] or ()) for row in rows[:limit]]
     return ok({"items": items, "next_cursor": next_cursor(rows, limit=limit)})

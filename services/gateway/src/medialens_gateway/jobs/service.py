@@ -19,14 +19,15 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+import asyncpg
 from pydantic import ValidationError
 from pydantic_core import to_json
-from sqlalchemy import RowMapping, case, delete, func, select
-from sqlalchemy.dialects.postgresql import aggregate_order_by, insert
+from sqlalchemy import RowMapping, delete, func, select
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from medialens_gateway import pagination
 from medialens_gateway.jobs.schemas import JobRequest
-from medialens_gateway.pagination import page
 from medialens_shared import jobstore, metrics, outbox
 from medialens_shared.contracts import JOB_TYPES, FileKind, JobMessage, JobStatus
 from medialens_shared.db import DatabaseManager
@@ -325,22 +326,21 @@ async def view(session: AsyncSession, signals: JobSignals, job: RowMapping) -> d
     return jobstore.job_view(job, children=children, live=live)
 
 
-_PART = jobs.alias("part")
-#: A listed job's parts, for a composite job only (the others skip the subquery). Built once: made anew per
-#: request, this expression doubled the page's cost in SQLAlchemy (0.9 ms against 0.4 for 50 jobs).
-_CHILDREN = case(
-    (
-        jobs.c.type.in_(COMPOSITE_TYPES),
-        select(func.array_agg(aggregate_order_by(_PART.c.id, _PART.c.created_at, _PART.c.id)))
-        .where(_PART.c.parent_id == jobs.c.id)
-        .scalar_subquery(),
-    ),
-    else_=None,
-).label("children")
+#: A page of the tenant's jobs, newest first, each with its parts' ids (`children`; NULL for a job of a type
+#: without parts, whose rows skip the subquery); `list_jobs` adds only the filters a request uses, so that
+#: each combination is one statement in asyncpg's cache, planned on `ix_jobs_tenant_created`.
+_LIST = """
+SELECT jobs.*,
+       CASE WHEN jobs.type = ANY($2::text[]) THEN
+            ARRAY(SELECT part.id FROM jobs AS part WHERE part.parent_id = jobs.id
+                  ORDER BY part.created_at, part.id)
+       END AS children
+FROM jobs
+WHERE jobs.tenant_id = $1"""
 
 
 async def list_jobs(
-    session: AsyncSession,
+    db: DatabaseManager,
     *,
     tenant_id: str,
     limit: int,
@@ -348,17 +348,30 @@ async def list_jobs(
     status: JobStatus | None,
     type_: str | None,
     labels: dict[str, str],
-) -> list[RowMapping]:
-    """A page of the tenant's jobs, newest first, each with its parts' ids (`children`, NULL for none)."""
-    query = select(jobs, _CHILDREN).where(jobs.c.tenant_id == tenant_id)
+) -> list[asyncpg.Record]:
+    """A page of the tenant's jobs after `cursor`, newest first, one row more than `limit`.
+
+    One statement on a bare connection: SQLAlchemy's result rows and statement cache keys were a quarter of
+    a 50-job page's CPU."""
+    sql, args = [_LIST], [tenant_id, COMPOSITE_TYPES]
+
+    def where(condition: str, *values: Any) -> None:
+        numbers = range(len(args) + 1, len(args) + len(values) + 1)
+        sql.append(" AND " + condition.format(*(f"${n}" for n in numbers)))
+        args.extend(values)
+
     if status is not None:
-        query = query.where(jobs.c.status == status.value)
+        where("jobs.status = {}", status.value)
     if type_ is not None:
-        query = query.where(jobs.c.type == type_)
+        where("jobs.type = {}", type_)
     if labels:
-        query = query.where(jobs.c.labels.contains(labels))
-    query = page(query, created_at=jobs.c.created_at, item_id=jobs.c.id, limit=limit, cursor=cursor)
-    return list((await session.execute(query)).mappings().all())
+        where("jobs.labels @> {}::jsonb", to_json(labels).decode())
+    if cursor:
+        where("(jobs.created_at, jobs.id) < ({}, {})", *pagination.decode(cursor))
+    sql.append(f" ORDER BY jobs.created_at DESC, jobs.id DESC LIMIT ${len(args) + 1}")
+    async with db.connection() as conn:
+        rows: list[asyncpg.Record] = await conn.fetch("".join(sql), *args, limit + 1)
+    return rows
 
 
 async def cancel(session: AsyncSession, signals: JobSignals, *, tenant_id: str, job_id: str) -> RowMapping:
