@@ -131,7 +131,8 @@ def pool_lines(results: dict[str, Any]) -> list[str]:
         for r in pool["rounds"]
     )
     return [
-        f"Pool stress ({pool['concurrency']} concurrent, pool 20 + 10): {rounds}. Pool timeouts in the log: "
+        f"Pool stress ({pool['concurrency']} concurrent, the gateway's default pool of "
+        f"{pool['pool_after'].get('capacity')}): {rounds}. Pool timeouts in the log: "
         f"{pool['pool_timeouts_in_log']}; checked out afterwards: {pool['checked_out_after']} "
         f"(capacity {pool['pool_after'].get('capacity')}); gateway backends on the server afterwards: "
         f"{pool['gateway_pg_backends_after']} "
