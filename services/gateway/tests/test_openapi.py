@@ -78,8 +78,8 @@ async def test_the_api_key_is_declared_exactly_where_it_is_enforced(
 
 
 async def test_the_document_describes_answers_as_they_are_sent(api: httpx.AsyncClient) -> None:
-    """Every envelope schema requires the six keys every answer has, every response carries X-Request-ID,
-    the content route documents its 416, and the metrics are text."""
+    """Every envelope schema requires the six keys every answer has, every operation takes and every
+    response carries X-Request-ID, the content route documents its 416, and the metrics are text."""
     document = (await api.get("/openapi.json")).json()
     six = {"success", "data", "message", "error_code", "timestamp", "request_id"}
     envelopes = {name: s for name, s in document["components"]["schemas"].items() if "Envelope" in name}
@@ -88,6 +88,7 @@ async def test_the_document_describes_answers_as_they_are_sent(api: httpx.AsyncC
         assert set(schema.get("required", ())) == six, name
     for path, operations in document["paths"].items():
         for method, operation in operations.items():
+            assert {"$ref": "#/components/parameters/X-Request-ID"} in operation["parameters"], (method, path)
             for status, response in operation["responses"].items():
                 assert "X-Request-ID" in response.get("headers", {}), (method, path, status)
     content = document["paths"]["/v1/files/{file_id}/content"]["get"]["responses"]

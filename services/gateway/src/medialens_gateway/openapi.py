@@ -129,6 +129,17 @@ REQUEST_ID: dict[str, Any] = {
     "schema": {"type": "string"},
 }
 
+#: A client's own request id, which every answer then carries (`medialens_gateway.edge`): one of up to 128
+#: letters, digits and `._:-` is kept, anything else replaced by a fresh id (never refused).
+REQUEST_ID_PARAMETER: dict[str, Any] = {
+    "name": "X-Request-ID",
+    "in": "header",
+    "required": False,
+    "description": "An id of your own for this request (up to 128 of `A-Za-z0-9._:-`), echoed in the "
+    "answer's `X-Request-ID` header and `request_id`; another value is replaced by a fresh id.",
+    "schema": {"type": "string"},
+}
+
 #: The `Location` header of a created (or accepted) resource, as `headers=` of a response.
 LOCATION: dict[str, Any] = {
     "Location": {
@@ -202,12 +213,14 @@ def document(base: dict[str, Any]) -> dict[str, Any]:
     components = base.setdefault("components", {})
     components["securitySchemes"] = SECURITY_SCHEMES
     components.setdefault("headers", {})["X-Request-ID"] = REQUEST_ID
+    components.setdefault("parameters", {})["X-Request-ID"] = REQUEST_ID_PARAMETER
     schemas = components.setdefault("schemas", {})
     for name, schema in _schemas(ErrorEnvelope).items():
         schemas.setdefault(name, schema)
     _params_by_type(schemas)
     for path, operations in base.get("paths", {}).items():
         for operation in operations.values():
+            operation.setdefault("parameters", []).append({"$ref": "#/components/parameters/X-Request-ID"})
             responses = operation.setdefault("responses", {})
             if _needs_key(path):
                 operation["security"] = KEY_REQUIRED
