@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import json
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,9 +13,12 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from medialens_gateway.jobs.hotpath import HotPaths
+from medialens_gateway.jobs.routes import JOB_BODY_MAX_BYTES
 from scripts.samples import make_audio, make_csv
 from tests.fixtures.servers import TENANT_KEYS
 from tests.fixtures.stack import Stack, api_client, submit, upload
+
+from ..conftest import EnvelopeCheck
 
 KEY_A = TENANT_KEYS["tenant-a"]
 
@@ -175,3 +179,28 @@ async def test_the_layer_answers_its_two_operations_and_passes_the_rest_on_unrea
             assert response.status_code == 299
             assert response.content == content
         assert downstream.seen == [(method, path, content) for method, path, content, _ in passed]
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+async def test_a_submission_over_the_bound_is_413_before_it_is_read(
+    api: httpx.AsyncClient, csv_file: str, envelope: EnvelopeCheck, chunked: bool
+) -> None:
+    """A body over JOB_BODY_MAX_BYTES answers 413 PAYLOAD_TOO_LARGE, announced by its Content-Length or
+    streamed without one, JSON or not; no job is made."""
+    params = {"sql": "x" * JOB_BODY_MAX_BYTES}
+    body = json.dumps({"type": "data.query", "file_id": csv_file, "params": params})
+    content: bytes | AsyncIterator[bytes] = body.encode()
+    if chunked:
+
+        async def chunks() -> AsyncIterator[bytes]:
+            for start in range(0, len(body), 65536):
+                yield body[start : start + 65536].encode()
+
+        content = chunks()
+    before = (await api.get("/v1/jobs", params={"limit": 1})).json()["data"]["items"]
+    response = await api.post("/v1/jobs", content=content, headers={"Content-Type": "application/json"})
+    body_sent = envelope(response, status=413, error_code="PAYLOAD_TOO_LARGE")
+    assert str(JOB_BODY_MAX_BYTES) in body_sent["message"]
+    assert (await api.get("/v1/jobs", params={"limit": 1})).json()["data"]["items"] == before
+    plain = await api.post("/v1/jobs", content=b"x" * (JOB_BODY_MAX_BYTES + 1))
+    envelope(plain, status=413, error_code="PAYLOAD_TOO_LARGE")

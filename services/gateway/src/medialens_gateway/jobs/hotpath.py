@@ -14,7 +14,9 @@ implementation, two ways in. A domain error they raise is rendered by the handle
 Whatever this layer is not sure to read as FastAPI would goes on to FastAPI unchanged, its body replayed:
 another content type, a body that does not parse or validate, an Idempotency-Key over its length, an app
 mounted under a root path. So every validation error is FastAPI's own, and the routes stay declared there
-too, as the OpenAPI document and for everything passed on.
+too, as the OpenAPI document and for everything passed on. One check is this layer's alone: a submission's
+body over `JOB_BODY_MAX_BYTES` is refused (413 PAYLOAD_TOO_LARGE) as soon as it is announced or read past
+the bound, whatever its content type.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from medialens_gateway.deps import CallerContext, GatewayCore, caller_of
 from medialens_gateway.envelope import api_error_response
 from medialens_gateway.jobs import routes
 from medialens_gateway.jobs.schemas import JobRequest
-from medialens_shared.errors import ApiError
+from medialens_shared.errors import ApiError, PayloadTooLarge
 
 #: The path of one job, as Starlette compiles `/v1/jobs/{job_id}` (a `str` parameter: no slash).
 _JOB_PATH = re.compile(r"^/v1/jobs/(?P<job_id>[^/]+)$")
@@ -77,8 +79,13 @@ class HotPaths:
         await self.app(scope, receive, send)
 
     async def _submit(self, scope: Scope, receive: Receive, send: Send) -> None:
-        messages, body = await _read_body(receive)
         headers = Headers(scope=scope)
+        messages, body = await _read_body(receive, headers, limit=routes.JOB_BODY_MAX_BYTES)
+        if body is None:
+            limit = routes.JOB_BODY_MAX_BYTES
+            too_large = PayloadTooLarge(f"A job submission's body is at most {limit} bytes.")
+            await api_error_response(too_large)(scope, receive, send)
+            return
         request = _job_request(headers, body)
         key = headers.get("idempotency-key")
         if request is None or (key is not None and len(key) > _KEY_MAX):
@@ -111,12 +118,20 @@ def _job_request(headers: Headers, body: bytes) -> JobRequest | None:
         return None
 
 
-async def _read_body(receive: Receive) -> tuple[list[Message], bytes]:
-    """The request's messages up to the end of its body (or a disconnect), and the body."""
+async def _read_body(receive: Receive, headers: Headers, *, limit: int) -> tuple[list[Message], bytes | None]:
+    """The request's messages up to the end of its body (or a disconnect), and the body; None for the body
+    once it is announced or found longer than `limit` (reading stops there)."""
     messages: list[Message] = []
+    length = headers.get("content-length", "")
+    if length.isdigit() and int(length) > limit:
+        return messages, None
+    size = 0
     while True:
         message = await receive()
         messages.append(message)
+        size += len(message.get("body", b""))
+        if size > limit:
+            return messages, None
         if message["type"] != "http.request" or not message.get("more_body", False):
             break
     return messages, b"".join(m.get("body", b"") for m in messages if m["type"] == "http.request")

@@ -29,6 +29,12 @@ KEEP_ALIVE_S = 10.0
 
 IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=255)]
 
+#: The largest submission body: a job's params and labels are small (a data.query's SQL the longest), and a
+#: body is read whole before it is validated, so a bound keeps one request from taking the process's memory.
+#: `HotPaths` holds every submission to it (413 PAYLOAD_TOO_LARGE), before FastAPI reads a byte: FastAPI's
+#: own `max_body_size` answers in plain text, not the envelope.
+JOB_BODY_MAX_BYTES = 1024 * 1024
+
 
 @router.post(
     "",
@@ -42,7 +48,7 @@ IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_lengt
             "model": Envelope[JobObject],
             "headers": LOCATION,
         },
-        **errors(409, 415),
+        **errors(409, 413, 415),
     },
 )
 async def submit_job(
