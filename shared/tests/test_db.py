@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import pytest
 from pydantic import SecretStr
 from sqlalchemy import text
 
-from medialens_shared.db import Check, DatabaseManager, timed_check
+from medialens_shared.db import POSTGRES_GONE, Check, ConnectionLost, DatabaseManager, timed_check
 from medialens_shared.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -157,6 +158,55 @@ async def test_a_connection_the_server_terminated_is_replaced_at_checkout(
                 assert await conn.fetchval("SELECT 1") == 1
             async with manager.session() as session:
                 assert await session.scalar(text("SELECT 1")) == 1
+    finally:
+        await manager.close_all()
+
+
+async def test_a_bare_connection_killed_mid_statement_is_not_given_out_again(
+    settings: Settings, db: DatabaseManager, run_id: str
+) -> None:
+    """A backend killed while its bare connection runs a statement: the caller gets the server's error or
+    ConnectionLost (both outages, not bugs), and the connection is dropped, not handed on broken."""
+    name = f"killmid-{run_id}"
+    manager = DatabaseManager(settings, name=name)
+    await manager.initialize_all(wait_s=5)
+    try:
+
+        async def kill_soon(pid: int) -> None:
+            await asyncio.sleep(0.3)
+            async with db.connection() as admin:
+                assert await admin.fetchval("SELECT pg_terminate_backend($1)", pid)
+
+        with pytest.raises((*POSTGRES_GONE, ConnectionLost)):
+            async with manager.connection() as conn:
+                await asyncio.gather(conn.execute("SELECT pg_sleep(5)"), kill_soon(conn.get_server_pid()))
+        for _ in range(manager.pool_size + 1):
+            async with manager.connection() as conn:
+                assert await conn.fetchval("SELECT 1") == 1
+    finally:
+        await manager.close_all()
+
+
+async def test_bare_connections_the_server_just_ended_fail_as_an_outage(
+    settings: Settings, db: DatabaseManager, run_id: str
+) -> None:
+    """Backends killed while their connections sit in the pool, used at once (asyncpg may not have seen
+    their sockets close yet): each use works or fails as an outage (a 503 at the gateway), never with
+    asyncpg's own client error (a 500); then every connection works again."""
+    name = f"killidle-{run_id}"
+    manager = DatabaseManager(settings, name=name)
+    await manager.initialize_all(wait_s=5)
+    try:
+        async with db.connection() as admin:
+            kill = "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = $1"
+            assert await admin.fetchval(kill, f"medialens-{name}")
+        for _ in range(manager.pool_size + 1):
+            with contextlib.suppress(*POSTGRES_GONE, ConnectionLost):
+                async with manager.connection() as conn:
+                    await conn.fetchval("SELECT 1")
+        for _ in range(manager.pool_size + 1):
+            async with manager.connection() as conn:
+                assert await conn.fetchval("SELECT 1") == 1
     finally:
         await manager.close_all()
 

@@ -223,13 +223,32 @@ class DatabaseManager:
         For the gateway's hot paths, where one statement does: asyncpg directly costs a fraction of a
         session's CPU (no unit of work, no BEGIN and ROLLBACK round trips, no result machinery). JSONB
         columns come back as Python objects and go in as JSON text (SQLAlchemy's codecs on the connection).
-        A connection interrupted mid-statement is discarded rather than returned to the pool.
+        A connection interrupted mid-statement, or whose server ended it (its backend terminated, the server
+        shutting down), is discarded rather than returned to the pool: the next caller would get a
+        connection still waiting for the answer to a statement that never comes.
         """
         fairy = await self.engine.raw_connection()
+        driver: asyncpg.Connection = fairy.driver_connection
         try:
-            yield fairy.driver_connection
-        except asyncpg.PostgresError:
-            raise  # the server refused a statement; the connection itself is sound
+            yield driver
+        except asyncpg.PostgresError as exc:
+            if isinstance(exc, POSTGRES_GONE):
+                await greenlet_spawn(fairy.invalidate)
+            elif driver.is_closed():
+                await greenlet_spawn(fairy.invalidate)
+                raise ConnectionLost(f"PostgreSQL ended the connection: {exc}") from exc
+            raise  # else the server refused a statement; the connection itself is sound
+        except Exception as exc:
+            # A connection the server ended while it sat in the pool can be handed out before asyncpg has
+            # seen its socket close, its protocol stuck on the server's farewell: its first statement
+            # fails inside asyncpg. That, or any failure on a closed connection, is the server gone (what
+            # SQLAlchemy's asyncpg dialect calls a disconnect), not a bug. (Asked before the connection is
+            # discarded, which closes it.)
+            gone = isinstance(exc, asyncpg.InternalClientError) or driver.is_closed()
+            await greenlet_spawn(fairy.invalidate)
+            if gone:
+                raise ConnectionLost(f"PostgreSQL ended the connection: {exc}") from exc
+            raise
         except BaseException:
             await greenlet_spawn(fairy.invalidate)
             raise
@@ -265,6 +284,20 @@ class DatabaseManager:
             "in_use": self.mongo_pool.in_use,
         }
         return {"postgres": postgres, "redis": redis, "mongodb": mongodb}
+
+
+class ConnectionLost(ConnectionError):
+    """A bare connection (`DatabaseManager.connection`) that the server ended under its statement."""
+
+
+#: What asyncpg raises when the server ended a connection (or cannot take one): an outage, not a refusal.
+POSTGRES_GONE: tuple[type[asyncpg.PostgresError], ...] = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+)
 
 
 #: A pooled connection last checked out longer ago than this is pinged before use (a firewall may have

@@ -23,6 +23,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
+from medialens_shared.db import POSTGRES_GONE, ConnectionLost
 from medialens_shared.envelope import failure, success
 from medialens_shared.errors import ApiError, MethodNotAllowed, RequestValidationFailed
 
@@ -41,23 +42,13 @@ _STATUS_CODES = {
 }
 
 
-#: What asyncpg raises on a bare connection (`DatabaseManager.connection`) when the server is away.
-_POSTGRES_AWAY = (
-    asyncpg.PostgresConnectionError,
-    asyncpg.AdminShutdownError,
-    asyncpg.CrashShutdownError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.TooManyConnectionsError,
-)
-
-
 def dependency_outage(exc: BaseException) -> str | None:
     """The dependency a failure shows to be away (a 503, not a bug's 500), or None."""
     if isinstance(exc, OperationalError | InterfaceError | PoolTimeout) or (
         isinstance(exc, DBAPIError) and exc.connection_invalidated
     ):
         return "PostgreSQL"
-    if isinstance(exc, _POSTGRES_AWAY) or (
+    if isinstance(exc, (*POSTGRES_GONE, ConnectionLost)) or (
         isinstance(exc, asyncpg.InterfaceError) and "closed" in str(exc)  # as SQLAlchemy's is_disconnect
     ):
         return "PostgreSQL"
