@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import AsyncIterator
 
 import pytest
 from pydantic import SecretStr
@@ -139,27 +140,39 @@ async def test_pool_stats_count_mongodb_connections(settings: Settings, database
     assert manager.pool_stats()["mongodb"]["open"] == 0
 
 
+@contextlib.asynccontextmanager
+async def own_manager(settings: Settings, name: str) -> AsyncIterator[DatabaseManager]:
+    """A DatabaseManager of its own, its PostgreSQL connections named `medialens-<name>` (to be killed)."""
+    manager = DatabaseManager(settings, name=name)
+    await manager.initialize_all(wait_s=5)
+    try:
+        yield manager
+    finally:
+        await manager.close_all()
+
+
+async def kill_backends(db: DatabaseManager, name: str) -> int:
+    """Terminate the backends of `own_manager(..., name)`'s connections: how many."""
+    async with db.connection() as admin:
+        kill = "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = $1"
+        killed: int = await admin.fetchval(kill, f"medialens-{name}")
+    return killed
+
+
 async def test_a_connection_the_server_terminated_is_replaced_at_checkout(
     settings: Settings, db: DatabaseManager, run_id: str
 ) -> None:
     """Pooled connections whose backends were killed are replaced when next checked out: no error reaches
     the caller, through a session or a bare connection."""
     name = f"killcheck-{run_id}"
-    manager = DatabaseManager(settings, name=name)
-    await manager.initialize_all(wait_s=5)
-    try:
-        async with db.session() as admin:
-            kill = "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = :n"
-            killed = await admin.scalar(text(kill), {"n": f"medialens-{name}"})
-        assert killed
+    async with own_manager(settings, name) as manager:
+        assert await kill_backends(db, name)
         await asyncio.sleep(0.2)  # the servers' goodbyes reach the pooled connections
         for _ in range(manager.pool_size + 1):
             async with manager.connection() as conn:
                 assert await conn.fetchval("SELECT 1") == 1
             async with manager.session() as session:
                 assert await session.scalar(text("SELECT 1")) == 1
-    finally:
-        await manager.close_all()
 
 
 async def test_a_bare_connection_killed_mid_statement_is_not_given_out_again(
@@ -167,24 +180,19 @@ async def test_a_bare_connection_killed_mid_statement_is_not_given_out_again(
 ) -> None:
     """A backend killed while its bare connection runs a statement: the caller gets the server's error or
     ConnectionLost (both outages, not bugs), and the connection is dropped, not handed on broken."""
-    name = f"killmid-{run_id}"
-    manager = DatabaseManager(settings, name=name)
-    await manager.initialize_all(wait_s=5)
-    try:
 
-        async def kill_soon(pid: int) -> None:
-            await asyncio.sleep(0.3)
-            async with db.connection() as admin:
-                assert await admin.fetchval("SELECT pg_terminate_backend($1)", pid)
+    async def kill_soon(pid: int) -> None:
+        await asyncio.sleep(0.3)
+        async with db.connection() as admin:
+            assert await admin.fetchval("SELECT pg_terminate_backend($1)", pid)
 
+    async with own_manager(settings, f"killmid-{run_id}") as manager:
         with pytest.raises((*POSTGRES_GONE, ConnectionLost)):
             async with manager.connection() as conn:
                 await asyncio.gather(conn.execute("SELECT pg_sleep(5)"), kill_soon(conn.get_server_pid()))
         for _ in range(manager.pool_size + 1):
             async with manager.connection() as conn:
                 assert await conn.fetchval("SELECT 1") == 1
-    finally:
-        await manager.close_all()
 
 
 async def test_bare_connections_the_server_just_ended_fail_as_an_outage(
@@ -194,12 +202,8 @@ async def test_bare_connections_the_server_just_ended_fail_as_an_outage(
     their sockets close yet): each use works or fails as an outage (a 503 at the gateway), never with
     asyncpg's own client error (a 500); then every connection works again."""
     name = f"killidle-{run_id}"
-    manager = DatabaseManager(settings, name=name)
-    await manager.initialize_all(wait_s=5)
-    try:
-        async with db.connection() as admin:
-            kill = "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = $1"
-            assert await admin.fetchval(kill, f"medialens-{name}")
+    async with own_manager(settings, name) as manager:
+        assert await kill_backends(db, name)
         for _ in range(manager.pool_size + 1):
             with contextlib.suppress(*POSTGRES_GONE, ConnectionLost):
                 async with manager.connection() as conn:
@@ -207,8 +211,6 @@ async def test_bare_connections_the_server_just_ended_fail_as_an_outage(
         for _ in range(manager.pool_size + 1):
             async with manager.connection() as conn:
                 assert await conn.fetchval("SELECT 1") == 1
-    finally:
-        await manager.close_all()
 
 
 async def test_a_bare_connection_commits_each_statement_and_decodes_jsonb(
