@@ -79,6 +79,9 @@ DESCRIPTIONS: dict[str, str] = {
     "MEDIALENS_RELAY_BUSY_POLL_INTERVAL_S": "Seconds between two looks at the outbox after a round that "
     "published something (a burst of submissions is likely going on).",
     "MEDIALENS_RELAY_REAP_INTERVAL_S": "How often the relay looks for running jobs whose lease ran out.",
+    "MEDIALENS_RELAY_SENT_RETENTION_S": "How long a sent outbox entry is kept (its send time gives the relay "
+    "lag; handy when tracing a job) before the relay deletes it, so the table does not grow with every job "
+    "ever submitted; 0 keeps every entry.",
     "MEDIALENS_WEBHOOK_MAX_ATTEMPTS": "Tries of a webhook delivery that keeps meeting 408, 429, 5xx or "
     "network errors before it is marked failed (other 4xx fail at once).",
     "MEDIALENS_WEBHOOK_TIMEOUT_S": "Budget of one delivery try, in seconds: resolving the host, connecting, "

@@ -12,6 +12,7 @@ import httpx
 import pytest
 from sqlalchemy import select, update
 
+from medialens_gateway.relay import Relay
 from medialens_shared.bus import Topology, make_broker, queue_stats
 from medialens_shared.db import DatabaseManager
 from medialens_shared.jobstore import WORKER_DIED_HEADER
@@ -126,3 +127,34 @@ async def test_outbox_entries_are_marked_sent_once_confirmed(
     assert entries[0]["sent_at"] is not None
     assert entries[0]["delay_s"] == 0
     assert not entries[0]["dead"]
+
+
+async def test_sent_entries_are_deleted_once_past_their_retention(
+    stack: Stack, api: httpx.AsyncClient, db: DatabaseManager, video_id: str
+) -> None:
+    """A relay round deletes the entries sent longer ago than `relay.sent_retention_s`, and only those:
+    recently sent and unsent entries stay; with a retention of 0 nothing is deleted."""
+    sent = [await stack.held_job(api, "video.probe", video_id) for _ in range(3)]
+    ids = [job.job_id for job in sent]
+    long_ago, just_now = datetime.now(UTC) - timedelta(hours=2), datetime.now(UTC)
+    async with db.session() as session:
+        for job_id, sent_at in zip(ids, (long_ago, just_now, None), strict=True):
+            await session.execute(update(outbox).where(outbox.c.job_id == job_id).values(sent_at=sent_at))
+        await session.commit()
+
+    async def remaining() -> set[str]:
+        async with db.session() as session:
+            found = await session.scalars(select(outbox.c.job_id).where(outbox.c.job_id.in_(ids)))
+            return set(found)
+
+    keep_all = stack.settings.model_copy(
+        update={"relay": stack.settings.relay.model_copy(update={"sent_retention_s": 0})}
+    )
+    hour = stack.settings.model_copy(
+        update={"relay": stack.settings.relay.model_copy(update={"sent_retention_s": 3600})}
+    )
+    broker = make_broker(stack.settings, name="prune-test")
+    assert await Relay(settings=keep_all, db=db, broker=broker).prune() == 0
+    assert await remaining() == set(ids)
+    assert await Relay(settings=hour, db=db, broker=broker).prune() >= 1
+    assert await remaining() == {ids[1], ids[2]}

@@ -111,6 +111,8 @@ class RelaySettings(BaseModel):
     busy_poll_interval_s: float = Field(0.02, gt=0)
     #: How often the relay looks for running jobs whose lease ran out.
     reap_interval_s: float = Field(2.0, gt=0)
+    #: How long a sent outbox entry is kept before the relay deletes it; 0 keeps every entry.
+    sent_retention_s: float = Field(86400.0, ge=0)
 
 
 class WebhookSettings(BaseModel):

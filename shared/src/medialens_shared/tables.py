@@ -126,6 +126,7 @@ outbox = Table(
     Column("sent_at", DateTime(timezone=True)),
     _created_at(),
     Index("ix_outbox_unsent", "id", postgresql_where=text("sent_at IS NULL")),
+    Index("ix_outbox_sent", "sent_at", postgresql_where=text("sent_at IS NOT NULL")),
 )
 
 idempotency_keys = Table(

@@ -1,6 +1,7 @@
 """`medialens-relay`: keeps the bus in step with PostgreSQL.
 
-Four duties, each safe to run in several relays at once:
+Four duties, each safe to run in several relays at once (and sent outbox entries deleted once past
+`relay.sent_retention_s`):
 - Outbox: each round takes a batch of unsent entries with `FOR UPDATE SKIP LOCKED`, publishes them with
   publisher confirms (pipelined, then awaited), and marks the confirmed ones sent in the same
   transaction. A crash between a confirm and the commit publishes an entry twice, which the consumers
@@ -23,13 +24,14 @@ import logging
 import signal
 import socket
 import time
+from datetime import timedelta
 from typing import Any
 
 from faststream import AckPolicy
 from faststream.rabbit import RabbitBroker
 from faststream.rabbit.annotations import RabbitMessage
 from pydantic import ValidationError
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 
 from medialens_gateway.webhooks import Dispatcher
 from medialens_shared import jobstore, metrics, outbox
@@ -46,6 +48,10 @@ from medialens_shared.tables import outbox as outbox_table
 from medialens_shared.telemetry import attached, configure_tracing
 
 log = logging.getLogger(__name__)
+
+#: Sent outbox entries one reaping round deletes at most: at a few hundred jobs a second and a round every
+#: 2 s, enough to keep up, and to catch up after a change of the retention, without one long statement.
+PRUNE_BATCH = 5000
 
 
 class Relay:
@@ -94,6 +100,27 @@ class Relay:
                 )
             await session.commit()
         return len(sent)
+
+    async def prune(self) -> int:
+        """Delete up to `PRUNE_BATCH` entries sent longer than `relay.sent_retention_s` ago (none if it is
+        0); how many. Sent entries serve only the relay-lag figures and a look back at a job's message, and
+        one is written for every job: kept forever, the table would grow with every job ever submitted."""
+        keep_s = self.settings.relay.sent_retention_s
+        if not keep_s:
+            return 0
+        expired = (
+            select(outbox_table.c.id)
+            .where(outbox_table.c.sent_at < func.now() - timedelta(seconds=keep_s))
+            .limit(PRUNE_BATCH)
+            .with_for_update(skip_locked=True)  # several relays prune side by side without waiting
+        )
+        async with self.db.session() as session:
+            result = await session.execute(delete(outbox_table).where(outbox_table.c.id.in_(expired)))
+            await session.commit()
+        pruned: int = result.rowcount  # type: ignore[attr-defined]  # a CursorResult for a DELETE
+        if pruned:
+            log.debug("deleted %d outbox entries sent more than %.0f s ago", pruned, keep_s)
+        return pruned
 
     async def _publish(self, row: Any) -> None:
         # The publish span joins the trace of the request (or job) that wrote the entry.
@@ -187,6 +214,7 @@ class Relay:
                 if time.monotonic() >= next_reap:
                     next_reap = time.monotonic() + relay.reap_interval_s
                     await self.reap()
+                    await self.prune()
                     await metrics.sample_backlog(
                         broker=self.broker, topology=self.topology, db=self.db, services=SERVICES
                     )
