@@ -231,22 +231,18 @@ class DatabaseManager:
         driver: asyncpg.Connection = fairy.driver_connection
         try:
             yield driver
-        except asyncpg.PostgresError as exc:
-            if isinstance(exc, POSTGRES_GONE):
-                await greenlet_spawn(fairy.invalidate)
-            elif driver.is_closed():
-                await greenlet_spawn(fairy.invalidate)
-                raise ConnectionLost(f"PostgreSQL ended the connection: {exc}") from exc
-            raise  # else the server refused a statement; the connection itself is sound
         except Exception as exc:
             # A connection the server ended while it sat in the pool can be handed out before asyncpg has
             # seen its socket close, its protocol stuck on the server's farewell: its first statement
             # fails inside asyncpg. That, or any failure on a closed connection, is the server gone (what
             # SQLAlchemy's asyncpg dialect calls a disconnect), not a bug. (Asked before the connection is
             # discarded, which closes it.)
-            gone = isinstance(exc, asyncpg.InternalClientError) or driver.is_closed()
+            gone = isinstance(exc, POSTGRES_GONE)
+            lost = not gone and (isinstance(exc, asyncpg.InternalClientError) or driver.is_closed())
+            if isinstance(exc, asyncpg.PostgresError) and not (gone or lost):
+                raise  # the server refused a statement; the connection itself is sound
             await greenlet_spawn(fairy.invalidate)
-            if gone:
+            if lost:
                 raise ConnectionLost(f"PostgreSQL ended the connection: {exc}") from exc
             raise
         except BaseException:
