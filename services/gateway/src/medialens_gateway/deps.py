@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Annotated, TypeVar
 
 import svcs.fastapi
-from fastapi import Depends, Request
+from fastapi import Depends, FastAPI, Request
 from pymongo.asynchronous.database import AsyncDatabase
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -52,9 +52,10 @@ class CallerContext:
     settings: Settings
 
 
-def _registered(request: Request, svc_type: type[T]) -> T:
-    """A value of the registry: no container needed, a value has nothing to clean up after the request."""
-    return svcs.Container(svcs.fastapi.get_registry(request.app)).get(svc_type)
+def registered(app: FastAPI, svc_type: type[T]) -> T:
+    """A value of the running app's registry: no container needed, a value has nothing to clean up after
+    the request (`HotPaths` too takes `GatewayCore` from here)."""
+    return svcs.Container(svcs.fastapi.get_registry(app)).get(svc_type)
 
 
 async def _session(services: svcs.fastapi.DepContainer) -> AsyncSession:
@@ -71,41 +72,41 @@ async def caller_of(core: GatewayCore, headers: Mapping[str, str]) -> CallerCont
 
 async def _tenant(request: Request) -> Tenant:
     """The caller's tenant, which must be within its request rate."""
-    return (await caller_of(_registered(request, GatewayCore), request.headers)).tenant
+    return (await caller_of(registered(request.app, GatewayCore), request.headers)).tenant
 
 
 async def _caller(request: Request) -> CallerContext:
     """`_tenant` and the values a job route uses, in one dependency (FastAPI's cost is per dependency)."""
-    return await caller_of(_registered(request, GatewayCore), request.headers)
+    return await caller_of(registered(request.app, GatewayCore), request.headers)
 
 
 async def _settings(request: Request) -> Settings:
-    return _registered(request, Settings)
+    return registered(request.app, Settings)
 
 
 async def _files(request: Request) -> FileStore:
-    return _registered(request, FileStore)
+    return registered(request.app, FileStore)
 
 
 async def _signals(request: Request) -> JobSignals:
-    return _registered(request, JobSignals)
+    return registered(request.app, JobSignals)
 
 
 async def _db(request: Request) -> DatabaseManager:
-    return _registered(request, DatabaseManager)
+    return registered(request.app, DatabaseManager)
 
 
 async def _mongo(request: Request) -> AsyncDatabase[MongoDoc]:
-    database: AsyncDatabase[MongoDoc] = _registered(request, AsyncDatabase)
+    database: AsyncDatabase[MongoDoc] = registered(request.app, AsyncDatabase)
     return database
 
 
 async def _bus(request: Request) -> GatewayBus:
-    return _registered(request, GatewayBus)
+    return registered(request.app, GatewayBus)
 
 
 async def _hub(request: Request) -> EventHub:
-    return _registered(request, EventHub)
+    return registered(request.app, EventHub)
 
 
 DbSession = Annotated[AsyncSession, Depends(_session)]

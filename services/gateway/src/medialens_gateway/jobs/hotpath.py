@@ -26,13 +26,12 @@ import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-import svcs.fastapi
 from pydantic import ValidationError
 from starlette.datastructures import Headers
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from medialens_gateway.deps import CallerContext, GatewayCore, caller_of
+from medialens_gateway.deps import CallerContext, GatewayCore, caller_of, registered
 from medialens_gateway.envelope import api_error_response
 from medialens_gateway.jobs import routes
 from medialens_gateway.jobs.schemas import JobRequest
@@ -97,7 +96,7 @@ class HotPaths:
         )
 
     async def _answer(self, scope: Scope, receive: Receive, send: Send, call: Call) -> None:
-        core = svcs.Container(svcs.fastapi.get_registry(scope["app"])).get(GatewayCore)
+        core = registered(scope["app"], GatewayCore)
         try:
             response = await call(await caller_of(core, Headers(scope=scope)))
         except ApiError as exc:
