@@ -20,14 +20,18 @@ pytestmark = pytest.mark.integration
 PHASES = ("job claim", "job fetch_input", "job handler", "job store_result", "job finish")
 
 
-async def _trace_of(spans: InMemorySpanExporter, trace_id: int, *, needs: set[str]) -> list[ReadableSpan]:
-    """The finished spans of one trace, once every name in `needs` is among them (spans end after commits)."""
+async def _trace_of(
+    spans: InMemorySpanExporter, trace_id: int, *, needs: set[str], kinds: frozenset[SpanKind] = frozenset()
+) -> list[ReadableSpan]:
+    """The finished spans of one trace, once every name in `needs` and a span of each of `kinds` are among
+    them (spans end after commits; the consumer's ends after the job's last phase)."""
     deadline = time.monotonic() + 10
     while True:
         found = [
             s for s in spans.get_finished_spans() if s.context is not None and s.context.trace_id == trace_id
         ]
-        if needs <= {s.name for s in found} or time.monotonic() > deadline:
+        complete = needs <= {s.name for s in found} and kinds <= {s.kind for s in found}
+        if complete or time.monotonic() > deadline:
             return found
         await asyncio.sleep(0.05)
 
@@ -57,7 +61,8 @@ async def test_a_submitted_job_is_one_trace_from_request_to_worker(
     ]
     assert requests, [s.name for s in spans.get_finished_spans()]
     assert requests[-1].context is not None
-    found = await _trace_of(spans, requests[-1].context.trace_id, needs=set(PHASES))
+    trace_id = requests[-1].context.trace_id
+    found = await _trace_of(spans, trace_id, needs=set(PHASES), kinds=frozenset({SpanKind.CONSUMER}))
     names = [s.name for s in found]
 
     assert any(s.kind is SpanKind.PRODUCER and s.name.endswith(" publish") for s in found), names
