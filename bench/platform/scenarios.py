@@ -22,7 +22,7 @@ import numpy as np
 from redis.asyncio import Redis
 
 from bench.platform.httpload import Client, Figures, Request, all_at_once, fixed_rate, wrk
-from bench.platform.stack import API_KEY, Baseline, PeakSampler, Stack
+from bench.platform.stack import API_KEY, Baseline, CpuMeter, PeakSampler, Stack
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 JSON = AUTH | {"Content-Type": "application/json"}
@@ -417,6 +417,8 @@ async def pipeline_celery(baseline: Baseline, *, wav: Path, jobs: int, concurren
 async def pipeline_with_memory(
     run: Callable[[], Any], pids: dict[str, int]
 ) -> tuple[dict[str, Any], dict[str, float]]:
-    with PeakSampler(pids) as sampler:
+    with PeakSampler(pids) as sampler, CpuMeter(pids) as cpu:
         figures = await run()
+    figures["cpu_ms_per_job"] = cpu.per_job_ms(figures["jobs"])
+    print(f"pipeline cpu ms/job {figures['cpu_ms_per_job']}", flush=True)
     return figures, sampler.peaks

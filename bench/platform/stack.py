@@ -139,6 +139,59 @@ class PeakSampler:
         self._thread.join()
 
 
+#: The local servers by process name, whose CPU a pipeline's figures count beside the programs' own.
+SERVER_PROCESSES = {"postgres": "postgres", "rabbitmq": "beam.smp", "redis": "redis-server"}
+
+
+def cpu_s(pid: int) -> float:
+    """User plus system CPU seconds of `pid` and its live children (0 when it is gone)."""
+    total = 0.0
+    with contextlib.suppress(psutil.Error):
+        proc = psutil.Process(pid)
+        for member in (proc, *proc.children(recursive=True)):
+            with contextlib.suppress(psutil.Error):
+                times = member.cpu_times()
+                total += times.user + times.system
+    return total
+
+
+def server_cpu_s() -> dict[str, float]:
+    """CPU seconds so far of every process of each local server (PostgreSQL's backends come and go: a
+    backend that exited during a measurement is missed, which the pipeline's pools make rare)."""
+    totals = dict.fromkeys(SERVER_PROCESSES, 0.0)
+    by_process = {process: name for name, process in SERVER_PROCESSES.items()}
+    for proc in psutil.process_iter(["name", "cpu_times"]):
+        name = by_process.get(proc.info["name"] or "")
+        if name is not None and proc.info["cpu_times"] is not None:
+            totals[name] += proc.info["cpu_times"].user + proc.info["cpu_times"].system
+    return totals
+
+
+class CpuMeter:
+    """CPU milliseconds per job of each program and local server over a block: where a job's cost goes on
+    a machine whose cores every process shares (the pipeline's bound here is CPU, not waiting)."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self._start: dict[str, float] = {}
+        self.seconds: dict[str, float] = {}
+
+    def _now(self) -> dict[str, float]:
+        return {name: cpu_s(pid) for name, pid in self.pids.items()} | server_cpu_s()
+
+    def __enter__(self) -> Self:
+        self._start = self._now()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        end = self._now()
+        self.seconds = {name: end[name] - self._start.get(name, 0.0) for name in end}
+
+    def per_job_ms(self, jobs: int) -> dict[str, float]:
+        per_job = {name: round(1000 * s / jobs, 2) for name, s in self.seconds.items()}
+        return per_job | {"total": round(sum(per_job.values()), 2)}
+
+
 @dataclass
 class Stack:
     """The five MediaLens programs on this run's database, vhost, MongoDB database and Redis prefix."""
