@@ -10,6 +10,7 @@ import asyncio
 import json
 import os
 import signal
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -606,7 +607,13 @@ async def test_report_from_a_thread_publishes_progress(
 
 
 async def test_a_deleted_input_fails_input_not_found(
-    make_runner, new_job, new_file, tenant_id: str, db: DatabaseManager, store: FileStore
+    make_runner,
+    new_job,
+    new_file,
+    tenant_id: str,
+    db: DatabaseManager,
+    store: FileStore,
+    scratch_root: Path,
 ) -> None:
     """A file row marked deleted, or whose bytes are gone from GridFS, fails the job INPUT_NOT_FOUND."""
     deleted_row = await new_file(b"\x1a\x45\xdf\xa3 mkv", filename="a.mkv", deleted_at=utc_now())
@@ -630,6 +637,7 @@ async def test_a_deleted_input_fails_input_not_found(
         assert (row["status"], row["error_code"]) == ("failed", "INPUT_NOT_FOUND")
         assert message in row["error_message"]
     assert handler.contexts == []
+    assert entries(scratch_root) == []  # the directory made for the input went with it
 
 
 async def test_a_second_job_of_a_file_reads_it_from_the_cache_until_the_file_is_deleted(
@@ -740,6 +748,56 @@ async def test_cleanups_run_and_scratch_is_removed_after_a_failure(
     assert await deliver(runner, body_of(job_id, tenant_id)) == ["ack"]
     assert cleaned == [job_id]
     assert entries(scratch_root) == []
+
+
+async def test_a_job_that_never_asks_for_scratch_gets_its_input_and_no_scratch_directory(
+    make_runner, new_job, new_file, tenant_id: str, scratch_root: Path
+) -> None:
+    """The input sits alone in a directory of the job's own, under its upload's name; no scratch directory
+    is made unless the handler asks for one, and both are gone afterwards."""
+    file_id = await new_file(b"RIFF\x24\x00\x00\x00WAVEfmt ", filename="take 1.wav")
+    job_id = await new_job(file_id=file_id)
+    seen: dict[str, Any] = {}
+
+    def act(ctx: JobContext) -> None:
+        seen["input"] = ctx.require_input()
+        seen["during"] = sorted(path.relative_to(scratch_root) for path in scratch_root.rglob("*"))
+
+    runner = make_runner({"video.probe": Calls(act)})
+    assert await deliver(runner, body_of(job_id, tenant_id, file_id=file_id)) == ["ack"]
+    assert seen["input"].name == "take_1.wav"
+    assert seen["during"] == [Path(seen["input"].parent.name), seen["input"].relative_to(scratch_root)]
+    assert entries(scratch_root) == []
+
+
+def _thread_and_pid() -> tuple[int, int]:
+    return threading.get_ident(), os.getpid()
+
+
+async def test_light_cpu_work_runs_on_the_loops_thread_unless_isolated(
+    make_runner, new_job, tenant_id: str, db: DatabaseManager
+) -> None:
+    """`run_cpu(light=True)` runs on the event loop's thread, without the hop to a worker thread; heavy
+    work goes to a worker thread; a rerun of a job whose worker died runs even light work in a child."""
+    seen: dict[str, tuple[tuple[int, int], tuple[int, int]]] = {}
+
+    async def act(ctx: JobContext) -> None:
+        light = await ctx.run_cpu(_thread_and_pid, light=True)
+        heavy = await ctx.run_cpu(_thread_and_pid)
+        seen[ctx.job_id] = light, heavy
+
+    runner = make_runner({"video.probe": Calls(act)})
+    plain, rerun = await new_job(), await new_job()
+    assert await deliver(runner, body_of(plain, tenant_id)) == ["ack"]
+    marked = RecordedDelivery(headers={jobstore.WORKER_DIED_HEADER: "1"})
+    await runner.handle(body_of(rerun, tenant_id), marked)
+    here = threading.get_ident(), os.getpid()
+    light, heavy = seen[plain]
+    assert light == here
+    assert heavy[0] != here[0]
+    assert heavy[1] == here[1]
+    assert all(pid != os.getpid() for _, pid in seen[rerun])
+    assert {(await row_of(db, job_id))["status"] for job_id in (plain, rerun)} == {"succeeded"}
 
 
 async def test_a_job_past_its_time_limit_fails_timeout(

@@ -21,7 +21,7 @@ from medialens_shared.tasks import Handler, JobContext
 
 async def probe(ctx: JobContext) -> AudioProbeResult:
     await ctx.progress(0.1, "reading the audio stream's metadata", force=True)
-    return await ctx.run_cpu(probe_audio, ctx.require_input())
+    return await ctx.run_cpu(probe_audio, ctx.require_input(), light=True)  # a header and one frame
 
 
 async def loudness(ctx: JobContext) -> AudioLoudnessResult:

@@ -34,7 +34,7 @@ JPEG = "image/jpeg"
 
 async def probe(ctx: JobContext) -> VideoProbeResult:
     await ctx.progress(0.1, "reading the container's metadata", force=True)
-    return await ctx.run_cpu(probe_video, ctx.require_input())
+    return await ctx.run_cpu(probe_video, ctx.require_input(), light=True)  # a header and one frame
 
 
 async def scenes(ctx: JobContext) -> VideoScenesResult:
