@@ -20,7 +20,7 @@ from medialens_shared.tasks import Handler, JobContext
 
 
 async def probe(ctx: JobContext) -> AudioProbeResult:
-    await ctx.progress(0.1, "reading the audio stream's metadata", force=True)
+    """Milliseconds of work: its "running" (the claim's announce) is all the progress it reports."""
     return await ctx.run_cpu(probe_audio, ctx.require_input(), light=True)  # a header and one frame
 
 

@@ -33,7 +33,7 @@ JPEG = "image/jpeg"
 
 
 async def probe(ctx: JobContext) -> VideoProbeResult:
-    await ctx.progress(0.1, "reading the container's metadata", force=True)
+    """Milliseconds of work: its "running" (the claim's announce) is all the progress it reports."""
     return await ctx.run_cpu(probe_video, ctx.require_input(), light=True)  # a header and one frame
 
 
