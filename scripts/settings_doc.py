@@ -29,9 +29,9 @@ DESCRIPTIONS: dict[str, str] = {
     "MEDIALENS_ENVIRONMENT": "`production` refuses development defaults (guest broker account, default "
     "database URL) and skips the dev API keys.",
     "MEDIALENS_POSTGRES_URL": "SQLAlchemy URL of the PostgreSQL database (asyncpg driver).",
-    "MEDIALENS_POSTGRES_POOL_SIZE": "Connections each process keeps open; unset: gateway "
-    f"{_GATEWAY_POOL[0]}, relay {_RELAY_POOL[0]}, each service {WORKER_POOL_DEFAULT[0]} "
-    "(see Sizing the PostgreSQL pools).",
+    "MEDIALENS_POSTGRES_POOL_SIZE": "Connections each process keeps open, its sessions' pool and its bare "
+    f"statements' pool together; unset: gateway {_GATEWAY_POOL[0]}, relay {_RELAY_POOL[0]}, each service "
+    f"{WORKER_POOL_DEFAULT[0]} (see Sizing the PostgreSQL pools).",
     "MEDIALENS_POSTGRES_MAX_OVERFLOW": "Extra connections a process may open under load; unset: gateway "
     f"{_GATEWAY_POOL[1]}, relay {_RELAY_POOL[1]}, each service {WORKER_POOL_DEFAULT[1]}.",
     "MEDIALENS_POSTGRES_POOL_TIMEOUT": "Seconds to wait for a free pooled connection before failing.",

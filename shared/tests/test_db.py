@@ -7,9 +7,11 @@ import contextlib
 import time
 from collections.abc import AsyncIterator
 
+import asyncpg
 import pytest
 from pydantic import SecretStr
 from sqlalchemy import text
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from medialens_shared.db import POSTGRES_GONE, Check, ConnectionLost, DatabaseManager, timed_check
 from medialens_shared.settings import Settings
@@ -237,3 +239,100 @@ async def test_redis_key_and_collection(db: DatabaseManager, settings: Settings)
     collection = db.collection("results")
     assert collection.name == "results"
     assert collection.database.name == settings.mongodb.database
+
+
+# --- the bare pool --------------------------------------------------------------------------------------
+
+
+async def test_the_bare_pool_hands_the_same_connection_back_and_counts_it(
+    settings: Settings, run_id: str
+) -> None:
+    """A connection given back sound is the next one handed out (no new backend); the pool's figures
+    follow it out and back; the process's total keeps its budget, the bare share included."""
+    async with own_manager(settings, f"barereuse-{run_id}") as manager:
+        assert manager.bare.size == settings.postgres.bare_size_for(manager.name) >= 1
+        async with manager.connection() as conn:
+            first = conn.get_server_pid()
+            held = manager.pool_stats()
+            assert held["postgres_bare"]["checked_out"] == 1
+        async with manager.connection() as conn:
+            assert conn.get_server_pid() == first
+        idle = manager.pool_stats()
+        assert idle["postgres_bare"]["checked_out"] == 0
+        assert idle["postgres_bare"]["checked_in"] >= 1
+        assert idle["postgres"]["size"] == settings.postgres.pool_size
+
+
+async def test_a_refused_statement_keeps_the_connection_and_an_open_transaction_drops_it(
+    settings: Settings, db: DatabaseManager, run_id: str
+) -> None:
+    """The server refusing a statement leaves a sound connection, handed out again; one given back with a
+    transaction left open is terminated (its backend gone), never handed to the next caller."""
+    async with own_manager(settings, f"baretx-{run_id}") as manager:
+        refused = 0
+
+        async def divide_by_zero() -> None:
+            nonlocal refused
+            async with manager.connection() as conn:
+                refused = conn.get_server_pid()
+                await conn.fetchval("SELECT 1 / 0")
+
+        with pytest.raises(asyncpg.DivisionByZeroError):
+            await divide_by_zero()
+        async with manager.connection() as conn:
+            assert conn.get_server_pid() == refused
+            await conn.execute("BEGIN")  # and never ends it
+        async with manager.connection() as conn:
+            assert conn.get_server_pid() != refused
+            assert not conn.is_in_transaction()
+        async with db.connection() as admin:
+            alive = await admin.fetchval("SELECT count(*) FROM pg_stat_activity WHERE pid = $1", refused)
+        deadline = time.monotonic() + 2
+        while alive and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+            async with db.connection() as admin:
+                alive = await admin.fetchval("SELECT count(*) FROM pg_stat_activity WHERE pid = $1", refused)
+        assert alive == 0
+
+
+async def test_a_full_bare_pool_makes_the_next_caller_wait_then_time_out(
+    settings: Settings, run_id: str
+) -> None:
+    """With every bare connection in use the next caller waits for one given back; past the pool
+    timeout it gets SQLAlchemy's pool TimeoutError (a passing fault, 503 at the gateway)."""
+    quick = settings.model_copy(
+        update={"postgres": settings.postgres.model_copy(update={"pool_timeout": 0.3})}
+    )
+    async with own_manager(quick, f"barefull-{run_id}") as manager, contextlib.AsyncExitStack() as held:
+        for _ in range(manager.bare.size):
+            await held.enter_async_context(manager.connection())
+        started = time.monotonic()
+        with pytest.raises(PoolTimeout):
+            async with manager.connection():
+                pass
+        assert 0.25 < time.monotonic() - started < 3
+
+        async def give_one_back_soon() -> None:
+            await asyncio.sleep(0.1)
+            await held.aclose()
+
+        async def take_one() -> int:
+            async with manager.connection() as conn:
+                return int(await conn.fetchval("SELECT 1"))
+
+        assert (await asyncio.gather(take_one(), give_one_back_soon()))[0] == 1
+
+
+async def test_a_process_without_a_bare_share_refuses_bare_statements(
+    settings: Settings, database: str
+) -> None:
+    """The relay's budget goes to its sessions: asking it for a bare connection is a bug, said at once."""
+    relay = settings.model_copy(update={"postgres": settings.postgres.model_copy(update={"pool_size": 2})})
+    manager = DatabaseManager(relay, name="relay")
+    try:
+        assert manager.bare.size == 0
+        with pytest.raises(RuntimeError, match="no bare pool"):
+            async with manager.connection():
+                pass
+    finally:
+        await manager.close_all()

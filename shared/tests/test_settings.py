@@ -52,9 +52,10 @@ def test_a_field_name_with_underscores_keeps_them(monkeypatch: pytest.MonkeyPatc
     assert settings.environment == "test"
 
 
-def test_an_out_of_range_pool_size_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A pool size of 0 fails validation at start."""
-    monkeypatch.setenv("MEDIALENS_POSTGRES_POOL_SIZE", "0")
+@pytest.mark.parametrize("size", ["0", "1"])
+def test_an_out_of_range_pool_size_is_refused(monkeypatch: pytest.MonkeyPatch, size: str) -> None:
+    """A pool size below 2 (one connection for sessions, one for bare statements) fails at start."""
+    monkeypatch.setenv("MEDIALENS_POSTGRES_POOL_SIZE", size)
     with pytest.raises(ValidationError, match="pool_size"):
         Settings()
 
@@ -112,6 +113,18 @@ def test_a_pool_size_in_the_environment_applies_to_every_process(monkeypatch: py
     pg = Settings().postgres
     assert pg.pool_for("gateway") == pg.pool_for("video") == (10, 5)
     assert 5 * (pg.pool_size + pg.max_overflow) <= 90
+
+
+@pytest.mark.parametrize(
+    ("pool_size", "bare"),
+    [(None, {"gateway": 20, "relay": 0, "audio": 3}), (3, {"gateway": 2, "relay": 0, "audio": 1}),
+     (2, {"gateway": 1, "relay": 0, "audio": 1})],
+)  # fmt: skip
+def test_the_bare_pool_takes_its_share_of_the_pool_size(pool_size: int | None, bare: dict[str, int]) -> None:
+    """The bare pool takes its process's share of pool_size, rounded down, and always leaves the sessions
+    at least one: the process's budget stays pool_size + max_overflow."""
+    pg = Settings(postgres={"pool_size": pool_size}).postgres  # type: ignore[arg-type]
+    assert {process: pg.bare_size_for(process) for process in bare} == bare
 
 
 def test_ops_ports_default_per_process() -> None:

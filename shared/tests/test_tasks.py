@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 from pymongo.errors import ConnectionFailure as MongoConnectionFailure
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 
 from medialens_shared import jobstore, tasks
 from medialens_shared.contracts import (
@@ -892,9 +892,13 @@ async def test_a_result_is_written_while_the_success_holds_the_row_uncommitted(
     store, seen = runner._store_result, []
 
     async def look_then_store(message: JobMessage, result: BaseModel) -> None:
-        async with db.connection() as conn:
-            locked = "SELECT id FROM jobs WHERE id = $1 FOR UPDATE SKIP LOCKED"
-            seen.append((await conn.fetchval(locked, job_id), await conn.fetchval(STATUS, job_id)))
+        # From a session: the lone path holds this process's one bare connection (the tests' pool size).
+        async with db.session() as session:
+            locked = text("SELECT id FROM jobs WHERE id = :id FOR UPDATE SKIP LOCKED")
+            status = text("SELECT status FROM jobs WHERE id = :id")
+            seen.append(
+                (await session.scalar(locked, {"id": job_id}), await session.scalar(status, {"id": job_id}))
+            )
         await store(message, result)
 
     runner._store_result = look_then_store  # type: ignore[method-assign]
@@ -924,9 +928,6 @@ async def test_a_result_that_cannot_be_written_leaves_the_job_unfinished(
     assert (row["status"], row["worker"], row["finished_at"]) == ("queued", None, None)
     assert writes == [job_id, job_id]
     assert await db.collection("results").find_one({"_id": job_id}) is None
-
-
-STATUS = "SELECT status FROM jobs WHERE id = $1"
 
 
 def test_handlers_must_be_catalogued_job_types(make_runner) -> None:

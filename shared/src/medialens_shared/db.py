@@ -10,6 +10,7 @@ servers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -31,8 +32,9 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy import event, text
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
-from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection, QueuePool
+from sqlalchemy.pool import ConnectionPoolEntry, NullPool, PoolProxiedConnection, QueuePool
 from sqlalchemy.util import greenlet_spawn
 
 from medialens_shared import metrics, telemetry
@@ -108,16 +110,25 @@ class DatabaseManager:
         self.name = name
         pg = settings.postgres
         self.pool_size, self.max_overflow = pg.pool_for(name)
+        connect_args = {
+            "timeout": pg.connect_timeout,
+            "server_settings": {"application_name": f"medialens-{name}"},
+        }
+        bare_size = pg.bare_size_for(name)
         self.engine: AsyncEngine = create_async_engine(
             pg.url.get_secret_value(),
-            pool_size=self.pool_size,
+            pool_size=self.pool_size - bare_size,
             max_overflow=self.max_overflow,
             pool_timeout=pg.pool_timeout,
             pool_recycle=pg.pool_recycle,
-            connect_args={
-                "timeout": pg.connect_timeout,
-                "server_settings": {"application_name": f"medialens-{name}"},
-            },
+            connect_args=connect_args,
+        )
+        self.bare = BarePool(
+            create_async_engine(pg.url.get_secret_value(), poolclass=NullPool, connect_args=connect_args),
+            size=bare_size,
+            timeout_s=pg.pool_timeout,
+            recycle_s=pg.pool_recycle,
+            ping_idle=pg.pool_pre_ping,
         )
         if pg.pool_pre_ping:
             # SQLAlchemy's own pre-ping costs three round trips on every checkout with asyncpg (BEGIN, ping,
@@ -171,14 +182,14 @@ class DatabaseManager:
 
     async def _warm_up(self) -> None:
         """Open a few connections of each pool ahead of the first request, so it pays no connect."""
-        warm = min(self.pool_size, 4)
+        warm = min(self.pool_size - self.bare.size, 2)
 
         async def hold_one() -> None:
             async with self.engine.connect() as conn:
                 await conn.execute(text("SELECT 1"))
 
-        await asyncio.gather(*(hold_one() for _ in range(warm)))
-        await asyncio.gather(*(self.redis.ping() for _ in range(min(warm, 2))))
+        await asyncio.gather(*(hold_one() for _ in range(warm)), self.bare.warm(min(self.bare.size, 2)))
+        await asyncio.gather(*(self.redis.ping() for _ in range(2)))
 
     async def health_check_all(self) -> dict[str, Check]:
         """Ping every resource concurrently within the configured budget."""
@@ -190,6 +201,7 @@ class DatabaseManager:
 
     async def close_all(self) -> None:
         """Close every pool; safe to call twice."""
+        await self.bare.close()
         await self.engine.dispose()
         await self.mongo.close()
         await self.redis.aclose()
@@ -218,19 +230,21 @@ class DatabaseManager:
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[asyncpg.Connection]:
-        """A pooled asyncpg connection outside any transaction: each statement commits on its own.
+        """An asyncpg connection of the bare pool (`BarePool`), outside any transaction: each statement
+        commits on its own, unless the caller opens a transaction (`conn.transaction()`) around several.
 
-        For the gateway's hot paths, where one statement does: asyncpg directly costs a fraction of a
-        session's CPU (no unit of work, no BEGIN and ROLLBACK round trips, no result machinery). JSONB
-        columns come back as Python objects and go in as JSON text (SQLAlchemy's codecs on the connection).
-        A connection interrupted mid-statement, or whose server ended it (its backend terminated, the server
-        shutting down), is discarded rather than returned to the pool: the next caller would get a
-        connection still waiting for the answer to a statement that never comes.
+        For the hot paths, where one statement does: asyncpg directly costs a fraction of a session's CPU
+        (no unit of work, no BEGIN and ROLLBACK round trips, no result machinery). JSONB columns come back
+        as Python objects and go in as JSON text (SQLAlchemy's codecs on the connection). A connection
+        interrupted mid-statement, or whose server ended it (its backend terminated, the server shutting
+        down), is discarded rather than returned to the pool: the next caller would get a connection still
+        waiting for the answer to a statement that never comes.
         """
-        fairy = await self.engine.raw_connection()
-        driver: asyncpg.Connection = fairy.driver_connection
+        conn = await self.bare.acquire()
+        sound = False
         try:
-            yield driver
+            yield conn
+            sound = True
         except Exception as exc:
             # A connection the server ended while it sat in the pool can be handed out before asyncpg has
             # seen its socket close, its protocol stuck on the server's farewell: its first statement
@@ -238,18 +252,14 @@ class DatabaseManager:
             # SQLAlchemy's asyncpg dialect calls a disconnect), not a bug. (Asked before the connection is
             # discarded, which closes it.)
             gone = isinstance(exc, POSTGRES_GONE)
-            lost = not gone and (isinstance(exc, asyncpg.InternalClientError) or driver.is_closed())
-            if isinstance(exc, asyncpg.PostgresError) and not (gone or lost):
-                raise  # the server refused a statement; the connection itself is sound
-            await greenlet_spawn(fairy.invalidate)
+            lost = not gone and (isinstance(exc, asyncpg.InternalClientError) or conn.is_closed())
+            # The server refused a statement: the connection itself is sound.
+            sound = isinstance(exc, asyncpg.PostgresError) and not (gone or lost)
             if lost:
                 raise ConnectionLost(f"PostgreSQL ended the connection: {exc}") from exc
             raise
-        except BaseException:
-            await greenlet_spawn(fairy.invalidate)
-            raise
         finally:
-            await greenlet_spawn(fairy.close)  # in SQLAlchemy's greenlet: returning may close the connection
+            self.bare.release(conn, sound=sound)
 
     def collection(self, name: str) -> AsyncCollection[MongoDoc]:
         return self.mongo_db[name]
@@ -260,15 +270,13 @@ class DatabaseManager:
 
     def pool_stats(self) -> dict[str, dict[str, int]]:
         """Pool figures for metrics: PostgreSQL size/checked out/overflow, Redis and MongoDB connections."""
-        pool = self.engine.pool
-        postgres = {"size": 0, "checked_out": 0, "overflow": 0, "checked_in": 0}
+        pool, bare = self.engine.pool, self.bare
+        postgres = {"size": bare.size, "checked_out": bare.in_use, "overflow": 0, "checked_in": bare.idle}
         if isinstance(pool, QueuePool):
-            postgres = {
-                "size": pool.size(),
-                "checked_out": pool.checkedout(),
-                "overflow": max(pool.overflow(), 0),
-                "checked_in": pool.checkedin(),
-            }
+            postgres["size"] += pool.size()
+            postgres["checked_out"] += pool.checkedout()
+            postgres["overflow"] = max(pool.overflow(), 0)
+            postgres["checked_in"] += pool.checkedin()
         redis = {
             "max": self.redis_pool.max_connections,
             "created": len(self.redis_pool._available_connections) + len(self.redis_pool._in_use_connections),
@@ -279,7 +287,118 @@ class DatabaseManager:
             "open": self.mongo_pool.open,
             "in_use": self.mongo_pool.in_use,
         }
-        return {"postgres": postgres, "redis": redis, "mongodb": mongodb}
+        bare_figures = {"size": bare.size, "checked_out": bare.in_use, "checked_in": bare.idle}
+        return {"postgres": postgres, "postgres_bare": bare_figures, "redis": redis, "mongodb": mongodb}
+
+
+class BarePool:
+    """The asyncpg connections of `DatabaseManager.connection()`: statements that commit on their own.
+
+    Why not SQLAlchemy's pool, which sessions use: taking a connection from it and giving it back went
+    through greenlet switches, pool events and a reset for every statement, which on the gateway's
+    GET /v1/jobs/{id} was a third of the request's CPU (GET served 1.5 times as many requests with the
+    connections kept here; same stack, interleaved runs). Why not asyncpg's own pool: its release resets
+    each connection (a round trip: RESET ALL, UNLISTEN, CLOSE ALL, ...), which a connection that only runs
+    self-committing statements does not need.
+
+    What it keeps of a pool: at most `size` connections, opened when first needed (through SQLAlchemy's
+    dialect, so they have its JSON codecs), the most recently used handed out first; a wait of at most
+    `timeout_s` for one, then SQLAlchemy's pool TimeoutError, as sessions get; a connection idle for more
+    than `IDLE_PING_S` pinged before use, one older than `recycle_s` closed. A connection comes back only
+    when sound (the caller says so), open and outside a transaction; any other is terminated.
+    """
+
+    def __init__(
+        self, factory: AsyncEngine, *, size: int, timeout_s: float, recycle_s: int, ping_idle: bool
+    ) -> None:
+        self.size = size
+        self._factory = factory
+        self._timeout_s = timeout_s
+        self._recycle_s = recycle_s
+        self._ping_idle = ping_idle
+        self._slots = asyncio.Semaphore(size)
+        #: Idle connections with the time each was last given back, most recently used last.
+        self._idle: list[tuple[asyncpg.Connection, float]] = []
+        self._opened_at: dict[asyncpg.Connection, float] = {}
+        self._closed = False
+
+    @property
+    def idle(self) -> int:
+        return len(self._idle)
+
+    @property
+    def in_use(self) -> int:
+        return len(self._opened_at) - len(self._idle)
+
+    async def acquire(self) -> asyncpg.Connection:
+        if self._closed or not self.size:
+            raise RuntimeError("this process has no bare pool (closed, or none in its share): use a session")
+        if self._slots.locked():  # else the semaphore is taken at once, without a timer
+            try:
+                async with asyncio.timeout(self._timeout_s):
+                    await self._slots.acquire()
+            except TimeoutError as exc:
+                raise PoolTimeout(
+                    f"no bare PostgreSQL connection free within {self._timeout_s:.0f} s (size {self.size})"
+                ) from exc
+        else:
+            await self._slots.acquire()
+        try:
+            return await self._reuse() or await self._open()
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def release(self, conn: asyncpg.Connection, *, sound: bool) -> None:
+        if sound and not self._closed and not conn.is_closed() and not conn.is_in_transaction():
+            self._idle.append((conn, time.monotonic()))
+        else:
+            self._drop(conn)
+        self._slots.release()
+
+    async def warm(self, count: int) -> None:
+        """Open `count` connections ahead of the first statement."""
+        held = [await self.acquire() for _ in range(count)]
+        for conn in held:
+            self.release(conn, sound=True)
+
+    async def close(self) -> None:
+        """Close the idle connections; those in use are closed when given back. Safe to call twice."""
+        self._closed = True
+        idle, self._idle = self._idle, []
+        for conn, _ in idle:
+            self._opened_at.pop(conn, None)
+            with contextlib.suppress(Exception):
+                await conn.close(timeout=2)
+        await self._factory.dispose()
+
+    async def _reuse(self) -> asyncpg.Connection | None:
+        while self._idle:
+            conn, used_at = self._idle.pop()
+            now = time.monotonic()
+            if conn.is_closed() or 0 <= self._recycle_s < now - self._opened_at[conn]:
+                self._drop(conn)
+                continue
+            if self._ping_idle and now - used_at > IDLE_PING_S:
+                try:
+                    await conn.fetchval("SELECT 1", timeout=self._timeout_s)
+                except Exception as exc:  # any failure: a connection we cannot trust
+                    log.info("an idle bare connection did not answer a ping (%s); replacing it", exc)
+                    self._drop(conn)
+                    continue
+            return conn
+        return None
+
+    async def _open(self) -> asyncpg.Connection:
+        fairy = await self._factory.raw_connection()  # NullPool: a new connection with the dialect's setup
+        conn: asyncpg.Connection = fairy.driver_connection
+        await greenlet_spawn(fairy.detach)  # from here on this pool's own
+        self._opened_at[conn] = time.monotonic()
+        return conn
+
+    def _drop(self, conn: asyncpg.Connection) -> None:
+        self._opened_at.pop(conn, None)
+        conn.terminate()
 
 
 class ConnectionLost(ConnectionError):

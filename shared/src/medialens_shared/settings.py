@@ -10,10 +10,16 @@ gateway, which serves the requests, has the seed's 20 + 10; the relay needs 2 + 
 PostgreSQL's default `max_connections = 100`, leaving room for migrations, psql and a second gateway.
 `MEDIALENS_POSTGRES_POOL_SIZE` / `_MAX_OVERFLOW` set one size for every process that reads them; with
 replicas, keep `replicas * (pool_size + max_overflow)` summed over all deployments below `max_connections`.
+
+Within a process, `pool_size` is shared by its two pools: SQLAlchemy's, for sessions, and the bare pool of
+single statements (`DatabaseManager.connection`), which takes `BARE_SHARES` of it (the gateway two thirds:
+its job reads, lists and submissions are bare statements; a service half: a job's claim and end; the relay
+none, it only uses sessions). The overflow stays with the sessions. The sum is the same budget.
 """
 
 from __future__ import annotations
 
+from fractions import Fraction
 from typing import Literal, Self
 
 from pydantic import BaseModel, Field, SecretStr, model_validator
@@ -29,13 +35,17 @@ Environment = Literal["development", "test", "production"]
 #: 8 light jobs at once, its 4 + 2 opened and closed an overflow connection every few jobs.
 POOL_DEFAULTS: dict[str, tuple[int, int]] = {"gateway": (30, 0), "relay": (2, 2)}
 WORKER_POOL_DEFAULT = (6, 0)
+#: The share of each process's `pool_size` that its bare pool takes (rounded down; the sessions keep one).
+BARE_SHARES: dict[str, Fraction] = {"gateway": Fraction(2, 3), "relay": Fraction(0)}
+WORKER_BARE_SHARE = Fraction(1, 2)
 
 
 class PostgresSettings(BaseModel):
     url: SecretStr = SecretStr("postgresql+asyncpg://postgres@127.0.0.1:5432/medialens")
-    #: None: the process's default from POOL_DEFAULTS (gateway 30, relay 2, each service 4).
-    pool_size: int | None = Field(None, ge=1, le=200)
-    #: None: the process's default from POOL_DEFAULTS (gateway 0, relay 2, each service 2).
+    #: None: the process's default from POOL_DEFAULTS (gateway 30, relay 2, each service 6); the bare pool
+    #: takes its `BARE_SHARES` of it.
+    pool_size: int | None = Field(None, ge=2, le=200)  # at least one for sessions, one for bare statements
+    #: None: the process's default from POOL_DEFAULTS (gateway 0, relay 2, each service 0).
     max_overflow: int | None = Field(None, ge=0, le=200)
     pool_timeout: float = Field(30.0, gt=0)
     pool_recycle: int = Field(3600, ge=-1)
@@ -49,6 +59,12 @@ class PostgresSettings(BaseModel):
             size if self.pool_size is None else self.pool_size,
             overflow if self.max_overflow is None else self.max_overflow,
         )
+
+    def bare_size_for(self, process: str) -> int:
+        """How many of `process`'s `pool_size` connections its bare pool takes (`BARE_SHARES`)."""
+        size, _ = self.pool_for(process)
+        share = BARE_SHARES.get(process, WORKER_BARE_SHARE)
+        return min(int(size * share), size - 1)
 
 
 class MongoSettings(BaseModel):
