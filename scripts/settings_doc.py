@@ -108,13 +108,15 @@ DESCRIPTIONS: dict[str, str] = {
     "MEDIALENS_WORKER_CONSUMER_LOST_S": "A service whose consumer stays gone this long (the client did not "
     "restore it) stops and exits with code 75, for its orchestrator to start a fresh one.",
     "MEDIALENS_WORKER_PROGRESS_INTERVAL_S": "Minimum seconds between two progress writes of one job.",
-    "MEDIALENS_WORKER_SCRATCH_DIR": "Where a job's input is copied while it runs (default: the system's "
-    "temporary directory); removed afterwards.",
+    "MEDIALENS_WORKER_SCRATCH_DIR": "Where a job's scratch directory is made, and its input copied for it "
+    "alone when the input cache does not keep it (larger than the cache, or not matching its hash); both "
+    "removed when the job ends (default: the system's temporary directory).",
     "MEDIALENS_WORKER_INPUT_CACHE_BYTES": "Disk space for job inputs kept by content hash, so that a file "
-    "analysed again is not read from GridFS again (least recently used out); 0 keeps none.",
+    "analysed again is not read from GridFS again (least recently used out; an input a running job reads "
+    "stays, so the cache may hold more meanwhile); 0 keeps none.",
     "MEDIALENS_WORKER_INPUT_CACHE_DIR": "Where those inputs are kept, in a directory of the process removed "
-    "at its stop (default: the system's temporary directory); on the scratch directory's file system a "
-    "job's copy is a hard link, elsewhere a copy.",
+    "at its stop (default: the system's temporary directory); jobs read their input there, in place, "
+    "under their upload's name (a hard link per name).",
     "MEDIALENS_WORKER_LEASE_S": "How long a claimed job stays its worker's without a heartbeat (beats come "
     "every third of it); a job whose worker died runs again within this plus the relay's reap interval.",
     "MEDIALENS_WORKER_MAX_ATTEMPTS": "Tries of a job that keeps meeting passing faults before it fails with "

@@ -7,6 +7,7 @@ tests settle real deliveries on the real broker.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import signal
@@ -115,6 +116,23 @@ def body_of(job_id: str, tenant_id: str, *, job_type: str = "video.probe", file_
 
 def entries(directory: Path) -> list[Path]:
     return list(directory.iterdir())
+
+
+def tree(root: Path) -> list[str]:
+    """Every file and directory under `root` (the scratch directory and the input cache's), relative."""
+    return sorted(str(path.relative_to(root)) for path in root.rglob("*"))
+
+
+def kept_inputs(tmp_path: Path) -> list[str]:
+    """The input cache's kept files, as `<sha256>/<name>` (its directory is made by its first fetch)."""
+    kept = []
+    for cache in tmp_path.glob("medialens-inputs-*"):
+        kept += [str(path.relative_to(cache)) for path in cache.rglob("*") if path.is_file()]
+    return sorted(kept)
+
+
+def sha256_of(content: bytes) -> str:
+    return hashlib.sha256(content).hexdigest()
 
 
 async def row_of(db: DatabaseManager, job_id: str) -> jobstore.JobRow:
@@ -614,6 +632,7 @@ async def test_a_deleted_input_fails_input_not_found(
     db: DatabaseManager,
     store: FileStore,
     scratch_root: Path,
+    tmp_path: Path,
 ) -> None:
     """A file row marked deleted, or whose bytes are gone from GridFS, fails the job INPUT_NOT_FOUND."""
     deleted_row = await new_file(b"\x1a\x45\xdf\xa3 mkv", filename="a.mkv", deleted_at=utc_now())
@@ -637,7 +656,8 @@ async def test_a_deleted_input_fails_input_not_found(
         assert (row["status"], row["error_code"]) == ("failed", "INPUT_NOT_FOUND")
         assert message in row["error_message"]
     assert handler.contexts == []
-    assert entries(scratch_root) == []  # the directory made for the input went with it
+    assert entries(scratch_root) == []
+    assert kept_inputs(tmp_path) == []  # the part fetched of the gone bytes went with it
 
 
 async def test_a_second_job_of_a_file_reads_it_from_the_cache_until_the_file_is_deleted(
@@ -751,23 +771,192 @@ async def test_cleanups_run_and_scratch_is_removed_after_a_failure(
 
 
 async def test_a_job_that_never_asks_for_scratch_gets_its_input_and_no_scratch_directory(
-    make_runner, new_job, new_file, tenant_id: str, scratch_root: Path
+    make_runner, new_job, new_file, tenant_id: str, scratch_root: Path, tmp_path: Path
 ) -> None:
-    """The input sits alone in a directory of the job's own, under its upload's name; no scratch directory
-    is made unless the handler asks for one, and both are gone afterwards."""
-    file_id = await new_file(b"RIFF\x24\x00\x00\x00WAVEfmt ", filename="take 1.wav")
+    """The job reads its input where the input cache keeps it, `<cache dir>/<sha256>/<upload name made
+    safe>`; nothing is made under the scratch directory unless the handler asks for scratch, and what the
+    job had there is gone afterwards, while the kept copy stays for the next job."""
+    content = b"RIFF\x24\x00\x00\x00WAVEfmt "
+    file_id = await new_file(content, filename="take 1.wav")
     job_id = await new_job(file_id=file_id)
     seen: dict[str, Any] = {}
 
     def act(ctx: JobContext) -> None:
         seen["input"] = ctx.require_input()
-        seen["during"] = sorted(path.relative_to(scratch_root) for path in scratch_root.rglob("*"))
+        seen["scratch during"] = tree(scratch_root)
 
     runner = make_runner({"video.probe": Calls(act)})
     assert await deliver(runner, body_of(job_id, tenant_id, file_id=file_id)) == ["ack"]
     assert seen["input"].name == "take_1.wav"
-    assert seen["during"] == [Path(seen["input"].parent.name), seen["input"].relative_to(scratch_root)]
+    assert seen["input"].parent.name == sha256_of(content)
+    assert seen["input"].parent.parent.parent == tmp_path
+    assert seen["scratch during"] == []
     assert entries(scratch_root) == []
+    assert kept_inputs(tmp_path) == [f"{sha256_of(content)}/take_1.wav"]
+    assert seen["input"].read_bytes() == content
+
+
+async def test_a_second_job_of_the_same_file_and_name_makes_nothing_on_disk(
+    make_runner, new_job, new_file, tenant_id: str, db: DatabaseManager, tmp_path: Path
+) -> None:
+    """A second job of a kept file under the same name is given the very file the first one read: not a
+    file or directory more under the scratch directory or the cache's while it runs, or after."""
+    content = b"RIFF\x24\x00\x00\x00WAVEfmt second"
+    file_id = await new_file(content, filename="take.wav")
+    seen: list[tuple[Path, int, list[str]]] = []
+
+    def act(ctx: JobContext) -> None:
+        path = ctx.require_input()
+        seen.append((path, path.stat().st_ino, tree(tmp_path)))
+
+    runner = make_runner({"video.probe": Calls(act)})
+    for _ in range(2):
+        job_id = await new_job(file_id=file_id)
+        assert await deliver(runner, body_of(job_id, tenant_id, file_id=file_id)) == ["ack"]
+        assert (await row_of(db, job_id))["status"] == "succeeded"
+    (first, first_inode, first_disk), (second, second_inode, second_disk) = seen
+    assert (second, second_inode) == (first, first_inode)
+    assert second_disk == first_disk
+    assert tree(tmp_path) == first_disk
+    assert kept_inputs(tmp_path) == [f"{sha256_of(content)}/take.wav"]
+
+
+async def test_another_name_for_the_same_bytes_is_a_second_link_in_their_directory(
+    make_runner, new_job, new_file, tenant_id: str, db: DatabaseManager, tmp_path: Path
+) -> None:
+    """Two uploads of the same bytes under different names: the second job sees its own upload's name, a
+    hard link added next to the first in the bytes' directory (the data service names its outputs after
+    it), and the bytes are kept once."""
+    content = b"region,amount\nnorth,1\n"
+    first_file = await new_file(content, filename="sales.csv")
+    second_file = await new_file(content, filename="sales copy.csv")
+    seen: list[tuple[Path, bytes, int]] = []
+
+    def act(ctx: JobContext) -> None:
+        path = ctx.require_input()
+        seen.append((path, path.read_bytes(), path.stat().st_nlink))
+
+    runner = make_runner({"video.probe": Calls(act)})
+    for file_id in (first_file, second_file):
+        job_id = await new_job(file_id=file_id)
+        assert await deliver(runner, body_of(job_id, tenant_id, file_id=file_id)) == ["ack"]
+        assert (await row_of(db, job_id))["status"] == "succeeded"
+    (first, first_bytes, first_links), (second, second_bytes, second_links) = seen
+    assert (first.name, second.name) == ("sales.csv", "sales_copy.csv")
+    assert second.parent == first.parent
+    assert (first_bytes, second_bytes) == (content, content)
+    assert (first_links, second_links) == (1, 2)
+    assert first.stat().st_ino == second.stat().st_ino
+    assert kept_inputs(tmp_path) == [
+        f"{sha256_of(content)}/sales.csv",
+        f"{sha256_of(content)}/sales_copy.csv",
+    ]
+    assert runner.inputs.used_bytes == len(content)
+
+
+async def test_an_input_a_running_job_reads_is_not_evicted_and_goes_once_the_job_ends(
+    make_runner, new_job, new_file, tenant_id: str, db: DatabaseManager, tmp_path: Path
+) -> None:
+    """A job's input stays while the job runs though the cache goes over its bound meanwhile (another
+    job's input came in); it goes when its job ends, the cache still over its bound then."""
+    older, newer = b"\x01" * 200, b"\x02" * 100  # 300 bytes together, over the bound of 250
+    older_file = await new_file(older, filename="older.wav")
+    newer_file = await new_file(newer, filename="newer.wav")
+    older_has_input, newer_looked, older_ended = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    seen: dict[str, Any] = {}
+
+    async def act(ctx: JobContext) -> None:
+        path = ctx.require_input()
+        if path.name == "older.wav":
+            seen["older"] = path
+            older_has_input.set()
+            await newer_looked.wait()
+        else:
+            seen["older during"] = seen["older"].read_bytes()
+            seen["kept during"] = kept_inputs(tmp_path)
+            seen["used during"] = runner.inputs.used_bytes
+            newer_looked.set()
+            await older_ended.wait()
+            seen["older after"] = seen["older"].parent.exists()
+
+    runner = make_runner({"video.probe": Calls(act)}, input_cache_bytes=250)
+    older_job = await new_job(file_id=older_file)
+    newer_job = await new_job(file_id=newer_file)
+
+    async def run_older() -> None:
+        await deliver(runner, body_of(older_job, tenant_id, file_id=older_file))
+        older_ended.set()
+
+    async def run_newer() -> None:
+        await older_has_input.wait()
+        await deliver(runner, body_of(newer_job, tenant_id, file_id=newer_file))
+
+    await asyncio.wait_for(asyncio.gather(run_older(), run_newer()), 20)
+    assert seen["older during"] == older
+    assert seen["kept during"] == [f"{sha256_of(older)}/older.wav", f"{sha256_of(newer)}/newer.wav"]
+    assert seen["used during"] == 300
+    assert seen["older after"] is False
+    assert kept_inputs(tmp_path) == [f"{sha256_of(newer)}/newer.wav"]
+    assert runner.inputs.used_bytes == 100
+    assert [(await row_of(db, job))["status"] for job in (older_job, newer_job)] == ["succeeded"] * 2
+
+
+@pytest.mark.parametrize("ending", ["failed", "timed out"])
+async def test_a_job_releases_its_input_however_it_ends(
+    make_runner, new_job, new_file, tenant_id: str, db: DatabaseManager, tmp_path: Path, ending: str
+) -> None:
+    """A job that fails or runs past its limit no longer holds its input: the next job's input, taking
+    the cache over its bound, evicts it."""
+    first, second = b"\x03" * 200, b"\x04" * 100
+    first_file = await new_file(first, filename="first.wav")
+    second_file = await new_file(second, filename="second.wav")
+
+    async def act(ctx: JobContext) -> None:
+        if ctx.require_input().name == "first.wav":
+            if ending == "failed":
+                raise MediaDecodeError("bad frame")
+            await asyncio.sleep(10)
+
+    runner = make_runner({"video.probe": Calls(act)}, input_cache_bytes=250, job_timeout_s=0.3)
+    first_job = await new_job(file_id=first_file)
+    delivered = deliver(runner, body_of(first_job, tenant_id, file_id=first_file))
+    assert await asyncio.wait_for(delivered, 5) == ["ack"]
+    assert (await row_of(db, first_job))["error_code"] == (
+        "MEDIA_DECODE_ERROR" if ending == "failed" else "TIMEOUT"
+    )
+    assert kept_inputs(tmp_path) == [f"{sha256_of(first)}/first.wav"]
+    second_job = await new_job(file_id=second_file)
+    assert await deliver(runner, body_of(second_job, tenant_id, file_id=second_file)) == ["ack"]
+    assert kept_inputs(tmp_path) == [f"{sha256_of(second)}/second.wav"]
+    assert runner.inputs.used_bytes == 100
+
+
+async def test_an_input_over_the_cache_bound_sits_in_a_directory_of_the_job_gone_afterwards(
+    make_runner, new_job, new_file, tenant_id: str, db: DatabaseManager, scratch_root: Path, tmp_path: Path
+) -> None:
+    """A file larger than the input cache is copied for its job alone, into a directory of its own under
+    the scratch directory (named after the job), and removed with it; the cache keeps nothing of it."""
+    content = b"\x1a\x45\xdf\xa3" + b"L" * 400
+    file_id = await new_file(content, filename="big one.mkv")
+    job_id = await new_job(file_id=file_id)
+    seen: dict[str, Any] = {}
+
+    def act(ctx: JobContext) -> None:
+        path = ctx.require_input()
+        seen["input"], seen["bytes"], seen["scratch during"] = path, path.read_bytes(), tree(scratch_root)
+
+    runner = make_runner({"video.probe": Calls(act)}, input_cache_bytes=250)
+    assert await deliver(runner, body_of(job_id, tenant_id, file_id=file_id)) == ["ack"]
+    assert (await row_of(db, job_id))["status"] == "succeeded"
+    path: Path = seen["input"]
+    assert seen["bytes"] == content
+    assert path.name == "big_one.mkv"
+    assert path.parent.parent == scratch_root
+    assert path.parent.name.startswith(f"input-{job_id}-1-")
+    assert seen["scratch during"] == [path.parent.name, f"{path.parent.name}/big_one.mkv"]
+    assert entries(scratch_root) == []
+    assert kept_inputs(tmp_path) == []
+    assert runner.inputs.used_bytes == 0
 
 
 def _thread_and_pid() -> tuple[int, int]:

@@ -156,13 +156,16 @@ class WorkerSettings(BaseModel):
     http_host: str = "127.0.0.1"
     #: Minimum seconds between two progress writes of one job.
     progress_interval_s: float = Field(0.5, ge=0)
-    #: Where a job's input is copied from GridFS while it runs; removed afterwards.
+    #: Where a job's scratch directory is made, and its input copied from GridFS for it alone when the
+    #: input cache does not keep it (larger than `input_cache_bytes`, or not matching its hash); both
+    #: removed when the job ends. None: the system's temporary directory.
     scratch_dir: str | None = None
     #: Disk space for inputs kept by content hash, so that a file analysed again is not read from GridFS
-    #: again (`medialens_shared.inputcache`); 0 keeps none.
+    #: again (`medialens_shared.inputcache`; more while running jobs hold more); 0 keeps none.
     input_cache_bytes: int = Field(512 * 2**20, ge=0)
-    #: Where those inputs are kept (a directory of this process, removed at its stop); None: the system's
-    #: temporary directory. On the file system of `scratch_dir`, a job's copy is a hard link.
+    #: Where those inputs are kept (a directory of this process, removed at its stop), a directory per
+    #: hash holding the file under each upload name jobs asked for (hard links); jobs read their input
+    #: there, in place. None: the system's temporary directory.
     input_cache_dir: str | None = None
     #: How long a claimed job stays its worker's without a heartbeat (beats come every third of it);
     #: a job whose worker died runs again within this plus the relay's reap interval.

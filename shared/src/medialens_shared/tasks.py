@@ -3,9 +3,10 @@
 A handler is a plain async function `(ctx) -> result model`. The context lets it report progress
 (throttled, stored in Redis and published to listeners), check for cancellation (also from a worker
 thread), run CPU-heavy work off the event loop that talks to RabbitMQ, log with the job's context, and
-register cleanups. Its input file is already on the worker's disk (a hard link to the input cache's
-copy, in a directory of the job's own), and a scratch directory is made for it the first time it asks;
-both are removed afterwards.
+register cleanups. Its input file is already on the worker's disk, for reading only: the input cache's
+kept copy itself, under the upload's name and pinned while the job runs (a file the cache cannot keep is
+copied for the job alone and removed afterwards). A scratch directory is made for it the first time it
+asks, and removed afterwards.
 
 `JobRunner.handle` decides everything around the handler in one place:
 
@@ -36,8 +37,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import re
-import secrets
 import shutil
 import socket
 import tempfile
@@ -88,8 +87,6 @@ FINISH_RETRY_PAUSES_S = (0.2, 0.4, 0.8, 1.6)
 #: The field of a result document counting how often it was written (1, unless a job ran twice).
 RESULT_WRITES = "writes"
 
-_UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
-
 #: The column of a claimed row that describes its input file (see `_INPUT_FILE`).
 INPUT_FILE = "input_file"
 
@@ -136,6 +133,7 @@ class JobContext:
     tenant_id: str
     attempt: int
     params: BaseModel
+    #: The job's input file, to be read only (see `require_input`).
     input_path: Path | None
     log: logging.LoggerAdapter[logging.Logger]
     _runner: JobRunner
@@ -187,7 +185,11 @@ class JobContext:
         return self._runner.settings
 
     def require_input(self) -> Path:
-        """The local copy of the job's input file."""
+        """The job's input file on the worker's disk, under its upload's name (made safe).
+
+        Read it; never write, move or delete it: it is the input cache's kept copy, which other jobs of the
+        same bytes read too (`medialens_shared.inputcache`). Write what the job makes to `scratch`.
+        """
         if self.input_path is None:
             raise InputNotFound(f"{self.job_type} needs an input file, and this job has none")
         return self.input_path
@@ -273,7 +275,10 @@ class JobRunner:
         self.worker_id = f"{self.name_prefix}{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.lease = timedelta(seconds=settings.worker.lease_s)
         self.inputs = InputCache(
-            store, max_bytes=settings.worker.input_cache_bytes, parent_dir=settings.worker.input_cache_dir
+            store,
+            max_bytes=settings.worker.input_cache_bytes,
+            parent_dir=settings.worker.input_cache_dir,
+            scratch_dir=settings.worker.scratch_dir,
         )
         #: Jobs this runner claimed and then ended, whatever their outcome.
         self.jobs_ended = 0
@@ -475,8 +480,9 @@ class JobRunner:
             async with ctx._cleanups:
                 if message.file_id is not None:
                     with job_phase("fetch_input", **phase):
-                        ctx.input_path = await self._fetch_input(message, row)
-                        ctx._cleanups.callback(_remove_input, ctx.input_path)
+                        # Pinned in the cache until the job ends, whichever way it ends.
+                        use = self._use_input(message, row)
+                        ctx.input_path = await ctx._cleanups.enter_async_context(use)
                 with job_phase("handler", **phase):
                     async with deadline:
                         result = await handler(ctx)
@@ -490,30 +496,21 @@ class JobRunner:
                 await asyncio.to_thread(shutil.rmtree, ctx._scratch, True)
         return spec.result.model_validate(result.model_dump())
 
-    async def _fetch_input(self, message: JobMessage, row: jobstore.JobRow) -> Path:
+    def _use_input(
+        self, message: JobMessage, row: jobstore.JobRow
+    ) -> contextlib.AbstractAsyncContextManager[Path]:
+        """The job's input from the cache (see `InputCache.use`), under its upload's name, so what a job
+        names after its input reads well."""
         stored = row[INPUT_FILE]
         if stored is None:
             raise InputNotFound(f"the input file {message.file_id} was deleted before the job ran")
-        # The copy keeps the upload's name (made safe), so what a job names after its input reads well.
-        name = _UNSAFE_NAME.sub("_", Path(stored["filename"]).name)[-120:].lstrip(".") or "input"
-        # A directory of the job's own keeps that name; made and removed here, on the loop's thread (two
-        # system calls each way: a light job's scratch directory, made and removed in a worker thread,
-        # was a tenth of its worker's time).
-        directory = Path(self.settings.worker.scratch_dir or tempfile.gettempdir())
-        directory /= f"input-{message.job_id}-{row['attempts']}-{secrets.token_hex(4)}"
-        directory.mkdir()
-        path = directory / name
-        try:
-            await self.inputs.place(
-                storage_id=stored["storage_id"],
-                sha256=stored["sha256"],
-                size_bytes=stored["size_bytes"],
-                path=path,
-            )
-        except BaseException:
-            _remove_input(path)
-            raise
-        return path
+        return self.inputs.use(
+            storage_id=stored["storage_id"],
+            sha256=stored["sha256"],
+            size_bytes=stored["size_bytes"],
+            name=stored["filename"],
+            job=f"{message.job_id}-{row['attempts']}",
+        )
 
     async def save_artifact(
         self, content: bytes | Path, *, tenant_id: str, job_id: str, filename: str, content_type: str
@@ -764,13 +761,6 @@ _INPUT_FILE = (
     .scalar_subquery()
     .label(INPUT_FILE)
 )
-
-
-def _remove_input(path: Path) -> None:
-    """Remove a job's input (a link, or a copy) and its directory; whatever else is there stays."""
-    path.unlink(missing_ok=True)
-    with contextlib.suppress(OSError):
-        path.parent.rmdir()
 
 
 async def _file_chunks(path: Path) -> AsyncIterator[bytes]:
