@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import subprocess
 import sys
@@ -73,3 +74,22 @@ async def test_the_trimmer_trims_once_per_interval_and_only_after_a_job_ended() 
 async def test_a_zero_interval_never_trims() -> None:
     trimmer = memtrim.MemoryTrimmer(lambda: 1, interval_s=0)
     await asyncio.wait_for(trimmer.run(asyncio.Event()), 1)  # returns at once
+
+
+def _collectable(thing: object) -> bool:
+    """Whether the collector's passes reach `thing` (frozen objects are in no generation)."""
+    return any(candidate is thing for candidate in gc.get_objects())
+
+
+def test_the_startup_heap_is_frozen_for_the_block_and_thawed_after() -> None:
+    """Inside the block the objects alive at its start are out of the collector's reach, those made later
+    are not; after it, every object is collectable again."""
+    made_before: list[object] = [[]]
+    assert _collectable(made_before)
+    with memtrim.frozen_startup_heap() as frozen:
+        assert frozen > 1000  # this test process's modules, at least
+        made_later: list[object] = [[]]
+        assert not _collectable(made_before)
+        assert _collectable(made_later)
+    assert _collectable(made_before)
+    assert gc.get_freeze_count() == 0

@@ -12,16 +12,21 @@ milliseconds of arena locking per job; so `MemoryTrimmer` trims at most once per
 job has ended since the last trim (an idle service costs nothing).
 
 Elsewhere than glibc (musl, macOS) there is no malloc_trim and this does nothing.
+
+`freeze_startup_heap` is the Python heap's side: what a process built at start-up (modules, schemas,
+routes, pools) lives as long as it does, so the cyclic garbage collector's full passes need not walk it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import ctypes.util
+import gc
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import cache
 from pathlib import Path
 
@@ -85,3 +90,23 @@ class MemoryTrimmer:
                     self._seen = ended
                     released = await asyncio.to_thread(trim)
                     log.debug("memory trimmed: %.1f MB given back", released / 2**20)
+
+
+@contextlib.contextmanager
+def frozen_startup_heap() -> Iterator[int]:
+    """Freeze (`gc.freeze`) every object alive now, for the block; how many were frozen.
+
+    Enter it once start-up is done. A full collection walks every tracked object, and each process holds
+    100,000-160,000 from start-up alone (FastAPI, pydantic, SQLAlchemy, PyAV and their schemas and caches),
+    none of which ever becomes garbage: those passes stopped the relay and the services for 80-280 ms each,
+    every few seconds under load (measured with `gc.callbacks` during bench.platform's runs), and under
+    load cost the gateway about as much CPU as its requests (its saturation throughput went 1.9x with the
+    freeze). Frozen objects move to a permanent generation the collector skips; later ones are collected
+    as before. Instagram's recipe for their Django workers, and what the `gc` docs advise before a fork.
+    """
+    gc.collect()
+    gc.freeze()
+    try:
+        yield gc.get_freeze_count()
+    finally:
+        gc.unfreeze()

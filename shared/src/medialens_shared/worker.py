@@ -35,7 +35,7 @@ from medialens_shared.bus import Topology, declare, make_broker
 from medialens_shared.db import Check, DatabaseManager, timed_check
 from medialens_shared.filestore import FileStore
 from medialens_shared.logs import configure_logging
-from medialens_shared.memtrim import MemoryTrimmer
+from medialens_shared.memtrim import MemoryTrimmer, frozen_startup_heap
 from medialens_shared.opsserver import ops_app, serving
 from medialens_shared.registry import register_core
 from medialens_shared.settings import Settings
@@ -193,7 +193,8 @@ async def run(service: str, handlers: dict[str, Handler], *, settings: Settings,
             try:
                 if await until_stopped(start(), stop):
                     log.info("%s service consuming %s", service, queue.name)
-                    await stop.wait()
+                    with frozen_startup_heap():
+                        await stop.wait()
             finally:
                 log.info("%s service stopping: finishing the running job", service)
                 watching.cancel()

@@ -40,6 +40,7 @@ from medialens_shared.contracts import SERVICES, JobMessage, JobStatus
 from medialens_shared.db import Check, DatabaseManager, timed_check
 from medialens_shared.errors import RetriesExhausted
 from medialens_shared.logs import configure_logging
+from medialens_shared.memtrim import frozen_startup_heap
 from medialens_shared.opsserver import ops_app, serving
 from medialens_shared.settings import Settings
 from medialens_shared.signals import JobSignals
@@ -255,7 +256,8 @@ async def run_relay(settings: Settings, stop: asyncio.Event) -> None:
         await broker.start()
         ops = ops_app(db, {"rabbitmq": rabbitmq})
         async with serving(ops, host=settings.worker.http_host, port=settings.worker.ops_port("relay")):
-            await relay.run(stop)
+            with frozen_startup_heap():
+                await relay.run(stop)
     finally:
         await broker.stop()
         await db.close_all()
