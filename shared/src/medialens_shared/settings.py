@@ -5,7 +5,7 @@ Variables are named `MEDIALENS_<GROUP>_<FIELD>`: `MEDIALENS_POSTGRES_POOL_SIZE`,
 
 Sizing the PostgreSQL pools: every process holds its own pool of at most `pool_size + max_overflow`
 connections, so the stack needs `sum over processes (pool_size + max_overflow)` server connections. The
-gateway, which serves the requests, has the seed's 20 + 10; the relay needs 2 + 2 and each analysis service
+gateway, which serves the requests, has 30 + 0; the relay needs 2 + 2 and each analysis service
 6 + 0 (a job holds a connection only for its status changes). One of each: 30 + 4 + 3 * 6 = 52, within
 PostgreSQL's default `max_connections = 100`, leaving room for migrations, psql and a second gateway.
 `MEDIALENS_POSTGRES_POOL_SIZE` / `_MAX_OVERFLOW` set one size for every process that reads them; with
