@@ -33,7 +33,7 @@ import shutil
 import tempfile
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,7 +105,9 @@ class InputCache:
         """
         name = safe_name(name)
         if size_bytes > self.max_bytes:
-            held: _Entry | Path = await self._copy_alone(storage_id, name, job)
+            held: _Entry | Path = await self._alone(
+                name, job, lambda path: self.store.copy_to(storage_id, path)
+            )
         else:
             held = await self._pin(storage_id, sha256, name, job)
         if isinstance(held, Path):
@@ -118,8 +120,8 @@ class InputCache:
             yield held.path(name)
         finally:
             held.users -= 1
-            if not held.users and self._used > self.max_bytes:
-                self._evict()  # it may go now: pinned, it was spared while the cache was over its bound
+            if not held.users:
+                self._evict()  # it may go now if the cache is over its bound: pinned, it was spared
 
     async def _pin(self, storage_id: str, sha256: str, name: str, job: str) -> _Entry | Path:
         """The entry of `sha256`, fetched if need be, pinned for one more user; or, if the bytes fetched
@@ -150,7 +152,8 @@ class InputCache:
             copied = await self.store.copy_to(storage_id, part)
             if copied.sha256 != sha256:
                 log.warning("stored file %s does not hash to its recorded %s; not cached", storage_id, sha256)
-                return await self._move_alone(part, name, job)
+                # A copy if on another file system (rare path).
+                return await self._alone(name, job, lambda path: asyncio.to_thread(shutil.move, part, path))
             directory = self._dir() / sha256
             directory.mkdir(exist_ok=True)
             part.replace(directory / name)
@@ -162,26 +165,17 @@ class InputCache:
             del self._fetching[sha256]
             done.set_result(True)
 
-    async def _copy_alone(self, storage_id: str, name: str, job: str) -> Path:
-        path = self._alone_dir(job) / name
+    async def _alone(self, name: str, job: str, fill: Callable[[Path], Awaitable[object]]) -> Path:
+        """A copy for the job alone: `fill` writes it at the path it is given, in a directory of the job's
+        own under `scratch_dir`; both are removed if it fails."""
+        prefix = f"input-{job}-" if job else "input-"
+        path = Path(tempfile.mkdtemp(prefix=prefix, dir=self.scratch_dir)) / name
         try:
-            await self.store.copy_to(storage_id, path)
+            await fill(path)
         except BaseException:
             _remove_alone(path)
             raise
         return path
-
-    async def _move_alone(self, part: Path, name: str, job: str) -> Path:
-        path = self._alone_dir(job) / name
-        try:
-            await asyncio.to_thread(shutil.move, part, path)  # a copy if on another file system (rare path)
-        except BaseException:
-            _remove_alone(path)
-            raise
-        return path
-
-    def _alone_dir(self, job: str) -> Path:
-        return Path(tempfile.mkdtemp(prefix=f"input-{job}-" if job else "input-", dir=self.scratch_dir))
 
     def _evict(self) -> None:
         """Least recently asked for first, until within the bound; pinned entries stay."""
