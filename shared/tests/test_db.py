@@ -245,7 +245,7 @@ async def test_redis_key_and_collection(db: DatabaseManager, settings: Settings)
 
 
 async def test_the_bare_pool_hands_the_same_connection_back_and_counts_it(
-    settings: Settings, run_id: str
+    settings: Settings, database: str, run_id: str
 ) -> None:
     """A connection given back sound is the next one handed out (no new backend); the pool's figures
     follow it out and back; the process's total keeps its budget, the bare share included."""
@@ -296,7 +296,7 @@ async def test_a_refused_statement_keeps_the_connection_and_an_open_transaction_
 
 
 async def test_a_full_bare_pool_makes_the_next_caller_wait_then_time_out(
-    settings: Settings, run_id: str
+    settings: Settings, database: str, run_id: str
 ) -> None:
     """With every bare connection in use the next caller waits for one given back; past the pool
     timeout it gets SQLAlchemy's pool TimeoutError (a passing fault, 503 at the gateway)."""
@@ -336,3 +336,17 @@ async def test_a_process_without_a_bare_share_refuses_bare_statements(
                 pass
     finally:
         await manager.close_all()
+
+
+async def test_a_bare_connection_past_its_recycle_age_is_replaced(
+    settings: Settings, database: str, run_id: str
+) -> None:
+    """`pool_recycle` holds for bare connections too: one older than it is closed, not handed out again."""
+    aged = settings.model_copy(update={"postgres": settings.postgres.model_copy(update={"pool_recycle": 0})})
+    async with own_manager(aged, f"barerecycle-{run_id}") as manager:
+        async with manager.connection() as conn:
+            first = conn.get_server_pid()
+        await asyncio.sleep(0.01)
+        async with manager.connection() as conn:
+            assert conn.get_server_pid() != first
+        assert manager.pool_stats()["postgres_bare"]["checked_in"] == 1  # the old one is gone, not kept
