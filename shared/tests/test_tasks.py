@@ -12,17 +12,18 @@ import json
 import os
 import signal
 import threading
-from collections.abc import Callable
+import uuid
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from pydantic import BaseModel
+from pydantic import BaseModel, SecretStr
 from pymongo.errors import ConnectionFailure as MongoConnectionFailure
-from sqlalchemy import select, text, update
+from sqlalchemy import insert, select, text, update
 
-from medialens_shared import jobstore, tasks
+from medialens_shared import jobstore, migrate, tasks
 from medialens_shared.contracts import (
     AudioProbeResult,
     JobMessage,
@@ -37,8 +38,9 @@ from medialens_shared.filestore import FileStore
 from medialens_shared.outbox import DELAY_TIERS_S
 from medialens_shared.settings import Settings
 from medialens_shared.signals import JobSignals
-from medialens_shared.tables import files, jobs, outbox, webhook_deliveries
+from medialens_shared.tables import files, jobs, outbox, tenants, webhook_deliveries
 from medialens_shared.tasks import RESULT_WRITES, Handler, JobContext, JobRunner
+from tests.fixtures.servers import drop_database
 from tests.fixtures.stack import RecordedDelivery
 
 pytestmark = pytest.mark.integration
@@ -66,19 +68,40 @@ def make_runner(
     scratch_root: Path,
     tmp_path: Path,
 ) -> Callable[..., JobRunner]:
-    def make(handlers: dict[str, Handler], **worker: Any) -> JobRunner:
+    def make(
+        handlers: dict[str, Handler], *, database: DatabaseManager | None = None, **worker: Any
+    ) -> JobRunner:
         places = {"scratch_dir": str(scratch_root), "input_cache_dir": str(tmp_path)}
         worker_settings = settings.worker.model_copy(update={**places, **worker})
         return JobRunner(
             service="video",
             handlers=handlers,
             settings=settings.model_copy(update={"worker": worker_settings}),
-            db=db,
+            db=database or db,
             store=store,
             signals=signals,
         )
 
     return make
+
+
+@pytest.fixture
+async def db_without_relay(settings: Settings, run_id: str) -> AsyncIterator[DatabaseManager]:
+    """A migrated database of the test's own. Once a test has started the session's stack, its relay works
+    on the shared database, and its webhook dispatcher claims a pending delivery within 50 ms: a test that
+    reads what the runner left there must not race it."""
+    name = f"medialens_test_{run_id}_{uuid.uuid4().hex[:8]}"
+    url = settings.postgres.url.get_secret_value().rsplit("/", 1)[0] + f"/{name}"
+    await asyncio.to_thread(migrate.upgrade, url)
+    own = settings.model_copy(
+        update={"postgres": settings.postgres.model_copy(update={"url": SecretStr(url)})}
+    )
+    manager = DatabaseManager(own, name="video")
+    try:
+        yield manager
+    finally:
+        await manager.close_all()
+        await drop_database(name)
 
 
 class Calls:
@@ -483,13 +506,29 @@ async def test_a_part_run_by_the_runner_moves_its_composite_job(
 
 @pytest.mark.parametrize("outcome", ["succeeded", "failed"])
 async def test_a_job_with_a_callback_url_owes_its_webhook_when_the_runner_ends_it(
-    make_runner, new_job, tenant_id: str, db: DatabaseManager, outcome: str
+    make_runner, db_without_relay: DatabaseManager, outcome: str
 ) -> None:
     """A job with a callback_url, ended by the runner, has one pending webhook delivery of its final job
     object, stored with its status."""
-    job_id = await new_job(callback_url="https://example.com/hook")
+    db, tenant_id, job_id = (
+        db_without_relay,
+        f"tenant-{uuid.uuid4().hex[:12]}",
+        f"job-{uuid.uuid4().hex[:12]}",
+    )
+    async with db.session() as session:
+        await session.execute(insert(tenants).values(id=tenant_id, name=tenant_id, webhook_secret="s3cret"))
+        await session.execute(
+            insert(jobs).values(
+                id=job_id,
+                tenant_id=tenant_id,
+                type="video.probe",
+                status="queued",
+                callback_url="https://example.com/hook",
+            )
+        )
+        await session.commit()
     action = None if outcome == "succeeded" else raiser(MediaDecodeError("not a video"))
-    runner = make_runner({"video.probe": Calls(action)})
+    runner = make_runner({"video.probe": Calls(action)}, database=db)
     assert await deliver(runner, body_of(job_id, tenant_id)) == ["ack"]
     assert (await row_of(db, job_id))["status"] == outcome
     async with db.session() as session:
