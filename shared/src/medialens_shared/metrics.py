@@ -13,12 +13,15 @@ operations port), which also holds prometheus-client's `process_*` (resident mem
               medialens_queue_consumers, medialens_outbox_lag_seconds, medialens_outbox_pending,
               medialens_jobs_lease_expired (sampled every reap round by `sample_backlog`)
     all       medialens_db_pool_connections{process,pool,state} (read at scrape time from every live
-              database manager), medialens_process_memory_limit_bytes (the cgroup's limit, when there is one)
+              database manager), medialens_process_memory_limit_bytes (the cgroup's limit, when there is one),
+              medialens_gc_frozen_objects (the start-up heap `memtrim.frozen_startup_heap` keeps out of the
+              collector's passes: 0 until start-up is done)
 """
 
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import time
 import weakref
@@ -80,6 +83,10 @@ MEMORY_TRIMS = Counter("medialens_memory_trims", "Times this process gave freed 
 MEMORY_TRIMMED_BYTES = Counter(
     "medialens_memory_trimmed_bytes", "Resident memory given back to the system by those trims"
 )
+GC_FROZEN_OBJECTS = Gauge(
+    "medialens_gc_frozen_objects", "Objects frozen out of the garbage collector's passes (the start-up heap)"
+)
+GC_FROZEN_OBJECTS.set_function(gc.get_freeze_count)
 JOBS_IN_PROGRESS = Gauge("medialens_jobs_in_progress", "Jobs this process runs now", ["type"])
 QUEUE_MESSAGES = Gauge(
     "medialens_queue_messages", "Ready messages in a queue, as the broker counts", ["queue"]
