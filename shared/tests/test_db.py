@@ -10,11 +10,13 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 from pydantic import SecretStr
-from sqlalchemy import text
+from sqlalchemy import make_url, text
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
+from medialens_shared import db as db_module
 from medialens_shared.db import POSTGRES_GONE, Check, ConnectionLost, DatabaseManager, timed_check
 from medialens_shared.settings import Settings
+from tests.fixtures.proxy import TcpProxy
 
 pytestmark = pytest.mark.integration
 
@@ -350,3 +352,61 @@ async def test_a_bare_connection_past_its_recycle_age_is_replaced(
         async with manager.connection() as conn:
             assert conn.get_server_pid() != first
         assert manager.pool_stats()["postgres_bare"]["checked_in"] == 1  # the old one is gone, not kept
+
+
+@contextlib.asynccontextmanager
+async def postgres_through_proxy(settings: Settings) -> AsyncIterator[tuple[Settings, TcpProxy]]:
+    """`settings` whose PostgreSQL is reached through a TcpProxy (pool timeout 1 s), and the proxy."""
+    direct = make_url(settings.postgres.url.get_secret_value())
+    proxy = TcpProxy(direct.host or "127.0.0.1", direct.port or 5432)
+    await proxy.start()
+    url = direct.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+    postgres = settings.postgres.model_copy(update={"url": SecretStr(url), "pool_timeout": 1.0})
+    try:
+        yield settings.model_copy(update={"postgres": postgres}), proxy
+    finally:
+        await proxy.cut()
+
+
+async def test_an_idle_bare_connection_that_no_longer_answers_is_replaced_after_its_ping(
+    settings: Settings, database: str, run_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bare connection idle for longer than `IDLE_PING_S` whose flow a firewall forgot (open on both
+    ends, no byte through): the ping before reuse times out, the caller gets a fresh connection, and the
+    silent one is not kept."""
+    async with (
+        postgres_through_proxy(settings) as (proxied, proxy),
+        own_manager(proxied, f"ping-{run_id}") as manager,
+    ):
+        async with manager.connection() as conn:
+            silenced = conn.get_server_pid()
+        proxy.forget_open()
+        monkeypatch.setattr(db_module, "IDLE_PING_S", 0.0)
+        started = time.monotonic()
+        async with manager.connection() as conn:
+            assert conn.get_server_pid() != silenced
+            assert await conn.fetchval("SELECT 1") == 1
+        assert time.monotonic() - started >= 1.0  # the ping waited out its timeout first
+        assert manager.pool_stats()["postgres_bare"]["checked_in"] == 1  # only the new one is kept
+        await proxy.restore()  # the other connections, silent meanwhile but unused, close as usual
+
+
+async def test_closing_the_pools_of_a_server_that_stopped_answering_is_bounded(
+    settings: Settings,
+    database: str,
+    run_id: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A stop during a network partition: asyncpg waits for the server's goodbye to a graceful close, so
+    without a bound `close_all` would never return; each pool gets `CLOSE_TIMEOUT_S`, then is left."""
+    monkeypatch.setattr(db_module, "CLOSE_TIMEOUT_S", 1.0)
+    async with postgres_through_proxy(settings) as (proxied, proxy):
+        manager = DatabaseManager(proxied, name=f"partition-{run_id}")
+        await manager.initialize_all(wait_s=5)  # sessions' and bare connections open and idle
+        proxy.forget_open()
+        started = time.monotonic()
+        async with asyncio.timeout(30):  # a failure, not a hang, if it is not bounded
+            await manager.close_all()
+        assert time.monotonic() - started < 4.0  # 1 s for each PostgreSQL pool, MongoDB and Redis at once
+        assert "did not close within 1 s" in caplog.text

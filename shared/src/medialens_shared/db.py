@@ -200,12 +200,32 @@ class DatabaseManager:
         return dict(zip(names, checks, strict=True))
 
     async def close_all(self) -> None:
-        """Close every pool; safe to call twice."""
-        await self.bare.close()
-        await self.engine.dispose()
-        await self.mongo.close()
-        await self.redis.aclose()
-        await self.redis_pool.disconnect()
+        """Close every pool; safe to call twice. Each pool has `CLOSE_TIMEOUT_S` to close: a server that
+        stopped answering (a network partition, not a restart: that closes the sockets) would otherwise
+        hold up the process's stop for good, as asyncpg waits for the server's goodbye to a graceful
+        close. What is left open then closes with the process."""
+
+        async def close_redis() -> None:
+            await self.redis.aclose()
+            await self.redis_pool.disconnect()
+
+        for pool, close in (
+            ("postgres_bare", self.bare.close),
+            ("postgres", self.engine.dispose),
+            ("mongodb", self.mongo.close),
+            ("redis", close_redis),
+        ):
+            try:
+                async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                    await close()
+            except TimeoutError:
+                log.warning(
+                    "the %s pool of %s did not close within %.0f s (its server does not answer); left to close "
+                    "with the process",
+                    pool,
+                    self.name,
+                    CLOSE_TIMEOUT_S,
+                )
         log.info("database pools closed for %s", self.name)
 
     # --- pings --------------------------------------------------------------------------------------
@@ -363,13 +383,17 @@ class BarePool:
             self.release(conn, sound=True)
 
     async def close(self) -> None:
-        """Close the idle connections; those in use are closed when given back. Safe to call twice."""
+        """Close the idle connections (side by side, each given 2 s for the server's goodbye, then cut);
+        those in use are closed when given back. Safe to call twice."""
         self._closed = True
         idle, self._idle = self._idle, []
-        for conn, _ in idle:
+
+        async def close_one(conn: asyncpg.Connection) -> None:
             self._opened_at.pop(conn, None)
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception):  # asyncpg cuts the connection itself when this fails
                 await conn.close(timeout=2)
+
+        await asyncio.gather(*(close_one(conn) for conn, _ in idle))
         await self._factory.dispose()
 
     async def _reuse(self) -> asyncpg.Connection | None:
@@ -414,6 +438,9 @@ POSTGRES_GONE: tuple[type[asyncpg.PostgresError], ...] = (
     asyncpg.TooManyConnectionsError,
 )
 
+
+#: How long `DatabaseManager.close_all` gives each pool to close.
+CLOSE_TIMEOUT_S = 5.0
 
 #: A pooled connection last checked out longer ago than this is pinged before use (a firewall may have
 #: dropped it silently); one used more recently is only checked for a close the server announced.
