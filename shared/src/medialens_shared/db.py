@@ -220,8 +220,8 @@ class DatabaseManager:
                     await close()
             except TimeoutError:
                 log.warning(
-                    "the %s pool of %s did not close within %.0f s (its server does not answer); left to close "
-                    "with the process",
+                    "the %s pool of %s did not close within %.0f s (its server does not answer); "
+                    "left to close with the process",
                     pool,
                     self.name,
                     CLOSE_TIMEOUT_S,
