@@ -8,6 +8,10 @@ Scenarios, each printing one line of figures per measurement, all written to ben
 and as a Markdown table to bench/results/platform.md:
 
 1. ceiling   a bare FastAPI endpoint returning the envelope, one uvicorn process, wrk at saturation.
+   calibration the issue's reference figures on this machine (bench.platform.calibrate): aio-pika
+             confirmed publishes, single-row PostgreSQL commits, nx-27017 writes and a bare FastAPI on
+             the standard library's loop, each against its quote; after scenario 3, Celery's jobs/s
+             against its quote beside them.
 2. gateway   POST /v1/jobs, GET /v1/jobs/{id}, GET /v1/jobs?limit=50, uploads of 1 MB and 100 MB: wrk at
              saturation, and an open-loop client at a fixed rate (400/s; uploads 10/s and 0.2/s), with
              latency from each request's scheduled time, once the relay has sent what the saturation left;

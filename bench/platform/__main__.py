@@ -14,12 +14,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench.platform import report, scenarios
+from bench.platform import calibrate, report, scenarios
 from bench.platform.stack import SERVICES, Baseline, Stack, ceiling_server, rss_mb
 from scripts.samples import make_audio
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
-SCENARIOS = ("ceiling", "gateway", "pool", "pipeline", "memory")
+SCENARIOS = ("calibration", "ceiling", "gateway", "pool", "pipeline", "memory")
+#: The scenarios that need the gateway and the relay running.
+GATEWAY_SCENARIOS = {"gateway", "pool", "pipeline", "memory"}
 WARM_UP_JOBS = 20
 
 
@@ -68,7 +70,8 @@ class Run:
         (RESULTS / "platform.json").write_text(json.dumps(self.results, indent=2, default=str) + "\n")
 
     def http(self) -> None:
-        """Scenarios 1, 2 and 5, with the workers not started (their queues purged afterwards)."""
+        """Scenarios 1, the calibration, 2 and 5, with the workers not started (their queues purged
+        afterwards); the gateway and the relay start only for a scenario that needs them."""
         args, results = self.args, self.results
         ceiling = results.get("ceiling", {}).get("bare FastAPI GET envelope", {})
         if "ceiling" in args.only:
@@ -78,6 +81,16 @@ class Run:
                 )
             ceiling = results["ceiling"]["bare FastAPI GET envelope"]
             self.save()
+        if "calibration" in args.only:
+            results["calibration"] = calibrate.calibration(
+                self.stack,
+                duration_s=args.duration,
+                connections=args.connections,
+                uvloop_rps=ceiling["rps"] if "ceiling" in args.only else None,
+            )
+            self.save()
+        if not GATEWAY_SCENARIOS & set(args.only):
+            return
         self.stack.start("gateway", "relay")
         time.sleep(3)
         self.idle = self.stack.rss()
@@ -155,6 +168,8 @@ class Run:
         )
         self.results["pipeline"] = pipeline
         self.results["memory"] = memory
+        if "calibration" in args.only:
+            calibrate.with_celery(self.results["calibration"], celery)
         self.save()
 
     def soak(self) -> None:

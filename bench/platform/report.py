@@ -122,6 +122,46 @@ def memory_table(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def calibration_table(results: dict[str, Any]) -> list[str]:
+    cal = results.get("calibration")
+    if not cal:
+        return []
+    lines = [
+        "Calibration: the issue's reference figures on this machine "
+        "(rows marked * are compared with the quote; the others are for scale).",
+        "",
+        "| Figure | quoted | measured | factor |",
+        "|---|---:|---:|---:|",
+        *(
+            f"| {label}{' *' if fig['in_median'] else ''} | {fig['quoted']:,.0f} | {fig['measured']:,.0f} "
+            f"| x{fig['factor']} |"
+            for label, fig in cal["figures"].items()
+        ),
+    ]
+    celery = cal.get("celery")
+    if celery:
+        lines.append(
+            f"| Celery probe jobs/s ({celery['jobs']} jobs, p99 {celery['p99_s']} s; quoted: "
+            f"{celery['quoted_jobs']} jobs, p99 {celery['quoted_p99_s']:g} s) | {celery['quoted']:,.0f} "
+            f"| {celery['measured']:,.1f} | x{celery['factor']} |"
+        )
+    summary = f"The median factor of the micro figures (*) is x{cal['median_factor']}"
+    if celery:
+        summary += (
+            f"; Celery's baseline runs at x{celery['factor']} its quote, x{celery['factor_over_median']} "
+            "that median"
+        )
+    else:
+        summary += " (no pipeline in this run, so no Celery factor)"
+    server = cal.get("postgres_server", {})
+    lines += [
+        "",
+        f"{summary}. PostgreSQL: fsync {server.get('fsync', '?')}, "
+        f"synchronous_commit {server.get('synchronous_commit', '?')}.",
+    ]
+    return lines
+
+
 def pool_lines(results: dict[str, Any]) -> list[str]:
     pool = results.get("pool")
     if not pool:
@@ -147,6 +187,8 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         f"Run {meta.get('started', '?')}; load average at start {meta.get('load_at_start', '?')}, at end "
         f"{meta.get('load_at_end', '?')}. Command: `make bench-platform` ({meta.get('args', {})}).",
+        "",
+        *calibration_table(results),
         "",
         *http_table(results),
         "",

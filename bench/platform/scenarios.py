@@ -41,9 +41,11 @@ def _ratio(value: float, ceiling: float) -> float | None:
 # --- 1. the ceiling -------------------------------------------------------------------------------------
 
 
-def ceiling(base_url: str, *, duration_s: float, connections: int) -> dict[str, Any]:
+def ceiling(
+    base_url: str, *, duration_s: float, connections: int, label: str = "ceiling GET (bare FastAPI)"
+) -> dict[str, Any]:
     figures = wrk(base_url, Request("GET", "/v1/ping"), duration_s=duration_s, connections=connections)
-    print(figures.line("ceiling GET (bare FastAPI)"), flush=True)
+    print(figures.line(label), flush=True)
     return {"bare FastAPI GET envelope": asdict(figures)}
 
 

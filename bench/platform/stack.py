@@ -223,6 +223,20 @@ class Stack:
     def redis_prefix(self) -> str:
         return f"medialens-test-{self.run_id}"
 
+    @property
+    def amqp_url(self) -> str:
+        """This run's vhost on the local RabbitMQ (set once the stack is entered)."""
+        return self.env["MEDIALENS_RABBITMQ_URL"]
+
+    @property
+    def mongo_url(self) -> str:
+        """MEDIALENS_MONGODB_URL, or the nx-27017 dev server started here (set once the stack is entered)."""
+        return self.env["MEDIALENS_MONGODB_URL"]
+
+    @property
+    def mongo_database(self) -> str:
+        return self.env["MEDIALENS_MONGODB_DATABASE"]
+
     def __enter__(self) -> Self:
         rabbitmqctl("add_vhost", self.vhost)
         rabbitmqctl("set_permissions", "-p", self.vhost, "guest", ".*", ".*", ".*")
@@ -478,12 +492,16 @@ class Baseline:
 
 
 @contextlib.contextmanager
-def ceiling_server() -> Iterator[str]:
-    """The bare FastAPI process (bench.platform.ceiling) on a free port; its base URL."""
+def ceiling_server(*, loop: str = "uvloop") -> Iterator[str]:
+    """The bare FastAPI process (bench.platform.ceiling) on a free port, on `loop` (uvloop or asyncio);
+    its base URL."""
     port = free_port()
     with tempfile.TemporaryFile() as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.platform.ceiling", str(port)], cwd=ROOT, stdout=out, stderr=out
+            [sys.executable, "-m", "bench.platform.ceiling", str(port), loop],
+            cwd=ROOT,
+            stdout=out,
+            stderr=out,
         )
         try:
             deadline = time.monotonic() + 60
