@@ -155,6 +155,16 @@ class Run:
                     baseline.pids(),
                 )
             )
+            plain = None
+            if "calibration" in args.only:
+                plain, _ = asyncio.run(
+                    scenarios.pipeline_with_memory(
+                        lambda: scenarios.pipeline_celery(
+                            baseline, wav=self.wav, jobs=args.jobs, concurrency=args.submitters, plain=True
+                        ),
+                        baseline.pids(),
+                    )
+                )
         pipeline = {
             "medialens": ours,
             "celery": celery,
@@ -168,8 +178,10 @@ class Run:
         )
         self.results["pipeline"] = pipeline
         self.results["memory"] = memory
-        if "calibration" in args.only:
-            calibrate.with_celery(self.results["calibration"], celery)
+        if plain is not None:
+            pipeline["celery_plain_probe"] = plain
+            pipeline["jobs_per_s_ratio_to_plain"] = round(ours["jobs_per_s"] / plain["jobs_per_s"], 2)
+            calibrate.with_celery(self.results["calibration"], celery, plain=plain)
         self.save()
 
     def soak(self) -> None:

@@ -190,11 +190,9 @@ def calibration(
     return {"figures": figures, "median_factor": round(median, 2), "postgres_server": commits["server"]}
 
 
-def with_celery(calibration: dict[str, Any], celery: dict[str, Any]) -> dict[str, Any]:
-    """The Celery baseline's pipeline figures of this run beside the quote (≈95 jobs/s, 2,000 jobs, p99
-    ≈14 s) and against the median micro factor; prints one line."""
+def _celery_figure(celery: dict[str, Any], median_factor: float) -> dict[str, Any]:
     factor = round(celery["jobs_per_s"] / QUOTED["celery"], 2)
-    calibration["celery"] = {
+    return {
         "measured": celery["jobs_per_s"],
         "quoted": QUOTED["celery"],
         "factor": factor,
@@ -202,12 +200,19 @@ def with_celery(calibration: dict[str, Any], celery: dict[str, Any]) -> dict[str
         "quoted_jobs": QUOTED_CELERY_JOBS,
         "p99_s": celery["p99_s"],
         "quoted_p99_s": QUOTED_CELERY_P99_S,
-        "factor_over_median": round(factor / calibration["median_factor"], 2),
+        "factor_over_median": round(factor / median_factor, 2),
     }
-    print(
-        f"calibration Celery jobs/s measured={celery['jobs_per_s']} quoted={QUOTED['celery']:g} "
-        f"factor=x{factor}, x{calibration['celery']['factor_over_median']} the micro figures' median "
-        f"x{calibration['median_factor']}",
-        flush=True,
-    )
-    return calibration
+
+
+def with_celery(calibration: dict[str, Any], celery: dict[str, Any], *, plain: dict[str, Any]) -> None:
+    """The Celery baselines' pipeline figures of this run beside the quote (≈95 jobs/s, 2,000 jobs, p99
+    ≈14 s) and against the median micro factor: the baseline (`probe_audio`) and the same task with
+    FFmpeg's default open (`celery_app.probe_plain`); prints a line for each."""
+    median = calibration["median_factor"]
+    for key, figures in (("celery", celery), ("celery_plain_probe", plain)):
+        fig = calibration[key] = _celery_figure(figures, median)
+        print(
+            f"calibration {key} jobs/s measured={fig['measured']} quoted={QUOTED['celery']:g} "
+            f"factor=x{fig['factor']}, x{fig['factor_over_median']} the micro figures' median x{median}",
+            flush=True,
+        )

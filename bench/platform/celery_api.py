@@ -2,9 +2,10 @@
 
     python -m bench.platform.celery_api PORT
 
-`POST /jobs {"path": ...}` inserts a row into the baseline's own PostgreSQL database (a pooled asyncpg
-connection) and calls `probe.apply_async` with the job id as the task id, as a FastAPI + Celery monolith
-does; it answers the envelope with 202. `BENCH_CELERY_POSTGRES` names the database.
+`POST /jobs {"path": ..., "plain": false}` inserts a row into the baseline's own PostgreSQL database (a
+pooled asyncpg connection) and calls `probe.apply_async` with the job id as the task id, as a FastAPI +
+Celery monolith does (`probe_plain` with `"plain": true`); it answers the envelope with 202.
+`BENCH_CELERY_POSTGRES` names the database.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from bench.platform.celery_app import probe
+from bench.platform.celery_app import probe, probe_plain
 from medialens_shared.envelope import success
 
 SCHEMA = """
@@ -59,7 +60,8 @@ def create_app(dsn: str) -> FastAPI:
                 job_id,
                 body["path"],
             )
-        probe.apply_async(args=[body["path"]], task_id=job_id)
+        task = probe_plain if body.get("plain") else probe
+        task.apply_async(args=[body["path"]], task_id=job_id)
         data = {"id": job_id, "status": "queued", "created_at": row["created_at"].isoformat()}
         return JSONResponse(success(data, request_id=uuid.uuid4().hex), status_code=202)
 

@@ -383,8 +383,11 @@ RELAY_LAG = """
 """
 
 
-async def pipeline_celery(baseline: Baseline, *, wav: Path, jobs: int, concurrency: int) -> dict[str, Any]:
-    body = json.dumps({"path": str(wav)}).encode()
+async def pipeline_celery(
+    baseline: Baseline, *, wav: Path, jobs: int, concurrency: int, plain: bool = False
+) -> dict[str, Any]:
+    """`jobs` probes through the Celery baseline: `probe_audio`, or with `plain` FFmpeg's default open."""
+    body = json.dumps({"path": str(wav), "plain": plain}).encode()
     ids, submit_s = await submit_all(
         baseline.base_url,
         [Request("POST", "/jobs", {"Content-Type": "application/json"}, body)] * jobs,
@@ -413,7 +416,7 @@ async def pipeline_celery(baseline: Baseline, *, wav: Path, jobs: int, concurren
         if done.tzinfo is None:
             done = done.replace(tzinfo=created[job_id].tzinfo)
         times.append((created[job_id], done, str(meta["status"]).lower()))
-    return pipeline_figures("celery", times, submit_s=submit_s)
+    return pipeline_figures("celery, plain probe" if plain else "celery", times, submit_s=submit_s)
 
 
 async def pipeline_with_memory(
