@@ -9,6 +9,7 @@ import pytest
 from medialens_shared.errors import InputNotFound, MediaDecodeError, UnsupportedInput
 from medialens_video.probe import probe_video
 from scripts.samples import corrupt, make_audio, make_csv, make_video, truncate
+from tests.fixtures.memory import resident_bytes_left_per_call
 
 
 @pytest.fixture(scope="module")
@@ -149,3 +150,9 @@ def test_missing_file(tmp_path: Path) -> None:
     """A path with no file behind it raises InputNotFound."""
     with pytest.raises(InputNotFound):
         probe_video(tmp_path / "nothing.mp4")
+
+
+def test_probing_leaves_no_memory_behind(clip: Path) -> None:
+    """A probe stops at the first frame: the demuxer it leaves midway must be closed (`frames.demuxed`),
+    not dropped, or PyAV keeps part of each probe for good."""
+    assert resident_bytes_left_per_call(lambda: probe_video(clip), calls=2000) < 50

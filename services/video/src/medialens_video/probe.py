@@ -20,7 +20,7 @@ from medialens_shared.contracts import (
 )
 from medialens_shared.errors import MediaDecodeError
 from medialens_shared.sniff import ffmpeg_reason
-from medialens_video.frames import display_rotation, open_video
+from medialens_video.frames import demuxed, display_rotation, open_video
 
 #: Relative difference between the nominal and average frame rates above which a stream counts as VFR.
 VFR_TOLERANCE = 0.01
@@ -81,8 +81,10 @@ def probe_video(path: Path) -> VideoProbeResult:
 def _decode_first_frame(container: Any, stream: Any) -> Any:
     """The first decoded frame of `stream`; `MediaDecodeError` when there is none."""
     try:
-        for frame in container.decode(stream):
-            return frame
+        with demuxed(container, stream) as packets:
+            for packet in packets:
+                for frame in stream.codec_context.decode(packet):
+                    return frame
     except av.error.FFmpegError as exc:
         raise MediaDecodeError(
             f"The video stream cannot be decoded; the file is probably damaged ({ffmpeg_reason(exc)})."

@@ -18,6 +18,7 @@ from medialens_video.frames import (
     DecodeGuard,
     Report,
     SmallFrame,
+    demuxed,
     expected_frames,
     frame_ticks,
     open_video,
@@ -79,23 +80,24 @@ def detect_quality(
         first_pts: int | None = None
         previous: tuple[float, SmallFrame] | None = None
         last_pts, last_interval, count = 0, ticks, 0
-        for packet in container.demux(stream):
-            for frame in guard.decode(stream.codec_context, packet):
-                if frame.pts is None:
-                    continue
-                if first_pts is None:
-                    first_pts = frame.pts
-                now_s = float((frame.pts - first_pts) * time_base)
-                small = SmallFrame.of(frame)
-                is_black = small.luma() <= black_threshold
-                black.step(is_black, start_s=now_s, now_s=now_s)
-                if previous is not None:
-                    still = not is_black and small.luma_difference(previous[1]) <= FREEZE_NOISE
-                    frozen.step(still, start_s=previous[0], now_s=now_s)
-                    last_interval = frame.pts - last_pts
-                previous, last_pts = (now_s, small), frame.pts
-                count += 1
-            report(min(count / total, 1.0), f"decoding {count}/{total} frames")
+        with demuxed(container, stream) as packets:
+            for packet in packets:
+                for frame in guard.decode(stream.codec_context, packet):
+                    if frame.pts is None:
+                        continue
+                    if first_pts is None:
+                        first_pts = frame.pts
+                    now_s = float((frame.pts - first_pts) * time_base)
+                    small = SmallFrame.of(frame)
+                    is_black = small.luma() <= black_threshold
+                    black.step(is_black, start_s=now_s, now_s=now_s)
+                    if previous is not None:
+                        still = not is_black and small.luma_difference(previous[1]) <= FREEZE_NOISE
+                        frozen.step(still, start_s=previous[0], now_s=now_s)
+                        last_interval = frame.pts - last_pts
+                    previous, last_pts = (now_s, small), frame.pts
+                    count += 1
+                report(min(count / total, 1.0), f"decoding {count}/{total} frames")
         guard.require_frames(count)
     end_s = float((last_pts + last_interval - (first_pts or 0)) * time_base)
     black.close(end_s)

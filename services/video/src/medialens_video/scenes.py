@@ -46,6 +46,7 @@ from medialens_video.frames import (
     DecodeGuard,
     Report,
     SmallFrame,
+    demuxed,
     encode_jpeg,
     frame_ticks,
     open_video,
@@ -309,16 +310,17 @@ def _scan(container: Any, stream: Any, ticks: int) -> _Timeline:
     keyframes: list[tuple[int, int]] = []
     suspects: list[int] = []
     sizes: deque[int] = deque(maxlen=SIZE_WINDOW)
-    for packet in container.demux(stream):
-        pts = packet.pts
-        if pts is None:
-            continue
-        if packet.is_keyframe:
-            keyframes.append((len(decode_order), pts))
-        if packet.is_keyframe or (len(sizes) >= 5 and packet.size > SPIKE_RATIO * _high(sizes)):
-            suspects.append(pts)
-        decode_order.append(pts)
-        sizes.append(packet.size)
+    with demuxed(container, stream) as packets:
+        for packet in packets:
+            pts = packet.pts
+            if pts is None:
+                continue
+            if packet.is_keyframe:
+                keyframes.append((len(decode_order), pts))
+            if packet.is_keyframe or (len(sizes) >= 5 and packet.size > SPIKE_RATIO * _high(sizes)):
+                suspects.append(pts)
+            decode_order.append(pts)
+            sizes.append(packet.size)
     timeline = sorted(decode_order)
     full: set[int] = set()
     for pts in suspects:
@@ -382,23 +384,24 @@ def _chunk_task(
                     out.see(frame.pts, SmallFrame.of(frame))
                 return True
 
-            for packet in container.demux(stream):
-                workers.check()
-                pts = packet.pts
-                if counting and pts is not None and pts == chunk.end and packet.is_keyframe:
-                    counting = False  # the next chunk's packets: decoded only to finish this one's frames
-                    if pts in timeline.closed:
-                        # No later packet shows before this keyframe: the decoder's delayed frames are
-                        # the last of the chunk, so drain them rather than decode the keyframe (an
-                        # intra frame, several P-frames' work, which the next chunk decodes anyway)
-                        # and the packets after it until the decoder outputs it.
-                        take(guard.decode(codec, None))
+            with demuxed(container, stream) as packets:
+                for packet in packets:
+                    workers.check()
+                    pts = packet.pts
+                    if counting and pts is not None and pts == chunk.end and packet.is_keyframe:
+                        counting = False  # the next chunk's packets: decoded only to finish this one's frames
+                        if pts in timeline.closed:
+                            # No later packet shows before this keyframe: the decoder's delayed frames are
+                            # the last of the chunk, so drain them rather than decode the keyframe (an
+                            # intra frame, several P-frames' work, which the next chunk decodes anyway)
+                            # and the packets after it until the decoder outputs it.
+                            take(guard.decode(codec, None))
+                            break
+                    if counting and pts is not None:
+                        workers.counts[task] += 1
+                    codec.skip_frame = "NONREF" if pts is not None and pts not in timeline.full else "DEFAULT"
+                    if not take(guard.decode(codec, packet)):
                         break
-                if counting and pts is not None:
-                    workers.counts[task] += 1
-                codec.skip_frame = "NONREF" if pts is not None and pts not in timeline.full else "DEFAULT"
-                if not take(guard.decode(codec, packet)):
-                    break
         if out.first is None and chunk.start is not None:
             raise _Misaligned
         return out
@@ -439,16 +442,17 @@ def _refine_task(
             codec = stream.codec_context
             codec.options = {"skip_loop_filter": "all"}
             container.seek(change.before, stream=stream, backward=True)
-            for packet in container.demux(stream):
-                workers.check()
-                if packet.pts is not None:
-                    codec.skip_frame = "NONREF" if packet.pts < change.before else "DEFAULT"
-                for frame in guard.decode(codec, packet):
-                    if frame.pts is None or frame.pts < change.before:
-                        continue
-                    if frame.pts > change.after:
-                        return frames
-                    frames.append((frame.pts, SmallFrame.of(frame)))
+            with demuxed(container, stream) as packets:
+                for packet in packets:
+                    workers.check()
+                    if packet.pts is not None:
+                        codec.skip_frame = "NONREF" if packet.pts < change.before else "DEFAULT"
+                    for frame in guard.decode(codec, packet):
+                        if frame.pts is None or frame.pts < change.before:
+                            continue
+                        if frame.pts > change.after:
+                            return frames
+                        frames.append((frame.pts, SmallFrame.of(frame)))
         return frames
 
     def run(task: int) -> tuple[_Change, int]:
@@ -487,19 +491,20 @@ def _thumbnail_task(
             codec = stream.codec_context
             if start is not None:
                 container.seek(start, stream=stream, backward=True)
-            for packet in container.demux(stream):
-                workers.check()
-                if packet.pts is not None:
-                    codec.skip_frame = "DEFAULT" if packet.pts in wanted else "NONREF"
-                for frame in guard.decode(codec, packet):
-                    if frame.pts is None or frame.pts not in wanted or frame.pts in written:
-                        continue
-                    data, _, _ = encode_jpeg(frame, width)
-                    written[frame.pts] = out_dir / f"frame-{frame.pts}.jpg"
-                    written[frame.pts].write_bytes(data)
-                    workers.counts[task] += 1
-                    if len(written) == len(wanted):
-                        return written
+            with demuxed(container, stream) as packets:
+                for packet in packets:
+                    workers.check()
+                    if packet.pts is not None:
+                        codec.skip_frame = "DEFAULT" if packet.pts in wanted else "NONREF"
+                    for frame in guard.decode(codec, packet):
+                        if frame.pts is None or frame.pts not in wanted or frame.pts in written:
+                            continue
+                        data, _, _ = encode_jpeg(frame, width)
+                        written[frame.pts] = out_dir / f"frame-{frame.pts}.jpg"
+                        written[frame.pts].write_bytes(data)
+                        workers.counts[task] += 1
+                        if len(written) == len(wanted):
+                            return written
         return written
 
     return run

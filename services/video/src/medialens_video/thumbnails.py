@@ -7,13 +7,22 @@ after the previous one (within `SEEK_AHEAD_S`) is reached by decoding on instead
 
 from __future__ import annotations
 
+from collections.abc import Generator
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from medialens_shared.contracts import THUMBNAILS_DEFAULT_COUNT
 from medialens_shared.errors import InvalidParams
-from medialens_video.frames import DecodeGuard, Report, encode_jpeg, expected_frames, frame_ticks, open_video
+from medialens_video.frames import (
+    DecodeGuard,
+    Report,
+    encode_jpeg,
+    expected_frames,
+    frame_ticks,
+    open_video,
+)
 
 MAX_THUMBNAILS = 1000
 #: A target less than this far ahead of the decoder is reached by decoding on, not by seeking.
@@ -70,21 +79,21 @@ def extract_thumbnails(
         stream.thread_type = "AUTO"
         guard = DecodeGuard(expected_frames(container, stream))
         times = thumbnail_times(duration_s, count=count, every_s=every_s)
-        reader = _Reader(container, stream, guard, report)
         images: list[ThumbnailImage] = []
         decoded = 0
-        for k, t_s in enumerate(times):
-            reader.note = (0.95 * k / len(times), f"thumbnail {k + 1}/{len(times)}")
-            report(*reader.note)
-            target = first_pts + round(t_s / time_base)
-            frame = reader.frame_at(target, ahead=round(SEEK_AHEAD_S / time_base), slack=ticks // 2)
-            if frame is None:
-                continue
-            decoded += 1
-            data, out_w, out_h = encode_jpeg(frame, width)
-            out = out_dir / f"thumb-{k:04d}.jpg"
-            out.write_bytes(data)
-            images.append(ThumbnailImage(float((frame.pts - first_pts) * time_base), out, out_w, out_h))
+        with closing(_Reader(container, stream, guard, report)) as reader:
+            for k, t_s in enumerate(times):
+                reader.note = (0.95 * k / len(times), f"thumbnail {k + 1}/{len(times)}")
+                report(*reader.note)
+                target = first_pts + round(t_s / time_base)
+                frame = reader.frame_at(target, ahead=round(SEEK_AHEAD_S / time_base), slack=ticks // 2)
+                if frame is None:
+                    continue
+                decoded += 1
+                data, out_w, out_h = encode_jpeg(frame, width)
+                out = out_dir / f"thumb-{k:04d}.jpg"
+                out.write_bytes(data)
+                images.append(ThumbnailImage(float((frame.pts - first_pts) * time_base), out, out_w, out_h))
         guard.require_frames(decoded)
     return images
 
@@ -96,14 +105,21 @@ class _Reader:
         self.container, self.stream, self.guard, self.report = container, stream, guard, report
         self.position: int | None = None
         self.pending: list[Any] = []
-        self.packets: Any = None
+        #: The demuxer since the last seek, closed at the next one and by `close` (see `frames.demuxed`).
+        self.packets: Generator[Any] | None = None
         self.last: Any = None
         #: What `report` is told while decoding towards a target: (fraction, message).
         self.note = (0.0, "seeking")
 
+    def close(self) -> None:
+        if self.packets is not None:
+            self.packets.close()
+            self.packets = None
+
     def frame_at(self, target: int, *, ahead: int, slack: int) -> Any:
         """The first frame at or after `target - slack` (the last frame when the video ends before)."""
         if self.position is None or target < self.position or target - self.position > ahead:
+            self.close()
             self.container.seek(target, stream=self.stream, backward=True)
             self.packets, self.pending, self.last = self.container.demux(self.stream), [], None
         codec = self.stream.codec_context
@@ -114,7 +130,7 @@ class _Reader:
                 self.position = frame.pts
                 if frame.pts >= target - slack:
                     return frame
-            packet = next(self.packets, None)
+            packet = next(self.packets, None) if self.packets is not None else None
             if packet is None:
                 return self.last
             if packet.pts is not None:
