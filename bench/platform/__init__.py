@@ -11,7 +11,8 @@ and as a Markdown table to bench/results/platform.md:
    calibration the issue's reference figures on this machine (bench.platform.calibrate): aio-pika
              confirmed publishes, single-row PostgreSQL commits, nx-27017 writes and a bare FastAPI on
              the standard library's loop, each against its quote; after scenario 3, Celery's jobs/s
-             against its quote beside them.
+             against its quote beside them, and a third pipeline, Celery running the probe with
+             FFmpeg's default open (`celery_app.probe_plain`), to tell whether the quote was that.
 2. gateway   POST /v1/jobs, GET /v1/jobs/{id}, GET /v1/jobs?limit=50, uploads of 1 MB and 100 MB: wrk at
              saturation, and an open-loop client at a fixed rate (400/s; uploads 10/s and 0.2/s), with
              latency from each request's scheduled time, once the relay has sent what the saturation left;

@@ -6,8 +6,10 @@ One uvicorn process started as the gateway's `main()` starts it (`uvloop.run(ser
 event loop, httptools parses HTTP) with its options (`log_config=None`, `proxy_headers`), no middleware, no
 dependency, no database: what any FastAPI service on this machine can answer at most when served that way.
 (The gateway moved to uvloop before this did; until then the ceiling ran on the standard library's loop,
-slower, so ratios measured against it flattered the gateway.) `asyncio` serves it on the standard library's
-loop instead, for the calibration scenario (the issue's "bare FastAPI process", bench.platform.calibrate).
+slower on the machine of the time, so ratios measured against it flattered the gateway; on today's machine
+the two loops serve within a few percent of each other, uvloop with a longer p99.9.) `asyncio` serves it
+on the standard library's loop instead, for the calibration scenario (the issue's "bare FastAPI process",
+bench.platform.calibrate).
 """
 
 from __future__ import annotations
