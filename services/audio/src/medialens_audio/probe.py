@@ -43,8 +43,8 @@ def probe_audio(path: Path) -> AudioProbeResult:
 def _decode_first_frame(container: Any, stream: Any) -> None:
     """Decode the first frame of `stream`; `MediaDecodeError` when that fails or there is none."""
     try:
-        # Packets from a demuxer closed here, not left to be dropped: PyAV's demux generator frees its
-        # read buffer only when closed (one left open costs 0.3-1.6 KB a probe, never given back).
+        # The demuxer is closed here, not dropped midway: a PyAV demux generator dropped before its end
+        # leaves 0.2-1.6 KB behind for good (PyAV 18.1; none once closed), and a probe stops at once.
         with closing(container.demux(stream)) as packets:
             for packet in packets:
                 for _frame in stream.codec_context.decode(packet):
