@@ -386,7 +386,7 @@ async def test_an_idle_bare_connection_that_no_longer_answers_is_replaced_after_
         async with manager.connection() as conn:
             assert conn.get_server_pid() != silenced
             assert await conn.fetchval("SELECT 1") == 1
-        assert time.monotonic() - started >= 1.0  # the ping waited out its timeout first
+        assert time.monotonic() - started >= 0.9  # the ping waited out its timeout (1 s) first
         assert manager.pool_stats()["postgres_bare"]["checked_in"] == 1  # only the new one is kept
         await proxy.restore()  # the other connections, silent meanwhile but unused, close as usual
 
