@@ -129,8 +129,9 @@ def test_missing_file(tmp_path: Path) -> None:
         probe_audio(tmp_path / "nothing.wav")
 
 
-def write_spdif_wav(path: Path, *, seconds: float) -> None:
-    """A WAV whose PCM samples carry an AC-3 stream as S/PDIF (IEC 61937) bursts, as DVD rips do."""
+def write_spdif_wav(path: Path, *, seconds: float, silence_bytes: int = 0) -> None:
+    """A WAV whose PCM samples carry an AC-3 stream as S/PDIF (IEC 61937) bursts, as DVD rips do, after
+    `silence_bytes` of zero samples."""
     bitstream = io.BytesIO()
     with av.open(bitstream, "w", format="spdif") as out:
         stream = out.add_stream("ac3", rate=48000, layout="stereo")
@@ -145,7 +146,7 @@ def write_spdif_wav(path: Path, *, seconds: float) -> None:
                 out.mux(packet)
         for packet in stream.encode(None):
             out.mux(packet)
-    data = bitstream.getvalue()
+    data = bytes(silence_bytes) + bitstream.getvalue()
     fmt = struct.pack("<IHHIIHH", 16, 1, 2, 48000, 48000 * 4, 4, 16)
     path.write_bytes(
         b"RIFF" + struct.pack("<I", 36 + len(data)) + b"WAVE" + b"fmt " + fmt
@@ -160,6 +161,32 @@ def test_ac3_carried_in_a_wav_is_found_within_the_shortened_probe(tmp_path: Path
     assert path.stat().st_size > 10 * WAV_PROBE_BYTES
     result = probe_audio(path)
     assert (result.codec, result.sample_rate, result.channels) == ("ac3", 48000, 2)
+
+
+@pytest.mark.parametrize(
+    "kind", ["cd", "mono-8k", "six-channels-96k", "ac3-in-pcm", "ac3-after-20-kb-of-silence"]
+)
+def test_a_wav_read_with_the_short_probe_reads_as_with_ffmpegs_default(tmp_path: Path, kind: str) -> None:
+    """A WAV is opened reading WAV_PROBE_BYTES ahead: every field as FFmpeg's default open (5 MB ahead)
+    reads it, for PCM and for S/PDIF carried in PCM, even behind silence."""
+    path = tmp_path / f"{kind}.wav"
+    if kind.startswith("ac3"):
+        write_spdif_wav(path, seconds=2.0, silence_bytes=20_000 if "silence" in kind else 0)
+    else:
+        rate, channels = {"cd": (44100, 2), "mono-8k": (8000, 1), "six-channels-96k": (96000, 6)}[kind]
+        make_audio(path, duration_s=1.0, sample_rate=rate, channels=channels)
+    result = probe_audio(path)
+    with av.open(str(path)) as container:
+        stream = container.streams.audio[0]
+        expected = (
+            stream.codec_context.codec.canonical_name,
+            stream.codec_context.sample_rate,
+            stream.codec_context.channels,
+            float(stream.duration * stream.time_base),
+            stream.bit_rate,
+        )
+    assert (result.codec, result.sample_rate, result.channels, result.duration_s, result.bit_rate) == expected
+    assert result.codec == ("ac3" if kind.startswith("ac3") else "pcm_s16le")
 
 
 def test_probing_leaves_no_memory_behind(tmp_path: Path) -> None:
