@@ -9,9 +9,9 @@ its return value is the result, stored by the backend with its `date_done`. The 
 backend and key prefix in `BENCH_CELERY_*` variables (this is bench code, not the product's settings).
 
 `bench.probe_plain` is the same probe as a service written without our tuning does it: `av.open` with
-FFmpeg's defaults (which reads up to 5 MB to probe the format; `probe_audio` reads a WAV's first 32 KB),
+FFmpeg's defaults (which reads up to 5 MB ahead when opening; `probe_audio` reads a WAV's first 4 KB),
 then the first frame and the same fields. It costs about 7.5 ms of CPU per call against `probe_audio`'s
-1.2 ms, and is how the calibration tells whether the issue's Celery figure (≈95 jobs/s) is reproduced.
+0.6 ms, and is how the calibration tells whether the issue's Celery figure (≈95 jobs/s) is reproduced.
 """
 
 from __future__ import annotations
