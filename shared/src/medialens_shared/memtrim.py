@@ -13,7 +13,7 @@ job has ended since the last trim (an idle service costs nothing).
 
 Elsewhere than glibc (musl, macOS) there is no malloc_trim and this does nothing.
 
-`freeze_startup_heap` is the Python heap's side: what a process built at start-up (modules, schemas,
+`frozen_startup_heap` is the Python heap's side: what a process built at start-up (modules, schemas,
 routes, pools) lives as long as it does, so the cyclic garbage collector's full passes need not walk it.
 """
 

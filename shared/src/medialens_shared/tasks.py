@@ -211,9 +211,9 @@ class JobContext:
         its first frame: the probes). It runs on the event loop's own thread: the hop to a worker thread
         cost more than such work. Beside a worker's other concurrent jobs, the thread and the loop handed
         the GIL back and forth (some 260 futex calls a probe); the pipeline's probes ran 18% faster
-        inline (bench.platform, same run, interleaved). The price: the decoder's buffers come from the
-        main thread's malloc arena, where they fragment it more (an audio process grew 2.3% over 15,000
-        probes, against 1.0% with probes in a thread).
+        inline (bench.platform, same run, interleaved). (The soak growth this was once blamed for, the
+        decoder's buffers fragmenting the main thread's malloc arena, was a PyAV leak, since mended: see
+        `medialens_video.frames.demuxed`; with probes inline every process now grows ≤ 0.5% over 20,000.)
 
         In a child process instead when the job is `isolated` (its previous attempt died with its worker),
         light or not: then `func` and `args` must pickle, except for `ctx.report`, which works there too.

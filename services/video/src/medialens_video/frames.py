@@ -46,7 +46,7 @@ Array = npt.NDArray[np.int16]
 def demuxed(container: Any, stream: Any) -> closing[Any]:
     """`container.demux(stream)` for a `with` block, which closes it however the block ends.
 
-    Why: a PyAV demux generator dropped midway, instead of closed, leaves 0.3-1.6 KB behind for good
+    Why: a PyAV demux generator dropped midway, instead of closed, leaves 0.2-1.6 KB behind for good
     (PyAV 18.1, measured over 5,000-20,000 opens of a file; none when it is closed, which runs its
     clean-up `finally`). Readers here stop early (a probe's first frame, a chunk's end, a thumbnail
     found, an error), so every one goes through this.
