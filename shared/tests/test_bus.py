@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator
 
+import aio_pika
+import aiormq
 import pytest
 from faststream.rabbit import RabbitBroker
 from pydantic import SecretStr
@@ -97,6 +100,50 @@ async def test_an_unroutable_job_raises_instead_of_vanishing(
             timeout=5.0,
         )
     assert not isinstance(caught.value, TimeoutError)
+
+
+async def test_a_job_message_carries_its_body_and_properties(
+    broker: RabbitBroker, bus_settings: Settings
+) -> None:
+    """What a consumer reads of a published job: the payload as JSON, persistent, with its message id,
+    headers, content type and the publishing program's app id."""
+    topology = Topology(bus_settings)
+    await declare(broker, topology, services=("audio",))
+    payload = {"job_id": "j1", "type": "audio.probe", "params": {"channels": [1, 2]}, "note": "é"}
+    await publish_job(
+        broker, topology, job_type="audio.probe", payload=payload, message_id="outbox-7",
+        timeout=5.0, headers={"attempt": 2, "traceparent": "00-ab-cd-01"},
+    )  # fmt: skip
+    channel = await broker.config.channel_manager.get_channel()
+    queue = await channel.get_queue(f"{bus_settings.rabbitmq.exchange}.audio", ensure=False)
+    message = await queue.get(timeout=5.0)
+    await message.ack()
+    assert json.loads(message.body) == payload
+    assert message.content_type == "application/json"
+    assert message.delivery_mode == aio_pika.DeliveryMode.PERSISTENT
+    assert message.message_id == "outbox-7"
+    assert message.app_id == "medialens-bus-tests"
+    # (and the quorum queue's own x-delivery-count)
+    assert message.headers.items() >= {"attempt": 2, "traceparent": "00-ab-cd-01"}.items()
+    assert message.routing_key == "audio.audio.probe"
+
+
+async def test_a_publish_the_broker_refuses_raises(broker: RabbitBroker, bus_settings: Settings) -> None:
+    """A publish the broker nacks (here a full queue that rejects new messages) raises, so the relay keeps
+    its outbox entry for another try."""
+    topology = Topology(bus_settings)
+    await declare(broker, topology)
+    channel = await broker.config.channel_manager.get_channel()
+    full = await channel.declare_queue(
+        f"{bus_settings.rabbitmq.exchange}.full",
+        auto_delete=True,
+        arguments={"x-max-length": 0, "x-overflow": "reject-publish"},
+    )
+    await full.bind(bus_settings.rabbitmq.exchange, routing_key="audio.#")
+    with pytest.raises(aiormq.exceptions.DeliveryError):
+        await publish_job(
+            broker, topology, job_type="audio.probe", payload={"job_id": "j"}, message_id="j", timeout=5.0
+        )
 
 
 async def test_ping_succeeds_on_a_connected_broker(broker: RabbitBroker, bus_settings: Settings) -> None:

@@ -14,7 +14,8 @@ Topology, declared by whoever connects first (all declarations are idempotent):
                                                    here, then reaches its service with its routing key kept
 
 Messages are persistent, published with publisher confirms and `mandatory`, with `on_return_raises`
-so an unroutable message is an error, never a silent drop, and every publish has a timeout.
+so an unroutable message is an error, never a silent drop, and every publish has a timeout. Without
+tracing, a job's publish goes from the broker's channel straight to aiormq (`_publish_direct` says why).
 
 Two FastStream details shape this module (both checked against RabbitMQ 3.10): its `ping()` only looks at
 the client's connection flag, so health checks and consumer counts use a passive declare on the raw channel;
@@ -24,10 +25,13 @@ and a subscriber binds one routing key, which the "<service>.#" pattern makes en
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, cast
 
+import aiormq
 from faststream.rabbit import Channel, ExchangeType, QueueType, RabbitBroker, RabbitExchange, RabbitQueue
 from faststream.rabbit.opentelemetry import RabbitTelemetryMiddleware
 
@@ -40,6 +44,9 @@ if TYPE_CHECKING:
     from faststream.rabbit.utils import RabbitClientProperties
 
 log = logging.getLogger(__name__)
+
+#: AMQP's delivery mode of a message the broker writes to disk.
+PERSISTENT = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,17 +158,72 @@ async def publish_job(
         exchange = topology.dlx
     elif delay_s:
         exchange = topology.delay_exchange(delay_s)
-    await broker.publish(
-        payload,
-        exchange=exchange,
+    if tracing_on():
+        # FastStream's telemetry middleware makes the publish span and carries the trace in the headers.
+        await broker.publish(
+            payload,
+            exchange=exchange,
+            routing_key=topology.routing_key(job_type),
+            persist=True,
+            mandatory=True,
+            message_id=message_id,
+            headers=headers or {},
+            content_type="application/json",
+            timeout=timeout,
+        )
+        return
+    await _publish_direct(
+        broker,
+        exchange=exchange.name,
         routing_key=topology.routing_key(job_type),
-        persist=True,
-        mandatory=True,
+        body=json.dumps(payload, separators=(",", ":")).encode(),
         message_id=message_id,
         headers=headers or {},
-        content_type="application/json",
         timeout=timeout,
     )
+
+
+async def _publish_direct(
+    broker: RabbitBroker,
+    *,
+    exchange: str,
+    routing_key: str,
+    body: bytes,
+    message_id: str,
+    headers: dict[str, Any],
+    timeout: float,
+) -> None:
+    """`publish_job`'s publish without tracing: on the broker's own channel (the same confirms and
+    `on_return_raises`), handed straight to aiormq, under aio-pika, with the properties FastStream sets.
+
+    Why not `broker.publish`: its layers (FastStream's publish path and aio-pika's `Message` and
+    `Exchange.publish`) cost more CPU than the publish itself; measured on 5,000 confirmed publishes, 100
+    at a time: 320-340 µs of CPU each through `broker.publish`, 180-200 µs here, and the relay publishes
+    every job's message (`bench.platform`'s pipeline and POST saturation, where it shares the cores
+    with the gateway).
+    """
+    channel = await (await broker.config.channel_manager.get_channel()).get_underlay_channel()
+    properties = aiormq.spec.Basic.Properties(
+        content_type="application/json",
+        delivery_mode=PERSISTENT,
+        headers=headers,
+        message_id=message_id,
+        correlation_id=message_id,
+        timestamp=datetime.now(UTC),
+        app_id=broker.config.app_id,
+    )
+    # `wait=False`: the frame is not awaited onto the socket before the confirm is: the confirm says more.
+    confirmation = await channel.basic_publish(
+        body,
+        exchange=exchange,
+        routing_key=routing_key,
+        properties=properties,
+        mandatory=True,  # unroutable: the channel's on_return_raises makes it a PublishError
+        timeout=timeout,
+        wait=False,
+    )
+    if not isinstance(confirmation, aiormq.spec.Basic.Ack):
+        raise aiormq.exceptions.DeliveryError(None, confirmation)
 
 
 async def queue_stats(broker: RabbitBroker, queue: str) -> QueueStats:
