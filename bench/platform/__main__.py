@@ -140,6 +140,7 @@ class Run:
                     stack, file_id=self.file_id, jobs=args.jobs, concurrency=args.submitters
                 ),
                 stack.pids(),
+                servers=stack.server_pids(),
             )
         )
         memory["after_pipeline_mb"] = stack.rss()
@@ -194,6 +195,7 @@ class Run:
                     stack, file_id=self.file_id, jobs=args.soak, concurrency=args.submitters, label="soak"
                 ),
                 stack.pids(),
+                servers=stack.server_pids(),
             )
         )
         time.sleep(2)

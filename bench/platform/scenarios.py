@@ -420,9 +420,11 @@ async def pipeline_celery(
 
 
 async def pipeline_with_memory(
-    run: Callable[[], Any], pids: dict[str, int]
+    run: Callable[[], Any], pids: dict[str, int], *, servers: dict[str, int] | None = None
 ) -> tuple[dict[str, Any], dict[str, float]]:
-    with PeakSampler(pids) as sampler, CpuMeter(pids) as cpu:
+    """`run`'s figures with the CPU per job of `pids` and `servers` (the local nx-27017, whose work is ours
+    too), and the peak memory of `pids`."""
+    with PeakSampler(pids) as sampler, CpuMeter(pids | (servers or {})) as cpu:
         figures = await run()
     figures["cpu_ms_per_job"] = cpu.per_job_ms(figures["jobs"])
     print(f"pipeline cpu ms/job {figures['cpu_ms_per_job']}", flush=True)

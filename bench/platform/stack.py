@@ -336,6 +336,10 @@ class Stack:
     def pids(self) -> dict[str, int]:
         return {name: proc.pid for name, proc in self.procs.items() if proc.poll() is None}
 
+    def server_pids(self) -> dict[str, int]:
+        """The local servers this stack started itself: the nx-27017 MongoDB (none with a MongoDB URL)."""
+        return {"mongodb": self._mongo.process.pid} if self._mongo is not None else {}
+
     def rss(self) -> dict[str, float]:
         return {name: rss_mb(pid) for name, pid in self.pids().items()}
 
