@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 
@@ -69,3 +70,31 @@ async def test_announce_reaches_a_subscriber(signals: JobSignals, db: DatabaseMa
         assert signals.job_id_of(channel) == job_id
         assert json.loads(message["data"]) == {"id": job_id, "status": "running", "progress": 0.5}
     assert {message["type"] for message in received} == {"message", "pmessage"}
+
+
+async def test_concurrent_announcements_go_together_and_arrive_in_order(
+    signals: JobSignals, db: DatabaseManager
+) -> None:
+    """Announcements made at once (a worker's concurrent jobs) share round trips and reach each job's
+    follower in the order they were made."""
+    job_ids = [uuid.uuid4().hex for _ in range(4)]
+    states = ("queued", "running", "succeeded")
+    pubsub = db.redis.pubsub()
+    flushes_before = signals.announcements.flushes
+    try:
+        await pubsub.psubscribe(signals.all_channels)
+        await asyncio.gather(
+            *(signals.announce({"id": job_id, "status": state}) for state in states for job_id in job_ids)
+        )
+        received: dict[str, list[str]] = {job_id: [] for job_id in job_ids}
+        for _ in range(100):
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
+            if message is not None:
+                job = json.loads(message["data"])
+                received.setdefault(job["id"], []).append(job["status"])
+            if all(len(states_of) == len(states) for states_of in received.values()):
+                break
+    finally:
+        await pubsub.aclose()
+    assert received == {job_id: list(states) for job_id in job_ids}
+    assert signals.announcements.flushes - flushes_before < len(job_ids) * len(states)

@@ -1109,6 +1109,88 @@ async def test_a_short_job_taken_from_its_worker_stores_no_result(
     assert await db.collection("results").find_one({"_id": job_id}) is None
 
 
+async def test_jobs_that_succeed_together_end_in_one_batch_each_with_its_own_result(
+    make_runner, new_job, tenant_id: str, db: DatabaseManager
+) -> None:
+    """Jobs of one worker that succeed at the same moment end together (one statement, one write of their
+    results, one commit), each with its own result, written once; a job given to another worker meanwhile
+    is left to it, with no result, while the others of its batch succeed."""
+    job_ids = [await new_job() for _ in range(5)]
+    taken = job_ids[2]
+    release, started = asyncio.Event(), asyncio.Semaphore(0)
+
+    async def act(ctx: JobContext) -> BaseModel:
+        started.release()
+        await release.wait()
+        return PROBE.model_copy(update={"format": PROBE.format.model_copy(update={"name": ctx.job_id})})
+
+    runner = make_runner({"video.probe": Calls(act)}, concurrency=5, lease_s=60)
+    running = [asyncio.create_task(deliver(runner, body_of(job_id, tenant_id))) for job_id in job_ids]
+    for _ in job_ids:
+        await started.acquire()
+    async with db.session() as session:
+        await session.execute(update(jobs).where(jobs.c.id == taken).values(worker="video-newowner"))
+        await session.commit()
+    release.set()
+    assert await asyncio.gather(*running) == [["ack"]] * 5
+    # Released together, they reach their ends within one or two turns of the event loop: the first
+    # success goes at once, those that come during its round trip together (here all five go in one).
+    assert runner.successes.items == 5
+    assert runner.successes.flushes <= 2
+    for job_id in job_ids:
+        row = await row_of(db, job_id)
+        stored = await db.collection("results").find_one({"_id": job_id})
+        if job_id == taken:
+            assert (row["status"], row["worker"], stored) == ("running", "video-newowner", None)
+            continue
+        assert (row["status"], row["message"], row["progress"], row["worker"]) == (
+            "succeeded",
+            "done",
+            1.0,
+            None,
+        )
+        assert stored is not None
+        assert (stored["format"]["name"], stored[RESULT_WRITES], stored["tenant_id"]) == (
+            job_id,
+            1,
+            tenant_id,
+        )
+
+
+async def test_a_batch_whose_results_cannot_be_written_leaves_each_of_its_jobs_to_retry(
+    make_runner, new_job, tenant_id: str, db: DatabaseManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failed write of a batch's results rolls back every success of the batch: each job retries its
+    end, and with MongoDB still away goes back to the queue unfinished, none with a result."""
+    monkeypatch.setattr(tasks, "FINISH_RETRY_PAUSES_S", (0.01,))
+    job_ids = [await new_job() for _ in range(3)]
+    release, started = asyncio.Event(), asyncio.Semaphore(0)
+
+    async def act(_ctx: JobContext) -> None:
+        started.release()
+        await release.wait()
+
+    runner = make_runner({"video.probe": Calls(act)}, concurrency=3)
+    batches: list[list[str]] = []
+
+    async def fail_to_store(outcomes: list[tuple[JobMessage, BaseModel]]) -> None:
+        batches.append(sorted(message.job_id for message, _ in outcomes))
+        raise MongoConnectionFailure("MongoDB is away")
+
+    runner._store_results = fail_to_store  # type: ignore[method-assign]
+    running = [asyncio.create_task(deliver(runner, body_of(job_id, tenant_id))) for job_id in job_ids]
+    for _ in job_ids:
+        await started.acquire()
+    release.set()
+    await asyncio.gather(*running)
+    assert any(len(batch) > 1 for batch in batches)
+    assert sorted(job for batch in batches for job in batch) == sorted(job_ids * 2)  # each tried twice
+    for job_id in job_ids:
+        row = await row_of(db, job_id)
+        assert (row["status"], row["finished_at"]) == ("queued", None)
+        assert await db.collection("results").find_one({"_id": job_id}) is None
+
+
 @pytest.mark.parametrize("callback_url", [None, "https://example.com/hook"])
 async def test_a_result_is_written_while_the_success_holds_the_row_uncommitted(
     make_runner, new_job, tenant_id: str, db: DatabaseManager, callback_url: str | None
@@ -1117,9 +1199,9 @@ async def test_a_result_is_written_while_the_success_holds_the_row_uncommitted(
     elsewhere: the success commits only after the write, on the lone path and the session's alike."""
     job_id = await new_job(callback_url=callback_url)
     runner = make_runner({"video.probe": Calls()})
-    store, seen = runner._store_result, []
+    store, seen = runner._store_results, []
 
-    async def look_then_store(message: JobMessage, result: BaseModel) -> None:
+    async def look_then_store(outcomes: list[tuple[JobMessage, BaseModel]]) -> None:
         # From a session: the lone path holds this process's one bare connection (the tests' pool size).
         async with db.session() as session:
             locked = text("SELECT id FROM jobs WHERE id = :id FOR UPDATE SKIP LOCKED")
@@ -1127,9 +1209,9 @@ async def test_a_result_is_written_while_the_success_holds_the_row_uncommitted(
             seen.append(
                 (await session.scalar(locked, {"id": job_id}), await session.scalar(status, {"id": job_id}))
             )
-        await store(message, result)
+        await store(outcomes)
 
-    runner._store_result = look_then_store  # type: ignore[method-assign]
+    runner._store_results = look_then_store  # type: ignore[method-assign]
     assert await deliver(runner, body_of(job_id, tenant_id)) == ["ack"]
     assert seen == [(None, "running")]
     assert (await row_of(db, job_id))["status"] == "succeeded"
@@ -1146,11 +1228,11 @@ async def test_a_result_that_cannot_be_written_leaves_the_job_unfinished(
     runner = make_runner({"video.probe": Calls()})
     writes: list[str] = []
 
-    async def fail_to_store(message: JobMessage, _result: BaseModel) -> None:
-        writes.append(message.job_id)
+    async def fail_to_store(outcomes: list[tuple[JobMessage, BaseModel]]) -> None:
+        writes.extend(message.job_id for message, _ in outcomes)
         raise MongoConnectionFailure("MongoDB is away")
 
-    runner._store_result = fail_to_store  # type: ignore[method-assign]
+    runner._store_results = fail_to_store  # type: ignore[method-assign]
     assert await deliver(runner, body_of(job_id, tenant_id)) == ["ack"]
     row = await row_of(db, job_id)
     assert (row["status"], row["worker"], row["finished_at"]) == ("queued", None, None)

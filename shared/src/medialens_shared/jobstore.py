@@ -10,7 +10,19 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from sqlalchemy import BindParameter, ColumnElement, RowMapping, Text, Update, bindparam, func, select, update
+from sqlalchemy import (
+    ARRAY,
+    BindParameter,
+    ColumnElement,
+    RowMapping,
+    Text,
+    Update,
+    any_,
+    bindparam,
+    func,
+    select,
+    update,
+)
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -138,7 +150,7 @@ async def transition(
 
 def _transition_statement(
     *,
-    job_id: str | BindParameter[str],
+    job_id: str | ColumnElement[Any],
     from_statuses: Iterable[JobStatus],
     to: JobStatus,
     count_attempt: bool,
@@ -180,6 +192,9 @@ class LoneTransition:
     job may still be one that `in_session` (the general path, `transition` itself) changes. The change's
     plain values become parameters, so `run` and `in_session` take others of the same names (an end's
     message or error); SQL expressions among them (a lease's `now() + interval`) are fixed.
+
+    A `batched` one changes several jobs in one statement (`run_many`: the same change for each, e.g. the
+    successes of a worker's concurrent jobs); `run` is then unavailable.
     """
 
     def __init__(
@@ -191,6 +206,7 @@ class LoneTransition:
         count_attempt: bool = False,
         owned: bool = False,
         returning: Iterable[ColumnElement[Any]] = (),
+        batched: bool = False,
         **values: Any,
     ) -> None:
         self.from_statuses = tuple(from_statuses)
@@ -198,8 +214,11 @@ class LoneTransition:
         self.count_attempt = count_attempt
         self.returning = tuple(returning)
         self.values = values
+        job_id: ColumnElement[Any] = bindparam("job_id", type_=Text)
+        if batched:
+            job_id = any_(bindparam("job_id", type_=ARRAY(Text)))
         statement = _transition_statement(
-            job_id=bindparam("job_id", type_=Text),
+            job_id=job_id,
             from_statuses=self.from_statuses,
             to=to,
             count_attempt=count_attempt,
@@ -209,7 +228,9 @@ class LoneTransition:
         ).where(jobs.c.parent_id.is_(None))
         if to in TERMINAL_STATUSES:
             statement = statement.where(jobs.c.callback_url.is_(None))
-        state = statement.compile(dialect=dialect).construct_expanded_state({"job_id": "", "owner": ""})
+        state = statement.compile(dialect=dialect).construct_expanded_state(
+            {"job_id": [""] if batched else "", "owner": ""}
+        )
         if state.processors:  # asyncpg takes these columns' values as they are; one needing SQLAlchemy's
             raise ValueError(f"values needing conversion for asyncpg: {sorted(state.processors)}")
         self.sql = state.statement
@@ -217,9 +238,29 @@ class LoneTransition:
         #: Where each per-call parameter goes: the job, its owner and the change's plain values.
         self._slots = {name: index for index, name in enumerate(state.positiontup or ())}
         self._owned = owned
+        self.batched = batched
 
     async def run(self, conn: Any, *, job_id: str, owner: str | None = None, **values: Any) -> JobRow | None:
         """Change the job on `conn` (an asyncpg connection); its new row, or None (see the class)."""
+        if self.batched:
+            raise ValueError("a batched change runs with run_many")
+        args = self._arguments(job_id, owner, values)
+        with bare_statement(self.sql):
+            row: JobRow | None = await conn.fetchrow(self.sql, *args)
+        return row
+
+    async def run_many(
+        self, conn: Any, *, job_ids: list[str], owner: str | None = None, **values: Any
+    ) -> list[JobRow]:
+        """Change the jobs of `job_ids` on `conn` in one statement; the new rows of those it changed."""
+        if not self.batched:
+            raise ValueError("only a batched change runs with run_many")
+        args = self._arguments(job_ids, owner, values)
+        with bare_statement(self.sql):
+            rows: list[JobRow] = await conn.fetch(self.sql, *args)
+        return rows
+
+    def _arguments(self, job_id: str | list[str], owner: str | None, values: Mapping[str, Any]) -> list[Any]:
         if self._owned != (owner is not None):
             raise ValueError("an owned change needs its owner, and only it does")
         args = self._args.copy()
@@ -228,9 +269,7 @@ class LoneTransition:
             args[self._slots["owner"]] = owner
         for name, value in values.items():
             args[self._slots[name]] = value
-        with bare_statement(self.sql):
-            row: JobRow | None = await conn.fetchrow(self.sql, *args)
-        return row
+        return args
 
     async def in_session(
         self, session: AsyncSession, *, job_id: str, owner: str | None = None, **values: Any

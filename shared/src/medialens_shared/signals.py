@@ -13,6 +13,8 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from medialens_shared.batching import Batcher
+
 #: Live data outlives a job by a day: long enough for late readers, short enough not to pile up.
 LIVE_TTL_S = 24 * 3600
 
@@ -21,6 +23,8 @@ class JobSignals:
     def __init__(self, redis: Redis, *, prefix: str) -> None:
         self.redis = redis
         self.prefix = prefix
+        #: Announcements (channel, text) made while others are on their way go together in one round trip.
+        self.announcements: Batcher[tuple[str, str], None] = Batcher(self._publish_all, max_items=100)
 
     def _key(self, job_id: str, what: str) -> str:
         return f"{self.prefix}:job:{job_id}:{what}"
@@ -50,8 +54,22 @@ class JobSignals:
         return {_text(k): _text(v) for k, v in raw.items()} or None
 
     async def announce(self, job: dict[str, Any]) -> None:
-        """Publish the job object to whoever follows this job (SSE streams)."""
-        await self.redis.publish(self.channel(job["id"]), json.dumps(job))
+        """Publish the job object to whoever follows this job (SSE streams), once it is published.
+
+        A worker's concurrent jobs announce their starts and ends at about the same time; those made
+        while another is on its way are published together, in order, in one pipeline (`batching`).
+        """
+        await self.announcements.submit((self.channel(job["id"]), json.dumps(job)))
+
+    async def _publish_all(self, messages: list[tuple[str, str]]) -> list[None]:
+        if len(messages) == 1:
+            await self.redis.publish(*messages[0])
+        else:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for channel, text in messages:
+                    pipe.publish(channel, text)
+                await pipe.execute()
+        return [None] * len(messages)
 
     async def request_cancel(self, job_id: str) -> None:
         await self.redis.set(self._key(job_id, "cancel"), b"1", ex=LIVE_TTL_S)

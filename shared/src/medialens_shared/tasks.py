@@ -51,6 +51,7 @@ from typing import Any, Protocol, TypeVar, cast
 
 import asyncpg
 from pydantic import BaseModel, ValidationError
+from pymongo import UpdateOne
 from pymongo.errors import ConnectionFailure as MongoConnectionFailure
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -59,6 +60,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from medialens_shared import isolation, jobstore, metrics, outbox
+from medialens_shared.batching import Batcher
 from medialens_shared.contracts import JOB_TYPES, JobMessage, JobStatus, ResultBase
 from medialens_shared.db import DatabaseManager
 from medialens_shared.envelope import utc_now
@@ -92,6 +94,14 @@ INPUT_FILE = "input_file"
 
 #: Bytes read from disk per chunk when a job stores a file it made.
 ARTIFACT_CHUNK_BYTES = 1024 * 1024
+
+#: What a job's success sets beside its status (a success with these is batched: see `_end_successes`).
+SUCCESS_VALUES: dict[str, Any] = {
+    "message": "done",
+    "worker": None,
+    "lease_expires_at": None,
+    "progress": 1.0,
+}
 
 T = TypeVar("T")
 Handler = Callable[["JobContext"], Awaitable[BaseModel]]
@@ -250,6 +260,17 @@ class JobContext:
         )
 
 
+@dataclass(eq=False, slots=True)
+class _Success:
+    """A lone job's success waiting for its batch (`JobRunner._end_successes`)."""
+
+    row: jobstore.JobRow
+    message: JobMessage
+    result: BaseModel
+    #: Set once its result is written (before the batch's commit): a retry then changes the status alone.
+    stored: bool = False
+
+
 class JobRunner:
     """Runs the jobs of one service through their handlers, applying the policy above."""
 
@@ -296,6 +317,18 @@ class JobRunner:
         )
         #: The ends of lone jobs (see `_finish`), by status and the names of the values they set.
         self._endings: dict[tuple[JobStatus, frozenset[str]], jobstore.LoneTransition] = {}
+        #: The successes of lone jobs, several in one statement (see `_end_successes`).
+        self._succeeding = jobstore.LoneTransition(
+            db.engine.dialect,
+            from_statuses=[JobStatus.RUNNING],
+            to=JobStatus.SUCCEEDED,
+            owned=True,
+            batched=True,
+            **SUCCESS_VALUES,
+        )
+        self.successes: Batcher[_Success, jobstore.JobRow | None] = Batcher(
+            self._end_successes, max_items=max(settings.worker.concurrency, 1)
+        )
 
     async def handle(self, body: Any, delivery: Delivery) -> None:
         """Run the job of one delivery, settling the delivery as soon as the job's claim is stored."""
@@ -370,7 +403,12 @@ class JobRunner:
             else:
                 result = (message, await self._run(handler, message, row, jlog, isolated=isolated))
             await self._finish(
-                row, JobStatus.SUCCEEDED, message="done", progress=1.0, jlog=jlog, result=result
+                row,
+                JobStatus.SUCCEEDED,
+                message=SUCCESS_VALUES["message"],
+                progress=SUCCESS_VALUES["progress"],
+                jlog=jlog,
+                result=result,
             )
         except JobCancelled:
             await self._finish(row, JobStatus.CANCELLED, message="cancelled", jlog=jlog)
@@ -585,22 +623,21 @@ class JobRunner:
         return await self.db.collection("results").find_one({"_id": job_id}, {"_id": 1}) is not None
 
     async def _store_result(self, message: JobMessage, result: BaseModel) -> None:
-        base = ResultBase(
-            job_id=message.job_id, type=message.type, input_file_id=message.file_id, created_at=utc_now()
-        )
-        document = {
-            "_id": message.job_id,
-            "tenant_id": message.tenant_id,
-            **base.model_dump(),
-            **result.model_dump(mode="json"),
-        }
-        document["created_at"] = base.created_at
-        del document["_id"]
-        # Upserted by job id, so a second run rewrites and never duplicates; `writes` counts the runs that
-        # got this far (more than one is a duplicate effect, which the chaos suite's ledger counts).
-        await self.db.collection("results").update_one(
-            {"_id": message.job_id}, {"$set": document, "$inc": {RESULT_WRITES: 1}}, upsert=True
-        )
+        await self._store_results([(message, result)])
+
+    async def _store_results(self, outcomes: list[tuple[JobMessage, BaseModel]]) -> None:
+        """Upsert each job's result by its job id (one write for several), so a second run rewrites and
+        never duplicates; `writes` counts the runs that got this far (more than one is a duplicate effect,
+        which the chaos suite's ledger counts)."""
+        updates = [
+            ({"_id": message.job_id}, {"$set": _result_document(message, result), "$inc": {RESULT_WRITES: 1}})
+            for message, result in outcomes
+        ]
+        results = self.db.collection("results")
+        if len(updates) == 1:
+            await results.update_one(*updates[0], upsert=True)
+        else:
+            await results.bulk_write([UpdateOne(*update, upsert=True) for update in updates], ordered=False)
 
     async def _finish(
         self,
@@ -623,8 +660,9 @@ class JobRunner:
         failure after the write retries the status change alone.
 
         A lone job (no part of a composite job, no `callback_url`, nothing to dead-letter) ends on a bare
-        connection (`_end_lone`); any other, or a lone one that path did not change (taken from this
-        worker, mostly), through `transition` in a session.
+        connection: its success with those of the worker's other jobs ending meanwhile (`_end_successes`),
+        any other end by itself (`_end_lone`); any other job, or a lone one that path did not change (taken
+        from this worker, mostly), through `transition` in a session.
         """
         values: dict[str, Any] = {"message": message, "worker": None, "lease_expires_at": None}
         if error is not None:
@@ -646,12 +684,27 @@ class JobRunner:
                     unstored = None
 
             lone = dead is None and row["parent_id"] is None and row["callback_url"] is None
+            batched = lone and status is JobStatus.SUCCEEDED and values == SUCCESS_VALUES
+
+            async def end_lone() -> jobstore.JobRow | None:
+                """A lone job's end: a success with its result in a batch, any other by itself."""
+                nonlocal unstored
+                if unstored is None:
+                    return await self._end_lone(row, status, values, store=None)
+                if not batched:
+                    return await self._end_lone(row, status, values, store=store)
+                success = _Success(row, *unstored)
+                try:
+                    with job_phase(
+                        "store_result", job_id=row["id"], job_type=row["type"], attempt=row["attempts"]
+                    ):
+                        return await self.successes.submit(success)
+                finally:
+                    unstored = None if success.stored else unstored
+
             for pause in (*FINISH_RETRY_PAUSES_S, None):
                 try:
-                    done = None
-                    if lone:
-                        pending = store if unstored is not None else None
-                        done = await self._end_lone(row, status, values, store=pending)
+                    done = await end_lone() if lone else None
                     if done is None:  # not a lone job's end, or (mostly) one taken from this worker
                         async with self.db.session() as session:
                             done = await jobstore.transition(
@@ -703,6 +756,28 @@ class JobRunner:
                 if done is not None:
                     await store()
             return done
+
+    async def _end_successes(self, batch: list[_Success]) -> list[jobstore.JobRow | None]:
+        """The successes of lone jobs that ended at about the same time (see `batching`), with their results:
+        one statement changes every job still running under this worker, the results of those it changed
+        are written in one call while that statement holds their rows, then one commit; as `_end_lone`
+        does for one job, for several. Each job's new row, or None for one the statement did not change."""
+        async with self.db.connection() as conn, conn.transaction():
+            ended = {
+                row["id"]: row
+                for row in await self._succeeding.run_many(
+                    conn,
+                    job_ids=[success.row["id"] for success in batch],
+                    owner=self.worker_id,
+                    **SUCCESS_VALUES,
+                )
+            }
+            owned = [success for success in batch if success.row["id"] in ended]
+            if owned:
+                await self._store_results([(success.message, success.result) for success in owned])
+                for success in owned:
+                    success.stored = True
+        return [ended.get(success.row["id"]) for success in batch]
 
     def _ending(self, status: JobStatus, values: Mapping[str, Any]) -> jobstore.LoneTransition:
         """The end of a lone job in `status` setting `values` (these as parameters), compiled once."""
@@ -763,6 +838,16 @@ _INPUT_FILE = (
     .scalar_subquery()
     .label(INPUT_FILE)
 )
+
+
+def _result_document(message: JobMessage, result: BaseModel) -> dict[str, Any]:
+    """The stored fields of a job's result: its job, tenant and input, when it was made, and its own."""
+    base = ResultBase(
+        job_id=message.job_id, type=message.type, input_file_id=message.file_id, created_at=utc_now()
+    )
+    document = {"tenant_id": message.tenant_id, **base.model_dump(), **result.model_dump(mode="json")}
+    document["created_at"] = base.created_at
+    return document
 
 
 async def _file_chunks(path: Path) -> AsyncIterator[bytes]:
