@@ -358,8 +358,11 @@ class Stack:
         amqp_ports = {name: client_ports(pid, 5672) for name, pid in pids.items()}
         conn = await asyncpg.connect(POSTGRES_ADMIN)
         try:
+            # Idle in a transaction for over a second: a transaction left open, not one caught between two
+            # of its statements (the relay's polls are, for a moment, several times a second).
             rows = await conn.fetch(
-                "select application_name, client_port, state from pg_stat_activity where datname = $1",
+                "select client_port, state = 'idle in transaction' and now() - state_change > interval '1 s'"
+                " as stuck from pg_stat_activity where datname = $1",
                 self.database,
             )
         finally:
@@ -385,9 +388,7 @@ class Stack:
             counts[name] = {
                 "postgres": sum(1 for r in rows if r["client_port"] in pg_ports[name]),
                 "postgres_idle_in_tx": sum(
-                    1
-                    for r in rows
-                    if r["client_port"] in pg_ports[name] and r["state"] == "idle in transaction"
+                    1 for r in rows if r["client_port"] in pg_ports[name] and r["stuck"]
                 ),
                 "redis": sum(1 for p in redis_client_ports if p in redis_ports[name]),
                 "amqp_connections": sum(n for p, n in amqp_conns.items() if p in amqp_ports[name]),
