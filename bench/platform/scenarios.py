@@ -41,12 +41,29 @@ def _ratio(value: float, ceiling: float) -> float | None:
 # --- 1. the ceiling -------------------------------------------------------------------------------------
 
 
+#: Measurements of the ceiling, the best of which counts: on this shared machine one measurement of 6 s
+#: came out anywhere from 3.6k to 8.2k req/s (the same command, minutes apart), and a ceiling caught low
+#: flatters every ratio to it.
+CEILING_RUNS = 3
+
+
 def ceiling(
-    base_url: str, *, duration_s: float, connections: int, label: str = "ceiling GET (bare FastAPI)"
+    base_url: str,
+    *,
+    duration_s: float,
+    connections: int,
+    label: str = "ceiling GET (bare FastAPI)",
+    runs: int = CEILING_RUNS,
 ) -> dict[str, Any]:
-    figures = wrk(base_url, Request("GET", "/v1/ping"), duration_s=duration_s, connections=connections)
-    print(figures.line(label), flush=True)
-    return {"bare FastAPI GET envelope": asdict(figures)}
+    """The bare endpoint at saturation `runs` times; the best run (the most this machine served), with the
+    requests per second of every run."""
+    measured = []
+    for _ in range(runs):
+        figures = wrk(base_url, Request("GET", "/v1/ping"), duration_s=duration_s, connections=connections)
+        print(figures.line(label), flush=True)
+        measured.append(figures)
+    best = max(measured, key=lambda figures: figures.rps)
+    return {"bare FastAPI GET envelope": asdict(best) | {"runs_rps": [round(f.rps, 1) for f in measured]}}
 
 
 # --- 2. the gateway ---------------------------------------------------------------------------------------
