@@ -7,7 +7,8 @@
 Scenarios, each printing one line of figures per measurement, all written to bench/results/platform.json
 and as a Markdown table to bench/results/platform.md:
 
-1. ceiling   a bare FastAPI endpoint returning the envelope, one uvicorn process, wrk at saturation.
+1. ceiling   a bare FastAPI endpoint returning the envelope, one uvicorn process, wrk at saturation, the best
+             of three measurements.
    calibration the issue's reference figures on this machine (bench.platform.calibrate): aio-pika
              confirmed publishes, single-row PostgreSQL commits, nx-27017 writes and a bare FastAPI on
              the standard library's loop, each against its quote; after scenario 3, Celery's jobs/s
@@ -29,6 +30,8 @@ and as a Markdown table to bench/results/platform.md:
              deployment scales it; `--audio-processes`), each running up to 8 jobs at once.
 4. memory    resident memory of every process idle, at its peak under scenario 3, and after a soak of M
              more jobs (growth from after scenario 3), with server-side connection counts before/after.
+
+Apart from them, `python -m bench.platform.relay_cost` measures the relay's CPU per outbox entry alone.
 
 Needs the local PostgreSQL, Redis and RabbitMQ (rabbitmqctl, as root) and wrk (installed with apt-get
 when missing). MongoDB is MEDIALENS_MONGODB_URL or an nx-27017 dev server started here.
