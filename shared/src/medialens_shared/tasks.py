@@ -622,9 +622,6 @@ class JobRunner:
         """Whether a result of this job is stored already (by an attempt that died before finishing)."""
         return await self.db.collection("results").find_one({"_id": job_id}, {"_id": 1}) is not None
 
-    async def _store_result(self, message: JobMessage, result: BaseModel) -> None:
-        await self._store_results([(message, result)])
-
     async def _store_results(self, outcomes: list[tuple[JobMessage, BaseModel]]) -> None:
         """Upsert each job's result by its job id (one write for several), so a second run rewrites and
         never duplicates; `writes` counts the runs that got this far (more than one is a duplicate effect,
@@ -660,9 +657,10 @@ class JobRunner:
         failure after the write retries the status change alone.
 
         A lone job (no part of a composite job, no `callback_url`, nothing to dead-letter) ends on a bare
-        connection: its success with those of the worker's other jobs ending meanwhile (`_end_successes`),
-        any other end by itself (`_end_lone`); any other job, or a lone one that path did not change (taken
-        from this worker, mostly), through `transition` in a session.
+        connection: a success with its result to store together with those of the worker's other jobs
+        succeeding meanwhile (`_end_successes`), an end with nothing to store by itself (`_end_lone`); any
+        other job, or a lone one that path did not change (taken from this worker, mostly), through
+        `transition` in a session.
         """
         values: dict[str, Any] = {"message": message, "worker": None, "lease_expires_at": None}
         if error is not None:
@@ -680,19 +678,21 @@ class JobRunner:
                     with job_phase(
                         "store_result", job_id=row["id"], job_type=row["type"], attempt=row["attempts"]
                     ):
-                        await self._store_result(*unstored)
+                        await self._store_results([unstored])
                     unstored = None
 
             lone = dead is None and row["parent_id"] is None and row["callback_url"] is None
             batched = lone and status is JobStatus.SUCCEEDED and values == SUCCESS_VALUES
 
             async def end_lone() -> jobstore.JobRow | None:
-                """A lone job's end: a success with its result in a batch, any other by itself."""
+                """A lone job's end on a bare connection: a success with its result in a batch, an end with
+                nothing to store by itself. None: not changed there (nor any other end with a result, which
+                the session's path takes)."""
                 nonlocal unstored
                 if unstored is None:
-                    return await self._end_lone(row, status, values, store=None)
+                    return await self._end_lone(row, status, values)
                 if not batched:
-                    return await self._end_lone(row, status, values, store=store)
+                    return None
                 success = _Success(row, *unstored)
                 try:
                     with job_phase(
@@ -736,32 +736,19 @@ class JobRunner:
         await self._announce(done)
 
     async def _end_lone(
-        self,
-        row: jobstore.JobRow,
-        status: JobStatus,
-        values: Mapping[str, Any],
-        *,
-        store: Callable[[], Awaitable[None]] | None,
+        self, row: jobstore.JobRow, status: JobStatus, values: Mapping[str, Any]
     ) -> jobstore.JobRow | None:
-        """`_finish`'s change of a lone job (see `jobstore.LoneTransition`) on a bare connection: the one
-        statement, committing by itself; with a result to `store`, the statement and the write in one
-        explicit transaction, which holds the row while the result is written (as `_finish` requires).
-        None: the statement changed nothing."""
+        """`_finish`'s change of a lone job with no result to store (see `jobstore.LoneTransition`) on a
+        bare connection: the one statement, committing by itself. None: the statement changed nothing."""
         ending = self._ending(status, values)
         async with self.db.connection() as conn:
-            if store is None:
-                return await ending.run(conn, job_id=row["id"], owner=self.worker_id, **values)
-            async with conn.transaction():
-                done = await ending.run(conn, job_id=row["id"], owner=self.worker_id, **values)
-                if done is not None:
-                    await store()
-            return done
+            return await ending.run(conn, job_id=row["id"], owner=self.worker_id, **values)
 
     async def _end_successes(self, batch: list[_Success]) -> list[jobstore.JobRow | None]:
         """The successes of lone jobs that ended at about the same time (see `batching`), with their results:
         one statement changes every job still running under this worker, the results of those it changed
-        are written in one call while that statement holds their rows, then one commit; as `_end_lone`
-        does for one job, for several. Each job's new row, or None for one the statement did not change."""
+        are written in one call while that statement holds their rows (as `_finish` requires), then one
+        commit. Each job's new row, or None for one the statement did not change."""
         async with self.db.connection() as conn, conn.transaction():
             ended = {
                 row["id"]: row
