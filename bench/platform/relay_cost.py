@@ -19,6 +19,7 @@ from pathlib import Path
 
 import asyncpg
 
+from bench.platform.scenarios import drain_outbox
 from bench.platform.stack import CpuMeter, Stack
 
 #: Outbox entries of audio.probe jobs (their job rows need not exist: the relay reads only the outbox).
@@ -32,13 +33,10 @@ from generate_series(1, $1) g
 """
 
 
-async def fill_and_wait(dsn: str, entries: int) -> None:
+async def fill(dsn: str, entries: int) -> None:
     conn = await asyncpg.connect(dsn)
     try:
         await conn.execute(FILL, entries)
-        # Polled: the relay's progress is in the table, with nothing to wait on here.
-        while await conn.fetchval("select count(*) from outbox where sent_at is null"):  # noqa: ASYNC110
-            await asyncio.sleep(0.05)
     finally:
         await conn.close()
 
@@ -54,7 +52,8 @@ def main() -> None:
         for number in range(args.rounds):
             with CpuMeter(stack.pids()) as cpu:
                 started = time.perf_counter()
-                asyncio.run(fill_and_wait(stack.dsn, args.entries))
+                asyncio.run(fill(stack.dsn, args.entries))
+                asyncio.run(drain_outbox(stack))
                 wall_s = time.perf_counter() - started
             per = cpu.per_job_ms(args.entries)
             print(
