@@ -262,6 +262,10 @@ class Stack:
             "PYTHONPYCACHEPREFIX": str(self.workdir / "pycache"),
         }
         env.pop("PYTHONDONTWRITEBYTECODE", None)
+        # For A/B runs: the stack's processes import another checkout first (e.g. a `git worktree` of the
+        # commit before a change: `MEDIALENS_BENCH_PYTHONPATH=<tree>/shared/src:<tree>/services/audio/src`).
+        if os.environ.get("MEDIALENS_BENCH_PYTHONPATH"):
+            env["PYTHONPATH"] = os.environ["MEDIALENS_BENCH_PYTHONPATH"]
         self.env = env
         warm_up = "import " + ", ".join(f"{m}.__main__" if "." not in m else m for m in PROGRAMS.values())
         subprocess.run([sys.executable, "-W", "ignore", "-c", warm_up], env=env, check=True, timeout=300)

@@ -1157,6 +1157,26 @@ async def test_jobs_that_succeed_together_end_in_one_batch_each_with_its_own_res
         )
 
 
+async def test_deliveries_that_arrive_together_are_claimed_in_one_batch_and_a_duplicate_once(
+    make_runner, new_job, tenant_id: str, db: DatabaseManager
+) -> None:
+    """Deliveries that reach a worker at the same moment are claimed together (one statement), each job
+    once: a second delivery of a job within the batch (a message published twice) is acked and skipped,
+    and the job runs for its first delivery only, attempt 1."""
+    job_ids = [await new_job() for _ in range(4)]
+    handler = Calls()
+    runner = make_runner({"video.probe": handler}, concurrency=5)
+    bodies = [body_of(job_id, tenant_id) for job_id in job_ids] + [body_of(job_ids[1], tenant_id)]
+    assert await asyncio.gather(*(deliver(runner, body) for body in bodies)) == [["ack"]] * 5
+    # Every delivery reaches the batcher before its flush first runs (a task of its own, scheduled after
+    # theirs): one statement for the five, the duplicate among them.
+    assert (runner.claims.items, runner.claims.flushes) == (5, 1)
+    assert sorted(ctx.job_id for ctx in handler.contexts) == sorted(job_ids)
+    for job_id in job_ids:
+        row = await row_of(db, job_id)
+        assert (row["status"], row["attempts"]) == ("succeeded", 1)
+
+
 async def test_a_batch_whose_results_cannot_be_written_leaves_each_of_its_jobs_to_retry(
     make_runner, new_job, tenant_id: str, db: DatabaseManager, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -305,15 +305,20 @@ class JobRunner:
         )
         #: Jobs this runner claimed and then ended, whatever their outcome.
         self.jobs_ended = 0
+        #: The claims of lone jobs, several in one statement (see `_claim_many`).
         self._claiming = jobstore.LoneTransition(
             db.engine.dialect,
             from_statuses=[JobStatus.QUEUED],
             to=JobStatus.RUNNING,
             count_attempt=True,
             returning=[_INPUT_FILE],
+            batched=True,
             message="started",
             worker=self.worker_id,
             lease_expires_at=func.now() + self.lease,
+        )
+        self.claims: Batcher[str, jobstore.JobRow | None] = Batcher(
+            self._claim_many, max_items=max(settings.worker.concurrency, 1)
         )
         #: The ends of lone jobs (see `_finish`), by status and the names of the values they set.
         self._endings: dict[tuple[JobStatus, frozenset[str]], jobstore.LoneTransition] = {}
@@ -364,17 +369,26 @@ class JobRunner:
             self.jobs_ended += 1
 
     async def _claim(self, message: JobMessage) -> jobstore.JobRow | None:
-        """queued -> running under this worker's lease: one statement on a bare connection for a job that is
-        no part of a composite job (most are, and the message cannot tell), else `transition` in a session,
-        where the composite job follows its part in the same transaction."""
-        async with self.db.connection() as conn:
-            row = await self._claiming.run(conn, job_id=message.job_id)
+        """queued -> running under this worker's lease: on a bare connection for a job that is no part of a
+        composite job (most are, and the message cannot tell), with the claims of the worker's other
+        deliveries meanwhile (`_claim_many`), else `transition` in a session, where the composite job
+        follows its part in the same transaction."""
+        row = await self.claims.submit(message.job_id)
         if row is not None:
             return row
         async with self.db.session() as session:  # a part, or a job no longer queued (then: None again)
             row = await self._claiming.in_session(session, job_id=message.job_id)
             await session.commit()
         return row
+
+    async def _claim_many(self, job_ids: list[str]) -> list[jobstore.JobRow | None]:
+        """The claims of the deliveries that came at about the same time (see `batching`): one statement,
+        committing by itself. Each delivery's claimed row, or None where the statement claimed nothing; a
+        job delivered twice in one batch (a duplicate message) is claimed for its first delivery only."""
+        async with self.db.connection() as conn:
+            claimed = await self._claiming.run_many(conn, job_ids=list(dict.fromkeys(job_ids)))
+        rows = {row["id"]: row for row in claimed}
+        return [rows.pop(job_id, None) for job_id in job_ids]
 
     async def _execute(
         self,
