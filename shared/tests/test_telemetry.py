@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from fastapi import FastAPI
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
@@ -80,6 +81,17 @@ def test_without_a_provider_the_hooks_instrument_nothing(monkeypatch: pytest.Mon
     assert not tracing_on()
     assert app.user_middleware == []
     assert not list(engine.sync_engine.dispatch.before_cursor_execute)
+
+
+def test_with_tracing_off_a_phase_makes_no_span(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without a provider, job_phase yields the invalid span and leaves the current context alone."""
+    monkeypatch.setattr(trace, "get_tracer_provider", trace.ProxyTracerProvider)
+    before = otel_context.get_current()
+    with job_phase("handler", job_id="j-1", job_type="video.probe", attempt=2) as span:
+        assert span is trace.INVALID_SPAN
+        assert otel_context.get_current() is before
+    with pytest.raises(ValueError, match="raised inside"), job_phase("claim", job_id="j-1", job_type="x"):
+        raise ValueError("raised inside")
 
 
 def test_a_phase_span_carries_the_job_attributes(spans: InMemorySpanExporter) -> None:

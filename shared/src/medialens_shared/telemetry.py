@@ -170,7 +170,10 @@ def attached(headers: Mapping[str, Any] | None) -> Iterator[None]:
 
 
 def untraced() -> contextlib.AbstractContextManager[None]:
-    """Keep the current span, but let instrumentations make no spans in the block (a heartbeat loop)."""
+    """Keep the current span, but let instrumentations make no spans in the block (a heartbeat loop).
+    Nothing with tracing off, when no instrumentation is installed (see the hooks above)."""
+    if not tracing_on():
+        return contextlib.nullcontext()
     from opentelemetry.instrumentation.utils import suppress_instrumentation
 
     return suppress_instrumentation()
@@ -178,7 +181,12 @@ def untraced() -> contextlib.AbstractContextManager[None]:
 
 @contextlib.contextmanager
 def job_phase(phase: str, *, job_id: str, job_type: str, attempt: int | None = None) -> Iterator[Span]:
-    """A span for one phase of a job, with job.id, job.type and job.attempt; records an exception."""
+    """A span for one phase of a job, with job.id, job.type and job.attempt; records an exception. With
+    tracing off, the invalid span and nothing else: the API's no-op tracer still looked its provider up,
+    made a span and attached it to the context, five phases a job (8% of a light job's CPU in a worker)."""
+    if not tracing_on():
+        yield trace.INVALID_SPAN
+        return
     attributes: dict[str, str | int] = {"job.id": job_id, "job.type": job_type, "job.phase": phase}
     if attempt is not None:
         attributes["job.attempt"] = attempt
