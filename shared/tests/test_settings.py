@@ -117,8 +117,8 @@ def test_a_pool_size_in_the_environment_applies_to_every_process(monkeypatch: py
 
 @pytest.mark.parametrize(
     ("pool_size", "bare"),
-    [(None, {"gateway": 20, "relay": 0, "audio": 3}), (3, {"gateway": 2, "relay": 0, "audio": 1}),
-     (2, {"gateway": 1, "relay": 0, "audio": 1})],
+    [(None, {"gateway": 20, "relay": 1, "audio": 3}), (3, {"gateway": 2, "relay": 1, "audio": 1}),
+     (2, {"gateway": 1, "relay": 1, "audio": 1})],
 )  # fmt: skip
 def test_the_bare_pool_takes_its_share_of_the_pool_size(pool_size: int | None, bare: dict[str, int]) -> None:
     """The bare pool takes its process's share of pool_size, rounded down, and always leaves the sessions

@@ -4,6 +4,7 @@ lost, and failing the jobs whose messages were dead-lettered."""
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -13,12 +14,14 @@ import pytest
 from sqlalchemy import select, update
 
 from medialens_gateway.relay import Relay
+from medialens_shared import migrate
 from medialens_shared.bus import Topology, make_broker, queue_stats
 from medialens_shared.db import DatabaseManager
 from medialens_shared.jobstore import WORKER_DIED_HEADER
 from medialens_shared.outbox import DELAY_TIERS_S
 from medialens_shared.tables import jobs, outbox
 from scripts.samples import make_video
+from tests.fixtures.servers import drop_database, make_settings
 from tests.fixtures.stack import Stack, result_of, submit, upload, wait_for
 
 
@@ -158,3 +161,45 @@ async def test_sent_entries_are_deleted_once_past_their_retention(
     assert await remaining() == set(ids)
     assert await Relay(settings=hour, db=db, broker=broker).prune() >= 1
     assert await remaining() == {ids[1], ids[2]}
+
+
+async def test_an_entry_the_broker_does_not_take_waits_with_why_and_the_others_go(
+    run_id: str, mongo_url: str, rabbit_vhost: str
+) -> None:
+    """A round publishes what it can: an entry that cannot be published (here a routing key of no job
+    type) stays unsent, its attempts counted and its last error kept round after round, while the entry
+    beside it is sent and marked. (On a database of its own, which the stack's relay does not see.)"""
+    name = f"{run_id}_outbox"
+    settings = make_settings(run_id=name, mongo_url=mongo_url, vhost=rabbit_vhost)
+    await asyncio.to_thread(migrate.upgrade, settings.postgres.url.get_secret_value())
+    db = DatabaseManager(settings, name="relay")
+    broker = make_broker(settings, name="outbox-test")
+    try:
+        await broker.start()
+        missing = secrets.token_hex(8)  # a job the stack's video service does not know: it skips the message
+        async with db.session() as session:
+            for routing_key in ("no.such-type", "video.probe"):
+                message = {"job_id": missing, "type": routing_key, "tenant_id": "t", "params": {}}
+                await session.execute(
+                    outbox.insert().values(job_id=missing, routing_key=routing_key, payload=message)
+                )
+            await session.commit()
+        relay = Relay(settings=settings, db=db, broker=broker)
+        assert await relay.publish_batch() == 1
+        assert await relay.publish_batch() == 0
+        async with db.session() as session:
+            entries = {
+                entry["routing_key"]: entry
+                for entry in (
+                    await session.execute(select(outbox).where(outbox.c.job_id == missing))
+                ).mappings()
+            }
+        assert entries["video.probe"]["sent_at"] is not None
+        assert (entries["video.probe"]["attempts"], entries["video.probe"]["last_error"]) == (0, None)
+        unsent = entries["no.such-type"]
+        assert (unsent["sent_at"], unsent["attempts"]) == (None, 2)
+        assert "no.such-type" in unsent["last_error"]
+    finally:
+        await broker.stop()
+        await db.close_all()
+        await drop_database(f"medialens_test_{name}")

@@ -14,7 +14,7 @@ replicas, keep `replicas * (pool_size + max_overflow)` summed over all deploymen
 Within a process, `pool_size` is shared by its two pools: SQLAlchemy's, for sessions, and the bare pool of
 single statements (`DatabaseManager.connection`), which takes `BARE_SHARES` of it (the gateway two thirds:
 its job reads, lists and submissions are bare statements; a service half: a job's claim and end; the relay
-none, it only uses sessions). The overflow stays with the sessions. The sum is the same budget.
+half: its outbox rounds). The overflow stays with the sessions. The sum is the same budget.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ Environment = Literal["development", "test", "production"]
 POOL_DEFAULTS: dict[str, tuple[int, int]] = {"gateway": (30, 0), "relay": (2, 2)}
 WORKER_POOL_DEFAULT = (6, 0)
 #: The share of each process's `pool_size` that its bare pool takes (rounded down; the sessions keep one).
-BARE_SHARES: dict[str, Fraction] = {"gateway": Fraction(2, 3), "relay": Fraction(0)}
+BARE_SHARES: dict[str, Fraction] = {"gateway": Fraction(2, 3), "relay": Fraction(1, 2)}
 WORKER_BARE_SHARE = Fraction(1, 2)
 
 
