@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import duckdb
 import pytest
 
+from medialens_data import engine
 from medialens_data.engine import Limits, Watchdog, connect, count_label, json_value, lock, open_lanes
 from medialens_shared.errors import InvalidParams, JobCancelled, JobTimeout
 
@@ -159,3 +162,35 @@ def test_json_value(value: object, expected: object) -> None:
 def test_count_label(count: int, label: str) -> None:
     """Row counts read as 950, 12k, 1M, 3.2M in progress notes."""
     assert count_label(count) == label
+
+
+def test_a_lane_thread_is_returned_once_its_work_has_begun() -> None:
+    """`_start_running` returns the thread only after its target started, which then runs to its end."""
+    seen: list[str] = []
+    release = threading.Event()
+
+    def work(label: str) -> None:
+        seen.append(label)
+        release.wait(5)
+
+    thread = engine._start_running(work, "lane-0", name="test-lane")
+    assert seen == ["lane-0"]
+    release.set()
+    thread.join(5)
+    assert not thread.is_alive()
+
+
+def test_a_lane_thread_that_dies_starting_raises_instead_of_being_waited_for(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A thread that ends before its target begins (as CPython 3.11 ends one whose start-up trace collides
+    with another's) is an error at once, not a wait for ever."""
+
+    class DiesStarting(threading.Thread):
+        def run(self) -> None:  # ends without calling its target
+            return None
+
+    # The engine's view of the module only: other threads of the test run are left alone.
+    monkeypatch.setattr(engine, "threading", SimpleNamespace(Thread=DiesStarting, Event=threading.Event))
+    with pytest.raises(RuntimeError, match="ended before it began"):
+        engine._start_running(lambda: None, name="test-lane")
