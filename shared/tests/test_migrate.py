@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator
 
 import asyncpg
 import pytest
+from sqlalchemy.dialects.postgresql import asyncpg as postgresql_asyncpg
 
-from medialens_shared import migrate
+from medialens_shared import jobstore, migrate
+from medialens_shared.contracts import JobStatus
 from tests.fixtures.servers import drop_database
 
 pytestmark = pytest.mark.integration
@@ -51,3 +54,44 @@ def test_main_reads_the_url_from_the_environment(scratch_db: str, monkeypatch: p
     monkeypatch.setenv("MEDIALENS_POSTGRES_URL", f"postgresql+asyncpg://postgres@127.0.0.1:5432/{scratch_db}")
     migrate.main()
     assert asyncio.run(_tables(scratch_db)) >= TABLES
+
+
+def test_a_young_jobs_table_claims_without_reading_the_parent_index(scratch_db: str) -> None:
+    """The parent index holds only parts of composite jobs (migration 0005): a worker's claim, which
+    selects `parent_id IS NULL`, cannot read it. Before, on a table of lone jobs not analyzed yet, the
+    planner combined it with the primary key and read an entry for every job at each claim."""
+    url = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{scratch_db}"
+    migrate.upgrade(url)
+    claim = jobstore.LoneTransition(
+        postgresql_asyncpg.dialect(),
+        from_statuses=[JobStatus.QUEUED],
+        to=JobStatus.RUNNING,
+        count_attempt=True,
+        batched=True,
+        message="started",
+        worker="w",
+    )
+
+    async def plan() -> tuple[str, str]:
+        conn = await asyncpg.connect(f"postgresql://postgres@127.0.0.1:5432/{scratch_db}")
+        try:
+            await conn.execute("ALTER TABLE jobs SET (autovacuum_enabled = false)")  # no statistics
+            await conn.execute("INSERT INTO tenants (id, name, webhook_secret) VALUES ('t', 't', 's')")
+            await conn.execute(
+                "INSERT INTO jobs (id, tenant_id, type, status) "
+                "SELECT md5(g::text), 't', 'audio.probe', 'queued' FROM generate_series(1, 2000) g"
+            )
+            await conn.execute("SET plan_cache_mode = force_generic_plan")  # as a statement reused
+            statement = await conn.prepare(claim.sql)
+            explained = json.dumps(await statement.explain(*claim._arguments(["a", "b"], None, {})))
+            definition = await conn.fetchval(
+                "SELECT indexdef FROM pg_indexes WHERE indexname = 'ix_jobs_parent'"
+            )
+        finally:
+            await conn.close()
+        return explained, definition
+
+    explained, definition = asyncio.run(plan())
+    assert definition.endswith("WHERE (parent_id IS NOT NULL)")
+    assert "pk_jobs" in explained
+    assert "ix_jobs_parent" not in explained

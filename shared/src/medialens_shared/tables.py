@@ -105,7 +105,8 @@ jobs = Table(
     Column("finished_at", DateTime(timezone=True)),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Index("ix_jobs_tenant_created", "tenant_id", text("created_at DESC"), text("id DESC")),
-    Index("ix_jobs_parent", "parent_id"),
+    # The parts of composite jobs only: see migration 0005.
+    Index("ix_jobs_parent", "parent_id", postgresql_where=text("parent_id IS NOT NULL")),
     Index("ix_jobs_running_lease", "lease_expires_at", postgresql_where=text("status = 'running'")),
 )
 
