@@ -7,7 +7,8 @@ the primary key with this index, reading every NULL entry for each statement: 35
 the benchmark, a cost growing with the table. Partial, the index cannot serve `parent_id IS NULL` and still
 serves `parent_id = x` (a composite job's parts, the foreign key's ON DELETE SET NULL).
 
-Built concurrently (writes go on meanwhile), then swapped in under the old name.
+Built concurrently (writes go on meanwhile), then swapped in under the old name. Each step may run again
+after an interruption: a build cut short leaves an invalid index behind, dropped before the next build.
 
 Revision ID: 0005
 Revises: 0004
@@ -26,23 +27,23 @@ depends_on = None
 
 
 def upgrade() -> None:
-    with op.get_context().autocommit_block():
-        op.create_index(
-            "ix_jobs_parent_parts",
-            "jobs",
-            ["parent_id"],
-            postgresql_where=sa.text("parent_id IS NOT NULL"),
-            postgresql_concurrently=True,
-            if_not_exists=True,
-        )
-        op.drop_index("ix_jobs_parent", table_name="jobs", postgresql_concurrently=True, if_exists=True)
-    op.execute("ALTER INDEX ix_jobs_parent_parts RENAME TO ix_jobs_parent")
+    _swap("ix_jobs_parent_parts", where="parent_id IS NOT NULL")
 
 
 def downgrade() -> None:
+    _swap("ix_jobs_parent_all", where=None)
+
+
+def _swap(building: str, *, where: str | None) -> None:
+    """Build `building` on jobs.parent_id concurrently, then put it in `ix_jobs_parent`'s place."""
     with op.get_context().autocommit_block():
+        op.drop_index(building, table_name="jobs", postgresql_concurrently=True, if_exists=True)
         op.create_index(
-            "ix_jobs_parent_all", "jobs", ["parent_id"], postgresql_concurrently=True, if_not_exists=True
+            building,
+            "jobs",
+            ["parent_id"],
+            postgresql_where=sa.text(where) if where else None,
+            postgresql_concurrently=True,
         )
         op.drop_index("ix_jobs_parent", table_name="jobs", postgresql_concurrently=True, if_exists=True)
-    op.execute("ALTER INDEX ix_jobs_parent_all RENAME TO ix_jobs_parent")
+    op.execute(f"ALTER INDEX {building} RENAME TO ix_jobs_parent")
