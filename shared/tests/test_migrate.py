@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import asyncpg
 import pytest
+from alembic import command
 from sqlalchemy.dialects.postgresql import asyncpg as postgresql_asyncpg
 
 from medialens_shared import jobstore, migrate
@@ -95,3 +96,23 @@ def test_a_young_jobs_table_claims_without_reading_the_parent_index(scratch_db: 
     assert definition.endswith("WHERE (parent_id IS NOT NULL)")
     assert "pk_jobs" in explained
     assert "ix_jobs_parent" not in explained
+
+
+def test_the_parent_index_swap_goes_down_and_up_again(scratch_db: str) -> None:
+    """Migration 0005 undone puts back the index of every job's parent, and done again the partial one."""
+    url = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{scratch_db}"
+
+    async def definition() -> str:
+        conn = await asyncpg.connect(f"postgresql://postgres@127.0.0.1:5432/{scratch_db}")
+        try:
+            return str(
+                await conn.fetchval("SELECT indexdef FROM pg_indexes WHERE indexname = 'ix_jobs_parent'")
+            )
+        finally:
+            await conn.close()
+
+    migrate.upgrade(url)
+    command.downgrade(migrate.alembic_config(url), "0004")
+    assert asyncio.run(definition()).endswith("USING btree (parent_id)")
+    migrate.upgrade(url)
+    assert asyncio.run(definition()).endswith("WHERE (parent_id IS NOT NULL)")
