@@ -318,7 +318,7 @@ class JobRunner:
             lease_expires_at=func.now() + self.lease,
         )
         self.claims: Batcher[str, jobstore.JobRow | None] = Batcher(
-            self._claim_many, max_items=max(settings.worker.concurrency, 1)
+            self._claim_many, max_items=settings.worker.concurrency
         )
         #: The ends of lone jobs (see `_finish`), by status and the names of the values they set.
         self._endings: dict[tuple[JobStatus, frozenset[str]], jobstore.LoneTransition] = {}
@@ -332,7 +332,7 @@ class JobRunner:
             **SUCCESS_VALUES,
         )
         self.successes: Batcher[_Success, jobstore.JobRow | None] = Batcher(
-            self._end_successes, max_items=max(settings.worker.concurrency, 1)
+            self._end_successes, max_items=settings.worker.concurrency
         )
 
     async def handle(self, body: Any, delivery: Delivery) -> None:
@@ -681,7 +681,8 @@ class JobRunner:
             values["error_code"], values["error_message"] = error
         if progress is not None:
             values["progress"] = progress
-        with job_phase("finish", job_id=row["id"], job_type=row["type"], attempt=row["attempts"]):
+        phase = {"job_id": row["id"], "job_type": row["type"], "attempt": row["attempts"]}
+        with job_phase("finish", **phase):
             # The outcome is already made (a result may be stored): a database blip here must not leave the
             # job to the reaper, who would run it a second time. So retry while the lease still holds.
             unstored = result
@@ -689,9 +690,7 @@ class JobRunner:
             async def store() -> None:  # once: a failure after the write retries the status change alone
                 nonlocal unstored
                 if unstored is not None:
-                    with job_phase(
-                        "store_result", job_id=row["id"], job_type=row["type"], attempt=row["attempts"]
-                    ):
+                    with job_phase("store_result", **phase):
                         await self._store_results([unstored])
                     unstored = None
 
@@ -709,9 +708,7 @@ class JobRunner:
                     return None
                 success = _Success(row, *unstored)
                 try:
-                    with job_phase(
-                        "store_result", job_id=row["id"], job_type=row["type"], attempt=row["attempts"]
-                    ):
+                    with job_phase("store_result", **phase):
                         return await self.successes.submit(success)
                 finally:
                     unstored = None if success.stored else unstored
