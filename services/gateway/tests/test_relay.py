@@ -203,3 +203,60 @@ async def test_an_entry_the_broker_does_not_take_waits_with_why_and_the_others_g
         await broker.stop()
         await db.close_all()
         await drop_database(f"medialens_test_{name}")
+
+
+async def test_busy_rounds_look_for_due_webhooks_once_a_poll_interval(
+    run_id: str, mongo_url: str, rabbit_vhost: str
+) -> None:
+    """While the outbox keeps every round full (no pause between rounds), the relay looks for due webhook
+    deliveries at most once a poll interval, not once a round: each look is a transaction of its own, which
+    a burst of submissions would otherwise pay for on every batch. (On a database of its own; the entries
+    are messages for a job no service knows, which the stack's video service skips.)"""
+    name = f"{run_id}_webhook_pace"
+    base = make_settings(run_id=name, mongo_url=mongo_url, vhost=rabbit_vhost)
+    relay_settings = base.relay.model_copy(update={"batch_size": 5, "poll_interval_s": 1.0})
+    settings = base.model_copy(update={"relay": relay_settings})
+    await asyncio.to_thread(migrate.upgrade, settings.postgres.url.get_secret_value())
+    db = DatabaseManager(settings, name="relay")
+    broker = make_broker(settings, name="webhook-pace-test")
+    entries = 200
+    try:
+        await broker.start()
+        missing = secrets.token_hex(8)
+        message = {"job_id": missing, "type": "video.probe", "tenant_id": "t", "params": {}}
+        async with db.session() as session:
+            await session.execute(
+                outbox.insert(),
+                [{"job_id": missing, "routing_key": "video.probe", "payload": message}] * entries,
+            )
+            await session.commit()
+        relay = Relay(settings=settings, db=db, broker=broker)
+        rounds, looks = 0, 0
+        publish_batch, dispatch_once = relay.publish_batch, relay.webhooks.dispatch_once
+
+        async def counted_round() -> int:
+            nonlocal rounds
+            rounds += 1
+            sent = await publish_batch()
+            if sent < relay_settings.batch_size:
+                stop.set()  # the outbox is empty: the busy stretch is over
+            return sent
+
+        async def counted_look() -> int:
+            nonlocal looks
+            looks += 1
+            return await dispatch_once()
+
+        relay.publish_batch = counted_round  # type: ignore[method-assign]
+        relay.webhooks.dispatch_once = counted_look  # type: ignore[method-assign]
+        stop = asyncio.Event()
+        started = time.monotonic()
+        await asyncio.wait_for(relay.run(stop), timeout=60)
+        elapsed = time.monotonic() - started
+        assert rounds >= entries // relay_settings.batch_size
+        assert 1 <= looks <= 1 + elapsed / relay_settings.poll_interval_s
+        assert looks < rounds / 4
+    finally:
+        await broker.stop()
+        await db.close_all()
+        await drop_database(f"medialens_test_{name}")
