@@ -75,9 +75,13 @@ DESCRIPTIONS: dict[str, str] = {
     "MEDIALENS_GATEWAY_MAX_IN_FLIGHT": "Requests one gateway process serves at once (health checks aside); "
     "past it, 503 SERVICE_UNAVAILABLE with Retry-After (0: no bound).",
     "MEDIALENS_RELAY_BATCH_SIZE": "Outbox entries the relay publishes per round.",
-    "MEDIALENS_RELAY_POLL_INTERVAL_S": "Seconds between two looks at the outbox when it is empty.",
+    "MEDIALENS_RELAY_POLL_INTERVAL_S": "Seconds between two looks at the outbox when it is empty, unless a "
+    "gateway's nudge comes first (a fallback: a submission nudges the relays).",
     "MEDIALENS_RELAY_BUSY_POLL_INTERVAL_S": "Seconds between two looks at the outbox after a round that "
-    "published something (a burst of submissions is likely going on).",
+    "published something (a burst of submissions is likely going on), unless a nudge comes first.",
+    "MEDIALENS_RELAY_NUDGE_INTERVAL_S": "A gateway process wakes the relays (a Redis message) as soon as it "
+    "has written an outbox entry, then at most once this often while it keeps writing: an idle system "
+    "publishes a job within milliseconds.",
     "MEDIALENS_RELAY_REAP_INTERVAL_S": "How often the relay looks for running jobs whose lease ran out.",
     "MEDIALENS_RELAY_SENT_RETENTION_S": "How long a sent outbox entry is kept (its send time gives the relay "
     "lag; handy when tracing a job) before the relay deletes it, so the table does not grow with every job "

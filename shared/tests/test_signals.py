@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from typing import Any
 
 import pytest
+from redis.asyncio import Redis
 
 from medialens_shared.db import DatabaseManager
+from medialens_shared.settings import Settings
 from medialens_shared.signals import LIVE_TTL_S, JobSignals
 
 pytestmark = pytest.mark.integration
@@ -98,3 +101,54 @@ async def test_concurrent_announcements_go_together_and_arrive_in_order(
         await pubsub.aclose()
     assert received == {job_id: list(states) for job_id in job_ids}
     assert signals.announcements.flushes - flushes_before < len(job_ids) * len(states)
+
+
+async def _messages(pubsub: Any, *, within_s: float) -> int:
+    """How many messages `pubsub` receives within `within_s`."""
+    count = 0
+    deadline = asyncio.get_running_loop().time() + within_s
+    while (left := deadline - asyncio.get_running_loop().time()) > 0:
+        if await pubsub.get_message(ignore_subscribe_messages=True, timeout=left) is not None:
+            count += 1
+    return count
+
+
+async def test_outbox_nudges_go_at_once_then_once_an_interval(
+    db: DatabaseManager, settings: Settings
+) -> None:
+    """The first submission's nudge goes at once; the hundred made while it is on its way or within the
+    nudge interval after it make a single one more, after the interval; a nudge long after goes at once."""
+    signals = JobSignals(db.redis, prefix=settings.redis.prefix, nudge_interval_s=0.3)
+    pubsub = db.redis.pubsub()
+    try:
+        await pubsub.subscribe(signals.outbox_channel)
+        await pubsub.get_message(timeout=1.0)  # the subscription's confirmation
+        signals.outbox_written()
+        assert await _messages(pubsub, within_s=0.15) == 1  # at once, not after the interval
+        for _ in range(100):
+            signals.outbox_written()
+            await asyncio.sleep(0)
+        assert await _messages(pubsub, within_s=0.1) == 0  # the interval since the first is not over
+        assert await _messages(pubsub, within_s=0.6) == 1  # the hundred's one, after it
+        assert await _messages(pubsub, within_s=0.5) == 0  # nothing more: the burst is over
+        signals.outbox_written()
+        assert await _messages(pubsub, within_s=0.15) == 1
+    finally:
+        await pubsub.aclose()
+
+
+async def test_a_nudge_with_redis_away_is_dropped_quietly(settings: Settings) -> None:
+    """A nudge that cannot be sent is no error of the submission's (the relays' polls find the entry), and
+    the next nudge is tried again."""
+    away = Redis.from_url("redis://127.0.0.1:1", socket_connect_timeout=0.5)
+    signals = JobSignals(away, prefix=settings.redis.prefix, nudge_interval_s=0.01)
+    try:
+        signals.outbox_written()
+        first = signals._nudging
+        assert first is not None
+        await first  # ends without raising
+        signals.outbox_written()
+        assert signals._nudging is not first
+        await signals._nudging
+    finally:
+        await away.aclose()

@@ -260,3 +260,63 @@ async def test_busy_rounds_look_for_due_webhooks_once_a_poll_interval(
         await broker.stop()
         await db.close_all()
         await drop_database(f"medialens_test_{name}")
+
+
+async def test_a_nudge_ends_the_relays_pause(run_id: str, mongo_url: str, rabbit_vhost: str) -> None:
+    """With a poll interval far longer than the test, an entry written without a nudge waits for the next
+    poll, while one written with a nudge (as a gateway's submission makes) is published within a second.
+    (On a database of its own; the entries are for a job no service knows.)"""
+    name = f"{run_id}_nudge"
+    base = make_settings(run_id=name, mongo_url=mongo_url, vhost=rabbit_vhost)
+    relay_settings = base.relay.model_copy(update={"poll_interval_s": 60.0, "busy_poll_interval_s": 60.0})
+    settings = base.model_copy(update={"relay": relay_settings})
+    await asyncio.to_thread(migrate.upgrade, settings.postgres.url.get_secret_value())
+    db = DatabaseManager(settings, name="relay")
+    broker = make_broker(settings, name="nudge-test")
+    stop = asyncio.Event()
+    running: asyncio.Task[None] | None = None
+    try:
+        await broker.start()
+        relay = Relay(settings=settings, db=db, broker=broker)
+        running = asyncio.create_task(relay.run(stop))
+        channel = relay.signals.outbox_channel
+        for _ in range(100):  # until the relay's subscription is made
+            if dict(await db.redis.pubsub_numsub(channel)).get(channel.encode()):
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)  # its first round (the queues' declaration) is over: it pauses
+
+        async def write() -> int:
+            missing = secrets.token_hex(8)
+            message = {"job_id": missing, "type": "video.probe", "tenant_id": "t", "params": {}}
+            async with db.session() as session:
+                entry_id: int = await session.scalar(
+                    outbox.insert()
+                    .values(job_id=missing, routing_key="video.probe", payload=message)
+                    .returning(outbox.c.id)
+                )
+                await session.commit()
+            return entry_id
+
+        async def sent(entry_id: int) -> bool:
+            async with db.session() as session:
+                when = await session.scalar(select(outbox.c.sent_at).where(outbox.c.id == entry_id))
+            return when is not None
+
+        quiet = await write()
+        await asyncio.sleep(1.0)
+        assert not await sent(quiet)  # no nudge: it waits for the next poll, a minute away
+        nudged = await write()
+        started = time.monotonic()
+        relay.signals.outbox_written()
+        while not await sent(nudged):
+            assert time.monotonic() - started < 1.0, "a nudged entry was not published within a second"
+            await asyncio.sleep(0.01)
+        assert await sent(quiet)  # the woken round took the older entry too
+    finally:
+        stop.set()
+        if running is not None:
+            await asyncio.wait_for(running, timeout=10)  # the stop ends the pause at once
+        await broker.stop()
+        await db.close_all()
+        await drop_database(f"medialens_test_{name}")

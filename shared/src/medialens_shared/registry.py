@@ -45,5 +45,7 @@ def register_core(registry: svcs.Registry, *, settings: Settings, db: DatabaseMa
     registry.register_value(Redis, db.redis, ping=_ping(db.ping_redis))
     registry.register_value(FileStore, FileStore(db.gridfs), ping=_ping(db.ping_mongodb))
     registry.register_value(
-        JobSignals, JobSignals(db.redis, prefix=settings.redis.prefix), ping=_ping(db.ping_redis)
+        JobSignals,
+        JobSignals(db.redis, prefix=settings.redis.prefix, nudge_interval_s=settings.relay.nudge_interval_s),
+        ping=_ping(db.ping_redis),
     )

@@ -125,6 +125,9 @@ class RelaySettings(BaseModel):
     poll_interval_s: float = Field(0.2, gt=0)
     #: Pause after a round that published something (more is likely on its way), instead of the above.
     busy_poll_interval_s: float = Field(0.02, gt=0)
+    #: A gateway process that has written outbox entries wakes the relays at once (a Redis message),
+    #: then at most once this often while it keeps writing: a pause ends early for new entries.
+    nudge_interval_s: float = Field(0.005, ge=0)
     #: How often the relay looks for running jobs whose lease ran out.
     reap_interval_s: float = Field(2.0, gt=0)
     #: How long a sent outbox entry is kept before the relay deletes it; 0 keeps every entry.

@@ -3,28 +3,66 @@
 PostgreSQL keeps the truth about a job; Redis carries what changes many times a second or must reach a
 listener at once. Keys live under the stack's prefix: `<prefix>:job:<id>:live` (a hash of progress and
 message), `<prefix>:job:<id>:cancel` (present once a cancel was asked for) and the pub/sub channel
-`<prefix>:job:<id>:events`, on which every change of the job object is published as JSON.
+`<prefix>:job:<id>:events`, on which every change of the job object is published as JSON. The channel
+`<prefix>:outbox` wakes the relays when a submission has written an outbox entry (`outbox_written`).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import logging
+from collections.abc import Callable
 from typing import Any
 
 from redis.asyncio import Redis
 
 from medialens_shared.batching import Batcher
 
+log = logging.getLogger(__name__)
+
 #: Live data outlives a job by a day: long enough for late readers, short enough not to pile up.
 LIVE_TTL_S = 24 * 3600
 
 
 class JobSignals:
-    def __init__(self, redis: Redis, *, prefix: str) -> None:
+    def __init__(self, redis: Redis, *, prefix: str, nudge_interval_s: float = 0.005) -> None:
         self.redis = redis
         self.prefix = prefix
         #: Announcements (channel, text) made while others are on their way go together in one round trip.
         self.announcements: Batcher[tuple[str, str], None] = Batcher(self._publish_all, max_items=100)
+        self.nudge_interval_s = nudge_interval_s
+        self._nudging: asyncio.Task[None] | None = None
+        self._nudge_again = False
+
+    @property
+    def outbox_channel(self) -> str:
+        """Where the relays hear of new outbox entries."""
+        return f"{self.prefix}:outbox"
+
+    def outbox_written(self) -> None:
+        """Tell the relays that a committed outbox entry waits, so that one pausing between its looks
+        publishes it now rather than at its next poll (up to `relay.poll_interval_s` later). The caller does
+        not wait: the message goes out in the background. While one is on its way, or within
+        `nudge_interval_s` after it, further calls make a single one more, after that: at most one round
+        trip a nudge interval, however many submissions. A lost nudge costs only time: the relays poll."""
+        if self._nudging is None or self._nudging.done():
+            self._nudging = asyncio.create_task(self._nudge(), name="outbox-nudge")
+        else:
+            self._nudge_again = True
+
+    async def _nudge(self) -> None:
+        while True:
+            self._nudge_again = False
+            try:
+                await self.redis.publish(self.outbox_channel, b"")
+            except Exception as exc:
+                log.debug("outbox nudge not sent (%s); the relays' polls find the entry", exc)
+                return
+            await asyncio.sleep(self.nudge_interval_s)
+            if not self._nudge_again:
+                return
 
     def _key(self, job_id: str, what: str) -> str:
         return f"{self.prefix}:job:{job_id}:{what}"
@@ -76,6 +114,46 @@ class JobSignals:
 
     async def cancel_requested(self, job_id: str) -> bool:
         return bool(await self.redis.exists(self._key(job_id, "cancel")))
+
+
+async def follow(
+    redis: Redis,
+    *,
+    channel: str,
+    on_message: Callable[[bytes | str, bytes | str], None],
+    what: str,
+    pattern: bool = False,
+    ready: asyncio.Event | None = None,
+) -> None:
+    """Stay subscribed to `channel` (a pattern with `pattern`) until cancelled, calling `on_message(channel,
+    data)` for each message: subscribed again after Redis restarts or the connection drops, backing off
+    while Redis is away. `ready` is set while subscribed. One connection of `redis`'s pool is held."""
+    delay = 0.2
+    kind = "pmessage" if pattern else "message"
+    while True:
+        pubsub = redis.pubsub()
+        try:
+            if pattern:
+                await pubsub.psubscribe(channel)
+            else:
+                await pubsub.subscribe(channel)
+            if ready is not None:
+                ready.set()
+            delay = 0.2
+            async for message in pubsub.listen():
+                if message["type"] == kind:
+                    on_message(message["channel"], message["data"])
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if ready is not None:
+                ready.clear()
+            log.warning("%s subscription lost (%s); retrying in %.1f s", what, exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+        finally:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
 
 
 def _text(value: bytes | str) -> str:

@@ -9,14 +9,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from typing import Any
 
-from medialens_shared.signals import JobSignals
-
-log = logging.getLogger(__name__)
+from medialens_shared.signals import JobSignals, follow
 
 #: Events a slow listener may fall behind by before older ones are dropped (the last one always counts).
 QUEUE_SIZE = 64
@@ -39,27 +36,14 @@ class EventHub:
                 await self._task
 
     async def _run(self) -> None:
-        """Keep the subscription alive across Redis restarts, backing off while Redis is away."""
-        delay = 0.2
-        while True:
-            pubsub = self.signals.redis.pubsub()
-            try:
-                await pubsub.psubscribe(self.signals.all_channels)
-                self._ready.set()
-                delay = 0.2
-                async for message in pubsub.listen():
-                    if message["type"] == "pmessage":
-                        self._dispatch(message["channel"], message["data"])
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                self._ready.clear()
-                log.warning("job event subscription lost (%s); retrying in %.1f s", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-            finally:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+        await follow(
+            self.signals.redis,
+            channel=self.signals.all_channels,
+            pattern=True,
+            on_message=self._dispatch,
+            what="job event",
+            ready=self._ready,
+        )
 
     def _dispatch(self, channel: bytes | str, data: bytes | str) -> None:
         name = channel.decode() if isinstance(channel, bytes) else channel

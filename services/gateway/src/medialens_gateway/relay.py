@@ -14,6 +14,12 @@ Four duties, each safe to run in several relays at once (and sent outbox entries
   unreadable) marks its job failed with RETRIES_EXHAUSTED, so nothing stays queued or running forever.
 - Webhooks: the deliveries owed to jobs' `callback_url`s are sent each round, in the background (see
   `medialens_gateway.webhooks`).
+
+The outbox is polled, and a gateway's Redis nudge after each submission ends the pause between polls, so
+that an idle system publishes a new job within milliseconds. Why not PostgreSQL's LISTEN/NOTIFY: a
+transaction that notifies takes a lock of the whole server before its commit and keeps it until after
+(`PreCommit_Notify`, so that notifications queue in commit order): every submission's commit, its WAL
+flush included, would run one at a time.
 """
 
 from __future__ import annotations
@@ -43,7 +49,7 @@ from medialens_shared.logs import configure_logging
 from medialens_shared.memtrim import frozen_startup_heap
 from medialens_shared.opsserver import ops_app, serving
 from medialens_shared.settings import Settings
-from medialens_shared.signals import JobSignals
+from medialens_shared.signals import JobSignals, follow
 from medialens_shared.tables import jobs
 from medialens_shared.tables import outbox as outbox_table
 from medialens_shared.telemetry import attached, configure_tracing
@@ -204,10 +210,34 @@ class Relay:
                 await jobstore.announce(session, self.signals, row)
 
     async def run(self, stop: asyncio.Event) -> None:
+        """Rounds until `stop` is set. Between rounds the relay pauses, and a pause ends early when a
+        gateway tells of a new outbox entry (`JobSignals.outbox_written`) or at `stop`: a job submitted to
+        an idle system is published within milliseconds, not at the next poll."""
+        wake = asyncio.Event()
+        listening = asyncio.create_task(
+            follow(
+                self.db.redis,
+                channel=self.signals.outbox_channel,
+                on_message=lambda _channel, _data: wake.set(),
+                what="outbox nudge",
+            ),
+            name="outbox-nudges",
+        )
+        stopping = asyncio.create_task(_set_when(stop, wake), name="relay-stop")
+        try:
+            await self._rounds(stop, wake)
+        finally:
+            for task in (listening, stopping):
+                task.cancel()
+            await asyncio.gather(listening, stopping, return_exceptions=True)
+        await self.webhooks.drain()
+
+    async def _rounds(self, stop: asyncio.Event, wake: asyncio.Event) -> None:
         relay = self.settings.relay
         next_reap = time.monotonic() + relay.reap_interval_s
         next_webhooks = 0.0
         while not stop.is_set():
+            wake.clear()  # a nudge from now on may be for an entry this round does not see: another round
             if time.monotonic() >= next_webhooks:
                 # In the background: a slow receiver must not hold up the outbox. At most every poll
                 # interval, not every busy round: its look for due deliveries is a transaction of its own.
@@ -232,8 +262,12 @@ class Relay:
             # soon, so that a job waits a short pause for its publish rather than a whole poll interval.
             pause = relay.busy_poll_interval_s if sent else relay.poll_interval_s
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=pause)
-        await self.webhooks.drain()
+                await asyncio.wait_for(wake.wait(), timeout=pause)
+
+
+async def _set_when(done: asyncio.Event, then: asyncio.Event) -> None:
+    await done.wait()
+    then.set()
 
 
 async def run_relay(settings: Settings, stop: asyncio.Event) -> None:

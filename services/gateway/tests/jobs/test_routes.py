@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -179,6 +180,37 @@ async def test_submit_is_202_with_location_and_the_job_object(
     assert TIMESTAMP.match(job["created_at"])
     got = envelope(await api.get(f"/v1/jobs/{job['id']}"), status=200)["data"]
     assert (got["id"], got["type"], got["labels"]) == (job["id"], "data.profile", {"team": "qa"})
+
+
+async def test_a_submission_wakes_the_relays(
+    stack: Stack, api: httpx.AsyncClient, db: DatabaseManager, csv_file: str
+) -> None:
+    """Each accepted submission (a plain one, and one with an Idempotency-Key, which takes the path of
+    composite jobs: a transaction of several statements) nudges the relays on the outbox channel once it
+    has committed; a refused one does not."""
+    channel = f"{stack.settings.redis.prefix}:outbox"
+    pubsub = db.redis.pubsub()
+
+    async def nudges(within_s: float = 0.5) -> int:
+        count = 0
+        deadline = time.monotonic() + within_s
+        while (left := deadline - time.monotonic()) > 0:
+            if await pubsub.get_message(ignore_subscribe_messages=True, timeout=left) is not None:
+                count += 1
+        return count
+
+    try:
+        await pubsub.subscribe(channel)
+        await pubsub.get_message(timeout=1.0)  # the subscription's confirmation
+        refused = await api.post("/v1/jobs", json={"type": "data.profile", "file_id": "no-such-file"})
+        assert refused.status_code == 404
+        assert await nudges() == 0
+        for extra in ({}, {"headers": {"Idempotency-Key": uuid.uuid4().hex}}):
+            response = await api.post("/v1/jobs", json={"type": "data.profile", "file_id": csv_file}, **extra)
+            assert response.status_code == 202
+            assert await nudges() == 1
+    finally:
+        await pubsub.aclose()
 
 
 async def test_unknown_job_is_404(api: httpx.AsyncClient, envelope: EnvelopeCheck) -> None:

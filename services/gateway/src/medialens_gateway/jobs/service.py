@@ -184,6 +184,7 @@ async def submit(
     if row is None or row["id"] is None:
         _check_input(body, None if row is None else (row["input_kind"], row["input_filename"]))
         raise AssertionError(f"no job inserted for an accepted {row['input_kind']} file")  # never reached
+    signals.outbox_written()
     metrics.JOBS_SUBMITTED.labels(body.type).inc()
     return Submitted(job=jobstore.job_view(row), created=True)
 
@@ -231,6 +232,7 @@ async def _submit_in_transaction(
             assert earlier is not None  # the key taken is within its TTL: the expired ones were deleted above
             return Submitted(job=await view(session, signals, earlier), created=False)
     await session.commit()
+    signals.outbox_written()
     metrics.JOBS_SUBMITTED.labels(body.type).inc()
     return Submitted(job=await view(session, signals, job), created=True)
 
