@@ -27,7 +27,10 @@ and as a Markdown table to bench/results/platform.md:
              created_at -> finished_at p50/p99), then the same probe as a Celery 5 task (RabbitMQ on its
              own vhost, Redis results, acks_late, prefork 2) submitted from FastAPI writing a job row.
              Like Celery's two pool processes, the audio service runs as two processes (replicas, as a
-             deployment scales it; `--audio-processes`), each running up to 8 jobs at once.
+             deployment scales it; `--audio-processes`), each running up to 8 jobs at once. Then
+             each system again at fixed job rates below both capacities (`--paced-rates`, 20 and
+             200 a second for `--paced-s` 10 s, on a timetable: open loop): what a job waits when
+             nothing queues, which the all-at-once run hides behind its backlog.
 4. memory    resident memory of every process idle, at its peak under scenario 3, and after a soak of M
              more jobs (growth from after scenario 3), with server-side connection counts before/after.
 

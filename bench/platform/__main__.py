@@ -38,6 +38,14 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--rate", type=float, default=400.0, help="fixed rate of the JSON endpoints, per s")
     parser.add_argument("--connections", type=int, default=50, help="wrk connections for JSON endpoints")
     parser.add_argument("--submitters", type=int, default=32, help="submissions in flight in the pipeline")
+    parser.add_argument(
+        "--paced-rates",
+        type=float,
+        nargs="*",
+        default=[20.0, 200.0],
+        help="job rates (per s) at which the pipeline is also run on a fixed timetable, each system",
+    )
+    parser.add_argument("--paced-s", type=float, default=10.0, help="seconds of each paced pipeline run")
     parser.add_argument("--pool-concurrency", type=int, default=500)
     parser.add_argument(
         "--audio-processes",
@@ -144,6 +152,19 @@ class Run:
             )
         )
         memory["after_pipeline_mb"] = stack.rss()
+        paced_ours = {
+            rate: asyncio.run(
+                scenarios.pipeline_ours(
+                    stack,
+                    file_id=self.file_id,
+                    jobs=round(rate * args.paced_s),
+                    concurrency=args.submitters,
+                    label=f"{rate:g}/s",
+                    rate=rate,
+                )
+            )
+            for rate in args.paced_rates
+        }
         (self.work / "celery").mkdir()
         with Baseline(self.work / "celery") as baseline:
             memory["celery_idle_mb"] = {name: rss_mb(pid) for name, pid in baseline.pids().items()}
@@ -156,6 +177,19 @@ class Run:
                     baseline.pids(),
                 )
             )
+            paced_celery = {
+                rate: asyncio.run(
+                    scenarios.pipeline_celery(
+                        baseline,
+                        wav=self.wav,
+                        jobs=round(rate * args.paced_s),
+                        concurrency=args.submitters,
+                        rate=rate,
+                        label=f"celery {rate:g}/s",
+                    )
+                )
+                for rate in args.paced_rates
+            }
             plain = None
             if "calibration" in args.only:
                 plain, _ = asyncio.run(
@@ -177,6 +211,15 @@ class Run:
             "(MediaLens / Celery)",
             flush=True,
         )
+        pipeline["paced"] = {
+            f"{rate:g}": {
+                "medialens": paced_ours[rate],
+                "celery": paced_celery[rate],
+                "p50_ratio": round(paced_ours[rate]["p50_s"] / paced_celery[rate]["p50_s"], 2),
+                "p99_ratio": round(paced_ours[rate]["p99_s"] / paced_celery[rate]["p99_s"], 2),
+            }
+            for rate in args.paced_rates
+        }
         self.results["pipeline"] = pipeline
         self.results["memory"] = memory
         if plain is not None:

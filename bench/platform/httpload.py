@@ -223,14 +223,18 @@ async def fixed_rate(
 
 
 async def all_at_once(
-    client: Client, requests: Sequence[Request], *, timeout_s: float = 60.0
+    client: Client, requests: Sequence[Request], *, timeout_s: float = 60.0, rate: float | None = None
 ) -> tuple[Figures, list[tuple[int, bytes]]]:
-    """Send every request at the same moment (the client's `limit` caps the connections); the answers."""
+    """Send every request at the same moment (the client's `limit` caps the connections), or with `rate`
+    one every 1/rate s on a fixed timetable (open loop: a slow answer does not hold back the next); the
+    answers."""
     loop = asyncio.get_running_loop()
     start = loop.time()
     latencies: list[float] = []
 
-    async def one(request: Request) -> tuple[int, bytes]:
+    async def one(request: Request, index: int) -> tuple[int, bytes]:
+        if rate is not None and (wait := start + index / rate - loop.time()) > 0:
+            await asyncio.sleep(wait)
         try:
             async with asyncio.timeout(timeout_s):
                 answer = await client.request(request)
@@ -239,7 +243,7 @@ async def all_at_once(
         latencies.append(loop.time() - start)
         return answer
 
-    answers = await asyncio.gather(*(one(request) for request in requests))
+    answers = await asyncio.gather(*(one(request, index) for index, request in enumerate(requests)))
     statuses = Counter(status for status, _ in answers)
     ok = sum(n for code, n in statuses.items() if 200 <= code < 300)
     return figures_of(latencies, statuses, loop.time() - start, ok), answers

@@ -85,6 +85,17 @@ def pipeline_table(results: dict[str, Any]) -> list[str]:
             else []
         ),
         *(
+            f"| at {rate}/s on a fixed timetable: {name} | {f['jobs']} | {f['jobs_per_s']} | {f['p50_s']} "
+            f"| {f['p99_s']} | {f['statuses']} |"
+            for rate, paced in pipe.get("paced", {}).items()
+            for name, f in (("MediaLens", paced["medialens"]), ("Celery", paced["celery"]))
+        ),
+        *(
+            f"| at {rate}/s: ratio MediaLens / Celery | | | x{paced['p50_ratio']} | x{paced['p99_ratio']} "
+            "| submit to done, below both systems' capacity |"
+            for rate, paced in pipe.get("paced", {}).items()
+        ),
+        *(
             [
                 f"| MediaLens relay lag (submit to confirmed publish) | | | {ours['relay_lag_p50_s']} "
                 f"| {ours['relay_lag_p99_s']} | target p99 ≤ 2 s: {_mark(ours['relay_lag_p99_s'] <= 2)} |"

@@ -310,12 +310,15 @@ async def pool_stress(
 # --- 3. the pipeline, ours and Celery's --------------------------------------------------------------------
 
 
-async def submit_all(base_url: str, requests: list[Request], *, concurrency: int) -> tuple[list[str], float]:
-    """Submit every request with `concurrency` in flight; the job ids and the seconds it took."""
+async def submit_all(
+    base_url: str, requests: list[Request], *, concurrency: int, rate: float | None = None
+) -> tuple[list[str], float]:
+    """Submit every request with `concurrency` in flight, or with `rate` on a fixed timetable; the job ids
+    and the seconds it took."""
     client = client_for(base_url, limit=concurrency)
     start = time.monotonic()
     try:
-        _, answers = await all_at_once(client, requests, timeout_s=600)
+        _, answers = await all_at_once(client, requests, timeout_s=600, rate=rate)
     finally:
         await client.close()
     seconds = time.monotonic() - start
@@ -364,11 +367,19 @@ async def wait_until(check: Callable[[], Any], *, timeout_s: float, what: str) -
 
 
 async def pipeline_ours(
-    stack: Stack, *, file_id: str, jobs: int, concurrency: int, label: str = "medialens"
+    stack: Stack,
+    *,
+    file_id: str,
+    jobs: int,
+    concurrency: int,
+    label: str = "medialens",
+    rate: float | None = None,
 ) -> dict[str, Any]:
+    """`jobs` probes submitted at once (`concurrency` in flight), or at `rate` a second, until all are
+    terminal."""
     body = json.dumps({"type": "audio.probe", "file_id": file_id, "labels": {"bench": label}}).encode()
     ids, submit_s = await submit_all(
-        stack.base_url, [Request("POST", "/v1/jobs", JSON, body)] * jobs, concurrency=concurrency
+        stack.base_url, [Request("POST", "/v1/jobs", JSON, body)] * jobs, concurrency=concurrency, rate=rate
     )
     conn = await asyncpg.connect(stack.dsn)
     try:
@@ -401,14 +412,23 @@ RELAY_LAG = """
 
 
 async def pipeline_celery(
-    baseline: Baseline, *, wav: Path, jobs: int, concurrency: int, plain: bool = False
+    baseline: Baseline,
+    *,
+    wav: Path,
+    jobs: int,
+    concurrency: int,
+    plain: bool = False,
+    rate: float | None = None,
+    label: str = "",
 ) -> dict[str, Any]:
-    """`jobs` probes through the Celery baseline: `probe_audio`, or with `plain` FFmpeg's default open."""
+    """`jobs` probes through the Celery baseline: `probe_audio`, or with `plain` FFmpeg's default open;
+    submitted at once, or at `rate` a second."""
     body = json.dumps({"path": str(wav), "plain": plain}).encode()
     ids, submit_s = await submit_all(
         baseline.base_url,
         [Request("POST", "/jobs", {"Content-Type": "application/json"}, body)] * jobs,
         concurrency=concurrency,
+        rate=rate,
     )
     redis = Redis()
     keys = [f"{baseline.prefix}celery-task-meta-{job_id}" for job_id in ids]
@@ -433,7 +453,7 @@ async def pipeline_celery(
         if done.tzinfo is None:
             done = done.replace(tzinfo=created[job_id].tzinfo)
         times.append((created[job_id], done, str(meta["status"]).lower()))
-    return pipeline_figures("celery, plain probe" if plain else "celery", times, submit_s=submit_s)
+    return pipeline_figures(label or ("celery, plain probe" if plain else "celery"), times, submit_s=submit_s)
 
 
 async def pipeline_with_memory(
