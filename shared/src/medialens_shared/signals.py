@@ -27,7 +27,7 @@ LIVE_TTL_S = 24 * 3600
 
 
 class JobSignals:
-    def __init__(self, redis: Redis, *, prefix: str, nudge_interval_s: float = 0.005) -> None:
+    def __init__(self, redis: Redis, *, prefix: str, nudge_interval_s: float = 0.02) -> None:
         self.redis = redis
         self.prefix = prefix
         #: Announcements (channel, text) made while others are on their way go together in one round trip.
