@@ -1,17 +1,22 @@
-"""The relay's three duties on the real servers: publishing the outbox, reaping jobs whose worker was
-lost, and failing the jobs whose messages were dead-lettered."""
+"""The relay on the real servers: publishing the outbox (woken by nudges, looking for webhooks at a set
+pace), reaping jobs whose worker was lost, and failing the jobs whose messages were dead-lettered."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import select, update
+from faststream.rabbit import RabbitBroker
+from sqlalchemy import RowMapping, select, update
 
 from medialens_gateway.relay import Relay
 from medialens_shared import migrate
@@ -19,6 +24,7 @@ from medialens_shared.bus import Topology, make_broker, queue_stats
 from medialens_shared.db import DatabaseManager
 from medialens_shared.jobstore import WORKER_DIED_HEADER
 from medialens_shared.outbox import DELAY_TIERS_S
+from medialens_shared.settings import Settings
 from medialens_shared.tables import jobs, outbox
 from scripts.samples import make_video
 from tests.fixtures.servers import drop_database, make_settings
@@ -163,46 +169,73 @@ async def test_sent_entries_are_deleted_once_past_their_retention(
     assert await remaining() == {ids[1], ids[2]}
 
 
+@dataclass
+class OwnRelay:
+    """A relay's settings, pools and broker on a database of their own, which the stack's relay does not see
+    (the vhost is the stack's: a message for a job no service knows is skipped by its consumer)."""
+
+    settings: Settings
+    db: DatabaseManager
+    broker: RabbitBroker
+
+    def relay(self) -> Relay:
+        return Relay(settings=self.settings, db=self.db, broker=self.broker)
+
+    async def write(self, routing_key: str = "video.probe", *, count: int = 1) -> list[int]:
+        """`count` outbox entries for a job that does not exist; their ids."""
+        missing = secrets.token_hex(8)
+        message = {"job_id": missing, "type": routing_key, "tenant_id": "t", "params": {}}
+        async with self.db.session() as session:
+            ids = await session.scalars(
+                outbox.insert().returning(outbox.c.id),
+                [{"job_id": missing, "routing_key": routing_key, "payload": message}] * count,
+            )
+            await session.commit()
+        return list(ids)
+
+    async def entry(self, entry_id: int) -> RowMapping:
+        async with self.db.session() as session:
+            return (await session.execute(select(outbox).where(outbox.c.id == entry_id))).mappings().one()
+
+
+@contextlib.asynccontextmanager
+async def own_relay(
+    run_id: str, mongo_url: str, vhost: str, *, name: str, **relay: Any
+) -> AsyncIterator[OwnRelay]:
+    """An `OwnRelay` whose relay settings have the `relay` values; its database dropped afterwards."""
+    database_run = f"{run_id}_{name}"
+    base = make_settings(run_id=database_run, mongo_url=mongo_url, vhost=vhost)
+    settings = base.model_copy(update={"relay": base.relay.model_copy(update=relay)})
+    await asyncio.to_thread(migrate.upgrade, settings.postgres.url.get_secret_value())
+    db = DatabaseManager(settings, name="relay")
+    broker = make_broker(settings, name=f"{name}-test")
+    try:
+        await broker.start()
+        yield OwnRelay(settings, db, broker)
+    finally:
+        await broker.stop()
+        await db.close_all()
+        await drop_database(f"medialens_test_{database_run}")
+
+
 async def test_an_entry_the_broker_does_not_take_waits_with_why_and_the_others_go(
     run_id: str, mongo_url: str, rabbit_vhost: str
 ) -> None:
     """A round publishes what it can: an entry that cannot be published (here a routing key of no job
     type) stays unsent, its attempts counted and its last error kept round after round, while the entry
-    beside it is sent and marked. (On a database of its own, which the stack's relay does not see.)"""
-    name = f"{run_id}_outbox"
-    settings = make_settings(run_id=name, mongo_url=mongo_url, vhost=rabbit_vhost)
-    await asyncio.to_thread(migrate.upgrade, settings.postgres.url.get_secret_value())
-    db = DatabaseManager(settings, name="relay")
-    broker = make_broker(settings, name="outbox-test")
-    try:
-        await broker.start()
-        missing = secrets.token_hex(8)  # a job the stack's video service does not know: it skips the message
-        async with db.session() as session:
-            for routing_key in ("no.such-type", "video.probe"):
-                message = {"job_id": missing, "type": routing_key, "tenant_id": "t", "params": {}}
-                await session.execute(
-                    outbox.insert().values(job_id=missing, routing_key=routing_key, payload=message)
-                )
-            await session.commit()
-        relay = Relay(settings=settings, db=db, broker=broker)
+    beside it is sent and marked."""
+    async with own_relay(run_id, mongo_url, rabbit_vhost, name="outbox") as own:
+        (refused,) = await own.write("no.such-type")
+        (taken,) = await own.write("video.probe")
+        relay = own.relay()
         assert await relay.publish_batch() == 1
         assert await relay.publish_batch() == 0
-        async with db.session() as session:
-            entries = {
-                entry["routing_key"]: entry
-                for entry in (
-                    await session.execute(select(outbox).where(outbox.c.job_id == missing))
-                ).mappings()
-            }
-        assert entries["video.probe"]["sent_at"] is not None
-        assert (entries["video.probe"]["attempts"], entries["video.probe"]["last_error"]) == (0, None)
-        unsent = entries["no.such-type"]
+        sent = await own.entry(taken)
+        assert sent["sent_at"] is not None
+        assert (sent["attempts"], sent["last_error"]) == (0, None)
+        unsent = await own.entry(refused)
         assert (unsent["sent_at"], unsent["attempts"]) == (None, 2)
         assert "no.such-type" in unsent["last_error"]
-    finally:
-        await broker.stop()
-        await db.close_all()
-        await drop_database(f"medialens_test_{name}")
 
 
 async def test_busy_rounds_look_for_due_webhooks_once_a_poll_interval(
@@ -210,35 +243,22 @@ async def test_busy_rounds_look_for_due_webhooks_once_a_poll_interval(
 ) -> None:
     """While the outbox keeps every round full (no pause between rounds), the relay looks for due webhook
     deliveries at most once a poll interval, not once a round: each look is a transaction of its own, which
-    a burst of submissions would otherwise pay for on every batch. (On a database of its own; the entries
-    are messages for a job no service knows, which the stack's video service skips.)"""
-    name = f"{run_id}_webhook_pace"
-    base = make_settings(run_id=name, mongo_url=mongo_url, vhost=rabbit_vhost)
-    relay_settings = base.relay.model_copy(update={"batch_size": 5, "poll_interval_s": 1.0})
-    settings = base.model_copy(update={"relay": relay_settings})
-    await asyncio.to_thread(migrate.upgrade, settings.postgres.url.get_secret_value())
-    db = DatabaseManager(settings, name="relay")
-    broker = make_broker(settings, name="webhook-pace-test")
-    entries = 200
-    try:
-        await broker.start()
-        missing = secrets.token_hex(8)
-        message = {"job_id": missing, "type": "video.probe", "tenant_id": "t", "params": {}}
-        async with db.session() as session:
-            await session.execute(
-                outbox.insert(),
-                [{"job_id": missing, "routing_key": "video.probe", "payload": message}] * entries,
-            )
-            await session.commit()
-        relay = Relay(settings=settings, db=db, broker=broker)
+    a burst of submissions would otherwise pay for on every batch."""
+    batch, entries, poll_s = 5, 200, 1.0
+    async with own_relay(
+        run_id, mongo_url, rabbit_vhost, name="webhook_pace", batch_size=batch, poll_interval_s=poll_s
+    ) as own:
+        await own.write(count=entries)
+        relay = own.relay()
         rounds, looks = 0, 0
         publish_batch, dispatch_once = relay.publish_batch, relay.webhooks.dispatch_once
+        stop = asyncio.Event()
 
         async def counted_round() -> int:
             nonlocal rounds
             rounds += 1
             sent = await publish_batch()
-            if sent < relay_settings.batch_size:
+            if sent < batch:
                 stop.set()  # the outbox is empty: the busy stretch is over
             return sent
 
@@ -249,74 +269,44 @@ async def test_busy_rounds_look_for_due_webhooks_once_a_poll_interval(
 
         relay.publish_batch = counted_round  # type: ignore[method-assign]
         relay.webhooks.dispatch_once = counted_look  # type: ignore[method-assign]
-        stop = asyncio.Event()
         started = time.monotonic()
         await asyncio.wait_for(relay.run(stop), timeout=60)
         elapsed = time.monotonic() - started
-        assert rounds >= entries // relay_settings.batch_size
-        assert 1 <= looks <= 1 + elapsed / relay_settings.poll_interval_s
+        assert rounds >= entries // batch
+        assert 1 <= looks <= 1 + elapsed / poll_s
         assert looks < rounds / 4
-    finally:
-        await broker.stop()
-        await db.close_all()
-        await drop_database(f"medialens_test_{name}")
 
 
 async def test_a_nudge_ends_the_relays_pause(run_id: str, mongo_url: str, rabbit_vhost: str) -> None:
     """With a poll interval far longer than the test, an entry written without a nudge waits for the next
-    poll, while one written with a nudge (as a gateway's submission makes) is published within a second.
-    (On a database of its own; the entries are for a job no service knows.)"""
-    name = f"{run_id}_nudge"
-    base = make_settings(run_id=name, mongo_url=mongo_url, vhost=rabbit_vhost)
-    relay_settings = base.relay.model_copy(update={"poll_interval_s": 60.0, "busy_poll_interval_s": 60.0})
-    settings = base.model_copy(update={"relay": relay_settings})
-    await asyncio.to_thread(migrate.upgrade, settings.postgres.url.get_secret_value())
-    db = DatabaseManager(settings, name="relay")
-    broker = make_broker(settings, name="nudge-test")
-    stop = asyncio.Event()
-    running: asyncio.Task[None] | None = None
-    try:
-        await broker.start()
-        relay = Relay(settings=settings, db=db, broker=broker)
+    poll, while one written with a nudge (as a gateway's submission makes) is published within a second."""
+    async with own_relay(
+        run_id, mongo_url, rabbit_vhost, name="nudge", poll_interval_s=60.0, busy_poll_interval_s=60.0
+    ) as own:
+        relay = own.relay()
+        stop = asyncio.Event()
         running = asyncio.create_task(relay.run(stop))
-        channel = relay.signals.outbox_channel
-        for _ in range(100):  # until the relay's subscription is made
-            if dict(await db.redis.pubsub_numsub(channel)).get(channel.encode()):
-                break
-            await asyncio.sleep(0.05)
-        await asyncio.sleep(0.3)  # its first round (the queues' declaration) is over: it pauses
+        try:
+            channel = relay.signals.outbox_channel
+            for _ in range(100):  # until the relay's subscription is made
+                if dict(await own.db.redis.pubsub_numsub(channel)).get(channel.encode()):
+                    break
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.3)  # its first round (the queues' declaration) is over: it pauses
 
-        async def write() -> int:
-            missing = secrets.token_hex(8)
-            message = {"job_id": missing, "type": "video.probe", "tenant_id": "t", "params": {}}
-            async with db.session() as session:
-                entry_id: int = await session.scalar(
-                    outbox.insert()
-                    .values(job_id=missing, routing_key="video.probe", payload=message)
-                    .returning(outbox.c.id)
-                )
-                await session.commit()
-            return entry_id
+            async def sent(entry_id: int) -> bool:
+                return (await own.entry(entry_id))["sent_at"] is not None
 
-        async def sent(entry_id: int) -> bool:
-            async with db.session() as session:
-                when = await session.scalar(select(outbox.c.sent_at).where(outbox.c.id == entry_id))
-            return when is not None
-
-        quiet = await write()
-        await asyncio.sleep(1.0)
-        assert not await sent(quiet)  # no nudge: it waits for the next poll, a minute away
-        nudged = await write()
-        started = time.monotonic()
-        relay.signals.outbox_written()
-        while not await sent(nudged):
-            assert time.monotonic() - started < 1.0, "a nudged entry was not published within a second"
-            await asyncio.sleep(0.01)
-        assert await sent(quiet)  # the woken round took the older entry too
-    finally:
-        stop.set()
-        if running is not None:
+            (quiet,) = await own.write()
+            await asyncio.sleep(1.0)
+            assert not await sent(quiet)  # no nudge: it waits for the next poll, a minute away
+            (nudged,) = await own.write()
+            started = time.monotonic()
+            relay.signals.outbox_written()
+            while not await sent(nudged):
+                assert time.monotonic() - started < 1.0, "a nudged entry was not published within a second"
+                await asyncio.sleep(0.01)
+            assert await sent(quiet)  # the woken round took the older entry too
+        finally:
+            stop.set()
             await asyncio.wait_for(running, timeout=10)  # the stop ends the pause at once
-        await broker.stop()
-        await db.close_all()
-        await drop_database(f"medialens_test_{name}")
