@@ -81,7 +81,7 @@ DESCRIPTIONS: dict[str, str] = {
     "published something (a burst of submissions is likely going on), unless a nudge comes first.",
     "MEDIALENS_RELAY_NUDGE_INTERVAL_S": "A gateway process wakes the relays (a Redis message) as soon as it "
     "has written an outbox entry, then at most once this often while it keeps writing: an idle system "
-    "publishes a job within milliseconds.",
+    "publishes a job within milliseconds. A relay starts rounds that publish at most once this often.",
     "MEDIALENS_RELAY_REAP_INTERVAL_S": "How often the relay looks for running jobs whose lease ran out.",
     "MEDIALENS_RELAY_SENT_RETENTION_S": "How long a sent outbox entry is kept (its send time gives the relay "
     "lag; handy when tracing a job) before the relay deletes it, so the table does not grow with every job "

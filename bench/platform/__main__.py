@@ -215,8 +215,8 @@ class Run:
             f"{rate:g}": {
                 "medialens": paced_ours[rate],
                 "celery": paced_celery[rate],
-                "p50_ratio": round(paced_ours[rate]["p50_s"] / paced_celery[rate]["p50_s"], 2),
-                "p99_ratio": round(paced_ours[rate]["p99_s"] / paced_celery[rate]["p99_s"], 2),
+                "p50_ratio": _ratio(paced_ours[rate]["p50_s"], paced_celery[rate]["p50_s"]),
+                "p99_ratio": _ratio(paced_ours[rate]["p99_s"], paced_celery[rate]["p99_s"]),
             }
             for rate in args.paced_rates
         }
@@ -256,6 +256,11 @@ class Run:
             flush=True,
         )
         self.save()
+
+
+def _ratio(ours: float, theirs: float) -> float | None:
+    """ours / theirs, or None when theirs rounded to 0 (under 0.05 ms)."""
+    return round(ours / theirs, 2) if theirs else None
 
 
 def main() -> None:

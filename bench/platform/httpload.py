@@ -226,21 +226,22 @@ async def all_at_once(
     client: Client, requests: Sequence[Request], *, timeout_s: float = 60.0, rate: float | None = None
 ) -> tuple[Figures, list[tuple[int, bytes]]]:
     """Send every request at the same moment (the client's `limit` caps the connections), or with `rate`
-    one every 1/rate s on a fixed timetable (open loop: a slow answer does not hold back the next); the
-    answers."""
+    one every 1/rate s on a fixed timetable (a slow answer does not hold back the next, up to `limit` in
+    flight); the answers."""
     loop = asyncio.get_running_loop()
     start = loop.time()
     latencies: list[float] = []
 
     async def one(request: Request, index: int) -> tuple[int, bytes]:
-        if rate is not None and (wait := start + index / rate - loop.time()) > 0:
+        due = start if rate is None else start + index / rate  # latency counts from here
+        if (wait := due - loop.time()) > 0:
             await asyncio.sleep(wait)
         try:
             async with asyncio.timeout(timeout_s):
                 answer = await client.request(request)
         except (OSError, HttpError, TimeoutError, asyncio.IncompleteReadError) as exc:
             answer = (0, repr(exc).encode())
-        latencies.append(loop.time() - start)
+        latencies.append(loop.time() - due)
         return answer
 
     answers = await asyncio.gather(*(one(request, index) for index, request in enumerate(requests)))

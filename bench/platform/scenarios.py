@@ -341,8 +341,8 @@ def pipeline_figures(
     result = {
         "jobs": len(times),
         "jobs_per_s": round(len(times) / span, 1) if span > 0 else 0.0,
-        "p50_s": round(float(np.percentile(latencies, 50)), 3),
-        "p99_s": round(float(np.percentile(latencies, 99)), 3),
+        "p50_s": round(float(np.percentile(latencies, 50)), 4),
+        "p99_s": round(float(np.percentile(latencies, 99)), 4),
         "seconds": round(span, 2),
         "submit_s": round(submit_s, 2),
         "statuses": statuses,

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import secrets
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -277,36 +278,108 @@ async def test_busy_rounds_look_for_due_webhooks_once_a_poll_interval(
         assert looks < rounds / 4
 
 
+@dataclass
+class Rounds:
+    """A relay's rounds, counted: when each started and what it sent."""
+
+    started: list[float] = field(default_factory=list)
+    sent: list[int] = field(default_factory=list)
+    first: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@contextlib.asynccontextmanager
+async def running(relay: Relay) -> AsyncIterator[Rounds]:
+    """`relay` running, its rounds counted; entered once its nudge subscription is made and its first round
+    (the queues' declaration) is over; stopped on leaving, which must end its pause at once."""
+    rounds = Rounds()
+    publish_batch = relay.publish_batch
+
+    async def counted() -> int:
+        rounds.started.append(time.monotonic())
+        try:
+            sent = await publish_batch()
+        finally:
+            rounds.first.set()
+        rounds.sent.append(sent)
+        return sent
+
+    relay.publish_batch = counted  # type: ignore[method-assign]
+    stop = asyncio.Event()
+    task = asyncio.create_task(relay.run(stop))
+    try:
+        channel = relay.signals.outbox_channel
+        for _ in range(500):
+            if dict(await relay.db.redis.pubsub_numsub(channel)).get(channel.encode()):
+                break
+            await asyncio.sleep(0.02)
+        else:
+            raise AssertionError("the relay did not subscribe to nudges within 10 s")
+        await asyncio.wait_for(rounds.first.wait(), timeout=10)
+        yield rounds
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, timeout=5)
+
+
+async def _sent(own: OwnRelay, entry_id: int) -> bool:
+    return (await own.entry(entry_id))["sent_at"] is not None
+
+
 async def test_a_nudge_ends_the_relays_pause(run_id: str, mongo_url: str, rabbit_vhost: str) -> None:
     """With a poll interval far longer than the test, an entry written without a nudge waits for the next
     poll, while one written with a nudge (as a gateway's submission makes) is published within a second."""
-    async with own_relay(
-        run_id, mongo_url, rabbit_vhost, name="nudge", poll_interval_s=60.0, busy_poll_interval_s=60.0
-    ) as own:
-        relay = own.relay()
-        stop = asyncio.Event()
-        running = asyncio.create_task(relay.run(stop))
-        try:
-            channel = relay.signals.outbox_channel
-            for _ in range(100):  # until the relay's subscription is made
-                if dict(await own.db.redis.pubsub_numsub(channel)).get(channel.encode()):
-                    break
+    async with (
+        own_relay(
+            run_id, mongo_url, rabbit_vhost, name="nudge", poll_interval_s=60.0, busy_poll_interval_s=60.0
+        ) as own,
+        running(relay := own.relay()),
+    ):
+        (quiet,) = await own.write()
+        await asyncio.sleep(1.0)
+        assert not await _sent(own, quiet)  # no nudge: it waits for the next poll, a minute away
+        (nudged,) = await own.write()
+        started = time.monotonic()
+        relay.signals.outbox_written()
+        while not await _sent(own, nudged):
+            assert time.monotonic() - started < 1.0, "a nudged entry was not published within a second"
+            await asyncio.sleep(0.01)
+        assert await _sent(own, quiet)  # the woken round took the older entry too
+
+
+async def test_nudges_do_not_hurry_a_failing_relay(run_id: str, mongo_url: str, rabbit_vhost: str) -> None:
+    """A round whose entries the broker all refuses (as while RabbitMQ or PostgreSQL is away) is followed by
+    the whole poll interval, nudges or not: submissions go on meanwhile, and each would start another
+    failing round."""
+    async with own_relay(run_id, mongo_url, rabbit_vhost, name="failing", poll_interval_s=60.0) as own:
+        await own.write("no.such-type")
+        async with running(relay := own.relay()) as rounds:
+            for _ in range(20):
+                relay.signals.outbox_written()
                 await asyncio.sleep(0.05)
-            await asyncio.sleep(0.3)  # its first round (the queues' declaration) is over: it pauses
+            assert len(rounds.started) == 1
 
-            async def sent(entry_id: int) -> bool:
-                return (await own.entry(entry_id))["sent_at"] is not None
 
-            (quiet,) = await own.write()
-            await asyncio.sleep(1.0)
-            assert not await sent(quiet)  # no nudge: it waits for the next poll, a minute away
-            (nudged,) = await own.write()
-            started = time.monotonic()
-            relay.signals.outbox_written()
-            while not await sent(nudged):
-                assert time.monotonic() - started < 1.0, "a nudged entry was not published within a second"
-                await asyncio.sleep(0.01)
-            assert await sent(quiet)  # the woken round took the older entry too
-        finally:
-            stop.set()
-            await asyncio.wait_for(running, timeout=10)  # the stop ends the pause at once
+async def test_rounds_that_publish_start_at_most_once_a_nudge_interval(
+    run_id: str, mongo_url: str, rabbit_vhost: str
+) -> None:
+    """However many nudges come (several gateway processes nudge independently), rounds that publish start
+    at most once a nudge interval; the entries still all go."""
+    interval = 0.25
+    async with own_relay(
+        run_id, mongo_url, rabbit_vhost, name="pace", nudge_interval_s=interval, busy_poll_interval_s=0.01
+    ) as own:
+        async with running(relay := own.relay()) as rounds:
+            written: list[int] = []
+            for _ in range(40):
+                written += await own.write()
+                relay.signals.outbox_written()
+                relay.signals._nudging = None  # as if each nudge came from another gateway process
+                await asyncio.sleep(0.025)
+            deadline = time.monotonic() + 5
+            while not all([await _sent(own, entry) for entry in written]):
+                assert time.monotonic() < deadline, "entries left unsent"
+                await asyncio.sleep(0.05)
+        busy = [at for at, sent in zip(rounds.started, rounds.sent, strict=False) if sent]
+        gaps = [later - earlier for earlier, later in itertools.pairwise(busy)]
+        assert len(busy) >= 3
+        assert min(gaps) >= interval * 0.95

@@ -126,9 +126,10 @@ class RelaySettings(BaseModel):
     #: Pause after a round that published something (more is likely on its way), instead of the above.
     busy_poll_interval_s: float = Field(0.02, gt=0)
     #: A gateway process that has written outbox entries wakes the relays at once (a Redis message),
-    #: then at most once this often while it keeps writing: a pause ends early for new entries. As long as
-    #: the busy poll by default: shorter cuts the wait under a steady flow (5 ms: p50 at 200 jobs/s 17 ->
-    #: 7 ms) but costs saturated submissions (-7% `POST /v1/jobs` with the relay on the same two cores).
+    #: then at most once this often while it keeps writing: a pause ends early for new entries. A relay
+    #: starts rounds that publish at most once this often, however many gateways nudge. As long as the
+    #: busy poll by default: shorter cuts the wait under a steady flow (5 ms: p50 at 200 jobs/s 17 -> 7 ms)
+    #: but costs saturated submissions (-7% `POST /v1/jobs` with the relay on the same two cores).
     nudge_interval_s: float = Field(0.02, ge=0)
     #: How often the relay looks for running jobs whose lease ran out.
     reap_interval_s: float = Field(2.0, gt=0)

@@ -14,6 +14,7 @@ import contextlib
 import json
 import logging
 from collections.abc import Callable
+from contextvars import Context
 from typing import Any
 
 from redis.asyncio import Redis
@@ -47,10 +48,19 @@ class JobSignals:
         not wait: the message goes out in the background. While one is on its way, or within
         `nudge_interval_s` after it, further calls make a single one more, after that: at most one round
         trip a nudge interval, however many submissions. A lost nudge costs only time: the relays poll."""
-        if self._nudging is None or self._nudging.done():
-            self._nudging = asyncio.create_task(self._nudge(), name="outbox-nudge")
+        nudging = self._nudging
+        if nudging is None or nudging.done() or nudging.get_loop() is not asyncio.get_running_loop():
+            # A context of its own: with tracing on, the PUBLISH is no part of the request that caused it.
+            self._nudging = asyncio.create_task(self._nudge(), name="outbox-nudge", context=Context())
         else:
             self._nudge_again = True
+
+    async def aclose(self) -> None:
+        """Stop a nudge on its way or waiting for its interval (at shutdown, before the pools close)."""
+        if self._nudging is not None and not self._nudging.done():
+            self._nudging.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._nudging
 
     async def _nudge(self) -> None:
         while True:
@@ -127,7 +137,8 @@ async def follow(
 ) -> None:
     """Stay subscribed to `channel` (a pattern with `pattern`) until cancelled, calling `on_message(channel,
     data)` for each message: subscribed again after Redis restarts or the connection drops, backing off
-    while Redis is away. `ready` is set while subscribed. One connection of `redis`'s pool is held."""
+    while Redis is away. `ready` is set once subscribed and cleared when the subscription is lost. A
+    message that `on_message` fails on is logged and skipped. One connection of `redis`'s pool is held."""
     delay = 0.2
     kind = "pmessage" if pattern else "message"
     while True:
@@ -141,8 +152,12 @@ async def follow(
                 ready.set()
             delay = 0.2
             async for message in pubsub.listen():
-                if message["type"] == kind:
+                if message["type"] != kind:
+                    continue
+                try:
                     on_message(message["channel"], message["data"])
+                except Exception:
+                    log.exception("%s message on %r not handled; skipped", what, message["channel"])
         except asyncio.CancelledError:
             raise
         except Exception as exc:

@@ -12,8 +12,8 @@ Four duties, each safe to run in several relays at once (and sent outbox entries
   RETRIES_EXHAUSTED and its message goes to the dead letters.
 - Dead letters: every message the broker dead-letters (past the delivery limit, or rejected as
   unreadable) marks its job failed with RETRIES_EXHAUSTED, so nothing stays queued or running forever.
-- Webhooks: the deliveries owed to jobs' `callback_url`s are sent each round, in the background (see
-  `medialens_gateway.webhooks`).
+- Webhooks: the deliveries owed to jobs' `callback_url`s are looked for at most once a poll interval and
+  sent in the background (see `medialens_gateway.webhooks`).
 
 The outbox is polled, and a gateway's Redis nudge after each submission ends the pause between polls, so
 that an idle system publishes a new job within milliseconds. Why not PostgreSQL's LISTEN/NOTIFY: a
@@ -84,6 +84,8 @@ class Relay:
         self.signals = JobSignals(db.redis, prefix=settings.redis.prefix)
         self.webhooks = Dispatcher(settings=settings, db=db)
         self._declared = False
+        #: Entries of the last round that the broker did not take.
+        self._refused = 0
 
     async def publish_batch(self) -> int:
         """Publish one batch of unsent entries; how many were sent."""
@@ -96,6 +98,7 @@ class Relay:
             results = await asyncio.gather(*(self._publish(row) for row in rows), return_exceptions=True)
             sent = [row["id"] for row, failure in zip(rows, results, strict=True) if failure is None]
             failed = [(row["id"], failure) for row, failure in zip(rows, results, strict=True) if failure]
+            self._refused = len(failed)
             if sent:
                 await conn.execute(_SENT, sent)
             if failed:
@@ -243,8 +246,10 @@ class Relay:
                 # interval, not every busy round: its look for due deliveries is a transaction of its own.
                 next_webhooks = time.monotonic() + relay.poll_interval_s
                 self.webhooks.kick()
+            started = time.monotonic()
             try:
                 sent = await self.publish_batch()
+                failing = not sent and self._refused > 0
                 if time.monotonic() >= next_reap:
                     next_reap = time.monotonic() + relay.reap_interval_s
                     await self.reap()
@@ -255,19 +260,34 @@ class Relay:
             except Exception as exc:
                 log.warning("relay round failed (%s); retrying", exc)
                 self._declared = False
-                sent = 0
+                sent, failing = 0, True
             if sent >= relay.batch_size:
                 continue  # more may be waiting: no pause
+            if failing:
+                # Nudges do not end this pause: while the broker or the database is away, submissions keep
+                # coming, and each would start another failing round.
+                await _until(stop, timeout=relay.poll_interval_s)
+                continue
             # A round that published something is likely amid a burst of submissions: the next look comes
             # soon, so that a job waits a short pause for its publish rather than a whole poll interval.
             pause = relay.busy_poll_interval_s if sent else relay.poll_interval_s
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), timeout=pause)
+            await _until(wake, timeout=pause)
+            if sent:
+                # However many gateway processes nudge, rounds that publish start at most once a nudge
+                # interval: each is a transaction, and a round for every submission costs the most per job.
+                await _until(stop, timeout=started + relay.nudge_interval_s - time.monotonic())
 
 
 async def _set_when(done: asyncio.Event, then: asyncio.Event) -> None:
     await done.wait()
     then.set()
+
+
+async def _until(event: asyncio.Event, *, timeout: float) -> None:
+    """Wait until `event` is set, at most `timeout` seconds (none if it is not positive)."""
+    if timeout > 0:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), timeout=timeout)
 
 
 async def run_relay(settings: Settings, stop: asyncio.Event) -> None:

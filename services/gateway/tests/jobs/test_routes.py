@@ -186,8 +186,8 @@ async def test_a_submission_wakes_the_relays(
     stack: Stack, api: httpx.AsyncClient, db: DatabaseManager, csv_file: str
 ) -> None:
     """Each accepted submission (a plain one, and one with an Idempotency-Key, which takes the path of
-    composite jobs: a transaction of several statements) nudges the relays on the outbox channel once it
-    has committed; a refused one does not."""
+    composite jobs: a transaction of several statements) nudges the relays on the outbox channel; a
+    refused one does not."""
     channel = f"{stack.settings.redis.prefix}:outbox"
     pubsub = db.redis.pubsub()
 
