@@ -298,6 +298,51 @@ async def test_a_worker_whose_start_hangs_exits_to_be_restarted(settings: Settin
     assert time.monotonic() - started >= 2.0
 
 
+async def test_a_running_job_outlives_its_broker_connection(
+    settings: Settings, database: str, db: DatabaseManager, new_job, tenant_id: str
+) -> None:
+    """The worker's connection to RabbitMQ drops while a job runs (a broker restart, a network cut): the
+    broker client cancels that connection's consumer callbacks, but the job, claimed and guarded by its
+    lease, runs on and succeeds in its first attempt; it is not left running until the reaper reruns it."""
+    proxy = TcpProxy(*RABBIT_HOST)
+    await proxy.start()
+    url = settings.rabbitmq.url.get_secret_value().replace(f":{RABBIT_HOST[1]}/", f":{proxy.port}/")
+    own = isolated(settings, url=url, shutdown_grace_s=2.0, http_port=free_port())
+    started, release = asyncio.Event(), asyncio.Event()
+    cancelled: list[str] = []
+
+    async def probe(ctx: JobContext) -> VideoProbeResult:
+        started.set()
+        try:
+            await asyncio.wait_for(release.wait(), 30)
+        except asyncio.CancelledError:
+            cancelled.append(ctx.job_id)
+            raise
+        return PROBE
+
+    try:
+        async with running(own, {"video.probe": probe}) as service:
+            job_id = await new_job()
+            await service.publish(job_id, tenant_id)
+            await asyncio.wait_for(started.wait(), 15)
+            await proxy.cut()  # every connection through the proxy closes under the running job
+            await asyncio.sleep(1.0)
+            await proxy.restore()
+            release.set()
+
+            async def succeeded() -> bool:
+                return await status_of(db, job_id) == "succeeded"
+
+            await eventually(succeeded, timeout=15)
+        async with db.session() as session:
+            row = await jobstore.get(session, job_id=job_id)
+        assert row is not None
+        assert row["attempts"] == 1
+        assert cancelled == []
+    finally:
+        await proxy.cut()
+
+
 @pytest.mark.parametrize("concurrency", [1, 2])
 async def test_a_service_runs_at_most_its_concurrency_of_jobs_at_once(
     settings: Settings, database: str, db: DatabaseManager, new_job, tenant_id: str, concurrency: int

@@ -354,7 +354,12 @@ class JobRunner:
             return
         # The claim is the truth from here on: the lease, not the unacked delivery, guards the job, so a
         # job may outlive the broker's consumer timeout, and a crash is caught by the reaper.
-        await delivery.ack()
+        try:
+            await delivery.ack()
+        except Exception as exc:
+            # Its channel closed since (a broker restart): the broker delivers the message again, and that
+            # delivery finds the job taken and is skipped. The job runs on.
+            jlog.warning("job %s: delivery not acked (%s); the job runs on", message.job_id, exc)
         if row is None:
             jlog.info("job %s is not claimable (unknown, finished or taken); skipped", message.job_id)
             return

@@ -161,7 +161,8 @@ async def run(service: str, handlers: dict[str, Handler], *, settings: Settings,
         broker = make_broker(settings, name=service)
         topology = Topology(settings)
         queue = topology.work_queue(service)
-        subscriber = subscribe(broker, topology, queue, runner, settings=settings, stop=stop)
+        jobs = RunningJobs()
+        subscriber = subscribe(broker, topology, queue, runner, settings=settings, stop=stop, jobs=jobs)
         consumer = ConsumerWatch(broker, subscriber, queue.name, timeout_s=settings.gateway.health_timeout_s)
         declared = False
 
@@ -200,6 +201,9 @@ async def run(service: str, handlers: dict[str, Handler], *, settings: Settings,
                 watching.cancel()
                 trimming.cancel()
                 await close_broker(broker, timeout_s=worker.shutdown_grace_s + BROKER_STOP_MARGIN_S)
+                if jobs:
+                    log.info("%d jobs still running after the grace period: stopping them", len(jobs))
+                await jobs.cancel()
                 await runner.release_unfinished()
                 runner.inputs.clear()
         return EXIT_CONSUMER_LOST if consumer.lost else 0
@@ -213,8 +217,10 @@ def subscribe(
     *,
     settings: Settings,
     stop: asyncio.Event,
+    jobs: RunningJobs,
 ) -> RabbitSubscriber:
-    """The consumer of `queue`: each delivery goes to `runner`, at most `worker.concurrency` at once.
+    """The consumer of `queue`: each delivery goes to `runner`, at most `worker.concurrency` at once, in a
+    task of `jobs`.
 
     A job's delivery is acked once its claim is stored, which frees its prefetch slot while the job still
     runs: the slots, not the prefetch, bound how many jobs run at once. A delivery waiting for a slot stays
@@ -231,21 +237,54 @@ def subscribe(
 
     context = broker.context
 
-    @subscriber
-    async def on_job(body: Any) -> None:
-        # The delivery is read from the broker's context, not declared as a `RabbitMessage` parameter:
-        # FastDepends (3.0) resolves such a context parameter by calling its synchronous `use` in a worker
-        # thread, a thread hop for every delivery (5-7% of a light job's CPU in a py-spy profile).
-        message: RabbitMessage = context.get_local("message")
+    async def run_job(body: Any, message: RabbitMessage) -> None:
         try:
             async with slots:
                 if not stop.is_set():  # a stopping service starts nothing new: the delivery goes back
                     await runner.handle(body, message)
         finally:  # whatever happened, the delivery is settled: an unsettled one blocks a prefetch slot
             if not message.committed:
-                await message.nack(requeue=True)
+                try:
+                    await message.nack(requeue=True)
+                except Exception as exc:  # its channel is gone, and the broker requeued it with it
+                    log.debug("delivery not nacked (%s); its channel closed", exc)
+
+    @subscriber
+    async def on_job(body: Any) -> None:
+        # The delivery is read from the broker's context, not declared as a `RabbitMessage` parameter:
+        # FastDepends (3.0) resolves such a context parameter by calling its synchronous `use` in a worker
+        # thread, a thread hop for every delivery (5-7% of a light job's CPU in a py-spy profile).
+        message: RabbitMessage = context.get_local("message")
+        # The job runs in a task of its own, which this callback waits for but cannot cancel: the broker
+        # client cancels the callbacks of a connection that closes (a RabbitMQ restart, a network cut), and
+        # a claimed job answers to its lease, not to its delivery. Cancelled with the callback, it was left
+        # running until its lease ran out, then rerun as if its worker had died. At shutdown the broker's
+        # stop waits for the callbacks (the grace period), then `RunningJobs.cancel` ends what is left.
+        await asyncio.shield(jobs.start(run_job(body, message)))
 
     return subscriber
+
+
+class RunningJobs:
+    """The jobs a service runs, each in a task of its own (see `subscribe`)."""
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def start(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    async def cancel(self) -> None:
+        """Cancel the jobs still running (after the grace period) and wait until they have ended."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
 async def close_broker(broker: RabbitBroker, *, timeout_s: float) -> None:
