@@ -307,7 +307,8 @@ async def test_a_running_job_outlives_its_broker_connection(
     proxy = TcpProxy(*RABBIT_HOST)
     await proxy.start()
     url = settings.rabbitmq.url.get_secret_value().replace(f":{RABBIT_HOST[1]}/", f":{proxy.port}/")
-    own = isolated(settings, url=url, shutdown_grace_s=2.0, http_port=free_port())
+    port = free_port()
+    own = isolated(settings, url=url, shutdown_grace_s=2.0, http_port=port)
     started, release = asyncio.Event(), asyncio.Event()
     cancelled: list[str] = []
 
@@ -322,6 +323,14 @@ async def test_a_running_job_outlives_its_broker_connection(
 
     try:
         async with running(own, {"video.probe": probe}) as service:
+
+            async def ready() -> bool:  # its start (consuming, then declaring its queues) is over
+                async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
+                    with contextlib.suppress(httpx.TransportError):
+                        return (await client.get("/health/ready")).status_code == 200
+                return False
+
+            await eventually(ready, timeout=30)
             job_id = await new_job()
             await service.publish(job_id, tenant_id)
             await asyncio.wait_for(started.wait(), 15)
