@@ -352,6 +352,39 @@ async def test_a_running_job_outlives_its_broker_connection(
         await proxy.cut()
 
 
+async def test_a_job_still_running_after_the_grace_period_is_stopped_and_handed_back(
+    settings: Settings, database: str, db: DatabaseManager, new_job, tenant_id: str
+) -> None:
+    """At shutdown a job gets `shutdown_grace_s` to finish; one that runs on is then cancelled (it runs in
+    a task of its own, which the broker's stop does not cancel) before its lease is handed back, so no job
+    runs on against closed pools, and the job is queued again at once for another worker."""
+    own = isolated(settings, shutdown_grace_s=0.5, http_port=free_port())
+    started = asyncio.Event()
+    cancelled: list[str] = []
+
+    async def probe(ctx: JobContext) -> VideoProbeResult:
+        started.set()
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            cancelled.append(ctx.job_id)
+            raise
+        return PROBE
+
+    stopping_at = 0.0
+    async with running(own, {"video.probe": probe}) as service:
+        job_id = await new_job()
+        await service.publish(job_id, tenant_id)
+        await asyncio.wait_for(started.wait(), 15)
+        stopping_at = time.monotonic()
+    assert time.monotonic() - stopping_at < 15  # the grace, the broker's stop and the hand-back
+    assert cancelled == [job_id]
+    async with db.session() as session:
+        row = await jobstore.get(session, job_id=job_id)
+    assert row is not None
+    assert (row["status"], row["worker"], row["message"]) == ("queued", None, "requeued: its worker stopped")
+
+
 @pytest.mark.parametrize("concurrency", [1, 2])
 async def test_a_service_runs_at_most_its_concurrency_of_jobs_at_once(
     settings: Settings, database: str, db: DatabaseManager, new_job, tenant_id: str, concurrency: int
