@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterator
 from functools import cache
 from pathlib import Path
 
+from medialens_shared.aio import wait_set
 from medialens_shared.metrics import MEMORY_TRIMMED_BYTES, MEMORY_TRIMS
 
 log = logging.getLogger(__name__)
@@ -80,16 +81,12 @@ class MemoryTrimmer:
         """Until `stop` is set. The trim runs in a thread: it holds the allocator's locks for a few ms."""
         if self.interval_s <= 0 or _libc_trim() is None:
             return
-        while not stop.is_set():
-            try:
-                async with asyncio.timeout(self.interval_s):
-                    await stop.wait()
-            except TimeoutError:
-                ended = self.ended()
-                if ended != self._seen:
-                    self._seen = ended
-                    released = await asyncio.to_thread(trim)
-                    log.debug("memory trimmed: %.1f MB given back", released / 2**20)
+        while not await wait_set(stop, self.interval_s):
+            ended = self.ended()
+            if ended != self._seen:
+                self._seen = ended
+                released = await asyncio.to_thread(trim)
+                log.debug("memory trimmed: %.1f MB given back", released / 2**20)
 
 
 @contextlib.contextmanager

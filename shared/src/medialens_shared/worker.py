@@ -31,6 +31,7 @@ from faststream.rabbit import Channel, RabbitBroker, RabbitQueue
 from faststream.rabbit.annotations import RabbitMessage
 from faststream.rabbit.subscriber.usecase import RabbitSubscriber
 
+from medialens_shared.aio import wait_set
 from medialens_shared.bus import Topology, declare, make_broker
 from medialens_shared.db import Check, DatabaseManager, timed_check
 from medialens_shared.filestore import FileStore
@@ -132,9 +133,7 @@ class ConsumerWatch:
                 return
             # While failing, look every second: a consumer back for a moment between two outages is back,
             # and only one gone the whole time counts as lost.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(every_s if failing_since is None else min(every_s, 1.0)):
-                    await stop.wait()
+            await wait_set(stop, every_s if failing_since is None else min(every_s, 1.0))
 
 
 async def run(service: str, handlers: dict[str, Handler], *, settings: Settings, stop: asyncio.Event) -> int:

@@ -13,6 +13,7 @@ from collections import defaultdict
 from collections.abc import AsyncIterator
 from typing import Any
 
+from medialens_shared.aio import wait_set
 from medialens_shared.signals import JobSignals, follow
 
 #: Events a slow listener may fall behind by before older ones are dropped (the last one always counts).
@@ -62,9 +63,7 @@ class EventHub:
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(QUEUE_SIZE)
         self._listeners[job_id].add(queue)
         try:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(2.0):
-                    await self._ready.wait()
+            await wait_set(self._ready, 2.0)
             yield queue
         finally:
             self._listeners[job_id].discard(queue)

@@ -25,7 +25,6 @@ flush included, would run one at a time.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 import socket
@@ -41,6 +40,7 @@ from sqlalchemy import delete, func, select
 
 from medialens_gateway.webhooks import Dispatcher
 from medialens_shared import jobstore, metrics, outbox
+from medialens_shared.aio import wait_set
 from medialens_shared.bus import Topology, declare, make_broker, ping, publish_job
 from medialens_shared.contracts import SERVICES, JobMessage, JobStatus
 from medialens_shared.db import Check, DatabaseManager, timed_check
@@ -266,28 +266,21 @@ class Relay:
             if failing:
                 # Nudges do not end this pause: while the broker or the database is away, submissions keep
                 # coming, and each would start another failing round.
-                await _until(stop, timeout=relay.poll_interval_s)
+                await wait_set(stop, relay.poll_interval_s)
                 continue
             # A round that published something is likely amid a burst of submissions: the next look comes
             # soon, so that a job waits a short pause for its publish rather than a whole poll interval.
             pause = relay.busy_poll_interval_s if sent else relay.poll_interval_s
-            await _until(wake, timeout=pause)
+            await wait_set(wake, pause)
             if sent:
                 # However many gateway processes nudge, rounds that publish start at most once a nudge
                 # interval: each is a transaction, and a round for every submission costs the most per job.
-                await _until(stop, timeout=started + relay.nudge_interval_s - time.monotonic())
+                await wait_set(stop, started + relay.nudge_interval_s - time.monotonic())
 
 
 async def _set_when(done: asyncio.Event, then: asyncio.Event) -> None:
     await done.wait()
     then.set()
-
-
-async def _until(event: asyncio.Event, *, timeout: float) -> None:
-    """Wait until `event` is set, at most `timeout` seconds (none if it is not positive)."""
-    if timeout > 0:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(event.wait(), timeout=timeout)
 
 
 async def run_relay(settings: Settings, stop: asyncio.Event) -> None:
