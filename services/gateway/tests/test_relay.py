@@ -19,7 +19,7 @@ import pytest
 from faststream.rabbit import RabbitBroker
 from sqlalchemy import RowMapping, select, update
 
-from medialens_gateway.relay import Relay
+from medialens_gateway.relay import Published, Relay
 from medialens_shared import migrate
 from medialens_shared.bus import Topology, make_broker, queue_stats
 from medialens_shared.db import DatabaseManager
@@ -229,8 +229,8 @@ async def test_an_entry_the_broker_does_not_take_waits_with_why_and_the_others_g
         (refused,) = await own.write("no.such-type")
         (taken,) = await own.write("video.probe")
         relay = own.relay()
-        assert await relay.publish_batch() == 1
-        assert await relay.publish_batch() == 0
+        assert await relay.publish_batch() == Published(sent=1, refused=1)
+        assert await relay.publish_batch() == Published(sent=0, refused=1)
         sent = await own.entry(taken)
         assert sent["sent_at"] is not None
         assert (sent["attempts"], sent["last_error"]) == (0, None)
@@ -255,13 +255,13 @@ async def test_busy_rounds_look_for_due_webhooks_once_a_poll_interval(
         publish_batch, dispatch_once = relay.publish_batch, relay.webhooks.dispatch_once
         stop = asyncio.Event()
 
-        async def counted_round() -> int:
+        async def counted_round() -> Published:
             nonlocal rounds
             rounds += 1
-            sent = await publish_batch()
-            if sent < batch:
+            published = await publish_batch()
+            if published.sent < batch:
                 stop.set()  # the outbox is empty: the busy stretch is over
-            return sent
+            return published
 
         async def counted_look() -> int:
             nonlocal looks
@@ -294,14 +294,14 @@ async def running(relay: Relay) -> AsyncIterator[Rounds]:
     rounds = Rounds()
     publish_batch = relay.publish_batch
 
-    async def counted() -> int:
+    async def counted() -> Published:
         rounds.started.append(time.monotonic())
         try:
-            sent = await publish_batch()
+            published = await publish_batch()
         finally:
             rounds.first.set()
-        rounds.sent.append(sent)
-        return sent
+        rounds.sent.append(published.sent)
+        return published
 
     relay.publish_batch = counted  # type: ignore[method-assign]
     stop = asyncio.Event()

@@ -29,6 +29,7 @@ import logging
 import signal
 import socket
 import time
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -75,6 +76,19 @@ FROM unnest($1::bigint[], $2::text[]) AS failed (id, error) WHERE outbox.id = fa
 PRUNE_BATCH = 5000
 
 
+@dataclass(frozen=True, slots=True)
+class Published:
+    """What one round of the relay did: entries the broker took, and entries it refused (left unsent)."""
+
+    sent: int
+    refused: int = 0
+
+    @property
+    def failing(self) -> bool:
+        """Nothing went out and something was refused: the broker is away or refuses, not the outbox empty."""
+        return not self.sent and self.refused > 0
+
+
 class Relay:
     def __init__(self, *, settings: Settings, db: DatabaseManager, broker: RabbitBroker) -> None:
         self.settings = settings
@@ -84,11 +98,9 @@ class Relay:
         self.signals = JobSignals(db.redis, prefix=settings.redis.prefix)
         self.webhooks = Dispatcher(settings=settings, db=db)
         self._declared = False
-        #: Entries of the last round that the broker did not take.
-        self._refused = 0
 
-    async def publish_batch(self) -> int:
-        """Publish one batch of unsent entries; how many were sent."""
+    async def publish_batch(self) -> Published:
+        """Publish one batch of unsent entries: how many the broker took and how many it refused."""
         if not self._declared:
             # Work queues exist before any worker starts, so no job is unroutable meanwhile.
             await declare(self.broker, self.topology, services=SERVICES)
@@ -98,7 +110,6 @@ class Relay:
             results = await asyncio.gather(*(self._publish(row) for row in rows), return_exceptions=True)
             sent = [row["id"] for row, failure in zip(rows, results, strict=True) if failure is None]
             failed = [(row["id"], failure) for row, failure in zip(rows, results, strict=True) if failure]
-            self._refused = len(failed)
             if sent:
                 await conn.execute(_SENT, sent)
             if failed:
@@ -107,7 +118,7 @@ class Relay:
                 await conn.execute(
                     _NOT_SENT, [entry_id for entry_id, _ in failed], [str(why)[:500] for _, why in failed]
                 )
-        return len(sent)
+        return Published(sent=len(sent), refused=len(failed))
 
     async def prune(self) -> int:
         """Delete up to `PRUNE_BATCH` entries sent longer than `relay.sent_retention_s` ago (none if it is
@@ -248,8 +259,8 @@ class Relay:
                 self.webhooks.kick()
             started = time.monotonic()
             try:
-                sent = await self.publish_batch()
-                failing = not sent and self._refused > 0
+                published = await self.publish_batch()
+                sent, failing = published.sent, published.failing
                 if time.monotonic() >= next_reap:
                     next_reap = time.monotonic() + relay.reap_interval_s
                     await self.reap()
