@@ -184,9 +184,14 @@ async def submit(
     if row is None or row["id"] is None:
         _check_input(body, None if row is None else (row["input_kind"], row["input_filename"]))
         raise AssertionError(f"no job inserted for an accepted {row['input_kind']} file")  # never reached
-    signals.outbox_written()
-    metrics.JOBS_SUBMITTED.labels(body.type).inc()
+    _committed(signals, body.type)
     return Submitted(job=jobstore.job_view(row), created=True)
+
+
+def _committed(signals: JobSignals, job_type: str) -> None:
+    """After a submission's commit: the relays woken for its outbox entry, the submission counted."""
+    signals.outbox_written()
+    metrics.JOBS_SUBMITTED.labels(job_type).inc()
 
 
 async def _submit_in_transaction(
@@ -232,8 +237,7 @@ async def _submit_in_transaction(
             assert earlier is not None  # the key taken is within its TTL: the expired ones were deleted above
             return Submitted(job=await view(session, signals, earlier), created=False)
     await session.commit()
-    signals.outbox_written()
-    metrics.JOBS_SUBMITTED.labels(body.type).inc()
+    _committed(signals, body.type)
     return Submitted(job=await view(session, signals, job), created=True)
 
 
