@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import threading
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
@@ -1035,6 +1036,38 @@ async def test_a_job_past_its_time_limit_fails_timeout(
     job_id = await new_job()
     runner = make_runner({"video.probe": Calls(lambda _ctx: asyncio.sleep(10))}, job_timeout_s=0.2)
     assert await asyncio.wait_for(deliver(runner, body_of(job_id, tenant_id)), 5) == ["ack"]
+    row = await row_of(db, job_id)
+    assert (row["status"], row["error_code"]) == ("failed", "TIMEOUT")
+
+
+async def test_cpu_work_past_the_time_limit_stops_before_the_job_ends(
+    make_runner, new_job, tenant_id: str, db: DatabaseManager
+) -> None:
+    """A job given up at its time limit while its `run_cpu` thread works: the thread, which reports as an
+    analyser does, stops at its next report, and the job ends (its cleanups run, its slot is freed) only
+    after that; without it the thread decoded on, past its job, its input and its scratch directory."""
+    job_id = await new_job()
+    stopped = threading.Event()
+    ended_at: list[float] = []
+
+    def decode(ctx: JobContext) -> None:
+        try:
+            give_up = time.monotonic() + 5  # bounded: the test ends even if the thread is never stopped
+            while time.monotonic() < give_up:  # a long analysis: one report per "frame"
+                ctx.report(0.5, "decoding")
+                time.sleep(0.01)
+        finally:
+            ended_at.append(time.monotonic())
+            stopped.set()
+
+    async def handler(ctx: JobContext) -> None:
+        await ctx.run_cpu(decode, ctx)
+
+    runner = make_runner({"video.probe": Calls(handler)}, job_timeout_s=0.3)
+    assert await asyncio.wait_for(deliver(runner, body_of(job_id, tenant_id)), 10) == ["ack"]
+    delivered_at = time.monotonic()
+    assert stopped.is_set()
+    assert ended_at[0] <= delivered_at
     row = await row_of(db, job_id)
     assert (row["status"], row["error_code"]) == ("failed", "TIMEOUT")
 

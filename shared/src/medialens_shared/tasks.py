@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import shutil
@@ -94,6 +95,10 @@ INPUT_FILE = "input_file"
 
 #: Bytes read from disk per chunk when a job stores a file it made.
 ARTIFACT_CHUNK_BYTES = 1024 * 1024
+
+#: Seconds a job given up (its time limit, a shutdown) waits for its `run_cpu` work to see that and stop:
+#: analysers report at least every 2 s of media.
+CPU_STOP_S = 5.0
 
 #: What a job's success sets beside its status (a success with these is batched: see `_end_successes`).
 SUCCESS_VALUES: dict[str, Any] = {
@@ -228,20 +233,27 @@ class JobContext:
         In a child process instead when the job is `isolated` (its previous attempt died with its worker),
         light or not: then `func` and `args` must pickle, except for `ctx.report`, which works there too.
         """
-        if not self.isolated:
-            return func(*args) if light else await asyncio.to_thread(func, *args)
-        ended = threading.Event()  # this call was given up (a timeout, a shutdown): the child must go
-        try:
-            result = await asyncio.to_thread(
-                isolation.run_in_child,
-                func,
-                args,
-                report=self.report,
-                abandoned=lambda: self.cancelled or ended.is_set(),
+        if not self.isolated and light:
+            return func(*args)
+        if self.isolated:
+            call = functools.partial(
+                isolation.run_in_child, func, args, report=self.report, abandoned=lambda: self.cancelled
             )
-        finally:
-            ended.set()
-        return cast(T, result)
+        else:
+            call = functools.partial(func, *args)
+        work = asyncio.ensure_future(asyncio.to_thread(call))
+        try:
+            return cast(T, await asyncio.shield(work))
+        except asyncio.CancelledError:
+            # Given up (the job's time limit, a shutdown): a thread cannot be cancelled, so the job counts
+            # as cancelled from here, which stops the thread at its next `report` (a child process at its
+            # next look), and the job's cleanups (its input unpinned, its scratch removed, its slot freed)
+            # wait for that, within `CPU_STOP_S`.
+            self._cancel.set()
+            work.add_done_callback(_retrieved)
+            if not (await asyncio.wait([work], timeout=CPU_STOP_S))[0]:
+                self.log.warning("job %s: its work did not stop within %.0f s", self.job_id, CPU_STOP_S)
+            raise
 
     def add_cleanup(self, callback: Callable[[], Awaitable[None]]) -> None:
         self._cleanups.push_async_callback(callback)
@@ -841,6 +853,12 @@ _INPUT_FILE = (
     .scalar_subquery()
     .label(INPUT_FILE)
 )
+
+
+def _retrieved(work: asyncio.Future[Any]) -> None:
+    """The outcome of work nobody awaits any more, taken so that asyncio does not log it as lost."""
+    if not work.cancelled():
+        work.exception()
 
 
 def _result_document(message: JobMessage, result: BaseModel) -> dict[str, Any]:
