@@ -17,10 +17,11 @@ from typing import Any
 import httpx
 import pytest
 from faststream.rabbit import RabbitBroker
+from pydantic import SecretStr
 from sqlalchemy import RowMapping, select, update
 
 from medialens_gateway.relay import Published, Relay
-from medialens_shared import migrate
+from medialens_shared import metrics, migrate
 from medialens_shared.bus import Topology, make_broker, queue_stats
 from medialens_shared.db import DatabaseManager
 from medialens_shared.jobstore import WORKER_DIED_HEADER
@@ -357,6 +358,45 @@ async def test_nudges_do_not_hurry_a_failing_relay(run_id: str, mongo_url: str, 
                 relay.signals.outbox_written()
                 await asyncio.sleep(0.05)
             assert len(rounds.started) == 1
+
+
+async def test_a_relay_whose_broker_is_away_still_reaps_and_tells_the_outbox_lag(
+    run_id: str, mongo_url: str, rabbit_vhost: str
+) -> None:
+    """While RabbitMQ does not answer, the relay's rounds fail, but its upkeep goes on: it reaps (that needs
+    only the database) and samples the unsent entries and their age, which is what the outbox-lag alert
+    reads; before, a failed round skipped both, so the alert could not fire in the outage it is for."""
+    async with own_relay(run_id, mongo_url, rabbit_vhost, name="away", reap_interval_s=0.05) as own:
+        written = await own.write(count=3)
+        away = own.settings.model_copy(
+            update={
+                "rabbitmq": own.settings.rabbitmq.model_copy(
+                    update={"url": SecretStr("amqp://guest:guest@127.0.0.1:1/")}
+                )
+            }
+        )
+        relay = Relay(settings=away, db=own.db, broker=make_broker(away, name="away-test"))
+        reaps = 0
+        reap = relay.reap
+
+        async def counted_reap() -> int:
+            nonlocal reaps
+            reaps += 1
+            return await reap()
+
+        relay.reap = counted_reap  # type: ignore[method-assign]
+        stop = asyncio.Event()
+        task = asyncio.create_task(relay.run(stop))
+        try:
+            deadline = time.monotonic() + 10
+            while not (reaps >= 2 and metrics.OUTBOX_PENDING._value.get() == len(written)):
+                assert time.monotonic() < deadline, (reaps, metrics.OUTBOX_PENDING._value.get())
+                await asyncio.sleep(0.05)
+            assert metrics.OUTBOX_LAG._value.get() > 0
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 10)
+        assert not any([await _sent(own, entry) for entry in written])
 
 
 async def test_rounds_that_publish_start_at_most_once_a_nudge_interval(

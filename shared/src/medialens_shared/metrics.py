@@ -135,7 +135,10 @@ def job_finished(job_type: str, status: JobStatus, *, error_code: str | None = N
 async def sample_backlog(
     *, broker: RabbitBroker, topology: Topology, db: DatabaseManager, services: Iterable[str]
 ) -> None:
-    """Queue depths and consumers, outbox lag and expired leases, into their gauges (never raises)."""
+    """Queue depths and consumers, outbox lag and expired leases, into their gauges (never raises).
+
+    The database's figures do not wait on the broker's: the outbox lag is what tells that RabbitMQ is away.
+    """
     from medialens_shared.bus import queue_stats
 
     queues = [topology.work_queue(service).name for service in services] + [topology.dead.name]
@@ -144,6 +147,9 @@ async def sample_backlog(
             stats = await queue_stats(broker, queue)
             QUEUE_MESSAGES.labels(queue).set(stats.messages)
             QUEUE_CONSUMERS.labels(queue).set(stats.consumers)
+    except Exception as exc:
+        log.debug("queues not sampled this round (%s)", exc)
+    try:
         async with db.session() as session:
             unsent = (
                 await session.execute(
@@ -159,7 +165,7 @@ async def sample_backlog(
                 )
             )
     except Exception as exc:
-        log.debug("backlog not sampled this round (%s)", exc)
+        log.debug("outbox and leases not sampled this round (%s)", exc)
         return
     OUTBOX_PENDING.set(unsent[0])
     OUTBOX_LAG.set(float(unsent[1]))

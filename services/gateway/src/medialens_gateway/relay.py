@@ -261,17 +261,23 @@ class Relay:
             try:
                 published = await self.publish_batch()
                 sent, failing = published.sent, published.failing
-                if time.monotonic() >= next_reap:
-                    next_reap = time.monotonic() + relay.reap_interval_s
-                    await self.reap()
-                    await self.prune()
-                    await metrics.sample_backlog(
-                        broker=self.broker, topology=self.topology, db=self.db, services=SERVICES
-                    )
             except Exception as exc:
                 log.warning("relay round failed (%s); retrying", exc)
                 self._declared = False
                 sent, failing = 0, True
+            if time.monotonic() >= next_reap:
+                # Whether or not the broker answers: reaping needs only the database, and the outbox lag
+                # sampled here is what tells an operator that the broker is away.
+                next_reap = time.monotonic() + relay.reap_interval_s
+                try:
+                    await self.reap()
+                    await self.prune()
+                except Exception as exc:
+                    log.warning("relay upkeep failed (%s); retrying", exc)
+                    failing = True
+                await metrics.sample_backlog(
+                    broker=self.broker, topology=self.topology, db=self.db, services=SERVICES
+                )
             if sent >= relay.batch_size:
                 continue  # more may be waiting: no pause
             if failing:
