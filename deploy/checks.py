@@ -4,9 +4,10 @@
     python deploy/checks.py compose RESOLVED.yml  # the output of `docker compose config`
 
 The JSON-schema validation of each object is kubernetes-validate's job; these are the rules no schema
-states: resources, probes, non-root, pinned images, grace periods, no secrets in ConfigMaps, a PDB per
-Deployment, one autoscaler per Deployment, the stable Service reaching both tracks, and the PostgreSQL
-connection budget. Needs PyYAML and jsonschema (both come with kubernetes-validate). Exits 1 on a violation.
+states: resources, probes (on each process's own port, reachable from outside the pod), non-root, pinned
+images, grace periods, no secrets in ConfigMaps, a PDB per Deployment, one autoscaler per Deployment, the
+stable Service reaching both tracks, and the PostgreSQL connection budget. Needs PyYAML and jsonschema (both
+come with kubernetes-validate). Exits 1 on a violation.
 """
 
 from __future__ import annotations
@@ -29,6 +30,15 @@ KEDA_SCHEMA = HERE / "k8s" / "schemas" / "keda.json"
 #: The processes' default (pool_size, max_overflow), as in medialens_shared.settings.POOL_DEFAULTS.
 POOL_DEFAULTS = {"medialens-gateway": (30, 0), "medialens-relay": (2, 2)}
 WORKER_POOL_DEFAULT = (6, 0)
+#: The port each long-running process serves /health and /metrics on (the gateway's API port; the others'
+#: as in medialens_shared.settings.OPS_PORTS).
+PROCESS_PORTS = {
+    "medialens-gateway": 8000,
+    "medialens-relay": 8104,
+    "medialens-video": 8101,
+    "medialens-audio": 8102,
+    "medialens-data": 8103,
+}
 #: Shutdown grace of the services (the broker's graceful timeout); pods must be given longer.
 SERVICE_SHUTDOWN_S = 30
 SECRET_KEY = re.compile(r"(URL|PASSWORD|PASSWD|SECRET|TOKEN|API_KEYS?|CREDENTIALS?)$", re.IGNORECASE)
@@ -93,18 +103,35 @@ def check_workloads(objs: list[Manifest], *, pinned: bool) -> list[str]:
             image = container.get("image", "")
             if pinned and (image.endswith(":latest") or ":" not in image.rsplit("/", 1)[-1]):
                 errors.append(f"{at}: image {image!r} is not pinned to a tag")
-            if container.get("command") == ["medialens-gateway"]:
-                errors.extend(check_gateway_probes(at, container))
+            port = PROCESS_PORTS.get(" ".join(container.get("command", [])))
+            if port is not None and obj["kind"] == "Deployment":
+                errors.extend(check_probes(at, container, port))
     return errors
 
 
-def check_gateway_probes(at: str, container: Manifest) -> list[str]:
+def check_probes(at: str, container: Manifest, port: int) -> list[str]:
+    """Liveness on /health/live, readiness on /health/ready, both on a declared port that is the process's."""
     errors = []
+    declared = {p.get("name"): p["containerPort"] for p in container.get("ports", [])}
     for probe, path in (("readinessProbe", "/health/ready"), ("livenessProbe", "/health/live")):
-        got = container.get(probe, {}).get("httpGet", {}).get("path")
-        if got != path:
-            errors.append(f"{at}: {probe} must GET {path}, not {got!r}")
+        get = container.get(probe, {}).get("httpGet", {})
+        if get.get("path") != path:
+            errors.append(f"{at}: {probe} must GET {path}, not {get.get('path')!r}")
+        elif declared.get(get.get("port"), get.get("port")) != port:
+            errors.append(f"{at}: {probe} must reach port {port}, the process's, not {get.get('port')!r}")
     return errors
+
+
+def check_ops_host(objs: list[Manifest]) -> list[str]:
+    """The relay's and services' operations endpoints listen beyond the pod's loopback, for probes."""
+    hosts = [
+        (obj.get("data") or {}).get("MEDIALENS_WORKER_HTTP_HOST")
+        for obj in objs
+        if obj["kind"] == "ConfigMap" and obj["metadata"]["name"].startswith("medialens-config")
+    ]
+    if "0.0.0.0" not in hosts:  # noqa: S104 - the value a manifest must set, not an address we bind
+        return ["ConfigMap medialens-config: set MEDIALENS_WORKER_HTTP_HOST=0.0.0.0 (for probes and metrics)"]
+    return []
 
 
 def check_config_maps(objs: list[Manifest]) -> list[str]:
@@ -222,7 +249,7 @@ def check_k8s(render_dir: Path, *, max_connections: int) -> list[str]:
     overlays = {p.stem: load(p) for p in sorted(render_dir.glob("overlay-*.yaml"))}
     if not overlays:
         return [f"{render_dir}: no overlay-*.yaml to check"]
-    errors = [f"base: {e}" for e in check_workloads(base, pinned=False)]
+    errors = [f"base: {e}" for e in check_workloads(base, pinned=False) + check_ops_host(base)]
     errors += [f"stable: {e}" for e in check_config_maps(stable)]
     for render, objs in overlays.items():
         if not any(o["kind"] == "Deployment" for o in objs):
@@ -233,6 +260,7 @@ def check_k8s(render_dir: Path, *, max_connections: int) -> list[str]:
             + check_disruption_budgets(objs)
             + check_autoscalers(objs)
             + check_keda(objs)
+            + check_ops_host(objs)
         )
         errors += [f"{render}: {e}" for e in found]
         kinds = sorted({o["kind"] for o in objs})
