@@ -1,0 +1,134 @@
+"""`medialens-keys`: the tenants and API keys of a deployment.
+
+    medialens-keys create TENANT [--name NAME]   a new key for TENANT (made if new), printed once
+    medialens-keys list [TENANT]                 the keys (their ids, never the keys), by tenant
+    medialens-keys revoke KEY_ID [KEY_ID ...]    revoke keys; gateways refuse them within 30 s
+
+Outside development (`MEDIALENS_ENVIRONMENT=development` makes `MEDIALENS_DEV_API_KEYS` at the gateway's
+start) this is how keys come to exist. A key is stored only as its SHA-256 (see `medialens_gateway.auth`),
+so a lost key cannot be shown again: create another and revoke the old one. A revoked key still works for
+up to 30 s in a gateway that verified it just before (its `KeyCache`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import secrets
+import sys
+
+from sqlalchemy import func, select, update
+from sqlalchemy.dialects.postgresql import insert
+
+from medialens_gateway.auth import hash_key
+from medialens_shared.db import DatabaseManager
+from medialens_shared.settings import Settings
+from medialens_shared.tables import api_keys, tenants
+
+#: What a tenant id may be: it names the tenant's data everywhere (rows, documents, channels).
+TENANT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def new_key() -> str:
+    """A new API key: 256 random bits, URL-safe."""
+    return secrets.token_urlsafe(32)
+
+
+def _tenant_id(value: str) -> str:
+    if not TENANT_ID.fullmatch(value):
+        raise argparse.ArgumentTypeError(
+            f"{value!r}: a tenant id is 1 to 64 letters, digits, '_', '.' or '-', the first a letter or digit"
+        )
+    return value
+
+
+async def create(db: DatabaseManager, *, tenant_id: str, name: str | None) -> tuple[int, str]:
+    """A new key for `tenant_id`, the tenant made first if it is new: (the key's id, the key)."""
+    key = new_key()
+    async with db.session() as session:
+        await session.execute(
+            insert(tenants)
+            .values(id=tenant_id, name=name or tenant_id, webhook_secret=secrets.token_hex(32))
+            .on_conflict_do_nothing(index_elements=["id"])
+        )
+        key_id = await session.scalar(
+            insert(api_keys).values(tenant_id=tenant_id, key_hash=hash_key(key)).returning(api_keys.c.id)
+        )
+        await session.commit()
+    assert key_id is not None
+    return key_id, key
+
+
+async def listed(db: DatabaseManager, *, tenant_id: str | None) -> list[str]:
+    """One line per key: id, tenant, created and (if so) revoked, oldest first."""
+    query = select(api_keys.c.id, api_keys.c.tenant_id, api_keys.c.created_at, api_keys.c.revoked_at)
+    if tenant_id is not None:
+        query = query.where(api_keys.c.tenant_id == tenant_id)
+    async with db.session() as session:
+        rows = (await session.execute(query.order_by(api_keys.c.id))).all()
+    return [
+        f"{row.id:>8}  {row.tenant_id:24}  created {row.created_at:%Y-%m-%d %H:%M:%S}"
+        + (f"  revoked {row.revoked_at:%Y-%m-%d %H:%M:%S}" if row.revoked_at else "")
+        for row in rows
+    ]
+
+
+async def revoke(db: DatabaseManager, *, key_ids: list[int]) -> list[int]:
+    """Revoke the keys of `key_ids` not revoked yet; the ids revoked now."""
+    async with db.session() as session:
+        revoked = await session.scalars(
+            update(api_keys)
+            .where(api_keys.c.id.in_(key_ids), api_keys.c.revoked_at.is_(None))
+            .values(revoked_at=func.now())
+            .returning(api_keys.c.id)
+        )
+        ids = sorted(revoked.all())
+        await session.commit()
+    return ids
+
+
+async def main_async(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="medialens-keys", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    made = commands.add_parser("create", help="a new key for a tenant (the tenant made if new)")
+    made.add_argument("tenant", type=_tenant_id)
+    made.add_argument("--name", help="the tenant's display name, when it is new (default: its id)")
+    shown = commands.add_parser("list", help="the keys, by id (keys themselves are never stored)")
+    shown.add_argument("tenant", nargs="?", type=_tenant_id)
+    gone = commands.add_parser("revoke", help="revoke keys by id")
+    gone.add_argument("key_ids", nargs="+", type=int)
+    args = parser.parse_args(argv)
+
+    db = DatabaseManager(Settings(), name="keys")  # only PostgreSQL is used (opened on first use)
+    try:
+        if args.command == "create":
+            key_id, key = await create(db, tenant_id=args.tenant, name=args.name)
+            print(f"key {key_id} for tenant {args.tenant} (shown this once; send it as X-API-Key):")
+            print(key)
+            return 0
+        if args.command == "list":
+            lines = await listed(db, tenant_id=args.tenant)
+            print("\n".join(lines) if lines else "no keys")
+            return 0
+        revoked = await revoke(db, key_ids=args.key_ids)
+        for key_id in revoked:
+            print(f"revoked key {key_id}")
+        missing = sorted(set(args.key_ids) - set(revoked))
+        if missing:
+            print(
+                f"not revoked (no such key, or revoked before): {', '.join(map(str, missing))}",
+                file=sys.stderr,
+            )
+            return 1
+        return 0
+    finally:
+        await db.close_all()
+
+
+def main() -> None:
+    sys.exit(asyncio.run(main_async(sys.argv[1:])))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""The operator's key command against the real database and gateway: a key it creates opens the API for
+its tenant alone, a revoked one does not, and the keys themselves are never stored or listed."""
+
+from __future__ import annotations
+
+import secrets
+
+import pytest
+from sqlalchemy import select
+
+from medialens_gateway.keys import main_async
+from medialens_shared.db import DatabaseManager
+from medialens_shared.tables import api_keys
+from tests.fixtures.servers import settings_env
+from tests.fixtures.stack import Stack, api_client
+
+
+@pytest.fixture(autouse=True)
+def command_env(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The command's environment pointing at this run's servers, as an operator's would."""
+    for key, value in settings_env(stack.settings).items():
+        monkeypatch.setenv(key, value)
+
+
+async def _create(tenant: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    assert await main_async(["create", tenant]) == 0
+    header, key = capsys.readouterr().out.strip().splitlines()
+    return int(header.split()[1]), key
+
+
+async def test_a_created_key_opens_the_api_for_its_tenant_alone(
+    stack: Stack, db: DatabaseManager, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`create` makes the tenant and a key, printed once; the key is accepted (and sees none of another
+    tenant's jobs), the database holds only its hash, and `list` shows its id, not the key."""
+    tenant = f"ops-{secrets.token_hex(4)}"
+    key_id, key = await _create(tenant, capsys)
+    async with api_client(stack.asgi, key=key) as client:
+        response = await client.get("/v1/jobs")
+    assert response.status_code == 200, response.text
+    assert response.json()["data"]["items"] == []
+    async with db.session() as session:
+        stored = (await session.execute(select(api_keys).where(api_keys.c.id == key_id))).one()
+    assert stored.tenant_id == tenant
+    assert key not in stored.key_hash
+    assert len(stored.key_hash) == 64
+    assert await main_async(["list", tenant]) == 0
+    listing = capsys.readouterr().out
+    assert str(key_id) in listing
+    assert tenant in listing
+    assert key not in listing
+
+
+async def test_a_revoked_key_is_refused(stack: Stack, capsys: pytest.CaptureFixture[str]) -> None:
+    """`revoke` makes the key refused (401 in the envelope) and listed as revoked; revoking it again, or
+    an id that does not exist, is an error (exit 1)."""
+    tenant = f"ops-{secrets.token_hex(4)}"
+    key_id, key = await _create(tenant, capsys)
+    assert await main_async(["revoke", str(key_id)]) == 0
+    assert f"revoked key {key_id}" in capsys.readouterr().out
+    async with api_client(stack.asgi, key=key) as client:
+        response = await client.get("/v1/jobs")
+    assert response.status_code == 401
+    assert response.json()["error_code"] == "UNAUTHORIZED"
+    assert await main_async(["list", tenant]) == 0
+    assert "revoked" in capsys.readouterr().out
+    assert await main_async(["revoke", str(key_id), "999999999"]) == 1
+    assert "999999999" in capsys.readouterr().err
+
+
+async def test_a_tenant_id_that_could_not_name_its_data_is_refused(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Tenant ids are checked before anything is written: spaces, slashes or an empty id stop the command."""
+    for bad in ("", "has space", "a/b", ".hidden", "x" * 65):
+        with pytest.raises(SystemExit) as stopped:
+            await main_async(["create", bad])
+        assert stopped.value.code == 2
+        assert "tenant id" in capsys.readouterr().err
