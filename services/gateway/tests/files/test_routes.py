@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
+from urllib.parse import unquote
 
 import httpx
 import pytest
@@ -83,6 +84,24 @@ async def test_content_streams_back_identical_bytes(api: httpx.AsyncClient) -> N
     assert response.headers["content-length"] == str(len(BLOB))
     assert response.headers["accept-ranges"] == "bytes"
     assert 'filename="b.raw"' in response.headers["content-disposition"]
+
+
+@pytest.mark.parametrize("name", ["日本語 (q).csv", "emoji😀.wav", "Ωmega.csv", "back\\slash.txt"])
+async def test_content_of_a_file_named_in_any_script_downloads_under_its_name(
+    api: httpx.AsyncClient, name: str
+) -> None:
+    """A name that is not plain ASCII (multipart uploads carry UTF-8) comes back in `filename*` (RFC 6266),
+    exactly, with an ASCII stand-in in `filename`; writing it as it was into the Latin-1 header was a 500."""
+    response = await api.post("/v1/files", files={"file": (name, BLOB, "application/octet-stream")})
+    assert response.status_code == 201, response.text
+    content = await api.get(f"/v1/files/{response.json()['data']['id']}/content")
+    assert content.status_code == 200, content.text
+    assert content.content == BLOB
+    disposition = content.headers["content-disposition"]
+    fallback, _, encoded = disposition.partition("; filename*=UTF-8''")
+    assert unquote(encoded) == name
+    assert fallback.startswith('attachment; filename="')
+    assert fallback.isascii()
 
 
 async def test_empty_file_round_trips(api: httpx.AsyncClient) -> None:

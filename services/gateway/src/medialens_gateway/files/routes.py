@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from typing import Any
+from urllib.parse import quote
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -94,7 +95,7 @@ async def get_content(
     row = await service.get_file(session, tenant_id=tenant.id, file_id=file_id)
     size = row["size_bytes"]
     start, end, status = 0, size - 1, 200
-    headers = {"Accept-Ranges": "bytes", "Content-Disposition": f'attachment; filename="{row["filename"]}"'}
+    headers = {"Accept-Ranges": "bytes", "Content-Disposition": content_disposition(row["filename"])}
     if spec := request.headers.get("range"):
         start, end = _parse_range(spec, size)
         status = 206
@@ -130,3 +131,18 @@ def _parse_range(spec: str, size: int) -> tuple[int, int]:
 async def delete_file(file_id: str, tenant: CurrentTenant, session: DbSession, store: Files) -> JSONResponse:
     await service.delete_file(session, store=store, tenant_id=tenant.id, file_id=file_id)
     return ok({"id": file_id, "deleted": True})
+
+
+#: What may stand in a quoted `filename="..."` as it is: printable ASCII but the quote and the backslash.
+_PLAIN_NAME = re.compile(r"[ !#-\[\]-~]*")
+
+
+def content_disposition(filename: str) -> str:
+    """An attachment header for any stored name (RFC 6266): a name of plain ASCII as it is; any other with
+    an ASCII stand-in (`_` for each other character) in `filename` and the name itself, UTF-8 and
+    percent-encoded, in `filename*`, which browsers and HTTP clients prefer. Header values are Latin-1, so
+    writing the name as it is failed (a 500) for most names in other scripts."""
+    if _PLAIN_NAME.fullmatch(filename):
+        return f'attachment; filename="{filename}"'
+    fallback = "".join(c if _PLAIN_NAME.fullmatch(c) else "_" for c in filename)
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
