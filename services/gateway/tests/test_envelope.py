@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gc
+from pathlib import Path
+from typing import Any
 
 import asyncpg
 import httpx
@@ -12,7 +14,9 @@ from asgi_lifespan import LifespanManager
 from medialens_gateway.envelope import EnvelopeResponse
 from medialens_gateway.main import create_app
 from medialens_shared.settings import Settings
+from scripts.samples import make_csv
 from tests.fixtures.servers import TENANT_KEYS
+from tests.fixtures.stack import upload
 
 from .conftest import EnvelopeCheck
 
@@ -106,6 +110,36 @@ async def test_unparsable_body_is_a_422(
     assert body["data"]["details"] == [
         {"loc": ["body"], "msg": "There was an error parsing the body", "type": "body_unparsable"}
     ]
+
+
+def _with_nul(where: str, csv: str) -> tuple[str, str, dict[str, Any] | None]:
+    """A request with a NUL character in `where`, on the uploaded table `csv`."""
+    profile: dict[str, Any] = {"type": "data.profile", "file_id": csv}
+    return {
+        "file-id": ("POST", "/v1/jobs", {**profile, "file_id": "\u0000" + csv}),
+        "label": ("POST", "/v1/jobs", {**profile, "labels": {"k": "a\u0000"}}),
+        "sql": (
+            "POST",
+            "/v1/jobs",
+            {"type": "data.query", "file_id": csv, "params": {"sql": "select\u0000"}},
+        ),
+        "job-id": ("GET", "/v1/jobs/%00", None),
+        "label-filter": ("GET", "/v1/jobs?label=a:%00", None),
+    }[where]
+
+
+@pytest.mark.parametrize("where", ["file-id", "label", "sql", "job-id", "label-filter"])
+async def test_a_nul_character_anywhere_is_a_422(
+    api: httpx.AsyncClient, envelope: EnvelopeCheck, tmp_path: Path, where: str
+) -> None:
+    """A NUL (`\\u0000`) in an id, a label, a param or a filter: PostgreSQL stores no such text, and the
+    client gets 422 VALIDATION_ERROR in the envelope, not a 500 (found in review: all five were 500s)."""
+    make_csv(tmp_path / "t.csv", rows=5)
+    csv = await upload(api, tmp_path / "t.csv")
+    method, url, body = _with_nul(where, csv)
+    response = await api.request(method, url, json=body)
+    envelope(response, status=422, error_code="VALIDATION_ERROR")
+    assert "NUL" in response.json()["message"]
 
 
 async def test_unhandled_exception_is_a_500_envelope_with_the_request_id(

@@ -3,8 +3,9 @@
 It gives the request its id (the client's `X-Request-ID` when it sent a sane one) and echoes it as a header,
 counts and times the request by route template, sheds load past `gateway.max_in_flight` requests at once
 (503 with Retry-After, before any work: a gateway that queues without bound answers everyone late), and
-renders a bug as the 500 envelope or a dependency outage as the 503 one. One layer rather than three: each
-ASGI middleware costs every request a wrapped `send` and a few frames, which showed in the gateway's profile.
+renders a bug as the 500 envelope, a dependency outage as the 503 one, and text the database cannot store
+(a NUL character) as the 422 one. One layer rather than three: each ASGI middleware costs every request a
+wrapped `send` and a few frames, which showed in the gateway's profile.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ import uuid
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from medialens_gateway import metrics
-from medialens_gateway.envelope import dependency_outage, error_response, request_id_var
-from medialens_shared.errors import InternalError, ServiceUnavailable
+from medialens_gateway.envelope import dependency_outage, error_response, request_id_var, unstorable_text
+from medialens_shared.errors import InternalError, RequestValidationFailed, ServiceUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +98,12 @@ class EdgeMiddleware:
 
     @staticmethod
     def _render(exc: Exception, request_id: str) -> ASGIApp:
+        if unstorable_text(exc):
+            return error_response(
+                status_code=422,
+                error_code=RequestValidationFailed.error_code,
+                message="The request holds a NUL character (\\u0000), which no field, id or filter takes.",
+            )
         outage = dependency_outage(exc)
         if outage:
             log.warning("request %s: %s is unavailable (%s)", request_id, outage, exc)

@@ -61,6 +61,24 @@ def dependency_outage(exc: BaseException) -> str | None:
     return None
 
 
+#: PostgreSQL's SQLSTATEs for text it cannot store: a NUL in jsonb (22P05) or in text (22021).
+_UNSTORABLE_TEXT = frozenset({"22P05", "22021"})
+
+
+def unstorable_text(exc: BaseException) -> bool:
+    """Whether the failure is PostgreSQL refusing text of the request (a NUL character, `\\u0000`): the
+    client's input, a 422, not a bug. Checked on the failure itself, as asyncpg raises it, and on what it
+    wraps, as SQLAlchemy raises it."""
+    seen: BaseException | None = exc
+    for _ in range(4):
+        if seen is None:
+            break
+        if getattr(seen, "sqlstate", None) in _UNSTORABLE_TEXT:
+            return True
+        seen = getattr(seen, "orig", None) or seen.__cause__
+    return False
+
+
 class EnvelopeResponse(JSONResponse):
     """A JSON response rendered by pydantic-core's serializer instead of the standard library's `json`.
 
