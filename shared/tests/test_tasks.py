@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel, SecretStr
 from pymongo.errors import ConnectionFailure as MongoConnectionFailure
+from redis.asyncio import Redis
 from sqlalchemy import insert, select, text, update
 
 from medialens_shared import jobstore, migrate, tasks
@@ -1027,6 +1028,25 @@ async def test_light_cpu_work_runs_on_the_loops_thread_unless_isolated(
     assert heavy[1] == here[1]
     assert all(pid != os.getpid() for _, pid in seen[rerun])
     assert {(await row_of(db, job_id))["status"] for job_id in (plain, rerun)} == {"succeeded"}
+
+
+async def test_redis_away_does_not_change_how_a_job_ends(
+    make_runner, new_job, tenant_id: str, db: DatabaseManager, settings: Settings
+) -> None:
+    """With Redis unreachable for the whole job (its announcements, progress and cancel checks all fail), the
+    job still runs once and succeeds: an announcement is not part of the job. Before, the failed "started"
+    announcement escaped the job's handling (the claimed job stayed running until its lease ran out, then
+    ran again as if its worker had died), and a failed "succeeded" one sent an ended job to be retried."""
+    job_id = await new_job()
+    runner = make_runner({"video.probe": Calls()})
+    away = Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.5, socket_timeout=0.5)
+    runner.signals = JobSignals(away, prefix=settings.redis.prefix)
+    try:
+        assert await asyncio.wait_for(deliver(runner, body_of(job_id, tenant_id)), 20) == ["ack"]
+    finally:
+        await away.aclose()
+    row = await row_of(db, job_id)
+    assert (row["status"], row["attempts"], row["error_code"]) == ("succeeded", 1, None)
 
 
 async def test_a_job_past_its_time_limit_fails_timeout(

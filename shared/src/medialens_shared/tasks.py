@@ -457,12 +457,20 @@ class JobRunner:
             await self._finish(row, JobStatus.FAILED, message="failed", error=error, jlog=jlog)
 
     async def _announce(self, row: jobstore.JobRow) -> None:
-        """Tell the job's listeners of its new state, and a part's composite job's listeners too."""
-        if row["parent_id"] is None:  # no session: there is no composite job to read
-            await self.signals.announce(jobstore.job_view(row))
-            return
-        async with self.db.session() as session:
-            await jobstore.announce(session, self.signals, row)
+        """Tell the job's listeners of its new state, and a part's composite job's listeners too.
+
+        Never raises a passing fault: what is announced is already stored, and Redis away (or the session a
+        part's composite job needs) must not turn a job that started into a retry, nor one that ended into
+        an attempt to end it again. Listeners miss that event; the job reads right from the API.
+        """
+        try:
+            if row["parent_id"] is None:  # no session: there is no composite job to read
+                await self.signals.announce(jobstore.job_view(row))
+                return
+            async with self.db.session() as session:
+                await jobstore.announce(session, self.signals, row)
+        except PASSING_FAULTS as exc:
+            log.warning("job %s: listeners not told it is %s (%s)", row["id"], row["status"], exc)
 
     async def release_predecessors(self) -> int:
         """At start, under a `worker.name`: end the leases of the jobs an earlier process of that name still
