@@ -61,7 +61,6 @@ DESCRIPTIONS: dict[str, str] = {
     "MEDIALENS_GATEWAY_HOST": "Address the gateway listens on (`0.0.0.0` in containers).",
     "MEDIALENS_GATEWAY_PORT": "Port the gateway listens on.",
     "MEDIALENS_GATEWAY_MAX_UPLOAD_BYTES": "Largest upload accepted (413 beyond, checked while streaming).",
-    "MEDIALENS_GATEWAY_UPLOAD_CHUNK_BYTES": "Size of the chunks uploads are streamed to storage in.",
     "MEDIALENS_GATEWAY_IDEMPOTENCY_TTL_S": "How long an Idempotency-Key is remembered.",
     "MEDIALENS_GATEWAY_CALLBACK_ALLOW_HTTP": "Allow `http://` callback URLs (development against a local "
     "receiver).",

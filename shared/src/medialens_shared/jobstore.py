@@ -2,7 +2,7 @@
 
 Every status change is one `UPDATE ... WHERE status IN (<allowed from>)`: when two deliveries of one job
 race, exactly one wins, and a terminal job never changes again. Live progress lives in Redis
-(`medialens_shared.progress`) and is laid over the row when a job is read.
+(`medialens_shared.signals`) and is laid over the row when a job is read.
 """
 
 from __future__ import annotations

@@ -100,7 +100,6 @@ class GatewaySettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     max_upload_bytes: int = Field(1024**3, ge=1)
-    upload_chunk_bytes: int = Field(1024 * 1024, ge=4096)
     #: How long an Idempotency-Key is remembered.
     idempotency_ttl_s: int = Field(24 * 3600, ge=60)
     #: Allow `http://` callback URLs (development against a local receiver).

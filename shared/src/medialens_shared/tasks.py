@@ -10,7 +10,8 @@ asks, and removed afterwards.
 
 `JobRunner.handle` decides everything around the handler in one place:
 
-    body unreadable                       -> delivery rejected (dead-lettered; the relay fails its job)
+    body unreadable                       -> delivery rejected (dead-lettered, where it stays for an
+                                             operator: no job can be read from it to fail)
     database away while claiming          -> delivery requeued (the queue's delivery limit bounds it)
     job unknown, finished or claimed      -> delivery acked, nothing else (a duplicate changes nothing)
     claimed: queued -> running (CAS), with this worker's lease; THEN the delivery is acked, and the

@@ -10,8 +10,10 @@ Four duties, each safe to run in several relays at once (and sent outbox entries
 - Reaper: a running job whose lease ran out (its worker died, hung, or lost its database) is requeued
   through the outbox, its crash counted as an attempt; after `max_attempts` it fails with
   RETRIES_EXHAUSTED and its message goes to the dead letters.
-- Dead letters: every message the broker dead-letters (past the delivery limit, or rejected as
-  unreadable) marks its job failed with RETRIES_EXHAUSTED, so nothing stays queued or running forever.
+- Dead letters: every message the broker dead-letters (past the delivery limit) marks its job failed with
+  RETRIES_EXHAUSTED, so nothing stays queued or running forever; a letter no job can be read from (a
+  body a service rejected as unreadable) stays in the dead-letter queue for an operator
+  (`medialens-deadletters list`).
 - Webhooks: the deliveries owed to jobs' `callback_url`s are looked for at most once a poll interval and
   sent in the background (see `medialens_gateway.webhooks`).
 
@@ -56,6 +58,9 @@ from medialens_shared.tables import outbox as outbox_table
 from medialens_shared.telemetry import attached, configure_tracing
 
 log = logging.getLogger(__name__)
+
+#: Seconds before a dead letter whose job could not be failed (the database away) is tried again.
+DEAD_LETTER_RETRY_S = 1.0
 
 #: One round's entries: the oldest unsent, locked until the round commits, so that relays side by side take
 #: different ones. The outbox round runs on a bare connection, its statements written out for asyncpg: a
@@ -311,7 +316,10 @@ async def run_relay(settings: Settings, stop: asyncio.Event) -> None:
         try:
             await relay.on_dead_letter(body)
         except Exception:
-            await message.nack(requeue=True)  # the database is away: try this letter again
+            # The database is away: this letter again after a pause (its queue has no delivery limit, so
+            # an immediate requeue would come straight back, in a loop, for as long as the outage lasts).
+            await asyncio.sleep(DEAD_LETTER_RETRY_S)
+            await message.nack(requeue=True)
             raise
         await message.ack()
 
