@@ -364,12 +364,27 @@ def loop_video(src: Path, dst: Path, *, times: int) -> None:
                 target.mux(shifted)
 
 
+def faststart(src: Path, dst: Path) -> None:
+    """`src`'s video stream remuxed into `dst` with its `moov` index first, as MP4s made for streaming are;
+    such a file cut short still opens (see `truncate`), and only the frames past its end are missing."""
+    streaming = {"movflags": "faststart"}
+    with av.open(str(src)) as source, av.open(str(dst), mode="w", options=streaming) as target:
+        video = source.streams.video[0]
+        out = target.add_stream_from_template(video)
+        for packet in source.demux(video):
+            if packet.dts is None:
+                continue  # the demuxer's flush packet
+            packet.stream = out
+            target.mux(packet)
+
+
 def truncate(src: Path, dst: Path, *, keep_fraction: float = 0.5) -> None:
     """Copy the first `keep_fraction` of `src`'s bytes to `dst`, as an interrupted upload would.
 
     An MP4 from `make_video` keeps its `moov` index at the end, so any truncation loses it and PyAV
-    cannot open the copy (the probes raise `MediaDecodeError`). A truncated WAV still opens and
-    decodes: its header merely over-states the data size.
+    cannot open the copy (the probes raise `MediaDecodeError`); one from `faststart` opens, its index
+    listing frames the file no longer holds. A truncated WAV still opens and decodes: its header merely
+    over-states the data size.
     """
     if not 0.0 <= keep_fraction <= 1.0:
         raise ValueError("keep_fraction must lie between 0 and 1")

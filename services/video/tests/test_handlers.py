@@ -11,7 +11,7 @@ import av
 import httpx
 import pytest
 
-from scripts.samples import cut_frames, loop_video, make_video, truncate
+from scripts.samples import cut_frames, faststart, loop_video, make_video, truncate
 from tests.fixtures.stack import result_of, run_job, submit, upload, wait_for
 
 pytestmark = pytest.mark.integration
@@ -121,6 +121,19 @@ async def test_damaged_video_fails_with_decode_error(
     truncate(clip, damaged, keep_fraction=0.5)
     job = await run_job(api, "video.scenes", damaged)
     assert (job["status"], job["error_code"]) == ("failed", "MEDIA_DECODE_ERROR"), job
+
+
+async def test_a_streamable_mp4_cut_short_fails_its_thumbnails_job(
+    api: httpx.AsyncClient, clip: Path, tmp_path: Path
+) -> None:
+    """An MP4 indexed at its start and cut short (it opens) fails video.thumbnails with MEDIA_DECODE_ERROR,
+    instead of succeeding with the thumbnails of its first half."""
+    streamable, damaged = tmp_path / "streamable.mp4", tmp_path / "cut.mp4"
+    faststart(clip, streamable)
+    truncate(streamable, damaged, keep_fraction=0.5)
+    job = await run_job(api, "video.thumbnails", damaged, params={"count": 4})
+    assert (job["status"], job["error_code"]) == ("failed", "MEDIA_DECODE_ERROR"), job
+    assert "truncated" in job["error_message"]
 
 
 async def test_mp4_without_video_is_unsupported(api: httpx.AsyncClient, tmp_path: Path) -> None:

@@ -55,11 +55,12 @@ def demuxed(container: Any, stream: Any) -> closing[Any]:
 
 
 @contextmanager
-def open_video(path: Path) -> Iterator[tuple[Any, Any]]:
+def open_video(path: Path, *, whole: bool = False) -> Iterator[tuple[Any, Any]]:
     """The open container and its first real video stream (not a cover picture).
 
     Raises `UnsupportedInput` when the file is not a video (empty, a table, audio only, ...),
-    `MediaDecodeError` when it looks like media but cannot be opened, and `InputNotFound` when there is
+    `MediaDecodeError` when it looks like media but cannot be opened (or, with `whole`, when it ends
+    before the frames its container indexes: see `_require_whole`), and `InputNotFound` when there is
     no file.
     """
     path = Path(path)
@@ -82,7 +83,38 @@ def open_video(path: Path) -> Iterator[tuple[Any, Any]]:
             raise UnsupportedInput(
                 "The file has no video stream" + (" (it is audio only)." if container.streams.audio else ".")
             )
+        if whole:
+            _require_whole(path, video.index)
         yield container, video
+
+
+def _require_whole(path: Path, index: int) -> None:
+    """`MediaDecodeError` when the file ends before the last frames its container's index lists.
+
+    A file cut short after an index written at its start (an MP4 made for streaming, a download that
+    stopped) opens and demuxes quietly up to where the bytes end: an analysis would cover part of the video
+    and succeed, a probe would report the index's duration. So: a seek, in a container of its own, to the
+    last frame the index lists (any frame, not a keyframe: nothing is decoded, and a whole GOP is not read),
+    and the read of one packet there, which such a file cannot give. Where the container has no index to
+    hold the file to (MPEG-TS, Matroska without cues), seeking searches the bytes that exist, or fails,
+    and this finds nothing wrong.
+    """
+    with av.open(str(path), mode="r") as container:
+        stream = container.streams[index]
+        if not stream.duration:
+            return
+        end = (stream.start_time or 0) + stream.duration
+        try:
+            container.seek(end, stream=stream, backward=True, any_frame=True)
+        except av.error.FFmpegError:
+            return  # no index to seek by: nothing to hold the file to
+        with demuxed(container, stream) as packets:
+            if any(packet.size for packet in packets):
+                return
+    raise MediaDecodeError(
+        "The file ends before the frames its container lists: it is truncated (a download or copy that "
+        "stopped early)."
+    )
 
 
 def expected_frames(container: Any, stream: Any) -> int:

@@ -71,7 +71,7 @@ def detect_quality(
 ) -> QualityAnalysis:
     """The black and frozen stretches of the video at `path`; `report` may raise to stop."""
     black, frozen = _Runs(min_black_s), _Runs(freeze_min_s)
-    with open_video(path) as (container, stream):
+    with open_video(path, whole=True) as (container, stream):
         total = expected_frames(container, stream)
         ticks = frame_ticks(stream)
         time_base = stream.time_base

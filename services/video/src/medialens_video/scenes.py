@@ -216,7 +216,7 @@ def detect_scenes(
     `report(fraction, message)` is called about every `POLL_S` from this thread and may raise to stop.
     """
     threshold = threshold or DEFAULT_THRESHOLD
-    with open_video(path) as (container, stream):
+    with open_video(path, whole=True) as (container, stream):
         ticks = frame_ticks(stream)
         time_base = stream.time_base
         timeline = _scan(container, stream, ticks)

@@ -66,7 +66,7 @@ def extract_thumbnails(
 ) -> list[ThumbnailImage]:
     """JPEGs `width` pixels wide of the frames at `thumbnail_times(...)`, written to `out_dir`."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    with open_video(path) as (container, stream):
+    with open_video(path, whole=True) as (container, stream):
         time_base = stream.time_base
         ticks = frame_ticks(stream)
         first_pts = stream.start_time or 0
