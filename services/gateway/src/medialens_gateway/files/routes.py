@@ -19,7 +19,7 @@ from medialens_shared.errors import PayloadTooLarge, RangeNotSatisfiable
 
 router = APIRouter(prefix="/v1/files", tags=["files"], responses=errors(401, 404, 422, 500))
 
-_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$", re.IGNORECASE)
 
 UPLOAD_BODY: dict[str, Any] = {
     "requestBody": {
@@ -96,7 +96,7 @@ async def get_content(
     size = row["size_bytes"]
     start, end, status = 0, size - 1, 200
     headers = {"Accept-Ranges": "bytes", "Content-Disposition": content_disposition(row["filename"])}
-    if spec := request.headers.get("range"):
+    if (spec := request.headers.get("range")) and _served(spec):
         start, end = _parse_range(spec, size)
         status = 206
         headers["Content-Range"] = f"bytes {start}-{end}/{size}"
@@ -108,6 +108,14 @@ async def get_content(
 async def _empty() -> Any:
     return
     yield
+
+
+def _served(spec: str) -> bool:
+    """Whether a Range is one this gateway answers: a single byte range. RFC 9110 has a server ignore a
+    range unit it does not know, and lets it ignore any Range: several ranges get the whole file (200),
+    not multipart/byteranges."""
+    unit, _, ranges = spec.strip().partition("=")
+    return unit.strip().lower() == "bytes" and "," not in ranges
 
 
 def _parse_range(spec: str, size: int) -> tuple[int, int]:
