@@ -62,6 +62,16 @@ async def test_unknown_route_is_a_404_envelope(api: httpx.AsyncClient, envelope:
     assert body["data"] is None
 
 
+@pytest.mark.parametrize("path", ["/v1/jobs/", "/health/ready/", "/v1/job-types/"])
+async def test_a_trailing_slash_is_a_404_envelope_naming_the_path_meant(
+    api: httpx.AsyncClient, envelope: EnvelopeCheck, path: str
+) -> None:
+    """A path with a slash too many answers 404 in the envelope, naming the path without it (it was a bare
+    307 to an absolute http:// URL, with no envelope, even without a key)."""
+    body = envelope(await api.get(path), status=404, error_code="NOT_FOUND")
+    assert body["message"] == f"No route {path}; did you mean {path.rstrip('/')}?"
+
+
 async def test_wrong_method_is_a_405_envelope(api: httpx.AsyncClient, envelope: EnvelopeCheck) -> None:
     """A method a path does not take answers 405 METHOD_NOT_ALLOWED in the envelope, its Allow header (and
     message) naming every method the path takes, not only those of its first route."""

@@ -165,6 +165,12 @@ def _allowed_methods(request: Request) -> str:
     return ", ".join(allowed)
 
 
+def _routed(request: Request, path: str) -> bool:
+    """Whether some route takes `path` with the request's method."""
+    scope = {**request.scope, "path": path}
+    return any(route.matches(scope)[0] is Match.FULL for route in request.app.router.routes)
+
+
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     if exc.status_code == 400:  # FastAPI's "error parsing the body", e.g. JSON that is not UTF-8
@@ -180,6 +186,9 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     headers = dict(exc.headers or {})
     if exc.status_code == 404:
         message = f"No route {request.url.path}; see /docs for the API."
+        meant = request.url.path.rstrip("/")
+        if meant != request.url.path and _routed(request, meant):
+            message = f"No route {request.url.path}; did you mean {meant}?"
     elif exc.status_code == 405:
         headers["Allow"] = _allowed_methods(request)
         message = f"{request.method} is not allowed on {request.url.path}; it takes {headers['Allow']}."

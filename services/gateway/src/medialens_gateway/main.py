@@ -70,6 +70,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # FastAPI's own telemetry asks the OpenTelemetry API on every request whether a provider is set;
         # without tracing the answer is always no, so it is switched off here (with tracing, as before).
         telemetry=None if tracing_on() else {"tracing": False, "metrics": False, "logs": False},
+        # A path with a slash too many is a 404 in the envelope naming the path meant, not Starlette's bare
+        # 307 to an absolute http:// URL (wrong behind a TLS proxy, and no envelope).
+        redirect_slashes=False,
     )
     app.add_middleware(HotPaths)  # added first: the innermost layer, inside the edge
     app.add_middleware(EdgeMiddleware, max_in_flight=settings.gateway.max_in_flight)
