@@ -80,11 +80,15 @@ def test_binary_signatures(head: bytes, kind: FileKind) -> None:
         b"value\n1\n2\n3\n",
         b'{"a": 1, "b": "x"}\n{"a": 2, "b": "y"}\n',
         codecs.BOM_UTF8 + b"col1,col2\n1,2\n3,4\n",
+        "name,city\nJosé,Zürich\nAnn,Köln\n".encode("utf-16"),
+        codecs.BOM_UTF16_BE + "name,city\nJosé,Zürich\n".encode("utf-16-be"),
+        "name;city\nJosé;Zürich\nAnn;Köln\n".encode("latin-1"),
     ],
-    ids=["csv", "tsv", "semicolon", "one-column", "jsonl", "bom-csv"],
+    ids=["csv", "tsv", "semicolon", "one-column", "jsonl", "bom-csv", "utf16-le", "utf16-be", "latin1"],
 )
 def test_table_text_is_a_table(text: bytes) -> None:
-    """CSV, TSV, one-column CSV, JSON lines and BOM-prefixed CSV are tables."""
+    """CSV, TSV, one-column CSV, JSON lines and BOM-prefixed CSV are tables; so is a CSV in UTF-16 (its
+    byte-order mark FF FE was taken for an MPEG audio frame sync) or in Latin-1 (it was unknown)."""
     assert sniff(text) is FileKind.TABLE
 
 

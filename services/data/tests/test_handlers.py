@@ -47,6 +47,32 @@ async def test_profile_reports_the_table(api: httpx.AsyncClient, table: Path) ->
     assert amount["distinct_approx"] is False
 
 
+@pytest.mark.parametrize(
+    ("encoding", "pad_rows"),
+    [("utf-16", 0), ("latin-1", 0), ("latin-1", 5000)],
+    ids=["utf-16", "latin-1", "latin-1-accents-past-the-head"],
+)
+async def test_a_csv_in_utf16_or_latin1_is_profiled_with_its_text_intact(
+    api: httpx.AsyncClient, tmp_path: Path, encoding: str, pad_rows: int
+) -> None:
+    """Spreadsheets export UTF-16 and Latin-1: such a CSV is accepted at submission (it was a 415 or taken
+    for audio) and read with its accents intact, also when the first accent comes after the bytes the
+    encoding is told from (then DuckDB's complaint about UTF-8 makes it read again as Latin-1)."""
+    cities = ["Zürich", "Köln", "São Paulo"]
+    rows = [["plain", "Bern"]] * pad_rows + [[f"name{i}", cities[i % 3]] for i in range(30)]
+    path = tmp_path / f"{encoding}.csv"
+    with path.open("w", newline="", encoding=encoding) as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["name", "city"])
+        writer.writerows(rows)
+    job = await run_job(
+        api, "data.query", path, params={"sql": "SELECT DISTINCT city FROM data ORDER BY city"}
+    )
+    assert job["status"] == "succeeded", job
+    result = await result_of(api, job["id"])
+    assert [row[0] for row in result["rows"]] == sorted({*cities, *(["Bern"] if pad_rows else [])})
+
+
 async def test_convert_output_is_a_readable_file(api: httpx.AsyncClient, table: Path) -> None:
     """A CSV converted to JSON lines is stored as a file whose content holds every row."""
     job = await run_job(api, "data.convert", table, params={"to": "jsonl"})

@@ -3,13 +3,15 @@
 The gateway uses this to answer 415 before queueing a job its type cannot take; the services use it to
 tell damaged media (`MEDIA_DECODE_ERROR`) from a file that was never media (`UNSUPPORTED_INPUT`):
 `inspect_media` before they open a file, `unreadable_media` when FFmpeg cannot open it.
-Signatures are the containers' own magic numbers; plain text is told apart as CSV or JSON lines.
+Signatures are the containers' own magic numbers; plain text (UTF-8, UTF-16 with its byte-order mark, or
+Latin-1) is told apart as CSV or JSON lines.
 """
 
 from __future__ import annotations
 
 import codecs
 import csv
+import re
 from pathlib import Path
 
 from medialens_shared.contracts import FileKind
@@ -19,12 +21,17 @@ from medialens_shared.errors import InputNotFound, MediaDecodeError, PermanentJo
 SNIFF_BYTES = 8192
 
 _AUDIO_FTYP_BRANDS = (b"M4A ", b"M4B ", b"M4P ", b"F4A ", b"F4B ")
+_UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
+#: Control characters text holds none of (tab, line feed and carriage return are text).
+_CONTROL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 def sniff(head: bytes) -> FileKind:
     """The kind of a file whose first bytes are `head` (up to `SNIFF_BYTES` of them)."""
     if not head:
         return FileKind.UNKNOWN
+    if head.startswith(_UTF16_BOMS) and _looks_like_table_text(head):
+        return FileKind.TABLE  # before the media signatures: FF FE is also an MPEG audio frame sync
     media = _sniff_media(head)
     if media is not None:
         return media
@@ -89,13 +96,32 @@ def _sniff_media(head: bytes) -> FileKind | None:
     return None
 
 
+def text_encoding(head: bytes) -> str | None:
+    """The encoding of a text file whose first bytes are `head`: `utf-16` by its byte-order mark, `utf-8`
+    when they decode as such (a character cut at the end allowed), else `latin-1` when they hold no control
+    character but tab and line ends (spreadsheets still export Latin-1 and Windows-1252, which it reads
+    but for a few punctuation marks); None when they are not text."""
+    if head.startswith(_UTF16_BOMS):
+        return "utf-16"
+    if b"\x00" in head:
+        return None
+    try:
+        codecs.getincrementaldecoder("utf-8")(errors="strict").decode(head)
+    except UnicodeDecodeError:
+        return "latin-1" if not _CONTROL.search(head) else None
+    return "utf-8"
+
+
 def _looks_like_table_text(head: bytes) -> bool:
     """Decodable text whose first lines are JSON objects or rows of a consistent CSV dialect."""
-    if b"\x00" in head:
+    encoding = text_encoding(head)
+    if encoding is None:
         return False
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="strict")
+    if encoding == "utf-16":
+        head = head[: len(head) // 2 * 2]  # a code unit cut at the end
+    decoder = codecs.getincrementaldecoder(encoding)(errors="strict")
     try:
-        text = decoder.decode(head.removeprefix(codecs.BOM_UTF8))
+        text = decoder.decode(head).removeprefix("\ufeff")
     except UnicodeDecodeError:
         return False
     lines = [line for line in text.splitlines() if line.strip()]

@@ -4,7 +4,8 @@ exposed to DuckDB under a name.
 CSV and JSON lines are parsed by DuckDB in one streamed pass, either into a table (`materialize=True`:
 the jobs that read the rows several times, whose parse errors then surface before any work) or as a view
 read again by each query (a conversion reads it once). Parquet is always a view: it is read in place.
-A ragged or undecodable file fails with `UnsupportedInput`, naming the line when DuckDB does.
+A ragged or undecodable file fails with `UnsupportedInput`, naming the line when DuckDB does. A CSV may be
+UTF-8, UTF-16 (with its byte-order mark) or Latin-1; JSON lines are UTF-8, as JSON is.
 """
 
 from __future__ import annotations
@@ -19,9 +20,15 @@ import duckdb
 
 from medialens_data.engine import Watchdog, count_label, ident, literal, reason
 from medialens_shared.errors import InputNotFound, UnsupportedInput
+from medialens_shared.sniff import text_encoding
 
 Format = Literal["csv", "parquet", "jsonl"]
 Compression = Literal["none", "gzip", "zstd"]
+Encoding = Literal["utf-8", "utf-16", "latin-1"]
+
+_ENCODINGS: dict[str, Encoding] = {"utf-8": "utf-8", "utf-16": "utf-16", "latin-1": "latin-1"}
+#: What DuckDB says of a CSV that is not UTF-8 where it reads.
+_NOT_UTF8 = "not utf-8 encoded"
 
 #: Leading bytes read to detect the format and estimate the row count.
 HEAD_BYTES = 64 * 1024
@@ -51,6 +58,9 @@ class Source:
     format: Format
     compression: Compression
     estimated_rows: int | None
+    #: The text's encoding as its first bytes tell (`medialens_shared.sniff.text_encoding`); a CSV that
+    #: turns out not to be UTF-8 further on is read again as Latin-1 (see `expose`).
+    encoding: Encoding = "utf-8"
 
     def describe_read(self, progress: float | None) -> str:
         """A progress note while the rows are parsed: "read 3.2M of ~10M rows"."""
@@ -77,7 +87,10 @@ def inspect(path: Path, *, fmt: Literal["auto", "csv", "parquet", "jsonl"]) -> S
     text, ratio = _peek(head, compression)
     detected: Format = _detect_format(head, text)
     chosen: Format = detected if fmt == "auto" else fmt
-    if compression == "none" and chosen != "parquet" and b"\x00" in head:
+    encoding: Encoding = "utf-8"
+    if chosen == "csv" and text:
+        encoding = _ENCODINGS.get(text_encoding(text) or "", "utf-8")
+    if compression == "none" and chosen != "parquet" and encoding != "utf-16" and b"\x00" in head:
         raise UnsupportedInput("not a text table: the file contains NUL bytes")
     estimate = None
     if chosen != "parquet" and text and ratio is not None:
@@ -87,7 +100,9 @@ def inspect(path: Path, *, fmt: Literal["auto", "csv", "parquet", "jsonl"]) -> S
             estimate = max(round(size * ratio * lines / len(text)) - 1, 0)
         else:
             estimate = max(lines - (chosen == "csv"), 0)
-    return Source(path=path, format=chosen, compression=compression, estimated_rows=estimate)
+    return Source(
+        path=path, format=chosen, compression=compression, estimated_rows=estimate, encoding=encoding
+    )
 
 
 def _peek(head: bytes, compression: Compression) -> tuple[bytes, float | None]:
@@ -137,27 +152,41 @@ def expose(
             con.execute(f"DESCRIBE {ident(name)}").fetchall()
             return
         codec = "" if source.compression == "none" else f", compression='{source.compression}'"
+
+        def create(reader: str) -> None:
+            _create(con, name, reader, materialize=materialize, full_sample=full_sample, watch=watch)
+
         if source.format == "jsonl":
-            reader = f"read_json({path}, format='newline_delimited'{codec}"
-        else:
-            reader = f"read_csv({path}, {_CSV_STRICT}{codec}"
-        kind = "TABLE" if materialize else "VIEW"
-        sample = ", sample_size=-1" if full_sample else ""
+            create(f"read_json({path}, format='newline_delimited'{codec}")
+            return
+        if source.encoding != "utf-8":
+            codec += f", encoding='{source.encoding}'"
         try:
-            _run(con, f"CREATE OR REPLACE {kind} {ident(name)} AS SELECT * FROM {reader}{sample})", watch)  # noqa: S608
-        except duckdb.ConversionException:
-            if full_sample:
+            create(f"read_csv({path}, {_CSV_STRICT}{codec}")
+        except duckdb.InvalidInputException as exc:
+            if source.encoding != "utf-8" or _NOT_UTF8 not in str(exc):
                 raise
-            # The types were guessed from a sample and a later row disagrees: guess from every row.
-            _run(
-                con,
-                f"CREATE OR REPLACE {kind} {ident(name)} AS SELECT * FROM {reader}, sample_size=-1)",  # noqa: S608
-                watch,
-            )
-        if source.format == "csv":
-            _reject_ragged_single_column(con, name, path, codec)
+            # UTF-8 as far as its first bytes went, not further on: a Latin-1 (or Windows-1252) export.
+            codec += ", encoding='latin-1'"
+            create(f"read_csv({path}, {_CSV_STRICT}{codec}")
+        _reject_ragged_single_column(con, name, path, codec)
     except READ_ERRORS as exc:
         raise UnsupportedInput(f"not a readable {source.format} table: {reason(exc, source.path)}") from exc
+
+
+def _create(
+    con: Any, name: str, reader: str, *, materialize: bool, full_sample: bool, watch: Watchdog | None
+) -> None:
+    """`name` as a table or a view of `reader` (a table function call without its closing parenthesis)."""
+    kind = "TABLE" if materialize else "VIEW"
+    sample = ", sample_size=-1" if full_sample else ""
+    try:
+        _run(con, f"CREATE OR REPLACE {kind} {ident(name)} AS SELECT * FROM {reader}{sample})", watch)  # noqa: S608
+    except duckdb.ConversionException:
+        if full_sample:
+            raise
+        # The types were guessed from a sample and a later row disagrees: guess from every row.
+        _run(con, f"CREATE OR REPLACE {kind} {ident(name)} AS SELECT * FROM {reader}, sample_size=-1)", watch)  # noqa: S608
 
 
 def _run(con: Any, sql: str, watch: Watchdog | None) -> None:

@@ -93,10 +93,19 @@ def _check_input(body: JobRequest, found: tuple[str, str] | None) -> None:
     kind, filename = found
     accepts = JOB_TYPES[body.type].accepts
     if FileKind(kind) not in accepts:
-        wanted = " or ".join(sorted(accepted.value for accepted in accepts))
+        wanted = " or ".join(_KIND_NAMES[accepted] for accepted in sorted(accepts))
         raise UnsupportedMediaType(
-            f"{body.type} takes a {wanted} file; {filename!r} looks like {kind} by its content."
+            f"{body.type} takes {wanted}; by its content, {filename!r} is {_KIND_NAMES[FileKind(kind)]}."
         )
+
+
+#: How a message names each kind of file.
+_KIND_NAMES = {
+    FileKind.VIDEO: "a video",
+    FileKind.AUDIO: "audio",
+    FileKind.TABLE: "a table (CSV, JSON lines or Parquet)",
+    FileKind.UNKNOWN: "none of these (not a video, audio or a table this service reads)",
+}
 
 
 #: The job types made of parts (child jobs), whose job objects list them.
