@@ -383,8 +383,8 @@ def truncate(src: Path, dst: Path, *, keep_fraction: float = 0.5) -> None:
 
     An MP4 from `make_video` keeps its `moov` index at the end, so any truncation loses it and PyAV
     cannot open the copy (the probes raise `MediaDecodeError`); one from `faststart` opens, its index
-    listing frames the file no longer holds. A truncated WAV still opens and decodes: its header merely
-    over-states the data size.
+    listing frames the file no longer holds. A truncated WAV opens too, its header declaring more bytes
+    than the file holds.
     """
     if not 0.0 <= keep_fraction <= 1.0:
         raise ValueError("keep_fraction must lie between 0 and 1")

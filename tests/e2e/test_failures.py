@@ -64,6 +64,19 @@ async def test_truncated_video_fails_with_media_decode_error(api: httpx.AsyncCli
     assert "damaged" in message or "truncated" in message, message
 
 
+async def test_truncated_wav_fails_its_loudness_job_with_media_decode_error(
+    api: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    """A WAV cut short fails audio.loudness with MEDIA_DECODE_ERROR, saying it is truncated, instead of
+    measuring the fragment that is left (an integrated loudness of null for a few milliseconds)."""
+    whole, cut = tmp_path / "tone.wav", tmp_path / "cut.wav"
+    make_audio(whole, duration_s=3.0)
+    truncate(whole, cut, keep_fraction=0.05)
+    job = await run_job(api, "audio.loudness", cut)
+    message = await assert_failed(api, job, "MEDIA_DECODE_ERROR")
+    assert "truncated" in message, message
+
+
 async def test_wav_with_garbled_header_fails_with_media_decode_error(
     api: httpx.AsyncClient, tmp_path: Path
 ) -> None:

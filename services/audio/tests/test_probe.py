@@ -93,13 +93,29 @@ def test_truncated_m4a_is_a_decode_error(tmp_path: Path) -> None:
         probe_audio(damaged)
 
 
-def test_truncated_wav_still_probes(tmp_path: Path) -> None:
-    """A WAV cut in half still opens; its duration follows the bytes that are left."""
+@pytest.mark.parametrize("keep_fraction", [0.01, 0.5, 0.99])
+def test_a_truncated_wav_is_a_decode_error(tmp_path: Path, keep_fraction: float) -> None:
+    """A WAV holding fewer bytes than its header declares is a truncated upload, MEDIA_DECODE_ERROR: FFmpeg
+    reads it quietly to where it ends, and the probe reported the rest's duration (and an analysis measured
+    a fragment) as if the file were whole."""
     path = tmp_path / "a.wav"
     make_audio(path, duration_s=2.0)
     damaged = tmp_path / "cut.wav"
-    truncate(path, damaged, keep_fraction=0.5)
-    assert probe_audio(damaged).duration_s == pytest.approx(1.0, abs=0.01)
+    truncate(path, damaged, keep_fraction=keep_fraction)
+    with pytest.raises(MediaDecodeError, match="truncated"):
+        probe_audio(damaged)
+
+
+def test_a_wav_written_to_a_pipe_is_read_whole(tmp_path: Path) -> None:
+    """A WAV whose RIFF size says "unknown" (a writer to a pipe leaves 0xFFFFFFFF) is not taken for a
+    truncated one: its samples are read to the end."""
+    path = tmp_path / "a.wav"
+    make_audio(path, duration_s=1.0)
+    data = bytearray(path.read_bytes())
+    data[4:8] = b"\xff\xff\xff\xff"
+    piped = tmp_path / "piped.wav"
+    piped.write_bytes(bytes(data))
+    assert probe_audio(piped).duration_s == pytest.approx(1.0, abs=0.01)
 
 
 def test_corrupted_wav_still_probes(tmp_path: Path) -> None:

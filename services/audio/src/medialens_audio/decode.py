@@ -44,7 +44,10 @@ def open_container(path: Path) -> Iterator[tuple[Any, Any]]:
     """The open container and its first audio stream; domain errors for files that are not audio."""
     path = Path(path)
     kind = inspect_media(path, noun="audio")
-    options = {"probesize": str(WAV_PROBE_BYTES)} if _is_wav(path) else {}
+    wav = _is_wav(path)
+    if wav:
+        _require_whole_wav(path)
+    options = {"probesize": str(WAV_PROBE_BYTES)} if wav else {}
     try:
         container = av.open(str(path), mode="r", options=options)
     except av.error.FFmpegError as exc:
@@ -62,6 +65,24 @@ def _is_wav(path: Path) -> bool:
     with path.open("rb") as handle:
         head = handle.read(12)
     return head[:4] == b"RIFF" and head[8:12] == b"WAVE"
+
+
+#: RIFF sizes at or above this say "unknown" (writers to a pipe, which cannot go back to fill it in).
+_RIFF_SIZE_UNKNOWN = 0x7FFFF000
+
+
+def _require_whole_wav(path: Path) -> None:
+    """`MediaDecodeError` when a WAV holds fewer bytes than its RIFF header declares: FFmpeg reads such a
+    file quietly to where it ends, so a probe would report the rest's duration and an analysis measure a
+    fragment of the sound, and both succeed."""
+    with path.open("rb") as handle:
+        declared = int.from_bytes(handle.read(8)[4:8], "little") + 8
+    size = path.stat().st_size
+    if declared - 8 < _RIFF_SIZE_UNKNOWN and size < declared:
+        raise MediaDecodeError(
+            f"The WAV file holds {size:,} bytes of the {declared:,} its header declares: it is truncated "
+            "(a download or copy that stopped early)."
+        )
 
 
 @dataclass
