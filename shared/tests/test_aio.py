@@ -1,11 +1,13 @@
-"""`aio.wait_set`: the bounded pause the services, the relay and the gateway share."""
+"""`aio.wait_set`, the bounded pause the services, the relay and the gateway share, and `aio.answered`."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 
-from medialens_shared.aio import wait_set
+import pytest
+
+from medialens_shared.aio import answered, wait_set
 
 
 async def test_a_pause_ends_at_its_timeout_when_nothing_sets_the_event() -> None:
@@ -31,3 +33,33 @@ async def test_no_pause_when_set_already_or_the_timeout_is_not_positive() -> Non
     event.set()
     assert await wait_set(event, 30.0) is True
     assert time.monotonic() - started < 1.0
+
+
+async def test_an_answer_in_time_is_returned() -> None:
+    async def quick() -> int:
+        await asyncio.sleep(0.01)
+        return 7
+
+    assert await answered(quick(), 5.0) == 7
+
+
+async def test_a_late_call_times_out_and_is_left_to_finish_not_cancelled() -> None:
+    """Past its timeout the caller gets TimeoutError, and the call runs on to its end (as a broker's round
+    trip must: cancelling it would close its channel)."""
+    ended = asyncio.Event()
+
+    async def slow() -> None:
+        await asyncio.sleep(0.2)
+        ended.set()
+
+    with pytest.raises(TimeoutError):
+        await answered(slow(), 0.05)
+    assert await wait_set(ended, 5.0)
+
+
+async def test_a_call_that_fails_raises_its_own_error() -> None:
+    async def failing() -> None:
+        raise ConnectionError("refused")
+
+    with pytest.raises(ConnectionError, match="refused"):
+        await answered(failing(), 5.0)

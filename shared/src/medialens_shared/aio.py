@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 async def wait_set(event: asyncio.Event, timeout_s: float) -> bool:
@@ -14,3 +18,18 @@ async def wait_set(event: asyncio.Event, timeout_s: float) -> bool:
             async with asyncio.timeout(timeout_s):
                 await event.wait()
     return event.is_set()
+
+
+async def answered(call: Coroutine[Any, Any, T], timeout_s: float) -> T:
+    """`call`'s result, or `TimeoutError` when it takes longer than `timeout_s`; `call` itself is never
+    cancelled, but left to end on its own (its outcome read then, so asyncio logs nothing).
+
+    For a broker's round trips: aiormq closes a channel whose call is cancelled, so a health check that
+    gave up on a slow broker with `asyncio.wait_for` cost the channel its process publishes or consumes on.
+    """
+    task = asyncio.ensure_future(call)
+    task.add_done_callback(lambda done: done.cancelled() or done.exception())
+    finished, _ = await asyncio.wait({task}, timeout=timeout_s)
+    if not finished:
+        raise TimeoutError(f"no answer within {timeout_s:g} s")
+    return task.result()

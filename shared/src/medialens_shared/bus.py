@@ -24,7 +24,6 @@ and a subscriber binds one routing key, which the "<service>.#" pattern makes en
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ import aiormq
 from faststream.rabbit import Channel, ExchangeType, QueueType, RabbitBroker, RabbitExchange, RabbitQueue
 from faststream.rabbit.opentelemetry import RabbitTelemetryMiddleware
 
+from medialens_shared.aio import answered
 from medialens_shared.contracts import JOB_TYPES
 from medialens_shared.outbox import DELAY_TIERS_S
 from medialens_shared.settings import Settings
@@ -240,4 +240,5 @@ async def ping(broker: RabbitBroker, topology: Topology) -> None:
         raise ConnectionError("not connected to RabbitMQ")
     channel = await broker.config.channel_manager.get_channel()
     raw = await channel.get_underlay_channel()
-    await asyncio.wait_for(raw.exchange_declare(topology.jobs.name, passive=True), timeout=2.0)
+    # Not `wait_for`: a cancelled call closes its channel, here the one the relay publishes on.
+    await answered(raw.exchange_declare(topology.jobs.name, passive=True), 2.0)
