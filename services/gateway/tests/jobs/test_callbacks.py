@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from pathlib import Path
 
 import httpx
 import pytest
 
+from medialens_gateway.jobs import callbacks
 from medialens_gateway.jobs.callbacks import check_callback_url, is_public
 from medialens_shared.errors import RequestValidationFailed
 from scripts.samples import make_csv
@@ -137,3 +140,21 @@ async def test_public_ip_literal_callback_is_accepted(
     )
     job = envelope(response, status=202)["data"]
     assert job["status"] == "queued"
+
+
+async def test_a_host_whose_resolution_hangs_is_refused_in_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A resolver that does not answer (here one that sleeps: there is no slow DNS server to point at on
+    this machine) costs the submission `RESOLVE_TIMEOUT_S`, then a 422 saying so, not a request held as
+    long as the resolver likes."""
+    monkeypatch.setattr(callbacks, "RESOLVE_TIMEOUT_S", 0.2)
+    loop = asyncio.get_running_loop()
+
+    async def hanging(*_args: object, **_kwargs: object) -> list[object]:
+        await asyncio.sleep(60)
+        return []
+
+    monkeypatch.setattr(loop, "getaddrinfo", hanging)
+    started = time.monotonic()
+    with pytest.raises(RequestValidationFailed, match=r"did not resolve within 0\.2 s"):
+        await check_callback_url("https://slow.example/hook", allow_http=False, allow_private=False)
+    assert time.monotonic() - started < 5

@@ -13,6 +13,9 @@ from urllib.parse import urlsplit
 
 from medialens_shared.errors import RequestValidationFailed
 
+#: Seconds the resolution of a callback host may take before the submission is refused.
+RESOLVE_TIMEOUT_S = 5.0
+
 
 def _refuse(message: str) -> RequestValidationFailed:
     return RequestValidationFailed(
@@ -40,9 +43,14 @@ async def check_callback_url(url: str, *, allow_http: bool, allow_private: bool)
         return
     try:
         loop = asyncio.get_running_loop()
-        infos = await loop.getaddrinfo(parts.hostname, port or 443, type=socket.SOCK_STREAM)
+        async with asyncio.timeout(RESOLVE_TIMEOUT_S):  # a slow resolver must not hold the submission
+            infos = await loop.getaddrinfo(parts.hostname, port or 443, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as exc:  # UnicodeError: a name IDNA refuses, e.g. "a..b"
         raise _refuse(f"callback_url's host {parts.hostname!r} does not resolve.") from exc
+    except TimeoutError as exc:
+        raise _refuse(
+            f"callback_url's host {parts.hostname!r} did not resolve within {RESOLVE_TIMEOUT_S:g} s."
+        ) from exc
     for *_, sockaddr in infos:
         if not is_public(str(sockaddr[0])):
             raise _refuse(
