@@ -87,16 +87,27 @@ async def test_params_not_fitting_the_schema_are_422(
     assert job_type in body["message"]
 
 
-@pytest.mark.parametrize("priority", [-1, 10, "high"])
+@pytest.mark.parametrize("priority", [-1, 10, "high", "5", True, 5.0])
 async def test_priority_out_of_range_is_422(
     api: httpx.AsyncClient, csv_file: str, envelope: EnvelopeCheck, priority: object
 ) -> None:
-    """A priority outside 0..9 answers 422 naming `priority`."""
+    """A priority outside 0..9, or not a JSON integer (`"5"` and `true` were taken, `true` as 1), answers
+    422 naming `priority`."""
     response = await api.post(
         "/v1/jobs", json={"type": "data.profile", "file_id": csv_file, "priority": priority}
     )
     body = envelope(response, status=422, error_code="VALIDATION_ERROR")
     assert ["body", "priority"] in [detail["loc"] for detail in body["data"]["details"]]
+
+
+async def test_listing_by_a_type_that_does_not_exist_is_422(
+    api: httpx.AsyncClient, envelope: EnvelopeCheck
+) -> None:
+    """`?type=` takes a job type, as `?status=` a status: a misspelt one is a 422 naming it, not an empty
+    page that reads as "no such jobs"."""
+    body = envelope(await api.get("/v1/jobs?type=video.prob"), status=422, error_code="VALIDATION_ERROR")
+    assert "'video.prob'" in body["message"]
+    assert body["data"]["details"][0]["loc"] == ["query", "type"]
 
 
 @pytest.mark.parametrize(

@@ -87,6 +87,11 @@ async def list_jobs(
     type: Annotated[str | None, Query(description="A job type, e.g. `video.probe`.")] = None,  # noqa: A002
     label: Annotated[list[str] | None, Query(description="`key:value`; repeat to require several.")] = None,
 ) -> JSONResponse:
+    if type is not None and type not in JOB_TYPES:
+        message = f"type filter {type!r} is no job type; /v1/job-types lists them."
+        raise RequestValidationFailed(
+            message, details=[{"loc": ["query", "type"], "msg": message, "type": "value_error"}]
+        )
     labels: dict[str, str] = {}
     for item in label or []:
         key, sep, value = item.partition(":")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints
 
 LabelKey = Annotated[str, StringConstraints(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9._/-]+$")]
 LabelValue = Annotated[str, StringConstraints(max_length=255)]
@@ -17,5 +17,6 @@ class JobRequest(BaseModel):
     file_id: str = Field(description="The input: a file of this tenant.")
     params: dict[str, Any] = Field(default_factory=dict, description="Checked against the type's schema.")
     labels: dict[LabelKey, LabelValue] = Field(default_factory=dict, max_length=32)
-    priority: int = Field(5, ge=0, le=9)
+    #: Strict: `"5"` or `true` are not priorities (lax validation took them, `true` as 1).
+    priority: StrictInt = Field(5, ge=0, le=9)
     callback_url: str | None = Field(None, max_length=2048)
