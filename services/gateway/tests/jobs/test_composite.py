@@ -43,13 +43,15 @@ async def test_media_analyze_runs_every_part_and_gathers_their_results(
 async def test_a_part_that_does_not_apply_leaves_a_gap_not_a_failure(
     api: httpx.AsyncClient, tmp_path: Path
 ) -> None:
-    """On a video without sound the audio parts fail UNSUPPORTED_INPUT, the parent still succeeds, and
-    their results are null."""
+    """On a video without sound the audio parts fail UNSUPPORTED_INPUT, the parent still succeeds, their
+    results are null, and the parent's message says which parts do not apply and why."""
     path = tmp_path / "silent.mp4"
     make_video(path, duration_s=1.0, fps=10, width=96, height=64)
     job = await submit(api, "media.analyze", await upload(api, path))
     done = await wait_for(api, job["id"], timeout=120)
     assert done["status"] == "succeeded", done
+    assert done["message"].startswith("3/5 parts done; audio.loudness, audio.silence do not apply: ")
+    assert "no audio stream" in done["message"]
     result = await result_of(api, job["id"])
     assert result["audio.loudness"] is None
     assert result["audio.silence"] is None
