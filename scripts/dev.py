@@ -74,11 +74,21 @@ def answers(host: str, port: int, timeout: float = 1.0) -> bool:
         return False
 
 
+#: The local servers `make dev` expects, as Docker containers (the compose file's servers publish no port
+#: and have passwords: they are for the compose stack, not for a stack on this machine).
+DOCKER_SERVERS = (
+    "docker run -d --name medialens-postgres -p 5432:5432 -e POSTGRES_HOST_AUTH_METHOD=trust postgres:16",
+    "docker run -d --name medialens-redis -p 6379:6379 redis:7",
+    "docker run -d --name medialens-rabbitmq -p 5672:5672 -p 15672:15672 rabbitmq:3.13-management",
+)
+
+
 def missing_servers_message(missing: list[Server]) -> str:
     lines = [
         f"{s.name} does not answer on {s.host}:{s.port}. Start it with:  {s.how_to_start}" for s in missing
     ]
-    lines.append("or, with Docker:  docker compose up -d postgres redis rabbitmq")
+    lines.append("or, with Docker (each on its default port, with the development defaults' accounts):")
+    lines.extend(f"  {command}" for command in DOCKER_SERVERS)
     return "\n".join(lines)
 
 
