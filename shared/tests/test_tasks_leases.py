@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import select, update
+from redis.asyncio import Redis
+from sqlalchemy import func, select, update
 
 from medialens_shared.contracts import JobMessage, VideoProbeResult
 from medialens_shared.db import DatabaseManager
@@ -80,25 +80,65 @@ async def test_a_passing_fault_retries_the_job_through_a_delay_queue(
     assert time.monotonic() - started >= max(delays) - 0.5  # it waited in the delay queue
 
 
-async def test_the_heartbeat_extends_the_lease_of_a_long_job(
-    stack: Stack, db: DatabaseManager, held_job: JobMessage
+async def _lease_ahead(db: DatabaseManager, job_id: str) -> bool:
+    """Whether the job's lease still runs past the database's clock (the reaper's view)."""
+    async with db.session() as session:
+        ahead = await session.scalar(select(jobs.c.lease_expires_at > func.now()).where(jobs.c.id == job_id))
+    return bool(ahead)
+
+
+@pytest.mark.parametrize("redis", ["up", "away"])
+async def test_the_heartbeat_keeps_the_lease_of_a_long_job_ahead(
+    stack: Stack, db: DatabaseManager, held_job: JobMessage, redis: str
 ) -> None:
-    """While a job runs longer than its lease, the heartbeat keeps pushing the lease forward."""
-    leases: list[datetime] = []
+    """While a job runs for several leases, every look at its row finds the lease still ahead of the
+    database's clock, so the reaper never takes it; also with Redis unreachable throughout (the heartbeat's
+    look for a cancel failed first and skipped the beat: with Redis away every running job lost its lease
+    and was rerun beside itself)."""
+    ahead: list[bool] = []
 
     async def slow(ctx: JobContext) -> VideoProbeResult:
         for _ in range(8):
             await asyncio.sleep(0.4)
-            leases.append((await _row(db, ctx.job_id))["lease_expires_at"])
+            ahead.append(await _lease_ahead(db, ctx.job_id))
         return await ctx.run_cpu(probe_video, ctx.require_input())
 
-    await runner_for(stack, db, slow, lease_s=1.2).handle(
+    runner = runner_for(stack, db, slow, lease_s=1.2)
+    away = Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2, socket_timeout=0.2)
+    if redis == "away":
+        runner.signals = JobSignals(away, prefix=stack.settings.redis.prefix)
+    try:
+        await runner.handle(held_job.model_dump(mode="json"), RecordedDelivery())
+    finally:
+        await away.aclose()
+    row = await _row(db, held_job.job_id)
+    assert (row["status"], row["attempts"]) == ("succeeded", 1)
+    assert row["lease_expires_at"] is None
+    assert ahead == [True] * 8
+
+
+async def test_a_job_asked_to_cancel_keeps_its_lease_until_it_stops(
+    stack: Stack, db: DatabaseManager, held_job: JobMessage
+) -> None:
+    """A cancel asked while the handler is between checkpoints for longer than its lease: the beats go on,
+    and the job ends cancelled at its next checkpoint, on its first attempt. (The heartbeat stopped at the
+    cancel: the reaper took the job as a crash and ran it again.)"""
+    ahead: list[bool] = []
+
+    async def busy(ctx: JobContext) -> VideoProbeResult:
+        await JobSignals(db.redis, prefix=stack.settings.redis.prefix).request_cancel(ctx.job_id)
+        for _ in range(10):  # no checkpoint for 4 s, over three leases and a reap interval
+            await asyncio.sleep(0.4)
+            ahead.append(await _lease_ahead(db, ctx.job_id))
+        ctx.check_cancelled()
+        raise AssertionError("the cancel was not seen")
+
+    await runner_for(stack, db, busy, lease_s=1.2).handle(
         held_job.model_dump(mode="json"), RecordedDelivery()
     )
     row = await _row(db, held_job.job_id)
-    assert row["status"] == "succeeded"
-    assert row["lease_expires_at"] is None
-    assert leases[-1] > leases[0]  # extended while it ran, past the first lease's end
+    assert (row["status"], row["attempts"]) == ("cancelled", 1)
+    assert ahead == [True] * 10
 
 
 async def test_a_stopping_worker_hands_its_job_back(

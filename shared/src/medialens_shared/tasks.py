@@ -97,6 +97,9 @@ INPUT_FILE = "input_file"
 #: Bytes read from disk per chunk when a job stores a file it made.
 ARTIFACT_CHUNK_BYTES = 1024 * 1024
 
+#: Seconds between two looks for a cancel asked through the API (the API promises a stop within 2 s).
+CANCEL_LOOK_S = 0.5
+
 #: Seconds a job given up (its time limit, a shutdown) waits for its `run_cpu` work to see that and stop:
 #: analysers report at least every 2 s of media.
 CPU_STOP_S = 5.0
@@ -417,7 +420,6 @@ class JobRunner:
         isolated: bool = False,
     ) -> None:
         handler = self.handlers.get(message.type)
-        await self._announce(row)
         jlog.info(
             "job %s started (attempt %d%s)",
             message.job_id,
@@ -553,6 +555,9 @@ class JobRunner:
         )
         with untraced():  # the heartbeat's Redis and MongoDB calls every 0.5 s would swamp the trace
             watcher = asyncio.create_task(self._watch(ctx))
+        # Once the heartbeat runs: with Redis slow or away an announcement can take seconds, and the lease
+        # the claim took must not run out meanwhile.
+        await self._announce(row)
         phase = {"job_id": message.job_id, "job_type": message.type, "attempt": row["attempts"]}
         limit = self.settings.worker.job_timeout_s
         deadline = asyncio.timeout(limit)
@@ -628,20 +633,40 @@ class JobRunner:
 
         A cancel asked through the API, or a lease this worker lost (the reaper gave the job to another
         worker), sets the context's thread-safe cancel event, which the handler sees at its next checkpoint.
+        The two run side by side: with Redis slow or away a look for a cancel can take seconds, and the
+        beats must not wait for it (they did, and every running job lost its lease).
         """
+        listening = asyncio.create_task(self._hear_cancel(ctx))
+        try:
+            await self._beat(ctx)
+        finally:
+            listening.cancel()
+            await asyncio.gather(listening, return_exceptions=True)
+
+    async def _beat(self, ctx: JobContext) -> None:
+        """Extend the job's lease every third of it, until the job ends (its end cancels this) or the lease
+        is lost. The beats go on after a cancel was asked: a handler between two checkpoints (an input being
+        fetched, an artifact being stored) must not lose its lease meanwhile and be rerun as if its worker
+        had died."""
         beat = self.lease.total_seconds() / 3
-        last_beat = time.monotonic()
-        while not ctx.cancelled:
-            # A pause first: most light jobs end within it, and need no look at Redis or PostgreSQL.
-            await asyncio.sleep(min(0.5, beat))
+        pause = beat  # a pause first: most light jobs end within it, and need no beat
+        while True:
+            await asyncio.sleep(pause)
+            pause = min(0.5, beat)  # the database away: the next try comes soon
             with contextlib.suppress(*PASSING_FAULTS):
+                if not await self._extend_lease(ctx.job_id):
+                    ctx.log.warning("job %s: lease lost; stopping", ctx.job_id)
+                    ctx._cancel.set()
+                    return
+                pause = beat
+
+    async def _hear_cancel(self, ctx: JobContext) -> None:
+        """Look for a cancel asked through the API about every half second, until one is seen."""
+        while not ctx.cancelled:
+            await asyncio.sleep(CANCEL_LOOK_S)
+            with contextlib.suppress(*PASSING_FAULTS):  # Redis away: no cancel is heard meanwhile
                 if await self.signals.cancel_requested(ctx.job_id):
                     ctx._cancel.set()
-                if time.monotonic() - last_beat >= beat:
-                    if not await self._extend_lease(ctx.job_id):
-                        ctx.log.warning("job %s: lease lost; stopping", ctx.job_id)
-                        ctx._cancel.set()
-                    last_beat = time.monotonic()
 
     async def _extend_lease(self, job_id: str) -> bool:
         async with self.db.session() as session:
