@@ -24,6 +24,7 @@ from pydantic import BaseModel, SecretStr
 from pymongo.errors import ConnectionFailure as MongoConnectionFailure
 from redis.asyncio import Redis
 from sqlalchemy import insert, select, text, update
+from sqlalchemy.engine import make_url
 
 from medialens_shared import jobstore, migrate, tasks
 from medialens_shared.contracts import (
@@ -42,6 +43,7 @@ from medialens_shared.settings import Settings
 from medialens_shared.signals import JobSignals
 from medialens_shared.tables import files, jobs, outbox, tenants, webhook_deliveries
 from medialens_shared.tasks import RESULT_WRITES, Handler, JobContext, JobRunner
+from tests.fixtures.proxy import TcpProxy
 from tests.fixtures.servers import drop_database
 from tests.fixtures.stack import RecordedDelivery
 
@@ -566,11 +568,17 @@ async def test_a_lost_lease_stops_the_job_and_keeps_the_new_owner(
 
 
 async def test_a_claim_without_the_database_is_requeued(
-    settings: Settings, store: FileStore, signals: JobSignals, new_job, tenant_id: str
+    settings: Settings,
+    store: FileStore,
+    signals: JobSignals,
+    new_job,
+    tenant_id: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """If PostgreSQL cannot be reached while claiming, the delivery is requeued, not acked or lost."""
-    from pydantic import SecretStr
+    """If PostgreSQL cannot be reached while claiming, after its tries the delivery is requeued, not acked
+    or lost."""
 
+    monkeypatch.setattr(tasks, "CLAIM_RETRY_PAUSES_S", (0.05, 0.05))
     dead_pg = settings.postgres.model_copy(
         update={"url": SecretStr("postgresql+asyncpg://postgres@127.0.0.1:1/nowhere"), "connect_timeout": 1.0}
     )
@@ -583,6 +591,45 @@ async def test_a_claim_without_the_database_is_requeued(
         assert await deliver(runner, body_of(await new_job(), tenant_id)) == ["requeue"]
     finally:
         await manager.close_all()
+
+
+async def test_a_claim_waits_out_a_short_database_outage(
+    settings: Settings,
+    store: FileStore,
+    signals: JobSignals,
+    new_job,
+    tenant_id: str,
+    db: DatabaseManager,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """PostgreSQL away for a second while a delivery is claimed: the claim is tried again with the delivery
+    held, and once the database is back the job runs on its first attempt, its delivery acked. Requeued at
+    once instead, each try spent one of the queue's five deliveries in milliseconds, and a database restart
+    dead-lettered the queue's backlog (its jobs failed RETRIES_EXHAUSTED without having run)."""
+    monkeypatch.setattr(tasks, "CLAIM_RETRY_PAUSES_S", (0.2,) * 50)
+    url = make_url(settings.postgres.url.get_secret_value())
+    proxy = TcpProxy(url.host or "127.0.0.1", url.port or 5432)
+    await proxy.start()
+    through = SecretStr(url.set(port=proxy.port).render_as_string(hide_password=False))
+    proxied = settings.postgres.model_copy(update={"url": through, "connect_timeout": 1.0})
+    manager = DatabaseManager(settings.model_copy(update={"postgres": proxied}), name="pgproxy")
+    job_id = await new_job()
+    await proxy.cut()
+    try:
+        runner = JobRunner(
+            service="video", handlers={"video.probe": Calls()}, settings=settings, db=manager, store=store,
+            signals=signals,
+        )  # fmt: skip
+        delivered = asyncio.create_task(deliver(runner, body_of(job_id, tenant_id)))
+        await asyncio.sleep(1.5)
+        assert not delivered.done()  # held while the claim is tried again, neither acked nor requeued
+        await proxy.restore()
+        assert await asyncio.wait_for(delivered, 20) == ["ack"]
+    finally:
+        await manager.close_all()
+        await proxy.cut()
+    row = await row_of(db, job_id)
+    assert (row["status"], row["attempts"]) == ("succeeded", 1)
 
 
 async def test_release_unfinished_hands_running_jobs_back(

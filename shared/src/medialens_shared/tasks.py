@@ -12,7 +12,8 @@ asks, and removed afterwards.
 
     body unreadable                       -> delivery rejected (dead-lettered, where it stays for an
                                              operator: no job can be read from it to fail)
-    database away while claiming          -> delivery requeued (the queue's delivery limit bounds it)
+    database away while claiming          -> the claim tried again for 30 s (CLAIM_RETRY_PAUSES_S),
+                                             then the delivery requeued (the delivery limit bounds it)
     job unknown, finished or claimed      -> delivery acked, nothing else (a duplicate changes nothing)
     claimed: queued -> running (CAS), with this worker's lease; THEN the delivery is acked, and the
     lease, extended by a heartbeat while the job runs, guards it: if the worker dies, the relay's reaper
@@ -96,6 +97,13 @@ INPUT_FILE = "input_file"
 
 #: Bytes read from disk per chunk when a job stores a file it made.
 ARTIFACT_CHUNK_BYTES = 1024 * 1024
+
+#: Pauses between tries of a claim that meets a passing fault (the database away), the delivery held
+#: meanwhile; then it is requeued. Not requeued at once: each requeue counts against the queue's delivery
+#: limit, and a database restart of a few seconds dead-lettered the queue's backlog, its jobs failed
+#: RETRIES_EXHAUSTED without having run. With these, a delivery outlasts 30 s of outage, five such
+#: deliveries (the limit) two and a half minutes.
+CLAIM_RETRY_PAUSES_S = (0.5, 1.0, 2.0, 4.0, 8.0, 8.0, 8.0)
 
 #: Seconds between two looks for a cancel asked through the API (the API promises a stop within 2 s).
 CANCEL_LOOK_S = 0.5
@@ -360,14 +368,21 @@ class JobRunner:
             await delivery.reject()
             return
         jlog = logging.LoggerAdapter(log, {"job_id": message.job_id, "job_type": message.type})
-        try:
-            with job_phase("claim", job_id=message.job_id, job_type=message.type) as span:
-                row = await self._claim(message)
-                span.set_attribute("job.attempt", row["attempts"] if row is not None else 0)
-        except PASSING_FAULTS as exc:
-            jlog.warning("job %s not claimable now (%s); requeueing its message", message.job_id, exc)
-            await delivery.nack(requeue=True)  # the queue's delivery limit bounds these
-            return
+        pauses = iter(CLAIM_RETRY_PAUSES_S)
+        while True:
+            try:
+                with job_phase("claim", job_id=message.job_id, job_type=message.type) as span:
+                    row = await self._claim(message)
+                    span.set_attribute("job.attempt", row["attempts"] if row is not None else 0)
+                break
+            except PASSING_FAULTS as exc:
+                pause = next(pauses, None)
+                if pause is None:
+                    jlog.warning("job %s not claimable (%s); requeueing its message", message.job_id, exc)
+                    await delivery.nack(requeue=True)  # the queue's delivery limit bounds these
+                    return
+                jlog.warning("job %s not claimable now (%s); again in %g s", message.job_id, exc, pause)
+                await asyncio.sleep(pause)
         # The claim is the truth from here on: the lease, not the unacked delivery, guards the job, so a
         # job may outlive the broker's consumer timeout, and a crash is caught by the reaper.
         try:
