@@ -1311,6 +1311,37 @@ async def test_a_batch_whose_results_cannot_be_written_leaves_each_of_its_jobs_t
         assert await db.collection("results").find_one({"_id": job_id}) is None
 
 
+async def test_a_result_that_cannot_be_stored_fails_its_job_alone_not_its_batch(
+    make_runner, new_job, tenant_id: str, db: DatabaseManager
+) -> None:
+    """Two jobs succeed at the same moment, one with a result MongoDB cannot take (here an integer past
+    BSON's 8 bytes; on a real MongoDB, a document over 16 MB is the likely one): the batch's write fails for
+    both, then each ends alone, so that one fails and the other succeeds with its result. (Both failed
+    with INTERNAL_ERROR.)"""
+    good, bad = await new_job(), await new_job()
+    release, started = asyncio.Event(), asyncio.Semaphore(0)
+
+    async def act(ctx: JobContext) -> BaseModel:
+        started.release()
+        await release.wait()
+        size = 2**70 if ctx.job_id == bad else 1000
+        return PROBE.model_copy(update={"format": PROBE.format.model_copy(update={"size_bytes": size})})
+
+    runner = make_runner({"video.probe": Calls(act)}, concurrency=2, lease_s=60)
+    running = [asyncio.create_task(deliver(runner, body_of(job_id, tenant_id))) for job_id in (good, bad)]
+    for _ in range(2):
+        await started.acquire()
+    release.set()
+    assert await asyncio.gather(*running) == [["ack"]] * 2
+    assert (runner.successes.items, runner.successes.flushes) == (2, 1)  # one batch, which failed
+    kept = await row_of(db, good)
+    assert kept["status"] == "succeeded", kept
+    assert (await db.collection("results").find_one({"_id": good}))["format"]["size_bytes"] == 1000
+    failed = await row_of(db, bad)
+    assert (failed["status"], failed["error_code"]) == ("failed", "INTERNAL_ERROR")
+    assert await db.collection("results").find_one({"_id": bad}) is None
+
+
 @pytest.mark.parametrize("callback_url", [None, "https://example.com/hook"])
 async def test_a_result_is_written_while_the_success_holds_the_row_uncommitted(
     make_runner, new_job, tenant_id: str, db: DatabaseManager, callback_url: str | None

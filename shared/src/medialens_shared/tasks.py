@@ -775,7 +775,7 @@ class JobRunner:
                 success = _Success(row, *unstored)
                 try:
                     with job_phase("store_result", **phase):
-                        return await self.successes.submit(success)
+                        return await self._end_batched(success, jlog)
                 finally:
                     unstored = None if success.stored else unstored
 
@@ -811,6 +811,21 @@ class JobRunner:
         metrics.job_finished(row["type"], status, error_code=values.get("error_code"))
         jlog.info("job %s %s", row["id"], status.value, extra={"error_code": values.get("error_code")})
         await self._announce(done)
+
+    async def _end_batched(
+        self, success: _Success, jlog: logging.LoggerAdapter[logging.Logger]
+    ) -> jobstore.JobRow | None:
+        """A lone job's success with those of the worker's other jobs (`_end_successes`). None: the batch
+        did not change it, or failed for a reason that does not pass (a result MongoDB cannot take), which
+        its write gave every job in it: then this job ends by itself on the session's path,
+        where only the job that caused it fails again."""
+        try:
+            return await self.successes.submit(success)
+        except PASSING_FAULTS:
+            raise
+        except Exception as exc:
+            jlog.warning("job %s: its batch's end failed (%r); ending it alone", success.row["id"], exc)
+            return None
 
     async def _end_lone(
         self, row: jobstore.JobRow, status: JobStatus, values: Mapping[str, Any]
