@@ -11,7 +11,7 @@ from typing import Any
 import duckdb
 import pytest
 
-from medialens_data.query import check_sql, run_query
+from medialens_data.query import INLINE_ROWS_BYTES, check_sql, run_query
 from medialens_shared.contracts import DataQueryParams
 from medialens_shared.errors import InvalidParams, JobCancelled, JobTimeout
 
@@ -64,6 +64,19 @@ def test_limit_caps_the_rows_not_the_count(table: Path) -> None:
     assert answer.row_count == 150
     with duckdb.connect() as con:
         assert con.execute(f"SELECT count(*) FROM read_parquet('{answer.path}')").fetchall() == [(150,)]
+
+
+def test_a_wide_answer_comes_inline_only_as_far_as_a_stored_result_may_hold(table: Path) -> None:
+    """200 rows of 100 KB each (20 MB, more than a stored result may hold): fewer rows come inline, within
+    `INLINE_ROWS_BYTES`, while row_count and the Parquet file hold the whole answer."""
+    answer = ask(table, "SELECT i, repeat('x', 100000) AS wide FROM range(200) t(i)", limit=1000)
+    assert answer.row_count == 200
+    fits = INLINE_ROWS_BYTES // 100_000
+    assert fits - 2 <= len(answer.rows) <= fits
+    assert [row[0] for row in answer.rows] == list(range(len(answer.rows)))
+    assert all(len(row[1]) == 100_000 for row in answer.rows)
+    with duckdb.connect() as con:
+        assert con.execute(f"SELECT count(*) FROM read_parquet('{answer.path}')").fetchall() == [(200,)]
 
 
 @pytest.mark.parametrize(

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+from pydantic_core import to_json
 
 from medialens_data.engine import Limits, Report, Watchdog, connect, json_value, literal, lock, reason
 from medialens_data.source import expose, inspect
@@ -35,6 +36,10 @@ from medialens_shared.errors import InvalidParams
 QUERY_TIME_LIMIT_S = 30.0
 #: The name the input has in the query.
 TABLE = "data"
+#: JSON bytes of answer rows a result carries at most, whatever the `limit`: the whole answer is in its
+#: Parquet file, and a stored result must stay under MongoDB's 16 MB document limit (`limit` rows of a
+#: wide answer can pass it; then the result could not be stored and the job failed).
+INLINE_ROWS_BYTES = 8 * 2**20
 #: Share of the job's progress that loading the input takes.
 _LOAD_SHARE = 0.5
 
@@ -100,8 +105,20 @@ def run_query(
             first = watch.fetch(f"SELECT * FROM read_parquet({target}) LIMIT {int(params.limit)}")  # noqa: S608
     finally:
         con.close()
-    rows = [[json_value(value) for value in row] for row in first]
-    return Answer(columns=columns, rows=rows, row_count=row_count, path=out_path)
+    return Answer(columns=columns, rows=_inline(first), row_count=row_count, path=out_path)
+
+
+def _inline(first: list[tuple[Any, ...]]) -> list[list[Any]]:
+    """The answer's first rows as JSON values, as many as fit `INLINE_ROWS_BYTES` (as JSON)."""
+    rows: list[list[Any]] = []
+    size = 0
+    for row in first:
+        values = [json_value(value) for value in row]
+        size += len(to_json(values))
+        if size > INLINE_ROWS_BYTES:
+            break
+        rows.append(values)
+    return rows
 
 
 def _answer(con: Any, watch: Watchdog, sql: str, out_path: Path, path: Path) -> list[QueryColumn]:
