@@ -1408,6 +1408,8 @@ async def test_a_named_worker_ends_the_leases_its_dead_predecessor_left(
     left = {
         "predecessor": await new_job(status="running", worker="video-w1-41-aaaaaa", lease_expires_at=later),
         "other name": await new_job(status="running", worker="video-w10-42-bbbbbb", lease_expires_at=later),
+        # A name that begins with this one and a dash (a pod "w1-2" beside "w1"): another worker's.
+        "longer name": await new_job(status="running", worker="video-w1-2-45-eeeeee", lease_expires_at=later),
         "other service": await new_job(status="running", worker="audio-w1-43-cccccc", lease_expires_at=later),
         "its own": await new_job(status="running", worker=runner.worker_id, lease_expires_at=later),
         "finished": await new_job(status="succeeded", worker="video-w1-44-dddddd", lease_expires_at=later),

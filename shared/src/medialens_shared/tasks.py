@@ -40,6 +40,7 @@ import contextlib
 import functools
 import logging
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -502,7 +503,9 @@ class JobRunner:
                     update(jobs)
                     .where(
                         jobs.c.status == JobStatus.RUNNING.value,
-                        jobs.c.worker.startswith(self.name_prefix, autoescape=True),
+                        # The prefix, then a pid and a suffix (as `worker_id`), nothing else: a worker named
+                        # "w-2" is no predecessor of one named "w".
+                        jobs.c.worker.regexp_match(f"^{re.escape(self.name_prefix)}[0-9]+-[0-9a-f]{{6}}$"),
                         jobs.c.worker != self.worker_id,
                     )
                     .values(lease_expires_at=func.now())
