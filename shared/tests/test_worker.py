@@ -12,6 +12,7 @@ import uuid
 from asyncio.subprocess import DEVNULL
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import pytest
@@ -27,11 +28,13 @@ from medialens_shared.bus import QueueStats, Topology, declare, make_broker, pub
 from medialens_shared.contracts import JobMessage, ProbeFormat, ProbeVideoStream, VideoProbeResult
 from medialens_shared.db import DatabaseManager
 from medialens_shared.devmongo import free_port
+from medialens_shared.filestore import FileStore
 from medialens_shared.logs import configure_logging
 from medialens_shared.settings import LogSettings, Settings
+from medialens_shared.signals import JobSignals
 from medialens_shared.tables import outbox
-from medialens_shared.tasks import Handler, JobContext
-from medialens_shared.worker import EXIT_CONSUMER_LOST, ConsumerWatch, run
+from medialens_shared.tasks import Handler, JobContext, JobRunner
+from medialens_shared.worker import EXIT_CONSUMER_LOST, ConsumerWatch, _hand_back, run
 from tests.fixtures.proxy import TcpProxy
 from tests.fixtures.servers import RABBIT_HOST, settings_env
 
@@ -459,3 +462,32 @@ async def test_with_json_logs_a_service_writes_json_lines_only(
 
 async def probe_ok(_: JobContext) -> VideoProbeResult:
     return PROBE
+
+
+async def test_a_shutdown_without_the_database_still_removes_the_kept_inputs(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """The hand-back of running jobs at shutdown fails with PostgreSQL away: the failure is logged (the
+    reaper requeues those jobs after their leases) and the input cache's directory is removed all the same
+    (it was skipped, and stayed on disk)."""
+    dead_pg = settings.postgres.model_copy(
+        update={"url": SecretStr("postgresql+asyncpg://postgres@127.0.0.1:1/nowhere"), "connect_timeout": 1.0}
+    )
+    own = settings.model_copy(
+        update={
+            "postgres": dead_pg,
+            "worker": settings.worker.model_copy(update={"input_cache_dir": str(tmp_path)}),
+        }
+    )
+    db = DatabaseManager(own, name="nopg")
+    try:
+        runner = JobRunner(
+            service="video", handlers={}, settings=own, db=db, store=FileStore(db.gridfs),
+            signals=JobSignals(db.redis, prefix=own.redis.prefix),
+        )  # fmt: skip
+        kept = runner.inputs._dir()
+        (kept / "input.bin").write_bytes(b"kept")
+        await _hand_back(runner)
+        assert not kept.exists()
+    finally:
+        await db.close_all()

@@ -543,7 +543,7 @@ class JobRunner:
             await session.commit()
         for row in released:
             log.warning("job %s handed back at shutdown", row["id"])
-            await self.signals.announce(jobstore.job_view(row))
+            await self._announce(row)  # Redis away at shutdown: listeners miss it, nothing else
 
     async def _run(
         self,
