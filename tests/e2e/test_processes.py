@@ -19,9 +19,18 @@ import httpx
 import psutil
 import pytest
 
+from medialens_shared import migrate
 from medialens_shared.settings import Settings
 from scripts.samples import make_audio, make_csv, make_video
-from tests.fixtures.servers import POSTGRES_ADMIN, TENANT_KEYS, free_port, settings_env
+from tests.fixtures.servers import (
+    POSTGRES_ADMIN,
+    SERVERS,
+    TENANT_KEYS,
+    drop_database,
+    free_port,
+    make_settings,
+    settings_env,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
@@ -62,6 +71,30 @@ class Processes:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def settings(run_id: str, mongo_url: str) -> Iterator[Settings]:
+    """A database, a vhost and a Redis prefix of the process stack's own (this module's `database` and
+    `settings` stand in for the session's): the session's in-process stack, once a test started it,
+    consumes the session's queues, and would take the processes' jobs and run them itself, so these tests
+    could pass with a process service broken."""
+    own = f"{run_id}p"
+    vhost = f"medialens-test-{own}"
+    SERVERS.admin.add_vhost(vhost)
+    try:
+        yield make_settings(run_id=own, mongo_url=mongo_url, vhost=vhost)
+    finally:
+        SERVERS.admin.delete_vhost(vhost)
+
+
+@pytest.fixture(scope="module")
+def database(settings: Settings) -> Iterator[str]:
+    """The process stack's own PostgreSQL database, migrated; dropped at the end."""
+    url = settings.postgres.url.get_secret_value()
+    migrate.upgrade(url)
+    yield url
+    asyncio.run(drop_database(url.rsplit("/", 1)[1]))
 
 
 @pytest.fixture(scope="module")
@@ -291,7 +324,7 @@ async def test_sigterm_stops_every_process_cleanly(processes: Processes, databas
     for name in PROGRAMS:
         assert f"database pools closed for {name}" in processes.logs[name].read_text(), name
 
-    # Matched by backend pid: the in-process stack of this run may hold connections under the same names.
+    # Matched by backend pid, whoever else may connect to the database.
     ours = set().union(*processes.backends.values())
     assert ours, "the first test found no PostgreSQL connection of the programs"
     left: list[asyncpg.Record] = []
