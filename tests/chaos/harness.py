@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import signal
 import subprocess
 import sys
@@ -198,6 +197,8 @@ class Ledger:
     duplicates: int
     dead: int
     recover_s: float
+    #: Jobs that ran more than once (`attempts` > 1): those a fault interrupted and the system ran again.
+    rerun: int = 0
     #: The relay's lag (submit's commit to confirmed publish) of the jobs' first messages: p99, seconds.
     relay_p99_s: float = 0.0
 
@@ -205,6 +206,7 @@ class Ledger:
         return (
             f"scenario={self.scenario} submitted={self.submitted} succeeded={self.succeeded} "
             f"failed={self.failed} lost={self.lost} dup={self.duplicates} dead={self.dead} "
+            f"rerun={self.rerun} "
             f"recover_s={self.recover_s:.1f} relay_p99_s={self.relay_p99_s:.2f}"
         )
 
@@ -242,6 +244,7 @@ async def ledger(
         dead=int(dead or 0),
         recover_s=recover_s,
         relay_p99_s=float(relay_p99 or 0.0),
+        rerun=sum(1 for row in rows if row["attempts"] > 1),
     )
 
 
@@ -263,7 +266,3 @@ def chaos_env(settings: Settings, *, gateway_port: int, job_s: float, poison_sha
     }
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     return env
-
-
-def pick(names: list[str]) -> str:
-    return random.choice(names)
