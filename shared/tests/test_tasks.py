@@ -1077,6 +1077,23 @@ async def test_light_cpu_work_runs_on_the_loops_thread_unless_isolated(
     assert {(await row_of(db, job_id))["status"] for job_id in (plain, rerun)} == {"succeeded"}
 
 
+async def test_a_claimed_delivery_is_acked_before_its_handler_runs(
+    make_runner, new_job, tenant_id: str
+) -> None:
+    """The claim, not the delivery, guards a running job: by the time the handler runs, the delivery is
+    already acked (so a job may outlive the broker's consumer timeout and its connection)."""
+    job_id = await new_job()
+    delivery = RecordedDelivery()
+    seen: list[list[str]] = []
+
+    async def act(_ctx: JobContext) -> None:
+        seen.append(list(delivery.settled))
+
+    await make_runner({"video.probe": Calls(act)}).handle(body_of(job_id, tenant_id), delivery)
+    assert seen == [["ack"]]
+    assert delivery.settled == ["ack"]
+
+
 async def test_redis_away_does_not_change_how_a_job_ends(
     make_runner, new_job, tenant_id: str, db: DatabaseManager, settings: Settings
 ) -> None:

@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import text
 
 from medialens_shared.db import DatabaseManager
+from medialens_shared.tasks import RESULT_WRITES
 from scripts.samples import make_video
 from tests.fixtures.stack import Stack, result_of, submit, upload, wait_for
 
@@ -115,8 +116,13 @@ async def test_jobs_accepted_during_an_outage_each_run_exactly_once(
         assert result["video"]["frame_count"] == 8
         rows = await wait_sent(db, job_id)
         assert len(rows) == 1, rows
-    # A little later nothing has run again: a second delivery would have raised the attempts.
+    # A little later each result has still been written once: a job run a second time (a duplicate
+    # message whose delivery was not skipped) would have written its result again (`writes` counts them;
+    # the row's attempts would not show it, since a terminal job never changes).
     await asyncio.sleep(1.0)
     for job_id in ids:
         row = await job_row(db, job_id)
         assert (row.status, row.attempts) == ("succeeded", 1), row
+        stored = await db.collection("results").find_one({"_id": job_id})
+        assert stored is not None
+        assert stored[RESULT_WRITES] == 1, stored

@@ -6,14 +6,17 @@ import asyncio
 import json
 import time
 import uuid
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import text
+from sqlalchemy import func, text, update
 
 from medialens_shared.db import DatabaseManager
+from medialens_shared.signals import JobSignals
+from medialens_shared.tables import jobs
 from scripts.samples import make_audio, make_csv, make_video
 from tests.fixtures.stack import Stack, result_of, run_job, submit, upload, wait_for
 
@@ -381,20 +384,22 @@ async def test_cancel_of_a_queued_job_is_immediate_and_final(
 
 
 async def test_cancel_of_a_running_job_asks_it_to_stop(
-    api: httpx.AsyncClient, tmp_path: Path, envelope: EnvelopeCheck
+    stack: Stack, api: httpx.AsyncClient, db: DatabaseManager, csv_file: str, envelope: EnvelopeCheck
 ) -> None:
-    """Cancelling a running job answers 202 with a note that it stops at its next checkpoint."""
-    path = tmp_path / "t.csv"
-    make_csv(path, rows=200_000)
-    job = await submit(api, "data.profile", await upload(api, path))
-    running = await wait_for(api, job["id"], until=lambda j: j["status"] != "queued")
-    if running["status"] != "running":
-        pytest.skip(f"the job finished before it could be seen running ({running['status']})")
-    body = envelope(await api.post(f"/v1/jobs/{job['id']}/cancel"), status=202)
-    if body["data"]["status"] == "running":
-        assert body["message"] == "asked to stop at its next checkpoint"
-    final = await wait_for(api, job["id"])
-    assert final["status"] in {"cancelled", "succeeded"}
+    """Cancelling a running job answers 202 with the job still running and a note that it stops at its next
+    checkpoint, and raises the flag its worker looks for. (A job of the stack's own, seen running before it
+    ended, made this test skip or accept a success; the worker's side is each service's cancel test.)"""
+    job = await stack.held_job(api, "data.profile", csv_file)
+    async with db.session() as session:
+        running = {"status": "running", "worker": "data-elsewhere-1-abcdef", "started_at": func.now()}
+        lease = func.now() + timedelta(minutes=5)
+        await session.execute(
+            update(jobs).where(jobs.c.id == job.job_id).values(**running, lease_expires_at=lease)
+        )
+        await session.commit()
+    body = envelope(await api.post(f"/v1/jobs/{job.job_id}/cancel"), status=202)
+    assert (body["data"]["status"], body["message"]) == ("running", "asked to stop at its next checkpoint")
+    assert await JobSignals(db.redis, prefix=stack.settings.redis.prefix).cancel_requested(job.job_id)
 
 
 # --- idempotency -------------------------------------------------------------------------------------
