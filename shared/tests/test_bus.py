@@ -70,6 +70,40 @@ async def test_declare_creates_quorum_queues_with_delivery_limit_and_dlx(
     assert await queue_stats(broker, f"{exchange}.video") == QueueStats(messages=0, consumers=0)
 
 
+async def test_a_message_requeued_past_the_delivery_limit_is_dead_lettered(
+    broker: RabbitBroker, bus_settings: Settings
+) -> None:
+    """On the real broker: a message that every consumer hands back (nack, requeue) is delivered at most
+    `delivery_limit` + 1 times, then goes to the dead letters, and its work queue is empty: "nothing loops
+    forever" is the queue's arguments at work, not only their presence."""
+    topology = Topology(bus_settings)
+    await declare(broker, topology, services=("video",))
+    limit = bus_settings.rabbitmq.delivery_limit
+    work, dead = f"{bus_settings.rabbitmq.exchange}.video", topology.dead.name
+    await publish_job(
+        broker, topology, job_type="video.probe", payload={"job_id": "loops"}, message_id="loops", timeout=5.0
+    )
+    url = bus_settings.rabbitmq.url.get_secret_value()
+    connection = await aio_pika.connect(url)
+    deliveries = 0
+    try:
+        channel = await connection.channel()
+        queue = await channel.get_queue(work, ensure=False)
+        deadline = time.monotonic() + 30
+        while (await queue_stats(broker, dead)).messages == 0:
+            assert time.monotonic() < deadline, f"not dead-lettered after {deliveries} deliveries"
+            message = await queue.get(no_ack=False, fail=False, timeout=5)
+            if message is None:
+                await asyncio.sleep(0.05)
+                continue
+            deliveries += 1
+            await message.nack(requeue=True)
+    finally:
+        await connection.close()
+    assert deliveries == limit + 1
+    assert (await queue_stats(broker, work)).messages == 0
+
+
 async def test_publish_job_lands_in_the_service_queue(broker: RabbitBroker, bus_settings: Settings) -> None:
     """A confirmed publish of a video job is counted in the video queue and nowhere else."""
     topology = Topology(bus_settings)
