@@ -270,8 +270,9 @@ async def test_a_client_error_stops_the_retries(hooks: Hooks, receiver: Receiver
 async def test_rate_limits_and_network_errors_are_retried_up_to_the_limit(
     hooks: Hooks, receiver: Receiver, csv_id: str
 ) -> None:
-    """429 is retried like a 5xx, and so is a refused connection; after max_attempts tries it fails."""
-    receiver.script["/busy"] = [(429, {})]
+    """429 and 408 are retried like a 5xx, and so is a refused connection; after max_attempts tries it
+    fails (a 408 first, then 429s: each try's status counts)."""
+    receiver.script["/busy"] = [(408, {}), (429, {})]
     busy = await job_with_callback(hooks, csv_id, receiver.url("/busy"))
     with contextlib.closing(socket.socket()) as probe:
         probe.bind(("127.0.0.1", 0))
