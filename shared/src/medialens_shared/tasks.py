@@ -654,20 +654,23 @@ class JobRunner:
         The two run side by side: with Redis slow or away a look for a cancel can take seconds, and the
         beats must not wait for it (they did, and every running job lost its lease).
         """
+        beat = self.lease.total_seconds() / 3
+        first = min(CANCEL_LOOK_S, beat)
+        await asyncio.sleep(first)  # most light jobs end within this pause: no task, no look at a server
         listening = asyncio.create_task(self._hear_cancel(ctx))
         try:
-            await self._beat(ctx)
+            await self._beat(ctx, first_pause_s=beat - first)
         finally:
             listening.cancel()
             await asyncio.gather(listening, return_exceptions=True)
 
-    async def _beat(self, ctx: JobContext) -> None:
+    async def _beat(self, ctx: JobContext, *, first_pause_s: float) -> None:
         """Extend the job's lease every third of it, until the job ends (its end cancels this) or the lease
         is lost. The beats go on after a cancel was asked: a handler between two checkpoints (an input being
         fetched, an artifact being stored) must not lose its lease meanwhile and be rerun as if its worker
         had died."""
         beat = self.lease.total_seconds() / 3
-        pause = beat  # a pause first: most light jobs end within it, and need no beat
+        pause = first_pause_s
         while True:
             await asyncio.sleep(pause)
             pause = min(0.5, beat)  # the database away: the next try comes soon
@@ -681,10 +684,11 @@ class JobRunner:
     async def _hear_cancel(self, ctx: JobContext) -> None:
         """Look for a cancel asked through the API about every half second, until one is seen."""
         while not ctx.cancelled:
-            await asyncio.sleep(CANCEL_LOOK_S)
             with contextlib.suppress(*PASSING_FAULTS):  # Redis away: no cancel is heard meanwhile
                 if await self.signals.cancel_requested(ctx.job_id):
                     ctx._cancel.set()
+                    return
+            await asyncio.sleep(CANCEL_LOOK_S)
 
     async def _extend_lease(self, job_id: str) -> bool:
         async with self.db.session() as session:
