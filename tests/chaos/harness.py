@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -199,14 +200,17 @@ class Ledger:
     recover_s: float
     #: Jobs that ran more than once (`attempts` > 1): those a fault interrupted and the system ran again.
     rerun: int = 0
+    #: The failed jobs' error codes, with how many failed with each.
+    errors: dict[str, int] = field(default_factory=dict)
     #: The relay's lag (submit's commit to confirmed publish) of the jobs' first messages: p99, seconds.
     relay_p99_s: float = 0.0
 
     def line(self) -> str:
+        errors = ",".join(f"{code}:{count}" for code, count in sorted(self.errors.items())) or "-"
         return (
             f"scenario={self.scenario} submitted={self.submitted} succeeded={self.succeeded} "
             f"failed={self.failed} lost={self.lost} dup={self.duplicates} dead={self.dead} "
-            f"rerun={self.rerun} "
+            f"rerun={self.rerun} errors={errors} "
             f"recover_s={self.recover_s:.1f} relay_p99_s={self.relay_p99_s:.2f}"
         )
 
@@ -245,6 +249,7 @@ async def ledger(
         recover_s=recover_s,
         relay_p99_s=float(relay_p99 or 0.0),
         rerun=sum(1 for row in rows if row["attempts"] > 1),
+        errors=dict(Counter(row["error_code"] for row in rows if row["status"] == "failed")),
     )
 
 

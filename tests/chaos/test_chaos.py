@@ -246,7 +246,12 @@ async def test_kill9_workers_during_a_run_loses_nothing(
     _record(result)
     assert result.lost == 0, chaos.log_tails()
     assert result.duplicates == 0
-    assert result.succeeded == result.submitted
+    # A job whose worker a kill caught max_attempts (5) times fails RETRIES_EXHAUSTED, the bound that keeps
+    # a job from looping: at full size (30 kills in under a minute, each of a worker running up to 8 jobs)
+    # one job in 990 met it once in four runs. Any other failure is a defect.
+    assert set(result.errors) <= {"RETRIES_EXHAUSTED"}, result
+    assert result.failed <= result.submitted // 100, result
+    assert result.succeeded + result.failed == result.submitted
     assert result.rerun >= 1, result  # at least one kill caught its job running
     assert result.recover_s <= 60
 
