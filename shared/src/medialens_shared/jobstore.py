@@ -388,7 +388,7 @@ async def _follow_children(session: AsyncSession, *, parent_id: str) -> None:
         if gaps:  # say which parts the result leaves out, and why, where a client reads the job
             values["message"] = (
                 f"{len(children) - len(gaps)}/{len(children)} parts done; "
-                f"{', '.join(child.type for child in gaps)} do not apply: {gaps[0].error_message}"
+                f"{', '.join(sorted(child.type for child in gaps))} do not apply: {gaps[0].error_message}"
             )
     await transition(
         session, job_id=parent_id, from_statuses=[JobStatus.QUEUED, JobStatus.RUNNING], to=to, **values
