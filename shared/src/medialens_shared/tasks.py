@@ -824,8 +824,9 @@ class JobRunner:
     ) -> jobstore.JobRow | None:
         """A lone job's success with those of the worker's other jobs (`_end_successes`). None: the batch
         did not change it, or failed for a reason that does not pass (a result MongoDB cannot take), which
-        its write gave every job in it: then this job ends by itself on the session's path,
-        where only the job that caused it fails again."""
+        its write gave every job in it: then this job ends by itself on the session's path, where only the
+        job that caused it fails again. (A server-side refusal of one document in the unordered write may
+        leave the others written: their second write counts twice in `writes`, the result itself the same.)"""
         try:
             return await self.successes.submit(success)
         except PASSING_FAULTS:
