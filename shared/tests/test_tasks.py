@@ -366,11 +366,13 @@ async def test_a_wrong_result_model_is_an_internal_error(
 async def test_a_requested_cancel_reaches_a_looping_handler(
     make_runner, new_job, tenant_id: str, db: DatabaseManager, signals: JobSignals
 ) -> None:
-    """A handler looping on check_cancelled stops within about a second of request_cancel: cancelled."""
+    """A handler looping on check_cancelled stops within about a second of request_cancel: cancelled, its
+    progress the last it reported (it read 0: a running job's progress lives in Redis, not its row)."""
     job_id = await new_job()
     started = asyncio.Event()
 
     async def loop(ctx: JobContext) -> None:
+        await ctx.progress(0.4, "decoding 40/100 frames", force=True)
         started.set()
         while True:
             ctx.check_cancelled()
@@ -386,6 +388,7 @@ async def test_a_requested_cancel_reaches_a_looping_handler(
     assert delivery.settled == ["ack"]
     row = await row_of(db, job_id)
     assert (row["status"], row["message"], row["error_code"]) == ("cancelled", "cancelled", None)
+    assert row["progress"] == 0.4
     assert row["finished_at"] is not None
 
 

@@ -461,7 +461,8 @@ class JobRunner:
                 result=result,
             )
         except JobCancelled:
-            await self._finish(row, JobStatus.CANCELLED, message="cancelled", jlog=jlog)
+            progress = await self._progress_so_far(message.job_id)
+            await self._finish(row, JobStatus.CANCELLED, message="cancelled", progress=progress, jlog=jlog)
         except isolation.DecoderCrashed as exc:  # visible to operators, who may requeue it once mended
             error = (exc.error_code, exc.message)
             await self._finish(row, JobStatus.FAILED, message="failed", error=error, jlog=jlog, dead=message)
@@ -474,6 +475,15 @@ class JobRunner:
             jlog.exception("job %s failed with a bug", message.job_id)
             error = ("INTERNAL_ERROR", f"internal error ({type(exc).__name__}); the team has the log")
             await self._finish(row, JobStatus.FAILED, message="failed", error=error, jlog=jlog)
+
+    async def _progress_so_far(self, job_id: str) -> float | None:
+        """The progress a job last reported (its live value in Redis, which a running job's row does not
+        hold), for a cancelled job to say how far it got rather than 0; None when there is none to read."""
+        with contextlib.suppress(*PASSING_FAULTS, ValueError):
+            live = await self.signals.live(job_id)
+            if live and "progress" in live:
+                return float(live["progress"])
+        return None
 
     async def _announce(self, row: jobstore.JobRow) -> None:
         """Tell the job's listeners of its new state, and a part's composite job's listeners too.
