@@ -359,6 +359,33 @@ async def test_a_running_job_outlives_its_broker_connection(
         await proxy.cut()
 
 
+async def test_a_job_running_at_shutdown_finishes_within_the_grace_period(
+    settings: Settings, database: str, db: DatabaseManager, new_job, tenant_id: str
+) -> None:
+    """A stop asked while a job runs: the job, shorter than `shutdown_grace_s`, runs to its end and
+    succeeds on its first attempt (not handed back, nor cancelled), and only then does the service stop."""
+    own = isolated(settings, shutdown_grace_s=10.0, http_port=free_port())
+    started, ended = asyncio.Event(), asyncio.Event()
+
+    async def probe(_ctx: JobContext) -> VideoProbeResult:
+        started.set()
+        await asyncio.sleep(1.0)
+        ended.set()
+        return PROBE
+
+    async with running(own, {"video.probe": probe}) as service:
+        job_id = await new_job()
+        await service.publish(job_id, tenant_id)
+        await asyncio.wait_for(started.wait(), 15)
+    assert ended.is_set()  # the stop waited for the job
+    async with db.session() as session:
+        row = await jobstore.get(session, job_id=job_id)
+        assert row is not None
+        assert (row["status"], row["attempts"]) == ("succeeded", 1), row
+        entries = (await session.execute(select(outbox).where(outbox.c.job_id == job_id))).mappings().all()
+    assert entries == []  # nothing handed back (the test published to the broker directly)
+
+
 async def test_a_job_still_running_after_the_grace_period_is_stopped_and_handed_back(
     settings: Settings, database: str, db: DatabaseManager, new_job, tenant_id: str
 ) -> None:
