@@ -20,6 +20,17 @@ async def wait_set(event: asyncio.Event, timeout_s: float) -> bool:
     return event.is_set()
 
 
+def unawaited(work: asyncio.Future[Any]) -> None:
+    """Mark `work` as one that may end with nobody awaiting it (its caller gave up or was cancelled): its
+    outcome is read when it ends, so that asyncio logs no "exception was never retrieved"."""
+    work.add_done_callback(_read_outcome)
+
+
+def _read_outcome(work: asyncio.Future[Any]) -> None:
+    if not work.cancelled():
+        work.exception()
+
+
 async def answered(call: Coroutine[Any, Any, T], timeout_s: float) -> T:
     """`call`'s result, or `TimeoutError` when it takes longer than `timeout_s`; `call` itself is never
     cancelled, but left to end on its own (its outcome read then, so asyncio logs nothing).
@@ -28,7 +39,7 @@ async def answered(call: Coroutine[Any, Any, T], timeout_s: float) -> T:
     gave up on a slow broker with `asyncio.wait_for` cost the channel its process publishes or consumes on.
     """
     task = asyncio.ensure_future(call)
-    task.add_done_callback(lambda done: done.cancelled() or done.exception())
+    unawaited(task)
     finished, _ = await asyncio.wait({task}, timeout=timeout_s)
     if not finished:
         raise TimeoutError(f"no answer within {timeout_s:g} s")

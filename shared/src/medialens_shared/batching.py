@@ -17,6 +17,8 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
+from medialens_shared.aio import unawaited
+
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -40,8 +42,7 @@ class Batcher(Generic[T, R]):
         """`item`'s result from the `flush` call that takes it."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[R] = loop.create_future()
-        # Read even when its caller was cancelled meanwhile (no "exception never retrieved" warning).
-        future.add_done_callback(lambda done: done.cancelled() or done.exception())
+        unawaited(future)  # its caller may be cancelled meanwhile
         if self._draining is not None and self._draining.get_loop() is not loop:  # that loop was closed
             self._waiting, self._draining = [], None
         self._waiting.append((item, future))

@@ -64,6 +64,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from medialens_shared import isolation, jobstore, metrics, outbox
+from medialens_shared.aio import unawaited
 from medialens_shared.batching import Batcher
 from medialens_shared.contracts import JOB_TYPES, JobMessage, JobStatus, ResultBase
 from medialens_shared.db import DatabaseManager
@@ -263,7 +264,7 @@ class JobContext:
             # next look), and the job's cleanups (its input unpinned, its scratch removed, its slot freed)
             # wait for that, within `CPU_STOP_S`.
             self._cancel.set()
-            work.add_done_callback(_retrieved)
+            unawaited(work)
             if not (await asyncio.wait([work], timeout=CPU_STOP_S))[0]:
                 self.log.warning("job %s: its work did not stop within %.0f s", self.job_id, CPU_STOP_S)
             raise
@@ -935,12 +936,6 @@ _INPUT_FILE = (
     .scalar_subquery()
     .label(INPUT_FILE)
 )
-
-
-def _retrieved(work: asyncio.Future[Any]) -> None:
-    """The outcome of work nobody awaits any more, taken so that asyncio does not log it as lost."""
-    if not work.cancelled():
-        work.exception()
 
 
 def _result_document(message: JobMessage, result: BaseModel) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from faststream.rabbit import Channel, RabbitBroker, RabbitQueue
 from faststream.rabbit.annotations import RabbitMessage
 from faststream.rabbit.subscriber.usecase import RabbitSubscriber
 
-from medialens_shared.aio import wait_set
+from medialens_shared.aio import unawaited, wait_set
 from medialens_shared.bus import Topology, declare, make_broker
 from medialens_shared.db import Check, DatabaseManager, timed_check
 from medialens_shared.filestore import FileStore
@@ -95,8 +95,7 @@ class ConsumerWatch:
         # whose call is cancelled, and a slow broker must not cost the consumer its channel.
         if self._probe is None or self._probe.done():
             self._probe = asyncio.ensure_future(channel.queue_declare(self.queue, passive=True))
-            # A round trip that ends after its check gave up still has its outcome read (no asyncio warning).
-            self._probe.add_done_callback(lambda probe: probe.cancelled() or probe.exception())
+            unawaited(self._probe)  # a round trip may end after its check gave up
         done, _ = await asyncio.wait({self._probe}, timeout=self.timeout_s)
         if not done:
             raise ConnectionError("the broker does not answer on this service's consumer channel")
