@@ -85,14 +85,19 @@ async def authenticate(db: DatabaseManager, *, key: str | None, cache: KeyCache)
     return tenant
 
 
+async def ensure_tenant(session: AsyncSession, tenant_id: str, *, name: str | None = None) -> None:
+    """Create the tenant `tenant_id` (named `name`, else its id) unless it exists (race-safe)."""
+    await session.execute(
+        insert(tenants)
+        .values(id=tenant_id, name=name or tenant_id, webhook_secret=secrets.token_hex(32))
+        .on_conflict_do_nothing(index_elements=["id"])
+    )
+
+
 async def ensure_keys(session: AsyncSession, *, pairs: list[tuple[str, str]]) -> None:
     """Create the tenants and keys of `pairs` that do not exist yet (idempotent, race-safe)."""
     for tenant_id, key in pairs:
-        await session.execute(
-            insert(tenants)
-            .values(id=tenant_id, name=tenant_id, webhook_secret=secrets.token_hex(32))
-            .on_conflict_do_nothing(index_elements=["id"])
-        )
+        await ensure_tenant(session, tenant_id)
         await session.execute(
             insert(api_keys)
             .values(tenant_id=tenant_id, key_hash=hash_key(key))

@@ -21,10 +21,10 @@ import sys
 from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert
 
-from medialens_gateway.auth import hash_key
+from medialens_gateway.auth import ensure_tenant, hash_key
 from medialens_shared.db import DatabaseManager
 from medialens_shared.settings import Settings
-from medialens_shared.tables import api_keys, tenants
+from medialens_shared.tables import api_keys
 
 #: What a tenant id may be: it names the tenant's data everywhere (rows, documents, channels).
 TENANT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -47,11 +47,7 @@ async def create(db: DatabaseManager, *, tenant_id: str, name: str | None) -> tu
     """A new key for `tenant_id`, the tenant made first if it is new: (the key's id, the key)."""
     key = new_key()
     async with db.session() as session:
-        await session.execute(
-            insert(tenants)
-            .values(id=tenant_id, name=name or tenant_id, webhook_secret=secrets.token_hex(32))
-            .on_conflict_do_nothing(index_elements=["id"])
-        )
+        await ensure_tenant(session, tenant_id, name=name)
         key_id = await session.scalar(
             insert(api_keys).values(tenant_id=tenant_id, key_hash=hash_key(key)).returning(api_keys.c.id)
         )
