@@ -13,6 +13,7 @@ import codecs
 import csv
 import re
 from pathlib import Path
+from typing import Literal
 
 from medialens_shared.contracts import FileKind
 from medialens_shared.errors import InputNotFound, MediaDecodeError, PermanentJobError, UnsupportedInput
@@ -22,6 +23,8 @@ SNIFF_BYTES = 8192
 
 _AUDIO_FTYP_BRANDS = (b"M4A ", b"M4B ", b"M4P ", b"F4A ", b"F4B ")
 _UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
+#: The encodings `text_encoding` tells text files by.
+TextEncoding = Literal["utf-8", "utf-16", "latin-1"]
 #: Control characters text holds none of (tab, line feed and carriage return are text).
 _CONTROL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
@@ -96,7 +99,7 @@ def _sniff_media(head: bytes) -> FileKind | None:
     return None
 
 
-def text_encoding(head: bytes) -> str | None:
+def text_encoding(head: bytes) -> TextEncoding | None:
     """The encoding of a text file whose first bytes are `head`: `utf-16` by its byte-order mark, `utf-8`
     when they decode as such (a character cut at the end allowed), else `latin-1` when they hold no control
     character but tab and line ends (spreadsheets still export Latin-1 and Windows-1252, which it reads

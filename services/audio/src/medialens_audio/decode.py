@@ -44,9 +44,11 @@ def open_container(path: Path) -> Iterator[tuple[Any, Any]]:
     """The open container and its first audio stream; domain errors for files that are not audio."""
     path = Path(path)
     kind = inspect_media(path, noun="audio")
-    wav = _is_wav(path)
+    with path.open("rb") as handle:
+        head = handle.read(12)
+    wav = head[:4] == b"RIFF" and head[8:12] == b"WAVE"
     if wav:
-        _require_whole_wav(path)
+        _require_whole_wav(path, riff_size=int.from_bytes(head[4:8], "little"))
     options = {"probesize": str(WAV_PROBE_BYTES)} if wav else {}
     try:
         container = av.open(str(path), mode="r", options=options)
@@ -61,24 +63,17 @@ def open_container(path: Path) -> Iterator[tuple[Any, Any]]:
         yield container, container.streams.audio[0]
 
 
-def _is_wav(path: Path) -> bool:
-    with path.open("rb") as handle:
-        head = handle.read(12)
-    return head[:4] == b"RIFF" and head[8:12] == b"WAVE"
-
-
 #: RIFF sizes at or above this say "unknown" (writers to a pipe, which cannot go back to fill it in).
 _RIFF_SIZE_UNKNOWN = 0x7FFFF000
 
 
-def _require_whole_wav(path: Path) -> None:
-    """`MediaDecodeError` when a WAV holds fewer bytes than its RIFF header declares: FFmpeg reads such a
-    file quietly to where it ends, so a probe would report the rest's duration and an analysis measure a
-    fragment of the sound, and both succeed."""
-    with path.open("rb") as handle:
-        declared = int.from_bytes(handle.read(8)[4:8], "little") + 8
+def _require_whole_wav(path: Path, *, riff_size: int) -> None:
+    """`MediaDecodeError` when a WAV holds fewer bytes than its RIFF header declares (`riff_size`, the
+    bytes after its first 8): FFmpeg reads such a file quietly to where it ends, so a probe would report
+    the rest's duration and an analysis measure a fragment of the sound, and both succeed."""
+    declared = riff_size + 8
     size = path.stat().st_size
-    if declared - 8 < _RIFF_SIZE_UNKNOWN and size < declared:
+    if riff_size < _RIFF_SIZE_UNKNOWN and size < declared:
         raise MediaDecodeError(
             f"The WAV file holds {size:,} bytes of the {declared:,} its header declares: it is truncated "
             "(a download or copy that stopped early)."

@@ -20,13 +20,10 @@ import duckdb
 
 from medialens_data.engine import Watchdog, count_label, ident, literal, reason
 from medialens_shared.errors import InputNotFound, UnsupportedInput
-from medialens_shared.sniff import text_encoding
+from medialens_shared.sniff import TextEncoding, text_encoding
 
 Format = Literal["csv", "parquet", "jsonl"]
 Compression = Literal["none", "gzip", "zstd"]
-Encoding = Literal["utf-8", "utf-16", "latin-1"]
-
-_ENCODINGS: dict[str, Encoding] = {"utf-8": "utf-8", "utf-16": "utf-16", "latin-1": "latin-1"}
 #: What DuckDB says of a CSV that is not UTF-8 where it reads.
 _NOT_UTF8 = "not utf-8 encoded"
 
@@ -60,7 +57,7 @@ class Source:
     estimated_rows: int | None
     #: The text's encoding as its first bytes tell (`medialens_shared.sniff.text_encoding`); a CSV that
     #: turns out not to be UTF-8 further on is read again as Latin-1 (see `expose`).
-    encoding: Encoding = "utf-8"
+    encoding: TextEncoding = "utf-8"
 
     def describe_read(self, progress: float | None) -> str:
         """A progress note while the rows are parsed: "read 3.2M of ~10M rows"."""
@@ -87,9 +84,9 @@ def inspect(path: Path, *, fmt: Literal["auto", "csv", "parquet", "jsonl"]) -> S
     text, ratio = _peek(head, compression)
     detected: Format = _detect_format(head, text)
     chosen: Format = detected if fmt == "auto" else fmt
-    encoding: Encoding = "utf-8"
+    encoding: TextEncoding = "utf-8"
     if chosen == "csv" and text:
-        encoding = _ENCODINGS.get(text_encoding(text) or "", "utf-8")
+        encoding = text_encoding(text) or "utf-8"
     if compression == "none" and chosen != "parquet" and encoding != "utf-16" and b"\x00" in head:
         raise UnsupportedInput("not a text table: the file contains NUL bytes")
     estimate = None
