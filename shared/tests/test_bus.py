@@ -12,12 +12,11 @@ import aio_pika
 import aiormq
 import pytest
 from faststream.rabbit import RabbitBroker
-from pydantic import SecretStr
 
 from medialens_shared.bus import QueueStats, Topology, declare, make_broker, ping, publish_job, queue_stats
 from medialens_shared.settings import Settings
 from medialens_shared.telemetry import tracing_on
-from tests.fixtures.servers import SERVERS
+from tests.fixtures.servers import SERVERS, unreachable
 
 pytestmark = pytest.mark.integration
 
@@ -200,13 +199,7 @@ async def test_ping_fails_when_the_exchange_is_missing(broker: RabbitBroker, bus
 
 async def test_ping_fails_against_a_closed_port(bus_settings: Settings) -> None:
     """A broker whose URL points at a closed port fails its ping with ConnectionError."""
-    settings = bus_settings.model_copy(
-        update={
-            "rabbitmq": bus_settings.rabbitmq.model_copy(
-                update={"url": SecretStr("amqp://guest:guest@127.0.0.1:1/")}
-            )
-        }
-    )
+    settings = unreachable(bus_settings, "rabbitmq")
     broker = make_broker(settings, name="nowhere")
     with pytest.raises(ConnectionError, match="not connected to RabbitMQ"):
         await ping(broker, Topology(settings))

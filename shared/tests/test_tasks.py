@@ -44,7 +44,7 @@ from medialens_shared.signals import JobSignals
 from medialens_shared.tables import files, jobs, outbox, tenants, webhook_deliveries
 from medialens_shared.tasks import RESULT_WRITES, Handler, JobContext, JobRunner
 from tests.fixtures.proxy import TcpProxy
-from tests.fixtures.servers import drop_database
+from tests.fixtures.servers import drop_database, unreachable
 from tests.fixtures.stack import RecordedDelivery
 
 pytestmark = pytest.mark.integration
@@ -582,10 +582,7 @@ async def test_a_claim_without_the_database_is_requeued(
     or lost."""
 
     monkeypatch.setattr(tasks, "CLAIM_RETRY_PAUSES_S", (0.05, 0.05))
-    dead_pg = settings.postgres.model_copy(
-        update={"url": SecretStr("postgresql+asyncpg://postgres@127.0.0.1:1/nowhere"), "connect_timeout": 1.0}
-    )
-    manager = DatabaseManager(settings.model_copy(update={"postgres": dead_pg}), name="nopg")
+    manager = DatabaseManager(unreachable(settings, "postgres"), name="nopg")
     try:
         runner = JobRunner(
             service="video", handlers={"video.probe": Calls()}, settings=settings, db=manager, store=store,

@@ -36,7 +36,7 @@ from medialens_shared.tables import outbox
 from medialens_shared.tasks import Handler, JobContext, JobRunner
 from medialens_shared.worker import EXIT_CONSUMER_LOST, ConsumerWatch, _hand_back, run
 from tests.fixtures.proxy import TcpProxy
-from tests.fixtures.servers import RABBIT_HOST, settings_env
+from tests.fixtures.servers import RABBIT_HOST, settings_env, unreachable
 
 pytestmark = pytest.mark.integration
 
@@ -499,14 +499,9 @@ async def test_a_shutdown_without_the_database_still_removes_the_kept_inputs(
     """The hand-back of running jobs at shutdown fails with PostgreSQL away: the failure is logged (the
     reaper requeues those jobs after their leases) and the input cache's directory is removed all the same
     (it was skipped, and stayed on disk)."""
-    dead_pg = settings.postgres.model_copy(
-        update={"url": SecretStr("postgresql+asyncpg://postgres@127.0.0.1:1/nowhere"), "connect_timeout": 1.0}
-    )
-    own = settings.model_copy(
-        update={
-            "postgres": dead_pg,
-            "worker": settings.worker.model_copy(update={"input_cache_dir": str(tmp_path)}),
-        }
+    away = unreachable(settings, "postgres")
+    own = away.model_copy(
+        update={"worker": away.worker.model_copy(update={"input_cache_dir": str(tmp_path)})}
     )
     db = DatabaseManager(own, name="nopg")
     try:

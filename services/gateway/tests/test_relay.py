@@ -17,7 +17,6 @@ from typing import Any
 import httpx
 import pytest
 from faststream.rabbit import RabbitBroker
-from pydantic import SecretStr
 from sqlalchemy import RowMapping, select, update
 
 from medialens_gateway.relay import Published, Relay
@@ -29,7 +28,7 @@ from medialens_shared.outbox import DELAY_TIERS_S
 from medialens_shared.settings import Settings
 from medialens_shared.tables import jobs, outbox
 from scripts.samples import make_video
-from tests.fixtures.servers import drop_database, make_settings
+from tests.fixtures.servers import drop_database, make_settings, unreachable
 from tests.fixtures.stack import Stack, result_of, submit, upload, wait_for
 
 
@@ -368,13 +367,7 @@ async def test_a_relay_whose_broker_is_away_still_reaps_and_tells_the_outbox_lag
     reads; before, a failed round skipped both, so the alert could not fire in the outage it is for."""
     async with own_relay(run_id, mongo_url, rabbit_vhost, name="away", reap_interval_s=0.05) as own:
         written = await own.write(count=3)
-        away = own.settings.model_copy(
-            update={
-                "rabbitmq": own.settings.rabbitmq.model_copy(
-                    update={"url": SecretStr("amqp://guest:guest@127.0.0.1:1/")}
-                )
-            }
-        )
+        away = unreachable(own.settings, "rabbitmq")
         relay = Relay(settings=away, db=own.db, broker=make_broker(away, name="away-test"))
         reaps = 0
         reap = relay.reap
