@@ -82,8 +82,9 @@ async def test_a_job_through_the_stack_moves_every_job_family(stack: Stack, tmp_
     assert sample("medialens_jobs_in_progress", **kind) == 0
 
 
-async def test_the_relay_exports_queues_outbox_and_leases(stack: Stack, settings: Settings) -> None:
-    """Each work queue and the dead-letter queue have depth and consumer gauges; outbox lag and leases too."""
+async def test_the_relay_exports_the_queues_of_the_running_stack(stack: Stack, settings: Settings) -> None:
+    """Each work queue and the dead-letter queue have depth and consumer gauges, the services counted as the
+    consumers of their queues. (The values of every backlog gauge against a known backlog: test_relay.)"""
     prefix = settings.rabbitmq.exchange
     queues = {f"{prefix}.{service}" for service in ("video", "audio", "data")} | {f"{prefix}.dead"}
 
@@ -95,10 +96,8 @@ async def test_the_relay_exports_queues_outbox_and_leases(stack: Stack, settings
     depth = {labels["queue"]: value for labels, value in samples("medialens_queue_messages")}
     for service in ("video", "audio", "data"):
         assert consumers[f"{prefix}.{service}"] >= 1  # the in-process service consumes it
-    assert all(depth[queue] >= 0 for queue in queues)
-    assert samples("medialens_outbox_lag_seconds")[0][1] >= 0
-    assert samples("medialens_outbox_pending")[0][1] >= 0
-    assert samples("medialens_jobs_lease_expired")[0][1] >= 0
+    assert queues <= depth.keys()
+    assert consumers[f"{prefix}.dead"] == 0  # operators read the dead letters; the relay watches its copy
 
 
 async def test_a_dead_letter_is_counted_by_type(stack: Stack, db: DatabaseManager) -> None:

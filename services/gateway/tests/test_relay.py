@@ -17,16 +17,18 @@ from typing import Any
 import httpx
 import pytest
 from faststream.rabbit import RabbitBroker
-from sqlalchemy import RowMapping, select, update
+from prometheus_client import REGISTRY
+from sqlalchemy import RowMapping, insert, select, update
 
 from medialens_gateway.relay import Published, Relay
 from medialens_shared import metrics, migrate
-from medialens_shared.bus import Topology, make_broker, queue_stats
+from medialens_shared.bus import Topology, declare, make_broker, publish_job, queue_stats
+from medialens_shared.contracts import SERVICES
 from medialens_shared.db import DatabaseManager
 from medialens_shared.jobstore import WORKER_DIED_HEADER
 from medialens_shared.outbox import DELAY_TIERS_S
 from medialens_shared.settings import Settings
-from medialens_shared.tables import jobs, outbox
+from medialens_shared.tables import jobs, outbox, tenants
 from scripts.samples import make_video
 from tests.fixtures.servers import drop_database, make_settings, unreachable
 from tests.fixtures.stack import Stack, result_of, submit, upload, wait_for
@@ -416,3 +418,69 @@ async def test_rounds_that_publish_start_at_most_once_a_nudge_interval(
         gaps = [later - earlier for earlier, later in itertools.pairwise(busy)]
         assert len(busy) >= 3
         assert min(gaps) >= interval * 0.95
+
+
+async def test_the_backlog_gauges_tell_what_waits_in_the_queues_the_outbox_and_the_leases(
+    run_id: str, mongo_url: str, rabbit_vhost: str
+) -> None:
+    """`sample_backlog` (every reap round) sets each gauge to what is really there: messages waiting in each
+    work queue and its consumers, the unsent entries and the age of the oldest, the running jobs whose lease
+    ran out (and not those whose lease still holds)."""
+    async with own_relay(run_id, mongo_url, rabbit_vhost, name="gauges") as own:
+        # Exchanges and queues of their own: no service consumes them, so their depths hold still.
+        prefix = f"gauges-{secrets.token_hex(4)}"
+        mine = own.settings.model_copy(
+            update={"rabbitmq": own.settings.rabbitmq.model_copy(update={"exchange": prefix})}
+        )
+        topology = Topology(mine)
+        await declare(own.broker, topology, services=SERVICES)
+        for index in range(3):
+            await publish_job(
+                own.broker,
+                topology,
+                job_type="audio.probe",
+                payload={"job_id": f"waiting-{index}", "type": "audio.probe", "tenant_id": "t"},
+                message_id=f"waiting-{index}",
+                timeout=5,
+            )
+        entries = await own.write(count=2)
+        async with own.db.session() as session:
+            await session.execute(
+                update(outbox)
+                .where(outbox.c.id == entries[0])
+                .values(created_at=datetime.now(UTC) - timedelta(seconds=40))
+            )
+            await session.execute(insert(tenants).values(id="gauges", name="gauges", webhook_secret="s"))
+            now = datetime.now(UTC)
+            leases = {
+                "lost": now - timedelta(seconds=5),
+                "lost-long-ago": now - timedelta(hours=1),
+                "alive": now + timedelta(seconds=60),
+            }
+            for job_id, lease in leases.items():
+                await session.execute(
+                    insert(jobs).values(
+                        id=job_id,
+                        tenant_id="gauges",
+                        type="audio.probe",
+                        status="running",
+                        worker="w",
+                        lease_expires_at=lease,
+                    )
+                )
+            await session.commit()
+
+        await metrics.sample_backlog(broker=own.broker, topology=topology, db=own.db, services=SERVICES)
+
+        def gauge(name: str, **labels: str) -> float:
+            value = REGISTRY.get_sample_value(name, labels)
+            assert value is not None, (name, labels)
+            return value
+
+        for service, waiting in {"audio": 3, "video": 0, "data": 0}.items():
+            assert gauge("medialens_queue_messages", queue=f"{prefix}.{service}") == waiting
+            assert gauge("medialens_queue_consumers", queue=f"{prefix}.{service}") == 0
+        assert gauge("medialens_queue_messages", queue=f"{prefix}.dead") == 0
+        assert gauge("medialens_outbox_pending") == 2
+        assert 40 <= gauge("medialens_outbox_lag_seconds") < 60
+        assert gauge("medialens_jobs_lease_expired") == 2
