@@ -14,6 +14,7 @@ import httpx
 import pytest
 from sqlalchemy import func, text, update
 
+from medialens_gateway.jobs import routes
 from medialens_shared.db import DatabaseManager
 from medialens_shared.signals import JobSignals
 from medialens_shared.tables import jobs
@@ -42,6 +43,21 @@ async def _outbox_sent(db: DatabaseManager, job_id: str) -> bool:
             text("select sent_at is not null from outbox where job_id = :id"), {"id": job_id}
         )
     return bool(sent)
+
+
+@pytest.fixture
+def first_event(monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:
+    """Set when an event stream sends its first event, i.e. has subscribed and read the job (a test
+    client's response arrives whole, at its end, so this is how a test knows the stream follows)."""
+    sent = asyncio.Event()
+    sse = routes._sse
+
+    def seen(event: str, data: dict[str, Any]) -> str:
+        sent.set()
+        return sse(event, data)
+
+    monkeypatch.setattr(routes, "_sse", seen)
+    return sent
 
 
 def _events(stream: str) -> list[tuple[str, dict[str, Any]]]:
@@ -522,7 +538,7 @@ async def test_events_of_a_finished_job_are_one_done(api: httpx.AsyncClient, tmp
 
 
 async def test_events_of_a_live_job_are_progress_then_done(
-    stack: Stack, api: httpx.AsyncClient, tmp_path: Path
+    stack: Stack, api: httpx.AsyncClient, tmp_path: Path, first_event: asyncio.Event
 ) -> None:
     """Events of a job followed from queued give progress events, then one `done` with the terminal job."""
     path = tmp_path / "clip.mp4"
@@ -532,7 +548,7 @@ async def test_events_of_a_live_job_are_progress_then_done(
     try:
         job = await submit(api, "video.probe", file_id)
         listening = asyncio.create_task(api.get(f"/v1/jobs/{job['id']}/events"))
-        await asyncio.sleep(0.5)  # subscribed and the queued state sent
+        await asyncio.wait_for(first_event.wait(), timeout=10)  # subscribed and the queued state sent
         assert not listening.done()
     finally:
         await stack.rabbit_proxy.restore()
@@ -553,14 +569,14 @@ async def test_events_of_a_live_job_are_progress_then_done(
 
 
 async def test_events_of_a_job_cancelled_while_followed_end_with_cancelled(
-    stack: Stack, api: httpx.AsyncClient, csv_file: str
+    stack: Stack, api: httpx.AsyncClient, csv_file: str, first_event: asyncio.Event
 ) -> None:
     """A followed queued job that is cancelled ends its stream with `done` carrying status cancelled."""
     await stack.rabbit_proxy.cut()
     try:
         job = await submit(api, "data.profile", csv_file)
         listening = asyncio.create_task(api.get(f"/v1/jobs/{job['id']}/events"))
-        await asyncio.sleep(0.3)
+        await asyncio.wait_for(first_event.wait(), timeout=10)
         assert (await api.post(f"/v1/jobs/{job['id']}/cancel")).status_code == 202
         response = await asyncio.wait_for(listening, timeout=10)
     finally:
