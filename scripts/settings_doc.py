@@ -73,6 +73,9 @@ DESCRIPTIONS: dict[str, str] = {
     "`100/second;3000/minute` (empty: no limit); past it, 429 RATE_LIMITED with Retry-After.",
     "MEDIALENS_GATEWAY_MAX_IN_FLIGHT": "Requests one gateway process serves at once (health checks aside); "
     "past it, 503 SERVICE_UNAVAILABLE with Retry-After (0: no bound).",
+    "MEDIALENS_GATEWAY_KEY_CACHE_TTL_S": "Seconds a gateway process trusts an API key it verified before it "
+    "looks it up again, so a busy client costs no database round trip per request: a revoked key is refused "
+    "within this time (0: every request looks it up).",
     "MEDIALENS_RELAY_BATCH_SIZE": "Outbox entries the relay publishes per round.",
     "MEDIALENS_RELAY_POLL_INTERVAL_S": "Seconds between two looks at the outbox when it is empty, unless a "
     "gateway's nudge comes first (a fallback: a submission nudges the relays).",

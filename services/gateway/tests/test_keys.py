@@ -3,12 +3,16 @@ its tenant alone, a revoked one does not, and the keys themselves are never stor
 
 from __future__ import annotations
 
+import asyncio
 import secrets
+import time
 
 import pytest
+from asgi_lifespan import LifespanManager
 from sqlalchemy import select
 
 from medialens_gateway.keys import main_async
+from medialens_gateway.main import create_app
 from medialens_shared.db import DatabaseManager
 from medialens_shared.tables import api_keys
 from tests.fixtures.servers import settings_env
@@ -66,6 +70,33 @@ async def test_a_revoked_key_is_refused(stack: Stack, capsys: pytest.CaptureFixt
     assert "revoked" in capsys.readouterr().out
     assert await main_async(["revoke", str(key_id), "999999999"]) == 1
     assert "999999999" in capsys.readouterr().err
+
+
+async def test_a_key_revoked_after_its_use_is_refused_once_the_key_cache_forgets_it(
+    stack: Stack, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A gateway that verified a key keeps it for `key_cache_ttl_s` (no database look per request): revoked
+    meanwhile, the key is still served in that window, as documented, and refused after it."""
+    ttl_s = 3.0
+    gateway = stack.settings.gateway.model_copy(update={"key_cache_ttl_s": ttl_s})
+    app = create_app(stack.settings.model_copy(update={"gateway": gateway}))
+    tenant = f"ops-{secrets.token_hex(4)}"
+    key_id, key = await _create(tenant, capsys)
+    async with (
+        LifespanManager(app, startup_timeout=30) as manager,
+        api_client(manager.app, key=key) as client,
+    ):
+        asked = time.monotonic()
+        assert (await client.get("/v1/jobs")).status_code == 200  # verified, and cached meanwhile
+        cached = time.monotonic()
+        assert await main_async(["revoke", str(key_id)]) == 0
+        within = await client.get("/v1/jobs")
+        assert time.monotonic() - asked < ttl_s, "too slow to see the cached window"
+        assert within.status_code == 200
+        await asyncio.sleep(cached + ttl_s - time.monotonic())
+        after = await client.get("/v1/jobs")
+    assert after.status_code == 401
+    assert after.json()["error_code"] == "UNAUTHORIZED"
 
 
 async def test_a_tenant_id_that_could_not_name_its_data_is_refused(

@@ -117,6 +117,9 @@ class GatewaySettings(BaseModel):
     #: Requests one gateway process serves at once (health checks aside); past it the gateway sheds load
     #: with 503 SERVICE_UNAVAILABLE and Retry-After rather than queueing without bound. 0: no bound.
     max_in_flight: int = Field(1000, ge=0)
+    #: How long a gateway process trusts an API key it verified before it looks it up again: a revoked
+    #: key is refused within this time. 0: every request looks it up.
+    key_cache_ttl_s: float = Field(30.0, ge=0)
 
 
 class RelaySettings(BaseModel):

@@ -49,7 +49,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             db=db,
             signals=svcs.Container(registry).get(JobSignals),  # register_core's, which `Signals` gives too
             settings=settings,
-            keys=KeyCache(),
+            keys=KeyCache(ttl_s=settings.gateway.key_cache_ttl_s),
             rate=TenantRateLimit(settings.gateway.tenant_rate_limit),
         )
         registry.register_value(GatewayCore, core)
