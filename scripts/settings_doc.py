@@ -88,6 +88,10 @@ DESCRIPTIONS: dict[str, str] = {
     "MEDIALENS_RELAY_SENT_RETENTION_S": "How long a sent outbox entry is kept (its send time gives the relay "
     "lag; handy when tracing a job) before the relay deletes it, so the table does not grow with every job "
     "ever submitted; 0 keeps every entry.",
+    "MEDIALENS_RELAY_REPUBLISH_AFTER_S": "A job still queued this many seconds after it was queued is "
+    "published again, in case its message was lost after the broker took it (a queue purged by hand, a "
+    "dead-letter hop dropped); its duplicate, should the first message still come, is skipped. Longer than "
+    "the longest retry delay (600 s), or 0: never.",
     "MEDIALENS_WEBHOOK_MAX_ATTEMPTS": "Tries of a webhook delivery that keeps meeting 408, 429, 5xx or "
     "network errors before it is marked failed (other 4xx fail at once).",
     "MEDIALENS_WEBHOOK_TIMEOUT_S": "Budget of one delivery try, in seconds: resolving the host, connecting, "

@@ -96,6 +96,7 @@ def test_a_young_jobs_table_claims_without_reading_the_parent_index(scratch_db: 
     assert definition.endswith("WHERE (parent_id IS NOT NULL)")
     assert "pk_jobs" in explained
     assert "ix_jobs_parent" not in explained
+    assert "ix_jobs_queued_since" not in explained  # migration 0006's index of every queued job neither
 
 
 def test_the_parent_index_swap_goes_down_and_up_again(scratch_db: str) -> None:

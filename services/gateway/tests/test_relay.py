@@ -18,16 +18,18 @@ import httpx
 import pytest
 from faststream.rabbit import RabbitBroker
 from prometheus_client import REGISTRY
-from sqlalchemy import RowMapping, insert, select, update
+from pydantic import ValidationError
+from sqlalchemy import RowMapping, insert, select, text, update
+from sqlalchemy.dialects import postgresql
 
-from medialens_gateway.relay import Published, Relay
+from medialens_gateway.relay import Published, Relay, stale_queued
 from medialens_shared import metrics, migrate
 from medialens_shared.bus import Topology, declare, make_broker, publish_job, queue_stats
 from medialens_shared.contracts import SERVICES
 from medialens_shared.db import DatabaseManager
 from medialens_shared.jobstore import WORKER_DIED_HEADER
 from medialens_shared.outbox import DELAY_TIERS_S
-from medialens_shared.settings import Settings
+from medialens_shared.settings import RelaySettings, Settings
 from medialens_shared.tables import jobs, outbox, tenants
 from scripts.samples import make_video
 from tests.fixtures.servers import drop_database, make_settings, unreachable
@@ -125,6 +127,86 @@ async def test_a_dead_lettered_message_fails_its_job(
     assert done["status"] == "failed"
     assert done["error_code"] == "RETRIES_EXHAUSTED"
     assert "dead-lettered" in done["error_message"]
+
+
+async def test_a_job_whose_message_was_lost_is_published_again_and_runs(
+    stack: Stack, api: httpx.AsyncClient, db: DatabaseManager, video_id: str
+) -> None:
+    """A queued job whose message the broker lost after taking it (here: never published, its outbox entry
+    marked sent) stays queued; once it has been queued longer than `relay.republish_after_s`, the relay
+    publishes it again and it runs. Before the backstop, such a job stayed queued for ever."""
+    job = await stack.held_job(api, "video.probe", video_id)
+    await asyncio.sleep(1.0)
+    assert (await api.get(f"/v1/jobs/{job.job_id}")).json()["data"]["status"] == "queued"
+    queued_for = timedelta(seconds=stack.settings.relay.republish_after_s + 60)
+    async with db.session() as session:
+        await session.execute(
+            update(jobs).where(jobs.c.id == job.job_id).values(updated_at=datetime.now(UTC) - queued_for)
+        )
+        await session.commit()
+    done = await wait_for(api, job.job_id, timeout=30)
+    assert done["status"] == "succeeded", done
+    assert done["attempts"] == 1
+    async with db.session() as session:
+        entries = (await session.scalars(select(outbox.c.id).where(outbox.c.job_id == job.job_id))).all()
+    assert len(entries) == 2  # the submission's, and the backstop's
+
+
+async def test_the_backstop_publishes_only_jobs_queued_too_long_and_each_once_a_period(
+    run_id: str, mongo_url: str, rabbit_vhost: str
+) -> None:
+    """Of the jobs below, only the one queued for longer than `republish_after_s` gets a new outbox entry:
+    not one queued recently, not a running one, not a composite job (its parts are published, it is not);
+    once published again it waits another period; with the setting at 0 nothing is published again."""
+    async with own_relay(run_id, mongo_url, rabbit_vhost, name="backstop") as own:
+        long_ago = datetime.now(UTC) - timedelta(seconds=own.settings.relay.republish_after_s + 60)
+        async with own.db.session() as session:
+            await session.execute(insert(tenants).values(id="t", name="t", webhook_secret="s"))
+            for job_id, job_type, status, updated_at in (
+                ("stale", "audio.probe", "queued", long_ago),
+                ("recent", "audio.probe", "queued", datetime.now(UTC)),
+                ("running", "audio.probe", "running", long_ago),
+                ("composite", "media.analyze", "queued", long_ago),
+            ):
+                await session.execute(
+                    insert(jobs).values(
+                        id=job_id, tenant_id="t", type=job_type, status=status, updated_at=updated_at
+                    )
+                )
+            await session.commit()
+
+        async def entries() -> list[tuple[str, str, str]]:
+            async with own.db.session() as session:
+                query = select(outbox.c.job_id, outbox.c.routing_key, outbox.c.payload["job_id"].astext)
+                return [
+                    tuple(row) for row in (await session.execute(query.where(outbox.c.sent_at.is_(None))))
+                ]
+
+        disabled = own.settings.relay.model_copy(update={"republish_after_s": 0})
+        off = Relay(
+            settings=own.settings.model_copy(update={"relay": disabled}), db=own.db, broker=own.broker
+        )
+        assert await off.republish_stale() == 0
+        relay = own.relay()
+        assert await relay.republish_stale() == 1
+        assert await entries() == [("stale", "audio.probe", "stale")]
+        assert await relay.republish_stale() == 0  # its updated_at is now: the next period starts
+
+        # The look can read the partial index of queued jobs (its clauses imply the index's predicate).
+        look = stale_queued(own.settings.relay.republish_after_s).compile(
+            dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True}
+        )
+        async with own.db.session() as session:
+            await session.execute(text("SET LOCAL enable_seqscan = off"))
+            plan = "\n".join((await session.scalars(text(f"EXPLAIN {look}"))).all())
+        assert "ix_jobs_queued_since" in plan, plan
+
+
+def test_republish_after_must_outlast_the_longest_retry_delay() -> None:
+    """A job waiting out its retry's backoff is queued too: a shorter threshold would publish it twice."""
+    with pytest.raises(ValidationError, match="longest retry delay"):
+        RelaySettings(republish_after_s=DELAY_TIERS_S[-1])
+    assert RelaySettings(republish_after_s=0).republish_after_s == 0
 
 
 async def test_outbox_entries_are_marked_sent_once_confirmed(

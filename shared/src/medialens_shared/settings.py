@@ -137,6 +137,21 @@ class RelaySettings(BaseModel):
     reap_interval_s: float = Field(2.0, gt=0)
     #: How long a sent outbox entry is kept before the relay deletes it; 0 keeps every entry.
     sent_retention_s: float = Field(86400.0, ge=0)
+    #: A job still queued this long after it was last queued is published again (its message may be lost:
+    #: a queue purged by hand, a dead-letter hop the broker dropped); 0: never. Longer than the longest
+    #: retry delay, since a job waiting out its backoff is queued too.
+    republish_after_s: float = Field(3600.0, ge=0)
+
+    @model_validator(mode="after")
+    def _republish_after_the_longest_delay(self) -> Self:
+        # Here, not at the top: the settings module imports nothing of the database's (outbox does).
+        from medialens_shared.outbox import DELAY_TIERS_S
+
+        if 0 < self.republish_after_s <= DELAY_TIERS_S[-1]:
+            raise ValueError(
+                f"republish_after_s must be 0 or longer than the longest retry delay ({DELAY_TIERS_S[-1]} s)"
+            )
+        return self
 
 
 class WebhookSettings(BaseModel):

@@ -108,6 +108,12 @@ jobs = Table(
     # The parts of composite jobs only: see migration 0005.
     Index("ix_jobs_parent", "parent_id", postgresql_where=text("parent_id IS NOT NULL")),
     Index("ix_jobs_running_lease", "lease_expires_at", postgresql_where=text("status = 'running'")),
+    # The relay's backstop looks for jobs queued too long (`Relay.republish_stale`): see migration 0006.
+    Index(
+        "ix_jobs_queued_since",
+        "updated_at",
+        postgresql_where=text("status = 'queued' AND type <> 'media.analyze'"),
+    ),
 )
 
 outbox = Table(

@@ -1,6 +1,6 @@
 """`medialens-relay`: keeps the bus in step with PostgreSQL.
 
-Four duties, each safe to run in several relays at once (and sent outbox entries deleted once past
+Five duties, each safe to run in several relays at once (and sent outbox entries deleted once past
 `relay.sent_retention_s`):
 - Outbox: each round takes a batch of unsent entries with `FOR UPDATE SKIP LOCKED`, publishes them with
   publisher confirms (pipelined, then awaited), and marks the confirmed ones sent in the same
@@ -10,6 +10,8 @@ Four duties, each safe to run in several relays at once (and sent outbox entries
 - Reaper: a running job whose lease ran out (its worker died, hung, or lost its database) is requeued
   through the outbox, its crash counted as an attempt; after `max_attempts` it fails with
   RETRIES_EXHAUSTED and its message goes to the dead letters.
+- Backstop: a job still queued `relay.republish_after_s` (an hour) after it was queued is published again,
+  in case its message was lost after the broker took it (a queue purged by hand, a dead-letter hop dropped).
 - Dead letters: every message the broker dead-letters (past the delivery limit) marks its job failed with
   RETRIES_EXHAUSTED, so nothing stays queued or running forever; a letter no job can be read from (a
   body a service rejected as unreadable) stays in the dead-letter queue for an operator
@@ -39,13 +41,13 @@ from faststream import AckPolicy
 from faststream.rabbit import RabbitBroker
 from faststream.rabbit.annotations import RabbitMessage
 from pydantic import ValidationError
-from sqlalchemy import delete, func, select
+from sqlalchemy import Select, delete, func, select, update
 
 from medialens_gateway.webhooks import Dispatcher
 from medialens_shared import jobstore, metrics, outbox
 from medialens_shared.aio import wait_set
 from medialens_shared.bus import Topology, declare, make_broker, ping, publish_job
-from medialens_shared.contracts import SERVICES, JobMessage, JobStatus
+from medialens_shared.contracts import JOB_TYPES, SERVICES, JobMessage, JobStatus
 from medialens_shared.db import Check, DatabaseManager, timed_check
 from medialens_shared.errors import RetriesExhausted
 from medialens_shared.logs import configure_logging
@@ -76,6 +78,12 @@ UPDATE outbox SET attempts = attempts + 1, last_error = failed.error
 FROM unnest($1::bigint[], $2::text[]) AS failed (id, error) WHERE outbox.id = failed.id
 """
 
+#: The composite job types: the gateway's, whose parts are published, not they.
+COMPOSITE_TYPES = sorted(name for name, spec in JOB_TYPES.items() if spec.service == "gateway")
+
+#: Stale queued jobs one reaping round publishes again at most.
+REPUBLISH_BATCH = 100
+
 #: Sent outbox entries one reaping round deletes at most: at a few hundred jobs a second and a round every
 #: 2 s, enough to keep up, and to catch up after a change of the retention, without one long statement.
 PRUNE_BATCH = 5000
@@ -92,6 +100,23 @@ class Published:
     def failing(self) -> bool:
         """Nothing went out and something was refused: the broker is away or refuses, not the outbox empty."""
         return not self.sent and self.refused > 0
+
+
+def stale_queued(after_s: float) -> Select[Any]:
+    """The oldest jobs still queued `after_s` after they were queued, locked (skipping those another relay
+    holds). Its clauses imply the predicate of `ix_jobs_queued_since` (each composite type excluded by
+    itself), so the look reads that index."""
+    return (
+        select(jobs)
+        .where(
+            jobs.c.status == JobStatus.QUEUED.value,
+            *(jobs.c.type != name for name in COMPOSITE_TYPES),
+            jobs.c.updated_at < func.now() - timedelta(seconds=after_s),
+        )
+        .order_by(jobs.c.updated_at)
+        .limit(REPUBLISH_BATCH)
+        .with_for_update(skip_locked=True)
+    )
 
 
 class Relay:
@@ -145,6 +170,33 @@ class Relay:
         if pruned:
             log.debug("deleted %d outbox entries sent more than %.0f s ago", pruned, keep_s)
         return pruned
+
+    async def republish_stale(self) -> int:
+        """Publish again (through the outbox) up to `REPUBLISH_BATCH` jobs still queued
+        `relay.republish_after_s` after they were last queued; how many.
+
+        The outbox makes sure the broker took a job's message; this is the backstop for a message lost after
+        that (a queue purged by hand, a delay queue's dead-letter hop the broker dropped, a queue lost with
+        its node), which would otherwise leave its job queued for ever. A job waiting in a long backlog is
+        published twice instead: its second delivery finds it taken and is skipped, as any duplicate is. The
+        job's `updated_at` is set, so it is published again at most once a `republish_after_s`."""
+        after_s = self.settings.relay.republish_after_s
+        if not after_s:
+            return 0
+        async with self.db.session() as session:
+            rows = (await session.execute(stale_queued(after_s))).mappings().all()
+            if not rows:
+                return 0
+            for row in rows:
+                await outbox.enqueue(session, jobstore.message_of(row))
+            await session.execute(
+                update(jobs).where(jobs.c.id.in_([row["id"] for row in rows])).values(updated_at=func.now())
+            )
+            await session.commit()
+        for row in rows:
+            log.warning("job %s still queued %.0f s after it was queued: published again", row["id"], after_s)
+            metrics.JOBS_REPUBLISHED.labels(row["type"]).inc()
+        return len(rows)
 
     async def _publish(self, row: Any) -> None:
         # The publish span joins the trace of the request (or job) that wrote the entry.
@@ -277,6 +329,7 @@ class Relay:
                 try:
                     await self.reap()
                     await self.prune()
+                    await self.republish_stale()
                 except Exception as exc:
                     log.warning("relay upkeep failed (%s); retrying", exc)
                     failing = True
