@@ -117,3 +117,26 @@ def test_the_parent_index_swap_goes_down_and_up_again(scratch_db: str) -> None:
     assert asyncio.run(definition()).endswith("USING btree (parent_id)")
     migrate.upgrade(url)
     assert asyncio.run(definition()).endswith("WHERE (parent_id IS NOT NULL)")
+
+
+def test_the_queued_jobs_index_goes_down_and_up_again(scratch_db: str) -> None:
+    """Migration 0006 undone drops the index of queued jobs, and done again builds it with its predicate."""
+    url = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{scratch_db}"
+
+    async def definition() -> str | None:
+        conn = await asyncpg.connect(f"postgresql://postgres@127.0.0.1:5432/{scratch_db}")
+        try:
+            found = await conn.fetchval(
+                "SELECT indexdef FROM pg_indexes WHERE indexname = 'ix_jobs_queued_since'"
+            )
+        finally:
+            await conn.close()
+        return str(found) if found is not None else None
+
+    migrate.upgrade(url)
+    command.downgrade(migrate.alembic_config(url), "0005")
+    assert asyncio.run(definition()) is None
+    migrate.upgrade(url)
+    built = asyncio.run(definition())
+    assert built is not None
+    assert built.endswith("WHERE ((status = 'queued'::text) AND (type <> 'media.analyze'::text))")

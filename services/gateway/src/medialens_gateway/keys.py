@@ -7,8 +7,7 @@
 Outside development (`MEDIALENS_ENVIRONMENT=development` makes `MEDIALENS_DEV_API_KEYS` at the gateway's
 start) this is how keys come to exist. A key is stored only as its SHA-256 (see `medialens_gateway.auth`),
 so a lost key cannot be shown again: create another and revoke the old one. A revoked key still works for
-up to 30 s in a gateway that verified it just before (its `KeyCache`, for
-`MEDIALENS_GATEWAY_KEY_CACHE_TTL_S`).
+up to `MEDIALENS_GATEWAY_KEY_CACHE_TTL_S` (30 s) in a gateway that verified it just before (its `KeyCache`).
 """
 
 from __future__ import annotations
