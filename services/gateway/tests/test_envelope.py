@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gc
+import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,7 @@ from asgi_lifespan import LifespanManager
 
 from medialens_gateway.envelope import EnvelopeResponse
 from medialens_gateway.main import create_app
+from medialens_shared.filestore import CHUNK_BYTES, FileStore
 from medialens_shared.settings import Settings
 from scripts.samples import make_csv
 from tests.fixtures.servers import TENANT_KEYS
@@ -83,6 +86,40 @@ async def test_wrong_method_is_a_405_envelope(api: httpx.AsyncClient, envelope: 
     response = await api.delete("/health/live")
     envelope(response, status=405, error_code="METHOD_NOT_ALLOWED")
     assert response.headers["allow"] == "GET"
+
+
+async def test_head_answers_as_get_without_the_body(
+    api: httpx.AsyncClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """HEAD gets GET's status and headers (its Content-Length included) and no body (RFC 9110: a server
+    that takes GET takes HEAD), for a file's bytes (which are not streamed from storage for it), a file, a
+    list and a health check; on a path without GET it is a 405 like GET."""
+    path = tmp_path / "blob.bin"
+    path.write_bytes(os.urandom(3 * CHUNK_BYTES + 5))
+    file_id = await upload(api, path)
+    chunks = 0
+    read = FileStore.read
+
+    async def counted(self: FileStore, storage_id: str, **window: Any) -> AsyncIterator[bytes]:
+        nonlocal chunks
+        async for chunk in read(self, storage_id, **window):
+            chunks += 1
+            yield chunk
+
+    monkeypatch.setattr(FileStore, "read", counted)
+    targets = (f"/v1/files/{file_id}/content", f"/v1/files/{file_id}", "/v1/jobs?limit=5", "/health/live")
+    for target in targets:
+        chunks = 0
+        got = await api.get(target)
+        streamed, chunks = chunks, 0
+        head = await api.head(target)
+        assert head.status_code == got.status_code == 200, target
+        assert head.content == b"", target
+        assert head.headers["content-length"] == got.headers["content-length"] == str(len(got.content))
+        assert head.headers["content-type"] == got.headers["content-type"]
+        assert head.headers["x-request-id"]
+        assert chunks <= 1 < streamed or chunks == streamed == 0, (target, chunks, streamed)
+    assert (await api.head("/v1/jobs/some-job/cancel")).status_code == 405
 
 
 async def test_body_validation_is_a_422_naming_the_field(

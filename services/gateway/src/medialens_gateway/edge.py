@@ -1,6 +1,8 @@
 """What every HTTP request of the gateway passes through first: one pure-ASGI layer.
 
-It gives the request its id (the client's `X-Request-ID` when it sent a sane one) and echoes it as a header,
+It answers HEAD as GET without the body (RFC 9110 §9.3.2: the same status and headers, `Content-Length`
+included; a file's bytes are not even read), gives the request its id (the client's `X-Request-ID` when it
+sent a sane one) and echoes it as a header,
 counts and times the request by route template, sheds load past `gateway.max_in_flight` requests at once
 (503 with Retry-After, before any work: a gateway that queues without bound answers everyone late), and
 renders a bug as the 500 envelope, a dependency outage as the 503 one, and text the database cannot store
@@ -34,6 +36,11 @@ def _request_id(headers: list[tuple[bytes, bytes]]) -> str:
     return uuid.uuid4().hex
 
 
+class _HeadAnswered(Exception):
+    """Raised through the app by a HEAD request's `send` once the status and headers are out, so that the
+    app stops before producing the body nobody will read."""
+
+
 class EdgeMiddleware:
     """The request id, the HTTP metrics and the last-resort error envelope, in one layer.
 
@@ -51,6 +58,10 @@ class EdgeMiddleware:
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
+        method = scope["method"]
+        head = method == "HEAD"
+        if head:
+            scope = {**scope, "method": "GET"}
         request_id = _request_id(scope["headers"])
         id_header = (b"x-request-id", request_id.encode())
         token = request_id_var.set(request_id)
@@ -77,10 +88,15 @@ class EdgeMiddleware:
                 headers = [(k, v) for k, v in message.get("headers", ()) if k.lower() != b"x-request-id"]
                 headers.append(id_header)
                 message["headers"] = headers
+            elif head and message["type"] == "http.response.body":
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                raise _HeadAnswered
             await send(message)
 
         try:
             await app(scope, receive, send_with_id)
+        except _HeadAnswered:
+            pass
         except Exception as exc:
             response = self._render(exc, request_id)
             if status:
@@ -90,7 +106,7 @@ class EdgeMiddleware:
             self.in_flight -= 1
             request_id_var.reset(token)
             metrics.observe(
-                method=scope["method"],
+                method=method,
                 route=getattr(scope.get("route"), "path", None) or "unmatched",
                 status=status or 500,
                 seconds=time.perf_counter() - start,
