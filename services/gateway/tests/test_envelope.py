@@ -81,11 +81,13 @@ async def test_wrong_method_is_a_405_envelope(api: httpx.AsyncClient, envelope: 
     for path in ("/v1/files", "/v1/jobs"):
         response = await api.put(path)
         body = envelope(response, status=405, error_code="METHOD_NOT_ALLOWED")
-        assert body["message"] == f"PUT is not allowed on {path}; it takes GET, POST."
-        assert response.headers["allow"] == "GET, POST"
+        assert body["message"] == f"PUT is not allowed on {path}; it takes GET, HEAD, POST."
+        assert response.headers["allow"] == "GET, HEAD, POST"
     response = await api.delete("/health/live")
     envelope(response, status=405, error_code="METHOD_NOT_ALLOWED")
-    assert response.headers["allow"] == "GET"
+    assert response.headers["allow"] == "GET, HEAD"
+    response = await api.get("/v1/jobs/some-job/cancel")
+    assert response.headers["allow"] == "POST"
 
 
 async def test_head_answers_as_get_without_the_body(
@@ -119,7 +121,10 @@ async def test_head_answers_as_get_without_the_body(
         assert head.headers["content-type"] == got.headers["content-type"]
         assert head.headers["x-request-id"]
         assert chunks <= 1 < streamed or chunks == streamed == 0, (target, chunks, streamed)
-    assert (await api.head("/v1/jobs/some-job/cancel")).status_code == 405
+    refused = await api.head("/v1/jobs/some-job/cancel")
+    assert refused.status_code == 405
+    assert refused.headers["allow"] == "POST"
+    assert refused.content == b""
 
 
 async def test_body_validation_is_a_422_naming_the_field(

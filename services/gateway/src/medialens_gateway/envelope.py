@@ -157,12 +157,14 @@ _METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 def _allowed_methods(request: Request) -> str:
     """Every method some route takes on the request's path (Starlette's 405 names only the first route's)."""
     routes = request.app.router.routes
-    allowed = [
+    allowed = {
         method
         for method in _METHODS
         if any(route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes)
-    ]
-    return ", ".join(allowed)
+    }
+    if "GET" in allowed:
+        allowed.add("HEAD")  # the edge answers HEAD wherever GET is taken
+    return ", ".join(method for method in _METHODS if method in allowed)
 
 
 def _routed(request: Request, path: str) -> bool:
