@@ -47,7 +47,7 @@ from medialens_gateway.webhooks import Dispatcher
 from medialens_shared import jobstore, metrics, outbox
 from medialens_shared.aio import wait_set
 from medialens_shared.bus import Topology, declare, make_broker, ping, publish_job
-from medialens_shared.contracts import JOB_TYPES, SERVICES, JobMessage, JobStatus
+from medialens_shared.contracts import SERVICES, JobMessage, JobStatus, job_types_of
 from medialens_shared.db import Check, DatabaseManager, timed_check
 from medialens_shared.errors import RetriesExhausted
 from medialens_shared.logs import configure_logging
@@ -79,7 +79,7 @@ FROM unnest($1::bigint[], $2::text[]) AS failed (id, error) WHERE outbox.id = fa
 """
 
 #: The composite job types: the gateway's, whose parts are published, not they.
-COMPOSITE_TYPES = sorted(name for name, spec in JOB_TYPES.items() if spec.service == "gateway")
+COMPOSITE_TYPES = sorted(spec.name for spec in job_types_of("gateway"))
 
 #: Stale queued jobs one reaping round publishes again at most.
 REPUBLISH_BATCH = 100
@@ -103,11 +103,11 @@ class Published:
 
 
 def stale_queued(after_s: float) -> Select[Any]:
-    """The oldest jobs still queued `after_s` after they were queued, locked (skipping those another relay
-    holds). Its clauses imply the predicate of `ix_jobs_queued_since` (each composite type excluded by
-    itself), so the look reads that index."""
+    """The ids of the oldest jobs still queued `after_s` after they were queued, locked (skipping those
+    another relay holds). Its clauses imply the predicate of `ix_jobs_queued_since` (each composite type
+    excluded by itself), so the look reads that index."""
     return (
-        select(jobs)
+        select(jobs.c.id)
         .where(
             jobs.c.status == JobStatus.QUEUED.value,
             *(jobs.c.type != name for name in COMPOSITE_TYPES),
@@ -183,15 +183,18 @@ class Relay:
         after_s = self.settings.relay.republish_after_s
         if not after_s:
             return 0
+        touch = (
+            update(jobs)
+            .where(jobs.c.id.in_(stale_queued(after_s)))
+            .values(updated_at=func.now())
+            .returning(*jobs.c)
+        )
         async with self.db.session() as session:
-            rows = (await session.execute(stale_queued(after_s))).mappings().all()
+            rows = (await session.execute(touch)).mappings().all()
             if not rows:
                 return 0
             for row in rows:
                 await outbox.enqueue(session, jobstore.message_of(row))
-            await session.execute(
-                update(jobs).where(jobs.c.id.in_([row["id"] for row in rows])).values(updated_at=func.now())
-            )
             await session.commit()
         for row in rows:
             log.warning("job %s still queued %.0f s after it was queued: published again", row["id"], after_s)
