@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from sqlalchemy import RowMapping, insert, select, text, update
 from sqlalchemy.dialects import postgresql
 
+from medialens_gateway.auth import ensure_tenant
 from medialens_gateway.relay import Published, Relay, stale_queued
 from medialens_shared import metrics, migrate
 from medialens_shared.bus import Topology, declare, make_broker, publish_job, queue_stats
@@ -30,7 +31,7 @@ from medialens_shared.db import DatabaseManager
 from medialens_shared.jobstore import WORKER_DIED_HEADER
 from medialens_shared.outbox import DELAY_TIERS_S
 from medialens_shared.settings import RelaySettings, Settings
-from medialens_shared.tables import jobs, outbox, tenants
+from medialens_shared.tables import jobs, outbox
 from scripts.samples import make_video
 from tests.fixtures.servers import drop_database, make_settings, unreachable
 from tests.fixtures.stack import Stack, result_of, submit, upload, wait_for
@@ -160,20 +161,12 @@ async def test_the_backstop_publishes_only_jobs_queued_too_long_and_each_once_a_
     once published again it waits another period; with the setting at 0 nothing is published again."""
     async with own_relay(run_id, mongo_url, rabbit_vhost, name="backstop") as own:
         long_ago = datetime.now(UTC) - timedelta(seconds=own.settings.relay.republish_after_s + 60)
-        async with own.db.session() as session:
-            await session.execute(insert(tenants).values(id="t", name="t", webhook_secret="s"))
-            for job_id, job_type, status, updated_at in (
-                ("stale", "audio.probe", "queued", long_ago),
-                ("recent", "audio.probe", "queued", datetime.now(UTC)),
-                ("running", "audio.probe", "running", long_ago),
-                ("composite", "media.analyze", "queued", long_ago),
-            ):
-                await session.execute(
-                    insert(jobs).values(
-                        id=job_id, tenant_id="t", type=job_type, status=status, updated_at=updated_at
-                    )
-                )
-            await session.commit()
+        await own.add_jobs(
+            {"id": "stale", "status": "queued", "updated_at": long_ago},
+            {"id": "recent", "status": "queued", "updated_at": datetime.now(UTC)},
+            {"id": "running", "status": "running", "updated_at": long_ago},
+            {"id": "composite", "type": "media.analyze", "status": "queued", "updated_at": long_ago},
+        )
 
         async def entries() -> list[tuple[str, str, str]]:
             async with own.db.session() as session:
@@ -277,6 +270,15 @@ class OwnRelay:
             )
             await session.commit()
         return list(ids)
+
+    async def add_jobs(self, *rows: dict[str, Any]) -> None:
+        """Job rows with the given columns, of a tenant "t" (made if new), `audio.probe` unless told."""
+        async with self.db.session() as session:
+            await ensure_tenant(session, "t")
+            await session.execute(
+                insert(jobs), [{"tenant_id": "t", "type": "audio.probe"} | row for row in rows]
+            )
+            await session.commit()
 
     async def entry(self, entry_id: int) -> RowMapping:
         async with self.db.session() as session:
@@ -532,25 +534,18 @@ async def test_the_backlog_gauges_tell_what_waits_in_the_queues_the_outbox_and_t
                 .where(outbox.c.id == entries[0])
                 .values(created_at=datetime.now(UTC) - timedelta(seconds=40))
             )
-            await session.execute(insert(tenants).values(id="gauges", name="gauges", webhook_secret="s"))
-            now = datetime.now(UTC)
-            leases = {
-                "lost": now - timedelta(seconds=5),
-                "lost-long-ago": now - timedelta(hours=1),
-                "alive": now + timedelta(seconds=60),
-            }
-            for job_id, lease in leases.items():
-                await session.execute(
-                    insert(jobs).values(
-                        id=job_id,
-                        tenant_id="gauges",
-                        type="audio.probe",
-                        status="running",
-                        worker="w",
-                        lease_expires_at=lease,
-                    )
-                )
             await session.commit()
+        now = datetime.now(UTC)
+        await own.add_jobs(
+            *(
+                {"id": job_id, "status": "running", "worker": "w", "lease_expires_at": lease}
+                for job_id, lease in (
+                    ("lost", now - timedelta(seconds=5)),
+                    ("lost-long-ago", now - timedelta(hours=1)),
+                    ("alive", now + timedelta(seconds=60)),
+                )
+            )
+        )
 
         await metrics.sample_backlog(broker=own.broker, topology=topology, db=own.db, services=SERVICES)
 
