@@ -268,14 +268,16 @@ async def test_a_lone_claim_leaves_a_part_to_the_session_where_its_parent_follow
 async def test_a_lone_end_checks_the_owner_and_takes_the_values_of_each_call(
     db: DatabaseManager, new_job
 ) -> None:
-    """An owned end changes nothing for another worker; for the owner it stores the values it is given,
-    not those it was built with."""
-    job_id = await new_job(status="running", worker="video-w1", attempts=1)
+    """An owned end changes nothing for another worker, nor for an earlier attempt of the same worker (its
+    lease ran out and it claimed the job again); for the claim that holds the job it stores the values it
+    is given, not those it was built with."""
+    job_id = await new_job(status="running", worker="video-w1", attempts=2)
     end = end_of(db, JobStatus.FAILED)
     values = {"message": "failed", "progress": 0.5, "worker": None, "lease_expires_at": None}
     async with db.connection() as conn:
-        assert await end.run(conn, job_id=job_id, owner="video-other", **values) is None
-        row = await end.run(conn, job_id=job_id, owner="video-w1", **values)
+        assert await end.run(conn, job_id=job_id, owner=jobstore.Claim("video-other", 2), **values) is None
+        assert await end.run(conn, job_id=job_id, owner=jobstore.Claim("video-w1", 1), **values) is None
+        row = await end.run(conn, job_id=job_id, owner=jobstore.Claim("video-w1", 2), **values)
     assert row is not None
     assert (row["status"], row["message"], row["progress"], row["worker"]) == ("failed", "failed", 0.5, None)
     assert row["finished_at"] is not None
@@ -284,18 +286,49 @@ async def test_a_lone_end_checks_the_owner_and_takes_the_values_of_each_call(
             await end.run(conn, job_id=job_id)
 
 
+async def test_a_batched_end_holds_each_job_to_its_own_claim(db: DatabaseManager, new_job) -> None:
+    """One statement ends several jobs, each only while its own claim (worker and attempt, at its place in
+    the lists) still holds it."""
+    end = jobstore.LoneTransition(
+        db.engine.dialect,
+        from_statuses=[JobStatus.RUNNING],
+        to=JobStatus.SUCCEEDED,
+        owned=True,
+        batched=True,
+        message="done",
+        worker=None,
+        lease_expires_at=None,
+    )
+    first = await new_job(status="running", worker="video-w1", attempts=1)
+    again = await new_job(status="running", worker="video-w1", attempts=2)  # claimed again by video-w1
+    other = await new_job(status="running", worker="video-w2", attempts=3)
+    claims = [jobstore.Claim("video-w1", 1), jobstore.Claim("video-w1", 1), jobstore.Claim("video-w2", 3)]
+    async with db.connection() as conn:
+        ended = await end.run_many(conn, job_ids=[first, again, other], owners=claims)
+        with pytest.raises(ValueError, match="one owner for each job"):
+            await end.run_many(conn, job_ids=[first, again], owners=claims)
+    assert sorted(row["id"] for row in ended) == sorted([first, other])
+    assert [(await row_of(db, job))["status"] for job in (first, again, other)] == [
+        "succeeded",
+        "running",
+        "succeeded",
+    ]
+
+
 async def test_a_lone_end_leaves_a_job_with_a_callback_url_to_the_session_that_owes_its_webhook(
     db: DatabaseManager, new_job
 ) -> None:
     """A job with a callback_url is not ended by the bare statement; `in_session` ends it and enqueues its
     webhook delivery in the same transaction."""
-    job_id = await new_job(status="running", worker="video-w1", callback_url="https://example.com/hook")
+    job_id = await new_job(
+        status="running", worker="video-w1", attempts=1, callback_url="https://example.com/hook"
+    )
     end = end_of(db)
     async with db.connection() as conn:
-        assert await end.run(conn, job_id=job_id, owner="video-w1") is None
+        assert await end.run(conn, job_id=job_id, owner=jobstore.Claim("video-w1", 1)) is None
     assert (await row_of(db, job_id))["status"] == "running"
     async with db.session() as session:
-        row = await end.in_session(session, job_id=job_id, owner="video-w1")
+        row = await end.in_session(session, job_id=job_id, owner=jobstore.Claim("video-w1", 1))
         await session.commit()
         deliveries = (
             (await session.execute(select(webhook_deliveries).where(webhook_deliveries.c.job_id == job_id)))

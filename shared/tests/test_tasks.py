@@ -570,6 +570,48 @@ async def test_a_lost_lease_stops_the_job_and_keeps_the_new_owner(
     assert (row["status"], row["worker"]) == ("running", "video-newowner")
 
 
+async def test_a_job_claimed_again_by_the_same_worker_belongs_to_its_new_attempt(
+    make_runner, new_job, tenant_id: str, db: DatabaseManager
+) -> None:
+    """A job is owned per claim, not per process: when its lease ran out and the reaper requeued it, the
+    same worker may claim it again from the new message. The first attempt, still running, then stops as
+    if another worker had taken the job and can neither end it nor send it back (here: its passing fault
+    would requeue it under the second attempt); the second attempt's outcome is the job's."""
+    job_id = await new_job()
+    body = body_of(job_id, tenant_id)
+    first_stopped = asyncio.Event()
+    second: list[asyncio.Task[list[str]]] = []
+
+    async def act(ctx: JobContext) -> None:
+        if ctx.attempt == 2:
+            await asyncio.wait_for(first_stopped.wait(), 5)
+            return
+        async with db.session() as session:  # the lease ran out and the reaper requeued the job
+            await session.execute(
+                update(jobs)
+                .where(jobs.c.id == job_id)
+                .values(status="queued", worker=None, lease_expires_at=None, message="requeued")
+            )
+            await session.commit()
+        second.append(asyncio.create_task(deliver(runner, body)))  # this worker claims it again
+        try:
+            for _ in range(150):  # 3 s: nine heartbeats of a 1 s lease
+                ctx.check_cancelled()
+                await asyncio.sleep(0.02)
+            raise TransientJobError("the first attempt was never stopped")
+        finally:
+            first_stopped.set()
+
+    calls = Calls(act)
+    runner = make_runner({"video.probe": calls}, lease_s=1)
+    assert await asyncio.wait_for(deliver(runner, body), 10) == ["ack"]
+    assert await asyncio.wait_for(second[0], 10) == ["ack"]
+    assert [ctx.attempt for ctx in calls.contexts] == [1, 2]
+    assert calls.contexts[0].cancelled  # stopped by its heartbeat, not by running out its 3 s
+    row = await row_of(db, job_id)
+    assert (row["status"], row["attempts"], row["worker"]) == ("succeeded", 2, None)
+
+
 async def test_a_claim_without_the_database_is_requeued(
     settings: Settings,
     store: FileStore,

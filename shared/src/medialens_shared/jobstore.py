@@ -8,12 +8,13 @@ race, exactly one wins, and a terminal job never changes again. Live progress li
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import (
     ARRAY,
-    BindParameter,
     ColumnElement,
+    Integer,
     RowMapping,
     Text,
     Update,
@@ -25,6 +26,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.elements import Grouping
 
 from medialens_shared import outbox, webhooks
 from medialens_shared.contracts import TERMINAL_STATUSES, JobMessage, JobStatus
@@ -37,6 +39,25 @@ from medialens_shared.telemetry import bare_statement, context_headers
 #: A job's row, read by column name: a RowMapping from a session, an asyncpg Record from a bare connection
 #: (`LoneTransition`), which iterates its values rather than its names.
 JobRow = RowMapping
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """Who runs a job: the worker that claimed it and the attempt that claim counted.
+
+    Ownership is per claim, not per worker: when a job's lease ran out while it ran and the reaper requeued
+    it, the same worker may claim it again from the new message; its first attempt, still running, must
+    then find the job no longer its own, as it would if another worker had claimed it.
+    """
+
+    worker: str
+    attempt: int
+
+    @classmethod
+    def of(cls, row: JobRow) -> Claim:
+        """The claim a claim's returned row records."""
+        return cls(row["worker"], row["attempts"])
+
 
 #: The error of a composite job's part that does not apply to the input; the other parts still count.
 PART_NOT_APPLICABLE = "UNSUPPORTED_INPUT"
@@ -113,12 +134,12 @@ async def transition(
     from_statuses: Iterable[JobStatus],
     to: JobStatus,
     count_attempt: bool = False,
-    owner: str | None = None,
+    owner: Claim | None = None,
     returning: Iterable[ColumnElement[Any]] = (),
     **values: Any,
 ) -> JobRow | None:
-    """Move a job to `to` if it is in one of `from_statuses` (and, with `owner`, still claimed by that
-    worker); the new row (with the further columns of `returning`), or None if it was not.
+    """Move a job to `to` if it is in one of `from_statuses` (and, with `owner`, still held by that
+    claim); the new row (with the further columns of `returning`), or None if it was not.
 
     Terminal statuses are never left: asking to move out of one is a programming error. Reaching one,
     a job with a `callback_url` gets its webhook delivery row in the same transaction.
@@ -154,7 +175,7 @@ def _transition_statement(
     from_statuses: Iterable[JobStatus],
     to: JobStatus,
     count_attempt: bool,
-    owner: str | BindParameter[str] | None,
+    owner: Claim | tuple[ColumnElement[Any], ColumnElement[Any]] | None,
     returning: Iterable[ColumnElement[Any]],
     values: Mapping[str, Any],
 ) -> Update:
@@ -176,7 +197,8 @@ def _transition_statement(
         .returning(*jobs.c, *returning)
     )
     if owner is not None:
-        statement = statement.where(jobs.c.worker == owner)
+        worker, attempt = (owner.worker, owner.attempt) if isinstance(owner, Claim) else owner
+        statement = statement.where(jobs.c.worker == worker, jobs.c.attempts == attempt)
     return statement
 
 
@@ -193,8 +215,9 @@ class LoneTransition:
     plain values become parameters, so `run` and `in_session` take others of the same names (an end's
     message or error); SQL expressions among them (a lease's `now() + interval`) are fixed.
 
-    A `batched` one changes several jobs in one statement (`run_many`: the same change for each, e.g. the
-    successes of a worker's concurrent jobs); `run` is then unavailable.
+    An `owned` one changes a job only while the claim it is given still holds it (see `Claim`). A
+    `batched` one changes several jobs in one statement (`run_many`: the same change for each, e.g. the
+    successes of a worker's concurrent jobs, each under its own claim); `run` is then unavailable.
     """
 
     def __init__(
@@ -215,32 +238,47 @@ class LoneTransition:
         self.returning = tuple(returning)
         self.values = values
         job_id: ColumnElement[Any] = bindparam("job_id", type_=Text)
+        owner: tuple[ColumnElement[Any], ColumnElement[Any]] | None = None
+        if owned:
+            owner = (bindparam("owner", type_=Text), bindparam("attempt", type_=Integer))
         if batched:
-            job_id = any_(bindparam("job_id", type_=ARRAY(Text)))
+            ids = bindparam("job_id", type_=ARRAY(Text))
+            job_id = any_(ids)
+            if owned:  # each job's own claim: the worker and attempt at its place in the arrays
+                at = func.array_position(ids, jobs.c.id)
+                # Grouped: PostgreSQL reads `$7::TEXT[][i]` as a cast to a type, `($7::TEXT[])[i]` not.
+                owner = (
+                    Grouping(bindparam("owner", type_=ARRAY(Text)))[at],
+                    Grouping(bindparam("attempt", type_=ARRAY(Integer)))[at],
+                )
         statement = _transition_statement(
             job_id=job_id,
             from_statuses=self.from_statuses,
             to=to,
             count_attempt=count_attempt,
-            owner=bindparam("owner", type_=Text) if owned else None,
+            owner=owner,
             returning=self.returning,
             values=values,
         ).where(jobs.c.parent_id.is_(None))
         if to in TERMINAL_STATUSES:
             statement = statement.where(jobs.c.callback_url.is_(None))
         state = statement.compile(dialect=dialect).construct_expanded_state(
-            {"job_id": [""] if batched else "", "owner": ""}
+            {"job_id": [""], "owner": [""], "attempt": [0]}
+            if batched
+            else {"job_id": "", "owner": "", "attempt": 0}
         )
         if state.processors:  # asyncpg takes these columns' values as they are; one needing SQLAlchemy's
             raise ValueError(f"values needing conversion for asyncpg: {sorted(state.processors)}")
         self.sql = state.statement
         self._args = list(state.positional_parameters)
-        #: Where each per-call parameter goes: the job, its owner and the change's plain values.
+        #: Where each per-call parameter goes: the job, its owner's claim and the change's plain values.
         self._slots = {name: index for index, name in enumerate(state.positiontup or ())}
         self._owned = owned
         self.batched = batched
 
-    async def run(self, conn: Any, *, job_id: str, owner: str | None = None, **values: Any) -> JobRow | None:
+    async def run(
+        self, conn: Any, *, job_id: str, owner: Claim | None = None, **values: Any
+    ) -> JobRow | None:
         """Change the job on `conn` (an asyncpg connection); its new row, or None (see the class)."""
         if self.batched:
             raise ValueError("a batched change runs with run_many")
@@ -250,29 +288,37 @@ class LoneTransition:
         return row
 
     async def run_many(
-        self, conn: Any, *, job_ids: list[str], owner: str | None = None, **values: Any
+        self, conn: Any, *, job_ids: list[str], owners: list[Claim] | None = None, **values: Any
     ) -> list[JobRow]:
-        """Change the jobs of `job_ids` on `conn` in one statement; the new rows of those it changed."""
+        """Change the jobs of `job_ids` on `conn` in one statement (an owned change: each while still held
+        by its claim in `owners`, in the same order); the new rows of those it changed."""
         if not self.batched:
             raise ValueError("only a batched change runs with run_many")
-        args = self._arguments(job_ids, owner, values)
+        if owners is not None and len(owners) != len(job_ids):
+            raise ValueError("one owner for each job")
+        args = self._arguments(job_ids, owners, values)
         with bare_statement(self.sql):
             rows: list[JobRow] = await conn.fetch(self.sql, *args)
         return rows
 
-    def _arguments(self, job_id: str | list[str], owner: str | None, values: Mapping[str, Any]) -> list[Any]:
+    def _arguments(
+        self, job_id: str | list[str], owner: Claim | list[Claim] | None, values: Mapping[str, Any]
+    ) -> list[Any]:
         if self._owned != (owner is not None):
             raise ValueError("an owned change needs its owner, and only it does")
         args = self._args.copy()
         args[self._slots["job_id"]] = job_id
-        if owner is not None:
-            args[self._slots["owner"]] = owner
+        if isinstance(owner, Claim):
+            args[self._slots["owner"]], args[self._slots["attempt"]] = owner.worker, owner.attempt
+        elif owner is not None:
+            args[self._slots["owner"]] = [claim.worker for claim in owner]
+            args[self._slots["attempt"]] = [claim.attempt for claim in owner]
         for name, value in values.items():
             args[self._slots[name]] = value
         return args
 
     async def in_session(
-        self, session: AsyncSession, *, job_id: str, owner: str | None = None, **values: Any
+        self, session: AsyncSession, *, job_id: str, owner: Claim | None = None, **values: Any
     ) -> JobRow | None:
         """The same change through `transition`, for any job, in the session's transaction."""
         return await transition(
@@ -292,7 +338,7 @@ async def requeue(
     *,
     job: JobRow,
     message: str,
-    owner: str | None = None,
+    owner: Claim | None = None,
     delay_s: int = 0,
     worker_died: bool = False,
 ) -> JobRow | None:
@@ -321,7 +367,7 @@ async def fail(
     job_id: str,
     error: MediaLensError,
     from_statuses: Iterable[JobStatus] = (JobStatus.RUNNING,),
-    owner: str | None = None,
+    owner: Claim | None = None,
 ) -> JobRow | None:
     """Fail a job with `error`'s code and message (its lease cleared); the new row, or None if it was not
     in one of `from_statuses`."""

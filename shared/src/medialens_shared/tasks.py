@@ -29,8 +29,9 @@ asks, and removed afterwards.
                                              with RETRIES_EXHAUSTED
       any other exception (a bug)         -> failed with INTERNAL_ERROR (a bug does not heal by retrying)
 
-Each terminal change is a compare-and-set on (status running, this worker), so a worker whose job was
-taken from it cannot overwrite the new owner's outcome.
+Each terminal change is a compare-and-set on (status running, this claim: this worker and this attempt),
+so an attempt whose job was taken from it, by another worker or by this one claiming it again after the
+lease ran out, cannot overwrite the new owner's outcome.
 """
 
 from __future__ import annotations
@@ -686,7 +687,7 @@ class JobRunner:
             await asyncio.sleep(pause)
             pause = min(0.5, beat)  # the database away: the next try comes soon
             with contextlib.suppress(*PASSING_FAULTS):
-                if not await self._extend_lease(ctx.job_id):
+                if not await self._extend_lease(ctx.job_id, jobstore.Claim.of(ctx._row)):
                     ctx.log.warning("job %s: lease lost; stopping", ctx.job_id)
                     ctx._cancel.set()
                     return
@@ -701,14 +702,17 @@ class JobRunner:
                     return
             await asyncio.sleep(CANCEL_LOOK_S)
 
-    async def _extend_lease(self, job_id: str) -> bool:
+    async def _extend_lease(self, job_id: str, claim: jobstore.Claim) -> bool:
+        """Extend the job's lease while `claim` still holds it (not: the job was claimed again, if by this
+        worker, its lease having run out)."""
         async with self.db.session() as session:
             extended = await session.scalar(
                 update(jobs)
                 .where(
                     jobs.c.id == job_id,
                     jobs.c.status == JobStatus.RUNNING.value,
-                    jobs.c.worker == self.worker_id,
+                    jobs.c.worker == claim.worker,
+                    jobs.c.attempts == claim.attempt,
                 )
                 .values(lease_expires_at=func.now() + self.lease)
                 .returning(jobs.c.id)
@@ -807,7 +811,7 @@ class JobRunner:
                                 job_id=row["id"],
                                 from_statuses=[JobStatus.RUNNING],
                                 to=status,
-                                owner=self.worker_id,
+                                owner=jobstore.Claim.of(row),
                                 **values,
                             )
                             if done is not None:
@@ -853,7 +857,7 @@ class JobRunner:
         bare connection: the one statement, committing by itself. None: the statement changed nothing."""
         ending = self._ending(status, values)
         async with self.db.connection() as conn:
-            return await ending.run(conn, job_id=row["id"], owner=self.worker_id, **values)
+            return await ending.run(conn, job_id=row["id"], owner=jobstore.Claim.of(row), **values)
 
     async def _end_successes(self, batch: list[_Success]) -> list[jobstore.JobRow | None]:
         """The successes of lone jobs that ended at about the same time (see `batching`), with their results:
@@ -866,7 +870,7 @@ class JobRunner:
                 for row in await self._succeeding.run_many(
                     conn,
                     job_ids=[success.row["id"] for success in batch],
-                    owner=self.worker_id,
+                    owners=[jobstore.Claim.of(success.row) for success in batch],
                     **SUCCESS_VALUES,
                 )
             }
@@ -913,7 +917,7 @@ class JobRunner:
             requeued = await jobstore.requeue(
                 session,
                 job=row,
-                owner=self.worker_id,
+                owner=jobstore.Claim.of(row),
                 message=f"retrying in {delay_s} s after: {exc}",
                 delay_s=delay_s,
             )
