@@ -17,9 +17,11 @@ and as a Markdown table to bench/results/platform.md:
 2. gateway   POST /v1/jobs, GET /v1/jobs/{id}, GET /v1/jobs?limit=50, uploads of 1 MB and 100 MB: wrk at
              saturation, and an open-loop client at a fixed rate (400/s; uploads 10/s and 0.2/s), with
              latency from each request's scheduled time, once the relay has sent what the saturation left;
-             POST /v1/jobs also at saturation with the relay stopped (the gateway alone). The workers are
-             stopped meanwhile and the queues purged afterwards, so the later scenarios start from empty
-             queues.
+             POST /v1/jobs also at saturation with the relay stopped (the gateway alone), and its fixed
+             rate beside bare single-row PostgreSQL commits on the same timetable, flushed and with
+             `synchronous_commit` off (the commit floor under a durable 202, and the disk's part). The
+             workers are stopped meanwhile and the queues purged afterwards, so the later scenarios start
+             from empty queues.
 5. pool      500 requests at one moment against the gateway's default pool (30 + 0; the issue's 20 + 10
              had its overflow opened and closed request after request under steady load): errors, pool
              timeouts, connections checked out afterwards (/metrics) and backends on the server.

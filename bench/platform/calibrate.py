@@ -23,6 +23,7 @@ import asyncpg
 from pymongo import AsyncMongoClient
 
 from bench.platform import scenarios
+from bench.platform.httpload import Figures, timetable
 from bench.platform.stack import Stack, ceiling_server
 
 QUOTED = {"publishes": 3500.0, "commits": 2400.0, "writes": 800.0, "fastapi": 3000.0, "celery": 95.0}
@@ -117,6 +118,40 @@ async def postgres_commits(dsn: str, *, rows: int = 5000, connections: int = 8) 
         await admin.execute(f"drop table if exists {SCRATCH_TABLE}")
         await admin.close()
     return {"sequential": sequential, "concurrent": concurrent, "server": settings}
+
+
+async def commit_floor(
+    dsn: str, *, rate: float, duration_s: float, synchronous_commit: str = "on", connections: int = 16
+) -> Figures:
+    """Single-row PostgreSQL commits on the fixed timetable of `fixed_rate` (each due at its moment, its
+    latency counted from then): what the database alone gives one durable commit at the rate a submission
+    is measured at, the floor under a `POST /v1/jobs` (one commit each, flushed before the 202).
+
+    The scratch table of `postgres_commits`, the same 300-character row, on a pool of `connections`.
+    With `synchronous_commit` "off" (this session only) a commit does not wait for its WAL flush: the
+    difference between the two is the disk's.
+    """
+    admin = await asyncpg.connect(dsn)
+    await admin.execute(SCRATCH_DDL)
+    insert = f"insert into {SCRATCH_TABLE} (body) values ($1)"
+    body = PAYLOAD.decode()
+
+    async def setup(conn: Any) -> None:
+        await conn.execute(f"set synchronous_commit = {synchronous_commit}")
+
+    pool = await asyncpg.create_pool(dsn, min_size=connections, max_size=connections, init=setup)
+    try:
+
+        async def commit(_index: int) -> int:
+            async with pool.acquire() as conn:
+                await conn.execute(insert, body)
+            return 200
+
+        return await timetable(commit, rate=rate, duration_s=duration_s)
+    finally:
+        await pool.close()
+        await admin.execute(f"drop table if exists {SCRATCH_TABLE}")
+        await admin.close()
 
 
 async def mongo_writes(mongo_url: str, database: str, *, documents: int = 2000) -> float:

@@ -17,7 +17,7 @@ import subprocess
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -182,6 +182,24 @@ async def fixed_rate(
     expect: tuple[int, ...] = (200, 201, 202),
 ) -> Figures:
     """Send `rate * duration_s` requests on a fixed timetable; latency counts from each one's due time."""
+
+    async def one(index: int) -> int:
+        status, _ = await client.request(make(index))
+        return status
+
+    return await timetable(one, rate=rate, duration_s=duration_s, timeout_s=timeout_s, expect=expect)
+
+
+async def timetable(
+    call: Callable[[int], Awaitable[int]],
+    *,
+    rate: float,
+    duration_s: float,
+    timeout_s: float = 30.0,
+    expect: tuple[int, ...] = (200, 201, 202),
+) -> Figures:
+    """Start `call(i)` (which returns a status) at `t0 + i / rate`, `rate * duration_s` times, each without
+    waiting for the others; latency counts from each one's due time (the open loop of `fixed_rate`)."""
     count = max(1, round(rate * duration_s))
     loop = asyncio.get_running_loop()
     latencies: list[float] = []
@@ -192,7 +210,7 @@ async def fixed_rate(
     async def one(index: int, due: float) -> None:
         try:
             async with asyncio.timeout(timeout_s):
-                status, _ = await client.request(make(index))
+                status = await call(index)
         except (OSError, HttpError, TimeoutError, asyncio.IncompleteReadError) as exc:
             status = 0
             failures[type(exc).__name__] += 1

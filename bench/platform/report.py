@@ -11,6 +11,13 @@ TARGETS: dict[str, tuple[float | None, float | None]] = {
 }
 
 
+#: What each commit-floor row of `POST /v1/jobs` stands for (see `scenarios._commit_floors`).
+_FLOOR_NOTES = {
+    "on": "the floor under a durable POST: one single-row commit, flushed, at the same rate",
+    "off": "the same without waiting for the WAL flush: what the disk adds",
+}
+
+
 def _mark(ok: bool) -> str:
     return "met" if ok else "**missed**"
 
@@ -49,6 +56,12 @@ def http_table(results: dict[str, Any]) -> list[str]:
             f"| {held['errors']}/{held['requests']} "
             f"| {'; '.join(target)} |"
         )
+        for setting, floor in both.get("commit_floor", {}).items():
+            lines.append(
+                f"| bare PostgreSQL commit, synchronous_commit {setting} | | | | "
+                f"| {held['rate']:g}/s | {_ms(floor)} | {floor['errors']}/{floor['requests']} "
+                f"| {_FLOOR_NOTES[setting]} |"
+            )
         if alone := both.get("saturation_relay_stopped"):
             alone_ratio = alone.get("ratio_to_ceiling")
             lines.append(

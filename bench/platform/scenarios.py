@@ -156,10 +156,12 @@ async def gateway(
             backlog, drained_s = await drain_outbox(stack)
             if backlog:
                 print(f"gateway {label}: {backlog} outbox entries sent in {drained_s:.1f} s", flush=True)
-            held = await fixed_rate(
-                client, _always(request), rate=fixed, duration_s=max(duration_s * factor, 3 / fixed)
-            )
+            held_s = max(duration_s * factor, 3 / fixed)
+            held = await fixed_rate(client, _always(request), rate=fixed, duration_s=held_s)
             print(held.line(f"gateway {label} @{fixed:g}/s"), flush=True)
+            floors = {}
+            if label == ALONE:
+                floors = await _commit_floors(stack, rate=fixed, duration_s=held_s)
             if profile_dir is not None and label in PROFILED:
                 hot = await _profiled(stack, request, seconds, profile_dir / _profile_name(label))
                 out.setdefault("profiles", {})[label] = hot
@@ -168,6 +170,8 @@ async def gateway(
                 "fixed_rate": asdict(held) | {"rate": fixed},
                 "outbox_backlog": {"entries": backlog, "drained_s": round(drained_s, 2)},
             }
+            if floors:
+                out[label]["commit_floor"] = floors
             if alone is not None:
                 out[label]["saturation_relay_stopped"] = asdict(alone) | {
                     "ratio_to_ceiling": _ratio(alone.rps, ceiling_rps)
@@ -193,6 +197,21 @@ async def _gateway_alone(stack: Stack, request: Request, seconds: float, connect
         )
     finally:
         await asyncio.to_thread(stack.start, "relay")
+
+
+async def _commit_floors(stack: Stack, *, rate: float, duration_s: float) -> dict[str, Any]:
+    """Bare PostgreSQL commits at the rate a submission was just measured at, as durable as its own and
+    then with `synchronous_commit` off: the floor under its latency, and how much of it is the disk's."""
+    from bench.platform import calibrate  # it imports this module
+
+    floors = {}
+    for setting in ("on", "off"):
+        floor = await calibrate.commit_floor(
+            stack.dsn, rate=rate, duration_s=duration_s, synchronous_commit=setting
+        )
+        print(floor.line(f"PostgreSQL commit @{rate:g}/s, synchronous_commit {setting}"), flush=True)
+        floors[setting] = asdict(floor)
+    return floors
 
 
 def _profile_name(label: str) -> str:
