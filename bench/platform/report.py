@@ -14,7 +14,7 @@ TARGETS: dict[str, tuple[float | None, float | None]] = {
 #: What each commit-floor row of `POST /v1/jobs` stands for (see `scenarios._commit_floors`).
 _FLOOR_NOTES = {
     "on": "the floor under a durable POST: one single-row commit, flushed, at the same rate",
-    "off": "the same without waiting for the WAL flush: what the disk adds",
+    "off": "the same without waiting for the WAL flush: a stall here too is not the flush's",
 }
 
 
