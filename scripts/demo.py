@@ -1,8 +1,9 @@
 """`make demo`: one job of each service through the public API, with a live progress bar per job.
 
 Talks to the gateway at `MEDIALENS_DEMO_URL` (default http://127.0.0.1:8000) with the API key
-`MEDIALENS_DEMO_KEY` (default dev-key). When the gateway is not up it starts the stack itself
-(`python -m scripts.dev`, its output in `.dev/demo-stack.log`) and stops it at the end.
+`MEDIALENS_DEMO_KEY` (default dev-key). When no gateway answers there it starts the stack itself
+(`python -m scripts.dev`, its output in `.dev/demo-stack.log`) and stops it at the end; one that answers
+but is not ready yet is waited for.
 Exits 1 when a job does not succeed.
 """
 
@@ -37,30 +38,56 @@ class DemoFailed(Exception):
     """The demo cannot go on; the message says why."""
 
 
-def is_ready(client: httpx.Client) -> bool:
+def readiness(client: httpx.Client) -> httpx.Response | None:
+    """The gateway's answer to `/health/ready`, or None when nothing answers."""
     try:
-        return client.get("/health/ready", timeout=2.0).status_code == 200
+        return client.get("/health/ready", timeout=2.0)
     except httpx.TransportError:
-        return False
+        return None
 
 
-@contextmanager
-def stack(client: httpx.Client) -> Iterator[None]:
-    """Use the running stack, or start `scripts.dev` for the demo's duration."""
-    if is_ready(client):
-        yield
-        return
-    print(f"no ready gateway at {client.base_url}: starting the stack (log: {STACK_LOG})")
+def is_ready(client: httpx.Client) -> bool:
+    answer = readiness(client)
+    return answer is not None and answer.status_code == 200
+
+
+def start_stack() -> subprocess.Popen[bytes]:
+    """`scripts.dev` in the background, its output in `STACK_LOG`."""
     STACK_LOG.parent.mkdir(parents=True, exist_ok=True)
     with STACK_LOG.open("wb") as log:
-        process = subprocess.Popen(
+        return subprocess.Popen(
             [sys.executable, "-m", "scripts.dev"],
             cwd=ROOT,
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
-            start_new_session=True,  # the demo's own Ctrl-C must not reach it: it is stopped below
+            start_new_session=True,  # the demo's own Ctrl-C must not reach it: `stack` stops it
         )
+
+
+@contextmanager
+def stack(client: httpx.Client) -> Iterator[None]:
+    """Use the running stack, or start `scripts.dev` for the demo's duration.
+
+    A gateway that answers but is not ready (still starting, or a server it needs is down) is waited for,
+    never joined by a second stack, whose processes could not take its ports anyway."""
+    answer = readiness(client)
+    if answer is not None:
+        if answer.status_code != 200:
+            print(f"the gateway at {client.base_url} is not ready ({answer.status_code}); waiting for it")
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while answer is None or answer.status_code != 200:
+            if time.monotonic() > deadline:
+                said = "no answer" if answer is None else f"{answer.status_code}: {answer.text[:300]}"
+                raise DemoFailed(
+                    f"the gateway at {client.base_url} is not ready after {READY_TIMEOUT_S:g} s ({said})"
+                )
+            time.sleep(0.5)
+            answer = readiness(client)
+        yield
+        return
+    print(f"no gateway at {client.base_url}: starting the stack (log: {STACK_LOG})")
+    process = start_stack()
     try:
         deadline = time.monotonic() + READY_TIMEOUT_S
         while not is_ready(client):
