@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
+import re
 from collections.abc import Iterator
+from typing import Any
 
 import asyncpg
 import pytest
 from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
 from sqlalchemy.dialects.postgresql import asyncpg as postgresql_asyncpg
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from medialens_shared import jobstore, migrate
-from medialens_shared.contracts import JobStatus
+from medialens_shared.contracts import TERMINAL_STATUSES, JobStatus
+from medialens_shared.tables import FINISHED_JOBS, metadata
 from tests.fixtures.servers import drop_database
 
 pytestmark = pytest.mark.integration
@@ -97,6 +104,7 @@ def test_a_young_jobs_table_claims_without_reading_the_parent_index(scratch_db: 
     assert "pk_jobs" in explained
     assert "ix_jobs_parent" not in explained
     assert "ix_jobs_queued_since" not in explained  # migration 0006's index of every queued job neither
+    assert "ix_jobs_finished" not in explained  # nor 0007's of the finished ones
 
 
 def test_the_parent_index_swap_goes_down_and_up_again(scratch_db: str) -> None:
@@ -119,24 +127,77 @@ def test_the_parent_index_swap_goes_down_and_up_again(scratch_db: str) -> None:
     assert asyncio.run(definition()).endswith("WHERE (parent_id IS NOT NULL)")
 
 
-def test_the_queued_jobs_index_goes_down_and_up_again(scratch_db: str) -> None:
-    """Migration 0006 undone drops the index of queued jobs, and done again builds it with its predicate."""
+@pytest.mark.parametrize(
+    ("index", "before", "predicate"),
+    [
+        (
+            "ix_jobs_queued_since",
+            "0005",
+            "WHERE ((status = 'queued'::text) AND (type <> 'media.analyze'::text))",
+        ),
+        (
+            "ix_jobs_finished",
+            "0006",
+            "WHERE ((parent_id IS NULL) AND (status = ANY (ARRAY['cancelled'::text, 'failed'::text, "
+            "'succeeded'::text])))",
+        ),
+        ("ix_files_job", "0006", "USING btree (job_id) WHERE (job_id IS NOT NULL)"),
+        ("ix_idempotency_keys_job", "0006", "USING btree (job_id)"),
+    ],
+)
+def test_a_partial_jobs_index_goes_down_and_up_again(
+    scratch_db: str, index: str, before: str, predicate: str
+) -> None:
+    """Migrations 0006 (queued jobs) and 0007 (finished jobs, and what refers to a job) undone drop their
+    indexes, and done again build them with their predicates."""
     url = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{scratch_db}"
 
     async def definition() -> str | None:
         conn = await asyncpg.connect(f"postgresql://postgres@127.0.0.1:5432/{scratch_db}")
         try:
-            found = await conn.fetchval(
-                "SELECT indexdef FROM pg_indexes WHERE indexname = 'ix_jobs_queued_since'"
-            )
+            found = await conn.fetchval("SELECT indexdef FROM pg_indexes WHERE indexname = $1", index)
         finally:
             await conn.close()
         return str(found) if found is not None else None
 
     migrate.upgrade(url)
-    command.downgrade(migrate.alembic_config(url), "0005")
+    command.downgrade(migrate.alembic_config(url), before)
     assert asyncio.run(definition()) is None
     migrate.upgrade(url)
     built = asyncio.run(definition())
     assert built is not None
-    assert built.endswith("WHERE ((status = 'queued'::text) AND (type <> 'media.analyze'::text))")
+    assert built.endswith(predicate)
+
+
+def test_the_finished_jobs_predicate_names_every_terminal_status() -> None:
+    """`tables.FINISHED_JOBS` (the index's predicate, and migration 0007's copy of it) lists exactly the
+    terminal statuses, as the relay's look does."""
+    listed = set(re.findall(r"'([a-z]+)'", FINISHED_JOBS))
+    assert listed == {status.value for status in TERMINAL_STATUSES}
+    assert (
+        FINISHED_JOBS
+        == importlib.import_module(
+            "medialens_shared.migrations.versions.0007_jobs_finished_index"
+        ).FINISHED_JOBS
+    )
+
+
+def test_the_migrations_build_the_schema_the_tables_declare(scratch_db: str) -> None:
+    """Alembic's comparison of the migrated database with `tables.metadata` finds nothing to change: every
+    table, column and index the code declares is what the migrations built (a migration that replaced an
+    index of another name, or a declaration with no migration, shows here)."""
+    url = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{scratch_db}"
+    migrate.upgrade(url)
+
+    async def differences() -> list[Any]:
+        engine = create_async_engine(url)
+        try:
+            async with engine.connect() as conn:
+                found: list[Any] = await conn.run_sync(
+                    lambda sync: compare_metadata(MigrationContext.configure(sync), metadata)
+                )
+        finally:
+            await engine.dispose()
+        return found
+
+    assert asyncio.run(differences()) == []

@@ -17,21 +17,23 @@ from typing import Any
 import httpx
 import pytest
 from faststream.rabbit import RabbitBroker
+from gridfs.errors import NoFile
 from prometheus_client import REGISTRY
 from pydantic import ValidationError
 from sqlalchemy import RowMapping, insert, select, text, update
 from sqlalchemy.dialects import postgresql
 
 from medialens_gateway.auth import ensure_tenant
-from medialens_gateway.relay import Published, Relay, stale_queued
+from medialens_gateway.relay import Published, Relay, finished_before, stale_queued
 from medialens_shared import metrics, migrate
 from medialens_shared.bus import Topology, declare, make_broker, publish_job, queue_stats
 from medialens_shared.contracts import SERVICES
 from medialens_shared.db import DatabaseManager
+from medialens_shared.filestore import FileStore
 from medialens_shared.jobstore import WORKER_DIED_HEADER
 from medialens_shared.outbox import DELAY_TIERS_S
 from medialens_shared.settings import RelaySettings, Settings
-from medialens_shared.tables import jobs, outbox
+from medialens_shared.tables import files, jobs, outbox, webhook_deliveries
 from scripts.samples import make_video
 from tests.fixtures.servers import drop_database, make_settings, unreachable
 from tests.fixtures.stack import Stack, result_of, submit, upload, wait_for
@@ -193,6 +195,150 @@ async def test_the_backstop_publishes_only_jobs_queued_too_long_and_each_once_a_
             await session.execute(text("SET LOCAL enable_seqscan = off"))
             plan = "\n".join((await session.scalars(text(f"EXPLAIN {look}"))).all())
         assert "ix_jobs_queued_since" in plan, plan
+
+
+async def test_finished_jobs_past_their_retention_go_with_their_parts_results_and_files(
+    run_id: str, mongo_url: str, rabbit_vhost: str
+) -> None:
+    """With `job_retention_s` set, a round deletes the jobs finished longer ago, whatever their outcome,
+    with their results, the files they made and a composite job's parts; not a job finished recently, one
+    still running, a part whose composite job is recent, one owing a webhook still pending, nor an upload.
+    At 0 nothing goes."""
+    async with own_relay(run_id, mongo_url, rabbit_vhost, name="expire", job_retention_s=3600) as own:
+        long_ago, now = datetime.now(UTC) - timedelta(hours=2), datetime.now(UTC)
+        hook = "https://example.com/hook"
+
+        def job(job_id: str, status: str, finished_at: datetime | None, **more: Any) -> dict[str, Any]:
+            return {"id": job_id, "status": status, "finished_at": finished_at, "callback_url": None,
+                    "parent_id": None, "type": "audio.probe"} | more  # fmt: skip
+
+        await own.add_jobs(
+            job("old-done", "succeeded", long_ago),
+            job("old-failed", "failed", long_ago),
+            job("recent", "succeeded", now),
+            job("running", "running", None),
+            job("composite", "succeeded", long_ago, type="media.analyze"),
+            job("recent-composite", "succeeded", now, type="media.analyze"),
+            job("owed", "succeeded", long_ago, callback_url=hook),
+            job("delivered", "succeeded", long_ago, callback_url=hook),
+        )
+        await own.add_jobs(
+            job("part-a", "succeeded", long_ago, parent_id="composite"),
+            job("part-b", "cancelled", long_ago, parent_id="composite"),
+            job("part-c", "succeeded", long_ago, parent_id="recent-composite"),
+        )
+        store = FileStore(own.db.gridfs)
+        results = own.db.collection("results")
+        await results.insert_many([{"_id": job_id, "v": 1} for job_id in ("old-done", "part-a", "recent")])
+        async with own.db.session() as session:
+            for file_id, job_id in (("thumb", "old-done"), ("part-thumb", "part-a"), ("kept", "recent")):
+                stored = await store.save_bytes(b"\xff\xd8 jpeg", filename=f"{file_id}.jpg")
+                await session.execute(
+                    insert(files).values(
+                        id=file_id,
+                        tenant_id="t",
+                        filename=f"{file_id}.jpg",
+                        content_type="image/jpeg",
+                        size_bytes=stored.size_bytes,
+                        sha256=stored.sha256,
+                        kind="image",
+                        storage_id=stored.storage_id,
+                        job_id=job_id,
+                    )
+                )
+            await session.execute(
+                insert(webhook_deliveries),
+                [
+                    {
+                        "id": f"d-{job_id}",
+                        "job_id": job_id,
+                        "tenant_id": "t",
+                        "url": hook,
+                        "status": status,
+                        "payload": {},
+                    }
+                    for job_id, status in (("owed", "pending"), ("delivered", "succeeded"))
+                ],
+            )
+            await session.commit()
+            storage = {row.id: row.storage_id for row in await session.execute(select(files))}
+
+        async def remaining() -> set[str]:
+            async with own.db.session() as session:
+                return set(await session.scalars(select(jobs.c.id)))
+
+        everything = await remaining()
+        keep_all = own.settings.relay.model_copy(update={"job_retention_s": 0})
+        off = Relay(
+            settings=own.settings.model_copy(update={"relay": keep_all}), db=own.db, broker=own.broker
+        )
+        assert await off.expire_jobs() == 0
+        assert await remaining() == everything
+
+        before = REGISTRY.get_sample_value("medialens_jobs_expired_total", {"type": "audio.probe"}) or 0.0
+        assert await own.relay().expire_jobs() == 4  # old-done, old-failed, composite, delivered
+        assert await remaining() == {"recent", "running", "recent-composite", "part-c", "owed"}
+        after = REGISTRY.get_sample_value("medialens_jobs_expired_total", {"type": "audio.probe"})
+        assert after == before + 3
+        assert {doc["_id"] async for doc in results.find()} == {"recent"}
+        async with own.db.session() as session:
+            assert set(await session.scalars(select(files.c.id))) == {"kept"}
+            assert set(await session.scalars(select(webhook_deliveries.c.id))) == {"d-owed"}
+        for file_id, gone in (("thumb", True), ("part-thumb", True), ("kept", False)):
+            if gone:
+                with pytest.raises(NoFile):
+                    await anext(store.read(storage[file_id]))
+            else:
+                assert [chunk async for chunk in store.read(storage[file_id])] == [b"\xff\xd8 jpeg"]
+        assert await own.relay().expire_jobs() == 0
+
+        # The look can read the partial index of finished jobs (its clauses imply the index's predicate).
+        look = finished_before(3600).compile(
+            dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True}
+        )
+        async with own.db.session() as session:
+            await session.execute(text("SET LOCAL enable_seqscan = off"))
+            plan = "\n".join((await session.scalars(text(f"EXPLAIN {look}"))).all())
+        assert "ix_jobs_finished" in plan, plan
+
+
+async def test_an_expired_job_is_gone_from_the_api_with_its_thumbnails_and_its_upload_stays(
+    stack: Stack, api: httpx.AsyncClient, db: DatabaseManager, tmp_path: Path
+) -> None:
+    """A `video.scenes` job run through the stack, finished (as if) ten years ago: a relay with a retention
+    of five years deletes it, and the API then answers 404 for the job, its result and each scene's
+    thumbnail, while the uploaded video stays. (The long span leaves the other tests' jobs alone.)"""
+    path = tmp_path / "cuts.mp4"
+    make_video(path, duration_s=2.0, fps=10, width=160, height=120, segments=2)
+    upload_id = await upload(api, path)
+    job = await submit(api, "video.scenes", upload_id)
+    done = await wait_for(api, job["id"])
+    assert done["status"] == "succeeded", done
+    thumbnails = [scene["thumbnail_file_id"] for scene in (await result_of(api, job["id"]))["scenes"]]
+    assert thumbnails
+    assert all(thumbnails)
+    for file_id in thumbnails:
+        assert (await api.get(f"/v1/files/{file_id}")).status_code == 200
+    async with db.session() as session:
+        await session.execute(
+            update(jobs)
+            .where(jobs.c.id == job["id"])
+            .values(finished_at=datetime.now(UTC) - timedelta(days=3650))
+        )
+        await session.commit()
+    years = stack.settings.relay.model_copy(update={"job_retention_s": 5 * 365 * 86400.0})
+    relay = Relay(
+        settings=stack.settings.model_copy(update={"relay": years}),
+        db=db,
+        broker=make_broker(stack.settings, name="expire-test"),
+    )
+    assert await relay.expire_jobs() == 1
+    for path_of_gone in (f"/v1/jobs/{job['id']}", f"/v1/jobs/{job['id']}/result"):
+        response = await api.get(path_of_gone)
+        assert response.status_code == 404, response.text
+    for file_id in thumbnails:
+        assert (await api.get(f"/v1/files/{file_id}")).status_code == 404
+    assert (await api.get(f"/v1/files/{upload_id}")).status_code == 200
 
 
 def test_republish_after_must_outlast_the_longest_retry_delay() -> None:

@@ -68,6 +68,11 @@ JOBS_REAPED = Counter(
     "Running jobs whose worker stopped heart-beating, requeued or failed by the relay",
     ["type", "outcome"],
 )
+JOBS_EXPIRED = Counter(
+    "medialens_jobs_expired",
+    "Finished jobs deleted by the relay `relay.job_retention_s` after they finished, with their results",
+    ["type"],
+)
 JOBS_REPUBLISHED = Counter(
     "medialens_jobs_republished",
     "Jobs still queued `relay.republish_after_s` after they were queued, published again by the relay",

@@ -141,6 +141,10 @@ class RelaySettings(BaseModel):
     #: a queue purged by hand, a dead-letter hop the broker dropped); 0: never. Longer than the longest
     #: retry delay, since a job waiting out its backoff is queued too.
     republish_after_s: float = Field(3600.0, ge=0)
+    #: A finished job (succeeded, failed or cancelled) is deleted this long after it finished, with its
+    #: result, its parts (a composite job's) and the files it made (thumbnails, converted tables): 0 keeps
+    #: every job for ever. Uploads are the client's to delete; a job with a webhook still owed waits for it.
+    job_retention_s: float = Field(0.0, ge=0)
 
     @model_validator(mode="after")
     def _republish_after_the_longest_delay(self) -> Self:

@@ -37,6 +37,11 @@ metadata = MetaData(
 )
 
 
+#: The jobs `Relay.expire_jobs` may delete once past their retention, those `ix_jobs_finished` holds: the
+#: finished ones (the terminal statuses of `contracts.TERMINAL_STATUSES`) that are no part of another.
+FINISHED_JOBS = "parent_id IS NULL AND status IN ('cancelled', 'failed', 'succeeded')"
+
+
 def _created_at() -> Column[object]:
     return Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now())
 
@@ -76,6 +81,8 @@ files = Table(
     Column("deleted_at", DateTime(timezone=True)),
     _created_at(),
     Index("ix_files_tenant_created", "tenant_id", text("created_at DESC"), text("id DESC")),
+    # The files jobs made, found by their job when it expires (`Relay.expire_jobs`): see migration 0007.
+    Index("ix_files_job", "job_id", postgresql_where=text("job_id IS NOT NULL")),
 )
 
 jobs = Table(
@@ -114,6 +121,12 @@ jobs = Table(
         "updated_at",
         postgresql_where=text("status = 'queued' AND type <> 'media.analyze'"),
     ),
+    # The relay deletes jobs finished past their retention (`Relay.expire_jobs`): see migration 0007.
+    Index(
+        "ix_jobs_finished",
+        "finished_at",
+        postgresql_where=text(FINISHED_JOBS),
+    ),
 )
 
 outbox = Table(
@@ -145,6 +158,8 @@ idempotency_keys = Table(
     Column("job_id", Text, ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False),
     _created_at(),
     PrimaryKeyConstraint("tenant_id", "key"),
+    # For the cascade when a job is deleted (its retention): see migration 0007.
+    Index("ix_idempotency_keys_job", "job_id"),
 )
 
 webhook_deliveries = Table(

@@ -1,7 +1,7 @@
 """`medialens-relay`: keeps the bus in step with PostgreSQL.
 
 Five duties, each safe to run in several relays at once (and sent outbox entries deleted once past
-`relay.sent_retention_s`):
+`relay.sent_retention_s`, finished jobs with their results once past `relay.job_retention_s` when set):
 - Outbox: each round takes a batch of unsent entries with `FOR UPDATE SKIP LOCKED`, publishes them with
   publisher confirms (pipelined, then awaited), and marks the confirmed ones sent in the same
   transaction. A crash between a confirm and the commit publishes an entry twice, which the consumers
@@ -47,15 +47,16 @@ from medialens_gateway.webhooks import Dispatcher
 from medialens_shared import jobstore, metrics, outbox
 from medialens_shared.aio import wait_set
 from medialens_shared.bus import Topology, declare, make_broker, ping, publish_job
-from medialens_shared.contracts import SERVICES, JobMessage, JobStatus, job_types_of
+from medialens_shared.contracts import SERVICES, TERMINAL_STATUSES, JobMessage, JobStatus, job_types_of
 from medialens_shared.db import Check, DatabaseManager, timed_check
 from medialens_shared.errors import RetriesExhausted
+from medialens_shared.filestore import FileStore
 from medialens_shared.logs import configure_logging
 from medialens_shared.memtrim import frozen_startup_heap
 from medialens_shared.opsserver import ops_app, serving
 from medialens_shared.settings import Settings
 from medialens_shared.signals import JobSignals, follow
-from medialens_shared.tables import jobs
+from medialens_shared.tables import files, jobs, webhook_deliveries
 from medialens_shared.tables import outbox as outbox_table
 from medialens_shared.telemetry import attached, configure_tracing
 
@@ -81,12 +82,19 @@ FROM unnest($1::bigint[], $2::text[]) AS failed (id, error) WHERE outbox.id = fa
 #: The composite job types: the gateway's, whose parts are published, not they.
 COMPOSITE_TYPES = sorted(spec.name for spec in job_types_of("gateway"))
 
+#: A finished job's statuses, as `ix_jobs_finished`'s predicate lists them.
+FINISHED_STATUSES = sorted(status.value for status in TERMINAL_STATUSES)
+
 #: Stale queued jobs one reaping round publishes again at most.
 REPUBLISH_BATCH = 100
 
 #: Sent outbox entries one reaping round deletes at most: at a few hundred jobs a second and a round every
 #: 2 s, enough to keep up, and to catch up after a change of the retention, without one long statement.
 PRUNE_BATCH = 5000
+
+#: Finished jobs one reaping round deletes at most (with their parts): 500 a round every 2 s keeps up with
+#: 250 jobs finishing a second, and a backlog (a retention just set) drains a batch at a time.
+EXPIRE_BATCH = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +127,27 @@ def stale_queued(after_s: float) -> Select[Any]:
     )
 
 
+def finished_before(keep_s: float) -> Select[Any]:
+    """The ids and types of the oldest jobs finished more than `keep_s` ago that are no part of another and
+    owe no webhook still pending, locked (skipping those another relay holds). Its clauses imply the
+    predicate of `ix_jobs_finished`, so the look reads that index."""
+    owed = select(webhook_deliveries.c.id).where(
+        webhook_deliveries.c.job_id == jobs.c.id, webhook_deliveries.c.status == "pending"
+    )
+    return (
+        select(jobs.c.id, jobs.c.type)
+        .where(
+            jobs.c.parent_id.is_(None),
+            jobs.c.status.in_(FINISHED_STATUSES),
+            jobs.c.finished_at < func.now() - timedelta(seconds=keep_s),
+            ~owed.exists(),
+        )
+        .order_by(jobs.c.finished_at)
+        .limit(EXPIRE_BATCH)
+        .with_for_update(of=jobs, skip_locked=True)
+    )
+
+
 class Relay:
     def __init__(self, *, settings: Settings, db: DatabaseManager, broker: RabbitBroker) -> None:
         self.settings = settings
@@ -127,6 +156,7 @@ class Relay:
         self.topology = Topology(settings)
         self.signals = JobSignals(db.redis, prefix=settings.redis.prefix)
         self.webhooks = Dispatcher(settings=settings, db=db)
+        self.store = FileStore(db.gridfs)
         self._declared = False
 
     async def publish_batch(self) -> Published:
@@ -200,6 +230,46 @@ class Relay:
             log.warning("job %s still queued %.0f s after it was queued: published again", row["id"], after_s)
             metrics.JOBS_REPUBLISHED.labels(row["type"]).inc()
         return len(rows)
+
+    async def expire_jobs(self) -> int:
+        """Delete up to `EXPIRE_BATCH` jobs finished longer than `relay.job_retention_s` ago (none if it is
+        0), with their parts, their results and the files they made; how many (parts not counted).
+
+        Job rows, results and made files are written for every job: kept for ever, they grow with every
+        job ever run. The job rows stay locked while their results and files are deleted in MongoDB, and go
+        last: a round cut short leaves them for the next one, which deletes what is left (a result or a
+        file already gone is no error), so nothing is orphaned. Their idempotency keys and webhook
+        deliveries go with them (ON DELETE CASCADE)."""
+        keep_s = self.settings.relay.job_retention_s
+        if not keep_s:
+            return 0
+        async with self.db.session() as session:
+            expired = (await session.execute(finished_before(keep_s))).all()
+            if not expired:
+                return 0
+            roots = [job_id for job_id, _ in expired]
+            parts = (
+                await session.scalars(
+                    select(jobs.c.id).where(jobs.c.parent_id.in_(roots)).with_for_update(of=jobs)
+                )
+            ).all()
+            ids = [*roots, *parts]
+            made = (
+                await session.execute(select(files.c.id, files.c.storage_id).where(files.c.job_id.in_(ids)))
+            ).all()
+            await self.db.collection("results").delete_many({"_id": {"$in": ids}})
+            for _, storage_id in made:
+                await self.store.delete(storage_id)
+            if made:
+                await session.execute(delete(files).where(files.c.id.in_([file_id for file_id, _ in made])))
+            await session.execute(delete(jobs).where(jobs.c.id.in_(ids)))
+            await session.commit()
+        for _, job_type in expired:
+            metrics.JOBS_EXPIRED.labels(job_type).inc()
+        log.info(
+            "deleted %d jobs finished over %.0f s ago, and %d files they made", len(ids), keep_s, len(made)
+        )
+        return len(roots)
 
     async def _publish(self, row: Any) -> None:
         # The publish span joins the trace of the request (or job) that wrote the entry.
@@ -333,6 +403,7 @@ class Relay:
                     await self.reap()
                     await self.prune()
                     await self.republish_stale()
+                    await self.expire_jobs()
                 except Exception as exc:
                     log.warning("relay upkeep failed (%s); retrying", exc)
                     failing = True
