@@ -202,7 +202,8 @@ async def test_finished_jobs_past_their_retention_go_with_their_parts_results_an
 ) -> None:
     """With `job_retention_s` set, a round deletes the jobs finished longer ago, whatever their outcome,
     with their results, the files they made and a composite job's parts; not a job finished recently, one
-    still running, a part whose composite job is recent, one owing a webhook still pending, nor an upload.
+    still running, a part whose composite job is recent, one owing a webhook not sent yet (due, or being
+    sent), nor an upload.
     At 0 nothing goes."""
     async with own_relay(run_id, mongo_url, rabbit_vhost, name="expire", job_retention_s=3600) as own:
         long_ago, now = datetime.now(UTC) - timedelta(hours=2), datetime.now(UTC)
@@ -220,6 +221,7 @@ async def test_finished_jobs_past_their_retention_go_with_their_parts_results_an
             job("composite", "succeeded", long_ago, type="media.analyze"),
             job("recent-composite", "succeeded", now, type="media.analyze"),
             job("owed", "succeeded", long_ago, callback_url=hook),
+            job("sending", "succeeded", long_ago, callback_url=hook),
             job("delivered", "succeeded", long_ago, callback_url=hook),
         )
         await own.add_jobs(
@@ -257,7 +259,11 @@ async def test_finished_jobs_past_their_retention_go_with_their_parts_results_an
                         "status": status,
                         "payload": {},
                     }
-                    for job_id, status in (("owed", "pending"), ("delivered", "succeeded"))
+                    for job_id, status in (
+                        ("owed", "pending"),
+                        ("sending", "delivering"),
+                        ("delivered", "succeeded"),
+                    )
                 ],
             )
             await session.commit()
@@ -277,13 +283,13 @@ async def test_finished_jobs_past_their_retention_go_with_their_parts_results_an
 
         before = REGISTRY.get_sample_value("medialens_jobs_expired_total", {"type": "audio.probe"}) or 0.0
         assert await own.relay().expire_jobs() == 4  # old-done, old-failed, composite, delivered
-        assert await remaining() == {"recent", "running", "recent-composite", "part-c", "owed"}
+        assert await remaining() == {"recent", "running", "recent-composite", "part-c", "owed", "sending"}
         after = REGISTRY.get_sample_value("medialens_jobs_expired_total", {"type": "audio.probe"})
         assert after == before + 3
         assert {doc["_id"] async for doc in results.find()} == {"recent"}
         async with own.db.session() as session:
             assert set(await session.scalars(select(files.c.id))) == {"kept"}
-            assert set(await session.scalars(select(webhook_deliveries.c.id))) == {"d-owed"}
+            assert set(await session.scalars(select(webhook_deliveries.c.id))) == {"d-owed", "d-sending"}
         for file_id, gone in (("thumb", True), ("part-thumb", True), ("kept", False)):
             if gone:
                 with pytest.raises(NoFile):

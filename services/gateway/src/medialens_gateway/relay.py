@@ -85,6 +85,10 @@ COMPOSITE_TYPES = sorted(spec.name for spec in job_types_of("gateway"))
 #: A finished job's statuses, as `ix_jobs_finished`'s predicate lists them.
 FINISHED_STATUSES = sorted(status.value for status in TERMINAL_STATUSES)
 
+#: The statuses of a webhook delivery not done yet: due, or being sent (or claimed by a relay that stopped
+#: mid-send, to be sent again). A job owing one is not deleted (`finished_before`).
+OWED_DELIVERIES = ("pending", "delivering")
+
 #: Stale queued jobs one reaping round publishes again at most.
 REPUBLISH_BATCH = 100
 
@@ -129,10 +133,10 @@ def stale_queued(after_s: float) -> Select[Any]:
 
 def finished_before(keep_s: float) -> Select[Any]:
     """The ids and types of the oldest jobs finished more than `keep_s` ago that are no part of another and
-    owe no webhook still pending, locked (skipping those another relay holds). Its clauses imply the
+    owe no webhook still to send, locked (skipping those another relay holds). Its clauses imply the
     predicate of `ix_jobs_finished`, so the look reads that index."""
     owed = select(webhook_deliveries.c.id).where(
-        webhook_deliveries.c.job_id == jobs.c.id, webhook_deliveries.c.status == "pending"
+        webhook_deliveries.c.job_id == jobs.c.id, webhook_deliveries.c.status.in_(OWED_DELIVERIES)
     )
     return (
         select(jobs.c.id, jobs.c.type)
