@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from medialens_gateway.deadletters import main_async
 from medialens_shared.bus import Topology, make_broker, queue_stats
@@ -90,3 +90,24 @@ async def test_requeue_runs_the_job_again_as_a_new_job(
         await asyncio.sleep(0.1)
     old = await wait_for(api, job_id)
     assert old["status"] == "failed"  # a terminal job never changes again
+
+
+async def test_requeue_removes_the_letter_of_a_job_that_no_longer_exists(
+    stack: Stack, db: DatabaseManager, dead_job: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A dead job deleted since (`relay.job_retention_s`) cannot run again: `requeue` says so and removes its
+    letter, which would otherwise stay in the queue for ever; it makes no job."""
+    job_id = dead_job
+    async with db.session() as session:
+        await session.execute(delete(jobs).where(jobs.c.id == job_id))
+        await session.commit()
+    before = await _dead_count(stack)
+    assert await main_async(["requeue", job_id]) == 0
+    assert f"job {job_id} no longer exists" in capsys.readouterr().out
+    async with db.session() as session:
+        made = await session.scalar(select(jobs.c.id).where(jobs.c.labels["requeued_from"].astext == job_id))
+    assert made is None
+    deadline = time.monotonic() + 5
+    while await _dead_count(stack) != before - 1:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.1)

@@ -67,7 +67,8 @@ async def read_letters(channel: aio_pika.abc.AbstractChannel, queue_name: str) -
 
 
 async def requeue(db: DatabaseManager, letter: DeadLetter) -> str | None:
-    """Submit a copy of the letter's job through the outbox; the new job's id (None if unreadable)."""
+    """Submit a copy of the letter's job through the outbox; the new job's id (None if the letter is
+    unreadable or its job no longer exists: deleted past `relay.job_retention_s`)."""
     if letter.job is None:
         return None
     async with db.session() as session:
@@ -125,13 +126,17 @@ async def main_async(argv: list[str]) -> int:
         await db.initialize_all(wait_s=10)
         wanted = set(args.job_ids)
         for letter in letters:
-            chosen = letter.job is not None and (args.all or letter.job.job_id in wanted)
-            new_id = await requeue(db, letter) if chosen else None
-            if new_id is None:
+            if letter.job is None or not (args.all or letter.job.job_id in wanted):
                 await letter.message.nack(requeue=True)
                 continue
+            new_id = await requeue(db, letter)
             await letter.message.ack()
-            print(f"requeued {letter.job.job_id if letter.job else '?'} as new job {new_id}")
+            if new_id is None:
+                # Its job was deleted with its retention: nothing to run again, and kept, the letter could
+                # never leave the queue.
+                print(f"job {letter.job.job_id} no longer exists (past its retention): its letter removed")
+                continue
+            print(f"requeued {letter.job.job_id} as new job {new_id}")
         return 0
     finally:
         await connection.close()
