@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 from medialens_shared import jobstore
 from medialens_shared.contracts import JobStatus
 from medialens_shared.db import DatabaseManager
-from medialens_shared.tables import webhook_deliveries
+from medialens_shared.tables import outbox, webhook_deliveries
 
 pytestmark = pytest.mark.integration
 
@@ -286,9 +286,35 @@ async def test_a_lone_end_checks_the_owner_and_takes_the_values_of_each_call(
             await end.run(conn, job_id=job_id)
 
 
+async def test_a_stale_attempt_cannot_send_the_job_back(db: DatabaseManager, new_job) -> None:
+    """`requeue` (a passing fault's retry) for the claim of an earlier attempt of the same worker changes
+    nothing and writes no outbox entry; for the claim that holds the job it requeues it through the outbox."""
+    job_id = await new_job(status="running", worker="video-w1", attempts=2)
+    async with db.session() as session:
+        row = await jobstore.get(session, job_id=job_id)
+        assert row is not None
+        stale = await jobstore.requeue(session, job=row, message="retry", owner=jobstore.Claim("video-w1", 1))
+        await session.commit()
+    assert stale is None
+    assert await _outbox_entries(db, job_id) == 0
+    async with db.session() as session:
+        requeued = await jobstore.requeue(
+            session, job=row, message="retry", owner=jobstore.Claim("video-w1", 2)
+        )
+        await session.commit()
+    assert requeued is not None
+    assert (requeued["status"], requeued["worker"]) == ("queued", None)
+    assert await _outbox_entries(db, job_id) == 1
+
+
+async def _outbox_entries(db: DatabaseManager, job_id: str) -> int:
+    async with db.session() as session:
+        return int(await session.scalar(select(func.count()).where(outbox.c.job_id == job_id)) or 0)
+
+
 async def test_a_batched_end_holds_each_job_to_its_own_claim(db: DatabaseManager, new_job) -> None:
     """One statement ends several jobs, each only while its own claim (worker and attempt, at its place in
-    the lists) still holds it."""
+    the lists, not anywhere in them) still holds it."""
     end = jobstore.LoneTransition(
         db.engine.dialect,
         from_statuses=[JobStatus.RUNNING],
@@ -302,16 +328,29 @@ async def test_a_batched_end_holds_each_job_to_its_own_claim(db: DatabaseManager
     first = await new_job(status="running", worker="video-w1", attempts=1)
     again = await new_job(status="running", worker="video-w1", attempts=2)  # claimed again by video-w1
     other = await new_job(status="running", worker="video-w2", attempts=3)
-    claims = [jobstore.Claim("video-w1", 1), jobstore.Claim("video-w1", 1), jobstore.Claim("video-w2", 3)]
+    # Its worker and attempt are each in the lists, at other places: not its claim.
+    crossed = await new_job(status="running", worker="video-w2", attempts=1)
+    twice = await new_job(status="running", worker="video-w1", attempts=2)  # listed stale first, then its own
+    listed = [first, again, other, crossed, twice, twice]
+    claims = [
+        jobstore.Claim("video-w1", 1),
+        jobstore.Claim("video-w1", 1),
+        jobstore.Claim("video-w2", 3),
+        jobstore.Claim("video-w1", 3),
+        jobstore.Claim("video-w1", 1),
+        jobstore.Claim("video-w1", 2),
+    ]
     async with db.connection() as conn:
-        ended = await end.run_many(conn, job_ids=[first, again, other], owners=claims)
+        ended = await end.run_many(conn, job_ids=listed, owners=claims)
         with pytest.raises(ValueError, match="one owner for each job"):
             await end.run_many(conn, job_ids=[first, again], owners=claims)
     assert sorted(row["id"] for row in ended) == sorted([first, other])
-    assert [(await row_of(db, job))["status"] for job in (first, again, other)] == [
+    assert [(await row_of(db, job))["status"] for job in (first, again, other, crossed, twice)] == [
         "succeeded",
         "running",
         "succeeded",
+        "running",
+        "running",  # held to its first claim, a stale one: its own ends it by itself (the session's path)
     ]
 
 

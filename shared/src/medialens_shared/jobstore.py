@@ -291,7 +291,8 @@ class LoneTransition:
         self, conn: Any, *, job_ids: list[str], owners: list[Claim] | None = None, **values: Any
     ) -> list[JobRow]:
         """Change the jobs of `job_ids` on `conn` in one statement (an owned change: each while still held
-        by its claim in `owners`, in the same order); the new rows of those it changed."""
+        by its claim in `owners`, in the same order; a job listed twice is held to its first claim); the new
+        rows of those it changed."""
         if not self.batched:
             raise ValueError("only a batched change runs with run_many")
         if owners is not None and len(owners) != len(job_ids):

@@ -865,8 +865,10 @@ class JobRunner:
         are written in one call while that statement holds their rows (as `_finish` requires), then one
         commit. Each job's new row, or None for one the statement did not change."""
         async with self.db.connection() as conn, conn.transaction():
+            # By job and attempt: two attempts of one job may end in one batch (the older one's lease ran out
+            # and this worker claimed the job again), and only the one whose claim holds the job owns it.
             ended = {
-                row["id"]: row
+                (row["id"], row["attempts"]): row
                 for row in await self._succeeding.run_many(
                     conn,
                     job_ids=[success.row["id"] for success in batch],
@@ -874,12 +876,12 @@ class JobRunner:
                     **SUCCESS_VALUES,
                 )
             }
-            owned = [success for success in batch if success.row["id"] in ended]
+            owned = [success for success in batch if _attempt_of(success) in ended]
             if owned:
                 await self._store_results([(success.message, success.result) for success in owned])
                 for success in owned:
                     success.stored = True
-        return [ended.get(success.row["id"]) for success in batch]
+        return [ended.get(_attempt_of(success)) for success in batch]
 
     def _ending(self, status: JobStatus, values: Mapping[str, Any]) -> jobstore.LoneTransition:
         """The end of a lone job in `status` setting `values` (these as parameters), compiled once."""
@@ -925,6 +927,10 @@ class JobRunner:
         if requeued is not None:
             metrics.JOBS_RETRIED.labels(message.type).inc()
             await self.signals.announce(jobstore.job_view(requeued))
+
+
+def _attempt_of(success: _Success) -> tuple[str, int]:
+    return success.row["id"], success.row["attempts"]
 
 
 #: The claimed job's input file, read by the claim's own statement: its storage id, hash, size and name, or
