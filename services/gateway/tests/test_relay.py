@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -35,6 +36,7 @@ from medialens_shared.outbox import DELAY_TIERS_S
 from medialens_shared.settings import RelaySettings, Settings
 from medialens_shared.tables import files, jobs, outbox, webhook_deliveries
 from scripts.samples import make_video
+from tests.fixtures.proxy import TcpProxy
 from tests.fixtures.servers import drop_database, make_settings, unreachable
 from tests.fixtures.stack import Stack, result_of, submit, upload, wait_for
 
@@ -306,6 +308,40 @@ async def test_finished_jobs_past_their_retention_go_with_their_parts_results_an
             await session.execute(text("SET LOCAL enable_seqscan = off"))
             plan = "\n".join((await session.scalars(text(f"EXPLAIN {look}"))).all())
         assert "ix_jobs_finished" in plan, plan
+
+
+async def test_a_silent_mongodb_holds_up_no_publishing_while_jobs_expire(
+    run_id: str, mongo_url: str, rabbit_vhost: str
+) -> None:
+    """Deleting jobs past their retention waits on MongoDB (results, files); the outbox does not need it.
+    With MongoDB silent (connections open, no byte through) and an expired job to delete, the running
+    relay still publishes a new entry within a poll or two, and the job waits for MongoDB."""
+    target = urlsplit(mongo_url)
+    proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 27017)
+    await proxy.start()
+    proxied = target._replace(netloc=f"127.0.0.1:{proxy.port}").geturl()
+    async with own_relay(
+        run_id, proxied, rabbit_vhost, name="expire_mongo", job_retention_s=3600, reap_interval_s=0.2
+    ) as own:
+        long_ago = datetime.now(UTC) - timedelta(hours=2)
+        await own.add_jobs({"id": "old", "status": "succeeded", "finished_at": long_ago})
+        proxy.blackhole()
+        stop = asyncio.Event()
+        running = asyncio.create_task(own.relay().run(stop))
+        try:
+            await asyncio.sleep(1.0)  # the retention's look has found the job and waits on MongoDB
+            (entry,) = await own.write("video.probe")
+            started = time.monotonic()
+            while (await own.entry(entry))["sent_at"] is None:
+                assert time.monotonic() - started < 2.0, "publishing waited for MongoDB"
+                await asyncio.sleep(0.05)
+            async with own.db.session() as session:
+                assert await session.scalar(select(jobs.c.id).where(jobs.c.id == "old")) == "old"
+        finally:
+            stop.set()
+            await proxy.restore()
+            await asyncio.wait_for(running, 30)
+            await proxy.cut()
 
 
 async def test_an_expired_job_is_gone_from_the_api_with_its_thumbnails_and_its_upload_stays(

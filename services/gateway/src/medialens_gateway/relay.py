@@ -242,8 +242,10 @@ class Relay:
         Job rows, results and made files are written for every job: kept for ever, they grow with every
         job ever run. The job rows stay locked while their results and files are deleted in MongoDB, and go
         last: a round cut short leaves them for the next one, which deletes what is left (a result or a
-        file already gone is no error), so nothing is orphaned. Their idempotency keys and webhook
-        deliveries go with them (ON DELETE CASCADE)."""
+        file already gone is no error). Made files are found by their rows: the bytes of one whose row a
+        dying worker never wrote stay in GridFS. Their idempotency keys and webhook deliveries go with them
+        (ON DELETE CASCADE). A made file another job took as its input goes too: that job, if it has not
+        run yet, fails with INPUT_NOT_FOUND, as after a `DELETE /v1/files/{id}`."""
         keep_s = self.settings.relay.job_retention_s
         if not keep_s:
             return 0
@@ -372,13 +374,30 @@ class Relay:
             name="outbox-nudges",
         )
         stopping = asyncio.create_task(_set_when(stop, wake), name="relay-stop")
+        expiring = asyncio.create_task(self._expire_rounds(stop), name="job-retention")
         try:
             await self._rounds(stop, wake)
         finally:
-            for task in (listening, stopping):
+            for task in (listening, stopping, expiring):
                 task.cancel()
-            await asyncio.gather(listening, stopping, return_exceptions=True)
+            await asyncio.gather(listening, stopping, expiring, return_exceptions=True)
         await self.webhooks.drain()
+
+    async def _expire_rounds(self, stop: asyncio.Event) -> None:
+        """`expire_jobs` once a reaping interval (at once again while a backlog lasts), beside the outbox's
+        rounds rather than among them: it waits on MongoDB (results, files), which publishing does not need,
+        so a MongoDB slow or away holds up no job's message."""
+        relay = self.settings.relay
+        if not relay.job_retention_s:
+            return
+        while not stop.is_set():
+            try:
+                expired = await self.expire_jobs()
+            except Exception as exc:
+                log.warning("deleting the jobs past their retention failed (%s); retrying", exc)
+                expired = 0
+            if expired < EXPIRE_BATCH:
+                await wait_set(stop, relay.reap_interval_s)
 
     async def _rounds(self, stop: asyncio.Event, wake: asyncio.Event) -> None:
         relay = self.settings.relay
@@ -407,7 +426,6 @@ class Relay:
                     await self.reap()
                     await self.prune()
                     await self.republish_stale()
-                    await self.expire_jobs()
                 except Exception as exc:
                     log.warning("relay upkeep failed (%s); retrying", exc)
                     failing = True

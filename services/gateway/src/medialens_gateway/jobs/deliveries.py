@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from medialens_shared import webhooks
 from medialens_shared.envelope import iso
 from medialens_shared.errors import NotFound
-from medialens_shared.tables import webhook_deliveries
+from medialens_shared.tables import jobs, webhook_deliveries
 
 
 def delivery_view(row: RowMapping) -> dict[str, Any]:
@@ -41,6 +41,12 @@ async def list_deliveries(session: AsyncSession, *, tenant_id: str, job_id: str)
 
 async def redeliver(session: AsyncSession, *, tenant_id: str, job_id: str, delivery_id: str) -> RowMapping:
     """A new pending delivery with the payload and URL of `delivery_id`; the new row."""
+    # The job's row held against deletion (the relay's retention skips a locked job, and one it is deleting
+    # now is waited for, then found gone: 404), so the new delivery is neither cascaded away unseen nor
+    # refused by its foreign key.
+    held = select(jobs.c.id).where(jobs.c.id == job_id).with_for_update(read=True, key_share=True)
+    if await session.scalar(held) is None:
+        raise NotFound(f"No delivery {delivery_id} of job {job_id} for this API key's tenant.")
     query = select(webhook_deliveries).where(
         webhook_deliveries.c.id == delivery_id,
         webhook_deliveries.c.job_id == job_id,
