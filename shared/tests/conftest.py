@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
+from pydantic import SecretStr
 from sqlalchemy import insert
 
+from medialens_shared import migrate
 from medialens_shared.db import DatabaseManager
 from medialens_shared.filestore import FileStore
 from medialens_shared.settings import Settings
 from medialens_shared.signals import JobSignals
 from medialens_shared.tables import files, jobs, tenants
+from tests.fixtures.servers import drop_database
 
 NewJob = Callable[..., Awaitable[str]]
 NewFile = Callable[..., Awaitable[str]]
@@ -51,6 +55,25 @@ def new_job(db: DatabaseManager, tenant_id: str) -> NewJob:
         return job_id
 
     return make
+
+
+@pytest.fixture
+async def db_without_relay(settings: Settings, run_id: str) -> AsyncIterator[DatabaseManager]:
+    """A migrated database of the test's own. Once a test has started the session's stack, its relay works
+    on the shared database, and its webhook dispatcher claims a pending delivery within 50 ms: a test that
+    reads what the runner left there must not race it."""
+    name = f"medialens_test_{run_id}_{uuid.uuid4().hex[:8]}"
+    url = settings.postgres.url.get_secret_value().rsplit("/", 1)[0] + f"/{name}"
+    await asyncio.to_thread(migrate.upgrade, url)
+    own = settings.model_copy(
+        update={"postgres": settings.postgres.model_copy(update={"url": SecretStr(url)})}
+    )
+    manager = DatabaseManager(own, name="video")
+    try:
+        yield manager
+    finally:
+        await manager.close_all()
+        await drop_database(name)
 
 
 @pytest.fixture

@@ -6,12 +6,12 @@ import asyncio
 from datetime import datetime, timedelta
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select
 
 from medialens_shared import jobstore
 from medialens_shared.contracts import JobStatus
 from medialens_shared.db import DatabaseManager
-from medialens_shared.tables import outbox, webhook_deliveries
+from medialens_shared.tables import jobs, outbox, tenants, webhook_deliveries
 
 pytestmark = pytest.mark.integration
 
@@ -286,10 +286,19 @@ async def test_a_lone_end_checks_the_owner_and_takes_the_values_of_each_call(
             await end.run(conn, job_id=job_id)
 
 
-async def test_a_stale_attempt_cannot_send_the_job_back(db: DatabaseManager, new_job) -> None:
+async def test_a_stale_attempt_cannot_send_the_job_back(db_without_relay: DatabaseManager) -> None:
     """`requeue` (a passing fault's retry) for the claim of an earlier attempt of the same worker changes
-    nothing and writes no outbox entry; for the claim that holds the job it requeues it through the outbox."""
-    job_id = await new_job(status="running", worker="video-w1", attempts=2)
+    nothing and writes no outbox entry; for the claim that holds the job it requeues it through the outbox.
+    (On a database of its own: the stack's relay would publish that entry, and its video service run it.)"""
+    db, job_id = db_without_relay, "requeued"
+    async with db.session() as session:
+        await session.execute(insert(tenants).values(id="t", name="t", webhook_secret="s"))
+        await session.execute(
+            insert(jobs).values(
+                id=job_id, tenant_id="t", type="video.probe", status="running", worker="video-w1", attempts=2
+            )
+        )
+        await session.commit()
     async with db.session() as session:
         row = await jobstore.get(session, job_id=job_id)
         assert row is not None

@@ -14,7 +14,7 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ from redis.asyncio import Redis
 from sqlalchemy import insert, select, text, update
 from sqlalchemy.engine import make_url
 
-from medialens_shared import jobstore, migrate, tasks
+from medialens_shared import jobstore, tasks
 from medialens_shared.contracts import (
     AudioProbeResult,
     JobMessage,
@@ -44,7 +44,7 @@ from medialens_shared.signals import JobSignals
 from medialens_shared.tables import files, jobs, outbox, tenants, webhook_deliveries
 from medialens_shared.tasks import RESULT_WRITES, Handler, JobContext, JobRunner
 from tests.fixtures.proxy import TcpProxy
-from tests.fixtures.servers import drop_database, unreachable
+from tests.fixtures.servers import unreachable
 from tests.fixtures.stack import RecordedDelivery
 
 pytestmark = pytest.mark.integration
@@ -87,25 +87,6 @@ def make_runner(
         )
 
     return make
-
-
-@pytest.fixture
-async def db_without_relay(settings: Settings, run_id: str) -> AsyncIterator[DatabaseManager]:
-    """A migrated database of the test's own. Once a test has started the session's stack, its relay works
-    on the shared database, and its webhook dispatcher claims a pending delivery within 50 ms: a test that
-    reads what the runner left there must not race it."""
-    name = f"medialens_test_{run_id}_{uuid.uuid4().hex[:8]}"
-    url = settings.postgres.url.get_secret_value().rsplit("/", 1)[0] + f"/{name}"
-    await asyncio.to_thread(migrate.upgrade, url)
-    own = settings.model_copy(
-        update={"postgres": settings.postgres.model_copy(update={"url": SecretStr(url)})}
-    )
-    manager = DatabaseManager(own, name="video")
-    try:
-        yield manager
-    finally:
-        await manager.close_all()
-        await drop_database(name)
 
 
 class Calls:
