@@ -21,7 +21,7 @@ from faststream.rabbit import RabbitBroker
 from gridfs.errors import NoFile
 from prometheus_client import REGISTRY
 from pydantic import ValidationError
-from sqlalchemy import RowMapping, insert, select, text, update
+from sqlalchemy import RowMapping, Select, insert, select, text, update
 from sqlalchemy.dialects import postgresql
 
 from medialens_gateway.auth import ensure_tenant
@@ -190,12 +190,7 @@ async def test_the_backstop_publishes_only_jobs_queued_too_long_and_each_once_a_
         assert await relay.republish_stale() == 0  # its updated_at is now: the next period starts
 
         # The look can read the partial index of queued jobs (its clauses imply the index's predicate).
-        look = stale_queued(own.settings.relay.republish_after_s).compile(
-            dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True}
-        )
-        async with own.db.session() as session:
-            await session.execute(text("SET LOCAL enable_seqscan = off"))
-            plan = "\n".join((await session.scalars(text(f"EXPLAIN {look}"))).all())
+        plan = await own.plan(stale_queued(own.settings.relay.republish_after_s))
         assert "ix_jobs_queued_since" in plan, plan
 
 
@@ -301,12 +296,7 @@ async def test_finished_jobs_past_their_retention_go_with_their_parts_results_an
         assert await own.relay().expire_jobs() == 0
 
         # The look can read the partial index of finished jobs (its clauses imply the index's predicate).
-        look = finished_before(3600).compile(
-            dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True}
-        )
-        async with own.db.session() as session:
-            await session.execute(text("SET LOCAL enable_seqscan = off"))
-            plan = "\n".join((await session.scalars(text(f"EXPLAIN {look}"))).all())
+        plan = await own.plan(finished_before(3600))
         assert "ix_jobs_finished" in plan, plan
 
 
@@ -467,6 +457,13 @@ class OwnRelay:
                 insert(jobs), [{"tenant_id": "t", "type": "audio.probe"} | row for row in rows]
             )
             await session.commit()
+
+    async def plan(self, query: Select[Any]) -> str:
+        """PostgreSQL's plan of `query` with sequential scans discouraged: whether an index can serve it."""
+        look = query.compile(dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True})
+        async with self.db.session() as session:
+            await session.execute(text("SET LOCAL enable_seqscan = off"))
+            return "\n".join((await session.scalars(text(f"EXPLAIN {look}"))).all())
 
     async def entry(self, entry_id: int) -> RowMapping:
         async with self.db.session() as session:
