@@ -94,8 +94,9 @@ DESCRIPTIONS: dict[str, str] = {
     "the longest retry delay (600 s), or 0: never.",
     "MEDIALENS_RELAY_JOB_RETENTION_S": "A finished job (succeeded, failed or cancelled) is deleted this many "
     "seconds after it finished, with its result, its parts (a composite job's) and the files it made "
-    "(thumbnails, converted tables); its input upload stays, and a job owing a webhook waits for it. 0: "
-    "every job is kept (e.g. 2592000 keeps 30 days).",
+    "(thumbnails, converted tables); its input upload stays, and a job owing a webhook waits for it. The "
+    "row a deleted file leaves goes that long after its delete. 0: every job and row is kept (e.g. 2592000 "
+    "keeps 30 days).",
     "MEDIALENS_WEBHOOK_MAX_ATTEMPTS": "Tries of a webhook delivery that keeps meeting 408, 429, 5xx or "
     "network errors before it is marked failed (other 4xx fail at once).",
     "MEDIALENS_WEBHOOK_TIMEOUT_S": "Budget of one delivery try, in seconds: resolving the host, connecting, "

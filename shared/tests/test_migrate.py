@@ -143,13 +143,14 @@ def test_the_parent_index_swap_goes_down_and_up_again(scratch_db: str) -> None:
         ),
         ("ix_files_job", "0006", "USING btree (job_id) WHERE (job_id IS NOT NULL)"),
         ("ix_idempotency_keys_job", "0006", "USING btree (job_id)"),
+        ("ix_files_deleted", "0007", "USING btree (deleted_at) WHERE (deleted_at IS NOT NULL)"),
     ],
 )
 def test_a_partial_jobs_index_goes_down_and_up_again(
     scratch_db: str, index: str, before: str, predicate: str
 ) -> None:
-    """Migrations 0006 (queued jobs) and 0007 (finished jobs, and what refers to a job) undone drop their
-    indexes, and done again build them with their predicates."""
+    """Migrations 0006 (queued jobs), 0007 (finished jobs, and what refers to a job) and 0008 (deleted
+    files) undone drop their indexes, and done again build them with their predicates."""
     url = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{scratch_db}"
 
     async def definition() -> str | None:

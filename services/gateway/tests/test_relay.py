@@ -300,6 +300,57 @@ async def test_finished_jobs_past_their_retention_go_with_their_parts_results_an
         assert "ix_jobs_finished" in plan, plan
 
 
+async def test_deleted_files_leave_their_rows_once_past_the_retention(
+    run_id: str, mongo_url: str, rabbit_vhost: str
+) -> None:
+    """A file deleted through the API keeps its row (jobs still name it); with `job_retention_s` set, a
+    round removes the rows deleted longer ago, and their bytes if a stopped gateway left them; not a file
+    deleted recently, nor a live one. At 0 nothing goes."""
+    async with own_relay(run_id, mongo_url, rabbit_vhost, name="purge", job_retention_s=3600) as own:
+        store = FileStore(own.db.gridfs)
+        long_ago, now = datetime.now(UTC) - timedelta(hours=2), datetime.now(UTC)
+        storage: dict[str, str] = {}
+        async with own.db.session() as session:
+            await ensure_tenant(session, "t")
+            for file_id, deleted_at in (("old", long_ago), ("recent", now), ("live", None)):
+                stored = await store.save_bytes(b"bytes", filename=f"{file_id}.bin")
+                storage[file_id] = stored.storage_id
+                await session.execute(
+                    insert(files).values(
+                        id=file_id,
+                        tenant_id="t",
+                        filename=f"{file_id}.bin",
+                        content_type="application/octet-stream",
+                        size_bytes=stored.size_bytes,
+                        sha256=stored.sha256,
+                        kind="other",
+                        storage_id=stored.storage_id,
+                        deleted_at=deleted_at,
+                    )
+                )
+            await session.commit()
+
+        async def rows() -> set[str]:
+            async with own.db.session() as session:
+                return set(await session.scalars(select(files.c.id)))
+
+        keep_all = own.settings.relay.model_copy(update={"job_retention_s": 0})
+        off = Relay(
+            settings=own.settings.model_copy(update={"relay": keep_all}), db=own.db, broker=own.broker
+        )
+        assert await off.purge_deleted_files() == 0
+        assert await rows() == {"old", "recent", "live"}
+        assert await own.relay().purge_deleted_files() == 1
+        assert await rows() == {"recent", "live"}
+        with pytest.raises(NoFile):
+            await anext(store.read(storage["old"]))
+        assert [chunk async for chunk in store.read(storage["recent"])] == [b"bytes"]
+        plan = await own.plan(
+            select(files.c.id).where(files.c.deleted_at < datetime.now(UTC)).order_by(files.c.deleted_at)
+        )
+        assert "ix_files_deleted" in plan, plan
+
+
 async def test_a_silent_mongodb_holds_up_no_publishing_while_jobs_expire(
     run_id: str, mongo_url: str, rabbit_vhost: str
 ) -> None:

@@ -144,6 +144,7 @@ class RelaySettings(BaseModel):
     #: A finished job (succeeded, failed or cancelled) is deleted this long after it finished, with its
     #: result, its parts (a composite job's) and the files it made (thumbnails, converted tables): 0 keeps
     #: every job for ever. Uploads are the client's to delete; a job with a webhook still owed waits for it.
+    #: The row a deleted file leaves (jobs still name it) goes that long after its delete.
     job_retention_s: float = Field(0.0, ge=0)
 
     @model_validator(mode="after")

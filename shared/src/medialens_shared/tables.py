@@ -83,6 +83,8 @@ files = Table(
     Index("ix_files_tenant_created", "tenant_id", text("created_at DESC"), text("id DESC")),
     # The files jobs made, found by their job when it expires (`Relay.expire_jobs`): see migration 0007.
     Index("ix_files_job", "job_id", postgresql_where=text("job_id IS NOT NULL")),
+    # The rows of deleted files, removed past the retention (`Relay.purge_deleted_files`): migration 0008.
+    Index("ix_files_deleted", "deleted_at", postgresql_where=text("deleted_at IS NOT NULL")),
 )
 
 jobs = Table(

@@ -277,6 +277,30 @@ class Relay:
         )
         return len(roots)
 
+    async def purge_deleted_files(self) -> int:
+        """Remove up to `EXPIRE_BATCH` rows of files deleted (`DELETE /v1/files/{id}`) longer than
+        `relay.job_retention_s` ago (none if it is 0); how many. Their bytes, dropped at the delete, are
+        dropped again here (no error if gone), for a gateway that stopped between the two. A job that used
+        such a file still names it; the file itself answers 404, as it did since its delete."""
+        keep_s = self.settings.relay.job_retention_s
+        if not keep_s:
+            return 0
+        old = (
+            select(files.c.id, files.c.storage_id)
+            .where(files.c.deleted_at < func.now() - timedelta(seconds=keep_s))
+            .order_by(files.c.deleted_at)
+            .limit(EXPIRE_BATCH)
+            .with_for_update(skip_locked=True)
+        )
+        async with self.db.session() as session:
+            gone = (await session.execute(old)).all()
+            for _, storage_id in gone:
+                await self.store.delete(storage_id)
+            if gone:
+                await session.execute(delete(files).where(files.c.id.in_([file_id for file_id, _ in gone])))
+            await session.commit()
+        return len(gone)
+
     async def _publish(self, row: Any) -> None:
         # The publish span joins the trace of the request (or job) that wrote the entry.
         with attached(row["headers"]):
@@ -384,17 +408,18 @@ class Relay:
         await self.webhooks.drain()
 
     async def _expire_rounds(self, stop: asyncio.Event) -> None:
-        """`expire_jobs` once a reaping interval (at once again while a backlog lasts), beside the outbox's
-        rounds rather than among them: it waits on MongoDB (results, files), which publishing does not need,
-        so a MongoDB slow or away holds up no job's message."""
+        """`expire_jobs` and `purge_deleted_files` once a reaping interval (at once again while a backlog
+        lasts), beside the outbox's rounds rather than among them: they wait on MongoDB (results, files),
+        which publishing does not need, so a MongoDB slow or away holds up no job's message."""
         relay = self.settings.relay
         if not relay.job_retention_s:
             return
         while not stop.is_set():
             try:
                 expired = await self.expire_jobs()
+                expired = max(expired, await self.purge_deleted_files())
             except Exception as exc:
-                log.warning("deleting the jobs past their retention failed (%s); retrying", exc)
+                log.warning("deleting what is past its retention failed (%s); retrying", exc)
                 expired = 0
             if expired < EXPIRE_BATCH:
                 await wait_set(stop, relay.reap_interval_s)
