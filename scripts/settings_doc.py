@@ -73,6 +73,9 @@ DESCRIPTIONS: dict[str, str] = {
     "`100/second;3000/minute` (empty: no limit); past it, 429 RATE_LIMITED with Retry-After.",
     "MEDIALENS_GATEWAY_MAX_IN_FLIGHT": "Requests one gateway process serves at once (health checks aside); "
     "past it, 503 SERVICE_UNAVAILABLE with Retry-After (0: no bound).",
+    "MEDIALENS_GATEWAY_EVENT_STREAMS_PER_TENANT": "Live-progress streams (`GET /v1/jobs/{id}/events`) one "
+    "tenant may hold open on one gateway process; one more: 429 RATE_LIMITED with Retry-After. Open streams "
+    "count toward the in-flight bound, so this keeps one tenant from taking every slot (0: no bound).",
     "MEDIALENS_GATEWAY_KEY_CACHE_TTL_S": "Seconds a gateway process trusts an API key it verified before it "
     "looks it up again, so a busy client costs no database round trip per request: a revoked key is refused "
     "within this time (0: every request looks it up).",

@@ -117,6 +117,10 @@ class GatewaySettings(BaseModel):
     #: Requests one gateway process serves at once (health checks aside); past it the gateway sheds load
     #: with 503 SERVICE_UNAVAILABLE and Retry-After rather than queueing without bound. 0: no bound.
     max_in_flight: int = Field(1000, ge=0)
+    #: Live-progress streams (`GET /v1/jobs/{id}/events`) one tenant may hold open on one gateway process;
+    #: one more is refused with 429 RATE_LIMITED. Each open stream counts toward `max_in_flight` while it
+    #: lasts, so without this bound one tenant's streams could take every slot from the others. 0: no bound.
+    event_streams_per_tenant: int = Field(100, ge=0)
     #: How long a gateway process trusts an API key it verified before it looks it up again: a revoked
     #: key is refused within this time. 0: every request looks it up.
     key_cache_ttl_s: float = Field(30.0, ge=0)

@@ -9,11 +9,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections import defaultdict
-from collections.abc import AsyncIterator
+from collections import Counter, defaultdict
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from medialens_shared.aio import wait_set
+from medialens_shared.errors import RateLimited
 from medialens_shared.signals import JobSignals, follow
 
 #: Events a slow listener may fall behind by before older ones are dropped (the last one always counts).
@@ -24,6 +25,8 @@ class EventHub:
     def __init__(self, signals: JobSignals) -> None:
         self.signals = signals
         self._listeners: dict[str, set[asyncio.Queue[dict[str, Any]]]] = defaultdict(set)
+        #: Open streams by tenant (`hold_stream`).
+        self._streams: Counter[str] = Counter()
         self._task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
 
@@ -56,6 +59,28 @@ class EventHub:
             if queue.full():
                 queue.get_nowait()
             queue.put_nowait(job)
+
+    def hold_stream(self, tenant_id: str, *, limit: int) -> Callable[[], None]:
+        """Count one more open stream of `tenant_id`; its release (calling it again does nothing).
+        RateLimited when the tenant holds `limit` already (0: no bound)."""
+        if limit and self._streams[tenant_id] >= limit:
+            raise RateLimited(
+                f"This API key's tenant has {limit} event streams open on this gateway, its most; "
+                "close one, or poll GET /v1/jobs/{id}.",
+                retry_after=5,
+            )
+        self._streams[tenant_id] += 1
+        held = True
+
+        def release() -> None:
+            nonlocal held
+            if held:
+                held = False
+                self._streams[tenant_id] -= 1
+                if not self._streams[tenant_id]:
+                    del self._streams[tenant_id]
+
+        return release
 
     @contextlib.asynccontextmanager
     async def listen(self, job_id: str) -> AsyncIterator[asyncio.Queue[dict[str, Any]]]:

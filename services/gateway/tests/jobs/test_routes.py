@@ -12,14 +12,17 @@ from typing import Any
 
 import httpx
 import pytest
+from asgi_lifespan import LifespanManager
 from sqlalchemy import func, text, update
 
 from medialens_gateway.jobs import routes
+from medialens_gateway.main import create_app
 from medialens_shared.db import DatabaseManager
 from medialens_shared.signals import JobSignals
 from medialens_shared.tables import jobs
 from scripts.samples import make_audio, make_csv, make_video
-from tests.fixtures.stack import Stack, result_of, run_job, submit, upload, wait_for
+from tests.fixtures.servers import TENANT_KEYS
+from tests.fixtures.stack import Stack, api_client, result_of, run_job, submit, upload, wait_for
 
 from ..conftest import TIMESTAMP, EnvelopeCheck
 
@@ -566,6 +569,54 @@ async def test_events_of_a_live_job_are_progress_then_done(
     assert done["progress"] == 1.0
     progresses = [data["progress"] for _, data in events]
     assert progresses == sorted(progresses)
+
+
+async def test_a_tenant_holds_at_most_its_share_of_event_streams(
+    stack: Stack, csv_file: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A gateway whose `event_streams_per_tenant` is 2: a tenant's third open stream is refused with 429
+    RATE_LIMITED and Retry-After, while another tenant opens its own; once the streams end (their job
+    cancelled), the tenant's slots are back."""
+    opened = 0
+    sse = routes._sse
+
+    def counting(event: str, data: dict[str, Any]) -> str:
+        nonlocal opened
+        opened += event == "progress"
+        return sse(event, data)
+
+    monkeypatch.setattr(routes, "_sse", counting)
+    gateway = stack.settings.gateway.model_copy(update={"event_streams_per_tenant": 2})
+    app = create_app(stack.settings.model_copy(update={"gateway": gateway}))
+    async with (
+        LifespanManager(app, startup_timeout=30) as manager,
+        api_client(manager.app, key=TENANT_KEYS["tenant-a"]) as a,
+        api_client(manager.app, key=TENANT_KEYS["tenant-b"]) as b,
+        stack.relay_cut_off(),
+    ):
+        job = await submit(a, "data.profile", csv_file)
+        make_csv(tmp_path / "theirs.csv", rows=30)
+        other = await submit(
+            b, "data.profile", await upload(b, tmp_path / "theirs.csv", content_type="text/csv")
+        )
+        streams = [asyncio.create_task(a.get(f"/v1/jobs/{job['id']}/events")) for _ in range(2)]
+        theirs = asyncio.create_task(b.get(f"/v1/jobs/{other['id']}/events"))
+        deadline = time.monotonic() + 10
+        while opened < 3:
+            assert time.monotonic() < deadline, "the streams did not open"
+            await asyncio.sleep(0.05)
+        refused = await asyncio.wait_for(a.get(f"/v1/jobs/{job['id']}/events"), 10)  # not a stream
+        assert refused.status_code == 429, refused.text
+        assert refused.json()["error_code"] == "RATE_LIMITED"
+        assert refused.headers["retry-after"] == "5"
+        for client, job_id in ((a, job["id"]), (b, other["id"])):
+            assert (await client.post(f"/v1/jobs/{job_id}/cancel")).status_code == 202
+        for done in await asyncio.wait_for(asyncio.gather(*streams, theirs), 20):
+            assert done.status_code == 200
+            assert _events(done.text)[-1][1]["status"] == "cancelled"
+        again = await a.get(f"/v1/jobs/{job['id']}/events")
+        assert again.status_code == 200
+        assert [name for name, _ in _events(again.text)] == ["done"]
 
 
 async def test_events_of_a_job_cancelled_while_followed_end_with_cancelled(

@@ -4,13 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
-from medialens_gateway.deps import Caller, CurrentTenant, Databases, DbSession, Events, Mongo, Signals
+from medialens_gateway.deps import (
+    AppSettings,
+    Caller,
+    CurrentTenant,
+    Databases,
+    DbSession,
+    Events,
+    Mongo,
+    Signals,
+)
 from medialens_gateway.envelope import ok
 from medialens_gateway.jobs import deliveries, service
 from medialens_gateway.jobs.callbacks import check_callback_url
@@ -158,13 +168,20 @@ async def get_result(job_id: str, tenant: CurrentTenant, session: DbSession, mon
     "/{job_id}/events",
     summary="Live progress as Server-Sent Events",
     response_class=StreamingResponse,
-    responses={200: {"content": {"text/event-stream": {}}}},
+    responses={200: {"content": {"text/event-stream": {}}}, **errors(429)},
 )
 async def job_events(
-    job_id: str, tenant: CurrentTenant, session: DbSession, signals: Signals, events: Events, db: Databases
+    job_id: str,
+    tenant: CurrentTenant,
+    session: DbSession,
+    signals: Signals,
+    events: Events,
+    db: Databases,
+    settings: AppSettings,
 ) -> StreamingResponse:
     await service.get_job(session, tenant_id=tenant.id, job_id=job_id)  # 404 before the stream starts
     await session.close()  # a stream can last long; it must not hold a pooled connection meanwhile
+    release = events.hold_stream(tenant.id, limit=settings.gateway.event_streams_per_tenant)  # or 429
 
     async def fresh() -> dict[str, Any]:
         async with db.session() as s:
@@ -187,11 +204,27 @@ async def job_events(
                     current = await fresh()  # pub/sub may drop a message; the row never lies
             yield _sse("done", current)
 
-    return StreamingResponse(
+    return _HeldStream(
         stream(),
+        release=release,
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
+
+
+class _HeldStream(StreamingResponse):
+    """A stream that gives its tenant's slot back (`EventHub.hold_stream`) however it ends: done, failed,
+    or left by its client, even before its body started (when the body's own `finally` never runs)."""
+
+    def __init__(self, content: AsyncIterator[str], *, release: Callable[[], None], **options: Any) -> None:
+        super().__init__(content, **options)
+        self._release = release
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._release()
 
 
 def _sse(event: str, data: dict[str, Any]) -> str:
