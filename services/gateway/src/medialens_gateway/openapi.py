@@ -199,8 +199,9 @@ def _error(description: str) -> dict[str, Any]:
 
 #: The tenant's rate is spent by `CurrentTenant`, so on every operation that needs a key.
 RATE_LIMITED = _error(
-    "RATE_LIMITED: this tenant is over its request rate (`MEDIALENS_GATEWAY_TENANT_RATE_LIMIT`); "
-    "retry after `Retry-After` seconds."
+    "RATE_LIMITED: this tenant is over its request rate (`MEDIALENS_GATEWAY_TENANT_RATE_LIMIT`) or, for an "
+    "event stream, holds its most open streams (`MEDIALENS_GATEWAY_EVENT_STREAMS_PER_TENANT`); retry after "
+    "`Retry-After` seconds."
 )
 UNAVAILABLE = _error(
     "SERVICE_UNAVAILABLE: the gateway sheds load (more than `MEDIALENS_GATEWAY_MAX_IN_FLIGHT` requests in "

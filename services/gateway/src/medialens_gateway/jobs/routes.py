@@ -168,7 +168,7 @@ async def get_result(job_id: str, tenant: CurrentTenant, session: DbSession, mon
     "/{job_id}/events",
     summary="Live progress as Server-Sent Events",
     response_class=StreamingResponse,
-    responses={200: {"content": {"text/event-stream": {}}}, **errors(429)},
+    responses={200: {"content": {"text/event-stream": {}}}},
 )
 async def job_events(
     job_id: str,
