@@ -229,22 +229,11 @@ async def test_finished_jobs_past_their_retention_go_with_their_parts_results_an
         store = FileStore(own.db.gridfs)
         results = own.db.collection("results")
         await results.insert_many([{"_id": job_id, "v": 1} for job_id in ("old-done", "part-a", "recent")])
+        storage = {
+            file_id: await own.add_file(file_id, b"\xff\xd8 jpeg", job_id=job_id)
+            for file_id, job_id in (("thumb", "old-done"), ("part-thumb", "part-a"), ("kept", "recent"))
+        }
         async with own.db.session() as session:
-            for file_id, job_id in (("thumb", "old-done"), ("part-thumb", "part-a"), ("kept", "recent")):
-                stored = await store.save_bytes(b"\xff\xd8 jpeg", filename=f"{file_id}.jpg")
-                await session.execute(
-                    insert(files).values(
-                        id=file_id,
-                        tenant_id="t",
-                        filename=f"{file_id}.jpg",
-                        content_type="image/jpeg",
-                        size_bytes=stored.size_bytes,
-                        sha256=stored.sha256,
-                        kind="image",
-                        storage_id=stored.storage_id,
-                        job_id=job_id,
-                    )
-                )
             await session.execute(
                 insert(webhook_deliveries),
                 [
@@ -264,7 +253,6 @@ async def test_finished_jobs_past_their_retention_go_with_their_parts_results_an
                 ],
             )
             await session.commit()
-            storage = {row.id: row.storage_id for row in await session.execute(select(files))}
 
         async def remaining() -> set[str]:
             async with own.db.session() as session:
@@ -309,26 +297,10 @@ async def test_deleted_files_leave_their_rows_once_past_the_retention(
     async with own_relay(run_id, mongo_url, rabbit_vhost, name="purge", job_retention_s=3600) as own:
         store = FileStore(own.db.gridfs)
         long_ago, now = datetime.now(UTC) - timedelta(hours=2), datetime.now(UTC)
-        storage: dict[str, str] = {}
-        async with own.db.session() as session:
-            await ensure_tenant(session, "t")
-            for file_id, deleted_at in (("old", long_ago), ("recent", now), ("live", None)):
-                stored = await store.save_bytes(b"bytes", filename=f"{file_id}.bin")
-                storage[file_id] = stored.storage_id
-                await session.execute(
-                    insert(files).values(
-                        id=file_id,
-                        tenant_id="t",
-                        filename=f"{file_id}.bin",
-                        content_type="application/octet-stream",
-                        size_bytes=stored.size_bytes,
-                        sha256=stored.sha256,
-                        kind="other",
-                        storage_id=stored.storage_id,
-                        deleted_at=deleted_at,
-                    )
-                )
-            await session.commit()
+        storage = {
+            file_id: await own.add_file(file_id, b"bytes", deleted_at=deleted_at)
+            for file_id, deleted_at in (("old", long_ago), ("recent", now), ("live", None))
+        }
 
         async def rows() -> set[str]:
             async with own.db.session() as session:
@@ -508,6 +480,28 @@ class OwnRelay:
                 insert(jobs), [{"tenant_id": "t", "type": "audio.probe"} | row for row in rows]
             )
             await session.commit()
+
+    async def add_file(self, file_id: str, content: bytes, **columns: Any) -> str:
+        """`content` stored in GridFS with a file row of tenant "t" (made if new) and the given further
+        `columns` (`job_id`, `deleted_at`...); its storage id."""
+        stored = await FileStore(self.db.gridfs).save_bytes(content, filename=f"{file_id}.bin")
+        async with self.db.session() as session:
+            await ensure_tenant(session, "t")
+            await session.execute(
+                insert(files).values(
+                    id=file_id,
+                    tenant_id="t",
+                    filename=f"{file_id}.bin",
+                    content_type="application/octet-stream",
+                    size_bytes=stored.size_bytes,
+                    sha256=stored.sha256,
+                    kind="other",
+                    storage_id=stored.storage_id,
+                    **columns,
+                )
+            )
+            await session.commit()
+        return stored.storage_id
 
     async def plan(self, query: Select[Any]) -> str:
         """PostgreSQL's plan of `query` with sequential scans discouraged: whether an index can serve it."""
