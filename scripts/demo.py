@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -47,8 +47,20 @@ def readiness(client: httpx.Client) -> httpx.Response | None:
 
 
 def is_ready(client: httpx.Client) -> bool:
-    answer = readiness(client)
+    return _ready(readiness(client))
+
+
+def _ready(answer: httpx.Response | None) -> bool:
     return answer is not None and answer.status_code == 200
+
+
+def wait_ready(client: httpx.Client, *, gone: Callable[[], bool] = lambda: False) -> httpx.Response | None:
+    """Look at `/health/ready` every half second until it answers 200, `READY_TIMEOUT_S` pass or `gone()`
+    (the stack's process ended); the last answer (None: nothing answered)."""
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while not _ready(answer := readiness(client)) and not gone() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return answer
 
 
 def start_stack() -> subprocess.Popen[bytes]:
@@ -73,28 +85,22 @@ def stack(client: httpx.Client) -> Iterator[None]:
     never joined by a second stack, whose processes could not take its ports anyway."""
     answer = readiness(client)
     if answer is not None:
-        if answer.status_code != 200:
+        if not _ready(answer):
             print(f"the gateway at {client.base_url} is not ready ({answer.status_code}); waiting for it")
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while answer is None or answer.status_code != 200:
-            if time.monotonic() > deadline:
-                said = "no answer" if answer is None else f"{answer.status_code}: {answer.text[:300]}"
-                raise DemoFailed(
-                    f"the gateway at {client.base_url} is not ready after {READY_TIMEOUT_S:g} s ({said})"
-                )
-            time.sleep(0.5)
-            answer = readiness(client)
+            answer = wait_ready(client)
+        if not _ready(answer):
+            said = "no answer" if answer is None else f"{answer.status_code}: {answer.text[:300]}"
+            raise DemoFailed(
+                f"the gateway at {client.base_url} is not ready after {READY_TIMEOUT_S:g} s ({said})"
+            )
         yield
         return
     print(f"no gateway at {client.base_url}: starting the stack (log: {STACK_LOG})")
     process = start_stack()
     try:
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while not is_ready(client):
-            if process.poll() is not None or time.monotonic() > deadline:
-                tail = "\n".join(STACK_LOG.read_text(errors="replace").splitlines()[-20:])
-                raise DemoFailed(f"the stack did not become ready; last lines of {STACK_LOG}:\n{tail}")
-            time.sleep(0.5)
+        if not _ready(wait_ready(client, gone=lambda: process.poll() is not None)):
+            tail = "\n".join(STACK_LOG.read_text(errors="replace").splitlines()[-20:])
+            raise DemoFailed(f"the stack did not become ready; last lines of {STACK_LOG}:\n{tail}")
         print("stack ready")
         yield
     finally:
