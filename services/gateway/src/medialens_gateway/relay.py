@@ -33,6 +33,7 @@ import logging
 import signal
 import socket
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -41,7 +42,8 @@ from faststream import AckPolicy
 from faststream.rabbit import RabbitBroker
 from faststream.rabbit.annotations import RabbitMessage
 from pydantic import ValidationError
-from sqlalchemy import Select, delete, func, select, update
+from sqlalchemy import Row, Select, delete, func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from medialens_gateway.webhooks import Dispatcher
 from medialens_shared import jobstore, metrics, outbox
@@ -264,10 +266,7 @@ class Relay:
                 await session.execute(select(files.c.id, files.c.storage_id).where(files.c.job_id.in_(ids)))
             ).all()
             await self.db.collection("results").delete_many({"_id": {"$in": ids}})
-            for _, storage_id in made:
-                await self.store.delete(storage_id)
-            if made:
-                await session.execute(delete(files).where(files.c.id.in_([file_id for file_id, _ in made])))
+            await self._drop_files(session, made)
             await session.execute(delete(jobs).where(jobs.c.id.in_(ids)))
             await session.commit()
         for _, job_type in expired:
@@ -294,12 +293,17 @@ class Relay:
         )
         async with self.db.session() as session:
             gone = (await session.execute(old)).all()
-            for _, storage_id in gone:
-                await self.store.delete(storage_id)
-            if gone:
-                await session.execute(delete(files).where(files.c.id.in_([file_id for file_id, _ in gone])))
+            await self._drop_files(session, gone)
             await session.commit()
         return len(gone)
+
+    async def _drop_files(self, session: AsyncSession, rows: Sequence[Row[Any, Any]]) -> None:
+        """The bytes of each (file id, storage id) in `rows` (none an error if gone), then their file rows, in
+        `session`'s transaction: a round cut short leaves the rows, which the next round finds again."""
+        for _, storage_id in rows:
+            await self.store.delete(storage_id)
+        if rows:
+            await session.execute(delete(files).where(files.c.id.in_([file_id for file_id, _ in rows])))
 
     async def _publish(self, row: Any) -> None:
         # The publish span joins the trace of the request (or job) that wrote the entry.
