@@ -58,6 +58,15 @@ class Claim:
         """The claim a claim's returned row records."""
         return cls(row["worker"], row["attempts"])
 
+    def holds(self) -> tuple[ColumnElement[bool], ColumnElement[bool]]:
+        """The clauses of a job this claim still holds (with a running status, its lease is this claim's)."""
+        return held_by(self.worker, self.attempt)
+
+
+def held_by(worker: Any, attempt: Any) -> tuple[ColumnElement[bool], ColumnElement[bool]]:
+    """A job's row still held by the claim of `worker` and `attempt` (values, or SQL expressions of them)."""
+    return jobs.c.worker == worker, jobs.c.attempts == attempt
+
 
 #: The error of a composite job's part that does not apply to the input; the other parts still count.
 PART_NOT_APPLICABLE = "UNSUPPORTED_INPUT"
@@ -197,8 +206,7 @@ def _transition_statement(
         .returning(*jobs.c, *returning)
     )
     if owner is not None:
-        worker, attempt = (owner.worker, owner.attempt) if isinstance(owner, Claim) else owner
-        statement = statement.where(jobs.c.worker == worker, jobs.c.attempts == attempt)
+        statement = statement.where(*(owner.holds() if isinstance(owner, Claim) else held_by(*owner)))
     return statement
 
 

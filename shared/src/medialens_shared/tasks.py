@@ -711,8 +711,7 @@ class JobRunner:
                 .where(
                     jobs.c.id == job_id,
                     jobs.c.status == JobStatus.RUNNING.value,
-                    jobs.c.worker == claim.worker,
-                    jobs.c.attempts == claim.attempt,
+                    *claim.holds(),
                 )
                 .values(lease_expires_at=func.now() + self.lease)
                 .returning(jobs.c.id)
