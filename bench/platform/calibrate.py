@@ -13,9 +13,10 @@ this machine's speed explains; if it is higher, the baseline is leaner than what
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import statistics
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import aio_pika
@@ -31,6 +32,8 @@ QUOTED_CELERY_JOBS, QUOTED_CELERY_P99_S = 2000, 14.0
 PAYLOAD = b"x" * 300
 SCRATCH_TABLE = "calibration_commits"
 SCRATCH_DDL = f"create table {SCRATCH_TABLE} (id bigint generated always as identity primary key, body text)"
+SCRATCH_INSERT = f"insert into {SCRATCH_TABLE} (body) values ($1)"
+SCRATCH_BODY = PAYLOAD.decode()
 SCRATCH_COLLECTION = "calibration_writes"
 
 
@@ -92,31 +95,28 @@ async def postgres_commits(dsn: str, *, rows: int = 5000, connections: int = 8) 
     connections inserting at once (commits can share a WAL flush there). The quote is compared with the
     first. The server's `fsync` and `synchronous_commit` are returned too: either off would flatter it.
     """
-    admin = await asyncpg.connect(dsn)
-    await admin.execute(SCRATCH_DDL)
-    insert = f"insert into {SCRATCH_TABLE} (body) values ($1)"
-    body = PAYLOAD.decode()
     pool: list[Any] = []
-    try:
+    async with _scratch_table(dsn) as admin:
+        try:
 
-        async def inserts(conn: Any, count: int) -> None:
-            for _ in range(count):
-                await conn.execute(insert, body)
+            async def inserts(conn: Any, count: int) -> None:
+                for _ in range(count):
+                    await conn.execute(SCRATCH_INSERT, SCRATCH_BODY)
 
-        sequential = await _per_s(rows, lambda: inserts(admin, rows))
-        pool = [await asyncpg.connect(dsn) for _ in range(connections)]
-        concurrent = await _per_s(
-            rows,
-            lambda: asyncio.gather(
-                *(inserts(c, n) for c, n in zip(pool, _shares(rows, connections), strict=True))
-            ),
-        )
-        settings = {name: await admin.fetchval(f"show {name}") for name in ("fsync", "synchronous_commit")}
-    finally:
-        for conn in pool:
-            await conn.close()
-        await admin.execute(f"drop table if exists {SCRATCH_TABLE}")
-        await admin.close()
+            sequential = await _per_s(rows, lambda: inserts(admin, rows))
+            pool = [await asyncpg.connect(dsn) for _ in range(connections)]
+            concurrent = await _per_s(
+                rows,
+                lambda: asyncio.gather(
+                    *(inserts(c, n) for c, n in zip(pool, _shares(rows, connections), strict=True))
+                ),
+            )
+            settings = {
+                name: await admin.fetchval(f"show {name}") for name in ("fsync", "synchronous_commit")
+            }
+        finally:
+            for conn in pool:
+                await conn.close()
     return {"sequential": sequential, "concurrent": concurrent, "server": settings}
 
 
@@ -130,29 +130,37 @@ async def commit_floor(
     The scratch table of `postgres_commits`, the same 300-character row, on a pool of `connections`.
     With `synchronous_commit` "off" (these connections only) a commit does not wait for its WAL flush.
     """
+    async with _scratch_table(dsn):
+        # A startup setting of each connection, which the pool's RESET ALL at every release goes back to (a
+        # SET in the pool's `init` lasted until the first release: that pass measured flushed commits but
+        # its first).
+        pool = await asyncpg.create_pool(
+            dsn,
+            min_size=connections,
+            max_size=connections,
+            server_settings={"synchronous_commit": synchronous_commit},
+        )
+        try:
+
+            async def commit(_index: int) -> int:
+                async with pool.acquire() as conn:
+                    await conn.execute(SCRATCH_INSERT, SCRATCH_BODY)
+                return 200
+
+            return await timetable(commit, rate=rate, duration_s=duration_s)
+        finally:
+            await pool.close()
+
+
+@contextlib.asynccontextmanager
+async def _scratch_table(dsn: str) -> AsyncIterator[Any]:
+    """The scratch table of the commit measurements, made on a connection of its own (yielded), dropped
+    afterwards."""
     admin = await asyncpg.connect(dsn)
-    await admin.execute(SCRATCH_DDL)
-    insert = f"insert into {SCRATCH_TABLE} (body) values ($1)"
-    body = PAYLOAD.decode()
-
-    # A startup setting of each connection, which the pool's RESET ALL at every release goes back to (a SET
-    # in the pool's `init` lasted until the first release: that pass measured flushed commits but its first).
-    pool = await asyncpg.create_pool(
-        dsn,
-        min_size=connections,
-        max_size=connections,
-        server_settings={"synchronous_commit": synchronous_commit},
-    )
     try:
-
-        async def commit(_index: int) -> int:
-            async with pool.acquire() as conn:
-                await conn.execute(insert, body)
-            return 200
-
-        return await timetable(commit, rate=rate, duration_s=duration_s)
+        await admin.execute(SCRATCH_DDL)
+        yield admin
     finally:
-        await pool.close()
         await admin.execute(f"drop table if exists {SCRATCH_TABLE}")
         await admin.close()
 
