@@ -179,11 +179,7 @@ async def test_the_backstop_publishes_only_jobs_queued_too_long_and_each_once_a_
                     tuple(row) for row in (await session.execute(query.where(outbox.c.sent_at.is_(None))))
                 ]
 
-        disabled = own.settings.relay.model_copy(update={"republish_after_s": 0})
-        off = Relay(
-            settings=own.settings.model_copy(update={"relay": disabled}), db=own.db, broker=own.broker
-        )
-        assert await off.republish_stale() == 0
+        assert await own.relay(republish_after_s=0).republish_stale() == 0
         relay = own.relay()
         assert await relay.republish_stale() == 1
         assert await entries() == [("stale", "audio.probe", "stale")]
@@ -259,11 +255,7 @@ async def test_finished_jobs_past_their_retention_go_with_their_parts_results_an
                 return set(await session.scalars(select(jobs.c.id)))
 
         everything = await remaining()
-        keep_all = own.settings.relay.model_copy(update={"job_retention_s": 0})
-        off = Relay(
-            settings=own.settings.model_copy(update={"relay": keep_all}), db=own.db, broker=own.broker
-        )
-        assert await off.expire_jobs() == 0
+        assert await own.relay(job_retention_s=0).expire_jobs() == 0
         assert await remaining() == everything
 
         before = REGISTRY.get_sample_value("medialens_jobs_expired_total", {"type": "audio.probe"}) or 0.0
@@ -306,11 +298,7 @@ async def test_deleted_files_leave_their_rows_once_past_the_retention(
             async with own.db.session() as session:
                 return set(await session.scalars(select(files.c.id)))
 
-        keep_all = own.settings.relay.model_copy(update={"job_retention_s": 0})
-        off = Relay(
-            settings=own.settings.model_copy(update={"relay": keep_all}), db=own.db, broker=own.broker
-        )
-        assert await off.purge_deleted_files() == 0
+        assert await own.relay(job_retention_s=0).purge_deleted_files() == 0
         assert await rows() == {"old", "recent", "live"}
         assert await own.relay().purge_deleted_files() == 1
         assert await rows() == {"recent", "live"}
@@ -457,8 +445,10 @@ class OwnRelay:
     db: DatabaseManager
     broker: RabbitBroker
 
-    def relay(self) -> Relay:
-        return Relay(settings=self.settings, db=self.db, broker=self.broker)
+    def relay(self, **relay: Any) -> Relay:
+        """A relay on these pools, its relay settings these with the `relay` values."""
+        settings = self.settings.model_copy(update={"relay": self.settings.relay.model_copy(update=relay)})
+        return Relay(settings=settings, db=self.db, broker=self.broker)
 
     async def write(self, routing_key: str = "video.probe", *, count: int = 1) -> list[int]:
         """`count` outbox entries for a job that does not exist; their ids."""
