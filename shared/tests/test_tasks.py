@@ -658,14 +658,16 @@ async def test_a_claim_waits_out_a_short_database_outage(
 async def test_release_unfinished_hands_running_jobs_back(
     make_runner, new_job, tenant_id: str, db: DatabaseManager
 ) -> None:
-    """At shutdown this worker's running jobs go back to queued with a fresh outbox entry; others stay."""
+    """At shutdown this worker's running jobs go back to queued with a fresh outbox entry, their cut try
+    not counted; others stay."""
     runner = make_runner({"video.probe": Calls()})
-    mine = await new_job(status="running", attempts=1, worker=runner.worker_id)
+    mine = await new_job(status="running", attempts=2, worker=runner.worker_id)
     theirs = await new_job(status="running", attempts=1, worker="video-someone-else")
     await runner.release_unfinished()
     row = await row_of(db, mine)
     assert (row["status"], row["worker"], row["message"]) == ("queued", None, "requeued: its worker stopped")
-    assert (await row_of(db, theirs))["status"] == "running"
+    assert row["attempts"] == 1
+    assert ((await row_of(db, theirs))["status"], (await row_of(db, theirs))["attempts"]) == ("running", 1)
     async with db.session() as session:
         entries = (
             (await session.execute(select(outbox).where(outbox.c.job_id.in_([mine, theirs]))))

@@ -530,7 +530,12 @@ class JobRunner:
         return len(ended)
 
     async def release_unfinished(self) -> None:
-        """At shutdown: hand back the jobs this worker still runs, so another worker takes them at once."""
+        """At shutdown: hand back the jobs this worker still runs, so another worker takes them at once.
+
+        The try is not counted (`attempts` goes back by one): the job did not fail, its worker was stopped
+        (a rollout, a scale-down, a drained node), and a job handed back by two rollouts must not be one
+        crash away from `RETRIES_EXHAUSTED`.
+        """
         async with self.db.session() as session:
             released = (
                 (
@@ -539,6 +544,7 @@ class JobRunner:
                         .where(jobs.c.status == JobStatus.RUNNING.value, jobs.c.worker == self.worker_id)
                         .values(
                             status=JobStatus.QUEUED.value,
+                            attempts=jobs.c.attempts - 1,
                             worker=None,
                             lease_expires_at=None,
                             message="requeued: its worker stopped",
