@@ -13,6 +13,8 @@ import av
 import numpy as np
 import numpy.typing as npt
 
+from medialens_audio.decode import frame_of
+
 Signal = npt.NDArray[np.float32]
 
 CODECS = {".wav": "pcm_s16le", ".flac": "flac", ".mp3": "libmp3lame", ".m4a": "aac"}
@@ -59,7 +61,7 @@ def write(path: Path, samples: Signal, *, rate: int = 48000, layout: str | None 
     """Encode (channels, n) float samples to `path`; the codec follows the suffix (see `CODECS`)."""
     codec = CODECS[path.suffix]
     channels = samples.shape[0]
-    layout = layout or {1: "mono", 2: "stereo", 6: "5.1"}[channels]
+    layout = layout or {1: "mono", 2: "stereo", 6: "5.1", 8: "7.1"}.get(channels, f"{channels}c")
     options = {"write_xing": "1"} if codec == "libmp3lame" else None
     with av.open(str(path), mode="w", options=options) as container:
         stream = container.add_stream(codec, rate=rate)
@@ -68,8 +70,7 @@ def write(path: Path, samples: Signal, *, rate: int = 48000, layout: str | None 
             stream.bit_rate = 192_000
         chunk = rate  # one-second frames: PyAV re-cuts them to the codec's frame size
         for offset in range(0, samples.shape[1], chunk):
-            part = np.ascontiguousarray(samples[:, offset : offset + chunk])
-            frame = av.AudioFrame.from_ndarray(part, format="fltp", layout=layout)
+            frame = frame_of(samples[:, offset : offset + chunk], layout)  # 8 channels and more: packed
             frame.sample_rate = rate
             frame.pts = offset
             frame.time_base = Fraction(1, rate)

@@ -191,13 +191,15 @@ def test_silence_has_no_integrated_loudness() -> None:
 
 
 @pytest.mark.parametrize(
-    ("channels", "layout", "expected"), [(1, "mono", -26.0), (2, "stereo", -23.0), (6, "5.1", -18.36)]
+    ("channels", "layout", "expected"),
+    [(1, "mono", -26.0), (2, "stereo", -23.0), (6, "5.1", -18.36), (8, "7.1", -16.65)],
 )
 def test_wav_channel_layouts(tmp_path: Path, channels: int, layout: str, expected: float) -> None:
-    """The same -23 dBFS sine on 1, 2 and 5.1 channels adds up as BS.1770 weighs the channels."""
+    """The same -23 dBFS sine on 1, 2, 5.1 and 7.1 channels adds up as BS.1770 weighs the channels."""
     path = write(tmp_path / "tone.wav", sine(-23.0, 4.0, channels=channels), layout=layout)
     result = measure_loudness(path, None, no_report)
-    # One channel of it is -26.01 LUFS; 5.1 weighs FL, FR, FC 1, LFE 0, BL, BR 1.41: + 10 log10(5.82).
+    # One channel of it is -26.01 LUFS; 5.1 weighs FL, FR, FC 1, LFE 0, BL, BR 1.41: + 10 log10(5.82);
+    # 7.1 adds SL, SR at 1.41: + 10 log10(8.64) (FFmpeg's ebur128 reads -16.6 too).
     assert result.integrated_lufs == pytest.approx(expected, abs=0.1)
 
 

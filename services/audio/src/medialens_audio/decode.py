@@ -1,7 +1,7 @@
 """Streamed decoding of a file's first audio stream into float32 blocks of shape (channels, samples).
 
 Every analyser reads its input through `open_audio`: the file is checked (missing, empty, a table), opened
-with PyAV for its metadata, then decoded by FFmpeg into planar float32 blocks of one second in [-1, 1] at
+with PyAV for its metadata, then decoded by FFmpeg into float32 blocks of one second in [-1, 1] at
 the native rate, so memory does not depend on the file's length. After each
 block the caller's `report(fraction, message)` is called: it publishes progress and raises `JobCancelled`
 when the job was cancelled, so a cancel takes effect within a second of media.
@@ -28,6 +28,36 @@ from medialens_shared.sniff import ffmpeg_reason, inspect_media, unreadable_medi
 Block = npt.NDArray[np.float32]
 #: `report(fraction, message)`: progress of a job from a worker thread; raises `JobCancelled` on cancel.
 Report = Callable[[float, str], None]
+
+
+#: The most channels a block crosses between FFmpeg and NumPy as planar samples (`fltp`). PyAV 18 counts a
+#: planar frame's planes by reading FFmpeg's data pointers until a null one, past the end of the 8 a frame
+#: holds (`AV_NUM_DATA_POINTERS`), so a frame of 8 or more planar channels (7.1 and up) crashes the process
+#: (SIGSEGV in `to_ndarray`, `from_ndarray`). Those blocks cross packed (`flt`, interleaved: one plane
+#: whatever the count) instead, and are transposed; fewer channels stay planar and skip that copy.
+PLANAR_CHANNELS_MAX = 7
+
+
+def sample_format(channels: int) -> str:
+    """The float32 sample format blocks of `channels` channels cross PyAV in (see PLANAR_CHANNELS_MAX)."""
+    return "fltp" if channels <= PLANAR_CHANNELS_MAX else "flt"
+
+
+def block_of(frame: Any, channels: int) -> Block:
+    """A frame in `sample_format(channels)` as a (channels, n) float32 block."""
+    array: Block = frame.to_ndarray()
+    if channels <= PLANAR_CHANNELS_MAX:
+        return array
+    return np.ascontiguousarray(array.reshape(-1, channels).T)
+
+
+def frame_of(block: Block, layout: str) -> Any:
+    """A (channels, n) float32 block as a frame in `sample_format(channels)`."""
+    channels = block.shape[0]
+    if channels <= PLANAR_CHANNELS_MAX:
+        return av.AudioFrame.from_ndarray(np.ascontiguousarray(block), format="fltp", layout=layout)
+    packed = np.ascontiguousarray(block.T).reshape(1, -1)
+    return av.AudioFrame.from_ndarray(packed, format="flt", layout=layout)
 
 
 #: How far FFmpeg reads a WAV's samples ahead when opening it (`probesize`; other formats keep the
@@ -121,10 +151,10 @@ class AudioInput:
     def _decoded(self, target: int) -> Iterator[Block]:
         decoded = 0
         try:
-            graph = _decoding_graph(self._path, self._stream.index, target)
+            graph = _decoding_graph(self._path, self._stream.index, target, self.channels)
             while True:
                 try:
-                    block: Block = graph.pull().to_ndarray()
+                    block = block_of(graph.pull(), self.channels)
                 except av.error.EOFError:
                     return
                 decoded += block.shape[1]
@@ -214,8 +244,9 @@ def _read_ahead(source: Iterator[Block], *, depth: int) -> Generator[Block, None
         thread.join()
 
 
-def _decoding_graph(path: Path, stream_index: int, size: int) -> Any:
-    """A filter graph whose every pull is the next `size` samples of the stream, as planar float32.
+def _decoding_graph(path: Path, stream_index: int, size: int, channels: int) -> Any:
+    """A filter graph whose every pull is the next `size` samples of the stream, as float32 (planar up
+    to PLANAR_CHANNELS_MAX channels).
 
     FFmpeg's `amovie` source demuxes and decodes, `aformat` converts any sample format to float32 in
     [-1, 1], and the sink gathers the codec's small frames into blocks (the last one shorter): a whole
@@ -225,9 +256,9 @@ def _decoding_graph(path: Path, stream_index: int, size: int) -> Any:
     graph = av.filter.Graph()
     graph.threads = 1
     source = graph.add("amovie", filename=str(path), streams=str(stream_index))
-    planar = graph.add("aformat", sample_fmts="fltp")
-    source.link_to(planar)
-    planar.link_to(graph.add("abuffersink"))
+    floats = graph.add("aformat", sample_fmts=sample_format(channels))
+    source.link_to(floats)
+    floats.link_to(graph.add("abuffersink"))
     graph.configure()
     graph.set_audio_frame_size(size)
     return graph

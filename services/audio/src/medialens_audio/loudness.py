@@ -32,7 +32,7 @@ import numpy.typing as npt
 from numpy.lib.stride_tricks import sliding_window_view
 from pydantic import BaseModel
 
-from medialens_audio.decode import Block, Report, open_audio
+from medialens_audio.decode import Block, Report, block_of, frame_of, open_audio, sample_format
 from medialens_shared.contracts import AudioLoudnessResult, ShortTermPoint
 
 Floats = npt.NDArray[np.float64]
@@ -116,11 +116,13 @@ class KWeightingFilter:
         self.sample_rate = sample_rate
         self._layout = layout
         self._pts = 0
+        self._channels = len(av.AudioLayout(layout).channels)
+        floats = sample_format(self._channels)
         graph = av.filter.Graph()
         # One FFmpeg thread: the meter runs the filter on a helper thread, the second core already.
         graph.threads = 1
         node = graph.add_abuffer(
-            format="fltp", sample_rate=sample_rate, layout=self._layout, time_base=Fraction(1, sample_rate)
+            format=floats, sample_rate=sample_rate, layout=self._layout, time_base=Fraction(1, sample_rate)
         )
         for section in k_weighting(sample_rate):
             b0, b1, b2, _a0, a1, a2 = (repr(float(value)) for value in section)
@@ -129,15 +131,15 @@ class KWeightingFilter:
             )
             node.link_to(biquad)
             node = biquad
-        planar_floats = graph.add("aformat", "sample_fmts=fltp")
-        node.link_to(planar_floats)
-        planar_floats.link_to(graph.add("abuffersink"))
+        same_floats = graph.add("aformat", f"sample_fmts={floats}")
+        node.link_to(same_floats)
+        same_floats.link_to(graph.add("abuffersink"))
         graph.configure()
         self._graph: Any = graph
 
     def __call__(self, block: Block) -> Block:
         """The K-weighted samples of `block` (channels, n) as float32."""
-        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(block), format="fltp", layout=self._layout)
+        frame = frame_of(block, self._layout)
         frame.sample_rate = self.sample_rate
         frame.pts = self._pts
         self._pts += block.shape[1]
@@ -145,7 +147,7 @@ class KWeightingFilter:
         filtered: list[Block] = []
         while True:
             try:
-                filtered.append(self._graph.pull().to_ndarray())
+                filtered.append(block_of(self._graph.pull(), self._channels))
             except (av.error.BlockingIOError, av.error.EOFError):
                 break
         return filtered[0] if len(filtered) == 1 else np.concatenate(filtered, axis=1)
