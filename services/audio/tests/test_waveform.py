@@ -48,6 +48,16 @@ def test_point_count_and_range(tmp_path: Path, rate: int, pps: int, seconds: flo
     assert all(-1.0 <= low <= high <= 1.0 for low, high in result.peaks)
 
 
+def test_samples_past_full_scale_clip_to_one_point() -> None:
+    """Float audio may exceed full scale: a stretch wholly above 1 (or below -1) reads (1, 1) ((-1, -1)),
+    never a minimum above its maximum; one crossing full scale is clipped at that end only."""
+    binner = PeakBinner(100, 4)  # points of 25 samples
+    above, below = np.full(25, 1.5), np.full(25, -2.0)
+    crossing = np.linspace(0.5, 1.5, 25)
+    binner.feed(np.stack([np.concatenate([above, below, crossing])] * 2).astype(np.float32))
+    assert binner.result().peaks == [(1.0, 1.0), (-1.0, -1.0), (0.5, 1.0)]
+
+
 def test_streaming_equals_whole_signal() -> None:
     """Points from odd-sized blocks equal the min/max computed on the whole mono mix at once."""
     samples = noise(-10.0, 3.0, rate=44100)

@@ -72,8 +72,10 @@ class PeakBinner:
             )
 
     def result(self) -> AudioWaveformResult:
+        # Float files may hold samples past full scale; both ends are clipped to -1..1 alike, so a point
+        # lying wholly above 1 reads (1, 1), not a minimum above its maximum.
         peaks = [
-            (round(max(low, -1.0), DECIMALS), round(min(high, 1.0), DECIMALS))
+            (round(_full_scale(low), DECIMALS), round(_full_scale(high), DECIMALS))
             for low, high in zip(self._mins, self._maxs, strict=True)
         ]
         return AudioWaveformResult(
@@ -81,6 +83,10 @@ class PeakBinner:
             duration_s=round(self._samples / self.sample_rate, 6),
             peaks=peaks,
         )
+
+
+def _full_scale(value: float) -> float:
+    return min(max(value, -1.0), 1.0)
 
 
 def compute_waveform(
