@@ -110,11 +110,19 @@ def check_workloads(objs: list[Manifest], *, pinned: bool) -> list[str]:
     return errors
 
 
+#: The readiness path of each process: the gateway's sits behind a Service, so it is routed by what the
+#: process alone needs (`/health/serving`: PostgreSQL), never by dependencies every gateway shares, whose
+#: outage would take the whole API out of the Service; the others route nothing and report every dependency.
+READINESS_PATHS = {"medialens-gateway": "/health/serving"}
+
+
 def check_probes(at: str, container: Manifest, port: int) -> list[str]:
-    """Liveness on /health/live, readiness on /health/ready, both on a declared port that is the process's."""
+    """Liveness on /health/live, readiness on the process's own (READINESS_PATHS, else /health/ready), both
+    on a declared port that is the process's."""
     errors = []
     declared = {p.get("name"): p["containerPort"] for p in container.get("ports", [])}
-    for probe, path in (("readinessProbe", "/health/ready"), ("livenessProbe", "/health/live")):
+    ready = READINESS_PATHS.get(" ".join(container.get("command", [])), "/health/ready")
+    for probe, path in (("readinessProbe", ready), ("livenessProbe", "/health/live")):
         get = container.get(probe, {}).get("httpGet", {})
         if get.get("path") != path:
             errors.append(f"{at}: {probe} must GET {path}, not {get.get('path')!r}")

@@ -12,7 +12,7 @@ from pydantic import SecretStr
 from medialens_gateway.main import create_app
 from medialens_shared.settings import Settings
 from tests.fixtures.proxy import TcpProxy
-from tests.fixtures.servers import RABBIT_HOST
+from tests.fixtures.servers import RABBIT_HOST, SERVERS
 from tests.fixtures.stack import Stack
 
 from ..conftest import EnvelopeCheck
@@ -50,7 +50,8 @@ async def test_ready_checks_every_dependency(api: httpx.AsyncClient, envelope: E
 async def test_ready_is_503_when_rabbitmq_is_unreachable(
     settings: Settings, database: str, envelope: EnvelopeCheck
 ) -> None:
-    """A gateway started while RabbitMQ is down serves, answers 503 naming rabbitmq, then gets ready."""
+    """A gateway started while RabbitMQ is down serves: /health/ready answers 503 naming rabbitmq, while
+    /health/serving (the load balancer's question) answers 200; then it gets ready."""
     proxy = TcpProxy(*RABBIT_HOST)
     await proxy.start()
     url = settings.rabbitmq.url.get_secret_value().replace(f":{RABBIT_HOST[1]}/", f":{proxy.port}/")
@@ -67,6 +68,7 @@ async def test_ready_is_503_when_rabbitmq_is_unreachable(
         async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
             response = await asyncio.wait_for(client.get("/health/ready"), timeout=30)
             live = await client.get("/health/live")
+            serving = await client.get("/health/serving")
             await proxy.restore()
             try:
                 back = await _ready(client, within_s=20)
@@ -81,7 +83,50 @@ async def test_ready_is_503_when_rabbitmq_is_unreachable(
     assert checks["rabbitmq"]["error"]
     assert all(checks[name]["ok"] for name in ("postgres", "mongodb", "redis"))
     assert live.status_code == 200
+    assert envelope(serving, status=200)["data"]["checks"]["postgres"]["ok"] is True
     envelope(back, status=200)
+
+
+async def test_serving_is_503_while_postgres_does_not_answer(
+    settings: Settings, database: str, envelope: EnvelopeCheck
+) -> None:
+    """/health/serving follows this gateway's PostgreSQL: 200, then 503 naming postgres while it is cut off
+    (with Retry-After), then 200 again once it answers."""
+    host, port = SERVERS.postgres.rsplit("@", 1)[1].split(":")
+    proxy = TcpProxy(host, int(port))
+    await proxy.start()
+    url = settings.postgres.url.get_secret_value().replace(f"@{host}:{port}/", f"@127.0.0.1:{proxy.port}/")
+    proxied = settings.model_copy(
+        update={
+            "postgres": settings.postgres.model_copy(update={"url": SecretStr(url)}),
+            "gateway": settings.gateway.model_copy(update={"health_timeout_s": 1.0}),
+        }
+    )
+    app = create_app(proxied)
+    async with LifespanManager(app, startup_timeout=60, shutdown_timeout=60) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+            before = await client.get("/health/serving")
+            await proxy.cut()
+            try:
+                during = await asyncio.wait_for(client.get("/health/serving"), timeout=30)
+            finally:
+                await proxy.restore()
+            deadline = time.monotonic() + 20
+            while (after := await client.get("/health/serving")).status_code != 200:
+                assert time.monotonic() < deadline, after.text
+                await asyncio.sleep(0.2)
+    await proxy.cut()
+    data = envelope(before, status=200)["data"]
+    assert (data["status"], set(data["checks"])) == ("ok", {"postgres"})
+    assert data["checks"]["postgres"]["ok"] is True
+    body = envelope(during, status=503, error_code="SERVICE_UNAVAILABLE")
+    assert during.headers["retry-after"] == "5"
+    assert "postgres" in body["message"]
+    assert body["data"]["status"] == "unavailable"
+    assert body["data"]["checks"]["postgres"]["ok"] is False
+    assert body["data"]["checks"]["postgres"]["error"]
+    envelope(after, status=200)
 
 
 async def test_metrics_are_prometheus_text(api: httpx.AsyncClient) -> None:

@@ -1,4 +1,13 @@
-"""Operations, outside `/v1` and without a key: liveness, readiness, Prometheus metrics."""
+"""Operations, outside `/v1` and without a key: liveness, readiness, Prometheus metrics.
+
+Two readiness questions, for two readers. `/health/ready` asks whether every dependency answers: for
+operators, alerts, a blue-green switch and a demo waiting for the whole stack. `/health/serving` asks only
+whether this process can take requests, which is what a load balancer (the Kubernetes readiness probe)
+must route by: PostgreSQL, where every job is stored, answers. RabbitMQ, MongoDB and Redis are shared by
+every gateway, so routing by them would take every gateway out of the Service at once when one of them
+is away, turning a broker outage the outbox absorbs (submissions still answer 202) into an outage of the
+whole API; the calls that do need them answer 503 with `Retry-After` on their own meanwhile.
+"""
 
 from __future__ import annotations
 
@@ -52,6 +61,33 @@ async def ready(db: Databases, bus: Bus, settings: AppSettings) -> JSONResponse:
         status_code=503,
         error_code="SERVICE_UNAVAILABLE",
         message=f"Not ready: {down} did not answer; see data.checks.",
+        data=data,
+        retry_after=5,
+    )
+
+
+@router.get(
+    "/health/serving",
+    summary="This process takes requests: PostgreSQL, where every job is stored, answered (503 when not)",
+    response_model=Envelope[Readiness],
+    responses={
+        503: {
+            "model": Envelope[Readiness],
+            "headers": RETRY_AFTER,
+            "description": "SERVICE_UNAVAILABLE: PostgreSQL did not answer; the envelope (`success` false) "
+            "holds the check in `data`.",
+        }
+    },
+)
+async def serving(db: Databases, settings: AppSettings) -> JSONResponse:
+    check = await timed_check(db.ping_postgres, timeout=settings.gateway.health_timeout_s)
+    data = {"status": "ok" if check.ok else "unavailable", "checks": {"postgres": asdict(check)}}
+    if check.ok:
+        return ok(data)
+    return error_response(
+        status_code=503,
+        error_code="SERVICE_UNAVAILABLE",
+        message="Not serving: postgres did not answer; see data.checks.",
         data=data,
         retry_after=5,
     )
