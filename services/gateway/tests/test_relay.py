@@ -25,7 +25,7 @@ from sqlalchemy import RowMapping, Select, insert, select, text, update
 from sqlalchemy.dialects import postgresql
 
 from medialens_gateway.auth import ensure_tenant
-from medialens_gateway.relay import Published, Relay, finished_before, stale_queued
+from medialens_gateway.relay import Published, Relay, finished_before, run_relay, stale_queued
 from medialens_shared import metrics, migrate
 from medialens_shared.bus import Topology, declare, make_broker, publish_job, queue_stats
 from medialens_shared.contracts import SERVICES
@@ -37,7 +37,7 @@ from medialens_shared.settings import RelaySettings, Settings
 from medialens_shared.tables import files, jobs, outbox, webhook_deliveries
 from scripts.samples import make_video
 from tests.fixtures.proxy import TcpProxy
-from tests.fixtures.servers import drop_database, make_settings, unreachable
+from tests.fixtures.servers import drop_database, free_port, make_settings, unreachable
 from tests.fixtures.stack import Stack, result_of, submit, upload, wait_for
 
 
@@ -781,3 +781,62 @@ async def test_the_backlog_gauges_tell_what_waits_in_the_queues_the_outbox_and_t
         assert gauge("medialens_outbox_pending") == 2
         assert 40 <= gauge("medialens_outbox_lag_seconds") < 60
         assert gauge("medialens_jobs_lease_expired") == 2
+
+
+async def test_a_relay_started_while_rabbitmq_is_away_serves_probes_reaps_and_stops(
+    run_id: str, mongo_url: str, rabbit_vhost: str
+) -> None:
+    """The relay does not wait for RabbitMQ to start: with the broker away from the start, its probes
+    answer (live 200, ready 503 naming rabbitmq), its reaper requeues a job whose lease ran out (that needs
+    only PostgreSQL), and a stop ends it at once. Before, it awaited the broker's start, which waits for
+    RabbitMQ for ever: no probes (its startup probe killed it), no reaping, and a stop went unheard."""
+    async with own_relay(run_id, mongo_url, rabbit_vhost, name="brokerless") as own:
+        port = free_port()
+        settings = unreachable(own.settings, "rabbitmq")
+        settings = settings.model_copy(
+            update={
+                "worker": settings.worker.model_copy(update={"http_port": port, "http_host": "127.0.0.1"})
+            }
+        )
+        job_id = secrets.token_hex(8)
+        past = datetime.now(UTC) - timedelta(minutes=1)
+        await own.add_jobs(
+            {
+                "id": job_id,
+                "status": "running",
+                "attempts": 1,
+                "worker": "gone-1-abcdef",
+                "lease_expires_at": past,
+            }
+        )
+        stop = asyncio.Event()
+        relay = asyncio.create_task(run_relay(settings, stop))
+        try:
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+                deadline = time.monotonic() + 15
+                while True:
+                    assert not relay.done(), relay
+                    with contextlib.suppress(httpx.TransportError):
+                        live = await client.get("/health/live")
+                        break
+                    assert time.monotonic() < deadline, "the relay's probes never answered"
+                    await asyncio.sleep(0.1)
+                ready = await client.get("/health/ready")
+            deadline = time.monotonic() + 15
+            while (row := await _job(own, job_id))["status"] == "running":
+                assert time.monotonic() < deadline, row
+                await asyncio.sleep(0.1)
+        finally:
+            stop.set()
+            stopped_at = time.monotonic()
+            await asyncio.wait_for(relay, timeout=30)
+        assert time.monotonic() - stopped_at < 10
+    assert live.status_code == 200
+    assert ready.status_code == 503
+    assert ready.json()["data"]["checks"]["rabbitmq"]["ok"] is False
+    assert (row["status"], row["worker"]) == ("queued", None)
+
+
+async def _job(own: OwnRelay, job_id: str) -> RowMapping:
+    async with own.db.session() as session:
+        return (await session.execute(select(jobs).where(jobs.c.id == job_id))).mappings().one()

@@ -29,6 +29,7 @@ flush included, would run one at a time.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import socket
@@ -504,16 +505,37 @@ async def run_relay(settings: Settings, stop: asyncio.Event) -> None:
     async def rabbitmq() -> Check:
         return await timed_check(lambda: ping(broker, topology), timeout=settings.gateway.health_timeout_s)
 
+    # The broker starts in a task of its own: its client waits for RabbitMQ for as long as it is away
+    # (`fail_fast=False`), and nothing else here waits on it. The probes answer, the reaper and the
+    # retention rounds run (they need only the databases), and publishing rounds fail and retry until the
+    # broker connects, as they do when it goes away later. Awaiting the start instead left a relay started
+    # during a broker outage without probes (killed by its startup probe, over and over), not reaping, and
+    # deaf to SIGTERM.
+    # A start that fails (not RabbitMQ away, which it waits out: a refused login, a bad declaration) stops
+    # the relay, which then raises its error, for the orchestrator to restart it.
+    starting: asyncio.Task[None] | None = None
     try:
         await db.initialize_all()
-        await broker.start()
+        starting = asyncio.create_task(broker.start(), name="relay-broker-start")
+        starting.add_done_callback(lambda task: _stop_if_failed(task, stop))
         ops = ops_app(db, {"rabbitmq": rabbitmq})
         async with serving(ops, host=settings.worker.http_host, port=settings.worker.ops_port("relay")):
             with frozen_startup_heap():
                 await relay.run(stop)
+        if starting.done() and not starting.cancelled() and (error := starting.exception()) is not None:
+            raise error
     finally:
+        if starting is not None and not starting.done():
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await starting
         await broker.stop()
         await db.close_all()
+
+
+def _stop_if_failed(task: asyncio.Task[None], stop: asyncio.Event) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        stop.set()
 
 
 def main() -> None:
