@@ -109,14 +109,27 @@ def test_read_only_query_forms_are_allowed(table: Path, sql: str, rows: list[lis
         ("SELECT 1; SELECT 2", r"exactly one SQL statement.*found 2"),
         ("SELECT * FROM data; COPY data TO '{dir}/leak.csv'", r"exactly one SQL statement.*found 2"),
         ("SELEC 1", "does not parse"),
+        (
+            "WITH x AS (COPY (SELECT 'p' AS id) TO '{dir}/leak.csv' (USE_TMP_FILE false)) SELECT 1",
+            r"holds a COPY statement",
+        ),
+        ("WITH x AS (COPY (SELECT 'p' AS id) TO '{input}' (USE_TMP_FILE false)) SELECT 1", "holds a COPY"),
+        ("WITH x AS (DELETE FROM data RETURNING *) SELECT count(*) FROM x", "holds a DELETE statement"),
+        ("WITH x AS (UPDATE data SET id = 0 RETURNING *) SELECT 1", "holds a UPDATE statement"),
+        ("WITH x AS (INSERT INTO data SELECT * FROM data RETURNING *) SELECT 1", "holds a INSERT statement"),
+        ("FROM (WITH x AS (DELETE FROM data RETURNING *) SELECT * FROM x)", "holds a DELETE statement"),
     ],
 )
 def test_statements_other_than_one_query_are_refused(table: Path, sql: str, why: str) -> None:
-    """Every statement but a single query is refused with INVALID_PARAMS before anything runs."""
+    """Every statement but a single query, a statement inside a query's CTE or subquery too (a COPY there
+    wrote any file the fence let it reach, the shared input among them), is refused with INVALID_PARAMS
+    before anything runs."""
+    before = table.read_bytes()
     with pytest.raises(InvalidParams, match=why) as caught:
-        ask(table, sql.format(dir=table.parent))
+        ask(table, sql.format(dir=table.parent, input=table))
     assert caught.value.error_code == "INVALID_PARAMS"
     assert not list(table.parent.glob("leak*"))
+    assert table.read_bytes() == before
     assert not (table.parent / "out" / "answer.parquet").exists()
 
 

@@ -5,7 +5,13 @@ The sandbox, in the order it is built:
 1. The SQL must parse (`duckdb.extract_statements`) as exactly one statement of type SELECT, which covers
    `SELECT`, `WITH`, `VALUES`, `FROM data`, `DESCRIBE`/`SUMMARIZE`/`SHOW`; anything else (`COPY`,
    `ATTACH`, `INSTALL`/`LOAD`, `SET`/`RESET`, `PRAGMA`, `CALL`, `EXPLAIN`, DDL, DML, two statements) is
-   refused before any data is read.
+   refused before any data is read. A SELECT can hold statements of its own: a CTE may be a `COPY ... TO`,
+   an `INSERT`, `UPDATE` or `DELETE ... RETURNING` (`WITH x AS (COPY ... TO 'file') SELECT 1`), which
+   the statement's type does not show, and a `COPY` there writes any file the fence lets it reach, the
+   input among them (a kept input is shared by the jobs of the same bytes). So the query's whole syntax
+   tree, as DuckDB serializes it (`json_serialize_sql`), must hold query nodes only (`SELECT_NODE`,
+   set operations, recursive CTEs): a node of a statement (`COPY_QUERY_NODE`, `DELETE_QUERY_NODE`...)
+   anywhere in it is refused, and so is a query DuckDB cannot serialize, which it cannot vouch for.
 2. The engine's connection (`engine.connect`) may touch only the input and the answer's file: external
    access is off, so a table function reading any other file (`read_csv('/etc/passwd')`, `glob`,
    `read_text`), the network or an extension fails; configuration is locked after the input is loaded,
@@ -19,6 +25,7 @@ count are read back from that file, so the query runs exactly once.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +47,9 @@ TABLE = "data"
 #: Parquet file, and a stored result must stay under MongoDB's 16 MB document limit (`limit` rows of a
 #: wide answer can pass it; then the result could not be stored and the job failed).
 INLINE_ROWS_BYTES = 8 * 2**20
+#: How DuckDB's serialized syntax tree names a node that is a statement (`COPY_QUERY_NODE`); the nodes of a
+#: read-only query are `SELECT_NODE`, `SET_OPERATION_NODE`, `RECURSIVE_CTE_NODE`...
+_STATEMENT_NODE = "_QUERY_NODE"
 #: Share of the job's progress that loading the input takes.
 _LOAD_SHARE = 0.5
 
@@ -68,7 +78,32 @@ def check_sql(sql: str) -> str:
             f"only a read-only query (SELECT, WITH or VALUES) over the table `{TABLE}` is allowed, "
             f"not a {kind.name} statement"
         )
+    if inner := _statements_inside(sql):
+        raise InvalidParams(
+            f"only a read-only query over the table `{TABLE}` is allowed: this one holds a "
+            f"{', '.join(sorted(inner))} statement (in a CTE or a subquery)"
+        )
     return sql
+
+
+def _statements_inside(sql: str) -> set[str]:
+    """The kinds of statement (COPY, DELETE...) nested in the query `sql`'s syntax tree."""
+    with duckdb.connect(":memory:", config={"enable_external_access": False}) as con:
+        tree = json.loads(con.execute("SELECT json_serialize_sql(?)", [sql]).fetchall()[0][0])
+    if tree.get("error"):
+        raise InvalidParams(f"the query could not be checked as read-only: {tree.get('error_message', '')}")
+    found: set[str] = set()
+    pending: list[Any] = [tree]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, dict):
+            kind = node.get("type")
+            if isinstance(kind, str) and kind.endswith(_STATEMENT_NODE):
+                found.add(kind.removesuffix(_STATEMENT_NODE))
+            pending.extend(node.values())
+        elif isinstance(node, list):
+            pending.extend(node)
+    return found
 
 
 def run_query(
