@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import stat
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -177,6 +178,7 @@ async def test_another_name_for_the_same_bytes_is_a_second_link_in_their_directo
         assert second.read_bytes() == b"the same bytes" * 20
         assert second.stat().st_ino == first.stat().st_ino
         assert second.stat().st_nlink == 2
+        assert stat.S_IMODE(second.stat().st_mode) == 0o444  # shared by jobs of any tenant: read-only
     before = tree(tmp_path)
     assert await read(cache, stored, "copy of sales.csv.gz") == b"the same bytes" * 20
     assert tree(tmp_path) == before

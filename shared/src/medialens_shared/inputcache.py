@@ -9,7 +9,7 @@ same directory (no bytes copied, none counted). A job reads its input there, in 
 pinned while it runs (`use`): a job of a file already kept costs no file-system call at all. (Making a
 directory of the job's own, linking the kept copy into it and removing both afterwards cost four calls of
 0.1-0.2 ms each on ext4, 13% of an `audio.probe`'s worker CPU.) Jobs only read their input: the kept copy
-is shared with every other job of those bytes.
+is shared with every other job of those bytes, and is read-only.
 
 What keeps a kept copy from being served stale: the key is the hash that the job's file row records, and
 that row is read at every claim (a deleted file fails there, before the cache is asked); a copy enters the
@@ -156,6 +156,11 @@ class InputCache:
                 return await self._alone(name, job, lambda path: asyncio.to_thread(shutil.move, part, path))
             directory = self._dir() / sha256
             directory.mkdir(exist_ok=True)
+            # Read-only: the copy (each of its names is the same inode) is shared by every job of these
+            # bytes, whatever their tenant, so a job's code that writes its input (a bug, a decoder, a
+            # query's COPY) must fail rather than change what the next job reads (the process runs as an
+            # unprivileged user in its image; root would pass this).
+            part.chmod(0o444)
             part.replace(directory / name)
             self._kept[sha256] = _Entry(directory, copied.size_bytes, {name})
             self._used += copied.size_bytes
