@@ -145,6 +145,11 @@ def test_progress_never_goes_back() -> None:
         (float("nan"), None),
         (float("inf"), None),
         (decimal.Decimal("1.50"), 1.5),
+        (decimal.Decimal("12"), 12),  # a DECIMAL(p,0): an integer
+        (2**63 - 1, 2**63 - 1),
+        (2**63, "9223372036854775808"),  # past what a stored (BSON) result holds: exact text
+        (-(2**63) - 1, "-9223372036854775809"),
+        (decimal.Decimal(2**70), str(2**70)),
         (dt.date(2024, 1, 2), "2024-01-02"),
         (b"\x01\xff", "01ff"),
         ([1, {"a": dt.time(1, 2)}], [1, {"a": "01:02:00"}]),

@@ -132,6 +132,27 @@ def test_result_is_json_serialisable(tmp_path: Path) -> None:
     json.dumps(result.model_dump(mode="json"), allow_nan=False)
 
 
+def test_twenty_digit_ids_profile_exactly_and_can_be_stored(tmp_path: Path) -> None:
+    """Integers past 64 bits (20-digit ids: DuckDB reads them as HUGEINT) come as exact decimal text, and
+    the result encodes as BSON (a stored result: an int past 2**63 failed the job with INTERNAL_ERROR)."""
+    import bson
+
+    path = tmp_path / "ids.csv"
+    path.write_text("id\n12345678901234567890\n12345678901234567891\n12345678901234567891\n")
+    result = profile_table(path, params=DataProfileParams())
+    (column,) = result.columns
+    assert (column.dtype, column.min, column.max) == (
+        "HUGEINT",
+        "12345678901234567890",
+        "12345678901234567891",
+    )
+    assert [(top.value, top.count) for top in column.top_values] == [
+        ("12345678901234567891", 2),
+        ("12345678901234567890", 1),
+    ]
+    bson.encode(result.model_dump(mode="json"))
+
+
 def test_one_thread_profiles_as_two_do(tmp_path: Path) -> None:
     """With one thread (one lane for the statistics) the profile is the same as with two."""
     header, rows = mixed_rows()

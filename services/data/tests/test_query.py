@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import decimal
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -55,6 +56,28 @@ def test_group_by_answer_matches_python(table: Path) -> None:
         assert [
             list(r) for r in con.execute(f"SELECT * FROM read_parquet('{answer.path}')").fetchall()
         ] == expected
+
+
+def test_sums_of_integers_are_exact_integers(table: Path) -> None:
+    """A sum of integers (DuckDB's HUGEINT) comes back as an exact integer, inline and in the Parquet file:
+    it was written as a DOUBLE (9007199254740995 read 9007199254740996.0). Past 64 bits, where a stored
+    result holds no integer, it comes as its decimal text; names may repeat."""
+    answer = ask(
+        table,
+        "SELECT sum(id) AS s, sum(x) AS big, sum(x) * 100000 AS s, 'a' AS s "
+        "FROM data, (VALUES (9007199254740993::BIGINT)) v(x) WHERE id < 2",
+    )
+    # ids 0 and 1: sum(id) 1; x twice: 18014398509481986; times 1e5 is past 2**63.
+    assert answer.rows == [[1, 18014398509481986, "1801439850948198600000", "a"]]
+    assert [(c.name, c.dtype) for c in answer.columns] == [
+        ("s", "HUGEINT"),
+        ("big", "HUGEINT"),
+        ("s", "HUGEINT"),
+        ("s", "VARCHAR"),
+    ]
+    with duckdb.connect() as con:
+        stored = con.execute(f"SELECT big FROM read_parquet('{answer.path}')").fetchall()
+    assert stored == [(decimal.Decimal(18014398509481986),)]
 
 
 def test_limit_caps_the_rows_not_the_count(table: Path) -> None:

@@ -315,10 +315,20 @@ def finite(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
+#: The integers a stored result can hold: MongoDB's BSON has 64-bit integers. Wider ones (HUGEINT,
+#: UBIGINT past 2**63: 20-digit ids) come as their decimal text, exact, where storing them failed.
+_INT64 = range(-(2**63), 2**63)
+
+
 def json_value(value: Any) -> Any:
-    """A DuckDB value as JSON: numbers, strings, ISO strings for temporal values; NaN and inf as None."""
-    if value is None or isinstance(value, bool | int | str):
+    """A DuckDB value as JSON: numbers, strings, ISO strings for temporal values; NaN and inf as None;
+    integers beyond 64 bits as decimal text."""
+    if value is None or isinstance(value, bool | str):
         return value
+    if isinstance(value, int):
+        return value if value in _INT64 else str(value)
+    if isinstance(value, decimal.Decimal) and value.is_finite() and _whole(value):
+        return json_value(int(value))  # a DECIMAL(p,0): an integer, exact, not a rounded float
     if isinstance(value, float | decimal.Decimal):
         return finite(value)
     if isinstance(value, dt.datetime | dt.date | dt.time):
@@ -332,6 +342,11 @@ def json_value(value: Any) -> Any:
     if isinstance(value, uuid.UUID | dt.timedelta):
         return str(value)
     return str(value)
+
+
+def _whole(value: decimal.Decimal) -> bool:
+    exponent = value.as_tuple().exponent
+    return isinstance(exponent, int) and exponent >= 0
 
 
 def count_label(count: float) -> str:

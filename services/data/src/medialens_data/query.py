@@ -34,7 +34,7 @@ from typing import Any
 import duckdb
 from pydantic_core import to_json
 
-from medialens_data.engine import Limits, Report, Watchdog, connect, json_value, literal, lock, reason
+from medialens_data.engine import Limits, Report, Watchdog, connect, ident, json_value, literal, lock, reason
 from medialens_data.source import expose, inspect
 from medialens_shared.contracts import DataQueryParams, QueryColumn
 from medialens_shared.errors import InvalidParams
@@ -50,6 +50,8 @@ INLINE_ROWS_BYTES = 8 * 2**20
 #: How DuckDB's serialized syntax tree names a node that is a statement (`COPY_QUERY_NODE`); the nodes of a
 #: read-only query are `SELECT_NODE`, `SET_OPERATION_NODE`, `RECURSIVE_CTE_NODE`...
 _STATEMENT_NODE = "_QUERY_NODE"
+#: Integer types wider than Parquet's 64-bit integers (see `_exact_parquet`).
+_WIDE_INTEGERS = {"HUGEINT", "UHUGEINT"}
 #: Share of the job's progress that loading the input takes.
 _LOAD_SHARE = 0.5
 
@@ -156,6 +158,25 @@ def _inline(first: list[tuple[Any, ...]]) -> list[list[Any]]:
     return rows
 
 
+def _exact_parquet(con: Any, sql: str, columns: list[QueryColumn]) -> Any:
+    """The query's relation as Parquet can hold it exactly.
+
+    DuckDB's Parquet writer stores a 128-bit integer (HUGEINT, the type of every `sum` of integers) as a
+    DOUBLE, so `sum(id)` came back as 9007199254740996.0 for 9007199254740995: those columns are written
+    as DECIMAL(38,0) instead (exact to 38 digits), picked by position (`#n`), since an answer's column
+    names may repeat. Other answers are written as they are.
+    """
+    if not any(column.dtype in _WIDE_INTEGERS for column in columns):
+        return con.sql(sql)
+    picks = ", ".join(
+        f"CAST(#{n} AS DECIMAL(38,0)) AS {ident(c.name)}"
+        if c.dtype in _WIDE_INTEGERS
+        else f"#{n} AS {ident(c.name)}"
+        for n, c in enumerate(columns, start=1)
+    )
+    return con.sql(f"SELECT {picks} FROM ({sql}) AS answer")  # noqa: S608 - checked SQL, quoted names
+
+
 def _answer(con: Any, watch: Watchdog, sql: str, out_path: Path, path: Path) -> list[QueryColumn]:
     """Run the query once, writing its whole answer to `out_path`; the answer's columns."""
     try:
@@ -165,7 +186,7 @@ def _answer(con: Any, watch: Watchdog, sql: str, out_path: Path, path: Path) -> 
                 QueryColumn(name=str(name), dtype=str(dtype))
                 for name, dtype in zip(relation.columns, relation.types, strict=True)
             ]
-            relation.write_parquet(str(out_path.resolve()), compression="zstd")
+            _exact_parquet(con, sql, columns).write_parquet(str(out_path.resolve()), compression="zstd")
     except duckdb.PermissionException as exc:
         raise InvalidParams(
             f"the query may read only the table `{TABLE}`, no files, network or settings: "
