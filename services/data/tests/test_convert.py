@@ -12,7 +12,8 @@ import duckdb
 import pytest
 
 from medialens_data.convert import convert_table, output_name
-from medialens_shared.contracts import DataConvertParams
+from medialens_data.profile import profile_table
+from medialens_shared.contracts import DataConvertParams, DataProfileParams
 from medialens_shared.errors import UnsupportedInput
 
 HEADER = ["id", "price", "name", "day"]
@@ -109,3 +110,26 @@ def test_ragged_file_fails_naming_the_line(tmp_path: Path) -> None:
 def test_output_name_drops_format_and_compression(name: str, to: Any, expected: str) -> None:
     """The output is named after the input's stem, without its compression suffix."""
     assert output_name(name, to) == expected
+
+
+@pytest.mark.parametrize("job", ["profile", "convert"])
+def test_a_table_past_the_memory_limit_fails_as_the_jobs_own_error(tmp_path: Path, job: str) -> None:
+    """A table that needs more memory than the job's limit, even spilling, fails UNSUPPORTED_INPUT saying
+    so and naming the setting (DuckDB's out-of-memory error escaped: the job failed INTERNAL_ERROR)."""
+    table = tmp_path / "wide.parquet"
+    with duckdb.connect() as con:  # 2,000 rows of 20 KB text: 2 MB of Parquet, 40 MB of text
+        con.execute(
+            "COPY (SELECT i, repeat(chr((65 + i % 26)::INTEGER), 20000) || i AS t FROM range(2000) r(i)) "
+            f"TO '{table}' (FORMAT parquet)"
+        )
+    limits: dict[str, Any] = {"memory_limit": "8MB", "temp_dir": tmp_path / "spill"}
+    run = {
+        "profile": lambda: profile_table(table, params=DataProfileParams(), **limits),
+        "convert": lambda: convert_table(
+            table, params=DataConvertParams(to="csv"), out_dir=tmp_path / "out", **limits
+        ),
+    }[job]
+    with pytest.raises(UnsupportedInput, match="MEDIALENS_WORKER_TABLE_MEMORY_LIMIT") as caught:
+        run()
+    assert caught.value.error_code == "UNSUPPORTED_INPUT"
+    assert "more memory than a data job may use" in str(caught.value)

@@ -33,7 +33,7 @@ from typing import Any, Literal, NoReturn
 
 import duckdb
 
-from medialens_shared.errors import InvalidParams, JobCancelled, JobTimeout
+from medialens_shared.errors import InvalidParams, JobCancelled, JobTimeout, UnsupportedInput
 
 #: `(fraction 0..1, message)`; may raise `JobCancelled` (as `JobContext.report` does).
 Report = Callable[[float, str], None]
@@ -162,6 +162,13 @@ class Watchdog:
     ) -> None:
         self._stop.set()
         self._thread.join()
+        if isinstance(exc, duckdb.OutOfMemoryException):
+            # Past the memory limit even spilling to disk (a table too wide or too long for the job's
+            # share): the job's own failure, in plain words, not an INTERNAL_ERROR.
+            raise UnsupportedInput(
+                "the table needs more memory than a data job may use here, even spilling to disk (raise "
+                f"MEDIALENS_WORKER_TABLE_MEMORY_LIMIT, or give a smaller table): {first_line(str(exc))}"
+            ) from exc
 
     def stage(self, stage: Stage) -> None:
         """How to describe the queries that follow; the watchdog reports `stage(progress)`."""
