@@ -83,8 +83,20 @@ def test_binary_signatures(head: bytes, kind: FileKind) -> None:
         "name,city\nJosé,Zürich\nAnn,Köln\n".encode("utf-16"),
         codecs.BOM_UTF16_BE + "name,city\nJosé,Zürich\n".encode("utf-16-be"),
         "name;city\nJosé;Zürich\nAnn;Köln\n".encode("latin-1"),
+        b'[\n  {\n    "a": 1,\n    "tags": ["x", "y", "z"],\n    "b": {"c": 1}\n  },\n  {"a": 2}\n]\n',
     ],
-    ids=["csv", "tsv", "semicolon", "one-column", "jsonl", "bom-csv", "utf16-le", "utf16-be", "latin1"],
+    ids=[
+        "csv",
+        "tsv",
+        "semicolon",
+        "one-column",
+        "jsonl",
+        "bom-csv",
+        "utf16-le",
+        "utf16-be",
+        "latin1",
+        "json-array",
+    ],
 )
 def test_table_text_is_a_table(text: bytes) -> None:
     """CSV, TSV, one-column CSV, JSON lines and BOM-prefixed CSV are tables; so is a CSV in UTF-16 (its

@@ -153,6 +153,19 @@ def test_twenty_digit_ids_profile_exactly_and_can_be_stored(tmp_path: Path) -> N
     bson.encode(result.model_dump(mode="json"))
 
 
+def test_a_json_array_profiles_its_objects(tmp_path: Path) -> None:
+    """A JSON array of objects, one line or many, profiles one row an object (it was read as a CSV: no
+    rows, junk columns)."""
+    path = tmp_path / "export.json"
+    path.write_text('[{"id": 1, "name": "x"}, {"id": 2, "name": null},\n {"id": 3, "name": "z"}]')
+    result = profile_table(path, params=DataProfileParams())
+    assert result.row_count == 3
+    assert [(c.name, c.dtype, c.null_count, c.min, c.max) for c in result.columns] == [
+        ("id", "BIGINT", 0, 1, 3),
+        ("name", "VARCHAR", 1, "x", "z"),
+    ]
+
+
 def test_one_thread_profiles_as_two_do(tmp_path: Path) -> None:
     """With one thread (one lane for the statistics) the profile is the same as with two."""
     header, rows = mixed_rows()

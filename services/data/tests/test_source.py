@@ -61,3 +61,22 @@ def test_nul_bytes_are_not_a_text_table(tmp_path: Path) -> None:
     path.write_bytes(b"a,b\n\x00\x01\n")
     with pytest.raises(UnsupportedInput, match="NUL bytes"):
         inspect(path, fmt="auto")
+
+
+@pytest.mark.parametrize(
+    ("text", "fmt", "array"),
+    [
+        ('[{"a": 1}, {"a": 2}]', "jsonl", True),
+        ('\ufeff  [\n  {"a": 1}\n]', "jsonl", True),
+        ("[]", "jsonl", True),
+        ('{"a": 1}\n{"a": 2}\n', "jsonl", False),
+        ("[id],[name]\n1,x\n", "csv", False),
+    ],
+)
+def test_a_json_array_of_objects_is_json(tmp_path: Path, text: str, fmt: str, array: bool) -> None:
+    """A JSON array of objects (as many exports write) is JSON read as an array, not a CSV; a CSV whose
+    header starts with `[` stays a CSV."""
+    path = tmp_path / "upload"
+    path.write_text(text, encoding="utf-8")
+    source = inspect(path, fmt="auto")
+    assert (source.format, source.json_array) == (fmt, array)

@@ -115,6 +115,10 @@ def text_encoding(head: bytes) -> TextEncoding | None:
     return "utf-8"
 
 
+#: The start of a JSON array of objects: `[`, blanks, `{` (a CSV's first line cannot start so).
+_JSON_ARRAY = re.compile(r"\[\s*\{")
+
+
 def _looks_like_table_text(head: bytes) -> bool:
     """Decodable text whose first lines are JSON objects or rows of a consistent CSV dialect."""
     encoding = text_encoding(head)
@@ -132,8 +136,8 @@ def _looks_like_table_text(head: bytes) -> bool:
         lines = lines[:-1]  # the last line may be cut in the middle
     if not lines:
         return False
-    if all(line.lstrip().startswith("{") for line in lines):
-        return True
+    if all(line.lstrip().startswith("{") for line in lines) or _JSON_ARRAY.match(text.lstrip()):
+        return True  # JSON lines, or a JSON array of objects (which the data service reads as well)
     try:
         dialect = csv.Sniffer().sniff("\n".join(lines[:20]), delimiters=",;\t|")
     except csv.Error:

@@ -5,12 +5,14 @@ CSV and JSON lines are parsed by DuckDB in one streamed pass, either into a tabl
 the jobs that read the rows several times, whose parse errors then surface before any work) or as a view
 read again by each query (a conversion reads it once). Parquet is always a view: it is read in place.
 A ragged or undecodable file fails with `UnsupportedInput`, naming the line when DuckDB does. A CSV may be
-UTF-8, UTF-16 (with its byte-order mark) or Latin-1; JSON lines are UTF-8, as JSON is.
+UTF-8, UTF-16 (with its byte-order mark) or Latin-1; JSON lines are UTF-8, as JSON is. The `jsonl` format
+also reads a JSON array of objects (`[{...}, {...}]`, as many exports write), one row an object.
 """
 
 from __future__ import annotations
 
 import csv
+import re
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +44,9 @@ _GZIP_MAGIC = b"\x1f\x8b"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _PARQUET_MAGIC = b"PAR1"
 _DELIMITERS = (",", ";", "\t", "|")
+#: The start of a JSON array of objects (or an empty one): `[`, blanks, then `{` or `]`. A CSV header such
+#: as `[id],[name]` does not match.
+_JSON_ARRAY = re.compile(rb"\[\s*[{\]]")
 #: A ragged or damaged CSV must fail, never lose or pad rows: no skipped leading lines, no null padding,
 #: no ignored errors, strict quoting.
 _CSV_STRICT = "skip=0, strict_mode=true, null_padding=false, ignore_errors=false"
@@ -58,6 +63,8 @@ class Source:
     #: The text's encoding as its first bytes tell (`medialens_shared.sniff.text_encoding`); a CSV that
     #: turns out not to be UTF-8 further on is read again as Latin-1 (see `expose`).
     encoding: TextEncoding = "utf-8"
+    #: JSON whose rows are the objects of one array (`[{...}, {...}]`) rather than one object a line.
+    json_array: bool = False
 
     def describe_read(self, progress: float | None) -> str:
         """A progress note while the rows are parsed: "read 3.2M of ~10M rows"."""
@@ -97,8 +104,14 @@ def inspect(path: Path, *, fmt: Literal["auto", "csv", "parquet", "jsonl"]) -> S
             estimate = max(round(size * ratio * lines / len(text)) - 1, 0)
         else:
             estimate = max(lines - (chosen == "csv"), 0)
+    json_array = chosen == "jsonl" and _JSON_ARRAY.match(_text_start(text)) is not None
     return Source(
-        path=path, format=chosen, compression=compression, estimated_rows=estimate, encoding=encoding
+        path=path,
+        format=chosen,
+        compression=compression,
+        estimated_rows=None if json_array else estimate,  # lines do not count its rows
+        encoding=encoding,
+        json_array=json_array,
     )
 
 
@@ -119,11 +132,16 @@ def _peek(head: bytes, compression: Compression) -> tuple[bytes, float | None]:
 
 
 def _detect_format(head: bytes, text: bytes) -> Format:
-    """Parquet by its magic, JSON lines when the first non-blank character is `{`, else CSV."""
+    """Parquet by its magic; JSON when the text starts with an object (JSON lines) or an array of objects
+    (`[{`, or `[]`), which a CSV's first line cannot be; else CSV."""
     if head.startswith(_PARQUET_MAGIC):
         return "parquet"
-    stripped = text.removeprefix(b"\xef\xbb\xbf").lstrip()
-    return "jsonl" if stripped.startswith(b"{") else "csv"
+    start = _text_start(text)
+    return "jsonl" if start.startswith(b"{") or _JSON_ARRAY.match(start) else "csv"
+
+
+def _text_start(text: bytes) -> bytes:
+    return text.removeprefix(b"\xef\xbb\xbf").lstrip()
 
 
 def expose(
@@ -154,7 +172,8 @@ def expose(
             _create(con, name, reader, materialize=materialize, full_sample=full_sample, watch=watch)
 
         if source.format == "jsonl":
-            create(f"read_json({path}, format='newline_delimited'{codec}")
+            layout = "array" if source.json_array else "newline_delimited"
+            create(f"read_json({path}, format='{layout}'{codec}")
             return
         if source.encoding != "utf-8":
             codec += f", encoding='{source.encoding}'"
