@@ -165,12 +165,13 @@ dry_runs() (  # bluegreen.sh, switch.sh and rollback.sh against the stand-in kub
     env FAKE_LIVE=green FAKE_PREVIOUS=blue FAKE_UNREADY=blue deploy/scripts/rollback.sh --dry-run
   expect "switch without a track prints its usage" 2 "Usage: switch.sh" deploy/scripts/switch.sh
 
-  # bluegreen.sh: the dry run prints the deploy, the migration wait and the switch, in that order.
+  # bluegreen.sh: the dry run prints the migration's apply and wait, the whole apply and the switch, in order.
   local p='bluegreen: dry run, would run: kubectl --namespace prod'
-  expect "bluegreen --dry-run prints apply, migration wait, then the switch" 0 \
+  expect "bluegreen --dry-run prints the migration's apply and wait, the whole apply, then the switch" 0 \
     "$p delete job medialens-migrate-green --ignore-not-found
-$p apply -k $PWD/deploy/k8s/overlays/green
-$p wait --for=condition=complete job/medialens-migrate-green --timeout=10m" \
+$p apply -k $PWD/deploy/k8s/overlays/green -l app.kubernetes.io/component in (migrate,config)
+bluegreen: dry run, would wait for job/medialens-migrate-green to complete (10 min at most; refused if it fails)
+$p apply -k $PWD/deploy/k8s/overlays/green" \
     env FAKE_LIVE=blue deploy/scripts/bluegreen.sh --dry-run -n prod
   [[ $out == *'switch: dry run, would run: kubectl --namespace prod patch service medialens-gateway --type merge -p'*'"track":"green"'* ]] \
     || { say "  FAILED: bluegreen --dry-run did not print the switch"; rc=1; }
@@ -183,11 +184,21 @@ $p wait --for=condition=complete job/medialens-migrate-green --timeout=10m" \
   # For real (against the stand-in): the calls in order, and an unready track deployed but not switched to.
   : >"$log"
   if env FAKE_LIVE=blue deploy/scripts/bluegreen.sh -n prod >/dev/null 2>&1 \
-    && [[ $(grep -Eo '(delete job|apply -k|wait --for|rollout status|get endpoints|get --raw|patch)' "$log" | uniq | tr '\n' ,) \
-      == 'delete job,apply -k,wait --for,rollout status,get endpoints,get --raw,patch,get endpoints,' ]]; then
-    say "  ok: bluegreen runs delete job, apply, migration wait, rollouts, endpoints, smoke check, patch, in order"
+    && [[ $(grep -Eo '(delete job|apply -k [^ ]+( -l)?|get job|rollout status|get endpoints|get --raw|patch)' "$log" \
+        | sed 's| [^ ]*/overlays/green||' | uniq | tr '\n' ,) \
+      == 'delete job,apply -k -l,get job,apply -k,rollout status,get endpoints,get --raw,patch,get endpoints,' ]]; then
+    say "  ok: bluegreen runs delete job, the migration's apply and wait, the whole apply, rollouts, endpoints, smoke check, patch, in order"
   else
     say "  FAILED: bluegreen's sequence of kubectl calls:"; cat "$log"; rc=1
+  fi
+  : >"$log"
+  local refused
+  refused=$(env FAKE_LIVE=blue FAKE_MIGRATION=Failed deploy/scripts/bluegreen.sh -n prod 2>&1) && refused="exit 0: $refused"
+  if [[ $refused == *"REFUSED: the migration Job medialens-migrate-green did not complete"* ]] \
+    && [[ $(grep -c ' apply -k ' "$log") == 1 ]] && grep -q ' apply -k .* -l ' "$log" && ! grep -q ' patch ' "$log"; then
+    say "  ok: a failed migration refuses the release before the track's processes are applied"
+  else
+    say "  FAILED: a failed migration still deployed or switched:"; say "$refused"; cat "$log"; rc=1
   fi
   : >"$log"
   if ! env FAKE_LIVE=blue FAKE_UNREADY=green deploy/scripts/bluegreen.sh >/dev/null 2>&1 \

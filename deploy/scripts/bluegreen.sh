@@ -6,9 +6,12 @@ usage() {
   cat <<'USAGE'
 Usage: bluegreen.sh [--dry-run] [-n NAMESPACE] [--timeout DURATION] [--track blue|green]
 
-Deploys the idle track (the one the stable Service `medialens-gateway` does not select, or --track) with
-`kubectl apply -k deploy/k8s/overlays/TRACK` after deleting its previous migration Job (Jobs are
-immutable), waits for that Job to complete, then hands over to switch.sh: every Deployment of the track
+Deploys the idle track (the one the stable Service `medialens-gateway` does not select, or --track) in two
+steps. First its migration Job and the ConfigMap it reads alone (`kubectl apply -k deploy/k8s/overlays/TRACK
+-l ...`, after deleting the previous Job: Jobs are immutable), waiting for the Job to complete: a failed
+migration refuses the release before any of the track's processes start, since its workers consume the
+live queues and would claim jobs against a schema their code does not know. Then the whole overlay
+(`kubectl apply -k deploy/k8s/overlays/TRACK`), and hands over to switch.sh: every Deployment of the track
 rolled out, ready endpoints on medialens-gateway-TRACK, its /health/ready answering through the API
 server's service proxy, and only then the stable Service's selector patched, the old track recorded for
 rollback.sh. The old track keeps running. Refuses to switch, and exits 1, when the new track is not ready.
@@ -25,6 +28,9 @@ USAGE
 }
 
 SERVICE=medialens-gateway
+# The objects of the first step: the migration Job and the ConfigMap it reads.
+MIGRATION_SELECTOR='app.kubernetes.io/component in (migrate,config)'
+MIGRATION_WAIT_S=600
 here=$(cd "$(dirname "$0")" && pwd)
 overlays=$(cd "$here/../k8s/overlays" && pwd)
 dry_run=0 timeout=300s namespace="" target="" switch_args=()
@@ -56,6 +62,20 @@ run() {  # a command that changes the cluster: printed on --dry-run, run otherwi
   fi
 }
 
+migrated() {  # wait for the track's migration Job: 0 once it completes, 1 once it fails or after 10 min
+  local state deadline=$((SECONDS + MIGRATION_WAIT_S))
+  while ((SECONDS < deadline)); do
+    state=$("${kc[@]}" get job "medialens-migrate-$target" -o jsonpath='{.status.conditions[?(@.status=="True")].type}') || state=""
+    case " $state " in
+      *" Complete "*) say "migration Job medialens-migrate-$target completed"; return 0 ;;
+      *" Failed "*) say "migration Job medialens-migrate-$target failed: kubectl logs job/medialens-migrate-$target"; return 1 ;;
+    esac
+    sleep "${MIGRATION_POLL_S:-5}"
+  done
+  say "migration Job medialens-migrate-$target did not end within ${MIGRATION_WAIT_S} s"
+  return 1
+}
+
 live=$("${kc[@]}" get service "$SERVICE" -o jsonpath='{.spec.selector.track}') \
   || refuse "cannot read Service $SERVICE (apply deploy/k8s/stable first)"
 case $live in blue) idle=green ;; green) idle=blue ;; *) idle=blue ;; esac
@@ -64,14 +84,15 @@ case $target in blue | green) ;; *) usage >&2; exit 2 ;; esac
 [[ $target != "$live" ]] || refuse "$target is the live track; deploy to the idle one ($idle)"
 say "live track: ${live:-none}; deploying: $target"
 
+# The migration first, alone: nothing of the new track may run before its schema is there.
 run "${kc[@]}" delete job "medialens-migrate-$target" --ignore-not-found
-run "${kc[@]}" apply -k "$overlays/$target"
+run "${kc[@]}" apply -k "$overlays/$target" -l "$MIGRATION_SELECTOR"
 if ((dry_run)); then
-  say "dry run, would run: ${kc[*]} wait --for=condition=complete job/medialens-migrate-$target --timeout=10m"
+  say "dry run, would wait for job/medialens-migrate-$target to complete (10 min at most; refused if it fails)"
 else
-  "${kc[@]}" wait --for=condition=complete "job/medialens-migrate-$target" --timeout=10m \
-    || refuse "the migration Job medialens-migrate-$target did not complete; $live stays live"
+  migrated || refuse "the migration Job medialens-migrate-$target did not complete; nothing else of $target was applied, ${live:-nothing} stays live"
 fi
+run "${kc[@]}" apply -k "$overlays/$target"
 
 # Rollouts, endpoints, the smoke check and the switch itself: switch.sh, which refuses an unready track.
 "$here/switch.sh" "${switch_args[@]}" "$target" || refuse "$target is not ready; ${live:-nothing} stays live"
