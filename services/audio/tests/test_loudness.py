@@ -261,3 +261,16 @@ def test_audio_track_of_a_video(tmp_path: Path) -> None:
     path = tmp_path / "clip.mp4"
     make_video(path, duration_s=4.0, width=64, height=48, with_audio=True)
     assert measure_loudness(path, None, no_report).integrated_lufs == pytest.approx(-23.0, abs=0.1)
+
+
+def test_short_term_times_do_not_drift_at_a_rate_that_is_no_multiple_of_ten() -> None:
+    """At 11025 Hz a 100 ms step is 1102.5 samples: steps alternate 1102 and 1103, so after 10 minutes the
+    point at t = 603 s covers 600-603 s exactly (steps of 1102 put it 0.3 s early, reading 0.4 dB low)."""
+    rate = 11025
+    samples = sequence((-60.0, 600.0), (-23.0, 10.0), rate=rate)
+    points = {point.t_s: point.lufs for point in meter_result(samples, rate=rate).short_term}
+    steady = points[609.0]  # wholly inside the loud part (-23 dBFS at 1 kHz reads -22.95 LUFS here)
+    assert steady == pytest.approx(-23.0, abs=0.1)
+    assert points[603.0] == pytest.approx(steady, abs=0.02)
+    assert points[600.0] == pytest.approx(-60.0, abs=0.1)
+    assert max(points) == 610.0

@@ -277,7 +277,9 @@ class LoudnessMeter:
         self.sample_rate = sample_rate
         self._k_weighting = KWeightingFilter(sample_rate, layout)
         self._weights = channel_weights(channel_names).astype(np.float32)
-        self._step = max(1, round(sample_rate / _STEPS_PER_S))
+        #: Steps measured so far; step k spans samples [k * rate // 10, (k + 1) * rate // 10): at a rate
+        #: that is no multiple of 10 (11025 Hz) steps differ by a sample, and the clock does not drift.
+        self._steps = 0
         self._tail = np.zeros(0, dtype=np.float32)
         self._energies: list[Floats] = []
         self._true_peak = TruePeakMeter(len(channel_names))
@@ -307,9 +309,15 @@ class LoudnessMeter:
         weighted = self._weights @ np.square(filtered, out=filtered)
         if self._tail.size:
             weighted = np.concatenate([self._tail, weighted])
-        whole = weighted.size - weighted.size % self._step
-        self._energies.append(weighted[:whole].reshape(-1, self._step).mean(axis=1, dtype=np.float64))
-        self._tail = weighted[whole:]
+        rate, start = self.sample_rate, self._steps * self.sample_rate // _STEPS_PER_S
+        # The last step edge within what is here: the largest k with k * rate // 10 <= start + size.
+        last = (_STEPS_PER_S * (start + weighted.size + 1) - 1) // rate
+        edges = np.arange(self._steps, last + 1, dtype=np.int64) * rate // _STEPS_PER_S - start
+        if last > self._steps:
+            sums = np.add.reduceat(weighted[: edges[-1]], edges[:-1], dtype=np.float64)
+            self._energies.append(sums / np.diff(edges))
+        self._tail = weighted[edges[-1] :]
+        self._steps = last
 
     def result(self) -> AudioLoudnessResult:
         self._settle()
