@@ -499,3 +499,25 @@ def test_zstd_csv_is_detected_and_profiled(tmp_path: Path) -> None:
     assert (result.row_count, result.column_count) == (40, 5)
     assert_numeric(column(result, "price"), [row[1] for row in rows])
     assert_common(column(result, "name"), [row[2] for row in rows])
+
+
+def test_long_texts_are_shown_cut_so_a_profile_stays_storable(tmp_path: Path) -> None:
+    """A column of long texts (here 60 rows of 400 KB: a 24 MB CSV whose profile was past MongoDB's 16 MB
+    for a stored result) shows its min, max and top values cut at SHOWN_TEXT_CHARS, marked with "…";
+    short texts and counts are untouched."""
+    import bson
+
+    from medialens_data.profile import SHOWN_TEXT_CHARS
+
+    path = tmp_path / "long.csv"
+    with path.open("w", encoding="utf-8") as handle:
+        handle.write("id,body,tag\n")
+        for i in range(60):
+            handle.write(f"{i},{chr(65 + i % 26) * 400_000},t{i % 3}\n")
+    result = profile_table(path, params=DataProfileParams())
+    body, tag = result.columns[1], result.columns[2]
+    assert body.min == "A" * SHOWN_TEXT_CHARS + "…"
+    assert body.max == "Z" * SHOWN_TEXT_CHARS + "…"
+    assert {top.value for top in body.top_values} <= {chr(65 + i) * SHOWN_TEXT_CHARS + "…" for i in range(26)}
+    assert (body.distinct_count, tag.min, tag.max) == (26, "t0", "t2")
+    assert len(bson.encode(result.model_dump(mode="json"))) < 100_000

@@ -51,6 +51,10 @@ from medialens_shared.errors import UnsupportedInput
 
 #: How many most frequent values each column reports.
 TOP_K = 10
+#: Characters of a text value (a min, a max, a top value) a profile shows: the rest is cut and marked "…".
+#: A column of long texts (articles, JSON blobs) made a profile past MongoDB's 16 MB for a stored result,
+#: and the job failed; 12 texts of a column at this length stay far below it even for 1,000 columns.
+SHOWN_TEXT_CHARS = 1000
 #: Distinct counts are exact up to this many distinct values (API.md), approximate beyond.
 DISTINCT_EXACT_LIMIT = 1_000_000
 #: Headroom over the limit for HyperLogLog's error, so no column within the limit is estimated.
@@ -256,7 +260,7 @@ class _Profiler:
 
     def _profile(self, summary: _Summary, counted: list[tuple[Any, ...]]) -> ColumnProfile:
         estimated = self._estimated(summary)
-        top_values = [TopValue(value=json_value(v), count=int(n)) for total, v, n in counted if not total]
+        top_values = [TopValue(value=_shown(v), count=int(n)) for total, v, n in counted if not total]
         distinct = summary.approx if estimated else next((int(n) for total, _, n in counted if total), 0)
         p25, p50, p75 = summary.quartiles
         return ColumnProfile(
@@ -318,6 +322,14 @@ def _summaries(
     ]
 
 
+def _shown(value: Any) -> Any:
+    """A value as a profile shows it: as JSON, a text longer than SHOWN_TEXT_CHARS cut there and marked."""
+    shown = json_value(value)
+    if isinstance(shown, str) and len(shown) > SHOWN_TEXT_CHARS:
+        return shown[:SHOWN_TEXT_CHARS] + "…"
+    return shown
+
+
 def _summary(name: str, dtype: str, row: tuple[Any, ...], slot: dict[str, int]) -> _Summary:
     def value(key: str) -> Any:
         return row[slot[key]] if key in slot else None
@@ -329,8 +341,8 @@ def _summary(name: str, dtype: str, row: tuple[Any, ...], slot: dict[str, int]) 
         name=name,
         dtype=dtype,
         non_null=int(value("non_null")),
-        min=json_value(value("min")),
-        max=json_value(value("max")),
+        min=_shown(value("min")),
+        max=_shown(value("max")),
         mean=finite(value("mean")),
         std=finite(value("std")),
         quartiles=(p25, p50, p75),
