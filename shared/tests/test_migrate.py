@@ -57,6 +57,43 @@ def test_upgrade_creates_the_database_and_is_idempotent(scratch_db: str) -> None
     assert any(name.startswith("version:") for name in first)
 
 
+def test_the_url_reads_as_the_services_read_it_tls_setting_included(scratch_db: str) -> None:
+    """`?ssl=prefer` (or `require`, on a server with TLS) is an argument of the connection, as it is to the
+    services' engine: it was sent to the server as a setting, which refused it, so no URL could ask both
+    the migration and the services for TLS."""
+    url = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{scratch_db}?ssl=prefer"
+    migrate.upgrade(url)
+    assert asyncio.run(_tables(scratch_db)) >= TABLES | {"alembic_version"}
+
+
+def test_a_role_that_may_not_connect_to_postgres_migrates_its_database(scratch_db: str, run_id: str) -> None:
+    """The `postgres` database is asked only to create a missing database: a role without CONNECT there
+    (as managed servers have) migrates the database it owns (its first look failed there)."""
+    role = f"medialens_migrate_{run_id}"
+
+    async def admin(*statements: str) -> None:
+        conn = await asyncpg.connect(ADMIN)
+        try:
+            for statement in statements:
+                await conn.execute(statement)
+        finally:
+            await conn.close()
+
+    asyncio.run(admin(f'CREATE ROLE "{role}" LOGIN', f'CREATE DATABASE "{scratch_db}" OWNER "{role}"'))
+    try:
+        asyncio.run(admin("REVOKE CONNECT ON DATABASE postgres FROM PUBLIC"))
+        try:
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):  # the role indeed may not
+                asyncio.run(asyncpg.connect(f"postgresql://{role}@127.0.0.1:5432/postgres"))
+            migrate.upgrade(f"postgresql+asyncpg://{role}@127.0.0.1:5432/{scratch_db}")
+        finally:
+            asyncio.run(admin("GRANT CONNECT ON DATABASE postgres TO PUBLIC"))
+        assert asyncio.run(_tables(scratch_db)) >= TABLES | {"alembic_version"}
+    finally:
+        asyncio.run(drop_database(scratch_db))
+        asyncio.run(admin(f'DROP ROLE "{role}"'))
+
+
 def test_main_reads_the_url_from_the_environment(scratch_db: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """medialens-migrate migrates the database named in MEDIALENS_POSTGRES_URL."""
     monkeypatch.setenv("MEDIALENS_POSTGRES_URL", f"postgresql+asyncpg://postgres@127.0.0.1:5432/{scratch_db}")

@@ -7,13 +7,14 @@ Creates the database named in `MEDIALENS_POSTGRES_URL` when it does not exist ye
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 from pathlib import Path
 
 import asyncpg
 from alembic import command
 from alembic.config import Config
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 
 from medialens_shared.settings import Settings
 
@@ -21,18 +22,41 @@ log = logging.getLogger(__name__)
 
 
 async def create_database_if_missing(url: str) -> None:
-    """Create the database of `url` on its server if it is not there (idempotent)."""
+    """Create the database of `url` on its server if it is not there (idempotent).
+
+    It connects as the services do: SQLAlchemy's asyncpg dialect reads the URL, so its query (`?ssl=require`)
+    means what it means to them (as a plain DSN, asyncpg sent `ssl` to the server as a setting, which
+    refused it, so no URL could ask for TLS). It connects to the database itself first, and to the
+    server's `postgres` database only when that one is missing, to create it: a role without CONNECT on
+    `postgres` (common on managed servers) migrates a database that exists.
+    """
     parsed = make_url(url)
-    name = parsed.database
-    admin = parsed.set(drivername="postgresql", database="postgres").render_as_string(hide_password=False)
-    conn = await asyncpg.connect(admin)
     try:
-        exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
+        conn = await _connect(parsed)
+    except asyncpg.InvalidCatalogNameError:
+        pass  # no such database: created below
+    else:
+        await conn.close()
+        return
+    conn = await _connect(parsed.set(database="postgres"))
+    try:
+        exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", parsed.database)
         if not exists:
-            await conn.execute(f'CREATE DATABASE "{name}"')
-            log.info("created database %s", name)
+            await conn.execute(f'CREATE DATABASE "{parsed.database}"')
+            log.info("created database %s", parsed.database)
     finally:
         await conn.close()
+
+
+async def _connect(url: URL) -> asyncpg.Connection:
+    """An asyncpg connection to `url` with the arguments SQLAlchemy's asyncpg dialect gives it (those
+    asyncpg.connect takes: the dialect's own, such as its statement cache size, are left out)."""
+    _, arguments = url.get_dialect()().create_connect_args(url)
+    accepted = inspect.signature(asyncpg.connect).parameters
+    connection: asyncpg.Connection = await asyncpg.connect(
+        **{key: value for key, value in arguments.items() if key in accepted}
+    )
+    return connection
 
 
 def alembic_config(url: str) -> Config:
