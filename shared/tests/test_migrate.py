@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import importlib
 import json
+import os
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -92,6 +95,32 @@ def test_a_role_that_may_not_connect_to_postgres_migrates_its_database(scratch_d
     finally:
         asyncio.run(drop_database(scratch_db))
         asyncio.run(admin(f'DROP ROLE "{role}"'))
+
+
+def test_two_migrations_at_once_both_succeed(scratch_db: str) -> None:
+    """Two `medialens-migrate` processes on one new database at once (a Job's pod and its retry, a `make
+    migrate` beside a Job): the second waits for the first and finds nothing to do (unlocked, the two ran
+    the same migrations side by side and blocked each other for good)."""
+    url = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{scratch_db}"
+    asyncio.run(migrate.create_database_if_missing(url))
+    env = {key: value for key, value in os.environ.items() if not key.startswith("MEDIALENS_")}
+    env["MEDIALENS_POSTGRES_URL"] = url
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "medialens_shared.migrate"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        for _ in range(2)
+    ]
+    try:
+        outputs = [run.communicate(timeout=120)[0].decode() for run in runs]
+    finally:
+        for run in runs:
+            run.kill()
+    assert [run.returncode for run in runs] == [0, 0], outputs
+    assert asyncio.run(_tables(scratch_db)) >= TABLES | {"alembic_version"}
 
 
 def test_main_reads_the_url_from_the_environment(scratch_db: str, monkeypatch: pytest.MonkeyPatch) -> None:
