@@ -8,6 +8,10 @@ in the file is fully determined by its arguments, so a test can assert exact val
   each with a small white square moving across it — or, with `texture`, a distinct panning texture —
   optionally a black and a frozen stretch, and optionally a sine-tone audio track. The container records
   the frame count and duration.
+* `make_numbered_video` — frames that each show their own number (`frame_number` reads it back from a
+  picture or a thumbnail), in any container PyAV writes (MPEG-TS, MPEG-PS, Matroska, WebM, piped
+  Matroska), with keyframes exactly where asked, a late start, audio that outlasts the video, or a rate
+  that slows down midway; it returns each frame's time.
 * `make_audio` — a sine tone at a known frequency and peak level; the codec follows the suffix.
 * `make_csv` — a table of integers, floats (with nulls), strings and dates; returns its statistics.
 * `truncate` and `corrupt` — damaged copies of a file. Which damage the probes (open + decode the
@@ -63,6 +67,10 @@ SEGMENT_COLOURS: tuple[tuple[int, int, int], ...] = (
     (160, 40, 180),
     (40, 190, 190),
 )
+
+#: Muxer `make_numbered_video` uses for each file suffix, and the codec of its tone where AAC does not fit.
+_MUXERS = {".mkv": "matroska", ".webm": "webm", ".ts": "mpegts", ".mpg": "mpeg", ".mp4": "mp4"}
+_TONE_CODECS = {"webm": "libopus", "mpeg": "mp2"}
 
 _LAYOUTS = {1: "mono", 2: "stereo", 3: "2.1", 4: "quad", 5: "5.0", 6: "5.1", 8: "7.1"}
 _CSV_CATEGORIES = ("alpha", "beta", "gamma", "delta")
@@ -185,6 +193,117 @@ def make_video(
                 freq_hz=1000.0,
                 level_dbfs=-23.0,
             )
+
+
+def make_numbered_video(
+    path: Path,
+    *,
+    frame_count: int,
+    fps: int = 25,
+    codec: str = "libx264",
+    container_format: str | None = None,
+    keyint: int = 250,
+    start_s: float = 0.0,
+    audio_s: float | None = None,
+    slow_from: int | None = None,
+    piped: bool = False,
+    width: int = 320,
+    height: int = 240,
+) -> list[float]:
+    """Write `frame_count` frames to `path`, each showing its own number (`frame_number` reads it back), and
+    return each frame's time in seconds from the first frame's.
+
+    `container_format` names the muxer when the suffix does not (`"mpegts"`, `"mpeg"` for MPEG-PS).
+    Keyframes fall exactly every `keyint` frames from frame 0, none in between (libx264 without scene-cut
+    keyframes, mpeg2video, libvpx and libvpx-vp9). The video starts `start_s` seconds into the file (its
+    timestamps are offset by it; a multiple of the frame interval). `audio_s` adds a 1 kHz tone from 0 to
+    that time (AAC; MP2 in MPEG-PS, Opus in WebM), so audio may outlast the video or start before it.
+    Frames from `slow_from` on last three frame intervals instead of one: a rate that changes midway,
+    which Matroska states nowhere (its default frame duration stays `1/fps`). `piped` writes through an
+    object that cannot seek, as `ffmpeg ... -f matroska - > file` does: the file has no duration and no
+    index.
+    """
+    if frame_count < 1 or frame_count >= 2**NUMBER_BITS:
+        raise ValueError(f"frame_count must lie between 1 and {2**NUMBER_BITS - 1}")
+    muxer = container_format or _MUXERS[Path(path).suffix.lower()]
+    offset = round(start_s * fps)
+    ticks = [
+        index if slow_from is None or index <= slow_from else slow_from + 3 * (index - slow_from)
+        for index in range(frame_count)
+    ]
+    with Path(path).open("wb") as sink:
+        target: Any = _Pipe(sink) if piped else sink
+        with av.open(target, mode="w", format=muxer) as container:
+            video = container.add_stream(codec, rate=fps)
+            if not isinstance(video, av.VideoStream):
+                raise TypeError(f"{codec!r} is not a video codec")
+            video.width, video.height, video.pix_fmt = width, height, "yuv420p"
+            video.options = _exact_keyframes(codec, keyint)
+            audio = None
+            if audio_s is not None:  # every stream before the first packet: the header lists them
+                audio = _add_audio_stream(container, _TONE_CODECS.get(muxer, "aac"), 48000)
+                audio.layout = "stereo"
+            for index, tick in enumerate(ticks):
+                frame = av.VideoFrame.from_ndarray(numbered_picture(index, width, height), format="rgb24")
+                frame.pts, frame.time_base = offset + tick, Fraction(1, fps)
+                container.mux(video.encode(frame))
+            container.mux(video.encode(None))
+            if audio is not None and audio_s is not None:
+                _encode_sine(
+                    container,
+                    audio,
+                    total_samples=round(audio_s * 48000),
+                    sample_rate=48000,
+                    channels=2,
+                    freq_hz=1000.0,
+                    level_dbfs=-23.0,
+                )
+    return [tick / fps for tick in ticks]
+
+
+#: Bits of the frame number `numbered_picture` draws: stripes across the top half, most significant first.
+NUMBER_BITS = 10
+
+
+def numbered_picture(index: int, width: int, height: int) -> npt.NDArray[np.uint8]:
+    """An RGB frame whose top half shows `index` in `NUMBER_BITS` black (0) and white (1) vertical stripes
+    over mid-grey, wide enough to read back after scaling and JPEG (`frame_number`)."""
+    image = np.full((height, width, 3), 128, dtype=np.uint8)
+    for bit in range(NUMBER_BITS):
+        left, right = bit * width // NUMBER_BITS, (bit + 1) * width // NUMBER_BITS
+        image[: height // 2, left:right] = 255 if index >> (NUMBER_BITS - 1 - bit) & 1 else 0
+    return image
+
+
+def frame_number(rgb: npt.NDArray[np.uint8]) -> int:
+    """The number `numbered_picture` drew into an RGB picture of any size (a thumbnail of the frame)."""
+    height, width = rgb.shape[:2]
+    number = 0
+    for bit in range(NUMBER_BITS):
+        centre = (2 * bit + 1) * width // (2 * NUMBER_BITS)
+        patch = rgb[height // 8 : 3 * height // 8, centre - width // 80 : centre + width // 80 + 1]
+        number = number << 1 | int(patch.mean() > 128)
+    return number
+
+
+def _exact_keyframes(codec: str, keyint: int) -> dict[str, object]:
+    """Encoder options that put a keyframe on every `keyint`-th frame and nowhere else."""
+    if codec in ("libx264", "h264"):
+        return {"preset": "veryfast", "g": str(keyint), "x264-params": f"keyint_min={keyint}:scenecut=0"}
+    if codec in ("libvpx", "libvpx-vp9"):
+        return {"g": str(keyint), "keyint_min": str(keyint), "deadline": "realtime", "cpu-used": "8"}
+    return {"g": str(keyint), "sc_threshold": "1000000000"}
+
+
+class _Pipe:
+    """A file PyAV can only write to (no `seek`), as a pipe is: the muxer cannot go back to fill in a
+    duration or an index."""
+
+    def __init__(self, sink: Any) -> None:
+        self._sink = sink
+
+    def write(self, data: bytes) -> int:
+        return int(self._sink.write(data))
 
 
 def _picture(

@@ -8,11 +8,13 @@ frame it looks at and nothing per frame it has passed.
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +41,11 @@ _PLANAR_8BIT = frozenset({"yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p
 
 #: Share of packets that may fail to decode (concealed by skipping them) before a file counts as damaged.
 MAX_BAD_PACKET_SHARE = 0.05
+
+#: Matroska's duration tag: hours, minutes and seconds with a fraction (`00:00:04.023000000`).
+_CLOCK = re.compile(r"(\d+):([0-5]\d):([0-5]\d(?:\.\d+)?)")
+#: Packets whose timestamps `first_timestamp` reads: more than any reordering delay (B-frames) spans.
+FIRST_PACKETS = 16
 
 Array = npt.NDArray[np.int16]
 
@@ -95,17 +102,20 @@ def _require_whole(path: Path, index: int) -> None:
     stopped) opens and demuxes quietly up to where the bytes end: an analysis would cover part of the video
     and succeed, a probe would report the index's duration. So: a seek, in a container of its own, to the
     last frame the index lists (any frame, not a keyframe: nothing is decoded, and a whole GOP is not read),
-    and the read of one packet there, which such a file cannot give. Where the container has no index to
-    hold the file to (MPEG-TS, Matroska without cues), seeking searches the bytes that exist, or fails,
-    and this finds nothing wrong.
+    and the read of one packet there, which such a file cannot give. The last frame starts one frame
+    interval before the stream's end (`stated_end`, not the container's): Matroska, seeking to any frame,
+    skips every packet before the time asked, so a seek past it finds nothing even in a whole file. Where
+    the stream states no duration, or the container has no index to hold the file to (MPEG-TS, Matroska
+    without cues), seeking searches the bytes that exist, or fails, and this finds nothing wrong.
     """
     with av.open(str(path), mode="r") as container:
         stream = container.streams[index]
-        if not stream.duration:
+        end = stated_end(container, stream) if stream.duration else None
+        if end is None:
             return
-        end = (stream.start_time or 0) + stream.duration
+        last_frame = max(stream.start_time or 0, end - frame_ticks(stream))
         try:
-            container.seek(end, stream=stream, backward=True, any_frame=True)
+            container.seek(last_frame, stream=stream, backward=True, any_frame=True)
         except av.error.FFmpegError:
             return  # no index to seek by: nothing to hold the file to
         with demuxed(container, stream) as packets:
@@ -118,16 +128,65 @@ def _require_whole(path: Path, index: int) -> None:
 
 
 def expected_frames(container: Any, stream: Any) -> int:
-    """The frame count the container states, or its duration times the average rate (at least 1)."""
+    """The frame count the container states, else the stream's span (to `stated_end`, or failing that the
+    container's duration) times the average rate, at least 1: a total for progress and the damaged-packet
+    budget, which may be an estimate (nothing is read to find the stream's first timestamp)."""
     if stream.frames:
         return int(stream.frames)
     rate = stream.average_rate or stream.guessed_rate
-    duration = (
-        float(stream.duration * stream.time_base)
-        if stream.duration
-        else (container.duration or 0) / av.time_base
-    )
-    return max(1, round(duration * float(rate))) if rate else 1
+    end = stated_end(container, stream)
+    if end is not None:
+        span_s = float((end - (stream.start_time or 0)) * stream.time_base)
+    else:
+        span_s = (container.duration or 0) / av.time_base
+    return max(1, round(span_s * float(rate))) if rate else 1
+
+
+def stated_end(container: Any, stream: Any) -> int | None:
+    """The end of the video stream's last frame, in the stream's time base, as the file states it: the
+    stream's start plus its own duration (MP4, MPEG-TS, AVI, ...), or in Matroska and WebM the stream's
+    `DURATION` tag, where FFmpeg's muxer writes that end. None when the file states neither.
+
+    A Matroska stream has no duration of its own: when FFmpeg's probing does not settle the video's timing
+    (a clip of a few frames, or of frames of megabytes), it gives the stream the container's start and
+    duration, which run from 0 to the end of the longest stream (audio that outlasts the video), so they
+    are not used.
+    """
+    if _is_matroska(container):
+        end_s = _clock_seconds(stream.metadata.get("DURATION", ""))
+        return None if end_s is None else round(end_s / stream.time_base)
+    if stream.duration:
+        return int((stream.start_time or 0) + stream.duration)
+    return None
+
+
+def first_timestamp(container: Any, stream: Any) -> int:
+    """The video stream's first timestamp: its start as FFmpeg found it, or in Matroska (where that may be
+    the container's start, see `stated_end`) the least timestamp of its first packets, read here after a
+    seek to the start: the caller seeks before reading on."""
+    stated = int(stream.start_time or 0)
+    if not _is_matroska(container):
+        return stated
+    try:
+        container.seek(0, stream=stream, backward=True)
+    except av.error.FFmpegError:
+        return stated
+    with demuxed(container, stream) as packets:
+        first = [p.pts for p in islice(packets, FIRST_PACKETS) if p.pts is not None]
+    return min(first, default=stated)
+
+
+def _is_matroska(container: Any) -> bool:
+    return str(container.format.name).startswith("matroska")
+
+
+def _clock_seconds(text: str) -> float | None:
+    """`HH:MM:SS.fffffffff` (Matroska's tag form) as seconds; None for anything else."""
+    match = _CLOCK.fullmatch(text.strip())
+    if match is None:
+        return None
+    hours, minutes, secs = match.groups()
+    return int(hours) * 3600 + int(minutes) * 60 + float(secs)
 
 
 def frame_ticks(stream: Any) -> int:

@@ -2,11 +2,20 @@
 
 Everything comes from the container's and streams' metadata; only the first video frame is decoded, to
 catch damaged media cheaply (and to read the display rotation FFmpeg attaches to decoded frames).
+
+`frame_count` is the count the container states (MP4, AVI) or, where it states none (Matroska, WebM,
+MPEG-TS), the video stream's own span (`frames.first_timestamp` to `frames.stated_end`: never the
+container's duration, which covers every stream from 0) times its average rate, vouched for by the
+timestamps of a few packets at its start, middle and end, which must be one frame interval apart. A
+variable-rate stream has no count short of reading every packet, so it gets null, as does a stream whose
+end the file does not state (a piped Matroska).
 """
 
 from __future__ import annotations
 
+import statistics
 from fractions import Fraction
+from itertools import islice, pairwise
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +29,18 @@ from medialens_shared.contracts import (
 )
 from medialens_shared.errors import MediaDecodeError
 from medialens_shared.sniff import ffmpeg_reason
-from medialens_video.frames import demuxed, display_rotation, open_video
+from medialens_video.frames import (
+    demuxed,
+    display_rotation,
+    first_timestamp,
+    open_video,
+    stated_end,
+)
 
 #: Relative difference between the nominal and average frame rates above which a stream counts as VFR.
 VFR_TOLERANCE = 0.01
+#: Packets read at each of the places `_steady_rate` looks at.
+RATE_SAMPLES = 12
 
 
 def probe_video(path: Path) -> VideoProbeResult:
@@ -40,13 +57,9 @@ def probe_video(path: Path) -> VideoProbeResult:
         first_frame = _decode_first_frame(container, video)
 
         duration_s = container.duration / av.time_base if container.duration else None
-        stream_duration_s = _seconds(video.duration, video.time_base)
         fps = _rate(video.guessed_rate)
         avg_fps = _rate(video.average_rate)
-        frame_count: int | None = video.frames or None
-        if frame_count is None and avg_fps:
-            span = stream_duration_s if stream_duration_s is not None else duration_s
-            frame_count = round(span * avg_fps) if span else None
+        frame_count = _frame_count(container, video)
         codec_context = video.codec_context
         return VideoProbeResult(
             format=ProbeFormat(
@@ -90,6 +103,42 @@ def _decode_first_frame(container: Any, stream: Any) -> Any:
             f"The video stream cannot be decoded; the file is probably damaged ({ffmpeg_reason(exc)})."
         ) from exc
     raise MediaDecodeError("The video stream holds no decodable frame; the file is probably damaged.")
+
+
+def _frame_count(container: Any, stream: Any) -> int | None:
+    """The frame count the container states, else the stream's span (`frames.first_timestamp` to
+    `frames.stated_end`) times its average rate when the rate is steady (`_steady_rate`), else None."""
+    if stream.frames:
+        return int(stream.frames)
+    end = stated_end(container, stream)
+    if end is None or not stream.average_rate:
+        return None
+    start = first_timestamp(container, stream)
+    if end <= start:
+        return None
+    interval = float(1 / (Fraction(stream.average_rate) * Fraction(stream.time_base)))
+    if not _steady_rate(container, stream, start=start, end=end, interval=interval):
+        return None
+    return max(1, round(float((end - start) * stream.time_base * stream.average_rate)))
+
+
+def _steady_rate(container: Any, stream: Any, *, start: int, end: int, interval: float) -> bool:
+    """Whether frames are `interval` ticks apart where `RATE_SAMPLES` consecutive packets are read at the
+    stream's start, middle and end (seeking to any frame, so nothing is decoded): the median gap of their
+    sorted timestamps (decode order is not display order), within a tick or `VFR_TOLERANCE`. False when
+    the file cannot be sought."""
+    tail = round(RATE_SAMPLES * interval)
+    for at in (start, (start + end) // 2, max(start, end - tail)):
+        try:
+            container.seek(at, stream=stream, backward=True, any_frame=True)
+        except av.error.FFmpegError:
+            return False
+        with demuxed(container, stream) as packets:
+            stamps = sorted({p.pts for p in islice(packets, RATE_SAMPLES) if p.pts is not None})
+        gaps = [b - a for a, b in pairwise(stamps)]
+        if gaps and abs(statistics.median(gaps) - interval) > max(1.0, VFR_TOLERANCE * interval):
+            return False
+    return True
 
 
 def _codec_name(stream: Any) -> str:

@@ -1,8 +1,18 @@
 """`video.thumbnails`: frames at chosen times as JPEGs, found by seeking rather than decoding everything.
 
-For each time the decoder seeks to the keyframe at or before it and decodes forward, skipping the
-non-reference frames on the way (nothing needs them), to the first frame at that time. A time close
-after the previous one (within `SEEK_AHEAD_S`) is reached by decoding on instead of seeking back.
+The times spread over the video stream's own span, from its first frame (`frames.first_timestamp`) to
+the end of its last: the end the file states (`frames.stated_end`; never the container's duration, which
+covers every stream from 0), else, where it states none (a Matroska with no duration tag, a piped one
+with no duration at all), the end read off the packets' timestamps without decoding: those from the last
+keyframe, found by seeking to the end, or where the file cannot be sought, the whole stream's.
+
+For each time the decoder starts at a keyframe at or before it and decodes forward, skipping the
+non-reference frames on the way (nothing needs them), to the frame at that time (the nearest, within half
+a frame). A seek lands on the last such keyframe in an indexed container (MP4, Matroska); in one without
+an index (MPEG-TS, MPEG-PS) it lands on any packet near the time, so the reader reads on to a keyframe,
+and seeks further back, twice as far each time, while that keyframe comes after the time. A time close
+after the previous one (within `SEEK_AHEAD_S`) is reached by decoding on instead of seeking back. Every
+time gets its image, or the job fails with `MediaDecodeError`.
 """
 
 from __future__ import annotations
@@ -13,20 +23,30 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import av.error
+
 from medialens_shared.contracts import THUMBNAILS_DEFAULT_COUNT
-from medialens_shared.errors import InvalidParams
+from medialens_shared.errors import InvalidParams, MediaDecodeError
 from medialens_video.frames import (
     DecodeGuard,
     Report,
+    demuxed,
     encode_jpeg,
     expected_frames,
+    first_timestamp,
     frame_ticks,
     open_video,
+    stated_end,
 )
 
 MAX_THUMBNAILS = 1000
 #: A target less than this far ahead of the decoder is reached by decoding on, not by seeking.
 SEEK_AHEAD_S = 2.0
+#: How much earlier a seek that landed after its keyframe is first retried (the next retry twice as far).
+BACK_OFF_S = 1.0
+#: A time past the end of any stream (seconds, small enough to count in microseconds): a seek there
+#: lands on the last keyframe.
+_FAR_FUTURE_S = 1e9
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,44 +89,71 @@ def extract_thumbnails(
     with open_video(path, whole=True) as (container, stream):
         time_base = stream.time_base
         ticks = frame_ticks(stream)
-        first_pts = stream.start_time or 0
-        if stream.duration:
-            duration_s = float(stream.duration * time_base)
-        elif container.duration:
-            duration_s = container.duration / 1_000_000
-        else:
-            duration_s = expected_frames(container, stream) * float(ticks * time_base)
+        first_pts = first_timestamp(container, stream)
+        end = stated_end(container, stream)
+        if end is None:
+            end = _read_end(container, stream)
+        duration_s = float(max(end - first_pts, 1) * time_base)
         stream.thread_type = "AUTO"
         guard = DecodeGuard(expected_frames(container, stream))
         times = thumbnail_times(duration_s, count=count, every_s=every_s)
         images: list[ThumbnailImage] = []
-        decoded = 0
-        with closing(_Reader(container, stream, guard, report)) as reader:
+        with closing(_Reader(container, stream, guard, report, start=first_pts)) as reader:
             for k, t_s in enumerate(times):
                 reader.note = (0.95 * k / len(times), f"thumbnail {k + 1}/{len(times)}")
                 report(*reader.note)
                 target = first_pts + round(t_s / time_base)
                 frame = reader.frame_at(target, ahead=round(SEEK_AHEAD_S / time_base), slack=ticks // 2)
                 if frame is None:
-                    continue
-                decoded += 1
+                    raise MediaDecodeError(
+                        f"No frame of the video stream decodes at or before {t_s:.2f} s; "
+                        "the file is probably damaged."
+                    )
                 data, out_w, out_h = encode_jpeg(frame, width)
                 out = out_dir / f"thumb-{k:04d}.jpg"
                 out.write_bytes(data)
                 images.append(ThumbnailImage(float((frame.pts - first_pts) * time_base), out, out_w, out_h))
-        guard.require_frames(decoded)
     return images
+
+
+def _read_end(container: Any, stream: Any) -> int:
+    """The end of the stream's last frame, in its time base, read off the packets (none decoded): those
+    from the last keyframe, which a seek to the end finds, or all of them when that seek fails.
+    `MediaDecodeError` when no packet is timed."""
+    try:
+        container.seek(round(_FAR_FUTURE_S / stream.time_base), stream=stream, backward=True)
+        end = _latest_end(container, stream)
+    except av.error.FFmpegError:
+        end = None
+    if end is None:
+        container.seek(0, stream=stream, backward=True)
+        end = _latest_end(container, stream)
+    if end is None:
+        raise MediaDecodeError("The video stream holds no timed frame; the file is probably damaged.")
+    return end
+
+
+def _latest_end(container: Any, stream: Any) -> int | None:
+    """The latest end (timestamp plus duration) of the packets from the demuxer's position on."""
+    with demuxed(container, stream) as packets:
+        return max((p.pts + (p.duration or 0) for p in packets if p.pts is not None), default=None)
 
 
 class _Reader:
     """Decodes forward from the last position, seeking when a target is behind or far ahead."""
 
-    def __init__(self, container: Any, stream: Any, guard: DecodeGuard, report: Report) -> None:
+    def __init__(
+        self, container: Any, stream: Any, guard: DecodeGuard, report: Report, *, start: int
+    ) -> None:
         self.container, self.stream, self.guard, self.report = container, stream, guard, report
+        #: The stream's first timestamp: a seek before it starts the stream over.
+        self.start = start
         self.position: int | None = None
         self.pending: list[Any] = []
         #: The demuxer since the last seek, closed at the next one and by `close` (see `frames.demuxed`).
         self.packets: Generator[Any] | None = None
+        #: The packet to decode first after a seek: the keyframe `_seek_keyframe` read up to.
+        self.head: Any = None
         self.last: Any = None
         #: What `report` is told while decoding towards a target: (fraction, message).
         self.note = (0.0, "seeking")
@@ -117,11 +164,10 @@ class _Reader:
             self.packets = None
 
     def frame_at(self, target: int, *, ahead: int, slack: int) -> Any:
-        """The first frame at or after `target - slack` (the last frame when the video ends before)."""
+        """The first frame at or after `target - slack` (the last frame when the video ends before); None
+        when nothing decodes from the keyframe before `target` to the end."""
         if self.position is None or target < self.position or target - self.position > ahead:
-            self.close()
-            self.container.seek(target, stream=self.stream, backward=True)
-            self.packets, self.pending, self.last = self.container.demux(self.stream), [], None
+            self._seek_keyframe(target)
         codec = self.stream.codec_context
         while True:
             while self.pending:
@@ -130,10 +176,42 @@ class _Reader:
                 self.position = frame.pts
                 if frame.pts >= target - slack:
                     return frame
-            packet = next(self.packets, None) if self.packets is not None else None
+            packet, self.head = self.head, None
+            if packet is None and self.packets is not None:
+                packet = next(self.packets, None)
             if packet is None:
                 return self.last
             if packet.pts is not None:
                 codec.skip_frame = "NONREF" if packet.pts < target - 2 * slack - 1 else "DEFAULT"
             self.pending = [f for f in self.guard.decode(codec, packet) if f.pts is not None]
             self.report(*self.note)
+
+    def _seek_keyframe(self, target: int) -> None:
+        """Leave a keyframe at or before `target` in `head` and the demuxer after it: the last one before
+        `target` where a seek lands on it (an indexed container), else one at most about a GOP earlier.
+
+        A seek in a container without an index lands on any packet near the time asked, so packets are
+        read (not decoded) to the first keyframe, and while that keyframe comes after `target` (its time
+        passed without one) the seek is retried `BACK_OFF_S` earlier, twice as far each time. Once that is
+        before the stream's start, the seek goes a further `back` before it (a seek to the start itself may
+        land past the first keyframe, whose decoding time comes before its display time) and the first
+        packet is taken, keyframe or not: nothing comes earlier.
+        """
+        at, back = target, round(BACK_OFF_S / self.stream.time_base)
+        while True:
+            from_start = at < self.start
+            self.close()
+            self.container.seek(self.start - back if from_start else at, stream=self.stream, backward=True)
+            self.packets, self.pending, self.last = self.container.demux(self.stream), [], None
+            for packet in self.packets:
+                shown = packet.pts if packet.pts is not None else packet.dts
+                if shown is None:
+                    continue  # the demuxer's flush packet
+                if from_start or (packet.is_keyframe and shown <= target):
+                    self.head = packet
+                    return
+                if (packet.dts if packet.dts is not None else shown) > target:
+                    break
+            if from_start:
+                return
+            at, back = target - back, back * 2

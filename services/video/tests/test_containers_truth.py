@@ -1,0 +1,158 @@
+"""Probe, thumbnails and quality hold to the truth where containers help least: MPEG-TS and MPEG-PS (no
+index, so a seek lands on any packet near the time asked), Matroska and WebM (no per-stream frame count or
+duration; audio that outlasts the video, a late start, a rate that changes, no duration at all when piped)
+and the shortest videos. Every frame shows its own number (`scripts.samples.make_numbered_video`), so each
+thumbnail is checked against the frame its time says it is."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import av
+import pytest
+
+from medialens_video.probe import probe_video
+from medialens_video.quality import detect_quality
+from medialens_video.thumbnails import ThumbnailImage, extract_thumbnails
+from scripts.samples import frame_number, make_numbered_video
+
+FPS = 25
+HALF_FRAME_S = 0.5 / FPS + 1e-6
+
+#: Matroska and WebM clips whose video's own span differs from the container's: (file name, generator
+#: arguments, frame count, the video's span in seconds).
+MATROSKA_CLIPS: dict[str, tuple[str, dict[str, Any], int, float]] = {
+    "audio outlasts the video": ("long-audio.mkv", {"frame_count": 100, "audio_s": 10.0}, 100, 4.0),
+    "audio outlasts the video (WebM)": (
+        "long-audio.webm",
+        {"frame_count": 100, "codec": "libvpx-vp9", "audio_s": 10.0},
+        100,
+        4.0,
+    ),
+    "video starts at 5 s": (
+        "late.mkv",
+        {"frame_count": 250, "start_s": 5.0, "audio_s": 15.0, "keyint": 50},
+        250,
+        10.0,
+    ),
+}
+
+
+def _shown(image: ThumbnailImage) -> int:
+    """The number of the frame a thumbnail shows."""
+    with av.open(str(image.path)) as jpeg:
+        return frame_number(next(jpeg.decode(video=0)).to_ndarray(format="rgb24"))
+
+
+def _assert_frames_at(images: list[ThumbnailImage], targets: list[float]) -> None:
+    """One thumbnail per target, each the frame nearest its target (within half a frame), showing the
+    frame its `t_s` names."""
+    assert len(images) == len(targets)
+    for image, target in zip(images, targets, strict=True):
+        assert image.t_s == pytest.approx(target, abs=HALF_FRAME_S), (image.t_s, target)
+        assert _shown(image) == round(image.t_s * FPS), (image.t_s, target)
+
+
+def _keyframe_times(path: Path) -> list[float]:
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        first = stream.start_time or 0
+        return [
+            round(float((p.pts - first) * stream.time_base), 3)
+            for p in container.demux(stream)
+            if p.is_keyframe and p.pts is not None
+        ]
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("containers")
+
+
+@pytest.mark.parametrize(
+    ("name", "codec", "keyint"),
+    [("long-gop.ts", "libx264", 100), ("short-gop.mpg", "mpeg2video", 25)],
+)
+def test_unindexed_thumbnails_are_the_frames_at_their_times(
+    clips: Path, tmp_path: Path, name: str, codec: str, keyint: int
+) -> None:
+    """In MPEG-TS (keyframes 4 s apart) and MPEG-PS (1 s apart), a thumbnail every 2.5 s (far enough apart
+    for each to be sought) is the frame at its time, not the next keyframe's, and the one in the last GOP
+    (10 s) is there too."""
+    path = clips / name
+    make_numbered_video(path, frame_count=300, codec=codec, keyint=keyint, audio_s=12.0)
+    assert _keyframe_times(path) == [k * keyint / FPS for k in range(300 // keyint)]
+    images = extract_thumbnails(path, out_dir=tmp_path, every_s=2.5)
+    _assert_frames_at(images, [0.0, 2.5, 5.0, 7.5, 10.0])
+
+
+def test_mpegts_with_one_keyframe_gives_every_thumbnail(clips: Path, tmp_path: Path) -> None:
+    """A valid 4 s MPEG-TS whose only keyframe is its first frame gives all ten thumbnails, each the
+    frame at its time (0.2, 0.6, ... 3.8 s), rather than a decode error."""
+    path = clips / "one-keyframe.ts"
+    make_numbered_video(path, frame_count=100, audio_s=4.0)
+    assert _keyframe_times(path) == [0.0]
+    images = extract_thumbnails(path, out_dir=tmp_path, count=10)
+    _assert_frames_at(images, [0.2 + 0.4 * k for k in range(10)])
+
+
+@pytest.mark.parametrize("case", sorted(MATROSKA_CLIPS))
+def test_matroska_frame_count_is_the_video_streams_own(clips: Path, case: str) -> None:
+    """The frame count of a Matroska or WebM video is exact when the container's duration is not the
+    video's: audio lasting 10 s beside 4 s of video, or video from 5 s to 15 s beside audio from 0."""
+    name, made, frames, _span_s = MATROSKA_CLIPS[case]
+    path = clips / name
+    make_numbered_video(path, **made)
+    assert probe_video(path).video.frame_count == frames
+
+
+@pytest.mark.parametrize("case", sorted(MATROSKA_CLIPS))
+def test_matroska_thumbnails_span_the_video(clips: Path, tmp_path: Path, case: str) -> None:
+    """Five thumbnails spread over the video stream's own span (the middles of five equal slices of it,
+    from its first frame), not over the container's, each the frame at its time."""
+    name, made, _frames, span_s = MATROSKA_CLIPS[case]
+    path = clips / name
+    make_numbered_video(path, **made)
+    images = extract_thumbnails(path, out_dir=tmp_path, count=5)
+    _assert_frames_at(images, [span_s * (k + 0.5) / 5 for k in range(5)])
+
+
+def test_matroska_with_a_varying_rate_has_no_frame_count(clips: Path) -> None:
+    """Two seconds at 30 frames/s then two at 10 (80 frames) in Matroska, which states a 30 frames/s
+    default: no count can be had without reading every packet, so it is null rather than 4 s x 30 = 120."""
+    path = clips / "slows-down.mkv"
+    make_numbered_video(path, frame_count=80, fps=30, slow_from=59, audio_s=4.0)
+    result = probe_video(path)
+    assert result.format.duration_s == pytest.approx(4.0, abs=1 / 30)
+    assert result.video.frame_count is None
+
+
+def test_piped_matroska_thumbnails_span_the_whole_video(clips: Path, tmp_path: Path) -> None:
+    """A Matroska written through a pipe states no duration and has no index: its probe has no frame
+    count, and its six thumbnails still spread over its 12 s (1, 3, ... 11 s), each the frame at its time."""
+    path = clips / "piped.mkv"
+    make_numbered_video(path, frame_count=300, keyint=100, piped=True)
+    result = probe_video(path)
+    assert (result.format.duration_s, result.video.frame_count) == (None, None)
+    images = extract_thumbnails(path, out_dir=tmp_path, count=6)
+    _assert_frames_at(images, [1.0 + 2.0 * k for k in range(6)])
+
+
+@pytest.mark.parametrize("audio_s", [None, 2.0])
+@pytest.mark.parametrize("frames", [1, 2, 3])
+def test_the_shortest_matroska_videos_are_whole(
+    clips: Path, tmp_path: Path, frames: int, audio_s: float | None
+) -> None:
+    """A valid H.264 Matroska of 1, 2 or 3 frames, alone or beside 2 s of audio (FFmpeg then gives the
+    video stream the container's duration), is not taken for a truncated one: the probe counts its
+    frames, quality decodes each of them, and one thumbnail per frame shows each in turn."""
+    path = clips / f"{frames}-frames-{audio_s}.mkv"
+    make_numbered_video(path, frame_count=frames, audio_s=audio_s)
+    if audio_s is not None:
+        with av.open(str(path)) as container:
+            assert container.streams.video[0].duration == container.duration // 1000  # in ms
+    assert probe_video(path).video.frame_count == frames
+    assert detect_quality(path).frames_analyzed == frames
+    images = extract_thumbnails(path, out_dir=tmp_path, count=frames)
+    _assert_frames_at(images, [(k + 0.5) / FPS for k in range(frames)])
