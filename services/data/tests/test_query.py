@@ -80,6 +80,18 @@ def test_sums_of_integers_are_exact_integers(table: Path) -> None:
     assert stored == [(decimal.Decimal(18014398509481986),)]
 
 
+def test_intervals_come_as_their_text_negative_ones_too(table: Path) -> None:
+    """A time difference that goes back (a negative INTERVAL) no longer fails the query (Parquet holds no
+    negative interval); intervals come as DuckDB's text, a month as a month (not Python's 30 days)."""
+    answer = ask(
+        table,
+        "SELECT TIMESTAMP '2024-01-01 00:00' - TIMESTAMP '2024-01-02 06:00' AS back, "
+        "INTERVAL '1 month 2 days 03:04:05.5' AS mixed",
+    )
+    assert answer.rows == [["-1 day -06:00:00", "1 month 2 days 03:04:05.5"]]
+    assert [(c.name, c.dtype) for c in answer.columns] == [("back", "INTERVAL"), ("mixed", "INTERVAL")]
+
+
 def test_limit_caps_the_rows_not_the_count(table: Path) -> None:
     """Only `limit` rows come back, while row_count and the Parquet file hold the whole answer."""
     answer = ask(table, "SELECT id FROM data WHERE id % 2 = 0 ORDER BY id DESC", limit=5)

@@ -50,8 +50,9 @@ INLINE_ROWS_BYTES = 8 * 2**20
 #: How DuckDB's serialized syntax tree names a node that is a statement (`COPY_QUERY_NODE`); the nodes of a
 #: read-only query are `SELECT_NODE`, `SET_OPERATION_NODE`, `RECURSIVE_CTE_NODE`...
 _STATEMENT_NODE = "_QUERY_NODE"
-#: Integer types wider than Parquet's 64-bit integers (see `_exact_parquet`).
-_WIDE_INTEGERS = {"HUGEINT", "UHUGEINT"}
+#: The answer's column types Parquet cannot hold as they are, and what they are written as (see
+#: `_exact_parquet`).
+_PARQUET_CASTS = {"HUGEINT": "DECIMAL(38,0)", "UHUGEINT": "DECIMAL(38,0)", "INTERVAL": "VARCHAR"}
 #: Share of the job's progress that loading the input takes.
 _LOAD_SHARE = 0.5
 
@@ -159,18 +160,20 @@ def _inline(first: list[tuple[Any, ...]]) -> list[list[Any]]:
 
 
 def _exact_parquet(con: Any, sql: str, columns: list[QueryColumn]) -> Any:
-    """The query's relation as Parquet can hold it exactly.
+    """The query's relation as Parquet can hold it, exactly and whatever the values.
 
     DuckDB's Parquet writer stores a 128-bit integer (HUGEINT, the type of every `sum` of integers) as a
     DOUBLE, so `sum(id)` came back as 9007199254740996.0 for 9007199254740995: those columns are written
-    as DECIMAL(38,0) instead (exact to 38 digits), picked by position (`#n`), since an answer's column
-    names may repeat. Other answers are written as they are.
+    as DECIMAL(38,0) (exact to 38 digits). It refuses a negative INTERVAL (any difference of two times
+    that goes back), failing the whole query, and Python reads a month as 30 days: intervals are written
+    as DuckDB's text (`1 month 2 days 03:04:05.5`, `-1 day`). Columns are picked by position (`#n`),
+    since an answer's names may repeat; other answers are written as they are.
     """
-    if not any(column.dtype in _WIDE_INTEGERS for column in columns):
+    if not any(column.dtype in _PARQUET_CASTS for column in columns):
         return con.sql(sql)
     picks = ", ".join(
-        f"CAST(#{n} AS DECIMAL(38,0)) AS {ident(c.name)}"
-        if c.dtype in _WIDE_INTEGERS
+        f"CAST(#{n} AS {_PARQUET_CASTS[c.dtype]}) AS {ident(c.name)}"
+        if c.dtype in _PARQUET_CASTS
         else f"#{n} AS {ident(c.name)}"
         for n, c in enumerate(columns, start=1)
     )
