@@ -71,3 +71,22 @@ def test_logs_are_json_in_production_and_text_elsewhere_unless_set() -> None:
     assert not LogSettings().json_for("development")
     assert not LogSettings(format="text").json_for("production")
     assert LogSettings(format="json").json_for("development")
+
+
+@pytest.mark.usefixtures("restore_root_logging")
+def test_a_variable_that_names_no_setting_is_logged_at_start(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A misspelt MEDIALENS_* variable (the settings ignore it: its setting keeps its default) is named in
+    a warning when a process sets up its logging; the real settings and the tools' variables are not."""
+    monkeypatch.setenv("MEDIALENS_WORKER_SHUTDOWN_GRACE", "300")  # the setting ends in _S
+    monkeypatch.setenv("MEDIALENS_GATEWY_MAX_IN_FLIGHT", "10")
+    monkeypatch.setenv("MEDIALENS_WORKER_SHUTDOWN_GRACE_S", "300")
+    monkeypatch.setenv("MEDIALENS_LOG_LEVEL", "info")
+    monkeypatch.setenv("MEDIALENS_DEMO_KEY", "dev-key")
+    configure_logging(Settings(log=LogSettings(format="json")), service="video")
+    warned = [json.loads(line)["message"] for line in capsys.readouterr().err.strip().splitlines()]
+    assert [message.split()[0] for message in warned if "names no setting" in message] == [
+        "MEDIALENS_GATEWY_MAX_IN_FLIGHT",
+        "MEDIALENS_WORKER_SHUTDOWN_GRACE",
+    ]

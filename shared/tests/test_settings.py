@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
-from medialens_shared.settings import DevSettings, Settings
+from medialens_shared.settings import DevSettings, Settings, unknown_variables
 
 SAFE_PRODUCTION = {
     "environment": "production",
@@ -143,3 +146,20 @@ def test_settings_are_frozen() -> None:
     settings = Settings()
     with pytest.raises(ValidationError):
         settings.environment = "production"  # type: ignore[misc]
+
+
+def test_every_variable_the_deployments_and_docs_set_names_a_setting() -> None:
+    """The MEDIALENS_* variables in the Kubernetes manifests, the compose files, .env.example and the
+    README each name a setting (or a tool's variable): a misspelt one would be ignored without a word."""
+    root = Path(__file__).resolve().parents[2]
+    files = [*(root / "deploy").rglob("*"), *root.glob("docker-compose*.yml"), root / ".env.example"]
+    files.append(root / "README.md")
+    named = {
+        variable
+        for path in files
+        if path.is_file() and path.suffix not in {".png", ".json"}
+        for variable in re.findall(r"\bMEDIALENS_[A-Z0-9_]*[A-Z0-9]", path.read_text(errors="replace"))
+    }
+    assert len(named) > 20  # the files were read
+    assert unknown_variables(dict.fromkeys(named, "")) == []
+    assert unknown_variables({"MEDIALENS_WORKER_SHUTDOWN_GRACE": ""}) == ["MEDIALENS_WORKER_SHUTDOWN_GRACE"]

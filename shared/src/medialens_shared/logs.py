@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from typing import Any
 
-from medialens_shared.settings import Settings
+from medialens_shared.settings import Settings, unknown_variables
 from medialens_shared.telemetry import TraceContextFilter
 
 # trace_id and span_id are set by TraceContextFilter inside a recording span.
@@ -55,3 +56,7 @@ def configure_logging(settings: Settings, *, service: str) -> None:
     formatter.converter = time.gmtime  # every time in MediaLens is UTC
     handler.addFilter(TraceContextFilter())
     logging.basicConfig(level=settings.log.level.upper(), handlers=[handler], force=True)
+    for variable in unknown_variables(os.environ):
+        logging.getLogger(__name__).warning(
+            "%s names no setting and is ignored: a misspelling? (README lists the settings)", variable
+        )

@@ -19,6 +19,7 @@ half: its outbox rounds). The overflow stays with the sessions. The sum is the s
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from fractions import Fraction
 from typing import Literal, Self
 
@@ -296,3 +297,31 @@ class Settings(BaseSettings):
     @property
     def is_development(self) -> bool:
         return self.environment != "production"
+
+
+#: Variables of the project's tools rather than of its processes: the test fixtures', `make demo`'s and
+#: the benchmarks'.
+TOOL_VARIABLE_PREFIXES = ("MEDIALENS_TEST_", "MEDIALENS_DEMO_", "MEDIALENS_BENCH_")
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """The `MEDIALENS_*` variables in `environ` that name no setting, sorted.
+
+    The settings ignore a variable they do not know (`extra="ignore"`), so a misspelt one
+    (`MEDIALENS_WORKER_SHUTDOWN_GRACE` for `..._GRACE_S`) would leave its setting at the default without a
+    word: each process logs these at start.
+    """
+    known: set[str] = set()
+    for name, field in Settings.model_fields.items():
+        known.add(name)  # a group may also be given whole, as JSON
+        group = field.annotation
+        if isinstance(group, type) and issubclass(group, BaseModel):
+            known |= {f"{name}_{member}" for member in group.model_fields}
+    prefix = Settings.model_config.get("env_prefix", "")
+    return sorted(
+        variable
+        for variable in environ
+        if variable.upper().startswith(prefix)
+        and not variable.upper().startswith(TOOL_VARIABLE_PREFIXES)
+        and variable[len(prefix) :].lower() not in known
+    )
