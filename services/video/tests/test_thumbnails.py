@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -78,3 +79,27 @@ def test_thumbnails_are_turned_as_the_video_is_displayed(tmp_path: Path, rotatio
     y, x = rows.mean() / image.height, cols.mean() / image.width
     centre = {"left": (0.5, 0.06), "right": (0.5, 0.94), "top": (0.06, 0.5), "bottom": (0.94, 0.5)}[where]
     assert (y, x) == pytest.approx(centre, abs=0.08), (y, x)
+
+
+def test_thumbnails_of_non_square_pixels_have_the_displayed_shape(tmp_path: Path) -> None:
+    """A PAL 16:9 clip stores 720 x 576 pixels 16/11 as wide as high (shown 1047 x 576): its thumbnail
+    320 wide is 176 high, not 256, and a block shown square (110 x 160 stored pixels) stays square."""
+    path = tmp_path / "anamorphic.mp4"
+    picture = np.full((576, 720, 3), 90, np.uint8)
+    picture[208:368, 300:410] = 255  # 110 x 160 stored: 160 x 160 as shown
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 720, 576, "yuv420p"
+        stream.codec_context.sample_aspect_ratio = Fraction(16, 11)
+        for index in range(5):
+            frame = av.VideoFrame.from_ndarray(picture, format="rgb24")
+            frame.pts = index
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    (image,) = extract_thumbnails(path, out_dir=tmp_path / "t", every_s=5.0, width=320)
+    assert (image.width, image.height) == (320, 176)
+    with av.open(str(image.path)) as jpeg:
+        rgb = next(jpeg.decode(video=0)).to_ndarray(format="rgb24")
+    assert rgb.shape == (176, 320, 3)
+    rows, cols = np.nonzero(rgb.min(axis=2) > 200)
+    assert (cols.max() - cols.min() + 1) / (rows.max() - rows.min() + 1) == pytest.approx(1.0, abs=0.08)

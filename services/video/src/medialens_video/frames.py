@@ -290,9 +290,17 @@ def display_rotation(frame: Any) -> int:
     return (round(-float(frame.rotation or 0) / 90.0) * 90) % 360
 
 
-def thumbnail_size(frame: Any, width: int) -> tuple[int, int]:
-    """`width` and the height keeping the frame's aspect as displayed (turned), both even (for 4:2:0 JPEG)."""
-    shown_w, shown_h = frame.width, frame.height
+def pixel_aspect(stream: Any) -> Fraction:
+    """The shape of the stream's pixels (its sample aspect ratio: 16/11 for PAL 16:9 in 720x576, 4/3 for
+    HDV's 1440x1080 shown 1920 wide), 1 where the file states none."""
+    ratio = stream.codec_context.sample_aspect_ratio or stream.sample_aspect_ratio
+    return Fraction(ratio) if ratio and ratio > 0 else Fraction(1)
+
+
+def thumbnail_size(frame: Any, width: int, *, aspect: Fraction = Fraction(1)) -> tuple[int, int]:
+    """`width` and the height keeping the frame's aspect as displayed (its pixels `aspect` wide to 1 high,
+    then turned), both even (for 4:2:0 JPEG)."""
+    shown_w, shown_h = frame.width * aspect, Fraction(frame.height)
     if display_rotation(frame) in (90, 270):
         shown_w, shown_h = shown_h, shown_w
     width = max(2, width - width % 2)
@@ -300,10 +308,11 @@ def thumbnail_size(frame: Any, width: int) -> tuple[int, int]:
     return width, height
 
 
-def encode_jpeg(frame: Any, width: int) -> tuple[bytes, int, int]:
-    """The frame as displayed (turned by its display matrix), resized to `width` with its aspect kept,
-    as JPEG bytes, with its width and height."""
-    out_w, out_h = thumbnail_size(frame, width)
+def encode_jpeg(frame: Any, width: int, *, aspect: Fraction = Fraction(1)) -> tuple[bytes, int, int]:
+    """The frame as displayed (its pixels `aspect` wide to 1 high: see `pixel_aspect`; turned by its
+    display matrix), resized to `width` with that aspect kept, as JPEG bytes (square pixels), with its
+    width and height."""
+    out_w, out_h = thumbnail_size(frame, width, aspect=aspect)
     turn = display_rotation(frame)
     if turn:  # scale the stored picture, then turn the few pixels left
         stored_w, stored_h = (out_h, out_w) if turn in (90, 270) else (out_w, out_h)

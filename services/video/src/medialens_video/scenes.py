@@ -50,6 +50,7 @@ from medialens_video.frames import (
     encode_jpeg,
     frame_ticks,
     open_video,
+    pixel_aspect,
 )
 
 #: Content change (0..255, mean of |dY|, |dU|, |dV| on small planes) at which a cut is considered.
@@ -499,7 +500,7 @@ def _thumbnail_task(
                     for frame in guard.decode(codec, packet):
                         if frame.pts is None or frame.pts not in wanted or frame.pts in written:
                             continue
-                        data, _, _ = encode_jpeg(frame, width)
+                        data, _, _ = encode_jpeg(frame, width, aspect=pixel_aspect(stream))
                         written[frame.pts] = out_dir / f"frame-{frame.pts}.jpg"
                         written[frame.pts].write_bytes(data)
                         workers.counts[task] += 1

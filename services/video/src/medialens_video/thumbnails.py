@@ -36,6 +36,7 @@ from medialens_video.frames import (
     first_timestamp,
     frame_ticks,
     open_video,
+    pixel_aspect,
     stated_end,
 )
 
@@ -109,7 +110,7 @@ def extract_thumbnails(
                         f"No frame of the video stream decodes at or before {t_s:.2f} s; "
                         "the file is probably damaged."
                     )
-                data, out_w, out_h = encode_jpeg(frame, width)
+                data, out_w, out_h = encode_jpeg(frame, width, aspect=pixel_aspect(stream))
                 out = out_dir / f"thumb-{k:04d}.jpg"
                 out.write_bytes(data)
                 images.append(ThumbnailImage(float((frame.pts - first_pts) * time_base), out, out_w, out_h))
