@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import av
+import numpy as np
 import pytest
 
 from medialens_shared.errors import MediaDecodeError
@@ -67,3 +69,59 @@ def test_damaged_first_frame_is_a_decode_error(flawed: Path, tmp_path: Path) -> 
     corrupt(flawed, damaged, start_fraction=0.0, end_fraction=0.9)
     with pytest.raises(MediaDecodeError):
         detect_quality(damaged)
+
+
+def _clip(path: Path, pictures: list[np.ndarray], fps: int = 25) -> Path:
+    """H.264 of RGB `pictures` (nearly lossless, so only the pictures' own changes count)."""
+    height, width = pictures[0].shape[:2]
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps, options={"crf": "4"})
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for index, picture in enumerate(pictures):
+            frame = av.VideoFrame.from_ndarray(picture, format="rgb24")
+            frame.pts = index
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    return path
+
+
+def _grey(level: int, width: int = 320, height: int = 180) -> np.ndarray:
+    return np.full((height, width, 3), level, np.uint8)
+
+
+def test_black_is_most_pixels_dark_not_a_dark_mean(tmp_path: Path) -> None:
+    """A frame is black when 98% of its pixels are dark (blackdetect's rule), not when its mean is: a dark
+    night scene with a few bright lights (mean luma 0.08) is not black, nor is a black card with a caption
+    band over 8% of it; a black card with a caption of 1% is."""
+    night, card, small_caption = _grey(8), _grey(0), _grey(0)
+    night[40:58, 100:180] = 170  # lights: 2.5% of the picture, and the mean stays under 0.1
+    card[80:95, :] = 255  # a caption band, 8% of the picture
+    small_caption[85:87, 100:260] = 255  # 0.6%
+    for name, picture in (("night", night), ("card", card), ("small-caption", small_caption)):
+        pictures = [_grey(120)] * 25 + [picture] * 50 + [_grey(120)] * 25
+        analysis = detect_quality(_clip(tmp_path / f"{name}.mp4", pictures), freeze_min_s=10.0)
+        expected = [pytest.approx((1.0, 3.0), abs=0.05)] if name == "small-caption" else []
+        assert analysis.black == expected, name
+
+
+def test_slow_or_small_motion_and_colour_changes_are_not_frozen(tmp_path: Path) -> None:
+    """Frames are compared with the still picture's first showing (freezedetect's way), over Y, U and V:
+    a small box creeping 2 pixels a frame (frame to frame below the noise) and hues changing at one
+    brightness are not frozen; the picture that really stops is."""
+    creeping = []
+    for index in range(75):
+        picture = _grey(128)
+        picture[80:96, 20 + 2 * index : 36 + 2 * index] = 255
+        creeping.append(picture)
+    hues = []
+    for index in range(75):  # red to blue through magenta, at a luma that stays within 1%
+        t = index / 74
+        hues.append(
+            np.tile(np.array([200 * (1 - t) + 80 * t, 60, 80 * (1 - t) + 200 * t], np.uint8), (180, 320, 1))
+        )
+    stopped = creeping[:25] + [creeping[25]] * 75
+    assert detect_quality(_clip(tmp_path / "creeping.mp4", creeping)).frozen == []
+    assert detect_quality(_clip(tmp_path / "hues.mp4", hues)).frozen == []
+    assert detect_quality(_clip(tmp_path / "stopped.mp4", stopped)).frozen == [
+        pytest.approx((1.0, 4.0), abs=0.05)
+    ]

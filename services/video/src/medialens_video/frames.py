@@ -242,10 +242,12 @@ class SmallFrame:
         v = _shrink(_plane(frame, 2), SMALL_WIDTH // 2)
         return cls(y=y, u=u, v=v, full_range=frame.format.name.startswith("yuvj") or frame.color_range == 2)
 
-    def luma(self) -> float:
-        """Mean luma, 0 (black) to 1 (white), whatever the range the video uses."""
-        mean = float(self.y.mean())
-        return mean / 255.0 if self.full_range else min(max((mean - 16.0) / 219.0, 0.0), 1.0)
+    def dark_share(self, threshold: float) -> float:
+        """The share of the picture whose luma (0 black to 1 white, whatever the range) is at most
+        `threshold`."""
+        # The luma level `threshold` stands for, on the plane's own scale (limited range: 16 to 235).
+        level = threshold * 255.0 if self.full_range else 16.0 + threshold * 219.0
+        return float(np.count_nonzero(self.y <= level)) / self.y.size
 
     def difference(self, other: SmallFrame) -> float:
         """Content change to `other`, 0..255: the mean absolute difference of Y, U and V, averaged.
@@ -259,11 +261,16 @@ class SmallFrame:
         dv = np.abs(self.v - other.v).mean()
         return float(dy + du + dv) / 3.0
 
-    def luma_difference(self, other: SmallFrame) -> float:
-        """Mean absolute luma difference to `other`, 0..1 (1 for frames of different sizes)."""
-        if self.y.shape != other.y.shape:
+    def mafd(self, other: SmallFrame) -> float:
+        """Mean absolute frame difference to `other`, 0..1, over every pixel of Y, U and V alike (as
+        FFmpeg's freezedetect counts it: chroma by its own, smaller, count of pixels); 1 for frames of
+        different sizes."""
+        if self.y.shape != other.y.shape or self.u.shape != other.u.shape:
             return 1.0
-        return float(np.abs(self.y - other.y).mean()) / 255.0
+        sad = sum(
+            int(np.abs(a - b).sum()) for a, b in ((self.y, other.y), (self.u, other.u), (self.v, other.v))
+        )
+        return sad / (self.y.size + self.u.size + self.v.size) / 255.0
 
 
 def _plane(frame: Any, index: int) -> npt.NDArray[np.uint8]:

@@ -1,12 +1,21 @@
-"""`video.quality`: black and frozen stretches, from every frame's mean luma and change in luma.
+"""`video.quality`: black and frozen stretches, from every frame's dark pixels and change of picture.
 
-A frame is black when its mean luma (0..1, black to white, whatever range the video uses) is at most
-`black_threshold`. A frame is frozen when its luma differs from the previous frame's by at most
-`FREEZE_NOISE` on average and it is not black (a black stretch is reported as black, not also as
-frozen). A frozen stretch starts at the first showing of the still picture and ends at the first frame
-that differs. A stretch still open at the end is closed at the video's end (last frame plus its
-duration). Like FFmpeg's blackdetect and freezedetect, but one decode for both, streamed: only the
-previous frame's small luma plane is kept.
+As FFmpeg's blackdetect and freezedetect judge them, with one decode for both, streamed (only the previous
+frame's small planes are kept):
+
+- A frame is black when at least `BLACK_PIXEL_SHARE` (98%) of its pixels have a luma (0..1, black to white,
+  whatever range the video uses) of at most `black_threshold`: blackdetect's `pic_th` and `pix_th`. Not
+  the mean luma: a dark night scene has a low mean and is no black frame, and a black card with a
+  caption is not black either.
+- A frame is frozen when it differs by at most `FREEZE_NOISE` (freezedetect's -60 dB) from the still
+  picture's first showing, not merely from the frame before it (slow or small motion adds up: a box
+  crossing the picture a few pixels a frame is no freeze), as the mean absolute difference over the
+  pixels of its Y, U and V planes (colour counts: hues changing at the same brightness are no freeze), and
+  it is not black (a black stretch is reported as black, not also as frozen). A frame that differs
+  starts the next comparison. A frozen stretch starts at the first showing of the still picture and ends
+  at the first frame that differs from it.
+
+A stretch still open at the end is closed at the video's end (last frame plus its duration).
 """
 
 from __future__ import annotations
@@ -24,8 +33,12 @@ from medialens_video.frames import (
     open_video,
 )
 
-#: Mean absolute luma difference (0..1) up to which two frames count as the same picture.
-FREEZE_NOISE = 0.002
+#: Mean absolute difference of Y, U and V (0..1) up to which a frame is the still picture it is compared
+#: with: freezedetect's default noise, -60 dB. (At 0.002, on luma alone, frame to frame, a box 200 pixels
+#: wide crossing a 720p picture read as frozen.)
+FREEZE_NOISE = 0.001
+#: Share of a frame's pixels that must be dark for the frame to be black: blackdetect's `pic_th`.
+BLACK_PIXEL_SHARE = 0.98
 #: Slack on the minimum lengths, so a stretch of exactly `min_black_s` survives float rounding.
 EPSILON_S = 1e-6
 
@@ -78,7 +91,8 @@ def detect_quality(
         stream.thread_type = "AUTO"
         guard = DecodeGuard(total)
         first_pts: int | None = None
-        previous: tuple[float, SmallFrame] | None = None
+        #: The still picture frames are compared with: its first showing's time and its planes.
+        still_picture: tuple[float, SmallFrame] | None = None
         last_pts, last_interval, count = 0, ticks, 0
         with demuxed(container, stream) as packets:
             for packet in packets:
@@ -89,13 +103,15 @@ def detect_quality(
                         first_pts = frame.pts
                     now_s = float((frame.pts - first_pts) * time_base)
                     small = SmallFrame.of(frame)
-                    is_black = small.luma() <= black_threshold
+                    is_black = small.dark_share(black_threshold) >= BLACK_PIXEL_SHARE
                     black.step(is_black, start_s=now_s, now_s=now_s)
-                    if previous is not None:
-                        still = not is_black and small.luma_difference(previous[1]) <= FREEZE_NOISE
-                        frozen.step(still, start_s=previous[0], now_s=now_s)
+                    if still_picture is not None:
+                        still = not is_black and small.mafd(still_picture[1]) <= FREEZE_NOISE
+                        frozen.step(still, start_s=still_picture[0], now_s=now_s)
                         last_interval = frame.pts - last_pts
-                    previous, last_pts = (now_s, small), frame.pts
+                    if still_picture is None or not still:
+                        still_picture = (now_s, small)
+                    last_pts = frame.pts
                     count += 1
                 report(min(count / total, 1.0), f"decoding {count}/{total} frames")
         guard.require_frames(count)
