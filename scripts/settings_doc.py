@@ -143,6 +143,10 @@ DESCRIPTIONS: dict[str, str] = {
     "to the scratch directory.",
     "MEDIALENS_WORKER_TABLE_THREADS": "Threads a table job's engine may use.",
     "MEDIALENS_WORKER_QUERY_TIME_LIMIT_S": "A data.query whose SQL runs longer than this fails with TIMEOUT.",
+    "MEDIALENS_WORKER_QUERY_MAX_ANSWER_BYTES": (
+        "Bytes of Parquet a data.query's answer may be stored as (a few bytes of SQL can ask for gigabytes); "
+        "a larger answer fails with INVALID_PARAMS."
+    ),
     "MEDIALENS_WORKER_JOB_TIMEOUT_S": "A job running longer than this fails with TIMEOUT.",
     "MEDIALENS_DEV_API_KEYS": "`tenant:key,tenant:key` pairs the gateway ensures exist at start "
     "(development and test only).",

@@ -238,3 +238,14 @@ def test_settings_cannot_be_changed_from_a_query(table: Path) -> None:
         table, "SELECT current_setting('lock_configuration'), current_setting('enable_external_access')"
     )
     assert answer.rows == [[True, False]]
+
+
+def test_an_answer_past_the_size_it_may_be_stored_as_is_refused(table: Path) -> None:
+    """A few bytes of SQL can ask for gigabytes: an answer whose Parquet passes `max_answer_bytes` fails
+    with INVALID_PARAMS and is not kept; one within it is stored whole."""
+    sql = "SELECT i, md5(i::VARCHAR) AS h FROM range(20000) t(i)"  # ~700 KB of Parquet: md5 barely packs
+    with pytest.raises(InvalidParams, match="more than the 100,000 a query may store") as caught:
+        ask(table, sql, max_answer_bytes=100_000)
+    assert caught.value.error_code == "INVALID_PARAMS"
+    assert not (table.parent / "out" / "answer.parquet").exists()
+    assert ask(table, sql, max_answer_bytes=10_000_000).row_count == 20000

@@ -80,6 +80,7 @@ async def query(ctx: JobContext) -> DataQueryResult:
         params=ctx.params,
         out_path=out_path,
         time_limit_s=ctx.settings.worker.query_time_limit_s,
+        max_answer_bytes=ctx.settings.worker.query_max_answer_bytes,
         **_engine_options(ctx),
     )
     answer = await ctx.run_cpu(run)

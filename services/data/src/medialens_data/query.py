@@ -120,8 +120,13 @@ def run_query(
     report: Report | None = None,
     cancelled: Callable[[], bool] | None = None,
     time_limit_s: float = QUERY_TIME_LIMIT_S,
+    max_answer_bytes: int | None = None,
 ) -> Answer:
-    """Answer `params.sql` over the table at `path`; the whole answer is written to `out_path` as Parquet."""
+    """Answer `params.sql` over the table at `path`; the whole answer is written to `out_path` as Parquet.
+
+    An answer whose file passes `max_answer_bytes` fails with `InvalidParams`: a few bytes of SQL can ask
+    for gigabytes (`SELECT repeat('x', 10000) FROM range(100000)`), which would be stored for the tenant.
+    """
     sql = check_sql(params.sql)
     limits = Limits(memory_limit=memory_limit, threads=threads, temp_dir=temp_dir)
     source = inspect(path, fmt=params.format)
@@ -136,6 +141,13 @@ def run_query(
             watch.stage(lambda p: (_LOAD_SHARE + (1 - _LOAD_SHARE) * (p or 0.0), "running the query"))
             watch.time_limit(time_limit_s)
             columns = _answer(con, watch, sql, out_path, path)
+            size = out_path.stat().st_size
+            if max_answer_bytes is not None and size > max_answer_bytes:
+                out_path.unlink()
+                raise InvalidParams(
+                    f"the answer is {size:,} bytes of Parquet, more than the {max_answer_bytes:,} a query "
+                    "may store here: narrow it (WHERE, fewer columns, LIMIT)"
+                )
             target = literal(str(out_path.resolve()))
             row_count = int(
                 watch.fetch(f"SELECT sum(num_rows) FROM parquet_file_metadata({target})")[0][0] or 0  # noqa: S608
