@@ -40,8 +40,11 @@ PROCESS_PORTS = {
     "medialens-audio": 8102,
     "medialens-data": 8103,
 }
-#: Shutdown grace of the services (the broker's graceful timeout); pods must be given longer.
+#: Shutdown grace of the services (the broker's graceful timeout) unless a container's environment sets
+#: MEDIALENS_WORKER_SHUTDOWN_GRACE_S; pods must be given longer, by at least SHUTDOWN_MARGIN_S (stopping a
+#: job still running takes up to 5 s, closing the broker connection up to 10 s).
 SERVICE_SHUTDOWN_S = 30
+SHUTDOWN_MARGIN_S = 15
 SECRET_KEY = re.compile(r"(URL|PASSWORD|PASSWD|SECRET|TOKEN|API_KEYS?|CREDENTIALS?)$", re.IGNORECASE)
 CREDENTIALS_IN_URL = re.compile(r"://[^/\s:@]+:[^/\s@]+@")
 
@@ -82,8 +85,14 @@ def check_workloads(objs: list[Manifest], *, pinned: bool) -> list[str]:
             continue
         where = name_of(obj)
         grace = spec.get("terminationGracePeriodSeconds", 30)
-        if grace <= SERVICE_SHUTDOWN_S:
-            errors.append(f"{where}: terminationGracePeriodSeconds {grace} is not > {SERVICE_SHUTDOWN_S}")
+        for container in containers(spec):
+            env = {e["name"]: e.get("value") for e in container.get("env", [])}
+            drain = float(env.get("MEDIALENS_WORKER_SHUTDOWN_GRACE_S") or SERVICE_SHUTDOWN_S)
+            if grace < drain + SHUTDOWN_MARGIN_S:
+                errors.append(
+                    f"{where}: terminationGracePeriodSeconds {grace} is less than the drain of container "
+                    f"{container['name']} ({drain:g} s) + {SHUTDOWN_MARGIN_S} s"
+                )
         pod_non_root = spec.get("securityContext", {}).get("runAsNonRoot") is True
         tmp_volumes = {v["name"] for v in spec.get("volumes", []) if "emptyDir" in v}
         for container in containers(spec):
