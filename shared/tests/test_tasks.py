@@ -655,18 +655,20 @@ async def test_a_claim_waits_out_a_short_database_outage(
     assert (row["status"], row["attempts"]) == ("succeeded", 1)
 
 
+@pytest.mark.parametrize(("count_try", "attempts"), [(False, 1), (True, 2)])
 async def test_release_unfinished_hands_running_jobs_back(
-    make_runner, new_job, tenant_id: str, db: DatabaseManager
+    make_runner, new_job, tenant_id: str, db: DatabaseManager, count_try: bool, attempts: int
 ) -> None:
     """At shutdown this worker's running jobs go back to queued with a fresh outbox entry, their cut try
-    not counted; others stay."""
+    not counted when the worker was stopped from outside (counted when it stopped by itself, its consumer
+    lost: a job that keeps cutting its worker off must still meet the bound); others stay."""
     runner = make_runner({"video.probe": Calls()})
     mine = await new_job(status="running", attempts=2, worker=runner.worker_id)
     theirs = await new_job(status="running", attempts=1, worker="video-someone-else")
-    await runner.release_unfinished()
+    await runner.release_unfinished(count_try=count_try)
     row = await row_of(db, mine)
     assert (row["status"], row["worker"], row["message"]) == ("queued", None, "requeued: its worker stopped")
-    assert row["attempts"] == 1
+    assert row["attempts"] == attempts
     assert ((await row_of(db, theirs))["status"], (await row_of(db, theirs))["attempts"]) == ("running", 1)
     async with db.session() as session:
         entries = (

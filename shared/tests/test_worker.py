@@ -99,6 +99,8 @@ class Running:
     service: asyncio.Task[int]
     publisher: RabbitBroker
     topology: Topology
+    #: Set to stop the service (the block's end sets it too).
+    stop: asyncio.Event
 
     async def publish(self, job_id: str, tenant_id: str) -> None:
         message = JobMessage(job_id=job_id, type="video.probe", tenant_id=tenant_id, file_id=None)
@@ -125,7 +127,7 @@ async def running(settings: Settings, handlers: dict[str, Handler]) -> AsyncIter
             return (await stats(publisher, topology.work_queue("video").name)).consumers == 1
 
         await eventually(consuming)
-        yield Running(service, publisher, topology)
+        yield Running(service, publisher, topology, stop)
     finally:
         stop.set()
         await asyncio.wait_for(service, 30)
@@ -241,11 +243,13 @@ async def test_the_consumer_watch_sees_a_consumer_the_broker_cancelled_and_its_r
 
 
 async def test_a_worker_whose_broker_falls_silent_is_unready_then_exits_to_be_restarted(
-    settings: Settings, database: str
+    settings: Settings, database: str, db: DatabaseManager, new_job, tenant_id: str
 ) -> None:
     """A partition nobody is told about (the proxy swallows every byte, the socket stays open): readiness
     fails within a check, and once the consumer has been gone for `consumer_lost_s`, run() stops and
-    returns EXIT_CONSUMER_LOST, for the orchestrator to start a fresh process."""
+    returns EXIT_CONSUMER_LOST, for the orchestrator to start a fresh process. The job it was running is
+    handed back with its try counted (the worker stopped by itself: a job that keeps cutting its worker off
+    must still meet the bound on attempts)."""
     proxy = TcpProxy(*RABBIT_HOST)
     await proxy.start()
     port = free_port()
@@ -254,8 +258,18 @@ async def test_a_worker_whose_broker_falls_silent_is_unready_then_exits_to_be_re
         settings, url=url, http_port=port, shutdown_grace_s=2.0, consumer_check_s=0.2, consumer_lost_s=2.0
     )
     own = own.model_copy(update={"gateway": own.gateway.model_copy(update={"health_timeout_s": 0.5})})
+    started = asyncio.Event()
+
+    async def probe(_ctx: JobContext) -> VideoProbeResult:
+        started.set()
+        await asyncio.sleep(60)
+        return PROBE
+
     stop = asyncio.Event()
-    service = asyncio.create_task(run("video", {}, settings=own, stop=stop))
+    service = asyncio.create_task(run("video", {"video.probe": probe}, settings=own, stop=stop))
+    publisher = make_broker(settings, name="worker-tests")
+    await publisher.connect()
+    job_id = await new_job()
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
 
@@ -266,19 +280,27 @@ async def test_a_worker_whose_broker_falls_silent_is_unready_then_exits_to_be_re
                 return False
 
             await eventually(ready, timeout=30)
+            await Running(service, publisher, Topology(own), stop).publish(job_id, tenant_id)
+            await asyncio.wait_for(started.wait(), 15)
             proxy.blackhole()
             unready = await client.get("/health/ready")
             assert unready.status_code == 503, unready.text
             rabbitmq = unready.json()["data"]["checks"]["rabbitmq"]
             assert rabbitmq["ok"] is False
             assert "does not answer" in rabbitmq["error"]
-            started = time.monotonic()
+            lost_at = time.monotonic()
             code = await asyncio.wait_for(service, 60)
         assert code == EXIT_CONSUMER_LOST
-        assert time.monotonic() - started >= 2.0
+        assert time.monotonic() - lost_at >= 2.0
+        async with db.session() as session:
+            row = await jobstore.get(session, job_id=job_id)
+        assert row is not None
+        assert (row["status"], row["attempts"]) == ("queued", 1)
+        assert row["message"] == "requeued: its worker stopped"
     finally:
         stop.set()
         await proxy.cut()
+        await publisher.stop()
         if not service.done():
             await asyncio.wait_for(service, 60)
 
