@@ -248,8 +248,7 @@ async def test_a_worker_whose_broker_falls_silent_is_unready_then_exits_to_be_re
     """A partition nobody is told about (the proxy swallows every byte, the socket stays open): readiness
     fails within a check, and once the consumer has been gone for `consumer_lost_s`, run() stops and
     returns EXIT_CONSUMER_LOST, for the orchestrator to start a fresh process. The job it was running is
-    handed back with its try counted (the worker stopped by itself: a job that keeps cutting its worker off
-    must still meet the bound on attempts)."""
+    handed back, its try counted (a job that keeps cutting its worker off meets the bound on attempts)."""
     proxy = TcpProxy(*RABBIT_HOST)
     await proxy.start()
     port = free_port()

@@ -529,14 +529,13 @@ class JobRunner:
             log.warning("job %s was left running by this worker's predecessor: its lease is ended", job_id)
         return len(ended)
 
-    async def release_unfinished(self, *, count_try: bool = False) -> None:
+    async def release_unfinished(self) -> None:
         """At shutdown: hand back the jobs this worker still runs, so another worker takes them at once.
 
-        The try is not counted (`attempts` goes back by one) unless `count_try`: a worker stopped from
-        outside (a rollout, a scale-down, a drained node) is no fault of the job's, and a job handed back by
-        two rollouts must not be one crash away from `RETRIES_EXHAUSTED`. A worker that stops by itself
-        (its consumer lost) counts the try: a job that cut its worker off from the broker, again and again,
-        must still meet the bound on attempts.
+        The try counts, as every try does: a job whose runs keep getting their worker stopped (its memory
+        gets the pod evicted, it cuts the worker off from the broker) must still meet the bound on attempts.
+        The services' drain (`shutdown_grace_s`, 600 s for video and data in Kubernetes) is what keeps
+        rollouts from cutting long jobs short.
         """
         async with self.db.session() as session:
             released = (
@@ -546,7 +545,6 @@ class JobRunner:
                         .where(jobs.c.status == JobStatus.RUNNING.value, jobs.c.worker == self.worker_id)
                         .values(
                             status=JobStatus.QUEUED.value,
-                            attempts=jobs.c.attempts - (0 if count_try else 1),
                             worker=None,
                             lease_expires_at=None,
                             message="requeued: its worker stopped",

@@ -202,15 +202,15 @@ async def run(service: str, handlers: dict[str, Handler], *, settings: Settings,
                 if jobs:
                     log.info("%d jobs still running after the grace period: stopping them", len(jobs))
                 await jobs.cancel()
-                await _hand_back(runner, count_try=consumer.lost)
+                await _hand_back(runner)
         return EXIT_CONSUMER_LOST if consumer.lost else 0
 
 
-async def _hand_back(runner: JobRunner, *, count_try: bool = False) -> None:
+async def _hand_back(runner: JobRunner) -> None:
     """At shutdown: the jobs still running handed back to the queue, the kept inputs removed, whatever
     happens to the first (the database away: the reaper requeues them when their leases run out)."""
     try:
-        await runner.release_unfinished(count_try=count_try)
+        await runner.release_unfinished()
     except Exception as exc:
         log.warning("running jobs not handed back (%s): the reaper requeues them after their leases", exc)
     finally:
