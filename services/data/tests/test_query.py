@@ -80,6 +80,16 @@ def test_sums_of_integers_are_exact_integers(table: Path) -> None:
     assert stored == [(decimal.Decimal(18014398509481986),)]
 
 
+@pytest.mark.parametrize(
+    "ending", ["", ";", "; -- the total", " -- the total", " /* total */ ;  ", "\n-- a note\n;\n"]
+)
+def test_a_rewritten_answer_takes_the_query_as_written(table: Path, ending: str) -> None:
+    """An answer written with casts (a sum of integers, an interval) takes the query as the user ended it:
+    a `;`, a trailing comment, both; a `;` or `--` inside a string is the string's."""
+    answer = ask(table, f"SELECT sum(id) AS total, 'a;--b' AS s FROM data WHERE id < 3{ending}")
+    assert answer.rows == [[3, "a;--b"]]
+
+
 def test_intervals_come_as_their_text_negative_ones_too(table: Path) -> None:
     """A time difference that goes back (a negative INTERVAL) no longer fails the query (Parquet holds no
     negative interval); intervals come as DuckDB's text, a month as a month (not Python's 30 days)."""

@@ -189,7 +189,18 @@ def _exact_parquet(con: Any, sql: str, columns: list[QueryColumn]) -> Any:
         else f"#{n} AS {ident(c.name)}"
         for n, c in enumerate(columns, start=1)
     )
-    return con.sql(f"SELECT {picks} FROM ({sql}) AS answer")  # noqa: S608 - checked SQL, quoted names
+    return con.sql(f"SELECT {picks} FROM (\n{_body(sql)}\n) AS answer")  # noqa: S608 - checked, quoted
+
+
+def _body(sql: str) -> str:
+    """The one statement of `sql` without what may follow it: its `;` and trailing comments (which would
+    end the subquery `_exact_parquet` puts it in), found by DuckDB's tokenizer, not by the text."""
+    end = len(sql)
+    for position, kind in reversed(duckdb.tokenize(sql)):
+        if kind != duckdb.token_type.comment and sql[position] != ";":
+            break
+        end = position
+    return sql[:end]
 
 
 def _answer(con: Any, watch: Watchdog, sql: str, out_path: Path, path: Path) -> list[QueryColumn]:
