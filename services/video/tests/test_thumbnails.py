@@ -103,3 +103,31 @@ def test_thumbnails_of_non_square_pixels_have_the_displayed_shape(tmp_path: Path
     assert rgb.shape == (176, 320, 3)
     rows, cols = np.nonzero(rgb.min(axis=2) > 200)
     assert (cols.max() - cols.min() + 1) / (rows.max() - rows.min() + 1) == pytest.approx(1.0, abs=0.08)
+
+
+def test_seeking_back_ends_on_a_coarse_time_base() -> None:
+    """A stream whose ticks are 3 s long (a crafted file's time base): a seek that lands past the target's
+    keyframe is retried further back, at least a tick each time, until the stream's start, instead of at
+    the same place for ever (1 s rounded to 0 ticks); a cancel is heard between tries."""
+    from types import SimpleNamespace
+
+    from medialens_video.thumbnails import _Reader
+
+    seeks: list[int] = []
+
+    class Container:
+        def seek(self, at: int, **_: object) -> None:
+            seeks.append(at)
+            assert len(seeks) < 50, seeks
+
+        def demux(self, _stream: object) -> object:  # every seek lands on a keyframe after the target
+            yield SimpleNamespace(pts=10, dts=10, is_keyframe=True)
+
+    reports: list[tuple[float, str]] = []
+    stream = SimpleNamespace(time_base=Fraction(3))
+    reader = _Reader(Container(), stream, guard=None, report=lambda *note: reports.append(note), start=0)  # type: ignore[arg-type]
+    reader._seek_keyframe(5)
+    assert reader.head.pts == 10  # from the start: nothing earlier to take
+    assert (seeks[0], seeks[-1] < 0) == (5, True)
+    assert seeks == [5, 4, 3, 1, -16]  # back 1, 2, 4 ticks, then from before the start
+    assert len(reports) == len(seeks)

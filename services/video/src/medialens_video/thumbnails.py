@@ -198,8 +198,11 @@ class _Reader:
         land past the first keyframe, whose decoding time comes before its display time) and the first
         packet is taken, keyframe or not: nothing comes earlier.
         """
-        at, back = target, round(BACK_OFF_S / self.stream.time_base)
+        # At least a tick: a coarse time base (2 s a tick, a crafted file's) rounded 1 s to 0, and the
+        # seek was retried at the same place for ever.
+        at, back = target, max(1, round(BACK_OFF_S / self.stream.time_base))
         while True:
+            self.report(*self.note)  # a cancel is heard between two tries
             from_start = at < self.start
             self.close()
             self.container.seek(self.start - back if from_start else at, stream=self.stream, backward=True)
