@@ -131,3 +131,28 @@ def test_seeking_back_ends_on_a_coarse_time_base() -> None:
     assert (seeks[0], seeks[-1] < 0) == (5, True)
     assert seeks == [5, 4, 3, 1, -16]  # back 1, 2, 4 ticks, then from before the start
     assert len(reports) == len(seeks)
+
+
+@pytest.mark.parametrize(
+    ("container", "codec", "expected"),
+    [
+        (Fraction(64, 45), Fraction(1), Fraction(64, 45)),  # the container's (-aspect on a copy) wins
+        (None, Fraction(16, 11), Fraction(16, 11)),
+        (Fraction(0), Fraction(4, 3), Fraction(4, 3)),  # 0: unknown
+        (Fraction(1, 255), None, Fraction(1)),  # broken: square (it made a 320 x 45900 JPEG)
+        (None, Fraction(65535), Fraction(1)),
+    ],
+)
+def test_the_pixel_aspect_is_the_containers_then_the_codecs_within_reason(
+    container: Fraction | None, codec: Fraction | None, expected: Fraction
+) -> None:
+    """As FFmpeg guesses it: the container's sample aspect ratio first, then the codec's; one past 1/4..4
+    is a broken header, and the pixels are taken as square."""
+    from types import SimpleNamespace
+
+    from medialens_video.frames import pixel_aspect
+
+    stream = SimpleNamespace(
+        sample_aspect_ratio=container, codec_context=SimpleNamespace(sample_aspect_ratio=codec)
+    )
+    assert pixel_aspect(stream) == expected

@@ -297,11 +297,21 @@ def display_rotation(frame: Any) -> int:
     return (round(-float(frame.rotation or 0) / 90.0) * 90) % 360
 
 
+#: Pixel shapes taken at their word: a ratio past these is a broken header (or a crafted one, which made a
+#: 320 x 45900 JPEG, or failed the encoder), and the pixels are taken as square.
+PIXEL_ASPECT_RANGE = (Fraction(1, 4), Fraction(4))
+
+
 def pixel_aspect(stream: Any) -> Fraction:
     """The shape of the stream's pixels (its sample aspect ratio: 16/11 for PAL 16:9 in 720x576, 4/3 for
-    HDV's 1440x1080 shown 1920 wide), 1 where the file states none."""
-    ratio = stream.codec_context.sample_aspect_ratio or stream.sample_aspect_ratio
-    return Fraction(ratio) if ratio and ratio > 0 else Fraction(1)
+    HDV's 1440x1080 shown 1920 wide): the container's first, then the codec's (as FFmpeg guesses it: a
+    container's display aspect, set without re-encoding, overrides the bitstream's); 1 where neither states
+    one in PIXEL_ASPECT_RANGE."""
+    low, high = PIXEL_ASPECT_RANGE
+    for ratio in (stream.sample_aspect_ratio, stream.codec_context.sample_aspect_ratio):
+        if ratio and low <= Fraction(ratio) <= high:
+            return Fraction(ratio)
+    return Fraction(1)
 
 
 def thumbnail_size(frame: Any, width: int, *, aspect: Fraction = Fraction(1)) -> tuple[int, int]:
