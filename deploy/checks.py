@@ -84,15 +84,7 @@ def check_workloads(objs: list[Manifest], *, pinned: bool) -> list[str]:
         if spec is None:
             continue
         where = name_of(obj)
-        grace = spec.get("terminationGracePeriodSeconds", 30)
-        for container in containers(spec):
-            env = {e["name"]: e.get("value") for e in container.get("env", [])}
-            drain = float(env.get("MEDIALENS_WORKER_SHUTDOWN_GRACE_S") or SERVICE_SHUTDOWN_S)
-            if grace < drain + SHUTDOWN_MARGIN_S:
-                errors.append(
-                    f"{where}: terminationGracePeriodSeconds {grace} is less than the drain of container "
-                    f"{container['name']} ({drain:g} s) + {SHUTDOWN_MARGIN_S} s"
-                )
+        errors += check_pod(where, spec)
         pod_non_root = spec.get("securityContext", {}).get("runAsNonRoot") is True
         tmp_volumes = {v["name"] for v in spec.get("volumes", []) if "emptyDir" in v}
         for container in containers(spec):
@@ -116,6 +108,25 @@ def check_workloads(objs: list[Manifest], *, pinned: bool) -> list[str]:
             port = PROCESS_PORTS.get(" ".join(container.get("command", [])))
             if port is not None and obj["kind"] == "Deployment":
                 errors.extend(check_probes(at, container, port))
+    return errors
+
+
+def check_pod(where: str, spec: Manifest) -> list[str]:
+    """A grace period that covers each container's drain; no Service link variables."""
+    errors = []
+    grace = spec.get("terminationGracePeriodSeconds", 30)
+    for container in containers(spec):
+        env = {e["name"]: e.get("value") for e in container.get("env", [])}
+        drain = float(env.get("MEDIALENS_WORKER_SHUTDOWN_GRACE_S") or SERVICE_SHUTDOWN_S)
+        if grace < drain + SHUTDOWN_MARGIN_S:
+            errors.append(
+                f"{where}: terminationGracePeriodSeconds {grace} is less than the drain of container "
+                f"{container['name']} ({drain:g} s) + {SHUTDOWN_MARGIN_S} s"
+            )
+    if spec.get("enableServiceLinks") is not False:
+        # The Services' link variables (MEDIALENS_GATEWAY_SERVICE_HOST, MEDIALENS_GATEWAY_PORT=tcp://...)
+        # share the settings' prefix: they would be read as settings, or warned about at every start.
+        errors.append(f"{where}: enableServiceLinks is not false")
     return errors
 
 
