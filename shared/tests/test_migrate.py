@@ -98,11 +98,11 @@ def test_a_role_that_may_not_connect_to_postgres_migrates_its_database(scratch_d
 
 
 def test_two_migrations_at_once_both_succeed(scratch_db: str) -> None:
-    """Two `medialens-migrate` processes on one new database at once (a Job's pod and its retry, a `make
-    migrate` beside a Job): the second waits for the first and finds nothing to do (unlocked, the two ran
-    the same migrations side by side and blocked each other for good)."""
+    """Two `medialens-migrate` processes at once on a database neither finds (a Job's pod and its retry, a
+    `make migrate` beside a Job): one creates it, the other finds it made; then the second waits for the
+    first's migrations and finds nothing to do (unlocked, the two ran the same migrations side by side and
+    blocked each other for good)."""
     url = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{scratch_db}"
-    asyncio.run(migrate.create_database_if_missing(url))
     env = {key: value for key, value in os.environ.items() if not key.startswith("MEDIALENS_")}
     env["MEDIALENS_POSTGRES_URL"] = url
     runs = [

@@ -42,8 +42,12 @@ async def create_database_if_missing(url: str) -> None:
     try:
         exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", parsed.database)
         if not exists:
-            await conn.execute(f'CREATE DATABASE "{parsed.database}"')
-            log.info("created database %s", parsed.database)
+            try:
+                await conn.execute(f'CREATE DATABASE "{parsed.database}"')
+            except (asyncpg.DuplicateDatabaseError, asyncpg.UniqueViolationError):
+                pass  # another run created it meanwhile (two at once: pg_database's unique index tells)
+            else:
+                log.info("created database %s", parsed.database)
     finally:
         await conn.close()
 
