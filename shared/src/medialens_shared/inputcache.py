@@ -157,9 +157,12 @@ class InputCache:
             directory = self._dir() / sha256
             directory.mkdir(exist_ok=True)
             # Read-only: the copy (each of its names is the same inode) is shared by every job of these
-            # bytes, whatever their tenant, so a job's code that writes its input (a bug, a decoder, a
-            # query's COPY) must fail rather than change what the next job reads (the process runs as an
-            # unprivileged user in its image; root would pass this).
+            # bytes, whatever their tenant, so a job's code that opens its input to write it (a bug, a
+            # library writing in place) fails rather than changes what the next job reads (the image runs
+            # as an unprivileged user; root passes this). A defence in depth, not a fence: the directory
+            # stays writable for the cache's own links and evictions, so a file renamed over the copy
+            # (DuckDB's COPY TO writes a temporary file and renames it) is not stopped here; what keeps a
+            # query from writing there is its read-only check and its file fence (`medialens_data`).
             part.chmod(0o444)
             part.replace(directory / name)
             self._kept[sha256] = _Entry(directory, copied.size_bytes, {name})
