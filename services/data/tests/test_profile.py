@@ -166,6 +166,20 @@ def test_a_json_array_profiles_its_objects(tmp_path: Path) -> None:
     ]
 
 
+def test_a_wide_profile_shows_shorter_texts_to_stay_storable() -> None:
+    """Texts are shown at 1,000 characters in a narrow table, shorter in a wide one, so that a profile's
+    texts (12 a column, 4 bytes a character at most) stay within SHOWN_TEXT_BUDGET whatever the width:
+    450 columns of long CJK texts at 1,000 characters passed MongoDB's 16 MB."""
+    from medialens_data.profile import SHOWN_TEXT_BUDGET, shown_chars
+
+    assert shown_chars(1) == shown_chars(100) == 1000
+    for columns in (450, 1000, 5000):
+        chars = shown_chars(columns)
+        assert chars < 1000
+        assert columns * 12 * (chars + 1) * 4 <= SHOWN_TEXT_BUDGET * 1.01
+    assert shown_chars(10**6) == 16
+
+
 def test_one_thread_profiles_as_two_do(tmp_path: Path) -> None:
     """With one thread (one lane for the statistics) the profile is the same as with two."""
     header, rows = mixed_rows()

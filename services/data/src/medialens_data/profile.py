@@ -51,10 +51,14 @@ from medialens_shared.errors import UnsupportedInput
 
 #: How many most frequent values each column reports.
 TOP_K = 10
-#: Characters of a text value (a min, a max, a top value) a profile shows: the rest is cut and marked "…".
-#: A column of long texts (articles, JSON blobs) made a profile past MongoDB's 16 MB for a stored result,
-#: and the job failed; 12 texts of a column at this length stay far below it even for 1,000 columns.
+#: Characters of a text value (a min, a max, a top value) a profile shows at most: the rest is cut and
+#: marked "…". A column of long texts (articles, JSON blobs) made a profile past MongoDB's 16 MB for a
+#: stored result, and the job failed.
 SHOWN_TEXT_CHARS = 1000
+#: Bytes the shown texts of a whole profile may take (its 12 texts a column, 4 bytes a character at
+#: most in UTF-8): a wide table's texts are cut shorter (`shown_chars`), never below SHOWN_TEXT_MIN_CHARS.
+SHOWN_TEXT_BUDGET = 8 * 2**20
+SHOWN_TEXT_MIN_CHARS = 16
 #: Distinct counts are exact up to this many distinct values (API.md), approximate beyond.
 DISTINCT_EXACT_LIMIT = 1_000_000
 #: Headroom over the limit for HyperLogLog's error, so no column within the limit is estimated.
@@ -205,8 +209,10 @@ class _Profiler:
             )
             summaries = _summaries(batches, built, answers[: len(aggregates)])
             frequencies = answers[len(aggregates) :]
+        chars = shown_chars(total)
         profiles = [
-            self._profile(summary, counted) for summary, counted in zip(summaries, frequencies, strict=True)
+            _cut(self._profile(summary, counted), chars)
+            for summary, counted in zip(summaries, frequencies, strict=True)
         ]
         return DataProfileResult(row_count=self.row_count, column_count=total, columns=profiles)
 
@@ -260,7 +266,7 @@ class _Profiler:
 
     def _profile(self, summary: _Summary, counted: list[tuple[Any, ...]]) -> ColumnProfile:
         estimated = self._estimated(summary)
-        top_values = [TopValue(value=_shown(v), count=int(n)) for total, v, n in counted if not total]
+        top_values = [TopValue(value=json_value(v), count=int(n)) for total, v, n in counted if not total]
         distinct = summary.approx if estimated else next((int(n) for total, _, n in counted if total), 0)
         p25, p50, p75 = summary.quartiles
         return ColumnProfile(
@@ -322,12 +328,26 @@ def _summaries(
     ]
 
 
-def _shown(value: Any) -> Any:
-    """A value as a profile shows it: as JSON, a text longer than SHOWN_TEXT_CHARS cut there and marked."""
-    shown = json_value(value)
-    if isinstance(shown, str) and len(shown) > SHOWN_TEXT_CHARS:
-        return shown[:SHOWN_TEXT_CHARS] + "…"
-    return shown
+def shown_chars(columns: int) -> int:
+    """Characters a text value of a profile of `columns` columns shows at most: SHOWN_TEXT_CHARS, or fewer
+    where that many would pass SHOWN_TEXT_BUDGET."""
+    texts = max(columns, 1) * (TOP_K + 2)
+    return max(SHOWN_TEXT_MIN_CHARS, min(SHOWN_TEXT_CHARS, SHOWN_TEXT_BUDGET // (4 * texts)))
+
+
+def _cut(profile: ColumnProfile, chars: int) -> ColumnProfile:
+    """The profile with its texts (min, max, top values) longer than `chars` cut there and marked "…"."""
+
+    def shown(value: Any) -> Any:
+        return value[:chars] + "…" if isinstance(value, str) and len(value) > chars else value
+
+    return profile.model_copy(
+        update={
+            "min": shown(profile.min),
+            "max": shown(profile.max),
+            "top_values": [top.model_copy(update={"value": shown(top.value)}) for top in profile.top_values],
+        }
+    )
 
 
 def _summary(name: str, dtype: str, row: tuple[Any, ...], slot: dict[str, int]) -> _Summary:
@@ -341,8 +361,8 @@ def _summary(name: str, dtype: str, row: tuple[Any, ...], slot: dict[str, int]) 
         name=name,
         dtype=dtype,
         non_null=int(value("non_null")),
-        min=_shown(value("min")),
-        max=_shown(value("max")),
+        min=json_value(value("min")),
+        max=json_value(value("max")),
         mean=finite(value("mean")),
         std=finite(value("std")),
         quartiles=(p25, p50, p75),
