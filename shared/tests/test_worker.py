@@ -443,6 +443,46 @@ async def test_a_job_still_running_after_the_grace_period_is_stopped_and_handed_
     assert entries[0]["payload"]["job_id"] == job_id
 
 
+async def test_a_delivery_waiting_for_a_slot_goes_back_at_once_when_the_service_stops(
+    settings: Settings, database: str, db: DatabaseManager, new_job, tenant_id: str
+) -> None:
+    """With its one slot busy, a service holds the next delivery (unacked) for it; a stop cancels the
+    consumer at the broker and sends that delivery back to the queue at once, for another worker, while
+    the running job finishes within the drain (the delivery waited out the drain: 600 s for video)."""
+    own = isolated(settings, shutdown_grace_s=20.0, http_port=free_port(), concurrency=1)
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def probe(_ctx: JobContext) -> VideoProbeResult:
+        started.set()
+        await asyncio.wait_for(release.wait(), 30)
+        return PROBE
+
+    queue = Topology(own).work_queue("video").name
+    async with running(own, {"video.probe": probe}) as service:
+        first, second = await new_job(), await new_job()
+        await service.publish(first, tenant_id)
+        await asyncio.wait_for(started.wait(), 15)
+        await service.publish(second, tenant_id)
+
+        async def second_held() -> bool:  # delivered to the service, waiting for the slot
+            return (await stats(service.publisher, queue)).messages == 0
+
+        await eventually(second_held)
+        service.stop.set()
+
+        async def second_back() -> bool:
+            current = await stats(service.publisher, queue)
+            return (current.messages, current.consumers) == (1, 0)
+
+        await eventually(second_back, timeout=5)
+        await asyncio.sleep(1.0)  # and it stays there: not delivered again to the stopping service
+        assert (await stats(service.publisher, queue)).messages == 1
+        assert not service.service.done()  # the running job still has its drain
+        release.set()
+    assert await status_of(db, first) == "succeeded"
+    assert await status_of(db, second) == "queued"
+
+
 @pytest.mark.parametrize("concurrency", [1, 2])
 async def test_a_service_runs_at_most_its_concurrency_of_jobs_at_once(
     settings: Settings, database: str, db: DatabaseManager, new_job, tenant_id: str, concurrency: int

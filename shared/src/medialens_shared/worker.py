@@ -160,7 +160,12 @@ async def run(service: str, handlers: dict[str, Handler], *, settings: Settings,
         topology = Topology(settings)
         queue = topology.work_queue(service)
         jobs = RunningJobs()
-        subscriber = subscribe(broker, topology, queue, runner, settings=settings, stop=stop, jobs=jobs)
+        #: Set once the consumer is cancelled at the broker, at shutdown: the deliveries waiting for a slot
+        #: then go back to the queue, for another worker, instead of waiting out the drain.
+        released = asyncio.Event()
+        subscriber = subscribe(
+            broker, topology, queue, runner, settings=settings, stop=stop, jobs=jobs, released=released
+        )
         consumer = ConsumerWatch(broker, subscriber, queue.name, timeout_s=settings.gateway.health_timeout_s)
         declared = False
 
@@ -198,6 +203,8 @@ async def run(service: str, handlers: dict[str, Handler], *, settings: Settings,
                 log.info("%s service stopping: finishing the running job", service)
                 watching.cancel()
                 trimming.cancel()
+                await stop_consuming(subscriber)
+                released.set()
                 await close_broker(broker, timeout_s=worker.shutdown_grace_s + BROKER_STOP_MARGIN_S)
                 if jobs:
                     log.info("%d jobs still running after the grace period: stopping them", len(jobs))
@@ -226,6 +233,7 @@ def subscribe(
     settings: Settings,
     stop: asyncio.Event,
     jobs: RunningJobs,
+    released: asyncio.Event,
 ) -> RabbitSubscriber:
     """The consumer of `queue`: each delivery goes to `runner`, at most `worker.concurrency` at once, in a
     task of `jobs`.
@@ -247,9 +255,15 @@ def subscribe(
 
     async def run_job(body: Any, message: RabbitMessage) -> None:
         try:
-            async with slots:
-                if not stop.is_set():  # a stopping service starts nothing new: the delivery goes back
-                    await runner.handle(body, message)
+            # A delivery waiting for a slot gives it up once the consumer is cancelled at shutdown (not as
+            # soon as `stop` is set: sent back while the consumer still stood, it would come straight back,
+            # each return counted against the queue's delivery limit), and goes back for another worker.
+            if await until_stopped(slots.acquire(), released):
+                try:
+                    if not stop.is_set():  # a stopping service starts nothing new: the delivery goes back
+                        await runner.handle(body, message)
+                finally:
+                    slots.release()
         finally:  # whatever happened, the delivery is settled: an unsettled one blocks a prefetch slot
             if not message.committed:
                 try:
@@ -295,6 +309,27 @@ class RunningJobs:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
+async def stop_consuming(subscriber: RabbitSubscriber, *, timeout_s: float = 5.0) -> None:
+    """Cancel the subscriber's consumer at the broker (basic.cancel): no delivery comes after, and the ones
+    it holds unacked can be sent back to the queue for other workers, while its running jobs go on.
+
+    FastStream cancels the consumer only after its graceful wait for the running handlers, the whole drain
+    (600 s for video); this reaches into its subscriber for the queue and tag (as `ConsumerWatch` does),
+    and leaves it no tag to cancel again. Never raises: the broker away, the channel's close returns what
+    it held.
+    """
+    queue, tag = subscriber._queue_obj, subscriber._consumer_tag
+    if queue is None or tag is None:
+        return
+    try:
+        async with asyncio.timeout(timeout_s):
+            await queue.cancel(tag)
+    except Exception as exc:
+        log.warning("consumer not cancelled at the broker (%s); its deliveries go back when it closes", exc)
+    else:
+        subscriber._consumer_tag = None
+
+
 async def close_broker(broker: RabbitBroker, *, timeout_s: float) -> None:
     """Stop consuming, wait (within `timeout_s`) for the running jobs, close the connection.
 
@@ -310,7 +345,7 @@ async def close_broker(broker: RabbitBroker, *, timeout_s: float) -> None:
         log.warning("closing the broker connection failed: %s", exc)
 
 
-async def until_stopped(work: Coroutine[Any, Any, None], stop: asyncio.Event) -> bool:
+async def until_stopped(work: Coroutine[Any, Any, object], stop: asyncio.Event) -> bool:
     """Run `work` unless `stop` is set first (then cancel it); whether `work` completed."""
     task = asyncio.ensure_future(work)
     stopping = asyncio.ensure_future(stop.wait())
