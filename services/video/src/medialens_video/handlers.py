@@ -34,7 +34,8 @@ JPEG = "image/jpeg"
 
 async def probe(ctx: JobContext) -> VideoProbeResult:
     """Milliseconds of work: its "running" (the claim's announce) is all the progress it reports."""
-    return await ctx.run_cpu(probe_video, ctx.require_input(), light=True)  # a header and one frame
+    # A header, one frame and, where the container states no frame count, a few packets: milliseconds.
+    return await ctx.run_cpu(probe_video, ctx.require_input(), light=True)
 
 
 async def scenes(ctx: JobContext) -> VideoScenesResult:
