@@ -21,7 +21,7 @@ from faststream.rabbit import RabbitBroker
 from faststream.rabbit.annotations import RabbitMessage
 from prometheus_client import REGISTRY
 from pydantic import SecretStr
-from sqlalchemy import select
+from sqlalchemy import insert, select
 
 from medialens_shared import jobstore
 from medialens_shared.bus import QueueStats, Topology, declare, make_broker, publish_job, queue_stats
@@ -32,7 +32,7 @@ from medialens_shared.filestore import FileStore
 from medialens_shared.logs import configure_logging
 from medialens_shared.settings import LogSettings, Settings
 from medialens_shared.signals import JobSignals
-from medialens_shared.tables import outbox
+from medialens_shared.tables import jobs, outbox, tenants
 from medialens_shared.tasks import Handler, JobContext, JobRunner
 from medialens_shared.worker import EXIT_CONSUMER_LOST, ConsumerWatch, _hand_back, run
 from tests.fixtures.proxy import TcpProxy
@@ -243,7 +243,7 @@ async def test_the_consumer_watch_sees_a_consumer_the_broker_cancelled_and_its_r
 
 
 async def test_a_worker_whose_broker_falls_silent_is_unready_then_exits_to_be_restarted(
-    settings: Settings, database: str, db: DatabaseManager, new_job, tenant_id: str
+    settings: Settings, database: str, db_without_relay: DatabaseManager
 ) -> None:
     """A partition nobody is told about (the proxy swallows every byte, the socket stays open): readiness
     fails within a check, and once the consumer has been gone for `consumer_lost_s`, run() stops and
@@ -256,7 +256,22 @@ async def test_a_worker_whose_broker_falls_silent_is_unready_then_exits_to_be_re
     own = isolated(
         settings, url=url, http_port=port, shutdown_grace_s=2.0, consumer_check_s=0.2, consumer_lost_s=2.0
     )
-    own = own.model_copy(update={"gateway": own.gateway.model_copy(update={"health_timeout_s": 0.5})})
+    # On a database of its own: the session's stack, when up, would publish the handed-back job's outbox
+    # entry and run it again before its row is read.
+    own = own.model_copy(
+        update={
+            "gateway": own.gateway.model_copy(update={"health_timeout_s": 0.5}),
+            "postgres": db_without_relay.settings.postgres,
+        }
+    )
+    db = db_without_relay
+    tenant_id, job_id = f"tenant-{uuid.uuid4().hex[:8]}", f"job-{uuid.uuid4().hex[:8]}"
+    async with db.session() as session:
+        await session.execute(insert(tenants).values(id=tenant_id, name=tenant_id, webhook_secret="s"))
+        await session.execute(
+            insert(jobs).values(id=job_id, tenant_id=tenant_id, type="video.probe", status="queued")
+        )
+        await session.commit()
     started = asyncio.Event()
 
     async def probe(_ctx: JobContext) -> VideoProbeResult:
@@ -268,7 +283,6 @@ async def test_a_worker_whose_broker_falls_silent_is_unready_then_exits_to_be_re
     service = asyncio.create_task(run("video", {"video.probe": probe}, settings=own, stop=stop))
     publisher = make_broker(settings, name="worker-tests")
     await publisher.connect()
-    job_id = await new_job()
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
 
