@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import asdict
+from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
@@ -21,7 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from medialens_gateway.deps import AppSettings, Bus, Databases
 from medialens_gateway.envelope import error_response, ok
 from medialens_gateway.openapi import RETRY_AFTER, Envelope, Readiness
-from medialens_shared.db import timed_check
+from medialens_shared.db import Check, timed_check
 
 router = APIRouter(tags=["operations"])
 
@@ -31,25 +32,20 @@ async def live() -> JSONResponse:
     return ok({"status": "ok"})
 
 
-@router.get(
-    "/health/ready",
-    summary="Every dependency answered within its budget (503 when one did not)",
-    response_model=Envelope[Readiness],
-    responses={
+def _unavailable(what: str) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI 503 of a readiness route: `what` did not answer."""
+    return {
         503: {
             "model": Envelope[Readiness],
             "headers": RETRY_AFTER,
-            "description": "SERVICE_UNAVAILABLE: a dependency is down; the envelope (`success` false) holds "
-            "the checks in `data`.",
+            "description": f"SERVICE_UNAVAILABLE: {what} did not answer; the envelope (`success` false) "
+            "holds the checks in `data`.",
         }
-    },
-)
-async def ready(db: Databases, bus: Bus, settings: AppSettings) -> JSONResponse:
-    checks, rabbit = await asyncio.gather(
-        db.health_check_all(),
-        timed_check(bus.ping, timeout=settings.gateway.health_timeout_s),
-    )
-    checks["rabbitmq"] = rabbit
+    }
+
+
+def _readiness(checks: dict[str, Check], *, state: str) -> JSONResponse:
+    """200 with the checks when all passed; else 503 naming the ones that did not ("Not `state`: ...")."""
     data = {
         "status": "ok" if all(check.ok for check in checks.values()) else "unavailable",
         "checks": {name: asdict(check) for name, check in checks.items()},
@@ -60,37 +56,35 @@ async def ready(db: Databases, bus: Bus, settings: AppSettings) -> JSONResponse:
     return error_response(
         status_code=503,
         error_code="SERVICE_UNAVAILABLE",
-        message=f"Not ready: {down} did not answer; see data.checks.",
+        message=f"Not {state}: {down} did not answer; see data.checks.",
         data=data,
         retry_after=5,
     )
 
 
 @router.get(
+    "/health/ready",
+    summary="Every dependency answered within its budget (503 when one did not)",
+    response_model=Envelope[Readiness],
+    responses=_unavailable("a dependency"),
+)
+async def ready(db: Databases, bus: Bus, settings: AppSettings) -> JSONResponse:
+    checks, rabbit = await asyncio.gather(
+        db.health_check_all(),
+        timed_check(bus.ping, timeout=settings.gateway.health_timeout_s),
+    )
+    return _readiness(checks | {"rabbitmq": rabbit}, state="ready")
+
+
+@router.get(
     "/health/serving",
     summary="This process takes requests: PostgreSQL, where every job is stored, answered (503 when not)",
     response_model=Envelope[Readiness],
-    responses={
-        503: {
-            "model": Envelope[Readiness],
-            "headers": RETRY_AFTER,
-            "description": "SERVICE_UNAVAILABLE: PostgreSQL did not answer; the envelope (`success` false) "
-            "holds the check in `data`.",
-        }
-    },
+    responses=_unavailable("PostgreSQL"),
 )
 async def serving(db: Databases, settings: AppSettings) -> JSONResponse:
     check = await timed_check(db.ping_postgres, timeout=settings.gateway.health_timeout_s)
-    data = {"status": "ok" if check.ok else "unavailable", "checks": {"postgres": asdict(check)}}
-    if check.ok:
-        return ok(data)
-    return error_response(
-        status_code=503,
-        error_code="SERVICE_UNAVAILABLE",
-        message="Not serving: postgres did not answer; see data.checks.",
-        data=data,
-        retry_after=5,
-    )
+    return _readiness({"postgres": check}, state="serving")
 
 
 @router.get(
