@@ -47,6 +47,16 @@ async def test_ready_checks_every_dependency(api: httpx.AsyncClient, envelope: E
         assert 0 <= check["latency_ms"] < 2000
 
 
+def _through(settings: Settings, server: str, url: str) -> Settings:
+    """`settings` with `server`'s URL `url` (a proxy's) and a 1 s budget for each readiness check."""
+    return settings.model_copy(
+        update={
+            server: getattr(settings, server).model_copy(update={"url": SecretStr(url)}),
+            "gateway": settings.gateway.model_copy(update={"health_timeout_s": 1.0}),
+        }
+    )
+
+
 async def test_ready_is_503_when_rabbitmq_is_unreachable(
     settings: Settings, database: str, envelope: EnvelopeCheck
 ) -> None:
@@ -55,12 +65,7 @@ async def test_ready_is_503_when_rabbitmq_is_unreachable(
     proxy = TcpProxy(*RABBIT_HOST)
     await proxy.start()
     url = settings.rabbitmq.url.get_secret_value().replace(f":{RABBIT_HOST[1]}/", f":{proxy.port}/")
-    cut_settings = settings.model_copy(
-        update={
-            "rabbitmq": settings.rabbitmq.model_copy(update={"url": SecretStr(url)}),
-            "gateway": settings.gateway.model_copy(update={"health_timeout_s": 1.0}),
-        }
-    )
+    cut_settings = _through(settings, "rabbitmq", url)
     await proxy.cut()
     app = create_app(cut_settings)
     async with LifespanManager(app, startup_timeout=60, shutdown_timeout=60) as manager:
@@ -96,12 +101,7 @@ async def test_serving_is_503_while_postgres_does_not_answer(
     proxy = TcpProxy(host, int(port))
     await proxy.start()
     url = settings.postgres.url.get_secret_value().replace(f"@{host}:{port}/", f"@127.0.0.1:{proxy.port}/")
-    proxied = settings.model_copy(
-        update={
-            "postgres": settings.postgres.model_copy(update={"url": SecretStr(url)}),
-            "gateway": settings.gateway.model_copy(update={"health_timeout_s": 1.0}),
-        }
-    )
+    proxied = _through(settings, "postgres", url)
     app = create_app(proxied)
     async with LifespanManager(app, startup_timeout=60, shutdown_timeout=60) as manager:
         transport = httpx.ASGITransport(app=manager.app)
