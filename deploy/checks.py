@@ -41,10 +41,11 @@ PROCESS_PORTS = {
     "medialens-data": 8103,
 }
 #: Shutdown grace of the services (the broker's graceful timeout) unless a container's environment sets
-#: MEDIALENS_WORKER_SHUTDOWN_GRACE_S; pods must be given longer, by at least SHUTDOWN_MARGIN_S (stopping a
-#: job still running takes up to 5 s, closing the broker connection up to 10 s).
+#: MEDIALENS_WORKER_SHUTDOWN_GRACE_S; pods must be given longer, by at least SHUTDOWN_MARGIN_S (cancelling
+#: the consumer at the broker takes up to 5 s, stopping a job still running up to 5 s, closing the broker
+#: connection up to 10 s).
 SERVICE_SHUTDOWN_S = 30
-SHUTDOWN_MARGIN_S = 15
+SHUTDOWN_MARGIN_S = 20
 SECRET_KEY = re.compile(r"(URL|PASSWORD|PASSWD|SECRET|TOKEN|API_KEYS?|CREDENTIALS?)$", re.IGNORECASE)
 CREDENTIALS_IN_URL = re.compile(r"://[^/\s:@]+:[^/\s@]+@")
 
