@@ -46,6 +46,8 @@ PROCESS_PORTS = {
 #: connection up to 10 s).
 SERVICE_SHUTDOWN_S = 30
 SHUTDOWN_MARGIN_S = 20
+#: The processes that drain their running jobs at shutdown (MEDIALENS_WORKER_SHUTDOWN_GRACE_S).
+WORKER_COMMANDS = {"medialens-video", "medialens-audio", "medialens-data"}
 SECRET_KEY = re.compile(r"(URL|PASSWORD|PASSWD|SECRET|TOKEN|API_KEYS?|CREDENTIALS?)$", re.IGNORECASE)
 CREDENTIALS_IN_URL = re.compile(r"://[^/\s:@]+:[^/\s@]+@")
 
@@ -116,7 +118,11 @@ def check_pod(where: str, spec: Manifest) -> list[str]:
     """A grace period that covers each container's drain; no Service link variables."""
     errors = []
     grace = spec.get("terminationGracePeriodSeconds", 30)
+    if grace <= SERVICE_SHUTDOWN_S:
+        errors.append(f"{where}: terminationGracePeriodSeconds {grace} is not > {SERVICE_SHUTDOWN_S}")
     for container in containers(spec):
+        if " ".join(container.get("command", [])) not in WORKER_COMMANDS:
+            continue  # the gateway and the relay stop within 30 s; a migration is not drained
         env = {e["name"]: e.get("value") for e in container.get("env", [])}
         drain = float(env.get("MEDIALENS_WORKER_SHUTDOWN_GRACE_S") or SERVICE_SHUTDOWN_S)
         if grace < drain + SHUTDOWN_MARGIN_S:
