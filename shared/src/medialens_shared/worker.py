@@ -258,7 +258,7 @@ def subscribe(
             # A delivery waiting for a slot gives it up once the consumer is cancelled at shutdown (not as
             # soon as `stop` is set: sent back while the consumer still stood, it would come straight back,
             # each return counted against the queue's delivery limit), and goes back for another worker.
-            if await until_stopped(slots.acquire(), released):
+            if await _take_slot(slots, released):
                 try:
                     if not stop.is_set():  # a stopping service starts nothing new: the delivery goes back
                         await runner.handle(body, message)
@@ -307,6 +307,15 @@ class RunningJobs:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+async def _take_slot(slots: asyncio.Semaphore, released: asyncio.Event) -> bool:
+    """A slot, when one is free at once (the common case: no task is started for it) or frees up before
+    `released` is set; whether one was taken."""
+    if not slots.locked():
+        await slots.acquire()  # free: returns without waiting
+        return True
+    return await until_stopped(slots.acquire(), released)
 
 
 async def stop_consuming(subscriber: RabbitSubscriber, *, timeout_s: float = 5.0) -> None:
