@@ -25,6 +25,7 @@ count are read back from that file, so the query runs exactly once.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -95,12 +96,12 @@ def check_sql(sql: str, con: Any = None) -> str:
 
 def _statements_inside(sql: str, con: Any = None) -> set[str]:
     """The kinds of statement (COPY, DELETE...) nested in the query `sql`'s syntax tree."""
-    serialize = "SELECT json_serialize_sql(?)"
-    if con is None:
-        with duckdb.connect(":memory:", config={"enable_external_access": False}) as own:
-            tree = json.loads(own.execute(serialize, [sql]).fetchall()[0][0])
-    else:
-        tree = json.loads(con.execute(serialize, [sql]).fetchall()[0][0])
+    with (
+        duckdb.connect(":memory:", config={"enable_external_access": False})
+        if con is None
+        else contextlib.nullcontext(con)
+    ) as serializer:
+        tree = json.loads(serializer.execute("SELECT json_serialize_sql(?)", [sql]).fetchall()[0][0])
     if tree.get("error"):
         raise InvalidParams(f"the query could not be checked as read-only: {tree.get('error_message', '')}")
     found: set[str] = set()
