@@ -490,6 +490,7 @@ def _thumbnail_task(
         guard = DecodeGuard(total)
         with open_video(path) as (container, stream):
             codec = stream.codec_context
+            aspect = pixel_aspect(stream)
             if start is not None:
                 container.seek(start, stream=stream, backward=True)
             with demuxed(container, stream) as packets:
@@ -500,7 +501,7 @@ def _thumbnail_task(
                     for frame in guard.decode(codec, packet):
                         if frame.pts is None or frame.pts not in wanted or frame.pts in written:
                             continue
-                        data, _, _ = encode_jpeg(frame, width, aspect=pixel_aspect(stream))
+                        data, _, _ = encode_jpeg(frame, width, aspect=aspect)
                         written[frame.pts] = out_dir / f"frame-{frame.pts}.jpg"
                         written[frame.pts].write_bytes(data)
                         workers.counts[task] += 1

@@ -90,6 +90,7 @@ def extract_thumbnails(
     with open_video(path, whole=True) as (container, stream):
         time_base = stream.time_base
         ticks = frame_ticks(stream)
+        aspect = pixel_aspect(stream)
         first_pts = first_timestamp(container, stream)
         end = stated_end(container, stream)
         if end is None:
@@ -110,7 +111,7 @@ def extract_thumbnails(
                         f"No frame of the video stream decodes at or before {t_s:.2f} s; "
                         "the file is probably damaged."
                     )
-                data, out_w, out_h = encode_jpeg(frame, width, aspect=pixel_aspect(stream))
+                data, out_w, out_h = encode_jpeg(frame, width, aspect=aspect)
                 out = out_dir / f"thumb-{k:04d}.jpg"
                 out.write_bytes(data)
                 images.append(ThumbnailImage(float((frame.pts - first_pts) * time_base), out, out_w, out_h))
