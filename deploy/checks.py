@@ -75,6 +75,11 @@ def containers(spec: Manifest) -> Iterator[Manifest]:
     yield from spec.get("containers", [])
 
 
+def command_of(container: Manifest) -> str:
+    """The container's command as one string: which MediaLens process it runs (`medialens-video`)."""
+    return " ".join(container.get("command", []))
+
+
 def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
     return bool(selector) and all(labels.get(key) == value for key, value in selector.items())
 
@@ -108,7 +113,7 @@ def check_workloads(objs: list[Manifest], *, pinned: bool) -> list[str]:
             image = container.get("image", "")
             if pinned and (image.endswith(":latest") or ":" not in image.rsplit("/", 1)[-1]):
                 errors.append(f"{at}: image {image!r} is not pinned to a tag")
-            port = PROCESS_PORTS.get(" ".join(container.get("command", [])))
+            port = PROCESS_PORTS.get(command_of(container))
             if port is not None and obj["kind"] == "Deployment":
                 errors.extend(check_probes(at, container, port))
     return errors
@@ -121,7 +126,7 @@ def check_pod(where: str, spec: Manifest) -> list[str]:
     if grace <= SERVICE_SHUTDOWN_S:
         errors.append(f"{where}: terminationGracePeriodSeconds {grace} is not > {SERVICE_SHUTDOWN_S}")
     for container in containers(spec):
-        if " ".join(container.get("command", [])) not in WORKER_COMMANDS:
+        if command_of(container) not in WORKER_COMMANDS:
             continue  # the gateway and the relay stop within 30 s; a migration is not drained
         env = {e["name"]: e.get("value") for e in container.get("env", [])}
         drain = float(env.get("MEDIALENS_WORKER_SHUTDOWN_GRACE_S") or SERVICE_SHUTDOWN_S)
@@ -148,7 +153,7 @@ def check_probes(at: str, container: Manifest, port: int) -> list[str]:
     on a declared port that is the process's."""
     errors = []
     declared = {p.get("name"): p["containerPort"] for p in container.get("ports", [])}
-    ready = READINESS_PATHS.get(" ".join(container.get("command", [])), "/health/ready")
+    ready = READINESS_PATHS.get(command_of(container), "/health/ready")
     for probe, path in (("readinessProbe", ready), ("livenessProbe", "/health/live")):
         get = container.get(probe, {}).get("httpGet", {})
         if get.get("path") != path:
