@@ -1,3 +1,3 @@
 """Fixtures shared by every test tree: the real servers of this run, and the stack on them."""
 
-pytest_plugins = ["tests.fixtures.servers", "tests.fixtures.stack"]
+pytest_plugins = ["tests.fixtures.threads", "tests.fixtures.servers", "tests.fixtures.stack"]
