@@ -102,8 +102,8 @@ def _sniff_media(head: bytes) -> FileKind | None:
 def text_encoding(head: bytes) -> TextEncoding | None:
     """The encoding of a text file whose first bytes are `head`: `utf-16` by its byte-order mark, `utf-8`
     when they decode as such (a character cut at the end allowed), else `latin-1` when they hold no control
-    character but tab and line ends (spreadsheets still export Latin-1 and Windows-1252, which it reads
-    but for a few punctuation marks); None when they are not text."""
+    character but tab and line ends (spreadsheets still export Latin-1 and Windows-1252, whose signs in
+    0x80-0x9F the data service reads as Windows-1252's); None when they are not text."""
     if head.startswith(_UTF16_BOMS):
         return "utf-16"
     if b"\x00" in head:

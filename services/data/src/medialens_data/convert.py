@@ -15,7 +15,7 @@ from typing import Literal
 import duckdb
 
 from medialens_data.engine import Limits, Report, Watchdog, connect, count_label, literal, lock, reason
-from medialens_data.source import READ_ERRORS, Source, expose, inspect
+from medialens_data.source import READ_ERRORS, Source, expose, inspect, reread
 from medialens_shared.contracts import DataConvertParams
 from medialens_shared.errors import UnsupportedInput
 
@@ -65,28 +65,40 @@ def convert_table(
 ) -> Converted:
     """Write the table at `path` as `params.to` into `out_dir`; `UnsupportedInput` for an unreadable table."""
     limits = Limits(memory_limit=memory_limit, threads=threads, temp_dir=temp_dir)
-    source = inspect(path, fmt=params.format)
+    source = inspect(path, fmt=params.format, scratch=temp_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / output_name(path.name, params.to)
-    con = connect(paths=[path, target], limits=limits)
+    con = connect(paths=[*source.paths, target], limits=limits)
     try:
         with Watchdog(con, report=report, cancelled=cancelled) as watch:
-            expose(con, source, name=_VIEW, materialize=False, watch=watch)
+            source = expose(con, source, name=_VIEW, materialize=False, watch=watch)
             lock(con)
             total = _row_estimate(watch, source)
             watch.stage(lambda p: (p or 0.0, _note(p, total)))
             copy = f"COPY {_VIEW} TO {literal(str(target.resolve()))} ({COPY_OPTIONS[params.to]})"
-            try:
+            full_sample = False
+            while True:
                 try:
                     row_count = int(watch.fetch(copy)[0][0])
-                except duckdb.ConversionException:
-                    # A row past the sniffed sample disagrees with the guessed types: guess from all rows.
-                    expose(con, source, name=_VIEW, materialize=False, full_sample=True, watch=watch)
-                    row_count = int(watch.fetch(copy)[0][0])
-            except READ_ERRORS as exc:
-                raise UnsupportedInput(
-                    f"not a readable {source.format} table: {reason(exc, path, target)}"
-                ) from exc
+                    break
+                except READ_ERRORS as exc:
+                    # The view is read only now, so what its creation could not see surfaces here: a row
+                    # past the sniffed sample that disagrees with the guessed types (guess from all rows),
+                    # a byte past the first ones that is not in the encoding they told (read it again).
+                    again = reread(source, exc)
+                    if again is None and (full_sample or not isinstance(exc, duckdb.ConversionException)):
+                        raise UnsupportedInput(
+                            f"not a readable {source.format} table: {reason(exc, path, target)}"
+                        ) from exc
+                    full_sample = full_sample or again is None
+                    source = expose(
+                        con,
+                        again or source,
+                        name=_VIEW,
+                        materialize=False,
+                        full_sample=full_sample,
+                        watch=watch,
+                    )
     finally:
         con.close()
     return Converted(

@@ -179,6 +179,16 @@ class Watchdog:
         self._time_limit_s = seconds
         self._deadline = time.monotonic() + seconds
 
+    @contextmanager
+    def following(self, progress: Callable[[], float | None]) -> Iterator[None]:
+        """Report `progress` (0..1, None when unknown) rather than the connection's query while the work
+        inside runs: work done outside DuckDB, or on other connections."""
+        self._progress = progress
+        try:
+            yield
+        finally:
+            self._progress = lambda: _query_progress(self._con)
+
     def checkpoint(self) -> None:
         """Raise now if the job was cancelled or ran out of time (between queries)."""
         if self.reason is not None:
@@ -234,16 +244,15 @@ class Watchdog:
             return (done + sum(running)) / max(len(queries), 1)
 
         self.checkpoint()
-        self._progress = progress
         try:
-            workers = [
-                _start_running(drain, lane, name=f"duckdb-lane-{number}")
-                for number, lane in enumerate(self._lanes[: len(queries)])
-            ]
-            for worker in workers:
-                worker.join()
+            with self.following(progress):
+                workers = [
+                    _start_running(drain, lane, name=f"duckdb-lane-{number}")
+                    for number, lane in enumerate(self._lanes[: len(queries)])
+                ]
+                for worker in workers:
+                    worker.join()
         finally:
-            self._progress = lambda: _query_progress(self._con)
             self._halting = False
         with self.guard():
             if failures:

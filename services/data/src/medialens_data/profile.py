@@ -103,8 +103,8 @@ def profile_table(
     as well. Either one stops the running query within `WATCH_INTERVAL_S`, raising `JobCancelled`.
     """
     limits = Limits(memory_limit=memory_limit, threads=threads, temp_dir=temp_dir)
-    source = inspect(path, fmt=params.format)
-    con = connect(paths=[path], limits=limits, keep_order=False)
+    source = inspect(path, fmt=params.format, scratch=temp_dir)
+    con = connect(paths=source.paths, limits=limits, keep_order=False)
     try:
         lanes = open_lanes(con, limits.threads)
         with Watchdog(con, report=report, cancelled=cancelled, lanes=lanes) as watch:

@@ -137,9 +137,9 @@ def run_query(
     for gigabytes (`SELECT repeat('x', 10000) FROM range(100000)`), which would be stored for the tenant.
     """
     limits = Limits(memory_limit=memory_limit, threads=threads, temp_dir=temp_dir)
-    source = inspect(path, fmt=params.format)
+    source = inspect(path, fmt=params.format, scratch=temp_dir)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    con = connect(paths=[path, out_path], limits=limits)
+    con = connect(paths=[*source.paths, out_path], limits=limits)
     try:
         sql = check_sql(params.sql, con)  # before any of the input is read
         with Watchdog(con, report=report, cancelled=cancelled) as watch:

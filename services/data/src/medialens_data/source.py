@@ -5,16 +5,26 @@ CSV and JSON lines are parsed by DuckDB in one streamed pass, either into a tabl
 the jobs that read the rows several times, whose parse errors then surface before any work) or as a view
 read again by each query (a conversion reads it once). Parquet is always a view: it is read in place.
 A ragged or undecodable file fails with `UnsupportedInput`, naming the line when DuckDB does. A CSV may be
-UTF-8, UTF-16 (with its byte-order mark) or Latin-1; JSON lines are UTF-8, as JSON is. The `jsonl` format
-also reads a JSON array of objects (`[{...}, {...}]`, as many exports write), one row an object.
+UTF-8, UTF-16 (with its byte-order mark), Latin-1 or Windows-1252; JSON lines are UTF-8, as JSON is. The
+`jsonl` format also reads a JSON array of objects (`[{...}, {...}]`, as many exports write), one row an
+object.
+
+Windows-1252 (what spreadsheets on Windows export: Latin-1 but for curly quotes, dashes, the euro sign and a
+few more in bytes 0x80-0x9F, which Latin-1 leaves to control characters) is read from a UTF-8 copy made here
+in the job's scratch directory: DuckDB reads UTF-8, UTF-16 and Latin-1 itself, and other encodings only
+through its `encodings` extension, which it downloads at first use (the workers run without internet, and
+their connections load no extension). The copy is made only once DuckDB has refused the text as Latin-1.
 """
 
 from __future__ import annotations
 
+import codecs
+import contextlib
 import csv
+import gzip
 import re
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,8 +36,14 @@ from medialens_shared.sniff import TextEncoding, text_encoding
 
 Format = Literal["csv", "parquet", "jsonl"]
 Compression = Literal["none", "gzip", "zstd"]
-#: What DuckDB says of a CSV that is not UTF-8 where it reads.
+#: What DuckDB says of a CSV that is not UTF-8, or not Latin-1, where it reads.
 _NOT_UTF8 = "not utf-8 encoded"
+_NOT_LATIN1 = "not latin-1 encoded"
+#: How a CSV's text is read: as `medialens_shared.sniff.text_encoding` tells it, or from a UTF-8 copy of
+#: it read as Windows-1252.
+Reading = TextEncoding | Literal["windows-1252"]
+#: Bytes transcoded at a time into the Windows-1252 copy.
+_COPY_CHUNK = 1 << 20
 
 #: Leading bytes read to detect the format and estimate the row count.
 HEAD_BYTES = 64 * 1024
@@ -61,10 +77,17 @@ class Source:
     compression: Compression
     estimated_rows: int | None
     #: The text's encoding as its first bytes tell (`medialens_shared.sniff.text_encoding`); a CSV that
-    #: turns out not to be UTF-8 further on is read again as Latin-1 (see `expose`).
-    encoding: TextEncoding = "utf-8"
+    #: turns out not to be UTF-8 further on is read again as Latin-1, then as Windows-1252 (`reread`).
+    encoding: Reading = "utf-8"
     #: JSON whose rows are the objects of one array (`[{...}, {...}]`) rather than one object a line.
     json_array: bool = False
+    #: Where a CSV read as Windows-1252 is copied as UTF-8 (None: it cannot be).
+    utf8_copy: Path | None = None
+
+    @property
+    def paths(self) -> list[Path]:
+        """The files reading the table may open: the connection's `allowed_paths` must hold them."""
+        return [self.path] if self.utf8_copy is None else [self.path, self.utf8_copy]
 
     def describe_read(self, progress: float | None) -> str:
         """A progress note while the rows are parsed: "read 3.2M of ~10M rows"."""
@@ -77,8 +100,11 @@ class Source:
         )
 
 
-def inspect(path: Path, *, fmt: Literal["auto", "csv", "parquet", "jsonl"]) -> Source:
-    """Detect the input's format (when `fmt` is auto) and compression from its first bytes."""
+def inspect(
+    path: Path, *, fmt: Literal["auto", "csv", "parquet", "jsonl"], scratch: Path | None = None
+) -> Source:
+    """Detect the input's format (when `fmt` is auto) and compression from its first bytes; a CSV in
+    Windows-1252 is copied as UTF-8 into the job's `scratch` directory (without one, it is refused)."""
     try:
         size = path.stat().st_size
         with path.open("rb") as handle:
@@ -112,6 +138,7 @@ def inspect(path: Path, *, fmt: Literal["auto", "csv", "parquet", "jsonl"]) -> S
         estimated_rows=None if json_array else estimate,  # lines do not count its rows
         encoding=encoding,
         json_array=json_array,
+        utf8_copy=scratch / "input.utf-8.csv" if scratch is not None and chosen == "csv" else None,
     )
 
 
@@ -152,42 +179,117 @@ def expose(
     materialize: bool,
     full_sample: bool = False,
     watch: Watchdog | None = None,
-) -> None:
+) -> Source:
     """Make the input readable as `name`; `UnsupportedInput` when it is not a table of its format.
 
     Column types are guessed from a sample of rows; when a later row disagrees, a table is parsed again
     with types guessed from every row. A view fails only when it is read: its reader calls `expose` again
-    with `full_sample=True`.
+    with `full_sample=True`, or with `reread`'s source when the text's encoding was wrong. Returns the
+    source as it was read in the end (its encoding may differ from the one it came with).
     """
-    path = literal(str(source.path.resolve()))
-    try:
-        if source.format == "parquet":
-            con.execute(f"CREATE OR REPLACE VIEW {ident(name)} AS SELECT * FROM read_parquet({path})")  # noqa: S608
-            # Binding reads the footer: a non-Parquet file fails here.
-            con.execute(f"DESCRIBE {ident(name)}").fetchall()
-            return
-        codec = "" if source.compression == "none" else f", compression='{source.compression}'"
-
-        def create(reader: str) -> None:
-            _create(con, name, reader, materialize=materialize, full_sample=full_sample, watch=watch)
-
-        if source.format == "jsonl":
-            layout = "array" if source.json_array else "newline_delimited"
-            create(f"read_json({path}, format='{layout}'{codec}")
-            return
-        if source.encoding != "utf-8":
-            codec += f", encoding='{source.encoding}'"
+    while True:
         try:
-            create(f"read_csv({path}, {_CSV_STRICT}{codec}")
+            _expose(con, source, name=name, materialize=materialize, full_sample=full_sample, watch=watch)
         except duckdb.InvalidInputException as exc:
-            if source.encoding != "utf-8" or _NOT_UTF8 not in str(exc):
-                raise
-            # UTF-8 as far as its first bytes went, not further on: a Latin-1 (or Windows-1252) export.
-            codec += ", encoding='latin-1'"
-            create(f"read_csv({path}, {_CSV_STRICT}{codec}")
-        _reject_ragged_single_column(con, name, path, codec)
-    except READ_ERRORS as exc:
-        raise UnsupportedInput(f"not a readable {source.format} table: {reason(exc, source.path)}") from exc
+            again = reread(source, exc)
+            if again is None:
+                raise UnsupportedInput(
+                    f"not a readable {source.format} table: {reason(exc, source.path)}"
+                ) from exc
+            source = again
+        except READ_ERRORS as exc:
+            raise UnsupportedInput(
+                f"not a readable {source.format} table: {reason(exc, source.path)}"
+            ) from exc
+        else:
+            return source
+
+
+def reread(source: Source, exc: Exception) -> Source | None:
+    """How to read `source` again after DuckDB's `exc`, None when `exc` is not about its text's encoding.
+
+    A CSV that is UTF-8 only as far as its first bytes go is read as Latin-1; one with bytes that Latin-1
+    leaves to control characters (0x80-0x9F), as Windows-1252, which gives them their printed signs, and
+    which reads every other byte as Latin-1 does.
+    """
+    if source.format != "csv" or not isinstance(exc, duckdb.InvalidInputException):
+        return None
+    if source.encoding == "utf-8" and _NOT_UTF8 in str(exc):
+        return replace(source, encoding="latin-1")
+    if source.encoding == "latin-1" and _NOT_LATIN1 in str(exc) and source.utf8_copy is not None:
+        return replace(source, encoding="windows-1252")
+    return None
+
+
+def _expose(
+    con: Any, source: Source, *, name: str, materialize: bool, full_sample: bool, watch: Watchdog | None
+) -> None:
+    def create(reader: str) -> None:
+        _create(con, name, reader, materialize=materialize, full_sample=full_sample, watch=watch)
+
+    path = literal(str(source.path.resolve()))
+    if source.format == "parquet":
+        con.execute(f"CREATE OR REPLACE VIEW {ident(name)} AS SELECT * FROM read_parquet({path})")  # noqa: S608
+        # Binding reads the footer: a non-Parquet file fails here.
+        con.execute(f"DESCRIBE {ident(name)}").fetchall()
+        return
+    codec = "" if source.compression == "none" else f", compression='{source.compression}'"
+    if source.format == "jsonl":
+        layout = "array" if source.json_array else "newline_delimited"
+        create(f"read_json({path}, format='{layout}'{codec}")
+        return
+    if source.encoding == "windows-1252":
+        path, codec = literal(str(_copy_as_utf8(source, watch).resolve())), ""
+    elif source.encoding != "utf-8":
+        codec += f", encoding='{source.encoding}'"
+    create(f"read_csv({path}, {_CSV_STRICT}{codec}")
+    _reject_ragged_single_column(con, name, path, codec)
+
+
+def _copy_as_utf8(source: Source, watch: Watchdog | None) -> Path:
+    """The text of `source`, read as Windows-1252, written as UTF-8 to its `utf8_copy` (once a job: a copy
+    already there is kept). The five bytes Windows-1252 leaves undefined read as the control characters
+    Latin-1 gives them, as WHATWG's decoder reads them."""
+    target = source.utf8_copy
+    if target is None:  # `reread` reads as Windows-1252 only with a copy to make
+        raise UnsupportedInput("not a readable csv table: Windows-1252 text needs a scratch directory")
+    if target.exists():
+        return target
+    if source.compression == "zstd":
+        # The standard library of Python 3.11 has no zstd decoder.
+        raise UnsupportedInput(
+            "a zstd-compressed CSV in Windows-1252 cannot be read: give it uncompressed, gzip-compressed or "
+            "in UTF-8"
+        )
+    size = max(source.path.stat().st_size, 1)
+    done = 0
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(target.name + ".part")
+    decoder = codecs.getincrementaldecoder("cp1252")(errors=_UNDEFINED_AS_LATIN1)
+    follow = watch.following(lambda: done / size) if watch is not None else contextlib.nullcontext()
+    with source.path.open("rb") as raw, partial.open("wb") as out, follow:
+        text = gzip.GzipFile(fileobj=raw, mode="rb") if source.compression == "gzip" else raw
+        try:
+            while chunk := text.read(_COPY_CHUNK):
+                out.write(decoder.decode(chunk).encode("utf-8"))
+                done = raw.tell()
+                if watch is not None:
+                    watch.checkpoint()
+        except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
+            raise UnsupportedInput(f"not a readable csv table: damaged gzip data ({exc})") from exc
+        out.write(decoder.decode(b"", final=True).encode("utf-8"))
+    partial.rename(target)
+    return target
+
+
+def _undefined_as_latin1(error: UnicodeError) -> tuple[str, int]:
+    if not isinstance(error, UnicodeDecodeError):  # registered for decoding only
+        raise error
+    return error.object[error.start : error.end].decode("latin-1"), error.end
+
+
+_UNDEFINED_AS_LATIN1 = "medialens-undefined-as-latin-1"
+codecs.register_error(_UNDEFINED_AS_LATIN1, _undefined_as_latin1)
 
 
 def _create(
