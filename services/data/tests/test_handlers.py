@@ -49,17 +49,20 @@ async def test_profile_reports_the_table(api: httpx.AsyncClient, table: Path) ->
 
 @pytest.mark.parametrize(
     ("encoding", "pad_rows"),
-    [("utf-16", 0), ("latin-1", 0), ("latin-1", 5000)],
-    ids=["utf-16", "latin-1", "latin-1-accents-past-the-head"],
+    [("utf-16", 0), ("latin-1", 0), ("latin-1", 5000), ("cp1252", 0)],
+    ids=["utf-16", "latin-1", "latin-1-accents-past-the-head", "windows-1252"],
 )
 async def test_a_csv_in_utf16_or_latin1_is_profiled_with_its_text_intact(
     api: httpx.AsyncClient, tmp_path: Path, encoding: str, pad_rows: int
 ) -> None:
     """Spreadsheets export UTF-16 and Latin-1: such a CSV is accepted at submission (it was a 415 or taken
     for audio) and read with its accents intact, also when the first accent comes after the bytes the
-    encoding is told from (then DuckDB's complaint about UTF-8 makes it read again as Latin-1)."""
-    cities = ["Zürich", "Köln", "São Paulo"]
-    rows = [["plain", "Bern"]] * pad_rows + [[f"name{i}", cities[i % 3]] for i in range(30)]
+    encoding is told from (then DuckDB's complaint about UTF-8 makes it read again as Latin-1), and with
+    the signs Windows-1252 puts where Latin-1 has control characters."""
+    cities = ["Zürich", "Köln", "São Paulo"] + (
+        ["\u2018Zoë\u2019 \u2013 \u20ac5"] if encoding == "cp1252" else []
+    )
+    rows = [["plain", "Bern"]] * pad_rows + [[f"name{i}", cities[i % len(cities)]] for i in range(30)]
     path = tmp_path / f"{encoding}.csv"
     with path.open("w", newline="", encoding=encoding) as handle:
         writer = csv.writer(handle)
