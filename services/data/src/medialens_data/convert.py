@@ -14,10 +14,9 @@ from typing import Literal
 
 import duckdb
 
-from medialens_data.engine import Limits, Report, Watchdog, connect, count_label, literal, lock, reason
-from medialens_data.source import READ_ERRORS, Source, expose, inspect, reread
+from medialens_data.engine import Limits, Report, Watchdog, connect, count_label, literal, lock
+from medialens_data.source import Source, expose, input_failure, inspect, reread
 from medialens_shared.contracts import DataConvertParams
-from medialens_shared.errors import UnsupportedInput
 
 Target = Literal["parquet", "csv", "jsonl"]
 
@@ -81,15 +80,17 @@ def convert_table(
                 try:
                     row_count = int(watch.fetch(copy)[0][0])
                     break
-                except READ_ERRORS as exc:
+                except duckdb.Error as exc:
                     # The view is read only now, so what its creation could not see surfaces here: a row
                     # past the sniffed sample that disagrees with the guessed types (guess from all rows),
-                    # a byte past the first ones that is not in the encoding they told (read it again).
+                    # a byte past the first ones that is not in the encoding they told (read it again), a
+                    # damaged page of a Parquet file.
                     again = reread(source, exc)
                     if again is None and (full_sample or not isinstance(exc, duckdb.ConversionException)):
-                        raise UnsupportedInput(
-                            f"not a readable {source.format} table: {reason(exc, path, target)}"
-                        ) from exc
+                        failure = input_failure(exc, source, _VIEW, watch, target)
+                        if failure is None:
+                            raise
+                        raise failure from exc
                     full_sample = full_sample or again is None
                     source = expose(
                         con,

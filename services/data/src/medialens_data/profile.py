@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import duckdb
+
 from medialens_data.engine import (
     Limits,
     Report,
@@ -43,11 +45,9 @@ from medialens_data.engine import (
     json_value,
     lock,
     open_lanes,
-    reason,
 )
-from medialens_data.source import READ_ERRORS, expose, inspect
+from medialens_data.source import expose, input_failure, inspect
 from medialens_shared.contracts import ColumnProfile, DataProfileParams, DataProfileResult, TopValue
-from medialens_shared.errors import UnsupportedInput
 
 #: How many most frequent values each column reports.
 TOP_K = 10
@@ -126,9 +126,12 @@ def profile_table(
             )
             try:
                 return profiler.run()
-            except READ_ERRORS as exc:
+            except duckdb.Error as exc:
                 # Parquet is read in place, so a damaged page surfaces only now.
-                raise UnsupportedInput(f"not a readable {source.format} table: {reason(exc, path)}") from exc
+                failure = input_failure(exc, source, _TABLE, watch)
+                if failure is None:
+                    raise
+                raise failure from exc
     finally:
         con.close()
 

@@ -19,8 +19,9 @@ The sandbox, in the order it is built:
 3. A watchdog interrupts the query after `QUERY_TIME_LIMIT_S` (the job fails with `TIMEOUT`) or on cancel.
 
 Errors of the query itself (a bad column, a refused file, a failed cast) fail with `INVALID_PARAMS` and
-DuckDB's reason. The whole answer is written once, to zstd Parquet; its first `limit` rows and its row
-count are read back from that file, so the query runs exactly once.
+DuckDB's reason; a damaged input fails with `UNSUPPORTED_INPUT`, as in the other table jobs. The whole
+answer is written once, to zstd Parquet; its first `limit` rows and its row count are read back from that
+file, so the query runs exactly once.
 """
 
 from __future__ import annotations
@@ -36,9 +37,9 @@ import duckdb
 from pydantic_core import to_json
 
 from medialens_data.engine import Limits, Report, Watchdog, connect, ident, json_value, literal, lock, reason
-from medialens_data.source import expose, inspect
+from medialens_data.source import damage, expose, inspect
 from medialens_shared.contracts import DataQueryParams, QueryColumn
-from medialens_shared.errors import InvalidParams
+from medialens_shared.errors import InvalidParams, UnsupportedInput
 
 #: How long the user's query may run (the input's loading is not counted).
 QUERY_TIME_LIMIT_S = 30.0
@@ -149,7 +150,7 @@ def run_query(
             lock(con)
             watch.stage(lambda p: (_LOAD_SHARE + (1 - _LOAD_SHARE) * (p or 0.0), "running the query"))
             watch.time_limit(time_limit_s)
-            columns = _answer(con, watch, sql, out_path, path)
+            columns = _answer(con, watch, sql, out_path, path, in_place=source.format == "parquet")
             size = out_path.stat().st_size
             if max_answer_bytes is not None and size > max_answer_bytes:
                 out_path.unlink()
@@ -212,8 +213,15 @@ def _body(sql: str) -> str:
     return sql[:end]
 
 
-def _answer(con: Any, watch: Watchdog, sql: str, out_path: Path, path: Path) -> list[QueryColumn]:
-    """Run the query once, writing its whole answer to `out_path`; the answer's columns."""
+def _answer(
+    con: Any, watch: Watchdog, sql: str, out_path: Path, path: Path, *, in_place: bool
+) -> list[QueryColumn]:
+    """Run the query once, writing its whole answer to `out_path`; the answer's columns.
+
+    An input read `in_place` (Parquet: the query reads the file itself) is only read now, so a failure may
+    be the file's: then it is read whole (`source.damage`), and if that fails too the job fails
+    `UnsupportedInput`, as the other table jobs do on a damaged file, not `InvalidParams`.
+    """
     try:
         with watch.guard():
             relation = con.sql(sql)
@@ -232,5 +240,8 @@ def _answer(con: Any, watch: Watchdog, sql: str, out_path: Path, path: Path) -> 
             f"the query needs more memory than this service allows: {reason(exc, path, out_path)}"
         ) from exc
     except duckdb.Error as exc:
+        why = damage(watch, TABLE, path) if in_place else None
+        if why is not None:
+            raise UnsupportedInput(f"not a readable parquet table: {why}") from exc
         raise InvalidParams(f"the query failed: {reason(exc, path, out_path)}") from exc
     return columns

@@ -205,6 +205,35 @@ def expose(
             return source
 
 
+def input_failure(
+    exc: duckdb.Error, source: Source, name: str, watch: Watchdog, *paths: Path
+) -> UnsupportedInput | None:
+    """The job's failure when DuckDB's `exc`, raised while a job read the input exposed as `name` (with no
+    SQL of the user's), is the input's fault; None when it is not. Its message names the input and the
+    other `paths` by their file names only.
+
+    Parquet is read in place, by the job's own queries, and DuckDB's reader fails on a damaged page with
+    whatever it met (a bare `duckdb.Error`, "don't know what type"): so for Parquet any error sends the
+    input to `damage`, which tells.
+    """
+    if isinstance(exc, duckdb.OutOfMemoryException | duckdb.InterruptException):
+        return None
+    why = reason(exc, source.path, *paths) if isinstance(exc, READ_ERRORS) else None
+    if source.format == "parquet" and why is None:
+        why = damage(watch, name, source.path)
+    return None if why is None else UnsupportedInput(f"not a readable {source.format} table: {why}")
+
+
+def damage(watch: Watchdog, name: str, path: Path) -> str | None:
+    """Why the table exposed as `name` does not read whole, None when it does: every value is hashed, so
+    every page of every column is decoded (a count would be answered from a Parquet file's metadata)."""
+    try:
+        watch.fetch(f"SELECT bit_xor(hash(COLUMNS(*))) FROM {ident(name)}")  # noqa: S608
+    except duckdb.Error as exc:
+        return reason(exc, path)
+    return None
+
+
 def reread(source: Source, exc: Exception) -> Source | None:
     """How to read `source` again after DuckDB's `exc`, None when `exc` is not about its text's encoding.
 

@@ -1,0 +1,62 @@
+"""A damaged Parquet input fails every table job the same way, `UnsupportedInput`: Parquet is read in
+place, so the damage surfaces inside the job's own queries, where DuckDB's reader fails with whatever it
+met (a bare `duckdb.Error` "don't know what type", or "ZSTD Decompression failure")."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from medialens_data.convert import convert_table
+from medialens_data.profile import profile_table
+from medialens_data.query import run_query
+from medialens_shared.contracts import DataConvertParams, DataProfileParams, DataQueryParams
+from medialens_shared.errors import InvalidParams, UnsupportedInput
+
+
+def write_parquet(path: Path) -> Path:
+    duckdb.sql(
+        "COPY (SELECT range AS id, 'name' || range AS name, range * 0.5 AS x FROM range(200000)) "
+        f"TO '{path}' (FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE 50000)"
+    )
+    return path
+
+
+@pytest.fixture
+def damaged(tmp_path: Path) -> Path:
+    """A Parquet file whose footer is intact (it opens, its columns bind) and whose pages are not."""
+    path = write_parquet(tmp_path / "damaged.parquet")
+    data = bytearray(path.read_bytes())
+    for offset in range(len(data) // 4, len(data) * 3 // 4):
+        data[offset] ^= 0x5A
+    path.write_bytes(bytes(data))
+    return path
+
+
+def query(path: Path, tmp_path: Path, sql: str = "SELECT sum(x), max(name) FROM data") -> object:
+    return run_query(path, params=DataQueryParams(sql=sql), out_path=tmp_path / "out" / "answer.parquet")
+
+
+JOBS: dict[str, Callable[[Path, Path], object]] = {
+    "query": query,
+    "profile": lambda path, _tmp: profile_table(path, params=DataProfileParams()),
+    "convert": lambda path, tmp: convert_table(path, params=DataConvertParams(to="csv"), out_dir=tmp / "out"),
+}
+
+
+@pytest.mark.parametrize("job", JOBS)
+def test_a_damaged_parquet_file_is_unsupported_input(damaged: Path, tmp_path: Path, job: str) -> None:
+    """It was INVALID_PARAMS from a query ("the query failed: don't know what type") and, by the error the
+    reader met first, INTERNAL_ERROR or UNSUPPORTED_INPUT from a conversion or a profile."""
+    with pytest.raises(UnsupportedInput, match=r"not a readable parquet table: \S"):
+        JOBS[job](damaged, tmp_path)
+
+
+def test_a_query_failing_on_an_intact_parquet_file_is_still_the_querys_fault(tmp_path: Path) -> None:
+    """The file is read whole to tell: when it reads, the failure is the query's (a cast that fails)."""
+    path = write_parquet(tmp_path / "intact.parquet")
+    with pytest.raises(InvalidParams, match=r"the query failed: .*Could not convert"):
+        query(path, tmp_path, "SELECT CAST(name AS INTEGER) FROM data")
