@@ -51,6 +51,27 @@ def test_every_s_and_odd_width(clip: Path, tmp_path: Path) -> None:
     assert {(image.width, image.height) for image in images} == {(100, 76)}
 
 
+@pytest.mark.parametrize(("fps", "frames", "count"), [(5, 5, 12), (2, 6, 20), (25, 3, 7), (10, 30, 45)])
+def test_more_thumbnails_than_frames_take_each_nearest_frame_in_order(
+    tmp_path: Path, fps: int, frames: int, count: int
+) -> None:
+    """Each thumbnail is the frame nearest its time (the first from half a frame before it), in time order,
+    a frame given again when it is nearest to several: the times went back and forth (0.2, 0.4, 0.2 s)
+    when the targets were closer than a frame."""
+    path = tmp_path / "few.mp4"
+    make_video(path, duration_s=frames / fps, fps=fps, width=160, height=96)
+    images = extract_thumbnails(path, out_dir=tmp_path / "out", count=count, width=64)
+    slice_s = frames / fps / count
+    nearest = [
+        min(
+            (i for i in range(frames) if i / fps >= (k + 0.5) * slice_s - 0.5 / fps - 1e-9),
+            default=frames - 1,
+        )
+        for k in range(count)
+    ]
+    assert [image.t_s for image in images] == pytest.approx([i / fps for i in nearest], abs=1e-6)
+
+
 def test_audio_is_unsupported(tmp_path: Path) -> None:
     """A WAV file has no video stream and fails with UnsupportedInput."""
     path = tmp_path / "a.wav"

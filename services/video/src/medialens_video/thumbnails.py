@@ -167,7 +167,15 @@ class _Reader:
 
     def frame_at(self, target: int, *, ahead: int, slack: int) -> Any:
         """The first frame at or after `target - slack` (the last frame when the video ends before); None
-        when nothing decodes from the keyframe before `target` to the end."""
+        when nothing decodes from the keyframe before `target` to the end. Targets come in order.
+
+        The frame given last is given again when it is still the answer (the frames before it are before
+        the previous target): with more thumbnails than frames, or targets closer than a frame, the next
+        target used to take the frame after it, and the one after that sought back to it, so the times
+        went back and forth (0.2, 0.4, 0.2 s).
+        """
+        if self.last is not None and self.last.pts >= target - slack:
+            return self.last
         if self.position is None or target < self.position or target - self.position > ahead:
             self._seek_keyframe(target)
         codec = self.stream.codec_context
