@@ -112,13 +112,15 @@ def make_video(
     keyint: int | None = None,
     grain: int = 0,
     x264_params: str | None = None,
+    pixel_aspect: Fraction | None = None,
 ) -> None:
     """Write a constant-frame-rate video of exactly `round(duration_s * fps)` frames to `path`.
 
     The frames fall into `segments` solid-colour segments (`SEGMENT_COLOURS`, starting at
     `segment_starts(...)`), each with a white square moving left to right so consecutive frames differ.
     `rotation` is the clockwise display rotation (0, 90, 180 or 270) stored as the stream's display
-    matrix — the pixels themselves are not rotated. With `vfr`, frames from the middle on each last
+    matrix — the pixels themselves are not rotated; `pixel_aspect` is the bitstream's sample aspect ratio
+    (the pixels' width to height). With `vfr`, frames from the middle on each last
     three frame intervals, so the stream stays nominally `fps` but its average rate is well below it
     (the frame count is unchanged; the clip lasts about twice as long). With `with_audio`, a 1 kHz sine
     at -23 dBFS lasting `frame_count / fps` seconds is muxed alongside with `audio_codec`.
@@ -162,6 +164,7 @@ def make_video(
                 **({"g": str(keyint)} if keyint else {}),
                 **({"x264-params": x264_params} if x264_params else {}),
             }
+        video.codec_context.sample_aspect_ratio = pixel_aspect or Fraction(0, 1)  # 0:1, none stated
         if rotation % 360:
             # PyAV's degrees are counter-clockwise; ours (like the old `rotate` tag) are clockwise.
             video.set_display_rotation(-float(rotation % 360))

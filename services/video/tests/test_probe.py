@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+from fractions import Fraction
 from pathlib import Path
 
 import pytest
@@ -38,6 +41,46 @@ def test_reads_exact_video_metadata(tmp_path: Path) -> None:
     assert video.pix_fmt == "yuv420p"
     assert video.rotation == 0
     assert result.audio == []
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "pixel_aspect", "sar", "dar"),
+    [
+        (160, 96, None, "1:1", "5:3"),
+        (720, 576, Fraction(16, 11), "16:11", "20:11"),  # PAL 16:9 as its pixels say (ffprobe agrees)
+        (720, 576, Fraction(64, 45), "64:45", "16:9"),  # PAL 16:9 as its standard says
+        (1440, 1080, Fraction(4, 3), "4:3", "16:9"),  # HDV
+        (320, 240, Fraction(100, 1), "1:1", "4:3"),  # broken: taken as square, as thumbnails take it
+    ],
+)
+def test_pixel_and_display_aspect_ratios(
+    tmp_path: Path, width: int, height: int, pixel_aspect: Fraction | None, sar: str, dar: str
+) -> None:
+    """The pixels' shape and the picture's as shown, as ffprobe writes them: a 720 x 576 PAL 16:9 clip
+    reported only its stored size, and looked 5:4."""
+    path = tmp_path / "aspect.mp4"
+    make_video(path, duration_s=0.2, fps=25, width=width, height=height, pixel_aspect=pixel_aspect)
+    video = probe_video(path).video
+    assert (video.sample_aspect_ratio, video.display_aspect_ratio) == (sar, dar)
+    if shutil.which("ffprobe") and pixel_aspect is not None and sar != "1:1":
+        shown = subprocess.run(
+            [
+                "ffprobe",
+                "-v",
+                "error",
+                "-select_streams",
+                "v:0",
+                "-show_entries",
+                "stream=sample_aspect_ratio,display_aspect_ratio",
+                "-of",
+                "csv=p=0",
+                str(path),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        assert shown == f"{sar},{dar}"
 
 
 def test_lists_the_audio_track(clip: Path) -> None:

@@ -163,6 +163,16 @@ class ProbeVideoStream(BaseModel):
     frame_count: int | None
     pix_fmt: str | None
     rotation: int = Field(0, description="Display rotation in degrees (0, 90, 180, 270).")
+    sample_aspect_ratio: str = Field(
+        "1:1",
+        description="The shape of a pixel, width:height, as ffprobe gives it (16:11 for PAL 16:9 stored "
+        "720x576); 1:1 when the file states none or an unusable one.",
+    )
+    display_aspect_ratio: str = Field(
+        "1:1",
+        description="The picture's shape as shown, width:height: the stored size times the pixel shape, "
+        "before rotation, as ffprobe gives it (16:9).",
+    )
 
 
 class ProbeAudioStream(BaseModel):

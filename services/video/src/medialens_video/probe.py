@@ -34,6 +34,7 @@ from medialens_video.frames import (
     display_rotation,
     first_timestamp,
     open_video,
+    pixel_aspect,
     stated_end,
 )
 
@@ -61,6 +62,7 @@ def probe_video(path: Path) -> VideoProbeResult:
         avg_fps = _rate(video.average_rate)
         frame_count = _frame_count(container, video)
         codec_context = video.codec_context
+        aspect = pixel_aspect(video)
         return VideoProbeResult(
             format=ProbeFormat(
                 name=format_name,
@@ -78,6 +80,8 @@ def probe_video(path: Path) -> VideoProbeResult:
                 frame_count=frame_count,
                 pix_fmt=codec_context.pix_fmt,
                 rotation=_rotation(first_frame, video.metadata),
+                sample_aspect_ratio=_ratio(aspect),
+                display_aspect_ratio=_ratio(codec_context.width * aspect / max(codec_context.height, 1)),
             ),
             audio=[
                 ProbeAudioStream(
@@ -165,6 +169,11 @@ def _seconds(ticks: int | None, time_base: Fraction | None) -> float | None:
     if not ticks or time_base is None:
         return None
     return float(ticks * time_base)
+
+
+def _ratio(ratio: Fraction) -> str:
+    """`ratio` as ffprobe writes an aspect ratio: "16:9", in lowest terms."""
+    return f"{ratio.numerator}:{ratio.denominator}"
 
 
 def _rate(rate: Fraction | None) -> float | None:
