@@ -7,6 +7,8 @@ import subprocess
 from fractions import Fraction
 from pathlib import Path
 
+import av
+import numpy as np
 import pytest
 
 from medialens_shared.errors import InputNotFound, MediaDecodeError, UnsupportedInput
@@ -91,6 +93,33 @@ def test_lists_the_audio_track(clip: Path) -> None:
     audio = result.audio[0]
     assert (audio.codec, audio.sample_rate, audio.channels) == ("aac", 48000, 2)
     assert audio.duration_s == pytest.approx(2.0, abs=1024 / 48000)
+
+
+@pytest.mark.parametrize("suffix", [".mkv", ".mp4"])
+def test_an_audio_stream_shorter_than_the_video_has_its_own_duration(tmp_path: Path, suffix: str) -> None:
+    """1 s of AAC beside 2 s of video: in Matroska the audio stream reported the container's 2 s (FFmpeg
+    gives every Matroska stream the container's duration); its `DURATION` tag says 1.02 s (AAC's last
+    frame padded to 1024 samples), as ffprobe shows it."""
+    path = tmp_path / f"short-audio{suffix}"
+    with av.open(str(path), "w") as container:
+        video = container.add_stream("libx264", rate=25)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        audio = container.add_stream("aac", rate=48000)
+        audio.layout = "stereo"
+        for index in range(50):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), index * 5, np.uint8), format="rgb24")
+            frame.pts = index
+            container.mux(video.encode(frame))
+        container.mux(video.encode(None))
+        for start in range(0, 48000, 1000):
+            samples = av.AudioFrame.from_ndarray(np.zeros((1, 2000), np.int16), format="s16", layout="stereo")
+            samples.sample_rate, samples.pts = 48000, start
+            container.mux(audio.encode(samples))
+        container.mux(audio.encode(None))
+    result = probe_video(path)
+    assert result.format.duration_s == pytest.approx(2.0, abs=0.05)
+    (track,) = result.audio
+    assert track.duration_s == pytest.approx(1.0, abs=0.03)
 
 
 def test_mpeg4_codec(tmp_path: Path) -> None:

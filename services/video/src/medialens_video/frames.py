@@ -143,14 +143,14 @@ def expected_frames(container: Any, stream: Any) -> int:
 
 
 def stated_end(container: Any, stream: Any) -> int | None:
-    """The end of the video stream's last frame, in the stream's time base, as the file states it: the
-    stream's start plus its own duration (MP4, MPEG-TS, AVI, ...), or in Matroska and WebM the stream's
-    `DURATION` tag, where FFmpeg's muxer writes that end. None when the file states neither.
+    """The end of the stream's last frame (video or audio), in the stream's time base, as the file states
+    it: the stream's start plus its own duration (MP4, MPEG-TS, AVI, ...), or in Matroska and WebM the
+    stream's `DURATION` tag, where FFmpeg's muxer writes that end. None when the file states neither.
 
-    A Matroska stream has no duration of its own: when FFmpeg's probing does not settle the video's timing
-    (a clip of a few frames, or of frames of megabytes), it gives the stream the container's start and
-    duration, which run from 0 to the end of the longest stream (audio that outlasts the video), so they
-    are not used.
+    A Matroska stream has no duration of its own: when FFmpeg's probing does not settle a stream's timing
+    (a clip of a few frames, or of frames of megabytes; any audio stream), it gives the stream the
+    container's start and duration, which run from 0 to the end of the longest stream (audio that outlasts
+    the video, or video that outlasts the audio), so they are not used.
     """
     if _is_matroska(container):
         end_s = _clock_seconds(stream.metadata.get("DURATION", ""))

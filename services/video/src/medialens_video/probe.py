@@ -88,7 +88,7 @@ def probe_video(path: Path) -> VideoProbeResult:
                     codec=_codec_name(stream),
                     sample_rate=stream.codec_context.sample_rate,
                     channels=stream.codec_context.channels,
-                    duration_s=_seconds(stream.duration, stream.time_base) or duration_s,
+                    duration_s=_stream_seconds(container, stream) or duration_s,
                 )
                 for stream in container.streams.audio
             ],
@@ -169,6 +169,13 @@ def _seconds(ticks: int | None, time_base: Fraction | None) -> float | None:
     if not ticks or time_base is None:
         return None
     return float(ticks * time_base)
+
+
+def _stream_seconds(container: Any, stream: Any) -> float | None:
+    """How long `stream` lasts as the file states it (see `frames.stated_end`: in Matroska and WebM its
+    `DURATION` tag, since FFmpeg gives such a stream the container's duration, the longest stream's)."""
+    end = stated_end(container, stream)
+    return None if end is None else _seconds(end - int(stream.start_time or 0), stream.time_base)
 
 
 def _ratio(ratio: Fraction) -> str:
