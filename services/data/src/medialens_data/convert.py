@@ -86,19 +86,15 @@ def convert_table(
                     # a byte past the first ones that is not in the encoding they told (read it again), a
                     # damaged page of a Parquet file.
                     again = reread(source, exc)
-                    if again is None and (full_sample or not isinstance(exc, duckdb.ConversionException)):
+                    if again is None and isinstance(exc, duckdb.ConversionException) and not full_sample:
+                        again, full_sample = source, True
+                    if again is None:
                         failure = input_failure(exc, source, _VIEW, watch, target)
                         if failure is None:
                             raise
                         raise failure from exc
-                    full_sample = full_sample or again is None
                     source = expose(
-                        con,
-                        again or source,
-                        name=_VIEW,
-                        materialize=False,
-                        full_sample=full_sample,
-                        watch=watch,
+                        con, again, name=_VIEW, materialize=False, full_sample=full_sample, watch=watch
                     )
     finally:
         con.close()

@@ -190,17 +190,13 @@ def expose(
     while True:
         try:
             _expose(con, source, name=name, materialize=materialize, full_sample=full_sample, watch=watch)
-        except duckdb.InvalidInputException as exc:
+        except READ_ERRORS as exc:
             again = reread(source, exc)
             if again is None:
                 raise UnsupportedInput(
                     f"not a readable {source.format} table: {reason(exc, source.path)}"
                 ) from exc
             source = again
-        except READ_ERRORS as exc:
-            raise UnsupportedInput(
-                f"not a readable {source.format} table: {reason(exc, source.path)}"
-            ) from exc
         else:
             return source
 
