@@ -56,7 +56,7 @@ lint: ## ruff: lint and formatting
 typecheck: ## mypy (strict) on all packages and scripts
 	$(UV) run mypy shared/src services/*/src scripts
 
-check: lint typecheck test ## lint, typecheck and test, as CI does
+check: lint typecheck deploy-check test ## lint, typecheck, deployment checks and test, as CI does
 
 migrate: ## Apply the database migrations (MEDIALENS_POSTGRES_URL)
 	$(UV) run medialens-migrate

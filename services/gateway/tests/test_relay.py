@@ -108,6 +108,7 @@ async def test_a_job_that_lost_its_worker_too_often_fails(
     dead = Topology(stack.settings).dead.name
     try:
         before = (await queue_stats(broker, dead)).messages
+        failed = _failed_count("video.probe", "RETRIES_EXHAUSTED")
         job = await stack.held_job(api, "video.probe", video_id)
         await _orphan(db, job.job_id, attempts=stack.settings.worker.max_attempts)
         done = await wait_for(api, job.job_id, timeout=30)
@@ -118,6 +119,10 @@ async def test_a_job_that_lost_its_worker_too_often_fails(
         while (await queue_stats(broker, dead)).messages <= before:
             assert time.monotonic() < deadline, "the given-up job's message never reached the dead letters"
             await asyncio.sleep(0.1)
+        # Counted where the success-rate alert looks, though no worker ended it, and once: its dead letter
+        # finds it failed already.
+        await asyncio.sleep(0.5)
+        assert _failed_count("video.probe", "RETRIES_EXHAUSTED") == failed + 1
     finally:
         await broker.stop()
 
@@ -126,12 +131,19 @@ async def test_a_dead_lettered_message_fails_its_job(
     stack: Stack, api: httpx.AsyncClient, db: DatabaseManager, video_id: str
 ) -> None:
     """A message the broker dead-letters makes its still-queued job fail with RETRIES_EXHAUSTED."""
+    failed = _failed_count("video.probe", "RETRIES_EXHAUSTED")
     job = await stack.held_job(api, "video.probe", video_id)
     await stack.publish_dead(job)
     done = await wait_for(api, job.job_id, timeout=20)
     assert done["status"] == "failed"
     assert done["error_code"] == "RETRIES_EXHAUSTED"
     assert "dead-lettered" in done["error_message"]
+    assert _failed_count("video.probe", "RETRIES_EXHAUSTED") == failed + 1
+
+
+def _failed_count(job_type: str, error_code: str) -> float:
+    labels = {"type": job_type, "error_code": error_code}
+    return REGISTRY.get_sample_value("medialens_jobs_failed_total", labels) or 0.0
 
 
 async def test_a_job_whose_message_was_lost_is_published_again_and_runs(

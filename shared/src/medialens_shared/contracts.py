@@ -78,7 +78,13 @@ class VideoScenesParams(Strict):
 
 
 class VideoQualityParams(Strict):
-    black_threshold: float = Field(0.1, ge=0, le=1, description="Luma (0..1) under which a frame is black.")
+    black_threshold: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description="A pixel's luma (0..1) at or under which it is dark; a frame is black when 98% of its "
+        "pixels are.",
+    )
     min_black_s: float = Field(0.5, ge=0, description="Shortest black segment reported.")
     freeze_min_s: float = Field(2.0, ge=0, description="Shortest frozen segment reported.")
 
@@ -343,7 +349,9 @@ JOB_TYPES: dict[str, JobTypeSpec] = {
         JobTypeSpec(
             name="video.probe",
             service="video",
-            description="Container and stream metadata of a video, read without decoding it.",
+            description=(
+                "Container and stream metadata of a video, read without decoding it but for its first frame."
+            ),
             params=NoParams,
             result=VideoProbeResult,
             accepts=frozenset({FileKind.VIDEO}),

@@ -4,8 +4,9 @@
         client = AsyncMongoClient(mongo.url)
 
 `python -m medialens_shared.devmongo [--port 27017] [--data-dir DIR]` runs one in the foreground until
-SIGINT/SIGTERM (for `make dev`). The server logs every command at INFO level, so its stdout/stderr go to
-`<data_dir>/nx-27017.log`, never to a pipe that could fill up and block it.
+SIGINT/SIGTERM, to run one by hand (`make dev` starts its own with `start`). The server logs every command
+at INFO level, so its stdout/stderr go to `<data_dir>/nx-27017.log`, never to a pipe that could fill up
+and block it.
 """
 
 from __future__ import annotations

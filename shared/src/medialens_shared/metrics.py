@@ -9,8 +9,9 @@ operations port), which also holds prometheus-client's `process_*` (resident mem
     services  medialens_jobs_{started,succeeded,failed,cancelled,retried}_total,
               medialens_job_duration_seconds, medialens_job_queue_wait_seconds, medialens_jobs_in_progress,
               medialens_memory_trims_total, medialens_memory_trimmed_bytes_total (`memtrim`)
-    relay     medialens_jobs_dead_lettered_total, medialens_jobs_reaped_total,
-              medialens_jobs_republished_total, medialens_queue_messages,
+    relay     medialens_jobs_dead_lettered_total, medialens_jobs_reaped_total, medialens_jobs_expired_total,
+              medialens_jobs_failed_total (the jobs it fails: a reaped job at its last attempt, a
+              dead-lettered one), medialens_jobs_republished_total, medialens_queue_messages,
               medialens_queue_consumers, medialens_outbox_lag_seconds, medialens_outbox_pending,
               medialens_jobs_lease_expired (sampled every reap round by `sample_backlog`)
     all       medialens_db_pool_connections{process,pool,state} (read at scrape time from every live

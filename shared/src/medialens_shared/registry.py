@@ -3,8 +3,8 @@
 Lifecycles: a *value* is a singleton for the whole process (the database manager, the file store, the job
 signals); a *factory* makes a fresh instance for each container, that is for each request or job, and
 disposes of it when the container closes (a PostgreSQL session goes back to the pool). Closing the
-registry at shutdown closes the pools (`DatabaseManager.close_all`). Every registration carries a health
-ping, so readiness is driven by what is registered.
+registry at shutdown closes the pools (`DatabaseManager.close_all`). Every registration of a resource that
+can be down (a database, the broker) carries a health ping, so readiness is driven by what is registered.
 """
 
 from __future__ import annotations

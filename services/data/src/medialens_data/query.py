@@ -16,7 +16,8 @@ The sandbox, in the order it is built:
    access is off, so a table function reading any other file (`read_csv('/etc/passwd')`, `glob`,
    `read_text`), the network or an extension fails; configuration is locked after the input is loaded,
    with the job's memory and thread limits.
-3. A watchdog interrupts the query after `QUERY_TIME_LIMIT_S` (the job fails with `TIMEOUT`) or on cancel.
+3. A watchdog interrupts the query after `MEDIALENS_WORKER_QUERY_TIME_LIMIT_S` (`QUERY_TIME_LIMIT_S` when
+   called without one; the job fails with `TIMEOUT`) or on cancel.
 
 Errors of the query itself (a bad column, a refused file, a failed cast) fail with `INVALID_PARAMS` and
 DuckDB's reason; a damaged input fails with `UNSUPPORTED_INPUT`, as in the other table jobs. The whole

@@ -4,10 +4,10 @@
     medialens-deadletters requeue JOB_ID...    run those jobs again, as new jobs
     medialens-deadletters requeue --all
 
-A dead letter's job has already failed (RETRIES_EXHAUSTED): a terminal job never changes again, so
-"requeue" submits a copy of it (same tenant, type, input, params and labels, plus the label
-`requeued_from=<old id>`) through the outbox, and removes the letter from the queue. Letters are read with
-basic.get and put back untouched unless they are requeued.
+A dead letter's job has already failed (RETRIES_EXHAUSTED, or MEDIA_DECODE_ERROR for an input that crashed
+its decoder): a terminal job never changes again, so "requeue" submits a copy of it (same tenant, type,
+input, params and labels, plus the label `requeued_from=<old id>`) through the outbox, and removes the
+letter from the queue. Letters are read with basic.get and put back untouched unless they are requeued.
 """
 
 from __future__ import annotations

@@ -113,12 +113,15 @@ class ErrorData(BaseModel):
 
 
 class ErrorEnvelope(BaseModel):
-    """Every error answer: the envelope with `success` false and one of API.md's error codes."""
+    """Every error answer: the envelope with `success` false and one of API.md's error codes (or
+    METHOD_NOT_ALLOWED, a 405, which API.md does not list)."""
 
     success: Literal[False]
     data: ErrorData | None = Field(description="`{details: [...]}` when there is more to say, else null.")
     message: str = Field(description="What is wrong and what to do, in plain words.")
-    error_code: str = Field(description="One of API.md's error codes.", examples=["NOT_FOUND"])
+    error_code: str = Field(
+        description="One of API.md's error codes, or METHOD_NOT_ALLOWED (405).", examples=["NOT_FOUND"]
+    )
     timestamp: str
     request_id: str = Field(description="Also sent as the X-Request-ID header.")
 

@@ -339,6 +339,10 @@ class Relay:
             for row in announced:
                 log.warning("job %s lost its worker; now %s", row["id"], row["status"])
                 metrics.JOBS_REAPED.labels(row["type"], row["status"]).inc()
+                if row["status"] == JobStatus.FAILED.value:
+                    metrics.job_finished(
+                        row["type"], JobStatus.FAILED, error_code=RetriesExhausted.error_code
+                    )
                 await jobstore.announce(session, self.signals, row)
         return len(announced)
 
@@ -386,6 +390,7 @@ class Relay:
             await session.commit()
             if row is not None:
                 log.warning("job %s dead-lettered; marked failed", message.job_id)
+                metrics.job_finished(message.type, JobStatus.FAILED, error_code=error.error_code)
                 await jobstore.announce(session, self.signals, row)
 
     async def run(self, stop: asyncio.Event) -> None:

@@ -1,4 +1,4 @@
-"""`video.probe`: container and stream metadata of a video, read without decoding it.
+"""`video.probe`: container and stream metadata of a video, read without decoding it but for its first frame.
 
 Everything comes from the container's and streams' metadata; only the first video frame is decoded, to
 catch damaged media cheaply (and to read the display rotation FFmpeg attaches to decoded frames).
