@@ -58,17 +58,25 @@ class JobMessage(Strict):
 # --- params -----------------------------------------------------------------------------------------
 
 
-class NoParams(Strict):
+class Params(Strict):
+    """A job type's params, checked as the JSON Schema `/v1/job-types` publishes says: no coercion (`"27"`
+    is not a number, `true` is not a count; an integer is a number) and finite numbers only (`1e999` is
+    valid JSON for infinity, which PostgreSQL's jsonb cannot hold: it was a 500)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+
+class NoParams(Params):
     """This job type takes no params."""
 
 
-class DataProfileParams(Strict):
+class DataProfileParams(Params):
     format: Literal["auto", "csv", "parquet", "jsonl"] = Field(
         "auto", description="Table format; `auto` detects it from the content."
     )
 
 
-class VideoScenesParams(Strict):
+class VideoScenesParams(Params):
     threshold: float | None = Field(
         None, gt=0, description="Cut threshold of the detector; None uses the detector's default."
     )
@@ -77,7 +85,7 @@ class VideoScenesParams(Strict):
     flash_suppression: bool = Field(False, description="Ignore a cut that returns to the same shot at once.")
 
 
-class VideoQualityParams(Strict):
+class VideoQualityParams(Params):
     black_threshold: float = Field(
         0.1,
         ge=0,
@@ -93,7 +101,7 @@ class VideoQualityParams(Strict):
 THUMBNAILS_DEFAULT_COUNT = 10
 
 
-class VideoThumbnailsParams(Strict):
+class VideoThumbnailsParams(Params):
     # None stays the value (a job's params read back as given), but the schema states the count applied.
     count: int | None = Field(
         None,
@@ -112,12 +120,12 @@ class VideoThumbnailsParams(Strict):
         return self
 
 
-class AudioSilenceParams(Strict):
+class AudioSilenceParams(Params):
     threshold_db: float = Field(-50.0, le=0, description="Level (dBFS) under which audio is silent.")
     min_duration_s: float = Field(0.5, gt=0, description="Shortest silence reported.")
 
 
-class AudioWaveformParams(Strict):
+class AudioWaveformParams(Params):
     points_per_second: int = Field(
         10,
         ge=1,
@@ -127,12 +135,12 @@ class AudioWaveformParams(Strict):
     )
 
 
-class DataConvertParams(Strict):
+class DataConvertParams(Params):
     to: Literal["parquet", "csv", "jsonl"] = Field(description="The output format.")
     format: Literal["auto", "csv", "parquet", "jsonl"] = Field("auto", description="The input format.")
 
 
-class DataQueryParams(Strict):
+class DataQueryParams(Params):
     sql: str = Field(
         min_length=1, max_length=100_000, description="One read-only SELECT over the table `data`."
     )

@@ -92,6 +92,10 @@ async def test_unknown_type_is_422_naming_the_known_types(
         ("data.profile", {"format": "xls"}, ["body", "params", "format"]),
         ("video.probe", {"depth": 3}, ["body", "params", "depth"]),
         ("data.profile", {"format": "csv", "sep": ";"}, ["body", "params", "sep"]),
+        # Not the JSON types the published schema names: they were coerced (true as a count of 1).
+        ("video.thumbnails", {"count": True}, ["body", "params", "count"]),
+        ("video.scenes", {"threshold": "27"}, ["body", "params", "threshold"]),
+        ("data.query", {"sql": "SELECT 1", "limit": "10"}, ["body", "params", "limit"]),
     ],
 )
 async def test_params_not_fitting_the_schema_are_422(
@@ -107,6 +111,20 @@ async def test_params_not_fitting_the_schema_are_422(
     body = envelope(response, status=422, error_code="VALIDATION_ERROR")
     assert loc in [detail["loc"] for detail in body["data"]["details"]]
     assert job_type in body["message"]
+
+
+@pytest.mark.parametrize(
+    ("job_type", "param", "number"),
+    [("video.quality", "min_black_s", "1e999"), ("audio.silence", "threshold_db", "-1e999")],
+)
+async def test_an_infinite_param_is_422(
+    api: httpx.AsyncClient, csv_file: str, envelope: EnvelopeCheck, job_type: str, param: str, number: str
+) -> None:
+    """`1e999` is valid JSON for an infinite number, which PostgreSQL cannot store: it answered 500."""
+    body = f'{{"type": "{job_type}", "file_id": "{csv_file}", "params": {{"{param}": {number}}}}}'
+    response = await api.post("/v1/jobs", content=body, headers={"Content-Type": "application/json"})
+    answer = envelope(response, status=422, error_code="VALIDATION_ERROR")
+    assert ["body", "params", param] in [detail["loc"] for detail in answer["data"]["details"]]
 
 
 @pytest.mark.parametrize("priority", [-1, 10, "high", "5", True, 5.0])
