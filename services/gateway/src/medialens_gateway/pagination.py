@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import Query
@@ -21,11 +21,17 @@ def encode(created_at: datetime, item_id: str) -> str:
 
 
 def decode(cursor: str) -> tuple[datetime, str]:
+    """The (created_at, id) a cursor holds; 422 for any text `encode` did not write. Its time must be
+    zone-aware and within PostgreSQL's range once in UTC (a tampered `0001-01-01T00:00:00+01:00` was a
+    500)."""
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         created, _, item_id = raw.partition("|")
-        return datetime.fromisoformat(created), item_id
-    except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
+        after = datetime.fromisoformat(created)
+        if after.tzinfo is None or not item_id:
+            raise ValueError("not a cursor of this API")
+        return after.astimezone(UTC), item_id
+    except (binascii.Error, UnicodeDecodeError, ValueError, OverflowError) as exc:
         raise RequestValidationFailed(
             "The cursor is not one this API gave out; pass `next_cursor` unchanged.",
             details=[{"loc": ["query", "cursor"], "msg": "invalid cursor", "type": "value_error"}],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import time
 import uuid
@@ -30,6 +31,10 @@ JOB_KEYS = {
     "id", "type", "status", "progress", "message", "file_id", "params", "labels", "priority", "attempts",
     "error_code", "error_message", "created_at", "started_at", "finished_at", "parent_id", "children",
 }  # fmt: skip
+
+
+def _cursor(text: str) -> str:
+    return base64.urlsafe_b64encode(text.encode()).decode()
 
 
 @pytest.fixture
@@ -384,9 +389,22 @@ async def test_malformed_list_filters_are_422(
     assert body["data"]["details"][0]["loc"][0] == "query"
 
 
-async def test_garbage_job_cursor_is_422(api: httpx.AsyncClient, envelope: EnvelopeCheck) -> None:
-    """A cursor not given out by the API answers 422 on the job list too."""
-    envelope(await api.get("/v1/jobs", params={"cursor": "zzzz"}), status=422, error_code="VALIDATION_ERROR")
+@pytest.mark.parametrize(
+    "cursor",
+    [
+        "zzzz",
+        # Tampered: times that leave PostgreSQL's range in UTC (each was a 500), a time without its zone.
+        _cursor("0001-01-01T00:00:00+01:00|x"),
+        _cursor("9999-12-31T23:59:59-01:00|x"),
+        _cursor("2020-01-01T00:00:00|x"),
+    ],
+)
+@pytest.mark.parametrize("listing", ["/v1/jobs", "/v1/files"])
+async def test_a_cursor_the_api_did_not_give_out_is_422(
+    api: httpx.AsyncClient, envelope: EnvelopeCheck, listing: str, cursor: str
+) -> None:
+    """A cursor not given out by the API answers 422 on both lists, however it was made."""
+    envelope(await api.get(listing, params={"cursor": cursor}), status=422, error_code="VALIDATION_ERROR")
 
 
 # --- cancellation ------------------------------------------------------------------------------------
