@@ -361,6 +361,9 @@ async def test_lists_filter_by_status_type_and_label(
     assert await ids(type="audio.probe") == [second["id"]]
     assert await ids(label="team:blue") == [third["id"], second["id"]]
     assert await ids(label=["team:blue", "env:ci"]) == [second["id"]]
+    # A key given twice requires both values, which no job has (only the last one was used).
+    assert await ids(label=["team:blue", "team:red"]) == []
+    assert await ids(label=["team:red", "team:blue"]) == []
     assert await ids(label="team:green") == []
     assert await ids(status="succeeded") == [third["id"], second["id"], first["id"]]
     assert await ids(status="queued") == []

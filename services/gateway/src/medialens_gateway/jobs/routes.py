@@ -102,7 +102,7 @@ async def list_jobs(
         raise RequestValidationFailed(
             message, details=[{"loc": ["query", "type"], "msg": message, "type": "value_error"}]
         )
-    labels: dict[str, str] = {}
+    labels: list[tuple[str, str]] = []
     for item in label or []:
         key, sep, value = item.partition(":")
         if not sep or not key:
@@ -110,7 +110,7 @@ async def list_jobs(
                 f"label filter {item!r} is not of the form key:value.",
                 details=[{"loc": ["query", "label"], "msg": "expected key:value", "type": "value_error"}],
             )
-        labels[key] = value
+        labels.append((key, value))
     rows = await service.list_jobs(
         caller.db,
         tenant_id=caller.tenant.id,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -359,7 +360,7 @@ async def list_jobs(
     cursor: str | None,
     status: JobStatus | None,
     type_: str | None,
-    labels: dict[str, str],
+    labels: Sequence[tuple[str, str]],
 ) -> list[asyncpg.Record]:
     """A page of the tenant's jobs after `cursor`, newest first, one row more than `limit`.
 
@@ -376,8 +377,8 @@ async def list_jobs(
         where("jobs.status = {}", status.value)
     if type_ is not None:
         where("jobs.type = {}", type_)
-    if labels:
-        where("jobs.labels @> {}::jsonb", to_json(labels).decode())
+    for key, value in labels:  # each pair required: a key given twice matches no job, not the last value
+        where("jobs.labels @> {}::jsonb", to_json({key: value}).decode())
     if cursor:
         where("(jobs.created_at, jobs.id) < ({}, {})", *pagination.decode(cursor))
     sql.append(f" ORDER BY jobs.created_at DESC, jobs.id DESC LIMIT ${len(args) + 1}")
