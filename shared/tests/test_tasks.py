@@ -492,6 +492,30 @@ async def test_a_part_run_by_the_runner_moves_its_composite_job(
     assert [(await row_of(db, part))["status"] for part in (first, second)] == ["succeeded", "succeeded"]
 
 
+async def test_a_composite_job_whose_part_failed_reads_as_failed_not_done(
+    make_runner, new_job, tenant_id: str, db: DatabaseManager
+) -> None:
+    """A parent of two parts, one succeeded and one failed, fails with the part's code, its progress the
+    share of parts that succeeded and its message saying so (it read "2/2 parts done", progress 1.0)."""
+    parent = await new_job(job_type="media.analyze")
+    first, second = await new_job(parent_id=parent), await new_job(parent_id=parent)
+    calls = 0
+
+    async def act(_ctx: JobContext) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise MediaDecodeError("not a video")
+
+    runner = make_runner({"video.probe": Calls(act)})
+    for part in (first, second):
+        assert await deliver(runner, body_of(part, tenant_id)) == ["ack"]
+    done = await row_of(db, parent)
+    assert (done["status"], done["progress"], done["message"]) == ("failed", 0.5, "failed; 1/2 parts done")
+    assert done["error_code"] == "MEDIA_DECODE_ERROR"
+    assert done["error_message"] == "video.probe failed: not a video"
+
+
 @pytest.mark.parametrize("outcome", ["succeeded", "failed"])
 async def test_a_job_with_a_callback_url_owes_its_webhook_when_the_runner_ends_it(
     make_runner, db_without_relay: DatabaseManager, outcome: str

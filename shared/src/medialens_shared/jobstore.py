@@ -29,7 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import Grouping
 
 from medialens_shared import outbox, webhooks
-from medialens_shared.contracts import TERMINAL_STATUSES, JobMessage, JobStatus
+from medialens_shared.contracts import JOB_TYPES, TERMINAL_STATUSES, JobMessage, JobStatus
 from medialens_shared.envelope import iso
 from medialens_shared.errors import MediaLensError
 from medialens_shared.signals import JobSignals
@@ -70,6 +70,8 @@ def held_by(worker: Any, attempt: Any) -> tuple[ColumnElement[bool], ColumnEleme
 
 #: The error of a composite job's part that does not apply to the input; the other parts still count.
 PART_NOT_APPLICABLE = "UNSUPPORTED_INPUT"
+#: The statuses of a part that a worker has had: its composite job is running (or ended) once one is.
+_WORKED = frozenset({JobStatus.RUNNING, JobStatus.SUCCEEDED, JobStatus.FAILED})
 #: On a job's message: its previous attempt died with its worker (see `medialens_shared.isolation`).
 WORKER_DIED_HEADER = "x-medialens-worker-died"
 
@@ -395,11 +397,17 @@ async def fail(
 
 
 async def _follow_children(session: AsyncSession, *, parent_id: str) -> None:
-    """A composite job follows its children, in the transaction of the child's change: running once one
-    runs, its progress the share of children done, and terminal once all are — failed with the first
-    failure's code if a part failed, else cancelled if a part was cancelled, else succeeded. A part that
-    failed with UNSUPPORTED_INPUT (a video without an audio track, for the audio parts) is a gap in the
-    result, not a failure, as long as another part succeeded.
+    """A composite job follows its children, in the transaction of the child's change: running once a
+    worker has one (running or ended), its progress the share of children done, and terminal once all are:
+    failed with the first failure's code if a part failed (first in the job type's order of parts), else
+    cancelled if a part was cancelled, else succeeded. A part that failed with UNSUPPORTED_INPUT (a video
+    without an audio track, for the audio parts) is a gap in the result, not a failure, as long as another
+    part succeeded.
+
+    A composite job that does not succeed reads as such: its progress is the share of parts that
+    succeeded and its message says how it ended ("cancelled; 2/5 parts done"). One cancelled before any part
+    ran never passes through running and ends "cancelled before it started", as a single job does; it read
+    "5/5 parts done" with a start time, having run nothing.
     """
     parent = (
         (await session.execute(select(jobs).where(jobs.c.id == parent_id).with_for_update()))
@@ -411,8 +419,12 @@ async def _follow_children(session: AsyncSession, *, parent_id: str) -> None:
     query = select(jobs.c.type, jobs.c.status, jobs.c.error_code, jobs.c.error_message).where(
         jobs.c.parent_id == parent_id
     )
-    children = (await session.execute(query.order_by(jobs.c.created_at))).all()
+    order = {name: index for index, name in enumerate(JOB_TYPES[parent["type"]].children)}
+    children = sorted(
+        (await session.execute(query)).all(), key=lambda child: order.get(child.type, len(order))
+    )
     done = [child for child in children if JobStatus(child.status).terminal]
+    succeeded = sum(child.status == JobStatus.SUCCEEDED for child in children)
     values: dict[str, Any] = {
         "progress": len(done) / len(children),
         "message": f"{len(done)}/{len(children)} parts done",
@@ -423,20 +435,31 @@ async def _follow_children(session: AsyncSession, *, parent_id: str) -> None:
         for child in children
         if child.status == JobStatus.FAILED and child.error_code != PART_NOT_APPLICABLE
     ]
-    if not failed and not any(child.status == JobStatus.SUCCEEDED for child in children):
+    if not failed and not succeeded:
         failed = [child for child in children if child.status == JobStatus.FAILED]
+    worked = any(child.status in _WORKED for child in children)
     if len(done) < len(children):
-        if all(child.status == JobStatus.QUEUED for child in children):
+        if not worked:  # queued, or cancelled before they ran
             return
         to = JobStatus.RUNNING
     elif failed:
         to = JobStatus.FAILED
         values |= {
+            "progress": succeeded / len(children),
+            "message": f"failed; {succeeded}/{len(children)} parts done",
             "error_code": failed[0].error_code,
             "error_message": f"{failed[0].type} failed: {failed[0].error_message}",
         }
     elif any(child.status == JobStatus.CANCELLED for child in children):
         to = JobStatus.CANCELLED
+        values |= (
+            {
+                "progress": succeeded / len(children),
+                "message": f"cancelled; {succeeded}/{len(children)} parts done",
+            }
+            if parent["status"] != JobStatus.QUEUED
+            else {"progress": 0.0, "message": "cancelled before it started"}
+        )
     else:
         to = JobStatus.SUCCEEDED
         gaps = [child for child in children if child.status == JobStatus.FAILED]

@@ -81,7 +81,39 @@ async def test_cancelling_the_parent_cancels_its_parts(
             message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.2)
             if message is not None:
                 heard.append(json.loads(message["data"])["status"])
+    # It never ran: it reads as a single job cancelled while queued does (it passed through running and
+    # read "5/5 parts done", progress 1.0, with a start time).
+    assert "running" not in heard
     parent = await wait_for(api, job["id"], timeout=10)
     assert parent["status"] == "cancelled"
+    assert (parent["progress"], parent["message"], parent["started_at"]) == (
+        0.0,
+        "cancelled before it started",
+        None,
+    )
     for child in parent["children"]:
         assert (await wait_for(api, child))["status"] == "cancelled"
+
+
+async def test_cancelling_its_parts_one_by_one_ends_the_parent_and_tells_its_followers(
+    stack_proxy_cut: None, stack: Stack, api: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    """Parts cancelled by their own ids leave the parent queued until the last, which cancels it; its
+    followers hear that at once (they heard it only at their stream's keep-alive, ~10 s later)."""
+    path = tmp_path / "clip.mp4"
+    make_video(path, duration_s=1.0, fps=10, width=96, height=64)
+    job = await submit(api, "media.analyze", await upload(api, path))
+    *first, last = job["children"]
+    for child in first:
+        assert (await api.post(f"/v1/jobs/{child}/cancel")).status_code == 202
+    assert (await api.get(f"/v1/jobs/{job['id']}")).json()["data"]["status"] == "queued"
+    signals = JobSignals(stack.db.redis, prefix=stack.settings.redis.prefix)
+    async with stack.db.redis.pubsub() as pubsub:
+        await pubsub.subscribe(signals.channel(job["id"]))
+        assert (await api.post(f"/v1/jobs/{last}/cancel")).status_code == 202
+        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=2.0)
+        while message is None or json.loads(message["data"])["status"] != "cancelled":
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=2.0)
+            assert message is not None, "the parent's followers did not hear its cancel"
+    parent = (await api.get(f"/v1/jobs/{job['id']}")).json()["data"]
+    assert (parent["status"], parent["message"]) == ("cancelled", "cancelled before it started")

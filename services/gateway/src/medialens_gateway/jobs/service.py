@@ -400,11 +400,14 @@ async def cancel(session: AsyncSession, signals: JobSignals, *, tenant_id: str, 
         job_id=job_id,
         from_statuses=[JobStatus.QUEUED],
         to=JobStatus.CANCELLED,
-        message="cancelled before it started",
+        # A job queued again after a passing fault has started (`attempts`, `started_at`).
+        message="cancelled" if job["attempts"] else "cancelled before it started",
     )
     if cancelled is not None:
         await session.commit()
-        await signals.announce(jobstore.job_view(cancelled))
+        # A part's change moves its composite job: its followers are told too (they heard only at their
+        # stream's next keep-alive read, ~10 s later).
+        await jobstore.announce(session, signals, cancelled)
         return cancelled
     await session.rollback()
     job = await get_job(session, tenant_id=tenant_id, job_id=job_id)
