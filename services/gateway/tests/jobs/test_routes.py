@@ -441,6 +441,23 @@ async def test_cancel_of_a_queued_job_is_immediate_and_final(
     envelope(await api.post(f"/v1/jobs/{job['id']}/cancel"), status=409, error_code="JOB_NOT_CANCELLABLE")
 
 
+async def test_cancel_of_a_job_queued_again_after_a_try_does_not_say_it_never_started(
+    stack: Stack, api: httpx.AsyncClient, db: DatabaseManager, csv_file: str
+) -> None:
+    """A job waiting out a retry has started (its attempt counted): cancelled, it says "cancelled", not
+    "cancelled before it started"; a job never tried still says the latter."""
+    tried = await stack.held_job(api, "data.profile", csv_file)
+    untried = await stack.held_job(api, "data.profile", csv_file)
+    async with db.session() as session:
+        await session.execute(update(jobs).where(jobs.c.id == tried.job_id).values(attempts=1))
+        await session.commit()
+    for message, job in [("cancelled", tried), ("cancelled before it started", untried)]:
+        response = await api.post(f"/v1/jobs/{job.job_id}/cancel")
+        assert response.status_code == 202, response.text
+        data = response.json()["data"]
+        assert (data["status"], data["message"]) == ("cancelled", message)
+
+
 async def test_cancel_of_a_running_job_asks_it_to_stop(
     stack: Stack, api: httpx.AsyncClient, db: DatabaseManager, csv_file: str, envelope: EnvelopeCheck
 ) -> None:
