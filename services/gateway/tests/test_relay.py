@@ -99,6 +99,19 @@ async def test_a_job_whose_worker_died_runs_again(
     assert delays[1] in DELAY_TIERS_S
 
 
+async def test_a_job_asked_to_stop_while_its_worker_was_gone_ends_cancelled(
+    stack: Stack, api: httpx.AsyncClient, db: DatabaseManager, video_id: str
+) -> None:
+    """A cancel asked of a running job whose worker died is not lost to a rerun: the reaper ends the job
+    cancelled (it ran again, and ended cancelled only once the rerun looked at the flag, or succeeded)."""
+    job = await stack.held_job(api, "video.probe", video_id)
+    await _orphan(db, job.job_id, attempts=1)
+    response = await api.post(f"/v1/jobs/{job.job_id}/cancel")
+    assert response.json()["data"]["status"] == "running"  # asked to stop at its next checkpoint
+    done = await wait_for(api, job.job_id, timeout=30)
+    assert (done["status"], done["message"], done["attempts"]) == ("cancelled", "cancelled", 1)
+
+
 async def test_a_job_that_lost_its_worker_too_often_fails(
     stack: Stack, api: httpx.AsyncClient, db: DatabaseManager, video_id: str
 ) -> None:

@@ -350,6 +350,16 @@ class Relay:
         current = await jobstore.get(session, job_id=job_id)
         if current is None:
             return None
+        if await self._cancel_asked(job_id):
+            # Asked to stop while its worker was gone: nothing runs to stop, so it ends as asked instead of
+            # running again (a rerun quick enough to finish before its first look at the flag succeeded).
+            return await jobstore.transition(
+                session,
+                job_id=job_id,
+                from_statuses=[JobStatus.RUNNING],
+                to=JobStatus.CANCELLED,
+                message="cancelled",
+            )
         if current["attempts"] >= self.settings.worker.max_attempts:
             error = RetriesExhausted(
                 f"gave up after {current['attempts']} attempts: its worker stopped each time (crash or hang)"
@@ -369,6 +379,14 @@ class Relay:
             delay_s=outbox.backoff_s(attempts) if attempts > 1 else 0,
             worker_died=True,
         )
+
+    async def _cancel_asked(self, job_id: str) -> bool:
+        """Whether a cancel of the job was asked; False when Redis does not answer (the reaper goes on)."""
+        try:
+            return await self.signals.cancel_requested(job_id)
+        except Exception as exc:
+            log.warning("could not read job %s's cancel flag (%s); requeueing it", job_id, exc)
+            return False
 
     async def on_dead_letter(self, body: Any) -> None:
         """A message the broker gave up on: its job fails, unless it already ended."""
