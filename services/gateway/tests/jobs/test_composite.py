@@ -17,7 +17,7 @@ PARTS = {"video.probe", "video.scenes", "video.quality", "audio.loudness", "audi
 
 
 async def test_media_analyze_runs_every_part_and_gathers_their_results(
-    api: httpx.AsyncClient, tmp_path: Path
+    stack: Stack, api: httpx.AsyncClient, tmp_path: Path
 ) -> None:
     """The parent lists one child per part, succeeds once they all have, and its result holds each part's."""
     path = tmp_path / "clip.mp4"
@@ -39,6 +39,13 @@ async def test_media_analyze_runs_every_part_and_gathers_their_results(
     # The clip's sound is a steady sine at -23 dBFS in both channels: about -23 LUFS, and no silence.
     assert abs(result["audio.loudness"]["integrated_lufs"] - (-23.0)) < 1.0, result["audio.loudness"]
     assert result["audio.silence"]["segments"] == []
+    # A succeeded part without its result (the job retention drops results before job rows) makes the
+    # result unreadable for now, not a result with that part null, which reads as "does not apply".
+    probe = next(child["id"] for child in children if child["type"] == "video.probe")
+    await stack.db.collection("results").delete_one({"_id": probe})
+    response = await api.get(f"/v1/jobs/{job['id']}/result")
+    assert response.status_code == 409, response.text
+    assert response.json()["error_code"] == "JOB_NOT_FINISHED"
 
 
 async def test_a_part_that_does_not_apply_leaves_a_gap_not_a_failure(

@@ -155,12 +155,15 @@ async def get_result(job_id: str, tenant: CurrentTenant, session: DbSession, mon
     job = await service.get_job(session, tenant_id=tenant.id, job_id=job_id)
     if job["status"] != JobStatus.SUCCEEDED:
         raise JobNotFinished(f"Job {job_id} is {job['status']}; its result exists once it has succeeded.")
+    unreadable = JobNotFinished(f"Job {job_id} succeeded but its result is not readable yet; retry shortly.")
     if JOB_TYPES[job["type"]].children:
         composite = await service.composite_result(session, mongo["results"], job=job)
+        if composite is None:
+            raise unreadable
         return ok(composite | {"created_at": iso(composite["created_at"])})
     document = await mongo["results"].find_one({"_id": job_id})
     if document is None:
-        raise JobNotFinished(f"Job {job_id} succeeded but its result is not readable yet; retry shortly.")
+        raise unreadable
     return ok(service.part_view(document))
 
 

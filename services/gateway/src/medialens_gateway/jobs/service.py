@@ -429,10 +429,11 @@ async def cancel_part(session: AsyncSession, signals: JobSignals, *, job_id: str
         await signals.request_cancel(job_id)
 
 
-async def composite_result(session: AsyncSession, results: Any, *, job: RowMapping) -> dict[str, Any]:
+async def composite_result(session: AsyncSession, results: Any, *, job: RowMapping) -> dict[str, Any] | None:
     """A composite job's result: its parts' results under their type names (None for a part that did not
-    apply to the input)."""
-    query = select(jobs.c.id, jobs.c.type).where(jobs.c.parent_id == job["id"])
+    apply to the input); None while a part that succeeded has no result to read (being written, or being
+    deleted by the job retention, which drops results before job rows: every part read null then)."""
+    query = select(jobs.c.id, jobs.c.type, jobs.c.status).where(jobs.c.parent_id == job["id"])
     parts = (await session.execute(query)).all()
     documents = {doc["_id"]: doc async for doc in results.find({"_id": {"$in": [part.id for part in parts]}})}
     gathered: dict[str, Any] = {
@@ -443,6 +444,8 @@ async def composite_result(session: AsyncSession, results: Any, *, job: RowMappi
     }
     for part in parts:
         document = documents.get(part.id)
+        if document is None and part.status == JobStatus.SUCCEEDED:
+            return None
         gathered[part.type] = None if document is None else part_view(document)
     return gathered
 
