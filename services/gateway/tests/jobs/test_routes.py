@@ -516,6 +516,9 @@ async def test_idempotency_key_replays_the_first_job(
     assert replay["data"]["id"] == first["id"]
     assert again.headers["location"] == f"/v1/jobs/{first['id']}"
     assert "Idempotency-Key" in replay["message"]
+    # The same job with a default spelled out (as the job object shows its params) is the same body.
+    spelled = await api.post("/v1/jobs", json={**job_body, "params": {"format": "auto"}}, headers=key)
+    assert envelope(spelled, status=200)["data"]["id"] == first["id"]
     other = await api.post("/v1/jobs", json={**job_body, "priority": 1}, headers=key)
     body = envelope(other, status=409, error_code="CONFLICT")
     assert "different body" in body["message"]

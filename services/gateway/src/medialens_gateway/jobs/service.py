@@ -53,9 +53,19 @@ class Submitted:
     created: bool
 
 
-def _request_hash(body: JobRequest) -> str:
-    canonical = json.dumps(body.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
+def _request_hashes(body: JobRequest, params: dict[str, Any]) -> tuple[str, ...]:
+    """What an Idempotency-Key's body is known by: the first is stored, any of them is a replay.
+
+    The body as checked, its params with their defaults spelled out (as the job object shows them): a
+    replay that spells out a default, or leaves one out, is the same job (it was a 409, while a spelled-out
+    `priority` was not). Then the hash of the body as sent, which keys stored by an earlier release (within
+    their TTL) hold.
+    """
+    dumped = body.model_dump(mode="json")
+    return tuple(
+        hashlib.sha256(json.dumps(canonical, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+        for canonical in ({**dumped, "params": params}, dumped)
+    )
 
 
 def _checked_params(body: JobRequest) -> dict[str, Any]:
@@ -150,9 +160,12 @@ async def submit(
     if idempotency_key or JOB_TYPES[body.type].children:
         async with db.session() as session:
             if idempotency_key:  # a replay answers with the first job, even if its input was deleted since
-                request_hash = _request_hash(body)
                 earlier = await _replay(
-                    session, tenant_id=tenant_id, key=idempotency_key, request_hash=request_hash, ttl_s=ttl_s
+                    session,
+                    tenant_id=tenant_id,
+                    key=idempotency_key,
+                    request_hashes=_request_hashes(body, params),
+                    ttl_s=ttl_s,
                 )
                 if earlier is not None:
                     return Submitted(job=await view(session, signals, earlier), created=False)
@@ -216,7 +229,7 @@ async def _submit_in_transaction(
 ) -> Submitted:
     """A submission with an Idempotency-Key (an earlier one with the key answers instead), or of a composite
     job (one child job per part), in one transaction."""
-    request_hash = _request_hash(body)
+    request_hashes = _request_hashes(body, params)
     if key:
         await session.execute(
             delete(idempotency_keys).where(
@@ -235,14 +248,14 @@ async def _submit_in_transaction(
     if key:
         claimed = await session.execute(
             insert(idempotency_keys)
-            .values(tenant_id=tenant_id, key=key, request_hash=request_hash, job_id=job_id)
+            .values(tenant_id=tenant_id, key=key, request_hash=request_hashes[0], job_id=job_id)
             .on_conflict_do_nothing(index_elements=["tenant_id", "key"])
             .returning(idempotency_keys.c.job_id)
         )
         if claimed.first() is None:  # the key was taken first (perhaps by a concurrent request)
             await session.rollback()
             earlier = await _replay(
-                session, tenant_id=tenant_id, key=key, request_hash=request_hash, ttl_s=ttl_s
+                session, tenant_id=tenant_id, key=key, request_hashes=request_hashes, ttl_s=ttl_s
             )
             assert earlier is not None  # the key taken is within its TTL: the expired ones were deleted above
             return Submitted(job=await view(session, signals, earlier), created=False)
@@ -290,7 +303,7 @@ async def _queue(
 
 
 async def _replay(
-    session: AsyncSession, *, tenant_id: str, key: str, request_hash: str, ttl_s: int
+    session: AsyncSession, *, tenant_id: str, key: str, request_hashes: tuple[str, ...], ttl_s: int
 ) -> RowMapping | None:
     """The job of an earlier submission with `key` within the TTL, if any; 409 if its body differed."""
     query = select(idempotency_keys.c.request_hash, idempotency_keys.c.job_id).where(
@@ -301,7 +314,7 @@ async def _replay(
     first = (await session.execute(query)).one_or_none()
     if first is None:
         return None
-    if first.request_hash != request_hash:
+    if first.request_hash not in request_hashes:
         raise Conflict(
             "This Idempotency-Key was used with a different body; use a new key for a different job."
         )
