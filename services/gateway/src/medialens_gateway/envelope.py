@@ -7,6 +7,7 @@ or a validation failure, as the envelope with its API error code (and the edge r
 
 from __future__ import annotations
 
+import re
 from contextvars import ContextVar
 from typing import Any
 
@@ -136,19 +137,24 @@ async def _api_error(_: Request, exc: Exception) -> JSONResponse:
     return api_error_response(exc)
 
 
-async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     details = [
         {"loc": list(err.get("loc", ())), "msg": err.get("msg", ""), "type": err.get("type", "")}
         for err in exc.errors()
     ]
     where = ", ".join(".".join(str(part) for part in d["loc"]) for d in details[:3])
-    return error_response(
-        status_code=422,
-        error_code="VALIDATION_ERROR",
-        message=f"The request does not fit the schema ({where}); see data.details.",
-        details=details,
-    )
+    message = f"The request does not fit the schema ({where}); see data.details."
+    sent = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if ["body"] in [d["loc"] for d in details] and sent and not _JSON_MEDIA_TYPE.fullmatch(sent):
+        # A JSON body sent as something else (`curl -d` sends a form's) is read as raw bytes, and the
+        # schema's complaint ("a valid dictionary") does not say what to change.
+        message = f"The body is read as JSON: send it with Content-Type: application/json, not {sent}."
+    return error_response(status_code=422, error_code="VALIDATION_ERROR", message=message, details=details)
+
+
+#: The media types FastAPI reads a body of as JSON: application/json and application/*+json.
+_JSON_MEDIA_TYPE = re.compile(r"application/(?:json|[^/]+\+json)")
 
 
 _METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")

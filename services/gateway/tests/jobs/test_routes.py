@@ -178,6 +178,21 @@ async def test_unknown_body_field_is_422(
     assert ["body", "colour"] in [detail["loc"] for detail in body["data"]["details"]]
 
 
+@pytest.mark.parametrize("content_type", ["application/x-www-form-urlencoded", "text/plain; charset=utf-8"])
+async def test_a_body_not_sent_as_json_is_422_saying_what_to_send(
+    api: httpx.AsyncClient, csv_file: str, envelope: EnvelopeCheck, content_type: str
+) -> None:
+    """A JSON body sent with another Content-Type (`curl -d` sends a form's) answers 422 naming the header
+    and what to send (it named only the body: "Input should be a valid dictionary"); a JSON subtype is
+    read as JSON."""
+    body = json.dumps({"type": "data.profile", "file_id": csv_file})
+    response = await api.post("/v1/jobs", content=body, headers={"Content-Type": content_type})
+    answer = envelope(response, status=422, error_code="VALIDATION_ERROR")
+    assert f"Content-Type: application/json, not {content_type.partition(';')[0]}" in answer["message"]
+    merge = await api.post("/v1/jobs", content=body, headers={"Content-Type": "application/merge-patch+json"})
+    envelope(merge, status=202)
+
+
 async def test_missing_file_is_404(api: httpx.AsyncClient, envelope: EnvelopeCheck) -> None:
     """A file_id that does not exist answers 404 NOT_FOUND naming it."""
     response = await api.post("/v1/jobs", json={"type": "data.profile", "file_id": "f" * 32})
