@@ -36,7 +36,7 @@ from medialens_shared.contracts import (
 )
 from medialens_shared.db import DatabaseManager
 from medialens_shared.envelope import utc_now
-from medialens_shared.errors import MediaDecodeError, TransientJobError
+from medialens_shared.errors import InputNotFound, JobCancelled, MediaDecodeError, TransientJobError
 from medialens_shared.filestore import FileStore
 from medialens_shared.outbox import DELAY_TIERS_S
 from medialens_shared.settings import Settings
@@ -732,6 +732,50 @@ async def test_artifacts_are_stored_as_files_of_the_tenant(
     copy = tmp_path / "copy.csv"
     await store.copy_to(csv_row["storage_id"], copy)
     assert copy.read_bytes() == table.read_bytes()
+    assert (thumb["deleted_at"], csv_row["deleted_at"]) == (None, None)  # the job succeeded: they stay
+
+
+@pytest.mark.parametrize(
+    ("error", "status"),
+    [
+        (MediaDecodeError("damaged halfway"), "failed"),
+        (JobCancelled("cancelled on request"), "cancelled"),
+        (TransientJobError("a blip"), "queued"),  # retried: the next attempt saves its own
+    ],
+    ids=["failed", "cancelled", "retried"],
+)
+async def test_an_attempt_that_does_not_succeed_leaves_no_files(
+    make_runner,
+    new_job,
+    tenant_id: str,
+    db: DatabaseManager,
+    store: FileStore,
+    tmp_path: Path,
+    error: Exception,
+    status: str,
+) -> None:
+    """The files an attempt saved before it failed, was cancelled or was sent back to retry are deleted
+    (the row marked, the bytes dropped), as `DELETE /v1/files` does: a cancelled thumbnails job left its
+    first thumbnails, a retried one two sets, for ever without a retention."""
+    job_id = await new_job()
+    ids: list[str] = []
+
+    async def act(ctx: JobContext) -> None:
+        for name in ("t0.jpg", "t1.jpg"):
+            file_id = await ctx.save_artifact(b"thumb", filename=name, content_type="image/jpeg")
+            ids.append(file_id)
+        raise error
+
+    runner = make_runner({"video.probe": Calls(act)})
+    assert await deliver(runner, body_of(job_id, tenant_id)) == ["ack"]
+    assert (await row_of(db, job_id))["status"] == status
+    async with db.session() as session:
+        rows = (await session.execute(select(files).where(files.c.id.in_(ids)))).mappings().all()
+    assert len(rows) == 2
+    assert all(row["deleted_at"] is not None for row in rows)
+    for row in rows:
+        with pytest.raises(InputNotFound):
+            await store.copy_to(row["storage_id"], tmp_path / "gone")
 
 
 async def test_report_from_a_thread_publishes_progress(

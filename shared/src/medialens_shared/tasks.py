@@ -177,6 +177,8 @@ class JobContext:
     _loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.get_running_loop)
     #: Made on first use (most light jobs never ask), removed with everything in it when the job ends.
     _scratch: Path | None = None
+    #: The files this attempt saved (file id, storage id): deleted if it does not succeed.
+    _artifacts: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def scratch(self) -> Path:
@@ -276,15 +278,19 @@ class JobContext:
     async def save_artifact(self, content: bytes | Path, *, filename: str, content_type: str) -> str:
         """Store a file this job made (a thumbnail, a converted table) for the job's tenant; its file id.
 
-        A `Path` is streamed from disk in chunks; bytes are for small artifacts made in memory.
+        A `Path` is streamed from disk in chunks; bytes are for small artifacts made in memory. The file is
+        the tenant's at once (a long job's first thumbnails can be read while it runs), and is deleted again
+        if the attempt does not succeed: a cancelled, failed or retried attempt leaves none behind.
         """
-        return await self._runner.save_artifact(
+        file_id, storage_id = await self._runner.save_artifact(
             content,
             tenant_id=self.tenant_id,
             job_id=self.job_id,
             filename=filename,
             content_type=content_type,
         )
+        self._artifacts.append((file_id, storage_id))
+        return file_id
 
 
 @dataclass(eq=False, slots=True)
@@ -608,8 +614,12 @@ class JobRunner:
                     async with deadline:
                         result = await handler(ctx)
         except TimeoutError as exc:
+            await self._drop_artifacts(ctx)
             if deadline.expired():
                 raise JobTimeout(f"the job ran past its limit of {limit:.0f} s") from exc
+            raise
+        except BaseException:
+            await asyncio.shield(self._drop_artifacts(ctx))
             raise
         finally:
             watcher.cancel()
@@ -635,7 +645,8 @@ class JobRunner:
 
     async def save_artifact(
         self, content: bytes | Path, *, tenant_id: str, job_id: str, filename: str, content_type: str
-    ) -> str:
+    ) -> tuple[str, str]:
+        """Store a file for the tenant; its file id and storage id."""
         file_id = uuid.uuid4().hex
         metadata = {"tenant_id": tenant_id, "file_id": file_id, "job_id": job_id}
         if isinstance(content, bytes):
@@ -662,7 +673,25 @@ class JobRunner:
                 )
             )
             await session.commit()
-        return file_id
+        return file_id, stored.storage_id
+
+    async def _drop_artifacts(self, ctx: JobContext) -> None:
+        """Delete what an attempt that did not succeed saved, as `DELETE /v1/files` does (the row marked,
+        the bytes dropped; the relay's retention removes the rows). Best effort: a failure here must not
+        change how the job ends, and what it leaves is what was left before."""
+        if not ctx._artifacts:
+            return
+        ids = [file_id for file_id, _ in ctx._artifacts]
+        try:
+            async with self.db.session() as session:
+                await session.execute(update(files).where(files.c.id.in_(ids)).values(deleted_at=func.now()))
+                await session.commit()
+            for _, storage_id in ctx._artifacts:
+                await self.store.delete(storage_id)
+        except Exception as exc:  # the job's own outcome stands
+            ctx.log.warning("job %s: %d files it saved were not deleted (%s)", ctx.job_id, len(ids), exc)
+        else:
+            ctx.log.info("job %s: deleted the %d files its attempt saved", ctx.job_id, len(ids))
 
     async def _watch(self, ctx: JobContext) -> None:
         """While the job runs: extend its lease (its heartbeat), and mirror a cancel into the context.
