@@ -1,6 +1,7 @@
-"""Webhooks on real servers: a terminal job owes one signed POST, the dispatcher retries what may heal and
-stops on what will not, never follows a redirect nor sends to a non-public address unless allowed, and the
-tenant reads and re-arms its deliveries through the API.
+"""Webhooks on real servers: a terminal job owes one signed POST, the dispatcher retries what may heal (no
+sooner than a Retry-After asks) and stops on what will not or when its tries run out, never follows a
+redirect nor sends to a non-public address unless allowed, keeps one delivery's trouble (a bad URL, an
+error, a slow receiver) from the others, and the tenant reads and re-arms its deliveries through the API.
 
 These tests run on a gateway and database of their own, with no relay: the stack's relay refuses loopback
 callbacks (as production must), so it would fail the deliveries aimed at this test's receiver on
@@ -17,6 +18,8 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
@@ -24,10 +27,11 @@ from typing import Any
 import httpx
 import pytest
 from asgi_lifespan import LifespanManager
-from sqlalchemy import select
+from sqlalchemy import func, select, update
 
+from medialens_gateway import webhooks as hook_module
 from medialens_gateway.main import create_app
-from medialens_gateway.webhooks import Dispatcher
+from medialens_gateway.webhooks import Dispatcher, Target
 from medialens_shared import jobstore, migrate, webhooks
 from medialens_shared.contracts import JobStatus
 from medialens_shared.db import DatabaseManager
@@ -36,6 +40,8 @@ from medialens_shared.tables import jobs, tenants, webhook_deliveries
 from scripts.samples import make_csv
 from tests.fixtures.servers import TENANT_KEYS, drop_database, make_settings
 from tests.fixtures.stack import Stack, api_client, submit, upload
+
+from .conftest import EnvelopeCheck
 
 
 @dataclass
@@ -49,9 +55,11 @@ class Received:
 @dataclass
 class Receiver:
     """A tiny real HTTP/1.1 server on 127.0.0.1: records every request and answers each path with the
-    (status, headers) scripted for it, in turn (the last one repeats; 200 when none is scripted)."""
+    (status, headers) scripted for it, in turn (the last one repeats; 200 when none is scripted); a path
+    with an event in `hold` is answered only once the event is set."""
 
     script: dict[str, list[tuple[int, dict[str, str]]]] = field(default_factory=dict)
+    hold: dict[str, asyncio.Event] = field(default_factory=dict)
     requests: list[Received] = field(default_factory=list)
     port: int = 0
 
@@ -71,6 +79,8 @@ class Receiver:
                 headers[name.strip().lower()] = value.strip()
             body = await reader.readexactly(int(headers.get("content-length", "0")))
             self.requests.append(Received(method, path, headers, body))
+            if path in self.hold:
+                await self.hold[path].wait()
             answers = self.script.get(path, [])
             status, extra = answers.pop(0) if len(answers) > 1 else (answers or [(200, {})])[0]
             lines = [
@@ -142,6 +152,25 @@ async def job_with_callback(hooks: Hooks, file_id: str, url: str, *, tenant: str
     """A job with `url` as its callback; it stays queued (no relay here) until the test ends it."""
     job = await submit(hooks.clients[tenant], "data.profile", file_id, callback_url=url)
     return str(job["id"])
+
+
+async def job_stored_with_callback(hooks: Hooks, url: str) -> str:
+    """A queued job whose callback_url never met the check at submission (a row stored before the check
+    refused such URLs)."""
+    job_id = str(uuid.uuid4())
+    async with hooks.db.session() as session:
+        await session.execute(
+            jobs.insert().values(
+                id=job_id,
+                tenant_id="tenant-a",
+                type="data.profile",
+                status="queued",
+                callback_url=url,
+                message="queued",
+            )
+        )
+        await session.commit()
+    return job_id
 
 
 async def finish(hooks: Hooks, job_id: str, to: JobStatus = JobStatus.SUCCEEDED) -> None:
@@ -393,6 +422,192 @@ async def test_a_name_is_sent_to_its_checked_address_with_its_own_host_header(
     assert (delivery["status"], delivery["attempts"]) == ("succeeded", 1)
     [request] = receiver.to("/named")
     assert request.headers["host"] == f"localhost:{receiver.port}"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:9/hook\x01",
+        "http://127.0.0.1:9/ho\nok",
+        " http://127.0.0.1:9/hook",
+        "http://exa mple.com/hook",
+        "http://a..b/hook",
+        "http://" + "a" * 64 + ".example/hook",
+    ],
+)
+async def test_a_url_that_cannot_be_sent_is_refused_at_submission_even_where_private_is_allowed(
+    hooks: Hooks, csv_id: str, envelope: EnvelopeCheck, url: str
+) -> None:
+    """A control character or whitespace anywhere, or a host the resolver cannot take, answers 422, also on
+    a gateway that allows private callbacks (and so resolves nothing at submission)."""
+    response = await hooks.clients["tenant-a"].post(
+        "/v1/jobs", json={"type": "data.profile", "file_id": csv_id, "callback_url": url}
+    )
+    body = envelope(response, status=422, error_code="VALIDATION_ERROR")
+    assert body["data"]["details"][0]["loc"] == ["body", "callback_url"]
+
+
+async def test_a_stored_url_that_cannot_be_sent_fails_only_its_own_delivery(
+    hooks: Hooks, receiver: Receiver, csv_id: str
+) -> None:
+    """In one round with a good delivery, one whose URL has a control character and one whose host IDNA
+    refuses each fail at once, nothing sent; the good one is sent once and succeeds."""
+    good = await job_with_callback(hooks, csv_id, receiver.url("/beside-bad"))
+    control = await job_stored_with_callback(hooks, receiver.url("/bad\x01"))
+    idna = await job_stored_with_callback(hooks, f"http://a..b:{receiver.port}/bad")
+    for job_id in (good, control, idna):
+        await finish(hooks, job_id)
+
+    assert await hooks.dispatcher.dispatch_once() == 3
+    await dispatch_all(hooks)
+
+    [delivered] = await deliveries_of(hooks, good)
+    assert (delivered["status"], delivered["attempts"]) == ("succeeded", 1)
+    assert len(receiver.to("/beside-bad")) == 1
+    for job_id, why in ((control, "control characters"), (idna, "not a valid host name")):
+        [refused] = await deliveries_of(hooks, job_id)
+        assert (refused["status"], refused["attempts"], refused["next_attempt_at"]) == ("failed", 1, None)
+        assert why in refused["last_error"]
+    assert [request.path for request in receiver.requests] == ["/beside-bad"]
+
+
+async def test_an_unexpected_error_in_one_try_fails_only_that_try(
+    hooks: Hooks, receiver: Receiver, csv_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A try that raises what nobody foresaw (here a RuntimeError injected into sending) is recorded as a
+    failed try and retried until its tries run out; the delivery sharing its rounds succeeds once."""
+    real_post = hook_module._post
+
+    async def post(client: httpx.AsyncClient, target: Target, **kwargs: Any) -> httpx.Response:
+        if target.urls[0].path == "/boom":
+            raise RuntimeError("boom")
+        return await real_post(client, target, **kwargs)
+
+    monkeypatch.setattr(hook_module, "_post", post)
+    fine = await job_with_callback(hooks, csv_id, receiver.url("/fine"))
+    boom = await job_with_callback(hooks, csv_id, receiver.url("/boom"))
+    await finish(hooks, fine)
+    await finish(hooks, boom)
+
+    await dispatch_all(hooks)
+
+    [delivered] = await deliveries_of(hooks, fine)
+    assert (delivered["status"], delivered["attempts"]) == ("succeeded", 1)
+    assert len(receiver.to("/fine")) == 1
+    [broken] = await deliveries_of(hooks, boom)
+    assert (broken["status"], broken["attempts"], broken["next_attempt_at"]) == ("failed", 3, None)
+    assert broken["last_error"] == "gave up after 3 tries: unexpected error: RuntimeError: boom"
+
+
+async def test_a_delivery_whose_last_try_was_never_recorded_is_failed_not_sent_again(
+    hooks: Hooks, receiver: Receiver, csv_id: str
+) -> None:
+    """A delivery left `delivering` past its claim (its relay stopped mid-send) is claimed and sent again
+    while tries remain; at the last one it fails, saying why, with nothing sent and no try added."""
+    spent = await job_with_callback(hooks, csv_id, receiver.url("/spent"))
+    left = await job_with_callback(hooks, csv_id, receiver.url("/left"))
+    for job_id, attempts in ((spent, 3), (left, 2)):
+        await finish(hooks, job_id)
+        async with hooks.db.session() as session:
+            await session.execute(
+                update(webhook_deliveries)
+                .where(webhook_deliveries.c.job_id == job_id)
+                .values(
+                    status="delivering",
+                    attempts=attempts,
+                    next_attempt_at=func.now() - timedelta(seconds=1),
+                )
+            )
+            await session.commit()
+
+    await dispatch_all(hooks)
+
+    [given_up] = await deliveries_of(hooks, spent)
+    assert (given_up["status"], given_up["attempts"], given_up["next_attempt_at"]) == ("failed", 3, None)
+    assert given_up["last_error"].startswith("gave up after 3 tries: the last one's outcome was never")
+    assert receiver.to("/spent") == []
+    [retried] = await deliveries_of(hooks, left)
+    assert (retried["status"], retried["attempts"]) == ("succeeded", 3)
+    assert len(receiver.to("/left")) == 1
+
+
+async def test_a_slow_receiver_delays_no_other_delivery(
+    hooks: Hooks, receiver: Receiver, csv_id: str
+) -> None:
+    """While one receiver has not answered, a delivery of the same round is recorded as soon as its answer
+    comes, and one owed later is sent and recorded by a round of its own, well within the slow try's
+    timeout."""
+    slow_answer = receiver.hold["/slow"] = asyncio.Event()
+    slow = await job_with_callback(hooks, csv_id, receiver.url("/slow"))
+    same_round = await job_with_callback(hooks, csv_id, receiver.url("/same-round"))
+    later = await job_with_callback(hooks, csv_id, receiver.url("/later"))
+    await finish(hooks, slow)
+    await finish(hooks, same_round)
+    dispatcher = Dispatcher(settings=hooks.settings, db=hooks.db)
+    deadline = time.monotonic() + hooks.settings.webhook.timeout_s / 2
+
+    async def succeeded(job_id: str) -> bool:
+        dispatcher.kick()  # as the relay does every poll interval
+        [delivery] = await deliveries_of(hooks, job_id)
+        return bool(delivery["status"] == "succeeded")
+
+    try:
+        while not (await succeeded(same_round) and receiver.to("/slow")):
+            assert time.monotonic() < deadline, "the same round's delivery waited for the slow one"
+            await asyncio.sleep(0.02)
+        await finish(hooks, later)
+        while not await succeeded(later):
+            assert time.monotonic() < deadline, "a later delivery waited for the slow one"
+            await asyncio.sleep(0.02)
+        [waiting] = await deliveries_of(hooks, slow)
+        assert (waiting["status"], len(receiver.to("/slow"))) == ("delivering", 1)
+    finally:
+        slow_answer.set()
+        await dispatcher.drain()
+    [answered] = await deliveries_of(hooks, slow)
+    assert (answered["status"], answered["attempts"]) == ("succeeded", 1)
+
+
+async def test_a_retry_waits_as_long_as_retry_after_asks_up_to_the_cap(
+    hooks: Hooks, receiver: Receiver, csv_id: str
+) -> None:
+    """A 429 or 503 with Retry-After (seconds or an HTTP-date) is tried again no sooner than it asks, and
+    no later than the backoff's cap; an unreadable one leaves the backoff alone."""
+    patient = hooks.settings.webhook.model_copy(update={"backoff_base_s": 1.0, "backoff_cap_s": 600.0})
+    settings = hooks.settings.model_copy(update={"webhook": patient})
+    in_300_s = format_datetime(datetime.now(UTC) + timedelta(seconds=300), usegmt=True)
+    answers = {
+        "/after-120": (429, {"Retry-After": "120"}),
+        "/after-date": (503, {"Retry-After": in_300_s}),
+        "/after-3600": (429, {"Retry-After": "3600"}),
+        "/after-junk": (503, {"Retry-After": "soon"}),
+    }
+    job_ids = {}
+    for path, answer in answers.items():
+        receiver.script[path] = [answer]
+        job_ids[path] = await job_with_callback(hooks, csv_id, receiver.url(path))
+        await finish(hooks, job_ids[path])
+    try:
+        await Dispatcher(settings=settings, db=hooks.db).dispatch_once()
+        waits = {}
+        async with hooks.db.session() as session:
+            now = await session.scalar(select(func.now()))
+        for path, job_id in job_ids.items():
+            [delivery] = await deliveries_of(hooks, job_id)
+            assert (delivery["status"], delivery["attempts"]) == ("pending", 1), delivery
+            waits[path] = (delivery["next_attempt_at"] - now).total_seconds()
+        assert 115 <= waits["/after-120"] <= 120, waits
+        assert 290 <= waits["/after-date"] <= 301, waits
+        assert 595 <= waits["/after-3600"] <= 600, waits
+        assert 0 <= waits["/after-junk"] <= 1, waits
+    finally:  # out of the way of the later tests' rounds
+        async with hooks.db.session() as session:
+            await session.execute(
+                update(webhook_deliveries)
+                .where(webhook_deliveries.c.job_id.in_(job_ids.values()))
+                .values(status="failed", next_attempt_at=None)
+            )
+            await session.commit()
 
 
 async def test_the_stacks_relay_dispatches_and_refuses_an_inward_callback(

@@ -1,17 +1,30 @@
 """The webhook dispatcher, a duty of the relay: sends the deliveries that `jobstore.transition` owes.
 
-Each round claims the due deliveries (`pending`, or `delivering` past its claim: a relay stopped mid-send)
+Each round claims due deliveries (`pending`, or `delivering` past its claim: a relay stopped mid-send)
 with `FOR UPDATE SKIP LOCKED`, marks them `delivering` with a claim that outlasts one try, and commits:
 no transaction is held open across the network. Then each is POSTed, and its outcome recorded with a
 compare-and-set on (delivering, this try), so a slow relay whose claim was taken over changes nothing.
+A due row whose tries are used up (`delivering` again after its last try's outcome was never recorded) is
+not claimed but failed, so no delivery is sent more than `webhook.max_attempts` times, nor owed for ever.
 Delivery is at least once: a receiver drops repeats by `X-MediaLens-Delivery`.
 
     2xx                                   -> succeeded
-    408, 429, 5xx, network error, timeout -> pending again after an exponential backoff with jitter;
-                                             failed after `webhook.max_attempts` tries
+    408, 429, 5xx, network error, timeout -> pending again after an exponential backoff with jitter, or
+    or any other error of the try           after the receiver's `Retry-After` if longer (both capped at
+                                             `webhook.backoff_cap_s`); failed after `webhook.max_attempts`
     any other status (4xx, 3xx)           -> failed at once (redirects are never followed)
+    a URL httpx cannot send as written    -> failed at once, nothing sent (a row stored before the check at
+                                             submission refused such URLs: it would fail the same each try)
     host is or resolves to a non-public   -> failed at once, nothing sent
     address (private, loopback, link-local, metadata), unless `gateway.callback_allow_private`
+
+One delivery's trouble stays its own. Each try runs as a task of its own that records its outcome the
+moment it ends (an error nobody foresaw counts as a failed try, retried like a network error), so a round
+never fails for one URL, and a receiver that takes its whole `webhook.timeout_s` delays no other delivery:
+`kick` starts a new round whenever fewer than `webhook.batch_size` tries are in flight, without waiting for
+earlier rounds, and the new round claims only as many deliveries as there are free places. That bounds
+the concurrent tries, and every claimed delivery starts its try at once, within the claim's time. Rounds
+cannot take the same row: the claim is committed before any send, and SKIP LOCKED keeps two claims apart.
 
 SSRF: the host was checked at submission, but a name can point elsewhere by the time a job ends (or
 between a check and a connect: DNS rebinding). So the host is resolved here, every address it resolves to
@@ -29,14 +42,14 @@ import logging
 import random
 import socket
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import Select, String, case, cast, func, literal, or_, select, update
 
-from medialens_gateway.jobs.callbacks import is_public
+from medialens_gateway.jobs.callbacks import BadCallbackURL, is_public, parse_callback_url
 from medialens_shared import webhooks
 from medialens_shared.db import DatabaseManager
 from medialens_shared.settings import Settings
@@ -55,7 +68,8 @@ USER_AGENT = "MediaLens-Webhooks/1"
 
 
 class Refused(Exception):
-    """The callback's target may not be sent to (a non-public address, or a scheme not allowed)."""
+    """The callback's target may not be sent to (a non-public address, a scheme not allowed, a URL that
+    cannot be sent as written)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,58 +96,116 @@ def backoff_s(attempts: int, *, base_s: float, cap_s: float) -> float:
     return random.uniform(ceiling / 2, ceiling)  # noqa: S311 - jitter, not secrecy
 
 
+def retry_after_s(value: str | None) -> float | None:
+    """Seconds a `Retry-After` header asks to wait, given as seconds or as an HTTP-date; None when there is
+    none or it cannot be read (the backoff alone then decides)."""
+    value = (value or "").strip()
+    if not value:
+        return None
+    if value.isascii() and value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:  # "-0000": an HTTP-date is in GMT anyway
+        when = when.replace(tzinfo=UTC)
+    return max((when - datetime.now(UTC)).total_seconds(), 0.0)
+
+
 class Dispatcher:
     def __init__(self, *, settings: Settings, db: DatabaseManager) -> None:
         self.settings = settings
         self.db = db
-        self._round: asyncio.Task[int] | None = None
+        self._rounds: set[asyncio.Task[int]] = set()
+        #: Ids of the deliveries whose tries are in flight, and places held by claims under way: together
+        #: at most `webhook.batch_size`.
+        self._sending: set[str] = set()
+        self._reserved = 0
+
+    def _free(self) -> int:
+        return self.settings.webhook.batch_size - len(self._sending) - self._reserved
 
     def kick(self) -> None:
-        """Start a round in the background unless one is running: a slow receiver never holds up the
-        relay's other duties."""
-        if self._round is None or self._round.done():
-            self._round = asyncio.create_task(self.dispatch_once(), name="webhooks")
-            self._round.add_done_callback(_log_failure)
+        """Start a round in the background if a try may start, without waiting for the rounds in flight: a
+        slow receiver holds up neither the relay's other duties nor other deliveries."""
+        if self._free() <= 0:
+            return
+        round_ = asyncio.create_task(self.dispatch_once(), name="webhooks")
+        self._rounds.add(round_)
+        round_.add_done_callback(self._rounds.discard)
+        round_.add_done_callback(_log_failure)
 
     async def drain(self) -> None:
-        """Wait for the round in flight (at stop), so its outcomes are recorded."""
-        if self._round is not None:
-            with contextlib.suppress(Exception):
-                await self._round
+        """Wait for the rounds in flight (at stop), so their outcomes are recorded."""
+        await asyncio.gather(*self._rounds, return_exceptions=True)
 
     async def dispatch_once(self) -> int:
-        """Claim the due deliveries, send them, record how each went; how many were tried."""
-        claimed, secrets = await self._claim()
-        if not claimed:
+        """Claim as many due deliveries as tries may start, send them, record how each went as it ends; how
+        many were tried."""
+        places = self._free()
+        if places <= 0:
             return 0
-        async with httpx.AsyncClient(
-            follow_redirects=False, trust_env=False, timeout=self.settings.webhook.timeout_s
-        ) as client:
-            outcomes = await asyncio.gather(
-                *(self._try(client, row, secrets[row["tenant_id"]]) for row in claimed)
-            )
-        await self._record(list(zip(claimed, outcomes, strict=True)))
+        self._reserved += places  # before any await: a round started meanwhile finds these places taken
+        try:
+            claimed, secrets = await self._claim(limit=places)
+        finally:
+            self._reserved -= places
+        ids = {row["id"] for row in claimed}
+        self._sending |= ids
+        try:
+            if claimed:
+                async with httpx.AsyncClient(
+                    follow_redirects=False, trust_env=False, timeout=self.settings.webhook.timeout_s
+                ) as client:
+                    await asyncio.gather(*(self._deliver(client, row, secrets) for row in claimed))
+        finally:
+            self._sending -= ids  # each try frees its own place as it ends; this, those of a round cut short
         return len(claimed)
 
-    async def _claim(self) -> tuple[list[Any], dict[str, str]]:
+    async def _claim(self, *, limit: int) -> tuple[list[Any], dict[str, str]]:
         wd = webhook_deliveries
-        due = (
-            select(wd.c.id)
-            .where(
-                or_(wd.c.status == DeliveryStatus.PENDING, wd.c.status == DeliveryStatus.DELIVERING),
-                wd.c.next_attempt_at <= func.now(),
+        max_attempts = self.settings.webhook.max_attempts
+
+        def due(*where: Any) -> Select[Any]:
+            return (
+                select(wd.c.id)
+                .where(
+                    or_(wd.c.status == DeliveryStatus.PENDING, wd.c.status == DeliveryStatus.DELIVERING),
+                    wd.c.next_attempt_at <= func.now(),
+                    *where,
+                )
+                .order_by(wd.c.next_attempt_at)
+                .limit(limit)
+                .with_for_update(skip_locked=True)
             )
-            .order_by(wd.c.next_attempt_at)
-            .limit(self.settings.webhook.batch_size)
-            .with_for_update(skip_locked=True)
+
+        tries = cast(wd.c.attempts, String)
+        gave_up = case(
+            (
+                wd.c.status == DeliveryStatus.DELIVERING,
+                literal("gave up after ")
+                + tries
+                + " tries: the last one's outcome was never recorded (its relay stopped mid-send)",
+            ),
+            # pending with its tries used up: only when webhook.max_attempts was lowered since
+            else_=literal("gave up after ") + tries + " tries: " + func.coalesce(wd.c.last_error, ""),
         )
         claim = timedelta(seconds=self.settings.webhook.timeout_s + CLAIM_MARGIN_S)
         async with self.db.session() as session:
+            spent = (
+                await session.execute(
+                    update(wd)
+                    .where(wd.c.id.in_(due(wd.c.attempts >= max_attempts).scalar_subquery()))
+                    .values(status=DeliveryStatus.FAILED.value, next_attempt_at=None, last_error=gave_up)
+                    .returning(wd.c.id, wd.c.job_id, wd.c.last_error)
+                )
+            ).all()
             rows = (
                 (
                     await session.execute(
                         update(wd)
-                        .where(wd.c.id.in_(due.scalar_subquery()))
+                        .where(wd.c.id.in_(due(wd.c.attempts < max_attempts).scalar_subquery()))
                         .values(
                             status=DeliveryStatus.DELIVERING.value,
                             attempts=wd.c.attempts + 1,
@@ -152,7 +224,29 @@ class Dispatcher:
                 )
                 secrets = {row.id: row.webhook_secret for row in (await session.execute(query)).all()}
             await session.commit()
+        for row in spent:
+            log.warning(
+                "webhook %s of job %s: failed (%s)",
+                row.id,
+                row.job_id,
+                row.last_error,
+                extra={"job_id": row.job_id, "delivery_id": row.id},
+            )
         return list(rows), secrets
+
+    async def _deliver(self, client: httpx.AsyncClient, row: Any, secrets: dict[str, str]) -> None:
+        """One try, and its outcome recorded as soon as it ends; whatever goes wrong stays this delivery's."""
+        try:
+            try:
+                outcome = await self._try(client, row, secrets[row["tenant_id"]])
+            except Exception as exc:  # a bug, or a library's surprise: this delivery's failed try only
+                log.warning("webhook %s: its try raised", row["id"], exc_info=True)
+                outcome = self._again(row, None, f"unexpected error: {type(exc).__name__}: {exc}"[:500])
+            await self._record(row, outcome)
+        except Exception as exc:  # the database: the claim runs out, and the delivery is tried again
+            log.warning("webhook %s: its outcome was not recorded (%s); it is tried again", row["id"], exc)
+        finally:
+            self._sending.discard(row["id"])
 
     async def _try(self, client: httpx.AsyncClient, row: Any, secret: str) -> Outcome:
         body = webhooks.body_of(row["payload"])
@@ -176,7 +270,8 @@ class Dispatcher:
         if 200 <= code < 300:
             return Outcome(DeliveryStatus.SUCCEEDED, status_code=code)
         if code in RETRYABLE_STATUSES or code >= 500:
-            return self._again(row, code, f"HTTP {code}")
+            asked = retry_after_s(response.headers.get("retry-after"))
+            return self._again(row, code, f"HTTP {code}", asked_s=asked)
         if 300 <= code < 400:
             where = response.headers.get("location", "")
             return Outcome(
@@ -184,22 +279,26 @@ class Dispatcher:
             )
         return Outcome(DeliveryStatus.FAILED, code, f"HTTP {code}: not retried (only 408, 429, 5xx are)")
 
-    def _again(self, row: Any, code: int | None, error: str) -> Outcome:
-        """A passing failure: another try after a backoff, unless the tries are used up."""
+    def _again(self, row: Any, code: int | None, error: str, *, asked_s: float | None = None) -> Outcome:
+        """A passing failure: another try after a backoff, or after `asked_s` (the receiver's Retry-After)
+        if that is longer, never past the backoff's cap; unless the tries are used up."""
         config = self.settings.webhook
         if row["attempts"] >= config.max_attempts:
             return Outcome(DeliveryStatus.FAILED, code, f"gave up after {row['attempts']} tries: {error}")
         wait = backoff_s(row["attempts"], base_s=config.backoff_base_s, cap_s=config.backoff_cap_s)
+        if asked_s is not None:
+            wait = min(config.backoff_cap_s, max(wait, asked_s))
+            error = f"{error} (Retry-After: {asked_s:.0f} s)"
         return Outcome(DeliveryStatus.PENDING, code, error, retry_in_s=wait)
 
     async def _target(self, url: str) -> Target:
         """Resolve the URL's host and check every address; the URL pinned to each of them."""
-        parts = urlsplit(url)
-        allowed = ("https", "http") if self.settings.gateway.callback_allow_http else ("https",)
-        if parts.scheme not in allowed or not parts.hostname:
-            raise Refused(f"callback_url must be an absolute {' or '.join(allowed)}:// URL")
-        host = parts.hostname
-        port = parts.port or (443 if parts.scheme == "https" else 80)
+        try:
+            original = parse_callback_url(url, allow_http=self.settings.gateway.callback_allow_http)
+        except BadCallbackURL as exc:  # stored before submission refused such URLs: no try will do better
+            raise Refused(str(exc)) from exc
+        host = original.raw_host.decode("ascii")  # IDNA applied: what Host, SNI and the resolver all get
+        port = original.port or (443 if original.scheme == "https" else 80)
         infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
         addresses = list(dict.fromkeys(str(sockaddr[0]) for *_, sockaddr in infos))
         if not addresses:
@@ -211,48 +310,46 @@ class Dispatcher:
                         f"refused: {host!r} resolves to the non-public address {address}; "
                         "webhooks are only sent to public addresses"
                     )
-        original = httpx.URL(url)
         return Target(
             urls=[original.copy_with(host=address) for address in addresses],
             host_header=original.netloc.decode("ascii"),
-            sni_hostname=host if parts.scheme == "https" else None,
+            sni_hostname=host if original.scheme == "https" else None,
         )
 
-    async def _record(self, tried: list[tuple[Any, Outcome]]) -> None:
+    async def _record(self, row: Any, outcome: Outcome) -> None:
         wd = webhook_deliveries
+        values: dict[str, Any] = {
+            "status": outcome.status.value,
+            "last_status_code": outcome.status_code,
+            "last_error": outcome.error,
+            "next_attempt_at": None,
+        }
+        if outcome.status == DeliveryStatus.SUCCEEDED:
+            values["delivered_at"] = func.now()
+        if outcome.retry_in_s is not None:
+            values["next_attempt_at"] = func.now() + timedelta(seconds=outcome.retry_in_s)
         async with self.db.session() as session:
-            for row, outcome in tried:
-                values: dict[str, Any] = {
-                    "status": outcome.status.value,
-                    "last_status_code": outcome.status_code,
-                    "last_error": outcome.error,
-                    "next_attempt_at": None,
-                }
-                if outcome.status == DeliveryStatus.SUCCEEDED:
-                    values["delivered_at"] = func.now()
-                if outcome.retry_in_s is not None:
-                    values["next_attempt_at"] = func.now() + timedelta(seconds=outcome.retry_in_s)
-                await session.execute(
-                    update(wd)
-                    .where(
-                        wd.c.id == row["id"],
-                        wd.c.status == DeliveryStatus.DELIVERING,
-                        wd.c.attempts == row["attempts"],
-                    )
-                    .values(values)
+            await session.execute(
+                update(wd)
+                .where(
+                    wd.c.id == row["id"],
+                    wd.c.status == DeliveryStatus.DELIVERING,
+                    wd.c.attempts == row["attempts"],
                 )
-                level = logging.INFO if outcome.status == DeliveryStatus.SUCCEEDED else logging.WARNING
-                log.log(
-                    level,
-                    "webhook %s of job %s: %s (try %d%s)",
-                    row["id"],
-                    row["job_id"],
-                    outcome.status.value,
-                    row["attempts"],
-                    f", {outcome.error}" if outcome.error else "",
-                    extra={"job_id": row["job_id"], "delivery_id": row["id"], "attempt": row["attempts"]},
-                )
+                .values(values)
+            )
             await session.commit()
+        level = logging.INFO if outcome.status == DeliveryStatus.SUCCEEDED else logging.WARNING
+        log.log(
+            level,
+            "webhook %s of job %s: %s (try %d%s)",
+            row["id"],
+            row["job_id"],
+            outcome.status.value,
+            row["attempts"],
+            f", {outcome.error}" if outcome.error else "",
+            extra={"job_id": row["job_id"], "delivery_id": row["id"], "attempt": row["attempts"]},
+        )
 
 
 async def _post(
