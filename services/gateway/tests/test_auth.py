@@ -59,6 +59,35 @@ async def test_bearer_and_x_api_key_are_both_accepted(
     assert isinstance(body["data"]["items"], list)
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "headers", "challenge"),
+    [
+        ("GET", "/v1/files", {}, 'Bearer realm="MediaLens"'),
+        ("GET", "/v1/jobs/0123", {}, 'Bearer realm="MediaLens"'),  # a hot path, past FastAPI
+        ("POST", "/v1/jobs", {"X-API-Key": "not-a-key"}, 'Bearer realm="MediaLens", error="invalid_token"'),
+        (
+            "GET",
+            "/v1/jobs",
+            {"Authorization": "Bearer not-a-key"},
+            'Bearer realm="MediaLens", error="invalid_token"',
+        ),
+        ("HEAD", "/v1/files", {}, 'Bearer realm="MediaLens"'),
+    ],
+)
+async def test_a_401_challenges_for_a_bearer_token(
+    stack: Stack, method: str, path: str, headers: dict[str, str], challenge: str
+) -> None:
+    """Every 401 carries `WWW-Authenticate` (RFC 9110 §15.5.2) naming the Bearer scheme, the form of the key
+    that is an HTTP authentication scheme, with `error="invalid_token"` when a key was sent but refused."""
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=stack.asgi), base_url="http://g", headers=headers
+    ) as client:
+        json = {"type": "data.profile", "file_id": "x"} if method == "POST" else None
+        response = await client.request(method, path, json=json)
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"] == challenge
+
+
 async def test_operations_need_no_key(stack: Stack) -> None:
     """Health and metrics answer without a key."""
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=stack.asgi), base_url="http://g") as c:

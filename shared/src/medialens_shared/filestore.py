@@ -1,21 +1,23 @@
 """File bytes in GridFS, always streamed: uploads in, ranges out, copies to a worker's scratch space.
 
 Nothing here holds a whole file in memory: uploads are written chunk by chunk while their size is counted
-and their SHA-256 computed, and reads come back as an async iterator of chunks.
+and their SHA-256 computed, and reads come back as an async iterator of chunks. A read is opened first
+(`open`: GridFS's files document fetched, the stream positioned) and its bytes read after, so that an HTTP
+download learns that MongoDB is away, or the file gone, before it has sent its status line.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from bson import ObjectId
 from bson.errors import InvalidId
-from gridfs import AsyncGridFSBucket
+from gridfs import AsyncGridFSBucket, AsyncGridOut
 from gridfs.errors import NoFile
 from pymongo.errors import OperationFailure
 
@@ -83,22 +85,26 @@ class FileStore:
 
         return await self.save(one_chunk(), filename=filename, max_bytes=len(data), metadata=metadata)
 
-    async def read(self, storage_id: str, *, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
-        """The bytes `start..end` (inclusive, as in HTTP ranges) of a stored file, chunk by chunk."""
+    async def open(self, storage_id: str, *, start: int = 0, end: int | None = None) -> Download:
+        """A stored file opened for its bytes `start..end` (inclusive, as in HTTP ranges), none read yet.
+
+        Its files document is fetched here, so a MongoDB that is away (ConnectionFailure) or a file that is
+        gone (NoFile) fails this call, not the first read of `Download.chunks`."""
         stream = await self.bucket.open_download_stream(_object_id(storage_id))
         try:
-            last = stream.length - 1 if end is None else min(end, stream.length - 1)
             if start:
                 await stream.seek(start)
-            remaining = last - start + 1
-            while remaining > 0:
-                chunk = await stream.read(min(CHUNK_BYTES, remaining))
-                if not chunk:
-                    break
-                remaining -= len(chunk)
-                yield chunk
-        finally:
+        except BaseException:
             await stream.close()
+            raise
+        return Download(stream, start=start, end=end)
+
+    async def read(self, storage_id: str, *, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        """The bytes `start..end` (inclusive, as in HTTP ranges) of a stored file, chunk by chunk."""
+        download = await self.open(storage_id, start=start, end=end)
+        async with contextlib.aclosing(download.chunks()) as chunks:
+            async for chunk in chunks:
+                yield chunk
 
     async def copy_to(self, storage_id: str, path: Path) -> StoredFile:
         """Write a stored file to `path` (a worker's scratch copy); what was written (its size and SHA-256
@@ -124,6 +130,33 @@ class FileStore:
             await self.bucket.delete(_object_id(storage_id))
         except (NoFile, OperationFailure):  # MongoDB says NoFile; some wire-compatible servers fail the op
             return
+
+
+class Download:
+    """A stored file opened by `FileStore.open`: its length known, its bytes not read yet."""
+
+    def __init__(self, stream: AsyncGridOut, *, start: int, end: int | None) -> None:
+        self.stream = stream
+        self.length: int = stream.length
+        self.start = start
+        self.last = self.length - 1 if end is None else min(end, self.length - 1)
+
+    async def chunks(self) -> AsyncGenerator[bytes]:
+        """The bytes `start..end`, chunk by chunk; the stream is closed after them."""
+        try:
+            remaining = self.last - self.start + 1
+            while remaining > 0:
+                chunk = await self.stream.read(min(CHUNK_BYTES, remaining))
+                if not chunk:
+                    break
+                remaining -= len(chunk)
+                yield chunk
+        finally:
+            await self.stream.close()
+
+    async def close(self) -> None:
+        """Let go of the stream without reading (a HEAD request, a response never sent)."""
+        await self.stream.close()
 
 
 def _object_id(storage_id: str) -> ObjectId:

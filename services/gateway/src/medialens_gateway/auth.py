@@ -1,7 +1,8 @@
 """API keys: who is calling, and the development tenants the gateway ensures at start.
 
 A key is a long random token, stored only as its SHA-256; a request names it as `Authorization: Bearer
-<key>` or `X-API-Key: <key>` and is answered for the key's tenant alone.
+<key>` or `X-API-Key: <key>` and is answered for the key's tenant alone. A 401 carries the challenge HTTP
+asks of one (RFC 9110 §11.6.1), for the form that is an HTTP authentication scheme: the Bearer token.
 """
 
 from __future__ import annotations
@@ -25,6 +26,18 @@ from medialens_shared.tables import api_keys, tenants
 class Tenant:
     id: str
     webhook_secret: str
+
+
+#: `WWW-Authenticate` of a 401 (RFC 6750 §3: `Bearer` and at least one parameter); a key that was sent but
+#: is not accepted is an `invalid_token`. `X-API-Key` is no HTTP authentication scheme: no challenge names it.
+CHALLENGE = 'Bearer realm="MediaLens"'
+BAD_KEY_CHALLENGE = f'{CHALLENGE}, error="invalid_token"'
+
+
+def _unauthorized(message: str, *, challenge: str) -> Unauthorized:
+    exc = Unauthorized(message)
+    exc.headers = {"WWW-Authenticate": challenge}
+    return exc
 
 
 def hash_key(key: str) -> str:
@@ -67,7 +80,9 @@ class KeyCache:
 async def authenticate(db: DatabaseManager, *, key: str | None, cache: KeyCache) -> Tenant:
     """The tenant of `key`: from the cache, else from the database (a session only on a miss)."""
     if not key:
-        raise Unauthorized("No API key: send `Authorization: Bearer <key>` or `X-API-Key: <key>`.")
+        raise _unauthorized(
+            "No API key: send `Authorization: Bearer <key>` or `X-API-Key: <key>`.", challenge=CHALLENGE
+        )
     key_hash = hash_key(key)
     if (tenant := cache.get(key_hash)) is not None:
         return tenant
@@ -79,7 +94,7 @@ async def authenticate(db: DatabaseManager, *, key: str | None, cache: KeyCache)
     async with db.session() as session:
         row = (await session.execute(query)).one_or_none()
     if row is None:
-        raise Unauthorized("The API key is unknown or revoked.")
+        raise _unauthorized("The API key is unknown or revoked.", challenge=BAD_KEY_CHALLENGE)
     tenant = Tenant(id=row.id, webhook_secret=row.webhook_secret)
     cache.put(key_hash, tenant)
     return tenant

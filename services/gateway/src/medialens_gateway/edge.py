@@ -1,8 +1,8 @@
 """What every HTTP request of the gateway passes through first: one pure-ASGI layer.
 
 It answers HEAD as GET without the body (RFC 9110 §9.3.2: the same status and headers, `Content-Length`
-included; a file's bytes are not even read), gives the request its id (the client's `X-Request-ID` when it
-sent a sane one) and echoes it as a header,
+included; the scope it passes on is marked, `is_head`, so that a file download reads none of its bytes),
+gives the request its id (the client's `X-Request-ID` when it sent a sane one) and echoes it as a header,
 counts and times the request by route template, sheds load past `gateway.max_in_flight` requests at once
 (503 with Retry-After, before any work: a gateway that queues without bound answers everyone late), and
 renders a bug as the 500 envelope, a dependency outage as the 503 one, and text the database cannot store
@@ -12,6 +12,7 @@ wrapped `send` and a few frames, which showed in the gateway's profile.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import time
@@ -34,6 +35,16 @@ def _request_id(headers: list[tuple[bytes, bytes]]) -> str:
             sent = value.decode("latin-1")
             return sent if _CLIENT_ID.match(sent) else uuid.uuid4().hex
     return uuid.uuid4().hex
+
+
+#: The key the edge sets in the scope of a HEAD request it passes on as GET.
+_HEAD = "medialens.head"
+
+
+def is_head(scope: Scope) -> bool:
+    """Whether a request the app sees as GET is the edge's HEAD: the route may answer the status and
+    headers alone (the edge drops any body anyway)."""
+    return bool(scope.get(_HEAD))
 
 
 class _HeadAnswered(Exception):
@@ -61,7 +72,7 @@ class EdgeMiddleware:
         method = scope["method"]
         head = method == "HEAD"
         if head:
-            scope = {**scope, "method": "GET"}
+            scope = {**scope, "method": "GET", _HEAD: True}
         request_id = _request_id(scope["headers"])
         id_header = (b"x-request-id", request_id.encode())
         token = request_id_var.set(request_id)
@@ -101,7 +112,8 @@ class EdgeMiddleware:
             response = self._render(exc, request_id)
             if status:
                 raise  # the client already has a status line; all we can do is drop the connection
-            await response(scope, receive, send_with_id)
+            with contextlib.suppress(_HeadAnswered):  # a HEAD gets the 503 or 500's headers alone, too
+                await response(scope, receive, send_with_id)
         finally:
             self.in_flight -= 1
             request_id_var.reset(token)

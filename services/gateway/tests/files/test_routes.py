@@ -2,25 +2,62 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote
 
 import httpx
 import pytest
+from bson import ObjectId
+from gridfs import AsyncGridFSBucket
+from pymongo import AsyncMongoClient
+from sqlalchemy import select
 
+from medialens_gateway.deps import registered
+from medialens_shared.db import DatabaseManager
+from medialens_shared.filestore import FileStore
+from medialens_shared.tables import files
 from scripts.samples import make_csv
+from tests.fixtures.stack import Stack
 
 from ..conftest import EnvelopeCheck
 
 BLOB = bytes(range(256)) * 40 + b"tail-bytes"  # 10250 bytes with a recognisable end
 
 
-async def _raw_upload(client: httpx.AsyncClient, data: bytes, **headers: str) -> dict:
+async def _raw_upload(client: httpx.AsyncClient, data: bytes, **headers: str | bytes) -> dict:
     response = await client.post("/v1/files", content=data, headers=headers)
     assert response.status_code == 201, response.text
     return response.json()["data"]
+
+
+async def _storage_id(db: DatabaseManager, file_id: str) -> str:
+    """Where GridFS keeps the bytes of the file `file_id`."""
+    async with db.session() as session:
+        found = await session.execute(select(files.c.storage_id).where(files.c.id == file_id))
+        storage_id: str = found.scalar_one()
+        return storage_id
+
+
+@contextlib.asynccontextmanager
+async def mongodb_away(stack: Stack) -> AsyncIterator[None]:
+    """While open, the gateway's file store talks to a MongoDB where nothing listens (port 1): the files'
+    rows are still in PostgreSQL, their bytes out of reach."""
+    store = registered(stack.app, FileStore)
+    bucket = store.bucket
+    away: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+        "mongodb://127.0.0.1:1/", serverSelectionTimeoutMS=300, connectTimeoutMS=300, connect=False
+    )
+    store.bucket = AsyncGridFSBucket(away["medialens"])
+    try:
+        yield
+    finally:
+        store.bucket = bucket
+        await away.close()
 
 
 async def test_multipart_upload_gives_the_file_object(
@@ -86,7 +123,7 @@ async def test_content_streams_back_identical_bytes(api: httpx.AsyncClient) -> N
     assert 'filename="b.raw"' in response.headers["content-disposition"]
 
 
-@pytest.mark.parametrize("name", ["日本語 (q).csv", "emoji😀.wav", "Ωmega.csv", "back\\slash.txt"])
+@pytest.mark.parametrize("name", ["日本語 (q).csv", "emoji😀.wav", "Ωmega.csv"])
 async def test_content_of_a_file_named_in_any_script_downloads_under_its_name(
     api: httpx.AsyncClient, name: str
 ) -> None:
@@ -102,6 +139,143 @@ async def test_content_of_a_file_named_in_any_script_downloads_under_its_name(
     assert unquote(encoded) == name
     assert fallback.startswith('attachment; filename="')
     assert fallback.isascii()
+
+
+async def test_raw_upload_reads_x_filename_as_utf8(api: httpx.AsyncClient) -> None:
+    """X-Filename's raw bytes are read as UTF-8 (`café.csv`, not `cafÃ©.csv`), else as Latin-1, and the name
+    downloads as it was sent."""
+    utf8 = await _raw_upload(api, b"a\n", **{"Content-Type": "text/csv", "X-Filename": "café.csv".encode()})
+    assert utf8["filename"] == "café.csv"
+    latin1 = await _raw_upload(api, b"a\n", **{"X-Filename": "naïve.csv".encode("latin-1")})
+    assert latin1["filename"] == "naïve.csv"
+    content = await api.get(f"/v1/files/{utf8['id']}/content")
+    assert unquote(content.headers["content-disposition"].partition("filename*=UTF-8''")[2]) == "café.csv"
+
+
+@pytest.mark.parametrize(
+    ("sent", "kept"),
+    [
+        ("../../etc/passwd", "passwd"),
+        ("..\\..\\windows\\win.ini", "win.ini"),
+        ("C:\\Users\\me\\t.csv", "t.csv"),
+        ("/abs/dir/table.csv", "table.csv"),
+        ("back\\slash.txt", "slash.txt"),
+        ("dir/..", "upload"),
+        ("dir/", "upload"),
+    ],
+)
+@pytest.mark.parametrize("how", ["raw", "multipart"])
+async def test_an_uploads_name_is_reduced_to_its_base_name(
+    api: httpx.AsyncClient, how: str, sent: str, kept: str
+) -> None:
+    """A name sent as a path, with `/` or `\\`, raw (X-Filename) or in a form, is stored as its last part
+    (`upload` when none is left), so no download is named `../../etc/passwd`."""
+    if how == "raw":
+        file = await _raw_upload(api, b"x", **{"X-Filename": sent})
+    else:
+        response = await api.post("/v1/files", files={"file": (sent, b"x", "application/octet-stream")})
+        assert response.status_code == 201, response.text
+        file = response.json()["data"]
+    assert file["filename"] == kept
+    content = await api.get(f"/v1/files/{file['id']}/content")
+    assert content.headers["content-disposition"] == f'attachment; filename="{kept}"'
+
+
+@pytest.mark.parametrize(
+    ("declared", "stored", "encoding"),
+    [
+        ("text/csv; charset=windows-1252", "text/csv; charset=windows-1252", "cp1252"),
+        ('Text/CSV; Charset="ISO-8859-1"', "text/csv; charset=iso-8859-1", "latin-1"),
+        ("text/plain; charset=UTF-16; format=flowed", "text/plain; charset=utf-16", "utf-16"),
+    ],
+)
+@pytest.mark.parametrize("how", ["raw", "multipart"])
+async def test_a_text_upload_keeps_its_charset(
+    api: httpx.AsyncClient, how: str, declared: str, stored: str, encoding: str
+) -> None:
+    """A text upload's charset is kept (normalised, other parameters dropped) in its content_type, and the
+    download says it again, so a Windows-1252, Latin-1 or UTF-16 CSV is not labelled UTF-8; its kind
+    still comes from its content."""
+    data = "name;price\nJosé;5\nZoë;7\n".encode(encoding)
+    if how == "raw":
+        file = await _raw_upload(api, data, **{"Content-Type": declared})
+    else:
+        response = await api.post("/v1/files", files={"file": ("t.csv", data, declared)})
+        assert response.status_code == 201, response.text
+        file = response.json()["data"]
+    assert (file["content_type"], file["kind"]) == (stored, "table")
+    content = await api.get(f"/v1/files/{file['id']}/content")
+    assert content.headers["content-type"] == stored
+    assert content.content == data
+
+
+async def test_a_text_file_without_charset_downloads_with_its_type_as_stored(api: httpx.AsyncClient) -> None:
+    """A `text/*` file stored without a charset downloads with exactly that Content-Type: no `charset=utf-8`
+    is added to it."""
+    file = await _raw_upload(api, "a;b\nJosé;1\n".encode("cp1252"), **{"Content-Type": "text/csv"})
+    assert file["content_type"] == "text/csv"
+    for response in (
+        await api.get(f"/v1/files/{file['id']}/content"),
+        await api.get(f"/v1/files/{file['id']}/content", headers={"Range": "bytes=0-1"}),
+        await api.head(f"/v1/files/{file['id']}/content"),
+    ):
+        assert response.headers["content-type"] == "text/csv"
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+@pytest.mark.parametrize("spec", [None, "bytes=5-"])
+async def test_content_with_mongodb_away_is_503_before_any_byte(
+    stack: Stack, api: httpx.AsyncClient, envelope: EnvelopeCheck, method: str, spec: str | None
+) -> None:
+    """With MongoDB unreachable, a download (whole or ranged, GET or HEAD) answers 503 SERVICE_UNAVAILABLE
+    with Retry-After, not a 200 whose body then breaks off; the file's row still answers."""
+    file = await _raw_upload(api, BLOB, **{"Content-Type": "application/octet-stream"})
+    async with mongodb_away(stack):
+        headers = {"Range": spec} if spec else {}
+        response = await api.request(method, f"/v1/files/{file['id']}/content", headers=headers)
+        assert response.status_code == 503, response.text
+        assert response.headers["retry-after"]
+        if method == "GET":
+            body = envelope(response, status=503, error_code="SERVICE_UNAVAILABLE")
+            assert "MongoDB" in body["message"]
+        assert (await api.get(f"/v1/files/{file['id']}")).status_code == 200
+
+
+async def test_content_whose_bytes_are_gone_is_404(
+    stack: Stack, api: httpx.AsyncClient, db: DatabaseManager, envelope: EnvelopeCheck
+) -> None:
+    """A file whose bytes left GridFS after its row was read (a DELETE racing the download) answers 404
+    NOT_FOUND, not a 200 that breaks off."""
+    file = await _raw_upload(api, BLOB, **{"Content-Type": "application/octet-stream"})
+    await registered(stack.app, FileStore).delete(await _storage_id(db, file["id"]))
+    for headers in ({}, {"Range": "bytes=10-"}):
+        response = await api.get(f"/v1/files/{file['id']}/content", headers=headers)
+        envelope(response, status=404, error_code="NOT_FOUND")
+
+
+@pytest.mark.parametrize(
+    ("spec", "status", "length", "content_range"),
+    [(None, 200, 3 * 1024 * 1024, None), ("bytes=1048570-1048579", 206, 10, "bytes 1048570-1048579/3145728")],
+)
+async def test_head_on_content_reads_none_of_its_bytes(
+    api: httpx.AsyncClient,
+    db: DatabaseManager,
+    spec: str | None,
+    status: int,
+    length: int,
+    content_range: str | None,
+) -> None:
+    """HEAD answers a download's status, Content-Length, Content-Range and type without reading a byte of the
+    file: with its chunks gone from GridFS (GET could not send them), HEAD still answers in full."""
+    file = await _raw_upload(api, os.urandom(3 * 1024 * 1024), **{"Content-Type": "video/mp4"})
+    chunks = db.collection("fs.chunks")
+    await chunks.delete_many({"files_id": ObjectId(await _storage_id(db, file["id"]))})
+    response = await api.head(f"/v1/files/{file['id']}/content", headers={"Range": spec} if spec else {})
+    assert response.status_code == status
+    assert response.headers["content-length"] == str(length)
+    assert response.headers.get("content-range") == content_range
+    assert response.headers["content-type"] == "video/mp4"
+    assert response.content == b""
 
 
 async def test_empty_file_round_trips(api: httpx.AsyncClient) -> None:

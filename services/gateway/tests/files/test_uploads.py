@@ -8,6 +8,7 @@ import tracemalloc
 from collections.abc import AsyncIterator
 
 import httpx
+import pytest
 from pymongo import AsyncMongoClient
 
 from medialens_shared.settings import Settings
@@ -158,6 +159,35 @@ async def test_chunked_multipart_upload_is_reassembled(fresh_client: httpx.Async
     file = response.json()["data"]
     assert (file["filename"], file["content_type"]) == ("odd.bin", "application/x-odd")
     assert file["sha256"] == hashlib.sha256(data).hexdigest()
+
+
+@pytest.mark.parametrize(
+    ("disposition", "name"),
+    [
+        ("filename*=UTF-8''caf%C3%A9.csv", "café.csv"),
+        ("filename*=utf-8'fr'%C3%A9t%C3%A9%20%282024%29.csv", "été (2024).csv"),
+        ("filename*=ISO-8859-1''na%EFve.csv", "naïve.csv"),
+        ("filename=\"cafe.csv\"; filename*=UTF-8''caf%C3%A9.csv", "café.csv"),
+        ("filename*=UTF-8''..%2F..%2Fetc%2Fpasswd", "passwd"),
+        ("filename=\"plain.csv\"; filename*=KOI8-R''x.csv", "plain.csv"),
+    ],
+)
+async def test_multipart_filename_star_names_the_file(
+    fresh_client: httpx.AsyncClient, disposition: str, name: str
+) -> None:
+    """A file part's RFC 8187 `filename*` (which RFC 7578 asks senders not to use, yet some do) names the
+    file, decoded and preferred to a plain `filename`; one in a charset other than UTF-8 or ISO-8859-1 is
+    passed over."""
+    body = (
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; {disposition}\r\n'
+        "Content-Type: text/csv\r\n\r\na,b\n1,2\n"
+        f"\r\n--{BOUNDARY}--\r\n"
+    ).encode()
+    response = await fresh_client.post(
+        "/v1/files", content=body, headers={"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
+    )
+    assert response.status_code == 201, response.text
+    assert response.json()["data"]["filename"] == name
 
 
 async def test_multipart_without_boundary_is_422(api: httpx.AsyncClient, envelope: EnvelopeCheck) -> None:

@@ -1,4 +1,10 @@
-"""`/v1/files`: upload, read, download (with Range), delete and list a tenant's files."""
+"""`/v1/files`: upload, read, download (with Range), delete and list a tenant's files.
+
+A download opens the file's bytes before it answers (`service.open_content`): the status line is a promise
+the body must keep, so MongoDB being away is a 503 and bytes gone a 404, never a 200 that breaks off. It is
+sent with exactly the stored Content-Type (Starlette would add `charset=utf-8` to a `text/*` type without
+one, mislabelling a Windows-1252 or UTF-16 CSV), and a HEAD answers its headers without reading a byte.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +13,10 @@ from typing import Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from medialens_gateway.deps import AppSettings, CurrentTenant, DbSession, Files
+from medialens_gateway.edge import is_head
 from medialens_gateway.envelope import ok
 from medialens_gateway.files import service
 from medialens_gateway.files.uploads import read_upload
@@ -91,23 +98,25 @@ async def get_file(file_id: str, tenant: CurrentTenant, session: DbSession) -> J
 )
 async def get_content(
     file_id: str, request: Request, tenant: CurrentTenant, session: DbSession, store: Files
-) -> StreamingResponse:
+) -> Response:
     row = await service.get_file(session, tenant_id=tenant.id, file_id=file_id)
     size = row["size_bytes"]
     start, end, status = 0, size - 1, 200
-    headers = {"Accept-Ranges": "bytes", "Content-Disposition": content_disposition(row["filename"])}
+    headers = {
+        "Accept-Ranges": "bytes",
+        "Content-Disposition": content_disposition(row["filename"]),
+        "Content-Type": row["content_type"],
+    }
     if (spec := request.headers.get("range")) and _served(spec):
         start, end = _parse_range(spec, size)
         status = 206
         headers["Content-Range"] = f"bytes {start}-{end}/{size}"
     headers["Content-Length"] = str(max(end - start + 1, 0))
-    body = store.read(row["storage_id"], start=start, end=end) if size else _empty()
-    return StreamingResponse(body, status_code=status, media_type=row["content_type"], headers=headers)
-
-
-async def _empty() -> Any:
-    return
-    yield
+    download = await service.open_content(store, row, start=start, end=end)
+    if is_head(request.scope):
+        await download.close()
+        return Response(status_code=status, headers=headers)
+    return StreamingResponse(download.chunks(), status_code=status, headers=headers)
 
 
 def _served(spec: str) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from gridfs.errors import NoFile
 from sqlalchemy import RowMapping, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -12,7 +13,7 @@ from medialens_gateway.files.uploads import Upload
 from medialens_gateway.pagination import page
 from medialens_shared.envelope import iso
 from medialens_shared.errors import NotFound
-from medialens_shared.filestore import FileStore
+from medialens_shared.filestore import Download, FileStore
 from medialens_shared.sniff import sniff
 from medialens_shared.tables import files
 
@@ -77,6 +78,16 @@ async def get_file(session: AsyncSession, *, tenant_id: str, file_id: str) -> Ro
     if row is None:
         raise NotFound(f"No file {file_id} for this API key's tenant.")
     return row
+
+
+async def open_content(store: FileStore, row: RowMapping, *, start: int, end: int) -> Download:
+    """The bytes of the file `row`, opened (none read yet) for `start..end`: before a response is begun, so
+    that MongoDB being away is the edge's 503 and bytes deleted since the row was read (a DELETE between the
+    two) a 404, not a 200 whose body breaks off."""
+    try:
+        return await store.open(row["storage_id"], start=start, end=end)
+    except NoFile as exc:
+        raise NotFound(f"No file {row['id']} for this API key's tenant.") from exc
 
 
 async def list_files(

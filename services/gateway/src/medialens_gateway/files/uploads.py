@@ -3,12 +3,19 @@
 Starlette's `request.form()` would spool the file to a temporary file before we see it; instead the body is
 pushed through python-multipart's streaming parser, and the bytes of the `file` field are handed on as they
 arrive, so the gateway's memory stays one chunk deep whatever the upload's size.
+
+What the client says of the file is kept as it meant it: the Content-Type's `charset` (a Windows-1252 or
+UTF-16 CSV is labelled so again when downloaded), and the name as text (`X-Filename`'s raw bytes read as
+UTF-8, as clients send them, and a part's RFC 8187 `filename*`), reduced to its last part: a name is never
+a path (`../../etc/passwd`, `C:\\Users\\me\\t.csv`) to anyone who later saves the download under it.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from urllib.parse import unquote_to_bytes
 
 from fastapi import Request
 from python_multipart.exceptions import MultipartParseError
@@ -17,6 +24,15 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from medialens_shared.errors import RequestValidationFailed
 
 FILE_FIELD = "file"
+#: The name of an upload that has none (or whose name is no file's name, such as `..`).
+NO_NAME = "upload"
+
+#: A charset's name as RFC 2978 writes one, which is safe to store and to send back in a header.
+_CHARSET = re.compile(r"[a-z0-9!#$%&'+^_`{}~-]{1,40}")
+#: One `; key=value` parameter of a header, its value a quoted string (which may hold `;`) or a token.
+_PARAM = re.compile(rb';\s*([^\s=;]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;]*)')
+#: The charsets RFC 8187 has a recipient read an extended parameter in.
+_EXT_CHARSETS = frozenset({"utf-8", "iso-8859-1"})
 
 
 @dataclass(slots=True)
@@ -41,8 +57,51 @@ async def read_upload(request: Request) -> Upload:
         if not boundary:
             raise _bad("The multipart body has no boundary in its Content-Type.")
         return await _multipart_upload(request.stream(), boundary)
-    filename = request.headers.get("x-filename") or "upload"
-    return Upload(filename=filename, content_type=mime.decode("latin-1"), chunks=request.stream())
+    filename = base_name(_text(request.headers.get("x-filename", "").encode("latin-1")))
+    return Upload(filename=filename, content_type=stored_type(content_type), chunks=request.stream())
+
+
+def stored_type(content_type: str | bytes) -> str:
+    """The Content-Type a file keeps: its media type and, when the client gave one, its `charset`
+    (lower-cased, `text/csv; charset=windows-1252`), which a text file's bytes cannot be read without;
+    other parameters are dropped."""
+    mime, options = parse_options_header(content_type)
+    media_type = mime.decode("latin-1") or "application/octet-stream"
+    charset = options.get(b"charset", b"").decode("latin-1").strip().lower()
+    return f"{media_type}; charset={charset}" if _CHARSET.fullmatch(charset) else media_type
+
+
+def base_name(name: str) -> str:
+    """The last part of a file name that may be a path, split at `/` and at `\\` (which Windows clients
+    send); `upload` when no name is left."""
+    last = name.replace("\\", "/").rpartition("/")[2]
+    return NO_NAME if last.strip() in ("", ".", "..") else last
+
+
+def _text(raw: bytes) -> str:
+    """Header bytes as text: UTF-8, as clients write non-ASCII names, else Latin-1 (HTTP's old default)."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
+
+
+def _extended_filename(disposition: bytes) -> str | None:
+    """A Content-Disposition's `filename*` (RFC 8187: `UTF-8''caf%C3%A9.csv`), decoded; None when it has
+    none or one that does not decode. RFC 7578 asks senders of forms not to use it (python-multipart skips
+    it), but some do, and then often send no plain `filename`."""
+    for key, value in _PARAM.findall(disposition):
+        if key.lower() != b"filename*":
+            continue
+        charset, _, rest = value.strip(b'"').decode("latin-1").partition("'")
+        encoded = rest.partition("'")[2]
+        if charset.lower() not in _EXT_CHARSETS:
+            return None
+        try:
+            return unquote_to_bytes(encoded).decode(charset)
+        except UnicodeDecodeError:
+            return None
+    return None
 
 
 class _FilePart:
@@ -55,7 +114,7 @@ class _FilePart:
         self.headers: dict[str, bytes] = {}
         self.inside = False
         self.finished = False
-        self.filename = ""
+        self.filename = NO_NAME
         self.content_type = "application/octet-stream"
 
     def on_part_begin(self) -> None:
@@ -73,12 +132,14 @@ class _FilePart:
         self.header_value.clear()
 
     def on_headers_finished(self) -> None:
-        _, disposition = parse_options_header(self.headers.get("content-disposition", b""))
+        raw_disposition = self.headers.get("content-disposition", b"")
+        _, disposition = parse_options_header(raw_disposition)
         if disposition.get(b"name") == FILE_FIELD.encode() and not self.finished:
             self.inside = True
-            self.filename = disposition.get(b"filename", b"upload").decode("utf-8", "replace") or "upload"
-            part_type = self.headers.get("content-type", b"application/octet-stream")
-            self.content_type = parse_options_header(part_type)[0].decode("latin-1")
+            # `filename*` is preferred to `filename` when a part has both, as RFC 6266 has it.
+            name = _extended_filename(raw_disposition) or _text(disposition.get(b"filename", b""))
+            self.filename = base_name(name)
+            self.content_type = stored_type(self.headers.get("content-type", b"application/octet-stream"))
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
         if self.inside:
