@@ -61,7 +61,7 @@ def test_round_trip_parquet_csv_jsonl_keeps_every_row(tmp_path: Path) -> None:
     assert codecs == {"ZSTD"}
 
     back = convert_table(parquet.path, params=DataConvertParams(to="csv"), out_dir=tmp_path / "c")
-    assert (back.path.name, back.row_count, back.content_type) == ("sales.csv", 50, "text/csv")
+    assert (back.path.name, back.row_count, back.content_type) == ("sales.csv", 50, "text/csv; charset=utf-8")
     with back.path.open(newline="", encoding="utf-8") as handle:
         lines = list(csv.reader(handle))
     assert lines[0] == HEADER

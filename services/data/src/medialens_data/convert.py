@@ -28,7 +28,7 @@ COPY_OPTIONS: dict[Target, str] = {
 }
 CONTENT_TYPES: dict[Target, str] = {
     "parquet": "application/vnd.apache.parquet",
-    "csv": "text/csv",
+    "csv": "text/csv; charset=utf-8",  # DuckDB writes UTF-8; a download says so (text/* has no default)
     "jsonl": "application/x-ndjson",
 }
 _COMPRESSED_SUFFIXES = (".gz", ".gzip", ".zst", ".zstd")
