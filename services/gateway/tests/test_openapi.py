@@ -72,6 +72,9 @@ async def test_the_api_key_is_declared_exactly_where_it_is_enforced(
                 response = await anonymous.request(method.upper(), re.sub(r"\{[^}]+\}", "x", path))
                 declared = operation.get("security") == either_key
                 assert declared is (response.status_code == 401), (method, path, response.status_code)
+                if declared:  # the 401 and its challenge header are documented as sent
+                    assert "WWW-Authenticate" in operation["responses"]["401"]["headers"], (method, path)
+                    assert response.headers["www-authenticate"].startswith("Bearer "), (method, path)
         by_header = await anonymous.get("/v1/job-types", headers={"X-API-Key": TENANT_KEYS["tenant-a"]})
     assert by_header.status_code == 200
     assert (await api.get("/v1/job-types")).request.headers["authorization"].startswith("Bearer ")

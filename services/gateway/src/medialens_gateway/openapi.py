@@ -200,6 +200,19 @@ def _error(description: str) -> dict[str, Any]:
     }
 
 
+#: Every operation that needs a key answers 401 without one, with the challenge of `auth.CHALLENGE`.
+UNAUTHORIZED: dict[str, Any] = {
+    "description": "UNAUTHORIZED: no API key, or one unknown or revoked.",
+    "headers": {
+        "WWW-Authenticate": {
+            "description": 'The challenge: `Bearer realm="MediaLens"` (with `error="invalid_token"` for a '
+            "key sent but refused).",
+            "schema": {"type": "string"},
+        }
+    },
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorEnvelope"}}},
+}
+
 #: The tenant's rate is spent by `CurrentTenant`, so on every operation that needs a key.
 RATE_LIMITED = _error(
     "RATE_LIMITED: this tenant is over its request rate (`MEDIALENS_GATEWAY_TENANT_RATE_LIMIT`) or, for an "
@@ -228,6 +241,8 @@ def document(base: dict[str, Any]) -> dict[str, Any]:
             responses = operation.setdefault("responses", {})
             if _needs_key(path):
                 operation["security"] = KEY_REQUIRED
+                unauthorized = responses.setdefault("401", dict(UNAUTHORIZED))
+                unauthorized["headers"] = unauthorized.get("headers", {}) | UNAUTHORIZED["headers"]
                 responses.setdefault("429", RATE_LIMITED)
             if _may_be_shed(path):
                 responses.setdefault("503", UNAVAILABLE)
