@@ -120,12 +120,15 @@ def test_matroska_thumbnails_span_the_video(clips: Path, tmp_path: Path, case: s
 
 def test_matroska_with_a_varying_rate_has_no_frame_count(clips: Path) -> None:
     """Two seconds at 30 frames/s then two at 10 (80 frames) in Matroska, which states a 30 frames/s
-    default: no count can be had without reading every packet, so it is null rather than 4 s x 30 = 120."""
+    default: no count can be had without reading every packet, so it is null rather than 4 s x 30 = 120;
+    and the stream is variable-rate, with no average rate (FFmpeg's is the first frames': it read 30 and
+    not VFR)."""
     path = clips / "slows-down.mkv"
     make_numbered_video(path, frame_count=80, fps=30, slow_from=59, audio_s=4.0)
     result = probe_video(path)
     assert result.format.duration_s == pytest.approx(4.0, abs=1 / 30)
     assert result.video.frame_count is None
+    assert (result.video.is_vfr, result.video.avg_fps) == (True, None)
 
 
 def test_piped_matroska_thumbnails_span_the_whole_video(clips: Path, tmp_path: Path) -> None:

@@ -60,7 +60,9 @@ def probe_video(path: Path) -> VideoProbeResult:
         duration_s = container.duration / av.time_base if container.duration else None
         fps = _rate(video.guessed_rate)
         avg_fps = _rate(video.average_rate)
-        frame_count = _frame_count(container, video)
+        frame_count, steady = _frame_count(container, video)
+        if steady is False:  # FFmpeg's average is the first frames' rate: not the stream's
+            avg_fps = None
         codec_context = video.codec_context
         aspect = pixel_aspect(video)
         return VideoProbeResult(
@@ -76,7 +78,7 @@ def probe_video(path: Path) -> VideoProbeResult:
                 height=codec_context.height,
                 fps=fps,
                 avg_fps=avg_fps,
-                is_vfr=bool(fps and avg_fps and abs(fps - avg_fps) > VFR_TOLERANCE * fps),
+                is_vfr=steady is False or bool(fps and avg_fps and abs(fps - avg_fps) > VFR_TOLERANCE * fps),
                 frame_count=frame_count,
                 pix_fmt=codec_context.pix_fmt,
                 rotation=_rotation(first_frame, video.metadata),
@@ -109,34 +111,38 @@ def _decode_first_frame(container: Any, stream: Any) -> Any:
     raise MediaDecodeError("The video stream holds no decodable frame; the file is probably damaged.")
 
 
-def _frame_count(container: Any, stream: Any) -> int | None:
+def _frame_count(container: Any, stream: Any) -> tuple[int | None, bool | None]:
     """The frame count the container states, else the stream's span (`frames.first_timestamp` to
-    `frames.stated_end`) times its average rate when the rate is steady (`_steady_rate`), else None."""
+    `frames.stated_end`) times its average rate when the rate is steady (`_steady_rate`), else None; and
+    whether the rate was found steady (None when not looked at or not told). A rate found unsteady makes
+    the stream variable-rate whatever FFmpeg's average says: in Matroska that average is the first frames'
+    (a clip slowing halfway read 25 fps and not VFR)."""
     if stream.frames:
-        return int(stream.frames)
+        return int(stream.frames), None
     end = stated_end(container, stream)
     if end is None or not stream.average_rate:
-        return None
+        return None, None
     start = first_timestamp(container, stream)
     if end <= start:
-        return None
+        return None, None
     interval = float(1 / (Fraction(stream.average_rate) * Fraction(stream.time_base)))
-    if not _steady_rate(container, stream, start=start, end=end, interval=interval):
-        return None
-    return max(1, round(float((end - start) * stream.time_base * stream.average_rate)))
+    steady = _steady_rate(container, stream, start=start, end=end, interval=interval)
+    if not steady:
+        return None, steady
+    return max(1, round(float((end - start) * stream.time_base * stream.average_rate))), steady
 
 
-def _steady_rate(container: Any, stream: Any, *, start: int, end: int, interval: float) -> bool:
+def _steady_rate(container: Any, stream: Any, *, start: int, end: int, interval: float) -> bool | None:
     """Whether frames are `interval` ticks apart where `RATE_SAMPLES` consecutive packets are read at the
     stream's start, middle and end (seeking to any frame, so nothing is decoded): the median gap of their
-    sorted timestamps (decode order is not display order), within a tick or `VFR_TOLERANCE`. False when
+    sorted timestamps (decode order is not display order), within a tick or `VFR_TOLERANCE`. None when
     the file cannot be sought."""
     tail = round(RATE_SAMPLES * interval)
     for at in (start, (start + end) // 2, max(start, end - tail)):
         try:
             container.seek(at, stream=stream, backward=True, any_frame=True)
         except av.error.FFmpegError:
-            return False
+            return None
         with demuxed(container, stream) as packets:
             stamps = sorted({p.pts for p in islice(packets, RATE_SAMPLES) if p.pts is not None})
         gaps = [b - a for a, b in pairwise(stamps)]
