@@ -1,4 +1,5 @@
-"""A damaged Parquet input fails every table job the same way, `UnsupportedInput`: Parquet is read in
+"""A damaged Parquet input fails every table job the same way, `MediaDecodeError` (API.md: a file of the
+right kind that turns out damaged): Parquet is read in
 place, so the damage surfaces inside the job's own queries, where DuckDB's reader fails with whatever it
 met (a bare `duckdb.Error` "don't know what type", or "ZSTD Decompression failure")."""
 
@@ -14,7 +15,7 @@ from medialens_data.convert import convert_table
 from medialens_data.profile import profile_table
 from medialens_data.query import run_query
 from medialens_shared.contracts import DataConvertParams, DataProfileParams, DataQueryParams
-from medialens_shared.errors import InvalidParams, UnsupportedInput
+from medialens_shared.errors import InvalidParams, MediaDecodeError
 
 
 def write_parquet(path: Path) -> Path:
@@ -48,10 +49,10 @@ JOBS: dict[str, Callable[[Path, Path], object]] = {
 
 
 @pytest.mark.parametrize("job", JOBS)
-def test_a_damaged_parquet_file_is_unsupported_input(damaged: Path, tmp_path: Path, job: str) -> None:
+def test_a_damaged_parquet_file_is_a_decode_error(damaged: Path, tmp_path: Path, job: str) -> None:
     """It was INVALID_PARAMS from a query ("the query failed: don't know what type") and, by the error the
     reader met first, INTERNAL_ERROR or UNSUPPORTED_INPUT from a conversion or a profile."""
-    with pytest.raises(UnsupportedInput, match=r"not a readable parquet table: \S"):
+    with pytest.raises(MediaDecodeError, match=r"the parquet file is damaged: \S"):
         JOBS[job](damaged, tmp_path)
 
 
@@ -60,3 +61,13 @@ def test_a_query_failing_on_an_intact_parquet_file_is_still_the_querys_fault(tmp
     path = write_parquet(tmp_path / "intact.parquet")
     with pytest.raises(InvalidParams, match=r"the query failed: .*Could not convert"):
         query(path, tmp_path, "SELECT CAST(name AS INTEGER) FROM data")
+
+
+def test_a_typo_in_a_query_over_damaged_parquet_is_the_querys_fault_with_no_full_read(
+    damaged: Path, tmp_path: Path
+) -> None:
+    """A misspelt column is the binder's error, which reading cannot raise: it answers INVALID_PARAMS at
+    once, without the full read that tells damage (which counted against the query's time limit, so a
+    typo over a large file failed TIMEOUT)."""
+    with pytest.raises(InvalidParams, match=r"the query failed: .*nmae"):
+        query(damaged, tmp_path, "SELECT nmae FROM data")

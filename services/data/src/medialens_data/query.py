@@ -20,9 +20,9 @@ The sandbox, in the order it is built:
    called without one; the job fails with `TIMEOUT`) or on cancel.
 
 Errors of the query itself (a bad column, a refused file, a failed cast) fail with `INVALID_PARAMS` and
-DuckDB's reason; a damaged input fails with `UNSUPPORTED_INPUT`, as in the other table jobs. The whole
-answer is written once, to zstd Parquet; its first `limit` rows and its row count are read back from that
-file, so the query runs exactly once.
+DuckDB's reason; a damaged Parquet input fails with `MEDIA_DECODE_ERROR`, as in the other table jobs. The
+whole answer is written once, to zstd Parquet; its first `limit` rows and its row count are read back from
+that file, so the query runs exactly once.
 """
 
 from __future__ import annotations
@@ -38,9 +38,9 @@ import duckdb
 from pydantic_core import to_json
 
 from medialens_data.engine import Limits, Report, Watchdog, connect, ident, json_value, literal, lock, reason
-from medialens_data.source import damage, expose, inspect
+from medialens_data.source import damage, expose, inspect, read_fault
 from medialens_shared.contracts import DataQueryParams, QueryColumn
-from medialens_shared.errors import InvalidParams, UnsupportedInput
+from medialens_shared.errors import InvalidParams, MediaDecodeError
 
 #: How long the user's query may run (the input's loading is not counted).
 QUERY_TIME_LIMIT_S = 30.0
@@ -220,8 +220,9 @@ def _answer(
     """Run the query once, writing its whole answer to `out_path`; the answer's columns.
 
     An input read `in_place` (Parquet: the query reads the file itself) is only read now, so a failure may
-    be the file's: then it is read whole (`source.damage`), and if that fails too the job fails
-    `UnsupportedInput`, as the other table jobs do on a damaged file, not `InvalidParams`.
+    be the file's: when the error is one reading may raise (`source.read_fault`), the file is read whole
+    (`source.damage`), and if that fails too the job fails `MediaDecodeError`, as the other table jobs do
+    on a damaged file, not `InvalidParams`; a typo or a cast of the query's own costs no such read.
     """
     try:
         with watch.guard():
@@ -241,8 +242,9 @@ def _answer(
             f"the query needs more memory than this service allows: {reason(exc, path, out_path)}"
         ) from exc
     except duckdb.Error as exc:
-        why = damage(watch, TABLE, path) if in_place else None
+        # A typo or a bad cast is the query's: only what reading may raise sends the file to a full read.
+        why = damage(watch, TABLE, path) if in_place and read_fault(exc) else None
         if why is not None:
-            raise UnsupportedInput(f"not a readable parquet table: {why}") from exc
+            raise MediaDecodeError(f"the parquet file is damaged: {why}") from exc
         raise InvalidParams(f"the query failed: {reason(exc, path, out_path)}") from exc
     return columns

@@ -31,7 +31,7 @@ from typing import Any, Literal
 import duckdb
 
 from medialens_data.engine import Watchdog, count_label, ident, literal, reason
-from medialens_shared.errors import InputNotFound, UnsupportedInput
+from medialens_shared.errors import InputNotFound, MediaDecodeError, PermanentJobError, UnsupportedInput
 from medialens_shared.sniff import TextEncoding, text_encoding
 
 Format = Literal["csv", "parquet", "jsonl"]
@@ -203,21 +203,38 @@ def expose(
 
 def input_failure(
     exc: duckdb.Error, source: Source, name: str, watch: Watchdog, *paths: Path
-) -> UnsupportedInput | None:
+) -> PermanentJobError | None:
     """The job's failure when DuckDB's `exc`, raised while a job read the input exposed as `name` (with no
     SQL of the user's), is the input's fault; None when it is not. Its message names the input and the
     other `paths` by their file names only.
 
     Parquet is read in place, by the job's own queries, and DuckDB's reader fails on a damaged page with
     whatever it met (a bare `duckdb.Error`, "don't know what type"): so for Parquet any error sends the
-    input to `damage`, which tells.
+    input to `damage`, and a file that does not read whole is `MediaDecodeError`, as API.md has a file of
+    the right kind that turns out damaged.
     """
     if isinstance(exc, duckdb.OutOfMemoryException | duckdb.InterruptException):
         return None
-    why = reason(exc, source.path, *paths) if isinstance(exc, READ_ERRORS) else None
-    if source.format == "parquet" and why is None:
-        why = damage(watch, name, source.path)
-    return None if why is None else UnsupportedInput(f"not a readable {source.format} table: {why}")
+    if source.format == "parquet" and (why := damage(watch, name, source.path)) is not None:
+        return MediaDecodeError(f"the parquet file is damaged: {why}")
+    if isinstance(exc, READ_ERRORS):
+        return UnsupportedInput(f"not a readable {source.format} table: {reason(exc, source.path, *paths)}")
+    return None
+
+
+#: What DuckDB raises for what it read, rather than for a query's own mistakes (a binder's unknown
+#: column, a parser's typo, a cast the SQL asked for): only these send a Parquet input to `damage`.
+READER_ERRORS: tuple[type[Exception], ...] = (
+    duckdb.InvalidInputException,
+    duckdb.IOException,
+    duckdb.InternalException,
+)
+
+
+def read_fault(exc: duckdb.Error) -> bool:
+    """Whether `exc` may come from reading the input (see `READER_ERRORS`; a bare `duckdb.Error` is what
+    the Parquet reader raises for a page it cannot parse)."""
+    return isinstance(exc, READER_ERRORS) or type(exc) is duckdb.Error
 
 
 def damage(watch: Watchdog, name: str, path: Path) -> str | None:
