@@ -640,3 +640,51 @@ async def test_the_stacks_relay_dispatches_and_refuses_an_inward_callback(
     assert "non-public address" in item["last_error"]
     assert item["event"] == "job.cancelled"
     assert receiver.requests == []
+
+
+async def test_a_delivery_claimed_again_while_its_first_round_waits_keeps_the_bound_of_tries(
+    settings: Settings,
+) -> None:
+    """The dispatcher's own accounting, with its claims and records stubbed: round A sends X and Y, X is
+    answered (and due again), round B claims X again while A still waits on Y; when Y ends, A must free
+    its own places only. It freed X's too (the places were counted by id), so a third round ran three
+    tries at once with `batch_size` 2."""
+    queue = [["X", "Y"], ["X"], ["P", "Q"]]  # what successive claims return
+    gates: dict[str, asyncio.Event] = {}
+    in_flight = peak = 0
+
+    class Stubbed(Dispatcher):
+        async def _claim(self, *, limit: int) -> tuple[list[Any], dict[str, str]]:
+            ids = queue.pop(0)[:limit] if queue else []
+            return [{"id": i, "tenant_id": "t", "job_id": "j", "attempts": 1} for i in ids], {"t": "s"}
+
+        async def _try(self, client: httpx.AsyncClient, row: Any, secret: str) -> hook_module.Outcome:
+            nonlocal in_flight, peak
+            in_flight += 1
+            peak = max(peak, in_flight)
+            try:
+                await gates.setdefault(row["id"], asyncio.Event()).wait()
+            finally:
+                in_flight -= 1
+            return hook_module.Outcome(webhooks.DeliveryStatus.SUCCEEDED, 200)
+
+        async def _record(self, row: Any, outcome: hook_module.Outcome) -> None:
+            return None
+
+    bounded = settings.model_copy(update={"webhook": settings.webhook.model_copy(update={"batch_size": 2})})
+    dispatcher = Stubbed(settings=bounded, db=None)  # type: ignore[arg-type]
+    dispatcher.kick()  # round A: X and Y
+    await asyncio.sleep(0.1)
+    gates["X"].set()  # X is answered
+    await asyncio.sleep(0.1)
+    gates["X"] = asyncio.Event()  # and hangs when tried again
+    dispatcher.kick()  # round B: X again, in A's freed place
+    await asyncio.sleep(0.1)
+    gates["Y"].set()  # A's slow try ends: A is done
+    await asyncio.sleep(0.1)
+    dispatcher.kick()  # round C: one place is free, not two
+    await asyncio.sleep(0.1)
+    assert peak == 2
+    for gate in gates.values():
+        gate.set()
+    await dispatcher.drain()

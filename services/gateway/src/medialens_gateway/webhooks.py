@@ -41,6 +41,7 @@ import contextlib
 import logging
 import random
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
@@ -118,13 +119,17 @@ class Dispatcher:
         self.settings = settings
         self.db = db
         self._rounds: set[asyncio.Task[int]] = set()
-        #: Ids of the deliveries whose tries are in flight, and places held by claims under way: together
-        #: at most `webhook.batch_size`.
-        self._sending: set[str] = set()
+        #: Tries in flight, and places held by claims under way: together at most `webhook.batch_size`.
+        #: A count, not the deliveries' ids: a delivery answered 5xx can be claimed again by a later round
+        #: while the round that sent it still waits on another, which must not free the later try's place.
+        self._sending = 0
         self._reserved = 0
+        #: Outcomes are recorded one at a time: the relay's session pool is a few connections, shared with
+        #: the reaper and the retention, and a burst of tries ending together must not take them all.
+        self._recording = asyncio.Semaphore(1)
 
     def _free(self) -> int:
-        return self.settings.webhook.batch_size - len(self._sending) - self._reserved
+        return self.settings.webhook.batch_size - self._sending - self._reserved
 
     def kick(self) -> None:
         """Start a round in the background if a try may start, without waiting for the rounds in flight: a
@@ -151,16 +156,22 @@ class Dispatcher:
             claimed, secrets = await self._claim(limit=places)
         finally:
             self._reserved -= places
-        ids = {row["id"] for row in claimed}
-        self._sending |= ids
+        self._sending += len(claimed)
+        unfinished = len(claimed)
+
+        def finished() -> None:  # each try frees its own place as it ends
+            nonlocal unfinished
+            unfinished -= 1
+            self._sending -= 1
+
         try:
             if claimed:
                 async with httpx.AsyncClient(
                     follow_redirects=False, trust_env=False, timeout=self.settings.webhook.timeout_s
                 ) as client:
-                    await asyncio.gather(*(self._deliver(client, row, secrets) for row in claimed))
+                    await asyncio.gather(*(self._deliver(client, row, secrets, finished) for row in claimed))
         finally:
-            self._sending -= ids  # each try frees its own place as it ends; this, those of a round cut short
+            self._sending -= unfinished  # the places of tries a round cut short never started
         return len(claimed)
 
     async def _claim(self, *, limit: int) -> tuple[list[Any], dict[str, str]]:
@@ -234,7 +245,9 @@ class Dispatcher:
             )
         return list(rows), secrets
 
-    async def _deliver(self, client: httpx.AsyncClient, row: Any, secrets: dict[str, str]) -> None:
+    async def _deliver(
+        self, client: httpx.AsyncClient, row: Any, secrets: dict[str, str], finished: Callable[[], None]
+    ) -> None:
         """One try, and its outcome recorded as soon as it ends; whatever goes wrong stays this delivery's."""
         try:
             try:
@@ -246,7 +259,7 @@ class Dispatcher:
         except Exception as exc:  # the database: the claim runs out, and the delivery is tried again
             log.warning("webhook %s: its outcome was not recorded (%s); it is tried again", row["id"], exc)
         finally:
-            self._sending.discard(row["id"])
+            finished()
 
     async def _try(self, client: httpx.AsyncClient, row: Any, secret: str) -> Outcome:
         body = webhooks.body_of(row["payload"])
@@ -328,7 +341,7 @@ class Dispatcher:
             values["delivered_at"] = func.now()
         if outcome.retry_in_s is not None:
             values["next_attempt_at"] = func.now() + timedelta(seconds=outcome.retry_in_s)
-        async with self.db.session() as session:
+        async with self._recording, self.db.session() as session:
             await session.execute(
                 update(wd)
                 .where(
