@@ -110,6 +110,9 @@ async def test_a_job_asked_to_stop_while_its_worker_was_gone_ends_cancelled(
     assert response.json()["data"]["status"] == "running"  # asked to stop at its next checkpoint
     done = await wait_for(api, job.job_id, timeout=30)
     assert (done["status"], done["message"], done["attempts"]) == ("cancelled", "cancelled", 1)
+    async with db.session() as session:
+        row = (await session.execute(select(jobs).where(jobs.c.id == job.job_id))).mappings().one()
+    assert (row["worker"], row["lease_expires_at"]) == (None, None)  # ended as every other end leaves a job
 
 
 async def test_a_job_that_lost_its_worker_too_often_fails(

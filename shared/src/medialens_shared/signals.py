@@ -125,6 +125,16 @@ class JobSignals:
     async def cancel_requested(self, job_id: str) -> bool:
         return bool(await self.redis.exists(self._key(job_id, "cancel")))
 
+    async def cancels_requested(self, job_ids: list[str]) -> set[str]:
+        """Which of `job_ids` a cancel was asked of, in one round trip."""
+        if not job_ids:
+            return set()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.exists(self._key(job_id, "cancel"))
+            found = await pipe.execute()
+        return {job_id for job_id, exists in zip(job_ids, found, strict=True) if exists}
+
 
 async def follow(
     redis: Redis,

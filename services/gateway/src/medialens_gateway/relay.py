@@ -155,6 +155,10 @@ def finished_before(keep_s: float) -> Select[Any]:
     )
 
 
+#: How long the reaper waits for Redis to say which reaped jobs were asked to stop.
+CANCEL_FLAGS_TIMEOUT_S = 1.0
+
+
 class Relay:
     def __init__(self, *, settings: Settings, db: DatabaseManager, broker: RabbitBroker) -> None:
         self.settings = settings
@@ -331,8 +335,10 @@ class Relay:
         )
         announced: list[jobstore.JobRow] = []
         async with self.db.session() as session:
-            for job_id in (await session.scalars(expired)).all():
-                row = await self._reap_one(session, job_id=job_id)
+            job_ids = list((await session.scalars(expired)).all())
+            asked = await self._cancels_asked(job_ids)
+            for job_id in job_ids:
+                row = await self._reap_one(session, job_id=job_id, cancel_asked=job_id in asked)
                 if row is not None:
                     announced.append(row)
             await session.commit()
@@ -343,14 +349,16 @@ class Relay:
                     metrics.job_finished(
                         row["type"], JobStatus.FAILED, error_code=RetriesExhausted.error_code
                     )
+                elif row["status"] == JobStatus.CANCELLED.value:
+                    metrics.job_finished(row["type"], JobStatus.CANCELLED)
                 await jobstore.announce(session, self.signals, row)
         return len(announced)
 
-    async def _reap_one(self, session: Any, *, job_id: str) -> jobstore.JobRow | None:
+    async def _reap_one(self, session: Any, *, job_id: str, cancel_asked: bool) -> jobstore.JobRow | None:
         current = await jobstore.get(session, job_id=job_id)
         if current is None:
             return None
-        if await self._cancel_asked(job_id):
+        if cancel_asked:
             # Asked to stop while its worker was gone: nothing runs to stop, so it ends as asked instead of
             # running again (a rerun quick enough to finish before its first look at the flag succeeded).
             return await jobstore.transition(
@@ -359,6 +367,8 @@ class Relay:
                 from_statuses=[JobStatus.RUNNING],
                 to=JobStatus.CANCELLED,
                 message="cancelled",
+                worker=None,
+                lease_expires_at=None,
             )
         if current["attempts"] >= self.settings.worker.max_attempts:
             error = RetriesExhausted(
@@ -380,13 +390,16 @@ class Relay:
             worker_died=True,
         )
 
-    async def _cancel_asked(self, job_id: str) -> bool:
-        """Whether a cancel of the job was asked; False when Redis does not answer (the reaper goes on)."""
+    async def _cancels_asked(self, job_ids: list[str]) -> set[str]:
+        """Which of the jobs a cancel was asked of: one round trip, bounded by `CANCEL_FLAGS_TIMEOUT_S`
+        (the reap's row locks are held meanwhile), none when Redis does not answer in time (the jobs are
+        requeued as before, and a rerun still hears its cancel)."""
         try:
-            return await self.signals.cancel_requested(job_id)
+            async with asyncio.timeout(CANCEL_FLAGS_TIMEOUT_S):
+                return await self.signals.cancels_requested(job_ids)
         except Exception as exc:
-            log.warning("could not read job %s's cancel flag (%s); requeueing it", job_id, exc)
-            return False
+            log.warning("could not read the cancel flags of %d reaped jobs (%s)", len(job_ids), exc)
+            return set()
 
     async def on_dead_letter(self, body: Any) -> None:
         """A message the broker gave up on: its job fails, unless it already ended."""
