@@ -778,6 +778,25 @@ async def test_an_attempt_that_does_not_succeed_leaves_no_files(
             await store.copy_to(row["storage_id"], tmp_path / "gone")
 
 
+async def test_an_attempt_past_its_time_limit_leaves_no_files(
+    make_runner, new_job, tenant_id: str, db: DatabaseManager
+) -> None:
+    """A job that saved a file and then ran past `job_timeout_s` fails TIMEOUT with its file deleted."""
+    job_id = await new_job()
+    ids: list[str] = []
+
+    async def act(ctx: JobContext) -> None:
+        ids.append(await ctx.save_artifact(b"thumb", filename="t.jpg", content_type="image/jpeg"))
+        await asyncio.sleep(30)
+
+    runner = make_runner({"video.probe": Calls(act)}, job_timeout_s=0.5)
+    assert await deliver(runner, body_of(job_id, tenant_id)) == ["ack"]
+    assert (await row_of(db, job_id))["error_code"] == "TIMEOUT"
+    async with db.session() as session:
+        (row,) = (await session.execute(select(files).where(files.c.id.in_(ids)))).mappings().all()
+    assert row["deleted_at"] is not None
+
+
 async def test_report_from_a_thread_publishes_progress(
     make_runner, new_job, tenant_id: str, signals: JobSignals
 ) -> None:

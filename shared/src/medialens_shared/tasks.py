@@ -613,8 +613,10 @@ class JobRunner:
                 with job_phase("handler", **phase):
                     async with deadline:
                         result = await handler(ctx)
+                # Checked here, so a result that does not fit is an attempt that did not succeed.
+                checked = spec.result.model_validate(result.model_dump())
         except TimeoutError as exc:
-            await self._drop_artifacts(ctx)
+            await asyncio.shield(self._drop_artifacts(ctx))
             if deadline.expired():
                 raise JobTimeout(f"the job ran past its limit of {limit:.0f} s") from exc
             raise
@@ -625,7 +627,7 @@ class JobRunner:
             watcher.cancel()
             if ctx._scratch is not None:
                 await asyncio.to_thread(shutil.rmtree, ctx._scratch, True)
-        return spec.result.model_validate(result.model_dump())
+        return checked
 
     def _use_input(
         self, message: JobMessage, row: jobstore.JobRow
