@@ -70,8 +70,6 @@ def held_by(worker: Any, attempt: Any) -> tuple[ColumnElement[bool], ColumnEleme
 
 #: The error of a composite job's part that does not apply to the input; the other parts still count.
 PART_NOT_APPLICABLE = "UNSUPPORTED_INPUT"
-#: The statuses of a part that a worker has had: its composite job is running (or ended) once one is.
-_WORKED = frozenset({JobStatus.RUNNING, JobStatus.SUCCEEDED, JobStatus.FAILED})
 #: On a job's message: its previous attempt died with its worker (see `medialens_shared.isolation`).
 WORKER_DIED_HEADER = "x-medialens-worker-died"
 
@@ -416,9 +414,9 @@ async def _follow_children(session: AsyncSession, *, parent_id: str) -> None:
     )
     if parent is None or JobStatus(parent["status"]).terminal:
         return
-    query = select(jobs.c.type, jobs.c.status, jobs.c.error_code, jobs.c.error_message).where(
-        jobs.c.parent_id == parent_id
-    )
+    query = select(
+        jobs.c.type, jobs.c.status, jobs.c.error_code, jobs.c.error_message, jobs.c.started_at
+    ).where(jobs.c.parent_id == parent_id)
     order = {name: index for index, name in enumerate(JOB_TYPES[parent["type"]].children)}
     children = sorted(
         (await session.execute(query)).all(), key=lambda child: order.get(child.type, len(order))
@@ -437,9 +435,10 @@ async def _follow_children(session: AsyncSession, *, parent_id: str) -> None:
     ]
     if not failed and not succeeded:
         failed = [child for child in children if child.status == JobStatus.FAILED]
-    worked = any(child.status in _WORKED for child in children)
+    # A worker has had a part (a claim stamps its start): not one failed by a dead letter while queued.
+    worked = any(child.started_at is not None for child in children)
     if len(done) < len(children):
-        if not worked:  # queued, or cancelled before they ran
+        if not worked:  # queued, or ended before any ran
             return
         to = JobStatus.RUNNING
     elif failed:

@@ -8,8 +8,11 @@ import time
 from pathlib import Path
 
 import httpx
+from sqlalchemy import func, update
 
+from medialens_shared.contracts import JobMessage
 from medialens_shared.signals import JobSignals
+from medialens_shared.tables import outbox
 from scripts.samples import make_video
 from tests.fixtures.stack import Stack, result_of, submit, upload, wait_for
 
@@ -124,3 +127,27 @@ async def test_cancelling_its_parts_one_by_one_ends_the_parent_and_tells_its_fol
             assert message is not None, "the parent's followers did not hear its cancel"
     parent = (await api.get(f"/v1/jobs/{job['id']}")).json()["data"]
     assert (parent["status"], parent["message"]) == ("cancelled", "cancelled before it started")
+
+
+async def test_a_part_dead_lettered_while_queued_does_not_start_its_composite_job(
+    stack: Stack, api: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    """A part the broker gave up on before any worker had it fails, and the parent stays queued with no
+    start time: no worker has had a part yet (a failed part counted as one that had run)."""
+    path = tmp_path / "clip.mp4"
+    make_video(path, duration_s=1.0, fps=10, width=96, height=64)
+    file_id = await upload(api, path)
+    async with stack.relay_cut_off():
+        job = await submit(api, "media.analyze", file_id)
+    async with stack.db.session() as session:  # the parts' messages are never published
+        await session.execute(
+            update(outbox).where(outbox.c.job_id.in_(job["children"])).values(sent_at=func.now())
+        )
+        await session.commit()
+    part = (await api.get(f"/v1/jobs/{job['children'][0]}")).json()["data"]
+    await stack.publish_dead(
+        JobMessage(job_id=part["id"], type=part["type"], tenant_id="tenant-a", file_id=file_id)
+    )
+    assert (await wait_for(api, part["id"], timeout=20))["status"] == "failed"
+    parent = (await api.get(f"/v1/jobs/{job['id']}")).json()["data"]
+    assert (parent["status"], parent["started_at"]) == ("queued", None)
