@@ -10,9 +10,11 @@ import shutil
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
+from medialens_data import source
 from medialens_data.convert import convert_table
 from medialens_data.query import run_query
 from medialens_shared.contracts import DataConvertParams, DataQueryParams
@@ -104,4 +106,14 @@ def test_a_damaged_gzip_in_windows_1252_is_unsupported_input(tmp_path: Path) -> 
     damaged[-8] ^= 0xFF  # the CRC-32 of the trailer
     path.write_bytes(bytes(damaged))
     with pytest.raises(UnsupportedInput, match="damaged gzip data"):
+        queried(path, tmp_path)
+
+
+def test_a_copy_past_half_the_free_disk_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The UTF-8 copy of a gzip input is written whole: it stops at half the disk's free space, refusing
+    the input in words, rather than fill the disk the node's other jobs spill to (here the disk is made to
+    report 2 MB free; the text is 3 MB)."""
+    monkeypatch.setattr(source.shutil, "disk_usage", lambda _path: SimpleNamespace(free=2 * 10**6))
+    path = write_table(tmp_path / "big.csv", WINDOWS_1252 * 50_000, "cp1252", pad=0, compress=True)
+    with pytest.raises(UnsupportedInput, match="scratch space its UTF-8 copy may take here"):
         queried(path, tmp_path)

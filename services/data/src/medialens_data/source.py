@@ -23,6 +23,7 @@ import contextlib
 import csv
 import gzip
 import re
+import shutil
 import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -306,6 +307,10 @@ def _copy_as_utf8(source: Source, watch: Watchdog | None) -> Path:
     size = max(source.path.stat().st_size, 1)
     done = 0
     target.parent.mkdir(parents=True, exist_ok=True)
+    # A gzip input is written out whole: a small upload can hold gigabytes of text. Half the disk's free
+    # space at most, so that the copy cannot fill the disk the node's other jobs spill to.
+    budget = shutil.disk_usage(target.parent).free // 2
+    written = 0
     partial = target.with_name(target.name + ".part")
     decoder = codecs.getincrementaldecoder("cp1252")(errors=_UNDEFINED_AS_LATIN1)
     follow = watch.following(lambda: done / size) if watch is not None else contextlib.nullcontext()
@@ -313,7 +318,12 @@ def _copy_as_utf8(source: Source, watch: Watchdog | None) -> Path:
         text = gzip.GzipFile(fileobj=raw, mode="rb") if source.compression == "gzip" else raw
         try:
             while chunk := text.read(_COPY_CHUNK):
-                out.write(decoder.decode(chunk).encode("utf-8"))
+                written += out.write(decoder.decode(chunk).encode("utf-8"))
+                if written > budget:
+                    raise UnsupportedInput(
+                        f"the Windows-1252 text needs more than the {budget:,} bytes of scratch space its "
+                        "UTF-8 copy may take here: give the table in UTF-8"
+                    )
                 done = raw.tell()
                 if watch is not None:
                     watch.checkpoint()
