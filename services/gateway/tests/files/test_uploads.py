@@ -190,6 +190,24 @@ async def test_multipart_filename_star_names_the_file(
     assert response.json()["data"]["filename"] == name
 
 
+async def test_a_part_type_no_header_can_carry_is_stored_as_bytes(fresh_client: httpx.AsyncClient) -> None:
+    """A file part whose Content-Type holds a control character (`text/\x01csv`) is stored as
+    application/octet-stream: sent back as it came, it made every download of the file a 500."""
+    body = (
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="t.csv"\r\n'
+        "Content-Type: text/\x01csv\r\n\r\na,b\n1,2\n"
+        f"\r\n--{BOUNDARY}--\r\n"
+    ).encode()
+    response = await fresh_client.post(
+        "/v1/files", content=body, headers={"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
+    )
+    assert response.status_code == 201, response.text
+    file = response.json()["data"]
+    assert file["content_type"] == "application/octet-stream"
+    download = await fresh_client.get(f"/v1/files/{file['id']}/content")
+    assert (download.status_code, download.content) == (200, b"a,b\n1,2\n")
+
+
 async def test_multipart_without_boundary_is_422(api: httpx.AsyncClient, envelope: EnvelopeCheck) -> None:
     """A multipart Content-Type without a boundary answers 422 naming the file field."""
     response = await api.post("/v1/files", content=b"x", headers={"Content-Type": "multipart/form-data"})

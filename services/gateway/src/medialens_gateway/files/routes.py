@@ -14,6 +14,7 @@ from urllib.parse import quote
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.background import BackgroundTask
 
 from medialens_gateway.deps import AppSettings, CurrentTenant, DbSession, Files
 from medialens_gateway.edge import is_head
@@ -116,7 +117,11 @@ async def get_content(
     if is_head(request.scope):
         await download.close()
         return Response(status_code=status, headers=headers)
-    return StreamingResponse(download.chunks(), status_code=status, headers=headers)
+    # Closed after the body, and also when the body was never started (a client gone before the status
+    # line): `chunks` closes it only when iterated.
+    return StreamingResponse(
+        download.chunks(), status_code=status, headers=headers, background=BackgroundTask(download.close)
+    )
 
 
 def _served(spec: str) -> bool:

@@ -27,6 +27,8 @@ FILE_FIELD = "file"
 #: The name of an upload that has none (or whose name is no file's name, such as `..`).
 NO_NAME = "upload"
 
+#: A media type as RFC 9110 writes one (`type/subtype`, both tokens), safe to send back in a header.
+_MEDIA_TYPE = re.compile(r"[a-z0-9!#$%&'*+.^_`|~-]+/[a-z0-9!#$%&'*+.^_`|~-]+")
 #: A charset's name as RFC 2978 writes one, which is safe to store and to send back in a header.
 _CHARSET = re.compile(r"[a-z0-9!#$%&'+^_`{}~-]{1,40}")
 #: One `; key=value` parameter of a header, its value a quoted string (which may hold `;`) or a token.
@@ -66,7 +68,9 @@ def stored_type(content_type: str | bytes) -> str:
     (lower-cased, `text/csv; charset=windows-1252`), which a text file's bytes cannot be read without;
     other parameters are dropped."""
     mime, options = parse_options_header(content_type)
-    media_type = mime.decode("latin-1") or "application/octet-stream"
+    media_type = mime.decode("latin-1").lower()
+    if not _MEDIA_TYPE.fullmatch(media_type):  # none, or not one a header may carry back (`text/\x01csv`)
+        media_type = "application/octet-stream"
     charset = options.get(b"charset", b"").decode("latin-1").strip().lower()
     return f"{media_type}; charset={charset}" if _CHARSET.fullmatch(charset) else media_type
 
