@@ -154,11 +154,11 @@ async def job_with_callback(hooks: Hooks, file_id: str, url: str, *, tenant: str
     return str(job["id"])
 
 
-async def job_stored_with_callback(hooks: Hooks, url: str) -> str:
+async def job_stored_with_callback(db: DatabaseManager, url: str) -> str:
     """A queued job whose callback_url never met the check at submission (a row stored before the check
-    refused such URLs)."""
+    refused such URLs, or one whose name resolves elsewhere since)."""
     job_id = str(uuid.uuid4())
-    async with hooks.db.session() as session:
+    async with db.session() as session:
         await session.execute(
             jobs.insert().values(
                 id=job_id,
@@ -453,8 +453,8 @@ async def test_a_stored_url_that_cannot_be_sent_fails_only_its_own_delivery(
     """In one round with a good delivery, one whose URL has a control character and one whose host IDNA
     refuses each fail at once, nothing sent; the good one is sent once and succeeds."""
     good = await job_with_callback(hooks, csv_id, receiver.url("/beside-bad"))
-    control = await job_stored_with_callback(hooks, receiver.url("/bad\x01"))
-    idna = await job_stored_with_callback(hooks, f"http://a..b:{receiver.port}/bad")
+    control = await job_stored_with_callback(hooks.db, receiver.url("/bad\x01"))
+    idna = await job_stored_with_callback(hooks.db, f"http://a..b:{receiver.port}/bad")
     for job_id in (good, control, idna):
         await finish(hooks, job_id)
 
@@ -616,19 +616,7 @@ async def test_the_stacks_relay_dispatches_and_refuses_an_inward_callback(
     """The relay's own loop sends deliveries: on the stack (private addresses not allowed), a job whose
     callback points at loopback (stored as if its name changed after submission) ends with its delivery
     failed and nothing sent."""
-    job_id = str(uuid.uuid4())
-    async with db.session() as session:
-        await session.execute(
-            jobs.insert().values(
-                id=job_id,
-                tenant_id="tenant-a",
-                type="data.profile",
-                status="queued",
-                callback_url=receiver.url("/inward", host="localhost"),
-                message="queued",
-            )
-        )
-        await session.commit()
+    job_id = await job_stored_with_callback(db, receiver.url("/inward", host="localhost"))
     assert (await api.post(f"/v1/jobs/{job_id}/cancel")).status_code == 202
     deadline = time.monotonic() + 20
     while True:

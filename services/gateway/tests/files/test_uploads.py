@@ -178,14 +178,7 @@ async def test_multipart_filename_star_names_the_file(
     """A file part's RFC 8187 `filename*` (which RFC 7578 asks senders not to use, yet some do) names the
     file, decoded and preferred to a plain `filename`; one in a charset other than UTF-8 or ISO-8859-1 is
     passed over."""
-    body = (
-        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; {disposition}\r\n'
-        "Content-Type: text/csv\r\n\r\na,b\n1,2\n"
-        f"\r\n--{BOUNDARY}--\r\n"
-    ).encode()
-    response = await fresh_client.post(
-        "/v1/files", content=body, headers={"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
-    )
+    response = await _post_part(fresh_client, disposition=disposition, content_type="text/csv")
     assert response.status_code == 201, response.text
     assert response.json()["data"]["filename"] == name
 
@@ -193,19 +186,24 @@ async def test_multipart_filename_star_names_the_file(
 async def test_a_part_type_no_header_can_carry_is_stored_as_bytes(fresh_client: httpx.AsyncClient) -> None:
     """A file part whose Content-Type holds a control character (`text/\x01csv`) is stored as
     application/octet-stream: sent back as it came, it made every download of the file a 500."""
-    body = (
-        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="t.csv"\r\n'
-        "Content-Type: text/\x01csv\r\n\r\na,b\n1,2\n"
-        f"\r\n--{BOUNDARY}--\r\n"
-    ).encode()
-    response = await fresh_client.post(
-        "/v1/files", content=body, headers={"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
-    )
+    response = await _post_part(fresh_client, disposition='filename="t.csv"', content_type="text/\x01csv")
     assert response.status_code == 201, response.text
     file = response.json()["data"]
     assert file["content_type"] == "application/octet-stream"
     download = await fresh_client.get(f"/v1/files/{file['id']}/content")
     assert (download.status_code, download.content) == (200, b"a,b\n1,2\n")
+
+
+async def _post_part(client: httpx.AsyncClient, *, disposition: str, content_type: str) -> httpx.Response:
+    """An upload of one `file` part with its disposition's `disposition` and its `content_type`, as given."""
+    body = (
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; {disposition}\r\n'
+        f"Content-Type: {content_type}\r\n\r\na,b\n1,2\n"
+        f"\r\n--{BOUNDARY}--\r\n"
+    ).encode()
+    return await client.post(
+        "/v1/files", content=body, headers={"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
+    )
 
 
 async def test_multipart_without_boundary_is_422(api: httpx.AsyncClient, envelope: EnvelopeCheck) -> None:
