@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from medialens_shared.settings import DevSettings, Settings, unknown_variables
+from medialens_shared.settings import DevSettings, Settings, load_settings, unknown_variables
 
 SAFE_PRODUCTION = {
     "environment": "production",
@@ -81,7 +81,9 @@ def test_production_refuses_the_guest_rabbitmq_account() -> None:
 def test_production_refuses_the_default_postgres_url() -> None:
     """In production the development PostgreSQL URL is refused."""
     values = {k: v for k, v in SAFE_PRODUCTION.items() if k != "postgres"}
-    with pytest.raises(ValidationError, match="MEDIALENS_POSTGRES_URL is the development default"):
+    with pytest.raises(
+        ValidationError, match="MEDIALENS_POSTGRES_URL logs in as the superuser without a pass"
+    ):
         Settings(**values)
 
 
@@ -90,7 +92,79 @@ def test_production_defaults_name_both_unsafe_settings() -> None:
     with pytest.raises(ValidationError) as caught:
         Settings(environment="production")
     assert "guest account" in str(caught.value)
-    assert "development default" in str(caught.value)
+    assert "superuser without a password" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("group", "url", "named"),
+    [
+        ("rabbitmq", "amqp://guest@mq:5672/", "MEDIALENS_RABBITMQ_URL"),  # the client fills in guest
+        ("rabbitmq", "amqp://mq:5672/", "MEDIALENS_RABBITMQ_URL"),
+        ("postgres", "postgresql+asyncpg://postgres@localhost:5432/medialens", "MEDIALENS_POSTGRES_URL"),
+        ("postgres", "postgresql+asyncpg://db.internal/medialens", "MEDIALENS_POSTGRES_URL"),
+    ],
+)
+def test_production_refuses_the_defaults_however_they_are_spelt(group: str, url: str, named: str) -> None:
+    """The checks read the URLs, not their text: a guest login the client fills in, or the passwordless
+    superuser on `localhost` rather than `127.0.0.1`, passed them."""
+    with pytest.raises(ValidationError, match=named):
+        Settings(**{**SAFE_PRODUCTION, group: {"url": url}})
+
+
+def test_production_refuses_webhooks_to_private_addresses() -> None:
+    """`callback_allow_private` (the settings table: never in production) is refused there."""
+    with pytest.raises(ValidationError, match="MEDIALENS_GATEWAY_CALLBACK_ALLOW_PRIVATE"):
+        Settings(**SAFE_PRODUCTION, gateway={"callback_allow_private": True})
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "said"),
+    [
+        (
+            "MEDIALENS_POSTGRES_POOL_SIZE",
+            "abc",
+            "MEDIALENS_POSTGRES_POOL_SIZE: Input should be a valid integer",
+        ),
+        (
+            "MEDIALENS_RELAY_SENT_RETENTION_S",
+            "inf",
+            "MEDIALENS_RELAY_SENT_RETENTION_S: Input should be a finite",
+        ),
+        (
+            "MEDIALENS_WORKER_TABLE_MEMORY_LIMIT",
+            "lots",
+            "MEDIALENS_WORKER_TABLE_MEMORY_LIMIT: give a size such as",
+        ),
+        ("MEDIALENS_LOG_LEVEL", "verbose", "MEDIALENS_LOG_LEVEL: give one of DEBUG"),
+    ],
+)
+def test_a_bad_setting_stops_the_process_naming_its_variable(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], variable: str, value: str, said: str
+) -> None:
+    """A bad setting ends the process at once with exit code 2 and one line naming its variable: it was a
+    traceback naming `postgres.pool_size`, or (a memory limit, `inf`, a log level) passed start-up and
+    failed every job or round."""
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(SystemExit) as stopped:
+        load_settings()
+    assert stopped.value.code == 2
+    assert said in capsys.readouterr().err
+
+
+def test_a_refusal_never_prints_a_secret(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """pydantic quotes the input of a model's refusal: the database password and the dev API keys were
+    printed to the log with it."""
+    monkeypatch.setenv("MEDIALENS_ENVIRONMENT", "production")
+    monkeypatch.setenv("MEDIALENS_POSTGRES_URL", "postgresql+asyncpg://app:Pg-S3cret-pw@pg/ml")
+    monkeypatch.setenv("MEDIALENS_DEV_API_KEYS", "acme:k-very-secret-1234")
+    with pytest.raises(SystemExit):
+        load_settings()
+    err = capsys.readouterr().err
+    assert "guest account" in err
+    assert "Pg-S3cret-pw" not in err
+    assert "k-very-secret-1234" not in err
 
 
 def test_production_with_safe_urls_starts() -> None:

@@ -16,7 +16,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy.engine import URL, make_url
 
-from medialens_shared.settings import Settings
+from medialens_shared.settings import load_settings
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ def upgrade(url: str) -> None:
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    settings = Settings()
+    settings = load_settings()
     upgrade(settings.postgres.url.get_secret_value())
     log.info("migrations applied")
 

@@ -19,11 +19,23 @@ half: its outbox rounds). The overflow stays with the sessions. The sum is the s
 
 from __future__ import annotations
 
+import logging
+import re
+import sys
 from collections.abc import Mapping
 from fractions import Fraction
 from typing import Literal, Self
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Environment = Literal["development", "test", "production"]
@@ -41,7 +53,14 @@ BARE_SHARES: dict[str, Fraction] = {"gateway": Fraction(2, 3), "relay": Fraction
 WORKER_BARE_SHARE = Fraction(1, 2)
 
 
-class PostgresSettings(BaseModel):
+class Group(BaseModel):
+    """A group of settings: numbers are finite (`inf` was taken by every float, and `..._SENT_RETENTION_S=inf`
+    stopped the relay's upkeep at its first round)."""
+
+    model_config = ConfigDict(allow_inf_nan=False)
+
+
+class PostgresSettings(Group):
     url: SecretStr = SecretStr("postgresql+asyncpg://postgres@127.0.0.1:5432/medialens")
     #: None: the process's default from POOL_DEFAULTS (gateway 30, relay 2, each service 6); the bare pool
     #: takes its `BARE_SHARES` of it.
@@ -68,7 +87,7 @@ class PostgresSettings(BaseModel):
         return min(int(size * share), size - 1)
 
 
-class MongoSettings(BaseModel):
+class MongoSettings(Group):
     url: SecretStr = SecretStr("mongodb://127.0.0.1:27017")
     database: str = "medialens"
     max_pool_size: int = Field(20, ge=1)
@@ -76,7 +95,7 @@ class MongoSettings(BaseModel):
     timeout_ms: int = Field(5000, ge=100)
 
 
-class RedisSettings(BaseModel):
+class RedisSettings(Group):
     url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
     max_connections: int = Field(32, ge=1)
     socket_timeout: float = Field(5.0, gt=0)
@@ -84,7 +103,7 @@ class RedisSettings(BaseModel):
     prefix: str = "medialens"
 
 
-class RabbitSettings(BaseModel):
+class RabbitSettings(Group):
     url: SecretStr = SecretStr("amqp://guest:guest@127.0.0.1:5672/")
     exchange: str = "medialens.jobs"
     #: Deliveries after which a message that keeps failing goes to the dead-letter queue.
@@ -97,7 +116,7 @@ class RabbitSettings(BaseModel):
     publish_timeout: float = Field(10.0, gt=0)
 
 
-class GatewaySettings(BaseModel):
+class GatewaySettings(Group):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     max_upload_bytes: int = Field(1024**3, ge=1)
@@ -127,7 +146,7 @@ class GatewaySettings(BaseModel):
     key_cache_ttl_s: float = Field(30.0, ge=0)
 
 
-class RelaySettings(BaseModel):
+class RelaySettings(Group):
     batch_size: int = Field(100, ge=1)
     poll_interval_s: float = Field(0.2, gt=0)
     #: Pause after a round that published something (more is likely on its way), instead of the above.
@@ -164,7 +183,7 @@ class RelaySettings(BaseModel):
         return self
 
 
-class WebhookSettings(BaseModel):
+class WebhookSettings(Group):
     #: Tries of a delivery that keeps meeting 408, 429, 5xx or network errors before it is marked failed.
     max_attempts: int = Field(8, ge=1, le=50)
     #: Budget of one try, in seconds: resolving the host, connecting, sending and reading the status.
@@ -181,7 +200,7 @@ class WebhookSettings(BaseModel):
 OPS_PORTS: dict[str, int] = {"video": 8101, "audio": 8102, "data": 8103, "relay": 8104}
 
 
-class WorkerSettings(BaseModel):
+class WorkerSettings(Group):
     #: Port of /health/live, /health/ready and /metrics of a service or the relay (None: its default in
     #: OPS_PORTS; 0: any free port).
     http_port: int | None = Field(None, ge=0, le=65535)
@@ -237,8 +256,20 @@ class WorkerSettings(BaseModel):
     def ops_port(self, process: str) -> int:
         return OPS_PORTS.get(process, 8100) if self.http_port is None else self.http_port
 
+    @field_validator("table_memory_limit")
+    @classmethod
+    def _memory_size(cls, value: str) -> str:
+        # Checked at start: a bad one failed every data job, as INVALID_PARAMS, the client's fault.
+        if not _MEMORY_SIZE.fullmatch(value):
+            raise ValueError("give a size such as 512MB, 2GB or 1.5GiB")
+        return value
 
-class DevSettings(BaseModel):
+
+#: A memory size as DuckDB takes one (`memory_limit`): a number and a unit.
+_MEMORY_SIZE = re.compile(r"\s*\d+(\.\d+)?\s*([KMGT]I?B|B)?\s*", re.IGNORECASE)
+
+
+class DevSettings(Group):
     #: `tenant:key,tenant:key` pairs the gateway ensures exist at start (development and test only).
     api_keys: str = "dev:dev-key"
 
@@ -252,8 +283,16 @@ class DevSettings(BaseModel):
         return pairs
 
 
-class LogSettings(BaseModel):
+class LogSettings(Group):
     level: str = "INFO"
+
+    @field_validator("level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        if value.upper() not in logging.getLevelNamesMapping():
+            raise ValueError("give one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
+        return value.upper()
+
     #: None: JSON lines in production, readable lines elsewhere.
     format: Literal["text", "json"] | None = None
 
@@ -288,10 +327,15 @@ class Settings(BaseSettings):
             self.dev.pairs()  # validates the format early
             return self
         unsafe = []
-        if "guest:guest@" in self.rabbitmq.url.get_secret_value():
-            unsafe.append("MEDIALENS_RABBITMQ_URL uses the guest account")
-        if self.postgres.url == PostgresSettings().url:
-            unsafe.append("MEDIALENS_POSTGRES_URL is the development default")
+        # The AMQP client logs in as guest when the URL names no user (or no password): parsed, not matched.
+        broker = urlsplit(self.rabbitmq.url.get_secret_value())
+        if broker.username in (None, "", "guest") or broker.password in (None, "guest"):
+            unsafe.append("MEDIALENS_RABBITMQ_URL uses the guest account (or names no user and password)")
+        database = urlsplit(self.postgres.url.get_secret_value())
+        if database.username in (None, "", "postgres") and not database.password:
+            unsafe.append("MEDIALENS_POSTGRES_URL logs in as the superuser without a password (the default)")
+        if self.gateway.callback_allow_private:
+            unsafe.append("MEDIALENS_GATEWAY_CALLBACK_ALLOW_PRIVATE lets webhooks reach private addresses")
         if unsafe:
             raise ValueError("unsafe settings for production: " + "; ".join(unsafe))
         return self
@@ -299,6 +343,27 @@ class Settings(BaseSettings):
     @property
     def is_development(self) -> bool:
         return self.environment != "production"
+
+
+def load_settings() -> Settings:
+    """The settings of this process, or its exit (code 2) with one line a bad setting, naming its variable
+    (`MEDIALENS_POSTGRES_POOL_SIZE: ...`), never its value: pydantic's own message quotes the input, which
+    held database passwords and API keys, and named `postgres.pool_size`."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        lines = [
+            f"{_variable(error['loc'])}{error['msg'].removeprefix('Value error, ')}"
+            for error in exc.errors(include_input=False)
+        ]
+        print("bad settings:\n  " + "\n  ".join(lines), file=sys.stderr)  # noqa: T201 - before logging
+        raise SystemExit(2) from None
+
+
+def _variable(loc: tuple[int | str, ...]) -> str:
+    """The variable an error's location names (`MEDIALENS_POSTGRES_POOL_SIZE: `), nothing for the model's."""
+    prefix = Settings.model_config.get("env_prefix", "")
+    return f"{prefix}{'_'.join(str(part) for part in loc).upper()}: " if loc else ""
 
 
 #: Variables of the project's tools rather than of its processes: the test fixtures', `make demo`'s and

@@ -39,7 +39,7 @@ from medialens_shared.logs import configure_logging
 from medialens_shared.memtrim import MemoryTrimmer, frozen_startup_heap
 from medialens_shared.opsserver import ops_app, serving
 from medialens_shared.registry import register_core
-from medialens_shared.settings import Settings
+from medialens_shared.settings import Settings, load_settings
 from medialens_shared.signals import JobSignals
 from medialens_shared.tasks import Handler, JobRunner
 from medialens_shared.telemetry import configure_tracing
@@ -373,7 +373,7 @@ async def until_stopped(work: Coroutine[Any, Any, object], stop: asyncio.Event) 
 
 def serve(service: str, handlers: dict[str, Handler]) -> None:
     """Process entry point: run until SIGTERM or SIGINT."""
-    settings = Settings()
+    settings = load_settings()
     configure_logging(settings, service=service)
     configure_tracing(service)
 

@@ -28,7 +28,7 @@ from medialens_shared import jobstore, outbox
 from medialens_shared.bus import Topology
 from medialens_shared.contracts import JobMessage, JobStatus
 from medialens_shared.db import DatabaseManager
-from medialens_shared.settings import Settings
+from medialens_shared.settings import load_settings
 from medialens_shared.tables import jobs
 
 
@@ -106,7 +106,7 @@ async def main_async(argv: list[str]) -> int:
     if args.command == "requeue" and not (args.all or args.job_ids):
         parser.error("requeue needs job ids or --all")
 
-    settings = Settings()
+    settings = load_settings()
     topology = Topology(settings)
     connection = await aio_pika.connect(settings.rabbitmq.url.get_secret_value())
     db = DatabaseManager(settings, name="deadletters")

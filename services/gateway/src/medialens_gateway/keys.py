@@ -23,7 +23,7 @@ from sqlalchemy.dialects.postgresql import insert
 
 from medialens_gateway.auth import ensure_tenant, hash_key
 from medialens_shared.db import DatabaseManager
-from medialens_shared.settings import Settings
+from medialens_shared.settings import load_settings
 from medialens_shared.tables import api_keys
 
 #: What a tenant id may be: it names the tenant's data everywhere (rows, documents, channels).
@@ -96,7 +96,7 @@ async def main_async(argv: list[str]) -> int:
     gone.add_argument("key_ids", nargs="+", type=int)
     args = parser.parse_args(argv)
 
-    db = DatabaseManager(Settings(), name="keys")  # only PostgreSQL is used (opened on first use)
+    db = DatabaseManager(load_settings(), name="keys")  # only PostgreSQL is used (opened on first use)
     try:
         if args.command == "create":
             key_id, key = await create(db, tenant_id=args.tenant, name=args.name)

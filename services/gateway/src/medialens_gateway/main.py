@@ -29,7 +29,7 @@ from medialens_shared.logs import configure_logging
 from medialens_shared.memtrim import frozen_startup_heap
 from medialens_shared.opsserver import QuietServer
 from medialens_shared.registry import register_core
-from medialens_shared.settings import Settings
+from medialens_shared.settings import Settings, load_settings
 from medialens_shared.signals import JobSignals
 from medialens_shared.telemetry import configure_tracing, instrument_app, tracing_on
 
@@ -86,7 +86,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 def main() -> None:
     """Serve the gateway until SIGTERM or SIGINT, then drain and exit 0."""
-    settings = Settings()
+    settings = load_settings()
     configure_logging(settings, service="gateway")
     configure_tracing("gateway")
     config = uvicorn.Config(

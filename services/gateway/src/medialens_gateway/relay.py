@@ -57,7 +57,7 @@ from medialens_shared.filestore import FileStore
 from medialens_shared.logs import configure_logging
 from medialens_shared.memtrim import frozen_startup_heap
 from medialens_shared.opsserver import ops_app, serving
-from medialens_shared.settings import Settings
+from medialens_shared.settings import Settings, load_settings
 from medialens_shared.signals import JobSignals, follow
 from medialens_shared.tables import files, jobs, webhook_deliveries
 from medialens_shared.tables import outbox as outbox_table
@@ -575,7 +575,7 @@ def _stop_if_failed(task: asyncio.Task[None], stop: asyncio.Event) -> None:
 
 
 def main() -> None:
-    settings = Settings()
+    settings = load_settings()
     configure_logging(settings, service="relay")
     configure_tracing("relay")
 
