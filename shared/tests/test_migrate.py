@@ -17,11 +17,14 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from pydantic import SecretStr
 from sqlalchemy.dialects.postgresql import asyncpg as postgresql_asyncpg
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from medialens_shared import jobstore, migrate
 from medialens_shared.contracts import TERMINAL_STATUSES, JobStatus
+from medialens_shared.db import DatabaseManager
+from medialens_shared.settings import Settings
 from medialens_shared.tables import FINISHED_JOBS, metadata
 from tests.fixtures.servers import drop_database
 
@@ -268,3 +271,41 @@ def test_the_migrations_build_the_schema_the_tables_declare(scratch_db: str) -> 
         return found
 
     assert asyncio.run(differences()) == []
+
+
+def test_a_process_refuses_a_database_behind_this_releases_schema(
+    scratch_db: str, settings: Settings
+) -> None:
+    """A process's start (`initialize_all`) refuses a database never migrated, or at a revision this release
+    migrates past, naming the command to run (processes were ready on an empty database, and answered 500);
+    a revision it does not know, a newer release's, is let pass (a blue-green rollout migrates first)."""
+    url = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{scratch_db}"
+    own = settings.model_copy(
+        update={"postgres": settings.postgres.model_copy(update={"url": SecretStr(url)})}
+    )
+
+    async def start() -> None:
+        manager = DatabaseManager(own, name="schema-check")
+        try:
+            await manager.initialize_all(wait_s=5)
+        finally:
+            await manager.close_all()
+
+    async def set_version(version: str) -> None:
+        conn = await asyncpg.connect(f"postgresql://postgres@127.0.0.1:5432/{scratch_db}")
+        try:
+            await conn.execute("UPDATE alembic_version SET version_num = $1", version)
+        finally:
+            await conn.close()
+
+    asyncio.run(migrate.create_database_if_missing(url))
+    with pytest.raises(migrate.SchemaBehind, match=r"never migrated.*run medialens-migrate"):
+        asyncio.run(start())
+    migrate.upgrade(url)
+    asyncio.run(start())
+    first = "0001"
+    asyncio.run(set_version(first))
+    with pytest.raises(migrate.SchemaBehind, match=f"at {first} and this release needs"):
+        asyncio.run(start())
+    asyncio.run(set_version("a-newer-release"))
+    asyncio.run(start())

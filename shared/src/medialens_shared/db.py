@@ -31,13 +31,13 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy import event, text
 from sqlalchemy.engine import Dialect
-from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry, NullPool, PoolProxiedConnection, QueuePool
 from sqlalchemy.util import greenlet_spawn
 
-from medialens_shared import metrics, telemetry
+from medialens_shared import metrics, migrate, telemetry
 from medialens_shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -177,8 +177,20 @@ class DatabaseManager:
             _retry("mongodb", self.ping_mongodb, wait_s=wait_s),
             _retry("redis", self.ping_redis, wait_s=wait_s),
         )
+        migrate.check_schema(await self.schema_version())
         await self._warm_up()
         log.info("database pools ready for %s", self.name)
+
+    async def schema_version(self) -> str | None:
+        """The database's Alembic revision, None when it was never migrated."""
+        async with self.engine.connect() as conn:
+            try:
+                version = await conn.scalar(text("SELECT version_num FROM alembic_version"))
+            except DBAPIError as exc:
+                if "alembic_version" not in str(exc):
+                    raise
+                return None
+        return None if version is None else str(version)
 
     async def _warm_up(self) -> None:
         """Open a few connections of each pool ahead of the first request, so it pays no connect."""

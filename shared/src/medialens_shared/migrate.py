@@ -14,6 +14,7 @@ from pathlib import Path
 import asyncpg
 from alembic import command
 from alembic.config import Config
+from alembic.script import ScriptDirectory
 from sqlalchemy.engine import URL, make_url
 
 from medialens_shared.settings import load_settings
@@ -68,6 +69,28 @@ def alembic_config(url: str) -> Config:
     config.set_main_option("script_location", str(Path(__file__).with_name("migrations")))
     config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     return config
+
+
+class SchemaBehind(RuntimeError):
+    """The database's schema is older than this release's (or was never made): its processes must not
+    serve on it (every call of a gateway on a database never migrated was a 500, with the process ready)."""
+
+
+def check_schema(version: str | None) -> None:
+    """Refuse a database whose Alembic `version` this release's migrations lead past (or none at all); a
+    version this release does not know is a newer release's (a blue-green rollout migrates first, and a
+    migration keeps the schema working for the release before it), and is let pass with a warning."""
+    script = ScriptDirectory.from_config(alembic_config(""))
+    head = script.get_current_head()
+    if version == head:
+        return
+    known = {revision.revision for revision in script.walk_revisions()}
+    if version is None or version in known:
+        raise SchemaBehind(
+            f"the database's schema is at {version or 'nothing (never migrated)'} and this release needs "
+            f"{head}: run medialens-migrate (with this release's MEDIALENS_POSTGRES_URL)"
+        )
+    log.warning("the database's schema %s is newer than this release's %s; going on", version, head)
 
 
 def upgrade(url: str) -> None:
