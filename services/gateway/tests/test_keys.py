@@ -14,7 +14,7 @@ from sqlalchemy import select
 from medialens_gateway.keys import main_async
 from medialens_gateway.main import create_app
 from medialens_shared.db import DatabaseManager
-from medialens_shared.tables import api_keys
+from medialens_shared.tables import api_keys, tenants
 from tests.fixtures.servers import settings_env
 from tests.fixtures.stack import Stack, api_client
 
@@ -108,3 +108,31 @@ async def test_a_tenant_id_that_could_not_name_its_data_is_refused(
             await main_async(["create", bad])
         assert stopped.value.code == 2
         assert "tenant id" in capsys.readouterr().err
+
+
+async def test_a_tenants_webhook_secret_is_shown_and_rotated(
+    stack: Stack, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`secret` prints the secret the tenant's webhooks are signed with (no command showed it: only psql
+    could), `--rotate` replaces it, and an unknown tenant is an error."""
+    tenant = f"ops-{secrets.token_hex(4)}"
+    await _create(tenant, capsys)
+    assert await main_async(["secret", tenant]) == 0
+    shown = capsys.readouterr().out.strip()
+    async with stack.db.session() as session:
+        stored = await session.scalar(select(tenants.c.webhook_secret).where(tenants.c.id == tenant))
+    assert shown == stored
+    assert await main_async(["secret", tenant, "--rotate"]) == 0
+    rotated = capsys.readouterr().out.strip()
+    assert len(rotated) == 64
+    assert rotated != shown
+    assert await main_async(["secret", "no-such-tenant"]) == 1
+
+
+async def test_a_production_gateway_refuses_a_database_where_development_keys_work(stack: Stack) -> None:
+    """A development stack promoted to production kept its development keys (`dev-key`) working: a
+    production gateway does not start while one of `MEDIALENS_DEV_API_KEYS` is a valid key."""
+    production = stack.settings.model_copy(update={"environment": "production"})
+    with pytest.raises(RuntimeError, match=r"development API keys .* are valid in this database"):
+        async with LifespanManager(create_app(production), startup_timeout=30):
+            pass

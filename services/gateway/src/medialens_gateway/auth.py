@@ -109,6 +109,17 @@ async def ensure_tenant(session: AsyncSession, tenant_id: str, *, name: str | No
     )
 
 
+async def dev_keys_in_use(session: AsyncSession, *, pairs: list[tuple[str, str]]) -> list[str]:
+    """The tenants whose development key of `pairs` (`MEDIALENS_DEV_API_KEYS`, `dev:dev-key` unless set) is
+    a valid key here: a production gateway refuses to start on them (a development stack promoted to
+    production kept `dev-key` working)."""
+    hashes = {hash_key(key): tenant for tenant, key in pairs}
+    query = select(api_keys.c.key_hash).where(
+        api_keys.c.key_hash.in_(hashes), api_keys.c.revoked_at.is_(None)
+    )
+    return sorted({hashes[key_hash] for key_hash in (await session.scalars(query)).all()})
+
+
 async def ensure_keys(session: AsyncSession, *, pairs: list[tuple[str, str]]) -> None:
     """Create the tenants and keys of `pairs` that do not exist yet (idempotent, race-safe)."""
     for tenant_id, key in pairs:

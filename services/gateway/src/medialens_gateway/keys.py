@@ -3,6 +3,7 @@
     medialens-keys create TENANT [--name NAME]   a new key for TENANT (made if new), printed once
     medialens-keys list [TENANT]                 the keys (their ids, never the keys), by tenant
     medialens-keys revoke KEY_ID [KEY_ID ...]    revoke keys; gateways refuse them within 30 s
+    medialens-keys secret TENANT [--rotate]      the tenant's webhook secret (a new one with --rotate)
 
 Outside development (`MEDIALENS_ENVIRONMENT=development` makes `MEDIALENS_DEV_API_KEYS` at the gateway's
 start) this is how keys come to exist. A key is stored only as its SHA-256 (see `medialens_gateway.auth`),
@@ -24,7 +25,7 @@ from sqlalchemy.dialects.postgresql import insert
 from medialens_gateway.auth import ensure_tenant, hash_key
 from medialens_shared.db import DatabaseManager
 from medialens_shared.settings import load_settings
-from medialens_shared.tables import api_keys
+from medialens_shared.tables import api_keys, tenants
 
 #: What a tenant id may be: it names the tenant's data everywhere (rows, documents, channels).
 TENANT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -84,6 +85,23 @@ async def revoke(db: DatabaseManager, *, key_ids: list[int]) -> list[int]:
     return ids
 
 
+async def webhook_secret(db: DatabaseManager, *, tenant_id: str, rotate: bool) -> str | None:
+    """The secret the tenant's webhooks are signed with (a new one first, with `rotate`: deliveries made
+    after it carry the new signature); None when there is no such tenant."""
+    async with db.session() as session:
+        if rotate:
+            secret = await session.scalar(
+                update(tenants)
+                .where(tenants.c.id == tenant_id)
+                .values(webhook_secret=secrets.token_hex(32))
+                .returning(tenants.c.webhook_secret)
+            )
+            await session.commit()
+        else:
+            secret = await session.scalar(select(tenants.c.webhook_secret).where(tenants.c.id == tenant_id))
+    return None if secret is None else str(secret)
+
+
 async def main_async(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="medialens-keys", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -94,6 +112,11 @@ async def main_async(argv: list[str]) -> int:
     shown.add_argument("tenant", nargs="?", type=_tenant_id)
     gone = commands.add_parser("revoke", help="revoke keys by id")
     gone.add_argument("key_ids", nargs="+", type=int)
+    signed = commands.add_parser(
+        "secret", help="the secret the tenant's webhooks are signed with (X-MediaLens-Signature)"
+    )
+    signed.add_argument("tenant", type=_tenant_id)
+    signed.add_argument("--rotate", action="store_true", help="make a new one first (the old one stops)")
     args = parser.parse_args(argv)
 
     db = DatabaseManager(load_settings(), name="keys")  # only PostgreSQL is used (opened on first use)
@@ -106,6 +129,13 @@ async def main_async(argv: list[str]) -> int:
         if args.command == "list":
             lines = await listed(db, tenant_id=args.tenant)
             print("\n".join(lines) if lines else "no keys")
+            return 0
+        if args.command == "secret":
+            secret = await webhook_secret(db, tenant_id=args.tenant, rotate=args.rotate)
+            if secret is None:
+                print(f"no tenant {args.tenant}", file=sys.stderr)
+                return 1
+            print(secret)
             return 0
         revoked = await revoke(db, key_ids=args.key_ids)
         for key_id in revoked:

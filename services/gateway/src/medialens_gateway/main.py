@@ -11,7 +11,7 @@ import uvicorn
 import uvloop
 from fastapi import FastAPI
 
-from medialens_gateway.auth import KeyCache, ensure_keys
+from medialens_gateway.auth import KeyCache, dev_keys_in_use, ensure_keys
 from medialens_gateway.bus import GatewayBus
 from medialens_gateway.deps import GatewayCore
 from medialens_gateway.edge import EdgeMiddleware
@@ -42,9 +42,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         db = DatabaseManager(settings, name="gateway")
         register_core(registry, settings=settings, db=db)
         await db.initialize_all()
-        if settings.is_development:
-            async with db.session() as session:
+        async with db.session() as session:
+            if settings.is_development:
                 await ensure_keys(session, pairs=settings.dev.pairs())
+            elif in_use := await dev_keys_in_use(session, pairs=settings.dev.pairs()):
+                raise RuntimeError(
+                    f"development API keys ({', '.join(in_use)}: MEDIALENS_DEV_API_KEYS) are valid in this "
+                    "database: revoke them (medialens-keys list, medialens-keys revoke) before serving in "
+                    "production"
+                )
         core = GatewayCore(
             db=db,
             signals=svcs.Container(registry).get(JobSignals),  # register_core's, which `Signals` gives too
