@@ -49,6 +49,31 @@ async def test_an_unreachable_redis_is_reported_not_raised(settings: Settings, d
     assert checks["mongodb"].ok is True
 
 
+@pytest.mark.parametrize(
+    ("url", "said"),
+    [
+        ("postgresql+asyncpg://postgres@127.0.0.1:5432/medialens_no_such_db", "does not exist"),
+        ("postgresql+asyncpg://no_such_role@127.0.0.1:5432/postgres", "no_such_role"),
+    ],
+)
+async def test_a_database_or_role_that_does_not_exist_stops_the_start_at_once(
+    settings: Settings, url: str, said: str
+) -> None:
+    """PostgreSQL's refusal of the settings is not a server still starting: it was retried for the whole
+    wait (30 s) and then reported as "did not answer"."""
+    own = settings.model_copy(
+        update={"postgres": settings.postgres.model_copy(update={"url": SecretStr(url)})}
+    )
+    manager = DatabaseManager(own, name="refused")
+    start = time.monotonic()
+    try:
+        with pytest.raises(ConnectionError, match=f"postgres refused this process's settings: .*{said}"):
+            await manager.initialize_all(wait_s=30)
+    finally:
+        await manager.close_all()
+    assert time.monotonic() - start < 10
+
+
 async def test_initialize_all_gives_up_naming_the_server(settings: Settings, database: str) -> None:
     """initialize_all with wait_s=1 against a closed Redis port raises ConnectionError naming redis."""
     manager = DatabaseManager(with_redis_url(settings, "redis://127.0.0.1:1/0"), name="noredis")

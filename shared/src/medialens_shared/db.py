@@ -479,14 +479,27 @@ def _checking_alive(dialect: Dialect) -> Callable[[Any, ConnectionPoolEntry, Poo
     return check
 
 
+#: What PostgreSQL answers for a setting that is wrong, not a server still starting: no waiting helps.
+_REFUSALS: tuple[type[Exception], ...] = (
+    asyncpg.InvalidCatalogNameError,  # no such database
+    asyncpg.InvalidAuthorizationSpecificationError,  # no such role, or pg_hba refuses it
+    asyncpg.InvalidPasswordError,
+)
+
+
 async def _retry(name: str, ping: Callable[[], Awaitable[None]], *, wait_s: float) -> None:
-    """Call `ping` until it succeeds, backing off from 0.2 s to 5 s, for at most `wait_s` seconds."""
+    """Call `ping` until it succeeds, backing off from 0.2 s to 5 s, for at most `wait_s` seconds; at once
+    when the server refused the settings (a database or role that does not exist: it was retried for 30 s
+    and reported as "did not answer")."""
     deadline = time.monotonic() + wait_s
     delay = 0.2
     while True:
         try:
             await ping()
         except Exception as exc:
+            refusal = next((e for e in _chain(exc) if isinstance(e, _REFUSALS)), None)
+            if refusal is not None:
+                raise ConnectionError(f"{name} refused this process's settings: {refusal}") from exc
             if time.monotonic() + delay > deadline:
                 raise ConnectionError(f"{name} did not answer within {wait_s:.0f} s: {exc}") from exc
             log.warning("%s not ready (%s); retrying in %.1f s", name, exc, delay)
@@ -494,3 +507,13 @@ async def _retry(name: str, ping: Callable[[], Awaitable[None]], *, wait_s: floa
             delay = min(delay * 2, 5.0)
         else:
             return
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """`exc` and the exceptions it was raised from (SQLAlchemy wraps asyncpg's)."""
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in chain:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    return chain
