@@ -34,7 +34,7 @@ from medialens_shared.settings import LogSettings, Settings
 from medialens_shared.signals import JobSignals
 from medialens_shared.tables import jobs, outbox, tenants
 from medialens_shared.tasks import Handler, JobContext, JobRunner
-from medialens_shared.worker import EXIT_CONSUMER_LOST, ConsumerWatch, _hand_back, run
+from medialens_shared.worker import EXIT_CONSUMER_LOST, ConsumerWatch, _hand_back, prepare_directories, run
 from tests.fixtures.proxy import TcpProxy
 from tests.fixtures.servers import RABBIT_HOST, settings_env, unreachable
 
@@ -590,3 +590,28 @@ async def test_a_shutdown_without_the_database_still_removes_the_kept_inputs(
         assert not kept.exists()
     finally:
         await db.close_all()
+
+
+def test_the_directories_a_service_writes_are_made_or_refused_at_start(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """A scratch or input cache directory that does not exist is made; one that cannot be is refused at
+    start, naming its variable (every job failed INTERNAL_ERROR, the service ready)."""
+    scratch, cache = tmp_path / "a" / "scratch", tmp_path / "b" / "cache"
+    made = settings.model_copy(
+        update={
+            "worker": settings.worker.model_copy(
+                update={"scratch_dir": str(scratch), "input_cache_dir": str(cache)}
+            )
+        }
+    )
+    prepare_directories(made)
+    assert scratch.is_dir()
+    assert cache.is_dir()
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    refused = settings.model_copy(
+        update={"worker": settings.worker.model_copy(update={"input_cache_dir": str(blocker / "cache")})}
+    )
+    with pytest.raises(RuntimeError, match=r"MEDIALENS_WORKER_INPUT_CACHE_DIR=.* cannot be made"):
+        prepare_directories(refused)

@@ -22,6 +22,7 @@ import signal
 import sys
 import time
 from collections.abc import Coroutine
+from pathlib import Path
 from typing import Any
 
 import aiormq
@@ -135,6 +136,23 @@ class ConsumerWatch:
             await wait_set(stop, every_s if failing_since is None else min(every_s, 1.0))
 
 
+def prepare_directories(settings: Settings) -> None:
+    """Make the scratch and input cache directories the settings name, or stop the start saying which one
+    cannot be written (a missing one failed every job, INTERNAL_ERROR, with the service ready)."""
+    for variable, directory in (
+        ("MEDIALENS_WORKER_SCRATCH_DIR", settings.worker.scratch_dir),
+        ("MEDIALENS_WORKER_INPUT_CACHE_DIR", settings.worker.input_cache_dir),
+    ):
+        if directory is None:
+            continue
+        try:
+            Path(directory).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RuntimeError(f"{variable}={directory} cannot be made: {exc.strerror}") from exc
+        if not os.access(directory, os.W_OK | os.X_OK):
+            raise RuntimeError(f"{variable}={directory} is not writable by this process")
+
+
 async def run(service: str, handlers: dict[str, Handler], *, settings: Settings, stop: asyncio.Event) -> int:
     """Consume `service`'s queue until `stop` is set, then finish or hand back the running job and close.
 
@@ -142,6 +160,7 @@ async def run(service: str, handlers: dict[str, Handler], *, settings: Settings,
     the lease of what is still running (its job goes back to the queue at once), close every pool.
     Returns the process's exit code: 0, or EXIT_CONSUMER_LOST when the consumer watch stopped it.
     """
+    prepare_directories(settings)
     async with svcs.Registry() as registry:
         db = DatabaseManager(settings, name=service)
         register_core(registry, settings=settings, db=db)
