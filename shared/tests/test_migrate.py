@@ -129,6 +129,7 @@ def test_two_migrations_at_once_both_succeed(scratch_db: str) -> None:
 def test_main_reads_the_url_from_the_environment(scratch_db: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """medialens-migrate migrates the database named in MEDIALENS_POSTGRES_URL."""
     monkeypatch.setenv("MEDIALENS_POSTGRES_URL", f"postgresql+asyncpg://postgres@127.0.0.1:5432/{scratch_db}")
+    monkeypatch.setattr(sys, "argv", ["medialens-migrate"])
     migrate.main()
     assert asyncio.run(_tables(scratch_db)) >= TABLES
 
@@ -309,3 +310,48 @@ def test_a_process_refuses_a_database_behind_this_releases_schema(
         asyncio.run(start())
     asyncio.run(set_version("a-newer-release"))
     asyncio.run(start())
+
+
+def test_help_says_what_the_command_does_and_touches_nothing(scratch_db: str) -> None:
+    """`--help` describes the command and exits 0 without migrating (it created and migrated the database),
+    and an argument it does not take is refused (exit 2), as in every entry point that takes none."""
+    env = {
+        **os.environ,
+        "MEDIALENS_POSTGRES_URL": f"postgresql+asyncpg://postgres@127.0.0.1:5432/{scratch_db}",
+    }
+    shown = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; sys.argv[0] = 'medialens-migrate'; "
+            "from medialens_shared.migrate import main; main()",
+            "--help",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert "Apply the database migrations" in shown.stdout
+    assert "MEDIALENS_*" in shown.stdout
+    refused = subprocess.run(
+        [sys.executable, "-c", "from medialens_shared.migrate import main; main()", "--now"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert refused.returncode == 2
+    assert "unrecognized arguments: --now" in refused.stderr
+
+    async def exists() -> bool:
+        conn = await asyncpg.connect(ADMIN)
+        try:
+            return bool(await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", scratch_db))
+        finally:
+            await conn.close()
+
+    assert not asyncio.run(exists())

@@ -101,7 +101,9 @@ def upgrade(url: str) -> None:
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    settings = load_settings()
+    settings = load_settings(
+        "Apply the database migrations to MEDIALENS_POSTGRES_URL, creating its database if missing."
+    )
     upgrade(settings.postgres.url.get_secret_value())
     log.info("migrations applied")
 

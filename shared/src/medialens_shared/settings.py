@@ -19,11 +19,13 @@ half: its outbox rounds). The overflow stays with the sessions. The sum is the s
 
 from __future__ import annotations
 
+import argparse
 import logging
 import re
 import sys
 from collections.abc import Mapping
 from fractions import Fraction
+from pathlib import Path
 from typing import Literal, Self
 from urllib.parse import urlsplit
 
@@ -345,10 +347,21 @@ class Settings(BaseSettings):
         return self.environment != "production"
 
 
-def load_settings() -> Settings:
+def load_settings(description: str | None = None) -> Settings:
     """The settings of this process, or its exit (code 2) with one line a bad setting, naming its variable
     (`MEDIALENS_POSTGRES_POOL_SIZE: ...`), never its value: pydantic's own message quotes the input, which
-    held database passwords and API keys, and named `postgres.pool_size`."""
+    held database passwords and API keys, and named `postgres.pool_size`.
+
+    A process that takes no arguments gives its `description`: its command line is read first, so that
+    `--help` says what it is and how it is configured, and exits, and any other argument is refused
+    (`medialens-migrate --help` migrated a database, `medialens-gateway --help` served).
+    """
+    if description is not None:
+        argparse.ArgumentParser(
+            prog=Path(sys.argv[0]).name,
+            description=f"{description} Configured by MEDIALENS_* environment variables only (README: "
+            "Settings); a bad one stops it with exit code 2.",
+        ).parse_args()
     try:
         return Settings()
     except ValidationError as exc:

@@ -392,7 +392,7 @@ async def until_stopped(work: Coroutine[Any, Any, object], stop: asyncio.Event) 
 
 def serve(service: str, handlers: dict[str, Handler]) -> None:
     """Process entry point: run until SIGTERM or SIGINT."""
-    settings = load_settings()
+    settings = load_settings(f"The MediaLens {service} service: runs its jobs from RabbitMQ.")
     configure_logging(settings, service=service)
     configure_tracing(service)
 

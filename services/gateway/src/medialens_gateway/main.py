@@ -92,7 +92,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 def main() -> None:
     """Serve the gateway until SIGTERM or SIGINT, then drain and exit 0."""
-    settings = load_settings()
+    settings = load_settings("The MediaLens REST gateway, on MEDIALENS_GATEWAY_HOST and _PORT.")
     configure_logging(settings, service="gateway")
     configure_tracing("gateway")
     config = uvicorn.Config(

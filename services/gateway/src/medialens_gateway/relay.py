@@ -575,7 +575,9 @@ def _stop_if_failed(task: asyncio.Task[None], stop: asyncio.Event) -> None:
 
 
 def main() -> None:
-    settings = load_settings()
+    settings = load_settings(
+        "The MediaLens relay: publishes the outbox, requeues the jobs of dead workers, sends webhooks."
+    )
     configure_logging(settings, service="relay")
     configure_tracing("relay")
 
