@@ -40,7 +40,7 @@ from pydantic_core import to_json
 from medialens_data.engine import Limits, Report, Watchdog, connect, ident, json_value, literal, lock, reason
 from medialens_data.source import damage, expose, inspect, read_fault
 from medialens_shared.contracts import DataQueryParams, QueryColumn
-from medialens_shared.errors import InvalidParams, MediaDecodeError
+from medialens_shared.errors import InvalidParams
 
 #: How long the user's query may run (the input's loading is not counted).
 QUERY_TIME_LIMIT_S = 30.0
@@ -243,8 +243,8 @@ def _answer(
         ) from exc
     except duckdb.Error as exc:
         # A typo or a bad cast is the query's: only what reading may raise sends the file to a full read.
-        why = damage(watch, TABLE, path) if in_place and read_fault(exc) else None
-        if why is not None:
-            raise MediaDecodeError(f"the parquet file is damaged: {why}") from exc
+        failure = damage(watch, TABLE, path) if in_place and read_fault(exc) else None
+        if failure is not None:
+            raise failure from exc
         raise InvalidParams(f"the query failed: {reason(exc, path, out_path)}") from exc
     return columns

@@ -104,8 +104,9 @@ class Source:
 def inspect(
     path: Path, *, fmt: Literal["auto", "csv", "parquet", "jsonl"], scratch: Path | None = None
 ) -> Source:
-    """Detect the input's format (when `fmt` is auto) and compression from its first bytes; a CSV in
-    Windows-1252 is copied as UTF-8 into the job's `scratch` directory (without one, it is refused)."""
+    """Detect the input's format (when `fmt` is auto) and compression from its first bytes; a CSV gets the
+    place in the job's `scratch` directory where `expose` copies it as UTF-8 if it turns out to be
+    Windows-1252 (without one, such a CSV is refused)."""
     try:
         size = path.stat().st_size
         with path.open("rb") as handle:
@@ -216,8 +217,8 @@ def input_failure(
     """
     if isinstance(exc, duckdb.OutOfMemoryException | duckdb.InterruptException):
         return None
-    if source.format == "parquet" and (why := damage(watch, name, source.path)) is not None:
-        return MediaDecodeError(f"the parquet file is damaged: {why}")
+    if source.format == "parquet" and (failure := damage(watch, name, source.path)) is not None:
+        return failure
     if isinstance(exc, READ_ERRORS):
         return UnsupportedInput(f"not a readable {source.format} table: {reason(exc, source.path, *paths)}")
     return None
@@ -238,13 +239,14 @@ def read_fault(exc: duckdb.Error) -> bool:
     return isinstance(exc, READER_ERRORS) or type(exc) is duckdb.Error
 
 
-def damage(watch: Watchdog, name: str, path: Path) -> str | None:
-    """Why the table exposed as `name` does not read whole, None when it does: every value is hashed, so
-    every page of every column is decoded (a count would be answered from a Parquet file's metadata)."""
+def damage(watch: Watchdog, name: str, path: Path) -> MediaDecodeError | None:
+    """The failure of a Parquet input exposed as `name` that does not read whole, None when it does: every
+    value is hashed, so every page of every column is decoded (a count would be answered from the file's
+    metadata)."""
     try:
         watch.fetch(f"SELECT bit_xor(hash(COLUMNS(*))) FROM {ident(name)}")  # noqa: S608
     except duckdb.Error as exc:
-        return reason(exc, path)
+        return MediaDecodeError(f"the parquet file is damaged: {reason(exc, path)}")
     return None
 
 
