@@ -262,13 +262,14 @@ class WorkerSettings(Group):
     @classmethod
     def _memory_size(cls, value: str) -> str:
         # Checked at start: a bad one failed every data job, as INVALID_PARAMS, the client's fault.
-        if not _MEMORY_SIZE.fullmatch(value):
+        if not MEMORY_SIZE.fullmatch(value):
             raise ValueError("give a size such as 512MB, 2GB or 1.5GiB")
         return value
 
 
-#: A memory size as DuckDB takes one (`memory_limit`): a number and a unit.
-_MEMORY_SIZE = re.compile(r"\s*\d+(\.\d+)?\s*([KMGT]I?B|B)?\s*", re.IGNORECASE)
+#: A memory size as DuckDB takes one (`memory_limit`): a number (group 1) and a unit (group 2, none for
+#: bytes); the data service reads its limits with it too.
+MEMORY_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]I?B|B)?\s*", re.IGNORECASE)
 
 
 class DevSettings(Group):

@@ -34,6 +34,7 @@ from typing import Any, Literal, NoReturn
 import duckdb
 
 from medialens_shared.errors import InvalidParams, JobCancelled, JobTimeout, UnsupportedInput
+from medialens_shared.settings import MEMORY_SIZE
 
 #: `(fraction 0..1, message)`; may raise `JobCancelled` (as `JobContext.report` does).
 Report = Callable[[float, str], None]
@@ -45,7 +46,6 @@ WATCH_INTERVAL_S = 0.2
 
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
 _UNITS |= {"KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
-_MEMORY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]I?B|B)?\s*$", re.IGNORECASE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +58,7 @@ class Limits:
 
     @property
     def memory_bytes(self) -> int:
-        match = _MEMORY.match(self.memory_limit)
+        match = MEMORY_SIZE.fullmatch(self.memory_limit)
         if match is None:
             raise InvalidParams(f"bad memory limit {self.memory_limit!r}: give e.g. 512MB or 1GB")
         return int(float(match[1]) * _UNITS[(match[2] or "").upper()])
