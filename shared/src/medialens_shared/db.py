@@ -187,7 +187,7 @@ class DatabaseManager:
             try:
                 version = await conn.scalar(text("SELECT version_num FROM alembic_version"))
             except DBAPIError as exc:
-                if "alembic_version" not in str(exc):
+                if not any(isinstance(cause, asyncpg.UndefinedTableError) for cause in causes(exc)):
                     raise
                 return None
         return None if version is None else str(version)
@@ -497,7 +497,7 @@ async def _retry(name: str, ping: Callable[[], Awaitable[None]], *, wait_s: floa
         try:
             await ping()
         except Exception as exc:
-            refusal = next((e for e in _chain(exc) if isinstance(e, _REFUSALS)), None)
+            refusal = next((e for e in causes(exc) if isinstance(e, _REFUSALS)), None)
             if refusal is not None:
                 raise ConnectionError(f"{name} refused this process's settings: {refusal}") from exc
             if time.monotonic() + delay > deadline:
@@ -509,11 +509,12 @@ async def _retry(name: str, ping: Callable[[], Awaitable[None]], *, wait_s: floa
             return
 
 
-def _chain(exc: BaseException) -> list[BaseException]:
-    """`exc` and the exceptions it was raised from (SQLAlchemy wraps asyncpg's)."""
+def causes(exc: BaseException) -> list[BaseException]:
+    """`exc` and what it wraps, outermost first: SQLAlchemy's `orig`, else what it was raised from or
+    during (SQLAlchemy wraps asyncpg's errors, which carry the SQLSTATE and the exact class)."""
     chain: list[BaseException] = []
     current: BaseException | None = exc
     while current is not None and current not in chain:
         chain.append(current)
-        current = current.__cause__ or current.__context__
+        current = getattr(current, "orig", None) or current.__cause__ or current.__context__
     return chain

@@ -24,7 +24,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from medialens_shared.db import POSTGRES_GONE, ConnectionLost
+from medialens_shared.db import POSTGRES_GONE, ConnectionLost, causes
 from medialens_shared.envelope import failure, success
 from medialens_shared.errors import ApiError, MethodNotAllowed, RequestValidationFailed
 
@@ -70,14 +70,7 @@ def unstorable_text(exc: BaseException) -> bool:
     """Whether the failure is PostgreSQL refusing text of the request (a NUL character, `\\u0000`): the
     client's input, a 422, not a bug. Checked on the failure itself, as asyncpg raises it, and on what it
     wraps, as SQLAlchemy raises it."""
-    seen: BaseException | None = exc
-    for _ in range(4):
-        if seen is None:
-            break
-        if getattr(seen, "sqlstate", None) in _UNSTORABLE_TEXT:
-            return True
-        seen = getattr(seen, "orig", None) or seen.__cause__
-    return False
+    return any(getattr(cause, "sqlstate", None) in _UNSTORABLE_TEXT for cause in causes(exc))
 
 
 class EnvelopeResponse(JSONResponse):
