@@ -100,11 +100,16 @@ async def authenticate(db: DatabaseManager, *, key: str | None, cache: KeyCache)
     return tenant
 
 
+def new_webhook_secret() -> str:
+    """A tenant's webhook signing secret: 256 random bits, as hex."""
+    return secrets.token_hex(32)
+
+
 async def ensure_tenant(session: AsyncSession, tenant_id: str, *, name: str | None = None) -> None:
     """Create the tenant `tenant_id` (named `name`, else its id) unless it exists (race-safe)."""
     await session.execute(
         insert(tenants)
-        .values(id=tenant_id, name=name or tenant_id, webhook_secret=secrets.token_hex(32))
+        .values(id=tenant_id, name=name or tenant_id, webhook_secret=new_webhook_secret())
         .on_conflict_do_nothing(index_elements=["id"])
     )
 

@@ -22,7 +22,7 @@ import sys
 from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert
 
-from medialens_gateway.auth import ensure_tenant, hash_key
+from medialens_gateway.auth import ensure_tenant, hash_key, new_webhook_secret
 from medialens_shared.db import DatabaseManager
 from medialens_shared.settings import load_settings
 from medialens_shared.tables import api_keys, tenants
@@ -93,7 +93,7 @@ async def webhook_secret(db: DatabaseManager, *, tenant_id: str, rotate: bool) -
             secret = await session.scalar(
                 update(tenants)
                 .where(tenants.c.id == tenant_id)
-                .values(webhook_secret=secrets.token_hex(32))
+                .values(webhook_secret=new_webhook_secret())
                 .returning(tenants.c.webhook_secret)
             )
             await session.commit()
