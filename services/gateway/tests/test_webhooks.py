@@ -572,7 +572,8 @@ async def test_a_retry_waits_as_long_as_retry_after_asks_up_to_the_cap(
     hooks: Hooks, receiver: Receiver, csv_id: str
 ) -> None:
     """A 429 or 503 with Retry-After (seconds or an HTTP-date) is tried again no sooner than it asks, and
-    no later than the backoff's cap; an unreadable one leaves the backoff alone."""
+    no later than the backoff's cap (one of 400 digits read as at most a year, not "inf s"); an unreadable
+    one leaves the backoff alone."""
     patient = hooks.settings.webhook.model_copy(update={"backoff_base_s": 1.0, "backoff_cap_s": 600.0})
     settings = hooks.settings.model_copy(update={"webhook": patient})
     in_300_s = format_datetime(datetime.now(UTC) + timedelta(seconds=300), usegmt=True)
@@ -581,6 +582,7 @@ async def test_a_retry_waits_as_long_as_retry_after_asks_up_to_the_cap(
         "/after-date": (503, {"Retry-After": in_300_s}),
         "/after-3600": (429, {"Retry-After": "3600"}),
         "/after-junk": (503, {"Retry-After": "soon"}),
+        "/after-ever": (429, {"Retry-After": "9" * 400}),
     }
     job_ids = {}
     for path, answer in answers.items():
@@ -600,6 +602,9 @@ async def test_a_retry_waits_as_long_as_retry_after_asks_up_to_the_cap(
         assert 290 <= waits["/after-date"] <= 301, waits
         assert 595 <= waits["/after-3600"] <= 600, waits
         assert 0 <= waits["/after-junk"] <= 1, waits
+        assert 595 <= waits["/after-ever"] <= 600, waits
+        [forever] = await deliveries_of(hooks, job_ids["/after-ever"])
+        assert forever["last_error"] == "HTTP 429 (Retry-After: 31536000 s)", forever
     finally:  # out of the way of the later tests' rounds
         async with hooks.db.session() as session:
             await session.execute(

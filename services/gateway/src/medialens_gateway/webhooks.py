@@ -50,7 +50,7 @@ from typing import Any
 import httpx
 from sqlalchemy import Select, String, case, cast, func, literal, or_, select, update
 
-from medialens_gateway.jobs.callbacks import BadCallbackURL, is_public, parse_callback_url
+from medialens_gateway.jobs.callbacks import BadCallbackURL, addresses_of, is_public, parse_callback_url
 from medialens_shared import webhooks
 from medialens_shared.db import DatabaseManager
 from medialens_shared.settings import Settings
@@ -97,14 +97,19 @@ def backoff_s(attempts: int, *, base_s: float, cap_s: float) -> float:
     return random.uniform(ceiling / 2, ceiling)  # noqa: S311 - jitter, not secrecy
 
 
+#: The longest wait a `Retry-After` is read as (a year): the wait itself is capped by the backoff's cap, but
+#: a header of 400 digits read as a float was infinite, and the delivery's `last_error` said "inf s".
+RETRY_AFTER_MAX_S = 365 * 86400.0
+
+
 def retry_after_s(value: str | None) -> float | None:
-    """Seconds a `Retry-After` header asks to wait, given as seconds or as an HTTP-date; None when there is
-    none or it cannot be read (the backoff alone then decides)."""
+    """Seconds a `Retry-After` header asks to wait, given as seconds or as an HTTP-date, at most
+    `RETRY_AFTER_MAX_S`; None when there is none or it cannot be read (the backoff alone then decides)."""
     value = (value or "").strip()
     if not value:
         return None
     if value.isascii() and value.isdigit():
-        return float(value)
+        return min(float(value), RETRY_AFTER_MAX_S)
     try:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError):
@@ -311,9 +316,7 @@ class Dispatcher:
         except BadCallbackURL as exc:  # stored before submission refused such URLs: no try will do better
             raise Refused(str(exc)) from exc
         host = original.raw_host.decode("ascii")  # IDNA applied: what Host, SNI and the resolver all get
-        port = original.port or (443 if original.scheme == "https" else 80)
-        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        addresses = list(dict.fromkeys(str(sockaddr[0]) for *_, sockaddr in infos))
+        addresses = await addresses_of(original)
         if not addresses:
             raise socket.gaierror(f"{host} resolved to no address")
         if not self.settings.gateway.callback_allow_private:

@@ -66,6 +66,16 @@ def parse_callback_url(url: str, *, allow_http: bool) -> httpx.URL:
     return parsed
 
 
+async def addresses_of(url: httpx.URL) -> list[str]:
+    """The distinct addresses `url`'s host resolves to (for its port, or its scheme's), in the resolver's
+    order; the one resolution of a callback host, at submission and at delivery."""
+    port = url.port or (443 if url.scheme == "https" else 80)
+    infos = await asyncio.get_running_loop().getaddrinfo(
+        url.raw_host.decode("ascii"), port, type=socket.SOCK_STREAM
+    )
+    return list(dict.fromkeys(str(sockaddr[0]) for *_, sockaddr in infos))
+
+
 async def check_callback_url(url: str, *, allow_http: bool, allow_private: bool) -> None:
     try:
         parsed = parse_callback_url(url, allow_http=allow_http)
@@ -75,18 +85,15 @@ async def check_callback_url(url: str, *, allow_http: bool, allow_private: bool)
         return
     host = parsed.raw_host.decode("ascii")
     try:
-        loop = asyncio.get_running_loop()
         async with asyncio.timeout(RESOLVE_TIMEOUT_S):  # a slow resolver must not hold the submission
-            port = parsed.port or (443 if parsed.scheme == "https" else 80)
-            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            addresses = await addresses_of(parsed)
     except (socket.gaierror, UnicodeError) as exc:  # UnicodeError: a name IDNA refuses, e.g. "a..b"
         raise _refuse(f"callback_url's host {host!r} does not resolve.") from exc
     except TimeoutError as exc:
         message = f"callback_url's host {host!r} did not resolve within {RESOLVE_TIMEOUT_S:g} s."
         raise _refuse(message) from exc
-    for *_, sockaddr in infos:
-        if not is_public(str(sockaddr[0])):
-            raise _refuse(
-                f"callback_url's host {host!r} is or resolves to a non-public address; "
-                "webhooks are only sent to public addresses."
-            )
+    if not all(is_public(address) for address in addresses):
+        raise _refuse(
+            f"callback_url's host {host!r} is or resolves to a non-public address; "
+            "webhooks are only sent to public addresses."
+        )
