@@ -21,6 +21,7 @@ from sqlalchemy import (
     any_,
     bindparam,
     func,
+    literal,
     select,
     update,
 )
@@ -29,7 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import Grouping
 
 from medialens_shared import outbox, webhooks
-from medialens_shared.contracts import JOB_TYPES, TERMINAL_STATUSES, JobMessage, JobStatus
+from medialens_shared.contracts import JOB_TYPES, PART_ORDER, TERMINAL_STATUSES, JobMessage, JobStatus
 from medialens_shared.envelope import iso
 from medialens_shared.errors import MediaLensError
 from medialens_shared.signals import JobSignals
@@ -118,10 +119,21 @@ async def get(session: AsyncSession, *, job_id: str) -> JobRow | None:
     return (await session.execute(select(jobs).where(jobs.c.id == job_id))).mappings().one_or_none()
 
 
+#: Where a part's type comes in its composite's list of parts (`contracts.PART_ORDER`), as SQL over a table
+#: aliased `part`: joined into statements as a constant (job type names, no input reaches it).
+PART_POSITION_SQL = (
+    "array_position(ARRAY[" + ", ".join(f"'{name}'" for name in PART_ORDER) + "]::text[], part.type)"
+)
+
+
 async def children_of(session: AsyncSession, *, job_id: str) -> list[str]:
-    # The parts of one submission share their created_at (one transaction): the id breaks the tie, so that
-    # every answer lists them in the same order.
-    query = select(jobs.c.id).where(jobs.c.parent_id == job_id).order_by(jobs.c.created_at, jobs.c.id)
+    """A composite job's parts' ids in its list's order: the parts of one submission share their created_at
+    (one transaction), and were listed by their random ids before."""
+    part = jobs.alias("part")
+    position = func.array_position(literal(list(PART_ORDER), ARRAY(Text)), part.c.type)
+    query = (
+        select(part.c.id).where(part.c.parent_id == job_id).order_by(part.c.created_at, position, part.c.id)
+    )
     return list((await session.scalars(query)).all())
 
 

@@ -16,13 +16,15 @@ from medialens_shared.tables import outbox
 from scripts.samples import make_video
 from tests.fixtures.stack import Stack, result_of, submit, upload, wait_for
 
-PARTS = {"video.probe", "video.scenes", "video.quality", "audio.loudness", "audio.silence"}
+#: As the catalogue lists them: the order of `children` (the parts were listed by their random ids before).
+PARTS = ("video.probe", "video.scenes", "video.quality", "audio.loudness", "audio.silence")
 
 
 async def test_media_analyze_runs_every_part_and_gathers_their_results(
     stack: Stack, api: httpx.AsyncClient, tmp_path: Path
 ) -> None:
-    """The parent lists one child per part, succeeds once they all have, and its result holds each part's."""
+    """The parent lists one child per part in the catalogue's order (in the job and in the job list), succeeds
+    once they all have, and its result holds each part's."""
     path = tmp_path / "clip.mp4"
     make_video(path, duration_s=3.0, fps=25, width=160, height=120, with_audio=True, cuts_s=[1.0, 2.0])
     job = await submit(api, "media.analyze", await upload(api, path))
@@ -33,7 +35,7 @@ async def test_media_analyze_runs_every_part_and_gathers_their_results(
     assert done["status"] == "succeeded", done
     assert done["progress"] == 1.0
     children = [await wait_for(api, child) for child in done["children"]]
-    assert {child["type"] for child in children} == PARTS
+    assert tuple(child["type"] for child in children) == PARTS
     assert all(child["parent_id"] == job["id"] and child["status"] == "succeeded" for child in children)
     result = await result_of(api, job["id"])
     assert result["type"] == "media.analyze"

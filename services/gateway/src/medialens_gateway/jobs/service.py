@@ -339,10 +339,11 @@ async def read(db: DatabaseManager, signals: JobSignals, *, tenant_id: str, job_
     return jobstore.job_view(row, children=row["children"], live=live)
 
 
-#: A job's parts' ids, in `jobstore.children_of`'s order (oldest first, the id breaking ties): one spelling
-#: for the job and the job list, joined into their statements as a constant (no input reaches it).
-_PARTS = """ARRAY(SELECT part.id FROM jobs AS part WHERE part.parent_id = jobs.id
-                  ORDER BY part.created_at, part.id)"""
+#: A job's parts' ids, in `jobstore.children_of`'s order (oldest first, then as its type lists its parts):
+#: one spelling for the job and the job list, joined into their statements as a constant (no input reaches
+#: it).
+_PARTS = f"""ARRAY(SELECT part.id FROM jobs AS part WHERE part.parent_id = jobs.id
+                  ORDER BY part.created_at, {jobstore.PART_POSITION_SQL}, part.id)"""  # noqa: S608
 
 _JOB_WITH_PARTS = (
     "SELECT jobs.*, " + _PARTS + " AS children FROM jobs WHERE jobs.id = $1 AND jobs.tenant_id = $2"  # noqa: S608
