@@ -797,6 +797,95 @@ async def test_an_attempt_past_its_time_limit_leaves_no_files(
     assert row["deleted_at"] is not None
 
 
+async def file_states(db: DatabaseManager, store: FileStore, ids: list[str], tmp_path: Path) -> list[str]:
+    """Each file's state, in `ids`'s order: "kept" (its row live, its bytes readable) or "deleted" (its row
+    marked, its bytes gone); anything between fails the test."""
+    async with db.session() as session:
+        rows = {
+            r["id"]: r for r in (await session.execute(select(files).where(files.c.id.in_(ids)))).mappings()
+        }
+    states = []
+    for file_id in ids:
+        row = rows[file_id]
+        try:
+            await store.copy_to(row["storage_id"], tmp_path / "probe")
+            readable = True
+        except InputNotFound:
+            readable = False
+        assert readable is (row["deleted_at"] is None), row
+        states.append("kept" if readable else "deleted")
+    return states
+
+
+async def test_a_rerun_deletes_the_files_of_an_attempt_whose_worker_died(
+    make_runner, new_job, tenant_id: str, db: DatabaseManager, store: FileStore, tmp_path: Path
+) -> None:
+    """The files saved by an attempt whose worker died (no result names them) are deleted when the job runs
+    again; the rerun's own stay. They stayed until the job's retention, beside the rerun's (a thumbnails
+    job killed twice kept three sets)."""
+    job_id = await new_job(attempts=1, message="requeued: its worker's lease expired")
+    runner = make_runner({})
+    earlier = [
+        (
+            await runner.save_artifact(
+                b"old", tenant_id=tenant_id, job_id=job_id, filename=name, content_type="image/jpeg"
+            )
+        )[0]
+        for name in ("t0.jpg", "t1.jpg")
+    ]
+    other_job = await new_job()
+    elsewhere, _ = await runner.save_artifact(
+        b"other", tenant_id=tenant_id, job_id=other_job, filename="o.jpg", content_type="image/jpeg"
+    )
+    ids: list[str] = []
+
+    async def act(ctx: JobContext) -> None:
+        ids.append(await ctx.save_artifact(b"new", filename="t0.jpg", content_type="image/jpeg"))
+
+    runner = make_runner({"video.probe": Calls(act)})
+    assert await deliver(runner, body_of(job_id, tenant_id)) == ["ack"]
+    assert (await row_of(db, job_id))["status"] == "succeeded"
+    states = await file_states(db, store, [*earlier, *ids, elsewhere], tmp_path)
+    assert states == ["deleted", "deleted", "kept", "kept"]
+
+
+async def test_a_rerun_that_finds_the_result_stored_keeps_the_files_it_names(
+    make_runner, new_job, tenant_id: str, db: DatabaseManager, store: FileStore, tmp_path: Path
+) -> None:
+    """An attempt that stored its result and died: the rerun finishes the job and keeps its files, which the
+    result names."""
+    job_id = await new_job(attempts=1, message="requeued: its worker's lease expired")
+    runner = make_runner({"video.probe": Calls()})
+    thumb, _ = await runner.save_artifact(
+        b"thumb", tenant_id=tenant_id, job_id=job_id, filename="t.jpg", content_type="image/jpeg"
+    )
+    stored = {"_id": job_id, "tenant_id": tenant_id, "type": "video.probe", "thumbnail_file_id": thumb}
+    await db.collection("results").insert_one(stored | {RESULT_WRITES: 1})
+    assert await deliver(runner, body_of(job_id, tenant_id)) == ["ack"]
+    assert (await row_of(db, job_id))["status"] == "succeeded"
+    assert await file_states(db, store, [thumb], tmp_path) == ["kept"]
+
+
+async def test_a_success_that_finds_its_job_taken_deletes_its_files(
+    make_runner, new_job, tenant_id: str, db: DatabaseManager, store: FileStore, tmp_path: Path
+) -> None:
+    """An attempt that succeeded after its job was given to another worker stores no result, so no result
+    names the files it saved: they are deleted (they stayed until the job's retention)."""
+    job_id = await new_job()
+    ids: list[str] = []
+
+    async def act(ctx: JobContext) -> None:
+        ids.append(await ctx.save_artifact(b"thumb", filename="t.jpg", content_type="image/jpeg"))
+        async with db.session() as session:
+            await session.execute(update(jobs).where(jobs.c.id == job_id).values(worker="video-newowner"))
+            await session.commit()
+
+    runner = make_runner({"video.probe": Calls(act)}, lease_s=60)
+    assert await deliver(runner, body_of(job_id, tenant_id)) == ["ack"]
+    assert (await row_of(db, job_id))["worker"] == "video-newowner"
+    assert await file_states(db, store, ids, tmp_path) == ["deleted"]
+
+
 async def test_report_from_a_thread_publishes_progress(
     make_runner, new_job, tenant_id: str, signals: JobSignals
 ) -> None:

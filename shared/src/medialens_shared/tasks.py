@@ -48,7 +48,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -454,12 +454,16 @@ class JobRunner:
             if handler is None:
                 raise InvalidParams(f"the {self.service} service does not run {message.type} jobs")
             result: tuple[JobMessage, BaseModel] | None = None
+            made: list[tuple[str, str]] = []
             if row["attempts"] > 1 and await self._stored_before(message.job_id):
                 # An earlier attempt stored the result and died before it could say so: the job is done,
                 # and running it again would be a second effect.
                 jlog.info("job %s: an earlier attempt stored its result; finishing it", message.job_id)
             else:
-                result = (message, await self._run(handler, message, row, jlog, isolated=isolated))
+                if row["attempts"] > 1:
+                    await self._drop_earlier_files(message.job_id, jlog)
+                checked = await self._run(handler, message, row, jlog, isolated=isolated, made=made)
+                result = (message, checked)
             await self._finish(
                 row,
                 JobStatus.SUCCEEDED,
@@ -467,6 +471,7 @@ class JobRunner:
                 progress=SUCCESS_VALUES["progress"],
                 jlog=jlog,
                 result=result,
+                made=made,
             )
         except JobCancelled:
             progress = await self._progress_so_far(message.job_id)
@@ -577,7 +582,10 @@ class JobRunner:
         jlog: logging.LoggerAdapter[logging.Logger],
         *,
         isolated: bool,
+        made: list[tuple[str, str]],
     ) -> BaseModel:
+        """Run the handler; its checked result. `made` gathers the files the attempt saves (file id, storage
+        id), which it deletes itself if it does not succeed, and `_finish` if its success comes too late."""
         spec = JOB_TYPES[message.type]
         try:
             params = spec.params.model_validate(message.params)
@@ -594,6 +602,7 @@ class JobRunner:
             _runner=self,
             _row=row,
             isolated=isolated,
+            _artifacts=made,
         )
         with untraced():  # the heartbeat's Redis and MongoDB calls every 0.5 s would swamp the trace
             watcher = asyncio.create_task(self._watch(ctx))
@@ -616,12 +625,12 @@ class JobRunner:
                 # Checked here, so a result that does not fit is an attempt that did not succeed.
                 checked = spec.result.model_validate(result.model_dump())
         except TimeoutError as exc:
-            await asyncio.shield(self._drop_artifacts(ctx))
+            await asyncio.shield(self._drop_files(made, job_id=ctx.job_id, jlog=jlog, whose="its attempt"))
             if deadline.expired():
                 raise JobTimeout(f"the job ran past its limit of {limit:.0f} s") from exc
             raise
         except BaseException:
-            await asyncio.shield(self._drop_artifacts(ctx))
+            await asyncio.shield(self._drop_files(made, job_id=ctx.job_id, jlog=jlog, whose="its attempt"))
             raise
         finally:
             watcher.cancel()
@@ -677,23 +686,51 @@ class JobRunner:
             await session.commit()
         return file_id, stored.storage_id
 
-    async def _drop_artifacts(self, ctx: JobContext) -> None:
-        """Delete what an attempt that did not succeed saved, as `DELETE /v1/files` does (the row marked,
-        the bytes dropped; the relay's retention removes the rows). Best effort: a failure here must not
-        change how the job ends, and what it leaves is what was left before."""
-        if not ctx._artifacts:
+    async def _drop_files(
+        self,
+        made: Sequence[tuple[str, str]],
+        *,
+        job_id: str,
+        jlog: logging.LoggerAdapter[logging.Logger],
+        whose: str,
+    ) -> None:
+        """Delete files (file id, storage id) a job's attempt saved that no result of the job will name, as
+        `DELETE /v1/files` does (the row marked, the bytes dropped; the relay's retention removes the rows).
+        Best effort: a failure here must not change how the job ends, and what it leaves is what was left
+        before."""
+        if not made:
             return
-        ids = [file_id for file_id, _ in ctx._artifacts]
+        ids = [file_id for file_id, _ in made]
         try:
             async with self.db.session() as session:
                 await session.execute(update(files).where(files.c.id.in_(ids)).values(deleted_at=func.now()))
                 await session.commit()
-            for _, storage_id in ctx._artifacts:
+            for _, storage_id in made:
                 await self.store.delete(storage_id)
         except Exception as exc:  # the job's own outcome stands
-            ctx.log.warning("job %s: %d files it saved were not deleted (%s)", ctx.job_id, len(ids), exc)
+            jlog.warning("job %s: %d files %s saved were not deleted (%s)", job_id, len(ids), whose, exc)
         else:
-            ctx.log.info("job %s: deleted the %d files its attempt saved", ctx.job_id, len(ids))
+            jlog.info("job %s: deleted the %d files %s saved", job_id, len(ids), whose)
+
+    async def _drop_earlier_files(self, job_id: str, jlog: logging.LoggerAdapter[logging.Logger]) -> None:
+        """Before a rerun: delete the files the job's earlier attempts saved. An attempt that failed or went
+        back to retry deleted its own; one whose worker died could not, and no result will name its files
+        (the rerun saves its own; a stored result was looked for first). Best effort, as `_drop_files`."""
+        try:
+            async with self.db.session() as session:
+                left = (
+                    await session.execute(
+                        select(files.c.id, files.c.storage_id).where(
+                            files.c.job_id == job_id, files.c.deleted_at.is_(None)
+                        )
+                    )
+                ).all()
+        except Exception as exc:  # the rerun goes on; the files stay until the job's retention
+            jlog.warning("job %s: the files of its earlier attempts were not looked for (%s)", job_id, exc)
+            return
+        await self._drop_files(
+            [(row.id, row.storage_id) for row in left], job_id=job_id, jlog=jlog, whose="its earlier attempts"
+        )
 
     async def _watch(self, ctx: JobContext) -> None:
         """While the job runs: extend its lease (its heartbeat), and mirror a cancel into the context.
@@ -785,6 +822,7 @@ class JobRunner:
         progress: float | None = None,
         result: tuple[JobMessage, BaseModel] | None = None,
         dead: JobMessage | None = None,
+        made: Sequence[tuple[str, str]] = (),
     ) -> None:
         """End the job in `status` if it is still running under this worker, and store its `result` (None:
         stored by an earlier attempt) in the same go; `dead` goes to the dead letters with the change.
@@ -864,7 +902,9 @@ class JobRunner:
         if done is None:
             # Its lease ran out while it ran and the job went to another worker (or it was ended): storing a
             # result too would be a second effect of one job.
+            # The files its result named are named by no result: the job's outcome is its new owner's.
             jlog.warning("job %s was taken from this worker while it ran; leaving it be", row["id"])
+            await self._drop_files(made, job_id=row["id"], jlog=jlog, whose="this attempt")
             return
         metrics.job_finished(row["type"], status, error_code=values.get("error_code"))
         jlog.info("job %s %s", row["id"], status.value, extra={"error_code": values.get("error_code")})
