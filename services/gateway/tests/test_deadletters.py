@@ -1,9 +1,11 @@
 """The operator's dead-letter command against the real broker: it lists the letters and requeues the
-chosen ones as new jobs, leaving the others in the queue."""
+chosen ones as new jobs, leaving the others in the queue; an id with no letter, or a queue not declared
+yet, is said in a line (not passed over, nor a traceback)."""
 
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 from pathlib import Path
 
@@ -111,3 +113,52 @@ async def test_requeue_removes_the_letter_of_a_job_that_no_longer_exists(
     while await _dead_count(stack) != before - 1:
         assert time.monotonic() < deadline
         await asyncio.sleep(0.1)
+
+
+async def test_requeue_names_the_ids_with_no_letter_and_requeues_the_others(
+    stack: Stack, db: DatabaseManager, dead_job: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An id with no letter in the queue (a typo) is named on stderr with exit 1, where it passed for done
+    (exit 0); the id beside it that has one is requeued all the same."""
+    job_id = dead_job
+    before = await _dead_count(stack)
+    assert await main_async(["requeue", "no-such-job"]) == 1
+    alone = capsys.readouterr()
+    assert alone.err.strip() == "no dead letter for job(s): no-such-job"
+    assert alone.out == ""
+    assert await _dead_count(stack) == before
+    assert await main_async(["requeue", "no-such-job", job_id]) == 1
+    mixed = capsys.readouterr()
+    assert f"requeued {job_id} as new job" in mixed.out
+    assert mixed.err.strip() == "no dead letter for job(s): no-such-job"
+    async with db.session() as session:
+        made = await session.scalar(select(jobs.c.id).where(jobs.c.labels["requeued_from"].astext == job_id))
+    assert made is not None
+    deadline = time.monotonic() + 5
+    while await _dead_count(stack) != before - 1:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.1)
+
+
+async def test_a_dead_letter_queue_not_declared_yet_is_said_in_one_line(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """On a broker where nothing declared the queue yet (no relay or service has started), `list` says so
+    in one line and lists nothing with exit 0, and `requeue` names its ids as not found (exit 1), where
+    both ended in the broker's NOT_FOUND traceback; neither declares the queue."""
+    for key, value in settings_env(stack.settings).items():
+        monkeypatch.setenv(key, value)
+    exchange = f"medialens-undeclared-{secrets.token_hex(4)}"
+    monkeypatch.setenv("MEDIALENS_RABBITMQ_EXCHANGE", exchange)
+    said = f"no dead-letter queue {exchange}.dead yet: nothing has been dead-lettered"
+    assert await main_async(["list"]) == 0
+    listed = capsys.readouterr()
+    (line,) = listed.out.strip().splitlines()
+    assert line.startswith(said)
+    assert listed.err == ""
+    assert await main_async(["requeue", "some-job"]) == 1
+    requeued = capsys.readouterr()
+    assert requeued.out.startswith(said)
+    assert requeued.err.strip() == "no dead letter for job(s): some-job"
+    assert await main_async(["list"]) == 0  # still not there: the command only looks
+    assert capsys.readouterr().out.startswith(said)

@@ -1,12 +1,17 @@
 """The operator's key command against the real database and gateway: a key it creates opens the API for
-its tenant alone, a revoked one does not, and the keys themselves are never stored or listed."""
+its tenant alone, a revoked one does not, and the keys themselves are never stored or listed; a database
+it cannot use is one line and exit 3, not a traceback."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
+import socket
 import time
+from collections.abc import AsyncIterator, Iterator
 
+import asyncpg
 import pytest
 from asgi_lifespan import LifespanManager
 from sqlalchemy import select
@@ -15,7 +20,7 @@ from medialens_gateway.keys import main_async
 from medialens_gateway.main import create_app
 from medialens_shared.db import DatabaseManager
 from medialens_shared.tables import api_keys, tenants
-from tests.fixtures.servers import settings_env
+from tests.fixtures.servers import POSTGRES_ADMIN, SERVERS, drop_database, settings_env
 from tests.fixtures.stack import Stack, api_client
 
 
@@ -24,6 +29,37 @@ def command_env(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
     """The command's environment pointing at this run's servers, as an operator's would."""
     for key, value in settings_env(stack.settings).items():
         monkeypatch.setenv(key, value)
+
+
+@pytest.fixture(autouse=True)
+def restore_root_logging() -> Iterator[None]:
+    """The command sets up the process's logging (to the test's captured stderr): put the root's back."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+@pytest.fixture
+async def unmigrated_database() -> AsyncIterator[str]:
+    """The URL of a database that exists but was never migrated; dropped afterwards."""
+    name = f"medialens_test_unmigrated_{secrets.token_hex(4)}"
+    conn = await asyncpg.connect(POSTGRES_ADMIN)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    try:
+        yield f"postgresql+asyncpg://{SERVERS.postgres}/{name}"
+    finally:
+        await drop_database(name)
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 async def _create(tenant: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
@@ -56,8 +92,8 @@ async def test_a_created_key_opens_the_api_for_its_tenant_alone(
 
 
 async def test_a_revoked_key_is_refused(stack: Stack, capsys: pytest.CaptureFixture[str]) -> None:
-    """`revoke` makes the key refused (401 in the envelope) and listed as revoked; revoking it again, or
-    an id that does not exist, is an error (exit 1)."""
+    """`revoke` makes the key refused (401 in the envelope) and listed as revoked; an id that does not
+    exist is an error (exit 1), the known ones beside it revoked all the same."""
     tenant = f"ops-{secrets.token_hex(4)}"
     key_id, key = await _create(tenant, capsys)
     assert await main_async(["revoke", str(key_id)]) == 0
@@ -70,6 +106,62 @@ async def test_a_revoked_key_is_refused(stack: Stack, capsys: pytest.CaptureFixt
     assert "revoked" in capsys.readouterr().out
     assert await main_async(["revoke", str(key_id), "999999999"]) == 1
     assert "999999999" in capsys.readouterr().err
+
+
+async def test_revoking_a_key_again_says_when_it_was_revoked_and_succeeds(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A revocation run again (a retried script, a second operator) is not an error: the key is said to be
+    revoked already, with when, and the exit is 0; only an unknown id stays an error."""
+    key_id, _ = await _create(f"ops-{secrets.token_hex(4)}", capsys)
+    assert await main_async(["revoke", str(key_id)]) == 0
+    capsys.readouterr()
+    assert await main_async(["revoke", str(key_id)]) == 0
+    again = capsys.readouterr()
+    assert f"key {key_id} already revoked (at 20" in again.out
+    assert again.err == ""
+    assert await main_async(["revoke", str(key_id), "999999999"]) == 1
+    mixed = capsys.readouterr()
+    assert f"key {key_id} already revoked" in mixed.out
+    assert mixed.err.strip() == "no such key: 999999999"
+
+
+async def test_an_unreachable_database_is_one_line_and_exit_3(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With nothing listening at MEDIALENS_POSTGRES_URL the command says where it could not reach and what
+    to check, in one line (it ended in a traceback), and exits 3."""
+    port = _closed_port()
+    monkeypatch.setenv("MEDIALENS_POSTGRES_URL", f"postgresql+asyncpg://postgres@127.0.0.1:{port}/medialens")
+    assert await main_async(["list"]) == 3
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"medialens-keys: PostgreSQL at 127.0.0.1:{port}/medialens cannot be reached (")
+    assert "MEDIALENS_POSTGRES_URL" in line
+
+
+async def test_a_database_never_migrated_is_one_line_naming_medialens_migrate(
+    unmigrated_database: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A database that exists without the schema stops every command before it writes, in one line saying
+    to run medialens-migrate (a traceback of an undefined table), with exit 3."""
+    monkeypatch.setenv("MEDIALENS_POSTGRES_URL", unmigrated_database)
+    for command in (["list"], ["create", "acme"], ["revoke", "1"]):
+        assert await main_async(command) == 3
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert "never migrated" in line
+        assert "run medialens-migrate" in line
+
+
+async def test_a_variable_that_names_no_setting_is_warned_of(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A misspelt MEDIALENS_* variable is named in a warning, as at every service's start: the command
+    otherwise ran with that setting's default without a word."""
+    monkeypatch.setenv("MEDIALENS_POSTGRES_CONECT_TIMEOUT", "30")
+    assert await main_async(["list", "no-such-tenant"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.strip() == "no keys"
+    assert "MEDIALENS_POSTGRES_CONECT_TIMEOUT names no setting" in captured.err
 
 
 async def test_a_key_revoked_after_its_use_is_refused_once_the_key_cache_forgets_it(

@@ -8,6 +8,13 @@ A dead letter's job has already failed (RETRIES_EXHAUSTED, or MEDIA_DECODE_ERROR
 its decoder): a terminal job never changes again, so "requeue" submits a copy of it (same tenant, type,
 input, params and labels, plus the label `requeued_from=<old id>`) through the outbox, and removes the
 letter from the queue. Letters are read with basic.get and put back untouched unless they are requeued.
+A job id with no letter in the queue (a typo, or requeued before) is named on stderr; the others are
+requeued all the same. Before anything was dead-lettered the queue may not exist yet (the relay and the
+services declare it at their start): `list` then says so and lists nothing. Exit codes:
+
+    0  done
+    1  some job ids had no letter in the queue (the others were requeued)
+    2  a bad command line or a bad setting
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import aio_pika
+import aiormq
 from aio_pika.abc import AbstractIncomingMessage
 from pydantic import ValidationError
 
@@ -30,6 +38,9 @@ from medialens_shared.contracts import JobMessage, JobStatus
 from medialens_shared.db import DatabaseManager
 from medialens_shared.settings import load_settings
 from medialens_shared.tables import jobs
+
+#: The exit code when some job ids had no letter in the queue (2 stays argparse's and the settings').
+EXIT_NOT_FOUND = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,9 +68,13 @@ def _letter(message: AbstractIncomingMessage) -> DeadLetter:
     )
 
 
-async def read_letters(channel: aio_pika.abc.AbstractChannel, queue_name: str) -> list[DeadLetter]:
-    """Every letter in the queue, fetched and held unacked (so each is read once)."""
-    queue = await channel.declare_queue(queue_name, passive=True)
+async def read_letters(channel: aio_pika.abc.AbstractChannel, queue_name: str) -> list[DeadLetter] | None:
+    """Every letter in the queue, fetched and held unacked (so each is read once); None when there is no
+    such queue yet (the broker's NOT_FOUND, which closes the channel, ended the command in a traceback)."""
+    try:
+        queue = await channel.declare_queue(queue_name, passive=True)
+    except aiormq.exceptions.ChannelNotFoundEntity:
+        return None
     letters = []
     while (message := await queue.get(no_ack=False, fail=False)) is not None:
         letters.append(_letter(message))
@@ -96,7 +111,12 @@ async def requeue(db: DatabaseManager, letter: DeadLetter) -> str | None:
 
 
 async def main_async(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="medialens-deadletters", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="medialens-deadletters",
+        description=__doc__.splitlines()[0],
+        epilog="exit codes:\n" + __doc__.split("Exit codes:\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("list", help="list the dead letters")
     again = commands.add_parser("requeue", help="run dead-lettered jobs again, as new jobs")
@@ -107,40 +127,66 @@ async def main_async(argv: list[str]) -> int:
         parser.error("requeue needs job ids or --all")
 
     settings = load_settings()
-    topology = Topology(settings)
+    queue_name = Topology(settings).dead.name
     connection = await aio_pika.connect(settings.rabbitmq.url.get_secret_value())
     db = DatabaseManager(settings, name="deadletters")
     try:
-        channel = await connection.channel()
-        letters = await read_letters(channel, topology.dead.name)
+        letters = await read_letters(await connection.channel(), queue_name)
+        if letters is None:
+            print(
+                f"no dead-letter queue {queue_name} yet: nothing has been dead-lettered "
+                "(the relay or a service declares it at start)"
+            )
         if args.command == "list":
-            print(f"{len(letters)} dead letter(s) in {topology.dead.name}")
-            for letter in letters:
-                job = letter.job
-                print(
-                    f"{job.job_id if job else '?':36}  {job.type if job else '(unreadable)':16}  "
-                    f"{letter.reason:14}  deaths={letter.deaths}  from={letter.queue}"
-                )
-                await letter.message.nack(requeue=True)
+            if letters is not None:
+                await list_letters(letters, queue_name=queue_name)
             return 0
-        await db.initialize_all(wait_s=10)
-        wanted = set(args.job_ids)
-        for letter in letters:
-            if letter.job is None or not (args.all or letter.job.job_id in wanted):
-                await letter.message.nack(requeue=True)
-                continue
-            new_id = await requeue(db, letter)
-            await letter.message.ack()
-            if new_id is None:
-                # Its job was deleted with its retention: nothing to run again, and kept, the letter could
-                # never leave the queue.
-                print(f"job {letter.job.job_id} no longer exists (past its retention): its letter removed")
-                continue
-            print(f"requeued {letter.job.job_id} as new job {new_id}")
-        return 0
+        return await requeue_letters(db, letters or [], job_ids=args.job_ids, every=args.all)
     finally:
         await connection.close()
         await db.close_all()
+
+
+async def list_letters(letters: list[DeadLetter], *, queue_name: str) -> None:
+    """Print the letters and put each back in the queue."""
+    print(f"{len(letters)} dead letter(s) in {queue_name}")
+    for letter in letters:
+        job = letter.job
+        print(
+            f"{job.job_id if job else '?':36}  {job.type if job else '(unreadable)':16}  "
+            f"{letter.reason:14}  deaths={letter.deaths}  from={letter.queue}"
+        )
+        await letter.message.nack(requeue=True)
+
+
+async def requeue_letters(
+    db: DatabaseManager, letters: list[DeadLetter], *, job_ids: list[str], every: bool
+) -> int:
+    """Requeue the letters of `job_ids` (all with `every`) and put the others back; EXIT_NOT_FOUND, after
+    naming them, when some ids had no letter (a silent 0 read as done for a mistyped id)."""
+    wanted = set(job_ids)
+    chosen: list[tuple[DeadLetter, JobMessage]] = []
+    for letter in letters:
+        if letter.job is not None and (every or letter.job.job_id in wanted):
+            chosen.append((letter, letter.job))
+        else:
+            await letter.message.nack(requeue=True)
+    if chosen:
+        await db.initialize_all(wait_s=10)
+    for letter, job in chosen:
+        new_id = await requeue(db, letter)
+        await letter.message.ack()
+        if new_id is None:
+            # Its job was deleted with its retention: nothing to run again, and kept, the letter could
+            # never leave the queue.
+            print(f"job {job.job_id} no longer exists (past its retention): its letter removed")
+            continue
+        print(f"requeued {job.job_id} as new job {new_id}")
+    found = {job.job_id for _, job in chosen}
+    if missing := [job_id for job_id in dict.fromkeys(job_ids) if job_id not in found]:
+        print(f"no dead letter for job(s): {', '.join(missing)}", file=sys.stderr)
+        return EXIT_NOT_FOUND
+    return 0
 
 
 def main() -> None:

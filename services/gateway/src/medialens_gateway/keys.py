@@ -9,26 +9,47 @@ Outside development (`MEDIALENS_ENVIRONMENT=development` makes `MEDIALENS_DEV_AP
 start) this is how keys come to exist. A key is stored only as its SHA-256 (see `medialens_gateway.auth`),
 so a lost key cannot be shown again: create another and revoke the old one. A revoked key still works for
 up to `MEDIALENS_GATEWAY_KEY_CACHE_TTL_S` (30 s) in a gateway that verified it just before (its `KeyCache`).
+Revoking a key revoked before says when it was and succeeds, so a revocation can be run again safely.
+
+It reads the same MEDIALENS_* settings as the services (only PostgreSQL is used) and warns, as they do, of a
+variable that names no setting. Exit codes:
+
+    0  done (revoking a key revoked before included)
+    1  no such key (revoke) or tenant (secret)
+    2  a bad command line or a bad setting
+    3  the database cannot be used: PostgreSQL unreachable or refusing MEDIALENS_POSTGRES_URL, or its schema
+       not this release's (run medialens-migrate); one line says which
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import re
 import secrets
 import sys
+from dataclasses import dataclass
+from datetime import datetime
 
+import asyncpg
 from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.exc import SQLAlchemyError
 
 from medialens_gateway.auth import ensure_tenant, hash_key, new_webhook_secret
-from medialens_shared.db import DatabaseManager
+from medialens_shared import migrate
+from medialens_shared.db import DatabaseManager, causes
+from medialens_shared.logs import configure_logging
 from medialens_shared.settings import load_settings
 from medialens_shared.tables import api_keys, tenants
 
 #: What a tenant id may be: it names the tenant's data everywhere (rows, documents, channels).
 TENANT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+#: Exit codes besides 0 and argparse's (and the settings') 2: see the module's docstring.
+EXIT_NOT_FOUND = 1
+EXIT_NO_DATABASE = 3
 
 
 def new_key() -> str:
@@ -71,8 +92,17 @@ async def listed(db: DatabaseManager, *, tenant_id: str | None) -> list[str]:
     ]
 
 
-async def revoke(db: DatabaseManager, *, key_ids: list[int]) -> list[int]:
-    """Revoke the keys of `key_ids` not revoked yet; the ids revoked now."""
+@dataclass(frozen=True, slots=True)
+class Revoked:
+    """The known keys of a revocation: those it revoked, and those revoked before it (with when)."""
+
+    now: list[int]
+    before: dict[int, datetime]
+
+
+async def revoke(db: DatabaseManager, *, key_ids: list[int]) -> Revoked:
+    """Revoke the keys of `key_ids` not revoked yet. Those revoked before come back apart from unknown ids:
+    both were one "not revoked" error, so a revocation run again failed like a mistyped id."""
     async with db.session() as session:
         revoked = await session.scalars(
             update(api_keys)
@@ -80,9 +110,15 @@ async def revoke(db: DatabaseManager, *, key_ids: list[int]) -> list[int]:
             .values(revoked_at=func.now())
             .returning(api_keys.c.id)
         )
-        ids = sorted(revoked.all())
+        now = sorted(revoked.all())
+        earlier = await session.execute(
+            select(api_keys.c.id, api_keys.c.revoked_at).where(
+                api_keys.c.id.in_(key_ids), api_keys.c.revoked_at.is_not(None)
+            )
+        )
+        before = {key_id: at for key_id, at in earlier.all() if key_id not in now}
         await session.commit()
-    return ids
+    return Revoked(now=now, before=before)
 
 
 async def webhook_secret(db: DatabaseManager, *, tenant_id: str, rotate: bool) -> str | None:
@@ -102,8 +138,42 @@ async def webhook_secret(db: DatabaseManager, *, tenant_id: str, rotate: bool) -
     return None if secret is None else str(secret)
 
 
+async def database_problem(db: DatabaseManager) -> str | None:
+    """Why the command cannot use the database, in one line saying what to do; None when it can.
+
+    Checked before any command, as the services check at their start (`migrate.check_schema`): the first
+    query of an unreachable or never-migrated database otherwise ended the command in a traceback.
+    """
+    try:
+        version = await db.schema_version()
+    except (OSError, SQLAlchemyError) as exc:
+        return _unreachable(db, exc)
+    try:
+        migrate.check_schema(version)
+    except migrate.SchemaBehind as exc:
+        return str(exc)
+    return None
+
+
+def _unreachable(db: DatabaseManager, exc: Exception) -> str:
+    url = db.engine.url  # its host, port and database: never its password
+    where = f"PostgreSQL at {url.host}:{url.port or 5432}/{url.database}"
+    innermost = causes(exc)[-1]  # asyncpg's error or the socket's, without SQLAlchemy's wrapping
+    cause = str(innermost) or type(innermost).__name__  # a connect timeout's message is empty
+    if isinstance(innermost, asyncpg.InvalidCatalogNameError):
+        return f"{where}: {cause}: run medialens-migrate (it makes it) or correct MEDIALENS_POSTGRES_URL"
+    if isinstance(innermost, asyncpg.PostgresError):
+        return f"{where} refused: {cause}: check MEDIALENS_POSTGRES_URL"
+    return f"{where} cannot be reached ({cause}): is it running, and is MEDIALENS_POSTGRES_URL right?"
+
+
 async def main_async(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="medialens-keys", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="medialens-keys",
+        description=__doc__.splitlines()[0],
+        epilog="exit codes:\n" + __doc__.split("Exit codes:\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     made = commands.add_parser("create", help="a new key for a tenant (the tenant made if new)")
     made.add_argument("tenant", type=_tenant_id)
@@ -119,8 +189,16 @@ async def main_async(argv: list[str]) -> int:
     signed.add_argument("--rotate", action="store_true", help="make a new one first (the old one stops)")
     args = parser.parse_args(argv)
 
-    db = DatabaseManager(load_settings(), name="keys")  # only PostgreSQL is used (opened on first use)
+    settings = load_settings()
+    configure_logging(settings, service="keys")
+    if settings.log.level == "INFO":
+        # The command's output is its own lines: the pools' INFO lines ("closed") came between them.
+        logging.getLogger().setLevel(logging.WARNING)
+    db = DatabaseManager(settings, name="keys")  # only PostgreSQL is used (opened on first use)
     try:
+        if problem := await database_problem(db):
+            print(f"medialens-keys: {problem}", file=sys.stderr)
+            return EXIT_NO_DATABASE
         if args.command == "create":
             key_id, key = await create(db, tenant_id=args.tenant, name=args.name)
             print(f"key {key_id} for tenant {args.tenant} (shown this once; send it as X-API-Key):")
@@ -134,22 +212,25 @@ async def main_async(argv: list[str]) -> int:
             secret = await webhook_secret(db, tenant_id=args.tenant, rotate=args.rotate)
             if secret is None:
                 print(f"no tenant {args.tenant}", file=sys.stderr)
-                return 1
+                return EXIT_NOT_FOUND
             print(secret)
             return 0
-        revoked = await revoke(db, key_ids=args.key_ids)
-        for key_id in revoked:
-            print(f"revoked key {key_id}")
-        missing = sorted(set(args.key_ids) - set(revoked))
-        if missing:
-            print(
-                f"not revoked (no such key, or revoked before): {', '.join(map(str, missing))}",
-                file=sys.stderr,
-            )
-            return 1
-        return 0
+        return await _revoke_command(db, key_ids=args.key_ids)
     finally:
         await db.close_all()
+
+
+async def _revoke_command(db: DatabaseManager, *, key_ids: list[int]) -> int:
+    revoked = await revoke(db, key_ids=key_ids)
+    for key_id in revoked.now:
+        print(f"revoked key {key_id}")
+    for key_id, at in sorted(revoked.before.items()):
+        print(f"key {key_id} already revoked (at {at:%Y-%m-%d %H:%M:%S %Z})")
+    unknown = sorted(set(key_ids) - set(revoked.now) - set(revoked.before))
+    if unknown:
+        print(f"no such key: {', '.join(map(str, unknown))}", file=sys.stderr)
+        return EXIT_NOT_FOUND
+    return 0
 
 
 def main() -> None:
