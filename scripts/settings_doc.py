@@ -28,7 +28,11 @@ _GATEWAY_POOL, _RELAY_POOL = POOL_DEFAULTS["gateway"], POOL_DEFAULTS["relay"]
 DESCRIPTIONS: dict[str, str] = {
     "MEDIALENS_ENVIRONMENT": "`production` refuses development defaults (guest broker account, default "
     "database URL) and skips the dev API keys.",
-    "MEDIALENS_POSTGRES_URL": "SQLAlchemy URL of the PostgreSQL database (asyncpg driver).",
+    "MEDIALENS_POSTGRES_URL": "URL of the PostgreSQL database, read with SQLAlchemy's asyncpg driver: "
+    "`postgresql+asyncpg://`, or `postgresql://` / `postgres://` as providers give them. TLS: `?ssl=` or "
+    "libpq's `?sslmode=` (`disable`, `allow`, `prefer`, `require`, `verify-ca`, `verify-full`; the CA file "
+    "in `PGSSLROOTCERT`). Another scheme or driver, or a query parameter asyncpg does not take, stops the "
+    "start.",
     "MEDIALENS_POSTGRES_POOL_SIZE": "Connections each process keeps open, its sessions' pool and its bare "
     f"statements' pool together; unset: gateway {_GATEWAY_POOL[0]}, relay {_RELAY_POOL[0]}, each service "
     f"{WORKER_POOL_DEFAULT[0]} (see Sizing the PostgreSQL pools).",
@@ -38,18 +42,19 @@ DESCRIPTIONS: dict[str, str] = {
     "MEDIALENS_POSTGRES_POOL_RECYCLE": "Seconds after which a connection is replaced (-1: never).",
     "MEDIALENS_POSTGRES_POOL_PRE_PING": "Check a connection before handing it out.",
     "MEDIALENS_POSTGRES_CONNECT_TIMEOUT": "Seconds to wait for a new connection.",
-    "MEDIALENS_MONGODB_URL": "MongoDB URL (GridFS uploads and results); in development a local nx-27017 "
-    "server when nothing answers on 27017.",
+    "MEDIALENS_MONGODB_URL": "MongoDB URL, `mongodb://` or `mongodb+srv://` (GridFS uploads and results); in "
+    "development a local nx-27017 server when nothing answers on 27017.",
     "MEDIALENS_MONGODB_DATABASE": "MongoDB database name.",
     "MEDIALENS_MONGODB_MAX_POOL_SIZE": "Most connections each process opens to MongoDB.",
     "MEDIALENS_MONGODB_MIN_POOL_SIZE": "Connections each process keeps open to MongoDB.",
     "MEDIALENS_MONGODB_TIMEOUT_MS": "Server selection and connect timeout, in milliseconds.",
-    "MEDIALENS_REDIS_URL": "Redis URL (progress, job events, cancellation).",
+    "MEDIALENS_REDIS_URL": "Redis URL, `redis://`, `rediss://` (TLS) or `unix://` (progress, job events, "
+    "cancellation).",
     "MEDIALENS_REDIS_MAX_CONNECTIONS": "Most connections each process opens to Redis.",
     "MEDIALENS_REDIS_SOCKET_TIMEOUT": "Seconds a Redis command may take.",
     "MEDIALENS_REDIS_PREFIX": "Prefix of every key and channel, so several stacks (or test runs) can share "
     "one server.",
-    "MEDIALENS_RABBITMQ_URL": "AMQP URL of RabbitMQ, vhost included.",
+    "MEDIALENS_RABBITMQ_URL": "AMQP URL of RabbitMQ, `amqp://` or `amqps://` (TLS), vhost included.",
     "MEDIALENS_RABBITMQ_EXCHANGE": "Topic exchange of the jobs; queues are named after it.",
     "MEDIALENS_RABBITMQ_DELIVERY_LIMIT": "Deliveries after which a message that keeps failing goes to the "
     "dead-letter queue.",

@@ -7,8 +7,12 @@ from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
+from sqlalchemy import text
 
-from medialens_shared.settings import DevSettings, Settings, load_settings, unknown_variables
+from medialens_shared import migrate
+from medialens_shared.db import DatabaseManager
+from medialens_shared.settings import SSL_MODES, DevSettings, Settings, load_settings, unknown_variables
+from tests.fixtures.servers import SERVERS
 
 SAFE_PRODUCTION = {
     "environment": "production",
@@ -165,6 +169,131 @@ def test_a_refusal_never_prints_a_secret(
     assert "guest account" in err
     assert "Pg-S3cret-pw" not in err
     assert "k-very-secret-1234" not in err
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgres://app:pw@db:5432/ml",
+        "postgresql://app:pw@db:5432/ml",
+        "POSTGRESQL+asyncpg://app:pw@db:5432/ml",
+    ],
+)
+def test_a_postgres_url_without_the_driver_is_read_with_asyncpg(
+    monkeypatch: pytest.MonkeyPatch, url: str
+) -> None:
+    """`postgres://` and `postgresql://`, as providers hand them out, name the asyncpg driver: they failed
+    at the first connect (no plugin `postgres`, no module psycopg)."""
+    monkeypatch.setenv("MEDIALENS_POSTGRES_URL", url)
+    assert Settings().postgres.url.get_secret_value() == "postgresql+asyncpg://app:pw@db:5432/ml"
+
+
+@pytest.mark.parametrize("mode", SSL_MODES)
+def test_libpq_sslmode_becomes_asyncpgs_ssl(monkeypatch: pytest.MonkeyPatch, mode: str) -> None:
+    """libpq's `sslmode=` is asyncpg's `ssl=`, same mode, the rest of the query kept: asyncpg refused
+    `sslmode` as an unexpected keyword argument at the first connect."""
+    monkeypatch.setenv(
+        "MEDIALENS_POSTGRES_URL", f"postgresql+asyncpg://app:pw@db/ml?sslmode={mode}&timeout=3"
+    )
+    assert (
+        Settings().postgres.url.get_secret_value()
+        == f"postgresql+asyncpg://app:pw@db/ml?ssl={mode}&timeout=3"
+    )
+
+
+@pytest.mark.parametrize(
+    ("group", "url", "normal"),
+    [
+        ("mongodb", "MONGODB+SRV://app:pw@cluster.example/", "mongodb+srv://app:pw@cluster.example/"),
+        ("redis", "Rediss://:pw@cache:6380/0", "rediss://:pw@cache:6380/0"),
+        ("redis", "UNIX:///run/redis.sock?db=0", "unix:///run/redis.sock?db=0"),
+        ("rabbitmq", "AMQPS://app:pw@mq:5671/%2F", "amqps://app:pw@mq:5671/%2F"),
+    ],
+)
+def test_every_scheme_a_client_takes_is_accepted_in_lowercase(
+    monkeypatch: pytest.MonkeyPatch, group: str, url: str, normal: str
+) -> None:
+    """Each URL's scheme is lowercased (schemes are case-insensitive; PyMongo refused `MONGODB://`)."""
+    monkeypatch.setenv(f"MEDIALENS_{group.upper()}_URL", url)
+    assert getattr(Settings(), group).url.get_secret_value() == normal
+
+
+#: What a refused PostgreSQL scheme is told, and the start of a URL with a password.
+POSTGRES_SCHEMES = "postgresql+asyncpg://, postgresql:// or postgres://"
+PG = "postgres://app:S3cret-pw@db/ml"
+
+
+@pytest.mark.parametrize(
+    ("variable", "url", "said"),
+    [
+        ("POSTGRES", "postgresql+psycopg://app:S3cret-pw@db/ml", POSTGRES_SCHEMES),
+        ("POSTGRES", "http://app:S3cret-pw@db/ml", POSTGRES_SCHEMES),
+        ("POSTGRES", "app:S3cret-pw@db/ml", POSTGRES_SCHEMES),
+        ("POSTGRES", "postgresql://app:S3cret-pw@db:5432x/ml", "not a URL SQLAlchemy can read"),
+        ("POSTGRES", f"{PG}?sslmode=required", "takes one of disable, allow, prefer, require, verify-ca"),
+        ("POSTGRES", "postgresql+asyncpg://app:S3cret-pw@db/ml?ssl=true", "takes one of disable, allow"),
+        (
+            "POSTGRES",
+            f"{PG}?sslmode=require&ssl=require",
+            "give asyncpg's ssl= or libpq's sslmode=, not both",
+        ),
+        ("POSTGRES", f"{PG}?sslmode=require&channel_binding=require", "no query parameter channel_binding"),
+        (
+            "POSTGRES",
+            f"{PG}?sslmode=verify-ca&sslrootcert=/ca.pem",
+            "reads PGSSLROOTCERT from the environment",
+        ),
+        (
+            "REDIS",
+            "http://:S3cret-pw@cache:6379/0",
+            "give a URL starting with redis://, rediss:// or unix://",
+        ),
+        ("RABBITMQ", "redis://:S3cret-pw@cache:6379/0", "give a URL starting with amqp:// or amqps://"),
+        ("RABBITMQ", "app:S3cret-pw@mq:5672", "give a URL starting with amqp:// or amqps://"),
+        (
+            "MONGODB",
+            "http://app:S3cret-pw@mongo:27017",
+            "give a URL starting with mongodb:// or mongodb+srv://",
+        ),
+    ],
+)
+def test_a_url_its_client_cannot_read_stops_the_process_naming_its_variable(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], variable: str, url: str, said: str
+) -> None:
+    """A URL of the wrong scheme (or a PostgreSQL query asyncpg cannot take) stops the start, naming the
+    variable and what it takes, never the password: it failed later, as an obscure error, or not at all
+    (FastStream read a Redis URL as AMQP)."""
+    monkeypatch.setenv(f"MEDIALENS_{variable}_URL", url)
+    with pytest.raises(SystemExit) as stopped:
+        load_settings()
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert f"MEDIALENS_{variable}_URL: " in err
+    assert said in err
+    assert "S3cret-pw" not in err
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"postgres://{SERVERS.postgres}/postgres",
+        f"postgresql+asyncpg://{SERVERS.postgres}/postgres?sslmode=disable",
+    ],
+)
+async def test_a_postgres_url_in_libpqs_spelling_connects(url: str) -> None:
+    """The migrations and both pools of the database manager connect with a `postgres://` URL, and with
+    libpq's `sslmode=`."""
+    settings = Settings(postgres={"url": url})
+    await migrate.create_database_if_missing(settings.postgres.url.get_secret_value())
+    manager = DatabaseManager(settings, name="settings-test")
+    try:
+        async with manager.connection() as conn:
+            assert await conn.fetchval("SELECT current_database()") == "postgres"
+        async with manager.session() as session:
+            assert await session.scalar(text("SELECT current_database()")) == "postgres"
+    finally:
+        await manager.close_all()
 
 
 def test_production_with_safe_urls_starts() -> None:

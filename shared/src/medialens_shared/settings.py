@@ -20,16 +20,19 @@ half: its outbox rounds). The overflow stays with the sessions. The sum is the s
 from __future__ import annotations
 
 import argparse
+import inspect
 import logging
 import re
 import sys
 from collections.abc import Mapping
 from fractions import Fraction
 from pathlib import Path
-from typing import Literal, Self
+from typing import Annotated, Literal, Self
 from urllib.parse import urlsplit
 
+import asyncpg
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -39,6 +42,8 @@ from pydantic import (
     model_validator,
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 Environment = Literal["development", "test", "production"]
 
@@ -62,8 +67,77 @@ class Group(BaseModel):
     model_config = ConfigDict(allow_inf_nan=False)
 
 
+def _with_scheme(url: str, schemes: tuple[str, ...]) -> str:
+    """`url`, its scheme lowercased, when the scheme is one of `schemes`; else a refusal naming them.
+
+    Checked at start: a wrong scheme was taken for another, or refused only later with a traceback.
+    FastStream reads any URL as AMQP (a Redis URL in the broker's variable had it speak AMQP to Redis's
+    port, `http://` to port 80), the Redis and MongoDB clients refused theirs as the pools were made,
+    SQLAlchemy at the first connect. Lowercased: schemes are case-insensitive, but PyMongo compares them.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() not in schemes:
+        *others, last = (f"{name}://" for name in schemes)
+        raise ValueError(f"give a URL starting with {', '.join(others)} or {last}")
+    return scheme.lower() + sep + rest
+
+
+def _scheme_of(*schemes: str) -> AfterValidator:
+    return AfterValidator(lambda url: SecretStr(_with_scheme(url.get_secret_value(), schemes)))
+
+
+#: The PostgreSQL URLs taken, each read with SQLAlchemy's asyncpg driver, the one installed: the bare
+#: `postgres://` and `postgresql://` are what managed providers hand out.
+POSTGRES_SCHEMES = ("postgresql+asyncpg", "postgresql", "postgres")
+#: The values of asyncpg's `ssl` and libpq's `sslmode`: asyncpg implements each mode as libpq does (the root
+#: certificate from PGSSLROOTCERT or ~/.postgresql/root.crt included), so one translates to the other as is.
+SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+#: The query parameters of a PostgreSQL URL: SQLAlchemy's asyncpg dialect passes each to `asyncpg.connect`
+#: but its own statement cache size.
+ASYNCPG_PARAMETERS = frozenset(inspect.signature(asyncpg.connect).parameters) | {
+    "prepared_statement_cache_size"
+}
+
+
+def _asyncpg_url(url: SecretStr) -> SecretStr:
+    """`url` as SQLAlchemy's asyncpg driver takes it, which every reader of it uses (the pools, the
+    migrations, the tools): `postgres://` and `postgresql://` name that driver, libpq's `sslmode=` becomes
+    asyncpg's `ssl=`. Each failed only at the first connect (no module named psycopg, no plugin `postgres`,
+    an unexpected keyword argument `sslmode`), as did any query parameter asyncpg does not take: those are
+    refused here. A URL already in that form is kept as it is written."""
+    text = _with_scheme(url.get_secret_value(), POSTGRES_SCHEMES)
+    try:
+        parsed = make_url(text)
+    except (ArgumentError, ValueError):  # their messages may quote the URL
+        raise ValueError("not a URL SQLAlchemy can read (is the port a number?)") from None
+    query = dict(parsed.query)
+    if "sslmode" in query:
+        if "ssl" in query:
+            raise ValueError("give asyncpg's ssl= or libpq's sslmode=, not both")
+        query["ssl"] = query.pop("sslmode")
+    if unknown := sorted(set(query) - ASYNCPG_PARAMETERS):
+        files = [
+            f"PG{name.upper()}" for name in unknown if name in ("sslrootcert", "sslcert", "sslkey", "sslcrl")
+        ]
+        instead = f" (asyncpg reads {', '.join(files)} from the environment instead)" if files else ""
+        raise ValueError(f"the asyncpg driver takes no query parameter {', '.join(unknown)}{instead}")
+    ssl = query.get("ssl")
+    if ssl is not None and (not isinstance(ssl, str) or ssl.replace("_", "-") not in SSL_MODES):
+        raise ValueError(f"ssl= (or sslmode=) takes one of {', '.join(SSL_MODES)}")
+    if parsed.drivername == POSTGRES_SCHEMES[0] and query == parsed.query:
+        return SecretStr(text)
+    normal = parsed.set(drivername=POSTGRES_SCHEMES[0], query=query)
+    return SecretStr(normal.render_as_string(hide_password=False))
+
+
+PostgresUrl = Annotated[SecretStr, AfterValidator(_asyncpg_url)]
+MongoUrl = Annotated[SecretStr, _scheme_of("mongodb", "mongodb+srv")]
+RedisUrl = Annotated[SecretStr, _scheme_of("redis", "rediss", "unix")]
+RabbitUrl = Annotated[SecretStr, _scheme_of("amqp", "amqps")]
+
+
 class PostgresSettings(Group):
-    url: SecretStr = SecretStr("postgresql+asyncpg://postgres@127.0.0.1:5432/medialens")
+    url: PostgresUrl = SecretStr("postgresql+asyncpg://postgres@127.0.0.1:5432/medialens")
     #: None: the process's default from POOL_DEFAULTS (gateway 30, relay 2, each service 6); the bare pool
     #: takes its `BARE_SHARES` of it.
     pool_size: int | None = Field(None, ge=2, le=200)  # at least one for sessions, one for bare statements
@@ -90,7 +164,7 @@ class PostgresSettings(Group):
 
 
 class MongoSettings(Group):
-    url: SecretStr = SecretStr("mongodb://127.0.0.1:27017")
+    url: MongoUrl = SecretStr("mongodb://127.0.0.1:27017")
     database: str = "medialens"
     max_pool_size: int = Field(20, ge=1)
     min_pool_size: int = Field(1, ge=0)
@@ -98,7 +172,7 @@ class MongoSettings(Group):
 
 
 class RedisSettings(Group):
-    url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
+    url: RedisUrl = SecretStr("redis://127.0.0.1:6379/0")
     max_connections: int = Field(32, ge=1)
     socket_timeout: float = Field(5.0, gt=0)
     #: Prefix of every key and channel, so several stacks (or test runs) can share one server.
@@ -106,7 +180,7 @@ class RedisSettings(Group):
 
 
 class RabbitSettings(Group):
-    url: SecretStr = SecretStr("amqp://guest:guest@127.0.0.1:5672/")
+    url: RabbitUrl = SecretStr("amqp://guest:guest@127.0.0.1:5672/")
     exchange: str = "medialens.jobs"
     #: Deliveries after which a message that keeps failing goes to the dead-letter queue.
     delivery_limit: int = Field(5, ge=1)
