@@ -39,6 +39,7 @@ def run(module: str, *args: str) -> subprocess.CompletedProcess[str]:
 def test_help_describes_the_process_and_prints_nothing_else(module: str) -> None:
     shown = run(module, "--help")
     assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.startswith(f"usage: python -m {module} [-h]")
     assert PROCESSES[module] in shown.stdout
     assert "MEDIALENS_*" in shown.stdout
     assert shown.stderr == ""

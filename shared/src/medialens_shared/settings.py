@@ -433,7 +433,7 @@ def load_settings(description: str | None = None) -> Settings:
     """
     if description is not None:
         argparse.ArgumentParser(
-            prog=Path(sys.argv[0]).name,
+            prog=_program(),
             description=f"{description} Configured by MEDIALENS_* environment variables only (README: "
             "Settings); a bad one stops it with exit code 2.",
         ).parse_args()
@@ -446,6 +446,15 @@ def load_settings(description: str | None = None) -> Settings:
         ]
         print("bad settings:\n  " + "\n  ".join(lines), file=sys.stderr)  # noqa: T201 - before logging
         raise SystemExit(2) from None
+
+
+def _program() -> str:
+    """How this process was started, for its usage line: its command's name, or `python -m <package>`
+    (argparse of Python 3.11 names that `__main__.py`)."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if spec is not None and spec.name:
+        return f"python -m {spec.name.removesuffix('.__main__')}"
+    return Path(sys.argv[0]).name
 
 
 def _variable(loc: tuple[int | str, ...]) -> str:
