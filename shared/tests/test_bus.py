@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -12,8 +13,20 @@ import aio_pika
 import aiormq
 import pytest
 from faststream.rabbit import RabbitBroker
+from pydantic import SecretStr
 
-from medialens_shared.bus import QueueStats, Topology, declare, make_broker, ping, publish_job, queue_stats
+from medialens_shared.bus import (
+    BrokerRefused,
+    Connector,
+    QueueStats,
+    Topology,
+    declare,
+    make_broker,
+    ping,
+    publish_job,
+    queue_stats,
+    refusal,
+)
 from medialens_shared.settings import Settings
 from medialens_shared.telemetry import tracing_on
 from tests.fixtures.servers import SERVERS, unreachable
@@ -203,3 +216,99 @@ async def test_ping_fails_against_a_closed_port(bus_settings: Settings) -> None:
     broker = make_broker(settings, name="nowhere")
     with pytest.raises(ConnectionError, match="not connected to RabbitMQ"):
         await ping(broker, Topology(settings))
+
+
+#: A password RabbitMQ refuses, which no log line may show.
+WRONG_PASSWORD = "not-the-password"
+
+
+def refused_url(settings: Settings, refused: str) -> str:
+    """This run's broker URL with the wrong password (`refused` "login") or a virtual host that does not
+    exist ("vhost")."""
+    url = settings.rabbitmq.url.get_secret_value()
+    if refused == "login":
+        return url.replace("guest:guest@", f"guest:{WRONG_PASSWORD}@")
+    return f"{url.rsplit('/', 1)[0]}/no-such-vhost-{uuid.uuid4().hex[:8]}"
+
+
+async def connect_error(url: str) -> Exception:
+    """What the client raises when it connects to `url`."""
+    with pytest.raises(Exception) as caught:  # noqa: PT011 - finding out what it raises is the point
+        await aio_pika.connect(url, timeout=10)
+    assert isinstance(caught.value, Exception)
+    return caught.value
+
+
+async def test_a_refused_login_is_named_with_its_user_and_never_its_password(bus_settings: Settings) -> None:
+    """A wrong password is the client's ProbableAuthenticationError (ACCESS_REFUSED); `refusal` makes it a
+    sentence that names the user and the setting to check, and not the password."""
+    url = refused_url(bus_settings, "login")
+    error = await connect_error(url)
+    assert isinstance(error, aiormq.exceptions.ProbableAuthenticationError), repr(error)
+    why = refusal(error, url=url)
+    assert why is not None
+    assert "refused the login of user 'guest'" in why
+    assert "MEDIALENS_RABBITMQ_URL" in why
+    assert WRONG_PASSWORD not in why
+
+
+async def test_a_missing_vhost_is_named_rather_than_an_unexpected_frame(bus_settings: Settings) -> None:
+    """A virtual host that does not exist is the client's InvalidFrameError "Expected ... Connection.OpenOk,
+    got <Connection.Close ...>"; `refusal` says which virtual host, for which user, it refused."""
+    url = refused_url(bus_settings, "vhost")
+    vhost = url.rsplit("/", 1)[1]
+    error = await connect_error(url)
+    assert isinstance(error, aiormq.exceptions.InvalidFrameError), repr(error)
+    assert "Connection.OpenOk" in str(error)
+    why = refusal(error, url=url)
+    assert why is not None
+    assert f"refused to open virtual host '{vhost}' for user 'guest'" in why
+    assert "MEDIALENS_RABBITMQ_URL" in why
+
+
+async def test_a_broker_away_is_no_refusal(bus_settings: Settings) -> None:
+    """Nothing listening (connection refused by the host, not by RabbitMQ) is no refusal: it is waited out."""
+    url = unreachable(bus_settings, "rabbitmq").rabbitmq.url.get_secret_value()
+    assert refusal(await connect_error(url), url=url) is None
+
+
+@pytest.mark.parametrize("refused", ["login", "vhost"])
+async def test_the_connector_gives_up_on_a_broker_that_keeps_refusing(
+    bus_settings: Settings, refused: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A broker that refuses every attempt for `give_up_after_s`: `connect` raises BrokerRefused saying why,
+    after one warning however many attempts it made."""
+    caplog.set_level(logging.INFO, logger="medialens_shared.bus")
+    url = refused_url(bus_settings, refused)
+    settings = isolated(bus_settings, url=SecretStr(url))
+    broker = make_broker(settings, name="refused-tests", fail_fast=True)
+    connector = Connector(broker, url=url, retry_s=0.2)
+    started = time.monotonic()
+    with pytest.raises(BrokerRefused, match="RabbitMQ refused") as refusal_raised:
+        await asyncio.wait_for(connector.connect(give_up_after_s=1.0), timeout=10)
+    assert 1.0 <= time.monotonic() - started < 5
+    assert connector.refused == str(refusal_raised.value)
+    warnings = [r.getMessage() for r in caplog.records if r.name == "medialens_shared.bus"]
+    assert len(warnings) == 1, warnings
+    assert str(refusal_raised.value) in warnings[0]
+    assert WRONG_PASSWORD not in caplog.text
+    await broker.stop()
+
+
+async def test_the_connector_waits_out_a_broker_that_is_away(
+    bus_settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A broker away is no refusal: `connect` keeps trying, past any `give_up_after_s`, with one warning."""
+    caplog.set_level(logging.INFO, logger="medialens_shared.bus")
+    settings = unreachable(bus_settings, "rabbitmq")
+    broker = make_broker(settings, name="away-tests", fail_fast=True)
+    connector = Connector(broker, url=settings.rabbitmq.url.get_secret_value(), retry_s=0.1)
+    connecting = asyncio.create_task(connector.connect(give_up_after_s=0.2))
+    await asyncio.sleep(1.0)
+    assert not connecting.done()
+    assert connector.refused is None
+    connecting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await connecting
+    assert len([r for r in caplog.records if r.name == "medialens_shared.bus"]) == 1
+    await broker.stop()

@@ -24,7 +24,15 @@ from pydantic import SecretStr
 from sqlalchemy import insert, select
 
 from medialens_shared import jobstore
-from medialens_shared.bus import QueueStats, Topology, declare, make_broker, publish_job, queue_stats
+from medialens_shared.bus import (
+    EXIT_REFUSED,
+    QueueStats,
+    Topology,
+    declare,
+    make_broker,
+    publish_job,
+    queue_stats,
+)
 from medialens_shared.contracts import JobMessage, ProbeFormat, ProbeVideoStream, VideoProbeResult
 from medialens_shared.db import DatabaseManager
 from medialens_shared.devmongo import free_port
@@ -338,6 +346,45 @@ async def test_a_worker_whose_start_hangs_exits_to_be_restarted(settings: Settin
     finally:
         await proxy.cut()
     assert time.monotonic() - started >= 2.0
+
+
+@pytest.mark.parametrize(
+    ("refused", "why"),
+    [
+        ("login", "RabbitMQ refused the login of user 'guest'"),
+        ("vhost", "RabbitMQ refused to open virtual host 'no-such-vhost' for user 'guest'"),
+    ],
+)
+async def test_a_worker_that_rabbitmq_refuses_exits_saying_why(
+    settings: Settings, database: str, refused: str, why: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A wrong password, or a virtual host that does not exist: after `consumer_lost_s` without a consumer,
+    run() returns EXIT_REFUSED (78), not EXIT_CONSUMER_LOST, and its last line names the refusal (never the
+    password). Before, it said "this service has no consumer on its queue", as for any lost consumer."""
+    caplog.set_level(logging.WARNING)
+    url = settings.rabbitmq.url.get_secret_value()
+    if refused == "login":
+        url = url.replace("guest:guest@", "guest:not-the-password@")
+    else:
+        url = f"{url.rsplit('/', 1)[0]}/no-such-vhost"
+    own = isolated(
+        settings,
+        url=url,
+        http_port=free_port(),
+        shutdown_grace_s=1.0,
+        consumer_check_s=0.2,
+        consumer_lost_s=1.0,
+    )
+    code = await asyncio.wait_for(run("video", {}, settings=own, stop=asyncio.Event()), 30)
+    assert code == EXIT_REFUSED
+    errors = [
+        record.getMessage()
+        for record in caplog.records
+        if record.name == "medialens_shared.worker" and record.levelno >= logging.ERROR
+    ]
+    assert len(errors) == 1, errors
+    assert why in errors[0]
+    assert "not-the-password" not in caplog.text
 
 
 async def test_a_running_job_outlives_its_broker_connection(

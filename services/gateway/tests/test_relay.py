@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
 import secrets
+import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -20,14 +22,14 @@ import pytest
 from faststream.rabbit import RabbitBroker
 from gridfs.errors import NoFile
 from prometheus_client import REGISTRY
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 from sqlalchemy import RowMapping, Select, insert, select, text, update
 from sqlalchemy.dialects import postgresql
 
 from medialens_gateway.auth import ensure_tenant
 from medialens_gateway.relay import Published, Relay, finished_before, run_relay, stale_queued
 from medialens_shared import metrics, migrate
-from medialens_shared.bus import Topology, declare, make_broker, publish_job, queue_stats
+from medialens_shared.bus import EXIT_REFUSED, Topology, declare, make_broker, publish_job, queue_stats
 from medialens_shared.contracts import SERVICES
 from medialens_shared.db import DatabaseManager
 from medialens_shared.filestore import FileStore
@@ -37,7 +39,7 @@ from medialens_shared.settings import RelaySettings, Settings
 from medialens_shared.tables import files, jobs, outbox, webhook_deliveries
 from scripts.samples import make_video
 from tests.fixtures.proxy import TcpProxy
-from tests.fixtures.servers import drop_database, free_port, make_settings, unreachable
+from tests.fixtures.servers import drop_database, free_port, make_settings, settings_env, unreachable
 from tests.fixtures.stack import Stack, result_of, submit, upload, wait_for
 
 
@@ -868,3 +870,102 @@ async def test_a_relay_started_while_rabbitmq_is_away_serves_probes_reaps_and_st
 async def _job(own: OwnRelay, job_id: str) -> RowMapping:
     async with own.db.session() as session:
         return (await session.execute(select(jobs).where(jobs.c.id == job_id))).mappings().one()
+
+
+@pytest.mark.parametrize(
+    ("refused", "why"),
+    [
+        ("login", "RabbitMQ refused the login of user 'guest'"),
+        ("vhost", "RabbitMQ refused to open virtual host 'no-such-vhost' for user 'guest'"),
+    ],
+)
+async def test_a_relay_that_rabbitmq_keeps_refusing_stops_saying_why(
+    run_id: str, mongo_url: str, rabbit_vhost: str, refused: str, why: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A wrong password, or a virtual host that does not exist: while RabbitMQ refuses it, the relay's
+    readiness names the cause, and once it has refused for `worker.consumer_lost_s` the relay stops with
+    EXIT_REFUSED (78) and one error line naming the cause (never the password), its log meanwhile one
+    warning a cause. Before, it tried for ever, five lines a second saying "You should connect broker
+    first.", and a missing vhost read as "Expected Connection.OpenOk"."""
+    caplog.set_level(logging.WARNING)
+    async with own_relay(run_id, mongo_url, rabbit_vhost, name=f"refused_{refused}") as own:
+        url = own.settings.rabbitmq.url.get_secret_value()
+        if refused == "login":
+            url = url.replace("guest:guest@", "guest:not-the-password@")
+        else:
+            url = f"{url.rsplit('/', 1)[0]}/no-such-vhost"
+        port = free_port()
+        window_s = 2.0
+        settings = own.settings.model_copy(
+            update={
+                "rabbitmq": own.settings.rabbitmq.model_copy(update={"url": SecretStr(url)}),
+                "worker": own.settings.worker.model_copy(
+                    update={"http_port": port, "http_host": "127.0.0.1", "consumer_lost_s": window_s}
+                ),
+            }
+        )
+        stop = asyncio.Event()
+        started = time.monotonic()
+        relay = asyncio.create_task(run_relay(settings, stop))
+        try:
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+                while True:
+                    assert not relay.done(), "the relay stopped before its readiness said why"
+                    assert time.monotonic() - started < 15, "the relay's readiness never said why"
+                    with contextlib.suppress(httpx.TransportError):
+                        ready = await client.get("/health/ready")
+                        if why in (ready.json()["data"]["checks"]["rabbitmq"]["error"] or ""):
+                            break
+                    await asyncio.sleep(0.05)
+            code = await asyncio.wait_for(relay, timeout=20)
+        finally:
+            stop.set()
+            if not relay.done():
+                relay.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await relay
+    assert code == EXIT_REFUSED
+    assert window_s <= time.monotonic() - started < 15
+    assert ready.status_code == 503
+    ours = [record for record in caplog.records if record.name.startswith("medialens")]
+    errors = [record.getMessage() for record in ours if record.levelno >= logging.ERROR]
+    assert len(errors) == 1, errors
+    assert why in errors[0]
+    assert "MEDIALENS_RABBITMQ_URL" in errors[0]
+    assert f"exit code {EXIT_REFUSED}" in errors[0]
+    # One warning from the connector and one from the failing rounds, for the whole window.
+    assert len([record for record in ours if record.levelno == logging.WARNING]) <= 2, caplog.text
+    assert "not-the-password" not in caplog.text
+
+
+async def test_the_relay_process_that_rabbitmq_refuses_exits_78(
+    run_id: str, mongo_url: str, rabbit_vhost: str
+) -> None:
+    """`medialens-relay` itself, its login refused: the process ends (no client task is left to keep the
+    event loop from closing) with exit code 78 and the refusal on its stderr, never the password."""
+    async with own_relay(run_id, mongo_url, rabbit_vhost, name="refused_process") as own:
+        url = own.settings.rabbitmq.url.get_secret_value().replace("guest:guest@", "guest:not-the-password@")
+        settings = own.settings.model_copy(
+            update={
+                "rabbitmq": own.settings.rabbitmq.model_copy(update={"url": SecretStr(url)}),
+                "worker": own.settings.worker.model_copy(update={"http_port": 0, "consumer_lost_s": 1.0}),
+            }
+        )
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            "from medialens_gateway.relay import main; main()",
+            env=settings_env(settings),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            _, stderr = await asyncio.wait_for(process.communicate(), timeout=60)
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+    log = stderr.decode()
+    assert process.returncode == EXIT_REFUSED, log
+    assert "RabbitMQ refused the login of user 'guest'" in log
+    assert "not-the-password" not in log

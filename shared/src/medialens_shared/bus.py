@@ -20,17 +20,24 @@ tracing, a job's publish goes from the broker's channel straight to aiormq (`_pu
 Two FastStream details shape this module (both checked against RabbitMQ 3.10): its `ping()` only looks at
 the client's connection flag, so health checks and consumer counts use a passive declare on the raw channel;
 and a subscriber binds one routing key, which the "<service>.#" pattern makes enough.
+
+The relay and the services connect through `Connector`, which tells a broker that is away (waited out) from
+one that refuses the process's login or virtual host (`refusal`), which no wait mends.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, cast
+from urllib.parse import unquote, urlsplit
 
 import aiormq
+from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 from faststream.rabbit import Channel, ExchangeType, QueueType, RabbitBroker, RabbitExchange, RabbitQueue
 from faststream.rabbit.opentelemetry import RabbitTelemetryMiddleware
 
@@ -47,6 +54,11 @@ log = logging.getLogger(__name__)
 
 #: AMQP's delivery mode of a message the broker writes to disk.
 PERSISTENT = 2
+#: Seconds between two attempts to connect (or reconnect) to RabbitMQ.
+RECONNECT_S = 1.0
+#: The exit code of a process that RabbitMQ kept refusing (its login or its virtual host): sysexits'
+#: EX_CONFIG, a cause its settings or the broker's users and vhosts must mend, not a restart alone.
+EXIT_REFUSED = 78
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,17 +111,22 @@ class Topology:
         return f"{JOB_TYPES[job_type].service}.{job_type}"
 
 
-def make_broker(settings: Settings, *, name: str) -> RabbitBroker:
-    """A broker whose publishes are confirmed and whose unroutable messages raise."""
+def make_broker(settings: Settings, *, name: str, fail_fast: bool = False) -> RabbitBroker:
+    """A broker whose publishes are confirmed and whose unroutable messages raise.
+
+    Its connect waits for RabbitMQ however long it is away, unless `fail_fast`: then a first connect that
+    fails raises, for `Connector` to try again knowing why. Once connected, the client restores a lost
+    connection by itself either way.
+    """
     return RabbitBroker(
         settings.rabbitmq.url.get_secret_value(),
         default_channel=Channel(publisher_confirms=True, on_return_raises=True),
         # aio-pika passes every client property on; FastStream's TypedDict only lists a few of them.
         client_properties=cast("RabbitClientProperties", {"connection_name": f"medialens-{name}"}),
-        reconnect_interval=1.0,
+        reconnect_interval=RECONNECT_S,
         graceful_timeout=settings.worker.shutdown_grace_s,
         app_id=f"medialens-{name}",
-        fail_fast=False,
+        fail_fast=fail_fast,
         # A span per publish and per consume, the W3C trace context in the headers; only when tracing is
         # configured (otherwise its per-message work yields nothing).
         middlewares=(RabbitTelemetryMiddleware(),) if tracing_on() else (),
@@ -119,6 +136,99 @@ def make_broker(settings: Settings, *, name: str) -> RabbitBroker:
         logger=log,
         log_level=logging.DEBUG,
     )
+
+
+class BrokerRefused(ConnectionError):
+    """RabbitMQ refuses this process's login or virtual host; the message (`refusal`'s) says which."""
+
+
+def refusal(exc: BaseException, *, url: str) -> str | None:
+    """One sentence saying how RabbitMQ refused to let `url`'s user in, naming the user and the virtual host
+    (never the password), when `exc` is such a refusal; None for any other failure (the broker away...).
+
+    What the client raises (aiormq 7.2 against RabbitMQ 3.10): for a wrong password or an unknown user,
+    `ProbableAuthenticationError` ("ACCESS_REFUSED - Login was refused using authentication mechanism
+    PLAIN...", the broker's 403, which names no user); for a virtual host that does not exist, or that the
+    user has no permissions on, `InvalidFrameError` ("Expected one of ['Connection.OpenOk'], got
+    <Connection.Close object at 0x...>"): the broker answers the handshake's `Connection.Open` with a close
+    (530 NOT_ALLOWED), whose text, the one that tells the two apart, aiormq drops. Hence one sentence for
+    both; the broker's log says which.
+    """
+    parts = urlsplit(url)
+    user = unquote(parts.username or "") or "guest"  # the client's login when the URL names none
+    if isinstance(exc, aiormq.exceptions.ProbableAuthenticationError):
+        return (
+            f"RabbitMQ refused the login of user {user!r}: a wrong password or no such user "
+            "(check MEDIALENS_RABBITMQ_URL)"
+        )
+    text = str(exc)
+    opened = "Connection.OpenOk" in text and "Connection.Close" in text
+    if isinstance(exc, aiormq.exceptions.InvalidFrameError) and opened:
+        vhost = unquote(parts.path[1:]) or "/"
+        return (
+            f"RabbitMQ refused to open virtual host {vhost!r} for user {user!r}: it does not exist or "
+            "the user has no permissions on it (create it or grant them, or fix MEDIALENS_RABBITMQ_URL)"
+        )
+    return None
+
+
+class Connector:
+    """Connects a broker made with `fail_fast=True`, one attempt every `retry_s` for as long as it takes, and
+    knows whether RabbitMQ is away or refuses this process (`refused`).
+
+    Why not the client's own patience (`fail_fast=False`): its loop keeps each failure to itself (a warning
+    an attempt), so that a process could not tell a broker that is away, which it waits out, from one that
+    refuses its login or virtual host, which no wait mends; and a connect abandoned while it loops leaves
+    the loop running (it outlives a cancel, and kept `asyncio.run` from returning). Here each attempt ends
+    with its failure, which comes back, and the warning is logged once a distinct cause (the client still
+    logs each failed attempt at info level).
+    """
+
+    def __init__(self, broker: RabbitBroker, *, url: str, retry_s: float = RECONNECT_S) -> None:
+        self.broker = broker
+        self.url = url
+        self.retry_s = retry_s
+        #: `refusal`'s sentence while every attempt since `_refused_since` was refused; else None.
+        self.refused: str | None = None
+        self._refused_since = 0.0
+
+    async def start(self, *, give_up_after_s: float | None = None) -> None:
+        """`connect`, then start the broker (its subscribers)."""
+        await self.connect(give_up_after_s=give_up_after_s)
+        await self.broker.start()
+
+    async def connect(self, *, give_up_after_s: float | None = None) -> None:
+        """Connect, trying again after each failure; with `give_up_after_s`, raise `BrokerRefused` once
+        RabbitMQ has refused every attempt for that long (a broker away, or one attempt that got in, starts
+        the count again)."""
+        cause: str | None = None
+        while True:
+            try:
+                await self.broker.connect()
+            except CONNECTION_EXCEPTIONS as exc:
+                why = refusal(exc, url=self.url)
+                now = time.monotonic()
+                if why != self.refused:
+                    self._refused_since = now
+                self.refused = why
+                # The type for any other failure: an attempt's text may change each time (an address).
+                if (why or type(exc).__name__) != cause:
+                    cause = why or type(exc).__name__
+                    log.warning(
+                        "not connected to RabbitMQ: %s; trying again every %.0f s, saying so again only "
+                        "if the cause changes",
+                        why or exc,
+                        self.retry_s,
+                    )
+                refused_s = now - self._refused_since
+                if why is not None and give_up_after_s is not None and refused_s >= give_up_after_s:
+                    raise BrokerRefused(why) from exc
+                await asyncio.sleep(self.retry_s)
+            else:
+                self.refused = None
+                if cause is not None:
+                    log.info("connected to RabbitMQ")
+                return
 
 
 async def declare(broker: RabbitBroker, topology: Topology, *, services: tuple[str, ...] = ()) -> None:

@@ -9,7 +9,9 @@ dropped its channel or cancelled its consumer. `ConsumerWatch` asks the broker, 
 channel, every `consumer_check_s`; readiness fails while it cannot confirm, and a process whose consumer
 stays gone for `consumer_lost_s` (aio-pika's own recovery did not bring it back) stops like on SIGTERM and
 exits with `EXIT_CONSUMER_LOST`, so that its orchestrator starts a fresh one (crash-only: a restart is the
-one recovery that needs no knowledge of what went wrong).
+one recovery that needs no knowledge of what went wrong). When what kept it from consuming was RabbitMQ
+refusing its login or virtual host (`bus.refusal`), its last line names that cause and it exits with
+`bus.EXIT_REFUSED` (78) instead: a restart alone will not mend it.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from faststream.rabbit.annotations import RabbitMessage
 from faststream.rabbit.subscriber.usecase import RabbitSubscriber
 
 from medialens_shared.aio import unawaited, wait_set
-from medialens_shared.bus import Topology, declare, make_broker
+from medialens_shared.bus import EXIT_REFUSED, BrokerRefused, Connector, Topology, declare, make_broker
 from medialens_shared.db import Check, DatabaseManager, timed_check
 from medialens_shared.filestore import FileStore
 from medialens_shared.logs import configure_logging
@@ -65,15 +67,32 @@ class ConsumerWatch:
     """
 
     def __init__(
-        self, broker: RabbitBroker, subscriber: RabbitSubscriber, queue: str, *, timeout_s: float
+        self,
+        broker: RabbitBroker,
+        subscriber: RabbitSubscriber,
+        queue: str,
+        *,
+        timeout_s: float,
+        connector: Connector | None = None,
     ) -> None:
         self.broker = broker
         self.subscriber = subscriber
         self.queue = queue
         self.timeout_s = timeout_s
+        #: What connects the broker: while RabbitMQ refuses this process, a check names that cause.
+        self.connector = connector
         #: Set when the consumer stayed gone for the allowed time; the process then exits.
         self.lost = False
+        #: Set with `lost` when RabbitMQ refusing this process's login or virtual host was why.
+        self.refused = False
         self._probe: asyncio.Future[aiormq.spec.Queue.DeclareOk] | None = None
+
+    @property
+    def exit_code(self) -> int:
+        """The process's exit code: 0 unless this watch stopped it."""
+        if self.refused:
+            return EXIT_REFUSED
+        return EXIT_CONSUMER_LOST if self.lost else 0
 
     def consuming_channel(self) -> aiormq.Channel:
         """The open channel of the live connection that carries this process's consumer."""
@@ -91,6 +110,8 @@ class ConsumerWatch:
 
     async def check(self) -> None:
         """Raise ConnectionError saying what is missing, unless the broker holds this process's consumer."""
+        if self.connector is not None and self.connector.refused is not None:
+            raise BrokerRefused(self.connector.refused)
         channel = self.consuming_channel()
         # The round trip is left running when it takes too long, never cancelled: aiormq closes a channel
         # whose call is cancelled, and a slow broker must not cost the consumer its channel.
@@ -116,6 +137,7 @@ class ConsumerWatch:
                 problem = None
             except Exception as exc:  # any failure to confirm counts as "gone"
                 problem = str(exc) or type(exc).__name__
+                refused = isinstance(exc, BrokerRefused)
             now = time.monotonic()
             if problem is None:
                 if failing_since is not None:
@@ -129,6 +151,7 @@ class ConsumerWatch:
                     "consumer gone for %.0f s (%s): stopping, to start afresh", now - failing_since, problem
                 )
                 self.lost = True
+                self.refused = refused
                 stop.set()
                 return
             # While failing, look every second: a consumer back for a moment between two outages is back,
@@ -158,7 +181,8 @@ async def run(service: str, handlers: dict[str, Handler], *, settings: Settings,
 
     Shutdown (SIGTERM): stop taking messages, give the running job `shutdown_grace_s` to finish, release
     the lease of what is still running (its job goes back to the queue at once), close every pool.
-    Returns the process's exit code: 0, or EXIT_CONSUMER_LOST when the consumer watch stopped it.
+    Returns the process's exit code: 0, or EXIT_CONSUMER_LOST when the consumer watch stopped it
+    (EXIT_REFUSED when RabbitMQ refusing this process's login or virtual host was why).
     """
     prepare_directories(settings)
     async with svcs.Registry() as registry:
@@ -175,7 +199,8 @@ async def run(service: str, handlers: dict[str, Handler], *, settings: Settings,
                 signals=await services.aget(JobSignals),
             )
         await runner.release_predecessors()
-        broker = make_broker(settings, name=service)
+        broker = make_broker(settings, name=service, fail_fast=True)
+        connector = Connector(broker, url=settings.rabbitmq.url.get_secret_value())
         topology = Topology(settings)
         queue = topology.work_queue(service)
         jobs = RunningJobs()
@@ -185,20 +210,22 @@ async def run(service: str, handlers: dict[str, Handler], *, settings: Settings,
         subscriber = subscribe(
             broker, topology, queue, runner, settings=settings, stop=stop, jobs=jobs, released=released
         )
-        consumer = ConsumerWatch(broker, subscriber, queue.name, timeout_s=settings.gateway.health_timeout_s)
+        consumer = ConsumerWatch(
+            broker, subscriber, queue.name, timeout_s=settings.gateway.health_timeout_s, connector=connector
+        )
         declared = False
 
         async def rabbitmq() -> Check:
             async def check() -> None:
                 if not declared:
-                    raise ConnectionError("this service is still declaring its queues")
+                    raise ConnectionError(connector.refused or "this service is still declaring its queues")
                 await consumer.check()
 
             return await timed_check(check, timeout=settings.gateway.health_timeout_s + 1)
 
         async def start() -> None:
             nonlocal declared
-            await broker.start()
+            await connector.start()
             await declare(broker, topology)
             declared = True
 
@@ -229,7 +256,7 @@ async def run(service: str, handlers: dict[str, Handler], *, settings: Settings,
                     log.info("%d jobs still running after the grace period: stopping them", len(jobs))
                 await jobs.cancel()
                 await _hand_back(runner)
-        return EXIT_CONSUMER_LOST if consumer.lost else 0
+        return consumer.exit_code
 
 
 async def _hand_back(runner: JobRunner) -> None:
@@ -402,9 +429,10 @@ def serve(service: str, handlers: dict[str, Handler]) -> None:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
         code = await run(service, handlers, settings=settings, stop=stop)
-        if code == EXIT_CONSUMER_LOST:
-            # Pools are closed and leases handed back. A start given up leaves aio-pika's reconnect task
-            # behind, which survives cancellation and would keep asyncio.run from ever returning.
+        if code in (EXIT_CONSUMER_LOST, EXIT_REFUSED):
+            # Pools are closed and leases handed back. A start given up amid a connection attempt (to a
+            # broker that accepted it and fell silent) leaves aio-pika's connecting task behind, which
+            # survives cancellation and would keep asyncio.run from ever returning.
             logging.shutdown()
             os._exit(code)
         return code

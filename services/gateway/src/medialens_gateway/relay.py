@@ -33,6 +33,7 @@ import contextlib
 import logging
 import signal
 import socket
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -49,7 +50,16 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from medialens_gateway.webhooks import Dispatcher
 from medialens_shared import jobstore, metrics, outbox
 from medialens_shared.aio import wait_set
-from medialens_shared.bus import Topology, declare, make_broker, ping, publish_job
+from medialens_shared.bus import (
+    EXIT_REFUSED,
+    BrokerRefused,
+    Connector,
+    Topology,
+    declare,
+    make_broker,
+    ping,
+    publish_job,
+)
 from medialens_shared.contracts import SERVICES, TERMINAL_STATUSES, JobMessage, JobStatus, job_types_of
 from medialens_shared.db import Check, DatabaseManager, timed_check
 from medialens_shared.errors import RetriesExhausted
@@ -169,6 +179,8 @@ class Relay:
         self.webhooks = Dispatcher(settings=settings, db=db)
         self.store = FileStore(db.gridfs)
         self._declared = False
+        #: Why the last round failed, logged once: a broker away fails every round, five a second.
+        self._failure: str | None = None
 
     async def publish_batch(self) -> Published:
         """Publish one batch of unsent entries: how many the broker took and how many it refused."""
@@ -481,9 +493,13 @@ class Relay:
                 published = await self.publish_batch()
                 sent, failing = published.sent, published.failing
             except Exception as exc:
-                log.warning("relay round failed (%s); retrying", exc)
+                self._round_failed(exc)
                 self._declared = False
                 sent, failing = 0, True
+            else:
+                if self._failure is not None:
+                    log.info("relay rounds succeed again")
+                    self._failure = None
             if time.monotonic() >= next_reap:
                 # Whether or not the broker answers: reaping needs only the database, and the outbox lag
                 # sampled here is what tells an operator that the broker is away.
@@ -514,15 +530,42 @@ class Relay:
                 # interval: each is a transaction, and a round for every submission costs the most per job.
                 await wait_set(stop, started + relay.nudge_interval_s - time.monotonic())
 
+    def _round_failed(self, exc: Exception) -> None:
+        """A warning for a round's failure unless the round before failed the same way (then a debug
+        line): while RabbitMQ or PostgreSQL is away, rounds fail every poll interval, and the log said so
+        each time."""
+        why = str(exc) or type(exc).__name__
+        if why == self._failure:
+            log.debug("relay round failed (%s); retrying", why)
+            return
+        self._failure = why
+        log.warning("relay round failed (%s); retrying, and saying so again only if the cause changes", why)
+
 
 async def _set_when(done: asyncio.Event, then: asyncio.Event) -> None:
     await done.wait()
     then.set()
 
 
-async def run_relay(settings: Settings, stop: asyncio.Event) -> None:
+async def run_relay(settings: Settings, stop: asyncio.Event) -> int:
+    """Run the relay until `stop` is set; the process's exit code: 0, or EXIT_REFUSED when RabbitMQ kept
+    refusing its login or virtual host.
+
+    A broker that is away is waited out, however long: the relay's other duties need only the databases, it
+    reconnects by itself, and the outbox-lag alert tells the outage. A broker that refuses the relay (a
+    wrong password, a user or virtual host that does not exist or that it may not use) is another matter:
+    before, the relay waited for it for ever too, its rounds logging five lines a second and nothing saying
+    why. Now it gives up once every attempt for `worker.consumer_lost_s` (60 s) was refused, the window a
+    service gives a lost broker before it exits, logs the refusal's cause (`bus.refusal`) and returns
+    EX_CONFIG (78): the orchestrator restarts it (with backoff) as it restarts a service, and the exit code
+    says that the settings or the broker's users and vhosts need mending, not the network. Not at once: a
+    refusal is not always for good (a user or vhost that a provisioning job or operator makes after the
+    pods start, a broker still loading its definitions, an authentication backend briefly away), and
+    within the window it costs one attempt a second and one log line.
+    """
     db = DatabaseManager(settings, name="relay")
-    broker = make_broker(settings, name=f"relay-{socket.gethostname()}")
+    broker = make_broker(settings, name=f"relay-{socket.gethostname()}", fail_fast=True)
+    connector = Connector(broker, url=settings.rabbitmq.url.get_secret_value())
     relay = Relay(settings=settings, db=db, broker=broker)
     topology = Topology(settings)
 
@@ -539,27 +582,39 @@ async def run_relay(settings: Settings, stop: asyncio.Event) -> None:
         await message.ack()
 
     async def rabbitmq() -> Check:
-        return await timed_check(lambda: ping(broker, topology), timeout=settings.gateway.health_timeout_s)
+        async def check() -> None:
+            if connector.refused is not None:
+                raise BrokerRefused(connector.refused)
+            await ping(broker, topology)
 
-    # The broker starts in a task of its own: its client waits for RabbitMQ for as long as it is away
-    # (`fail_fast=False`), and nothing else here waits on it. The probes answer, the reaper and the
-    # retention rounds run (they need only the databases), and publishing rounds fail and retry until the
-    # broker connects, as they do when it goes away later. Awaiting the start instead left a relay started
-    # during a broker outage without probes (killed by its startup probe, over and over), not reaping, and
-    # deaf to SIGTERM.
-    # A start that fails (not RabbitMQ away, which it waits out: a refused login, a bad declaration) stops
-    # the relay, which then raises its error, for the orchestrator to restart it.
+        return await timed_check(check, timeout=settings.gateway.health_timeout_s)
+
+    give_up_after_s = settings.worker.consumer_lost_s
+
+    # The broker starts in a task of its own: it waits for RabbitMQ for as long as it is away, and nothing
+    # else here waits on it. The probes answer, the reaper and the retention rounds run (they need only the
+    # databases), and publishing rounds fail and retry until the broker connects, as they do when it goes
+    # away later. Awaiting the start instead left a relay started during a broker outage without probes
+    # (killed by its startup probe, over and over), not reaping, and deaf to SIGTERM.
+    # A start that fails (RabbitMQ refusing the relay for `give_up_after_s`, a bad declaration) stops the
+    # relay: a refusal then returns EXIT_REFUSED, any other failure is raised, for the orchestrator to
+    # restart it.
     starting: asyncio.Task[None] | None = None
     try:
         await db.initialize_all()
-        starting = asyncio.create_task(broker.start(), name="relay-broker-start")
-        starting.add_done_callback(lambda task: _stop_if_failed(task, stop))
+        starting = asyncio.create_task(
+            connector.start(give_up_after_s=give_up_after_s), name="relay-broker-start"
+        )
+        starting.add_done_callback(lambda task: _stop_if_failed(task, stop, refused_for_s=give_up_after_s))
         ops = ops_app(db, {"rabbitmq": rabbitmq})
         async with serving(ops, host=settings.worker.http_host, port=settings.worker.ops_port("relay")):
             with frozen_startup_heap():
                 await relay.run(stop)
         if starting.done() and not starting.cancelled() and (error := starting.exception()) is not None:
+            if isinstance(error, BrokerRefused):
+                return EXIT_REFUSED
             raise error
+        return 0
     finally:
         if starting is not None and not starting.done():
             starting.cancel()
@@ -569,9 +624,12 @@ async def run_relay(settings: Settings, stop: asyncio.Event) -> None:
         await db.close_all()
 
 
-def _stop_if_failed(task: asyncio.Task[None], stop: asyncio.Event) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        stop.set()
+def _stop_if_failed(task: asyncio.Task[None], stop: asyncio.Event, *, refused_for_s: float) -> None:
+    if task.cancelled() or (error := task.exception()) is None:
+        return
+    if isinstance(error, BrokerRefused):  # said now: the stop (webhooks drained, pools closed) takes a while
+        log.error("%s, for %.0f s: the relay stops (exit code %d)", error, refused_for_s, EXIT_REFUSED)
+    stop.set()
 
 
 def main() -> None:
@@ -581,14 +639,14 @@ def main() -> None:
     configure_logging(settings, service="relay")
     configure_tracing("relay")
 
-    async def _main() -> None:
+    async def _main() -> int:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
-        await run_relay(settings, stop)
+        return await run_relay(settings, stop)
 
-    asyncio.run(_main())
+    sys.exit(asyncio.run(_main()))
 
 
 if __name__ == "__main__":
