@@ -310,6 +310,61 @@ async def test_finished_jobs_past_their_retention_go_with_their_parts_results_an
         assert "ix_jobs_finished" in plan, plan
 
 
+async def test_a_job_that_ends_without_its_dead_workers_rerun_leaves_no_files(
+    run_id: str, mongo_url: str, rabbit_vhost: str
+) -> None:
+    """The files saved by an attempt whose worker died are deleted (the row marked, the bytes dropped) when
+    the job ends with no rerun to delete them: given up on by the reaper, cancelled by it, or failed by its
+    dead letter. They stayed until the job's retention, for ever without one. A job the reaper requeues
+    keeps them for its rerun to delete (it may find that attempt's stored result, which names them)."""
+    async with own_relay(run_id, mongo_url, rabbit_vhost, name="abandon") as own:
+        max_attempts = own.settings.worker.max_attempts
+        expired = datetime.now(UTC) - timedelta(seconds=1)
+
+        def running(job_id: str, attempts: int) -> dict[str, Any]:
+            return {"id": job_id, "status": "running", "attempts": attempts, "worker": "ghost",
+                    "lease_expires_at": expired, "type": "video.thumbnails"}  # fmt: skip
+
+        await own.add_jobs(
+            running("given-up", max_attempts),
+            running("cancel-asked", 1),
+            running("requeued", 1),
+            {
+                "id": "dead-lettered",
+                "status": "queued",
+                "attempts": 1,
+                "worker": None,
+                "lease_expires_at": None,
+                "type": "video.thumbnails",
+            },
+        )
+        storage = {job_id: await own.add_file(f"{job_id}-thumb", b"\xff\xd8 jpeg", job_id=job_id)
+                   for job_id in ("given-up", "cancel-asked", "requeued", "dead-lettered")}  # fmt: skip
+        relay = own.relay()
+        await relay.signals.request_cancel("cancel-asked")
+        assert await relay.reap() == 3
+        message = {"job_id": "dead-lettered", "type": "video.thumbnails", "tenant_id": "t", "file_id": None}
+        await relay.on_dead_letter(message)
+        async with own.db.session() as session:
+            rows = (await session.execute(select(jobs.c.id, jobs.c.status))).all()
+            marked = dict((await session.execute(select(files.c.job_id, files.c.deleted_at))).all())
+        assert dict(rows) == {
+            "given-up": "failed",
+            "cancel-asked": "cancelled",
+            "requeued": "queued",
+            "dead-lettered": "failed",
+        }
+        store = FileStore(own.db.gridfs)
+        for job_id, storage_id in storage.items():
+            kept = job_id == "requeued"
+            assert (marked[job_id] is None) is kept, (job_id, marked)
+            if kept:
+                assert [chunk async for chunk in store.read(storage_id)] == [b"\xff\xd8 jpeg"]
+            else:
+                with pytest.raises(NoFile):
+                    await anext(store.read(storage_id))
+
+
 async def test_deleted_files_leave_their_rows_once_past_the_retention(
     run_id: str, mongo_url: str, rabbit_vhost: str
 ) -> None:

@@ -346,6 +346,7 @@ class Relay:
             .with_for_update(skip_locked=True)
         )
         announced: list[jobstore.JobRow] = []
+        unnamed: list[str] = []
         async with self.db.session() as session:
             job_ids = list((await session.scalars(expired)).all())
             asked = await self._cancels_asked(job_ids)
@@ -353,7 +354,10 @@ class Relay:
                 row = await self._reap_one(session, job_id=job_id, cancel_asked=job_id in asked)
                 if row is not None:
                     announced.append(row)
+                    if row["status"] != JobStatus.QUEUED.value:  # ended: no rerun deletes them
+                        unnamed += await self._abandon_files(session, job_id=job_id)
             await session.commit()
+            await self._drop_bytes(unnamed)
             for row in announced:
                 log.warning("job %s lost its worker; now %s", row["id"], row["status"])
                 metrics.JOBS_REAPED.labels(row["type"], row["status"]).inc()
@@ -365,6 +369,31 @@ class Relay:
                     metrics.job_finished(row["type"], JobStatus.CANCELLED)
                 await jobstore.announce(session, self.signals, row)
         return len(announced)
+
+    async def _abandon_files(self, session: AsyncSession, *, job_id: str) -> list[str]:
+        """Mark deleted, as `DELETE /v1/files` does, the files a job made when it ends without a success, in
+        `session`'s transaction; their storage ids, whose bytes `_drop_bytes` drops once it commits.
+
+        A job the reaper gives up on or cancels, or whose message was dead-lettered, had an attempt whose
+        worker died (or never ended it), which could not delete what it saved, and no rerun will: its files
+        stayed until the job's retention, for ever without one. An attempt that ended by itself deleted its
+        own; no result names any of them."""
+        marked = await session.execute(
+            update(files)
+            .where(files.c.job_id == job_id, files.c.deleted_at.is_(None))
+            .values(deleted_at=func.now())
+            .returning(files.c.storage_id)
+        )
+        return list(marked.scalars())
+
+    async def _drop_bytes(self, storage_ids: Sequence[str]) -> None:
+        """The stored bytes of files marked deleted; best effort: what a failure leaves, the retention's
+        `purge_deleted_files` drops with the rows."""
+        for storage_id in storage_ids:
+            try:
+                await self.store.delete(storage_id)
+            except Exception as exc:
+                log.warning("the bytes of a deleted file (%s) stay for now (%s)", storage_id, exc)
 
     async def _reap_one(self, session: Any, *, job_id: str, cancel_asked: bool) -> jobstore.JobRow | None:
         current = await jobstore.get(session, job_id=job_id)
@@ -430,7 +459,9 @@ class Relay:
                 error=error,
                 from_statuses=[JobStatus.QUEUED, JobStatus.RUNNING],
             )
+            unnamed = await self._abandon_files(session, job_id=message.job_id) if row is not None else []
             await session.commit()
+            await self._drop_bytes(unnamed)
             if row is not None:
                 log.warning("job %s dead-lettered; marked failed", message.job_id)
                 metrics.job_finished(message.type, JobStatus.FAILED, error_code=error.error_code)
