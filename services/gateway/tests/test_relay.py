@@ -27,7 +27,14 @@ from sqlalchemy import RowMapping, Select, insert, select, text, update
 from sqlalchemy.dialects import postgresql
 
 from medialens_gateway.auth import ensure_tenant
-from medialens_gateway.relay import Published, Relay, finished_before, run_relay, stale_queued
+from medialens_gateway.relay import (
+    CANCEL_FLAGS_TIMEOUT_S,
+    Published,
+    Relay,
+    finished_before,
+    run_relay,
+    stale_queued,
+)
 from medialens_shared import metrics, migrate
 from medialens_shared.bus import EXIT_REFUSED, Topology, declare, make_broker, publish_job, queue_stats
 from medialens_shared.contracts import SERVICES
@@ -363,6 +370,46 @@ async def test_a_job_that_ends_without_its_dead_workers_rerun_leaves_no_files(
             else:
                 with pytest.raises(NoFile):
                     await anext(store.read(storage_id))
+
+
+async def test_a_reap_with_redis_silent_requeues_within_the_cancel_flags_bound(
+    run_id: str, mongo_url: str, rabbit_vhost: str
+) -> None:
+    """The reaper reads the cancel flags of the jobs it reaps while it holds their rows; with Redis silent
+    (connections open, no byte through) it waits `CANCEL_FLAGS_TIMEOUT_S` for them, not the client's socket
+    timeout (5 s, every reaped row locked meanwhile), then requeues the jobs as before."""
+    async with own_relay(run_id, mongo_url, rabbit_vhost, name="reap_redis") as own:
+        target = urlsplit(own.settings.redis.url.get_secret_value())
+        proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 6379)
+        await proxy.start()
+        proxied = SecretStr(target._replace(netloc=f"127.0.0.1:{proxy.port}").geturl())
+        settings = own.settings.model_copy(
+            update={"redis": own.settings.redis.model_copy(update={"url": proxied})}
+        )
+        db = DatabaseManager(settings, name="relay")
+        relay = Relay(settings=settings, db=db, broker=own.broker)
+        reaping: asyncio.Task[int] | None = None
+        try:
+            expired = datetime.now(UTC) - timedelta(seconds=1)
+            await own.add_jobs({"id": "lost", "status": "running", "attempts": 1, "worker": "ghost",
+                                "lease_expires_at": expired})  # fmt: skip
+            assert await relay.signals.cancels_requested(["lost"]) == set()  # connected while Redis answers
+            proxy.blackhole()
+            started = time.monotonic()
+            reaping = asyncio.create_task(relay.reap())
+            while True:
+                async with own.db.session() as session:
+                    status = await session.scalar(select(jobs.c.status).where(jobs.c.id == "lost"))
+                if status == "queued":
+                    break
+                assert time.monotonic() - started < CANCEL_FLAGS_TIMEOUT_S + 1.5, "the reap waited on Redis"
+                await asyncio.sleep(0.05)
+        finally:
+            await proxy.restore()
+            if reaping is not None:
+                await asyncio.gather(reaping, return_exceptions=True)  # its announcement may fail
+            await db.close_all()
+            await proxy.cut()
 
 
 async def test_deleted_files_leave_their_rows_once_past_the_retention(
