@@ -886,6 +886,37 @@ async def test_a_success_that_finds_its_job_taken_deletes_its_files(
     assert await file_states(db, store, ids, tmp_path) == ["deleted"]
 
 
+async def test_a_success_whose_commit_answer_was_lost_keeps_its_files(
+    make_runner, new_job, tenant_id: str, db: DatabaseManager, store: FileStore, tmp_path: Path
+) -> None:
+    """A success whose commit went through but whose answer was lost (the connection reset then) finds on
+    its retry the job no longer running, as if taken: its result is stored and names its files, which stay
+    (the review found them deleted, the job succeeded with its thumbnails gone)."""
+    job_id = await new_job()
+    ids: list[str] = []
+
+    async def act(ctx: JobContext) -> None:
+        ids.append(await ctx.save_artifact(b"thumb", filename="t.jpg", content_type="image/jpeg"))
+
+    runner = make_runner({"video.probe": Calls(act)}, lease_s=60)
+    submit = runner.successes.submit
+    lost: list[bool] = []
+
+    async def answer_lost_once(success: Any) -> Any:
+        done = await submit(success)  # committed: the job succeeded, its result stored
+        if not lost:
+            lost.append(True)
+            raise ConnectionResetError("the connection reset before the COMMIT's answer came")
+        return done
+
+    runner.successes.submit = answer_lost_once
+    assert await deliver(runner, body_of(job_id, tenant_id)) == ["ack"]
+    assert lost == [True]
+    assert (await row_of(db, job_id))["status"] == "succeeded"
+    assert await db.collection("results").find_one({"_id": job_id}) is not None
+    assert await file_states(db, store, ids, tmp_path) == ["kept"]
+
+
 async def test_report_from_a_thread_publishes_progress(
     make_runner, new_job, tenant_id: str, signals: JobSignals
 ) -> None:

@@ -902,9 +902,11 @@ class JobRunner:
         if done is None:
             # Its lease ran out while it ran and the job went to another worker (or it was ended): storing a
             # result too would be a second effect of one job.
-            # The files its result named are named by no result: the job's outcome is its new owner's.
             jlog.warning("job %s was taken from this worker while it ran; leaving it be", row["id"])
-            await self._drop_files(made, job_id=row["id"], jlog=jlog, whose="this attempt")
+            if unstored is not None:
+                # No result names the files it saved. One that was stored keeps them: a commit whose answer
+                # was lost (the job is this attempt's after all), or a rerun that finishes the job with it.
+                await self._drop_files(made, job_id=row["id"], jlog=jlog, whose="this attempt")
             return
         metrics.job_finished(row["type"], status, error_code=values.get("error_code"))
         jlog.info("job %s %s", row["id"], status.value, extra={"error_code": values.get("error_code")})
