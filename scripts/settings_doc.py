@@ -130,7 +130,7 @@ DESCRIPTIONS: dict[str, str] = {
     "consumer is attached (readiness runs the same check).",
     "MEDIALENS_WORKER_CONSUMER_LOST_S": "A service whose consumer stays gone this long (the client did not "
     "restore it) stops and exits with code 75, for its orchestrator to start a fresh one; a service or the "
-    "relay that RabbitMQ refused (login or virtual host) this long exits with code 78.",
+    "relay that RabbitMQ refused at start (login or virtual host) this long exits with code 78.",
     "MEDIALENS_WORKER_PROGRESS_INTERVAL_S": "Minimum seconds between two progress writes of one job.",
     "MEDIALENS_WORKER_SCRATCH_DIR": "Where a job's scratch directory is made, and its input copied for it "
     "alone when the input cache does not keep it (larger than the cache, or not matching its hash); both "

@@ -8,6 +8,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
 
 import aio_pika
 import aiormq
@@ -15,6 +16,7 @@ import pytest
 from faststream.rabbit import RabbitBroker
 from pydantic import SecretStr
 
+from medialens_shared import bus
 from medialens_shared.bus import (
     BrokerRefused,
     Connector,
@@ -29,6 +31,7 @@ from medialens_shared.bus import (
 )
 from medialens_shared.settings import Settings
 from medialens_shared.telemetry import tracing_on
+from tests.fixtures.proxy import TcpProxy
 from tests.fixtures.servers import SERVERS, unreachable
 
 pytestmark = pytest.mark.integration
@@ -288,7 +291,11 @@ async def test_the_connector_gives_up_on_a_broker_that_keeps_refusing(
         await asyncio.wait_for(connector.connect(give_up_after_s=1.0), timeout=10)
     assert 1.0 <= time.monotonic() - started < 5
     assert connector.refused == str(refusal_raised.value)
-    warnings = [r.getMessage() for r in caplog.records if r.name == "medialens_shared.bus"]
+    warnings = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "medialens_shared.bus" and "RabbitMQ" in r.getMessage()
+    ]
     assert len(warnings) == 1, warnings
     assert str(refusal_raised.value) in warnings[0]
     assert WRONG_PASSWORD not in caplog.text
@@ -310,5 +317,38 @@ async def test_the_connector_waits_out_a_broker_that_is_away(
     connecting.cancel()
     with pytest.raises(asyncio.CancelledError):
         await connecting
-    assert len([r for r in caplog.records if r.name == "medialens_shared.bus"]) == 1
+    port = str(urlsplit(settings.rabbitmq.url.get_secret_value()).port)
+    said = [r.getMessage() for r in caplog.records if r.name == "medialens_shared.bus"]
+    assert len([message for message in said if port in message]) == 1, said  # others: the stack's
     await broker.stop()
+
+
+async def test_a_connect_cancelled_mid_attempt_leaves_nothing_running(
+    bus_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stop while an attempt waits on a silent broker (connection open, no byte through): the cancel
+    lets the attempt end (its connect timeout) and nothing of it runs on. Before, the client's connecting
+    task went on trying every second for ever, no broker holding the connection to stop it (it kept
+    `asyncio.run` from returning, and a test failed on it destroyed pending)."""
+    monkeypatch.setattr(bus, "CONNECT_TIMEOUT_S", 1.0)
+    target = urlsplit(bus_settings.rabbitmq.url.get_secret_value())
+    proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 5672)
+    await proxy.start()
+    proxy.blackhole()
+    url = target._replace(netloc=f"{target.username}:{target.password}@127.0.0.1:{proxy.port}").geturl()
+    settings = isolated(bus_settings, url=SecretStr(url))
+    broker = make_broker(settings, name="cancelled-tests", fail_fast=True)
+    connector = Connector(broker, url=url, retry_s=0.2)
+    try:
+        connecting = asyncio.create_task(connector.connect())
+        await asyncio.sleep(0.3)  # the attempt waits on the silent broker's handshake
+        connecting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(connecting, 5)
+        await asyncio.sleep(1.5)  # what a left attempt would do: fail at its timeout, and go on
+        leftover = [task for task in asyncio.all_tasks() if "connection_factory" in repr(task)]
+        assert leftover == []
+    finally:
+        await broker.stop()
+        await proxy.restore()
+        await proxy.cut()

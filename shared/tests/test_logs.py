@@ -90,3 +90,16 @@ def test_a_variable_that_names_no_setting_is_logged_at_start(
         "MEDIALENS_GATEWY_MAX_IN_FLIGHT",
         "MEDIALENS_WORKER_SHUTDOWN_GRACE",
     ]
+
+
+@pytest.mark.usefixtures("restore_root_logging")
+def test_a_failed_connection_attempt_is_not_logged_twice(capsys: pytest.CaptureFixture[str]) -> None:
+    """aiormq's ERROR for a connection attempt that failed is dropped (what made the attempt gets the error
+    and says so); its other lines stay."""
+    configure_logging(Settings(log=LogSettings(format="text", level="info")), service="relay")
+    aiormq = logging.getLogger("aiormq.connection")
+    aiormq.error("error when creating transport: %r", ConnectionRefusedError(111, "Connect call failed"))
+    aiormq.error("Unexpected frame %r", "frame")
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert "Unexpected frame" in lines[0]

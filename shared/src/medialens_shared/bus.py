@@ -56,6 +56,9 @@ log = logging.getLogger(__name__)
 PERSISTENT = 2
 #: Seconds between two attempts to connect (or reconnect) to RabbitMQ.
 RECONNECT_S = 1.0
+#: Seconds an attempt to connect (TCP, TLS and AMQP's handshake) may take: a broker that accepts the
+#: connection and then falls silent fails the attempt, which is tried again, rather than holding it for ever.
+CONNECT_TIMEOUT_S = 10.0
 #: The exit code of a process that RabbitMQ kept refusing (its login or its virtual host): sysexits'
 #: EX_CONFIG, a cause its settings or the broker's users and vhosts must mend, not a restart alone.
 EXIT_REFUSED = 78
@@ -124,6 +127,7 @@ def make_broker(settings: Settings, *, name: str, fail_fast: bool = False) -> Ra
         # aio-pika passes every client property on; FastStream's TypedDict only lists a few of them.
         client_properties=cast("RabbitClientProperties", {"connection_name": f"medialens-{name}"}),
         reconnect_interval=RECONNECT_S,
+        timeout=CONNECT_TIMEOUT_S,
         graceful_timeout=settings.worker.shutdown_grace_s,
         app_id=f"medialens-{name}",
         fail_fast=fail_fast,
@@ -180,8 +184,10 @@ class Connector:
     an attempt), so that a process could not tell a broker that is away, which it waits out, from one that
     refuses its login or virtual host, which no wait mends; and a connect abandoned while it loops leaves
     the loop running (it outlives a cancel, and kept `asyncio.run` from returning). Here each attempt ends
-    with its failure, which comes back, and the warning is logged once a distinct cause (the client still
-    logs each failed attempt at info level).
+    with its failure, which comes back, and the warning is logged once a distinct cause.
+
+    Only the connection a process starts with is made here: once connected, the client restores a lost
+    connection by itself, and a refusal then (a password rotated at the broker) reads as the broker away.
     """
 
     def __init__(self, broker: RabbitBroker, *, url: str, retry_s: float = RECONNECT_S) -> None:
@@ -204,7 +210,7 @@ class Connector:
         cause: str | None = None
         while True:
             try:
-                await self.broker.connect()
+                await self._attempt()
             except CONNECTION_EXCEPTIONS as exc:
                 why = refusal(exc, url=self.url)
                 now = time.monotonic()
@@ -229,6 +235,25 @@ class Connector:
                 if cause is not None:
                     log.info("connected to RabbitMQ")
                 return
+
+    async def _attempt(self) -> None:
+        """One attempt to connect, which a cancel (a stop while it runs) lets end before it passes on.
+
+        The client's attempt runs in a task of its own, which ends the attempt once it has an outcome; a
+        cancel of the connect reaches only the future it waits on, and the task then goes on attempting
+        every second for ever, with no broker holding the connection to stop it: it kept `asyncio.run` from
+        returning and was destroyed pending in the tests. So the attempt is shielded, and a cancel waits for
+        its outcome (bounded by `CONNECT_TIMEOUT_S`): a connection it made is the broker's, which its stop
+        closes.
+        """
+        attempt = asyncio.ensure_future(self.broker.connect())
+        try:
+            await asyncio.shield(attempt)
+        except asyncio.CancelledError:
+            await asyncio.wait({attempt}, timeout=CONNECT_TIMEOUT_S + RECONNECT_S)
+            if attempt.done() and not attempt.cancelled():
+                attempt.exception()  # its failure is no news now: retrieved, so that none is reported
+            raise
 
 
 async def declare(broker: RabbitBroker, topology: Topology, *, services: tuple[str, ...] = ()) -> None:

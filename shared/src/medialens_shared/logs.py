@@ -45,6 +45,16 @@ class _TextFormatter(logging.Formatter):
         return f"{line} [{context}]" if context else line
 
 
+class _RaisedAgain(logging.Filter):
+    """Drops aiormq's ERROR line for a connection attempt that failed ("error when creating transport"):
+    the same error is raised to what made the attempt, `bus.Connector` (which says so once a cause) or
+    aio-pika's reconnecting (a warning a try, naming it), so a broker away printed two lines a second, one
+    of them an ERROR, for as long as it was away."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.name == "aiormq.connection" and record.msg == "error when creating transport: %r")
+
+
 def configure_logging(settings: Settings, *, service: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     if settings.log.json_for(settings.environment):
@@ -55,6 +65,7 @@ def configure_logging(settings: Settings, *, service: str) -> None:
     assert formatter is not None
     formatter.converter = time.gmtime  # every time in MediaLens is UTC
     handler.addFilter(TraceContextFilter())
+    handler.addFilter(_RaisedAgain())
     logging.basicConfig(level=settings.log.level.upper(), handlers=[handler], force=True)
     for variable in unknown_variables(os.environ):
         logging.getLogger(__name__).warning(

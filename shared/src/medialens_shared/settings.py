@@ -327,7 +327,7 @@ class WorkerSettings(Group):
     consumer_check_s: float = Field(5.0, gt=0)
     #: A service whose consumer stays gone this long (RabbitMQ's client did not restore it) stops and
     #: exits with code 75, for its orchestrator to start a fresh one; a service or the relay that RabbitMQ
-    #: refused (its login or virtual host, `bus.refusal`) this long exits with code 78.
+    #: refused at start (its login or virtual host, `bus.refusal`) this long exits with code 78.
     consumer_lost_s: float = Field(60.0, gt=0)
 
     def ops_port(self, process: str) -> int:

@@ -10,8 +10,9 @@ channel, every `consumer_check_s`; readiness fails while it cannot confirm, and 
 stays gone for `consumer_lost_s` (aio-pika's own recovery did not bring it back) stops like on SIGTERM and
 exits with `EXIT_CONSUMER_LOST`, so that its orchestrator starts a fresh one (crash-only: a restart is the
 one recovery that needs no knowledge of what went wrong). When what kept it from consuming was RabbitMQ
-refusing its login or virtual host (`bus.refusal`), its last line names that cause and it exits with
-`bus.EXIT_REFUSED` (78) instead: a restart alone will not mend it.
+refusing its login or virtual host as it started (`bus.refusal`, `bus.Connector`), its last line names that
+cause and it exits with `bus.EXIT_REFUSED` (78) instead: a restart alone will not mend it. (A refusal once
+connected, when the client's own reconnecting meets it, reads as the broker away.)
 """
 
 from __future__ import annotations

@@ -580,7 +580,8 @@ async def _set_when(done: asyncio.Event, then: asyncio.Event) -> None:
 
 async def run_relay(settings: Settings, stop: asyncio.Event) -> int:
     """Run the relay until `stop` is set; the process's exit code: 0, or EXIT_REFUSED when RabbitMQ kept
-    refusing its login or virtual host.
+    refusing its login or virtual host as it started (once connected, the client reconnects by itself, and
+    a refusal then reads as the broker away).
 
     A broker that is away is waited out, however long: the relay's other duties need only the databases, it
     reconnects by itself, and the outbox-lag alert tells the outage. A broker that refuses the relay (a
