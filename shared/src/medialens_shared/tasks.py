@@ -902,15 +902,25 @@ class JobRunner:
         if done is None:
             # Its lease ran out while it ran and the job went to another worker (or it was ended): storing a
             # result too would be a second effect of one job.
-            jlog.warning("job %s was taken from this worker while it ran; leaving it be", row["id"])
-            if unstored is not None:
-                # No result names the files it saved. One that was stored keeps them: a commit whose answer
-                # was lost (the job is this attempt's after all), or a rerun that finishes the job with it.
-                await self._drop_files(made, job_id=row["id"], jlog=jlog, whose="this attempt")
+            # No result names the files it saved, unless it was stored: a commit whose answer was lost (the
+            # job is this attempt's after all), or a rerun that finishes the job with it keeps them.
+            await self._left_be(row, jlog, unnamed=made if unstored is not None else ())
             return
         metrics.job_finished(row["type"], status, error_code=values.get("error_code"))
         jlog.info("job %s %s", row["id"], status.value, extra={"error_code": values.get("error_code")})
         await self._announce(done)
+
+    async def _left_be(
+        self,
+        row: jobstore.JobRow,
+        jlog: logging.LoggerAdapter[logging.Logger],
+        *,
+        unnamed: Sequence[tuple[str, str]],
+    ) -> None:
+        """An attempt's end for a job taken from it: said, and the files it saved that no result names
+        deleted."""
+        jlog.warning("job %s was taken from this worker while it ran; leaving it be", row["id"])
+        await self._drop_files(unnamed, job_id=row["id"], jlog=jlog, whose="this attempt")
 
     async def _end_batched(
         self, success: _Success, jlog: logging.LoggerAdapter[logging.Logger]
