@@ -238,6 +238,9 @@ PG = "postgres://app:S3cret-pw@db/ml"
             "give asyncpg's ssl= or libpq's sslmode=, not both",
         ),
         ("POSTGRES", f"{PG}?sslmode=require&channel_binding=require", "no query parameter channel_binding"),
+        ("POSTGRES", f"{PG}?server_settings=x", "no query parameter server_settings"),
+        ("POSTGRES", "postgres://app:S3cret@pw@db/ml", "must be written %40"),
+        ("POSTGRES", "postgres://app:S3cret-pw@db1:5432,db2:5432/ml", "?host=h1:5432&host=h2:5433"),
         (
             "POSTGRES",
             f"{PG}?sslmode=verify-ca&sslrootcert=/ca.pem",

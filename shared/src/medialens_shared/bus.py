@@ -155,8 +155,9 @@ def refusal(exc: BaseException, *, url: str) -> str | None:
     PLAIN...", the broker's 403, which names no user); for a virtual host that does not exist, or that the
     user has no permissions on, `InvalidFrameError` ("Expected one of ['Connection.OpenOk'], got
     <Connection.Close object at 0x...>"): the broker answers the handshake's `Connection.Open` with a close
-    (530 NOT_ALLOWED), whose text, the one that tells the two apart, aiormq drops. Hence one sentence for
-    both; the broker's log says which.
+    (530 NOT_ALLOWED), whose code and text, which tell the two apart, aiormq drops. Hence one sentence for
+    both; the broker's log says which. The same close comes for a vhost's connection limit reached or a
+    vhost that is recovering (541), which a wait mends: the sentence says so too.
     """
     parts = urlsplit(url)
     user = unquote(parts.username or "") or "guest"  # the client's login when the URL names none
@@ -171,7 +172,9 @@ def refusal(exc: BaseException, *, url: str) -> str | None:
         vhost = unquote(parts.path[1:]) or "/"
         return (
             f"RabbitMQ refused to open virtual host {vhost!r} for user {user!r}: it does not exist or "
-            "the user has no permissions on it (create it or grant them, or fix MEDIALENS_RABBITMQ_URL)"
+            "the user has no permissions on it (create it or grant them, or fix MEDIALENS_RABBITMQ_URL), "
+            "unless the broker's log says it refuses connections to it for now (a connection limit, the "
+            "vhost recovering)"
         )
     return None
 

@@ -461,7 +461,8 @@ JOB_TYPES: dict[str, JobTypeSpec] = {
 SERVICES: tuple[Literal["video", "audio", "data"], ...] = ("video", "audio", "data")
 
 #: Every job type that is a part of a composite one, in the order its composite lists its parts: the order
-#: of a composite job's `children` (the parts of one submission share their creation time).
+#: of a composite job's `children` (the parts of one submission share their creation time). One order for
+#: all composites, which must list the parts they share in the same order (a test checks).
 PART_ORDER: tuple[str, ...] = tuple(
     dict.fromkeys(part for spec in JOB_TYPES.values() for part in spec.children)
 )

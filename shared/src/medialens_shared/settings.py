@@ -94,9 +94,9 @@ POSTGRES_SCHEMES = ("postgresql+asyncpg", "postgresql", "postgres")
 SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 #: The query parameters of a PostgreSQL URL: SQLAlchemy's asyncpg dialect passes each to `asyncpg.connect`
 #: but its own statement cache size.
-ASYNCPG_PARAMETERS = frozenset(inspect.signature(asyncpg.connect).parameters) | {
-    "prepared_statement_cache_size"
-}
+ASYNCPG_PARAMETERS = (
+    frozenset(inspect.signature(asyncpg.connect).parameters) | {"prepared_statement_cache_size"}
+) - {"dsn", "loop", "connection_class", "record_class", "server_settings"}  # objects, not text: no use here
 
 
 def _asyncpg_url(url: SecretStr) -> SecretStr:
@@ -106,6 +106,11 @@ def _asyncpg_url(url: SecretStr) -> SecretStr:
     an unexpected keyword argument `sslmode`), as did any query parameter asyncpg does not take: those are
     refused here. A URL already in that form is kept as it is written."""
     text = _with_scheme(url.get_secret_value(), POSTGRES_SCHEMES)
+    authority = text.partition("://")[2].split("/", 1)[0].split("?", 1)[0]
+    if authority.count("@") > 1:  # SQLAlchemy and urlsplit split `a:p@ss@db` differently: neither is sure
+        raise ValueError("an @ in the user or password must be written %40")
+    if "," in authority.rpartition("@")[2]:
+        raise ValueError("several hosts are given as ?host=h1:5432&host=h2:5433, not h1,h2")
     try:
         parsed = make_url(text)
     except (ArgumentError, ValueError):  # their messages may quote the URL

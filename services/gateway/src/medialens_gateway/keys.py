@@ -157,7 +157,8 @@ async def database_problem(db: DatabaseManager) -> str | None:
 
 def _unreachable(db: DatabaseManager, exc: Exception) -> str:
     url = db.engine.url  # its host, port and database: never its password
-    where = f"PostgreSQL at {url.host}:{url.port or 5432}/{url.database}"
+    place = f"{url.host}:{url.port or 5432}" if url.host else f"the socket in {url.query.get('host', '?')}"
+    where = f"PostgreSQL at {place}/{url.database}"
     innermost = causes(exc)[-1]  # asyncpg's error or the socket's, without SQLAlchemy's wrapping
     cause = str(innermost) or type(innermost).__name__  # a connect timeout's message is empty
     if isinstance(innermost, asyncpg.InvalidCatalogNameError):
