@@ -87,6 +87,15 @@ def test_env_means_the_servers_the_settings_variables_name() -> None:
     assert (other.admin.base, other.admin.auth) == ("http://mq:15999/api", ("ops", "s@cret"))
 
 
+def test_env_keeps_a_postgres_password_and_an_ipv6_host() -> None:
+    """The PostgreSQL login is kept as written, password and percent-encoding included (it was reduced to
+    its user name, so a server that asks for a password refused every test), and an IPv6 host stays
+    bracketed."""
+    url = "postgresql+asyncpg://app:p%40ss@[::1]:5433/postgres"
+    chosen = servers.choose_servers(COMPOSE_ENV | {"MEDIALENS_POSTGRES_URL": url})
+    assert chosen.postgres == "app:p%40ss@[::1]:5433"
+
+
 def test_env_without_the_urls_is_a_clear_error() -> None:
     with pytest.raises(servers.ServersUnavailable, match="needs MEDIALENS_MONGODB_URL, MEDIALENS_REDIS_URL"):
         servers.choose_servers(
