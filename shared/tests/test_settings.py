@@ -115,6 +115,20 @@ def test_production_refuses_the_defaults_however_they_are_spelt(group: str, url:
         Settings(**{**SAFE_PRODUCTION, group: {"url": url}})
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql+asyncpg://postgres@db.internal/medialens?password=s3cret",
+        "postgresql+asyncpg:///medialens?host=/run/postgresql",
+        "postgresql+asyncpg:///medialens?host=/run/postgresql&user=postgres",
+    ],
+)
+def test_production_takes_a_login_asyncpg_reads_from_the_query_or_a_socket(url: str) -> None:
+    """A password in the query, or a Unix socket's peer authentication (no password to give), is no
+    passwordless superuser: both were refused as the default."""
+    assert Settings(**{**SAFE_PRODUCTION, "postgres": {"url": url}}).environment == "production"
+
+
 def test_production_refuses_webhooks_to_private_addresses() -> None:
     """`callback_allow_private` (the settings table: never in production) is refused there."""
     with pytest.raises(ValidationError, match="MEDIALENS_GATEWAY_CALLBACK_ALLOW_PRIVATE"):

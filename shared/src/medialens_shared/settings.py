@@ -414,8 +414,12 @@ class Settings(BaseSettings):
         broker = urlsplit(self.rabbitmq.url.get_secret_value())
         if broker.username in (None, "", "guest") or broker.password in (None, "guest"):
             unsafe.append("MEDIALENS_RABBITMQ_URL uses the guest account (or names no user and password)")
-        database = urlsplit(self.postgres.url.get_secret_value())
-        if database.username in (None, "", "postgres") and not database.password:
+        # The login as asyncpg reads it: from the URL's user info or its query (`?user=&password=`); over a
+        # Unix socket (no host: `?host=/run/postgresql`) the server knows the process's user, no password.
+        database = make_url(self.postgres.url.get_secret_value())
+        user = database.username or database.query.get("user")
+        password = database.password or database.query.get("password")
+        if user in (None, "", "postgres") and not password and database.host:
             unsafe.append("MEDIALENS_POSTGRES_URL logs in as the superuser without a password (the default)")
         if self.gateway.callback_allow_private:
             unsafe.append("MEDIALENS_GATEWAY_CALLBACK_ALLOW_PRIVATE lets webhooks reach private addresses")
