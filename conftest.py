@@ -1,3 +1,8 @@
 """Fixtures shared by every test tree: the real servers of this run, and the stack on them."""
 
-pytest_plugins = ["tests.fixtures.threads", "tests.fixtures.servers", "tests.fixtures.stack"]
+pytest_plugins = [
+    "tests.fixtures.threads",
+    "tests.fixtures.logs",
+    "tests.fixtures.servers",
+    "tests.fixtures.stack",
+]

@@ -7,7 +7,6 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -37,15 +36,6 @@ from medialens_shared.telemetry import (
 )
 from scripts.samples import make_video
 from tests.fixtures.stack import Stack, api_client, run_job, submit, upload, wait_for
-
-
-@pytest.fixture
-def restore_root_logging() -> Iterator[None]:
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 @pytest.mark.parametrize(

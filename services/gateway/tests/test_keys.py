@@ -5,11 +5,10 @@ it cannot use is one line and exit 3, not a traceback."""
 from __future__ import annotations
 
 import asyncio
-import logging
 import secrets
 import socket
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
@@ -32,13 +31,8 @@ def command_env(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(autouse=True)
-def restore_root_logging() -> Iterator[None]:
-    """The command sets up the process's logging (to the test's captured stderr): put the root's back."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
+def _logging_put_back(restore_root_logging: None) -> None:
+    """The command sets up the process's logging (to the test's captured stderr): the root's put back."""
 
 
 @pytest.fixture
