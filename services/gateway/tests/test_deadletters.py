@@ -18,7 +18,7 @@ from medialens_shared.bus import Topology, make_broker, queue_stats
 from medialens_shared.db import DatabaseManager
 from medialens_shared.tables import jobs
 from scripts.samples import make_video
-from tests.fixtures.servers import settings_env
+from tests.fixtures.servers import free_port, settings_env
 from tests.fixtures.stack import Stack, upload, wait_for
 
 
@@ -162,3 +162,22 @@ async def test_a_dead_letter_queue_not_declared_yet_is_said_in_one_line(
     assert requeued.err.strip() == "no dead letter for job(s): some-job"
     assert await main_async(["list"]) == 0  # still not there: the command only looks
     assert capsys.readouterr().out.startswith(said)
+
+
+async def test_requeue_with_postgresql_unreachable_says_so_and_keeps_the_letter(
+    stack: Stack, dead_job: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """PostgreSQL unreachable: one line naming where and what to check, exit 3, and the letter stays in the
+    queue. It waited 10 s for every server (MongoDB and Redis too, which it does not use) and then ended in
+    a traceback."""
+    monkeypatch.setenv("MEDIALENS_POSTGRES_URL", f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/x")
+    before = await _dead_count(stack)
+    started = time.monotonic()
+    assert await main_async(["requeue", dead_job]) == 3
+    assert time.monotonic() - started < 8
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    [line] = [line for line in err.splitlines() if line.startswith("medialens-deadletters: ")]
+    assert "cannot be reached" in line
+    assert "MEDIALENS_POSTGRES_URL" in line
+    assert await _dead_count(stack) == before

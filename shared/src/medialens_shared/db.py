@@ -31,7 +31,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy import event, text
 from sqlalchemy.engine import Dialect
-from sqlalchemy.exc import DBAPIError, DisconnectionError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry, NullPool, PoolProxiedConnection, QueuePool
@@ -518,3 +518,34 @@ def causes(exc: BaseException) -> list[BaseException]:
         chain.append(current)
         current = getattr(current, "orig", None) or current.__cause__ or current.__context__
     return chain
+
+
+async def postgres_problem(db: DatabaseManager) -> str | None:
+    """Why an operator's command cannot use PostgreSQL, in one line saying what to do; None when it can.
+
+    Checked before a command (`medialens-keys`, `medialens-deadletters requeue`) uses the database, as the
+    services check at their start (`migrate.check_schema`), with no wait: the first query of an unreachable
+    or never-migrated database otherwise ended the command in a traceback.
+    """
+    try:
+        version = await db.schema_version()
+    except (OSError, SQLAlchemyError) as exc:
+        return _unreachable(db, exc)
+    try:
+        migrate.check_schema(version)
+    except migrate.SchemaBehind as exc:
+        return str(exc)
+    return None
+
+
+def _unreachable(db: DatabaseManager, exc: Exception) -> str:
+    url = db.engine.url  # its host, port and database: never its password
+    place = f"{url.host}:{url.port or 5432}" if url.host else f"the socket in {url.query.get('host', '?')}"
+    where = f"PostgreSQL at {place}/{url.database}"
+    innermost = causes(exc)[-1]  # asyncpg's error or the socket's, without SQLAlchemy's wrapping
+    cause = str(innermost) or type(innermost).__name__  # a connect timeout's message is empty
+    if isinstance(innermost, asyncpg.InvalidCatalogNameError):
+        return f"{where}: {cause}: run medialens-migrate (it makes it) or correct MEDIALENS_POSTGRES_URL"
+    if isinstance(innermost, asyncpg.PostgresError):
+        return f"{where} refused: {cause}: check MEDIALENS_POSTGRES_URL"
+    return f"{where} cannot be reached ({cause}): is it running, and is MEDIALENS_POSTGRES_URL right?"

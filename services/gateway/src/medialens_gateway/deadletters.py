@@ -15,6 +15,8 @@ services declare it at their start): `list` then says so and lists nothing. Exit
     0  done
     1  some job ids had no letter in the queue (the others were requeued)
     2  a bad command line or a bad setting
+    3  PostgreSQL cannot be used (unreachable, refusing MEDIALENS_POSTGRES_URL, or its schema not this
+       release's); one line says which, and every letter stays in the queue
 """
 
 from __future__ import annotations
@@ -35,12 +37,14 @@ from pydantic import ValidationError
 from medialens_shared import jobstore, outbox
 from medialens_shared.bus import Topology
 from medialens_shared.contracts import JobMessage, JobStatus
-from medialens_shared.db import DatabaseManager
+from medialens_shared.db import DatabaseManager, postgres_problem
 from medialens_shared.settings import load_settings
 from medialens_shared.tables import jobs
 
 #: The exit code when some job ids had no letter in the queue (2 stays argparse's and the settings').
 EXIT_NOT_FOUND = 1
+#: The exit code when PostgreSQL cannot be used (as medialens-keys').
+EXIT_NO_DATABASE = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,8 +175,11 @@ async def requeue_letters(
             chosen.append((letter, letter.job))
         else:
             await letter.message.nack(requeue=True)
-    if chosen:
-        await db.initialize_all(wait_s=10)
+    if chosen and (problem := await postgres_problem(db)):
+        # Only PostgreSQL is used (it waited for MongoDB and Redis too, and a failure was a traceback); the
+        # letters held go back to the queue as the connection closes.
+        print(f"medialens-deadletters: {problem}", file=sys.stderr)
+        return EXIT_NO_DATABASE
     for letter, job in chosen:
         new_id = await requeue(db, letter)
         await letter.message.ack()

@@ -32,14 +32,11 @@ import sys
 from dataclasses import dataclass
 from datetime import datetime
 
-import asyncpg
 from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.exc import SQLAlchemyError
 
 from medialens_gateway.auth import ensure_tenant, hash_key, new_webhook_secret
-from medialens_shared import migrate
-from medialens_shared.db import DatabaseManager, causes
+from medialens_shared.db import DatabaseManager, postgres_problem
 from medialens_shared.logs import configure_logging
 from medialens_shared.settings import load_settings
 from medialens_shared.tables import api_keys, tenants
@@ -138,36 +135,6 @@ async def webhook_secret(db: DatabaseManager, *, tenant_id: str, rotate: bool) -
     return None if secret is None else str(secret)
 
 
-async def database_problem(db: DatabaseManager) -> str | None:
-    """Why the command cannot use the database, in one line saying what to do; None when it can.
-
-    Checked before any command, as the services check at their start (`migrate.check_schema`): the first
-    query of an unreachable or never-migrated database otherwise ended the command in a traceback.
-    """
-    try:
-        version = await db.schema_version()
-    except (OSError, SQLAlchemyError) as exc:
-        return _unreachable(db, exc)
-    try:
-        migrate.check_schema(version)
-    except migrate.SchemaBehind as exc:
-        return str(exc)
-    return None
-
-
-def _unreachable(db: DatabaseManager, exc: Exception) -> str:
-    url = db.engine.url  # its host, port and database: never its password
-    place = f"{url.host}:{url.port or 5432}" if url.host else f"the socket in {url.query.get('host', '?')}"
-    where = f"PostgreSQL at {place}/{url.database}"
-    innermost = causes(exc)[-1]  # asyncpg's error or the socket's, without SQLAlchemy's wrapping
-    cause = str(innermost) or type(innermost).__name__  # a connect timeout's message is empty
-    if isinstance(innermost, asyncpg.InvalidCatalogNameError):
-        return f"{where}: {cause}: run medialens-migrate (it makes it) or correct MEDIALENS_POSTGRES_URL"
-    if isinstance(innermost, asyncpg.PostgresError):
-        return f"{where} refused: {cause}: check MEDIALENS_POSTGRES_URL"
-    return f"{where} cannot be reached ({cause}): is it running, and is MEDIALENS_POSTGRES_URL right?"
-
-
 async def main_async(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="medialens-keys",
@@ -197,7 +164,7 @@ async def main_async(argv: list[str]) -> int:
         logging.getLogger().setLevel(logging.WARNING)
     db = DatabaseManager(settings, name="keys")  # only PostgreSQL is used (opened on first use)
     try:
-        if problem := await database_problem(db):
+        if problem := await postgres_problem(db):
             print(f"medialens-keys: {problem}", file=sys.stderr)
             return EXIT_NO_DATABASE
         if args.command == "create":
