@@ -177,3 +177,36 @@ def test_the_pixel_aspect_is_the_containers_then_the_codecs_within_reason(
         sample_aspect_ratio=container, codec_context=SimpleNamespace(sample_aspect_ratio=codec)
     )
     assert pixel_aspect(stream) == expected
+
+
+def _mpeg4_avi(path: Path, *, b_frames: int) -> None:
+    """4 s at 25 fps of MPEG-4 part 2 in AVI (DivX/Xvid-style), with `b_frames` between references."""
+    rng = np.random.default_rng(4)
+    with av.open(str(path), "w", format="avi") as out:
+        stream = out.add_stream("mpeg4", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 160, 96, "yuv420p"
+        stream.codec_context.max_b_frames = b_frames
+        stream.codec_context.gop_size = 50
+        for _ in range(100):
+            picture = rng.integers(0, 255, (96, 160, 3), dtype=np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(picture, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+
+
+@pytest.mark.parametrize("b_frames", [0, 2])
+def test_thumbnails_of_an_avi_whose_first_frame_is_shown_late(tmp_path: Path, b_frames: int) -> None:
+    """An MPEG-4 AVI with B-frames shows its first frame a tick after the stream's start, and AVI's demuxer
+    refuses a seek before its index (EPERM): every thumbnails job of such a file ended INTERNAL_ERROR."""
+    path = tmp_path / "divx.avi"
+    _mpeg4_avi(path, b_frames=b_frames)
+    for asked in ({"count": 4}, {"every_s": 1.0}):
+        images = extract_thumbnails(path, out_dir=tmp_path / "thumbs", width=64, **asked)
+        assert len(images) == 4, asked
+        times = [image.t_s for image in images]
+        assert times == sorted(times), times
+        assert 0.0 <= times[0] <= times[-1] < 4.0, times
+        for image in images:
+            with av.open(str(image.path)) as jpeg:
+                assert next(jpeg.decode(video=0)).width == 64

@@ -128,7 +128,12 @@ def _read_end(container: Any, stream: Any) -> int:
     except av.error.FFmpegError:
         end = None
     if end is None:
-        container.seek(0, stream=stream, backward=True)
+        try:
+            container.seek(0, stream=stream, backward=True)
+        except av.error.FFmpegError as exc:
+            raise MediaDecodeError(
+                "The video stream cannot be read to its end; the file is probably damaged."
+            ) from exc
         end = _latest_end(container, stream)
     if end is None:
         raise MediaDecodeError("The video stream holds no timed frame; the file is probably damaged.")
@@ -196,6 +201,23 @@ class _Reader:
             self.pending = [f for f in self.guard.decode(codec, packet) if f.pts is not None]
             self.report(*self.note)
 
+    def _seek(self, timestamp: int) -> None:
+        """Seek to `timestamp`, or to the stream's start, or to 0, whichever the demuxer takes first.
+
+        AVI's demuxer refuses a time before its first index entry (EPERM): the seek before the start that
+        `_seek_keyframe` makes ended every thumbnails job of an MPEG-4 AVI with B-frames, whose first frame
+        is shown a tick after it is decoded, in INTERNAL_ERROR. From an earlier place than asked, the reading
+        goes forward as far as it needs."""
+        for where in dict.fromkeys((timestamp, self.start, 0)):
+            try:
+                self.container.seek(where, stream=self.stream, backward=True)
+            except av.error.FFmpegError:
+                continue
+            return
+        raise MediaDecodeError(
+            "The video stream cannot be sought, even to its start; the file is probably damaged."
+        )
+
     def _seek_keyframe(self, target: int) -> None:
         """Leave a keyframe at or before `target` in `head` and the demuxer after it: the last one before
         `target` where a seek lands on it (an indexed container), else one at most about a GOP earlier.
@@ -214,7 +236,7 @@ class _Reader:
             self.report(*self.note)  # a cancel is heard between two tries
             from_start = at < self.start
             self.close()
-            self.container.seek(self.start - back if from_start else at, stream=self.stream, backward=True)
+            self._seek(self.start - back if from_start else at)
             self.packets, self.pending, self.last = self.container.demux(self.stream), [], None
             for packet in self.packets:
                 shown = packet.pts if packet.pts is not None else packet.dts
