@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -125,3 +126,69 @@ def test_slow_or_small_motion_and_colour_changes_are_not_frozen(tmp_path: Path) 
     assert detect_quality(_clip(tmp_path / "stopped.mp4", stopped)).frozen == [
         pytest.approx((1.0, 4.0), abs=0.05)
     ]
+
+
+def _grey_frames(count: int, *, black: range, seed: int) -> list[av.VideoFrame]:
+    """`count` 160x96 frames of random grey levels (each unlike the one before), black at `black`."""
+    rng = np.random.default_rng(seed)
+    pictures = [
+        np.full((96, 160, 3), 0 if index in black else int(rng.integers(60, 200)), dtype=np.uint8)
+        for index in range(count)
+    ]
+    return [av.VideoFrame.from_ndarray(picture, format="rgb24") for picture in pictures]
+
+
+def test_times_run_from_the_streams_start_in_a_recording_cut_mid_gop(tmp_path: Path) -> None:
+    """An MPEG-TS cut at an arbitrary byte, as a broadcast recording starts: its first packets decode to
+    nothing until the first keyframe. The black's times run from the stream's start (as the scenes' and
+    thumbnails' do, and blackdetect's); they ran from the first decoded frame, 0.4 s early here."""
+    whole = tmp_path / "whole.ts"
+    with av.open(str(whole), "w", format="mpegts") as out:
+        stream = out.add_stream(
+            "libx264", rate=25, options={"g": "50", "keyint_min": "50", "sc_threshold": "0"}
+        )
+        stream.width, stream.height, stream.pix_fmt = 160, 96, "yuv420p"
+        for frame in _grey_frames(250, black=range(125, 150), seed=8):  # black at 5.0-6.0 s
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    data = whole.read_bytes()
+    cut = tmp_path / "cut.ts"
+    cut.write_bytes(data[(len(data) * 3 // 20) // 188 * 188 :])  # about 1.5 s in, between keyframes
+    with av.open(str(cut)) as container:
+        video = container.streams.video[0]
+        start_s = float(video.start_time * video.time_base)
+        keyframe_s = next(
+            float(packet.pts * video.time_base) for packet in container.demux(video) if packet.is_keyframe
+        )
+    assert keyframe_s - start_s > 0.2  # the cut fell between keyframes: the premise of the test
+    analysis = detect_quality(cut, min_black_s=0.5)
+    [(begin, end)] = analysis.black
+    with av.open(str(whole)) as container:
+        source_start_s = float(container.streams.video[0].start_time * container.streams.video[0].time_base)
+    truth = (5.0 - (start_s - source_start_s), 6.0 - (start_s - source_start_s))
+    assert abs(begin - truth[0]) <= 0.1, (begin, end, truth)
+    assert abs(end - truth[1]) <= 0.1, (begin, end, truth)
+
+
+def test_a_black_last_frame_held_is_closed_at_the_end_of_its_showing(tmp_path: Path) -> None:
+    """A video ending on one black frame shown for 3 s: the stretch is closed at the end of that showing
+    (the stream's 7 s), not 40 ms after it started, which made it shorter than `min_black_s`: dropped."""
+    path = tmp_path / "held.mp4"
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=25, options={"bf": "0"})
+        stream.width, stream.height, stream.pix_fmt = 160, 96, "yuv420p"
+        stream.codec_context.time_base = Fraction(1, 1000)
+        frames = _grey_frames(101, black=range(100, 101), seed=7)
+        packets = []
+        for index, frame in enumerate(frames):
+            frame.pts, frame.time_base = index * 40, Fraction(1, 1000)
+            packets += stream.encode(frame)
+        packets += stream.encode(None)
+        last = max(packets, key=lambda packet: packet.pts)
+        for packet in packets:
+            if packet is last:
+                packet.duration = round(Fraction(3, 1) / packet.time_base)  # shown from 4.0 s to 7.0 s
+            out.mux(packet)
+    [(begin, end)] = detect_quality(path, min_black_s=0.5).black
+    assert abs(begin - 4.0) <= 0.1
+    assert abs(end - 7.0) <= 0.1

@@ -163,7 +163,7 @@ def stated_end(container: Any, stream: Any) -> int | None:
 def first_timestamp(container: Any, stream: Any) -> int:
     """The video stream's first timestamp: its start as FFmpeg found it, or in Matroska (where that may be
     the container's start, see `stated_end`) the least timestamp of its first packets, read here after a
-    seek to the start: the caller seeks before reading on."""
+    seek to the start, and sought back to it after: the demuxer is left where it was, at the start."""
     stated = int(stream.start_time or 0)
     if not _is_matroska(container):
         return stated
@@ -173,6 +173,7 @@ def first_timestamp(container: Any, stream: Any) -> int:
         return stated
     with demuxed(container, stream) as packets:
         first = [p.pts for p in islice(packets, FIRST_PACKETS) if p.pts is not None]
+    container.seek(0, stream=stream, backward=True)
     return min(first, default=stated)
 
 

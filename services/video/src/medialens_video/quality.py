@@ -15,7 +15,12 @@ frame's small planes are kept):
   starts the next comparison. A frozen stretch starts at the first showing of the still picture and ends
   at the first frame that differs from it.
 
-A stretch still open at the end is closed at the video's end (last frame plus its duration).
+Times run from the video stream's start (`frames.first_timestamp`), as the other video jobs' do, not from
+its first decoded frame: a recording cut mid-GOP (MPEG-TS from a broadcast) starts with packets that decode
+to nothing until the first keyframe, and its black stretches read 0.64 s early, beside the scenes and
+thumbnails of the same file. A stretch still open at the end is closed at the video's end: the last frame
+plus its own duration (a last frame held for 3 s closed 40 ms after it started, and a black end shorter
+than `min_black_s` by then was dropped), or the gap before it where its container gives none.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from medialens_video.frames import (
     SmallFrame,
     demuxed,
     expected_frames,
+    first_timestamp,
     frame_ticks,
     open_video,
 )
@@ -90,18 +96,16 @@ def detect_quality(
         time_base = stream.time_base
         stream.thread_type = "AUTO"
         guard = DecodeGuard(total)
-        first_pts: int | None = None
+        origin = first_timestamp(container, stream)
         #: The still picture frames are compared with: its first showing's time and its planes.
         still_picture: tuple[float, SmallFrame] | None = None
-        last_pts, last_interval, count = 0, ticks, 0
+        last_pts, last_interval, last_duration, count = origin, ticks, 0, 0
         with demuxed(container, stream) as packets:
             for packet in packets:
                 for frame in guard.decode(stream.codec_context, packet):
                     if frame.pts is None:
                         continue
-                    if first_pts is None:
-                        first_pts = frame.pts
-                    now_s = float((frame.pts - first_pts) * time_base)
+                    now_s = max(float((frame.pts - origin) * time_base), 0.0)
                     small = SmallFrame.of(frame)
                     is_black = small.dark_share(black_threshold) >= BLACK_PIXEL_SHARE
                     black.step(is_black, start_s=now_s, now_s=now_s)
@@ -111,11 +115,11 @@ def detect_quality(
                         last_interval = frame.pts - last_pts
                     if still_picture is None or not still:
                         still_picture = (now_s, small)
-                    last_pts = frame.pts
+                    last_pts, last_duration = frame.pts, frame.duration
                     count += 1
                 report(min(count / total, 1.0), f"decoding {count}/{total} frames")
         guard.require_frames(count)
-    end_s = float((last_pts + last_interval - (first_pts or 0)) * time_base)
+    end_s = max(float((last_pts + (last_duration or last_interval) - origin) * time_base), 0.0)
     black.close(end_s)
     frozen.close(end_s)
     return QualityAnalysis(black=black.closed, frozen=frozen.closed, frames_analyzed=count)
