@@ -210,3 +210,22 @@ def test_thumbnails_of_an_avi_whose_first_frame_is_shown_late(tmp_path: Path, b_
         for image in images:
             with av.open(str(image.path)) as jpeg:
                 assert next(jpeg.decode(video=0)).width == 64
+
+
+def test_a_very_tall_picture_gives_a_thumbnail_no_taller_than_the_widest_asked(tmp_path: Path) -> None:
+    """A 16x1000 picture at width 320 would be 320x20000, and at 3840 a height the scaler refused: the
+    thumbnail fits in THUMBNAIL_HEIGHT_MAX instead, narrower than asked, its size given as made."""
+    path = tmp_path / "tall.mp4"
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 16, 1000, "yuv420p"
+        for level in (40, 120, 200):
+            picture = np.full((1000, 16, 3), level, dtype=np.uint8)
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(picture, format="rgb24")))
+        out.mux(stream.encode(None))
+    for width in (320, 3840):
+        [image] = extract_thumbnails(path, out_dir=tmp_path / f"w{width}", count=1, width=width)
+        assert (image.width, image.height) == (60, 3750), (width, image)  # the aspect kept, even sides
+        with av.open(str(image.path)) as jpeg:
+            decoded = next(jpeg.decode(video=0))
+        assert (decoded.width, decoded.height) == (60, 3750)

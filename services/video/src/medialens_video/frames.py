@@ -315,14 +315,23 @@ def pixel_aspect(stream: Any) -> Fraction:
     return Fraction(1)
 
 
+#: The tallest thumbnail made (the widest one asked): a picture taller than wide by more than that is
+#: made narrower than asked to fit. A 16x2000 source asked at 320 gave a 320x40000 JPEG, and at 3840 a
+#: height the scaler refused (INTERNAL_ERROR). The result gives each thumbnail's width and height.
+THUMBNAIL_HEIGHT_MAX = 3840
+
+
 def thumbnail_size(frame: Any, width: int, *, aspect: Fraction = Fraction(1)) -> tuple[int, int]:
     """`width` and the height keeping the frame's aspect as displayed (its pixels `aspect` wide to 1 high,
-    then turned), both even (for 4:2:0 JPEG)."""
+    then turned), both even (for 4:2:0 JPEG); narrower where the height would pass
+    `THUMBNAIL_HEIGHT_MAX`."""
     shown_w, shown_h = frame.width * aspect, Fraction(frame.height)
     if display_rotation(frame) in (90, 270):
         shown_w, shown_h = shown_h, shown_w
     width = max(2, width - width % 2)
-    height = max(2, round(width * shown_h / shown_w / 2) * 2)
+    if width * shown_h > THUMBNAIL_HEIGHT_MAX * shown_w:
+        width = max(2, int(THUMBNAIL_HEIGHT_MAX * shown_w / shown_h) // 2 * 2)
+    height = min(THUMBNAIL_HEIGHT_MAX, max(2, round(width * shown_h / shown_w / 2) * 2))
     return width, height
 
 
