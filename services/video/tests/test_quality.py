@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
+import numpy.typing as npt
 import pytest
 
 from medialens_shared.errors import MediaDecodeError
@@ -192,3 +194,63 @@ def test_a_black_last_frame_held_is_closed_at_the_end_of_its_showing(tmp_path: P
     [(begin, end)] = detect_quality(path, min_black_s=0.5).black
     assert abs(begin - 4.0) <= 0.1
     assert abs(end - 7.0) <= 0.1
+
+
+def _lossless(path: Path, lumas: list[npt.NDArray[np.uint8]]) -> Path:
+    """25 fps lossless H.264 of yuv420p frames with these luma planes (grey chroma)."""
+    height, width = lumas[0].shape
+    grey = np.full((height // 2, width), 128, dtype=np.uint8)  # U and V, a quarter each, side by side
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=25, options={"qp": "0", "preset": "ultrafast"})
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for luma in lumas:
+            planes = np.concatenate([luma, grey])
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(planes, format="yuv420p")))
+        out.mux(stream.encode(None))
+    return path
+
+
+def _busy(rng: np.random.Generator) -> npt.NDArray[np.uint8]:
+    return rng.integers(60, 200, (180, 320), dtype=np.uint8)
+
+
+@pytest.mark.parametrize(
+    ("name", "luma", "black"),
+    [
+        # 85% of the pixels dark: grain a 2 x 2 average smoothed away read black.
+        (
+            "grain",
+            lambda rng: np.clip(30 + rng.integers(-10, 11, (180, 320)), 0, 255).astype(np.uint8),
+            False,
+        ),
+        # Black but for 1-pixel lines on 1.4% of the pixels: averaged, they smeared over 2.8% of them.
+        (
+            "lines",
+            lambda rng: np.where(np.arange(320) % 70 == 0, 235, 16).astype(np.uint8)[None, :].repeat(180, 0),
+            True,
+        ),
+    ],
+)
+def test_a_frame_is_black_as_blackdetect_counts_its_pixels(
+    tmp_path: Path, name: str, luma: Any, black: bool
+) -> None:
+    """98% of every pixel at most the threshold, as blackdetect counts them (its `pic_th`), not of a
+    downscaled picture: grain and thin lines read as blackdetect reads them (checked against it)."""
+    rng = np.random.default_rng(1)
+    lumas = [_busy(rng) for _ in range(10)] + [luma(rng) for _ in range(25)] + [_busy(rng) for _ in range(10)]
+    found = detect_quality(_lossless(tmp_path / f"{name}.mp4", lumas), min_black_s=0.5).black
+    assert found == ([(0.4, 1.4)] if black else []), found
+
+
+def test_grain_above_the_freeze_noise_is_no_freeze(tmp_path: Path) -> None:
+    """A still picture with a grain of one level on 60% of its pixels differs by 0.0017 (freezedetect's
+    measure, above its -60 dB): no freeze, as freezedetect says. Averaged 2 x 2 first, it read 0.0009."""
+    rng = np.random.default_rng(3)
+    base = rng.integers(60, 200, (180, 320)).astype(np.int16)
+
+    def grainy() -> npt.NDArray[np.uint8]:
+        grain = rng.integers(-1, 2, (180, 320)) * (rng.random((180, 320)) < 0.6)
+        return np.clip(base + grain, 0, 255).astype(np.uint8)
+
+    lumas = [_busy(rng) for _ in range(25)] + [grainy() for _ in range(100)] + [_busy(rng) for _ in range(25)]
+    assert detect_quality(_lossless(tmp_path / "grain.mp4", lumas), freeze_min_s=2.0).frozen == []

@@ -4,13 +4,15 @@ As FFmpeg's blackdetect and freezedetect judge them, with one decode for both, s
 frame's small planes are kept):
 
 - A frame is black when at least `BLACK_PIXEL_SHARE` (98%) of its pixels have a luma (0..1, black to white,
-  whatever range the video uses) of at most `black_threshold`: blackdetect's `pic_th` and `pix_th`. Not
+  whatever range the video uses) of at most `black_threshold`: blackdetect's `pic_th` and `pix_th`, every
+  pixel counted (`frames.dark_share`; a downscaled picture smoothed grain and smeared thin lines). Not
   the mean luma: a dark night scene has a low mean and is no black frame, and a black card with a
   caption is not black either.
 - A frame is frozen when it differs by at most `FREEZE_NOISE` (freezedetect's -60 dB) from the still
   picture's first showing, not merely from the frame before it (slow or small motion adds up: a box
   crossing the picture a few pixels a frame is no freeze), as the mean absolute difference over the
-  pixels of its Y, U and V planes (colour counts: hues changing at the same brightness are no freeze), and
+  pixels of its Y, U and V planes (colour counts: hues changing at the same brightness are no freeze),
+  sampled without averaging (`SmallFrame.of(averaged=False)`: an average halved grain's difference), and
   it is not black (a black stretch is reported as black, not also as frozen). A frame that differs
   starts the next comparison. A frozen stretch starts at the first showing of the still picture and ends
   at the first frame that differs from it.
@@ -32,11 +34,13 @@ from medialens_video.frames import (
     DecodeGuard,
     Report,
     SmallFrame,
+    dark_share,
     demuxed,
     expected_frames,
     first_timestamp,
     frame_ticks,
     open_video,
+    planar_8bit,
 )
 
 #: Mean absolute difference of Y, U and V (0..1) up to which a frame is the still picture it is compared
@@ -106,8 +110,9 @@ def detect_quality(
                     if frame.pts is None:
                         continue
                     now_s = max(float((frame.pts - origin) * time_base), 0.0)
-                    small = SmallFrame.of(frame)
-                    is_black = small.dark_share(black_threshold) >= BLACK_PIXEL_SHARE
+                    planar = planar_8bit(frame)
+                    small = SmallFrame.of(planar, averaged=False)
+                    is_black = dark_share(planar, black_threshold) >= BLACK_PIXEL_SHARE
                     black.step(is_black, start_s=now_s, now_s=now_s)
                     if still_picture is not None:
                         still = not is_black and small.mafd(still_picture[1]) <= FREEZE_NOISE
