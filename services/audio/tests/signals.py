@@ -17,7 +17,14 @@ from medialens_audio.decode import frame_of
 
 Signal = npt.NDArray[np.float32]
 
-CODECS = {".wav": "pcm_s16le", ".flac": "flac", ".mp3": "libmp3lame", ".m4a": "aac"}
+CODECS = {
+    ".wav": "pcm_s16le",
+    ".flac": "flac",
+    ".mp3": "libmp3lame",
+    ".m4a": "aac",
+    ".aac": "aac",  # ADTS: AAC frames one after the other, no index
+    ".mp2": "mp2",
+}
 
 
 def amplitude(level_dbfs: float) -> float:
@@ -57,12 +64,24 @@ def noise(
     return np.clip(values, -1.0, 1.0).astype(np.float32)
 
 
-def write(path: Path, samples: Signal, *, rate: int = 48000, layout: str | None = None) -> Path:
-    """Encode (channels, n) float samples to `path`; the codec follows the suffix (see `CODECS`)."""
-    codec = CODECS[path.suffix]
+def write(
+    path: Path,
+    samples: Signal,
+    *,
+    rate: int = 48000,
+    layout: str | None = None,
+    codec: str | None = None,
+    bare: bool = False,
+) -> Path:
+    """Encode (channels, n) float samples to `path`; the codec follows the suffix (see `CODECS`) unless
+    named. A `bare` MP3 has no ID3 tag nor Xing header, so two of them joined byte by byte are one stream
+    (as `cat a.mp3 b.mp3` makes from such files)."""
+    codec = codec or CODECS[path.suffix]
     channels = samples.shape[0]
     layout = layout or {1: "mono", 2: "stereo", 6: "5.1", 8: "7.1"}.get(channels, f"{channels}c")
-    options = {"write_xing": "1"} if codec == "libmp3lame" else None
+    options = None
+    if codec == "libmp3lame":
+        options = {"write_xing": "0", "id3v2_version": "0"} if bare else {"write_xing": "1"}
     with av.open(str(path), mode="w", options=options) as container:
         stream = container.add_stream(codec, rate=rate)
         stream.layout = layout

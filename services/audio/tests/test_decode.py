@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 
 from medialens_audio.decode import open_audio
+from medialens_audio.loudness import measure_loudness
 from medialens_audio.silence import detect_silence
 from medialens_audio.waveform import compute_waveform
 from medialens_shared.contracts import AudioSilenceParams, AudioWaveformParams
-from medialens_shared.errors import JobCancelled
+from medialens_shared.errors import JobCancelled, MediaDecodeError
 
-from .signals import sine, write
+from .signals import amplitude, sine, write
 
 
 def no_report(fraction: float, message: str) -> None:
@@ -75,3 +76,111 @@ def test_a_name_with_filter_syntax_decodes(tmp_path: Path) -> None:
     with open_audio(path) as audio:
         blocks = list(audio.blocks(no_report, action="reading"))
     assert sum(block.shape[1] for block in blocks) == 72000
+
+
+def read_all(path: Path) -> tuple[int, str, np.ndarray]:
+    """The rate, layout and every sample of a file as the analysers read it."""
+    with open_audio(path) as audio:
+        blocks = list(audio.blocks(no_report, action="reading"))
+        return audio.sample_rate, audio.layout, np.concatenate(blocks, axis=1)
+
+
+def test_mp2_decoded_in_another_format_than_declared_is_read(tmp_path: Path) -> None:
+    """An MP2 file, which FFmpeg declares as float samples while its decoder gives 16-bit ones, is measured
+    like its source (it failed at 0.0 s: FFmpeg's `amovie` takes only the declared format)."""
+    path = write(tmp_path / "tone.mp2", sine(-23.0, 3.0))
+    assert measure_loudness(path, None, no_report).integrated_lufs == pytest.approx(-23.0, abs=0.2)
+    assert detect_silence(path, AudioSilenceParams(), no_report).segments == []
+    waveform = compute_waveform(path, AudioWaveformParams(points_per_second=1), no_report)
+    assert np.abs(waveform.peaks)[:3] == pytest.approx(amplitude(-23.0), rel=0.02)
+
+
+def rate_change(tmp_path: Path) -> Path:
+    """Two MP3s joined byte by byte: 3 s of a -20 dBFS tone at 44.1 kHz, then 3 s at -10 dBFS and 48 kHz."""
+    first = write(tmp_path / "a.mp3", sine(-20.0, 3.0, rate=44100, channels=1), rate=44100, bare=True)
+    second = write(tmp_path / "b.mp3", sine(-10.0, 3.0, rate=48000, channels=1), rate=48000, bare=True)
+    joined = tmp_path / "joined.mp3"
+    joined.write_bytes(first.read_bytes() + second.read_bytes())
+    return joined
+
+
+def test_a_rate_change_midway_is_resampled_to_the_first_rate(tmp_path: Path) -> None:
+    """Two MP3s joined byte by byte (`rate_change`) read as one stream at 44.1 kHz: 6 s long (not 6.27, as
+    the 48 kHz samples taken for 44.1 kHz ones would last), each part at its level, without a seam (it
+    failed after 3 s)."""
+    joined = rate_change(tmp_path)
+    rate, layout, samples = read_all(joined)
+    assert (rate, layout) == (44100, "mono")
+    assert samples.shape[1] / rate == pytest.approx(6.0, abs=0.1)
+    half = rate // 2
+    peaks = np.abs(samples[0, : 11 * half]).reshape(11, half).max(axis=1)  # per half second to 5.5 s
+    # LAME lowers a tone's level by about 0.3 dB; the half seconds around the join hold both levels.
+    assert peaks[:5] == pytest.approx(amplitude(-20.0), rel=0.06)
+    assert peaks[7:] == pytest.approx(amplitude(-10.0), rel=0.06)
+    short_term = [point.lufs for point in measure_loudness(joined, None, no_report).short_term]
+    # A mono 1 kHz tone at L dBFS is L - 3 LUFS (less LAME's 0.3 dB): 0-3 s and 3-6 s.
+    assert (short_term[0], short_term[-1]) == pytest.approx((-23.3, -13.3), abs=0.2)
+
+
+def test_a_channel_change_midway_is_remixed_to_the_first_layout(tmp_path: Path) -> None:
+    """ADTS AAC going from mono to stereo (4 s each of a -23 dBFS tone) reads as mono throughout: the stereo
+    part is folded to mono at -3 dB per channel, which keeps its loudness (-23 LUFS, as stereo measures it;
+    the mono part -26) and duration (it failed after 4 s)."""
+    mono = write(tmp_path / "mono.aac", sine(-23.0, 4.0, channels=1))
+    stereo = write(tmp_path / "stereo.aac", sine(-23.0, 4.0, channels=2))
+    joined = tmp_path / "joined.aac"
+    joined.write_bytes(mono.read_bytes() + stereo.read_bytes())
+    rate, layout, samples = read_all(joined)
+    assert (rate, layout, samples.shape[0]) == (48000, "mono", 1)
+    assert samples.shape[1] / rate == pytest.approx(8.0, abs=0.1)
+    short_term = {point.t_s: point.lufs for point in measure_loudness(joined, None, no_report).short_term}
+    assert (short_term[4.0], short_term[8.0]) == pytest.approx((-26.0, -23.0), abs=0.2)
+    waveform = compute_waveform(joined, AudioWaveformParams(points_per_second=1), no_report)
+    assert np.abs(waveform.peaks)[5:8] == pytest.approx(amplitude(-23.0) * np.sqrt(2.0), rel=0.02)
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_samples_that_are_not_numbers_fail_every_analysis(tmp_path: Path, value: float) -> None:
+    """One NaN or infinite sample in a float WAV fails loudness, silence and waveform with MEDIA_DECODE_ERROR
+    saying where: it has no level (a NaN silenced the K-weighting for good, infinity made the peaks infinite,
+    NaN put NaN in the waveform)."""
+    samples = sine(-23.0, 3.0)
+    samples[1, 48000 + 4800] = value
+    path = write(tmp_path / "float.wav", samples, codec="pcm_f32le")
+    analyses = [
+        lambda: measure_loudness(path, None, no_report),
+        lambda: detect_silence(path, AudioSilenceParams(), no_report),
+        lambda: compute_waveform(path, AudioWaveformParams(), no_report),
+    ]
+    for analysis in analyses:
+        with pytest.raises(MediaDecodeError, match=r"not numbers \(NaN or infinite\) from 1\.100 s"):
+            analysis()
+
+
+def test_leaving_the_input_stops_a_read_left_midway(tmp_path: Path) -> None:
+    """Closing the input stops its decoding thread even while the caller still holds an unfinished read,
+    so the file is never closed under the thread."""
+    path = write(tmp_path / "tone.wav", sine(-6.0, 6.0))
+    with open_audio(path) as audio:
+        reading = audio.blocks(no_report, action="reading")
+        next(reading)
+    try:
+        assert not [thread for thread in threading.enumerate() if thread.name == "audio-decode"]
+    finally:
+        reading.close()
+
+
+def test_a_cancel_gets_through_while_the_part_before_a_format_change_is_read_again(tmp_path: Path) -> None:
+    """Past a format change the decoder reads the stream again up to it; `report` is still called each
+    second of that, so a cancel takes effect before any more audio is analysed."""
+    reports: list[float] = []
+
+    def cancel_on_a_report_without_new_audio(fraction: float, message: str) -> None:
+        if reports and fraction == reports[-1]:
+            raise JobCancelled("cancelled on request")
+        reports.append(fraction)
+
+    with open_audio(rate_change(tmp_path)) as audio, pytest.raises(JobCancelled):
+        for _block in audio.blocks(cancel_on_a_report_without_new_audio, action="reading"):
+            pass
+    assert audio.samples / audio.sample_rate == pytest.approx(3.0, abs=0.1)  # the first part alone

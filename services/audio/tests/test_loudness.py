@@ -12,7 +12,9 @@ from medialens_audio.loudness import (
     TRUE_PEAK_PHASES,
     LoudnessMeter,
     TruePeakMeter,
+    integrated_loudness,
     k_weighting,
+    loudness_range,
     measure_loudness,
 )
 from medialens_shared.contracts import AudioLoudnessResult
@@ -274,3 +276,26 @@ def test_short_term_times_do_not_drift_at_a_rate_that_is_no_multiple_of_ten() ->
     assert points[603.0] == pytest.approx(steady, abs=0.02)
     assert points[600.0] == pytest.approx(-60.0, abs=0.1)
     assert max(points) == 610.0
+
+
+def test_gates_that_pass_nothing_give_no_value() -> None:
+    """An infinite energy lifts the relative gate to infinity, where no block passes it: integrated loudness
+    and loudness range are None, not -inf and an IndexError."""
+    energies = np.array([10 ** ((-23.0 + 0.691) / 10)] * 40 + [np.inf])
+    assert integrated_loudness(energies) is None
+    assert loudness_range(energies) is None
+    assert (integrated_loudness(energies[:-1]), loudness_range(energies[:-1])) == pytest.approx((-23.0, 0.0))
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+def test_a_sample_past_float_range_is_measured_without_error(tmp_path: Path) -> None:
+    """A float WAV with one sample at 1e30 (its square overflows float32) measures its peaks (600 dB) and
+    gives no integrated loudness nor range, instead of failing with an IndexError; no value is infinite
+    (JSON cannot carry one)."""
+    samples = sine(-23.0, 5.0)
+    samples[:, 2 * 48000] = 1e30
+    path = write(tmp_path / "float.wav", samples, codec="pcm_f32le")
+    result = measure_loudness(path, None, no_report)
+    assert (result.integrated_lufs, result.loudness_range_lu) == (None, None)
+    assert (result.sample_peak_dbfs, result.true_peak_dbtp) == pytest.approx((600.0, 600.0), abs=0.1)
+    assert [point.lufs for point in result.short_term] == [None, None, None]

@@ -11,10 +11,13 @@ import numpy as np
 import pytest
 
 from medialens_audio.decode import WAV_PROBE_BYTES
+from medialens_audio.loudness import measure_loudness
 from medialens_audio.probe import probe_audio
 from medialens_shared.errors import InputNotFound, MediaDecodeError, UnsupportedInput
 from scripts.samples import corrupt, make_audio, make_csv, make_video, truncate
 from tests.fixtures.memory import resident_bytes_left_per_call
+
+from .signals import sine, write
 
 #: Samples per frame of each codec: the tolerance on a lossy file's duration.
 FRAME = {"pcm_s16le": 1, "flac": 4608, "mp3": 1152, "aac": 1024}
@@ -116,6 +119,27 @@ def test_a_wav_written_to_a_pipe_is_read_whole(tmp_path: Path) -> None:
     piped = tmp_path / "piped.wav"
     piped.write_bytes(bytes(data))
     assert probe_audio(piped).duration_s == pytest.approx(1.0, abs=0.01)
+
+
+@pytest.mark.parametrize("writer_bug", ["riff-size-of-the-whole-file", "no-pad-byte"])
+def test_a_complete_wav_with_a_wrong_riff_size_is_read_whole(tmp_path: Path, writer_bug: str) -> None:
+    """A WAV whose samples are all there is read whole whatever its RIFF size says: the size of the whole
+    file (8 bytes too many, a known writer bug), or one counting the pad byte an odd-sized `data` chunk
+    ends with when the writer left it out. Only a `data` chunk running past the end of the file is a
+    truncation (both were rejected as truncated)."""
+    path = write(tmp_path / "a.wav", sine(-20.0, 1.0, rate=8001, channels=1), rate=8001, codec="pcm_u8")
+    data = path.read_bytes()
+    at = data.index(b"data")
+    assert (int.from_bytes(data[at + 4 : at + 8], "little"), len(data)) == (8001, at + 8 + 8001 + 1)  # padded
+    if writer_bug == "riff-size-of-the-whole-file":
+        data = data[:4] + len(data).to_bytes(4, "little") + data[8:]
+    else:
+        data = data[:-1]
+    whole = tmp_path / "whole.wav"
+    whole.write_bytes(data)
+    assert probe_audio(whole).duration_s == pytest.approx(1.0)
+    result = measure_loudness(whole, None, lambda _fraction, _message: None)
+    assert result.sample_peak_dbfs == pytest.approx(-20.0, abs=0.2)  # to 8 bits
 
 
 def test_corrupted_wav_still_probes(tmp_path: Path) -> None:

@@ -1,29 +1,51 @@
 """Streamed decoding of a file's first audio stream into float32 blocks of shape (channels, samples).
 
 Every analyser reads its input through `open_audio`: the file is checked (missing, empty, a table), opened
-with PyAV for its metadata, then decoded by FFmpeg into float32 blocks of one second in [-1, 1] at
-the native rate, so memory does not depend on the file's length. After each
-block the caller's `report(fraction, message)` is called: it publishes progress and raises `JobCancelled`
-when the job was cancelled, so a cancel takes effect within a second of media.
+with PyAV, its first frame decoded, then the stream decoded and converted by FFmpeg into float32 blocks of
+one second in [-1, 1], so memory does not depend on the file's length. After each block the caller's
+`report(fraction, message)` is called: it publishes progress and raises `JobCancelled` when the job was
+cancelled, so a cancel takes effect within a second of media.
+
+The blocks follow the frames actually decoded, not the container's declaration of them: the analysis
+rate and channel layout are those of the first decoded frame, and a frame in any other sample format,
+rate or layout (MP2 declared as float but decoded as 16-bit; two MP3s joined, going from 44.1 to 48 kHz;
+ADTS AAC going from mono to stereo) is converted to them. A later rate is resampled to the first one. A
+later channel count is remixed to the first layout by FFmpeg's rematrixing (mono onto both channels of
+stereo at -3 dB each, stereo into mono as the sum of its channels at -3 dB), which keeps a programme's
+loudness: failing would throw away a whole file for a change its players take in their stride. The
+peaks of a remixed part are those of the mix (up to 3 dB above its channels' for stereo folded to mono).
+Decoding runs in FFmpeg alone while the frames keep the declared format, with PyAV frame by frame
+from where they do not (`AudioInput._decoded`).
+
+A sample that is not a number (NaN or infinite, which only float PCM holds) fails the analysis with
+`MediaDecodeError` rather than being replaced: it has no level to measure or draw (a NaN silenced the
+K-weighting for the rest of the file, an infinity made the peaks infinite), and a stand-in value would
+pass off as sound a file that plays a click or a blast there.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
+import logging
 import queue
 import threading
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import av
 import av.error
+import av.filter
 import numpy as np
 import numpy.typing as npt
 
 from medialens_shared.errors import MediaDecodeError, UnsupportedInput
 from medialens_shared.sniff import ffmpeg_reason, inspect_media, unreadable_media
+
+logger = logging.getLogger(__name__)
 
 Block = npt.NDArray[np.float32]
 #: `report(fraction, message)`: progress of a job from a worker thread; raises `JobCancelled` on cancel.
@@ -76,9 +98,9 @@ def open_container(path: Path) -> Iterator[tuple[Any, Any]]:
     kind = inspect_media(path, noun="audio")
     with path.open("rb") as handle:
         head = handle.read(12)
-    wav = head[:4] == b"RIFF" and head[8:12] == b"WAVE"
-    if wav:
-        _require_whole_wav(path, riff_size=int.from_bytes(head[4:8], "little"))
+        wav = head[:4] == b"RIFF" and head[8:12] == b"WAVE"
+        if wav:
+            _require_whole_wav(handle, size=path.stat().st_size)
     options = {"probesize": str(WAV_PROBE_BYTES)} if wav else {}
     try:
         container = av.open(str(path), mode="r", options=options)
@@ -93,39 +115,63 @@ def open_container(path: Path) -> Iterator[tuple[Any, Any]]:
         yield container, container.streams.audio[0]
 
 
-#: RIFF sizes at or above this say "unknown" (writers to a pipe, which cannot go back to fill it in).
+#: Chunk sizes at or above this say "unknown" (writers to a pipe, which cannot go back to fill them in).
 _RIFF_SIZE_UNKNOWN = 0x7FFFF000
+#: How many chunks `_require_whole_wav` walks past looking for `data` before it leaves the file to FFmpeg.
+_WAV_CHUNKS_MAX = 64
 
 
-def _require_whole_wav(path: Path, *, riff_size: int) -> None:
-    """`MediaDecodeError` when a WAV holds fewer bytes than its RIFF header declares (`riff_size`, the
-    bytes after its first 8): FFmpeg reads such a file quietly to where it ends, so a probe would report
-    the rest's duration and an analysis measure a fragment of the sound, and both succeed."""
-    declared = riff_size + 8
-    size = path.stat().st_size
-    if riff_size < _RIFF_SIZE_UNKNOWN and size < declared:
-        raise MediaDecodeError(
-            f"The WAV file holds {size:,} bytes of the {declared:,} its header declares: it is truncated "
-            "(a download or copy that stopped early)."
-        )
+def _require_whole_wav(handle: BinaryIO, *, size: int) -> None:
+    """`MediaDecodeError` when a WAV's `data` chunk declares more bytes than the file holds after it.
+
+    FFmpeg reads such a file quietly to where it ends, so a probe would report the rest's duration and an
+    analysis measure a fragment of the sound, and both succeed. The `data` chunk's own size decides, not
+    the RIFF header's: a known writer bug puts the whole file's size there (8 bytes too many) in files
+    that are complete, and a chunk after the samples (a LIST of tags) cut short loses no sound. One byte
+    short is let through: it is the pad byte an odd-sized chunk ends with, which some writers count in
+    the size and others leave out. `handle` is just past the 12-byte RIFF header. A header with no `data`
+    chunk in reach (garbled) is left to FFmpeg, which tells a damaged file from a foreign one.
+    """
+    offset = 12
+    for _ in range(_WAV_CHUNKS_MAX):
+        header = handle.read(8)
+        if len(header) < 8:
+            return
+        chunk_size = int.from_bytes(header[4:8], "little")
+        if header[:4] == b"data":
+            declared = offset + 8 + chunk_size
+            if chunk_size < _RIFF_SIZE_UNKNOWN and size + 1 < declared:
+                raise MediaDecodeError(
+                    f"The WAV file holds {size:,} bytes of the {declared:,} its header declares: it is "
+                    "truncated (a download or copy that stopped early)."
+                )
+            return
+        offset += 8 + chunk_size + (chunk_size & 1)
+        if offset >= size:
+            return
+        handle.seek(offset)
 
 
 @dataclass
 class AudioInput:
     """A file's first audio stream, ready to be read once as float32 blocks."""
 
+    #: The rate of the first decoded frame, which every block is at.
     sample_rate: int
-    #: FFmpeg's name of the channel layout ("stereo", "5.1", ...); its default one for the channel count
-    #: when the file does not say.
+    #: FFmpeg's name of the first decoded frame's channel layout ("stereo", "5.1", ...), which every block
+    #: is in; its default one for the channel count when the file does not say.
     layout: str
     #: FFmpeg's channel names in stream order (FL, FR, FC, LFE, BL, BR, SL, SR, ...).
     channel_names: tuple[str, ...]
     #: The duration the metadata announces (for progress only); None when unknown.
     duration_s: float | None
     _path: Path
-    _stream: Any
+    _stream_index: int
+    #: The stream's frames decoded by PyAV, from the first on: read when `amovie` cannot go on.
+    _frames: Iterator[Any]
     #: Samples per channel handed out so far.
     samples: int = field(default=0)
+    _reading: Generator[Block, None, None] | None = field(default=None, repr=False)
 
     @property
     def channels(self) -> int:
@@ -136,76 +182,156 @@ class AudioInput:
 
         A thread decodes up to two blocks ahead, so decoding overlaps the caller's analysis (FFmpeg and
         NumPy release the GIL). Calls `report` after each block with the fraction read and `action`
-        ("measuring loudness"). Raises `MediaDecodeError` when a packet cannot be decoded or the stream
-        holds no samples.
+        ("measuring loudness"). Raises `MediaDecodeError` when a packet cannot be decoded, a sample is not
+        a number (NaN or infinite) or the stream holds no samples. A block is shorter than `block_s` at
+        the end and where the stream's format changes.
         """
         target = max(1, round(block_s * self.sample_rate))
-        with contextlib.closing(_read_ahead(self._decoded(target), depth=2)) as decoded:
+        self._reading = _read_ahead(self._decoded(target), depth=2)
+        with contextlib.closing(self._reading) as decoded:
             for block in decoded:
-                yield self._hand_out(block, report, action)
+                if block.shape[1]:
+                    yield self._hand_out(block, report, action)
+                else:  # the decoder reads again what was handed out: a cancel must still get through
+                    self._report(report, action)
         if self.samples == 0:
             raise MediaDecodeError(
                 "The audio stream holds no decodable samples; the file is probably damaged."
             )
 
-    def _decoded(self, target: int) -> Iterator[Block]:
+    def close(self) -> None:
+        """Stop the decoding thread of a read its caller left midway (its loop raised), so the file is not
+        closed under it."""
+        if self._reading is not None:
+            self._reading.close()
+
+    def _decoded(self, target: int) -> Generator[Block, None, None]:
+        """The blocks from `_filtered` (FFmpeg alone, the fastest) until a frame leaves the format the
+        container declares, which it cannot take; from then on from `_converted` (PyAV's frames), which
+        starts over and skips the samples already handed out. Both give the same samples (compared whole
+        on MP2, MP3, AAC, AC-3, DTS, Opus, WMA and 16-channel PCM), so the stream reads on without a seam;
+        only a file whose format changes pays for decoding its first part twice."""
         decoded = 0
         try:
-            graph = _decoding_graph(self._path, self._stream.index, target, self.channels)
-            while True:
-                try:
-                    block = block_of(graph.pull(), self.channels)
-                except av.error.EOFError:
-                    return
+            try:
+                for block in _filtered(self._path, self._stream_index, target, self.channels):
+                    yield self._checked(block, decoded)
+                    decoded += block.shape[1]
+            except av.error.PatchWelcomeError as exc:
+                logger.info(
+                    "audio frames leave their declared format after %.1f s (%s); decoded by PyAV from there",
+                    decoded / self.sample_rate,
+                    ffmpeg_reason(exc),
+                )
+            else:
+                return
+            skip = decoded
+            for converted in _converted(self._frames, rate=self.sample_rate, layout=self.layout, size=target):
+                block = converted
+                if skip:
+                    if skip >= block.shape[1]:
+                        skip -= block.shape[1]
+                        yield block[:, :0]  # nothing to hand out, but `blocks` reports, once a second
+                        continue
+                    block, skip = np.ascontiguousarray(block[:, skip:]), 0
+                yield self._checked(block, decoded)
                 decoded += block.shape[1]
-                yield block
         except av.error.FFmpegError as exc:
+            raise _stopped_decoding(decoded / self.sample_rate, exc) from exc
+
+    def _checked(self, block: Block, decoded: int) -> Block:
+        """`block`, which follows `decoded` samples; `MediaDecodeError` when a sample is NaN or infinite."""
+        finite = np.isfinite(block)  # 10 us a second of stereo: not worth sparing
+        if not finite.all():
+            at_s = (decoded + int(np.flatnonzero(~finite.all(axis=0))[0])) / self.sample_rate
             raise MediaDecodeError(
-                f"The audio stream stops decoding after {decoded / self.sample_rate:.1f} s; "
-                f"the file is damaged ({ffmpeg_reason(exc)})."
-            ) from exc
+                f"The audio holds samples that are not numbers (NaN or infinite) from {at_s:.3f} s on; "
+                "the file is damaged, so it has no level to measure or draw."
+            )
+        return block
 
     def _hand_out(self, block: Block, report: Report, action: str) -> Block:
         self.samples += block.shape[1]
+        self._report(report, action)
+        return block
+
+    def _report(self, report: Report, action: str) -> None:
         done_s = self.samples / self.sample_rate
         if self.duration_s:
             fraction = min(done_s / self.duration_s, 0.99)
             report(fraction, f"{action}: {_clock(done_s)} of {_clock(self.duration_s)}")
         else:
             report(0.0, f"{action}: {_clock(done_s)} read")
-        return block
 
 
 @contextlib.contextmanager
 def open_audio(path: Path) -> Iterator[AudioInput]:
     """Open the first audio stream of the file at `path` for one streamed read.
 
-    Raises `InputNotFound`, `UnsupportedInput` (empty, a table, no audio stream) or `MediaDecodeError`
-    (media that cannot be opened).
+    Its first frame is decoded here: the analysis takes its rate and layout from it. Raises
+    `InputNotFound`, `UnsupportedInput` (empty, a table, no audio stream) or `MediaDecodeError` (media
+    that cannot be opened, or whose first packet does not decode).
     """
-    with open_container(path) as (container, stream):
-        layout = _named_layout(stream.layout, int(stream.codec_context.channels))
+    with (
+        open_container(path) as (container, stream),
+        contextlib.closing(_decoded_frames(container, stream)) as frames,
+    ):
+        try:
+            first = next(frames, None)
+        except av.error.FFmpegError as exc:
+            raise _stopped_decoding(0.0, exc) from exc
+        if first is None:  # nothing to read: `blocks` says so; the declared format stands in
+            sample_rate = int(stream.codec_context.sample_rate)
+            layout = _named_layout(stream.layout, int(stream.codec_context.channels))
+        else:
+            sample_rate = int(first.sample_rate)
+            layout = _named_layout(first.layout, len(first.layout.channels))
         if stream.duration and stream.time_base is not None:
             duration_s: float | None = float(stream.duration * stream.time_base)
         elif container.duration:
             duration_s = container.duration / av.time_base
         else:
             duration_s = None
-        yield AudioInput(
-            sample_rate=int(stream.codec_context.sample_rate),
+        audio = AudioInput(
+            sample_rate=sample_rate,
             layout=layout.name,
             channel_names=tuple(channel.name for channel in layout.channels),
             duration_s=duration_s,
-            _path=path,
-            _stream=stream,
+            _path=Path(path),
+            _stream_index=int(stream.index),
+            _frames=frames if first is None else itertools.chain((first,), frames),
         )
+        try:
+            yield audio
+        finally:
+            audio.close()
 
 
-def _read_ahead(source: Iterator[Block], *, depth: int) -> Generator[Block, None, None]:
+def _decoded_frames(container: Any, stream: Any) -> Generator[Any, None, None]:
+    """The stream's frames as its decoder gives them, to the decoder's last (PyAV's demuxer ends with an
+    empty packet, which drains it).
+
+    Closing this generator closes the demuxer: PyAV keeps memory of one dropped midway for good.
+    """
+    decoder = stream.codec_context
+    with contextlib.closing(container.demux(stream)) as packets:
+        for packet in packets:
+            for frame in decoder.decode(packet):
+                if frame.samples:
+                    yield frame
+
+
+def _stopped_decoding(seconds: float, exc: Exception) -> MediaDecodeError:
+    return MediaDecodeError(
+        f"The audio stream stops decoding after {seconds:.1f} s; the file is damaged ({ffmpeg_reason(exc)})."
+    )
+
+
+def _read_ahead(source: Generator[Block, None, None], *, depth: int) -> Generator[Block, None, None]:
     """`source`'s items, produced by a thread at most `depth` items ahead; its errors raised here.
 
     Closing the iterator (or leaving it by an exception, such as a cancel) stops and joins the thread,
-    so the file is never closed under it.
+    which closes `source`, so the file is never closed under it.
     """
     items: queue.Queue[tuple[Block | None, BaseException | None]] = queue.Queue(maxsize=depth)
     stop = threading.Event()
@@ -220,14 +346,15 @@ def _read_ahead(source: Iterator[Block], *, depth: int) -> Generator[Block, None
         return False
 
     def produce() -> None:
-        try:
-            for block in source:
-                if not put((block, None)):
-                    return
-        except BaseException as exc:
-            put((None, exc))
-            return
-        put((None, None))
+        with contextlib.closing(source):
+            try:
+                for block in source:
+                    if not put((block, None)):
+                        return
+            except BaseException as exc:
+                put((None, exc))
+                return
+            put((None, None))
 
     thread = threading.Thread(target=produce, name="audio-decode", daemon=True)
     thread.start()
@@ -244,14 +371,18 @@ def _read_ahead(source: Iterator[Block], *, depth: int) -> Generator[Block, None
         thread.join()
 
 
-def _decoding_graph(path: Path, stream_index: int, size: int, channels: int) -> Any:
-    """A filter graph whose every pull is the next `size` samples of the stream, as float32 (planar up
-    to PLANAR_CHANNELS_MAX channels).
+def _filtered(path: Path, stream_index: int, size: int, channels: int) -> Generator[Block, None, None]:
+    """The stream as blocks of `size` samples, float32 (planar up to PLANAR_CHANNELS_MAX channels), the
+    last one shorter, decoded and converted by FFmpeg alone.
 
     FFmpeg's `amovie` source demuxes and decodes, `aformat` converts any sample format to float32 in
-    [-1, 1], and the sink gathers the codec's small frames into blocks (the last one shorter): a whole
-    block per call, in C, without the GIL, so the decoding thread does not contend with the analysis
-    for it once per codec frame (26,000 times in ten minutes of MP3), as a loop over PyAV's frames would.
+    [-1, 1], and the sink gathers the codec's small frames into blocks: a whole block per call, in C,
+    without the GIL, so the decoding thread does not contend with the analysis for it once per codec
+    frame (26,000 times in ten minutes of MP3), as a loop over PyAV's frames does even when it only
+    pushes them into a graph (`_converted`; measured, the loudness of an hour of 160 kb/s AAC took 6.0 s
+    this way and 8.2 s that way, of 192 kb/s MP3 14.8 and 16.2 s, of 16-bit WAV 12 s both). `amovie`'s
+    output is fixed to the format the container declares, though: a frame in any other sample format,
+    rate or layout fails with `PatchWelcomeError` ("not yet implemented in ffmpeg") and ends this.
     """
     graph = av.filter.Graph()
     graph.threads = 1
@@ -261,7 +392,105 @@ def _decoding_graph(path: Path, stream_index: int, size: int, channels: int) -> 
     floats.link_to(graph.add("abuffersink"))
     graph.configure()
     graph.set_audio_frame_size(size)
-    return graph
+    while True:
+        try:
+            frame = graph.pull()
+        except av.error.EOFError:
+            return
+        yield block_of(frame, channels)
+
+
+def _converted(frames: Iterator[Any], *, rate: int, layout: str, size: int) -> Generator[Block, None, None]:
+    """`frames`, in whatever sample formats, rates and layouts they come, as float32 blocks of `size`
+    samples at `rate` in `layout` (float32 planar up to PLANAR_CHANNELS_MAX channels).
+
+    Each run of frames in one format goes through a `_Conversion` of its own, flushed when the format
+    changes, so the last block of a run is shorter (and so is the stream's last).
+    """
+    conversion: _Conversion | None = None
+    for frame in frames:
+        if conversion is None or conversion.source != _format_of(frame):
+            if conversion is not None:
+                logger.debug(
+                    "audio frames change from %s to %s; converted to %s Hz %s",
+                    conversion.source,
+                    _format_of(frame),
+                    rate,
+                    layout,
+                )
+                yield from conversion.flushed()
+            conversion = _Conversion(frame, rate=rate, layout=layout, size=size)
+        yield from conversion.converted(frame)
+    if conversion is not None:
+        yield from conversion.flushed()
+
+
+def _format_of(frame: Any) -> tuple[str, int, str]:
+    """A decoded frame's sample format, rate and layout: what FFmpeg's buffer source is set up for."""
+    return (frame.format.name, int(frame.sample_rate), frame.layout.name)
+
+
+class _Conversion:
+    """FFmpeg's conversion of frames in one format (`source`) to float32 at the analysis rate and layout,
+    gathered into blocks of `size` samples.
+
+    The frames are pushed into a filter graph (buffer source; `aformat`, whose auto-inserted `aresample`
+    converts the sample format, resamples and remixes; a sink cutting blocks of `size`), so conversion
+    and gathering run in C, without the GIL. The sink is pulled only when a block is due, as a pull that
+    finds none raises, which costs more than converting the frame. FFmpeg's buffer source takes one
+    format for its life: a frame in another one needs a new conversion.
+    """
+
+    def __init__(self, first: Any, *, rate: int, layout: str, size: int) -> None:
+        self.source = _format_of(first)
+        self._in_rate, self._out_rate = int(first.sample_rate), rate
+        self._channels = len(av.AudioLayout(layout).channels)
+        self._size = size
+        self._pushed = self._pulled = 0
+        graph = av.filter.Graph()
+        graph.threads = 1
+        in_layout = _named_layout(first.layout, len(first.layout.channels)).name
+        self._buffer = graph.add_abuffer(
+            format=first.format.name,
+            sample_rate=self._in_rate,
+            layout=in_layout,
+            time_base=Fraction(1, self._in_rate),
+        )
+        convert = graph.add(
+            "aformat",
+            sample_fmts=sample_format(self._channels),
+            sample_rates=str(rate),
+            channel_layouts=layout,
+        )
+        self._sink = graph.add("abuffersink")
+        self._buffer.link_to(convert)
+        convert.link_to(self._sink)
+        graph.configure()
+        graph.set_audio_frame_size(size)
+        self._graph = graph
+
+    def converted(self, frame: Any) -> Iterator[Block]:
+        """The blocks completed by `frame` (most frames complete none)."""
+        frame.pts = None  # the blocks' times are their sample counts; a stream's own may jump
+        self._buffer.push(frame)
+        self._pushed += frame.samples
+        while self._pushed * self._out_rate // self._in_rate - self._pulled >= self._size:
+            try:
+                converted: Any = self._sink.pull()
+            except av.error.BlockingIOError:
+                return  # the resampler holds a few samples back: the next frame completes the block
+            self._pulled += converted.samples
+            yield block_of(converted, self._channels)
+
+    def flushed(self) -> Iterator[Block]:
+        """The samples still in the graph, the last block shorter."""
+        self._buffer.push(None)
+        while True:
+            try:
+                converted = self._sink.pull()
+            except (av.error.EOFError, av.error.BlockingIOError):
+                return
+            yield block_of(converted, self._channels)
 
 
 def _named_layout(layout: Any, channels: int) -> Any:

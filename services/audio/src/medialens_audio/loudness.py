@@ -355,25 +355,32 @@ def _across_four(groups: Block, combine: np.ufunc) -> Block:
 
 
 def integrated_loudness(block_energies: Floats) -> float | None:
-    """Gated loudness (LUFS) of 400 ms block energies; None when no block passes the absolute gate."""
-    loud = block_energies[block_energies > _energy(ABSOLUTE_GATE_LUFS)]
-    if not loud.size:
-        return None
-    relative_gate = _loudness(float(loud.mean())) + RELATIVE_GATE_LU
-    gated = loud[loud > _energy(relative_gate)]
-    return _loudness(float(gated.mean()))
+    """Gated loudness (LUFS) of 400 ms block energies; None when no block passes the gates."""
+    gated = _gated(block_energies, RELATIVE_GATE_LU)
+    return _loudness(float(gated.mean())) if gated.size else None
 
 
 def loudness_range(short_term_energies: Floats) -> float | None:
     """EBU Tech 3342 loudness range (LU) of 3 s window energies; None when no window passes the gates."""
-    loud = short_term_energies[short_term_energies > _energy(ABSOLUTE_GATE_LUFS)]
-    if not loud.size:
+    gated = np.sort(_gated(short_term_energies, LRA_RELATIVE_GATE_LU))
+    if not gated.size:
         return None
-    relative_gate = _loudness(float(loud.mean())) + LRA_RELATIVE_GATE_LU
-    gated = np.sort(loud[loud > _energy(relative_gate)])
     levels = OFFSET_LU + 10.0 * np.log10(gated)
     low, high = (levels[round((levels.size - 1) * p)] for p in LRA_PERCENTILES)
     return float(high - low)
+
+
+def _gated(energies: Floats, relative_gate_lu: float) -> Floats:
+    """The energies above the absolute gate and above the relative gate `relative_gate_lu` under their mean.
+
+    Empty when none passes either: every energy under -70 LUFS, or an infinite one (a sample past 1.8e19,
+    whose square float32 cannot hold) lifting the relative gate to infinity, where none passes it.
+    """
+    loud = energies[energies > _energy(ABSOLUTE_GATE_LUFS)]
+    if not loud.size:
+        return loud
+    relative_gate = _loudness(float(loud.mean())) + relative_gate_lu
+    return loud[loud > _energy(relative_gate)]
 
 
 def measure_loudness(path: Path, _params: BaseModel | None, report: Report) -> AudioLoudnessResult:
@@ -401,7 +408,7 @@ def _loudness(energy: float) -> float:
 
 def _short_term_value(energy: float) -> float | None:
     lufs = _loudness(float(energy))
-    return round(lufs, 2) if lufs >= SHORT_TERM_FLOOR_LUFS else None
+    return _rounded(lufs) if lufs >= SHORT_TERM_FLOOR_LUFS else None
 
 
 def _decibels(linear: float) -> float | None:
@@ -409,4 +416,6 @@ def _decibels(linear: float) -> float | None:
 
 
 def _rounded(value: float | None) -> float | None:
-    return None if value is None else round(value, 2)
+    """`value` to a hundredth; None for an infinite one (energies of samples past 1.8e19 overflow float32),
+    which is no measurement and which JSON cannot carry."""
+    return None if value is None or not math.isfinite(value) else round(value, 2)
