@@ -73,12 +73,12 @@ def test_streaming_equals_whole_signal() -> None:
 
 
 def test_a_rate_too_high_for_one_result_is_lowered_to_fit(tmp_path: Path) -> None:
-    """2.5 s at 1000 points per second would be 2,500 points; with room for 600, 240 per second are drawn
-    (the highest rate whose points fit) and the result says so."""
+    """2.5 s at 1000 points per second would be 2,500 points; with room for 600, 228 per second are drawn
+    (the highest rate whose points fit 2.5 s and `DURATION_SLACK` more: 2.625 s) and the result says so."""
     path = write(tmp_path / "noise.wav", noise(-3.0, 2.5, rate=48000))
     result = compute_waveform(path, AudioWaveformParams(points_per_second=1000), no_report, max_points=600)
-    assert result.points_per_second == 240
-    assert len(result.peaks) == math.ceil(2.5 * 240) == 600
+    assert result.points_per_second == 228
+    assert len(result.peaks) == math.ceil(2.5 * 228) == 570
 
 
 def test_the_default_cap_keeps_a_result_inside_a_mongodb_document() -> None:
@@ -100,3 +100,16 @@ def test_audio_longer_than_announced_fails_instead_of_overflowing() -> None:
     binner.feed(noise(-3.0, 1.0, rate=1000))
     with pytest.raises(UnsupportedInput, match="fewer points_per_second"):
         binner.feed(noise(-3.0, 1.0, rate=1000))
+
+
+def test_a_lowered_rate_leaves_room_for_audio_a_little_longer_than_announced() -> None:
+    """A 625 s file asked at 1000 points a second decodes ~20 ms longer than announced (AAC's padding): the
+    rate lowered to fit leaves room for it. Fitted exactly (400 a second, 250,000 points) it was refused as
+    "longer than its metadata says"."""
+    rate = fitting_rate(1000, 625.0)
+    binner = PeakBinner(8000, rate)
+    second = np.zeros((1, 8000), dtype=np.float32)
+    for _ in range(625):
+        binner.feed(second)
+    binner.feed(second[:, :160])  # 20 ms more
+    assert len(binner.result().peaks) <= MAX_POINTS

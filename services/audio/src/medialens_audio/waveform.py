@@ -5,9 +5,10 @@ points and none straddles two seconds unevenly. Blocks are reduced with `minimum
 `maximum.reduceat`; only the point a block ends inside is carried over to the next.
 
 A result is one MongoDB document, which cannot pass 16 MB: at most `MAX_POINTS` pairs (about 9 MB) are
-drawn. When the announced duration at the asked rate would need more, the rate is lowered to fit (the
-result's `points_per_second` says which rate was drawn); audio found longer than announced fails with
-UNSUPPORTED_INPUT instead of producing a result that cannot be stored.
+drawn. When the announced duration (1% and 0.1 s more: decoders give a little more than announced) at the
+asked rate would need more, the rate is lowered to fit (the result's `points_per_second` says which rate
+was drawn); audio found longer than that fails with UNSUPPORTED_INPUT instead of producing a result that
+cannot be stored.
 """
 
 from __future__ import annotations
@@ -27,11 +28,19 @@ DECIMALS = 4
 MAX_POINTS = 250_000
 
 
+#: How much longer than announced the audio is planned for when the rate is lowered to fit: decoders give
+#: a little more than the metadata says (AAC's and MP3's padding, ~20 ms), and a rate fitted exactly (400
+#: a second for 625 s at 1000 asked) refused such a file as "longer than its metadata says".
+DURATION_SLACK = (1.01, 0.1)  # x 1.01, + 0.1 s
+
+
 def fitting_rate(points_per_second: int, duration_s: float | None, *, max_points: int = MAX_POINTS) -> int:
-    """The asked rate, or the highest lower one whose points for `duration_s` fit in `max_points`."""
+    """The asked rate, or the highest lower one whose points for `duration_s` (and `DURATION_SLACK` more)
+    fit in `max_points`."""
     if not duration_s:
         return points_per_second
-    return max(1, min(points_per_second, int(max_points // duration_s)))
+    factor, extra_s = DURATION_SLACK
+    return max(1, min(points_per_second, int(max_points // (duration_s * factor + extra_s))))
 
 
 class PeakBinner:
