@@ -384,20 +384,36 @@ def _filtered(path: Path, stream_index: int, size: int, channels: int) -> Genera
     output is fixed to the format the container declares, though: a frame in any other sample format,
     rate or layout fails with `PatchWelcomeError` ("not yet implemented in ffmpeg") and ends this.
     """
-    graph = av.filter.Graph()
-    graph.threads = 1
-    source = graph.add("amovie", filename=str(path), streams=str(stream_index))
-    floats = graph.add("aformat", sample_fmts=sample_format(channels))
-    source.link_to(floats)
-    floats.link_to(graph.add("abuffersink"))
-    graph.configure()
-    graph.set_audio_frame_size(size)
+    graph, _, _ = _block_graph(
+        lambda graph: graph.add("amovie", filename=str(path), streams=str(stream_index)),
+        channels=channels,
+        size=size,
+    )
     while True:
         try:
             frame = graph.pull()
         except av.error.EOFError:
             return
         yield block_of(frame, channels)
+
+
+def _block_graph(
+    add_source: Callable[[Any], Any], *, channels: int, size: int, **target: str
+) -> tuple[Any, Any, Any]:
+    """A filter graph (one thread) from the source `add_source` adds to it, through `aformat` to float32
+    of `channels` (planar up to PLANAR_CHANNELS_MAX; `target` more of its options: a rate, a layout), to
+    a sink giving blocks of `size` samples; the graph, its source and its sink. The user keeps the graph
+    while it reads: its filters hold no reference to it, and a graph collected fails every pull."""
+    graph = av.filter.Graph()
+    graph.threads = 1
+    source = add_source(graph)
+    convert = graph.add("aformat", sample_fmts=sample_format(channels), **target)
+    sink = graph.add("abuffersink")
+    source.link_to(convert)
+    convert.link_to(sink)
+    graph.configure()
+    graph.set_audio_frame_size(size)
+    return graph, source, sink
 
 
 def _converted(frames: Iterator[Any], *, rate: int, layout: str, size: int) -> Generator[Block, None, None]:
@@ -447,27 +463,19 @@ class _Conversion:
         self._channels = len(av.AudioLayout(layout).channels)
         self._size = size
         self._pushed = self._pulled = 0
-        graph = av.filter.Graph()
-        graph.threads = 1
         in_layout = _named_layout(first.layout, len(first.layout.channels)).name
-        self._buffer = graph.add_abuffer(
-            format=first.format.name,
-            sample_rate=self._in_rate,
-            layout=in_layout,
-            time_base=Fraction(1, self._in_rate),
-        )
-        convert = graph.add(
-            "aformat",
-            sample_fmts=sample_format(self._channels),
+        self._graph, self._buffer, self._sink = _block_graph(
+            lambda graph: graph.add_abuffer(
+                format=first.format.name,
+                sample_rate=self._in_rate,
+                layout=in_layout,
+                time_base=Fraction(1, self._in_rate),
+            ),
+            channels=self._channels,
+            size=size,
             sample_rates=str(rate),
             channel_layouts=layout,
         )
-        self._sink = graph.add("abuffersink")
-        self._buffer.link_to(convert)
-        convert.link_to(self._sink)
-        graph.configure()
-        graph.set_audio_frame_size(size)
-        self._graph = graph
 
     def converted(self, frame: Any) -> Iterator[Block]:
         """The blocks completed by `frame` (most frames complete none)."""
