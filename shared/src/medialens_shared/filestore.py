@@ -20,9 +20,12 @@ from bson.errors import InvalidId
 from gridfs import AsyncGridFSBucket, AsyncGridOut
 from gridfs.errors import NoFile
 from pymongo.errors import OperationFailure
+from sqlalchemy import ColumnElement, func, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from medialens_shared.errors import InputNotFound, PayloadTooLarge
 from medialens_shared.sniff import SNIFF_BYTES
+from medialens_shared.tables import files
 
 #: GridFS chunk size: large enough to keep the chunk count low, small enough to stream.
 CHUNK_BYTES = 1024 * 1024
@@ -164,3 +167,17 @@ def _object_id(storage_id: str) -> ObjectId:
         return ObjectId(storage_id)
     except InvalidId as exc:
         raise NoFile(f"no stored file {storage_id!r}") from exc
+
+
+async def mark_deleted(session: AsyncSession, where: ColumnElement[bool]) -> list[str]:
+    """Mark deleted the files `where` picks that are not yet, in `session`'s transaction; their storage ids,
+    whose bytes the caller drops once it commits (jobs keep naming the files, which answer 404; the relay's
+    retention removes the rows). What `DELETE /v1/files` does, and a job's attempt that did not succeed,
+    and the relay ending a job whose dead attempt left files."""
+    marked = await session.execute(
+        update(files)
+        .where(where, files.c.deleted_at.is_(None))
+        .values(deleted_at=func.now())
+        .returning(files.c.storage_id)
+    )
+    return list(marked.scalars())

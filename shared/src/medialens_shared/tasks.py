@@ -60,7 +60,7 @@ from pymongo import UpdateOne
 from pymongo.errors import ConnectionFailure as MongoConnectionFailure
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from sqlalchemy import func, select, update
+from sqlalchemy import ColumnElement, func, select, update
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
@@ -79,7 +79,7 @@ from medialens_shared.errors import (
     RetriesExhausted,
     TransientJobError,
 )
-from medialens_shared.filestore import FileStore
+from medialens_shared.filestore import FileStore, mark_deleted
 from medialens_shared.inputcache import InputCache
 from medialens_shared.settings import Settings
 from medialens_shared.signals import JobSignals
@@ -461,7 +461,10 @@ class JobRunner:
                 jlog.info("job %s: an earlier attempt stored its result; finishing it", message.job_id)
             else:
                 if row["attempts"] > 1:
-                    await self._drop_earlier_files(message.job_id, jlog)
+                    earlier = files.c.job_id == message.job_id
+                    await self._drop_files(
+                        earlier, job_id=message.job_id, jlog=jlog, whose="its earlier attempts"
+                    )
                 checked = await self._run(handler, message, row, jlog, isolated=isolated, made=made)
                 result = (message, checked)
             await self._finish(
@@ -625,12 +628,12 @@ class JobRunner:
                 # Checked here, so a result that does not fit is an attempt that did not succeed.
                 checked = spec.result.model_validate(result.model_dump())
         except TimeoutError as exc:
-            await asyncio.shield(self._drop_files(made, job_id=ctx.job_id, jlog=jlog, whose="its attempt"))
+            await asyncio.shield(self._drop_made(made, job_id=ctx.job_id, jlog=jlog, whose="its attempt"))
             if deadline.expired():
                 raise JobTimeout(f"the job ran past its limit of {limit:.0f} s") from exc
             raise
         except BaseException:
-            await asyncio.shield(self._drop_files(made, job_id=ctx.job_id, jlog=jlog, whose="its attempt"))
+            await asyncio.shield(self._drop_made(made, job_id=ctx.job_id, jlog=jlog, whose="its attempt"))
             raise
         finally:
             watcher.cancel()
@@ -686,7 +689,7 @@ class JobRunner:
             await session.commit()
         return file_id, stored.storage_id
 
-    async def _drop_files(
+    async def _drop_made(
         self,
         made: Sequence[tuple[str, str]],
         *,
@@ -694,43 +697,35 @@ class JobRunner:
         jlog: logging.LoggerAdapter[logging.Logger],
         whose: str,
     ) -> None:
-        """Delete files (file id, storage id) a job's attempt saved that no result of the job will name, as
-        `DELETE /v1/files` does (the row marked, the bytes dropped; the relay's retention removes the rows).
-        Best effort: a failure here must not change how the job ends, and what it leaves is what was left
-        before."""
-        if not made:
-            return
-        ids = [file_id for file_id, _ in made]
+        """`_drop_files` of the files (file id, storage id) an attempt saved, when there are any."""
+        if made:
+            where = files.c.id.in_([file_id for file_id, _ in made])
+            await self._drop_files(where, job_id=job_id, jlog=jlog, whose=whose)
+
+    async def _drop_files(
+        self,
+        where: ColumnElement[bool],
+        *,
+        job_id: str,
+        jlog: logging.LoggerAdapter[logging.Logger],
+        whose: str,
+    ) -> None:
+        """Delete the files `where` picks, which no result of the job will name, as `DELETE /v1/files` does
+        (`filestore.mark_deleted`, then the bytes dropped): those an attempt that did not succeed saved, or,
+        before a rerun, those its earlier attempts saved (one that failed or went back to retry deleted its
+        own; one whose worker died could not; a stored result was looked for first). Best effort: a failure
+        here must not change how the job ends, and what it leaves is what was left before."""
         try:
             async with self.db.session() as session:
-                await session.execute(update(files).where(files.c.id.in_(ids)).values(deleted_at=func.now()))
+                storage_ids = await mark_deleted(session, where)
                 await session.commit()
-            for _, storage_id in made:
+            for storage_id in storage_ids:
                 await self.store.delete(storage_id)
         except Exception as exc:  # the job's own outcome stands
-            jlog.warning("job %s: %d files %s saved were not deleted (%s)", job_id, len(ids), whose, exc)
+            jlog.warning("job %s: files %s saved were not deleted (%s)", job_id, whose, exc)
         else:
-            jlog.info("job %s: deleted the %d files %s saved", job_id, len(ids), whose)
-
-    async def _drop_earlier_files(self, job_id: str, jlog: logging.LoggerAdapter[logging.Logger]) -> None:
-        """Before a rerun: delete the files the job's earlier attempts saved. An attempt that failed or went
-        back to retry deleted its own; one whose worker died could not, and no result will name its files
-        (the rerun saves its own; a stored result was looked for first). Best effort, as `_drop_files`."""
-        try:
-            async with self.db.session() as session:
-                left = (
-                    await session.execute(
-                        select(files.c.id, files.c.storage_id).where(
-                            files.c.job_id == job_id, files.c.deleted_at.is_(None)
-                        )
-                    )
-                ).all()
-        except Exception as exc:  # the rerun goes on; the files stay until the job's retention
-            jlog.warning("job %s: the files of its earlier attempts were not looked for (%s)", job_id, exc)
-            return
-        await self._drop_files(
-            [(row.id, row.storage_id) for row in left], job_id=job_id, jlog=jlog, whose="its earlier attempts"
-        )
+            if storage_ids:
+                jlog.info("job %s: deleted the %d files %s saved", job_id, len(storage_ids), whose)
 
     async def _watch(self, ctx: JobContext) -> None:
         """While the job runs: extend its lease (its heartbeat), and mirror a cancel into the context.
@@ -920,7 +915,7 @@ class JobRunner:
         """An attempt's end for a job taken from it: said, and the files it saved that no result names
         deleted."""
         jlog.warning("job %s was taken from this worker while it ran; leaving it be", row["id"])
-        await self._drop_files(unnamed, job_id=row["id"], jlog=jlog, whose="this attempt")
+        await self._drop_made(unnamed, job_id=row["id"], jlog=jlog, whose="this attempt")
 
     async def _end_batched(
         self, success: _Success, jlog: logging.LoggerAdapter[logging.Logger]

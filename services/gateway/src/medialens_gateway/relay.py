@@ -63,7 +63,7 @@ from medialens_shared.bus import (
 from medialens_shared.contracts import SERVICES, TERMINAL_STATUSES, JobMessage, JobStatus, job_types_of
 from medialens_shared.db import Check, DatabaseManager, timed_check
 from medialens_shared.errors import RetriesExhausted
-from medialens_shared.filestore import FileStore
+from medialens_shared.filestore import FileStore, mark_deleted
 from medialens_shared.logs import configure_logging
 from medialens_shared.memtrim import frozen_startup_heap
 from medialens_shared.opsserver import ops_app, serving
@@ -354,8 +354,8 @@ class Relay:
                 row = await self._reap_one(session, job_id=job_id, cancel_asked=job_id in asked)
                 if row is not None:
                     announced.append(row)
-                    if row["status"] != JobStatus.QUEUED.value:  # ended: no rerun deletes them
-                        unnamed += await self._abandon_files(session, job_id=job_id)
+                    if row["status"] != JobStatus.QUEUED.value:  # ended: no rerun deletes its dead attempt's
+                        unnamed += await mark_deleted(session, files.c.job_id == job_id)
             await session.commit()
             await self._drop_bytes(unnamed)
             for row in announced:
@@ -370,25 +370,10 @@ class Relay:
                 await jobstore.announce(session, self.signals, row)
         return len(announced)
 
-    async def _abandon_files(self, session: AsyncSession, *, job_id: str) -> list[str]:
-        """Mark deleted, as `DELETE /v1/files` does, the files a job made when it ends without a success, in
-        `session`'s transaction; their storage ids, whose bytes `_drop_bytes` drops once it commits.
-
-        A job the reaper gives up on or cancels, or whose message was dead-lettered, had an attempt whose
-        worker died (or never ended it), which could not delete what it saved, and no rerun will: its files
-        stayed until the job's retention, for ever without one. An attempt that ended by itself deleted its
-        own; no result names any of them."""
-        marked = await session.execute(
-            update(files)
-            .where(files.c.job_id == job_id, files.c.deleted_at.is_(None))
-            .values(deleted_at=func.now())
-            .returning(files.c.storage_id)
-        )
-        return list(marked.scalars())
-
     async def _drop_bytes(self, storage_ids: Sequence[str]) -> None:
-        """The stored bytes of files marked deleted; best effort: what a failure leaves, the retention's
-        `purge_deleted_files` drops with the rows."""
+        """The stored bytes of files marked deleted (`filestore.mark_deleted`) when the reaper or a dead
+        letter ended their job with no rerun: the attempt whose worker died could not delete what it saved.
+        Best effort: what a failure leaves, the retention's `purge_deleted_files` drops with the rows."""
         for storage_id in storage_ids:
             try:
                 await self.store.delete(storage_id)
@@ -459,7 +444,8 @@ class Relay:
                 error=error,
                 from_statuses=[JobStatus.QUEUED, JobStatus.RUNNING],
             )
-            unnamed = await self._abandon_files(session, job_id=message.job_id) if row is not None else []
+            # Its dead attempt's files, if any: no rerun will delete them, and no result names them.
+            unnamed = await mark_deleted(session, files.c.job_id == message.job_id) if row is not None else []
             await session.commit()
             await self._drop_bytes(unnamed)
             if row is not None:

@@ -6,14 +6,14 @@ import uuid
 from typing import Any
 
 from gridfs.errors import NoFile
-from sqlalchemy import RowMapping, func, select, update
+from sqlalchemy import RowMapping, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from medialens_gateway.files.uploads import Upload
 from medialens_gateway.pagination import page
 from medialens_shared.envelope import iso
 from medialens_shared.errors import NotFound
-from medialens_shared.filestore import Download, FileStore
+from medialens_shared.filestore import Download, FileStore, mark_deleted
 from medialens_shared.sniff import sniff
 from medialens_shared.tables import files
 
@@ -101,6 +101,7 @@ async def list_files(
 async def delete_file(session: AsyncSession, *, store: FileStore, tenant_id: str, file_id: str) -> None:
     """Mark the file deleted (jobs keep their reference), then drop its bytes."""
     row = await get_file(session, tenant_id=tenant_id, file_id=file_id)
-    await session.execute(update(files).where(files.c.id == file_id).values(deleted_at=func.now()))
+    storage_ids = await mark_deleted(session, files.c.id == row["id"])
     await session.commit()
-    await store.delete(row["storage_id"])
+    for storage_id in storage_ids:
+        await store.delete(storage_id)
