@@ -778,6 +778,31 @@ async def test_an_attempt_that_does_not_succeed_leaves_no_files(
             await store.copy_to(row["storage_id"], tmp_path / "gone")
 
 
+async def test_a_result_too_large_to_store_fails_its_job_with_a_reason_and_leaves_no_files(
+    make_runner, new_job, tenant_id: str, db: DatabaseManager
+) -> None:
+    """A result past MongoDB's 16 MB for one document fails INVALID_PARAMS saying its size (the same input
+    and parameters would make it again), and the files its attempt saved are deleted. (It failed
+    INTERNAL_ERROR at the write, "the team has the log", its thumbnails kept.)"""
+    job_id = await new_job()
+    ids: list[str] = []
+
+    async def act(ctx: JobContext) -> BaseModel:
+        ids.append(await ctx.save_artifact(b"thumb", filename="t.jpg", content_type="image/jpeg"))
+        huge = PROBE.format.model_copy(update={"name": "x" * (17 * 1024 * 1024)})
+        return PROBE.model_copy(update={"format": huge})
+
+    runner = make_runner({"video.probe": Calls(act)})
+    assert await deliver(runner, body_of(job_id, tenant_id)) == ["ack"]
+    row = await row_of(db, job_id)
+    assert (row["status"], row["error_code"]) == ("failed", "INVALID_PARAMS"), row
+    assert "would take 17.0 MB, past the 16 MB one result can hold" in row["error_message"]
+    assert await db.collection("results").find_one({"_id": job_id}) is None
+    async with db.session() as session:
+        (file_row,) = (await session.execute(select(files).where(files.c.id.in_(ids)))).mappings().all()
+    assert file_row["deleted_at"] is not None
+
+
 async def test_an_attempt_past_its_time_limit_leaves_no_files(
     make_runner, new_job, tenant_id: str, db: DatabaseManager
 ) -> None:
@@ -1559,12 +1584,13 @@ async def test_a_batch_whose_results_cannot_be_written_leaves_each_of_its_jobs_t
 
 
 async def test_a_result_that_cannot_be_stored_fails_its_job_alone_not_its_batch(
-    make_runner, new_job, tenant_id: str, db: DatabaseManager
+    make_runner, new_job, tenant_id: str, db: DatabaseManager, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Two jobs succeed at the same moment, one with a result MongoDB cannot take (here an integer past
-    BSON's 8 bytes; on a real MongoDB, a document over 16 MB is the likely one): the batch's write fails for
-    both, then each ends alone, so that one fails and the other succeeds with its result. (Both failed
-    with INTERNAL_ERROR.)"""
+    BSON's 8 bytes, let past the check that now refuses it before the write, to stand for any refusal of
+    one document by the server): the batch's write fails for both, then each ends alone, so that one fails
+    and the other succeeds with its result. (Both failed with INTERNAL_ERROR.)"""
+    monkeypatch.setattr(tasks, "_check_size", lambda message, result: None)
     good, bad = await new_job(), await new_job()
     release, started = asyncio.Event(), asyncio.Semaphore(0)
 

@@ -55,6 +55,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar, cast
 
 import asyncpg
+import bson
 from pydantic import BaseModel, ValidationError
 from pymongo import UpdateOne
 from pymongo.errors import ConnectionFailure as MongoConnectionFailure
@@ -97,6 +98,13 @@ RESULT_WRITES = "writes"
 
 #: The column of a claimed row that describes its input file (see `_INPUT_FILE`).
 INPUT_FILE = "input_file"
+
+#: The largest result document stored: MongoDB's limit on one document (16 MiB, `maxBsonObjectSize`),
+#: less room for the fields the write adds (its counter). Analysers bound their own results (waveform
+#: points, silences, query rows, profile texts); this catches what they did not foresee with a clear error,
+#: before the attempt's files are kept and before a batch of other jobs' results is written with it.
+DOCUMENT_MAX_MB = 16
+RESULT_MAX_BYTES = DOCUMENT_MAX_MB * 1024 * 1024 - 1024
 
 #: Bytes read from disk per chunk when a job stores a file it made.
 ARTIFACT_CHUNK_BYTES = 1024 * 1024
@@ -627,6 +635,7 @@ class JobRunner:
                         result = await handler(ctx)
                 # Checked here, so a result that does not fit is an attempt that did not succeed.
                 checked = spec.result.model_validate(result.model_dump())
+                _check_size(message, checked)
         except TimeoutError as exc:
             await asyncio.shield(self._drop_made(made, job_id=ctx.job_id, jlog=jlog, whose="its attempt"))
             if deadline.expired():
@@ -1039,6 +1048,18 @@ def _result_document(message: JobMessage, result: BaseModel) -> dict[str, Any]:
     document = {"tenant_id": message.tenant_id, **base.model_dump(), **result.model_dump(mode="json")}
     document["created_at"] = base.created_at
     return document
+
+
+def _check_size(message: JobMessage, result: BaseModel) -> None:
+    """Refuse a result too large to store (`RESULT_MAX_BYTES`) as the parameters' doing: the same input and
+    parameters make the same result, so a retry would fail again. (It failed INTERNAL_ERROR at the write,
+    with `DocumentTooLarge` in the log, the files it saved kept.)"""
+    size = len(bson.encode(_result_document(message, result)))
+    if size > RESULT_MAX_BYTES:
+        raise InvalidParams(
+            f"the result of this {message.type} job would take {size / 1024 / 1024:.1f} MB, past the"
+            f" {DOCUMENT_MAX_MB} MB one result can hold; ask for a smaller one"
+        )
 
 
 async def _file_chunks(path: Path) -> AsyncIterator[bytes]:
