@@ -181,3 +181,47 @@ async def test_requeue_with_postgresql_unreachable_says_so_and_keeps_the_letter(
     assert "cannot be reached" in line
     assert "MEDIALENS_POSTGRES_URL" in line
     assert await _dead_count(stack) == before
+
+
+async def test_a_job_with_two_letters_is_requeued_once(
+    stack: Stack,
+    api: httpx.AsyncClient,
+    db: DatabaseManager,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A job dead-lettered twice (its decoder's crash, then its delivery limit) is copied once, both letters
+    removed, the second named as requeued before; a letter of it that comes later (or stayed behind a run
+    that stopped before removing it) is removed the same way. (Each letter made a copy: the job ran twice.)"""
+    path = tmp_path / "clip.mp4"
+    make_video(path, duration_s=1.0, fps=10, width=160, height=120)
+    job = await stack.held_job(api, "video.probe", await upload(api, path))
+    await stack.publish_dead(job)
+    assert (await wait_for(api, job.job_id))["error_code"] == "RETRIES_EXHAUSTED"
+    await stack.publish_dead(job)
+    for key, value in settings_env(stack.settings).items():
+        monkeypatch.setenv(key, value)
+    before = await _dead_count(stack)
+
+    async def copies() -> list[str]:
+        async with db.session() as session:
+            made = select(jobs.c.id).where(jobs.c.labels["requeued_from"].astext == job.job_id)
+            return list(await session.scalars(made))
+
+    assert await main_async(["requeue", job.job_id]) == 0
+    (copy,) = await copies()
+    out = capsys.readouterr().out.splitlines()
+    assert out == [
+        f"requeued {job.job_id} as new job {copy}",
+        f"job {job.job_id} was requeued before, as job {copy}: this letter removed",
+    ]
+    deadline = time.monotonic() + 5
+    while await _dead_count(stack) != before - 2:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.1)
+    await stack.publish_dead(job)
+    assert await main_async(["requeue", job.job_id]) == 0
+    assert f"job {job.job_id} was requeued before, as job {copy}" in capsys.readouterr().out
+    assert await copies() == [copy]
+    assert (await wait_for(api, copy))["status"] == "succeeded"

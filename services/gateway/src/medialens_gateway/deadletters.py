@@ -7,7 +7,8 @@
 A dead letter's job has already failed (RETRIES_EXHAUSTED, or MEDIA_DECODE_ERROR for an input that crashed
 its decoder): a terminal job never changes again, so "requeue" submits a copy of it (same tenant, type,
 input, params and labels, plus the label `requeued_from=<old id>`) through the outbox, and removes the
-letter from the queue. Letters are read with basic.get and put back untouched unless they are requeued.
+letter from the queue. A job is copied once, however many letters it has or runs requeue it (the copy
+made before is named). Letters are read with basic.get and put back untouched unless they are requeued.
 A job id with no letter in the queue (a typo, or requeued before) is named on stderr; the others are
 requeued all the same. Before anything was dead-lettered the queue may not exist yet (the relay and the
 services declare it at their start): `list` then says so and lists nothing. Exit codes:
@@ -33,8 +34,9 @@ import aio_pika
 import aiormq
 from aio_pika.abc import AbstractIncomingMessage
 from pydantic import ValidationError
+from sqlalchemy import select
 
-from medialens_shared import jobstore, outbox
+from medialens_shared import outbox
 from medialens_shared.bus import Topology
 from medialens_shared.contracts import JobMessage, JobStatus
 from medialens_shared.db import DatabaseManager, postgres_problem
@@ -85,15 +87,37 @@ async def read_letters(channel: aio_pika.abc.AbstractChannel, queue_name: str) -
     return letters
 
 
-async def requeue(db: DatabaseManager, letter: DeadLetter) -> str | None:
-    """Submit a copy of the letter's job through the outbox; the new job's id (None if the letter is
-    unreadable or its job no longer exists: deleted past `relay.job_retention_s`)."""
+@dataclass(frozen=True, slots=True)
+class Requeued:
+    """What `requeue` did with a letter's job: `job_id` is its copy's, `before` says the copy was made by an
+    earlier requeue (of another letter of the job, or a run that died before it removed the letter)."""
+
+    job_id: str
+    before: bool = False
+
+
+async def requeue(db: DatabaseManager, letter: DeadLetter) -> Requeued | None:
+    """Submit a copy of the letter's job through the outbox, once per job: a job with two letters (its
+    decoder's crash and its delivery limit), or a letter left by a run that stopped between the copy's
+    commit and the letter's removal, gets the copy made before. None if the letter is unreadable or its job
+    no longer exists (deleted past `relay.job_retention_s`)."""
     if letter.job is None:
         return None
     async with db.session() as session:
-        old = await jobstore.get(session, job_id=letter.job.job_id)
+        # Locked: two commands requeueing one job at once make one copy.
+        locked = select(jobs).where(jobs.c.id == letter.job.job_id).with_for_update()
+        old = (await session.execute(locked)).mappings().one_or_none()
         if old is None:
             return None
+        made_before = await session.scalar(
+            select(jobs.c.id).where(
+                jobs.c.tenant_id == old["tenant_id"],
+                jobs.c.created_at >= old["created_at"],
+                jobs.c.labels["requeued_from"].astext == old["id"],
+            )
+        )
+        if made_before is not None:
+            return Requeued(made_before, before=True)
         new_id = str(uuid.uuid4())
         await session.execute(
             jobs.insert().values(
@@ -111,7 +135,7 @@ async def requeue(db: DatabaseManager, letter: DeadLetter) -> str | None:
         )
         await outbox.enqueue(session, letter.job.model_copy(update={"job_id": new_id}))
         await session.commit()
-    return new_id
+    return Requeued(new_id)
 
 
 async def main_async(argv: list[str]) -> int:
@@ -181,14 +205,16 @@ async def requeue_letters(
         print(f"medialens-deadletters: {problem}", file=sys.stderr)
         return EXIT_NO_DATABASE
     for letter, job in chosen:
-        new_id = await requeue(db, letter)
+        requeued = await requeue(db, letter)
         await letter.message.ack()
-        if new_id is None:
+        if requeued is None:
             # Its job was deleted with its retention: nothing to run again, and kept, the letter could
             # never leave the queue.
             print(f"job {job.job_id} no longer exists (past its retention): its letter removed")
-            continue
-        print(f"requeued {job.job_id} as new job {new_id}")
+        elif requeued.before:
+            print(f"job {job.job_id} was requeued before, as job {requeued.job_id}: this letter removed")
+        else:
+            print(f"requeued {job.job_id} as new job {requeued.job_id}")
     found = {job.job_id for _, job in chosen}
     if missing := [job_id for job_id in dict.fromkeys(job_ids) if job_id not in found]:
         print(f"no dead letter for job(s): {', '.join(missing)}", file=sys.stderr)
