@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 
 import honcho.manager
 from honcho.manager import Manager
+from sqlalchemy.engine import make_url
 
 from medialens_shared import devmongo
 from medialens_shared.migrate import upgrade
@@ -45,29 +46,54 @@ START_COMMANDS = {
 
 class Server(NamedTuple):
     name: str
-    host: str
-    port: int
+    host: str  # a Unix socket's path when `port` is None
+    port: int | None
     how_to_start: str
+
+    @property
+    def where(self) -> str:
+        return self.host if self.port is None else f"{self.host}:{self.port}"
 
 
 def required_servers(settings: Settings) -> list[Server]:
-    """PostgreSQL, Redis and RabbitMQ where the settings point, with the command that starts each."""
-    wanted = [
-        ("PostgreSQL", settings.postgres.url, 5432),
-        ("Redis", settings.redis.url, 6379),
-        ("RabbitMQ", settings.rabbitmq.url, 5672),
+    """PostgreSQL, Redis and RabbitMQ where the settings point, with the command that starts each: a host
+    and port, or a Unix socket's path (PostgreSQL's `?host=/dir` or a socket directory as its host, libpq's
+    `.s.PGSQL.<port>` in it; Redis's `unix://` URL), which was checked as 127.0.0.1's default port."""
+    postgres = make_url(settings.postgres.url.get_secret_value())
+    query_host = postgres.query.get("host")
+    pg_host = postgres.host or (query_host if isinstance(query_host, str) else None) or "127.0.0.1"
+    query_port = postgres.query.get("port")
+    pg_port = postgres.port or (int(query_port) if isinstance(query_port, str) else 5432)
+    servers = [
+        Server("PostgreSQL", f"{pg_host}/.s.PGSQL.{pg_port}", None, START_COMMANDS["PostgreSQL"])
+        if pg_host.startswith("/")
+        else Server("PostgreSQL", pg_host, pg_port, START_COMMANDS["PostgreSQL"])
     ]
-    servers = []
-    for name, url, default_port in wanted:
-        parts = urlsplit(url.get_secret_value())
-        host, port = parts.hostname or "127.0.0.1", parts.port or default_port
-        servers.append(Server(name, host, port, START_COMMANDS[name]))
+    redis = urlsplit(settings.redis.url.get_secret_value())
+    if redis.scheme == "unix":
+        servers.append(Server("Redis", redis.path, None, START_COMMANDS["Redis"]))
+    else:
+        servers.append(
+            Server("Redis", redis.hostname or "127.0.0.1", redis.port or 6379, START_COMMANDS["Redis"])
+        )
+    rabbitmq = urlsplit(settings.rabbitmq.url.get_secret_value())
+    servers.append(
+        Server(
+            "RabbitMQ", rabbitmq.hostname or "127.0.0.1", rabbitmq.port or 5672, START_COMMANDS["RabbitMQ"]
+        )
+    )
     return servers
 
 
-def answers(host: str, port: int, timeout: float = 1.0) -> bool:
-    """True when something accepts a TCP connection on host:port within `timeout` seconds."""
+def answers(host: str, port: int | None, timeout: float = 1.0) -> bool:
+    """True when something accepts a connection on host:port (a Unix socket at the path `host` when `port`
+    is None) within `timeout` seconds."""
     try:
+        if port is None:
+            with socket.socket(socket.AF_UNIX) as unix:
+                unix.settimeout(timeout)
+                unix.connect(host)
+                return True
         with socket.create_connection((host, port), timeout=timeout):
             return True
     except OSError:
@@ -84,9 +110,7 @@ DOCKER_SERVERS = (
 
 
 def missing_servers_message(missing: list[Server]) -> str:
-    lines = [
-        f"{s.name} does not answer on {s.host}:{s.port}. Start it with:  {s.how_to_start}" for s in missing
-    ]
+    lines = [f"{s.name} does not answer on {s.where}. Start it with:  {s.how_to_start}" for s in missing]
     lines.append("or, with Docker (each on its default port, with the development defaults' accounts):")
     lines.extend(f"  {command}" for command in DOCKER_SERVERS)
     return "\n".join(lines)
