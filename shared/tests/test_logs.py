@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import time
+from urllib.parse import urlsplit
 
+import aio_pika
 import pytest
 
-from medialens_shared.logs import configure_logging
+from medialens_shared.logs import _Reconnecting, configure_logging
 from medialens_shared.settings import LogSettings, Settings
+from tests.fixtures.proxy import TcpProxy
 
 
 @pytest.mark.usefixtures("restore_root_logging")
@@ -93,3 +98,63 @@ def test_a_failed_connection_attempt_is_not_logged_twice(capsys: pytest.CaptureF
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1, lines
     assert "Unexpected frame" in lines[0]
+
+
+@pytest.mark.usefixtures("restore_root_logging")
+async def test_a_broker_away_is_said_once_not_at_every_reconnection_attempt(
+    settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """aio-pika's own reconnection to a broker that went away (through a proxy cut here) tries every
+    interval and warned at each try, once a second for as long as the broker was away: the first failed
+    attempt is logged, the following ones of the same cause are not (until a minute has passed), and the
+    connection comes back when the broker does."""
+    configure_logging(Settings(log=LogSettings(format="text", level="info")), service="audio")
+    url = urlsplit(settings.rabbitmq.url.get_secret_value())
+    proxy = TcpProxy(url.hostname or "127.0.0.1", url.port or 5672)
+    await proxy.start()
+    proxied = url._replace(netloc=f"{url.username}:{url.password}@127.0.0.1:{proxy.port}").geturl()
+    connection = await aio_pika.connect_robust(proxied, reconnect_interval=0.05)
+    try:
+        capsys.readouterr()
+        await proxy.cut()
+        await asyncio.sleep(1.0)  # about 20 attempts, each refused
+        await proxy.restore()
+        deadline = time.monotonic() + 10
+        await asyncio.sleep(0.1)  # the restore seen, not the connection as it was before the cut
+        while not connection.connected.is_set():
+            assert time.monotonic() < deadline, "the connection did not come back"
+            await asyncio.sleep(0.05)
+        lines = capsys.readouterr().err.splitlines()
+    finally:
+        await connection.close()
+        await proxy.cut()
+    attempts = [line for line in lines if "Connection attempt to" in line]
+    assert len(attempts) == 1, lines
+    assert "failed" in attempts[0]
+
+
+def test_a_broker_away_for_long_is_said_again_with_the_attempts_between() -> None:
+    """Past `every_s`, the next failed attempt of the same cause is logged with the number not logged since;
+    another cause is logged at once."""
+    thinning = _Reconnecting(every_s=0.2)
+    refused, reset = ConnectionRefusedError(111, "refused"), ConnectionResetError(104, "reset")
+
+    def attempt(cause: Exception) -> logging.LogRecord | None:
+        record = logging.LogRecord(
+            "aio_pika.robust_connection",
+            logging.WARNING,
+            __file__,
+            1,
+            _Reconnecting.MESSAGE,
+            ("amqp://broker", cause, 1.0),
+            None,
+        )
+        return record if thinning.filter(record) else None
+
+    assert attempt(refused) is not None
+    assert [attempt(refused) for _ in range(3)] == [None] * 3
+    time.sleep(0.25)
+    again = attempt(refused)
+    assert again is not None
+    assert again.getMessage().endswith("(3 more attempts failed alike since the last such line)")
+    assert attempt(reset) is not None

@@ -48,11 +48,42 @@ class _TextFormatter(logging.Formatter):
 class _RaisedAgain(logging.Filter):
     """Drops aiormq's ERROR line for a connection attempt that failed ("error when creating transport"):
     the same error is raised to what made the attempt, `bus.Connector` (which says so once a cause) or
-    aio-pika's reconnecting (a warning a try, naming it), so a broker away printed two lines a second, one
-    of them an ERROR, for as long as it was away."""
+    aio-pika's reconnecting (a warning naming it, thinned by `_Reconnecting`), so a broker away printed two
+    lines a second, one of them an ERROR, for as long as it was away."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not (record.name == "aiormq.connection" and record.msg == "error when creating transport: %r")
+
+
+class _Reconnecting(logging.Filter):
+    """Thins aio-pika's warning for each failed reconnection attempt ('Connection attempt to "..." failed:
+    <cause>. Reconnecting after 1.0 seconds.'), which came once a second per connection for as long as the
+    broker was away (3,600 lines an hour from each process): the first attempt of a cause is logged, then
+    one line every `every_s` seconds saying how many failed alike since. A new cause is logged at once."""
+
+    MESSAGE = 'Connection attempt to "%s" failed: %s. Reconnecting after %r seconds.'
+
+    def __init__(self, every_s: float = 60.0) -> None:
+        super().__init__()
+        self.every_s = every_s
+        self._cause: str | None = None
+        self._said_at = 0.0
+        self._unsaid = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name != "aio_pika.robust_connection" or record.msg != self.MESSAGE:
+            return True
+        cause = str(record.args[1]) if isinstance(record.args, tuple) and len(record.args) > 1 else ""
+        now = time.monotonic()
+        if cause == self._cause and now - self._said_at < self.every_s:
+            self._unsaid += 1
+            return False
+        if cause == self._cause and self._unsaid:
+            record.msg = (
+                f"{self.MESSAGE} ({self._unsaid} more attempts failed alike since the last such line)"
+            )
+        self._cause, self._said_at, self._unsaid = cause, now, 0
+        return True
 
 
 def configure_logging(settings: Settings, *, service: str) -> None:
@@ -66,6 +97,7 @@ def configure_logging(settings: Settings, *, service: str) -> None:
     formatter.converter = time.gmtime  # every time in MediaLens is UTC
     handler.addFilter(TraceContextFilter())
     handler.addFilter(_RaisedAgain())
+    handler.addFilter(_Reconnecting())
     logging.basicConfig(level=settings.log.level.upper(), handlers=[handler], force=True)
     for variable in unknown_variables(os.environ):
         logging.getLogger(__name__).warning(
