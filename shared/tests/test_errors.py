@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import errno
+import os
+
 import pytest
 
 from medialens_shared import errors
@@ -66,3 +69,30 @@ def test_transient_and_cancelled_are_not_permanent() -> None:
     assert not issubclass(errors.JobCancelled, errors.PermanentJobError)
     assert errors.JobCancelled("stop").error_code == "CANCELLED"
     assert errors.TransientJobError("blip").error_code == "INTERNAL_ERROR"
+
+
+def _raised_from(cause: BaseException) -> RuntimeError:
+    try:
+        raise RuntimeError("wrapped") from cause
+    except RuntimeError as exc:
+        return exc
+
+
+@pytest.mark.parametrize(
+    ("exc", "full"),
+    [
+        (OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/scratch/t.jpg"), True),
+        (OSError(errno.EDQUOT, os.strerror(errno.EDQUOT)), True),
+        (_raised_from(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))), True),
+        (Exception('IO Error: Could not write file "/scratch/x.parquet": No space left on device'), True),
+        (OSError(errno.EACCES, os.strerror(errno.EACCES)), False),
+        (ValueError("no space left for doubt"), False),
+        (_raised_from(ValueError("bad")), False),
+    ],
+    ids=["enospc", "edquot", "chained", "words-only", "eacces", "other-words", "other-chained"],
+)
+def test_a_full_disk_is_recognised_by_its_errno_or_the_c_librarys_words(
+    exc: BaseException, full: bool
+) -> None:
+    """PyAV's and PIL's OSErrors carry the errno; DuckDB's IO errors only the words."""
+    assert errors.disk_full(exc) is full

@@ -10,6 +10,7 @@ import asyncio
 import hashlib
 import json
 import os
+import shutil
 import signal
 import threading
 import time
@@ -43,6 +44,7 @@ from medialens_shared.settings import Settings
 from medialens_shared.signals import JobSignals
 from medialens_shared.tables import files, jobs, outbox, tenants, webhook_deliveries
 from medialens_shared.tasks import RESULT_WRITES, Handler, JobContext, JobRunner
+from tests.fixtures.disk import small_disk
 from tests.fixtures.proxy import TcpProxy
 from tests.fixtures.servers import unreachable
 from tests.fixtures.stack import RecordedDelivery
@@ -801,6 +803,33 @@ async def test_a_result_too_large_to_store_fails_its_job_with_a_reason_and_leave
     async with db.session() as session:
         (file_row,) = (await session.execute(select(files).where(files.c.id.in_(ids)))).mappings().all()
     assert file_row["deleted_at"] is not None
+
+
+async def test_a_full_disk_is_a_passing_fault_not_a_bug(
+    make_runner, new_job, new_file, tenant_id: str, db: DatabaseManager, tmp_path: Path
+) -> None:
+    """A worker whose disk has no room for the job's input (its input cache on a real 1 MB disk, the input
+    2 MB) sends the job back to retry, saying why, instead of failing it INTERNAL_ERROR as a bug; once the
+    disk has room, the retry succeeds: the job is not lost."""
+    content = b"\x00\x00\x00\x20ftypisom" + os.urandom(2 * 1024 * 1024)
+    file_id = await new_file(content, filename="clip.mp4")
+    job_id = await new_job(file_id=file_id)
+    seen: list[int] = []
+    with small_disk(tmp_path / "disk", 1024 * 1024) as disk:
+        runner = make_runner(
+            {"video.probe": Calls(lambda ctx: seen.append(ctx.require_input().stat().st_size))},
+            input_cache_dir=str(disk.path),
+        )
+        assert await deliver(runner, body_of(job_id, tenant_id, file_id=file_id)) == ["ack"]
+        row = await row_of(db, job_id)
+        assert (row["status"], row["error_code"], row["attempts"]) == ("queued", None, 1), row
+        assert "no space left on the worker's disk" in row["message"], row["message"]
+        assert seen == []
+        assert shutil.disk_usage(disk.path).used < 64 * 1024  # the part copied is not left filling it
+        disk.resize(8 * 1024 * 1024)
+        assert await deliver(runner, body_of(job_id, tenant_id, file_id=file_id)) == ["ack"]
+        assert (await row_of(db, job_id))["status"] == "succeeded"
+        assert seen == [len(content)]
 
 
 async def test_an_attempt_past_its_time_limit_leaves_no_files(

@@ -24,13 +24,17 @@
         │   ├── JobTimeout                  TIMEOUT
         │   └── RetriesExhausted            RETRIES_EXHAUSTED
         ├── TransientJobError           a passing fault: the try is retried
+        │   └── DiskFull                    the worker's disk had no room (`disk_full`)
         └── JobCancelled                the job was asked to stop; it ends `cancelled`
 
-Any other exception escaping a job handler is a bug: the job fails with INTERNAL_ERROR.
+Any other exception escaping a job handler is a bug: the job fails with INTERNAL_ERROR; unless
+`disk_full` recognises it, when it is retried as a DiskFull.
 """
 
 from __future__ import annotations
 
+import errno
+import os
 from typing import Any, ClassVar
 
 
@@ -171,6 +175,38 @@ class RetriesExhausted(PermanentJobError):
 
 class TransientJobError(JobError):
     """A passing fault (a dependency blip): the try is retried with backoff."""
+
+
+class DiskFull(TransientJobError):
+    """The worker's disk (its input cache, a job's scratch: thumbnails, a converted table, DuckDB's spill)
+    had no room. Retried: other jobs' files go as they end, and the retry may reach a worker with room; the
+    job fails RETRIES_EXHAUSTED with this reason when none does."""
+
+    @classmethod
+    def of(cls, exc: BaseException) -> DiskFull:
+        return cls(f"no space left on the worker's disk ({type(exc).__name__}: {exc})")
+
+
+#: What the C library calls a full disk, for errors that carry its words but no errno (DuckDB's IO errors).
+_DISK_FULL_CODES = (errno.ENOSPC, errno.EDQUOT)
+_DISK_FULL_WORDS = tuple(os.strerror(code) for code in _DISK_FULL_CODES)
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether `exc`, or an exception it was raised from or while handling, says a disk has no room left:
+    an OSError with ENOSPC or EDQUOT (PyAV's and PIL's included), or an error in the C library's words for
+    them ("No space left on device": DuckDB's). An analyser that turns its library's errors into
+    MEDIA_DECODE_ERROR asks this first: a full disk is not a damaged file."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in _DISK_FULL_CODES:
+            return True
+        if any(words in str(current) for words in _DISK_FULL_WORDS):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
 
 
 class JobCancelled(JobError):

@@ -27,6 +27,7 @@ asks, and removed afterwards.
                                              after an exponential backoff with jitter (a delay queue,
                                              never a sleep in the consumer); after max_attempts: failed
                                              with RETRIES_EXHAUSTED
+      a full disk (`errors.disk_full`)    -> retried as a passing fault
       any other exception (a bug)         -> failed with INTERNAL_ERROR (a bug does not heal by retrying)
 
 Each terminal change is a compare-and-set on (status running, this claim: this worker and this attempt),
@@ -72,6 +73,7 @@ from medialens_shared.contracts import JOB_TYPES, JobMessage, JobStatus, ResultB
 from medialens_shared.db import DatabaseManager
 from medialens_shared.envelope import utc_now
 from medialens_shared.errors import (
+    DiskFull,
     InputNotFound,
     InvalidParams,
     JobCancelled,
@@ -79,6 +81,7 @@ from medialens_shared.errors import (
     PermanentJobError,
     RetriesExhausted,
     TransientJobError,
+    disk_full,
 )
 from medialens_shared.filestore import FileStore, mark_deleted
 from medialens_shared.inputcache import InputCache
@@ -496,6 +499,9 @@ class JobRunner:
         except PASSING_FAULTS as exc:
             await self._retry_or_give_up(row, message, exc, jlog)
         except Exception as exc:
+            if disk_full(exc):  # not a bug, and it may pass (it failed INTERNAL_ERROR, the job lost)
+                await self._retry_or_give_up(row, message, DiskFull.of(exc), jlog)
+                return
             jlog.exception("job %s failed with a bug", message.job_id)
             error = ("INTERNAL_ERROR", f"internal error ({type(exc).__name__}); the team has the log")
             await self._finish(row, JobStatus.FAILED, message="failed", error=error, jlog=jlog)
