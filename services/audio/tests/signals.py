@@ -96,3 +96,35 @@ def write(
             container.mux(stream.encode(frame))
         container.mux(stream.encode(None))
     return path
+
+
+def write_late_audio(
+    path: Path,
+    samples: Signal,
+    *,
+    start_s: float,
+    video_s: float,
+    codec: str,
+    rate: int = 48000,
+) -> Path:
+    """A small grey video from 0 to `video_s` (25 fps, H.264) with `samples` as its soundtrack from
+    `start_s` on: the audio stream starts later than the container (its first packets' times are
+    `start_s`), as in a recording whose sound came in late. The container follows the suffix."""
+    with av.open(str(path), mode="w") as container:
+        video = container.add_stream("libx264", rate=25)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        audio = container.add_stream(codec, rate=rate)
+        audio.layout = {1: "mono", 2: "stereo"}[samples.shape[0]]
+        grey = np.full((48, 64, 3), 128, dtype=np.uint8)
+        for index in range(round(video_s * 25)):
+            picture = av.VideoFrame.from_ndarray(grey, format="rgb24")
+            picture.pts, picture.time_base = index, Fraction(1, 25)
+            container.mux(video.encode(picture))
+        container.mux(video.encode(None))
+        lead = round(start_s * rate)
+        for offset in range(0, samples.shape[1], 1024):
+            frame = frame_of(samples[:, offset : offset + 1024], audio.layout.name)
+            frame.sample_rate, frame.pts, frame.time_base = rate, lead + offset, Fraction(1, rate)
+            container.mux(audio.encode(frame))
+        container.mux(audio.encode(None))
+    return path

@@ -15,7 +15,7 @@ from medialens_audio.waveform import compute_waveform
 from medialens_shared.contracts import AudioSilenceParams, AudioWaveformParams
 from medialens_shared.errors import JobCancelled, MediaDecodeError
 
-from .signals import amplitude, sine, write
+from .signals import amplitude, sine, write, write_late_audio
 
 
 def no_report(fraction: float, message: str) -> None:
@@ -184,3 +184,41 @@ def test_a_cancel_gets_through_while_the_part_before_a_format_change_is_read_aga
         for _block in audio.blocks(cancel_on_a_report_without_new_audio, action="reading"):
             pass
     assert audio.samples / audio.sample_rate == pytest.approx(3.0, abs=0.1)  # the first part alone
+
+
+@pytest.mark.parametrize(
+    ("suffix", "codec"),
+    [
+        (".wav", None),
+        (".flac", None),
+        (".mp3", None),
+        (".m4a", None),
+        (".aac", None),
+        (".mp2", None),
+        (".mka", "libopus"),
+        (".ogg", "libopus"),
+        (".ts", "aac"),
+    ],
+)
+def test_audio_that_starts_with_its_file_starts_at_zero(
+    tmp_path: Path, suffix: str, codec: str | None
+) -> None:
+    """A file of audio alone starts at exactly 0.0 on the media's timeline whatever its codec's priming
+    (MP3's LAME delay starts its stream at 23 ms, Opus's pre-skip before 0), so its times are as before."""
+    path = write(tmp_path / f"tone{suffix}", sine(-6.0, 1.0), codec=codec)
+    with open_audio(path) as audio:
+        assert audio.start_s == 0.0
+
+
+@pytest.mark.parametrize(("name", "codec"), [("late.mkv", "pcm_s16le"), ("late.mp4", "flac")])
+def test_a_late_soundtrack_starts_where_the_container_says(tmp_path: Path, name: str, codec: str) -> None:
+    """Audio whose first packets come 1.5 s after the video's starts at 1.5 s on the media's timeline,
+    and progress runs over its own 2 s, not the file's 3.5."""
+    path = write_late_audio(tmp_path / name, sine(-6.0, 2.0), start_s=1.5, video_s=3.5, codec=codec)
+    seen: list[float] = []
+    with open_audio(path) as audio:
+        assert audio.start_s == 1.5
+        assert audio.duration_s == pytest.approx(2.0)
+        for _block in audio.blocks(lambda fraction, _message: seen.append(fraction), action="reading"):
+            pass
+    assert seen[0] == pytest.approx(0.5, abs=0.01)

@@ -43,6 +43,7 @@ async def test_silence_job_with_params(api: httpx.AsyncClient, tmp_path: Path) -
     (segment,) = result["segments"]
     assert (segment["start_s"], segment["end_s"]) == pytest.approx((1.0, 2.5), abs=0.05)
     assert result["total_silence_s"] == pytest.approx(1.5, abs=0.05)
+    assert (result["segment_count"], result["segments_truncated"]) == (1, False)
 
 
 async def test_waveform_job(api: httpx.AsyncClient, tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ from medialens_shared.contracts import AudioLoudnessResult
 from medialens_shared.errors import JobCancelled, MediaDecodeError, UnsupportedInput
 from scripts.samples import corrupt, make_audio, make_video, truncate
 
-from .signals import noise, sequence, sine, write
+from .signals import noise, sequence, sine, write, write_late_audio
 
 
 def meter_result(samples: np.ndarray, *, rate: int = 48000, layout: str = "stereo") -> AudioLoudnessResult:
@@ -106,12 +106,17 @@ def test_true_peak_above_sample_peak() -> None:
 
 
 def dense_true_peak(samples: np.ndarray) -> float:
-    """The true peak (linear) by brute force: every phase of the interpolator at every sample."""
-    padded = np.pad(samples.astype(np.float64), ((0, 0), (11, 11)))
+    """The true peak (linear) by brute force: every phase of the interpolator at every point whose 12
+    samples all lie in the signal (none beyond its edges), and the samples themselves."""
+    taps = TRUE_PEAK_PHASES.shape[1]
     dense = max(
-        np.abs(np.convolve(padded[channel], phase, mode="valid")).max()
-        for channel in range(samples.shape[0])
-        for phase in TRUE_PEAK_PHASES
+        (
+            np.abs(np.convolve(samples[channel].astype(np.float64), phase, mode="valid")).max()
+            for channel in range(samples.shape[0])
+            for phase in TRUE_PEAK_PHASES
+        )
+        if samples.shape[1] >= taps
+        else [0.0]
     )
     return float(max(dense, np.abs(samples).max()))
 
@@ -153,6 +158,30 @@ def test_pruned_true_peak_equals_brute_force(samples: np.ndarray, block: int) ->
     assert meter.sample_peak == float(np.abs(samples).max())
 
 
+def full_scale_sine_cut(edges: str) -> np.ndarray:
+    """A full-scale 1 kHz sine (true peak 0 dBTP) starting on a crest, ending at 0.99 of full scale; the
+    edges not named are faded over 100 ms instead."""
+    samples = sine(0.0, 1.0, phase=np.pi / 2)
+    ramp = np.linspace(0.0, 1.0, 4800, dtype=np.float32)
+    if "start" not in edges:
+        samples[:, :4800] *= ramp
+    if "end" not in edges:
+        samples[:, -4800:] *= ramp[::-1]
+    return samples
+
+
+@pytest.mark.parametrize("edges", ["start", "end", "start-and-end", "neither"])
+def test_a_cut_edge_adds_no_true_peak(tmp_path: Path, edges: str) -> None:
+    """A full-scale sine cut abruptly at its start, its end or both reads 0.0 dBTP, as FFmpeg's
+    `ebur128=peak=true` reads it (0.00 in each case): only points with all 12 of the interpolator's
+    samples inside the file count, where zeros beyond its edges made steps that read +0.99 dB (start) and
+    +0.89 dB (end)."""
+    path = write(tmp_path / "cut.wav", full_scale_sine_cut(edges), codec="pcm_f32le")
+    result = measure_loudness(path, None, no_report)
+    assert result.true_peak_dbtp == pytest.approx(0.0, abs=0.05)
+    assert result.sample_peak_dbfs == pytest.approx(0.0, abs=0.01)
+
+
 def test_k_weighting_thread_errors_reach_the_caller() -> None:
     """An error on the K-weighting thread is raised by the next call, and leaving the meter stops it."""
     with LoudnessMeter(48000, "stereo") as meter:
@@ -183,6 +212,19 @@ def test_short_term_series_steps_one_second() -> None:
     assert [point.t_s for point in result.short_term] == [float(t) for t in range(3, 13)]
     assert result.short_term[2].lufs == pytest.approx(-23.0, abs=0.1)  # 2-5 s
     assert result.short_term[-1].lufs == pytest.approx(-33.0, abs=0.1)  # 9-12 s
+
+
+@pytest.mark.parametrize(("name", "codec"), [("late.mkv", "pcm_s16le"), ("late.mp4", "flac")])
+def test_short_term_times_lie_on_the_media_timeline(tmp_path: Path, name: str, codec: str) -> None:
+    """The soundtrack of a video that comes in 1.5 s after it has its short-term values 1.5 s later than
+    the audio alone (4.5 s, the end of its first 3 s, and on), levels unchanged."""
+    path = write_late_audio(
+        tmp_path / name, sequence((-23.0, 6.0), (-33.0, 6.0)), start_s=1.5, video_s=13.5, codec=codec
+    )
+    result = measure_loudness(path, None, no_report)
+    assert [point.t_s for point in result.short_term] == [t + 1.5 for t in range(3, 13)]
+    assert result.short_term[2].lufs == pytest.approx(-23.0, abs=0.1)  # 3.5-6.5 s on the media's clock
+    assert result.short_term[-1].lufs == pytest.approx(-33.0, abs=0.1)
 
 
 def test_silence_has_no_integrated_loudness() -> None:

@@ -17,7 +17,7 @@ from medialens_shared.errors import InputNotFound, MediaDecodeError, Unsupported
 from scripts.samples import corrupt, make_audio, make_csv, make_video, truncate
 from tests.fixtures.memory import resident_bytes_left_per_call
 
-from .signals import sine, write
+from .signals import noise, sine, write, write_late_audio
 
 #: Samples per frame of each codec: the tolerance on a lossy file's duration.
 FRAME = {"pcm_s16le": 1, "flac": 4608, "mp3": 1152, "aac": 1024}
@@ -60,6 +60,25 @@ def test_audio_track_of_a_video(tmp_path: Path) -> None:
     result = probe_audio(path)
     assert (result.codec, result.sample_rate, result.channels) == ("aac", 44100, 1)
     assert result.duration_s == pytest.approx(1.0, abs=1024 / 44100)
+
+
+@pytest.mark.parametrize(
+    ("name", "codec", "start_s", "video_s"),
+    [
+        ("late.mkv", "pcm_s16le", 1.5, 4.0),
+        ("late.mp4", "flac", 1.5, 4.0),
+        ("short.mkv", "pcm_s16le", 0.0, 4.0),
+        ("long.mkv", "pcm_s16le", 0.0, 1.0),
+    ],
+)
+def test_the_duration_is_the_soundtracks_own(
+    tmp_path: Path, name: str, codec: str, start_s: float, video_s: float
+) -> None:
+    """A 2.5 s soundtrack lasts 2.5 s, as ffprobe reports its stream's duration, whether it comes in 1.5 s
+    after the video or stops before the video does: an MKV (which states no stream duration) read the
+    container's 4.0 s. Audio that outlasts its video spans the container, as before."""
+    path = write_late_audio(tmp_path / name, noise(-20.0, 2.5), start_s=start_s, video_s=video_s, codec=codec)
+    assert probe_audio(path).duration_s == pytest.approx(2.5, abs=1e-6)
 
 
 def test_silent_video_is_unsupported(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from medialens_audio.waveform import MAX_POINTS, PeakBinner, compute_waveform, f
 from medialens_shared.contracts import AudioWaveformParams
 from medialens_shared.errors import UnsupportedInput
 
-from .signals import noise, write
+from .signals import noise, write, write_late_audio
 
 
 def no_report(fraction: float, message: str) -> None:
@@ -113,3 +113,29 @@ def test_a_lowered_rate_leaves_room_for_audio_a_little_longer_than_announced() -
         binner.feed(second)
     binner.feed(second[:, :160])  # 20 ms more
     assert len(binner.result().peaks) <= MAX_POINTS
+
+
+@pytest.mark.parametrize(("name", "codec"), [("late.mkv", "pcm_s16le"), ("late.mp4", "flac")])
+def test_a_late_soundtrack_is_drawn_on_the_media_timeline(tmp_path: Path, name: str, codec: str) -> None:
+    """The soundtrack of a video that comes in 1.5 s after it is drawn from 1.5 s on, after (0, 0) points
+    (what plays there), so peaks[i] lies at i / pps under a player's timeline; duration_s is where the
+    audio ends. It was drawn from point 0, 1.5 s early."""
+    samples = square(2.05, rate=48000, hz=2.0, left=0.6, right=0.2)
+    path = write_late_audio(tmp_path / name, samples, start_s=1.5, video_s=3.55, codec=codec)
+    result = compute_waveform(path, AudioWaveformParams(points_per_second=10), no_report)
+    assert result.duration_s == pytest.approx(3.55)
+    assert len(result.peaks) == math.ceil(3.55 * 10)
+    assert result.peaks[:15] == [(0.0, 0.0)] * 15
+    assert result.peaks[15] == pytest.approx((0.4, 0.4), abs=1e-3)  # 1.5-1.6 s: the square's first 0.1 s
+    assert result.peaks[17] == pytest.approx((-0.4, 0.4), abs=1e-3)  # flips at 1.75 s
+    assert result.peaks[18] == pytest.approx((-0.4, -0.4), abs=1e-3)
+
+
+def test_a_start_inside_a_point_shares_it_with_the_silence_before() -> None:
+    """Audio starting 0.3 s in, at 4 points a second: point 0 is silent, point 1 (0.25-0.5 s) holds
+    silence then audio, so it spans 0 and the audio's level; duration_s counts the time before."""
+    binner = PeakBinner(100, 4, start_s=0.3)  # points of 25 samples; the audio from sample 30
+    binner.feed(np.full((2, 45), 0.5, dtype=np.float32))
+    result = binner.result()
+    assert result.peaks == [(0.0, 0.0), (0.0, 0.5), (0.5, 0.5)]
+    assert result.duration_s == pytest.approx(0.75)

@@ -295,6 +295,16 @@ class SilenceSegment(BaseModel):
 class AudioSilenceResult(BaseModel):
     segments: list[SilenceSegment]
     total_silence_s: float
+    segment_count: int | None = Field(
+        None,
+        description="Silences found in all; more than `segments` lists when `segments_truncated` (None in "
+        "results stored before it was counted).",
+    )
+    segments_truncated: bool = Field(
+        False,
+        description="True when more silences were found than one result lists (50,000): `segments` holds "
+        "the first ones in time order, `segment_count` and `total_silence_s` count them all.",
+    )
 
 
 class AudioWaveformResult(BaseModel):

@@ -17,6 +17,12 @@ peaks of a remixed part are those of the mix (up to 3 dB above its channels' for
 Decoding runs in FFmpeg alone while the frames keep the declared format, with PyAV frame by frame
 from where they do not (`AudioInput._decoded`).
 
+The blocks hold the audio stream's samples from its first decoded one, with no time before it. Where that
+sample lies on the media's timeline (time 0 the container's start, as ffprobe's `start_time` reports it)
+is `AudioInput.start_s`: 0 for audio that starts with its file, 1.5 for the soundtrack of an MKV or MP4
+that comes in 1.5 s after the video. The analysers add it to every time they report, so their times sit
+beside the video jobs' (`timeline_start`).
+
 A sample that is not a number (NaN or infinite, which only float PCM holds) fails the analysis with
 `MediaDecodeError` rather than being replaced: it has no level to measure or draw (a NaN silenced the
 K-weighting for the rest of the file, an infinity made the peaks infinite), and a stand-in value would
@@ -29,6 +35,7 @@ import contextlib
 import itertools
 import logging
 import queue
+import re
 import threading
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
@@ -163,8 +170,11 @@ class AudioInput:
     layout: str
     #: FFmpeg's channel names in stream order (FL, FR, FC, LFE, BL, BR, SL, SR, ...).
     channel_names: tuple[str, ...]
-    #: The duration the metadata announces (for progress only); None when unknown.
+    #: The duration the metadata announces (`stated_duration`: for progress and planning); None when unknown.
     duration_s: float | None
+    #: Where the first sample lies on the media's timeline, in seconds (`timeline_start`); 0 when the audio
+    #: starts with the file. Every block's samples follow it without a gap.
+    start_s: float
     _path: Path
     _stream_index: int
     #: The stream's frames decoded by PyAV, from the first on: read when `amovie` cannot go on.
@@ -286,17 +296,12 @@ def open_audio(path: Path) -> Iterator[AudioInput]:
         else:
             sample_rate = int(first.sample_rate)
             layout = _named_layout(first.layout, len(first.layout.channels))
-        if stream.duration and stream.time_base is not None:
-            duration_s: float | None = float(stream.duration * stream.time_base)
-        elif container.duration:
-            duration_s = container.duration / av.time_base
-        else:
-            duration_s = None
         audio = AudioInput(
             sample_rate=sample_rate,
             layout=layout.name,
             channel_names=tuple(channel.name for channel in layout.channels),
-            duration_s=duration_s,
+            duration_s=stated_duration(container, stream),
+            start_s=timeline_start(container, stream, first),
             _path=Path(path),
             _stream_index=int(stream.index),
             _frames=frames if first is None else itertools.chain((first,), frames),
@@ -305,6 +310,60 @@ def open_audio(path: Path) -> Iterator[AudioInput]:
             yield audio
         finally:
             audio.close()
+
+
+def timeline_start(container: Any, stream: Any, first: Any | None) -> float:
+    """Where the stream's first decoded sample (`first`, a frame; None when there is none) lies on the
+    media's timeline, in seconds: its time less the container's start (ffprobe's format `start_time`, the
+    earliest stream's start). 0 when the file states neither, as a WAV does, or the audio starts first.
+
+    The decoded frame's time, not the stream's declared start, as it is where the samples handed out
+    begin: a decoder drops an encoder's priming samples (AAC, Opus, MP3's LAME delay) and moves the first
+    frame's time past them. Audio that starts with the container (any single-stream file; a video whose
+    sound starts with it) gets exactly 0.0, so its times are as they were.
+    """
+    origin = container.start_time
+    if first is not None and first.pts is not None and first.time_base is not None:
+        start = first.pts * Fraction(first.time_base)
+    elif stream.start_time is not None and stream.time_base is not None:
+        start = stream.start_time * Fraction(stream.time_base)
+    else:
+        return 0.0
+    if origin is None:
+        return 0.0
+    return max(0.0, float(start - Fraction(origin, av.time_base)))
+
+
+#: Matroska's duration tag: hours, minutes and seconds with a fraction (`00:00:04.023000000`).
+_CLOCK = re.compile(r"(\d+):([0-5]\d):([0-5]\d(?:\.\d+)?)")
+
+
+def stated_duration(container: Any, stream: Any) -> float | None:
+    """The audio stream's own duration as the file states it, from its first sample to its end (what
+    ffprobe reports as the stream's `duration`); None when the file does not say.
+
+    The stream's duration where the container keeps one (MP4, MPEG-TS, WAV, FLAC, ...). Else the span from
+    the stream's start to its end, to the microsecond as FFmpeg gives a container's times: the end is the
+    `DURATION` tag in Matroska and WebM (FFmpeg's muxer writes the stream's end time there), the
+    container's end otherwise. The container's duration alone runs from its start to the end of its
+    longest stream, so it counted the 1.5 s before a late soundtrack, or video going on after the audio
+    stopped, as audio (4.0 s for an MKV whose audio lasts 2.5 s). Audio that spans its container (any
+    single-stream file) gets the container's duration, as before.
+    """
+    if stream.duration and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    if not container.duration:
+        return None
+    whole_s: float = container.duration / av.time_base
+    if container.start_time is None or stream.start_time is None or stream.time_base is None:
+        return whole_s
+    start = max(container.start_time, round(stream.start_time * Fraction(stream.time_base) * av.time_base))
+    end = container.start_time + container.duration
+    tagged = _CLOCK.fullmatch(str(stream.metadata.get("DURATION", "")).strip())
+    if tagged is not None and str(container.format.name).startswith("matroska"):
+        hours, minutes, secs = tagged.groups()
+        end = round((int(hours) * 3600 + int(minutes) * 60 + Fraction(secs)) * av.time_base)
+    return (end - start) / av.time_base if end > start else whole_s
 
 
 def _decoded_frames(container: Any, stream: Any) -> Generator[Any, None, None]:

@@ -7,6 +7,9 @@
              │                                    every 1 s ─▶ short-term series
              └─ |x| max ─▶ sample peak;  4x polyphase FIR (BS.1770-4 Annex 2) ─▶ true peak (caller's thread)
 
+Short-term times (`t_s`, where each 3 s window ends) lie on the media's timeline: a soundtrack that comes
+in 1.5 s after its video has its first value at 4.5 s (`AudioInput.start_s`).
+
 Only the per-100 ms energies are kept (36,000 floats for an hour), never the samples. Channel weights
 follow BS.1770: 1.0 for front channels, 0 for LFE, 1.41 for surround (side and back) channels, as FFmpeg's
 `ebur128` filter weighs them.
@@ -169,6 +172,19 @@ class TruePeakMeter:
     The last two are evaluated per group of 4 windows, from per-group sums and maxima, only in the
     segments the first one keeps. The segment with the largest sample is interpolated in full first, so
     the peak to beat is as high as it can be before the others are screened.
+
+    The file's edges: the value between samples k and k + 1 comes from samples k - 5 .. k + 6, so the first
+    and last 5 gaps of a file have no whole window. Only whole windows are interpolated (the samples at
+    the edges still count, through the sample peak): nothing is known of what lies beyond the file, and
+    whatever stands in for it rings. Zeros (the filter's start state and its flush, as this meter had
+    them) made a step where a file starts or stops loud (a cut, a loop, a segment of a longer programme):
+    a full-scale 1 kHz sine (0 dBTP) cut at a crest read +0.99 dBTP at its start and +0.89 at its end, a
+    3 kHz one +1.10. FFmpeg's `ebur128=peak=true` reads those cuts 0.00, this meter now 0.01 (the steady
+    reading of BS.1770's filter at 1 kHz). FFmpeg gets there another way: its resampler mirrors the start
+    (x[-k] = x[k]) and is never flushed at the end. A mirror has a kink of its own: a full-scale 10 kHz
+    sine cut at its start reads +0.28 dBTP in FFmpeg, 0.01 here, 0.00 and 0.01 faded in; there FFmpeg
+    over-reads, and this meter does not follow it. libebur128 (its filter starts from zeros and is not
+    flushed) reads the end as this meter does, and the start +1.01 dB high, as this meter did.
     """
 
     taps = TRUE_PEAK_PHASES.shape[1]
@@ -185,7 +201,11 @@ class TruePeakMeter:
         self._dc_gain = float(np.abs(in_time_order.sum(axis=1)).max())
         distance = np.abs(np.arange(self.taps)[None, :] - centres[:, None])
         self._slope_gain = float((np.abs(in_time_order) * distance).sum(axis=1).max())
+        #: The last `taps - 1` samples, which the windows ending in the next block start in.
         self._history = np.zeros((channels, self.taps - 1), dtype=np.float32)
+        #: The first samples, held (copied) until there are `taps` of them: the first whole window ends
+        #: on the last of them. None once they have been fed.
+        self._opening: list[Block] | None = []
         self._window = np.arange(self.taps)
         self._in_group = np.arange(self.group)
         self.peak = 0.0
@@ -193,10 +213,25 @@ class TruePeakMeter:
         self.sample_peak = 0.0
 
     def feed(self, block: Block) -> None:
-        """Take the next samples (channels, n): windows starting in them are screened or interpolated."""
-        count = block.shape[1]
-        if not count:
+        """Take the next samples (channels, n): windows ending in them are screened or interpolated."""
+        if not block.shape[1]:
             return
+        if self._opening is not None:
+            if sum(part.shape[1] for part in self._opening) + block.shape[1] < self.taps:
+                self._opening.append(np.array(block, dtype=np.float32))
+                return
+            if self._opening:
+                block = np.concatenate([*self._opening, block.astype(np.float32, copy=False)], axis=1)
+            self._opening = None
+            edge = self.taps - 1
+            self._history = np.ascontiguousarray(block[:, :edge], dtype=np.float32)
+            self.sample_peak = max(self.sample_peak, float(np.abs(self._history).max()))
+            block = block[:, edge:]
+        self._screen(block)
+
+    def _screen(self, block: Block) -> None:
+        """Screen or interpolate the windows that end in `block`, which follows the history."""
+        count = block.shape[1]
         history = self.taps - 1
         segments = -(-count // self.segment)
         # History, block and zeros up to one segment past the last window's start: segment j's windows
@@ -258,8 +293,11 @@ class TruePeakMeter:
         return np.asarray(by_norm & by_slope)
 
     def finish(self) -> float:
-        """Flush the last samples through the interpolator; the true peak (linear)."""
-        self.feed(np.zeros_like(self._history))
+        """The true peak (linear). Nothing is flushed: the last window ends on the last sample."""
+        if self._opening:  # fewer samples than taps in all: no window is whole, the samples are the peak
+            held = np.concatenate(self._opening, axis=1)
+            self.sample_peak = max(self.sample_peak, float(np.abs(held).max()))
+            self.peak = max(self.peak, self.sample_peak)
         return self.peak
 
 
@@ -272,9 +310,12 @@ class LoudnessMeter:
     context manager: leaving it stops the helper thread (after a cancel, too).
     """
 
-    def __init__(self, sample_rate: int, layout: str) -> None:
+    def __init__(self, sample_rate: int, layout: str, *, start_s: float = 0.0) -> None:
         channel_names = tuple(channel.name for channel in av.AudioLayout(layout).channels)
         self.sample_rate = sample_rate
+        #: Where the first sample lies on the media's timeline (`AudioInput.start_s`): short-term times
+        #: count from there.
+        self.start_s = start_s
         self._k_weighting = KWeightingFilter(sample_rate, layout)
         self._weights = channel_weights(channel_names).astype(np.float32)
         #: Steps measured so far; step k spans samples [k * rate // 10, (k + 1) * rate // 10): at a rate
@@ -334,7 +375,9 @@ class LoudnessMeter:
             true_peak_dbtp=_rounded(_decibels(true_peak)),
             sample_peak_dbfs=_rounded(_decibels(self._true_peak.sample_peak)),
             short_term=[
-                ShortTermPoint(t_s=float(first_end_s + index), lufs=_short_term_value(energy))
+                ShortTermPoint(
+                    t_s=round(self.start_s + first_end_s + index, 4), lufs=_short_term_value(energy)
+                )
                 for index, energy in enumerate(every_second)
             ],
         )
@@ -385,7 +428,10 @@ def _gated(energies: Floats, relative_gate_lu: float) -> Floats:
 
 def measure_loudness(path: Path, _params: BaseModel | None, report: Report) -> AudioLoudnessResult:
     """`audio.loudness` of the file at `path` (the job type takes no params), reporting through `report`."""
-    with open_audio(path) as audio, LoudnessMeter(audio.sample_rate, audio.layout) as meter:
+    with (
+        open_audio(path) as audio,
+        LoudnessMeter(audio.sample_rate, audio.layout, start_s=audio.start_s) as meter,
+    ):
         for block in audio.blocks(report, action="measuring loudness"):
             meter.feed(block)
         return meter.result()

@@ -2,19 +2,22 @@
 
 The values come from the stream's and container's metadata; only the first audio frame is decoded, to
 catch damaged media cheaply. A video file with an audio track is probed like any audio file.
+
+`duration_s` is the audio stream's own duration, from its first sample to its last (ffprobe's stream
+`duration`; `decode.stated_duration`), not the container's: the soundtrack of an MKV that comes in 1.5 s
+after the video, or stops before it, lasts less than the file.
 """
 
 from __future__ import annotations
 
 from contextlib import closing
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import av
 import av.error
 
-from medialens_audio.decode import open_container
+from medialens_audio.decode import open_container, stated_duration
 from medialens_shared.contracts import AudioProbeResult
 from medialens_shared.errors import MediaDecodeError
 from medialens_shared.sniff import ffmpeg_reason
@@ -30,12 +33,11 @@ def probe_audio(path: Path) -> AudioProbeResult:
     with open_container(path) as (container, stream):
         _decode_first_frame(container, stream)
         codec_context = stream.codec_context
-        container_duration_s = container.duration / av.time_base if container.duration else None
         return AudioProbeResult(
             codec=str(codec_context.codec.canonical_name),
             sample_rate=codec_context.sample_rate,
             channels=codec_context.channels,
-            duration_s=_seconds(stream.duration, stream.time_base) or container_duration_s,
+            duration_s=stated_duration(container, stream),
             bit_rate=stream.bit_rate or container.bit_rate or None,
         )
 
@@ -54,9 +56,3 @@ def _decode_first_frame(container: Any, stream: Any) -> None:
             f"The audio stream cannot be decoded; the file is probably damaged ({ffmpeg_reason(exc)})."
         ) from exc
     raise MediaDecodeError("The audio stream holds no decodable frame; the file is probably damaged.")
-
-
-def _seconds(ticks: int | None, time_base: Fraction | None) -> float | None:
-    if not ticks or time_base is None:
-        return None
-    return float(ticks * time_base)

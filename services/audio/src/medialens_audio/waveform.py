@@ -9,6 +9,12 @@ drawn. When the announced duration (1% and 0.1 s more: decoders give a little mo
 asked rate would need more, the rate is lowered to fit (the result's `points_per_second` says which rate
 was drawn); audio found longer than that fails with UNSUPPORTED_INPUT instead of producing a result that
 cannot be stored.
+
+The points lie on the media's timeline, as a player's seek bar does: point i covers i / pps seconds from
+the file's start, whatever stream starts it. A soundtrack that comes in 1.5 s after the video
+(`AudioInput.start_s`) is drawn after 1.5 s of (0, 0), the silence played there, and `duration_s` is where
+the audio ends (1.5 s plus its length), so a client drawing `peaks` under a video player from time 0 needs
+no offset that the result would have to carry.
 """
 
 from __future__ import annotations
@@ -46,13 +52,18 @@ def fitting_rate(points_per_second: int, duration_s: float | None, *, max_points
 class PeakBinner:
     """Min/max of the mono mix per point, for a stream fed block by block."""
 
-    def __init__(self, sample_rate: int, points_per_second: int, *, max_points: int = MAX_POINTS) -> None:
+    def __init__(
+        self, sample_rate: int, points_per_second: int, *, max_points: int = MAX_POINTS, start_s: float = 0.0
+    ) -> None:
         self.sample_rate = sample_rate
         self.points_per_second = points_per_second
         self.max_points = max_points
-        self._samples = 0
-        self._mins: list[float] = []
-        self._maxs: list[float] = []
+        #: Samples of the timeline so far: the silence before the audio's start, then the audio's.
+        self._samples = round(start_s * sample_rate)
+        lead_points = self._point_of(self._samples - 1) + 1 if self._samples else 0
+        self._mins: list[float] = [0.0] * lead_points
+        self._maxs: list[float] = [0.0] * lead_points
+        self._check_size()
 
     def _point_of(self, sample: int) -> int:
         """The point whose span holds `sample`: the largest i with i * rate // pps <= sample."""
@@ -74,6 +85,9 @@ class PeakBinner:
         self._mins.extend(mins)
         self._maxs.extend(maxs)
         self._samples += mono.size
+        self._check_size()
+
+    def _check_size(self) -> None:
         if len(self._mins) > self.max_points:
             raise UnsupportedInput(
                 f"the audio is longer than its metadata says: more than {self.max_points} waveform points at "
@@ -104,8 +118,9 @@ def compute_waveform(
     """`audio.waveform` of the file at `path`, reporting progress through `report`."""
     settings = params if isinstance(params, AudioWaveformParams) else AudioWaveformParams()
     with open_audio(path) as audio:
-        rate = fitting_rate(settings.points_per_second, audio.duration_s, max_points=max_points)
-        binner = PeakBinner(audio.sample_rate, rate, max_points=max_points)
+        end_s = audio.start_s + audio.duration_s if audio.duration_s else None
+        rate = fitting_rate(settings.points_per_second, end_s, max_points=max_points)
+        binner = PeakBinner(audio.sample_rate, rate, max_points=max_points, start_s=audio.start_s)
         for block in audio.blocks(report, action="drawing the waveform"):
             binner.feed(block)
         return binner.result()
