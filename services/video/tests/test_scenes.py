@@ -292,3 +292,32 @@ def test_audio_is_unsupported(tmp_path: Path) -> None:
     make_audio(path, duration_s=0.3)
     with pytest.raises(UnsupportedInput):
         detect_scenes(path)
+
+
+@pytest.mark.parametrize("suffix", [".ts", ".mpg"])
+def test_unindexed_containers_refine_cuts_and_give_each_scene_its_thumbnail(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, suffix: str
+) -> None:
+    """In MPEG-TS (H.264 with B-frames) and MPEG-PS (MPEG-2), a seek back to a keyframe's time lands past it,
+    on the packet decoded at that time: the cuts on skipped B-frames are refined to their frames all the
+    same (they read a frame late), and each scene's thumbnail is the JPEG of its first frame from a plain
+    decode (every one was missing)."""
+    path = tmp_path / f"clip{suffix}"
+    if suffix == ".ts":
+        b_run_clip(path, x264_params=FIXED_PATTERN)
+        monkeypatch.setattr(scenes, "SPIKE_RATIO", float("inf"))  # the cuts on B-frames are refined
+        truth = B_RUN_CUTS
+    else:
+        make_video(
+            path, duration_s=6.0, width=320, height=180, codec="mpeg2video", cuts_s=CUTS_S[:4], texture=True
+        )
+        truth = cut_frames(150, 25, CUTS_S[:4])[1:]
+    analysis = detect_scenes(path, thumbnail_dir=tmp_path / "t", thumbnail_width=160)
+    starts = {scene.start_frame: scene.thumbnail for scene in analysis.scenes}
+    assert list(starts) == [0, *truth]
+    with av.open(str(path)) as container:
+        for index, frame in enumerate(container.decode(video=0)):
+            if index in starts:
+                thumbnail = starts[index]
+                assert thumbnail is not None, index
+                assert encode_jpeg(frame, 160)[0] == thumbnail.read_bytes(), index

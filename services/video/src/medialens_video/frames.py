@@ -4,6 +4,12 @@
 damaged one (`MediaDecodeError`). `SmallFrame.of` reads the 8-bit Y, U and V planes of a decoded frame
 in place and keeps a downscaled copy (about 128 x 72 luma), so an analyser holds a few kilobytes per
 frame it looks at and nothing per frame it has passed.
+
+Two kinds of input shape every reader. An `untimed` stream, whose frames come without timestamps (every
+one of a raw H.264 or HEVC stream, which cannot be sought either; most of an MPEG-PS that times one frame
+in a few), is read from its start, every frame decoded, and `FrameClock` times its frames as ffmpeg does.
+An interlaced frame holds two fields shown half a frame apart: what is compared (`SmallFrame.of`) and
+shown (`encode_jpeg`) of it is its top field.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
-from itertools import islice
+from itertools import chain, islice
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +52,9 @@ MAX_BAD_PACKET_SHARE = 0.05
 _CLOCK = re.compile(r"(\d+):([0-5]\d):([0-5]\d(?:\.\d+)?)")
 #: Packets whose timestamps `first_timestamp` reads: more than any reordering delay (B-frames) spans.
 FIRST_PACKETS = 16
+#: How much earlier than a keyframe's time `from_keyframe` seeks again when a seek passed it (then twice as
+#: far each time).
+SEEK_BACK_S = 1.0
 
 Array = npt.NDArray[np.int16]
 
@@ -129,17 +138,75 @@ def _require_whole(path: Path, index: int) -> None:
 
 def expected_frames(container: Any, stream: Any) -> int:
     """The frame count the container states, else the stream's span (to `stated_end`, or failing that the
-    container's duration) times the average rate, at least 1: a total for progress and the damaged-packet
-    budget, which may be an estimate (nothing is read to find the stream's first timestamp)."""
+    container's duration) times the average rate, else (a raw stream, which states neither) its packets
+    counted, at least 1: a total for progress and the damaged-packet budget, which may be an estimate
+    (nothing is read to find the stream's first timestamp)."""
     if stream.frames:
         return int(stream.frames)
     rate = stream.average_rate or stream.guessed_rate
     end = stated_end(container, stream)
     if end is not None:
         span_s = float((end - (stream.start_time or 0)) * stream.time_base)
-    else:
-        span_s = (container.duration or 0) / av.time_base
+    elif container.duration:
+        span_s = container.duration / av.time_base
+    else:  # a raw stream states nothing: its packets are counted (reading them costs ~1% of decoding them)
+        return max(1, packet_span(container, stream)[0])
     return max(1, round(span_s * float(rate))) if rate else 1
+
+
+def packet_span(container: Any, stream: Any) -> tuple[int, int]:
+    """The count of the stream's packets and the end of the last of them (its timestamp plus its duration;
+    for an `untimed` stream the sum of their durations, each one nominal interval where it has none), in
+    the stream's time base, read without decoding in a container of its own (the one in use is left as it
+    is: an untimed stream cannot be sought back to its start)."""
+    count, end, total, ticks = 0, None, 0, frame_ticks(stream)
+    with av.open(str(container.name), mode="r") as own, demuxed(own, own.streams[stream.index]) as packets:
+        for packet in packets:
+            if not packet.size:
+                continue  # the demuxer's flush packet
+            count += 1
+            total += packet.duration or ticks
+            if packet.pts is not None:
+                stop = packet.pts + (packet.duration or 0)
+                end = stop if end is None else max(end, stop)
+    return count, total if end is None else end
+
+
+def untimed(container: Any, stream: Any) -> bool:
+    """Whether frames of the stream come without timestamps, so that they are to be timed by counting them
+    (`FrameClock`), reading the stream from its start: some of its first packets holding data carry none
+    (they are read in a container of their own). All of them do in a raw H.264 or HEVC elementary stream
+    (Annex B, as cameras and pipelines hand it out), which states no start either; some in an MPEG program
+    stream whose PES packets hold several frames and a timestamp for the first alone (DVD VOBs, the H.264
+    "PS" of CCTV recorders)."""
+    return any(p.pts is None for p in _opening_packets(container, stream))
+
+
+def _opening_packets(container: Any, stream: Any) -> list[Any]:
+    """The stream's first `FIRST_PACKETS` packets holding data, read in a container of its own."""
+    with av.open(str(container.name), mode="r") as own, demuxed(own, own.streams[stream.index]) as packets:
+        return list(islice((p for p in packets if p.size), FIRST_PACKETS))
+
+
+@dataclass(slots=True)
+class FrameClock:
+    """Times for frames that come without a pts (an `untimed` stream's), as ffmpeg times them: each one at
+    the end of the frame before it (that frame's pts plus its duration, which the decoder takes from the
+    stream's frame rate: the SPS's, or the raw demuxer's 25 frames/s where the stream states none; else one
+    nominal `interval`), the first at `next` (None: frames stay untimed until one comes with a pts). A
+    frame that has a pts keeps it. Right only for frames decoded in order, none skipped (`skip_frame` left
+    at its default)."""
+
+    interval: int
+    next: int | None = None
+
+    def stamp(self, frames: list[Any]) -> list[Any]:
+        for frame in frames:
+            if frame.pts is None and self.next is not None:
+                frame.pts = self.next
+            if frame.pts is not None:
+                self.next = frame.pts + (frame.duration or self.interval)
+        return frames
 
 
 def stated_end(container: Any, stream: Any) -> int | None:
@@ -163,7 +230,15 @@ def stated_end(container: Any, stream: Any) -> int | None:
 def first_timestamp(container: Any, stream: Any) -> int:
     """The video stream's first timestamp: its start as FFmpeg found it, or in Matroska (where that may be
     the container's start, see `stated_end`) the least timestamp of its first packets, read here after a
-    seek to the start, and sought back to it after: the demuxer is left where it was, at the start."""
+    seek to the start, and sought back to it after: the demuxer is left where it was, at the start.
+
+    A raw stream states no start: then the least timestamp of its first packets too, read in a container of
+    their own (such a stream may not be sought), or 0 when they have none (an `untimed` one). A raw MPEG-2
+    video stream's first frame is shown a frame after its first packet is decoded: timed from 0, its black
+    stretch and its thumbnails came a frame later than its scenes."""
+    if stream.start_time is None and not _is_matroska(container):
+        stamps = [p.pts for p in _opening_packets(container, stream) if p.pts is not None]
+        return int(min(stamps, default=0))
     stated = int(stream.start_time or 0)
     if not _is_matroska(container):
         return stated
@@ -194,6 +269,54 @@ def frame_ticks(stream: Any) -> int:
     """One nominal frame interval in the stream's time base (at least one tick)."""
     rate = stream.guessed_rate or stream.average_rate or Fraction(25)
     return max(1, round(1 / (Fraction(rate) * Fraction(stream.time_base))))
+
+
+@contextmanager
+def from_keyframe(
+    container: Any, stream: Any, keyframe: int | None, *, start: int
+) -> Iterator[Iterator[Any]]:
+    """The stream's packets in decode order from its keyframe shown at `keyframe` (pts) on, for a `with`
+    block that closes the demuxer; None: from where the demuxer is (a container just opened: its start).
+    Empty when the keyframe is not found even from the stream's `start`.
+
+    A seek back to a keyframe's time lands on it in an indexed container (MP4, Matroska), but in MPEG-TS
+    and MPEG-PS on the packet decoded at that time: with B-frames, one past the keyframe, which is decoded
+    before it is shown. Every frame decoded from there was lost to the next keyframe: a scene's refinement
+    found nothing to refine, and its thumbnail was missing. So packets are read (not decoded) up to the
+    keyframe, the ones before it dropped, and a seek that passed it (a packet decoded after the time it is
+    shown) is made again `SEEK_BACK_S` earlier, twice as far each time, down to before `start`."""
+    if keyframe is None:
+        with demuxed(container, stream) as packets:
+            yield packets
+        return
+    at, back = keyframe, max(1, round(SEEK_BACK_S / stream.time_base))
+    while True:
+        _seek_anywhere(container, stream, (at, start, 0))
+        with demuxed(container, stream) as packets:
+            for packet in packets:
+                if packet.is_keyframe and packet.pts == keyframe:
+                    yield chain((packet,), packets)
+                    return
+                if packet.dts is not None and packet.dts > keyframe:
+                    break  # decoded after the keyframe is shown: past it
+        if at < start:
+            yield iter(())
+            return
+        at, back = keyframe - back, back * 2
+
+
+def _seek_anywhere(container: Any, stream: Any, places: tuple[int, ...]) -> None:
+    """A seek back to the first of `places` the demuxer takes (AVI's refuses a time before its first index
+    entry); `MediaDecodeError` when it takes none."""
+    for where in dict.fromkeys(places):
+        try:
+            container.seek(where, stream=stream, backward=True)
+        except av.error.FFmpegError:
+            continue
+        return
+    raise MediaDecodeError(
+        "The video stream cannot be sought, even to its start; the file is probably damaged."
+    )
 
 
 class DecodeGuard:
@@ -238,12 +361,20 @@ class SmallFrame:
     def of(cls, frame: Any, *, averaged: bool = True) -> SmallFrame:
         """The frame's planes picked down to about twice `SMALL_WIDTH` and, `averaged`, 2 x 2 blocks
         averaged (what the scene detector compares); not averaged, each pixel picked is as decoded, so a
-        measure over them estimates one over the whole picture (grain is not smoothed away)."""
+        measure over them estimates one over the whole picture (grain is not smoothed away).
+
+        Averaged, an interlaced frame is read from its top field alone (each row picked from the other
+        field is taken from the top field's row above it, so the planes keep their shape, and a stream
+        that mixes interlaced and progressive frames compares them alike). Its two fields are shown half a
+        frame apart: a cut between them (a switch on a field) spread its change over two frames, each too
+        small beside the motion around it, and was found in neither; the top fields hold it whole.
+        """
+        field = averaged and bool(frame.interlaced_frame)
         frame = planar_8bit(frame)
         width = SMALL_WIDTH if averaged else 2 * SMALL_WIDTH
-        y = _shrink(_plane(frame, 0), width, averaged=averaged)
-        u = _shrink(_plane(frame, 1), width // 2, averaged=averaged)
-        v = _shrink(_plane(frame, 2), width // 2, averaged=averaged)
+        y = _shrink(_plane(frame, 0), width, averaged=averaged, field=field)
+        u = _shrink(_plane(frame, 1), width // 2, averaged=averaged, field=field)
+        v = _shrink(_plane(frame, 2), width // 2, averaged=averaged, field=field)
         return cls(y=y, u=u, v=v, full_range=_full_range(frame))
 
     def difference(self, other: SmallFrame) -> float:
@@ -297,14 +428,19 @@ def _plane(frame: Any, index: int) -> npt.NDArray[np.uint8]:
     return rows[:, : plane.width]
 
 
-def _shrink(plane: npt.NDArray[np.uint8], width: int, *, averaged: bool = True) -> Array:
+def _shrink(plane: npt.NDArray[np.uint8], width: int, *, averaged: bool = True, field: bool = False) -> Array:
     """Pick every n-th pixel down to twice `width`, then average 2 x 2 blocks: cheap and alias-damped.
-    Not `averaged`: every n-th pixel down to `width`, as decoded."""
+    Not `averaged`: every n-th pixel down to `width`, as decoded. `field`: the rows picked from the top
+    field alone (an odd row's place taken by the even row above it)."""
     if not averaged:
         step = max(1, plane.shape[1] // width)
         return plane[::step, ::step].astype(np.int16)
     step = max(1, plane.shape[1] // (2 * width))
-    picked = plane[::step, ::step].astype(np.int16)
+    if field:
+        rows = np.arange(0, plane.shape[0], step)
+        picked = plane[rows - rows % 2, ::step].astype(np.int16)
+    else:
+        picked = plane[::step, ::step].astype(np.int16)
     rows, cols = (picked.shape[0] // 2) * 2, (picked.shape[1] // 2) * 2
     if rows == 0 or cols == 0:
         return picked
@@ -362,10 +498,10 @@ def encode_jpeg(frame: Any, width: int, *, aspect: Fraction = Fraction(1)) -> tu
     width and height."""
     out_w, out_h = thumbnail_size(frame, width, aspect=aspect)
     turn = display_rotation(frame)
-    if turn:  # scale the stored picture, then turn the few pixels left
+    if turn or frame.interlaced_frame:  # scale the stored picture, then turn the few pixels left
         stored_w, stored_h = (out_h, out_w) if turn in (90, 270) else (out_w, out_h)
-        rgb = frame.reformat(width=stored_w, height=stored_h, format="rgb24", interpolation="AREA")
-        turned = np.ascontiguousarray(np.rot90(rgb.to_ndarray(), k=-turn // 90))
+        rgb = _scaled_rgb(frame, stored_w, stored_h)
+        turned = np.ascontiguousarray(np.rot90(rgb, k=-turn // 90))
         scaled = av.VideoFrame.from_ndarray(turned, format="rgb24").reformat(format="yuvj420p")
     else:
         scaled = frame.reformat(width=out_w, height=out_h, format="yuvj420p", interpolation="AREA")
@@ -377,6 +513,18 @@ def encode_jpeg(frame: Any, width: int, *, aspect: Fraction = Fraction(1)) -> tu
     encoder.qmin, encoder.qmax = 2, 4
     data = b"".join(bytes(p) for p in [*encoder.encode(scaled), *encoder.encode(None)])
     return data, out_w, out_h
+
+
+def _scaled_rgb(frame: Any, width: int, height: int) -> npt.NDArray[np.uint8]:
+    """The stored picture scaled to `width` x `height`, as RGB. An interlaced frame's from its top field
+    alone (as `SmallFrame.of` compares it), scaled across first so that its rows stay apart: scaled whole,
+    its fields, shown half a frame apart, were blended into a combed picture of anything that moved."""
+    if not frame.interlaced_frame:
+        whole = frame.reformat(width=width, height=height, format="rgb24", interpolation="AREA")
+        return np.asarray(whole.to_ndarray(), dtype=np.uint8)
+    across = frame.reformat(width=width, format="rgb24", interpolation="AREA").to_ndarray()
+    top = av.VideoFrame.from_ndarray(np.ascontiguousarray(across[0::2]), format="rgb24")
+    return np.asarray(top.reformat(height=height, interpolation="AREA").to_ndarray(), dtype=np.uint8)
 
 
 def seconds(ticks: int, time_base: Fraction) -> float:

@@ -8,7 +8,12 @@ MPEG-TS), the video stream's own span (`frames.first_timestamp` to `frames.state
 container's duration, which covers every stream from 0) times its average rate, vouched for by the
 timestamps of a few packets at its start, middle and end, which must be one frame interval apart. A
 variable-rate stream has no count short of reading every packet, so it gets null, as does a stream whose
-end the file does not state (a piped Matroska).
+end the file does not state (a piped Matroska, a raw H.264 or MPEG-2 stream: ffprobe gives neither a count
+nor a duration without reading every packet, which a probe does not).
+
+An untimed stream (raw H.264 or HEVC: no timestamps, `frames.untimed`) is timed at its nominal rate, the
+one its headers state, as ffmpeg times it: its average rate is that one, not FFmpeg's, which is its raw
+demuxer's default (a 30 frames/s stream read 25 on average, and variable-rate).
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from medialens_video.frames import (
     open_video,
     pixel_aspect,
     stated_end,
+    untimed,
 )
 
 #: Relative difference between the nominal and average frame rates above which a stream counts as VFR.
@@ -63,6 +69,9 @@ def probe_video(path: Path) -> VideoProbeResult:
         frame_count, steady = _frame_count(container, video)
         if steady is False:  # FFmpeg's average is the first frames' rate: not the stream's
             avg_fps = None
+        elif video.start_time is None and untimed(container, video):  # a raw stream: FFmpeg's average
+            # is then its demuxer's default, 25 frames/s
+            avg_fps = fps
         codec_context = video.codec_context
         aspect = pixel_aspect(video)
         return VideoProbeResult(

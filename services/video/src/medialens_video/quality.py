@@ -20,9 +20,13 @@ frame's small planes are kept):
 Times run from the video stream's start (`frames.first_timestamp`), as the other video jobs' do, not from
 its first decoded frame: a recording cut mid-GOP (MPEG-TS from a broadcast) starts with packets that decode
 to nothing until the first keyframe, and its black stretches read 0.64 s early, beside the scenes and
-thumbnails of the same file. A stretch still open at the end is closed at the video's end: the last frame
-plus its own duration (a last frame held for 3 s closed 40 ms after it started, and a black end shorter
-than `min_black_s` by then was dropped), or the gap before it where its container gives none.
+thumbnails of the same file. A frame that comes without a timestamp is timed by `frames.FrameClock`, as
+ffmpeg times it, after the frame before it: such frames were dropped, every one of a raw H.264 or HEVC
+stream's (the job failed "no decodable frame"), and most of an MPEG-PS's that times one frame in a few.
+
+A stretch still open at the end is closed at the video's end: the last frame plus its own duration (a
+last frame held for 3 s closed 40 ms after it started, and a black end shorter than `min_black_s` by then
+was dropped), or the gap before it where its container gives none.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from pathlib import Path
 
 from medialens_video.frames import (
     DecodeGuard,
+    FrameClock,
     Report,
     SmallFrame,
     dark_share,
@@ -101,12 +106,13 @@ def detect_quality(
         stream.thread_type = "AUTO"
         guard = DecodeGuard(total)
         origin = first_timestamp(container, stream)
+        clock = FrameClock(ticks, origin)
         #: The still picture frames are compared with: its first showing's time and its planes.
         still_picture: tuple[float, SmallFrame] | None = None
         last_pts, last_interval, last_duration, count = origin, ticks, 0, 0
         with demuxed(container, stream) as packets:
             for packet in packets:
-                for frame in guard.decode(stream.codec_context, packet):
+                for frame in clock.stamp(guard.decode(stream.codec_context, packet)):
                     if frame.pts is None:
                         continue
                     now_s = max(float((frame.pts - origin) * time_base), 0.0)

@@ -26,6 +26,12 @@ How it stays well ahead of decoding the whole video while finding every cut to t
 
 Timestamps are the decoder's pts (correct on variable frame rate), relative to the first frame.
 Memory: a few numbers per frame and a few kilobytes per candidate cut; no frame is kept.
+
+Refinements and thumbnails start at a keyframe through `frames.from_keyframe`, which reaches it in MPEG-TS
+and MPEG-PS too (a seek there lands past it). A stream with packets that carry no timestamp (a raw H.264
+or HEVC stream: none of them; an MPEG-PS that times one frame in a few) has no timeline to plan by: it is
+decoded in one piece, every frame, timed by `frames.FrameClock`, and its thumbnails are decoded from its
+start the same way. Interlaced frames are compared by their top fields (`SmallFrame.of`).
 """
 
 from __future__ import annotations
@@ -37,18 +43,21 @@ from bisect import bisect_left, bisect_right
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import pairwise
 from pathlib import Path
 from typing import Any, TypeVar
 
 from medialens_video.frames import (
     DecodeGuard,
+    FrameClock,
     Report,
     SmallFrame,
     demuxed,
     encode_jpeg,
+    first_timestamp,
     frame_ticks,
+    from_keyframe,
     open_video,
     pixel_aspect,
 )
@@ -119,6 +128,8 @@ class _Timeline:
     #: Timestamps of the keyframes that no later packet (in decode order) shows before: those of
     #: closed GOPs, where a chunk ending there can stop without decoding the keyframe.
     closed: frozenset[int] = frozenset()
+    #: Packets holding data, timed or not (an untimed stream's frames are timed once decoded).
+    packets: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,48 +232,44 @@ def detect_scenes(
         ticks = frame_ticks(stream)
         time_base = stream.time_base
         timeline = _scan(container, stream, ticks)
-    total = len(timeline.pts)
+        origin = first_timestamp(container, stream)
+    # Packets without a timestamp (all of a raw H.264 stream's, most of an MPEG-PS's that times one frame
+    # in a few) leave frames off the timeline, and the frames they decode to are timed only by counting
+    # them: the stream is decoded in one piece, every frame of it, and its timeline is what the decoder
+    # gives out.
+    clocked = timeline.packets > len(timeline.pts)
+    total = timeline.packets if clocked else len(timeline.pts)
     threads = len(os.sched_getaffinity(0))
-    chunks = _chunks(timeline, total // (threads * CHUNKS_PER_THREAD))
+    chunks = [_Chunk(0, None, None)] if clocked else _chunks(timeline, total // (threads * CHUNKS_PER_THREAD))
     guard = DecodeGuard(total)
+
+    def clock() -> FrameClock | None:
+        return FrameClock(ticks, origin) if clocked else None
+
     report(0.0, f"decoding 0/{total} frames")
     with ThreadPoolExecutor(threads, thread_name_prefix="scenes") as pool:
         workers = _Workers(pool, report)
-        decoder_threads = 1 if len(chunks) > 1 else threads
-        try:
-            parts = workers.run(
-                [
-                    _chunk_task(path, chunk, timeline, threshold, guard, workers, decoder_threads)
-                    for chunk in chunks
-                ],
-                lambda n: (0.8 * min(n / total, 1.0), f"decoding {min(n, total)}/{total} frames"),
-            )
-        except _Misaligned:
-            # A container whose seeks miss keyframes (MPEG-TS seeks by time): decode it in one piece.
-            workers.stop.clear()
-            parts = workers.run(
-                [_chunk_task(path, _Chunk(0, None, None), timeline, threshold, guard, workers, threads)],
-                lambda n: (0.8 * min(n / total, 1.0), f"decoding {min(n, total)}/{total} frames"),
-            )
+        parts = _decode_chunks(
+            path,
+            chunks,
+            timeline=timeline,
+            threshold=threshold,
+            guard=guard,
+            workers=workers,
+            clock=clock,
+            total=total,
+            threads=threads,
+        )
         report(0.8, f"decoding {total}/{total} frames")
         changes, decoded = _joined(parts, threshold)
         guard.require_frames(decoded)
-        gaps = [_index(timeline.pts, c.after) - _index(timeline.pts, c.before) for c in changes]
-        rough = [i for i in _standing_out(changes, gaps, threshold) if gaps[i] > 1]
-        refined = workers.run(
-            [_refine_task(path, changes[i], threshold, total, workers) for i in rough],
-            lambda n: (
-                0.8 + 0.05 * min(n / max(len(rough), 1), 1.0),
-                f"refining {n}/{len(rough)} possible cuts",
-            ),
-        )
-        for i, (change, count) in zip(rough, refined, strict=True):
-            changes[i] = change
-            gaps[i] = _index(timeline.pts, change.after) - _index(timeline.pts, change.before)
-            decoded += count
-
-        cuts = _cuts(changes, gaps, threshold)
+        if clocked and parts[0].first is not None:
+            timeline = replace(timeline, pts=sorted([parts[0].first[0], *(c.after for c in changes)]))
+            total = len(timeline.pts)
         first_pts = timeline.pts[0]
+        gaps = [_index(timeline.pts, c.after) - _index(timeline.pts, c.before) for c in changes]
+        decoded += _refine(path, changes, gaps, timeline=timeline, threshold=threshold, workers=workers)
+        cuts = _cuts(changes, gaps, threshold)
 
         def at(pts: int) -> float:
             return float((pts - first_pts) * time_base)
@@ -279,10 +286,12 @@ def detect_scenes(
         thumbnails: dict[int, Path] = {}
         if thumbnail_dir is not None:
             thumbnail_dir.mkdir(parents=True, exist_ok=True)
-            groups = _by_keyframe(starts, timeline)
+            groups = [(None, starts)] if clocked else _by_keyframe(starts, timeline)
             for part in workers.run(
                 [
-                    _thumbnail_task(path, group, thumbnail_dir, thumbnail_width, total, workers)
+                    _thumbnail_task(
+                        path, group, thumbnail_dir, thumbnail_width, total, workers, first_pts, clock()
+                    )
                     for group in groups
                 ],
                 lambda n: (0.85 + 0.1 * n / len(starts), f"decoding thumbnail {n}/{len(starts)}"),
@@ -305,14 +314,90 @@ def detect_scenes(
     return SceneAnalysis(scenes=scenes, frames_analyzed=total, frames_decoded=decoded)
 
 
+def _decode_chunks(
+    path: Path,
+    chunks: list[_Chunk],
+    *,
+    timeline: _Timeline,
+    threshold: float,
+    guard: DecodeGuard,
+    workers: _Workers,
+    clock: Callable[[], FrameClock | None],
+    total: int,
+    threads: int,
+) -> list[_Changes]:
+    """Each chunk decoded and compared on the pool (`_chunk_task`), each with a `clock()` of its own."""
+
+    def note(n: int) -> tuple[float, str]:
+        return 0.8 * min(n / total, 1.0), f"decoding {min(n, total)}/{total} frames"
+
+    decoder_threads = 1 if len(chunks) > 1 else threads
+    try:
+        return workers.run(
+            [
+                _chunk_task(path, chunk, timeline, threshold, guard, workers, decoder_threads, clock())
+                for chunk in chunks
+            ],
+            note,
+        )
+    except _Misaligned:
+        # A container whose seeks miss keyframes (MPEG-TS seeks by time): decode it in one piece.
+        workers.stop.clear()
+        whole = _Chunk(0, None, None)
+        return workers.run(
+            [_chunk_task(path, whole, timeline, threshold, guard, workers, threads, clock())], note
+        )
+
+
+def _refine(
+    path: Path,
+    changes: list[_Change],
+    gaps: list[int],
+    *,
+    timeline: _Timeline,
+    threshold: float,
+    workers: _Workers,
+) -> int:
+    """Each change that stands out across skipped frames replaced, in `changes` and `gaps`, by the largest
+    frame-to-frame change of that stretch decoded in full (`_refine_task`); the frames decoded for it."""
+    total, first_pts = len(timeline.pts), timeline.pts[0]
+    rough = [i for i in _standing_out(changes, gaps, threshold) if gaps[i] > 1]
+    refined = workers.run(
+        [
+            _refine_task(
+                path,
+                changes[i],
+                threshold,
+                total,
+                workers,
+                _keyframe_at(timeline, changes[i].before),
+                first_pts,
+            )
+            for i in rough
+        ],
+        lambda n: (
+            0.8 + 0.05 * min(n / max(len(rough), 1), 1.0),
+            f"refining {n}/{len(rough)} possible cuts",
+        ),
+    )
+    decoded = 0
+    for i, (change, count) in zip(rough, refined, strict=True):
+        changes[i] = change
+        gaps[i] = _index(timeline.pts, change.after) - _index(timeline.pts, change.before)
+        decoded += count
+    return decoded
+
+
 def _scan(container: Any, stream: Any, ticks: int) -> _Timeline:
     """Every packet's timestamp, size and keyframe flag, read without decoding anything."""
     decode_order: list[int] = []
     keyframes: list[tuple[int, int]] = []
     suspects: list[int] = []
     sizes: deque[int] = deque(maxlen=SIZE_WINDOW)
+    count = 0
     with demuxed(container, stream) as packets:
         for packet in packets:
+            count += 1 if packet.size else 0
             pts = packet.pts
             if pts is None:
                 continue
@@ -332,7 +417,9 @@ def _scan(container: Any, stream: Any, ticks: int) -> _Timeline:
         following = keyframes[k + 1][0] if k + 1 < len(keyframes) else len(decode_order)
         if all(p >= pts for p in decode_order[position + 1 : following]):
             closed.add(pts)
-    return _Timeline(pts=timeline, keyframes=keyframes, full=frozenset(full), closed=frozenset(closed))
+    return _Timeline(
+        pts=timeline, keyframes=keyframes, full=frozenset(full), closed=frozenset(closed), packets=count
+    )
 
 
 def _chunks(timeline: _Timeline, min_packets: int) -> list[_Chunk]:
@@ -357,9 +444,11 @@ def _chunk_task(
     guard: DecodeGuard,
     workers: _Workers,
     decoder_threads: int,
+    clock: FrameClock | None = None,
 ) -> Callable[[int], _Changes]:
     def run(task: int) -> _Changes:
-        """Decode the chunk's reference frames and suspects' stretches (no deblocking) and compare them."""
+        """Decode the chunk's reference frames and suspects' stretches (no deblocking) and compare them;
+        with a `clock` (an untimed stream, in one chunk), every frame, timed by it."""
         out = _Changes(threshold)
         with open_video(path) as (container, stream):
             codec = stream.codec_context
@@ -375,7 +464,7 @@ def _chunk_task(
 
             def take(frames: list[Any]) -> bool:
                 """Compare the chunk's frames among `frames`; False once past the chunk's end."""
-                for frame in frames:
+                for frame in frames if clock is None else clock.stamp(frames):
                     if frame.pts is None or (chunk.start is not None and frame.pts < chunk.start):
                         continue
                     if chunk.end is not None and frame.pts >= chunk.end:
@@ -398,9 +487,12 @@ def _chunk_task(
                             # and the packets after it until the decoder outputs it.
                             take(guard.decode(codec, None))
                             break
-                    if counting and pts is not None:
+                    if counting and (pts is not None or (clock is not None and packet.size)):
                         workers.counts[task] += 1
-                    codec.skip_frame = "NONREF" if pts is not None and pts not in timeline.full else "DEFAULT"
+                    if clock is None:
+                        codec.skip_frame = (
+                            "NONREF" if pts is not None and pts not in timeline.full else "DEFAULT"
+                        )
                     if not take(guard.decode(codec, packet)):
                         break
         if out.first is None and chunk.start is not None:
@@ -432,18 +524,30 @@ def _index(timeline: list[int], pts: int) -> int:
     return bisect_left(timeline, pts)
 
 
+def _keyframe_at(timeline: _Timeline, pts: int) -> int | None:
+    """The pts of the last keyframe shown at or before `pts`; None when none is."""
+    keys = sorted(key for _, key in timeline.keyframes)
+    k = bisect_right(keys, pts)
+    return keys[k - 1] if k else None
+
+
 def _refine_task(
-    path: Path, change: _Change, threshold: float, total: int, workers: _Workers
+    path: Path,
+    change: _Change,
+    threshold: float,
+    total: int,
+    workers: _Workers,
+    keyframe: int | None,
+    first_pts: int,
 ) -> Callable[[int], tuple[_Change, int]]:
     def stretch() -> list[tuple[int, SmallFrame]]:
-        """Every frame from `change.before` to `change.after`, decoded from the keyframe before."""
+        """Every frame from `change.before` to `change.after`, decoded from the `keyframe` before."""
         frames: list[tuple[int, SmallFrame]] = []
         guard = DecodeGuard(total)
         with open_video(path) as (container, stream):
             codec = stream.codec_context
             codec.options = {"skip_loop_filter": "all"}
-            container.seek(change.before, stream=stream, backward=True)
-            with demuxed(container, stream) as packets:
+            with from_keyframe(container, stream, keyframe, start=first_pts) as packets:
                 for packet in packets:
                     workers.check()
                     if packet.pts is not None:
@@ -470,35 +574,40 @@ def _refine_task(
 
 def _by_keyframe(targets: list[int], timeline: _Timeline) -> list[tuple[int | None, list[int]]]:
     """The `targets` (sorted pts) grouped by the keyframe at or before each (None: before the first)."""
-    keys = sorted(pts for _, pts in timeline.keyframes)
     groups: dict[int | None, list[int]] = {}
     for pts in targets:
-        k = bisect_right(keys, pts)
-        groups.setdefault(keys[k - 1] if k else None, []).append(pts)
+        groups.setdefault(_keyframe_at(timeline, pts), []).append(pts)
     return list(groups.items())
 
 
 def _thumbnail_task(
-    path: Path, group: tuple[int | None, list[int]], out_dir: Path, width: int, total: int, workers: _Workers
+    path: Path,
+    group: tuple[int | None, list[int]],
+    out_dir: Path,
+    width: int,
+    total: int,
+    workers: _Workers,
+    first_pts: int,
+    clock: FrameClock | None = None,
 ) -> Callable[[int], dict[int, Path]]:
-    start, targets = group
+    keyframe, targets = group
     wanted = set(targets)
 
     def run(task: int) -> dict[int, Path]:
-        """JPEGs of the frames at `targets`, decoded exactly (deblocking on) from the keyframe at `start`."""
+        """JPEGs of the frames at `targets`, decoded exactly (deblocking on) from the `keyframe` before
+        them; with a `clock` (an untimed stream), every frame from the start, timed by it."""
         written: dict[int, Path] = {}
         guard = DecodeGuard(total)
         with open_video(path) as (container, stream):
             codec = stream.codec_context
             aspect = pixel_aspect(stream)
-            if start is not None:
-                container.seek(start, stream=stream, backward=True)
-            with demuxed(container, stream) as packets:
+            with from_keyframe(container, stream, keyframe, start=first_pts) as packets:
                 for packet in packets:
                     workers.check()
-                    if packet.pts is not None:
+                    if packet.pts is not None and clock is None:
                         codec.skip_frame = "DEFAULT" if packet.pts in wanted else "NONREF"
-                    for frame in guard.decode(codec, packet):
+                    decoded = guard.decode(codec, packet)
+                    for frame in decoded if clock is None else clock.stamp(decoded):
                         if frame.pts is None or frame.pts not in wanted or frame.pts in written:
                             continue
                         data, _, _ = encode_jpeg(frame, width, aspect=aspect)

@@ -13,6 +13,12 @@ an index (MPEG-TS, MPEG-PS) it lands on any packet near the time, so the reader 
 and seeks further back, twice as far each time, while that keyframe comes after the time. A time close
 after the previous one (within `SEEK_AHEAD_S`) is reached by decoding on instead of seeking back. Every
 time gets its image, or the job fails with `MediaDecodeError`.
+
+An untimed stream (`frames.untimed`: a raw H.264 or HEVC stream, whose packets have no timestamps and
+which cannot be sought; an MPEG-PS that times one frame in a few) is decoded once from its start, every
+frame, timed by `frames.FrameClock`; a raw one spans its packets' durations added up. A raw stream failed
+"cannot be read to its end", its end sought for and its seeks refused; a PS's frames between its timed
+ones were skipped, and its thumbnails taken at the next timed one, up to 0.7 s late.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from medialens_shared.contracts import THUMBNAILS_DEFAULT_COUNT
 from medialens_shared.errors import InvalidParams, MediaDecodeError
 from medialens_video.frames import (
     DecodeGuard,
+    FrameClock,
     Report,
     demuxed,
     encode_jpeg,
@@ -36,8 +43,10 @@ from medialens_video.frames import (
     first_timestamp,
     frame_ticks,
     open_video,
+    packet_span,
     pixel_aspect,
     stated_end,
+    untimed,
 )
 
 MAX_THUMBNAILS = 1000
@@ -92,15 +101,19 @@ def extract_thumbnails(
         ticks = frame_ticks(stream)
         aspect = pixel_aspect(stream)
         first_pts = first_timestamp(container, stream)
-        end = stated_end(container, stream)
-        if end is None:
-            end = _read_end(container, stream)
+        clock = FrameClock(ticks, first_pts) if untimed(container, stream) else None
+        stated = stated_end(container, stream)
+        if stated is None and clock is not None:  # not to be sought: the end is the packets' durations
+            packets, end = packet_span(container, stream)
+        else:
+            end = _read_end(container, stream) if stated is None else stated
+            packets = expected_frames(container, stream)
         duration_s = float(max(end - first_pts, 1) * time_base)
         stream.thread_type = "AUTO"
-        guard = DecodeGuard(expected_frames(container, stream))
+        guard = DecodeGuard(packets)
         times = thumbnail_times(duration_s, count=count, every_s=every_s)
         images: list[ThumbnailImage] = []
-        with closing(_Reader(container, stream, guard, report, start=first_pts)) as reader:
+        with closing(_Reader(container, stream, guard, report, start=first_pts, clock=clock)) as reader:
             for k, t_s in enumerate(times):
                 reader.note = (0.95 * k / len(times), f"thumbnail {k + 1}/{len(times)}")
                 report(*reader.note)
@@ -150,9 +163,18 @@ class _Reader:
     """Decodes forward from the last position, seeking when a target is behind or far ahead."""
 
     def __init__(
-        self, container: Any, stream: Any, guard: DecodeGuard, report: Report, *, start: int
+        self,
+        container: Any,
+        stream: Any,
+        guard: DecodeGuard,
+        report: Report,
+        *,
+        start: int,
+        clock: FrameClock | None = None,
     ) -> None:
         self.container, self.stream, self.guard, self.report = container, stream, guard, report
+        #: Times the frames of an untimed stream, which is read once from its start, never sought.
+        self.clock = clock
         #: The stream's first timestamp: a seek before it starts the stream over.
         self.start = start
         self.position: int | None = None
@@ -181,7 +203,10 @@ class _Reader:
         """
         if self.last is not None and self.last.pts >= target - slack:
             return self.last
-        if self.position is None or target < self.position or target - self.position > ahead:
+        if self.clock is not None:
+            if self.packets is None:
+                self.packets = self.container.demux(self.stream)
+        elif self.position is None or target < self.position or target - self.position > ahead:
             self._seek_keyframe(target)
         codec = self.stream.codec_context
         while True:
@@ -196,9 +221,12 @@ class _Reader:
                 packet = next(self.packets, None)
             if packet is None:
                 return self.last
-            if packet.pts is not None:
+            if packet.pts is not None and self.clock is None:
                 codec.skip_frame = "NONREF" if packet.pts < target - 2 * slack - 1 else "DEFAULT"
-            self.pending = [f for f in self.guard.decode(codec, packet) if f.pts is not None]
+            decoded = self.guard.decode(codec, packet)
+            if self.clock is not None:
+                self.clock.stamp(decoded)
+            self.pending = [f for f in decoded if f.pts is not None]
             self.report(*self.note)
 
     def _seek(self, timestamp: int) -> None:
