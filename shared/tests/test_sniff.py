@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import codecs
+from pathlib import Path
 
 import pytest
 
 from medialens_shared.contracts import FileKind
 from medialens_shared.sniff import SNIFF_BYTES, sniff
+from scripts.samples import make_video
 
 
 def ftyp(brand: bytes) -> bytes:
@@ -125,4 +127,26 @@ def test_a_head_cut_mid_line_is_still_a_table() -> None:
 )
 def test_unknown(head: bytes) -> None:
     """Empty input, binary garbage, undecodable bytes and text that is no table are unknown."""
+    assert sniff(head) is FileKind.UNKNOWN
+
+
+@pytest.mark.parametrize(("name", "codec"), [("clip.h264", "libx264"), ("clip.hevc", "libx265")])
+def test_a_raw_video_stream_is_video(tmp_path: Path, name: str, codec: str) -> None:
+    """A raw H.264 or HEVC stream (Annex B: start codes, no container), as cameras and pipelines hand them
+    out and the video service reads them, is video (it was unknown: every video job refused it with 415)."""
+    path = tmp_path / name
+    make_video(path, duration_s=0.5, fps=10, width=160, height=120, codec=codec)
+    assert sniff(path.read_bytes()[:SNIFF_BYTES]) is FileKind.VIDEO
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"\x00\x00\x01\x00\x01\x00\x10\x10",  # an ICO file: a start code, but no NAL unit a stream opens with
+        b"\x00\x00\x00\x01\x67\x42\x00\x1e" + b"\x11" * 64,  # an SPS and no second start code
+        b"\x00\x00\x00\x01\x40",  # cut after the first header byte
+    ],
+    ids=["ico", "one-nal-unit", "cut"],
+)
+def test_a_start_code_alone_is_not_video(head: bytes) -> None:
     assert sniff(head) is FileKind.UNKNOWN

@@ -91,6 +91,19 @@ async def test_thumbnails_end_to_end(api: httpx.AsyncClient, clip: Path) -> None
         assert await _jpeg_size(api, thumbnail["file_id"]) == (200, 112)
 
 
+async def test_a_raw_h264_stream_is_taken_and_analysed_end_to_end(
+    api: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    """A raw H.264 stream (no container, no timestamps) uploaded through the gateway runs a quality job:
+    its black stretch is found where it is (the upload's sniffing refused every video job on it with 415)."""
+    path = tmp_path / "clip.h264"
+    make_video(path, duration_s=6.0, fps=25, width=320, height=180, cuts_s=CUTS_S, black_s=(4.0, 4.6))
+    job = await run_job(api, "video.quality", path)
+    assert job["status"] == "succeeded", job
+    black = [(s["start_s"], s["end_s"]) for s in (await result_of(api, job["id"]))["black_segments"]]
+    assert black == [pytest.approx((4.0, 4.6), abs=0.1)]
+
+
 async def test_running_job_reports_frame_progress(api: httpx.AsyncClient, long_clip: Path) -> None:
     """A running quality job reports "decoding n/total frames" with its progress at n/total.
 

@@ -92,11 +92,34 @@ def _sniff_media(head: bytes) -> FileKind | None:
         return FileKind.VIDEO  # FLV, MPEG program stream, MPEG video
     if len(head) > 188 * 2 and head[0] == 0x47 and head[188] == 0x47 and head[376] == 0x47:
         return FileKind.VIDEO  # MPEG transport stream
+    if _annex_b(head):
+        return FileKind.VIDEO  # raw H.264 or HEVC
     if head.startswith((b"ID3", b"fLaC", b"OggS", b"FORM", b"#!AMR", b"MAC ", b"wvpk")):
         return FileKind.AUDIO  # MP3 with tag, FLAC, Ogg (Vorbis/Opus), AIFF, AMR, APE, WavPack
     if len(head) > 1 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0:
         return FileKind.AUDIO  # MPEG audio or ADTS AAC frame sync
     return None
+
+
+#: An Annex B start code (H.264 and HEVC elementary streams: `.h264`, `.264`, `.hevc`, `.265`).
+_START_CODE = re.compile(rb"\x00\x00\x00?\x01")
+#: The NAL units a raw stream opens with. H.264 (one header byte, its top bit 0): SEI 6 and access unit
+#: delimiter 9 with nal_ref_idc 0, a sequence parameter set 7 with it not 0. HEVC (two bytes, forbidden and
+#: top layer bits 0, temporal id + 1 at least 1): VPS 32, SPS 33, AUD 35, prefix SEI 39.
+_H264_OPENERS = frozenset({0x06, 0x09, 0x27, 0x47, 0x67})
+_HEVC_OPENERS = frozenset({32, 33, 35, 39})
+
+
+def _annex_b(head: bytes) -> bool:
+    """Whether `head` is the start of a raw H.264 or HEVC stream: a start code at byte 0 and a NAL unit such
+    a stream opens with, then another start code (its next parameter set or slice) within `head`."""
+    opened = _START_CODE.match(head)
+    if opened is None or len(head) < opened.end() + 2:
+        return False
+    first, second = head[opened.end()], head[opened.end() + 1]
+    h264 = first in _H264_OPENERS
+    hevc = first & 0x81 == 0 and (first >> 1) in _HEVC_OPENERS and second & 0xF8 == 0 and second & 0x07 != 0
+    return (h264 or hevc) and _START_CODE.search(head, opened.end()) is not None
 
 
 def text_encoding(head: bytes) -> TextEncoding | None:
