@@ -140,11 +140,12 @@ def test_clips_are_interlaced(clip: tuple[Path, str]) -> None:
 def test_probe(clip: tuple[Path, str]) -> None:
     """The frame rate is the frame's (25), not the field's, steady; the count is the frames'."""
     path, case = clip
-    _name, _encoder, _top_first, codec, count = CLIPS[case]
+    _name, _encoder, top_first, codec, count = CLIPS[case]
     video = probe_video(path).video
     assert (video.codec, video.width, video.height, video.pix_fmt) == (codec, WIDTH, HEIGHT, "yuv420p")
     assert (video.fps, video.avg_fps, video.is_vfr) == (25.0, 25.0, False)
     assert video.frame_count == count
+    assert video.field_order == ("tt" if top_first else "bb")  # as ffprobe names them
 
 
 def test_quality(clip: tuple[Path, str]) -> None:

@@ -41,6 +41,7 @@ def test_reads_exact_video_metadata(tmp_path: Path) -> None:
     assert video.is_vfr is False
     assert video.frame_count == 48
     assert video.pix_fmt == "yuv420p"
+    assert video.field_order == "progressive"
     assert video.rotation == 0
     assert result.audio == []
 

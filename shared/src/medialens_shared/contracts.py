@@ -187,6 +187,12 @@ class ProbeVideoStream(BaseModel):
         description="The picture's shape as shown, width:height: the stored size times the pixel shape, "
         "before rotation, as ffprobe gives it (16:9).",
     )
+    field_order: str | None = Field(
+        None,
+        description="How the frames are scanned, as ffprobe names it: progressive, or interlaced with its "
+        "fields coded and shown top first (tt), bottom first (bb), coded top first and shown bottom first "
+        "(tb) or the reverse (bt); null when the stream does not say.",
+    )
 
 
 class ProbeAudioStream(BaseModel):

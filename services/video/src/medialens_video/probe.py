@@ -48,6 +48,9 @@ from medialens_video.frames import (
 VFR_TOLERANCE = 0.01
 #: Packets read at each of the places `_steady_rate` looks at.
 RATE_SAMPLES = 12
+#: FFmpeg's field orders (`AVFieldOrder`, PyAV's `field_order` number) by ffprobe's names; 0, unknown, is
+#: none of them.
+FIELD_ORDERS = {1: "progressive", 2: "tt", 3: "bb", 4: "tb", 5: "bt"}
 
 
 def probe_video(path: Path) -> VideoProbeResult:
@@ -93,6 +96,7 @@ def probe_video(path: Path) -> VideoProbeResult:
                 rotation=_rotation(first_frame, video.metadata),
                 sample_aspect_ratio=_ratio(aspect),
                 display_aspect_ratio=_ratio(codec_context.width * aspect / max(codec_context.height, 1)),
+                field_order=FIELD_ORDERS.get(codec_context.field_order),
             ),
             audio=[
                 ProbeAudioStream(
