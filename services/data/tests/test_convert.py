@@ -133,3 +133,14 @@ def test_a_table_past_the_memory_limit_fails_as_the_jobs_own_error(tmp_path: Pat
         run()
     assert caught.value.error_code == "UNSUPPORTED_INPUT"
     assert "more memory than a data job may use" in str(caught.value)
+
+
+def test_a_jsonl_key_first_met_past_the_sample_converts(tmp_path: Path) -> None:
+    """A key first met after DuckDB's 20,480 sampled objects is a column of the output, not a failed job."""
+    path = tmp_path / "events.jsonl"
+    lines = [json.dumps({"a": i}) for i in range(25_000)] + [json.dumps({"a": 25_000, "late": "here"})]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    converted = convert_table(path, params=DataConvertParams(to="csv"), out_dir=tmp_path / "out")
+    assert converted.row_count == 25_001
+    text = converted.path.read_text(encoding="utf-8").splitlines()
+    assert (text[0], text[1], text[-1]) == ("a,late", "0,", "25000,here")

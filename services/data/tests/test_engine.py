@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -150,6 +154,10 @@ def test_progress_never_goes_back() -> None:
         (2**63, "9223372036854775808"),  # past what a stored (BSON) result holds: exact text
         (-(2**63) - 1, "-9223372036854775809"),
         (decimal.Decimal(2**70), str(2**70)),
+        # A decimal a float would round comes as its exact text (it came as 1.2345678901234568e16).
+        (decimal.Decimal("12345678901234567.89"), "12345678901234567.89"),
+        (decimal.Decimal("0.123456789012345678"), "0.123456789012345678"),
+        (decimal.Decimal("-0.000000000000000001"), -1e-18),  # the same number as a float
         (dt.date(2024, 1, 2), "2024-01-02"),
         (b"\x01\xff", "01ff"),
         ([1, {"a": dt.time(1, 2)}], [1, {"a": "01:02:00"}]),
@@ -199,3 +207,34 @@ def test_a_lane_thread_that_dies_starting_raises_instead_of_being_waited_for(
     monkeypatch.setattr(engine, "threading", SimpleNamespace(Thread=DiesStarting, Event=threading.Event))
     with pytest.raises(RuntimeError, match="ended before it began"):
         engine._start_running(lambda: None, name="test-lane")
+
+
+def test_a_connection_keeps_times_in_utc_whatever_the_hosts_zone(tmp_path: Path) -> None:
+    """On a host whose zone is Tokyo, a TIMESTAMPTZ comes in UTC, a query's `CAST(t AS DATE)` is the UTC
+    day and a converted CSV writes `+00`: they followed the host's zone (`2024-01-02`, `+09`), so the same
+    job answered differently from one worker to the next."""
+    source = tmp_path / "events.csv"
+    source.write_text("t\n2024-01-01 20:00:00+00\n", encoding="utf-8")
+    script = (
+        "import json, sys\n"
+        "from pathlib import Path\n"
+        "from medialens_data.convert import convert_table\n"
+        "from medialens_data.query import run_query\n"
+        "from medialens_shared.contracts import DataConvertParams, DataQueryParams\n"
+        "source, out = Path(sys.argv[1]), Path(sys.argv[2])\n"
+        "sql = 'SELECT t, CAST(t AS DATE) AS day, hour(t) AS h FROM data'\n"
+        "answer = run_query(source, params=DataQueryParams(sql=sql), out_path=out / 'answer.parquet')\n"
+        "csv = convert_table(source, params=DataConvertParams(to='csv'), out_dir=out)\n"
+        "print(json.dumps([answer.rows, csv.path.read_text(encoding='utf-8')]))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(source), str(tmp_path / "out")],
+        env={**os.environ, "TZ": "Asia/Tokyo"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    rows, csv = json.loads(done.stdout)
+    assert rows == [["2024-01-01T20:00:00+00:00", "2024-01-01", 20]]
+    assert csv == "t\n2024-01-01 20:00:00+00\n"

@@ -535,3 +535,83 @@ def test_long_texts_are_shown_cut_so_a_profile_stays_storable(tmp_path: Path) ->
     assert {top.value for top in body.top_values} <= {chr(65 + i) * SHOWN_TEXT_CHARS + "…" for i in range(26)}
     assert (body.distinct_count, tag.min, tag.max) == (26, "t0", "t2")
     assert len(bson.encode(result.model_dump(mode="json"))) < 100_000
+
+
+def write_parquet(path: Path, select: str) -> Path:
+    """The rows of DuckDB's `select` as a Parquet file."""
+    import duckdb
+
+    with duckdb.connect() as con:
+        con.execute(f"COPY ({select}) TO '{path}' (FORMAT parquet)")
+    return path
+
+
+def test_nanoseconds_and_intervals_are_shown_exactly(tmp_path: Path) -> None:
+    """Nanosecond timestamps and times (pandas writes them) keep their nine decimals, ordered as values,
+    and an interval is DuckDB's text, a month a month: they came through Python, which cut the
+    nanoseconds (one before 1970 read as 1970 itself) and counted a month as 30 days."""
+    path = write_parquet(
+        tmp_path / "times.parquet",
+        "SELECT * FROM (VALUES "
+        "(TIMESTAMP_NS '2024-01-01 12:00:00.123456789', TIME_NS '01:02:03.000000001', "
+        " TIMESTAMPTZ_NS '2024-01-01 12:00:00.123456789+00', INTERVAL '1 month 2 days 03:04:05.5'), "
+        "(TIMESTAMP_NS '1969-12-31 23:59:59.999999999', TIME_NS '01:02:03.000000002', "
+        " TIMESTAMPTZ_NS '1969-12-31 23:59:59.999999999+00', INTERVAL '1 day'), "
+        "(TIMESTAMP_NS '2024-01-01 12:00:00.123456788', NULL, NULL, INTERVAL '1 day')"
+        ") v(ts, tm, tz, iv)",
+    )
+    result = profile_table(path, params=AUTO)
+    ts, tm, tz, iv = result.columns
+    dtypes = [ts.dtype, tm.dtype, tz.dtype, iv.dtype]
+    assert dtypes == ["TIMESTAMP_NS", "TIME_NS", "TIMESTAMPTZ_NS", "INTERVAL"]
+    assert (ts.min, ts.max) == ("1969-12-31T23:59:59.999999999", "2024-01-01T12:00:00.123456789")
+    assert [ts.p25, ts.p50, ts.p75] == [
+        "1969-12-31T23:59:59.999999999",
+        "2024-01-01T12:00:00.123456788",
+        "2024-01-01T12:00:00.123456789",
+    ]
+    assert [top.value for top in ts.top_values] == [ts.min, ts.p50, ts.max]  # ties by value
+    assert (tm.min, tm.max, tm.distinct_count) == ("01:02:03.000000001", "01:02:03.000000002", 2)
+    assert (tz.min, tz.max) == ("1969-12-31T23:59:59.999999999+00:00", "2024-01-01T12:00:00.123456789+00:00")
+    assert (iv.min, iv.max) == ("1 day", "1 month 2 days 03:04:05.5")
+    top = [(top.value, top.count) for top in iv.top_values]
+    assert top == [("1 day", 2), ("1 month 2 days 03:04:05.5", 1)]
+
+
+def test_decimals_a_float_would_round_are_exact_text(tmp_path: Path) -> None:
+    """A DECIMAL(38,2) amount shows as a number when a float holds it exactly, else as its exact text: its
+    minimum, maximum and top values came as floats, 12345678901234567.89 as 1.2345678901234568e16."""
+    path = write_parquet(
+        tmp_path / "amounts.parquet",
+        "SELECT v::DECIMAL(38,2) AS amount FROM (VALUES ('12345678901234567.89'), ('0.10'), ('-1.01')) t(v)",
+    )
+    amount = profile_table(path, params=AUTO).columns[0]
+    assert (amount.min, amount.max) == (-1.01, "12345678901234567.89")
+    assert [top.value for top in amount.top_values] == [-1.01, 0.1, "12345678901234567.89"]
+    assert amount.mean == pytest.approx(12345678901234567.89 / 3)
+
+
+def test_jsonl_keys_and_kinds_first_met_past_the_sample_are_read(tmp_path: Path) -> None:
+    """A key first met after DuckDB's 20,480 sampled objects, or text where numbers were, makes the types
+    be guessed from every object instead of failing the job as not a readable table."""
+    records: list[dict[str, Any]] = [{"a": i, "s": {"x": i}} for i in range(25_000)]
+    records += [{"a": 1, "s": {"x": 1, "y": "new"}, "late": "here"}, {"a": "text", "s": {"x": 2}}]
+    result = profile_table(write_jsonl(tmp_path / "events.jsonl", records), params=AUTO)
+    assert result.row_count == 25_002
+    assert [c.name for c in result.columns] == ["a", "s", "late"]
+    late = column(result, "late")
+    assert (late.null_count, late.top_values[0].value) == (25_001, "here")
+    assert column(result, "s").dtype == "STRUCT(x BIGINT, y VARCHAR)"
+
+
+def test_a_jsonl_of_many_or_rare_keys_has_a_column_a_key(tmp_path: Path) -> None:
+    """Objects of 300 keys, or whose keys are each in few objects, make a column a key: DuckDB read each
+    such file as one MAP column named `json`."""
+    wide = [{f"k{i}": row * i for i in range(300)} for row in range(3)]
+    result = profile_table(write_jsonl(tmp_path / "wide.jsonl", wide), params=AUTO)
+    assert (result.row_count, result.column_count) == (3, 300)
+    assert_numeric(column(result, "k299"), [row["k299"] for row in wide])
+    sparse = [{"id": i, f"k{i}": i} for i in range(50)]
+    result = profile_table(write_jsonl(tmp_path / "sparse.jsonl", sparse), params=AUTO)
+    assert result.column_count == 51
+    assert (column(result, "k7").null_count, column(result, "k7").max) == (49, 7)

@@ -259,3 +259,35 @@ def test_an_answer_past_the_size_it_may_be_stored_as_is_refused(table: Path) -> 
     assert caught.value.error_code == "INVALID_PARAMS"
     assert not (table.parent / "out" / "answer.parquet").exists()
     assert ask(table, sql, max_answer_bytes=10_000_000).row_count == 20000
+
+
+def test_nanoseconds_intervals_and_decimals_come_exactly(tmp_path: Path) -> None:
+    """`SELECT *` over a Parquet file of nanosecond timestamps and times, intervals and wide decimals gives
+    each value exactly: the nanoseconds were cut (one before 1970 read as 1970 itself), and a DECIMAL(38,2)
+    came as a rounded float."""
+    path = tmp_path / "input.parquet"
+    with duckdb.connect() as con:
+        con.execute(
+            "COPY (SELECT * FROM (VALUES "
+            "(TIMESTAMP_NS '1969-12-31 23:59:59.999999999', "
+            " TIMESTAMPTZ_NS '2024-01-01 12:00:00.123456789+00', TIME_NS '01:02:03.000000001', "
+            " INTERVAL '1 month 2 days', '12345678901234567.89'::DECIMAL(38,2))"
+            f") v(ts, tz, tm, iv, amount)) TO '{path}' (FORMAT parquet)"
+        )
+    answer = ask(path, "SELECT * FROM data")
+    assert answer.rows == [
+        [
+            "1969-12-31T23:59:59.999999999",
+            "2024-01-01T12:00:00.123456789+00:00",
+            "01:02:03.000000001",
+            "1 month 2 days",
+            "12345678901234567.89",
+        ]
+    ]
+    assert [c.dtype for c in answer.columns] == [
+        "TIMESTAMP_NS",
+        "TIMESTAMPTZ_NS",
+        "TIME_NS",
+        "INTERVAL",
+        "DECIMAL(38,2)",
+    ]

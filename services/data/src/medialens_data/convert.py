@@ -15,7 +15,7 @@ from typing import Literal
 import duckdb
 
 from medialens_data.engine import Limits, Report, Watchdog, connect, count_label, literal, lock
-from medialens_data.source import Source, expose, input_failure, inspect, reread
+from medialens_data.source import Source, expose, input_failure, inspect, reread, resample
 from medialens_shared.contracts import DataConvertParams
 
 Target = Literal["parquet", "csv", "jsonl"]
@@ -86,7 +86,7 @@ def convert_table(
                     # a byte past the first ones that is not in the encoding they told (read it again), a
                     # damaged page of a Parquet file.
                     again = reread(source, exc)
-                    if again is None and isinstance(exc, duckdb.ConversionException) and not full_sample:
+                    if again is None and source.format != "parquet" and resample(exc) and not full_sample:
                         again, full_sample = source, True
                     if again is None:
                         failure = input_failure(exc, source, _VIEW, watch, target)

@@ -92,6 +92,10 @@ def connect(*, paths: Sequence[Path], limits: Limits, keep_order: bool = True) -
         # Progress is what the watchdog reads; printing it would write to the worker's stdout.
         con.execute("SET enable_progress_bar = true")
         con.execute("SET enable_progress_bar_print = false")
+        # DuckDB takes the host's zone (TZ) otherwise: a TIMESTAMPTZ would print with the host's offset in
+        # a converted CSV, and a query's `CAST(t AS DATE)` or `date_trunc('day', t)` would answer
+        # differently from one worker to the next. Every job sees times in UTC, as API.md gives them.
+        con.execute("SET TimeZone = 'UTC'")
         con.execute("SET allowed_paths = ?", [[str(path.resolve()) for path in paths]])
         con.execute("SET enable_external_access = false")
     except BaseException:
@@ -338,13 +342,21 @@ _INT64 = range(-(2**63), 2**63)
 
 def json_value(value: Any) -> Any:
     """A DuckDB value as JSON: numbers, strings, ISO strings for temporal values; NaN and inf as None;
-    integers beyond 64 bits as decimal text."""
+    integers beyond 64 bits as decimal text.
+
+    A DECIMAL comes as a float when the float is the same number (`1.50` as 1.5), else as its exact decimal
+    text (`12345678901234567.89`, `0.123456789012345678`), as integers past 64 bits do: a float would round
+    it, and a stored result (BSON, read back as JSON) has no exact decimal type.
+    """
     if value is None or isinstance(value, bool | str):
         return value
     if isinstance(value, int):
         return value if value in _INT64 else str(value)
-    if isinstance(value, decimal.Decimal) and value.is_finite() and _whole(value):
-        return json_value(int(value))  # a DECIMAL(p,0): an integer, exact, not a rounded float
+    if isinstance(value, decimal.Decimal) and value.is_finite():
+        if _whole(value):
+            return json_value(int(value))  # a DECIMAL(p,0): an integer, exact, not a rounded float
+        number = float(value)
+        return number if decimal.Decimal(repr(number)) == value else format(value, "f")
     if isinstance(value, float | decimal.Decimal):
         return finite(value)
     if isinstance(value, dt.datetime | dt.date | dt.time):
@@ -358,6 +370,28 @@ def json_value(value: Any) -> Any:
     if isinstance(value, uuid.UUID | dt.timedelta):
         return str(value)
     return str(value)
+
+
+#: The SQL that writes a value of these types as its exact text, for `as_text`: Python cannot hold them
+#: (its datetimes and times stop at microseconds, dropping the nanoseconds, and its timedelta counts a
+#: month as 30 days). TIMESTAMPTZ_NS is written in UTC, the zone `connect` gives every connection.
+_AS_TEXT = {
+    "TIMESTAMP_NS": "strftime({}, '%Y-%m-%dT%H:%M:%S.%n')",
+    "TIMESTAMPTZ_NS": "strftime({}, '%Y-%m-%dT%H:%M:%S.%n+00:00')",
+    "TIME_NS": "CAST({} AS VARCHAR)",
+    "INTERVAL": "CAST({} AS VARCHAR)",
+}
+
+
+def as_text(expr: str, dtype: str) -> str:
+    """`expr`, an SQL expression of type `dtype`, as SQL whose value reaches Python exactly.
+
+    Nanosecond timestamps come as ISO text with all nine decimals (`2024-01-01T12:00:00.123456789`, UTC ones
+    ending `+00:00` as Python writes the others), nanosecond times with them when they have any, intervals
+    as DuckDB's text (`1 month 2 days`); other types are left as they are, for `json_value`.
+    """
+    template = _AS_TEXT.get(dtype)
+    return expr if template is None else template.format(expr)
 
 
 def _whole(value: decimal.Decimal) -> bool:

@@ -38,6 +38,7 @@ from medialens_data.engine import (
     Limits,
     Report,
     Watchdog,
+    as_text,
     connect,
     count_label,
     finite,
@@ -79,7 +80,7 @@ _INT_TYPES = frozenset(
 _FLOAT_TYPES = frozenset({"FLOAT", "DOUBLE"})
 _TEMPORAL_TYPES = frozenset(
     {"DATE", "TIME", "TIMESTAMP", "TIMESTAMP_S", "TIMESTAMP_MS", "TIMESTAMP_NS", "TIMESTAMP WITH TIME ZONE",
-     "TIME WITH TIME ZONE"}
+     "TIME WITH TIME ZONE", "TIMESTAMPTZ_NS", "TIME_NS"}
 )  # fmt: skip
 _UNORDERED_PREFIXES = ("MAP", "UNION")
 
@@ -200,7 +201,7 @@ class _Profiler:
             self._stage(0.5, 1.0, lambda p: f"counted the values of {round(p * total)} of {total} columns")
             frequencies = self.watch.fetch_each(
                 [
-                    self._frequency_query(summary.name, estimated=self._estimated(summary))
+                    self._frequency_query(summary.name, summary.dtype, estimated=self._estimated(summary))
                     for summary in summaries
                 ]
             )
@@ -208,7 +209,7 @@ class _Profiler:
             # Nothing to decide first: the aggregates and the counts run in one round.
             self._stage(0.0, 1.0, lambda p: f"profiled {count_label(p * self.row_count)} of {rows} rows")
             answers = self.watch.fetch_each(
-                aggregates + [self._frequency_query(name, estimated=False) for name, _ in columns]
+                aggregates + [self._frequency_query(name, dtype, estimated=False) for name, dtype in columns]
             )
             summaries = _summaries(batches, built, answers[: len(aggregates)])
             frequencies = answers[len(aggregates) :]
@@ -244,28 +245,35 @@ class _Profiler:
     def _estimated(self, summary: _Summary) -> bool:
         return summary.approx is not None and summary.approx > self.exact_limit * (1 + APPROX_MARGIN)
 
-    def _frequency_query(self, name: str, *, estimated: bool) -> str:
+    def _frequency_query(self, name: str, dtype: str, *, estimated: bool) -> str:
         """The query of a column's `TOP_K` most frequent values (ties by value ascending), each with its
         count, as rows `(false, value, count)`, and its distinct count as a row `(true, NULL, count)`.
 
         Exact: one `GROUP BY`, whose groups are counted and whose largest ones are the top values. Past
         the limit: `approx_top_k`'s candidates counted exactly (the distinct count is the estimate).
+        Values Python cannot hold exactly come as their text (`engine.as_text`), ordered as values.
         """
         col = ident(name)
         if estimated:
-            return (
+            query = (
                 f"WITH top AS (SELECT unnest(approx_top_k({col}, {TOP_K})) AS v FROM {_TABLE}) "  # noqa: S608
                 f"SELECT false AS total, {col} AS v, count(*) AS n FROM {_TABLE} "
                 f"WHERE {col} IN (SELECT v FROM top) GROUP BY {col} ORDER BY n DESC, v ASC LIMIT {TOP_K}"
             )
-        # The groups are kept (MATERIALIZED) and read twice, which costs less than a window over them.
-        return (
-            f"WITH groups AS MATERIALIZED (SELECT {col} AS v, count(*) AS n FROM {_TABLE} "  # noqa: S608
-            f"WHERE {col} IS NOT NULL GROUP BY {col}) "
-            f"SELECT * FROM (SELECT false AS total, v, n FROM groups ORDER BY n DESC, v ASC LIMIT {TOP_K}) "
-            "UNION ALL SELECT true, NULL, count(*) FROM groups "
-            "ORDER BY total, n DESC, v ASC"
-        )
+        else:
+            # The groups are kept (MATERIALIZED) and read twice, which costs less than a window over them.
+            query = (
+                f"WITH groups AS MATERIALIZED (SELECT {col} AS v, count(*) AS n FROM {_TABLE} "  # noqa: S608
+                f"WHERE {col} IS NOT NULL GROUP BY {col}) "
+                "SELECT * FROM (SELECT false AS total, v, n FROM groups "
+                f"ORDER BY n DESC, v ASC LIMIT {TOP_K}) "
+                "UNION ALL SELECT true, NULL, count(*) FROM groups "
+                "ORDER BY total, n DESC, v ASC"
+            )
+        if as_text("v", dtype) == "v":
+            return query
+        # Named apart from `v`, so that the order is the values' and not their text's.
+        return f"SELECT total, {as_text('v', dtype)} AS shown, n FROM ({query}) ORDER BY total, n DESC, v ASC"  # noqa: S608
 
     def _profile(self, summary: _Summary, counted: list[tuple[Any, ...]]) -> ColumnProfile:
         estimated = self._estimated(summary)
@@ -304,8 +312,8 @@ def _aggregate_query(columns: list[tuple[str, str]], *, estimate: bool) -> tuple
 
         add(f"count({col})", "non_null")
         if kind != "unordered":
-            add(f"min({col})", "min")
-            add(f"max({col})", "max")
+            add(as_text(f"min({col})", dtype), "min")
+            add(as_text(f"max({col})", dtype), "max")
             if estimate:
                 add(f"approx_count_distinct({col})", "approx")
         if kind in ("int", "float", "decimal"):
@@ -313,7 +321,12 @@ def _aggregate_query(columns: list[tuple[str, str]], *, estimate: bool) -> tuple
             add(f"stddev_samp({col}::DOUBLE)", "std")
             add(f"quantile_cont({col}::DOUBLE, [0.25, 0.5, 0.75])", "quartiles")
         elif kind == "temporal":
-            add(f"quantile_disc({col}, [0.25, 0.5, 0.75])", "quartiles")
+            quartiles = f"quantile_disc({col}, [0.25, 0.5, 0.75])"
+            if (
+                as_text(quartiles, dtype) != quartiles
+            ):  # one aggregate (DuckDB computes it once), each as text
+                quartiles = f"[{', '.join(as_text(f'({quartiles})[{i}]', dtype) for i in (1, 2, 3))}]"
+            add(quartiles, "quartiles")
         slots.append(slot)
     return f"SELECT {', '.join(select)} FROM {_TABLE}", slots  # noqa: S608
 

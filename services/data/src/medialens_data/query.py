@@ -37,7 +37,18 @@ from typing import Any
 import duckdb
 from pydantic_core import to_json
 
-from medialens_data.engine import Limits, Report, Watchdog, connect, ident, json_value, literal, lock, reason
+from medialens_data.engine import (
+    Limits,
+    Report,
+    Watchdog,
+    as_text,
+    connect,
+    ident,
+    json_value,
+    literal,
+    lock,
+    reason,
+)
 from medialens_data.source import damage, expose, inspect, read_fault
 from medialens_shared.contracts import DataQueryParams, QueryColumn
 from medialens_shared.errors import InvalidParams
@@ -163,10 +174,20 @@ def run_query(
             row_count = int(
                 watch.fetch(f"SELECT sum(num_rows) FROM parquet_file_metadata({target})")[0][0] or 0  # noqa: S608
             )
-            first = watch.fetch(f"SELECT * FROM read_parquet({target}) LIMIT {int(params.limit)}")  # noqa: S608
+            shown = _shown(watch, target)
+            first = watch.fetch(f"SELECT {shown} FROM read_parquet({target}) LIMIT {int(params.limit)}")  # noqa: S608
     finally:
         con.close()
     return Answer(columns=columns, rows=_inline(first), row_count=row_count, path=out_path)
+
+
+def _shown(watch: Watchdog, target: str) -> str:
+    """The select list that reads the answer's file (`target`, quoted) exactly into Python: its columns,
+    by position (names may repeat), those of nanosecond or interval types as their text (`as_text`)."""
+    dtypes = [str(row[1]) for row in watch.fetch(f"DESCRIBE SELECT * FROM read_parquet({target})")]  # noqa: S608
+    if all(as_text("x", dtype) == "x" for dtype in dtypes):
+        return "*"
+    return ", ".join(as_text(f"#{n}", dtype) for n, dtype in enumerate(dtypes, start=1))
 
 
 def _inline(first: list[tuple[Any, ...]]) -> list[list[Any]]:

@@ -7,7 +7,14 @@ read again by each query (a conversion reads it once). Parquet is always a view:
 A ragged or undecodable file fails with `UnsupportedInput`, naming the line when DuckDB does. A CSV may be
 UTF-8, UTF-16 (with its byte-order mark), Latin-1 or Windows-1252; JSON lines are UTF-8, as JSON is. The
 `jsonl` format also reads a JSON array of objects (`[{...}, {...}]`, as many exports write), one row an
-object.
+object, and each key is a column, however many keys there are and however few objects hold them (DuckDB
+folds the objects into one MAP column past 200 keys, or when most keys are rare: `_records_folded`).
+
+Column types are guessed from a sample of rows (DuckDB's 20,480). A later row that does not fit them
+(text where numbers were; in JSON also a key first met there, an object or an array) makes the types be
+guessed again from every row (`resample`). A later value DuckDB can cast is cast without a word, though:
+1.5 in a column of integers reads 2, a time in a column of dates is dropped (DuckDB's issues 25786 and
+25824); guessing from every row up front would avoid it at three times the reading time.
 
 Windows-1252 (what spreadsheets on Windows export: Latin-1 but for curly quotes, dashes, the euro sign and a
 few more in bytes 0x80-0x9F, which Latin-1 leaves to control characters) is read from a UTF-8 copy made here
@@ -40,6 +47,10 @@ Compression = Literal["none", "gzip", "zstd"]
 #: What DuckDB says of a CSV that is not UTF-8, or not Latin-1, where it reads.
 _NOT_UTF8 = "not utf-8 encoded"
 _NOT_LATIN1 = "not latin-1 encoded"
+#: What DuckDB says of a JSON value that does not fit the type guessed for its key (see `resample`), and of
+#: an object that repeats a key, which no guess fixes.
+_JSON_TRANSFORM = "JSON transform error"
+_JSON_DUPLICATE_KEY = "has duplicate key"
 #: How a CSV's text is read: as `medialens_shared.sniff.text_encoding` tells it, or from a UTF-8 copy of
 #: it read as Windows-1252.
 Reading = TextEncoding | Literal["windows-1252"]
@@ -281,7 +292,11 @@ def _expose(
     codec = "" if source.compression == "none" else f", compression='{source.compression}'"
     if source.format == "jsonl":
         layout = "array" if source.json_array else "newline_delimited"
-        create(f"read_json({path}, format='{layout}'{codec}")
+        reader = f"read_json({path}, format='{layout}'{codec}"
+        create(reader)
+        if _records_folded(con, name):
+            # Every key a column, however many there are or however few rows hold them.
+            create(f"{reader}, map_inference_threshold=-1")
         return
     if source.encoding == "windows-1252":
         path, codec = literal(str(_copy_as_utf8(source, watch).resolve())), ""
@@ -346,6 +361,31 @@ _UNDEFINED_AS_LATIN1 = "medialens-undefined-as-latin-1"
 codecs.register_error(_UNDEFINED_AS_LATIN1, _undefined_as_latin1)
 
 
+def resample(exc: Exception) -> bool:
+    """Whether DuckDB's `exc`, raised reading a CSV or JSON table whose types were guessed from a sample of
+    its rows, may be a later row that disagrees with them, so that guessing from every row reads it.
+
+    A CSV raises a conversion error; JSON a "JSON transform error" for a key first met past the sample or a
+    value of another kind (text where numbers were, an object, an array), though not for a duplicate key.
+    """
+    if isinstance(exc, duckdb.ConversionException):
+        return True
+    message = str(exc)
+    return (
+        isinstance(exc, duckdb.InvalidInputException)
+        and _JSON_TRANSFORM in message
+        and _JSON_DUPLICATE_KEY not in message
+    )
+
+
+def _records_folded(con: Any, name: str) -> bool:
+    """Whether DuckDB read the JSON objects exposed as `name` as one MAP column named `json` rather than a
+    column a key: what it does past 200 keys, or when most keys are in few objects
+    (`map_inference_threshold`, `field_appearance_threshold`), so a 1,000-column table had one column."""
+    described = con.execute(f"DESCRIBE {ident(name)}").fetchall()
+    return len(described) == 1 and str(described[0][0]) == "json" and str(described[0][1]).startswith("MAP(")
+
+
 def _create(
     con: Any, name: str, reader: str, *, materialize: bool, full_sample: bool, watch: Watchdog | None
 ) -> None:
@@ -354,8 +394,8 @@ def _create(
     sample = ", sample_size=-1" if full_sample else ""
     try:
         _run(con, f"CREATE OR REPLACE {kind} {ident(name)} AS SELECT * FROM {reader}{sample})", watch)  # noqa: S608
-    except duckdb.ConversionException:
-        if full_sample:
+    except READ_ERRORS as exc:
+        if full_sample or not resample(exc):
             raise
         # The types were guessed from a sample and a later row disagrees: guess from every row.
         _run(con, f"CREATE OR REPLACE {kind} {ident(name)} AS SELECT * FROM {reader}, sample_size=-1)", watch)  # noqa: S608
