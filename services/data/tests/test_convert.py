@@ -91,6 +91,16 @@ def test_late_type_change_is_read_with_all_rows(tmp_path: Path) -> None:
     assert converted.path.read_text(encoding="utf-8").splitlines()[-1] == '{"a":"oops"}'
 
 
+def test_a_fraction_past_the_sample_converts_as_it_is(tmp_path: Path) -> None:
+    """A price of 19.99 after 30,000 whole ones is 19.99 in the converted file (it was 20: DuckDB's scanner
+    rounds a value it casts to the sampled BIGINT)."""
+    path = tmp_path / "prices.csv"
+    path.write_text("price\n" + "".join(f"{i % 100}\n" for i in range(30_000)) + "19.99\n", encoding="utf-8")
+    converted = convert_table(path, params=DataConvertParams(to="jsonl"), out_dir=tmp_path / "out")
+    assert converted.row_count == 30_001
+    assert converted.path.read_text(encoding="utf-8").splitlines()[-1] == '{"price":19.99}'
+
+
 def test_ragged_file_fails_naming_the_line(tmp_path: Path) -> None:
     """A CSV whose third line lacks a field fails with UnsupportedInput naming line 3."""
     path = tmp_path / "ragged.csv"

@@ -274,6 +274,39 @@ def test_late_type_change_widens_the_column(tmp_path: Path) -> None:
     assert result.columns[0].dtype == "VARCHAR"
 
 
+@pytest.mark.parametrize(
+    ("late", "dtype", "extremes"),
+    [
+        ("-1.5", "DOUBLE", (-1.5, 9999)),
+        ("0070000", "VARCHAR", ("0", "9999")),  # a code whose zeros count
+        ("2024-03-01 13:45:00", "TIMESTAMP", ("2024-01-01T00:00:00", "2024-03-01T13:45:00")),
+    ],
+    ids=["fraction", "leading-zeros", "time-in-dates"],
+)
+def test_a_value_past_the_sample_that_its_type_would_change_changes_the_type(
+    tmp_path: Path, late: str, dtype: str, extremes: tuple[Any, Any]
+) -> None:
+    """A value past DuckDB's 20,480 sampled rows that its column's sampled type would silently change (the
+    scanner casts more loosely than the sniffer: DuckDB issue 25824) makes the column a type that holds it:
+    1.5 after integers read 2, a zero-padded code 70000, a time after dates was dropped."""
+    dates = late.startswith("2024")
+    rows = [[f"2024-01-{1 + i % 28:02d}" if dates else str(i % 10_000)] for i in range(30_000)] + [[late]]
+    path = write_csv(tmp_path / "late.csv", ["a"], rows)
+    result = profile_table(path, params=AUTO)
+    (a,) = result.columns
+    assert (result.row_count, a.dtype, (a.min, a.max)) == (30_001, dtype, extremes)
+
+
+def test_a_csv_whose_later_values_fit_their_sampled_types_keeps_them(tmp_path: Path) -> None:
+    """Integers and dates all through the file stay BIGINT and DATE (the check reads them again, and finds
+    every text is its value's own)."""
+    rows = [[str(i - 15_000), f"2024-01-{1 + i % 28:02d}"] for i in range(30_000)]
+    path = write_csv(tmp_path / "fits.csv", ["n", "d"], rows)
+    result = profile_table(path, params=AUTO)
+    assert [(c.name, c.dtype) for c in result.columns] == [("n", "BIGINT"), ("d", "DATE")]
+    assert (result.columns[0].min, result.columns[0].max) == (-15_000, 14_999)
+
+
 def test_binary_garbage_is_unsupported(tmp_path: Path) -> None:
     """Random bytes are not a table: UnsupportedInput."""
     path = tmp_path / "garbage.bin"
