@@ -14,7 +14,8 @@ import pytest
 from medialens_data.convert import convert_table, output_name
 from medialens_data.profile import profile_table
 from medialens_shared.contracts import DataConvertParams, DataProfileParams
-from medialens_shared.errors import UnsupportedInput
+from medialens_shared.errors import UnsupportedInput, disk_full
+from tests.fixtures.disk import small_disk
 
 HEADER = ["id", "price", "name", "day"]
 ROWS: list[list[Any]] = [
@@ -154,3 +155,18 @@ def test_a_jsonl_key_first_met_past_the_sample_converts(tmp_path: Path) -> None:
     assert converted.row_count == 25_001
     text = converted.path.read_text(encoding="utf-8").splitlines()
     assert (text[0], text[1], text[-1]) == ("a,late", "0,", "25000,here")
+
+
+@pytest.mark.parametrize("to", ["parquet", "csv"])
+def test_a_full_disk_is_not_blamed_on_the_input(tmp_path: Path, to: str) -> None:
+    """A conversion whose output has no room (its directory on a real 256 KB disk) raises the disk's error,
+    which the job runner retries (`errors.disk_full`), rather than failing the job as an unreadable input
+    (UNSUPPORTED_INPUT: it was the worker's disk, not the table)."""
+    path = tmp_path / "big.csv"
+    path.write_text(
+        "a,b\n" + "".join(f"{i * 7919 % 1_000_003},{i * 104729 % 999_983}\n" for i in range(100_000)),
+        encoding="utf-8",
+    )
+    with small_disk(tmp_path / "disk", 256 * 1024) as disk, pytest.raises(duckdb.Error) as raised:
+        convert_table(path, params=DataConvertParams(to=to), out_dir=disk.path / "out")
+    assert disk_full(raised.value), raised.value

@@ -14,7 +14,8 @@ import pytest
 
 from medialens_data.query import INLINE_ROWS_BYTES, check_sql, run_query
 from medialens_shared.contracts import DataQueryParams
-from medialens_shared.errors import InvalidParams, JobCancelled, JobTimeout
+from medialens_shared.errors import InvalidParams, JobCancelled, JobTimeout, disk_full
+from tests.fixtures.disk import small_disk
 
 ROWS = [(i, ["north", "south", "east"][i % 3], i * 0.5) for i in range(300)]
 
@@ -291,3 +292,12 @@ def test_nanoseconds_intervals_and_decimals_come_exactly(tmp_path: Path) -> None
         "INTERVAL",
         "DECIMAL(38,2)",
     ]
+
+
+def test_an_answer_with_no_room_on_the_disk_is_not_blamed_on_the_query(table: Path, tmp_path: Path) -> None:
+    """A query whose answer's file has no room (a real 128 KB disk) raises the disk's error, which the job
+    runner retries, rather than failing INVALID_PARAMS as a query that "failed"."""
+    sql = "SELECT md5(CAST(a.id * 1000 + b.id AS VARCHAR)) AS h FROM data AS a, data AS b"
+    with small_disk(tmp_path / "disk", 128 * 1024) as disk, pytest.raises(duckdb.Error) as raised:
+        run_query(table, params=DataQueryParams(sql=sql, limit=10), out_path=disk.path / "answer.parquet")
+    assert disk_full(raised.value), raised.value

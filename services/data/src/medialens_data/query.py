@@ -51,7 +51,7 @@ from medialens_data.engine import (
 )
 from medialens_data.source import damage, expose, inspect, read_fault
 from medialens_shared.contracts import DataQueryParams, QueryColumn
-from medialens_shared.errors import InvalidParams
+from medialens_shared.errors import InvalidParams, disk_full
 
 #: How long the user's query may run (the input's loading is not counted).
 QUERY_TIME_LIMIT_S = 30.0
@@ -263,6 +263,8 @@ def _answer(
             f"the query needs more memory than this service allows: {reason(exc, path, out_path)}"
         ) from exc
     except duckdb.Error as exc:
+        if disk_full(exc):  # the answer's file or a spill had no room: the worker's, retried
+            raise
         # A typo or a bad cast is the query's: only what reading may raise sends the file to a full read.
         failure = damage(watch, TABLE, path) if in_place and read_fault(exc) else None
         if failure is not None:

@@ -42,7 +42,13 @@ from typing import Any, Literal
 import duckdb
 
 from medialens_data.engine import Watchdog, count_label, ident, literal, reason
-from medialens_shared.errors import InputNotFound, MediaDecodeError, PermanentJobError, UnsupportedInput
+from medialens_shared.errors import (
+    InputNotFound,
+    MediaDecodeError,
+    PermanentJobError,
+    UnsupportedInput,
+    disk_full,
+)
 from medialens_shared.sniff import TextEncoding, text_encoding
 
 Format = Literal["csv", "parquet", "jsonl"]
@@ -207,6 +213,8 @@ def expose(
         try:
             _expose(con, source, name=name, materialize=materialize, full_sample=full_sample, watch=watch)
         except READ_ERRORS as exc:
+            if disk_full(exc):  # a UTF-8 copy or a table's spill had no room: the worker's, not the input's
+                raise
             again = reread(source, exc)
             if again is None:
                 raise UnsupportedInput(
@@ -229,8 +237,8 @@ def input_failure(
     input to `damage`, and a file that does not read whole is `MediaDecodeError`, as API.md has a file of
     the right kind that turns out damaged.
     """
-    if isinstance(exc, duckdb.OutOfMemoryException | duckdb.InterruptException):
-        return None
+    if isinstance(exc, duckdb.OutOfMemoryException | duckdb.InterruptException) or disk_full(exc):
+        return None  # a full disk (the output's, a spill's) is the worker's, retried: `errors.disk_full`
     if source.format == "parquet" and (failure := damage(watch, name, source.path)) is not None:
         return failure
     if isinstance(exc, READ_ERRORS):
@@ -260,6 +268,8 @@ def damage(watch: Watchdog, name: str, path: Path) -> MediaDecodeError | None:
     try:
         watch.fetch(f"SELECT bit_xor(hash(COLUMNS(*))) FROM {ident(name)}")  # noqa: S608
     except duckdb.Error as exc:
+        if disk_full(exc):
+            raise
         return MediaDecodeError(f"the parquet file is damaged: {reason(exc, path)}")
     return None
 
