@@ -637,6 +637,20 @@ def test_jsonl_keys_and_kinds_first_met_past_the_sample_are_read(tmp_path: Path)
     assert column(result, "s").dtype == "STRUCT(x BIGINT, y VARCHAR)"
 
 
+def test_jsonl_values_past_the_sample_that_their_types_would_change_change_the_types(tmp_path: Path) -> None:
+    """Past DuckDB's 20,480 sampled objects, 1.5 among integers read 2, `true` among floats 1.0 and 7
+    among booleans true, without a word (DuckDB issue 25786): now their columns' types are guessed from
+    every object, and no value is changed; columns whose values all fit keep their sampled types."""
+    records: list[dict[str, Any]] = [{"n": i, "x": i / 4, "ok": i % 2 == 0, "same": i} for i in range(25_000)]
+    records.append({"n": -1.5, "x": True, "ok": 7, "same": 3})
+    result = profile_table(write_jsonl(tmp_path / "late.jsonl", records), params=AUTO)
+    n, x, ok, same = result.columns
+    assert (n.dtype, n.min) == ("DOUBLE", -1.5)
+    assert x.dtype != "DOUBLE"  # a mixed column: DuckDB's JSON type
+    assert ok.dtype != "BOOLEAN"
+    assert (same.dtype, same.min, same.max) == ("BIGINT", 0, 24_999)
+
+
 def test_a_jsonl_of_many_or_rare_keys_has_a_column_a_key(tmp_path: Path) -> None:
     """Objects of 300 keys, or whose keys are each in few objects, make a column a key: DuckDB read each
     such file as one MAP column named `json`."""

@@ -14,10 +14,9 @@ Column types are guessed from a sample of rows (DuckDB's 20,480). A later row th
 (text where numbers were; in JSON also a key first met there, an object or an array) makes the types be
 guessed again from every row (`resample`). A later value DuckDB can cast it casts without a word, though
 (DuckDB's issues 25786 and 25824): in a CSV, 1.5 in a column of integers read 2, 007 read 7 and a time in
-a column of dates was dropped; those columns are now read again as text to check every value
-(`_sampled_types_hold`), and a value that does not fit makes the types be guessed from every row. JSON
-lines are not checked so: past the sample, a JSON 1.5 among integers still reads 2 and `true` among
-numbers 1 (guessing from every row up front would take three times the reading time).
+a column of dates was dropped; in JSON, 1.5 among integers read 2, `true` among numbers 1.0 and 7 among
+booleans true. Those columns are read again as text to check every value (`_sampled_types_hold`), and a
+value that does not fit makes the types be guessed from every row.
 
 Windows-1252 (what spreadsheets on Windows export: Latin-1 but for curly quotes, dashes, the euro sign and a
 few more in bytes 0x80-0x9F, which Latin-1 leaves to control characters) is read from a UTF-8 copy made here
@@ -296,6 +295,14 @@ def _expose(
     def create(reader: str) -> None:
         _create(con, name, reader, materialize=materialize, full_sample=full_sample, watch=watch)
 
+    def checked(reader: str, *, json: bool) -> None:
+        """`name` read again with types guessed from every row if a value does not fit its sampled type."""
+        if full_sample or _sampled_types_hold(
+            con, name, reader, json=json, materialize=materialize, watch=watch
+        ):
+            return
+        _create(con, name, reader, materialize=materialize, full_sample=True, watch=watch)
+
     path = literal(str(source.path.resolve()))
     if source.format == "parquet":
         con.execute(f"CREATE OR REPLACE VIEW {ident(name)} AS SELECT * FROM read_parquet({path})")  # noqa: S608
@@ -309,7 +316,9 @@ def _expose(
         create(reader)
         if _records_folded(con, name):
             # Every key a column, however many there are or however few rows hold them.
-            create(f"{reader}, map_inference_threshold=-1")
+            reader = f"{reader}, map_inference_threshold=-1"
+            create(reader)
+        checked(reader, json=True)
         return
     if source.encoding == "windows-1252":
         path, codec = literal(str(_copy_as_utf8(source, watch).resolve())), ""
@@ -317,8 +326,7 @@ def _expose(
         codec += f", encoding='{source.encoding}'"
     reader = f"read_csv({path}, {_CSV_STRICT}{codec}"
     create(reader)
-    if not full_sample and not _sampled_types_hold(con, name, reader, materialize=materialize, watch=watch):
-        _create(con, name, reader, materialize=materialize, full_sample=True, watch=watch)
+    checked(reader, json=False)
     _reject_ragged_single_column(con, name, path, codec)
 
 
@@ -419,42 +427,58 @@ def _create(
 
 #: The rows DuckDB guesses a CSV's column types from (its `sample_size`).
 SAMPLE_ROWS = 20_480
-#: Column types DuckDB's CSV scanner casts a value to more loosely than its sniffer does (DuckDB's issue
-#: 25824): past the sample, 1.5 in a BIGINT column reads 2, 007 reads 7, 1_000 reads 1000, and a time in a
-#: DATE column is dropped, without an error.
-_LOOSELY_CAST = frozenset(
-    {"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT"}
-    | {"UHUGEINT", "DATE"}
+_INTEGERS = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER")
+#: Column types whose readers cast a value past the sample more loosely than their sniffers judge one
+#: (DuckDB's issues 25824 and 25786), with the SQL that tells a value's text (`{0}`, trimmed, not empty)
+#: that does not fit type `{1}`: its cast does not give it back (`1.5` -> 2 -> `2`; `007` -> `7`;
+#: `2024-01-02 13:45` as a date -> `2024-01-02`), or, for JSON's doubles and booleans, it is not one.
+_LOOSE_CSV = dict.fromkeys(
+    (*_INTEGERS, "UBIGINT", "UHUGEINT", "DATE"), "{0} IS DISTINCT FROM CAST(TRY_CAST({0} AS {1}) AS VARCHAR)"
 )
+_LOOSE_JSON = _LOOSE_CSV | {
+    "DOUBLE": "TRY_CAST({0} AS DOUBLE) IS NULL",  # a JSON true read 1.0
+    "FLOAT": "TRY_CAST({0} AS DOUBLE) IS NULL",
+    "BOOLEAN": "lower({0}) NOT IN ('true', 'false')",  # a JSON 7 read true
+}
 
 
 def _sampled_types_hold(
-    con: Any, name: str, reader: str, *, materialize: bool, watch: Watchdog | None
+    con: Any, name: str, reader: str, *, json: bool, materialize: bool, watch: Watchdog | None
 ) -> bool:
-    """Whether every value of the CSV exposed as `name` from `reader` fits the type its column was given
-    from a sample of rows, for the types the scanner casts loosely (`_LOOSELY_CAST`): those columns are read
-    again as text, and a value whose text is not what its cast gives back (`1.5` -> 2 -> `2`; `007` ->
-    `7`; `2024-01-02 13:45` as a date -> `2024-01-02`), or that the cast refuses, does not fit. A table of
-    no more rows than the sample was typed from all of them. Some texts that fit read as not fitting (a
-    `+5`, a date in another format): they cost a reading with types guessed from every row, which gives
-    the same types. One more pass over the file: 0.65 s beside the 0.8 s its reading takes for 1,000,000
-    rows of 12 columns (122 MB) on two cores, where guessing from every row up front took 2.7 s more."""
-    loose = [
-        (str(row[0]), str(row[1]))
-        for row in con.execute(f"DESCRIBE {ident(name)}").fetchall()
-        if str(row[1]) in _LOOSELY_CAST
-    ]
+    """Whether every value of the table exposed as `name` from `reader` (a CSV's, or with `json` a JSON
+    one's) fits the type its column was given from a sample of rows, for the types its reader casts
+    loosely past the sample (`_LOOSE_CSV`, `_LOOSE_JSON`): DuckDB changes such a value without a word (1.5
+    in a BIGINT column reads 2, 007 reads 7, a time in a DATE column is dropped; in JSON `true` among
+    doubles reads 1.0 and 7 among booleans true). Those columns are read again as text and each value
+    checked. A table of no more rows than the sample was typed from all of them.
+
+    Some texts that fit read as not fitting (a `+5`, a date in another format): they cost a reading with
+    types guessed from every row, which gives the same types. The check is one more pass over the file:
+    for a CSV of 1,000,000 rows and 12 columns (122 MB), 0.65 s beside the 0.8 s its reading takes on two
+    cores, where guessing from every row up front took 2.7 s more; for 1,000,000 JSON objects of 6 keys,
+    0.9 s beside 0.45 s, where guessing from every object took 1.8 s more.
+    """
+    loose_kinds = _LOOSE_JSON if json else _LOOSE_CSV
+    described = [(str(row[0]), str(row[1])) for row in con.execute(f"DESCRIBE {ident(name)}").fetchall()]
+    loose = [(column, kind) for column, kind in described if kind in loose_kinds]
     if not loose:
         return True
     if materialize and con.execute(f"SELECT count(*) FROM {ident(name)}").fetchone()[0] <= SAMPLE_ROWS:  # noqa: S608
         return True
-    as_text = ", ".join(f"{literal(column)}: 'VARCHAR'" for column, _ in loose)
+    if json:  # read_json takes every column's type or none
+        text = {column for column, _ in loose}
+        spec = ", ".join(
+            f"{literal(column)}: {literal('VARCHAR' if column in text else kind)}"
+            for column, kind in described
+        )
+        as_text = f"columns={{{spec}}}"
+    else:
+        as_text = "types={" + ", ".join(f"{literal(column)}: 'VARCHAR'" for column, _ in loose) + "}"
     misfit = " OR ".join(
-        f"(trim({ident(column)}) IS DISTINCT FROM CAST(TRY_CAST(trim({ident(column)}) AS {kind}) AS VARCHAR)"
-        f" AND trim({ident(column)}) <> '')"
+        f"(trim({ident(column)}) <> '' AND {loose_kinds[kind].format(f'trim({ident(column)})', kind)})"
         for column, kind in loose
     )
-    sql = f"SELECT 1 FROM {reader}, types={{{as_text}}}) WHERE {misfit} LIMIT 1"  # noqa: S608
+    sql = f"SELECT 1 FROM {reader}, {as_text}) WHERE {misfit} LIMIT 1"  # noqa: S608
     rows = watch.fetch(sql) if watch is not None else con.execute(sql).fetchall()
     return not rows
 
