@@ -11,6 +11,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from medialens_data import profile
 from medialens_data.convert import convert_table
 from medialens_data.profile import profile_table
 from medialens_data.query import run_query
@@ -71,3 +72,13 @@ def test_a_typo_in_a_query_over_damaged_parquet_is_the_querys_fault_with_no_full
     typo over a large file failed TIMEOUT)."""
     with pytest.raises(InvalidParams, match=r"the query failed: .*nmae"):
         query(damaged, tmp_path, "SELECT nmae FROM data")
+
+
+def test_a_damaged_wide_parquet_file_read_into_a_table_is_a_decode_error(
+    damaged: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Parquet file wide enough to be read into a table before it is profiled (`WIDE_COLUMNS`, lowered
+    here to its 3 columns' width) fails the same way when the reading meets the damage."""
+    monkeypatch.setattr(profile, "WIDE_COLUMNS", 2)
+    with pytest.raises(MediaDecodeError, match=r"the parquet file is damaged: \S"):
+        profile_table(damaged, params=DataProfileParams())
