@@ -78,6 +78,13 @@ def _raised_from(cause: BaseException) -> RuntimeError:
         return exc
 
 
+ASYNC_WRITE = (
+    "IO Error: Async write failed for range [offset=29, size=3227284]: "
+    '{"exception_type":"IO","exception_message":"Could not write file \\"/s/x.csv\\": '
+    'No space left on device","errno":"28"}'
+)
+
+
 @pytest.mark.parametrize(
     ("exc", "full"),
     [
@@ -85,14 +92,29 @@ def _raised_from(cause: BaseException) -> RuntimeError:
         (OSError(errno.EDQUOT, os.strerror(errno.EDQUOT)), True),
         (_raised_from(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))), True),
         (Exception('IO Error: Could not write file "/scratch/x.parquet": No space left on device'), True),
+        (Exception(ASYNC_WRITE), True),
         (OSError(errno.EACCES, os.strerror(errno.EACCES)), False),
         (ValueError("no space left for doubt"), False),
         (_raised_from(ValueError("bad")), False),
+        # The words quoted from the input or the query, not said of a write:
+        (Exception('Invalid Input Error: line 30002: "disk: No space left on device" has 3 fields'), False),
+        (Exception("Binder Error: column msgg not found in WHERE msgg = 'No space left on device'"), False),
     ],
-    ids=["enospc", "edquot", "chained", "words-only", "eacces", "other-words", "other-chained"],
+    ids=[
+        "enospc",
+        "edquot",
+        "chained",
+        "duckdb-io",
+        "duckdb-async-io",
+        "eacces",
+        "other-words",
+        "other-chained",
+        "quoted-csv-line",
+        "quoted-sql",
+    ],
 )
-def test_a_full_disk_is_recognised_by_its_errno_or_the_c_librarys_words(
-    exc: BaseException, full: bool
-) -> None:
-    """PyAV's and PIL's OSErrors carry the errno; DuckDB's IO errors only the words."""
+def test_a_full_disk_is_recognised_by_its_errno_or_duckdbs_io_error(exc: BaseException, full: bool) -> None:
+    """PyAV's and PIL's OSErrors carry the errno; DuckDB's IO errors only their words, which a CSV line or a
+    query quoted in another DuckDB error may hold too (a ragged line failed RETRIES_EXHAUSTED "no space
+    left on the worker's disk" instead of UNSUPPORTED_INPUT naming the line)."""
     assert errors.disk_full(exc) is full

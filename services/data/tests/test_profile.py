@@ -266,6 +266,17 @@ def test_ragged_line_beyond_the_sniff_sample_fails(tmp_path: Path) -> None:
         profile_table(path, params=AUTO)
 
 
+def test_a_ragged_line_that_speaks_of_a_full_disk_is_still_the_inputs_fault(tmp_path: Path) -> None:
+    """A log whose ragged line says "No space left on device" fails naming the line (DuckDB quotes it in
+    its error: read as a full disk, the job was retried and failed RETRIES_EXHAUSTED)."""
+    rows = [[i, f"ok {i}"] for i in range(30_000)]
+    path = write_csv(tmp_path / "log.csv", ["n", "message"], rows)
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write("30000,write failed: No space left on device,extra\r\n")
+    with pytest.raises(UnsupportedInput, match=r"line 30002\b"):
+        profile_table(path, params=AUTO)
+
+
 def test_late_type_change_widens_the_column(tmp_path: Path) -> None:
     """A text value after the sampled integers makes the column VARCHAR rather than failing."""
     rows: list[list[Any]] = [[i] for i in range(30_000)] + [["oops"]]

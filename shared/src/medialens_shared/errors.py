@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 from typing import Any, ClassVar
 
 
@@ -187,25 +188,33 @@ class DiskFull(TransientJobError):
         return cls(f"no space left on the worker's disk ({type(exc).__name__}: {exc})")
 
 
-#: What the C library calls a full disk, for errors that carry its words but no errno (DuckDB's IO errors).
 _DISK_FULL_CODES = (errno.ENOSPC, errno.EDQUOT)
-_DISK_FULL_WORDS = tuple(os.strerror(code) for code in _DISK_FULL_CODES)
+#: DuckDB's IO error for a write the disk had no room for: its errors carry no errno attribute, but name
+#: the file and then the C library's words (`IO Error: Could not write file "x": No space left on
+#: device`), or its errno in a JSON detail (`"errno":"28"`).
+_DUCKDB_DISK_FULL = re.compile(
+    r'^IO Error:.*(?:": (?:' + "|".join(re.escape(os.strerror(code)) for code in _DISK_FULL_CODES) + r")"
+    r'|"errno":"(?:' + "|".join(str(code) for code in _DISK_FULL_CODES) + r')")',
+    re.DOTALL,
+)
 
 
 def disk_full(exc: BaseException) -> bool:
-    """Whether `exc`, or an exception it was raised from or while handling, says a disk has no room left:
-    an OSError with ENOSPC or EDQUOT (PyAV's and PIL's included), or an error in the C library's words for
-    them ("No space left on device": DuckDB's). An analyser that turns its library's errors into
-    MEDIA_DECODE_ERROR asks this first: a full disk is not a damaged file."""
+    """Whether `exc`, or an exception it was raised from (or while handling, unless that was suppressed),
+    says a disk has no room left: an OSError with ENOSPC or EDQUOT (PyAV's and PIL's included), or DuckDB's
+    IO error for such a write (`_DUCKDB_DISK_FULL`). Only these: the words alone elsewhere (a CSV line or a
+    query quoted in DuckDB's message) are the input's, not the disk's. An analyser that turns its
+    library's errors into a job's error code (the data service) asks this first: a full disk is neither a
+    damaged file nor a bad query."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
         if isinstance(current, OSError) and current.errno in _DISK_FULL_CODES:
             return True
-        if any(words in str(current) for words in _DISK_FULL_WORDS):
+        if _DUCKDB_DISK_FULL.search(str(current)):
             return True
-        current = current.__cause__ or current.__context__
+        current = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
     return False
 
 
