@@ -693,3 +693,16 @@ def test_a_wide_parquet_file_profiles_as_it_does_in_place(
     read_whole = profile_table(path, params=AUTO)
     assert read_whole.column_count == 240
     assert read_whole == in_place
+
+
+def test_a_wide_parquet_file_large_beside_the_memory_limit_is_profiled_in_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A wide Parquet file that would take more than its share of the job's memory as a table is profiled in
+    place (read into a table, 1,000 columns of 20,000 rows ran out of a 512 MB limit): here 240 columns of
+    40,000 rows under a 64 MB limit, where reading it into a table fails."""
+    columns = ", ".join(f"range * {i} + {i} AS n{i}" for i in range(240))
+    path = write_parquet(tmp_path / "wide.parquet", f"SELECT {columns} FROM range(40000)")
+    result = profile_table(path, params=AUTO, memory_limit="64MB")
+    assert (result.row_count, result.column_count) == (40_000, 240)
+    assert (result.columns[239].min, result.columns[239].max) == (239, 39_999 * 239 + 239)

@@ -8,12 +8,12 @@ Passes over the data: CSV and JSON lines are parsed once into a DuckDB table (wh
 with the line; the table spills to the job's scratch directory past the memory limit), on all the job's
 threads; Parquet is queried in place, unless it has more than `WIDE_COLUMNS` columns: DuckDB binds a view
 of a Parquet file of 1,500 columns in 30 ms (a table in 1), and each statistics query binds it again, so
-such a file is read into a table first (1,500 columns of 3 rows took 30 s to profile, now 5). Then the
-statistics are independent queries spread over `threads` lanes, one thread each (see
-`Watchdog.fetch_each`): one query per batch of columns computes their counts, extremes, moments and
-quantiles (scanning only those columns; batches are narrower for longer tables, as quantiles hold every
-value of their column), and one `GROUP BY` per column gives both its distinct count and its most frequent
-values. On one thread a `GROUP BY` skips the partitioning and merging of DuckDB's parallel hash
+such a file, small beside the job's memory, is read into a table first (1,500 columns of 3 rows took 30 s
+to profile, now 5). Then the statistics are independent queries spread over `threads` lanes, one thread
+each (see `Watchdog.fetch_each`): one query per batch of columns computes their counts, extremes, moments
+and quantiles (scanning only those columns; batches are narrower for longer tables, as quantiles hold
+every value of their column), and one `GROUP BY` per column gives both its distinct count and its most
+frequent values. On one thread a `GROUP BY` skips the partitioning and merging of DuckDB's parallel hash
 aggregation, which on a 1M-row column costs more than the second thread gains; two such queries side by
 side use both threads without it. A table with more rows than the exact limit computes HyperLogLog
 estimates with the aggregates first, and counts its values only once they are known.
@@ -47,6 +47,7 @@ from medialens_data.engine import (
     finite,
     ident,
     json_value,
+    literal,
     lock,
     open_lanes,
 )
@@ -72,8 +73,10 @@ AGGREGATE_BATCH = 64
 #: Bytes a quantile holds per value (the value and its share of sort state), to size the batches.
 QUANTILE_BYTES_PER_VALUE = 16
 
-#: Parquet files of more columns than this are read into a table before they are profiled (see above).
+#: Parquet files of more columns than this are read into a table before they are profiled (see above),
+#: when they take no more than this share of the job's memory limit uncompressed.
 WIDE_COLUMNS = 200
+WIDE_TABLE_MEMORY_SHARE = 0.125
 
 _TABLE = "t"
 #: The view of a wide Parquet file that its table is read from.
@@ -122,10 +125,7 @@ def profile_table(
                 watch.stage(lambda p: (_READ_SHARE * (p or 0.0), source.describe_read(p)))
                 start = _READ_SHARE
             expose(con, source, name=_TABLE, materialize=source.format != "parquet", watch=watch)
-            if (
-                source.format == "parquet"
-                and len(con.execute(f"DESCRIBE {_TABLE}").fetchall()) > WIDE_COLUMNS
-            ):
+            if source.format == "parquet" and _wide_and_small(con, source, limits.memory_bytes):
                 _read_whole(con, source, watch)
             # The statistics run as one-thread queries side by side on the lanes: DuckDB's parallel hash
             # aggregation partitions and merges its tables, which costs more than a second thread gains.
@@ -148,6 +148,18 @@ def profile_table(
                 raise failure from exc
     finally:
         con.close()
+
+
+def _wide_and_small(con: Any, source: Source, memory_bytes: int) -> bool:
+    """Whether the Parquet file exposed as `_TABLE` has more than `WIDE_COLUMNS` columns and takes, as its
+    footer states it uncompressed, at most `WIDE_TABLE_MEMORY_SHARE` of the job's memory: a larger one
+    (1,000 columns of 20,000 rows) ran out of memory as a table, and is profiled in place as before."""
+    if len(con.execute(f"DESCRIBE {_TABLE}").fetchall()) <= WIDE_COLUMNS:
+        return False
+    size = con.execute(
+        f"SELECT sum(total_uncompressed_size) FROM parquet_metadata({literal(str(source.path.resolve()))})"  # noqa: S608
+    ).fetchone()[0]
+    return size is not None and int(size) <= memory_bytes * WIDE_TABLE_MEMORY_SHARE
 
 
 def _read_whole(con: Any, source: Source, watch: Watchdog) -> None:
