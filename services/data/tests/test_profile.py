@@ -676,6 +676,17 @@ def test_a_jsonl_of_many_or_rare_keys_has_a_column_a_key(tmp_path: Path) -> None
     assert (column(result, "k7").null_count, column(result, "k7").max) == (49, 7)
 
 
+def test_json_objects_keyed_by_ids_stay_one_map_column(tmp_path: Path) -> None:
+    """Objects with a key a row (scores keyed by user id: 5,000 keys) stay DuckDB's one MAP column `json`
+    (read a column a key, the profile ran out of memory), the whole profile small."""
+    records = [{"id": i, "scores": 1, f"u{i}": i} for i in range(5_000)]
+    result = profile_table(write_jsonl(tmp_path / "keyed.jsonl", records), params=AUTO)
+    assert (result.row_count, result.column_count) == (5_000, 1)
+    (folded,) = result.columns
+    assert folded.name == "json"
+    assert folded.dtype.startswith("MAP(")
+
+
 def test_a_wide_parquet_file_profiles_as_it_does_in_place(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -7,8 +7,9 @@ read again by each query (a conversion reads it once). Parquet is always a view:
 A ragged or undecodable file fails with `UnsupportedInput`, naming the line when DuckDB does. A CSV may be
 UTF-8, UTF-16 (with its byte-order mark), Latin-1 or Windows-1252; JSON lines are UTF-8, as JSON is. The
 `jsonl` format also reads a JSON array of objects (`[{...}, {...}]`, as many exports write), one row an
-object, and each key is a column, however many keys there are and however few objects hold them (DuckDB
-folds the objects into one MAP column past 200 keys, or when most keys are rare: `_records_folded`).
+object, and each key is a column however few objects hold it, up to `UNFOLDED_KEYS_MAX` keys (DuckDB
+folds the objects into one MAP column past 200 keys, or when most keys are rare: `_records_folded`; past
+that many keys, as in objects keyed by ids, they stay one MAP column `json`).
 
 Column types are guessed from a sample of rows (DuckDB's 20,480). A later row that does not fit them
 (text where numbers were; in JSON also a key first met there, an object or an array) makes the types be
@@ -314,8 +315,8 @@ def _expose(
         layout = "array" if source.json_array else "newline_delimited"
         reader = f"read_json({path}, format='{layout}'{codec}"
         create(reader)
-        if _records_folded(con, name):
-            # Every key a column, however many there are or however few rows hold them.
+        if _records_folded(con, name) and _folded_keys(con, name, watch) <= UNFOLDED_KEYS_MAX:
+            # A column a key, however few rows hold them, as long as a table of that many columns is one.
             reader = f"{reader}, map_inference_threshold=-1"
             create(reader)
         checked(reader, json=True)
@@ -400,6 +401,18 @@ def resample(exc: Exception) -> bool:
         and _JSON_TRANSFORM in message
         and _JSON_DUPLICATE_KEY not in message
     )
+
+
+#: The most keys of JSON objects read a column a key (`_records_folded`): objects keyed by ids (a user's
+#: scores by user id) have a key a row, which as columns took gigabytes; they stay one MAP column.
+UNFOLDED_KEYS_MAX = 1_000
+
+
+def _folded_keys(con: Any, name: str, watch: Watchdog | None) -> int:
+    """How many distinct keys the objects folded into the MAP column `json` of `name` have."""
+    sql = f"SELECT count(DISTINCT key) FROM (SELECT unnest(map_keys(json)) AS key FROM {ident(name)})"  # noqa: S608
+    rows = watch.fetch(sql) if watch is not None else con.execute(sql).fetchall()
+    return int(rows[0][0])
 
 
 def _records_folded(con: Any, name: str) -> bool:
