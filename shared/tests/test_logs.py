@@ -158,3 +158,21 @@ def test_a_broker_away_for_long_is_said_again_with_the_attempts_between() -> Non
     assert again is not None
     assert again.getMessage().endswith("(3 more attempts failed alike since the last such line)")
     assert attempt(reset) is not None
+
+
+def test_a_new_outage_after_a_quiet_spell_is_said_at_once() -> None:
+    """An attempt that fails `quiet_s` after the last one is a new outage (the broker came back between
+    them), logged even with the same cause and within `every_s`: the second outage was not said at all."""
+    thinning = _Reconnecting(every_s=60.0, quiet_s=0.2)
+    refused = ConnectionRefusedError(111, "refused")
+
+    def attempt() -> bool:
+        record = logging.LogRecord(
+            "aio_pika.robust_connection", logging.WARNING, __file__, 1, _Reconnecting.MESSAGE,
+            ("amqp://broker", refused, 1.0), None,
+        )  # fmt: skip
+        return thinning.filter(record)
+
+    assert [attempt() for _ in range(3)] == [True, False, False]
+    time.sleep(0.3)
+    assert [attempt() for _ in range(2)] == [True, False]

@@ -58,16 +58,20 @@ class _RaisedAgain(logging.Filter):
 class _Reconnecting(logging.Filter):
     """Thins aio-pika's warning for each failed reconnection attempt ('Connection attempt to "..." failed:
     <cause>. Reconnecting after 1.0 seconds.'), which came once a second per connection for as long as the
-    broker was away (3,600 lines an hour from each process): the first attempt of a cause is logged, then
-    one line every `every_s` seconds saying how many failed alike since. A new cause is logged at once."""
+    broker was away (3,600 lines an hour from each process): the first attempt of an outage is logged,
+    then one line every `every_s` seconds saying how many failed alike since. A new cause is logged at
+    once, and so is an attempt `quiet_s` after the last one (a new outage: the connection came back
+    between them; the attempts of one outage come every reconnect interval, or every connect timeout of
+    10 s when the broker is silent)."""
 
     MESSAGE = 'Connection attempt to "%s" failed: %s. Reconnecting after %r seconds.'
 
-    def __init__(self, every_s: float = 60.0) -> None:
+    def __init__(self, every_s: float = 60.0, quiet_s: float = 30.0) -> None:
         super().__init__()
         self.every_s = every_s
+        self.quiet_s = quiet_s
         self._cause: str | None = None
-        self._said_at = 0.0
+        self._said_at = self._last_at = 0.0
         self._unsaid = 0
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -75,10 +79,12 @@ class _Reconnecting(logging.Filter):
             return True
         cause = str(record.args[1]) if isinstance(record.args, tuple) and len(record.args) > 1 else ""
         now = time.monotonic()
-        if cause == self._cause and now - self._said_at < self.every_s:
+        same = cause == self._cause and now - self._last_at < self.quiet_s
+        self._last_at = now
+        if same and now - self._said_at < self.every_s:
             self._unsaid += 1
             return False
-        if cause == self._cause and self._unsaid:
+        if same and self._unsaid:
             record.msg = (
                 f"{self.MESSAGE} ({self._unsaid} more attempts failed alike since the last such line)"
             )
