@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import shutil
 import struct
+import subprocess
 from pathlib import Path
 
 import av
@@ -79,6 +81,22 @@ def test_the_duration_is_the_soundtracks_own(
     container's 4.0 s. Audio that outlasts its video spans the container, as before."""
     path = write_late_audio(tmp_path / name, noise(-20.0, 2.5), start_s=start_s, video_s=video_s, codec=codec)
     assert probe_audio(path).duration_s == pytest.approx(2.5, abs=1e-6)
+
+
+@pytest.mark.skipif(
+    shutil.which("mkvmerge") is None, reason="mkvmerge (Debian's mkvtoolnix) is not installed"
+)
+def test_the_duration_of_a_late_soundtrack_muxed_by_mkvmerge_is_its_own(tmp_path: Path) -> None:
+    """mkvmerge writes a track's length in its DURATION tag (FFmpeg's muxer its end time): the same 2.5 s
+    soundtrack starting at 1.5 s, remuxed by mkvmerge, lasts 2.5 s (read as an end time, it lasted 1.0 s)."""
+    made = write_late_audio(tmp_path / "late.mkv", noise(-20.0, 2.5), start_s=1.5, video_s=4.0, codec="flac")
+    remuxed = tmp_path / "mkvmerge.mkv"
+    subprocess.run(["mkvmerge", "-q", "-o", str(remuxed), str(made)], check=True)
+    with av.open(str(remuxed)) as container:
+        tags = container.streams.audio[0].metadata
+    assert tags["DURATION"].startswith("00:00:02.5")
+    assert "mkvmerge" in tags["_STATISTICS_WRITING_APP"]
+    assert probe_audio(remuxed).duration_s == pytest.approx(2.5, abs=1e-3)
 
 
 def test_silent_video_is_unsupported(tmp_path: Path) -> None:

@@ -229,3 +229,16 @@ def test_probing_leaves_no_memory_behind(clip: Path) -> None:
     """A probe stops at the first frame: the demuxer it leaves midway must be closed (`frames.demuxed`),
     not dropped, or PyAV keeps part of each probe for good."""
     assert resident_bytes_left_per_call(lambda: probe_video(clip), calls=2000) < 50
+
+
+@pytest.mark.skipif(
+    shutil.which("mkvmerge") is None, reason="mkvmerge (Debian's mkvtoolnix) is not installed"
+)
+def test_the_frame_count_of_a_late_video_muxed_by_mkvmerge(tmp_path: Path) -> None:
+    """mkvmerge writes a track's length in its DURATION tag (FFmpeg's muxer its end time): 100 frames
+    starting 1 s into the file count 100 (read as an end time, 75)."""
+    made = tmp_path / "clip.mp4"
+    make_video(made, duration_s=4.0, fps=25)
+    late = tmp_path / "late.mkv"
+    subprocess.run(["mkvmerge", "-q", "-o", str(late), "--sync", "0:1000", str(made)], check=True)
+    assert probe_video(late).video.frame_count == 100

@@ -334,6 +334,10 @@ def timeline_start(container: Any, stream: Any, first: Any | None) -> float:
     return max(0.0, float(start - Fraction(origin, av.time_base)))
 
 
+#: The tag mkvmerge writes beside its statistics tags, `DURATION` among them, which it gives as the track's
+#: own length (from its first timestamp to the end of its last block), where FFmpeg's muxer writes the
+#: track's end time: the same for a track that starts at 0, not for audio delayed (`--sync`).
+MKVMERGE_STATISTICS = "_STATISTICS_WRITING_APP"
 #: Matroska's duration tag: hours, minutes and seconds with a fraction (`00:00:04.023000000`).
 _CLOCK = re.compile(r"(\d+):([0-5]\d):([0-5]\d(?:\.\d+)?)")
 
@@ -344,11 +348,12 @@ def stated_duration(container: Any, stream: Any) -> float | None:
 
     The stream's duration where the container keeps one (MP4, MPEG-TS, WAV, FLAC, ...). Else the span from
     the stream's start to its end, to the microsecond as FFmpeg gives a container's times: the end is the
-    `DURATION` tag in Matroska and WebM (FFmpeg's muxer writes the stream's end time there), the
-    container's end otherwise. The container's duration alone runs from its start to the end of its
-    longest stream, so it counted the 1.5 s before a late soundtrack, or video going on after the audio
-    stopped, as audio (4.0 s for an MKV whose audio lasts 2.5 s). Audio that spans its container (any
-    single-stream file) gets the container's duration, as before.
+    `DURATION` tag in Matroska and WebM (FFmpeg's muxer writes the stream's end time there; mkvmerge, its
+    length, taken as the duration itself), the container's end otherwise. The container's duration alone
+    runs from its start to the end of its longest stream, so it counted the 1.5 s before a late
+    soundtrack, or video going on after the audio stopped, as audio (4.0 s for an MKV whose audio lasts
+    2.5 s). Audio that spans its container (any single-stream file) gets the container's duration, as
+    before.
     """
     if stream.duration and stream.time_base is not None:
         return float(stream.duration * stream.time_base)
@@ -362,7 +367,10 @@ def stated_duration(container: Any, stream: Any) -> float | None:
     tagged = _CLOCK.fullmatch(str(stream.metadata.get("DURATION", "")).strip())
     if tagged is not None and str(container.format.name).startswith("matroska"):
         hours, minutes, secs = tagged.groups()
-        end = round((int(hours) * 3600 + int(minutes) * 60 + Fraction(secs)) * av.time_base)
+        tag = round((int(hours) * 3600 + int(minutes) * 60 + Fraction(secs)) * av.time_base)
+        if MKVMERGE_STATISTICS in stream.metadata:
+            return tag / av.time_base  # mkvmerge's: the track's own length
+        end = tag  # FFmpeg's: where the track ends
     return (end - start) / av.time_base if end > start else whole_s
 
 

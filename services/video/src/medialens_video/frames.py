@@ -50,6 +50,8 @@ MAX_BAD_PACKET_SHARE = 0.05
 
 #: Matroska's duration tag: hours, minutes and seconds with a fraction (`00:00:04.023000000`).
 _CLOCK = re.compile(r"(\d+):([0-5]\d):([0-5]\d(?:\.\d+)?)")
+#: The tag mkvmerge writes beside its statistics tags, whose `DURATION` is a track's length, not its end.
+MKVMERGE_STATISTICS = "_STATISTICS_WRITING_APP"
 #: Packets whose timestamps `first_timestamp` reads: more than any reordering delay (B-frames) spans.
 FIRST_PACKETS = 16
 #: How much earlier than a keyframe's time `from_keyframe` seeks again when a seek passed it (then twice as
@@ -212,7 +214,8 @@ class FrameClock:
 def stated_end(container: Any, stream: Any) -> int | None:
     """The end of the stream's last frame (video or audio), in the stream's time base, as the file states
     it: the stream's start plus its own duration (MP4, MPEG-TS, AVI, ...), or in Matroska and WebM the
-    stream's `DURATION` tag, where FFmpeg's muxer writes that end. None when the file states neither.
+    stream's `DURATION` tag, where FFmpeg's muxer writes that end (mkvmerge writes the stream's length:
+    added to its start). None when the file states neither.
 
     A Matroska stream has no duration of its own: when FFmpeg's probing does not settle a stream's timing
     (a clip of a few frames, or of frames of megabytes; any audio stream), it gives the stream the
@@ -221,7 +224,11 @@ def stated_end(container: Any, stream: Any) -> int | None:
     """
     if _is_matroska(container):
         end_s = _clock_seconds(stream.metadata.get("DURATION", ""))
-        return None if end_s is None else round(end_s / stream.time_base)
+        if end_s is None:
+            return None
+        end = round(end_s / stream.time_base)
+        # mkvmerge (which writes its statistics tags beside it) gives the track's length there.
+        return end + (stream.start_time or 0) if MKVMERGE_STATISTICS in stream.metadata else end
     if stream.duration:
         return int((stream.start_time or 0) + stream.duration)
     return None
