@@ -35,7 +35,6 @@ import contextlib
 import itertools
 import logging
 import queue
-import re
 import threading
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
@@ -50,6 +49,7 @@ import numpy as np
 import numpy.typing as npt
 
 from medialens_shared.errors import MediaDecodeError, UnsupportedInput
+from medialens_shared.matroska import duration_tag
 from medialens_shared.sniff import ffmpeg_reason, inspect_media, unreadable_media
 
 logger = logging.getLogger(__name__)
@@ -334,14 +334,6 @@ def timeline_start(container: Any, stream: Any, first: Any | None) -> float:
     return max(0.0, float(start - Fraction(origin, av.time_base)))
 
 
-#: The tag mkvmerge writes beside its statistics tags, `DURATION` among them, which it gives as the track's
-#: own length (from its first timestamp to the end of its last block), where FFmpeg's muxer writes the
-#: track's end time: the same for a track that starts at 0, not for audio delayed (`--sync`).
-MKVMERGE_STATISTICS = "_STATISTICS_WRITING_APP"
-#: Matroska's duration tag: hours, minutes and seconds with a fraction (`00:00:04.023000000`).
-_CLOCK = re.compile(r"(\d+):([0-5]\d):([0-5]\d(?:\.\d+)?)")
-
-
 def stated_duration(container: Any, stream: Any) -> float | None:
     """The audio stream's own duration as the file states it, from its first sample to its end (what
     ffprobe reports as the stream's `duration`); None when the file does not say.
@@ -364,13 +356,11 @@ def stated_duration(container: Any, stream: Any) -> float | None:
         return whole_s
     start = max(container.start_time, round(stream.start_time * Fraction(stream.time_base) * av.time_base))
     end = container.start_time + container.duration
-    tagged = _CLOCK.fullmatch(str(stream.metadata.get("DURATION", "")).strip())
-    if tagged is not None and str(container.format.name).startswith("matroska"):
-        hours, minutes, secs = tagged.groups()
-        tag = round((int(hours) * 3600 + int(minutes) * 60 + Fraction(secs)) * av.time_base)
-        if MKVMERGE_STATISTICS in stream.metadata:
-            return tag / av.time_base  # mkvmerge's: the track's own length
-        end = tag  # FFmpeg's: where the track ends
+    tag = duration_tag(stream.metadata) if str(container.format.name).startswith("matroska") else None
+    if tag is not None and tag.is_length:
+        return float(tag.seconds)  # mkvmerge's: the track's own length
+    if tag is not None:
+        end = round(tag.seconds * av.time_base)  # FFmpeg's: where the track ends
     return (end - start) / av.time_base if end > start else whole_s
 
 

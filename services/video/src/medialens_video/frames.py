@@ -14,7 +14,6 @@ shown (`encode_jpeg`) of it is its top field.
 
 from __future__ import annotations
 
-import re
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
@@ -30,6 +29,7 @@ import numpy as np
 import numpy.typing as npt
 
 from medialens_shared.errors import MediaDecodeError, UnsupportedInput
+from medialens_shared.matroska import duration_tag
 from medialens_shared.sniff import ffmpeg_reason, inspect_media, unreadable_media
 
 #: `report(fraction, message)`: progress from an analyser; raises `JobCancelled` to stop it.
@@ -48,10 +48,6 @@ _PLANAR_8BIT = frozenset({"yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p
 #: Share of packets that may fail to decode (concealed by skipping them) before a file counts as damaged.
 MAX_BAD_PACKET_SHARE = 0.05
 
-#: Matroska's duration tag: hours, minutes and seconds with a fraction (`00:00:04.023000000`).
-_CLOCK = re.compile(r"(\d+):([0-5]\d):([0-5]\d(?:\.\d+)?)")
-#: The tag mkvmerge writes beside its statistics tags, whose `DURATION` is a track's length, not its end.
-MKVMERGE_STATISTICS = "_STATISTICS_WRITING_APP"
 #: Packets whose timestamps `first_timestamp` reads: more than any reordering delay (B-frames) spans.
 FIRST_PACKETS = 16
 #: How much earlier than a keyframe's time `from_keyframe` seeks again when a seek passed it (then twice as
@@ -223,12 +219,11 @@ def stated_end(container: Any, stream: Any) -> int | None:
     the video, or video that outlasts the audio), so they are not used.
     """
     if _is_matroska(container):
-        end_s = _clock_seconds(stream.metadata.get("DURATION", ""))
-        if end_s is None:
+        tag = duration_tag(stream.metadata)
+        if tag is None:
             return None
-        end = round(end_s / stream.time_base)
-        # mkvmerge (which writes its statistics tags beside it) gives the track's length there.
-        return end + (stream.start_time or 0) if MKVMERGE_STATISTICS in stream.metadata else end
+        start_s = (stream.start_time or 0) * Fraction(stream.time_base)
+        return round(tag.end(start_s) / Fraction(stream.time_base))
     if stream.duration:
         return int((stream.start_time or 0) + stream.duration)
     return None
@@ -261,15 +256,6 @@ def first_timestamp(container: Any, stream: Any) -> int:
 
 def _is_matroska(container: Any) -> bool:
     return str(container.format.name).startswith("matroska")
-
-
-def _clock_seconds(text: str) -> float | None:
-    """`HH:MM:SS.fffffffff` (Matroska's tag form) as seconds; None for anything else."""
-    match = _CLOCK.fullmatch(text.strip())
-    if match is None:
-        return None
-    hours, minutes, secs = match.groups()
-    return int(hours) * 3600 + int(minutes) * 60 + float(secs)
 
 
 def frame_ticks(stream: Any) -> int:
