@@ -1594,7 +1594,7 @@ async def test_a_batch_whose_results_cannot_be_written_leaves_each_of_its_jobs_t
     runner = make_runner({"video.probe": Calls(act)}, concurrency=3)
     batches: list[list[str]] = []
 
-    async def fail_to_store(outcomes: list[tuple[JobMessage, BaseModel]]) -> None:
+    async def fail_to_store(outcomes: list[tuple[JobMessage, tasks.Document]]) -> None:
         batches.append(sorted(message.job_id for message, _ in outcomes))
         raise MongoConnectionFailure("MongoDB is away")
 
@@ -1654,7 +1654,7 @@ async def test_a_result_is_written_while_the_success_holds_the_row_uncommitted(
     runner = make_runner({"video.probe": Calls()})
     store, seen = runner._store_results, []
 
-    async def look_then_store(outcomes: list[tuple[JobMessage, BaseModel]]) -> None:
+    async def look_then_store(outcomes: list[tuple[JobMessage, tasks.Document]]) -> None:
         # From a session: the lone path holds this process's one bare connection (the tests' pool size).
         async with db.session() as session:
             locked = text("SELECT id FROM jobs WHERE id = :id FOR UPDATE SKIP LOCKED")
@@ -1681,7 +1681,7 @@ async def test_a_result_that_cannot_be_written_leaves_the_job_unfinished(
     runner = make_runner({"video.probe": Calls()})
     writes: list[str] = []
 
-    async def fail_to_store(outcomes: list[tuple[JobMessage, BaseModel]]) -> None:
+    async def fail_to_store(outcomes: list[tuple[JobMessage, tasks.Document]]) -> None:
         writes.extend(message.job_id for message, _ in outcomes)
         raise MongoConnectionFailure("MongoDB is away")
 

@@ -135,6 +135,8 @@ SUCCESS_VALUES: dict[str, Any] = {
 }
 
 T = TypeVar("T")
+#: A job's result as stored in MongoDB (`_result_document`).
+Document = dict[str, Any]
 Handler = Callable[["JobContext"], Awaitable[BaseModel]]
 
 #: Errors of the infrastructure that a later try may not meet: the job is retried, not failed. asyncpg's
@@ -310,7 +312,7 @@ class _Success:
 
     row: jobstore.JobRow
     message: JobMessage
-    result: BaseModel
+    result: Document
     #: Set once its result is written (before the batch's commit): a retry then changes the status alone.
     stored: bool = False
 
@@ -464,7 +466,7 @@ class JobRunner:
         try:
             if handler is None:
                 raise InvalidParams(f"the {self.service} service does not run {message.type} jobs")
-            result: tuple[JobMessage, BaseModel] | None = None
+            result: tuple[JobMessage, Document] | None = None
             made: list[tuple[str, str]] = []
             if row["attempts"] > 1 and await self._stored_before(message.job_id):
                 # An earlier attempt stored the result and died before it could say so: the job is done,
@@ -476,8 +478,8 @@ class JobRunner:
                     await self._drop_files(
                         earlier, job_id=message.job_id, jlog=jlog, whose="its earlier attempts"
                     )
-                checked = await self._run(handler, message, row, jlog, isolated=isolated, made=made)
-                result = (message, checked)
+                document = await self._run(handler, message, row, jlog, isolated=isolated, made=made)
+                result = (message, document)
             await self._finish(
                 row,
                 JobStatus.SUCCEEDED,
@@ -600,9 +602,10 @@ class JobRunner:
         *,
         isolated: bool,
         made: list[tuple[str, str]],
-    ) -> BaseModel:
-        """Run the handler; its checked result. `made` gathers the files the attempt saves (file id, storage
-        id), which it deletes itself if it does not succeed, and `_finish` if its success comes too late."""
+    ) -> Document:
+        """Run the handler; its result checked, as the document to store. `made` gathers the files the attempt
+        saves (file id, storage id), which it deletes itself if it does not succeed, and `_finish` if its
+        success comes too late."""
         spec = JOB_TYPES[message.type]
         try:
             params = spec.params.model_validate(message.params)
@@ -641,7 +644,8 @@ class JobRunner:
                         result = await handler(ctx)
                 # Checked here, so a result that does not fit is an attempt that did not succeed.
                 checked = spec.result.model_validate(result.model_dump())
-                _check_size(message, checked)
+                document = _result_document(message, checked)
+                _check_size(message, document)
         except TimeoutError as exc:
             await asyncio.shield(self._drop_made(made, job_id=ctx.job_id, jlog=jlog, whose="its attempt"))
             if deadline.expired():
@@ -654,7 +658,7 @@ class JobRunner:
             watcher.cancel()
             if ctx._scratch is not None:
                 await asyncio.to_thread(shutil.rmtree, ctx._scratch, True)
-        return checked
+        return document
 
     def _use_input(
         self, message: JobMessage, row: jobstore.JobRow
@@ -807,13 +811,13 @@ class JobRunner:
         """Whether a result of this job is stored already (by an attempt that died before finishing)."""
         return await self.db.collection("results").find_one({"_id": job_id}, {"_id": 1}) is not None
 
-    async def _store_results(self, outcomes: list[tuple[JobMessage, BaseModel]]) -> None:
+    async def _store_results(self, outcomes: list[tuple[JobMessage, Document]]) -> None:
         """Upsert each job's result by its job id (one write for several), so a second run rewrites and
         never duplicates; `writes` counts the runs that got this far (more than one is a duplicate effect,
         which the chaos suite's ledger counts)."""
         updates = [
-            ({"_id": message.job_id}, {"$set": _result_document(message, result), "$inc": {RESULT_WRITES: 1}})
-            for message, result in outcomes
+            ({"_id": message.job_id}, {"$set": document, "$inc": {RESULT_WRITES: 1}})
+            for message, document in outcomes
         ]
         results = self.db.collection("results")
         if len(updates) == 1:
@@ -830,7 +834,7 @@ class JobRunner:
         jlog: logging.LoggerAdapter[logging.Logger],
         error: tuple[str, str] | None = None,
         progress: float | None = None,
-        result: tuple[JobMessage, BaseModel] | None = None,
+        result: tuple[JobMessage, Document] | None = None,
         dead: JobMessage | None = None,
         made: Sequence[tuple[str, str]] = (),
     ) -> None:
@@ -1046,8 +1050,9 @@ _INPUT_FILE = (
 )
 
 
-def _result_document(message: JobMessage, result: BaseModel) -> dict[str, Any]:
-    """The stored fields of a job's result: its job, tenant and input, when it was made, and its own."""
+def _result_document(message: JobMessage, result: BaseModel) -> Document:
+    """The stored fields of a job's result: its job, tenant and input, when it was made, and its own. Made
+    once, when the handler's result is checked (`JobRunner._run`): its size checked, then stored as it is."""
     base = ResultBase(
         job_id=message.job_id, type=message.type, input_file_id=message.file_id, created_at=utc_now()
     )
@@ -1056,11 +1061,11 @@ def _result_document(message: JobMessage, result: BaseModel) -> dict[str, Any]:
     return document
 
 
-def _check_size(message: JobMessage, result: BaseModel) -> None:
-    """Refuse a result too large to store (`RESULT_MAX_BYTES`) as the parameters' doing: the same input and
-    parameters make the same result, so a retry would fail again. (It failed INTERNAL_ERROR at the write,
-    with `DocumentTooLarge` in the log, the files it saved kept.)"""
-    size = len(bson.encode(_result_document(message, result)))
+def _check_size(message: JobMessage, document: Document) -> None:
+    """Refuse a result document too large to store (`RESULT_MAX_BYTES`) as the parameters' doing: the same
+    input and parameters make the same result, so a retry would fail again. (It failed INTERNAL_ERROR at the
+    write, with `DocumentTooLarge` in the log, the files it saved kept.)"""
+    size = len(bson.encode(document))
     if size > RESULT_MAX_BYTES:
         raise InvalidParams(
             f"the result of this {message.type} job would take {size / 1024 / 1024:.1f} MB, past the"
