@@ -72,18 +72,21 @@ def write(
     layout: str | None = None,
     codec: str | None = None,
     bare: bool = False,
+    xing: bool = True,
+    codec_options: dict[str, str] | None = None,
 ) -> Path:
     """Encode (channels, n) float samples to `path`; the codec follows the suffix (see `CODECS`) unless
     named. A `bare` MP3 has no ID3 tag nor Xing header, so two of them joined byte by byte are one stream
-    (as `cat a.mp3 b.mp3` makes from such files)."""
+    (as `cat a.mp3 b.mp3` makes from such files); one without `xing` only has no Xing header.
+    `codec_options` go to the encoder (`{"abr": "1"}`: LAME's average bit rate, which varies per frame)."""
     codec = codec or CODECS[path.suffix]
     channels = samples.shape[0]
     layout = layout or {1: "mono", 2: "stereo", 6: "5.1", 8: "7.1"}.get(channels, f"{channels}c")
     options = None
     if codec == "libmp3lame":
-        options = {"write_xing": "0", "id3v2_version": "0"} if bare else {"write_xing": "1"}
+        options = {"write_xing": "0", "id3v2_version": "0"} if bare else {"write_xing": str(int(xing))}
     with av.open(str(path), mode="w", options=options) as container:
-        stream = container.add_stream(codec, rate=rate)
+        stream = container.add_stream(codec, rate=rate, options=codec_options)
         stream.layout = layout
         if codec in ("libmp3lame", "aac"):
             stream.bit_rate = 192_000

@@ -7,12 +7,13 @@ import shutil
 import struct
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
 import pytest
 
-from medialens_audio.decode import WAV_PROBE_BYTES
+from medialens_audio.decode import WAV_PROBE_BYTES, _mp3_length_header
 from medialens_audio.loudness import measure_loudness
 from medialens_audio.probe import probe_audio
 from medialens_shared.errors import InputNotFound, MediaDecodeError, UnsupportedInput
@@ -272,3 +273,35 @@ def test_probing_leaves_no_memory_behind(tmp_path: Path) -> None:
     path = tmp_path / "tone.wav"
     make_audio(path, duration_s=1.0, sample_rate=44100, channels=2)
     assert resident_bytes_left_per_call(lambda: probe_audio(path), calls=3000) < 50
+
+
+@pytest.mark.parametrize(
+    ("name", "write_options"),
+    [
+        ("abr.mp3", {"bare": True, "codec_options": {"abr": "1"}}),  # raw: no ID3 tag, no Xing header
+        ("tagged-abr.mp3", {"xing": False, "codec_options": {"abr": "1"}}),  # an ID3v2 tag, no Xing header
+        ("adts.aac", {}),
+    ],
+)
+def test_a_raw_stream_at_a_variable_bit_rate_has_its_frames_counted(
+    tmp_path: Path, name: str, write_options: dict[str, Any]
+) -> None:
+    """A raw MP3 with no Xing header, or ADTS AAC, holds no length: FFmpeg estimates one from the first
+    frames' bit rate. 10 s starting with 3 s of silence read 44.5 s (MP3) and 302.6 s (AAC) and so did
+    every analysis's progress; the frames are counted now."""
+    rate = 44100
+    samples = np.concatenate([sine(-120.0, 3.0, rate=rate), noise(-10.0, 7.0, rate=rate)], axis=1)
+    path = write(tmp_path / name, samples, rate=rate, **write_options)
+    with av.open(str(path)) as container:
+        assert container.duration / 1_000_000 > 20  # FFmpeg's estimate: what the file is about
+    assert probe_audio(path).duration_s == pytest.approx(10.0, abs=2 * 1152 / rate)
+
+
+def test_an_mp3_with_a_xing_header_keeps_its_stated_length(tmp_path: Path) -> None:
+    """An MP3 written as LAME and FFmpeg write one (an ID3v2 tag, then a Xing frame with the frame count)
+    is not counted: FFmpeg reads its length there."""
+    path = write(tmp_path / "a.mp3", noise(-10.0, 2.0, rate=44100), rate=44100, codec_options={"abr": "1"})
+    assert path.read_bytes()[:3] == b"ID3"
+    assert _mp3_length_header(path)
+    assert not _mp3_length_header(write(tmp_path / "raw.mp3", noise(-10.0, 2.0), bare=True))
+    assert probe_audio(path).duration_s == pytest.approx(2.0, abs=2 * 1152 / 44100)

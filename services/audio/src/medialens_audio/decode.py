@@ -346,7 +346,15 @@ def stated_duration(container: Any, stream: Any) -> float | None:
     soundtrack, or video going on after the audio stopped, as audio (4.0 s for an MKV whose audio lasts
     2.5 s). Audio that spans its container (any single-stream file) gets the container's duration, as
     before.
+
+    A raw MP3 with no header of its length, or a raw (ADTS) AAC, states nothing: FFmpeg estimates a
+    duration from the first frames' bit rate, right only at a constant one. Those files' frames are counted
+    instead (`_counted_duration`).
     """
+    if _length_unstated(container):
+        counted = _counted_duration(container.name)
+        if counted is not None:
+            return counted
     if stream.duration and stream.time_base is not None:
         return float(stream.duration * stream.time_base)
     if not container.duration:
@@ -362,6 +370,62 @@ def stated_duration(container: Any, stream: Any) -> float | None:
     if tag is not None:
         end = round(tag.seconds * av.time_base)  # FFmpeg's: where the track ends
     return (end - start) / av.time_base if end > start else whole_s
+
+
+#: Raw audio formats that hold no length (FFmpeg's names): FFmpeg estimates one from the first frames' bit
+#: rate ("Estimating duration from bitrate"), which is wrong at a variable one. 10 s of ADTS AAC (FFmpeg's
+#: encoder at 192 kb/s) or of MP3 without a Xing header (LAME's ABR) starting with 3 s of silence read
+#: 302.6 s and 44.5 s. An MP3 whose first frame is a Xing, Info or VBRI header (what LAME and FFmpeg write
+#: to a file) gives its frame count there, which FFmpeg reads: those are not counted.
+_UNSTATED_LENGTH_FORMATS = frozenset({"aac", "mp3"})
+#: How far into an MP3 (past its ID3v2 tag) its first frame is looked for.
+_MP3_SYNC_SEARCH_BYTES = 4096
+
+
+def _length_unstated(container: Any) -> bool:
+    """Whether the container is a raw audio stream whose duration FFmpeg can only estimate."""
+    name = str(container.format.name)
+    if name not in _UNSTATED_LENGTH_FORMATS:
+        return False
+    return name != "mp3" or not _mp3_length_header(Path(container.name))
+
+
+def _mp3_length_header(path: Path) -> bool:
+    """Whether the MP3 at `path` opens (after its ID3v2 tag) with a Xing, Info or VBRI frame, which holds
+    the stream's frame count. The tag's size is four 7-bit bytes, 10 more with a footer (ID3v2.4)."""
+    with path.open("rb") as handle:
+        tag = handle.read(10)
+        offset = 0
+        if len(tag) == 10 and tag[:3] == b"ID3":
+            size = (tag[6] & 0x7F) << 21 | (tag[7] & 0x7F) << 14 | (tag[8] & 0x7F) << 7 | tag[9] & 0x7F
+            offset = 10 + size + (10 if tag[5] & 0x10 else 0)
+        handle.seek(offset)
+        head = handle.read(_MP3_SYNC_SEARCH_BYTES)
+    sync = next((i for i in range(len(head) - 1) if head[i] == 0xFF and head[i + 1] & 0xE0 == 0xE0), None)
+    if sync is None:
+        return False
+    # Xing/Info sit after the frame header and its side information (13 to 38 bytes in), VBRI at 36.
+    frame = head[sync : sync + 48]
+    return b"Xing" in frame or b"Info" in frame or frame[36:40] == b"VBRI"
+
+
+def _counted_duration(path: str) -> float | None:
+    """The duration of the file's first audio stream as the sum of its packets' durations (demuxed, not
+    decoded: about 2 µs a frame, 0.3 s for an hour of MP3); None when they give none. A packet that cannot
+    be read ends the count: the stream's playable part (an analysis then fails there as damaged)."""
+    total = 0
+    opened: Any = av.open(path, mode="r")  # PyAV's demux iterator is a generator, typed as an Iterator
+    with opened as container:
+        stream = container.streams.audio[0]
+        with contextlib.closing(container.demux(stream)) as packets:
+            try:
+                for packet in packets:
+                    total += packet.duration or 0
+            except av.error.FFmpegError:
+                pass
+        if not total or stream.time_base is None:
+            return None
+        return float(total * stream.time_base)
 
 
 def _decoded_frames(container: Any, stream: Any) -> Generator[Any, None, None]:
