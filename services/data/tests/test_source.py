@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import gzip
+import re
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
+from medialens_data.profile import profile_table
 from medialens_data.source import inspect
+from medialens_shared.contracts import DataProfileParams
 from medialens_shared.errors import InputNotFound, UnsupportedInput
 
 
@@ -53,6 +57,37 @@ def test_missing_file_is_input_not_found(tmp_path: Path) -> None:
     """A missing input raises InputNotFound."""
     with pytest.raises(InputNotFound):
         inspect(tmp_path / "nope.csv", fmt="auto")
+
+
+@pytest.mark.parametrize(
+    ("content", "fmt", "expected"),
+    [
+        (b"", "auto", "csv table: the file is empty (not even a header line)"),
+        (b" \n\r\n\t\n", "csv", "csv table: the file is empty (not even a header line)"),
+        (b"\xef\xbb\xbf\n", "auto", "csv table: the file is empty"),  # a byte-order mark and a line end
+        (gzip.compress(b""), "auto", "csv table: the file is empty"),
+        (gzip.compress(b"\n\n"), "jsonl", "jsonl table: the file is empty (not even an object)"),
+        (b"", "jsonl", "jsonl table: the file is empty (not even an object)"),
+    ],
+)
+def test_an_empty_text_table_is_refused_saying_so(
+    tmp_path: Path, content: bytes, fmt: Literal["auto", "csv", "jsonl"], expected: str
+) -> None:
+    """A file with no text but white space, compressed or not, is refused as empty: DuckDB read it as a
+    table of no rows and one VARCHAR column it named `column0` (CSV) or `json` (JSON lines), and a
+    profile described that column."""
+    path = tmp_path / "upload"
+    path.write_bytes(content)
+    with pytest.raises(UnsupportedInput, match=re.escape(f"not a readable {expected}")):
+        inspect(path, fmt=fmt)
+
+
+def test_a_header_alone_is_a_table_of_no_rows(tmp_path: Path) -> None:
+    """A CSV of its header line only is no empty file: its columns, none of its rows."""
+    path = tmp_path / "t.csv"
+    path.write_bytes(b"id,label\n")
+    result = profile_table(path, params=DataProfileParams(format="csv"))
+    assert (result.row_count, [column.name for column in result.columns]) == (0, ["id", "label"])
 
 
 def test_nul_bytes_are_not_a_text_table(tmp_path: Path) -> None:

@@ -144,6 +144,10 @@ def inspect(
         encoding = text_encoding(text) or "utf-8"
     if compression == "none" and chosen != "parquet" and encoding != "utf-16" and b"\x00" in head:
         raise UnsupportedInput("not a text table: the file contains NUL bytes")
+    if chosen != "parquet" and _blank(head, size, compression):
+        # DuckDB reads such a file as a table of one VARCHAR column named `column0` (CSV) or `json`.
+        noun = "a header line" if chosen == "csv" else "an object"
+        raise UnsupportedInput(f"not a readable {chosen} table: the file is empty (not even {noun})")
     estimate = None
     if chosen != "parquet" and text and ratio is not None:
         lines = text.count(b"\n")
@@ -178,6 +182,24 @@ def _peek(head: bytes, compression: Compression) -> tuple[bytes, float | None]:
         return text, (len(text) / used if used and text else None)
     # zstd has no decoder in the standard library of Python 3.11: taken to be CSV, size unknown.
     return b"", None
+
+
+def _blank(head: bytes, size: int, compression: Compression) -> bool:
+    """Whether the whole text, decompressed, is empty or white space (with a UTF-8 byte-order mark)."""
+    if size > len(head):
+        return False
+    text = head
+    if compression == "gzip":
+        inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+        try:
+            text = inflater.decompress(head, HEAD_BYTES)
+        except zlib.error:
+            return False  # damaged: reading it says so
+        if not inflater.eof:
+            return False
+    elif compression != "none":
+        return False  # zstd: no decoder here (see `_peek`)
+    return not _text_start(text)
 
 
 def _detect_format(head: bytes, text: bytes) -> Format:

@@ -221,6 +221,23 @@ async def test_csv_named_mp4_is_415_for_video_probe(
     )
 
 
+@pytest.mark.parametrize("idempotency_key", [None, "empty-once"])
+async def test_an_empty_file_is_415_saying_it_is_empty(
+    api: httpx.AsyncClient, tmp_path: Path, envelope: EnvelopeCheck, idempotency_key: str | None
+) -> None:
+    """A 0-byte upload is stored (kind unknown); a job on it is refused naming it empty, not "none of these
+    (not a video, audio or a table ...)", on the one-statement submission and the transactional one."""
+    path = tmp_path / "rows.csv"
+    path.write_bytes(b"")
+    file_id = await upload(api, path, content_type="text/csv")
+    headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+    response = await api.post("/v1/jobs", json={"type": "data.profile", "file_id": file_id}, headers=headers)
+    body = envelope(response, status=415, error_code="UNSUPPORTED_MEDIA_TYPE")
+    assert body["message"] == (
+        "data.profile takes a table (CSV, JSON lines or Parquet); 'rows.csv' is empty (0 bytes)."
+    )
+
+
 async def test_audio_file_is_415_for_data_profile(
     api: httpx.AsyncClient, tmp_path: Path, envelope: EnvelopeCheck
 ) -> None:

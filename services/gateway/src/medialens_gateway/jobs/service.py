@@ -94,20 +94,23 @@ async def _input_file(db: DatabaseManager, *, tenant_id: str, body: JobRequest) 
     """The input must be the tenant's, and of a kind the job type takes (checked by content)."""
     async with db.connection() as conn:
         row = await conn.fetchrow(_INPUT_FILE, body.file_id, tenant_id)
-    _check_input(body, None if row is None else (row["kind"], row["filename"]))
+    _check_input(body, None if row is None else (row["kind"], row["filename"], row["size_bytes"]))
 
 
-def _check_input(body: JobRequest, found: tuple[str, str] | None) -> None:
+def _check_input(body: JobRequest, found: tuple[str, str, int] | None) -> None:
     """404 when the input file is not the tenant's; 415 when its kind is not one the job type takes."""
     if found is None:
         raise NotFound(f"No file {body.file_id} for this API key's tenant.")
-    kind, filename = found
+    kind, filename, size_bytes = found
     accepts = JOB_TYPES[body.type].accepts
     if FileKind(kind) not in accepts:
         wanted = " or ".join(_KIND_NAMES[accepted] for accepted in sorted(accepts))
-        raise UnsupportedMediaType(
-            f"{body.type} takes {wanted}; by its content, {filename!r} is {_KIND_NAMES[FileKind(kind)]}."
+        found_to_be = (
+            f"{filename!r} is empty (0 bytes)"
+            if size_bytes == 0
+            else f"by its content, {filename!r} is {_KIND_NAMES[FileKind(kind)]}"
         )
+        raise UnsupportedMediaType(f"{body.type} takes {wanted}; {found_to_be}.")
 
 
 #: How a message names each kind of file.
@@ -125,14 +128,16 @@ COMPOSITE_TYPES = [name for name, spec in JOB_TYPES.items() if spec.children]
 #: The file kinds each job type takes, as the text array `_QUEUE_ONE` compares with.
 _ACCEPTS = {name: sorted(kind.value for kind in spec.accepts) for name, spec in JOB_TYPES.items()}
 
-_INPUT_FILE = "SELECT kind, filename FROM files WHERE id = $1 AND tenant_id = $2 AND deleted_at IS NULL"
+_INPUT_FILE = (
+    "SELECT kind, filename, size_bytes FROM files WHERE id = $1 AND tenant_id = $2 AND deleted_at IS NULL"
+)
 
 #: The input file's check, the queued job and its outbox entry in one statement, so the job and the entry
 #: commit together without a transaction. No row: no such file; a row without a job: a file of a kind the
 #: type does not take (its kind and filename say which).
 _QUEUE_ONE = """
 WITH input AS (
-    SELECT kind, filename FROM files WHERE id = $5 AND tenant_id = $2 AND deleted_at IS NULL
+    SELECT kind, filename, size_bytes FROM files WHERE id = $5 AND tenant_id = $2 AND deleted_at IS NULL
 ), job AS (
     INSERT INTO jobs (id, tenant_id, type, status, file_id, params, labels, priority, callback_url, message)
     SELECT $1::text, $2::text, $3::text, $4::text, $5::text, $6::jsonb, $7::jsonb, $8::smallint, $9::text,
@@ -143,7 +148,8 @@ WITH input AS (
     INSERT INTO outbox (job_id, routing_key, payload, headers)
     SELECT id, type, $10::jsonb, $11::jsonb FROM job
 )
-SELECT input.kind AS input_kind, input.filename AS input_filename, job.* FROM input LEFT JOIN job ON true
+SELECT input.kind AS input_kind, input.filename AS input_filename, input.size_bytes AS input_size, job.*
+FROM input LEFT JOIN job ON true
 """
 
 
@@ -205,7 +211,9 @@ async def submit(
             _ACCEPTS[body.type],
         )
     if row is None or row["id"] is None:
-        _check_input(body, None if row is None else (row["input_kind"], row["input_filename"]))
+        _check_input(
+            body, None if row is None else (row["input_kind"], row["input_filename"], row["input_size"])
+        )
         raise AssertionError(f"no job inserted for an accepted {row['input_kind']} file")  # never reached
     _committed(signals, body.type)
     return Submitted(job=jobstore.job_view(row), created=True)
