@@ -26,6 +26,7 @@ from sqlalchemy import insert, select
 from medialens_shared import jobstore
 from medialens_shared.bus import (
     EXIT_REFUSED,
+    RECONNECT_S,
     QueueStats,
     Topology,
     declare,
@@ -313,6 +314,13 @@ async def test_a_worker_whose_broker_falls_silent_is_unready_then_exits_to_be_re
             code = await asyncio.wait_for(service, 60)
         assert code == EXIT_CONSUMER_LOST
         assert time.monotonic() - lost_at >= 2.0
+        # The client given up on stays given up on: once the partition ends it does not connect again (it
+        # did, every second, for as long as the process lived, and consumed again on a restored connection).
+        await proxy.cut()
+        await proxy.restore()
+        accepted = proxy.accepted
+        await asyncio.sleep(3 * RECONNECT_S)
+        assert proxy.accepted == accepted
         async with db.session() as session:
             row = await jobstore.get(session, job_id=job_id)
         assert row is not None
