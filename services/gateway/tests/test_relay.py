@@ -36,7 +36,16 @@ from medialens_gateway.relay import (
     stale_queued,
 )
 from medialens_shared import metrics, migrate
-from medialens_shared.bus import EXIT_REFUSED, Topology, declare, make_broker, publish_job, queue_stats
+from medialens_shared.bus import (
+    BROKER_CLOSE_S,
+    EXIT_REFUSED,
+    RECONNECT_S,
+    Topology,
+    declare,
+    make_broker,
+    publish_job,
+    queue_stats,
+)
 from medialens_shared.contracts import SERVICES
 from medialens_shared.db import DatabaseManager
 from medialens_shared.filestore import FileStore
@@ -46,7 +55,14 @@ from medialens_shared.settings import RelaySettings, Settings
 from medialens_shared.tables import files, jobs, outbox, webhook_deliveries
 from scripts.samples import make_video
 from tests.fixtures.proxy import TcpProxy
-from tests.fixtures.servers import drop_database, free_port, make_settings, settings_env, unreachable
+from tests.fixtures.servers import (
+    RABBIT_HOST,
+    drop_database,
+    free_port,
+    make_settings,
+    settings_env,
+    unreachable,
+)
 from tests.fixtures.stack import Stack, result_of, submit, upload, wait_for
 
 
@@ -967,6 +983,79 @@ async def test_a_relay_started_while_rabbitmq_is_away_serves_probes_reaps_and_st
     assert ready.status_code == 503
     assert ready.json()["data"]["checks"]["rabbitmq"]["ok"] is False
     assert (row["status"], row["worker"]) == ("queued", None)
+
+
+async def test_a_relay_whose_broker_fell_silent_stops_within_a_bound_and_stays_disconnected(
+    run_id: str, mongo_url: str, rabbit_vhost: str
+) -> None:
+    """RabbitMQ falls silent under a running relay (the proxy swallows every byte): it goes on reaping, a
+    stop ends it within a publish's timeout and `BROKER_CLOSE_S`, and once the partition is over its client
+    does not connect again. Its rounds waited on their declarations and the queues' depths, so nothing was
+    reaped, and its stop on the broker's goodbye to its consumer, channel and connection, for as long as
+    the socket stayed open (until the heartbeat gave up or the orchestrator's kill)."""
+    proxy = TcpProxy(*RABBIT_HOST)
+    await proxy.start()
+    try:
+        async with own_relay(
+            run_id, mongo_url, rabbit_vhost, name="silent_broker", reap_interval_s=0.2
+        ) as own:
+            port = free_port()
+            url = own.settings.rabbitmq.url.get_secret_value().replace(
+                f":{RABBIT_HOST[1]}/", f":{proxy.port}/"
+            )
+            rabbitmq = {"url": SecretStr(url), "publish_timeout": 2.0}
+            settings = own.settings.model_copy(
+                update={
+                    "rabbitmq": own.settings.rabbitmq.model_copy(update=rabbitmq),
+                    "worker": own.settings.worker.model_copy(
+                        update={"http_port": port, "http_host": "127.0.0.1"}
+                    ),
+                }
+            )
+            stop = asyncio.Event()
+            relay = asyncio.create_task(run_relay(settings, stop))
+            try:
+                async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+                    deadline = time.monotonic() + 30
+                    while True:
+                        assert not relay.done(), relay
+                        with contextlib.suppress(httpx.TransportError):
+                            if (await client.get("/health/ready")).status_code == 200:
+                                break
+                        assert time.monotonic() < deadline, "the relay never got ready"
+                        await asyncio.sleep(0.1)
+                proxy.blackhole()
+                await asyncio.sleep(1.0)  # a round is under way on the silent broker
+                past = datetime.now(UTC) - timedelta(minutes=1)
+                await own.add_jobs(
+                    {
+                        "id": "lost",
+                        "status": "running",
+                        "attempts": 1,
+                        "worker": "gone",
+                        "lease_expires_at": past,
+                    }
+                )
+                deadline = time.monotonic() + 15
+                while (row := await _job(own, "lost"))["status"] == "running":
+                    assert time.monotonic() < deadline, (
+                        "the relay stopped reaping while the broker was silent"
+                    )
+                    await asyncio.sleep(0.2)
+                assert row["status"] == "queued"
+            finally:
+                stop.set()
+                stopped_at = time.monotonic()
+                assert await asyncio.wait_for(relay, timeout=60) == 0
+            # The round under way ends within a publish's timeout, then the broker's close is bounded.
+            assert time.monotonic() - stopped_at < 2.0 + BROKER_CLOSE_S + 3
+            await proxy.cut()
+            await proxy.restore()
+            accepted = proxy.accepted
+            await asyncio.sleep(3 * RECONNECT_S)
+            assert proxy.accepted == accepted
+    finally:
+        await proxy.cut()
 
 
 async def _job(own: OwnRelay, job_id: str) -> RowMapping:

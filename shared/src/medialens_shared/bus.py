@@ -28,6 +28,7 @@ one that refuses the process's login or virtual host (`refusal`), which no wait 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -59,6 +60,9 @@ RECONNECT_S = 1.0
 #: Seconds an attempt to connect (TCP, TLS and AMQP's handshake) may take: a broker that accepts the
 #: connection and then falls silent fails the attempt, which is tried again, rather than holding it for ever.
 CONNECT_TIMEOUT_S = 10.0
+#: Seconds a process's broker may take to close at its stop (`close_broker`) when it runs no jobs (the
+#: relay, the gateway): enough for a broker that answers, a bound for one fallen silent.
+BROKER_CLOSE_S = 5.0
 #: The exit code of a process that RabbitMQ kept refusing (its login or its virtual host): sysexits'
 #: EX_CONFIG, a cause its settings or the broker's users and vhosts must mend, not a restart alone.
 EXIT_REFUSED = 78
@@ -257,6 +261,46 @@ class Connector:
             if attempt.done() and not attempt.cancelled():
                 attempt.exception()  # its failure is no news now: retrieved, so that none is reported
             raise
+
+
+async def close_broker(broker: RabbitBroker, *, timeout_s: float = BROKER_CLOSE_S) -> None:
+    """Stop consuming, wait (within `timeout_s`) for the running handlers (a service's jobs), close the
+    connection.
+
+    Bounded, and never raising: cancelling a consumer over a dead connection would wait forever or fail,
+    and what follows (handing back unfinished jobs, closing the pools) must still happen.
+    """
+    try:
+        async with asyncio.timeout(timeout_s):
+            await broker.stop()
+    except TimeoutError:
+        log.warning("the broker connection did not close in time; closing it without waiting for the broker")
+        await _give_up_connection(broker)
+    except Exception as exc:  # e.g. an ExceptionGroup of consumers that could not be cancelled
+        log.warning("closing the broker connection failed: %s", exc)
+        await _give_up_connection(broker)
+
+
+#: Seconds a connection given up on may take to close (it is not reconnected either way).
+GIVE_UP_CLOSE_S = 1.0
+
+
+async def _give_up_connection(broker: RabbitBroker) -> None:
+    """Close the connection of a broker whose stop did not finish, so that its client never reconnects it.
+
+    FastStream's stop closes the connection last, after its subscribers and its channel: when one of those
+    hangs (a broker fallen silent) or fails, the connection stays robust, and once the network comes back
+    or the socket breaks, aio-pika reconnects it and restores its consumers, in a service that has stopped.
+    A process exits after, which ends it; `run()` in another program (the tests) kept it for good. aio-pika
+    marks the connection closed and stops its reconnecting before it says goodbye to the broker, which may
+    not answer: that wait is bounded.
+    """
+    connection = broker._connection  # FastStream keeps aio-pika's robust connection there
+    if connection is None:
+        return
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(GIVE_UP_CLOSE_S):
+            await connection.close()
 
 
 async def declare(broker: RabbitBroker, topology: Topology, *, services: tuple[str, ...] = ()) -> None:

@@ -37,6 +37,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
+from medialens_shared.aio import answered
 from medialens_shared.contracts import JobStatus
 from medialens_shared.tables import jobs, outbox
 
@@ -144,6 +145,10 @@ def job_finished(job_type: str, status: JobStatus, *, error_code: str | None = N
 # --- the relay's view of the backlog -------------------------------------------------------------------
 
 
+#: Seconds the broker has to tell every queue's depth in a sample.
+QUEUE_SAMPLE_TIMEOUT_S = 2.0
+
+
 async def sample_backlog(
     *, broker: RabbitBroker, topology: Topology, db: DatabaseManager, services: Iterable[str]
 ) -> None:
@@ -154,11 +159,17 @@ async def sample_backlog(
     from medialens_shared.bus import queue_stats
 
     queues = [topology.work_queue(service).name for service in services] + [topology.dead.name]
-    try:
+
+    async def sample_queues() -> None:
         for queue in queues:
             stats = await queue_stats(broker, queue)
             QUEUE_MESSAGES.labels(queue).set(stats.messages)
             QUEUE_CONSUMERS.labels(queue).set(stats.consumers)
+
+    try:
+        # Bounded: a broker fallen silent answered nothing, and the relay's rounds (its reaping, its stop)
+        # waited here until the connection's heartbeat gave up, minutes later.
+        await answered(sample_queues(), QUEUE_SAMPLE_TIMEOUT_S)
     except Exception as exc:
         log.debug("queues not sampled this round (%s)", exc)
     try:

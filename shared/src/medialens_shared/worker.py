@@ -36,7 +36,15 @@ from faststream.rabbit.annotations import RabbitMessage
 from faststream.rabbit.subscriber.usecase import RabbitSubscriber
 
 from medialens_shared.aio import unawaited, wait_set
-from medialens_shared.bus import EXIT_REFUSED, BrokerRefused, Connector, Topology, declare, make_broker
+from medialens_shared.bus import (
+    EXIT_REFUSED,
+    BrokerRefused,
+    Connector,
+    Topology,
+    close_broker,
+    declare,
+    make_broker,
+)
 from medialens_shared.db import Check, DatabaseManager, timed_check
 from medialens_shared.filestore import FileStore
 from medialens_shared.logs import configure_logging
@@ -384,45 +392,6 @@ async def stop_consuming(subscriber: RabbitSubscriber, *, timeout_s: float = 5.0
         log.warning("consumer not cancelled at the broker (%s); its deliveries go back when it closes", exc)
     else:
         subscriber._consumer_tag = None
-
-
-async def close_broker(broker: RabbitBroker, *, timeout_s: float) -> None:
-    """Stop consuming, wait (within `timeout_s`) for the running jobs, close the connection.
-
-    Bounded, and never raising: cancelling a consumer over a dead connection would wait forever or fail,
-    and what follows (handing back unfinished jobs, closing the pools) must still happen.
-    """
-    try:
-        async with asyncio.timeout(timeout_s):
-            await broker.stop()
-    except TimeoutError:
-        log.warning("the broker connection did not close in time; leaving it")
-        await _give_up_connection(broker)
-    except Exception as exc:  # e.g. an ExceptionGroup of consumers that could not be cancelled
-        log.warning("closing the broker connection failed: %s", exc)
-        await _give_up_connection(broker)
-
-
-#: Seconds a connection given up on may take to close (it is not reconnected either way).
-GIVE_UP_CLOSE_S = 1.0
-
-
-async def _give_up_connection(broker: RabbitBroker) -> None:
-    """Close the connection of a broker whose stop did not finish, so that its client never reconnects it.
-
-    FastStream's stop closes the connection last, after its subscribers and its channel: when one of those
-    hangs (a broker fallen silent) or fails, the connection stays robust, and once the network comes back
-    or the socket breaks, aio-pika reconnects it and restores its consumers, in a service that has stopped.
-    A process exits after, which ends it; `run()` in another program (the tests) kept it for good. aio-pika
-    marks the connection closed and stops its reconnecting before it says goodbye to the broker, which may
-    not answer: that wait is bounded.
-    """
-    connection = broker._connection  # FastStream keeps aio-pika's robust connection there
-    if connection is None:
-        return
-    with contextlib.suppress(Exception):
-        async with asyncio.timeout(GIVE_UP_CLOSE_S):
-            await connection.close()
 
 
 async def until_stopped(work: Coroutine[Any, Any, object], stop: asyncio.Event) -> bool:

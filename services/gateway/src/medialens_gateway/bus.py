@@ -51,4 +51,4 @@ class GatewayBus:
             self._connecting.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._connecting
-        await self.broker.stop()
+        await bus.close_broker(self.broker)

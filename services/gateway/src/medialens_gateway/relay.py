@@ -49,12 +49,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from medialens_gateway.webhooks import Dispatcher
 from medialens_shared import jobstore, metrics, outbox
-from medialens_shared.aio import wait_set
+from medialens_shared.aio import answered, wait_set
 from medialens_shared.bus import (
     EXIT_REFUSED,
     BrokerRefused,
     Connector,
     Topology,
+    close_broker,
     declare,
     make_broker,
     ping,
@@ -185,8 +186,12 @@ class Relay:
     async def publish_batch(self) -> Published:
         """Publish one batch of unsent entries: how many the broker took and how many it refused."""
         if not self._declared:
-            # Work queues exist before any worker starts, so no job is unroutable meanwhile.
-            await declare(self.broker, self.topology, services=SERVICES)
+            # Work queues exist before any worker starts, so no job is unroutable meanwhile. Bounded as a
+            # publish is: a broker fallen silent held the round (its reaping, and a stop) until the
+            # connection's heartbeat gave up, minutes later.
+            await answered(
+                declare(self.broker, self.topology, services=SERVICES), self.settings.rabbitmq.publish_timeout
+            )
             self._declared = True
         async with self.db.connection() as conn, conn.transaction():
             rows = await conn.fetch(_TAKE, self.settings.relay.batch_size)
@@ -638,7 +643,7 @@ async def run_relay(settings: Settings, stop: asyncio.Event) -> int:
             starting.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await starting
-        await broker.stop()
+        await close_broker(broker)
         await db.close_all()
 
 
