@@ -6,8 +6,10 @@ Levels are peak levels in dBFS (a sine at -23 dBFS has amplitude 10 ** (-23 / 20
 
 from __future__ import annotations
 
+import contextlib
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -74,18 +76,23 @@ def write(
     bare: bool = False,
     xing: bool = True,
     codec_options: dict[str, str] | None = None,
+    piped: bool = False,
 ) -> Path:
     """Encode (channels, n) float samples to `path`; the codec follows the suffix (see `CODECS`) unless
     named. A `bare` MP3 has no ID3 tag nor Xing header, so two of them joined byte by byte are one stream
     (as `cat a.mp3 b.mp3` makes from such files); one without `xing` only has no Xing header.
-    `codec_options` go to the encoder (`{"abr": "1"}`: LAME's average bit rate, which varies per frame)."""
+    `codec_options` go to the encoder (`{"abr": "1"}`: LAME's average bit rate, which varies per frame).
+    A `piped` file is written as to a pipe, which the muxer cannot go back in: a WebM or Matroska states
+    no duration (as a browser's MediaRecorder writes one), a FLAC no sample count."""
     codec = codec or CODECS[path.suffix]
     channels = samples.shape[0]
     layout = layout or {1: "mono", 2: "stereo", 6: "5.1", 8: "7.1"}.get(channels, f"{channels}c")
     options = None
     if codec == "libmp3lame":
         options = {"write_xing": "0", "id3v2_version": "0"} if bare else {"write_xing": str(int(xing))}
-    with av.open(str(path), mode="w", options=options) as container:
+    sink: Any = _Pipe(path) if piped else contextlib.nullcontext(str(path))
+    muxer = PIPED_FORMATS[path.suffix] if piped else None
+    with sink as target, av.open(target, mode="w", format=muxer, options=options) as container:
         stream = container.add_stream(codec, rate=rate, options=codec_options)
         stream.layout = layout
         if codec in ("libmp3lame", "aac"):
@@ -99,6 +106,26 @@ def write(
             container.mux(stream.encode(frame))
         container.mux(stream.encode(None))
     return path
+
+
+#: The muxer of each suffix `write` can write `piped`.
+PIPED_FORMATS = {".webm": "webm", ".mka": "matroska", ".flac": "flac", ".ogg": "ogg"}
+
+
+class _Pipe:
+    """A file that can only be written on, as a pipe: no `seek`, so a muxer cannot go back."""
+
+    def __init__(self, path: Path) -> None:
+        self._file = path.open("wb")
+
+    def write(self, data: bytes) -> int:
+        return self._file.write(data)
+
+    def __enter__(self) -> _Pipe:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._file.close()
 
 
 def write_late_audio(

@@ -222,3 +222,20 @@ def test_a_late_soundtrack_starts_where_the_container_says(tmp_path: Path, name:
         for _block in audio.blocks(lambda fraction, _message: seen.append(fraction), action="reading"):
             pass
     assert seen[0] == pytest.approx(0.5, abs=0.01)
+
+
+@pytest.mark.parametrize(("name", "codec"), [("tone.m4a", "aac"), ("tone.mp4", "libopus")])
+@pytest.mark.parametrize("seconds", [1.0, 0.01])
+def test_mp4_audio_ends_where_its_edit_list_says(
+    tmp_path: Path, name: str, codec: str, seconds: float
+) -> None:
+    """AAC and Opus in MP4 end within a padded frame, where the file says the sound stops: the samples
+    handed out are those the stream plays (its stated duration), not the decoder's whole last frame (1 s of
+    AAC read 1.0027 s, of Opus 1.0135 s; 10 ms of AAC 21 ms, of Opus 13.5 ms), so the waveform lasts what
+    the probe says."""
+    path = write(tmp_path / name, sine(-6.0, seconds), codec=codec)
+    _rate, _layout, samples = read_all(path)
+    assert samples.shape[1] == round(seconds * 48000)
+    waveform = compute_waveform(path, AudioWaveformParams(points_per_second=100), no_report)
+    assert waveform.duration_s == seconds
+    assert len(waveform.peaks) == round(seconds * 100)

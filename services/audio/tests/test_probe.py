@@ -305,3 +305,32 @@ def test_an_mp3_with_a_xing_header_keeps_its_stated_length(tmp_path: Path) -> No
     assert _mp3_length_header(path)
     assert not _mp3_length_header(write(tmp_path / "raw.mp3", noise(-10.0, 2.0), bare=True))
     assert probe_audio(path).duration_s == pytest.approx(2.0, abs=2 * 1152 / 44100)
+
+
+@pytest.mark.parametrize(
+    ("name", "codec"),
+    [("recorded.webm", "libopus"), ("recorded.mka", "flac"), ("piped.flac", "flac")],
+)
+def test_a_file_that_states_no_length_has_its_packets_counted(tmp_path: Path, name: str, codec: str) -> None:
+    """A WebM or Matroska written as it is recorded (a browser's MediaRecorder, any writer to a pipe) states
+    no duration, nor a FLAC written to a pipe: FFmpeg gives none, and the probe said null for 10 s of
+    audio, with no bit rate. The packets are counted, and the bit rate is the file's size over that."""
+    path = write(tmp_path / name, sine(-20.0, 10.0), codec=codec, piped=True)
+    with av.open(str(path)) as container:
+        assert container.duration is None
+    result = probe_audio(path)
+    assert result.duration_s == pytest.approx(10.0, abs=1e-3)
+    assert result.bit_rate == pytest.approx(path.stat().st_size * 8 / 10.0, rel=1e-3)
+
+
+@pytest.mark.parametrize("rate", [48000, 16000])
+def test_the_duration_of_ogg_opus_leaves_out_its_pre_skip(tmp_path: Path, rate: int) -> None:
+    """Ogg Opus states its length as its last page's granule position, which counts the pre-skip the decoder
+    drops (312 samples for libopus; RFC 7845 section 4.5): 2 s read 2.0065 s, as FFmpeg takes it. The
+    duration is that of the samples decoded, whatever the rate of the input (Opus decodes at 48 kHz)."""
+    path = write(tmp_path / "tone.ogg", sine(-20.0, 2.0, rate=rate), rate=rate, codec="libopus")
+    with av.open(str(path)) as container:
+        decoded = sum(frame.samples for frame in container.decode(audio=0))
+    assert decoded == 96000
+    result = probe_audio(path)
+    assert (result.sample_rate, result.duration_s) == (48000, pytest.approx(2.0, abs=1e-6))

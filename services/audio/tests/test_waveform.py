@@ -139,3 +139,13 @@ def test_a_start_inside_a_point_shares_it_with_the_silence_before() -> None:
     result = binner.result()
     assert result.peaks == [(0.0, 0.0), (0.0, 0.5), (0.5, 0.5)]
     assert result.duration_s == pytest.approx(0.75)
+
+
+def test_a_recording_that_states_no_length_has_its_rate_lowered_to_fit(tmp_path: Path) -> None:
+    """A WebM as a browser records it states no duration: its length is counted, so a rate too high for one
+    result is lowered to fit it (it failed as "longer than its metadata says", with no metadata to blame)."""
+    path = write(tmp_path / "recorded.webm", noise(-3.0, 10.0), codec="libopus", piped=True)
+    result = compute_waveform(path, AudioWaveformParams(points_per_second=100), no_report, max_points=600)
+    assert result.points_per_second == 58  # 600 points over 10 s and `DURATION_SLACK` more: 10.2 s
+    assert len(result.peaks) == 580
+    assert result.duration_s == pytest.approx(10.0, abs=1e-3)

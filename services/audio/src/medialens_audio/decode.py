@@ -21,7 +21,8 @@ The blocks hold the audio stream's samples from its first decoded one, with no t
 sample lies on the media's timeline (time 0 the container's start, as ffprobe's `start_time` reports it)
 is `AudioInput.start_s`: 0 for audio that starts with its file, 1.5 for the soundtrack of an MKV or MP4
 that comes in 1.5 s after the video. The analysers add it to every time they report, so their times sit
-beside the video jobs' (`timeline_start`).
+beside the video jobs' (`timeline_start`). In an MP4 they end where its edit list says the sound does,
+not with the padding of the codec's last frame (`played_samples`).
 
 A sample that is not a number (NaN or infinite, which only float PCM holds) fails the analysis with
 `MediaDecodeError` rather than being replaced: it has no level to measure or draw (a NaN silenced the
@@ -179,6 +180,8 @@ class AudioInput:
     _stream_index: int
     #: The stream's frames decoded by PyAV, from the first on: read when `amovie` cannot go on.
     _frames: Iterator[Any]
+    #: The most samples the stream plays (`played_samples`): the decoder's output past them is padding.
+    _played: int | None = None
     #: Samples per channel handed out so far.
     samples: int = field(default=0)
     _reading: Generator[Block, None, None] | None = field(default=None, repr=False)
@@ -199,7 +202,10 @@ class AudioInput:
         target = max(1, round(block_s * self.sample_rate))
         self._reading = _read_ahead(self._decoded(target), depth=2)
         with contextlib.closing(self._reading) as decoded:
-            for block in decoded:
+            for decoded_block in decoded:
+                block = decoded_block
+                if self._played is not None and self.samples + block.shape[1] > self._played:
+                    block = block[:, : max(0, self._played - self.samples)]
                 if block.shape[1]:
                     yield self._hand_out(block, report, action)
                 else:  # the decoder reads again what was handed out: a cancel must still get through
@@ -305,11 +311,33 @@ def open_audio(path: Path) -> Iterator[AudioInput]:
             _path=Path(path),
             _stream_index=int(stream.index),
             _frames=frames if first is None else itertools.chain((first,), frames),
+            _played=played_samples(container, stream, sample_rate),
         )
         try:
             yield audio
         finally:
             audio.close()
+
+
+#: FFmpeg's names of the MP4 and QuickTime demuxer, whose edit list says where a stream's playing ends.
+_MP4_FORMAT = "mov,mp4,m4a,3gp,3g2,mj2"
+
+
+def played_samples(container: Any, stream: Any, sample_rate: int) -> int | None:
+    """How many samples an MP4's (or QuickTime's) audio stream plays, at `sample_rate`; None for other
+    containers, where the decoder's output is the stream.
+
+    An AAC or Opus encoder pads the last frame out to a whole one, and an MP4's edit list (or its last
+    sample's duration) says where the sound ends within it, as gapless players read it. FFmpeg's MP4 reader
+    passes that on for the priming at the start, which the decoder drops, but not for the padding at the
+    end, which it decodes whole: 1 s of AAC read 1.0027 s (10 ms of sound lasted 21 ms), of Opus 1.0135 s,
+    so every waveform was up to a frame longer than the probe's duration, and a trailing silence too. The
+    stream's declared duration (its playing time, what the probe reports) bounds the samples handed out.
+    """
+    if str(container.format.name) != _MP4_FORMAT or not stream.duration or stream.time_base is None:
+        return None
+    played: int = round(int(stream.duration) * Fraction(stream.time_base) * sample_rate)
+    return played
 
 
 def timeline_start(container: Any, stream: Any, first: Any | None) -> float:
@@ -349,14 +377,31 @@ def stated_duration(container: Any, stream: Any) -> float | None:
 
     A raw MP3 with no header of its length, or a raw (ADTS) AAC, states nothing: FFmpeg estimates a
     duration from the first frames' bit rate, right only at a constant one. Those files' frames are counted
-    instead (`_counted_duration`).
+    instead (`_counted_duration`), and so are those of a file that states no length at all, where FFmpeg
+    gives none: a WebM or Matroska written as it was recorded (a browser's MediaRecorder, any writer to a
+    pipe, which cannot go back to fill in the length), a FLAC written to a pipe (no sample count in its
+    STREAMINFO), chained Ogg Opus. Those probed with no duration, and the waveform of a long one at a high
+    `points_per_second` failed as "longer than its metadata says" instead of lowering its rate to fit.
+
+    Ogg Opus states its length as the granule position of its last page, which counts the pre-skip (the
+    encoder's priming, which the decoder drops: RFC 7845 section 4.5): FFmpeg takes it whole, so every Ogg
+    Opus file lasted 6.5 ms (libopus's 312 samples) longer than the samples it plays. It is taken off.
     """
     if _length_unstated(container):
         counted = _counted_duration(container.name)
         if counted is not None:
             return counted
+    declared = _declared_duration(container, stream)
+    return declared if declared is not None else _counted_duration(container.name)
+
+
+def _declared_duration(container: Any, stream: Any) -> float | None:
+    """The audio stream's duration as the container declares it (`stated_duration`); None when it does not."""
     if stream.duration and stream.time_base is not None:
-        return float(stream.duration * stream.time_base)
+        declared = float(stream.duration * stream.time_base)
+        if str(container.format.name) == "ogg":
+            declared -= _opus_pre_skip(stream) / OPUS_RATE
+        return declared
     if not container.duration:
         return None
     whole_s: float = container.duration / av.time_base
@@ -412,20 +457,42 @@ def _mp3_length_header(path: Path) -> bool:
 def _counted_duration(path: str) -> float | None:
     """The duration of the file's first audio stream as the sum of its packets' durations (demuxed, not
     decoded: about 2 µs a frame, 0.3 s for an hour of MP3); None when they give none. A packet that cannot
-    be read ends the count: the stream's playable part (an analysis then fails there as damaged)."""
+    be read ends the count: the stream's playable part (an analysis then fails there as damaged).
+
+    The time before 0 is left out: a stream whose first packet starts before it (Opus's pre-skip in WebM
+    and Ogg, -6.5 ms) holds priming there, which the decoder drops. Padding a codec's last frame ends with
+    is counted (13.5 ms at most in a WebM of Opus), as the demuxers do not all say how much of it there is.
+    """
     total = 0
+    first: int | None = None
     opened: Any = av.open(path, mode="r")  # PyAV's demux iterator is a generator, typed as an Iterator
     with opened as container:
         stream = container.streams.audio[0]
         with contextlib.closing(container.demux(stream)) as packets:
             try:
                 for packet in packets:
+                    if first is None and packet.pts is not None:
+                        first = packet.pts
                     total += packet.duration or 0
             except av.error.FFmpegError:
                 pass
-        if not total or stream.time_base is None:
+        total -= max(0, -(first or 0))
+        if total <= 0 or stream.time_base is None:
             return None
         return float(total * stream.time_base)
+
+
+#: Opus's rate whatever the input's: its pre-skip is counted in samples at 48 kHz.
+OPUS_RATE = 48000
+
+
+def _opus_pre_skip(stream: Any) -> int:
+    """The pre-skip of an Opus stream (samples at 48 kHz, from its OpusHead: RFC 7845 section 5.1); 0 for
+    any other codec."""
+    head = bytes(stream.codec_context.extradata or b"")
+    if len(head) < 12 or head[:8] != b"OpusHead":
+        return 0
+    return int.from_bytes(head[10:12], "little")
 
 
 def _decoded_frames(container: Any, stream: Any) -> Generator[Any, None, None]:

@@ -33,13 +33,25 @@ def probe_audio(path: Path) -> AudioProbeResult:
     with open_container(path) as (container, stream):
         _decode_first_frame(container, stream)
         codec_context = stream.codec_context
+        duration_s = stated_duration(container, stream)
         return AudioProbeResult(
             codec=str(codec_context.codec.canonical_name),
             sample_rate=codec_context.sample_rate,
             channels=codec_context.channels,
-            duration_s=stated_duration(container, stream),
-            bit_rate=stream.bit_rate or container.bit_rate or None,
+            duration_s=duration_s,
+            bit_rate=stream.bit_rate or container.bit_rate or _file_bit_rate(Path(path), duration_s),
         )
+
+
+def _file_bit_rate(path: Path, duration_s: float | None) -> int | None:
+    """The file's size over its duration, as FFmpeg gives a container's bit rate; None without a duration.
+
+    FFmpeg has none for a file whose length it does not know (a WebM from a browser's recorder, a FLAC
+    written to a pipe): it is worked out here from the duration counted for it (`stated_duration`).
+    """
+    if not duration_s or duration_s <= 0:
+        return None
+    return round(path.stat().st_size * 8 / duration_s) or None
 
 
 def _decode_first_frame(container: Any, stream: Any) -> None:
