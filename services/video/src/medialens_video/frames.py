@@ -312,6 +312,19 @@ def _seek_anywhere(container: Any, stream: Any, places: tuple[int, ...]) -> None
     )
 
 
+#: Decoders that read `skip_frame` once, as they open, and keep to it. libdav1d (AV1) opened skipping
+#: non-reference frames never outputs one, however it is asked later: a thumbnail on one came a frame late
+#: (1.04 s for 1.0 s), and a scene starting on one had none.
+_SKIP_FIXED_AT_OPEN = frozenset({"libdav1d"})
+
+
+def skips_frames(codec_context: Any) -> bool:
+    """Whether the decoder may be told to skip non-reference frames packet by packet (`skip_frame`): not
+    one that would keep skipping them once it opened so (`_SKIP_FIXED_AT_OPEN`), which decodes every frame
+    instead."""
+    return str(codec_context.name) not in _SKIP_FIXED_AT_OPEN
+
+
 class DecodeGuard:
     """Counts packets the decoder rejects: a few are skipped (as FFmpeg does), many mean damaged media.
 
@@ -498,6 +511,12 @@ def encode_jpeg(frame: Any, width: int, *, aspect: Fraction = Fraction(1)) -> tu
         scaled = av.VideoFrame.from_ndarray(turned, format="rgb24").reformat(format="yuvj420p")
     else:
         scaled = frame.reformat(width=out_w, height=out_h, format="yuvj420p", interpolation="AREA")
+        if scaled is frame:
+            # Already the size and format asked (full-range 4:2:0 at its own width: MJPEG from a camera,
+            # a phone's H.264), so reformat gave the frame itself, and the encoder, retiming what it is
+            # given, set the caller's pts to 0: every thumbnail read 0 s, and each scene's overwrote the
+            # first's. It is given a copy.
+            scaled = av.VideoFrame.from_ndarray(frame.to_ndarray(), format="yuvj420p")
     scaled.pts = None
     encoder = av.CodecContext.create("mjpeg", "w")
     encoder.width, encoder.height = out_w, out_h

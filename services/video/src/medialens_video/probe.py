@@ -3,13 +3,13 @@
 Everything comes from the container's and streams' metadata; only the first video frame is decoded, to
 catch damaged media cheaply (and to read the display rotation FFmpeg attaches to decoded frames).
 
-`frame_count` is the count the container states (MP4, AVI) or, where it states none (Matroska, WebM,
-MPEG-TS), the video stream's own span (`frames.first_timestamp` to `frames.stated_end`: never the
-container's duration, which covers every stream from 0) times its average rate, vouched for by the
-timestamps of a few packets at its start, middle and end, which must be one frame interval apart. A
-variable-rate stream has no count short of reading every packet, so it gets null, as does a stream whose
-end the file does not state (a piped Matroska, a raw H.264 or MPEG-2 stream: ffprobe gives neither a count
-nor a duration without reading every packet, which a probe does not).
+`frame_count` is the count the container states (MP4, AVI; less the frames an MP4's edit list hides) or,
+where it states none (Matroska, WebM, MPEG-TS), the video stream's own span (`frames.first_timestamp` to
+`frames.stated_end`: never the container's duration, which covers every stream from 0) times its average
+rate, vouched for by the timestamps of a few packets at its start, middle and end, which must be one frame
+interval apart. A variable-rate stream has no count short of reading every packet, so it gets null, as
+does a stream whose end the file does not state (a piped Matroska, a raw H.264 or MPEG-2 stream: ffprobe
+gives neither a count nor a duration without reading every packet, which a probe does not).
 
 An untimed stream (raw H.264 or HEVC: no timestamps, `frames.untimed`) is timed at its nominal rate, the
 one its headers state, as ffmpeg times it: its average rate is that one, not FFmpeg's, which is its raw
@@ -64,12 +64,12 @@ def probe_video(path: Path) -> VideoProbeResult:
     with open_video(path, whole=True) as (container, video):
         size_bytes = path.stat().st_size
         format_name = container.format.name
-        first_frame = _decode_first_frame(container, video)
+        first_frame, hidden = _decode_first_frame(container, video)
 
         duration_s = container.duration / av.time_base if container.duration else None
         fps = _rate(video.guessed_rate)
         avg_fps = _rate(video.average_rate)
-        frame_count, steady = _frame_count(container, video)
+        frame_count, steady = _frame_count(container, video, hidden=hidden)
         if steady is False:  # FFmpeg's average is the first frames' rate: not the stream's
             avg_fps = None
         elif video.start_time is None and untimed(container, video):  # a raw stream: FFmpeg's average
@@ -110,13 +110,19 @@ def probe_video(path: Path) -> VideoProbeResult:
         )
 
 
-def _decode_first_frame(container: Any, stream: Any) -> Any:
-    """The first decoded frame of `stream`; `MediaDecodeError` when there is none."""
+def _decode_first_frame(container: Any, stream: Any) -> tuple[Any, int]:
+    """The first decoded frame of `stream`, and the packets before it that an edit list hides (flagged
+    discard: decoded, never shown); `MediaDecodeError` when there is none.
+
+    Those packets are all read by then: a frame comes out of the decoder in display order, after every
+    frame shown before it, hidden or not."""
+    hidden = 0
     try:
         with demuxed(container, stream) as packets:
             for packet in packets:
+                hidden += 1 if packet.is_discard and packet.size else 0
                 for frame in stream.codec_context.decode(packet):
-                    return frame
+                    return frame, hidden
     except av.error.FFmpegError as exc:
         raise MediaDecodeError(
             f"The video stream cannot be decoded; the file is probably damaged ({ffmpeg_reason(exc)})."
@@ -124,14 +130,17 @@ def _decode_first_frame(container: Any, stream: Any) -> Any:
     raise MediaDecodeError("The video stream holds no decodable frame; the file is probably damaged.")
 
 
-def _frame_count(container: Any, stream: Any) -> tuple[int | None, bool | None]:
-    """The frame count the container states, else the stream's span (`frames.first_timestamp` to
+def _frame_count(container: Any, stream: Any, *, hidden: int = 0) -> tuple[int | None, bool | None]:
+    """The frame count the container states, less the `hidden` frames an edit list does not show (an MP4
+    cut without re-encoding starts at the keyframe before the cut, and states every frame from it: one cut
+    1.32 s into a 25 frames/s clip counted 200 frames where 167 are shown, and analysed), else the stream's
+    span (`frames.first_timestamp` to
     `frames.stated_end`) times its average rate when the rate is steady (`_steady_rate`), else None; and
     whether the rate was found steady (None when not looked at or not told). A rate found unsteady makes
     the stream variable-rate whatever FFmpeg's average says: in Matroska that average is the first frames'
     (a clip slowing halfway read 25 fps and not VFR)."""
     if stream.frames:
-        return int(stream.frames), None
+        return max(1, int(stream.frames) - hidden), None
     end = stated_end(container, stream)
     if end is None or not stream.average_rate:
         return None, None

@@ -24,7 +24,8 @@ How it stays well ahead of decoding the whole video while finding every cut to t
    before it): frames of the fast pass drift from the true picture within a GOP, fine for comparing
    small planes, not for showing.
 
-Timestamps are the decoder's pts (correct on variable frame rate), relative to the first frame.
+Timestamps are the decoder's pts (correct on variable frame rate), relative to the video stream's start
+(`frames.first_timestamp`), as the other video jobs' are.
 Memory: a few numbers per frame and a few kilobytes per candidate cut; no frame is kept.
 
 Refinements and thumbnails start at a keyframe through `frames.from_keyframe`, which reaches it in MPEG-TS
@@ -60,6 +61,7 @@ from medialens_video.frames import (
     from_keyframe,
     open_video,
     pixel_aspect,
+    skips_frames,
 )
 
 #: Content change (0..255, mean of |dY|, |dU|, |dV| on small planes) at which a cut is considered.
@@ -272,7 +274,11 @@ def detect_scenes(
         cuts = _cuts(changes, gaps, threshold)
 
         def at(pts: int) -> float:
-            return float((pts - first_pts) * time_base)
+            """Seconds from the stream's start (`origin`), as quality and thumbnails count them and ffmpeg
+            shows them; not from the least pts: an MPEG-TS recording cut mid-GOP starts with a B-frame shown
+            before its first packet, and every cut read a frame later than the black stretches and
+            thumbnails of the same file. A frame shown before the start is at 0."""
+            return max(float((pts - origin) * time_base), 0.0)
 
         if flash_suppression:
             cuts = _without_flashes(cuts, threshold, at)
@@ -397,6 +403,8 @@ def _scan(container: Any, stream: Any, ticks: int) -> _Timeline:
     count = 0
     with demuxed(container, stream) as packets:
         for packet in packets:
+            if packet.is_discard:
+                continue  # before an edit list's start: decoded for what follows, never shown
             count += 1 if packet.size else 0
             pts = packet.pts
             if pts is None:
@@ -458,6 +466,7 @@ def _chunk_task(
             # Without deblocking, small block edges drift within a GOP; on 128-pixel planes they stay
             # far below a cut's change, and decoding gets a good deal cheaper.
             codec.options = {"skip_loop_filter": "all"}
+            skipping = clock is None and skips_frames(codec)
             if chunk.start is not None:
                 container.seek(chunk.start, stream=stream, backward=True)
             counting = True
@@ -489,7 +498,7 @@ def _chunk_task(
                             break
                     if counting and (pts is not None or (clock is not None and packet.size)):
                         workers.counts[task] += 1
-                    if clock is None:
+                    if skipping:
                         codec.skip_frame = (
                             "NONREF" if pts is not None and pts not in timeline.full else "DEFAULT"
                         )
@@ -547,10 +556,11 @@ def _refine_task(
         with open_video(path) as (container, stream):
             codec = stream.codec_context
             codec.options = {"skip_loop_filter": "all"}
+            skipping = skips_frames(codec)
             with from_keyframe(container, stream, keyframe, start=first_pts) as packets:
                 for packet in packets:
                     workers.check()
-                    if packet.pts is not None:
+                    if packet.pts is not None and skipping:
                         codec.skip_frame = "NONREF" if packet.pts < change.before else "DEFAULT"
                     for frame in guard.decode(codec, packet):
                         if frame.pts is None or frame.pts < change.before:
@@ -595,26 +605,36 @@ def _thumbnail_task(
 
     def run(task: int) -> dict[int, Path]:
         """JPEGs of the frames at `targets`, decoded exactly (deblocking on) from the `keyframe` before
-        them; with a `clock` (an untimed stream), every frame from the start, timed by it."""
+        them; with a `clock` (an untimed stream), every frame from the start, timed by it.
+
+        A target whose frame never decodes takes the first frame shown after it (frames come out of the
+        decoder in display order, so one past the target means the target's is lost): a recording cut
+        mid-GOP starts with frames that refer to pictures it lacks, and its first scene had no
+        thumbnail."""
         written: dict[int, Path] = {}
+        remaining = sorted(wanted)
         guard = DecodeGuard(total)
         with open_video(path) as (container, stream):
             codec = stream.codec_context
             aspect = pixel_aspect(stream)
+            skipping = clock is None and skips_frames(codec)
             with from_keyframe(container, stream, keyframe, start=first_pts) as packets:
                 for packet in packets:
                     workers.check()
-                    if packet.pts is not None and clock is None:
+                    if packet.pts is not None and skipping:
                         codec.skip_frame = "DEFAULT" if packet.pts in wanted else "NONREF"
                     decoded = guard.decode(codec, packet)
                     for frame in decoded if clock is None else clock.stamp(decoded):
-                        if frame.pts is None or frame.pts not in wanted or frame.pts in written:
+                        if frame.pts is None or frame.pts < remaining[0]:
                             continue
+                        due = bisect_right(remaining, frame.pts)
                         data, _, _ = encode_jpeg(frame, width, aspect=aspect)
-                        written[frame.pts] = out_dir / f"frame-{frame.pts}.jpg"
-                        written[frame.pts].write_bytes(data)
-                        workers.counts[task] += 1
-                        if len(written) == len(wanted):
+                        for target in remaining[:due]:
+                            written[target] = out_dir / f"frame-{target}.jpg"
+                            written[target].write_bytes(data)
+                            workers.counts[task] += 1
+                        del remaining[:due]
+                        if not remaining:
                             return written
         return written
 

@@ -45,6 +45,7 @@ from medialens_video.frames import (
     open_video,
     packet_span,
     pixel_aspect,
+    skips_frames,
     stated_end,
     untimed,
 )
@@ -209,6 +210,7 @@ class _Reader:
         elif self.position is None or target < self.position or target - self.position > ahead:
             self._seek_keyframe(target)
         codec = self.stream.codec_context
+        skipping = self.clock is None and skips_frames(codec)  # an untimed stream's clock counts every frame
         while True:
             while self.pending:
                 frame = self.pending.pop(0)
@@ -221,7 +223,7 @@ class _Reader:
                 packet = next(self.packets, None)
             if packet is None:
                 return self.last
-            if packet.pts is not None and self.clock is None:
+            if packet.pts is not None and skipping:
                 codec.skip_frame = "NONREF" if packet.pts < target - 2 * slack - 1 else "DEFAULT"
             decoded = self.guard.decode(codec, packet)
             if self.clock is not None:
