@@ -170,3 +170,40 @@ def test_a_full_disk_is_not_blamed_on_the_input(tmp_path: Path, to: str) -> None
     with small_disk(tmp_path / "disk", 256 * 1024) as disk, pytest.raises(duckdb.Error) as raised:
         convert_table(path, params=DataConvertParams(to=to), out_dir=disk.path / "out")
     assert disk_full(raised.value), raised.value
+
+
+def test_nested_values_convert_to_csv_as_json_text(tmp_path: Path) -> None:
+    """JSON lines of nested objects, lists of objects and nulls, and a Parquet file with a map, convert to a
+    CSV whose nested cells are their JSON text, which reads back to the same values: DuckDB's own notation
+    (`[{'sku': a, 'q': 2}]`, `[x, NULL]`, `{k=1}`) lost the quotes, so the string "NULL" read as a null and
+    a string holding ", " as two values."""
+    records: list[dict[str, Any]] = [
+        {"id": 1, "items": [{"sku": "a, b", "q": 2}, {"sku": "NULL", "q": None}], "tags": ["x", None]},
+        {"id": 2, "items": [], "tags": ['it\'s "quoted"']},
+        {"id": 3, "items": None, "tags": None},
+    ]
+    path = tmp_path / "orders.jsonl"
+    path.write_text("".join(json.dumps(record) + "\n" for record in records), encoding="utf-8")
+    converted = convert_table(path, params=DataConvertParams(to="csv"), out_dir=tmp_path / "out")
+    assert converted.row_count == 3
+    with converted.path.open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [
+        {
+            "id": int(row["id"]),
+            "items": json.loads(row["items"]) if row["items"] else None,
+            "tags": json.loads(row["tags"]) if row["tags"] else None,
+        }
+        for row in rows
+    ] == records
+
+    parquet = tmp_path / "maps.parquet"
+    with duckdb.connect() as con:
+        con.execute(
+            f"COPY (SELECT 1 AS id, MAP {{'k': 1, 'l': NULL}} AS m, {{'a': [1, 2]}} AS s) TO '{parquet}'"
+        )
+    out = convert_table(parquet, params=DataConvertParams(to="csv"), out_dir=tmp_path / "out2")
+    assert out.path.read_text(encoding="utf-8").splitlines() == [
+        "id,m,s",
+        '1,"{""k"":1,""l"":null}","{""a"":[1,2]}"',
+    ]

@@ -17,8 +17,9 @@ from typing import Any
 import pytest
 
 from medialens_data import profile
+from medialens_data.convert import convert_table
 from medialens_data.profile import profile_table
-from medialens_shared.contracts import ColumnProfile, DataProfileParams, DataProfileResult
+from medialens_shared.contracts import ColumnProfile, DataConvertParams, DataProfileParams, DataProfileResult
 from medialens_shared.errors import InvalidParams, UnsupportedInput
 
 AUTO = DataProfileParams()
@@ -717,3 +718,42 @@ def test_a_wide_parquet_file_large_beside_the_memory_limit_is_profiled_in_place(
     result = profile_table(path, params=AUTO, memory_limit="64MB")
     assert (result.row_count, result.column_count) == (40_000, 240)
     assert (result.columns[239].min, result.columns[239].max) == (239, 39_999 * 239 + 239)
+
+
+@pytest.mark.parametrize(
+    ("dates", "dtype", "first"),
+    [
+        # Every value reads day first and month first, differently: no order can be told, so text.
+        (["01/02/2024", "03/04/2024", "05/06/2024"], "VARCHAR", "01/02/2024"),
+        (["01/02/24", "03/04/24", "05/06/24"], "VARCHAR", "01/02/24"),  # DuckDB read 2001-02-24
+        (["01.02.2024 10:30:00", "03.04.2024 11:00:00"], "VARCHAR", "01.02.2024 10:30:00"),
+        # A value tells the order: dates, the right way round.
+        (["01/02/2024", "13/02/2024", "05/03/2024"], "DATE", "2024-02-01"),
+        (["01/02/2024", "02/13/2024", "03/05/2024"], "DATE", "2024-01-02"),
+        # Both orders read every value the same.
+        (["01/01/2024", "02/02/2024"], "DATE", "2024-01-01"),
+        (["2024-01-02", "2024-03-04"], "DATE", "2024-01-02"),
+    ],
+)
+def test_dates_whose_day_and_month_cannot_be_told_apart_stay_text(
+    tmp_path: Path, dates: list[str], dtype: str, first: str
+) -> None:
+    """A CSV of dates that read as well day first as month first is not read in the order DuckDB's sniffer
+    happens to try first (an American 01/02/2024, January 2nd, read as February 1st without a word): the
+    column stays text, as written; a value such as 13/02/2024 tells the order, and the dates are read so."""
+    path = write_csv(tmp_path / "dates.csv", ["day", "n"], [[day, i] for i, day in enumerate(dates)])
+    col = column(profile_table(path, params=AUTO), "day")
+    assert (col.dtype, col.top_values[0].value if dtype == "VARCHAR" else col.min) == (dtype, first)
+
+
+def test_dates_told_apart_only_past_the_sample_are_read_the_right_way(tmp_path: Path) -> None:
+    """Day-first dates whose first 30,000 rows read the same in both orders (day and month alike) and only a
+    later row tells the order (25/12/2024) are dates, read day first; without that row they are text."""
+    days = [f"{1 + i % 12:02d}/{1 + i % 12:02d}/2024" for i in range(30_000)] + ["01/02/2024"]
+    told = write_csv(tmp_path / "told.csv", ["day"], [[day] for day in [*days, "25/12/2024"]])
+    col = column(profile_table(told, params=AUTO), "day")
+    assert (col.dtype, col.min, col.max, col.distinct_count) == ("DATE", "2024-01-01", "2024-12-25", 14)
+    converted = convert_table(told, params=DataConvertParams(to="csv"), out_dir=tmp_path / "out")
+    assert converted.path.read_text(encoding="utf-8").splitlines()[-2:] == ["2024-02-01", "2024-12-25"]
+    untold = write_csv(tmp_path / "untold.csv", ["day"], [[day] for day in days])
+    assert column(profile_table(untold, params=AUTO), "day").dtype == "VARCHAR"

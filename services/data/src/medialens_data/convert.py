@@ -2,7 +2,8 @@
 
 One streamed `COPY` from the input, read as a view, to a file in the job's scratch directory; DuckDB keeps
 the rows in their order and spills past the memory limit. The handler stores the file as a new file of
-the job's tenant.
+the job's tenant. A CSV holds nested values (structs, lists, maps: JSON objects and arrays, nested
+Parquet) as their JSON text (`_copied`).
 """
 
 from __future__ import annotations
@@ -10,11 +11,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import duckdb
 
-from medialens_data.engine import Limits, Report, Watchdog, connect, count_label, literal, lock
+from medialens_data.engine import Limits, Report, Watchdog, connect, count_label, ident, literal, lock
 from medialens_data.source import Source, expose, input_failure, inspect, reread, resample
 from medialens_shared.contracts import DataConvertParams
 
@@ -74,10 +75,12 @@ def convert_table(
             lock(con)
             total = _row_estimate(watch, source)
             watch.stage(lambda p: (p or 0.0, _note(p, total)))
-            copy = f"COPY {_VIEW} TO {literal(str(target.resolve()))} ({COPY_OPTIONS[params.to]})"
             full_sample = False
+            to = f"TO {literal(str(target.resolve()))} ({COPY_OPTIONS[params.to]})"
             while True:
                 try:
+                    # Built again after each reading: guessing the types from every row may change them.
+                    copy = f"COPY {_copied(con, source, params.to)} {to}"
                     row_count = int(watch.fetch(copy)[0][0])
                     break
                 except duckdb.Error as exc:
@@ -104,6 +107,32 @@ def convert_table(
         size_bytes=target.stat().st_size,
         content_type=CONTENT_TYPES[params.to],
     )
+
+
+#: The starts of the DuckDB types of nested values (a list's type ends with `[]`, an array's with `[n]`).
+_NESTED_PREFIXES = ("STRUCT(", "MAP(", "UNION(")
+
+
+def _copied(con: Any, source: Source, to: Target) -> str:
+    """What `COPY` writes: the view, or for a CSV the view with its nested columns as JSON text (a CSV
+    input has none, and its view is not described, which would sniff the file again).
+
+    DuckDB's CSV writer spells a struct, a list or a map in its own notation, which no reader takes back
+    and which loses what a value is: `{'sku': a, 'q': 2}`, `[x, NULL]`, `{k=1}`, where the string "NULL"
+    and a null, or a string holding `, ` and two values, read the same. As JSON they are
+    `{"sku":"a","q":2}`, `["x",null]`, `{"k":1}`, as the JSON lines output writes them.
+    """
+    if to != "csv" or source.format == "csv":
+        return _VIEW
+    nested = [
+        str(name)
+        for name, dtype, *_ in con.execute(f"DESCRIBE {_VIEW}").fetchall()
+        if str(dtype).startswith(_NESTED_PREFIXES) or str(dtype).endswith("]")
+    ]
+    if not nested:
+        return _VIEW
+    replaced = ", ".join(f"CAST(to_json({ident(name)}) AS VARCHAR) AS {ident(name)}" for name in nested)
+    return f"(SELECT * REPLACE ({replaced}) FROM {_VIEW})"  # noqa: S608 - quoted names
 
 
 def _row_estimate(watch: Watchdog, source: Source) -> int | None:

@@ -17,7 +17,9 @@ guessed again from every row (`resample`). A later value DuckDB can cast it cast
 (DuckDB's issues 25786 and 25824): in a CSV, 1.5 in a column of integers read 2, 007 read 7 and a time in
 a column of dates was dropped; in JSON, 1.5 among integers read 2, `true` among numbers 1.0 and 7 among
 booleans true. Those columns are read again as text to check every value (`_sampled_types_hold`), and a
-value that does not fit makes the types be guessed from every row.
+value that does not fit makes the types be guessed from every row. A CSV's dates that read as well day
+first as month first (`01/02/2024`), which DuckDB reads in whichever order it tries first, are text unless
+a value tells the order (`_ambiguous_dates`).
 
 Windows-1252 (what spreadsheets on Windows export: Latin-1 but for curly quotes, dashes, the euro sign and a
 few more in bytes 0x80-0x9F, which Latin-1 leaves to control characters) is read from a UTF-8 copy made here
@@ -315,8 +317,8 @@ def reread(source: Source, exc: Exception) -> Source | None:
 def _expose(
     con: Any, source: Source, *, name: str, materialize: bool, full_sample: bool, watch: Watchdog | None
 ) -> None:
-    def create(reader: str) -> None:
-        _create(con, name, reader, materialize=materialize, full_sample=full_sample, watch=watch)
+    def create(reader: str) -> bool:
+        return _create(con, name, reader, materialize=materialize, full_sample=full_sample, watch=watch)
 
     def checked(reader: str, *, json: bool) -> None:
         """`name` read again with types guessed from every row if a value does not fit its sampled type."""
@@ -348,7 +350,10 @@ def _expose(
     elif source.encoding != "utf-8":
         codec += f", encoding='{source.encoding}'"
     reader = f"read_csv({path}, {_CSV_STRICT}{codec}"
-    create(reader)
+    every_row = create(reader)
+    if ambiguous := _ambiguous_dates(con, name, path, codec, every_row=every_row, watch=watch):
+        reader += ", types={" + ", ".join(f"{literal(column)}: 'VARCHAR'" for column in ambiguous) + "}"
+        create(reader)
     checked(reader, json=False)
     _reject_ragged_single_column(con, name, path, codec)
 
@@ -447,8 +452,9 @@ def _records_folded(con: Any, name: str) -> bool:
 
 def _create(
     con: Any, name: str, reader: str, *, materialize: bool, full_sample: bool, watch: Watchdog | None
-) -> None:
-    """`name` as a table or a view of `reader` (a table function call without its closing parenthesis)."""
+) -> bool:
+    """`name` as a table or a view of `reader` (a table function call without its closing parenthesis);
+    whether its types were guessed from every row."""
     kind = "TABLE" if materialize else "VIEW"
     sample = ", sample_size=-1" if full_sample else ""
     try:
@@ -458,6 +464,8 @@ def _create(
             raise
         # The types were guessed from a sample and a later row disagrees: guess from every row.
         _run(con, f"CREATE OR REPLACE {kind} {ident(name)} AS SELECT * FROM {reader}, sample_size=-1)", watch)  # noqa: S608
+        return True
+    return full_sample
 
 
 #: The rows DuckDB guesses a CSV's column types from (its `sample_size`).
@@ -516,6 +524,90 @@ def _sampled_types_hold(
     sql = f"SELECT 1 FROM {reader}, {as_text}) WHERE {misfit} LIMIT 1"  # noqa: S608
     rows = watch.fetch(sql) if watch is not None else con.execute(sql).fetchall()
     return not rows
+
+
+#: A date format DuckDB's sniffer gives a CSV that is not year first: its day, month and year fields
+#: (`%d`, `%m`, `%Y` or `%y`), their separator, and what follows (a timestamp's time).
+_DATE_FIELDS = re.compile(r"(%[dmYy])([-/. ])(%[dmYy])\2(%[dmYy])(.*)", re.DOTALL)
+
+
+def _date_family(sniffed: str | None) -> list[str]:
+    """The formats DuckDB's sniffer chooses among for dates written as `sniffed` (`%d/%m/%Y`), `sniffed`
+    first: day, month and year in each order it tries (`%d/%m/%Y`, `%m/%d/%Y`, `%Y/%m/%d`), with the same
+    separator, year width and time. None for ISO dates (`%Y-%m-%d`, or no format at all): a four-digit
+    year first is read one way only."""
+    match = _DATE_FIELDS.fullmatch(sniffed or "")
+    if sniffed is None or match is None or match[1] == "%Y":
+        return []
+    year = "%Y" if "%Y" in match.group(1, 3, 4) else "%y"
+    sep, rest = match[2], match[5]
+    family = [
+        sep.join(order) + rest for order in (("%d", "%m", year), ("%m", "%d", year), (year, "%m", "%d"))
+    ]
+    if sniffed not in family:
+        return []
+    return [sniffed, *(fmt for fmt in family if fmt != sniffed)]
+
+
+def _ambiguous_dates(
+    con: Any, name: str, source: str, codec: str, *, every_row: bool, watch: Watchdog | None
+) -> list[str]:
+    """The DATE and TIMESTAMP columns of the CSV table `name` (read from `source`, its types guessed from
+    `every_row` or from a sample) whose every value reads as a date in another order of its day, month
+    and year too, differently: those are text.
+
+    DuckDB's sniffer picks one of the orders that read every sampled value, whichever it tries first: an
+    American `01/02/2024` (January 2nd) read as February 1st, and `01/02/24` as 2001-02-24, without a
+    word. A column is a date only when its values tell the order (a `13/02/2024` anywhere: day first),
+    or when every order that reads them all gives the same dates (`01/01/2024`).
+
+    Only a CSV whose dates are not year first (ISO) is checked, from their text: its first 20,480 rows
+    hold a value each other order cannot read as soon as the dates span a few weeks; an order they do
+    not rule out is looked for further, a scan that stops at the first such value, and only a column no
+    value tells is read whole (once more, for a value the two orders read differently). For a CSV of
+    1,000,000 rows and 12 columns with a day-first date and timestamp, the check took 0.15 s (a sniff
+    and the first rows) beside a profile's 2.2 s; with ISO dates, the sniff alone: 0.06 s.
+    """
+    described = [(str(row[0]), str(row[1])) for row in con.execute(f"DESCRIBE {ident(name)}").fetchall()]
+    dated = [(column, kind) for column, kind in described if kind in ("DATE", "TIMESTAMP")]
+    if not dated:
+        return []
+    sample = ", sample_size=-1" if every_row else ""
+    formats = con.execute(
+        f"SELECT DateFormat, TimestampFormat FROM sniff_csv({source}, {_CSV_STRICT}{codec}{sample})"  # noqa: S608
+    ).fetchall()[0]
+    families = {"DATE": _date_family(formats[0]), "TIMESTAMP": _date_family(formats[1])}
+
+    # Each column's value, and its text read in the sniffed order and in each other order (as SQL).
+    orders: list[tuple[str, str, str, str]] = []
+    for column, kind in dated:
+        if not families[kind]:
+            continue
+        value = f"trim({ident(column)})"
+        sniffed, *others = (f"try_strptime({value}, {literal(fmt)})" for fmt in families[kind])
+        orders += [(column, value, sniffed, other) for other in others]
+    if not orders:
+        return []
+    texts = (
+        "types={" + ", ".join(f"{literal(c)}: 'VARCHAR'" for c in dict.fromkeys(o[0] for o in orders)) + "}"
+    )
+    reader = f"read_csv({source}, {_CSV_STRICT}{codec}{sample}, {texts})"
+
+    def fetch(sql: str) -> list[tuple[Any, ...]]:
+        return watch.fetch(sql) if watch is not None else con.execute(sql).fetchall()
+
+    # One scan of the first rows tells most orders apart; only those it does not are looked for further.
+    cannot = [f"{value} <> '' AND {other} IS NULL" for _, value, _, other in orders]
+    any_cannot = ", ".join(f"bool_or({condition})" for condition in cannot)
+    told = fetch(f"SELECT {any_cannot} FROM (SELECT * FROM {reader} LIMIT {SAMPLE_ROWS})")[0]  # noqa: S608
+    ambiguous: list[str] = []
+    for (column, _, sniffed, other), condition, seen in zip(orders, cannot, told, strict=True):
+        if seen or column in ambiguous or fetch(f"SELECT 1 FROM {reader} WHERE {condition} LIMIT 1"):  # noqa: S608
+            continue
+        # The other order reads every value: the column is a date only if it reads them all the same.
+        if fetch(f"SELECT 1 FROM {reader} WHERE {other} <> {sniffed} LIMIT 1"):  # noqa: S608
+            ambiguous.append(column)
+    return ambiguous
 
 
 def _run(con: Any, sql: str, watch: Watchdog | None) -> None:
