@@ -74,6 +74,36 @@ def test_binary_signatures(head: bytes, kind: FileKind) -> None:
 
 
 @pytest.mark.parametrize(
+    "head",
+    [
+        b"BW64\xff\xff\xff\xffWAVEds64",  # EBU's BW64 (no FFmpeg muxer writes one to test with)
+        b"DSD \x1c\x00\x00\x00\x00\x00\x00\x00",  # DSF (no FFmpeg encoder for DSD)
+        b"\x7f\xfe\x80\x01" + b"\x00" * 12,  # DTS (PyAV's FFmpeg has no DTS encoder)
+        b"\xfe\x7f\x01\x80" + b"\x00" * 12,  # DTS, little-endian
+        b"\x1f\xff\xe8\x00" + b"\x00" * 12,  # DTS, 14-bit big-endian
+        b"\xff\x1f\x00\xe8" + b"\x00" * 12,  # DTS, 14-bit little-endian
+    ],
+    ids=["bw64", "dsf", "dts", "dts-le", "dts-14-be", "dts-14-le"],
+)
+def test_audio_signatures_no_encoder_here_writes(head: bytes) -> None:
+    """Audio FFmpeg reads but writes no file of here (the others are encoded in the audio service's tests)."""
+    assert sniff(head) is FileKind.AUDIO
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"\x0b\x77\x00\x00\xc0\x40" + b"\x00" * 10,  # AC-3's bitstream id with the reserved sample rate
+        b"\x0b\x77\x00\x00\x00\xf8" + b"\x00" * 10,  # a bitstream id past E-AC-3's (31)
+    ],
+    ids=["ac3-reserved-rate", "bsid-31"],
+)
+def test_a_dolby_sync_word_alone_is_not_audio(head: bytes) -> None:
+    """0B 77 opens one file in 65,536 of any kind: an AC-3 or E-AC-3 frame's header must follow."""
+    assert sniff(head) is FileKind.UNKNOWN
+
+
+@pytest.mark.parametrize(
     "text",
     [
         b"name,age,city\nada,36,london\nalan,41,wilmslow\n",

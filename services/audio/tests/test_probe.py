@@ -16,7 +16,9 @@ import pytest
 from medialens_audio.decode import WAV_PROBE_BYTES, _mp3_length_header
 from medialens_audio.loudness import measure_loudness
 from medialens_audio.probe import probe_audio
+from medialens_shared.contracts import FileKind
 from medialens_shared.errors import InputNotFound, MediaDecodeError, UnsupportedInput
+from medialens_shared.sniff import SNIFF_BYTES, sniff
 from scripts.samples import corrupt, make_audio, make_csv, make_video, truncate
 from tests.fixtures.memory import resident_bytes_left_per_call
 
@@ -334,3 +336,50 @@ def test_the_duration_of_ogg_opus_leaves_out_its_pre_skip(tmp_path: Path, rate: 
     assert decoded == 96000
     result = probe_audio(path)
     assert (result.sample_rate, result.duration_s) == (48000, pytest.approx(2.0, abs=1e-6))
+
+
+#: Audio formats FFmpeg writes and reads whose files the gateway's sniffing took for unknown (a 415 for every
+#: audio job): (name, muxer, codec, muxer options, codec options, the kind sniffed now).
+UNSNIFFED_FORMATS = [
+    ("rf64.wav", "wav", "pcm_s16le", {"rf64": "always"}, {}, FileKind.AUDIO),
+    ("a.w64", "w64", "pcm_s16le", {}, {}, FileKind.AUDIO),
+    ("a.caf", "caf", "pcm_s16le", {}, {}, FileKind.AUDIO),
+    ("a.au", "au", "pcm_s16be", {}, {}, FileKind.AUDIO),
+    ("a.tta", "tta", "tta", {}, {}, FileKind.AUDIO),
+    ("a.ac3", "ac3", "ac3", {}, {}, FileKind.AUDIO),
+    ("a.eac3", "eac3", "eac3", {}, {}, FileKind.AUDIO),
+    ("a.wma", "asf", "wmav2", {}, {"b": "128000"}, FileKind.VIDEO),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "muxer", "codec", "muxer_options", "codec_options", "kind"),
+    UNSNIFFED_FORMATS,
+    ids=[entry[0] for entry in UNSNIFFED_FORMATS],
+)
+def test_audio_formats_ffmpeg_reads_are_sniffed_as_media_and_probed(
+    tmp_path: Path,
+    name: str,
+    muxer: str,
+    codec: str,
+    muxer_options: dict[str, str],
+    codec_options: dict[str, str],
+    kind: FileKind,
+) -> None:
+    """RF64 (WAV past 4 GB), Wave64, CAF, AU, TTA, raw AC-3 and E-AC-3, and WMA (ASF): the audio
+    service reads each, and uploads of them are now media by their first bytes, which the audio jobs take
+    (ASF is video, as WMV shares it: the audio jobs take video files and read their sound)."""
+    rate = 48000
+    samples = sine(-20.0, 1.0, rate=rate)
+    path = tmp_path / name
+    with av.open(str(path), mode="w", format=muxer, options=muxer_options) as container:
+        stream = container.add_stream(codec, rate=rate, options=codec_options)
+        stream.layout = "stereo"
+        frame = av.AudioFrame.from_ndarray(samples, format="fltp", layout="stereo")
+        frame.sample_rate = rate
+        container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    assert sniff(path.read_bytes()[:SNIFF_BYTES]) is kind
+    result = probe_audio(path)
+    assert result.sample_rate == rate
+    assert result.duration_s == pytest.approx(1.0, abs=0.05)

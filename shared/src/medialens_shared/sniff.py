@@ -86,19 +86,60 @@ def _sniff_media(head: bytes) -> FileKind | None:
         return FileKind.VIDEO  # Matroska / WebM
     if head.startswith(b"RIFF") and head[8:12] == b"AVI ":
         return FileKind.VIDEO
-    if head.startswith(b"RIFF") and head[8:12] == b"WAVE":
-        return FileKind.AUDIO
-    if head.startswith((b"FLV\x01", b"\x00\x00\x01\xba", b"\x00\x00\x01\xb3")):
-        return FileKind.VIDEO  # FLV, MPEG program stream, MPEG video
+    if head.startswith((b"RIFF", b"RF64", b"BW64")) and head[8:12] == b"WAVE":
+        return FileKind.AUDIO  # WAV, and its 64-bit forms (EBU's RF64 and BW64) past 4 GB
+    if head.startswith(b"riff") and head[24:28] == b"wave":
+        return FileKind.AUDIO  # Sony Wave64: GUIDs whose first four bytes spell its chunks
+    if head.startswith((b"FLV\x01", b"\x00\x00\x01\xba", b"\x00\x00\x01\xb3", _ASF_GUID)):
+        # FLV, MPEG program stream, MPEG video, ASF (WMV or WMA: audio jobs take video files for their sound)
+        return FileKind.VIDEO
     if len(head) > 188 * 2 and head[0] == 0x47 and head[188] == 0x47 and head[376] == 0x47:
         return FileKind.VIDEO  # MPEG transport stream
     if _annex_b(head):
         return FileKind.VIDEO  # raw H.264 or HEVC
-    if head.startswith((b"ID3", b"fLaC", b"OggS", b"FORM", b"#!AMR", b"MAC ", b"wvpk")):
-        return FileKind.AUDIO  # MP3 with tag, FLAC, Ogg (Vorbis/Opus), AIFF, AMR, APE, WavPack
+    if head.startswith(_AUDIO_MAGIC):
+        return FileKind.AUDIO
     if len(head) > 1 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0:
         return FileKind.AUDIO  # MPEG audio or ADTS AAC frame sync
+    if _dolby_sync(head):
+        return FileKind.AUDIO  # raw AC-3 or E-AC-3
     return None
+
+
+#: The opening bytes of the audio files FFmpeg reads: MP3 with its tag, FLAC, Ogg (Vorbis, Opus, FLAC),
+#: AIFF, AMR, APE, WavPack, Apple's CAF, Sun's AU, TTA, DSD (DSF), and DTS's core sync word as a raw
+#: stream carries it (big-endian, little-endian and both 14-bit forms).
+_AUDIO_MAGIC = (
+    b"ID3",
+    b"fLaC",
+    b"OggS",
+    b"FORM",
+    b"#!AMR",
+    b"MAC ",
+    b"wvpk",
+    b"caff",
+    b".snd",
+    b"TTA1",
+    b"DSD ",
+    b"\x7f\xfe\x80\x01",
+    b"\xfe\x7f\x01\x80",
+    b"\x1f\xff\xe8\x00",
+    b"\xff\x1f\x00\xe8",
+)
+#: The header object GUID every ASF file (WMV, WMA) opens with.
+_ASF_GUID = bytes.fromhex("3026b2758e66cf11a6d900aa0062ce6c")
+
+
+def _dolby_sync(head: bytes) -> bool:
+    """Whether `head` opens with an AC-3 or E-AC-3 frame: the sync word 0B 77, a sample rate code that is
+    not the reserved one, and a bitstream id of AC-3 (up to 10) or E-AC-3 (11 to 16). Two bytes alone
+    would take one file in 65,536 of any other kind for audio."""
+    if len(head) < 6 or head[:2] != b"\x0b\x77":
+        return False
+    bsid = head[5] >> 3
+    if bsid <= 10:
+        return head[4] >> 6 != 3  # AC-3's sample rate code (E-AC-3 uses 3 for its reduced rates)
+    return bsid <= 16
 
 
 #: An Annex B start code (H.264 and HEVC elementary streams: `.h264`, `.264`, `.hevc`, `.265`).
