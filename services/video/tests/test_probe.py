@@ -13,6 +13,7 @@ import pytest
 
 from medialens_shared.errors import InputNotFound, MediaDecodeError, UnsupportedInput
 from medialens_video.probe import probe_video
+from medialens_video.scenes import detect_scenes
 from scripts.samples import corrupt, make_audio, make_csv, make_video, truncate
 from tests.fixtures.memory import resident_bytes_left_per_call
 
@@ -242,3 +243,34 @@ def test_the_frame_count_of_a_late_video_muxed_by_mkvmerge(tmp_path: Path) -> No
     late = tmp_path / "late.mkv"
     subprocess.run(["mkvmerge", "-q", "-o", str(late), "--sync", "0:1000", str(made)], check=True)
     assert probe_video(late).video.frame_count == 100
+
+
+def test_the_video_analysed_is_the_track_flagged_default_not_a_still_before_it(tmp_path: Path) -> None:
+    """A Matroska file with a one-frame picture track first (not flagged default, nor attached: as ffmpeg
+    5.1 wrote a cover) and the 2 s video second, flagged default: the jobs read the video, as players show
+    it. They read the picture: probe said mjpeg and 1 frame, scenes one scene of it."""
+    path = tmp_path / "with-still.mkv"
+    with av.open(str(path), mode="w") as container:
+        still = container.add_stream("mjpeg", rate=1)
+        video = container.add_stream("libx264", rate=25)
+        for stream, pix_fmt in ((still, "yuvj420p"), (video, "yuv420p")):
+            stream.width, stream.height, stream.pix_fmt = 64, 48, pix_fmt
+        still.disposition = 0
+        video.disposition = av.stream.Disposition.default
+        picture = av.VideoFrame.from_ndarray(np.zeros((48, 64, 3), np.uint8), format="rgb24")
+        picture = picture.reformat(format="yuvj420p")
+        picture.pts, picture.time_base = 0, Fraction(1, 1)
+        container.mux(still.encode(picture))
+        container.mux(still.encode(None))
+        for i in range(50):
+            level = 40 if i < 30 else 200  # a cut at 1.2 s
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), level, np.uint8), format="rgb24")
+            frame = frame.reformat(format="yuv420p")
+            frame.pts, frame.time_base = i, Fraction(1, 25)
+            container.mux(video.encode(frame))
+        container.mux(video.encode(None))
+    result = probe_video(path)
+    assert (result.video.codec, result.video.frame_count) == ("h264", 50)
+    scenes = detect_scenes(path, min_scene_len_s=0.2)
+    assert scenes.frames_analyzed == 50
+    assert [round(scene.start_s, 2) for scene in scenes.scenes] == [0.0, 1.2]

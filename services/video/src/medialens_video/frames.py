@@ -70,7 +70,7 @@ def demuxed(container: Any, stream: Any) -> closing[Any]:
 
 @contextmanager
 def open_video(path: Path, *, whole: bool = False) -> Iterator[tuple[Any, Any]]:
-    """The open container and its first real video stream (not a cover picture).
+    """The open container and the video stream a player shows (`_played_video`: not a cover picture).
 
     Raises `UnsupportedInput` when the file is not a video (empty, a table, audio only, ...),
     `MediaDecodeError` when it looks like media but cannot be opened (or, with `whole`, when it ends
@@ -89,10 +89,7 @@ def open_video(path: Path, *, whole: bool = False) -> Iterator[tuple[Any, Any]]:
             raise UnsupportedInput(
                 f"The file is not a video: it was read as {container.format.long_name or format_name}."
             )
-        video = next(
-            (s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic),
-            None,
-        )
+        video = _played_video(container)
         if video is None:
             raise UnsupportedInput(
                 "The file has no video stream" + (" (it is audio only)." if container.streams.audio else ".")
@@ -100,6 +97,17 @@ def open_video(path: Path, *, whole: bool = False) -> Iterator[tuple[Any, Any]]:
         if whole:
             _require_whole(path, video.index)
         yield container, video
+
+
+def _played_video(container: Any) -> Any | None:
+    """The video stream a player shows: the first one flagged default, else the first; never a cover
+    picture (flagged attached). A Matroska file can hold a still picture as an ordinary track before the
+    video (ffmpeg 5.1 wrote `-disposition attached_pic` so), its default flag off: every job analysed
+    that one frame."""
+    streams = [s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic]
+    return next((s for s in streams if s.disposition & av.stream.Disposition.default), None) or next(
+        iter(streams), None
+    )
 
 
 def _require_whole(path: Path, index: int) -> None:
