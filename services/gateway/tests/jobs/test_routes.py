@@ -193,6 +193,40 @@ async def test_a_body_not_sent_as_json_is_422_saying_what_to_send(
     envelope(merge, status=202)
 
 
+@pytest.mark.parametrize("job_type", ["data.profile", "media.analyze"])
+@pytest.mark.parametrize("headers", [{}, {"Idempotency-Key": "lone-surrogate"}])
+async def test_a_file_id_that_is_no_unicode_text_is_422(
+    api: httpx.AsyncClient, envelope: EnvelopeCheck, job_type: str, headers: dict[str, str]
+) -> None:
+    """JSON can spell a lone surrogate (`"\\udc00"`), which no UTF-8 text holds: as a file_id it reached
+    the job message's and PostgreSQL's encoding and failed there, a 500, on each way in (plain, composite,
+    with an Idempotency-Key). It does not fit the schema: 422 naming `file_id`."""
+    body = f'{{"type": "{job_type}", "file_id": "\\udc00"}}'
+    response = await api.post(
+        "/v1/jobs", content=body, headers={"Content-Type": "application/json", **headers}
+    )
+    answer = envelope(response, status=422, error_code="VALIDATION_ERROR")
+    assert ["body", "file_id"] in [detail["loc"] for detail in answer["data"]["details"]]
+
+
+@pytest.mark.parametrize("depth", [950, 5000])
+@pytest.mark.parametrize("idempotency_key", [None, "deep"])
+async def test_a_body_nested_too_deep_to_parse_is_422(
+    api: httpx.AsyncClient, csv_file: str, envelope: EnvelopeCheck, depth: int, idempotency_key: str | None
+) -> None:
+    """A JSON body nested past the parser's recursion (`[[[...]]]` a thousand deep, well under the size
+    bound) answers 422 as a body that does not parse, as FastAPI answers it; the hot path's parse raised
+    RecursionError, a 500."""
+    nested = "[" * depth + "]" * depth
+    body = f'{{"type": "data.profile", "file_id": "{csv_file}", "params": {{"x": {nested}}}}}'
+    headers = {"Content-Type": "application/json"}
+    if idempotency_key:
+        headers["Idempotency-Key"] = idempotency_key
+    response = await api.post("/v1/jobs", content=body, headers=headers)
+    answer = envelope(response, status=422, error_code="VALIDATION_ERROR")
+    assert answer["data"]["details"][0]["type"] == "body_unparsable"
+
+
 async def test_missing_file_is_404(api: httpx.AsyncClient, envelope: EnvelopeCheck) -> None:
     """A file_id that does not exist answers 404 NOT_FOUND naming it."""
     response = await api.post("/v1/jobs", json={"type": "data.profile", "file_id": "f" * 32})

@@ -132,14 +132,26 @@ def _served(spec: str) -> bool:
     return unit.strip().lower() == "bytes" and "," not in ranges
 
 
+#: Digits past which a Range position is larger than any file (2**63 has 19): read as this bound instead.
+_POSITION_DIGITS = 20
+
+
+def _position(digits: str) -> int:
+    """A Range position, any number of digits long. Python refuses to read more than 4,300 digits as an int
+    (a `bytes=0-999...` of 5,000 nines was a 500); a position that long is past the end of any file, and
+    RFC 9110 has a last position past the end read as the end, so the bound serves as well."""
+    digits = digits.lstrip("0") or "0"
+    return int(digits) if len(digits) < _POSITION_DIGITS else 10**_POSITION_DIGITS
+
+
 def _parse_range(spec: str, size: int) -> tuple[int, int]:
     match = _RANGE.match(spec.strip())
     if match and (match[1] or match[2]):
         if match[1]:
-            start = int(match[1])
-            end = min(int(match[2]), size - 1) if match[2] else size - 1
+            start = _position(match[1])
+            end = min(_position(match[2]), size - 1) if match[2] else size - 1
         else:
-            start, end = max(size - int(match[2]), 0), size - 1
+            start, end = max(size - _position(match[2]), 0), size - 1
         if start <= end < size:
             return start, end
     raise RangeNotSatisfiable(

@@ -107,13 +107,16 @@ class HotPaths:
 def _job_request(headers: Headers, body: bytes) -> JobRequest | None:
     """The body as the route's `JobRequest`, when FastAPI would read it as JSON and it validates; else None.
 
-    FastAPI parses a JSON body with `json.loads` and validates the object in Python mode: so does this."""
+    FastAPI parses a JSON body with `json.loads` and validates the object in Python mode: so does this. A
+    body nested deeper than `json.loads` can recurse (`[[[...]]]` a thousand times) goes on too, where
+    FastAPI answers it as a body that does not parse; raised here, it was a 500."""
     media_type = headers.get("content-type", "").partition(";")[0].strip().lower()
     if media_type != "application/json":
         return None
     try:
         return JobRequest.model_validate(json.loads(body))
-    except (ValueError, ValidationError):  # not UTF-8, not JSON (both ValueErrors), or not a JobRequest
+    # Not UTF-8, not JSON (both ValueErrors), nested too deep to parse, or not a JobRequest.
+    except (ValueError, RecursionError, ValidationError):
         return None
 
 

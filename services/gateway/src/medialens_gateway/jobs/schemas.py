@@ -14,7 +14,10 @@ class JobRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     type: str = Field(description="A job type of /v1/job-types, e.g. `video.probe`.")
-    file_id: str = Field(description="The input: a file of this tenant.")
+    #: Not empty: no file has an empty id, and a bound on the length also has validation check that the text
+    #: is Unicode. JSON can spell a lone surrogate (`"\udc00"`), which a bare `str` let through to the
+    #: queries and the job message, whose UTF-8 encoding then failed (a 500); it is a 422 now, as in a label.
+    file_id: str = Field(min_length=1, description="The input: a file of this tenant.")
     params: dict[str, Any] = Field(default_factory=dict, description="Checked against the type's schema.")
     labels: dict[LabelKey, LabelValue] = Field(default_factory=dict, max_length=32)
     #: Strict: `"5"` or `true` are not priorities (lax validation took them, `true` as 1).
