@@ -5,6 +5,8 @@ from __future__ import annotations
 import codecs
 from pathlib import Path
 
+import av
+import numpy as np
 import pytest
 
 from medialens_shared.contracts import FileKind
@@ -116,6 +118,14 @@ def test_a_dolby_sync_word_alone_is_not_audio(head: bytes) -> None:
         codecs.BOM_UTF16_BE + "name,city\nJosé,Zürich\n".encode("utf-16-be"),
         "name;city\nJosé;Zürich\nAnn;Köln\n".encode("latin-1"),
         b'[\n  {\n    "a": 1,\n    "tags": ["x", "y", "z"],\n    "b": {"c": 1}\n  },\n  {"a": 2}\n]\n',
+        # Header lines that open with an audio format's four letters (CAF, DSF, AIFF, ID3, AU, TTA, APE).
+        b"caffeine_mg,sleep_h\n95,7\n120,6\n",
+        b"DSD Region,count\nnorth,3\nsouth,4\n",
+        b"FORMAT,size\nA4,2\nA5,1\n",
+        b"ID3,name\n1,a\n2,b\n",
+        b".snd,file\n1,a.wav\n2,b.wav\n",
+        b"TTA1,TTA2\n1,2\n3,4\n",
+        b"MAC address,vendor\n00:1a,acme\n00:1b,globex\n",
     ],
     ids=[
         "csv",
@@ -128,11 +138,20 @@ def test_a_dolby_sync_word_alone_is_not_audio(head: bytes) -> None:
         "utf16-be",
         "latin1",
         "json-array",
+        "caff-header",
+        "dsd-header",
+        "form-header",
+        "id3-header",
+        "snd-header",
+        "tta-header",
+        "mac-header",
     ],
 )
 def test_table_text_is_a_table(text: bytes) -> None:
     """CSV, TSV, one-column CSV, JSON lines and BOM-prefixed CSV are tables; so is a CSV in UTF-16 (its
-    byte-order mark FF FE was taken for an MPEG audio frame sync) or in Latin-1 (it was unknown)."""
+    byte-order mark FF FE was taken for an MPEG audio frame sync) or in Latin-1 (it was unknown), and one
+    whose header opens with an audio format's four letters (`caffeine_mg` was taken for CAF, `FORMAT` for
+    AIFF)."""
     assert sniff(text) is FileKind.TABLE
 
 
@@ -180,3 +199,25 @@ def test_a_raw_video_stream_is_video(tmp_path: Path, name: str, codec: str) -> N
 )
 def test_a_start_code_alone_is_not_video(head: bytes) -> None:
     assert sniff(head) is FileKind.UNKNOWN
+
+
+@pytest.mark.parametrize(("codec", "kind"), [("wmav2", FileKind.AUDIO), ("wmv2", FileKind.VIDEO)])
+def test_asf_is_audio_or_video_by_its_streams(tmp_path: Path, codec: str, kind: FileKind) -> None:
+    """An ASF file is WMA (audio) or WMV (video) by the streams its header lists."""
+    path = tmp_path / "a.asf"
+    with av.open(str(path), mode="w", format="asf") as container:
+        if kind is FileKind.VIDEO:
+            stream = container.add_stream(codec, rate=25)
+            stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+            frame = av.VideoFrame.from_ndarray(np.zeros((48, 64, 3), np.uint8), format="rgb24")
+            frame = frame.reformat(format="yuv420p")
+        else:
+            stream = container.add_stream(codec, rate=44100, options={"b": "128000"})
+            stream.layout = "stereo"
+            frame = av.AudioFrame.from_ndarray(
+                np.zeros((2, 4096), np.float32), format="fltp", layout="stereo"
+            )
+            frame.sample_rate = 44100
+        container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    assert sniff(path.read_bytes()[:SNIFF_BYTES]) is kind

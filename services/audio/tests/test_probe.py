@@ -348,7 +348,7 @@ UNSNIFFED_FORMATS = [
     ("a.tta", "tta", "tta", {}, {}, FileKind.AUDIO),
     ("a.ac3", "ac3", "ac3", {}, {}, FileKind.AUDIO),
     ("a.eac3", "eac3", "eac3", {}, {}, FileKind.AUDIO),
-    ("a.wma", "asf", "wmav2", {}, {"b": "128000"}, FileKind.VIDEO),
+    ("a.wma", "asf", "wmav2", {}, {"b": "128000"}, FileKind.AUDIO),
 ]
 
 
@@ -367,8 +367,8 @@ def test_audio_formats_ffmpeg_reads_are_sniffed_as_media_and_probed(
     kind: FileKind,
 ) -> None:
     """RF64 (WAV past 4 GB), Wave64, CAF, AU, TTA, raw AC-3 and E-AC-3, and WMA (ASF): the audio
-    service reads each, and uploads of them are now media by their first bytes, which the audio jobs take
-    (ASF is video, as WMV shares it: the audio jobs take video files and read their sound)."""
+    service reads each, and uploads of them are now audio by their first bytes, which the audio jobs take
+    (an ASF file with no video stream is WMA)."""
     rate = 48000
     samples = sine(-20.0, 1.0, rate=rate)
     path = tmp_path / name

@@ -90,44 +90,64 @@ def _sniff_media(head: bytes) -> FileKind | None:
         return FileKind.AUDIO  # WAV, and its 64-bit forms (EBU's RF64 and BW64) past 4 GB
     if head.startswith(b"riff") and head[24:28] == b"wave":
         return FileKind.AUDIO  # Sony Wave64: GUIDs whose first four bytes spell its chunks
-    if head.startswith((b"FLV\x01", b"\x00\x00\x01\xba", b"\x00\x00\x01\xb3", _ASF_GUID)):
-        # FLV, MPEG program stream, MPEG video, ASF (WMV or WMA: audio jobs take video files for their sound)
-        return FileKind.VIDEO
+    if head.startswith((b"FLV\x01", b"\x00\x00\x01\xba", b"\x00\x00\x01\xb3")):
+        return FileKind.VIDEO  # FLV, MPEG program stream, MPEG video
+    if head.startswith(_ASF_GUID):
+        return _asf(head)  # WMV or WMA
     if len(head) > 188 * 2 and head[0] == 0x47 and head[188] == 0x47 and head[376] == 0x47:
         return FileKind.VIDEO  # MPEG transport stream
     if _annex_b(head):
         return FileKind.VIDEO  # raw H.264 or HEVC
-    if head.startswith(_AUDIO_MAGIC):
+    if _audio_magic(head) or _dolby_sync(head):  # raw AC-3 and E-AC-3 have no more than a sync word
         return FileKind.AUDIO
-    if len(head) > 1 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0:
-        return FileKind.AUDIO  # MPEG audio or ADTS AAC frame sync
-    if _dolby_sync(head):
-        return FileKind.AUDIO  # raw AC-3 or E-AC-3
     return None
 
 
-#: The opening bytes of the audio files FFmpeg reads: MP3 with its tag, FLAC, Ogg (Vorbis, Opus, FLAC),
-#: AIFF, AMR, APE, WavPack, Apple's CAF, Sun's AU, TTA, DSD (DSF), and DTS's core sync word as a raw
-#: stream carries it (big-endian, little-endian and both 14-bit forms).
-_AUDIO_MAGIC = (
-    b"ID3",
-    b"fLaC",
-    b"OggS",
-    b"FORM",
-    b"#!AMR",
-    b"MAC ",
-    b"wvpk",
-    b"caff",
-    b".snd",
-    b"TTA1",
-    b"DSD ",
-    b"\x7f\xfe\x80\x01",
-    b"\xfe\x7f\x01\x80",
-    b"\x1f\xff\xe8\x00",
-    b"\xff\x1f\x00\xe8",
-)
-#: The header object GUID every ASF file (WMV, WMA) opens with.
+#: DTS's core sync word as a raw stream carries it: big-endian, little-endian and both 14-bit forms.
+_DTS_SYNC = (b"\x7f\xfe\x80\x01", b"\xfe\x7f\x01\x80", b"\x1f\xff\xe8\x00", b"\xff\x1f\x00\xe8")
+#: The opening bytes of audio files FFmpeg reads that no text a table starts with holds.
+_BINARY_AUDIO_MAGIC = (b"fLaC", b"OggS\x00", b"#!AMR", b"wvpk", *_DTS_SYNC)
+
+
+def _audio_magic(head: bytes) -> bool:
+    """Whether `head` opens an audio file by its format's signature: MP3 (its ID3v2 tag or a frame), FLAC, Ogg
+    (Vorbis, Opus, FLAC), AIFF, AMR, APE, WavPack, Apple's CAF, Sun's AU, TTA, DSD (DSF) or DTS.
+
+    A signature of four letters (`caff`, `DSD `, `FORM`, `ID3`) also opens many a CSV's header line
+    (`caffeine_mg,sleep_h`, `DSD Region,count`, `FORMAT,size`): the fields after it must hold what the
+    format puts there, or a table would be refused as audio."""
+    if head.startswith(_BINARY_AUDIO_MAGIC):
+        return True
+    if len(head) > 1 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0:
+        return True  # MPEG audio or ADTS AAC frame sync
+    if head.startswith(b"ID3"):  # ID3v2: version 2 to 4, then a revision byte
+        return len(head) >= 5 and head[3] in (2, 3, 4) and head[4] != 0xFF
+    if head.startswith(b"FORM"):  # IFF: a size, then the form type
+        return head[8:12] in (b"AIFF", b"AIFC")
+    if head.startswith(b"caff"):  # CAF: file version 1, no flags
+        return head[4:8] == b"\x00\x01\x00\x00"
+    if head.startswith(b"DSD "):  # DSF: its DSD chunk is 28 bytes long (a 64-bit size)
+        return head[4:12] == b"\x1c\x00\x00\x00\x00\x00\x00\x00"
+    if head.startswith(b".snd"):  # AU: where its samples start (past its 24-byte header), its encoding code
+        offset, encoding = int.from_bytes(head[4:8], "big"), int.from_bytes(head[12:16], "big")
+        return 24 <= offset < 1 << 20 and 1 <= encoding <= 27
+    if head.startswith(b"TTA1"):  # TTA: its format, 1 (integer) or 2 (float), then a channel count
+        return head[4:6] in (b"\x01\x00", b"\x02\x00") and head[6:8] != b"\x00\x00"
+    if head.startswith(b"MAC "):  # APE: its version number (3.80 to 4.10: 3800 to 4100)
+        return len(head) >= 6 and 3800 <= int.from_bytes(head[4:6], "little") <= 4100
+    return False
+
+
+#: The header object GUID every ASF file (WMV, WMA) opens with, and the stream type GUID of a video
+#: stream (each in the file's byte order).
 _ASF_GUID = bytes.fromhex("3026b2758e66cf11a6d900aa0062ce6c")
+_ASF_VIDEO_STREAM = bytes.fromhex("c0ef19bc4d5bcf11a8fd00805f5c442b")
+
+
+def _asf(head: bytes) -> FileKind:
+    """An ASF file's kind: video when its header lists a video stream (WMV), else audio (WMA). The stream
+    properties objects are in its header, within the first kilobytes."""
+    return FileKind.VIDEO if _ASF_VIDEO_STREAM in head else FileKind.AUDIO
 
 
 def _dolby_sync(head: bytes) -> bool:
