@@ -16,7 +16,8 @@ import pytest
 from medialens_audio.decode import WAV_PROBE_BYTES, _mp3_length_header
 from medialens_audio.loudness import measure_loudness
 from medialens_audio.probe import probe_audio
-from medialens_shared.contracts import FileKind
+from medialens_audio.waveform import compute_waveform
+from medialens_shared.contracts import AudioWaveformParams, FileKind
 from medialens_shared.errors import InputNotFound, MediaDecodeError, UnsupportedInput
 from medialens_shared.sniff import SNIFF_BYTES, sniff
 from scripts.samples import corrupt, make_audio, make_csv, make_video, truncate
@@ -296,7 +297,29 @@ def test_a_raw_stream_at_a_variable_bit_rate_has_its_frames_counted(
     path = write(tmp_path / name, samples, rate=rate, **write_options)
     with av.open(str(path)) as container:
         assert container.duration / 1_000_000 > 20  # FFmpeg's estimate: what the file is about
-    assert probe_audio(path).duration_s == pytest.approx(10.0, abs=2 * 1152 / rate)
+    result = probe_audio(path)
+    assert result.duration_s == pytest.approx(10.0, abs=2 * 1152 / rate)
+    # Its bit rate over that length, not the quiet first frames' (32,000 b/s for the MP3, 3,919 the AAC).
+    assert result.bit_rate == pytest.approx(path.stat().st_size * 8 / result.duration_s, rel=0.01)
+
+
+def test_chained_ogg_opus_lasts_every_chain(tmp_path: Path) -> None:
+    """Two Ogg Opus files joined byte by byte (as `cat` joins them, as an internet radio's recording holds
+    its programmes) state only the last chain's length, 1 s of 3: its packets are counted, so the probe
+    says 3 s, its bit rate is over 3 s, and a waveform held to fewer points than 3 s at the asked rate
+    lowers its rate (it failed as longer than its metadata says)."""
+    first = write(tmp_path / "a.ogg", sine(-20.0, 2.0), codec="libopus")
+    second = write(tmp_path / "b.ogg", sine(-10.0, 1.0), codec="libopus")
+    chained = tmp_path / "chained.ogg"
+    chained.write_bytes(first.read_bytes() + second.read_bytes())
+    result = probe_audio(chained)
+    assert result.duration_s == pytest.approx(3.0, abs=0.02)
+    assert result.bit_rate == pytest.approx(chained.stat().st_size * 8 / result.duration_s, rel=0.01)
+    waveform = compute_waveform(
+        chained, AudioWaveformParams(points_per_second=100), lambda _f, _m: None, max_points=250
+    )
+    assert waveform.duration_s == pytest.approx(3.0, abs=0.02)
+    assert len(waveform.peaks) <= 250
 
 
 def test_an_mp3_with_a_xing_header_keeps_its_stated_length(tmp_path: Path) -> None:

@@ -380,19 +380,33 @@ def stated_duration(container: Any, stream: Any) -> float | None:
     instead (`_counted_duration`), and so are those of a file that states no length at all, where FFmpeg
     gives none: a WebM or Matroska written as it was recorded (a browser's MediaRecorder, any writer to a
     pipe, which cannot go back to fill in the length), a FLAC written to a pipe (no sample count in its
-    STREAMINFO), chained Ogg Opus. Those probed with no duration, and the waveform of a long one at a high
+    STREAMINFO). Those probed with no duration, and the waveform of a long one at a high
     `points_per_second` failed as "longer than its metadata says" instead of lowering its rate to fit.
 
     Ogg Opus states its length as the granule position of its last page, which counts the pre-skip (the
     encoder's priming, which the decoder drops: RFC 7845 section 4.5): FFmpeg takes it whole, so every Ogg
-    Opus file lasted 6.5 ms (libopus's 312 samples) longer than the samples it plays. It is taken off.
+    Opus file lasted 6.5 ms (libopus's 312 samples) longer than the samples it plays. It is taken off. A
+    chained Ogg Opus file (streams one after another: `cat a.opus b.opus`, an internet radio's recording)
+    states only its last chain's length: its packets are counted too, and their sum stands when it is
+    longer by more than a frame or two (10 s and 3 s chained read 3 s).
     """
     if _length_unstated(container):
         counted = _counted_duration(container.name)
         if counted is not None:
             return counted
     declared = _declared_duration(container, stream)
-    return declared if declared is not None else _counted_duration(container.name)
+    if declared is None:
+        return _counted_duration(container.name)
+    if str(container.format.name) == "ogg" and _opus_pre_skip(stream):
+        counted = _counted_duration(container.name)
+        if counted is not None and counted > declared + _CHAINED_SLACK_S:
+            return counted
+    return declared
+
+
+#: How much longer than its stated length the packets of an Ogg Opus file may last and it still be one
+#: chain: its last packet's padding, up to two of Opus's longest frames (120 ms).
+_CHAINED_SLACK_S = 0.25
 
 
 def _declared_duration(container: Any, stream: Any) -> float | None:

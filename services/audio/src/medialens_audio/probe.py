@@ -39,8 +39,20 @@ def probe_audio(path: Path) -> AudioProbeResult:
             sample_rate=codec_context.sample_rate,
             channels=codec_context.channels,
             duration_s=duration_s,
-            bit_rate=stream.bit_rate or container.bit_rate or _file_bit_rate(Path(path), duration_s),
+            bit_rate=_bit_rate(Path(path), container, stream, duration_s),
         )
+
+
+def _bit_rate(path: Path, container: Any, stream: Any, duration_s: float | None) -> int | None:
+    """The stream's bit rate as FFmpeg states it; the file's size over `duration_s` where FFmpeg has none,
+    or where the file holds nothing but this stream and FFmpeg's rate comes from a length other than ours
+    (counted: `decode.stated_duration`). A raw MP3 or ADTS AAC starting quietly read its first frames'
+    rate (32,000 b/s for a file of 142,000), a chained Ogg Opus its last chain's."""
+    stated_s = container.duration / av.time_base if container.duration else None
+    alone = len(container.streams) == 1
+    if duration_s and alone and (stated_s is None or abs(stated_s - duration_s) > 0.01 * duration_s + 0.05):
+        return _file_bit_rate(path, duration_s)
+    return stream.bit_rate or container.bit_rate or _file_bit_rate(path, duration_s)
 
 
 def _file_bit_rate(path: Path, duration_s: float | None) -> int | None:
