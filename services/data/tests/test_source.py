@@ -82,6 +82,15 @@ def test_an_empty_text_table_is_refused_saying_so(
         inspect(path, fmt=fmt)
 
 
+def test_a_gzip_of_a_blank_member_then_rows_is_no_empty_file(tmp_path: Path) -> None:
+    """gzip files joined (`cat a.gz b.gz`: one stream of their texts) are read whole: a first member of
+    white space followed by one of rows is no empty file."""
+    path = tmp_path / "upload"
+    path.write_bytes(gzip.compress(b" ") + gzip.compress(b"a,b\n1,2\n"))
+    source = inspect(path, fmt="auto")
+    assert (source.format, source.compression) == ("csv", "gzip")
+
+
 def test_a_header_alone_is_a_table_of_no_rows(tmp_path: Path) -> None:
     """A CSV of its header line only is no empty file: its columns, none of its rows."""
     path = tmp_path / "t.csv"

@@ -199,8 +199,8 @@ def _blank(head: bytes, size: int, compression: Compression) -> bool:
             text = inflater.decompress(head, HEAD_BYTES)
         except zlib.error:
             return False  # damaged: reading it says so
-        if not inflater.eof:
-            return False
+        if not inflater.eof or inflater.unused_data:
+            return False  # more than the sample, or another gzip member after it (`cat a.gz b.gz`)
     elif compression != "none":
         return False  # zstd: no decoder here (see `_peek`)
     return not _text_start(text)
