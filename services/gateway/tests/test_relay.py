@@ -41,6 +41,7 @@ from medialens_shared.bus import (
     EXIT_REFUSED,
     RECONNECT_S,
     Topology,
+    close_broker,
     declare,
     make_broker,
     publish_job,
@@ -1054,6 +1055,38 @@ async def test_a_relay_whose_broker_fell_silent_stops_within_a_bound_and_stays_d
             accepted = proxy.accepted
             await asyncio.sleep(3 * RECONNECT_S)
             assert proxy.accepted == accepted
+    finally:
+        await proxy.cut()
+
+
+async def test_a_rounds_declarations_on_a_silent_broker_fail_within_a_publishs_timeout(
+    run_id: str, mongo_url: str, rabbit_vhost: str
+) -> None:
+    """A relay's first round declares the queues before it publishes: on a broker fallen silent that fails
+    within `publish_timeout`, as a publish does, and the round after tries again. It waited until the
+    connection's heartbeat gave up, minutes later."""
+    proxy = TcpProxy(*RABBIT_HOST)
+    await proxy.start()
+    try:
+        async with own_relay(run_id, mongo_url, rabbit_vhost, name="silent_declare") as own:
+            url = own.settings.rabbitmq.url.get_secret_value().replace(
+                f":{RABBIT_HOST[1]}/", f":{proxy.port}/"
+            )
+            rabbitmq = {"url": SecretStr(url), "publish_timeout": 1.0}
+            settings = own.settings.model_copy(
+                update={"rabbitmq": own.settings.rabbitmq.model_copy(update=rabbitmq)}
+            )
+            broker = make_broker(settings, name="silent-declare-test")
+            await broker.connect()
+            try:
+                relay = Relay(settings=settings, db=own.db, broker=broker)
+                proxy.blackhole()
+                started = time.monotonic()
+                with pytest.raises(TimeoutError):
+                    await asyncio.wait_for(relay.publish_batch(), 30)
+                assert time.monotonic() - started < 1.0 + 2
+            finally:
+                await close_broker(broker, timeout_s=1.0)
     finally:
         await proxy.cut()
 

@@ -209,7 +209,7 @@ async def test_a_file_id_that_is_no_unicode_text_is_422(
     assert ["body", "file_id"] in [detail["loc"] for detail in answer["data"]["details"]]
 
 
-@pytest.mark.parametrize("depth", [950, 5000])
+@pytest.mark.parametrize("depth", [1200, 5000])
 @pytest.mark.parametrize("idempotency_key", [None, "deep"])
 async def test_a_body_nested_too_deep_to_parse_is_422(
     api: httpx.AsyncClient, csv_file: str, envelope: EnvelopeCheck, depth: int, idempotency_key: str | None
