@@ -124,3 +124,27 @@ def test_a_json_array_of_objects_is_json(tmp_path: Path, text: str, fmt: str, ar
     path.write_text(text, encoding="utf-8")
     source = inspect(path, fmt="auto")
     assert (source.format, source.json_array) == (fmt, array)
+
+
+@pytest.mark.parametrize(
+    ("content", "compress", "encoding"),
+    [
+        ("\nid,label\n1,a\n2,b\n", False, "utf-8"),
+        ("\r\n\r\nid,label\r\n1,a\r\n2,b\r\n", False, "utf-8"),
+        ("  \n\t\nid,label\n1,a\n2,b\n", True, "utf-8"),
+        ("\nid,label\n1,caf\u00e9 \u2013 \u20ac\n2,b\n", False, "cp1252"),  # read from its UTF-8 copy
+    ],
+    ids=["lf", "crlf", "blank-and-gzip", "windows-1252"],
+)
+def test_blank_lines_before_the_header_are_skipped(
+    tmp_path: Path, content: str, compress: bool, encoding: str
+) -> None:
+    """A CSV that opens with blank lines (an export's empty first line) is read from its header, as pandas
+    and spreadsheets read it: DuckDB took the header for data and failed ("line 2: Error when converting
+    column \\"id\\"")."""
+    data = content.encode(encoding)
+    path = tmp_path / "upload"
+    path.write_bytes(gzip.compress(data) if compress else data)
+    result = profile_table(path, params=DataProfileParams(format="csv"), temp_dir=tmp_path / "scratch")
+    assert (result.row_count, [column.name for column in result.columns]) == (2, ["id", "label"])
+    assert [column.dtype for column in result.columns] == ["BIGINT", "VARCHAR"]

@@ -90,7 +90,7 @@ _DELIMITERS = (",", ";", "\t", "|")
 _JSON_ARRAY = re.compile(rb"\[\s*[{\]]")
 #: A ragged or damaged CSV must fail, never lose or pad rows: no skipped leading lines, no null padding,
 #: no ignored errors, strict quoting.
-_CSV_STRICT = "skip=0, strict_mode=true, null_padding=false, ignore_errors=false"
+_CSV_STRICT = "strict_mode=true, null_padding=false, ignore_errors=false"
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +108,8 @@ class Source:
     json_array: bool = False
     #: Where a CSV read as Windows-1252 is copied as UTF-8 (None: it cannot be).
     utf8_copy: Path | None = None
+    #: The blank lines before a CSV's header, which its reader skips (`_leading_blank_lines`).
+    blank_lines: int = 0
 
     @property
     def paths(self) -> list[Path]:
@@ -161,6 +163,7 @@ def inspect(
         else:
             estimate = max(lines - (chosen == "csv"), 0)
     json_array = chosen == "jsonl" and _JSON_ARRAY.match(_text_start(text)) is not None
+    blank_lines = _leading_blank_lines(text) if chosen == "csv" and encoding != "utf-16" else 0
     return Source(
         path=path,
         format=chosen,
@@ -169,7 +172,19 @@ def inspect(
         encoding=encoding,
         json_array=json_array,
         utf8_copy=scratch / "input.utf-8.csv" if scratch is not None and chosen == "csv" else None,
+        blank_lines=blank_lines,
     )
+
+
+def _leading_blank_lines(text: bytes) -> int:
+    """How many lines of `text` (a CSV's first bytes, in an ASCII-compatible encoding) are blank before
+    its first one that is not. DuckDB's sniffer takes a CSV opening with a blank line for a file without a
+    header, reads the header as a row of data and fails on it ("line 2: Error when converting column a"),
+    where pandas and spreadsheets skip the blank lines; its `skip` counts them as lines, LF or CRLF."""
+    for count, line in enumerate(text.removeprefix(b"\xef\xbb\xbf").split(b"\n")):
+        if line.strip():
+            return count
+    return 0  # nothing but blank lines in the sample: no header to find past them
 
 
 def _peek(head: bytes, compression: Compression) -> tuple[bytes, float | None]:
@@ -339,10 +354,10 @@ def _expose(
         # Binding reads the footer: a non-Parquet file fails here.
         con.execute(f"DESCRIBE {ident(name)}").fetchall()
         return
-    codec = "" if source.compression == "none" else f", compression='{source.compression}'"
+    compression = "" if source.compression == "none" else f", compression='{source.compression}'"
     if source.format == "jsonl":
         layout = "array" if source.json_array else "newline_delimited"
-        reader = f"read_json({path}, format='{layout}'{codec}"
+        reader = f"read_json({path}, format='{layout}'{compression}"
         create(reader)
         if _records_folded(con, name) and _folded_keys(con, name, watch) <= UNFOLDED_KEYS_MAX:
             # A column a key, however few rows hold them, as long as a table of that many columns is one.
@@ -350,8 +365,9 @@ def _expose(
             create(reader)
         checked(reader, json=True)
         return
+    codec = f", skip={source.blank_lines}{compression}"
     if source.encoding == "windows-1252":
-        path, codec = literal(str(_copy_as_utf8(source, watch).resolve())), ""
+        path, codec = literal(str(_copy_as_utf8(source, watch).resolve())), f", skip={source.blank_lines}"
     elif source.encoding != "utf-8":
         codec += f", encoding='{source.encoding}'"
     reader = f"read_csv({path}, {_CSV_STRICT}{codec}"
