@@ -247,3 +247,14 @@ def test_ambiguous_dates_in_a_long_table_with_integers_are_text(tmp_path: Path) 
     path = write_csv(tmp_path / "dates.csv", ["day", "n"], rows)
     day, n = profile_table(path, params=AUTO).columns
     assert (day.dtype, n.dtype, n.max) == ("VARCHAR", "BIGINT", 29_999)
+
+
+def test_markers_in_a_column_whose_header_reads_as_a_value(tmp_path: Path) -> None:
+    """A column headed `f` (a boolean's spelling) of `true`, `NA`, `false`: with the markers as NULL the
+    sniffer takes the file for one without a header, and its columns were matched by name (`column0`):
+    the markers stayed text. Matched by position, the column is a boolean with one missing value."""
+    path = tmp_path / "flags.csv"
+    path.write_text("f\ntrue\nNA\nfalse\n")
+    result = profile_table(path, params=AUTO)
+    flag = column(result, "f")
+    assert (result.row_count, flag.dtype, flag.null_count) == (3, "BOOLEAN", 1)

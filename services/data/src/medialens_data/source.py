@@ -766,7 +766,11 @@ def _marked_columns(
         return watch.fetch(sql) if watch is not None else con.execute(sql).fetchall()
 
     def sniffed(sample: str) -> dict[str, tuple[str, str | None]]:
-        """Each column's type with the markers as NULL, and the date format sniffed for that type."""
+        """Each column's type with the markers as NULL, and the date format sniffed for that type.
+
+        By position: with the markers as NULL the sniffer may tell the header otherwise (a column `f` of
+        `true`, `NA`, `false` reads as a file without one), and name its columns `column0`...; the checks
+        that follow read the table's own values."""
         try:
             columns, date, timestamp = fetch(
                 f"SELECT Columns, DateFormat, TimestampFormat FROM sniff_csv({source}, {_CSV_STRICT}{codec}"  # noqa: S608
@@ -774,8 +778,13 @@ def _marked_columns(
             )[0]
         except READ_ERRORS:
             return {}  # the table reads; only its markers are left as they are
+        if len(columns) != len(described):
+            return {}
         formats = {"DATE": date or None, "TIMESTAMP": timestamp or None}
-        return {str(col["name"]): (str(col["type"]), formats.get(str(col["type"]))) for col in columns}
+        return {
+            name: (str(col["type"]), formats.get(str(col["type"])))
+            for (name, _), col in zip(described, columns, strict=True)
+        }
 
     guessed = sniffed("") if texts else {}
     candidates = [(column, *guessed[column]) for column in texts if guessed.get(column, ("",))[0] in _MARKED]
