@@ -142,7 +142,7 @@ def inspect(
     compression: Compression = (
         "gzip" if head.startswith(_GZIP_MAGIC) else "zstd" if head.startswith(_ZSTD_MAGIC) else "none"
     )
-    text, ratio = _peek(head, compression)
+    text, ratio, whole = _peek(head, compression, size=size)
     detected: Format = _detect_format(head, text)
     chosen: Format = detected if fmt == "auto" else fmt
     encoding: TextEncoding = "utf-8"
@@ -150,7 +150,7 @@ def inspect(
         encoding = text_encoding(text) or "utf-8"
     if compression == "none" and chosen != "parquet" and encoding != "utf-16" and b"\x00" in head:
         raise UnsupportedInput("not a text table: the file contains NUL bytes")
-    if chosen != "parquet" and _blank(head, size, compression):
+    if chosen != "parquet" and whole and not _text_start(text):  # empty or white space (and a BOM)
         # DuckDB reads such a file as a table of one VARCHAR column named `column0` (CSV) or `json`.
         noun = "a header line" if chosen == "csv" else "an object"
         raise UnsupportedInput(f"not a readable {chosen} table: the file is empty (not even {noun})")
@@ -187,38 +187,23 @@ def _leading_blank_lines(text: bytes) -> int:
     return 0  # nothing but blank lines in the sample: no header to find past them
 
 
-def _peek(head: bytes, compression: Compression) -> tuple[bytes, float | None]:
-    """The first bytes of the text, and how many text bytes one file byte holds (None: unknown)."""
+def _peek(head: bytes, compression: Compression, *, size: int) -> tuple[bytes, float | None, bool]:
+    """The first bytes of the text, how many text bytes one file byte holds (None: unknown), and whether
+    they are the file's whole text (`head` is the whole file of `size` bytes, decompressed to its end)."""
     if compression == "none":
-        return head, 1.0
+        return head, 1.0, size <= len(head)
     if compression == "gzip":
         inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
         try:
             text = inflater.decompress(head, 16 * HEAD_BYTES)
         except zlib.error:
-            return b"", None
+            return b"", None, False  # damaged: reading it says so
         used = len(head) - len(inflater.unconsumed_tail) - len(inflater.unused_data)
-        return text, (len(text) / used if used and text else None)
+        # Another gzip member after the first (`cat a.gz b.gz`) is more of the text.
+        whole = size <= len(head) and inflater.eof and not inflater.unused_data
+        return text, (len(text) / used if used and text else None), whole
     # zstd has no decoder in the standard library of Python 3.11: taken to be CSV, size unknown.
-    return b"", None
-
-
-def _blank(head: bytes, size: int, compression: Compression) -> bool:
-    """Whether the whole text, decompressed, is empty or white space (with a UTF-8 byte-order mark)."""
-    if size > len(head):
-        return False
-    text = head
-    if compression == "gzip":
-        inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
-        try:
-            text = inflater.decompress(head, HEAD_BYTES)
-        except zlib.error:
-            return False  # damaged: reading it says so
-        if not inflater.eof or inflater.unused_data:
-            return False  # more than the sample, or another gzip member after it (`cat a.gz b.gz`)
-    elif compression != "none":
-        return False  # zstd: no decoder here (see `_peek`)
-    return not _text_start(text)
+    return b"", None, False
 
 
 def _detect_format(head: bytes, text: bytes) -> Format:
