@@ -40,6 +40,7 @@ import re
 import shutil
 import zlib
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -350,9 +351,10 @@ def _expose(
             create(reader)
         checked(reader, json=True)
         return
-    codec = f", skip={source.blank_lines}{compression}"
+    skip = f", skip={source.blank_lines}"
+    codec = skip + compression
     if source.encoding == "windows-1252":
-        path, codec = literal(str(_copy_as_utf8(source, watch).resolve())), f", skip={source.blank_lines}"
+        path, codec = literal(str(_copy_as_utf8(source, watch).resolve())), skip
     elif source.encoding != "utf-8":
         codec += f", encoding='{source.encoding}'"
     reader = f"read_csv({path}, {_CSV_STRICT}{codec}"
@@ -459,7 +461,7 @@ UNFOLDED_KEYS_MAX = 1_000
 def _folded_keys(con: Any, name: str, watch: Watchdog | None) -> int:
     """How many distinct keys the objects folded into the MAP column `json` of `name` have."""
     sql = f"SELECT count(DISTINCT key) FROM (SELECT unnest(map_keys(json)) AS key FROM {ident(name)})"  # noqa: S608
-    rows = watch.fetch(sql) if watch is not None else con.execute(sql).fetchall()
+    rows = _fetch(con, sql, watch)
     return int(rows[0][0])
 
 
@@ -544,7 +546,7 @@ def _sampled_types_hold(
     0.9 s beside 0.45 s, where guessing from every object took 1.8 s more.
     """
     loose_kinds = _LOOSE_JSON if json else _LOOSE_CSV
-    described = [(str(row[0]), str(row[1])) for row in con.execute(f"DESCRIBE {ident(name)}").fetchall()]
+    described = _described(con, name)
     loose = [(column, kind) for column, kind in described if kind in loose_kinds]
     if not loose:
         return True
@@ -564,7 +566,7 @@ def _sampled_types_hold(
         for column, kind in loose
     )
     sql = f"SELECT 1 FROM {reader}, {as_text}) WHERE {misfit} LIMIT 1"  # noqa: S608
-    rows = watch.fetch(sql) if watch is not None else con.execute(sql).fetchall()
+    rows = _fetch(con, sql, watch)
     return not rows
 
 
@@ -610,7 +612,7 @@ def _ambiguous_dates(
     1,000,000 rows and 12 columns with a day-first date and timestamp, the check took 0.15 s (a sniff
     and the first rows) beside a profile's 2.2 s; with ISO dates, the sniff alone: 0.06 s.
     """
-    described = [(str(row[0]), str(row[1])) for row in con.execute(f"DESCRIBE {ident(name)}").fetchall()]
+    described = _described(con, name)
     dated = [(column, kind) for column, kind in described if kind in ("DATE", "TIMESTAMP")]
     if not dated:
         return []
@@ -646,13 +648,10 @@ def _untold_orders(
         orders += [(column, value, sniffed, other) for other in others]
     if not orders:
         return []
-    texts = (
-        "types={" + ", ".join(f"{literal(c)}: 'VARCHAR'" for c in dict.fromkeys(o[0] for o in orders)) + "}"
-    )
-    reader = f"read_csv({source}, {_CSV_STRICT}{codec}{sample}, {texts})"
+    texts = _as_text(list(dict.fromkeys(column for column, *_ in orders)))
+    reader = f"read_csv({source}, {_CSV_STRICT}{codec}{sample}{texts})"
 
-    def fetch(sql: str) -> list[tuple[Any, ...]]:
-        return watch.fetch(sql) if watch is not None else con.execute(sql).fetchall()
+    fetch = partial(_fetch, con, watch=watch)
 
     # One scan of the first rows tells most orders apart; only those it does not are looked for further.
     cannot = [f"{value} <> '' AND {other} IS NULL" for _, value, _, other in orders]
@@ -741,14 +740,13 @@ def _marked_columns(
     0.065 s beside a profile's 2.2 s; a view (a conversion) took 0.17 s more, its floating-point columns
     read again as not NaN. With markers in two columns, a table is read again: 0.2 s and the reading.
     """
-    described = [(str(row[0]), str(row[1])) for row in con.execute(f"DESCRIBE {ident(name)}").fetchall()]
+    described = _described(con, name)
     texts = [column for column, kind in described if kind == "VARCHAR"]
     floats = [column for column, kind in described if kind in _FLOATS]
     if not texts and not floats:
         return []
 
-    def fetch(sql: str) -> list[tuple[Any, ...]]:
-        return watch.fetch(sql) if watch is not None else con.execute(sql).fetchall()
+    fetch = partial(_fetch, con, watch=watch)
 
     def sniffed(sample: str) -> dict[str, tuple[str, str | None]]:
         """Each column's type with the markers as NULL, and the date format sniffed for that type.
@@ -827,6 +825,17 @@ def _run(con: Any, sql: str, watch: Watchdog | None) -> None:
         con.execute(sql)
     else:
         watch.fetch(sql)
+
+
+def _fetch(con: Any, sql: str, watch: Watchdog | None) -> list[tuple[Any, ...]]:
+    """The rows of `sql`, run under `watch` when there is one."""
+    rows: list[tuple[Any, ...]] = watch.fetch(sql) if watch is not None else con.execute(sql).fetchall()
+    return rows
+
+
+def _described(con: Any, name: str) -> list[tuple[str, str]]:
+    """The columns of the table or view `name`, each with its DuckDB type."""
+    return [(str(row[0]), str(row[1])) for row in con.execute(f"DESCRIBE {ident(name)}").fetchall()]
 
 
 def _reject_ragged_single_column(con: Any, name: str, source: str, codec: str) -> None:
