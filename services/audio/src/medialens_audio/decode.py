@@ -336,8 +336,7 @@ def played_samples(container: Any, stream: Any, sample_rate: int) -> int | None:
     """
     if str(container.format.name) != _MP4_FORMAT or not stream.duration or stream.time_base is None:
         return None
-    played: int = round(int(stream.duration) * Fraction(stream.time_base) * sample_rate)
-    return played
+    return round(int(stream.duration) * Fraction(stream.time_base) * sample_rate)
 
 
 def timeline_start(container: Any, stream: Any, first: Any | None) -> float:

@@ -105,9 +105,8 @@ def _played_video(container: Any) -> Any | None:
     video (ffmpeg 5.1 wrote `-disposition attached_pic` so), its default flag off: every job analysed
     that one frame."""
     streams = [s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic]
-    return next((s for s in streams if s.disposition & av.stream.Disposition.default), None) or next(
-        iter(streams), None
-    )
+    flagged = [s for s in streams if s.disposition & av.stream.Disposition.default]
+    return next(iter(flagged or streams), None)
 
 
 def _require_whole(path: Path, index: int) -> None:
