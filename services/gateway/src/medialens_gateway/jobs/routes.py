@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query
 from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import Field
 from starlette.types import Receive, Scope, Send
 
 from medialens_gateway.deps import (
@@ -94,7 +95,10 @@ async def list_jobs(
     limit: Limit = 50,
     cursor: Cursor = None,
     status: JobStatus | None = None,
-    type: Annotated[str | None, Query(description="A job type, e.g. `video.probe`.")] = None,  # noqa: A002
+    type: Annotated[  # noqa: A002
+        Annotated[str, Field(json_schema_extra={"enum": list(JOB_TYPES)})] | None,
+        Query(description="A job type, e.g. `video.probe`."),
+    ] = None,
     label: Annotated[list[str] | None, Query(description="`key:value`; repeat to require several.")] = None,
 ) -> JSONResponse:
     if type is not None and type not in JOB_TYPES:

@@ -6,6 +6,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints
 
+from medialens_shared.contracts import JOB_TYPES
+
 LabelKey = Annotated[str, StringConstraints(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9._/-]+$")]
 LabelValue = Annotated[str, StringConstraints(max_length=255)]
 
@@ -13,7 +15,12 @@ LabelValue = Annotated[str, StringConstraints(max_length=255)]
 class JobRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    type: str = Field(description="A job type of /v1/job-types, e.g. `video.probe`.")
+    #: Documented as an enum (a client generated from the document offers the types), checked by the
+    #: service rather than by validation: an unknown type is answered with the list of the known ones.
+    type: str = Field(
+        description="A job type of /v1/job-types, e.g. `video.probe`.",
+        json_schema_extra={"enum": list(JOB_TYPES)},
+    )
     #: Not empty: no file has an empty id, and a bound on the length also has validation check that the text
     #: is Unicode. JSON can spell a lone surrogate (`"\udc00"`), which a bare `str` let through to the
     #: queries and the job message, whose UTF-8 encoding then failed (a 500); it is a 422 now, as in a label.
@@ -22,4 +29,7 @@ class JobRequest(BaseModel):
     labels: dict[LabelKey, LabelValue] = Field(default_factory=dict, max_length=32)
     #: Strict: `"5"` or `true` are not priorities (lax validation took them, `true` as 1).
     priority: StrictInt = Field(5, ge=0, le=9)
-    callback_url: str | None = Field(None, max_length=2048)
+    callback_url: Annotated[str, Field(max_length=2048, json_schema_extra={"format": "uri"})] | None = Field(
+        None,
+        description="Where the terminal job object is POSTed (`https://` unless configured otherwise).",
+    )
