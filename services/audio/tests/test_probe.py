@@ -13,7 +13,8 @@ import av
 import numpy as np
 import pytest
 
-from medialens_audio.decode import WAV_PROBE_BYTES, _mp3_length_header
+from medialens_audio import decode
+from medialens_audio.decode import WAV_PROBE_BYTES, _chained_opus, _mp3_length_header
 from medialens_audio.loudness import measure_loudness
 from medialens_audio.probe import probe_audio
 from medialens_audio.waveform import compute_waveform
@@ -320,6 +321,22 @@ def test_chained_ogg_opus_lasts_every_chain(tmp_path: Path) -> None:
     )
     assert waveform.duration_s == pytest.approx(3.0, abs=0.02)
     assert len(waveform.peaks) <= 250
+
+
+def test_a_single_ogg_opus_is_not_demuxed_to_count_its_packets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only a file holding a second Opus header is counted: one of a single chain keeps its stated length
+    without a demux of the whole file on every open (which took 0.4 s for an hour)."""
+    single = write(tmp_path / "a.ogg", sine(-20.0, 2.0), codec="libopus")
+    chained = tmp_path / "chained.ogg"
+    chained.write_bytes(single.read_bytes() * 2)
+    assert not _chained_opus(single)
+    assert _chained_opus(chained)
+    counted: list[str] = []
+    monkeypatch.setattr(decode, "_counted_duration", counted.append)
+    assert probe_audio(single).duration_s == pytest.approx(2.0, abs=0.001)
+    assert counted == []
 
 
 def test_an_mp3_with_a_xing_header_keeps_its_stated_length(tmp_path: Path) -> None:
