@@ -132,6 +132,9 @@ class Dispatcher:
         #: Outcomes are recorded one at a time: the relay's session pool is a few connections, shared with
         #: the reaper and the retention, and a burst of tries ending together must not take them all.
         self._recording = asyncio.Semaphore(1)
+        #: The certificates a receiver's is checked against, loaded once: a client made with httpx's default
+        #: loads certifi's bundle again, 18 ms of CPU on the relay's event loop for every round.
+        self._tls = httpx.create_ssl_context(trust_env=False)
 
     def _free(self) -> int:
         return self.settings.webhook.batch_size - self._sending - self._reserved
@@ -171,8 +174,13 @@ class Dispatcher:
 
         try:
             if claimed:
+                # A client a round: its connections, made to the addresses a round's names resolved to (each
+                # checked against its own name), are not reused for another name on the same address.
                 async with httpx.AsyncClient(
-                    follow_redirects=False, trust_env=False, timeout=self.settings.webhook.timeout_s
+                    follow_redirects=False,
+                    trust_env=False,
+                    timeout=self.settings.webhook.timeout_s,
+                    verify=self._tls,
                 ) as client:
                     await asyncio.gather(*(self._deliver(client, row, secrets, finished) for row in claimed))
         finally:
