@@ -78,7 +78,7 @@ async def db_without_relay(settings: Settings, run_id: str) -> AsyncIterator[Dat
 
 @pytest.fixture
 def store(db: DatabaseManager) -> FileStore:
-    return FileStore(db.gridfs)
+    return FileStore(db.gridfs, db.gridfs_chunks)
 
 
 @pytest.fixture

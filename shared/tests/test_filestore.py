@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 from bson import ObjectId
+from gridfs.errors import CorruptGridFile
 
 from medialens_shared.db import DatabaseManager
 from medialens_shared.errors import InputNotFound, PayloadTooLarge
-from medialens_shared.filestore import CHUNK_BYTES, FileStore
+from medialens_shared.filestore import CHUNK_BYTES, WINDOW_CHUNKS, FileStore
 from medialens_shared.sniff import SNIFF_BYTES
 
 pytestmark = pytest.mark.integration
@@ -89,3 +90,38 @@ async def test_delete_twice_and_copy_of_a_missing_file(store: FileStore, tmp_pat
     for storage_id in (stored.storage_id, str(ObjectId()), "not-an-object-id"):
         with pytest.raises(InputNotFound, match="no longer stored"):
             await store.copy_to(storage_id, tmp_path / "missing.bin")
+
+
+async def test_a_file_larger_than_a_wire_message_reads_whole(store: FileStore) -> None:
+    """A file over 48 MB (what PyMongo takes in one message) reads whole and in order, and so does a range
+    across the windows of chunks it is read in: nx-27017 answered GridOut's one cursor with every chunk in
+    one message, which PyMongo refused, so such a file could not be downloaded or analysed."""
+    block = os.urandom(CHUNK_BYTES)
+    payload = b"".join(block[n:] + block[:n] for n in range(49)) + b"tail"
+    stored = await store.save(chunked(payload, CHUNK_BYTES), filename="large.bin", max_bytes=len(payload))
+    digest = hashlib.sha256()
+    async for chunk in store.read(stored.storage_id):
+        digest.update(chunk)
+    assert digest.hexdigest() == hashlib.sha256(payload).hexdigest()
+    start, end = 3 * CHUNK_BYTES + 17, (3 + WINDOW_CHUNKS * 2) * CHUNK_BYTES + 5
+    assert await read_all(store, stored.storage_id, start=start, end=end) == payload[start : end + 1]
+    await store.delete(stored.storage_id)
+
+
+async def test_a_file_of_another_chunk_size_reads_by_its_own(store: FileStore, db: DatabaseManager) -> None:
+    """A file stored with GridFS's default chunks (255 KiB, by another writer) reads by its own size."""
+    payload = os.urandom(5 * 255 * 1024 + 99)
+    storage_id = await db.gridfs.upload_from_stream("theirs.bin", payload)
+    assert await read_all(store, str(storage_id)) == payload
+    assert (
+        await read_all(store, str(storage_id), start=255 * 1024 - 1, end=4 * 255 * 1024)
+        == (payload[255 * 1024 - 1 : 4 * 255 * 1024 + 1])
+    )
+
+
+async def test_a_file_whose_chunks_are_gone_fails_to_read(store: FileStore, db: DatabaseManager) -> None:
+    """A file whose files document outlived its chunks is corrupt, not empty."""
+    stored = await store.save_bytes(os.urandom(CHUNK_BYTES + 10), filename="torn.bin")
+    await db.collection("fs.chunks").delete_many({"files_id": ObjectId(stored.storage_id)})
+    with pytest.raises(CorruptGridFile, match="chunk 0 is missing"):
+        await read_all(store, stored.storage_id)

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from gridfs import AsyncGridFSBucket
+from pymongo.asynchronous.collection import AsyncCollection
 
 from medialens_shared.errors import InputNotFound
 from medialens_shared.filestore import FileStore, StoredFile
@@ -25,8 +26,8 @@ pytestmark = pytest.mark.integration
 class CountingStore(FileStore):
     """The real file store, counting the copies it makes (the reads a cache is meant to save)."""
 
-    def __init__(self, bucket: AsyncGridFSBucket) -> None:
-        super().__init__(bucket)
+    def __init__(self, bucket: AsyncGridFSBucket, chunks: AsyncCollection[Any]) -> None:
+        super().__init__(bucket, chunks)
         self.copies = 0
 
     async def copy_to(self, storage_id: str, path: Path) -> StoredFile:
@@ -36,7 +37,7 @@ class CountingStore(FileStore):
 
 @pytest.fixture
 def counting(store: FileStore) -> CountingStore:
-    return CountingStore(store.bucket)
+    return CountingStore(store.bucket, store.chunks)
 
 
 @pytest.fixture

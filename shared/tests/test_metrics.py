@@ -125,7 +125,7 @@ async def test_failures_and_retries_are_counted_by_type_and_error_code(
             handlers={"video.probe": handler},
             settings=settings.model_copy(update={"worker": worker}),
             db=db,
-            store=FileStore(db.gridfs),
+            store=FileStore(db.gridfs, db.gridfs_chunks),
             signals=JobSignals(db.redis, prefix=settings.redis.prefix),
         )
 

@@ -36,7 +36,7 @@ def runner_for(stack: Stack, db: DatabaseManager, handler: Handler, **worker: An
         handlers={"video.probe": handler},
         settings=settings,
         db=db,
-        store=FileStore(db.gridfs),
+        store=FileStore(db.gridfs, db.gridfs_chunks),
         signals=JobSignals(db.redis, prefix=settings.redis.prefix),
     )
 

@@ -636,7 +636,7 @@ async def test_a_shutdown_without_the_database_still_removes_the_kept_inputs(
     db = DatabaseManager(own, name="nopg")
     try:
         runner = JobRunner(
-            service="video", handlers={}, settings=own, db=db, store=FileStore(db.gridfs),
+            service="video", handlers={}, settings=own, db=db, store=FileStore(db.gridfs, db.gridfs_chunks),
             signals=JobSignals(db.redis, prefix=own.redis.prefix),
         )  # fmt: skip
         kept = runner.inputs._dir()

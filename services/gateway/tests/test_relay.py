@@ -276,7 +276,7 @@ async def test_finished_jobs_past_their_retention_go_with_their_parts_results_an
             job("part-b", "cancelled", long_ago, parent_id="composite"),
             job("part-c", "succeeded", long_ago, parent_id="recent-composite"),
         )
-        store = FileStore(own.db.gridfs)
+        store = FileStore(own.db.gridfs, own.db.gridfs_chunks)
         results = own.db.collection("results")
         await results.insert_many([{"_id": job_id, "v": 1} for job_id in ("old-done", "part-a", "recent")])
         storage = {
@@ -378,7 +378,7 @@ async def test_a_job_that_ends_without_its_dead_workers_rerun_leaves_no_files(
             "requeued": "queued",
             "dead-lettered": "failed",
         }
-        store = FileStore(own.db.gridfs)
+        store = FileStore(own.db.gridfs, own.db.gridfs_chunks)
         for job_id, storage_id in storage.items():
             kept = job_id == "requeued"
             assert (marked[job_id] is None) is kept, (job_id, marked)
@@ -436,7 +436,7 @@ async def test_deleted_files_leave_their_rows_once_past_the_retention(
     round removes the rows deleted longer ago, and their bytes if a stopped gateway left them; not a file
     deleted recently, nor a live one. At 0 nothing goes."""
     async with own_relay(run_id, mongo_url, rabbit_vhost, name="purge", job_retention_s=3600) as own:
-        store = FileStore(own.db.gridfs)
+        store = FileStore(own.db.gridfs, own.db.gridfs_chunks)
         long_ago, now = datetime.now(UTC) - timedelta(hours=2), datetime.now(UTC)
         storage = {
             file_id: await own.add_file(file_id, b"bytes", deleted_at=deleted_at)
@@ -623,7 +623,9 @@ class OwnRelay:
     async def add_file(self, file_id: str, content: bytes, **columns: Any) -> str:
         """`content` stored in GridFS with a file row of tenant "t" (made if new) and the given further
         `columns` (`job_id`, `deleted_at`...); its storage id."""
-        stored = await FileStore(self.db.gridfs).save_bytes(content, filename=f"{file_id}.bin")
+        stored = await FileStore(self.db.gridfs, self.db.gridfs_chunks).save_bytes(
+            content, filename=f"{file_id}.bin"
+        )
         async with self.db.session() as session:
             await ensure_tenant(session, "t")
             await session.execute(

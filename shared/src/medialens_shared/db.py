@@ -42,6 +42,9 @@ from medialens_shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
+#: The GridFS bucket file bytes are stored in (its collections `fs.files` and `fs.chunks`).
+GRIDFS_BUCKET = "fs"
+
 MongoDoc = dict[str, Any]
 
 
@@ -152,7 +155,9 @@ class DatabaseManager:
             connect=False,
         )
         self.mongo_db: AsyncDatabase[MongoDoc] = self.mongo[mongo.database]
-        self.gridfs = AsyncGridFSBucket(self.mongo_db, bucket_name="fs")
+        self.gridfs = AsyncGridFSBucket(self.mongo_db, bucket_name=GRIDFS_BUCKET)
+        #: The bucket's chunks, which `filestore.Download` reads a few at a time.
+        self.gridfs_chunks: AsyncCollection[MongoDoc] = self.mongo_db[f"{GRIDFS_BUCKET}.chunks"]
         rd = settings.redis
         self.redis_pool: ConnectionPool = ConnectionPool.from_url(
             rd.url.get_secret_value(),

@@ -18,7 +18,8 @@ from typing import Any
 from bson import ObjectId
 from bson.errors import InvalidId
 from gridfs import AsyncGridFSBucket, AsyncGridOut
-from gridfs.errors import NoFile
+from gridfs.errors import CorruptGridFile, NoFile
+from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import OperationFailure
 from sqlalchemy import ColumnElement, func, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -40,8 +41,10 @@ class StoredFile:
 
 
 class FileStore:
-    def __init__(self, bucket: AsyncGridFSBucket) -> None:
+    def __init__(self, bucket: AsyncGridFSBucket, chunks: AsyncCollection[Any]) -> None:
         self.bucket = bucket
+        #: The bucket's chunks collection, read by `Download` a window at a time.
+        self.chunks = chunks
 
     async def save(
         self,
@@ -94,13 +97,7 @@ class FileStore:
         Its files document is fetched here, so a MongoDB that is away (ConnectionFailure) or a file that is
         gone (NoFile) fails this call, not the first read of `Download.chunks`."""
         stream = await self.bucket.open_download_stream(_object_id(storage_id))
-        try:
-            if start:
-                await stream.seek(start)
-        except BaseException:
-            await stream.close()
-            raise
-        return Download(stream, start=start, end=end)
+        return Download(stream, self.chunks, start=start, end=end)
 
     async def read(self, storage_id: str, *, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
         """The bytes `start..end` (inclusive, as in HTTP ranges) of a stored file, chunk by chunk."""
@@ -135,11 +132,25 @@ class FileStore:
             return
 
 
-class Download:
-    """A stored file opened by `FileStore.open`: its length known, its bytes not read yet."""
+#: How many of a file's chunks one query reads (4 MiB of ours; 1 MiB of GridFS's default 255 KiB chunks).
+WINDOW_CHUNKS = 4
 
-    def __init__(self, stream: AsyncGridOut, *, start: int, end: int | None) -> None:
+
+class Download:
+    """A stored file opened by `FileStore.open`: its length known, its bytes not read yet.
+
+    Its bytes are read a few chunks a query (`WINDOW_CHUNKS`), not through `AsyncGridOut.read`, whose one
+    cursor over the file's chunks leaves the size of each answer to the server: nx-27017, the development
+    and test server, answers it with every chunk at once, and PyMongo refuses a message over 48 MB, so no
+    file larger than that could be downloaded or analysed under `make dev` (MongoDB itself answers in
+    batches of at most 16 MiB). The chunks are checked as GridOut checks them: each in its place, of its size.
+    """
+
+    def __init__(
+        self, stream: AsyncGridOut, chunks: AsyncCollection[Any], *, start: int, end: int | None
+    ) -> None:
         self.stream = stream
+        self._chunks = chunks
         self.length: int = stream.length
         self.start = start
         self.last = self.length - 1 if end is None else min(end, self.length - 1)
@@ -147,13 +158,28 @@ class Download:
     async def chunks(self) -> AsyncGenerator[bytes]:
         """The bytes `start..end`, chunk by chunk; the stream is closed after them."""
         try:
-            remaining = self.last - self.start + 1
-            while remaining > 0:
-                chunk = await self.stream.read(min(CHUNK_BYTES, remaining))
-                if not chunk:
-                    break
-                remaining -= len(chunk)
-                yield chunk
+            size: int = self.stream.chunk_size
+            file = self.stream._id
+            position = self.start
+            while position <= self.last:
+                first = position // size
+                after = min(first + WINDOW_CHUNKS, self.last // size + 1)
+                window = await self._chunks.find(
+                    {"files_id": file, "n": {"$gte": first, "$lt": after}}, sort=[("n", 1)]
+                ).to_list()
+                for n, chunk in enumerate(window, start=first):
+                    data = chunk["data"]
+                    expected = min(size, self.length - n * size)
+                    if chunk["n"] != n or len(data) != expected:
+                        raise CorruptGridFile(
+                            f"file {file}: chunk {chunk['n']} of {len(data)} bytes, where chunk {n} of "
+                            f"{expected} bytes was expected"
+                        )
+                    piece = bytes(data[position - n * size : self.last + 1 - n * size])
+                    position += len(piece)
+                    yield piece
+                if first + len(window) < after:
+                    raise CorruptGridFile(f"file {file}: chunk {first + len(window)} is missing")
         finally:
             await self.stream.close()
 

@@ -43,7 +43,7 @@ def register_core(registry: svcs.Registry, *, settings: Settings, db: DatabaseMa
     registry.register_factory(AsyncSession, session, ping=_ping(db.ping_postgres))
     registry.register_value(AsyncDatabase, db.mongo_db, ping=_ping(db.ping_mongodb))
     registry.register_value(Redis, db.redis, ping=_ping(db.ping_redis))
-    registry.register_value(FileStore, FileStore(db.gridfs), ping=_ping(db.ping_mongodb))
+    registry.register_value(FileStore, FileStore(db.gridfs, db.gridfs_chunks), ping=_ping(db.ping_mongodb))
     nudge_s = settings.relay.nudge_interval_s
     signals = JobSignals(db.redis, prefix=settings.redis.prefix, nudge_interval_s=nudge_s)
     # Registered after the pools, so closed before them (svcs closes in reverse order).

@@ -178,7 +178,7 @@ class Relay:
         self.topology = Topology(settings)
         self.signals = JobSignals(db.redis, prefix=settings.redis.prefix)
         self.webhooks = Dispatcher(settings=settings, db=db)
-        self.store = FileStore(db.gridfs)
+        self.store = FileStore(db.gridfs, db.gridfs_chunks)
         self._declared = False
         #: Why the last round failed, logged once: a broker away fails every round, five a second.
         self._failure: str | None = None
