@@ -41,6 +41,30 @@ async def test_unknown_or_malformed_key_is_401(
 
 
 @pytest.mark.parametrize(
+    ("authorization", "said"),
+    [
+        (TENANT_KEYS["tenant-a"], "holds no scheme before its value"),
+        ("Basic a2V5LWE6", "scheme is 'Basic', which holds no API key"),
+        ("Bearer   ", "names the Bearer scheme but holds no key"),
+    ],
+)
+async def test_an_authorization_header_without_a_bearer_key_is_told_apart_from_none(
+    stack: Stack, envelope: EnvelopeCheck, authorization: str, said: str
+) -> None:
+    """A key sent in the wrong form is not called missing: the message says what the header held instead
+    (the key itself not repeated), and how to send one."""
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=stack.asgi),
+        base_url="http://g",
+        headers={"Authorization": authorization},
+    ) as client:
+        body = envelope(await client.get("/v1/jobs"), status=401, error_code="UNAUTHORIZED")
+    assert said in body["message"]
+    assert "Authorization: Bearer <key>" in body["message"]
+    assert TENANT_KEYS["tenant-a"] not in body["message"]
+
+
+@pytest.mark.parametrize(
     "headers",
     [
         {"Authorization": f"Bearer {TENANT_KEYS['tenant-a']}"},

@@ -53,6 +53,20 @@ def presented_key(headers: Mapping[str, str]) -> str | None:
     return headers.get("x-api-key") or None
 
 
+def _no_key(authorization: str) -> str:
+    """What a request presenting no key is told: how to send one, and why an Authorization header it sent
+    in another form holds none (`Authorization: <key>` and `Basic` were answered "No API key")."""
+    how = "send `Authorization: Bearer <key>` or `X-API-Key: <key>`."
+    scheme = authorization.strip().partition(" ")[0]
+    if not scheme:
+        return f"No API key: {how}"
+    if scheme.lower() == "bearer":
+        return f"The Authorization header names the Bearer scheme but holds no key: {how}"
+    if " " in authorization.strip():
+        return f"The Authorization header's scheme is {scheme[:20]!r}, which holds no API key here: {how}"
+    return f"The Authorization header holds no scheme before its value: {how}"
+
+
 class KeyCache:
     """Recently verified keys, so a busy client does not cost a database round trip per request.
 
@@ -77,12 +91,12 @@ class KeyCache:
         self._known[key_hash] = (tenant, time.monotonic() + self.ttl_s)
 
 
-async def authenticate(db: DatabaseManager, *, key: str | None, cache: KeyCache) -> Tenant:
-    """The tenant of `key`: from the cache, else from the database (a session only on a miss)."""
+async def authenticate(db: DatabaseManager, *, headers: Mapping[str, str], cache: KeyCache) -> Tenant:
+    """The tenant of the key a request's (lower-cased) `headers` present: from the cache, else from the
+    database (a session only on a miss)."""
+    key = presented_key(headers)
     if not key:
-        raise _unauthorized(
-            "No API key: send `Authorization: Bearer <key>` or `X-API-Key: <key>`.", challenge=CHALLENGE
-        )
+        raise _unauthorized(_no_key(headers.get("authorization", "")), challenge=CHALLENGE)
     key_hash = hash_key(key)
     if (tenant := cache.get(key_hash)) is not None:
         return tenant

@@ -18,7 +18,7 @@ from fastapi import Depends, FastAPI, Request
 from pymongo.asynchronous.database import AsyncDatabase
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from medialens_gateway.auth import KeyCache, Tenant, authenticate, presented_key
+from medialens_gateway.auth import KeyCache, Tenant, authenticate
 from medialens_gateway.bus import GatewayBus
 from medialens_gateway.events import EventHub
 from medialens_gateway.ratelimit import TenantRateLimit
@@ -65,7 +65,7 @@ async def _session(services: svcs.fastapi.DepContainer) -> AsyncSession:
 async def caller_of(core: GatewayCore, headers: Mapping[str, str]) -> CallerContext:
     """The caller of a request with these headers: its tenant (authenticated, and charged one request of
     its rate) and the core values. What `Caller` gives a route, and `HotPaths` an endpoint it calls."""
-    tenant = await authenticate(core.db, key=presented_key(headers), cache=core.keys)
+    tenant = await authenticate(core.db, headers=headers, cache=core.keys)
     core.rate.spend(tenant.id)
     return CallerContext(tenant=tenant, db=core.db, signals=core.signals, settings=core.settings)
 
