@@ -11,7 +11,7 @@ import pytest
 from av.video.frame import PictureType
 
 from medialens_shared.errors import MediaDecodeError, UnsupportedInput
-from medialens_video import scenes
+from medialens_video import frames, scenes
 from medialens_video.frames import encode_jpeg
 from medialens_video.scenes import detect_scenes
 from scripts.samples import corrupt, cut_frames, make_audio, make_video, truncate
@@ -87,7 +87,7 @@ def test_same_cuts_whatever_the_thread_count(
     """One, two or eight decoding threads (as many chunks as that makes) find the same exact cuts."""
     path = tmp_path / "gop.mp4"
     make_video(path, duration_s=8.0, fps=25, width=320, height=180, cuts_s=CUTS_S, texture=True, keyint=12)
-    monkeypatch.setattr(scenes.os, "sched_getaffinity", lambda _pid: set(range(cpus)))
+    monkeypatch.setattr(scenes, "usable_cpus", lambda: cpus)
     found = [scene.start_frame for scene in detect_scenes(path).scenes[1:]]
     assert found == cut_frames(200, 25, CUTS_S)[1:]
 
@@ -97,7 +97,7 @@ def test_chunks_stop_at_the_next_keyframe(tmp_path: Path, monkeypatch: pytest.Mo
     every keyframe is decoded once (by the chunk it starts), and the cuts stay exact."""
     path = tmp_path / "gop.mp4"
     make_video(path, duration_s=8.0, fps=25, width=320, height=180, cuts_s=CUTS_S, texture=True, keyint=12)
-    monkeypatch.setattr(scenes.os, "sched_getaffinity", lambda _pid: set(range(8)))
+    monkeypatch.setattr(scenes, "usable_cpus", lambda: 8)
     monkeypatch.setattr(scenes, "_refine_task", None)  # nothing to refine here: the suspects show every cut
     keyframes: list[int] = []
     decode = scenes.DecodeGuard.decode
@@ -122,7 +122,7 @@ def test_open_gop_chunks_decode_past_the_keyframe(tmp_path: Path, monkeypatch: p
         timeline = scenes._scan(container, stream, scenes.frame_ticks(stream))
     assert len(timeline.keyframes) > 2
     assert timeline.closed == {timeline.keyframes[0][1]}
-    monkeypatch.setattr(scenes.os, "sched_getaffinity", lambda _pid: set(range(8)))
+    monkeypatch.setattr(scenes, "usable_cpus", lambda: 8)
     assert [scene.start_frame for scene in detect_scenes(path).scenes[1:]] == B_RUN_CUTS
 
 
@@ -321,3 +321,19 @@ def test_unindexed_containers_refine_cuts_and_give_each_scene_its_thumbnail(
                 thumbnail = starts[index]
                 assert thumbnail is not None, index
                 assert encode_jpeg(frame, 160)[0] == thumbnail.read_bytes(), index
+
+
+@pytest.mark.parametrize(("cpus", "threads"), [(1, 1), (2, 3), (64, 16)])
+def test_frame_threads_follow_the_cpus_the_process_may_use(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cpus: int, threads: int
+) -> None:
+    """Decoders run FFmpeg's automatic count of frame threads over the usable CPUs (a container's quota),
+    not over the node's, which FFmpeg counts itself."""
+    path = tmp_path / "clip.mp4"
+    make_video(path, duration_s=1.0, fps=25, width=160, height=90)
+    monkeypatch.setattr(frames, "usable_cpus", lambda: cpus)
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        frames.frame_threads(stream)
+        assert stream.codec_context.thread_count == threads
+        assert next(container.decode(stream)).width == 160

@@ -28,6 +28,7 @@ import av.error
 import numpy as np
 import numpy.typing as npt
 
+from medialens_shared.cpus import usable_cpus
 from medialens_shared.errors import MediaDecodeError, UnsupportedInput
 from medialens_shared.matroska import duration_tag
 from medialens_shared.sniff import ffmpeg_reason, inspect_media, unreadable_media
@@ -412,6 +413,19 @@ class SmallFrame:
             int(np.abs(a - b).sum()) for a, b in ((self.y, other.y), (self.u, other.u), (self.v, other.v))
         )
         return sad / (self.y.size + self.u.size + self.v.size) / 255.0
+
+
+#: FFmpeg's cap on the frame threads it picks itself (`MAX_AUTO_THREADS`).
+_MAX_AUTO_THREADS = 16
+
+
+def frame_threads(stream: Any) -> None:
+    """Let the stream's decoder run frame threads, as many as FFmpeg's automatic count (one more than the
+    CPUs, one on a single CPU) over the CPUs this process may use (`usable_cpus`): FFmpeg counts every CPU
+    of the node in a container, and ran 16 decoding threads (its cap) for a video limited to 2 CPUs."""
+    cpus = usable_cpus()
+    stream.codec_context.thread_count = 1 if cpus == 1 else min(cpus + 1, _MAX_AUTO_THREADS)
+    stream.thread_type = "AUTO"
 
 
 def planar_8bit(frame: Any) -> Any:

@@ -43,6 +43,7 @@ from medialens_video.frames import (
     demuxed,
     expected_frames,
     first_timestamp,
+    frame_threads,
     frame_ticks,
     open_video,
     planar_8bit,
@@ -103,7 +104,7 @@ def detect_quality(
         total = expected_frames(container, stream)
         ticks = frame_ticks(stream)
         time_base = stream.time_base
-        stream.thread_type = "AUTO"
+        frame_threads(stream)
         guard = DecodeGuard(total)
         origin = first_timestamp(container, stream)
         clock = FrameClock(ticks, origin)

@@ -37,7 +37,6 @@ start the same way. Interlaced frames are compared by their top fields (`SmallFr
 
 from __future__ import annotations
 
-import os
 import statistics
 import threading
 from bisect import bisect_left, bisect_right
@@ -49,6 +48,7 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any, TypeVar
 
+from medialens_shared.cpus import usable_cpus
 from medialens_video.frames import (
     DecodeGuard,
     FrameClock,
@@ -241,7 +241,7 @@ def detect_scenes(
     # gives out.
     clocked = timeline.packets > len(timeline.pts)
     total = timeline.packets if clocked else len(timeline.pts)
-    threads = len(os.sched_getaffinity(0))
+    threads = usable_cpus()
     chunks = [_Chunk(0, None, None)] if clocked else _chunks(timeline, total // (threads * CHUNKS_PER_THREAD))
     guard = DecodeGuard(total)
 

@@ -41,6 +41,7 @@ from medialens_video.frames import (
     encode_jpeg,
     expected_frames,
     first_timestamp,
+    frame_threads,
     frame_ticks,
     open_video,
     packet_span,
@@ -110,7 +111,7 @@ def extract_thumbnails(
             end = _read_end(container, stream) if stated is None else stated
             packets = expected_frames(container, stream)
         duration_s = float(max(end - first_pts, 1) * time_base)
-        stream.thread_type = "AUTO"
+        frame_threads(stream)
         guard = DecodeGuard(packets)
         times = thumbnail_times(duration_s, count=count, every_s=every_s)
         images: list[ThumbnailImage] = []
