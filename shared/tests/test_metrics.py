@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -160,3 +162,23 @@ async def test_every_process_exports_its_pools_and_its_memory(stack: Stack, sett
     assert sample("process_open_fds") > 0
     limit = memory_limit_bytes()
     assert sample("medialens_process_memory_limit_bytes") == (limit or 0)
+
+
+def test_a_process_that_samples_no_backlog_exports_no_outbox_figures() -> None:
+    """Only the relay, which samples them, exports the outbox and lease gauges: a process that exported
+    them as 0 made an alert on their `max` unable to tell that no relay ran."""
+    exported = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import medialens_shared.metrics\n"
+            "from prometheus_client import REGISTRY\n"
+            "print(sorted(m.name for m in REGISTRY.collect() if m.name.startswith('medialens_')))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "medialens_jobs_started" in exported  # the families every process exports are there
+    for name in ("medialens_outbox_lag_seconds", "medialens_outbox_pending", "medialens_jobs_lease_expired"):
+        assert name not in exported

@@ -843,6 +843,13 @@ async def test_a_relay_whose_broker_is_away_still_reaps_and_tells_the_outbox_lag
                 assert time.monotonic() < deadline, (reaps, metrics.OUTBOX_PENDING._value.get())
                 await asyncio.sleep(0.05)
             assert metrics.OUTBOX_LAG._value.get() > 0
+            # The queues' depths are not told while the broker does not answer: no last depths left standing.
+            queues = [
+                m
+                for m in REGISTRY.collect()
+                if m.name in {"medialens_queue_messages", "medialens_queue_consumers"}
+            ]
+            assert [sample for family in queues for sample in family.samples] == []
         finally:
             stop.set()
             await asyncio.wait_for(task, 10)

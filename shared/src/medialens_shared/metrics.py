@@ -105,11 +105,28 @@ QUEUE_MESSAGES = Gauge(
     "medialens_queue_messages", "Ready messages in a queue, as the broker counts", ["queue"]
 )
 QUEUE_CONSUMERS = Gauge("medialens_queue_consumers", "Consumers of a queue, as the broker counts", ["queue"])
-OUTBOX_LAG = Gauge("medialens_outbox_lag_seconds", "Age of the oldest unsent outbox entry (0: none)")
-OUTBOX_PENDING = Gauge("medialens_outbox_pending", "Unsent outbox entries")
-JOBS_LEASE_EXPIRED = Gauge(
-    "medialens_jobs_lease_expired", "Running jobs whose lease ran out (no heartbeat), not yet reaped"
+#: The relay's figures of the outbox and the leases: registered by its first sample (`sample_backlog`), so
+#: that a process that samples nothing exports none. Registered at import like the others, every process
+#: exported them as 0, and alerts on their `max` could not tell that no relay ran.
+OUTBOX_LAG = Gauge(
+    "medialens_outbox_lag_seconds", "Age of the oldest unsent outbox entry (0: none)", registry=None
 )
+OUTBOX_PENDING = Gauge("medialens_outbox_pending", "Unsent outbox entries", registry=None)
+JOBS_LEASE_EXPIRED = Gauge(
+    "medialens_jobs_lease_expired",
+    "Running jobs whose lease ran out (no heartbeat), not yet reaped",
+    registry=None,
+)
+_RELAY_GAUGES = (OUTBOX_LAG, OUTBOX_PENDING, JOBS_LEASE_EXPIRED)
+_relay_gauges_registered = False
+
+
+def _register_relay_gauges() -> None:
+    global _relay_gauges_registered  # noqa: PLW0603 - once a process
+    if not _relay_gauges_registered:
+        for gauge in _RELAY_GAUGES:
+            REGISTRY.register(gauge)
+        _relay_gauges_registered = True
 
 
 # --- job hooks of the task base ------------------------------------------------------------------------
@@ -155,6 +172,8 @@ async def sample_backlog(
     """Queue depths and consumers, outbox lag and expired leases, into their gauges (never raises).
 
     The database's figures do not wait on the broker's: the outbox lag is what tells that RabbitMQ is away.
+    A sample of the queues that fails drops their series rather than leave the last depths standing, as if
+    the queues had not moved since the broker stopped answering.
     """
     from medialens_shared.bus import queue_stats
 
@@ -172,6 +191,8 @@ async def sample_backlog(
         await answered(sample_queues(), QUEUE_SAMPLE_TIMEOUT_S)
     except Exception as exc:
         log.debug("queues not sampled this round (%s)", exc)
+        QUEUE_MESSAGES.clear()
+        QUEUE_CONSUMERS.clear()
     try:
         async with db.session() as session:
             unsent = (
@@ -190,6 +211,7 @@ async def sample_backlog(
     except Exception as exc:
         log.debug("outbox and leases not sampled this round (%s)", exc)
         return
+    _register_relay_gauges()
     OUTBOX_PENDING.set(unsent[0])
     OUTBOX_LAG.set(float(unsent[1]))
     JOBS_LEASE_EXPIRED.set(expired or 0)
