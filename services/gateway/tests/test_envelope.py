@@ -139,10 +139,15 @@ async def test_body_validation_is_a_422_naming_the_field(
 
 
 async def test_malformed_json_body_is_a_422(api: httpx.AsyncClient, envelope: EnvelopeCheck) -> None:
-    """A job body that is not JSON answers 422 VALIDATION_ERROR in the envelope."""
+    """A job body that is not JSON answers 422 VALIDATION_ERROR in the envelope, saying in words what the
+    parser found and where (it said "does not fit the schema (body.1)")."""
     response = await api.post("/v1/jobs", content=b"{not json", headers={"Content-Type": "application/json"})
     body = envelope(response, status=422, error_code="VALIDATION_ERROR")
     assert body["data"]["details"][0]["type"] == "json_invalid"
+    assert body["message"] == (
+        "The body is not valid JSON: Expecting property name enclosed in double quotes at character 1."
+    )
+    assert body["data"]["details"][0]["msg"].endswith("Expecting property name enclosed in double quotes")
 
 
 @pytest.mark.parametrize(

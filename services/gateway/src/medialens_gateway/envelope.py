@@ -138,6 +138,12 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     ]
     where = ", ".join(".".join(str(part) for part in d["loc"]) for d in details[:3])
     message = f"The request does not fit the schema ({where}); see data.details."
+    for err, detail in zip(exc.errors(), details, strict=True):
+        if err.get("type") == "json_invalid":
+            # FastAPI's own words were "JSON decode error" at `body.<offset>`: what the parser found, where.
+            found = str((err.get("ctx") or {}).get("error", "")) or "not JSON"
+            message = f"The body is not valid JSON: {found} at character {detail['loc'][-1]}."
+            detail["msg"] = f"JSON decode error: {found}"
     sent = request.headers.get("content-type", "").partition(";")[0].strip().lower()
     if ["body"] in [d["loc"] for d in details] and sent and not _JSON_MEDIA_TYPE.fullmatch(sent):
         # A JSON body sent as something else (`curl -d` sends a form's) is read as raw bytes, and the

@@ -393,14 +393,18 @@ async def test_result_before_success_is_409(
 async def test_failed_job_result_is_409(
     api: httpx.AsyncClient, tmp_path: Path, envelope: EnvelopeCheck
 ) -> None:
-    """A job that failed has no result: 409 JOB_NOT_FINISHED naming its status."""
+    """A job that failed has no result: 409 JOB_NOT_FINISHED naming its status and error code, and where
+    its failure is told (not that its result exists once it has succeeded, as if to wait for it)."""
     path = tmp_path / "t.csv"
     make_csv(path, rows=10)
     job = await run_job(api, "data.profile", path, params={"format": "parquet"})
     assert job["status"] == "failed", job
     assert job["error_code"]
     body = envelope(await api.get(f"/v1/jobs/{job['id']}/result"), status=409, error_code="JOB_NOT_FINISHED")
-    assert "failed" in body["message"]
+    assert body["message"] == (
+        f"Job {job['id']} failed ({job['error_code']}): it has no result; the job object's error_message "
+        "says why."
+    )
 
 
 async def test_lists_filter_by_status_type_and_label(

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Query
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import Field
+from sqlalchemy import RowMapping
 from starlette.types import Receive, Scope, Send
 
 from medialens_gateway.deps import (
@@ -158,7 +159,7 @@ async def cancel_job(
 async def get_result(job_id: str, tenant: CurrentTenant, session: DbSession, mongo: Mongo) -> JSONResponse:
     job = await service.get_job(session, tenant_id=tenant.id, job_id=job_id)
     if job["status"] != JobStatus.SUCCEEDED:
-        raise JobNotFinished(f"Job {job_id} is {job['status']}; its result exists once it has succeeded.")
+        raise JobNotFinished(_no_result(job))
     unreadable = JobNotFinished(f"Job {job_id} succeeded but its result is not readable yet; retry shortly.")
     if JOB_TYPES[job["type"]].children:
         composite = await service.composite_result(session, mongo["results"], job=job)
@@ -259,3 +260,17 @@ async def redeliver(job_id: str, delivery_id: str, tenant: CurrentTenant, sessio
     await service.get_job(session, tenant_id=tenant.id, job_id=job_id)
     row = await deliveries.redeliver(session, tenant_id=tenant.id, job_id=job_id, delivery_id=delivery_id)
     return ok(deliveries.delivery_view(row), status_code=202, message="a new delivery is on its way")
+
+
+def _no_result(job: RowMapping) -> str:
+    """Why a job that has not succeeded has no result: one that may still succeed is waited for, one that
+    ended otherwise never will (its failure is in the job object, not in a result to come)."""
+    status = job["status"]
+    if status == JobStatus.FAILED:
+        return (
+            f"Job {job['id']} failed ({job['error_code']}): it has no result; the job object's error_message "
+            "says why."
+        )
+    if status == JobStatus.CANCELLED:
+        return f"Job {job['id']} was cancelled: it has no result."
+    return f"Job {job['id']} is {status}; its result exists once it has succeeded."
