@@ -518,6 +518,35 @@ async def test_a_composite_job_whose_part_failed_reads_as_failed_not_done(
     assert done["error_message"] == "video.probe failed: not a video"
 
 
+async def test_a_composite_jobs_progress_never_goes_back(
+    make_runner, new_job, tenant_id: str, db: DatabaseManager
+) -> None:
+    """Parts that end without a result (failed, cancelled) do not count as progress while the others run:
+    a parent read "2/3 parts done" (0.67) after a part failed, then "failed; 1/3 parts done" (0.33), as a
+    cancelled media.analyze read 0.8 then 0.6."""
+    parent = await new_job(job_type="media.analyze")
+    parts = [await new_job(parent_id=parent) for _ in range(3)]
+    calls = 0
+
+    async def act(_ctx: JobContext) -> None:
+        nonlocal calls
+        calls += 1
+        if calls > 1:
+            raise MediaDecodeError("not a video")
+
+    runner = make_runner({"video.probe": Calls(act)})
+    seen = []
+    for part in parts:
+        assert await deliver(runner, body_of(part, tenant_id)) == ["ack"]
+        row = await row_of(db, parent)
+        seen.append((row["status"], round(row["progress"], 3), row["message"]))
+    assert seen == [
+        ("running", 0.333, "1/3 parts done"),
+        ("running", 0.333, "1/3 parts done, 1 ended without a result"),
+        ("failed", 0.333, "failed; 1/3 parts done"),
+    ]
+
+
 @pytest.mark.parametrize("outcome", ["succeeded", "failed"])
 async def test_a_job_with_a_callback_url_owes_its_webhook_when_the_runner_ends_it(
     make_runner, db_without_relay: DatabaseManager, outcome: str

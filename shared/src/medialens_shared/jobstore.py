@@ -408,16 +408,16 @@ async def fail(
 
 async def _follow_children(session: AsyncSession, *, parent_id: str) -> None:
     """A composite job follows its children, in the transaction of the child's change: running once a
-    worker has one (running or ended), its progress the share of children done, and terminal once all are:
+    worker has one (running or ended), its progress the share of children succeeded, terminal once all end:
     failed with the first failure's code if a part failed (first in the job type's order of parts), else
     cancelled if a part was cancelled, else succeeded. A part that failed with UNSUPPORTED_INPUT (a video
     without an audio track, for the audio parts) is a gap in the result, not a failure, as long as another
     part succeeded.
 
-    A composite job that does not succeed reads as such: its progress is the share of parts that
-    succeeded and its message says how it ended ("cancelled; 2/5 parts done"). One cancelled before any part
-    ran never passes through running and ends "cancelled before it started", as a single job does; it read
-    "5/5 parts done" with a start time, having run nothing.
+    Its progress counts only the parts that succeeded, so that it never goes back: a composite job that
+    does not succeed ends with that share, its message saying how it ended ("cancelled; 2/5 parts done").
+    One cancelled before any part ran never passes through running and ends "cancelled before it started",
+    as a single job does; it read "5/5 parts done" with a start time, having run nothing.
     """
     parent = (
         (await session.execute(select(jobs).where(jobs.c.id == parent_id).with_for_update()))
@@ -435,9 +435,13 @@ async def _follow_children(session: AsyncSession, *, parent_id: str) -> None:
     )
     done = [child for child in children if JobStatus(child.status).terminal]
     succeeded = sum(child.status == JobStatus.SUCCEEDED for child in children)
+    # Progress counts the parts that succeeded, never those ended otherwise: a cancel read "4/5 parts
+    # done" (0.8) as its parts ended cancelled one by one, then "cancelled; 3/5 parts done" (0.6).
+    ended_otherwise = len(done) - succeeded
     values: dict[str, Any] = {
-        "progress": len(done) / len(children),
-        "message": f"{len(done)}/{len(children)} parts done",
+        "progress": succeeded / len(children),
+        "message": f"{succeeded}/{len(children)} parts done"
+        + (f", {ended_otherwise} ended without a result" if ended_otherwise else ""),
     }
     # A part whose input lacks what it analyses (no audio track) leaves a gap, not a failure.
     failed = [
