@@ -28,6 +28,10 @@ def test_times_are_even_or_periodic() -> None:
     assert thumbnail_times(5.0, count=None, every_s=2.0) == [0.0, 2.0, 4.0]
     with pytest.raises(InvalidParams):
         thumbnail_times(5000.0, count=None, every_s=1.0)
+    # The smallest positive float: an infinite count, which int() refused (OverflowError: INTERNAL_ERROR).
+    with pytest.raises(InvalidParams, match="more than 1000 thumbnails"):
+        thumbnail_times(5.0, count=None, every_s=5e-324)
+    assert len(thumbnail_times(999.0, count=None, every_s=1.0)) == 999
 
 
 def test_evenly_spaced_jpegs_of_the_right_frames(clip: Path, tmp_path: Path) -> None:

@@ -76,9 +76,20 @@ class DataProfileParams(Params):
     )
 
 
+#: The content change (0..255: the mean of |dY|, |dU|, |dV| on small planes) at which `video.scenes` considers
+#: a cut when its `threshold` is not given.
+SCENES_DEFAULT_THRESHOLD = 12.0
+
+
 class VideoScenesParams(Params):
+    #: At most 255: the detector's scores (mean absolute differences of 8-bit planes) are 0..255.
     threshold: float | None = Field(
-        None, gt=0, description="Cut threshold of the detector; None uses the detector's default."
+        None,
+        gt=0,
+        le=255,
+        description="Cut threshold of the detector, whose scores run 0..255; "
+        f"{SCENES_DEFAULT_THRESHOLD:g} unless given.",
+        json_schema_extra={"default": SCENES_DEFAULT_THRESHOLD},
     )
     min_scene_len_s: float = Field(0.5, ge=0, description="Shortest scene; closer cuts are merged.")
     thumbnails: bool = Field(True, description="Store one JPEG per scene as a file.")
@@ -122,7 +133,8 @@ class VideoThumbnailsParams(Params):
 
 class AudioSilenceParams(Params):
     threshold_db: float = Field(-50.0, le=0, description="Level (dBFS) under which audio is silent.")
-    min_duration_s: float = Field(0.5, gt=0, description="Shortest silence reported.")
+    #: At most a day: a length in samples of 1e305 s overflowed (an INTERNAL_ERROR, not a 422).
+    min_duration_s: float = Field(0.5, gt=0, le=86_400, description="Shortest silence reported.")
 
 
 class AudioWaveformParams(Params):

@@ -48,6 +48,7 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any, TypeVar
 
+from medialens_shared.contracts import SCENES_DEFAULT_THRESHOLD
 from medialens_shared.cpus import usable_cpus
 from medialens_video.frames import (
     DecodeGuard,
@@ -64,8 +65,6 @@ from medialens_video.frames import (
     skips_frames,
 )
 
-#: Content change (0..255, mean of |dY|, |dU|, |dV| on small planes) at which a cut is considered.
-DEFAULT_THRESHOLD = 12.0
 #: A cut's change must be this many times the median change per frame of its neighbours.
 ADAPTIVE_RATIO = 3.0
 #: Decoded frames on each side whose changes make that neighbourhood.
@@ -229,7 +228,7 @@ def detect_scenes(
 
     `report(fraction, message)` is called about every `POLL_S` from this thread and may raise to stop.
     """
-    threshold = threshold or DEFAULT_THRESHOLD
+    threshold = threshold or SCENES_DEFAULT_THRESHOLD
     with open_video(path, whole=True) as (container, stream):
         ticks = frame_ticks(stream)
         time_base = stream.time_base
