@@ -376,6 +376,16 @@ class JobTypeSpec:
     #: The job types a composite job runs, one child job each, on the same input.
     children: tuple[str, ...] = ()
 
+    def result_schema(self) -> dict[str, Any]:
+        """The JSON Schema of the type's result document as it is served: the fields every result document
+        carries (`ResultBase`), then the type's own (`result` alone left the four common ones out)."""
+        own = self.result.model_json_schema()
+        base = ResultBase.model_json_schema()
+        return own | {
+            "properties": base["properties"] | own.get("properties", {}),
+            "required": [*base["required"], *own.get("required", [])],
+        }
+
 
 _MEDIA = frozenset({FileKind.VIDEO, FileKind.AUDIO})
 

@@ -24,6 +24,10 @@ async def test_catalogue_lists_types_services_and_schemas(
         assert item["description"]
         assert item["params_schema"]["type"] == "object"
         assert item["result_schema"]["type"] == "object"
+        # API.md: every result document carries these (the schemas left them out).
+        common = {"job_id", "type", "input_file_id", "created_at"}
+        assert common <= set(item["result_schema"]["properties"]), item["name"]
+        assert common <= set(item["result_schema"]["required"]), item["name"]
     assert by_name["data.profile"]["params_schema"]["properties"]["format"]["enum"] == [
         "auto", "csv", "parquet", "jsonl"
     ]  # fmt: skip

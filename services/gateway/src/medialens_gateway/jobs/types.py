@@ -24,7 +24,7 @@ async def list_job_types(_: CurrentTenant) -> JSONResponse:
             "description": spec.description,
             "accepts": sorted(kind.value for kind in spec.accepts),
             "params_schema": spec.params.model_json_schema(),
-            "result_schema": spec.result.model_json_schema(),
+            "result_schema": spec.result_schema(),
         }
         for spec in JOB_TYPES.values()
     ]
