@@ -3,16 +3,13 @@ was wrong (API.md, "Job types and their results"; ARCHITECTURE.md, guarantee 4).
 
 from __future__ import annotations
 
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-import av
 import httpx
-import numpy as np
 import pytest
 
-from scripts.samples import corrupt, make_audio, make_video, truncate
+from scripts.samples import corrupt, make_audio, make_audio_only_mp4, make_video, truncate
 from tests.fixtures.stack import Stack, run_job, submit, upload, wait_for
 
 pytestmark = pytest.mark.integration
@@ -32,26 +29,6 @@ async def assert_failed(api: httpx.AsyncClient, job: dict[str, Any], error_code:
     body = response.json()
     assert (body["success"], body["error_code"]) == (False, "JOB_NOT_FINISHED"), body
     return message
-
-
-def make_audio_only_mp4(path: Path) -> None:
-    """An MP4 container with one AAC stream and no video stream."""
-    rate = 48000
-    with av.open(str(path), "w", format="mp4") as container:
-        stream = container.add_stream("aac", rate=rate)
-        assert isinstance(stream, av.AudioStream)
-        stream.layout = "stereo"
-        t = np.arange(rate, dtype=np.float64) / rate
-        tone = (0.1 * np.sin(2 * np.pi * 440.0 * t)).astype(np.float32)
-        for offset in range(0, rate, 1024):
-            chunk = tone[offset : offset + 1024]
-            planes = np.ascontiguousarray(np.broadcast_to(chunk, (2, chunk.size)))
-            frame = av.AudioFrame.from_ndarray(planes, format="fltp", layout="stereo")
-            frame.sample_rate = rate
-            frame.pts = offset
-            frame.time_base = Fraction(1, rate)
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode(None))
 
 
 async def test_truncated_video_fails_with_media_decode_error(api: httpx.AsyncClient, tmp_path: Path) -> None:

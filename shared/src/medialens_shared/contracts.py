@@ -375,6 +375,9 @@ class JobTypeSpec:
     accepts: frozenset[FileKind]
     #: The job types a composite job runs, one child job each, on the same input.
     children: tuple[str, ...] = ()
+    #: Those of `children` that may find nothing to analyse in its input (UNSUPPORTED_INPUT: a video without
+    #: a soundtrack for the audio parts), which leaves a gap in its result rather than failing it.
+    optional: tuple[str, ...] = ()
 
     def result_schema(self) -> dict[str, Any]:
         """The JSON Schema of the type's result document as it is served: the fields every result document
@@ -492,6 +495,7 @@ JOB_TYPES: dict[str, JobTypeSpec] = {
             result=MediaAnalyzeResult,
             accepts=frozenset({FileKind.VIDEO}),
             children=("video.probe", "video.scenes", "video.quality", "audio.loudness", "audio.silence"),
+            optional=("audio.loudness", "audio.silence"),
         ),
     )
 }

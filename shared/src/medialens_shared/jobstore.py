@@ -410,9 +410,9 @@ async def _follow_children(session: AsyncSession, *, parent_id: str) -> None:
     """A composite job follows its children, in the transaction of the child's change: running once a
     worker has one (running or ended), its progress the share of children succeeded, terminal once all end:
     failed with the first failure's code if a part failed (first in the job type's order of parts), else
-    cancelled if a part was cancelled, else succeeded. A part that failed with UNSUPPORTED_INPUT (a video
-    without an audio track, for the audio parts) is a gap in the result, not a failure, as long as another
-    part succeeded.
+    cancelled if a part was cancelled, else succeeded. An optional part (the job type's `optional`) that
+    failed with UNSUPPORTED_INPUT (a video without an audio track, for the audio parts) is a gap in the
+    result, not a failure, as long as another part succeeded.
 
     Its progress counts only the parts that succeeded, so that it never goes back: a composite job that
     does not succeed ends with that share, its message saying how it ended ("cancelled; 2/5 parts done").
@@ -443,11 +443,14 @@ async def _follow_children(session: AsyncSession, *, parent_id: str) -> None:
         "message": f"{succeeded}/{len(children)} parts done"
         + (f", {ended_otherwise} ended without a result" if ended_otherwise else ""),
     }
-    # A part whose input lacks what it analyses (no audio track) leaves a gap, not a failure.
+    # An optional part whose input lacks what it analyses (no audio track) leaves a gap, not a failure. Any
+    # other part fails the whole: an MP4 holding only a soundtrack succeeded with every video part null.
+    optional = JOB_TYPES[parent["type"]].optional
     failed = [
         child
         for child in children
-        if child.status == JobStatus.FAILED and child.error_code != PART_NOT_APPLICABLE
+        if child.status == JobStatus.FAILED
+        and not (child.error_code == PART_NOT_APPLICABLE and child.type in optional)
     ]
     if not failed and not succeeded:
         failed = [child for child in children if child.status == JobStatus.FAILED]
