@@ -507,13 +507,14 @@ def loop_video(src: Path, dst: Path, *, times: int) -> None:
 
 
 def faststart(src: Path, dst: Path) -> None:
-    """`src`'s video stream remuxed into `dst` with its `moov` index first, as MP4s made for streaming are;
-    such a file cut short still opens (see `truncate`), and only the frames past its end are missing."""
+    """`src`'s video stream (its audio stream, in a file without video) remuxed into `dst` with its `moov`
+    index first, as MP4s made for streaming are; such a file cut short still opens (see `truncate`), and
+    only the frames past its end are missing."""
     streaming = {"movflags": "faststart"}
     with av.open(str(src)) as source, av.open(str(dst), mode="w", options=streaming) as target:
-        video = source.streams.video[0]
-        out = target.add_stream_from_template(video)
-        for packet in source.demux(video):
+        (kept,) = source.streams.video[:1] or source.streams.audio[:1]
+        out = target.add_stream_from_template(kept)
+        for packet in source.demux(kept):
             if packet.dts is None:
                 continue  # the demuxer's flush packet
             packet.stream = out

@@ -21,7 +21,7 @@ from medialens_audio.waveform import compute_waveform
 from medialens_shared.contracts import AudioWaveformParams, FileKind
 from medialens_shared.errors import InputNotFound, MediaDecodeError, UnsupportedInput
 from medialens_shared.sniff import SNIFF_BYTES, sniff
-from scripts.samples import corrupt, make_audio, make_csv, make_video, truncate
+from scripts.samples import corrupt, faststart, make_audio, make_csv, make_video, truncate
 from tests.fixtures.memory import resident_bytes_left_per_call
 
 from .signals import noise, sine, write, write_late_audio
@@ -136,6 +136,22 @@ def test_truncated_m4a_is_a_decode_error(tmp_path: Path) -> None:
     truncate(path, damaged, keep_fraction=0.5)
     with pytest.raises(MediaDecodeError):
         probe_audio(damaged)
+
+
+@pytest.mark.parametrize("keep_fraction", [0.3, 0.9])
+def test_a_streaming_m4a_cut_short_is_a_decode_error(tmp_path: Path, keep_fraction: float) -> None:
+    """An M4A whose index comes first (made for streaming) still opens when cut short, its index listing
+    sound the file no longer holds: the probe reported the whole duration and the loudness measured what
+    was left, both succeeding. It is MEDIA_DECODE_ERROR; the whole file reads as before."""
+    plain, streaming, damaged = tmp_path / "a.m4a", tmp_path / "fast.m4a", tmp_path / "cut.m4a"
+    make_audio(plain, duration_s=3.0)
+    faststart(plain, streaming)
+    truncate(streaming, damaged, keep_fraction=keep_fraction)
+    assert probe_audio(streaming).duration_s == pytest.approx(3.0, abs=0.05)
+    with pytest.raises(MediaDecodeError, match="truncated"):
+        probe_audio(damaged)
+    with pytest.raises(MediaDecodeError, match="truncated"):
+        measure_loudness(damaged, None, lambda _f, _m: None)
 
 
 @pytest.mark.parametrize("keep_fraction", [0.01, 0.5, 0.99])

@@ -121,7 +121,47 @@ def open_container(path: Path) -> Iterator[tuple[Any, Any]]:
                 "The file has no audio stream"
                 + (" (it holds only video or pictures)." if container.streams.video else ".")
             )
-        yield container, container.streams.audio[0]
+        stream = container.streams.audio[0]
+        if str(container.format.name).startswith(_INDEXED_FORMAT):
+            _require_whole_index(path, stream.index)
+        yield container, stream
+
+
+#: FFmpeg's name of the MP4 family's demuxer ("mov,mp4,m4a,3gp,3g2,mj2"), whose index lists every packet.
+_INDEXED_FORMAT = "mov,"
+#: How far before its stated end the last packets of a stream are looked for.
+_LAST_PACKETS_S = 0.25
+
+
+def _require_whole_index(path: Path, index: int) -> None:
+    """`MediaDecodeError` when an MP4's index lists packets past the end of the file.
+
+    An MP4 whose index is written first (made for streaming: `faststart`) and that was cut short after it
+    (an upload or a download that stopped) opens and decodes quietly up to where its bytes end: a probe
+    reported the index's duration and an analysis measured a fragment, and both succeeded. So: in a
+    container of its own, a seek to the stream's last quarter second by the index (any packet: nothing is
+    decoded) and the read of a packet there, which such a file cannot give. The video service checks its
+    stream the same way (`medialens_video.frames._require_whole`); an index written last is lost with the
+    end of the file, and such a file does not open at all.
+    """
+    opened: Any = av.open(str(path), mode="r")  # PyAV's demux iterator is a generator, typed as an Iterator
+    with opened as container:
+        stream = container.streams[index]
+        if not stream.duration or stream.time_base is None:
+            return
+        start = stream.start_time or 0
+        last = max(start, start + stream.duration - round(_LAST_PACKETS_S / stream.time_base))
+        try:
+            container.seek(last, stream=stream, backward=True, any_frame=True)
+        except av.error.FFmpegError:
+            return
+        with contextlib.closing(container.demux(stream)) as packets:
+            if any(packet.size for packet in packets):
+                return
+    raise MediaDecodeError(
+        "The file ends before the sound its index lists: it is truncated (a download or copy that stopped "
+        "early)."
+    )
 
 
 #: Chunk sizes at or above this say "unknown" (writers to a pipe, which cannot go back to fill them in).
