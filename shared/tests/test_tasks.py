@@ -1390,6 +1390,29 @@ async def test_light_cpu_work_runs_on_the_loops_thread_unless_isolated(
     assert {(await row_of(db, job_id))["status"] for job_id in (plain, rerun)} == {"succeeded"}
 
 
+async def test_light_work_on_a_large_input_runs_in_a_thread(
+    make_runner, new_job, new_file, tenant_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Light work stays on the loop's thread only for an input of at most `LIGHT_INPUT_BYTES`: a probe of a
+    large file may count its packets (a raw MP3 of hours), which the event loop must not wait for."""
+    monkeypatch.setattr(tasks, "LIGHT_INPUT_BYTES", 100)
+    seen: dict[str, tuple[int, int]] = {}
+
+    async def act(ctx: JobContext) -> None:
+        seen[ctx.job_id] = await ctx.run_cpu(_thread_and_pid, light=True)
+
+    runner = make_runner({"video.probe": Calls(act)})
+    small, large = (
+        await new_file(b"s" * 100, filename="small.wav"),
+        await new_file(b"L" * 101, filename="large.wav"),
+    )
+    jobs_ = {file_id: await new_job(file_id=file_id) for file_id in (small, large)}
+    for file_id, job_id in jobs_.items():
+        assert await deliver(runner, body_of(job_id, tenant_id, file_id=file_id)) == ["ack"]
+    assert seen[jobs_[small]][0] == threading.get_ident()
+    assert seen[jobs_[large]][0] != threading.get_ident()
+
+
 async def test_a_claimed_delivery_is_acked_before_its_handler_runs(
     make_runner, new_job, tenant_id: str
 ) -> None:
