@@ -731,6 +731,28 @@ async def test_release_unfinished_hands_running_jobs_back(
     assert entries[0]["payload"]["tenant_id"] == tenant_id
 
 
+async def test_a_job_handed_back_at_its_last_attempt_fails_instead(
+    make_runner, new_job, db: DatabaseManager
+) -> None:
+    """The bound on attempts holds for jobs a stopping worker hands back: one at its last attempt fails
+    RETRIES_EXHAUSTED (with no outbox entry), where it was queued again whatever its count, so a job whose
+    runs kept getting their worker stopped (evicted for its memory) ran again without end."""
+    runner = make_runner({"video.probe": Calls()})
+    last = runner.settings.worker.max_attempts
+    spent = await new_job(status="running", attempts=last, worker=runner.worker_id)
+    young = await new_job(status="running", attempts=last - 1, worker=runner.worker_id)
+    await runner.release_unfinished()
+    row = await row_of(db, spent)
+    assert (row["status"], row["error_code"], row["worker"]) == ("failed", "RETRIES_EXHAUSTED", None)
+    assert row["error_message"].startswith(f"gave up after {last} attempts, the last cut short by its worker")
+    assert (await row_of(db, young))["status"] == "queued"
+    async with db.session() as session:
+        queued = (
+            await session.execute(select(outbox.c.job_id).where(outbox.c.job_id.in_([spent, young])))
+        ).all()
+    assert [job_id for (job_id,) in queued] == [young]
+
+
 async def test_artifacts_are_stored_as_files_of_the_tenant(
     make_runner, new_job, tenant_id: str, db: DatabaseManager, store: FileStore, tmp_path: Path
 ) -> None:

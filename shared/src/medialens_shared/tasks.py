@@ -575,16 +575,19 @@ class JobRunner:
         """At shutdown: hand back the jobs this worker still runs, so another worker takes them at once.
 
         The try counts, as every try does: a job whose runs keep getting their worker stopped (its memory
-        gets the pod evicted, it cuts the worker off from the broker) must still meet the bound on attempts.
-        The services' drain (`shutdown_grace_s`, 600 s for video and data in Kubernetes) is what keeps
-        rollouts from cutting long jobs short.
+        gets the pod evicted, it cuts the worker off from the broker) must still meet the bound on attempts,
+        so one at its last attempt fails RETRIES_EXHAUSTED instead (it was handed back whatever its count,
+        and ran again without end). The services' drain (`shutdown_grace_s`, 600 s for video and data in
+        Kubernetes) is what keeps rollouts from cutting long jobs short.
         """
+        mine = (jobs.c.status == JobStatus.RUNNING.value, jobs.c.worker == self.worker_id)
+        bound = self.settings.worker.max_attempts
         async with self.db.session() as session:
             released = (
                 (
                     await session.execute(
                         update(jobs)
-                        .where(jobs.c.status == JobStatus.RUNNING.value, jobs.c.worker == self.worker_id)
+                        .where(*mine, jobs.c.attempts < bound)
                         .values(
                             status=JobStatus.QUEUED.value,
                             worker=None,
@@ -600,10 +603,24 @@ class JobRunner:
             )
             for row in released:
                 await outbox.enqueue(session, jobstore.message_of(row))
+            ended: list[jobstore.JobRow] = []
+            for job_id, attempts in (
+                await session.execute(select(jobs.c.id, jobs.c.attempts).where(*mine))
+            ).all():
+                error = RetriesExhausted(
+                    f"gave up after {attempts} attempts, the last cut short by its worker's stop (a "
+                    "shutdown, an eviction, the broker lost)"
+                )
+                if (failed := await jobstore.fail(session, job_id=job_id, error=error)) is not None:
+                    ended.append(failed)
             await session.commit()
         for row in released:
             log.warning("job %s handed back at shutdown", row["id"])
             await self._announce(row)  # Redis away at shutdown: listeners miss it, nothing else
+        for row in ended:
+            log.warning("job %s failed at shutdown: %s", row["id"], row["error_message"])
+            metrics.job_finished(row["type"], JobStatus.FAILED, error_code=row["error_code"])
+            await self._announce(row)
 
     async def _run(
         self,
