@@ -429,6 +429,53 @@ async def test_a_reap_with_redis_silent_requeues_within_the_cancel_flags_bound(
             await proxy.cut()
 
 
+async def test_a_reap_with_redis_away_ends_every_job_and_counts_it(
+    run_id: str, mongo_url: str, rabbit_vhost: str
+) -> None:
+    """Reaping needs only PostgreSQL: with Redis refusing connections, every expired job is requeued and
+    counted, its announcement missed; the first failed announcement ended the reap (and the round's
+    pruning and republishing), the other jobs' counts lost."""
+    async with own_relay(run_id, mongo_url, rabbit_vhost, name="reap_no_redis") as own:
+        away = SecretStr("redis://127.0.0.1:1/0")  # nothing listens: refused at once
+        settings = own.settings.model_copy(
+            update={"redis": own.settings.redis.model_copy(update={"url": away})}
+        )
+        db = DatabaseManager(settings, name="relay")
+        relay = Relay(settings=settings, db=db, broker=own.broker)
+        try:
+            expired = datetime.now(UTC) - timedelta(seconds=1)
+            await own.add_jobs(
+                *(
+                    {
+                        "id": job_id,
+                        "status": "running",
+                        "attempts": 1,
+                        "worker": "ghost",
+                        "lease_expires_at": expired,
+                    }
+                    for job_id in ("gone-1", "gone-2")
+                )
+            )
+            before = (
+                REGISTRY.get_sample_value(
+                    "medialens_jobs_reaped_total", {"type": "audio.probe", "outcome": "queued"}
+                )
+                or 0.0
+            )
+            assert await relay.reap() == 2
+            async with own.db.session() as session:
+                statuses = (
+                    await session.scalars(select(jobs.c.status).where(jobs.c.id.in_(["gone-1", "gone-2"])))
+                ).all()
+            assert statuses == ["queued", "queued"]
+            after = REGISTRY.get_sample_value(
+                "medialens_jobs_reaped_total", {"type": "audio.probe", "outcome": "queued"}
+            )
+            assert after == before + 2
+        finally:
+            await db.close_all()
+
+
 async def test_deleted_files_leave_their_rows_once_past_the_retention(
     run_id: str, mongo_url: str, rabbit_vhost: str
 ) -> None:

@@ -363,6 +363,7 @@ class Relay:
                         unnamed += await mark_deleted(session, files.c.job_id == job_id)
             await session.commit()
             await self._drop_bytes(unnamed)
+            unheard: list[Exception] = []
             for row in announced:
                 log.warning("job %s lost its worker; now %s", row["id"], row["status"])
                 metrics.JOBS_REAPED.labels(row["type"], row["status"]).inc()
@@ -372,7 +373,15 @@ class Relay:
                     )
                 elif row["status"] == JobStatus.CANCELLED.value:
                     metrics.job_finished(row["type"], JobStatus.CANCELLED)
-                await jobstore.announce(session, self.signals, row)
+                # Reaping needs only PostgreSQL: with Redis away the change is stored all the same, and
+                # only its listeners miss it (the first failed announce ended the round, the other jobs'
+                # counts and the round's pruning and republishing with it).
+                try:
+                    await jobstore.announce(session, self.signals, row)
+                except Exception as exc:
+                    unheard.append(exc)
+            if unheard:
+                log.warning("%d reaped jobs' changes were not announced (%s)", len(unheard), unheard[-1])
         return len(announced)
 
     async def _drop_bytes(self, storage_ids: Sequence[str]) -> None:
@@ -526,13 +535,12 @@ class Relay:
                 # Whether or not the broker answers: reaping needs only the database, and the outbox lag
                 # sampled here is what tells an operator that the broker is away.
                 next_reap = time.monotonic() + relay.reap_interval_s
-                try:
-                    await self.reap()
-                    await self.prune()
-                    await self.republish_stale()
-                except Exception as exc:
-                    log.warning("relay upkeep failed (%s); retrying", exc)
-                    failing = True
+                for upkeep in (self.reap, self.prune, self.republish_stale):  # each whatever the others did
+                    try:
+                        await upkeep()
+                    except Exception as exc:
+                        log.warning("relay upkeep (%s) failed (%s); retrying", upkeep.__name__, exc)
+                        failing = True
                 await metrics.sample_backlog(
                     broker=self.broker, topology=self.topology, db=self.db, services=SERVICES
                 )
