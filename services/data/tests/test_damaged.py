@@ -5,6 +5,7 @@ met (a bare `duckdb.Error` "don't know what type", or "ZSTD Decompression failur
 
 from __future__ import annotations
 
+import gzip
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from medialens_data.convert import convert_table
 from medialens_data.profile import profile_table
 from medialens_data.query import run_query
 from medialens_shared.contracts import DataConvertParams, DataProfileParams, DataQueryParams
-from medialens_shared.errors import InvalidParams, MediaDecodeError
+from medialens_shared.errors import InvalidParams, MediaDecodeError, UnsupportedInput
 
 
 def write_parquet(path: Path) -> Path:
@@ -82,3 +83,35 @@ def test_a_damaged_wide_parquet_file_read_into_a_table_is_a_decode_error(
     monkeypatch.setattr(profile, "WIDE_COLUMNS", 2)
     with pytest.raises(MediaDecodeError, match=r"the parquet file is damaged: \S"):
         profile_table(damaged, params=DataProfileParams())
+
+
+@pytest.mark.parametrize("job", JOBS)
+def test_a_parquet_file_cut_short_is_a_decode_error(tmp_path: Path, job: str) -> None:
+    """A Parquet file that lost its end (an upload that stopped) is a damaged file of the right kind, not
+    another kind of file: it was UNSUPPORTED_INPUT ("No magic bytes found at end of file")."""
+    whole = write_parquet(tmp_path / "whole.parquet").read_bytes()
+    cut = tmp_path / "cut.parquet"
+    cut.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(MediaDecodeError, match="the parquet file is truncated"):
+        JOBS[job](cut, tmp_path)
+
+
+def test_a_file_that_is_not_parquet_read_as_parquet_is_still_the_wrong_kind(tmp_path: Path) -> None:
+    """Only a file that begins as Parquet does is truncated Parquet: a CSV read with format=parquet is not."""
+    path = tmp_path / "t.csv"
+    path.write_text("a,b\n1,2\n")
+    with pytest.raises(UnsupportedInput, match="not a readable parquet table"):
+        profile_table(path, params=DataProfileParams(format="parquet"))
+
+
+@pytest.mark.parametrize("job", JOBS)
+def test_a_gzip_table_cut_short_is_a_decode_error(tmp_path: Path, job: str) -> None:
+    """A gzip-compressed CSV whose stream stops midway is truncated (MEDIA_DECODE_ERROR), whether it stops
+    in the first bytes or far past what the types are guessed from."""
+    text = b"id,name\n" + b"".join(b"%d,name%d\n" % (i, i) for i in range(300_000))
+    packed = gzip.compress(text)
+    for keep in (len(packed) // 50, len(packed) * 9 // 10):
+        cut = tmp_path / f"cut{keep}.csv.gz"
+        cut.write_bytes(packed[:keep])
+        with pytest.raises(MediaDecodeError, match="the gzip-compressed csv is truncated"):
+            JOBS[job](cut, tmp_path / f"out{keep}")

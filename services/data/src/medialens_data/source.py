@@ -244,7 +244,7 @@ def expose(
                 raise
             again = reread(source, exc)
             if again is None:
-                raise UnsupportedInput(
+                raise truncation(exc, source) or UnsupportedInput(
                     f"not a readable {source.format} table: {reason(exc, source.path)}"
                 ) from exc
             source = again
@@ -269,7 +269,37 @@ def input_failure(
     if source.format == "parquet" and (failure := damage(watch, name, source.path)) is not None:
         return failure
     if isinstance(exc, READ_ERRORS):
-        return UnsupportedInput(f"not a readable {source.format} table: {reason(exc, source.path, *paths)}")
+        return truncation(exc, source) or UnsupportedInput(
+            f"not a readable {source.format} table: {reason(exc, source.path, *paths)}"
+        )
+    return None
+
+
+#: What DuckDB says of a Parquet file without its footer, and of a gzip stream that stops.
+_PARQUET_CUT = "No magic bytes found at end of file"
+_GZIP_CUT = "Unexpected end of GZIP stream"
+
+
+def _opens_as_parquet(path: Path) -> bool:
+    """Whether the file begins with Parquet's magic bytes (`format=parquet` may name another kind of file)."""
+    with path.open("rb") as handle:
+        return handle.read(4) == b"PAR1"
+
+
+def truncation(exc: BaseException, source: Source) -> MediaDecodeError | None:
+    """`MediaDecodeError` when DuckDB's `exc` says the input is cut short: a Parquet file (its head is
+    Parquet's, as sniffed) that lost its footer, a gzip stream that ends midway. Both are files of the right
+    kind that are damaged, as API.md has them, not the wrong kind of file (they read UNSUPPORTED_INPUT)."""
+    said = str(exc)
+    if source.format == "parquet" and _PARQUET_CUT in said and _opens_as_parquet(source.path):
+        return MediaDecodeError(
+            "the parquet file is truncated: it ends before its footer (a download or copy that stopped early)"
+        )
+    if source.compression == "gzip" and _GZIP_CUT in said:
+        return MediaDecodeError(
+            f"the gzip-compressed {source.format} is truncated: its stream stops midway (a download or copy "
+            "that stopped early)"
+        )
     return None
 
 
