@@ -270,6 +270,29 @@ def test_reports_progress_and_stops_when_report_raises(textured: Path) -> None:
         detect_scenes(textured, report=stop_at_half)
 
 
+def test_the_demux_only_pass_reports_and_can_be_stopped(
+    textured: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pass that reads every packet before any decoding (about 4 s for two hours of video) reports its
+    count and stops when the report raises (a cancel): it ran without either, past the 2 s a cancel has."""
+    monkeypatch.setattr(scenes, "POLL_S", 0.0)
+    monkeypatch.setattr(scenes, "_SCAN_LOOK_PACKETS", 50)
+
+    class Stop(Exception):
+        pass
+
+    notes: list[str] = []
+
+    def stop_while_reading(_fraction: float, message: str) -> None:
+        notes.append(message)
+        if message == "reading the packets: 150":
+            raise Stop
+
+    with pytest.raises(Stop):
+        detect_scenes(textured, report=stop_while_reading)
+    assert notes == ["reading the packets: 50", "reading the packets: 100", "reading the packets: 150"]
+
+
 def test_truncated_video_is_a_decode_error(textured: Path, tmp_path: Path) -> None:
     """A truncated MP4 fails with MediaDecodeError."""
     damaged = tmp_path / "cut.mp4"
