@@ -7,9 +7,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from scripts.samples import make_csv
+from scripts.samples import make_csv, make_video
 from tests.fixtures.servers import TENANT_KEYS
-from tests.fixtures.stack import Stack, run_job, submit, upload
+from tests.fixtures.stack import Stack, result_of, run_job, submit, upload
 
 from .conftest import EnvelopeCheck
 
@@ -145,6 +145,36 @@ async def test_another_tenants_file_and_job_answer_404(
     # A's things are untouched by B's attempts.
     assert (await api.get(f"/v1/files/{file_id}")).status_code == 200
     assert (await api.get(f"/v1/jobs/{job['id']}")).json()["data"]["status"] == "succeeded"
+
+
+async def test_the_files_a_job_makes_are_its_tenants_alone(
+    stack: Stack, api: httpx.AsyncClient, tmp_path: Path, envelope: EnvelopeCheck
+) -> None:
+    """Artifacts (API.md: files too, owned by the job's tenant): a conversion's output and thumbnails are
+    in tenant A's file list and readable by A, and answer 404 to tenant B, whose list holds none of them."""
+    table, video = tmp_path / "a.csv", tmp_path / "a.mp4"
+    make_csv(table, rows=20)
+    make_video(video, duration_s=1.0, fps=10, width=96, height=64)
+    converted = await run_job(api, "data.convert", table, params={"to": "parquet"})
+    thumbnails = await run_job(api, "video.thumbnails", video, params={"count": 2})
+    assert (converted["status"], thumbnails["status"]) == ("succeeded", "succeeded")
+    made = [(await result_of(api, converted["id"]))["file_id"]] + [
+        image["file_id"] for image in (await result_of(api, thumbnails["id"]))["thumbnails"]
+    ]
+    assert len(made) == 3
+    mine = {
+        item["id"] for item in (await api.get("/v1/files", params={"limit": 200})).json()["data"]["items"]
+    }
+    other = stack.client("tenant-b")
+    theirs = {
+        item["id"] for item in (await other.get("/v1/files", params={"limit": 200})).json()["data"]["items"]
+    }
+    for file_id in made:
+        assert file_id in mine
+        assert file_id not in theirs
+        assert (await api.get(f"/v1/files/{file_id}/content")).status_code == 200
+        for url in (f"/v1/files/{file_id}", f"/v1/files/{file_id}/content"):
+            envelope(await other.get(url), status=404, error_code="NOT_FOUND")
 
 
 async def test_another_tenants_lists_do_not_hold_my_items(

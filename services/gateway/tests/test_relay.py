@@ -235,8 +235,11 @@ async def test_the_backstop_publishes_only_jobs_queued_too_long_and_each_once_a_
 
         assert await own.relay(republish_after_s=0).republish_stale() == 0
         relay = own.relay()
+        counted = {"type": "audio.probe"}
+        before = REGISTRY.get_sample_value("medialens_jobs_republished_total", counted) or 0.0
         assert await relay.republish_stale() == 1
         assert await entries() == [("stale", "audio.probe", "stale")]
+        assert REGISTRY.get_sample_value("medialens_jobs_republished_total", counted) == before + 1
         assert await relay.republish_stale() == 0  # its updated_at is now: the next period starts
 
         # The look can read the partial index of queued jobs (its clauses imply the index's predicate).
