@@ -337,6 +337,46 @@ async def test_finished_jobs_past_their_retention_go_with_their_parts_results_an
         assert "ix_jobs_finished" in plan, plan
 
 
+async def test_a_job_the_relay_ends_owes_its_webhook_once(
+    run_id: str, mongo_url: str, rabbit_vhost: str
+) -> None:
+    """A job with a callback_url ended by the relay rather than by a worker (given up on by the reaper,
+    cancelled by it, failed by its dead letter) owes one webhook delivery of its final job object, as one a
+    worker ends does; a job the reaper requeues owes none yet."""
+    async with own_relay(run_id, mongo_url, rabbit_vhost, name="hooks") as own:
+        max_attempts = own.settings.worker.max_attempts
+        expired = datetime.now(UTC) - timedelta(seconds=1)
+        hook = "https://example.com/hook"
+
+        def running(job_id: str, attempts: int) -> dict[str, Any]:
+            return {"id": job_id, "status": "running", "attempts": attempts, "worker": "ghost",
+                    "lease_expires_at": expired, "callback_url": hook}  # fmt: skip
+
+        await own.add_jobs(
+            running("given-up", max_attempts),
+            running("cancel-asked", 1),
+            running("requeued", 1),
+            running("dead-lettered", 1) | {"status": "queued", "worker": None, "lease_expires_at": None},
+        )
+        relay = own.relay()
+        await relay.signals.request_cancel("cancel-asked")
+        assert await relay.reap() == 3
+        await relay.on_dead_letter(
+            {"job_id": "dead-lettered", "type": "audio.probe", "tenant_id": "t", "file_id": None}
+        )
+        async with own.db.session() as session:
+            owed = (
+                await session.execute(
+                    select(webhook_deliveries.c.job_id, webhook_deliveries.c.payload["status"].astext)
+                )
+            ).all()
+        assert sorted(owed) == [
+            ("cancel-asked", "cancelled"),
+            ("dead-lettered", "failed"),
+            ("given-up", "failed"),
+        ]
+
+
 async def test_a_job_that_ends_without_its_dead_workers_rerun_leaves_no_files(
     run_id: str, mongo_url: str, rabbit_vhost: str
 ) -> None:
