@@ -179,6 +179,24 @@ def test_statements_other_than_one_query_are_refused(table: Path, sql: str, why:
     assert not (table.parent / "out" / "answer.parquet").exists()
 
 
+@pytest.mark.parametrize("wrapped", [False, True])
+def test_sql_run_from_text_is_refused(table: Path, wrapped: bool) -> None:
+    """`json_execute_serialized_sql` runs a serialized statement the syntax tree holds as a string: a COPY
+    in a CTE (which the check refuses written out) overwrote the input, the input cache's copy other
+    tenants' jobs read. It is refused by name, and so is `query`, which could call it from its text."""
+    before = table.read_bytes()
+    statement = (
+        f"WITH x AS (COPY (SELECT 'evil' AS id) TO '{table}' (FORMAT csv, USE_TMP_FILE false)) SELECT 1"
+    )
+    serialized = duckdb.sql("SELECT json_serialize_sql(?)", params=[statement]).fetchall()[0][0]
+    sql = "SELECT * FROM json_execute_serialized_sql('" + serialized.replace("'", "''") + "')"
+    if wrapped:
+        sql = "SELECT * FROM query('" + sql.replace("'", "''") + "')"
+    with pytest.raises(InvalidParams, match=r"runs SQL given as text"):
+        ask(table, sql)
+    assert table.read_bytes() == before
+
+
 def test_check_sql_returns_the_query() -> None:
     """A single query passes the check unchanged."""
     assert check_sql("SELECT 1") == "SELECT 1"

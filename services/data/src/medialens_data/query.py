@@ -64,6 +64,10 @@ INLINE_ROWS_BYTES = 8 * 2**20
 #: How DuckDB's serialized syntax tree names a node that is a statement (`COPY_QUERY_NODE`); the nodes of a
 #: read-only query are `SELECT_NODE`, `SET_OPERATION_NODE`, `RECURSIVE_CTE_NODE`...
 _STATEMENT_NODE = "_QUERY_NODE"
+#: Functions that run SQL given as a string, which the syntax tree holds as a constant and so cannot check:
+#: `json_execute_serialized_sql` ran a serialized `COPY ... TO` (over the input itself, the input cache's
+#: copy that other tenants' jobs read) or a `DELETE`; `query` runs a string that may call it in turn.
+_SQL_RUNNING_FUNCTIONS = frozenset({"json_execute_serialized_sql", "query"})
 #: The answer's column types Parquet cannot hold as they are, and what they are written as (see
 #: `_exact_parquet`).
 _PARQUET_CASTS = {"HUGEINT": "DECIMAL(38,0)", "UHUGEINT": "DECIMAL(38,0)", "INTERVAL": "VARCHAR"}
@@ -99,16 +103,23 @@ def check_sql(sql: str, con: Any = None) -> str:
             f"only a read-only query (SELECT, WITH or VALUES) over the table `{TABLE}` is allowed, "
             f"not a {kind.name} statement"
         )
-    if inner := _statements_inside(sql, con):
+    inner, runners = _statements_inside(sql, con)
+    if inner:
         raise InvalidParams(
             f"only a read-only query over the table `{TABLE}` is allowed: this one holds a "
             f"{', '.join(sorted(inner))} statement (in a CTE or a subquery)"
         )
+    if runners:
+        raise InvalidParams(
+            f"{', '.join(sorted(runners))}() runs SQL given as text, which cannot be checked as read-only: "
+            "write the query itself"
+        )
     return sql
 
 
-def _statements_inside(sql: str, con: Any = None) -> set[str]:
-    """The kinds of statement (COPY, DELETE...) nested in the query `sql`'s syntax tree."""
+def _statements_inside(sql: str, con: Any = None) -> tuple[set[str], set[str]]:
+    """The kinds of statement (COPY, DELETE...) nested in the query `sql`'s syntax tree, and the functions
+    of `_SQL_RUNNING_FUNCTIONS` it calls."""
     with (
         duckdb.connect(":memory:", config={"enable_external_access": False})
         if con is None
@@ -118,6 +129,7 @@ def _statements_inside(sql: str, con: Any = None) -> set[str]:
     if tree.get("error"):
         raise InvalidParams(f"the query could not be checked as read-only: {tree.get('error_message', '')}")
     found: set[str] = set()
+    runners: set[str] = set()
     pending: list[Any] = [tree]
     while pending:
         node = pending.pop()
@@ -125,10 +137,13 @@ def _statements_inside(sql: str, con: Any = None) -> set[str]:
             kind = node.get("type")
             if isinstance(kind, str) and kind.endswith(_STATEMENT_NODE):
                 found.add(kind.removesuffix(_STATEMENT_NODE))
+            function = node.get("function_name")
+            if isinstance(function, str) and function.lower() in _SQL_RUNNING_FUNCTIONS:
+                runners.add(function.lower())
             pending.extend(node.values())
         elif isinstance(node, list):
             pending.extend(node)
-    return found
+    return found, runners
 
 
 def run_query(
