@@ -148,6 +148,9 @@ DESCRIPTIONS: dict[str, str] = {
     "MEDIALENS_WORKER_TABLE_MEMORY_LIMIT": "Memory a table job's engine (DuckDB) may use before it spills "
     "to the scratch directory.",
     "MEDIALENS_WORKER_TABLE_THREADS": "Threads a table job's engine may use.",
+    "MEDIALENS_WORKER_HEAP_CAP": "The share of its container's memory limit the data service's heap may "
+    "reach (RLIMIT_DATA): past it an allocation fails and the job reports it (a query asking for more memory "
+    "than a job may use) instead of the kernel killing the service. 0, or no limit on the container: none.",
     "MEDIALENS_WORKER_QUERY_TIME_LIMIT_S": "A data.query whose SQL runs longer than this fails with TIMEOUT.",
     "MEDIALENS_WORKER_QUERY_MAX_ANSWER_BYTES": (
         "Bytes of Parquet a data.query's answer may be stored as (a few bytes of SQL can ask for gigabytes); "

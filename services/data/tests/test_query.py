@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import decimal
+import subprocess
+import sys
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -319,3 +321,40 @@ def test_an_answer_with_no_room_on_the_disk_is_not_blamed_on_the_query(table: Pa
     with small_disk(tmp_path / "disk", 128 * 1024) as disk, pytest.raises(duckdb.Error) as raised:
         run_query(table, params=DataQueryParams(sql=sql, limit=10), out_path=disk.path / "answer.parquet")
     assert disk_full(raised.value), raised.value
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT list_sum(range(300000000))",  # one list of 2.4 GB, past DuckDB's own memory limit
+        "SELECT damerau_levenshtein(repeat('a', 40000), repeat('b', 40000))",  # a 13 GB working table
+    ],
+)
+def test_a_query_building_a_value_past_the_heap_cap_fails_as_the_querys(table: Path, sql: str) -> None:
+    """Under the data service's heap cap (`medialens_shared.heapcap`, here 1.5 GB) a query whose single
+    value outgrows DuckDB's memory limit fails with INVALID_PARAMS, in a second: without it, it took
+    13-15 GB and the kernel killed the service."""
+    script = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from medialens_shared.heapcap import cap_heap\n"
+        "from medialens_shared.errors import InvalidParams\n"
+        "from medialens_data.query import run_query\n"
+        "from medialens_shared.contracts import DataQueryParams\n"
+        "cap_heap(0.75, limit=2 * 2**30)\n"
+        "table = Path(sys.argv[1])\n"
+        "started = time.monotonic()\n"
+        "try:\n"
+        "    out = table.parent / 'out' / 'a.parquet'\n"
+        "    run_query(table, params=DataQueryParams(sql=sys.argv[2]), out_path=out)\n"
+        "except InvalidParams as exc:\n"
+        "    print(exc.error_code, 'memory' in str(exc), time.monotonic() - started < 10)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(table), sql],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.stdout.split() == ["INVALID_PARAMS", "True", "True"], done.stderr[-2000:]

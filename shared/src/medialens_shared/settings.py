@@ -309,6 +309,11 @@ class WorkerSettings(Group):
     table_memory_limit: str = "512MB"
     #: Threads a table job's engine may use.
     table_threads: int = Field(2, ge=1)
+    #: The share of its container's memory limit (the cgroup's) the data service's heap may reach
+    #: (`medialens_shared.heapcap`): past it an allocation fails, which the job reports (a query asking for
+    #: more memory than a job may use), instead of the kernel killing the service with every job in it.
+    #: 0, or no limit on the container: no cap.
+    heap_cap: float = Field(0.9, ge=0, le=1)
     #: A data.query whose SQL runs longer than this fails with TIMEOUT.
     query_time_limit_s: float = Field(30.0, gt=0)
     #: Bytes of Parquet a data.query's answer may be stored as; a larger one fails with INVALID_PARAMS.

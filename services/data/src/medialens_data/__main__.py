@@ -7,7 +7,8 @@ from medialens_shared.worker import serve
 
 
 def main() -> None:
-    serve("data", HANDLERS)
+    # User SQL decides how much memory a job takes, some of it past DuckDB's own limit: see heapcap.
+    serve("data", HANDLERS, heap_capped=True)
 
 
 if __name__ == "__main__":
