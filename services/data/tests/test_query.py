@@ -358,3 +358,14 @@ def test_a_query_building_a_value_past_the_heap_cap_fails_as_the_querys(table: P
         timeout=120,
     )
     assert done.stdout.split() == ["INVALID_PARAMS", "True", "True"], done.stderr[-2000:]
+
+
+def test_a_query_spilling_past_the_spill_limit_fails_as_the_querys(table: Path, tmp_path: Path) -> None:
+    """A sort that must spill more than `spill_limit` (DuckDB's `max_temp_directory_size`) fails with
+    INVALID_PARAMS and leaves the spill directory within it: without a limit DuckDB spills up to 90% of the
+    disk's free space, which in a pod is the node's, past the scratch volume (the pod is evicted)."""
+    spill = tmp_path / "spill"
+    sql = "SELECT range, md5(range::VARCHAR) AS h FROM range(3000000) ORDER BY h"
+    with pytest.raises(InvalidParams, match="more memory than this service allows"):
+        ask(table, sql, memory_limit="64MB", temp_dir=spill, spill_limit="20MB")
+    assert sum(path.stat().st_size for path in spill.rglob("*") if path.is_file()) <= 20 * 2**20

@@ -309,6 +309,10 @@ class WorkerSettings(Group):
     table_memory_limit: str = "512MB"
     #: Threads a table job's engine may use.
     table_threads: int = Field(2, ge=1)
+    #: The most a table job's engine may spill to `scratch_dir` (a job past it fails as needing more memory
+    #: than a job may use); None: DuckDB's own bound, 90% of the free space of that disk. Set it in a pod,
+    #: where that disk is the node's and the scratch volume is smaller (exceeding it evicts the pod).
+    table_spill_limit: str | None = None
     #: The share of its container's memory limit (the cgroup's) the data service's heap may reach
     #: (`medialens_shared.heapcap`): past it an allocation fails, which the job reports (a query asking for
     #: more memory than a job may use), instead of the kernel killing the service with every job in it.
@@ -343,11 +347,11 @@ class WorkerSettings(Group):
     def ops_port(self, process: str) -> int:
         return OPS_PORTS.get(process, 8100) if self.http_port is None else self.http_port
 
-    @field_validator("table_memory_limit")
+    @field_validator("table_memory_limit", "table_spill_limit")
     @classmethod
-    def _memory_size(cls, value: str) -> str:
+    def _memory_size(cls, value: str | None) -> str | None:
         # Checked at start: a bad one failed every data job, as INVALID_PARAMS, the client's fault.
-        if not MEMORY_SIZE.fullmatch(value):
+        if value is not None and not MEMORY_SIZE.fullmatch(value):
             raise ValueError("give a size such as 512MB, 2GB or 1.5GiB")
         return value
 

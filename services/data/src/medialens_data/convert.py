@@ -60,11 +60,12 @@ def convert_table(
     memory_limit: str = "512MB",
     threads: int = 2,
     temp_dir: Path | None = None,
+    spill_limit: str | None = None,
     report: Report | None = None,
     cancelled: Callable[[], bool] | None = None,
 ) -> Converted:
     """Write the table at `path` as `params.to` into `out_dir`; `UnsupportedInput` for an unreadable table."""
-    limits = Limits(memory_limit=memory_limit, threads=threads, temp_dir=temp_dir)
+    limits = Limits(memory_limit=memory_limit, threads=threads, temp_dir=temp_dir, spill_limit=spill_limit)
     source = inspect(path, fmt=params.format, scratch=temp_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / output_name(path.name, params.to)

@@ -55,6 +55,9 @@ class Limits:
     memory_limit: str = "512MB"
     threads: int = 2
     temp_dir: Path | None = None
+    #: The most it may spill (DuckDB's `max_temp_directory_size`); None: DuckDB's own, 90% of the free
+    #: space of the disk it spills to, which in a pod is the node's, not the scratch volume's.
+    spill_limit: str | None = None
 
     @property
     def memory_bytes(self) -> int:
@@ -84,6 +87,8 @@ def connect(*, paths: Sequence[Path], limits: Limits, keep_order: bool = True) -
     if limits.temp_dir is not None:
         limits.temp_dir.mkdir(parents=True, exist_ok=True)
         config["temp_directory"] = str(limits.temp_dir)
+    if limits.spill_limit is not None:
+        config["max_temp_directory_size"] = limits.spill_limit
     try:
         con = duckdb.connect(":memory:", config=config)
     except duckdb.Error as exc:

@@ -32,6 +32,7 @@ class _EngineOptions(TypedDict):
     memory_limit: str
     threads: int
     temp_dir: Path
+    spill_limit: str | None
     report: Report
 
 
@@ -41,6 +42,7 @@ def _engine_options(ctx: JobContext) -> _EngineOptions:
         "memory_limit": worker.table_memory_limit,
         "threads": worker.table_threads,
         "temp_dir": ctx.scratch / "spill",
+        "spill_limit": worker.table_spill_limit,
         "report": ctx.report,
     }
 

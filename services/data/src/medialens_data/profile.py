@@ -105,6 +105,7 @@ def profile_table(
     memory_limit: str = "512MB",
     threads: int = 2,
     temp_dir: Path | None = None,
+    spill_limit: str | None = None,
     report: Report | None = None,
     cancelled: Callable[[], bool] | None = None,
     distinct_exact_limit: int = DISTINCT_EXACT_LIMIT,
@@ -114,7 +115,7 @@ def profile_table(
     `report` gets progress from a watchdog thread (and may raise `JobCancelled`); `cancelled` is polled
     as well. Either one stops the running query within `WATCH_INTERVAL_S`, raising `JobCancelled`.
     """
-    limits = Limits(memory_limit=memory_limit, threads=threads, temp_dir=temp_dir)
+    limits = Limits(memory_limit=memory_limit, threads=threads, temp_dir=temp_dir, spill_limit=spill_limit)
     source = inspect(path, fmt=params.format, scratch=temp_dir)
     con = connect(paths=source.paths, limits=limits, keep_order=False)
     try:

@@ -154,6 +154,7 @@ def run_query(
     memory_limit: str = "512MB",
     threads: int = 2,
     temp_dir: Path | None = None,
+    spill_limit: str | None = None,
     report: Report | None = None,
     cancelled: Callable[[], bool] | None = None,
     time_limit_s: float = QUERY_TIME_LIMIT_S,
@@ -164,7 +165,7 @@ def run_query(
     An answer whose file passes `max_answer_bytes` fails with `InvalidParams`: a few bytes of SQL can ask
     for gigabytes (`SELECT repeat('x', 10000) FROM range(100000)`), which would be stored for the tenant.
     """
-    limits = Limits(memory_limit=memory_limit, threads=threads, temp_dir=temp_dir)
+    limits = Limits(memory_limit=memory_limit, threads=threads, temp_dir=temp_dir, spill_limit=spill_limit)
     source = inspect(path, fmt=params.format, scratch=temp_dir)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     con = connect(paths=[*source.paths, out_path], limits=limits)
