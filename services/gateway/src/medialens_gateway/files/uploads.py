@@ -13,6 +13,7 @@ a path (`../../etc/passwd`, `C:\\Users\\me\\t.csv`) to anyone who later saves th
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from urllib.parse import unquote_to_bytes
@@ -75,10 +76,23 @@ def stored_type(content_type: str | bytes) -> str:
     return f"{media_type}; charset={charset}" if _CHARSET.fullmatch(charset) else media_type
 
 
+#: The longest file name kept, in characters (a file system's NAME_MAX); a longer one keeps its extension.
+FILENAME_MAX = 255
+
+
 def base_name(name: str) -> str:
     """The last part of a file name that may be a path, split at `/` and at `\\` (which Windows clients
-    send); `upload` when no name is left."""
+    send), without control characters and at most `FILENAME_MAX` long; `upload` when no name is left.
+
+    A NUL (`filename*=UTF-8''a%00b.csv`) reached PostgreSQL, whose text refuses it: a 500 once the whole
+    upload had been streamed; a name had no bound.
+    """
     last = name.replace("\\", "/").rpartition("/")[2]
+    last = "".join(char for char in last if unicodedata.category(char) != "Cc")
+    if len(last) > FILENAME_MAX:
+        stem, dot, extension = last.rpartition(".")
+        kept = dot + extension if stem and len(extension) <= 16 else ""
+        last = last[: FILENAME_MAX - len(kept)] + kept
     return NO_NAME if last.strip() in ("", ".", "..") else last
 
 
