@@ -337,6 +337,13 @@ async def test_finished_jobs_past_their_retention_go_with_their_parts_results_an
         assert "ix_jobs_finished" in plan, plan
 
 
+def orphaned(job_id: str, *, attempts: int = 1, **columns: Any) -> dict[str, Any]:
+    """The row of a job left running by a worker gone ("ghost") whose lease ran out a second ago."""
+    expired = datetime.now(UTC) - timedelta(seconds=1)
+    return {"id": job_id, "status": "running", "attempts": attempts, "worker": "ghost",
+            "lease_expires_at": expired} | columns  # fmt: skip
+
+
 async def test_a_job_the_relay_ends_owes_its_webhook_once(
     run_id: str, mongo_url: str, rabbit_vhost: str
 ) -> None:
@@ -345,18 +352,12 @@ async def test_a_job_the_relay_ends_owes_its_webhook_once(
     worker ends does; a job the reaper requeues owes none yet."""
     async with own_relay(run_id, mongo_url, rabbit_vhost, name="hooks") as own:
         max_attempts = own.settings.worker.max_attempts
-        expired = datetime.now(UTC) - timedelta(seconds=1)
         hook = "https://example.com/hook"
-
-        def running(job_id: str, attempts: int) -> dict[str, Any]:
-            return {"id": job_id, "status": "running", "attempts": attempts, "worker": "ghost",
-                    "lease_expires_at": expired, "callback_url": hook}  # fmt: skip
-
         await own.add_jobs(
-            running("given-up", max_attempts),
-            running("cancel-asked", 1),
-            running("requeued", 1),
-            running("dead-lettered", 1) | {"status": "queued", "worker": None, "lease_expires_at": None},
+            orphaned("given-up", attempts=max_attempts, callback_url=hook),
+            orphaned("cancel-asked", callback_url=hook),
+            orphaned("requeued", callback_url=hook),
+            orphaned("dead-lettered", callback_url=hook, status="queued", worker=None, lease_expires_at=None),
         )
         relay = own.relay()
         await relay.signals.request_cancel("cancel-asked")
@@ -386,16 +387,10 @@ async def test_a_job_that_ends_without_its_dead_workers_rerun_leaves_no_files(
     keeps them for its rerun to delete (it may find that attempt's stored result, which names them)."""
     async with own_relay(run_id, mongo_url, rabbit_vhost, name="abandon") as own:
         max_attempts = own.settings.worker.max_attempts
-        expired = datetime.now(UTC) - timedelta(seconds=1)
-
-        def running(job_id: str, attempts: int) -> dict[str, Any]:
-            return {"id": job_id, "status": "running", "attempts": attempts, "worker": "ghost",
-                    "lease_expires_at": expired, "type": "video.thumbnails"}  # fmt: skip
-
         await own.add_jobs(
-            running("given-up", max_attempts),
-            running("cancel-asked", 1),
-            running("requeued", 1),
+            orphaned("given-up", attempts=max_attempts, type="video.thumbnails"),
+            orphaned("cancel-asked", type="video.thumbnails"),
+            orphaned("requeued", type="video.thumbnails"),
             {
                 "id": "dead-lettered",
                 "status": "queued",
@@ -486,19 +481,7 @@ async def test_a_reap_with_redis_away_ends_every_job_and_counts_it(
         db = DatabaseManager(settings, name="relay")
         relay = Relay(settings=settings, db=db, broker=own.broker)
         try:
-            expired = datetime.now(UTC) - timedelta(seconds=1)
-            await own.add_jobs(
-                *(
-                    {
-                        "id": job_id,
-                        "status": "running",
-                        "attempts": 1,
-                        "worker": "ghost",
-                        "lease_expires_at": expired,
-                    }
-                    for job_id in ("gone-1", "gone-2")
-                )
-            )
+            await own.add_jobs(orphaned("gone-1"), orphaned("gone-2"))
             before = (
                 REGISTRY.get_sample_value(
                     "medialens_jobs_reaped_total", {"type": "audio.probe", "outcome": "queued"}
