@@ -151,9 +151,6 @@ DESCRIPTIONS: dict[str, str] = {
     "MEDIALENS_WORKER_TABLE_SPILL_LIMIT": "The most a table job's engine may spill to the scratch directory "
     "(a job past it fails as needing more memory than a job may use); unset: DuckDB's own bound, 90% of that "
     "disk's free space. Set it in a pod, whose scratch volume is smaller than the node's disk.",
-    "MEDIALENS_WORKER_HEAP_CAP": "The share of its container's memory limit the data service's heap may "
-    "reach (RLIMIT_DATA): past it an allocation fails and the job reports it (a query asking for more memory "
-    "than a job may use) instead of the kernel killing the service. 0, or no limit on the container: none.",
     "MEDIALENS_WORKER_QUERY_TIME_LIMIT_S": "A data.query whose SQL runs longer than this fails with TIMEOUT.",
     "MEDIALENS_WORKER_QUERY_MAX_ANSWER_BYTES": (
         "Bytes of Parquet a data.query's answer may be stored as (a few bytes of SQL can ask for gigabytes); "

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import csv
 import decimal
-import subprocess
-import sys
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -323,49 +321,11 @@ def test_an_answer_with_no_room_on_the_disk_is_not_blamed_on_the_query(table: Pa
     assert disk_full(raised.value), raised.value
 
 
-@pytest.mark.parametrize(
-    "sql",
-    [
-        "SELECT list_sum(range(300000000))",  # one list of 2.4 GB, past DuckDB's own memory limit
-        "SELECT damerau_levenshtein(repeat('a', 40000), repeat('b', 40000))",  # a 13 GB working table
-    ],
-)
-def test_a_query_building_a_value_past_the_heap_cap_fails_as_the_querys(table: Path, sql: str) -> None:
-    """Under the data service's heap cap (`medialens_shared.heapcap`, here 1.5 GB) a query whose single
-    value outgrows DuckDB's memory limit fails with INVALID_PARAMS, in a second: without it, it took
-    13-15 GB and the kernel killed the service."""
-    script = (
-        "import sys, time\n"
-        "from pathlib import Path\n"
-        "from medialens_shared.heapcap import cap_heap\n"
-        "from medialens_shared.errors import InvalidParams\n"
-        "from medialens_data.query import run_query\n"
-        "from medialens_shared.contracts import DataQueryParams\n"
-        "cap_heap(0.75, limit=2 * 2**30)\n"
-        "table = Path(sys.argv[1])\n"
-        "started = time.monotonic()\n"
-        "try:\n"
-        "    out = table.parent / 'out' / 'a.parquet'\n"
-        "    run_query(table, params=DataQueryParams(sql=sys.argv[2]), out_path=out)\n"
-        "except InvalidParams as exc:\n"
-        "    print(exc.error_code, 'memory' in str(exc), time.monotonic() - started < 10)\n"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", script, str(table), sql],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.stdout.split() == ["INVALID_PARAMS", "True", "True"], done.stderr[-2000:]
-
-
 def test_a_query_spilling_past_the_spill_limit_fails_as_the_querys(table: Path, tmp_path: Path) -> None:
     """A sort that must spill more than `spill_limit` (DuckDB's `max_temp_directory_size`) fails with
-    INVALID_PARAMS and leaves the spill directory within it: without a limit DuckDB spills up to 90% of the
-    disk's free space, which in a pod is the node's, past the scratch volume (the pod is evicted)."""
-    spill = tmp_path / "spill"
-    sql = "SELECT range, md5(range::VARCHAR) AS h FROM range(3000000) ORDER BY h"
+    INVALID_PARAMS: without a limit DuckDB spills up to 90% of the disk's free space, which in a pod is the
+    node's, past the scratch volume (the pod is evicted). The same sort with room to spill succeeds."""
+    sql = "SELECT count(*) FROM (SELECT range, md5(range::VARCHAR) AS h FROM range(3000000) ORDER BY h)"
     with pytest.raises(InvalidParams, match="more memory than this service allows"):
-        ask(table, sql, memory_limit="64MB", temp_dir=spill, spill_limit="20MB")
-    assert sum(path.stat().st_size for path in spill.rglob("*") if path.is_file()) <= 20 * 2**20
+        ask(table, sql, memory_limit="64MB", temp_dir=tmp_path / "spill", spill_limit="20MB")
+    assert ask(table, sql, memory_limit="64MB", temp_dir=tmp_path / "spill", spill_limit="1GB") is not None

@@ -313,11 +313,6 @@ class WorkerSettings(Group):
     #: than a job may use); None: DuckDB's own bound, 90% of the free space of that disk. Set it in a pod,
     #: where that disk is the node's and the scratch volume is smaller (exceeding it evicts the pod).
     table_spill_limit: str | None = None
-    #: The share of its container's memory limit (the cgroup's) the data service's heap may reach
-    #: (`medialens_shared.heapcap`): past it an allocation fails, which the job reports (a query asking for
-    #: more memory than a job may use), instead of the kernel killing the service with every job in it.
-    #: 0, or no limit on the container: no cap.
-    heap_cap: float = Field(0.9, ge=0, le=1)
     #: A data.query whose SQL runs longer than this fails with TIMEOUT.
     query_time_limit_s: float = Field(30.0, gt=0)
     #: Bytes of Parquet a data.query's answer may be stored as; a larger one fails with INVALID_PARAMS.

@@ -47,7 +47,6 @@ from medialens_shared.bus import (
 )
 from medialens_shared.db import Check, DatabaseManager, timed_check
 from medialens_shared.filestore import FileStore
-from medialens_shared.heapcap import cap_heap
 from medialens_shared.logs import configure_logging
 from medialens_shared.memtrim import MemoryTrimmer, frozen_startup_heap
 from medialens_shared.opsserver import ops_app, serving
@@ -412,14 +411,11 @@ async def until_stopped(work: Coroutine[Any, Any, object], stop: asyncio.Event) 
     return True
 
 
-def serve(service: str, handlers: dict[str, Handler], *, heap_capped: bool = False) -> None:
-    """Process entry point: run until SIGTERM or SIGINT. `heap_capped`: the process's heap is held below
-    its container's memory limit (`worker.heap_cap`, `medialens_shared.heapcap`)."""
+def serve(service: str, handlers: dict[str, Handler]) -> None:
+    """Process entry point: run until SIGTERM or SIGINT."""
     settings = load_settings(f"The MediaLens {service} service: runs its jobs from RabbitMQ.")
     configure_logging(settings, service=service)
     configure_tracing(service)
-    if heap_capped:
-        cap_heap(settings.worker.heap_cap)
 
     async def main() -> int:
         stop = asyncio.Event()

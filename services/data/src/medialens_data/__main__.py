@@ -7,8 +7,7 @@ from medialens_shared.worker import serve
 
 
 def main() -> None:
-    # User SQL decides how much memory a job takes, some of it past DuckDB's own limit: see heapcap.
-    serve("data", HANDLERS, heap_capped=True)
+    serve("data", HANDLERS)
 
 
 if __name__ == "__main__":
