@@ -480,6 +480,7 @@ async def _follow_children(session: AsyncSession, *, parent_id: str) -> None:
         )
     else:
         to = JobStatus.SUCCEEDED
+        values["progress"] = 1.0  # done, gaps included: they are parts that do not apply
         gaps = [child for child in children if child.status == JobStatus.FAILED]
         if gaps:  # say which parts the result leaves out, and why, where a client reads the job
             values["message"] = (
