@@ -28,6 +28,7 @@ from sqlalchemy.dialects import postgresql
 
 from medialens_gateway.auth import ensure_tenant
 from medialens_gateway.relay import (
+    ANNOUNCE_TIMEOUT_S,
     CANCEL_FLAGS_TIMEOUT_S,
     Published,
     Relay,
@@ -432,7 +433,8 @@ async def test_a_reap_with_redis_silent_requeues_within_the_cancel_flags_bound(
 ) -> None:
     """The reaper reads the cancel flags of the jobs it reaps while it holds their rows; with Redis silent
     (connections open, no byte through) it waits `CANCEL_FLAGS_TIMEOUT_S` for them, not the client's socket
-    timeout (5 s, every reaped row locked meanwhile), then requeues the jobs as before."""
+    timeout (5 s, every reaped row locked meanwhile), then requeues the jobs as before, and gives up their
+    announcements within `ANNOUNCE_TIMEOUT_S`."""
     async with own_relay(run_id, mongo_url, rabbit_vhost, name="reap_redis") as own:
         target = urlsplit(own.settings.redis.url.get_secret_value())
         proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 6379)
@@ -459,6 +461,9 @@ async def test_a_reap_with_redis_silent_requeues_within_the_cancel_flags_bound(
                     break
                 assert time.monotonic() - started < CANCEL_FLAGS_TIMEOUT_S + 1.5, "the reap waited on Redis"
                 await asyncio.sleep(0.05)
+            # Its announcement, to a Redis still silent, is given up within its own bound (it waited on the
+            # client's timeouts, some 20 s a job, while the outbox waited for the round).
+            assert await asyncio.wait_for(reaping, ANNOUNCE_TIMEOUT_S + 1.0) == 1
         finally:
             await proxy.restore()
             if reaping is not None:
