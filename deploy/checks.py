@@ -51,8 +51,9 @@ WORKER_COMMANDS = {"medialens-video", "medialens-audio", "medialens-data"}
 LONG_RUNNING = {"medialens-gateway", "medialens-relay", *WORKER_COMMANDS}
 #: Below every grace period: the gateway and the relay stop within it (Kubernetes' default is 30 s).
 SERVICE_SHUTDOWN_S = 30
-#: The one statement that hands a stopping service's unfinished jobs back (after the drain and the broker's
-#: close), given this long in the margin; the code bounds it by nothing shorter than the pool's timeout.
+#: The transaction that hands a stopping service's unfinished jobs back, or fails those at their last
+#: attempt (after the drain and the broker's close), and their announcements, given this long in the margin;
+#: the code bounds it by nothing shorter than the pool's timeout.
 HAND_BACK_S = 5.0
 #: Addresses that let probes and Prometheus reach a process from outside its pod's loopback.
 ALL_INTERFACES = {"0.0.0.0", "::", ""}  # noqa: S104 - values a manifest must set, not addresses we bind

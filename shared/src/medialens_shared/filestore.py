@@ -2,7 +2,7 @@
 
 Nothing here holds a whole file in memory: uploads are written chunk by chunk while their size is counted
 and their SHA-256 computed, and reads come back as an async iterator of chunks. A read is opened first
-(`open`: GridFS's files document fetched, the stream positioned) and its bytes read after, so that an HTTP
+(`open`: GridFS's files document fetched) and its bytes read after, so that an HTTP
 download learns that MongoDB is away, or the file gone, before it has sent its status line.
 """
 
@@ -143,8 +143,8 @@ class Download:
     cursor over the file's chunks leaves the size of each answer to the server: nx-27017, the development
     and test server, answers it with every chunk at once, and PyMongo refuses a message over 48 MB, so no
     file larger than that could be downloaded or analysed under `make dev` (MongoDB itself answers in
-    batches of at most 16 MiB). The chunks are checked as GridOut checks them: each in its place, of its size.
-    """
+    batches of at most 16 MiB). Each chunk read is checked to be in its place and of its size, as GridOut
+    checks them (chunks past the file's length, which GridOut also refuses, are not read)."""
 
     def __init__(
         self, stream: AsyncGridOut, chunks: AsyncCollection[Any], *, start: int, end: int | None

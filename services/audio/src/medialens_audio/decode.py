@@ -156,8 +156,11 @@ def _require_whole_index(path: Path, index: int) -> None:
         except av.error.FFmpegError:
             return
         with contextlib.closing(container.demux(stream)) as packets:
-            if any(packet.size for packet in packets):
-                return
+            try:
+                if any(packet.size for packet in packets):
+                    return
+            except av.error.FFmpegError:
+                pass  # a packet the index lists that cannot be read where it says: cut short too
     raise MediaDecodeError(
         "The file ends before the sound its index lists: it is truncated (a download or copy that stopped "
         "early)."

@@ -289,13 +289,15 @@ def _opens_as_parquet(path: Path) -> bool:
 def truncation(exc: BaseException, source: Source) -> MediaDecodeError | None:
     """`MediaDecodeError` when DuckDB's `exc` says the input is cut short: a Parquet file (its head is
     Parquet's, as sniffed) that lost its footer, a gzip stream that ends midway. Both are files of the right
-    kind that are damaged, as API.md has them, not the wrong kind of file (they read UNSUPPORTED_INPUT)."""
+    kind that are damaged, as API.md has them, not the wrong kind of file (they read UNSUPPORTED_INPUT). The
+    gzip reader's words are looked for in its IO errors only: a CSV line DuckDB quotes in a parse error may
+    hold any words."""
     said = str(exc)
     if source.format == "parquet" and _PARQUET_CUT in said and _opens_as_parquet(source.path):
         return MediaDecodeError(
             "the parquet file is truncated: it ends before its footer (a download or copy that stopped early)"
         )
-    if source.compression == "gzip" and _GZIP_CUT in said:
+    if source.compression == "gzip" and isinstance(exc, duckdb.IOException) and _GZIP_CUT in said:
         return MediaDecodeError(
             f"the gzip-compressed {source.format} is truncated: its stream stops midway (a download or copy "
             "that stopped early)"

@@ -76,7 +76,8 @@ def stored_type(content_type: str | bytes) -> str:
     return f"{media_type}; charset={charset}" if _CHARSET.fullmatch(charset) else media_type
 
 
-#: The longest file name kept, in characters (a file system's NAME_MAX); a longer one keeps its extension.
+#: The longest file name kept, in characters (about what file systems and browsers take); a longer one keeps
+#: its extension.
 FILENAME_MAX = 255
 
 
