@@ -161,6 +161,11 @@ def make_video(
         if codec in ("libx264", "h264"):
             video.options = {
                 "preset": "veryfast",
+                # One encoding thread: with x264's automatic threads the same call wrote different streams
+                # from run to run on a busy machine (the first keyframe 4,843 or 4,848 bytes), and a test's
+                # truth must not depend on the load (`threads` in `x264_params` does not hold: FFmpeg sets
+                # x264's from this option).
+                "threads": "1",
                 **({"g": str(keyint)} if keyint else {}),
                 **({"x264-params": x264_params} if x264_params else {}),
             }
