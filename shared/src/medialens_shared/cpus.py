@@ -36,14 +36,12 @@ def cpu_quota(root: Path = CGROUP_ROOT) -> float | None:
     try:
         quota = (root / "cpu" / "cpu.cfs_quota_us").read_text()
         period = (root / "cpu" / "cpu.cfs_period_us").read_text()
-    except OSError:
-        return None
-    try:
-        return _ratio(quota, period) if int(quota) > 0 else None  # -1: no quota
-    except ValueError:
+        return _ratio(quota, period)
+    except (OSError, ValueError):
         return None
 
 
 def _ratio(quota: str, period: str) -> float | None:
+    """`quota` over `period`, in CPUs; None for no quota (cgroup v1 writes -1)."""
     used, every = int(quota), int(period)
     return used / every if used > 0 and every > 0 else None

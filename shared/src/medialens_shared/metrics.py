@@ -23,6 +23,7 @@ operations port), which also holds prometheus-client's `process_*` (resident mem
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import logging
 import time
@@ -117,16 +118,13 @@ JOBS_LEASE_EXPIRED = Gauge(
     "Running jobs whose lease ran out (no heartbeat), not yet reaped",
     registry=None,
 )
-_RELAY_GAUGES = (OUTBOX_LAG, OUTBOX_PENDING, JOBS_LEASE_EXPIRED)
-_relay_gauges_registered = False
 
 
+@functools.cache
 def _register_relay_gauges() -> None:
-    global _relay_gauges_registered  # noqa: PLW0603 - once a process
-    if not _relay_gauges_registered:
-        for gauge in _RELAY_GAUGES:
-            REGISTRY.register(gauge)
-        _relay_gauges_registered = True
+    """Put the relay's gauges in the registry, once a process."""
+    for gauge in (OUTBOX_LAG, OUTBOX_PENDING, JOBS_LEASE_EXPIRED):
+        REGISTRY.register(gauge)
 
 
 # --- job hooks of the task base ------------------------------------------------------------------------

@@ -76,13 +76,14 @@ def _no_report(_fraction: float, _message: str) -> None:
 def thumbnail_times(duration_s: float, *, count: int | None, every_s: float | None) -> list[float]:
     """`count` times at the middles of equal slices of the video, or one every `every_s` from 0."""
     if every_s is not None:
+        slices = duration_s / every_s - 1e-9
         # Compared before it is counted: every_s=5e-324 makes the quotient infinite, which int() refuses.
-        if duration_s / every_s - 1e-9 >= MAX_THUMBNAILS:
+        if slices >= MAX_THUMBNAILS:
             raise InvalidParams(
                 f"every_s={every_s} asks for more than {MAX_THUMBNAILS} thumbnails of this "
                 f"{duration_s:.1f} s video; the most is {MAX_THUMBNAILS}"
             )
-        n = max(1, int(duration_s / every_s - 1e-9) + 1)
+        n = max(1, int(slices) + 1)
         return [k * every_s for k in range(n)]
     n = count or THUMBNAILS_DEFAULT_COUNT
     return [duration_s * (k + 0.5) / n for k in range(n)]
