@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -99,6 +101,64 @@ def test_giving_up_kills_the_child_at_once(tmp_path: Path) -> None:
         run_in_child(linger, (pid_file,), report=lambda *_: None, abandoned=asked)
     assert time.monotonic() - asked_at[0] < 1
     assert not _alive(int(pid_file.read_text()))
+
+
+def allocate(size: int) -> int:
+    return len(bytearray(size))
+
+
+def test_a_memory_cap_fails_an_allocation_past_it_in_the_child_only() -> None:
+    """The child's heap is capped (`RLIMIT_DATA`): a block past the cap fails there as a MemoryError,
+    raised here, while the same block without a cap, or within it, is allocated."""
+    block = 512 * 2**20
+    with pytest.raises(MemoryError):
+        run_in_child(allocate, (block,), report=lambda *_: None, abandoned=_never, memory_cap=256 * 2**20)
+    assert run_in_child(allocate, (block,), report=lambda *_: None, abandoned=_never) == block
+    assert (
+        run_in_child(allocate, (block,), report=lambda *_: None, abandoned=_never, memory_cap=1024 * 2**20)
+        == block
+    )
+
+
+def oom_score_adj() -> int:
+    return int(Path("/proc/self/oom_score_adj").read_text())
+
+
+def killed() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_the_kernel_kills_the_child_before_the_worker_when_memory_runs_out() -> None:
+    """The child's OOM score is raised to the most, so that a pod out of memory loses one job, not the
+    worker with every job beside it; a child killed so fails its job saying memory is the likely cause."""
+    assert run_in_child(oom_score_adj, (), report=lambda *_: None, abandoned=_never) == 1000
+    assert oom_score_adj() < 1000
+    with pytest.raises(MediaDecodeError, match=r"killed \(SIGKILL\), most likely for memory"):
+        run_in_child(killed, (), report=lambda *_: None, abandoned=_never)
+
+
+def test_children_do_not_import_again_what_a_console_script_imports(tmp_path: Path) -> None:
+    """A service runs as a console script (`from medialens_data.__main__ import main`), and every child of
+    the fork server runs the parent's main script again: unless the server imported its modules, each
+    child imported the whole worker again (2 s a child). The script's module here counts its imports: the
+    parent's, the fork server's, and none in the three children."""
+    imports = tmp_path / "imports"
+    (tmp_path / "service.py").write_text(
+        "import os\n"
+        f"with open({str(imports)!r}, 'a') as log:\n"
+        "    log.write(f'{os.getpid()}\\n')\n"
+        "def main() -> None:\n"
+        "    from medialens_shared.isolation import run_in_child\n"
+        "    for _ in range(3):\n"
+        "        assert run_in_child(os.getpid, (), report=print, abandoned=lambda: False) != os.getpid()\n"
+    )
+    script = tmp_path / "medialens-service"  # as the console scripts of uv and pip are written
+    script.write_text(
+        "import sys\nfrom service import main\nif __name__ == '__main__':\n    sys.exit(main())\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])}
+    subprocess.run([sys.executable, str(script)], env=env, check=True, timeout=60)
+    assert len(imports.read_text().split()) == 2
 
 
 def test_a_result_that_does_not_pickle_is_an_error_not_a_hang() -> None:

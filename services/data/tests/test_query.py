@@ -6,15 +6,18 @@ import csv
 import decimal
 import time
 from collections import defaultdict
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import duckdb
 import pytest
 
+from medialens_data.engine import Limits
 from medialens_data.query import INLINE_ROWS_BYTES, check_sql, run_query
 from medialens_shared.contracts import DataQueryParams
 from medialens_shared.errors import InvalidParams, JobCancelled, JobTimeout, disk_full
+from medialens_shared.isolation import run_in_child
 from tests.fixtures.disk import small_disk
 
 ROWS = [(i, ["north", "south", "east"][i % 3], i * 0.5) for i in range(300)]
@@ -247,6 +250,30 @@ def test_query_past_the_time_limit_times_out(table: Path) -> None:
         )
     assert caught.value.error_code == "TIMEOUT"
     assert time.monotonic() - started < 5
+
+
+def test_a_query_in_a_capped_child_times_out_and_fails_for_memory_as_in_the_worker(table: Path) -> None:
+    """The service runs a query in a child process with its heap capped (`Limits.heap_cap`): the time
+    limit's TIMEOUT comes back as such, and a value past the cap is INVALID_PARAMS, not a dead process."""
+    limits = Limits(memory_limit="64MB")
+
+    def in_child(sql: str, **kwargs: Any) -> Any:
+        out = table.parent / f"out-{len(sql)}" / "answer.parquet"
+        run = partial(
+            run_query, table, params=DataQueryParams(sql=sql), out_path=out, memory_limit="64MB", **kwargs
+        )
+        return run_in_child(
+            run, (), report=lambda *_: None, abandoned=lambda: False, memory_cap=limits.heap_cap
+        )
+
+    assert in_child("SELECT count(*) FROM data").rows == [[len(ROWS)]]
+    with pytest.raises(JobTimeout, match=r"time limit of 0\.5 s") as caught:
+        in_child(
+            "SELECT sum(hash(a.range * b.range)) FROM range(1000000) a, range(1000000) b", time_limit_s=0.5
+        )
+    assert caught.value.error_code == "TIMEOUT"
+    with pytest.raises(InvalidParams, match="needs more memory than this service allows"):
+        in_child(f"SELECT length(repeat('x', {limits.heap_cap})) FROM data")
 
 
 def test_cancel_stops_a_running_query(table: Path) -> None:

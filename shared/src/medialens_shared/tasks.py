@@ -256,7 +256,9 @@ class JobContext:
         if self._cancel.is_set():
             raise JobCancelled("cancelled on request")
 
-    async def run_cpu(self, func: Callable[..., T], /, *args: Any, light: bool = False) -> T:
+    async def run_cpu(
+        self, func: Callable[..., T], /, *args: Any, light: bool = False, memory_cap: int | None = None
+    ) -> T:
         """Run CPU-heavy `func` in a thread, so the event loop keeps the broker's heartbeats going.
 
         `light` is for work that takes a few milliseconds whatever the input (a container's header and
@@ -273,13 +275,21 @@ class JobContext:
         sound), and the event loop, which keeps the leases and the broker's heartbeats, must not wait that.
 
         In a child process instead when the job is `isolated` (its previous attempt died with its worker),
-        light or not: then `func` and `args` must pickle, except for `ctx.report`, which works there too.
+        light or not, and whenever a `memory_cap` is given (the bytes the child's heap may reserve: for work
+        whose memory its input can blow past any limit of its library's own, see `isolation`): then `func`
+        and `args` must pickle, except for `ctx.report`, which works there too.
         """
-        if not self.isolated and light and self._input_bytes() <= LIGHT_INPUT_BYTES:
+        in_child = self.isolated or memory_cap is not None
+        if not in_child and light and self._input_bytes() <= LIGHT_INPUT_BYTES:
             return func(*args)
-        if self.isolated:
+        if in_child:
             call = functools.partial(
-                isolation.run_in_child, func, args, report=self.report, abandoned=lambda: self.cancelled
+                isolation.run_in_child,
+                func,
+                args,
+                report=self.report,
+                abandoned=lambda: self.cancelled,
+                memory_cap=memory_cap,
             )
         else:
             call = functools.partial(func, *args)

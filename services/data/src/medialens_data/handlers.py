@@ -2,7 +2,9 @@
 
 The work runs in a thread (`ctx.run_cpu`) on a DuckDB connection limited by the worker's settings
 (`table_memory_limit`, `table_threads`), spilling to the job's scratch directory, which the task base
-removes afterwards. Progress and cancellation reach the thread through `ctx.report`.
+removes afterwards. Progress and cancellation reach the thread through `ctx.report`. A query runs in a
+child process whose heap is capped (`Limits.heap_cap`): its SQL is the client's, and can ask for memory
+that no DuckDB setting bounds.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from pathlib import Path
 from typing import TypedDict
 
 from medialens_data.convert import convert_table
-from medialens_data.engine import Report
+from medialens_data.engine import Limits, Report
 from medialens_data.profile import profile_table
 from medialens_data.query import run_query
 from medialens_shared.contracts import (
@@ -85,7 +87,10 @@ async def query(ctx: JobContext) -> DataQueryResult:
         max_answer_bytes=ctx.settings.worker.query_max_answer_bytes,
         **_engine_options(ctx),
     )
-    answer = await ctx.run_cpu(run)
+    # In a child process with its heap capped: a few bytes of SQL can ask for more memory than DuckDB's
+    # limit counts (one huge value), and the worker, with the jobs beside it, must not be the one to die.
+    limits = Limits(memory_limit=ctx.settings.worker.table_memory_limit)
+    answer = await ctx.run_cpu(run, memory_cap=limits.heap_cap)
     await ctx.progress(0.99, f"storing the answer's {answer.row_count} rows", force=True)
     file_id = await ctx.save_artifact(answer.path, filename=answer.path.name, content_type=_PARQUET)
     return DataQueryResult(
