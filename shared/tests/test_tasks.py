@@ -711,12 +711,28 @@ async def test_a_claim_waits_out_a_short_database_outage(
 
 
 async def test_release_unfinished_hands_running_jobs_back(
-    make_runner, new_job, tenant_id: str, db: DatabaseManager
+    make_runner, db_without_relay: DatabaseManager
 ) -> None:
-    """At shutdown this worker's running jobs go back to queued with a fresh outbox entry; others stay."""
-    runner = make_runner({"video.probe": Calls()})
-    mine = await new_job(status="running", attempts=1, worker=runner.worker_id)
-    theirs = await new_job(status="running", attempts=1, worker="video-someone-else")
+    """At shutdown this worker's running jobs go back to queued with a fresh outbox entry; others stay.
+    (On a database of its own: the session's stack, once started, would publish the job handed back, and
+    a service claim it, before it is read here.)"""
+    db, tenant_id = db_without_relay, f"tenant-{uuid.uuid4().hex[:12]}"
+    runner = make_runner({"video.probe": Calls()}, database=db)
+    mine, theirs = f"job-{uuid.uuid4().hex[:12]}", f"job-{uuid.uuid4().hex[:12]}"
+    async with db.session() as session:
+        await session.execute(insert(tenants).values(id=tenant_id, name=tenant_id, webhook_secret="s3cret"))
+        for job_id, worker in ((mine, runner.worker_id), (theirs, "video-someone-else")):
+            await session.execute(
+                insert(jobs).values(
+                    id=job_id,
+                    tenant_id=tenant_id,
+                    type="video.probe",
+                    status="running",
+                    attempts=1,
+                    worker=worker,
+                )
+            )
+        await session.commit()
     await runner.release_unfinished()
     row = await row_of(db, mine)
     assert (row["status"], row["worker"], row["message"]) == ("queued", None, "requeued: its worker stopped")
