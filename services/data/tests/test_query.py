@@ -254,7 +254,8 @@ def test_query_past_the_time_limit_times_out(table: Path) -> None:
 
 def test_a_query_in_a_capped_child_times_out_and_fails_for_memory_as_in_the_worker(table: Path) -> None:
     """The service runs a query in a child process with its heap capped (`Limits.heap_cap`): the time
-    limit's TIMEOUT comes back as such, and a value past the cap is INVALID_PARAMS, not a dead process."""
+    limit's TIMEOUT comes back as such, a value past the cap is INVALID_PARAMS, not a dead process, and a
+    full disk's error is still one (retried, not the query's fault)."""
     limits = Limits(memory_limit="64MB")
 
     def in_child(sql: str, **kwargs: Any) -> Any:
@@ -274,6 +275,16 @@ def test_a_query_in_a_capped_child_times_out_and_fails_for_memory_as_in_the_work
     assert caught.value.error_code == "TIMEOUT"
     with pytest.raises(InvalidParams, match="needs more memory than this service allows"):
         in_child(f"SELECT length(repeat('x', {limits.heap_cap})) FROM data")
+    sql = "SELECT md5(CAST(a.id * 1000 + b.id AS VARCHAR)) AS h FROM data AS a, data AS b"
+    with small_disk(table.parent / "disk", 128 * 1024) as disk, pytest.raises(duckdb.Error) as raised:
+        run_in_child(
+            partial(run_query, table, params=DataQueryParams(sql=sql), out_path=disk.path / "answer.parquet"),
+            (),
+            report=lambda *_: None,
+            abandoned=lambda: False,
+            memory_cap=limits.heap_cap,
+        )
+    assert disk_full(raised.value), raised.value  # the runner's retry still knows the disk's error
 
 
 def test_cancel_stops_a_running_query(table: Path) -> None:
