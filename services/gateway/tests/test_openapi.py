@@ -139,3 +139,24 @@ async def test_job_types_are_documented_as_the_values_they_may_take(api: httpx.A
     refused = await api.post("/v1/jobs", json={"type": "video.nope", "file_id": "f"})
     assert refused.status_code == 422
     assert "video.probe" in refused.json()["data"]["details"][0]["msg"]
+
+
+async def test_the_document_allows_what_the_gateway_takes_and_nothing_it_refuses(
+    api: httpx.AsyncClient,
+) -> None:
+    """Found by schemathesis against the document: a label key outside the pattern was valid by the schema
+    (`patternProperties` lets other keys through) and a 422; a download was documented as
+    application/octet-stream, but comes with its stored type, and its Range header was not documented."""
+    document = (await api.get("/openapi.json")).json()
+    labels = document["components"]["schemas"]["JobRequest"]["properties"]["labels"]
+    assert labels["propertyNames"]["pattern"] == "^[A-Za-z0-9._/-]+$"
+    assert "patternProperties" not in labels
+    content = document["paths"]["/v1/files/{file_id}/content"]["get"]
+    for status in ("200", "206"):
+        assert content["responses"][status]["content"] == {
+            "*/*": {"schema": {"type": "string", "format": "binary"}}
+        }
+    assert "Content-Range" in content["responses"]["206"]["headers"]
+    assert [p["name"] for p in content["parameters"] if p.get("in") == "header"] == ["Range"]
+    upload = document["paths"]["/v1/files"]["post"]["requestBody"]["content"]
+    assert set(upload) == {"multipart/form-data", "application/octet-stream", "*/*"}

@@ -288,6 +288,18 @@ async def test_empty_file_round_trips(api: httpx.AsyncClient) -> None:
     assert response.content == b""
 
 
+async def test_a_request_without_a_file_is_422_and_stores_nothing(
+    api: httpx.AsyncClient, envelope: EnvelopeCheck
+) -> None:
+    """A POST with no body and no Content-Type sent no file: 422 saying how to send one (an empty file
+    named `upload` was stored), and the tenant's file list is as it was."""
+    before = (await api.get("/v1/files")).json()["data"]["items"]
+    response = await api.post("/v1/files")
+    envelope(response, status=422, error_code="VALIDATION_ERROR")
+    assert "holds no file" in response.json()["message"]
+    assert (await api.get("/v1/files")).json()["data"]["items"] == before
+
+
 @pytest.mark.parametrize(
     ("spec", "start", "end"),
     [

@@ -9,10 +9,10 @@ one, mislabelling a Windows-1252 or UTF-16 CSV), and a HEAD answers its headers 
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import quote
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.background import BackgroundTask
 
@@ -43,6 +43,8 @@ UPLOAD_BODY: dict[str, Any] = {
                 }
             },
             "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+            # Any other type is a raw body too, stored with that type (`text/csv`, `audio/wav`).
+            "*/*": {"schema": {"type": "string", "format": "binary"}},
         },
     }
 }
@@ -84,13 +86,39 @@ async def get_file(file_id: str, tenant: CurrentTenant, session: DbSession) -> J
     return ok(service.file_view(await service.get_file(session, tenant_id=tenant.id, file_id=file_id)))
 
 
+#: The bytes of a download, of whatever type the file was stored with (its `Content-Type` is sent as is).
+_BYTES: dict[str, Any] = {"*/*": {"schema": {"type": "string", "format": "binary"}}}
+_DOWNLOAD_HEADERS: dict[str, Any] = {
+    "Content-Type": {
+        "description": "The Content-Type the file was stored with.",
+        "schema": {"type": "string"},
+    },
+    "Content-Length": {"schema": {"type": "integer"}},
+    "Content-Disposition": {
+        "description": "`attachment` with the file's name (`filename*` for a name that is not plain ASCII).",
+        "schema": {"type": "string"},
+    },
+    "Accept-Ranges": {
+        "description": "`bytes`: a single byte range may be asked for.",
+        "schema": {"type": "string"},
+    },
+}
+
+
 @router.get(
     "/{file_id}/content",
     summary="The file's bytes, streamed; honours Range",
     response_class=StreamingResponse,
     responses={
-        200: {"content": {"application/octet-stream": {}}},
-        206: {"description": "Partial content", "content": {"application/octet-stream": {}}},
+        200: {"description": "The whole file", "content": _BYTES, "headers": _DOWNLOAD_HEADERS},
+        206: {
+            "description": "The byte range asked for",
+            "content": _BYTES,
+            "headers": {
+                **_DOWNLOAD_HEADERS,
+                "Content-Range": {"description": "`bytes start-end/size`", "schema": {"type": "string"}},
+            },
+        },
         416: {
             "model": ErrorEnvelope,
             "description": "VALIDATION_ERROR: a Range the file cannot serve (`Content-Range: bytes */size`).",
@@ -98,7 +126,19 @@ async def get_file(file_id: str, tenant: CurrentTenant, session: DbSession) -> J
     },
 )
 async def get_content(
-    file_id: str, request: Request, tenant: CurrentTenant, session: DbSession, store: Files
+    file_id: str,
+    request: Request,
+    tenant: CurrentTenant,
+    session: DbSession,
+    store: Files,
+    range_: Annotated[
+        str | None,
+        Header(
+            alias="Range",
+            description="One byte range (`bytes=0-1023`, `bytes=1024-`, `bytes=-512`): answered 206 with "
+            "those bytes. Several ranges, or another unit, get the whole file (200).",
+        ),
+    ] = None,
 ) -> Response:
     row = await service.get_file(session, tenant_id=tenant.id, file_id=file_id)
     size = row["size_bytes"]
@@ -108,8 +148,8 @@ async def get_content(
         "Content-Disposition": content_disposition(row["filename"]),
         "Content-Type": row["content_type"],
     }
-    if (spec := request.headers.get("range")) and _served(spec):
-        start, end = _parse_range(spec, size)
+    if range_ and _served(range_):
+        start, end = _parse_range(range_, size)
         status = 206
         headers["Content-Range"] = f"bytes {start}-{end}/{size}"
     headers["Content-Length"] = str(max(end - start + 1, 0))

@@ -52,8 +52,23 @@ def _bad(message: str) -> RequestValidationFailed:
 
 
 async def read_upload(request: Request) -> Upload:
-    """The uploaded file of `request`: the `file` field of a multipart form, or else the raw body."""
-    content_type = request.headers.get("content-type", "application/octet-stream")
+    """The uploaded file of `request`: the `file` field of a multipart form, or else the raw body.
+
+    A request with neither a Content-Type nor a body (`curl -X POST` without `-F`) sent no file: a 422
+    saying how to send one, where it stored an empty file named `upload`. An empty file sent as one (a raw
+    body of no bytes with its Content-Type, or a form's empty `file`) is stored as it is.
+    """
+    headers = request.headers
+    if (
+        "content-type" not in headers
+        and headers.get("content-length", "0").strip() == "0"
+        and "transfer-encoding" not in headers
+    ):
+        raise _bad(
+            "The request holds no file: send a multipart form with the field `file`, or the file's bytes as "
+            "the body with their Content-Type."
+        )
+    content_type = headers.get("content-type", "application/octet-stream")
     mime, options = parse_options_header(content_type)
     if mime == b"multipart/form-data":
         boundary = options.get(b"boundary")

@@ -4,12 +4,24 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints, WithJsonSchema
 
 from medialens_shared.contracts import JOB_TYPES
 
-LabelKey = Annotated[str, StringConstraints(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9._/-]+$")]
+LABEL_KEY_PATTERN = r"^[A-Za-z0-9._/-]+$"
+LabelKey = Annotated[str, StringConstraints(min_length=1, max_length=63, pattern=LABEL_KEY_PATTERN)]
 LabelValue = Annotated[str, StringConstraints(max_length=255)]
+#: How `labels` is documented: Pydantic writes a dict with patterned keys as `patternProperties`, which
+#: lets any key that does not match the pattern through, with any value; validation refuses such a key
+#: (422), so a client generated from the document sent bodies it thought valid. Every key must match.
+LABELS_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "propertyNames": {"minLength": 1, "maxLength": 63, "pattern": LABEL_KEY_PATTERN},
+    "additionalProperties": {"type": "string", "maxLength": 255},
+    "maxProperties": 32,
+    "description": "Up to 32 `key: value` strings of the client's own, kept with the job and filterable "
+    "(`?label=key:value`).",
+}
 
 
 class JobRequest(BaseModel):
@@ -26,7 +38,9 @@ class JobRequest(BaseModel):
     #: queries and the job message, whose UTF-8 encoding then failed (a 500); it is a 422 now, as in a label.
     file_id: str = Field(min_length=1, description="The input: a file of this tenant.")
     params: dict[str, Any] = Field(default_factory=dict, description="Checked against the type's schema.")
-    labels: dict[LabelKey, LabelValue] = Field(default_factory=dict, max_length=32)
+    labels: Annotated[dict[LabelKey, LabelValue], WithJsonSchema(LABELS_SCHEMA)] = Field(
+        default_factory=dict, max_length=32
+    )
     #: Strict: `"5"` or `true` are not priorities (lax validation took them, `true` as 1).
     priority: StrictInt = Field(5, ge=0, le=9)
     callback_url: Annotated[str, Field(max_length=2048, json_schema_extra={"format": "uri"})] | None = Field(
