@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from medialens_shared.errors import JobCancelled, MediaDecodeError, UnsupportedInput
-from medialens_shared.isolation import run_in_child
+from medialens_shared.errors import JobCancelled, MediaDecodeError, TransientJobError, UnsupportedInput
+from medialens_shared.isolation import OverMemoryCap, run_in_child
 
 
 def _never() -> bool:
@@ -103,19 +103,23 @@ def test_giving_up_kills_the_child_at_once(tmp_path: Path) -> None:
     assert not _alive(int(pid_file.read_text()))
 
 
-def allocate(size: int) -> int:
-    return len(bytearray(size))
+def fill(size: int) -> int:
+    """Hold `size` bytes written (resident, not only reserved) for a moment."""
+    block = b"\x01" * size
+    time.sleep(0.3)
+    return len(block)
 
 
-def test_a_memory_cap_fails_an_allocation_past_it_in_the_child_only() -> None:
-    """The child's heap is capped (`RLIMIT_DATA`): a block past the cap fails there as a MemoryError,
-    raised here, while the same block without a cap, or within it, is allocated."""
+def test_a_memory_cap_ends_the_child_past_it_and_only_past_it() -> None:
+    """A child past its `memory_cap` (bytes resident) is ended and the job fails OverMemoryCap (an
+    UNSUPPORTED_INPUT, saying the cap), while the same memory without a cap, or within it, is held."""
     block = 512 * 2**20
-    with pytest.raises(MemoryError):
-        run_in_child(allocate, (block,), report=lambda *_: None, abandoned=_never, memory_cap=256 * 2**20)
-    assert run_in_child(allocate, (block,), report=lambda *_: None, abandoned=_never) == block
+    with pytest.raises(OverMemoryCap, match="passed the 256 MiB one job may hold") as caught:
+        run_in_child(fill, (block,), report=lambda *_: None, abandoned=_never, memory_cap=256 * 2**20)
+    assert caught.value.error_code == "UNSUPPORTED_INPUT"
+    assert run_in_child(fill, (block,), report=lambda *_: None, abandoned=_never) == block
     assert (
-        run_in_child(allocate, (block,), report=lambda *_: None, abandoned=_never, memory_cap=1024 * 2**20)
+        run_in_child(fill, (block,), report=lambda *_: None, abandoned=_never, memory_cap=1024 * 2**20)
         == block
     )
 
@@ -159,6 +163,90 @@ def test_children_do_not_import_again_what_a_console_script_imports(tmp_path: Pa
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])}
     subprocess.run([sys.executable, str(script)], env=env, check=True, timeout=60)
     assert len(imports.read_text().split()) == 2
+
+
+#: A worker as a service runs one: its own process (group), a child running `linger` (which writes its pid
+#: and its fork server's, then sleeps `seconds` and answers), the outcome printed.
+WORKER = """
+import signal, sys
+from pathlib import Path
+from medialens_shared.isolation import run_in_child
+from test_isolation import linger_for
+
+for stop in (signal.SIGTERM, signal.SIGINT):  # a service's handlers: stop taking jobs, drain
+    signal.signal(stop, lambda *_: print("worker: draining", flush=True))
+work = (linger_for, (Path(sys.argv[1]), float(sys.argv[2])))
+try:
+    print(run_in_child(*work, report=print, abandoned=lambda: False))
+except Exception as exc:
+    print(f"{type(exc).__name__}: {exc}")
+"""
+
+
+def linger_for(pid_file: Path, seconds: float) -> str:
+    pid_file.write_text(f"{os.getpid()} {os.getppid()}")
+    time.sleep(seconds)
+    return "answered"
+
+
+def _worker(tmp_path: Path, seconds: float) -> tuple[subprocess.Popen[str], int, int]:
+    """A worker process running a child of `linger_for`; the child's and the fork server's pids."""
+    script, pid_file = tmp_path / "worker.py", tmp_path / "pids"
+    script.write_text(WORKER)
+    path = os.pathsep.join([str(Path(__file__).parent), *sys.path])
+    worker = subprocess.Popen(
+        [sys.executable, str(script), str(pid_file), str(seconds)],
+        env={**os.environ, "PYTHONPATH": path},
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # a process group of its own, as a supervisor starts a service
+    )
+    deadline = time.monotonic() + 30
+    while not (pid_file.exists() and pid_file.read_text()):
+        assert time.monotonic() < deadline, "the child never started"
+        time.sleep(0.05)
+    child, server = map(int, pid_file.read_text().split())
+    return worker, child, server
+
+
+def test_a_child_dies_with_its_worker(tmp_path: Path) -> None:
+    """A worker killed outright leaves no child running on (its fork server was kept alive by the child
+    itself, so the parent-death signal never came, and a query ran on without its time limit)."""
+    worker, child, _ = _worker(tmp_path, 60)
+    worker.kill()
+    worker.wait()
+    deadline = time.monotonic() + 5
+    while _alive(child):
+        assert time.monotonic() < deadline, "the child outlived its worker"
+        time.sleep(0.05)
+
+
+def test_a_child_outlives_a_stop_signal_to_its_workers_group(tmp_path: Path) -> None:
+    """A supervisor stopping the worker may signal its whole group (honcho, systemd): the worker drains,
+    and its child, and the fork server, go on and answer (they died, and the job was an INTERNAL_ERROR)."""
+    worker, _, _ = _worker(tmp_path, 1.0)
+    os.killpg(worker.pid, signal.SIGTERM)
+    os.killpg(worker.pid, signal.SIGINT)
+    out, _ = worker.communicate(timeout=30)
+    assert out.splitlines()[-1] == "answered", out
+
+
+def test_a_child_whose_fork_server_is_killed_still_answers(tmp_path: Path) -> None:
+    """The fork server killed while its child works: the child still answers its worker."""
+    worker, _, server = _worker(tmp_path, 1.0)
+    os.kill(server, signal.SIGKILL)
+    out, _ = worker.communicate(timeout=30)
+    assert out.splitlines()[-1] == "answered", out
+
+
+def vanish() -> None:
+    os._exit(3)
+
+
+def test_a_child_lost_without_a_signal_is_a_passing_fault() -> None:
+    """A child gone without an answer nor a signal is tried again (a TransientJobError), not a bug."""
+    with pytest.raises(TransientJobError, match="exit code 3"):
+        run_in_child(vanish, (), report=lambda *_: None, abandoned=_never)
 
 
 def test_a_result_that_does_not_pickle_is_an_error_not_a_hang() -> None:

@@ -17,7 +17,7 @@ from medialens_data.engine import Limits
 from medialens_data.query import INLINE_ROWS_BYTES, check_sql, run_query
 from medialens_shared.contracts import DataQueryParams
 from medialens_shared.errors import InvalidParams, JobCancelled, JobTimeout, disk_full
-from medialens_shared.isolation import run_in_child
+from medialens_shared.isolation import OverMemoryCap, run_in_child
 from tests.fixtures.disk import small_disk
 
 ROWS = [(i, ["north", "south", "east"][i % 3], i * 0.5) for i in range(300)]
@@ -253,9 +253,9 @@ def test_query_past_the_time_limit_times_out(table: Path) -> None:
 
 
 def test_a_query_in_a_capped_child_times_out_and_fails_for_memory_as_in_the_worker(table: Path) -> None:
-    """The service runs a query in a child process with its heap capped (`Limits.heap_cap`): the time
-    limit's TIMEOUT comes back as such, a value past the cap is INVALID_PARAMS, not a dead process, and a
-    full disk's error is still one (retried, not the query's fault)."""
+    """The service runs a query in a child process with its memory capped (`Limits.resident_cap`): the time
+    limit's TIMEOUT comes back as such, a value past the cap ends the child (the handler makes that an
+    INVALID_PARAMS), not the worker, and a full disk's error is still one (retried, not the query's)."""
     limits = Limits(memory_limit="64MB")
 
     def in_child(sql: str, **kwargs: Any) -> Any:
@@ -264,7 +264,7 @@ def test_a_query_in_a_capped_child_times_out_and_fails_for_memory_as_in_the_work
             run_query, table, params=DataQueryParams(sql=sql), out_path=out, memory_limit="64MB", **kwargs
         )
         return run_in_child(
-            run, (), report=lambda *_: None, abandoned=lambda: False, memory_cap=limits.heap_cap
+            run, (), report=lambda *_: None, abandoned=lambda: False, memory_cap=limits.resident_cap
         )
 
     assert in_child("SELECT count(*) FROM data").rows == [[len(ROWS)]]
@@ -273,8 +273,8 @@ def test_a_query_in_a_capped_child_times_out_and_fails_for_memory_as_in_the_work
             "SELECT sum(hash(a.range * b.range)) FROM range(1000000) a, range(1000000) b", time_limit_s=0.5
         )
     assert caught.value.error_code == "TIMEOUT"
-    with pytest.raises(InvalidParams, match="needs more memory than this service allows"):
-        in_child(f"SELECT length(repeat('x', {limits.heap_cap})) FROM data")
+    with pytest.raises(OverMemoryCap):
+        in_child(f"SELECT length(repeat('x', {limits.resident_cap})) FROM data")
     sql = "SELECT md5(CAST(a.id * 1000 + b.id AS VARCHAR)) AS h FROM data AS a, data AS b"
     with small_disk(table.parent / "disk", 128 * 1024) as disk, pytest.raises(duckdb.Error) as raised:
         run_in_child(
@@ -282,7 +282,7 @@ def test_a_query_in_a_capped_child_times_out_and_fails_for_memory_as_in_the_work
             (),
             report=lambda *_: None,
             abandoned=lambda: False,
-            memory_cap=limits.heap_cap,
+            memory_cap=limits.resident_cap,
         )
     assert disk_full(raised.value), raised.value  # the runner's retry still knows the disk's error
 

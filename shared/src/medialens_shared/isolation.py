@@ -1,4 +1,5 @@
-"""A job's CPU part in a child process, for a job whose previous attempt died with its worker.
+"""A job's CPU part in a child process: for a job whose previous attempt died with its worker, and for
+work whose memory must be capped.
 
 A decoder that crashes on an input (a segfault in a native library, memory blown by a crafted file) takes
 its whole worker process down, and with it every other job that worker was running. The reaper brings the
@@ -11,18 +12,28 @@ carry on. A job whose worker died for another reason (a `kill -9`, a lost node) 
 succeeds, a fork slower (and the first such job of a worker a fork server's start slower).
 
 Work whose memory no limit of its library's own can bound runs here on every attempt, with a cap on its
-child's heap (`memory_cap`, the kernel's `RLIMIT_DATA`): a few bytes of SQL ask DuckDB for gigabytes its
-`memory_limit` does not count (one value's list or string: `SELECT list_sum(range(300000000))` took 15 GB),
-and a worker the kernel kills for memory takes the jobs beside it down, each of them an attempt. Past the
-cap an allocation fails, and the work fails as its library reports that (DuckDB: an out-of-memory error).
+child's resident memory (`memory_cap`): a few bytes of SQL ask DuckDB for gigabytes its `memory_limit` does
+not count (one value's list or string: `SELECT list_sum(range(300000000))` took 15 GB), and a worker the
+kernel kills for memory takes the jobs beside it down, each of them an attempt. A thread of the child reads
+its resident size every `_WATCH_S` and ends it past the cap; the job fails with `OverMemoryCap`. Resident
+memory, not the address space reserved (`RLIMIT_DATA`, tried first): allocators reserve far more than they
+touch, and a sort of a wide table at DuckDB's 512MB limit, 705 MB resident, had reserved 1.5 GB and failed
+some runs and not others. When memory runs out anyway (the pod's), the kernel's OOM killer takes a child
+first (`oom_score_adj` 1000), and its job fails saying so (`KilledForMemory`).
+
+A child dies with its worker (a thread waits for the worker's end of the result pipe to close): a worker
+killed outright (`kill -9`) leaves no query or decoder running on. It outlives a stopping worker: the fork
+server and its children are started with SIGTERM and SIGINT blocked, since a supervisor stopping the worker
+may signal its whole process group (honcho under `make dev`, systemd), and the worker's drain waits for the
+job. A child lost without a signal (its fork server killed meanwhile) is a passing fault, tried again.
 
 Why `forkserver` children, and not forks of the worker nor `concurrent.futures.ProcessPoolExecutor`: the
 worker has threads (other jobs' decoders, database and broker clients), and a fork copies whatever lock one
 of them held, FFmpeg's own included, so a forked decoder can hang. A fork server is a fresh, single-threaded
-process, started at the first isolated job with the work's module imported, that forks each child in a few
-milliseconds (a `spawn` pays the imports, a few tenths of a second, every time: felt when a crash sends all
-the jobs that died beside it through here). A pool cannot kill its child on a cancel nor carry progress
-back while the work runs.
+process, started at the first child (or at the service's start: `start_server`) with the work's modules
+imported, that forks each child in a few milliseconds (a `spawn` pays the imports, a few tenths of a second,
+every time: felt when a crash sends all the jobs that died beside it through here). A pool cannot kill its
+child on a cancel nor carry progress back while the work runs.
 
 The work crosses as a pickle: `func` and `args` must pickle (module-level functions and `functools.partial`
 of them, as every handler passes), with one exception: the job's `ctx.report` becomes, in the child, a
@@ -32,39 +43,56 @@ reporter that sends progress back through a pipe. A cancel or the job's end kill
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import functools
 import io
 import multiprocessing
 import os
 import pickle
-import resource
+import select
 import signal
 import sys
+import threading
 import time
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from multiprocessing import forkserver
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, cast
 
-from medialens_shared.errors import JobCancelled, MediaDecodeError
+from medialens_shared.errors import JobCancelled, MediaDecodeError, TransientJobError, UnsupportedInput
 
 _REPORT = "report"
 #: Progress messages sent from the child at most this often (the parent throttles again for Redis).
 _REPORT_EVERY_S = 0.25
 #: How often the parent looks for a cancel while it waits for the child.
 _POLL_S = 0.2
-_PR_SET_PDEATHSIG = 1
 #: The child's `oom_score_adj`: the most (a process may raise its own without privilege), so that the
 #: kernel's OOM killer takes it before the worker.
 _OOM_SCORE_ADJ = 1000
+#: How often a child with a `memory_cap` reads its resident size: memory is filled at a few GB a second,
+#: so a child passes its cap by at most a few hundred MB before it is ended.
+_WATCH_S = 0.02
+#: The exit code of a child that ended itself past its `memory_cap`.
+_OVER_MEMORY_EXIT = 86
+#: Signals a supervisor sends a whole process group when it stops the worker: the children, and the fork
+#: server they come from, must outlive them until the worker's drain is done with their jobs.
+_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+_PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
+_STATM = Path("/proc/self/statm")
 
 
 class DecoderCrashed(MediaDecodeError):
-    """The job's child process died by a signal: its input crashes the decoder, or (`SIGKILL`) the kernel
-    killed it for memory."""
+    """The job's child process died by a signal: its input crashes the decoder."""
+
+
+class KilledForMemory(DecoderCrashed):
+    """The job's child process was killed outright (`SIGKILL`): the kernel's OOM killer, most likely."""
+
+
+class OverMemoryCap(UnsupportedInput):
+    """The job's child process passed its `memory_cap`: its input (or its parameters) need more memory
+    than the service gives one job."""
 
 
 def start_server(func: Callable[..., Any]) -> None:
@@ -73,7 +101,19 @@ def start_server(func: Callable[..., Any]) -> None:
     that its first such job does not wait for the imports (a couple of seconds for a console script)."""
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(_modules_of(func))
-    forkserver.ensure_running()
+    with _stop_signals_blocked():
+        forkserver.ensure_running()
+
+
+@contextlib.contextmanager
+def _stop_signals_blocked() -> Iterator[None]:
+    """Block `_STOP_SIGNALS` in this thread meanwhile: a fork server started now inherits the mask, and so
+    do the children it forks (the worker's other threads still take the signals)."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def run_in_child(
@@ -88,8 +128,9 @@ def run_in_child(
 
     `report` (a job's `ctx.report`) may be among the arguments: in the child it sends progress back here.
     Raises what `func` raised; `JobCancelled` once `abandoned()` turns true or `report` raises it (the child
-    is killed then); `DecoderCrashed` if the child died by a signal. `memory_cap`: the bytes of heap and
-    private mappings the child may reserve (`RLIMIT_DATA`; address space reserved, not memory touched).
+    is killed then); `OverMemoryCap` past `memory_cap` (bytes resident); `KilledForMemory` if the child
+    was killed outright, `DecoderCrashed` if it died by another signal; `TransientJobError` if it was lost
+    otherwise (its fork server killed).
     """
     payload = _dumps((func, args), report)
     context = multiprocessing.get_context("forkserver")
@@ -98,7 +139,8 @@ def run_in_child(
     child = context.Process(
         target=_child_main, args=(payload, sender, memory_cap), name="isolated-job", daemon=True
     )
-    child.start()
+    with _stop_signals_blocked():
+        child.start()
     sender.close()
     try:
         outcome = _wait(child, receiver, report=report, abandoned=abandoned)
@@ -109,15 +151,17 @@ def run_in_child(
         child.join()
     if outcome is None:
         code = child.exitcode or 0
+        if code == _OVER_MEMORY_EXIT and memory_cap is not None:
+            raise OverMemoryCap(f"its process passed the {memory_cap / 2**20:,.0f} MiB one job may hold")
         if code == -signal.SIGKILL:  # nothing here sends it but a kill: the kernel's OOM killer, mostly
-            raise DecoderCrashed(
+            raise KilledForMemory(
                 "the job's process was killed (SIGKILL), most likely for memory: this input or these "
                 "parameters need more than the service has"
             )
         if code < 0:
             name = signal.Signals(-code).name
             raise DecoderCrashed(f"processing this input crashed the decoder ({name}); it is likely damaged")
-        raise RuntimeError(f"the job's child process ended with exit code {code} before it answered")
+        raise TransientJobError(f"the job's child process was lost before it answered (exit code {code})")
     kind, value = outcome
     if kind == "error":
         raise cast(BaseException, value)
@@ -157,11 +201,13 @@ def _modules_of(func: Callable[..., Any]) -> list[str]:
     those the process's main script took its names from.
 
     Every child of a fork server first runs the parent's main script again (multiprocessing's
-    `spawn.prepare`), and a service's console script (`medialens-data`: `from medialens_data.__main__
-    import main`) imports the whole worker: 2 s a child, every child. The fork server's own preloading of
+    `spawn.prepare`): a service's console script (`medialens-data`: `from medialens_data.__main__ import
+    main`) imported the whole worker, 2 s a child, every child. The fork server's own preloading of
     `__main__` would spare that, but Python 3.11 never hands the server the script's path, so the modules
-    the script imports from are preloaded instead, and each child finds them imported. (A service run with
-    `python -m` has nothing to run again: its main module's name ends in `__main__`.)
+    the script imports from are preloaded instead, and each child finds them imported. The services' main
+    modules import the worker inside `main`, so that this preloads what the work needs and no more (the
+    whole worker was 125 MB of a second process). (A service run with `python -m` has nothing to run
+    again: its main module's name ends in `__main__`.)
     """
     target = func.func if isinstance(func, functools.partial) else func
     name = getattr(target, "__module__", None)
@@ -227,21 +273,14 @@ class _PipeReport:
 
 
 def _child_main(payload: bytes, sender: Connection, memory_cap: int | None) -> None:
-    """The child: die with the parent, cap its heap, run the work, send back its result or its exception."""
-    parent = os.getppid()
-    # An orphaned decoder must not spin on after its worker was killed: the fork server, this process's
-    # parent, exits when the worker dies, and Linux then sends this signal.
-    if sys.platform == "linux":
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent:
-        os._exit(1)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C is the worker's to handle
-    if memory_cap is not None:
-        resource.setrlimit(resource.RLIMIT_DATA, (memory_cap, memory_cap))
+    """The child: watch the worker and its own memory, run the work, send back its result or exception."""
+    for stop in _STOP_SIGNALS:  # the worker's to handle (its drain waits for this job)
+        signal.signal(stop, signal.SIG_IGN)
     # When the pod (or machine) runs out of memory, the kernel kills the process it scores worst: let that
     # be this child, which fails one job, rather than the worker, which holds every job beside it.
     with contextlib.suppress(OSError):
         Path("/proc/self/oom_score_adj").write_text(str(_OOM_SCORE_ADJ))
+    threading.Thread(target=_watch, args=(sender, memory_cap), name="watch", daemon=True).start()
     try:
         func, args = _Unpickler(io.BytesIO(payload), _PipeReport(sender)).load()
         outcome: tuple[str, Any] = ("ok", func(*args))
@@ -253,3 +292,19 @@ def _child_main(payload: bytes, sender: Connection, memory_cap: int | None) -> N
         with contextlib.suppress(Exception):
             sender.send(("error", RuntimeError(f"the job's result could not be sent back: {exc}")))
     sender.close()
+
+
+def _watch(sender: Connection, memory_cap: int | None) -> None:
+    """End this child when the worker is gone (its end of the result pipe closed: the pipe's write end
+    polls as an error) or, with a `memory_cap`, once its resident size passes it."""
+    poller = select.poll()
+    poller.register(sender.fileno(), 0)  # errors and hang-ups only, which poll always reports
+    while True:
+        if poller.poll(None if memory_cap is None else _WATCH_S * 1000):
+            os._exit(1)  # the worker died: nobody waits for this work
+        if memory_cap is not None and _resident_bytes() > memory_cap:
+            os._exit(_OVER_MEMORY_EXIT)
+
+
+def _resident_bytes() -> int:
+    return int(_STATM.read_bytes().split()[1]) * _PAGE_BYTES

@@ -3,8 +3,8 @@
 The work runs in a thread (`ctx.run_cpu`) on a DuckDB connection limited by the worker's settings
 (`table_memory_limit`, `table_threads`), spilling to the job's scratch directory, which the task base
 removes afterwards. Progress and cancellation reach the thread through `ctx.report`. A query runs in a
-child process whose heap is capped (`Limits.heap_cap`): its SQL is the client's, and can ask for memory
-that no DuckDB setting bounds.
+child process whose memory is capped (`Limits.resident_cap`; a cancel ends the child): its SQL is the
+client's, and can ask for memory that no DuckDB setting bounds.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ from medialens_shared.contracts import (
     DataQueryParams,
     DataQueryResult,
 )
+from medialens_shared.errors import InvalidParams
+from medialens_shared.isolation import KilledForMemory, OverMemoryCap
 from medialens_shared.tasks import Handler, JobContext
 
 _PARQUET = "application/vnd.apache.parquet"
@@ -87,10 +89,13 @@ async def query(ctx: JobContext) -> DataQueryResult:
         max_answer_bytes=ctx.settings.worker.query_max_answer_bytes,
         **_engine_options(ctx),
     )
-    # In a child process with its heap capped: a few bytes of SQL can ask for more memory than DuckDB's
+    # In a child process with its memory capped: a few bytes of SQL can ask for more memory than DuckDB's
     # limit counts (one huge value), and the worker, with the jobs beside it, must not be the one to die.
     limits = Limits(memory_limit=ctx.settings.worker.table_memory_limit)
-    answer = await ctx.run_cpu(run, memory_cap=limits.heap_cap)
+    try:
+        answer = await ctx.run_cpu(run, memory_cap=limits.resident_cap)
+    except (OverMemoryCap, KilledForMemory) as exc:  # the query's doing, as DuckDB's own out-of-memory is
+        raise InvalidParams(f"the query needs more memory than this service allows: {exc.message}") from exc
     await ctx.progress(0.99, f"storing the answer's {answer.row_count} rows", force=True)
     file_id = await ctx.save_artifact(answer.path, filename=answer.path.name, content_type=_PARQUET)
     return DataQueryResult(
