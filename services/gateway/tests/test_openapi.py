@@ -160,3 +160,6 @@ async def test_the_document_allows_what_the_gateway_takes_and_nothing_it_refuses
     assert [p["name"] for p in content["parameters"] if p.get("in") == "header"] == ["Range"]
     upload = document["paths"]["/v1/files"]["post"]["requestBody"]["content"]
     assert set(upload) == {"multipart/form-data", "application/octet-stream", "*/*"}
+    listing = document["paths"]["/v1/jobs"]["get"]["parameters"]
+    label = next(p["schema"]["anyOf"][0] for p in listing if p.get("name") == "label")
+    assert label["items"]["pattern"] == "^[^:]+:"  # `?label=team` is a 422: the document says so

@@ -13,7 +13,10 @@ from sqlalchemy import Column, Select, and_, or_
 from medialens_shared.errors import RequestValidationFailed
 
 Limit = Annotated[int, Query(ge=1, le=200, description="Items per page (1..200).")]
-Cursor = Annotated[str | None, Query(description="`next_cursor` of the previous page.")]
+Cursor = Annotated[
+    str | None,
+    Query(description="The previous page's `next_cursor`, as it came (opaque: any other is a 422)."),
+]
 
 
 def encode(created_at: datetime, item_id: str) -> str:

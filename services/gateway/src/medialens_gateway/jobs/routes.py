@@ -41,6 +41,10 @@ KEEP_ALIVE_S = 10.0
 
 IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=255)]
 
+#: A `?label=` filter: its form documented, and checked in `list_jobs` with a message of its own (a pattern
+#: given to validation would answer with a bare pattern error).
+LabelFilter = Annotated[str, Field(json_schema_extra={"pattern": "^[^:]+:"})]
+
 #: The largest submission body: a job's params and labels are small (a data.query's SQL the longest), and a
 #: body is read whole before it is validated, so a bound keeps one request from taking the process's memory.
 #: `HotPaths` holds every submission to it (413 PAYLOAD_TOO_LARGE), before FastAPI reads a byte: FastAPI's
@@ -100,7 +104,9 @@ async def list_jobs(
         Annotated[str, Field(json_schema_extra={"enum": list(JOB_TYPES)})] | None,
         Query(description="A job type, e.g. `video.probe`."),
     ] = None,
-    label: Annotated[list[str] | None, Query(description="`key:value`; repeat to require several.")] = None,
+    label: Annotated[
+        list[LabelFilter] | None, Query(description="`key:value`; repeat to require several.")
+    ] = None,
 ) -> JSONResponse:
     if type is not None and type not in JOB_TYPES:
         message = f"type filter {type!r} is no job type; /v1/job-types lists them."
