@@ -121,7 +121,7 @@ async def test_a_query_asking_for_unbounded_memory_fails_and_the_service_goes_on
 ) -> None:
     """One value of 2 GB is memory DuckDB's `memory_limit` does not count (it took 4 GB and 22 s, in the
     worker's own process, where the kernel's OOM killer would have taken the jobs beside it along): the query
-    runs in a child whose heap is capped, fails INVALID_PARAMS at once, and the next query runs."""
+    runs in a child whose memory is capped, fails INVALID_PARAMS at once, and the next query runs."""
     sql = "SELECT length(repeat('x', 2000000000)) AS n FROM data LIMIT 1"
     job = await run_job(api, "data.query", table, params={"sql": sql})
     assert (job["status"], job["error_code"]) == ("failed", "INVALID_PARAMS"), job

@@ -258,8 +258,10 @@ def test_a_query_in_a_capped_child_times_out_and_fails_for_memory_as_in_the_work
     INVALID_PARAMS), not the worker, and a full disk's error is still one (retried, not the query's)."""
     limits = Limits(memory_limit="64MB")
 
+    runs = iter(range(100))
+
     def in_child(sql: str, **kwargs: Any) -> Any:
-        out = table.parent / f"out-{len(sql)}" / "answer.parquet"
+        out = table.parent / f"out-{next(runs)}" / "answer.parquet"
         run = partial(
             run_query, table, params=DataQueryParams(sql=sql), out_path=out, memory_limit="64MB", **kwargs
         )

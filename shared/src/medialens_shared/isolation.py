@@ -15,7 +15,9 @@ Work whose memory no limit of its library's own can bound runs here on every att
 child's resident memory (`memory_cap`): a few bytes of SQL ask DuckDB for gigabytes its `memory_limit` does
 not count (one value's list or string: `SELECT list_sum(range(300000000))` took 15 GB), and a worker the
 kernel kills for memory takes the jobs beside it down, each of them an attempt. A thread of the child reads
-its resident size every `_WATCH_S` and ends it past the cap; the job fails with `OverMemoryCap`. Resident
+its resident size every `_WATCH_S` and ends it past the cap; the job fails with `OverMemoryCap`. (The
+thread needs the GIL: work holding it, such as one huge value turned into a Python object, is seen once it
+lets go.) Resident
 memory, not the address space reserved (`RLIMIT_DATA`, tried first): allocators reserve far more than they
 touch, and a sort of a wide table at DuckDB's 512MB limit, 705 MB resident, had reserved 1.5 GB and failed
 some runs and not others. When memory runs out anyway (the pod's), the kernel's OOM killer takes a child
@@ -25,7 +27,7 @@ A child dies with its worker (a thread waits for the worker's end of the result 
 killed outright (`kill -9`) leaves no query or decoder running on. It outlives a stopping worker: the fork
 server and its children are started with SIGTERM and SIGINT blocked, since a supervisor stopping the worker
 may signal its whole process group (honcho under `make dev`, systemd), and the worker's drain waits for the
-job. A child lost without a signal (its fork server killed meanwhile) is a passing fault, tried again.
+job. A child lost with its fork server (killed meanwhile) is a passing fault, tried again.
 
 Why `forkserver` children, and not forks of the worker nor `concurrent.futures.ProcessPoolExecutor`: the
 worker has threads (other jobs' decoders, database and broker clients), and a fork copies whatever lock one
@@ -55,7 +57,7 @@ import threading
 import time
 import types
 from collections.abc import Callable, Iterator
-from multiprocessing import forkserver
+from multiprocessing import forkserver, resource_tracker
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, cast
@@ -71,10 +73,12 @@ _POLL_S = 0.2
 #: kernel's OOM killer takes it before the worker.
 _OOM_SCORE_ADJ = 1000
 #: How often a child with a `memory_cap` reads its resident size: memory is filled at a few GB a second,
-#: so a child passes its cap by at most a few hundred MB before it is ended.
+#: so a child passes its cap by some 100 MB before it is ended (while its work lets go of the GIL).
 _WATCH_S = 0.02
 #: The exit code of a child that ended itself past its `memory_cap`.
 _OVER_MEMORY_EXIT = 86
+#: The exit code multiprocessing reports for a child whose fork server is gone (it can no longer tell).
+_SERVER_LOST_EXIT = 255
 #: Signals a supervisor sends a whole process group when it stops the worker: the children, and the fork
 #: server they come from, must outlive them until the worker's drain is done with their jobs.
 _STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
@@ -108,7 +112,10 @@ def start_server(func: Callable[..., Any]) -> None:
 @contextlib.contextmanager
 def _stop_signals_blocked() -> Iterator[None]:
     """Block `_STOP_SIGNALS` in this thread meanwhile: a fork server started now inherits the mask, and so
-    do the children it forks (the worker's other threads still take the signals)."""
+    do the children it forks (the worker's other threads still take the signals). The resource tracker is
+    started first: starting it unblocks the two signals (Python 3.11's `resource_tracker.ensure_running`
+    blocks and then unblocks them around its own spawn), and the fork server's start would start it."""
+    resource_tracker.ensure_running()
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
     try:
         yield
@@ -130,7 +137,7 @@ def run_in_child(
     Raises what `func` raised; `JobCancelled` once `abandoned()` turns true or `report` raises it (the child
     is killed then); `OverMemoryCap` past `memory_cap` (bytes resident); `KilledForMemory` if the child
     was killed outright, `DecoderCrashed` if it died by another signal; `TransientJobError` if it was lost
-    otherwise (its fork server killed).
+    with its fork server.
     """
     payload = _dumps((func, args), report)
     context = multiprocessing.get_context("forkserver")
@@ -161,7 +168,11 @@ def run_in_child(
         if code < 0:
             name = signal.Signals(-code).name
             raise DecoderCrashed(f"processing this input crashed the decoder ({name}); it is likely damaged")
-        raise TransientJobError(f"the job's child process was lost before it answered (exit code {code})")
+        if code == _SERVER_LOST_EXIT:
+            raise TransientJobError(
+                "the job's child process was lost with its fork server before it answered"
+            )
+        raise RuntimeError(f"the job's child process ended with exit code {code} before it answered")
     kind, value = outcome
     if kind == "error":
         raise cast(BaseException, value)
@@ -184,7 +195,7 @@ def _wait(
             continue
         try:
             kind, value = receiver.recv()
-        except EOFError:
+        except (EOFError, OSError):  # closed, or cut off mid-message: the child ended without an answer
             return None
         if kind == _REPORT:
             try:
@@ -216,10 +227,13 @@ def _modules_of(func: Callable[..., Any]) -> list[str]:
         spec = getattr(main, "__spec__", None)
         name = spec.name if spec is not None else None
     modules = {name} if name else set()
-    for value in vars(main).values():
-        module = value.__name__ if isinstance(value, types.ModuleType) else getattr(value, "__module__", None)
-        if isinstance(module, str) and module != "__main__":
-            modules.add(module)
+    for key, value in vars(main).items():
+        if key.startswith("__"):  # the script's loader, spec, builtins: not what it imported
+            continue
+        if isinstance(value, types.ModuleType):
+            modules.add(value.__name__)
+        elif isinstance(value, (types.FunctionType, type)) and value.__module__ != "__main__":
+            modules.add(value.__module__)
     return sorted(modules)
 
 
@@ -291,7 +305,7 @@ def _child_main(payload: bytes, sender: Connection, memory_cap: int | None) -> N
     except Exception as exc:  # the result or the exception does not pickle: say so rather than vanish
         with contextlib.suppress(Exception):
             sender.send(("error", RuntimeError(f"the job's result could not be sent back: {exc}")))
-    sender.close()
+    # `sender` stays open until the process exits: `_watch` polls it, and would read it closed as an error.
 
 
 def _watch(sender: Connection, memory_cap: int | None) -> None:

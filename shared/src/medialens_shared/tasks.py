@@ -275,7 +275,7 @@ class JobContext:
         sound), and the event loop, which keeps the leases and the broker's heartbeats, must not wait that.
 
         In a child process instead when the job is `isolated` (its previous attempt died with its worker),
-        light or not, and whenever a `memory_cap` is given (the bytes the child's heap may reserve: for work
+        light or not, and whenever a `memory_cap` is given (the bytes the child may hold resident: for work
         whose memory its input can blow past any limit of its library's own, see `isolation`): then `func`
         and `args` must pickle, except for `ctx.report`, which works there too.
         """

@@ -9,16 +9,19 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints,
 from medialens_shared.contracts import JOB_TYPES
 
 LABEL_KEY_PATTERN = r"^[A-Za-z0-9._/-]+$"
-LabelKey = Annotated[str, StringConstraints(min_length=1, max_length=63, pattern=LABEL_KEY_PATTERN)]
-LabelValue = Annotated[str, StringConstraints(max_length=255)]
+LABEL_KEY_MAX, LABEL_VALUE_MAX, LABELS_MAX = 63, 255, 32
+LabelKey = Annotated[
+    str, StringConstraints(min_length=1, max_length=LABEL_KEY_MAX, pattern=LABEL_KEY_PATTERN)
+]
+LabelValue = Annotated[str, StringConstraints(max_length=LABEL_VALUE_MAX)]
 #: How `labels` is documented: Pydantic writes a dict with patterned keys as `patternProperties`, which
 #: lets any key that does not match the pattern through, with any value; validation refuses such a key
 #: (422), so a client generated from the document sent bodies it thought valid. Every key must match.
 LABELS_SCHEMA: dict[str, Any] = {
     "type": "object",
-    "propertyNames": {"minLength": 1, "maxLength": 63, "pattern": LABEL_KEY_PATTERN},
-    "additionalProperties": {"type": "string", "maxLength": 255},
-    "maxProperties": 32,
+    "propertyNames": {"minLength": 1, "maxLength": LABEL_KEY_MAX, "pattern": LABEL_KEY_PATTERN},
+    "additionalProperties": {"type": "string", "maxLength": LABEL_VALUE_MAX},
+    "maxProperties": LABELS_MAX,
     "description": "Up to 32 `key: value` strings of the client's own, kept with the job and filterable "
     "(`?label=key:value`).",
 }
@@ -39,7 +42,7 @@ class JobRequest(BaseModel):
     file_id: str = Field(min_length=1, description="The input: a file of this tenant.")
     params: dict[str, Any] = Field(default_factory=dict, description="Checked against the type's schema.")
     labels: Annotated[dict[LabelKey, LabelValue], WithJsonSchema(LABELS_SCHEMA)] = Field(
-        default_factory=dict, max_length=32
+        default_factory=dict, max_length=LABELS_MAX
     )
     #: Strict: `"5"` or `true` are not priorities (lax validation took them, `true` as 1).
     priority: StrictInt = Field(5, ge=0, le=9)
