@@ -17,11 +17,10 @@ not count (one value's list or string: `SELECT list_sum(range(300000000))` took 
 kernel kills for memory takes the jobs beside it down, each of them an attempt. A thread of the child reads
 its resident size every `_WATCH_S` and ends it past the cap; the job fails with `OverMemoryCap`. (The
 thread needs the GIL: work holding it, such as one huge value turned into a Python object, is seen once it
-lets go.) Resident
-memory, not the address space reserved (`RLIMIT_DATA`, tried first): allocators reserve far more than they
-touch, and a sort of a wide table at DuckDB's 512MB limit, 705 MB resident, had reserved 1.5 GB and failed
-some runs and not others. When memory runs out anyway (the pod's), the kernel's OOM killer takes a child
-first (`oom_score_adj` 1000), and its job fails saying so (`KilledForMemory`).
+lets go.) Resident memory, not the address space reserved (`RLIMIT_DATA`, tried first): allocators reserve
+far more than they touch, and a sort of a wide table at DuckDB's 512MB limit, 705 MB resident, had reserved
+1.5 GB and failed some runs and not others. When memory runs out anyway (the pod's), the kernel's OOM
+killer takes a child first (`oom_score_adj` 1000), and its job fails saying so (`KilledForMemory`).
 
 A child dies with its worker (a thread waits for the worker's end of the result pipe to close): a worker
 killed outright (`kill -9`) leaves no query or decoder running on. It outlives a stopping worker: the fork
