@@ -31,8 +31,8 @@ job. A child lost with its fork server (killed meanwhile) is a passing fault, tr
 Why `forkserver` children, and not forks of the worker nor `concurrent.futures.ProcessPoolExecutor`: the
 worker has threads (other jobs' decoders, database and broker clients), and a fork copies whatever lock one
 of them held, FFmpeg's own included, so a forked decoder can hang. A fork server is a fresh, single-threaded
-process, started at the first child (or at the service's start: `start_server`) with the work's modules
-imported, that forks each child in a few milliseconds (a `spawn` pays the imports, a few tenths of a second,
+process, started at the first child (half a second, once) with the work's modules imported, that forks
+each child in a few milliseconds (a `spawn` pays the imports, a few tenths of a second,
 every time: felt when a crash sends all the jobs that died beside it through here). A pool cannot kill its
 child on a cancel nor carry progress back while the work runs.
 
@@ -56,7 +56,7 @@ import threading
 import time
 import types
 from collections.abc import Callable, Iterator
-from multiprocessing import forkserver, resource_tracker
+from multiprocessing import resource_tracker
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, cast
@@ -96,16 +96,6 @@ class KilledForMemory(DecoderCrashed):
 class OverMemoryCap(UnsupportedInput):
     """The job's child process passed its `memory_cap`: its input (or its parameters) need more memory
     than the service gives one job."""
-
-
-def start_server(func: Callable[..., Any]) -> None:
-    """Start the fork server now, importing what children running `func` need, rather than at the first
-    child: a service whose every job of a type runs in a child (`data.query`) calls it at its start, so
-    that its first such job does not wait for the imports (a couple of seconds for a console script)."""
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(_modules_of(func))
-    with _stop_signals_blocked():
-        forkserver.ensure_running()
 
 
 @contextlib.contextmanager
