@@ -58,6 +58,23 @@ def new_job(db: DatabaseManager, tenant_id: str) -> NewJob:
 
 
 @pytest.fixture
+def tenant_with_jobs() -> Callable[..., Awaitable[str]]:
+    """Insert a fresh tenant, and jobs of its with these columns (`id` among them), into `db`: a database of
+    the test's own (`db_without_relay`), where `tenant_id` and `new_job` insert into the run's; its id."""
+
+    async def insert_rows(db: DatabaseManager, *rows: dict[str, Any]) -> str:
+        tenant = unique("tenant")
+        async with db.session() as session:
+            await session.execute(insert(tenants).values(id=tenant, name=tenant, webhook_secret="s3cret"))
+            for row in rows:
+                await session.execute(insert(jobs).values(tenant_id=tenant, **{"type": "video.probe", **row}))
+            await session.commit()
+        return tenant
+
+    return insert_rows
+
+
+@pytest.fixture
 async def db_without_relay(settings: Settings, run_id: str) -> AsyncIterator[DatabaseManager]:
     """A migrated database of the test's own. Once a test has started the session's stack, its relay works
     on the shared database, and its webhook dispatcher claims a pending delivery within 50 ms: a test that

@@ -24,7 +24,7 @@ import pytest
 from pydantic import BaseModel, SecretStr
 from pymongo.errors import ConnectionFailure as MongoConnectionFailure
 from redis.asyncio import Redis
-from sqlalchemy import insert, select, text, update
+from sqlalchemy import select, text, update
 from sqlalchemy.engine import make_url
 
 from medialens_shared import jobstore, tasks
@@ -42,7 +42,7 @@ from medialens_shared.filestore import FileStore
 from medialens_shared.outbox import DELAY_TIERS_S
 from medialens_shared.settings import Settings
 from medialens_shared.signals import JobSignals
-from medialens_shared.tables import files, jobs, outbox, tenants, webhook_deliveries
+from medialens_shared.tables import files, jobs, outbox, webhook_deliveries
 from medialens_shared.tasks import RESULT_WRITES, Handler, JobContext, JobRunner
 from tests.fixtures.disk import small_disk
 from tests.fixtures.proxy import TcpProxy
@@ -549,27 +549,14 @@ async def test_a_composite_jobs_progress_never_goes_back(
 
 @pytest.mark.parametrize("outcome", ["succeeded", "failed"])
 async def test_a_job_with_a_callback_url_owes_its_webhook_when_the_runner_ends_it(
-    make_runner, db_without_relay: DatabaseManager, outcome: str
+    make_runner, db_without_relay: DatabaseManager, tenant_with_jobs, outcome: str
 ) -> None:
     """A job with a callback_url, ended by the runner, has one pending webhook delivery of its final job
     object, stored with its status."""
-    db, tenant_id, job_id = (
-        db_without_relay,
-        f"tenant-{uuid.uuid4().hex[:12]}",
-        f"job-{uuid.uuid4().hex[:12]}",
+    db, job_id = db_without_relay, f"job-{uuid.uuid4().hex[:12]}"
+    tenant_id = await tenant_with_jobs(
+        db, {"id": job_id, "status": "queued", "callback_url": "https://example.com/hook"}
     )
-    async with db.session() as session:
-        await session.execute(insert(tenants).values(id=tenant_id, name=tenant_id, webhook_secret="s3cret"))
-        await session.execute(
-            insert(jobs).values(
-                id=job_id,
-                tenant_id=tenant_id,
-                type="video.probe",
-                status="queued",
-                callback_url="https://example.com/hook",
-            )
-        )
-        await session.commit()
     action = None if outcome == "succeeded" else raiser(MediaDecodeError("not a video"))
     runner = make_runner({"video.probe": Calls(action)}, database=db)
     assert await deliver(runner, body_of(job_id, tenant_id)) == ["ack"]
@@ -711,28 +698,19 @@ async def test_a_claim_waits_out_a_short_database_outage(
 
 
 async def test_release_unfinished_hands_running_jobs_back(
-    make_runner, db_without_relay: DatabaseManager
+    make_runner, db_without_relay: DatabaseManager, tenant_with_jobs
 ) -> None:
     """At shutdown this worker's running jobs go back to queued with a fresh outbox entry; others stay.
     (On a database of its own: the session's stack, once started, would publish the job handed back, and
     a service claim it, before it is read here.)"""
-    db, tenant_id = db_without_relay, f"tenant-{uuid.uuid4().hex[:12]}"
+    db = db_without_relay
     runner = make_runner({"video.probe": Calls()}, database=db)
     mine, theirs = f"job-{uuid.uuid4().hex[:12]}", f"job-{uuid.uuid4().hex[:12]}"
-    async with db.session() as session:
-        await session.execute(insert(tenants).values(id=tenant_id, name=tenant_id, webhook_secret="s3cret"))
-        for job_id, worker in ((mine, runner.worker_id), (theirs, "video-someone-else")):
-            await session.execute(
-                insert(jobs).values(
-                    id=job_id,
-                    tenant_id=tenant_id,
-                    type="video.probe",
-                    status="running",
-                    attempts=1,
-                    worker=worker,
-                )
-            )
-        await session.commit()
+    tenant_id = await tenant_with_jobs(
+        db,
+        {"id": mine, "status": "running", "attempts": 1, "worker": runner.worker_id},
+        {"id": theirs, "status": "running", "attempts": 1, "worker": "video-someone-else"},
+    )
     await runner.release_unfinished()
     row = await row_of(db, mine)
     assert (row["status"], row["worker"], row["message"]) == ("queued", None, "requeued: its worker stopped")
