@@ -725,6 +725,45 @@ async def test_release_unfinished_hands_running_jobs_back(
     assert entries[0]["payload"]["tenant_id"] == tenant_id
 
 
+async def test_a_stopping_worker_ends_its_jobs_a_cancel_was_asked_of_cancelled(
+    make_runner, db_without_relay: DatabaseManager, tenant_with_jobs, signals: JobSignals
+) -> None:
+    """At shutdown a running job a cancel was asked of ends cancelled, with its callback owed, at its last
+    attempt (it failed RETRIES_EXHAUSTED) or before it (it was handed back to run again); one without a
+    cancel is handed back as before."""
+    db = db_without_relay
+    runner = make_runner({"video.probe": Calls()}, database=db)
+    last = runner.settings.worker.max_attempts
+    spent, young, plain = (f"job-{uuid.uuid4().hex[:12]}" for _ in range(3))
+    await tenant_with_jobs(
+        db,
+        *(
+            {
+                "id": job_id,
+                "status": "running",
+                "attempts": attempts,
+                "worker": runner.worker_id,
+                "callback_url": "https://example.com/hook",
+            }
+            for job_id, attempts in ((spent, last), (young, 1), (plain, 1))
+        ),
+    )
+    await signals.request_cancel(spent)
+    await signals.request_cancel(young)
+    await runner.release_unfinished()
+    for job_id in (spent, young):
+        row = await row_of(db, job_id)
+        assert (row["status"], row["error_code"], row["worker"]) == ("cancelled", None, None), job_id
+    assert (await row_of(db, plain))["status"] == "queued"
+    async with db.session() as session:
+        queued = (
+            await session.execute(select(outbox.c.job_id).where(outbox.c.job_id.in_([spent, young, plain])))
+        ).all()
+        owed = (await session.execute(select(webhook_deliveries.c.job_id))).scalars().all()
+    assert [job_id for (job_id,) in queued] == [plain]
+    assert sorted(owed) == sorted([spent, young])
+
+
 async def test_a_job_handed_back_at_its_last_attempt_fails_instead(
     make_runner, new_job, db: DatabaseManager
 ) -> None:
