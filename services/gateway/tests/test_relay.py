@@ -1019,6 +1019,30 @@ async def test_the_backlog_gauges_tell_what_waits_in_the_queues_the_outbox_and_t
         assert gauge("medialens_jobs_lease_expired") == 2
 
 
+async def test_a_sample_the_database_does_not_answer_drops_the_outbox_figures(
+    run_id: str, mongo_url: str, rabbit_vhost: str
+) -> None:
+    """With PostgreSQL away the outbox and lease gauges are dropped, not left at their last values (a
+    dashboard showed the outbox still empty while nothing could be read), and come back with it."""
+    async with own_relay(run_id, mongo_url, rabbit_vhost, name="gauges-down") as own:
+        topology = Topology(own.settings)
+        await metrics.sample_backlog(broker=own.broker, topology=topology, db=own.db, services=SERVICES)
+        assert REGISTRY.get_sample_value("medialens_outbox_pending") is not None
+        away = DatabaseManager(unreachable(own.settings, "postgres"), name="gauges-down")
+        try:
+            await metrics.sample_backlog(broker=own.broker, topology=topology, db=away, services=SERVICES)
+        finally:
+            await away.close_all()
+        for name in (
+            "medialens_outbox_pending",
+            "medialens_outbox_lag_seconds",
+            "medialens_jobs_lease_expired",
+        ):
+            assert REGISTRY.get_sample_value(name) is None, name
+        await metrics.sample_backlog(broker=own.broker, topology=topology, db=own.db, services=SERVICES)
+        assert REGISTRY.get_sample_value("medialens_outbox_pending") is not None
+
+
 async def test_a_relay_started_while_rabbitmq_is_away_serves_probes_reaps_and_stops(
     run_id: str, mongo_url: str, rabbit_vhost: str
 ) -> None:

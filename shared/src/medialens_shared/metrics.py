@@ -23,7 +23,6 @@ operations port), which also holds prometheus-client's `process_*` (resident mem
 from __future__ import annotations
 
 import contextlib
-import functools
 import gc
 import logging
 import time
@@ -120,11 +119,16 @@ JOBS_LEASE_EXPIRED = Gauge(
 )
 
 
-@functools.cache
-def _register_relay_gauges() -> None:
-    """Put the relay's gauges in the registry, once a process."""
+def _relay_gauges(*, shown: bool) -> None:
+    """Put the relay's gauges in the registry (a sample of the database succeeded), or take them out (one
+    failed: no figure rather than the last one standing); either is a no-op when already so."""
     for gauge in (OUTBOX_LAG, OUTBOX_PENDING, JOBS_LEASE_EXPIRED):
-        REGISTRY.register(gauge)
+        if shown:
+            with contextlib.suppress(ValueError):  # registered already
+                REGISTRY.register(gauge)
+        else:
+            with contextlib.suppress(KeyError):  # not registered
+                REGISTRY.unregister(gauge)
 
 
 # --- job hooks of the task base ------------------------------------------------------------------------
@@ -171,7 +175,8 @@ async def sample_backlog(
 
     The database's figures do not wait on the broker's: the outbox lag is what tells that RabbitMQ is away.
     A sample of the queues that fails drops their series rather than leave the last depths standing, as if
-    the queues had not moved since the broker stopped answering.
+    the queues had not moved since the broker stopped answering; so does one of the database, for the
+    outbox and lease figures.
     """
     from medialens_shared.bus import queue_stats
 
@@ -208,8 +213,9 @@ async def sample_backlog(
             )
     except Exception as exc:
         log.debug("outbox and leases not sampled this round (%s)", exc)
+        _relay_gauges(shown=False)
         return
-    _register_relay_gauges()
+    _relay_gauges(shown=True)
     OUTBOX_PENDING.set(unsent[0])
     OUTBOX_LAG.set(float(unsent[1]))
     JOBS_LEASE_EXPIRED.set(expired or 0)
