@@ -29,7 +29,6 @@ from sqlalchemy.dialects import postgresql
 from medialens_gateway.auth import ensure_tenant
 from medialens_gateway.relay import (
     ANNOUNCE_TIMEOUT_S,
-    CANCEL_FLAGS_TIMEOUT_S,
     Published,
     Relay,
     finished_before,
@@ -54,6 +53,7 @@ from medialens_shared.filestore import FileStore
 from medialens_shared.jobstore import WORKER_DIED_HEADER
 from medialens_shared.outbox import DELAY_TIERS_S
 from medialens_shared.settings import RelaySettings, Settings
+from medialens_shared.signals import CANCEL_FLAGS_TIMEOUT_S
 from medialens_shared.tables import files, jobs, outbox, webhook_deliveries
 from scripts.samples import make_video
 from tests.fixtures.proxy import TcpProxy

@@ -148,6 +148,20 @@ async def announce(session: AsyncSession, signals: JobSignals, row: JobRow) -> N
         await signals.announce(job_view(parent, children=await children_of(session, job_id=parent["id"])))
 
 
+async def cancel_as_asked(session: AsyncSession, *, job_id: str) -> JobRow | None:
+    """End a running job whose worker is gone or going, and of which a cancel was asked, `cancelled`:
+    nothing runs to stop, so it ends as asked rather than run again; None if it no longer runs."""
+    return await transition(
+        session,
+        job_id=job_id,
+        from_statuses=[JobStatus.RUNNING],
+        to=JobStatus.CANCELLED,
+        message="cancelled",
+        worker=None,
+        lease_expires_at=None,
+    )
+
+
 async def transition(
     session: AsyncSession,
     *,

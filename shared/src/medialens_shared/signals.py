@@ -23,6 +23,10 @@ from medialens_shared.batching import Batcher
 
 log = logging.getLogger(__name__)
 
+#: How long the processes that end jobs whose worker is gone or going (the relay's reaper, a stopping
+#: worker) wait for Redis to say which were asked to stop; their rows stay locked meanwhile.
+CANCEL_FLAGS_TIMEOUT_S = 1.0
+
 #: Live data outlives a job by a day: long enough for late readers, short enough not to pile up.
 LIVE_TTL_S = 24 * 3600
 
@@ -134,6 +138,16 @@ class JobSignals:
                 pipe.exists(self._key(job_id, "cancel"))
             found = await pipe.execute()
         return {job_id for job_id, exists in zip(job_ids, found, strict=True) if exists}
+
+    async def cancels_asked(self, job_ids: list[str]) -> set[str]:
+        """`cancels_requested` within `CANCEL_FLAGS_TIMEOUT_S`; none when Redis does not answer in time (the
+        jobs are then handed back or requeued as if none was asked, and a rerun still hears its cancel)."""
+        try:
+            async with asyncio.timeout(CANCEL_FLAGS_TIMEOUT_S):
+                return await self.cancels_requested(job_ids)
+        except Exception as exc:
+            log.warning("could not read the cancel flags of %d jobs (%s)", len(job_ids), exc)
+            return set()
 
 
 async def follow(

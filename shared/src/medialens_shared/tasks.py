@@ -121,9 +121,6 @@ CLAIM_RETRY_PAUSES_S = (0.5, 1.0, 2.0, 4.0, 8.0, 8.0, 8.0)
 
 #: Seconds between two looks for a cancel asked through the API (the API promises a stop within 2 s).
 CANCEL_LOOK_S = 0.5
-#: How long a stopping worker waits for Redis to say which of its running jobs a cancel was asked of
-#: (their rows stay locked meanwhile); past it, none is taken as asked.
-CANCEL_FLAGS_TIMEOUT_S = 1.0
 
 #: Seconds a job given up (its time limit, a shutdown) waits for its `run_cpu` work to see that and stop:
 #: analysers report at least every 2 s of media.
@@ -601,19 +598,11 @@ class JobRunner:
             running = (
                 (await session.execute(select(jobs.c.id).where(*mine).with_for_update())).scalars().all()
             )
-            cancelled: list[jobstore.JobRow] = []
-            for job_id in await self._cancels_asked(list(running)):
-                row = await jobstore.transition(
-                    session,
-                    job_id=job_id,
-                    from_statuses=[JobStatus.RUNNING],
-                    to=JobStatus.CANCELLED,
-                    message="cancelled",
-                    worker=None,
-                    lease_expires_at=None,
-                )
-                if row is not None:
-                    cancelled.append(row)
+            cancelled = [
+                row
+                for job_id in await self.signals.cancels_asked(list(running))
+                if (row := await jobstore.cancel_as_asked(session, job_id=job_id)) is not None
+            ]
             released = (
                 (
                     await session.execute(
@@ -656,18 +645,6 @@ class JobRunner:
             log.info("job %s cancelled at shutdown, as asked", row["id"])
             metrics.job_finished(row["type"], JobStatus.CANCELLED)
             await self._announce(row)
-
-    async def _cancels_asked(self, job_ids: list[str]) -> set[str]:
-        """Which of `job_ids` a cancel was asked of, within `CANCEL_FLAGS_TIMEOUT_S`; none when Redis does
-        not answer in time (the jobs are handed back, and a rerun still hears its cancel)."""
-        if not job_ids:
-            return set()
-        try:
-            async with asyncio.timeout(CANCEL_FLAGS_TIMEOUT_S):
-                return await self.signals.cancels_requested(job_ids)
-        except Exception as exc:
-            log.warning("could not read the cancel flags of %d jobs at shutdown (%s)", len(job_ids), exc)
-            return set()
 
     async def _run(
         self,

@@ -166,8 +166,6 @@ def finished_before(keep_s: float) -> Select[Any]:
     )
 
 
-#: How long the reaper waits for Redis to say which reaped jobs were asked to stop.
-CANCEL_FLAGS_TIMEOUT_S = 1.0
 #: How long the reaper gives Redis to announce the jobs of one reap, all of them.
 ANNOUNCE_TIMEOUT_S = 2.0
 
@@ -356,7 +354,7 @@ class Relay:
         unnamed: list[str] = []
         async with self.db.session() as session:
             job_ids = list((await session.scalars(expired)).all())
-            asked = await self._cancels_asked(job_ids)
+            asked = await self.signals.cancels_asked(job_ids)
             for job_id in job_ids:
                 row = await self._reap_one(session, job_id=job_id, cancel_asked=job_id in asked)
                 if row is not None:
@@ -412,17 +410,9 @@ class Relay:
         if current is None:
             return None
         if cancel_asked:
-            # Asked to stop while its worker was gone: nothing runs to stop, so it ends as asked instead of
-            # running again (a rerun quick enough to finish before its first look at the flag succeeded).
-            return await jobstore.transition(
-                session,
-                job_id=job_id,
-                from_statuses=[JobStatus.RUNNING],
-                to=JobStatus.CANCELLED,
-                message="cancelled",
-                worker=None,
-                lease_expires_at=None,
-            )
+            # Asked to stop while its worker was gone: a rerun quick enough to finish before its first look
+            # at the flag succeeded.
+            return await jobstore.cancel_as_asked(session, job_id=job_id)
         if current["attempts"] >= self.settings.worker.max_attempts:
             error = RetriesExhausted(
                 f"gave up after {current['attempts']} attempts: its worker stopped each time (crash or hang)"
@@ -442,17 +432,6 @@ class Relay:
             delay_s=outbox.backoff_s(attempts) if attempts > 1 else 0,
             worker_died=True,
         )
-
-    async def _cancels_asked(self, job_ids: list[str]) -> set[str]:
-        """Which of the jobs a cancel was asked of: one round trip, bounded by `CANCEL_FLAGS_TIMEOUT_S`
-        (the reap's row locks are held meanwhile), none when Redis does not answer in time (the jobs are
-        requeued as before, and a rerun still hears its cancel)."""
-        try:
-            async with asyncio.timeout(CANCEL_FLAGS_TIMEOUT_S):
-                return await self.signals.cancels_requested(job_ids)
-        except Exception as exc:
-            log.warning("could not read the cancel flags of %d reaped jobs (%s)", len(job_ids), exc)
-            return set()
 
     async def on_dead_letter(self, body: Any) -> None:
         """A message the broker gave up on: its job fails, unless it already ended."""
