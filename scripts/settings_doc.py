@@ -154,7 +154,7 @@ DESCRIPTIONS: dict[str, str] = {
     "MEDIALENS_WORKER_QUERY_TIME_LIMIT_S": "A data.query whose SQL runs longer than this fails with TIMEOUT.",
     "MEDIALENS_WORKER_QUERY_MAX_ANSWER_BYTES": (
         "Bytes of Parquet a data.query's answer may be stored as (a few bytes of SQL can ask for gigabytes); "
-        "a larger answer fails with INVALID_PARAMS."
+        "a larger answer is stopped while it is written and fails with INVALID_PARAMS."
     ),
     "MEDIALENS_WORKER_JOB_TIMEOUT_S": "A job running longer than this fails with TIMEOUT.",
     "MEDIALENS_DEV_API_KEYS": "`tenant:key,tenant:key` pairs the gateway ensures exist at start "

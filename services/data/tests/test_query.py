@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import decimal
+import re
 import time
 from collections import defaultdict
 from functools import partial
@@ -313,11 +314,25 @@ def test_an_answer_past_the_size_it_may_be_stored_as_is_refused(table: Path) -> 
     """A few bytes of SQL can ask for gigabytes: an answer whose Parquet passes `max_answer_bytes` fails
     with INVALID_PARAMS and is not kept; one within it is stored whole."""
     sql = "SELECT i, md5(i::VARCHAR) AS h FROM range(20000) t(i)"  # ~700 KB of Parquet: md5 barely packs
-    with pytest.raises(InvalidParams, match="more than the 100,000 a query may store") as caught:
+    with pytest.raises(
+        InvalidParams, match="more than the 100,000 bytes of Parquet a query may store"
+    ) as caught:
         ask(table, sql, max_answer_bytes=100_000)
     assert caught.value.error_code == "INVALID_PARAMS"
     assert not (table.parent / "out" / "answer.parquet").exists()
     assert ask(table, sql, max_answer_bytes=10_000_000).row_count == 20000
+
+
+def test_an_answer_growing_past_its_size_is_stopped_while_it_is_written(table: Path) -> None:
+    """The answer's size is watched as it is written: 40 million rows (860 MB of Parquet, written whole in
+    28 s before being refused) stop within a few megabytes of the limit."""
+    sql = "SELECT i, md5(i::VARCHAR) || md5((i + 1)::VARCHAR) AS h FROM range(40000000) t(i)"
+    with pytest.raises(InvalidParams, match="more than the 1,000,000 bytes of Parquet") as caught:
+        ask(table, sql, max_answer_bytes=1_000_000)
+    written = re.search(r"\(([\d,]+) written\)", caught.value.message)
+    assert written is not None
+    assert 1_000_000 < int(written[1].replace(",", "")) < 50_000_000
+    assert not (table.parent / "out" / "answer.parquet").exists()
 
 
 def test_nanoseconds_intervals_and_decimals_come_exactly(tmp_path: Path) -> None:

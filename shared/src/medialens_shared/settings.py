@@ -315,7 +315,8 @@ class WorkerSettings(Group):
     table_spill_limit: str | None = None
     #: A data.query whose SQL runs longer than this fails with TIMEOUT.
     query_time_limit_s: float = Field(30.0, gt=0)
-    #: Bytes of Parquet a data.query's answer may be stored as; a larger one fails with INVALID_PARAMS.
+    #: Bytes of Parquet a data.query's answer may be stored as; a larger one is stopped while it is written
+    #: and fails with INVALID_PARAMS.
     query_max_answer_bytes: int = Field(1024**3, ge=1)
     #: A job running longer than this fails with TIMEOUT.
     job_timeout_s: float = Field(3600.0, gt=0)

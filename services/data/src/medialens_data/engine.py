@@ -8,8 +8,9 @@ disk, the network or the settings.
 
 A `Watchdog` thread sits beside the thread that runs the queries: every `WATCH_INTERVAL_S` it reads the
 running query's progress and reports it, and it interrupts the query (`connection.interrupt()`, which
-DuckDB allows from another thread) once a cancel is asked for or a time limit passes. The interrupted
-query raises in the worker thread, and the watchdog turns that into `JobCancelled` or `JobTimeout`.
+DuckDB allows from another thread) once a cancel is asked for, a time limit passes or a file the queries
+write grows past its limit. The interrupted query raises in the worker thread, and the watchdog turns that
+into `JobCancelled`, `JobTimeout` or the file limit's own error.
 
 Independent queries can also run side by side on `lanes`, more connections to the same database, one
 thread each (`Watchdog.fetch_each`); the watchdog then sums their progress and interrupts them all.
@@ -33,7 +34,7 @@ from typing import Any, Literal, NoReturn
 
 import duckdb
 
-from medialens_shared.errors import InvalidParams, JobCancelled, JobTimeout, UnsupportedInput
+from medialens_shared.errors import InvalidParams, JobCancelled, JobError, JobTimeout, UnsupportedInput
 from medialens_shared.settings import MEMORY_SIZE
 
 #: `(fraction 0..1, message)`; may raise `JobCancelled` (as `JobContext.report` does).
@@ -173,7 +174,10 @@ class Watchdog:
         self._stage: Stage | None = None
         self._deadline: float | None = None
         self._time_limit_s = 0.0
-        self.reason: Literal["cancelled", "timeout"] | None = None
+        #: A file the queries write, the size it may reach, and the error once it passes it.
+        self._file_limit: tuple[Path, int, Callable[[int], JobError]] | None = None
+        self._refusal: JobError | None = None
+        self.reason: Literal["cancelled", "timeout", "refused"] | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="duckdb-watchdog", daemon=True)
 
@@ -202,6 +206,11 @@ class Watchdog:
         """Interrupt the queries that run more than `seconds` from now."""
         self._time_limit_s = seconds
         self._deadline = time.monotonic() + seconds
+
+    def size_limit(self, path: Path, max_bytes: int, refusal: Callable[[int], JobError]) -> None:
+        """Interrupt the queries once the file at `path` is larger than `max_bytes`; they raise
+        `refusal(size)`. Looked at every tick, so the file may pass the limit by what is written in one."""
+        self._file_limit = (path, max_bytes, refusal)
 
     @contextmanager
     def following(self, progress: Callable[[], float | None]) -> Iterator[None]:
@@ -294,6 +303,8 @@ class Watchdog:
             self._raise()
 
     def _raise(self) -> NoReturn:
+        if self._refusal is not None:
+            raise self._refusal
         if self.reason == "timeout":
             raise JobTimeout(f"the query ran past its time limit of {self._time_limit_s:g} s")
         raise JobCancelled("cancelled on request")
@@ -317,6 +328,13 @@ class Watchdog:
         if self._deadline is not None and time.monotonic() > self._deadline:
             self.reason = "timeout"
             return
+        if self._file_limit is not None:
+            path, max_bytes, refusal = self._file_limit
+            size = _size(path)
+            if size > max_bytes:
+                self._refusal = refusal(size)
+                self.reason = "refused"
+                return
         if self._report is None or self._stage is None:
             return
         progress = self._progress()
@@ -326,6 +344,14 @@ class Watchdog:
             self._report(self._reported, message)
         except JobCancelled:
             self.reason = "cancelled"
+
+
+def _size(path: Path) -> int:
+    """The size of the file at `path`, 0 while there is none."""
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
 
 
 def _query_progress(con: Any) -> float | None:
