@@ -12,6 +12,12 @@ The sandbox, in the order it is built:
    tree, as DuckDB serializes it (`json_serialize_sql`), must hold query nodes only (`SELECT_NODE`,
    set operations, recursive CTEs): a node of a statement (`COPY_QUERY_NODE`, `DELETE_QUERY_NODE`...)
    anywhere in it is refused, and so is a query DuckDB cannot serialize, which it cannot vouch for.
+   The tree's table functions must be among the few that make rows from their arguments
+   (`_TABLE_FUNCTIONS`: `range`, `unnest`...): the others read files or the catalog, show the service's
+   setup, or run SQL given as text, which the tree holds as a string it cannot check (`query`,
+   `json_execute_serialized_sql`, and `destroy_external_resource`, which calls any function named in a
+   string). Functions that show the service's own setup (`current_setting`: its paths and limits) are
+   refused too.
 2. The engine's connection (`engine.connect`) may touch only the input and the answer's file: external
    access is off, so a table function reading any other file (`read_csv('/etc/passwd')`, `glob`,
    `read_text`), the network or an extension fails; configuration is locked after the input is loaded,
@@ -65,10 +71,20 @@ INLINE_ROWS_BYTES = 8 * 2**20
 #: How DuckDB's serialized syntax tree names a node that is a statement (`COPY_QUERY_NODE`); the nodes of a
 #: read-only query are `SELECT_NODE`, `SET_OPERATION_NODE`, `RECURSIVE_CTE_NODE`...
 _STATEMENT_NODE = "_QUERY_NODE"
-#: Functions that run SQL given as a string, which the syntax tree holds as a constant and so cannot check:
-#: `json_execute_serialized_sql` ran a serialized `COPY ... TO` (over the input itself, the input cache's
-#: copy that other tenants' jobs read) or a `DELETE`; `query` runs a string that may call it in turn.
-_SQL_RUNNING_FUNCTIONS = frozenset({"json_execute_serialized_sql", "query"})
+#: The table functions a query may call: each makes rows from its arguments alone. An allowlist: of
+#: DuckDB's hundred others, some read files or the catalog (`read_csv`, `duckdb_views`), show the service's
+#: paths (`duckdb_settings`), read raw pointers (`arrow_scan`), or run SQL given as a string, which the
+#: syntax tree holds as a constant and so cannot check: `json_execute_serialized_sql` ran a serialized
+#: `COPY ... TO` over the input itself (the input cache's copy, which other tenants' jobs read), `query`
+#: runs a string that may call it in turn, and `destroy_external_resource` (DuckDB 2) calls any function
+#: named in a string, which ran such a COPY, and a query the time limit did not stop, when it was refused
+#: only by name.
+_TABLE_FUNCTIONS = frozenset(
+    {"range", "generate_series", "unnest", "json_each", "json_tree", "repeat", "repeat_row"}
+)
+#: Functions that show the service's own setup: its paths, limits and secrets' directory
+#: (`current_setting`), the statement that writes the answer's file (`current_query`).
+_REVEALING_FUNCTIONS = frozenset({"current_setting", "current_query"})
 #: The answer's column types Parquet cannot hold as they are, and what they are written as (see
 #: `_exact_parquet`).
 _PARQUET_CASTS = {"HUGEINT": "DECIMAL(38,0)", "UHUGEINT": "DECIMAL(38,0)", "INTERVAL": "VARCHAR"}
@@ -99,28 +115,39 @@ def check_sql(sql: str, con: Any = None) -> str:
             f"give exactly one SQL statement, a query over the table `{TABLE}`; found {len(statements)}"
         )
     kind = statements[0].type
+    if kind == duckdb.StatementType.MULTI:  # a PIVOT that first reads its columns' values to name them
+        raise InvalidParams(
+            "a PIVOT must name the values it turns into columns (`PIVOT data ON region IN ('north', "
+            "'south') USING sum(amount)`): without them it runs statements of its own first"
+        )
     if kind != duckdb.StatementType.SELECT:
         raise InvalidParams(
             f"only a read-only query (SELECT, WITH or VALUES) over the table `{TABLE}` is allowed, "
             f"not a {kind.name} statement"
         )
-    inner, runners = _statements_inside(sql, con)
+    inner, table_functions, functions = _inside(sql, con)
     if inner:
         raise InvalidParams(
             f"only a read-only query over the table `{TABLE}` is allowed: this one holds a "
             f"{', '.join(sorted(inner))} statement (in a CTE or a subquery)"
         )
-    if runners:
+    if refused := table_functions - _TABLE_FUNCTIONS:
         raise InvalidParams(
-            f"{', '.join(sorted(runners))}() runs SQL given as text, which cannot be checked as read-only: "
-            "write the query itself"
+            f"the query may read only the table `{TABLE}`, no files, network or settings: "
+            f"{', '.join(f'{name}()' for name in sorted(refused))} is not among the table functions it may "
+            f"call ({', '.join(sorted(_TABLE_FUNCTIONS))})"
+        )
+    if revealing := functions & _REVEALING_FUNCTIONS:
+        raise InvalidParams(
+            f"{', '.join(f'{name}()' for name in sorted(revealing))} shows the service's own setup, not "
+            f"the table `{TABLE}`: it may not be called"
         )
     return sql
 
 
-def _statements_inside(sql: str, con: Any = None) -> tuple[set[str], set[str]]:
-    """The kinds of statement (COPY, DELETE...) nested in the query `sql`'s syntax tree, and the functions
-    of `_SQL_RUNNING_FUNCTIONS` it calls."""
+def _inside(sql: str, con: Any = None) -> tuple[set[str], set[str], set[str]]:
+    """What the query `sql`'s syntax tree holds: the kinds of statement nested in it (COPY, DELETE...), the
+    table functions it calls, and every function it calls (table functions among them)."""
     with (
         duckdb.connect(":memory:", config={"enable_external_access": False})
         if con is None
@@ -130,7 +157,8 @@ def _statements_inside(sql: str, con: Any = None) -> tuple[set[str], set[str]]:
     if tree.get("error"):
         raise InvalidParams(f"the query could not be checked as read-only: {tree.get('error_message', '')}")
     found: set[str] = set()
-    runners: set[str] = set()
+    table_functions: set[str] = set()
+    functions: set[str] = set()
     pending: list[Any] = [tree]
     while pending:
         node = pending.pop()
@@ -139,12 +167,14 @@ def _statements_inside(sql: str, con: Any = None) -> tuple[set[str], set[str]]:
             if isinstance(kind, str) and kind.endswith(_STATEMENT_NODE):
                 found.add(kind.removesuffix(_STATEMENT_NODE))
             function = node.get("function_name")
-            if isinstance(function, str) and function.lower() in _SQL_RUNNING_FUNCTIONS:
-                runners.add(function.lower())
+            if isinstance(function, str):
+                functions.add(function.lower())
+            if kind == "TABLE_FUNCTION":
+                table_functions.add(str(node.get("function", {}).get("function_name", "")).lower())
             pending.extend(node.values())
         elif isinstance(node, list):
             pending.extend(node)
-    return found, runners
+    return found, table_functions, functions
 
 
 def run_query(
