@@ -439,3 +439,18 @@ def test_audio_formats_ffmpeg_reads_are_sniffed_as_media_and_probed(
     result = probe_audio(path)
     assert result.sample_rate == rate
     assert result.duration_s == pytest.approx(1.0, abs=0.05)
+
+
+def test_a_tag_that_is_not_utf8_is_read_with_the_rest_of_the_file(tmp_path: Path) -> None:
+    """A WAV titled in Latin-1 (as Windows tools write their tags) is probed and measured: opening it
+    failed every audio job with a UnicodeDecodeError, an INTERNAL_ERROR, PyAV reading tags strictly."""
+    path = write(tmp_path / "tagged.wav", sine(-20.0, 2.0))
+    data = path.read_bytes()
+    title = b"INAM" + struct.pack("<I", 6) + "Café!\0".encode("latin-1")
+    info = b"LIST" + struct.pack("<I", 4 + len(title)) + b"INFO" + title
+    path.write_bytes(data[:4] + struct.pack("<I", len(data) - 8 + len(info)) + data[8:] + info)
+    with av.open(str(path), metadata_errors="replace") as container:
+        assert container.metadata["title"] == "Caf\ufffd!"  # the tag is there, and not UTF-8
+    result = probe_audio(path)
+    assert result.duration_s == pytest.approx(2.0, abs=1e-3)
+    assert measure_loudness(path, None, lambda _f, _m: None).integrated_lufs == pytest.approx(-20.0, abs=0.1)

@@ -274,3 +274,28 @@ def test_the_video_analysed_is_the_track_flagged_default_not_a_still_before_it(t
     scenes = detect_scenes(path, min_scene_len_s=0.2)
     assert scenes.frames_analyzed == 50
     assert [round(scene.start_s, 2) for scene in scenes.scenes] == [0.0, 1.2]
+
+
+def test_a_tag_that_is_not_utf8_is_read_with_the_rest_of_the_file(tmp_path: Path) -> None:
+    """A video titled in Latin-1 is probed and analysed: opening it failed every video job with a
+    UnicodeDecodeError (an INTERNAL_ERROR), PyAV reading tags strictly."""
+    path = tmp_path / "tagged.mkv"
+    with av.open(str(path), mode="w") as container:
+        container.metadata["title"] = "QQQQQQ"
+        video = container.add_stream("libx264", rate=25)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        for i in range(50):
+            level = 40 if i < 30 else 200  # a cut at 1.2 s
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), level, np.uint8), format="rgb24")
+            frame = frame.reformat(format="yuv420p")
+            frame.pts, frame.time_base = i, Fraction(1, 25)
+            container.mux(video.encode(frame))
+        container.mux(video.encode(None))
+    data = path.read_bytes()
+    assert data.count(b"QQQQQQ") == 1
+    path.write_bytes(data.replace(b"QQQQQQ", "Café!!".encode("latin-1")))
+    with pytest.raises(UnicodeDecodeError):
+        av.open(str(path)).close()  # PyAV's default
+    assert probe_video(path).video.frame_count == 50
+    scenes = detect_scenes(path, min_scene_len_s=0.2)
+    assert [round(scene.start_s, 2) for scene in scenes.scenes] == [0.0, 1.2]

@@ -112,7 +112,7 @@ def open_container(path: Path) -> Iterator[tuple[Any, Any]]:
             _require_whole_wav(handle, size=path.stat().st_size)
     options = {"probesize": str(WAV_PROBE_BYTES)} if wav else {}
     try:
-        container = av.open(str(path), mode="r", options=options)
+        container = _opened(path, options)
     except av.error.FFmpegError as exc:
         raise unreadable_media(exc, kind, not_readable_as="audio or video") from exc
     with container:
@@ -125,6 +125,14 @@ def open_container(path: Path) -> Iterator[tuple[Any, Any]]:
         if str(container.format.name).startswith(_INDEXED_FORMAT):
             _require_whole_index(path, stream.index)
         yield container, stream
+
+
+def _opened(path: Path | str, options: dict[str, str] | None = None) -> Any:
+    """The file at `path` opened for reading (typed `Any`: PyAV's demux iterator is a generator, typed as
+    an Iterator). Its tags are read as UTF-8 with what is not UTF-8 replaced (`\ufffd`): a tag in Latin-1
+    or CP1252 (Windows tools write WAV tags so) failed every job on the file with a UnicodeDecodeError,
+    PyAV's default being strict."""
+    return av.open(str(path), mode="r", options=options or {}, metadata_errors="replace")
 
 
 #: FFmpeg's name of the MP4 family's demuxer ("mov,mp4,m4a,3gp,3g2,mj2"), whose index lists every packet.
@@ -144,8 +152,7 @@ def _require_whole_index(path: Path, index: int) -> None:
     stream the same way (`medialens_video.frames._require_whole`); an index written last is lost with the
     end of the file, and such a file does not open at all.
     """
-    opened: Any = av.open(str(path), mode="r")  # PyAV's demux iterator is a generator, typed as an Iterator
-    with opened as container:
+    with _opened(path) as container:
         stream = container.streams[index]
         if not stream.duration or stream.time_base is None:
             return
@@ -531,8 +538,7 @@ def _counted_duration(path: str) -> float | None:
     """
     total = 0
     first: int | None = None
-    opened: Any = av.open(path, mode="r")  # PyAV's demux iterator is a generator, typed as an Iterator
-    with opened as container:
+    with _opened(path) as container:
         stream = container.streams.audio[0]
         with contextlib.closing(container.demux(stream)) as packets:
             try:

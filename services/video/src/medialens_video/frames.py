@@ -81,7 +81,7 @@ def open_video(path: Path, *, whole: bool = False) -> Iterator[tuple[Any, Any]]:
     path = Path(path)
     kind = inspect_media(path, noun="a video")
     try:
-        container = av.open(str(path), mode="r")
+        container = opened(path)
     except av.error.FFmpegError as exc:
         raise unreadable_media(exc, kind, not_readable_as="a video") from exc
     with container:
@@ -98,6 +98,13 @@ def open_video(path: Path, *, whole: bool = False) -> Iterator[tuple[Any, Any]]:
         if whole:
             _require_whole(path, video.index)
         yield container, video
+
+
+def opened(path: Path | str) -> Any:
+    """The file at `path` opened for reading. Its tags are read as UTF-8 with what is not UTF-8 replaced
+    (`\ufffd`): a tag in Latin-1 or CP1252 (Windows tools write WAV and AVI tags so) failed every job on
+    the file with a UnicodeDecodeError, PyAV's default being strict."""
+    return av.open(str(path), mode="r", metadata_errors="replace")
 
 
 def _played_video(container: Any) -> Any | None:
@@ -123,7 +130,7 @@ def _require_whole(path: Path, index: int) -> None:
     the stream states no duration, or the container has no index to hold the file to (MPEG-TS, Matroska
     without cues), seeking searches the bytes that exist, or fails, and this finds nothing wrong.
     """
-    with av.open(str(path), mode="r") as container:
+    with opened(path) as container:
         stream = container.streams[index]
         end = stated_end(container, stream) if stream.duration else None
         if end is None:
@@ -166,7 +173,7 @@ def packet_span(container: Any, stream: Any) -> tuple[int, int]:
     the stream's time base, read without decoding in a container of its own (the one in use is left as it
     is: an untimed stream cannot be sought back to its start)."""
     count, end, total, ticks = 0, None, 0, frame_ticks(stream)
-    with av.open(str(container.name), mode="r") as own, demuxed(own, own.streams[stream.index]) as packets:
+    with opened(container.name) as own, demuxed(own, own.streams[stream.index]) as packets:
         for packet in packets:
             if not packet.size:
                 continue  # the demuxer's flush packet
@@ -190,7 +197,7 @@ def untimed(container: Any, stream: Any) -> bool:
 
 def _opening_packets(container: Any, stream: Any) -> list[Any]:
     """The stream's first `FIRST_PACKETS` packets holding data, read in a container of its own."""
-    with av.open(str(container.name), mode="r") as own, demuxed(own, own.streams[stream.index]) as packets:
+    with opened(container.name) as own, demuxed(own, own.streams[stream.index]) as packets:
         return list(islice((p for p in packets if p.size), FIRST_PACKETS))
 
 
