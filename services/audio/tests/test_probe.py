@@ -454,3 +454,17 @@ def test_a_tag_that_is_not_utf8_is_read_with_the_rest_of_the_file(tmp_path: Path
     result = probe_audio(path)
     assert result.duration_s == pytest.approx(2.0, abs=1e-3)
     assert measure_loudness(path, None, lambda _f, _m: None).integrated_lufs == pytest.approx(-20.0, abs=0.1)
+
+
+def test_a_codec_with_no_decoder_is_unsupported_input(tmp_path: Path) -> None:
+    """A WAV whose format tag names a codec FFmpeg has no decoder for fails UNSUPPORTED_INPUT: PyAV gives
+    its stream no codec context, and every audio job failed with an AttributeError (an INTERNAL_ERROR)."""
+    path = write(tmp_path / "plain.wav", sine(-20.0, 1.0))
+    data = path.read_bytes()
+    assert data[20:22] == struct.pack("<H", 1)  # WAVE_FORMAT_PCM
+    unknown = tmp_path / "unknown.wav"
+    unknown.write_bytes(data[:20] + struct.pack("<H", 0x1234) + data[22:])
+    with pytest.raises(UnsupportedInput, match="audio stream is in a codec this service cannot decode"):
+        probe_audio(unknown)
+    with pytest.raises(UnsupportedInput, match="audio stream is in a codec this service cannot decode"):
+        measure_loudness(unknown, None, lambda _f, _m: None)

@@ -299,3 +299,23 @@ def test_a_tag_that_is_not_utf8_is_read_with_the_rest_of_the_file(tmp_path: Path
     assert probe_video(path).video.frame_count == 50
     scenes = detect_scenes(path, min_scene_len_s=0.2)
     assert [round(scene.start_s, 2) for scene in scenes.scenes] == [0.0, 1.2]
+
+
+def test_a_codec_with_no_decoder_is_unsupported_input_and_its_audio_is_left_out(tmp_path: Path) -> None:
+    """A Matroska file whose video codec FFmpeg has no decoder for fails UNSUPPORTED_INPUT, and one whose
+    audio codec it has none for is probed without that stream: PyAV gives such a stream no codec context,
+    and every video job failed with an AttributeError (an INTERNAL_ERROR)."""
+    source = tmp_path / "plain.mkv"
+    make_video(source, duration_s=2.0, segments=2, with_audio=True)
+    data = source.read_bytes()
+    assert (data.count(b"V_MPEG4/ISO/AVC"), data.count(b"A_AAC")) == (1, 1)
+    unknown_video, unknown_audio = tmp_path / "unknown-video.mkv", tmp_path / "unknown-audio.mkv"
+    unknown_video.write_bytes(data.replace(b"V_MPEG4/ISO/AVC", b"V_XXXXX/ISO/AVC"))
+    unknown_audio.write_bytes(data.replace(b"A_AAC", b"A_ZZZ"))
+    for job in (probe_video, detect_scenes):
+        with pytest.raises(UnsupportedInput, match="video stream is in a codec this service cannot decode"):
+            job(unknown_video)
+    assert len(probe_video(source).audio) == 1
+    result = probe_video(unknown_audio)
+    assert (result.video.frame_count, result.audio) == (50, [])
+    assert len(detect_scenes(unknown_audio).scenes) == 2

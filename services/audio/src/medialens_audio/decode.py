@@ -122,6 +122,8 @@ def open_container(path: Path) -> Iterator[tuple[Any, Any]]:
                 + (" (it holds only video or pictures)." if container.streams.video else ".")
             )
         stream = container.streams.audio[0]
+        if stream.codec_context is None:  # FFmpeg knows no decoder for its codec (PyAV then gives none)
+            raise UnsupportedInput("The file's audio stream is in a codec this service cannot decode.")
         if str(container.format.name).startswith(_INDEXED_FORMAT):
             _require_whole_index(path, stream.index)
         yield container, stream

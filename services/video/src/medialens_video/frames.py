@@ -73,7 +73,8 @@ def demuxed(container: Any, stream: Any) -> closing[Any]:
 def open_video(path: Path, *, whole: bool = False) -> Iterator[tuple[Any, Any]]:
     """The open container and the video stream a player shows (`_played_video`: not a cover picture).
 
-    Raises `UnsupportedInput` when the file is not a video (empty, a table, audio only, ...),
+    Raises `UnsupportedInput` when the file is not a video (empty, a table, audio only, ...) or its video
+    is in a codec FFmpeg has no decoder for,
     `MediaDecodeError` when it looks like media but cannot be opened (or, with `whole`, when it ends
     before the frames its container indexes: see `_require_whole`), and `InputNotFound` when there is
     no file.
@@ -95,6 +96,8 @@ def open_video(path: Path, *, whole: bool = False) -> Iterator[tuple[Any, Any]]:
             raise UnsupportedInput(
                 "The file has no video stream" + (" (it is audio only)." if container.streams.audio else ".")
             )
+        if video.codec_context is None:  # FFmpeg knows no decoder for its codec (PyAV then gives none)
+            raise UnsupportedInput("The file's video stream is in a codec this service cannot decode.")
         if whole:
             _require_whole(path, video.index)
         yield container, video

@@ -106,6 +106,7 @@ def probe_video(path: Path) -> VideoProbeResult:
                     duration_s=_stream_seconds(container, stream) or duration_s,
                 )
                 for stream in container.streams.audio
+                if stream.codec_context is not None  # a codec FFmpeg has no decoder for: nothing to read
             ],
         )
 
