@@ -319,3 +319,22 @@ def test_a_codec_with_no_decoder_is_unsupported_input_and_its_audio_is_left_out(
     result = probe_video(unknown_audio)
     assert (result.video.frame_count, result.audio) == (50, [])
     assert len(detect_scenes(unknown_audio).scenes) == 2
+
+
+def test_a_video_whose_edit_list_hides_every_frame_is_damaged_in_every_job(tmp_path: Path) -> None:
+    """An MP4 whose 3 s of frames all come before its start (pts from -5 s: the muxer's edit list shows
+    none of them, and ffmpeg decodes no frame) fails MEDIA_DECODE_ERROR, in scenes as in probe: scenes
+    failed with a ZeroDivisionError (an INTERNAL_ERROR), planning the decoding of no frame."""
+    path = tmp_path / "hidden.mp4"
+    with av.open(str(path), mode="w") as container:
+        video = container.add_stream("libx264", rate=25)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        for i in range(75):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 40, np.uint8), format="rgb24")
+            frame = frame.reformat(format="yuv420p")
+            frame.pts, frame.time_base = i - 125, Fraction(1, 25)
+            container.mux(video.encode(frame))
+        container.mux(video.encode(None))
+    for job in (probe_video, detect_scenes):
+        with pytest.raises(MediaDecodeError, match="holds no decodable frame"):
+            job(path)

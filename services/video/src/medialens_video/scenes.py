@@ -246,6 +246,7 @@ def detect_scenes(
     threads = usable_cpus()
     chunks = [_Chunk(0, None, None)] if clocked else _chunks(timeline, total // (threads * CHUNKS_PER_THREAD))
     guard = DecodeGuard(total)
+    guard.require_frames(total)  # none on the timeline: an edit list hides every frame (ffmpeg shows none)
 
     def clock() -> FrameClock | None:
         return FrameClock(ticks, origin) if clocked else None
