@@ -146,3 +146,35 @@ def test_the_check_catches_a_demuxer_left_open(clip: Path, demuxers: list[_Demux
         next(kept)
         kept.close()
     assert _unclosed(demuxers) == [0]
+
+
+class _GrownContainer(_Container):
+    """The real container, its demuxer ending as PyAV 18.1's does on an MPEG-TS that gained a stream while
+    it was read: every packet given, the flush packets of the streams there from the start too, then
+    `IndexError` (PyAV flushes streams by FFmpeg's count of them, one it holds no stream for)."""
+
+    def demux(self, *args: Any, **kwargs: Any) -> Any:
+        real = self._real.demux(*args, **kwargs)
+
+        def grown() -> Iterator[Any]:
+            try:
+                yield from real
+            finally:
+                real.close()
+            raise IndexError("list index out of range")
+
+        return grown()
+
+
+def test_a_stream_added_while_the_file_is_read_ends_its_packets_without_an_error(
+    clip: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Scenes, quality and thumbnails read such a file to its end and find what is in it: they failed with
+    the IndexError (INTERNAL_ERROR) on fuzzed MPEG-TS recordings whose bytes looked like a new stream."""
+    real_open = av.open
+    monkeypatch.setattr(av, "open", lambda *args, **kwargs: _GrownContainer(real_open(*args, **kwargs), []))
+    analysis = detect_scenes(clip, thumbnail_dir=tmp_path / "thumbs")
+    assert [round(scene.start_s, 2) for scene in analysis.scenes[1:]] == CUTS_S
+    assert all(scene.thumbnail is not None for scene in analysis.scenes)
+    assert detect_quality(clip).frames_analyzed == 200
+    assert len(extract_thumbnails(clip, out_dir=tmp_path, every_s=7.9, width=64)) == 2

@@ -15,7 +15,7 @@ shown (`encode_jpeg`) of it is its top field.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
@@ -66,7 +66,25 @@ def demuxed(container: Any, stream: Any) -> closing[Any]:
     clean-up `finally`). Readers here stop early (a probe's first frame, a chunk's end, a thumbnail
     found, an error), so every one goes through this.
     """
-    return closing(container.demux(stream))
+    return closing(packets_of(container, stream))
+
+
+def packets_of(container: Any, stream: Any) -> Generator[Any, None, None]:
+    """`container.demux(stream)`, whole where a stream appears while the file is read.
+
+    An MPEG-TS may start a stream late (a recording whose audio begins after its video's first seconds,
+    or a damaged one that seems to): FFmpeg adds it as it comes, and PyAV 18.1's demuxer, at its end,
+    sends its flush packets to streams by FFmpeg's count of them, which it does not hold a stream for, and
+    raises `IndexError`; scenes and quality failed INTERNAL_ERROR there. Every packet, and the flush packet
+    of each stream there was from the start (the new ones come last), have been given out by then.
+    """
+    packets = container.demux(stream)
+    try:
+        yield from packets
+    except IndexError:
+        return
+    finally:
+        packets.close()
 
 
 @contextmanager

@@ -45,6 +45,7 @@ from medialens_video.frames import (
     frame_ticks,
     open_video,
     packet_span,
+    packets_of,
     pixel_aspect,
     skips_frames,
     stated_end,
@@ -209,7 +210,7 @@ class _Reader:
             return self.last
         if self.clock is not None:
             if self.packets is None:
-                self.packets = self.container.demux(self.stream)
+                self.packets = packets_of(self.container, self.stream)
         elif self.position is None or target < self.position or target - self.position > ahead:
             self._seek_keyframe(target)
         codec = self.stream.codec_context
@@ -270,7 +271,7 @@ class _Reader:
             from_start = at < self.start
             self.close()
             self._seek(self.start - back if from_start else at)
-            self.packets, self.pending, self.last = self.container.demux(self.stream), [], None
+            self.packets, self.pending, self.last = packets_of(self.container, self.stream), [], None
             for packet in self.packets:
                 shown = packet.pts if packet.pts is not None else packet.dts
                 if shown is None:
