@@ -341,3 +341,17 @@ def test_a_sample_past_float_range_is_measured_without_error(tmp_path: Path) -> 
     assert (result.integrated_lufs, result.loudness_range_lu) == (None, None)
     assert (result.sample_peak_dbfs, result.true_peak_dbtp) == pytest.approx((600.0, 600.0), abs=0.1)
     assert [point.lufs for point in result.short_term] == [None, None, None]
+
+
+@pytest.mark.parametrize("rate", [5, 3000])
+def test_a_rate_too_low_for_k_weighting_is_unsupported_input(tmp_path: Path, rate: int) -> None:
+    """Below twice the K-weighting shelf's 1,682 Hz the filter is not one: 3 kHz gave a null loudness for
+    a loud tone (FFmpeg's ebur128 says +3 LUFS), 5 Hz an IndexError (INTERNAL_ERROR). Such a file fails
+    UNSUPPORTED_INPUT saying why; 4 kHz, the lowest rate taken, agrees with a tone's known level."""
+    low = write(tmp_path / "low.wav", sine(-20.0, 10.0, rate=rate, freq_hz=min(300.0, rate / 4)), rate=rate)
+    with pytest.raises(UnsupportedInput, match=f"sample rate, {rate:,} Hz, is too low for loudness"):
+        measure_loudness(low, None, lambda _f, _m: None)
+    lowest = write(tmp_path / "4k.wav", sine(-20.0, 10.0, rate=4000, freq_hz=1000.0), rate=4000)
+    assert measure_loudness(lowest, None, lambda _f, _m: None).integrated_lufs == pytest.approx(
+        -20.0, abs=0.3
+    )

@@ -37,6 +37,7 @@ from pydantic import BaseModel
 
 from medialens_audio.decode import Block, Report, block_of, frame_of, open_audio, sample_format
 from medialens_shared.contracts import AudioLoudnessResult, ShortTermPoint
+from medialens_shared.errors import UnsupportedInput
 
 Floats = npt.NDArray[np.float64]
 
@@ -74,6 +75,12 @@ TRUE_PEAK_PHASES = np.array(
          0.0109863281250, 0.0017089843750],
     ]
 )  # fmt: skip
+
+
+#: The lowest sample rate loudness is measured at: the K-weighting's high shelf (1,682 Hz) must lie well
+#: inside the band. At or below twice its frequency the filter is not one (3,000 Hz gave null, FFmpeg's
+#: `ebur128` +3 LUFS for a -27 LUFS tone; 9 Hz an IndexError); at 3,500 Hz and up both agree with FFmpeg.
+MIN_SAMPLE_RATE = 4000
 
 
 def k_weighting(sample_rate: int) -> Floats:
@@ -428,13 +435,16 @@ def _gated(energies: Floats, relative_gate_lu: float) -> Floats:
 
 def measure_loudness(path: Path, _params: BaseModel | None, report: Report) -> AudioLoudnessResult:
     """`audio.loudness` of the file at `path` (the job type takes no params), reporting through `report`."""
-    with (
-        open_audio(path) as audio,
-        LoudnessMeter(audio.sample_rate, audio.layout, start_s=audio.start_s) as meter,
-    ):
-        for block in audio.blocks(report, action="measuring loudness"):
-            meter.feed(block)
-        return meter.result()
+    with open_audio(path) as audio:
+        if audio.sample_rate < MIN_SAMPLE_RATE:
+            raise UnsupportedInput(
+                f"The audio's sample rate, {audio.sample_rate:,} Hz, is too low for loudness: EBU R128's "
+                f"K-weighting needs at least {MIN_SAMPLE_RATE:,} Hz."
+            )
+        with LoudnessMeter(audio.sample_rate, audio.layout, start_s=audio.start_s) as meter:
+            for block in audio.blocks(report, action="measuring loudness"):
+                meter.feed(block)
+            return meter.result()
 
 
 def _moving_mean(energies: Floats, width: int) -> Floats:
