@@ -5,9 +5,12 @@ duration or analyse part of the video and succeed (found in review: probe, scene
 from __future__ import annotations
 
 from collections.abc import Callable
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+import av
+import numpy as np
 import pytest
 
 from medialens_shared.errors import MediaDecodeError
@@ -52,3 +55,26 @@ def test_the_file_cut_short_is_a_decode_error(
     truncate(streamable, cut, keep_fraction=keep_fraction)
     with pytest.raises(MediaDecodeError, match="truncated"):
         ANALYSES[analysis](cut, tmp_path / "out")
+
+
+def test_a_matroska_file_cut_short_is_analysed_as_far_as_it_goes_by_every_job(tmp_path: Path) -> None:
+    """A Matroska file whose video starts at 40 ms, cut at a tenth (its cues, written last, lost with the
+    rest: nothing says more was meant), reads as the frames that are there, the same ones in scenes and
+    quality: `video.quality` found none (MEDIA_DECODE_ERROR), its reader left at the file's end by the
+    seek to the start that the demuxer refused while looking for the video's first timestamp."""
+    made, cut = tmp_path / "made.mkv", tmp_path / "cut.mkv"
+    noise = np.random.default_rng(0)
+    with av.open(str(made), mode="w") as container:
+        video = container.add_stream("libx264", rate=25)
+        video.width, video.height, video.pix_fmt = 160, 120, "yuv420p"
+        for i in range(75):
+            picture = noise.integers(0, 255, (120, 160, 3), dtype=np.uint8)
+            frame = av.VideoFrame.from_ndarray(picture, format="rgb24").reformat(format="yuv420p")
+            frame.pts, frame.time_base = 40 + i * 40, Fraction(1, 1000)
+            container.mux(video.encode(frame))
+        container.mux(video.encode(None))
+    truncate(made, cut, keep_fraction=0.1)
+    scenes = detect_scenes(cut)
+    assert 0 < scenes.frames_analyzed < 75
+    assert detect_quality(cut).frames_analyzed == scenes.frames_analyzed
+    assert len(extract_thumbnails(cut, out_dir=tmp_path / "out", count=2)) == 2

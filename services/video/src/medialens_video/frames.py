@@ -267,27 +267,20 @@ def stated_end(container: Any, stream: Any) -> int | None:
 
 def first_timestamp(container: Any, stream: Any) -> int:
     """The video stream's first timestamp: its start as FFmpeg found it, or in Matroska (where that may be
-    the container's start, see `stated_end`) the least timestamp of its first packets, read here after a
-    seek to the start, and sought back to it after: the demuxer is left where it was, at the start.
+    the container's start, see `stated_end`) the least timestamp of its first packets, read in a container
+    of their own, so the one in use stays where it is. (They were read in it, after a seek to the start,
+    and sought back to the start after: a truncated file refused that seek at its end, and a file whose
+    timestamps are all 0 was left at its last keyframe, so `video.quality` found no frame in the one and
+    2 of 50 in the other.)
 
-    A raw stream states no start: then the least timestamp of its first packets too, read in a container of
-    their own (such a stream may not be sought), or 0 when they have none (an `untimed` one). A raw MPEG-2
-    video stream's first frame is shown a frame after its first packet is decoded: timed from 0, its black
-    stretch and its thumbnails came a frame later than its scenes."""
-    if stream.start_time is None and not _is_matroska(container):
-        stamps = [p.pts for p in _opening_packets(container, stream) if p.pts is not None]
-        return int(min(stamps, default=0))
+    A raw stream states no start: then the least timestamp of its first packets too, or 0 when they have
+    none (an `untimed` one). A raw MPEG-2 video stream's first frame is shown a frame after its first
+    packet is decoded: timed from 0, its black stretch and its thumbnails came a frame later than its
+    scenes."""
     stated = int(stream.start_time or 0)
-    if not _is_matroska(container):
+    if stream.start_time is not None and not _is_matroska(container):
         return stated
-    try:
-        container.seek(0, stream=stream, backward=True)
-    except av.error.FFmpegError:
-        return stated
-    with demuxed(container, stream) as packets:
-        first = [p.pts for p in islice(packets, FIRST_PACKETS) if p.pts is not None]
-    container.seek(0, stream=stream, backward=True)
-    return min(first, default=stated)
+    return int(min((p.pts for p in _opening_packets(container, stream) if p.pts is not None), default=stated))
 
 
 def _is_matroska(container: Any) -> bool:
