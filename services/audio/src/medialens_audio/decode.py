@@ -438,9 +438,9 @@ def stated_duration(container: Any, stream: Any) -> float | None:
     Ogg Opus states its length as the granule position of its last page, which counts the pre-skip (the
     encoder's priming, which the decoder drops: RFC 7845 section 4.5): FFmpeg takes it whole, so every Ogg
     Opus file lasted 6.5 ms (libopus's 312 samples) longer than the samples it plays. It is taken off. A
-    chained Ogg Opus file (streams one after another: `cat a.opus b.opus`, an internet radio's recording)
-    states only its last chain's length: its packets are counted too, and their sum stands when it is
-    longer by more than a frame or two (10 s and 3 s chained read 3 s).
+    chained Ogg file (streams one after another: `cat a.opus b.opus`, an internet radio's recording; Opus
+    or Vorbis) states only its last chain's length: its packets are counted too, and their sum stands
+    when it is longer by more than a frame or two (10 s and 3 s chained read 3 s).
     """
     if _length_unstated(container):
         counted = _counted_duration(container.name)
@@ -449,24 +449,37 @@ def stated_duration(container: Any, stream: Any) -> float | None:
     declared = _declared_duration(container, stream)
     if declared is None:
         return _counted_duration(container.name)
-    if str(container.format.name) == "ogg" and _opus_pre_skip(stream) and _chained_opus(Path(container.name)):
+    if str(container.format.name) == "ogg" and _chained_ogg(Path(container.name)):
         counted = _counted_duration(container.name)
         if counted is not None and counted > declared + _CHAINED_SLACK_S:
             return counted
     return declared
 
 
-def _chained_opus(path: Path) -> bool:
-    """Whether the Ogg file at `path` holds more than one Opus stream's header (`OpusHead`, which begins
-    each chain's first page: RFC 7845 section 5.1). A file of one chain is not demuxed to count its packets
-    on every open (0.4 s for an hour): a search of its bytes takes a few milliseconds."""
+def _chained_ogg(path: Path) -> bool:
+    """Whether the Ogg file at `path` is chained: a logical stream begins (a page flagged "beginning of
+    stream", RFC 3533 section 6) after a page of another one that does not, as in `cat a.ogg b.ogg` or an
+    internet radio's recording, whatever the codec (Opus, Vorbis, FLAC). The streams of a multiplexed file
+    (Theora video beside Vorbis) all begin on its first pages, before any other page. A file of one chain
+    is not demuxed to count its packets on every open (0.4 s for an hour): a search of its bytes takes a
+    few milliseconds."""
     with path.open("rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
-        first = data.find(b"OpusHead")
-        return first >= 0 and data.find(b"OpusHead", first + 8) >= 0
+        page = data.find(_OGG_PAGE)
+        while page >= 0 and page + len(_OGG_PAGE) < len(data):
+            if not data[page + len(_OGG_PAGE)] & _BEGINS_STREAM:  # the first page that begins none
+                return any(data.find(_OGG_PAGE + bytes([flags]), page) >= 0 for flags in _BEGINNING_FLAGS)
+            page = data.find(_OGG_PAGE, page + 1)
+        return False
 
 
-#: How much longer than its stated length the packets of an Ogg Opus file may last and it still be one
-#: chain: its last packet's padding, up to two of Opus's longest frames (120 ms).
+#: An Ogg page's capture pattern and stream structure version; the header type flags follow.
+_OGG_PAGE = b"OggS\x00"
+#: The header type flag of a page that begins a logical stream, and the flags such a page can have (it
+#: cannot continue a packet; it can also end its stream, when the stream is one page).
+_BEGINS_STREAM = 0x02
+_BEGINNING_FLAGS = (0x02, 0x06)
+#: How much longer than its stated length the packets of an Ogg file may last and it still be one chain: its
+#: last packet's padding, up to two of Opus's longest frames (120 ms), or Vorbis's (up to 8,192 samples).
 _CHAINED_SLACK_S = 0.25
 
 
