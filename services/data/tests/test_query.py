@@ -221,12 +221,22 @@ def test_sql_run_from_text_is_refused(table: Path, runner: str) -> None:
         ("SELECT * FROM repeat(5, 2)", [[5], [5]]),
         ("SELECT count(*) FROM repeat_row(1, 2, num_rows := 3)", [[3]]),
         ("PIVOT (SELECT region FROM data) ON region IN ('north', 'east') USING count(*)", [[100, 100]]),
+        ("SELECT generate_subscripts([5, 6], 1) AS i", [[1], [2]]),
+        ("WITH d AS (FROM main.data), e AS (FROM d WHERE id < 2) SELECT count(*) FROM e", [[2]]),
+        (
+            "WITH RECURSIVE t(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM t WHERE n < 3) FROM t",
+            [[1], [2], [3]],
+        ),
+        ("SELECT count(*) FROM memory.main.DATA", [[300]]),
+        ("SELECT column_name FROM (DESCRIBE data)", [["id"], ["region"], ["amount"]]),
+        ("SELECT count(*) FROM (SUMMARIZE data)", [[3]]),
     ],
 )
 def test_table_functions_making_rows_from_their_arguments_may_be_called(
     table: Path, sql: str, rows: list[list[Any]]
 ) -> None:
-    """The table functions a query may call, and a PIVOT naming its values, run."""
+    """The table functions a query may call, a PIVOT naming its values, CTEs (one reading another, a
+    recursive one), `data` named with its schema, and DESCRIBE and SUMMARIZE of it run."""
     assert ask(table, sql).rows == rows
 
 
@@ -239,13 +249,22 @@ def test_table_functions_making_rows_from_their_arguments_may_be_called(
         ("SELECT * FROM duckdb_views()", r"duckdb_views\(\) is not among"),
         ("SELECT * FROM duckdb_extensions()", r"duckdb_extensions\(\) is not among"),
         ("SELECT * FROM data WHERE id IN (FROM arrow_scan(0, 0, 0))", r"arrow_scan\(\) is not among"),
-        ("PIVOT data ON region USING count(*)", "a PIVOT must name the values"),
+        ("PIVOT data ON region USING count(*)", "a PIVOT must list the values"),
+        ("PIVOT data ON region IN (SELECT DISTINCT region FROM data) USING count(*)", "or with a subquery"),
+        ("SELECT setting FROM pg_settings WHERE name = 'allowed_paths'", "not pg_settings"),
+        ("SUMMARIZE pg_settings", "not pg_settings"),
+        ("SELECT * FROM duckdb_tables", "not duckdb_tables"),
+        ("SELECT * FROM information_schema.tables", "not information_schema.tables"),
+        ("SELECT * FROM system.main.duckdb_settings", "not system.main.duckdb_settings"),
+        ("SELECT * FROM (WITH pg_settings AS (SELECT 1) FROM pg_settings), pg_settings", "not pg_settings"),
+        ("WITH a AS (FROM pg_settings), pg_settings AS (SELECT 1) FROM a", "not pg_settings"),
     ],
 )
 def test_what_shows_the_services_setup_is_refused(table: Path, sql: str, why: str) -> None:
-    """Functions showing the service's paths (the input cache's, the job's scratch directory), its
-    statements or its catalog are refused before anything runs, naming nothing of the server's; so is a
-    PIVOT that would run statements of its own."""
+    """Functions and DuckDB's own views showing the service's paths (the input cache's, the job's scratch
+    directory: `pg_settings` showed them past the check of table functions), its statements or its catalog
+    are refused before anything runs, naming nothing of the server's, a CTE of such a name counting only
+    where it is in scope; so is a PIVOT that would run statements of its own."""
     with pytest.raises(InvalidParams, match=why) as caught:
         ask(table, sql)
     assert str(table.parent) not in caught.value.message

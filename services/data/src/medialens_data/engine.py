@@ -347,10 +347,10 @@ class Watchdog:
 
 
 def _size(path: Path) -> int:
-    """The size of the file at `path`, 0 while there is none."""
+    """The size of the file at `path`, 0 while there is none (or it cannot be looked at)."""
     try:
         return path.stat().st_size
-    except FileNotFoundError:
+    except OSError:  # none yet; or none to look at, which must not end the watch (and its time limit)
         return 0
 
 

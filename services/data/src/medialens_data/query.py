@@ -16,8 +16,9 @@ The sandbox, in the order it is built:
    (`_TABLE_FUNCTIONS`: `range`, `unnest`...): the others read files or the catalog, show the service's
    setup, or run SQL given as text, which the tree holds as a string it cannot check (`query`,
    `json_execute_serialized_sql`, and `destroy_external_resource`, which calls any function named in a
-   string). Functions that show the service's own setup (`current_setting`: its paths and limits) are
-   refused too.
+   string). Its tables must be `data` or its own CTEs: DuckDB's views (`pg_settings`) show the settings,
+   the service's paths among them. Functions that show the service's own setup (`current_setting`: its
+   paths and limits) are refused too.
 2. The engine's connection (`engine.connect`) may touch only the input and the answer's file: external
    access is off, so a table function reading any other file (`read_csv('/etc/passwd')`, `glob`,
    `read_text`), the network or an extension fails; configuration is locked after the input is loaded,
@@ -36,7 +37,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,10 @@ _STATEMENT_NODE = "_QUERY_NODE"
 _TABLE_FUNCTIONS = frozenset(
     {"range", "generate_series", "unnest", "json_each", "json_tree", "repeat", "repeat_row"}
 )
+#: The tables a query may read besides its own CTEs: the input, as `data` or `main.data` (the connection's
+#: database is `memory`). DuckDB's own views (`pg_settings`, `duckdb_tables`, `information_schema.*`) show
+#: its settings, the service's paths among them, and its catalog: they are refused as files are.
+_TABLES = frozenset({TABLE, f"main.{TABLE}", f"memory.main.{TABLE}"})
 #: Functions that show the service's own setup: its paths, limits and secrets' directory
 #: (`current_setting`), the statement that writes the answer's file (`current_query`).
 _REVEALING_FUNCTIONS = frozenset({"current_setting", "current_query"})
@@ -117,27 +122,33 @@ def check_sql(sql: str, con: Any = None) -> str:
     kind = statements[0].type
     if kind == duckdb.StatementType.MULTI:  # a PIVOT that first reads its columns' values to name them
         raise InvalidParams(
-            "a PIVOT must name the values it turns into columns (`PIVOT data ON region IN ('north', "
-            "'south') USING sum(amount)`): without them it runs statements of its own first"
+            "a PIVOT must list the values it turns into columns (`PIVOT data ON region IN ('north', "
+            "'south') USING sum(amount)`): without them, or with a subquery for them, it runs statements of "
+            "its own first"
         )
     if kind != duckdb.StatementType.SELECT:
         raise InvalidParams(
             f"only a read-only query (SELECT, WITH or VALUES) over the table `{TABLE}` is allowed, "
             f"not a {kind.name} statement"
         )
-    inner, table_functions, functions = _inside(sql, con)
-    if inner:
+    tree = _inside(sql, con)
+    if tree.statements:
         raise InvalidParams(
             f"only a read-only query over the table `{TABLE}` is allowed: this one holds a "
-            f"{', '.join(sorted(inner))} statement (in a CTE or a subquery)"
+            f"{', '.join(sorted(tree.statements))} statement (in a CTE or a subquery)"
         )
-    if refused := table_functions - _TABLE_FUNCTIONS:
+    if others := tree.tables - _TABLES:
+        raise InvalidParams(
+            f"the query may read only the table `{TABLE}` (and its own CTEs), no files, network or settings: "
+            f"not {', '.join(sorted(others))}"
+        )
+    if refused := tree.table_functions - _TABLE_FUNCTIONS:
         raise InvalidParams(
             f"the query may read only the table `{TABLE}`, no files, network or settings: "
             f"{', '.join(f'{name}()' for name in sorted(refused))} is not among the table functions it may "
             f"call ({', '.join(sorted(_TABLE_FUNCTIONS))})"
         )
-    if revealing := functions & _REVEALING_FUNCTIONS:
+    if revealing := tree.functions & _REVEALING_FUNCTIONS:
         raise InvalidParams(
             f"{', '.join(f'{name}()' for name in sorted(revealing))} shows the service's own setup, not "
             f"the table `{TABLE}`: it may not be called"
@@ -145,9 +156,26 @@ def check_sql(sql: str, con: Any = None) -> str:
     return sql
 
 
-def _inside(sql: str, con: Any = None) -> tuple[set[str], set[str], set[str]]:
-    """What the query `sql`'s syntax tree holds: the kinds of statement nested in it (COPY, DELETE...), the
-    table functions it calls, and every function it calls (table functions among them)."""
+@dataclass(slots=True)
+class _Tree:
+    """What a query's syntax tree holds (`_inside`)."""
+
+    #: Kinds of statement nested in it (COPY, DELETE...).
+    statements: set[str] = field(default_factory=set)
+    #: Table functions it calls.
+    table_functions: set[str] = field(default_factory=set)
+    #: Every function it calls, table functions among them.
+    functions: set[str] = field(default_factory=set)
+    #: Tables and views it reads that are not a CTE of its own (`catalog.schema.name`, as written).
+    tables: set[str] = field(default_factory=set)
+
+
+def _inside(sql: str, con: Any = None) -> _Tree:
+    """What the query `sql`'s syntax tree holds (`_Tree`).
+
+    A table's name is a CTE's where one of that name is in scope: in the query that defines it, and in the
+    CTEs defined after it there (and in itself: a recursive one); elsewhere it is the catalog's.
+    """
     with (
         duckdb.connect(":memory:", config={"enable_external_access": False})
         if con is None
@@ -156,25 +184,34 @@ def _inside(sql: str, con: Any = None) -> tuple[set[str], set[str], set[str]]:
         tree = json.loads(serializer.execute("SELECT json_serialize_sql(?)", [sql]).fetchall()[0][0])
     if tree.get("error"):
         raise InvalidParams(f"the query could not be checked as read-only: {tree.get('error_message', '')}")
-    found: set[str] = set()
-    table_functions: set[str] = set()
-    functions: set[str] = set()
-    pending: list[Any] = [tree]
+    found = _Tree()
+    pending: list[tuple[Any, frozenset[str]]] = [(tree, frozenset())]
     while pending:
-        node = pending.pop()
-        if isinstance(node, dict):
-            kind = node.get("type")
-            if isinstance(kind, str) and kind.endswith(_STATEMENT_NODE):
-                found.add(kind.removesuffix(_STATEMENT_NODE))
-            function = node.get("function_name")
-            if isinstance(function, str):
-                functions.add(function.lower())
-            if kind == "TABLE_FUNCTION":
-                table_functions.add(str(node.get("function", {}).get("function_name", "")).lower())
-            pending.extend(node.values())
-        elif isinstance(node, list):
-            pending.extend(node)
-    return found, table_functions, functions
+        node, ctes = pending.pop()
+        if isinstance(node, list):
+            pending.extend((item, ctes) for item in node)
+            continue
+        if not isinstance(node, dict):
+            continue
+        kind = node.get("type")
+        if isinstance(kind, str) and kind.endswith(_STATEMENT_NODE):
+            found.statements.add(kind.removesuffix(_STATEMENT_NODE))
+        function = node.get("function_name")
+        if isinstance(function, str):
+            found.functions.add(function.lower())
+        if kind == "TABLE_FUNCTION":
+            found.table_functions.add(str(node.get("function", {}).get("function_name", "")).lower())
+        if kind == "BASE_TABLE":
+            name = str(node.get("table_name", "")).lower()
+            where = (str(node.get("catalog_name", "")).lower(), str(node.get("schema_name", "")).lower())
+            if name not in ctes or where != ("", ""):
+                found.tables.add(".".join(part for part in (*where, name) if part))
+        defined = [entry for entry in (node.get("cte_map") or {}).get("map", []) if isinstance(entry, dict)]
+        names = [str(entry.get("key", "")).lower() for entry in defined]
+        for k, entry in enumerate(defined):
+            pending.append((entry.get("value"), ctes | set(names[: k + 1])))
+        pending.extend((value, ctes | set(names)) for key, value in node.items() if key != "cte_map")
+    return found
 
 
 def run_query(
