@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import threading
+from fractions import Fraction
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 
@@ -355,3 +357,45 @@ def test_a_rate_too_low_for_k_weighting_is_unsupported_input(tmp_path: Path, rat
     assert measure_loudness(lowest, None, lambda _f, _m: None).integrated_lufs == pytest.approx(
         -20.0, abs=0.3
     )
+
+
+def _ts_segment(path: Path, *, seconds: int, soundtracks: int, start_s: int) -> bytes:
+    """An MPEG-TS of `seconds` of video and `soundtracks` MP2 streams of a -20 dBFS 440 Hz sine, its
+    timestamps from `start_s`; its bytes."""
+    with av.open(str(path), mode="w", format="mpegts") as container:
+        video = container.add_stream("libx264", rate=25)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        audio = [container.add_stream("mp2", rate=48000) for _ in range(soundtracks)]
+        for stream in audio:
+            stream.layout = "mono"
+        for i in range(seconds * 25):
+            picture = np.full((48, 64, 3), i % 255, np.uint8)
+            frame = av.VideoFrame.from_ndarray(picture, format="rgb24").reformat(format="yuv420p")
+            frame.pts, frame.time_base = start_s * 25 + i, Fraction(1, 25)
+            container.mux(video.encode(frame))
+            tone = sine(-20.0, 0.04, freq_hz=440.0, channels=1, phase=2 * np.pi * 440.0 * 0.04 * i)
+            for stream in audio:
+                sound = av.AudioFrame.from_ndarray(tone, format="fltp", layout="mono")
+                sound.sample_rate, sound.pts = 48000, (start_s * 25 + i) * 1920
+                container.mux(stream.encode(sound))
+        for stream in [video, *audio]:
+            container.mux(stream.encode(None))
+    return path.read_bytes()
+
+
+def test_an_mpeg_ts_gaining_a_soundtrack_midway_is_measured_whole(tmp_path: Path) -> None:
+    """A broadcast recording whose second soundtrack comes in for a while (its segments joined: 20 s with
+    one, 12 s with two, 20 s with one): FFmpeg adds the stream as it comes, and PyAV's demuxer failed at its
+    end with an IndexError (INTERNAL_ERROR). The first soundtrack is measured to its end."""
+    path = tmp_path / "grown.ts"
+    path.write_bytes(
+        _ts_segment(tmp_path / "a.ts", seconds=20, soundtracks=1, start_s=0)
+        + _ts_segment(tmp_path / "b.ts", seconds=12, soundtracks=2, start_s=20)
+        + _ts_segment(tmp_path / "c.ts", seconds=20, soundtracks=1, start_s=32)
+    )
+    result = measure_loudness(path, None, lambda _f, _m: None)
+    plain = write(tmp_path / "plain.wav", sine(-20.0, 52.0, freq_hz=440.0, channels=1))
+    assert result.integrated_lufs == pytest.approx(
+        measure_loudness(plain, None, lambda _f, _m: None).integrated_lufs, abs=0.1
+    )
+    assert result.short_term[-1].t_s == pytest.approx(52.0, abs=1.0)

@@ -1,6 +1,6 @@
 """Every reader of the video service closes each demuxer it opens, however early it stops.
 
-A PyAV demux generator dropped midway, rather than closed, keeps part of itself for good (`frames.demuxed`
+A PyAV demux generator dropped midway, rather than closed, keeps part of itself for good (`demux.demuxed`
 says how much). A per-call memory test is practical only for the probes (a long decode per call): for the
 scene chunks, their refinement, the scene thumbnails, `video.thumbnails` and `video.quality`, this counts
 the demuxers instead. `av.open` hands the code a container whose `demux` is tracked; a demuxer counts as

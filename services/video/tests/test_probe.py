@@ -227,7 +227,7 @@ def test_missing_file(tmp_path: Path) -> None:
 
 
 def test_probing_leaves_no_memory_behind(clip: Path) -> None:
-    """A probe stops at the first frame: the demuxer it leaves midway must be closed (`frames.demuxed`),
+    """A probe stops at the first frame: the demuxer it leaves midway must be closed (`demux.demuxed`),
     not dropped, or PyAV keeps part of each probe for good."""
     assert resident_bytes_left_per_call(lambda: probe_video(clip), calls=2000) < 50
 

@@ -146,7 +146,7 @@ def test_seeking_back_ends_on_a_coarse_time_base() -> None:
             assert len(seeks) < 50, seeks
 
         def demux(self, _stream: object) -> object:  # every seek lands on a keyframe after the target
-            yield SimpleNamespace(pts=10, dts=10, is_keyframe=True)
+            yield SimpleNamespace(pts=10, dts=10, is_keyframe=True, size=1)
 
     reports: list[tuple[float, str]] = []
     stream = SimpleNamespace(time_base=Fraction(3))

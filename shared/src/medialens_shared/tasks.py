@@ -267,7 +267,7 @@ class JobContext:
         the GIL back and forth (some 260 futex calls a probe); the pipeline's probes ran 18% faster
         inline (bench.platform, same run, interleaved). (The soak growth this was once blamed for, the
         decoder's buffers fragmenting the main thread's malloc arena, was a PyAV leak, since mended: see
-        `medialens_video.frames.demuxed`; with probes inline every process now grows ≤ 0.5% over 20,000.)
+        `medialens_shared.demux.demuxed`; with probes inline every process now grows ≤ 0.5% over 20,000.)
 
         A light job's input larger than `LIGHT_INPUT_BYTES` goes to a thread all the same: a probe reads
         more than a header in some files (a raw MP3 or AAC stream, a file written to a pipe, a chained Ogg

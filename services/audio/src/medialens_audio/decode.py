@@ -50,6 +50,7 @@ import av.filter
 import numpy as np
 import numpy.typing as npt
 
+from medialens_shared.demux import demuxed
 from medialens_shared.errors import MediaDecodeError, UnsupportedInput
 from medialens_shared.matroska import duration_tag
 from medialens_shared.sniff import ffmpeg_reason, inspect_media, unreadable_media
@@ -164,7 +165,7 @@ def _require_whole_index(path: Path, index: int) -> None:
             container.seek(last, stream=stream, backward=True, any_frame=True)
         except av.error.FFmpegError:
             return
-        with contextlib.closing(container.demux(stream)) as packets:
+        with demuxed(container, stream) as packets:
             try:
                 if any(packet.size for packet in packets):
                     return
@@ -555,7 +556,7 @@ def _counted_duration(path: str) -> float | None:
     first: int | None = None
     with _opened(path) as container:
         stream = container.streams.audio[0]
-        with contextlib.closing(container.demux(stream)) as packets:
+        with demuxed(container, stream) as packets:
             try:
                 for packet in packets:
                     if first is None and packet.pts is not None:
@@ -589,7 +590,7 @@ def _decoded_frames(container: Any, stream: Any) -> Generator[Any, None, None]:
     Closing this generator closes the demuxer: PyAV keeps memory of one dropped midway for good.
     """
     decoder = stream.codec_context
-    with contextlib.closing(container.demux(stream)) as packets:
+    with demuxed(container, stream) as packets:
         for packet in packets:
             for frame in decoder.decode(packet):
                 if frame.samples:

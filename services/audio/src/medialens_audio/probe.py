@@ -10,7 +10,6 @@ after the video, or stops before it, lasts less than the file.
 
 from __future__ import annotations
 
-from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ import av.error
 
 from medialens_audio.decode import open_container, stated_duration
 from medialens_shared.contracts import AudioProbeResult
+from medialens_shared.demux import demuxed
 from medialens_shared.errors import MediaDecodeError
 from medialens_shared.sniff import ffmpeg_reason
 
@@ -71,7 +71,7 @@ def _decode_first_frame(container: Any, stream: Any) -> None:
     try:
         # The demuxer is closed here, not dropped midway: a PyAV demux generator dropped before its end
         # leaves 0.2-1.6 KB behind for good (PyAV 18.1; none once closed), and a probe stops at once.
-        with closing(container.demux(stream)) as packets:
+        with demuxed(container, stream) as packets:
             for packet in packets:
                 for _frame in stream.codec_context.decode(packet):
                     return

@@ -15,8 +15,8 @@ shown (`encode_jpeg`) of it is its top field.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Generator, Iterator
-from contextlib import closing, contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
 from itertools import chain, islice
@@ -29,6 +29,7 @@ import numpy as np
 import numpy.typing as npt
 
 from medialens_shared.cpus import usable_cpus
+from medialens_shared.demux import demuxed
 from medialens_shared.errors import MediaDecodeError, UnsupportedInput
 from medialens_shared.matroska import duration_tag
 from medialens_shared.sniff import ffmpeg_reason, inspect_media, unreadable_media
@@ -56,35 +57,6 @@ FIRST_PACKETS = 16
 SEEK_BACK_S = 1.0
 
 Array = npt.NDArray[np.int16]
-
-
-def demuxed(container: Any, stream: Any) -> closing[Any]:
-    """`container.demux(stream)` for a `with` block, which closes it however the block ends.
-
-    Why: a PyAV demux generator dropped midway, instead of closed, leaves 0.2-1.6 KB behind for good
-    (PyAV 18.1, measured over 5,000-20,000 opens of a file; none when it is closed, which runs its
-    clean-up `finally`). Readers here stop early (a probe's first frame, a chunk's end, a thumbnail
-    found, an error), so every one goes through this.
-    """
-    return closing(packets_of(container, stream))
-
-
-def packets_of(container: Any, stream: Any) -> Generator[Any, None, None]:
-    """`container.demux(stream)`, whole where a stream appears while the file is read.
-
-    An MPEG-TS may start a stream late (a recording whose audio begins after its video's first seconds,
-    or a damaged one that seems to): FFmpeg adds it as it comes, and PyAV 18.1's demuxer, at its end,
-    sends its flush packets to streams by FFmpeg's count of them, which it does not hold a stream for, and
-    raises `IndexError`; scenes and quality failed INTERNAL_ERROR there. Every packet, and the flush packet
-    of each stream there was from the start (the new ones come last), have been given out by then.
-    """
-    packets = container.demux(stream)
-    try:
-        yield from packets
-    except IndexError:
-        return
-    finally:
-        packets.close()
 
 
 @contextmanager

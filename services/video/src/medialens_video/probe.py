@@ -32,10 +32,10 @@ from medialens_shared.contracts import (
     ProbeVideoStream,
     VideoProbeResult,
 )
+from medialens_shared.demux import demuxed
 from medialens_shared.errors import MediaDecodeError
 from medialens_shared.sniff import ffmpeg_reason
 from medialens_video.frames import (
-    demuxed,
     display_rotation,
     first_timestamp,
     open_video,

@@ -34,13 +34,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from medialens_shared.demux import demuxed
 from medialens_video.frames import (
     DecodeGuard,
     FrameClock,
     Report,
     SmallFrame,
     dark_share,
-    demuxed,
     expected_frames,
     first_timestamp,
     frame_threads,

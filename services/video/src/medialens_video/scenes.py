@@ -51,12 +51,12 @@ from typing import Any, TypeVar
 
 from medialens_shared.contracts import SCENES_DEFAULT_THRESHOLD
 from medialens_shared.cpus import usable_cpus
+from medialens_shared.demux import demuxed
 from medialens_video.frames import (
     DecodeGuard,
     FrameClock,
     Report,
     SmallFrame,
-    demuxed,
     encode_jpeg,
     first_timestamp,
     frame_ticks,

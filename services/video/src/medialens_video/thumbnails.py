@@ -32,12 +32,12 @@ from typing import Any
 import av.error
 
 from medialens_shared.contracts import THUMBNAILS_DEFAULT_COUNT
+from medialens_shared.demux import demuxed, packets_of
 from medialens_shared.errors import InvalidParams, MediaDecodeError
 from medialens_video.frames import (
     DecodeGuard,
     FrameClock,
     Report,
-    demuxed,
     encode_jpeg,
     expected_frames,
     first_timestamp,
@@ -45,7 +45,6 @@ from medialens_video.frames import (
     frame_ticks,
     open_video,
     packet_span,
-    packets_of,
     pixel_aspect,
     skips_frames,
     stated_end,
@@ -184,7 +183,7 @@ class _Reader:
         self.start = start
         self.position: int | None = None
         self.pending: list[Any] = []
-        #: The demuxer since the last seek, closed at the next one and by `close` (see `frames.demuxed`).
+        #: The demuxer since the last seek, closed at the next one and by `close` (see `demux.demuxed`).
         self.packets: Generator[Any] | None = None
         #: The packet to decode first after a seek: the keyframe `_seek_keyframe` read up to.
         self.head: Any = None

@@ -1,0 +1,45 @@
+"""`packets_of`: PyAV's demuxer ends its packets where it fails to flush a stream added while reading, and
+only there (its own flush packet given). The container is a stand-in: PyAV's failure hangs on what its
+memory holds past an array's end, and the audio tests meet it with a real file."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from medialens_shared.demux import demuxed
+
+
+@dataclass
+class _Packet:
+    size: int
+
+
+class _Container:
+    """Gives `packets`, then raises IndexError as PyAV 18.1 does; notes whether it was closed."""
+
+    def __init__(self, packets: list[_Packet]) -> None:
+        self.packets, self.closed = packets, False
+
+    def demux(self, _stream: object) -> Iterator[_Packet]:
+        try:
+            yield from self.packets
+            raise IndexError("list index out of range")
+        finally:
+            self.closed = True
+
+
+def test_the_error_after_the_streams_flush_packet_ends_the_packets() -> None:
+    container = _Container([_Packet(10), _Packet(12), _Packet(0)])
+    with demuxed(container, None) as packets:
+        assert [p.size for p in packets] == [10, 12, 0]
+    assert container.closed
+
+
+def test_the_error_before_the_streams_flush_packet_is_raised() -> None:
+    container = _Container([_Packet(10), _Packet(12)])
+    with pytest.raises(IndexError), demuxed(container, None) as packets:
+        list(packets)
+    assert container.closed
