@@ -368,7 +368,7 @@ def test_a_single_ogg_opus_is_not_demuxed_to_count_its_packets(
             container.mux(stream.encode(None))
     assert not _chained_ogg(multiplexed)
     counted: list[str] = []
-    monkeypatch.setattr(decode, "_counted_duration", counted.append)
+    monkeypatch.setattr(decode, "_counted_duration", lambda path, _index: counted.append(path))
     assert probe_audio(single).duration_s == pytest.approx(2.0, abs=0.001)
     assert counted == []
 
@@ -482,7 +482,31 @@ def test_a_codec_with_no_decoder_is_unsupported_input(tmp_path: Path) -> None:
     assert data[20:22] == struct.pack("<H", 1)  # WAVE_FORMAT_PCM
     unknown = tmp_path / "unknown.wav"
     unknown.write_bytes(data[:20] + struct.pack("<H", 0x1234) + data[22:])
-    with pytest.raises(UnsupportedInput, match="audio stream is in a codec this service cannot decode"):
+    with pytest.raises(UnsupportedInput, match="audio is in a codec this service cannot decode"):
         probe_audio(unknown)
-    with pytest.raises(UnsupportedInput, match="audio stream is in a codec this service cannot decode"):
+    with pytest.raises(UnsupportedInput, match="audio is in a codec this service cannot decode"):
         measure_loudness(unknown, None, lambda _f, _m: None)
+
+
+def test_a_track_in_a_codec_with_no_decoder_before_a_readable_one_is_passed_over(tmp_path: Path) -> None:
+    """Of a Matroska file's two soundtracks, the first in a codec FFmpeg has no decoder for, the jobs read
+    the second: they took the first and failed UNSUPPORTED_INPUT, though the file holds readable audio."""
+    made, path = tmp_path / "two.mka", tmp_path / "first-unknown.mka"
+    with av.open(str(made), mode="w") as container:
+        tracks = [container.add_stream(codec, rate=48000) for codec in ("aac", "libopus")]
+        for track in tracks:
+            track.layout = "mono"
+        tone = sine(-20.0, 2.0, channels=1)
+        for k in range(0, tone.shape[1], 960):
+            for track in tracks:
+                frame = av.AudioFrame.from_ndarray(tone[:, k : k + 960], format="fltp", layout="mono")
+                frame.sample_rate, frame.pts = 48000, k
+                container.mux(track.encode(frame))
+        for track in tracks:
+            container.mux(track.encode(None))
+    data = made.read_bytes()
+    assert data.count(b"A_AAC") == 1
+    path.write_bytes(data.replace(b"A_AAC", b"A_ZZZ"))
+    result = probe_audio(path)
+    assert (result.codec, result.duration_s) == ("opus", pytest.approx(2.0, abs=0.03))
+    assert measure_loudness(path, None, lambda _f, _m: None).integrated_lufs is not None

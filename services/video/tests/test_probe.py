@@ -338,3 +338,33 @@ def test_a_video_whose_edit_list_hides_every_frame_is_damaged_in_every_job(tmp_p
     for job in (probe_video, detect_scenes):
         with pytest.raises(MediaDecodeError, match="holds no decodable frame"):
             job(path)
+
+
+def test_a_video_track_in_a_codec_with_no_decoder_before_a_readable_one_is_passed_over(
+    tmp_path: Path,
+) -> None:
+    """Of a Matroska file's two video tracks, the first (flagged default) in a codec FFmpeg has no decoder
+    for, the jobs read the second: they took the first and failed UNSUPPORTED_INPUT."""
+    made, path = tmp_path / "two.mkv", tmp_path / "first-unknown.mkv"
+    with av.open(str(made), mode="w") as container:
+        first = container.add_stream("mpeg4", rate=25)
+        second = container.add_stream("libx264", rate=25)
+        for track in (first, second):
+            track.width, track.height, track.pix_fmt = 64, 48, "yuv420p"
+        first.disposition = av.stream.Disposition.default
+        for i in range(50):
+            level = 40 if i < 30 else 200  # a cut at 1.2 s
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), level, np.uint8), format="rgb24")
+            frame = frame.reformat(format="yuv420p")
+            frame.pts, frame.time_base = i, Fraction(1, 25)
+            for track in (first, second):
+                container.mux(track.encode(frame))
+        for track in (first, second):
+            container.mux(track.encode(None))
+    data = made.read_bytes()
+    assert data.count(b"V_MPEG4/ISO/ASP") == 1
+    path.write_bytes(data.replace(b"V_MPEG4/ISO/ASP", b"V_XXXXX/ISO/ASP"))
+    result = probe_video(path)
+    assert (result.video.codec, result.video.frame_count) == ("h264", 50)
+    scenes = detect_scenes(path, min_scene_len_s=0.2)
+    assert [round(scene.start_s, 2) for scene in scenes.scenes] == [0.0, 1.2]

@@ -122,9 +122,11 @@ def open_container(path: Path) -> Iterator[tuple[Any, Any]]:
                 "The file has no audio stream"
                 + (" (it holds only video or pictures)." if container.streams.video else ".")
             )
-        stream = container.streams.audio[0]
-        if stream.codec_context is None:  # FFmpeg knows no decoder for its codec (PyAV then gives none)
-            raise UnsupportedInput("The file's audio stream is in a codec this service cannot decode.")
+        # The first one FFmpeg has a decoder for (PyAV gives the others no codec context): a track in an
+        # unknown codec before a readable one failed every job.
+        stream = next((s for s in container.streams.audio if s.codec_context is not None), None)
+        if stream is None:
+            raise UnsupportedInput("The file's audio is in a codec this service cannot decode.")
         if str(container.format.name).startswith(_INDEXED_FORMAT):
             _require_whole_index(path, stream.index)
         yield container, stream
@@ -444,14 +446,14 @@ def stated_duration(container: Any, stream: Any) -> float | None:
     when it is longer by more than a frame or two (10 s and 3 s chained read 3 s).
     """
     if _length_unstated(container):
-        counted = _counted_duration(container.name)
+        counted = _counted_duration(container.name, stream.index)
         if counted is not None:
             return counted
     declared = _declared_duration(container, stream)
     if declared is None:
-        return _counted_duration(container.name)
+        return _counted_duration(container.name, stream.index)
     if str(container.format.name) == "ogg" and _chained_ogg(Path(container.name)):
-        counted = _counted_duration(container.name)
+        counted = _counted_duration(container.name, stream.index)
         if counted is not None and counted > declared + _CHAINED_SLACK_S:
             return counted
     return declared
@@ -543,8 +545,8 @@ def _mp3_length_header(path: Path) -> bool:
     return b"Xing" in frame or b"Info" in frame or frame[36:40] == b"VBRI"
 
 
-def _counted_duration(path: str) -> float | None:
-    """The duration of the file's first audio stream as the sum of its packets' durations (demuxed, not
+def _counted_duration(path: str, index: int) -> float | None:
+    """The duration of the file's stream at `index` as the sum of its packets' durations (demuxed, not
     decoded: about 2 µs a frame, 0.3 s for an hour of MP3); None when they give none. A packet that cannot
     be read ends the count: the stream's playable part (an analysis then fails there as damaged).
 
@@ -555,7 +557,7 @@ def _counted_duration(path: str) -> float | None:
     total = 0
     first: int | None = None
     with _opened(path) as container:
-        stream = container.streams.audio[0]
+        stream = container.streams[index]
         with demuxed(container, stream) as packets:
             try:
                 for packet in packets:

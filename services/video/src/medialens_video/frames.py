@@ -104,10 +104,12 @@ def _played_video(container: Any) -> Any | None:
     """The video stream a player shows: the first one flagged default, else the first; never a cover
     picture (flagged attached). A Matroska file can hold a still picture as an ordinary track before the
     video (ffmpeg 5.1 wrote `-disposition attached_pic` so), its default flag off: every job analysed
-    that one frame."""
+    that one frame. Of those, the ones FFmpeg has a decoder for come first (PyAV gives the others no codec
+    context): a track in an unknown codec before a readable one failed every job."""
     streams = [s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic]
-    flagged = [s for s in streams if s.disposition & av.stream.Disposition.default]
-    return next(iter(flagged or streams), None)
+    decodable = [s for s in streams if s.codec_context is not None]
+    flagged = [s for s in decodable if s.disposition & av.stream.Disposition.default]
+    return next(iter(flagged or decodable or streams), None)
 
 
 def _require_whole(path: Path, index: int) -> None:
