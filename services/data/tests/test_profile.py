@@ -757,3 +757,13 @@ def test_dates_told_apart_only_past_the_sample_are_read_the_right_way(tmp_path: 
     assert converted.path.read_text(encoding="utf-8").splitlines()[-2:] == ["2024-02-01", "2024-12-25"]
     untold = write_csv(tmp_path / "untold.csv", ["day"], [[day] for day in days])
     assert column(profile_table(untold, params=AUTO), "day").dtype == "VARCHAR"
+
+
+def test_infinite_dates_profile_as_infinity(tmp_path: Path) -> None:
+    """A date column holding `infinity` (open-ended validities, as PostgreSQL exports them) has it as its
+    max and among its top values: it read 9999-12-31, a real date."""
+    path = write_csv(tmp_path / "validity.csv", ["valid_to"], [["infinity"], ["2024-05-06"], ["infinity"]])
+    result = profile_table(path, params=AUTO)
+    valid_to = column(result, "valid_to")
+    assert (valid_to.dtype, valid_to.min, valid_to.max) == ("DATE", "2024-05-06", "infinity")
+    assert [(top.value, top.count) for top in valid_to.top_values] == [("infinity", 2), ("2024-05-06", 1)]

@@ -445,3 +445,33 @@ def test_a_query_spilling_past_the_spill_limit_fails_as_the_querys(table: Path, 
     with pytest.raises(InvalidParams, match="more memory than this service allows"):
         ask(table, sql, memory_limit="64MB", temp_dir=tmp_path / "spill", spill_limit="20MB")
     assert ask(table, sql, memory_limit="64MB", temp_dir=tmp_path / "spill", spill_limit="1GB") is not None
+
+
+def test_infinite_dates_and_timestamps_come_as_infinity(tmp_path: Path) -> None:
+    """`infinity` and `-infinity` dates and timestamps (an open-ended validity in a PostgreSQL export) come
+    as such: they came as 9999-12-31 and 0001-01-01, real dates. Finite ones come as Python writes them, at
+    every precision, with microseconds only when there are any."""
+    path = tmp_path / "input.csv"
+    path.write_text(
+        "id,valid_to,seen_at\n1,infinity,2024-01-02 03:04:05\n2,-infinity,2024-01-02 03:04:05.25\n"
+        "3,2024-05-06,-infinity\n",
+        encoding="utf-8",
+    )
+    answer = ask(
+        path,
+        "SELECT id, valid_to::DATE AS d, t, t::TIMESTAMPTZ AS tz, t::TIMESTAMP_MS AS ms, t::TIMESTAMP_S AS s "
+        "FROM (SELECT *, seen_at::VARCHAR::TIMESTAMP AS t FROM data) ORDER BY id",
+    )
+    assert [c.dtype for c in answer.columns][1:] == [
+        "DATE",
+        "TIMESTAMP",
+        "TIMESTAMP WITH TIME ZONE",
+        "TIMESTAMP_MS",
+        "TIMESTAMP_S",
+    ]
+    whole, quarter = "2024-01-02T03:04:05", "2024-01-02T03:04:05.250000"
+    assert answer.rows == [
+        [1, "infinity", whole, f"{whole}+00:00", whole, whole],
+        [2, "-infinity", quarter, f"{quarter}+00:00", quarter, whole],
+        [3, "2024-05-06", "-infinity", "-infinity", "-infinity", "-infinity"],
+    ]

@@ -421,11 +421,23 @@ def json_value(value: Any) -> Any:
 #: The SQL that writes a value of these types as its exact text, for `as_text`: Python cannot hold them
 #: (its datetimes and times stop at microseconds, dropping the nanoseconds, and its timedelta counts a
 #: month as 30 days). TIMESTAMPTZ_NS is written in UTC, the zone `connect` gives every connection.
+#: Dates and timestamps of the other precisions come as Python's `isoformat` writes them (microseconds only
+#: when there are any), and `infinity` and `-infinity` as such: Python has no infinite date, and DuckDB's
+#: client gave 9999-12-31 and 0001-01-01 for them (an open-ended validity, `valid_to = 'infinity'` in a
+#: PostgreSQL export, read as a real date); dates before year 1 or after 9999 come as DuckDB writes them.
+_ISO = (
+    "strftime({0}, '%Y-%m-%dT%H:%M:%S') || "
+    "CASE WHEN microsecond({0}) % 1000000 <> 0 THEN strftime({0}, '.%f') ELSE '' END"
+)
+_FINITE = "CASE WHEN isfinite({{0}}) THEN {iso} ELSE CAST({{0}} AS VARCHAR) END"
 _AS_TEXT = {
-    "TIMESTAMP_NS": "strftime({}, '%Y-%m-%dT%H:%M:%S.%n')",
-    "TIMESTAMPTZ_NS": "strftime({}, '%Y-%m-%dT%H:%M:%S.%n+00:00')",
-    "TIME_NS": "CAST({} AS VARCHAR)",
-    "INTERVAL": "CAST({} AS VARCHAR)",
+    "TIMESTAMP_NS": "strftime({0}, '%Y-%m-%dT%H:%M:%S.%n')",
+    "TIMESTAMPTZ_NS": "strftime({0}, '%Y-%m-%dT%H:%M:%S.%n+00:00')",
+    "TIME_NS": "CAST({0} AS VARCHAR)",
+    "INTERVAL": "CAST({0} AS VARCHAR)",
+    "DATE": "CAST({0} AS VARCHAR)",
+    **dict.fromkeys(("TIMESTAMP", "TIMESTAMP_S", "TIMESTAMP_MS"), _FINITE.format(iso=_ISO)),
+    "TIMESTAMP WITH TIME ZONE": _FINITE.format(iso=f"{_ISO} || '+00:00'"),
 }
 
 
@@ -434,7 +446,8 @@ def as_text(expr: str, dtype: str) -> str:
 
     Nanosecond timestamps come as ISO text with all nine decimals (`2024-01-01T12:00:00.123456789`, UTC ones
     ending `+00:00` as Python writes the others), nanosecond times with them when they have any, intervals
-    as DuckDB's text (`1 month 2 days`); other types are left as they are, for `json_value`.
+    as DuckDB's text (`1 month 2 days`), dates and other timestamps as Python writes them but `infinity`
+    and `-infinity` as such; other types are left as they are, for `json_value`.
     """
     template = _AS_TEXT.get(dtype)
     return expr if template is None else template.format(expr)
