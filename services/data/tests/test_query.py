@@ -228,6 +228,13 @@ def test_sql_run_from_text_is_refused(table: Path, runner: str) -> None:
             [[1], [2], [3]],
         ),
         ("SELECT count(*) FROM memory.main.DATA", [[300]]),
+        ("SELECT count(*) FROM memory.data", [[300]]),
+        (
+            "WITH RECURSIVE t(n, m) USING KEY (n) AS (SELECT 1, 1 UNION SELECT n, m + 1 FROM recurring.t "
+            "WHERE m < 3) FROM t",
+            [[1, 3]],
+        ),
+        ("SHOW TABLES", [["data"]]),
         ("SELECT column_name FROM (DESCRIBE data)", [["id"], ["region"], ["amount"]]),
         ("SELECT count(*) FROM (SUMMARIZE data)", [[3]]),
     ],
@@ -258,6 +265,23 @@ def test_table_functions_making_rows_from_their_arguments_may_be_called(
         ("SELECT * FROM system.main.duckdb_settings", "not system.main.duckdb_settings"),
         ("SELECT * FROM (WITH pg_settings AS (SELECT 1) FROM pg_settings), pg_settings", "not pg_settings"),
         ("WITH a AS (FROM pg_settings), pg_settings AS (SELECT 1) FROM a", "not pg_settings"),
+        ("WITH pg_settings AS (SELECT * FROM pg_settings) FROM pg_settings", "not pg_settings"),
+        ("WITH RECURSIVE pg_settings AS (SELECT name FROM pg_settings) FROM pg_settings", "not pg_settings"),
+        (
+            "WITH RECURSIVE pg_settings AS (SELECT name FROM pg_settings UNION ALL "
+            "SELECT name FROM pg_settings WHERE false) FROM pg_settings",
+            "not pg_settings",
+        ),
+        (
+            "FROM data WHERE EXISTS (WITH pg_settings AS (FROM pg_settings) FROM pg_settings)",
+            "not pg_settings",
+        ),
+        ('WITH "duc\u212adb_views" AS (SELECT 1) SELECT sql FROM duckdb_views', "not duckdb_views"),
+        (
+            "SELECT pg_get_viewdef(o) FROM range(0, 10) r(o)",
+            r"pg_get_viewdef\(\) shows the service's own setup",
+        ),
+        ("SHOW pg_settings", "not pg_settings"),
     ],
 )
 def test_what_shows_the_services_setup_is_refused(table: Path, sql: str, why: str) -> None:

@@ -1,4 +1,4 @@
-"""Streamed decoding of a file's first audio stream into float32 blocks of shape (channels, samples).
+"""Streamed decoding of a file's first decodable audio stream into float32 blocks (channels, samples).
 
 Every analyser reads its input through `open_audio`: the file is checked (missing, empty, a table), opened
 with PyAV, its first frame decoded, then the stream decoded and converted by FFmpeg into float32 blocks of
@@ -103,7 +103,8 @@ WAV_PROBE_BYTES = 4 * 1024
 
 @contextlib.contextmanager
 def open_container(path: Path) -> Iterator[tuple[Any, Any]]:
-    """The open container and its first audio stream; domain errors for files that are not audio."""
+    """The open container and its first audio stream FFmpeg can decode; domain errors for files that are
+    not audio."""
     path = Path(path)
     kind = inspect_media(path, noun="audio")
     with path.open("rb") as handle:
@@ -218,7 +219,7 @@ def _require_whole_wav(handle: BinaryIO, *, size: int) -> None:
 
 @dataclass
 class AudioInput:
-    """A file's first audio stream, ready to be read once as float32 blocks."""
+    """A file's first decodable audio stream, ready to be read once as float32 blocks."""
 
     #: The rate of the first decoded frame, which every block is at.
     sample_rate: int
@@ -338,7 +339,7 @@ class AudioInput:
 
 @contextlib.contextmanager
 def open_audio(path: Path) -> Iterator[AudioInput]:
-    """Open the first audio stream of the file at `path` for one streamed read.
+    """Open the first decodable audio stream of the file at `path` for one streamed read.
 
     Its first frame is decoded here: the analysis takes its rate and layout from it. Raises
     `InputNotFound`, `UnsupportedInput` (empty, a table, no audio stream) or `MediaDecodeError` (media

@@ -1,4 +1,4 @@
-"""`audio.probe`: codec, sample rate, channels, duration and bit rate of the first audio stream.
+"""`audio.probe`: codec, sample rate, channels, duration and bit rate of the first decodable audio stream.
 
 The values come from the stream's and container's metadata; only the first audio frame is decoded, to
 catch damaged media cheaply. A video file with an audio track is probed like any audio file.
@@ -24,7 +24,7 @@ from medialens_shared.sniff import ffmpeg_reason
 
 
 def probe_audio(path: Path) -> AudioProbeResult:
-    """Describe the first audio stream of the file at `path`.
+    """Describe the first decodable audio stream of the file at `path`.
 
     Raises `UnsupportedInput` when the file has no audio (empty, a table, a silent video, ...),
     `MediaDecodeError` when it is damaged media (cannot be opened, or its first audio frame does not
@@ -47,7 +47,7 @@ def _bit_rate(path: Path, container: Any, stream: Any, duration_s: float | None)
     """The stream's bit rate as FFmpeg states it; the file's size over `duration_s` where FFmpeg has none,
     or where the file holds nothing but this stream and FFmpeg's rate comes from a length other than ours
     (counted: `decode.stated_duration`). A raw MP3 or ADTS AAC starting quietly read its first frames'
-    rate (32,000 b/s for a file of 142,000), a chained Ogg Opus its last chain's."""
+    rate (32,000 b/s for a file of 142,000), a chained Ogg its last chain's."""
     stated_s = container.duration / av.time_base if container.duration else None
     alone = len(container.streams) == 1
     if duration_s and alone and (stated_s is None or abs(stated_s - duration_s) > 0.01 * duration_s + 0.05):

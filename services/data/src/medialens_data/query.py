@@ -86,10 +86,28 @@ _TABLE_FUNCTIONS = frozenset(
 #: The tables a query may read besides its own CTEs: the input, as `data` or `main.data` (the connection's
 #: database is `memory`). DuckDB's own views (`pg_settings`, `duckdb_tables`, `information_schema.*`) show
 #: its settings, the service's paths among them, and its catalog: they are refused as files are.
-_TABLES = frozenset({TABLE, f"main.{TABLE}", f"memory.main.{TABLE}"})
+_TABLES = frozenset({TABLE, f"main.{TABLE}", f"memory.{TABLE}", f"memory.main.{TABLE}"})
+#: Where a CTE's name may be qualified: not at all, or `recurring.` (a `USING KEY` CTE's rows so far).
+_CTE_PLACES = frozenset({("", ""), ("", "recurring")})
+#: What `SHOW` lists that is not a table's columns: the database's tables (the input, `data`, alone) and
+#: databases; `SUMMARIZE` and `DESCRIBE` of a query show no name.
+_SHOWN_LISTS = frozenset({"", "tables", "databases", "__show_tables_expanded"})
 #: Functions that show the service's own setup: its paths, limits and secrets' directory
-#: (`current_setting`), the statement that writes the answer's file (`current_query`).
-_REVEALING_FUNCTIONS = frozenset({"current_setting", "current_query"})
+#: (`current_setting`), the statement that writes the answer's file (`current_query`); and DuckDB's macros
+#: that read its catalog in a query of their own, which the syntax tree does not show (`pg_get_viewdef`
+#: showed the view that reads a Parquet input, with its path), found in DuckDB's list of its macros.
+_REVEALING_FUNCTIONS = frozenset(
+    {"current_setting", "current_query"}
+    | {
+        str(name)
+        for (name,) in duckdb.connect(":memory:")
+        .execute(
+            "SELECT DISTINCT function_name FROM duckdb_functions() WHERE function_type IN ('macro', "
+            "'table_macro') AND regexp_matches(lower(macro_definition), '\\bfrom\\b')"
+        )
+        .fetchall()
+    }
+)
 #: The answer's column types Parquet cannot hold as they are, and what they are written as (see
 #: `_exact_parquet`).
 _PARQUET_CASTS = {"HUGEINT": "DECIMAL(38,0)", "UHUGEINT": "DECIMAL(38,0)", "INTERVAL": "VARCHAR"}
@@ -169,12 +187,34 @@ class _Tree:
     #: Tables and views it reads that are not a CTE of its own (`catalog.schema.name`, as written).
     tables: set[str] = field(default_factory=set)
 
+    def note(self, node: dict[str, Any], ctes: frozenset[str]) -> None:
+        """What `node` itself holds, the CTEs of the names `ctes` in scope there."""
+        kind = node.get("type")
+        if isinstance(kind, str) and kind.endswith(_STATEMENT_NODE):
+            self.statements.add(kind.removesuffix(_STATEMENT_NODE))
+        function = node.get("function_name")
+        if isinstance(function, str):
+            self.functions.add(_folded(function))
+        if kind == "TABLE_FUNCTION":
+            self.table_functions.add(_folded(str(node.get("function", {}).get("function_name", ""))))
+        if kind == "BASE_TABLE":
+            name = _folded(str(node.get("table_name", "")))
+            where = (_folded(str(node.get("catalog_name", ""))), _folded(str(node.get("schema_name", ""))))
+            if name not in ctes or where not in _CTE_PLACES:
+                self.tables.add(".".join(part for part in (*where, name) if part))
+        shown = _folded(str(node.get("table_name", ""))).strip('"')  # SHOW TABLES names `"tables"`
+        if kind == "SHOW_REF" and shown not in _SHOWN_LISTS:
+            self.tables.add(shown)
+
 
 def _inside(sql: str, con: Any = None) -> _Tree:
     """What the query `sql`'s syntax tree holds (`_Tree`).
 
-    A table's name is a CTE's where one of that name is in scope: in the query that defines it, and in the
-    CTEs defined after it there (and in itself: a recursive one); elsewhere it is the catalog's.
+    A table's name is a CTE's where one of that name is in scope, as DuckDB resolves it: in the query that
+    defines it and in the CTEs defined after it there; in its own body only in a recursive CTE's recursive
+    part (elsewhere `WITH pg_settings AS (FROM pg_settings)` reads the catalog's). Names are compared as
+    DuckDB folds them, ASCII letters only (Python's `lower` turns the Kelvin sign into `k`, and a CTE so
+    named hid a catalog view of the ASCII name). `SHOW name` is a table's name too.
     """
     with (
         duckdb.connect(":memory:", config={"enable_external_access": False})
@@ -193,25 +233,26 @@ def _inside(sql: str, con: Any = None) -> _Tree:
             continue
         if not isinstance(node, dict):
             continue
+        found.note(node, ctes)
         kind = node.get("type")
-        if isinstance(kind, str) and kind.endswith(_STATEMENT_NODE):
-            found.statements.add(kind.removesuffix(_STATEMENT_NODE))
-        function = node.get("function_name")
-        if isinstance(function, str):
-            found.functions.add(function.lower())
-        if kind == "TABLE_FUNCTION":
-            found.table_functions.add(str(node.get("function", {}).get("function_name", "")).lower())
-        if kind == "BASE_TABLE":
-            name = str(node.get("table_name", "")).lower()
-            where = (str(node.get("catalog_name", "")).lower(), str(node.get("schema_name", "")).lower())
-            if name not in ctes or where != ("", ""):
-                found.tables.add(".".join(part for part in (*where, name) if part))
         defined = [entry for entry in (node.get("cte_map") or {}).get("map", []) if isinstance(entry, dict)]
-        names = [str(entry.get("key", "")).lower() for entry in defined]
+        names = [_folded(str(entry.get("key", ""))) for entry in defined]
         for k, entry in enumerate(defined):
-            pending.append((entry.get("value"), ctes | set(names[: k + 1])))
-        pending.extend((value, ctes | set(names)) for key, value in node.items() if key != "cte_map")
+            pending.append((entry.get("value"), ctes | set(names[:k])))
+        ctes = ctes | set(names)
+        for key, value in node.items():
+            if key == "cte_map":
+                continue
+            if kind == "RECURSIVE_CTE_NODE" and key == "right":  # the recursive part reads the CTE itself
+                pending.append((value, ctes | {_folded(str(node.get("cte_name", "")))}))
+            else:
+                pending.append((value, ctes))
     return found
+
+
+def _folded(name: str) -> str:
+    """`name` as DuckDB compares names: its ASCII letters in lower case, every other character as it is."""
+    return name.encode().lower().decode()
 
 
 def run_query(

@@ -54,7 +54,8 @@ FIELD_ORDERS = {1: "progressive", 2: "tt", 3: "bb", 4: "tb", 5: "bt"}
 
 
 def probe_video(path: Path) -> VideoProbeResult:
-    """Describe the container, the first video stream and every audio stream of the file at `path`.
+    """Describe the container, the video stream the jobs read (`frames.open_video`) and every decodable
+    audio stream of the file at `path`.
 
     Raises `UnsupportedInput` when the file is not a video (empty, a table, audio only, ...),
     `MediaDecodeError` when it is a damaged video (cannot be opened, or its first frame does not decode)
