@@ -18,7 +18,7 @@ The sandbox, in the order it is built:
    `json_execute_serialized_sql`, and `destroy_external_resource`, which calls any function named in a
    string). Its tables must be `data` or its own CTEs: DuckDB's views (`pg_settings`) show the settings,
    the service's paths among them. Functions that show the service's own setup (`current_setting`: its
-   paths and limits) are refused too.
+   paths and limits) are refused too, and so are DuckDB's macros that read its catalog (`pg_get_viewdef`).
 2. The engine's connection (`engine.connect`) may touch only the input and the answer's file: external
    access is off, so a table function reading any other file (`read_csv('/etc/passwd')`, `glob`,
    `read_text`), the network or an extension fails; configuration is locked after the input is loaded,
@@ -92,22 +92,22 @@ _CTE_PLACES = frozenset({("", ""), ("", "recurring")})
 #: What `SHOW` lists that is not a table's columns: the database's tables (the input, `data`, alone) and
 #: databases; `SUMMARIZE` and `DESCRIBE` of a query show no name.
 _SHOWN_LISTS = frozenset({"", "tables", "databases", "__show_tables_expanded"})
+
+
 #: Functions that show the service's own setup: its paths, limits and secrets' directory
 #: (`current_setting`), the statement that writes the answer's file (`current_query`); and DuckDB's macros
 #: that read its catalog in a query of their own, which the syntax tree does not show (`pg_get_viewdef`
 #: showed the view that reads a Parquet input, with its path), found in DuckDB's list of its macros.
-_REVEALING_FUNCTIONS = frozenset(
-    {"current_setting", "current_query"}
-    | {
-        str(name)
-        for (name,) in duckdb.connect(":memory:")
-        .execute(
+def _catalog_macros() -> frozenset[str]:
+    with duckdb.connect(":memory:") as con:
+        rows = con.execute(
             "SELECT DISTINCT function_name FROM duckdb_functions() WHERE function_type IN ('macro', "
             "'table_macro') AND regexp_matches(lower(macro_definition), '\\bfrom\\b')"
-        )
-        .fetchall()
-    }
-)
+        ).fetchall()
+    return frozenset(str(name) for (name,) in rows)
+
+
+_REVEALING_FUNCTIONS = frozenset({"current_setting", "current_query"}) | _catalog_macros()
 #: The answer's column types Parquet cannot hold as they are, and what they are written as (see
 #: `_exact_parquet`).
 _PARQUET_CASTS = {"HUGEINT": "DECIMAL(38,0)", "UHUGEINT": "DECIMAL(38,0)", "INTERVAL": "VARCHAR"}
@@ -202,9 +202,10 @@ class _Tree:
             where = (_folded(str(node.get("catalog_name", ""))), _folded(str(node.get("schema_name", ""))))
             if name not in ctes or where not in _CTE_PLACES:
                 self.tables.add(".".join(part for part in (*where, name) if part))
-        shown = _folded(str(node.get("table_name", ""))).strip('"')  # SHOW TABLES names `"tables"`
-        if kind == "SHOW_REF" and shown not in _SHOWN_LISTS:
-            self.tables.add(shown)
+        if kind == "SHOW_REF":
+            shown = _folded(str(node.get("table_name", ""))).strip('"')  # SHOW TABLES names `"tables"`
+            if shown not in _SHOWN_LISTS:
+                self.tables.add(shown)
 
 
 def _inside(sql: str, con: Any = None) -> _Tree:
@@ -319,7 +320,7 @@ def _too_large(size: int, *, limit: int) -> InvalidParams:
 
 def _shown(watch: Watchdog, target: str) -> str:
     """The select list that reads the answer's file (`target`, quoted) exactly into Python: its columns,
-    by position (names may repeat), those of nanosecond or interval types as their text (`as_text`)."""
+    by position (names may repeat), those of temporal or interval types as their text (`as_text`)."""
     dtypes = [str(row[1]) for row in watch.fetch(f"DESCRIBE SELECT * FROM read_parquet({target})")]  # noqa: S608
     if all(as_text("x", dtype) == "x" for dtype in dtypes):
         return "*"
