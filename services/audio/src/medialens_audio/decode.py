@@ -442,8 +442,8 @@ def stated_duration(container: Any, stream: Any) -> float | None:
     Ogg Opus states its length as the granule position of its last page, which counts the pre-skip (the
     encoder's priming, which the decoder drops: RFC 7845 section 4.5): FFmpeg takes it whole, so every Ogg
     Opus file lasted 6.5 ms (libopus's 312 samples) longer than the samples it plays. It is taken off. A
-    chained Ogg file (streams one after another: `cat a.opus b.opus`, an internet radio's recording; Opus
-    or Vorbis) states only its last chain's length: its packets are counted too, and their sum stands
+    chained Ogg file (streams one after another: `cat a.opus b.opus`, an internet radio's recording; Opus,
+    Vorbis, FLAC) states only its last chain's length: its packets are counted too, and their sum stands
     when it is longer by more than a frame or two (10 s and 3 s chained read 3 s).
     """
     if _length_unstated(container):
