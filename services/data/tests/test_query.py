@@ -183,6 +183,18 @@ def test_statements_other_than_one_query_are_refused(table: Path, sql: str, why:
     assert not (table.parent / "out" / "answer.parquet").exists()
 
 
+def test_a_rewritten_answer_runs_the_query_checked_whatever_its_characters(table: Path) -> None:
+    """A sum of integers makes the query run again inside a cast (`_exact_parquet`), its trailing `;` and
+    comments cut off by the tokenizer's positions, which count bytes: counted as characters, non-ASCII
+    text before the end cut the query short or broke it, or failed it with an IndexError (INTERNAL_ERROR).
+    The second answer is written over the first's file, which DuckDB did through a path the fence refused."""
+    pad = "/*" + "é" * 40 + "*/ "
+    sql = pad + "SELECT sum(id) AS s FROM data --" + ";" * 45 + "\n"
+    sql += "".join(f"{token} /*{';' * 45}*/\n" for token in ("WHERE", "id", "<", "3"))
+    assert ask(table, sql).rows == [[3]]
+    assert ask(table, "SELECT 'ééé' AS t, sum(id) AS s FROM data;").rows == [["ééé", 44850]]
+
+
 @pytest.mark.parametrize("runner", ["json_execute_serialized_sql", "query", "destroy_external_resource"])
 def test_sql_run_from_text_is_refused(table: Path, runner: str) -> None:
     """Table functions that run SQL held as a string, which the syntax tree cannot check: a COPY in a CTE

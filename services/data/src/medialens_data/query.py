@@ -280,6 +280,8 @@ def run_query(
     limits = Limits(memory_limit=memory_limit, threads=threads, temp_dir=temp_dir, spill_limit=spill_limit)
     source = inspect(path, fmt=params.format, scratch=temp_dir)
     out_path.parent.mkdir(parents=True, exist_ok=True)
+    # DuckDB writes over a file through `tmp_<name>` beside it, a path the fence refuses (and names).
+    out_path.unlink(missing_ok=True)
     con = connect(paths=[*source.paths, out_path], limits=limits)
     try:
         sql = check_sql(params.sql, con)  # before any of the input is read
@@ -363,13 +365,18 @@ def _exact_parquet(con: Any, sql: str, columns: list[QueryColumn]) -> Any:
 
 def _body(sql: str) -> str:
     """The one statement of `sql` without what may follow it: its `;` and trailing comments (which would
-    end the subquery `_exact_parquet` puts it in), found by DuckDB's tokenizer, not by the text."""
-    end = len(sql)
+    end the subquery `_exact_parquet` puts it in), found by DuckDB's tokenizer, not by the text.
+
+    The tokenizer's positions count the UTF-8 bytes, not the characters: counted as characters, a query
+    with non-ASCII text before a comment holding `;` was cut short (what ran was not what was checked),
+    and one ending `'é';` failed with an IndexError."""
+    text = sql.encode()
+    end = len(text)
     for position, kind in reversed(duckdb.tokenize(sql)):
-        if kind != duckdb.token_type.comment and sql[position] != ";":
+        if kind != duckdb.token_type.comment and text[position : position + 1] != b";":
             break
         end = position
-    return sql[:end]
+    return text[:end].decode()
 
 
 def _answer(
