@@ -6,6 +6,7 @@ import shutil
 import subprocess
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -245,6 +246,20 @@ def test_the_frame_count_of_a_late_video_muxed_by_mkvmerge(tmp_path: Path) -> No
     assert probe_video(late).video.frame_count == 100
 
 
+def _mux_cut_at_1_2(container: Any, *tracks: Any) -> None:
+    """Two seconds at 25 fps of flat 64x48 frames, dark until a cut at 1.2 s (frame 30), then light,
+    encoded into each of `tracks` (64x48, yuv420p) of `container` and flushed."""
+    for i in range(50):
+        level = 40 if i < 30 else 200
+        frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), level, np.uint8), format="rgb24")
+        frame = frame.reformat(format="yuv420p")
+        frame.pts, frame.time_base = i, Fraction(1, 25)
+        for track in tracks:
+            container.mux(track.encode(frame))
+    for track in tracks:
+        container.mux(track.encode(None))
+
+
 def test_the_video_analysed_is_the_track_flagged_default_not_a_still_before_it(tmp_path: Path) -> None:
     """A Matroska file with a one-frame picture track first (not flagged default, nor attached: as ffmpeg
     5.1 wrote a cover) and the 2 s video second, flagged default: the jobs read the video, as players show
@@ -262,13 +277,7 @@ def test_the_video_analysed_is_the_track_flagged_default_not_a_still_before_it(t
         picture.pts, picture.time_base = 0, Fraction(1, 1)
         container.mux(still.encode(picture))
         container.mux(still.encode(None))
-        for i in range(50):
-            level = 40 if i < 30 else 200  # a cut at 1.2 s
-            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), level, np.uint8), format="rgb24")
-            frame = frame.reformat(format="yuv420p")
-            frame.pts, frame.time_base = i, Fraction(1, 25)
-            container.mux(video.encode(frame))
-        container.mux(video.encode(None))
+        _mux_cut_at_1_2(container, video)
     result = probe_video(path)
     assert (result.video.codec, result.video.frame_count) == ("h264", 50)
     scenes = detect_scenes(path, min_scene_len_s=0.2)
@@ -284,13 +293,7 @@ def test_a_tag_that_is_not_utf8_is_read_with_the_rest_of_the_file(tmp_path: Path
         container.metadata["title"] = "QQQQQQ"
         video = container.add_stream("libx264", rate=25)
         video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
-        for i in range(50):
-            level = 40 if i < 30 else 200  # a cut at 1.2 s
-            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), level, np.uint8), format="rgb24")
-            frame = frame.reformat(format="yuv420p")
-            frame.pts, frame.time_base = i, Fraction(1, 25)
-            container.mux(video.encode(frame))
-        container.mux(video.encode(None))
+        _mux_cut_at_1_2(container, video)
     data = path.read_bytes()
     assert data.count(b"QQQQQQ") == 1
     path.write_bytes(data.replace(b"QQQQQQ", "Café!!".encode("latin-1")))
@@ -352,15 +355,7 @@ def test_a_video_track_in_a_codec_with_no_decoder_before_a_readable_one_is_passe
         for track in (first, second):
             track.width, track.height, track.pix_fmt = 64, 48, "yuv420p"
         first.disposition = av.stream.Disposition.default
-        for i in range(50):
-            level = 40 if i < 30 else 200  # a cut at 1.2 s
-            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), level, np.uint8), format="rgb24")
-            frame = frame.reformat(format="yuv420p")
-            frame.pts, frame.time_base = i, Fraction(1, 25)
-            for track in (first, second):
-                container.mux(track.encode(frame))
-        for track in (first, second):
-            container.mux(track.encode(None))
+        _mux_cut_at_1_2(container, first, second)
     data = made.read_bytes()
     assert data.count(b"V_MPEG4/ISO/ASP") == 1
     path.write_bytes(data.replace(b"V_MPEG4/ISO/ASP", b"V_XXXXX/ISO/ASP"))
