@@ -10,12 +10,13 @@ import pytest
 
 from medialens_audio.decode import open_audio
 from medialens_audio.loudness import measure_loudness
+from medialens_audio.probe import probe_audio
 from medialens_audio.silence import detect_silence
 from medialens_audio.waveform import compute_waveform
 from medialens_shared.contracts import AudioSilenceParams, AudioWaveformParams
 from medialens_shared.errors import JobCancelled, MediaDecodeError
 
-from .signals import amplitude, sine, write, write_late_audio
+from .signals import amplitude, sequence, sine, write, write_late_audio
 
 
 def no_report(fraction: float, message: str) -> None:
@@ -239,3 +240,35 @@ def test_mp4_audio_ends_where_its_edit_list_says(
     waveform = compute_waveform(path, AudioWaveformParams(points_per_second=100), no_report)
     assert waveform.duration_s == seconds
     assert len(waveform.peaks) == round(seconds * 100)
+
+
+@pytest.mark.parametrize("start_s", [12.0, 70.0])
+def test_an_mpeg_ts_soundtrack_whose_packets_come_late_is_read_by_every_job(
+    tmp_path: Path, start_s: float
+) -> None:
+    """An MPEG-TS lists its tracks before any of their packets. Here every audio packet follows the
+    video's (`start_s` + 5 s of it), so FFmpeg's look at the file's first 5 s met none and gave the track
+    0 channels at 0 Hz: loudness, silence and waveform failed MEDIA_DECODE_ERROR ("stops decoding after
+    0.0 s"). A longer look (`LATE_STREAM_PROBE`) finds it within 60 s; past that, PyAV's decoder, which
+    takes the format from the packets, reads it. Every job measures the sound where it lies."""
+    signal = sequence((-20.0, 2.0), (-120.0, 1.0), (-20.0, 2.0))
+    path = write_late_audio(tmp_path / "late.ts", signal, start_s=start_s, video_s=start_s + 5.0, codec="mp2")
+    probed = probe_audio(path)
+    assert (probed.sample_rate, probed.channels) == (48000, 2)
+    if start_s < 60:  # past the longer look, FFmpeg states the file's duration for the track
+        assert probed.duration_s == pytest.approx(5.0, abs=0.05)
+    loudness = measure_loudness(path, None, no_report)
+    plain = measure_loudness(write(tmp_path / "plain.wav", signal), None, no_report)
+    assert loudness.integrated_lufs == pytest.approx(plain.integrated_lufs, abs=0.2)
+    assert loudness.short_term[0].t_s == pytest.approx(start_s + 3.0, abs=0.05)
+    silence = detect_silence(path, AudioSilenceParams(), no_report)
+    assert [(gap.start_s, gap.end_s) for gap in silence.segments] == [
+        (pytest.approx(start_s + 2.0, abs=0.05), pytest.approx(start_s + 3.0, abs=0.05))
+    ]
+    waveform = compute_waveform(path, AudioWaveformParams(points_per_second=10), no_report)
+    quiet = waveform.peaks[round((start_s + 2.2) * 10) : round((start_s + 2.8) * 10)]
+    loud = waveform.peaks[round((start_s + 0.2) * 10) : round((start_s + 1.8) * 10)]
+    assert len(quiet) == 6
+    assert max(high for _low, high in quiet) < 0.01
+    assert len(loud) == 16
+    assert min(high for _low, high in loud) == pytest.approx(amplitude(-20.0), abs=0.01)

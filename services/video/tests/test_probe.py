@@ -363,3 +363,29 @@ def test_a_video_track_in_a_codec_with_no_decoder_before_a_readable_one_is_passe
     assert (result.video.codec, result.video.frame_count) == ("h264", 50)
     scenes = detect_scenes(path, min_scene_len_s=0.2)
     assert [round(scene.start_s, 2) for scene in scenes.scenes] == [0.0, 1.2]
+
+
+def test_an_mpeg_ts_soundtrack_whose_packets_come_late_is_listed_with_its_format(tmp_path: Path) -> None:
+    """An MPEG-TS lists its tracks before their packets; with every audio packet after 12 s of video,
+    FFmpeg's look at the file's first 5 s met none, and the track was listed at 0 Hz, 0 channels, lasting
+    the whole file. A longer look (`LATE_STREAM_PROBE`) finds its format and its own 2 s."""
+    path = tmp_path / "late.ts"
+    with av.open(str(path), "w", format="mpegts") as container:
+        video = container.add_stream("libx264", rate=25)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        audio = container.add_stream("mp2", rate=48000)
+        audio.layout = "mono"
+        for index in range(14 * 25):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), index % 250, np.uint8), format="rgb24")
+            frame.pts, frame.time_base = index, Fraction(1, 25)
+            container.mux(video.encode(frame))
+        container.mux(video.encode(None))
+        for start in range(0, 2 * 48000, 1152):
+            samples = av.AudioFrame.from_ndarray(np.zeros((1, 1152), np.int16), format="s16", layout="mono")
+            samples.sample_rate, samples.time_base = 48000, Fraction(1, 48000)
+            samples.pts = 12 * 48000 + start
+            container.mux(audio.encode(samples))
+        container.mux(audio.encode(None))
+    (track,) = probe_video(path).audio
+    assert (track.sample_rate, track.channels) == (48000, 1)
+    assert track.duration_s == pytest.approx(2.0, abs=0.05)

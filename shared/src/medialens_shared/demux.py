@@ -1,14 +1,52 @@
-"""A container's packets, read with PyAV by the video and audio services.
+"""A container opened and its packets read, with PyAV, by the video and audio services.
 
 The container and stream are PyAV's, taken as they come (`Any`): this package does not depend on PyAV
-(the gateway does not decode), and nothing here calls it but `container.demux`.
+(the gateway does not decode), and nothing here calls it but `container.demux` and the opener each
+service hands `probed`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from contextlib import closing
 from typing import Any
+
+#: FFmpeg's options for a second, longer look at a file in which its first one (its defaults: 5 s of media
+#: and 5 MB) met no packet of a stream, so found no format for it: up to 60 s and 64 MiB (the packets it
+#: reads are kept for the demuxer, so this is also the most memory the look takes; 64 MiB is 34 s of
+#: broadcast 1080i at 15 Mb/s). An MPEG-TS lists its tracks before any of their packets, and a recording
+#: that starts before its soundtrack does (a broadcast captured from mid-advert, a camera's audio
+#: switched on late) had an audio track of 0 channels at 0 Hz: every audio job failed, `video.probe`
+#: reported it so.
+LATE_STREAM_PROBE: dict[str, str] = {"analyzeduration": str(60 * 1_000_000), "probesize": str(64 << 20)}
+
+
+def probed(open_with: Callable[[dict[str, str]], Any], options: dict[str, str] | None = None) -> Any:
+    """The container `open_with(options)` opens, opened again with `LATE_STREAM_PROBE` added when FFmpeg
+    found no format for one of its audio or video streams (`unprobed`); `container.options` says which.
+
+    Only such a file pays for the second look; one whose track never has a packet (a broadcast's table
+    can list one) pays it on every open, and keeps its unprobed track.
+    """
+    options = dict(options or {})
+    container = open_with(options)
+    if not any(unprobed(stream) for stream in container.streams):
+        return container
+    container.close()
+    return open_with(options | LATE_STREAM_PROBE)
+
+
+def unprobed(stream: Any) -> bool:
+    """Whether `stream` is audio or video that FFmpeg can decode but found no format for (no rate, no
+    channels, no picture size): it met no packet of it while it probed the file."""
+    context = stream.codec_context
+    if context is None:  # no decoder: nothing a second look would give
+        return False
+    if stream.type == "audio":
+        return not context.sample_rate or not context.channels
+    if stream.type == "video":
+        return not context.width or not context.height
+    return False
 
 
 def demuxed(container: Any, stream: Any) -> closing[Generator[Any, None, None]]:

@@ -50,7 +50,7 @@ import av.filter
 import numpy as np
 import numpy.typing as npt
 
-from medialens_shared.demux import demuxed
+from medialens_shared.demux import demuxed, probed
 from medialens_shared.errors import MediaDecodeError, UnsupportedInput
 from medialens_shared.matroska import duration_tag
 from medialens_shared.sniff import ffmpeg_reason, inspect_media, unreadable_media
@@ -134,11 +134,14 @@ def open_container(path: Path) -> Iterator[tuple[Any, Any]]:
 
 
 def _opened(path: Path | str, options: dict[str, str] | None = None) -> Any:
-    """The file at `path` opened for reading (typed `Any`: PyAV's demux iterator is a generator, typed as
-    an Iterator). Its tags are read as UTF-8 with what is not UTF-8 replaced (`\ufffd`): a tag in Latin-1
-    or CP1252 (Windows tools write WAV tags so) failed every job on the file with a UnicodeDecodeError,
-    PyAV's default being strict."""
-    return av.open(str(path), mode="r", options=options or {}, metadata_errors="replace")
+    """The file at `path` opened for reading with FFmpeg's `options`, looked at longer where a track starts
+    late (`probed`; typed `Any`: PyAV's demux iterator is a generator, typed as an Iterator). Its tags are
+    read as UTF-8 with what is not UTF-8 replaced (`\ufffd`): a tag in Latin-1 or CP1252 (Windows tools
+    write WAV tags so) failed every job on the file with a UnicodeDecodeError, PyAV's default being
+    strict."""
+    return probed(
+        lambda chosen: av.open(str(path), mode="r", options=chosen, metadata_errors="replace"), options
+    )
 
 
 #: FFmpeg's name of the MP4 family's demuxer ("mov,mp4,m4a,3gp,3g2,mj2"), whose index lists every packet.
@@ -235,6 +238,8 @@ class AudioInput:
     start_s: float
     _path: Path
     _stream_index: int
+    #: FFmpeg's options the file was opened with (`container.options`), for `amovie` to open it alike.
+    _format_options: dict[str, str]
     #: The stream's frames decoded by PyAV, from the first on: read when `amovie` cannot go on.
     _frames: Iterator[Any]
     #: The most samples the stream plays (`played_samples`): the decoder's output past them is padding.
@@ -283,11 +288,14 @@ class AudioInput:
         container declares, which it cannot take; from then on from `_converted` (PyAV's frames), which
         starts over and skips the samples already handed out. Both give the same samples (compared whole
         on MP2, MP3, AAC, AC-3, DTS, Opus, WMA and 16-channel PCM), so the stream reads on without a seam;
-        only a file whose format changes pays for decoding its first part twice."""
+        only a file whose format changes pays for decoding its first part twice. A stream `amovie` finds
+        no format for (`_SourceRefused`) is read by `_converted` from its start."""
         decoded = 0
         try:
             try:
-                for block in _filtered(self._path, self._stream_index, target, self.channels):
+                for block in _filtered(
+                    self._path, self._stream_index, target, self.channels, self._format_options
+                ):
                     yield self._checked(block, decoded)
                     decoded += block.shape[1]
             except av.error.PatchWelcomeError as exc:
@@ -296,6 +304,8 @@ class AudioInput:
                     decoded / self.sample_rate,
                     ffmpeg_reason(exc),
                 )
+            except _SourceRefused as exc:
+                logger.info("amovie found no format for the audio stream (%s); decoded by PyAV", exc)
             else:
                 return
             skip = decoded
@@ -367,6 +377,7 @@ def open_audio(path: Path) -> Iterator[AudioInput]:
             start_s=timeline_start(container, stream, first),
             _path=Path(path),
             _stream_index=int(stream.index),
+            _format_options=dict(container.options),
             _frames=frames if first is None else itertools.chain((first,), frames),
             _played=played_samples(container, stream, sample_rate),
         )
@@ -650,9 +661,13 @@ def _read_ahead(source: Generator[Block, None, None], *, depth: int) -> Generato
         thread.join()
 
 
-def _filtered(path: Path, stream_index: int, size: int, channels: int) -> Generator[Block, None, None]:
+def _filtered(
+    path: Path, stream_index: int, size: int, channels: int, options: dict[str, str]
+) -> Generator[Block, None, None]:
     """The stream as blocks of `size` samples, float32 (planar up to PLANAR_CHANNELS_MAX channels), the
-    last one shorter, decoded and converted by FFmpeg alone.
+    last one shorter, decoded and converted by FFmpeg alone, which opens the file with `options` as
+    `_opened` did (the longer look at a track that starts late: without it, `amovie` found the track
+    without a format and failed).
 
     FFmpeg's `amovie` source demuxes and decodes, `aformat` converts any sample format to float32 in
     [-1, 1], and the sink gathers the codec's small frames into blocks: a whole block per call, in C,
@@ -663,17 +678,25 @@ def _filtered(path: Path, stream_index: int, size: int, channels: int) -> Genera
     output is fixed to the format the container declares, though: a frame in any other sample format,
     rate or layout fails with `PatchWelcomeError` ("not yet implemented in ffmpeg") and ends this.
     """
-    graph, _, _ = _block_graph(
-        lambda graph: graph.add("amovie", filename=str(path), streams=str(stream_index)),
-        channels=channels,
-        size=size,
-    )
+    source = {"filename": str(path), "streams": str(stream_index)}
+    if options:
+        source["format_opts"] = ":".join(f"{name}={value}" for name, value in options.items())
+    try:
+        graph, _, _ = _block_graph(lambda graph: graph.add("amovie", **source), channels=channels, size=size)
+    except av.error.ArgumentError as exc:
+        raise _SourceRefused(ffmpeg_reason(exc)) from exc
     while True:
         try:
             frame = graph.pull()
         except av.error.EOFError:
             return
         yield block_of(frame, channels)
+
+
+class _SourceRefused(Exception):
+    """`amovie` found no format for the stream, which it declares as its output (a track whose first
+    packet lies past even `LATE_STREAM_PROBE`'s look): PyAV's decoder, which takes the format from the
+    packets, reads it instead (`AudioInput._decoded`)."""
 
 
 def _block_graph(

@@ -29,7 +29,7 @@ import numpy as np
 import numpy.typing as npt
 
 from medialens_shared.cpus import usable_cpus
-from medialens_shared.demux import demuxed
+from medialens_shared.demux import demuxed, probed
 from medialens_shared.errors import MediaDecodeError, UnsupportedInput
 from medialens_shared.matroska import duration_tag
 from medialens_shared.sniff import ffmpeg_reason, inspect_media, unreadable_media
@@ -94,10 +94,11 @@ def open_video(path: Path, *, whole: bool = False) -> Iterator[tuple[Any, Any]]:
 
 
 def opened(path: Path | str) -> Any:
-    """The file at `path` opened for reading. Its tags are read as UTF-8 with what is not UTF-8 replaced
-    (`\ufffd`): a tag in Latin-1 or CP1252 (Windows tools write WAV and AVI tags so) failed every job on
-    the file with a UnicodeDecodeError, PyAV's default being strict."""
-    return av.open(str(path), mode="r", metadata_errors="replace")
+    """The file at `path` opened for reading, looked at longer where a track starts late (`probed`). Its
+    tags are read as UTF-8 with what is not UTF-8 replaced (`\ufffd`): a tag in Latin-1 or CP1252 (Windows
+    tools write WAV and AVI tags so) failed every job on the file with a UnicodeDecodeError, PyAV's
+    default being strict."""
+    return probed(lambda options: av.open(str(path), mode="r", options=options, metadata_errors="replace"))
 
 
 def _played_video(container: Any) -> Any | None:
