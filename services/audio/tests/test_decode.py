@@ -272,3 +272,48 @@ def test_an_mpeg_ts_soundtrack_whose_packets_come_late_is_read_by_every_job(
     assert max(high for _low, high in quiet) < 0.01
     assert len(loud) == 16
     assert min(high for _low, high in loud) == pytest.approx(amplitude(-20.0), abs=0.01)
+
+
+def test_a_chained_ogg_whose_chains_change_codec_rate_and_channels_is_read_whole(tmp_path: Path) -> None:
+    """Two Ogg files joined byte by byte (an internet radio's recording): 2 s of stereo Opus at 48 kHz,
+    then 1 s of silence and 2 s of a tone in mono FLAC at 44.1 kHz. FFmpeg's demuxer stops at a chain
+    that changes codec or channels, and every job measured the first 2 s and said nothing of the rest;
+    read chain by chain, each job covers the 5 s: the silence where it lies, the mono part remixed onto
+    both channels at -3 dB each (loudness kept), as a WAV of the same sound measures."""
+    stereo = sine(-20.0, 2.0)
+    mono = sequence((-120.0, 1.0), (-10.0, 2.0), rate=44100, channels=1)
+    first = write(tmp_path / "a.ogg", stereo, codec="libopus")
+    second = write(tmp_path / "b.ogg", mono, rate=44100, codec="flac")
+    chained = tmp_path / "chained.ogg"
+    chained.write_bytes(first.read_bytes() + second.read_bytes())
+    as_played = np.concatenate(
+        [stereo, np.tile(sequence((-120.0, 1.0), (-13.0103, 2.0), channels=1), (2, 1))], axis=1
+    )
+    plain = write(tmp_path / "plain.wav", as_played)
+
+    assert probe_audio(chained).duration_s == pytest.approx(5.0, abs=0.03)
+    loudness = measure_loudness(chained, None, no_report)
+    assert loudness.integrated_lufs == pytest.approx(
+        measure_loudness(plain, None, no_report).integrated_lufs, abs=0.2
+    )
+    assert loudness.short_term[-1].t_s == pytest.approx(5.0, abs=0.03)
+    silence = detect_silence(chained, AudioSilenceParams(), no_report)
+    assert [(gap.start_s, gap.end_s) for gap in silence.segments] == [
+        (pytest.approx(2.0, abs=0.03), pytest.approx(3.0, abs=0.03))
+    ]
+    waveform = compute_waveform(chained, AudioWaveformParams(points_per_second=10), no_report)
+    assert waveform.duration_s == pytest.approx(5.0, abs=0.03)
+    assert max(high for _low, high in waveform.peaks[32:48]) == pytest.approx(amplitude(-13.0103), abs=0.01)
+
+
+def test_a_chained_ogg_cut_short_in_its_last_chains_first_pages_is_read_to_there(tmp_path: Path) -> None:
+    """A radio recording stopped as a programme began: the last chain is only a few bytes of its first
+    page, which cannot be opened on its own. The chains before it are read, as FFmpeg reads the whole
+    file to there, instead of failing every job."""
+    first = write(tmp_path / "a.ogg", sine(-20.0, 2.0), codec="libopus")
+    second = write(tmp_path / "b.ogg", sine(-20.0, 1.0, channels=1, rate=44100), rate=44100, codec="flac")
+    chained = tmp_path / "cut.ogg"
+    chained.write_bytes(first.read_bytes() + first.read_bytes() + second.read_bytes()[:40])
+    assert probe_audio(chained).duration_s == pytest.approx(4.0, abs=0.03)
+    waveform = compute_waveform(chained, AudioWaveformParams(points_per_second=10), no_report)
+    assert waveform.duration_s == pytest.approx(4.0, abs=0.03)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from medialens_audio import decode
-from medialens_audio.decode import WAV_PROBE_BYTES, _chained_ogg, _mp3_length_header
+from medialens_audio.decode import WAV_PROBE_BYTES, _mp3_length_header, _ogg_chain_starts
 from medialens_audio.loudness import measure_loudness
 from medialens_audio.probe import probe_audio
 from medialens_audio.waveform import compute_waveform
@@ -350,8 +350,8 @@ def test_a_single_ogg_opus_is_not_demuxed_to_count_its_packets(
     single = write(tmp_path / "a.ogg", sine(-20.0, 2.0), codec="libopus")
     chained = tmp_path / "chained.ogg"
     chained.write_bytes(single.read_bytes() * 2)
-    assert not _chained_ogg(single)
-    assert _chained_ogg(chained)
+    assert len(_ogg_chain_starts(single)) == 1
+    assert _ogg_chain_starts(chained) == [0, single.stat().st_size]
     multiplexed = tmp_path / "two-streams.ogg"  # both begin on the first pages: not chained
     with av.open(str(multiplexed), mode="w") as container:
         streams = [container.add_stream("libopus", rate=48000) for _ in range(2)]
@@ -366,7 +366,7 @@ def test_a_single_ogg_opus_is_not_demuxed_to_count_its_packets(
                 container.mux(stream.encode(frame))
         for stream in streams:
             container.mux(stream.encode(None))
-    assert not _chained_ogg(multiplexed)
+    assert _ogg_chain_starts(multiplexed) == [0]
     counted: list[str] = []
     monkeypatch.setattr(decode, "_counted_duration", lambda path, _index: counted.append(path))
     assert probe_audio(single).duration_s == pytest.approx(2.0, abs=0.001)

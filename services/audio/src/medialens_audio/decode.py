@@ -15,7 +15,8 @@ stereo at -3 dB each, stereo into mono as the sum of its channels at -3 dB), whi
 loudness: failing would throw away a whole file for a change its players take in their stride. The
 peaks of a remixed part are those of the mix (up to 3 dB above its channels' for stereo folded to mono).
 Decoding runs in FFmpeg alone while the frames keep the declared format, with PyAV frame by frame
-from where they do not (`AudioInput._decoded`).
+from where they do not (`AudioInput._decoded`), and for a chained Ogg, whose chains can each have their
+own codec, rate and channels, with PyAV chain by chain (`_ogg_chains`).
 
 The blocks hold the audio stream's samples from its first decoded one, with no time before it. Where that
 sample lies on the media's timeline (time 0 the container's start, as ffprobe's `start_time` reports it)
@@ -125,7 +126,7 @@ def open_container(path: Path) -> Iterator[tuple[Any, Any]]:
             )
         # The first one FFmpeg has a decoder for (PyAV gives the others no codec context): a track in an
         # unknown codec before a readable one failed every job.
-        stream = next((s for s in container.streams.audio if s.codec_context is not None), None)
+        stream = _first_decodable(container)
         if stream is None:
             raise UnsupportedInput("The file's audio is in a codec this service cannot decode.")
         if str(container.format.name).startswith(_INDEXED_FORMAT):
@@ -240,6 +241,8 @@ class AudioInput:
     _stream_index: int
     #: FFmpeg's options the file was opened with (`container.options`), for `amovie` to open it alike.
     _format_options: dict[str, str]
+    #: Whether the file is a chained Ogg, read chain by chain (`_chain_frames`), never by `amovie`.
+    _chained: bool
     #: The stream's frames decoded by PyAV, from the first on: read when `amovie` cannot go on.
     _frames: Iterator[Any]
     #: The most samples the stream plays (`played_samples`): the decoder's output past them is padding.
@@ -292,22 +295,23 @@ class AudioInput:
         no format for (`_SourceRefused`) is read by `_converted` from its start."""
         decoded = 0
         try:
-            try:
-                for block in _filtered(
-                    self._path, self._stream_index, target, self.channels, self._format_options
-                ):
-                    yield self._checked(block, decoded)
-                    decoded += block.shape[1]
-            except av.error.PatchWelcomeError as exc:
-                logger.info(
-                    "audio frames leave their declared format after %.1f s (%s); decoded by PyAV from there",
-                    decoded / self.sample_rate,
-                    ffmpeg_reason(exc),
-                )
-            except _SourceRefused as exc:
-                logger.info("amovie found no format for the audio stream (%s); decoded by PyAV", exc)
-            else:
-                return
+            if not self._chained:
+                try:
+                    for block in _filtered(
+                        self._path, self._stream_index, target, self.channels, self._format_options
+                    ):
+                        yield self._checked(block, decoded)
+                        decoded += block.shape[1]
+                except av.error.PatchWelcomeError as exc:
+                    logger.info(
+                        "audio frames leave their declared format after %.1f s (%s); decoded by PyAV now",
+                        decoded / self.sample_rate,
+                        ffmpeg_reason(exc),
+                    )
+                except _SourceRefused as exc:
+                    logger.info("amovie found no format for the audio stream (%s); decoded by PyAV", exc)
+                else:
+                    return
             skip = decoded
             for converted in _converted(self._frames, rate=self.sample_rate, layout=self.layout, size=target):
                 block = converted
@@ -355,36 +359,37 @@ def open_audio(path: Path) -> Iterator[AudioInput]:
     `InputNotFound`, `UnsupportedInput` (empty, a table, no audio stream) or `MediaDecodeError` (media
     that cannot be opened, or whose first packet does not decode).
     """
-    with (
-        open_container(path) as (container, stream),
-        contextlib.closing(_decoded_frames(container, stream)) as frames,
-    ):
-        try:
-            first = next(frames, None)
-        except av.error.FFmpegError as exc:
-            raise _stopped_decoding(0.0, exc) from exc
-        if first is None:  # nothing to read: `blocks` says so; the declared format stands in
-            sample_rate = int(stream.codec_context.sample_rate)
-            layout = _named_layout(stream.layout, int(stream.codec_context.channels))
-        else:
-            sample_rate = int(first.sample_rate)
-            layout = _named_layout(first.layout, len(first.layout.channels))
-        audio = AudioInput(
-            sample_rate=sample_rate,
-            layout=layout.name,
-            channel_names=tuple(channel.name for channel in layout.channels),
-            duration_s=stated_duration(container, stream),
-            start_s=timeline_start(container, stream, first),
-            _path=Path(path),
-            _stream_index=int(stream.index),
-            _format_options=dict(container.options),
-            _frames=frames if first is None else itertools.chain((first,), frames),
-            _played=played_samples(container, stream, sample_rate),
-        )
-        try:
-            yield audio
-        finally:
-            audio.close()
+    with open_container(path) as (container, stream):
+        chains = _ogg_chains(container)
+        source = _chain_frames(chains) if len(chains) > 1 else _decoded_frames(container, stream)
+        with contextlib.closing(source) as frames:
+            try:
+                first = next(frames, None)
+            except av.error.FFmpegError as exc:
+                raise _stopped_decoding(0.0, exc) from exc
+            if first is None:  # nothing to read: `blocks` says so; the declared format stands in
+                sample_rate = int(stream.codec_context.sample_rate)
+                layout = _named_layout(stream.layout, int(stream.codec_context.channels))
+            else:
+                sample_rate = int(first.sample_rate)
+                layout = _named_layout(first.layout, len(first.layout.channels))
+            audio = AudioInput(
+                sample_rate=sample_rate,
+                layout=layout.name,
+                channel_names=tuple(channel.name for channel in layout.channels),
+                duration_s=stated_duration(container, stream),
+                start_s=timeline_start(container, stream, first),
+                _path=Path(path),
+                _stream_index=int(stream.index),
+                _format_options=dict(container.options),
+                _chained=len(chains) > 1,
+                _frames=frames if first is None else itertools.chain((first,), frames),
+                _played=played_samples(container, stream, sample_rate),
+            )
+            try:
+                yield audio
+            finally:
+                audio.close()
 
 
 #: FFmpeg's names of the MP4 and QuickTime demuxer, whose edit list says where a stream's playing ends.
@@ -464,38 +469,130 @@ def stated_duration(container: Any, stream: Any) -> float | None:
     declared = _declared_duration(container, stream)
     if declared is None:
         return _counted_duration(container.name, stream.index)
-    if str(container.format.name) == "ogg" and _chained_ogg(Path(container.name)):
-        counted = _counted_duration(container.name, stream.index)
-        if counted is not None and counted > declared + _CHAINED_SLACK_S:
-            return counted
+    chains = _ogg_chains(container)
+    if len(chains) > 1:
+        return _chains_duration(chains) or declared
     return declared
 
 
-def _chained_ogg(path: Path) -> bool:
-    """Whether the Ogg file at `path` is chained: a logical stream begins (a page flagged "beginning of
-    stream", RFC 3533 section 6) after a page of another one that does not, as in `cat a.ogg b.ogg` or an
-    internet radio's recording, whatever the codec (Opus, Vorbis, FLAC). The streams of a multiplexed file
-    (Theora video beside Vorbis) all begin on its first pages, before any other page. A file of one chain
-    is not demuxed to count its packets on every open (0.4 s for an hour): a search of its bytes takes a
-    few milliseconds."""
+def _ogg_chains(container: Any) -> list[str]:
+    """The chains of an Ogg file, each as a URL FFmpeg opens as a file of its own (its `subfile` protocol,
+    a byte range of the file); one for a file of one chain, none for a file that is not Ogg.
+
+    A chained Ogg holds logical streams one after another (`cat a.ogg b.ogg`, an internet radio's
+    recording of its programmes), each with its own codec, rate and channels. FFmpeg reads on across a
+    chain only while they stay the same: at one that changes them its demuxer stops ("not yet
+    implemented"), and `amovie` took that for the file's end, so the jobs measured the first part of the
+    file and said nothing. Read one by one, each chain is a file of one stream (`_chain_frames`).
+    """
+    if str(container.format.name) != "ogg":
+        return []
+    path = Path(container.name).resolve()
+    starts = _ogg_chain_starts(path)
+    if len(starts) <= 1:
+        return [container.name]
+    ends = [*starts[1:], 0]  # `end` 0: to the end of the file
+    starts[0] = 0  # the first chain as FFmpeg read it, from the file's start
+    return [
+        f"subfile,,start,{start},end,{end},,:file:{path}" for start, end in zip(starts, ends, strict=True)
+    ]
+
+
+def _ogg_chain_starts(path: Path) -> list[int]:
+    """Where each chain of the Ogg file at `path` begins, in bytes: at a page flagged "beginning of
+    stream" (RFC 3533 section 6) that follows a page that is not, whatever the codec (Opus, Vorbis, FLAC).
+    The streams of a multiplexed file (Theora video beside Vorbis) all begin on its first pages, one after
+    another: one chain. A search of the bytes takes a few milliseconds, so a file of one chain is not
+    demuxed to count its packets on every open (0.4 s for an hour)."""
+    starts: list[int] = []
     with path.open("rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
-        page = data.find(_OGG_PAGE)
-        while page >= 0 and page + len(_OGG_PAGE) < len(data):
-            if not data[page + len(_OGG_PAGE)] & _BEGINS_STREAM:  # the first page that begins none
-                return any(data.find(_OGG_PAGE + bytes([flags]), page) >= 0 for flags in _BEGINNING_FLAGS)
-            page = data.find(_OGG_PAGE, page + 1)
-        return False
+        after_beginning = -1  # where the last beginning page found ends
+        page = _beginning_page(data, 0)
+        while page >= 0:
+            if page != after_beginning:  # a page of a stream begun earlier lies between
+                starts.append(page)
+            after_beginning = _page_end(data, page) or -1
+            page = _beginning_page(data, page + 1)
+    return starts
+
+
+def _beginning_page(data: mmap.mmap, at: int) -> int:
+    """Where the first whole page header at or after `at` that begins a stream lies; -1 when none does.
+    Such a page is the first of its stream (its sequence number, bytes 18-21, is 0), which a chance match
+    of its capture pattern and flags inside a packet would also have to be."""
+    while True:
+        found = [
+            page for flags in _BEGINNING_FLAGS if (page := data.find(_OGG_PAGE + bytes([flags]), at)) >= 0
+        ]
+        if not found:
+            return -1
+        page = min(found)
+        if data[page + 18 : page + 22] == bytes(4) and _page_end(data, page) is not None:
+            return page
+        at = page + 1
+
+
+def _page_end(data: mmap.mmap, page: int) -> int | None:
+    """Where the Ogg page at `page` ends (header, segment table, then the body the table sizes); None
+    when its header or table is cut short."""
+    table = page + _OGG_HEADER
+    if table > len(data) or table + data[table - 1] > len(data):
+        return None
+    segments = data[table - 1]
+    return table + segments + sum(data[table : table + segments])
+
+
+def _chain_frames(chains: list[str]) -> Generator[Any, None, None]:
+    """The frames of each chain's first decodable audio stream (`_ogg_chains`), one chain after the other."""
+    for container, stream in _chain_streams(chains):
+        yield from _decoded_frames(container, stream)
+
+
+def _chains_duration(chains: list[str]) -> float | None:
+    """The sum of the chains' durations, each counted from its packets (a chain states its own length,
+    but the file only its last chain's); None when none gives one. A chain that cannot be read ends the
+    count, as a packet does in `_counted_duration` (an analysis then fails there as damaged)."""
+    total = 0.0
+    with contextlib.suppress(av.error.FFmpegError):
+        for container, stream in _chain_streams(chains):
+            total += _counted(container, stream) or 0.0
+    return total or None
+
+
+def _chain_streams(chains: list[str]) -> Generator[tuple[Any, Any], None, None]:
+    """Each chain opened, with its first decodable audio stream; a chain without one is passed over, and
+    so is the last chain when it cannot be opened: the file was cut short in its first pages (a radio
+    recording stopped as a programme began), where reading the whole file FFmpeg stops too. Any other
+    chain that cannot be opened raises FFmpeg's error."""
+    for number, chain in enumerate(chains, start=1):
+        try:
+            container = _opened(chain)
+        except av.error.FFmpegError as exc:
+            if number < len(chains):
+                raise
+            logger.info(
+                "the last chain of a chained Ogg cannot be opened (%s): passed over", ffmpeg_reason(exc)
+            )
+            return
+        with container:
+            stream = _first_decodable(container)
+            if stream is not None:
+                yield container, stream
+
+
+def _first_decodable(container: Any) -> Any | None:
+    """The container's first audio stream FFmpeg has a decoder for (PyAV gives the others no codec
+    context); None when there is none."""
+    return next((s for s in container.streams.audio if s.codec_context is not None), None)
 
 
 #: An Ogg page's capture pattern and stream structure version; the header type flags follow.
 _OGG_PAGE = b"OggS\x00"
-#: The header type flag of a page that begins a logical stream, and the flags such a page can have (it
-#: cannot continue a packet; it can also end its stream, when the stream is one page).
-_BEGINS_STREAM = 0x02
+#: The bytes of an Ogg page's header before its segment table, whose length is the header's last byte.
+_OGG_HEADER = 27
+#: The header type flags a page that begins a logical stream can have: "beginning of stream" (0x02), also
+#: "end of stream" (0x04) when the stream is one page; never "continued packet".
 _BEGINNING_FLAGS = (0x02, 0x06)
-#: How much longer than its stated length the packets of an Ogg file may last and it still be one chain: its
-#: last packet's padding, up to two of Opus's longest frames (120 ms), or Vorbis's (up to 8,192 samples).
-_CHAINED_SLACK_S = 0.25
 
 
 def _declared_duration(container: Any, stream: Any) -> float | None:
@@ -566,22 +663,26 @@ def _counted_duration(path: str, index: int) -> float | None:
     and Ogg, -6.5 ms) holds priming there, which the decoder drops. Padding a codec's last frame ends with
     is counted (13.5 ms at most in a WebM of Opus), as the demuxers do not all say how much of it there is.
     """
+    with _opened(path) as container:
+        return _counted(container, container.streams[index])
+
+
+def _counted(container: Any, stream: Any) -> float | None:
+    """`_counted_duration` of `stream` in the open `container`."""
     total = 0
     first: int | None = None
-    with _opened(path) as container:
-        stream = container.streams[index]
-        with demuxed(container, stream) as packets:
-            try:
-                for packet in packets:
-                    if first is None and packet.pts is not None:
-                        first = packet.pts
-                    total += packet.duration or 0
-            except av.error.FFmpegError:
-                pass
-        total -= max(0, -(first or 0))
-        if total <= 0 or stream.time_base is None:
-            return None
-        return float(total * stream.time_base)
+    with demuxed(container, stream) as packets:
+        try:
+            for packet in packets:
+                if first is None and packet.pts is not None:
+                    first = packet.pts
+                total += packet.duration or 0
+        except av.error.FFmpegError:
+            pass
+    total -= max(0, -(first or 0))
+    if total <= 0 or stream.time_base is None:
+        return None
+    return float(total * stream.time_base)
 
 
 #: Opus's rate whatever the input's: its pre-skip is counted in samples at 48 kHz.
