@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import threading
+from fractions import Fraction
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 
-from medialens_audio.decode import open_audio
+from medialens_audio.decode import frame_of, open_audio
 from medialens_audio.loudness import measure_loudness
 from medialens_audio.probe import probe_audio
 from medialens_audio.silence import detect_silence
 from medialens_audio.waveform import compute_waveform
 from medialens_shared.contracts import AudioSilenceParams, AudioWaveformParams
-from medialens_shared.errors import JobCancelled, MediaDecodeError
+from medialens_shared.errors import JobCancelled, MediaDecodeError, UnsupportedInput
 
 from .signals import amplitude, sequence, sine, write, write_late_audio
 
@@ -317,3 +319,56 @@ def test_a_chained_ogg_cut_short_in_its_last_chains_first_pages_is_read_to_there
     assert probe_audio(chained).duration_s == pytest.approx(4.0, abs=0.03)
     waveform = compute_waveform(chained, AudioWaveformParams(points_per_second=10), no_report)
     assert waveform.duration_s == pytest.approx(4.0, abs=0.03)
+
+
+def _ts_listing_an_empty_track(path: Path, *, playing: bool) -> Path:
+    """4 s of MPEG-TS whose table lists an MP2 track that never has a packet, then (when `playing`) one
+    of 2 s of a -20 dBFS tone, 1 s of silence and 1 s of tone."""
+    with av.open(str(path), mode="w", format="mpegts") as container:
+        video = container.add_stream("libx264", rate=25)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        tracks = [container.add_stream("mp2", rate=48000) for _ in range(2 if playing else 1)]
+        for track in tracks:
+            track.layout = "stereo"
+        tone = sequence((-20.0, 2.0), (-120.0, 1.0), (-20.0, 1.0))
+        for index in range(4 * 25):
+            picture = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 128, np.uint8), format="rgb24")
+            picture.pts, picture.time_base = index, Fraction(1, 25)
+            container.mux(video.encode(picture))
+            if playing:
+                sound = frame_of(tone[:, index * 1920 : (index + 1) * 1920], "stereo")
+                sound.sample_rate, sound.pts, sound.time_base = 48000, index * 1920, Fraction(1, 48000)
+                container.mux(tracks[1].encode(sound))
+        for stream in [video, *tracks[1:]]:
+            container.mux(stream.encode(None))
+    return path
+
+
+def test_an_mpeg_ts_track_that_never_has_a_packet_is_passed_over(tmp_path: Path) -> None:
+    """A broadcast's table can list an audio track that never has a packet (a second language, audio
+    description) before the one that plays. The jobs read the first one FFmpeg found the format of (after
+    the longer look, which could have found the first track's). They read the empty one: the probe
+    failed as damaged, loudness as sampled at 0 Hz, silence and waveform with a ZeroDivisionError
+    (INTERNAL_ERROR)."""
+    path = _ts_listing_an_empty_track(tmp_path / "listed.ts", playing=True)
+    with open_audio(path) as audio:
+        assert audio._stream_index == 2
+    assert probe_audio(path).sample_rate == 48000
+    silence = detect_silence(path, AudioSilenceParams(), no_report)
+    assert [(gap.start_s, gap.end_s) for gap in silence.segments] == [
+        (pytest.approx(2.0, abs=0.05), pytest.approx(3.0, abs=0.05))
+    ]
+
+
+def test_an_mpeg_ts_whose_only_audio_track_never_has_a_packet_is_unsupported_input(tmp_path: Path) -> None:
+    """With no other audio, every job says there is no sound to read (UNSUPPORTED_INPUT), as for a file
+    without an audio track; they said damaged, sampled at 0 Hz, or failed INTERNAL_ERROR."""
+    path = _ts_listing_an_empty_track(tmp_path / "empty.ts", playing=False)
+    for job in (
+        lambda: probe_audio(path),
+        lambda: measure_loudness(path, None, no_report),
+        lambda: detect_silence(path, None, no_report),
+        lambda: compute_waveform(path, None, no_report),
+    ):
+        with pytest.raises(UnsupportedInput, match="lists an audio track but holds none of its sound"):
+            job()

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from medialens_shared.errors import InputNotFound, MediaDecodeError, UnsupportedInput
+from medialens_video.frames import opened
 from medialens_video.probe import probe_video
 from medialens_video.scenes import detect_scenes
 from scripts.samples import corrupt, make_audio, make_csv, make_video, truncate
@@ -368,7 +369,8 @@ def test_a_video_track_in_a_codec_with_no_decoder_before_a_readable_one_is_passe
 def test_an_mpeg_ts_soundtrack_whose_packets_come_late_is_listed_with_its_format(tmp_path: Path) -> None:
     """An MPEG-TS lists its tracks before their packets; with every audio packet after 12 s of video,
     FFmpeg's look at the file's first 5 s met none, and the track was listed at 0 Hz, 0 channels, lasting
-    the whole file. A longer look (`LATE_STREAM_PROBE`) finds its format and its own 2 s."""
+    the whole file. A longer look (`LATE_STREAM_PROBE`) finds its format and its own 2 s; the other jobs,
+    which read the video alone, take none."""
     path = tmp_path / "late.ts"
     with av.open(str(path), "w", format="mpegts") as container:
         video = container.add_stream("libx264", rate=25)
@@ -389,3 +391,7 @@ def test_an_mpeg_ts_soundtrack_whose_packets_come_late_is_listed_with_its_format
     (track,) = probe_video(path).audio
     assert (track.sample_rate, track.channels) == (48000, 1)
     assert track.duration_s == pytest.approx(2.0, abs=0.05)
+    # The jobs that read the video alone (a scene job opens the file once for each stretch) do not pay
+    # for the longer look: 64 MiB read and held on every open.
+    with opened(path) as container:
+        assert "analyzeduration" not in container.options

@@ -7,7 +7,7 @@ service hands `probed`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterable
 from contextlib import closing
 from typing import Any
 
@@ -21,16 +21,22 @@ from typing import Any
 LATE_STREAM_PROBE: dict[str, str] = {"analyzeduration": str(60 * 1_000_000), "probesize": str(64 << 20)}
 
 
-def probed(open_with: Callable[[dict[str, str]], Any], options: dict[str, str] | None = None) -> Any:
+def probed(
+    open_with: Callable[[dict[str, str]], Any],
+    needed: Callable[[Any], Iterable[Any]],
+    options: dict[str, str] | None = None,
+) -> Any:
     """The container `open_with(options)` opens, opened again with `LATE_STREAM_PROBE` added when FFmpeg
-    found no format for one of its audio or video streams (`unprobed`); `container.options` says which.
+    found no format for one of the streams the job reads, `needed(container)` (`unprobed`);
+    `container.options` says which.
 
-    Only such a file pays for the second look; one whose track never has a packet (a broadcast's table
-    can list one) pays it on every open, and keeps its unprobed track.
+    Only the streams read count: a broadcast's table often lists a track that never has a packet (a
+    second language, audio description), and a look past it on every open (a scene job opens its file
+    once for each stretch it decodes) would cost each 64 MiB read, and held, for nothing.
     """
     options = dict(options or {})
     container = open_with(options)
-    if not any(unprobed(stream) for stream in container.streams):
+    if not any(unprobed(stream) for stream in needed(container)):
         return container
     container.close()
     return open_with(options | LATE_STREAM_PROBE)

@@ -51,7 +51,7 @@ import av.filter
 import numpy as np
 import numpy.typing as npt
 
-from medialens_shared.demux import demuxed, probed
+from medialens_shared.demux import demuxed, probed, unprobed
 from medialens_shared.errors import MediaDecodeError, UnsupportedInput
 from medialens_shared.matroska import duration_tag
 from medialens_shared.sniff import ffmpeg_reason, inspect_media, unreadable_media
@@ -134,6 +134,14 @@ def open_container(path: Path) -> Iterator[tuple[Any, Any]]:
         yield container, stream
 
 
+def no_packets() -> UnsupportedInput:
+    """The error for an audio track the file lists (an MPEG-TS's table) but holds no packet of, which
+    FFmpeg found no format for: no sound to measure, rather than damage."""
+    return UnsupportedInput(
+        "The file lists an audio track but holds none of its sound: there is no audio to read."
+    )
+
+
 def _opened(path: Path | str, options: dict[str, str] | None = None) -> Any:
     """The file at `path` opened for reading with FFmpeg's `options`, looked at longer where a track starts
     late (`probed`; typed `Any`: PyAV's demux iterator is a generator, typed as an Iterator). Its tags are
@@ -141,7 +149,9 @@ def _opened(path: Path | str, options: dict[str, str] | None = None) -> Any:
     write WAV tags so) failed every job on the file with a UnicodeDecodeError, PyAV's default being
     strict."""
     return probed(
-        lambda chosen: av.open(str(path), mode="r", options=chosen, metadata_errors="replace"), options
+        lambda chosen: av.open(str(path), mode="r", options=chosen, metadata_errors="replace"),
+        lambda container: _decodable(container)[:1],
+        options,
     )
 
 
@@ -367,6 +377,8 @@ def open_audio(path: Path) -> Iterator[AudioInput]:
                 first = next(frames, None)
             except av.error.FFmpegError as exc:
                 raise _stopped_decoding(0.0, exc) from exc
+            if first is None and unprobed(stream):
+                raise no_packets()
             if first is None:  # nothing to read: `blocks` says so; the declared format stands in
                 sample_rate = int(stream.codec_context.sample_rate)
                 layout = _named_layout(stream.layout, int(stream.codec_context.channels))
@@ -581,9 +593,17 @@ def _chain_streams(chains: list[str]) -> Generator[tuple[Any, Any], None, None]:
 
 
 def _first_decodable(container: Any) -> Any | None:
-    """The container's first audio stream FFmpeg has a decoder for (PyAV gives the others no codec
-    context); None when there is none."""
-    return next((s for s in container.streams.audio if s.codec_context is not None), None)
+    """The container's first audio stream FFmpeg has a decoder for and found the format of (the first
+    it has a decoder for when it found none's); None when it has a decoder for none. A broadcast's table
+    can list a track that never has a packet before the one that plays (the jobs read no sound in it);
+    one that starts late has its format found by `_opened`'s longer look first."""
+    decodable = _decodable(container)
+    return next((stream for stream in decodable if not unprobed(stream)), next(iter(decodable), None))
+
+
+def _decodable(container: Any) -> list[Any]:
+    """The container's audio streams FFmpeg has a decoder for (PyAV gives the others no codec context)."""
+    return [stream for stream in container.streams.audio if stream.codec_context is not None]
 
 
 #: An Ogg page's capture pattern and stream structure version; the header type flags follow.

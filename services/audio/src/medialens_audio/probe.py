@@ -16,9 +16,9 @@ from typing import Any
 import av
 import av.error
 
-from medialens_audio.decode import open_container, stated_duration
+from medialens_audio.decode import no_packets, open_container, stated_duration
 from medialens_shared.contracts import AudioProbeResult
-from medialens_shared.demux import demuxed
+from medialens_shared.demux import demuxed, unprobed
 from medialens_shared.errors import MediaDecodeError
 from medialens_shared.sniff import ffmpeg_reason
 
@@ -67,7 +67,8 @@ def _file_bit_rate(path: Path, duration_s: float | None) -> int | None:
 
 
 def _decode_first_frame(container: Any, stream: Any) -> None:
-    """Decode the first frame of `stream`; `MediaDecodeError` when that fails or there is none."""
+    """Decode the first frame of `stream`; `MediaDecodeError` when that fails or there is none,
+    `UnsupportedInput` when there is none of a track FFmpeg found no format for (`decode.no_packets`)."""
     try:
         # The demuxer is closed here, not dropped midway: a PyAV demux generator dropped before its end
         # leaves 0.2-1.6 KB behind for good (PyAV 18.1; none once closed), and a probe stops at once.
@@ -79,4 +80,6 @@ def _decode_first_frame(container: Any, stream: Any) -> None:
         raise MediaDecodeError(
             f"The audio stream cannot be decoded; the file is probably damaged ({ffmpeg_reason(exc)})."
         ) from exc
+    if unprobed(stream):
+        raise no_packets()
     raise MediaDecodeError("The audio stream holds no decodable frame; the file is probably damaged.")

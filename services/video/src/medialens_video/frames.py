@@ -60,19 +60,20 @@ Array = npt.NDArray[np.int16]
 
 
 @contextmanager
-def open_video(path: Path, *, whole: bool = False) -> Iterator[tuple[Any, Any]]:
+def open_video(path: Path, *, whole: bool = False, with_audio: bool = False) -> Iterator[tuple[Any, Any]]:
     """The open container and the video stream a player shows (`_played_video`: not a cover picture).
 
     Raises `UnsupportedInput` when the file is not a video (empty, a table, audio only, ...) or its video
     is in a codec FFmpeg has no decoder for,
     `MediaDecodeError` when it looks like media but cannot be opened (or, with `whole`, when it ends
     before the frames its container indexes: see `_require_whole`), and `InputNotFound` when there is
-    no file.
+    no file. `with_audio`: the file is looked at longer where an audio track starts late, as for the
+    video's (`opened`), for a caller that reads the audio tracks' formats.
     """
     path = Path(path)
     kind = inspect_media(path, noun="a video")
     try:
-        container = opened(path)
+        container = opened(path, with_audio=with_audio)
     except av.error.FFmpegError as exc:
         raise unreadable_media(exc, kind, not_readable_as="a video") from exc
     with container:
@@ -93,12 +94,18 @@ def open_video(path: Path, *, whole: bool = False) -> Iterator[tuple[Any, Any]]:
         yield container, video
 
 
-def opened(path: Path | str) -> Any:
-    """The file at `path` opened for reading, looked at longer where a track starts late (`probed`). Its
-    tags are read as UTF-8 with what is not UTF-8 replaced (`\ufffd`): a tag in Latin-1 or CP1252 (Windows
-    tools write WAV and AVI tags so) failed every job on the file with a UnicodeDecodeError, PyAV's
-    default being strict."""
-    return probed(lambda options: av.open(str(path), mode="r", options=options, metadata_errors="replace"))
+def opened(path: Path | str, *, with_audio: bool = False) -> Any:
+    """The file at `path` opened for reading, looked at longer where the video track (and `with_audio`,
+    a decodable audio track) starts late (`probed`). Its tags are read as UTF-8 with what is not UTF-8
+    replaced (`\ufffd`): a tag in Latin-1 or CP1252 (Windows tools write WAV and AVI tags so) failed every
+    job on the file with a UnicodeDecodeError, PyAV's default being strict."""
+    return probed(
+        lambda options: av.open(str(path), mode="r", options=options, metadata_errors="replace"),
+        lambda container: [
+            *filter(None, [_played_video(container)]),
+            *(container.streams.audio if with_audio else []),
+        ],
+    )
 
 
 def _played_video(container: Any) -> Any | None:

@@ -62,7 +62,7 @@ def probe_video(path: Path) -> VideoProbeResult:
     and `InputNotFound` when there is no file.
     """
     path = Path(path)
-    with open_video(path, whole=True) as (container, video):
+    with open_video(path, whole=True, with_audio=True) as (container, video):
         size_bytes = path.stat().st_size
         format_name = container.format.name
         first_frame, hidden = _decode_first_frame(container, video)
