@@ -510,3 +510,15 @@ def test_a_track_in_a_codec_with_no_decoder_before_a_readable_one_is_passed_over
     result = probe_audio(path)
     assert (result.codec, result.duration_s) == ("opus", pytest.approx(2.0, abs=0.03))
     assert measure_loudness(path, None, lambda _f, _m: None).integrated_lufs is not None
+
+
+def test_the_bit_rate_of_a_soundtrack_that_states_none_is_unknown_not_the_files(tmp_path: Path) -> None:
+    """Opus in Matroska states no bit rate of its own: the probe gave the container's, which counts the
+    video beside it; it says null, as ffprobe does. A soundtrack that
+    states one (AAC in MP4) keeps it."""
+    for name, codec in (("opus.mkv", "libopus"), ("aac.mp4", "aac")):
+        path = write_late_audio(tmp_path / name, noise(-20.0, 2.0), start_s=0.0, video_s=2.0, codec=codec)
+        with av.open(str(path)) as container:
+            stated = container.streams.audio[0].bit_rate or None
+        assert probe_audio(path).bit_rate == stated
+        assert (stated is None) == (codec == "libopus")

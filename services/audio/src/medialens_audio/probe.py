@@ -44,13 +44,16 @@ def probe_audio(path: Path) -> AudioProbeResult:
 
 
 def _bit_rate(path: Path, container: Any, stream: Any, duration_s: float | None) -> int | None:
-    """The stream's bit rate as FFmpeg states it; the file's size over `duration_s` where FFmpeg has none,
-    or where the file holds nothing but this stream and FFmpeg's rate comes from a length other than ours
-    (counted: `decode.stated_duration`). A raw MP3 or ADTS AAC starting quietly read its first frames'
-    rate (32,000 b/s for a file of 142,000), a chained Ogg its last chain's."""
+    """The stream's bit rate as FFmpeg states it. Where the file holds nothing but this stream: the
+    file's size over `duration_s` when FFmpeg has none, or when its rate comes from a length other than
+    ours (counted: `decode.stated_duration`; a raw MP3 or ADTS AAC starting quietly read its first frames'
+    rate, 32,000 b/s for a file of 142,000, a chained Ogg its last chain's). None where the file holds
+    more and states none for the stream (Opus in Matroska, AAC LATM in MPEG-TS), as ffprobe says: the
+    container's rate, given before, counted the video (1,114,419 b/s for 96 kb/s of Opus)."""
     stated_s = container.duration / av.time_base if container.duration else None
-    alone = len(container.streams) == 1
-    if duration_s and alone and (stated_s is None or abs(stated_s - duration_s) > 0.01 * duration_s + 0.05):
+    if len(container.streams) > 1:
+        return stream.bit_rate or None
+    if duration_s and (stated_s is None or abs(stated_s - duration_s) > 0.01 * duration_s + 0.05):
         return _file_bit_rate(path, duration_s)
     return stream.bit_rate or container.bit_rate or _file_bit_rate(path, duration_s)
 
