@@ -254,3 +254,16 @@ def test_grain_above_the_freeze_noise_is_no_freeze(tmp_path: Path) -> None:
 
     lumas = [_busy(rng) for _ in range(25)] + [grainy() for _ in range(100)] + [_busy(rng) for _ in range(25)]
     assert detect_quality(_lossless(tmp_path / "grain.mp4", lumas), freeze_min_s=2.0).frozen == []
+
+
+def test_a_change_on_the_bottom_field_alone_ends_a_freeze(tmp_path: Path) -> None:
+    """720 x 576 (SD broadcast): a still picture for 3 s, then the same with its odd rows (the bottom
+    field) changed, still for 3 s: two freezes, as freezedetect finds. Every second row picked, the
+    bottom field was never looked at, and the two read as one freeze of 6 s."""
+    rng = np.random.default_rng(5)
+    still = rng.integers(60, 200, (576, 720), dtype=np.uint8)
+    changed = still.copy()
+    changed[1::2] = np.clip(still[1::2].astype(np.int16) + 40, 0, 255).astype(np.uint8)
+    lumas = [still] * 75 + [changed] * 75
+    frozen = detect_quality(_lossless(tmp_path / "fields.mp4", lumas), freeze_min_s=2.0).frozen
+    assert frozen == [pytest.approx((0.0, 3.0), abs=0.05), pytest.approx((3.0, 6.0), abs=0.05)]

@@ -460,11 +460,14 @@ def _plane(frame: Any, index: int) -> npt.NDArray[np.uint8]:
 
 def _shrink(plane: npt.NDArray[np.uint8], width: int, *, averaged: bool = True, field: bool = False) -> Array:
     """Pick every n-th pixel down to twice `width`, then average 2 x 2 blocks: cheap and alias-damped.
-    Not `averaged`: every n-th pixel down to `width`, as decoded. `field`: the rows picked from the top
-    field alone (an odd row's place taken by the even row above it)."""
+    Not `averaged`: every n-th pixel down to `width`, as decoded, the rows every odd n-th (n or n + 1), so
+    they come from both fields of an interlaced picture: every second row of a 720-wide picture (SD
+    broadcast) was its top field alone, and a freeze ended by a change on the bottom field went on.
+    `field`: the rows picked from the top field alone (an odd row's place taken by the even row above
+    it)."""
     if not averaged:
         step = max(1, plane.shape[1] // width)
-        return plane[::step, ::step].astype(np.int16)
+        return plane[:: step | 1, ::step].astype(np.int16)
     step = max(1, plane.shape[1] // (2 * width))
     if field:
         rows = np.arange(0, plane.shape[0], step)
