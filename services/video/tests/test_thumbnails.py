@@ -233,3 +233,20 @@ def test_a_very_tall_picture_gives_a_thumbnail_no_taller_than_the_widest_asked(t
         with av.open(str(image.path)) as jpeg:
             decoded = next(jpeg.decode(video=0))
         assert (decoded.width, decoded.height) == (60, 3750)
+
+
+def test_a_time_in_a_hole_of_the_video_takes_the_nearer_frame(tmp_path: Path) -> None:
+    """An MPEG-TS whose frames of 9.0-11.96 s were lost (a broadcast's dropout; the times after it kept):
+    a thumbnail at 9 or 10 s is the last frame before the hole (8.96 s, shown until the next), at 11 s
+    the first after it (12.0 s), each the nearer. Every one of them took the frame after the hole."""
+    path = tmp_path / "dropout.ts"
+    with av.open(str(path), "w", format="mpegts") as container:
+        stream = container.add_stream("libx264", rate=25, options={"g": "25"})
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for index in [*range(0, 225), *range(300, 500)]:
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), index % 250, np.uint8), format="rgb24")
+            frame.pts, frame.time_base = index, Fraction(1, 25)
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    images = extract_thumbnails(path, out_dir=tmp_path / "thumbs", every_s=1.0, width=64)
+    assert [round(image.t_s, 2) for image in images][7:14] == [7.0, 8.0, 8.96, 8.96, 12.0, 12.0, 13.0]

@@ -197,8 +197,10 @@ class _Reader:
             self.packets = None
 
     def frame_at(self, target: int, *, ahead: int, slack: int) -> Any:
-        """The first frame at or after `target - slack` (the last frame when the video ends before); None
-        when nothing decodes from the keyframe before `target` to the end. Targets come in order.
+        """The first frame at or after `target - slack` (the last frame when the video ends before), or the
+        one before it where that is nearer (a hole in the video: a broadcast's dropout took the frame after
+        it, seconds away); None when nothing decodes from the keyframe before `target` to the end. Targets
+        come in order.
 
         The frame given last is given again when it is still the answer (the frames before it are before
         the previous target): with more thumbnails than frames, or targets closer than a frame, the next
@@ -216,7 +218,15 @@ class _Reader:
         skipping = self.clock is None and skips_frames(codec)  # an untimed stream's clock counts every frame
         while True:
             while self.pending:
-                frame = self.pending.pop(0)
+                frame = self.pending[0]
+                previous = self.last
+                if (
+                    frame.pts > target + slack
+                    and previous is not None
+                    and target - previous.pts < frame.pts - target
+                ):
+                    return previous  # a hole in the video (a dropout): the frame before it is nearer
+                self.pending.pop(0)
                 self.last = frame
                 self.position = frame.pts
                 if frame.pts >= target - slack:
