@@ -372,3 +372,61 @@ def test_an_mpeg_ts_whose_only_audio_track_never_has_a_packet_is_unsupported_inp
     ):
         with pytest.raises(UnsupportedInput, match="lists an audio track but holds none of its sound"):
             job()
+
+
+def _with_dropout(path: Path, codec: str, *, lost: tuple[float, float] | None) -> Path:
+    """20 s of small video beside a -20 dBFS 1 kHz tone, truly silent at 14-16 s, in the container of
+    `path`'s suffix; the audio frames of the `lost` stretch left out, the times after it kept (a
+    broadcast's dropout, a paused browser recording)."""
+    tone = sequence((-20.0, 14.0), (-120.0, 2.0), (-20.0, 4.0))
+    with av.open(str(path), mode="w") as container:
+        video = container.add_stream("libx264", rate=25)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        audio = container.add_stream(codec, rate=48000)
+        audio.layout = "stereo"
+        for index in range(20 * 25):
+            picture = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 128, np.uint8), format="rgb24")
+            picture.pts, picture.time_base = index, Fraction(1, 25)
+            container.mux(video.encode(picture))
+            if lost and lost[0] <= index / 25 < lost[1]:
+                continue
+            sound = frame_of(tone[:, index * 1920 : (index + 1) * 1920], "stereo")
+            sound.sample_rate, sound.pts, sound.time_base = 48000, index * 1920, Fraction(1, 48000)
+            container.mux(audio.encode(sound))
+        container.mux(video.encode(None))
+        container.mux(audio.encode(None))
+    return path
+
+
+@pytest.mark.parametrize(("name", "codec"), [("mp2.ts", "mp2"), ("aac.ts", "aac"), ("opus.mkv", "libopus")])
+def test_a_gap_in_the_sound_is_silence_and_the_times_after_it_stay_on_the_media_timeline(
+    tmp_path: Path, name: str, codec: str
+) -> None:
+    """A broadcast's dropout (the audio of 8-12 s lost, the times after it kept) or a browser recording
+    paused: the jobs counted samples, so the silence at 14-16 s came at 10-12 s, the waveform and the
+    loudness ended at 16 s. The gap is silence now, where it lies, and every time after it stays (as
+    `ffmpeg`'s silencedetect reads them); MP2 goes through PyAV's frames (`_converted`), AAC and Opus
+    through `amovie` (`_filtered`)."""
+    path = _with_dropout(tmp_path / name, codec, lost=(8.0, 12.0))
+    silence = detect_silence(path, AudioSilenceParams(), no_report)
+    assert [(gap.start_s, gap.end_s) for gap in silence.segments] == [
+        (pytest.approx(8.0, abs=0.05), pytest.approx(12.0, abs=0.05)),
+        (pytest.approx(14.0, abs=0.05), pytest.approx(16.0, abs=0.05)),
+    ]
+    assert compute_waveform(path, None, no_report).duration_s == pytest.approx(20.0, abs=0.05)
+    assert measure_loudness(path, None, no_report).short_term[-1].t_s == pytest.approx(20.0, abs=0.05)
+
+
+@pytest.mark.parametrize("codec", ["mp2", "aac"])
+def test_segments_joined_with_their_times_from_zero_again_follow_on(tmp_path: Path, codec: str) -> None:
+    """Two recordings joined byte by byte, each timed from 0 (a recorder restarted, HLS segments across
+    a discontinuity): the second follows the first, as `ffmpeg` reads it, with no silence put in nor
+    sound dropped where the times go back (FFmpeg's `aresample` alone drops 20 s there)."""
+    one = _with_dropout(tmp_path / "one.ts", codec, lost=None)
+    joined = tmp_path / "joined.ts"
+    joined.write_bytes(one.read_bytes() * 2)
+    silence = detect_silence(joined, AudioSilenceParams(), no_report)
+    assert [(gap.start_s, gap.end_s) for gap in silence.segments] == [
+        (pytest.approx(14.0, abs=0.05), pytest.approx(16.0, abs=0.05)),
+        (pytest.approx(34.0, abs=0.1), pytest.approx(36.0, abs=0.1)),
+    ]

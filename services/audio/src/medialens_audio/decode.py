@@ -22,8 +22,10 @@ The blocks hold the audio stream's samples from its first decoded one, with no t
 sample lies on the media's timeline (time 0 the container's start, as ffprobe's `start_time` reports it)
 is `AudioInput.start_s`: 0 for audio that starts with its file, 1.5 for the soundtrack of an MKV or MP4
 that comes in 1.5 s after the video. The analysers add it to every time they report, so their times sit
-beside the video jobs' (`timeline_start`). In an MP4 they end where its edit list says the sound does,
-not with the padding of the codec's last frame (`played_samples`).
+beside the video jobs' (`timeline_start`). A gap in the frames' times, in a container that times each
+packet, is handed out as silence (`_Clock`, `_gaps_filled`), so the samples stay on the timeline. In an
+MP4 they end where its edit list says the sound does, not with the padding of the codec's last frame
+(`played_samples`).
 
 A sample that is not a number (NaN or infinite, which only float PCM holds) fails the analysis with
 `MediaDecodeError` rather than being replaced: it has no level to measure or draw (a NaN silenced the
@@ -245,7 +247,7 @@ class AudioInput:
     #: The duration the metadata announces (`stated_duration`: for progress and planning); None when unknown.
     duration_s: float | None
     #: Where the first sample lies on the media's timeline, in seconds (`timeline_start`); 0 when the audio
-    #: starts with the file. Every block's samples follow it without a gap.
+    #: starts with the file. Every block's samples follow it without a gap (one in the sound is silence).
     start_s: float
     _path: Path
     _stream_index: int
@@ -253,6 +255,9 @@ class AudioInput:
     _format_options: dict[str, str]
     #: Whether the file is a chained Ogg, read chain by chain (`_chain_frames`), never by `amovie`.
     _chained: bool
+    #: Whether the container times each packet (`_TIMED_FORMATS`), so that its sound can have gaps, which
+    #: are filled with silence (`_Clock`).
+    _timed: bool
     #: The stream's frames decoded by PyAV, from the first on: read when `amovie` cannot go on.
     _frames: Iterator[Any]
     #: The most samples the stream plays (`played_samples`): the decoder's output past them is padding.
@@ -308,7 +313,12 @@ class AudioInput:
             if not self._chained:
                 try:
                     for block in _filtered(
-                        self._path, self._stream_index, target, self.channels, self._format_options
+                        self._path,
+                        self._stream_index,
+                        target,
+                        self.channels,
+                        self._format_options,
+                        timed=self._timed,
                     ):
                         yield self._checked(block, decoded)
                         decoded += block.shape[1]
@@ -323,7 +333,9 @@ class AudioInput:
                 else:
                     return
             skip = decoded
-            for converted in _converted(self._frames, rate=self.sample_rate, layout=self.layout, size=target):
+            for converted in _converted(
+                self._frames, rate=self.sample_rate, layout=self.layout, size=target, timed=self._timed
+            ):
                 block = converted
                 if skip:
                     if skip >= block.shape[1]:
@@ -395,6 +407,7 @@ def open_audio(path: Path) -> Iterator[AudioInput]:
                 _stream_index=int(stream.index),
                 _format_options=dict(container.options),
                 _chained=len(chains) > 1,
+                _timed=str(container.format.name) in _TIMED_FORMATS,
                 _frames=frames if first is None else itertools.chain((first,), frames),
                 _played=played_samples(container, stream, sample_rate),
             )
@@ -783,7 +796,7 @@ def _read_ahead(source: Generator[Block, None, None], *, depth: int) -> Generato
 
 
 def _filtered(
-    path: Path, stream_index: int, size: int, channels: int, options: dict[str, str]
+    path: Path, stream_index: int, size: int, channels: int, options: dict[str, str], *, timed: bool
 ) -> Generator[Block, None, None]:
     """The stream as blocks of `size` samples, float32 (planar up to PLANAR_CHANNELS_MAX channels), the
     last one shorter, decoded and converted by FFmpeg alone, which opens the file with `options` as
@@ -791,7 +804,8 @@ def _filtered(
     without a format and failed).
 
     FFmpeg's `amovie` source demuxes and decodes, `aformat` converts any sample format to float32 in
-    [-1, 1], and the sink gathers the codec's small frames into blocks: a whole block per call, in C,
+    [-1, 1] (after `_gaps_filled` where the container is `timed`), and the sink gathers the codec's
+    small frames into blocks: a whole block per call, in C,
     without the GIL, so the decoding thread does not contend with the analysis for it once per codec
     frame (26,000 times in ten minutes of MP3), as a loop over PyAV's frames does even when it only
     pushes them into a graph (`_converted`; measured, the loudness of an hour of 160 kb/s AAC took 6.0 s
@@ -803,7 +817,13 @@ def _filtered(
     if options:
         source["format_opts"] = ":".join(f"{name}={value}" for name, value in options.items())
     try:
-        graph, _, _ = _block_graph(lambda graph: graph.add("amovie", **source), channels=channels, size=size)
+        graph, _, _ = _block_graph(
+            lambda graph: (
+                _gaps_filled(graph, graph.add("amovie", **source)) if timed else graph.add("amovie", **source)
+            ),
+            channels=channels,
+            size=size,
+        )
     except av.error.ArgumentError as exc:
         raise _SourceRefused(ffmpeg_reason(exc)) from exc
     while True:
@@ -839,16 +859,21 @@ def _block_graph(
     return graph, source, sink
 
 
-def _converted(frames: Iterator[Any], *, rate: int, layout: str, size: int) -> Generator[Block, None, None]:
+def _converted(
+    frames: Iterator[Any], *, rate: int, layout: str, size: int, timed: bool
+) -> Generator[Block, None, None]:
     """`frames`, in whatever sample formats, rates and layouts they come, as float32 blocks of `size`
     samples at `rate` in `layout` (float32 planar up to PLANAR_CHANNELS_MAX channels).
 
     Each run of frames in one format goes through a `_Conversion` of its own, flushed when the format
-    changes, so the last block of a run is shorter (and so is the stream's last).
+    changes, so the last block of a run is shorter (and so is the stream's last); so is the last block
+    before a gap in a `timed` container's sound, which is then filled with silence (`_Clock`).
     """
     conversion: _Conversion | None = None
+    clock = _Clock()
     for frame in frames:
-        if conversion is None or conversion.source != _format_of(frame):
+        gap = clock.gap_before(frame) if timed else 0
+        if conversion is None or conversion.source != _format_of(frame) or gap:
             if conversion is not None:
                 logger.debug(
                     "audio frames change from %s to %s; converted to %s Hz %s",
@@ -858,10 +883,72 @@ def _converted(frames: Iterator[Any], *, rate: int, layout: str, size: int) -> G
                     layout,
                 )
                 yield from conversion.flushed()
+            if gap:
+                yield from _silence(
+                    round(gap * rate), channels=len(av.AudioLayout(layout).channels), size=size
+                )
             conversion = _Conversion(frame, rate=rate, layout=layout, size=size)
         yield from conversion.converted(frame)
     if conversion is not None:
         yield from conversion.flushed()
+
+
+#: FFmpeg's names of the containers that time each packet (the others time the sound by its samples: WAV,
+#: FLAC, MP3, AAC, MP4, Ogg), so that a part of it can be missing and the times after it kept: a
+#: broadcast's dropout in MPEG-TS or MPEG-PS, a browser's recording paused in WebM or Matroska, a stream
+#: in FLV or ASF. Gaps are filled in those alone: an AVI of VBR MP3, timed by its bytes, drifts from its
+#: samples, and filling that would put silences where there are none.
+_TIMED_FORMATS = frozenset({"mpegts", "mpeg", "matroska,webm", "flv", "asf"})
+#: How much later than the previous frame's end a frame may start before the time between is a gap in
+#: the sound, filled with silence: FFmpeg's own threshold for it (`aresample`'s `min_hard_comp`). Timestamps
+#: jitter far less (a millisecond in Matroska); a broadcast's dropout lasts seconds.
+GAP_S = Fraction(1, 10)
+#: FFmpeg's filters doing in `_filtered` what `_Clock` does here: `asetpts` keeps the frames' times from
+#: going back (a frame that starts before the previous one ends follows it), and `aresample`, in its
+#: `async` mode, fills with silence where a frame starts more than `GAP_S` after the previous one ends.
+_NO_GOING_BACK = "if(isnan(PREV_OUTPTS),PTS,max(PTS,PREV_OUTPTS+NB_SAMPLES/SR/TB))"
+
+
+def _gaps_filled(graph: Any, source: Any) -> Any:
+    """`source` (a filter of `graph`) followed by the filters that fill gaps in its sound with silence
+    (see `_Clock`); the last of them."""
+    forward = graph.add("asetpts", _NO_GOING_BACK)
+    filled = graph.add("aresample", f"async=1:min_hard_comp={float(GAP_S)}")
+    source.link_to(forward)
+    forward.link_to(filled)
+    return filled
+
+
+class _Clock:
+    """Where the sound is on the media's timeline, frame by frame: a gap in the frames' times (a
+    broadcast's dropout: packets lost, the times after it kept) is owed as silence, so every time after
+    it stays where it is; counting samples alone, the silences, loudness and waveform after a 4 s dropout
+    came 4 s early. A frame that starts before the previous one ends follows it (times that go back:
+    segments joined, each timed from 0, read on as `ffmpeg` reads them), as does one within `GAP_S` of
+    its end (jitter). What `_gaps_filled` has FFmpeg do, for the other path."""
+
+    def __init__(self) -> None:
+        self._end: Fraction | None = None  # where the previous frame ends
+
+    def gap_before(self, frame: Any) -> Fraction:
+        """The silence owed before `frame` (0 when it follows on)."""
+        duration = Fraction(frame.samples, frame.sample_rate)
+        if frame.pts is None or frame.time_base is None:  # untimed: it follows on
+            start = self._end or Fraction(0)
+        else:
+            start = frame.pts * Fraction(frame.time_base)
+        if self._end is None:
+            self._end = start + duration
+            return Fraction(0)
+        gap = start - self._end if start - self._end > GAP_S else Fraction(0)
+        self._end += gap + duration
+        return gap
+
+
+def _silence(samples: int, *, channels: int, size: int) -> Iterator[Block]:
+    """`samples` of silence in `channels`, as blocks of at most `size` samples."""
+    for start in range(0, samples, size):
+        yield np.zeros((channels, min(size, samples - start)), dtype=np.float32)
 
 
 def _format_of(frame: Any) -> tuple[str, int, str]:
