@@ -11,8 +11,9 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from medialens_shared.errors import MediaDecodeError
+from medialens_shared.errors import MediaDecodeError, UnsupportedInput
 from medialens_video.quality import detect_quality
+from medialens_video.scenes import detect_scenes
 from scripts.samples import corrupt, make_video
 
 
@@ -267,3 +268,29 @@ def test_a_change_on_the_bottom_field_alone_ends_a_freeze(tmp_path: Path) -> Non
     lumas = [still] * 75 + [changed] * 75
     frozen = detect_quality(_lossless(tmp_path / "fields.mp4", lumas), freeze_min_s=2.0).frozen
     assert frozen == [pytest.approx((0.0, 3.0), abs=0.05), pytest.approx((3.0, 6.0), abs=0.05)]
+
+
+def test_mpeg_ts_parts_joined_each_timed_from_its_start_are_refused_by_scenes_and_quality(
+    tmp_path: Path,
+) -> None:
+    """Two recordings joined byte by byte, each timed from 0 (a recorder restarted): both parts' frames
+    lie at the same times, and the jobs merged the second's scenes into the first's and reported its
+    black stretch twice at the first's times. They say what the file is and how to join it instead
+    (UNSUPPORTED_INPUT); one part alone, or parts whose times go on, are read as before."""
+    part = tmp_path / "part.ts"
+    with av.open(str(part), "w", format="mpegts") as out:
+        stream = out.add_stream("libx264", rate=25, options={"g": "25"})
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for index in range(75):
+            level = 0 if 25 <= index < 50 else 200
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), level, np.uint8), format="rgb24")
+            frame.pts, frame.time_base = index, Fraction(1, 25)
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    joined = tmp_path / "joined.ts"
+    joined.write_bytes(part.read_bytes() * 2)
+    with pytest.raises(UnsupportedInput, match=r"times go back by 3\.0 s after 3\.0 s: it is parts joined"):
+        detect_quality(joined)
+    with pytest.raises(UnsupportedInput, match=r"times go back by 3\.0 s after 3\.0 s: it is parts joined"):
+        detect_scenes(joined)
+    assert detect_quality(part).black == [pytest.approx((1.0, 2.0), abs=0.05)]

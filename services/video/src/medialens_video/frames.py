@@ -336,6 +336,31 @@ def skips_frames(codec_context: Any) -> bool:
     return str(codec_context.name) not in _SKIP_FIXED_AT_OPEN
 
 
+#: How far a video's times may go back (packets in decode order, frames as shown) before the video is
+#: taken for parts joined, each timed anew: a stream made in one piece never goes back, a broken muxer
+#: by a frame or two.
+TIMES_BACK_S = 1.0
+
+
+def require_forward(previous: int | None, current: int, *, time_base: Fraction, origin: int) -> None:
+    """`UnsupportedInput` when the time `current` lies more than `TIMES_BACK_S` before `previous` (both in
+    `time_base`; `origin`, the stream's first time, places them in the message).
+
+    MPEG-TS recordings joined byte by byte, each timed from its own start (a recorder restarted, segments
+    across a discontinuity), put frames of both parts at the same times: the scenes of the second part
+    were merged into the first's, its black and frozen stretches reported twice at the first's times, and
+    nothing said so. `ffmpeg -i joined.ts -c copy out.ts` makes such times continuous.
+    """
+    if previous is None or float((previous - current) * time_base) <= TIMES_BACK_S:
+        return
+    raise UnsupportedInput(
+        f"The video's times go back by {float((previous - current) * time_base):.1f} s after "
+        f"{float((previous - origin) * time_base):.1f} s: it is parts joined, each timed from its own "
+        "start, which cannot be put on one timeline. Join them with continuous times (`ffmpeg -i in.ts "
+        "-c copy out.ts` does) or send the parts one by one."
+    )
+
+
 class DecodeGuard:
     """Counts packets the decoder rejects: a few are skipped (as FFmpeg does), many mean damaged media.
 

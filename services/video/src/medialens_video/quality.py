@@ -47,6 +47,7 @@ from medialens_video.frames import (
     frame_ticks,
     open_video,
     planar_8bit,
+    require_forward,
 )
 
 #: Mean absolute difference of Y, U and V (0..1) up to which a frame is the still picture it is compared
@@ -116,6 +117,7 @@ def detect_quality(
                 for frame in clock.stamp(guard.decode(stream.codec_context, packet)):
                     if frame.pts is None:
                         continue
+                    require_forward(last_pts, frame.pts, time_base=time_base, origin=origin)
                     now_s = max(float((frame.pts - origin) * time_base), 0.0)
                     planar = planar_8bit(frame)
                     small = SmallFrame.of(planar, averaged=False)

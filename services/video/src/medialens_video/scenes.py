@@ -63,6 +63,7 @@ from medialens_video.frames import (
     from_keyframe,
     open_video,
     pixel_aspect,
+    require_forward,
     skips_frames,
 )
 
@@ -407,6 +408,8 @@ def _scan(container: Any, stream: Any, ticks: int, report: Report = _no_report) 
     sizes: deque[int] = deque(maxlen=SIZE_WINDOW)
     count = 0
     next_report = time.monotonic() + POLL_S
+    first_dts: int | None = None
+    last_dts: int | None = None
     with demuxed(container, stream) as packets:
         for packet in packets:
             if count and not count % _SCAN_LOOK_PACKETS and time.monotonic() >= next_report:
@@ -415,6 +418,10 @@ def _scan(container: Any, stream: Any, ticks: int, report: Report = _no_report) 
             if packet.is_discard:
                 continue  # before an edit list's start: decoded for what follows, never shown
             count += 1 if packet.size else 0
+            if packet.dts is not None:
+                first_dts = packet.dts if first_dts is None else first_dts
+                require_forward(last_dts, packet.dts, time_base=stream.time_base, origin=first_dts)
+                last_dts = max(packet.dts, last_dts if last_dts is not None else packet.dts)
             pts = packet.pts
             if pts is None:
                 continue
