@@ -207,3 +207,30 @@ def test_nested_values_convert_to_csv_as_json_text(tmp_path: Path) -> None:
         "id,m,s",
         '1,"{""k"":1,""l"":null}","{""a"":[1,2]}"',
     ]
+
+
+def test_integers_past_64_bits_convert_to_parquet_exactly(tmp_path: Path) -> None:
+    """DuckDB reads such a CSV column as HUGEINT, which its Parquet writer stores as a DOUBLE:
+    123456789012345678901234567 came out as 1.2345678901234568e+26, silently. Written as DECIMAL(38,0)
+    they stay exact; where a value has 39 digits, past any Parquet decimal DuckDB writes, the file's
+    128-bit columns are written as their text, exact too."""
+    big = 123456789012345678901234567
+    path = tmp_path / "big.csv"
+    path.write_text(f"id,big\n1,{big}\n2,-{big}\n", encoding="utf-8")
+    converted = convert_table(path, params=DataConvertParams(to="parquet"), out_dir=tmp_path / "out")
+    rows = duckdb.sql(f"SELECT id, big::VARCHAR, typeof(big) FROM '{converted.path}'").fetchall()
+    assert rows == [(1, str(big), "DECIMAL(38,0)"), (2, f"-{big}", "DECIMAL(38,0)")]
+    widest = 170141183460469231731687303715884105727  # the largest HUGEINT
+    path.write_text(f"id,big,bigger\n1,{big},{widest}\n", encoding="utf-8")
+    converted = convert_table(path, params=DataConvertParams(to="parquet"), out_dir=tmp_path / "widest")
+    rows = duckdb.sql(f"SELECT id, big, bigger FROM '{converted.path}'").fetchall()
+    assert rows == [(1, str(big), str(widest))]
+
+
+def test_a_late_type_change_converts_to_parquet_with_all_rows(tmp_path: Path) -> None:
+    """The rows past the sample are read again for Parquet as for the other outputs."""
+    path = tmp_path / "late.csv"
+    path.write_text("a\n" + "".join(f"{i}\n" for i in range(30_000)) + "oops\n", encoding="utf-8")
+    converted = convert_table(path, params=DataConvertParams(to="parquet"), out_dir=tmp_path / "out")
+    assert converted.row_count == 30_001
+    assert duckdb.sql(f"SELECT a FROM '{converted.path}' WHERE a = 'oops'").fetchall() == [("oops",)]
