@@ -511,3 +511,19 @@ def test_infinite_dates_and_timestamps_come_as_infinity(tmp_path: Path) -> None:
         [2, "-infinity", quarter, f"{quarter}+00:00", quarter, whole],
         [3, "2024-05-06", "-infinity", "-infinity", "-infinity", "-infinity"],
     ]
+
+
+def test_an_integer_of_39_digits_comes_back_as_text_instead_of_failing_the_query(tmp_path: Path) -> None:
+    """A CSV column holding the largest 128-bit integer (39 digits) failed even `SELECT * FROM data`
+    ("Could not cast value ... to DECIMAL(38,0)", INVALID_PARAMS, for a query with nothing wrong): its
+    answer's 128-bit columns are written as their text then, exact; narrower ones stay DECIMAL(38,0)."""
+    widest = 170141183460469231731687303715884105727
+    path = tmp_path / "wide.csv"
+    path.write_text(f"id,big\n1,{widest}\n2,-5\n", encoding="utf-8")
+    answer = run_query(
+        path, params=DataQueryParams(sql="SELECT * FROM data"), out_path=tmp_path / "a.parquet"
+    )
+    assert answer.rows == [[1, str(widest)], [2, -5]]
+    with duckdb.connect() as con:
+        stored = con.execute(f"SELECT id, big, typeof(big) FROM read_parquet('{answer.path}')").fetchall()
+    assert stored == [(1, str(widest), "VARCHAR"), (2, "-5", "VARCHAR")]

@@ -8,7 +8,6 @@ Parquet) as their JSON text (`_copied`).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +15,19 @@ from typing import Any, Literal
 
 import duckdb
 
-from medialens_data.engine import Limits, Report, Watchdog, connect, count_label, ident, literal, lock
+from medialens_data.engine import (
+    HUGE_INTEGERS,
+    PARQUET_HUGE,
+    Limits,
+    Report,
+    Watchdog,
+    connect,
+    count_label,
+    huge_parquet_types,
+    ident,
+    literal,
+    lock,
+)
 from medialens_data.source import Source, expose, input_failure, inspect, reread, resample
 from medialens_shared.contracts import DataConvertParams
 
@@ -77,17 +88,18 @@ def convert_table(
             lock(con)
             total = _row_estimate(watch, source)
             watch.stage(lambda p: (p or 0.0, _note(p, total)))
-            full_sample = huge_as_text = False
+            full_sample = False
+            huge = PARQUET_HUGE
             to = f"TO {literal(str(target.resolve()))} ({COPY_OPTIONS[params.to]})"
             while True:
                 try:
                     # Built again after each reading: guessing the types from every row may change them.
-                    copy = f"COPY {_copied(con, source, params.to, huge_as_text=huge_as_text)} {to}"
+                    copy = f"COPY {_copied(con, source, params.to, huge=huge)} {to}"
                     row_count = int(watch.fetch(copy)[0][0])
                     break
                 except duckdb.Error as exc:
-                    if not huge_as_text and params.to == "parquet" and _PAST_DECIMAL.search(str(exc)):
-                        huge_as_text = True  # an integer of 39 digits: those columns as text
+                    if params.to == "parquet" and huge == PARQUET_HUGE != huge_parquet_types(exc):
+                        huge = huge_parquet_types(exc)  # an integer of 39 digits: those columns as text
                         continue
                     # The view is read only now, so what its creation could not see surfaces here: a row
                     # past the sniffed sample that disagrees with the guessed types (guess from all rows),
@@ -118,28 +130,27 @@ def convert_table(
 _NESTED_PREFIXES = ("STRUCT(", "MAP(", "UNION(")
 
 
-def _copied(con: Any, source: Source, to: Target, *, huge_as_text: bool = False) -> str:
+def _copied(con: Any, source: Source, to: Target, *, huge: str = PARQUET_HUGE) -> str:
     """What `COPY` writes: the view; for a CSV, the view with its nested columns as JSON text (a CSV
     input has none, and its view is not described, which would sniff the file again); for Parquet, the
-    view with the columns Parquet cannot hold exactly cast to what can (`_PARQUET_CASTS`).
+    view with its 128-bit integer columns, which DuckDB's Parquet writer makes doubles, cast to `huge`.
 
     DuckDB's CSV writer spells a struct, a list or a map in its own notation, which no reader takes back
     and which loses what a value is: `{'sku': a, 'q': 2}`, `[x, NULL]`, `{k=1}`, where the string "NULL"
     and a null, or a string holding `, ` and two values, read the same. As JSON they are
     `{"sku":"a","q":2}`, `["x",null]`, `{"k":1}`, as the JSON lines output writes them.
 
-    DuckDB's Parquet writer stores a 128-bit integer (HUGEINT: a CSV column of integers past 64 bits) as
-    a DOUBLE: 123456789012345678901234567 was written as 1.2345678901234568e+26, and nothing said so.
-    Such columns are written as DECIMAL(38,0), exact to 38 digits, and, `huge_as_text` (where a value has
-    more, up to 39), as their text: all of them, DuckDB's error not saying which one.
+    A CSV column of integers past 64 bits is a HUGEINT, and 123456789012345678901234567 was written as
+    1.2345678901234568e+26, silently. `huge` is `engine.PARQUET_HUGE`, exact to 38 digits, or where a
+    value has more, text: for all such columns, DuckDB's error not saying which one
+    (`engine.huge_parquet_types`).
     """
     if to == "parquet":
-        casts = _HUGE_AS_TEXT if huge_as_text else _PARQUET_CASTS
         columns = [(str(name), str(dtype)) for name, dtype, *_ in con.execute(f"DESCRIBE {_VIEW}").fetchall()]
-        if not any(dtype in casts for _, dtype in columns):
+        if not any(dtype in HUGE_INTEGERS for _, dtype in columns):
             return _VIEW
         picks = ", ".join(
-            f"CAST({ident(name)} AS {casts[dtype]}) AS {ident(name)}" if dtype in casts else ident(name)
+            f"CAST({ident(name)} AS {huge}) AS {ident(name)}" if dtype in HUGE_INTEGERS else ident(name)
             for name, dtype in columns
         )
         return f"(SELECT {picks} FROM {_VIEW})"  # noqa: S608 - quoted names
@@ -154,15 +165,6 @@ def _copied(con: Any, source: Source, to: Target, *, huge_as_text: bool = False)
         return _VIEW
     replaced = ", ".join(f"CAST(to_json({ident(name)}) AS VARCHAR) AS {ident(name)}" for name in nested)
     return f"(SELECT * REPLACE ({replaced}) FROM {_VIEW})"  # noqa: S608 - quoted names
-
-
-#: The column types DuckDB's Parquet writer cannot hold exactly, and what they are written as (`_copied`).
-_PARQUET_CASTS = {"HUGEINT": "DECIMAL(38,0)", "UHUGEINT": "DECIMAL(38,0)"}
-#: What they are written as where a value passes DECIMAL(38,0) (`huge_as_text`).
-_HUGE_AS_TEXT = {"HUGEINT": "VARCHAR", "UHUGEINT": "VARCHAR"}
-#: DuckDB's error for a value past DECIMAL(38,0), cast from a column or, the cast pushed into a CSV's
-#: reader, from its text.
-_PAST_DECIMAL = re.compile(r"Could not (cast|convert) .* to '?DECIMAL")
 
 
 def _row_estimate(watch: Watchdog, source: Source) -> int | None:

@@ -381,6 +381,23 @@ def finite(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
+#: The 128-bit integer types (the type of a `sum` of integers, of a CSV column of integers past 64 bits),
+#: which DuckDB's Parquet writer stores as DOUBLE, inexact past 2**53 (9007199254740995 read back as
+#: 9007199254740996.0), silently: a Parquet file of ours holds them as `PARQUET_HUGE`, exact to 38
+#: digits, or where a value has more (up to 39), as their text (`huge_parquet_types`).
+HUGE_INTEGERS = frozenset({"HUGEINT", "UHUGEINT"})
+PARQUET_HUGE = "DECIMAL(38,0)"
+#: DuckDB's error for a value past `PARQUET_HUGE`: cast from a column, or (the cast pushed into a CSV's
+#: reader) from its text.
+_PAST_PARQUET_HUGE = re.compile(r"Could not (cast|convert) .* to '?DECIMAL")
+
+
+def huge_parquet_types(exc: duckdb.Error | None) -> str:
+    """What the 128-bit integer columns of a Parquet file are written as: `PARQUET_HUGE`, or after `exc`,
+    an error writing them so that says a value passes it, their text."""
+    return "VARCHAR" if exc is not None and _PAST_PARQUET_HUGE.search(str(exc)) else PARQUET_HUGE
+
+
 #: The integers a stored result can hold: MongoDB's BSON has 64-bit integers. Wider ones (HUGEINT,
 #: UBIGINT past 2**63: 20-digit ids) come as their decimal text, exact, where storing them failed.
 _INT64 = range(-(2**63), 2**63)

@@ -46,11 +46,14 @@ import duckdb
 from pydantic_core import to_json
 
 from medialens_data.engine import (
+    HUGE_INTEGERS,
+    PARQUET_HUGE,
     Limits,
     Report,
     Watchdog,
     as_text,
     connect,
+    huge_parquet_types,
     ident,
     json_value,
     literal,
@@ -110,7 +113,7 @@ def _catalog_macros() -> frozenset[str]:
 _REVEALING_FUNCTIONS = frozenset({"current_setting", "current_query"}) | _catalog_macros()
 #: The answer's column types Parquet cannot hold as they are, and what they are written as (see
 #: `_exact_parquet`).
-_PARQUET_CASTS = {"HUGEINT": "DECIMAL(38,0)", "UHUGEINT": "DECIMAL(38,0)", "INTERVAL": "VARCHAR"}
+_PARQUET_CASTS = {"INTERVAL": "VARCHAR"}
 #: Share of the job's progress that loading the input takes.
 _LOAD_SHARE = 0.5
 
@@ -306,7 +309,7 @@ def run_query(
             row_count = int(
                 watch.fetch(f"SELECT sum(num_rows) FROM parquet_file_metadata({target})")[0][0] or 0  # noqa: S608
             )
-            shown = _shown(watch, target)
+            shown = _shown(watch, target, columns)
             first = watch.fetch(f"SELECT {shown} FROM read_parquet({target}) LIMIT {int(params.limit)}")  # noqa: S608
     finally:
         con.close()
@@ -320,13 +323,18 @@ def _too_large(size: int, *, limit: int) -> InvalidParams:
     )
 
 
-def _shown(watch: Watchdog, target: str) -> str:
+def _shown(watch: Watchdog, target: str, columns: list[QueryColumn]) -> str:
     """The select list that reads the answer's file (`target`, quoted) exactly into Python: its columns,
-    by position (names may repeat), those of temporal or interval types as their text (`as_text`)."""
+    by position (names may repeat), those of temporal or interval types as their text (`as_text`), the
+    answer's 128-bit integers written as text (`engine.huge_parquet_types`) as the integers they are."""
     dtypes = [str(row[1]) for row in watch.fetch(f"DESCRIBE SELECT * FROM read_parquet({target})")]  # noqa: S608
-    if all(as_text("x", dtype) == "x" for dtype in dtypes):
-        return "*"
-    return ", ".join(as_text(f"#{n}", dtype) for n, dtype in enumerate(dtypes, start=1))
+    picks = [
+        f"CAST(#{n} AS {column.dtype})"
+        if column.dtype in HUGE_INTEGERS and dtype == "VARCHAR"
+        else as_text(f"#{n}", dtype)
+        for n, (column, dtype) in enumerate(zip(columns, dtypes, strict=True), start=1)
+    ]
+    return "*" if picks == [f"#{n}" for n in range(1, len(picks) + 1)] else ", ".join(picks)
 
 
 def _inline(first: list[tuple[Any, ...]]) -> list[list[Any]]:
@@ -342,21 +350,22 @@ def _inline(first: list[tuple[Any, ...]]) -> list[list[Any]]:
     return rows
 
 
-def _exact_parquet(con: Any, sql: str, columns: list[QueryColumn]) -> Any:
+def _exact_parquet(con: Any, sql: str, columns: list[QueryColumn], *, huge: str = PARQUET_HUGE) -> Any:
     """The query's relation as Parquet can hold it, exactly and whatever the values.
 
     DuckDB's Parquet writer stores a 128-bit integer (HUGEINT, the type of every `sum` of integers) as a
     DOUBLE, so `sum(id)` came back as 9007199254740996.0 for 9007199254740995: those columns are written
-    as DECIMAL(38,0) (exact to 38 digits). It refuses a negative INTERVAL (any difference of two times
-    that goes back), failing the whole query, and Python reads a month as 30 days: intervals are written
-    as DuckDB's text (`1 month 2 days 03:04:05.5`, `-1 day`). Columns are picked by position (`#n`),
-    since an answer's names may repeat; other answers are written as they are.
+    as `huge` (`engine.huge_parquet_types`: exact to 38 digits, or text). It refuses a negative INTERVAL
+    (any difference of two times that goes back), failing the whole query, and Python reads a month as
+    30 days: intervals are written as DuckDB's text (`1 month 2 days 03:04:05.5`, `-1 day`). Columns are
+    picked by position (`#n`), since an answer's names may repeat; other answers are written as they are.
     """
-    if not any(column.dtype in _PARQUET_CASTS for column in columns):
+    casts = {**_PARQUET_CASTS, **dict.fromkeys(HUGE_INTEGERS, huge)}
+    if not any(column.dtype in casts for column in columns):
         return con.sql(sql)
     picks = ", ".join(
-        f"CAST(#{n} AS {_PARQUET_CASTS[c.dtype]}) AS {ident(c.name)}"
-        if c.dtype in _PARQUET_CASTS
+        f"CAST(#{n} AS {casts[c.dtype]}) AS {ident(c.name)}"
+        if c.dtype in casts
         else f"#{n} AS {ident(c.name)}"
         for n, c in enumerate(columns, start=1)
     )
@@ -396,7 +405,17 @@ def _answer(
                 QueryColumn(name=str(name), dtype=str(dtype))
                 for name, dtype in zip(relation.columns, relation.types, strict=True)
             ]
-            _exact_parquet(con, sql, columns).write_parquet(str(out_path.resolve()), compression="zstd")
+            try:
+                _exact_parquet(con, sql, columns).write_parquet(str(out_path.resolve()), compression="zstd")
+            except duckdb.ConversionException as exc:  # an integer of 39 digits: those columns as text
+                if huge_parquet_types(exc) == PARQUET_HUGE or not any(
+                    c.dtype in HUGE_INTEGERS for c in columns
+                ):
+                    raise
+                out_path.unlink(missing_ok=True)
+                _exact_parquet(con, sql, columns, huge=huge_parquet_types(exc)).write_parquet(
+                    str(out_path.resolve()), compression="zstd"
+                )
     except duckdb.PermissionException as exc:
         raise InvalidParams(
             f"the query may read only the table `{TABLE}`, no files, network or settings: "
