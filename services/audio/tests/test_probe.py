@@ -6,6 +6,7 @@ import io
 import shutil
 import struct
 import subprocess
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -522,3 +523,29 @@ def test_the_bit_rate_of_a_soundtrack_that_states_none_is_unknown_not_the_files(
             stated = container.streams.audio[0].bit_rate or None
         assert probe_audio(path).bit_rate == stated
         assert (stated is None) == (codec == "libopus")
+
+
+def test_a_cover_picture_does_not_make_the_bit_rate_unknown(tmp_path: Path) -> None:
+    """A FLAC with its cover art (a picture FFmpeg shows as a stream): the audio is all there is to time,
+    so its bit rate is the file's, as without the cover; taken for video, it was null."""
+    path = tmp_path / "cover.flac"
+    with av.open(str(path), "w") as container:
+        sound = container.add_stream("flac", rate=48000)
+        sound.layout = "stereo"
+        cover = container.add_stream("mjpeg", rate=1)
+        cover.width, cover.height, cover.pix_fmt = 64, 48, "yuvj420p"
+        cover.disposition = av.stream.Disposition.attached_pic
+        picture = av.VideoFrame.from_ndarray(np.zeros((48, 64, 3), np.uint8), format="rgb24")
+        picture = picture.reformat(format="yuvj420p")
+        picture.pts, picture.time_base = 0, Fraction(1, 1)
+        container.mux(cover.encode(picture))
+        container.mux(cover.encode(None))
+        samples = noise(-20.0, 3.0)
+        for start in range(0, samples.shape[1], 4800):
+            frame = av.AudioFrame.from_ndarray(
+                np.ascontiguousarray(samples[:, start : start + 4800]), format="fltp", layout="stereo"
+            )
+            frame.sample_rate, frame.pts = 48000, start
+            container.mux(sound.encode(frame))
+        container.mux(sound.encode(None))
+    assert probe_audio(path).bit_rate == pytest.approx(path.stat().st_size * 8 / 3.0, rel=0.02)

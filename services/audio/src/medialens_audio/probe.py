@@ -48,12 +48,18 @@ def _bit_rate(path: Path, container: Any, stream: Any, duration_s: float | None)
     file's size over `duration_s` when FFmpeg has none, or when its rate comes from a length other than
     ours (counted: `decode.stated_duration`; a raw MP3 or ADTS AAC starting quietly read its first frames'
     rate, 32,000 b/s for a file of 142,000, a chained Ogg its last chain's). None where the file holds
-    more and states none for the stream (Opus in Matroska, AAC LATM in MPEG-TS), as ffprobe says: the
-    container's rate, given before, counted the video (1,114,419 b/s for 96 kb/s of Opus)."""
+    more than this stream and a cover picture, and states none for the stream (Opus in Matroska, AAC LATM
+    in MPEG-TS), as ffprobe says: the container's rate, given before, counted the video (1,114,419 b/s
+    for 96 kb/s of Opus). A cover picture (a FLAC's, an MP3's) is not counted as more."""
     stated_s = container.duration / av.time_base if container.duration else None
-    if len(container.streams) > 1:
+    others = [other for other in container.streams if other.index != stream.index]
+    if any(not other.disposition & av.stream.Disposition.attached_pic for other in others):
         return stream.bit_rate or None
-    if duration_s and (stated_s is None or abs(stated_s - duration_s) > 0.01 * duration_s + 0.05):
+    if (
+        duration_s
+        and not others
+        and (stated_s is None or abs(stated_s - duration_s) > 0.01 * duration_s + 0.05)
+    ):
         return _file_bit_rate(path, duration_s)
     return stream.bit_rate or container.bit_rate or _file_bit_rate(path, duration_s)
 
