@@ -346,13 +346,14 @@ def _ts_listing_an_empty_track(path: Path, *, playing: bool) -> Path:
 
 def test_an_mpeg_ts_track_that_never_has_a_packet_is_passed_over(tmp_path: Path) -> None:
     """A broadcast's table can list an audio track that never has a packet (a second language, audio
-    description) before the one that plays. The jobs read the first one FFmpeg found the format of (after
-    the longer look, which could have found the first track's). They read the empty one: the probe
-    failed as damaged, loudness as sampled at 0 Hz, silence and waveform with a ZeroDivisionError
-    (INTERNAL_ERROR)."""
+    description) before the one that plays. The jobs read the first one FFmpeg found the format of,
+    without the longer look (`LATE_STREAM_PROBE`, 64 MiB read and held on every open) at the empty one.
+    They read the empty one: the probe failed as damaged, loudness as sampled at 0 Hz, silence and
+    waveform with a ZeroDivisionError (INTERNAL_ERROR)."""
     path = _ts_listing_an_empty_track(tmp_path / "listed.ts", playing=True)
     with open_audio(path) as audio:
         assert audio._stream_index == 2
+        assert "analyzeduration" not in audio._format_options
     assert probe_audio(path).sample_rate == 48000
     silence = detect_silence(path, AudioSilenceParams(), no_report)
     assert [(gap.start_s, gap.end_s) for gap in silence.segments] == [
@@ -374,10 +375,11 @@ def test_an_mpeg_ts_whose_only_audio_track_never_has_a_packet_is_unsupported_inp
             job()
 
 
-def _with_dropout(path: Path, codec: str, *, lost: tuple[float, float] | None) -> Path:
+def _with_dropout(path: Path, codec: str, *, lost: tuple[float, float] | None, later_s: float = 0.0) -> Path:
     """20 s of small video beside a -20 dBFS 1 kHz tone, truly silent at 14-16 s, in the container of
     `path`'s suffix; the audio frames of the `lost` stretch left out, the times after it kept (a
-    broadcast's dropout, a paused browser recording)."""
+    broadcast's dropout, a paused browser recording), or from 10 s on, timed `later_s` later (recordings
+    joined across a break)."""
     tone = sequence((-20.0, 14.0), (-120.0, 2.0), (-20.0, 4.0))
     with av.open(str(path), mode="w") as container:
         video = container.add_stream("libx264", rate=25)
@@ -391,7 +393,8 @@ def _with_dropout(path: Path, codec: str, *, lost: tuple[float, float] | None) -
             if lost and lost[0] <= index / 25 < lost[1]:
                 continue
             sound = frame_of(tone[:, index * 1920 : (index + 1) * 1920], "stereo")
-            sound.sample_rate, sound.pts, sound.time_base = 48000, index * 1920, Fraction(1, 48000)
+            sound.sample_rate, sound.time_base = 48000, Fraction(1, 48000)
+            sound.pts = index * 1920 + (round(later_s * 48000) if index >= 250 else 0)
             container.mux(audio.encode(sound))
         container.mux(video.encode(None))
         container.mux(audio.encode(None))
@@ -430,3 +433,37 @@ def test_segments_joined_with_their_times_from_zero_again_follow_on(tmp_path: Pa
         (pytest.approx(14.0, abs=0.05), pytest.approx(16.0, abs=0.05)),
         (pytest.approx(34.0, abs=0.1), pytest.approx(36.0, abs=0.1)),
     ]
+
+
+@pytest.mark.parametrize("codec", ["mp2", "aac"])
+def test_a_jump_past_the_longest_gap_is_a_break_read_on_not_silence(tmp_path: Path, codec: str) -> None:
+    """The audio's times jump a minute ahead at 10 s (recordings joined across a break, a wild time after
+    a reception error): past `LONGEST_GAP_S` that is no dropout, and the sound reads on from where it was,
+    as `ffmpeg` reads an MPEG-TS. Filled, an hour's jump held 3.1 GB in FFmpeg's resampler."""
+    path = _with_dropout(tmp_path / f"{codec}.ts", codec, lost=None, later_s=60.0)
+    silence = detect_silence(path, AudioSilenceParams(), no_report)
+    assert [(gap.start_s, gap.end_s) for gap in silence.segments] == [
+        (pytest.approx(14.0, abs=0.05), pytest.approx(16.0, abs=0.05))
+    ]
+    assert compute_waveform(path, None, no_report).duration_s == pytest.approx(20.0, abs=0.05)
+
+
+def test_a_long_frame_after_short_ones_is_no_gap(tmp_path: Path) -> None:
+    """PCM in Matroska in blocks of 20 ms with one of 500 ms every 2 s, times continuous (a capture's
+    uneven blocks): a block is awaited where the one before it ends, not that block's length after its
+    start (which read each long block 480 ms late and filled the difference with silence: 10.4 s)."""
+    path = tmp_path / "uneven.mkv"
+    tone = sine(-20.0, 10.0, channels=1)
+    with av.open(str(path), mode="w") as container:
+        audio = container.add_stream("pcm_s16le", rate=48000)
+        audio.layout = "mono"
+        start = block = 0
+        while start < tone.shape[1]:
+            size = 24000 if block % 100 == 99 else 960
+            sound = frame_of(tone[:, start : start + size], "mono")
+            sound.sample_rate, sound.pts, sound.time_base = 48000, start, Fraction(1, 48000)
+            container.mux(audio.encode(sound))
+            start, block = start + size, block + 1
+        container.mux(audio.encode(None))
+    assert detect_silence(path, AudioSilenceParams(), no_report).segments == []
+    assert compute_waveform(path, None, no_report).duration_s == pytest.approx(10.0, abs=0.01)

@@ -152,7 +152,7 @@ def _opened(path: Path | str, options: dict[str, str] | None = None) -> Any:
     strict."""
     return probed(
         lambda chosen: av.open(str(path), mode="r", options=chosen, metadata_errors="replace"),
-        lambda container: _decodable(container)[:1],
+        lambda container: [stream] if (stream := _first_decodable(container)) is not None else [],
         options,
     )
 
@@ -527,34 +527,27 @@ def _ogg_chain_starts(path: Path) -> list[int]:
     """Where each chain of the Ogg file at `path` begins, in bytes: at a page flagged "beginning of
     stream" (RFC 3533 section 6) that follows a page that is not, whatever the codec (Opus, Vorbis, FLAC).
     The streams of a multiplexed file (Theora video beside Vorbis) all begin on its first pages, one after
-    another: one chain. A search of the bytes takes a few milliseconds, so a file of one chain is not
-    demuxed to count its packets on every open (0.4 s for an hour)."""
+    another: one chain. The bytes are searched once (each pattern from where it was last found: searched
+    anew from each page, a day's radio recording of hundreds of chains took minutes), a few milliseconds
+    a file, so a file of one chain is not demuxed to count its packets on every open (0.4 s for an hour).
+    """
     starts: list[int] = []
     with path.open("rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
-        after_beginning = -1  # where the last beginning page found ends
-        page = _beginning_page(data, 0)
-        while page >= 0:
+        patterns = [_OGG_PAGE + bytes([flags]) for flags in _BEGINNING_FLAGS]
+        found = [data.find(pattern) for pattern in patterns]
+        after_beginning = -1  # where the last beginning page ends
+        while any(at >= 0 for at in found):
+            page = min(at for at in found if at >= 0)
+            found = [
+                data.find(p, page + 1) if at == page else at for p, at in zip(patterns, found, strict=True)
+            ]
+            end = _page_end(data, page)
+            if end is None or data[page + 18 : page + 22] != bytes(4):
+                continue  # cut short, or not the first page of its stream: a chance match inside a packet
             if page != after_beginning:  # a page of a stream begun earlier lies between
                 starts.append(page)
-            after_beginning = _page_end(data, page) or -1
-            page = _beginning_page(data, page + 1)
+            after_beginning = end
     return starts
-
-
-def _beginning_page(data: mmap.mmap, at: int) -> int:
-    """Where the first whole page header at or after `at` that begins a stream lies; -1 when none does.
-    Such a page is the first of its stream (its sequence number, bytes 18-21, is 0), which a chance match
-    of its capture pattern and flags inside a packet would also have to be."""
-    while True:
-        found = [
-            page for flags in _BEGINNING_FLAGS if (page := data.find(_OGG_PAGE + bytes([flags]), at)) >= 0
-        ]
-        if not found:
-            return -1
-        page = min(found)
-        if data[page + 18 : page + 22] == bytes(4) and _page_end(data, page) is not None:
-            return page
-        at = page + 1
 
 
 def _page_end(data: mmap.mmap, page: int) -> int | None:
@@ -607,9 +600,11 @@ def _chain_streams(chains: list[str]) -> Generator[tuple[Any, Any], None, None]:
 
 def _first_decodable(container: Any) -> Any | None:
     """The container's first audio stream FFmpeg has a decoder for and found the format of (the first
-    it has a decoder for when it found none's); None when it has a decoder for none. A broadcast's table
-    can list a track that never has a packet before the one that plays (the jobs read no sound in it);
-    one that starts late has its format found by `_opened`'s longer look first."""
+    it has a decoder for when it found none's, which `_opened` looks for longer); None when it has a
+    decoder for none. A broadcast's table can list a track that never has a packet before the one that
+    plays: the jobs read no sound in it, and the longer look at it, on every open, cost 64 MiB for
+    nothing. A first track that starts past the first look beside a second that does not (rare: a
+    programme's tracks start together) leaves the second read."""
     decodable = _decodable(container)
     return next((stream for stream in decodable if not unprobed(stream)), next(iter(decodable), None))
 
@@ -903,16 +898,25 @@ _TIMED_FORMATS = frozenset({"mpegts", "mpeg", "matroska,webm", "flv", "asf"})
 #: the sound, filled with silence: FFmpeg's own threshold for it (`aresample`'s `min_hard_comp`). Timestamps
 #: jitter far less (a millisecond in Matroska); a broadcast's dropout lasts seconds.
 GAP_S = Fraction(1, 10)
-#: FFmpeg's filters doing in `_filtered` what `_Clock` does here: `asetpts` keeps the frames' times from
-#: going back (a frame that starts before the previous one ends follows it), and `aresample`, in its
-#: `async` mode, fills with silence where a frame starts more than `GAP_S` after the previous one ends.
-_NO_GOING_BACK = "if(isnan(PREV_OUTPTS),PTS,max(PTS,PREV_OUTPTS+NB_SAMPLES/SR/TB))"
+#: The longest gap filled: a frame later than this after the previous one's end follows it instead, a
+#: break between recordings joined, not sound lost, as `ffmpeg` reads an MPEG-TS (its
+#: `dts_delta_threshold`). Filling a jump of an hour held 3.1 GB in FFmpeg's resampler.
+LONGEST_GAP_S = 10
+#: FFmpeg's filters doing in `_filtered` what `_Clock` does in `_converted`: `asetpts` moves a frame that
+#: starts before the previous one ends, or more than `LONGEST_GAP_S` after, to that end (the previous
+#: frame's samples kept in its variable 0), and `aresample`, in its `async` mode, fills with silence
+#: where a frame then starts more than `GAP_S` after the previous one's end.
+_FOLLOWING_ON = (
+    "st(1,if(isnan(PREV_OUTPTS),PTS,"
+    f"if(between(PTS-PREV_OUTPTS-ld(0)/SR/TB,0,{LONGEST_GAP_S}/TB),PTS,PREV_OUTPTS+ld(0)/SR/TB)));"
+    "st(0,NB_SAMPLES);ld(1)"
+)
 
 
 def _gaps_filled(graph: Any, source: Any) -> Any:
     """`source` (a filter of `graph`) followed by the filters that fill gaps in its sound with silence
     (see `_Clock`); the last of them."""
-    forward = graph.add("asetpts", _NO_GOING_BACK)
+    forward = graph.add("asetpts", _FOLLOWING_ON)
     filled = graph.add("aresample", f"async=1:min_hard_comp={float(GAP_S)}")
     source.link_to(forward)
     forward.link_to(filled)
@@ -923,9 +927,10 @@ class _Clock:
     """Where the sound is on the media's timeline, frame by frame: a gap in the frames' times (a
     broadcast's dropout: packets lost, the times after it kept) is owed as silence, so every time after
     it stays where it is; counting samples alone, the silences, loudness and waveform after a 4 s dropout
-    came 4 s early. A frame that starts before the previous one ends follows it (times that go back:
-    segments joined, each timed from 0, read on as `ffmpeg` reads them), as does one within `GAP_S` of
-    its end (jitter). What `_gaps_filled` has FFmpeg do, for the other path."""
+    came 4 s early. A frame that starts before the previous one ends (times that go back: segments
+    joined, each timed from 0) or more than `LONGEST_GAP_S` after it (a break between recordings) follows
+    it, as `ffmpeg` reads them, and so does one within `GAP_S` of its end (jitter). What `_gaps_filled`
+    has FFmpeg do, for the other path."""
 
     def __init__(self) -> None:
         self._end: Fraction | None = None  # where the previous frame ends
@@ -940,7 +945,7 @@ class _Clock:
         if self._end is None:
             self._end = start + duration
             return Fraction(0)
-        gap = start - self._end if start - self._end > GAP_S else Fraction(0)
+        gap = start - self._end if GAP_S < start - self._end <= LONGEST_GAP_S else Fraction(0)
         self._end += gap + duration
         return gap
 
