@@ -126,8 +126,8 @@ def open_container(path: Path) -> Iterator[tuple[Any, Any]]:
                 "The file has no audio stream"
                 + (" (it holds only video or pictures)." if container.streams.video else ".")
             )
-        # The first one FFmpeg has a decoder for (PyAV gives the others no codec context): a track in an
-        # unknown codec before a readable one failed every job.
+        # The first one FFmpeg has a decoder for (and found a format for: `_first_decodable`): a track in
+        # an unknown codec, or one never given a packet, before a readable one failed every job.
         stream = _first_decodable(container)
         if stream is None:
             raise UnsupportedInput("The file's audio is in a codec this service cannot decode.")
