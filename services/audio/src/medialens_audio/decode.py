@@ -800,13 +800,13 @@ def _filtered(
 
     FFmpeg's `amovie` source demuxes and decodes, `aformat` converts any sample format to float32 in
     [-1, 1] (after `_gaps_filled` where the container is `timed`), and the sink gathers the codec's
-    small frames into blocks: a whole block per call, in C,
-    without the GIL, so the decoding thread does not contend with the analysis for it once per codec
-    frame (26,000 times in ten minutes of MP3), as a loop over PyAV's frames does even when it only
-    pushes them into a graph (`_converted`; measured, the loudness of an hour of 160 kb/s AAC took 6.0 s
-    this way and 8.2 s that way, of 192 kb/s MP3 14.8 and 16.2 s, of 16-bit WAV 12 s both). `amovie`'s
-    output is fixed to the format the container declares, though: a frame in any other sample format,
-    rate or layout fails with `PatchWelcomeError` ("not yet implemented in ffmpeg") and ends this.
+    small frames into blocks: a whole block per call, in C, without the GIL, so the decoding thread does
+    not contend with the analysis for it once per codec frame (26,000 times in ten minutes of MP3), as a
+    loop over PyAV's frames does even when it only pushes them into a graph (`_converted`; measured, the
+    loudness of an hour of 160 kb/s AAC took 6.0 s this way and 8.2 s that way, of 192 kb/s MP3 14.8 and
+    16.2 s, of 16-bit WAV 12 s both). `amovie`'s output is fixed to the format the container declares,
+    though: a frame in any other sample format, rate or layout fails with `PatchWelcomeError` ("not yet
+    implemented in ffmpeg") and ends this.
     """
     source = {"filename": str(path), "streams": str(stream_index)}
     if options:
@@ -869,7 +869,7 @@ def _converted(
     for frame in frames:
         gap = clock.gap_before(frame) if timed else 0
         if conversion is None or conversion.source != _format_of(frame) or gap:
-            if conversion is not None:
+            if conversion is not None and conversion.source != _format_of(frame):
                 logger.debug(
                     "audio frames change from %s to %s; converted to %s Hz %s",
                     conversion.source,
@@ -877,6 +877,7 @@ def _converted(
                     rate,
                     layout,
                 )
+            if conversion is not None:
                 yield from conversion.flushed()
             if gap:
                 yield from _silence(
