@@ -527,3 +527,44 @@ def test_an_integer_of_39_digits_comes_back_as_text_instead_of_failing_the_query
     with duckdb.connect() as con:
         stored = con.execute(f"SELECT id, big, typeof(big) FROM read_parquet('{answer.path}')").fetchall()
     assert stored == [(1, str(widest), "VARCHAR"), (2, "-5", "VARCHAR")]
+
+
+def test_a_json_key_of_several_kinds_is_text_as_written(tmp_path: Path) -> None:
+    """A key holding a number here and a string there (codes, ids) was DuckDB's JSON type: the string
+    A-7 read `"A-7"`, quotes and all, and `WHERE code = 'A-7'` failed. It is text, each value as written."""
+    path = tmp_path / "codes.jsonl"
+    path.write_text('{"code": 101}\n{"code": "A-7"}\n{"code": "007"}\n{"code": true}\n', encoding="utf-8")
+    answer = run_query(
+        path, params=DataQueryParams(sql="SELECT code FROM data"), out_path=tmp_path / "a.parquet"
+    )
+    assert [(c.name, c.dtype) for c in answer.columns] == [("code", "VARCHAR")]
+    assert answer.rows == [["101"], ["A-7"], ["007"], ["true"]]
+    found = run_query(
+        path,
+        params=DataQueryParams(sql="SELECT count(*) AS n FROM data WHERE code = 'A-7'"),
+        out_path=tmp_path / "b.parquet",
+    )
+    assert found.rows == [[1]]
+
+
+@pytest.mark.parametrize("before", [0, 21_000])
+def test_json_integers_past_64_bits_are_exact(tmp_path: Path, before: int) -> None:
+    """DuckDB's JSON reader reads an integer past 64 bits unsigned as a double, rounded: the ids
+    98765432109876543210 and ...211 read as one, and a `WHERE id = ...` found both. They are exact
+    (HUGEINT), in the sample or past it (after 21,000 small ids)."""
+    ids = [98765432109876543210, 98765432109876543211, 123456789012345678901234567890]
+    path = tmp_path / "ids.jsonl"
+    lines = [f'{{"id": {i}}}' for i in range(before)] + [f'{{"id": {i}}}' for i in ids]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    answer = run_query(
+        path,
+        params=DataQueryParams(sql=f"SELECT id FROM data WHERE id >= {ids[0]} ORDER BY id"),
+        out_path=tmp_path / "a.parquet",
+    )
+    assert answer.rows == [[str(i)] for i in ids]
+    found = run_query(
+        path,
+        params=DataQueryParams(sql=f"SELECT count(*) AS n FROM data WHERE id = {ids[0]}"),
+        out_path=tmp_path / "b.parquet",
+    )
+    assert found.rows == [[1]]
