@@ -189,15 +189,14 @@ def test_one_thread_profiles_as_two_do(tmp_path: Path) -> None:
     assert profile_table(path, params=AUTO, threads=1) == profile_table(path, params=AUTO, threads=2)
 
 
-def test_nan_and_infinity_become_none(tmp_path: Path) -> None:
-    """NaN and infinite floats come back as None instead of breaking JSON."""
+def test_nan_and_infinity_stay_out_of_the_statistics_and_of_json(tmp_path: Path) -> None:
+    """A CSV's `nan` is a missing value and its `inf` is left out of the statistics (it made the max,
+    mean and std null); the profile is JSON without NaN or infinities."""
     path = write_csv(tmp_path / "nan.csv", ["x"], [["1.5"], ["nan"], ["inf"], ["2.5"]])
     col = profile_table(path, params=AUTO).columns[0]
     assert col.dtype == "DOUBLE"
-    assert col.min == 1.5
-    assert col.max is None  # NaN sorts last in DuckDB
-    assert col.mean is None
-    assert col.std is None
+    assert (col.min, col.max, col.mean, col.null_count) == (1.5, 2.5, 2.0, 1)
+    assert col.std == pytest.approx(statistics.stdev([1.5, 2.5]))
     json.dumps(col.model_dump(mode="json"), allow_nan=False)
 
 
@@ -767,3 +766,21 @@ def test_infinite_dates_profile_as_infinity(tmp_path: Path) -> None:
     valid_to = column(result, "valid_to")
     assert (valid_to.dtype, valid_to.min, valid_to.max) == ("DATE", "2024-05-06", "infinity")
     assert [(top.value, top.count) for top in valid_to.top_values] == [("infinity", 2), ("2024-05-06", 1)]
+
+
+def test_a_float_columns_nan_and_infinities_are_left_out_of_its_statistics(tmp_path: Path) -> None:
+    """One NaN in a Parquet float column made its max, mean, std and upper quartile null and its median
+    wrong (2 and NaN's place averaged); an infinity did the same. The statistics are the finite values'
+    (Python's over them), and NaN and the infinities show in the top values by name, not as null."""
+    path = tmp_path / "floats.jsonl"
+    path.write_text(
+        "".join(f'{{"x": {v}}}\n' for v in ("1.0", "2.0", "NaN", "4.0", "null", "1e400", "-1e400")),
+        encoding="utf-8",
+    )
+    (column,) = profile_table(path, params=DataProfileParams()).columns
+    finite = [1.0, 2.0, 4.0]
+    assert (column.min, column.max, column.p50) == (1.0, 4.0, 2.0)
+    assert column.mean == pytest.approx(statistics.mean(finite))
+    assert column.std == pytest.approx(statistics.stdev(finite))
+    assert column.null_count == 1
+    assert {top.value for top in column.top_values} == {1.0, 2.0, 4.0, "NaN", "Infinity", "-Infinity"}

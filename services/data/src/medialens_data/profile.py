@@ -316,7 +316,7 @@ class _Profiler:
 
     def _profile(self, summary: _Summary, counted: list[tuple[Any, ...]]) -> ColumnProfile:
         estimated = self._estimated(summary)
-        top_values = [TopValue(value=json_value(v), count=int(n)) for total, v, n in counted if not total]
+        top_values = [TopValue(value=_top_value(v), count=int(n)) for total, v, n in counted if not total]
         distinct = summary.approx if estimated else next((int(n) for total, _, n in counted if total), 0)
         p25, p50, p75 = summary.quartiles
         return ColumnProfile(
@@ -336,6 +336,14 @@ class _Profiler:
         )
 
 
+def _top_value(value: Any) -> Any:
+    """A top value as JSON; a float's NaN or infinity by its name (`NaN`, `Infinity`, `-Infinity`), as
+    JSON has no number for it: as null it read as the missing values, which are not counted there."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    return json_value(value)
+
+
 def _aggregate_query(columns: list[tuple[str, str]], *, estimate: bool) -> tuple[str, list[dict[str, int]]]:
     """One query of the aggregates of `columns`, and where each column's aggregates are in its row."""
     select: list[str] = []
@@ -349,16 +357,19 @@ def _aggregate_query(columns: list[tuple[str, str]], *, estimate: bool) -> tuple
             slot[key] = len(select)
             select.append(expr)
 
+        # A float column's statistics leave NaN and the infinities out: one NaN made its max, mean, std and
+        # upper quartile NaN, shown null, and its median the mean of a value and NaN's place.
+        finite_only = f" FILTER (WHERE isfinite({col}))" if kind == "float" else ""
         add(f"count({col})", "non_null")
         if kind != "unordered":
-            add(as_text(f"min({col})", dtype), "min")
-            add(as_text(f"max({col})", dtype), "max")
+            add(as_text(f"min({col}){finite_only}", dtype), "min")
+            add(as_text(f"max({col}){finite_only}", dtype), "max")
             if estimate:
                 add(f"approx_count_distinct({col})", "approx")
         if kind in ("int", "float", "decimal"):
-            add(f"avg({col}::DOUBLE)", "mean")
-            add(f"stddev_samp({col}::DOUBLE)", "std")
-            add(f"quantile_cont({col}::DOUBLE, [0.25, 0.5, 0.75])", "quartiles")
+            add(f"avg({col}::DOUBLE){finite_only}", "mean")
+            add(f"stddev_samp({col}::DOUBLE){finite_only}", "std")
+            add(f"quantile_cont({col}::DOUBLE, [0.25, 0.5, 0.75]){finite_only}", "quartiles")
         elif kind == "temporal":
             quartiles = f"quantile_disc({col}, [0.25, 0.5, 0.75])"
             if (
