@@ -211,10 +211,11 @@ def test_timestamps_with_markers_past_the_sample_are_timestamps(tmp_path: Path) 
 
 def test_nan_in_a_column_of_decimals_is_missing(tmp_path: Path) -> None:
     """`nan` and `NaN`, which DuckDB reads as the float NaN (so a mean of NaN, shown as none), are missing
-    values as the other markers are; an infinity stays a value."""
+    values as the other markers are; an infinity stays a value (left out of the statistics, a top value)."""
     path = write_csv(tmp_path / "nan.csv", ["x"], [["1.5"], ["nan"], ["NaN"], ["2.5"], ["inf"], ["-1"]])
     (x,) = profile_table(path, params=AUTO).columns
-    assert (x.dtype, x.null_count, x.min, x.max) == ("DOUBLE", 2, -1.0, None)
+    assert (x.dtype, x.null_count, x.min, x.max) == ("DOUBLE", 2, -1.0, 2.5)
+    assert "Infinity" in [top.value for top in x.top_values]
     path = write_csv(tmp_path / "finite.csv", ["x"], [["1.5"], ["nan"], ["2.5"]])
     (x,) = profile_table(path, params=AUTO).columns
     assert (x.null_count, x.min, x.max, x.mean) == (1, 1.5, 2.5, 2.0)
