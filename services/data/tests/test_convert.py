@@ -234,3 +234,17 @@ def test_a_late_type_change_converts_to_parquet_with_all_rows(tmp_path: Path) ->
     converted = convert_table(path, params=DataConvertParams(to="parquet"), out_dir=tmp_path / "out")
     assert converted.row_count == 30_001
     assert duckdb.sql(f"SELECT a FROM '{converted.path}' WHERE a = 'oops'").fetchall() == [("oops",)]
+
+
+def test_nan_and_infinities_convert_to_json_lines_as_null(tmp_path: Path) -> None:
+    """DuckDB's JSON writer wrote `Infinity`, `-Infinity` and `NaN`, which JSON does not have (JavaScript's
+    JSON.parse rejects such a line): they are null, as JSON.stringify writes them; finite values stay."""
+    path = tmp_path / "floats.csv"
+    path.write_text("id,x\n1,1.5\n2,inf\n3,-inf\n4,2.5\n", encoding="utf-8")
+    converted = convert_table(path, params=DataConvertParams(to="jsonl"), out_dir=tmp_path / "out")
+
+    def refuse(word: str) -> None:
+        raise AssertionError(f"{word} is not JSON")
+
+    rows = [json.loads(line, parse_constant=refuse) for line in converted.path.read_text().splitlines()]
+    assert rows == [{"id": 1, "x": 1.5}, {"id": 2, "x": None}, {"id": 3, "x": None}, {"id": 4, "x": 2.5}]

@@ -131,40 +131,48 @@ _NESTED_PREFIXES = ("STRUCT(", "MAP(", "UNION(")
 
 
 def _copied(con: Any, source: Source, to: Target, *, huge: str = PARQUET_HUGE) -> str:
-    """What `COPY` writes: the view; for a CSV, the view with its nested columns as JSON text (a CSV
-    input has none, and its view is not described, which would sniff the file again); for Parquet, the
-    view with its 128-bit integer columns, which DuckDB's Parquet writer makes doubles, cast to `huge`.
+    """What `COPY` writes: the view, its columns that the output's writer would not give back as they are
+    rewritten (`_rewritten`). A CSV into CSV is the view itself: a CSV input has no nested values, and
+    its view is not described, which would sniff the file again.
+    """
+    if to == "csv" and source.format == "csv":
+        return _VIEW
+    described = [(str(name), str(dtype)) for name, dtype, *_ in con.execute(f"DESCRIBE {_VIEW}").fetchall()]
+    replaced = [
+        f"{expr} AS {ident(name)}"
+        for name, dtype in described
+        if (expr := _rewritten(ident(name), dtype, to, huge=huge)) is not None
+    ]
+    if not replaced:
+        return _VIEW
+    return f"(SELECT * REPLACE ({', '.join(replaced)}) FROM {_VIEW})"  # noqa: S608 - quoted names
+
+
+def _rewritten(column: str, dtype: str, to: Target, *, huge: str) -> str | None:
+    """The SQL that writes `column` (quoted) of type `dtype` as the `to` output can hold it exactly; None
+    where its writer gives it back as it is.
 
     DuckDB's CSV writer spells a struct, a list or a map in its own notation, which no reader takes back
     and which loses what a value is: `{'sku': a, 'q': 2}`, `[x, NULL]`, `{k=1}`, where the string "NULL"
     and a null, or a string holding `, ` and two values, read the same. As JSON they are
     `{"sku":"a","q":2}`, `["x",null]`, `{"k":1}`, as the JSON lines output writes them.
 
-    A CSV column of integers past 64 bits is a HUGEINT, and 123456789012345678901234567 was written as
-    1.2345678901234568e+26, silently. `huge` is `engine.PARQUET_HUGE`, exact to 38 digits, or where a
-    value has more, text: for all such columns, DuckDB's error not saying which one
-    (`engine.huge_parquet_types`).
+    Its Parquet writer stores a 128-bit integer (HUGEINT: a CSV column of integers past 64 bits) as a
+    DOUBLE: 123456789012345678901234567 was written as 1.2345678901234568e+26, silently. `huge` is
+    `engine.PARQUET_HUGE`, exact to 38 digits, or where a value has more, text: for all such columns,
+    DuckDB's error not saying which one (`engine.huge_parquet_types`).
+
+    Its JSON writer writes NaN and the infinities as the words `NaN`, `Infinity` and `-Infinity`, which
+    JSON does not have (JavaScript's `JSON.parse` rejects the line): they are null, as `JSON.stringify`
+    writes them and as `data.query`'s rows give them.
     """
-    if to == "parquet":
-        columns = [(str(name), str(dtype)) for name, dtype, *_ in con.execute(f"DESCRIBE {_VIEW}").fetchall()]
-        if not any(dtype in HUGE_INTEGERS for _, dtype in columns):
-            return _VIEW
-        picks = ", ".join(
-            f"CAST({ident(name)} AS {huge}) AS {ident(name)}" if dtype in HUGE_INTEGERS else ident(name)
-            for name, dtype in columns
-        )
-        return f"(SELECT {picks} FROM {_VIEW})"  # noqa: S608 - quoted names
-    if to != "csv" or source.format == "csv":
-        return _VIEW
-    nested = [
-        str(name)
-        for name, dtype, *_ in con.execute(f"DESCRIBE {_VIEW}").fetchall()
-        if str(dtype).startswith(_NESTED_PREFIXES) or str(dtype).endswith("]")
-    ]
-    if not nested:
-        return _VIEW
-    replaced = ", ".join(f"CAST(to_json({ident(name)}) AS VARCHAR) AS {ident(name)}" for name in nested)
-    return f"(SELECT * REPLACE ({replaced}) FROM {_VIEW})"  # noqa: S608 - quoted names
+    if to == "csv" and (dtype.startswith(_NESTED_PREFIXES) or dtype.endswith("]")):
+        return f"CAST(to_json({column}) AS VARCHAR)"
+    if to == "parquet" and dtype in HUGE_INTEGERS:
+        return f"CAST({column} AS {huge})"
+    if to == "jsonl" and dtype in ("FLOAT", "DOUBLE"):
+        return f"CASE WHEN isfinite({column}) THEN {column} END"
+    return None
 
 
 def _row_estimate(watch: Watchdog, source: Source) -> int | None:
