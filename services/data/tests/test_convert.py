@@ -248,3 +248,18 @@ def test_nan_and_infinities_convert_to_json_lines_as_null(tmp_path: Path) -> Non
 
     rows = [json.loads(line, parse_constant=refuse) for line in converted.path.read_text().splitlines()]
     assert rows == [{"id": 1, "x": 1.5}, {"id": 2, "x": None}, {"id": 3, "x": None}, {"id": 4, "x": 2.5}]
+
+
+def test_a_json_key_of_several_kinds_converts_each_value_as_written(tmp_path: Path) -> None:
+    """Into JSON lines each value keeps its kind (a number, a string, a boolean); into CSV each is its
+    text, a string without the JSON quotes DuckDB's JSON type gave it (`"A-7"` in the cell)."""
+    path = tmp_path / "codes.jsonl"
+    path.write_text('{"code": 101}\n{"code": "A-7"}\n{"code": true}\n', encoding="utf-8")
+    jsonl = convert_table(path, params=DataConvertParams(to="jsonl"), out_dir=tmp_path / "jsonl")
+    assert [json.loads(line) for line in jsonl.path.read_text().splitlines()] == [
+        {"code": 101},
+        {"code": "A-7"},
+        {"code": True},
+    ]
+    as_csv = convert_table(path, params=DataConvertParams(to="csv"), out_dir=tmp_path / "csv")
+    assert as_csv.path.read_text().splitlines() == ["code", "101", "A-7", "true"]

@@ -84,7 +84,8 @@ def convert_table(
     con = connect(paths=[*source.paths, target], limits=limits)
     try:
         with Watchdog(con, report=report, cancelled=cancelled) as watch:
-            source = expose(con, source, name=_VIEW, materialize=False, watch=watch)
+            json_kept = params.to == "jsonl"  # a JSON key's values each of its kind, as written
+            source = expose(con, source, name=_VIEW, materialize=False, watch=watch, json_kept=json_kept)
             lock(con)
             total = _row_estimate(watch, source)
             watch.stage(lambda p: (p or 0.0, _note(p, total)))
@@ -114,7 +115,13 @@ def convert_table(
                             raise
                         raise failure from exc
                     source = expose(
-                        con, again, name=_VIEW, materialize=False, full_sample=full_sample, watch=watch
+                        con,
+                        again,
+                        name=_VIEW,
+                        materialize=False,
+                        full_sample=full_sample,
+                        watch=watch,
+                        json_kept=json_kept,
                     )
     finally:
         con.close()

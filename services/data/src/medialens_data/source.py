@@ -228,8 +228,11 @@ def expose(
     materialize: bool,
     full_sample: bool = False,
     watch: Watchdog | None = None,
+    json_kept: bool = False,
 ) -> Source:
     """Make the input readable as `name`; `UnsupportedInput` when it is not a table of its format.
+    `json_kept`: a JSON key of values of several kinds keeps DuckDB's JSON type (for JSON lines written
+    back, each value of its kind), where the other jobs read it as text (`_exact_json_columns`).
 
     Column types are guessed from a sample of rows; when a later row disagrees, a table is parsed again
     with types guessed from every row. A view fails only when it is read: its reader calls `expose` again
@@ -238,7 +241,15 @@ def expose(
     """
     while True:
         try:
-            _expose(con, source, name=name, materialize=materialize, full_sample=full_sample, watch=watch)
+            _expose(
+                con,
+                source,
+                name=name,
+                materialize=materialize,
+                full_sample=full_sample,
+                watch=watch,
+                json_kept=json_kept,
+            )
         except READ_ERRORS as exc:
             if disk_full(exc):  # a UTF-8 copy or a table's spill had no room: the worker's, not the input's
                 raise
@@ -350,7 +361,14 @@ def reread(source: Source, exc: Exception) -> Source | None:
 
 
 def _expose(
-    con: Any, source: Source, *, name: str, materialize: bool, full_sample: bool, watch: Watchdog | None
+    con: Any,
+    source: Source,
+    *,
+    name: str,
+    materialize: bool,
+    full_sample: bool,
+    watch: Watchdog | None,
+    json_kept: bool,
 ) -> None:
     def create(reader: str, *, every_row: bool = full_sample, replace: str = "") -> bool:
         return _create(
@@ -385,7 +403,7 @@ def _expose(
         # The check above read every double as text, and reads the table again from every row where one
         # is an integer past 2**53; a table it left alone (of no more rows than its sample) is small.
         scan = every_row or (materialize and _row_count(con, name) <= SAMPLE_ROWS)
-        exact = _exact_json_columns(con, name, reader, watch, scan_doubles=scan)
+        exact = _exact_json_columns(con, name, reader, watch, scan_doubles=scan, json_kept=json_kept)
         if exact is not None:
             columns, replace = exact
             create(f"{reader}, columns={columns}", every_row=every_row, replace=replace)
@@ -414,7 +432,7 @@ def _expose(
 
 
 def _exact_json_columns(
-    con: Any, name: str, reader: str, watch: Watchdog | None, *, scan_doubles: bool
+    con: Any, name: str, reader: str, watch: Watchdog | None, *, scan_doubles: bool, json_kept: bool
 ) -> tuple[str, str] | None:
     """How to read the JSON table `name` (from `reader`) so that its values are the ones written: its
     `columns` argument and a `replace` list for `_create`; None when it reads them so already.
@@ -422,15 +440,16 @@ def _exact_json_columns(
     A key whose values are of several kinds (a number here, a string there: codes, ids) is DuckDB's JSON
     type, whose values are their JSON text: the string A-7 read `"A-7"`, quotes and all, in the rows, the
     profile and a CSV, and `WHERE code = 'A-7'` failed. Such a column is text, each value as written (a
-    string without its quotes, a number or `true` as its JSON text). An integer past 64 bits unsigned
-    (`98765432109876543210`, a 20-digit id) is read as a DOUBLE, rounded, so that neighbouring ids merged;
-    a column of integers where one passes 2**53 is a HUGEINT, exact, instead. Only columns of doubles whose
-    sampled values are all whole (`_whole_doubles`) are looked at, and only where `scan_doubles`:
-    `_sampled_types_hold` finds such an integer in its pass over the file (another pass, over every
-    double, took 0.75 s more for 1,000,000 objects with three doubles, beside 1.1 s).
+    string without its quotes, a number or `true` as its JSON text), unless `json_kept` (JSON lines
+    written back keep each value of its kind: `101` a number, `"A-7"` a string). An integer past 64 bits
+    unsigned (`98765432109876543210`, a 20-digit id) is read as a DOUBLE, rounded, so that neighbouring
+    ids merged; a column of integers where one passes 2**53 is a HUGEINT, exact, instead. Only columns of
+    doubles whose sampled values are all whole (`_whole_doubles`) are looked at, and only where
+    `scan_doubles`: `_sampled_types_hold` finds such an integer in its pass over the file (another pass,
+    over every double, took 0.75 s more for 1,000,000 objects with three doubles, beside 1.1 s).
     """
     described = _described(con, name)
-    texts = [column for column, kind in described if kind == "JSON"]
+    texts = [] if json_kept else [column for column, kind in described if kind == "JSON"]
     doubles = sorted(_whole_doubles(con, name, described)) if scan_doubles else []
     wide: set[str] = set()
     if doubles:
