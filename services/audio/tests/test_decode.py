@@ -348,8 +348,8 @@ def test_an_mpeg_ts_track_that_never_has_a_packet_is_passed_over(tmp_path: Path)
     """A broadcast's table can list an audio track that never has a packet (a second language, audio
     description) before the one that plays. The jobs read the first one FFmpeg found the format of,
     without the longer look (`LATE_STREAM_PROBE`, 64 MiB read and held on every open) at the empty one.
-    They read the empty one: the probe failed as damaged, loudness as sampled at 0 Hz, silence and
-    waveform with a ZeroDivisionError (INTERNAL_ERROR)."""
+    Before, they read the empty one: the probe failed as damaged, loudness as sampled at 0 Hz, silence
+    and waveform with a ZeroDivisionError (INTERNAL_ERROR)."""
     path = _ts_listing_an_empty_track(tmp_path / "listed.ts", playing=True)
     with open_audio(path) as audio:
         assert audio._stream_index == 2
