@@ -6,7 +6,6 @@ import io
 import shutil
 import struct
 import subprocess
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from medialens_shared.errors import InputNotFound, MediaDecodeError, Unsupported
 from medialens_shared.sniff import SNIFF_BYTES, sniff
 from scripts.samples import corrupt, faststart, make_audio, make_csv, make_video, truncate
 from tests.fixtures.memory import resident_bytes_left_per_call
+from tests.fixtures.pictures import mux_black_picture
 
 from .signals import noise, sine, write, write_late_audio
 
@@ -535,11 +535,7 @@ def test_a_cover_picture_does_not_make_the_bit_rate_unknown(tmp_path: Path) -> N
         cover = container.add_stream("mjpeg", rate=1)
         cover.width, cover.height, cover.pix_fmt = 64, 48, "yuvj420p"
         cover.disposition = av.stream.Disposition.attached_pic
-        picture = av.VideoFrame.from_ndarray(np.zeros((48, 64, 3), np.uint8), format="rgb24")
-        picture = picture.reformat(format="yuvj420p")
-        picture.pts, picture.time_base = 0, Fraction(1, 1)
-        container.mux(cover.encode(picture))
-        container.mux(cover.encode(None))
+        mux_black_picture(container, cover)
         samples = noise(-20.0, 3.0)
         for start in range(0, samples.shape[1], 4800):
             frame = av.AudioFrame.from_ndarray(

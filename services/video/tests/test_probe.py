@@ -18,6 +18,7 @@ from medialens_video.probe import probe_video
 from medialens_video.scenes import detect_scenes
 from scripts.samples import corrupt, make_audio, make_csv, make_video, truncate
 from tests.fixtures.memory import resident_bytes_left_per_call
+from tests.fixtures.pictures import mux_black_picture
 
 
 @pytest.fixture(scope="module")
@@ -273,11 +274,7 @@ def test_the_video_analysed_is_the_track_flagged_default_not_a_still_before_it(t
             stream.width, stream.height, stream.pix_fmt = 64, 48, pix_fmt
         still.disposition = 0
         video.disposition = av.stream.Disposition.default
-        picture = av.VideoFrame.from_ndarray(np.zeros((48, 64, 3), np.uint8), format="rgb24")
-        picture = picture.reformat(format="yuvj420p")
-        picture.pts, picture.time_base = 0, Fraction(1, 1)
-        container.mux(still.encode(picture))
-        container.mux(still.encode(None))
+        mux_black_picture(container, still)
         _mux_cut_at_1_2(container, video)
     result = probe_video(path)
     assert (result.video.codec, result.video.frame_count) == ("h264", 50)
