@@ -769,9 +769,9 @@ def test_infinite_dates_profile_as_infinity(tmp_path: Path) -> None:
 
 
 def test_a_float_columns_nan_and_infinities_are_left_out_of_its_statistics(tmp_path: Path) -> None:
-    """One NaN in a Parquet float column made its max, mean, std and upper quartile null and its median
-    wrong (2 and NaN's place averaged); an infinity did the same. The statistics are the finite values'
-    (Python's over them), and NaN and the infinities show in the top values by name, not as null."""
+    """One NaN in a float column (JSON lines here) made its max, mean, std and upper quartile null and
+    its median wrong (2 and NaN's place averaged); an infinity did the same. The statistics are the finite
+    values' (Python's over them), and NaN and the infinities show in the top values by name, not null."""
     path = tmp_path / "floats.jsonl"
     path.write_text(
         "".join(f'{{"x": {v}}}\n' for v in ("1.0", "2.0", "NaN", "4.0", "null", "1e400", "-1e400")),

@@ -547,24 +547,34 @@ def test_a_json_key_of_several_kinds_is_text_as_written(tmp_path: Path) -> None:
     assert found.rows == [[1]]
 
 
-@pytest.mark.parametrize("before", [0, 21_000])
-def test_json_integers_past_64_bits_are_exact(tmp_path: Path, before: int) -> None:
-    """DuckDB's JSON reader reads an integer past 64 bits unsigned as a double, rounded: the ids
-    98765432109876543210 and ...211 read as one, and a `WHERE id = ...` found both. They are exact
-    (HUGEINT), in the sample or past it (after 21,000 small ids)."""
-    ids = [98765432109876543210, 98765432109876543211, 123456789012345678901234567890]
-    path = tmp_path / "ids.jsonl"
-    lines = [f'{{"id": {i}}}' for i in range(before)] + [f'{{"id": {i}}}' for i in ids]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+def test_a_json_key_null_in_the_sample_keeps_its_later_values(tmp_path: Path) -> None:
+    """A key null in all of the first 20,480 objects was typed NULL, and its later values were dropped
+    without a word: they read now, whatever their kind."""
+    path = tmp_path / "late.jsonl"
+    head = "".join(f'{{"a": {i}, "b": null}}\n' for i in range(21_000))
+    path.write_text(head + '{"a": 1, "b": 5}\n{"a": 2, "b": 7}\n', encoding="utf-8")
     answer = run_query(
         path,
-        params=DataQueryParams(sql=f"SELECT id FROM data WHERE id >= {ids[0]} ORDER BY id"),
+        params=DataQueryParams(sql="SELECT b FROM data WHERE b IS NOT NULL ORDER BY b"),
         out_path=tmp_path / "a.parquet",
     )
-    assert answer.rows == [[str(i)] for i in ids]
-    found = run_query(
-        path,
-        params=DataQueryParams(sql=f"SELECT count(*) AS n FROM data WHERE id = {ids[0]}"),
-        out_path=tmp_path / "b.parquet",
+    assert answer.rows == [[5], [7]]
+
+
+def test_a_mixed_key_beside_day_first_dates_and_keys_differing_by_case_reads_every_column(
+    tmp_path: Path,
+) -> None:
+    """Reading a key of several kinds as text keeps the rest of the table as it was read: a day-first
+    date stays a date, and of two keys differing only by case the second (renamed `ID_1`) keeps its
+    values (a reading with the types given lost both)."""
+    path = tmp_path / "mixed.jsonl"
+    path.write_text(
+        '{"d": "13-01-2024", "id": 1, "ID": 2, "code": 101}\n'
+        '{"d": "14-01-2024", "id": 3, "ID": 4, "code": "A-7"}\n',
+        encoding="utf-8",
     )
-    assert found.rows == [[1]]
+    answer = run_query(
+        path, params=DataQueryParams(sql="SELECT * FROM data"), out_path=tmp_path / "a.parquet"
+    )
+    assert [c.dtype for c in answer.columns] == ["DATE", "BIGINT", "BIGINT", "VARCHAR"]
+    assert answer.rows == [["2024-01-13", 1, 2, "101"], ["2024-01-14", 3, 4, "A-7"]]

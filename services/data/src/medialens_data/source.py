@@ -232,7 +232,7 @@ def expose(
 ) -> Source:
     """Make the input readable as `name`; `UnsupportedInput` when it is not a table of its format.
     `json_kept`: a JSON key of values of several kinds keeps DuckDB's JSON type (for JSON lines written
-    back, each value of its kind), where the other jobs read it as text (`_exact_json_columns`).
+    back, each value of its kind), where the other jobs read it as text (`_mixed_json_columns`).
 
     Column types are guessed from a sample of rows; when a later row disagrees, a table is parsed again
     with types guessed from every row. A view fails only when it is read: its reader calls `expose` again
@@ -400,13 +400,9 @@ def _expose(
             reader = f"{reader}, map_inference_threshold=-1"
             create(reader)
         every_row = checked(reader, json=True)
-        # The check above read every double as text, and reads the table again from every row where one
-        # is an integer past 2**53; a table it left alone (of no more rows than its sample) is small.
-        scan = every_row or (materialize and _row_count(con, name) <= SAMPLE_ROWS)
-        exact = _exact_json_columns(con, name, reader, watch, scan_doubles=scan, json_kept=json_kept)
-        if exact is not None:
-            columns, replace = exact
-            create(f"{reader}, columns={columns}", every_row=every_row, replace=replace)
+        if mixed := _mixed_json_columns(con, name, json_kept=json_kept):
+            replace = ", ".join(f"json_extract_string({ident(c)}, '$') AS {ident(c)}" for c in mixed)
+            create(reader, every_row=every_row, replace=replace)
         return
     skip = f", skip={source.blank_lines}"
     codec = skip + compression
@@ -431,46 +427,18 @@ def _expose(
     _reject_ragged_single_column(con, name, path, codec)
 
 
-def _exact_json_columns(
-    con: Any, name: str, reader: str, watch: Watchdog | None, *, scan_doubles: bool, json_kept: bool
-) -> tuple[str, str] | None:
-    """How to read the JSON table `name` (from `reader`) so that its values are the ones written: its
-    `columns` argument and a `replace` list for `_create`; None when it reads them so already.
-
-    A key whose values are of several kinds (a number here, a string there: codes, ids) is DuckDB's JSON
-    type, whose values are their JSON text: the string A-7 read `"A-7"`, quotes and all, in the rows, the
-    profile and a CSV, and `WHERE code = 'A-7'` failed. Such a column is text, each value as written (a
-    string without its quotes, a number or `true` as its JSON text), unless `json_kept` (JSON lines
-    written back keep each value of its kind: `101` a number, `"A-7"` a string). An integer past 64 bits
-    unsigned (`98765432109876543210`, a 20-digit id) is read as a DOUBLE, rounded, so that neighbouring
-    ids merged; a column of integers where one passes 2**53 is a HUGEINT, exact, instead. Only columns of
-    doubles whose sampled values are all whole (`_whole_doubles`) are looked at, and only where
-    `scan_doubles`: `_sampled_types_hold` finds such an integer in its pass over the file (another pass,
-    over every double, took 0.75 s more for 1,000,000 objects with three doubles, beside 1.1 s).
+def _mixed_json_columns(con: Any, name: str, *, json_kept: bool) -> list[str]:
+    """The columns of the JSON table `name` read as text (none when `json_kept`): those of a key whose
+    values are of several kinds (a number here, a string there: codes, ids), which DuckDB types JSON,
+    whose values are their JSON text: the string A-7 read `"A-7"`, quotes and all, in the rows, the
+    profile and a CSV, and `WHERE code = 'A-7'` failed. Each value is read as written instead (a string
+    without its quotes, a number or `true` as its JSON text), through the view's own column, not a
+    reading with the types given (which lost a day-first date's format and a key renamed for its case).
+    JSON lines written back (`json_kept`) keep each value of its kind: `101` a number, `"A-7"` a string.
     """
-    described = _described(con, name)
-    texts = [] if json_kept else [column for column, kind in described if kind == "JSON"]
-    doubles = sorted(_whole_doubles(con, name, described)) if scan_doubles else []
-    wide: set[str] = set()
-    if doubles:
-        spec = ", ".join(
-            f"{literal(column)}: {literal('VARCHAR' if column in doubles else kind)}"
-            for column, kind in described
-        )
-        counts = ", ".join(
-            f"count(*) FILTER (WHERE {_WIDE_INTEGER.format(f'trim({ident(c)})')}), "
-            f"count(*) FILTER (WHERE NOT regexp_full_match(trim({ident(c)}), '-?[0-9]{{1,38}}'))"
-            for c in doubles
-        )
-        (row,) = _fetch(con, f"SELECT {counts} FROM {reader}, columns={{{spec}}})", watch)  # noqa: S608
-        wide = {c for k, c in enumerate(doubles) if row[2 * k] and not row[2 * k + 1]}
-    if not texts and not wide:
-        return None
-    spec = ", ".join(
-        f"{literal(column)}: {literal('HUGEINT' if column in wide else kind)}" for column, kind in described
-    )
-    replace = ", ".join(f"json_extract_string({ident(c)}, '$') AS {ident(c)}" for c in texts)
-    return f"{{{spec}}}", replace
+    if json_kept:
+        return []
+    return [column for column, kind in _described(con, name) if kind == "JSON"]
 
 
 def _as_text(columns: list[str]) -> str:
@@ -606,8 +574,6 @@ def _create(
 #: The rows DuckDB guesses a CSV's column types from (its `sample_size`).
 SAMPLE_ROWS = 20_480
 _INTEGERS = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER")
-#: SQL telling a value's text (`{0}`) is an integer that a double rounds (past 2**53: 16 digits or more).
-_WIDE_INTEGER = "regexp_full_match({0}, '-?[0-9]{{16,}}')"
 #: Column types whose readers cast a value past the sample more loosely than their sniffers judge one
 #: (DuckDB's issues 25824 and 25786), with the SQL that tells a value's text (`{0}`, trimmed, not empty)
 #: that does not fit type `{1}`: its cast does not give it back (`1.5` -> 2 -> `2`; `007` -> `7`;
@@ -615,12 +581,12 @@ _WIDE_INTEGER = "regexp_full_match({0}, '-?[0-9]{{16,}}')"
 _LOOSE_CSV = dict.fromkeys(
     (*_INTEGERS, "UBIGINT", "UHUGEINT", "DATE"), "{0} IS DISTINCT FROM CAST(TRY_CAST({0} AS {1}) AS VARCHAR)"
 )
-#: In a column of doubles whose sampled values are all whole (`_whole_doubles`: ids past 64 bits), an
-#: integer past 2**53 is one too: read as a double, it is rounded (`_exact_json_columns`).
 _LOOSE_JSON = _LOOSE_CSV | {
     "DOUBLE": "TRY_CAST({0} AS DOUBLE) IS NULL",  # a JSON true read 1.0
     "FLOAT": "TRY_CAST({0} AS DOUBLE) IS NULL",
     "BOOLEAN": "lower({0}) NOT IN ('true', 'false')",  # a JSON 7 read true
+    # A key null in every sampled object is typed NULL, and every later value of it was dropped.
+    '"NULL"': "true",
 }
 
 
@@ -664,11 +630,8 @@ def _sampled_types_hold(
         as_text = f"columns={{{spec}}}"
     else:
         as_text = _as_text([*(texts or []), *(column for column, _ in loose)]).removeprefix(", ")
-    whole = _whole_doubles(con, name, described) if json else set()
     misfit = " OR ".join(
-        f"(trim({ident(column)}) <> '' AND ({loose_kinds[kind].format(f'trim({ident(column)})', kind)}"
-        + (f" OR {_WIDE_INTEGER.format(f'trim({ident(column)})')}" if column in whole else "")
-        + "))"
+        f"(trim({ident(column)}) <> '' AND {loose_kinds[kind].format(f'trim({ident(column)})', kind)})"
         for column, kind in loose
     )
     sql = f"SELECT 1 FROM {reader}, {as_text}) WHERE {misfit} LIMIT 1"  # noqa: S608
@@ -937,17 +900,6 @@ def _fetch(con: Any, sql: str, watch: Watchdog | None) -> list[tuple[Any, ...]]:
     """The rows of `sql`, run under `watch` when there is one."""
     rows: list[tuple[Any, ...]] = watch.fetch(sql) if watch is not None else con.execute(sql).fetchall()
     return rows
-
-
-def _whole_doubles(con: Any, name: str, described: list[tuple[str, str]]) -> set[str]:
-    """The DOUBLE and FLOAT columns of the JSON table `name` whose sampled values (its first
-    `SAMPLE_ROWS`) are all whole numbers: integers DuckDB's reader took for doubles (past 64 bits)."""
-    doubles = [column for column, kind in described if kind in ("DOUBLE", "FLOAT")]
-    if not doubles:
-        return set()
-    whole = ", ".join(f"coalesce(bool_and({ident(c)} = trunc({ident(c)})), false)" for c in doubles)
-    (row,) = con.execute(f"SELECT {whole} FROM (SELECT * FROM {ident(name)} LIMIT {SAMPLE_ROWS})").fetchall()  # noqa: S608
-    return {column for column, is_whole in zip(doubles, row, strict=True) if is_whole}
 
 
 def _row_count(con: Any, name: str) -> int:
