@@ -401,7 +401,7 @@ def open_audio(path: Path) -> Iterator[AudioInput]:
                 sample_rate=sample_rate,
                 layout=layout.name,
                 channel_names=tuple(channel.name for channel in layout.channels),
-                duration_s=stated_duration(container, stream),
+                duration_s=stated_duration(container, stream, chains),
                 start_s=timeline_start(container, stream, first),
                 _path=Path(path),
                 _stream_index=int(stream.index),
@@ -459,7 +459,7 @@ def timeline_start(container: Any, stream: Any, first: Any | None) -> float:
     return max(0.0, float(start - Fraction(origin, av.time_base)))
 
 
-def stated_duration(container: Any, stream: Any) -> float | None:
+def stated_duration(container: Any, stream: Any, chains: list[str] | None = None) -> float | None:
     """The audio stream's own duration as the file states it, from its first sample to its end (what
     ffprobe reports as the stream's `duration`); None when the file does not say.
 
@@ -484,8 +484,9 @@ def stated_duration(container: Any, stream: Any) -> float | None:
     encoder's priming, which the decoder drops: RFC 7845 section 4.5): FFmpeg takes it whole, so every Ogg
     Opus file lasted 6.5 ms (libopus's 312 samples) longer than the samples it plays. It is taken off. A
     chained Ogg file (streams one after another: `cat a.opus b.opus`, an internet radio's recording; Opus,
-    Vorbis, FLAC) states only its last chain's length: its packets are counted too, and their sum stands
-    when it is longer by more than a frame or two (10 s and 3 s chained read 3 s).
+    Vorbis, FLAC) states only its last chain's length (10 s and 3 s chained read 3 s): each chain's packets
+    are counted, and their sum stands (`_chains_duration`). `chains`: the file's `_ogg_chains`, where the
+    caller has them already (the search of the file's bytes is not made twice).
     """
     if _length_unstated(container):
         counted = _counted_duration(container.name, stream.index)
@@ -494,7 +495,7 @@ def stated_duration(container: Any, stream: Any) -> float | None:
     declared = _declared_duration(container, stream)
     if declared is None:
         return _counted_duration(container.name, stream.index)
-    chains = _ogg_chains(container)
+    chains = _ogg_chains(container) if chains is None else chains
     if len(chains) > 1:
         return _chains_duration(chains) or declared
     return declared
