@@ -227,6 +227,28 @@ def test_integers_past_64_bits_convert_to_parquet_exactly(tmp_path: Path) -> Non
     assert rows == [(1, str(big), str(widest))]
 
 
+def test_json_integers_past_64_bits_convert_exactly_each_beside_its_row(tmp_path: Path) -> None:
+    """DuckDB's JSON reader rounded such integers to doubles (ids 10**22 + n all 1e+22 in CSV, Parquet and
+    JSON lines): they are read again as their text, each beside the row it came from (the reading is
+    joined by position, so 200,000 objects check the order), and written exactly into every format."""
+    base = 10**22
+    path = tmp_path / "ids.jsonl"
+    path.write_text("".join(f'{{"n": {n}, "id": {base + n}}}\n' for n in range(200_000)), encoding="utf-8")
+    parquet = convert_table(path, params=DataConvertParams(to="parquet"), out_dir=tmp_path / "parquet")
+    rows = duckdb.sql(
+        f"SELECT count(*), count(*) FILTER (id - n = {base}), min(typeof(id)) FROM '{parquet.path}'"
+    ).fetchall()
+    assert rows == [(200_000, 200_000, "DECIMAL(38,0)")]
+    as_csv = convert_table(path, params=DataConvertParams(to="csv"), out_dir=tmp_path / "csv")
+    lines = as_csv.path.read_text(encoding="utf-8").splitlines()
+    assert lines[:3] == ["n,id", f"0,{base}", f"1,{base + 1}"]
+    assert all(int(i) - int(n) == base for n, i in (line.split(",") for line in lines[1:]))
+    jsonl = convert_table(path, params=DataConvertParams(to="jsonl"), out_dir=tmp_path / "jsonl")
+    objects = [json.loads(line) for line in jsonl.path.read_text(encoding="utf-8").splitlines()]
+    assert all(o["id"] - o["n"] == base for o in objects)
+    assert len(objects) == 200_000
+
+
 def test_a_late_type_change_converts_to_parquet_with_all_rows(tmp_path: Path) -> None:
     """The rows past the sample are read again for Parquet as for the other outputs."""
     path = tmp_path / "late.csv"

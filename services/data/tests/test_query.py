@@ -578,3 +578,48 @@ def test_a_mixed_key_beside_day_first_dates_and_keys_differing_by_case_reads_eve
     )
     assert [c.dtype for c in answer.columns] == ["DATE", "BIGINT", "BIGINT", "VARCHAR"]
     assert answer.rows == [["2024-01-13", 1, 2, "101"], ["2024-01-14", 3, 4, "A-7"]]
+
+
+def test_json_integers_past_64_bits_are_exact(tmp_path: Path) -> None:
+    """DuckDB's JSON reader types a key of integers past 64 bits DOUBLE and rounds each to 16 digits:
+    neighbouring ids became one (`count(DISTINCT id)` 1 of 3) and `WHERE id = ...` found nothing. They are
+    HUGEINT now, or BIGNUM past its 39 digits, as a CSV's are; a key with a fraction stays a double. A long
+    id first met past the sampled objects is exact too, every row beside its own values."""
+    base = 12345678901234567890123
+    forty = 10**39 + 7
+    path = tmp_path / "ids.jsonl"
+    lines = [f'{{"n": {n}, "id": {base + n}, "wide": {forty + n}, "x": {base + n}.5}}\n' for n in range(3)]
+    path.write_text("".join(lines), encoding="utf-8")
+    answer = run_query(
+        path,
+        params=DataQueryParams(
+            sql=f"SELECT count(DISTINCT id) AS ids, max(wide) AS w, * FROM data"
+            f" WHERE id = {base + 1} GROUP BY ALL"
+        ),
+        out_path=tmp_path / "a.parquet",
+    )
+    assert [(c.name, c.dtype) for c in answer.columns] == [
+        ("ids", "BIGINT"),
+        ("w", "BIGNUM"),
+        ("n", "BIGINT"),
+        ("id", "HUGEINT"),
+        ("wide", "BIGNUM"),
+        ("x", "DOUBLE"),
+    ]
+    assert answer.rows == [[1, str(forty + 1), 1, str(base + 1), str(forty + 1), float(base)]]
+    late = tmp_path / "late.jsonl"
+    rows = 30_000
+    late.write_text(
+        "".join(f'{{"n": {n}, "id": {n}}}\n' for n in range(rows - 2))
+        + "".join(f'{{"n": {n}, "id": {base + n}}}\n' for n in range(rows - 2, rows)),
+        encoding="utf-8",
+    )
+    answer = run_query(
+        late,
+        params=DataQueryParams(
+            sql="SELECT count(*) FILTER (id = n), min(id - n) FILTER (id <> n), max(id - n) FILTER (id <> n)"
+            " FROM data"
+        ),
+        out_path=tmp_path / "b.parquet",
+    )
+    assert answer.rows == [[rows - 2, str(base), str(base)]]
