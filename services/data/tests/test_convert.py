@@ -249,6 +249,23 @@ def test_json_integers_past_64_bits_convert_exactly_each_beside_its_row(tmp_path
     assert len(objects) == 200_000
 
 
+def test_csv_timestamps_with_nanoseconds_convert_with_every_digit(tmp_path: Path) -> None:
+    """DuckDB's CSV reader cut them to microseconds (a TIMESTAMP): TIMESTAMP_NS keeps all nine digits in
+    Parquet and in CSV."""
+    path = tmp_path / "ticks.csv"
+    path.write_text(
+        "id,t\n1,2024-01-01 10:00:00.123456789\n2,2024-01-01 10:00:00.000000001\n", encoding="utf-8"
+    )
+    parquet = convert_table(path, params=DataConvertParams(to="parquet"), out_dir=tmp_path / "parquet")
+    rows = duckdb.sql(f"SELECT epoch_ns(t), typeof(t) FROM '{parquet.path}' ORDER BY id").fetchall()
+    assert rows == [(1704103200123456789, "TIMESTAMP_NS"), (1704103200000000001, "TIMESTAMP_NS")]
+    as_csv = convert_table(path, params=DataConvertParams(to="csv"), out_dir=tmp_path / "csv")
+    assert as_csv.path.read_text(encoding="utf-8").splitlines()[1:] == [
+        "1,2024-01-01 10:00:00.123456789",
+        "2,2024-01-01 10:00:00.000000001",
+    ]
+
+
 def test_a_late_type_change_converts_to_parquet_with_all_rows(tmp_path: Path) -> None:
     """The rows past the sample are read again for Parquet as for the other outputs."""
     path = tmp_path / "late.csv"
