@@ -289,6 +289,14 @@ def test_nan_and_infinities_convert_to_json_lines_as_null(tmp_path: Path) -> Non
     assert rows == [{"id": 1, "x": 1.5}, {"id": 2, "x": None}, {"id": 3, "x": None}, {"id": 4, "x": 2.5}]
 
 
+def test_32_bit_floats_convert_to_json_lines_as_written(tmp_path: Path) -> None:
+    """As in CSV: 0.1, not the double it widens to (0.10000000149011612); NaN null, as for doubles."""
+    path = tmp_path / "floats.parquet"
+    duckdb.sql(f"COPY (SELECT 0.1::FLOAT AS f UNION ALL SELECT 'nan'::FLOAT) TO '{path}'")
+    converted = convert_table(path, params=DataConvertParams(to="jsonl"), out_dir=tmp_path / "out")
+    assert converted.path.read_text().splitlines() == ['{"f":0.1}', '{"f":null}']
+
+
 def test_a_json_key_of_several_kinds_converts_each_value_as_written(tmp_path: Path) -> None:
     """Into JSON lines each value keeps its kind (a number, a string, a boolean); into CSV each is its
     text, a string without the JSON quotes DuckDB's JSON type gave it (`"A-7"` in the cell)."""

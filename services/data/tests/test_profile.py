@@ -14,6 +14,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import pytest
 
 from medialens_data import profile
@@ -198,6 +199,17 @@ def test_nan_and_infinity_stay_out_of_the_statistics_and_of_json(tmp_path: Path)
     assert (col.min, col.max, col.mean, col.null_count) == (1.5, 2.5, 2.0, 1)
     assert col.std == pytest.approx(statistics.stdev([1.5, 2.5]))
     json.dumps(col.model_dump(mode="json"), allow_nan=False)
+
+
+def test_32_bit_floats_show_as_written(tmp_path: Path) -> None:
+    """A Parquet FLOAT column's 0.1 showed as 0.10000000149011612, the double it widens to, where the CSV
+    output, NumPy and Arrow write 0.1: its values (min, max, top values) are the double of their shortest
+    text; its statistics are computed over the stored values."""
+    path = tmp_path / "floats.parquet"
+    duckdb.sql(f"COPY (SELECT 0.1::FLOAT AS f FROM range(3) UNION ALL SELECT 1.7::FLOAT) TO '{path}'")
+    (column,) = profile_table(path, params=DataProfileParams()).columns
+    assert (column.dtype, column.min, column.max) == ("FLOAT", 0.1, 1.7)
+    assert [(top.value, top.count) for top in column.top_values] == [(0.1, 3), (1.7, 1)]
 
 
 def test_header_only_file_has_zero_rows_and_no_stats(tmp_path: Path) -> None:

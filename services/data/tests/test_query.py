@@ -653,3 +653,17 @@ def test_a_csv_timestamps_offset_past_the_sample_and_its_nanoseconds_are_kept(tm
         ["2024-01-01T10:00:00.500000000", 0],
         [None, None],
     ]
+
+
+def test_32_bit_floats_come_as_written(tmp_path: Path) -> None:
+    """A Parquet FLOAT's 0.1 came as 0.10000000149011612 in the rows, the double it widens to: it comes as
+    0.1, as the CSV output writes it; arithmetic on it is DuckDB's, in doubles; the file keeps the FLOAT."""
+    path = tmp_path / "floats.parquet"
+    duckdb.sql(f"COPY (SELECT 0.1::FLOAT AS f, 'nan'::FLOAT AS g) TO '{path}'")
+    answer = run_query(
+        path,
+        params=DataQueryParams(sql="SELECT f, g, f::DOUBLE AS d FROM data"),
+        out_path=tmp_path / "a.parquet",
+    )
+    assert answer.rows == [[0.1, None, 0.10000000149011612]]
+    assert duckdb.sql(f"SELECT typeof(f) FROM '{answer.path}'").fetchall() == [("FLOAT",)]

@@ -16,6 +16,7 @@ from typing import Any, Literal
 import duckdb
 
 from medialens_data.engine import (
+    FLOAT_AS_WRITTEN,
     HUGE_INTEGERS,
     PARQUET_HUGE,
     Limits,
@@ -171,14 +172,16 @@ def _rewritten(column: str, dtype: str, to: Target, *, huge: str) -> str | None:
 
     Its JSON writer writes NaN and the infinities as the words `NaN`, `Infinity` and `-Infinity`, which
     JSON does not have (JavaScript's `JSON.parse` rejects the line): they are null, as `JSON.stringify`
-    writes them and as `data.query`'s rows give them.
+    writes them and as `data.query`'s rows give them. A 32-bit float is written as its shortest text
+    (`0.1`, as in CSV), not as the double it widens to (`0.10000000149011612`).
     """
     if to == "csv" and (dtype.startswith(_NESTED_PREFIXES) or dtype.endswith("]")):
         return f"CAST(to_json({column}) AS VARCHAR)"
     if to == "parquet" and dtype in HUGE_INTEGERS:
         return f"CAST({column} AS {huge})"
     if to == "jsonl" and dtype in ("FLOAT", "DOUBLE"):
-        return f"CASE WHEN isfinite({column}) THEN {column} END"
+        value = FLOAT_AS_WRITTEN.format(column) if dtype == "FLOAT" else column
+        return f"CASE WHEN isfinite({column}) THEN {value} END"
     return None
 
 

@@ -447,6 +447,9 @@ _ISO = (
     "CASE WHEN microsecond({0}) % 1000000 <> 0 THEN strftime({0}, '.%f') ELSE '' END"
 )
 _FINITE = "CASE WHEN isfinite({{0}}) THEN {iso} ELSE CAST({{0}} AS VARCHAR) END"
+#: A 32-bit float as the double its shortest text is (`0.1`, as DuckDB's CSV writer, NumPy and Arrow
+#: write it), not the double it widens to exactly (`0.10000000149011612`), which names a value no one wrote.
+FLOAT_AS_WRITTEN = "CAST(CAST({0} AS VARCHAR) AS DOUBLE)"
 _AS_TEXT = {
     "TIMESTAMP_NS": "strftime({0}, '%Y-%m-%dT%H:%M:%S.%n')",
     "TIMESTAMPTZ_NS": "strftime({0}, '%Y-%m-%dT%H:%M:%S.%n+00:00')",
@@ -455,6 +458,7 @@ _AS_TEXT = {
     "DATE": "CAST({0} AS VARCHAR)",
     **dict.fromkeys(("TIMESTAMP", "TIMESTAMP_S", "TIMESTAMP_MS"), _FINITE.format(iso=_ISO)),
     "TIMESTAMP WITH TIME ZONE": _FINITE.format(iso=f"{_ISO} || '+00:00'"),
+    "FLOAT": FLOAT_AS_WRITTEN,
 }
 
 
@@ -464,7 +468,8 @@ def as_text(expr: str, dtype: str) -> str:
     Nanosecond timestamps come as ISO text with all nine decimals (`2024-01-01T12:00:00.123456789`, UTC ones
     ending `+00:00` as Python writes the others), nanosecond times with them when they have any, intervals
     as DuckDB's text (`1 month 2 days`), dates and other timestamps as Python writes them but `infinity`
-    and `-infinity` as such; other types are left as they are, for `json_value`.
+    and `-infinity` as such, 32-bit floats as the double their shortest text is (`FLOAT_AS_WRITTEN`);
+    other types are left as they are, for `json_value`.
     """
     template = _AS_TEXT.get(dtype)
     return expr if template is None else template.format(expr)
