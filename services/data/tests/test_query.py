@@ -667,3 +667,27 @@ def test_32_bit_floats_come_as_written(tmp_path: Path) -> None:
     )
     assert answer.rows == [[0.1, None, 0.10000000149011612]]
     assert duckdb.sql(f"SELECT typeof(f) FROM '{answer.path}'").fetchall() == [("FLOAT",)]
+
+
+def test_json_uuids_in_capitals_keep_their_text(tmp_path: Path) -> None:
+    """DuckDB's JSON reader types a key of UUIDs UUID and gives them back in lower case: a SQL Server
+    export's ids no longer matched their source. Written with capitals they are text as written (as a
+    CSV's are); lower-case ones stay UUID. A key named like the columns read beside the rows is a key."""
+    guid = "6F9619FF-8B86-D011-B42D-00C04FC964FF"
+    path = tmp_path / "guids.jsonl"
+    path.write_text(
+        f'{{"medialens exact 0": 1, "u": "{guid}", "v": "{guid.lower()}"}}\n'
+        f'{{"medialens exact 0": 2, "u": "{guid.lower()}", "v": "{guid.lower()}"}}\n',
+        encoding="utf-8",
+    )
+    answer = run_query(
+        path,
+        params=DataQueryParams(sql=f"SELECT * FROM data WHERE u = '{guid}' OR u = '{guid.lower()}'"),
+        out_path=tmp_path / "a.parquet",
+    )
+    assert [(c.name, c.dtype) for c in answer.columns] == [
+        ("medialens exact 0", "BIGINT"),
+        ("u", "VARCHAR"),
+        ("v", "UUID"),
+    ]
+    assert answer.rows == [[1, guid, guid.lower()], [2, guid.lower(), guid.lower()]]
