@@ -297,6 +297,19 @@ def test_32_bit_floats_convert_to_json_lines_as_written(tmp_path: Path) -> None:
     assert converted.path.read_text().splitlines() == ['{"f":0.1}', '{"f":null}']
 
 
+def test_bytes_convert_to_text_outputs_as_the_rows_give_them(tmp_path: Path) -> None:
+    """DuckDB's CSV and JSON writers wrote a BLOB as its own escaped text (`ab\\x00\\xFF`), where the
+    query rows and the profile give hexadecimal: both text outputs write hexadecimal, Parquet the bytes."""
+    path = tmp_path / "bytes.parquet"
+    duckdb.sql(f"COPY (SELECT '\\x61\\x62\\x00\\xFF'::BLOB AS b) TO '{path}'")
+    as_csv = convert_table(path, params=DataConvertParams(to="csv"), out_dir=tmp_path / "csv")
+    assert as_csv.path.read_text().splitlines() == ["b", "616200ff"]
+    jsonl = convert_table(path, params=DataConvertParams(to="jsonl"), out_dir=tmp_path / "jsonl")
+    assert jsonl.path.read_text().splitlines() == ['{"b":"616200ff"}']
+    parquet = convert_table(path, params=DataConvertParams(to="parquet"), out_dir=tmp_path / "parquet")
+    assert duckdb.sql(f"SELECT b FROM '{parquet.path}'").fetchall() == [(b"ab\x00\xff",)]
+
+
 def test_a_json_key_of_several_kinds_converts_each_value_as_written(tmp_path: Path) -> None:
     """Into JSON lines each value keeps its kind (a number, a string, a boolean); into CSV each is its
     text, a string without the JSON quotes DuckDB's JSON type gave it (`"A-7"` in the cell)."""

@@ -174,9 +174,14 @@ def _rewritten(column: str, dtype: str, to: Target, *, huge: str) -> str | None:
     JSON does not have (JavaScript's `JSON.parse` rejects the line): they are null, as `JSON.stringify`
     writes them and as `data.query`'s rows give them. A 32-bit float is written as its shortest text
     (`0.1`, as in CSV), not as the double it widens to (`0.10000000149011612`).
+
+    A BLOB is its bytes in hexadecimal (`616200ff`), as `data.query`'s rows and `data.profile` give it,
+    where DuckDB's writers gave its own escaped text (`ab\\x00\\xFF`), which only DuckDB reads back.
     """
     if to == "csv" and (dtype.startswith(_NESTED_PREFIXES) or dtype.endswith("]")):
         return f"CAST(to_json({column}) AS VARCHAR)"
+    if to != "parquet" and dtype == "BLOB":
+        return f"lower(hex({column}))"
     if to == "parquet" and dtype in HUGE_INTEGERS:
         return f"CAST({column} AS {huge})"
     if to == "jsonl" and dtype in ("FLOAT", "DOUBLE"):
