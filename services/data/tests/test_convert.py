@@ -289,6 +289,44 @@ def test_nan_and_infinities_convert_to_json_lines_as_null(tmp_path: Path) -> Non
     assert rows == [{"id": 1, "x": 1.5}, {"id": 2, "x": None}, {"id": 3, "x": None}, {"id": 4, "x": 2.5}]
 
 
+def test_nan_and_infinities_inside_lists_structs_and_maps_convert_to_json_as_null(tmp_path: Path) -> None:
+    """DuckDB's JSON writer wrote them as the words `NaN` and `Infinity` at any depth (`[1.5,NaN]`), which no
+    JSON reader but Python's takes, in JSON lines and in a CSV's JSON cells: null there too, the rest kept
+    (a string "NaN" is a string; a null struct stays null; a 32-bit float as written)."""
+    path = tmp_path / "nested.parquet"
+    duckdb.sql(
+        f"""COPY (
+            SELECT 1 AS i, [1.5, 'nan'::DOUBLE, 'inf'::DOUBLE] AS l,
+                {{'a b': '-inf'::DOUBLE, 'b': 'NaN', 'c': [0.1::FLOAT, 'nan'::FLOAT]}} AS s,
+                MAP {{'k': 'nan'::DOUBLE, 'j': 2.5::DOUBLE}} AS m, [{{'x': 'nan'::DOUBLE}}] AS ls,
+                NULL::STRUCT(x DOUBLE) AS n
+            UNION ALL SELECT 2, NULL, NULL, NULL, NULL, {{'x': 1.0}}
+        ) TO '{path}'"""
+    )
+
+    def refuse(word: str) -> None:
+        raise AssertionError(f"{word} is not JSON")
+
+    jsonl = convert_table(path, params=DataConvertParams(to="jsonl"), out_dir=tmp_path / "jsonl")
+    rows = [json.loads(line, parse_constant=refuse) for line in jsonl.path.read_text().splitlines()]
+    assert rows == [
+        {
+            "i": 1,
+            "l": [1.5, None, None],
+            "s": {"a b": None, "b": "NaN", "c": [0.1, None]},
+            "m": {"k": None, "j": 2.5},
+            "ls": [{"x": None}],
+            "n": None,
+        },
+        {"i": 2, "l": None, "s": None, "m": None, "ls": None, "n": {"x": 1.0}},
+    ]
+    as_csv = convert_table(path, params=DataConvertParams(to="csv"), out_dir=tmp_path / "csv")
+    with as_csv.path.open(newline="", encoding="utf-8") as handle:
+        first = next(iter(csv.DictReader(handle)))
+    assert json.loads(first["s"], parse_constant=refuse) == {"a b": None, "b": "NaN", "c": [0.1, None]}
+    assert json.loads(first["ls"], parse_constant=refuse) == [{"x": None}]
+
+
 def test_32_bit_floats_convert_to_json_lines_as_written(tmp_path: Path) -> None:
     """As in CSV: 0.1, not the double it widens to (0.10000000149011612); NaN null, as for doubles."""
     path = tmp_path / "floats.parquet"

@@ -145,18 +145,18 @@ def _copied(con: Any, source: Source, to: Target, *, huge: str = PARQUET_HUGE) -
     """
     if to == "csv" and source.format == "csv":
         return _VIEW
-    described = [(str(name), str(dtype)) for name, dtype, *_ in con.execute(f"DESCRIBE {_VIEW}").fetchall()]
+    read = con.sql(f"SELECT * FROM {_VIEW}")  # noqa: S608 - bound, not run
     replaced = [
         f"{expr} AS {ident(name)}"
-        for name, dtype in described
-        if (expr := _rewritten(ident(name), dtype, to, huge=huge)) is not None
+        for name, kind in zip(read.columns, read.types, strict=True)
+        if (expr := _rewritten(ident(name), kind, to, huge=huge)) is not None
     ]
     if not replaced:
         return _VIEW
     return f"(SELECT * REPLACE ({', '.join(replaced)}) FROM {_VIEW})"  # noqa: S608 - quoted names
 
 
-def _rewritten(column: str, dtype: str, to: Target, *, huge: str) -> str | None:
+def _rewritten(column: str, kind: Any, to: Target, *, huge: str) -> str | None:
     """The SQL that writes `column` (quoted) of type `dtype` as the `to` output can hold it exactly; None
     where its writer gives it back as it is.
 
@@ -178,16 +178,50 @@ def _rewritten(column: str, dtype: str, to: Target, *, huge: str) -> str | None:
     A BLOB is its bytes in hexadecimal (`616200ff`), as `data.query`'s rows and `data.profile` give it,
     where DuckDB's writers gave its own escaped text (`ab\\x00\\xFF`), which only DuckDB reads back.
     """
+    dtype = str(kind)
     if to == "csv" and (dtype.startswith(_NESTED_PREFIXES) or dtype.endswith("]")):
-        return f"CAST(to_json({column}) AS VARCHAR)"
+        return f"CAST(to_json({_finite(column, kind) or column}) AS VARCHAR)"
     if to != "parquet" and dtype == "BLOB":
         return f"lower(hex({column}))"
     if to == "parquet" and dtype in HUGE_INTEGERS:
         return f"CAST({column} AS {huge})"
-    if to == "jsonl" and dtype in ("FLOAT", "DOUBLE"):
-        value = FLOAT_AS_WRITTEN.format(column) if dtype == "FLOAT" else column
-        return f"CASE WHEN isfinite({column}) THEN {value} END"
+    if to == "jsonl":
+        return _finite(column, kind)
     return None
+
+
+def _finite(expr: str, kind: Any, depth: int = 0) -> str | None:
+    """`expr`, of the DuckDB type `kind` (a `DuckDBPyType`), with each NaN and infinity in it null and each
+    32-bit float its shortest text's double, however deep in lists, arrays, structs and maps' values;
+    None when it holds no floating-point number. DuckDB's JSON writer wrote `[1.5,NaN]`, which no JSON
+    reader but Python's takes; `[1.5,null]` now, as at the top level."""
+    match kind.id:
+        case "double":
+            return f"CASE WHEN isfinite({expr}) THEN {expr} END"
+        case "float":
+            return f"CASE WHEN isfinite({expr}) THEN {FLOAT_AS_WRITTEN.format(expr)} END"
+        case "list" | "array":
+            item = f"item{depth}"
+            inner = _finite(item, dict(kind.children)["child"], depth + 1)
+            return None if inner is None else f"list_transform({expr}, lambda {item}: {inner})"
+        case "map":
+            entry = f"entry{depth}"
+            value = _finite(f"{entry}.value", dict(kind.children)["value"], depth + 1)
+            if value is None:
+                return None
+            pair = f"{{'key': {entry}.key, 'value': {value}}}"
+            return f"map_from_entries(list_transform(map_entries({expr}), lambda {entry}: {pair}))"
+        case "struct":
+            fields = [
+                (name, f"struct_extract({expr}, {literal(name)})", child) for name, child in kind.children
+            ]
+            finite = [(name, _finite(field, child, depth), field) for name, field, child in fields]
+            if all(value is None for _, value, _ in finite):
+                return None
+            packed = ", ".join(f"{ident(name)} := {value or field}" for name, value, field in finite)
+            return f"CASE WHEN {expr} IS NOT NULL THEN struct_pack({packed}) END"
+        case _:
+            return None
 
 
 def _row_estimate(watch: Watchdog, source: Source) -> int | None:
