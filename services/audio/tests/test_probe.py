@@ -168,6 +168,26 @@ def test_a_truncated_wav_is_a_decode_error(tmp_path: Path, keep_fraction: float)
         probe_audio(damaged)
 
 
+@pytest.mark.parametrize("bit_rate", ["constant", "variable"])
+def test_an_mp3_cut_short_is_a_decode_error(tmp_path: Path, bit_rate: str) -> None:
+    """An MP3 whose Xing or Info header (LAME's, in most MP3s) declares more bytes than the file holds is
+    truncated: FFmpeg takes the duration from the header and reads the rest quietly, so the probe said
+    10 s of a file holding 5 and the analyses measured the half there. A whole one, and one cut by less
+    than a frame, read as before."""
+    options = {"abr": "1"} if bit_rate == "variable" else None
+    path = write(tmp_path / "a.mp3", noise(-20.0, 10.0, rate=44100), rate=44100, codec_options=options)
+    assert probe_audio(path).duration_s == pytest.approx(10.0, abs=0.05)
+    damaged = tmp_path / "cut.mp3"
+    truncate(path, damaged, keep_fraction=0.5)
+    with pytest.raises(MediaDecodeError, match="truncated"):
+        probe_audio(damaged)
+    with pytest.raises(MediaDecodeError, match="truncated"):
+        measure_loudness(damaged, None, lambda _f, _m: None)
+    nearly = tmp_path / "nearly.mp3"
+    nearly.write_bytes(path.read_bytes()[:-200])
+    assert probe_audio(nearly).codec == "mp3"
+
+
 def test_a_wav_written_to_a_pipe_is_read_whole(tmp_path: Path) -> None:
     """A WAV whose RIFF size says "unknown" (a writer to a pipe leaves 0xFFFFFFFF) is not taken for a
     truncated one: its samples are read to the end."""

@@ -133,6 +133,8 @@ def open_container(path: Path) -> Iterator[tuple[Any, Any]]:
             raise UnsupportedInput("The file's audio is in a codec this service cannot decode.")
         if str(container.format.name).startswith(_INDEXED_FORMAT):
             _require_whole_index(path, stream.index)
+        elif container.format.name == "mp3":
+            _require_whole_mp3(path)
         yield container, stream
 
 
@@ -231,6 +233,52 @@ def _require_whole_wav(handle: BinaryIO, *, size: int) -> None:
         if offset >= size:
             return
         handle.seek(offset)
+
+
+#: Bytes an MP3 may hold fewer of than its header declares and be whole: a frame (at most 2,880 bytes, at
+#: MPEG 2.5's lowest rate) that a writer counted and did not write.
+_MP3_SLACK_BYTES = 4096
+
+
+def _require_whole_mp3(path: Path) -> None:
+    """`MediaDecodeError` when an MP3's Xing, Info or VBRI header declares more bytes than the file holds.
+
+    LAME (behind most MP3s: FFmpeg, Audacity, iTunes) and Fraunhofer's encoder write in the first frame
+    how many frames and bytes the stream has. FFmpeg takes the duration from there and reads a file cut
+    short quietly to where it ends: `audio.probe` said 10 s of a file holding 5, and the analyses
+    measured the half there, and succeeded. The whole file's size is compared with the stream's, its tags
+    included (should an encoder count its ID3 tag in, a whole file cannot look short), so a file cut by
+    less than its tags hold passes. An MP3 without such a header (a stream recorded as is) has nothing to
+    tell its length by.
+    """
+    frame = _mp3_first_frame(path)
+    declared = None if frame is None else _mp3_declared_bytes(frame)
+    size = path.stat().st_size
+    if declared is not None and size + _MP3_SLACK_BYTES < declared:
+        raise MediaDecodeError(
+            f"The MP3 file holds {size:,} bytes, fewer than the {declared:,} of sound its header declares: "
+            "it is truncated (a download or copy that stopped early)."
+        )
+
+
+def _mp3_declared_bytes(frame: bytes) -> int | None:
+    """The stream's bytes that the first frame's Xing or Info header (after the frame's side information,
+    whose size depends on the MPEG version and the channels) or VBRI header (32 bytes in) declares; None
+    where it has none, or one without the byte count."""
+    mpeg1 = (frame[1] >> 3) & 3 == 3
+    mono = frame[3] >> 6 == 3
+    side = (17 if mono else 32) if mpeg1 else (9 if mono else 17)
+    xing = frame[4 + side : 4 + side + 16]
+    if xing[:4] in (b"Xing", b"Info") and len(xing) == 16:
+        flags = int.from_bytes(xing[4:8], "big")
+        if not flags & 2:
+            return None
+        at = 12 if flags & 1 else 8  # the frame count comes first when there is one
+        return int.from_bytes(xing[at : at + 4], "big")
+    vbri = frame[36:50]
+    if vbri[:4] == b"VBRI" and len(vbri) == 14:
+        return int.from_bytes(vbri[10:14], "big")
+    return None
 
 
 @dataclass
@@ -666,7 +714,16 @@ def _length_unstated(container: Any) -> bool:
 
 def _mp3_length_header(path: Path) -> bool:
     """Whether the MP3 at `path` opens (after its ID3v2 tag) with a Xing, Info or VBRI frame, which holds
-    the stream's frame count. The tag's size is four 7-bit bytes, 10 more with a footer (ID3v2.4)."""
+    the stream's frame count."""
+    frame = _mp3_first_frame(path)
+    # Xing/Info sit after the frame header and its side information (13 to 38 bytes in), VBRI at 36.
+    return frame is not None and (b"Xing" in frame[:48] or b"Info" in frame[:48] or frame[36:40] == b"VBRI")
+
+
+def _mp3_first_frame(path: Path) -> bytes | None:
+    """The first 64 bytes of the MP3 at `path` from its first frame's sync, past its ID3v2 tag (whose size
+    is four 7-bit bytes, 10 more with a footer: ID3v2.4); None when no frame starts in the first
+    `_MP3_SYNC_SEARCH_BYTES` after it."""
     with path.open("rb") as handle:
         tag = handle.read(10)
         offset = 0
@@ -674,13 +731,16 @@ def _mp3_length_header(path: Path) -> bool:
             size = (tag[6] & 0x7F) << 21 | (tag[7] & 0x7F) << 14 | (tag[8] & 0x7F) << 7 | tag[9] & 0x7F
             offset = 10 + size + (10 if tag[5] & 0x10 else 0)
         handle.seek(offset)
-        head = handle.read(_MP3_SYNC_SEARCH_BYTES)
-    sync = next((i for i in range(len(head) - 1) if head[i] == 0xFF and head[i + 1] & 0xE0 == 0xE0), None)
-    if sync is None:
-        return False
-    # Xing/Info sit after the frame header and its side information (13 to 38 bytes in), VBRI at 36.
-    frame = head[sync : sync + 48]
-    return b"Xing" in frame or b"Info" in frame or frame[36:40] == b"VBRI"
+        head = handle.read(_MP3_SYNC_SEARCH_BYTES + 64)
+    sync = next(
+        (
+            i
+            for i in range(min(len(head) - 1, _MP3_SYNC_SEARCH_BYTES))
+            if head[i] == 0xFF and head[i + 1] & 0xE0 == 0xE0
+        ),
+        None,
+    )
+    return None if sync is None else head[sync : sync + 64]
 
 
 def _counted_duration(path: str, index: int) -> float | None:
