@@ -177,3 +177,29 @@ def test_a_raw_stream_of_garbage_is_a_decode_error(raw: tuple[Path, str], tmp_pa
     }[job]
     with pytest.raises(MediaDecodeError):
         run()
+
+
+def test_a_raw_mpeg1_stream_states_no_length_and_its_thumbnails_span_it(tmp_path: Path) -> None:
+    """FFmpeg estimates a raw MPEG-1 stream's duration from the bit rate in its first header: 6 s read
+    0.02 s, so the probe said one frame and every thumbnail was its first frame. As for the other raw
+    streams, the probe states no length (as ffprobe's N/A for them) and the thumbnails span its frames,
+    each within a frame of its time (FFmpeg's parser times this stream's frames from the seventh on one
+    interval late)."""
+    path = tmp_path / "numbered.m1v"
+    make_numbered_video(path, frame_count=150, codec="mpeg1video", container_format="mpeg1video", keyint=12)
+    with av.open(str(path)) as container:
+        stated = container.duration
+    assert stated is not None
+    assert stated < 1_000_000  # FFmpeg's estimate: under a second
+    result = probe_video(path)
+    assert (result.format.name, result.format.duration_s, result.video.frame_count) == (
+        "mpegvideo",
+        None,
+        None,
+    )
+    images = extract_thumbnails(path, out_dir=tmp_path / "thumbs", count=5)
+    assert [image.t_s for image in images] == pytest.approx([0.6, 1.8, 3.0, 4.2, 5.4], abs=1 / 25 + 1e-6)
+    for image in images:
+        with av.open(str(image.path)) as jpeg:
+            shown = frame_number(next(jpeg.decode(video=0)).to_ndarray(format="rgb24"))
+        assert abs(shown - image.t_s * 25) <= 1, (shown, image.t_s)

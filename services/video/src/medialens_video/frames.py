@@ -163,8 +163,8 @@ def expected_frames(container: Any, stream: Any) -> int:
     end = stated_end(container, stream)
     if end is not None:
         span_s = float((end - (stream.start_time or 0)) * stream.time_base)
-    elif container.duration:
-        span_s = container.duration / av.time_base
+    elif (stated_s := stated_duration_s(container)) is not None:
+        span_s = stated_s
     else:  # a raw stream states nothing: its packets are counted (reading them costs ~1% of decoding them)
         return max(1, packet_span(container, stream)[0])
     return max(1, round(span_s * float(rate))) if rate else 1
@@ -225,11 +225,27 @@ class FrameClock:
         return frames
 
 
+#: FFmpeg's raw video formats (elementary streams: MPEG-1/2 `.m1v`/`.m2v`, H.264 and HEVC Annex B, MPEG-4
+#: part 2 `.m4v`, VC-1, AVS, VVC), which hold no length: a duration FFmpeg gives one is estimated from a
+#: bit rate in its first headers ("Estimating duration from bitrate"). A raw MPEG-1 stream of 3 s read
+#: 0.02 s: its probe said one frame, and every thumbnail came from its first frame.
+RAW_VIDEO_FORMATS = frozenset({"mpegvideo", "h264", "hevc", "m4v", "vc1", "cavsvideo", "avs2", "avs3", "vvc"})
+
+
+def stated_duration_s(container: Any) -> float | None:
+    """The container's duration as the file states it, in seconds; None when it states none (a raw
+    stream's is FFmpeg's estimate: `RAW_VIDEO_FORMATS`)."""
+    if not container.duration or container.format.name in RAW_VIDEO_FORMATS:
+        return None
+    return float(container.duration / av.time_base)
+
+
 def stated_end(container: Any, stream: Any) -> int | None:
     """The end of the stream's last frame (video or audio), in the stream's time base, as the file states
     it: the stream's start plus its own duration (MP4, MPEG-TS, AVI, ...), or in Matroska and WebM the
     stream's `DURATION` tag, where FFmpeg's muxer writes that end (mkvmerge writes the stream's length:
-    added to its start). None when the file states neither.
+    added to its start). None when the file states neither, and for a raw stream (`RAW_VIDEO_FORMATS`),
+    whose duration FFmpeg estimates.
 
     A Matroska stream has no duration of its own: when FFmpeg's probing does not settle a stream's timing
     (a clip of a few frames, or of frames of megabytes; any audio stream), it gives the stream the
@@ -242,7 +258,7 @@ def stated_end(container: Any, stream: Any) -> int | None:
             return None
         start_s = (stream.start_time or 0) * Fraction(stream.time_base)
         return round(tag.end(start_s) / Fraction(stream.time_base))
-    if stream.duration:
+    if stream.duration and container.format.name not in RAW_VIDEO_FORMATS:
         return int((stream.start_time or 0) + stream.duration)
     return None
 

@@ -40,6 +40,7 @@ from medialens_video.frames import (
     first_timestamp,
     open_video,
     pixel_aspect,
+    stated_duration_s,
     stated_end,
     untimed,
 )
@@ -67,7 +68,7 @@ def probe_video(path: Path) -> VideoProbeResult:
         format_name = container.format.name
         first_frame, hidden = _decode_first_frame(container, video)
 
-        duration_s = container.duration / av.time_base if container.duration else None
+        duration_s = stated_duration_s(container)
         fps = _rate(video.guessed_rate)
         avg_fps = _rate(video.average_rate)
         frame_count, steady = _frame_count(container, video, hidden=hidden)
