@@ -145,6 +145,10 @@ def test_true_peak_equals_dense_interpolation() -> None:
             np.concatenate([noise(-40.0, 0.7, seed=4), sine(-9.0, 0.2, freq_hz=11025.0, phase=1.0)], axis=1),
             id="peak-after-quiet",
         ),
+        pytest.param(sine(-18.0, 1.0, freq_hz=997.0), id="line-up-tone"),  # every window near the peak
+        pytest.param(
+            np.clip(noise(0.0, 1.0, seed=6) * 4, -0.9, 0.9), id="limited"
+        ),  # every beat at the ceiling
         pytest.param(np.zeros((2, 1000), dtype=np.float32), id="silence"),
         pytest.param(noise(-6.0, 5 / 48000, channels=1, seed=5), id="five-samples"),
     ],
@@ -152,7 +156,8 @@ def test_true_peak_equals_dense_interpolation() -> None:
 @pytest.mark.parametrize("block", [7, 255, 257, 4800, 48000])
 def test_pruned_true_peak_equals_brute_force(samples: np.ndarray, block: int) -> None:
     """Whatever the signal and the block size (even under the filter's 11 samples of history), the
-    screened search equals the brute-force true peak."""
+    screened search equals the brute-force true peak, and so does interpolating a whole block where most
+    windows come near the peak (a tone, a limited master)."""
     meter = TruePeakMeter(samples.shape[0])
     for start in range(0, samples.shape[1], block):
         meter.feed(samples[:, start : start + block])
