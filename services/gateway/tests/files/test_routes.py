@@ -391,6 +391,22 @@ async def test_delete_then_reads_answer_404(api: httpx.AsyncClient, envelope: En
     assert file["id"] not in {item["id"] for item in listed}
 
 
+async def test_a_delete_with_mongodb_away_is_503_and_deletes_nothing(
+    stack: Stack, api: httpx.AsyncClient, envelope: EnvelopeCheck
+) -> None:
+    """With MongoDB unreachable, DELETE answers 503 with Retry-After and the file stays whole (it was
+    marked deleted first: the 503 said "retry" for a file gone, whose bytes stayed in GridFS for good);
+    the retry once MongoDB is back deletes it."""
+    file = await _raw_upload(api, BLOB, **{"Content-Type": "application/octet-stream"})
+    async with mongodb_away(stack):
+        response = await api.delete(f"/v1/files/{file['id']}")
+        envelope(response, status=503, error_code="SERVICE_UNAVAILABLE")
+        assert response.headers["retry-after"]
+    assert (await api.get(f"/v1/files/{file['id']}/content")).content == BLOB
+    envelope(await api.delete(f"/v1/files/{file['id']}"), status=200)
+    envelope(await api.get(f"/v1/files/{file['id']}/content"), status=404, error_code="NOT_FOUND")
+
+
 async def test_unknown_file_is_404(api: httpx.AsyncClient, envelope: EnvelopeCheck) -> None:
     """A file id that never existed answers 404 NOT_FOUND."""
     envelope(await api.get("/v1/files/0123456789abcdef"), status=404, error_code="NOT_FOUND")

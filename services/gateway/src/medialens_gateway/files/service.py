@@ -99,9 +99,13 @@ async def list_files(
 
 
 async def delete_file(session: AsyncSession, *, store: FileStore, tenant_id: str, file_id: str) -> None:
-    """Mark the file deleted (jobs keep their reference), then drop its bytes."""
+    """Drop the file's bytes, then mark it deleted (jobs keep their reference).
+
+    In this order so that a 503 means nothing was done: marked first, a MongoDB away answered 503 "retry"
+    for a file already gone (the retry said 404) whose bytes then stayed in GridFS for good. Bytes dropped
+    and the mark not committed (PostgreSQL away: 503 too) leave a file whose content answers 404 until the
+    retry, which finds no bytes to drop (no error) and marks it."""
     row = await get_file(session, tenant_id=tenant_id, file_id=file_id)
-    storage_ids = await mark_deleted(session, files.c.id == row["id"])
+    await store.delete(row["storage_id"])
+    await mark_deleted(session, files.c.id == row["id"])
     await session.commit()
-    for storage_id in storage_ids:
-        await store.delete(storage_id)
