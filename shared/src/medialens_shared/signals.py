@@ -30,6 +30,10 @@ CANCEL_FLAGS_TIMEOUT_S = 1.0
 #: Live data outlives a job by a day: long enough for late readers, short enough not to pile up.
 LIVE_TTL_S = 24 * 3600
 
+#: How long a reader of jobs (the gateway) waits for their live progress before it shows the progress
+#: their rows keep.
+LIVE_READ_TIMEOUT_S = 0.5
+
 
 class JobSignals:
     def __init__(self, redis: Redis, *, prefix: str, nudge_interval_s: float = 0.02) -> None:
@@ -104,6 +108,28 @@ class JobSignals:
     async def live(self, job_id: str) -> dict[str, str] | None:
         raw = await self.redis.hgetall(self._key(job_id, "live"))
         return {_text(k): _text(v) for k, v in raw.items()} or None
+
+    async def lives(self, job_ids: list[str]) -> dict[str, dict[str, str]]:
+        """The live progress of those of `job_ids` that have one, in one round trip; none when Redis does
+        not answer within `LIVE_READ_TIMEOUT_S`: the progress is an overlay on the jobs' rows, which keep
+        the truth, so a reader shows theirs (a running job read 503 with Redis away, and its event stream
+        broke off without a word)."""
+        if not job_ids:
+            return {}
+        try:
+            async with asyncio.timeout(LIVE_READ_TIMEOUT_S):
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for job_id in job_ids:
+                        pipe.hgetall(self._key(job_id, "live"))
+                    found = await pipe.execute()
+        except Exception as exc:
+            log.warning("could not read the live progress of %d jobs (%s)", len(job_ids), exc)
+            return {}
+        return {
+            job_id: {_text(k): _text(v) for k, v in raw.items()}
+            for job_id, raw in zip(job_ids, found, strict=True)
+            if raw
+        }
 
     async def announce(self, job: dict[str, Any]) -> None:
         """Publish the job object to whoever follows this job (SSE streams), once it is published.

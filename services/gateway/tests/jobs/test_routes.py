@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import time
 import uuid
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -14,8 +16,10 @@ from typing import Any
 import httpx
 import pytest
 from asgi_lifespan import LifespanManager
+from redis.asyncio import Redis
 from sqlalchemy import func, text, update
 
+from medialens_gateway.deps import registered
 from medialens_gateway.jobs import routes
 from medialens_gateway.main import create_app
 from medialens_shared.db import DatabaseManager
@@ -764,3 +768,102 @@ async def test_events_of_a_job_cancelled_while_followed_end_with_cancelled(
     events = _events(response.text)
     assert [name for name, _ in events] == ["progress", "done"]
     assert events[-1][1]["status"] == "cancelled"
+
+
+# --- Redis away ----------------------------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def redis_away(stack: Stack) -> AsyncIterator[None]:
+    """While open, the gateway's job signals talk to a Redis where nothing listens (port 1)."""
+    signals = registered(stack.app, JobSignals)
+    here = signals.redis
+    away = Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.3)
+    signals.redis = away
+    try:
+        yield
+    finally:
+        signals.redis = here
+        await away.aclose()
+
+
+async def _running(
+    db: DatabaseManager, job_id: str, *, progress: float = 0.0, message: str = "started"
+) -> None:
+    """Make a held job running, as a worker elsewhere would have, with `progress` in its row."""
+    async with db.session() as session:
+        running = {"status": "running", "worker": "data-elsewhere-1-abcdef", "started_at": func.now()}
+        lease = func.now() + timedelta(minutes=5)
+        await session.execute(
+            update(jobs)
+            .where(jobs.c.id == job_id)
+            .values(**running, lease_expires_at=lease, progress=progress, message=message)
+        )
+        await session.commit()
+
+
+async def test_jobs_read_and_cancel_with_redis_away(
+    stack: Stack, api: httpx.AsyncClient, db: DatabaseManager, csv_file: str, envelope: EnvelopeCheck
+) -> None:
+    """Redis carries only live progress and announcements; the rows keep the truth. With Redis away, a
+    running job reads with its row's progress (it answered 503) and lists; a queued job cancels, 202 (it
+    answered 503 "retry" for a job already cancelled, whose retry said 409); a running job's cancel, which
+    needs Redis to reach its worker, is 503 and asks nothing."""
+    queued = await stack.held_job(api, "data.profile", csv_file)
+    running = await stack.held_job(api, "data.profile", csv_file)
+    await _running(db, running.job_id, progress=0.25, message="reading the table")
+    async with redis_away(stack):
+        body = envelope(await api.get(f"/v1/jobs/{running.job_id}"), status=200)
+        assert (body["data"]["progress"], body["data"]["message"]) == (0.25, "reading the table")
+        listed = envelope(await api.get("/v1/jobs", params={"limit": 200}), status=200)["data"]["items"]
+        assert {queued.job_id, running.job_id} <= {item["id"] for item in listed}
+        body = envelope(await api.post(f"/v1/jobs/{queued.job_id}/cancel"), status=202)
+        assert body["data"]["status"] == "cancelled"
+        envelope(
+            await api.post(f"/v1/jobs/{running.job_id}/cancel"), status=503, error_code="SERVICE_UNAVAILABLE"
+        )
+    assert not await JobSignals(db.redis, prefix=stack.settings.redis.prefix).cancel_requested(running.job_id)
+    envelope(await api.post(f"/v1/jobs/{queued.job_id}/cancel"), status=409, error_code="JOB_NOT_CANCELLABLE")
+
+
+async def test_the_job_list_shows_a_running_jobs_live_progress(
+    stack: Stack, api: httpx.AsyncClient, db: DatabaseManager, csv_file: str
+) -> None:
+    """A running job's list item shows the progress its worker last reported, as the job object does (it
+    showed the row's, written at the start: 0.0, "started", while the job read 0.7)."""
+    job = await stack.held_job(api, "data.profile", csv_file)
+    await _running(db, job.job_id)
+    live = {"id": job.job_id, "progress": 0.7, "message": "running the query"}
+    await JobSignals(db.redis, prefix=stack.settings.redis.prefix).set_progress(live)
+    single = (await api.get(f"/v1/jobs/{job.job_id}")).json()["data"]
+    listed = (await api.get("/v1/jobs", params={"status": "running", "limit": 200})).json()["data"]["items"]
+    (item,) = [each for each in listed if each["id"] == job.job_id]
+    assert (single["progress"], single["message"]) == (0.7, "running the query")
+    assert item == single
+
+
+async def test_events_of_a_running_job_with_redis_away_follow_its_row(
+    stack: Stack,
+    api: httpx.AsyncClient,
+    db: DatabaseManager,
+    csv_file: str,
+    first_event: asyncio.Event,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With Redis away, a running job's event stream gives its row's progress and, read again at each
+    keep-alive, its end (the stream broke off after its headers, without an event)."""
+    monkeypatch.setattr(routes, "KEEP_ALIVE_S", 0.2)
+    job = await stack.held_job(api, "data.profile", csv_file)
+    await _running(db, job.job_id, progress=0.5, message="profiling")
+    async with redis_away(stack):
+        listening = asyncio.create_task(api.get(f"/v1/jobs/{job.job_id}/events"))
+        await asyncio.wait_for(first_event.wait(), timeout=10)
+        async with db.session() as session:
+            ended = {"status": "failed", "error_code": "INTERNAL_ERROR", "finished_at": func.now()}
+            await session.execute(update(jobs).where(jobs.c.id == job.job_id).values(**ended))
+            await session.commit()
+        response = await asyncio.wait_for(listening, timeout=10)
+    events = _events(response.text)
+    assert [name for name, _ in events] == ["progress", "done"]
+    assert (events[0][1]["status"], events[0][1]["progress"]) == ("running", 0.5)
+    assert events[1][1]["status"] == "failed"

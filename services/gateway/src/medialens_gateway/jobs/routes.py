@@ -131,7 +131,11 @@ async def list_jobs(
         type_=type,
         labels=labels,
     )
-    items = [jobstore.job_view(row, children=row["children"] or ()) for row in rows[:limit]]
+    live = await service.lives(caller.signals, rows[:limit])
+    items = [
+        jobstore.job_view(row, children=row["children"] or (), live=live.get(row["id"]))
+        for row in rows[:limit]
+    ]
     return ok({"items": items, "next_cursor": next_cursor(rows, limit=limit)})
 
 

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -23,6 +24,7 @@ from typing import Any
 import asyncpg
 from pydantic import ValidationError
 from pydantic_core import to_json
+from redis.exceptions import RedisError
 from sqlalchemy import RowMapping, delete, func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -44,6 +46,8 @@ from medialens_shared.signals import JobSignals
 from medialens_shared.tables import idempotency_keys, jobs
 from medialens_shared.tasks import RESULT_WRITES
 from medialens_shared.telemetry import context_headers
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -343,8 +347,20 @@ async def read(db: DatabaseManager, signals: JobSignals, *, tenant_id: str, job_
         row = await conn.fetchrow(_JOB_WITH_PARTS, job_id, tenant_id)
     if row is None:
         raise NotFound(f"No job {job_id} for this API key's tenant.")
-    live = await signals.live(job_id) if row["status"] == JobStatus.RUNNING else None
+    live = await _live(signals, row)
     return jobstore.job_view(row, children=row["children"], live=live)
+
+
+async def _live(signals: JobSignals, job: Mapping[Any, Any]) -> dict[str, str] | None:
+    """The live progress of `job` if it runs and Redis answers in time; None for the row's own."""
+    if job["status"] != JobStatus.RUNNING:
+        return None
+    return (await signals.lives([job["id"]])).get(job["id"])
+
+
+async def lives(signals: JobSignals, rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, str]]:
+    """The live progress of those of `rows` that run (the job list's), in one round trip."""
+    return await signals.lives([row["id"] for row in rows if row["status"] == JobStatus.RUNNING])
 
 
 #: A job's parts' ids, in `jobstore.children_of`'s order (oldest first, then as its type lists its parts):
@@ -359,7 +375,7 @@ _JOB_WITH_PARTS = (
 
 
 async def view(session: AsyncSession, signals: JobSignals, job: RowMapping) -> dict[str, Any]:
-    live = await signals.live(job["id"]) if job["status"] == JobStatus.RUNNING else None
+    live = await _live(signals, job)
     composite = bool(JOB_TYPES[job["type"]].children)
     children = await jobstore.children_of(session, job_id=job["id"]) if composite else []
     return jobstore.job_view(job, children=children, live=live)
@@ -429,7 +445,7 @@ async def cancel(session: AsyncSession, signals: JobSignals, *, tenant_id: str, 
         await session.commit()
         # A part's change moves its composite job: its followers are told too (they heard only at their
         # stream's next keep-alive read, ~10 s later).
-        await jobstore.announce(session, signals, cancelled)
+        await _announce(session, signals, cancelled)
         return cancelled
     await session.rollback()
     job = await get_job(session, tenant_id=tenant_id, job_id=job_id)
@@ -446,9 +462,19 @@ async def cancel_part(session: AsyncSession, signals: JobSignals, *, job_id: str
     )
     await session.commit()
     if cancelled is not None:
-        await jobstore.announce(session, signals, cancelled)
+        await _announce(session, signals, cancelled)
     else:
         await signals.request_cancel(job_id)
+
+
+async def _announce(session: AsyncSession, signals: JobSignals, job: RowMapping) -> None:
+    """Tell the followers of `job` (committed) of its change, if Redis answers: the change is made, so a
+    Redis away must not answer 503 "retry" for it (the retry said 409, nothing to cancel); the followers'
+    streams read the row again at their next keep-alive."""
+    try:
+        await jobstore.announce(session, signals, job)
+    except RedisError as exc:
+        log.warning("could not announce job %s's change (%s)", job["id"], exc)
 
 
 async def composite_result(session: AsyncSession, results: Any, *, job: RowMapping) -> dict[str, Any] | None:
