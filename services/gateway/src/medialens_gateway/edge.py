@@ -18,6 +18,7 @@ import re
 import time
 import uuid
 
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from medialens_gateway import metrics
@@ -27,6 +28,10 @@ from medialens_shared.errors import InternalError, RequestValidationFailed, Serv
 log = logging.getLogger(__name__)
 
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+#: The status an aborted request is counted with, as nginx logs one ("client closed request"): not a 5xx.
+CLIENT_CLOSED = 499
 
 
 def _request_id(headers: list[tuple[bytes, bytes]]) -> str:
@@ -108,6 +113,11 @@ class EdgeMiddleware:
             await app(scope, receive, send_with_id)
         except _HeadAnswered:
             pass
+        except ClientDisconnect:
+            # The client left before its request was read (an aborted upload): no one to answer, and no
+            # fault of the gateway's (it was counted a 500 and logged as an unhandled error).
+            status = status or CLIENT_CLOSED
+            log.info("request %s: the client went away before its request was read", request_id)
         except Exception as exc:
             response = self._render(exc, request_id)
             if status:

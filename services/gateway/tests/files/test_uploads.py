@@ -9,9 +9,13 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
+from prometheus_client import REGISTRY
 from pymongo import AsyncMongoClient
+from starlette.types import Message
 
 from medialens_shared.settings import Settings
+from tests.fixtures.servers import TENANT_KEYS
+from tests.fixtures.stack import Stack
 
 from ..conftest import EnvelopeCheck
 
@@ -254,3 +258,48 @@ async def test_malformed_multipart_is_422(fresh_client: httpx.AsyncClient, envel
     )
     body = envelope(response, status=422, error_code="VALIDATION_ERROR")
     assert "malformed" in body["message"]
+
+
+async def test_an_upload_the_client_abandons_is_no_server_error(stack: Stack) -> None:
+    """A client that goes away mid-upload (a phone losing its network) is counted 499, as nginx counts it,
+    and no answer is sent: it was a 500 in the request metrics, which the high-error-rate alert reads, and
+    an "unhandled error" in the log."""
+    sent: list[Message] = []
+    chunks: list[Message] = [
+        {"type": "http.request", "body": b"x" * 1024, "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+
+    async def receive() -> Message:
+        return chunks.pop(0) if chunks else {"type": "http.disconnect"}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    def counted(status: str) -> float:
+        labels = {"method": "POST", "route": "/v1/files", "status": status}
+        return REGISTRY.get_sample_value("medialens_http_requests_total", labels) or 0.0
+
+    before = counted("499"), counted("500")
+    headers = [
+        (b"authorization", f"Bearer {TENANT_KEYS['tenant-a']}".encode()),
+        (b"content-type", b"application/octet-stream"),
+        (b"content-length", b"1048576"),
+    ]
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/files",
+        "raw_path": b"/v1/files",
+        "query_string": b"",
+        "root_path": "",
+        "headers": headers,
+        "client": ("127.0.0.1", 50000),
+        "server": ("gateway", 80),
+    }
+    await stack.asgi(scope, receive, send)
+    assert sent == []
+    assert (counted("499"), counted("500")) == (before[0] + 1, before[1])
