@@ -40,6 +40,28 @@ async def test_unknown_or_malformed_key_is_401(
         envelope(await client.get("/v1/jobs"), status=401, error_code="UNAUTHORIZED")
 
 
+@pytest.mark.parametrize("key", [None, "not-a-key"])
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [("application/json", b"{not json"), ("application/json", b'{"type": 5}'), ("text/plain", b"{}")],
+)
+async def test_a_submission_without_a_valid_key_is_401_whatever_its_body(
+    stack: Stack, envelope: EnvelopeCheck, key: str | None, content_type: str, body: bytes
+) -> None:
+    """A job submission is let in before its body is judged: without a valid key, a body that does not
+    parse or validate answers 401, as API.md has every /v1 call without a key (one that does not parse
+    answered 422); with a valid key, 422."""
+    headers = {"Content-Type": content_type} | ({"Authorization": f"Bearer {key}"} if key else {})
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=stack.asgi), base_url="http://g") as c:
+        envelope(
+            await c.post("/v1/jobs", content=body, headers=headers), status=401, error_code="UNAUTHORIZED"
+        )
+        headers["Authorization"] = f"Bearer {TENANT_KEYS['tenant-a']}"
+        envelope(
+            await c.post("/v1/jobs", content=body, headers=headers), status=422, error_code="VALIDATION_ERROR"
+        )
+
+
 @pytest.mark.parametrize(
     ("authorization", "said"),
     [

@@ -16,7 +16,8 @@ another content type, a body that does not parse or validate, an Idempotency-Key
 mounted under a root path. So every validation error is FastAPI's own, and the routes stay declared there
 too, as the OpenAPI document and for everything passed on. One check is this layer's alone: a submission's
 body over `JOB_BODY_MAX_BYTES` is refused (413 PAYLOAD_TOO_LARGE) as soon as it is announced or read past
-the bound, whatever its content type.
+the bound, whatever its content type. And a submission passed on is let in first (401 without a valid
+key), since FastAPI reads and judges a body before it authenticates its caller.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from starlette.datastructures import Headers
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from medialens_gateway.auth import authenticate
 from medialens_gateway.deps import CallerContext, GatewayCore, caller_of, registered
 from medialens_gateway.envelope import api_error_response
 from medialens_gateway.jobs import routes
@@ -88,6 +90,14 @@ class HotPaths:
         request = _job_request(headers, body)
         key = headers.get("idempotency-key")
         if request is None or (key is not None and len(key) > _KEY_MAX):
+            # FastAPI reads a body before it solves the route's dependencies: a caller without a valid key
+            # was told its body does not parse (422), not that it is not let in (401), as API.md has it.
+            core = registered(scope["app"], GatewayCore)
+            try:
+                await authenticate(core.db, headers=headers, cache=core.keys)
+            except ApiError as exc:
+                await api_error_response(exc)(scope, receive, send)
+                return
             await self.app(scope, _replay(messages, receive), send)
             return
         scope["route"] = _SUBMIT
