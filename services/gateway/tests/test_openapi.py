@@ -38,10 +38,13 @@ async def test_openapi_lists_every_path_of_the_contract(api: httpx.AsyncClient) 
 
 
 async def test_openapi_documents_uploads_and_streams(api: httpx.AsyncClient) -> None:
-    """The upload takes multipart and raw bodies, and events are documented as an event stream."""
+    """The upload takes multipart and raw bodies, a raw one named by an `X-Filename` header (API.md; a
+    client generated from the document could not send it), and events are documented as an event stream."""
     paths = (await api.get("/openapi.json")).json()["paths"]
     upload = paths["/v1/files"]["post"]["requestBody"]["content"]
     assert {"multipart/form-data", "application/octet-stream"} <= set(upload)
+    named = [p for p in paths["/v1/files"]["post"]["parameters"] if p.get("name") == "X-Filename"]
+    assert [(p["in"], p["required"], p["schema"]) for p in named] == [("header", False, {"type": "string"})]
     events = paths["/v1/jobs/{job_id}/events"]["get"]["responses"]["200"]["content"]
     assert "text/event-stream" in events
     submit = paths["/v1/jobs"]["post"]

@@ -30,6 +30,16 @@ router = APIRouter(prefix="/v1/files", tags=["files"], responses=errors(401, 404
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$", re.IGNORECASE)
 
 UPLOAD_BODY: dict[str, Any] = {
+    "parameters": [
+        {
+            "name": "X-Filename",
+            "in": "header",
+            "required": False,
+            "description": "A raw body's file name, as UTF-8 (a path is reduced to its last part); "
+            "`upload` when none is given. A multipart part names its file itself.",
+            "schema": {"type": "string"},
+        }
+    ],
     "requestBody": {
         "required": True,
         "description": "The file: a multipart form with the field `file`, or the raw bytes with their "
@@ -46,7 +56,7 @@ UPLOAD_BODY: dict[str, Any] = {
             # Any other type is a raw body too, stored with that type (`text/csv`, `audio/wav`).
             "*/*": {"schema": {"type": "string", "format": "binary"}},
         },
-    }
+    },
 }
 
 
