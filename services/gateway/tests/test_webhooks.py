@@ -416,6 +416,37 @@ async def test_the_tenant_lists_its_deliveries_and_redelivers_one(
     ]
 
 
+async def test_deliveries_page_oldest_first_as_every_list_does(
+    hooks: Hooks, receiver: Receiver, csv_id: str
+) -> None:
+    """The deliveries list takes `limit` and `cursor` as API.md has every list take them (it gave every
+    delivery whatever they said, and 200 for a limit of 0 or a cursor it never gave out)."""
+    api = hooks.clients["tenant-a"]
+    job_id = await job_with_callback(hooks, csv_id, receiver.url("/paged"))
+    await finish(hooks, job_id)
+    await dispatch_all(hooks)
+    [first] = (await api.get(f"/v1/jobs/{job_id}/deliveries")).json()["data"]["items"]
+    for _ in range(4):
+        assert (await api.post(f"/v1/jobs/{job_id}/deliveries/{first['id']}/redeliver")).status_code == 202
+    everything = (await api.get(f"/v1/jobs/{job_id}/deliveries")).json()["data"]["items"]
+    seen: list[str] = []
+    cursor = None
+    while True:
+        params = {"limit": 2} | ({"cursor": cursor} if cursor else {})
+        page = (await api.get(f"/v1/jobs/{job_id}/deliveries", params=params)).json()["data"]
+        assert len(page["items"]) <= 2
+        seen += [item["id"] for item in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == [item["id"] for item in everything]
+    assert len(seen) == 5
+    assert seen[0] == first["id"]
+    for params in ({"limit": 0}, {"limit": 201}, {"cursor": "garbage"}):
+        response = await api.get(f"/v1/jobs/{job_id}/deliveries", params=params)
+        assert response.status_code == 422, (params, response.text)
+
+
 async def test_another_tenants_deliveries_answer_404(hooks: Hooks, receiver: Receiver, csv_id: str) -> None:
     """Tenant B cannot list or redeliver tenant A's deliveries, nor redeliver an unknown one."""
     job_id = await job_with_callback(hooks, csv_id, receiver.url("/private"))

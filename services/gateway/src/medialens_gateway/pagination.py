@@ -42,15 +42,53 @@ def decode(cursor: str) -> tuple[datetime, str]:
 
 
 def page(
-    query: Select[Any], *, created_at: Column[Any], item_id: Column[Any], limit: int, cursor: str | None
+    query: Select[Any],
+    *,
+    created_at: Column[Any],
+    item_id: Column[Any],
+    limit: int,
+    cursor: str | None,
+    oldest_first: bool = False,
 ) -> Select[Any]:
-    """`query` restricted to the page after `cursor`, newest first, one row more than `limit`."""
+    """`query` restricted to the page after `cursor`, newest first (or `oldest_first`), one row more than
+    `limit`."""
     if cursor:
         after_created, after_id = decode(cursor)
-        query = query.where(
-            or_(created_at < after_created, and_(created_at == after_created, item_id < after_id))
-        )
+        if oldest_first:
+            later = or_(created_at > after_created, and_(created_at == after_created, item_id > after_id))
+            query = query.where(later)
+        else:
+            earlier = or_(created_at < after_created, and_(created_at == after_created, item_id < after_id))
+            query = query.where(earlier)
+    if oldest_first:
+        return query.order_by(created_at, item_id).limit(limit + 1)
     return query.order_by(created_at.desc(), item_id.desc()).limit(limit + 1)
+
+
+def listed_page(
+    items: list[Any], *, key: str, limit: int, cursor: str | None
+) -> tuple[list[Any], str | None]:
+    """A page of `items`, a list the service holds in memory (the job types' catalogue), after `cursor`,
+    and the next page's cursor: the last item's `key` (a name), opaque as the others (any other is a 422)."""
+    start = 0
+    if cursor:
+        names = [item[key] for item in items]
+        try:
+            raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+            start = names.index(raw.removeprefix("name|")) + 1 if raw.startswith("name|") else -1
+        except (binascii.Error, UnicodeDecodeError, ValueError):
+            start = -1
+        if start < 0:
+            raise RequestValidationFailed(
+                "The cursor is not one this API gave out; pass `next_cursor` unchanged.",
+                details=[{"loc": ["query", "cursor"], "msg": "invalid cursor", "type": "value_error"}],
+            )
+    chosen = items[start : start + limit]
+    more = start + limit < len(items)
+    following = (
+        base64.urlsafe_b64encode(f"name|{chosen[-1][key]}".encode()).decode().rstrip("=") if more else None
+    )
+    return chosen, following
 
 
 def next_cursor(rows: list[Any], *, limit: int) -> str | None:

@@ -56,3 +56,26 @@ async def test_thumbnails_count_default_is_the_count_the_service_applies(
     schema = next(item for item in items if item["name"] == "video.thumbnails")["params_schema"]
     applied = len(thumbnail_times(60.0, count=None, every_s=None))
     assert schema["properties"]["count"]["default"] == applied == 10
+
+
+async def test_the_catalogue_pages_as_every_list_does(
+    api: httpx.AsyncClient, envelope: EnvelopeCheck
+) -> None:
+    """`limit` and `cursor` work on the catalogue as API.md has every list take them (it gave all 12
+    types whatever they said, and 200 for a limit of 0 or a cursor it never gave out)."""
+    everything = envelope(await api.get("/v1/job-types", params={"limit": 200}), status=200)["data"]
+    assert everything["next_cursor"] is None
+    names: list[str] = []
+    cursor = None
+    while True:
+        params = {"limit": 5} | ({"cursor": cursor} if cursor else {})
+        page = envelope(await api.get("/v1/job-types", params=params), status=200)["data"]
+        assert len(page["items"]) <= 5
+        names += [item["name"] for item in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert names == [item["name"] for item in everything["items"]]
+    assert len(names) > 5
+    for params in ({"limit": 0}, {"limit": "abc"}, {"cursor": "garbage"}, {"cursor": "bmFtZXxub3BlLmpvYg"}):
+        envelope(await api.get("/v1/job-types", params=params), status=422, error_code="VALIDATION_ERROR")

@@ -7,6 +7,7 @@ from typing import Any
 from sqlalchemy import RowMapping, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from medialens_gateway import pagination
 from medialens_shared import webhooks
 from medialens_shared.envelope import iso
 from medialens_shared.errors import NotFound
@@ -29,12 +30,21 @@ def delivery_view(row: RowMapping) -> dict[str, Any]:
     }
 
 
-async def list_deliveries(session: AsyncSession, *, tenant_id: str, job_id: str) -> list[RowMapping]:
-    """The job's deliveries, oldest first (the caller has checked the job is the tenant's)."""
-    query = (
-        select(webhook_deliveries)
-        .where(webhook_deliveries.c.job_id == job_id, webhook_deliveries.c.tenant_id == tenant_id)
-        .order_by(webhook_deliveries.c.created_at, webhook_deliveries.c.id)
+async def list_deliveries(
+    session: AsyncSession, *, tenant_id: str, job_id: str, limit: int, cursor: str | None
+) -> list[RowMapping]:
+    """A page of the job's deliveries after `cursor`, oldest first, one row more than `limit` (the caller
+    has checked the job is the tenant's)."""
+    query = select(webhook_deliveries).where(
+        webhook_deliveries.c.job_id == job_id, webhook_deliveries.c.tenant_id == tenant_id
+    )
+    query = pagination.page(
+        query,
+        created_at=webhook_deliveries.c.created_at,
+        item_id=webhook_deliveries.c.id,
+        limit=limit,
+        cursor=cursor,
+        oldest_first=True,
     )
     return list((await session.execute(query)).mappings().all())
 

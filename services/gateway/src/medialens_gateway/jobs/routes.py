@@ -254,10 +254,15 @@ def _sse(event: str, data: dict[str, Any]) -> str:
     summary="The job's webhook deliveries, oldest first",
     response_model=Envelope[Page[DeliveryObject]],
 )
-async def list_deliveries(job_id: str, tenant: CurrentTenant, session: DbSession) -> JSONResponse:
+async def list_deliveries(
+    job_id: str, tenant: CurrentTenant, session: DbSession, limit: Limit = 50, cursor: Cursor = None
+) -> JSONResponse:
     await service.get_job(session, tenant_id=tenant.id, job_id=job_id)
-    rows = await deliveries.list_deliveries(session, tenant_id=tenant.id, job_id=job_id)
-    return ok({"items": [deliveries.delivery_view(row) for row in rows], "next_cursor": None})
+    rows = await deliveries.list_deliveries(
+        session, tenant_id=tenant.id, job_id=job_id, limit=limit, cursor=cursor
+    )
+    items = [deliveries.delivery_view(row) for row in rows[:limit]]
+    return ok({"items": items, "next_cursor": next_cursor(rows, limit=limit)})
 
 
 @router.post(
