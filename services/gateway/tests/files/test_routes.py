@@ -292,12 +292,20 @@ async def test_a_request_without_a_file_is_422_and_stores_nothing(
     api: httpx.AsyncClient, envelope: EnvelopeCheck
 ) -> None:
     """A POST with no body and no Content-Type sent no file: 422 saying how to send one (an empty file
-    named `upload` was stored), and the tenant's file list is as it was."""
+    named `upload` was stored), and the tenant's file list is as it was; so does a chunked body of no
+    chunks (it was stored), while a chunked body with bytes and no Content-Type is a file."""
+
+    async def chunked(*parts: bytes) -> AsyncIterator[bytes]:
+        for part in parts:
+            yield part
+
     before = (await api.get("/v1/files")).json()["data"]["items"]
-    response = await api.post("/v1/files")
-    envelope(response, status=422, error_code="VALIDATION_ERROR")
-    assert "holds no file" in response.json()["message"]
+    for response in (await api.post("/v1/files"), await api.post("/v1/files", content=chunked())):
+        envelope(response, status=422, error_code="VALIDATION_ERROR")
+        assert "holds no file" in response.json()["message"]
     assert (await api.get("/v1/files")).json()["data"]["items"] == before
+    stored = envelope(await api.post("/v1/files", content=chunked(b"", b"ab", b"c")), status=201)["data"]
+    assert (await api.get(f"/v1/files/{stored['id']}/content")).content == b"abc"
 
 
 @pytest.mark.parametrize(

@@ -55,19 +55,14 @@ async def read_upload(request: Request) -> Upload:
     """The uploaded file of `request`: the `file` field of a multipart form, or else the raw body.
 
     A request with neither a Content-Type nor a body (`curl -X POST` without `-F`) sent no file: a 422
-    saying how to send one, where it stored an empty file named `upload`. An empty file sent as one (a raw
-    body of no bytes with its Content-Type, or a form's empty `file`) is stored as it is.
+    saying how to send one, where it stored an empty file named `upload`; a chunked body is read up to its
+    first byte to tell (one of no chunks was stored so). An empty file sent as one (a raw body of no bytes
+    with its Content-Type, or a form's empty `file`) is stored as it is.
     """
     headers = request.headers
-    if (
-        "content-type" not in headers
-        and headers.get("content-length", "0").strip() == "0"
-        and "transfer-encoding" not in headers
-    ):
-        raise _bad(
-            "The request holds no file: send a multipart form with the field `file`, or the file's bytes as "
-            "the body with their Content-Type."
-        )
+    untyped = "content-type" not in headers
+    if untyped and headers.get("content-length", "0").strip() == "0" and "transfer-encoding" not in headers:
+        raise _bad(_NO_FILE)
     content_type = headers.get("content-type", "application/octet-stream")
     mime, options = parse_options_header(content_type)
     if mime == b"multipart/form-data":
@@ -76,7 +71,28 @@ async def read_upload(request: Request) -> Upload:
             raise _bad("The multipart body has no boundary in its Content-Type.")
         return await _multipart_upload(request.stream(), boundary)
     filename = base_name(_text(request.headers.get("x-filename", "").encode("latin-1")))
-    return Upload(filename=filename, content_type=stored_type(content_type), chunks=request.stream())
+    chunks = await _not_empty(request.stream()) if untyped else request.stream()
+    return Upload(filename=filename, content_type=stored_type(content_type), chunks=chunks)
+
+
+_NO_FILE = (
+    "The request holds no file: send a multipart form with the field `file`, or the file's bytes as the "
+    "body with their Content-Type."
+)
+
+
+async def _not_empty(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """`chunks`, read up to the first byte: a 422 when they end before one."""
+    async for chunk in chunks:
+        if chunk:
+            return _following(chunk, chunks)
+    raise _bad(_NO_FILE)
+
+
+async def _following(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    yield first
+    async for chunk in rest:
+        yield chunk
 
 
 def stored_type(content_type: str | bytes) -> str:
