@@ -1082,6 +1082,32 @@ async def test_report_from_a_thread_publishes_progress(
     assert live == [{"progress": "0.2500", "message": "a quarter"}]
 
 
+async def test_published_progress_is_rounded_as_the_job_reads(
+    make_runner, new_job, tenant_id: str, signals: JobSignals
+) -> None:
+    """An event's progress is the job's as a read gives it, to 4 decimals (events said 0.3333333333333333
+    where the job read 0.3333)."""
+    job_id = await new_job()
+    pubsub = signals.redis.pubsub()
+    await pubsub.subscribe(signals.channel(job_id))
+    events: list[dict[str, object]] = []
+
+    async def act(ctx: JobContext) -> None:
+        await ctx.progress(1 / 3, "a third", force=True)
+        deadline = asyncio.get_running_loop().time() + 5
+        while not events and asyncio.get_running_loop().time() < deadline:
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
+            if message is not None and (event := json.loads(message["data"]))["message"] == "a third":
+                events.append(event)
+
+    runner = make_runner({"video.probe": Calls(act)})
+    try:
+        assert await deliver(runner, body_of(job_id, tenant_id)) == ["ack"]
+    finally:
+        await pubsub.aclose()
+    assert [(event["progress"], event["message"]) for event in events] == [(0.3333, "a third")]
+
+
 async def test_a_deleted_input_fails_input_not_found(
     make_runner,
     new_job,

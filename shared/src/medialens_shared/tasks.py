@@ -211,7 +211,8 @@ class JobContext:
         if not force and now - self._last_progress < self._runner.settings.worker.progress_interval_s:
             return
         self._last_progress = now
-        fraction = min(max(fraction, 0.0), 1.0)
+        # Rounded as the live hash and the row keep it, so an event says what a read of the job says.
+        fraction = round(min(max(fraction, 0.0), 1.0), 4)
         live = {"progress": fraction, "message": message}
         try:
             await self._runner.signals.set_progress(jobstore.job_view(self._row, live=live))
