@@ -6,6 +6,7 @@ import io
 import shutil
 import struct
 import subprocess
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -565,3 +566,83 @@ def test_a_cover_picture_does_not_make_the_bit_rate_unknown(tmp_path: Path) -> N
             container.mux(sound.encode(frame))
         container.mux(sound.encode(None))
     assert probe_audio(path).bit_rate == pytest.approx(path.stat().st_size * 8 / 3.0, rel=0.02)
+
+
+def _packets_bit_rate(path: Path, duration_s: float) -> float:
+    """The first audio stream's packets' bytes over `duration_s`: its real average bit rate."""
+    with av.open(str(path)) as container:
+        stream = container.streams.audio[0]
+        return sum(packet.size for packet in container.demux(stream)) * 8 / duration_s
+
+
+def test_a_large_cover_picture_is_not_counted_in_the_bit_rate(tmp_path: Path) -> None:
+    """A FLAC states no bit rate, and the file's counted its cover: a 800 x 800 picture beside 3 s of quiet
+    sound read several times the sound's rate. The stream's packets are counted then."""
+    path = tmp_path / "cover.flac"
+    with av.open(str(path), "w") as container:
+        sound = container.add_stream("flac", rate=48000)
+        sound.layout = "stereo"
+        cover = container.add_stream("mjpeg", rate=1)
+        cover.width, cover.height, cover.pix_fmt = 800, 800, "yuvj420p"
+        cover.disposition = av.stream.Disposition.attached_pic
+        grain = np.random.default_rng(8).integers(0, 256, (800, 800, 3), dtype=np.uint8)
+        picture = av.VideoFrame.from_ndarray(grain, format="rgb24").reformat(format="yuvj420p")
+        picture.pts, picture.time_base = 0, Fraction(1, 1)
+        container.mux(cover.encode(picture))
+        container.mux(cover.encode(None))
+        samples = noise(-50.0, 3.0)
+        for start in range(0, samples.shape[1], 4800):
+            frame = av.AudioFrame.from_ndarray(
+                np.ascontiguousarray(samples[:, start : start + 4800]), format="fltp", layout="stereo"
+            )
+            frame.sample_rate, frame.pts = 48000, start
+            container.mux(sound.encode(frame))
+        container.mux(sound.encode(None))
+    real = _packets_bit_rate(path, 3.0)
+    assert path.stat().st_size * 8 / 3.0 > 1.5 * real  # the picture weighs in the file
+    assert probe_audio(path).bit_rate == pytest.approx(real, rel=0.001)
+
+
+def _with_nominal_rate(data: bytes, rate: int) -> bytes:
+    """An Ogg Vorbis file whose identification header states `rate` as its nominal bit rate (an encoder's
+    target, which libvorbis writes and FFmpeg's own encoder leaves 0), its page's checksum made again."""
+    patched = bytearray(data)
+    at = patched.index(b"\x01vorbis")
+    patched[at + 20 : at + 24] = struct.pack("<i", rate)
+    page = patched.rindex(b"OggS", 0, at)
+    segments = patched[page + 26]
+    end = page + 27 + segments + sum(patched[page + 27 : page + 27 + segments])
+    patched[page + 22 : page + 26] = bytes(4)
+    crc = 0  # Ogg's CRC-32: polynomial 0x04C11DB7, not reflected, starting at 0
+    for byte in patched[page:end]:
+        crc ^= byte << 24
+        for _ in range(8):
+            crc = (crc << 1) ^ 0x04C11DB7 if crc & 0x80000000 else crc << 1
+            crc &= 0xFFFFFFFF
+    patched[page + 22 : page + 26] = struct.pack("<I", crc)
+    return bytes(patched)
+
+
+def test_vorbis_bit_rate_is_the_streams_not_its_nominal_one(tmp_path: Path) -> None:
+    """Vorbis states its encoder's nominal rate (160,000 b/s for speech that took 88,911): the stream's
+    packets are counted instead, as for an Opus or a VBR MP3, whose stated rate is their real one."""
+    made = tmp_path / "made.ogg"
+    with av.open(str(made), "w") as container:
+        sound = container.add_stream("vorbis", rate=48000, options={"strict": "experimental"})
+        sound.layout = "stereo"
+        samples = noise(-40.0, 4.0)
+        for start in range(0, samples.shape[1], 4800):
+            frame = av.AudioFrame.from_ndarray(
+                np.ascontiguousarray(samples[:, start : start + 4800]), format="fltp", layout="stereo"
+            )
+            frame.sample_rate, frame.pts = 48000, start
+            container.mux(sound.encode(frame))
+        container.mux(sound.encode(None))
+    path = tmp_path / "nominal.ogg"
+    path.write_bytes(_with_nominal_rate(made.read_bytes(), 160_000))
+    with av.open(str(path)) as container:
+        assert container.streams.audio[0].bit_rate == 160_000  # what FFmpeg states
+    result = probe_audio(path)
+    assert result.bit_rate == pytest.approx(_packets_bit_rate(path, 4.0), rel=0.001)
+    assert result.bit_rate is not None
+    assert abs(result.bit_rate - 160_000) > 10_000
