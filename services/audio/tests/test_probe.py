@@ -546,25 +546,43 @@ def test_the_bit_rate_of_a_soundtrack_that_states_none_is_unknown_not_the_files(
         assert (stated is None) == (codec == "libopus")
 
 
-def test_a_cover_picture_does_not_make_the_bit_rate_unknown(tmp_path: Path) -> None:
-    """A FLAC with its cover art (a picture FFmpeg shows as a stream): the audio is all there is to time,
-    so its bit rate is the file's, as without the cover; taken for video, it was null."""
-    path = tmp_path / "cover.flac"
+def _mux_stereo(container: Any, sound: Any, samples: np.ndarray) -> None:
+    """Encode stereo 48 kHz `samples` on `sound`, a stream of the open `container`, and flush it."""
+    for start in range(0, samples.shape[1], 4800):
+        frame = av.AudioFrame.from_ndarray(
+            np.ascontiguousarray(samples[:, start : start + 4800]), format="fltp", layout="stereo"
+        )
+        frame.sample_rate, frame.pts = 48000, start
+        container.mux(sound.encode(frame))
+    container.mux(sound.encode(None))
+
+
+def _flac_with_cover(path: Path, *, level_dbfs: float, grain_side: int | None = None) -> Path:
+    """3 s of stereo noise at `level_dbfs` in a FLAC with a cover picture: black, 64 x 48, or a square of
+    random pixels `grain_side` wide (a JPEG of hundreds of KB)."""
     with av.open(str(path), "w") as container:
         sound = container.add_stream("flac", rate=48000)
         sound.layout = "stereo"
         cover = container.add_stream("mjpeg", rate=1)
-        cover.width, cover.height, cover.pix_fmt = 64, 48, "yuvj420p"
+        cover.width, cover.height = (grain_side, grain_side) if grain_side else (64, 48)
+        cover.pix_fmt = "yuvj420p"
         cover.disposition = av.stream.Disposition.attached_pic
-        mux_black_picture(container, cover)
-        samples = noise(-20.0, 3.0)
-        for start in range(0, samples.shape[1], 4800):
-            frame = av.AudioFrame.from_ndarray(
-                np.ascontiguousarray(samples[:, start : start + 4800]), format="fltp", layout="stereo"
-            )
-            frame.sample_rate, frame.pts = 48000, start
-            container.mux(sound.encode(frame))
-        container.mux(sound.encode(None))
+        if grain_side is None:
+            mux_black_picture(container, cover)
+        else:
+            grain = np.random.default_rng(8).integers(0, 256, (grain_side, grain_side, 3), dtype=np.uint8)
+            picture = av.VideoFrame.from_ndarray(grain, format="rgb24").reformat(format="yuvj420p")
+            picture.pts, picture.time_base = 0, Fraction(1, 1)
+            container.mux(cover.encode(picture))
+            container.mux(cover.encode(None))
+        _mux_stereo(container, sound, noise(level_dbfs, 3.0))
+    return path
+
+
+def test_a_cover_picture_does_not_make_the_bit_rate_unknown(tmp_path: Path) -> None:
+    """A FLAC with its cover art (a picture FFmpeg shows as a stream): the audio is all there is to time,
+    so its bit rate is the file's, as without the cover; taken for video, it was null."""
+    path = _flac_with_cover(tmp_path / "cover.flac", level_dbfs=-20.0)
     assert probe_audio(path).bit_rate == pytest.approx(path.stat().st_size * 8 / 3.0, rel=0.02)
 
 
@@ -578,26 +596,7 @@ def _packets_bit_rate(path: Path, duration_s: float) -> float:
 def test_a_large_cover_picture_is_not_counted_in_the_bit_rate(tmp_path: Path) -> None:
     """A FLAC states no bit rate, and the file's counted its cover: a 800 x 800 picture beside 3 s of quiet
     sound read several times the sound's rate. The stream's packets are counted then."""
-    path = tmp_path / "cover.flac"
-    with av.open(str(path), "w") as container:
-        sound = container.add_stream("flac", rate=48000)
-        sound.layout = "stereo"
-        cover = container.add_stream("mjpeg", rate=1)
-        cover.width, cover.height, cover.pix_fmt = 800, 800, "yuvj420p"
-        cover.disposition = av.stream.Disposition.attached_pic
-        grain = np.random.default_rng(8).integers(0, 256, (800, 800, 3), dtype=np.uint8)
-        picture = av.VideoFrame.from_ndarray(grain, format="rgb24").reformat(format="yuvj420p")
-        picture.pts, picture.time_base = 0, Fraction(1, 1)
-        container.mux(cover.encode(picture))
-        container.mux(cover.encode(None))
-        samples = noise(-50.0, 3.0)
-        for start in range(0, samples.shape[1], 4800):
-            frame = av.AudioFrame.from_ndarray(
-                np.ascontiguousarray(samples[:, start : start + 4800]), format="fltp", layout="stereo"
-            )
-            frame.sample_rate, frame.pts = 48000, start
-            container.mux(sound.encode(frame))
-        container.mux(sound.encode(None))
+    path = _flac_with_cover(tmp_path / "cover.flac", level_dbfs=-50.0, grain_side=800)
     real = _packets_bit_rate(path, 3.0)
     assert path.stat().st_size * 8 / 3.0 > 1.5 * real  # the picture weighs in the file
     assert probe_audio(path).bit_rate == pytest.approx(real, rel=0.001)
@@ -630,14 +629,7 @@ def test_vorbis_bit_rate_is_the_streams_not_its_nominal_one(tmp_path: Path) -> N
     with av.open(str(made), "w") as container:
         sound = container.add_stream("vorbis", rate=48000, options={"strict": "experimental"})
         sound.layout = "stereo"
-        samples = noise(-40.0, 4.0)
-        for start in range(0, samples.shape[1], 4800):
-            frame = av.AudioFrame.from_ndarray(
-                np.ascontiguousarray(samples[:, start : start + 4800]), format="fltp", layout="stereo"
-            )
-            frame.sample_rate, frame.pts = 48000, start
-            container.mux(sound.encode(frame))
-        container.mux(sound.encode(None))
+        _mux_stereo(container, sound, noise(-40.0, 4.0))
     path = tmp_path / "nominal.ogg"
     path.write_bytes(_with_nominal_rate(made.read_bytes(), 160_000))
     with av.open(str(path)) as container:
