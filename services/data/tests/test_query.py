@@ -589,6 +589,8 @@ def test_json_integers_past_64_bits_are_exact(tmp_path: Path) -> None:
     forty = 10**39 + 7
     path = tmp_path / "ids.jsonl"
     lines = [f'{{"n": {n}, "id": {base + n}, "wide": {forty + n}, "x": {base + n}.5}}\n' for n in range(3)]
+    # A key absent from an object, or null there, leaves it HUGEINT (it made the column BIGNUM).
+    lines += ['{"n": 3, "id": null, "wide": null, "x": null}\n', '{"n": 4}\n']
     path.write_text("".join(lines), encoding="utf-8")
     answer = run_query(
         path,

@@ -511,7 +511,7 @@ def _whole_number_keys(con: Any, name: str, reader: str, watch: Watchdog | None)
     texts = ", ".join(f"{literal(c)}: 'VARCHAR'" for c in wide)
     checks = ", ".join(
         f"count({ident(c)}), bool_and(regexp_full_match({ident(c)}, '{_JSON_INTEGER}')),"
-        f" bool_and(TRY_CAST({ident(c)} AS HUGEINT) IS NOT NULL)"
+        f" bool_and({ident(c)} IS NULL OR TRY_CAST({ident(c)} AS HUGEINT) IS NOT NULL)"
         for c in wide
     )
     read = _fetch(con, f"SELECT {checks} FROM {reader}, columns={{{texts}}})", watch)[0]  # noqa: S608
