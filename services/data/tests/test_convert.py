@@ -337,13 +337,19 @@ def test_32_bit_floats_convert_to_json_lines_as_written(tmp_path: Path) -> None:
 
 def test_bytes_convert_to_text_outputs_as_the_rows_give_them(tmp_path: Path) -> None:
     """DuckDB's CSV and JSON writers wrote a BLOB as its own escaped text (`ab\\x00\\xFF`), where the
-    query rows and the profile give hexadecimal: both text outputs write hexadecimal, Parquet the bytes."""
+    query rows and the profile give hexadecimal: both text outputs write hexadecimal, at any depth of
+    lists and structs too (found in review), and Parquet the bytes."""
     path = tmp_path / "bytes.parquet"
-    duckdb.sql(f"COPY (SELECT '\\x61\\x62\\x00\\xFF'::BLOB AS b) TO '{path}'")
+    duckdb.sql(
+        f"COPY (SELECT '\\x61\\x62\\x00\\xFF'::BLOB AS b, ['\\x61\\x00'::BLOB] AS l, "
+        f"{{'x': '\\x61'::BLOB}} AS s) TO '{path}'"
+    )
     as_csv = convert_table(path, params=DataConvertParams(to="csv"), out_dir=tmp_path / "csv")
-    assert as_csv.path.read_text().splitlines() == ["b", "616200ff"]
+    assert as_csv.path.read_text().splitlines() == ["b,l,s", '616200ff,"[""6100""]","{""x"":""61""}"']
     jsonl = convert_table(path, params=DataConvertParams(to="jsonl"), out_dir=tmp_path / "jsonl")
-    assert jsonl.path.read_text().splitlines() == ['{"b":"616200ff"}']
+    assert [json.loads(line) for line in jsonl.path.read_text().splitlines()] == [
+        {"b": "616200ff", "l": ["6100"], "s": {"x": "61"}}
+    ]
     parquet = convert_table(path, params=DataConvertParams(to="parquet"), out_dir=tmp_path / "parquet")
     assert duckdb.sql(f"SELECT b FROM '{parquet.path}'").fetchall() == [(b"ab\x00\xff",)]
 

@@ -179,34 +179,35 @@ def _rewritten(column: str, kind: Any, to: Target, *, huge: str) -> str | None:
     where DuckDB's writers gave its own escaped text (`ab\\x00\\xFF`), which only DuckDB reads back.
     """
     dtype = str(kind)
+    if to == "parquet":
+        return f"CAST({column} AS {huge})" if dtype in HUGE_INTEGERS else None
     if to == "csv" and (dtype.startswith(_NESTED_PREFIXES) or dtype.endswith("]")):
-        return f"CAST(to_json({_finite(column, kind) or column}) AS VARCHAR)"
-    if to != "parquet" and dtype == "BLOB":
-        return f"lower(hex({column}))"
-    if to == "parquet" and dtype in HUGE_INTEGERS:
-        return f"CAST({column} AS {huge})"
-    if to == "jsonl":
-        return _finite(column, kind)
-    return None
+        return f"CAST(to_json({_as_json(column, kind) or column}) AS VARCHAR)"
+    if to == "csv":
+        return f"lower(hex({column}))" if dtype == "BLOB" else None
+    return _as_json(column, kind)
 
 
-def _finite(expr: str, kind: Any, depth: int = 0) -> str | None:
-    """`expr`, of the DuckDB type `kind` (a `DuckDBPyType`), with each NaN and infinity in it null and each
-    32-bit float its shortest text's double, however deep in lists, arrays, structs and maps' values;
-    None when it holds no floating-point number. DuckDB's JSON writer wrote `[1.5,NaN]`, which no JSON
-    reader but Python's takes; `[1.5,null]` now, as at the top level."""
+def _as_json(expr: str, kind: Any, depth: int = 0) -> str | None:
+    """`expr`, of the DuckDB type `kind` (a `DuckDBPyType`), as JSON can hold it, however deep in lists,
+    arrays, structs and maps' values: each NaN and infinity null, each 32-bit float its shortest text's
+    double, each BLOB its bytes in hexadecimal; None when it holds none of them. DuckDB's JSON writer
+    wrote `[1.5,NaN]`, which no JSON reader but Python's takes, and `["ab\\x00"]`; `[1.5,null]` and
+    `["616200"]` now, as at the top level."""
     match kind.id:
         case "double":
             return f"CASE WHEN isfinite({expr}) THEN {expr} END"
         case "float":
             return f"CASE WHEN isfinite({expr}) THEN {FLOAT_AS_WRITTEN.format(expr)} END"
+        case "blob":
+            return f"lower(hex({expr}))"
         case "list" | "array":
             item = f"item{depth}"
-            inner = _finite(item, dict(kind.children)["child"], depth + 1)
+            inner = _as_json(item, dict(kind.children)["child"], depth + 1)
             return None if inner is None else f"list_transform({expr}, lambda {item}: {inner})"
         case "map":
             entry = f"entry{depth}"
-            value = _finite(f"{entry}.value", dict(kind.children)["value"], depth + 1)
+            value = _as_json(f"{entry}.value", dict(kind.children)["value"], depth + 1)
             if value is None:
                 return None
             pair = f"{{'key': {entry}.key, 'value': {value}}}"
@@ -215,7 +216,7 @@ def _finite(expr: str, kind: Any, depth: int = 0) -> str | None:
             fields = [
                 (name, f"struct_extract({expr}, {literal(name)})", child) for name, child in kind.children
             ]
-            finite = [(name, _finite(field, child, depth), field) for name, field, child in fields]
+            finite = [(name, _as_json(field, child, depth), field) for name, field, child in fields]
             if all(value is None for _, value, _ in finite):
                 return None
             packed = ", ".join(f"{ident(name)} := {value or field}" for name, value, field in finite)
