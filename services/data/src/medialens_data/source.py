@@ -39,6 +39,7 @@ import gzip
 import re
 import shutil
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -438,15 +439,38 @@ def _expose(
     marked = _marked_columns(
         con, name, path, codec, every_row=every_row, materialize=materialize, watch=watch
     )
-    timed = _exact_timestamps(con, name, reader + _as_text(texts), every_row=every_row, watch=watch)
-    if marked or timed:
-        texts += [column for column, _, text in marked if text] + [column for column, _ in timed]
-        replace = ", ".join(
-            [f"{expr} AS {ident(column)}" for column, expr, _ in marked]
-            + [f"CAST(NULLIF(trim({ident(c)}), '') AS {kind}) AS {ident(c)}" for c, kind in timed]
-        )
-        create(reader + _as_text(texts), every_row=every_row, replace=replace)
+    _retyped(con, name, reader, create, marked=marked, texts=texts, every_row=every_row, watch=watch)
     _reject_ragged_single_column(con, name, path, codec)
+
+
+def _retyped(
+    con: Any,
+    name: str,
+    reader: str,
+    create: Callable[..., bool],
+    *,
+    marked: list[tuple[str, str, bool]],
+    texts: list[str],
+    every_row: bool,
+    watch: Watchdog | None,
+) -> None:
+    """The CSV table `name` (read by `reader`, its `texts` read as text) made again by `create` with its
+    columns of null markers typed (`_marked_columns`), then with its timestamps that hold an offset or
+    nanoseconds typed to keep them (`_exact_timestamps`; after the markers, so that a column of
+    timestamps with `NA` among them is one too)."""
+    replaces = {column: f"{expr} AS {ident(column)}" for column, expr, _ in marked}
+    texts = [*texts, *(column for column, _, text in marked if text)]
+    if marked:
+        create(reader + _as_text(texts), every_row=every_row, replace=", ".join(replaces.values()))
+    if timed := _exact_timestamps(con, name, reader, texts=texts, every_row=every_row, watch=watch):
+        texts += [column for column, _ in timed if column not in texts]
+        for column, kind in timed:
+            value = f"trim({ident(column)})"
+            typed = (
+                f"CASE WHEN {value} IN {_MARKERS} OR {value} = '' THEN NULL ELSE CAST({value} AS {kind}) END"
+            )
+            replaces[column] = f"{typed} AS {ident(column)}"
+        create(reader + _as_text(texts), every_row=every_row, replace=", ".join(replaces.values()))
 
 
 def _mixed_json_columns(con: Any, name: str, *, json_kept: bool) -> list[str]:
@@ -525,19 +549,24 @@ def _whole_number_keys(con: Any, name: str, reader: str, watch: Watchdog | None)
 #: An ISO 8601 timestamp as a CSV writes it, with what DuckDB's TIMESTAMP drops: its UTC offset, and its
 #: digits past the microsecond.
 _ISO_TIMESTAMP = (
-    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[ T][0-9]{2}:[0-9]{2}(:[0-9]{2}([.,][0-9]+)?)?(Z|[+-][0-9]{2}(:?[0-9]{2})?)?"
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}"  # a date
+    r"([ T][0-9]{2}:[0-9]{2}(:[0-9]{2}([.,][0-9]+)?)?(Z|[+-][0-9]{2}(:?[0-9]{2})?)?)?"  # and a time
 )
-_UTC_OFFSET = r"(Z|[+-][0-9]{2}(:?[0-9]{2})?)$"
+#: The infinite timestamps' words, which DuckDB casts.
+_INFINITE = "('infinity', '-infinity', '+infinity')"
+_UTC_OFFSET = r"[0-9]:[0-9]{2}(:[0-9]{2}([.,][0-9]+)?)?(Z|[+-][0-9]{2}(:?[0-9]{2})?)$"  # after a time
 _PAST_MICROSECONDS = r"[.,][0-9]{7}"
 
 
 def _exact_timestamps(
-    con: Any, name: str, reader: str, *, every_row: bool, watch: Watchdog | None
+    con: Any, name: str, reader: str, *, texts: list[str], every_row: bool, watch: Watchdog | None
 ) -> list[tuple[str, str]]:
     """The TIMESTAMP columns of the CSV table `name` read from `reader` (a `read_csv` call without its
-    closing parenthesis, the columns it reads as text given) whose text holds what that type drops, each
-    with the type that keeps it: TIMESTAMPTZ for a UTC offset (`10:00:00+02:00` read 10:00, not 08:00 UTC),
-    TIMESTAMP_NS for more than six decimals (pandas writes nanoseconds; DuckDB kept microseconds).
+    closing parenthesis and without the columns it reads as text, `texts`) whose text holds what that type
+    drops, each with the type that keeps it: TIMESTAMPTZ for a UTC offset (`10:00:00+02:00` read 10:00,
+    not 08:00 UTC), TIMESTAMP_NS for more than six decimals (pandas writes nanoseconds; DuckDB kept
+    microseconds). Null markers (`NA`), `infinity` and dates without a time among them read as DuckDB
+    casts them.
 
     DuckDB's sniffer types a column TIMESTAMPTZ when its sample has an offset, but one met only past the
     sample was dropped without a word, even with types guessed from every row; and it never chooses
@@ -550,13 +579,13 @@ def _exact_timestamps(
     sample = ", sample_size=-1" if every_row else ""
 
     def passed(columns: list[str], checks: list[str]) -> tuple[Any, ...]:
-        texts = ", ".join(f"{literal(column)}: 'VARCHAR'" for column in columns)
-        read = reader.replace(", types={", f", types={{{texts}, ", 1)
-        read = read if read != reader else f"{reader}, types={{{texts}}}"
+        read = reader + _as_text(list(dict.fromkeys([*texts, *columns])))
         return _fetch(con, f"SELECT {', '.join(checks)} FROM {read}{sample})", watch)[0]  # noqa: S608
 
     def value(column: str) -> str:
-        return f"NULLIF(trim({ident(column)}), '')"
+        text = f"trim({ident(column)})"
+        unset = f"{text} IN {_MARKERS} OR lower({text}) IN {_INFINITE}"
+        return f"CASE WHEN {unset} THEN NULL ELSE NULLIF({text}, '') END"
 
     if stamps:
         maybe = passed(
