@@ -189,6 +189,30 @@ def test_an_mp3_cut_short_is_a_decode_error(tmp_path: Path, bit_rate: str) -> No
     assert probe_audio(nearly).codec == "mp3"
 
 
+def test_a_low_rate_mp3_cut_short_is_a_decode_error(tmp_path: Path) -> None:
+    """At 8 kb/s (a phone's voice memo) a frame is 72 bytes: a file of 6 s cut to 40% lacks fewer bytes than
+    the fixed 4 KB a writer's last frame was allowed (found in review), yet most of its sound. The bytes
+    allowed follow the file's own frame size; the whole file reads."""
+    path = tmp_path / "memo.mp3"
+    with av.open(str(path), "w") as container:
+        sound = container.add_stream("libmp3lame", rate=8000)
+        sound.layout, sound.bit_rate = "mono", 8000
+        samples = noise(-20.0, 6.0, rate=8000, channels=1)
+        for start in range(0, samples.shape[1], 800):
+            frame = av.AudioFrame.from_ndarray(
+                np.ascontiguousarray(samples[:, start : start + 800]), format="fltp", layout="mono"
+            )
+            frame.sample_rate, frame.pts = 8000, start
+            container.mux(sound.encode(frame))
+        container.mux(sound.encode(None))
+    assert probe_audio(path).duration_s == pytest.approx(6.0, abs=0.1)
+    damaged = tmp_path / "cut.mp3"
+    truncate(path, damaged, keep_fraction=0.4)
+    assert path.stat().st_size - damaged.stat().st_size < 4096
+    with pytest.raises(MediaDecodeError, match="truncated"):
+        probe_audio(damaged)
+
+
 def test_a_wav_written_to_a_pipe_is_read_whole(tmp_path: Path) -> None:
     """A WAV whose RIFF size says "unknown" (a writer to a pipe leaves 0xFFFFFFFF) is not taken for a
     truncated one: its samples are read to the end."""

@@ -235,9 +235,16 @@ def _require_whole_wav(handle: BinaryIO, *, size: int) -> None:
         handle.seek(offset)
 
 
-#: Bytes an MP3 may hold fewer of than its header declares and be whole: a frame (at most 2,880 bytes, at
-#: MPEG 2.5's lowest rate) that a writer counted and did not write.
-_MP3_SLACK_BYTES = 4096
+#: Frames an MP3 may hold fewer of than its header declares and be whole: one a writer counted and did not
+#: write, and one more for a first frame smaller than the others (a VBR file's header frame).
+_MP3_SLACK_FRAMES = 2
+#: MPEG audio layer III bit rates (kb/s) by the header's index: MPEG-1, and MPEG-2 and 2.5.
+_MP3_KBPS = {
+    True: (0, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320),
+    False: (0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160),
+}
+#: Sample rates by the header's version bits (3: MPEG-1, 2: MPEG-2, 0: MPEG-2.5) and rate index.
+_MP3_RATES = {3: (44100, 48000, 32000), 2: (22050, 24000, 16000), 0: (11025, 12000, 8000)}
 
 
 def _require_whole_mp3(path: Path) -> None:
@@ -254,11 +261,29 @@ def _require_whole_mp3(path: Path) -> None:
     frame = _mp3_first_frame(path)
     declared = None if frame is None else _mp3_declared_bytes(frame)
     size = path.stat().st_size
-    if declared is not None and size + _MP3_SLACK_BYTES < declared:
+    if (
+        declared is not None
+        and frame is not None
+        and size + _MP3_SLACK_FRAMES * _mp3_frame_bytes(frame) < declared
+    ):
         raise MediaDecodeError(
             f"The MP3 file holds {size:,} bytes, fewer than the {declared:,} of sound its header declares: "
             "it is truncated (a download or copy that stopped early)."
         )
+
+
+def _mp3_frame_bytes(frame: bytes) -> int:
+    """The size of the MPEG audio layer III frame whose header opens `frame`: 144 (MPEG-1) or 72 (MPEG-2
+    and 2.5) times its bit rate over its sample rate, and its padding byte; 2,880 (a free-format stream's
+    largest) for a header that does not say."""
+    version = (frame[1] >> 3) & 3
+    mpeg1 = version == 3
+    kbps = _MP3_KBPS[mpeg1][frame[2] >> 4] if frame[2] >> 4 < 15 else 0
+    rates = _MP3_RATES.get(version)
+    rate_index = (frame[2] >> 2) & 3
+    if not kbps or rates is None or rate_index == 3:
+        return 2880
+    return (144 if mpeg1 else 72) * kbps * 1000 // rates[rate_index] + ((frame[2] >> 1) & 1)
 
 
 def _mp3_declared_bytes(frame: bytes) -> int | None:
