@@ -182,7 +182,8 @@ def test_a_raw_stream_of_garbage_is_a_decode_error(raw: tuple[Path, str], tmp_pa
 def test_a_raw_mpeg1_stream_states_no_length_and_its_thumbnails_span_it(tmp_path: Path) -> None:
     """FFmpeg estimates a raw MPEG-1 stream's duration from the bit rate in its first header: 6 s read
     0.02 s, so the probe said one frame and every thumbnail was its first frame. As for the other raw
-    streams, the probe states no length (as ffprobe's N/A for them) and the thumbnails span its frames,
+    streams, the probe states no length nor bit rate (a header's placeholder; ffprobe says N/A for the
+    others) and the thumbnails span its frames,
     each within a frame of its time (FFmpeg's parser times this stream's frames from the seventh on one
     interval late)."""
     path = tmp_path / "numbered.m1v"
@@ -197,6 +198,7 @@ def test_a_raw_mpeg1_stream_states_no_length_and_its_thumbnails_span_it(tmp_path
         None,
         None,
     )
+    assert result.format.bit_rate is None  # the header's placeholder, 104,857,717 b/s (found in review)
     images = extract_thumbnails(path, out_dir=tmp_path / "thumbs", count=5)
     assert [image.t_s for image in images] == pytest.approx([0.6, 1.8, 3.0, 4.2, 5.4], abs=1 / 25 + 1e-6)
     for image in images:

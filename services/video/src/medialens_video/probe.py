@@ -36,6 +36,7 @@ from medialens_shared.demux import demuxed
 from medialens_shared.errors import MediaDecodeError
 from medialens_shared.sniff import ffmpeg_reason
 from medialens_video.frames import (
+    RAW_VIDEO_FORMATS,
     display_rotation,
     first_timestamp,
     open_video,
@@ -84,7 +85,8 @@ def probe_video(path: Path) -> VideoProbeResult:
                 name=format_name,
                 duration_s=duration_s,
                 size_bytes=size_bytes,
-                bit_rate=container.bit_rate or None,
+                # A raw stream's is a header's placeholder (a raw MPEG-1 stream read 104,857,717 b/s).
+                bit_rate=None if format_name in RAW_VIDEO_FORMATS else container.bit_rate or None,
             ),
             video=ProbeVideoStream(
                 codec=_codec_name(video),
