@@ -109,7 +109,7 @@ def test_true_peak_above_sample_peak() -> None:
 
 
 def dense_true_peak(samples: np.ndarray) -> float:
-    """The true peak (linear) by brute force: every phase of the interpolator at every point whose 12
+    """The true peak (linear) by brute force: every phase of the interpolator at every point whose 24
     samples all lie in the signal (none beyond its edges), and the samples themselves."""
     taps = TRUE_PEAK_PHASES.shape[1]
     dense = max(
@@ -156,7 +156,7 @@ def test_true_peak_equals_dense_interpolation() -> None:
 )
 @pytest.mark.parametrize("block", [7, 255, 257, 4800, 48000])
 def test_pruned_true_peak_equals_brute_force(samples: np.ndarray, block: int) -> None:
-    """Whatever the signal and the block size (even under the filter's 11 samples of history), the
+    """Whatever the signal and the block size (even under the filter's 23 samples of history), the
     screened search equals the brute-force true peak, and so does interpolating a whole block where most
     windows come near the peak (a tone, a limited master)."""
     meter = TruePeakMeter(samples.shape[0])
