@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
+from prometheus_client import REGISTRY
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from medialens_gateway.jobs.hotpath import HotPaths
@@ -186,7 +187,10 @@ async def test_a_submission_over_the_bound_is_413_before_it_is_read(
     api: httpx.AsyncClient, csv_file: str, envelope: EnvelopeCheck, chunked: bool
 ) -> None:
     """A body over JOB_BODY_MAX_BYTES answers 413 PAYLOAD_TOO_LARGE, announced by its Content-Length or
-    streamed without one, JSON or not; no job is made."""
+    streamed without one, JSON or not; no job is made; the request metrics count it under its route (it
+    was `unmatched`)."""
+    labels = {"method": "POST", "route": "/v1/jobs", "status": "413"}
+    counted = REGISTRY.get_sample_value("medialens_http_requests_total", labels) or 0.0
     params = {"sql": "x" * JOB_BODY_MAX_BYTES}
     body = json.dumps({"type": "data.query", "file_id": csv_file, "params": params})
     content: bytes | AsyncIterator[bytes] = body.encode()
@@ -204,3 +208,4 @@ async def test_a_submission_over_the_bound_is_413_before_it_is_read(
     assert (await api.get("/v1/jobs", params={"limit": 1})).json()["data"]["items"] == before
     plain = await api.post("/v1/jobs", content=b"x" * (JOB_BODY_MAX_BYTES + 1))
     envelope(plain, status=413, error_code="PAYLOAD_TOO_LARGE")
+    assert REGISTRY.get_sample_value("medialens_http_requests_total", labels) == counted + 2

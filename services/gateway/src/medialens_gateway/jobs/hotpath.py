@@ -80,6 +80,7 @@ class HotPaths:
         await self.app(scope, receive, send)
 
     async def _submit(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope["route"] = _SUBMIT  # for the metrics of what this layer answers itself (FastAPI sets its own)
         headers = Headers(scope=scope)
         messages, body = await _read_body(receive, headers, limit=routes.JOB_BODY_MAX_BYTES)
         if body is None:
@@ -100,7 +101,6 @@ class HotPaths:
                 return
             await self.app(scope, _replay(messages, receive), send)
             return
-        scope["route"] = _SUBMIT
         await self._answer(
             scope, receive, send, lambda caller: routes.submit_job(request, caller, idempotency_key=key)
         )
