@@ -197,14 +197,7 @@ def test_a_low_rate_mp3_cut_short_is_a_decode_error(tmp_path: Path) -> None:
     with av.open(str(path), "w") as container:
         sound = container.add_stream("libmp3lame", rate=8000)
         sound.layout, sound.bit_rate = "mono", 8000
-        samples = noise(-20.0, 6.0, rate=8000, channels=1)
-        for start in range(0, samples.shape[1], 800):
-            frame = av.AudioFrame.from_ndarray(
-                np.ascontiguousarray(samples[:, start : start + 800]), format="fltp", layout="mono"
-            )
-            frame.sample_rate, frame.pts = 8000, start
-            container.mux(sound.encode(frame))
-        container.mux(sound.encode(None))
+        _mux_samples(container, sound, noise(-20.0, 6.0, rate=8000, channels=1), rate=8000, layout="mono")
     assert probe_audio(path).duration_s == pytest.approx(6.0, abs=0.1)
     damaged = tmp_path / "cut.mp3"
     truncate(path, damaged, keep_fraction=0.4)
@@ -570,13 +563,17 @@ def test_the_bit_rate_of_a_soundtrack_that_states_none_is_unknown_not_the_files(
         assert (stated is None) == (codec == "libopus")
 
 
-def _mux_stereo(container: Any, sound: Any, samples: np.ndarray) -> None:
-    """Encode stereo 48 kHz `samples` on `sound`, a stream of the open `container`, and flush it."""
-    for start in range(0, samples.shape[1], 4800):
+def _mux_samples(
+    container: Any, sound: Any, samples: np.ndarray, *, rate: int = 48000, layout: str = "stereo"
+) -> None:
+    """Encode `samples` (stereo at 48 kHz unless told) on `sound`, a stream of the open `container`, in
+    blocks of a tenth of a second, and flush it."""
+    step = rate // 10
+    for start in range(0, samples.shape[1], step):
         frame = av.AudioFrame.from_ndarray(
-            np.ascontiguousarray(samples[:, start : start + 4800]), format="fltp", layout="stereo"
+            np.ascontiguousarray(samples[:, start : start + step]), format="fltp", layout=layout
         )
-        frame.sample_rate, frame.pts = 48000, start
+        frame.sample_rate, frame.pts = rate, start
         container.mux(sound.encode(frame))
     container.mux(sound.encode(None))
 
@@ -599,7 +596,7 @@ def _flac_with_cover(path: Path, *, level_dbfs: float, grain_side: int | None = 
             picture.pts, picture.time_base = 0, Fraction(1, 1)
             container.mux(cover.encode(picture))
             container.mux(cover.encode(None))
-        _mux_stereo(container, sound, noise(level_dbfs, 3.0))
+        _mux_samples(container, sound, noise(level_dbfs, 3.0))
     return path
 
 
@@ -653,7 +650,7 @@ def test_vorbis_bit_rate_is_the_streams_not_its_nominal_one(tmp_path: Path) -> N
     with av.open(str(made), "w") as container:
         sound = container.add_stream("vorbis", rate=48000, options={"strict": "experimental"})
         sound.layout = "stereo"
-        _mux_stereo(container, sound, noise(-40.0, 4.0))
+        _mux_samples(container, sound, noise(-40.0, 4.0))
     path = tmp_path / "nominal.ogg"
     path.write_bytes(_with_nominal_rate(made.read_bytes(), 160_000))
     with av.open(str(path)) as container:
