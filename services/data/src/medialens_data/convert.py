@@ -157,8 +157,8 @@ def _copied(con: Any, source: Source, to: Target, *, huge: str = PARQUET_HUGE) -
 
 
 def _rewritten(column: str, kind: Any, to: Target, *, huge: str) -> str | None:
-    """The SQL that writes `column` (quoted) of type `dtype` as the `to` output can hold it exactly; None
-    where its writer gives it back as it is.
+    """The SQL that writes `column` (quoted) of the DuckDB type `kind` as the `to` output can hold it
+    exactly; None where its writer gives it back as it is.
 
     DuckDB's CSV writer spells a struct, a list or a map in its own notation, which no reader takes back
     and which loses what a value is: `{'sku': a, 'q': 2}`, `[x, NULL]`, `{k=1}`, where the string "NULL"
@@ -176,7 +176,8 @@ def _rewritten(column: str, kind: Any, to: Target, *, huge: str) -> str | None:
     (`0.1`, as in CSV), not as the double it widens to (`0.10000000149011612`).
 
     A BLOB is its bytes in hexadecimal (`616200ff`), as `data.query`'s rows and `data.profile` give it,
-    where DuckDB's writers gave its own escaped text (`ab\\x00\\xFF`), which only DuckDB reads back.
+    where DuckDB's writers gave its own escaped text (`ab\\x00\\xFF`), which only DuckDB reads back. In
+    JSON lines and a CSV's JSON cells these rules hold at any depth (`_as_json`).
     """
     dtype = str(kind)
     if to == "parquet":
