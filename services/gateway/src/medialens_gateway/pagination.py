@@ -20,7 +20,7 @@ Cursor = Annotated[
 
 
 def encode(created_at: datetime, item_id: str) -> str:
-    return base64.urlsafe_b64encode(f"{created_at.isoformat()}|{item_id}".encode()).decode().rstrip("=")
+    return _opaque(f"{created_at.isoformat()}|{item_id}")
 
 
 def decode(cursor: str) -> tuple[datetime, str]:
@@ -28,17 +28,30 @@ def decode(cursor: str) -> tuple[datetime, str]:
     zone-aware and within PostgreSQL's range once in UTC (a tampered `0001-01-01T00:00:00+01:00` was a
     500)."""
     try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        created, _, item_id = raw.partition("|")
+        created, _, item_id = _opened(cursor).partition("|")
         after = datetime.fromisoformat(created)
         if after.tzinfo is None or not item_id:
             raise ValueError("not a cursor of this API")
         return after.astimezone(UTC), item_id
     except (binascii.Error, UnicodeDecodeError, ValueError, OverflowError) as exc:
-        raise RequestValidationFailed(
-            "The cursor is not one this API gave out; pass `next_cursor` unchanged.",
-            details=[{"loc": ["query", "cursor"], "msg": "invalid cursor", "type": "value_error"}],
-        ) from exc
+        raise _not_ours() from exc
+
+
+def _opaque(text: str) -> str:
+    """`text` as a cursor: URL-safe base64, without its padding."""
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+def _opened(cursor: str) -> str:
+    """The text `_opaque` made `cursor` of (binascii.Error or UnicodeDecodeError for any other)."""
+    return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+
+
+def _not_ours() -> RequestValidationFailed:
+    return RequestValidationFailed(
+        "The cursor is not one this API gave out; pass `next_cursor` unchanged.",
+        details=[{"loc": ["query", "cursor"], "msg": "invalid cursor", "type": "value_error"}],
+    )
 
 
 def page(
@@ -74,21 +87,15 @@ def listed_page(
     if cursor:
         names = [item[key] for item in items]
         try:
-            raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+            raw = _opened(cursor)
             start = names.index(raw.removeprefix("name|")) + 1 if raw.startswith("name|") else -1
         except (binascii.Error, UnicodeDecodeError, ValueError):
             start = -1
         if start < 0:
-            raise RequestValidationFailed(
-                "The cursor is not one this API gave out; pass `next_cursor` unchanged.",
-                details=[{"loc": ["query", "cursor"], "msg": "invalid cursor", "type": "value_error"}],
-            )
+            raise _not_ours()
     chosen = items[start : start + limit]
     more = start + limit < len(items)
-    following = (
-        base64.urlsafe_b64encode(f"name|{chosen[-1][key]}".encode()).decode().rstrip("=") if more else None
-    )
-    return chosen, following
+    return chosen, _opaque(f"name|{chosen[-1][key]}") if more else None
 
 
 def next_cursor(rows: list[Any], *, limit: int) -> str | None:
