@@ -106,8 +106,7 @@ class JobSignals:
             await pipe.execute()
 
     async def live(self, job_id: str) -> dict[str, str] | None:
-        raw = await self.redis.hgetall(self._key(job_id, "live"))
-        return {_text(k): _text(v) for k, v in raw.items()} or None
+        return _live_of(await self.redis.hgetall(self._key(job_id, "live")))
 
     async def lives(self, job_ids: list[str]) -> dict[str, dict[str, str]]:
         """The live progress of those of `job_ids` that have one, in one round trip; none when Redis does
@@ -125,11 +124,7 @@ class JobSignals:
         except Exception as exc:
             log.warning("could not read the live progress of %d jobs (%s)", len(job_ids), exc)
             return {}
-        return {
-            job_id: {_text(k): _text(v) for k, v in raw.items()}
-            for job_id, raw in zip(job_ids, found, strict=True)
-            if raw
-        }
+        return {job_id: live for job_id, raw in zip(job_ids, found, strict=True) if (live := _live_of(raw))}
 
     async def announce(self, job: dict[str, Any]) -> None:
         """Publish the job object to whoever follows this job (SSE streams), once it is published.
@@ -174,6 +169,11 @@ class JobSignals:
         except Exception as exc:
             log.warning("could not read the cancel flags of %d jobs (%s)", len(job_ids), exc)
             return set()
+
+
+def _live_of(raw: dict[Any, Any]) -> dict[str, str] | None:
+    """A job's live hash as Redis gives it (bytes or text), as text; None when it has none."""
+    return {_text(k): _text(v) for k, v in raw.items()} or None
 
 
 async def follow(

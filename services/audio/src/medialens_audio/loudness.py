@@ -221,7 +221,7 @@ class TruePeakMeter:
     dense_groups = 0.25
 
     def __init__(self, channels: int) -> None:
-        # Reversed so a window of samples in time order times this matrix gives the four phases.
+        # Reversed so a window of samples in time order times this matrix gives the phases.
         in_time_order = TRUE_PEAK_PHASES[:, ::-1]
         self._matrix = np.ascontiguousarray(in_time_order.T, dtype=np.float32)
         self._sum_bound = float(np.abs(in_time_order).sum(axis=1).max())
