@@ -418,9 +418,8 @@ def _expose(
             ]
             join = ""
             if exact:
-                keys = ", ".join(f"{literal(c)}: 'VARCHAR'" for c, _ in exact)
                 names = ", ".join(ident(_exact(i)) for i in range(len(exact)))
-                join = f"{reader}, columns={{{keys}}}) AS {ident(_exact())}({names})"
+                join = f"{reader}{_keys_as_text([c for c, _ in exact])}) AS {ident(_exact())}({names})"
             create(reader, every_row=every_row, replace=", ".join(replaces), join=join)
         return
     skip = f", skip={source.blank_lines}"
@@ -532,13 +531,12 @@ def _whole_number_keys(con: Any, name: str, reader: str, watch: Watchdog | None)
     }
     if not wide:
         return []
-    texts = ", ".join(f"{literal(c)}: 'VARCHAR'" for c in wide)
     checks = ", ".join(
         f"count({ident(c)}), bool_and(regexp_full_match({ident(c)}, '{_JSON_INTEGER}')),"
         f" bool_and({ident(c)} IS NULL OR TRY_CAST({ident(c)} AS HUGEINT) IS NOT NULL)"
         for c in wide
     )
-    read = _fetch(con, f"SELECT {checks} FROM {reader}, columns={{{texts}}})", watch)[0]  # noqa: S608
+    read = _fetch(con, f"SELECT {checks} FROM {reader}{_keys_as_text(list(wide))})", watch)[0]  # noqa: S608
     return [
         (column, "HUGEINT" if read[3 * i + 2] else "BIGNUM")
         for i, (column, count) in enumerate(wide.items())
@@ -625,10 +623,14 @@ def _written_uuid_keys(con: Any, name: str, reader: str, watch: Watchdog | None)
     uuids = [column for column, kind in _described(con, name) if kind == "UUID"]
     if not uuids:
         return []
-    texts = ", ".join(f"{literal(c)}: 'VARCHAR'" for c in uuids)
     capitals = ", ".join(f"bool_or({ident(c)} <> lower({ident(c)}))" for c in uuids)
-    found = _fetch(con, f"SELECT {capitals} FROM {reader}, columns={{{texts}}})", watch)[0]  # noqa: S608
+    found = _fetch(con, f"SELECT {capitals} FROM {reader}{_keys_as_text(uuids)})", watch)[0]  # noqa: S608
     return [(column, "VARCHAR") for column, upper in zip(uuids, found, strict=True) if upper]
+
+
+def _keys_as_text(keys: list[str]) -> str:
+    """The `read_json` argument that reads `keys` alone, each as its JSON text (a number's digits kept)."""
+    return ", columns={" + ", ".join(f"{literal(key)}: 'VARCHAR'" for key in keys) + "}"
 
 
 def _as_text(columns: list[str]) -> str:
