@@ -353,12 +353,10 @@ async def read(db: DatabaseManager, signals: JobSignals, *, tenant_id: str, job_
 
 async def _live(signals: JobSignals, job: Mapping[Any, Any]) -> dict[str, str] | None:
     """The live progress of `job` if it runs and Redis answers in time; None for the row's own."""
-    if job["status"] != JobStatus.RUNNING:
-        return None
-    return (await signals.lives([job["id"]])).get(job["id"])
+    return (await lives(signals, [job])).get(job["id"])
 
 
-async def lives(signals: JobSignals, rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, str]]:
+async def lives(signals: JobSignals, rows: Sequence[Mapping[Any, Any]]) -> dict[str, dict[str, str]]:
     """The live progress of those of `rows` that run (the job list's), in one round trip."""
     return await signals.lives([row["id"] for row in rows if row["status"] == JobStatus.RUNNING])
 
