@@ -367,24 +367,24 @@ class _Textures:
         return np.ascontiguousarray(self._texture[y : y + self.height, x : x + self.width])
 
 
-def make_audio_only_mp4(path: Path) -> None:
-    """An MP4 container with one AAC stream and no video stream."""
-    rate = 48000
-    with av.open(str(path), "w", format="mp4") as container:
-        stream = container.add_stream("aac", rate=rate)
-        assert isinstance(stream, av.AudioStream)
+def make_audio_only(
+    path: Path, *, container_format: str = "mp4", codec: str = "aac", options: dict[str, str] | None = None
+) -> None:
+    """One second of a 440 Hz tone at -20 dBFS, stereo, alone in a container made for video (MP4 by
+    default; `mpegts`, `webm`, `matroska`, `mov`), with no video stream; `options` are the muxer's
+    (`{"movflags": "faststart"}` puts an MP4's track list first)."""
+    with av.open(str(path), "w", format=container_format, options=options or {}) as container:
+        stream = _add_audio_stream(container, codec, 48000)
         stream.layout = "stereo"
-        t = np.arange(rate, dtype=np.float64) / rate
-        tone = (0.1 * np.sin(2 * np.pi * 440.0 * t)).astype(np.float32)
-        for offset in range(0, rate, 1024):
-            chunk = tone[offset : offset + 1024]
-            planes = np.ascontiguousarray(np.broadcast_to(chunk, (2, chunk.size)))
-            frame = av.AudioFrame.from_ndarray(planes, format="fltp", layout="stereo")
-            frame.sample_rate = rate
-            frame.pts = offset
-            frame.time_base = Fraction(1, rate)
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode(None))
+        _encode_sine(
+            container,
+            stream,
+            total_samples=48000,
+            sample_rate=48000,
+            channels=2,
+            freq_hz=440.0,
+            level_dbfs=-20.0,
+        )
 
 
 def make_audio(

@@ -15,7 +15,7 @@ from gridfs.errors import CorruptGridFile
 from medialens_shared.db import DatabaseManager
 from medialens_shared.errors import InputNotFound, PayloadTooLarge
 from medialens_shared.filestore import CHUNK_BYTES, WINDOW_CHUNKS, FileStore
-from medialens_shared.sniff import SNIFF_BYTES
+from medialens_shared.sniff import SNIFF_BYTES, sniff
 
 pytestmark = pytest.mark.integration
 
@@ -35,14 +35,14 @@ def payload() -> bytes:
 
 
 async def test_save_streams_many_chunks(store: FileStore, db: DatabaseManager, payload: bytes) -> None:
-    """Saving 300 small chunks stores every byte, with the right size, SHA-256 and head."""
+    """Saving 300 small chunks stores every byte, with the right size, SHA-256 and kind."""
     name = f"many-{uuid.uuid4().hex}.bin"
     stored = await store.save(
         chunked(payload, 7001), filename=name, max_bytes=len(payload), metadata={"t": 1}
     )
     assert stored.size_bytes == len(payload)
     assert stored.sha256 == hashlib.sha256(payload).hexdigest()
-    assert stored.head == payload[:SNIFF_BYTES]
+    assert stored.kind is sniff(payload[:SNIFF_BYTES])
     document = await db.collection("fs.files").find_one({"_id": ObjectId(stored.storage_id)})
     assert document is not None
     assert (document["filename"], document["length"], document["metadata"]) == (name, len(payload), {"t": 1})
@@ -74,7 +74,7 @@ async def test_read_ranges(store: FileStore, payload: bytes) -> None:
 
 
 async def test_copy_to_writes_the_file(store: FileStore, payload: bytes, tmp_path: Path) -> None:
-    """copy_to writes the stored bytes to a local path and says what it wrote: size, SHA-256 and head."""
+    """copy_to writes the stored bytes to a local path and says what it wrote: size, SHA-256 and kind."""
     stored = await store.save_bytes(payload, filename="copy.bin")
     target = tmp_path / "copy.bin"
     assert await store.copy_to(stored.storage_id, target) == stored

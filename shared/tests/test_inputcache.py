@@ -16,6 +16,7 @@ import pytest
 from gridfs import AsyncGridFSBucket
 from pymongo.asynchronous.collection import AsyncCollection
 
+from medialens_shared.contracts import FileKind
 from medialens_shared.errors import InputNotFound
 from medialens_shared.filestore import FileStore, StoredFile
 from medialens_shared.inputcache import InputCache, safe_name
@@ -222,7 +223,7 @@ async def test_bytes_that_do_not_match_their_hash_reach_the_job_alone_and_are_no
         storage_id=stored.storage_id,
         size_bytes=stored.size_bytes,
         sha256=hashlib.sha256(b"what the row says").hexdigest(),
-        head=b"",
+        kind=FileKind.AUDIO,
     )
     for _ in range(2):
         async with use(cache, recorded, "take 2.wav", job="job-9-1") as path:

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from scripts.samples import corrupt, make_audio, make_audio_only_mp4, make_video, truncate
+from scripts.samples import corrupt, make_audio, make_audio_only, make_video, truncate
 from tests.fixtures.stack import Stack, run_job, submit, upload, wait_for
 
 pytestmark = pytest.mark.integration
@@ -66,13 +66,13 @@ async def test_wav_with_garbled_header_fails_with_media_decode_error(
     assert "damaged" in message or "cannot" in message, message
 
 
-async def test_mp4_without_video_stream_fails_with_unsupported_input(
+async def test_video_container_without_video_stream_fails_with_unsupported_input(
     api: httpx.AsyncClient, tmp_path: Path
 ) -> None:
-    """An MP4 that holds only audio is accepted as a video but fails video.probe with UNSUPPORTED_INPUT,
-    saying it has no video stream."""
-    path = tmp_path / "audio-only.mp4"
-    make_audio_only_mp4(path)
+    """A transport stream that holds only audio is accepted as a video (its container does not list its
+    streams up front) but fails video.probe with UNSUPPORTED_INPUT, saying it has no video stream."""
+    path = tmp_path / "audio-only.ts"
+    make_audio_only(path, container_format="mpegts")
     job = await run_job(api, "video.probe", path)
     message = await assert_failed(api, job, "UNSUPPORTED_INPUT")
     assert "no video stream" in message, message

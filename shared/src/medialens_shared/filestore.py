@@ -24,8 +24,9 @@ from pymongo.errors import OperationFailure
 from sqlalchemy import ColumnElement, func, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from medialens_shared.contracts import FileKind
 from medialens_shared.errors import InputNotFound, PayloadTooLarge
-from medialens_shared.sniff import SNIFF_BYTES
+from medialens_shared.sniff import Sniffer
 from medialens_shared.tables import files
 
 #: GridFS chunk size: large enough to keep the chunk count low, small enough to stream.
@@ -37,7 +38,8 @@ class StoredFile:
     storage_id: str
     size_bytes: int
     sha256: str
-    head: bytes
+    #: What its bytes are (`Sniffer`), told as they were written or read.
+    kind: FileKind
 
 
 class FileStore:
@@ -57,7 +59,7 @@ class FileStore:
         """Store `chunks` as one file; over `max_bytes` the partial file is removed and 413 raised."""
         digest = hashlib.sha256()
         size = 0
-        head = bytearray()
+        sniffer = Sniffer()
         upload = self.bucket.open_upload_stream(filename, chunk_size_bytes=CHUNK_BYTES, metadata=metadata)
         try:
             async for chunk in chunks:
@@ -66,8 +68,7 @@ class FileStore:
                     raise PayloadTooLarge(
                         f"The upload is larger than the limit of {max_bytes} bytes; send a smaller file."
                     )
-                if len(head) < SNIFF_BYTES:
-                    head += chunk[: SNIFF_BYTES - len(head)]
+                sniffer.feed(chunk)
                 digest.update(chunk)
                 await upload.write(chunk)
         except BaseException:
@@ -78,7 +79,7 @@ class FileStore:
             raise
         await upload.close()
         return StoredFile(
-            storage_id=str(upload._id), size_bytes=size, sha256=digest.hexdigest(), head=bytes(head)
+            storage_id=str(upload._id), size_bytes=size, sha256=digest.hexdigest(), kind=sniffer.kind
         )
 
     async def save_bytes(
@@ -111,18 +112,19 @@ class FileStore:
         as read, which the input cache checks against the file's row). InputNotFound if it is gone."""
         digest = hashlib.sha256()
         size = 0
-        head = b""
+        sniffer = Sniffer()
         try:
             with path.open("wb") as out:
                 async for chunk in self.read(storage_id):
-                    if not size:
-                        head = chunk[:SNIFF_BYTES]
+                    sniffer.feed(chunk)
                     out.write(chunk)
                     digest.update(chunk)
                     size += len(chunk)
         except NoFile as exc:
             raise InputNotFound("The input file's content is no longer stored.") from exc
-        return StoredFile(storage_id=storage_id, size_bytes=size, sha256=digest.hexdigest(), head=head)
+        return StoredFile(
+            storage_id=storage_id, size_bytes=size, sha256=digest.hexdigest(), kind=sniffer.kind
+        )
 
     async def delete(self, storage_id: str) -> None:
         """Remove a stored file; removing one already gone is not an error."""

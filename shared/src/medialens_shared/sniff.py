@@ -3,7 +3,8 @@
 The gateway uses this to answer 415 before queueing a job its type cannot take; the services use it to
 tell damaged media (`MEDIA_DECODE_ERROR`) from a file that was never media (`UNSUPPORTED_INPUT`):
 `inspect_media` before they open a file, `unreadable_media` when FFmpeg cannot open it.
-Signatures are the containers' own magic numbers; plain text (UTF-8, UTF-16 with its byte-order mark, or
+Signatures are the containers' own magic numbers; an MP4, MOV, Matroska, WebM or Ogg file is audio or video
+by the tracks its headers list (`tracklist`). Plain text (UTF-8, UTF-16 with its byte-order mark, or
 Latin-1) is told apart as CSV or JSON lines.
 """
 
@@ -17,6 +18,13 @@ from typing import Literal
 
 from medialens_shared.contracts import FileKind
 from medialens_shared.errors import InputNotFound, MediaDecodeError, PermanentJobError, UnsupportedInput
+from medialens_shared.tracklist import (
+    MATROSKA_HEAD_BYTES,
+    IsoTracks,
+    iso_is_audio,
+    matroska_is_audio,
+    ogg_is_video,
+)
 
 #: How many leading bytes `sniff` looks at; callers read this much.
 SNIFF_BYTES = 8192
@@ -29,12 +37,52 @@ TextEncoding = Literal["utf-8", "utf-16", "latin-1"]
 _CONTROL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
+_EBML_MAGIC = b"\x1a\x45\xdf\xa3"
+#: The first box types of an ISO file (MP4, MOV, 3GP); QuickTime's may open without `ftyp`.
+_ISO_OPENERS = (b"ftyp", b"moov", b"mdat", b"free", b"wide")
+
+
+class Sniffer:
+    """The kind of a file told from its bytes as they go by (`feed` each chunk in order, then read `kind`):
+    as `sniff` tells it from the first of them, but that an ISO file's track list is read wherever it lies
+    and a Matroska file's within its first `MATROSKA_HEAD_BYTES` (`tracklist`)."""
+
+    def __init__(self) -> None:
+        self._head = bytearray()
+        self._iso = IsoTracks()
+
+    def feed(self, chunk: bytes) -> None:
+        room = (MATROSKA_HEAD_BYTES if self._head.startswith(_EBML_MAGIC) else SNIFF_BYTES) - len(self._head)
+        if room > 0:
+            self._head += chunk[:room]
+        self._iso.feed(chunk)
+
+    @property
+    def kind(self) -> FileKind:
+        head = bytes(self._head[:SNIFF_BYTES])
+        if not head:
+            return FileKind.UNKNOWN
+        if head.startswith(_UTF16_BOMS) and _looks_like_table_text(head):
+            return FileKind.TABLE  # before the media signatures: FF FE is also an MPEG audio frame sync
+        if head[4:8] in _ISO_OPENERS:  # an audio brand (`M4A `), or else by its tracks
+            audio = head[8:12] in _AUDIO_FTYP_BRANDS or iso_is_audio(self._iso)
+            return FileKind.AUDIO if audio else FileKind.VIDEO
+        if head.startswith(_EBML_MAGIC):  # Matroska / WebM
+            return FileKind.AUDIO if matroska_is_audio(bytes(self._head)) else FileKind.VIDEO
+        if head.startswith(b"OggS\x00") and ogg_is_video(head):
+            return FileKind.VIDEO  # Theora (the other Ogg codecs FFmpeg reads are audio)
+        return _sniff(head)
+
+
 def sniff(head: bytes) -> FileKind:
-    """The kind of a file whose first bytes are `head` (up to `SNIFF_BYTES` of them)."""
-    if not head:
-        return FileKind.UNKNOWN
-    if head.startswith(_UTF16_BOMS) and _looks_like_table_text(head):
-        return FileKind.TABLE  # before the media signatures: FF FE is also an MPEG audio frame sync
+    """The kind of a file whose first bytes are `head` (up to `SNIFF_BYTES` of them, or up to
+    `MATROSKA_HEAD_BYTES` of a Matroska file); an ISO file whose track list lies past them counts as video."""
+    sniffer = Sniffer()
+    sniffer.feed(head)
+    return sniffer.kind
+
+
+def _sniff(head: bytes) -> FileKind:
     media = _sniff_media(head)
     if media is not None:
         return media
@@ -78,12 +126,6 @@ def unreadable_media(exc: Exception, kind: FileKind, *, not_readable_as: str) ->
 
 
 def _sniff_media(head: bytes) -> FileKind | None:
-    if head[4:8] == b"ftyp":
-        return FileKind.AUDIO if head[8:12] in _AUDIO_FTYP_BRANDS else FileKind.VIDEO
-    if head[4:8] in (b"moov", b"mdat", b"free", b"wide"):
-        return FileKind.VIDEO  # QuickTime without an ftyp box
-    if head.startswith(b"\x1a\x45\xdf\xa3"):
-        return FileKind.VIDEO  # Matroska / WebM
     if head.startswith(b"RIFF") and head[8:12] == b"AVI ":
         return FileKind.VIDEO
     if head.startswith((b"RIFF", b"RF64", b"BW64")) and head[8:12] == b"WAVE":

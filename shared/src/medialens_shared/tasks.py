@@ -87,7 +87,6 @@ from medialens_shared.filestore import FileStore, mark_deleted
 from medialens_shared.inputcache import InputCache
 from medialens_shared.settings import Settings
 from medialens_shared.signals import JobSignals
-from medialens_shared.sniff import sniff
 from medialens_shared.tables import files, jobs
 from medialens_shared.telemetry import job_phase, untraced
 
@@ -754,7 +753,7 @@ class JobRunner:
                     content_type=content_type,
                     size_bytes=stored.size_bytes,
                     sha256=stored.sha256,
-                    kind=sniff(stored.head).value,
+                    kind=stored.kind.value,
                     storage_id=stored.storage_id,
                     job_id=job_id,
                 )

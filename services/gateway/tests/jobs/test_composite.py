@@ -13,7 +13,7 @@ from sqlalchemy import func, update
 from medialens_shared.contracts import JobMessage
 from medialens_shared.signals import JobSignals
 from medialens_shared.tables import outbox
-from scripts.samples import make_audio_only_mp4, make_video
+from scripts.samples import make_audio_only, make_video
 from tests.fixtures.stack import Stack, result_of, submit, upload, wait_for
 
 #: As the catalogue lists them: the order of `children` (the parts were listed by their random ids before).
@@ -74,10 +74,11 @@ async def test_a_part_that_does_not_apply_leaves_a_gap_not_a_failure(
 async def test_a_video_part_that_does_not_apply_fails_the_whole(
     api: httpx.AsyncClient, tmp_path: Path
 ) -> None:
-    """Only the audio parts may leave a gap: an MP4 holding only a soundtrack (taken as a video by its
-    container) fails UNSUPPORTED_INPUT with video.probe's reason; it succeeded with every video part null."""
-    path = tmp_path / "audio-only.mp4"
-    make_audio_only_mp4(path)
+    """Only the audio parts may leave a gap: a transport stream holding only a soundtrack (taken as a video
+    by its container) fails UNSUPPORTED_INPUT with video.probe's reason; it succeeded with every video part
+    null."""
+    path = tmp_path / "audio-only.ts"
+    make_audio_only(path, container_format="mpegts")
     job = await submit(api, "media.analyze", await upload(api, path))
     done = await wait_for(api, job["id"], timeout=120)
     assert (done["status"], done["error_code"]) == ("failed", "UNSUPPORTED_INPUT"), done

@@ -22,10 +22,12 @@ from sqlalchemy import func, text, update
 from medialens_gateway.deps import registered
 from medialens_gateway.jobs import routes
 from medialens_gateway.main import create_app
+from medialens_shared.contracts import FileKind
 from medialens_shared.db import DatabaseManager
 from medialens_shared.signals import JobSignals
+from medialens_shared.sniff import SNIFF_BYTES, sniff
 from medialens_shared.tables import jobs
-from scripts.samples import make_audio, make_csv, make_video
+from scripts.samples import make_audio, make_audio_only, make_csv, make_video
 from tests.fixtures.servers import TENANT_KEYS
 from tests.fixtures.stack import Stack, api_client, result_of, run_job, submit, upload, wait_for
 
@@ -257,6 +259,37 @@ async def test_csv_named_mp4_is_415_for_video_probe(
     assert body["message"] == (
         "video.probe takes a video; by its content, 'clip.mp4' is a table (CSV, JSON lines or Parquet)."
     )
+
+
+async def test_a_soundtrack_alone_in_an_mp4_is_audio(
+    api: httpx.AsyncClient, tmp_path: Path, envelope: EnvelopeCheck
+) -> None:
+    """An MP4 holding only a soundtrack, its track list after its media data (as FFmpeg writes one), is
+    stored as audio: 415 for video.probe (it was taken as a video, then failed UNSUPPORTED_INPUT), taken by
+    audio.probe."""
+    path = tmp_path / "voice.mp4"
+    make_audio_only(path)
+    assert sniff(path.read_bytes()[:SNIFF_BYTES]) is FileKind.VIDEO  # the track list lies past them
+    file_id = await upload(api, path, content_type="video/mp4")
+    assert (await api.get(f"/v1/files/{file_id}")).json()["data"]["kind"] == "audio"
+    response = await api.post("/v1/jobs", json={"type": "video.probe", "file_id": file_id})
+    body = envelope(response, status=415, error_code="UNSUPPORTED_MEDIA_TYPE")
+    assert body["message"] == "video.probe takes a video; by its content, 'voice.mp4' is audio."
+    accepted = await api.post("/v1/jobs", json={"type": "audio.probe", "file_id": file_id})
+    assert accepted.status_code == 202, accepted.text
+
+
+async def test_an_ogg_theora_video_is_taken_by_video_jobs(api: httpx.AsyncClient, tmp_path: Path) -> None:
+    """An Ogg file that begins a Theora stream is a video (it was "audio": every video job refused it with
+    415). No encoder of PyAV's writes Theora: the first page is laid out as the Ogg and Theora specifications
+    give it, which is all the check reads."""
+    path = tmp_path / "clip.ogv"
+    identification = b"\x80theora\x03\x02\x01" + bytes(33)
+    path.write_bytes(b"OggS\x00\x02" + bytes(20) + bytes([1, len(identification)]) + identification)
+    file_id = await upload(api, path, content_type="video/ogg")
+    assert (await api.get(f"/v1/files/{file_id}")).json()["data"]["kind"] == "video"
+    response = await api.post("/v1/jobs", json={"type": "video.probe", "file_id": file_id})
+    assert response.status_code == 202, response.text
 
 
 @pytest.mark.parametrize("idempotency_key", [None, "empty-once"])

@@ -14,7 +14,6 @@ from medialens_gateway.pagination import page
 from medialens_shared.envelope import iso
 from medialens_shared.errors import NotFound
 from medialens_shared.filestore import Download, FileStore, mark_deleted
-from medialens_shared.sniff import sniff
 from medialens_shared.tables import files
 
 
@@ -54,7 +53,7 @@ async def store_upload(
                         content_type=upload.content_type,
                         size_bytes=stored.size_bytes,
                         sha256=stored.sha256,
-                        kind=sniff(stored.head).value,
+                        kind=stored.kind.value,
                         storage_id=stored.storage_id,
                     )
                     .returning(*files.c)

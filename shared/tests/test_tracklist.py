@@ -1,0 +1,158 @@
+"""Audio or video by the tracks a container's headers list: ISO (MP4, MOV) read as its bytes stream past,
+Matroska and WebM within their first bytes, Ogg by its first pages."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from medialens_shared.contracts import FileKind
+from medialens_shared.sniff import SNIFF_BYTES, Sniffer, sniff
+from medialens_shared.tracklist import MATROSKA_HEAD_BYTES, IsoTracks
+from scripts.samples import make_audio_only, make_video
+
+
+def streamed(data: bytes, chunk: int) -> FileKind:
+    """The kind a `Sniffer` tells of `data` fed `chunk` bytes at a time, as an upload arrives."""
+    sniffer = Sniffer()
+    for start in range(0, len(data), chunk):
+        sniffer.feed(data[start : start + chunk])
+    return sniffer.kind
+
+
+@pytest.mark.parametrize(
+    ("name", "container_format", "codec", "options"),
+    [
+        ("tone.mp4", "mp4", "aac", None),
+        ("tone.mov", "mov", "aac", None),
+        ("tone-faststart.mp4", "mp4", "aac", {"movflags": "faststart"}),
+        ("tone.webm", "webm", "libopus", None),
+        ("tone.mka", "matroska", "libopus", None),
+    ],
+)
+def test_a_soundtrack_alone_in_a_video_container_is_audio(
+    tmp_path: Path, name: str, container_format: str, codec: str, options: dict[str, str] | None
+) -> None:
+    """FFmpeg writes a soundtrack alone as `isom` MP4, QuickTime, WebM or Matroska: audio, by its tracks (it
+    was "video": video jobs took it, then failed UNSUPPORTED_INPUT), in whatever chunks its bytes come."""
+    path = tmp_path / name
+    make_audio_only(path, container_format=container_format, codec=codec, options=options)
+    data = path.read_bytes()
+    for chunk in (1, 7, 4096, len(data)):
+        assert streamed(data, chunk) is FileKind.AUDIO, chunk
+
+
+def test_an_mp4_track_list_past_the_first_bytes_is_read_as_they_stream() -> None:
+    """An MP4 not written for streaming keeps its track list after the media data: past what `sniff` sees
+    (a video, then), read by the `Sniffer` the bytes go through (the upload's)."""
+    data = _iso(_box(b"ftyp", b"isom\x00\x00\x02\x00isommp41"), _box(b"mdat", os.urandom(3 * SNIFF_BYTES)))
+    data += _moov(b"soun")
+    assert sniff(data[:SNIFF_BYTES]) is FileKind.VIDEO
+    assert streamed(data, 1000) is FileKind.AUDIO
+
+
+@pytest.mark.parametrize(
+    ("name", "codec"), [("clip.mp4", "libx264"), ("clip.mov", "libx264"), ("clip.webm", "libvpx")]
+)
+def test_a_video_stays_video(tmp_path: Path, name: str, codec: str) -> None:
+    path = tmp_path / name
+    make_video(path, duration_s=0.5, fps=10, width=64, height=48, codec=codec)
+    data = path.read_bytes()
+    assert streamed(data, 7) is FileKind.VIDEO
+    assert streamed(data, len(data)) is FileKind.VIDEO
+
+
+def test_a_picture_track_beside_a_soundtrack_is_video() -> None:
+    """Every track is read: a picture track after a soundtrack makes a video."""
+    data = _iso(_box(b"ftyp", b"isom\x00\x00\x02\x00"), _moov(b"soun", b"vide"))
+    assert streamed(data, 3) is FileKind.VIDEO
+    assert (
+        streamed(_iso(_box(b"ftyp", b"isom\x00\x00\x02\x00"), _moov(b"soun", b"text")), 3) is FileKind.AUDIO
+    )
+
+
+@pytest.mark.parametrize(
+    "cut",
+    ["in-the-track-list", "a-box-shorter-than-its-header", "a-box-past-its-parent", "not-boxes"],
+)
+def test_a_track_list_not_read_whole_leaves_a_video(cut: str) -> None:
+    """A track list cut before its end (a picture track may follow), damaged, or not boxes at all is not
+    taken for audio: the file counts as a video (video jobs take it and tell; audio jobs take videos too)."""
+    ftyp = _box(b"ftyp", b"isom\x00\x00\x02\x00")
+    moov = _moov(b"soun")
+    data = {
+        "in-the-track-list": ftyp + _moov(b"soun", b"vide")[:-700],  # before the second track's handler
+        "a-box-shorter-than-its-header": ftyp + b"\x00\x00\x00\x04moov" + moov[8:],
+        "a-box-past-its-parent": ftyp + _box(b"moov", b"\xff\xff\xff\xfftrak" + bytes(16)),
+        "not-boxes": ftyp + os.urandom(4096),
+    }[cut]
+    assert streamed(data, 5) is FileKind.VIDEO
+    tracks = IsoTracks()
+    tracks.feed(data)
+    assert not tracks.complete
+
+
+def test_a_matroska_track_list_past_the_sniffed_bytes_is_read() -> None:
+    """A Matroska file whose track list comes after 20 KB of other elements (a Void, as muxers reserve for
+    their seek head) is read up to `MATROSKA_HEAD_BYTES`; past that, it counts as a video."""
+    audio_entry = _ebml(0xAE, _ebml(0xD7, b"\x01") + _ebml(0x83, b"\x02"))
+    tracks = _ebml(0x1654AE6B, audio_entry)
+    cluster = bytes.fromhex("1f43b675") + b"\x01\xff\xff\xff\xff\xff\xff\xff" + os.urandom(64)
+    header = _ebml(0x1A45DFA3, _ebml(0x4282, b"matroska"))
+    segment = bytes.fromhex("18538067") + b"\x01\xff\xff\xff\xff\xff\xff\xff"  # unknown size, as live
+    near = header + segment + _ebml(0xEC, bytes(20_000)) + tracks + cluster
+    assert sniff(near[:SNIFF_BYTES]) is FileKind.VIDEO
+    assert streamed(near, 4096) is FileKind.AUDIO
+    far = header + segment + _ebml(0xEC, bytes(MATROSKA_HEAD_BYTES)) + tracks + cluster
+    assert streamed(far, 4096) is FileKind.VIDEO
+
+
+def test_an_ogg_theora_video_is_video() -> None:
+    """Ogg holds Theora video as well as Vorbis, Opus and FLAC: a Theora stream begun on the first pages
+    makes a video (it was "audio": video jobs refused it with 415). No encoder of PyAV's writes Theora, so
+    the pages are laid out as the Ogg and Theora specifications give them."""
+    theora = _ogg_page(b"\x80theora\x03\x02\x01" + bytes(33))
+    vorbis = _ogg_page(b"\x01vorbis" + bytes(23))
+    assert sniff(theora + vorbis + bytes(200)) is FileKind.VIDEO
+    assert sniff(vorbis + theora + bytes(200)) is FileKind.VIDEO
+    assert sniff(vorbis + bytes(200)) is FileKind.AUDIO
+
+
+def _ogg_page(packet: bytes) -> bytes:
+    """A beginning-of-stream Ogg page holding one packet (under 255 bytes); its checksum is not read."""
+    return b"OggS\x00\x02" + bytes(8) + os.urandom(4) + bytes(8) + bytes([1, len(packet)]) + packet
+
+
+def _box(kind: bytes, body: bytes) -> bytes:
+    return (8 + len(body)).to_bytes(4, "big") + kind + body
+
+
+def _moov(*handlers: bytes) -> bytes:
+    """A `moov` box listing a track for each handler type, each with its header and a sample table."""
+    traks = b"".join(
+        _box(
+            b"trak",
+            _box(b"tkhd", bytes(84))
+            + _box(
+                b"mdia",
+                _box(b"mdhd", bytes(24))
+                + _box(b"hdlr", bytes(8) + handler + bytes(13))
+                + _box(b"minf", _box(b"stbl", bytes(600))),
+            ),
+        )
+        for handler in handlers
+    )
+    return _box(b"moov", _box(b"mvhd", bytes(100)) + traks)
+
+
+def _iso(*boxes: bytes) -> bytes:
+    return b"".join(boxes)
+
+
+def _ebml(ident: int, body: bytes) -> bytes:
+    """An EBML element: its ID as written, its size as an 8-byte variable-length integer, its body."""
+    return (
+        ident.to_bytes((ident.bit_length() + 7) // 8, "big") + (len(body) | 1 << 56).to_bytes(8, "big") + body
+    )
