@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import re
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +11,7 @@ import av
 import httpx
 import pytest
 
-from scripts.samples import cut_frames, faststart, loop_video, make_video, truncate
+from scripts.samples import cut_frames, faststart, loop_video, make_audio_only, make_video, truncate
 from tests.fixtures.stack import cancel_within, result_of, run_job, submit, upload, wait_for
 
 pytestmark = pytest.mark.integration
@@ -155,17 +154,11 @@ async def test_a_streamable_mp4_cut_short_fails_its_thumbnails_job(
     assert "truncated" in job["error_message"]
 
 
-async def test_mp4_without_video_is_unsupported(api: httpx.AsyncClient, tmp_path: Path) -> None:
-    """An MP4 holding only audio fails its quality job with UNSUPPORTED_INPUT."""
-    path = tmp_path / "sound.mp4"
-    with av.open(str(path), mode="w") as container:
-        stream = container.add_stream("aac", rate=48000)
-        frame = av.AudioFrame(format="fltp", layout="stereo", samples=1024)
-        for plane in frame.planes:
-            plane.update(bytes(plane.buffer_size))
-        frame.sample_rate, frame.time_base, frame.pts = 48000, Fraction(1, 48000), 0
-        container.mux(stream.encode(frame))
-        container.mux(stream.encode(None))
+async def test_a_video_container_without_video_is_unsupported(api: httpx.AsyncClient, tmp_path: Path) -> None:
+    """A transport stream holding only audio (taken as a video: its container lists no tracks up front)
+    fails its quality job with UNSUPPORTED_INPUT."""
+    path = tmp_path / "sound.ts"
+    make_audio_only(path, container_format="mpegts")
     job = await run_job(api, "video.quality", path)
     assert (job["status"], job["error_code"]) == ("failed", "UNSUPPORTED_INPUT"), job
     assert "no video stream" in job["error_message"]
