@@ -14,6 +14,7 @@ import pytest
 from medialens_shared.errors import MediaDecodeError, UnsupportedInput
 from medialens_video.quality import detect_quality
 from medialens_video.scenes import detect_scenes
+from medialens_video.thumbnails import extract_thumbnails
 from scripts.samples import corrupt, make_video
 
 
@@ -294,3 +295,49 @@ def test_mpeg_ts_parts_joined_each_timed_from_its_start_are_refused_by_scenes_an
     with pytest.raises(UnsupportedInput, match=r"times go back by 3\.0 s after 3\.0 s: it is parts joined"):
         detect_scenes(joined)
     assert detect_quality(part).black == [pytest.approx((1.0, 2.0), abs=0.05)]
+
+
+def _with_repeats(path: Path, *, still: range, black: range, count: int) -> Path:
+    """A 25 fps NUT of `count` frames of noise (MPEG-4 part 2, no B-frames), where each frame in `still`
+    and `black` after their first is an empty packet: the frame before shown again, as libtheora writes a
+    still picture (no encoder of PyAV's writes Theora; NUT keeps empty packets as written)."""
+    rng = np.random.default_rng(3)
+    with av.open(str(path), "w", format="nut") as out:
+        stream = out.add_stream("mpeg4", rate=25, options={"bf": "0", "qscale": "2"})
+        stream.width, stream.height, stream.pix_fmt = 160, 96, "yuv420p"
+        for index in range(count):
+            if any(index - 1 in run and index in run for run in (still, black)):
+                packet = av.Packet(0)
+                packet.stream, packet.time_base, packet.pts, packet.dts = (
+                    stream,
+                    Fraction(1, 25),
+                    index,
+                    index,
+                )
+                out.mux(packet)
+                continue
+            luma = np.full((96, 160), 16, np.uint8) if index in black else rng.integers(40, 220, (96, 160))
+            rgb = np.repeat(np.asarray(luma, np.uint8)[:, :, None], 3, axis=2)
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p")
+            frame.pts, frame.time_base = index, Fraction(1, 25)
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    return path
+
+
+def test_empty_packets_show_the_frame_before_again(tmp_path: Path) -> None:
+    """An empty packet with a time is the frame before it shown again: a still picture of them is frozen,
+    a black frame repeated black, each to the packet's time (it failed as damaged: a decoder sent one takes
+    it for the end of the stream and refuses every packet after it). Scenes read through them (noise to
+    noise is no cut for a content detector; black in and out are)."""
+    path = _with_repeats(tmp_path / "repeats.nut", still=range(25, 75), black=range(100, 125), count=150)
+    with av.open(str(path)) as container:
+        assert sum(not p.size and p.pts is not None for p in container.demux(video=0)) == 49 + 24
+    found = detect_quality(path, min_black_s=0.5, freeze_min_s=1.5)
+    assert found.frozen == [(1.0, 3.0)], found
+    assert found.black == [(4.0, 5.0)], found
+    assert found.frames_analyzed == 150
+    assert [scene.start_s for scene in detect_scenes(path).scenes] == [0.0, 4.0, 5.0]
+    # At 1.5 and 2.5 s the still picture first shown at 1.0 s (2.5 s is nearer the next frame, at 3.0 s).
+    shown = extract_thumbnails(path, out_dir=tmp_path / "thumbs", count=6, width=80)
+    assert [image.t_s for image in shown] == [0.48, 1.0, 1.0, 3.48, 4.0, 5.48], shown

@@ -80,7 +80,7 @@ def packets_of(container: Any, stream: Any) -> Generator[Any, None, None]:
     flushed = False
     try:
         for packet in packets:
-            flushed = flushed or not packet.size
+            flushed = flushed or (not packet.size and packet.pts is None)  # not a frame shown again
             yield packet
     except IndexError:
         if not flushed:

@@ -377,6 +377,14 @@ def require_forward(previous: int | None, current: int, *, time_base: Fraction, 
     )
 
 
+def repeats(packet: Any) -> bool:
+    """Whether `packet` shows the frame before it again: empty, with a time of its own (libtheora writes one
+    for each frame that repeats the last; NUT and Matroska keep them as written). Not the demuxer's flush
+    packet at the end, which has no time. A decoder sent one takes it for the end of the stream and
+    refuses every packet after it: a Theora video holding a still picture failed as damaged."""
+    return not packet.size and packet.pts is not None
+
+
 class DecodeGuard:
     """Counts packets the decoder rejects: a few are skipped (as FFmpeg does), many mean damaged media.
 
@@ -389,6 +397,8 @@ class DecodeGuard:
         self._lock = threading.Lock()
 
     def decode(self, codec_context: Any, packet: Any) -> list[Any]:
+        if packet is not None and repeats(packet):
+            return []
         try:
             return list(codec_context.decode(packet))
         except av.error.FFmpegError as exc:

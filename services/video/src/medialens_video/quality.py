@@ -24,6 +24,10 @@ thumbnails of the same file. A frame that comes without a timestamp is timed by 
 ffmpeg times it, after the frame before it: such frames were dropped, every one of a raw H.264 or HEVC
 stream's (the job failed "no decodable frame"), and most of an MPEG-PS's that times one frame in a few.
 
+An empty packet with a time of its own shows the frame before it again (`frames.repeats`: libtheora writes
+one for every frame of a still picture), and is judged as that frame shown at its time (the frame's own
+duration then ends at it: the last frame's duration closes a stretch open at the end).
+
 A stretch still open at the end is closed at the video's end: the last frame plus its own duration (a
 last frame held for 3 s closed 40 ms after it started, and a black end shorter than `min_black_s` by then
 was dropped), or the gap before it where its container gives none.
@@ -31,6 +35,7 @@ was dropped), or the gap before it where its container gives none.
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,6 +52,7 @@ from medialens_video.frames import (
     frame_ticks,
     open_video,
     planar_8bit,
+    repeats,
     require_forward,
 )
 
@@ -111,27 +117,47 @@ def detect_quality(
         clock = FrameClock(ticks, origin)
         #: The still picture frames are compared with: its first showing's time and its planes.
         still_picture: tuple[float, SmallFrame] | None = None
+        #: The last frame shown: whether it is black, and its planes; and the times of the packets that show
+        #: a frame again, until the decoder (a few frames behind with threads) gives the frames before them.
+        shown: tuple[bool, SmallFrame] | None = None
+        repeated: deque[int] = deque()
         last_pts, last_interval, last_duration, count = origin, ticks, 0, 0
+
+        def show(pts: int, duration: int, is_black: bool, small: SmallFrame) -> None:
+            nonlocal still_picture, shown, last_pts, last_interval, last_duration, count
+            require_forward(last_pts, pts, time_base=time_base, origin=origin)
+            now_s = max(float((pts - origin) * time_base), 0.0)
+            black.step(is_black, start_s=now_s, now_s=now_s)
+            still = False
+            if still_picture is not None:
+                still = not is_black and small.mafd(still_picture[1]) <= FREEZE_NOISE
+                frozen.step(still, start_s=still_picture[0], now_s=now_s)
+                last_interval = pts - last_pts
+            if still_picture is None or not still:
+                still_picture = (now_s, small)
+            shown = (is_black, small)
+            last_pts, last_duration = pts, duration
+            count += 1
+
+        def show_repeats(before: int | None) -> None:
+            while repeated and (before is None or repeated[0] < before):
+                pts = repeated.popleft()
+                if shown is not None:
+                    show(pts, 0, *shown)
+
         with demuxed(container, stream) as packets:
             for packet in packets:
+                if repeats(packet):
+                    repeated.append(packet.pts)
                 for frame in clock.stamp(guard.decode(stream.codec_context, packet)):
                     if frame.pts is None:
                         continue
-                    require_forward(last_pts, frame.pts, time_base=time_base, origin=origin)
-                    now_s = max(float((frame.pts - origin) * time_base), 0.0)
+                    show_repeats(before=frame.pts)
                     planar = planar_8bit(frame)
-                    small = SmallFrame.of(planar, averaged=False)
                     is_black = dark_share(planar, black_threshold) >= BLACK_PIXEL_SHARE
-                    black.step(is_black, start_s=now_s, now_s=now_s)
-                    if still_picture is not None:
-                        still = not is_black and small.mafd(still_picture[1]) <= FREEZE_NOISE
-                        frozen.step(still, start_s=still_picture[0], now_s=now_s)
-                        last_interval = frame.pts - last_pts
-                    if still_picture is None or not still:
-                        still_picture = (now_s, small)
-                    last_pts, last_duration = frame.pts, frame.duration
-                    count += 1
+                    show(frame.pts, frame.duration, is_black, SmallFrame.of(planar, averaged=False))
                 report(min(count / total, 1.0), f"decoding {count}/{total} frames")
+        show_repeats(before=None)
         guard.require_frames(count)
     end_s = max(float((last_pts + (last_duration or last_interval) - origin) * time_base), 0.0)
     black.close(end_s)

@@ -23,6 +23,7 @@ ones were skipped, and its thumbnails taken at the next timed one, up to 0.7 s l
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Generator
 from contextlib import closing
 from dataclasses import dataclass
@@ -46,6 +47,7 @@ from medialens_video.frames import (
     open_video,
     packet_span,
     pixel_aspect,
+    repeats,
     skips_frames,
     stated_end,
     untimed,
@@ -188,6 +190,8 @@ class _Reader:
         #: The packet to decode first after a seek: the keyframe `_seek_keyframe` read up to.
         self.head: Any = None
         self.last: Any = None
+        #: Times of the packets read since the last seek that show the frame before them again (`repeats`).
+        self.repeated: list[int] = []
         #: What `report` is told while decoding towards a target: (fraction, message).
         self.note = (0.0, "seeking")
 
@@ -223,9 +227,12 @@ class _Reader:
                 if (
                     frame.pts > target + slack
                     and previous is not None
-                    and target - previous.pts < frame.pts - target
+                    and (target - previous.pts < frame.pts - target or self._shown_again(previous, target))
                 ):
-                    return previous  # a hole in the video (a dropout): the frame before it is nearer
+                    return (
+                        previous  # a hole in the video (a dropout) with the frame before it nearer, or that
+                    )
+                    # frame shown again at the target
                 self.pending.pop(0)
                 self.last = frame
                 self.position = frame.pts
@@ -238,11 +245,22 @@ class _Reader:
                 return self.last
             if packet.pts is not None and skipping:
                 codec.skip_frame = "NONREF" if packet.pts < target - 2 * slack - 1 else "DEFAULT"
-            decoded = self.guard.decode(codec, packet)
-            if self.clock is not None:
-                self.clock.stamp(decoded)
-            self.pending = [f for f in decoded if f.pts is not None]
+            self.pending = self._decode(codec, packet)
             self.report(*self.note)
+
+    def _decode(self, codec: Any, packet: Any) -> list[Any]:
+        """The timed frames `packet` gives; a packet showing the frame before again is noted."""
+        if repeats(packet):
+            self.repeated.append(packet.pts)
+        decoded = self.guard.decode(codec, packet)
+        if self.clock is not None:
+            self.clock.stamp(decoded)
+        return [f for f in decoded if f.pts is not None]
+
+    def _shown_again(self, frame: Any, target: int) -> bool:
+        """Whether a packet read after `frame` shows it again at `target` or before: still shown there."""
+        after = bisect_right(self.repeated, frame.pts)
+        return after < len(self.repeated) and self.repeated[after] <= target
 
     def _seek(self, timestamp: int) -> None:
         """Seek to `timestamp`, or to the stream's start, or to 0, whichever the demuxer takes first.
@@ -281,6 +299,7 @@ class _Reader:
             self.close()
             self._seek(self.start - back if from_start else at)
             self.packets, self.pending, self.last = packets_of(self.container, self.stream), [], None
+            self.repeated.clear()
             for packet in self.packets:
                 shown = packet.pts if packet.pts is not None else packet.dts
                 if shown is None:
