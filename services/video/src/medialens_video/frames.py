@@ -108,6 +108,10 @@ def opened(path: Path | str, *, with_audio: bool = False) -> Any:
     )
 
 
+#: libavformat's flag to make up the pts a container does not store (PyAV sets it on every file it opens).
+_GENPTS = 1
+
+
 def _played_video(container: Any) -> Any | None:
     """The video stream a player shows: the first one flagged default, else the first; never a cover
     picture (flagged attached). A Matroska file can hold a still picture as an ordinary track before the
@@ -134,6 +138,9 @@ def _require_whole(path: Path, index: int) -> None:
     without cues), seeking searches the bytes that exist, or fails, and this finds nothing wrong.
     """
     with opened(path) as container:
+        # No made-up pts, which are not read here: to make one for the last video frame of an AVI whose
+        # sound runs on past it, libavformat read every packet to the end (140 s for 30 minutes of sound).
+        container.flags &= ~_GENPTS
         stream = container.streams[index]
         end = stated_end(container, stream) if stream.duration else None
         if end is None:
