@@ -98,9 +98,12 @@ _SHOWN_LISTS = frozenset({"", "tables", "databases", "__show_tables_expanded"})
 
 
 #: Functions that show the service's own setup: its paths, limits and secrets' directory
-#: (`current_setting`), the statement that writes the answer's file (`current_query`); and DuckDB's macros
-#: that read its catalog in a query of their own, which the syntax tree does not show (`pg_get_viewdef`
-#: showed the view that reads a Parquet input, with its path), found in DuckDB's list of its macros.
+#: (`current_setting`), the statement that writes the answer's file (`current_query`), a plan of SQL given
+#: as a string, which the check cannot see into and whose constants are folded (`json_serialize_plan` of
+#: `SELECT current_setting('allowed_paths')` gave every path; `json_serialize_sql` beside it); and
+#: DuckDB's macros that read its catalog in a query of their own, which the syntax tree does not show
+#: (`pg_get_viewdef` showed the view that reads a Parquet input, with its path), found in DuckDB's list of
+#: its macros.
 def _catalog_macros() -> frozenset[str]:
     with duckdb.connect(":memory:") as con:
         rows = con.execute(
@@ -110,7 +113,10 @@ def _catalog_macros() -> frozenset[str]:
     return frozenset(str(name) for (name,) in rows)
 
 
-_REVEALING_FUNCTIONS = frozenset({"current_setting", "current_query"}) | _catalog_macros()
+_REVEALING_FUNCTIONS = (
+    frozenset({"current_setting", "current_query", "json_serialize_plan", "json_serialize_sql"})
+    | _catalog_macros()
+)
 #: The answer's column types Parquet cannot hold as they are, and what they are written as (see
 #: `_exact_parquet`).
 _PARQUET_CASTS = {"INTERVAL": "VARCHAR"}
@@ -140,7 +146,12 @@ def check_sql(sql: str, con: Any = None) -> str:
         raise InvalidParams(
             f"give exactly one SQL statement, a query over the table `{TABLE}`; found {len(statements)}"
         )
-    kind = statements[0].type
+    try:
+        kind = statements[0].type
+    except ValueError as exc:  # a kind DuckDB's Python module has no name for (`UPDATE EXTENSIONS`)
+        raise InvalidParams(
+            f"only a read-only query (SELECT, WITH or VALUES) over the table `{TABLE}` is allowed"
+        ) from exc
     if kind == duckdb.StatementType.MULTI:  # a PIVOT that first reads its columns' values to name them
         raise InvalidParams(
             "a PIVOT must list the values it turns into columns (`PIVOT data ON region IN ('north', "
@@ -225,7 +236,13 @@ def _inside(sql: str, con: Any = None) -> _Tree:
         if con is None
         else contextlib.nullcontext(con)
     ) as serializer:
-        tree = json.loads(serializer.execute("SELECT json_serialize_sql(?)", [sql]).fetchall()[0][0])
+        serialized = serializer.execute("SELECT json_serialize_sql(?)", [sql]).fetchall()[0][0]
+    try:
+        tree = json.loads(serialized)
+    except RecursionError as exc:  # DuckDB parses 1,000 levels; Python's reader stops before
+        raise InvalidParams(
+            "the query nests too deeply to be checked (lists, structs or expressions)"
+        ) from exc
     if tree.get("error"):
         raise InvalidParams(f"the query could not be checked as read-only: {tree.get('error_message', '')}")
     found = _Tree()
