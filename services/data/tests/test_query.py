@@ -14,7 +14,7 @@ from typing import Any
 import duckdb
 import pytest
 
-from medialens_data.engine import Limits
+from medialens_data.engine import STOP_GRACE_S, Limits
 from medialens_data.query import INLINE_ROWS_BYTES, check_sql, run_query
 from medialens_shared.contracts import DataQueryParams
 from medialens_shared.errors import InvalidParams, JobCancelled, JobTimeout, disk_full
@@ -294,6 +294,14 @@ def test_table_functions_making_rows_from_their_arguments_may_be_called(
             r"pg_get_viewdef\(\) shows the service's own setup",
         ),
         ("SHOW pg_settings", "not pg_settings"),
+        (
+            "SELECT json_serialize_plan('SELECT current_setting(''allowed_paths'') AS v', optimize := true)",
+            r"json_serialize_plan\(\) shows the service's own setup",
+        ),
+        (
+            "SELECT json_serialize_sql('SELECT current_setting(''temp_directory'')')",
+            r"json_serialize_sql\(\) shows the service's own setup",
+        ),
     ],
 )
 def test_what_shows_the_services_setup_is_refused(table: Path, sql: str, why: str) -> None:
@@ -393,6 +401,46 @@ def test_a_query_in_a_capped_child_times_out_and_fails_for_memory_as_in_the_work
             memory_cap=limits.resident_cap,
         )
     assert disk_full(raised.value), raised.value  # the runner's retry still knows the disk's error
+
+
+@pytest.mark.parametrize(
+    ("sql", "why"),
+    [
+        ("UPDATE EXTENSIONS", r"only a read-only query \(SELECT, WITH or VALUES\)"),
+        ("SELECT " + "[" * 700 + "1" + "]" * 700, "nests too deeply to be checked"),
+        ("SELECT " + "{'a': " * 700 + "1" + "}" * 700, "nests too deeply to be checked"),
+    ],
+    ids=["a-statement-kind-without-a-name", "lists-700-deep", "structs-700-deep"],
+)
+def test_what_the_check_cannot_read_is_invalid_params(table: Path, sql: str, why: str) -> None:
+    """A statement of a kind DuckDB's Python module has no name for, and a query nested deeper than
+    Python's JSON reader goes (DuckDB parses 1,000 levels), failed the check itself: INTERNAL_ERROR."""
+    with pytest.raises(InvalidParams, match=why):
+        ask(table, sql)
+
+
+def test_a_query_planned_past_the_time_limit_ends_its_child_with_timeout(table: Path) -> None:
+    """DuckDB's optimizer heeds no interrupt: 14 CTEs, each filtering on the one before and not
+    materialized (1 KB of SQL), were planned for 150-200 s past a 1 s limit, the job's only bound its hour.
+    The child process ends with TIMEOUT once the interrupt has gone unheeded for `STOP_GRACE_S`."""
+    ctes = [
+        "a0 AS (SELECT 1 AS x)",
+        *(
+            f"a{i} AS NOT MATERIALIZED (SELECT x FROM a{i - 1} WHERE x IN (SELECT x FROM a{i - 1}))"
+            for i in range(1, 14)
+        ),
+    ]
+    run = partial(
+        run_query,
+        table,
+        params=DataQueryParams(sql=f"WITH {', '.join(ctes)} SELECT count(*) FROM a13"),
+        out_path=table.parent / "planned" / "answer.parquet",
+        time_limit_s=1.0,
+    )
+    started = time.monotonic()
+    with pytest.raises(JobTimeout, match=r"time limit of 1 s"):
+        run_in_child(run, (), report=lambda *_: None, abandoned=lambda: False)
+    assert time.monotonic() - started < 1.0 + STOP_GRACE_S + 5
 
 
 def test_cancel_stops_a_running_query(table: Path) -> None:

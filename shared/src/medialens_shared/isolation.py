@@ -76,6 +76,8 @@ _OOM_SCORE_ADJ = 1000
 _WATCH_S = 0.02
 #: The exit code of a child that ended itself past its `memory_cap`.
 _OVER_MEMORY_EXIT = 86
+#: The exit code of a child that sent its outcome and ended at once (`end_child`).
+_ENDED_EXIT = 87
 #: The exit code multiprocessing reports for a child whose fork server is gone (it can no longer tell).
 _SERVER_LOST_EXIT = 255
 #: Signals a supervisor sends a whole process group when it stops the worker: the children, and the fork
@@ -275,8 +277,27 @@ class _PipeReport:
             self._sender.send((_REPORT, (fraction, message)))
 
 
+#: This process's end of its result pipe while it is a job's child (`_child_main`), and the lock its
+#: sends take (the work's outcome, or `end_child`'s from another thread).
+_child: tuple[Connection, threading.Lock] | None = None
+
+
+def end_child(error: BaseException) -> None:
+    """In a job's child process, from any thread: send `error` back as the work's outcome and exit now,
+    whatever the work's own thread is doing (stuck in a library that heeds no interrupt). Elsewhere (the
+    work run in the caller's process, as tests do) nothing: the caller waits for the work."""
+    if _child is None:
+        return
+    sender, lock = _child
+    with lock, contextlib.suppress(Exception):
+        sender.send(("error", error))
+    os._exit(_ENDED_EXIT)
+
+
 def _child_main(payload: bytes, sender: Connection, memory_cap: int | None) -> None:
     """The child: watch the worker and its own memory, run the work, send back its result or exception."""
+    global _child  # noqa: PLW0603 - set once, in the child process alone
+    _child = (sender, threading.Lock())
     for stop in _STOP_SIGNALS:  # the worker's to handle (its drain waits for this job)
         signal.signal(stop, signal.SIG_IGN)
     # When the pod (or machine) runs out of memory, the kernel kills the process it scores worst: let that
@@ -289,11 +310,12 @@ def _child_main(payload: bytes, sender: Connection, memory_cap: int | None) -> N
         outcome: tuple[str, Any] = ("ok", func(*args))
     except BaseException as exc:  # every failure goes back to the parent, which raises it
         outcome = ("error", exc)
-    try:
-        sender.send(outcome)
-    except Exception as exc:  # the result or the exception does not pickle: say so rather than vanish
-        with contextlib.suppress(Exception):
-            sender.send(("error", RuntimeError(f"the job's result could not be sent back: {exc}")))
+    with _child[1]:
+        try:
+            sender.send(outcome)
+        except Exception as exc:  # the result or the exception does not pickle: say so rather than vanish
+            with contextlib.suppress(Exception):
+                sender.send(("error", RuntimeError(f"the job's result could not be sent back: {exc}")))
     # `sender` stays open until the process exits: `_watch` polls it, and would read it closed as an error.
 
 
