@@ -313,7 +313,8 @@ class WorkerSettings(Group):
     #: than a job may use); None: DuckDB's own bound, 90% of the free space of that disk. Set it in a pod,
     #: where that disk is the node's and the scratch volume is smaller (exceeding it evicts the pod).
     table_spill_limit: str | None = None
-    #: A data.query whose SQL runs longer than this fails with TIMEOUT.
+    #: A data.query whose SQL runs longer than this fails with TIMEOUT (its process is ended 2 s later if
+    #: DuckDB does not stop: its optimizer heeds no interrupt).
     query_time_limit_s: float = Field(30.0, gt=0)
     #: Bytes of Parquet a data.query's answer may be stored as; a larger one is stopped while it is written
     #: and fails with INVALID_PARAMS.
