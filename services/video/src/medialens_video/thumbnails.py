@@ -224,15 +224,14 @@ class _Reader:
             while self.pending:
                 frame = self.pending[0]
                 previous = self.last
+                # A hole in the video (a dropout) with the frame before it nearer, or that frame shown again
+                # at the target (an empty packet): the frame before it.
                 if (
                     frame.pts > target + slack
                     and previous is not None
                     and (target - previous.pts < frame.pts - target or self._shown_again(previous, target))
                 ):
-                    return (
-                        previous  # a hole in the video (a dropout) with the frame before it nearer, or that
-                    )
-                    # frame shown again at the target
+                    return previous
                 self.pending.pop(0)
                 self.last = frame
                 self.position = frame.pts
