@@ -69,7 +69,7 @@ SEGMENT_COLOURS: tuple[tuple[int, int, int], ...] = (
 )
 
 #: Muxer `make_numbered_video` uses for each file suffix, and the codec of its tone where AAC does not fit.
-_MUXERS = {".mkv": "matroska", ".webm": "webm", ".ts": "mpegts", ".mpg": "mpeg", ".mp4": "mp4"}
+_MUXERS = {".mkv": "matroska", ".webm": "webm", ".ts": "mpegts", ".mpg": "mpeg", ".mp4": "mp4", ".avi": "avi"}
 _TONE_CODECS = {"webm": "libopus", "mpeg": "mp2"}
 
 _LAYOUTS = {1: "mono", 2: "stereo", 3: "2.1", 4: "quad", 5: "5.0", 6: "5.1", 8: "7.1"}

@@ -1,8 +1,9 @@
 """Probe, thumbnails and quality hold to the truth where containers help least: MPEG-TS and MPEG-PS (no
-index, so a seek lands on any packet near the time asked), Matroska and WebM (no per-stream frame count or
-duration; audio that outlasts the video, a late start, a rate that changes, no duration at all when piped)
-and the shortest videos. Every frame shows its own number (`scripts.samples.make_numbered_video`), so each
-thumbnail is checked against the frame its time says it is."""
+index, so a seek lands on any packet near the time asked), AVI (no pts at all), Matroska and WebM (no
+per-stream frame count or duration; audio that outlasts the video, a late start, a rate that changes, no
+duration at all when piped) and the shortest videos. Every frame shows its own number
+(`scripts.samples.make_numbered_video`), so each thumbnail is checked against the frame its time says it
+is."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ import pytest
 
 from medialens_video.probe import probe_video
 from medialens_video.quality import detect_quality
+from medialens_video.scenes import detect_scenes
 from medialens_video.thumbnails import ThumbnailImage, extract_thumbnails
-from scripts.samples import frame_number, make_numbered_video
+from scripts.samples import frame_number, make_numbered_video, make_video
 
 FPS = 25
 HALF_FRAME_S = 0.5 / FPS + 1e-6
@@ -159,3 +161,22 @@ def test_the_shortest_matroska_videos_are_whole(
     assert detect_quality(path).frames_analyzed == frames
     images = extract_thumbnails(path, out_dir=tmp_path, count=frames)
     _assert_frames_at(images, [(k + 0.5) / FPS for k in range(frames)])
+
+
+def test_an_avi_with_b_frames_is_timed_as_shown(clips: Path, tmp_path: Path) -> None:
+    """AVI stores no pts; the ones libavformat made up travelled with the packets in decoding order, so
+    H.264 or HEVC frames came out in display order carrying 1, 4, 3, 5, 2...: thumbnails showed frames
+    up to 3 away from their times, and scenes missed cuts. Read without made-up pts, the frames are timed
+    as they come out: each thumbnail is the frame its time says, and a cut is where it was made."""
+    path = clips / "b-frames.avi"
+    make_numbered_video(path, frame_count=200, keyint=50)  # H.264 (PyAV's AVI muxer takes no HEVC)
+    with av.open(str(path)) as container:
+        assert container.streams.video[0].codec_context.has_b_frames  # the files this is about
+    images = extract_thumbnails(path, out_dir=tmp_path / "every", every_s=0.52)
+    _assert_frames_at(images, [round(k * 0.52, 2) for k in range(16)])
+    images = extract_thumbnails(path, out_dir=tmp_path / "count", count=5)
+    _assert_frames_at(images, [0.8, 2.4, 4.0, 5.6, 7.2])
+    cut = clips / "cuts.avi"
+    make_video(cut, duration_s=6.0, cuts_s=[1.48, 3.0, 4.36], black_s=(3.0, 4.36))
+    assert [scene.start_s for scene in detect_scenes(cut).scenes] == [0.0, 1.48, 3.0, 4.36]
+    assert detect_quality(cut).black == [(3.0, 4.36)]

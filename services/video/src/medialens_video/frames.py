@@ -98,18 +98,39 @@ def opened(path: Path | str, *, with_audio: bool = False) -> Any:
     """The file at `path` opened for reading, looked at longer where the video track (and `with_audio`,
     a decodable audio track) starts late (`probed`). Its tags are read as UTF-8 with what is not UTF-8
     replaced (`\ufffd`): a tag in Latin-1 or CP1252 (Windows tools write WAV and AVI tags so) failed every
-    job on the file with a UnicodeDecodeError, PyAV's default being strict."""
-    return probed(
+    job on the file with a UnicodeDecodeError, PyAV's default being strict. An AVI of H.264 or HEVC with
+    B-frames is read without made-up pts (`reordered_avi`)."""
+    container = probed(
         lambda options: av.open(str(path), mode="r", options=options, metadata_errors="replace"),
         lambda container: [
             *filter(None, [_played_video(container)]),
             *(container.streams.audio if with_audio else []),
         ],
     )
+    if reordered_avi(container):
+        container.flags &= ~_GENPTS
+    return container
 
 
 #: libavformat's flag to make up the pts a container does not store (PyAV sets it on every file it opens).
 _GENPTS = 1
+#: Codecs whose frames an AVI holds in decoding order, B-frames before the frames they are shown after.
+_REORDERED_CODECS = frozenset({"h264", "hevc"})
+
+
+def reordered_avi(container: Any) -> bool:
+    """Whether `container` is an AVI whose H.264 or HEVC video has B-frames. AVI stores no pts; the ones
+    libavformat makes up (GENPTS, which PyAV sets) are each packet's decoding time plus a frame, and they
+    travel with the packets in decoding order: frames came out in display order carrying 1, 4, 3, 5, 2...,
+    a cut was missed and thumbnails were up to 3 frames off. Read without them, such a video is `untimed`,
+    its frames timed as they come out by `FrameClock`, steadily: an AVI is one frame per interval (its
+    packets state 1 tick where a frame lasts 2 in one remuxed at 50 ticks a second)."""
+    return container.format.name == "avi" and any(
+        stream.codec_context is not None
+        and stream.codec_context.name in _REORDERED_CODECS
+        and stream.codec_context.has_b_frames
+        for stream in container.streams.video
+    )
 
 
 def _played_video(container: Any) -> Any | None:
@@ -222,13 +243,21 @@ class FrameClock:
 
     interval: int
     next: int | None = None
+    #: Every frame lasts `interval`, whatever duration the decoder gives it (`reordered_avi`).
+    steady: bool = False
+
+    @classmethod
+    def of(cls, container: Any, stream: Any, first: int) -> FrameClock:
+        """The clock for `stream`'s frames from `first`: one nominal frame interval (`frame_ticks`) where a
+        frame states no duration, or always in a `reordered_avi`."""
+        return cls(frame_ticks(stream), first, steady=reordered_avi(container))
 
     def stamp(self, frames: list[Any]) -> list[Any]:
         for frame in frames:
             if frame.pts is None and self.next is not None:
                 frame.pts = self.next
             if frame.pts is not None:
-                self.next = frame.pts + (frame.duration or self.interval)
+                self.next = frame.pts + ((not self.steady and frame.duration) or self.interval)
         return frames
 
 
@@ -387,9 +416,10 @@ def require_forward(previous: int | None, current: int, *, time_base: Fraction, 
 def repeats(packet: Any) -> bool:
     """Whether `packet` shows the frame before it again: empty, with a time of its own (libtheora writes one
     for each frame that repeats the last; NUT and Matroska keep them as written). Not the demuxer's flush
-    packet at the end, which has no time. A decoder sent one takes it for the end of the stream and
+    packet at the end, which has no time (an AVI's empty chunk, read without made-up pts, has its decoding
+    time alone). A decoder sent one takes it for the end of the stream and
     refuses every packet after it: a Theora video holding a still picture failed as damaged."""
-    return not packet.size and packet.pts is not None
+    return not packet.size and (packet.pts is not None or packet.dts is not None)
 
 
 class DecodeGuard:

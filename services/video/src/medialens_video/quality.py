@@ -114,7 +114,7 @@ def detect_quality(
         frame_threads(stream)
         guard = DecodeGuard(total)
         origin = first_timestamp(container, stream)
-        clock = FrameClock(ticks, origin)
+        clock = FrameClock.of(container, stream, origin)
         #: The still picture frames are compared with: its first showing's time and its planes.
         still_picture: tuple[float, SmallFrame] | None = None
         #: The last frame shown: whether it is black, and its planes; and the times of the packets that show
@@ -148,7 +148,7 @@ def detect_quality(
         with demuxed(container, stream) as packets:
             for packet in packets:
                 if repeats(packet):
-                    repeated.append(packet.pts)
+                    repeated.append(packet.pts if packet.pts is not None else packet.dts)
                 for frame in clock.stamp(guard.decode(stream.codec_context, packet)):
                     if frame.pts is None:
                         continue

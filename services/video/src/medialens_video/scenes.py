@@ -238,6 +238,7 @@ def detect_scenes(
         time_base = stream.time_base
         timeline = _scan(container, stream, ticks, report)
         origin = first_timestamp(container, stream)
+        timing = FrameClock.of(container, stream, origin)  # copied for each decoder that counts frames
     # Packets without a timestamp (all of a raw H.264 stream's, most of an MPEG-PS's that times one frame
     # in a few) leave frames off the timeline, and the frames they decode to are timed only by counting
     # them: the stream is decoded in one piece, every frame of it, and its timeline is what the decoder
@@ -250,7 +251,7 @@ def detect_scenes(
     guard.require_frames(total)  # none on the timeline: an edit list hides every frame (ffmpeg shows none)
 
     def clock() -> FrameClock | None:
-        return FrameClock(ticks, origin) if clocked else None
+        return replace(timing) if clocked else None
 
     report(0.0, f"decoding 0/{total} frames")
     with ThreadPoolExecutor(threads, thread_name_prefix="scenes") as pool:

@@ -107,7 +107,7 @@ def extract_thumbnails(
         ticks = frame_ticks(stream)
         aspect = pixel_aspect(stream)
         first_pts = first_timestamp(container, stream)
-        clock = FrameClock(ticks, first_pts) if untimed(container, stream) else None
+        clock = FrameClock.of(container, stream, first_pts) if untimed(container, stream) else None
         stated = stated_end(container, stream)
         if stated is None and clock is not None:  # not to be sought: the end is the packets' durations
             packets, end = packet_span(container, stream)
@@ -250,7 +250,7 @@ class _Reader:
     def _decode(self, codec: Any, packet: Any) -> list[Any]:
         """The timed frames `packet` gives; a packet showing the frame before again is noted."""
         if repeats(packet):
-            self.repeated.append(packet.pts)
+            self.repeated.append(packet.pts if packet.pts is not None else packet.dts)
         decoded = self.guard.decode(codec, packet)
         if self.clock is not None:
             self.clock.stamp(decoded)
