@@ -392,3 +392,26 @@ def test_an_mpeg_ts_soundtrack_whose_packets_come_late_is_listed_with_its_format
     # for the longer look: 64 MiB read and held on every open.
     with opened(path) as container:
         assert "analyzeduration" not in container.options
+
+
+def test_an_avi_ticking_twice_a_frame_states_its_frames_not_its_ticks(tmp_path: Path) -> None:
+    """An AVI whose ticks are half a frame (as `ffmpeg -i in.mp4 -c copy out.avi` writes H.264 with
+    B-frames: 1/50 s for 25 frames a second) has a header counting ticks: 200 frames at 50 a second, read
+    as variable-rate, for 100 at 25. Its frames are 2 ticks apart, and so are counted."""
+    path = tmp_path / "ticks.avi"
+    rng = np.random.default_rng(0)
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 160, 96, "yuv420p"
+        stream.codec_context.time_base = stream.time_base = Fraction(1, 50)
+        for index in range(100):
+            picture = rng.integers(0, 255, (96, 160, 3), dtype=np.uint8)
+            frame = av.VideoFrame.from_ndarray(picture, format="rgb24")
+            frame.pts, frame.time_base = 2 * index, Fraction(1, 50)
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    with av.open(str(path)) as container:
+        assert (container.streams.video[0].frames, container.streams.video[0].average_rate) == (200, 50)
+    video = probe_video(path).video
+    assert (video.frame_count, video.fps, video.avg_fps, video.is_vfr) == (100, 25.0, 25.0, False)
+    assert [scene.end_frame for scene in detect_scenes(path).scenes][-1:] == [100]

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
-from itertools import chain, islice
+from itertools import chain, islice, pairwise
 from pathlib import Path
 from typing import Any
 
@@ -224,6 +224,17 @@ def untimed(container: Any, stream: Any) -> bool:
     stream whose PES packets hold several frames and a timestamp for the first alone (DVD VOBs, the H.264
     "PS" of CCTV recorders)."""
     return any(p.pts is None for p in _opening_packets(container, stream))
+
+
+def avi_frame_ticks(container: Any, stream: Any) -> int:
+    """How many ticks of its time base an AVI's frames lie apart: 1, as AVI counts, but in one FFmpeg
+    remuxed from MP4 with B-frames (`ffmpeg -i in.mp4 -c copy out.avi`) 2, its ticks 1/50 s for 25 frames a
+    second, and its header's frame count and rate then count ticks (600 frames at 50 a second for 300 at
+    25). The least gap between the decoding times of its first packets; 1 for any other container."""
+    if container.format.name != "avi":
+        return 1
+    times = sorted({p.dts for p in _opening_packets(container, stream) if p.dts is not None})
+    return min((b - a for a, b in pairwise(times)), default=1)
 
 
 def _opening_packets(container: Any, stream: Any) -> list[Any]:

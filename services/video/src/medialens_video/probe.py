@@ -37,6 +37,7 @@ from medialens_shared.errors import MediaDecodeError
 from medialens_shared.sniff import ffmpeg_reason
 from medialens_video.frames import (
     RAW_VIDEO_FORMATS,
+    avi_frame_ticks,
     display_rotation,
     first_timestamp,
     open_video,
@@ -73,6 +74,9 @@ def probe_video(path: Path) -> VideoProbeResult:
         fps = _rate(video.guessed_rate)
         avg_fps = _rate(video.average_rate)
         frame_count, steady = _frame_count(container, video, hidden=hidden)
+        if (step := avi_frame_ticks(container, video)) > 1:  # its header counts ticks, not frames
+            frame_count = frame_count and max(1, frame_count // step)
+            avg_fps = avg_fps and avg_fps / step
         if steady is False:  # FFmpeg's average is the first frames' rate: not the stream's
             avg_fps = None
         elif video.start_time is None and untimed(container, video):  # a raw stream: FFmpeg's average
