@@ -16,7 +16,7 @@ from medialens_shared.errors import InputNotFound, MediaDecodeError, Unsupported
 from medialens_video.frames import opened
 from medialens_video.probe import probe_video
 from medialens_video.scenes import detect_scenes
-from scripts.samples import corrupt, make_audio, make_csv, make_video, truncate
+from scripts.samples import corrupt, make_audio, make_csv, make_numbered_video, make_video, truncate
 from tests.fixtures.memory import resident_bytes_left_per_call
 from tests.fixtures.pictures import mux_black_picture
 
@@ -415,3 +415,14 @@ def test_an_avi_ticking_twice_a_frame_states_its_frames_not_its_ticks(tmp_path: 
     video = probe_video(path).video
     assert (video.frame_count, video.fps, video.avg_fps, video.is_vfr) == (100, 25.0, 25.0, False)
     assert [scene.end_frame for scene in detect_scenes(path).scenes][-1:] == [100]
+
+
+def test_a_soundtrack_shorter_than_the_video_in_flv_lasts_its_own_length(tmp_path: Path) -> None:
+    """FLV states no stream's length, and the container's is its longest stream's: a 1 s soundtrack beside
+    4 s of video read 4 s. Its last packet, read after a seek to the end, says where it ends."""
+    path = tmp_path / "short-sound.flv"
+    make_numbered_video(path, frame_count=100, container_format="flv", audio_s=1.0)
+    result = probe_video(path)
+    assert result.format.duration_s == pytest.approx(4.0, abs=0.1)
+    [audio] = result.audio
+    assert audio.duration_s == pytest.approx(1.0, abs=0.05)  # AAC ends on a whole 1024-sample frame

@@ -111,7 +111,9 @@ def probe_video(path: Path) -> VideoProbeResult:
                     codec=_codec_name(stream),
                     sample_rate=stream.codec_context.sample_rate,
                     channels=stream.codec_context.channels,
-                    duration_s=_stream_seconds(container, stream) or duration_s,
+                    duration_s=_stream_seconds(container, stream)
+                    or _read_seconds(container, stream)
+                    or duration_s,
                 )
                 for stream in container.streams.audio
                 if stream.codec_context is not None  # a codec FFmpeg has no decoder for: nothing to read
@@ -212,6 +214,34 @@ def _stream_seconds(container: Any, stream: Any) -> float | None:
     """How long `stream` lasts as the file states it (see `frames.stated_end`: in Matroska and WebM its
     `DURATION` tag, since FFmpeg gives such a stream the container's duration, the longest stream's)."""
     end = stated_end(container, stream)
+    return None if end is None else _seconds(end - int(stream.start_time or 0), stream.time_base)
+
+
+#: Packets of any stream read after the seek to the file's end before `_read_seconds` gives up: a file
+#: the seek cannot place (no index) would be read whole.
+_END_PACKETS = 2000
+
+
+def _read_seconds(container: Any, stream: Any) -> float | None:
+    """How long `stream` lasts by its last packet, read after a seek to the file's end, where the file
+    states no stream's length (FLV: the container's duration is its longest stream's, and a 2 s soundtrack
+    beside 12 s of video read 12.08 s; ffprobe gives none). None where the seek fails or lands far from the
+    end, or the stream has no timed packet there."""
+    if container.duration is None or stream.time_base is None:
+        return None
+    try:
+        container.seek(
+            container.duration // round(av.time_base * stream.time_base), stream=stream, backward=True
+        )
+    except av.error.FFmpegError:
+        return None
+    end = None
+    with demuxed(container, stream) as packets:
+        for count, packet in enumerate(packets):
+            if count >= _END_PACKETS:
+                return None
+            if packet.pts is not None and packet.size:
+                end = max(end or 0, packet.pts + (packet.duration or 0))
     return None if end is None else _seconds(end - int(stream.start_time or 0), stream.time_base)
 
 
