@@ -129,6 +129,25 @@ def test_a_wide_answer_comes_inline_only_as_far_as_a_stored_result_may_hold(tabl
         assert con.execute(f"SELECT count(*) FROM read_parquet('{answer.path}')").fetchall() == [(200,)]
 
 
+def test_rows_too_large_to_read_back_together_come_inline_as_far_as_they_fit(table: Path) -> None:
+    """1,000 rows of 1 MB (a Parquet file of kilobytes: the value repeats) read back at once passed the
+    job's memory, and the job failed saying the table needed more: they are read fewer at a time, and
+    those within `INLINE_ROWS_BYTES` come inline, the whole answer in its file."""
+    answer = ask(table, "SELECT i, repeat('x', 1000000) AS s FROM range(1000) t(i)", memory_limit="256MB")
+    assert answer.row_count == 1000
+    assert [row[0] for row in answer.rows] == list(range(INLINE_ROWS_BYTES // 1_000_000))
+    assert all(len(row[1]) == 1_000_000 for row in answer.rows)
+
+
+@pytest.mark.parametrize("nested", ["[" * 300 + "1" + "]" * 300, "{'a': " * 300 + "1" + "}" * 300])
+def test_an_answer_nested_too_deep_to_read_back_is_invalid_params(table: Path, nested: str) -> None:
+    """A value nested 300 deep is written as Parquet but not read back (DuckDB reads 500 levels of schema,
+    and a struct that deep breaks its reader): INVALID_PARAMS, not INTERNAL_ERROR with the scratch path."""
+    with pytest.raises(InvalidParams, match="the answer cannot be read back from its Parquet file") as caught:
+        ask(table, f"SELECT {nested} AS v")
+    assert str(table.parent) not in caught.value.message
+
+
 @pytest.mark.parametrize(
     ("sql", "rows"),
     [

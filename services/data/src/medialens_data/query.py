@@ -322,15 +322,38 @@ def run_query(
             except InvalidParams:
                 out_path.unlink(missing_ok=True)
                 raise
-            target = literal(str(out_path.resolve()))
-            row_count = int(
-                watch.fetch(f"SELECT sum(num_rows) FROM parquet_file_metadata({target})")[0][0] or 0  # noqa: S608
-            )
-            shown = _shown(watch, target, columns)
-            first = watch.fetch(f"SELECT {shown} FROM read_parquet({target}) LIMIT {int(params.limit)}")  # noqa: S608
+            row_count, rows = _read_back(watch, out_path.resolve(), columns, limit=params.limit)
     finally:
         con.close()
-    return Answer(columns=columns, rows=_inline(first), row_count=row_count, path=out_path)
+    return Answer(columns=columns, rows=rows, row_count=row_count, path=out_path)
+
+
+def _read_back(
+    watch: Watchdog, path: Path, columns: list[QueryColumn], *, limit: int
+) -> tuple[int, list[list[Any]]]:
+    """The answer's row count and its first rows (`_inline`), read from its Parquet file at `path`.
+
+    Rows too large for the job's memory together are read fewer at a time, down to none (the answer is
+    whole in its file): `SELECT repeat('x', 1000000) FROM range(1000)` stores a few kilobytes, and its 1,000
+    rows read back at once failed the job saying the table needed more memory. An answer DuckDB writes but
+    cannot read back (a value nested past 500 levels) is the query's error, not an internal one."""
+    target = literal(str(path))
+    try:
+        row_count = int(
+            watch.fetch(f"SELECT sum(num_rows) FROM parquet_file_metadata({target})")[0][0] or 0  # noqa: S608
+        )
+        shown = _shown(watch, target, columns)
+        while True:
+            try:
+                first = watch.fetch(f"SELECT {shown} FROM read_parquet({target}) LIMIT {limit}")  # noqa: S608
+                return row_count, _inline(first)
+            except duckdb.OutOfMemoryException:
+                if limit <= 1:
+                    return row_count, []
+                limit //= 8
+    except (duckdb.InvalidInputException, duckdb.InternalException) as exc:
+        why = reason(exc).replace(f' in file "{path}"', "").replace(str(path), "the file")  # no scratch path
+        raise InvalidParams(f"the answer cannot be read back from its Parquet file: {why}") from exc
 
 
 def _too_large(size: int, *, limit: int) -> InvalidParams:
