@@ -107,6 +107,27 @@ def test_intervals_come_as_their_text_negative_ones_too(table: Path) -> None:
     assert [(c.name, c.dtype) for c in answer.columns] == [("back", "INTERVAL"), ("mixed", "INTERVAL")]
 
 
+def test_intervals_and_128_bit_integers_inside_lists_structs_and_maps_are_exact(table: Path) -> None:
+    """The rules hold at any depth: a negative interval in a list failed the whole query, a 128-bit
+    integer in a list or struct came back rounded (9007199254740993 as 9007199254740992.0), an interval
+    there as Python's days (a month as 30)."""
+    answer = ask(
+        table,
+        "SELECT [INTERVAL '-1 day', INTERVAL '1 month'] AS back, "
+        "{'n': 9007199254740993::HUGEINT, 'm': [170141183460469231731687303715884105727::HUGEINT]} AS s, "
+        "MAP {'k': INTERVAL '2 days'} AS m, [9007199254740993::UHUGEINT]::UHUGEINT[1] AS a",
+    )
+    [[back, struct, mapping, array]] = answer.rows
+    assert back == ["-1 day", "1 month"]
+    # Past 64 bits (here past 38 digits, the column written as text) its decimal text, as at the top level.
+    assert struct == {"n": 9007199254740993, "m": ["170141183460469231731687303715884105727"]}
+    assert mapping == {"k": "2 days"}
+    assert array == [9007199254740993]
+    assert [c.dtype for c in answer.columns] == [
+        "INTERVAL[]", "STRUCT(n HUGEINT, m HUGEINT[])", "MAP(VARCHAR, INTERVAL)", "UHUGEINT[1]",
+    ]  # fmt: skip
+
+
 def test_limit_caps_the_rows_not_the_count(table: Path) -> None:
     """Only `limit` rows come back, while row_count and the Parquet file hold the whole answer."""
     answer = ask(table, "SELECT id FROM data WHERE id % 2 = 0 ORDER BY id DESC", limit=5)

@@ -411,6 +411,39 @@ def huge_parquet_types(exc: duckdb.Error | None) -> str:
     return "VARCHAR" if exc is not None and _PAST_PARQUET_HUGE.search(str(exc)) else PARQUET_HUGE
 
 
+def parquet_type(kind: Any, huge: str | None) -> str | None:
+    """The type a value of the DuckDB type `kind` (a `DuckDBPyType`) is written to Parquet as, to be read
+    back exactly, at any depth in lists, arrays, structs, maps and unions: a 128-bit integer as `huge`
+    (see `HUGE_INTEGERS`; None: as it is), an INTERVAL as its text (Parquet refuses a negative one,
+    failing the whole query, and Python reads a month as 30 days); None when nothing in it changes."""
+    children = dict(kind.children) if kind.id in _NESTED_IDS else {}
+    match kind.id:
+        case "hugeint" | "uhugeint":
+            return huge
+        case "interval":
+            return "VARCHAR"
+        case "list" | "array":
+            inner = parquet_type(children["child"], huge)
+            size = f"[{children['size']}]" if kind.id == "array" else "[]"
+            return None if inner is None else f"{inner}{size}"
+        case "map":
+            key, value = (parquet_type(children[part], huge) for part in ("key", "value"))
+            if key is None and value is None:
+                return None
+            return f"MAP({key or children['key']}, {value or children['value']})"
+        case "struct" | "union":
+            fields = [(name, child, parquet_type(child, huge)) for name, child in kind.children if name]
+            if all(written is None for _, _, written in fields):
+                return None
+            listed = ", ".join(f"{ident(name)} {written or child}" for name, child, written in fields)
+            return f"{kind.id.upper()}({listed})"
+        case _:
+            return None
+
+
+_NESTED_IDS = frozenset({"list", "array", "map", "struct", "union"})
+
+
 #: The integers a stored result can hold: MongoDB's BSON has 64-bit integers. Wider ones (HUGEINT,
 #: UBIGINT past 2**63: 20-digit ids) come as their decimal text, exact, where storing them failed.
 _INT64 = range(-(2**63), 2**63)

@@ -46,7 +46,6 @@ import duckdb
 from pydantic_core import to_json
 
 from medialens_data.engine import (
-    HUGE_INTEGERS,
     PARQUET_HUGE,
     Limits,
     Report,
@@ -58,6 +57,7 @@ from medialens_data.engine import (
     json_value,
     literal,
     lock,
+    parquet_type,
     reason,
 )
 from medialens_data.source import damage, expose, inspect, read_fault
@@ -117,9 +117,6 @@ _REVEALING_FUNCTIONS = (
     frozenset({"current_setting", "current_query", "json_serialize_plan", "json_serialize_sql"})
     | _catalog_macros()
 )
-#: The answer's column types Parquet cannot hold as they are, and what they are written as (see
-#: `_exact_parquet`).
-_PARQUET_CASTS = {"INTERVAL": "VARCHAR"}
 #: Share of the job's progress that loading the input takes.
 _LOAD_SHARE = 0.5
 
@@ -369,12 +366,25 @@ def _shown(watch: Watchdog, target: str, columns: list[QueryColumn]) -> str:
     answer's 128-bit integers written as text (`engine.huge_parquet_types`) as the integers they are."""
     dtypes = [str(row[1]) for row in watch.fetch(f"DESCRIBE SELECT * FROM read_parquet({target})")]  # noqa: S608
     picks = [
-        f"CAST(#{n} AS {column.dtype})"
-        if column.dtype in HUGE_INTEGERS and dtype == "VARCHAR"
+        f"CAST(#{n} AS {_huge_read_back(column.dtype)})"
+        if _huge_as_text(column.dtype, dtype)
         else as_text(f"#{n}", dtype)
         for n, (column, dtype) in enumerate(zip(columns, dtypes, strict=True), start=1)
     ]
     return "*" if picks == [f"#{n}" for n in range(1, len(picks) + 1)] else ", ".join(picks)
+
+
+def _huge_as_text(dtype: str, written: str) -> bool:
+    """Whether a column of the answer's type `dtype` holds 128-bit integers written as their text (one of
+    them past 38 digits: `engine.huge_parquet_types`), at any depth, the file's type being `written`: not
+    as `PARQUET_HUGE` (which Parquet holds as it is; an array it holds as a list)."""
+    return "HUGEINT" in dtype and PARQUET_HUGE not in written
+
+
+def _huge_read_back(dtype: str) -> str:
+    """The type a column of the answer's type `dtype` whose 128-bit integers were written as text is read
+    back as: its own, but for its intervals, which stay text (`engine.parquet_type`)."""
+    return parquet_type(duckdb.sqltype(dtype), None) or dtype
 
 
 def _inline(first: list[tuple[Any, ...]]) -> list[list[Any]]:
@@ -394,20 +404,21 @@ def _exact_parquet(con: Any, sql: str, columns: list[QueryColumn], *, huge: str 
     """The query's relation as Parquet can hold it, exactly and whatever the values.
 
     DuckDB's Parquet writer stores a 128-bit integer (HUGEINT, the type of every `sum` of integers) as a
-    DOUBLE, so `sum(id)` came back as 9007199254740996.0 for 9007199254740995: those columns are written
+    DOUBLE, so `sum(id)` came back as 9007199254740996.0 for 9007199254740995: those values are written
     as `huge` (`engine.huge_parquet_types`: exact to 38 digits, or text). It refuses a negative INTERVAL
     (any difference of two times that goes back), failing the whole query, and Python reads a month as
-    30 days: intervals are written as DuckDB's text (`1 month 2 days 03:04:05.5`, `-1 day`). Columns are
-    picked by position (`#n`), since an answer's names may repeat; other answers are written as they are.
+    30 days: intervals are written as DuckDB's text (`1 month 2 days 03:04:05.5`, `-1 day`). Both at any
+    depth (`engine.parquet_type`: `[INTERVAL '-1 day']` failed the query, a list's HUGEINT was rounded).
+    Columns are picked by position (`#n`), since an answer's names may repeat; other answers are written
+    as they are.
     """
-    casts = {**_PARQUET_CASTS, **dict.fromkeys(HUGE_INTEGERS, huge)}
-    if not any(column.dtype in casts for column in columns):
-        return con.sql(sql)
+    relation = con.sql(sql)
+    written = [parquet_type(kind, huge) for kind in relation.types]
+    if not any(written):
+        return relation
     picks = ", ".join(
-        f"CAST(#{n} AS {casts[c.dtype]}) AS {ident(c.name)}"
-        if c.dtype in casts
-        else f"#{n} AS {ident(c.name)}"
-        for n, c in enumerate(columns, start=1)
+        f"CAST(#{n} AS {as_type}) AS {ident(c.name)}" if as_type else f"#{n} AS {ident(c.name)}"
+        for n, (c, as_type) in enumerate(zip(columns, written, strict=True), start=1)
     )
     return con.sql(f"SELECT {picks} FROM (\n{_body(sql)}\n) AS answer")  # noqa: S608 - checked, quoted
 
@@ -449,7 +460,8 @@ def _answer(
                 _exact_parquet(con, sql, columns).write_parquet(str(out_path.resolve()), compression="zstd")
             except duckdb.ConversionException as exc:  # an integer of 39 digits: those columns as text
                 if huge_parquet_types(exc) == PARQUET_HUGE or not any(
-                    c.dtype in HUGE_INTEGERS for c in columns
+                    "HUGEINT" in c.dtype
+                    for c in columns  # at any depth (`UHUGEINT[]`, `STRUCT(...)`)
                 ):
                     raise
                 out_path.unlink(missing_ok=True)
