@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import av
+import numpy as np
 import pytest
 
 from medialens_shared.contracts import FileKind
@@ -156,3 +158,17 @@ def _ebml(ident: int, body: bytes) -> bytes:
     return (
         ident.to_bytes((ident.bit_length() + 7) // 8, "big") + (len(body) | 1 << 56).to_bytes(8, "big") + body
     )
+
+
+def test_an_avif_picture_is_no_video(tmp_path: Path) -> None:
+    """A HEIF or AVIF picture (phones save photos so) is an ISO file without a track list: it was a video,
+    taken by video jobs to fail; none of the kinds a job takes now (415 for every job)."""
+    path = tmp_path / "photo.avif"
+    encoder = "libaom-av1" if "libaom-av1" in av.codecs_available else "libsvtav1"
+    with av.open(str(path), "w", format="avif") as out:
+        stream = out.add_stream(encoder, rate=1)
+        stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p"
+        picture = av.VideoFrame.from_ndarray(np.zeros((64, 64, 3), np.uint8), format="rgb24")
+        out.mux(stream.encode(picture.reformat(format="yuv420p")))
+        out.mux(stream.encode(None))
+    assert streamed(path.read_bytes(), 4096) is FileKind.UNKNOWN

@@ -30,6 +30,8 @@ from medialens_shared.tracklist import (
 SNIFF_BYTES = 8192
 
 _AUDIO_FTYP_BRANDS = (b"M4A ", b"M4B ", b"M4P ", b"F4A ", b"F4B ")
+#: The major brands of still pictures in ISO files: HEIF (`heic`, as phones save photos) and AVIF.
+_IMAGE_FTYP_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"mif1", b"avif")
 _UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
 #: The encodings `text_encoding` tells text files by.
 TextEncoding = Literal["utf-8", "utf-16", "latin-1"]
@@ -64,6 +66,8 @@ class Sniffer:
             return FileKind.UNKNOWN
         if head.startswith(_UTF16_BOMS) and _looks_like_table_text(head):
             return FileKind.TABLE  # before the media signatures: FF FE is also an MPEG audio frame sync
+        if head[4:8] == b"ftyp" and head[8:12] in _IMAGE_FTYP_BRANDS:
+            return FileKind.UNKNOWN  # a HEIF or AVIF picture (a phone's photo): an ISO file, not a video
         if head[4:8] in _ISO_OPENERS:  # an audio brand (`M4A `), or else by its tracks
             audio = head[8:12] in _AUDIO_FTYP_BRANDS or iso_is_audio(self._iso)
             return FileKind.AUDIO if audio else FileKind.VIDEO
