@@ -106,19 +106,21 @@ def test_a_matroska_track_list_past_the_sniffed_bytes_is_read() -> None:
     segment = bytes.fromhex("18538067") + b"\x01\xff\xff\xff\xff\xff\xff\xff"  # unknown size, as live
     near = header + segment + _ebml(0xEC, bytes(20_000)) + tracks + cluster
     assert sniff(near[:SNIFF_BYTES]) is FileKind.VIDEO
-    assert streamed(near, 4096) is FileKind.AUDIO
+    for chunk in (4096, 17_704, len(near)):  # an upload's first chunk may be larger than SNIFF_BYTES
+        assert streamed(near, chunk) is FileKind.AUDIO, chunk
     far = header + segment + _ebml(0xEC, bytes(MATROSKA_HEAD_BYTES)) + tracks + cluster
     assert streamed(far, 4096) is FileKind.VIDEO
 
 
 def test_an_ogg_theora_video_is_video() -> None:
-    """Ogg holds Theora video as well as Vorbis, Opus and FLAC: a Theora stream begun on the first pages
-    makes a video (it was "audio": video jobs refused it with 415). No encoder of PyAV's writes Theora, so
-    the pages are laid out as the Ogg and Theora specifications give them."""
+    """Ogg holds Theora (and VP8) video as well as Vorbis, Opus and FLAC: a Theora stream begun on the first
+    pages makes a video (it was "audio": video jobs refused it with 415). No encoder of PyAV's writes
+    Theora, so the pages are laid out as the Ogg and Theora specifications give them."""
     theora = _ogg_page(b"\x80theora\x03\x02\x01" + bytes(33))
     vorbis = _ogg_page(b"\x01vorbis" + bytes(23))
     assert sniff(theora + vorbis + bytes(200)) is FileKind.VIDEO
     assert sniff(vorbis + theora + bytes(200)) is FileKind.VIDEO
+    assert sniff(_ogg_page(b"OVP80\x01\x01\x00" + bytes(18)) + bytes(200)) is FileKind.VIDEO  # VP8
     assert sniff(vorbis + bytes(200)) is FileKind.AUDIO
 
 

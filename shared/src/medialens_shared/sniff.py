@@ -54,7 +54,8 @@ class Sniffer:
         self._iso = IsoTracks()
 
     def feed(self, chunk: bytes) -> None:
-        room = (MATROSKA_HEAD_BYTES if self._head.startswith(_EBML_MAGIC) else SNIFF_BYTES) - len(self._head)
+        opening = bytes(self._head[:4]) + chunk[: max(0, 4 - len(self._head))]  # the first chunk may be large
+        room = (MATROSKA_HEAD_BYTES if opening.startswith(_EBML_MAGIC) else SNIFF_BYTES) - len(self._head)
         if room > 0:
             self._head += chunk[:room]
         self._iso.feed(chunk)
@@ -74,7 +75,7 @@ class Sniffer:
         if head.startswith(_EBML_MAGIC):  # Matroska / WebM
             return FileKind.AUDIO if matroska_is_audio(bytes(self._head)) else FileKind.VIDEO
         if head.startswith(b"OggS\x00") and ogg_is_video(head):
-            return FileKind.VIDEO  # Theora (the other Ogg codecs FFmpeg reads are audio)
+            return FileKind.VIDEO  # Theora, Dirac or VP8 (the other Ogg codecs FFmpeg reads are audio)
         return _sniff(head)
 
 

@@ -196,13 +196,13 @@ def _vint(head: bytes, at: int) -> tuple[int, int, int]:
 
 
 def ogg_is_video(head: bytes) -> bool:
-    """Whether an Ogg file opening with `head` begins a Theora or Dirac stream on one of its first pages
-    (every stream's beginning-of-stream page comes before any other page)."""
+    """Whether an Ogg file opening with `head` begins a Theora, Dirac or VP8 stream on one of its first
+    pages (every stream's beginning-of-stream page comes before any other page)."""
     at = 0
     while head.startswith(b"OggS", at) and at + 27 <= len(head) and head[at + 5] & 0x02:
         segments = head[at + 26]
         body = at + 27 + segments
-        if head.startswith((b"\x80theora", b"BBCD\x00"), body):
+        if head.startswith((b"\x80theora", b"BBCD\x00", b"OVP80"), body):
             return True
         at = body + sum(head[at + 27 : body])
     return False
