@@ -426,3 +426,50 @@ def test_a_soundtrack_shorter_than_the_video_in_flv_lasts_its_own_length(tmp_pat
     assert result.format.duration_s == pytest.approx(4.0, abs=0.1)
     [audio] = result.audio
     assert audio.duration_s == pytest.approx(1.0, abs=0.05)  # AAC ends on a whole 1024-sample frame
+
+
+def test_an_avi_without_b_frames_whose_first_frames_are_two_ticks_apart_is_counted_as_it_states(
+    tmp_path: Path,
+) -> None:
+    """An MJPEG AVI whose first frames come every other tick (a webcam warming up, its drops empty chunks),
+    then every tick: its frames are counted as its header states them (the two-tick rule is for H.264 with
+    B-frames remuxed: it halved this one's count and rate)."""
+    path = tmp_path / "warming-up.avi"
+    with av.open(str(path), "w", format="avi") as out:
+        stream = out.add_stream("mjpeg", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 160, 96, "yuvj420p"
+        for tick in range(100):
+            if tick < 40 and tick % 2:
+                continue
+            frame = av.VideoFrame.from_ndarray(np.full((96, 160, 3), tick, np.uint8), format="rgb24")
+            frame.pts, frame.time_base = tick, Fraction(1, 25)
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    video = probe_video(path).video
+    assert (video.frame_count, video.fps, video.avg_fps) == (100, 25.0, 25.0)
+
+
+def test_a_soundtrack_timed_finer_than_a_microsecond_is_measured(tmp_path: Path) -> None:
+    """A soundtrack whose ticks are shorter than a microsecond (3 MHz PCM) in a file that states no
+    stream's length (NUT): finding its end divided by zero (ZeroDivisionError, INTERNAL_ERROR)."""
+    path = tmp_path / "fine.nut"
+    rate = 3_000_000
+    with av.open(str(path), "w", format="nut") as out:
+        video = out.add_stream("mpeg4", rate=25)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        audio = out.add_stream("pcm_s16le", rate=rate)
+        audio.layout = "mono"
+        for index in range(50):
+            picture = av.VideoFrame.from_ndarray(np.full((48, 64, 3), index, np.uint8), format="rgb24")
+            picture.pts, picture.time_base = index, Fraction(1, 25)
+            out.mux(video.encode(picture.reformat(format="yuv420p")))
+        for start in range(0, rate, rate // 10):  # 1 s of silence
+            sound = av.AudioFrame.from_ndarray(
+                np.zeros((1, rate // 10), np.int16), format="s16", layout="mono"
+            )
+            sound.sample_rate, sound.pts, sound.time_base = rate, start, Fraction(1, rate)
+            out.mux(audio.encode(sound))
+        out.mux(video.encode(None))
+        out.mux(audio.encode(None))
+    [sound_track] = probe_video(path).audio
+    assert sound_track.duration_s == pytest.approx(1.0, abs=0.05)

@@ -230,8 +230,9 @@ def avi_frame_ticks(container: Any, stream: Any) -> int:
     """How many ticks of its time base an AVI's frames lie apart: 1, as AVI counts, but in one FFmpeg
     remuxed from MP4 with B-frames (`ffmpeg -i in.mp4 -c copy out.avi`) 2, its ticks 1/50 s for 25 frames a
     second, and its header's frame count and rate then count ticks (600 frames at 50 a second for 300 at
-    25). The least gap between the decoding times of its first packets; 1 for any other container."""
-    if container.format.name != "avi":
+    25). The least gap between the decoding times of its first packets, in such a `reordered_avi` alone
+    (an MJPEG AVI whose first frames are two ticks apart, then one, is counted as it states); else 1."""
+    if not reordered_avi(container):
         return 1
     times = sorted({p.dts for p in _opening_packets(container, stream) if p.dts is not None})
     return min((b - a for a, b in pairwise(times)), default=1)

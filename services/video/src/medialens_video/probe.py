@@ -229,10 +229,9 @@ def _read_seconds(container: Any, stream: Any) -> float | None:
     end, or the stream has no timed packet there."""
     if container.duration is None or stream.time_base is None:
         return None
+    end_s = Fraction((container.start_time or 0) + container.duration, av.time_base)
     try:
-        container.seek(
-            container.duration // round(av.time_base * stream.time_base), stream=stream, backward=True
-        )
+        container.seek(int(end_s / stream.time_base), stream=stream, backward=True)
     except av.error.FFmpegError:
         return None
     end = None
