@@ -330,10 +330,11 @@ def _read_back(
 ) -> tuple[int, list[list[Any]]]:
     """The answer's row count and its first rows (`_inline`), read from its Parquet file at `path`.
 
-    Rows too large for the job's memory together are read fewer at a time, down to none (the answer is
-    whole in its file): `SELECT repeat('x', 1000000) FROM range(1000)` stores a few kilobytes, and its 1,000
-    rows read back at once failed the job saying the table needed more memory. An answer DuckDB writes but
-    cannot read back (a value nested past 500 levels) is the query's error, not an internal one."""
+    Rows too large for the job's memory together are read fewer at a time, down to one:
+    `SELECT repeat('x', 1000000) FROM range(1000)` stores a few kilobytes, and its 1,000 rows read back at
+    once failed the job saying the table needed more memory. An answer DuckDB writes but cannot read back
+    (a value nested past 500 levels, or one 200 deep, which it reads within no memory) is the query's
+    error, not an internal one, nor an answer without rows."""
     target = literal(str(path))
     try:
         row_count = int(
@@ -344,10 +345,13 @@ def _read_back(
             try:
                 first = watch.fetch(f"SELECT {shown} FROM read_parquet({target}) LIMIT {limit}")  # noqa: S608
                 return row_count, _inline(first)
-            except duckdb.OutOfMemoryException:
+            except duckdb.OutOfMemoryException as exc:
                 if limit <= 1:
-                    return row_count, []
-                limit //= 8
+                    raise InvalidParams(
+                        "the answer's first row cannot be read back within the memory a job may use (a value "
+                        f"too large or nested too deep): {reason(exc)}"
+                    ) from exc
+                limit = max(1, limit // 8)
     except (duckdb.InvalidInputException, duckdb.InternalException) as exc:
         why = reason(exc).replace(f' in file "{path}"', "").replace(str(path), "the file")  # no scratch path
         raise InvalidParams(f"the answer cannot be read back from its Parquet file: {why}") from exc
