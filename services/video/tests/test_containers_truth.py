@@ -7,6 +7,7 @@ is."""
 
 from __future__ import annotations
 
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from medialens_video.probe import probe_video
 from medialens_video.quality import detect_quality
 from medialens_video.scenes import detect_scenes
 from medialens_video.thumbnails import ThumbnailImage, extract_thumbnails
-from scripts.samples import frame_number, make_numbered_video, make_video
+from scripts.samples import frame_number, make_numbered_video, make_video, numbered_picture
 
 FPS = 25
 HALF_FRAME_S = 0.5 / FPS + 1e-6
@@ -180,3 +181,22 @@ def test_an_avi_with_b_frames_is_timed_as_shown(clips: Path, tmp_path: Path) -> 
     make_video(cut, duration_s=6.0, cuts_s=[1.48, 3.0, 4.36], black_s=(3.0, 4.36))
     assert [scene.start_s for scene in detect_scenes(cut).scenes] == [0.0, 1.48, 3.0, 4.36]
     assert detect_quality(cut).black == [(3.0, 4.36)]
+
+
+def test_an_avi_with_b_frames_and_dropped_frames_keeps_its_times_after_them(tmp_path: Path) -> None:
+    """Frames dropped from an AVI (empty chunks in their slots) do not shift the frames after them: each
+    frame takes the least slot its packets left (counted one interval apart, every frame after a drop was
+    a frame early per frame dropped). Thumbnails far apart are sought to, not decoded from the start."""
+    path = tmp_path / "dropped.avi"
+    with av.open(str(path), "w", format="avi") as out:
+        stream = out.add_stream("libx264", rate=FPS, options={"bf": "3", "g": "50"})
+        stream.width, stream.height, stream.pix_fmt = 320, 240, "yuv420p"
+        for index in range(300):
+            if 60 <= index <= 62:
+                continue
+            frame = av.VideoFrame.from_ndarray(numbered_picture(index, 320, 240), format="rgb24")
+            frame.pts, frame.time_base = index, Fraction(1, FPS)
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    images = extract_thumbnails(path, out_dir=tmp_path / "thumbs", every_s=4.0)
+    assert [(image.t_s, _shown(image)) for image in images] == [(0.0, 0), (4.0, 100), (8.0, 200)]

@@ -14,10 +14,11 @@ shown (`encode_jpeg`) of it is its top field.
 
 from __future__ import annotations
 
+import heapq
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from itertools import chain, islice, pairwise
 from pathlib import Path
@@ -123,8 +124,7 @@ def reordered_avi(container: Any) -> bool:
     libavformat makes up (GENPTS, which PyAV sets) are each packet's decoding time plus a frame, and they
     travel with the packets in decoding order: frames came out in display order carrying 1, 4, 3, 5, 2...,
     a cut was missed and thumbnails were up to 3 frames off. Read without them, such a video is `untimed`,
-    its frames timed as they come out by `FrameClock`, steadily: an AVI is one frame per interval (its
-    packets state 1 tick where a frame lasts 2 in one remuxed at 50 ticks a second)."""
+    its frames timed as they come out by `FrameClock`, by their packets' decoding times."""
     return container.format.name == "avi" and any(
         stream.codec_context is not None
         and stream.codec_context.name in _REORDERED_CODECS
@@ -251,25 +251,40 @@ class FrameClock:
     stream's frame rate: the SPS's, or the raw demuxer's 25 frames/s where the stream states none; else one
     nominal `interval`), the first at `next` (None: frames stay untimed until one comes with a pts). A
     frame that has a pts keeps it. Right only for frames decoded in order, none skipped (`skip_frame` left
-    at its default)."""
+    at its default).
+
+    In a `reordered_avi`, whose packets' decoding times are its frames' slots (one a frame, a dropped frame
+    an empty chunk's), each frame as it comes out (in display order) takes the least slot among the packets
+    sent to the decoder (`stamp`'s `packet`) that no frame has taken: exact across drops (counted one
+    interval apart, every frame after a drop was a frame early, and more after each), and from any
+    keyframe a seek lands on (a closed GOP's frames fill its own slots)."""
 
     interval: int
     next: int | None = None
-    #: Every frame lasts `interval`, whatever duration the decoder gives it (`reordered_avi`).
-    steady: bool = False
+    #: The slots of the packets sent and not yet taken (a heap), in a `reordered_avi`; else None.
+    slots: list[int] | None = None
 
     @classmethod
     def of(cls, container: Any, stream: Any, first: int) -> FrameClock:
         """The clock for `stream`'s frames from `first`: one nominal frame interval (`frame_ticks`) where a
-        frame states no duration, or always in a `reordered_avi`."""
-        return cls(frame_ticks(stream), first, steady=reordered_avi(container))
+        frame states no duration; by its packets' slots in a `reordered_avi`."""
+        return cls(frame_ticks(stream), first, slots=[] if reordered_avi(container) else None)
 
-    def stamp(self, frames: list[Any]) -> list[Any]:
+    def fresh(self) -> FrameClock:
+        """A clock as this one was made, for another decoder or after a seek."""
+        return replace(self, slots=None if self.slots is None else [])
+
+    def stamp(self, frames: list[Any], packet: Any = None) -> list[Any]:
+        """`frames`, decoded from `packet` (None: the decoder drained), each given its time."""
+        if self.slots is not None and packet is not None and packet.size and packet.dts is not None:
+            heapq.heappush(self.slots, packet.dts)
         for frame in frames:
-            if frame.pts is None and self.next is not None:
+            if frame.pts is None and self.slots:
+                frame.pts = heapq.heappop(self.slots)
+            elif frame.pts is None and self.next is not None:
                 frame.pts = self.next
             if frame.pts is not None:
-                self.next = frame.pts + ((not self.steady and frame.duration) or self.interval)
+                self.next = frame.pts + (frame.duration or self.interval)
         return frames
 
 

@@ -149,7 +149,7 @@ def detect_quality(
             for packet in packets:
                 if repeats(packet):
                     repeated.append(packet.pts if packet.pts is not None else packet.dts)
-                for frame in clock.stamp(guard.decode(stream.codec_context, packet)):
+                for frame in clock.stamp(guard.decode(stream.codec_context, packet), packet):
                     if frame.pts is None:
                         continue
                     show_repeats(before=frame.pts)

@@ -251,7 +251,7 @@ def detect_scenes(
     guard.require_frames(total)  # none on the timeline: an edit list hides every frame (ffmpeg shows none)
 
     def clock() -> FrameClock | None:
-        return replace(timing) if clocked else None
+        return timing.fresh() if clocked else None
 
     report(0.0, f"decoding 0/{total} frames")
     with ThreadPoolExecutor(threads, thread_name_prefix="scenes") as pool:
@@ -488,9 +488,10 @@ def _chunk_task(
                 container.seek(chunk.start, stream=stream, backward=True)
             counting = True
 
-            def take(frames: list[Any]) -> bool:
-                """Compare the chunk's frames among `frames`; False once past the chunk's end."""
-                for frame in frames if clock is None else clock.stamp(frames):
+            def take(frames: list[Any], packet: Any = None) -> bool:
+                """Compare the chunk's frames among `frames` (from `packet`); False once past the chunk's
+                end."""
+                for frame in frames if clock is None else clock.stamp(frames, packet):
                     if frame.pts is None or (chunk.start is not None and frame.pts < chunk.start):
                         continue
                     if chunk.end is not None and frame.pts >= chunk.end:
@@ -519,7 +520,7 @@ def _chunk_task(
                         codec.skip_frame = (
                             "NONREF" if pts is not None and pts not in timeline.full else "DEFAULT"
                         )
-                    if not take(guard.decode(codec, packet)):
+                    if not take(guard.decode(codec, packet), packet):
                         break
         if out.first is None and chunk.start is not None:
             raise _Misaligned
@@ -641,7 +642,7 @@ def _thumbnail_task(
                     if packet.pts is not None and skipping:
                         codec.skip_frame = "DEFAULT" if packet.pts in wanted else "NONREF"
                     decoded = guard.decode(codec, packet)
-                    for frame in decoded if clock is None else clock.stamp(decoded):
+                    for frame in decoded if clock is None else clock.stamp(decoded, packet):
                         if frame.pts is None or frame.pts < remaining[0]:
                             continue
                         due = bisect_right(remaining, frame.pts)

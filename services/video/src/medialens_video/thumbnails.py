@@ -213,7 +213,7 @@ class _Reader:
         """
         if self.last is not None and self.last.pts >= target - slack:
             return self.last
-        if self.clock is not None:
+        if self.clock is not None and self.clock.slots is None:  # read once from its start, never sought
             if self.packets is None:
                 self.packets = packets_of(self.container, self.stream)
         elif self.position is None or target < self.position or target - self.position > ahead:
@@ -253,7 +253,7 @@ class _Reader:
             self.repeated.append(packet.pts if packet.pts is not None else packet.dts)
         decoded = self.guard.decode(codec, packet)
         if self.clock is not None:
-            self.clock.stamp(decoded)
+            self.clock.stamp(decoded, packet)
         return [f for f in decoded if f.pts is not None]
 
     def _shown_again(self, frame: Any, target: int) -> bool:
@@ -299,6 +299,8 @@ class _Reader:
             self._seek(self.start - back if from_start else at)
             self.packets, self.pending, self.last = packets_of(self.container, self.stream), [], None
             self.repeated.clear()
+            if self.clock is not None:
+                self.clock = self.clock.fresh()
             for packet in self.packets:
                 shown = packet.pts if packet.pts is not None else packet.dts
                 if shown is None:
