@@ -128,6 +128,17 @@ def test_intervals_and_128_bit_integers_inside_lists_structs_and_maps_are_exact(
     ]  # fmt: skip
 
 
+def test_a_struct_of_128_bit_integers_written_as_text_is_read_back_whole(table: Path) -> None:
+    """One value past 38 digits writes a column's 128-bit integers as text, read back as the integers they
+    are, at any depth: a DECIMAL(38,0) beside them in the struct stopped that (`{'n': '5'}`)."""
+    answer = ask(
+        table,
+        "SELECT {'n': h, 'd': 1::DECIMAL(38,0)} AS s FROM (VALUES "
+        "(170141183460469231731687303715884105727::HUGEINT), (5::HUGEINT)) v(h) ORDER BY h",
+    )
+    assert answer.rows == [[{"n": 5, "d": 1}], [{"n": "170141183460469231731687303715884105727", "d": 1}]]
+
+
 def test_limit_caps_the_rows_not_the_count(table: Path) -> None:
     """Only `limit` rows come back, while row_count and the Parquet file hold the whole answer."""
     answer = ask(table, "SELECT id FROM data WHERE id % 2 = 0 ORDER BY id DESC", limit=5)

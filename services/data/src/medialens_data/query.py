@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -380,9 +381,21 @@ def _shown(watch: Watchdog, target: str, columns: list[QueryColumn]) -> str:
 
 def _huge_as_text(dtype: str, written: str) -> bool:
     """Whether a column of the answer's type `dtype` holds 128-bit integers written as their text (one of
-    them past 38 digits: `engine.huge_parquet_types`), at any depth, the file's type being `written`: not
-    as `PARQUET_HUGE` (which Parquet holds as it is; an array it holds as a list)."""
-    return "HUGEINT" in dtype and PARQUET_HUGE not in written
+    them past 38 digits: `engine.huge_parquet_types`), at any depth: the file's type `written` is `dtype`
+    with them as VARCHAR (and its intervals so; an array Parquet holds as a list)."""
+    if "HUGEINT" not in dtype:
+        return False
+    as_text = parquet_type(duckdb.sqltype(dtype), "VARCHAR")
+    return as_text is not None and _as_lists(as_text) == _as_lists(written)
+
+
+def _as_lists(type_text: str) -> str:
+    """A type's text as DuckDB spells it, its fixed-size arrays as lists (as Parquet holds them)."""
+    return str(duckdb.sqltype(_ARRAY_SIZE.sub("[]", type_text)))
+
+
+#: The size of a fixed-size array in a type's text (`INTEGER[3]`).
+_ARRAY_SIZE = re.compile(r"\[\d+\]")
 
 
 def _huge_read_back(dtype: str) -> str:
