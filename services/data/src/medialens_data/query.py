@@ -417,8 +417,11 @@ def _inline(first: list[tuple[Any, ...]]) -> list[list[Any]]:
     return rows
 
 
-def _exact_parquet(con: Any, sql: str, columns: list[QueryColumn], *, huge: str = PARQUET_HUGE) -> Any:
-    """The query's relation as Parquet can hold it, exactly and whatever the values.
+def _exact_parquet(
+    con: Any, relation: Any, sql: str, columns: list[QueryColumn], *, huge: str = PARQUET_HUGE
+) -> Any:
+    """The query `sql`'s `relation` (bound once, by `_answer`) as Parquet can hold it, exactly and whatever
+    the values.
 
     DuckDB's Parquet writer stores a 128-bit integer (HUGEINT, the type of every `sum` of integers) as a
     DOUBLE, so `sum(id)` came back as 9007199254740996.0 for 9007199254740995: those values are written
@@ -429,7 +432,6 @@ def _exact_parquet(con: Any, sql: str, columns: list[QueryColumn], *, huge: str 
     Columns are picked by position (`#n`), since an answer's names may repeat; other answers are written
     as they are.
     """
-    relation = con.sql(sql)
     written = [parquet_type(kind, huge) for kind in relation.types]
     if not any(written):
         return relation
@@ -474,17 +476,15 @@ def _answer(
                 for name, dtype in zip(relation.columns, relation.types, strict=True)
             ]
             try:
-                _exact_parquet(con, sql, columns).write_parquet(str(out_path.resolve()), compression="zstd")
+                exact = _exact_parquet(con, relation, sql, columns)
+                exact.write_parquet(str(out_path.resolve()), compression="zstd")
             except duckdb.ConversionException as exc:  # an integer of 39 digits: those columns as text
-                if huge_parquet_types(exc) == PARQUET_HUGE or not any(
-                    "HUGEINT" in c.dtype
-                    for c in columns  # at any depth (`UHUGEINT[]`, `STRUCT(...)`)
-                ):
+                # 128-bit integers at any depth (`UHUGEINT[]`, `STRUCT(...)`) are in the column's type text.
+                if huge_parquet_types(exc) == PARQUET_HUGE or not any("HUGEINT" in c.dtype for c in columns):
                     raise
                 out_path.unlink(missing_ok=True)
-                _exact_parquet(con, sql, columns, huge=huge_parquet_types(exc)).write_parquet(
-                    str(out_path.resolve()), compression="zstd"
-                )
+                exact = _exact_parquet(con, relation, sql, columns, huge=huge_parquet_types(exc))
+                exact.write_parquet(str(out_path.resolve()), compression="zstd")
     except duckdb.PermissionException as exc:
         raise InvalidParams(
             f"the query may read only the table `{TABLE}`, no files, network or settings: "
