@@ -440,13 +440,17 @@ def require_forward(previous: int | None, current: int, *, time_base: Fraction, 
     )
 
 
-def repeats(packet: Any) -> bool:
-    """Whether `packet` shows the frame before it again: empty, with a time of its own (libtheora writes one
-    for each frame that repeats the last; NUT and Matroska keep them as written). Not the demuxer's flush
-    packet at the end, which has no time (an AVI's empty chunk, read without made-up pts, has its decoding
-    time alone). A decoder sent one takes it for the end of the stream and
-    refuses every packet after it: a Theora video holding a still picture failed as damaged."""
-    return not packet.size and (packet.pts is not None or packet.dts is not None)
+def shown_again_at(packet: Any) -> int | None:
+    """The time at which `packet` shows the frame before it again, or None when it does not: an empty
+    packet with a time of its own (libtheora writes one for each frame that repeats the last; NUT and
+    Matroska keep them as written; an AVI's empty chunk, read without made-up pts, has its decoding time
+    alone). Not the demuxer's flush packet at the end, which has no time. A decoder sent one takes it for
+    the end of the stream and refuses every packet after it: a Theora video holding a still picture
+    failed as damaged."""
+    if packet.size:
+        return None
+    at: int | None = packet.pts if packet.pts is not None else packet.dts
+    return at
 
 
 class DecodeGuard:
@@ -461,7 +465,7 @@ class DecodeGuard:
         self._lock = threading.Lock()
 
     def decode(self, codec_context: Any, packet: Any) -> list[Any]:
-        if packet is not None and repeats(packet):
+        if packet is not None and shown_again_at(packet) is not None:
             return []
         try:
             return list(codec_context.decode(packet))

@@ -24,9 +24,9 @@ thumbnails of the same file. A frame that comes without a timestamp is timed by 
 ffmpeg times it, after the frame before it: such frames were dropped, every one of a raw H.264 or HEVC
 stream's (the job failed "no decodable frame"), and most of an MPEG-PS's that times one frame in a few.
 
-An empty packet with a time of its own shows the frame before it again (`frames.repeats`: libtheora writes
-one for every frame of a still picture), and is judged as that frame shown at its time (the frame's own
-duration then ends at it: the last frame's duration closes a stretch open at the end).
+An empty packet with a time of its own shows the frame before it again (`frames.shown_again_at`: libtheora
+writes one for every frame of a still picture), and is judged as that frame shown at its time (the frame's
+own duration then ends at it: the last frame's duration closes a stretch open at the end).
 
 A stretch still open at the end is closed at the video's end: the last frame plus its own duration (a
 last frame held for 3 s closed 40 ms after it started, and a black end shorter than `min_black_s` by then
@@ -52,8 +52,8 @@ from medialens_video.frames import (
     frame_ticks,
     open_video,
     planar_8bit,
-    repeats,
     require_forward,
+    shown_again_at,
 )
 
 #: Mean absolute difference of Y, U and V (0..1) up to which a frame is the still picture it is compared
@@ -147,8 +147,8 @@ def detect_quality(
 
         with demuxed(container, stream) as packets:
             for packet in packets:
-                if repeats(packet):
-                    repeated.append(packet.pts if packet.pts is not None else packet.dts)
+                if (again := shown_again_at(packet)) is not None:
+                    repeated.append(again)
                 for frame in clock.stamp(guard.decode(stream.codec_context, packet), packet):
                     if frame.pts is None:
                         continue

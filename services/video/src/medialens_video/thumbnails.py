@@ -47,7 +47,7 @@ from medialens_video.frames import (
     open_video,
     packet_span,
     pixel_aspect,
-    repeats,
+    shown_again_at,
     skips_frames,
     stated_end,
     untimed,
@@ -190,7 +190,8 @@ class _Reader:
         #: The packet to decode first after a seek: the keyframe `_seek_keyframe` read up to.
         self.head: Any = None
         self.last: Any = None
-        #: Times of the packets read since the last seek that show the frame before them again (`repeats`).
+        #: Times of the packets read since the last seek that show the frame before them again
+        #: (`shown_again_at`).
         self.repeated: list[int] = []
         #: What `report` is told while decoding towards a target: (fraction, message).
         self.note = (0.0, "seeking")
@@ -249,8 +250,8 @@ class _Reader:
 
     def _decode(self, codec: Any, packet: Any) -> list[Any]:
         """The timed frames `packet` gives; a packet showing the frame before again is noted."""
-        if repeats(packet):
-            self.repeated.append(packet.pts if packet.pts is not None else packet.dts)
+        if (again := shown_again_at(packet)) is not None:
+            self.repeated.append(again)
         decoded = self.guard.decode(codec, packet)
         if self.clock is not None:
             self.clock.stamp(decoded, packet)
