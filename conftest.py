@@ -3,6 +3,7 @@
 pytest_plugins = [
     "tests.fixtures.threads",
     "tests.fixtures.logs",
+    "tests.fixtures.scheduling",
     "tests.fixtures.servers",
     "tests.fixtures.stack",
 ]

@@ -37,9 +37,11 @@ ships libx264, mpeg4, aac, libmp3lame, flac and pcm_s16le encoders.
 from __future__ import annotations
 
 import csv
+import os
 import random
 import statistics
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import date, timedelta
 from fractions import Fraction
 from pathlib import Path
@@ -87,6 +89,24 @@ def cut_frames(frame_count: int, fps: float, cuts_s: Sequence[float]) -> list[in
     """The first frame index of each segment when segments start at the times `cuts_s` (plus frame 0)."""
     starts = {0} | {round(t * fps) for t in cuts_s}
     return sorted(start for start in starts if 0 <= start < frame_count)
+
+
+@contextmanager
+def scheduling_kept() -> Iterator[None]:
+    """Put the calling thread's scheduling back as it was once the encoding inside is done.
+
+    SVT-AV1 makes the thread that opens it a real-time one (SCHED_FIFO at priority 99) wherever it may, as
+    root in CI, and every thread and process that thread starts later inherits that: in the test process,
+    two DuckDB lanes started after an AV1 encode held both cores, and the watchdog thread beside them, as
+    real-time as they were and so never preempting them, ran its cancel 10-17 s late. The video generators
+    here encode inside this; a test that encodes video for itself wraps it so too (the suite fails a test
+    that leaves its thread's scheduling changed: `tests/fixtures/scheduling.py`).
+    """
+    policy, param = os.sched_getscheduler(0), os.sched_getparam(0)
+    try:
+        yield
+    finally:
+        os.sched_setscheduler(0, policy, param)
 
 
 def make_video(
@@ -151,7 +171,7 @@ def make_video(
     textures = _Textures(width, height) if texture else None
     noise = _grain_bank(width, height, grain) if grain else None
     half = frame_count // 2
-    with av.open(str(path), mode="w") as container:
+    with scheduling_kept(), av.open(str(path), mode="w") as container:
         video = container.add_stream(codec, rate=fps)
         if not isinstance(video, av.VideoStream):
             raise TypeError(f"{codec!r} is not a video codec")
@@ -239,7 +259,7 @@ def make_numbered_video(
         index if slow_from is None or index <= slow_from else slow_from + 3 * (index - slow_from)
         for index in range(frame_count)
     ]
-    with Path(path).open("wb") as sink:
+    with scheduling_kept(), Path(path).open("wb") as sink:
         target: Any = _Pipe(sink) if piped else sink
         with av.open(target, mode="w", format=muxer) as container:
             video = container.add_stream(codec, rate=fps)

@@ -13,7 +13,7 @@ import pytest
 from medialens_shared.contracts import FileKind
 from medialens_shared.sniff import SNIFF_BYTES, Sniffer, sniff
 from medialens_shared.tracklist import MATROSKA_HEAD_BYTES, IsoTracks
-from scripts.samples import make_audio_only, make_video
+from scripts.samples import make_audio_only, make_video, scheduling_kept
 
 
 def streamed(data: bytes, chunk: int) -> FileKind:
@@ -167,7 +167,7 @@ def test_an_avif_picture_is_no_video(tmp_path: Path) -> None:
     taken by video jobs to fail; none of the kinds a job takes now (415 for every job)."""
     path = tmp_path / "photo.avif"
     encoder = "libaom-av1" if "libaom-av1" in av.codecs_available else "libsvtav1"
-    with av.open(str(path), "w", format="avif") as out:
+    with scheduling_kept(), av.open(str(path), "w", format="avif") as out:
         stream = out.add_stream(encoder, rate=1)
         stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p"
         picture = av.VideoFrame.from_ndarray(np.zeros((64, 64, 3), np.uint8), format="rgb24")

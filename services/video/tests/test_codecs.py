@@ -4,9 +4,6 @@ need no conversion to be made JPEGs."""
 
 from __future__ import annotations
 
-import multiprocessing
-from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from fractions import Fraction
 from pathlib import Path
 
@@ -17,7 +14,14 @@ import pytest
 from medialens_video.frames import encode_jpeg
 from medialens_video.scenes import SceneAnalysis, detect_scenes
 from medialens_video.thumbnails import ThumbnailImage, extract_thumbnails
-from scripts.samples import SEGMENT_COLOURS, _Textures, frame_number, make_numbered_video, make_video
+from scripts.samples import (
+    SEGMENT_COLOURS,
+    _Textures,
+    frame_number,
+    make_numbered_video,
+    make_video,
+    scheduling_kept,
+)
 
 FPS = 25
 
@@ -27,19 +31,6 @@ needs_av1 = pytest.mark.skipif(
 )
 
 
-def _in_a_process_of_its_own(write: Callable[[Path], None], path: Path) -> None:
-    """`write(path)` run in a fresh process. The SVT-AV1 encoder leaves the process that ran it slow to
-    interrupt DuckDB's queries (measured: a cancel of the data service's engine took 0.5 s, then 2.6 s,
-    then 11 s after one encode, 0.1 s without), which failed the data tests that ran after these in the
-    same pytest process; no service encodes AV1."""
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        pool.submit(write, path).result()
-
-
-def _numbered_av1(path: Path) -> None:
-    make_numbered_video(path, frame_count=200, codec="libsvtav1", keyint=50)
-
-
 #: The frames where the AV1 clip of `_av1_with_cuts` cuts to another scene.
 AV1_CUTS = [33, 47, 73, 97, 121]
 
@@ -47,7 +38,7 @@ AV1_CUTS = [33, 47, 73, 97, 121]
 def _av1_with_cuts(path: Path) -> None:
     """6 s of AV1 with a keyframe every 24 frames and cuts at `AV1_CUTS`, between them."""
     textures = _Textures(320, 180)
-    with av.open(str(path), "w") as out:
+    with scheduling_kept(), av.open(str(path), "w") as out:
         stream = out.add_stream("libsvtav1", rate=FPS, options={"g": "24", "preset": "12"})
         stream.width, stream.height, stream.pix_fmt = 320, 180, "yuv420p"
         starts = [0, *AV1_CUTS]
@@ -80,7 +71,7 @@ def test_av1_thumbnails_are_the_frames_at_their_times(tmp_path: Path) -> None:
     non-reference frames: libdav1d, opened while the frames before the first target were being skipped,
     skipped every non-reference frame after, and the thumbnails were the next frames (1.04 s, ...)."""
     path = tmp_path / "numbered.webm"
-    _in_a_process_of_its_own(_numbered_av1, path)
+    make_numbered_video(path, frame_count=200, codec="libsvtav1", keyint=50)
     with av.open(str(path)) as container:
         assert container.streams.video[0].codec_context.name == "libdav1d"
     images = extract_thumbnails(path, out_dir=tmp_path / "t", count=4)
@@ -93,7 +84,7 @@ def test_av1_scenes_each_have_the_thumbnail_of_their_first_frame(tmp_path: Path)
     of its first frame. Four of the six were missing: decoded from the keyframe before, skipping the
     non-reference frames up to it, libdav1d skipped the scene's first frame too."""
     path = tmp_path / "cuts.webm"
-    _in_a_process_of_its_own(_av1_with_cuts, path)
+    _av1_with_cuts(path)
     analysis = detect_scenes(path, thumbnail_dir=tmp_path / "t", thumbnail_width=160)
     assert [scene.start_frame for scene in analysis.scenes] == [0, *AV1_CUTS]
     _assert_scene_thumbnails(path, analysis, 160)
