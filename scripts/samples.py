@@ -391,8 +391,8 @@ def make_audio_only(
     path: Path, *, container_format: str = "mp4", codec: str = "aac", options: dict[str, str] | None = None
 ) -> None:
     """One second of a 440 Hz tone at -20 dBFS, stereo, alone in a container made for video (MP4 by
-    default; `mpegts`, `webm`, `matroska`, `mov`), with no video stream; `options` are the muxer's
-    (`{"movflags": "faststart"}` puts an MP4's track list first)."""
+    default; `mpegts`, `mpeg` with `mp2`, `webm`, `matroska`, `mov`), with no video stream; `options` are
+    the muxer's (`{"movflags": "faststart"}` puts an MP4's track list first)."""
     with av.open(str(path), "w", format=container_format, options=options or {}) as container:
         stream = _add_audio_stream(container, codec, 48000)
         stream.layout = "stereo"

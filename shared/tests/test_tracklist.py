@@ -4,6 +4,7 @@ Matroska and WebM within their first bytes, Ogg by its first pages."""
 from __future__ import annotations
 
 import os
+import random
 from pathlib import Path
 
 import av
@@ -13,7 +14,7 @@ import pytest
 from medialens_shared.contracts import FileKind
 from medialens_shared.sniff import SNIFF_BYTES, Sniffer, sniff
 from medialens_shared.tracklist import MATROSKA_HEAD_BYTES, IsoTracks
-from scripts.samples import make_audio_only, make_video, scheduling_kept
+from scripts.samples import make_audio_only, make_numbered_video, make_video, scheduling_kept
 
 
 def streamed(data: bytes, chunk: int) -> FileKind:
@@ -44,6 +45,50 @@ def test_a_soundtrack_alone_in_a_video_container_is_audio(
     data = path.read_bytes()
     for chunk in (1, 7, 4096, len(data)):
         assert streamed(data, chunk) is FileKind.AUDIO, chunk
+
+
+@pytest.mark.parametrize("codec", ["aac", "mp2", "ac3", "eac3", "libopus"])
+def test_a_soundtrack_alone_in_a_transport_stream_is_audio(tmp_path: Path, codec: str) -> None:
+    """An MPEG-TS whose program map lists soundtracks alone is audio: by their stream types (AAC, MP2, and
+    E-/AC-3 as FFmpeg writes them, with their registration too), or for Opus, a private stream, by its
+    registration descriptor. It was "video" (video jobs took it, then failed UNSUPPORTED_INPUT)."""
+    path = tmp_path / "tone.ts"
+    make_audio_only(path, container_format="mpegts", codec=codec)
+    assert sniff(path.read_bytes()[:SNIFF_BYTES]) is FileKind.AUDIO
+
+
+def test_a_transport_stream_stays_video_unless_its_tables_say_audio(tmp_path: Path) -> None:
+    """A picture beside a soundtrack, or tables not within the first bytes (cut off; a recording begun
+    between two of them), leave a transport stream a video."""
+    path = tmp_path / "clip.ts"
+    make_numbered_video(path, frame_count=10, audio_s=0.5)
+    assert sniff(path.read_bytes()[:SNIFF_BYTES]) is FileKind.VIDEO
+    make_audio_only(path, container_format="mpegts")
+    data = path.read_bytes()
+    pmt = 2 * 188  # FFmpeg writes its service table, then the PAT, then the PMT
+    assert data[pmt + 5] == 0x02
+    assert sniff(data[: pmt + 188 + 188]) is FileKind.AUDIO
+    assert sniff(data[: pmt + 20]) is FileKind.VIDEO  # the PMT cut by the end of the bytes looked at
+    assert sniff(data[pmt : pmt + 188] + data[pmt + 188 : pmt + 188 * 3]) is FileKind.VIDEO  # no PAT before
+    short = bytearray(data[:SNIFF_BYTES])
+    short[pmt + 6 : pmt + 8] = (short[pmt + 6] & 0xF0, 5)  # a PMT section too short for its own header
+    assert sniff(bytes(short)) is FileKind.VIDEO  # it was an IndexError (a 500 for the upload)
+
+
+def test_damaged_transport_stream_tables_are_read_without_error(tmp_path: Path) -> None:
+    """Bytes changed in an audio-only transport stream's PAT and PMT packets, cut anywhere: the upload's
+    sniff answers a kind each time (it is in the gateway's upload path, where an error would be a 500; a PMT
+    too short for its header raised IndexError)."""
+    path = tmp_path / "tone.ts"
+    make_audio_only(path, container_format="mpegts", codec="libopus")
+    head = path.read_bytes()[:SNIFF_BYTES]
+    rng = random.Random(7)
+    for _ in range(3000):
+        damaged = bytearray(head)
+        for _ in range(rng.randint(1, 6)):
+            damaged[rng.choice((188, 376)) + rng.randrange(40)] = rng.randrange(256)  # in the PAT or the PMT
+        kind = sniff(bytes(damaged[: rng.choice([len(damaged), rng.randrange(len(damaged))])]))
+        assert kind in (FileKind.AUDIO, FileKind.VIDEO, FileKind.UNKNOWN, FileKind.TABLE)
 
 
 def test_an_mp4_track_list_past_the_first_bytes_is_read_as_they_stream() -> None:

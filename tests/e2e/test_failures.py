@@ -69,10 +69,10 @@ async def test_wav_with_garbled_header_fails_with_media_decode_error(
 async def test_video_container_without_video_stream_fails_with_unsupported_input(
     api: httpx.AsyncClient, tmp_path: Path
 ) -> None:
-    """A transport stream that holds only audio is accepted as a video (its container does not list its
+    """An MPEG program stream that holds only audio is accepted as a video (its container does not list its
     streams up front) but fails video.probe with UNSUPPORTED_INPUT, saying it has no video stream."""
-    path = tmp_path / "audio-only.ts"
-    make_audio_only(path, container_format="mpegts")
+    path = tmp_path / "audio-only.mpg"
+    make_audio_only(path, container_format="mpeg", codec="mp2")
     job = await run_job(api, "video.probe", path)
     message = await assert_failed(api, job, "UNSUPPORTED_INPUT")
     assert "no video stream" in message, message

@@ -155,10 +155,10 @@ async def test_a_streamable_mp4_cut_short_fails_its_thumbnails_job(
 
 
 async def test_a_video_container_without_video_is_unsupported(api: httpx.AsyncClient, tmp_path: Path) -> None:
-    """A transport stream holding only audio (taken as a video: its container lists no tracks up front)
-    fails its quality job with UNSUPPORTED_INPUT."""
-    path = tmp_path / "sound.ts"
-    make_audio_only(path, container_format="mpegts")
+    """An MPEG program stream holding only audio (taken as a video: its container lists no streams up
+    front) fails its quality job with UNSUPPORTED_INPUT."""
+    path = tmp_path / "sound.mpg"
+    make_audio_only(path, container_format="mpeg", codec="mp2")
     job = await run_job(api, "video.quality", path)
     assert (job["status"], job["error_code"]) == ("failed", "UNSUPPORTED_INPUT"), job
     assert "no video stream" in job["error_message"]

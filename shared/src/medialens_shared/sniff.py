@@ -3,8 +3,8 @@
 The gateway uses this to answer 415 before queueing a job its type cannot take; the services use it to
 tell damaged media (`MEDIA_DECODE_ERROR`) from a file that was never media (`UNSUPPORTED_INPUT`):
 `inspect_media` before they open a file, `unreadable_media` when FFmpeg cannot open it.
-Signatures are the containers' own magic numbers; an MP4, MOV, Matroska, WebM or Ogg file is audio or video
-by the tracks its headers list (`tracklist`). Plain text (UTF-8, UTF-16 with its byte-order mark, or
+Signatures are the containers' own magic numbers; an MP4, MOV, Matroska, WebM, Ogg or MPEG-TS file is audio
+or video by the tracks its headers list (`tracklist`). Plain text (UTF-8, UTF-16 with its byte-order mark, or
 Latin-1) is told apart as CSV or JSON lines.
 """
 
@@ -24,6 +24,7 @@ from medialens_shared.tracklist import (
     iso_is_audio,
     matroska_is_audio,
     ogg_is_video,
+    ts_is_audio,
 )
 
 #: How many leading bytes `sniff` looks at; callers read this much.
@@ -142,7 +143,7 @@ def _sniff_media(head: bytes) -> FileKind | None:
     if head.startswith(_ASF_GUID):
         return _asf(head)  # WMV or WMA
     if len(head) > 188 * 2 and head[0] == 0x47 and head[188] == 0x47 and head[376] == 0x47:
-        return FileKind.VIDEO  # MPEG transport stream
+        return FileKind.AUDIO if ts_is_audio(head) else FileKind.VIDEO  # MPEG transport stream: by its PMT
     if _annex_b(head):
         return FileKind.VIDEO  # raw H.264 or HEVC
     if _audio_magic(head) or _dolby_sync(head):  # raw AC-3 and E-AC-3 have no more than a sync word

@@ -1,17 +1,19 @@
 """Whether a container holds a picture track, read from its own headers: the part of `sniff` that a
 signature alone cannot tell.
 
-An MP4, MOV, 3GP, Matroska, WebM or Ogg file is audio or video by the tracks it lists: FFmpeg writes a
-soundtrack alone as `isom` MP4 (no `M4A ` brand), Opus or Vorbis alone as WebM or Matroska, and Ogg holds
-Theora video as well as Vorbis, Opus and FLAC. Told by signature alone, a soundtrack was a "video" (video jobs
-took it, then failed UNSUPPORTED_INPUT) and a Theora video "audio" (video jobs refused it with 415).
+An MP4, MOV, 3GP, Matroska, WebM, Ogg or MPEG-TS file is audio or video by the tracks it lists: FFmpeg
+writes a soundtrack alone as `isom` MP4 (no `M4A ` brand), Opus or Vorbis alone as WebM or Matroska, a radio
+recording is a transport stream of soundtracks, and Ogg holds Theora video as well as Vorbis, Opus and
+FLAC. Told by signature alone, a soundtrack was a "video" (video jobs took it, then failed
+UNSUPPORTED_INPUT) and a Theora video "audio" (video jobs refused it with 415).
 
 Only headers are read, no media data: PyAV would want the whole file, and the gateway tells a file's kind
 while its bytes stream into GridFS. An ISO file's track list (its `moov` box) lies past the media data in
 any file not written for streaming, so `IsoTracks` reads box headers as the bytes go by, keeping none of
-them. A Matroska file lists its tracks before its first cluster and an Ogg file opens every stream on its
-first pages, so for those the first bytes are enough. Where a list is not (wholly) read, the file counts as
-video: video jobs then take it and tell, and audio jobs take video files anyway.
+them. A Matroska file lists its tracks before its first cluster, an Ogg file opens every stream on its
+first pages and a transport stream repeats its program tables every 100 ms (FFmpeg writes them first), so
+for those the first bytes are enough. Where a list is not (wholly) read, the file counts as video: video
+jobs then take it and tell, and audio jobs take video files anyway.
 """
 
 from __future__ import annotations
@@ -205,4 +207,107 @@ def ogg_is_video(head: bytes) -> bool:
         if head.startswith((b"\x80theora", b"BBCD\x00", b"OVP80"), body):
             return True
         at = body + sum(head[at + 27 : body])
+    return False
+
+
+#: A transport stream's packet size (M2TS's 192-byte packets are not read: their files stay video).
+TS_PACKET = 188
+#: The stream types (ISO 13818-1 and ATSC) of a program's soundtracks: MPEG-1/2 audio, AAC in ADTS and in
+#: LATM, MPEG-4 audio, AC-3 and E-AC-3.
+_TS_AUDIO_TYPES = frozenset({0x03, 0x04, 0x0F, 0x11, 0x1C, 0x81, 0x87})
+#: A private stream (type 0x06) is audio by its descriptors: DVB's AC-3, E-AC-3, DTS and AAC descriptors...
+_TS_AUDIO_DESCRIPTORS = frozenset({0x6A, 0x7A, 0x7B, 0x7C})
+#: ... or a registration descriptor (0x05) with one of these format identifiers (FFmpeg writes Opus so).
+_TS_AUDIO_FORMATS = frozenset({b"Opus", b"AC-3", b"EAC3", b"DTS1", b"DTS2", b"DTS3", b"mlpa"})
+
+
+def ts_is_audio(head: bytes) -> bool:
+    """Whether a transport stream opening with `head` (188-byte packets from its first byte) holds
+    soundtracks alone: its program table (PAT) and every program's map (PMT) lie within `head`, and each
+    stream they list is audio by its type or its descriptors. Anything else (a table not found, cut by the
+    end of `head`, a stream type not known to be audio: subtitles as much as a picture) leaves a video.
+
+    FFmpeg writes the tables first and repeats them every 100 ms; a recording cut from a broadcast may begin
+    between two, and so stays a video."""
+    sections: dict[int, bytearray] = {}
+    pat: bytes | None = None
+    maps: dict[int, bytes] = {}
+    for at in range(0, len(head) - TS_PACKET + 1, TS_PACKET):
+        packet = head[at : at + TS_PACKET]
+        if packet[0] != 0x47:
+            return False
+        pid = (packet[1] & 0x1F) << 8 | packet[2]
+        if pid != 0 and (pat is None or pid not in _pmt_pids(pat)):
+            continue
+        payload = _ts_payload(packet)
+        if packet[1] & 0x40:  # a section starts here, after its pointer field
+            sections[pid] = bytearray(payload[1 + payload[0] :]) if payload else bytearray()
+        elif pid in sections:
+            sections[pid] += payload
+        section = _whole_section(sections.get(pid))
+        if section is None:
+            continue
+        if pid == 0 and section[0] == 0x00:
+            pat = section
+        elif pid != 0 and section[0] == 0x02:
+            maps[pid] = section
+        if pat is not None and maps.keys() >= _pmt_pids(pat):
+            types = [kind for pmt in maps.values() for kind in _pmt_streams(pmt)]
+            return bool(types) and all(types)
+    return False
+
+
+def _ts_payload(packet: bytes) -> bytes:
+    """A transport packet's payload: what follows its header and adaptation field."""
+    control = packet[3] >> 4 & 0x3
+    if not control & 0x1:
+        return b""
+    start = 4 + (1 + packet[4] if control & 0x2 else 0)
+    return packet[start:]
+
+
+def _whole_section(data: bytearray | None) -> bytes | None:
+    """The table section `data` opens with, once all of it has come (its length is in its header)."""
+    if data is None or len(data) < 3:
+        return None
+    end = 3 + ((data[1] & 0x0F) << 8 | data[2])
+    return bytes(data[:end]) if len(data) >= end else None
+
+
+def _pmt_pids(pat: bytes) -> set[int]:
+    """The packet IDs of the program maps a program association section lists (program 0 is the network's
+    information table, not a program)."""
+    entries = pat[8 : len(pat) - 4]  # after the header, before the CRC
+    return {
+        (entries[i + 2] & 0x1F) << 8 | entries[i + 3]
+        for i in range(0, len(entries) - 3, 4)
+        if entries[i : i + 2] != b"\x00\x00"
+    }
+
+
+def _pmt_streams(pmt: bytes) -> Iterator[bool]:
+    """For each stream a program map section lists, whether it is a soundtrack (a section too short for
+    its header: one that is not)."""
+    if len(pmt) < 16:
+        yield False
+        return
+    at = 12 + ((pmt[10] & 0x0F) << 8 | pmt[11])
+    end = len(pmt) - 4  # the CRC
+    while at + 5 <= end:
+        kind = pmt[at]
+        info_end = at + 5 + ((pmt[at + 3] & 0x0F) << 8 | pmt[at + 4])
+        descriptors = pmt[at + 5 : info_end]
+        yield kind in _TS_AUDIO_TYPES or (kind == 0x06 and _private_audio(descriptors))
+        at = info_end
+
+
+def _private_audio(descriptors: bytes) -> bool:
+    """Whether a private stream's descriptors name an audio format."""
+    at = 0
+    while at + 2 <= len(descriptors):
+        tag, length = descriptors[at], descriptors[at + 1]
+        body = descriptors[at + 2 : at + 2 + length]
+        if tag in _TS_AUDIO_DESCRIPTORS or (tag == 0x05 and body[:4] in _TS_AUDIO_FORMATS):
+            return True
+        at += 2 + length
     return False

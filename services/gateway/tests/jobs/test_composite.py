@@ -74,11 +74,11 @@ async def test_a_part_that_does_not_apply_leaves_a_gap_not_a_failure(
 async def test_a_video_part_that_does_not_apply_fails_the_whole(
     api: httpx.AsyncClient, tmp_path: Path
 ) -> None:
-    """Only the audio parts may leave a gap: a transport stream holding only a soundtrack (taken as a video
-    by its container) fails UNSUPPORTED_INPUT with video.probe's reason; it succeeded with every video part
-    null."""
-    path = tmp_path / "audio-only.ts"
-    make_audio_only(path, container_format="mpegts")
+    """Only the audio parts may leave a gap: an MPEG program stream holding only a soundtrack (taken as a
+    video by its container) fails UNSUPPORTED_INPUT with video.probe's reason; it succeeded with every video
+    part null."""
+    path = tmp_path / "audio-only.mpg"
+    make_audio_only(path, container_format="mpeg", codec="mp2")
     job = await submit(api, "media.analyze", await upload(api, path))
     done = await wait_for(api, job["id"], timeout=120)
     assert (done["status"], done["error_code"]) == ("failed", "UNSUPPORTED_INPUT"), done

@@ -279,6 +279,25 @@ async def test_a_soundtrack_alone_in_an_mp4_is_audio(
     assert accepted.status_code == 202, accepted.text
 
 
+async def test_a_soundtrack_alone_in_a_transport_stream_is_audio(
+    api: httpx.AsyncClient, tmp_path: Path, envelope: EnvelopeCheck
+) -> None:
+    """An MPEG-TS whose program map lists only a soundtrack (as a radio recording or FFmpeg writes it) is
+    stored as audio, refused by video jobs with 415 (it was a video: they took it, then failed
+    UNSUPPORTED_INPUT), and its loudness is measured."""
+    path = tmp_path / "radio.ts"
+    make_audio_only(path, container_format="mpegts", codec="mp2")
+    file_id = await upload(api, path, content_type="video/mp2t")
+    assert (await api.get(f"/v1/files/{file_id}")).json()["data"]["kind"] == "audio"
+    response = await api.post("/v1/jobs", json={"type": "video.scenes", "file_id": file_id})
+    envelope(response, status=415, error_code="UNSUPPORTED_MEDIA_TYPE")
+    job = await wait_for(api, (await submit(api, "audio.loudness", file_id))["id"], timeout=60)
+    assert job["status"] == "succeeded", job
+    # A -20 dBFS sine on two channels: an RMS of -23 dB each, +3 dB for two, -0.691 (BS.1770), K-weighting
+    # at 440 Hz about 0.
+    assert (await result_of(api, job["id"]))["integrated_lufs"] == pytest.approx(-20.7, abs=0.3)
+
+
 async def test_an_ogg_theora_video_is_taken_by_video_jobs(api: httpx.AsyncClient, tmp_path: Path) -> None:
     """An Ogg file that begins a Theora stream is a video (it was "audio": every video job refused it with
     415). No encoder of PyAV's writes Theora: the first page is laid out as the Ogg and Theora specifications
