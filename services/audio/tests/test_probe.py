@@ -22,7 +22,7 @@ from medialens_audio.waveform import compute_waveform
 from medialens_shared.contracts import AudioWaveformParams, FileKind
 from medialens_shared.errors import InputNotFound, MediaDecodeError, UnsupportedInput
 from medialens_shared.sniff import SNIFF_BYTES, sniff
-from scripts.samples import corrupt, faststart, make_audio, make_csv, make_video, truncate
+from scripts.samples import corrupt, faststart, make_audio, make_audio_only, make_csv, make_video, truncate
 from tests.fixtures.memory import resident_bytes_left_per_call
 from tests.fixtures.pictures import mux_black_picture
 
@@ -53,6 +53,17 @@ def test_reads_exact_audio_metadata(
     assert result.duration_s == pytest.approx(1.5, abs=FRAME[codec] / sample_rate)
     assert result.bit_rate is not None
     assert result.bit_rate > 0
+
+
+@pytest.mark.parametrize(("codec", "named"), [("mp2", "mp2"), ("libmp3lame", "mp3")])
+def test_mpeg_audio_in_a_transport_stream_is_named_by_its_layer(
+    tmp_path: Path, codec: str, named: str
+) -> None:
+    """FFmpeg 8's MPEG-TS demuxer names every MPEG audio stream `mp3`: a radio recording's MP2 (DVB's sound)
+    was probed as `mp3`, where ffprobe says `mp2`. Its frames' headers say which layer it is."""
+    path = tmp_path / "radio.ts"
+    make_audio_only(path, container_format="mpegts", codec=codec)
+    assert probe_audio(path).codec == named
 
 
 def test_wav_bit_rate_is_exact(tmp_path: Path) -> None:

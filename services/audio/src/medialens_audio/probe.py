@@ -31,11 +31,11 @@ def probe_audio(path: Path) -> AudioProbeResult:
     decode) and `InputNotFound` when there is no file.
     """
     with open_container(path) as (container, stream):
-        _decode_first_frame(container, stream)
+        head = _decode_first_frame(container, stream)
         codec_context = stream.codec_context
         duration_s = stated_duration(container, stream)
         return AudioProbeResult(
-            codec=str(codec_context.codec.canonical_name),
+            codec=_mpeg_audio_codec(str(codec_context.codec.canonical_name), head),
             sample_rate=codec_context.sample_rate,
             channels=codec_context.channels,
             duration_s=duration_s,
@@ -95,16 +95,17 @@ def _file_bit_rate(path: Path, duration_s: float | None) -> int | None:
     return round(path.stat().st_size * 8 / duration_s) or None
 
 
-def _decode_first_frame(container: Any, stream: Any) -> None:
-    """Decode the first frame of `stream`; `MediaDecodeError` when that fails or there is none,
-    `UnsupportedInput` when there is none of a track FFmpeg found no format for (`decode.no_packets`)."""
+def _decode_first_frame(container: Any, stream: Any) -> bytes:
+    """Decode the first frame of `stream`; the first bytes of the packet it came from (`_mpeg_audio_codec`
+    reads them). `MediaDecodeError` when that fails or there is none, `UnsupportedInput` when there is none
+    of a track FFmpeg found no format for (`decode.no_packets`)."""
     try:
         # The demuxer is closed here, not dropped midway: a PyAV demux generator dropped before its end
         # leaves 0.2-1.6 KB behind for good (PyAV 18.1; none once closed), and a probe stops at once.
         with demuxed(container, stream) as packets:
             for packet in packets:
                 for _frame in stream.codec_context.decode(packet):
-                    return
+                    return bytes(memoryview(packet)[:4])
     except av.error.FFmpegError as exc:
         raise MediaDecodeError(
             f"The audio stream cannot be decoded; the file is probably damaged ({ffmpeg_reason(exc)})."
@@ -112,3 +113,18 @@ def _decode_first_frame(container: Any, stream: Any) -> None:
     if unprobed(stream):
         raise no_packets()
     raise MediaDecodeError("The audio stream holds no decodable frame; the file is probably damaged.")
+
+
+#: MPEG audio's layers by the two layer bits of its frame header (00 is reserved).
+_MPEG_AUDIO_LAYERS = {0b11: "mp1", 0b10: "mp2", 0b01: "mp3"}
+
+
+def _mpeg_audio_codec(name: str, packet: bytes) -> str:
+    """`name`, a stream's codec as FFmpeg names it, made exact for MPEG audio by the first bytes of one of
+    its packets (a frame header). FFmpeg 8's MPEG-TS demuxer names an MPEG-1/2 audio stream `mp3` (its
+    decoder reads layers I and II as well) until its parser has read a frame, which its look at a file of
+    soundtracks alone stops before: a radio recording's MP2 was probed as `mp3` where ffprobe says `mp2`.
+    (Beside a video the look reads on and names it right, as `video.probe` gives it.)"""
+    if name == "mp3" and len(packet) >= 2 and packet[0] == 0xFF and packet[1] & 0xE0 == 0xE0:
+        return _MPEG_AUDIO_LAYERS.get(packet[1] >> 1 & 0b11, name)
+    return name
