@@ -75,6 +75,47 @@ def test_a_transport_stream_stays_video_unless_its_tables_say_audio(tmp_path: Pa
     assert sniff(bytes(short)) is FileKind.VIDEO  # it was an IndexError (a 500 for the upload)
 
 
+@pytest.mark.parametrize(
+    ("programs", "kind"),
+    [
+        ({1: (0x100, [0x0F])}, FileKind.AUDIO),
+        ({1: (0x100, [0x0F, 0x03]), 2: (0x101, [0x81])}, FileKind.AUDIO),  # two radio stations
+        ({1: (0x100, [0x0F]), 2: (0x101, [0x1B, 0x0F])}, FileKind.VIDEO),  # a radio and a TV station
+        # Programs may share the packet ID of their maps: each is read (the first one read was taken for all).
+        ({1: (0x100, [0x0F]), 2: (0x100, [0x1B, 0x0F])}, FileKind.VIDEO),
+        ({1: (0x100, [0x0F]), 2: (0x100, [0x04])}, FileKind.AUDIO),
+        ({1: (0x100, [0x0F, 0x06])}, FileKind.VIDEO),  # a private stream that says not what it holds
+    ],
+)
+def test_every_program_of_a_transport_stream_counts(
+    programs: dict[int, tuple[int, list[int]]], kind: FileKind
+) -> None:
+    """A multiplex of programs (a broadcaster's) is audio when every program's map lists soundtracks alone."""
+    pat = b"".join(
+        number.to_bytes(2, "big") + (0xE000 | pid).to_bytes(2, "big") for number, (pid, _) in programs.items()
+    )
+    packets = [_ts_packet(0, _section(0x00, 1, pat))]
+    for number, (pid, types) in programs.items():
+        streams = b"".join(
+            bytes([kind_]) + (0xE200 + i).to_bytes(2, "big") + b"\xf0\x00" for i, kind_ in enumerate(types)
+        )
+        packets.append(_ts_packet(pid, _section(0x02, number, b"\xe2\x00\xf0\x00" + streams)))
+    packets += [_ts_packet(0x1FFF, b"")] * 3  # null packets
+    assert sniff(b"".join(packets)) is kind
+
+
+def _section(table: int, number: int, body: bytes) -> bytes:
+    """A PSI section: its header (`number`: the PAT's stream ID, the PMT's program), `body`, a CRC."""
+    rest = number.to_bytes(2, "big") + b"\xc1\x00\x00" + body + bytes(4)
+    return bytes([table]) + (0xB000 | len(rest)).to_bytes(2, "big") + rest
+
+
+def _ts_packet(pid: int, section: bytes) -> bytes:
+    """A transport packet of `pid` opening with `section` (pointer field 0), padded with 0xFF."""
+    header = bytes([0x47, 0x40 | pid >> 8, pid & 0xFF, 0x10]) + (b"\x00" if section else b"")
+    return (header + section).ljust(188, b"\xff")
+
+
 def test_damaged_transport_stream_tables_are_read_without_error(tmp_path: Path) -> None:
     """Bytes changed in an audio-only transport stream's PAT and PMT packets, cut anywhere: the upload's
     sniff answers a kind each time (it is in the gateway's upload path, where an error would be a 500; a PMT

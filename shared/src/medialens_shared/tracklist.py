@@ -230,14 +230,14 @@ def ts_is_audio(head: bytes) -> bool:
     FFmpeg writes the tables first and repeats them every 100 ms; a recording cut from a broadcast may begin
     between two, and so stays a video."""
     sections: dict[int, bytearray] = {}
-    pat: bytes | None = None
-    maps: dict[int, bytes] = {}
+    programs: dict[int, int] | None = None  # each program's number and the packet ID of its map
+    maps: dict[int, bytes] = {}  # each program's map by its number (programs may share a packet ID)
     for at in range(0, len(head) - TS_PACKET + 1, TS_PACKET):
         packet = head[at : at + TS_PACKET]
         if packet[0] != 0x47:
             return False
         pid = (packet[1] & 0x1F) << 8 | packet[2]
-        if pid != 0 and (pat is None or pid not in _pmt_pids(pat)):
+        if pid != 0 and (programs is None or pid not in programs.values()):
             continue
         payload = _ts_payload(packet)
         if packet[1] & 0x40:  # a section starts here, after its pointer field
@@ -248,10 +248,12 @@ def ts_is_audio(head: bytes) -> bool:
         if section is None:
             continue
         if pid == 0 and section[0] == 0x00:
-            pat = section
-        elif pid != 0 and section[0] == 0x02:
-            maps[pid] = section
-        if pat is not None and maps.keys() >= _pmt_pids(pat):
+            programs = _programs(section)
+        elif pid != 0 and section[0] == 0x02 and programs is not None:
+            number = int.from_bytes(section[3:5], "big")
+            if programs.get(number) == pid:
+                maps[number] = section
+        if programs is not None and maps.keys() >= programs.keys():
             types = [kind for pmt in maps.values() for kind in _pmt_streams(pmt)]
             return bool(types) and all(types)
     return False
@@ -274,12 +276,12 @@ def _whole_section(data: bytearray | None) -> bytes | None:
     return bytes(data[:end]) if len(data) >= end else None
 
 
-def _pmt_pids(pat: bytes) -> set[int]:
-    """The packet IDs of the program maps a program association section lists (program 0 is the network's
-    information table, not a program)."""
+def _programs(pat: bytes) -> dict[int, int]:
+    """The programs a program association section lists, each number with the packet ID of its map
+    (program 0 is the network's information table, not a program)."""
     entries = pat[8 : len(pat) - 4]  # after the header, before the CRC
     return {
-        (entries[i + 2] & 0x1F) << 8 | entries[i + 3]
+        int.from_bytes(entries[i : i + 2], "big"): (entries[i + 2] & 0x1F) << 8 | entries[i + 3]
         for i in range(0, len(entries) - 3, 4)
         if entries[i : i + 2] != b"\x00\x00"
     }
