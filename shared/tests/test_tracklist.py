@@ -57,6 +57,17 @@ def test_a_soundtrack_alone_in_a_transport_stream_is_audio(tmp_path: Path, codec
     assert sniff(path.read_bytes()[:SNIFF_BYTES]) is FileKind.AUDIO
 
 
+def test_an_m2ts_is_read_as_a_transport_stream(tmp_path: Path) -> None:
+    """An M2TS (AVCHD camcorders' `.mts`, Blu-ray), each packet after a 4-byte arrival time, is a video or,
+    by its tables, audio: it was none of the kinds (415 for every job on a camcorder's clip)."""
+    video, sound = tmp_path / "camera.m2ts", tmp_path / "sound.m2ts"
+    make_video(video, duration_s=0.4, width=64, height=48, fps=10)
+    make_audio_only(sound, container_format="mpegts", codec="ac3", options={"mpegts_m2ts_mode": "1"})
+    assert [path.read_bytes()[4::192][:3] for path in (video, sound)] == [b"GGG", b"GGG"]  # 0x47: sync
+    assert sniff(video.read_bytes()[:SNIFF_BYTES]) is FileKind.VIDEO
+    assert sniff(sound.read_bytes()[:SNIFF_BYTES]) is FileKind.AUDIO
+
+
 def test_a_transport_stream_stays_video_unless_its_tables_say_audio(tmp_path: Path) -> None:
     """A picture beside a soundtrack, or tables not within the first bytes (cut off; a recording begun
     between two of them), leave a transport stream a video."""

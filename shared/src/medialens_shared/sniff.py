@@ -24,6 +24,7 @@ from medialens_shared.tracklist import (
     iso_is_audio,
     matroska_is_audio,
     ogg_is_video,
+    transport_packets,
     ts_is_audio,
 )
 
@@ -142,8 +143,8 @@ def _sniff_media(head: bytes) -> FileKind | None:
         return FileKind.VIDEO  # FLV, MPEG program stream, MPEG video
     if head.startswith(_ASF_GUID):
         return _asf(head)  # WMV or WMA
-    if len(head) > 188 * 2 and head[0] == 0x47 and head[188] == 0x47 and head[376] == 0x47:
-        return FileKind.AUDIO if ts_is_audio(head) else FileKind.VIDEO  # MPEG transport stream: by its PMT
+    if (packets := transport_packets(head)) is not None:  # MPEG-TS or M2TS: audio or video by its PMT
+        return FileKind.AUDIO if ts_is_audio(packets) else FileKind.VIDEO
     if _annex_b(head):
         return FileKind.VIDEO  # raw H.264 or HEVC
     if _audio_magic(head) or _dolby_sync(head):  # raw AC-3 and E-AC-3 have no more than a sync word

@@ -210,8 +210,10 @@ def ogg_is_video(head: bytes) -> bool:
     return False
 
 
-#: A transport stream's packet size (M2TS's 192-byte packets are not read: their files stay video).
+#: A transport stream's packet size; an M2TS (Blu-ray, AVCHD camcorders' `.mts`) puts a 4-byte arrival
+#: time before each, `M2TS_PACKET` bytes in all.
 TS_PACKET = 188
+M2TS_PACKET = 192
 #: The stream types (ISO 13818-1 and ATSC) of a program's soundtracks: MPEG-1/2 audio, AAC in ADTS and in
 #: LATM, MPEG-4 audio, AC-3 and E-AC-3.
 _TS_AUDIO_TYPES = frozenset({0x03, 0x04, 0x0F, 0x11, 0x1C, 0x81, 0x87})
@@ -221,8 +223,17 @@ _TS_AUDIO_DESCRIPTORS = frozenset({0x6A, 0x7A, 0x7B, 0x7C})
 _TS_AUDIO_FORMATS = frozenset({b"Opus", b"AC-3", b"EAC3", b"DTS1", b"DTS2", b"DTS3", b"mlpa"})
 
 
+def transport_packets(head: bytes) -> bytes | None:
+    """`head` as 188-byte transport packets when it opens an MPEG transport stream (the sync byte at the
+    start of three packets in a row), an M2TS's with their arrival times taken out; None for another file."""
+    for size, skip in ((TS_PACKET, 0), (M2TS_PACKET, M2TS_PACKET - TS_PACKET)):
+        if len(head) > skip + 2 * size and all(head[skip + n * size] == 0x47 for n in range(3)):
+            return b"".join(head[at + skip : at + size] for at in range(0, len(head) - size + 1, size))
+    return None
+
+
 def ts_is_audio(head: bytes) -> bool:
-    """Whether a transport stream opening with `head` (188-byte packets from its first byte) holds
+    """Whether a transport stream opening with `head` (188-byte packets, as `transport_packets` gives) holds
     soundtracks alone: its program table (PAT) and every program's map (PMT) lie within `head`, and each
     stream they list is audio by its type or its descriptors. Anything else (a table not found, cut by the
     end of `head`, a stream type not known to be audio: subtitles as much as a picture) leaves a video.

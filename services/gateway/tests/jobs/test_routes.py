@@ -298,6 +298,24 @@ async def test_a_soundtrack_alone_in_a_transport_stream_is_audio(
     assert (await result_of(api, job["id"]))["integrated_lufs"] == pytest.approx(-20.7, abs=0.3)
 
 
+async def test_a_camcorders_m2ts_clip_is_a_video(api: httpx.AsyncClient, tmp_path: Path) -> None:
+    """An AVCHD camcorder's clip (M2TS: 192-byte transport packets) is stored as a video and probed: every
+    job on one was refused with 415, its kind unknown."""
+    path = tmp_path / "00001.mts"
+    make_video(path.with_suffix(".m2ts"), duration_s=1.0, width=96, height=64, fps=10)
+    path.with_suffix(".m2ts").rename(path)
+    file_id = await upload(api, path, content_type="video/mp2t")
+    assert (await api.get(f"/v1/files/{file_id}")).json()["data"]["kind"] == "video"
+    job = await wait_for(api, (await submit(api, "video.probe", file_id))["id"], timeout=60)
+    assert job["status"] == "succeeded", job
+    probe = await result_of(api, job["id"])
+    assert (probe["format"]["name"], probe["video"]["frame_count"], probe["video"]["fps"]) == (
+        "mpegts",
+        10,
+        10,
+    )
+
+
 async def test_an_ogg_theora_video_is_taken_by_video_jobs(api: httpx.AsyncClient, tmp_path: Path) -> None:
     """An Ogg file that begins a Theora stream is a video (it was "audio": every video job refused it with
     415). No encoder of PyAV's writes Theora: the first page is laid out as the Ogg and Theora specifications
