@@ -193,6 +193,26 @@ def test_a_raw_video_stream_is_video(tmp_path: Path, name: str, codec: str) -> N
 
 
 @pytest.mark.parametrize(
+    ("name", "codec", "size"),
+    [
+        ("clip.mxf", "mpeg2video", (720, 576)),  # broadcast and professional cameras
+        ("clip.ivf", "libvpx", (160, 120)),  # VP8/VP9/AV1 frames as libvpx and libaom write them
+        ("clip.y4m", "rawvideo", (160, 120)),  # raw frames between programs of a pipeline
+        ("clip.dv", "dvvideo", (720, 576)),  # DV camcorders (PAL)
+        ("clip.nut", "libx264", (160, 120)),
+    ],
+)
+def test_video_containers_known_by_their_signature(
+    tmp_path: Path, name: str, codec: str, size: tuple[int, int]
+) -> None:
+    """MXF, IVF, YUV4MPEG2, DV and NUT files, which the video service reads, are video: they were unknown
+    (every video job refused them with 415)."""
+    path = tmp_path / name
+    make_video(path, duration_s=0.4, fps=25, width=size[0], height=size[1], codec=codec)
+    assert sniff(path.read_bytes()[:SNIFF_BYTES]) is FileKind.VIDEO
+
+
+@pytest.mark.parametrize(
     "head",
     [
         b"\x00\x00\x01\x00\x01\x00\x10\x10",  # an ICO file: a start code, but no NAL unit a stream opens with

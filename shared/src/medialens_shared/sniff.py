@@ -139,8 +139,10 @@ def _sniff_media(head: bytes) -> FileKind | None:
         return FileKind.AUDIO  # WAV, and its 64-bit forms (EBU's RF64 and BW64) past 4 GB
     if head.startswith(b"riff") and head[24:28] == b"wave":
         return FileKind.AUDIO  # Sony Wave64: GUIDs whose first four bytes spell its chunks
-    if head.startswith((b"FLV\x01", b"\x00\x00\x01\xba", b"\x00\x00\x01\xb3")):
-        return FileKind.VIDEO  # FLV, MPEG program stream, MPEG video
+    if head.startswith((b"FLV\x01", b"\x00\x00\x01\xba", b"\x00\x00\x01\xb3", *_VIDEO_MAGIC)):
+        return FileKind.VIDEO  # FLV, MPEG program stream, MPEG video; MXF, IVF, Y4M, NUT
+    if len(head) >= 4 and int.from_bytes(head[:4], "big") & 0xFFFFFF7F == 0x1F07003F:
+        return FileKind.VIDEO  # DV: a DIF sequence's header block (its top bit: 625 lines, else 525)
     if head.startswith(_ASF_GUID):
         return _asf(head)  # WMV or WMA
     if (packets := transport_packets(head)) is not None:  # MPEG-TS or M2TS: audio or video by its PMT
@@ -152,6 +154,16 @@ def _sniff_media(head: bytes) -> FileKind | None:
     return None
 
 
+#: The opening bytes of video files FFmpeg reads: MXF's header partition pack key (broadcast and
+#: professional cameras' files; an MXF of sound alone, as Avid writes each track, counts as a video: its
+#: tracks are not read), IVF (VP8, VP9 or AV1 frames as libvpx and libaom write them), YUV4MPEG2 (raw
+#: frames, as pipelines pass them), and NUT.
+_VIDEO_MAGIC = (
+    bytes.fromhex("060e2b34020501010d010201"),
+    b"DKIF\x00\x00 \x00",
+    b"YUV4MPEG2 ",
+    b"nut/multimedia container\x00",
+)
 #: DTS's core sync word as a raw stream carries it: big-endian, little-endian and both 14-bit forms.
 _DTS_SYNC = (b"\x7f\xfe\x80\x01", b"\xfe\x7f\x01\x80", b"\x1f\xff\xe8\x00", b"\xff\x1f\x00\xe8")
 #: The opening bytes of audio files FFmpeg reads that no text a table starts with holds.

@@ -316,6 +316,23 @@ async def test_a_camcorders_m2ts_clip_is_a_video(api: httpx.AsyncClient, tmp_pat
     )
 
 
+async def test_a_broadcast_mxf_file_is_a_video(api: httpx.AsyncClient, tmp_path: Path) -> None:
+    """An MXF file (MPEG-2 as broadcast and professional cameras write it) is stored as a video and probed:
+    every job on one was refused with 415, its kind unknown."""
+    path = tmp_path / "C0001.mxf"
+    make_video(path, duration_s=1.0, width=720, height=576, fps=25, codec="mpeg2video")
+    file_id = await upload(api, path, content_type="application/mxf")
+    assert (await api.get(f"/v1/files/{file_id}")).json()["data"]["kind"] == "video"
+    job = await wait_for(api, (await submit(api, "video.probe", file_id))["id"], timeout=60)
+    assert job["status"] == "succeeded", job
+    probe = await result_of(api, job["id"])
+    assert (probe["format"]["name"], probe["video"]["codec"], probe["video"]["frame_count"]) == (
+        "mxf",
+        "mpeg2video",
+        25,
+    )
+
+
 async def test_an_ogg_theora_video_is_taken_by_video_jobs(api: httpx.AsyncClient, tmp_path: Path) -> None:
     """An Ogg file that begins a Theora stream is a video (it was "audio": every video job refused it with
     415). No encoder of PyAV's writes Theora: the first page is laid out as the Ogg and Theora specifications
