@@ -298,39 +298,35 @@ async def test_a_soundtrack_alone_in_a_transport_stream_is_audio(
     assert (await result_of(api, job["id"]))["integrated_lufs"] == pytest.approx(-20.7, abs=0.3)
 
 
-async def test_a_camcorders_m2ts_clip_is_a_video(api: httpx.AsyncClient, tmp_path: Path) -> None:
-    """An AVCHD camcorder's clip (M2TS: 192-byte transport packets) is stored as a video and probed: every
-    job on one was refused with 415, its kind unknown."""
-    path = tmp_path / "00001.mts"
-    make_video(path.with_suffix(".m2ts"), duration_s=1.0, width=96, height=64, fps=10)
-    path.with_suffix(".m2ts").rename(path)
-    file_id = await upload(api, path, content_type="video/mp2t")
+@pytest.mark.parametrize(
+    ("name", "written_as", "size", "codec", "probed"),
+    [
+        # An AVCHD camcorder's clip: M2TS, 192-byte transport packets (FFmpeg writes them for `.m2ts`).
+        ("00001.mts", "00001.m2ts", (96, 64), "libx264", ("mpegts", "h264", 25)),
+        # MPEG-2 in MXF, as broadcast and professional cameras write it.
+        ("C0001.mxf", "C0001.mxf", (720, 576), "mpeg2video", ("mxf", "mpeg2video", 25)),
+    ],
+)
+async def test_camera_files_are_videos(
+    api: httpx.AsyncClient,
+    tmp_path: Path,
+    name: str,
+    written_as: str,
+    size: tuple[int, int],
+    codec: str,
+    probed: tuple[str, str, int],
+) -> None:
+    """A camcorder's M2TS clip and a broadcast camera's MXF file are stored as videos and probed: every job
+    on one was refused with 415, its kind unknown."""
+    path = tmp_path / name
+    make_video(tmp_path / written_as, duration_s=1.0, width=size[0], height=size[1], fps=25, codec=codec)
+    (tmp_path / written_as).rename(path)
+    file_id = await upload(api, path, content_type="application/octet-stream")
     assert (await api.get(f"/v1/files/{file_id}")).json()["data"]["kind"] == "video"
     job = await wait_for(api, (await submit(api, "video.probe", file_id))["id"], timeout=60)
     assert job["status"] == "succeeded", job
     probe = await result_of(api, job["id"])
-    assert (probe["format"]["name"], probe["video"]["frame_count"], probe["video"]["fps"]) == (
-        "mpegts",
-        10,
-        10,
-    )
-
-
-async def test_a_broadcast_mxf_file_is_a_video(api: httpx.AsyncClient, tmp_path: Path) -> None:
-    """An MXF file (MPEG-2 as broadcast and professional cameras write it) is stored as a video and probed:
-    every job on one was refused with 415, its kind unknown."""
-    path = tmp_path / "C0001.mxf"
-    make_video(path, duration_s=1.0, width=720, height=576, fps=25, codec="mpeg2video")
-    file_id = await upload(api, path, content_type="application/mxf")
-    assert (await api.get(f"/v1/files/{file_id}")).json()["data"]["kind"] == "video"
-    job = await wait_for(api, (await submit(api, "video.probe", file_id))["id"], timeout=60)
-    assert job["status"] == "succeeded", job
-    probe = await result_of(api, job["id"])
-    assert (probe["format"]["name"], probe["video"]["codec"], probe["video"]["frame_count"]) == (
-        "mxf",
-        "mpeg2video",
-        25,
-    )
+    assert (probe["format"]["name"], probe["video"]["codec"], probe["video"]["frame_count"]) == probed
 
 
 async def test_an_ogg_theora_video_is_taken_by_video_jobs(api: httpx.AsyncClient, tmp_path: Path) -> None:
