@@ -115,9 +115,31 @@ def test_every_program_of_a_transport_stream_counts(
     assert sniff(b"".join(packets)) is kind
 
 
-def _section(table: int, number: int, body: bytes) -> bytes:
-    """A PSI section: its header (`number`: the PAT's stream ID, the PMT's program), `body`, a CRC."""
-    rest = number.to_bytes(2, "big") + b"\xc1\x00\x00" + body + bytes(4)
+def test_only_the_tables_in_force_and_whole_count() -> None:
+    """A PAT sent ahead of the one in force (current_next_indicator 0), naming a radio station, does not
+    count; nor does a PAT in several sections, read from its first alone (the radio, with a TV station in
+    the second): both leave a video, which they were called audio before."""
+    radio, tv = (1).to_bytes(2, "big") + b"\xe1\x00", (2).to_bytes(2, "big") + b"\xe1\x01"
+    maps = [
+        _ts_packet(0x100, _section(0x02, 1, b"\xe2\x00\xf0\x00\x0f\xe2\x00\xf0\x00")),
+        _ts_packet(0x101, _section(0x02, 2, b"\xe2\x00\xf0\x00\x1b\xe2\x01\xf0\x00")),
+    ]
+    nulls = [_ts_packet(0x1FFF, b"")] * 3
+    ahead = [
+        _ts_packet(0, _section(0x00, 1, radio, state=b"\xc0\x00\x00")),
+        _ts_packet(0, _section(0x00, 1, tv)),
+    ]
+    assert sniff(b"".join(ahead + maps + nulls)) is FileKind.VIDEO
+    split = [_ts_packet(0, _section(0x00, 1, radio, state=b"\xc1\x00\x01"))]
+    assert sniff(b"".join(split + maps + nulls)) is FileKind.VIDEO
+    whole = [_ts_packet(0, _section(0x00, 1, radio))]
+    assert sniff(b"".join(whole + maps + nulls)) is FileKind.AUDIO  # the radio alone: audio
+
+
+def _section(table: int, number: int, body: bytes, *, state: bytes = b"\xc1\x00\x00") -> bytes:
+    """A PSI section: its header (`number`: the PAT's stream ID, the PMT's program; `state`: its version
+    and current_next_indicator, its section number and the last one), `body`, a CRC."""
+    rest = number.to_bytes(2, "big") + state + body + bytes(4)
     return bytes([table]) + (0xB000 | len(rest)).to_bytes(2, "big") + rest
 
 

@@ -256,8 +256,10 @@ def ts_is_audio(head: bytes) -> bool:
         elif pid in sections:
             sections[pid] += payload
         section = _whole_section(sections.get(pid))
-        if section is None:
-            continue
+        if section is None or len(section) < 8 or not section[5] & 0x01:
+            continue  # not all come, or a table sent ahead of the one in force (current_next_indicator 0)
+        if section[6] or section[7]:
+            return False  # a table in several sections (a PAT of hundreds of programs): not read
         if pid == 0 and section[0] == 0x00:
             programs = _programs(section)
         elif pid != 0 and section[0] == 0x02 and programs is not None:
