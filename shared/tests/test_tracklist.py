@@ -96,6 +96,9 @@ def test_a_transport_stream_stays_video_unless_its_tables_say_audio(tmp_path: Pa
         ({1: (0x100, [0x0F]), 2: (0x100, [0x1B, 0x0F])}, FileKind.VIDEO),
         ({1: (0x100, [0x0F]), 2: (0x100, [0x04])}, FileKind.AUDIO),
         ({1: (0x100, [0x0F, 0x06])}, FileKind.VIDEO),  # a private stream that says not what it holds
+        ({1: (0x100, [0x0F, 0x15])}, FileKind.AUDIO),  # an HLS audio rendition: AAC and timed ID3 metadata
+        ({1: (0x100, [0x1B, 0x15])}, FileKind.VIDEO),
+        ({1: (0x100, [0x15, 0x86])}, FileKind.VIDEO),  # metadata and ad breaks, no sound
     ],
 )
 def test_every_program_of_a_transport_stream_counts(

@@ -217,6 +217,9 @@ M2TS_PACKET = 192
 #: The stream types (ISO 13818-1 and ATSC) of a program's soundtracks: MPEG-1/2 audio, AAC in ADTS and in
 #: LATM, MPEG-4 audio, AC-3 and E-AC-3.
 _TS_AUDIO_TYPES = frozenset({0x03, 0x04, 0x0F, 0x11, 0x1C, 0x81, 0x87})
+#: Streams that are neither sound nor picture beside soundtracks: metadata in PES packets (the timed ID3 of
+#: an HLS audio rendition) and SCTE-35 splice information (ad breaks).
+_TS_NEITHER_TYPES = frozenset({0x15, 0x86})
 #: A private stream (type 0x06) is audio by its descriptors: DVB's AC-3, E-AC-3, DTS and AAC descriptors...
 _TS_AUDIO_DESCRIPTORS = frozenset({0x6A, 0x7A, 0x7B, 0x7C})
 #: ... or a registration descriptor (0x05) with one of these format identifiers (FFmpeg writes Opus so).
@@ -234,9 +237,10 @@ def transport_packets(head: bytes) -> bytes | None:
 
 def ts_is_audio(head: bytes) -> bool:
     """Whether a transport stream opening with `head` (188-byte packets, as `transport_packets` gives) holds
-    soundtracks alone: its program table (PAT) and every program's map (PMT) lie within `head`, and each
-    stream they list is audio by its type or its descriptors. Anything else (a table not found, cut by the
-    end of `head`, a stream type not known to be audio: subtitles as much as a picture) leaves a video.
+    soundtracks alone: its program table (PAT) and every program's map (PMT) lie within `head`, and the
+    streams they list are audio by their type or descriptors, or metadata beside it. Anything else (a table
+    not found, cut by the end of `head`, a stream type not known to be audio: subtitles as much as a
+    picture) leaves a video.
 
     FFmpeg writes the tables first and repeats them every 100 ms; a recording cut from a broadcast may begin
     between two, and so stays a video."""
@@ -267,8 +271,8 @@ def ts_is_audio(head: bytes) -> bool:
             if programs.get(number) == pid:
                 maps[number] = section
         if programs is not None and maps.keys() >= programs.keys():
-            types = [kind for pmt in maps.values() for kind in _pmt_streams(pmt)]
-            return bool(types) and all(types)
+            kinds = [kind for pmt in maps.values() for kind in _pmt_streams(pmt)]
+            return True in kinds and False not in kinds
     return False
 
 
@@ -300,9 +304,9 @@ def _programs(pat: bytes) -> dict[int, int]:
     }
 
 
-def _pmt_streams(pmt: bytes) -> Iterator[bool]:
-    """For each stream a program map section lists, whether it is a soundtrack (a section too short for
-    its header: one that is not)."""
+def _pmt_streams(pmt: bytes) -> Iterator[bool | None]:
+    """For each stream a program map section lists, whether it is a soundtrack; None for one that is neither
+    sound nor picture (`_TS_NEITHER_TYPES`). A section too short for its header lists one that is not."""
     if len(pmt) < 16:
         yield False
         return
@@ -312,7 +316,10 @@ def _pmt_streams(pmt: bytes) -> Iterator[bool]:
         kind = pmt[at]
         info_end = at + 5 + ((pmt[at + 3] & 0x0F) << 8 | pmt[at + 4])
         descriptors = pmt[at + 5 : info_end]
-        yield kind in _TS_AUDIO_TYPES or (kind == 0x06 and _private_audio(descriptors))
+        if kind in _TS_NEITHER_TYPES:
+            yield None
+        else:
+            yield kind in _TS_AUDIO_TYPES or (kind == 0x06 and _private_audio(descriptors))
         at = info_end
 
 
