@@ -164,8 +164,7 @@ def test_damaged_transport_stream_tables_are_read_without_error(tmp_path: Path) 
         damaged = bytearray(head)
         for _ in range(rng.randint(1, 6)):
             damaged[rng.choice((188, 376)) + rng.randrange(40)] = rng.randrange(256)  # in the PAT or the PMT
-        kind = sniff(bytes(damaged[: rng.choice([len(damaged), rng.randrange(len(damaged))])]))
-        assert kind in (FileKind.AUDIO, FileKind.VIDEO, FileKind.UNKNOWN, FileKind.TABLE)
+        sniff(bytes(damaged[: rng.choice([len(damaged), rng.randrange(len(damaged))])]))  # raises nothing
 
 
 def test_an_mp4_track_list_past_the_first_bytes_is_read_as_they_stream() -> None:
