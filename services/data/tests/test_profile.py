@@ -796,3 +796,20 @@ def test_a_float_columns_nan_and_infinities_are_left_out_of_its_statistics(tmp_p
     assert column.std == pytest.approx(statistics.stdev(finite))
     assert column.null_count == 1
     assert {top.value for top in column.top_values} == {1.0, 2.0, 4.0, "NaN", "Infinity", "-Infinity"}
+
+
+def test_nested_values_profile_as_exactly_as_top_level_ones(tmp_path: Path) -> None:
+    """A column of lists or structs of timestamps or 32-bit floats shows its top values, min and max as a
+    column of them alone would: `[TIMESTAMP 'infinity']` showed as 9999-12-31T23:59:59.999999, a nested
+    TIMESTAMP_NS of 1969 as 1970-01-01T00:00:00, a nested 0.1 FLOAT as 0.10000000149011612."""
+    path = tmp_path / "nested.parquet"
+    with duckdb.connect() as con:
+        con.execute(
+            "COPY (SELECT [TIMESTAMP 'infinity', TIMESTAMP '2024-01-02 03:04:05'] AS ts, [0.1::FLOAT] AS f, "
+            "{'at': TIMESTAMP_NS '1969-12-31 23:59:59.999999999'} AS s FROM range(3)) "
+            f"TO '{path}' (FORMAT parquet)"
+        )
+    result = profile_table(path, params=DataProfileParams())
+    shown = {c.name: (c.min, c.max, [(top.value, top.count) for top in c.top_values]) for c in result.columns}
+    ts, at = ["infinity", "2024-01-02T03:04:05"], {"at": "1969-12-31T23:59:59.999999999"}
+    assert shown == {"ts": (ts, ts, [(ts, 3)]), "f": ([0.1], [0.1], [([0.1], 3)]), "s": (at, at, [(at, 3)])}

@@ -806,3 +806,34 @@ def test_json_uuids_in_capitals_keep_their_text(tmp_path: Path) -> None:
         ("v", "UUID"),
     ]
     assert answer.rows == [[1, guid, guid.lower()], [2, guid.lower(), guid.lower()]]
+
+
+def test_nested_values_come_as_exactly_as_top_level_ones(tmp_path: Path) -> None:
+    """Timestamps, dates, times and 32-bit floats in lists, arrays, structs and maps (`list(ts)` of a
+    GROUP BY) come as they do at the top level: `[TIMESTAMP 'infinity']` came as 9999-12-31T23:59:59.999999,
+    a nested TIMESTAMP_NS without its nanoseconds, a nested 0.1 FLOAT as 0.10000000149011612. A list of
+    them with a 128-bit integer past 38 digits beside (written as text, then read back) too."""
+    path = tmp_path / "input.parquet"
+    with duckdb.connect() as con:
+        con.execute(
+            "COPY (SELECT [TIMESTAMP 'infinity', TIMESTAMP '2024-01-02 03:04:05.25', NULL] AS ts, "
+            "[TIMESTAMP_NS '1969-12-31 23:59:59.999999999']::TIMESTAMP_NS[1] AS ns, "
+            "{'until': DATE '-infinity', 'at': TIME_NS '01:02:03.000000001', 'f': 0.1::FLOAT} AS s, "
+            "MAP {'a': [TIMESTAMPTZ_NS '2024-01-01 12:00:00.123456789+00']} AS m, "
+            "[[0.1::FLOAT]] AS deep, CAST(NULL AS STRUCT(t TIMESTAMP)) AS gone"
+            f") TO '{path}' (FORMAT parquet)"
+        )
+    answer = ask(path, "SELECT * FROM data")
+    assert answer.rows == [
+        [
+            ["infinity", "2024-01-02T03:04:05.250000", None],
+            ["1969-12-31T23:59:59.999999999"],
+            {"until": "-infinity", "at": "01:02:03.000000001", "f": 0.1},
+            {"a": ["2024-01-01T12:00:00.123456789+00:00"]},
+            [[0.1]],
+            None,
+        ]
+    ]
+    widest = 170141183460469231731687303715884105727
+    huge = ask(path, f"SELECT [{widest}::HUGEINT] AS big, [TIMESTAMP_NS '2024-01-01 00:00:00.5'] AS ns")
+    assert huge.rows == [[[str(widest)], ["2024-01-01T00:00:00.500000000"]]]

@@ -24,10 +24,12 @@ from medialens_data.engine import (
     Watchdog,
     connect,
     count_label,
+    each_leaf,
     huge_parquet_types,
     ident,
     literal,
     lock,
+    nested,
 )
 from medialens_data.source import Source, expose, input_failure, inspect, reread, resample
 from medialens_shared.contracts import DataConvertParams
@@ -134,10 +136,6 @@ def convert_table(
     )
 
 
-#: The starts of the DuckDB types of nested values (a list's type ends with `[]`, an array's with `[n]`).
-_NESTED_PREFIXES = ("STRUCT(", "MAP(", "UNION(")
-
-
 def _copied(con: Any, source: Source, to: Target, *, huge: str = PARQUET_HUGE) -> str:
     """What `COPY` writes: the view, its columns that the output's writer would not give back as they are
     rewritten (`_rewritten`). A CSV into CSV is the view itself: a CSV input has no nested values, and
@@ -182,19 +180,23 @@ def _rewritten(column: str, kind: Any, to: Target, *, huge: str) -> str | None:
     dtype = str(kind)
     if to == "parquet":
         return f"CAST({column} AS {huge})" if dtype in HUGE_INTEGERS else None
-    if to == "csv" and (dtype.startswith(_NESTED_PREFIXES) or dtype.endswith("]")):
+    if to == "csv" and nested(dtype):
         return f"CAST(to_json({_as_json(column, kind) or column}) AS VARCHAR)"
     if to == "csv":
         return f"lower(hex({column}))" if dtype == "BLOB" else None
     return _as_json(column, kind)
 
 
-def _as_json(expr: str, kind: Any, depth: int = 0) -> str | None:
+def _as_json(expr: str, kind: Any) -> str | None:
     """`expr`, of the DuckDB type `kind` (a `DuckDBPyType`), as JSON can hold it, however deep in lists,
-    arrays, structs and maps' values: each NaN and infinity null, each 32-bit float its shortest text's
-    double, each BLOB its bytes in hexadecimal; None when it holds none of them. DuckDB's JSON writer
-    wrote `[1.5,NaN]`, which no JSON reader but Python's takes, and `["ab\\x00"]`; `[1.5,null]` and
-    `["616200"]` now, as at the top level."""
+    arrays, structs and maps' values (`engine.each_leaf`): each NaN and infinity null, each 32-bit float
+    its shortest text's double, each BLOB its bytes in hexadecimal; None when it holds none of them.
+    DuckDB's JSON writer wrote `[1.5,NaN]`, which no JSON reader but Python's takes, and `["ab\\x00"]`;
+    `[1.5,null]` and `["616200"]` now, as at the top level."""
+    return each_leaf(expr, kind, _json_leaf)
+
+
+def _json_leaf(expr: str, kind: Any) -> str | None:
     match kind.id:
         case "double":
             return f"CASE WHEN isfinite({expr}) THEN {expr} END"
@@ -202,26 +204,6 @@ def _as_json(expr: str, kind: Any, depth: int = 0) -> str | None:
             return f"CASE WHEN isfinite({expr}) THEN {FLOAT_AS_WRITTEN.format(expr)} END"
         case "blob":
             return f"lower(hex({expr}))"
-        case "list" | "array":
-            item = f"item{depth}"
-            inner = _as_json(item, dict(kind.children)["child"], depth + 1)
-            return None if inner is None else f"list_transform({expr}, lambda {item}: {inner})"
-        case "map":
-            entry = f"entry{depth}"
-            value = _as_json(f"{entry}.value", dict(kind.children)["value"], depth + 1)
-            if value is None:
-                return None
-            pair = f"{{'key': {entry}.key, 'value': {value}}}"
-            return f"map_from_entries(list_transform(map_entries({expr}), lambda {entry}: {pair}))"
-        case "struct":
-            fields = [
-                (name, f"struct_extract({expr}, {literal(name)})", child) for name, child in kind.children
-            ]
-            finite = [(name, _as_json(field, child, depth), field) for name, field, child in fields]
-            if all(value is None for _, value, _ in finite):
-                return None
-            packed = ", ".join(f"{ident(name)} := {value or field}" for name, value, field in finite)
-            return f"CASE WHEN {expr} IS NOT NULL THEN struct_pack({packed}) END"
         case _:
             return None
 

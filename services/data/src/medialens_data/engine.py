@@ -515,10 +515,73 @@ def as_text(expr: str, dtype: str) -> str:
     ending `+00:00` as Python writes the others), nanosecond times with them when they have any, intervals
     as DuckDB's text (`1 month 2 days`), dates and other timestamps as Python writes them but `infinity`
     and `-infinity` as such, 32-bit floats as the double their shortest text is (`FLOAT_AS_WRITTEN`);
-    other types are left as they are, for `json_value`.
+    other types are left as they are, for `json_value`. So at any depth in lists, arrays, structs and
+    maps (`each_leaf`): DuckDB's client gave `[TIMESTAMP 'infinity']` as 9999-12-31T23:59:59.999999,
+    a nested TIMESTAMP_NS of 1969 as 1970-01-01 and a nested 0.1 FLOAT as 0.10000000149011612.
     """
     template = _AS_TEXT.get(dtype)
-    return expr if template is None else template.format(expr)
+    if template is not None:
+        return template.format(expr)
+    if not nested(dtype):
+        return expr
+    return each_leaf(expr, duckdb.sqltype(dtype), _text_leaf, keys=True) or expr
+
+
+def _text_leaf(expr: str, kind: Any) -> str | None:
+    template = _AS_TEXT.get(str(kind))
+    return None if template is None else template.format(expr)
+
+
+#: The starts of the DuckDB types of nested values (a list's type ends with `[]`, an array's with `[n]`).
+_NESTED_PREFIXES = ("STRUCT(", "MAP(", "UNION(")
+
+
+def nested(dtype: str) -> bool:
+    """Whether values of the DuckDB type named `dtype` hold others: lists, arrays, structs, maps, unions."""
+    return dtype.startswith(_NESTED_PREFIXES) or dtype.endswith("]")
+
+
+def each_leaf(
+    expr: str, kind: Any, leaf: Callable[[str, Any], str | None], *, keys: bool = False, depth: int = 0
+) -> str | None:
+    """`expr`, of the DuckDB type `kind` (a `DuckDBPyType`), with each value in it rewritten by `leaf` (the
+    SQL of one value, given that value's SQL and type; None to keep it as it is), however deep in lists,
+    arrays (then lists), structs and maps (their keys too where `keys`); None when `leaf` rewrites nothing.
+    A null struct stays null; a union's members are kept as they are (DuckDB has no expression that
+    rewrites one member of a union and keeps its tag)."""
+    match kind.id:
+        case "list" | "array":
+            item = f"item{depth}"
+            inner = each_leaf(item, dict(kind.children)["child"], leaf, keys=keys, depth=depth + 1)
+            return None if inner is None else f"list_transform({expr}, lambda {item}: {inner})"
+        case "map":
+            entry = f"entry{depth}"
+            key, value = (
+                each_leaf(f"{entry}.{part}", child, leaf, keys=keys, depth=depth + 1)
+                if part == "value" or keys
+                else None
+                for part, child in kind.children
+            )
+            if key is None and value is None:
+                return None
+            pair = f"{{'key': {key or f'{entry}.key'}, 'value': {value or f'{entry}.value'}}}"
+            return f"map_from_entries(list_transform(map_entries({expr}), lambda {entry}: {pair}))"
+        case "struct":
+            fields = [
+                (name, f"struct_extract({expr}, {literal(name)})", child) for name, child in kind.children
+            ]
+            rewritten = [
+                (name, each_leaf(field, child, leaf, keys=keys, depth=depth), field)
+                for name, field, child in fields
+            ]
+            if all(value is None for _, value, _ in rewritten):
+                return None
+            packed = ", ".join(f"{ident(name)} := {value or field}" for name, value, field in rewritten)
+            return f"CASE WHEN {expr} IS NOT NULL THEN struct_pack({packed}) END"
+        case "union":
+            return None
+        case _:
+            return leaf(expr, kind)
 
 
 def _whole(value: decimal.Decimal) -> bool:

@@ -371,7 +371,7 @@ def _shown(watch: Watchdog, target: str, columns: list[QueryColumn]) -> str:
     answer's 128-bit integers written as text (`engine.huge_parquet_types`) as the integers they are."""
     dtypes = [str(row[1]) for row in watch.fetch(f"DESCRIBE SELECT * FROM read_parquet({target})")]  # noqa: S608
     picks = [
-        f"CAST(#{n} AS {_huge_read_back(column.dtype)})"
+        as_text(f"CAST(#{n} AS {_huge_read_back(column.dtype)})", _huge_read_back(column.dtype))
         if _huge_as_text(column.dtype, dtype)
         else as_text(f"#{n}", dtype)
         for n, (column, dtype) in enumerate(zip(columns, dtypes, strict=True), start=1)
