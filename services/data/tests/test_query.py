@@ -324,6 +324,7 @@ def test_table_functions_making_rows_from_their_arguments_may_be_called(
     [
         ("SELECT current_setting('allowed_paths')", r"current_setting\(\) shows the service's own setup"),
         ("SELECT current_query()", r"current_query\(\) shows the service's own setup"),
+        ("SELECT VERSION() FROM data", r"version\(\) shows the service's own setup"),
         ("SELECT * FROM duckdb_settings()", r"duckdb_settings\(\) is not among"),
         ("SELECT * FROM duckdb_views()", r"duckdb_views\(\) is not among"),
         ("SELECT * FROM duckdb_extensions()", r"duckdb_extensions\(\) is not among"),

@@ -99,7 +99,8 @@ _SHOWN_LISTS = frozenset({"", "tables", "databases", "__show_tables_expanded"})
 
 
 #: Functions that show the service's own setup: its paths, limits and secrets' directory
-#: (`current_setting`), the statement that writes the answer's file (`current_query`), a plan of SQL given
+#: (`current_setting`), the statement that writes the answer's file (`current_query`), the engine's version
+#: (`version`: which of DuckDB's published flaws an attacker may try), a plan of SQL given
 #: as a string, which the check cannot see into and whose constants are folded (`json_serialize_plan` of
 #: `SELECT current_setting('allowed_paths')` gave every path; `json_serialize_sql` beside it); and
 #: DuckDB's macros that read its catalog in a query of their own, which the syntax tree does not show
@@ -115,7 +116,7 @@ def _catalog_macros() -> frozenset[str]:
 
 
 _REVEALING_FUNCTIONS = (
-    frozenset({"current_setting", "current_query", "json_serialize_plan", "json_serialize_sql"})
+    frozenset({"current_setting", "current_query", "version", "json_serialize_plan", "json_serialize_sql"})
     | _catalog_macros()
 )
 #: Share of the job's progress that loading the input takes.
