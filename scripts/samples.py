@@ -71,8 +71,16 @@ SEGMENT_COLOURS: tuple[tuple[int, int, int], ...] = (
 )
 
 #: Muxer `make_numbered_video` uses for each file suffix, and the codec of its tone where AAC does not fit.
-_MUXERS = {".mkv": "matroska", ".webm": "webm", ".ts": "mpegts", ".mpg": "mpeg", ".mp4": "mp4", ".avi": "avi"}
-_TONE_CODECS = {"webm": "libopus", "mpeg": "mp2"}
+_MUXERS = {
+    ".mkv": "matroska",
+    ".webm": "webm",
+    ".ts": "mpegts",
+    ".mpg": "mpeg",
+    ".mp4": "mp4",
+    ".avi": "avi",
+    ".wmv": "asf",
+}
+_TONE_CODECS = {"webm": "libopus", "mpeg": "mp2", "asf": "wmav2"}
 
 _LAYOUTS = {1: "mono", 2: "stereo", 3: "2.1", 4: "quad", 5: "5.0", 6: "5.1", 8: "7.1"}
 _CSV_CATEGORIES = ("alpha", "beta", "gamma", "delta")
@@ -249,7 +257,8 @@ def make_numbered_video(
     Keyframes fall exactly every `keyint` frames from frame 0, none in between (libx264 without scene-cut
     keyframes, mpeg2video, libvpx and libvpx-vp9). The video starts `start_s` seconds into the file (its
     timestamps are offset by it; a multiple of the frame interval). `audio_s` adds a 1 kHz tone from 0 to
-    that time (AAC; MP2 in MPEG-PS, Opus in WebM), so audio may outlast the video or start before it.
+    that time (AAC; MP2 in MPEG-PS, Opus in WebM, WMA in ASF), so audio may outlast the video or start
+    before it.
     Frames from `slow_from` on last three frame intervals instead of one: a rate that changes midway,
     which Matroska states nowhere (its default frame duration stays `1/fps`). `piped` writes through an
     object that cannot seek, as `ffmpeg ... -f matroska - > file` does: the file has no duration and no
@@ -605,6 +614,8 @@ def _add_audio_stream(container: OutputContainer, codec: str, sample_rate: int) 
     stream = container.add_stream(codec, rate=sample_rate)
     if not isinstance(stream, av.AudioStream):
         raise TypeError(f"{codec!r} is not an audio codec")
+    if codec == "wmav2":
+        stream.bit_rate = 128_000  # it has no default: opening it failed with EINVAL
     return stream
 
 

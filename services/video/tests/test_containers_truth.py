@@ -23,9 +23,11 @@ from scripts.samples import frame_number, make_numbered_video, make_video, numbe
 FPS = 25
 HALF_FRAME_S = 0.5 / FPS + 1e-6
 
-#: Matroska and WebM clips whose video's own span differs from the container's: (file name, generator
+#: Clips whose video's own span differs from the container's, in containers that state no stream's own
+#: length (FFmpeg gives each stream the container's): Matroska, WebM, and ASF (WMV), where even a
+#: soundtrack as long as the video ends a frame later, after the preroll: (file name, generator
 #: arguments, frame count, the video's span in seconds).
-MATROSKA_CLIPS: dict[str, tuple[str, dict[str, Any], int, float]] = {
+OWN_SPAN_CLIPS: dict[str, tuple[str, dict[str, Any], int, float]] = {
     "audio outlasts the video": ("long-audio.mkv", {"frame_count": 100, "audio_s": 10.0}, 100, 4.0),
     "audio outlasts the video (WebM)": (
         "long-audio.webm",
@@ -36,6 +38,18 @@ MATROSKA_CLIPS: dict[str, tuple[str, dict[str, Any], int, float]] = {
     "video starts at 5 s": (
         "late.mkv",
         {"frame_count": 250, "start_s": 5.0, "audio_s": 15.0, "keyint": 50},
+        250,
+        10.0,
+    ),
+    "audio outlasts the video (WMV)": (
+        "long-audio.wmv",
+        {"frame_count": 100, "codec": "wmv2", "audio_s": 10.0, "keyint": 25},
+        100,
+        4.0,
+    ),
+    "audio as long as the video (WMV)": (
+        "with-audio.wmv",
+        {"frame_count": 250, "codec": "wmv2", "audio_s": 10.0, "keyint": 25},
         250,
         10.0,
     ),
@@ -100,21 +114,23 @@ def test_mpegts_with_one_keyframe_gives_every_thumbnail(clips: Path, tmp_path: P
     _assert_frames_at(images, [0.2 + 0.4 * k for k in range(10)])
 
 
-@pytest.mark.parametrize("case", sorted(MATROSKA_CLIPS))
-def test_matroska_frame_count_is_the_video_streams_own(clips: Path, case: str) -> None:
-    """The frame count of a Matroska or WebM video is exact when the container's duration is not the
-    video's: audio lasting 10 s beside 4 s of video, or video from 5 s to 15 s beside audio from 0."""
-    name, made, frames, _span_s = MATROSKA_CLIPS[case]
+@pytest.mark.parametrize("case", sorted(OWN_SPAN_CLIPS))
+def test_frame_count_is_the_video_streams_own(clips: Path, case: str) -> None:
+    """The frame count of a Matroska, WebM or WMV video is exact when the container's duration is not the
+    video's: audio lasting 10 s beside 4 s of video, or video from 5 s to 15 s beside audio from 0 (a
+    WMV's came as 251 for 100 frames, and as 251 for 250 beside a soundtrack as long)."""
+    name, made, frames, _span_s = OWN_SPAN_CLIPS[case]
     path = clips / name
     make_numbered_video(path, **made)
     assert probe_video(path).video.frame_count == frames
 
 
-@pytest.mark.parametrize("case", sorted(MATROSKA_CLIPS))
-def test_matroska_thumbnails_span_the_video(clips: Path, tmp_path: Path, case: str) -> None:
+@pytest.mark.parametrize("case", sorted(OWN_SPAN_CLIPS))
+def test_thumbnails_span_the_video_streams_own(clips: Path, tmp_path: Path, case: str) -> None:
     """Five thumbnails spread over the video stream's own span (the middles of five equal slices of it,
-    from its first frame), not over the container's, each the frame at its time."""
-    name, made, _frames, span_s = MATROSKA_CLIPS[case]
+    from its first frame), not over the container's, each the frame at its time (a WMV's were spread over
+    its 10 s of sound, the last ones all its last frame)."""
+    name, made, _frames, span_s = OWN_SPAN_CLIPS[case]
     path = clips / name
     make_numbered_video(path, **made)
     images = extract_thumbnails(path, out_dir=tmp_path, count=5)

@@ -313,7 +313,8 @@ def stated_end(container: Any, stream: Any) -> int | None:
     A Matroska stream has no duration of its own: when FFmpeg's probing does not settle a stream's timing
     (a clip of a few frames, or of frames of megabytes; any audio stream), it gives the stream the
     container's start and duration, which run from 0 to the end of the longest stream (audio that outlasts
-    the video, or video that outlasts the audio), so they are not used.
+    the video, or video that outlasts the audio), so they are not used. Nor are an ASF's (WMV): it states
+    only the file's play time, which FFmpeg gives every stream (`_asf_end`).
     """
     if _is_matroska(container):
         tag = duration_tag(stream.metadata)
@@ -321,9 +322,38 @@ def stated_end(container: Any, stream: Any) -> int | None:
             return None
         start_s = (stream.start_time or 0) * Fraction(stream.time_base)
         return round(tag.end(start_s) / Fraction(stream.time_base))
+    if container.format.name == "asf":
+        return _asf_end(container, stream)
     if stream.duration and container.format.name not in RAW_VIDEO_FORMATS:
         return int((stream.start_time or 0) + stream.duration)
     return None
+
+
+def _asf_end(container: Any, stream: Any) -> int | None:
+    """The end of an ASF stream's last frame, read off its last packets after a seek to the end (in a
+    container of its own: the one in use stays where it is); None when that seek fails.
+
+    ASF states no stream's length, only the whole file's play time, which FFmpeg gives each stream from the
+    preroll on: 4 s of video beside 10 s of sound counted 251 frames and had its thumbnails spread over
+    10 s, and even beside a soundtrack as long it counted a frame too many."""
+    with opened(container.name) as own:
+        own_stream = own.streams[stream.index]
+        try:
+            own.seek(round(FAR_FUTURE_S / own_stream.time_base), stream=own_stream, backward=True)
+        except av.error.FFmpegError:
+            return None
+        return latest_end(own, own_stream)
+
+
+#: A time past the end of any stream (seconds, small enough to count in microseconds): a seek there
+#: lands on the last keyframe.
+FAR_FUTURE_S = 1e9
+
+
+def latest_end(container: Any, stream: Any) -> int | None:
+    """The latest end (timestamp plus duration) of the stream's packets from the demuxer's position on."""
+    with demuxed(container, stream) as packets:
+        return max((p.pts + (p.duration or 0) for p in packets if p.pts is not None), default=None)
 
 
 def first_timestamp(container: Any, stream: Any) -> int:

@@ -33,9 +33,10 @@ from typing import Any
 import av.error
 
 from medialens_shared.contracts import THUMBNAILS_DEFAULT_COUNT
-from medialens_shared.demux import demuxed, packets_of
+from medialens_shared.demux import packets_of
 from medialens_shared.errors import InvalidParams, MediaDecodeError
 from medialens_video.frames import (
+    FAR_FUTURE_S,
     DecodeGuard,
     FrameClock,
     Report,
@@ -44,6 +45,7 @@ from medialens_video.frames import (
     first_timestamp,
     frame_threads,
     frame_ticks,
+    latest_end,
     open_video,
     packet_span,
     pixel_aspect,
@@ -58,9 +60,6 @@ MAX_THUMBNAILS = 1000
 SEEK_AHEAD_S = 2.0
 #: How much earlier a seek that landed after its keyframe is first retried (the next retry twice as far).
 BACK_OFF_S = 1.0
-#: A time past the end of any stream (seconds, small enough to count in microseconds): a seek there
-#: lands on the last keyframe.
-_FAR_FUTURE_S = 1e9
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,8 +141,8 @@ def _read_end(container: Any, stream: Any) -> int:
     from the last keyframe, which a seek to the end finds, or all of them when that seek fails.
     `MediaDecodeError` when no packet is timed."""
     try:
-        container.seek(round(_FAR_FUTURE_S / stream.time_base), stream=stream, backward=True)
-        end = _latest_end(container, stream)
+        container.seek(round(FAR_FUTURE_S / stream.time_base), stream=stream, backward=True)
+        end = latest_end(container, stream)
     except av.error.FFmpegError:
         end = None
     if end is None:
@@ -153,16 +152,10 @@ def _read_end(container: Any, stream: Any) -> int:
             raise MediaDecodeError(
                 "The video stream cannot be read to its end; the file is probably damaged."
             ) from exc
-        end = _latest_end(container, stream)
+        end = latest_end(container, stream)
     if end is None:
         raise MediaDecodeError("The video stream holds no timed frame; the file is probably damaged.")
     return end
-
-
-def _latest_end(container: Any, stream: Any) -> int | None:
-    """The latest end (timestamp plus duration) of the packets from the demuxer's position on."""
-    with demuxed(container, stream) as packets:
-        return max((p.pts + (p.duration or 0) for p in packets if p.pts is not None), default=None)
 
 
 class _Reader:
