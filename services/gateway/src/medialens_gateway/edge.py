@@ -27,7 +27,11 @@ from medialens_shared.errors import InternalError, RequestValidationFailed, Serv
 
 log = logging.getLogger(__name__)
 
-_CLIENT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+#: A client's X-Request-ID echoed as it is: 1 to 200 visible ASCII characters, so the ids proxies and
+#: tracers send come back (AWS's `Root=1-67891233-abcdef012345678912345678`, `{uuid}`, base64 with `+/=`;
+#: letters, digits and `._:-` alone replaced them). No spaces nor control characters: the id goes into
+#: every log line, where in the text format a space would let it add `key=value` context of its own.
+_CLIENT_ID = re.compile(r"^[\x21-\x7e]{1,200}$")
 
 
 #: The status an aborted request is counted with, as nginx logs one ("client closed request"): not a 5xx.

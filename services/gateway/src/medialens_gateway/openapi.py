@@ -132,14 +132,14 @@ REQUEST_ID: dict[str, Any] = {
     "schema": {"type": "string"},
 }
 
-#: A client's own request id, which every answer then carries (`medialens_gateway.edge`): one of up to 128
-#: letters, digits and `._:-` is kept, anything else replaced by a fresh id (never refused).
+#: A client's own request id, which every answer then carries (`medialens_gateway.edge`): one of up to 200
+#: visible ASCII characters is kept, anything else replaced by a fresh id (never refused).
 REQUEST_ID_PARAMETER: dict[str, Any] = {
     "name": "X-Request-ID",
     "in": "header",
     "required": False,
-    "description": "An id of your own for this request (up to 128 of `A-Za-z0-9._:-`), echoed in the "
-    "answer's `X-Request-ID` header and `request_id`; another value is replaced by a fresh id.",
+    "description": "An id of your own for this request (1 to 200 visible ASCII characters, no spaces), "
+    "echoed in the answer's `X-Request-ID` header and `request_id`; another value is replaced by a fresh id.",
     "schema": {"type": "string"},
 }
 
