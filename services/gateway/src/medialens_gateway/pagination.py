@@ -1,11 +1,12 @@
-"""Keyset pagination, newest first: an opaque cursor holding the last item's (created_at, id)."""
+"""Keyset pagination, newest first: an opaque cursor holding the listing it is of and the last item's
+(created_at, id)."""
 
 from __future__ import annotations
 
 import base64
 import binascii
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import Query
 from sqlalchemy import Column, Select, and_, or_
@@ -19,19 +20,25 @@ Cursor = Annotated[
 ]
 
 
-def encode(created_at: datetime, item_id: str) -> str:
-    return _opaque(f"{created_at.isoformat()}|{item_id}")
+#: The listings that page by (created_at, id): a cursor of one is refused by the others (a files cursor
+#: passed to `/v1/jobs` gave a page of jobs from some other place, with a 200).
+Listing = Literal["jobs", "files", "deliveries"]
 
 
-def decode(cursor: str) -> tuple[datetime, str]:
-    """The (created_at, id) a cursor holds; 422 for any text `encode` did not write. Its time must be
-    zone-aware and within PostgreSQL's range once in UTC (a tampered `0001-01-01T00:00:00+01:00` was a
-    500)."""
+def encode(created_at: datetime, item_id: str, *, listing: Listing) -> str:
+    return _opaque(f"{listing}|{created_at.isoformat()}|{item_id}")
+
+
+def decode(cursor: str, *, listing: Listing) -> tuple[datetime, str]:
+    """The (created_at, id) a cursor of `listing` holds; 422 for any text `encode` did not write for that
+    listing. Its time must be zone-aware and within PostgreSQL's range once in UTC (a tampered
+    `0001-01-01T00:00:00+01:00` was a 500)."""
     try:
-        created, _, item_id = _opened(cursor).partition("|")
+        of, _, rest = _opened(cursor).partition("|")
+        created, _, item_id = rest.partition("|")
         after = datetime.fromisoformat(created)
-        if after.tzinfo is None or not item_id:
-            raise ValueError("not a cursor of this API")
+        if of != listing or after.tzinfo is None or not item_id:
+            raise ValueError("not a cursor of this listing")
         return after.astimezone(UTC), item_id
     except (binascii.Error, UnicodeDecodeError, ValueError, OverflowError) as exc:
         raise _not_ours() from exc
@@ -61,12 +68,13 @@ def page(
     item_id: Column[Any],
     limit: int,
     cursor: str | None,
+    listing: Listing,
     oldest_first: bool = False,
 ) -> Select[Any]:
-    """`query` restricted to the page after `cursor`, newest first (or `oldest_first`), one row more than
-    `limit`."""
+    """`query` restricted to the page after `cursor` (of `listing`), newest first (or `oldest_first`), one
+    row more than `limit`."""
     if cursor:
-        after_created, after_id = decode(cursor)
+        after_created, after_id = decode(cursor, listing=listing)
         if oldest_first:
             later = or_(created_at > after_created, and_(created_at == after_created, item_id > after_id))
             query = query.where(later)
@@ -98,9 +106,10 @@ def listed_page(
     return chosen, _opaque(f"name|{chosen[-1][key]}") if more else None
 
 
-def next_cursor(rows: list[Any], *, limit: int) -> str | None:
-    """The cursor of the page after `rows` (fetched with one extra row), or None on the last page."""
+def next_cursor(rows: list[Any], *, limit: int, listing: Listing) -> str | None:
+    """The cursor of `listing`'s page after `rows` (fetched with one extra row), or None on the last
+    page."""
     if len(rows) <= limit:
         return None
     last = rows[limit - 1]
-    return encode(last["created_at"], last["id"])
+    return encode(last["created_at"], last["id"], listing=listing)

@@ -88,7 +88,7 @@ async def list_files(
 ) -> JSONResponse:
     rows = await service.list_files(session, tenant_id=tenant.id, limit=limit, cursor=cursor)
     items = [service.file_view(row) for row in rows[:limit]]
-    return ok({"items": items, "next_cursor": next_cursor(rows, limit=limit)})
+    return ok({"items": items, "next_cursor": next_cursor(rows, limit=limit, listing="files")})
 
 
 @router.get("/{file_id}", summary="The file object", response_model=Envelope[FileObject])

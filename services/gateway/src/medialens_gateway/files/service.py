@@ -93,7 +93,9 @@ async def list_files(
     session: AsyncSession, *, tenant_id: str, limit: int, cursor: str | None
 ) -> list[RowMapping]:
     query = select(files).where(files.c.tenant_id == tenant_id, files.c.deleted_at.is_(None))
-    query = page(query, created_at=files.c.created_at, item_id=files.c.id, limit=limit, cursor=cursor)
+    query = page(
+        query, created_at=files.c.created_at, item_id=files.c.id, limit=limit, cursor=cursor, listing="files"
+    )
     return list((await session.execute(query)).mappings().all())
 
 

@@ -136,7 +136,7 @@ async def list_jobs(
         jobstore.job_view(row, children=row["children"] or (), live=live.get(row["id"]))
         for row in rows[:limit]
     ]
-    return ok({"items": items, "next_cursor": next_cursor(rows, limit=limit)})
+    return ok({"items": items, "next_cursor": next_cursor(rows, limit=limit, listing="jobs")})
 
 
 @router.get("/{job_id}", summary="The job object", response_model=Envelope[JobObject])
@@ -262,7 +262,7 @@ async def list_deliveries(
         session, tenant_id=tenant.id, job_id=job_id, limit=limit, cursor=cursor
     )
     items = [deliveries.delivery_view(row) for row in rows[:limit]]
-    return ok({"items": items, "next_cursor": next_cursor(rows, limit=limit)})
+    return ok({"items": items, "next_cursor": next_cursor(rows, limit=limit, listing="deliveries")})
 
 
 @router.post(

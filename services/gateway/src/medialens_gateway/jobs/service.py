@@ -416,7 +416,7 @@ async def list_jobs(
     for key, value in labels:  # each pair required: a key given twice matches no job, not the last value
         where("jobs.labels @> {}::jsonb", to_json({key: value}).decode())
     if cursor:
-        where("(jobs.created_at, jobs.id) < ({}, {})", *pagination.decode(cursor))
+        where("(jobs.created_at, jobs.id) < ({}, {})", *pagination.decode(cursor, listing="jobs"))
     sql.append(f" ORDER BY jobs.created_at DESC, jobs.id DESC LIMIT ${len(args) + 1}")
     async with db.connection() as conn:
         rows: list[asyncpg.Record] = await conn.fetch("".join(sql), *args, limit + 1)
