@@ -129,16 +129,17 @@ async def test_created_and_accepted_answers_document_their_location(api: httpx.A
 
 
 async def test_job_types_are_documented_as_the_values_they_may_take(api: httpx.AsyncClient) -> None:
-    """A job request's `type` and the list's `?type=` filter are enums of the catalogue's types (a client
-    generated from the document offers them), `callback_url` a URI; an unknown type is still answered by
-    the service, with the types it knows."""
+    """A job request's `type` and the list's `?type=` filter (repeatable) are enums of the catalogue's
+    types (a client generated from the document offers them), `callback_url` a URI; an unknown type is
+    still answered by the service, with the types it knows."""
     document = (await api.get("/openapi.json")).json()
     catalogue = [item["name"] for item in (await api.get("/v1/job-types")).json()["data"]["items"]]
     request = document["components"]["schemas"]["JobRequest"]["properties"]
     assert sorted(request["type"]["enum"]) == sorted(catalogue)
     assert {"type": "string", "maxLength": 2048, "format": "uri"} in request["callback_url"]["anyOf"]
     (listing,) = (p for p in document["paths"]["/v1/jobs"]["get"]["parameters"] if p.get("name") == "type")
-    assert {"type": "string", "enum": request["type"]["enum"]} in listing["schema"]["anyOf"]
+    repeated = {"type": "array", "items": {"type": "string", "enum": request["type"]["enum"]}}
+    assert repeated in listing["schema"]["anyOf"]
     refused = await api.post("/v1/jobs", json={"type": "video.nope", "file_id": "f"})
     assert refused.status_code == 422
     assert "video.probe" in refused.json()["data"]["details"][0]["msg"]

@@ -525,6 +525,11 @@ async def test_lists_filter_by_status_type_and_label(
     assert await ids(status="succeeded") == [third["id"], second["id"], first["id"]]
     assert await ids(status="queued") == []
     assert await ids(status="succeeded", type="audio.probe", label="env:ci") == [second["id"]]
+    # A status or type repeated selects jobs of any of them (only the last one was used).
+    assert await ids(status=["succeeded", "queued"]) == [third["id"], second["id"], first["id"]]
+    assert await ids(status=["queued", "running"]) == []
+    assert await ids(type=["audio.probe", "data.profile"]) == [third["id"], second["id"], first["id"]]
+    assert await ids(type=["audio.probe", "video.probe"], status=["failed", "succeeded"]) == [second["id"]]
     page = (await fresh_client.get("/v1/jobs", params={"limit": 2})).json()["data"]
     rest = (await fresh_client.get("/v1/jobs", params={"cursor": page["next_cursor"]})).json()["data"]
     assert [j["id"] for j in page["items"] + rest["items"]] == [third["id"], second["id"], first["id"]]

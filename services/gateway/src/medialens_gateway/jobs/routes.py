@@ -99,20 +99,26 @@ async def list_jobs(
     caller: Caller,
     limit: Limit = 50,
     cursor: Cursor = None,
-    status: JobStatus | None = None,
+    status: Annotated[
+        list[JobStatus] | None, Query(description="A status; repeat for jobs in any of several.")
+    ] = None,
     type: Annotated[  # noqa: A002
-        Annotated[str, Field(json_schema_extra={"enum": list(JOB_TYPES)})] | None,
-        Query(description="A job type, e.g. `video.probe`."),
+        list[Annotated[str, Field(json_schema_extra={"enum": list(JOB_TYPES)})]] | None,
+        Query(description="A job type, e.g. `video.probe`; repeat for jobs of any of several."),
     ] = None,
     label: Annotated[
         list[LabelFilter] | None, Query(description="`key:value`; repeat to require several.")
     ] = None,
 ) -> JSONResponse:
-    if type is not None and type not in JOB_TYPES:
-        message = f"type filter {type!r} is no job type; /v1/job-types lists them."
-        raise RequestValidationFailed(
-            message, details=[{"loc": ["query", "type"], "msg": message, "type": "value_error"}]
-        )
+    """`status` and `type` repeated select jobs of any of the values (`?status=queued&status=running`: the
+    jobs not yet finished); a `label` repeated requires each. A repeated filter kept its last value alone
+    (`?status=succeeded&status=queued` listed the queued jobs, silently)."""
+    for name in type or []:
+        if name not in JOB_TYPES:
+            message = f"type filter {name!r} is no job type; /v1/job-types lists them."
+            raise RequestValidationFailed(
+                message, details=[{"loc": ["query", "type"], "msg": message, "type": "value_error"}]
+            )
     labels: list[tuple[str, str]] = []
     for item in label or []:
         key, sep, value = item.partition(":")
@@ -127,8 +133,8 @@ async def list_jobs(
         tenant_id=caller.tenant.id,
         limit=limit,
         cursor=cursor,
-        status=status,
-        type_=type,
+        statuses=sorted(set(status or ())),
+        types=sorted(set(type or ())),
         labels=labels,
     )
     live = await service.lives(caller.signals, rows[:limit])

@@ -394,11 +394,12 @@ async def list_jobs(
     tenant_id: str,
     limit: int,
     cursor: str | None,
-    status: JobStatus | None,
-    type_: str | None,
-    labels: Sequence[tuple[str, str]],
+    statuses: Sequence[JobStatus] = (),
+    types: Sequence[str] = (),
+    labels: Sequence[tuple[str, str]] = (),
 ) -> list[asyncpg.Record]:
-    """A page of the tenant's jobs after `cursor`, newest first, one row more than `limit`.
+    """A page of the tenant's jobs after `cursor`, newest first, one row more than `limit`: those in any of
+    `statuses` and of any of `types` (all where none is given), with every one of `labels`.
 
     One statement on a bare connection: SQLAlchemy's result rows and statement cache keys were a quarter of
     a 50-job page's CPU."""
@@ -409,10 +410,14 @@ async def list_jobs(
         sql.append(" AND " + condition.format(*(f"${n}" for n in numbers)))
         args.extend(values)
 
-    if status is not None:
-        where("jobs.status = {}", status.value)
-    if type_ is not None:
-        where("jobs.type = {}", type_)
+    if len(statuses) == 1:
+        where("jobs.status = {}", statuses[0].value)
+    elif statuses:
+        where("jobs.status = ANY({})", [status.value for status in statuses])
+    if len(types) == 1:
+        where("jobs.type = {}", types[0])
+    elif types:
+        where("jobs.type = ANY({})", list(types))
     for key, value in labels:  # each pair required: a key given twice matches no job, not the last value
         where("jobs.labels @> {}::jsonb", to_json({key: value}).decode())
     if cursor:
