@@ -216,3 +216,17 @@ def test_an_avi_with_b_frames_and_dropped_frames_keeps_its_times_after_them(tmp_
         out.mux(stream.encode(None))
     images = extract_thumbnails(path, out_dir=tmp_path / "thumbs", every_s=4.0)
     assert [(image.t_s, _shown(image)) for image in images] == [(0.0, 0), (4.0, 100), (8.0, 200)]
+
+
+def test_a_raw_dv_file_has_its_frame_rate(tmp_path: Path) -> None:
+    """A raw DV file (a camcorder's capture) is 25 frames/s, steady, its 100 frames counted, and a quality
+    pass counts down from 100: FFmpeg 8 gives raw DV a time base of 1/60000 s and an average rate of one
+    frame a tick, 60,000/s, so it was variable-rate without an average or a count, and a quality pass said
+    "decoding 100/240000 frames"."""
+    path = tmp_path / "capture.dv"
+    make_video(path, duration_s=4.0, fps=25, width=720, height=576, codec="dvvideo")
+    video = probe_video(path).video
+    assert (video.fps, video.avg_fps, video.is_vfr, video.frame_count) == (25.0, 25.0, False, 100)
+    notes: list[str] = []
+    assert detect_quality(path, report=lambda _f, note: notes.append(note)).frames_analyzed == 100
+    assert notes[-1] == "decoding 100/100 frames"

@@ -180,6 +180,20 @@ def _require_whole(path: Path, index: int) -> None:
     )
 
 
+def average_rate(container: Any, stream: Any) -> Fraction | None:
+    """The stream's average frame rate as FFmpeg gives it, but in raw DV (a camcorder's capture) its
+    frames' own rate (`guessed_rate`): FFmpeg 8 gives it a time base of 1/60000 s and an average of one
+    frame a tick, 60,000 frames/s, its frames 2,400 ticks apart (25/s). (An AVI remuxed from MP4 with
+    B-frames has an average of one frame a tick too: there that is its ticks' rate, twice its frames',
+    which `avi_frame_ticks` finds.)"""
+    rate = stream.average_rate
+    if not rate:
+        return None
+    if container.format.name == "dv" and stream.guessed_rate:
+        return Fraction(stream.guessed_rate)
+    return Fraction(rate)
+
+
 def expected_frames(container: Any, stream: Any) -> int:
     """The frame count the container states, else the stream's span (to `stated_end`, or failing that the
     container's duration) times the average rate, else (a raw stream, which states neither) its packets
@@ -187,7 +201,7 @@ def expected_frames(container: Any, stream: Any) -> int:
     (nothing is read to find the stream's first timestamp)."""
     if stream.frames:
         return int(stream.frames)
-    rate = stream.average_rate or stream.guessed_rate
+    rate = average_rate(container, stream) or stream.guessed_rate
     end = stated_end(container, stream)
     if end is not None:
         span_s = float((end - (stream.start_time or 0)) * stream.time_base)

@@ -37,6 +37,7 @@ from medialens_shared.errors import MediaDecodeError
 from medialens_shared.sniff import ffmpeg_reason
 from medialens_video.frames import (
     RAW_VIDEO_FORMATS,
+    average_rate,
     avi_frame_ticks,
     display_rotation,
     first_timestamp,
@@ -72,7 +73,7 @@ def probe_video(path: Path) -> VideoProbeResult:
 
         duration_s = stated_duration_s(container)
         fps = _rate(video.guessed_rate)
-        avg_fps = _rate(video.average_rate)
+        avg_fps = _rate(average_rate(container, video))
         frame_count, steady = _frame_count(container, video, hidden=hidden)
         if (step := avi_frame_ticks(container, video)) > 1:  # its header counts ticks, not frames
             frame_count = frame_count and max(1, frame_count // step)
@@ -153,16 +154,17 @@ def _frame_count(container: Any, stream: Any, *, hidden: int = 0) -> tuple[int |
     if stream.frames:
         return max(1, int(stream.frames) - hidden), None
     end = stated_end(container, stream)
-    if end is None or not stream.average_rate:
+    rate = average_rate(container, stream)
+    if end is None or not rate:
         return None, None
     start = first_timestamp(container, stream)
     if end <= start:
         return None, None
-    interval = float(1 / (Fraction(stream.average_rate) * Fraction(stream.time_base)))
+    interval = float(1 / (rate * Fraction(stream.time_base)))
     steady = _steady_rate(container, stream, start=start, end=end, interval=interval)
     if not steady:
         return None, steady
-    return max(1, round(float((end - start) * stream.time_base * stream.average_rate))), steady
+    return max(1, round(float((end - start) * stream.time_base * rate))), steady
 
 
 def _steady_rate(container: Any, stream: Any, *, start: int, end: int, interval: float) -> bool | None:
