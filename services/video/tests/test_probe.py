@@ -473,3 +473,39 @@ def test_a_soundtrack_timed_finer_than_a_microsecond_is_measured(tmp_path: Path)
         out.mux(audio.encode(None))
     [sound_track] = probe_video(path).audio
     assert sound_track.duration_s == pytest.approx(1.0, abs=0.05)
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs the ffmpeg command (Debian's ffmpeg)")
+def test_a_program_stream_as_ffmpeg_writes_it_is_steady(tmp_path: Path) -> None:
+    """An MPEG program stream of four shots at a steady 25 frames/s, as the `ffmpeg` command writes one
+    (several small frames to a PES packet), is not variable-rate and has its average rate: FFmpeg's demuxer
+    gave the first packets after a seek close to its end timestamps half a frame off, and the rate checked
+    there read 50 frames/s. (PyAV, another FFmpeg, writes such a file differently: the command's is the
+    one users have.)"""
+    path = tmp_path / "shots.mpg"
+    shots = ("testsrc2", "smptebars", "mandelbrot", "testsrc")
+    sources = ";".join(
+        f"{shot}=s=320x240:r=25,trim=duration=1.52,format=yuv420p[s{k}]" for k, shot in enumerate(shots)
+    )
+    joined = "".join(f"[s{k}]" for k in range(len(shots)))
+    subprocess.run(
+        [
+            "ffmpeg",
+            "-v",
+            "error",
+            "-y",
+            "-filter_complex",
+            f"{sources};{joined}concat=n={len(shots)}",
+            "-c:v",
+            "mpeg2video",
+            "-bf",
+            "2",
+            "-g",
+            "300",
+            str(path),
+        ],
+        check=True,
+    )
+    video = probe_video(path).video
+    assert (video.fps, video.avg_fps, video.is_vfr) == (25.0, 25.0, False)
+    assert video.frame_count == pytest.approx(152, abs=3)  # to FFmpeg's estimate of the end

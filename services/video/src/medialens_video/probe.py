@@ -171,19 +171,34 @@ def _steady_rate(container: Any, stream: Any, *, start: int, end: int, interval:
     """Whether frames are `interval` ticks apart where `RATE_SAMPLES` consecutive packets are read at the
     stream's start, middle and end (seeking to any frame, so nothing is decoded): the median gap of their
     sorted timestamps (decode order is not display order), within a tick or `VFR_TOLERANCE`. None when
-    the file cannot be sought."""
-    tail = round(RATE_SAMPLES * interval)
-    for at in (start, (start + end) // 2, max(start, end - tail)):
+    the file cannot be sought.
+
+    The end's are the last packets of those read from `_END_LOOK` times as far back: in an MPEG program
+    stream, the first packets after a seek close to the end came with timestamps half a frame off the
+    stream's (FFmpeg's demuxer), so a DVD-like file at a steady 25 frames/s was variable-rate, without an
+    average rate or a frame count."""
+    back = round(_END_LOOK * RATE_SAMPLES * interval)
+    places = (
+        (start, RATE_SAMPLES),
+        ((start + end) // 2, RATE_SAMPLES),
+        (max(start, end - back), 2 * _END_LOOK * RATE_SAMPLES),
+    )
+    for at, count in places:
         try:
             container.seek(at, stream=stream, backward=True, any_frame=True)
         except av.error.FFmpegError:
             return None
         with demuxed(container, stream) as packets:
-            stamps = sorted({p.pts for p in islice(packets, RATE_SAMPLES) if p.pts is not None})
+            read = list(islice(packets, count))
+        stamps = sorted({p.pts for p in read[-RATE_SAMPLES:] if p.pts is not None})
         gaps = [b - a for a, b in pairwise(stamps)]
         if gaps and abs(statistics.median(gaps) - interval) > max(1.0, VFR_TOLERANCE * interval):
             return False
     return True
+
+
+#: How many times `RATE_SAMPLES` frames before the end `_steady_rate` seeks to read the end's.
+_END_LOOK = 3
 
 
 def _codec_name(stream: Any) -> str:
