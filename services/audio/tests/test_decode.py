@@ -45,6 +45,30 @@ def test_eight_channels_and_more_decode_in_place(tmp_path: Path, channels: int, 
     assert np.asarray(waveform.peaks) == pytest.approx(np.asarray(expected), abs=1e-3)
 
 
+@pytest.mark.parametrize("channels", [9, 32])
+def test_channels_in_no_named_layout_are_read_and_not_weighed(tmp_path: Path, channels: int) -> None:
+    """A WAV of a channel count FFmpeg names no layout for (second-order ambisonics' 9, a 32-track desk
+    recording) is probed, and its silence and waveform read, each channel in its row (every job failed
+    UNSUPPORTED_INPUT); loudness alone, which weighs channels by position, refuses it saying why."""
+    samples = sine(-6.0, 3.0, channels=channels)
+    samples[:, 48000:96000] = 0.0  # a silent second
+    samples *= np.arange(1, channels + 1, dtype=np.float32)[:, None] / channels  # channel k at k/channels
+    path = write(tmp_path / "desk.wav", samples, layout=f"{channels} channels")
+    assert probe_audio(path).channels == channels
+    with open_audio(path) as audio:
+        assert (audio.layout, audio.channel_names) == (f"{channels} channels", ("NONE",) * channels)
+        peaks = np.concatenate(list(audio.blocks(no_report, action="reading")), axis=1).max(axis=1)
+    assert peaks == pytest.approx(samples.max(axis=1), abs=1e-3)
+    silence = detect_silence(path, AudioSilenceParams(threshold_db=-50.0, min_duration_s=0.5), no_report)
+    assert [(s.start_s, s.end_s) for s in silence.segments] == [pytest.approx((1.0, 2.0), abs=0.01)]
+    waveform = compute_waveform(path, AudioWaveformParams(points_per_second=1), no_report)
+    mean_peak = float(samples.mean(axis=0).max())
+    expected = [(-mean_peak, mean_peak), (0.0, 0.0), (-mean_peak, mean_peak)]
+    assert np.asarray(waveform.peaks) == pytest.approx(np.asarray(expected), abs=1e-3)
+    with pytest.raises(UnsupportedInput, match=f"{channels} channels in no known layout, so loudness"):
+        measure_loudness(path, None, no_report)
+
+
 @pytest.mark.parametrize(("suffix", "slack"), [(".wav", 0), (".flac", 0), (".mp3", 1152)])
 def test_blocks_cover_the_stream_in_seconds(tmp_path: Path, suffix: str, slack: int) -> None:
     """Blocks are float32 (channels, ~1 s) and add up to the stream's length (to a codec frame)."""

@@ -313,9 +313,11 @@ class AudioInput:
     #: The rate of the first decoded frame, which every block is at.
     sample_rate: int
     #: FFmpeg's name of the first decoded frame's channel layout ("stereo", "5.1", ...), which every block
-    #: is in; its default one for the channel count when the file does not say.
+    #: is in; its default one for the channel count when the file does not say, its unnamed one ("9
+    #: channels") for a count it has no default for (`_named_layout`).
     layout: str
-    #: FFmpeg's channel names in stream order (FL, FR, FC, LFE, BL, BR, SL, SR, ...).
+    #: FFmpeg's channel names in stream order (FL, FR, FC, LFE, BL, BR, SL, SR, ...; NONE in an unnamed
+    #: layout).
     channel_names: tuple[str, ...]
     #: The duration the metadata announces (`stated_duration`: for progress and planning); None when unknown.
     duration_s: float | None
@@ -1104,16 +1106,18 @@ class _Conversion:
 
 
 def _named_layout(layout: Any, channels: int) -> Any:
-    """The stream's layout, or FFmpeg's default one for its channel count when the file names none."""
+    """The stream's layout, or FFmpeg's default one for its channel count when the file names none; for a
+    count FFmpeg has none for (9, 11, 13, 15, 17 to 23, 25 and more: second-order ambisonics, a 32-track
+    desk recording), its unnamed one ("9 channels", every channel `NONE`). Silence and the
+    waveform read any channels; loudness refuses unnamed ones (`loudness.measure_loudness`), which it
+    cannot weigh."""
     names = [channel.name for channel in layout.channels]
     if len(names) == channels and "NONE" not in names:
         return layout
     try:
         return av.AudioLayout(f"{channels}c")
-    except ValueError as exc:
-        raise UnsupportedInput(
-            f"The audio has {channels} channels in no known layout, so they cannot be weighed."
-        ) from exc
+    except ValueError:
+        return av.AudioLayout(f"{channels} channels")
 
 
 def _clock(seconds: float) -> str:

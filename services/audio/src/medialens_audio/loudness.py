@@ -489,6 +489,11 @@ def measure_loudness(path: Path, _params: BaseModel | None, report: Report) -> A
                 f"The audio's sample rate, {audio.sample_rate:,} Hz, is too low for loudness: EBU R128's "
                 f"K-weighting needs at least {MIN_SAMPLE_RATE:,} Hz."
             )
+        if "NONE" in audio.channel_names:
+            # BS.1770 weighs a channel by its position, and FFmpeg's biquad passes unnamed ones unfiltered.
+            raise UnsupportedInput(
+                f"The audio has {audio.channels} channels in no known layout, so loudness cannot weigh them."
+            )
         with LoudnessMeter(audio.sample_rate, audio.layout, start_s=audio.start_s) as meter:
             for block in audio.blocks(report, action="measuring loudness"):
                 meter.feed(block)
