@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
 
@@ -164,6 +165,111 @@ def test_a_channel_change_midway_is_remixed_to_the_first_layout(tmp_path: Path) 
     assert (short_term[4.0], short_term[8.0]) == pytest.approx((-26.0, -23.0), abs=0.2)
     waveform = compute_waveform(joined, AudioWaveformParams(points_per_second=1), no_report)
     assert np.abs(waveform.peaks)[5:8] == pytest.approx(amplitude(-23.0) * np.sqrt(2.0), rel=0.02)
+
+
+#: An ID3v1 tag (128 bytes: title, artist, album, year, comment, genre), as taggers append to MP3s.
+ID3V1 = b"TAG" + b"".join(field.ljust(30, b"\0") for field in (b"Title", b"Artist", b"Album"))
+ID3V1 += b"2020" + b"Comment".ljust(30, b"\0") + b"\x0c"
+#: A Lyrics3 version 2 tag (its fields, their size in six digits, `LYRICS200`), which goes before ID3v1.
+LYRICS = b"LYRICSBEGIN" + b"IND00003110" + b"LYR00005hello"
+LYRICS3 = LYRICS + str(len(LYRICS)).zfill(6).encode() + b"LYRICS200"
+
+
+def id3v2(picture_bytes: int = 0) -> bytes:
+    """An ID3v2.3 tag with a title and, of `picture_bytes`, a cover picture (random bytes, so holding
+    what reads as MPEG frame syncs: FFmpeg's MP3 reader splits such a tag over several packets)."""
+    frames = b"TIT2" + (6).to_bytes(4, "big") + b"\0\0" + b"\x00Title"
+    if picture_bytes:
+        picture = b"\x00image/jpeg\x00\x03\x00" + np.random.default_rng(0).bytes(picture_bytes)
+        frames += b"APIC" + len(picture).to_bytes(4, "big") + b"\0\0" + picture
+    size = len(frames)
+    return b"ID3\x03\x00\x00" + bytes((size >> shift) & 0x7F for shift in (21, 14, 7, 0)) + frames
+
+
+@pytest.mark.parametrize(
+    ("name", "codec", "trailer", "lost"),
+    [
+        ("lyrics.mp3", "libmp3lame", LYRICS3 + ID3V1, 0),
+        ("padded.mp3", "libmp3lame", bytes(256), 0),
+        ("id3v2_last.mp3", "libmp3lame", id3v2(), 0),
+        # The AC-3 reader glues the tag to the last frame, which the decoder then refuses whole, as it
+        # does in `ffmpeg`: that frame (32 ms) goes with it.
+        ("tagged.ac3", "ac3", ID3V1, 1536),
+    ],
+    ids=["lyrics3 and id3v1", "zero padding", "id3v2", "ac3 and id3v1"],
+)
+def test_tags_and_padding_after_the_last_frame_are_passed_over(
+    tmp_path: Path, name: str, codec: str, trailer: bytes, lost: int
+) -> None:
+    """Tags or zero padding after the sound's last frame, which the reader hands the decoder as a packet
+    that it refuses, are passed over: every job reads the sound as without them (they failed
+    MEDIA_DECODE_ERROR "stops decoding after 3.0 s; the file is damaged", where `ffmpeg` reads on)."""
+    whole = write(tmp_path / f"whole{Path(name).suffix}", sine(-23.0, 3.2), codec=codec)
+    tagged = tmp_path / name
+    tagged.write_bytes(whole.read_bytes() + trailer)
+    _, _, samples = read_all(whole)
+    _, _, read = read_all(tagged)
+    assert read.shape[1] == samples.shape[1] - lost
+    assert read == pytest.approx(samples[:, : read.shape[1]])
+    loudness = measure_loudness(tagged, None, no_report).integrated_lufs
+    assert loudness == pytest.approx(measure_loudness(whole, None, no_report).integrated_lufs, abs=0.02)
+    assert detect_silence(tagged, AudioSilenceParams(), no_report).segments == []
+
+
+@pytest.mark.parametrize("picture_bytes", [0, 30_000])
+def test_mp3s_joined_with_cat_each_with_its_tags_read_whole(tmp_path: Path, picture_bytes: int) -> None:
+    """Two MP3s as encoders write them (an ID3v2 tag, a Xing header), joined with `cat`: the second's tag,
+    a cover picture's too, is passed over and both parts read, 3 s at -20 dBFS then 3 s at -10 (they
+    failed MEDIA_DECODE_ERROR at 3.0 s, the first part's end)."""
+    first = write(tmp_path / "a.mp3", sine(-20.0, 3.0, rate=44100), rate=44100)
+    second = write(tmp_path / "b.mp3", sine(-10.0, 3.0, rate=44100), rate=44100).read_bytes()
+    if picture_bytes:  # the encoder's tag replaced by one holding a cover picture
+        second = id3v2(picture_bytes) + second.removeprefix(id3v2_of(second))
+    assert second[:3] == b"ID3"
+    joined = tmp_path / "joined.mp3"
+    joined.write_bytes(first.read_bytes() + second)
+    rate, _, samples = read_all(joined)
+    assert samples.shape[1] / rate == pytest.approx(6.0, abs=0.1)
+    waveform = compute_waveform(joined, AudioWaveformParams(points_per_second=1), no_report)
+    peaks = np.asarray(waveform.peaks)[:, 1]
+    # LAME lowers a tone's level by about 0.3 dB.
+    assert peaks[:3] == pytest.approx(amplitude(-20.0), rel=0.06)
+    assert peaks[3:] == pytest.approx(amplitude(-10.0), rel=0.06)
+    short_term = [point.lufs for point in measure_loudness(joined, None, no_report).short_term]
+    # A stereo 1 kHz tone at L dBFS is L LUFS (less LAME's 0.3 dB): 0-3 s and 3-6 s.
+    assert (short_term[0], short_term[-1]) == pytest.approx((-20.3, -10.3), abs=0.2)
+
+
+def id3v2_of(mp3: bytes) -> bytes:
+    """The ID3v2 tag (without a footer) that `mp3` starts with."""
+    size = mp3[6] << 21 | mp3[7] << 14 | mp3[8] << 7 | mp3[9]
+    return mp3[: 10 + size]
+
+
+@pytest.mark.parametrize(
+    ("name", "damage"),
+    [
+        (
+            "garbage within.mp3",
+            lambda data: data[:30_000] + np.random.default_rng(0).bytes(3000) + data[33_000:],
+        ),
+        ("a hole within.mp3", lambda data: data[:30_000] + bytes(8192) + data[38_192:]),
+        ("never finished.mp3", lambda data: data[: len(data) // 2] + bytes(len(data) - len(data) // 2)),
+        ("garbage after.mp3", lambda data: data + np.random.default_rng(0).bytes(300)),
+    ],
+    ids=lambda value: value if isinstance(value, str) else "",
+)
+def test_garbage_or_a_hole_of_zeros_in_an_mp3_is_still_damage(
+    tmp_path: Path, name: str, damage: Callable[[bytes], bytes]
+) -> None:
+    """Bytes the decoder refuses that are no tag nor padding fail MEDIA_DECODE_ERROR, as before: garbage
+    within the sound or after it, a hole of zeros longer than padding (4 KiB), or the second half of a
+    download allocated whole and never finished (zeros, where the Xing header's size still holds)."""
+    whole = write(tmp_path / "whole.mp3", sine(-23.0, 4.0))
+    damaged = tmp_path / name
+    damaged.write_bytes(damage(whole.read_bytes()))
+    with pytest.raises(MediaDecodeError, match=r"stops decoding after .* the file is damaged"):
+        measure_loudness(damaged, None, no_report)
 
 
 @pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])

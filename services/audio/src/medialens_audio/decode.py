@@ -27,6 +27,12 @@ packet, is handed out as silence (`_Clock`, `_gaps_filled`), so the samples stay
 MP4 they end where its edit list says the sound does, not with the padding of the codec's last frame
 (`played_samples`).
 
+A packet the decoder refuses fails the analysis with `MediaDecodeError` as damage, unless it holds a tag
+or padding, not sound (`_TagsAndPadding`: a Lyrics3 tag after an MP3's last frame, zero padding, the ID3v2
+tag opening the second of two MP3s joined with `cat`): that one is passed over, as `ffmpeg` passes it.
+FFmpeg's `amovie` does not say which packet its decoder refused, so from there PyAV decodes the stream
+again and tells (`AudioInput._decoded`).
+
 A sample that is not a number (NaN or infinite, which only float PCM holds) fails the analysis with
 `MediaDecodeError` rather than being replaced: it has no level to measure or draw (a NaN silenced the
 K-weighting for the rest of the file, an infinity made the peaks infinite), and a stand-in value would
@@ -40,6 +46,7 @@ import itertools
 import logging
 import mmap
 import queue
+import re
 import threading
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
@@ -381,8 +388,10 @@ class AudioInput:
         container declares, which it cannot take; from then on from `_converted` (PyAV's frames), which
         starts over and skips the samples already handed out. Both give the same samples (compared whole
         on MP2, MP3, AAC, AC-3, DTS, Opus, WMA and 16-channel PCM), so the stream reads on without a seam;
-        only a file whose format changes pays for decoding its first part twice. A stream `amovie` finds
-        no format for (`_SourceRefused`) is read by `_converted` from its start."""
+        only a file whose format changes pays for decoding its first part twice. So does one with a packet
+        `amovie`'s decoder refuses, which `amovie` does not name: PyAV's frames pass it over if it holds a
+        tag or padding and fail on it as damage otherwise (`_decoded_frames`). A stream `amovie` finds no
+        format for (`_SourceRefused`) is read by `_converted` from its start."""
         decoded = 0
         try:
             if not self._chained:
@@ -405,6 +414,12 @@ class AudioInput:
                     )
                 except _SourceRefused as exc:
                     logger.info("amovie found no format for the audio stream (%s); decoded by PyAV", exc)
+                except av.error.FFmpegError as exc:
+                    logger.info(
+                        "amovie's decoder refused a packet after %.1f s (%s); decoded by PyAV now",
+                        decoded / self.sample_rate,
+                        ffmpeg_reason(exc),
+                    )
                 else:
                     return
             skip = decoded
@@ -816,16 +831,111 @@ def _opus_pre_skip(stream: Any) -> int:
 
 def _decoded_frames(container: Any, stream: Any) -> Generator[Any, None, None]:
     """The stream's frames as its decoder gives them, to the decoder's last (PyAV's demuxer ends with an
-    empty packet, which drains it).
+    empty packet, which drains it). A packet the decoder refuses that holds a tag or padding, not sound
+    (`_TagsAndPadding`), is passed over, as `ffmpeg` passes it; any other it refuses raises FFmpeg's error.
 
     Closing this generator closes the demuxer: PyAV keeps memory of one dropped midway for good.
     """
     decoder = stream.codec_context
+    tags = _TagsAndPadding()
     with demuxed(container, stream) as packets:
         for packet in packets:
-            for frame in decoder.decode(packet):
+            try:
+                frames = decoder.decode(packet)
+            except av.error.FFmpegError as exc:
+                if not tags.are_in(packet):
+                    raise
+                logger.info(
+                    "a packet of tags or padding (%d bytes at byte %s) refused by the decoder (%s): "
+                    "passed over",
+                    packet.size,
+                    packet.pos,
+                    ffmpeg_reason(exc),
+                )
+                continue
+            for frame in frames:
                 if frame.samples:
                     yield frame
+
+
+#: What a tag begins with: ID3v2 (`ID3`), ID3v1 (`TAG`), Lyrics3 and APEv2 (its header).
+_TAG_START = re.compile(rb"ID3|TAG|LYRICSBEGIN|APETAGEX")
+#: The longest run of zero bytes taken for padding: writers pad to a disk sector or a flash page (512
+#: bytes to 4 KiB). A longer one is a hole in the sound (a download allocated whole and never finished).
+_PADDING_MAX = 4096
+
+
+class _TagsAndPadding:
+    """Tells the packets a decoder refuses that are tags or padding, not sound, in one stream's packets.
+
+    The raw MP3 and AC-3 readers hand on as a packet whatever lies between frames or after the last one
+    (they read tags at the file's start and ID3v1 at its end): a Lyrics3 tag before the ID3v1 tag, zero
+    padding after the last frame, the ID3v2 tag that opens the second of two MP3s joined with `cat`,
+    split over several packets when it holds a picture; the AC-3 parser glues a tag after the last frame
+    to it. The decoder refuses those packets alone, and `ffmpeg` reads on past them: so do the jobs. A
+    refused packet of anything else (garbage within the sound, a hole of zeros) is damage.
+    """
+
+    def __init__(self) -> None:
+        #: Where the last tag found ends, in the file's bytes (0: none found going on past its packet).
+        self._tag_end = 0
+
+    def are_in(self, packet: Any) -> bool:
+        """Whether `packet`, which the decoder refused, holds tags or padding: it starts within a tag an
+        earlier packet began, or with a tag or padding, or ends with tags (glued to a frame)."""
+        data = bytes(packet)
+        position = packet.pos
+        if position is not None and position < self._tag_end:
+            return True
+        starts = [0, *(match.start() for match in _TAG_START.finditer(data, 1))]
+        for start in starts:
+            end = _tags_end(data, start, glued=start > 0)
+            if end is not None:
+                if position is not None and end > len(data):
+                    self._tag_end = position + end
+                return True
+        return False
+
+
+def _tags_end(data: bytes, at: int, *, glued: bool) -> int | None:
+    """Where the tags and padding in `data` from `at` on end (past `len(data)` when the last tag goes on
+    beyond it); None when something else is among them. A frame may follow a whole tag (the packet's
+    first bytes a tag the reader handed on with the next frame), but not zeros, nor any tag `glued` after
+    a frame (which must reach the packet's end)."""
+    tagged = False
+    while at < len(data):
+        if data[at] == 0:
+            run = len(data) - at - len(data[at:].lstrip(b"\0"))
+            if run > _PADDING_MAX:
+                return None
+            at += run
+            continue
+        end = _tag_end(data, at)
+        if end is None:
+            return at if tagged and not glued else None
+        at, tagged = end, True
+    return at if not glued or at == len(data) else None
+
+
+def _tag_end(data: bytes, at: int) -> int | None:
+    """Where the tag starting at `at` in `data` ends (past `len(data)` when it goes on beyond it); None
+    when no tag starts there. Sizes as the tags' specifications give them: ID3v2's four 7-bit bytes (and
+    a 10-byte footer when flagged), ID3v1's 128 bytes, APEv2's item bytes and footer after a header, a
+    Lyrics3 tag to its end marker (`LYRICS200` for version 2, `LYRICSEND` for 1)."""
+    head = data[at : at + 32]
+    if head[:3] == b"ID3" and len(head) >= 10 and head[3] in (2, 3, 4) and max(head[6:10]) < 0x80:
+        size = head[6] << 21 | head[7] << 14 | head[8] << 7 | head[9]
+        return at + 10 + size + (10 if head[5] & 0x10 else 0)
+    if head[:3] == b"TAG":
+        return at + 128
+    if head[:8] == b"APETAGEX" and len(head) == 32 and head[23] & 0x20:  # flags: this is the header
+        return at + 32 + int.from_bytes(head[12:16], "little")
+    if head[:11] == b"LYRICSBEGIN":
+        marker = next(
+            (found for mark in (b"LYRICS200", b"LYRICSEND") if (found := data.find(mark, at)) >= 0), -1
+        )
+        return marker + 9 if marker >= 0 else None
+    return None
 
 
 def _stopped_decoding(seconds: float, exc: Exception) -> MediaDecodeError:
