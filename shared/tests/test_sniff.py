@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import codecs
+import tarfile
+import zipfile
 from pathlib import Path
 
 import av
@@ -11,7 +13,7 @@ import pytest
 
 from medialens_shared.contracts import FileKind
 from medialens_shared.sniff import SNIFF_BYTES, sniff
-from scripts.samples import make_video
+from scripts.samples import make_audio_only, make_video
 
 
 def ftyp(brand: bytes) -> bytes:
@@ -245,3 +247,118 @@ def test_asf_is_audio_or_video_by_its_streams(tmp_path: Path, codec: str, kind: 
         container.mux(stream.encode(frame))
         container.mux(stream.encode(None))
     assert sniff(path.read_bytes()[:SNIFF_BYTES]) is kind
+
+
+def _begins_on_a_frame_sync(head: bytes) -> bool:
+    """Whether `head` opens with the 11 set bits of an MPEG audio or ADTS frame sync (audio before the run
+    of frames is looked for)."""
+    return head[0] == 0xFF and head[1] & 0xE0 == 0xE0
+
+
+@pytest.mark.parametrize(
+    ("container_format", "codec"), [("mp3", "libmp3lame"), ("adts", "aac"), ("mp2", "mp2")]
+)
+def test_a_raw_stream_begun_mid_frame_is_audio(tmp_path: Path, container_format: str, codec: str) -> None:
+    """A raw MP3, ADTS AAC or MP2 stream begun mid-frame (a stream recorded as it went by, a file cut with
+    `tail -c` or `dd`) is audio by the frames that follow each other after its first bytes: it was unknown,
+    415 for every audio job, though FFmpeg and the analysers read it."""
+    path = tmp_path / f"tone.{container_format}"
+    make_audio_only(path, container_format=container_format, codec=codec)
+    data = path.read_bytes()
+    heads = [data[cut : cut + SNIFF_BYTES] for cut in range(1000, 3000, 97)]
+    heads = [head for head in heads if not _begins_on_a_frame_sync(head)]
+    assert len(heads) > 15
+    assert [sniff(head) for head in heads] == [FileKind.AUDIO] * len(heads)
+
+
+@pytest.mark.parametrize("zeros", [1, 16, 2048])
+def test_an_mp3_after_zero_bytes_is_audio(tmp_path: Path, zeros: int) -> None:
+    """A raw MP3 (no ID3 tag, no Xing header) after zero bytes, as a capture or a disk image leaves one, is
+    audio: it was unknown (415 for every audio job)."""
+    path = tmp_path / "tone.mp3"
+    make_audio_only(path, container_format="mp3", codec="libmp3lame", options={"id3v2_version": "0"})
+    assert sniff(b"\x00" * zeros + path.read_bytes()[: SNIFF_BYTES - zeros]) is FileKind.AUDIO
+
+
+@pytest.mark.parametrize(
+    ("name", "audio_codec", "kind"),
+    [
+        ("clip.avi", "libmp3lame", FileKind.VIDEO),
+        ("clip.mkv", "libmp3lame", FileKind.VIDEO),
+        ("clip.mp4", "libmp3lame", FileKind.VIDEO),
+        ("clip.ts", "libmp3lame", FileKind.VIDEO),
+        ("clip.mpg", "mp2", FileKind.VIDEO),
+    ],
+)
+def test_a_container_of_mpeg_audio_frames_keeps_its_kind(
+    tmp_path: Path, name: str, audio_codec: str, kind: FileKind
+) -> None:
+    """A video whose soundtrack is MP3 or MP2 frames, as AVI, Matroska, MP4, MPEG-TS and MPEG-PS carry
+    them, stays a video: its signature is read before any run of frames is looked for."""
+    path = tmp_path / name
+    make_video(path, duration_s=0.4, fps=10, width=64, height=48, with_audio=True, audio_codec=audio_codec)
+    assert sniff(path.read_bytes()[:SNIFF_BYTES]) is kind
+
+
+def test_mp3_in_a_wav_stays_audio(tmp_path: Path) -> None:
+    """A WAV holding MP3 frames is audio by its RIFF header, as it was."""
+    path = tmp_path / "tone.wav"
+    make_audio_only(path, container_format="wav", codec="libmp3lame")
+    assert sniff(path.read_bytes()[:SNIFF_BYTES]) is FileKind.AUDIO
+
+
+def _voice_memo_mp3(path: Path, container_format: str) -> bytes:
+    """Two seconds of a tone as MP3 at 8 kb/s and 12 kHz (48-byte frames, several of which fit in a row into
+    one transport packet) in `container_format`, its frames gathered into packets as the ffmpeg command
+    line does (its 0.7 s `-muxdelay`)."""
+    rate = 12000
+    tone = 0.1 * np.sin(2 * np.pi * 440 * np.arange(2 * rate) / rate)
+    with av.open(str(path), "w", format=container_format, options={"max_delay": "700000"}) as container:
+        sound = container.add_stream("libmp3lame", rate=rate)
+        sound.layout, sound.bit_rate = "mono", 8000
+        frame = av.AudioFrame.from_ndarray(tone.astype(np.float32)[None, :], format="fltp", layout="mono")
+        frame.sample_rate = rate
+        container.mux(sound.encode(frame))
+        container.mux(sound.encode(None))
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("archive", ["zip", "tar"])
+def test_an_archive_storing_an_mp3_is_not_audio(tmp_path: Path, archive: str) -> None:
+    """A ZIP or tar archive storing an MP3 as it is holds its frames in a row, but is no raw stream: it
+    stays unknown, as it was."""
+    mp3, path = tmp_path / "tone.mp3", tmp_path / f"songs.{archive}"
+    make_audio_only(mp3, container_format="mp3", codec="libmp3lame", options={"id3v2_version": "0"})
+    if archive == "zip":
+        with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as stored:
+            stored.write(mp3, "tone.mp3")
+    else:
+        with tarfile.open(path, "w") as stored:
+            stored.add(mp3, "tone.mp3")
+    assert sniff(path.read_bytes()[:SNIFF_BYTES]) is FileKind.UNKNOWN
+
+
+@pytest.mark.parametrize(("container_format", "packet"), [("mpeg", 2048), ("mpegts", 188)])
+def test_a_multiplex_cut_where_its_signature_does_not_show_is_not_audio(
+    tmp_path: Path, container_format: str, packet: int
+) -> None:
+    """An MPEG-PS or MPEG-TS cut mid-packet may hold a few MP3 frames in a row within one packet, but its
+    packs or packets make it no raw stream: it stays unknown, as it was (FFmpeg reads it as a multiplex)."""
+    data = _voice_memo_mp3(tmp_path / "memo", container_format)
+    heads = [data[cut : cut + SNIFF_BYTES] for cut in range(packet // 2, len(data) // 2, 37)]
+    heads = [head for head in heads if not _begins_on_a_frame_sync(head) and head[0] != 0x47]
+    assert len(heads) > 20
+    assert [sniff(head) for head in heads] == [FileKind.UNKNOWN] * len(heads)
+
+
+def test_random_bytes_hold_no_run_of_frames() -> None:
+    """Random bytes, and random bytes one in eight of which are FF (the first byte of a frame sync), are
+    unknown: four frame headers alike, each where the one before ends, are not found by chance."""
+    rng = np.random.default_rng(0)
+    heads = [b"\x00" + rng.bytes(SNIFF_BYTES - 1) for _ in range(300)]
+    for _ in range(300):
+        head = np.frombuffer(rng.bytes(SNIFF_BYTES), np.uint8).copy()
+        head[rng.random(SNIFF_BYTES) < 1 / 8] = 0xFF
+        head[0] = 0
+        heads.append(head.tobytes())
+    assert {sniff(head) for head in heads} == {FileKind.UNKNOWN}

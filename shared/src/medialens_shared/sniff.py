@@ -4,7 +4,8 @@ The gateway uses this to answer 415 before queueing a job its type cannot take; 
 tell damaged media (`MEDIA_DECODE_ERROR`) from a file that was never media (`UNSUPPORTED_INPUT`):
 `inspect_media` before they open a file, `unreadable_media` when FFmpeg cannot open it.
 Signatures are the containers' own magic numbers; an MP4, MOV, Matroska, WebM, Ogg or MPEG-TS file is audio
-or video by the tracks its headers list (`tracklist`). Plain text (UTF-8, UTF-16 with its byte-order mark, or
+or video by the tracks its headers list (`tracklist`). A raw MPEG audio or ADTS stream that does not open on a
+frame is audio by frames back to back further on. Plain text (UTF-8, UTF-16 with its byte-order mark, or
 Latin-1) is told apart as CSV or JSON lines.
 """
 
@@ -13,13 +14,16 @@ from __future__ import annotations
 import codecs
 import csv
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
 from medialens_shared.contracts import FileKind
 from medialens_shared.errors import InputNotFound, MediaDecodeError, PermanentJobError, UnsupportedInput
 from medialens_shared.tracklist import (
+    M2TS_PACKET,
     MATROSKA_HEAD_BYTES,
+    TS_PACKET,
     IsoTracks,
     iso_is_audio,
     matroska_is_audio,
@@ -97,6 +101,8 @@ def _sniff(head: bytes) -> FileKind:
         return FileKind.TABLE  # Parquet, gzip or zstd (compressed tables are all we accept)
     if _looks_like_table_text(head):
         return FileKind.TABLE
+    if _frames_in_a_row(head):
+        return FileKind.AUDIO  # a raw MP3 or ADTS AAC stream begun elsewhere than on a frame
     return FileKind.UNKNOWN
 
 
@@ -196,6 +202,118 @@ def _audio_magic(head: bytes) -> bool:
         return head[4:6] in (b"\x01\x00", b"\x02\x00") and head[6:8] != b"\x00\x00"
     if head.startswith(b"MAC "):  # APE: its version number (3.80 to 4.10: 3800 to 4100)
         return len(head) >= 6 and 3800 <= int.from_bytes(head[4:6], "little") <= 4100
+    return False
+
+
+#: How many MPEG audio or ADTS frames must follow each other exactly, each header where the one before ends,
+#: for a raw stream that does not open on a frame to count as audio (a stream recorded or a file cut with
+#: `dd` mid-frame, zeros before the first frame), as FFmpeg's mp3 and aac probes count them. By chance it
+#: takes headers alike at the four places their lengths lead to: none in a million random heads of 8 KiB.
+_FRAMES_IN_A_ROW = 4
+
+
+def _byte_class(accepts: Callable[[int], bool]) -> bytes:
+    """A regular expression's class of the bytes `accepts` takes."""
+    return b"[" + b"".join(re.escape(bytes([byte])) for byte in range(256) if accepts(byte)) + b"]"
+
+
+#: The first three bytes of a header a run may open with: an MPEG audio frame's (a version and layer not
+#: reserved, then a bit rate neither free nor reserved and a sample rate not reserved) or an ADTS frame's
+#: (layer 0, then a sample rate index up to 12).
+_FRAME_HEADER = re.compile(
+    rb"\xff(?:%s%s|[\xf0\xf1\xf8\xf9]%s)"
+    % (
+        _byte_class(lambda byte: byte >> 5 == 7 and byte >> 3 & 3 != 1 and byte >> 1 & 3 != 0),
+        _byte_class(lambda byte: byte >> 4 not in (0, 15) and byte >> 2 & 3 != 3),
+        _byte_class(lambda byte: byte >> 2 & 15 <= 12),
+    )
+)
+#: The bit rates of MPEG audio in kbit/s by version (1, else 2 and 2.5), layer (I, II, III) and index 1-14.
+_MPEG_BIT_RATES = {
+    (True, 1): (32, 64, 96, 128, 160, 192, 224, 256, 288, 320, 352, 384, 416, 448),
+    (True, 2): (32, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384),
+    (True, 3): (32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320),
+    (False, 1): (32, 48, 56, 64, 80, 96, 112, 128, 144, 160, 176, 192, 224, 256),
+    (False, 2): (8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160),
+    (False, 3): (8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160),
+}
+#: MPEG-1's sample rates; MPEG-2 halves them, MPEG-2.5 quarters them.
+_MPEG_SAMPLE_RATES = (44100, 48000, 32000)
+#: Signatures of files that store MP3 files as they are (ZIP, 7z, RAR; tar's is at byte 257): the frames of
+#: one in a row are no raw stream.
+_ARCHIVE_MAGIC = (b"PK\x03\x04", b"7z\xbc\xaf\x27\x1c", b"Rar!\x1a\x07")
+#: An MPEG program stream's pack start code: its packs cut a soundtrack's frames into pieces, but a few may
+#: lie in a row within one.
+_PACK_START = b"\x00\x00\x01\xba"
+
+
+def _frames_in_a_row(head: bytes) -> bool:
+    """Whether `head` holds `_FRAMES_IN_A_ROW` MPEG audio or ADTS frames back to back (same version, layer
+    and sample rate; for ADTS, same profile, sample rate and channels), as a raw MP3, MP2 or AAC stream does
+    from wherever it was begun, and is not an archive's or a cut multiplex's (`_multiplexed_or_archived`)."""
+    match = _FRAME_HEADER.search(head)
+    while match is not None:
+        if _run_from(head, match.start()):
+            return not _multiplexed_or_archived(head)
+        match = _FRAME_HEADER.search(head, match.start() + 1)  # the next place, even within this match
+    return False
+
+
+def _run_from(head: bytes, at: int) -> bool:
+    """Whether `_FRAMES_IN_A_ROW` frame headers alike follow each other from `at`, each where the frame
+    before it ends."""
+    first = _frame_header(head, at)
+    if first is None:
+        return False
+    fixed, length = first
+    for _ in range(_FRAMES_IN_A_ROW - 1):
+        at += length
+        header = _frame_header(head, at)
+        if header is None or header[0] != fixed:
+            return False
+        length = header[1]
+    return True
+
+
+def _frame_header(head: bytes, at: int) -> tuple[int, int] | None:
+    """The fields of the MPEG audio or ADTS frame header at `at` that stay the same from frame to frame, and
+    the frame's length; None when there is none (or it lies past `head`)."""
+    if len(head) < at + 7:
+        return None
+    header = int.from_bytes(head[at : at + 4], "big")
+    if header >> 16 & 0xFFF6 == 0xFFF0:  # ADTS: its length, 13 bits, counts its 7 or 9 header bytes
+        length = (header & 3) << 11 | head[at + 4] << 3 | head[at + 5] >> 5
+        smallest = 7 if header & 0x10000 else 9  # protection_absent, or a CRC
+        sample_rate = header >> 10 & 15
+        return (header & 0xFFFFFFF0, length) if length >= smallest and sample_rate <= 12 else None
+    if header >> 21 != 0x7FF:
+        return None
+    version, layer = header >> 19 & 3, 4 - (header >> 17 & 3)  # version 3: MPEG-1, 2: MPEG-2, 0: MPEG-2.5
+    bit_rate, sample_rate = header >> 12 & 15, header >> 10 & 3
+    if version == 1 or layer == 4 or bit_rate in (0, 15) or sample_rate == 3:
+        return None  # reserved, or free format (whose frames have no length a header tells)
+    kbps = _MPEG_BIT_RATES[version == 3, layer][bit_rate - 1]
+    rate = _MPEG_SAMPLE_RATES[sample_rate] >> (3 - version if version else 2)
+    padding = header >> 9 & 1
+    if layer == 1:
+        length = (12000 * kbps // rate + padding) * 4
+    else:  # MPEG-2 and 2.5 put half the samples in a layer III frame
+        length = (144000 if layer == 2 or version == 3 else 72000) * kbps // rate + padding
+    return header & 0xFFFE0C00, length
+
+
+def _multiplexed_or_archived(head: bytes) -> bool:
+    """Whether `head` is an archive's (which may store MP3 files as they are), or a program or transport
+    stream's cut so that its signature is gone: it holds a pack header, or the sync byte of transport
+    packets comes every 188 (or an M2TS's 192) bytes from somewhere in the first packet to the end of
+    `head`, at least three times."""
+    if head.startswith(_ARCHIVE_MAGIC) or head[257:262] == b"ustar" or _PACK_START in head:
+        return True
+    for size in (TS_PACKET, M2TS_PACKET):
+        for at in range(size):
+            syncs = head[at::size]
+            if len(syncs) >= 3 and syncs == b"\x47" * len(syncs):
+                return True
     return False
 
 
