@@ -298,6 +298,20 @@ async def test_a_soundtrack_alone_in_a_transport_stream_is_audio(
     assert (await result_of(api, job["id"]))["integrated_lufs"] == pytest.approx(-20.7, abs=0.3)
 
 
+async def test_an_mp3_cut_mid_frame_is_audio_and_measured(api: httpx.AsyncClient, tmp_path: Path) -> None:
+    """An MP3 cut mid-frame (`tail -c`, a stream recorded as it went by) is stored as audio and its loudness
+    measured: it was unknown, and every audio job on it was refused with 415."""
+    whole, path = tmp_path / "tone.mp3", tmp_path / "cut.mp3"
+    make_audio_only(whole, container_format="mp3", codec="libmp3lame")
+    path.write_bytes(whole.read_bytes()[1000:])
+    file_id = await upload(api, path, content_type="audio/mpeg")
+    assert (await api.get(f"/v1/files/{file_id}")).json()["data"]["kind"] == "audio"
+    job = await wait_for(api, (await submit(api, "audio.loudness", file_id))["id"], timeout=60)
+    assert job["status"] == "succeeded", job
+    # FFmpeg's ebur128 reads -21.2 LUFS of the cut file (-21.1 of the whole one).
+    assert (await result_of(api, job["id"]))["integrated_lufs"] == pytest.approx(-21.2, abs=0.1)
+
+
 @pytest.mark.parametrize(
     ("name", "written_as", "size", "codec", "probed"),
     [
