@@ -161,7 +161,13 @@ async def test_the_document_allows_what_the_gateway_takes_and_nothing_it_refuses
             "*/*": {"schema": {"type": "string", "format": "binary"}}
         }
     assert "Content-Range" in content["responses"]["206"]["headers"]
-    assert [p["name"] for p in content["parameters"] if p.get("in") == "header"] == ["Range"]
+    assert [p["name"] for p in content["parameters"] if p.get("in") == "header"] == [
+        "Range",
+        "If-Range",
+        "If-None-Match",
+    ]
+    assert "ETag" in content["responses"]["200"]["headers"]
+    assert "ETag" in content["responses"]["304"]["headers"]
     upload = document["paths"]["/v1/files"]["post"]["requestBody"]["content"]
     assert set(upload) == {"multipart/form-data", "application/octet-stream", "*/*"}
     listing = document["paths"]["/v1/jobs"]["get"]["parameters"]

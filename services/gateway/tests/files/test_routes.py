@@ -359,6 +359,47 @@ async def test_a_range_in_another_unit_or_of_several_parts_is_ignored(
     assert "content-range" not in response.headers
 
 
+async def test_a_download_carries_the_files_sha256_as_its_etag(api: httpx.AsyncClient) -> None:
+    """Every download, whole or a range, and its HEAD, carries the file's SHA-256 as a strong ETag; a
+    client that holds the file (`If-None-Match` naming it, weakly too, or `*`) gets a 304 without a body,
+    and the file otherwise (they had no tag to ask by)."""
+    file = await _raw_upload(api, BLOB, **{"Content-Type": "application/octet-stream"})
+    url, etag = f"/v1/files/{file['id']}/content", f'"{hashlib.sha256(BLOB).hexdigest()}"'
+    for response in (
+        await api.get(url),
+        await api.get(url, headers={"Range": "bytes=0-9"}),
+        await api.head(url),
+    ):
+        assert response.headers["etag"] == etag
+    for held in (etag, f'"other", W/{etag}', "*"):
+        response = await api.get(url, headers={"If-None-Match": held})
+        assert (response.status_code, response.content, response.headers["etag"]) == (304, b"", etag)
+    response = await api.get(url, headers={"If-None-Match": '"other"'})
+    assert (response.status_code, response.content) == (200, BLOB)
+
+
+@pytest.mark.parametrize(
+    ("validator", "resumed"),
+    [("{etag}", True), ('"0000"', False), ("W/{etag}", False), ("Sat, 29 Oct 1994 19:43:31 GMT", False)],
+)
+async def test_a_range_with_if_range_is_served_only_from_the_same_file(
+    api: httpx.AsyncClient, validator: str, resumed: bool
+) -> None:
+    """RFC 9110 13.1.5: a Range sent with `If-Range` is served (206) only when the validator is this file's
+    ETag, compared strongly; another tag, a weak one or a date (the file states none) gets the whole file
+    (200), so a download resumed against a changed resource starts over rather than splice two files. The
+    Range was served whatever `If-Range` said."""
+    file = await _raw_upload(api, BLOB, **{"Content-Type": "application/octet-stream"})
+    etag = f'"{hashlib.sha256(BLOB).hexdigest()}"'
+    headers = {"Range": "bytes=100-", "If-Range": validator.format(etag=etag)}
+    response = await api.get(f"/v1/files/{file['id']}/content", headers=headers)
+    if resumed:
+        assert (response.status_code, response.content) == (206, BLOB[100:])
+    else:
+        assert (response.status_code, response.content) == (200, BLOB)
+        assert "content-range" not in response.headers
+
+
 @pytest.mark.parametrize("digits", [20, 5000])
 async def test_a_range_position_of_any_length_is_answered(
     api: httpx.AsyncClient, envelope: EnvelopeCheck, digits: int

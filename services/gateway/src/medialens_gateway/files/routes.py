@@ -112,6 +112,10 @@ _DOWNLOAD_HEADERS: dict[str, Any] = {
         "description": "`bytes`: a single byte range may be asked for.",
         "schema": {"type": "string"},
     },
+    "ETag": {
+        "description": "The file's SHA-256 in quotes: a file never changes, so this tag never does either.",
+        "schema": {"type": "string"},
+    },
 }
 
 
@@ -128,6 +132,10 @@ _DOWNLOAD_HEADERS: dict[str, Any] = {
                 **_DOWNLOAD_HEADERS,
                 "Content-Range": {"description": "`bytes start-end/size`", "schema": {"type": "string"}},
             },
+        },
+        304: {
+            "description": "The file is the one `If-None-Match` names: no body (only its `ETag`).",
+            "headers": {"ETag": _DOWNLOAD_HEADERS["ETag"]},
         },
         416: {
             "model": ErrorEnvelope,
@@ -149,16 +157,39 @@ async def get_content(
             "those bytes. Several ranges, or another unit, get the whole file (200).",
         ),
     ] = None,
+    if_range: Annotated[
+        str | None,
+        Header(
+            alias="If-Range",
+            description="The `ETag` a download was begun with: the Range is served only if it is still this "
+            "file's (else the whole file, 200). A date never matches (the file states none).",
+        ),
+    ] = None,
+    if_none_match: Annotated[
+        str | None,
+        Header(
+            alias="If-None-Match",
+            description="`ETag`s already held (or `*`): 304 without a body when this file's is among them.",
+        ),
+    ] = None,
 ) -> Response:
+    """The file's bytes, with its SHA-256 as a strong `ETag` (a file never changes): a client that holds
+    them asks again with `If-None-Match` and gets a 304 without them; a download resumed with `Range` and
+    `If-Range` gets the rest only from the same file (RFC 9110 13.1.5). Without a tag, `If-Range` could
+    never match, and a resumed download was served a range of whatever it asked, unchecked."""
     row = await service.get_file(session, tenant_id=tenant.id, file_id=file_id)
     size = row["size_bytes"]
     start, end, status = 0, size - 1, 200
+    etag = f'"{row["sha256"]}"'
+    if if_none_match is not None and _names(if_none_match, etag):
+        return Response(status_code=304, headers={"ETag": etag})
     headers = {
         "Accept-Ranges": "bytes",
         "Content-Disposition": content_disposition(row["filename"]),
         "Content-Type": row["content_type"],
+        "ETag": etag,
     }
-    if range_ and _served(range_):
+    if range_ and _served(range_) and (if_range is None or if_range.strip() == etag):
         start, end = _parse_range(range_, size)
         status = 206
         headers["Content-Range"] = f"bytes {start}-{end}/{size}"
@@ -172,6 +203,12 @@ async def get_content(
     return StreamingResponse(
         download.chunks(), status_code=status, headers=headers, background=BackgroundTask(download.close)
     )
+
+
+def _names(if_none_match: str, etag: str) -> bool:
+    """Whether an `If-None-Match` list names `etag`, compared weakly (`W/` ignored), or is `*`."""
+    tags = [tag.strip().removeprefix("W/") for tag in if_none_match.split(",")]
+    return "*" in tags or etag in tags
 
 
 def _served(spec: str) -> bool:
