@@ -272,6 +272,34 @@ def test_garbage_or_a_hole_of_zeros_in_an_mp3_is_still_damage(
         measure_loudness(damaged, None, no_report)
 
 
+@pytest.mark.parametrize(
+    ("suffix", "codec", "damage"),
+    [
+        (".flac", "flac", "garbage"),
+        (".flac", "flac", "zeros"),
+        (".m4a", "aac", "zeros"),
+        (".m4a", "aac", "garbage"),
+    ],
+)
+def test_a_damaged_packet_within_the_sound_is_damage_in_any_codec(
+    tmp_path: Path, suffix: str, codec: str, damage: str
+) -> None:
+    """One packet within the sound of a FLAC or an M4A overwritten with garbage or zeroed (a block of a
+    download lost) fails MEDIA_DECODE_ERROR: passing tags over had made both succeed, without the packet's
+    samples and without a word (FFmpeg's `amovie` refused it, and PyAV's reading, taken instead, passed
+    FLAC's over unseen and took an M4A's zeros for padding)."""
+    whole = write(tmp_path / f"whole{suffix}", sine(-23.0, 4.0), codec=codec)
+    with av.open(str(whole)) as container:
+        packets = [(p.pos, p.size) for p in container.demux(container.streams.audio[0]) if p.size]
+    position, size = packets[len(packets) // 2]
+    data = whole.read_bytes()
+    bad = bytes(size) if damage == "zeros" else np.random.default_rng(3).bytes(size)
+    damaged = tmp_path / f"damaged{suffix}"
+    damaged.write_bytes(data[:position] + bad + data[position + size :])
+    with pytest.raises(MediaDecodeError, match=r"stops decoding after .* the file is damaged"):
+        measure_loudness(damaged, None, no_report)
+
+
 @pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
 def test_samples_that_are_not_numbers_fail_every_analysis(tmp_path: Path, value: float) -> None:
     """One NaN or infinite sample in a float WAV fails loudness, silence and waveform with MEDIA_DECODE_ERROR

@@ -31,7 +31,8 @@ A packet the decoder refuses fails the analysis with `MediaDecodeError` as damag
 or padding, not sound (`_TagsAndPadding`: a Lyrics3 tag after an MP3's last frame, zero padding, the ID3v2
 tag opening the second of two MP3s joined with `cat`): that one is passed over, as `ffmpeg` passes it.
 FFmpeg's `amovie` does not say which packet its decoder refused, so from there PyAV decodes the stream
-again and tells (`AudioInput._decoded`).
+again and tells (`AudioInput._decoded`); where PyAV passes no tag over, `amovie`'s refusal stands. Zeros
+are padding only after the sound (`_decoded_frames`).
 
 A sample that is not a number (NaN or infinite, which only float PCM holds) fails the analysis with
 `MediaDecodeError` rather than being replaced: it has no level to measure or draw (a NaN silenced the
@@ -342,6 +343,8 @@ class AudioInput:
     _timed: bool
     #: The stream's frames decoded by PyAV, from the first on: read when `amovie` cannot go on.
     _frames: Iterator[Any]
+    #: What `_frames` passed over as tags or padding (`_TagsAndPadding`).
+    _tags: _TagsAndPadding
     #: The most samples the stream plays (`played_samples`): the decoder's output past them is padding.
     _played: int | None = None
     #: Samples per channel handed out so far.
@@ -393,6 +396,8 @@ class AudioInput:
         tag or padding and fail on it as damage otherwise (`_decoded_frames`). A stream `amovie` finds no
         format for (`_SourceRefused`) is read by `_converted` from its start."""
         decoded = 0
+        refused: av.error.FFmpegError | None = None
+        refused_at = 0
         try:
             if not self._chained:
                 try:
@@ -420,6 +425,7 @@ class AudioInput:
                         decoded / self.sample_rate,
                         ffmpeg_reason(exc),
                     )
+                    refused, refused_at = exc, decoded
                 else:
                     return
             skip = decoded
@@ -435,6 +441,10 @@ class AudioInput:
                     block, skip = np.ascontiguousarray(block[:, skip:]), 0
                 yield self._checked(block, decoded)
                 decoded += block.shape[1]
+            if refused is not None and not self._tags.passed:
+                # PyAV's reading found no tag to pass over: what `amovie`'s decoder refused was damage,
+                # which PyAV's demuxer may drop unseen (a FLAC frame of garbage: its parser resyncs).
+                raise _stopped_decoding(refused_at / self.sample_rate, refused)
         except av.error.FFmpegError as exc:
             raise _stopped_decoding(decoded / self.sample_rate, exc) from exc
 
@@ -473,7 +483,8 @@ def open_audio(path: Path) -> Iterator[AudioInput]:
     """
     with open_container(path) as (container, stream):
         chains = _ogg_chains(container)
-        source = _chain_frames(chains) if len(chains) > 1 else _decoded_frames(container, stream)
+        tags = _TagsAndPadding()
+        source = _chain_frames(chains, tags) if len(chains) > 1 else _decoded_frames(container, stream, tags)
         with contextlib.closing(source) as frames:
             try:
                 first = next(frames, None)
@@ -499,6 +510,7 @@ def open_audio(path: Path) -> Iterator[AudioInput]:
                 _chained=len(chains) > 1,
                 _timed=str(container.format.name) in _TIMED_FORMATS,
                 _frames=frames if first is None else itertools.chain((first,), frames),
+                _tags=tags,
                 _played=played_samples(container, stream, sample_rate),
             )
             try:
@@ -651,10 +663,10 @@ def _page_end(data: mmap.mmap, page: int) -> int | None:
     return table + segments + sum(data[table : table + segments])
 
 
-def _chain_frames(chains: list[str]) -> Generator[Any, None, None]:
+def _chain_frames(chains: list[str], tags: _TagsAndPadding) -> Generator[Any, None, None]:
     """The frames of each chain's first decodable audio stream (`_ogg_chains`), one chain after the other."""
     for container, stream in _chain_streams(chains):
-        yield from _decoded_frames(container, stream)
+        yield from _decoded_frames(container, stream, tags)
 
 
 def _chains_duration(chains: list[str]) -> float | None:
@@ -829,15 +841,17 @@ def _opus_pre_skip(stream: Any) -> int:
     return int.from_bytes(head[10:12], "little")
 
 
-def _decoded_frames(container: Any, stream: Any) -> Generator[Any, None, None]:
+def _decoded_frames(container: Any, stream: Any, tags: _TagsAndPadding) -> Generator[Any, None, None]:
     """The stream's frames as its decoder gives them, to the decoder's last (PyAV's demuxer ends with an
     empty packet, which drains it). A packet the decoder refuses that holds a tag or padding, not sound
-    (`_TagsAndPadding`), is passed over, as `ffmpeg` passes it; any other it refuses raises FFmpeg's error.
+    (`tags`), is passed over, as `ffmpeg` passes it; any other it refuses raises FFmpeg's error. Zeros
+    alone are padding only after the sound: should a packet of sound follow them, they were a hole in it
+    (a zeroed block of a download), and their refusal is raised then.
 
     Closing this generator closes the demuxer: PyAV keeps memory of one dropped midway for good.
     """
     decoder = stream.codec_context
-    tags = _TagsAndPadding()
+    hole: av.error.FFmpegError | None = None
     with demuxed(container, stream) as packets:
         for packet in packets:
             try:
@@ -852,7 +866,11 @@ def _decoded_frames(container: Any, stream: Any) -> Generator[Any, None, None]:
                     packet.pos,
                     ffmpeg_reason(exc),
                 )
+                if not bytes(packet).strip(b"\0"):
+                    hole = exc
                 continue
+            if hole is not None and packet.size:
+                raise hole
             for frame in frames:
                 if frame.samples:
                     yield frame
@@ -879,6 +897,8 @@ class _TagsAndPadding:
     def __init__(self) -> None:
         #: Where the last tag found ends, in the file's bytes (0: none found going on past its packet).
         self._tag_end = 0
+        #: How many refused packets were found to be tags or padding.
+        self.passed = 0
 
     def are_in(self, packet: Any) -> bool:
         """Whether `packet`, which the decoder refused, holds tags or padding: it starts within a tag an
@@ -886,6 +906,7 @@ class _TagsAndPadding:
         data = bytes(packet)
         position = packet.pos
         if position is not None and position < self._tag_end:
+            self.passed += 1
             return True
         starts = [0, *(match.start() for match in _TAG_START.finditer(data, 1))]
         for start in starts:
@@ -893,6 +914,7 @@ class _TagsAndPadding:
             if end is not None:
                 if position is not None and end > len(data):
                     self._tag_end = position + end
+                self.passed += 1
                 return True
         return False
 
