@@ -239,9 +239,22 @@ _MPEG_BIT_RATES = {
 }
 #: MPEG-1's sample rates; MPEG-2 halves them, MPEG-2.5 quarters them.
 _MPEG_SAMPLE_RATES = (44100, 48000, 32000)
-#: Signatures of files that store MP3 files as they are (ZIP, 7z, RAR; tar's is at byte 257): the frames of
-#: one in a row are no raw stream.
-_ARCHIVE_MAGIC = (b"PK\x03\x04", b"7z\xbc\xaf\x27\x1c", b"Rar!\x1a\x07")
+#: Signatures of files that store MP3 files as they are (ZIP, 7z, RAR; tar's is at byte 257), and of
+#: programs and libraries (ELF, PE, Mach-O, Java's classes and module images), whose tables of code may
+#: read as frames in a row: none of them is a raw stream.
+_NOT_A_STREAM_MAGIC = (
+    b"PK\x03\x04",
+    b"7z\xbc\xaf\x27\x1c",
+    b"Rar!\x1a\x07",
+    b"\x7fELF",
+    b"MZ",
+    b"\xfe\xed\xfa\xce",
+    b"\xfe\xed\xfa\xcf",
+    b"\xce\xfa\xed\xfe",
+    b"\xcf\xfa\xed\xfe",
+    b"\xca\xfe\xba\xbe",
+    b"\xca\xfe\xda\xda",
+)
 #: An MPEG program stream's pack start code: its packs cut a soundtrack's frames into pieces, but a few may
 #: lie in a row within one.
 _PACK_START = b"\x00\x00\x01\xba"
@@ -290,8 +303,12 @@ def _frame_header(head: bytes, at: int) -> tuple[int, int] | None:
         return None
     version, layer = header >> 19 & 3, 4 - (header >> 17 & 3)  # version 3: MPEG-1, 2: MPEG-2, 0: MPEG-2.5
     bit_rate, sample_rate = header >> 12 & 15, header >> 10 & 3
-    if version == 1 or layer == 4 or bit_rate in (0, 15) or sample_rate == 3:
-        return None  # reserved, or free format (whose frames have no length a header tells)
+    if version == 1 or layer in (1, 4) or bit_rate in (0, 15) or sample_rate == 3:
+        # Reserved, free format (whose frames have no length a header tells), or Layer I, which no one
+        # streams any more and whose short frames of 4-byte words programs' jump tables mimic: 267 of
+        # the x86-64 programs and libraries of a Debian system held four in a row (`ff ff 25 ..` every 64
+        # bytes).
+        return None
     kbps = _MPEG_BIT_RATES[version == 3, layer][bit_rate - 1]
     rate = _MPEG_SAMPLE_RATES[sample_rate] >> (3 - version if version else 2)
     padding = header >> 9 & 1
@@ -303,11 +320,12 @@ def _frame_header(head: bytes, at: int) -> tuple[int, int] | None:
 
 
 def _multiplexed_or_archived(head: bytes) -> bool:
-    """Whether `head` is an archive's (which may store MP3 files as they are), or a program or transport
-    stream's cut so that its signature is gone: it holds a pack header, or the sync byte of transport
+    """Whether `head` is an archive's (which may store MP3 files as they are) or a program's or library's
+    (`_NOT_A_STREAM_MAGIC`), or a program or transport stream's cut so that its signature is gone: it holds
+    a pack header, or the sync byte of transport
     packets comes every 188 (or an M2TS's 192) bytes from somewhere in the first packet to the end of
     `head`, at least three times."""
-    if head.startswith(_ARCHIVE_MAGIC) or head[257:262] == b"ustar" or _PACK_START in head:
+    if head.startswith(_NOT_A_STREAM_MAGIC) or head[257:262] == b"ustar" or _PACK_START in head:
         return True
     for size in (TS_PACKET, M2TS_PACKET):
         for at in range(size):
