@@ -14,7 +14,7 @@ from typing import Any
 import duckdb
 import pytest
 
-from medialens_data.engine import STOP_GRACE_S, Limits
+from medialens_data.engine import NESTED_SQL_BUDGET, STOP_GRACE_S, Limits, as_text
 from medialens_data.query import INLINE_ROWS_BYTES, check_sql, run_query
 from medialens_shared.contracts import DataQueryParams
 from medialens_shared.errors import InvalidParams, JobCancelled, JobTimeout, disk_full
@@ -838,3 +838,29 @@ def test_nested_values_come_as_exactly_as_top_level_ones(tmp_path: Path) -> None
     widest = 170141183460469231731687303715884105727
     huge = ask(path, f"SELECT [{widest}::HUGEINT] AS big, [TIMESTAMP_NS '2024-01-01 00:00:00.5'] AS ns")
     assert huge.rows == [[[str(widest)], ["2024-01-01T00:00:00.500000000"]]]
+
+
+def test_a_deeply_nested_value_is_read_within_a_bounded_rewriting(tmp_path: Path) -> None:
+    """A struct of structs ten levels deep holding 1,024 timestamps is answered, its values as DuckDB's
+    client reads them: writing each timestamp exactly took 520 KB of SQL, which DuckDB took 11 s to bind
+    (`SELECT * FROM data` ran past a 5 s limit, for an input of 82 KB). Nested values stay exact below the
+    bound (`test_nested_values_come_as_exactly_as_top_level_ones`)."""
+    value = "TIMESTAMP '2020-01-01 00:00:00.5'"
+    for _ in range(10):
+        value = f"{{'a': {value}, 'b': {value}}}"
+    path = tmp_path / "deep.parquet"
+    with duckdb.connect() as con:
+        con.execute(f"COPY (SELECT {value} AS c) TO '{path}' (FORMAT parquet)")
+        dtype = str(con.sql(f"SELECT {value}").types[0])
+    assert as_text("c", dtype) == "c"  # past NESTED_SQL_BUDGET: left to DuckDB's client
+    answer = ask(path, "SELECT * FROM data")
+    leaf = answer.rows[0][0]
+    for _ in range(10):
+        leaf = leaf["b"]
+    assert leaf == "2020-01-01T00:00:00.500000"
+    small = "TIMESTAMP 'infinity'"
+    for _ in range(3):
+        small = f"{{'a': {small}, 'b': {small}}}"
+    written = as_text("c", str(duckdb.sql(f"SELECT {small}").types[0]))
+    assert written != "c"
+    assert len(written) <= NESTED_SQL_BUDGET
