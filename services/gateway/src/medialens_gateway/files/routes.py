@@ -173,15 +173,15 @@ async def get_content(
         ),
     ] = None,
 ) -> Response:
-    """The file's bytes, with its SHA-256 as a strong `ETag` (a file never changes): a client that holds
-    them asks again with `If-None-Match` and gets a 304 without them; a download resumed with `Range` and
-    `If-Range` gets the rest only from the same file (RFC 9110 13.1.5). Without a tag, `If-Range` could
-    never match, and a resumed download was served a range of whatever it asked, unchecked."""
+    # The file's bytes, with its SHA-256 as a strong `ETag` (a file never changes): a client that holds
+    # them asks again with `If-None-Match` and gets a 304 without them; a download resumed with `Range`
+    # and `If-Range` gets the rest only from the same file (RFC 9110 13.1.5). A comment, not a docstring:
+    # FastAPI would publish a docstring as the operation's description.
     row = await service.get_file(session, tenant_id=tenant.id, file_id=file_id)
     size = row["size_bytes"]
     start, end, status = 0, size - 1, 200
     etag = f'"{row["sha256"]}"'
-    if if_none_match is not None and _names(if_none_match, etag):
+    if if_none_match is not None and _held(if_none_match, etag):
         return Response(status_code=304, headers={"ETag": etag})
     headers = {
         "Accept-Ranges": "bytes",
@@ -205,7 +205,7 @@ async def get_content(
     )
 
 
-def _names(if_none_match: str, etag: str) -> bool:
+def _held(if_none_match: str, etag: str) -> bool:
     """Whether an `If-None-Match` list names `etag`, compared weakly (`W/` ignored), or is `*`."""
     tags = [tag.strip().removeprefix("W/") for tag in if_none_match.split(",")]
     return "*" in tags or etag in tags

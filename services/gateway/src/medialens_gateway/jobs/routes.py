@@ -110,9 +110,10 @@ async def list_jobs(
         list[LabelFilter] | None, Query(description="`key:value`; repeat to require several.")
     ] = None,
 ) -> JSONResponse:
-    """`status` and `type` repeated select jobs of any of the values (`?status=queued&status=running`: the
-    jobs not yet finished); a `label` repeated requires each. A repeated filter kept its last value alone
-    (`?status=succeeded&status=queued` listed the queued jobs, silently)."""
+    # `status` and `type` repeated select jobs of any of the values (`?status=queued&status=running`: the
+    # jobs not yet finished); a `label` repeated requires each. (A repeated filter kept its last value
+    # alone: `?status=succeeded&status=queued` listed the queued jobs, silently.) A comment, not a
+    # docstring: FastAPI would publish a docstring as the operation's description.
     for name in type or []:
         if name not in JOB_TYPES:
             message = f"type filter {name!r} is no job type; /v1/job-types lists them."
