@@ -338,6 +338,8 @@ def stated_end(container: Any, stream: Any) -> int | None:
         return round(tag.end(start_s) / Fraction(stream.time_base))
     if container.format.name == "asf":
         return _asf_end(container, stream)
+    if container.format.name == "mpeg" and stream.type == "video" and stream.duration:
+        return _program_stream_end(container, stream, int((stream.start_time or 0) + stream.duration))
     if stream.duration and container.format.name not in RAW_VIDEO_FORMATS:
         return int((stream.start_time or 0) + stream.duration)
     return None
@@ -357,6 +359,40 @@ def _asf_end(container: Any, stream: Any) -> int | None:
         except av.error.FFmpegError:
             return None
         return latest_end(own, own_stream)
+
+
+def _program_stream_end(container: Any, stream: Any, estimate: int) -> int:
+    """The end of an MPEG program stream's last frame: FFmpeg's `estimate` (from the last timestamps it
+    found) set right by reading the last packets, from `_PS_END_FRAMES` frames before it (in a container of
+    its own), the first `_PS_SETTLE_PACKETS` of them left out, and counting the frames after the last
+    timestamp one interval each.
+
+    A PES packet times only the first of the frames it holds, so FFmpeg's estimate fell 1-7 frames short of
+    the stream's 300 (DVD-like files at a low rate), and the first packets after a seek come with
+    timestamps half a frame off. Where that reading fails, the estimate stands."""
+    interval = frame_ticks(stream)
+    with opened(container.name) as own:
+        own_stream = own.streams[stream.index]
+        try:
+            own.seek(
+                max(estimate - _PS_END_FRAMES * interval, 0), stream=own_stream, backward=True, any_frame=True
+            )
+        except av.error.FFmpegError:
+            return estimate
+        last, untimed = None, 0
+        with demuxed(own, own_stream) as packets:
+            for packet in islice((p for p in packets if p.size), _PS_SETTLE_PACKETS, None):
+                if packet.pts is None:
+                    untimed += 1
+                else:
+                    last, untimed = max(packet.pts, last or packet.pts), 0
+    return estimate if last is None else last + interval * (1 + untimed)
+
+
+#: How far before FFmpeg's estimate of a program stream's end `_program_stream_end` reads, in frames, and
+#: how many packets of those it leaves out (their timestamps may be off after the seek).
+_PS_END_FRAMES = 36
+_PS_SETTLE_PACKETS = 12
 
 
 #: A time past the end of any stream (seconds, small enough to count in microseconds): a seek there
