@@ -410,13 +410,9 @@ async def list_jobs(
         sql.append(" AND " + condition.format(*(f"${n}" for n in numbers)))
         args.extend(values)
 
-    if len(statuses) == 1:
-        where("jobs.status = {}", statuses[0].value)
-    elif statuses:
+    if statuses:
         where("jobs.status = ANY({})", [status.value for status in statuses])
-    if len(types) == 1:
-        where("jobs.type = {}", types[0])
-    elif types:
+    if types:
         where("jobs.type = ANY({})", list(types))
     for key, value in labels:  # each pair required: a key given twice matches no job, not the last value
         where("jobs.labels @> {}::jsonb", to_json({key: value}).decode())
