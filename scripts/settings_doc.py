@@ -42,8 +42,9 @@ DESCRIPTIONS: dict[str, str] = {
     "MEDIALENS_POSTGRES_POOL_RECYCLE": "Seconds after which a connection is replaced (-1: never).",
     "MEDIALENS_POSTGRES_POOL_PRE_PING": "Check a connection before handing it out.",
     "MEDIALENS_POSTGRES_CONNECT_TIMEOUT": "Seconds to wait for a new connection.",
-    "MEDIALENS_MONGODB_URL": "MongoDB URL, `mongodb://` or `mongodb+srv://` (GridFS uploads and results); in "
-    "development a local nx-27017 server when nothing answers on 27017.",
+    "MEDIALENS_MONGODB_URL": "MongoDB URL, `mongodb://` or `mongodb+srv://` (GridFS uploads and results). "
+    "`make dev` and the tests start a local nx-27017 server when nothing answers on 27017; the services "
+    "themselves connect to this URL only.",
     "MEDIALENS_MONGODB_DATABASE": "MongoDB database name.",
     "MEDIALENS_MONGODB_MAX_POOL_SIZE": "Most connections each process opens to MongoDB.",
     "MEDIALENS_MONGODB_MIN_POOL_SIZE": "Connections each process keeps open to MongoDB.",
@@ -106,7 +107,7 @@ DESCRIPTIONS: dict[str, str] = {
     "row a deleted file leaves goes that long after its delete. 0: every job and row is kept (e.g. 2592000 "
     "keeps 30 days).",
     "MEDIALENS_WEBHOOK_MAX_ATTEMPTS": "Tries of a webhook delivery that keeps meeting 408, 429, 5xx or "
-    "network errors before it is marked failed (other 4xx fail at once).",
+    "network errors before it is marked failed (any other answer, a redirect or another 4xx, fails at once).",
     "MEDIALENS_WEBHOOK_TIMEOUT_S": "Budget of one delivery try, in seconds: resolving the host, connecting, "
     "sending and reading the status.",
     "MEDIALENS_WEBHOOK_BACKOFF_BASE_S": "Wait before a delivery's second try, in seconds; each later wait "

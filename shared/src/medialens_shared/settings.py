@@ -1,7 +1,9 @@
 """The one settings model of MediaLens, read from `MEDIALENS_*` environment variables.
 
 Variables are named `MEDIALENS_<GROUP>_<FIELD>`: `MEDIALENS_POSTGRES_POOL_SIZE`, `MEDIALENS_MONGODB_URL`,
-`MEDIALENS_DEV_API_KEYS`. Each group is a resource; nothing else in the code base reads the environment.
+`MEDIALENS_DEV_API_KEYS`. Each group is a resource; nothing else in the code base reads the environment
+for its settings (`telemetry` hands OpenTelemetry its own `OTEL_*` variables, and `logs` looks for
+misspelt `MEDIALENS_*` ones to warn of).
 
 Sizing the PostgreSQL pools: every process holds its own pool of at most `pool_size + max_overflow`
 connections, so the stack needs `sum over processes (pool_size + max_overflow)` server connections. The
