@@ -169,6 +169,16 @@ def test_a_json_array_profiles_its_objects(tmp_path: Path) -> None:
     ]
 
 
+@pytest.mark.parametrize("text", ["[[1, 2], [3, 4]]", ' \n[ ["a", "b"],\n ["c", "d"]]'])
+def test_a_json_array_of_arrays_is_refused_saying_why(tmp_path: Path, text: str) -> None:
+    """A JSON array of arrays (rows without column names) fails UNSUPPORTED_INPUT saying what to give: it
+    was read as a CSV, and "succeeded" as a table of no rows with columns named `[[1`, `2]`."""
+    path = tmp_path / "rows.json"
+    path.write_text(text)
+    with pytest.raises(UnsupportedInput, match="a JSON array of arrays"):
+        profile_table(path, params=DataProfileParams())
+
+
 def test_a_wide_profile_shows_shorter_texts_to_stay_storable() -> None:
     """Texts are shown at 1,000 characters in a narrow table, shorter in a wide one, so that a profile's
     texts (12 a column, 4 bytes a character at most) stay within SHOWN_TEXT_BUDGET whatever the width:

@@ -90,6 +90,8 @@ _DELIMITERS = (",", ";", "\t", "|")
 #: The start of a JSON array of objects (or an empty one): `[`, blanks, then `{` or `]`. A CSV header such
 #: as `[id],[name]` does not match.
 _JSON_ARRAY = re.compile(rb"\[\s*[{\]]")
+#: A JSON array whose first item is an array (`[[1, 2], [3, 4]]`): rows without column names.
+_JSON_ROWS = re.compile(rb"\[\s*\[")
 #: A ragged or damaged CSV must fail, never lose or pad rows: no skipped leading lines, no null padding,
 #: no ignored errors, strict quoting.
 _CSV_STRICT = "strict_mode=true, null_padding=false, ignore_errors=false"
@@ -146,6 +148,12 @@ def inspect(
     )
     text, ratio, whole = _peek(head, compression, size=size)
     detected: Format = _detect_format(head, text)
+    if fmt == "auto" and detected == "csv" and _JSON_ROWS.match(_text_start(text)):
+        # Read as a CSV it was a table of no rows whose columns were named `[[1`, `2]`..., and succeeded.
+        raise UnsupportedInput(
+            "not a readable table: a JSON array of arrays (rows without column names); give an array of "
+            "objects, JSON lines, or a CSV with a header"
+        )
     chosen: Format = detected if fmt == "auto" else fmt
     encoding: TextEncoding = "utf-8"
     if chosen == "csv" and text:
