@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import gzip
+import io
 import re
 from pathlib import Path
 from typing import Literal
@@ -10,8 +12,9 @@ from typing import Literal
 import pytest
 
 from medialens_data.profile import profile_table
-from medialens_data.source import inspect
-from medialens_shared.contracts import DataProfileParams
+from medialens_data.query import run_query
+from medialens_data.source import SAMPLE_ROWS, inspect
+from medialens_shared.contracts import DataProfileParams, DataQueryParams
 from medialens_shared.errors import InputNotFound, UnsupportedInput
 
 
@@ -148,3 +151,60 @@ def test_blank_lines_before_the_header_are_skipped(
     result = profile_table(path, params=DataProfileParams(format="csv"), temp_dir=tmp_path / "scratch")
     assert (result.row_count, [column.name for column in result.columns]) == (2, ["id", "label"])
     assert [column.dtype for column in result.columns] == ["BIGINT", "VARCHAR"]
+
+
+#: Rows before a CSV's first quoted field: past the 20,480 DuckDB's sniffer picks a quote character from.
+PAST_THE_SAMPLE = SAMPLE_ROWS + 4_000
+
+
+@pytest.mark.parametrize("delimiter", [",", ";", "\t", "|"], ids=["comma", "semicolon", "tab", "pipe"])
+@pytest.mark.parametrize(
+    "value", ["Smith{} John", '12" pizza', "two\nlines"], ids=["delimiter", "quote", "newline"]
+)
+def test_a_field_first_quoted_past_the_sample_reads_as_written(
+    tmp_path: Path, delimiter: str, value: str
+) -> None:
+    """A CSV that quotes a field only where it must (Python's csv module, spreadsheets), its first quoted
+    field past DuckDB's sample, reads it as written: a delimiter or a line end in it failed the job
+    ("expected 2 fields, found 3"), and `"12"" pizza"` read with its quotes, without a word."""
+    value = value.format(delimiter)
+    text = io.StringIO()
+    writer = csv.writer(text, delimiter=delimiter, lineterminator="\n")
+    writer.writerow(["id", "product"])
+    writer.writerows([i, value if i == PAST_THE_SAMPLE else f"item {i}"] for i in range(PAST_THE_SAMPLE + 10))
+    path = tmp_path / "upload.csv"
+    path.write_text(text.getvalue(), encoding="utf-8")
+    written = list(csv.reader(path.open(newline=""), delimiter=delimiter))
+    answer = run_query(
+        path,
+        params=DataQueryParams(
+            sql=f"SELECT count(*), max(product) FILTER (id = {PAST_THE_SAMPLE}) FROM data"
+        ),
+        out_path=tmp_path / "out" / "answer.parquet",
+        temp_dir=tmp_path / "spill",
+    )
+    assert answer.rows == [[len(written) - 1, written[PAST_THE_SAMPLE + 1][1]]]
+    assert written[PAST_THE_SAMPLE + 1][1] == value
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("id,name\n1,'Smith, John'\n2,plain\n", [1, "Smith, John"]),
+        ('id,name\n1,"say \\"hi\\", then go"\n2,plain\n', [1, 'say "hi", then go']),
+        ('id,name\n1,"12"" pizza"\n2,plain\n', [1, '12" pizza']),
+    ],
+    ids=["single-quotes", "backslash-escape", "rfc-4180"],
+)
+def test_a_quote_the_sniffer_finds_is_kept(tmp_path: Path, text: str, expected: list[object]) -> None:
+    """A CSV whose sample quotes in `'`, or escapes a quote with a backslash, reads in that dialect, as
+    DuckDB's sniffer found it."""
+    path = tmp_path / "upload.csv"
+    path.write_text(text, encoding="utf-8")
+    answer = run_query(
+        path,
+        params=DataQueryParams(sql="SELECT id, name FROM data ORDER BY id"),
+        out_path=tmp_path / "out" / "answer.parquet",
+        temp_dir=tmp_path / "spill",
+    )
+    assert answer.rows == [expected, [2, "plain"]]

@@ -436,6 +436,8 @@ def _expose(
         path, codec = literal(str(_copy_as_utf8(source, watch).resolve())), skip
     elif source.encoding != "utf-8":
         codec += f", encoding='{source.encoding}'"
+    quoting = _quoting(con, path, codec)
+    codec += quoting
     reader = f"read_csv({path}, {_CSV_STRICT}{codec}"
     texts: list[str] = []  # columns read as text whatever the sniffer makes of them
     every_row = create(reader)
@@ -447,7 +449,36 @@ def _expose(
         con, name, path, codec, every_row=every_row, materialize=materialize, watch=watch
     )
     _retyped(con, name, reader, create, marked=marked, texts=texts, every_row=every_row, watch=watch)
-    _reject_ragged_single_column(con, name, path, codec)
+    _reject_ragged_single_column(con, name, path, codec.removesuffix(quoting), quoting)
+
+
+#: RFC 4180's quoting, as `read_csv` takes it: fields quoted in `"`, a `"` in them doubled.
+_RFC_QUOTING = ", quote='\"', escape='\"'"
+
+
+def _quoting(con: Any, source: str, codec: str) -> str:
+    """The `read_csv` arguments that read the CSV `source` (with the reader's other arguments, `codec`)
+    with RFC 4180's quoting when DuckDB's sniffer found no quote character in its sample of rows; none
+    when it found one (its choice stands: `'`, or `"` with its escape) or when the file reads otherwise
+    with that quoting (`"a"b` in the sample: a quote no writer of RFC 4180 puts there).
+
+    The sniffer picks a quote only from the first 20,480 rows: a file whose first quoted field came later
+    (as Python's csv module and spreadsheets quote a field only when it needs it) was read with none, so
+    `"Smith, John"` there failed the job ("expected 2 fields, found 3") and `"12"" pizza"` read with its
+    quotes, without a word. The check is one more sniff of the sample when it holds no quote."""
+    sniff = f"SELECT Delimiter, Quote, HasHeader, Columns FROM sniff_csv({source}, {_CSV_STRICT}{codec}"  # noqa: S608
+    try:
+        found = con.execute(f"{sniff})").fetchall()[0]
+        if found[1] not in _NO_QUOTE:
+            return ""
+        quoted = con.execute(f"{sniff}{_RFC_QUOTING})").fetchall()[0]
+    except READ_ERRORS:
+        return ""  # reading the file fails the same way, saying why
+    return _RFC_QUOTING if (found[0], found[2], found[3]) == (quoted[0], quoted[2], quoted[3]) else ""
+
+
+#: What DuckDB's sniffer gives as the quote character of a CSV whose sample quotes no field.
+_NO_QUOTE = ("(empty)", "", "\x00")
 
 
 def _retyped(
@@ -1117,8 +1148,9 @@ def _described(con: Any, name: str) -> list[tuple[str, str]]:
     return [(str(row[0]), str(row[1])) for row in con.execute(f"DESCRIBE {ident(name)}").fetchall()]
 
 
-def _reject_ragged_single_column(con: Any, name: str, source: str, codec: str) -> None:
-    """Fail on a delimited file whose rows disagree, which DuckDB's sniffer reads as one column of lines.
+def _reject_ragged_single_column(con: Any, name: str, source: str, codec: str, quoting: str) -> None:
+    """Fail on a delimited file whose rows disagree, which DuckDB's sniffer reads as one column of lines
+    (`codec`: the reader's arguments, but its `_quoting`, which the check's own reading sets).
 
     When no delimiter gives every sampled row the same field count, DuckDB does not fail: it falls back to
     a dialect where each whole line is one field. So a one-column result whose first lines split on
@@ -1128,7 +1160,7 @@ def _reject_ragged_single_column(con: Any, name: str, source: str, codec: str) -
     if len(columns) != 1:
         return
     sniffed = con.execute(
-        f"SELECT Delimiter, HasHeader FROM sniff_csv({source}, {_CSV_STRICT}{codec})"  # noqa: S608
+        f"SELECT Delimiter, HasHeader FROM sniff_csv({source}, {_CSV_STRICT}{codec}{quoting})"  # noqa: S608
     ).fetchall()[0]
     delimiter, has_header = sniffed[0], bool(sniffed[1])
     col = ident(columns[0])
@@ -1149,7 +1181,8 @@ def _reject_ragged_single_column(con: Any, name: str, source: str, codec: str) -
             continue
         try:
             con.execute(
-                f"SELECT 1 FROM sniff_csv({source}, delim={literal(candidate)}, {_CSV_STRICT}{codec})"  # noqa: S608
+                f"SELECT 1 FROM sniff_csv({source}, delim={literal(candidate)}, "  # noqa: S608
+                f"{_CSV_STRICT}{codec}{quoting})"
             ).fetchall()
         except duckdb.InvalidInputException:
             pass  # no consistent dialect with this delimiter: the rows are ragged
@@ -1159,7 +1192,7 @@ def _reject_ragged_single_column(con: Any, name: str, source: str, codec: str) -
         columns_spec = "{" + ", ".join(f"'c{i}': 'VARCHAR'" for i in range(expected)) + "}"
         con.execute(
             f"SELECT count(*) FROM read_csv({source}, auto_detect=false, header=false, "  # noqa: S608
-            f"delim={literal(candidate)}, quote='\"', escape='\"', columns={columns_spec}, "
+            f"delim={literal(candidate)}{_RFC_QUOTING}, columns={columns_spec}, "
             f"{_CSV_STRICT}{codec})"
         ).fetchall()
         shown = "tab" if candidate == "\t" else repr(candidate)
