@@ -136,15 +136,17 @@ def test_a_json_array_of_objects_is_json(tmp_path: Path, text: str, fmt: str, ar
         ("\r\n\r\nid,label\r\n1,a\r\n2,b\r\n", False, "utf-8"),
         ("  \n\t\nid,label\n1,a\n2,b\n", True, "utf-8"),
         ("\nid,label\n1,caf\u00e9 \u2013 \u20ac\n2,b\n", False, "cp1252"),  # read from its UTF-8 copy
+        ("\ufeff\r\nid,label\r\n1,a\r\n2,b\r\n", False, "utf-16-le"),  # with its byte-order mark
+        ("\ufeff  \n\t\nid,label\n1,a\n2,b\n", True, "utf-16-le"),
     ],
-    ids=["lf", "crlf", "blank-and-gzip", "windows-1252"],
+    ids=["lf", "crlf", "blank-and-gzip", "windows-1252", "utf-16", "utf-16-blank-and-gzip"],
 )
 def test_blank_lines_before_the_header_are_skipped(
     tmp_path: Path, content: str, compress: bool, encoding: str
 ) -> None:
     """A CSV that opens with blank lines (an export's empty first line) is read from its header, as pandas
     and spreadsheets read it: DuckDB took the header for data and failed ("line 2: Error when converting
-    column \\"id\\"")."""
+    column \\"id\\""; in UTF-16 "line 2: id,label")."""
     data = content.encode(encoding)
     path = tmp_path / "upload"
     path.write_bytes(gzip.compress(data) if compress else data)

@@ -173,7 +173,7 @@ def inspect(
         else:
             estimate = max(lines - (chosen == "csv"), 0)
     json_array = chosen == "jsonl" and _JSON_ARRAY.match(_text_start(text)) is not None
-    blank_lines = _leading_blank_lines(text) if chosen == "csv" and encoding != "utf-16" else 0
+    blank_lines = _leading_blank_lines(text, encoding) if chosen == "csv" else 0
     return Source(
         path=path,
         format=chosen,
@@ -186,11 +186,13 @@ def inspect(
     )
 
 
-def _leading_blank_lines(text: bytes) -> int:
-    """How many lines of `text` (a CSV's first bytes, in an ASCII-compatible encoding) are blank before
-    its first one that is not. DuckDB's sniffer takes a CSV opening with a blank line for a file without a
-    header, reads the header as a row of data and fails on it ("line 2: Error when converting column a"),
-    where pandas and spreadsheets skip the blank lines; its `skip` counts them as lines, LF or CRLF."""
+def _leading_blank_lines(text: bytes, encoding: TextEncoding) -> int:
+    """How many lines of `text` (a CSV's first bytes, in `encoding`) are blank before its first one that
+    is not. DuckDB's sniffer takes a CSV opening with a blank line for a file without a header, reads the
+    header as a row of data and fails on it ("line 2: Error when converting column a"), where pandas and
+    spreadsheets skip the blank lines; its `skip` counts them as lines, LF or CRLF, in UTF-16 too."""
+    if encoding == "utf-16":  # by its byte-order mark, which the decoder drops; a code unit may be cut
+        text = text[: len(text) // 2 * 2].decode("utf-16", errors="replace").encode("utf-8")
     for count, line in enumerate(text.removeprefix(b"\xef\xbb\xbf").split(b"\n")):
         if line.strip():
             return count
