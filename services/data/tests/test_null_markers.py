@@ -5,6 +5,7 @@ text (`NA` for Namibia), and in a column of nothing but markers, as DuckDB reads
 from __future__ import annotations
 
 import csv
+import datetime
 import gzip
 import statistics
 from pathlib import Path
@@ -207,6 +208,54 @@ def test_timestamps_with_markers_past_the_sample_are_timestamps(tmp_path: Path) 
         "2024-01-01T00:00:00",
         "2024-01-28T23:00:00",
     )
+
+
+def utc(day: int, hour: int) -> datetime.datetime:
+    return datetime.datetime(2024, 1, day, hour, tzinfo=datetime.UTC)
+
+
+@pytest.mark.parametrize(
+    ("stamps", "marker", "extremes"),
+    [
+        (["2024-01-02T10:00:00Z", "2024-01-03T11:00:00Z"], "NA", [utc(2, 10), utc(3, 11)]),
+        (["2024-01-02 10:00:00+02:00", "2024-01-03 11:00:00+02:00"], "null", [utc(2, 8), utc(3, 9)]),
+    ],
+    ids=["Z-NA", "offset-null"],
+)
+def test_timestamps_with_offsets_and_markers_are_utc_timestamps(
+    tmp_path: Path, stamps: list[str], marker: str, extremes: list[datetime.datetime]
+) -> None:
+    """ISO timestamps with `Z` or a UTC offset beside a marker were text (a max of `NA`, no null), where
+    the same column without offsets was TIMESTAMP: they are TIMESTAMPTZ in UTC, the marker missing, in a
+    profile, a conversion and a query."""
+    path = write_csv(tmp_path / "zoned.csv", ["t", "v"], [[stamps[0], 1], [marker, 2], [stamps[1], 3]])
+    low, high = extremes
+    t, _ = profile_table(path, params=AUTO).columns
+    assert (t.dtype, t.null_count, t.min, t.max) == (
+        "TIMESTAMP WITH TIME ZONE",
+        1,
+        low.isoformat(),
+        high.isoformat(),
+    )
+    types, converted = parquet_of(path, tmp_path)
+    assert types[0] == ("t", "TIMESTAMP WITH TIME ZONE")
+    assert [row[0] for row in converted] == [low, None, high]
+    assert answer(path, tmp_path, "SELECT max(t), count(t) FROM data") == [[high.isoformat(), 2]]
+
+
+def test_a_marker_past_the_sample_of_utc_timestamps_is_missing(tmp_path: Path) -> None:
+    """One `NA` past the 20,480 sampled rows of `...Z` timestamps made the column text, its max `NA`."""
+    rows: list[list[Any]] = [[f"2024-01-{1 + i % 28:02d}T{i % 24:02d}:00:00Z"] for i in range(30_000)]
+    rows[PAST_THE_SAMPLE][0] = "NA"
+    path = write_csv(tmp_path / "late.csv", ["seen"], rows)
+    (seen,) = profile_table(path, params=AUTO).columns
+    assert (seen.dtype, seen.null_count, seen.min, seen.max) == (
+        "TIMESTAMP WITH TIME ZONE",
+        1,
+        "2024-01-01T00:00:00+00:00",
+        "2024-01-28T23:00:00+00:00",
+    )
+    assert answer(path, tmp_path, "SELECT count(seen) FROM data") == [[29_999]]
 
 
 def test_nan_in_a_column_of_decimals_is_missing(tmp_path: Path) -> None:

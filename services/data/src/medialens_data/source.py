@@ -996,6 +996,9 @@ _MARKED: dict[str, tuple[str, str]] = dict.fromkeys((*_INTEGERS, "UBIGINT"), _MA
     "FLOAT": _MARKED_CAST,
     "TIME": _MARKED_CAST,
     "TIMESTAMP": _MARKED_CAST,
+    # ISO timestamps with a UTC offset or `Z`, read in UTC as the table jobs run (`2024-01-02T10:00:00Z`
+    # beside `NA` was text, its max `NA`). DuckDB's sniffer gives a time with an offset no type: it is text.
+    "TIMESTAMP WITH TIME ZONE": _MARKED_CAST,
     "DATE": ("{0} IS DISTINCT FROM CAST(TRY_CAST({0} AS DATE) AS VARCHAR)", "CAST({0} AS DATE)"),
     "BOOLEAN": (
         "TRY_CAST({0} AS BOOLEAN) IS NULL OR NOT regexp_full_match({0}, '[A-Za-z]+')",
