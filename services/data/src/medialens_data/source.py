@@ -28,6 +28,8 @@ few more in bytes 0x80-0x9F, which Latin-1 leaves to control characters) is read
 in the job's scratch directory: DuckDB reads UTF-8, UTF-16 and Latin-1 itself, and other encodings only
 through its `encodings` extension, which it downloads at first use (the workers run without internet, and
 their connections load no extension). The copy is made only once DuckDB has refused the text as Latin-1.
+So is UTF-16 with a big-endian byte-order mark (FE FF): DuckDB's `utf-16` is little-endian only, and read
+such a file without a word as one row-less column of mojibake.
 """
 
 from __future__ import annotations
@@ -67,9 +69,11 @@ _NOT_LATIN1 = "not latin-1 encoded"
 _JSON_TRANSFORM = "JSON transform error"
 _JSON_DUPLICATE_KEY = "has duplicate key"
 #: How a CSV's text is read: as `medialens_shared.sniff.text_encoding` tells it, or from a UTF-8 copy of
-#: it read as Windows-1252.
-Reading = TextEncoding | Literal["windows-1252"]
-#: Bytes transcoded at a time into the Windows-1252 copy.
+#: it read as Windows-1252 or as big-endian UTF-16 (`_COPIED`).
+Reading = TextEncoding | Literal["windows-1252", "utf-16-be"]
+#: The encodings read from a UTF-8 copy, each with its name in messages.
+_COPIED: dict[Reading, str] = {"windows-1252": "Windows-1252", "utf-16-be": "big-endian UTF-16"}
+#: Bytes transcoded at a time into the UTF-8 copy.
 _COPY_CHUNK = 1 << 20
 
 #: Leading bytes read to detect the format and estimate the row count.
@@ -110,7 +114,7 @@ class Source:
     encoding: Reading = "utf-8"
     #: JSON whose rows are the objects of one array (`[{...}, {...}]`) rather than one object a line.
     json_array: bool = False
-    #: Where a CSV read as Windows-1252 is copied as UTF-8 (None: it cannot be).
+    #: Where a CSV read as Windows-1252 or big-endian UTF-16 is copied as UTF-8 (None: it cannot be).
     utf8_copy: Path | None = None
     #: The blank lines before a CSV's header, which its reader skips (`_leading_blank_lines`).
     blank_lines: int = 0
@@ -135,8 +139,8 @@ def inspect(
     path: Path, *, fmt: Literal["auto", "csv", "parquet", "jsonl"], scratch: Path | None = None
 ) -> Source:
     """Detect the input's format (when `fmt` is auto) and compression from its first bytes; a CSV gets the
-    place in the job's `scratch` directory where `expose` copies it as UTF-8 if it turns out to be
-    Windows-1252 (without one, such a CSV is refused)."""
+    place in the job's `scratch` directory where `expose` copies it as UTF-8 if it is big-endian UTF-16
+    or turns out to be Windows-1252 (without one, such a CSV is refused)."""
     try:
         size = path.stat().st_size
         with path.open("rb") as handle:
@@ -179,7 +183,7 @@ def inspect(
         format=chosen,
         compression=compression,
         estimated_rows=None if json_array else estimate,  # lines do not count its rows
-        encoding=encoding,
+        encoding="utf-16-be" if encoding == "utf-16" and text.startswith(codecs.BOM_UTF16_BE) else encoding,
         json_array=json_array,
         utf8_copy=scratch / "input.utf-8.csv" if scratch is not None and chosen == "csv" else None,
         blank_lines=blank_lines,
@@ -434,7 +438,7 @@ def _expose(
         return
     skip = f", skip={source.blank_lines}"
     codec = skip + compression
-    if source.encoding == "windows-1252":
+    if source.encoding in _COPIED:
         path, codec = literal(str(_copy_as_utf8(source, watch).resolve())), skip
     elif source.encoding != "utf-8":
         codec += f", encoding='{source.encoding}'"
@@ -682,18 +686,20 @@ def _as_text(columns: list[str]) -> str:
 
 
 def _copy_as_utf8(source: Source, watch: Watchdog | None) -> Path:
-    """The text of `source`, read as Windows-1252, written as UTF-8 to its `utf8_copy` (once a job: a copy
-    already there is kept). The five bytes Windows-1252 leaves undefined read as the control characters
-    Latin-1 gives them, as WHATWG's decoder reads them."""
+    """The text of `source`, read in its encoding (Windows-1252 or big-endian UTF-16), written as UTF-8 to
+    its `utf8_copy` (once a job: a copy already there is kept). The five bytes Windows-1252 leaves
+    undefined read as the control characters Latin-1 gives them, as WHATWG's decoder reads them; UTF-16's
+    byte-order mark is left out, as DuckDB leaves it out of UTF-16 it reads."""
+    encoding = _COPIED[source.encoding]
     target = source.utf8_copy
-    if target is None:  # `reread` reads as Windows-1252 only with a copy to make
-        raise UnsupportedInput("not a readable csv table: Windows-1252 text needs a scratch directory")
+    if target is None:  # `inspect` gives a CSV a copy to make when it has a scratch directory
+        raise UnsupportedInput(f"not a readable csv table: {encoding} text needs a scratch directory")
     if target.exists():
         return target
     if source.compression == "zstd":
         # The standard library of Python 3.11 has no zstd decoder.
         raise UnsupportedInput(
-            "a zstd-compressed CSV in Windows-1252 cannot be read: give it uncompressed, gzip-compressed or "
+            f"a zstd-compressed CSV in {encoding} cannot be read: give it uncompressed, gzip-compressed or "
             "in UTF-8"
         )
     size = max(source.path.stat().st_size, 1)
@@ -704,7 +710,11 @@ def _copy_as_utf8(source: Source, watch: Watchdog | None) -> Path:
     budget = shutil.disk_usage(target.parent).free // 2
     written = 0
     partial = target.with_name(target.name + ".part")
-    decoder = codecs.getincrementaldecoder("cp1252")(errors=_UNDEFINED_AS_LATIN1)
+    decoder = (
+        codecs.getincrementaldecoder("utf-16")(errors="strict")
+        if source.encoding == "utf-16-be"
+        else codecs.getincrementaldecoder("cp1252")(errors=_UNDEFINED_AS_LATIN1)
+    )
     follow = watch.following(lambda: done / size) if watch is not None else contextlib.nullcontext()
     with source.path.open("rb") as raw, partial.open("wb") as out, follow:
         text = gzip.GzipFile(fileobj=raw, mode="rb") if source.compression == "gzip" else raw
@@ -713,15 +723,17 @@ def _copy_as_utf8(source: Source, watch: Watchdog | None) -> Path:
                 written += out.write(decoder.decode(chunk).encode("utf-8"))
                 if written > budget:
                     raise UnsupportedInput(
-                        f"the Windows-1252 text needs more than the {budget:,} bytes of scratch space its "
+                        f"the {encoding} text needs more than the {budget:,} bytes of scratch space its "
                         "UTF-8 copy may take here: give the table in UTF-8"
                     )
                 done = raw.tell()
                 if watch is not None:
                     watch.checkpoint()
+            out.write(decoder.decode(b"", final=True).encode("utf-8"))
         except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
             raise UnsupportedInput(f"not a readable csv table: damaged gzip data ({exc})") from exc
-        out.write(decoder.decode(b"", final=True).encode("utf-8"))
+        except UnicodeDecodeError as exc:  # UTF-16's lone surrogate or odd last byte
+            raise UnsupportedInput(f"not a readable csv table: not {encoding} text ({exc.reason})") from exc
     partial.rename(target)
     return target
 
