@@ -210,3 +210,25 @@ def test_a_quote_the_sniffer_finds_is_kept(tmp_path: Path, text: str, expected: 
         temp_dir=tmp_path / "spill",
     )
     assert answer.rows == [expected, [2, "plain"]]
+
+
+@pytest.mark.parametrize("at", [3, SAMPLE_ROWS + 3000], ids=["in-the-sample", "past-the-sample"])
+@pytest.mark.parametrize("spelled", ["0x80070005", "0b101", "1_000"])
+def test_integers_spelled_otherwise_stay_as_written(tmp_path: Path, at: int, spelled: str) -> None:
+    """A column of integers holding one written in hexadecimal or binary, in the sample or past it, reads
+    as text, each value as written: DuckDB's sniffer and cast took `0x80070005` for 2147942405 and `0b101`
+    for 5 (0x10 and 16 one value), where pandas and Python's csv keep the text. (`1_000`, which the
+    sniffer reads as text itself, stays so.) A column of plain integers stays BIGINT."""
+    rows = [(index, index % 97, index) for index in range(SAMPLE_ROWS + 5000)]
+    rows[at] = (at, spelled, at)
+    path = tmp_path / "codes.csv"
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        csv.writer(handle).writerows([("id", "code", "n"), *rows])
+    answer = run_query(
+        path,
+        params=DataQueryParams(sql=f"SELECT code, n FROM data WHERE id IN (1, {at}) ORDER BY id"),
+        out_path=tmp_path / "out" / "answer.parquet",
+        temp_dir=tmp_path / "spill",
+    )
+    assert [(c.name, c.dtype) for c in answer.columns] == [("code", "VARCHAR"), ("n", "BIGINT")]
+    assert answer.rows == [["1", 1], [spelled, at]]

@@ -451,6 +451,9 @@ def _expose(
         texts += ambiguous
         every_row = create(reader + _as_text(texts), every_row=every_row)
     every_row = checked(reader, json=False, texts=texts) or every_row
+    if spelled := _integers_spelled_otherwise(con, name, reader, texts=texts, whole=every_row, watch=watch):
+        texts += spelled
+        every_row = create(reader + _as_text(texts), every_row=every_row)
     marked = _marked_columns(
         con, name, path, codec, every_row=every_row, materialize=materialize, watch=watch
     )
@@ -676,6 +679,37 @@ def _written_uuid_keys(con: Any, name: str, reader: str, watch: Watchdog | None)
 def _keys_as_text(keys: list[str]) -> str:
     """The `read_json` argument that reads `keys` alone, each as its JSON text (a number's digits kept)."""
     return ", columns={" + ", ".join(f"{literal(key)}: 'VARCHAR'" for key in keys) + "}"
+
+
+#: An integer's text that DuckDB's cast reads as another number's (`0x10` and `0b10000` as 16, `1_000` as
+#: 1000, `1e3` as 1000, `1.0` as 1): `{0}` is the trimmed text.
+_SPELLED_OTHERWISE = r"regexp_matches({0}, '^[+-]?0[xXbB]|[_eE.]')"
+
+
+def _integers_spelled_otherwise(
+    con: Any, name: str, reader: str, *, texts: list[str], whole: bool, watch: Watchdog | None
+) -> list[str]:
+    """The columns of the CSV table `name` (read by `reader`, its `texts` read as text) typed as integers
+    that hold a number spelled otherwise than as its digits (`_SPELLED_OTHERWISE`): they are read as text,
+    as `007` is. DuckDB's sniffer and cast take `0x80070005` for 2147942405, so an error code or an id
+    written in hexadecimal came as a number no one wrote, and `0x10` and `16` as one value; pandas and
+    Python's csv keep the text. The sampled rows are read (the first `SAMPLE_ROWS`: those past them are
+    held to their integer's own text by `_sampled_types_hold`), or with `whole`, types guessed from every
+    row, all of them: a pass over the sample's bytes, or in that rarer case the file's."""
+    integers = [
+        column
+        for column, kind in _described(con, name)
+        if kind in (*_INTEGERS, "UBIGINT", "UHUGEINT") and column not in texts
+    ]
+    if not integers:
+        return []
+    checks = ", ".join(
+        f"bool_or({_SPELLED_OTHERWISE.format(f'trim({ident(column)})')})" for column in integers
+    )
+    limit = "" if whole else f" LIMIT {SAMPLE_ROWS}"
+    rows = f"SELECT * FROM {reader}{_as_text([*texts, *integers])}){limit}"  # noqa: S608
+    found = _fetch(con, f"SELECT {checks} FROM ({rows})", watch)[0]  # noqa: S608
+    return [column for column, spelled in zip(integers, found, strict=True) if spelled]
 
 
 def _as_text(columns: list[str]) -> str:
