@@ -445,6 +445,11 @@ async def test_deliveries_page_oldest_first_as_every_list_does(
     for params in ({"limit": 0}, {"limit": 201}, {"cursor": "garbage"}):
         response = await api.get(f"/v1/jobs/{job_id}/deliveries", params=params)
         assert response.status_code == 422, (params, response.text)
+    # Another job's deliveries refuse this job's cursor (they were listed after its place, silently).
+    other = await job_with_callback(hooks, csv_id, receiver.url("/other"))
+    mine = (await api.get(f"/v1/jobs/{job_id}/deliveries", params={"limit": 2})).json()["data"]["next_cursor"]
+    response = await api.get(f"/v1/jobs/{other}/deliveries", params={"cursor": mine})
+    assert response.status_code == 422, response.text
 
 
 async def test_another_tenants_deliveries_answer_404(hooks: Hooks, receiver: Receiver, csv_id: str) -> None:

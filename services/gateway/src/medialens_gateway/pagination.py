@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 import binascii
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import Query
 from sqlalchemy import Column, Select, and_, or_
@@ -20,9 +20,16 @@ Cursor = Annotated[
 ]
 
 
-#: The listings that page by (created_at, id): a cursor of one is refused by the others (a files cursor
-#: passed to `/v1/jobs` gave a page of jobs from some other place, with a 200).
-Listing = Literal["jobs", "files", "deliveries"]
+#: The listings that page by (created_at, id), `jobs`, `files` and each job's deliveries (`deliveries_of`):
+#: a cursor of one is refused by the others (a files cursor passed to `/v1/jobs` gave a page of jobs from
+#: some other place, with a 200).
+Listing = str
+
+
+def deliveries_of(job_id: str) -> str:
+    """The listing of one job's webhook deliveries: another job's refuses its cursor (it started that job's
+    list after the other's place, silently)."""
+    return f"deliveries/{job_id}"
 
 
 def encode(created_at: datetime, item_id: str, *, listing: Listing) -> str:

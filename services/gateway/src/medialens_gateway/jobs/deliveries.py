@@ -44,7 +44,7 @@ async def list_deliveries(
         item_id=webhook_deliveries.c.id,
         limit=limit,
         cursor=cursor,
-        listing="deliveries",
+        listing=pagination.deliveries_of(job_id),
         oldest_first=True,
     )
     return list((await session.execute(query)).mappings().all())

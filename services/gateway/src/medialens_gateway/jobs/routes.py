@@ -28,7 +28,7 @@ from medialens_gateway.jobs import deliveries, service
 from medialens_gateway.jobs.callbacks import check_callback_url
 from medialens_gateway.jobs.schemas import JobRequest
 from medialens_gateway.openapi import LOCATION, DeliveryObject, Envelope, JobObject, Page, Result, errors
-from medialens_gateway.pagination import Cursor, Limit, next_cursor
+from medialens_gateway.pagination import Cursor, Limit, deliveries_of, next_cursor
 from medialens_shared import jobstore
 from medialens_shared.contracts import JOB_TYPES, JobStatus
 from medialens_shared.envelope import iso
@@ -269,7 +269,7 @@ async def list_deliveries(
         session, tenant_id=tenant.id, job_id=job_id, limit=limit, cursor=cursor
     )
     items = [deliveries.delivery_view(row) for row in rows[:limit]]
-    return ok({"items": items, "next_cursor": next_cursor(rows, limit=limit, listing="deliveries")})
+    return ok({"items": items, "next_cursor": next_cursor(rows, limit=limit, listing=deliveries_of(job_id))})
 
 
 @router.post(
