@@ -474,11 +474,14 @@ def _quoting(con: Any, source: str, codec: str) -> str:
     The sniffer picks a quote only from the first 20,480 rows: a file whose first quoted field came later
     (as Python's csv module and spreadsheets quote a field only when it needs it) was read with none, so
     `"Smith, John"` there failed the job ("expected 2 fields, found 3") and `"12"" pizza"` read with its
-    quotes, without a word. The check is one more sniff of the sample when it holds no quote."""
+    quotes, without a word. The check is one more sniff of the sample when it holds no quote.
+
+    Not for tab-separated text, whose convention has no quoting (IANA's TSV, IMDb's dumps): a `"Weird Al`
+    there and a `12"` 50 rows on made the 50 lines between them one field, without a word."""
     sniff = f"SELECT Delimiter, Quote, HasHeader, Columns FROM sniff_csv({source}, {_CSV_STRICT}{codec}"  # noqa: S608
     try:
         found = con.execute(f"{sniff})").fetchall()[0]
-        if found[1] not in _NO_QUOTE:
+        if found[1] not in _NO_QUOTE or found[0] == "\t":
             return ""
         quoted = con.execute(f"{sniff}{_RFC_QUOTING})").fetchall()[0]
     except READ_ERRORS:
@@ -697,19 +700,24 @@ def _integers_spelled_otherwise(
     held to their integer's own text by `_sampled_types_hold`), or with `whole`, types guessed from every
     row, all of them: a pass over the sample's bytes, or in that rarer case the file's."""
     integers = [
-        column
-        for column, kind in _described(con, name)
-        if kind in (*_INTEGERS, "UBIGINT", "UHUGEINT") and column not in texts
+        column for column, kind in _described(con, name) if kind in _WHOLE_NUMBERS and column not in texts
     ]
     if not integers:
         return []
-    checks = ", ".join(
-        f"bool_or({_SPELLED_OTHERWISE.format(f'trim({ident(column)})')})" for column in integers
-    )
     limit = "" if whole else f" LIMIT {SAMPLE_ROWS}"
-    rows = f"SELECT * FROM {reader}{_as_text([*texts, *integers])}){limit}"  # noqa: S608
-    found = _fetch(con, f"SELECT {checks} FROM ({rows})", watch)[0]  # noqa: S608
-    return [column for column, spelled in zip(integers, found, strict=True) if spelled]
+    rows = f"(SELECT * FROM {reader}{_as_text([*texts, *integers])}){limit})"  # noqa: S608
+    spelled = _spelled_otherwise(con, rows, integers, watch)
+    return [column for column in integers if column in spelled]
+
+
+def _spelled_otherwise(con: Any, rows: str, columns: list[str], watch: Watchdog | None) -> set[str]:
+    """Those of the text `columns` of `rows` (a table, or a query in parentheses) that hold an integer
+    spelled otherwise than as its digits (`_SPELLED_OTHERWISE`)."""
+    checks = ", ".join(
+        f"bool_or({_SPELLED_OTHERWISE.format(f'trim({ident(column)})')})" for column in columns
+    )
+    found = _fetch(con, f"SELECT {checks} FROM {rows}", watch)[0]  # noqa: S608
+    return {column for column, spelled in zip(columns, found, strict=True) if spelled}
 
 
 def _as_text(columns: list[str]) -> str:
@@ -858,6 +866,8 @@ def _create(
 #: The rows DuckDB guesses a CSV's column types from (its `sample_size`).
 SAMPLE_ROWS = 20_480
 _INTEGERS = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER")
+#: The integer types a CSV column may be given.
+_WHOLE_NUMBERS = frozenset({*_INTEGERS, "UBIGINT", "UHUGEINT"})
 #: Column types whose readers cast a value past the sample more loosely than their sniffers judge one
 #: (DuckDB's issues 25824 and 25786), with the SQL that tells a value's text (`{0}`, trimmed, not empty)
 #: that does not fit type `{1}`: its cast does not give it back (`1.5` -> 2 -> `2`; `007` -> `7`;
@@ -1161,6 +1171,7 @@ def _marked_columns(
         # Another type reads these columns' every value: the one DuckDB gives them from every row.
         every = sniffed(", sample_size=-1")
         found += [(column, *every[column]) for column in unread if every.get(column, ("",))[0] in _MARKED]
+    found = _not_spelled_otherwise(con, name, found, watch)
     dated = [(column, _date_family(fmt)) for column, kind, fmt in found if kind in ("DATE", "TIMESTAMP")]
     if dated:
         sample = ", sample_size=-1" if every_row else ""
@@ -1174,6 +1185,17 @@ def _marked_columns(
             (column, f"CASE WHEN {col} IN {_MARKERS} OR trim({col}) = '' THEN NULL ELSE {value} END", True)
         )
     return marked
+
+
+def _not_spelled_otherwise(
+    con: Any, name: str, found: list[tuple[str, str, str | None]], watch: Watchdog | None
+) -> list[tuple[str, str, str | None]]:
+    """The `found` columns of the CSV table `name` to read with their markers as NULL (`_marked_columns`),
+    but those of integers that hold one spelled otherwise (`0x10` beside `NA`), which stay text as they do
+    without markers (`_integers_spelled_otherwise`): read so, `0x10` was 16."""
+    integers = [column for column, kind, _ in found if kind in _WHOLE_NUMBERS]
+    spelled = _spelled_otherwise(con, ident(name), integers, watch) if integers else set()
+    return [marks for marks in found if marks[0] not in spelled]
 
 
 def _run(con: Any, sql: str, watch: Watchdog | None) -> None:

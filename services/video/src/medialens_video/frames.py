@@ -367,9 +367,10 @@ def _program_stream_end(container: Any, stream: Any, estimate: int) -> int:
     its own), the first `_PS_SETTLE_PACKETS` of them left out, and counting the frames after the last
     timestamp one interval each.
 
-    A PES packet times only the first of the frames it holds, so FFmpeg's estimate fell 1-7 frames short of
-    the stream's 300 (DVD-like files at a low rate), and the first packets after a seek come with
-    timestamps half a frame off. Where that reading fails, the estimate stands."""
+    A PES packet times only the first of the frames it holds, so FFmpeg's estimate fell 1-8 frames short
+    (144 of 152 in a file of small frames; 293 of 300 in a DVD-like one at a low rate), and the first
+    packets after a seek come with timestamps half a frame off. Where that reading fails, the estimate
+    stands."""
     interval = frame_ticks(stream)
     with opened(container.name) as own:
         own_stream = own.streams[stream.index]
