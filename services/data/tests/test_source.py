@@ -11,10 +11,11 @@ from typing import Literal
 
 import pytest
 
+from medialens_data.convert import convert_table
 from medialens_data.profile import profile_table
 from medialens_data.query import run_query
 from medialens_data.source import SAMPLE_ROWS, inspect
-from medialens_shared.contracts import DataProfileParams, DataQueryParams
+from medialens_shared.contracts import DataConvertParams, DataProfileParams, DataQueryParams
 from medialens_shared.errors import InputNotFound, UnsupportedInput
 
 
@@ -273,3 +274,30 @@ def test_integers_spelled_otherwise_beside_null_markers_stay_as_written(tmp_path
     )
     assert [(c.name, c.dtype) for c in answer.columns] == [("code", "VARCHAR")]
     assert answer.rows == [[value] for _, value in sorted([(5, "NA"), (at, "0x10")])]
+
+
+@pytest.mark.parametrize("to", ["query", "csv"])
+def test_an_order_told_past_the_sample_reads_the_dates_so(tmp_path: Path, to: str) -> None:
+    """American dates whose first 20,480 rows have days up to 12 (read day first there) and whose order a
+    later `01/13/2024` tells are dates, month first, in a query and a conversion, as a day-first file is:
+    they were text."""
+    rows = [(f"{1 + index * 12 // 25_000:02d}/{1 + index % 12:02d}/2024", index) for index in range(25_000)]
+    rows[24_990] = ("01/13/2024", 24_990)
+    path = tmp_path / "us.csv"
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        csv.writer(handle).writerows([("day", "n"), *rows])
+    if to == "csv":
+        converted = convert_table(
+            path, params=DataConvertParams(to="csv"), out_dir=tmp_path / "out", temp_dir=tmp_path / "spill"
+        )
+        lines = converted.path.read_text(encoding="utf-8").splitlines()
+        assert (lines[1], lines[24_991]) == ("2024-01-01,0", "2024-01-13,24990")
+        return
+    answer = run_query(
+        path,
+        params=DataQueryParams(sql="SELECT day, n FROM data WHERE n IN (13, 24990) ORDER BY n"),
+        out_path=tmp_path / "out" / "answer.parquet",
+        temp_dir=tmp_path / "spill",
+    )
+    assert [(c.name, c.dtype) for c in answer.columns] == [("day", "DATE"), ("n", "BIGINT")]
+    assert answer.rows == [["2024-01-02", 13], ["2024-01-13", 24990]]

@@ -447,8 +447,9 @@ def _expose(
     reader = f"read_csv({path}, {_CSV_STRICT}{codec}"
     texts: list[str] = []  # columns read as text whatever the sniffer makes of them
     every_row = create(reader)
-    if ambiguous := _ambiguous_dates(con, name, path, codec, every_row=every_row, watch=watch):
-        texts += ambiguous
+    ambiguous, ordered = _ambiguous_dates(con, name, path, codec, every_row=every_row, watch=watch)
+    if ambiguous or ordered:
+        texts += [*ambiguous, *(column for column, _, _ in ordered)]
         every_row = create(reader + _as_text(texts), every_row=every_row)
     every_row = checked(reader, json=False, texts=texts) or every_row
     if spelled := _integers_spelled_otherwise(con, name, reader, texts=texts, whole=every_row, watch=watch):
@@ -457,7 +458,16 @@ def _expose(
     marked = _marked_columns(
         con, name, path, codec, every_row=every_row, materialize=materialize, watch=watch
     )
-    _retyped(con, name, reader, create, marked=marked, texts=texts, every_row=every_row, watch=watch)
+    _retyped(
+        con,
+        name,
+        reader,
+        create,
+        marked=[*ordered, *_except_columns(marked, ordered)],
+        texts=texts,
+        every_row=every_row,
+        watch=watch,
+    )
     _reject_ragged_single_column(con, name, path, codec.removesuffix(quoting), quoting)
 
 
@@ -493,6 +503,14 @@ def _quoting(con: Any, source: str, codec: str) -> str:
 _NO_QUOTE = ("(empty)", "", "\x00")
 
 
+def _except_columns(
+    marked: list[tuple[str, str, bool]], these: list[tuple[str, str, bool]]
+) -> list[tuple[str, str, bool]]:
+    """The `marked` columns' readings but for the columns `these` read otherwise."""
+    columns = {column for column, _, _ in these}
+    return [marks for marks in marked if marks[0] not in columns]
+
+
 def _retyped(
     con: Any,
     name: str,
@@ -509,7 +527,7 @@ def _retyped(
     nanoseconds typed to keep them (`_exact_timestamps`; after the markers, so that a column of
     timestamps with `NA` among them is one too)."""
     replaces = {column: f"{expr} AS {ident(column)}" for column, expr, _ in marked}
-    texts = [*texts, *(column for column, _, text in marked if text)]
+    texts = list(dict.fromkeys([*texts, *(column for column, _, text in marked if text)]))
     if marked:
         create(reader + _as_text(texts), every_row=every_row, replace=", ".join(replaces.values()))
     if timed := _exact_timestamps(con, name, reader, texts=texts, every_row=every_row, watch=watch):
@@ -958,10 +976,13 @@ def _date_family(sniffed: str | None) -> list[str]:
 
 def _ambiguous_dates(
     con: Any, name: str, source: str, codec: str, *, every_row: bool, watch: Watchdog | None
-) -> list[str]:
+) -> tuple[list[str], list[tuple[str, str, bool]]]:
     """The DATE and TIMESTAMP columns of the CSV table `name` (read from `source`, its types guessed from
     `every_row` or from a sample) whose every value reads as a date in another order of its day, month
-    and year too, differently: those are text.
+    and year too, differently: those are text. And those a value past the sniffed rows tells are in
+    another order than the sniffed one, each with the SQL that reads its text in that order (as
+    `_marked_columns` gives its columns, markers as NULL): they were text, where the README promised
+    that a value anywhere tells the order (20,480 American dates of days up to 12, then `01/13/2024`).
 
     DuckDB's sniffer picks one of the orders that read every sampled value, whichever it tries first: an
     American `01/02/2024` (January 2nd) read as February 1st, and `01/02/24` as 2001-02-24, without a
@@ -976,17 +997,35 @@ def _ambiguous_dates(
     and the first rows) beside a profile's 2.2 s; with ISO dates, the sniff alone: 0.06 s.
     """
     described = _described(con, name)
-    dated = [(column, kind) for column, kind in described if kind in ("DATE", "TIMESTAMP")]
-    if not dated:
-        return []
+    dated = {column: kind for column, kind in described if kind in ("DATE", "TIMESTAMP")}
+    texts = [column for column, kind in described if kind == "VARCHAR"]
+    if not dated and not (every_row and texts):
+        return [], []
+    sniff = f"SELECT Columns, DateFormat, TimestampFormat FROM sniff_csv({source}, {_CSV_STRICT}{codec}"  # noqa: S608
     sample = ", sample_size=-1" if every_row else ""
-    formats = con.execute(
-        f"SELECT DateFormat, TimestampFormat FROM sniff_csv({source}, {_CSV_STRICT}{codec}{sample})"  # noqa: S608
-    ).fetchall()[0]
-    families = {"DATE": _date_family(formats[0]), "TIMESTAMP": _date_family(formats[1])}
-    return _untold_orders(
-        con, [(column, families[kind]) for column, kind in dated], source, codec, sample=sample, watch=watch
+    _, *formats = con.execute(f"{sniff}{sample})").fetchall()[0]
+    families = {column: _date_family(formats[kind == "TIMESTAMP"]) for column, kind in dated.items()}
+    if every_row and texts:
+        # Read from every row, a column of dates whose sniffed order a later value rules out is text: the
+        # order the sniffer gave it from its first rows is the one that value may tell otherwise.
+        columns, *first = con.execute(f"{sniff})").fetchall()[0]
+        for column in texts:
+            kind = next((str(c["type"]) for c in columns if c["name"] == column), "")
+            if kind in ("DATE", "TIMESTAMP"):
+                dated[column], families[column] = kind, _date_family(first[kind == "TIMESTAMP"])
+    ambiguous, otherwise = _untold_orders(
+        con, list(families.items()), source, codec, sample=sample, watch=watch
     )
+    ambiguous = [column for column in ambiguous if column not in texts]
+    reads = []
+    for column, fmt in otherwise.items():
+        _, read = _MARKED_FORMAT[dated[column]]
+        value = read.format(f"trim({ident(column)})", dated[column], literal(fmt))
+        col = ident(column)
+        reads.append(
+            (column, f"CASE WHEN {col} IN {_MARKERS} OR trim({col}) = '' THEN NULL ELSE {value} END", True)
+        )
+    return ambiguous, reads
 
 
 def _untold_orders(
@@ -997,37 +1036,51 @@ def _untold_orders(
     *,
     sample: str,
     watch: Watchdog | None,
-) -> list[str]:
+) -> tuple[list[str], dict[str, str]]:
     """Those of the `dated` columns of the CSV `source` (each with its `_date_family`, sniffed format first)
-    whose values no other order rules out and some other order reads differently (see `_ambiguous_dates`).
-    `codec` holds the reader's other arguments, `sample` its sample size."""
+    whose values no other order rules out and some other order reads differently (see `_ambiguous_dates`),
+    and those whose sniffed order a value past the sniffed rows rules out while one other order reads them
+    all, with that order's format. `codec` holds the reader's other arguments, `sample` its sample size."""
     # Each column's value, and its text read in the sniffed order and in each other order (as SQL).
-    orders: list[tuple[str, str, str, str]] = []
+    orders: list[tuple[str, str, str, str, str]] = []
     for column, family in dated:
         if not family:
             continue
         value = f"trim({ident(column)})"
         sniffed, *others = (f"try_strptime({value}, {literal(fmt)})" for fmt in family)
-        orders += [(column, value, sniffed, other) for other in others]
+        orders += [
+            (column, value, sniffed, other, fmt) for other, fmt in zip(others, family[1:], strict=True)
+        ]
     if not orders:
-        return []
+        return [], {}
     texts = _as_text(list(dict.fromkeys(column for column, *_ in orders)))
     reader = f"read_csv({source}, {_CSV_STRICT}{codec}{sample}{texts})"
 
     fetch = partial(_fetch, con, watch=watch)
 
     # One scan of the first rows tells most orders apart; only those it does not are looked for further.
-    cannot = [f"{value} <> '' AND {other} IS NULL" for _, value, _, other in orders]
+    cannot = [f"{value} <> '' AND {other} IS NULL" for _, value, _, other, _ in orders]
     any_cannot = ", ".join(f"bool_or({condition})" for condition in cannot)
     told = fetch(f"SELECT {any_cannot} FROM (SELECT * FROM {reader} LIMIT {SAMPLE_ROWS})")[0]  # noqa: S608
+    # The other orders that read every value of each column, with the SQL of each.
+    readers: dict[str, list[tuple[str, str, str, str]]] = {}
+    for (column, value, sniffed, other, fmt), condition, seen in zip(orders, cannot, told, strict=True):
+        if not seen and not fetch(f"SELECT 1 FROM {reader} WHERE {condition} LIMIT 1"):  # noqa: S608
+            readers.setdefault(column, []).append((value, sniffed, other, fmt))
     ambiguous: list[str] = []
-    for (column, _, sniffed, other), condition, seen in zip(orders, cannot, told, strict=True):
-        if seen or column in ambiguous or fetch(f"SELECT 1 FROM {reader} WHERE {condition} LIMIT 1"):  # noqa: S608
-            continue
-        # The other order reads every value: the column is a date only if it reads them all the same.
-        if fetch(f"SELECT 1 FROM {reader} WHERE {other} <> {sniffed} LIMIT 1"):  # noqa: S608
-            ambiguous.append(column)
-    return ambiguous
+    otherwise: dict[str, str] = {}
+    for column, readable in readers.items():
+        value, sniffed = readable[0][:2]
+        if fetch(f"SELECT 1 FROM {reader} WHERE {value} <> '' AND {sniffed} IS NULL LIMIT 1"):  # noqa: S608
+            # A value past the sniffed rows rules the sniffed order out (`01/13/2024` after 20,480 dates
+            # of days up to 12): the order that reads every value, when one alone does.
+            if len(readable) == 1:
+                otherwise[column] = readable[0][3]
+            else:
+                ambiguous.append(column)
+        elif any(fetch(f"SELECT 1 FROM {reader} WHERE {o} <> {sniffed} LIMIT 1") for *_, o, _ in readable):  # noqa: S608
+            ambiguous.append(column)  # another order reads every value, differently: nothing tells which
+    return ambiguous, otherwise
 
 
 #: What people write in a CSV for a missing value: pandas' default `na_values`, the list most users know a
@@ -1175,8 +1228,10 @@ def _marked_columns(
     dated = [(column, _date_family(fmt)) for column, kind, fmt in found if kind in ("DATE", "TIMESTAMP")]
     if dated:
         sample = ", sample_size=-1" if every_row else ""
-        untold = _untold_orders(con, dated, source, codec + _NULLSTR, sample=sample, watch=watch)
-        found = [marks for marks in found if marks[0] not in untold]
+        untold, otherwise = _untold_orders(con, dated, source, codec + _NULLSTR, sample=sample, watch=watch)
+        found = [
+            (column, kind, otherwise.get(column, fmt)) for column, kind, fmt in found if column not in untold
+        ]
     for column, kind, fmt in found:
         _, read = _MARKED_FORMAT[kind] if fmt is not None and kind in _MARKED_FORMAT else _MARKED[kind]
         col = ident(column)
