@@ -301,3 +301,33 @@ def test_an_order_told_past_the_sample_reads_the_dates_so(tmp_path: Path, to: st
     )
     assert [(c.name, c.dtype) for c in answer.columns] == [("day", "DATE"), ("n", "BIGINT")]
     assert answer.rows == [["2024-01-02", 13], ["2024-01-13", 24990]]
+
+
+@pytest.mark.parametrize("to", ["query", "jsonl"])
+def test_a_quote_never_closed_past_the_sample_reads_as_written(tmp_path: Path, to: str) -> None:
+    """A CSV that quotes nothing in its sample and later has a field opening with a quote it never closes
+    (`"Best" of year`, written by hand) reads that field as written, as it did before quoting was given
+    to CSVs that quote nothing in their sample: it failed "unterminated quote"."""
+    rows = [f"{index},title {index}" for index in range(SAMPLE_ROWS + 5000)]
+    rows[SAMPLE_ROWS + 100] = f'{SAMPLE_ROWS + 100},"Best" of year'
+    path = tmp_path / "titles.csv"
+    path.write_text("id,title\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    if to == "jsonl":
+        converted = convert_table(
+            path, params=DataConvertParams(to="jsonl"), out_dir=tmp_path / "out", temp_dir=tmp_path / "spill"
+        )
+        lines = converted.path.read_text(encoding="utf-8").splitlines()
+        assert (converted.row_count, lines[SAMPLE_ROWS + 100]) == (
+            len(rows),
+            f'{{"id":{SAMPLE_ROWS + 100},"title":"\\"Best\\" of year"}}',
+        )
+        return
+    answer = run_query(
+        path,
+        params=DataQueryParams(
+            sql=f"SELECT count(*), max(title) FILTER (id = {SAMPLE_ROWS + 100}) FROM data"
+        ),
+        out_path=tmp_path / "out" / "answer.parquet",
+        temp_dir=tmp_path / "spill",
+    )
+    assert answer.rows == [[len(rows), '"Best" of year']]

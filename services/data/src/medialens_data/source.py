@@ -64,6 +64,8 @@ Compression = Literal["none", "gzip", "zstd"]
 #: What DuckDB says of a CSV that is not UTF-8, or not Latin-1, where it reads.
 _NOT_UTF8 = "not utf-8 encoded"
 _NOT_LATIN1 = "not latin-1 encoded"
+#: DuckDB's error for a field that opens with the quote character and never closes it.
+_UNTERMINATED_QUOTE = "unterminated quote"
 #: What DuckDB says of a JSON value that does not fit the type guessed for its key (see `resample`), and of
 #: an object that repeats a key, which no guess fixes.
 _JSON_TRANSFORM = "JSON transform error"
@@ -118,6 +120,9 @@ class Source:
     utf8_copy: Path | None = None
     #: The blank lines before a CSV's header, which its reader skips (`_leading_blank_lines`).
     blank_lines: int = 0
+    #: Whether a CSV whose sample quotes no field is read with RFC 4180's quoting (`_quoting`); not after
+    #: such a reading found a quote it cannot close (`reread`).
+    rfc_quoting: bool = True
 
     @property
     def paths(self) -> list[Path]:
@@ -360,7 +365,8 @@ def damage(watch: Watchdog, name: str, path: Path) -> MediaDecodeError | None:
 
 
 def reread(source: Source, exc: Exception) -> Source | None:
-    """How to read `source` again after DuckDB's `exc`, None when `exc` is not about its text's encoding.
+    """How to read `source` again after DuckDB's `exc`, None when `exc` is not about its text's encoding
+    or the quoting it was read with.
 
     A CSV that is UTF-8 only as far as its first bytes go is read as Latin-1; one with bytes that Latin-1
     leaves to control characters (0x80-0x9F), as Windows-1252, which gives them their printed signs, and
@@ -368,6 +374,10 @@ def reread(source: Source, exc: Exception) -> Source | None:
     """
     if source.format != "csv" or not isinstance(exc, duckdb.InvalidInputException):
         return None
+    if source.rfc_quoting and _UNTERMINATED_QUOTE in str(exc):
+        # A field opening with a quote it never closes, in a file that quoted none in its sample
+        # (`"Best" of year` past it): read as written, without quoting, as it was before `_quoting`.
+        return replace(source, rfc_quoting=False)
     if source.encoding == "utf-8" and _NOT_UTF8 in str(exc):
         return replace(source, encoding="latin-1")
     if source.encoding == "latin-1" and _NOT_LATIN1 in str(exc) and source.utf8_copy is not None:
@@ -442,7 +452,7 @@ def _expose(
         path, codec = literal(str(_copy_as_utf8(source, watch).resolve())), skip
     elif source.encoding != "utf-8":
         codec += f", encoding='{source.encoding}'"
-    quoting = _quoting(con, path, codec)
+    quoting = _quoting(con, path, codec) if source.rfc_quoting else ""
     codec += quoting
     reader = f"read_csv({path}, {_CSV_STRICT}{codec}"
     texts: list[str] = []  # columns read as text whatever the sniffer makes of them
