@@ -13,7 +13,7 @@ import pytest
 
 from medialens_data.convert import convert_table
 from medialens_data.profile import profile_table
-from medialens_data.query import run_query
+from medialens_data.query import Answer, run_query
 from medialens_data.source import SAMPLE_ROWS, inspect
 from medialens_shared.contracts import DataConvertParams, DataProfileParams, DataQueryParams
 from medialens_shared.errors import InputNotFound, UnsupportedInput
@@ -156,6 +156,16 @@ def test_blank_lines_before_the_header_are_skipped(
     assert [column.dtype for column in result.columns] == ["BIGINT", "VARCHAR"]
 
 
+def queried(path: Path, sql: str) -> Answer:
+    """The answer of `sql` over the CSV at `path`, its file and spill beside the CSV."""
+    return run_query(
+        path,
+        params=DataQueryParams(sql=sql),
+        out_path=path.parent / "out" / "answer.parquet",
+        temp_dir=path.parent / "spill",
+    )
+
+
 #: Rows before a CSV's first quoted field: past the 20,480 DuckDB's sniffer picks a quote character from.
 PAST_THE_SAMPLE = SAMPLE_ROWS + 4_000
 
@@ -179,14 +189,7 @@ def test_a_field_first_quoted_past_the_sample_reads_as_written(
     path = tmp_path / "upload.csv"
     path.write_text(text.getvalue(), encoding="utf-8")
     written = list(csv.reader(path.open(newline=""), delimiter=delimiter))
-    answer = run_query(
-        path,
-        params=DataQueryParams(
-            sql=f"SELECT count(*), max(product) FILTER (id = {PAST_THE_SAMPLE}) FROM data"
-        ),
-        out_path=tmp_path / "out" / "answer.parquet",
-        temp_dir=tmp_path / "spill",
-    )
+    answer = queried(path, f"SELECT count(*), max(product) FILTER (id = {PAST_THE_SAMPLE}) FROM data")
     assert answer.rows == [[len(written) - 1, written[PAST_THE_SAMPLE + 1][1]]]
     assert written[PAST_THE_SAMPLE + 1][1] == value
 
@@ -205,12 +208,7 @@ def test_a_quote_the_sniffer_finds_is_kept(tmp_path: Path, text: str, expected: 
     DuckDB's sniffer found it."""
     path = tmp_path / "upload.csv"
     path.write_text(text, encoding="utf-8")
-    answer = run_query(
-        path,
-        params=DataQueryParams(sql="SELECT id, name FROM data ORDER BY id"),
-        out_path=tmp_path / "out" / "answer.parquet",
-        temp_dir=tmp_path / "spill",
-    )
+    answer = queried(path, "SELECT id, name FROM data ORDER BY id")
     assert answer.rows == [expected, [2, "plain"]]
 
 
@@ -226,12 +224,7 @@ def test_integers_spelled_otherwise_stay_as_written(tmp_path: Path, at: int, spe
     path = tmp_path / "codes.csv"
     with path.open("w", newline="", encoding="utf-8") as handle:
         csv.writer(handle).writerows([("id", "code", "n"), *rows])
-    answer = run_query(
-        path,
-        params=DataQueryParams(sql=f"SELECT code, n FROM data WHERE id IN (1, {at}) ORDER BY id"),
-        out_path=tmp_path / "out" / "answer.parquet",
-        temp_dir=tmp_path / "spill",
-    )
+    answer = queried(path, f"SELECT code, n FROM data WHERE id IN (1, {at}) ORDER BY id")
     assert [(c.name, c.dtype) for c in answer.columns] == [("code", "VARCHAR"), ("n", "BIGINT")]
     assert answer.rows == [["1", 1], [spelled, at]]
 
@@ -245,14 +238,10 @@ def test_a_tab_separated_file_is_read_without_quoting(tmp_path: Path) -> None:
     rows[SAMPLE_ROWS + 150] = (SAMPLE_ROWS + 150, 'The 12"', 1985)
     path = tmp_path / "titles.tsv"
     path.write_text("id\ttitle\tyear\n" + "".join(f"{i}\t{t}\t{y}\n" for i, t, y in rows), encoding="utf-8")
-    answer = run_query(
+    answer = queried(
         path,
-        params=DataQueryParams(
-            sql=f"SELECT count(*), max(title) FILTER (id = {SAMPLE_ROWS + 100}), "
-            f"max(title) FILTER (id = {SAMPLE_ROWS + 150}) FROM data"
-        ),
-        out_path=tmp_path / "out" / "answer.parquet",
-        temp_dir=tmp_path / "spill",
+        f"SELECT count(*), max(title) FILTER (id = {SAMPLE_ROWS + 100}), "
+        f"max(title) FILTER (id = {SAMPLE_ROWS + 150}) FROM data",
     )
     assert answer.rows == [[len(rows), '"Weird Al Live', 'The 12"']]
 
@@ -266,12 +255,7 @@ def test_integers_spelled_otherwise_beside_null_markers_stay_as_written(tmp_path
     path = tmp_path / "codes.csv"
     with path.open("w", newline="", encoding="utf-8") as handle:
         csv.writer(handle).writerows([("id", "code"), *rows])
-    answer = run_query(
-        path,
-        params=DataQueryParams(sql=f"SELECT code FROM data WHERE id IN (5, {at}) ORDER BY id"),
-        out_path=tmp_path / "out" / "answer.parquet",
-        temp_dir=tmp_path / "spill",
-    )
+    answer = queried(path, f"SELECT code FROM data WHERE id IN (5, {at}) ORDER BY id")
     assert [(c.name, c.dtype) for c in answer.columns] == [("code", "VARCHAR")]
     assert answer.rows == [[value] for _, value in sorted([(5, "NA"), (at, "0x10")])]
 
@@ -293,12 +277,7 @@ def test_an_order_told_past_the_sample_reads_the_dates_so(tmp_path: Path, to: st
         lines = converted.path.read_text(encoding="utf-8").splitlines()
         assert (lines[1], lines[24_991]) == ("2024-01-01,0", "2024-01-13,24990")
         return
-    answer = run_query(
-        path,
-        params=DataQueryParams(sql="SELECT day, n FROM data WHERE n IN (13, 24990) ORDER BY n"),
-        out_path=tmp_path / "out" / "answer.parquet",
-        temp_dir=tmp_path / "spill",
-    )
+    answer = queried(path, "SELECT day, n FROM data WHERE n IN (13, 24990) ORDER BY n")
     assert [(c.name, c.dtype) for c in answer.columns] == [("day", "DATE"), ("n", "BIGINT")]
     assert answer.rows == [["2024-01-02", 13], ["2024-01-13", 24990]]
 
@@ -322,12 +301,5 @@ def test_a_quote_never_closed_past_the_sample_reads_as_written(tmp_path: Path, t
             f'{{"id":{SAMPLE_ROWS + 100},"title":"\\"Best\\" of year"}}',
         )
         return
-    answer = run_query(
-        path,
-        params=DataQueryParams(
-            sql=f"SELECT count(*), max(title) FILTER (id = {SAMPLE_ROWS + 100}) FROM data"
-        ),
-        out_path=tmp_path / "out" / "answer.parquet",
-        temp_dir=tmp_path / "spill",
-    )
+    answer = queried(path, f"SELECT count(*), max(title) FILTER (id = {SAMPLE_ROWS + 100}) FROM data")
     assert answer.rows == [[len(rows), '"Best" of year']]

@@ -520,9 +520,8 @@ def as_text(expr: str, dtype: str) -> str:
     9999-12-31T23:59:59.999999, a nested TIMESTAMP_NS of 1969 as 1970-01-01 and a nested 0.1 FLOAT as
     0.10000000149011612.
     """
-    template = _AS_TEXT.get(dtype)
-    if template is not None:
-        return template.format(expr)
+    if (text := _text_leaf(expr, dtype)) is not None:
+        return text
     if not nested(dtype):
         return expr
     rewritten = each_leaf(expr, duckdb.sqltype(dtype), _text_leaf, keys=True)
@@ -537,6 +536,8 @@ NESTED_SQL_BUDGET = 32 * 1024
 
 
 def _text_leaf(expr: str, kind: Any) -> str | None:
+    """`expr`, of the DuckDB type `kind` (its name, or a `DuckDBPyType`), as its exact text (`_AS_TEXT`);
+    None for a type Python reads exactly."""
     template = _AS_TEXT.get(str(kind))
     return None if template is None else template.format(expr)
 
