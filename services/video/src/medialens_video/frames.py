@@ -156,14 +156,18 @@ def _require_whole(path: Path, index: int) -> None:
     interval before the stream's end (`stated_end`, not the container's): Matroska, seeking to any frame,
     skips every packet before the time asked, so a seek past it finds nothing even in a whole file. Where
     the stream states no duration, or the container has no index to hold the file to (MPEG-TS, Matroska
-    without cues), seeking searches the bytes that exist, or fails, and this finds nothing wrong.
+    without cues), seeking searches the bytes that exist, or fails, and this finds nothing wrong. Nor is
+    an ASF or an MPEG program stream looked at: their streams' ends are read off their last packets
+    (`_ENDS_READ`), so a file cut short ends where its packets do (the look read the end twice, to agree).
     """
     with opened(path) as container:
         # No made-up pts, which are not read here: to make one for the last video frame of an AVI whose
         # sound runs on past it, libavformat read every packet to the end (140 s for 30 minutes of sound).
         container.flags &= ~_GENPTS
         stream = container.streams[index]
-        end = stated_end(container, stream) if stream.duration else None
+        if not stream.duration or container.format.name in _ENDS_READ:
+            return
+        end = stated_end(container, stream)
         if end is None:
             return
         last_frame = max(stream.start_time or 0, end - frame_ticks(stream))
@@ -343,6 +347,11 @@ def stated_end(container: Any, stream: Any) -> int | None:
     if stream.duration and container.format.name not in RAW_VIDEO_FORMATS:
         return int((stream.start_time or 0) + stream.duration)
     return None
+
+
+#: Containers whose streams' ends `stated_end` reads off their last packets: none is stated (an ASF states
+#: the file's play time alone, an MPEG program stream nothing).
+_ENDS_READ = frozenset({"asf", "mpeg"})
 
 
 def _asf_end(container: Any, stream: Any) -> int | None:
