@@ -198,15 +198,15 @@ def average_rate(container: Any, stream: Any) -> Fraction | None:
     return Fraction(rate)
 
 
-def expected_frames(container: Any, stream: Any) -> int:
-    """The frame count the container states, else the stream's span (to `stated_end`, or failing that the
+def expected_frames(container: Any, stream: Any, *, end: int | None) -> int:
+    """The frame count the container states, else the stream's span (to its `end`, the caller's
+    `stated_end`, which in an ASF or a program stream reads the last packets; or failing that the
     container's duration) times the average rate, else (a raw stream, which states neither) its packets
     counted, at least 1: a total for progress and the damaged-packet budget, which may be an estimate
     (nothing is read to find the stream's first timestamp)."""
     if stream.frames:
         return int(stream.frames)
     rate = average_rate(container, stream) or stream.guessed_rate
-    end = stated_end(container, stream)
     if end is not None:
         span_s = float((end - (stream.start_time or 0)) * stream.time_base)
     elif (stated_s := stated_duration_s(container)) is not None:

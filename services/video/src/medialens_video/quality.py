@@ -54,6 +54,7 @@ from medialens_video.frames import (
     planar_8bit,
     require_forward,
     shown_again_at,
+    stated_end,
 )
 
 #: Mean absolute difference of Y, U and V (0..1) up to which a frame is the still picture it is compared
@@ -108,7 +109,7 @@ def detect_quality(
     """The black and frozen stretches of the video at `path`; `report` may raise to stop."""
     black, frozen = _Runs(min_black_s), _Runs(freeze_min_s)
     with open_video(path, whole=True) as (container, stream):
-        total = expected_frames(container, stream)
+        total = expected_frames(container, stream, end=stated_end(container, stream))
         ticks = frame_ticks(stream)
         time_base = stream.time_base
         frame_threads(stream)

@@ -112,7 +112,7 @@ def extract_thumbnails(
             packets, end = packet_span(container, stream)
         else:
             end = _read_end(container, stream) if stated is None else stated
-            packets = expected_frames(container, stream)
+            packets = expected_frames(container, stream, end=stated)
         duration_s = float(max(end - first_pts, 1) * time_base)
         frame_threads(stream)
         guard = DecodeGuard(packets)
