@@ -782,8 +782,7 @@ def _mp3_first_frame(path: Path) -> bytes | None:
         tag = handle.read(10)
         offset = 0
         if len(tag) == 10 and tag[:3] == b"ID3":
-            size = (tag[6] & 0x7F) << 21 | (tag[7] & 0x7F) << 14 | (tag[8] & 0x7F) << 7 | tag[9] & 0x7F
-            offset = 10 + size + (10 if tag[5] & 0x10 else 0)
+            offset = _id3v2_length(tag)
         handle.seek(offset)
         head = handle.read(_MP3_SYNC_SEARCH_BYTES + 64)
     sync = next(
@@ -795,6 +794,13 @@ def _mp3_first_frame(path: Path) -> bytes | None:
         None,
     )
     return None if sync is None else head[sync : sync + 64]
+
+
+def _id3v2_length(header: bytes) -> int:
+    """The bytes of the ID3v2 tag whose 10-byte header opens `header`: the header, the size its four
+    7-bit bytes give, and a 10-byte footer when flagged (ID3v2.4)."""
+    size = (header[6] & 0x7F) << 21 | (header[7] & 0x7F) << 14 | (header[8] & 0x7F) << 7 | header[9] & 0x7F
+    return 10 + size + (10 if header[5] & 0x10 else 0)
 
 
 def _counted_duration(path: str, index: int) -> float | None:
@@ -946,8 +952,7 @@ def _tag_end(data: bytes, at: int) -> int | None:
     Lyrics3 tag to its end marker (`LYRICS200` for version 2, `LYRICSEND` for 1)."""
     head = data[at : at + 32]
     if head[:3] == b"ID3" and len(head) >= 10 and head[3] in (2, 3, 4) and max(head[6:10]) < 0x80:
-        size = head[6] << 21 | head[7] << 14 | head[8] << 7 | head[9]
-        return at + 10 + size + (10 if head[5] & 0x10 else 0)
+        return at + _id3v2_length(head)
     if head[:3] == b"TAG":
         return at + 128
     if head[:8] == b"APETAGEX" and len(head) == 32 and head[23] & 0x20:  # flags: this is the header
