@@ -42,7 +42,7 @@ TS_PACKET = b"\x47\x40\x00\x10" + b"\xff" * 184
         (TS_PACKET * 4, FileKind.VIDEO),
         (b"ID3\x04\x00\x00\x00\x00\x00\x00", FileKind.AUDIO),
         (b"\xff\xfb\x90\x64" + b"\x00" * 60, FileKind.AUDIO),
-        (b"\xff\xf1\x50\x80" + b"\x00" * 60, FileKind.AUDIO),
+        (b"\xff\xf1\x50\x80\x2e\x7f\xfc" + b"\x00" * 57, FileKind.AUDIO),  # a 371-byte frame
         (b"fLaC\x00\x00\x00\x22", FileKind.AUDIO),
         (b"OggS\x00\x02" + b"\x00" * 20, FileKind.AUDIO),
         (b"FORM\x00\x00\x00\x00AIFF", FileKind.AUDIO),
@@ -386,3 +386,61 @@ def test_random_bytes_hold_no_run_of_frames() -> None:
         head[0] = 0
         heads.append(head.tobytes())
     assert {sniff(head) for head in heads} == {FileKind.UNKNOWN}
+
+
+def test_a_frame_sync_alone_does_not_make_audio() -> None:
+    """Random bytes opening with the 11 set bits of a frame sync (`FF Ex`: about one random file in 1,300)
+    are not audio: they were, and audio jobs then failed them MEDIA_DECODE_ERROR rather than refusing them
+    with 415. A frame header must be followed by the next one where its frame ends."""
+    rng = np.random.default_rng(1)
+    heads = [
+        b"\xff" + bytes([0xE0 | int(rng.integers(32))]) + rng.bytes(SNIFF_BYTES - 2) for _ in range(2000)
+    ]
+    assert {sniff(head) for head in heads} == {FileKind.UNKNOWN}
+
+
+@pytest.mark.parametrize(
+    ("container_format", "codec", "options"),
+    [
+        ("mp3", "libmp3lame", {"id3v2_version": "0", "write_xing": "0"}),
+        ("mp2", "mp2", {}),
+        ("adts", "aac", {}),
+    ],
+)
+def test_a_raw_stream_opening_on_a_frame_is_audio(
+    tmp_path: Path, container_format: str, codec: str, options: dict[str, str]
+) -> None:
+    """A raw MP3 (no tag, no Xing frame), MP2 or ADTS AAC stream opening on a frame is audio, whole, cut to
+    its first frame alone, or cut anywhere after its second frame's header."""
+    path = tmp_path / f"tone.{container_format}"
+    make_audio_only(path, container_format=container_format, codec=codec, options=options)
+    data = path.read_bytes()
+    assert _begins_on_a_frame_sync(data)
+    first = _first_frame_length(path)
+    heads = [data[:SNIFF_BYTES], data[:first], *(data[:cut] for cut in range(first + 7, first + 400, 31))]
+    assert [sniff(head) for head in heads] == [FileKind.AUDIO] * len(heads)
+
+
+def _first_frame_length(path: Path) -> int:
+    """Where the second frame of a raw MPEG audio or ADTS stream starts, as FFmpeg's demuxer reads it."""
+    with av.open(str(path)) as container:
+        packets = (packet for packet in container.demux(audio=0) if packet.size)
+        next(packets)
+        return int(next(packets).pos)
+
+
+@pytest.mark.parametrize("length", [417, 1044, 2880])
+def test_a_free_format_stream_is_audio(length: int) -> None:
+    """A free-format MP3 (bit rate index 0, as LAME's `--freeformat` writes), whose frames' length no header
+    gives, is audio by the header alike that follows where the first frame ends; padded frames may be a byte
+    longer. Its header before random bytes alone is not."""
+    rng = np.random.default_rng(2)
+    frames = b"".join(
+        b"\xff\xfb"
+        + (b"\x02" if index % 3 == 2 else b"\x00")
+        + b"\x64"
+        + rng.bytes(length - 4 + (index % 3 == 2))
+        for index in range(10)
+    )
+    assert sniff(frames[:SNIFF_BYTES]) is FileKind.AUDIO
+    assert sniff(frames[:4] + rng.bytes(SNIFF_BYTES - 4)) is FileKind.UNKNOWN

@@ -186,7 +186,7 @@ def _audio_magic(head: bytes) -> bool:
     if head.startswith(_BINARY_AUDIO_MAGIC):
         return True
     if len(head) > 1 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0:
-        return True  # MPEG audio or ADTS AAC frame sync
+        return _opens_on_a_frame(head)  # MPEG audio or ADTS AAC frame sync
     if head.startswith(b"ID3"):  # ID3v2: version 2 to 4, then a revision byte
         return len(head) >= 5 and head[3] in (2, 3, 4) and head[4] != 0xFF
     if head.startswith(b"FORM"):  # IFF: a size, then the form type
@@ -260,6 +260,52 @@ _NOT_A_STREAM_MAGIC = (
 _PACK_START = b"\x00\x00\x01\xba"
 
 
+def _opens_on_a_frame(head: bytes) -> bool:
+    """Whether `head`, which opens with the 11 set bits of a frame sync, opens an MPEG audio or ADTS stream:
+    its first header is a valid one and the next frame's, alike, starts where the first ends (or `head`
+    ends before it: a file of one frame, or a head cut short). A sync alone opens about one random file in
+    1,300 (one with `FF Ex` first): such a file was taken as audio, and audio jobs failed it as damaged
+    rather than refusing it. A free-format MP3, whose frames no header gives the length of, needs only its
+    header."""
+    first = _frame_header(head, 0, layer_one=True)
+    if first is None:
+        return _free_format(head)
+    fixed, length = first
+    second = _frame_header(head, length, layer_one=True)
+    if second is None:
+        return len(head) < length + 7
+    return second[0] == fixed
+
+
+def _free_format(head: bytes) -> bool:
+    """Whether `head` opens a free-format MPEG audio stream (bit rate index 0; a version, layer and sample
+    rate not reserved): its frames' length, which no header gives, is where the next header alike starts, and
+    the third must start one such length (give or take a padding byte) after it, unless `head` ends first."""
+    if len(head) < 4:
+        return False
+    header = int.from_bytes(head[:4], "big")
+    version, layer, sample_rate = header >> 19 & 3, header >> 17 & 3, header >> 10 & 3
+    if header & 0xFFE0F000 != 0xFFE00000 or version == 1 or layer == 0 or sample_rate == 3:
+        return False
+    fixed = header & _FREE_FORMAT_FIXED
+
+    def alike(at: int) -> bool:
+        return int.from_bytes(head[at : at + 4], "big") & _FREE_FORMAT_FIXED == fixed
+
+    second = next((at for at in range(4, min(len(head) - 3, _FREE_FORMAT_LONGEST + 1)) if alike(at)), None)
+    if second is None:
+        return len(head) <= _FREE_FORMAT_LONGEST
+    third = [at for at in (2 * second - 1, 2 * second, 2 * second + 1) if at + 4 <= len(head)]
+    return not third or any(alike(at) for at in third)
+
+
+#: The bits of an MPEG audio header a free-format stream keeps from frame to frame: the sync, version,
+#: layer, a bit rate index of 0 and the sample rate.
+_FREE_FORMAT_FIXED = 0xFFFEFC00
+#: The longest free-format frame FFmpeg reads, in bytes: Layer III at 640 kbit/s and 32 kHz is 2,880.
+_FREE_FORMAT_LONGEST = 2881
+
+
 def _frames_in_a_row(head: bytes) -> bool:
     """Whether `head` holds `_FRAMES_IN_A_ROW` MPEG audio or ADTS frames back to back (same version, layer
     and sample rate; for ADTS, same profile, sample rate and channels), as a raw MP3, MP2 or AAC stream does
@@ -288,9 +334,10 @@ def _run_from(head: bytes, at: int) -> bool:
     return True
 
 
-def _frame_header(head: bytes, at: int) -> tuple[int, int] | None:
+def _frame_header(head: bytes, at: int, *, layer_one: bool = False) -> tuple[int, int] | None:
     """The fields of the MPEG audio or ADTS frame header at `at` that stay the same from frame to frame, and
-    the frame's length; None when there is none (or it lies past `head`)."""
+    the frame's length; None when there is none (or it lies past `head`), or it is a Layer I header and not
+    `layer_one` (looked for only where a file opens)."""
     if len(head) < at + 7:
         return None
     header = int.from_bytes(head[at : at + 4], "big")
@@ -303,9 +350,15 @@ def _frame_header(head: bytes, at: int) -> tuple[int, int] | None:
         return None
     version, layer = header >> 19 & 3, 4 - (header >> 17 & 3)  # version 3: MPEG-1, 2: MPEG-2, 0: MPEG-2.5
     bit_rate, sample_rate = header >> 12 & 15, header >> 10 & 3
-    if version == 1 or layer in (1, 4) or bit_rate in (0, 15) or sample_rate == 3:
-        # Reserved, free format (whose frames have no length a header tells), or Layer I, which no one
-        # streams any more and whose short frames of 4-byte words programs' jump tables mimic: 267 of
+    if (
+        version == 1
+        or layer == 4
+        or (layer == 1 and not layer_one)
+        or bit_rate in (0, 15)
+        or sample_rate == 3
+    ):
+        # Reserved, free format (whose frames have no length a header tells), or Layer I mid-stream: no one
+        # streams it any more, and its short frames of 4-byte words programs' jump tables mimic: 267 of
         # the x86-64 programs and libraries of a Debian system held four in a row (`ff ff 25 ..` every 64
         # bytes).
         return None
