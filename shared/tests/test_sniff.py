@@ -447,7 +447,7 @@ def test_a_free_format_stream_is_audio(length: int) -> None:
 
 
 def test_a_layer_one_stream_opening_on_a_frame_is_audio() -> None:
-    """An MPEG-1 Layer I stream (no encoder here writes one) opening on a frame is audio: its 288 kbit/s frames
+    """An MPEG-1 Layer I stream (no encoder here writes one) opening on a frame is audio: its 288 kb/s frames
     at 44.1 kHz are (12 * 288000 // 44100) * 4 = 312 bytes, each header where the one before ends."""
     rng = np.random.default_rng(3)
     frames = b"".join(b"\xff\xff\x90\x00" + rng.bytes(308) for _ in range(30))
