@@ -7,11 +7,13 @@ tests settle real deliveries on the real broker.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import signal
+import subprocess
 import threading
 import time
 import uuid
@@ -24,6 +26,8 @@ import pytest
 from pydantic import BaseModel, SecretStr
 from pymongo.errors import ConnectionFailure as MongoConnectionFailure
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ReadOnlyError
 from sqlalchemy import select, text, update
 from sqlalchemy.engine import make_url
 
@@ -36,6 +40,7 @@ from medialens_shared.contracts import (
     VideoProbeResult,
 )
 from medialens_shared.db import DatabaseManager
+from medialens_shared.devmongo import free_port
 from medialens_shared.envelope import utc_now
 from medialens_shared.errors import InputNotFound, JobCancelled, MediaDecodeError, TransientJobError
 from medialens_shared.filestore import FileStore
@@ -1917,3 +1922,85 @@ async def test_an_input_that_crashes_the_isolated_rerun_fails_it_and_spares_the_
     runner.handlers["video.probe"] = Calls()
     assert await deliver(runner, body_of(healthy, tenant_id)) == ["ack"]
     assert (await row_of(db, healthy))["status"] == "succeeded"
+
+
+@pytest.mark.parametrize("max_attempts", [1, 3], ids=["last-attempt", "attempts-left"])
+async def test_a_cancel_asked_before_a_passing_fault_ends_the_job_cancelled(
+    make_runner, new_job, tenant_id: str, db: DatabaseManager, signals: JobSignals, max_attempts: int
+) -> None:
+    """A cancel asked of a running job (the gateway answered 202: the flag is read at the next checkpoint),
+    then a passing fault before that checkpoint: the job ends cancelled. It was requeued, and a rerun that
+    ended before its first checkpoint succeeded; at the last attempt it failed RETRIES_EXHAUSTED."""
+    job_id = await new_job()
+    runs: list[JobContext] = []
+
+    async def cancelled_then_fault(ctx: JobContext) -> BaseModel:
+        runs.append(ctx)
+        if len(runs) == 1:
+            await ctx.progress(0.3, "decoding 30/100 frames", force=True)
+            await signals.request_cancel(job_id)
+            raise TransientJobError("MongoDB blinked")
+        return PROBE
+
+    runner = make_runner({"video.probe": cancelled_then_fault}, max_attempts=max_attempts)
+    assert await deliver(runner, body_of(job_id, tenant_id)) == ["ack"]
+    row = await row_of(db, job_id)
+    assert (row["status"], row["error_code"], row["progress"]) == ("cancelled", None, 0.3)
+    assert await deliver(runner, body_of(job_id, tenant_id)) == ["ack"]  # a retry's message, had one gone
+    assert len(runs) == 1
+    assert (await row_of(db, job_id))["status"] == "cancelled"
+
+
+@pytest.fixture
+def read_only_redis() -> Any:
+    """A Redis server of its own that refuses every write with READONLY, as a replica does (a client left on
+    one after a failover), or as a Redis at its `maxmemory` refuses them with OOM."""
+    port = free_port()
+    server = subprocess.Popen(
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--replicaof",
+            "127.0.0.1",
+            "1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        yield Redis(port=port)
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+async def test_a_redis_refusing_writes_fails_no_job(
+    make_runner, new_job, tenant_id: str, db: DatabaseManager, settings: Settings, read_only_redis: Redis
+) -> None:
+    """Progress the job's Redis refuses to store (READONLY, or OOM) is lost, as progress Redis cannot be
+    reached for is: the job succeeds. It failed INTERNAL_ERROR, and every data job reports progress first."""
+    for _ in range(100):
+        with contextlib.suppress(RedisConnectionError):
+            if await read_only_redis.ping():
+                break
+        await asyncio.sleep(0.05)
+    with pytest.raises(ReadOnlyError):
+        await read_only_redis.set("probe", "1")
+    job_id = await new_job()
+
+    async def reporting(ctx: JobContext) -> BaseModel:
+        await ctx.progress(0.5, "halfway", force=True)
+        return PROBE
+
+    runner = make_runner({"video.probe": Calls(reporting)})
+    runner.signals = JobSignals(read_only_redis, prefix=settings.redis.prefix)
+    try:
+        assert await deliver(runner, body_of(job_id, tenant_id)) == ["ack"]
+    finally:
+        await read_only_redis.aclose()
+    row = await row_of(db, job_id)
+    assert (row["status"], row["error_code"]) == ("succeeded", None)

@@ -61,6 +61,7 @@ from pydantic import BaseModel, ValidationError
 from pymongo import UpdateOne
 from pymongo.errors import ConnectionFailure as MongoConnectionFailure
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy import ColumnElement, func, select, update
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -156,6 +157,10 @@ PASSING_FAULTS: tuple[type[BaseException], ...] = (
     RedisTimeoutError,
     MongoConnectionFailure,
 )
+#: What may keep a note for watchers (progress, an event) from Redis: `PASSING_FAULTS`, and a Redis that
+#: refuses writes (at its `maxmemory` with `noeviction`, its default; a replica after a failover, READONLY),
+#: which answers with an error. The note is lost; the job goes on.
+NOTE_FAULTS: tuple[type[BaseException], ...] = (*PASSING_FAULTS, RedisError)
 
 
 class Delivery(Protocol):
@@ -215,7 +220,7 @@ class JobContext:
         live = {"progress": fraction, "message": message}
         try:
             await self._runner.signals.set_progress(jobstore.job_view(self._row, live=live))
-        except PASSING_FAULTS as exc:  # progress is for watchers: losing one update never fails a job
+        except NOTE_FAULTS as exc:  # progress is for watchers: losing one update never fails a job
             self.log.warning("job %s: progress not stored (%s)", self.job_id, exc)
 
     def report(self, fraction: float, message: str) -> None:
@@ -542,9 +547,10 @@ class JobRunner:
     async def _announce(self, row: jobstore.JobRow) -> None:
         """Tell the job's listeners of its new state, and a part's composite job's listeners too.
 
-        Never raises a passing fault: what is announced is already stored, and Redis away (or the session a
-        part's composite job needs) must not turn a job that started into a retry, nor one that ended into
-        an attempt to end it again. Listeners miss that event; the job reads right from the API.
+        Never raises a passing fault (`NOTE_FAULTS`): what is announced is already stored, and Redis away or
+        refusing writes (or the session a part's composite job needs) must not turn a job that started into
+        a retry, nor one that ended into an attempt to end it again. Listeners miss that event; the job
+        reads right from the API.
         """
         try:
             if row["parent_id"] is None:  # no session: there is no composite job to read
@@ -552,7 +558,7 @@ class JobRunner:
                 return
             async with self.db.session() as session:
                 await jobstore.announce(session, self.signals, row)
-        except PASSING_FAULTS as exc:
+        except NOTE_FAULTS as exc:
             log.warning("job %s: listeners not told it is %s (%s)", row["id"], row["status"], exc)
 
     async def release_predecessors(self) -> int:
@@ -1055,7 +1061,15 @@ class JobRunner:
         exc: BaseException,
         jlog: logging.LoggerAdapter[logging.Logger],
     ) -> None:
-        """A passing fault: the job goes back to the queue after a backoff, through the outbox."""
+        """A passing fault: the job goes back to the queue after a backoff, through the outbox; or it ends
+        cancelled when a cancel was asked of it meanwhile (a client's cancel of a running job is a flag its
+        next checkpoint reads: the fault came first, and a rerun light enough to end before its first
+        checkpoint succeeded, or the last attempt failed RETRIES_EXHAUSTED, where the client was told 202),
+        as the relay's reaper and `release_unfinished` end such a job whose attempt stopped otherwise."""
+        if await self.signals.cancels_asked([row["id"]]):
+            progress = await self._progress_so_far(row["id"])
+            await self._finish(row, JobStatus.CANCELLED, message="cancelled", progress=progress, jlog=jlog)
+            return
         if row["attempts"] >= self.settings.worker.max_attempts:
             error = RetriesExhausted(f"gave up after {row['attempts']} attempts; last error: {exc}")
             await self._finish(
@@ -1081,7 +1095,7 @@ class JobRunner:
             await session.commit()
         if requeued is not None:
             metrics.JOBS_RETRIED.labels(message.type).inc()
-            await self.signals.announce(jobstore.job_view(requeued))
+            await self._announce(requeued)
 
 
 def _attempt_of(success: _Success) -> tuple[str, int]:
