@@ -199,6 +199,41 @@ async def test_jobs_asking_for_one_file_at_once_share_one_read(
     assert counting.copies == 1
 
 
+class HeldStore(CountingStore):
+    """The real file store, whose copies wait for `go` (a large input on its way from GridFS)."""
+
+    def __init__(self, bucket: AsyncGridFSBucket, chunks: AsyncCollection[Any]) -> None:
+        super().__init__(bucket, chunks)
+        self.asked, self.go = asyncio.Event(), asyncio.Event()
+
+    async def copy_to(self, storage_id: str, path: Path) -> StoredFile:
+        self.asked.set()
+        await self.go.wait()
+        return await super().copy_to(storage_id, path)
+
+
+async def test_a_job_cancelled_waiting_for_another_jobs_fetch_leaves_that_fetch_alone(
+    store: FileStore, tmp_path: Path
+) -> None:
+    """A job cancelled while it waits for another job's fetch of the same bytes (a cancel, a shutdown) stops
+    alone: the fetching job reads its input. Its wait cancelled the fetch's shared future, and the fetch
+    then failed "invalid state" (a job failed INTERNAL_ERROR at a worker's shutdown, not handed back)."""
+    held = HeldStore(store.bucket, store.chunks)
+    cache = cache_of(held, tmp_path)
+    stored = await held.save_bytes(b"shared" * 100, filename="a.wav")
+    fetching = asyncio.create_task(read(cache, stored, "a.wav"))
+    await held.asked.wait()
+    waiting = asyncio.create_task(read(cache, stored, "b.wav"))
+    await asyncio.sleep(0.05)  # it waits on the fetch
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    held.go.set()
+    assert await fetching == b"shared" * 100
+    assert await read(cache, stored, "c.wav") == b"shared" * 100
+    assert held.copies == 1
+
+
 async def test_other_content_under_the_same_file_is_never_served_stale(
     counting: CountingStore, tmp_path: Path
 ) -> None:

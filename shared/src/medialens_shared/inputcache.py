@@ -134,7 +134,9 @@ class InputCache:
                 if alone is not None:
                     return alone
             else:
-                await pending  # another job fetches these bytes: use its copy once it is kept
+                # Another job fetches these bytes: use its copy once it is kept. Shielded: this job's
+                # cancel (a client's, a shutdown's) stops its wait, not the other job's fetch.
+                await asyncio.shield(pending)
             entry = self._kept.get(sha256)
         # No await from the look-up to the caller's use: the entry cannot be evicted in between.
         entry.users += 1
