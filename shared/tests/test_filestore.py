@@ -125,3 +125,33 @@ async def test_a_file_whose_chunks_are_gone_fails_to_read(store: FileStore, db: 
     await db.collection("fs.chunks").delete_many({"files_id": ObjectId(stored.storage_id)})
     with pytest.raises(CorruptGridFile, match="chunk 0 is missing"):
         await read_all(store, stored.storage_id)
+
+
+class DeletedWhileRead(FileStore):
+    """The real file store, whose file is deleted (as `DELETE /v1/files/{id}` drops its bytes) once the first
+    chunk of a read has gone by."""
+
+    async def read(self, storage_id: str, *, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        deleted = False
+        async for chunk in super().read(storage_id, start=start, end=end):
+            yield chunk
+            if not deleted:
+                await self.delete(storage_id)
+                deleted = True
+
+
+async def test_a_file_deleted_while_a_worker_copies_it_is_not_found(
+    store: FileStore, db: DatabaseManager, tmp_path: Path
+) -> None:
+    """A job's input deleted by its tenant while the worker copies it fails the job INPUT_NOT_FOUND: its
+    chunks went missing under the read, which failed the job INTERNAL_ERROR ("CorruptGridFile"), a bug.
+    A file whose chunks are gone while its files document stays is still corrupt."""
+    deleting = DeletedWhileRead(store.bucket, store.chunks)
+    stored = await deleting.save_bytes(os.urandom((WINDOW_CHUNKS + 2) * CHUNK_BYTES), filename="big.mp4")
+    with pytest.raises(InputNotFound, match="deleted while"):
+        await deleting.copy_to(stored.storage_id, tmp_path / "copy.mp4")
+    torn = await store.save_bytes(os.urandom(CHUNK_BYTES + 10), filename="torn.mp4")
+    await db.collection("fs.chunks").delete_many({"files_id": ObjectId(torn.storage_id)})
+    with pytest.raises(CorruptGridFile, match="chunk 0 is missing"):
+        await store.copy_to(torn.storage_id, tmp_path / "torn.mp4")
+    await store.delete(torn.storage_id)

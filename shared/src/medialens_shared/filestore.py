@@ -122,6 +122,12 @@ class FileStore:
                     size += len(chunk)
         except NoFile as exc:
             raise InputNotFound("The input file's content is no longer stored.") from exc
+        except CorruptGridFile as exc:  # chunks missing: the file was deleted under the read, or is torn
+            try:
+                await (await self.open(storage_id)).close()
+            except NoFile:
+                raise InputNotFound("The input file was deleted while it was read.") from exc
+            raise
         return StoredFile(
             storage_id=storage_id, size_bytes=size, sha256=digest.hexdigest(), kind=sniffer.kind
         )
