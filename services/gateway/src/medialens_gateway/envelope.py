@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse
 from pydantic_core import to_json
 from pymongo.errors import ConnectionFailure
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import OutOfMemoryError, ReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -55,8 +56,8 @@ def dependency_outage(exc: BaseException) -> str | None:
         return "PostgreSQL"
     if isinstance(exc, ConnectionFailure):
         return "MongoDB"
-    if isinstance(exc, RedisConnectionError | RedisTimeoutError):
-        return "Redis"
+    if isinstance(exc, RedisConnectionError | RedisTimeoutError | ReadOnlyError | OutOfMemoryError):
+        return "Redis"  # away, or refusing writes: a replica after a failover, or at its `maxmemory`
     if isinstance(exc, ConnectionError | TimeoutError):
         return "A dependency"
     return None

@@ -937,6 +937,35 @@ async def test_jobs_read_and_cancel_with_redis_away(
     envelope(await api.post(f"/v1/jobs/{queued.job_id}/cancel"), status=409, error_code="JOB_NOT_CANCELLABLE")
 
 
+async def test_a_running_jobs_cancel_with_redis_refusing_writes_is_503(
+    stack: Stack,
+    api: httpx.AsyncClient,
+    db: DatabaseManager,
+    csv_file: str,
+    envelope: EnvelopeCheck,
+    read_only_redis: Redis,
+) -> None:
+    """A Redis refusing writes (READONLY: a replica after a failover; OOM alike) cannot carry a running
+    job's cancel to its worker: 503 with Retry-After, as with Redis away (it was a 500 INTERNAL_ERROR, "a
+    bug"); a queued job still cancels, and jobs still read."""
+    queued = await stack.held_job(api, "data.profile", csv_file)
+    running = await stack.held_job(api, "data.profile", csv_file)
+    await _running(db, running.job_id, progress=0.25, message="reading the table")
+    signals = registered(stack.app, JobSignals)
+    here, signals.redis = signals.redis, read_only_redis
+    try:
+        refused = await api.post(f"/v1/jobs/{running.job_id}/cancel")
+        envelope(refused, status=503, error_code="SERVICE_UNAVAILABLE")
+        assert "Redis" in refused.json()["message"]
+        assert refused.headers["Retry-After"]
+        body = envelope(await api.post(f"/v1/jobs/{queued.job_id}/cancel"), status=202)
+        assert body["data"]["status"] == "cancelled"
+        envelope(await api.get(f"/v1/jobs/{running.job_id}"), status=200)
+    finally:
+        signals.redis = here
+    assert not await JobSignals(db.redis, prefix=stack.settings.redis.prefix).cancel_requested(running.job_id)
+
+
 async def test_the_job_list_shows_a_running_jobs_live_progress(
     stack: Stack, api: httpx.AsyncClient, db: DatabaseManager, csv_file: str
 ) -> None:
