@@ -189,32 +189,45 @@ def id3v2(picture_bytes: int = 0) -> bytes:
 
 
 @pytest.mark.parametrize(
-    ("name", "codec", "trailer", "lost"),
+    ("name", "codec", "trailer"),
     [
-        ("lyrics.mp3", "libmp3lame", LYRICS3 + ID3V1, 0),
-        ("padded.mp3", "libmp3lame", bytes(256), 0),
-        ("id3v2_last.mp3", "libmp3lame", id3v2(), 0),
-        # The AC-3 reader glues the tag to the last frame, which the decoder then refuses whole, as it
-        # does in `ffmpeg`: that frame (32 ms) goes with it.
-        ("tagged.ac3", "ac3", ID3V1, 1536),
+        ("lyrics.mp3", "libmp3lame", LYRICS3 + ID3V1),
+        ("padded.mp3", "libmp3lame", bytes(256)),
+        ("id3v2_last.mp3", "libmp3lame", id3v2()),
+        # The AC-3 reader glues what follows the last frame to it, and the decoder refuses the frame with
+        # it (`ffmpeg` loses that frame's 32 ms): the frame is decoded alone, all of it kept.
+        ("tagged.ac3", "ac3", ID3V1),
+        ("padded.ac3", "ac3", bytes(1000)),
+        ("padded more.ac3", "ac3", bytes(3000)),
+        ("padded.eac3", "eac3", bytes(3000)),
     ],
-    ids=["lyrics3 and id3v1", "zero padding", "id3v2", "ac3 and id3v1"],
+    ids=[
+        "lyrics3 and id3v1",
+        "zero padding",
+        "id3v2",
+        "ac3 and id3v1",
+        "ac3 and 1000 zeros",
+        "ac3 and 3000 zeros",
+        "eac3 and 3000 zeros",
+    ],
 )
 def test_tags_and_padding_after_the_last_frame_are_passed_over(
-    tmp_path: Path, name: str, codec: str, trailer: bytes, lost: int
+    tmp_path: Path, name: str, codec: str, trailer: bytes
 ) -> None:
     """Tags or zero padding after the sound's last frame, which the reader hands the decoder as a packet
-    that it refuses, are passed over: every job reads the sound as without them (they failed
-    MEDIA_DECODE_ERROR "stops decoding after 3.0 s; the file is damaged", where `ffmpeg` reads on)."""
+    that it refuses, are passed over: every job reads the sound as without them, to its last sample (they
+    failed MEDIA_DECODE_ERROR "stops decoding after 3.0 s; the file is damaged", where `ffmpeg` reads on;
+    an AC-3 with an ID3v1 tag lost its last frame)."""
     whole = write(tmp_path / f"whole{Path(name).suffix}", sine(-23.0, 3.2), codec=codec)
     tagged = tmp_path / name
     tagged.write_bytes(whole.read_bytes() + trailer)
     _, _, samples = read_all(whole)
     _, _, read = read_all(tagged)
-    assert read.shape[1] == samples.shape[1] - lost
-    assert read == pytest.approx(samples[:, : read.shape[1]])
+    assert read.shape == samples.shape
+    assert read == pytest.approx(samples)
     loudness = measure_loudness(tagged, None, no_report).integrated_lufs
     assert loudness == pytest.approx(measure_loudness(whole, None, no_report).integrated_lufs, abs=0.02)
+    assert loudness == pytest.approx(-23.0, abs=0.5)  # a stereo 1 kHz tone at L dBFS is L LUFS
     assert detect_silence(tagged, AudioSilenceParams(), no_report).segments == []
 
 
@@ -281,6 +294,10 @@ def test_garbage_or_a_hole_of_zeros_in_an_mp3_is_still_damage(
         (".flac", "flac", "zeros"),
         (".m4a", "aac", "zeros"),
         (".m4a", "aac", "garbage"),
+        # The AC-3 reader glues the zeros or garbage to the frame before them; the zeros are passed over
+        # as padding there, and then sound follows them.
+        (".ac3", "ac3", "zeros"),
+        (".ac3", "ac3", "garbage"),
     ],
 )
 def test_a_damaged_packet_within_the_sound_is_damage_in_any_codec(

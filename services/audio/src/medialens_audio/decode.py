@@ -29,10 +29,11 @@ MP4 they end where its edit list says the sound does, not with the padding of th
 
 A packet the decoder refuses fails the analysis with `MediaDecodeError` as damage, unless it holds a tag
 or padding, not sound (`_TagsAndPadding`: a Lyrics3 tag after an MP3's last frame, zero padding, the ID3v2
-tag opening the second of two MP3s joined with `cat`): that one is passed over, as `ffmpeg` passes it.
-FFmpeg's `amovie` does not say which packet its decoder refused, so from there PyAV decodes the stream
-again and tells (`AudioInput._decoded`); where PyAV passes no tag over, `amovie`'s refusal stands. Zeros
-are padding only after the sound (`_decoded_frames`).
+tag opening the second of two MP3s joined with `cat`): that one is passed over, as `ffmpeg` passes it. An
+AC-3 packet holding a frame and, glued to it, a tag or padding has them passed over and the frame decoded
+alone (`ffmpeg` loses that frame). FFmpeg's `amovie` does not say which packet its decoder refused, so from
+there PyAV decodes the stream again and tells (`AudioInput._decoded`); where PyAV passes no tag over,
+`amovie`'s refusal stands. Zeros are padding only after the sound (`_decoded_frames`).
 
 A sample that is not a number (NaN or infinite, which only float PCM holds) fails the analysis with
 `MediaDecodeError` rather than being replaced: it has no level to measure or draw (a NaN silenced the
@@ -445,7 +446,7 @@ class AudioInput:
                 # PyAV's reading found no tag to pass over: what `amovie`'s decoder refused was damage,
                 # which PyAV's demuxer may drop unseen (a FLAC frame of garbage: its parser resyncs).
                 raise _stopped_decoding(refused_at / self.sample_rate, refused)
-        except av.error.FFmpegError as exc:
+        except (av.error.FFmpegError, _Hole) as exc:
             raise _stopped_decoding(decoded / self.sample_rate, exc) from exc
 
     def _checked(self, block: Block, decoded: int) -> Block:
@@ -488,7 +489,7 @@ def open_audio(path: Path) -> Iterator[AudioInput]:
         with contextlib.closing(source) as frames:
             try:
                 first = next(frames, None)
-            except av.error.FFmpegError as exc:
+            except (av.error.FFmpegError, _Hole) as exc:
                 raise _stopped_decoding(0.0, exc) from exc
             if first is None and unprobed(stream):
                 raise no_packets()
@@ -850,20 +851,35 @@ def _opus_pre_skip(stream: Any) -> int:
 def _decoded_frames(container: Any, stream: Any, tags: _TagsAndPadding) -> Generator[Any, None, None]:
     """The stream's frames as its decoder gives them, to the decoder's last (PyAV's demuxer ends with an
     empty packet, which drains it). A packet the decoder refuses that holds a tag or padding, not sound
-    (`tags`), is passed over, as `ffmpeg` passes it; any other it refuses raises FFmpeg's error. Zeros
-    alone are padding only after the sound: should a packet of sound follow them, they were a hole in it
-    (a zeroed block of a download), and their refusal is raised then.
+    (`tags`), is passed over, as `ffmpeg` passes it; any other it refuses raises FFmpeg's error. An AC-3
+    or E-AC-3 packet whose frames are followed by tags or padding (`_glued_end`) has them passed over
+    before its frames are decoded, which keeps the frames. Zeros alone are padding only after the sound:
+    should a packet of sound follow them, they were a hole in it (a zeroed block of a download), and
+    `_Hole` is raised then.
 
     Closing this generator closes the demuxer: PyAV keeps memory of one dropped midway for good.
     """
     decoder = stream.codec_context
-    hole: av.error.FFmpegError | None = None
+    hole: _Hole | None = None
     with demuxed(container, stream) as packets:
         for packet in packets:
+            sound, padding = packet, None
+            frames_end = _glued_end(packet, decoder.name)
+            if frames_end is not None:
+                rest = bytes(packet)[frames_end:]
+                at = None if packet.pos is None else packet.pos + frames_end
+                if tags.are_in(rest, at, glued=True):
+                    logger.info(
+                        "tags or padding after AC-3 frames (%d bytes at byte %s): passed over",
+                        len(rest),
+                        at,
+                    )
+                    sound, padding = _cut(packet, frames_end), rest
             try:
-                frames = decoder.decode(packet)
+                frames = decoder.decode(sound)
             except av.error.FFmpegError as exc:
-                if not tags.are_in(packet):
+                data = bytes(packet)
+                if not tags.are_in(data, packet.pos):
                     raise
                 logger.info(
                     "a packet of tags or padding (%d bytes at byte %s) refused by the decoder (%s): "
@@ -872,14 +888,84 @@ def _decoded_frames(container: Any, stream: Any, tags: _TagsAndPadding) -> Gener
                     packet.pos,
                     ffmpeg_reason(exc),
                 )
-                if not bytes(packet).strip(b"\0"):
-                    hole = exc
+                if not data.strip(b"\0"):
+                    hole = _Hole(packet.pos)
                 continue
             if hole is not None and packet.size:
                 raise hole
+            if padding is not None and not padding.strip(b"\0"):
+                hole = _Hole(at)
             for frame in frames:
                 if frame.samples:
                     yield frame
+
+
+class _Hole(Exception):
+    """Zeros passed over as padding that sound follows: a hole in the sound (a block of a download lost or
+    never written), damage."""
+
+    def __init__(self, position: int | None) -> None:
+        where = "" if position is None else f" at byte {position:,}"
+        super().__init__(f"zeros{where} where the sound goes on")
+
+
+#: The codecs whose parser glues what follows a frame and is no frame (a tag, zero padding) onto that
+#: frame, and whose decoder then refuses the frame with it: AC-3 and E-AC-3. FFmpeg's decoder reads more
+#: than `_AC3_SKIPPED` bytes past a frame as the header of a dependent frame (E-AC-3's extra channels)
+#: and fails the packet on anything else, the frame's samples lost (`ffmpeg` loses them too: 32 ms of
+#: AC-3 at 48 kHz).
+_GLUING_CODECS = frozenset({"ac3", "eac3"})
+#: The bytes past its frames an AC-3 packet may hold that FFmpeg's decoder skips itself.
+_AC3_SKIPPED = 16
+#: AC-3's bit rates (kb/s) by its frame size code halved (ATSC A/52, table 5.18).
+_AC3_KBPS = (32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384, 448, 512, 576, 640)
+
+
+def _glued_end(packet: Any, codec: str) -> int | None:
+    """Where the frames of an AC-3 or E-AC-3 `packet` end (each one's size read from its header, one after
+    the other while a frame starts there) when more bytes follow them than the decoder skips; None for a
+    packet of any other codec, one holding its frames alone, and one whose bytes start no frame or end
+    within one (the decoder tells those)."""
+    if codec not in _GLUING_CODECS or packet.size <= _AC3_SKIPPED:
+        return None
+    data = memoryview(packet)
+    end = 0
+    while (size := _ac3_frame_bytes(bytes(data[end : end + 6]))) is not None:
+        end += size
+    return end if end > 0 and end + _AC3_SKIPPED < len(data) else None
+
+
+def _ac3_frame_bytes(head: bytes) -> int | None:
+    """The size of the AC-3 or E-AC-3 frame whose sync word opens `head` (its first 6 bytes), from its
+    header (ATSC A/52: AC-3's bit rate and sample rate codes, E-AC-3's `frmsiz` in 16-bit words less
+    one); None when no frame starts there."""
+    if len(head) < 6 or head[:2] != b"\x0b\x77":
+        return None
+    bsid = head[5] >> 3
+    if bsid > 16:
+        return None
+    if bsid > 10:  # E-AC-3: frmsiz, 11 bits after the stream type (2) and substream id (3)
+        return (((head[2] & 0x07) << 8 | head[3]) + 1) * 2
+    sample_rate_code, size_code = head[4] >> 6, head[4] & 0x3F
+    if sample_rate_code == 3 or size_code >= 2 * len(_AC3_KBPS):
+        return None
+    kbps = _AC3_KBPS[size_code >> 1]
+    # 1536 samples a frame: 4 bytes a kb/s at 48 kHz, 6 at 32 kHz; at 44.1 kHz 320/147 16-bit words a kb/s
+    # rounded down, and a word more for an odd size code.
+    if sample_rate_code == 0:
+        return kbps * 4
+    if sample_rate_code == 2:
+        return kbps * 6
+    return 2 * (kbps * 320 // 147 + (size_code & 1))
+
+
+def _cut(packet: Any, size: int) -> Any:
+    """A packet of `packet`'s first `size` bytes, at its times."""
+    cut = av.Packet(bytes(memoryview(packet)[:size]))
+    cut.pts, cut.dts, cut.duration = packet.pts, packet.dts, packet.duration
+    if packet.time_base is not None:
+        cut.time_base = packet.time_base
+    return cut
 
 
 #: What a tag begins with: ID3v2 (`ID3`), ID3v1 (`TAG`), Lyrics3 and APEv2 (its header).
@@ -895,9 +981,10 @@ class _TagsAndPadding:
     The raw MP3 and AC-3 readers hand on as a packet whatever lies between frames or after the last one
     (they read tags at the file's start and ID3v1 at its end): a Lyrics3 tag before the ID3v1 tag, zero
     padding after the last frame, the ID3v2 tag that opens the second of two MP3s joined with `cat`,
-    split over several packets when it holds a picture; the AC-3 parser glues a tag after the last frame
-    to it. The decoder refuses those packets alone, and `ffmpeg` reads on past them: so do the jobs. A
-    refused packet of anything else (garbage within the sound, a hole of zeros) is damage.
+    split over several packets when it holds a picture; the AC-3 parser glues a tag or padding after the
+    last frame to it (judged apart from the frame: `_glued_end`). The decoder refuses those packets alone,
+    and `ffmpeg` reads on past them: so do the jobs. A refused packet of anything else (garbage within the
+    sound, a hole of zeros) is damage.
     """
 
     def __init__(self) -> None:
@@ -906,17 +993,16 @@ class _TagsAndPadding:
         #: How many refused packets were found to be tags or padding.
         self.passed = 0
 
-    def are_in(self, packet: Any) -> bool:
-        """Whether `packet`, which the decoder refused, holds tags or padding: it starts within a tag an
-        earlier packet began, or with a tag or padding, or ends with tags (glued to a frame)."""
-        data = bytes(packet)
-        position = packet.pos
+    def are_in(self, data: bytes, position: int | None, *, glued: bool = False) -> bool:
+        """Whether `data`, bytes at `position` in the file that the decoder refused (or would: `glued`
+        after a frame), holds tags or padding: it starts within a tag an earlier packet began, or with a
+        tag or padding, or ends with tags (glued to a frame)."""
         if position is not None and position < self._tag_end:
             self.passed += 1
             return True
         starts = [0, *(match.start() for match in _TAG_START.finditer(data, 1))]
         for start in starts:
-            end = _tags_end(data, start, glued=start > 0)
+            end = _tags_end(data, start, glued=glued or start > 0)
             if end is not None:
                 if position is not None and end > len(data):
                     self._tag_end = position + end
