@@ -231,6 +231,76 @@ def test_tags_and_padding_after_the_last_frame_are_passed_over(
     assert detect_silence(tagged, AudioSilenceParams(), no_report).segments == []
 
 
+def tone_with_a_pause() -> npt.NDArray[np.float32]:
+    """A -23 dBFS 1 kHz tone for 3.5 s, silent from 1.5 to 2.5 s."""
+    samples = sine(-23.0, 3.5)
+    samples[:, 72000:120000] = 0.0
+    return samples
+
+
+@pytest.mark.parametrize(
+    ("name", "padding"),
+    [
+        ("declared.mp3", 64 * 1024),  # its Xing header says where its sound ends: zeros after it, any length
+        ("declared more.mp3", 256 * 1024),
+        ("bare.mp3", 64 * 1024),  # no Xing header: up to 64 KiB
+        ("bare.mp2", 16 * 1024),
+        ("padded.ac3", 64 * 1024),
+    ],
+)
+def test_long_zero_padding_after_the_sound_is_passed_over(tmp_path: Path, name: str, padding: int) -> None:
+    """Zero padding of 8 to 64 KiB after the sound, as a CD rip or a broadcast capture padded out to a
+    block carries (more after an MP3 whose header declares where its sound ends), reads as the sound
+    without it: its samples, loudness and silence (over 4 KiB failed every job MEDIA_DECODE_ERROR "stops
+    decoding after 3.0 s; the file is damaged")."""
+    suffix = Path(name).suffix
+    codec = {".mp3": "libmp3lame", ".mp2": "mp2", ".ac3": "ac3"}[suffix]
+    whole = write(tmp_path / f"whole{suffix}", tone_with_a_pause(), codec=codec, bare=name.startswith("bare"))
+    padded = tmp_path / name
+    padded.write_bytes(whole.read_bytes() + bytes(padding))
+    _, _, samples = read_all(whole)
+    _, _, read = read_all(padded)
+    # FFmpeg drops an MP3's Xing frame count when the file is longer than it declares by a sixteenth
+    # ("invalid concatenated file"), and with it the trim of LAME's padding at the end (less than a frame),
+    # as `ffmpeg` reads it.
+    assert 0 <= read.shape[1] - samples.shape[1] < (1152 if name.startswith("declared") else 1)
+    assert read[:, : samples.shape[1]] == pytest.approx(samples)
+    loudness = measure_loudness(padded, None, no_report).integrated_lufs
+    assert loudness == pytest.approx(measure_loudness(whole, None, no_report).integrated_lufs, abs=0.02)
+    # A stereo 1 kHz tone at L dBFS is L LUFS; the blocks over the pause's edges lower it a little.
+    assert loudness == pytest.approx(-23.5, abs=0.5)
+    silences = detect_silence(padded, AudioSilenceParams(), no_report).segments
+    assert [(s.start_s, s.end_s) for s in silences] == [pytest.approx((1.5, 2.5), abs=0.05)]
+
+
+@pytest.mark.parametrize(
+    ("name", "damage"),
+    [
+        # Padding's length, but sound follows it: a hole.
+        ("padding between.mp3", lambda data: data[:40_000] + bytes(16 * 1024) + data[40_000:]),
+        ("padding between.ac3", lambda data: data[:40_000] + bytes(64 * 1024) + data[40_000:]),
+        # No header says where the sound ends: more zeros than a block holds are sound never written.
+        ("never finished.mp3", lambda data: data[:20_000] + bytes(max(len(data) - 20_000, 64 * 1024 + 1))),
+        ("never finished.ac3", lambda data: data[:20_000] + bytes(max(len(data) - 20_000, 64 * 1024 + 1))),
+    ],
+    ids=lambda value: value if isinstance(value, str) else "",
+)
+def test_long_zeros_within_the_sound_or_for_it_are_still_damage(
+    tmp_path: Path, name: str, damage: Callable[[bytes], bytes]
+) -> None:
+    """Zeros as long as padding with sound after them (two recordings joined, the first padded; a block of
+    a download lost), or more zeros than padding after the sound of a stream that declares no length (a
+    download allocated whole and never finished), fail MEDIA_DECODE_ERROR: passing long padding over
+    left them damage."""
+    suffix = Path(name).suffix
+    codec = {".mp3": "libmp3lame", ".ac3": "ac3"}[suffix]
+    whole = write(tmp_path / f"whole{suffix}", sine(-23.0, 4.0), codec=codec, bare=True)
+    damaged = tmp_path / name
+    damaged.write_bytes(damage(whole.read_bytes()))
+    with pytest.raises(MediaDecodeError, match=r"stops decoding after .* the file is damaged"):
+        measure_loudness(damaged, None, no_report)
+
+
 @pytest.mark.parametrize("picture_bytes", [0, 30_000])
 def test_mp3s_joined_with_cat_each_with_its_tags_read_whole(tmp_path: Path, picture_bytes: int) -> None:
     """Two MP3s as encoders write them (an ID3v2 tag, a Xing header), joined with `cat`: the second's tag,
@@ -278,8 +348,9 @@ def test_garbage_or_a_hole_of_zeros_in_an_mp3_is_still_damage(
     tmp_path: Path, name: str, damage: Callable[[bytes], bytes]
 ) -> None:
     """Bytes the decoder refuses that are no tag nor padding fail MEDIA_DECODE_ERROR, as before: garbage
-    within the sound or after it, a hole of zeros longer than padding (4 KiB), or the second half of a
-    download allocated whole and never finished (zeros, where the Xing header's size still holds)."""
+    within the sound or after it, a hole of zeros within it, or the second half of a download allocated
+    whole and never finished (zeros where the Xing header says the sound goes on, fewer than the 64 KiB
+    of padding taken after a stream that says nothing of its length)."""
     whole = write(tmp_path / "whole.mp3", sine(-23.0, 4.0))
     damaged = tmp_path / name
     damaged.write_bytes(damage(whole.read_bytes()))

@@ -33,7 +33,9 @@ tag opening the second of two MP3s joined with `cat`): that one is passed over, 
 AC-3 packet holding a frame and, glued to it, a tag or padding has them passed over and the frame decoded
 alone (`ffmpeg` loses that frame). FFmpeg's `amovie` does not say which packet its decoder refused, so from
 there PyAV decodes the stream again and tells (`AudioInput._decoded`); where PyAV passes no tag over,
-`amovie`'s refusal stands. Zeros are padding only after the sound (`_decoded_frames`).
+`amovie`'s refusal stands. Zeros are padding only after the sound: with no sound after them
+(`_decoded_frames`), and from where an MP3's Xing header says its sound ends, or, in a stream that says
+nothing of its length, 64 KiB of them at most (`_TagsAndPadding`).
 
 A sample that is not a number (NaN or infinite, which only float PCM holds) fails the analysis with
 `MediaDecodeError` rather than being replaced: it has no level to measure or draw (a NaN silenced the
@@ -262,23 +264,34 @@ def _require_whole_mp3(path: Path) -> None:
     LAME (behind most MP3s: FFmpeg, Audacity, iTunes) and Fraunhofer's encoder write in the first frame
     how many frames and bytes the stream has. FFmpeg takes the duration from there and reads a file cut
     short quietly to where it ends: `audio.probe` said 10 s of a file holding 5, and the analyses
-    measured the half there, and succeeded. The whole file's size is compared with the stream's, its tags
-    included (should an encoder count its ID3 tag in, a whole file cannot look short), so a file cut by
-    less than its tags hold passes. An MP3 without such a header (a stream recorded as is) has nothing to
-    tell its length by.
+    measured the half there, and succeeded. The whole file's size is compared with the stream's
+    (`_mp3_whole_end`), so a file cut by less than its tags hold passes. An MP3 without such a header (a
+    stream recorded as is) has nothing to tell its length by.
     """
+    declared = _mp3_declared(path)
+    size = path.stat().st_size
+    if declared is not None and size < _mp3_whole_end(declared):
+        raise MediaDecodeError(
+            f"The MP3 file holds {size:,} bytes, fewer than the {declared[0]:,} of sound its header "
+            "declares: it is truncated (a download or copy that stopped early)."
+        )
+
+
+def _mp3_declared(path: Path) -> tuple[int, int] | None:
+    """The stream's bytes an MP3's Xing, Info or VBRI header declares and the size of its first frame;
+    None where it has no such header, or one without the byte count."""
     frame = _mp3_first_frame(path)
     declared = None if frame is None else _mp3_declared_bytes(frame)
-    size = path.stat().st_size
-    if (
-        declared is not None
-        and frame is not None
-        and size + _MP3_SLACK_FRAMES * _mp3_frame_bytes(frame) < declared
-    ):
-        raise MediaDecodeError(
-            f"The MP3 file holds {size:,} bytes, fewer than the {declared:,} of sound its header declares: "
-            "it is truncated (a download or copy that stopped early)."
-        )
+    return None if frame is None or declared is None else (declared, _mp3_frame_bytes(frame))
+
+
+def _mp3_whole_end(declared: tuple[int, int]) -> int:
+    """The least the file of an MP3 whose sound is whole reaches, in bytes from its start, by its header's
+    `declared` bytes and first frame's size (`_mp3_declared`): those bytes less `_MP3_SLACK_FRAMES`
+    frames. Its tags are not added: should an encoder count its ID3 tag in, a whole file cannot look
+    short."""
+    stream_bytes, frame_bytes = declared
+    return stream_bytes - _MP3_SLACK_FRAMES * frame_bytes
 
 
 def _mp3_frame_bytes(frame: bytes) -> int:
@@ -484,7 +497,8 @@ def open_audio(path: Path) -> Iterator[AudioInput]:
     """
     with open_container(path) as (container, stream):
         chains = _ogg_chains(container)
-        tags = _TagsAndPadding()
+        declared = _mp3_declared(Path(path)) if container.format.name == "mp3" else None
+        tags = _TagsAndPadding(sound_end=None if declared is None else _mp3_whole_end(declared))
         source = _chain_frames(chains, tags) if len(chains) > 1 else _decoded_frames(container, stream, tags)
         with contextlib.closing(source) as frames:
             try:
@@ -866,7 +880,7 @@ def _decoded_frames(container: Any, stream: Any, tags: _TagsAndPadding) -> Gener
             sound, padding = packet, None
             frames_end = _glued_end(packet, decoder.name)
             if frames_end is not None:
-                rest = bytes(packet)[frames_end:]
+                rest = memoryview(packet)[frames_end:]
                 at = None if packet.pos is None else packet.pos + frames_end
                 if tags.are_in(rest, at, glued=True):
                     logger.info(
@@ -878,7 +892,7 @@ def _decoded_frames(container: Any, stream: Any, tags: _TagsAndPadding) -> Gener
             try:
                 frames = decoder.decode(sound)
             except av.error.FFmpegError as exc:
-                data = bytes(packet)
+                data = memoryview(packet if packet.size else b"")  # an empty packet's buffer is NULL
                 if not tags.are_in(data, packet.pos):
                     raise
                 logger.info(
@@ -888,12 +902,12 @@ def _decoded_frames(container: Any, stream: Any, tags: _TagsAndPadding) -> Gener
                     packet.pos,
                     ffmpeg_reason(exc),
                 )
-                if not data.strip(b"\0"):
+                if _zeros_end(data, 0) == len(data):
                     hole = _Hole(packet.pos)
                 continue
             if hole is not None and packet.size:
                 raise hole
-            if padding is not None and not padding.strip(b"\0"):
+            if padding is not None and _zeros_end(padding, 0) == len(padding):
                 hole = _Hole(at)
             for frame in frames:
                 if frame.samples:
@@ -970,9 +984,16 @@ def _cut(packet: Any, size: int) -> Any:
 
 #: What a tag begins with: ID3v2 (`ID3`), ID3v1 (`TAG`), Lyrics3 and APEv2 (its header).
 _TAG_START = re.compile(rb"ID3|TAG|LYRICSBEGIN|APETAGEX")
-#: The longest run of zero bytes taken for padding: writers pad to a disk sector or a flash page (512
-#: bytes to 4 KiB). A longer one is a hole in the sound (a download allocated whole and never finished).
-_PADDING_MAX = 4096
+#: What ends a Lyrics3 tag: `LYRICS200` (version 2) or, looked for after it, `LYRICSEND` (version 1).
+_LYRICS3_ENDS = (re.compile(rb"LYRICS200"), re.compile(rb"LYRICSEND"))
+#: The most zero bytes taken for padding after the sound of a stream that does not declare how far its
+#: sound goes: writers pad a file out to a disk sector or a flash page (512 bytes to 4 KiB), a CD rip or
+#: a broadcast capture to a block of its medium or recorder (up to 64 KiB). More zeros than that are
+#: taken for sound never written (a download allocated whole and never finished). An MP3 whose header
+#: declares its length is judged by it instead (`_TagsAndPadding`).
+_PADDING_MAX = 64 * 1024
+#: The bytes scanned at once looking for the end of a run of zeros.
+_ZEROS_SCAN = 64 * 1024
 
 
 class _TagsAndPadding:
@@ -985,15 +1006,25 @@ class _TagsAndPadding:
     last frame to it (judged apart from the frame: `_glued_end`). The decoder refuses those packets alone,
     and `ffmpeg` reads on past them: so do the jobs. A refused packet of anything else (garbage within the
     sound, a hole of zeros) is damage.
+
+    Zeros are padding only where the sound has ended. Where the stream declares how far its sound goes
+    (`sound_end`, a position in the file: an MP3's Xing, Info or VBRI header), zeros from there on are
+    padding whatever their length, and zeros before it are the sound missing (a download allocated whole
+    and never finished, its end never written). Where it declares nothing, up to `_PADDING_MAX` zero bytes
+    in all are padding. Zeros that sound follows are a hole in it whatever their place (`_decoded_frames`).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, sound_end: int | None = None) -> None:
+        #: Where the stream's sound ends at the least, by its own declaration, in the file's bytes.
+        self._sound_end = sound_end
         #: Where the last tag found ends, in the file's bytes (0: none found going on past its packet).
         self._tag_end = 0
+        #: How many zero bytes were passed over as padding.
+        self._zeros = 0
         #: How many refused packets were found to be tags or padding.
         self.passed = 0
 
-    def are_in(self, data: bytes, position: int | None, *, glued: bool = False) -> bool:
+    def are_in(self, data: memoryview, position: int | None, *, glued: bool = False) -> bool:
         """Whether `data`, bytes at `position` in the file that the decoder refused (or would: `glued`
         after a frame), holds tags or padding: it starts within a tag an earlier packet began, or with a
         tag or padding, or ends with tags (glued to a frame)."""
@@ -1002,41 +1033,66 @@ class _TagsAndPadding:
             return True
         starts = [0, *(match.start() for match in _TAG_START.finditer(data, 1))]
         for start in starts:
-            end = _tags_end(data, start, glued=glued or start > 0)
-            if end is not None:
-                if position is not None and end > len(data):
-                    self._tag_end = position + end
-                self.passed += 1
-                return True
+            found = _tags_end(data, start, glued=glued or start > 0)
+            if found is None:
+                continue
+            end, zeros, zeros_at = found
+            if zeros and not self._padding(zeros, None if position is None else position + zeros_at):
+                continue
+            if position is not None and end > len(data):
+                self._tag_end = position + end
+            self._zeros += zeros
+            self.passed += 1
+            return True
         return False
 
+    def _padding(self, zeros: int, at: int | None) -> bool:
+        """Whether `zeros` zero bytes, the first of them at `at` in the file, can be padding after the
+        sound: by where the stream declares its sound ends, or where it declares nothing (or the reader
+        does not say where the bytes are), by how many zeros there are with those already passed over."""
+        if self._sound_end is not None and at is not None:
+            return at >= self._sound_end
+        return self._zeros + zeros <= _PADDING_MAX
 
-def _tags_end(data: bytes, at: int, *, glued: bool) -> int | None:
+
+def _tags_end(data: memoryview, at: int, *, glued: bool) -> tuple[int, int, int] | None:
     """Where the tags and padding in `data` from `at` on end (past `len(data)` when the last tag goes on
-    beyond it); None when something else is among them. A frame may follow a whole tag (the packet's
-    first bytes a tag the reader handed on with the next frame), but not zeros, nor any tag `glued` after
-    a frame (which must reach the packet's end)."""
+    beyond it), how many zero bytes are among them and where the first of those is (`at` when none);
+    None when something else is among them. A frame may follow a whole tag (the packet's first bytes a
+    tag the reader handed on with the next frame), but not zeros, nor any tag `glued` after a frame
+    (which must reach the packet's end)."""
     tagged = False
+    zeros, zeros_at = 0, at
     while at < len(data):
         if data[at] == 0:
-            run = len(data) - at - len(data[at:].lstrip(b"\0"))
-            if run > _PADDING_MAX:
-                return None
-            at += run
+            run_end = _zeros_end(data, at)
+            zeros_at = zeros_at if zeros else at
+            zeros += run_end - at
+            at = run_end
             continue
         end = _tag_end(data, at)
         if end is None:
-            return at if tagged and not glued else None
+            return (at, zeros, zeros_at) if tagged and not glued else None
         at, tagged = end, True
-    return at if not glued or at == len(data) else None
+    return (at, zeros, zeros_at) if not glued or at == len(data) else None
 
 
-def _tag_end(data: bytes, at: int) -> int | None:
+def _zeros_end(data: memoryview, at: int) -> int:
+    """Where the run of zero bytes in `data` from `at` on ends (`len(data)` when it runs to the end),
+    looked for `_ZEROS_SCAN` bytes at a time: a packet of padding can be as long as the padding."""
+    for start in range(at, len(data), _ZEROS_SCAN):
+        chunk = np.frombuffer(data[start : start + _ZEROS_SCAN], dtype=np.uint8)
+        if chunk.any():
+            return start + int(np.argmax(chunk != 0))
+    return len(data)
+
+
+def _tag_end(data: memoryview, at: int) -> int | None:
     """Where the tag starting at `at` in `data` ends (past `len(data)` when it goes on beyond it); None
     when no tag starts there. Sizes as the tags' specifications give them: ID3v2's four 7-bit bytes (and
     a 10-byte footer when flagged), ID3v1's 128 bytes, APEv2's item bytes and footer after a header, a
     Lyrics3 tag to its end marker (`LYRICS200` for version 2, `LYRICSEND` for 1)."""
-    head = data[at : at + 32]
+    head = bytes(data[at : at + 32])
     if head[:3] == b"ID3" and len(head) >= 10 and head[3] in (2, 3, 4) and max(head[6:10]) < 0x80:
         return at + _id3v2_length(head)
     if head[:3] == b"TAG":
@@ -1044,10 +1100,8 @@ def _tag_end(data: bytes, at: int) -> int | None:
     if head[:8] == b"APETAGEX" and len(head) == 32 and head[23] & 0x20:  # flags: this is the header
         return at + 32 + int.from_bytes(head[12:16], "little")
     if head[:11] == b"LYRICSBEGIN":
-        marker = next(
-            (found for mark in (b"LYRICS200", b"LYRICSEND") if (found := data.find(mark, at)) >= 0), -1
-        )
-        return marker + 9 if marker >= 0 else None
+        marker = next((found for mark in _LYRICS3_ENDS if (found := mark.search(data, at)) is not None), None)
+        return marker.end() if marker is not None else None
     return None
 
 
