@@ -1829,6 +1829,121 @@ async def test_a_result_that_cannot_be_written_leaves_the_job_unfinished(
     assert await db.collection("results").find_one({"_id": job_id}) is None
 
 
+@pytest.mark.parametrize(
+    ("max_attempts", "status", "error_code"),
+    [(1, "failed", "RETRIES_EXHAUSTED"), (3, "queued", None)],
+    ids=["last-attempt", "attempts-left"],
+)
+async def test_a_success_whose_result_cannot_be_stored_leaves_no_files(
+    make_runner,
+    new_job,
+    tenant_id: str,
+    db: DatabaseManager,
+    store: FileStore,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    max_attempts: int,
+    status: str,
+    error_code: str | None,
+) -> None:
+    """A success whose result write keeps failing (MongoDB away, nothing written) fails RETRIES_EXHAUSTED at
+    the last attempt, or goes back to retry: either way the files its attempt saved are deleted, as a
+    failure of the handler deletes them. They stayed the tenant's (a cancel of the queued retry left them
+    for ever), as only failures within the handler's run deleted them."""
+    monkeypatch.setattr(tasks, "FINISH_RETRY_PAUSES_S", (0.01,))
+    job_id = await new_job()
+    ids: list[str] = []
+
+    async def act(ctx: JobContext) -> None:
+        ids.append(await ctx.save_artifact(b"thumb", filename="t0.jpg", content_type="image/jpeg"))
+
+    runner = make_runner({"video.probe": Calls(act)}, max_attempts=max_attempts)
+
+    async def fail_to_store(outcomes: list[tuple[JobMessage, tasks.Document]]) -> None:
+        raise MongoConnectionFailure("MongoDB is away")
+
+    runner._store_results = fail_to_store  # type: ignore[method-assign]
+    assert await deliver(runner, body_of(job_id, tenant_id)) == ["ack"]
+    row = await row_of(db, job_id)
+    assert (row["status"], row["error_code"]) == (status, error_code), row
+    assert await file_states(db, store, ids, tmp_path) == ["deleted"]
+
+
+async def test_a_success_whose_result_was_written_before_a_fault_keeps_its_files_for_its_rerun(
+    make_runner,
+    new_job,
+    tenant_id: str,
+    db: DatabaseManager,
+    store: FileStore,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A passing fault may come after MongoDB applied the result's write (the connection lost before its
+    answer): the job goes back to retry with its files kept, and its rerun finishes it with that result,
+    which names them, without running it again. At the last attempt no rerun reads that result (the job
+    fails): its files are deleted."""
+    monkeypatch.setattr(tasks, "FINISH_RETRY_PAUSES_S", (0.01,))
+    ids: list[str] = []
+
+    async def act(ctx: JobContext) -> None:
+        ids.append(await ctx.save_artifact(b"thumb", filename="t0.jpg", content_type="image/jpeg"))
+
+    def answer_lost(runner: JobRunner) -> None:
+        write = runner._store_results
+
+        async def written_then_lost(outcomes: list[tuple[JobMessage, tasks.Document]]) -> None:
+            await write(outcomes)
+            raise MongoConnectionFailure("the connection was lost before the write's answer")
+
+        runner._store_results = written_then_lost  # type: ignore[method-assign]
+
+    retried, handler = await new_job(), Calls(act)
+    runner = make_runner({"video.probe": handler}, max_attempts=3)
+    answer_lost(runner)
+    assert await deliver(runner, body_of(retried, tenant_id)) == ["ack"]
+    assert (await row_of(db, retried))["status"] == "queued"
+    assert await file_states(db, store, ids, tmp_path) == ["kept"]
+    assert await deliver(make_runner({"video.probe": handler}), body_of(retried, tenant_id)) == ["ack"]
+    assert (await row_of(db, retried))["status"] == "succeeded"
+    assert len(handler.contexts) == 1  # finished with the stored result, not run again
+    assert await file_states(db, store, ids, tmp_path) == ["kept"]
+
+    last = await new_job()
+    runner = make_runner({"video.probe": Calls(act)}, max_attempts=1)
+    answer_lost(runner)
+    assert await deliver(runner, body_of(last, tenant_id)) == ["ack"]
+    assert (await row_of(db, last))["error_code"] == "RETRIES_EXHAUSTED"
+    assert await file_states(db, store, ids, tmp_path) == ["kept", "deleted"]
+
+
+async def test_a_result_mongodb_refuses_fails_its_job_and_leaves_no_files(
+    make_runner,
+    new_job,
+    tenant_id: str,
+    db: DatabaseManager,
+    store: FileStore,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A result MongoDB refuses (an integer past BSON's 8 bytes, let past the size check, stands for any
+    refusal of a document) fails its job INTERNAL_ERROR, and the files its attempt saved are deleted: no
+    result names them. They were kept, the tenant's for ever without a retention."""
+    monkeypatch.setattr(tasks, "_check_size", lambda message, result: None)
+    job_id = await new_job()
+    ids: list[str] = []
+
+    async def act(ctx: JobContext) -> BaseModel:
+        ids.append(await ctx.save_artifact(b"thumb", filename="t0.jpg", content_type="image/jpeg"))
+        return PROBE.model_copy(update={"format": PROBE.format.model_copy(update={"size_bytes": 2**70})})
+
+    runner = make_runner({"video.probe": Calls(act)})
+    assert await deliver(runner, body_of(job_id, tenant_id)) == ["ack"]
+    row = await row_of(db, job_id)
+    assert (row["status"], row["error_code"]) == ("failed", "INTERNAL_ERROR"), row
+    assert await db.collection("results").find_one({"_id": job_id}) is None
+    assert await file_states(db, store, ids, tmp_path) == ["deleted"]
+
+
 def test_handlers_must_be_catalogued_job_types(make_runner) -> None:
     """A runner refuses handlers for job types the catalogue does not know."""
     with pytest.raises(ValueError, match="not in the catalogue"):

@@ -903,7 +903,9 @@ class JobRunner:
         The result is written between the status change and its commit, while the change holds the job's
         row: the job cannot be taken from this worker in between (the reaper skips locked rows), so a
         result is stored only by the owner, and the status commits only once the result is stored. A
-        failure after the write retries the status change alone.
+        failure after the write retries the status change alone. A success that could not be stored (this
+        raises) deletes the files its attempt saved (`made`), as a failure of its handler does, unless a
+        rerun may finish the job with its result (`_drop_unstored`).
 
         A lone job (no part of a composite job, no `callback_url`, nothing to dead-letter) ends on a bare
         connection: a success with its result to store together with those of the worker's other jobs
@@ -967,8 +969,10 @@ class JobRunner:
                                 await outbox.enqueue(session, dead, dead=True)
                             await session.commit()
                     break
-                except PASSING_FAULTS as exc:
-                    if pause is None:
+                except Exception as exc:
+                    if pause is None or not isinstance(exc, PASSING_FAULTS):
+                        # Given up: no success committed unless its result was stored (each commit follows).
+                        await self._drop_unstored(row, made if unstored is not None else (), exc, jlog)
                         raise
                     jlog.warning("job %s: storing its outcome failed (%s); retrying", row["id"], exc)
                     await asyncio.sleep(pause)
@@ -994,6 +998,32 @@ class JobRunner:
         deleted."""
         jlog.warning("job %s was taken from this worker while it ran; leaving it be", row["id"])
         await self._drop_made(unnamed, job_id=row["id"], jlog=jlog, whose="this attempt")
+
+    async def _drop_unstored(
+        self,
+        row: jobstore.JobRow,
+        made: Sequence[tuple[str, str]],
+        exc: Exception,
+        jlog: logging.LoggerAdapter[logging.Logger],
+    ) -> None:
+        """The files (`made`) of an attempt whose success `_finish` could not store (`exc`): the job goes back
+        to retry or ends without success (RETRIES_EXHAUSTED; INTERNAL_ERROR for a result MongoDB refuses), no
+        result names them, and they are deleted, as a failure of the handler deletes its attempt's (they
+        stayed the tenant's, for ever without a retention). Kept only where a rerun may finish the job with
+        this attempt's result: a passing fault may come after MongoDB applied the write (the connection lost
+        before its answer), so with attempts left a result found stored, or a look that cannot tell, leaves
+        them to the rerun, which finishes the job with that result or deletes them before it runs."""
+        if not made:
+            return
+        if isinstance(exc, PASSING_FAULTS) and row["attempts"] < self.settings.worker.max_attempts:
+            try:
+                stored = await self._stored_before(row["id"])
+            except Exception:
+                stored = True  # cannot tell: the rerun looks again
+            if stored:
+                jlog.warning("job %s: its result may be stored; its rerun keeps its files or not", row["id"])
+                return
+        await self._drop_made(made, job_id=row["id"], jlog=jlog, whose="its attempt")
 
     async def _end_batched(
         self, success: _Success, jlog: logging.LoggerAdapter[logging.Logger]
