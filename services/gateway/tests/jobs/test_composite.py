@@ -12,7 +12,7 @@ from sqlalchemy import func, update
 
 from medialens_shared.contracts import JobMessage
 from medialens_shared.signals import JobSignals
-from medialens_shared.tables import outbox
+from medialens_shared.tables import jobs, outbox
 from scripts.samples import make_audio_only, make_video
 from tests.fixtures.stack import Stack, result_of, submit, upload, wait_for
 
@@ -121,6 +121,25 @@ async def test_cancelling_the_parent_cancels_its_parts(
     )
     for child in parent["children"]:
         assert (await wait_for(api, child))["status"] == "cancelled"
+
+
+async def test_cancelling_the_parent_deletes_the_files_of_a_part_waiting_for_its_rerun(
+    stack_proxy_cut: None, stack: Stack, api: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    """A part queued again after an attempt whose worker died, having saved a file: the composite job's
+    cancel cancels the part, and its file is deleted, as its rerun would have deleted it (it stayed the
+    tenant's for ever)."""
+    path = tmp_path / "clip.mp4"
+    make_video(path, duration_s=1.0, fps=10, width=96, height=64)
+    job = await submit(api, "media.analyze", await upload(api, path))
+    part = job["children"][0]
+    async with stack.db.session() as session:
+        await session.execute(update(jobs).where(jobs.c.id == part).values(attempts=1, started_at=func.now()))
+        await session.commit()
+    saved = await stack.saved_file("tenant-a", part)
+    assert (await api.post(f"/v1/jobs/{job['id']}/cancel")).status_code == 202
+    assert (await wait_for(api, part))["status"] == "cancelled"
+    assert await stack.file_state(api, *saved) == "deleted"
 
 
 async def test_cancelling_its_parts_one_by_one_ends_the_parent_and_tells_its_followers(

@@ -643,6 +643,25 @@ async def test_cancel_of_a_job_queued_again_after_a_try_does_not_say_it_never_st
         assert (data["status"], data["message"]) == ("cancelled", message)
 
 
+async def test_cancel_of_a_job_waiting_for_its_rerun_deletes_the_files_its_earlier_attempts_saved(
+    stack: Stack, api: httpx.AsyncClient, db: DatabaseManager, csv_file: str
+) -> None:
+    """A job queued again after an attempt whose worker died (the reaper's requeue), that attempt having
+    saved a file: cancelled while it waits for its rerun, its file is deleted (the row marked, the bytes
+    dropped), as the rerun would have deleted it. It stayed the tenant's for ever, no rerun to come and the
+    relay ending no such job. Another job's file stays."""
+    rerun, other = [await stack.held_job(api, "data.profile", csv_file) for _ in range(2)]
+    async with db.session() as session:
+        tried = jobs.c.id.in_([rerun.job_id, other.job_id])
+        await session.execute(update(jobs).where(tried).values(attempts=1, started_at=func.now()))
+        await session.commit()
+    saved = [await stack.saved_file("tenant-a", job.job_id) for job in (rerun, other)]
+    response = await api.post(f"/v1/jobs/{rerun.job_id}/cancel")
+    assert response.status_code == 202, response.text
+    assert response.json()["data"]["status"] == "cancelled"
+    assert [await stack.file_state(api, *each) for each in saved] == ["deleted", "kept"]
+
+
 async def test_cancel_of_a_running_job_asks_it_to_stop(
     stack: Stack, api: httpx.AsyncClient, db: DatabaseManager, csv_file: str, envelope: EnvelopeCheck
 ) -> None:

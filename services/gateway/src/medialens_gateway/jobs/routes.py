@@ -20,6 +20,7 @@ from medialens_gateway.deps import (
     Databases,
     DbSession,
     Events,
+    Files,
     Mongo,
     Signals,
 )
@@ -159,9 +160,9 @@ async def get_job(job_id: str, caller: Caller) -> JSONResponse:
     responses=errors(409),
 )
 async def cancel_job(
-    job_id: str, tenant: CurrentTenant, session: DbSession, signals: Signals
+    job_id: str, tenant: CurrentTenant, session: DbSession, signals: Signals, store: Files
 ) -> JSONResponse:
-    job = await service.cancel(session, signals, tenant_id=tenant.id, job_id=job_id)
+    job = await service.cancel(session, signals, store=store, tenant_id=tenant.id, job_id=job_id)
     view = await service.view(session, signals, job)
     note = "cancelled" if view["status"] == JobStatus.CANCELLED else "asked to stop at its next checkpoint"
     return ok(view, status_code=202, message=note)

@@ -42,8 +42,9 @@ from medialens_shared.errors import (
     RequestValidationFailed,
     UnsupportedMediaType,
 )
+from medialens_shared.filestore import FileStore, mark_deleted
 from medialens_shared.signals import JobSignals
-from medialens_shared.tables import idempotency_keys, jobs
+from medialens_shared.tables import files, idempotency_keys, jobs
 from medialens_shared.tasks import RESULT_WRITES
 from medialens_shared.telemetry import context_headers
 
@@ -424,13 +425,15 @@ async def list_jobs(
     return rows
 
 
-async def cancel(session: AsyncSession, signals: JobSignals, *, tenant_id: str, job_id: str) -> RowMapping:
+async def cancel(
+    session: AsyncSession, signals: JobSignals, *, store: FileStore, tenant_id: str, job_id: str
+) -> RowMapping:
     """A queued job is cancelled at once; a running one is asked to stop at its next checkpoint; a
     composite job cancels its parts, and ends cancelled once they have."""
     job = await get_job(session, tenant_id=tenant_id, job_id=job_id)
     if JOB_TYPES[job["type"]].children and not JobStatus(job["status"]).terminal:
         for child in await jobstore.children_of(session, job_id=job_id):
-            await cancel_part(session, signals, job_id=child)
+            await cancel_part(session, signals, store=store, job_id=child)
         return await get_job(session, tenant_id=tenant_id, job_id=job_id)
     cancelled = await jobstore.transition(
         session,
@@ -441,7 +444,9 @@ async def cancel(session: AsyncSession, signals: JobSignals, *, tenant_id: str, 
         message="cancelled" if job["attempts"] else "cancelled before it started",
     )
     if cancelled is not None:
+        unnamed = await _mark_left_files(session, cancelled)
         await session.commit()
+        await _drop_bytes(store, unnamed)
         # A part's change moves its composite job: its followers are told too (they heard only at their
         # stream's next keep-alive read, ~10 s later).
         await _announce(session, signals, cancelled)
@@ -454,16 +459,41 @@ async def cancel(session: AsyncSession, signals: JobSignals, *, tenant_id: str, 
     return job
 
 
-async def cancel_part(session: AsyncSession, signals: JobSignals, *, job_id: str) -> None:
+async def cancel_part(session: AsyncSession, signals: JobSignals, *, store: FileStore, job_id: str) -> None:
     """Cancel one part of a composite job: at once if queued, at its next checkpoint if running."""
     cancelled = await jobstore.transition(
         session, job_id=job_id, from_statuses=[JobStatus.QUEUED], to=JobStatus.CANCELLED, message="cancelled"
     )
+    unnamed = await _mark_left_files(session, cancelled) if cancelled is not None else []
     await session.commit()
+    await _drop_bytes(store, unnamed)
     if cancelled is not None:
         await _announce(session, signals, cancelled)
     else:
         await signals.request_cancel(job_id)
+
+
+async def _mark_left_files(session: AsyncSession, job: RowMapping) -> list[str]:
+    """Mark deleted, in the cancel's transaction, the files a job cancelled while queued still has from its
+    earlier attempts: one whose worker died could not delete them, and only its rerun, which will not come
+    now, would have (they stayed the tenant's for ever without a retention). No result names them: a
+    cancelled job has none to read, even one an attempt stored before it died. Their storage ids, whose
+    bytes go once the cancel commits (`_drop_bytes`). A job never tried saved none: nothing to look for."""
+    if not job["attempts"]:
+        return []
+    return await mark_deleted(session, files.c.job_id == job["id"])
+
+
+async def _drop_bytes(store: FileStore, storage_ids: Sequence[str]) -> None:
+    """The stored bytes of files marked deleted by a cancel that committed. Best effort, as the relay's
+    (`Relay._drop_bytes`): the cancel is made, so MongoDB away must not answer 503 "retry" for it, nor hold
+    the answer a timeout per file; what is left, the retention's `purge_deleted_files` drops with the rows."""
+    for index, storage_id in enumerate(storage_ids):
+        try:
+            await store.delete(storage_id)
+        except Exception as exc:
+            log.warning("the bytes of %d deleted files stay for now (%s)", len(storage_ids) - index, exc)
+            return
 
 
 async def _announce(session: AsyncSession, signals: JobSignals, job: RowMapping) -> None:
