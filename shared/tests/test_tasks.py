@@ -789,6 +789,47 @@ async def test_a_job_handed_back_at_its_last_attempt_fails_instead(
     assert [job_id for (job_id,) in queued] == [young]
 
 
+async def test_jobs_a_stopping_worker_ends_leave_no_files(
+    make_runner,
+    db_without_relay: DatabaseManager,
+    tenant_with_jobs,
+    signals: JobSignals,
+    store: FileStore,
+    tmp_path: Path,
+) -> None:
+    """At shutdown a job ended rather than handed back (at its last attempt, or a cancel asked of it) has no
+    rerun to delete the files its attempts saved (one stopped between its handler's end and its own left
+    them): they are deleted, as the relay's reaper deletes those of a job it ends so; a job handed back keeps
+    them for its rerun to delete. They stayed the tenant's for ever."""
+    db = db_without_relay
+    runner = make_runner({"video.probe": Calls()}, database=db)
+    spent, asked, young = (f"job-{uuid.uuid4().hex[:12]}" for _ in range(3))
+    last = runner.settings.worker.max_attempts
+    tenant_id = await tenant_with_jobs(
+        db,
+        *(
+            {"id": job_id, "status": "running", "attempts": attempts, "worker": runner.worker_id}
+            for job_id, attempts in ((spent, last), (asked, 1), (young, 1))
+        ),
+    )
+    saved = [
+        (
+            await runner.save_artifact(
+                b"thumb", tenant_id=tenant_id, job_id=job_id, filename="t0.jpg", content_type="image/jpeg"
+            )
+        )[0]
+        for job_id in (spent, asked, young)
+    ]
+    await signals.request_cancel(asked)
+    await runner.release_unfinished()
+    assert [(await row_of(db, job_id))["status"] for job_id in (spent, asked, young)] == [
+        "failed",
+        "cancelled",
+        "queued",
+    ]
+    assert await file_states(db, store, saved, tmp_path) == ["deleted", "deleted", "kept"]
+
+
 async def test_artifacts_are_stored_as_files_of_the_tenant(
     make_runner, new_job, tenant_id: str, db: DatabaseManager, store: FileStore, tmp_path: Path
 ) -> None:

@@ -595,8 +595,9 @@ class JobRunner:
         so one at its last attempt fails RETRIES_EXHAUSTED instead (it was handed back whatever its count,
         and ran again without end). A job a cancel was asked of ends cancelled, as the relay's reaper ends
         one whose worker died: nothing runs to stop (it failed RETRIES_EXHAUSTED at its last attempt, or
-        ran again). The services' drain (`shutdown_grace_s`, 600 s for video and data in Kubernetes) is
-        what keeps rollouts from cutting long jobs short.
+        ran again). A job ended so has no rerun to delete the files its attempts saved: they are deleted
+        with its end, as the reaper deletes them. The services' drain (`shutdown_grace_s`, 600 s for video
+        and data in Kubernetes) is what keeps rollouts from cutting long jobs short.
         """
         mine = (jobs.c.status == JobStatus.RUNNING.value, jobs.c.worker == self.worker_id)
         bound = self.settings.worker.max_attempts
@@ -639,7 +640,17 @@ class JobRunner:
                 )
                 if (failed := await jobstore.fail(session, job_id=job_id, error=error)) is not None:
                     ended.append(failed)
+            # No rerun will delete what their attempts saved, nor a result name it: an attempt stopped
+            # between its handler's end and its own, or before it deleted a dead earlier attempt's, left
+            # files (the relay's reaper deletes those of a job it ends so).
+            gone = [row["id"] for row in (*cancelled, *ended)]
+            unnamed = await mark_deleted(session, files.c.job_id.in_(gone)) if gone else []
             await session.commit()
+        try:
+            for storage_id in unnamed:
+                await self.store.delete(storage_id)
+        except Exception as exc:  # what is left, the relay's retention drops with the rows
+            log.warning("the bytes of files of jobs ended at shutdown stay for now (%s)", exc)
         for row in released:
             log.warning("job %s handed back at shutdown", row["id"])
             await self._announce(row)  # Redis away at shutdown: listeners miss it, nothing else
