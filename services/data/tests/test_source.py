@@ -303,3 +303,128 @@ def test_a_quote_never_closed_past_the_sample_reads_as_written(tmp_path: Path, t
         return
     answer = queried(path, f"SELECT count(*), max(title) FILTER (id = {SAMPLE_ROWS + 100}) FROM data")
     assert answer.rows == [[len(rows), '"Best" of year']]
+
+
+def write_text(path: Path, text: str, layout: str) -> None:
+    """`text` (lines ending in `\\n`) written to `path` in `layout`: as it is, with CRLF line ends,
+    gzip-compressed, in UTF-16 (with its byte-order mark) or in Windows-1252."""
+    encoding = {"utf-16": "utf-16", "windows-1252": "cp1252"}.get(layout, "utf-8")
+    data = (text.replace("\n", "\r\n") if layout == "crlf" else text).encode(encoding)
+    path.write_bytes(gzip.compress(data) if layout == "gzip" else data)
+
+
+#: Where a line of white space is put among a CSV's rows: after the header's first row, in the rows
+#: DuckDB's sniffer reads, and past them.
+WHITE_AT = [1, 1_000, PAST_THE_SAMPLE]
+
+
+@pytest.mark.parametrize("at", WHITE_AT, ids=["first-row", "in-the-sample", "past-the-sample"])
+@pytest.mark.parametrize("layout", ["lf", "crlf", "gzip", "tsv", "utf-16", "windows-1252"])
+def test_a_line_of_white_space_among_the_rows_is_skipped(tmp_path: Path, at: int, layout: str) -> None:
+    """A line of nothing but spaces (or tabs, in a CSV) among a CSV's rows is skipped, as an empty line is
+    (and as pandas' `skip_blank_lines` skips it): DuckDB read it as a row of one field, and the job failed
+    ("line 3: expected 2 fields, found 1"; in the sniffer's rows, "not possible to automatically detect
+    the CSV parsing dialect")."""
+    delimiter = "\t" if layout == "tsv" else ","
+    rows = [f"{i}{delimiter}caf\u00e9 {i % 97}{delimiter}{i % 7}" for i in range(PAST_THE_SAMPLE + 5000)]
+    rows.insert(at, "   ")
+    rows.insert(at + 3, "  " if layout == "tsv" else " \t ")
+    path = tmp_path / "upload.csv"
+    write_text(path, delimiter.join(["id", "label", "n"]) + "\n" + "\n".join(rows) + "\n", layout)
+    answer = queried(path, f"SELECT count(*), count(id), sum(id), max(label) FILTER (id = {at}) FROM data")
+    count = PAST_THE_SAMPLE + 5000
+    assert answer.rows == [[count, count, count * (count - 1) // 2, f"caf\u00e9 {at % 97}"]]
+
+
+@pytest.mark.parametrize("at", WHITE_AT[1:], ids=["in-the-sample", "past-the-sample"])
+@pytest.mark.parametrize("job", ["profile", "csv"])
+def test_the_table_jobs_skip_a_line_of_white_space(tmp_path: Path, at: int, job: str) -> None:
+    """A profile and a conversion skip a line of white space among the rows too (a conversion reads its
+    input as a view: what fails is its `COPY`)."""
+    rows = [f"{i},label {i % 97},{i / 4}" for i in range(PAST_THE_SAMPLE + 5000)]
+    rows.insert(at, "    ")
+    path = tmp_path / "upload.csv"
+    path.write_text("id,label,x\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    if job == "csv":
+        converted = convert_table(
+            path, params=DataConvertParams(to="csv"), out_dir=tmp_path / "out", temp_dir=tmp_path / "spill"
+        )
+        lines = converted.path.read_text(encoding="utf-8").splitlines()
+        assert (converted.row_count, len(lines), lines[at], lines[at + 1]) == (
+            len(rows) - 1,
+            len(rows),
+            f"{at - 1},label {(at - 1) % 97},{(at - 1) / 4}",
+            f"{at},label {at % 97},{at / 4}",
+        )
+        return
+    result = profile_table(path, params=DataProfileParams(), temp_dir=tmp_path / "spill")
+    assert result.row_count == len(rows) - 1
+    assert [(c.name, c.dtype, c.null_count) for c in result.columns] == [
+        ("id", "BIGINT", 0),
+        ("label", "VARCHAR", 0),
+        ("x", "DOUBLE", 0),
+    ]
+
+
+def test_a_line_of_delimiters_is_a_row_of_nulls(tmp_path: Path) -> None:
+    """A line of delimiters alone (`,,`; tabs alone in a tab-separated file) is a row of empty fields, read
+    as nulls, beside a line of white space that is skipped."""
+    rows = [f"{i},{i % 5}" for i in range(PAST_THE_SAMPLE + 100)]
+    rows[PAST_THE_SAMPLE : PAST_THE_SAMPLE + 1] = [",", "  "]
+    path = tmp_path / "upload.csv"
+    path.write_text("id,n\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    answer = queried(path, "SELECT count(*), count(id), count(n) FROM data")
+    assert answer.rows == [[len(rows) - 1, len(rows) - 2, len(rows) - 2]]
+    tsv = tmp_path / "tsv" / "tabs.tsv"  # a job of its own: its scratch directory too
+    tsv.parent.mkdir()
+    tsv.write_text("id\tname\tn\n1\ta\t2\n\t\t\n   \n3\tc\t4\n", encoding="utf-8")
+    answer = queried(tsv, "SELECT id, name, n FROM data")
+    assert answer.rows == [[1, "a", 2], [None, None, None], [3, "c", 4]]
+
+
+@pytest.mark.parametrize("quote", ['"', "'"])
+def test_a_line_of_spaces_in_a_quoted_field_is_its_text(tmp_path: Path, quote: str) -> None:
+    """A line of spaces inside a field quoted over several lines is that field's text, kept as written,
+    while one between rows is skipped."""
+    q = quote
+    text = f"id,note\n1,{q}line one, then\n   \nline three{q}\n2,{q}x, y{q}\n   \n3,plain\n"
+    path = tmp_path / "upload.csv"
+    path.write_text(text, encoding="utf-8")
+    answer = queried(path, "SELECT id, note FROM data ORDER BY id")
+    assert answer.rows == [[1, "line one, then\n   \nline three"], [2, "x, y"], [3, "plain"]]
+
+
+def test_a_single_column_keeps_a_line_of_spaces_as_its_value(tmp_path: Path) -> None:
+    """In a CSV of one column a line of spaces is a field, nothing telling it from a value written so: it is
+    read as those spaces, as DuckDB reads it (no row is lost)."""
+    path = tmp_path / "names.csv"
+    path.write_text("name\nAda\n   \nGrace\n", encoding="utf-8")
+    answer = queried(path, "SELECT name FROM data")
+    assert answer.rows == [["Ada"], ["   "], ["Grace"]]
+
+
+def test_a_ragged_row_after_a_line_of_white_space_is_named_by_its_line(tmp_path: Path) -> None:
+    """A ragged row still fails the job past a line of white space, naming its line in the file as written
+    (the line of white space is emptied, not dropped, in the copy read)."""
+    rows = [f"{i},label {i}" for i in range(PAST_THE_SAMPLE + 100)]
+    rows.insert(3, "   ")
+    rows[PAST_THE_SAMPLE] = "7,label 7,extra"
+    path = tmp_path / "upload.csv"
+    path.write_text("id,label\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    with pytest.raises(UnsupportedInput, match=f"line {PAST_THE_SAMPLE + 2}: expected 2 fields, found 3"):
+        queried(path, "SELECT count(*) FROM data")
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 7])
+def test_lines_of_white_space_are_found_across_the_chunks_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk: int
+) -> None:
+    """The text is read a chunk at a time for its lines of white space: a line, a line end or a quoted
+    field cut between two chunks is read as it is written (blank lines before the header, CRLF, a line of
+    spaces in a quoted field, one last without a line end)."""
+    monkeypatch.setattr("medialens_data.source._COPY_CHUNK", chunk)
+    text = '\r\n  \r\nid,note\r\n1,"a\r\n   \r\nb"\r\n \t \r\n2,c\r\n\t\r\n3,"d, e"\r\n   '
+    path = tmp_path / "upload.csv"
+    path.write_text(text, encoding="utf-8", newline="")
+    answer = queried(path, "SELECT id, note FROM data ORDER BY id")
+    assert answer.rows == [[1, "a\r\n   \r\nb"], [2, "c"], [3, "d, e"]]

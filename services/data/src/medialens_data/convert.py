@@ -31,7 +31,15 @@ from medialens_data.engine import (
     lock,
     nested,
 )
-from medialens_data.source import Source, expose, input_failure, inspect, reread, resample
+from medialens_data.source import (
+    Source,
+    expose,
+    input_failure,
+    inspect,
+    reread,
+    resample,
+    without_white_lines,
+)
 from medialens_shared.contracts import DataConvertParams
 
 Target = Literal["parquet", "csv", "jsonl"]
@@ -112,6 +120,8 @@ def convert_table(
                     again = reread(source, exc)
                     if again is None and source.format != "parquet" and resample(exc) and not full_sample:
                         again, full_sample = source, True
+                    if again is None and (again := without_white_lines(con, source, exc, watch)) is not None:
+                        full_sample = False  # the rows that disagreed with their types may be those lines
                     if again is None:
                         failure = input_failure(exc, source, _VIEW, watch, target)
                         if failure is None:
