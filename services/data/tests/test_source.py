@@ -428,3 +428,70 @@ def test_lines_of_white_space_are_found_across_the_chunks_read(
     path.write_text(text, encoding="utf-8", newline="")
     answer = queried(path, "SELECT id, note FROM data ORDER BY id")
     assert answer.rows == [[1, "a\r\n   \r\nb"], [2, "c"], [3, "d, e"]]
+
+
+@pytest.mark.parametrize("layout", ["lf", "gzip"])
+@pytest.mark.parametrize("job", ["profile", "query", "csv"])
+def test_a_header_of_numbers_is_read_as_one_when_the_params_say_so(
+    tmp_path: Path, job: str, layout: str
+) -> None:
+    """`header: true` reads a CSV's first line as its columns' names where DuckDB's sniffer takes it for a
+    row (a line of numbers over rows of numbers, as a table of years has: nothing tells it from a matrix
+    without a header); not given, the file reads as it did, the years a row of columns `column0`..."""
+    path = tmp_path / "years.csv"
+    write_text(path, "2019,2020,2021\n10,20,30\n11,21,31\n", layout)
+    years, data = ["2019", "2020", "2021"], [[10, 20, 30], [11, 21, 31]]
+    if job == "profile":
+        for header, names, rows in [(True, years, 2), (None, ["column0", "column1", "column2"], 3)]:
+            params = DataProfileParams(header=header)
+            result = profile_table(path, params=params, temp_dir=tmp_path / f"spill-{header}")
+            assert (result.row_count, [(c.name, c.dtype) for c in result.columns]) == (
+                rows,
+                [(name, "BIGINT") for name in names],
+            )
+        return
+    if job == "csv":
+        converted = convert_table(
+            path,
+            params=DataConvertParams(to="csv", header=True),
+            out_dir=tmp_path / "out",
+            temp_dir=tmp_path / "spill",
+        )
+        written = converted.path.read_text(encoding="utf-8")
+        assert (converted.row_count, written) == (2, "2019,2020,2021\n10,20,30\n11,21,31\n")
+        return
+    answer = run_query(
+        path,
+        params=DataQueryParams(sql='SELECT "2019", "2021" FROM data ORDER BY 1', header=True),
+        out_path=tmp_path / "out" / "answer.parquet",
+        temp_dir=tmp_path / "spill",
+    )
+    assert [(c.name, c.dtype) for c in answer.columns] == [("2019", "BIGINT"), ("2021", "BIGINT")]
+    assert answer.rows == [[row[0], row[2]] for row in data]
+
+
+def test_header_false_reads_the_first_line_as_a_row(tmp_path: Path) -> None:
+    """`header: false` reads a CSV's first line as a row, its columns `column0`... (a headerless file whose
+    first row the sniffer would take for names, as its values are text over numbers); past blank lines
+    before it too."""
+    path = tmp_path / "upload.csv"
+    path.write_text("\nred,blue\n1,2\n3,4\n", encoding="utf-8")
+    answer = run_query(
+        path,
+        params=DataQueryParams(sql="SELECT * FROM data", header=False),
+        out_path=tmp_path / "out" / "answer.parquet",
+        temp_dir=tmp_path / "spill",
+    )
+    assert [(c.name, c.dtype) for c in answer.columns] == [("column0", "VARCHAR"), ("column1", "VARCHAR")]
+    assert answer.rows == [["red", "blue"], ["1", "2"], ["3", "4"]]
+    assert queried(path, "SELECT * FROM data").rows == [[1, 2], [3, 4]]  # not given: the sniffer's header
+
+
+@pytest.mark.parametrize("header", [True, False])
+def test_header_is_no_matter_for_a_file_auto_finds_to_be_json(tmp_path: Path, header: bool) -> None:
+    """`header` says how a CSV's first line reads: a file `auto` finds to be JSON lines (or Parquet), which
+    names its columns itself, reads as it does without it."""
+    path = tmp_path / "upload"
+    path.write_text('{"a": 1, "b": "x"}\n{"a": 2, "b": "y"}\n', encoding="utf-8")
+    result = profile_table(path, params=DataProfileParams(header=header), temp_dir=tmp_path / "spill")
+    assert (result.row_count, [c.name for c in result.columns]) == (2, ["a", "b"])

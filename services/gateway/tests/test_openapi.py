@@ -112,6 +112,13 @@ async def test_params_schemas_are_the_ones_the_catalogue_serves(api: httpx.Async
         assert schemas[name] == item["params_schema"], item["name"]
         assert f"`{item['name']}`: {name}" in schemas["JobRequest"]["properties"]["params"]["description"]
     assert schemas["VideoThumbnailsParams"]["properties"]["count"]["default"] == 10
+    for table in ("DataProfileParams", "DataConvertParams", "DataQueryParams"):  # a CSV's `header`, optional
+        header = schemas[table]["properties"]["header"]
+        assert (header["anyOf"], header["default"], "header" in schemas[table].get("required", [])) == (
+            [{"type": "boolean"}, {"type": "null"}],
+            None,
+            False,
+        )
 
 
 async def test_created_and_accepted_answers_document_their_location(api: httpx.AsyncClient) -> None:

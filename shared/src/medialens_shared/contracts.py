@@ -11,9 +11,16 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+    model_validator,
+)
 
 
 class JobStatus(enum.StrEnum):
@@ -70,10 +77,43 @@ class NoParams(Params):
     """This job type takes no params."""
 
 
-class DataProfileParams(Params):
+#: What `header` of the table jobs' params says (`TableParams`).
+HEADER_DESCRIPTION = (
+    "Whether a CSV's first line names its columns; detected when not given (a first line of numbers over "
+    "rows of numbers is read as a row). For CSV input only: refused with `format` parquet or jsonl, "
+    "ignored for a file that `auto` finds to be one of those (they name their columns themselves)."
+)
+
+
+class TableParams(Params):
+    """The params of a job that reads a table (`data.profile`, `data.convert`, `data.query`), each with its
+    `format` and its `header`.
+
+    `header` (an extension of API.md) is for a CSV: given with `format` parquet or jsonl, which name their
+    columns themselves, it is refused, as params that contradict each other. Not given, it is left out
+    of the params dumped rather than `null`, so that such a job's params are stored, shown and known by
+    their Idempotency-Key as they were before it existed."""
+
+    @model_validator(mode="after")
+    def _header_of_a_csv(self) -> Self:
+        fmt = getattr(self, "format", "auto")
+        if getattr(self, "header", None) is not None and fmt in ("parquet", "jsonl"):
+            raise ValueError(f"header is for CSV input; a {fmt} table names its columns itself")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _header_when_given(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        dumped: dict[str, Any] = handler(self)
+        if "header" in dumped and dumped["header"] is None:
+            del dumped["header"]
+        return dumped
+
+
+class DataProfileParams(TableParams):
     format: Literal["auto", "csv", "parquet", "jsonl"] = Field(
         "auto", description="Table format; `auto` detects it from the content."
     )
+    header: bool | None = Field(None, description=HEADER_DESCRIPTION)
 
 
 #: The content change (0..255: the mean of |dY|, |dU|, |dV| on small planes) at which `video.scenes` considers
@@ -147,17 +187,19 @@ class AudioWaveformParams(Params):
     )
 
 
-class DataConvertParams(Params):
+class DataConvertParams(TableParams):
     to: Literal["parquet", "csv", "jsonl"] = Field(description="The output format.")
     format: Literal["auto", "csv", "parquet", "jsonl"] = Field("auto", description="The input format.")
+    header: bool | None = Field(None, description=HEADER_DESCRIPTION)
 
 
-class DataQueryParams(Params):
+class DataQueryParams(TableParams):
     sql: str = Field(
         min_length=1, max_length=100_000, description="One read-only SELECT over the table `data`."
     )
     limit: int = Field(1000, ge=1, le=100_000, description="Rows returned in the result document.")
     format: Literal["auto", "csv", "parquet", "jsonl"] = Field("auto", description="The input format.")
+    header: bool | None = Field(None, description=HEADER_DESCRIPTION)
 
 
 # --- results ----------------------------------------------------------------------------------------

@@ -89,7 +89,7 @@ def convert_table(
 ) -> Converted:
     """Write the table at `path` as `params.to` into `out_dir`; `UnsupportedInput` for an unreadable table."""
     limits = Limits(memory_limit=memory_limit, threads=threads, temp_dir=temp_dir, spill_limit=spill_limit)
-    source = inspect(path, fmt=params.format, scratch=temp_dir)
+    source = inspect(path, fmt=params.format, scratch=temp_dir, header=params.header)
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / output_name(path.name, params.to)
     con = connect(paths=[*source.paths, target], limits=limits)

@@ -116,7 +116,7 @@ def profile_table(
     as well. Either one stops the running query within `WATCH_INTERVAL_S`, raising `JobCancelled`.
     """
     limits = Limits(memory_limit=memory_limit, threads=threads, temp_dir=temp_dir, spill_limit=spill_limit)
-    source = inspect(path, fmt=params.format, scratch=temp_dir)
+    source = inspect(path, fmt=params.format, scratch=temp_dir, header=params.header)
     con = connect(paths=source.paths, limits=limits, keep_order=False)
     try:
         lanes = open_lanes(con, limits.threads)

@@ -329,7 +329,7 @@ def run_query(
     against a limit of 10 MB when only its end was looked at).
     """
     limits = Limits(memory_limit=memory_limit, threads=threads, temp_dir=temp_dir, spill_limit=spill_limit)
-    source = inspect(path, fmt=params.format, scratch=temp_dir)
+    source = inspect(path, fmt=params.format, scratch=temp_dir, header=params.header)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     # DuckDB writes over a file through `tmp_<name>` beside it, a path the fence refuses (and names).
     out_path.unlink(missing_ok=True)

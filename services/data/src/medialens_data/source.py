@@ -155,6 +155,10 @@ class Source:
     #: How a CSV's lines of white space among its rows are told when it is read from a copy with those
     #: lines empty (`without_white_lines`); None: it is read as it is.
     white_lines: WhiteLines | None = None
+    #: Whether a CSV's first line (after its blank ones) names its columns, as the job's `header` param
+    #: says; None: as DuckDB's sniffer tells, which takes a first line of numbers over rows of numbers
+    #: for a row (a matrix without a header reads the same: nothing tells the two apart).
+    header: bool | None = None
 
     @property
     def paths(self) -> list[Path]:
@@ -184,11 +188,17 @@ class Source:
 
 
 def inspect(
-    path: Path, *, fmt: Literal["auto", "csv", "parquet", "jsonl"], scratch: Path | None = None
+    path: Path,
+    *,
+    fmt: Literal["auto", "csv", "parquet", "jsonl"],
+    scratch: Path | None = None,
+    header: bool | None = None,
 ) -> Source:
     """Detect the input's format (when `fmt` is auto) and compression from its first bytes; a CSV gets the
     place in the job's `scratch` directory where `expose` copies it as UTF-8 if it is big-endian UTF-16
-    or turns out to be Windows-1252 (without one, such a CSV is refused)."""
+    or turns out to be Windows-1252 (without one, such a CSV is refused). `header`: whether a CSV's first
+    line names its columns (None: the sniffer tells); a Parquet or JSON file names them itself, and it
+    says nothing of them."""
     try:
         size = path.stat().st_size
         with path.open("rb") as handle:
@@ -223,7 +233,7 @@ def inspect(
         if lines and len(text) < size * ratio:
             estimate = max(round(size * ratio * lines / len(text)) - 1, 0)
         else:
-            estimate = max(lines - (chosen == "csv"), 0)
+            estimate = max(lines - (chosen == "csv" and header is not False), 0)
     json_array = chosen == "jsonl" and _JSON_ARRAY.match(_text_start(text)) is not None
     blank_lines = _leading_blank_lines(text, encoding) if chosen == "csv" else 0
     return Source(
@@ -235,6 +245,7 @@ def inspect(
         json_array=json_array,
         utf8_copy=scratch / "input.utf-8.csv" if scratch is not None and chosen == "csv" else None,
         blank_lines=blank_lines,
+        header=header if chosen == "csv" else None,
     )
 
 
@@ -489,9 +500,10 @@ def _expose(
                 join = f"{reader}{_keys_as_text([c for c, _ in exact])}) AS {ident(_exact())}({names})"
             create(reader, every_row=every_row, replace=", ".join(replaces), join=join)
         return
-    path, codec = _csv_text(source, watch)
-    quoting = _quoting(con, path, codec) if source.rfc_quoting else ""
-    codec += quoting
+    path, text = _csv_text(source, watch)
+    header = "" if source.header is None else f", header={str(source.header).lower()}"
+    quoting = _quoting(con, path, text + header) if source.rfc_quoting else ""
+    codec = text + header + quoting
     reader = f"read_csv({path}, {_CSV_STRICT}{codec}"
     texts: list[str] = []  # columns read as text whatever the sniffer makes of them
     every_row = create(reader)
@@ -516,7 +528,7 @@ def _expose(
         every_row=every_row,
         watch=watch,
     )
-    _reject_ragged_single_column(con, name, path, codec.removesuffix(quoting), quoting)
+    _reject_ragged_single_column(con, name, path, text, header + quoting)
 
 
 def _csv_text(source: Source, watch: Watchdog | None) -> tuple[str, str]:
@@ -1551,9 +1563,10 @@ def _described(con: Any, name: str) -> list[tuple[str, str]]:
     return [(str(row[0]), str(row[1])) for row in con.execute(f"DESCRIBE {ident(name)}").fetchall()]
 
 
-def _reject_ragged_single_column(con: Any, name: str, source: str, codec: str, quoting: str) -> None:
+def _reject_ragged_single_column(con: Any, name: str, source: str, codec: str, dialect: str) -> None:
     """Fail on a delimited file whose rows disagree, which DuckDB's sniffer reads as one column of lines
-    (`codec`: the reader's arguments, but its `_quoting`, which the check's own reading sets).
+    (`codec`: the reader's arguments, but its `header` and `_quoting`, `dialect`, which the check's own
+    reading sets).
 
     When no delimiter gives every sampled row the same field count, DuckDB does not fail: it falls back to
     a dialect where each whole line is one field. So a one-column result whose first lines split on
@@ -1563,7 +1576,7 @@ def _reject_ragged_single_column(con: Any, name: str, source: str, codec: str, q
     if len(columns) != 1:
         return
     sniffed = con.execute(
-        f"SELECT Delimiter, HasHeader FROM sniff_csv({source}, {_CSV_STRICT}{codec}{quoting})"  # noqa: S608
+        f"SELECT Delimiter, HasHeader FROM sniff_csv({source}, {_CSV_STRICT}{codec}{dialect})"  # noqa: S608
     ).fetchall()[0]
     delimiter, has_header = sniffed[0], bool(sniffed[1])
     col = ident(columns[0])
@@ -1585,7 +1598,7 @@ def _reject_ragged_single_column(con: Any, name: str, source: str, codec: str, q
         try:
             con.execute(
                 f"SELECT 1 FROM sniff_csv({source}, delim={literal(candidate)}, "  # noqa: S608
-                f"{_CSV_STRICT}{codec}{quoting})"
+                f"{_CSV_STRICT}{codec}{dialect})"
             ).fetchall()
         except duckdb.InvalidInputException:
             pass  # no consistent dialect with this delimiter: the rows are ragged

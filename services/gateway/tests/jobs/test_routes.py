@@ -107,6 +107,9 @@ async def test_unknown_type_is_422_naming_the_known_types(
         ("video.thumbnails", {"count": True}, ["body", "params", "count"]),
         ("video.scenes", {"threshold": "27"}, ["body", "params", "threshold"]),
         ("data.query", {"sql": "SELECT 1", "limit": "10"}, ["body", "params", "limit"]),
+        ("data.profile", {"header": "yes"}, ["body", "params", "header"]),
+        # A CSV's `header` with a format that names its columns itself: params that contradict each other.
+        ("data.convert", {"to": "csv", "format": "parquet", "header": True}, ["body", "params"]),
     ],
 )
 async def test_params_not_fitting_the_schema_are_422(
@@ -399,11 +402,23 @@ async def test_submit_is_202_with_location_and_the_job_object(
     assert set(job) == JOB_KEYS
     assert response.headers["location"] == f"/v1/jobs/{job['id']}"
     assert (job["type"], job["file_id"], job["status"]) == ("data.profile", csv_file, "queued")
-    assert job["params"] == {"format": "auto"}
+    assert job["params"] == {"format": "auto"}  # no `header` (an extension of API.md) when not given
     assert (job["labels"], job["priority"], job["attempts"], job["children"]) == ({"team": "qa"}, 5, 0, [])
     assert TIMESTAMP.match(job["created_at"])
     got = envelope(await api.get(f"/v1/jobs/{job['id']}"), status=200)["data"]
     assert (got["id"], got["type"], got["labels"]) == (job["id"], "data.profile", {"team": "qa"})
+
+
+@pytest.mark.parametrize("job_type", ["data.profile", "data.query"])
+async def test_a_csv_header_given_is_taken_and_shown(
+    api: httpx.AsyncClient, csv_file: str, envelope: EnvelopeCheck, job_type: str
+) -> None:
+    """`header` (whether a CSV's first line names its columns) is taken by the table jobs and shown in the
+    job's params as given."""
+    params: dict[str, Any] = {"header": False} | ({"sql": "SELECT 1"} if job_type == "data.query" else {})
+    response = await api.post("/v1/jobs", json={"type": job_type, "file_id": csv_file, "params": params})
+    job = envelope(response, status=202)["data"]
+    assert (job["params"]["header"], job["params"]["format"]) == (False, "auto")
 
 
 async def test_a_submission_wakes_the_relays(
