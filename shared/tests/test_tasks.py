@@ -1915,6 +1915,7 @@ async def test_a_success_whose_result_was_written_before_a_fault_keeps_its_files
     new_job,
     tenant_id: str,
     db: DatabaseManager,
+    signals: JobSignals,
     store: FileStore,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -1922,7 +1923,7 @@ async def test_a_success_whose_result_was_written_before_a_fault_keeps_its_files
     """A passing fault may come after MongoDB applied the result's write (the connection lost before its
     answer): the job goes back to retry with its files kept, and its rerun finishes it with that result,
     which names them, without running it again. At the last attempt no rerun reads that result (the job
-    fails): its files are deleted."""
+    fails), nor after a cancel asked meanwhile (the job ends cancelled): its files are deleted."""
     monkeypatch.setattr(tasks, "FINISH_RETRY_PAUSES_S", (0.01,))
     ids: list[str] = []
 
@@ -1955,6 +1956,14 @@ async def test_a_success_whose_result_was_written_before_a_fault_keeps_its_files
     assert await deliver(runner, body_of(last, tenant_id)) == ["ack"]
     assert (await row_of(db, last))["error_code"] == "RETRIES_EXHAUSTED"
     assert await file_states(db, store, ids, tmp_path) == ["kept", "deleted"]
+
+    cancelled = await new_job()  # a cancel asked meanwhile: no rerun comes to read that result
+    runner = make_runner({"video.probe": Calls(act)}, max_attempts=3)
+    answer_lost(runner)
+    await signals.request_cancel(cancelled)
+    assert await deliver(runner, body_of(cancelled, tenant_id)) == ["ack"]
+    assert (await row_of(db, cancelled))["status"] == "cancelled"
+    assert await file_states(db, store, ids, tmp_path) == ["kept", "deleted", "deleted"]
 
 
 async def test_a_result_mongodb_refuses_fails_its_job_and_leaves_no_files(

@@ -1110,6 +1110,13 @@ class JobRunner:
         if await self.signals.cancels_asked([row["id"]]):
             progress = await self._progress_so_far(row["id"])
             await self._finish(row, JobStatus.CANCELLED, message="cancelled", progress=progress, jlog=jlog)
+            async with self.db.session() as session:
+                ended = await jobstore.get(session, job_id=row["id"])
+            if ended is not None and ended["status"] == JobStatus.CANCELLED.value:
+                # No rerun will delete what its attempts saved: kept for one where this attempt's result
+                # may have been stored (`_drop_unstored`), which a cancelled job does not read.
+                where = files.c.job_id == row["id"]
+                await self._drop_files(where, job_id=row["id"], jlog=jlog, whose="its attempts")
             return
         if row["attempts"] >= self.settings.worker.max_attempts:
             error = RetriesExhausted(f"gave up after {row['attempts']} attempts; last error: {exc}")
