@@ -39,7 +39,7 @@ from medialens_shared.contracts import (
 from medialens_shared.db import DatabaseManager
 from medialens_shared.envelope import utc_now
 from medialens_shared.errors import InputNotFound, JobCancelled, MediaDecodeError, TransientJobError
-from medialens_shared.filestore import FileStore
+from medialens_shared.filestore import FileStore, StoredFile
 from medialens_shared.outbox import DELAY_TIERS_S
 from medialens_shared.settings import Settings
 from medialens_shared.signals import JobSignals
@@ -1583,6 +1583,36 @@ async def test_a_job_past_its_time_limit_fails_timeout(
     assert await asyncio.wait_for(deliver(runner, body_of(job_id, tenant_id)), 5) == ["ack"]
     row = await row_of(db, job_id)
     assert (row["status"], row["error_code"]) == ("failed", "TIMEOUT")
+
+
+class CrawlingStore(FileStore):
+    """The real file store, whose copies of an input start only after `delay_s` (an input read from a slow
+    GridFS, the heartbeat keeping the lease meanwhile)."""
+
+    delay_s = 30.0
+
+    async def copy_to(self, storage_id: str, path: Path) -> StoredFile:
+        await asyncio.sleep(self.delay_s)
+        return await super().copy_to(storage_id, path)
+
+
+async def test_a_slow_input_fetch_counts_toward_the_time_limit(
+    make_runner, new_job, new_file, tenant_id: str, db: DatabaseManager, store: FileStore
+) -> None:
+    """The time limit counts from the input's fetch on: a job whose input comes slowly fails TIMEOUT at its
+    limit, its handler never run. The limit bound only the handler: the fetch ran as long as it took (an
+    auditor's 2 MiB at 60 ms a 16 KiB piece took 8.5 s under a 1 s limit, and then the job succeeded)."""
+    file_id = await new_file(b"\x00\x00\x00\x20ftypisom" + bytes(4096), filename="clip.mp4")
+    job_id = await new_job(file_id=file_id)
+    handler = Calls()
+    runner = make_runner({"video.probe": handler}, job_timeout_s=0.3)
+    runner.inputs.store = CrawlingStore(store.bucket, store.chunks)
+    started = time.monotonic()
+    assert await asyncio.wait_for(deliver(runner, body_of(job_id, tenant_id, file_id=file_id)), 10) == ["ack"]
+    assert time.monotonic() - started < 5
+    row = await row_of(db, job_id)
+    assert (row["status"], row["error_code"]) == ("failed", "TIMEOUT")
+    assert handler.contexts == []
 
 
 async def test_cpu_work_past_the_time_limit_stops_before_the_job_ends(

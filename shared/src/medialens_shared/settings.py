@@ -321,7 +321,7 @@ class WorkerSettings(Group):
     #: Bytes of Parquet a data.query's answer may be stored as; a larger one is stopped while it is written
     #: and fails with INVALID_PARAMS.
     query_max_answer_bytes: int = Field(1024**3, ge=1)
-    #: A job running longer than this fails with TIMEOUT.
+    #: A job running longer than this, its input's fetch included, fails with TIMEOUT.
     job_timeout_s: float = Field(3600.0, gt=0)
     #: Seconds a stopping service waits for its running job to finish before it releases the job's lease.
     shutdown_grace_s: float = Field(30.0, ge=0)

@@ -704,13 +704,15 @@ class JobRunner:
         deadline = asyncio.timeout(limit)
         try:
             async with ctx._cleanups:
-                if message.file_id is not None:
-                    with job_phase("fetch_input", **phase):
-                        # Pinned in the cache until the job ends, whichever way it ends.
-                        use = self._use_input(message, row)
-                        ctx.input_path = await ctx._cleanups.enter_async_context(use)
-                with job_phase("handler", **phase):
-                    async with deadline:
+                # The limit counts from the input's fetch on: a slow read of a large input from GridFS
+                # (the heartbeat keeping the lease meanwhile) ran as long as it took, the limit unspent.
+                async with deadline:
+                    if message.file_id is not None:
+                        with job_phase("fetch_input", **phase):
+                            # Pinned in the cache until the job ends, whichever way it ends.
+                            use = self._use_input(message, row)
+                            ctx.input_path = await ctx._cleanups.enter_async_context(use)
+                    with job_phase("handler", **phase):
                         result = await handler(ctx)
                 # Checked here, so a result that does not fit is an attempt that did not succeed.
                 checked = spec.result.model_validate(result.model_dump())
