@@ -13,7 +13,9 @@ from asyncio.subprocess import DEVNULL
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import aio_pika
 import httpx
 import pytest
 from faststream import AckPolicy
@@ -670,3 +672,60 @@ def test_the_directories_a_service_writes_are_made_or_refused_at_start(
     )
     with pytest.raises(RuntimeError, match=r"MEDIALENS_WORKER_INPUT_CACHE_DIR=.* cannot be made"):
         prepare_directories(refused)
+
+
+async def test_a_stop_sends_a_delivery_back_once(
+    settings: Settings, database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A delivery that comes while a service stops goes back to the queue once, after the consumer is
+    cancelled: sent back at once while the consumer still stood, it came straight back, to go back again
+    (an auditor counted two returns of one message in one stop; each counts against the queue's delivery
+    limit of 5). The consumer's cancel is held 1 s here, while messages keep coming."""
+    from medialens_shared import worker
+
+    cancel = worker.stop_consuming
+
+    async def held(subscriber: Any, **options: Any) -> None:
+        await asyncio.sleep(1.0)
+        await cancel(subscriber, **options)
+
+    async def probe(_ctx: JobContext) -> VideoProbeResult:
+        return PROBE
+
+    monkeypatch.setattr(worker, "stop_consuming", held)
+    own = isolated(settings, shutdown_grace_s=2.0, http_port=free_port(), concurrency=1)
+    async with running(own, {"video.probe": probe}) as service:
+
+        async def feed() -> None:  # messages of no job: acked at once while the service runs
+            while True:
+                message = JobMessage(
+                    job_id=f"nojob-{uuid.uuid4().hex}", type="video.probe", tenant_id="t", file_id=None
+                )
+                await publish_job(
+                    service.publisher,
+                    service.topology,
+                    job_type="video.probe",
+                    payload=message.model_dump(mode="json"),
+                    message_id=message.job_id,
+                    timeout=5,
+                )
+                await asyncio.sleep(0.01)
+
+        feeding = asyncio.create_task(feed())
+        await asyncio.sleep(0.3)
+        service.stop.set()
+        assert await asyncio.wait_for(service.service, 30) == 0
+        feeding.cancel()
+        (fed,) = await asyncio.gather(feeding, return_exceptions=True)
+        assert isinstance(fed, asyncio.CancelledError), fed  # it fed until cancelled
+    connection = await aio_pika.connect(own.rabbitmq.url.get_secret_value())
+    try:
+        queue = Topology(own).work_queue("video").name
+        left = await (await connection.channel()).declare_queue(queue, passive=True)
+        counts = []
+        while (message := await left.get(no_ack=True, fail=False)) is not None:
+            counts.append(int(message.headers.get("x-delivery-count", 0) or 0))
+    finally:
+        await connection.close()
+    assert counts, "no delivery came while the service stopped"
+    assert max(counts) <= 1, counts

@@ -315,10 +315,15 @@ def subscribe(
             # each return counted against the queue's delivery limit), and goes back for another worker.
             if await _take_slot(slots, released):
                 try:
-                    if not stop.is_set():  # a stopping service starts nothing new: the delivery goes back
+                    if not stop.is_set():
                         await runner.handle(body, message)
                 finally:
                     slots.release()
+                if stop.is_set() and not message.committed:
+                    # A stopping service starts nothing new: the delivery goes back, once the consumer is
+                    # cancelled (sent back before, it came straight back, to go back again: one stop spent
+                    # two of its five deliveries).
+                    await released.wait()
         finally:  # whatever happened, the delivery is settled: an unsettled one blocks a prefetch slot
             if not message.committed:
                 try:
