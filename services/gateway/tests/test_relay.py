@@ -53,8 +53,10 @@ from medialens_shared.filestore import FileStore
 from medialens_shared.jobstore import WORKER_DIED_HEADER
 from medialens_shared.outbox import DELAY_TIERS_S
 from medialens_shared.settings import RelaySettings, Settings
-from medialens_shared.signals import CANCEL_FLAGS_TIMEOUT_S
+from medialens_shared.signals import CANCEL_FLAGS_TIMEOUT_S, JobSignals
 from medialens_shared.tables import files, jobs, outbox, webhook_deliveries
+from medialens_shared.tasks import JobContext, JobRunner
+from medialens_video.handlers import HANDLERS as VIDEO_HANDLERS
 from scripts.samples import make_video
 from tests.fixtures.proxy import TcpProxy
 from tests.fixtures.servers import (
@@ -65,7 +67,7 @@ from tests.fixtures.servers import (
     settings_env,
     unreachable,
 )
-from tests.fixtures.stack import Stack, result_of, submit, upload, wait_for
+from tests.fixtures.stack import RecordedDelivery, Stack, result_of, submit, upload, wait_for
 
 
 @pytest.fixture
@@ -184,9 +186,62 @@ async def test_a_dead_lettered_message_fails_its_job(
     assert _failed_count("video.probe", "RETRIES_EXHAUSTED") == failed + 1
 
 
+async def test_a_dead_letter_leaves_be_a_job_its_live_worker_still_runs(
+    stack: Stack, api: httpx.AsyncClient, db: DatabaseManager, video_id: str, tmp_path: Path
+) -> None:
+    """A job claimed and running on a live worker (heart-beating, its lease valid) may have a second
+    message: the outbox publishing twice (a relay crash between confirm and commit), or the backstop's
+    republish of a job queued over an hour. Returned to its queue five times without a claim (workers
+    restarted while it waited in their prefetch, claims meeting the database away), that duplicate is
+    dead-lettered (here: put straight in the dead letters, as the broker does). The relay failed the job
+    from running (RETRIES_EXHAUSTED), the live worker's success thrown away, its files deleted and a
+    `job.failed` webhook sent. The worker acked the job's own message at its claim, and the claim, not
+    the delivery, guards a running job: the letter is left unheeded and the job succeeds."""
+    job = await stack.held_job(api, "video.probe", video_id)
+    gate = asyncio.Event()
+    started = asyncio.Event()
+
+    async def slow_probe(ctx: JobContext) -> Any:
+        started.set()
+        await gate.wait()
+        return await VIDEO_HANDLERS["video.probe"](ctx)
+
+    places = {"scratch_dir": str(tmp_path), "input_cache_dir": str(tmp_path)}
+    settings = stack.settings.model_copy(update={"worker": stack.settings.worker.model_copy(update=places)})
+    runner = JobRunner(
+        service="video",
+        handlers={"video.probe": slow_probe},
+        settings=settings,
+        db=db,
+        store=FileStore(db.gridfs, db.gridfs_chunks),
+        signals=JobSignals(db.redis, prefix=settings.redis.prefix),
+    )
+    running = asyncio.create_task(runner.handle(job.model_dump(mode="json"), RecordedDelivery()))
+    await asyncio.wait_for(started.wait(), 20)
+    assert (await wait_for(api, job.job_id, until=lambda j: j["status"] == "running"))["attempts"] == 1
+    letters = _dead_lettered_count("video.probe")
+
+    await stack.publish_dead(job)  # the duplicate's letter
+    deadline = time.monotonic() + 10
+    while _dead_lettered_count("video.probe") == letters:
+        assert time.monotonic() < deadline, "the relay never took the letter"
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.5)  # the letter handled meanwhile; the worker still holds its lease
+    assert (await api.get(f"/v1/jobs/{job.job_id}")).json()["data"]["status"] == "running"
+    gate.set()
+    await asyncio.wait_for(running, 30)
+    done = await wait_for(api, job.job_id)
+    assert done["status"] == "succeeded", done
+    assert (await result_of(api, job.job_id))["video"]["width"] == 160
+
+
 def _failed_count(job_type: str, error_code: str) -> float:
     labels = {"type": job_type, "error_code": error_code}
     return REGISTRY.get_sample_value("medialens_jobs_failed_total", labels) or 0.0
+
+
+def _dead_lettered_count(job_type: str) -> float:
+    return REGISTRY.get_sample_value("medialens_jobs_dead_lettered_total", {"type": job_type}) or 0.0
 
 
 async def test_a_job_whose_message_was_lost_is_published_again_and_runs(
@@ -377,6 +432,70 @@ async def test_a_job_the_relay_ends_owes_its_webhook_once(
             ("dead-lettered", "failed"),
             ("given-up", "failed"),
         ]
+
+
+async def test_a_dead_letter_fails_only_a_queued_job_or_one_whose_lease_ran_out(
+    run_id: str, mongo_url: str, rabbit_vhost: str
+) -> None:
+    """A dead letter fails its job from queued, or from running once its lease ran out (its worker gone);
+    a job running under a valid lease is left be, with the files its attempt saved (its worker acked the
+    job's own message at its claim: the letter is a duplicate's), as is a job that ended. Every running
+    job was failed, a live worker's with it."""
+    async with own_relay(run_id, mongo_url, rabbit_vhost, name="deadrun") as own:
+        valid = datetime.now(UTC) + timedelta(seconds=60)
+        await own.add_jobs(  # each row with the same columns (one INSERT)
+            orphaned("lease-ran-out"),
+            orphaned("live", worker="live-worker", lease_expires_at=valid),
+            orphaned("queued", status="queued", attempts=0, worker=None, lease_expires_at=None),
+            orphaned("ended", status="succeeded", worker=None, lease_expires_at=None),
+        )
+        storage = await own.add_file("live-thumb", b"\xff\xd8 jpeg", job_id="live")
+        relay = own.relay()
+        for job_id in ("queued", "lease-ran-out", "live", "ended"):
+            await relay.on_dead_letter(
+                {"job_id": job_id, "type": "audio.probe", "tenant_id": "t", "file_id": None}
+            )
+        async with own.db.session() as session:
+            rows = (await session.execute(select(jobs.c.id, jobs.c.status, jobs.c.worker))).all()
+            marked = await session.scalar(select(files.c.deleted_at).where(files.c.id == "live-thumb"))
+        assert {row.id: (row.status, row.worker) for row in rows} == {
+            "queued": ("failed", None),
+            "lease-ran-out": ("failed", None),
+            "live": ("running", "live-worker"),
+            "ended": ("succeeded", None),
+        }
+        assert marked is None
+        store = FileStore(own.db.gridfs, own.db.gridfs_chunks)
+        assert [chunk async for chunk in store.read(storage)] == [b"\xff\xd8 jpeg"]
+
+
+async def test_a_dead_letter_reads_a_lease_a_heartbeat_extends_meanwhile(
+    run_id: str, mongo_url: str, rabbit_vhost: str
+) -> None:
+    """A dead letter handled while the job's worker extends its lease (its heartbeat's transaction holding
+    the row, the lease read before it as run out) waits for that heartbeat and reads the lease it wrote:
+    the job, live again, is left be (a look at the lease apart from the failure's lock read it run out)."""
+    async with own_relay(run_id, mongo_url, rabbit_vhost, name="deadbeat") as own:
+        await own.add_jobs(orphaned("beating", worker="live-worker"))
+        relay = own.relay()
+        async with own.db.session() as heartbeat:
+            await heartbeat.execute(
+                update(jobs)
+                .where(jobs.c.id == "beating")
+                .values(lease_expires_at=datetime.now(UTC) + timedelta(seconds=60))
+            )
+            letter = asyncio.create_task(
+                relay.on_dead_letter(
+                    {"job_id": "beating", "type": "audio.probe", "tenant_id": "t", "file_id": None}
+                )
+            )
+            await asyncio.sleep(0.5)
+            assert not letter.done()  # waiting for the heartbeat's row
+            await heartbeat.commit()
+        await asyncio.wait_for(letter, 10)
+        async with own.db.session() as session:
+            status = await session.scalar(select(jobs.c.status).where(jobs.c.id == "beating"))
+        assert status == "running"
 
 
 async def test_a_job_that_ends_without_its_dead_workers_rerun_leaves_no_files(

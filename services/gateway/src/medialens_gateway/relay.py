@@ -13,9 +13,10 @@ Five duties, each safe to run in several relays at once (and sent outbox entries
 - Backstop: a job still queued `relay.republish_after_s` (an hour) after it was queued is published again,
   in case its message was lost after the broker took it (a queue purged by hand, a dead-letter hop dropped).
 - Dead letters: every message the broker dead-letters (past the delivery limit) marks its job failed with
-  RETRIES_EXHAUSTED, so nothing stays queued or running forever; a letter no job can be read from (a
-  body a service rejected as unreadable) stays in the dead-letter queue for an operator
-  (`medialens-deadletters list`).
+  RETRIES_EXHAUSTED if it is still queued, or running with its lease run out, so nothing stays queued or
+  running forever; a job running under a valid lease is left be (its own message was acked at its claim:
+  the letter is a duplicate's), as is one that ended. A letter no job can be read from (a body a service
+  rejected as unreadable) stays in the dead-letter queue for an operator (`medialens-deadletters list`).
 - Webhooks: the deliveries owed to jobs' `callback_url`s are looked for at most once a poll interval and
   sent in the background (see `medialens_gateway.webhooks`).
 
@@ -434,7 +435,12 @@ class Relay:
         )
 
     async def on_dead_letter(self, body: Any) -> None:
-        """A message the broker gave up on: its job fails, unless it already ended."""
+        """A message the broker gave up on: its job fails if it is still queued, or running with its lease
+        run out (its worker gone, which the reaper would find too). A job running under a valid lease is
+        left be: its worker acked its own message at the claim, so the letter is a duplicate's (the outbox
+        publishing twice, the backstop's republish) and the claim, not the delivery, guards the job (such a
+        job failed RETRIES_EXHAUSTED, its live worker's success thrown away and its files deleted). A job
+        that already ended is left be too."""
         try:
             message = JobMessage.model_validate(body)
         except ValidationError:
@@ -443,7 +449,26 @@ class Relay:
             return
         metrics.JOBS_DEAD_LETTERED.labels(message.type).inc()
         error = RetriesExhausted("its message was dead-lettered after repeated failed deliveries")
+        # Checked with the row's lock taken, in one statement (a lease a heartbeat extends meanwhile is
+        # read after it commits): nothing can change the job between this check and its failure.
+        failing = (
+            select(jobs.c.id)
+            .where(
+                jobs.c.id == message.job_id,
+                (jobs.c.status == JobStatus.QUEUED.value)
+                | ((jobs.c.status == JobStatus.RUNNING.value) & (jobs.c.lease_expires_at < func.now())),
+            )
+            .with_for_update()
+        )
         async with self.db.session() as session:
+            if await session.scalar(failing) is None:
+                await session.rollback()
+                log.info(
+                    "job %s dead-lettered while running under a valid lease or after it ended: "
+                    "a duplicate's letter, the job left be",
+                    message.job_id,
+                )
+                return
             row = await jobstore.fail(
                 session,
                 job_id=message.job_id,
