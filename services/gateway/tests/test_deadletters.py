@@ -7,19 +7,21 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 
 from medialens_gateway.deadletters import main_async
 from medialens_shared.bus import Topology, make_broker, queue_stats
+from medialens_shared.contracts import JobMessage
 from medialens_shared.db import DatabaseManager
 from medialens_shared.tables import jobs
 from scripts.samples import make_video
 from tests.fixtures.servers import free_port, settings_env
-from tests.fixtures.stack import Stack, upload, wait_for
+from tests.fixtures.stack import Stack, submit, upload, wait_for
 
 
 async def _dead_job(stack: Stack, api: httpx.AsyncClient, db: DatabaseManager, tmp_path: Path) -> str:
@@ -224,4 +226,110 @@ async def test_a_job_with_two_letters_is_requeued_once(
     assert await main_async(["requeue", job.job_id]) == 0
     assert f"job {job.job_id} was requeued before, as job {copy}" in capsys.readouterr().out
     assert await copies() == [copy]
+    assert (await wait_for(api, copy))["status"] == "succeeded"
+
+
+async def _copies(db: DatabaseManager, job_id: str) -> list[str]:
+    async with db.session() as session:
+        made = select(jobs.c.id).where(jobs.c.labels["requeued_from"].astext == job_id)
+        return list(await session.scalars(made))
+
+
+async def test_requeue_removes_without_a_copy_the_letter_of_a_job_that_succeeded_or_was_cancelled(
+    stack: Stack,
+    api: httpx.AsyncClient,
+    db: DatabaseManager,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A letter can be a duplicate's (the outbox publishing a job twice, the relay's republish of a job
+    queued an hour), whose job the relay leaves be: one that succeeded, or one its tenant cancelled while
+    queued. `requeue` copied the job whatever its status, so a job that had its result ran again (new
+    thumbnails, a second webhook) and cancelled work ran anyway. Only a failed job is copied: these
+    letters are removed, nothing to run again, each said so."""
+    path = tmp_path / "clip.mp4"
+    make_video(path, duration_s=1.0, fps=10, width=160, height=120)
+    file_id = await upload(api, path)
+    succeeded = await submit(api, "video.probe", file_id)
+    assert (await wait_for(api, succeeded["id"]))["status"] == "succeeded"
+    cancelled = await stack.held_job(api, "video.probe", file_id)
+    assert (await api.post(f"/v1/jobs/{cancelled.job_id}/cancel")).json()["data"]["status"] == "cancelled"
+    before = await _dead_count(stack)
+    await stack.publish_dead(
+        JobMessage(job_id=succeeded["id"], type="video.probe", tenant_id="tenant-a", file_id=file_id)
+    )
+    await stack.publish_dead(cancelled)
+    deadline = time.monotonic() + 5
+    while await _dead_count(stack) != before + 2:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.1)
+    assert (await wait_for(api, succeeded["id"]))["status"] == "succeeded"  # the relay left them be
+    assert (await wait_for(api, cancelled.job_id))["status"] == "cancelled"
+    for key, value in settings_env(stack.settings).items():
+        monkeypatch.setenv(key, value)
+
+    assert await main_async(["requeue", succeeded["id"], cancelled.job_id]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        f"job {succeeded['id']} succeeded, it did not fail: not run again, its letter removed",
+        f"job {cancelled.job_id} cancelled, it did not fail: not run again, its letter removed",
+    ]
+    assert await _copies(db, succeeded["id"]) == []
+    assert await _copies(db, cancelled.job_id) == []
+    deadline = time.monotonic() + 5
+    while await _dead_count(stack) != before:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.1)
+
+
+async def test_requeue_keeps_without_a_copy_the_letter_of_a_job_still_running(
+    stack: Stack,
+    api: httpx.AsyncClient,
+    db: DatabaseManager,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A letter whose job is still running (a duplicate's, its job's worker live, or one the relay has not
+    read yet, away or its database away) was copied at once: two runs of one job side by side. It is kept,
+    said so, for a requeue once the job has ended; once the job fails, a requeue copies it."""
+    path = tmp_path / "clip.mp4"
+    make_video(path, duration_s=1.0, fps=10, width=160, height=120)
+    job = await stack.held_job(api, "video.probe", await upload(api, path))
+    valid = datetime.now(UTC) + timedelta(seconds=60)
+    async with db.session() as session:
+        await session.execute(
+            update(jobs)
+            .where(jobs.c.id == job.job_id)
+            .values(status="running", attempts=1, worker="live-worker", lease_expires_at=valid)
+        )
+        await session.commit()
+    for key, value in settings_env(stack.settings).items():
+        monkeypatch.setenv(key, value)
+    before = await _dead_count(stack)
+    await stack.publish_dead(job)
+    deadline = time.monotonic() + 5
+    while await _dead_count(stack) != before + 1:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.1)
+
+    assert await main_async(["requeue", job.job_id]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        f"job {job.job_id} is still running, it has not failed: its letter kept "
+        "(requeue it again once the job has ended)"
+    ]
+    assert await _copies(db, job.job_id) == []
+    assert await _dead_count(stack) == before + 1
+    assert (await api.get(f"/v1/jobs/{job.job_id}")).json()["data"]["status"] == "running"
+
+    async with db.session() as session:  # its worker gone: the reaper gives up on it
+        await session.execute(
+            update(jobs)
+            .where(jobs.c.id == job.job_id)
+            .values(status="failed", error_code="RETRIES_EXHAUSTED", worker=None, lease_expires_at=None)
+        )
+        await session.commit()
+    assert await main_async(["requeue", job.job_id]) == 0
+    (copy,) = await _copies(db, job.job_id)
+    assert capsys.readouterr().out.splitlines() == [f"requeued {job.job_id} as new job {copy}"]
     assert (await wait_for(api, copy))["status"] == "succeeded"

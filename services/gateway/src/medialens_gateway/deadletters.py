@@ -4,11 +4,15 @@
     medialens-deadletters requeue JOB_ID...    run those jobs again, as new jobs
     medialens-deadletters requeue --all
 
-A dead letter's job has already failed (RETRIES_EXHAUSTED, or MEDIA_DECODE_ERROR for an input that crashed
-its decoder): a terminal job never changes again, so "requeue" submits a copy of it (same tenant, type,
-input, params and labels, plus the label `requeued_from=<old id>`) through the outbox, and removes the
+A dead letter's job has usually failed (RETRIES_EXHAUSTED, or MEDIA_DECODE_ERROR for an input that
+crashed its decoder): a terminal job never changes again, so "requeue" submits a copy of it (same tenant,
+type, input, params and labels, plus the label `requeued_from=<old id>`) through the outbox, and removes the
 letter from the queue. A job is copied once, however many letters it has or runs requeue it (the copy
-made before is named). Letters are read with basic.get and put back untouched unless they are requeued.
+made before is named). Only a failed job is copied: a letter can be a duplicate's (the outbox publishing a
+job twice, the relay's republish of a long-queued one), whose job the relay leaves be. A letter of a job
+that ended otherwise (succeeded, cancelled) is removed, nothing to run again; one of a job still queued or
+running is kept, to requeue once the job has ended; each is said in a line. Letters are read with
+basic.get and put back untouched unless they are requeued or removed.
 A job id with no letter in the queue (a typo, or requeued before) is named on stderr; the others are
 requeued all the same. Before anything was dead-lettered the queue may not exist yet (the relay and the
 services declare it at their start): `list` then says so and lists nothing. Exit codes:
@@ -96,11 +100,25 @@ class Requeued:
     before: bool = False
 
 
-async def requeue(db: DatabaseManager, letter: DeadLetter) -> Requeued | None:
-    """Submit a copy of the letter's job through the outbox, once per job: a job with two letters (its
-    decoder's crash and its delivery limit), or a letter left by a run that stopped between the copy's
-    commit and the letter's removal, gets the copy made before. None if the letter is unreadable or its job
-    no longer exists (deleted past `relay.job_retention_s`)."""
+@dataclass(frozen=True, slots=True)
+class NotFailed:
+    """A letter's job that did not fail, with its `status`: not copied. One that `ended` (succeeded,
+    cancelled) has nothing to run again; one still queued or running may yet fail."""
+
+    status: JobStatus
+
+    @property
+    def ended(self) -> bool:
+        return self.status.terminal
+
+
+async def requeue(db: DatabaseManager, letter: DeadLetter) -> Requeued | NotFailed | None:
+    """Submit a copy of the letter's failed job through the outbox, once per job: a job with two letters
+    (its decoder's crash and its delivery limit), or a letter left by a run that stopped between the copy's
+    commit and the letter's removal, gets the copy made before. A job that did not fail is not copied
+    (NotFailed): it was, whatever its status, so a job that had succeeded ran again, one its tenant
+    cancelled ran anyway, and one still running got a twin. None if the letter is unreadable or its job no
+    longer exists (deleted past `relay.job_retention_s`)."""
     if letter.job is None:
         return None
     async with db.session() as session:
@@ -109,6 +127,8 @@ async def requeue(db: DatabaseManager, letter: DeadLetter) -> Requeued | None:
         old = (await session.execute(locked)).mappings().one_or_none()
         if old is None:
             return None
+        if (status := JobStatus(old["status"])) != JobStatus.FAILED:
+            return NotFailed(status)
         made_before = await session.scalar(
             select(jobs.c.id).where(
                 jobs.c.tenant_id == old["tenant_id"],
@@ -206,11 +226,26 @@ async def requeue_letters(
         return EXIT_NO_DATABASE
     for letter, job in chosen:
         requeued = await requeue(db, letter)
+        if isinstance(requeued, NotFailed) and not requeued.ended:
+            # Its job may still fail (the relay fails a queued one, or a running one whose lease runs out,
+            # on its own copy of the letter): kept for a requeue once the job has ended.
+            await letter.message.nack(requeue=True)
+            print(
+                f"job {job.job_id} is still {requeued.status.value}, it has not failed: its letter kept "
+                "(requeue it again once the job has ended)"
+            )
+            continue
         await letter.message.ack()
         if requeued is None:
             # Its job was deleted with its retention: nothing to run again, and kept, the letter could
             # never leave the queue.
             print(f"job {job.job_id} no longer exists (past its retention): its letter removed")
+        elif isinstance(requeued, NotFailed):
+            # A duplicate's letter of a job that ended otherwise: nothing to run again.
+            print(
+                f"job {job.job_id} {requeued.status.value}, it did not fail: "
+                "not run again, its letter removed"
+            )
         elif requeued.before:
             print(f"job {job.job_id} was requeued before, as job {requeued.job_id}: this letter removed")
         else:
