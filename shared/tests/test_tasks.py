@@ -1952,8 +1952,10 @@ async def test_a_success_whose_result_was_written_before_a_fault_keeps_its_files
 ) -> None:
     """A passing fault may come after MongoDB applied the result's write (the connection lost before its
     answer): the job goes back to retry with its files kept, and its rerun finishes it with that result,
-    which names them, without running it again. At the last attempt no rerun reads that result (the job
-    fails), nor after a cancel asked meanwhile (the job ends cancelled): its files are deleted."""
+    which names them, without running it again. At the last attempt no rerun comes: the job ends succeeded
+    with that result at once, its files kept (it failed RETRIES_EXHAUSTED and they were deleted, its result
+    stored). After a cancel asked meanwhile no one reads that result (the job ends cancelled): its files are
+    deleted."""
     monkeypatch.setattr(tasks, "FINISH_RETRY_PAUSES_S", (0.01,))
     ids: list[str] = []
 
@@ -1984,8 +1986,8 @@ async def test_a_success_whose_result_was_written_before_a_fault_keeps_its_files
     runner = make_runner({"video.probe": Calls(act)}, max_attempts=1)
     answer_lost(runner)
     assert await deliver(runner, body_of(last, tenant_id)) == ["ack"]
-    assert (await row_of(db, last))["error_code"] == "RETRIES_EXHAUSTED"
-    assert await file_states(db, store, ids, tmp_path) == ["kept", "deleted"]
+    assert (await row_of(db, last))["status"] == "succeeded"
+    assert await file_states(db, store, ids, tmp_path) == ["kept", "kept"]
 
     cancelled = await new_job()  # a cancel asked meanwhile: no rerun comes to read that result
     runner = make_runner({"video.probe": Calls(act)}, max_attempts=3)
@@ -1993,7 +1995,93 @@ async def test_a_success_whose_result_was_written_before_a_fault_keeps_its_files
     await signals.request_cancel(cancelled)
     assert await deliver(runner, body_of(cancelled, tenant_id)) == ["ack"]
     assert (await row_of(db, cancelled))["status"] == "cancelled"
-    assert await file_states(db, store, ids, tmp_path) == ["kept", "deleted", "deleted"]
+    assert await file_states(db, store, ids, tmp_path) == ["kept", "kept", "deleted"]
+
+
+async def test_a_last_attempts_success_whose_commit_meets_a_blip_ends_succeeded_with_its_result(
+    make_runner,
+    settings: Settings,
+    new_job,
+    tenant_id: str,
+    db: DatabaseManager,
+    store: FileStore,
+    tmp_path: Path,
+) -> None:
+    """At its last attempt a job's success is stored in MongoDB (while its UPDATE holds the row), then
+    PostgreSQL goes away (a failover) through the commit and the ~3 s of its retries, and is back when the
+    passing fault is handled. The job ends succeeded, its result (written once) served and the files it names
+    kept, as a rerun would have finished it: it failed RETRIES_EXHAUSTED, the result left in MongoDB (a
+    rerun finishes such a job, and at the last attempt none comes)."""
+    url = make_url(settings.postgres.url.get_secret_value())
+    proxy = TcpProxy(url.host or "127.0.0.1", url.port or 5432)
+    await proxy.start()
+    through = SecretStr(url.set(port=proxy.port).render_as_string(hide_password=False))
+    proxied = settings.postgres.model_copy(update={"url": through, "connect_timeout": 1.0})
+    manager = DatabaseManager(settings.model_copy(update={"postgres": proxied}), name="pgproxy")
+    ids: list[str] = []
+
+    async def act(ctx: JobContext) -> None:
+        ids.append(await ctx.save_artifact(b"thumb", filename="t0.jpg", content_type="image/jpeg"))
+
+    runner = make_runner({"video.probe": Calls(act)}, database=manager)
+    job_id = await new_job(attempts=runner.settings.worker.max_attempts - 1, message="retrying")
+    write, give_up = runner._store_results, runner._retry_or_give_up
+
+    async def written_then_cut(outcomes: list[tuple[JobMessage, tasks.Document]]) -> None:
+        await write(outcomes)
+        await proxy.cut()  # PostgreSQL away right after the result's write, before the commit
+
+    async def back_then_give_up(*args: Any) -> None:
+        await proxy.restore()  # back once the success's tries are spent
+        await give_up(*args)
+
+    runner._store_results = written_then_cut  # type: ignore[method-assign]
+    runner._retry_or_give_up = back_then_give_up  # type: ignore[method-assign]
+    try:
+        assert await asyncio.wait_for(deliver(runner, body_of(job_id, tenant_id)), 30) == ["ack"]
+    finally:
+        await manager.close_all()
+        await proxy.cut()
+    row = await row_of(db, job_id)
+    assert (row["status"], row["error_code"], row["message"]) == ("succeeded", None, "done")
+    assert (row["progress"], row["worker"], row["lease_expires_at"]) == (1.0, None, None)
+    assert row["finished_at"] is not None
+    document = await db.collection("results").find_one({"_id": job_id})
+    assert document is not None
+    assert document[RESULT_WRITES] == 1
+    assert await file_states(db, store, ids, tmp_path) == ["kept"]
+
+
+async def test_a_last_attempt_that_cannot_tell_whether_its_result_is_stored_fails_and_leaves_no_files(
+    make_runner,
+    settings: Settings,
+    new_job,
+    tenant_id: str,
+    db: DatabaseManager,
+    store: FileStore,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """At the last attempt a success's write meets MongoDB away, which then cannot be asked whether a result
+    is stored: the job fails RETRIES_EXHAUSTED, as before anyone looked, and the files kept for a result that
+    may have been stored are deleted (no rerun reads it, no result of a failed job is served)."""
+    monkeypatch.setattr(tasks, "FINISH_RETRY_PAUSES_S", (0.01,))
+    away = settings.mongodb.model_copy(update={"url": SecretStr("mongodb://127.0.0.1:9"), "timeout_ms": 200})
+    manager = DatabaseManager(settings.model_copy(update={"mongodb": away}), name="nomongo")
+    job_id = await new_job()
+    ids: list[str] = []
+
+    async def act(ctx: JobContext) -> None:
+        ids.append(await ctx.save_artifact(b"thumb", filename="t0.jpg", content_type="image/jpeg"))
+
+    runner = make_runner({"video.probe": Calls(act)}, database=manager, max_attempts=1)
+    try:
+        assert await deliver(runner, body_of(job_id, tenant_id)) == ["ack"]
+    finally:
+        await manager.close_all()
+    row = await row_of(db, job_id)
+    assert (row["status"], row["error_code"]) == ("failed", "RETRIES_EXHAUSTED")
+    assert await file_states(db, store, ids, tmp_path) == ["deleted"]
 
 
 async def test_a_result_mongodb_refuses_fails_its_job_and_leaves_no_files(

@@ -66,6 +66,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy import ColumnElement, func, select, update
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from medialens_shared import isolation, jobstore, metrics, outbox
 from medialens_shared.aio import unawaited
@@ -1022,19 +1023,21 @@ class JobRunner:
         """The files (`made`) of an attempt whose success `_finish` could not store (`exc`): the job goes back
         to retry or ends without success (RETRIES_EXHAUSTED; INTERNAL_ERROR for a result MongoDB refuses), no
         result names them, and they are deleted, as a failure of the handler deletes its attempt's (they
-        stayed the tenant's, for ever without a retention). Kept only where a rerun may finish the job with
-        this attempt's result: a passing fault may come after MongoDB applied the write (the connection lost
-        before its answer), so with attempts left a result found stored, or a look that cannot tell, leaves
-        them to the rerun, which finishes the job with that result or deletes them before it runs."""
+        stayed the tenant's, for ever without a retention). Kept only where the job may yet finish with this
+        attempt's result: a passing fault may come after MongoDB applied the write (the connection lost
+        before its answer), so a result found stored, or a look that cannot tell, leaves them to what comes
+        next: with attempts left the rerun, which finishes the job with that result or deletes them before it
+        runs; at the last attempt `_retry_or_give_up`, which ends the job succeeded with that result or fails
+        it and deletes them (they were deleted there, and the job failed, its result stored)."""
         if not made:
             return
-        if isinstance(exc, PASSING_FAULTS) and row["attempts"] < self.settings.worker.max_attempts:
+        if isinstance(exc, PASSING_FAULTS):
             try:
                 stored = await self._stored_before(row["id"])
             except Exception:
-                stored = True  # cannot tell: the rerun looks again
+                stored = True  # cannot tell: what comes next looks again
             if stored:
-                jlog.warning("job %s: its result may be stored; its rerun keeps its files or not", row["id"])
+                jlog.warning("job %s: its result may be stored; its end keeps its files or not", row["id"])
                 return
         await self._drop_made(made, job_id=row["id"], jlog=jlog, whose="its attempt")
 
@@ -1108,23 +1111,37 @@ class JobRunner:
         cancelled when a cancel was asked of it meanwhile (a client's cancel of a running job is a flag its
         next checkpoint reads: the fault came first, and a rerun light enough to end before its first
         checkpoint succeeded, or the last attempt failed RETRIES_EXHAUSTED, where the client was told 202),
-        as the relay's reaper and `release_unfinished` end such a job whose attempt stopped otherwise."""
+        as the relay's reaper and `release_unfinished` end such a job whose attempt stopped otherwise.
+
+        At the last attempt the job ends succeeded if its result is stored (`stored_results`): its success's
+        commit met the fault after the result's write (a database blip outlasting `FINISH_RETRY_PAUSES_S`),
+        or an earlier attempt stored it and the look for it at this one's start met the fault. A rerun would
+        finish it so (`_execute`), and at the last attempt none comes: it failed RETRIES_EXHAUSTED, its
+        result stored. Ended here, not queued once more past the bound: this attempt still holds the job,
+        and its end is `_finish`'s as the rerun's would be (webhook, composite job, listeners), with no
+        further attempt that could meet a fault in turn. MongoDB away (the look cannot tell): it fails, as
+        before."""
         if await self.signals.cancels_asked([row["id"]]):
             progress = await self._progress_so_far(row["id"])
             await self._finish(row, JobStatus.CANCELLED, message="cancelled", progress=progress, jlog=jlog)
-            async with self.db.session() as session:
-                ended = await jobstore.get(session, job_id=row["id"])
-            if ended is not None and ended["status"] == JobStatus.CANCELLED.value:
-                # No rerun will delete what its attempts saved: kept for one where this attempt's result
-                # may have been stored (`_drop_unstored`), which a cancelled job does not read.
-                where = files.c.job_id == row["id"]
-                await self._drop_files(where, job_id=row["id"], jlog=jlog, whose="its attempts")
+            await self._drop_if_ended(row, JobStatus.CANCELLED, jlog)
             return
         if row["attempts"] >= self.settings.worker.max_attempts:
+            if await stored_results(self.db, [row["id"]]):
+                jlog.info("job %s: its result is stored; finishing it at its last attempt", row["id"])
+                await self._finish(
+                    row,
+                    JobStatus.SUCCEEDED,
+                    message=SUCCESS_VALUES["message"],
+                    progress=SUCCESS_VALUES["progress"],
+                    jlog=jlog,
+                )
+                return
             error = RetriesExhausted(f"gave up after {row['attempts']} attempts; last error: {exc}")
             await self._finish(
                 row, JobStatus.FAILED, message="failed", error=(error.error_code, error.message), jlog=jlog
             )
+            await self._drop_if_ended(row, JobStatus.FAILED, jlog)
             return
         delay_s = outbox.backoff_s(row["attempts"])
         jlog.warning(
@@ -1146,6 +1163,48 @@ class JobRunner:
         if requeued is not None:
             metrics.JOBS_RETRIED.labels(message.type).inc()
             await self._announce(requeued)
+
+    async def _drop_if_ended(
+        self, row: jobstore.JobRow, status: JobStatus, jlog: logging.LoggerAdapter[logging.Logger]
+    ) -> None:
+        """Delete the files the job's attempts saved if it ended in `status` (by `_retry_or_give_up`): no
+        rerun will delete them, and no result names them. They were kept for one where this attempt's
+        result may have been stored (`_drop_unstored`), which a job ended so does not read. Best effort, as
+        `_drop_files`: the job's end stands."""
+        try:
+            async with self.db.session() as session:
+                ended = await jobstore.get(session, job_id=row["id"])
+        except Exception as exc:
+            jlog.warning("job %s: its attempts' files were not deleted (%s)", row["id"], exc)
+            return
+        if ended is not None and ended["status"] == status.value:
+            where = files.c.job_id == row["id"]
+            await self._drop_files(where, job_id=row["id"], jlog=jlog, whose="its attempts")
+
+
+async def stored_results(db: DatabaseManager, job_ids: Sequence[str]) -> set[str]:
+    """Which of `job_ids` have a result stored (one look at MongoDB for them all), for a job about to be
+    given up at its last attempt (`JobRunner._retry_or_give_up`, `JobRunner.release_unfinished`, the relay's
+    reaper): one whose result is stored ends succeeded instead (`succeed_stored`), as its rerun would have
+    ended it. A look that fails (MongoDB away) finds none, said in the log: the job is given up, as it was
+    before anyone looked."""
+    if not job_ids:
+        return set()
+    try:
+        found = db.collection("results").find({"_id": {"$in": list(job_ids)}}, {"_id": 1})
+        return {document["_id"] async for document in found}
+    except Exception as exc:
+        log.warning("jobs %s: cannot tell whether their results are stored (%s); giving up", job_ids, exc)
+        return set()
+
+
+async def succeed_stored(session: AsyncSession, *, job_id: str) -> jobstore.JobRow | None:
+    """End a running job whose result is stored (`stored_results`) succeeded, as its rerun ends it
+    (`JobRunner._execute`): done, its lease cleared, its progress full; its webhook owed and its composite
+    job moved with it (`jobstore.transition`). The new row, or None if it no longer runs."""
+    return await jobstore.transition(
+        session, job_id=job_id, from_statuses=[JobStatus.RUNNING], to=JobStatus.SUCCEEDED, **SUCCESS_VALUES
+    )
 
 
 def _attempt_of(success: _Success) -> tuple[str, int]:
