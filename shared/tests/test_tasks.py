@@ -830,6 +830,58 @@ async def test_jobs_a_stopping_worker_ends_leave_no_files(
     assert await file_states(db, store, saved, tmp_path) == ["deleted", "deleted", "kept"]
 
 
+async def test_a_stopping_worker_ends_a_job_whose_result_is_stored_succeeded_at_its_last_attempt(
+    make_runner,
+    db_without_relay: DatabaseManager,
+    tenant_with_jobs,
+    store: FileStore,
+    tmp_path: Path,
+) -> None:
+    """At shutdown a job at its last attempt whose result is stored (its attempt stopped between the
+    result's write and its success's commit) ends succeeded, its callback owed and the files its result names
+    kept, as its rerun would have finished it; it failed RETRIES_EXHAUSTED and they were deleted, its result
+    left stored. One at its last attempt with no result stored still fails."""
+    db = db_without_relay
+    runner = make_runner({"video.probe": Calls()}, database=db)
+    last = runner.settings.worker.max_attempts
+    done, spent = (f"job-{uuid.uuid4().hex[:12]}" for _ in range(2))
+    tenant_id = await tenant_with_jobs(
+        db,
+        *(
+            {
+                "id": job_id,
+                "status": "running",
+                "attempts": last,
+                "worker": runner.worker_id,
+                "callback_url": "https://example.com/hook",
+            }
+            for job_id in (done, spent)
+        ),
+    )
+    saved = [
+        (
+            await runner.save_artifact(
+                b"thumb", tenant_id=tenant_id, job_id=job_id, filename="t0.jpg", content_type="image/jpeg"
+            )
+        )[0]
+        for job_id in (done, spent)
+    ]
+    stored = {"_id": done, "tenant_id": tenant_id, "type": "video.probe", "thumbnail_file_id": saved[0]}
+    await db.collection("results").insert_one(stored | {RESULT_WRITES: 1})
+    await runner.release_unfinished()
+    row = await row_of(db, done)
+    assert (row["status"], row["error_code"], row["message"]) == ("succeeded", None, "done")
+    assert (row["progress"], row["worker"], row["lease_expires_at"]) == (1.0, None, None)
+    row = await row_of(db, spent)
+    assert (row["status"], row["error_code"]) == ("failed", "RETRIES_EXHAUSTED")
+    assert await file_states(db, store, saved, tmp_path) == ["kept", "deleted"]
+    async with db.session() as session:
+        owed = (await session.execute(select(webhook_deliveries.c.job_id))).scalars().all()
+        queued = (await session.execute(select(outbox.c.job_id))).scalars().all()
+    assert sorted(owed) == sorted([done, spent])
+    assert queued == []
+
+
 async def test_artifacts_are_stored_as_files_of_the_tenant(
     make_runner, new_job, tenant_id: str, db: DatabaseManager, store: FileStore, tmp_path: Path
 ) -> None:

@@ -597,8 +597,13 @@ class JobRunner:
         and ran again without end). A job a cancel was asked of ends cancelled, as the relay's reaper ends
         one whose worker died: nothing runs to stop (it failed RETRIES_EXHAUSTED at its last attempt, or
         ran again). A job ended so has no rerun to delete the files its attempts saved: they are deleted
-        with its end, as the reaper deletes them. The services' drain (`shutdown_grace_s`, 600 s for video
-        and data in Kubernetes) is what keeps rollouts from cutting long jobs short.
+        with its end, as the reaper deletes them. One at its last attempt whose result is stored (its
+        attempt stopped between the result's write and its success's commit, a database blip meanwhile)
+        ends succeeded instead, its files kept, as its rerun would have ended it (`succeed_stored`): it
+        failed RETRIES_EXHAUSTED, its result stored. Ended here rather than handed back once more past the
+        bound, so that no job runs past it; MongoDB away (`stored_results` cannot tell), it fails as
+        before. The services' drain (`shutdown_grace_s`, 600 s for video and data in Kubernetes) is what
+        keeps rollouts from cutting long jobs short.
         """
         mine = (jobs.c.status == JobStatus.RUNNING.value, jobs.c.worker == self.worker_id)
         bound = self.settings.worker.max_attempts
@@ -632,9 +637,16 @@ class JobRunner:
             for row in released:
                 await outbox.enqueue(session, jobstore.message_of(row))
             ended: list[jobstore.JobRow] = []
-            for job_id, attempts in (
-                await session.execute(select(jobs.c.id, jobs.c.attempts).where(*mine))
-            ).all():
+            spent = (await session.execute(select(jobs.c.id, jobs.c.attempts).where(*mine))).all()
+            stored = await stored_results(self.db, [job_id for job_id, _ in spent])
+            succeeded = [
+                row
+                for job_id, _ in spent
+                if job_id in stored and (row := await succeed_stored(session, job_id=job_id)) is not None
+            ]
+            for job_id, attempts in spent:
+                if job_id in stored:
+                    continue
                 error = RetriesExhausted(
                     f"gave up after {attempts} attempts, the last cut short by its worker's stop (a "
                     "shutdown, an eviction, the broker lost)"
@@ -658,6 +670,10 @@ class JobRunner:
         for row in ended:
             log.warning("job %s failed at shutdown: %s", row["id"], row["error_message"])
             metrics.job_finished(row["type"], JobStatus.FAILED, error_code=row["error_code"])
+            await self._announce(row)
+        for row in succeeded:
+            log.info("job %s succeeded at shutdown: its result was stored", row["id"])
+            metrics.job_finished(row["type"], JobStatus.SUCCEEDED)
             await self._announce(row)
         for row in cancelled:
             log.info("job %s cancelled at shutdown, as asked", row["id"])
