@@ -55,7 +55,7 @@ from medialens_shared.outbox import DELAY_TIERS_S
 from medialens_shared.settings import RelaySettings, Settings
 from medialens_shared.signals import CANCEL_FLAGS_TIMEOUT_S, JobSignals
 from medialens_shared.tables import files, jobs, outbox, webhook_deliveries
-from medialens_shared.tasks import JobContext, JobRunner
+from medialens_shared.tasks import RESULT_WRITES, JobContext, JobRunner
 from medialens_video.handlers import HANDLERS as VIDEO_HANDLERS
 from scripts.samples import make_video
 from tests.fixtures.proxy import TcpProxy
@@ -170,6 +170,30 @@ async def test_a_job_that_lost_its_worker_too_often_fails(
         assert _failed_count("video.probe", "RETRIES_EXHAUSTED") == failed + 1
     finally:
         await broker.stop()
+
+
+async def test_a_last_attempt_that_died_after_storing_its_result_ends_succeeded(
+    stack: Stack, api: httpx.AsyncClient, db: DatabaseManager, video_id: str
+) -> None:
+    """At max_attempts, a job whose worker died between storing its result and committing its success ends
+    succeeded when the reaper finds it, its stored result served: it failed RETRIES_EXHAUSTED ("its worker
+    stopped each time"), the result left in MongoDB, as a rerun finishes such a job and at the last attempt
+    none comes."""
+    job = await stack.held_job(api, "video.probe", video_id)
+    probed = {"name": "mov,mp4,m4a,3gp,3g2,mj2", "duration_s": 1.0, "size_bytes": 1, "bit_rate": None}
+    result = {"tenant_id": job.tenant_id, "job_id": job.job_id, "type": job.type, "input_file_id": video_id,
+              "created_at": datetime.now(UTC), "format": probed, "video": None, "audio": []}  # fmt: skip
+    await db.collection("results").update_one(
+        {"_id": job.job_id}, {"$set": result, "$inc": {RESULT_WRITES: 1}}, upsert=True
+    )
+    await _orphan(db, job.job_id, attempts=stack.settings.worker.max_attempts)
+    done = await wait_for(api, job.job_id, timeout=30)
+    assert (done["status"], done["error_code"], done["message"]) == ("succeeded", None, "done"), done
+    assert (done["attempts"], done["progress"]) == (stack.settings.worker.max_attempts, 1.0)
+    assert (await result_of(api, job.job_id))["format"]["duration_s"] == 1.0
+    stored = await db.collection("results").find_one({"_id": job.job_id})
+    assert stored is not None
+    assert stored[RESULT_WRITES] == 1  # finished, not run again
 
 
 async def test_a_dead_lettered_message_fails_its_job(
@@ -545,6 +569,62 @@ async def test_a_job_that_ends_without_its_dead_workers_rerun_leaves_no_files(
             else:
                 with pytest.raises(NoFile):
                     await anext(store.read(storage_id))
+
+
+async def test_the_reaper_ends_a_job_whose_result_is_stored_succeeded_at_its_last_attempt(
+    run_id: str, mongo_url: str, rabbit_vhost: str
+) -> None:
+    """At its last attempt a job whose dead worker had stored its result ends succeeded, as its rerun would
+    have ended it: its webhook owed with that status, no dead letter, and the files its result names kept
+    (they were deleted, the job failed RETRIES_EXHAUSTED with its result stored). One with no result stored
+    still fails, its files deleted; with MongoDB away (cannot tell) it fails too, as before."""
+    async with own_relay(run_id, mongo_url, rabbit_vhost, name="stored") as own:
+        max_attempts = own.settings.worker.max_attempts
+        hook = "https://example.com/hook"
+        await own.add_jobs(
+            *(orphaned(job_id, attempts=max_attempts, type="video.thumbnails", callback_url=hook)
+              for job_id in ("stored", "given-up"))
+        )  # fmt: skip
+        storage = {job_id: await own.add_file(f"{job_id}-thumb", b"\xff\xd8 jpeg", job_id=job_id)
+                   for job_id in ("stored", "given-up")}  # fmt: skip
+        result = {"_id": "stored", "tenant_id": "t", "type": "video.thumbnails", RESULT_WRITES: 1}
+        await own.db.collection("results").insert_one(result)
+        assert await own.relay().reap() == 2
+        async with own.db.session() as session:
+            rows = (await session.execute(select(jobs).where(jobs.c.id.in_(storage)))).mappings().all()
+            marked = dict((await session.execute(select(files.c.job_id, files.c.deleted_at))).all())
+            owed = (
+                await session.execute(
+                    select(webhook_deliveries.c.job_id, webhook_deliveries.c.payload["status"].astext)
+                )
+            ).all()
+            dead = (await session.scalars(select(outbox.c.job_id).where(outbox.c.dead))).all()
+        ended = {row["id"]: (row["status"], row["error_code"], row["message"], row["worker"]) for row in rows}
+        assert ended == {
+            "stored": ("succeeded", None, "done", None),
+            "given-up": ("failed", "RETRIES_EXHAUSTED", "failed", None),
+        }
+        assert sorted(owed) == [("given-up", "failed"), ("stored", "succeeded")]
+        assert dead == ["given-up"]
+        assert (marked["stored"], marked["given-up"] is not None) == (None, True)
+        store = FileStore(own.db.gridfs, own.db.gridfs_chunks)
+        assert [chunk async for chunk in store.read(storage["stored"])] == [b"\xff\xd8 jpeg"]
+
+        # MongoDB away: the look cannot tell, and the job fails as before.
+        await own.add_jobs(orphaned("unknown", attempts=max_attempts))
+        await own.db.collection("results").insert_one({"_id": "unknown", "tenant_id": "t", RESULT_WRITES: 1})
+        away = own.settings.mongodb.model_copy(
+            update={"url": SecretStr("mongodb://127.0.0.1:9"), "timeout_ms": 200}
+        )
+        settings = own.settings.model_copy(update={"mongodb": away})
+        db = DatabaseManager(settings, name="relay")
+        try:
+            assert await Relay(settings=settings, db=db, broker=own.broker).reap() == 1
+        finally:
+            await db.close_all()
+        async with own.db.session() as session:
+            status = await session.scalar(select(jobs.c.status).where(jobs.c.id == "unknown"))
+        assert status == "failed"
 
 
 async def test_a_reap_with_redis_silent_requeues_within_the_cancel_flags_bound(

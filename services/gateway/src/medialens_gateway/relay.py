@@ -9,7 +9,8 @@ Five duties, each safe to run in several relays at once (and sent outbox entries
   away the entries wait, and their `attempts` and `last_error` say why.
 - Reaper: a running job whose lease ran out (its worker died, hung, or lost its database) is requeued
   through the outbox, its crash counted as an attempt; after `max_attempts` it fails with
-  RETRIES_EXHAUSTED and its message goes to the dead letters.
+  RETRIES_EXHAUSTED and its message goes to the dead letters, unless its result is stored (its worker died
+  between the result's write and its success's commit): then it ends succeeded, as its rerun would.
 - Backstop: a job still queued `relay.republish_after_s` (an hour) after it was queued is published again,
   in case its message was lost after the broker took it (a queue purged by hand, a dead-letter hop dropped).
 - Dead letters: every message the broker dead-letters (past the delivery limit) marks its job failed with
@@ -73,6 +74,7 @@ from medialens_shared.settings import Settings, load_settings
 from medialens_shared.signals import JobSignals, follow
 from medialens_shared.tables import files, jobs, webhook_deliveries
 from medialens_shared.tables import outbox as outbox_table
+from medialens_shared.tasks import stored_results, succeed_stored
 from medialens_shared.telemetry import attached, configure_tracing
 
 log = logging.getLogger(__name__)
@@ -344,9 +346,13 @@ class Relay:
             )
 
     async def reap(self) -> int:
-        """Requeue (or give up on) running jobs whose lease ran out; how many."""
+        """Requeue (or give up on, or finish) running jobs whose lease ran out; how many.
+
+        A job at its last attempt is looked for in the results first (one look for the round's, and only
+        when there are such jobs: requeueing needs no MongoDB): one whose result is stored ends succeeded,
+        its files kept (see `_reap_one`)."""
         expired = (
-            select(jobs.c.id)
+            select(jobs.c.id, jobs.c.attempts)
             .where(jobs.c.status == JobStatus.RUNNING.value, jobs.c.lease_expires_at < func.now())
             .limit(100)
             .with_for_update(skip_locked=True)
@@ -354,13 +360,20 @@ class Relay:
         announced: list[jobstore.JobRow] = []
         unnamed: list[str] = []
         async with self.db.session() as session:
-            job_ids = list((await session.scalars(expired)).all())
+            reaped = (await session.execute(expired)).all()
+            job_ids = [job_id for job_id, _ in reaped]
             asked = await self.signals.cancels_asked(job_ids)
+            bound = self.settings.worker.max_attempts
+            spent = [job_id for job_id, attempts in reaped if attempts >= bound and job_id not in asked]
+            stored = await stored_results(self.db, spent)
             for job_id in job_ids:
-                row = await self._reap_one(session, job_id=job_id, cancel_asked=job_id in asked)
+                row = await self._reap_one(
+                    session, job_id=job_id, cancel_asked=job_id in asked, stored=job_id in stored
+                )
                 if row is not None:
                     announced.append(row)
-                    if row["status"] != JobStatus.QUEUED.value:  # ended: no rerun deletes its dead attempt's
+                    if row["status"] in (JobStatus.FAILED.value, JobStatus.CANCELLED.value):
+                        # Ended with no result: no rerun deletes what its dead attempt saved.
                         unnamed += await mark_deleted(session, files.c.job_id == job_id)
             await session.commit()
             await self._drop_bytes(unnamed)
@@ -373,6 +386,8 @@ class Relay:
                     )
                 elif row["status"] == JobStatus.CANCELLED.value:
                     metrics.job_finished(row["type"], JobStatus.CANCELLED)
+                elif row["status"] == JobStatus.SUCCEEDED.value:
+                    metrics.job_finished(row["type"], JobStatus.SUCCEEDED)
             await self._announce_reaped(session, announced)
         return len(announced)
 
@@ -406,7 +421,16 @@ class Relay:
             except Exception as exc:
                 log.warning("the bytes of a deleted file (%s) stay for now (%s)", storage_id, exc)
 
-    async def _reap_one(self, session: Any, *, job_id: str, cancel_asked: bool) -> jobstore.JobRow | None:
+    async def _reap_one(
+        self, session: Any, *, job_id: str, cancel_asked: bool, stored: bool
+    ) -> jobstore.JobRow | None:
+        """One expired job's end or requeue. At its last attempt a job whose result is `stored` (its worker
+        died between the result's write and its success's commit) ends succeeded, as its rerun would have
+        ended it (`tasks.succeed_stored`: done, its webhook owed, its composite job moved), with no dead
+        letter and its files kept, which its result names: it failed RETRIES_EXHAUSTED and they were deleted,
+        its result left in MongoDB. Ended here rather than requeued once more past the bound: no attempt
+        runs past it, and none can die in turn. MongoDB away (`stored_results` cannot tell): it fails, as
+        before."""
         current = await jobstore.get(session, job_id=job_id)
         if current is None:
             return None
@@ -415,6 +439,8 @@ class Relay:
             # at the flag succeeded.
             return await jobstore.cancel_as_asked(session, job_id=job_id)
         if current["attempts"] >= self.settings.worker.max_attempts:
+            if stored:
+                return await succeed_stored(session, job_id=job_id)
             error = RetriesExhausted(
                 f"gave up after {current['attempts']} attempts: its worker stopped each time (crash or hang)"
             )
