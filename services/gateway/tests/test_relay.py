@@ -627,6 +627,32 @@ async def test_the_reaper_ends_a_job_whose_result_is_stored_succeeded_at_its_las
         assert status == "failed"
 
 
+async def test_a_dead_letter_of_a_job_whose_result_is_stored_ends_it_succeeded(
+    run_id: str, mongo_url: str, rabbit_vhost: str
+) -> None:
+    """A dead letter of a job whose result is stored (its worker died between the result's write and its
+    success's commit; the rerun's message is the one given up on) ends it succeeded, as the rerun would
+    have, the files its result names kept: it failed RETRIES_EXHAUSTED and they were deleted. A job with no
+    result stored still fails."""
+    async with own_relay(run_id, mongo_url, rabbit_vhost, name="deadstored") as own:
+        queued = {"status": "queued", "worker": None, "lease_expires_at": None}
+        await own.add_jobs(*(orphaned(job_id, **queued) for job_id in ("stored", "nothing")))
+        storage = {job_id: await own.add_file(f"{job_id}-thumb", b"\xff\xd8 jpeg", job_id=job_id)
+                   for job_id in ("stored", "nothing")}  # fmt: skip
+        result = {"_id": "stored", "tenant_id": "t", "type": "video.thumbnails", RESULT_WRITES: 1}
+        await own.db.collection("results").insert_one(result)
+        relay = own.relay()
+        for job_id in storage:
+            letter = {"job_id": job_id, "type": "video.thumbnails", "tenant_id": "t", "file_id": None}
+            await relay.on_dead_letter(letter)
+        async with own.db.session() as session:
+            rows = (await session.execute(select(jobs).where(jobs.c.id.in_(storage)))).mappings().all()
+            marked = dict((await session.execute(select(files.c.job_id, files.c.deleted_at))).all())
+        ended = {row["id"]: (row["status"], row["error_code"], row["progress"]) for row in rows}
+        assert ended == {"stored": ("succeeded", None, 1.0), "nothing": ("failed", "RETRIES_EXHAUSTED", 0.0)}
+        assert (marked["stored"], marked["nothing"] is not None) == (None, True)
+
+
 async def test_a_reap_with_redis_silent_requeues_within_the_cancel_flags_bound(
     run_id: str, mongo_url: str, rabbit_vhost: str
 ) -> None:

@@ -1214,12 +1214,15 @@ async def stored_results(db: DatabaseManager, job_ids: Sequence[str]) -> set[str
         return set()
 
 
-async def succeed_stored(session: AsyncSession, *, job_id: str) -> jobstore.JobRow | None:
-    """End a running job whose result is stored (`stored_results`) succeeded, as its rerun ends it
-    (`JobRunner._execute`): done, its lease cleared, its progress full; its webhook owed and its composite
-    job moved with it (`jobstore.transition`). The new row, or None if it no longer runs."""
+async def succeed_stored(
+    session: AsyncSession, *, job_id: str, from_statuses: Sequence[JobStatus] = (JobStatus.RUNNING,)
+) -> jobstore.JobRow | None:
+    """End a running job (or one in `from_statuses`) whose result is stored (`stored_results`) succeeded,
+    as its rerun ends it (`JobRunner._execute`): done, its lease cleared, its progress full; its webhook
+    owed and its composite job moved with it (`jobstore.transition`). The new row, or None if it no longer
+    runs."""
     return await jobstore.transition(
-        session, job_id=job_id, from_statuses=[JobStatus.RUNNING], to=JobStatus.SUCCEEDED, **SUCCESS_VALUES
+        session, job_id=job_id, from_statuses=from_statuses, to=JobStatus.SUCCEEDED, **SUCCESS_VALUES
     )
 
 

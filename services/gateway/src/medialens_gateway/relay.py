@@ -466,7 +466,10 @@ class Relay:
         left be: its worker acked its own message at the claim, so the letter is a duplicate's (the outbox
         publishing twice, the backstop's republish) and the claim, not the delivery, guards the job (such a
         job failed RETRIES_EXHAUSTED, its live worker's success thrown away and its files deleted). A job
-        that already ended is left be too."""
+        that already ended is left be too. One whose result is stored (its worker died between the result's
+        write and its success's commit, and its rerun's message is the one given up on) ends succeeded, as
+        that rerun would have ended it (it failed RETRIES_EXHAUSTED, the files its result names deleted);
+        MongoDB away (`stored_results` cannot tell), it fails."""
         try:
             message = JobMessage.model_validate(body)
         except ValidationError:
@@ -486,6 +489,7 @@ class Relay:
             )
             .with_for_update()
         )
+        stored = message.job_id in await stored_results(self.db, [message.job_id])  # before the row's lock
         async with self.db.session() as session:
             if await session.scalar(failing) is None:
                 await session.rollback()
@@ -495,19 +499,32 @@ class Relay:
                     message.job_id,
                 )
                 return
-            row = await jobstore.fail(
-                session,
-                job_id=message.job_id,
-                error=error,
-                from_statuses=[JobStatus.QUEUED, JobStatus.RUNNING],
-            )
-            # Its dead attempt's files, if any: no rerun will delete them, and no result names them.
-            unnamed = await mark_deleted(session, files.c.job_id == message.job_id) if row is not None else []
+            unnamed: list[str] = []
+            if stored:
+                row = await succeed_stored(
+                    session, job_id=message.job_id, from_statuses=[JobStatus.QUEUED, JobStatus.RUNNING]
+                )
+            else:
+                row = await jobstore.fail(
+                    session,
+                    job_id=message.job_id,
+                    error=error,
+                    from_statuses=[JobStatus.QUEUED, JobStatus.RUNNING],
+                )
+                # Its dead attempt's files, if any: no rerun will delete them, and no result names them.
+                if row is not None:
+                    unnamed = await mark_deleted(session, files.c.job_id == message.job_id)
             await session.commit()
             await self._drop_bytes(unnamed)
             if row is not None:
-                log.warning("job %s dead-lettered; marked failed", message.job_id)
-                metrics.job_finished(message.type, JobStatus.FAILED, error_code=error.error_code)
+                if stored:
+                    log.warning(
+                        "job %s dead-lettered with its result stored; marked succeeded", message.job_id
+                    )
+                    metrics.job_finished(message.type, JobStatus.SUCCEEDED)
+                else:
+                    log.warning("job %s dead-lettered; marked failed", message.job_id)
+                    metrics.job_finished(message.type, JobStatus.FAILED, error_code=error.error_code)
                 await jobstore.announce(session, self.signals, row)
 
     async def run(self, stop: asyncio.Event) -> None:
