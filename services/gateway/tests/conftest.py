@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import re
 import secrets
-from collections.abc import AsyncIterator, Callable
+import socket
+import threading
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -51,3 +55,42 @@ async def fresh_client(stack: Stack, db: DatabaseManager) -> AsyncIterator[httpx
     client = api_client(stack.asgi, key=key)
     async with client:
         yield client
+
+
+@dataclass
+class HangingDNS:
+    """`socket.getaddrinfo` with a name server that does not answer for the names in `hanging` (the call
+    blocks its thread until `release`, then fails as glibc does: EAI_AGAIN), answers the names in `answers`
+    at once with that one address, and resolves any other host for real; `calls` counts the lookups of
+    each host. There is no slow DNS server to point at here: patching the one blocking call keeps the rest
+    (threads, executors, timeouts) real."""
+
+    hanging: set[str] = field(default_factory=set)
+    answers: dict[str, str] = field(default_factory=dict)
+    calls: Counter[str] = field(default_factory=Counter)
+    released: threading.Event = field(default_factory=threading.Event)
+
+    def release(self) -> None:
+        self.released.set()
+
+
+@pytest.fixture
+def hanging_dns(monkeypatch: pytest.MonkeyPatch) -> Iterator[HangingDNS]:
+    """A `HangingDNS` patched in for the test; released at its end, so no thread stays blocked."""
+    dns = HangingDNS()
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        dns.calls[host] += 1
+        if host in dns.hanging:
+            dns.released.wait()
+            raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+        if host in dns.answers:
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (dns.answers[host], port or 0))]
+        return real(host, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    try:
+        yield dns
+    finally:
+        dns.release()

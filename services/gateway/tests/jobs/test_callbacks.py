@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from pathlib import Path
 
@@ -13,9 +14,9 @@ from medialens_gateway.jobs import callbacks
 from medialens_gateway.jobs.callbacks import check_callback_url, is_public
 from medialens_shared.errors import RequestValidationFailed
 from scripts.samples import make_csv
-from tests.fixtures.stack import upload
+from tests.fixtures.stack import Stack, upload
 
-from ..conftest import EnvelopeCheck
+from ..conftest import EnvelopeCheck, HangingDNS
 
 
 @pytest.fixture
@@ -142,19 +143,94 @@ async def test_public_ip_literal_callback_is_accepted(
     assert job["status"] == "queued"
 
 
-async def test_a_host_whose_resolution_hangs_is_refused_in_time(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A resolver that does not answer (here one that sleeps: there is no slow DNS server to point at on
+async def test_a_host_whose_resolution_hangs_is_refused_in_time(
+    monkeypatch: pytest.MonkeyPatch, hanging_dns: HangingDNS
+) -> None:
+    """A resolver that does not answer (a `getaddrinfo` blocked: there is no slow DNS server to point at on
     this machine) costs the submission `RESOLVE_TIMEOUT_S`, then a 422 saying so, not a request held as
     long as the resolver likes."""
     monkeypatch.setattr(callbacks, "RESOLVE_TIMEOUT_S", 0.2)
-    loop = asyncio.get_running_loop()
-
-    async def hanging(*_args: object, **_kwargs: object) -> list[object]:
-        await asyncio.sleep(60)
-        return []
-
-    monkeypatch.setattr(loop, "getaddrinfo", hanging)
+    hanging_dns.hanging.add("slow.example")
     started = time.monotonic()
     with pytest.raises(RequestValidationFailed, match=r"did not resolve within 0\.2 s"):
         await check_callback_url("https://slow.example/hook", allow_http=False, allow_private=False)
     assert time.monotonic() - started < 5
+
+
+#: Threads of the loop's default executor (what `loop.getaddrinfo` used): this many hanging lookups held it.
+DEFAULT_EXECUTOR_THREADS = min(32, (os.cpu_count() or 1) + 4)
+
+
+async def test_an_ip_literal_callback_is_never_resolved(hanging_dns: HangingDNS) -> None:
+    """An IP-literal host is its own address, checked with no lookup. It was resolved like a name (asyncio's
+    getaddrinfo always goes through the executor), so it waited behind whatever hung there and was refused
+    "did not resolve within 5 s"."""
+    hanging_dns.hanging.add("93.184.216.34")
+    started = time.monotonic()
+    await check_callback_url("https://93.184.216.34/hook", allow_http=False, allow_private=False)
+    with pytest.raises(RequestValidationFailed, match="non-public"):
+        await check_callback_url("https://[::ffff:10.0.0.1]/hook", allow_http=False, allow_private=False)
+    assert time.monotonic() - started < 1
+    assert hanging_dns.calls == {}
+
+
+async def test_names_whose_dns_hangs_hold_neither_other_names_nor_the_default_executor(
+    hanging_dns: HangingDNS,
+) -> None:
+    """Submissions with callbacks on names whose name server never answers, more of them than the loop's
+    default executor has threads, and many on one name: meanwhile another name resolves at once, and the
+    default executor stays free. Their lookups held that executor's threads for as long as the resolver
+    took (a timeout stops the wait, not the thread): everything else waited behind them. Each hanging name
+    is looked up once however many wait for it; each check ends at its own timeout."""
+    names = [f"hooks-{i}.slow-dns.example" for i in range(DEFAULT_EXECUTOR_THREADS + 2)]
+    hanging_dns.hanging.update(names)
+    hanging_dns.answers["hooks.customer-b.example"] = "93.184.215.14"
+    urls = [f"https://{name}/hook" for name in names] + [f"https://{names[0]}/hook-{i}" for i in range(20)]
+    checks = [
+        asyncio.create_task(check_callback_url(url, allow_http=False, allow_private=False)) for url in urls
+    ]
+    await asyncio.sleep(0.3)  # every hanging lookup under way
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(1):
+            await check_callback_url(
+                "https://hooks.customer-b.example/hook", allow_http=False, allow_private=False
+            )
+            assert await loop.run_in_executor(None, int, "7") == 7
+        assert hanging_dns.calls[names[0]] == 1
+        assert all(hanging_dns.calls[name] == 1 for name in names)
+    finally:
+        hanging_dns.release()
+        outcomes = await asyncio.gather(*checks, return_exceptions=True)
+    assert all(isinstance(outcome, RequestValidationFailed) for outcome in outcomes)
+
+
+async def test_submissions_with_hanging_callback_names_refuse_no_other_tenants_callback(
+    stack: Stack, csv_file: str, tmp_path: Path, hanging_dns: HangingDNS, envelope: EnvelopeCheck
+) -> None:
+    """Through the API, the auditor's case: while tenant A's submissions wait on a callback name whose
+    name server never answers, tenant B's job with a callback on a name that resolves at once is accepted
+    (202). It was refused 422 "did not resolve within 5 s": A's lookups held the resolver threads."""
+    hanging_dns.hanging.add("hooks.slow-dns.example")
+    hanging_dns.answers["hooks.customer-b.example"] = "93.184.215.14"
+    path = tmp_path / "b.csv"
+    make_csv(path, rows=5)
+    api_a, api_b = stack.client("tenant-a"), stack.client("tenant-b")
+    file_b = await upload(api_b, path)
+    slow = {"type": "data.profile", "file_id": csv_file, "callback_url": "https://hooks.slow-dns.example/h"}
+    hogs = [asyncio.create_task(api_a.post("/v1/jobs", json=slow)) for _ in range(DEFAULT_EXECUTOR_THREADS)]
+    await asyncio.sleep(0.3)
+    try:
+        good = {
+            "type": "data.profile",
+            "file_id": file_b,
+            "callback_url": "https://hooks.customer-b.example/h",
+        }
+        started = time.monotonic()
+        response = await api_b.post("/v1/jobs", json=good)
+        envelope(response, status=202)
+        assert time.monotonic() - started < callbacks.RESOLVE_TIMEOUT_S / 2
+    finally:
+        hanging_dns.release()
+        refused = await asyncio.gather(*hogs)
+    assert {response.status_code for response in refused} == {422}

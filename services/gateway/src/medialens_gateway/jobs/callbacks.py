@@ -8,13 +8,37 @@ quietly drops or keeps but httpx refuses or percent-encodes), and a host the res
 labels of 1 to 63 characters). That holds even where private addresses are allowed and nothing is resolved
 here: a URL accepted here that cannot be sent would only fail at delivery, long after the submitter left.
 `parse_callback_url` is the one reading of the URL; the dispatcher uses it too, so both see the same host.
+
+Resolving (`addresses_of`, here and in the relay's dispatcher) must let a slow name delay only its own
+submissions and deliveries. `socket.getaddrinfo` blocks its thread for as long as the resolver takes (10 to
+30 s for a name server that never answers), and an `asyncio.timeout` around the await gives up waiting,
+not the thread. Run in the loop's default executor (what `loop.getaddrinfo` does: 6 threads on 2 cores;
+libuv's pool of 4 under uvloop), a few callbacks on such names held every thread: a healthy receiver on an
+IP literal failed its tries "TimeoutError" with nothing sent, another tenant's valid callback was refused
+"did not resolve within 5 s", and the relay's own database and broker host names queued behind them. So:
+
+- an IP-literal host is never resolved: its address is the literal itself, nothing to wait for;
+- names are resolved on threads of their own (`RESOLVER_THREADS`), never the loop's default executor, so
+  that whatever else uses that executor never waits on a callback's name server;
+- one lookup of a name is in flight at a time, shared by every submission and delivery asking for it
+  meanwhile: a tenant's hundred jobs on one hanging name take one thread, not a hundred, and a try retried
+  after its timeout waits on the same lookup rather than taking another thread;
+- a lookup still queued when the last one waiting for it has given up is dropped, not run later for nobody.
+
+It takes `RESOLVER_THREADS` distinct hanging names at once to make other names wait; IP literals and the
+default executor never do. Answers are not cached: each submission and each try sees the resolver's answer
+of the moment, and every address it gives is checked (and, in the dispatcher, connected to as checked).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import socket
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import httpx
@@ -23,6 +47,12 @@ from medialens_shared.errors import RequestValidationFailed
 
 #: Seconds the resolution of a callback host may take before the submission is refused.
 RESOLVE_TIMEOUT_S = 5.0
+
+
+#: Threads resolving callback host names, the process's only ones to do so (see the module's docstring). A
+#: thread waiting on a name server costs little; this many distinct names hanging at once before another
+#: name's lookup queues.
+RESOLVER_THREADS = 32
 
 
 class BadCallbackURL(ValueError):
@@ -66,14 +96,56 @@ def parse_callback_url(url: str, *, allow_http: bool) -> httpx.URL:
     return parsed
 
 
-async def addresses_of(url: httpx.URL) -> list[str]:
-    """The distinct addresses `url`'s host resolves to (for its port, or its scheme's), in the resolver's
-    order; the one resolution of a callback host, at submission and at delivery."""
-    port = url.port or (443 if url.scheme == "https" else 80)
-    infos = await asyncio.get_running_loop().getaddrinfo(
-        url.raw_host.decode("ascii"), port, type=socket.SOCK_STREAM
-    )
+@dataclass(eq=False, slots=True)
+class _Lookup:
+    """One resolution of a name, running or queued, and how many callers wait for it."""
+
+    future: Future[list[str]]
+    waiters: int = 0
+
+
+_resolver = ThreadPoolExecutor(max_workers=RESOLVER_THREADS, thread_name_prefix="callback-resolver")
+_lookups: dict[str, _Lookup] = {}  # by host name, while in flight
+_lookups_lock = threading.RLock()  # reentrant: cancelling a queued lookup runs `_forget` in the same thread
+
+
+def _resolve(host: str) -> list[str]:
+    """Blocking, on a resolver thread: `host`'s distinct addresses in the resolver's order."""
+    infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
     return list(dict.fromkeys(str(sockaddr[0]) for *_, sockaddr in infos))
+
+
+def _forget(host: str, lookup: _Lookup, _done: object = None) -> None:
+    """The lookup ended (or was dropped): the next caller starts a new one."""
+    with _lookups_lock:
+        if _lookups.get(host) is lookup:
+            del _lookups[host]
+
+
+async def addresses_of(url: httpx.URL) -> list[str]:
+    """The distinct addresses `url`'s host resolves to, in the resolver's order; the one resolution of a
+    callback host, at submission and at delivery. An IP literal is its own address, with no lookup; a name
+    is resolved on this module's resolver threads, one lookup per name at a time (the module's docstring
+    says why). Cancelling the caller (a timeout) leaves the lookup to any other caller waiting for it."""
+    host = url.raw_host.decode("ascii")
+    try:
+        return [str(ipaddress.ip_address(host))]
+    except ValueError:
+        pass
+    with _lookups_lock:
+        lookup = _lookups.get(host)
+        if lookup is None:
+            lookup = _lookups[host] = _Lookup(_resolver.submit(_resolve, host))
+            lookup.future.add_done_callback(functools.partial(_forget, host, lookup))
+        lookup.waiters += 1
+    try:
+        # shield: a caller cancelled must not cancel the lookup the others wait for (wrap_future would)
+        return await asyncio.shield(asyncio.wrap_future(lookup.future))
+    finally:
+        with _lookups_lock:
+            lookup.waiters -= 1
+            if lookup.waiters == 0:
+                lookup.future.cancel()  # only if still queued: a running lookup ends and is forgotten
 
 
 async def check_callback_url(url: str, *, allow_http: bool, allow_private: bool) -> None:
