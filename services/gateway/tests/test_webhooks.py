@@ -42,7 +42,7 @@ from scripts.samples import make_csv
 from tests.fixtures.servers import TENANT_KEYS, drop_database, make_settings
 from tests.fixtures.stack import Stack, api_client, submit, upload
 
-from .conftest import EnvelopeCheck
+from .conftest import EnvelopeCheck, HangingDNS
 
 
 @dataclass
@@ -194,6 +194,11 @@ async def deliveries_of(hooks: Hooks, job_id: str) -> list[dict[str, Any]]:
     )
     async with hooks.db.session() as session:
         return [dict(row) for row in (await session.execute(query)).mappings().all()]
+
+
+async def statuses_of(hooks: Hooks, *job_ids: str) -> list[str]:
+    """The statuses of the jobs' deliveries, job by job."""
+    return [delivery["status"] for job_id in job_ids for delivery in await deliveries_of(hooks, job_id)]
 
 
 async def dispatch_all(hooks: Hooks, dispatcher: Dispatcher | None = None) -> None:
@@ -623,6 +628,54 @@ async def test_a_slow_receiver_delays_no_other_delivery(
         await dispatcher.drain()
     [answered] = await deliveries_of(hooks, slow)
     assert (answered["status"], answered["attempts"]) == ("succeeded", 1)
+
+
+async def test_callback_names_whose_dns_hangs_delay_no_other_delivery(
+    hooks: Hooks, receiver: Receiver, hanging_dns: HangingDNS
+) -> None:
+    """While six deliveries wait on a callback name whose name server never answers, a job that ends with
+    its callback on an IP literal, and one on a name that resolves at once, are each sent and succeed well
+    within one try's timeout; the hanging name is looked up once, not once a try. Before, those lookups held
+    the loop's default executor for as long as the resolver took (the try's timeout stops the wait, not the
+    thread): the healthy delivery to the IP literal failed after 3 tries "network error: TimeoutError", its
+    receiver never asked."""
+    hanging_dns.hanging.add("hooks.slow-dns.example")
+    hanging = [
+        await job_stored_with_callback(hooks.db, f"http://hooks.slow-dns.example:{receiver.port}/slow-{i}")
+        for i in range(6)
+    ]
+    for job_id in hanging:
+        await finish(hooks, job_id)
+    dispatcher = Dispatcher(settings=hooks.settings, db=hooks.db)  # timeout_s 5, max_attempts 3
+    dispatcher.kick()
+    await asyncio.sleep(0.5)  # the hanging lookups under way
+    literal = await job_stored_with_callback(hooks.db, receiver.url("/by-literal"))
+    named = await job_stored_with_callback(hooks.db, receiver.url("/by-name", host="localhost"))
+    await finish(hooks, literal)
+    await finish(hooks, named)
+    deadline = time.monotonic() + hooks.settings.webhook.timeout_s / 2
+    try:
+        while True:
+            dispatcher.kick()  # as the relay does every poll interval
+            statuses = await statuses_of(hooks, literal, named)
+            if statuses == ["succeeded", "succeeded"]:
+                break
+            assert time.monotonic() < deadline, statuses
+            await asyncio.sleep(0.05)
+        assert (len(receiver.to("/by-literal")), len(receiver.to("/by-name"))) == (1, 1)
+        assert hanging_dns.calls["hooks.slow-dns.example"] == 1
+        assert await statuses_of(hooks, *hanging) == ["delivering"] * 6
+    finally:
+        hanging_dns.release()  # the name server's failure comes: the hanging ones fail their tries at once
+        while {"pending", "delivering"} & set(await statuses_of(hooks, *hanging)):
+            dispatcher.kick()
+            await asyncio.sleep(0.05)
+        await dispatcher.drain()
+    for job_id in hanging:
+        [delivery] = await deliveries_of(hooks, job_id)
+        assert (delivery["status"], delivery["attempts"]) == ("failed", 3)
+        assert "gaierror" in delivery["last_error"]
+    assert not any(request.path.startswith("/slow-") for request in receiver.requests)
 
 
 async def test_a_retry_waits_as_long_as_retry_after_asks_up_to_the_cap(
