@@ -33,6 +33,7 @@ of the moment, and every address it gives is checked (and, in the dispatcher, co
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import ipaddress
 import socket
@@ -122,6 +123,28 @@ def _forget(host: str, lookup: _Lookup, _done: object = None) -> None:
             del _lookups[host]
 
 
+def _pass_on(
+    loop: asyncio.AbstractEventLoop, answer: asyncio.Future[list[str]], done: Future[list[str]]
+) -> None:
+    """The lookup's outcome to one caller, on its loop. Not `asyncio.wrap_future`: a caller cancelled (its
+    timeout) would cancel the lookup the others wait for; nor shielded, which leaves the outcome of a lookup
+    nobody waits for any more unretrieved ("Future exception was never retrieved" in the log). Here a
+    caller gone is simply not answered."""
+
+    def settle() -> None:
+        if answer.done():
+            return
+        if done.cancelled():
+            answer.cancel()
+        elif (exc := done.exception()) is not None:
+            answer.set_exception(exc)
+        else:
+            answer.set_result(done.result())
+
+    with contextlib.suppress(RuntimeError):  # the caller's loop closed meanwhile: nobody to tell
+        loop.call_soon_threadsafe(settle)
+
+
 async def addresses_of(url: httpx.URL) -> list[str]:
     """The distinct addresses `url`'s host resolves to, in the resolver's order; the one resolution of a
     callback host, at submission and at delivery. An IP literal is its own address, with no lookup; a name
@@ -138,9 +161,11 @@ async def addresses_of(url: httpx.URL) -> list[str]:
             lookup = _lookups[host] = _Lookup(_resolver.submit(_resolve, host))
             lookup.future.add_done_callback(functools.partial(_forget, host, lookup))
         lookup.waiters += 1
+    loop = asyncio.get_running_loop()
+    answer: asyncio.Future[list[str]] = loop.create_future()
+    lookup.future.add_done_callback(functools.partial(_pass_on, loop, answer))
     try:
-        # shield: a caller cancelled must not cancel the lookup the others wait for (wrap_future would)
-        return await asyncio.shield(asyncio.wrap_future(lookup.future))
+        return await answer
     finally:
         with _lookups_lock:
             lookup.waiters -= 1
