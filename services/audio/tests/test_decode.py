@@ -301,6 +301,22 @@ def test_long_zeros_within_the_sound_or_for_it_are_still_damage(
         measure_loudness(damaged, None, no_report)
 
 
+def test_an_unfinished_mp3_behind_a_cover_picture_is_still_damage(tmp_path: Path) -> None:
+    """An MP3 with a Xing header behind a 300 KB ID3v2 tag (a cover picture), whose last 150 KB were never
+    written (a download allocated whole: zeros, its size intact), fails MEDIA_DECODE_ERROR: where its sound
+    ends is counted from its first frame, past the tag. Counted from the file's start, those zeros lay past
+    it and passed as padding: every job read 13.8 s of 20 and succeeded."""
+    encoded = write(tmp_path / "whole.mp3", sine(-23.0, 20.0), codec="libmp3lame").read_bytes()
+    tagged = id3v2(300_000) + encoded.removeprefix(id3v2_of(encoded))
+    unfinished = tmp_path / "unfinished.mp3"
+    unfinished.write_bytes(tagged[: len(tagged) - 150_000] + bytes(150_000))
+    with pytest.raises(MediaDecodeError, match=r"stops decoding after 1[34]\.0 s; the file is damaged"):
+        measure_loudness(unfinished, None, no_report)
+    whole = tmp_path / "tagged.mp3"
+    whole.write_bytes(tagged + bytes(64 * 1024))  # padding after the whole sound still passes
+    assert measure_loudness(whole, None, no_report).integrated_lufs == pytest.approx(-23.3, abs=0.3)
+
+
 @pytest.mark.parametrize("picture_bytes", [0, 30_000])
 def test_mp3s_joined_with_cat_each_with_its_tags_read_whole(tmp_path: Path, picture_bytes: int) -> None:
     """Two MP3s as encoders write them (an ID3v2 tag, a Xing header), joined with `cat`: the second's tag,

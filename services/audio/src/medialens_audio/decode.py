@@ -56,7 +56,7 @@ from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 
 import av
 import av.error
@@ -277,21 +277,42 @@ def _require_whole_mp3(path: Path) -> None:
         )
 
 
-def _mp3_declared(path: Path) -> tuple[int, int] | None:
-    """The stream's bytes an MP3's Xing, Info or VBRI header declares and the size of its first frame;
-    None where it has no such header, or one without the byte count."""
-    frame = _mp3_first_frame(path)
-    declared = None if frame is None else _mp3_declared_bytes(frame)
-    return None if frame is None or declared is None else (declared, _mp3_frame_bytes(frame))
+class _Mp3Length(NamedTuple):
+    """What an MP3's Xing, Info or VBRI header tells of its length (`_mp3_declared`)."""
+
+    #: The stream's bytes the header declares, from its first frame on.
+    stream_bytes: int
+    #: The size of its first frame.
+    frame_bytes: int
+    #: Where its first frame starts in the file (past its ID3v2 tag).
+    start: int
 
 
-def _mp3_whole_end(declared: tuple[int, int]) -> int:
+def _mp3_declared(path: Path) -> _Mp3Length | None:
+    """The stream's bytes an MP3's Xing, Info or VBRI header declares, the size of its first frame and
+    where that frame starts; None where it has no such header, or one without the byte count."""
+    found = _mp3_first_frame_at(path)
+    if found is None:
+        return None
+    start, frame = found
+    declared = _mp3_declared_bytes(frame)
+    return None if declared is None else _Mp3Length(declared, _mp3_frame_bytes(frame), start)
+
+
+def _mp3_whole_end(declared: _Mp3Length) -> int:
     """The least the file of an MP3 whose sound is whole reaches, in bytes from its start, by its header's
     `declared` bytes and first frame's size (`_mp3_declared`): those bytes less `_MP3_SLACK_FRAMES`
     frames. Its tags are not added: should an encoder count its ID3 tag in, a whole file cannot look
     short."""
-    stream_bytes, frame_bytes = declared
-    return stream_bytes - _MP3_SLACK_FRAMES * frame_bytes
+    return declared.stream_bytes - _MP3_SLACK_FRAMES * declared.frame_bytes
+
+
+def _mp3_sound_end(declared: _Mp3Length) -> int:
+    """Where in the file an MP3's sound ends at the least, by its header (`_mp3_declared`): from its first
+    frame, past its ID3v2 tag, the declared bytes less `_MP3_SLACK_FRAMES` frames. Zeros from there on are
+    padding (`_TagsAndPadding`); counted from the file's start instead, a cover picture's worth of an
+    unfinished download's zeros (a 300 KB tag) passed as padding, the job reading the sound cut short."""
+    return declared.start + _mp3_whole_end(declared)
 
 
 def _mp3_frame_bytes(frame: bytes) -> int:
@@ -498,7 +519,7 @@ def open_audio(path: Path) -> Iterator[AudioInput]:
     with open_container(path) as (container, stream):
         chains = _ogg_chains(container)
         declared = _mp3_declared(Path(path)) if container.format.name == "mp3" else None
-        tags = _TagsAndPadding(sound_end=None if declared is None else _mp3_whole_end(declared))
+        tags = _TagsAndPadding(sound_end=None if declared is None else _mp3_sound_end(declared))
         source = _chain_frames(chains, tags) if len(chains) > 1 else _decoded_frames(container, stream, tags)
         with contextlib.closing(source) as frames:
             try:
@@ -790,9 +811,15 @@ def _mp3_length_header(path: Path) -> bool:
 
 
 def _mp3_first_frame(path: Path) -> bytes | None:
-    """The first 64 bytes of the MP3 at `path` from its first frame's sync, past its ID3v2 tag (whose size
-    is four 7-bit bytes, 10 more with a footer: ID3v2.4); None when no frame starts in the first
-    `_MP3_SYNC_SEARCH_BYTES` after it."""
+    """The first 64 bytes of the MP3 at `path` from its first frame's sync (`_mp3_first_frame_at`)."""
+    found = _mp3_first_frame_at(path)
+    return None if found is None else found[1]
+
+
+def _mp3_first_frame_at(path: Path) -> tuple[int, bytes] | None:
+    """Where the first frame of the MP3 at `path` starts and its first 64 bytes from its sync, past its
+    ID3v2 tag (whose size is four 7-bit bytes, 10 more with a footer: ID3v2.4); None when no frame starts
+    in the first `_MP3_SYNC_SEARCH_BYTES` after it."""
     with path.open("rb") as handle:
         tag = handle.read(10)
         offset = 0
@@ -808,7 +835,7 @@ def _mp3_first_frame(path: Path) -> bytes | None:
         ),
         None,
     )
-    return None if sync is None else head[sync : sync + 64]
+    return None if sync is None else (offset + sync, head[sync : sync + 64])
 
 
 def _id3v2_length(header: bytes) -> int:
