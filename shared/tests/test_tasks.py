@@ -19,6 +19,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from pydantic import BaseModel, SecretStr
@@ -2300,3 +2301,23 @@ async def test_a_redis_refusing_writes_fails_no_job(
     assert await deliver(runner, body_of(job_id, tenant_id)) == ["ack"]
     row = await row_of(db, job_id)
     assert (row["status"], row["error_code"]) == ("succeeded", None)
+
+
+async def test_the_look_for_stored_results_is_bounded_when_mongodb_falls_silent(settings: Settings) -> None:
+    """The look for stored results, made while rows are locked (a reaper's round, a dead letter, a worker's
+    stop), gives up at `STORED_LOOK_TIMEOUT_S` when MongoDB takes the query and falls silent (connections
+    open, no byte through: no socket timeout ends it), and finds none: the jobs are given up as before."""
+    url = urlsplit(settings.mongodb.url.get_secret_value())
+    proxy = TcpProxy(url.hostname or "127.0.0.1", url.port or 27017)
+    await proxy.start()
+    through = settings.mongodb.model_copy(update={"url": SecretStr(f"mongodb://127.0.0.1:{proxy.port}")})
+    manager = DatabaseManager(settings.model_copy(update={"mongodb": through}), name="mongoproxy")
+    try:
+        assert await tasks.stored_results(manager, ["job-nowhere"]) == set()  # connected, answering
+        proxy.blackhole()
+        started = time.monotonic()
+        assert await tasks.stored_results(manager, ["job-nowhere"]) == set()
+        assert time.monotonic() - started < tasks.STORED_LOOK_TIMEOUT_S + 1
+    finally:
+        await proxy.cut()
+        await manager.close_all()

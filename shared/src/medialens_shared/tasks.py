@@ -1198,17 +1198,23 @@ class JobRunner:
             await self._drop_files(where, job_id=row["id"], jlog=jlog, whose="its attempts")
 
 
+#: Seconds `stored_results` may take: it runs while rows are locked (the reaper's round, a worker's stop, a
+#: dead letter), and a MongoDB that takes queries and falls silent has no socket timeout to end it.
+STORED_LOOK_TIMEOUT_S = 2.0
+
+
 async def stored_results(db: DatabaseManager, job_ids: Sequence[str]) -> set[str]:
     """Which of `job_ids` have a result stored (one look at MongoDB for them all), for a job about to be
     given up at its last attempt (`JobRunner._retry_or_give_up`, `JobRunner.release_unfinished`, the relay's
-    reaper): one whose result is stored ends succeeded instead (`succeed_stored`), as its rerun would have
-    ended it. A look that fails (MongoDB away) finds none, said in the log: the job is given up, as it was
-    before anyone looked."""
+    reaper, a dead letter): one whose result is stored ends succeeded instead (`succeed_stored`), as its
+    rerun would have ended it. A look that fails (MongoDB away) or takes over `STORED_LOOK_TIMEOUT_S` finds
+    none, said in the log: the job is given up, as it was before anyone looked."""
     if not job_ids:
         return set()
     try:
-        found = db.collection("results").find({"_id": {"$in": list(job_ids)}}, {"_id": 1})
-        return {document["_id"] async for document in found}
+        async with asyncio.timeout(STORED_LOOK_TIMEOUT_S):
+            found = db.collection("results").find({"_id": {"$in": list(job_ids)}}, {"_id": 1})
+            return {document["_id"] async for document in found}
     except Exception as exc:
         log.warning("jobs %s: cannot tell whether their results are stored (%s); giving up", job_ids, exc)
         return set()
