@@ -633,15 +633,19 @@ async def test_a_dead_letter_of_a_job_whose_result_is_stored_ends_it_succeeded(
     """A dead letter of a job whose result is stored (its worker died between the result's write and its
     success's commit; the rerun's message is the one given up on) ends it succeeded, as the rerun would
     have, the files its result names kept: it failed RETRIES_EXHAUSTED and they were deleted. A job with no
-    result stored still fails."""
+    result stored still fails; one whose lease ran out and of which a cancel was asked ends cancelled, as
+    the reaper ends it, result or not, its files deleted."""
     async with own_relay(run_id, mongo_url, rabbit_vhost, name="deadstored") as own:
         queued = {"status": "queued", "worker": None, "lease_expires_at": None}
         await own.add_jobs(*(orphaned(job_id, **queued) for job_id in ("stored", "nothing")))
+        await own.add_jobs(orphaned("cancel-asked"))
         storage = {job_id: await own.add_file(f"{job_id}-thumb", b"\xff\xd8 jpeg", job_id=job_id)
-                   for job_id in ("stored", "nothing")}  # fmt: skip
-        result = {"_id": "stored", "tenant_id": "t", "type": "video.thumbnails", RESULT_WRITES: 1}
-        await own.db.collection("results").insert_one(result)
+                   for job_id in ("stored", "nothing", "cancel-asked")}  # fmt: skip
+        for job_id in ("stored", "cancel-asked"):
+            result = {"_id": job_id, "tenant_id": "t", "type": "video.thumbnails", RESULT_WRITES: 1}
+            await own.db.collection("results").insert_one(result)
         relay = own.relay()
+        await relay.signals.request_cancel("cancel-asked")
         for job_id in storage:
             letter = {"job_id": job_id, "type": "video.thumbnails", "tenant_id": "t", "file_id": None}
             await relay.on_dead_letter(letter)
@@ -649,8 +653,16 @@ async def test_a_dead_letter_of_a_job_whose_result_is_stored_ends_it_succeeded(
             rows = (await session.execute(select(jobs).where(jobs.c.id.in_(storage)))).mappings().all()
             marked = dict((await session.execute(select(files.c.job_id, files.c.deleted_at))).all())
         ended = {row["id"]: (row["status"], row["error_code"], row["progress"]) for row in rows}
-        assert ended == {"stored": ("succeeded", None, 1.0), "nothing": ("failed", "RETRIES_EXHAUSTED", 0.0)}
-        assert (marked["stored"], marked["nothing"] is not None) == (None, True)
+        assert ended == {
+            "stored": ("succeeded", None, 1.0),
+            "nothing": ("failed", "RETRIES_EXHAUSTED", 0.0),
+            "cancel-asked": ("cancelled", None, 0.0),
+        }
+        assert {job_id: at is not None for job_id, at in marked.items() if job_id in storage} == {
+            "stored": False,
+            "nothing": True,
+            "cancel-asked": True,
+        }
 
 
 async def test_a_reap_with_redis_silent_requeues_within_the_cancel_flags_bound(

@@ -469,7 +469,8 @@ class Relay:
         that already ended is left be too. One whose result is stored (its worker died between the result's
         write and its success's commit, and its rerun's message is the one given up on) ends succeeded, as
         that rerun would have ended it (it failed RETRIES_EXHAUSTED, the files its result names deleted);
-        MongoDB away (`stored_results` cannot tell), it fails."""
+        MongoDB away (`stored_results` cannot tell), it fails. One whose lease ran out and of which a cancel
+        was asked ends cancelled, as the reaper ends it."""
         try:
             message = JobMessage.model_validate(body)
         except ValidationError:
@@ -489,7 +490,9 @@ class Relay:
             )
             .with_for_update()
         )
-        stored = message.job_id in await stored_results(self.db, [message.job_id])  # before the row's lock
+        # Both before the row's lock, each bounded (`CANCEL_FLAGS_TIMEOUT_S`, `STORED_LOOK_TIMEOUT_S`).
+        asked = message.job_id in await self.signals.cancels_asked([message.job_id])
+        stored = message.job_id in await stored_results(self.db, [message.job_id])
         async with self.db.session() as session:
             if await session.scalar(failing) is None:
                 await session.rollback()
@@ -500,31 +503,27 @@ class Relay:
                 )
                 return
             unnamed: list[str] = []
-            if stored:
+            row = await jobstore.cancel_as_asked(session, job_id=message.job_id) if asked else None
+            if row is None and stored:
                 row = await succeed_stored(
                     session, job_id=message.job_id, from_statuses=[JobStatus.QUEUED, JobStatus.RUNNING]
                 )
-            else:
+            elif row is None:
                 row = await jobstore.fail(
                     session,
                     job_id=message.job_id,
                     error=error,
                     from_statuses=[JobStatus.QUEUED, JobStatus.RUNNING],
                 )
+            if row is not None and row["status"] != JobStatus.SUCCEEDED.value:
                 # Its dead attempt's files, if any: no rerun will delete them, and no result names them.
-                if row is not None:
-                    unnamed = await mark_deleted(session, files.c.job_id == message.job_id)
+                unnamed = await mark_deleted(session, files.c.job_id == message.job_id)
             await session.commit()
             await self._drop_bytes(unnamed)
             if row is not None:
-                if stored:
-                    log.warning(
-                        "job %s dead-lettered with its result stored; marked succeeded", message.job_id
-                    )
-                    metrics.job_finished(message.type, JobStatus.SUCCEEDED)
-                else:
-                    log.warning("job %s dead-lettered; marked failed", message.job_id)
-                    metrics.job_finished(message.type, JobStatus.FAILED, error_code=error.error_code)
+                status = JobStatus(row["status"])
+                log.warning("job %s dead-lettered; marked %s", message.job_id, status.value)
+                metrics.job_finished(message.type, status, error_code=row["error_code"])
                 await jobstore.announce(session, self.signals, row)
 
     async def run(self, stop: asyncio.Event) -> None:
