@@ -321,8 +321,8 @@ def subscribe(
                     slots.release()
                 if stop.is_set() and not message.committed:
                     # A stopping service starts nothing new: the delivery goes back, once the consumer is
-                    # cancelled (sent back before, it came straight back, to go back again: one stop spent
-                    # two of its five deliveries).
+                    # cancelled (sent back before, it came straight back, to go back again: one stop could
+                    # spend all five of its deliveries).
                     await released.wait()
         finally:  # whatever happened, the delivery is settled: an unsettled one blocks a prefetch slot
             if not message.committed:
