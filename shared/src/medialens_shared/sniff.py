@@ -265,8 +265,8 @@ def _opens_on_a_frame(head: bytes) -> bool:
     its first header is a valid one and the next frame's, alike, starts where the first ends (or `head`
     ends before it: a file of one frame, or a head cut short). A sync alone opens about one random file in
     1,300 (one with `FF Ex` first): such a file was taken as audio, and audio jobs failed it as damaged
-    rather than refusing it. A free-format MP3, whose frames no header gives the length of, needs only its
-    header."""
+    rather than refusing it. A free-format MP3, whose frames no header gives the length of, is told by the
+    headers alike that follow (`_free_format`)."""
     first = _frame_header(head, 0, layer_one=True)
     if first is None:
         return _free_format(head)
