@@ -36,13 +36,10 @@ import asyncio
 import contextlib
 import functools
 import ipaddress
-import queue
 import socket
 import threading
-from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
@@ -51,8 +48,6 @@ from medialens_shared.errors import RequestValidationFailed
 
 #: Seconds the resolution of a callback host may take before the submission is refused.
 RESOLVE_TIMEOUT_S = 5.0
-
-T = TypeVar("T")
 
 
 #: Threads resolving callback host names, the process's only ones to do so (see the module's docstring). A
@@ -110,45 +105,7 @@ class _Lookup:
     waiters: int = 0
 
 
-class _Resolvers:
-    """Up to `RESOLVER_THREADS` daemon threads running what is submitted in its order, started as needed.
-    Not a `ThreadPoolExecutor`: the interpreter joins its threads at exit, and a thread stuck on a name
-    server that never answers held a stopping gateway or relay for the resolver's whole timeout (10 to
-    30 s, past Kubernetes' grace period: the pod killed). A lookup nobody waits for any more matters to no
-    one at exit."""
-
-    def __init__(self, threads: int) -> None:
-        self._threads = threads
-        self._started = 0
-        self._idle = 0
-        self._queue: queue.SimpleQueue[tuple[Future[Any], Callable[[], Any]]] = queue.SimpleQueue()
-        self._lock = threading.Lock()
-
-    def submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
-        future: Future[T] = Future()
-        self._queue.put((future, functools.partial(fn, *args)))
-        with self._lock:  # a thread more while more wait to run than threads wait for work
-            if self._queue.qsize() > self._idle and self._started < self._threads:
-                self._started += 1
-                threading.Thread(target=self._work, name="callback-resolver", daemon=True).start()
-        return future
-
-    def _work(self) -> None:
-        while True:
-            with self._lock:
-                self._idle += 1
-            future, call = self._queue.get()
-            with self._lock:
-                self._idle -= 1
-            if not future.set_running_or_notify_cancel():  # dropped while queued: nobody waits for it
-                continue
-            try:
-                future.set_result(call())
-            except BaseException as exc:
-                future.set_exception(exc)
-
-
-_resolver = _Resolvers(RESOLVER_THREADS)
+_resolver = ThreadPoolExecutor(max_workers=RESOLVER_THREADS, thread_name_prefix="callback-resolver")
 _lookups: dict[str, _Lookup] = {}  # by host name, while in flight
 _lookups_lock = threading.RLock()  # reentrant: cancelling a queued lookup runs `_forget` in the same thread
 
