@@ -157,7 +157,9 @@ DESCRIPTIONS: dict[str, str] = {
         "Bytes of Parquet a data.query's answer may be stored as (a few bytes of SQL can ask for gigabytes); "
         "a larger answer is stopped while it is written and fails with INVALID_PARAMS."
     ),
-    "MEDIALENS_WORKER_JOB_TIMEOUT_S": "A job running longer than this fails with TIMEOUT.",
+    "MEDIALENS_WORKER_JOB_TIMEOUT_S": (
+        "A job running longer than this, its input's fetch included, fails with TIMEOUT."
+    ),
     "MEDIALENS_DEV_API_KEYS": "`tenant:key,tenant:key` pairs the gateway ensures exist at start "
     "(development and test only).",
     "MEDIALENS_LOG_LEVEL": "Log level of every process.",

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -235,35 +234,3 @@ async def test_submissions_with_hanging_callback_names_refuse_no_other_tenants_c
         hanging_dns.release()
         refused = await asyncio.gather(*hogs)
     assert {response.status_code for response in refused} == {422}
-
-
-async def test_a_lookup_nobody_waits_for_any_more_is_dropped_before_it_takes_a_thread(
-    monkeypatch: pytest.MonkeyPatch, hanging_dns: HangingDNS
-) -> None:
-    """With every resolver thread held by a hanging name (one thread here), a lookup queued behind it whose
-    submission gave up at its timeout never runs: it would take a thread, later, for nobody. The next
-    submission on that name starts a lookup of its own, and resolves once a thread is free."""
-    monkeypatch.setattr(callbacks, "RESOLVE_TIMEOUT_S", 0.2)
-    hanging_dns.hanging.add("hooks.slow-dns.example")
-    hanging_dns.answers["hooks.customer-b.example"] = "93.184.215.14"
-    resolver = ThreadPoolExecutor(max_workers=1)
-    monkeypatch.setattr(callbacks, "_resolver", resolver)
-    try:
-        hog = asyncio.create_task(
-            check_callback_url("https://hooks.slow-dns.example/h", allow_http=False, allow_private=False)
-        )
-        await asyncio.sleep(0.05)  # its lookup holds the one thread
-        with pytest.raises(RequestValidationFailed, match="did not resolve within"):
-            await check_callback_url(
-                "https://hooks.customer-b.example/h", allow_http=False, allow_private=False
-            )
-        with pytest.raises(RequestValidationFailed, match="did not resolve within"):
-            await hog
-        hanging_dns.release()
-        await asyncio.wrap_future(resolver.submit(int))  # the queue, first in first out, has run
-        assert hanging_dns.calls == {"hooks.slow-dns.example": 1}
-        await check_callback_url("https://hooks.customer-b.example/h", allow_http=False, allow_private=False)
-        assert hanging_dns.calls == {"hooks.slow-dns.example": 1, "hooks.customer-b.example": 1}
-    finally:
-        hanging_dns.release()
-        resolver.shutdown()
