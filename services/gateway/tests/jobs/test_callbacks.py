@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -234,3 +236,100 @@ async def test_submissions_with_hanging_callback_names_refuse_no_other_tenants_c
         hanging_dns.release()
         refused = await asyncio.gather(*hogs)
     assert {response.status_code for response in refused} == {422}
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    """Polls: `condition` reads state other threads change, which no event of this loop signals."""
+    deadline = time.monotonic() + 5
+    while not condition():
+        assert time.monotonic() < deadline, "the resolver did not get there in time"
+        await asyncio.sleep(0.005)
+
+
+async def test_a_queued_lookup_whose_callers_all_gave_up_is_dropped_unrun(
+    monkeypatch: pytest.MonkeyPatch, hanging_dns: HangingDNS
+) -> None:
+    """With every resolver thread held by a hanging name (one thread here), a lookup queued behind it whose
+    last caller gave up never runs: it would take a thread, later, for nobody. The next caller on that name
+    starts a lookup of its own, which resolves once a thread is free. No timing: each step waits for the
+    state it needs."""
+    hanging_dns.hanging.add("hooks.slow-dns.example")
+    hanging_dns.answers["hooks.customer-b.example"] = "93.184.215.14"
+    resolver = callbacks._Resolvers(1)
+    monkeypatch.setattr(callbacks, "_resolver", resolver)
+    monkeypatch.setattr(callbacks, "_lookups", {})
+    slow = asyncio.create_task(callbacks.addresses_of(httpx.URL("https://hooks.slow-dns.example/h")))
+    await _until(lambda: hanging_dns.calls["hooks.slow-dns.example"] == 1)  # it holds the one thread
+    given_up = asyncio.create_task(callbacks.addresses_of(httpx.URL("https://hooks.customer-b.example/h")))
+    await _until(lambda: "hooks.customer-b.example" in callbacks._lookups)
+    queued = callbacks._lookups["hooks.customer-b.example"]
+    given_up.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await given_up
+    assert queued.future.cancelled()
+    assert "hooks.customer-b.example" not in callbacks._lookups
+    hanging_dns.release()
+    with pytest.raises(OSError, match="Temporary failure"):
+        await slow
+    assert await callbacks.addresses_of(httpx.URL("https://hooks.customer-b.example/h")) == ["93.184.215.14"]
+    assert hanging_dns.calls == {"hooks.slow-dns.example": 1, "hooks.customer-b.example": 1}
+
+
+async def test_the_resolver_runs_at_most_its_threads_at_once_and_the_rest_in_order(
+    hanging_dns: HangingDNS,
+) -> None:
+    """Two threads, four lookups: two run, two wait, and run in the order they came once a thread is free;
+    every thread ends when nothing is left to run."""
+    hanging_dns.hanging.update({"a.example", "b.example"})
+    hanging_dns.answers.update({"c.example": "93.184.215.3", "d.example": "93.184.215.4"})
+    resolver = callbacks._Resolvers(2)
+    order: list[str] = []
+
+    def resolve(host: str) -> list[str]:
+        order.append(host)
+        return callbacks._resolve(host)
+
+    hosts = ("a.example", "b.example", "c.example", "d.example")
+    futures = [resolver.submit(resolve, host) for host in hosts]
+    await _until(lambda: hanging_dns.calls["a.example"] == hanging_dns.calls["b.example"] == 1)
+    assert order == ["a.example", "b.example"]
+    assert not any(future.done() for future in futures)
+    hanging_dns.release()
+    answers = await asyncio.gather(*map(asyncio.wrap_future, futures[2:]))
+    assert answers == [["93.184.215.3"], ["93.184.215.4"]]
+    assert order[2:] == ["c.example", "d.example"]
+    await _until(lambda: resolver._running == 0)
+
+
+#: A process that gives up, at 0.3 s, on a callback name whose lookup hangs 20 s, then exits.
+_EXIT_WHILE_A_LOOKUP_HANGS = """
+import asyncio, socket, time
+import httpx
+real = socket.getaddrinfo
+def hanging(host, *args, **kwargs):
+    if host == "hooks.slow-dns.example":
+        time.sleep(20)
+    return real(host, *args, **kwargs)
+socket.getaddrinfo = hanging
+from medialens_gateway.jobs import callbacks
+async def main():
+    try:
+        async with asyncio.timeout(0.3):
+            await callbacks.addresses_of(httpx.URL("https://hooks.slow-dns.example/h"))
+    except TimeoutError:
+        print("gave up")
+asyncio.run(main())
+"""
+
+
+async def test_a_hanging_lookup_does_not_hold_the_process_at_exit() -> None:
+    """A gateway or relay stopping while a callback name's lookup hangs exits at once: the resolver's
+    threads are daemons. On a `ThreadPoolExecutor`'s, which the interpreter joins at exit, it waited for
+    the lookup's end (here 20 s; a resolver's timeout is 10 to 30 s, past Kubernetes' grace period)."""
+    started = time.monotonic()
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _EXIT_WHILE_A_LOOKUP_HANGS, stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await asyncio.wait_for(child.communicate(), 30)
+    assert (child.returncode, out.strip()) == (0, b"gave up")
+    assert time.monotonic() - started < 10

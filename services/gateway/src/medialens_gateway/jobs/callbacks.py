@@ -19,7 +19,8 @@ IP literal failed its tries "TimeoutError" with nothing sent, another tenant's v
 
 - an IP-literal host is never resolved: its address is the literal itself, nothing to wait for;
 - names are resolved on threads of their own (`RESOLVER_THREADS`), never the loop's default executor, so
-  that whatever else uses that executor never waits on a callback's name server;
+  that whatever else uses that executor never waits on a callback's name server; daemon threads, so that a
+  stopping process does not wait for a lookup that hangs;
 - one lookup of a name is in flight at a time, shared by every submission and delivery asking for it
   meanwhile: a tenant's hundred jobs on one hanging name take one thread, not a hundred, and a try retried
   after its timeout waits on the same lookup rather than taking another thread;
@@ -38,7 +39,9 @@ import functools
 import ipaddress
 import socket
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -105,7 +108,47 @@ class _Lookup:
     waiters: int = 0
 
 
-_resolver = ThreadPoolExecutor(max_workers=RESOLVER_THREADS, thread_name_prefix="callback-resolver")
+class _Resolvers:
+    """Runs the lookups submitted, up to `threads` at once on daemon threads, the rest queued in their order.
+
+    Not a `ThreadPoolExecutor`: the interpreter joins its threads at exit, and a thread stuck on a name
+    server that never answers held a stopping gateway or relay for the resolver's whole timeout (10 to 30 s,
+    past Kubernetes' grace period: the pod killed mid-drain). A lookup nobody waits for matters to no one at
+    exit. A thread is started for a lookup when fewer than `threads` run, and runs the queued ones after it
+    until none is left; no thread idles, so there is no count of idle threads to get wrong."""
+
+    def __init__(self, threads: int) -> None:
+        self._threads = threads
+        self._running = 0
+        self._queued: deque[tuple[Future[list[str]], Callable[[], list[str]]]] = deque()
+        self._lock = threading.Lock()
+
+    def submit(self, fn: Callable[[str], list[str]], host: str) -> Future[list[str]]:
+        future: Future[list[str]] = Future()
+        call = functools.partial(fn, host)
+        with self._lock:
+            if self._running == self._threads:
+                self._queued.append((future, call))
+                return future
+            self._running += 1
+        threading.Thread(target=self._run, args=(future, call), name="callback-resolver", daemon=True).start()
+        return future
+
+    def _run(self, future: Future[list[str]], call: Callable[[], list[str]]) -> None:
+        while True:
+            if future.set_running_or_notify_cancel():  # False: dropped while queued, nobody waits for it
+                try:
+                    future.set_result(call())
+                except BaseException as exc:  # handed to the callers, as an executor does
+                    future.set_exception(exc)
+            with self._lock:
+                if not self._queued:
+                    self._running -= 1
+                    return
+                future, call = self._queued.popleft()
+
+
+_resolver = _Resolvers(RESOLVER_THREADS)
 _lookups: dict[str, _Lookup] = {}  # by host name, while in flight
 _lookups_lock = threading.RLock()  # reentrant: cancelling a queued lookup runs `_forget` in the same thread
 
