@@ -2051,6 +2051,39 @@ async def test_a_success_whose_result_was_written_before_a_fault_keeps_its_files
     assert await file_states(db, store, ids, tmp_path) == ["kept", "kept", "deleted"]
 
 
+async def test_a_last_attempts_success_meeting_a_fault_looks_for_its_result_once(
+    make_runner, new_job, tenant_id: str, db: DatabaseManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At the last attempt a success whose write met a passing fault is looked for in MongoDB once: by
+    `_retry_or_give_up`, which ends the job with what it finds; the files' keeping waits for that look
+    rather than asking the same question first (it asked twice)."""
+    monkeypatch.setattr(tasks, "FINISH_RETRY_PAUSES_S", (0.01,))
+    looks: list[list[str]] = []
+    look = tasks._stored_among
+
+    async def counted(database: DatabaseManager, job_ids: list[str]) -> set[str]:
+        looks.append(list(job_ids))
+        return await look(database, job_ids)
+
+    monkeypatch.setattr(tasks, "_stored_among", counted)
+
+    async def act(ctx: JobContext) -> None:
+        await ctx.save_artifact(b"thumb", filename="t0.jpg", content_type="image/jpeg")
+
+    runner = make_runner({"video.probe": Calls(act)}, max_attempts=1)
+    write = runner._store_results
+
+    async def written_then_lost(outcomes: list[tuple[JobMessage, tasks.Document]]) -> None:
+        await write(outcomes)
+        raise MongoConnectionFailure("the connection was lost before the write's answer")
+
+    runner._store_results = written_then_lost  # type: ignore[method-assign]
+    job_id = await new_job()
+    assert await deliver(runner, body_of(job_id, tenant_id)) == ["ack"]
+    assert (await row_of(db, job_id))["status"] == "succeeded"
+    assert looks == [[job_id]]
+
+
 async def test_a_last_attempts_success_whose_commit_meets_a_blip_ends_succeeded_with_its_result(
     make_runner,
     settings: Settings,

@@ -21,7 +21,7 @@ from gridfs import AsyncGridFSBucket, AsyncGridOut
 from gridfs.errors import CorruptGridFile, NoFile
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import OperationFailure
-from sqlalchemy import ColumnElement, func, update
+from sqlalchemy import ColumnElement, Insert, func, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from medialens_shared.contracts import FileKind
@@ -201,6 +201,31 @@ def _object_id(storage_id: str) -> ObjectId:
         return ObjectId(storage_id)
     except InvalidId as exc:
         raise NoFile(f"no stored file {storage_id!r}") from exc
+
+
+def file_row(
+    stored: StoredFile,
+    *,
+    file_id: str,
+    tenant_id: str,
+    filename: str,
+    content_type: str,
+    job_id: str | None = None,
+) -> Insert:
+    """The insert of the files row that makes `stored` the tenant's file `file_id`: an upload's, or one a job
+    saved (`job_id`). The one spelling of a file's row, for the gateway's uploads and the workers'
+    artifacts."""
+    return files.insert().values(
+        id=file_id,
+        tenant_id=tenant_id,
+        filename=filename,
+        content_type=content_type,
+        size_bytes=stored.size_bytes,
+        sha256=stored.sha256,
+        kind=stored.kind.value,
+        storage_id=stored.storage_id,
+        job_id=job_id,
+    )
 
 
 async def mark_deleted(session: AsyncSession, where: ColumnElement[bool]) -> list[str]:

@@ -85,7 +85,7 @@ from medialens_shared.errors import (
     TransientJobError,
     disk_full,
 )
-from medialens_shared.filestore import FileStore, mark_deleted
+from medialens_shared.filestore import FileStore, file_row, mark_deleted
 from medialens_shared.inputcache import InputCache
 from medialens_shared.settings import Settings
 from medialens_shared.signals import JobSignals
@@ -508,15 +508,7 @@ class JobRunner:
                     )
                 document = await self._run(handler, message, row, jlog, isolated=isolated, made=made)
                 result = (message, document)
-            await self._finish(
-                row,
-                JobStatus.SUCCEEDED,
-                message=SUCCESS_VALUES["message"],
-                progress=SUCCESS_VALUES["progress"],
-                jlog=jlog,
-                result=result,
-                made=made,
-            )
+            await self._finish_succeeded(row, jlog, result=result, made=made)
         except JobCancelled:
             progress = await self._progress_so_far(message.job_id)
             await self._finish(row, JobStatus.CANCELLED, message="cancelled", progress=progress, jlog=jlog)
@@ -781,19 +773,15 @@ class JobRunner:
                 metadata=metadata,
             )
         async with self.db.session() as session:
-            await session.execute(
-                files.insert().values(
-                    id=file_id,
-                    tenant_id=tenant_id,
-                    filename=filename,
-                    content_type=content_type,
-                    size_bytes=stored.size_bytes,
-                    sha256=stored.sha256,
-                    kind=stored.kind.value,
-                    storage_id=stored.storage_id,
-                    job_id=job_id,
-                )
+            row = file_row(
+                stored,
+                file_id=file_id,
+                tenant_id=tenant_id,
+                filename=filename,
+                content_type=content_type,
+                job_id=job_id,
             )
+            await session.execute(row)
             await session.commit()
         return file_id, stored.storage_id
 
@@ -897,8 +885,11 @@ class JobRunner:
         return extended is not None
 
     async def _stored_before(self, job_id: str) -> bool:
-        """Whether a result of this job is stored already (by an attempt that died before finishing)."""
-        return await self.db.collection("results").find_one({"_id": job_id}, {"_id": 1}) is not None
+        """Whether a result of this job is stored already (by an attempt that died before finishing). A look
+        that fails or takes over `STORED_LOOK_TIMEOUT_S` raises (a passing fault: the job is retried): the
+        job's heartbeat does not run yet, and a MongoDB fallen silent must not hold it until its lease runs
+        out and the reaper hands it to another worker."""
+        return job_id in await _stored_among(self.db, [job_id])
 
     async def _store_results(self, outcomes: list[tuple[JobMessage, Document]]) -> None:
         """Upsert each job's result by its job id (one write for several), so a second run rewrites and
@@ -1017,6 +1008,20 @@ class JobRunner:
         jlog.info("job %s %s", row["id"], status.value, extra={"error_code": values.get("error_code")})
         await self._announce(done)
 
+    async def _finish_succeeded(
+        self,
+        row: jobstore.JobRow,
+        jlog: logging.LoggerAdapter[logging.Logger],
+        *,
+        result: tuple[JobMessage, Document] | None = None,
+        made: Sequence[tuple[str, str]] = (),
+    ) -> None:
+        """`_finish` of a success: with this attempt's `result`, or None for one an earlier attempt stored."""
+        message, progress = SUCCESS_VALUES["message"], SUCCESS_VALUES["progress"]
+        await self._finish(
+            row, JobStatus.SUCCEEDED, message=message, progress=progress, jlog=jlog, result=result, made=made
+        )
+
     async def _left_be(
         self,
         row: jobstore.JobRow,
@@ -1044,10 +1049,14 @@ class JobRunner:
         before its answer), so a result found stored, or a look that cannot tell, leaves them to what comes
         next: with attempts left the rerun, which finishes the job with that result or deletes them before it
         runs; at the last attempt `_retry_or_give_up`, which ends the job succeeded with that result or fails
-        it and deletes them (they were deleted there, and the job failed, its result stored)."""
+        it and deletes them (they were deleted there, and the job failed, its result stored). At the last
+        attempt this does not look: `_retry_or_give_up` looks next and decides, one look for both (or, its
+        end failing too, the reaper's round, which deletes them with a job it fails)."""
         if not made:
             return
         if isinstance(exc, PASSING_FAULTS):
+            if row["attempts"] >= self.settings.worker.max_attempts:
+                return
             try:
                 stored = await self._stored_before(row["id"])
             except Exception:
@@ -1145,13 +1154,7 @@ class JobRunner:
         if row["attempts"] >= self.settings.worker.max_attempts:
             if await stored_results(self.db, [row["id"]]):
                 jlog.info("job %s: its result is stored; finishing it at its last attempt", row["id"])
-                await self._finish(
-                    row,
-                    JobStatus.SUCCEEDED,
-                    message=SUCCESS_VALUES["message"],
-                    progress=SUCCESS_VALUES["progress"],
-                    jlog=jlog,
-                )
+                await self._finish_succeeded(row, jlog)
                 return
             error = RetriesExhausted(f"gave up after {row['attempts']} attempts; last error: {exc}")
             await self._finish(
@@ -1212,12 +1215,18 @@ async def stored_results(db: DatabaseManager, job_ids: Sequence[str]) -> set[str
     if not job_ids:
         return set()
     try:
-        async with asyncio.timeout(STORED_LOOK_TIMEOUT_S):
-            found = db.collection("results").find({"_id": {"$in": list(job_ids)}}, {"_id": 1})
-            return {document["_id"] async for document in found}
+        return await _stored_among(db, job_ids)
     except Exception as exc:
         log.warning("jobs %s: cannot tell whether their results are stored (%s); giving up", job_ids, exc)
         return set()
+
+
+async def _stored_among(db: DatabaseManager, job_ids: Sequence[str]) -> set[str]:
+    """Which of `job_ids` have a result stored: one look at MongoDB, `TimeoutError` past
+    `STORED_LOOK_TIMEOUT_S`, MongoDB's error when it fails."""
+    async with asyncio.timeout(STORED_LOOK_TIMEOUT_S):
+        found = db.collection("results").find({"_id": {"$in": list(job_ids)}}, {"_id": 1})
+        return {document["_id"] async for document in found}
 
 
 async def succeed_stored(

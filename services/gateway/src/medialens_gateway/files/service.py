@@ -13,7 +13,7 @@ from medialens_gateway.files.uploads import Upload
 from medialens_gateway.pagination import page
 from medialens_shared.envelope import iso
 from medialens_shared.errors import NotFound
-from medialens_shared.filestore import Download, FileStore, mark_deleted
+from medialens_shared.filestore import Download, FileStore, file_row, mark_deleted
 from medialens_shared.tables import files
 
 
@@ -45,18 +45,13 @@ async def store_upload(
         row = (
             (
                 await session.execute(
-                    files.insert()
-                    .values(
-                        id=file_id,
+                    file_row(
+                        stored,
+                        file_id=file_id,
                         tenant_id=tenant_id,
                         filename=upload.filename,
                         content_type=upload.content_type,
-                        size_bytes=stored.size_bytes,
-                        sha256=stored.sha256,
-                        kind=stored.kind.value,
-                        storage_id=stored.storage_id,
-                    )
-                    .returning(*files.c)
+                    ).returning(*files.c)
                 )
             )
             .mappings()
