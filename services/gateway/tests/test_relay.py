@@ -26,6 +26,7 @@ from pydantic import SecretStr, ValidationError
 from sqlalchemy import RowMapping, Select, insert, select, text, update
 from sqlalchemy.dialects import postgresql
 
+from medialens_gateway import relay as relay_module
 from medialens_gateway.auth import ensure_tenant
 from medialens_gateway.relay import (
     ANNOUNCE_TIMEOUT_S,
@@ -491,6 +492,43 @@ async def test_a_dead_letter_fails_only_a_queued_job_or_one_whose_lease_ran_out(
         assert marked is None
         store = FileStore(own.db.gridfs, own.db.gridfs_chunks)
         assert [chunk async for chunk in store.read(storage)] == [b"\xff\xd8 jpeg"]
+
+
+async def test_a_duplicates_dead_letter_asks_neither_redis_nor_mongodb(
+    run_id: str, mongo_url: str, rabbit_vhost: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A letter of a job running under a valid lease or ended (a duplicate's, the usual case) is told so
+    by PostgreSQL alone: no look for a cancel flag in Redis nor for a result in MongoDB, which only a job
+    the letter ends needs (they were asked for every letter, each bounded at seconds when slow)."""
+    async with own_relay(run_id, mongo_url, rabbit_vhost, name="deadlook") as own:
+        valid = datetime.now(UTC) + timedelta(seconds=60)
+        await own.add_jobs(
+            orphaned("live", worker="live-worker", lease_expires_at=valid),
+            orphaned("ended", status="succeeded", worker=None, lease_expires_at=None),
+            orphaned("queued", status="queued", attempts=0, worker=None, lease_expires_at=None),
+        )
+        relay = own.relay()
+        looked: list[tuple[str, list[str]]] = []
+        flags, results = relay.signals.cancels_asked, relay_module.stored_results
+
+        async def cancels_asked(job_ids: list[str]) -> set[str]:
+            looked.append(("redis", list(job_ids)))
+            return await flags(job_ids)
+
+        async def stored_results(db: DatabaseManager, job_ids: list[str]) -> set[str]:
+            looked.append(("mongodb", list(job_ids)))
+            return await results(db, job_ids)
+
+        monkeypatch.setattr(relay.signals, "cancels_asked", cancels_asked)
+        monkeypatch.setattr(relay_module, "stored_results", stored_results)
+        for job_id in ("live", "ended", "queued"):
+            await relay.on_dead_letter(
+                {"job_id": job_id, "type": "audio.probe", "tenant_id": "t", "file_id": None}
+            )
+        assert looked == [("redis", ["queued"]), ("mongodb", ["queued"])]
+        async with own.db.session() as session:
+            rows = dict((await session.execute(select(jobs.c.id, jobs.c.status))).all())
+        assert rows == {"live": "running", "ended": "succeeded", "queued": "failed"}
 
 
 async def test_a_dead_letter_reads_a_lease_a_heartbeat_extends_meanwhile(

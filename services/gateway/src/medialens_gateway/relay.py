@@ -481,26 +481,24 @@ class Relay:
         error = RetriesExhausted("its message was dead-lettered after repeated failed deliveries")
         # Checked with the row's lock taken, in one statement (a lease a heartbeat extends meanwhile is
         # read after it commits): nothing can change the job between this check and its failure.
-        failing = (
-            select(jobs.c.id)
-            .where(
-                jobs.c.id == message.job_id,
-                (jobs.c.status == JobStatus.QUEUED.value)
-                | ((jobs.c.status == JobStatus.RUNNING.value) & (jobs.c.lease_expires_at < func.now())),
-            )
-            .with_for_update()
+        failing = select(jobs.c.id).where(
+            jobs.c.id == message.job_id,
+            (jobs.c.status == JobStatus.QUEUED.value)
+            | ((jobs.c.status == JobStatus.RUNNING.value) & (jobs.c.lease_expires_at < func.now())),
         )
+        # Looked at first without the lock: most letters are a duplicate's, of a job running under its lease
+        # or ended, which needs neither of the looks below.
+        async with self.db.session() as session:
+            if await session.scalar(failing) is None:
+                _left_be(message)
+                return
         # Both before the row's lock, each bounded (`CANCEL_FLAGS_TIMEOUT_S`, `STORED_LOOK_TIMEOUT_S`).
         asked = message.job_id in await self.signals.cancels_asked([message.job_id])
         stored = message.job_id in await stored_results(self.db, [message.job_id])
         async with self.db.session() as session:
-            if await session.scalar(failing) is None:
+            if await session.scalar(failing.with_for_update()) is None:
                 await session.rollback()
-                log.info(
-                    "job %s dead-lettered while running under a valid lease or after it ended: "
-                    "a duplicate's letter, the job left be",
-                    message.job_id,
-                )
+                _left_be(message)
                 return
             unnamed: list[str] = []
             row = await jobstore.cancel_as_asked(session, job_id=message.job_id) if asked else None
@@ -629,6 +627,14 @@ class Relay:
             return
         self._failure = why
         log.warning("relay round failed (%s); retrying, and saying so again only if the cause changes", why)
+
+
+def _left_be(message: JobMessage) -> None:
+    log.info(
+        "job %s dead-lettered while running under a valid lease or after it ended: "
+        "a duplicate's letter, the job left be",
+        message.job_id,
+    )
 
 
 async def _set_when(done: asyncio.Event, then: asyncio.Event) -> None:
