@@ -14,7 +14,7 @@ import httpx
 import pytest
 from sqlalchemy import delete, select, update
 
-from medialens_gateway.deadletters import main_async
+from medialens_gateway.deadletters import EXIT_KEPT, main_async
 from medialens_shared.bus import Topology, make_broker, queue_stats
 from medialens_shared.contracts import JobMessage
 from medialens_shared.db import DatabaseManager
@@ -313,7 +313,7 @@ async def test_requeue_keeps_without_a_copy_the_letter_of_a_job_still_running(
         assert time.monotonic() < deadline
         await asyncio.sleep(0.1)
 
-    assert await main_async(["requeue", job.job_id]) == 0
+    assert await main_async(["requeue", job.job_id]) == EXIT_KEPT
     assert capsys.readouterr().out.splitlines() == [
         f"job {job.job_id} is still running, it has not failed: its letter kept "
         "(requeue it again once the job has ended)"

@@ -22,6 +22,8 @@ services declare it at their start): `list` then says so and lists nothing. Exit
     2  a bad command line or a bad setting
     3  PostgreSQL cannot be used (unreachable, refusing MEDIALENS_POSTGRES_URL, or its schema not this
        release's); one line says which, and every letter stays in the queue
+    4  some letters were kept, their jobs still queued or running (the others were requeued or removed):
+       run requeue again once those jobs have ended
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ from medialens_shared.tables import jobs
 EXIT_NOT_FOUND = 1
 #: The exit code when PostgreSQL cannot be used (as medialens-keys').
 EXIT_NO_DATABASE = 3
+EXIT_KEPT = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,7 +214,8 @@ async def requeue_letters(
     db: DatabaseManager, letters: list[DeadLetter], *, job_ids: list[str], every: bool
 ) -> int:
     """Requeue the letters of `job_ids` (all with `every`) and put the others back; EXIT_NOT_FOUND, after
-    naming them, when some ids had no letter (a silent 0 read as done for a mistyped id)."""
+    naming them, when some ids had no letter (a silent 0 read as done for a mistyped id); else EXIT_KEPT when
+    some letters were kept for jobs not ended yet (a 0 read as done by a script, those jobs never rerun)."""
     wanted = set(job_ids)
     chosen: list[tuple[DeadLetter, JobMessage]] = []
     for letter in letters:
@@ -224,12 +228,14 @@ async def requeue_letters(
         # letters held go back to the queue as the connection closes.
         print(f"medialens-deadletters: {problem}", file=sys.stderr)
         return EXIT_NO_DATABASE
+    kept = 0
     for letter, job in chosen:
         requeued = await requeue(db, letter)
         if isinstance(requeued, NotFailed) and not requeued.ended:
             # Its job may still fail (the relay fails a queued one, or a running one whose lease runs out,
             # on its own copy of the letter): kept for a requeue once the job has ended.
             await letter.message.nack(requeue=True)
+            kept += 1
             print(
                 f"job {job.job_id} is still {requeued.status.value}, it has not failed: its letter kept "
                 "(requeue it again once the job has ended)"
@@ -254,7 +260,7 @@ async def requeue_letters(
     if missing := [job_id for job_id in dict.fromkeys(job_ids) if job_id not in found]:
         print(f"no dead letter for job(s): {', '.join(missing)}", file=sys.stderr)
         return EXIT_NOT_FOUND
-    return 0
+    return EXIT_KEPT if kept else 0
 
 
 def main() -> None:
