@@ -377,6 +377,32 @@ async def test_a_requested_cancel_reaches_a_looping_handler(
     assert row["finished_at"] is not None
 
 
+async def test_a_rerun_cancelled_before_its_first_report_does_not_claim_its_dead_attempts_progress(
+    make_runner, new_job, tenant_id: str, db: DatabaseManager, signals: JobSignals
+) -> None:
+    """A rerun (attempt 2) cancelled before it reports any progress ends with its row's progress, not the
+    70 % its first attempt (whose worker died) last reported: that was how far the other attempt got."""
+    job_id = await new_job(attempts=1)
+    await signals.set_progress({"id": job_id, "attempts": 1, "progress": 0.7, "message": "decoding"})
+    started = asyncio.Event()
+
+    async def loop(ctx: JobContext) -> None:
+        started.set()
+        while True:
+            ctx.check_cancelled()
+            await asyncio.sleep(0.02)
+
+    runner = make_runner({"video.probe": Calls(loop)})
+    delivery = RecordedDelivery()
+    task = asyncio.create_task(runner.handle(body_of(job_id, tenant_id), delivery))
+    await asyncio.wait_for(started.wait(), 5)
+    assert (await row_of(db, job_id))["attempts"] == 2
+    await signals.request_cancel(job_id)
+    await asyncio.wait_for(task, 5)
+    row = await row_of(db, job_id)
+    assert (row["status"], row["progress"]) == ("cancelled", 0.0)
+
+
 async def test_a_cancel_is_visible_to_a_worker_thread(
     make_runner, new_job, tenant_id: str, db: DatabaseManager, signals: JobSignals
 ) -> None:
@@ -1174,7 +1200,7 @@ async def test_report_from_a_thread_publishes_progress(
     # A whole second between writes: a loaded CI machine still calls twice within it.
     runner = make_runner({"video.probe": Calls(act)}, progress_interval_s=1.0)
     assert await deliver(runner, body_of(job_id, tenant_id)) == ["ack"]
-    assert live == [{"progress": "0.2500", "message": "a quarter"}]
+    assert live == [{"progress": "0.2500", "message": "a quarter", "attempt": "1"}]
 
 
 async def test_published_progress_is_rounded_as_the_job_reads(
@@ -1315,8 +1341,8 @@ async def test_progress_is_throttled_stored_and_published(
         await pubsub.aclose()
     assert live_seen == [
         None,
-        {"progress": "0.5000", "message": "half"},
-        {"progress": "1.0000", "message": "clamped"},
+        {"progress": "0.5000", "message": "half", "attempt": "1"},
+        {"progress": "1.0000", "message": "clamped", "attempt": "1"},
     ]
     assert [(event["status"], event["progress"], event["message"]) for event in events] == [
         ("running", 0.0, "started"),
@@ -2260,7 +2286,11 @@ async def test_the_rerun_of_a_job_whose_worker_died_runs_its_cpu_part_in_a_child
     assert pids[plain] == os.getpid()
     assert pids[rerun] != os.getpid()
     assert (await row_of(db, rerun))["status"] == "succeeded"
-    assert await signals.live(rerun) == {"progress": "0.5000", "message": "half-way, in the child"}
+    assert await signals.live(rerun) == {
+        "progress": "0.5000",
+        "message": "half-way, in the child",
+        "attempt": "1",
+    }
 
 
 async def test_an_input_that_crashes_the_isolated_rerun_fails_it_and_spares_the_worker(

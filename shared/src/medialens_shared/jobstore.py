@@ -75,12 +75,20 @@ PART_NOT_APPLICABLE = "UNSUPPORTED_INPUT"
 WORKER_DIED_HEADER = "x-medialens-worker-died"
 
 
+def is_this_attempts(live: Mapping[str, Any], row: JobRow) -> bool:
+    """Whether the live progress `live` (`JobSignals.live`) was reported by the attempt `row` is at: a
+    rerun's row showed the progress its dead or failed attempt last reported (60 %, "decoding 1830/4500
+    frames") until its own first report. A value stored without its attempt (before this was kept) counts
+    as the row's."""
+    return str(live.get("attempt", row["attempts"])) == str(row["attempts"])
+
+
 def job_view(
     row: JobRow, *, children: Iterable[str] = (), live: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
     """The job object of API.md from its row (plus live progress for a job still running)."""
     progress, message = float(row["progress"]), row["message"]
-    if live and row["status"] == JobStatus.RUNNING:
+    if live and row["status"] == JobStatus.RUNNING and is_this_attempts(live, row):
         progress, message = float(live.get("progress", progress)), str(live.get("message", message))
     return {
         "id": row["id"],

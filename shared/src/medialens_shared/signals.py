@@ -18,6 +18,7 @@ from contextvars import Context
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.typing import EncodableT, FieldT
 
 from medialens_shared.batching import Batcher
 
@@ -97,10 +98,15 @@ class JobSignals:
         return channel.removeprefix(f"{self.prefix}:job:").removesuffix(":events")
 
     async def set_progress(self, job: dict[str, Any]) -> None:
-        """Store the live progress and message of the job object `job` and publish it, in one round trip."""
+        """Store the live progress and message of the job object `job` and publish it, in one round trip.
+        The attempt they are of is stored with them (`attempt`, when the job object says): a rerun's row
+        shows them only once its own attempt reported (`jobstore.job_view`)."""
         key = self._key(job["id"], "live")
+        live: dict[FieldT, EncodableT] = {"progress": f"{job['progress']:.4f}", "message": job["message"]}
+        if job.get("attempts") is not None:
+            live["attempt"] = str(job["attempts"])
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hset(key, mapping={"progress": f"{job['progress']:.4f}", "message": job["message"]})
+            pipe.hset(key, mapping=live)
             pipe.expire(key, LIVE_TTL_S)
             pipe.publish(self.channel(job["id"]), json.dumps(job))
             await pipe.execute()

@@ -510,7 +510,7 @@ class JobRunner:
                 result = (message, document)
             await self._finish_succeeded(row, jlog, result=result, made=made)
         except JobCancelled:
-            progress = await self._progress_so_far(message.job_id)
+            progress = await self._progress_so_far(row)
             await self._finish(row, JobStatus.CANCELLED, message="cancelled", progress=progress, jlog=jlog)
         except isolation.DecoderCrashed as exc:  # visible to operators, who may requeue it once mended
             error = (exc.error_code, exc.message)
@@ -528,12 +528,13 @@ class JobRunner:
             error = ("INTERNAL_ERROR", f"internal error ({type(exc).__name__}); the team has the log")
             await self._finish(row, JobStatus.FAILED, message="failed", error=error, jlog=jlog)
 
-    async def _progress_so_far(self, job_id: str) -> float | None:
-        """The progress a job last reported (its live value in Redis, which a running job's row does not
-        hold), for a cancelled job to say how far it got rather than 0; None when there is none to read."""
+    async def _progress_so_far(self, row: jobstore.JobRow) -> float | None:
+        """The progress this attempt of a job last reported (its live value in Redis, which a running job's
+        row does not hold), for a cancelled job to say how far it got rather than 0; None when there is none
+        to read (nor any of this attempt: an earlier attempt's is not how far this one got)."""
         with contextlib.suppress(*PASSING_FAULTS, ValueError):
-            live = await self.signals.live(job_id)
-            if live and "progress" in live:
+            live = await self.signals.live(row["id"])
+            if live and "progress" in live and jobstore.is_this_attempts(live, row):
                 return float(live["progress"])
         return None
 
@@ -1147,7 +1148,7 @@ class JobRunner:
         further attempt that could meet a fault in turn. MongoDB away (the look cannot tell): it fails, as
         before."""
         if await self.signals.cancels_asked([row["id"]]):
-            progress = await self._progress_so_far(row["id"])
+            progress = await self._progress_so_far(row)
             await self._finish(row, JobStatus.CANCELLED, message="cancelled", progress=progress, jlog=jlog)
             await self._drop_if_ended(row, JobStatus.CANCELLED, jlog)
             return

@@ -1016,6 +1016,31 @@ async def test_the_job_list_shows_a_running_jobs_live_progress(
     assert item == single
 
 
+async def test_a_reruns_job_shows_no_progress_its_earlier_attempt_reported(
+    stack: Stack, api: httpx.AsyncClient, db: DatabaseManager, csv_file: str
+) -> None:
+    """A job rerun (its second attempt, running) whose first attempt last reported 60 % shows its row's
+    progress, in the job object and in the list, until the rerun reports its own; the first attempt's
+    showed meanwhile, as if the rerun had got that far."""
+    job = await stack.held_job(api, "data.profile", csv_file)
+    await _running(db, job.job_id, message="started")
+    signals = JobSignals(db.redis, prefix=stack.settings.redis.prefix)
+    await signals.set_progress({"id": job.job_id, "attempts": 1, "progress": 0.6, "message": "profiling"})
+    async with db.session() as session:
+        await session.execute(update(jobs).where(jobs.c.id == job.job_id).values(attempts=2))
+        await session.commit()
+
+    async def shown() -> tuple[tuple[float, str], tuple[float, str]]:
+        single = (await api.get(f"/v1/jobs/{job.job_id}")).json()["data"]
+        listed = (await api.get("/v1/jobs", params={"status": "running", "limit": 200})).json()["data"]
+        (item,) = [each for each in listed["items"] if each["id"] == job.job_id]
+        return (single["progress"], single["message"]), (item["progress"], item["message"])
+
+    assert await shown() == ((0.0, "started"), (0.0, "started"))
+    await signals.set_progress({"id": job.job_id, "attempts": 2, "progress": 0.25, "message": "profiling"})
+    assert await shown() == ((0.25, "profiling"), (0.25, "profiling"))
+
+
 async def test_events_of_a_running_job_with_redis_away_follow_its_row(
     stack: Stack,
     api: httpx.AsyncClient,
