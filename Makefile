@@ -7,6 +7,10 @@ SHELL := /bin/bash
 UV ?= uv
 #: Extra pytest arguments, e.g. `make test PYTEST_ARGS="-k upload -x"`.
 PYTEST_ARGS ?=
+#: pytest-xdist processes `make test` runs the tests on (0: the test process alone). Each has its own
+#: database, vhost, Redis prefix and MongoDB-wire server; the few tests that stop RabbitMQ run alone
+#: (tests/fixtures/alone.py). Two roughly halve the run on two cores: most tests wait on servers.
+PYTEST_WORKERS ?= 2
 
 .PHONY: help install dev demo test chaos deploy-check bench bench-video bench-audio bench-data bench-platform lint typecheck check migrate up down clean
 
@@ -24,7 +28,7 @@ demo: ## Run a video, an audio and a data job through the stack (starts it if it
 	$(UV) run python -m scripts.demo
 
 test: ## Run every test against the real local servers, with coverage
-	$(UV) run pytest --cov --cov-report=term-missing:skip-covered --cov-report=xml $(PYTEST_ARGS)
+	$(UV) run pytest -n $(PYTEST_WORKERS) --cov --cov-report=term-missing:skip-covered --cov-report=xml $(PYTEST_ARGS)
 
 chaos: ## The chaos suite at full size (1,000 jobs, 30 kills, 3 broker cuts and 3 stops, a job past the consumer timeout)
 	CHAOS_JOBS=1000 CHAOS_KILLS=30 CHAOS_CUTS=3 CHAOS_BROKER_STOPS=3 CHAOS_BROKER_STOP_S=20 CHAOS_LONG_S=75 $(UV) run pytest tests/chaos -p no:cacheprovider -s -q

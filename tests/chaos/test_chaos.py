@@ -321,6 +321,7 @@ async def test_broker_cut_longer_than_two_heartbeats_loses_nothing(
 
 
 @needs_local_broker
+@pytest.mark.alone
 async def test_broker_stopped_during_submissions_loses_nothing(
     chaos: ChaosStack, chaos_db: DatabaseManager, client: httpx.AsyncClient, clip: str
 ) -> None:
@@ -461,6 +462,7 @@ async def test_redis_losing_every_connection_and_key_loses_nothing(
 
 
 @needs_local_broker
+@pytest.mark.alone
 @pytest.mark.skipif(not LONG_S, reason="set CHAOS_LONG_S (make chaos) to run a job past the consumer timeout")
 async def test_a_job_longer_than_the_consumer_timeout_completes_once(
     chaos: ChaosStack, chaos_db: DatabaseManager, client: httpx.AsyncClient

@@ -69,8 +69,8 @@ def test_missing_file_is_input_not_found(tmp_path: Path) -> None:
         (b"", "auto", "csv table: the file is empty (not even a header line)"),
         (b" \n\r\n\t\n", "csv", "csv table: the file is empty (not even a header line)"),
         (b"\xef\xbb\xbf\n", "auto", "csv table: the file is empty"),  # a byte-order mark and a line end
-        (gzip.compress(b""), "auto", "csv table: the file is empty"),
-        (gzip.compress(b"\n\n"), "jsonl", "jsonl table: the file is empty (not even an object)"),
+        (gzip.compress(b"", mtime=0), "auto", "csv table: the file is empty"),
+        (gzip.compress(b"\n\n", mtime=0), "jsonl", "jsonl table: the file is empty (not even an object)"),
         (b"", "jsonl", "jsonl table: the file is empty (not even an object)"),
     ],
 )
