@@ -16,7 +16,7 @@ import pytest
 from faststream.rabbit import RabbitBroker
 from pydantic import SecretStr
 
-from medialens_shared import bus
+from medialens_shared import bus, metrics
 from medialens_shared.bus import (
     BrokerRefused,
     Connector,
@@ -29,6 +29,7 @@ from medialens_shared.bus import (
     queue_stats,
     refusal,
 )
+from medialens_shared.db import DatabaseManager
 from medialens_shared.settings import Settings
 from medialens_shared.telemetry import tracing_on
 from tests.fixtures.proxy import TcpProxy
@@ -83,6 +84,44 @@ async def test_declare_creates_quorum_queues_with_delivery_limit_and_dlx(
     assert queues[f"{exchange}.dead"][0] == "quorum"
     assert f"{exchange}.audio" not in queues
     assert await queue_stats(broker, f"{exchange}.video") == QueueStats(messages=0, consumers=0)
+
+
+async def test_a_look_at_what_is_not_declared_yet_leaves_the_brokers_channel_working(
+    broker: RabbitBroker, bus_settings: Settings
+) -> None:
+    """RabbitMQ answers a passive declare of a queue or exchange that does not exist (a service not started
+    yet, the relay before its declarations) by closing the channel it was asked on. The broker's own
+    channel stays open through such looks: declaring and publishing on it still work (they failed, "channel
+    closed", and a relay started before the services stopped at its start)."""
+    topology = Topology(bus_settings)
+    with pytest.raises(aiormq.exceptions.ChannelNotFoundEntity):
+        await queue_stats(broker, f"{bus_settings.rabbitmq.exchange}.video")
+    with pytest.raises(aiormq.exceptions.ChannelNotFoundEntity):
+        await ping(broker, topology)
+    await declare(broker, topology, services=("video",))
+    await publish_job(
+        broker, topology, job_type="video.probe", payload={"job_id": "after"}, message_id="after", timeout=5.0
+    )
+    await ping(broker, topology)
+    stats = await wait_for_messages(broker, f"{bus_settings.rabbitmq.exchange}.video", 1)
+    assert stats == QueueStats(messages=1, consumers=0)
+
+
+async def test_a_backlog_sample_leaves_out_the_queues_not_declared_yet(
+    broker: RabbitBroker, bus_settings: Settings, db: DatabaseManager
+) -> None:
+    """The relay's sample of the queues gives the depth of those declared and no series for one whose
+    service has not started yet (the whole sample failed, every queue's series dropped)."""
+    topology = Topology(bus_settings)
+    await declare(broker, topology, services=("video",))
+    await metrics.sample_backlog(broker=broker, topology=topology, db=db, services=("video", "audio"))
+    exchange = bus_settings.rabbitmq.exchange
+    exported = {
+        sample.labels["queue"]: sample.value
+        for sample in metrics.QUEUE_MESSAGES.collect()[0].samples
+        if sample.labels["queue"].startswith(f"{exchange}.")
+    }
+    assert exported == {f"{exchange}.video": 0.0, f"{exchange}.dead": 0.0}
 
 
 async def test_a_message_requeued_past_the_delivery_limit_is_dead_lettered(

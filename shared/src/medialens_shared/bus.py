@@ -18,8 +18,9 @@ so an unroutable message is an error, never a silent drop, and every publish has
 tracing, a job's publish goes from the broker's channel straight to aiormq (`_publish_direct` says why).
 
 Two FastStream details shape this module (both checked against RabbitMQ 3.10): its `ping()` only looks at
-the client's connection flag, so health checks and consumer counts use a passive declare on the raw channel;
-and a subscriber binds one routing key, which the "<service>.#" pattern makes enough.
+the client's connection flag, so health checks and consumer counts use a passive declare, on a channel of
+their own (`_probe_channel` says why); and a subscriber binds one routing key, which the "<service>.#"
+pattern makes enough.
 
 The relay and the services connect through `Connector`, which tells a broker that is away (waited out) from
 one that refuses the process's login or virtual host (`refusal`), which no wait mends.
@@ -32,6 +33,7 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, cast
@@ -408,11 +410,33 @@ async def _publish_direct(
         raise aiormq.exceptions.DeliveryError(None, confirmation)
 
 
+@contextlib.asynccontextmanager
+async def _probe_channel(broker: RabbitBroker) -> AsyncIterator[aiormq.abc.AbstractChannel]:
+    """A channel of its own on `broker`'s connection for one passive declare, closed after it.
+
+    Not the broker's channel: RabbitMQ answers a passive declare of what does not exist (a queue no service
+    has declared yet, the exchange before the relay declared it) by closing the channel it was asked on,
+    and so does a call given up on. On the broker's channel that was the one the relay declares and
+    publishes on: a relay that started before the services sampled their queue, the 404 closed its
+    channel, and its start, declaring on it, failed and stopped the relay (a first deployment, or a test
+    machine slow enough, restarted it over and over)."""
+    connection = broker._connection  # FastStream keeps aio-pika's robust connection there
+    transport = None if connection is None else connection.transport
+    if transport is None:
+        raise ConnectionError("not connected to RabbitMQ")
+    channel = await transport.connection.channel(publisher_confirms=False)
+    try:
+        yield channel
+    finally:
+        if not channel.is_closed:
+            await channel.close()
+
+
 async def queue_stats(broker: RabbitBroker, queue: str) -> QueueStats:
-    """Messages and consumers of `queue` as the broker counts them (a passive declare, a round trip)."""
-    channel = await broker.config.channel_manager.get_channel()
-    raw = await channel.get_underlay_channel()
-    declared = await raw.queue_declare(queue, passive=True)
+    """Messages and consumers of `queue` as the broker counts them (a passive declare, a round trip);
+    `aiormq.exceptions.ChannelNotFoundEntity` when no one has declared it yet."""
+    async with _probe_channel(broker) as channel:
+        declared = await channel.queue_declare(queue, passive=True)
     return QueueStats(messages=declared.message_count or 0, consumers=declared.consumer_count or 0)
 
 
@@ -420,7 +444,6 @@ async def ping(broker: RabbitBroker, topology: Topology) -> None:
     """A round trip to the broker: a passive declare of the jobs exchange."""
     if not await broker.ping(timeout=1.0):
         raise ConnectionError("not connected to RabbitMQ")
-    channel = await broker.config.channel_manager.get_channel()
-    raw = await channel.get_underlay_channel()
-    # Not `wait_for`: a cancelled call closes its channel, here the one the relay publishes on.
-    await answered(raw.exchange_declare(topology.jobs.name, passive=True), 2.0)
+    async with _probe_channel(broker) as channel:
+        # Not `wait_for`: a cancelled call closes its channel (its own, here, all the same).
+        await answered(channel.exchange_declare(topology.jobs.name, passive=True), 2.0)

@@ -32,6 +32,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+import aiormq
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -184,7 +185,13 @@ async def sample_backlog(
 
     async def sample_queues() -> None:
         for queue in queues:
-            stats = await queue_stats(broker, queue)
+            try:
+                stats = await queue_stats(broker, queue)
+            except aiormq.exceptions.ChannelNotFoundEntity:  # not declared yet: its service has not started
+                for gauge in (QUEUE_MESSAGES, QUEUE_CONSUMERS):
+                    with contextlib.suppress(KeyError):
+                        gauge.remove(queue)
+                continue
             QUEUE_MESSAGES.labels(queue).set(stats.messages)
             QUEUE_CONSUMERS.labels(queue).set(stats.consumers)
 
