@@ -139,8 +139,19 @@ def test_a_json_array_of_objects_is_json(tmp_path: Path, text: str, fmt: str, ar
         ("\nid,label\n1,caf\u00e9 \u2013 \u20ac\n2,b\n", False, "cp1252"),  # read from its UTF-8 copy
         ("\ufeff\r\nid,label\r\n1,a\r\n2,b\r\n", False, "utf-16-le"),  # with its byte-order mark
         ("\ufeff  \n\t\nid,label\n1,a\n2,b\n", True, "utf-16-le"),
+        ("\r \rid,label\r1,a\r2,b\r", False, "utf-8"),  # lines ending in CR alone (the classic Mac's)
+        ("\ufeff\r\rid,label\r1,a\r2,b\r", True, "utf-16-le"),
     ],
-    ids=["lf", "crlf", "blank-and-gzip", "windows-1252", "utf-16", "utf-16-blank-and-gzip"],
+    ids=[
+        "lf",
+        "crlf",
+        "blank-and-gzip",
+        "windows-1252",
+        "utf-16",
+        "utf-16-blank-and-gzip",
+        "cr",
+        "utf-16-cr-and-gzip",
+    ],
 )
 def test_blank_lines_before_the_header_are_skipped(
     tmp_path: Path, content: str, compress: bool, encoding: str
@@ -306,10 +317,11 @@ def test_a_quote_never_closed_past_the_sample_reads_as_written(tmp_path: Path, t
 
 
 def write_text(path: Path, text: str, layout: str) -> None:
-    """`text` (lines ending in `\\n`) written to `path` in `layout`: as it is, with CRLF line ends,
-    gzip-compressed, in UTF-16 (with its byte-order mark) or in Windows-1252."""
+    """`text` (lines ending in `\\n`) written to `path` in `layout`: as it is, with CRLF line ends or CR
+    alone (the classic Mac's), gzip-compressed, in UTF-16 (with its byte-order mark) or in Windows-1252."""
     encoding = {"utf-16": "utf-16", "windows-1252": "cp1252"}.get(layout, "utf-8")
-    data = (text.replace("\n", "\r\n") if layout == "crlf" else text).encode(encoding)
+    ends = {"crlf": "\r\n", "cr": "\r"}.get(layout, "\n")
+    data = text.replace("\n", ends).encode(encoding)
     path.write_bytes(gzip.compress(data) if layout == "gzip" else data)
 
 
@@ -319,7 +331,7 @@ WHITE_AT = [1, 1_000, PAST_THE_SAMPLE]
 
 
 @pytest.mark.parametrize("at", WHITE_AT, ids=["first-row", "in-the-sample", "past-the-sample"])
-@pytest.mark.parametrize("layout", ["lf", "crlf", "gzip", "tsv", "utf-16", "windows-1252"])
+@pytest.mark.parametrize("layout", ["lf", "crlf", "cr", "gzip", "tsv", "utf-16", "windows-1252"])
 def test_a_line_of_white_space_among_the_rows_is_skipped(tmp_path: Path, at: int, layout: str) -> None:
     """A line of nothing but spaces (or tabs, in a CSV) among a CSV's rows is skipped, as an empty line is
     (and as pandas' `skip_blank_lines` skips it): DuckDB read it as a row of one field, and the job failed

@@ -100,20 +100,24 @@ _DELIMITERS = (",", ";", "\t", "|")
 _JSON_ARRAY = re.compile(rb"\[\s*[{\]]")
 #: A JSON array whose first item is an array (`[[1, 2], [3, 4]]`): rows without column names.
 _JSON_ROWS = re.compile(rb"\[\s*\[")
+#: A line's end: LF, CRLF, or CR alone (the classic Mac's).
+_LINE_ENDS = re.compile(rb"\r\n|\n|\r")
 #: A ragged or damaged CSV must fail, never lose or pad rows: no skipped leading lines, no null padding,
 #: no ignored errors, strict quoting.
 _CSV_STRICT = "strict_mode=true, null_padding=false, ignore_errors=false"
 #: A CSV's line of nothing but white space (`without_white_lines`), by whether a tab is white space in it
 #: (spaces alone are where the tab is the delimiter): as a text's first line, before its line end; as a
 #: later line, from the line end before it (a search for a line end is quick, one for the start of a
-#: line is not: 0.14 s against 1.5 s for 92 MB); as the text's last line, which has no line end.
+#: line is not: 0.14 s against 1.5 s for 92 MB); as the text's last line, which has no line end. Lines
+#: end in LF or CRLF, or in CR alone (`WhiteLines.newline`: the classic Mac's, Excel's "CSV (Macintosh)").
 _WHITE_LINES = {
-    tabs: (
-        re.compile(rb"%s+(?=\r?\n)" % white),
-        re.compile(rb"\n%s+(?=\r?\n)" % white),
-        re.compile(rb"%s+\r?" % white),
+    (tabs, newline): (
+        re.compile(rb"%s+(?=%s)" % (white, ends)),
+        re.compile(rb"%s%s+(?=%s)" % (newline, white, ends)),
+        re.compile(rb"%s+%s" % (white, rb"\r?" if newline == b"\n" else b"")),
     )
     for tabs, white in ((True, rb"[ \t]"), (False, rb" "))
+    for newline, ends in ((b"\n", rb"\r?\n"), (b"\r", rb"\r"))
 }
 #: The names of a CSV's copies with its lines of white space empty (`Source.blanked_copy`), in the job's
 #: scratch directory: of the text DuckDB reads in its own encoding (UTF-8, Latin-1), byte for byte, and
@@ -130,6 +134,8 @@ class WhiteLines:
     tabs: bool
     quote: bytes | None = None
     escape: bytes | None = None
+    #: The byte its lines end in: LF (CRLF too), or CR alone.
+    newline: bytes = b"\n"
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,10 +259,11 @@ def _leading_blank_lines(text: bytes, encoding: TextEncoding) -> int:
     """How many lines of `text` (a CSV's first bytes, in `encoding`) are blank before its first one that
     is not. DuckDB's sniffer takes a CSV opening with a blank line for a file without a header, reads the
     header as a row of data and fails on it ("line 2: Error when converting column a"), where pandas and
-    spreadsheets skip the blank lines; its `skip` counts them as lines, LF or CRLF, in UTF-16 too."""
+    spreadsheets skip the blank lines; its `skip` counts them as lines, ending in LF, CRLF or CR alone, in
+    UTF-16 too."""
     if encoding == "utf-16":  # by its byte-order mark, which the decoder drops; a code unit may be cut
         text = text[: len(text) // 2 * 2].decode("utf-16", errors="replace").encode("utf-8")
-    for count, line in enumerate(text.removeprefix(b"\xef\xbb\xbf").split(b"\n")):
+    for count, line in enumerate(_LINE_ENDS.split(text.removeprefix(b"\xef\xbb\xbf"))):
         if line.strip():
             return count
     return 0  # nothing but blank lines in the sample: no header to find past them
@@ -583,10 +590,10 @@ def without_white_lines(con: Any, source: Source, exc: Exception, watch: Watchdo
         return None
     path, codec = _csv_text(source, watch)
     try:
-        delimiter, quote, escape, columns = _fetch(
+        delimiter, quote, escape, columns, ends = _fetch(
             con,
-            f"SELECT Delimiter, Quote, Escape, Columns FROM sniff_csv({path}, strict_mode=true, "  # noqa: S608
-            f"null_padding=false, ignore_errors=true{codec})",
+            f"SELECT Delimiter, Quote, Escape, Columns, NewLineDelimiter FROM sniff_csv({path}, "  # noqa: S608
+            f"strict_mode=true, null_padding=false, ignore_errors=true{codec})",
             watch,
         )[0]
     except READ_ERRORS:
@@ -594,13 +601,14 @@ def without_white_lines(con: Any, source: Source, exc: Exception, watch: Watchdo
     if len(columns) < 2:
         return None
     tabs = delimiter != "\t"
+    newline = b"\r" if ends == "\\r" else b"\n"  # sniff_csv spells it escaped: \n, \r\n, \r
     if quote not in _NO_QUOTE:
         unescaped = escape in _NO_QUOTE
-        white = WhiteLines(tabs=tabs, quote=quote.encode(), escape=None if unescaped else escape.encode())
+        white = WhiteLines(tabs, quote.encode(), None if unescaped else escape.encode(), newline)
     elif tabs and source.rfc_quoting:  # read so by `_quoting`: RFC 4180's quoting, but in a TSV
-        white = WhiteLines(tabs=tabs, quote=b'"', escape=b'"')
+        white = WhiteLines(tabs, quote=b'"', escape=b'"', newline=newline)
     else:
-        white = WhiteLines(tabs=tabs)
+        white = WhiteLines(tabs, newline=newline)
     blanker = _Blanker(white, source.blank_lines)
     with _white_text(source, watch) as chunks:
         for chunk in chunks:
@@ -616,8 +624,8 @@ class _Blanker:
     at a time; `found` counts them."""
 
     def __init__(self, white: WhiteLines, blank_lines: int) -> None:
-        self._first, self._line, self._last = _WHITE_LINES[white.tabs]
-        self._quote, self._escape = white.quote, white.escape
+        self._first, self._line, self._last = _WHITE_LINES[white.tabs, white.newline]
+        self._quote, self._escape, self._newline = white.quote, white.escape, white.newline
         #: Whether the text so far leaves a quoted field open.
         self._quoted = False
         #: The text after the last line end given, whose line goes on in the next chunks.
@@ -628,7 +636,7 @@ class _Blanker:
 
     def feed(self, chunk: bytes) -> bytes:
         """The text of the lines that end in `chunk`, those of white space empty."""
-        end = chunk.rfind(b"\n") + 1
+        end = chunk.rfind(self._newline) + 1
         if not end:  # a line longer than the chunk: joined once it ends
             self._held.append(chunk)
             return b""
@@ -647,7 +655,7 @@ class _Blanker:
     def _blanked(self, lines: bytes) -> bytes:
         start = 0
         while self._before and start < len(lines):
-            start = lines.index(b"\n", start) + 1
+            start = lines.index(self._newline, start) + 1
             self._before -= 1
         first = self._first.match(lines, start)  # `start` begins a line
         spans = [first.span()] if first is not None else []
