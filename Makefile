@@ -9,7 +9,8 @@ UV ?= uv
 PYTEST_ARGS ?=
 #: pytest-xdist processes `make test` runs the tests on (0: the test process alone). Each has its own
 #: database, vhost, Redis prefix and MongoDB-wire server; the few tests that stop RabbitMQ run alone
-#: (tests/fixtures/alone.py). Two roughly halve the run on two cores: most tests wait on servers.
+#: (tests/fixtures/alone.py), and a module whose stack of processes its tests share is kept on one
+#: (`xdist_group`). Two roughly halve the run on two cores: most tests wait on servers.
 PYTEST_WORKERS ?= 2
 
 .PHONY: help install dev demo test chaos deploy-check bench bench-video bench-audio bench-data bench-platform lint typecheck check migrate up down clean
@@ -28,7 +29,7 @@ demo: ## Run a video, an audio and a data job through the stack (starts it if it
 	$(UV) run python -m scripts.demo
 
 test: ## Run every test against the real local servers, with coverage
-	$(UV) run pytest -n $(PYTEST_WORKERS) --cov --cov-report=term-missing:skip-covered --cov-report=xml $(PYTEST_ARGS)
+	$(UV) run pytest -n $(PYTEST_WORKERS) --dist loadgroup --cov --cov-report=term-missing:skip-covered --cov-report=xml $(PYTEST_ARGS)
 
 chaos: ## The chaos suite at full size (1,000 jobs, 30 kills, 3 broker cuts and 3 stops, a job past the consumer timeout)
 	CHAOS_JOBS=1000 CHAOS_KILLS=30 CHAOS_CUTS=3 CHAOS_BROKER_STOPS=3 CHAOS_BROKER_STOP_S=20 CHAOS_LONG_S=75 $(UV) run pytest tests/chaos -p no:cacheprovider -s -q

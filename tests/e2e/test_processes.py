@@ -32,7 +32,8 @@ from tests.fixtures.servers import (
     settings_env,
 )
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
+#: One xdist worker runs the module (`make test`): its process stack is started once, not once a worker.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900), pytest.mark.xdist_group("process-stack")]
 
 #: Program name -> the module it runs, as the console scripts of the workspace do.
 PROGRAMS = {
