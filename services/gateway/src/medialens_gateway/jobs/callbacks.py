@@ -131,7 +131,16 @@ class _Resolvers:
                 self._queued.append((future, call))
                 return future
             self._running += 1
-        threading.Thread(target=self._run, args=(future, call), name="callback-resolver", daemon=True).start()
+        try:
+            threading.Thread(
+                target=self._run, args=(future, call), name="callback-resolver", daemon=True
+            ).start()
+        except BaseException:
+            # No thread (a pids limit): raised, as an executor does, and its slot given back (it stayed
+            # taken for ever, and with `threads` such failures no lookup ran again).
+            with self._lock:
+                self._running -= 1
+            raise
         return future
 
     def _run(self, future: Future[list[str]], call: Callable[[], list[str]]) -> None:
