@@ -43,8 +43,7 @@ from tests.fixtures.servers import (
     make_settings,
 )
 
-#: One xdist worker runs the suite (`make test`): its stack is started once, not once a worker.
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800), pytest.mark.xdist_group("chaos")]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
 
 JOBS = int(os.environ.get("CHAOS_JOBS", "24"))
 KILLS = int(os.environ.get("CHAOS_KILLS", "4"))

@@ -32,8 +32,7 @@ from tests.fixtures.servers import (
     settings_env,
 )
 
-#: One xdist worker runs the module (`make test`): its process stack is started once, not once a worker.
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(900), pytest.mark.xdist_group("process-stack")]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
 #: Program name -> the module it runs, as the console scripts of the workspace do.
 PROGRAMS = {

@@ -18,7 +18,7 @@ requeued all the same. Before anything was dead-lettered the queue may not exist
 services declare it at their start): `list` then says so and lists nothing. Exit codes:
 
     0  done
-    1  some job ids had no letter in the queue (the others were requeued)
+    1  some job ids had no letter in the queue (the others were requeued, removed or kept, each said so)
     2  a bad command line or a bad setting
     3  PostgreSQL cannot be used (unreachable, refusing MEDIALENS_POSTGRES_URL, or its schema not this
        release's); one line says which, and every letter stays in the queue
