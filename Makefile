@@ -10,8 +10,9 @@ PYTEST_ARGS ?=
 #: pytest-xdist processes to run the tests on; 0 (the default, and CI's): the test process alone. Each
 #: has its own database, vhost, Redis prefix and MongoDB-wire server; the few tests that stop RabbitMQ run
 #: alone (tests/fixtures/alone.py), and each module runs on one (`--dist loadfile`: a module's stack of
-#: processes is started once; pytest-xdist 3.8's `xdist_group` does nothing on pytest 9.2). Two cut the run from about 24 to 14 minutes on two cores, but are not the default yet:
-#: one run of the whole suite lost a worker process mid-test (cause not found), and xdist then hung.
+#: processes is started once; pytest-xdist 3.8's `xdist_group` does nothing on pytest 9.2). Two cut the
+#: run by about half on two cores, but are not the default yet: one run of the whole suite lost a worker
+#: process mid-test (cause not found), and xdist then hung.
 PYTEST_WORKERS ?= 0
 
 .PHONY: help install dev demo test chaos deploy-check bench bench-video bench-audio bench-data bench-platform lint typecheck check migrate up down clean
