@@ -1,9 +1,10 @@
 """The Redis side of jobs: live progress, job events for listeners, and cancellation requests.
 
 PostgreSQL keeps the truth about a job; Redis carries what changes many times a second or must reach a
-listener at once. Keys live under the stack's prefix: `<prefix>:job:<id>:live` (a hash of progress and
-message), `<prefix>:job:<id>:cancel` (present once a cancel was asked for) and the pub/sub channel
-`<prefix>:job:<id>:events`, on which every change of the job object is published as JSON. The channel
+listener at once. Keys live under the stack's prefix: `<prefix>:job:<id>:live` (a hash of progress,
+message and the attempt that reported them), `<prefix>:job:<id>:cancel` (present once a cancel was asked
+for) and the pub/sub channel `<prefix>:job:<id>:events`, on which every change of the job object is
+published as JSON. The channel
 `<prefix>:outbox` wakes the relays when a submission has written an outbox entry (`outbox_written`).
 """
 
