@@ -4,8 +4,8 @@ PostgreSQL keeps the truth about a job; Redis carries what changes many times a 
 listener at once. Keys live under the stack's prefix: `<prefix>:job:<id>:live` (a hash of progress,
 message and the attempt that reported them), `<prefix>:job:<id>:cancel` (present once a cancel was asked
 for) and the pub/sub channel `<prefix>:job:<id>:events`, on which every change of the job object is
-published as JSON. The channel
-`<prefix>:outbox` wakes the relays when a submission has written an outbox entry (`outbox_written`).
+published as JSON. The channel `<prefix>:outbox` wakes the relays when a submission has written an outbox
+entry (`outbox_written`).
 """
 
 from __future__ import annotations
