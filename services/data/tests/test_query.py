@@ -501,7 +501,9 @@ def test_a_query_planned_past_the_time_limit_ends_its_child_with_timeout(table: 
     started = time.monotonic()
     with pytest.raises(JobTimeout, match=r"time limit of 1 s"):
         run_in_child(run, (), report=lambda *_: None, abandoned=lambda: False)
-    assert time.monotonic() - started < 1.0 + STOP_GRACE_S + 5
+    # Far below the 150 s of planning; the slack is the child's start, 4-6 s under CI's coverage (the run
+    # took 8.01 s against a slack of 5 s once).
+    assert time.monotonic() - started < 1.0 + STOP_GRACE_S + 20
 
 
 def test_cancel_stops_a_running_query(table: Path) -> None:
