@@ -348,16 +348,16 @@ async def test_a_wrong_result_model_is_an_internal_error(
     assert "ValidationError" in row["error_message"]
 
 
-async def test_a_requested_cancel_reaches_a_looping_handler(
-    make_runner, new_job, tenant_id: str, db: DatabaseManager, signals: JobSignals
-) -> None:
-    """A handler looping on check_cancelled stops within about a second of request_cancel: cancelled, its
-    progress the last it reported (it read 0: a running job's progress lives in Redis, not its row)."""
-    job_id = await new_job()
+async def cancelled_while_looping(
+    make_runner, body: dict[str, Any], db: DatabaseManager, signals: JobSignals, report: float | None = None
+) -> jobstore.JobRow:
+    """Run the job of `body` with a handler that loops on check_cancelled (after reporting `report`, if
+    given), cancel it once it runs, and return its row after the handler stopped within 1.5 s, acked."""
     started = asyncio.Event()
 
     async def loop(ctx: JobContext) -> None:
-        await ctx.progress(0.4, "decoding 40/100 frames", force=True)
+        if report is not None:
+            await ctx.progress(report, "decoding 40/100 frames", force=True)
         started.set()
         while True:
             ctx.check_cancelled()
@@ -365,13 +365,23 @@ async def test_a_requested_cancel_reaches_a_looping_handler(
 
     runner = make_runner({"video.probe": Calls(loop)})
     delivery = RecordedDelivery()
-    task = asyncio.create_task(runner.handle(body_of(job_id, tenant_id), delivery))
+    task = asyncio.create_task(runner.handle(body, delivery))
     await asyncio.wait_for(started.wait(), 5)
+    job_id = body["job_id"]
     assert (await row_of(db, job_id))["status"] == "running"
     await signals.request_cancel(job_id)
     await asyncio.wait_for(task, 1.5)
     assert delivery.settled == ["ack"]
-    row = await row_of(db, job_id)
+    return await row_of(db, job_id)
+
+
+async def test_a_requested_cancel_reaches_a_looping_handler(
+    make_runner, new_job, tenant_id: str, db: DatabaseManager, signals: JobSignals
+) -> None:
+    """A handler looping on check_cancelled stops within about a second of request_cancel: cancelled, its
+    progress the last it reported (it read 0: a running job's progress lives in Redis, not its row)."""
+    job_id = await new_job()
+    row = await cancelled_while_looping(make_runner, body_of(job_id, tenant_id), db, signals, report=0.4)
     assert (row["status"], row["message"], row["error_code"]) == ("cancelled", "cancelled", None)
     assert row["progress"] == 0.4
     assert row["finished_at"] is not None
@@ -384,22 +394,8 @@ async def test_a_rerun_cancelled_before_its_first_report_does_not_claim_its_dead
     70 % its first attempt (whose worker died) last reported: that was how far the other attempt got."""
     job_id = await new_job(attempts=1)
     await signals.set_progress({"id": job_id, "attempts": 1, "progress": 0.7, "message": "decoding"})
-    started = asyncio.Event()
-
-    async def loop(ctx: JobContext) -> None:
-        started.set()
-        while True:
-            ctx.check_cancelled()
-            await asyncio.sleep(0.02)
-
-    runner = make_runner({"video.probe": Calls(loop)})
-    delivery = RecordedDelivery()
-    task = asyncio.create_task(runner.handle(body_of(job_id, tenant_id), delivery))
-    await asyncio.wait_for(started.wait(), 5)
-    assert (await row_of(db, job_id))["attempts"] == 2
-    await signals.request_cancel(job_id)
-    await asyncio.wait_for(task, 5)
-    row = await row_of(db, job_id)
+    row = await cancelled_while_looping(make_runner, body_of(job_id, tenant_id), db, signals)
+    assert row["attempts"] == 2
     assert (row["status"], row["progress"]) == ("cancelled", 0.0)
 
 
