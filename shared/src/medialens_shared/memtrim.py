@@ -76,6 +76,8 @@ class MemoryTrimmer:
         self.ended = ended
         self.interval_s = interval_s
         self._seen = ended()
+        #: The trims this trimmer did (`medialens_memory_trims_total` counts every trim in the process).
+        self.trims = 0
 
     async def run(self, stop: asyncio.Event) -> None:
         """Until `stop` is set. The trim runs in a thread: it holds the allocator's locks for a few ms."""
@@ -86,6 +88,7 @@ class MemoryTrimmer:
             if ended != self._seen:
                 self._seen = ended
                 released = await asyncio.to_thread(trim)
+                self.trims += 1
                 log.debug("memory trimmed: %.1f MB given back", released / 2**20)
 
 
