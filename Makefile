@@ -11,8 +11,10 @@ PYTEST_ARGS ?=
 #: has its own database, vhost, Redis prefix and MongoDB-wire server; the few tests that stop RabbitMQ run
 #: alone (tests/fixtures/alone.py), and each module runs on one (`--dist loadfile`: a module's stack of
 #: processes is started once; pytest-xdist 3.8's `xdist_group` does nothing on pytest 9.2). Two cut the
-#: run by about half on two cores, but are not the default yet: one run of the whole suite lost a worker
-#: process mid-test (cause not found), and xdist then hung.
+#: run by about 40% on two cores, but are not the default yet: one run of the whole suite lost a worker to
+#: pytest-timeout (a test past 300 s, not found). A lost worker ends the run (`--max-worker-restart=0`:
+#: with `loadfile`, pytest-xdist 3.8 hangs after replacing one) and its stacks are printed
+#: (tests/fixtures/stacks.py).
 PYTEST_WORKERS ?= 0
 
 .PHONY: help install dev demo test chaos deploy-check bench bench-video bench-audio bench-data bench-platform lint typecheck check migrate up down clean
@@ -31,7 +33,7 @@ demo: ## Run a video, an audio and a data job through the stack (starts it if it
 	$(UV) run python -m scripts.demo
 
 test: ## Run every test against the real local servers, with coverage
-	$(UV) run pytest -n $(PYTEST_WORKERS) --dist loadfile --cov --cov-report=term-missing:skip-covered --cov-report=xml $(PYTEST_ARGS)
+	$(UV) run pytest -n $(PYTEST_WORKERS) --dist loadfile --max-worker-restart=0 --cov --cov-report=term-missing:skip-covered --cov-report=xml $(PYTEST_ARGS)
 
 chaos: ## The chaos suite at full size (1,000 jobs, 30 kills, 3 broker cuts and 3 stops, a job past the consumer timeout)
 	CHAOS_JOBS=1000 CHAOS_KILLS=30 CHAOS_CUTS=3 CHAOS_BROKER_STOPS=3 CHAOS_BROKER_STOP_S=20 CHAOS_LONG_S=75 $(UV) run pytest tests/chaos -p no:cacheprovider -s -q

@@ -6,5 +6,6 @@ pytest_plugins = [
     "tests.fixtures.logs",
     "tests.fixtures.scheduling",
     "tests.fixtures.servers",
+    "tests.fixtures.stacks",
     "tests.fixtures.stack",
 ]
