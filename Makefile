@@ -24,7 +24,11 @@ help: ## List the targets
 
 install: ## Install uv if missing, then the workspace and its dev tools into .venv
 	@command -v $(UV) >/dev/null || python3 -m pip install --quiet uv
-	@if [ -f uv.lock ]; then $(UV) sync --frozen; else $(UV) sync; fi
+	@# Compiled now, not at each process's first import: where PYTHONDONTWRITEBYTECODE is set (CI's
+	@# machines) nothing is ever cached otherwise, and every process compiled its imports from source
+	@# (5.6 s before a service's `--help`, 1.7 s with the bytecode; the suite starts hundreds of them).
+	@if [ -f uv.lock ]; then $(UV) sync --frozen --compile-bytecode; else $(UV) sync --compile-bytecode; fi
+	@$(UV) run --no-sync python -m compileall -q -j 0 shared/src services/*/src scripts >/dev/null
 
 dev: install ## Run the whole stack locally (needs PostgreSQL, Redis, RabbitMQ); Ctrl-C stops it
 	$(UV) run python -m scripts.dev
