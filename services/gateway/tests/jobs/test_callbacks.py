@@ -321,7 +321,7 @@ def test_a_resolver_thread_that_could_not_start_gives_its_slot_back(monkeypatch:
     failures = [RuntimeError("can't start new thread")]
 
     def start(self: threading.Thread) -> None:
-        if failures:
+        if failures and self.name == "callback-resolver":  # not another thread this process starts meanwhile
             raise failures.pop()
         real_start(self)
 
