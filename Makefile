@@ -7,15 +7,14 @@ SHELL := /bin/bash
 UV ?= uv
 #: Extra pytest arguments, e.g. `make test PYTEST_ARGS="-k upload -x"`.
 PYTEST_ARGS ?=
-#: pytest-xdist processes to run the tests on; 0 (the default, and CI's): the test process alone. Each
-#: has its own database, vhost, Redis prefix and MongoDB-wire server; the few tests that stop RabbitMQ run
-#: alone (tests/fixtures/alone.py), and each module runs on one (`--dist loadfile`: a module's stack of
-#: processes is started once; pytest-xdist 3.8's `xdist_group` does nothing on pytest 9.2). Two cut the
-#: run by about 40% on two cores, but are not the default yet: one run of the whole suite lost a worker to
-#: pytest-timeout (a test past 300 s, not found). A lost worker ends the run (`--max-worker-restart=0`:
-#: with `loadfile`, pytest-xdist 3.8 hangs after replacing one) and its stacks are printed
-#: (tests/fixtures/stacks.py).
-PYTEST_WORKERS ?= 0
+#: pytest-xdist processes to run the tests on (CI's too); 0: the test process alone. Each has its own
+#: database, vhost, Redis prefix and MongoDB-wire server; the few tests that stop RabbitMQ run alone
+#: (tests/fixtures/alone.py), and each module runs on one (`--dist loadfile`: a module's stack of processes
+#: is started once; pytest-xdist 3.8's `xdist_group` does nothing on pytest 9.2). Two halve the run on two
+#: cores (13 minutes). A worker lost (pytest-timeout ends a test past 300 s with its process) ends the run
+#: (`--max-worker-restart=0`: with `loadfile`, pytest-xdist 3.8 hangs after replacing one) and its stacks
+#: are printed (tests/fixtures/stacks.py).
+PYTEST_WORKERS ?= 2
 
 .PHONY: help install dev demo test chaos deploy-check bench bench-video bench-audio bench-data bench-platform lint typecheck check migrate up down clean
 
@@ -33,10 +32,10 @@ install: ## Install uv if missing, then the workspace and its dev tools into .ve
 dev: install ## Run the whole stack locally (needs PostgreSQL, Redis, RabbitMQ); Ctrl-C stops it
 	$(UV) run python -m scripts.dev
 
-demo: ## Run a video, an audio and a data job through the stack (starts it if it is not up)
+demo: install ## Run a video, an audio and a data job through the stack (starts it if it is not up)
 	$(UV) run python -m scripts.demo
 
-test: ## Run every test against the real local servers, with coverage
+test: install ## Run every test against the real local servers, with coverage
 	$(UV) run pytest -n $(PYTEST_WORKERS) --dist loadfile --max-worker-restart=0 --cov --cov-report=term-missing:skip-covered --cov-report=xml $(PYTEST_ARGS)
 
 chaos: ## The chaos suite at full size (1,000 jobs, 30 kills, 3 broker cuts and 3 stops, a job past the consumer timeout)
