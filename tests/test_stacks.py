@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import textwrap
+import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,19 +30,12 @@ def test_a_worker_lost_to_a_hanging_test_has_its_stacks_printed(tmp_path: Path) 
             """
         )
     )
+    run_id = uuid.uuid4().hex
     run = subprocess.run(
         [
-            *(
-                sys.executable,
-                "-m",
-                "pytest",
-                "test_hang.py",
-                "-p",
-                "tests.fixtures.stacks",
-                "-p",
-                "no:cacheprovider",
-            ),
-            *("-n", "2", "--dist", "loadfile", "--max-worker-restart=0"),
+            *(sys.executable, "-m", "pytest", "test_hang.py", "-p", "no:cacheprovider"),
+            *("-p", "tests.fixtures.stacks", "-p", "tests.fixtures.alone"),
+            *("-n", "2", "--dist", "loadfile", "--max-worker-restart=0", f"--testrunuid={run_id}"),
             *("-o", "timeout=2", "-o", "timeout_method=thread"),
         ],
         check=False,
@@ -56,3 +51,5 @@ def test_a_worker_lost_to_a_hanging_test_has_its_stacks_printed(tmp_path: Path) 
     assert "test_hang.py::test_hangs still running after 1 s" in out, out
     assert "in wait_in_a_frame_named_for_the_test" in out, out
     assert "1 failed, 1 passed" in out, out
+    # Nothing of the run is left in the temporary directory: neither the stacks nor the `alone` lock's files.
+    assert list(Path(tempfile.gettempdir()).glob(f"medialens-tests-{run_id}*")) == []
