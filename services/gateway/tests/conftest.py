@@ -62,8 +62,9 @@ class HangingDNS:
     """`socket.getaddrinfo` with a name server that does not answer for the names in `hanging` (the call
     blocks its thread until `release`, then fails as glibc does: EAI_AGAIN), answers the names in `answers`
     at once with that one address, and resolves any other host for real; `calls` counts the lookups of
-    each host. There is no slow DNS server to point at here: patching the one blocking call keeps the rest
-    (threads, executors, timeouts) real."""
+    each of those names (not of other hosts: the call is the process's, and the stack another test left
+    running in it looks up its own). There is no slow DNS server to point at here: patching the one
+    blocking call keeps the rest (threads, executors, timeouts) real."""
 
     hanging: set[str] = field(default_factory=set)
     answers: dict[str, str] = field(default_factory=dict)
@@ -81,7 +82,8 @@ def hanging_dns(monkeypatch: pytest.MonkeyPatch) -> Iterator[HangingDNS]:
     real = socket.getaddrinfo
 
     def getaddrinfo(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
-        dns.calls[host] += 1
+        if host in dns.hanging or host in dns.answers:
+            dns.calls[host] += 1
         if host in dns.hanging:
             dns.released.wait()
             raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")

@@ -7,6 +7,7 @@ import os
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -168,7 +169,7 @@ async def test_an_ip_literal_callback_is_never_resolved(hanging_dns: HangingDNS)
     """An IP-literal host is its own address, checked with no lookup. It was resolved like a name (asyncio's
     getaddrinfo always goes through the executor), so it waited behind whatever hung there and was refused
     "did not resolve within 5 s"."""
-    hanging_dns.hanging.add("93.184.216.34")
+    hanging_dns.hanging.update({"93.184.216.34", "::ffff:10.0.0.1"})
     started = time.monotonic()
     await check_callback_url("https://93.184.216.34/hook", allow_http=False, allow_private=False)
     with pytest.raises(RequestValidationFailed, match="non-public"):
@@ -214,8 +215,11 @@ async def test_submissions_with_hanging_callback_names_refuse_no_other_tenants_c
     """Through the API, the auditor's case: while tenant A's submissions wait on a callback name whose
     name server never answers, tenant B's job with a callback on a name that resolves at once is accepted
     (202). It was refused 422 "did not resolve within 5 s": A's lookups held the resolver threads."""
+    # A name of this test's own: its job runs on the stack, whose webhook then looks the name up, in a
+    # test after this one (which would count that lookup as its own).
+    good_host = f"hooks.customer-b-{uuid.uuid4().hex[:8]}.example"
     hanging_dns.hanging.add("hooks.slow-dns.example")
-    hanging_dns.answers["hooks.customer-b.example"] = "93.184.215.14"
+    hanging_dns.answers[good_host] = "93.184.215.14"
     path = tmp_path / "b.csv"
     make_csv(path, rows=5)
     api_a, api_b = stack.client("tenant-a"), stack.client("tenant-b")
@@ -227,7 +231,7 @@ async def test_submissions_with_hanging_callback_names_refuse_no_other_tenants_c
         good = {
             "type": "data.profile",
             "file_id": file_b,
-            "callback_url": "https://hooks.customer-b.example/h",
+            "callback_url": f"https://{good_host}/h",
         }
         started = time.monotonic()
         response = await api_b.post("/v1/jobs", json=good)
