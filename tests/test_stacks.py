@@ -40,7 +40,9 @@ def test_a_worker_lost_to_a_hanging_test_has_its_stacks_printed(tmp_path: Path) 
         ],
         check=False,
         cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        # Not this run's worker's variables: the run inside is a run of its own.
+        env={key: value for key, value in os.environ.items() if not key.startswith("PYTEST_XDIST_")}
+        | {"PYTHONPATH": str(ROOT)},
         capture_output=True,
         text=True,
         timeout=120,
